@@ -1,0 +1,34 @@
+# virtcenter developer entry points. CI runs .ci/run, which runs `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+.PHONY: help install test run lint clean distclean
+
+help:
+	@echo "make install    Debian packages (if missing) + .venv with '.[agent,test]'"
+	@echo "make test       install, throwaway Redis/PostgreSQL, all suites, timing table"
+	@echo "make run        run virtcenter locally (scripts/run.sh)"
+	@echo "make lint       import-linter contracts (lint-imports)"
+	@echo "make clean      remove caches and build output (keeps .venv)"
+	@echo "make distclean  clean + remove .venv"
+
+install:
+	scripts/install.sh
+
+test:
+	scripts/test.sh
+
+run:
+	scripts/run.sh
+
+lint: install
+	.venv/bin/lint-imports
+
+clean:
+	find . -path ./.venv -prune -o -path ./.git -prune -o \
+	  \( -name __pycache__ -o -name .pytest_cache -o -name '*.egg-info' \) -type d -print0 \
+	  | xargs -0r rm -rf
+	rm -rf build/ dist/ run/ .import_linter_cache/
+
+distclean: clean
+	rm -rf .venv/

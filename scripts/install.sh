@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Idempotent installer: Debian packages (only those missing) and the project venv
+# (re-installed only when pyproject.toml changed). One line of output per step.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+log() { printf '[install] %s\n' "$*"; }
+
+# Packages installed with their Recommends (libvirt/qemu work as packaged) ...
+CORE_PKGS=(
+  redis-server postgresql-15 postgresql
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
+  qemu-system-x86 qemu-utils iproute2
+  libvirt-dev pkg-config gcc python3-venv python3-dev
+)
+# ... and tools whose Recommends would drag in too much (docker-compose recommends
+# the docker engine).
+TOOL_PKGS=(docker-compose chromium)
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+missing_of() {
+  local p out=()
+  for p in "$@"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
+      out+=("$p")
+    fi
+  done
+  echo "${out[@]:-}"
+}
+
+# --- (a) Debian packages -----------------------------------------------------
+read -r -a MISSING_CORE <<<"$(missing_of "${CORE_PKGS[@]}")"
+read -r -a MISSING_TOOLS <<<"$(missing_of "${TOOL_PKGS[@]}")"
+
+if [ "${#MISSING_CORE[@]}" -eq 0 ] && [ "${#MISSING_TOOLS[@]}" -eq 0 ]; then
+  log "debian packages: all ${#CORE_PKGS[@]}+${#TOOL_PKGS[@]} present"
+else
+  log "debian packages missing: ${MISSING_CORE[*]} ${MISSING_TOOLS[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  # No init system here: forbid package scripts from starting services (postgresql,
+  # redis, libvirtd postinsts would otherwise try and may fail the install).
+  POLICY=/usr/sbin/policy-rc.d
+  CREATED_POLICY=0
+  if [ ! -e "$POLICY" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$POLICY" >/dev/null
+    $SUDO chmod 755 "$POLICY"
+    CREATED_POLICY=1
+    trap '[ "$CREATED_POLICY" = 1 ] && $SUDO rm -f "$POLICY"' EXIT
+  fi
+  APT_OPTS=(-y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
+  log "apt-get update"
+  $SUDO apt-get update -q >/tmp/virtcenter-apt-update.log 2>&1 \
+    || { cat /tmp/virtcenter-apt-update.log; exit 1; }
+  if [ "${#MISSING_CORE[@]}" -gt 0 ]; then
+    log "apt-get install ${MISSING_CORE[*]}"
+    $SUDO apt-get install "${APT_OPTS[@]}" "${MISSING_CORE[@]}" >/tmp/virtcenter-apt-core.log 2>&1 \
+      || { tail -n 60 /tmp/virtcenter-apt-core.log; exit 1; }
+  fi
+  if [ "${#MISSING_TOOLS[@]}" -gt 0 ]; then
+    log "apt-get install --no-install-recommends ${MISSING_TOOLS[*]}"
+    $SUDO apt-get install "${APT_OPTS[@]}" --no-install-recommends "${MISSING_TOOLS[@]}" \
+      >/tmp/virtcenter-apt-tools.log 2>&1 \
+      || { tail -n 60 /tmp/virtcenter-apt-tools.log; exit 1; }
+  fi
+  read -r -a STILL <<<"$(missing_of "${CORE_PKGS[@]}" "${TOOL_PKGS[@]}")"
+  if [ "${#STILL[@]}" -gt 0 ]; then
+    log "ERROR: still missing after apt-get: ${STILL[*]}"; exit 1
+  fi
+  log "debian packages: installed"
+fi
+
+# --- (b) Python venv ---------------------------------------------------------
+VENV="$ROOT/.venv"
+STAMP="$VENV/.installed"
+PY="${PYTHON:-python3}"
+
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
+  log "venv: creating $VENV with $(command -v "$PY") ($("$PY" --version 2>&1))"
+  rm -rf "$VENV"
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel >/dev/null
+else
+  log "venv: present ($("$VENV/bin/python" --version 2>&1))"
+fi
+
+WANT="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+HAVE="$(cat "$STAMP" 2>/dev/null || true)"
+if [ "$WANT" = "$HAVE" ]; then
+  log "pip: up to date (pyproject.toml sha256 ${WANT:0:12})"
+else
+  log "pip: install -e '.[agent,test]' (pyproject.toml sha256 ${WANT:0:12} != ${HAVE:0:12})"
+  rm -f "$STAMP"
+  PIPLOG="$VENV/pip-install.log"
+  "$VENV/bin/python" -m pip install --disable-pip-version-check -e '.[agent,test]' >"$PIPLOG" 2>&1 \
+    || { tail -n 60 "$PIPLOG"; log "ERROR: pip install failed (full log: $PIPLOG)"; exit 1; }
+  echo "$WANT" >"$STAMP"
+  log "pip: done"
+fi

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# What `make test` (and so CI) runs: install, start throwaway Redis + PostgreSQL,
+# run every suite (even after a failure), print a timing table, exit non-zero on failure.
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+log() { printf '[test] %s\n' "$*"; }
+
+scripts/install.sh || { log "install failed"; exit 1; }
+
+SERVICES_DIR="$(mktemp -d /tmp/vc-test.XXXXXX)"
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  scripts/services.sh stop "$SERVICES_DIR" >/dev/null 2>&1 \
+    || scripts/services.sh stop "$SERVICES_DIR" || true
+  rm -rf "$SERVICES_DIR"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+EXPORTS="$(scripts/services.sh start "$SERVICES_DIR")" || { log "services failed to start"; exit 1; }
+eval "$EXPORTS"
+export VCENTER_TEST_REDIS_URL VCENTER_TEST_PG_URL
+log "services in $SERVICES_DIR: $VCENTER_TEST_REDIS_URL $VCENTER_TEST_PG_URL"
+
+# does DIR hold pytest test files?
+has_tests() {
+  [ -d "$1" ] && [ -n "$(find "$1" -type f \( -name 'test_*.py' -o -name '*_test.py' \) -print -quit)" ]
+}
+
+NAMES=() RESULTS=() TIMES=()
+FAILED=0
+T_PASSED=0 T_FAILED=0 T_SKIPPED=0
+
+now() { date +%s.%N; }
+
+record() { # name result seconds
+  NAMES+=("$1"); RESULTS+=("$2"); TIMES+=("$3")
+}
+
+# add the counts from pytest's closing line ("== 3 passed, 1 failed in 0.5s ==")
+count_pytest() {
+  local line n
+  line="$(grep -E '([0-9]+ (passed|failed|errors?|skipped)|no tests ran).* in [0-9.]+s' "$1" | tail -n1 || true)"
+  n="$(grep -oE '[0-9]+ passed' <<<"$line" | cut -d' ' -f1)"; T_PASSED=$((T_PASSED + ${n:-0}))
+  n="$(grep -oE '[0-9]+ failed' <<<"$line" | cut -d' ' -f1)"; T_FAILED=$((T_FAILED + ${n:-0}))
+  n="$(grep -oE '[0-9]+ errors?' <<<"$line" | cut -d' ' -f1)"; T_FAILED=$((T_FAILED + ${n:-0}))
+  n="$(grep -oE '[0-9]+ skipped' <<<"$line" | cut -d' ' -f1)"; T_SKIPPED=$((T_SKIPPED + ${n:-0}))
+}
+
+# run_suite NAME KIND [DIR] -- CMD...   KIND: plain | pytest
+run_suite() {
+  local name="$1" kind="$2" dir="" start rc secs result out
+  shift 2
+  if [ "$kind" = pytest ]; then dir="$1"; shift; fi
+  [ "$1" = "--" ] && shift
+  printf '\n===== %s: %s\n' "$name" "$*"
+  out="$SERVICES_DIR/$name.out"
+  start="$(now)"
+  "$@" 2>&1 | tee "$out"
+  rc=${PIPESTATUS[0]}
+  secs="$(awk -v a="$start" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')"
+  if [ "$kind" = pytest ]; then
+    count_pytest "$out"
+    if [ "$rc" -eq 5 ] && ! has_tests "$dir"; then
+      result="empty (no test files)"; rc=0
+    elif [ "$rc" -eq 5 ]; then
+      result="FAILED (no tests collected)"
+    fi
+  fi
+  if [ -z "${result:-}" ]; then
+    if [ "$rc" -eq 0 ]; then result="passed"; else result="FAILED (exit $rc)"; fi
+  fi
+  [ "$rc" -ne 0 ] && FAILED=1
+  record "$name" "$result" "$secs"
+}
+
+run_suite imports plain -- .venv/bin/lint-imports
+# the compose file requires its secrets: validate with placeholders unless they are set
+run_suite compose plain -- env VCENTER_DB_PASSWORD="${VCENTER_DB_PASSWORD:-placeholder}" \
+  VCENTER_REDIS_PASSWORD="${VCENTER_REDIS_PASSWORD:-placeholder}" \
+  docker-compose -f docker-compose.yml config -q
+run_suite unit pytest tests/unit -- .venv/bin/python -m pytest tests/unit -q
+run_suite integration pytest tests/integration -- \
+  .venv/bin/python -m pytest tests/integration -q -p no:cacheprovider
+if has_tests tests/e2e; then
+  run_suite e2e pytest tests/e2e -- .venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider
+else
+  record e2e "skipped (no test files)" "-"
+fi
+
+printf '\n%-12s %-28s %8s\n' suite result seconds
+printf '%-12s %-28s %8s\n' ------------ ---------------------------- --------
+for i in "${!NAMES[@]}"; do
+  printf '%-12s %-28s %8s\n' "${NAMES[$i]}" "${RESULTS[$i]}" "${TIMES[$i]}"
+done
+echo
+if [ "$FAILED" -ne 0 ]; then
+  log "some suites FAILED"
+else
+  log "all suites passed"
+fi
+echo "tests: $T_PASSED passed, $T_FAILED failed, $T_SKIPPED skipped"
+exit "$FAILED"

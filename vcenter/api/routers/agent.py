@@ -1,0 +1,33 @@
+"""Routes the host agents call, each with its host's own token (a host reports only for
+itself): task progress and results, VM lifecycle events, full host state."""
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from vcenter.api.deps import AgentHostId, DbDep, SettingsDep
+from vcenter.messaging.contracts import HostState, LifecycleEvent, TaskProgress, TaskResult
+from vcenter.services import inventory, reports
+
+router = APIRouter(prefix="/api/v1/agent/hosts/{host_id}", tags=["agent"])
+
+
+@router.post("/tasks/{task_id}/progress", summary="Agent: a command started or advanced")
+def task_progress(task_id: int, body: TaskProgress, host_id: AgentHostId, db: DbDep, settings: SettingsDep) -> dict[str, Any]:
+    return reports.report_progress(db, inventory.get(db, "host", host_id), task_id, body, settings)
+
+
+@router.post("/tasks/{task_id}/result", summary="Agent: a command ended")
+def task_result(task_id: int, body: TaskResult, host_id: AgentHostId, db: DbDep) -> dict[str, Any]:
+    return reports.report_result(db, inventory.get(db, "host", host_id), task_id, body)
+
+
+@router.post("/events", summary="Agent: VM lifecycle events from libvirt")
+def lifecycle_events(body: list[LifecycleEvent], host_id: AgentHostId, db: DbDep) -> dict[str, Any]:
+    return {"applied": reports.report_lifecycle(db, inventory.get(db, "host", host_id), body)}
+
+
+@router.post("/state", summary="Agent: full host state; the answer says what the host should provide")
+def host_state(body: HostState, host_id: AgentHostId, db: DbDep) -> dict[str, Any]:
+    return reports.report_host_state(db, inventory.get(db, "host", host_id), body)

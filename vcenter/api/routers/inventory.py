@@ -1,0 +1,94 @@
+"""CRUD routes of the inventory: /api/v1/{datacenters,folders,clusters,hosts,datastores,
+portgroups,pools}. List is paged (offset, limit), filtered (equality on declared fields,
+``name`` with ``*``) and sorted (``sort=name`` or ``sort=-name``)."""
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Query, Request, status
+
+from vcenter.api.deps import CurrentUser, DbDep, SettingsDep
+from vcenter.schemas import inventory as s
+from vcenter.services import inventory as inv
+from vcenter.services.listing import list_rows
+
+router = APIRouter(prefix="/api/v1")
+
+
+def _crud(
+    *,
+    path: str,
+    kind: str,
+    tag: str,
+    create_model: type,
+    update_model: type,
+    read_model: type,
+    create: Callable[[Any, str, dict[str, Any]], Any],
+    filterable: set[str],
+    to_read: Callable[[Any], Any] = lambda row: row,
+) -> None:
+    sortable = {"id", "name", "created_at"}
+
+    @router.get(f"/{path}", response_model=s.Page[read_model], tags=[tag], summary=f"List {path}", name=f"list_{path}")
+    def list_objects(
+        request: Request,
+        db: DbDep,
+        user: CurrentUser,
+        settings: SettingsDep,
+        offset: int = Query(0, ge=0),
+        limit: int = Query(50, ge=1, le=500),
+        sort: str | None = Query(None, description="field or -field"),
+    ) -> Any:
+        reserved = {"offset", "limit", "sort"}
+        filters = {k: _coerce(v) for k, v in request.query_params.items() if k not in reserved}
+        model = inv.KINDS[kind]
+        total, rows = list_rows(db, model, filters=filters, filterable=filterable, sort=sort, sortable=sortable, offset=offset, limit=min(limit, settings.page_size_max))
+        return {"total": total, "offset": offset, "limit": limit, "items": [to_read(r) for r in rows]}
+
+    @router.get(f"/{path}/{{object_id}}", response_model=read_model, tags=[tag], summary=f"Get one of {path}", name=f"get_{kind}")
+    def get_object(object_id: int, db: DbDep, user: CurrentUser) -> Any:
+        return to_read(inv.get(db, kind, object_id))
+
+    @router.patch(f"/{path}/{{object_id}}", response_model=read_model, tags=[tag], summary=f"Update one of {path}", name=f"update_{kind}")
+    def update_object(object_id: int, body: update_model, db: DbDep, user: CurrentUser) -> Any:  # type: ignore[valid-type]
+        return to_read(inv.update_object(db, user.username, kind, object_id, body.model_dump(exclude_unset=True)))
+
+    @router.delete(f"/{path}/{{object_id}}", status_code=status.HTTP_204_NO_CONTENT, tags=[tag], summary=f"Delete one of {path}", name=f"delete_{kind}")
+    def delete_object(object_id: int, db: DbDep, user: CurrentUser) -> None:
+        inv.delete_object(db, user.username, kind, object_id)
+
+    if create is not None:
+        @router.post(f"/{path}", response_model=read_model, status_code=status.HTTP_201_CREATED, tags=[tag], summary=f"Create one of {path}", name=f"create_{kind}")
+        def create_object(body: create_model, db: DbDep, user: CurrentUser) -> Any:  # type: ignore[valid-type]
+            return to_read(create(db, user.username, body.model_dump()))
+
+
+def _coerce(value: str) -> Any:
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if value.lstrip("-").isdigit():
+        return int(value)
+    return value
+
+
+_crud(path="datacenters", kind="datacenter", tag="datacenters", create_model=s.DatacenterCreate, update_model=s.DatacenterUpdate, read_model=s.DatacenterRead,
+      create=lambda db, user, data: inv.create_datacenter(db, user, data["name"]), filterable={"name"})
+_crud(path="folders", kind="folder", tag="folders", create_model=s.FolderCreate, update_model=s.FolderUpdate, read_model=s.FolderRead,
+      create=inv.create_folder, filterable={"name", "datacenter_id", "parent_id", "kind"})
+_crud(path="clusters", kind="cluster", tag="clusters", create_model=s.ClusterCreate, update_model=s.ClusterUpdate, read_model=s.ClusterRead,
+      create=inv.create_cluster, filterable={"name", "datacenter_id"})
+_crud(path="datastores", kind="datastore", tag="datastores", create_model=s.DatastoreCreate, update_model=s.DatastoreUpdate, read_model=s.DatastoreRead,
+      create=inv.create_datastore, filterable={"name", "datacenter_id", "kind"}, to_read=inv.datastore_read)
+_crud(path="portgroups", kind="portgroup", tag="portgroups", create_model=s.PortGroupCreate, update_model=s.PortGroupUpdate, read_model=s.PortGroupRead,
+      create=inv.create_portgroup, filterable={"name", "datacenter_id", "vlan_id"}, to_read=inv.portgroup_read)
+_crud(path="pools", kind="pool", tag="resource pools", create_model=s.ResourcePoolCreate, update_model=s.ResourcePoolUpdate, read_model=s.ResourcePoolRead,
+      create=inv.create_pool, filterable={"name", "cluster_id", "parent_id"})
+# Hosts: creation returns the agent token once, so it has its own route below.
+_crud(path="hosts", kind="host", tag="hosts", create_model=s.HostCreate, update_model=s.HostUpdate, read_model=s.HostRead,
+      create=None, filterable={"name", "datacenter_id", "cluster_id", "connection_state", "maintenance", "standby"})
+
+
+@router.post("/hosts", response_model=s.HostCreated, status_code=status.HTTP_201_CREATED, tags=["hosts"], summary="Add a host; the answer carries its agent token, shown once")
+def create_host(body: s.HostCreate, db: DbDep, user: CurrentUser) -> Any:
+    host, token = inv.create_host(db, user.username, body.model_dump())
+    return {**s.HostRead.model_validate(host).model_dump(), "agent_token": token}

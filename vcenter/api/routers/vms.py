@@ -1,0 +1,76 @@
+"""VM routes: inventory of VMs and the long operations on them (each answers 202 + Task)."""
+
+from typing import Any
+
+from fastapi import APIRouter, Body, Query, Request, status
+
+from vcenter.api.deps import CurrentUser, DbDep, SettingsDep
+from vcenter.domain.states import PowerAction
+from vcenter.schemas import inventory as s
+from vcenter.services import inventory as inv
+from vcenter.services import vms
+from vcenter.services.listing import list_rows
+
+router = APIRouter(prefix="/api/v1/vms", tags=["vms"])
+
+_FILTERABLE = {"name", "datacenter_id", "cluster_id", "host_id", "folder_id", "pool_id", "power_state", "status", "guest_os", "libvirt_uuid"}
+_SORTABLE = {"id", "name", "created_at", "memory_mib", "vcpus", "power_state"}
+
+
+@router.get("", response_model=s.Page[s.VmRead], summary="List VMs")
+def list_vms(
+    request: Request,
+    db: DbDep,
+    user: CurrentUser,
+    offset: int = Query(0, ge=0),
+    limit: int = Query(50, ge=1, le=500),
+    sort: str | None = Query(None, description="field or -field"),
+) -> Any:
+    filters = {k: v for k, v in request.query_params.items() if k not in {"offset", "limit", "sort"}}
+    filters = {k: (int(v) if k.endswith("_id") and v.isdigit() else v) for k, v in filters.items()}
+    total, rows = list_rows(db, inv.KINDS["vm"], filters=filters, filterable=_FILTERABLE, sort=sort, sortable=_SORTABLE, offset=offset, limit=limit)
+    return {"total": total, "offset": offset, "limit": limit, "items": rows}
+
+
+@router.get("/{vm_id}", response_model=s.VmRead, summary="Get a VM")
+def get_vm(vm_id: int, db: DbDep, user: CurrentUser) -> Any:
+    return inv.get(db, "vm", vm_id)
+
+
+@router.post("", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, summary="Create a VM on a host (a Task)")
+def create_vm(body: s.VmCreate, db: DbDep, user: CurrentUser) -> Any:
+    _, task = vms.create_vm(db, user.username, body.model_dump())
+    return task
+
+
+@router.patch("/{vm_id}", response_model=s.VmRead, summary="Rename a VM or move it to another folder or pool")
+def update_vm(vm_id: int, body: s.VmUpdate, db: DbDep, user: CurrentUser) -> Any:
+    return inv.update_object(db, user.username, "vm", vm_id, body.model_dump(exclude_unset=True))
+
+
+@router.delete("/{vm_id}", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, summary="Delete a powered-off VM and its disks (a Task)")
+def delete_vm(vm_id: int, db: DbDep, user: CurrentUser) -> Any:
+    return vms.delete_vm(db, user.username, vm_id)
+
+
+@router.post("/{vm_id}/reconfigure", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, summary="Change vCPUs and memory of a powered-off VM (a Task)")
+def reconfigure_vm(vm_id: int, body: s.VmReconfigure, db: DbDep, user: CurrentUser) -> Any:
+    return vms.reconfigure(db, user.username, vm_id, body.vcpus, body.memory_mib, body.version)
+
+
+def _power_route(path: str, action: PowerAction, summary: str) -> None:
+    @router.post(f"/{{vm_id}}/power/{path}", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, summary=summary, name=f"vm_{path}")
+    def power_action(vm_id: int, db: DbDep, user: CurrentUser, settings: SettingsDep) -> Any:
+        return vms.power(db, user.username, vm_id, action, settings)
+
+
+_power_route("on", PowerAction.POWER_ON, "Power on (a Task)")
+_power_route("off", PowerAction.POWER_OFF, "Power off, hard, like pulling the plug (a Task)")
+_power_route("reset", PowerAction.RESET, "Reset, hard (a Task)")
+_power_route("suspend", PowerAction.SUSPEND, "Suspend: memory saved to disk, the VM stops (libvirt managed save; a Task)")
+_power_route("resume", PowerAction.RESUME, "Resume a suspended VM from its saved memory (a Task)")
+
+
+@router.post("/{vm_id}/power/shutdown", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, summary="Guest shutdown; ends GUEST_SHUTDOWN_TIMEOUT if the guest is still running after the timeout (a Task)")
+def shutdown_vm(vm_id: int, db: DbDep, user: CurrentUser, settings: SettingsDep, body: s.ShutdownRequest | None = Body(None)) -> Any:
+    return vms.power(db, user.username, vm_id, PowerAction.SHUTDOWN_GUEST, settings, timeout=body.timeout if body else None)

@@ -1,0 +1,128 @@
+"""The `vcenter` command: serve, worker, beat, agent, db upgrade, admin create, lab.
+
+Configuration comes from VCENTER_* environment variables (see vcenter.core.settings);
+options given here override them for this process.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from vcenter.core.logging import setup_logging
+from vcenter.core.settings import get_settings, reset_settings_cache
+
+app = typer.Typer(help="virtcenter: central management of KVM/libvirt clusters.", no_args_is_help=True, add_completion=False)
+db_app = typer.Typer(help="Database schema management.", no_args_is_help=True)
+admin_app = typer.Typer(help="Administrator accounts.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(admin_app, name="admin")
+
+
+def _env(**values: object) -> None:
+    """Options override VCENTER_* variables: set them, then re-read settings."""
+    for key, value in values.items():
+        if value is not None:
+            os.environ[f"VCENTER_{key.upper()}"] = str(value)
+    reset_settings_cache()
+    settings = get_settings()
+    setup_logging(settings.log_level, settings.log_json)
+
+
+@app.command()
+def serve(
+    host: Optional[str] = typer.Option(None, help="address to listen on [VCENTER_API_HOST, default 127.0.0.1]"),
+    port: Optional[int] = typer.Option(None, help="port to listen on [VCENTER_API_PORT, default 8080]"),
+    database_url: Optional[str] = typer.Option(None, help="SQLAlchemy URL [VCENTER_DATABASE_URL]"),
+    redis_url: Optional[str] = typer.Option(None, help="Redis URL [VCENTER_REDIS_URL]"),
+    workers: int = typer.Option(1, help="uvicorn worker processes"),
+) -> None:
+    """Run the API (/api/v1, /docs, /livez, /readyz, /metrics) and the dashboard."""
+    _env(api_host=host, api_port=port, database_url=database_url, redis_url=redis_url)
+    import uvicorn
+
+    settings = get_settings()
+    uvicorn.run("vcenter.api.asgi:app", host=settings.api_host, port=settings.api_port, workers=workers, log_level=settings.log_level.lower())
+
+
+@app.command()
+def worker(
+    concurrency: int = typer.Option(2, help="parallel orchestrator tasks"),
+    database_url: Optional[str] = typer.Option(None, help="SQLAlchemy URL [VCENTER_DATABASE_URL]"),
+    redis_url: Optional[str] = typer.Option(None, help="Redis URL [VCENTER_REDIS_URL]"),
+) -> None:
+    """Run an orchestrator Celery worker (outbox relay, task reaper, host monitor)."""
+    _env(database_url=database_url, redis_url=redis_url)
+    from workers.beat import make_orchestrator_app
+
+    celery = make_orchestrator_app()
+    celery.worker_main(["worker", "--pool=threads", f"--concurrency={concurrency}", "--queues=orchestrator", "--without-gossip", "--without-mingle", "--loglevel=INFO", "--hostname=orchestrator@%h"])
+
+
+@app.command()
+def beat(redis_url: Optional[str] = typer.Option(None, help="Redis URL [VCENTER_REDIS_URL]")) -> None:
+    """Run the periodic scheduler; a Redis lock (celery-redbeat) keeps it to one per system."""
+    _env(redis_url=redis_url)
+    from workers.beat import make_orchestrator_app
+
+    celery = make_orchestrator_app()
+    celery.Beat(scheduler="redbeat.RedBeatScheduler", loglevel="INFO").run()
+
+
+@app.command()
+def agent(
+    host_id: Optional[int] = typer.Option(None, help="this host's id in the inventory [VCENTER_AGENT_HOST_ID]"),
+    token: Optional[str] = typer.Option(None, help="this host's agent token, given when the host was added [VCENTER_AGENT_TOKEN]"),
+    libvirt_uri: Optional[str] = typer.Option(None, help="libvirt URI of this host [VCENTER_LIBVIRT_URI, default qemu:///system]"),
+    api_url: Optional[str] = typer.Option(None, help="URL of the virtcenter API [VCENTER_PUBLIC_URL]"),
+    redis_url: Optional[str] = typer.Option(None, help="Redis URL [VCENTER_REDIS_URL]"),
+    simulated: bool = typer.Option(False, help="drive an in-memory simulated hypervisor instead of libvirt (demos only)"),
+) -> None:
+    """Run the host agent: consumes host.<id>, heartbeats, reports, libvirt events."""
+    _env(agent_host_id=host_id, agent_token=token, libvirt_uri=libvirt_uri, public_url=api_url, redis_url=redis_url)
+    settings = get_settings()
+    if settings.agent_host_id is None or not settings.agent_token:
+        raise typer.BadParameter("--host-id and --token (or VCENTER_AGENT_HOST_ID / VCENTER_AGENT_TOKEN) are required")
+    from workers.agent.main import run_agent
+
+    run_agent(settings, settings.agent_host_id, settings.agent_token, simulated=simulated)
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: str = typer.Argument("head", help="target revision"),
+    database_url: Optional[str] = typer.Option(None, help="SQLAlchemy URL [VCENTER_DATABASE_URL]"),
+) -> None:
+    """Apply Alembic migrations up to REVISION (default: head)."""
+    _env(database_url=database_url)
+    from vcenter.db.migrate import upgrade
+
+    upgrade(get_settings().database_url, revision)
+    typer.echo(f"database at {revision}")
+
+
+@admin_app.command("create")
+def admin_create(
+    username: str = typer.Argument(..., help="user name of the administrator"),
+    password: Optional[str] = typer.Option(None, help="password [VCENTER_ADMIN_PASSWORD]; asked for when absent", envvar="VCENTER_ADMIN_PASSWORD"),
+    database_url: Optional[str] = typer.Option(None, help="SQLAlchemy URL [VCENTER_DATABASE_URL]"),
+    exist_ok: bool = typer.Option(False, help="succeed (and reset the password) when the user exists"),
+) -> None:
+    """Create an administrator (the first one, typically)."""
+    _env(database_url=database_url)
+    if not password:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    from vcenter.services.admin import create_admin
+
+    created = create_admin(get_settings(), username, password, exist_ok=exist_ok)
+    typer.echo(f"administrator {username} {'created' if created else 'updated'}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Settings: every knob of virtcenter, read from ``VCENTER_*`` environment variables.
+
+Every timer lives here so that tests can run on compressed time. Durations are in seconds
+unless the name says otherwise.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VCENTER_", extra="ignore")
+
+    # --- storage and broker -------------------------------------------------------------
+    database_url: str = Field("sqlite:///./vcenter.db", description="SQLAlchemy URL; SQLite by default, postgresql+psycopg://... for PostgreSQL")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis: Celery broker, heartbeats, locks")
+
+    # --- API ------------------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    public_url: str = Field("http://127.0.0.1:8080", description="URL agents use to reach the API")
+    session_idle_timeout: float = Field(1800.0, description="a login session expires after this much idle time")
+    session_max_lifetime: float = Field(12 * 3600.0, description="absolute lifetime of a login session")
+    page_size_max: int = 500
+
+    # --- tasks ----------------------------------------------------------------------------
+    task_lease: float = Field(60.0, description="a running task whose lease is not renewed for this long is reaped")
+    task_max_attempts: int = Field(3, description="how many times a reaped task's command is re-sent before WORKER_LOST")
+    task_queue_timeout: float = Field(300.0, description="a queued task no agent picked up in this time ends as AGENT_UNREACHABLE")
+    reaper_period: float = Field(5.0, description="how often the reaper and outbox relay run")
+    outbox_batch: int = 100
+    celery_visibility_timeout: float = Field(3600.0, description="Redis visibility timeout: above the longest command")
+    guest_shutdown_timeout: float = Field(120.0, description="default time a guest gets to shut down before the task ends as GUEST_SHUTDOWN_TIMEOUT")
+
+    # --- agent ----------------------------------------------------------------------------
+    agent_host_id: int | None = None
+    agent_token: str | None = None
+    libvirt_uri: str = "qemu:///system"
+    heartbeat_period: float = Field(1.0, description="agent writes its Redis heartbeat key this often")
+    heartbeat_ttl: float = Field(3.0, description="heartbeat key expiry")
+    agent_report_period: float = Field(10.0, description="full host/VM state report period")
+    agent_reconnect_delay: float = Field(1.0, description="wait between reconnect attempts (libvirt, API)")
+    agent_concurrency: int = 4
+    datastore_root: str = Field("/var/lib/virtcenter/datastores", description="where the agent mounts datastores it creates")
+    host_not_responding_after: float = Field(15.0, description="a host with no heartbeat for this long is not-responding")
+
+    # --- beat -----------------------------------------------------------------------------
+    host_monitor_period: float = 2.0
+
+    # --- misc -----------------------------------------------------------------------------
+    log_level: str = "INFO"
+    log_json: bool = False
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings_cache() -> None:
+    get_settings.cache_clear()

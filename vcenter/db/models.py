@@ -1,0 +1,322 @@
+"""ORM models: the inventory, tasks, events, the outbox and users.
+
+Vocabulary:
+- ``version``: optimistic-concurrency counter (SQLAlchemy ``version_id_col``); an update
+  computed on a stale read fails with STALE_VERSION instead of overwriting.
+- object claim: the row that marks an object busy with one active task (primary key
+  ``(object_type, object_id)``, so a second claim fails on the unique key: 409 OBJECT_BUSY).
+- outbox: commands written in the same transaction as the Task, relayed to Celery after commit.
+- All timestamps are stored as UTC and returned timezone-aware on SQLite and PostgreSQL.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    Index,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from vcenter.core.clock import utcnow
+
+
+class UTCDateTime(TypeDecorator):
+    """A timezone-aware UTC datetime on every database (SQLite stores no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(timezone.utc)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Timestamped:
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+
+
+class Datacenter(Timestamped, Base):
+    __tablename__ = "datacenters"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(80), unique=True)
+    version: Mapped[int] = mapped_column(default=1)
+    __mapper_args__ = {"version_id_col": version}
+
+
+class Folder(Timestamped, Base):
+    __tablename__ = "folders"
+    __table_args__ = (UniqueConstraint("datacenter_id", "parent_id", "name", name="uq_folders_dc_parent_name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(80))
+    kind: Mapped[str] = mapped_column(String(16), default="vm")  # vm | host | datastore | network
+    datacenter_id: Mapped[int] = mapped_column(ForeignKey("datacenters.id", ondelete="RESTRICT"), index=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("folders.id", ondelete="RESTRICT"), index=True)
+    version: Mapped[int] = mapped_column(default=1)
+    __mapper_args__ = {"version_id_col": version}
+
+
+class Cluster(Timestamped, Base):
+    __tablename__ = "clusters"
+    __table_args__ = (UniqueConstraint("datacenter_id", "name", name="uq_clusters_dc_name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(80))
+    datacenter_id: Mapped[int] = mapped_column(ForeignKey("datacenters.id", ondelete="RESTRICT"), index=True)
+    # Versioned settings document: {"schema": 1, "drs": {...}, "dpm": {...}, "ha": {...}, "evc": {...}}
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    version: Mapped[int] = mapped_column(default=1)
+    __mapper_args__ = {"version_id_col": version}
+
+
+class Host(Timestamped, Base):
+    __tablename__ = "hosts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    address: Mapped[str] = mapped_column(String(255), default="")
+    datacenter_id: Mapped[int] = mapped_column(ForeignKey("datacenters.id", ondelete="RESTRICT"), index=True)
+    cluster_id: Mapped[int | None] = mapped_column(ForeignKey("clusters.id", ondelete="RESTRICT"), index=True)
+    connection_state: Mapped[str] = mapped_column(String(16), default="disconnected")
+    maintenance: Mapped[bool] = mapped_column(Boolean, default=False)
+    standby: Mapped[bool] = mapped_column(Boolean, default=False)
+    libvirt_uri: Mapped[str] = mapped_column(String(255), default="qemu:///system")
+    host_uuid: Mapped[str | None] = mapped_column(String(64), unique=True)
+    hypervisor: Mapped[str | None] = mapped_column(String(16))
+    cpu_model: Mapped[str | None] = mapped_column(String(128))
+    cpu_cores: Mapped[int | None] = mapped_column(Integer)
+    cpu_mhz: Mapped[int | None] = mapped_column(Integer)
+    memory_mib: Mapped[int | None] = mapped_column(Integer)
+    agent_token_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    last_report_at: Mapped[datetime | None] = mapped_column()
+    version: Mapped[int] = mapped_column(default=1)
+    __mapper_args__ = {"version_id_col": version}
+
+
+class Datastore(Timestamped, Base):
+    __tablename__ = "datastores"
+    __table_args__ = (UniqueConstraint("datacenter_id", "name", name="uq_datastores_dc_name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(80))
+    datacenter_id: Mapped[int] = mapped_column(ForeignKey("datacenters.id", ondelete="RESTRICT"), index=True)
+    kind: Mapped[str] = mapped_column(String(16), default="dir")  # dir | nfs | block | lab-dir
+    url: Mapped[str] = mapped_column(String(1024))  # a path for dir datastores
+    capacity_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    free_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    version: Mapped[int] = mapped_column(default=1)
+    __mapper_args__ = {"version_id_col": version}
+    mounts: Mapped[list["DatastoreMount"]] = relationship(back_populates="datastore", cascade="all, delete-orphan", lazy="selectin")
+
+
+class DatastoreMount(Base):
+    __tablename__ = "datastore_mounts"
+    datastore_id: Mapped[int] = mapped_column(ForeignKey("datastores.id", ondelete="CASCADE"), primary_key=True)
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"), primary_key=True)
+    path: Mapped[str] = mapped_column(String(1024))
+    datastore: Mapped[Datastore] = relationship(back_populates="mounts")
+
+
+class PortGroup(Timestamped, Base):
+    __tablename__ = "portgroups"
+    __table_args__ = (UniqueConstraint("datacenter_id", "name", name="uq_portgroups_dc_name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(80))
+    datacenter_id: Mapped[int] = mapped_column(ForeignKey("datacenters.id", ondelete="RESTRICT"), index=True)
+    vlan_id: Mapped[int] = mapped_column(Integer, default=0)
+    bridge: Mapped[str] = mapped_column(String(15))  # Linux interface names are at most 15 chars
+    version: Mapped[int] = mapped_column(default=1)
+    __mapper_args__ = {"version_id_col": version}
+    hosts: Mapped[list["PortGroupHost"]] = relationship(back_populates="portgroup", cascade="all, delete-orphan", lazy="selectin")
+
+
+class PortGroupHost(Base):
+    __tablename__ = "portgroup_hosts"
+    portgroup_id: Mapped[int] = mapped_column(ForeignKey("portgroups.id", ondelete="CASCADE"), primary_key=True)
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"), primary_key=True)
+    present: Mapped[bool] = mapped_column(Boolean, default=False)  # as reported by the host's agent
+    portgroup: Mapped[PortGroup] = relationship(back_populates="hosts")
+
+
+class ResourcePool(Timestamped, Base):
+    __tablename__ = "resource_pools"
+    __table_args__ = (UniqueConstraint("cluster_id", "parent_id", "name", name="uq_pools_cluster_parent_name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(80))
+    cluster_id: Mapped[int] = mapped_column(ForeignKey("clusters.id", ondelete="RESTRICT"), index=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("resource_pools.id", ondelete="RESTRICT"), index=True)
+    cpu_reservation_mhz: Mapped[int] = mapped_column(Integer, default=0)
+    cpu_limit_mhz: Mapped[int | None] = mapped_column(Integer)
+    cpu_shares: Mapped[int] = mapped_column(Integer, default=4000)
+    memory_reservation_mib: Mapped[int] = mapped_column(Integer, default=0)
+    memory_limit_mib: Mapped[int | None] = mapped_column(Integer)
+    memory_shares: Mapped[int] = mapped_column(Integer, default=163840)
+    expandable_reservation: Mapped[bool] = mapped_column(Boolean, default=True)
+    version: Mapped[int] = mapped_column(default=1)
+    __mapper_args__ = {"version_id_col": version}
+
+
+class VirtualMachine(Timestamped, Base):
+    __tablename__ = "vms"
+    __table_args__ = (UniqueConstraint("datacenter_id", "name", name="uq_vms_dc_name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(80))
+    datacenter_id: Mapped[int] = mapped_column(ForeignKey("datacenters.id", ondelete="RESTRICT"), index=True)
+    cluster_id: Mapped[int | None] = mapped_column(ForeignKey("clusters.id", ondelete="RESTRICT"), index=True)
+    host_id: Mapped[int | None] = mapped_column(ForeignKey("hosts.id", ondelete="RESTRICT"), index=True)
+    folder_id: Mapped[int | None] = mapped_column(ForeignKey("folders.id", ondelete="RESTRICT"), index=True)
+    pool_id: Mapped[int | None] = mapped_column(ForeignKey("resource_pools.id", ondelete="RESTRICT"), index=True)
+    vcpus: Mapped[int] = mapped_column(Integer, default=1)
+    memory_mib: Mapped[int] = mapped_column(Integer, default=64)
+    guest_os: Mapped[str] = mapped_column(String(64), default="other")
+    power_state: Mapped[str] = mapped_column(String(16), default="poweredOff")
+    # creating -> ready; orphaned / inaccessible come with host reconciliation
+    status: Mapped[str] = mapped_column(String(16), default="creating")
+    libvirt_uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    last_stop_reason: Mapped[str | None] = mapped_column(String(16))
+    version: Mapped[int] = mapped_column(default=1)
+    __mapper_args__ = {"version_id_col": version}
+    disks: Mapped[list["VirtualDisk"]] = relationship(back_populates="vm", cascade="all, delete-orphan", lazy="selectin", order_by="VirtualDisk.index")
+    nics: Mapped[list["VirtualNic"]] = relationship(back_populates="vm", cascade="all, delete-orphan", lazy="selectin", order_by="VirtualNic.index")
+
+
+class VirtualDisk(Base):
+    __tablename__ = "vm_disks"
+    __table_args__ = (UniqueConstraint("vm_id", "index", name="uq_vm_disks_vm_index"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    vm_id: Mapped[int] = mapped_column(ForeignKey("vms.id", ondelete="CASCADE"), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    datastore_id: Mapped[int] = mapped_column(ForeignKey("datastores.id", ondelete="RESTRICT"), index=True)
+    file: Mapped[str] = mapped_column(String(255))
+    capacity_mib: Mapped[int] = mapped_column(Integer)
+    format: Mapped[str] = mapped_column(String(8), default="qcow2")
+    vm: Mapped[VirtualMachine] = relationship(back_populates="disks")
+
+
+class VirtualNic(Base):
+    __tablename__ = "vm_nics"
+    __table_args__ = (UniqueConstraint("vm_id", "index", name="uq_vm_nics_vm_index"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    vm_id: Mapped[int] = mapped_column(ForeignKey("vms.id", ondelete="CASCADE"), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    portgroup_id: Mapped[int] = mapped_column(ForeignKey("portgroups.id", ondelete="RESTRICT"), index=True)
+    mac: Mapped[str] = mapped_column(String(17), unique=True)
+    model: Mapped[str] = mapped_column(String(16), default="virtio")
+    vm: Mapped[VirtualMachine] = relationship(back_populates="nics")
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+    __table_args__ = (Index("ix_tasks_state_lease", "state", "lease_expires_at"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(48))
+    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    step: Mapped[str] = mapped_column(String(64), default="queued")
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    object_type: Mapped[str] = mapped_column(String(24))
+    object_id: Mapped[int] = mapped_column(Integer)
+    host_id: Mapped[int | None] = mapped_column(ForeignKey("hosts.id", ondelete="SET NULL"))
+    username: Mapped[str] = mapped_column(String(80), default="system")
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error_code: Mapped[str | None] = mapped_column(String(48))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    command_id: Mapped[str | None] = mapped_column(String(36))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    lease_expires_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+
+
+class ObjectClaim(Base):
+    __tablename__ = "object_claims"
+    object_type: Mapped[str] = mapped_column(String(24), primary_key=True)
+    object_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), unique=True)
+
+
+class Event(Base):
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_object", "object_type", "object_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    username: Mapped[str] = mapped_column(String(80), default="system")
+    kind: Mapped[str] = mapped_column(String(48), index=True)
+    object_type: Mapped[str | None] = mapped_column(String(24))
+    object_id: Mapped[int | None] = mapped_column(Integer)
+    object_name: Mapped[str | None] = mapped_column(String(255))
+    message: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(String(64))
+    task_id: Mapped[int | None] = mapped_column(Integer)
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class OutboxMessage(Base):
+    __tablename__ = "outbox"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    queue: Mapped[str] = mapped_column(String(64))
+    task_name: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(index=True)
+    send_attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class User(Timestamped, Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(80), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class LoginSession(Base):
+    __tablename__ = "login_sessions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)

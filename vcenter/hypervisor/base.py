@@ -1,0 +1,84 @@
+"""The hypervisor driver contract the host agent programs against.
+
+Two implementations: ``vcenter.hypervisor.libvirt`` (the real one, libvirt-python) and
+``vcenter.hypervisor.simulated`` (in-memory, for scale and demos; never stands in for the real
+one in a test that claims a real feature).
+
+Vocabulary:
+- domain: a VM as the hypervisor knows it, identified by its UUID (the inventory's
+  ``libvirt_uuid``); names are unique per host too.
+- every mutating call is idempotent where the operation allows: ``define`` of a UUID that
+  already exists with the same name returns it; ``start`` of a running domain is a no-op; the
+  agent relies on this when a command is redelivered.
+- ``DriverError.code`` is a stable error code that ends up in the Task.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from vcenter.messaging.contracts import DomainState, HostFacts, LifecycleEvent, VmSpec
+
+
+class DriverError(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class ConnectionLost(DriverError):
+    def __init__(self, message: str = "connection to the hypervisor lost"):
+        super().__init__("HYPERVISOR_UNREACHABLE", message)
+
+
+LifecycleCallback = Callable[[LifecycleEvent], None]
+
+
+class HypervisorDriver(Protocol):
+    def connect(self) -> None:
+        """Open (or re-open) the connection; raises ConnectionLost when the daemon is down."""
+
+    def close(self) -> None: ...
+
+    def is_alive(self) -> bool: ...
+
+    def host_facts(self) -> HostFacts: ...
+
+    def list_domains(self) -> list[DomainState]: ...
+
+    def domain_state(self, uuid: str) -> DomainState | None:
+        """None when no domain of that UUID is defined."""
+
+    def create_disks(self, spec: VmSpec) -> list[str]:
+        """Create every disk file that does not exist yet; return their paths."""
+
+    def define(self, spec: VmSpec) -> DomainState:
+        """Define the persistent domain (idempotent by UUID)."""
+
+    def start(self, uuid: str) -> DomainState:
+        """Power on (also resumes from a managed save image)."""
+
+    def stop(self, uuid: str) -> DomainState:
+        """Hard power off (virDomainDestroy)."""
+
+    def shutdown(self, uuid: str, timeout: float) -> DomainState:
+        """Ask the guest to shut down and wait up to ``timeout`` seconds; raises
+        DriverError('GUEST_SHUTDOWN_TIMEOUT') when it is still running then."""
+
+    def reset(self, uuid: str) -> DomainState: ...
+
+    def suspend(self, uuid: str) -> DomainState:
+        """Managed save: memory to disk, QEMU stops, state becomes suspended."""
+
+    def resume(self, uuid: str) -> DomainState:
+        """Start from the managed save image."""
+
+    def reconfigure(self, uuid: str, vcpus: int | None, memory_mib: int | None) -> DomainState:
+        """Change the persistent config of a powered-off domain."""
+
+    def undefine(self, uuid: str, delete_disks: list[str]) -> None:
+        """Remove the domain (managed save and all) and the given disk files; idempotent."""
+
+    def subscribe_lifecycle(self, callback: LifecycleCallback) -> None:
+        """Call ``callback`` for every lifecycle event; survives reconnects."""

@@ -1,0 +1,308 @@
+"""A private, real libvirtd for tests and the lab (``make run``, ``vcenter lab``).
+
+What this module decides:
+- Every lab "host" is one libvirtd running in its own mount namespace. Inside it, private
+  directories of ``workdir`` are bind-mounted over the daemon's fixed paths
+  (/etc/libvirt, /run/libvirt, /var/lib/libvirt, /var/log/libvirt, /var/cache/libvirt), so two
+  daemons on one machine never share a socket, a pid file, a domain config or a QEMU
+  capabilities cache. Nothing is mounted in the root namespace: when the last process of the
+  namespace exits, its mounts vanish with it.
+- Clients in the root namespace reach the daemon through the backing directory of the bind
+  mount: ``qemu+unix:///system?socket=<workdir>/run/libvirt/libvirt-sock``; with ``tcp_port``
+  the daemon also listens (no auth, lab network only) at ``qemu+tcp://<addr>:<port>/system``.
+- QEMU processes inherit the daemon's mount namespace (qemu.conf ``namespaces = []``), which
+  is how ``stop()`` finds every QEMU a daemon started even when its pid file is gone.
+
+Vocabulary: workdir = the host's private root on the machine; name = the host's name, from
+which its stable ``host_uuid`` is derived.
+
+Later issues extend this class with a network namespace and a cgroup subtree per host; keep
+the namespace set-up in ``_launch_script`` and the config in ``_write_config``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+import uuid as uuidlib
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# The daemon's fixed paths and the workdir subdirectory that backs each one.
+_BIND_MOUNTS: dict[str, str] = {
+    "/etc/libvirt": "etc/libvirt",
+    "/run/libvirt": "run/libvirt",
+    "/var/lib/libvirt": "lib/libvirt",
+    "/var/log/libvirt": "log/libvirt",
+    "/var/cache/libvirt": "cache/libvirt",
+}
+
+_HOST_UUID_NAMESPACE = uuidlib.UUID("5b0d8a52-1c1e-4d0f-9f7e-6c7a2f3b9d10")
+
+
+def _conf_str(value: str) -> str:
+    """Quote a value for libvirt's conf syntax (a subset of Python/JSON string syntax)."""
+    if any(c in value for c in '"\\\n'):
+        raise ValueError(f"unsupported character in config value {value!r}")
+    return f'"{value}"'
+
+
+class PrivateLibvirtd:
+    def __init__(
+        self,
+        workdir: Path,
+        name: str,
+        tcp_port: int | None = None,
+        listen_addr: str = "127.0.0.1",
+        start_timeout: float = 15.0,
+    ):
+        self.workdir = Path(workdir).resolve()
+        self.name = name
+        self.tcp_port = tcp_port
+        self.listen_addr = listen_addr
+        self.start_timeout = start_timeout
+        self.host_uuid = str(uuidlib.uuid5(_HOST_UUID_NAMESPACE, name))
+        self._proc: subprocess.Popen | None = None
+        # Mount namespaces (by inode) our daemons ran in: QEMUs live on in them after a
+        # daemon-only kill, and stop() must still find them.
+        self._namespaces: set[str] = set()
+
+    # --- paths ----------------------------------------------------------------------------
+    def path(self, inside: str) -> Path:
+        """The backing path in the root namespace of a path as the daemon sees it."""
+        for mount_point, sub in _BIND_MOUNTS.items():
+            if inside == mount_point or inside.startswith(mount_point + "/"):
+                return self.workdir / sub / inside[len(mount_point) + 1:]
+        raise ValueError(f"{inside} is not inside a private mount")
+
+    @property
+    def socket_path(self) -> Path:
+        return self.workdir / "run/libvirt/libvirt-sock"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.workdir / "run/libvirt/libvirtd.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.workdir / "log/libvirt/libvirtd.log"
+
+    @property
+    def uri(self) -> str:
+        return f"qemu+unix:///system?socket={self.socket_path}"
+
+    @property
+    def tcp_uri(self) -> str | None:
+        if self.tcp_port is None:
+            return None
+        return f"qemu+tcp://{self.listen_addr}:{self.tcp_port}/system"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc and self._proc.poll() is None else None
+
+    # --- set-up ---------------------------------------------------------------------------
+    def _write_config(self) -> None:
+        for sub in _BIND_MOUNTS.values():
+            (self.workdir / sub).mkdir(parents=True, exist_ok=True)
+        (self.workdir / "log/libvirt/qemu").mkdir(parents=True, exist_ok=True)
+        etc = self.workdir / "etc/libvirt"
+        lines = [
+            "auth_unix_rw = \"none\"",
+            "auth_unix_ro = \"none\"",
+            "unix_sock_group = \"root\"",
+            "unix_sock_rw_perms = \"0700\"",
+            f"host_uuid = {_conf_str(self.host_uuid)}",
+            "keepalive_interval = 2",
+            "keepalive_count = 3",
+            "log_level = 3",
+            "log_outputs = \"3:file:/var/log/libvirt/libvirtd.log\"",
+            "listen_tls = 0",
+        ]
+        if self.tcp_port is not None:
+            lines += [
+                "listen_tcp = 1",
+                f"listen_addr = {_conf_str(self.listen_addr)}",
+                f"tcp_port = {_conf_str(str(self.tcp_port))}",
+                "auth_tcp = \"none\"",
+            ]
+        (etc / "libvirtd.conf").write_text("\n".join(lines) + "\n")
+        qemu = [
+            "user = \"root\"",
+            "group = \"root\"",
+            # No virtlogd runs here: QEMU writes its log file itself.
+            "stdio_handler = \"file\"",
+            # QEMU stays in the daemon's mount namespace (see module docstring).
+            "namespaces = [ ]",
+            # No AppArmor/SELinux in the lab; a label failure must not look like a bug of ours.
+            "security_driver = \"none\"",
+        ]
+        if self.tcp_port is not None:
+            qemu += [
+                f"migration_address = {_conf_str(self.listen_addr)}",
+                f"migration_host = {_conf_str(self.listen_addr)}",
+            ]
+        (etc / "qemu.conf").write_text("\n".join(qemu) + "\n")
+        self._write_accounts()
+
+    def _write_accounts(self) -> None:
+        # The QEMU driver resolves its compiled-in default user (Debian: libvirt-qemu) before it
+        # reads qemu.conf, and fails when the account is missing (libvirt-daemon-system is not
+        # installed here). The daemon gets private copies of passwd/group that have it, so the
+        # machine's own account files stay untouched.
+        passwd = Path("/etc/passwd").read_text()
+        group = Path("/etc/group").read_text()
+        if not any(line.startswith("libvirt-qemu:") for line in passwd.splitlines()):
+            passwd = passwd.rstrip("\n") + "\nlibvirt-qemu:x:64055:64055:libvirt qemu:/var/lib/libvirt:/usr/sbin/nologin\n"
+        for grp, gid in (("libvirt-qemu", 64055), ("kvm", 64056), ("libvirt", 64057)):
+            if not any(line.startswith(grp + ":") for line in group.splitlines()):
+                group = group.rstrip("\n") + f"\n{grp}:x:{gid}:\n"
+        (self.workdir / "accounts").mkdir(exist_ok=True)
+        (self.workdir / "accounts/passwd").write_text(passwd)
+        (self.workdir / "accounts/group").write_text(group)
+
+    def _launch_script(self) -> str:
+        # Runs inside the new mount namespace. Mount points are created in the shared root fs
+        # (an empty directory is harmless); what is mounted on them stays private.
+        parts = ["set -e"]
+        for mount_point, sub in _BIND_MOUNTS.items():
+            parts.append(f"mkdir -p {mount_point}")
+            parts.append(f'mount --bind "$1/{sub}" {mount_point}')
+        parts.append('mount --bind "$1/accounts/passwd" /etc/passwd')
+        parts.append('mount --bind "$1/accounts/group" /etc/group')
+        args = '--pid-file /run/libvirt/libvirtd.pid --config /etc/libvirt/libvirtd.conf'
+        if self.tcp_port is not None:
+            args += " --listen"
+        parts.append(f"exec libvirtd {args}")
+        return "\n".join(parts)
+
+    # --- life cycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the daemon (no-op when ours is running) and wait until it answers."""
+        if self.pid is not None:
+            return
+        self._write_config()
+        # A stale socket/pid file from a killed daemon would be mistaken for a live one.
+        for stale in (self.socket_path, self.pid_file, self.workdir / "run/libvirt/libvirt-sock-ro",
+                      self.workdir / "run/libvirt/libvirt-admin-sock"):
+            stale.unlink(missing_ok=True)
+        out = open(self.workdir / "libvirtd.stdout", "ab")
+        t0 = time.monotonic()
+        # `unshare` without --fork execs in place, so Popen's pid is libvirtd's pid.
+        self._proc = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", self._launch_script(),
+             "libvirtd-launch", str(self.workdir)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        out.close()
+        deadline = t0 + self.start_timeout
+        while True:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"libvirtd {self.name} exited with {self._proc.returncode}; "
+                                   f"see {self.workdir / 'libvirtd.stdout'} and {self.log_file}")
+            # The first call of a fresh daemon probes QEMU's capabilities (seconds), so the
+            # probe gets all the time that is left rather than a short timeout of its own.
+            if self.socket_path.exists() and self._answers(max(0.5, deadline - time.monotonic())):
+                break
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"libvirtd {self.name} did not answer within {self.start_timeout}s")
+            time.sleep(0.05)
+        # The namespace is final once the daemon answers (the pid is the same process). Never
+        # record our own namespace: stop() kills everything in the recorded ones.
+        try:
+            ns = os.readlink(f"/proc/{self._proc.pid}/ns/mnt")
+            if ns != os.readlink("/proc/self/ns/mnt"):
+                self._namespaces.add(ns)
+        except OSError:
+            pass
+        self.started_in = time.monotonic() - t0
+        log.info("libvirtd %s up in %.2fs at %s", self.name, self.started_in, self.uri)
+
+    def _answers(self, timeout: float) -> bool:
+        try:
+            return subprocess.run(["virsh", "-c", self.uri, "version"], capture_output=True,
+                                  timeout=timeout).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
+
+    def kill_daemon(self, sig: int = signal.SIGKILL) -> None:
+        """Kill only libvirtd, as a daemon crash would: the guests keep running."""
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.send_signal(sig)
+            self._proc.wait(10)
+        self._proc = None
+
+    def restart_daemon(self) -> None:
+        """Kill only libvirtd and start a new one; it re-attaches the running guests."""
+        self.kill_daemon()
+        self.start()
+
+    def qemu_pids(self) -> list[int]:
+        """QEMU processes of this host: from pid files and from our mount namespaces."""
+        pids: set[int] = set()
+        for pf in (self.workdir / "run/libvirt/qemu").glob("*.pid"):
+            try:
+                pid = int(pf.read_text().strip())
+            except (OSError, ValueError):
+                continue
+            if _comm(pid).startswith("qemu"):
+                pids.add(pid)
+        for pid in _pids_in_namespaces(self._namespaces):
+            if _comm(pid).startswith("qemu"):
+                pids.add(pid)
+        return sorted(pids)
+
+    def stop(self) -> None:
+        """Kill libvirtd and every QEMU it started; idempotent."""
+        self.kill_daemon()
+        for _ in range(50):
+            victims = set(self.qemu_pids()) | set(_pids_in_namespaces(self._namespaces))
+            victims.discard(os.getpid())
+            if not victims:
+                break
+            for pid in victims:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.1)
+        else:
+            log.warning("processes of libvirtd %s survived SIGKILL: %s", self.name, victims)
+        # With every process gone the namespaces (and their mounts) are gone.
+        self._namespaces.clear()
+
+    def __enter__(self) -> "PrivateLibvirtd":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _pids_in_namespaces(namespaces: set[str]) -> list[int]:
+    namespaces = set(namespaces) - {os.readlink("/proc/self/ns/mnt")}
+    if not namespaces:
+        return []
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.readlink(f"/proc/{entry.name}/ns/mnt") in namespaces:
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found

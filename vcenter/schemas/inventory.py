@@ -1,0 +1,363 @@
+"""Request and response models of the inventory, in families: XCreate, XUpdate, XRead.
+
+Names are validated here (a VM named ``a</name><devices>`` never reaches a hypervisor);
+unknown fields are refused, so a typo is a 422 rather than a silent no-op.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from vcenter.domain.states import ConnectionState, PowerState
+
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+HostName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9.:_-]{0,254}$")]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    total: int
+    offset: int
+    limit: int
+    items: list[T]
+
+
+# --- datacenters ---------------------------------------------------------------------------
+class DatacenterCreate(_In):
+    name: Name
+
+
+class DatacenterUpdate(_In):
+    name: Name | None = None
+    version: int | None = Field(None, description="optimistic concurrency: the version you read")
+
+
+class DatacenterRead(_Out):
+    id: int
+    name: str
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+# --- folders -------------------------------------------------------------------------------
+class FolderCreate(_In):
+    name: Name
+    datacenter_id: int
+    parent_id: int | None = None
+    kind: Literal["vm", "host", "datastore", "network"] = "vm"
+
+
+class FolderUpdate(_In):
+    name: Name | None = None
+    parent_id: int | None = None
+    version: int | None = None
+
+
+class FolderRead(_Out):
+    id: int
+    name: str
+    datacenter_id: int
+    parent_id: int | None
+    kind: str
+    version: int
+    created_at: datetime
+
+
+# --- clusters ------------------------------------------------------------------------------
+class ClusterCreate(_In):
+    name: Name
+    datacenter_id: int
+    settings: dict[str, Any] = Field(default_factory=dict, description="DRS, DPM, HA and EVC settings document")
+
+
+class ClusterUpdate(_In):
+    name: Name | None = None
+    settings: dict[str, Any] | None = None
+    version: int | None = None
+
+
+class ClusterRead(_Out):
+    id: int
+    name: str
+    datacenter_id: int
+    settings: dict[str, Any]
+    version: int
+    created_at: datetime
+
+
+# --- hosts ---------------------------------------------------------------------------------
+class HostCreate(_In):
+    name: HostName
+    datacenter_id: int
+    cluster_id: int | None = None
+    address: str = Field("", max_length=255)
+    libvirt_uri: str = Field("qemu:///system", max_length=255, pattern=r"^[a-z0-9+]+://[^\s<>\"']*$")
+
+
+class HostUpdate(_In):
+    name: HostName | None = None
+    cluster_id: int | None = None
+    address: str | None = Field(None, max_length=255)
+    maintenance: bool | None = None
+    standby: bool | None = None
+    version: int | None = None
+
+
+class HostRead(_Out):
+    id: int
+    name: str
+    address: str
+    datacenter_id: int
+    cluster_id: int | None
+    connection_state: ConnectionState
+    maintenance: bool
+    standby: bool
+    libvirt_uri: str
+    host_uuid: str | None
+    hypervisor: str | None
+    cpu_model: str | None
+    cpu_cores: int | None
+    cpu_mhz: int | None
+    memory_mib: int | None
+    last_report_at: datetime | None
+    version: int
+    created_at: datetime
+
+
+class HostCreated(HostRead):
+    agent_token: str = Field(description="shown once: the agent's credential for this host")
+
+
+# --- datastores ----------------------------------------------------------------------------
+class DatastoreCreate(_In):
+    name: Name
+    datacenter_id: int
+    kind: Literal["dir", "lab-dir", "nfs", "block"] = "dir"
+    url: str = Field(..., max_length=1024, pattern=r"^/[A-Za-z0-9._/-]*$", description="absolute path on the hosts that mount it")
+    host_ids: list[int] = Field(default_factory=list, description="hosts that mount it")
+
+
+class DatastoreUpdate(_In):
+    name: Name | None = None
+    host_ids: list[int] | None = None
+    version: int | None = None
+
+
+class DatastoreRead(_Out):
+    id: int
+    name: str
+    datacenter_id: int
+    kind: str
+    url: str
+    capacity_bytes: int
+    free_bytes: int
+    host_ids: list[int]
+    version: int
+    created_at: datetime
+
+
+# --- port groups ---------------------------------------------------------------------------
+class PortGroupCreate(_In):
+    name: Name
+    datacenter_id: int
+    vlan_id: int = Field(0, ge=0, le=4094)
+    host_ids: list[int] = Field(default_factory=list)
+
+
+class PortGroupUpdate(_In):
+    name: Name | None = None
+    host_ids: list[int] | None = None
+    version: int | None = None
+
+
+class PortGroupRead(_Out):
+    id: int
+    name: str
+    datacenter_id: int
+    vlan_id: int
+    bridge: str
+    host_ids: list[int]
+    present_on_host_ids: list[int]
+    version: int
+    created_at: datetime
+
+
+# --- resource pools ------------------------------------------------------------------------
+class ResourcePoolCreate(_In):
+    name: Name
+    cluster_id: int
+    parent_id: int | None = None
+    cpu_reservation_mhz: int = Field(0, ge=0)
+    cpu_limit_mhz: int | None = Field(None, ge=0)
+    cpu_shares: int = Field(4000, ge=1)
+    memory_reservation_mib: int = Field(0, ge=0)
+    memory_limit_mib: int | None = Field(None, ge=0)
+    memory_shares: int = Field(163840, ge=1)
+    expandable_reservation: bool = True
+
+
+class ResourcePoolUpdate(_In):
+    name: Name | None = None
+    cpu_reservation_mhz: int | None = Field(None, ge=0)
+    cpu_limit_mhz: int | None = Field(None, ge=0)
+    cpu_shares: int | None = Field(None, ge=1)
+    memory_reservation_mib: int | None = Field(None, ge=0)
+    memory_limit_mib: int | None = Field(None, ge=0)
+    memory_shares: int | None = Field(None, ge=1)
+    expandable_reservation: bool | None = None
+    version: int | None = None
+
+
+class ResourcePoolRead(_Out):
+    id: int
+    name: str
+    cluster_id: int
+    parent_id: int | None
+    cpu_reservation_mhz: int
+    cpu_limit_mhz: int | None
+    cpu_shares: int
+    memory_reservation_mib: int
+    memory_limit_mib: int | None
+    memory_shares: int
+    expandable_reservation: bool
+    version: int
+    created_at: datetime
+
+
+# --- VMs -----------------------------------------------------------------------------------
+class DiskCreate(_In):
+    datastore_id: int
+    capacity_mib: int = Field(..., ge=1, le=16 * 1024 * 1024)
+    format: Literal["qcow2", "raw"] = "qcow2"
+
+
+class NicCreate(_In):
+    portgroup_id: int
+    model: Literal["virtio", "e1000", "rtl8139"] = "virtio"
+
+
+class VmCreate(_In):
+    name: Name
+    datacenter_id: int | None = Field(None, description="defaults to the host's datacenter")
+    host_id: int
+    folder_id: int | None = None
+    pool_id: int | None = None
+    vcpus: int = Field(1, ge=1, le=64)
+    memory_mib: int = Field(64, ge=16, le=1024 * 1024)
+    guest_os: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")] = "other"
+    disks: list[DiskCreate] = Field(default_factory=list, max_length=16)
+    nics: list[NicCreate] = Field(default_factory=list, max_length=8)
+
+
+class VmUpdate(_In):
+    name: Name | None = None
+    folder_id: int | None = None
+    pool_id: int | None = None
+    version: int | None = None
+
+
+class VmReconfigure(_In):
+    vcpus: int | None = Field(None, ge=1, le=64)
+    memory_mib: int | None = Field(None, ge=16, le=1024 * 1024)
+    version: int | None = None
+
+
+class ShutdownRequest(_In):
+    timeout: float | None = Field(None, gt=0, le=3600, description="seconds the guest gets before the task ends GUEST_SHUTDOWN_TIMEOUT")
+
+
+class DiskRead(_Out):
+    index: int
+    datastore_id: int
+    file: str
+    capacity_mib: int
+    format: str
+
+
+class NicRead(_Out):
+    index: int
+    portgroup_id: int
+    mac: str
+    model: str
+
+
+class VmRead(_Out):
+    id: int
+    name: str
+    datacenter_id: int
+    cluster_id: int | None
+    host_id: int | None
+    folder_id: int | None
+    pool_id: int | None
+    vcpus: int
+    memory_mib: int
+    guest_os: str
+    power_state: PowerState
+    status: str
+    libvirt_uuid: str
+    last_stop_reason: str | None
+    disks: list[DiskRead]
+    nics: list[NicRead]
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+# --- tasks and events ----------------------------------------------------------------------
+class TaskRead(_Out):
+    id: int
+    kind: str
+    state: str
+    step: str
+    progress: int
+    object_type: str
+    object_id: int
+    host_id: int | None
+    username: str
+    result: dict[str, Any] | None
+    error_code: str | None
+    error_message: str | None
+    attempts: int
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class EventRead(_Out):
+    id: int
+    at: datetime
+    username: str
+    kind: str
+    object_type: str | None
+    object_id: int | None
+    object_name: str | None
+    message: str
+    reason: str | None
+    task_id: int | None
+    data: dict[str, Any]
+
+
+# --- auth ----------------------------------------------------------------------------------
+class LoginRequest(_In):
+    username: str = Field(..., min_length=1, max_length=80)
+    password: str = Field(..., min_length=1, max_length=1024)
+
+
+class SessionRead(BaseModel):
+    token: str
+    username: str
+    expires_at: datetime

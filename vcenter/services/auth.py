@@ -1,0 +1,81 @@
+"""Users and login sessions: argon2 password hashes, server-side sessions with an idle
+timeout and an absolute lifetime, revocable (logout)."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from argon2 import PasswordHasher
+from argon2.exceptions import VerificationError, InvalidHashError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from vcenter.core.clock import utcnow
+from vcenter.core.errors import Conflict, Unauthorized
+from vcenter.core.ids import new_token, token_hash
+from vcenter.core.settings import Settings
+from vcenter.db.models import LoginSession, User
+from vcenter.services.events import record_event
+
+_hasher = PasswordHasher()
+# Verifying against this keeps the time of "no such user" equal to "wrong password".
+_DUMMY_HASH = _hasher.hash("not-a-password")
+
+
+def create_user(session: Session, username: str, password: str, is_admin: bool, by: str = "system") -> User:
+    if session.scalar(select(User).where(User.username == username)) is not None:
+        raise Conflict(f"user {username} exists", code="USER_EXISTS")
+    user = User(username=username, password_hash=_hasher.hash(password), is_admin=is_admin)
+    session.add(user)
+    session.flush()
+    record_event(session, "user.created", f"user {username} created{' (administrator)' if is_admin else ''}", username=by, object_type="user", object_id=user.id, object_name=username)
+    return user
+
+
+def set_password(session: Session, username: str, password: str) -> User:
+    user = session.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise Conflict(f"user {username} does not exist", code="USER_NOT_FOUND")
+    user.password_hash = _hasher.hash(password)
+    for login in session.scalars(select(LoginSession).where(LoginSession.user_id == user.id, LoginSession.revoked.is_(False))):
+        login.revoked = True
+    return user
+
+
+def login(session: Session, username: str, password: str, settings: Settings) -> tuple[str, LoginSession, User]:
+    user = session.scalar(select(User).where(User.username == username))
+    try:
+        _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+        ok = user is not None and not user.disabled
+    except (VerificationError, InvalidHashError):
+        ok = False
+    if not ok:
+        record_event(session, "session.login_failed", f"failed login for {username!r}", username=username[:80], object_type="user", reason="BAD_CREDENTIALS")
+        raise Unauthorized("wrong user name or password", code="BAD_CREDENTIALS")
+    token = new_token()
+    now = utcnow()
+    login_session = LoginSession(token_hash=token_hash(token), user_id=user.id, created_at=now, last_seen_at=now, expires_at=now + timedelta(seconds=settings.session_max_lifetime))
+    session.add(login_session)
+    record_event(session, "session.login", f"{username} logged in", username=username, object_type="user", object_id=user.id, object_name=username)
+    return token, login_session, user
+
+
+def authenticate(session: Session, token: str, settings: Settings) -> User:
+    login_session = session.scalar(select(LoginSession).where(LoginSession.token_hash == token_hash(token)))
+    now = utcnow()
+    if login_session is None or login_session.revoked:
+        raise Unauthorized("not logged in", code="NOT_AUTHENTICATED")
+    if now >= login_session.expires_at or now - login_session.last_seen_at > timedelta(seconds=settings.session_idle_timeout):
+        raise Unauthorized("session expired", code="SESSION_EXPIRED")
+    # Touch at most every few seconds: a database write per request is wasteful.
+    if now - login_session.last_seen_at > timedelta(seconds=5):
+        login_session.last_seen_at = now
+    user = session.get(User, login_session.user_id)
+    if user is None or user.disabled:
+        raise Unauthorized("user disabled", code="NOT_AUTHENTICATED")
+    return user
+
+
+def logout(session: Session, token: str) -> None:
+    login_session = session.scalar(select(LoginSession).where(LoginSession.token_hash == token_hash(token)))
+    if login_session is not None:
+        login_session.revoked = True

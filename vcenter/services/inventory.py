@@ -1,0 +1,309 @@
+"""Inventory use cases: create, read, update, delete of datacenters, folders, clusters, hosts,
+datastores, port groups and resource pools. One transaction each (the caller's session);
+every change writes an Event.
+
+Deletion is refused (409 with a stable code) while an object still has children, so nothing
+is orphaned; an update that carries ``version`` fails with STALE_VERSION when the row moved on.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import exists, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from vcenter.core.errors import Conflict, Invalid, NotFound, StaleVersion
+from vcenter.core.ids import new_token, token_hash
+from vcenter.db.models import (
+    Cluster,
+    Datacenter,
+    Datastore,
+    DatastoreMount,
+    Folder,
+    Host,
+    PortGroup,
+    PortGroupHost,
+    ResourcePool,
+    VirtualDisk,
+    VirtualMachine,
+    VirtualNic,
+)
+from vcenter.services.events import record_event
+
+KINDS: dict[str, Any] = {
+    "datacenter": Datacenter,
+    "folder": Folder,
+    "cluster": Cluster,
+    "host": Host,
+    "datastore": Datastore,
+    "portgroup": PortGroup,
+    "pool": ResourcePool,
+    "vm": VirtualMachine,
+}
+
+
+def get(session: Session, kind: str, object_id: int) -> Any:
+    row = session.get(KINDS[kind], object_id)
+    if row is None:
+        raise NotFound(f"{kind} {object_id} not found", code=f"{kind.upper()}_NOT_FOUND")
+    return row
+
+
+def _ref(session: Session, kind: str, object_id: int | None, field: str) -> Any:
+    """A reference in a request body: unknown ids are the client's mistake (422 naming it)."""
+    if object_id is None:
+        return None
+    row = session.get(KINDS[kind], object_id)
+    if row is None:
+        raise Invalid(f"{field}: {kind} {object_id} does not exist", code="INVALID_REFERENCE", details={"field": field})
+    return row
+
+
+def _check_version(row: Any, version: int | None) -> None:
+    if version is not None and version != row.version:
+        raise StaleVersion(f"{type(row).__name__} {row.id} is at version {row.version}, not {version}")
+
+
+def _flush_unique(session: Session, what: str) -> None:
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError as exc:
+        raise Conflict(f"{what} already exists", code="DUPLICATE_NAME") from exc
+
+
+def _apply(row: Any, changes: dict[str, Any]) -> dict[str, Any]:
+    before = {}
+    for field, value in changes.items():
+        if field == "version":
+            continue
+        old = getattr(row, field)
+        if old != value:
+            before[field] = old
+            setattr(row, field, value)
+    return before
+
+
+def _has(session: Session, model: Any, *conditions: Any) -> bool:
+    return bool(session.scalar(select(exists().where(*conditions))))
+
+
+# --- datacenters ---------------------------------------------------------------------------
+def create_datacenter(session: Session, user: str, name: str) -> Datacenter:
+    dc = Datacenter(name=name)
+    session.add(dc)
+    _flush_unique(session, f"datacenter {name!r}")
+    record_event(session, "datacenter.created", f"datacenter {name} created", username=user, object_type="datacenter", object_id=dc.id, object_name=name)
+    return dc
+
+
+def update_object(session: Session, user: str, kind: str, object_id: int, changes: dict[str, Any]) -> Any:
+    row = get(session, kind, object_id)
+    _check_version(row, changes.get("version"))
+    for field, ref_kind in (("cluster_id", "cluster"), ("parent_id", "folder" if kind == "folder" else "pool"), ("folder_id", "folder"), ("pool_id", "pool")):
+        if changes.get(field) is not None:
+            _ref(session, ref_kind, changes[field], field)
+    if kind == "folder" and changes.get("parent_id") == object_id:
+        raise Invalid("parent_id: a folder cannot be its own parent", code="INVALID_REFERENCE", details={"field": "parent_id"})
+    if kind == "host" and "cluster_id" in changes and changes["cluster_id"] != row.cluster_id:
+        if _has(session, VirtualMachine, VirtualMachine.host_id == row.id):
+            raise Conflict(f"host {row.name} has VMs; move them before changing its cluster", code="HOST_HAS_VMS")
+    host_ids = changes.pop("host_ids", None)
+    before = _apply(row, changes)
+    if host_ids is not None:
+        before["host_ids"] = _set_hosts(session, kind, row, host_ids)
+    _flush_unique(session, f"{kind} named {getattr(row, 'name', '')!r}")
+    if before:
+        record_event(
+            session,
+            f"{kind}.updated",
+            f"{kind} {row.name} updated: {', '.join(sorted(before))}",
+            username=user,
+            object_type=kind,
+            object_id=row.id,
+            object_name=row.name,
+            data={"before": _jsonable(before)},
+        )
+    return row
+
+
+def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v if isinstance(v, (int, str, bool, float, list, dict, type(None))) else str(v)) for k, v in values.items()}
+
+
+def delete_object(session: Session, user: str, kind: str, object_id: int) -> None:
+    row = get(session, kind, object_id)
+    blockers = {
+        "datacenter": [
+            (Cluster, Cluster.datacenter_id == row.id, "DATACENTER_NOT_EMPTY"),
+            (Host, Host.datacenter_id == row.id, "DATACENTER_NOT_EMPTY"),
+            (VirtualMachine, VirtualMachine.datacenter_id == row.id, "DATACENTER_NOT_EMPTY"),
+            (Datastore, Datastore.datacenter_id == row.id, "DATACENTER_NOT_EMPTY"),
+            (PortGroup, PortGroup.datacenter_id == row.id, "DATACENTER_NOT_EMPTY"),
+            (Folder, Folder.datacenter_id == row.id, "DATACENTER_NOT_EMPTY"),
+        ],
+        "folder": [
+            (Folder, Folder.parent_id == row.id, "FOLDER_NOT_EMPTY"),
+            (VirtualMachine, VirtualMachine.folder_id == row.id, "FOLDER_NOT_EMPTY"),
+        ],
+        "cluster": [
+            (Host, Host.cluster_id == row.id, "CLUSTER_NOT_EMPTY"),
+            (ResourcePool, ResourcePool.cluster_id == row.id, "CLUSTER_NOT_EMPTY"),
+        ],
+        "host": [(VirtualMachine, VirtualMachine.host_id == row.id, "HOST_HAS_VMS")],
+        "datastore": [(VirtualDisk, VirtualDisk.datastore_id == row.id, "DATASTORE_IN_USE")],
+        "portgroup": [(VirtualNic, VirtualNic.portgroup_id == row.id, "PORTGROUP_IN_USE")],
+        "pool": [
+            (ResourcePool, ResourcePool.parent_id == row.id, "POOL_NOT_EMPTY"),
+            (VirtualMachine, VirtualMachine.pool_id == row.id, "POOL_NOT_EMPTY"),
+        ],
+    }[kind]
+    for model, condition, code in blockers:
+        if _has(session, model, condition):
+            raise Conflict(f"{kind} {row.name} still contains {model.__tablename__}", code=code)
+    name = row.name
+    session.delete(row)
+    session.flush()
+    record_event(session, f"{kind}.deleted", f"{kind} {name} deleted", username=user, object_type=kind, object_id=object_id, object_name=name)
+
+
+# --- folders, clusters, pools --------------------------------------------------------------
+def create_folder(session: Session, user: str, data: dict[str, Any]) -> Folder:
+    _ref(session, "datacenter", data["datacenter_id"], "datacenter_id")
+    parent = _ref(session, "folder", data.get("parent_id"), "parent_id")
+    if parent is not None and parent.datacenter_id != data["datacenter_id"]:
+        raise Invalid("parent_id: the parent folder is in another datacenter", code="INVALID_REFERENCE", details={"field": "parent_id"})
+    folder = Folder(**data)
+    session.add(folder)
+    _flush_unique(session, f"folder {data['name']!r}")
+    record_event(session, "folder.created", f"folder {folder.name} created", username=user, object_type="folder", object_id=folder.id, object_name=folder.name)
+    return folder
+
+
+CLUSTER_SETTINGS_SCHEMA = 1
+
+
+def create_cluster(session: Session, user: str, data: dict[str, Any]) -> Cluster:
+    _ref(session, "datacenter", data["datacenter_id"], "datacenter_id")
+    settings = {"schema": CLUSTER_SETTINGS_SCHEMA, "drs": {}, "dpm": {}, "ha": {}, "evc": {}}
+    settings.update(data.get("settings") or {})
+    cluster = Cluster(name=data["name"], datacenter_id=data["datacenter_id"], settings=settings)
+    session.add(cluster)
+    _flush_unique(session, f"cluster {data['name']!r}")
+    # Every cluster has its root resource pool, as in vCenter.
+    session.add(ResourcePool(name="Resources", cluster_id=cluster.id, parent_id=None))
+    record_event(session, "cluster.created", f"cluster {cluster.name} created", username=user, object_type="cluster", object_id=cluster.id, object_name=cluster.name)
+    return cluster
+
+
+def create_pool(session: Session, user: str, data: dict[str, Any]) -> ResourcePool:
+    _ref(session, "cluster", data["cluster_id"], "cluster_id")
+    parent = _ref(session, "pool", data.get("parent_id"), "parent_id")
+    if parent is None:
+        parent = session.scalar(select(ResourcePool).where(ResourcePool.cluster_id == data["cluster_id"], ResourcePool.parent_id.is_(None)))
+        data = {**data, "parent_id": parent.id if parent else None}
+    elif parent.cluster_id != data["cluster_id"]:
+        raise Invalid("parent_id: the parent pool is in another cluster", code="INVALID_REFERENCE", details={"field": "parent_id"})
+    pool = ResourcePool(**data)
+    session.add(pool)
+    _flush_unique(session, f"resource pool {data['name']!r}")
+    record_event(session, "pool.created", f"resource pool {pool.name} created", username=user, object_type="pool", object_id=pool.id, object_name=pool.name)
+    return pool
+
+
+# --- hosts ---------------------------------------------------------------------------------
+def create_host(session: Session, user: str, data: dict[str, Any]) -> tuple[Host, str]:
+    _ref(session, "datacenter", data["datacenter_id"], "datacenter_id")
+    cluster = _ref(session, "cluster", data.get("cluster_id"), "cluster_id")
+    if cluster is not None and cluster.datacenter_id != data["datacenter_id"]:
+        raise Invalid("cluster_id: the cluster is in another datacenter", code="INVALID_REFERENCE", details={"field": "cluster_id"})
+    token = new_token()
+    host = Host(**data, agent_token_hash=token_hash(token), connection_state="disconnected")
+    session.add(host)
+    _flush_unique(session, f"host {data['name']!r}")
+    record_event(session, "host.added", f"host {host.name} added; waiting for its agent", username=user, object_type="host", object_id=host.id, object_name=host.name)
+    return host, token
+
+
+def host_by_token(session: Session, host_id: int, token: str) -> Host | None:
+    host = session.get(Host, host_id)
+    if host is None or host.agent_token_hash is None or host.agent_token_hash != token_hash(token):
+        return None
+    return host
+
+
+# --- datastores and port groups ------------------------------------------------------------
+def _hosts_in(session: Session, datacenter_id: int, host_ids: list[int]) -> list[Host]:
+    hosts = []
+    for host_id in dict.fromkeys(host_ids):
+        host = _ref(session, "host", host_id, "host_ids")
+        if host.datacenter_id != datacenter_id:
+            raise Invalid(f"host_ids: host {host_id} is in another datacenter", code="INVALID_REFERENCE", details={"field": "host_ids"})
+        hosts.append(host)
+    return hosts
+
+
+def _set_hosts(session: Session, kind: str, row: Any, host_ids: list[int]) -> list[int]:
+    hosts = _hosts_in(session, row.datacenter_id, host_ids)
+    if kind == "datastore":
+        before = sorted(m.host_id for m in row.mounts)
+        removed = set(before) - set(host_ids)
+        if removed and _has(
+            session,
+            VirtualDisk,
+            VirtualDisk.datastore_id == row.id,
+            VirtualDisk.vm_id == VirtualMachine.id,
+            VirtualMachine.host_id.in_(removed),
+        ):
+            raise Conflict("a host to unmount from still runs VMs with disks on this datastore", code="DATASTORE_IN_USE")
+        row.mounts = [m for m in row.mounts if m.host_id in host_ids] + [
+            DatastoreMount(host_id=h.id, path=row.url) for h in hosts if h.id not in before
+        ]
+        return before
+    if kind == "portgroup":
+        before = sorted(m.host_id for m in row.hosts)
+        row.hosts = [m for m in row.hosts if m.host_id in host_ids] + [
+            PortGroupHost(host_id=h.id, present=False) for h in hosts if h.id not in before
+        ]
+        return before
+    raise Invalid(f"{kind} has no host list", code="INVALID")
+
+
+def create_datastore(session: Session, user: str, data: dict[str, Any]) -> Datastore:
+    _ref(session, "datacenter", data["datacenter_id"], "datacenter_id")
+    if ".." in data["url"].split("/"):
+        raise Invalid("url: '..' is not allowed in a datastore path", code="INVALID_PATH", details={"field": "url"})
+    host_ids = data.pop("host_ids", [])
+    hosts = _hosts_in(session, data["datacenter_id"], host_ids)
+    datastore = Datastore(**data)
+    datastore.mounts = [DatastoreMount(host_id=h.id, path=data["url"]) for h in hosts]
+    session.add(datastore)
+    _flush_unique(session, f"datastore {data['name']!r}")
+    record_event(session, "datastore.created", f"datastore {datastore.name} created at {datastore.url}", username=user, object_type="datastore", object_id=datastore.id, object_name=datastore.name)
+    return datastore
+
+
+def create_portgroup(session: Session, user: str, data: dict[str, Any]) -> PortGroup:
+    _ref(session, "datacenter", data["datacenter_id"], "datacenter_id")
+    host_ids = data.pop("host_ids", [])
+    hosts = _hosts_in(session, data["datacenter_id"], host_ids)
+    portgroup = PortGroup(**data, bridge="pending")
+    portgroup.hosts = [PortGroupHost(host_id=h.id, present=False) for h in hosts]
+    session.add(portgroup)
+    _flush_unique(session, f"port group {data['name']!r}")
+    portgroup.bridge = f"vcpg{portgroup.id}"  # short, unique, a valid Linux interface name
+    record_event(session, "portgroup.created", f"port group {portgroup.name} (VLAN {portgroup.vlan_id}) created", username=user, object_type="portgroup", object_id=portgroup.id, object_name=portgroup.name)
+    return portgroup
+
+
+def datastore_read(ds: Datastore) -> dict[str, Any]:
+    return {**{c: getattr(ds, c) for c in ("id", "name", "datacenter_id", "kind", "url", "capacity_bytes", "free_bytes", "version", "created_at")}, "host_ids": sorted(m.host_id for m in ds.mounts)}
+
+
+def portgroup_read(pg: PortGroup) -> dict[str, Any]:
+    return {
+        **{c: getattr(pg, c) for c in ("id", "name", "datacenter_id", "vlan_id", "bridge", "version", "created_at")},
+        "host_ids": sorted(m.host_id for m in pg.hosts),
+        "present_on_host_ids": sorted(m.host_id for m in pg.hosts if m.present),
+    }

@@ -1,0 +1,69 @@
+"""Periodic housekeeping run by the orchestrator: the task reaper and the host monitor.
+
+Reaper vocabulary (ARCHITECTURE.md): a running task whose lease expired lost its agent or
+worker. It is reconciled when the VM already shows the state the task aimed at; otherwise its
+command (idempotent, same command id) is re-sent while attempts remain; otherwise it ends as
+WORKER_LOST. A queued task no agent picked up within ``task_queue_timeout`` ends as
+AGENT_UNREACHABLE (the agent refuses that command if it arrives later: it has expired).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from vcenter.core.settings import Settings
+from vcenter.db.models import Host, Task, VirtualMachine
+from vcenter.domain.states import PowerAction, TaskState, power_state_after
+from vcenter.services.events import record_event
+from vcenter.services.reports import mark_host_heartbeat
+from vcenter.services.tasks import expired_leases, finish_task, send_command, stale_queued
+
+log = logging.getLogger(__name__)
+
+_POWER_KINDS = {f"vm.{a.value}": a for a in PowerAction}
+
+
+def _reconciled(session: Session, task: Task) -> bool:
+    action = _POWER_KINDS.get(task.kind)
+    if action is None or action == PowerAction.RESET:
+        return False
+    vm = session.get(VirtualMachine, task.object_id)
+    return vm is not None and vm.power_state == power_state_after(action).value
+
+
+def reap(session: Session, settings: Settings) -> dict[str, int]:
+    counts = {"reconciled": 0, "resent": 0, "lost": 0, "unreachable": 0}
+    for task in expired_leases(session):
+        if _reconciled(session, task):
+            finish_task(session, task, TaskState.SUCCESS, result={"reconciled": True})
+            counts["reconciled"] += 1
+        elif task.attempts < settings.task_max_attempts and task.params.get("command"):
+            task.state = TaskState.QUEUED.value
+            task.step = "resent"
+            task.lease_expires_at = None
+            send_command(session, task, task.params["command"], task.params.get("command_args", {}))
+            record_event(session, "task.resent", f"task {task.id} ({task.kind}) lost its agent; command re-sent (attempt {task.attempts})", object_type=task.object_type, object_id=task.object_id, task_id=task.id, reason="LEASE_EXPIRED")
+            counts["resent"] += 1
+        else:
+            finish_task(session, task, TaskState.ERROR, error_code="WORKER_LOST", error_message="the worker running this task died and the task could not be resumed")
+            counts["lost"] += 1
+    for task in stale_queued(session, settings.task_queue_timeout):
+        if _reconciled(session, task):
+            finish_task(session, task, TaskState.SUCCESS, result={"reconciled": True})
+            counts["reconciled"] += 1
+            continue
+        finish_task(session, task, TaskState.ERROR, error_code="AGENT_UNREACHABLE", error_message=f"no agent picked the command up within {settings.task_queue_timeout:.0f} s")
+        if task.kind == "vm.create":
+            vm = session.get(VirtualMachine, task.object_id)
+            if vm is not None and vm.status == "creating":
+                session.delete(vm)
+        counts["unreachable"] += 1
+    return counts
+
+
+def monitor_hosts(session: Session, is_alive: Callable[[int], bool]) -> None:
+    for host in session.scalars(select(Host)):
+        mark_host_heartbeat(session, host, is_alive(host.id))

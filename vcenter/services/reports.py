@@ -1,0 +1,192 @@
+"""Agent reports: task progress and results, VM lifecycle events, full host state.
+
+The host's reports are the truth about the host: the inventory follows them. Every report is
+idempotent (a result for a finished task or another command id changes nothing), because the
+agent re-sends until the server answered.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from vcenter.core.clock import utcnow
+from vcenter.core.settings import Settings
+from vcenter.db.models import Datastore, DatastoreMount, Host, PortGroup, PortGroupHost, Task, VirtualMachine
+from vcenter.domain.states import ConnectionState, TaskState
+from vcenter.messaging.contracts import DomainState, HostState, LifecycleEvent, TaskProgress, TaskResult
+from vcenter.services.events import record_event
+from vcenter.services.tasks import finish_task, mark_running
+
+log = logging.getLogger(__name__)
+
+
+class StaleReport(Exception):
+    """The report names a command the task no longer waits for."""
+
+
+def _task_for(session: Session, host: Host, task_id: int, command_id: str) -> Task | None:
+    task = session.get(Task, task_id)
+    if task is None or task.host_id != host.id or task.command_id != command_id:
+        return None
+    return task
+
+
+def report_progress(session: Session, host: Host, task_id: int, report: TaskProgress, settings: Settings) -> dict[str, Any]:
+    """Returns {"proceed": bool}: False tells the agent to stop (task cancelled or unknown)."""
+    task = _task_for(session, host, task_id, report.command_id)
+    if task is None:
+        return {"proceed": False, "reason": "UNKNOWN_TASK"}
+    if TaskState(task.state).finished:
+        return {"proceed": False, "reason": task.state}
+    if task.cancel_requested:
+        return {"proceed": False, "reason": "CANCEL_REQUESTED"}
+    mark_running(session, task, report.step, report.progress, settings)
+    return {"proceed": True}
+
+
+def _vm_by_uuid(session: Session, uuid: str) -> VirtualMachine | None:
+    return session.scalar(select(VirtualMachine).where(VirtualMachine.libvirt_uuid == uuid))
+
+
+def _apply_domain(vm: VirtualMachine, domain: DomainState) -> None:
+    if vm.power_state != domain.power_state:
+        vm.power_state = domain.power_state
+    if domain.vcpus and vm.vcpus != domain.vcpus:
+        vm.vcpus = domain.vcpus
+    if domain.memory_mib and vm.memory_mib != domain.memory_mib:
+        vm.memory_mib = domain.memory_mib
+
+
+def report_result(session: Session, host: Host, task_id: int, report: TaskResult) -> dict[str, Any]:
+    task = _task_for(session, host, task_id, report.command_id)
+    if task is None or TaskState(task.state).finished:
+        return {"applied": False}
+    vm = session.get(VirtualMachine, task.object_id) if task.object_type == "vm" else None
+    if report.ok:
+        if vm is not None:
+            if task.kind == "vm.delete":
+                name = vm.name
+                finish_task(session, task, TaskState.SUCCESS, result=report.result, object_name=name)
+                session.delete(vm)
+                record_event(session, "vm.deleted", f"VM {name} deleted with its disks", username=task.username, object_type="vm", object_id=task.object_id, object_name=name, task_id=task.id)
+                return {"applied": True}
+            if report.domain is not None:
+                _apply_domain(vm, report.domain)
+            if task.kind == "vm.create":
+                vm.status = "ready"
+                record_event(session, "vm.created", f"VM {vm.name} created on host {host.name}", username=task.username, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
+        finish_task(session, task, TaskState.SUCCESS, result=report.result, object_name=vm.name if vm else None)
+        return {"applied": True}
+    finish_task(session, task, TaskState.ERROR, error_code=report.error_code or "AGENT_ERROR", error_message=report.error_message, object_name=vm.name if vm else None)
+    if vm is not None:
+        if report.domain is not None:
+            _apply_domain(vm, report.domain)
+        if task.kind == "vm.create":
+            # The agent rolled back what it had created; the inventory forgets the VM too.
+            record_event(session, "vm.create.failed", f"VM {vm.name} could not be created: {report.error_code}", username=task.username, object_type="vm", object_id=vm.id, object_name=vm.name, reason=report.error_code, task_id=task.id)
+            session.delete(vm)
+    return {"applied": True}
+
+
+_EVENT_MESSAGES = {
+    "destroyed": "was powered off from outside (destroyed)",
+    "shutdown": "shut down from inside the guest",
+    "crashed": "stopped unexpectedly: its QEMU process died or the guest crashed",
+    "saved": "was suspended (memory saved to disk)",
+    "migrated": "migrated away",
+}
+
+
+def report_lifecycle(session: Session, host: Host, events: list[LifecycleEvent]) -> int:
+    applied = 0
+    for event in events:
+        vm = _vm_by_uuid(session, event.uuid)
+        if vm is None or vm.host_id != host.id:
+            continue
+        changed = event.power_state is not None and vm.power_state != event.power_state
+        if event.power_state is not None:
+            vm.power_state = event.power_state
+        if event.event == "stopped":
+            vm.last_stop_reason = event.reason
+        if changed or event.event == "stopped":
+            text = _EVENT_MESSAGES.get(event.reason, f"{event.event} ({event.reason})")
+            record_event(
+                session,
+                f"vm.{event.event}",
+                f"VM {vm.name} {text}",
+                object_type="vm",
+                object_id=vm.id,
+                object_name=vm.name,
+                reason=event.reason,
+                data={"host_id": host.id, "at": event.at.isoformat(), "power_state": event.power_state},
+            )
+            applied += 1
+    return applied
+
+
+def report_host_state(session: Session, host: Host, state: HostState) -> dict[str, Any]:
+    """Apply a full state report; answer with what the host is expected to provide."""
+    facts = state.facts
+    if facts.host_uuid and host.host_uuid != facts.host_uuid:
+        other = session.scalar(select(Host).where(Host.host_uuid == facts.host_uuid, Host.id != host.id))
+        if other is not None:
+            record_event(session, "host.duplicate_uuid", f"host {host.name} reports host UUID {facts.host_uuid} already used by {other.name}", object_type="host", object_id=host.id, object_name=host.name, reason="DUPLICATE_HOST_UUID")
+            return {"accepted": False, "error": "DUPLICATE_HOST_UUID"}
+        host.host_uuid = facts.host_uuid
+    for field in ("cpu_model", "cpu_cores", "cpu_mhz", "memory_mib", "hypervisor"):
+        value = getattr(facts, field)
+        if value is not None and getattr(host, field) != value:
+            setattr(host, field, value)
+    host.last_report_at = utcnow()
+    if host.connection_state != ConnectionState.CONNECTED.value:
+        previous = host.connection_state
+        host.connection_state = ConnectionState.CONNECTED.value
+        record_event(session, "host.connected", f"host {host.name} connected (was {previous})", object_type="host", object_id=host.id, object_name=host.name, reason="agent_report")
+
+    reported = {d.uuid: d for d in state.domains}
+    for vm in session.scalars(select(VirtualMachine).where(VirtualMachine.host_id == host.id)):
+        domain = reported.get(vm.libvirt_uuid)
+        if domain is None:
+            if vm.status == "ready":
+                vm.status = "inaccessible"
+                record_event(session, "vm.inaccessible", f"VM {vm.name} is missing on host {host.name}", object_type="vm", object_id=vm.id, object_name=vm.name, reason="missing_on_host")
+            continue
+        if vm.status == "inaccessible":
+            vm.status = "ready"
+            record_event(session, "vm.accessible", f"VM {vm.name} is back on host {host.name}", object_type="vm", object_id=vm.id, object_name=vm.name)
+        if vm.status == "ready" and vm.power_state != domain.power_state:
+            record_event(session, "vm.state_reconciled", f"VM {vm.name} is {domain.power_state} on host {host.name} (inventory said {vm.power_state})", object_type="vm", object_id=vm.id, object_name=vm.name, reason="reconciled")
+            vm.power_state = domain.power_state
+
+    for ds_report in state.datastores:
+        datastore = session.get(Datastore, ds_report.id)
+        if datastore is not None and host.id in {m.host_id for m in datastore.mounts}:
+            datastore.capacity_bytes = ds_report.capacity_bytes
+            datastore.free_bytes = ds_report.free_bytes
+    present = set(state.bridges)
+    for link in session.scalars(select(PortGroupHost).where(PortGroupHost.host_id == host.id)):
+        bridge = session.get(PortGroup, link.portgroup_id).bridge
+        if link.present != (bridge in present):
+            link.present = bridge in present
+    return {"accepted": True, **expected_host_config(session, host)}
+
+
+def expected_host_config(session: Session, host: Host) -> dict[str, Any]:
+    mounts = session.execute(select(DatastoreMount.datastore_id, DatastoreMount.path).where(DatastoreMount.host_id == host.id)).all()
+    bridges = session.scalars(select(PortGroup.bridge).join(PortGroupHost).where(PortGroupHost.host_id == host.id)).all()
+    return {"datastores": [{"id": ds_id, "path": path} for ds_id, path in mounts], "bridges": sorted(bridges)}
+
+
+def mark_host_heartbeat(session: Session, host: Host, alive: bool) -> None:
+    """The host monitor's verdict from the Redis heartbeat key."""
+    if alive and host.connection_state == ConnectionState.NOT_RESPONDING.value:
+        host.connection_state = ConnectionState.CONNECTED.value
+        record_event(session, "host.connected", f"host {host.name} is sending heartbeats again", object_type="host", object_id=host.id, object_name=host.name, reason="heartbeat_back")
+        return
+    if alive or host.connection_state != ConnectionState.CONNECTED.value:
+        return
+    host.connection_state = ConnectionState.NOT_RESPONDING.value
+    record_event(session, "host.not_responding", f"host {host.name} stopped sending heartbeats", object_type="host", object_id=host.id, object_name=host.name, reason="heartbeat_lost")

@@ -1,0 +1,72 @@
+"""The process-wide wiring of the server side: settings, database sessions, the Celery
+publisher and Redis. Built once per process; tests build their own."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
+from vcenter.core.settings import Settings
+from vcenter.db.session import sessionmaker_for
+from vcenter.messaging.celery_app import make_celery
+from vcenter.messaging.contracts import heartbeat_key
+from vcenter.services import outbox
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    celery: Any
+    redis: redis.Redis
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, settings: Settings) -> "Runtime":
+        return cls(
+            settings=settings,
+            sessions=sessionmaker_for(settings.database_url),
+            celery=make_celery(settings),
+            redis=redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2),
+        )
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One transaction; on commit, relay whatever it put in the outbox."""
+        session = self.sessions()
+        try:
+            yield session
+            dirty = session.info.pop("outbox_dirty", False)
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+        if dirty:
+            self.relay_outbox()
+
+    def relay_outbox(self) -> int:
+        try:
+            return outbox.relay(self.sessions, self.celery, self.settings.outbox_batch)
+        except Exception:  # the periodic relay will catch up; the transaction is committed
+            log.exception("outbox relay failed; the periodic relay will retry")
+            return 0
+
+    def host_alive(self, host_id: int) -> bool:
+        return bool(self.redis.exists(heartbeat_key(host_id)))
+
+    def check_database(self) -> None:
+        with self.sessions() as session:
+            session.execute(text("SELECT 1"))
+
+    def check_redis(self) -> None:
+        self.redis.ping()

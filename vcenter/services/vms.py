@@ -1,0 +1,146 @@
+"""VM use cases: create, power actions with vCenter's meaning, reconfigure, delete.
+
+Each is one transaction that validates, claims the VM for one Task, and enqueues the host
+command through the outbox; the Task ends when the agent reports (``services.reports``).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from vcenter.core.errors import Conflict, Invalid, InvalidState
+from vcenter.core.ids import new_mac, new_uuid
+from vcenter.core.settings import Settings
+from vcenter.db.models import Datastore, Host, PortGroup, Task, VirtualDisk, VirtualMachine, VirtualNic
+from vcenter.domain.states import ConnectionState, PowerAction, PowerState, check_power_action
+from vcenter.messaging.contracts import DiskSpec, NicSpec, VmSpec
+from vcenter.services import inventory
+from vcenter.services.events import record_event
+from vcenter.services.tasks import start_task
+
+POWER_COMMANDS = {
+    PowerAction.POWER_ON: "vm.start",
+    PowerAction.POWER_OFF: "vm.stop",
+    PowerAction.SHUTDOWN_GUEST: "vm.shutdown",
+    PowerAction.RESET: "vm.reset",
+    PowerAction.SUSPEND: "vm.suspend",
+    PowerAction.RESUME: "vm.resume",
+}
+
+
+def _usable_host(host: Host) -> None:
+    if host.connection_state != ConnectionState.CONNECTED.value:
+        raise Conflict(f"host {host.name} is {host.connection_state}", code="HOST_NOT_CONNECTED")
+
+
+def vm_spec(session: Session, vm: VirtualMachine, host_id: int) -> VmSpec:
+    disks = []
+    for disk in vm.disks:
+        datastore = session.get(Datastore, disk.datastore_id)
+        mount = next((m for m in datastore.mounts if m.host_id == host_id), None)
+        path = mount.path if mount else datastore.url
+        disks.append(DiskSpec(index=disk.index, datastore_id=disk.datastore_id, datastore_path=path, file=disk.file, capacity_mib=disk.capacity_mib, format=disk.format))
+    nics = []
+    for nic in vm.nics:
+        portgroup = session.get(PortGroup, nic.portgroup_id)
+        nics.append(NicSpec(index=nic.index, portgroup=portgroup.name, bridge=portgroup.bridge, mac=nic.mac, model=nic.model))
+    return VmSpec(name=vm.name, uuid=vm.libvirt_uuid, vcpus=vm.vcpus, memory_mib=vm.memory_mib, guest_os=vm.guest_os, disks=disks, nics=nics)
+
+
+def create_vm(session: Session, user: str, data: dict[str, Any]) -> tuple[VirtualMachine, Task]:
+    host: Host = inventory._ref(session, "host", data["host_id"], "host_id")
+    datacenter_id = data.get("datacenter_id") or host.datacenter_id
+    if datacenter_id != host.datacenter_id:
+        raise Invalid("host_id: the host is in another datacenter", code="INVALID_REFERENCE", details={"field": "host_id"})
+    folder = inventory._ref(session, "folder", data.get("folder_id"), "folder_id")
+    if folder is not None and (folder.datacenter_id != datacenter_id or folder.kind != "vm"):
+        raise Invalid("folder_id: not a VM folder of this datacenter", code="INVALID_REFERENCE", details={"field": "folder_id"})
+    pool = inventory._ref(session, "pool", data.get("pool_id"), "pool_id")
+    if pool is not None and pool.cluster_id != host.cluster_id:
+        raise Invalid("pool_id: the pool is not in the host's cluster", code="INVALID_REFERENCE", details={"field": "pool_id"})
+    _usable_host(host)
+    vm = VirtualMachine(
+        name=data["name"],
+        datacenter_id=datacenter_id,
+        cluster_id=host.cluster_id,
+        host_id=host.id,
+        folder_id=data.get("folder_id"),
+        pool_id=data.get("pool_id"),
+        vcpus=data["vcpus"],
+        memory_mib=data["memory_mib"],
+        guest_os=data["guest_os"],
+        power_state=PowerState.POWERED_OFF.value,
+        status="creating",
+        libvirt_uuid=new_uuid(),
+    )
+    for index, disk in enumerate(data.get("disks", [])):
+        datastore = inventory._ref(session, "datastore", disk["datastore_id"], f"disks[{index}].datastore_id")
+        if host.id not in {m.host_id for m in datastore.mounts}:
+            raise Invalid(f"disks[{index}].datastore_id: datastore {datastore.name} is not mounted on host {host.name}", code="DATASTORE_NOT_MOUNTED", details={"field": f"disks[{index}].datastore_id"})
+        vm.disks.append(VirtualDisk(index=index, datastore_id=datastore.id, file=f"{vm.name}-{vm.libvirt_uuid[:8]}-disk{index}.{disk['format']}", capacity_mib=disk["capacity_mib"], format=disk["format"]))
+    for index, nic in enumerate(data.get("nics", [])):
+        portgroup = inventory._ref(session, "portgroup", nic["portgroup_id"], f"nics[{index}].portgroup_id")
+        if host.id not in {m.host_id for m in portgroup.hosts}:
+            raise Invalid(f"nics[{index}].portgroup_id: port group {portgroup.name} is not on host {host.name}", code="PORTGROUP_ABSENT", details={"field": f"nics[{index}].portgroup_id"})
+        vm.nics.append(VirtualNic(index=index, portgroup_id=portgroup.id, mac=new_mac(), model=nic["model"]))
+    session.add(vm)
+    inventory._flush_unique(session, f"VM {vm.name!r}")
+    task = start_task(
+        session,
+        kind="vm.create",
+        object_type="vm",
+        object_id=vm.id,
+        username=user,
+        host_id=host.id,
+        command="vm.create",
+        command_args={"spec": vm_spec(session, vm, host.id).model_dump(mode="json")},
+    )
+    record_event(session, "vm.creating", f"VM {vm.name} being created on host {host.name}", username=user, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
+    return vm, task
+
+
+def power(session: Session, user: str, vm_id: int, action: PowerAction, settings: Settings, timeout: float | None = None) -> Task:
+    vm: VirtualMachine = inventory.get(session, "vm", vm_id)
+    if vm.status != "ready":
+        raise InvalidState(f"VM {vm.name} is {vm.status}", code="VM_NOT_READY")
+    refused = check_power_action(action, PowerState(vm.power_state))
+    if refused:
+        raise InvalidState(f"cannot {action.value} VM {vm.name}: it is {vm.power_state}", code=refused)
+    host = session.get(Host, vm.host_id)
+    _usable_host(host)
+    args: dict[str, Any] = {"uuid": vm.libvirt_uuid}
+    if action == PowerAction.SHUTDOWN_GUEST:
+        args["timeout"] = timeout or settings.guest_shutdown_timeout
+    task = start_task(session, kind=f"vm.{action.value}", object_type="vm", object_id=vm.id, username=user, host_id=host.id, command=POWER_COMMANDS[action], command_args=args)
+    record_event(session, f"vm.{action.value}.requested", f"{action.value} of VM {vm.name} requested", username=user, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
+    return task
+
+
+def reconfigure(session: Session, user: str, vm_id: int, vcpus: int | None, memory_mib: int | None, version: int | None) -> Task:
+    vm: VirtualMachine = inventory.get(session, "vm", vm_id)
+    inventory._check_version(vm, version)
+    if vcpus is None and memory_mib is None:
+        raise Invalid("give vcpus or memory_mib", code="NOTHING_TO_CHANGE")
+    if vm.status != "ready":
+        raise InvalidState(f"VM {vm.name} is {vm.status}", code="VM_NOT_READY")
+    if vm.power_state != PowerState.POWERED_OFF.value:
+        raise InvalidState(f"VM {vm.name} must be powered off to change vCPUs or memory (hot-add is not enabled)", code="VM_POWERED_ON")
+    host = session.get(Host, vm.host_id)
+    _usable_host(host)
+    return start_task(
+        session, kind="vm.reconfigure", object_type="vm", object_id=vm.id, username=user, host_id=host.id,
+        params={"vcpus": vcpus, "memory_mib": memory_mib}, command="vm.reconfigure",
+        command_args={"uuid": vm.libvirt_uuid, "vcpus": vcpus, "memory_mib": memory_mib},
+    )
+
+
+def delete_vm(session: Session, user: str, vm_id: int) -> Task:
+    vm: VirtualMachine = inventory.get(session, "vm", vm_id)
+    if vm.power_state != PowerState.POWERED_OFF.value and vm.status == "ready":
+        raise InvalidState(f"VM {vm.name} is {vm.power_state}; power it off first", code="VM_POWERED_ON")
+    host = session.get(Host, vm.host_id)
+    _usable_host(host)
+    spec = vm_spec(session, vm, host.id)
+    disks = [f"{d.datastore_path}/{d.file}" for d in spec.disks]
+    return start_task(session, kind="vm.delete", object_type="vm", object_id=vm.id, username=user, host_id=host.id, command="vm.delete", command_args={"uuid": vm.libvirt_uuid, "disks": disks})

@@ -1,0 +1,51 @@
+"""The agent's HTTP client to the server: its host's own token, retries until the server
+answers (reports are idempotent on the server side), so an API restart loses nothing."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+
+class PermanentReportError(Exception):
+    """The server refused the report (4xx other than 408/429): retrying will not help."""
+
+
+class ApiClient:
+    def __init__(self, base_url: str, host_id: int, token: str, retry_delay: float = 1.0, max_delay: float = 10.0):
+        self.host_id = host_id
+        self._client = httpx.Client(base_url=base_url.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=10.0)
+        self._retry_delay = retry_delay
+        self._max_delay = max_delay
+        self._stop = threading.Event()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._client.close()
+
+    def post(self, path: str, body: Any, *, retry_for: float | None = None) -> dict[str, Any]:
+        """POST under /api/v1/agent/hosts/<id>; retry transport errors and 5xx until
+        ``retry_for`` seconds passed (None: forever, until the agent stops)."""
+        url = f"/api/v1/agent/hosts/{self.host_id}{path}"
+        deadline = None if retry_for is None else time.monotonic() + retry_for
+        delay = self._retry_delay
+        while True:
+            try:
+                response = self._client.post(url, json=body)
+                if response.status_code < 300:
+                    return response.json()
+                if response.status_code < 500 and response.status_code not in (408, 429):
+                    raise PermanentReportError(f"{url}: {response.status_code} {response.text[:300]}")
+                problem = f"HTTP {response.status_code}"
+            except httpx.HTTPError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            if self._stop.is_set() or (deadline is not None and time.monotonic() > deadline):
+                raise ConnectionError(f"server unreachable for {url}: {problem}")
+            log.warning("report %s failed (%s); retrying in %.1f s", url, problem, delay)
+            self._stop.wait(delay)
+            delay = min(delay * 2, self._max_delay)

@@ -1,0 +1,152 @@
+"""Command execution on the host: one function per command name, each idempotent, so a
+command redelivered after the agent died (acks_late) leaves exactly one result.
+
+``execute`` reports ``running`` first (the server may answer "do not proceed": the task was
+cancelled or already ended), runs the command while a lease keeper renews the task's lease,
+and reports the result. The Celery message is acknowledged only after the result reached
+the server.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+from vcenter.core.clock import as_utc, utcnow
+from vcenter.hypervisor.base import DriverError, HypervisorDriver
+from vcenter.messaging.contracts import Command, DomainState, TaskProgress, TaskResult, VmSpec
+from workers.agent.api_client import PermanentReportError
+from workers.agent.service import AgentService
+
+log = logging.getLogger(__name__)
+
+# Test hook for the kill-between-call-and-ack test: when this file exists, the agent removes
+# it and kills itself right after the hypervisor call, before reporting or acknowledging.
+CRASH_FILE_ENV = "VCENTER_AGENT_CRASH_AFTER_CALL_FILE"
+
+
+def _crash_point() -> None:
+    path = os.environ.get(CRASH_FILE_ENV)
+    if path and os.path.exists(path):
+        os.unlink(path)
+        log.warning("test hook: killing the agent between the hypervisor call and the acknowledgement")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _create(driver: HypervisorDriver, args: dict[str, Any]) -> tuple[DomainState, dict[str, Any]]:
+    spec = VmSpec.model_validate(args["spec"])
+    existing = driver.domain_state(spec.uuid)
+    if existing is not None:  # redelivered: already done
+        return existing, {"already_defined": True}
+    absent = [f"{d.datastore_path}/{d.file}" for d in spec.disks if not os.path.exists(f"{d.datastore_path}/{d.file}")]
+    try:
+        driver.create_disks(spec)
+        state = driver.define(spec)
+    except Exception:
+        # Roll back what this attempt created, so a failed create leaves nothing behind.
+        try:
+            driver.undefine(spec.uuid, absent)
+        except Exception:
+            log.exception("rollback of %s failed", spec.name)
+        raise
+    return state, {"disks": [f"{d.datastore_path}/{d.file}" for d in spec.disks]}
+
+
+def _simple(method: str) -> Callable[[HypervisorDriver, dict[str, Any]], tuple[DomainState, dict[str, Any]]]:
+    def run(driver: HypervisorDriver, args: dict[str, Any]) -> tuple[DomainState, dict[str, Any]]:
+        return getattr(driver, method)(args["uuid"]), {}
+    return run
+
+
+def _shutdown(driver: HypervisorDriver, args: dict[str, Any]) -> tuple[DomainState, dict[str, Any]]:
+    return driver.shutdown(args["uuid"], float(args.get("timeout", 120))), {}
+
+
+def _reconfigure(driver: HypervisorDriver, args: dict[str, Any]) -> tuple[DomainState, dict[str, Any]]:
+    return driver.reconfigure(args["uuid"], args.get("vcpus"), args.get("memory_mib")), {}
+
+
+def _delete(driver: HypervisorDriver, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
+    driver.undefine(args["uuid"], list(args.get("disks", [])))
+    return None, {"deleted_disks": list(args.get("disks", []))}
+
+
+HANDLERS: dict[str, Callable[[HypervisorDriver, dict[str, Any]], tuple[DomainState | None, dict[str, Any]]]] = {
+    "vm.create": _create,
+    "vm.start": _simple("start"),
+    "vm.stop": _simple("stop"),
+    "vm.reset": _simple("reset"),
+    "vm.suspend": _simple("suspend"),
+    "vm.resume": _simple("resume"),
+    "vm.shutdown": _shutdown,
+    "vm.reconfigure": _reconfigure,
+    "vm.delete": _delete,
+}
+
+
+@contextmanager
+def _lease_keeper(agent: AgentService, command: Command, step: str) -> Iterator[None]:
+    """Renew the task's lease while a long call runs, so the reaper knows we are alive."""
+    done = threading.Event()
+    period = max(agent.settings.task_lease / 3, 0.2)
+
+    def renew() -> None:
+        while not done.wait(period):
+            try:
+                agent.api.post(f"/tasks/{command.task_id}/progress", TaskProgress(command_id=command.command_id, step=step, progress=10).model_dump(), retry_for=period)
+            except (ConnectionError, PermanentReportError) as exc:
+                log.warning("lease renewal of task %s failed: %s", command.task_id, exc)
+
+    thread = threading.Thread(target=renew, daemon=True, name=f"lease-{command.task_id}")
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
+def execute(agent: AgentService, payload: dict[str, Any]) -> dict[str, Any]:
+    command = Command.model_validate(payload)
+    if command.host_id != agent.host_id:
+        log.error("command %s is for host %s, not this host %s: refused", command.command_id, command.host_id, agent.host_id)
+        return {"refused": "WRONG_HOST"}
+    if command.name == "host.refresh":
+        agent.request_report()
+        return {"ok": True}
+    if utcnow() - as_utc(command.issued_at) > timedelta(seconds=agent.settings.task_queue_timeout):
+        log.warning("command %s (%s) expired before it arrived: refused", command.command_id, command.name)
+        return {"refused": "COMMAND_EXPIRED"}
+    handler = HANDLERS.get(command.name)
+    task_path = f"/tasks/{command.task_id}"
+    answer = agent.api.post(f"{task_path}/progress", TaskProgress(command_id=command.command_id, step=command.name, progress=5).model_dump())
+    if not answer.get("proceed"):
+        log.info("command %s (%s) not run: %s", command.command_id, command.name, answer.get("reason"))
+        return {"skipped": answer.get("reason")}
+    log.info("running %s for task %s", command.name, command.task_id)
+    domain: DomainState | None = None
+    try:
+        if handler is None:
+            raise DriverError("UNKNOWN_COMMAND", f"this agent does not know {command.name}")
+        with _lease_keeper(agent, command, command.name), agent.driver_lock:
+            domain, result = handler(agent.driver, command.args)
+        _crash_point()
+        report = TaskResult(command_id=command.command_id, ok=True, result=result, domain=domain)
+    except DriverError as exc:
+        log.warning("%s for task %s failed: %s", command.name, command.task_id, exc)
+        uuid = command.args.get("uuid") or command.args.get("spec", {}).get("uuid")
+        try:
+            domain = agent.driver.domain_state(uuid) if uuid else None
+        except DriverError:
+            domain = None
+        report = TaskResult(command_id=command.command_id, ok=False, error_code=exc.code, error_message=exc.message, domain=domain)
+    except Exception as exc:  # an agent bug must still end the task, with a named error
+        log.exception("%s for task %s crashed", command.name, command.task_id)
+        report = TaskResult(command_id=command.command_id, ok=False, error_code="AGENT_ERROR", error_message=f"{type(exc).__name__}: {exc}")
+    agent.api.post(f"{task_path}/result", report.model_dump(mode="json"))
+    log.info("%s for task %s: %s", command.name, command.task_id, "ok" if report.ok else report.error_code)
+    return {"ok": report.ok}

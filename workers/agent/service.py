@@ -1,0 +1,185 @@
+"""The host agent's long-running parts: heartbeat, state reports, lifecycle event forwarding
+and reconnection to libvirt. The Celery side (workers.agent.tasks) executes commands with
+the same driver.
+
+Vocabulary: a *state report* is the full picture of the host (facts, domains, datastore usage,
+port-group bridges present); the server answers with what the host is expected to provide
+(datastore paths, bridges), which the agent then creates.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from typing import Any
+
+import redis
+
+from vcenter.core.settings import Settings
+from vcenter.hypervisor.base import ConnectionLost, DriverError, HypervisorDriver
+from vcenter.messaging.contracts import DatastoreUsage, HostState, LifecycleEvent, heartbeat_key
+from workers.agent.api_client import ApiClient, PermanentReportError
+
+log = logging.getLogger(__name__)
+
+
+class AgentService:
+    def __init__(self, settings: Settings, host_id: int, driver: HypervisorDriver, api: ApiClient):
+        self.settings = settings
+        self.host_id = host_id
+        self.driver = driver
+        self.api = api
+        self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        self.stop_event = threading.Event()
+        self._events: queue.Queue[LifecycleEvent] = queue.Queue()
+        self._expected: dict[str, Any] = {"datastores": [], "bridges": []}
+        self._report_now = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.driver_lock = threading.RLock()
+
+    # --- start / stop --------------------------------------------------------------------
+    def start(self) -> None:
+        self.driver.subscribe_lifecycle(self._events.put)
+        self._connect_driver()
+        for target, name in ((self._heartbeat_loop, "heartbeat"), (self._report_loop, "state-report"), (self._event_loop, "lifecycle-events"), (self._watchdog_loop, "libvirt-watchdog")):
+            thread = threading.Thread(target=target, name=f"agent-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self._report_now.set()
+        self.api.close()
+
+    def request_report(self) -> None:
+        self._report_now.set()
+
+    # --- libvirt connection --------------------------------------------------------------
+    def _connect_driver(self) -> bool:
+        try:
+            self.driver.connect()
+            log.info("connected to the hypervisor")
+            self._report_now.set()
+            return True
+        except DriverError as exc:
+            log.warning("hypervisor not reachable: %s", exc)
+            return False
+
+    def _watchdog_loop(self) -> None:
+        while not self.stop_event.wait(self.settings.agent_reconnect_delay):
+            try:
+                alive = self.driver.is_alive()
+            except Exception:
+                alive = False
+            if not alive:
+                log.warning("hypervisor connection lost; reconnecting")
+                self._connect_driver()
+
+    # --- heartbeat -----------------------------------------------------------------------
+    def _heartbeat_loop(self) -> None:
+        key = heartbeat_key(self.host_id)
+        ttl_ms = int(self.settings.heartbeat_ttl * 1000)
+        failing = False
+        while not self.stop_event.is_set():
+            try:
+                self.redis.set(key, str(time.time()), px=ttl_ms)
+                if failing:
+                    log.info("heartbeat: Redis reachable again")
+                failing = False
+            except redis.RedisError as exc:
+                if not failing:
+                    log.warning("heartbeat: Redis unreachable (%s); will keep trying", exc)
+                failing = True
+            self.stop_event.wait(self.settings.heartbeat_period)
+
+    # --- lifecycle events ----------------------------------------------------------------
+    def _event_loop(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                first = self._events.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            batch = [first]
+            while len(batch) < 100:
+                try:
+                    batch.append(self._events.get_nowait())
+                except queue.Empty:
+                    break
+            log.info("lifecycle: %s", ", ".join(f"{e.name} {e.event}/{e.reason}" for e in batch))
+            try:
+                self.api.post("/events", [e.model_dump(mode="json") for e in batch])
+            except (PermanentReportError, ConnectionError) as exc:
+                log.error("lifecycle events dropped: %s", exc)
+
+    # --- state reports -------------------------------------------------------------------
+    def _report_loop(self) -> None:
+        while not self.stop_event.is_set():
+            self._report_now.wait(self.settings.agent_report_period)
+            self._report_now.clear()
+            if self.stop_event.is_set():
+                return
+            try:
+                self.report_state()
+            except ConnectionLost as exc:
+                log.warning("state report skipped: %s", exc)
+            except (PermanentReportError, ConnectionError) as exc:
+                log.error("state report failed: %s", exc)
+            except Exception:
+                log.exception("state report failed")
+
+    def report_state(self) -> dict[str, Any]:
+        self._provide_expected()
+        state = HostState(
+            facts=self.driver.host_facts(),
+            domains=self.driver.list_domains(),
+            datastores=self._datastore_usage(),
+            bridges=self._bridges_present(),
+        )
+        answer = self.api.post("/state", state.model_dump(mode="json"))
+        if answer.get("accepted"):
+            expected = {"datastores": answer.get("datastores", []), "bridges": answer.get("bridges", [])}
+            if expected != self._expected:
+                self._expected = expected
+                self._report_now.set()  # provide them and report again
+        else:
+            log.error("server refused this host's report: %s", answer.get("error"))
+        return answer
+
+    def _datastore_usage(self) -> list[DatastoreUsage]:
+        usage = []
+        for ds in self._expected["datastores"]:
+            try:
+                total, _, free = shutil.disk_usage(ds["path"])
+            except OSError:
+                continue
+            usage.append(DatastoreUsage(id=ds["id"], capacity_bytes=total, free_bytes=free))
+        return usage
+
+    def _bridges_present(self) -> list[str]:
+        return sorted(b for b in self._expected["bridges"] if os.path.isdir(f"/sys/class/net/{b}/bridge"))
+
+    def _provide_expected(self) -> None:
+        """Create the datastore directories and port-group bridges the server expects here."""
+        for ds in self._expected["datastores"]:
+            try:
+                os.makedirs(ds["path"], exist_ok=True)
+            except OSError as exc:
+                log.warning("datastore %s: cannot create %s: %s", ds["id"], ds["path"], exc)
+        for bridge in self._expected["bridges"]:
+            if os.path.isdir(f"/sys/class/net/{bridge}"):
+                continue
+            try:
+                subprocess.run(["ip", "link", "add", "name", bridge, "type", "bridge"], check=True, capture_output=True, timeout=10)
+                subprocess.run(["ip", "link", "set", bridge, "up"], check=True, capture_output=True, timeout=10)
+                log.info("port group bridge %s created", bridge)
+            except (OSError, subprocess.SubprocessError) as exc:
+                log.warning("cannot create bridge %s: %s", bridge, exc)
+
+
+def default_hostname() -> str:
+    return socket.gethostname()

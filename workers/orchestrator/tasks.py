@@ -1,0 +1,51 @@
+"""Central Celery tasks, thin wrappers over services: relay the outbox, reap tasks whose
+agent died, judge host heartbeats. Each runs in one transaction and is safe to run twice."""
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+
+from vcenter.core.settings import Settings
+from vcenter.services import maintenance
+from vcenter.services.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def register(app: Celery, settings: Settings) -> Runtime:
+    runtime = Runtime.build(settings)
+    runtime.celery = app
+
+    @app.task(name="orchestrator.relay_outbox", ignore_result=True)
+    def relay_outbox() -> int:
+        return runtime.relay_outbox()
+
+    @app.task(name="orchestrator.reap_tasks", ignore_result=True)
+    def reap_tasks() -> dict:
+        with runtime.transaction() as session:
+            counts = maintenance.reap(session, settings)
+        if any(counts.values()):
+            log.info("reaper: %s", counts)
+        return counts
+
+    @app.task(name="orchestrator.monitor_hosts", ignore_result=True)
+    def monitor_hosts() -> None:
+        try:
+            runtime.check_redis()
+        except Exception as exc:
+            # With Redis down no heartbeat is readable: judge nobody rather than everybody.
+            log.warning("host monitor skipped: Redis unreachable (%s)", exc)
+            return
+        with runtime.transaction() as session:
+            maintenance.monitor_hosts(session, runtime.host_alive)
+
+    return runtime
+
+
+def beat_schedule(settings: Settings) -> dict:
+    return {
+        "relay-outbox": {"task": "orchestrator.relay_outbox", "schedule": settings.reaper_period},
+        "reap-tasks": {"task": "orchestrator.reap_tasks", "schedule": settings.reaper_period},
+        "monitor-hosts": {"task": "orchestrator.monitor_hosts", "schedule": settings.host_monitor_period},
+    }
