@@ -13,7 +13,7 @@ CORE_PKGS=(
   redis-server postgresql-15 postgresql
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   qemu-system-x86 qemu-utils iproute2
-  libvirt-dev pkg-config gcc python3-venv python3-dev
+  libvirt-dev pkg-config gcc make python3-venv python3-dev
 )
 # ... and tools whose Recommends would drag in too much (docker-compose recommends
 # the docker engine).
@@ -82,7 +82,8 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import sys' >/dev/nul
   log "venv: creating $VENV with $(command -v "$PY") ($("$PY" --version 2>&1))"
   rm -rf "$VENV"
   "$PY" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel >/dev/null
+  "$VENV/bin/python" -m pip install --disable-pip-version-check --upgrade pip setuptools wheel \
+    >"$VENV/pip-bootstrap.log" 2>&1 || { tail -n 30 "$VENV/pip-bootstrap.log"; exit 1; }
 else
   log "venv: present ($("$VENV/bin/python" --version 2>&1))"
 fi

@@ -286,10 +286,14 @@ class PrivateLibvirtd:
 
 
 def _comm(pid: int) -> str:
+    """The process name, or "" for a process that is gone or a zombie (nothing to kill)."""
     try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return ""
+    # Format: "pid (comm) state ..."; comm may contain spaces and parentheses.
+    comm, _, rest = stat.partition(" (")[2].rpartition(") ")
+    return "" if rest[:1] in ("Z", "X") else comm
 
 
 def _pids_in_namespaces(namespaces: set[str]) -> list[int]:
@@ -301,7 +305,7 @@ def _pids_in_namespaces(namespaces: set[str]) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            if os.readlink(f"/proc/{entry.name}/ns/mnt") in namespaces:
+            if os.readlink(f"/proc/{entry.name}/ns/mnt") in namespaces and _comm(int(entry.name)):
                 found.append(int(entry.name))
         except OSError:
             continue

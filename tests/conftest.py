@@ -1,0 +1,44 @@
+"""Shared fixtures: settings on a throw-away database, the API app, an administrator.
+
+Real services come from the test command (scripts/test.sh): VCENTER_TEST_REDIS_URL and
+VCENTER_TEST_PG_URL name the Redis and PostgreSQL it started.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vcenter.core.settings import Settings
+
+REDIS_URL = os.environ.get("VCENTER_TEST_REDIS_URL", "redis://127.0.0.1:6391/0")
+PG_URL = os.environ.get("VCENTER_TEST_PG_URL")
+
+
+def make_settings(tmp_path: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "database_url": f"sqlite:///{tmp_path / 'vcenter.db'}",
+        "redis_url": REDIS_URL,
+        "task_lease": 5.0,
+        "reaper_period": 0.5,
+        "host_monitor_period": 0.5,
+        "heartbeat_period": 0.2,
+        "heartbeat_ttl": 1.0,
+        "agent_report_period": 2.0,
+        "agent_reconnect_delay": 0.3,
+        "task_queue_timeout": 60.0,
+        "celery_visibility_timeout": 3600.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    from vcenter.db.migrate import upgrade
+
+    s = make_settings(tmp_path)
+    upgrade(s.database_url)
+    return s
