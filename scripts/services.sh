@@ -79,21 +79,33 @@ stop_pg() {
   fi
 }
 
-# A stale instance from another directory (e.g. a test run killed with -9) still holding
-# our port: stop it if it is a redis-server/postgres, refuse otherwise.
-free_port() { # port expected-comm-regex name
+# A stale instance that services.sh started from another directory (e.g. a test run killed
+# with -9) still holding our port: stop it. Anything else on the port: refuse, never kill.
+started_by_us() { # pid name
+  local d
+  if [ "$2" = redis ]; then
+    d="$(readlink "/proc/$1/cwd" 2>/dev/null || true)"          # redis --dir DIR
+    [ -n "$d" ] && [ "$(cat "$d/redis.pid" 2>/dev/null)" = "$1" ]
+  else
+    d="$(readlink "/proc/$1/cwd" 2>/dev/null || true)"          # postmaster cwd = DIR/pgdata
+    [ -n "$d" ] && [ "$(basename "$d")" = pgdata ] && [ -d "$(dirname "$d")/pgsock" ] \
+      && [ "$(head -n1 "$d/postmaster.pid" 2>/dev/null)" = "$1" ]
+  fi
+}
+
+free_port() { # port name
   local pid comm
   pid="$(listener_pid "$1")"
   [ -n "$pid" ] || return 0
   comm="$(cat "/proc/$pid/comm" 2>/dev/null || true)"
-  if ! [[ "$comm" =~ $2 ]]; then
-    die "port $1 is held by pid $pid ($comm), not a stale $3: free it or set VCENTER_TEST_*_PORT"
+  if ! started_by_us "$pid" "$2"; then
+    die "port $1 is held by pid $pid ($comm, cwd $(readlink "/proc/$pid/cwd" 2>/dev/null)), not by a services.sh $2: stop it or choose another port (VCENTER_TEST_REDIS_PORT / VCENTER_TEST_PG_PORT)"
   fi
-  log "$3: stopping stale instance on port $1 (pid $pid)"
-  if [ "$3" = redis ]; then
+  log "$2: stopping stale services.sh instance on port $1 (pid $pid, $(readlink "/proc/$pid/cwd"))"
+  if [ "$2" = redis ]; then
     redis-cli -h 127.0.0.1 -p "$1" shutdown nosave >/dev/null 2>&1 || kill "$pid" 2>/dev/null || true
   else
-    kill -QUIT "$pid" 2>/dev/null || true   # postmaster: immediate shutdown
+    kill -INT "$pid" 2>/dev/null || true   # postmaster: fast shutdown
   fi
   wait_gone "$pid" 10 || { kill -9 "$pid" 2>/dev/null || true; wait_gone "$pid" 5 || true; }
 }
@@ -148,8 +160,8 @@ case "$CMD" in
   start)
     stop_redis
     stop_pg
-    free_port "$REDIS_PORT" '^redis-server' redis
-    free_port "$PG_PORT" '^postgres' postgres
+    free_port "$REDIS_PORT" redis
+    free_port "$PG_PORT" postgres
     start_redis
     start_pg
     wait_for redis redis_ping || { tail -n 20 "$REDIS_LOG" >&2 2>/dev/null || true; die "redis did not answer on $REDIS_PORT"; }

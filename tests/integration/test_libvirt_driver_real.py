@@ -135,7 +135,7 @@ def test_power_cycle(drv, libvirtd, datastore, recorder):
     t0 = time.monotonic()
     assert drv.suspend(spec.uuid).power_state == "suspended"
     print(f"managed save: {time.monotonic() - t0:.2f}s")
-    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/comm").read().strip() != "qemu-system-x86"
+    assert qemu_pid(libvirtd, spec.name) is None and pid not in libvirtd.qemu_pids()  # no QEMU left
     assert drv.domain_state(spec.uuid).power_state == "suspended"
     ev = recorder.wait(spec.uuid, "stopped", after=n)
     assert (ev.reason, ev.power_state) == ("saved", "suspended")

@@ -23,7 +23,7 @@ UUID = ""
 
 
 @pytest.fixture(autouse=True)
-def fresh_uuid(monkeypatch):
+def fresh_uuid():
     global UUID
     UUID = str(uuid.uuid4())
 

@@ -23,3 +23,5 @@ def setup_logging(level: str = "INFO", as_json: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # One line per HTTP request of the agent's client would drown what happened.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     reaper_period: float = Field(5.0, description="how often the reaper and outbox relay run")
     outbox_batch: int = 100
     celery_visibility_timeout: float = Field(3600.0, description="Redis visibility timeout: above the longest command")
+    celery_unacked_restore_interval: float = Field(10.0, description="how often consumers look for unacknowledged commands past the visibility timeout (to redeliver them)")
     guest_shutdown_timeout: float = Field(120.0, description="default time a guest gets to shut down before the task ends as GUEST_SHUTDOWN_TIMEOUT")
 
     # --- agent ----------------------------------------------------------------------------

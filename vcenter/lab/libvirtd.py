@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import uuid as uuidlib
 from pathlib import Path
@@ -39,6 +41,11 @@ _BIND_MOUNTS: dict[str, str] = {
     "/var/log/libvirt": "log/libvirt",
     "/var/cache/libvirt": "cache/libvirt",
 }
+
+# QEMU capabilities probed by one daemon, copied into the private cache of the next: probing
+# costs ~7.5 s per fresh daemon here, reading the cache ~0.1 s. libvirt itself re-validates
+# every entry (QEMU binary ctime, libvirt build, kernel, microcode) and re-probes a stale one.
+DEFAULT_CAPS_SEED = Path(tempfile.gettempdir()) / "virtcenter-qemu-caps"
 
 _HOST_UUID_NAMESPACE = uuidlib.UUID("5b0d8a52-1c1e-4d0f-9f7e-6c7a2f3b9d10")
 
@@ -58,12 +65,14 @@ class PrivateLibvirtd:
         tcp_port: int | None = None,
         listen_addr: str = "127.0.0.1",
         start_timeout: float = 15.0,
+        caps_seed: Path | None = DEFAULT_CAPS_SEED,
     ):
         self.workdir = Path(workdir).resolve()
         self.name = name
         self.tcp_port = tcp_port
         self.listen_addr = listen_addr
         self.start_timeout = start_timeout
+        self.caps_seed = caps_seed
         self.host_uuid = str(uuidlib.uuid5(_HOST_UUID_NAMESPACE, name))
         self._proc: subprocess.Popen | None = None
         # Mount namespaces (by inode) our daemons ran in: QEMUs live on in them after a
@@ -148,6 +157,33 @@ class PrivateLibvirtd:
         (etc / "qemu.conf").write_text("\n".join(qemu) + "\n")
         self._write_accounts()
 
+    @property
+    def _caps_dir(self) -> Path:
+        return self.workdir / "cache/libvirt/qemu/capabilities"
+
+    def _seed_caps(self) -> None:
+        if self.caps_seed is None or not self.caps_seed.is_dir() or any(self._caps_dir.glob("*.xml")):
+            return
+        self._caps_dir.mkdir(parents=True, exist_ok=True)
+        for f in self.caps_seed.glob("*.xml"):
+            shutil.copy2(f, self._caps_dir / f.name)
+
+    def _save_caps(self) -> None:
+        if self.caps_seed is None:
+            return
+        try:
+            self.caps_seed.mkdir(parents=True, exist_ok=True)
+            for f in self._caps_dir.glob("*.xml"):
+                dest = self.caps_seed / f.name
+                if dest.exists() and dest.stat().st_size == f.stat().st_size:
+                    continue
+                # Copy then rename: several daemons may start at once.
+                tmp = dest.with_suffix(f".tmp{os.getpid()}")
+                shutil.copy2(f, tmp)
+                os.replace(tmp, dest)
+        except OSError as e:  # an optimisation only
+            log.debug("cannot save QEMU capabilities cache: %s", e)
+
     def _write_accounts(self) -> None:
         # The QEMU driver resolves its compiled-in default user (Debian: libvirt-qemu) before it
         # reads qemu.conf, and fails when the account is missing (libvirt-daemon-system is not
@@ -185,8 +221,13 @@ class PrivateLibvirtd:
         if self.pid is not None:
             return
         self._write_config()
-        # A stale socket/pid file from a killed daemon would be mistaken for a live one.
-        for stale in (self.socket_path, self.pid_file, self.workdir / "run/libvirt/libvirt-sock-ro",
+        self._seed_caps()
+        other = self._pid_from_file()
+        if other is not None:
+            raise RuntimeError(f"a libvirtd (pid {other}) already runs on {self.workdir}")
+        # A stale socket from a killed daemon would be mistaken for a live one. The pid file
+        # stays: libvirtd locks it, which is what keeps two daemons off one workdir.
+        for stale in (self.socket_path, self.workdir / "run/libvirt/libvirt-sock-ro",
                       self.workdir / "run/libvirt/libvirt-admin-sock"):
             stale.unlink(missing_ok=True)
         out = open(self.workdir / "libvirtd.stdout", "ab")
@@ -220,7 +261,16 @@ class PrivateLibvirtd:
         except OSError:
             pass
         self.started_in = time.monotonic() - t0
+        self._save_caps()
         log.info("libvirtd %s up in %.2fs at %s", self.name, self.started_in, self.uri)
+
+    def _pid_from_file(self) -> int | None:
+        """The pid of a live libvirtd named by our pid file (e.g. left by a crashed test run)."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _comm(pid) == "libvirtd" else None
 
     def _answers(self, timeout: float) -> bool:
         try:
@@ -232,6 +282,18 @@ class PrivateLibvirtd:
     def kill_daemon(self, sig: int = signal.SIGKILL) -> None:
         """Kill only libvirtd, as a daemon crash would: the guests keep running."""
         if self._proc is None:
+            # Not started by this object (another process, a crashed run): go by the pid file.
+            pid = self._pid_from_file()
+            if pid is not None:
+                try:
+                    self._namespaces.add(os.readlink(f"/proc/{pid}/ns/mnt"))
+                    os.kill(pid, sig)
+                except OSError:
+                    pass
+                for _ in range(100):
+                    if not _comm(pid):
+                        break
+                    time.sleep(0.05)
             return
         if self._proc.poll() is None:
             self._proc.send_signal(sig)

@@ -26,7 +26,14 @@ def make_celery(settings: Settings | None = None) -> Celery:
         worker_prefetch_multiplier=1,
         task_default_queue=ORCHESTRATOR_QUEUE,
         task_queues=[Queue(ORCHESTRATOR_QUEUE)],
-        broker_transport_options={"visibility_timeout": settings.celery_visibility_timeout},
+        # A command whose consumer died unacknowledged is redelivered once the visibility
+        # timeout passed, found by a sweep every ``unacked_restore_interval`` seconds
+        # (throttle 1: kombu's default would sweep only every tenth interval).
+        broker_transport_options={
+            "visibility_timeout": settings.celery_visibility_timeout,
+            "unacked_restore_interval": settings.celery_unacked_restore_interval,
+            "unacked_restore_throttle": 1,
+        },
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         worker_hijack_root_logger=False,

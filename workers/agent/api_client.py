@@ -39,13 +39,21 @@ class ApiClient:
                 response = self._client.post(url, json=body)
                 if response.status_code < 300:
                     return response.json()
-                if response.status_code < 500 and response.status_code not in (408, 429):
+                # A report that raced another write to the same row (optimistic concurrency) is
+                # simply sent again: reports are idempotent.
+                stale = response.status_code == 409 and "STALE_VERSION" in response.text
+                if response.status_code < 500 and response.status_code not in (408, 429) and not stale:
                     raise PermanentReportError(f"{url}: {response.status_code} {response.text[:300]}")
                 problem = f"HTTP {response.status_code}"
             except httpx.HTTPError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
+                stale = False
             if self._stop.is_set() or (deadline is not None and time.monotonic() > deadline):
                 raise ConnectionError(f"server unreachable for {url}: {problem}")
+            if stale:
+                problem = "raced another update"
+                self._stop.wait(0.05)
+                continue
             log.warning("report %s failed (%s); retrying in %.1f s", url, problem, delay)
             self._stop.wait(delay)
             delay = min(delay * 2, self._max_delay)

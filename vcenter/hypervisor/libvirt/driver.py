@@ -490,7 +490,7 @@ class LibvirtDriver:
                 return self._state_of(dom)
             try:
                 dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
-            except libvirt.libvirtError as e:
+            except libvirt.libvirtError:
                 if not self.is_alive():
                     raise
                 dom.shutdownFlags(0)  # let libvirt choose (guest agent, ...)

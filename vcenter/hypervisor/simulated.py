@@ -1,0 +1,283 @@
+"""An in-memory HypervisorDriver for demos and scale runs (thousands of VMs, no QEMU).
+
+What this module decides: the same power-state rules and idempotency as the libvirt driver
+(define of a known UUID returns it, start of a running / stop of a stopped domain is a no-op,
+undefine of a missing one is a no-op), and the same lifecycle events (event, reason,
+power_state) that the libvirt driver emits for the same operation. It never stands in for the
+real driver in a test that claims a real feature.
+
+Knobs for tests and demos: ``set_reachable(False)`` makes every call raise ConnectionLost
+until ``connect()`` succeeds again; ``guest_shuts_down`` says whether guests honour a
+shutdown request; ``crash(uuid)`` and ``destroy_externally(uuid)`` imitate a QEMU killed
+from outside and ``virsh destroy``; ``existing_bridges`` (None = every bridge exists) drives
+PORTGROUP_ABSENT.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import uuid as uuidlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from vcenter.domain.states import PowerState, StopReason
+from vcenter.hypervisor.base import ConnectionLost, DriverError, LifecycleCallback
+from vcenter.hypervisor.libvirt.xml import check_bridges, disk_path, validate_spec
+from vcenter.messaging.contracts import DomainState, HostFacts, LifecycleEvent, VmSpec
+
+_ON = PowerState.POWERED_ON.value
+_OFF = PowerState.POWERED_OFF.value
+_SUSPENDED = PowerState.SUSPENDED.value
+
+
+@dataclass
+class _Dom:
+    spec: VmSpec
+    power: str = _OFF
+    vcpus: int = 1
+    memory_mib: int = 64
+    cpu_time_ns: int = 0
+
+
+class SimulatedDriver:
+    def __init__(
+        self,
+        hostname: str = "sim-host",
+        cpu_cores: int = 16,
+        memory_mib: int = 65536,
+        host_uuid: str | None = None,
+        create_files: bool = False,
+        existing_bridges: set[str] | None = None,
+        guest_shuts_down: bool = True,
+    ):
+        self.hostname = hostname
+        self.cpu_cores = cpu_cores
+        self.memory_mib = memory_mib
+        self.host_uuid = host_uuid or str(uuidlib.uuid5(uuidlib.NAMESPACE_DNS, hostname))
+        # False: disks are bookkeeping only (scale runs must not write thousands of files).
+        self.create_files = create_files
+        self.existing_bridges = existing_bridges
+        self.guest_shuts_down = guest_shuts_down
+        self._lock = threading.RLock()
+        self._doms: dict[str, _Dom] = {}
+        self._disks: set[str] = set()
+        self._callbacks: list[LifecycleCallback] = []
+        self._connected = False
+        self._reachable = True
+
+    # --- connection -----------------------------------------------------------------
+    def connect(self) -> None:
+        with self._lock:
+            if not self._reachable:
+                raise ConnectionLost("simulated hypervisor unreachable")
+            self._connected = True
+
+    def close(self) -> None:
+        with self._lock:
+            self._connected = False
+
+    def is_alive(self) -> bool:
+        return self._connected and self._reachable
+
+    def set_reachable(self, reachable: bool) -> None:
+        with self._lock:
+            self._reachable = reachable
+            if not reachable:
+                self._connected = False
+
+    def _check(self) -> None:
+        if not self.is_alive():
+            raise ConnectionLost("not connected to the simulated hypervisor")
+
+    # --- events ---------------------------------------------------------------------
+    def subscribe_lifecycle(self, callback: LifecycleCallback) -> None:
+        with self._lock:
+            self._callbacks.append(callback)
+
+    def _emit(self, dom: _Dom, event: str, reason: str, power: str | None) -> None:
+        ev = LifecycleEvent(uuid=dom.spec.uuid, name=dom.spec.name, event=event, reason=reason,
+                            power_state=power, at=datetime.now(timezone.utc))
+        # Called outside the lock so that a subscriber may call back into the driver.
+        for cb in list(self._callbacks):
+            try:
+                cb(ev)
+            except Exception:  # a subscriber's bug must not break the driver
+                pass
+
+    # --- queries --------------------------------------------------------------------
+    def host_facts(self) -> HostFacts:
+        self._check()
+        return HostFacts(hostname=self.hostname, host_uuid=self.host_uuid, cpu_model="simulated",
+                         cpu_cores=self.cpu_cores, cpu_mhz=2000, memory_mib=self.memory_mib,
+                         hypervisor="simulated", libvirt_version=None)
+
+    @staticmethod
+    def _state(d: _Dom) -> DomainState:
+        return DomainState(uuid=d.spec.uuid, name=d.spec.name, power_state=d.power,
+                           vcpus=d.vcpus, memory_mib=d.memory_mib, cpu_time_ns=d.cpu_time_ns)
+
+    def list_domains(self) -> list[DomainState]:
+        self._check()
+        with self._lock:
+            return [self._state(d) for d in self._doms.values()]
+
+    def domain_state(self, uuid: str) -> DomainState | None:
+        self._check()
+        with self._lock:
+            d = self._doms.get(_norm(uuid))
+            return None if d is None else self._state(d)
+
+    def _get(self, uuid: str) -> _Dom:
+        d = self._doms.get(_norm(uuid))
+        if d is None:
+            raise DriverError("VM_NOT_FOUND", f"no domain with UUID {uuid}")
+        return d
+
+    # --- disks ----------------------------------------------------------------------
+    def create_disks(self, spec: VmSpec) -> list[str]:
+        self._check()
+        paths = []
+        for disk in spec.disks:
+            path = disk_path(disk.datastore_path, disk.file)
+            paths.append(path)
+            if self.create_files:
+                if not os.path.isdir(disk.datastore_path):
+                    raise DriverError("DATASTORE_ABSENT", f"datastore directory {disk.datastore_path} does not exist")
+                if not os.path.exists(path):
+                    with open(path, "wb") as f:
+                        f.truncate(disk.capacity_mib * 1024 * 1024)
+            with self._lock:
+                self._disks.add(path)
+        return paths
+
+    # --- lifecycle ------------------------------------------------------------------
+    def define(self, spec: VmSpec) -> DomainState:
+        self._check()
+        validate_spec(spec)
+        key = _norm(spec.uuid)
+        with self._lock:
+            d = self._doms.get(key)
+            if d is not None:
+                if d.spec.name != spec.name:
+                    raise DriverError("VM_UUID_CONFLICT", f"UUID {spec.uuid} is already defined as {d.spec.name!r}")
+                return self._state(d)
+            if any(o.spec.name == spec.name for o in self._doms.values()):
+                raise DriverError("VM_NAME_CONFLICT", f"a domain named {spec.name!r} exists")
+            check_bridges(spec, exists=self._bridge_exists)
+            d = _Dom(spec=spec.model_copy(update={"uuid": key}), vcpus=spec.vcpus, memory_mib=spec.memory_mib)
+            self._doms[key] = d
+            state = self._state(d)
+        self._emit(d, "defined", "added", None)
+        return state
+
+    def _bridge_exists(self, bridge: str) -> bool:
+        return self.existing_bridges is None or bridge in self.existing_bridges
+
+    def _transition(self, uuid: str, allowed_from: set[str], to: str, event: str, reason: str,
+                    noop_in: set[str], error: str) -> DomainState:
+        """Move ``uuid`` to ``to``; a no-op in ``noop_in``; DriverError(error) otherwise."""
+        self._check()
+        with self._lock:
+            d = self._get(uuid)
+            if d.power in noop_in:
+                return self._state(d)
+            if d.power not in allowed_from:
+                raise DriverError(error, f"domain {uuid} is {d.power}")
+            d.power = to
+            state = self._state(d)
+        self._emit(d, event, reason, to)
+        return state
+
+    def start(self, uuid: str) -> DomainState:
+        return self._transition(uuid, {_OFF, _SUSPENDED}, _ON, "started", "started", {_ON}, "LIBVIRT_ERROR")
+
+    def stop(self, uuid: str) -> DomainState:
+        self._check()
+        with self._lock:
+            d = self._get(uuid)
+            if d.power == _SUSPENDED:  # discard the saved memory, as managedSaveRemove does
+                d.power = _OFF
+                return self._state(d)
+        return self._transition(uuid, {_ON}, _OFF, "stopped", StopReason.DESTROYED.value, {_OFF}, "LIBVIRT_ERROR")
+
+    def shutdown(self, uuid: str, timeout: float) -> DomainState:
+        self._check()
+        with self._lock:
+            d = self._get(uuid)
+            if d.power != _ON:
+                return self._state(d)
+        if not self.guest_shuts_down:
+            raise DriverError("GUEST_SHUTDOWN_TIMEOUT", f"guest of {uuid} still running after {timeout:g}s")
+        return self._transition(uuid, {_ON}, _OFF, "stopped", StopReason.SHUTDOWN.value, {_OFF}, "LIBVIRT_ERROR")
+
+    def reset(self, uuid: str) -> DomainState:
+        self._check()
+        with self._lock:
+            d = self._get(uuid)
+            if d.power != _ON:
+                raise DriverError("VM_POWERED_OFF", f"domain {uuid} is not running")
+            return self._state(d)
+
+    def suspend(self, uuid: str) -> DomainState:
+        return self._transition(uuid, {_ON}, _SUSPENDED, "stopped", StopReason.SAVED.value, {_SUSPENDED}, "VM_POWERED_OFF")
+
+    def resume(self, uuid: str) -> DomainState:
+        return self._transition(uuid, {_SUSPENDED}, _ON, "started", "started", {_ON}, "VM_POWERED_OFF")
+
+    def reconfigure(self, uuid: str, vcpus: int | None, memory_mib: int | None) -> DomainState:
+        self._check()
+        with self._lock:
+            d = self._get(uuid)
+            if d.power == _ON:
+                raise DriverError("VM_POWERED_ON", f"domain {uuid} is running")
+            if d.power == _SUSPENDED:
+                raise DriverError("VM_SUSPENDED", f"domain {uuid} is suspended")
+            if vcpus is not None:
+                if not 1 <= vcpus <= 256:
+                    raise DriverError("INVALID_SPEC", f"vcpus {vcpus} out of range 1..256")
+                d.vcpus = vcpus
+            if memory_mib is not None:
+                if not 16 <= memory_mib <= 1024 * 1024:
+                    raise DriverError("INVALID_SPEC", f"memory {memory_mib} MiB out of range")
+                d.memory_mib = memory_mib
+            return self._state(d)
+
+    def undefine(self, uuid: str, delete_disks: list[str]) -> None:
+        self._check()
+        with self._lock:
+            d = self._doms.pop(_norm(uuid), None)
+            for p in delete_disks:
+                self._disks.discard(p)
+                if self.create_files:
+                    try:
+                        os.unlink(p)
+                    except FileNotFoundError:
+                        pass
+        if d is not None:
+            if d.power == _ON:
+                self._emit(d, "stopped", StopReason.DESTROYED.value, _OFF)
+            self._emit(d, "undefined", "removed", None)
+
+    # --- fault injection ------------------------------------------------------------
+    def crash(self, uuid: str) -> None:
+        """QEMU died under the guest (libvirt reports STOPPED/FAILED)."""
+        self._external_stop(uuid, StopReason.CRASHED.value)
+
+    def destroy_externally(self, uuid: str) -> None:
+        """Someone ran ``virsh destroy`` on the host."""
+        self._external_stop(uuid, StopReason.DESTROYED.value)
+
+    def _external_stop(self, uuid: str, reason: str) -> None:
+        with self._lock:
+            d = self._get(uuid)
+            if d.power != _ON:
+                return
+            d.power = _OFF
+        self._emit(d, "stopped", reason, _OFF)
+
+
+def _norm(uuid: str) -> str:
+    try:
+        return str(uuidlib.UUID(uuid))
+    except (ValueError, AttributeError, TypeError):
+        raise DriverError("INVALID_SPEC", f"{uuid!r} is not a UUID") from None

@@ -1,0 +1,147 @@
+"""A whole virtcenter on this machine, as real processes: API (`vcenter serve`), an
+orchestrator worker, beat, and per host a private real libvirtd with its agent.
+
+Used by the integration tests (brought up once per session) and by `make run`. Processes
+are started with ``VCENTER_*`` variables only, as an operator would start them.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from vcenter.lab.libvirtd import PrivateLibvirtd
+
+log = logging.getLogger(__name__)
+
+VCENTER = [sys.executable, "-m", "vcenter.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class LabHost:
+    name: str
+    libvirtd: PrivateLibvirtd
+    host_id: int | None = None
+    token: str | None = None
+    agent: subprocess.Popen | None = None
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    env: dict[str, str]
+    api_port: int
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    hosts: dict[str, LabHost] = field(default_factory=dict)
+    admin: tuple[str, str] = ("admin", "admin-pass")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @classmethod
+    def create(cls, workdir: Path, database_url: str | None, redis_url: str, **settings: Any) -> "Stack":
+        workdir.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VCENTER_")}
+        env.update({
+            "VCENTER_DATABASE_URL": database_url or f"sqlite:///{workdir / 'vcenter.db'}",
+            "VCENTER_REDIS_URL": redis_url,
+            "VCENTER_API_PORT": str(port),
+            "VCENTER_PUBLIC_URL": f"http://127.0.0.1:{port}",
+            "PYTHONUNBUFFERED": "1",
+        })
+        env.update({f"VCENTER_{k.upper()}": str(v) for k, v in settings.items()})
+        return cls(workdir=workdir, env=env, api_port=port)
+
+    # --- processes -----------------------------------------------------------------------
+    def _spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        logfile = open(self.workdir / f"{name}.log", "ab")
+        proc = subprocess.Popen(VCENTER + args, env={**self.env, **(extra_env or {})}, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes[name] = proc
+        return proc
+
+    def run_cli(self, *args: str) -> str:
+        return subprocess.run(VCENTER + list(args), env=self.env, check=True, capture_output=True, text=True).stdout
+
+    def start_server(self, with_beat: bool = True) -> None:
+        self.run_cli("db", "upgrade")
+        self.run_cli("admin", "create", self.admin[0], "--password", self.admin[1], "--exist-ok")
+        self._spawn("api", ["serve"])
+        self._spawn("worker", ["worker"])
+        if with_beat:
+            self._spawn("beat", ["beat"])
+        self.wait_http("/readyz", 30)
+
+    def wait_http(self, path: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + path, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.url}{path} did not answer within {timeout} s; see {self.workdir}/api.log")
+
+    def client(self) -> httpx.Client:
+        response = httpx.post(self.url + "/api/v1/session", json={"username": self.admin[0], "password": self.admin[1]})
+        response.raise_for_status()
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {response.json()['token']}"}, timeout=30)
+
+    # --- hosts ---------------------------------------------------------------------------
+    def add_host(self, name: str, datacenter_id: int, cluster_id: int | None = None) -> LabHost:
+        daemon = PrivateLibvirtd(self.workdir / "hosts" / name, name)
+        daemon.start()
+        host = LabHost(name=name, libvirtd=daemon)
+        with self.client() as api:
+            created = api.post("/api/v1/hosts", json={"name": name, "datacenter_id": datacenter_id, "cluster_id": cluster_id, "libvirt_uri": daemon.uri})
+            created.raise_for_status()
+        host.host_id, host.token = created.json()["id"], created.json()["agent_token"]
+        self.hosts[name] = host
+        self.start_agent(name)
+        return host
+
+    def start_agent(self, name: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        host = self.hosts[name]
+        env = {"VCENTER_AGENT_HOST_ID": str(host.host_id), "VCENTER_AGENT_TOKEN": host.token or "", "VCENTER_LIBVIRT_URI": host.libvirtd.uri, **(extra_env or {})}
+        host.agent = self._spawn(f"agent-{name}", ["agent"], env)
+        return host.agent
+
+    def kill_agent(self, name: str, sig: int = signal.SIGKILL) -> None:
+        agent = self.hosts[name].agent
+        if agent is not None and agent.poll() is None:
+            os.killpg(agent.pid, sig)
+            agent.wait(15)
+
+    # --- teardown ------------------------------------------------------------------------
+    def stop(self) -> None:
+        for name, proc in reversed(list(self.processes.items())):
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    continue
+        for name, proc in self.processes.items():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        for host in self.hosts.values():
+            host.libvirtd.stop()
