@@ -6,7 +6,6 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vcenter.core.errors import VcError
@@ -27,10 +26,6 @@ def install_error_handlers(app: FastAPI) -> None:
         ]
         fields = ", ".join(e["field"] for e in errors)
         return JSONResponse({"code": "INVALID", "message": f"invalid value for: {fields}", "details": errors}, status_code=422)
-
-    @app.exception_handler(StaleDataError)
-    async def _stale(_: Request, exc: StaleDataError) -> JSONResponse:
-        return JSONResponse({"code": "STALE_VERSION", "message": "the object changed while you were changing it; read it again"}, status_code=409)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

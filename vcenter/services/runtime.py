@@ -11,7 +11,9 @@ from typing import Any
 import redis
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.exc import StaleDataError
 
+from vcenter.core.errors import StaleVersion
 from vcenter.core.settings import Settings
 from vcenter.db.session import sessionmaker_for
 from vcenter.messaging.celery_app import make_celery
@@ -46,6 +48,9 @@ class Runtime:
             yield session
             dirty = session.info.pop("outbox_dirty", False)
             session.commit()
+        except StaleDataError as exc:
+            session.rollback()
+            raise StaleVersion("the object changed while you were changing it; read it again") from exc
         except BaseException:
             session.rollback()
             raise
