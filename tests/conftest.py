@@ -35,10 +35,26 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
     return Settings(**values)
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def fresh_postgres() -> str:
+    """An empty schema in the test PostgreSQL started by the test command."""
+    from sqlalchemy import create_engine, text
+
+    if not PG_URL:
+        pytest.fail("VCENTER_TEST_PG_URL is not set: run the tests through `make test`, which starts PostgreSQL")
+    engine = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    return PG_URL
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def settings(request, tmp_path: Path) -> Settings:
+    """Settings on a migrated, empty database: every test using it runs on both databases."""
     from vcenter.db.migrate import upgrade
 
-    s = make_settings(tmp_path)
+    overrides = {"database_url": fresh_postgres()} if request.param == "postgresql" else {}
+    s = make_settings(tmp_path, **overrides)
     upgrade(s.database_url)
     return s

@@ -6,9 +6,9 @@ from datetime import datetime
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, select
 
-from tests.conftest import PG_URL
+from tests.conftest import fresh_postgres
 from vcenter.db.migrate import upgrade
 from vcenter.db.models import Base, Datacenter, Event
 from vcenter.db.session import session_scope
@@ -16,20 +16,9 @@ from vcenter.db.session import session_scope
 pytestmark = pytest.mark.integration
 
 
-def _fresh_pg() -> str:
-    if not PG_URL:
-        pytest.fail("VCENTER_TEST_PG_URL is not set: run the tests through `make test`, which starts PostgreSQL")
-    engine = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
-    return PG_URL
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def migrated_url(request, tmp_path):
-    url = f"sqlite:///{tmp_path / 'm.db'}" if request.param == "sqlite" else _fresh_pg()
+    url = f"sqlite:///{tmp_path / 'm.db'}" if request.param == "sqlite" else fresh_postgres()
     upgrade(url)
     return url
 
