@@ -35,7 +35,7 @@ def free_port() -> int:
 @dataclass
 class LabHost:
     name: str
-    libvirtd: PrivateLibvirtd
+    libvirtd: PrivateLibvirtd | None
     host_id: int | None = None
     token: str | None = None
     agent: subprocess.Popen | None = None
@@ -105,12 +105,16 @@ class Stack:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {response.json()['token']}"}, timeout=30)
 
     # --- hosts ---------------------------------------------------------------------------
-    def add_host(self, name: str, datacenter_id: int, cluster_id: int | None = None) -> LabHost:
-        daemon = PrivateLibvirtd(self.workdir / "hosts" / name, name)
-        daemon.start()
+    def add_host(self, name: str, datacenter_id: int, cluster_id: int | None = None, simulated: bool = False) -> LabHost:
+        """Add a host to the inventory and start its hypervisor (a private real libvirtd, or
+        nothing for a simulated host) and its agent."""
+        daemon = None if simulated else PrivateLibvirtd(self.workdir / "hosts" / name, name)
+        if daemon is not None:
+            daemon.start()
         host = LabHost(name=name, libvirtd=daemon)
+        uri = daemon.uri if daemon else "simulated:///"
         with self.client() as api:
-            created = api.post("/api/v1/hosts", json={"name": name, "datacenter_id": datacenter_id, "cluster_id": cluster_id, "libvirt_uri": daemon.uri})
+            created = api.post("/api/v1/hosts", json={"name": name, "datacenter_id": datacenter_id, "cluster_id": cluster_id, "libvirt_uri": uri})
             created.raise_for_status()
         host.host_id, host.token = created.json()["id"], created.json()["agent_token"]
         self.hosts[name] = host
@@ -119,8 +123,13 @@ class Stack:
 
     def start_agent(self, name: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
         host = self.hosts[name]
-        env = {"VCENTER_AGENT_HOST_ID": str(host.host_id), "VCENTER_AGENT_TOKEN": host.token or "", "VCENTER_LIBVIRT_URI": host.libvirtd.uri, **(extra_env or {})}
-        host.agent = self._spawn(f"agent-{name}", ["agent"], env)
+        env = {"VCENTER_AGENT_HOST_ID": str(host.host_id), "VCENTER_AGENT_TOKEN": host.token or "", **(extra_env or {})}
+        args = ["agent"]
+        if host.libvirtd is None:
+            args.append("--simulated")
+        else:
+            env["VCENTER_LIBVIRT_URI"] = host.libvirtd.uri
+        host.agent = self._spawn(f"agent-{name}", args, env)
         return host.agent
 
     def kill_agent(self, name: str, sig: int = signal.SIGKILL) -> None:
@@ -144,4 +153,5 @@ class Stack:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
         for host in self.hosts.values():
-            host.libvirtd.stop()
+            if host.libvirtd is not None:
+                host.libvirtd.stop()

@@ -13,6 +13,7 @@ from vcenter.messaging.celery_app import make_celery
 from vcenter.messaging.contracts import AGENT_EXECUTE_TASK, host_queue
 from workers.agent import commands
 from workers.agent.api_client import ApiClient
+from workers.agent.network import LinuxHostNetwork, SimulatedHostNetwork
 from workers.agent.service import AgentService
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,8 @@ def make_driver(settings: Settings, simulated: bool) -> HypervisorDriver:
     if simulated:
         from vcenter.hypervisor.simulated import SimulatedDriver
 
-        return SimulatedDriver()
+        # Its port-group bridges are simulated too: the driver accepts any bridge name.
+        return SimulatedDriver(hostname=f"sim-{settings.agent_host_id}", existing_bridges=None)
     from vcenter.hypervisor.libvirt.driver import LibvirtDriver
 
     return LibvirtDriver(settings.libvirt_uri)
@@ -31,7 +33,8 @@ def make_driver(settings: Settings, simulated: bool) -> HypervisorDriver:
 def run_agent(settings: Settings, host_id: int, token: str, simulated: bool = False) -> None:
     driver = make_driver(settings, simulated)
     api = ApiClient(settings.public_url, host_id, token, retry_delay=settings.agent_reconnect_delay)
-    agent = AgentService(settings, host_id, driver, api)
+    network = SimulatedHostNetwork() if simulated else LinuxHostNetwork()
+    agent = AgentService(settings, host_id, driver, api, network)
     app = make_celery(settings)
     queue = host_queue(host_id)
     app.conf.task_queues = [Queue(queue)]

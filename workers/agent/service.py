@@ -13,7 +13,6 @@ import os
 import queue
 import shutil
 import socket
-import subprocess
 import threading
 import time
 from typing import Any
@@ -24,13 +23,15 @@ from vcenter.core.settings import Settings
 from vcenter.hypervisor.base import ConnectionLost, DriverError, HypervisorDriver
 from vcenter.messaging.contracts import DatastoreUsage, HostState, LifecycleEvent, heartbeat_key
 from workers.agent.api_client import ApiClient, PermanentReportError
+from workers.agent.network import HostNetwork
 
 log = logging.getLogger(__name__)
 
 
 class AgentService:
-    def __init__(self, settings: Settings, host_id: int, driver: HypervisorDriver, api: ApiClient):
+    def __init__(self, settings: Settings, host_id: int, driver: HypervisorDriver, api: ApiClient, network: HostNetwork):
         self.settings = settings
+        self.network = network
         self.host_id = host_id
         self.driver = driver
         self.api = api
@@ -161,7 +162,7 @@ class AgentService:
         return usage
 
     def _bridges_present(self) -> list[str]:
-        return sorted(b for b in self._expected["bridges"] if os.path.isdir(f"/sys/class/net/{b}/bridge"))
+        return self.network.bridges_present(self._expected["bridges"])
 
     def _provide_expected(self) -> None:
         """Create the datastore directories and port-group bridges the server expects here."""
@@ -171,14 +172,7 @@ class AgentService:
             except OSError as exc:
                 log.warning("datastore %s: cannot create %s: %s", ds["id"], ds["path"], exc)
         for bridge in self._expected["bridges"]:
-            if os.path.isdir(f"/sys/class/net/{bridge}"):
-                continue
-            try:
-                subprocess.run(["ip", "link", "add", "name", bridge, "type", "bridge"], check=True, capture_output=True, timeout=10)
-                subprocess.run(["ip", "link", "set", bridge, "up"], check=True, capture_output=True, timeout=10)
-                log.info("port group bridge %s created", bridge)
-            except (OSError, subprocess.SubprocessError) as exc:
-                log.warning("cannot create bridge %s: %s", bridge, exc)
+            self.network.ensure_bridge(bridge)
 
 
 def default_hostname() -> str:

@@ -1,0 +1,156 @@
+"""`make run`: the whole system on this machine, seeded with an inventory to look at.
+
+As root on Linux with libvirtd installed, the host is a real private libvirtd with real QEMU
+guests; otherwise the host is simulated, and this says so. Ctrl-C stops every process and
+guest it started.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from vcenter.lab.stack import Stack
+
+
+def _real_hosts_possible() -> tuple[bool, str]:
+    if sys.platform != "linux":
+        return False, "not Linux"
+    if os.geteuid() != 0:
+        return False, "not root"
+    missing = [b for b in ("libvirtd", "virsh", "qemu-system-x86_64", "unshare") if shutil.which(b) is None]
+    if missing:
+        return False, f"missing {', '.join(missing)}"
+    return True, "root on Linux with libvirt and QEMU"
+
+
+def _start_redis(rundir: Path, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(rundir)],
+        stdout=open(rundir / "redis.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    for _ in range(50):
+        if subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True).stdout.strip() == "PONG":
+            return proc
+        time.sleep(0.1)
+    raise RuntimeError("redis-server did not start; see run/redis.log")
+
+
+def _wait_task(api, task: dict, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        current = api.get(f"/api/v1/tasks/{task['id']}").json()
+        if current["state"] in ("success", "error", "cancelled"):
+            return current
+        time.sleep(0.2)
+    return current
+
+
+def seed(stack: Stack, simulated: bool, datastore_dir: Path, bridges: list[str]) -> None:
+    with stack.client() as api:
+        dc = api.post("/api/v1/datacenters", json={"name": "dc1"}).json()
+        cluster = api.post("/api/v1/clusters", json={"name": "cluster1", "datacenter_id": dc["id"]}).json()
+        host = stack.add_host("esx1", dc["id"], cluster["id"], simulated=simulated)
+        deadline = time.monotonic() + 60
+        while api.get(f"/api/v1/hosts/{host.host_id}").json()["connection_state"] != "connected":
+            if time.monotonic() > deadline:
+                raise RuntimeError("the host's agent did not connect; see run/agent-esx1.log")
+            time.sleep(0.3)
+        ds = api.post("/api/v1/datastores", json={"name": "datastore1", "datacenter_id": dc["id"], "url": str(datastore_dir), "host_ids": [host.host_id]}).json()
+        pg = api.post("/api/v1/portgroups", json={"name": "vm-network", "datacenter_id": dc["id"], "vlan_id": 0, "host_ids": [host.host_id]}).json()
+        bridges.append(pg["bridge"])
+        api.post("/api/v1/folders", json={"name": "web", "datacenter_id": dc["id"]})
+        # The agent creates the port group's bridge on its next report; wait for it.
+        deadline = time.monotonic() + 30
+        while host.host_id not in api.get(f"/api/v1/portgroups/{pg['id']}").json()["present_on_host_ids"]:
+            if time.monotonic() > deadline:
+                raise RuntimeError("port group bridge did not appear on the host")
+            time.sleep(0.3)
+        for name, power_on in (("web1", True), ("web2", True), ("db1", False)):
+            task = api.post("/api/v1/vms", json={
+                "name": name, "host_id": host.host_id, "memory_mib": 32,
+                "disks": [{"datastore_id": ds["id"], "capacity_mib": 64}],
+                "nics": [{"portgroup_id": pg["id"]}],
+            }).json()
+            done = _wait_task(api, task)
+            if done["state"] != "success":
+                raise RuntimeError(f"creating {name} failed: {done['error_code']}: {done['error_message']}")
+            if power_on:
+                _wait_task(api, api.post(f"/api/v1/vms/{done['object_id']}/power/on").json())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run virtcenter locally with a seeded inventory.")
+    parser.add_argument("--rundir", default="run", help="where state, logs and datastores go (default ./run)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("VCENTER_API_PORT", "8080")))
+    parser.add_argument("--simulated", action="store_true", help="simulated hosts even where real ones are possible")
+    args = parser.parse_args()
+
+    rundir = Path(args.rundir).resolve()
+    if rundir.exists():
+        shutil.rmtree(rundir)
+    rundir.mkdir(parents=True)
+    real, why = _real_hosts_possible()
+    simulated = args.simulated or not real
+    print(f"hosts: {'SIMULATED (' + ('asked for' if args.simulated else why) + ')' if simulated else 'real libvirt/QEMU (' + why + ')'}", flush=True)
+
+    redis_proc = None
+    redis_url = os.environ.get("VCENTER_REDIS_URL")
+    if not redis_url:
+        redis_proc = _start_redis(rundir, 6390)
+        redis_url = "redis://127.0.0.1:6390/0"
+    password = os.environ.get("VCENTER_ADMIN_PASSWORD", "vmware-admin")
+    stack = Stack.create(rundir, os.environ.get("VCENTER_DATABASE_URL"), redis_url)
+    stack.api_port = args.port
+    stack.env["VCENTER_API_PORT"] = str(args.port)
+    stack.env["VCENTER_PUBLIC_URL"] = f"http://127.0.0.1:{args.port}"
+    stack.admin = ("admin", password)
+
+    stopping = False
+    bridges: list[str] = []  # created on this machine by the agent of the (single) real host
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        print("\nstopping: agents, libvirtd and guests, worker, beat, API, Redis ...", flush=True)
+        stack.stop()
+        if not simulated:
+            for bridge in bridges:
+                subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+        if redis_proc is not None:
+            redis_proc.terminate()
+            redis_proc.wait(10)
+        print("stopped; nothing left running.", flush=True)
+        sys.exit(0)
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        stack.start_server()
+        seed(stack, simulated, rundir / "datastores" / "datastore1", bridges)
+    except Exception as exc:
+        print(f"start-up failed: {exc}", file=sys.stderr, flush=True)
+        _stop()
+    print(f"""
+virtcenter is up ({'simulated' if simulated else 'real'} host esx1, database {stack.env['VCENTER_DATABASE_URL']})
+  API        {stack.url}/api/v1
+  API docs   {stack.url}/docs
+  health     {stack.url}/livez  {stack.url}/readyz  {stack.url}/metrics
+  login      admin / {password}
+             TOKEN=$(curl -s -X POST {stack.url}/api/v1/session -H 'content-type: application/json' \\
+                     -d '{{"username":"admin","password":"{password}"}}' | python3 -c 'import sys,json; print(json.load(sys.stdin)["token"])')
+  logs       {rundir}/*.log
+Ctrl-C stops everything.""", flush=True)
+    while True:
+        time.sleep(3600)
+
+
+if __name__ == "__main__":
+    main()
