@@ -10,19 +10,39 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.apihelpers import wait_for
-from tests.conftest import REDIS_URL
-from vcenter.lab.stack import Stack
+from vcenter.lab.stack import Stack, free_port
 
 pytestmark = pytest.mark.integration
+
+
+class OwnRedis:
+    """A Redis of this module's own, so that a test may restart it."""
+
+    def __init__(self, workdir: Path):
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no", "--dir", str(self.workdir)], stdout=subprocess.DEVNULL)
+        wait_for(lambda: subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True, text=True).stdout.strip() == "PONG", 10, what="redis up")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("stack")
-    redis_db = REDIS_URL.rsplit("/", 1)[0] + "/5"
-    subprocess.run(["redis-cli", "-u", redis_db, "flushdb"], check=True, capture_output=True)
+    own_redis = OwnRedis(workdir)
+    own_redis.start()
+    redis_db = own_redis.url
     s = Stack.create(
         workdir, None, redis_db,
         # Compressed time; a short visibility timeout so a command whose agent died is
@@ -41,9 +61,11 @@ def stack(tmp_path_factory):
             s.extra["ds"] = ds
             wait_for(lambda: api.get(f"/api/v1/hosts/{host.host_id}").json()["connection_state"] == "connected", 60, what="host connected")
             wait_for(lambda: api.get(f"/api/v1/datastores/{ds['id']}").json()["capacity_bytes"] > 0, 30, what="datastore capacity reported")
+        s.extra["redis"] = own_redis
         yield s
     finally:
         s.stop()
+        own_redis.stop()
 
 
 @pytest.fixture
@@ -169,3 +191,48 @@ def test_libvirtd_crash_and_restart_keeps_guests_and_agent_reconnects(stack, api
     # The agent reconnects by itself: a new command goes through.
     assert power(api, vm, "off")["state"] == "success"
     assert api.get(f"/api/v1/vms/{vm['id']}").json()["host_id"] == stack.hosts["esx1"].host_id
+
+
+def test_agent_carries_on_through_api_and_redis_restarts(stack, api):
+    vm = create_vm(stack, api, "steady1")
+    power(api, vm, "on")
+    host = stack.hosts["esx1"]
+
+    # API down while libvirt reports a stop: the agent keeps the event until the API is back.
+    stack.stop_api()
+    subprocess.run(["virsh", "-c", host.libvirtd.uri, "destroy", vm["libvirt_uuid"]], check=True, capture_output=True)
+    time.sleep(2)
+    stack.start_api()
+    with stack.client() as fresh:
+        seen = wait_for(lambda: (v := fresh.get(f"/api/v1/vms/{vm['id']}").json())["last_stop_reason"] == "destroyed" and v, 30, what="event delivered after API restart")
+        assert seen["power_state"] == "poweredOff"
+
+        # Redis restarts (all queues and heartbeat keys lost): heartbeats resume, commands flow.
+        own_redis = stack.extra["redis"]
+        own_redis.stop()
+        time.sleep(1)
+        own_redis.start()
+        client = redis.Redis.from_url(own_redis.url)
+        wait_for(lambda: client.exists(f"vc:hb:host:{host.host_id}"), 30, what="heartbeat after Redis restart")
+        assert power(fresh, vm, "on")["state"] == "success"
+        assert "running" in virsh(stack, "domstate", vm["libvirt_uuid"])
+        assert host.agent.poll() is None  # the same agent process throughout
+
+
+def _readme_api_block() -> str:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text.split("## Using the API", 1)[1]
+    return section.split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_curl_examples_work_as_written(stack, api):
+    vm = create_vm(stack, api, "db1")
+    script = _readme_api_block().replace("http://127.0.0.1:8080", stack.url).replace("vmware-admin", stack.admin[1])
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert '"total":' in out and "esx1" in out
+    assert '"code":"OBJECT_BUSY"' in out or '"code":"VM_SUSPENDED"' in out
+    assert '"kind":"vm.resume"' in out
+    final = wait_for(lambda: (v := api.get(f"/api/v1/vms/{vm['id']}").json())["power_state"] == "poweredOn" and v, 30, what="resumed")
+    assert "running" in virsh(stack, "domstate", final["libvirt_uuid"])

@@ -16,8 +16,11 @@ What this module decides:
 Vocabulary: workdir = the host's private root on the machine; name = the host's name, from
 which its stable ``host_uuid`` is derived.
 
-Later issues extend this class with a network namespace and a cgroup subtree per host; keep
-the namespace set-up in ``_launch_script`` and the config in ``_write_config``.
+Inside a lab host (vcenter.lab.hosts) the daemon does not make a namespace of its own: ``enter``
+is an argv prefix that runs a command inside the host (its network, mount, UTS and cgroup
+namespaces, moved into its cgroup), whose mount namespace already carries the bind mounts of
+``mount_commands()``, so that the host's agent and QEMUs see the same /run/libvirt. Then
+``stop()`` kills only the daemon and its QEMUs; the host owns the namespace.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import subprocess
 import tempfile
 import time
 import uuid as uuidlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -66,6 +70,7 @@ class PrivateLibvirtd:
         listen_addr: str = "127.0.0.1",
         start_timeout: float = 15.0,
         caps_seed: Path | None = DEFAULT_CAPS_SEED,
+        enter: Sequence[str] | Callable[[], Sequence[str]] | None = None,
     ):
         self.workdir = Path(workdir).resolve()
         self.name = name
@@ -73,6 +78,8 @@ class PrivateLibvirtd:
         self.listen_addr = listen_addr
         self.start_timeout = start_timeout
         self.caps_seed = caps_seed
+        # A prefix, or a function giving it at start time (a lab host's changes per boot).
+        self.enter = enter
         self.host_uuid = str(uuidlib.uuid5(_HOST_UUID_NAMESPACE, name))
         self._proc: subprocess.Popen | None = None
         # Mount namespaces (by inode) our daemons ran in: QEMUs live on in them after a
@@ -200,15 +207,29 @@ class PrivateLibvirtd:
         (self.workdir / "accounts/passwd").write_text(passwd)
         (self.workdir / "accounts/group").write_text(group)
 
-    def _launch_script(self) -> str:
-        # Runs inside the new mount namespace. Mount points are created in the shared root fs
-        # (an empty directory is harmless); what is mounted on them stays private.
-        parts = ["set -e"]
+    @staticmethod
+    def mount_commands(root: str = '"$1"') -> list[str]:
+        """Shell lines that bind-mount a workdir (``root``, a shell word) over the daemon's
+        fixed paths; run them in a private mount namespace. Mount points are created in the
+        shared root fs (an empty directory is harmless); what is mounted on them stays private."""
+        parts = []
         for mount_point, sub in _BIND_MOUNTS.items():
             parts.append(f"mkdir -p {mount_point}")
-            parts.append(f'mount --bind "$1/{sub}" {mount_point}')
-        parts.append('mount --bind "$1/accounts/passwd" /etc/passwd')
-        parts.append('mount --bind "$1/accounts/group" /etc/group')
+            parts.append(f'mount --bind {root}/{sub} {mount_point}')
+        parts.append(f'mount --bind {root}/accounts/passwd /etc/passwd')
+        parts.append(f'mount --bind {root}/accounts/group /etc/group')
+        return parts
+
+    def prepare(self) -> None:
+        """Write the config and private directories (before their bind mounts are made)."""
+        self._write_config()
+        self._seed_caps()
+
+    def _launch_script(self) -> str:
+        # Runs inside the new mount namespace (or, with ``enter``, the host's, already mounted).
+        parts = ["set -e"]
+        if self.enter is None:
+            parts += self.mount_commands()
         args = '--pid-file /run/libvirt/libvirtd.pid --config /etc/libvirt/libvirtd.conf'
         if self.tcp_port is not None:
             args += " --listen"
@@ -220,8 +241,7 @@ class PrivateLibvirtd:
         """Start the daemon (no-op when ours is running) and wait until it answers."""
         if self.pid is not None:
             return
-        self._write_config()
-        self._seed_caps()
+        self.prepare()
         other = self._pid_from_file()
         if other is not None:
             raise RuntimeError(f"a libvirtd (pid {other}) already runs on {self.workdir}")
@@ -233,9 +253,13 @@ class PrivateLibvirtd:
         out = open(self.workdir / "libvirtd.stdout", "ab")
         t0 = time.monotonic()
         # `unshare` without --fork execs in place, so Popen's pid is libvirtd's pid.
+        # `nsenter` (no --fork) execs in place too.
+        if self.enter is None:
+            prefix = ["unshare", "--mount", "--propagation", "private"]
+        else:
+            prefix = list(self.enter() if callable(self.enter) else self.enter)
         self._proc = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", self._launch_script(),
-             "libvirtd-launch", str(self.workdir)],
+            [*prefix, "sh", "-c", self._launch_script(), "libvirtd-launch", str(self.workdir)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
         out.close()
@@ -324,7 +348,9 @@ class PrivateLibvirtd:
         """Kill libvirtd and every QEMU it started; idempotent."""
         self.kill_daemon()
         for _ in range(50):
-            victims = set(self.qemu_pids()) | set(_pids_in_namespaces(self._namespaces))
+            victims = set(self.qemu_pids())
+            if self.enter is None:  # the namespace is ours: everything in it goes
+                victims |= set(_pids_in_namespaces(self._namespaces))
             victims.discard(os.getpid())
             if not victims:
                 break

@@ -88,6 +88,16 @@ class Stack:
             self._spawn("beat", ["beat"])
         self.wait_http("/readyz", 30)
 
+    def stop_api(self) -> None:
+        proc = self.processes["api"]
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(15)
+
+    def start_api(self) -> None:
+        self._spawn("api", ["serve"])
+        self.wait_http("/readyz", 30)
+
     def wait_http(self, path: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

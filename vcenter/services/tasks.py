@@ -37,6 +37,15 @@ TASK_MODEL = Task
 EVENT_MODEL = Event
 
 
+def ensure_idle(session: Session, object_type: str, object_id: int) -> None:
+    """Refuse early, before judging the object's state: while a task runs, the state it
+    will leave is unknown, and "busy" is the true answer (vCenter: another task is in
+    progress)."""
+    existing = session.get(ObjectClaim, (object_type, object_id))
+    if existing is not None:
+        raise ObjectBusy(f"{object_type} {object_id} is busy with task {existing.task_id}", details={"task_id": existing.task_id})
+
+
 def claim_object(session: Session, task: Task) -> None:
     """Make ``task`` the one active task of its object, or raise OBJECT_BUSY."""
     existing = session.get(ObjectClaim, (task.object_type, task.object_id))

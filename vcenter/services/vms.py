@@ -17,7 +17,7 @@ from vcenter.domain.states import ConnectionState, PowerAction, PowerState, chec
 from vcenter.messaging.contracts import DiskSpec, NicSpec, VmSpec
 from vcenter.services import inventory
 from vcenter.services.events import record_event
-from vcenter.services.tasks import start_task
+from vcenter.services.tasks import ensure_idle, start_task
 
 POWER_COMMANDS = {
     PowerAction.POWER_ON: "vm.start",
@@ -102,6 +102,7 @@ def create_vm(session: Session, user: str, data: dict[str, Any]) -> tuple[Virtua
 
 def power(session: Session, user: str, vm_id: int, action: PowerAction, settings: Settings, timeout: float | None = None) -> Task:
     vm: VirtualMachine = inventory.get(session, "vm", vm_id)
+    ensure_idle(session, "vm", vm.id)
     if vm.status != "ready":
         raise InvalidState(f"VM {vm.name} is {vm.status}", code="VM_NOT_READY")
     refused = check_power_action(action, PowerState(vm.power_state))
@@ -120,6 +121,7 @@ def power(session: Session, user: str, vm_id: int, action: PowerAction, settings
 def reconfigure(session: Session, user: str, vm_id: int, vcpus: int | None, memory_mib: int | None, version: int | None) -> Task:
     vm: VirtualMachine = inventory.get(session, "vm", vm_id)
     inventory._check_version(vm, version)
+    ensure_idle(session, "vm", vm.id)
     if vcpus is None and memory_mib is None:
         raise Invalid("give vcpus or memory_mib", code="NOTHING_TO_CHANGE")
     if vm.status != "ready":
@@ -137,6 +139,7 @@ def reconfigure(session: Session, user: str, vm_id: int, vcpus: int | None, memo
 
 def delete_vm(session: Session, user: str, vm_id: int) -> Task:
     vm: VirtualMachine = inventory.get(session, "vm", vm_id)
+    ensure_idle(session, "vm", vm.id)
     if vm.power_state != PowerState.POWERED_OFF.value and vm.status == "ready":
         raise InvalidState(f"VM {vm.name} is {vm.power_state}; power it off first", code="VM_POWERED_ON")
     host = session.get(Host, vm.host_id)

@@ -39,7 +39,8 @@ import libvirt
 from vcenter.domain.states import PowerState, StopReason
 from vcenter.hypervisor.base import ConnectionLost, DriverError, LifecycleCallback
 from vcenter.hypervisor.libvirt.xml import (
-    build_domain_xml, check_bridges, detect_domain_type, disk_path, validate_abs_path, validate_uuid,
+    HEARTBEAT_CHANNEL, build_domain_xml, check_bridges, detect_domain_type, disk_path, validate_abs_path,
+    validate_uuid,
 )
 from vcenter.messaging.contracts import DomainState, HostFacts, LifecycleEvent, VmSpec
 
@@ -414,6 +415,24 @@ class LibvirtDriver:
     def domain_state(self, uuid: str) -> DomainState | None:
         dom = self._lookup(uuid)
         return None if dom is None else self._state_of(dom)
+
+    def guest_channel_path(self, uuid: str) -> str | None:
+        """The unix socket of the running domain's heartbeat channel, as libvirtd sees it
+        (a private lab daemon sees it through its own mounts: map it with PrivateLibvirtd.path).
+        None when the domain is not running or has no such channel."""
+        dom = self._get(uuid)
+        try:
+            if not dom.isActive():
+                return None
+            live = ET.fromstring(dom.XMLDesc(0))
+        except libvirt.libvirtError as e:
+            raise self._err(e) from None
+        for ch in live.findall("devices/channel[@type='unix']"):
+            target = ch.find("target")
+            if target is not None and target.get("name") == HEARTBEAT_CHANNEL:
+                src = ch.find("source")
+                return src.get("path") if src is not None else None
+        return None
 
     # --- disks --------------------------------------------------------------------------
     def create_disks(self, spec: VmSpec) -> list[str]:
