@@ -31,3 +31,21 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.1, what: str 
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}; last value {last!r}")
+
+
+def register_host(client: TestClient, auth: dict[str, str], datacenter_id: int, name: str, host_uuid: str | None = None, cluster_id: int | None = None) -> tuple[dict, dict[str, str]]:
+    """Add a host and play its agent's registration and the operator's confirmation;
+    answer the host and the agent's request headers."""
+    import uuid as uuidlib
+
+    r = client.post("/api/v1/hosts", json={"name": name, "datacenter_id": datacenter_id, "cluster_id": cluster_id}, headers=auth)
+    assert r.status_code == 201, r.text
+    host = r.json()
+    body = {"registration_token": host["registration_token"], "host_uuid": host_uuid or str(uuidlib.uuid4()), "thumbprint": f"SHA256:{name}:AA:BB:CC", "hostname": name}
+    first = client.post("/api/v1/agent/register", json=body)
+    assert first.status_code == 200 and first.json() == {"host_id": host["id"], "trust_state": "awaitingConfirmation", "agent_token": None}, first.text
+    r = client.post(f"/api/v1/hosts/{host['id']}/confirm", json={"thumbprint": body["thumbprint"]}, headers=auth)
+    assert r.status_code == 200, r.text
+    second = client.post("/api/v1/agent/register", json=body).json()
+    assert second["trust_state"] == "trusted" and second["agent_token"]
+    return host, {"Authorization": f"Bearer {second['agent_token']}"}

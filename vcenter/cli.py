@@ -74,20 +74,21 @@ def beat(redis_url: Optional[str] = typer.Option(None, help="Redis URL [VCENTER_
 @app.command()
 def agent(
     host_id: Optional[int] = typer.Option(None, help="this host's id in the inventory [VCENTER_AGENT_HOST_ID]"),
-    token: Optional[str] = typer.Option(None, help="this host's agent token, given when the host was added [VCENTER_AGENT_TOKEN]"),
+    token: Optional[str] = typer.Option(None, help="this host's agent credential, if issued by other means [VCENTER_AGENT_TOKEN]"),
+    registration_token: Optional[str] = typer.Option(None, help="one-time token from `POST /api/v1/hosts` for the first start [VCENTER_AGENT_REGISTRATION_TOKEN]"),
+    state_dir: Optional[str] = typer.Option(None, help="where the agent keeps its certificate and credential [VCENTER_AGENT_STATE_DIR]"),
     libvirt_uri: Optional[str] = typer.Option(None, help="libvirt URI of this host [VCENTER_LIBVIRT_URI, default qemu:///system]"),
     api_url: Optional[str] = typer.Option(None, help="URL of the virtcenter API [VCENTER_PUBLIC_URL]"),
     redis_url: Optional[str] = typer.Option(None, help="Redis URL [VCENTER_REDIS_URL]"),
     simulated: bool = typer.Option(False, help="drive an in-memory simulated hypervisor instead of libvirt (demos only)"),
 ) -> None:
-    """Run the host agent: consumes host.<id>, heartbeats, reports, libvirt events."""
-    _env(agent_host_id=host_id, agent_token=token, libvirt_uri=libvirt_uri, public_url=api_url, redis_url=redis_url)
-    settings = get_settings()
-    if settings.agent_host_id is None or not settings.agent_token:
-        raise typer.BadParameter("--host-id and --token (or VCENTER_AGENT_HOST_ID / VCENTER_AGENT_TOKEN) are required")
+    """Run the host agent: registers once (one-time token; prints its certificate thumbprint
+    for the operator to confirm), then consumes host.<id>, heartbeats, reports, libvirt events."""
+    _env(agent_host_id=host_id, agent_token=token, agent_registration_token=registration_token, agent_state_dir=state_dir,
+         libvirt_uri=libvirt_uri, public_url=api_url, redis_url=redis_url)
     from workers.agent.main import run_agent
 
-    run_agent(settings, settings.agent_host_id, settings.agent_token, simulated=simulated)
+    run_agent(get_settings(), simulated=simulated)
 
 
 @db_app.command("upgrade")

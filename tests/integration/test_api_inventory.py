@@ -9,7 +9,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from tests.apihelpers import login, make_admin
+from tests.apihelpers import login, make_admin, register_host
 from vcenter.api.app import create_app
 
 pytestmark = pytest.mark.integration
@@ -34,11 +34,8 @@ def _dc(client, auth, name="dc1"):
 
 
 def _connected_host(client, auth, dc_id, name="h1"):
-    r = client.post("/api/v1/hosts", json={"name": name, "datacenter_id": dc_id}, headers=auth)
-    assert r.status_code == 201, r.text
-    host = r.json()
-    agent = {"Authorization": f"Bearer {host['agent_token']}"}
-    state = {"facts": {"hostname": name, "host_uuid": f"uuid-{name}", "cpu_model": "Skylake", "cpu_cores": 2, "cpu_mhz": 2000, "memory_mib": 4096, "hypervisor": "qemu"}, "domains": []}
+    host, agent = register_host(client, auth, dc_id, name)
+    state = {"facts": {"hostname": name, "cpu_model": "Skylake", "cpu_cores": 2, "cpu_mhz": 2000, "memory_mib": 4096, "hypervisor": "qemu"}, "domains": []}
     r = client.post(f"/api/v1/agent/hosts/{host['id']}/state", json=state, headers=agent)
     assert r.status_code == 200 and r.json()["accepted"], r.text
     return host, agent
@@ -51,6 +48,9 @@ def test_every_route_but_health_requires_login(client):
     r = client.post("/api/v1/session", json={"username": "admin", "password": "wrong"})
     assert r.status_code == 401 and r.json()["code"] == "BAD_CREDENTIALS"
     assert client.get("/livez").status_code == 200
+    # The refused attempt is recorded although its transaction was rolled back.
+    events = client.get("/api/v1/events?kind=session.login_failed", headers=login(client)).json()
+    assert events["total"] == 1 and events["items"][0]["username"] == "admin"
 
 
 def test_logout_revokes_the_token(client, auth):
@@ -125,8 +125,8 @@ def test_inventory_objects_and_delete_refusals(client, auth):
     child = client.post("/api/v1/pools", json={"name": "gold", "cluster_id": cluster["id"], "memory_reservation_mib": 512}, headers=auth).json()
     assert child["parent_id"] == pools[0]["id"]
     host = client.post("/api/v1/hosts", json={"name": "h1", "datacenter_id": dc["id"], "cluster_id": cluster["id"]}, headers=auth).json()
-    assert host["connection_state"] == "disconnected" and len(host["agent_token"]) > 20
-    assert "agent_token" not in client.get(f"/api/v1/hosts/{host['id']}", headers=auth).json()
+    assert host["connection_state"] == "disconnected" and host["trust_state"] == "awaitingAgent" and len(host["registration_token"]) > 20
+    assert "registration_token" not in client.get(f"/api/v1/hosts/{host['id']}", headers=auth).json()
     ds = client.post("/api/v1/datastores", json={"name": "ds1", "datacenter_id": dc["id"], "url": "/srv/ds1", "host_ids": [host["id"]]}, headers=auth).json()
     assert ds["host_ids"] == [host["id"]]
     pg = client.post("/api/v1/portgroups", json={"name": "vlan10", "datacenter_id": dc["id"], "vlan_id": 10, "host_ids": [host["id"]]}, headers=auth).json()

@@ -274,9 +274,13 @@ def test_port_groups_join_hosts_of_the_same_vlan_only(lab):
     ensure_portgroup(h1, "pgA", 100)
     ensure_portgroup(h2, "pgA", 100)
     ensure_portgroup(h3, "pgB", 200)
+    ensure_portgroup(h1, "pgB", 200)  # host3's VLAN 200 has a peer: what stops it is the VNI
     ensure_portgroup(h1, "pgA", 100)  # idempotent
-    assert net.list_vxlan_portgroups(h1.net_run)["pgA"] == {"vlan_id": 100, "vxlan": "vxlan100", "peers": [h2.address], "up": True}
-    assert net.list_vxlan_portgroups(h3.net_run)["pgB"]["peers"] == []
+    report = net.list_vxlan_portgroups(h1.net_run)
+    assert report["pgA"] == {"vlan_id": 100, "vxlan": "vxlan100", "peers": [h2.address], "up": True}
+    assert report["pgB"]["peers"] == [h3.address]
+    assert net.list_vxlan_portgroups(h2.net_run).keys() == {"pgA"}
+    assert net.list_vxlan_portgroups(h3.net_run)["pgB"]["peers"] == [h1.address]
     # One IP subnet across both port groups: only the VLAN decides who reaches whom.
     for host, bridge, ip in ((h1, "pgA", "10.213.77.1"), (h2, "pgA", "10.213.77.2"), (h3, "pgB", "10.213.77.3")):
         host.net_run(["ip", "addr", "add", f"{ip}/24", "dev", bridge])
@@ -318,6 +322,7 @@ def test_kill_host_kills_that_host_only_and_start_boots_it_fresh(lab, redis_port
     assert time.monotonic() - t0 < 5
     assert not any(_comm(p) for p in doomed)
     assert h1.pids() == set() and not h1.powered
+    assert not tcp_reachable(h1.address, LIBVIRT_TCP_PORT, timeout=1)  # a dead host answers nothing
     assert all(_comm(p) for p in others) and _comm(g2).startswith("qemu")
     assert virsh(h2.uri, "domstate", "g2").stdout.strip() == "running"
     assert lab.status()["hosts"][0]["state"] == "poweredOff"

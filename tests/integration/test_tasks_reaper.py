@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from tests.apihelpers import login, make_admin
+from tests.apihelpers import login, make_admin, register_host
 from vcenter.api.app import create_app
 from vcenter.core.clock import utcnow
 from vcenter.db.models import OutboxMessage, Task
@@ -24,8 +24,7 @@ def env(settings):
     with TestClient(create_app(settings)) as client:
         auth = login(client)
         dc = client.post("/api/v1/datacenters", json={"name": "dc"}, headers=auth).json()
-        host = client.post("/api/v1/hosts", json={"name": "h1", "datacenter_id": dc["id"]}, headers=auth).json()
-        agent = {"Authorization": f"Bearer {host['agent_token']}"}
+        host, agent = register_host(client, auth, dc["id"], "h1")
         r = client.post(f"/api/v1/agent/hosts/{host['id']}/state", json={"facts": {"hostname": "h1"}, "domains": []}, headers=agent)
         assert r.json()["accepted"]
         yield client, auth, agent, host, settings

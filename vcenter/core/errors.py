@@ -12,12 +12,14 @@ class VcError(Exception):
     status = 400
     code = "BAD_REQUEST"
 
-    def __init__(self, message: str, *, code: str | None = None, details: Any = None):
+    def __init__(self, message: str, *, code: str | None = None, details: Any = None, audit: dict[str, Any] | None = None):
         super().__init__(message)
         self.message = message
         if code:
             self.code = code
         self.details = details
+        # An Event to record although the change itself is rolled back (a refused attempt).
+        self.audit = audit
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"code": self.code, "message": self.message}

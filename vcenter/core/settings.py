@@ -36,9 +36,15 @@ class Settings(BaseSettings):
     celery_unacked_restore_interval: float = Field(10.0, description="how often consumers look for unacknowledged commands past the visibility timeout (to redeliver them)")
     guest_shutdown_timeout: float = Field(120.0, description="default time a guest gets to shut down before the task ends as GUEST_SHUTDOWN_TIMEOUT")
 
+    # --- host registration ----------------------------------------------------------------
+    host_trust_on_first_use: bool = Field(False, description="trust a registering agent's certificate thumbprint without operator confirmation")
+    registration_token_ttl: float = Field(86400.0, description="lifetime of a host's one-time registration token")
+
     # --- agent ----------------------------------------------------------------------------
     agent_host_id: int | None = None
     agent_token: str | None = None
+    agent_registration_token: str | None = None
+    agent_state_dir: str = Field("/var/lib/virtcenter/agent", description="agent's certificate, key and credential")
     libvirt_uri: str = "qemu:///system"
     heartbeat_period: float = Field(1.0, description="agent writes its Redis heartbeat key this often")
     heartbeat_ttl: float = Field(3.0, description="heartbeat key expiry")

@@ -127,6 +127,13 @@ class Host(Timestamped, Base):
     cpu_mhz: Mapped[int | None] = mapped_column(Integer)
     memory_mib: Mapped[int | None] = mapped_column(Integer)
     agent_token_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    # Registration: a one-time token the agent presents with its libvirt host UUID and the
+    # SHA-256 thumbprint of its certificate; the operator confirms the thumbprint (or the
+    # server trusts on first use). awaitingAgent -> awaitingConfirmation -> trusted.
+    registration_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    registration_expires_at: Mapped[datetime | None] = mapped_column()
+    thumbprint: Mapped[str | None] = mapped_column(String(128))
+    trust_state: Mapped[str] = mapped_column(String(24), default="awaitingAgent")
     last_report_at: Mapped[datetime | None] = mapped_column()
     version: Mapped[int] = mapped_column(default=1)
     __mapper_args__ = {"version_id_col": version}

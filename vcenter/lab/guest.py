@@ -576,6 +576,7 @@ def build_guest(cache_dir: Path | None = None) -> GuestImage:
         t0 = time.monotonic()
         with tempfile.TemporaryDirectory(prefix=".build-", dir=cache_dir) as tmps:
             tmp = Path(tmps)
+            os.chmod(tmp, 0o755)  # so that apt's _apt sandbox user reaches the download dir
             packages, debs = _download(cache_dir, packages, tmp / "debs")
             entry = cache_dir / cache_key(packages)
             root = tmp / "root"

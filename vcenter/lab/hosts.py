@@ -57,6 +57,7 @@ GATEWAY = "10.213.0.1"
 PREFIX = "vclab"
 LIBVIRT_TCP_PORT = 16509
 _NAME = re.compile(r"^[a-z][a-z0-9]{0,8}$")  # "vclab-" + name fits an interface name
+_DS_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
 def host_address(index: int) -> str:
@@ -357,7 +358,10 @@ class LabHost:
             deadline = time.monotonic() + timeout
             while self.process_pid(name) is not None:
                 if time.monotonic() > deadline:
-                    os.killpg(pid, signal.SIGKILL)
+                    try:
+                        os.killpg(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
                     deadline += timeout
                 time.sleep(0.05)
         entry = self.record["processes"].get(name)
@@ -392,6 +396,8 @@ class LabHost:
         for d in self.cgroup_dirs:
             _make_cgroup(d)
         self._start_anchor()
+        if not self.record["net"]["isolated"]:
+            net.set_link(self.root_link, True)
         daemon.start()
         self.record["libvirtd_pid"] = daemon.pid
         self.lab._save()
@@ -431,8 +437,10 @@ class LabHost:
         self.lab._save()
 
     def power_off(self) -> None:
-        """Power loss: SIGKILL every process of the host (agent, libvirtd, QEMU, anchor)."""
+        """Power loss: SIGKILL every process of the host (agent, libvirtd, QEMU, anchor). Its
+        link goes down too: a dead machine answers nothing (no ARP, no TCP reset)."""
         self._kill_everything()
+        net.set_link(self.root_link, False)
         self.record["anchor_pid"] = None
         self.record["libvirtd_pid"] = None
         self.lab._save()
@@ -548,6 +556,8 @@ class Lab:
         caps = [capacity] * n_hosts if isinstance(capacity, Capacity) else list(capacity)
         with self._locked():
             self._cleanup()
+            for sub in ("hosts", "images", "datastores"):  # a new lab starts from blank disks
+                shutil.rmtree(self.workdir / sub, ignore_errors=True)
             self.state = self._empty_state()
             net.check_subnet_free(SUBNET, BRIDGE)
             net.ensure_bridge(BRIDGE, f"{GATEWAY}/24")
@@ -639,7 +649,7 @@ class Lab:
         """A loop-mounted ext4 filesystem of ``size_mib`` mounted at ``path`` (default
         <workdir>/datastores/<name>) in each of ``hosts``; the same filesystem in all of them.
         Returns the path."""
-        if not _NAME.match(name.replace("-", "")):
+        if not _DS_NAME.match(name):
             raise ValueError(f"invalid datastore name {name!r}")
         with self._locked():
             if name in self.state["datastores"]:

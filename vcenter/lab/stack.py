@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from vcenter.lab.libvirtd import PrivateLibvirtd
+from workers.agent.identity import thumbprint_of
 
 log = logging.getLogger(__name__)
 
@@ -126,14 +127,38 @@ class Stack:
         with self.client() as api:
             created = api.post("/api/v1/hosts", json={"name": name, "datacenter_id": datacenter_id, "cluster_id": cluster_id, "libvirt_uri": uri})
             created.raise_for_status()
-        host.host_id, host.token = created.json()["id"], created.json()["agent_token"]
+        host.host_id, host.token = created.json()["id"], created.json()["registration_token"]
         self.hosts[name] = host
         self.start_agent(name)
+        self.confirm_host(name)
         return host
+
+    def agent_state_dir(self, name: str) -> Path:
+        return self.workdir / "hosts" / name / "agent-state"
+
+    def confirm_host(self, name: str, timeout: float = 60) -> None:
+        """Do what the operator does: compare the thumbprint the agent registered with the
+        one of the certificate on the host, and confirm it."""
+        host = self.hosts[name]
+        cert = self.agent_state_dir(name) / "agent.crt"
+        deadline = time.monotonic() + timeout
+        with self.client() as api:
+            while True:
+                current = api.get(f"/api/v1/hosts/{host.host_id}").json()
+                if current["trust_state"] == "awaitingConfirmation" and cert.exists():
+                    break
+                if current["trust_state"] == "trusted":
+                    return
+                if time.monotonic() > deadline or (host.agent is not None and host.agent.poll() is not None):
+                    raise RuntimeError(f"agent of {name} did not register; see {self.workdir}/agent-{name}.log")
+                time.sleep(0.2)
+            if current["thumbprint"] != thumbprint_of(cert.read_bytes()):
+                raise RuntimeError(f"host {name}: registered thumbprint differs from the agent's certificate")
+            api.post(f"/api/v1/hosts/{host.host_id}/confirm", json={"thumbprint": current["thumbprint"]}).raise_for_status()
 
     def start_agent(self, name: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
         host = self.hosts[name]
-        env = {"VCENTER_AGENT_HOST_ID": str(host.host_id), "VCENTER_AGENT_TOKEN": host.token or "", **(extra_env or {})}
+        env = {"VCENTER_AGENT_REGISTRATION_TOKEN": host.token or "", "VCENTER_AGENT_STATE_DIR": str(self.agent_state_dir(name)), **(extra_env or {})}
         args = ["agent"]
         if host.libvirtd is None:
             args.append("--simulated")

@@ -111,8 +111,6 @@ class HostUpdate(_In):
     name: HostName | None = None
     cluster_id: int | None = None
     address: str | None = Field(None, max_length=255)
-    maintenance: bool | None = None
-    standby: bool | None = None
     version: int | None = None
 
 
@@ -133,12 +131,36 @@ class HostRead(_Out):
     cpu_mhz: int | None
     memory_mib: int | None
     last_report_at: datetime | None
+    trust_state: Literal["awaitingAgent", "awaitingConfirmation", "trusted"]
+    thumbprint: str | None
     version: int
     created_at: datetime
 
 
 class HostCreated(HostRead):
-    agent_token: str = Field(description="shown once: the agent's credential for this host")
+    registration_token: str = Field(description="shown once: give it to the host's agent (`vcenter agent --registration-token`)")
+
+
+class RegistrationToken(BaseModel):
+    registration_token: str
+    expires_at: datetime
+
+
+class ThumbprintConfirm(_In):
+    thumbprint: str = Field(..., min_length=10, max_length=128, description="the SHA-256 thumbprint the agent printed, as read on the host")
+
+
+class AgentRegistration(_In):
+    registration_token: str = Field(..., min_length=10, max_length=200)
+    host_uuid: str = Field(..., pattern=r"^[0-9a-fA-F-]{32,36}$")
+    thumbprint: str = Field(..., min_length=10, max_length=128)
+    hostname: str = Field(..., min_length=1, max_length=255)
+
+
+class AgentRegistrationAnswer(BaseModel):
+    host_id: int
+    trust_state: str
+    agent_token: str | None = None
 
 
 # --- datastores ----------------------------------------------------------------------------

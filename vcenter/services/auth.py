@@ -49,8 +49,9 @@ def login(session: Session, username: str, password: str, settings: Settings) ->
     except (VerificationError, InvalidHashError):
         ok = False
     if not ok:
-        record_event(session, "session.login_failed", f"failed login for {username!r}", username=username[:80], object_type="user", reason="BAD_CREDENTIALS")
-        raise Unauthorized("wrong user name or password", code="BAD_CREDENTIALS")
+        raise Unauthorized("wrong user name or password", code="BAD_CREDENTIALS", audit={
+            "kind": "session.login_failed", "message": f"failed login for {username[:80]!r}", "username": username[:80],
+            "object_type": "user", "reason": "BAD_CREDENTIALS"})
     token = new_token()
     now = utcnow()
     login_session = LoginSession(token_hash=token_hash(token), user_id=user.id, created_at=now, last_seen_at=now, expires_at=now + timedelta(seconds=settings.session_max_lifetime))

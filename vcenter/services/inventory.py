@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from vcenter.core.errors import Conflict, Invalid, NotFound, StaleVersion
-from vcenter.core.ids import new_token, token_hash
+from vcenter.core.ids import token_hash
 from vcenter.db.models import (
     Cluster,
     Datacenter,
@@ -213,22 +213,22 @@ def create_pool(session: Session, user: str, data: dict[str, Any]) -> ResourcePo
 
 
 # --- hosts ---------------------------------------------------------------------------------
-def create_host(session: Session, user: str, data: dict[str, Any]) -> tuple[Host, str]:
+def create_host(session: Session, user: str, data: dict[str, Any]) -> Host:
+    """Add a host; its agent registers later with a token from services.hosts."""
     _ref(session, "datacenter", data["datacenter_id"], "datacenter_id")
     cluster = _ref(session, "cluster", data.get("cluster_id"), "cluster_id")
     if cluster is not None and cluster.datacenter_id != data["datacenter_id"]:
         raise Invalid("cluster_id: the cluster is in another datacenter", code="INVALID_REFERENCE", details={"field": "cluster_id"})
-    token = new_token()
-    host = Host(**data, agent_token_hash=token_hash(token), connection_state="disconnected")
+    host = Host(**data, connection_state="disconnected", trust_state="awaitingAgent")
     session.add(host)
     _flush_unique(session, f"host {data['name']!r}")
-    record_event(session, "host.added", f"host {host.name} added; waiting for its agent", username=user, object_type="host", object_id=host.id, object_name=host.name)
-    return host, token
+    record_event(session, "host.added", f"host {host.name} added; waiting for its agent to register", username=user, object_type="host", object_id=host.id, object_name=host.name)
+    return host
 
 
 def host_by_token(session: Session, host_id: int, token: str) -> Host | None:
     host = session.get(Host, host_id)
-    if host is None or host.agent_token_hash is None or host.agent_token_hash != token_hash(token):
+    if host is None or host.trust_state != "trusted" or host.agent_token_hash is None or host.agent_token_hash != token_hash(token):
         return None
     return host
 

@@ -146,20 +146,7 @@ def report_host_state(session: Session, host: Host, state: HostState) -> dict[st
         host.connection_state = ConnectionState.CONNECTED.value
         record_event(session, "host.connected", f"host {host.name} connected (was {previous})", object_type="host", object_id=host.id, object_name=host.name, reason="agent_report")
 
-    reported = {d.uuid: d for d in state.domains}
-    for vm in session.scalars(select(VirtualMachine).where(VirtualMachine.host_id == host.id)):
-        domain = reported.get(vm.libvirt_uuid)
-        if domain is None:
-            if vm.status == "ready":
-                vm.status = "inaccessible"
-                record_event(session, "vm.inaccessible", f"VM {vm.name} is missing on host {host.name}", object_type="vm", object_id=vm.id, object_name=vm.name, reason="missing_on_host")
-            continue
-        if vm.status == "inaccessible":
-            vm.status = "ready"
-            record_event(session, "vm.accessible", f"VM {vm.name} is back on host {host.name}", object_type="vm", object_id=vm.id, object_name=vm.name)
-        if vm.status == "ready" and vm.power_state != domain.power_state:
-            record_event(session, "vm.state_reconciled", f"VM {vm.name} is {domain.power_state} on host {host.name} (inventory said {vm.power_state})", object_type="vm", object_id=vm.id, object_name=vm.name, reason="reconciled")
-            vm.power_state = domain.power_state
+    reconcile_domains(session, host, state.domains)
 
     for ds_report in state.datastores:
         datastore = session.get(Datastore, ds_report.id)
@@ -172,6 +159,56 @@ def report_host_state(session: Session, host: Host, state: HostState) -> dict[st
         if link.present != (bridge in present):
             link.present = bridge in present
     return {"accepted": True, **expected_host_config(session, host)}
+
+
+def reconcile_domains(session: Session, host: Host, domains: list[DomainState]) -> None:
+    """Make the inventory agree with what the host reports, deleting nothing:
+    inventory VMs missing on the host become inaccessible; domains of the inventory whose
+    host was removed are re-attached; domains the inventory never knew become orphaned VMs
+    that an operator may import."""
+    reported = {d.uuid: d for d in domains}
+    for vm in session.scalars(select(VirtualMachine).where(VirtualMachine.host_id == host.id)):
+        domain = reported.pop(vm.libvirt_uuid, None)
+        if domain is None:
+            if vm.status == "ready":
+                vm.status = "inaccessible"
+                record_event(session, "vm.inaccessible", f"VM {vm.name} is missing on host {host.name}", object_type="vm", object_id=vm.id, object_name=vm.name, reason="missing_on_host")
+            continue
+        if vm.status == "inaccessible":
+            vm.status = "ready"
+            record_event(session, "vm.accessible", f"VM {vm.name} is back on host {host.name}", object_type="vm", object_id=vm.id, object_name=vm.name)
+        if vm.status in ("ready", "orphaned") and vm.power_state != domain.power_state:
+            record_event(session, "vm.state_reconciled", f"VM {vm.name} is {domain.power_state} on host {host.name} (inventory said {vm.power_state})", object_type="vm", object_id=vm.id, object_name=vm.name, reason="reconciled")
+            vm.power_state = domain.power_state
+    for uuid, domain in reported.items():
+        vm = _vm_by_uuid(session, uuid)
+        if vm is not None:
+            owner = session.get(Host, vm.host_id) if vm.host_id else None
+            if owner is not None and owner.connection_state == ConnectionState.CONNECTED.value:
+                record_event(session, "vm.seen_twice", f"VM {vm.name} is reported by host {host.name} but belongs to connected host {owner.name}", object_type="vm", object_id=vm.id, object_name=vm.name, reason="seen_on_two_hosts", data={"host_id": host.id})
+                continue
+            vm.host_id = host.id
+            vm.cluster_id = host.cluster_id
+            vm.power_state = domain.power_state
+            if vm.status == "orphaned" and owner is None:
+                vm.status = "ready"
+            record_event(session, "vm.reattached", f"VM {vm.name} found on host {host.name} and re-attached", object_type="vm", object_id=vm.id, object_name=vm.name, reason="found_on_host")
+            continue
+        taken = session.scalar(select(VirtualMachine.id).where(VirtualMachine.datacenter_id == host.datacenter_id, VirtualMachine.name == domain.name))
+        vm = VirtualMachine(
+            name=domain.name if taken is None else f"{domain.name}-{uuid[:8]}",
+            datacenter_id=host.datacenter_id,
+            cluster_id=host.cluster_id,
+            host_id=host.id,
+            vcpus=domain.vcpus or 1,
+            memory_mib=domain.memory_mib or 64,
+            power_state=domain.power_state,
+            status="orphaned",
+            libvirt_uuid=uuid,
+        )
+        session.add(vm)
+        session.flush()
+        record_event(session, "vm.discovered", f"domain {domain.name} found on host {host.name}, unknown to the inventory: orphaned until imported", object_type="vm", object_id=vm.id, object_name=vm.name, reason="unknown_domain")
 
 
 def expected_host_config(session: Session, host: Host) -> dict[str, Any]:

@@ -13,12 +13,13 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
-from vcenter.core.errors import StaleVersion
+from vcenter.core.errors import StaleVersion, VcError
 from vcenter.core.settings import Settings
 from vcenter.db.session import sessionmaker_for
 from vcenter.messaging.celery_app import make_celery
 from vcenter.messaging.contracts import heartbeat_key
 from vcenter.services import outbox
+from vcenter.services.events import record_event
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,11 @@ class Runtime:
         except StaleDataError as exc:
             session.rollback()
             raise StaleVersion("the object changed while you were changing it; read it again") from exc
+        except VcError as exc:
+            session.rollback()
+            if exc.audit:
+                self._record_refusal(exc.audit)
+            raise
         except BaseException:
             session.rollback()
             raise
@@ -58,6 +64,12 @@ class Runtime:
             session.close()
         if dirty:
             self.relay_outbox()
+
+    def _record_refusal(self, audit: dict[str, Any]) -> None:
+        """Refused attempts leave an Event in a transaction of their own."""
+        with self.sessions() as session:
+            record_event(session, **audit)
+            session.commit()
 
     def relay_outbox(self) -> int:
         try:

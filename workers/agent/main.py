@@ -4,15 +4,20 @@ heartbeat, state-report, lifecycle-event and reconnect threads of AgentService."
 from __future__ import annotations
 
 import logging
+import time
+import uuid
+from pathlib import Path
 
+import httpx
 from kombu import Queue
 
 from vcenter.core.settings import Settings
-from vcenter.hypervisor.base import HypervisorDriver
+from vcenter.hypervisor.base import DriverError, HypervisorDriver
 from vcenter.messaging.celery_app import make_celery
 from vcenter.messaging.contracts import AGENT_EXECUTE_TASK, host_queue
 from workers.agent import commands
 from workers.agent.api_client import ApiClient
+from workers.agent.identity import Credential, load_credential, load_or_create_certificate, save_credential
 from workers.agent.network import LinuxHostNetwork, SimulatedHostNetwork
 from workers.agent.service import AgentService
 
@@ -23,16 +28,69 @@ def make_driver(settings: Settings, simulated: bool) -> HypervisorDriver:
     if simulated:
         from vcenter.hypervisor.simulated import SimulatedDriver
 
-        # Its port-group bridges are simulated too: the driver accepts any bridge name.
-        return SimulatedDriver(hostname=f"sim-{settings.agent_host_id}", existing_bridges=None)
+        # Its port-group bridges are simulated too: the driver accepts any bridge name. Its
+        # host UUID is stable per state directory, as a real host's is.
+        stable = str(uuid.uuid5(uuid.NAMESPACE_URL, f"virtcenter-simulated:{Path(settings.agent_state_dir).resolve()}"))
+        return SimulatedDriver(hostname=f"sim-{stable[:8]}", host_uuid=stable, existing_bridges=None)
     from vcenter.hypervisor.libvirt.driver import LibvirtDriver
 
     return LibvirtDriver(settings.libvirt_uri)
 
 
-def run_agent(settings: Settings, host_id: int, token: str, simulated: bool = False) -> None:
+def register_until_trusted(settings: Settings, driver: HypervisorDriver, registration_token: str) -> Credential:
+    """Present the one-time token with the libvirt host UUID and the certificate thumbprint;
+    wait (polling) until the operator confirms the thumbprint, then keep the credential."""
+    state_dir = Path(settings.agent_state_dir)
+    while True:
+        try:
+            driver.connect()
+            facts = driver.host_facts()
+            break
+        except DriverError as exc:
+            log.warning("registration waits for the hypervisor: %s", exc)
+            time.sleep(settings.agent_reconnect_delay)
+    thumbprint = load_or_create_certificate(state_dir, facts.hostname)
+    log.info("registering host UUID %s; certificate thumbprint %s", facts.host_uuid, thumbprint)
+    body = {"registration_token": registration_token, "host_uuid": facts.host_uuid, "thumbprint": thumbprint, "hostname": facts.hostname}
+    announced = False
+    with httpx.Client(base_url=settings.public_url.rstrip("/"), timeout=10) as client:
+        while True:
+            try:
+                response = client.post("/api/v1/agent/register", json=body)
+            except httpx.HTTPError as exc:
+                log.warning("registration: server unreachable (%s)", exc)
+                time.sleep(settings.agent_reconnect_delay)
+                continue
+            if response.status_code >= 400:
+                raise SystemExit(f"registration refused: {response.status_code} {response.text}")
+            answer = response.json()
+            if answer.get("agent_token"):
+                credential = Credential(host_id=answer["host_id"], token=answer["agent_token"])
+                save_credential(state_dir, credential)
+                log.info("registered and trusted as host %s", credential.host_id)
+                return credential
+            if not announced:
+                log.warning("waiting for the operator to confirm thumbprint %s of host %s", thumbprint, answer["host_id"])
+                announced = True
+            time.sleep(settings.agent_reconnect_delay)
+
+
+def resolve_credential(settings: Settings, driver: HypervisorDriver) -> Credential:
+    if settings.agent_host_id is not None and settings.agent_token:
+        return Credential(settings.agent_host_id, settings.agent_token)
+    stored = load_credential(Path(settings.agent_state_dir))
+    if stored is not None:
+        return stored
+    if settings.agent_registration_token:
+        return register_until_trusted(settings, driver, settings.agent_registration_token)
+    raise SystemExit("no credential: give --registration-token (first start) or --host-id with --token")
+
+
+def run_agent(settings: Settings, simulated: bool = False) -> None:
     driver = make_driver(settings, simulated)
-    api = ApiClient(settings.public_url, host_id, token, retry_delay=settings.agent_reconnect_delay)
+    credential = resolve_credential(settings, driver)
+    host_id = credential.host_id
+    api = ApiClient(settings.public_url, host_id, credential.token, retry_delay=settings.agent_reconnect_delay)
     network = SimulatedHostNetwork() if simulated else LinuxHostNetwork()
     agent = AgentService(settings, host_id, driver, api, network)
     app = make_celery(settings)

@@ -8,9 +8,16 @@ from fastapi import APIRouter
 
 from vcenter.api.deps import AgentHostId, DbDep, SettingsDep
 from vcenter.messaging.contracts import HostState, LifecycleEvent, TaskProgress, TaskResult
-from vcenter.services import inventory, reports
+from vcenter.schemas.inventory import AgentRegistration, AgentRegistrationAnswer
+from vcenter.services import hosts, inventory, reports
 
 router = APIRouter(prefix="/api/v1/agent/hosts/{host_id}", tags=["agent"])
+registration = APIRouter(prefix="/api/v1/agent", tags=["agent"])
+
+
+@registration.post("/register", response_model=AgentRegistrationAnswer, summary="Agent: register with a one-time token, the libvirt host UUID and the certificate thumbprint")
+def register(body: AgentRegistration, db: DbDep, settings: SettingsDep) -> Any:
+    return hosts.register(db, settings, body.registration_token, body.host_uuid, body.thumbprint, body.hostname)
 
 
 @router.post("/tasks/{task_id}/progress", summary="Agent: a command started or advanced")

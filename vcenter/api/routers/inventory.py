@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request, status
 
 from vcenter.api.deps import CurrentUser, DbDep, SettingsDep
 from vcenter.schemas import inventory as s
+from vcenter.services import hosts
 from vcenter.services import inventory as inv
 from vcenter.services.listing import list_rows
 
@@ -26,6 +27,7 @@ def _crud(
     create: Callable[[Any, str, dict[str, Any]], Any],
     filterable: set[str],
     to_read: Callable[[Any], Any] = lambda row: row,
+    generic_delete: bool = True,
 ) -> None:
     sortable = {"id", "name", "created_at"}
 
@@ -53,9 +55,10 @@ def _crud(
     def update_object(object_id: int, body: update_model, db: DbDep, user: CurrentUser) -> Any:  # type: ignore[valid-type]
         return to_read(inv.update_object(db, user.username, kind, object_id, body.model_dump(exclude_unset=True)))
 
-    @router.delete(f"/{path}/{{object_id}}", status_code=status.HTTP_204_NO_CONTENT, tags=[tag], summary=f"Delete one of {path}", name=f"delete_{kind}")
-    def delete_object(object_id: int, db: DbDep, user: CurrentUser) -> None:
-        inv.delete_object(db, user.username, kind, object_id)
+    if generic_delete:
+        @router.delete(f"/{path}/{{object_id}}", status_code=status.HTTP_204_NO_CONTENT, tags=[tag], summary=f"Delete one of {path}", name=f"delete_{kind}")
+        def delete_object(object_id: int, db: DbDep, user: CurrentUser) -> None:
+            inv.delete_object(db, user.username, kind, object_id)
 
     if create is not None:
         @router.post(f"/{path}", response_model=read_model, status_code=status.HTTP_201_CREATED, tags=[tag], summary=f"Create one of {path}", name=f"create_{kind}")
@@ -85,10 +88,38 @@ _crud(path="pools", kind="pool", tag="resource pools", create_model=s.ResourcePo
       create=inv.create_pool, filterable={"name", "cluster_id", "parent_id"})
 # Hosts: creation returns the agent token once, so it has its own route below.
 _crud(path="hosts", kind="host", tag="hosts", create_model=s.HostCreate, update_model=s.HostUpdate, read_model=s.HostRead,
-      create=None, filterable={"name", "datacenter_id", "cluster_id", "connection_state", "maintenance", "standby"})
+      create=None, generic_delete=False, filterable={"name", "datacenter_id", "cluster_id", "connection_state", "maintenance", "standby", "trust_state"})
 
 
-@router.post("/hosts", response_model=s.HostCreated, status_code=status.HTTP_201_CREATED, tags=["hosts"], summary="Add a host; the answer carries its agent token, shown once")
-def create_host(body: s.HostCreate, db: DbDep, user: CurrentUser) -> Any:
-    host, token = inv.create_host(db, user.username, body.model_dump())
-    return {**s.HostRead.model_validate(host).model_dump(), "agent_token": token}
+@router.post("/hosts", response_model=s.HostCreated, status_code=status.HTTP_201_CREATED, tags=["hosts"], summary="Add a host; the answer carries its one-time registration token, shown once")
+def create_host(body: s.HostCreate, db: DbDep, user: CurrentUser, settings: SettingsDep) -> Any:
+    host = inv.create_host(db, user.username, body.model_dump())
+    token = hosts.issue_registration_token(db, host, settings, user.username)
+    return {**s.HostRead.model_validate(host).model_dump(), "registration_token": token}
+
+
+@router.post("/hosts/{host_id}/registration-token", response_model=s.RegistrationToken, tags=["hosts"], summary="Issue a new one-time registration token (re-registers the host's agent)")
+def new_registration_token(host_id: int, db: DbDep, user: CurrentUser, settings: SettingsDep) -> Any:
+    host = inv.get(db, "host", host_id)
+    token = hosts.issue_registration_token(db, host, settings, user.username)
+    return {"registration_token": token, "expires_at": host.registration_expires_at}
+
+
+@router.post("/hosts/{host_id}/confirm", response_model=s.HostRead, tags=["hosts"], summary="Confirm the certificate thumbprint the host's agent presented")
+def confirm_host(host_id: int, body: s.ThumbprintConfirm, db: DbDep, user: CurrentUser) -> Any:
+    return hosts.confirm(db, host_id, body.thumbprint, user.username)
+
+
+@router.post("/hosts/{host_id}/standby/enter", response_model=s.HostRead, tags=["hosts"], summary="Record that the host enters standby (refused while it runs VMs)")
+def enter_standby(host_id: int, db: DbDep, user: CurrentUser) -> Any:
+    return hosts.set_standby(db, host_id, True, user.username)
+
+
+@router.post("/hosts/{host_id}/standby/exit", response_model=s.HostRead, tags=["hosts"], summary="Record that the host left standby")
+def exit_standby(host_id: int, db: DbDep, user: CurrentUser) -> Any:
+    return hosts.set_standby(db, host_id, False, user.username)
+
+
+@router.delete("/hosts/{host_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["hosts"], summary="Remove a host; refused while it has VMs unless forced for a dead host (its VMs become orphaned)")
+def remove_host(host_id: int, db: DbDep, user: CurrentUser, force: bool = Query(False)) -> None:
+    hosts.remove(db, host_id, force, user.username)

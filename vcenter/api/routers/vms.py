@@ -8,7 +8,7 @@ from vcenter.api.deps import CurrentUser, DbDep, SettingsDep
 from vcenter.domain.states import PowerAction
 from vcenter.schemas import inventory as s
 from vcenter.services import inventory as inv
-from vcenter.services import vms
+from vcenter.services import hosts, vms
 from vcenter.services.listing import list_rows
 
 router = APIRouter(prefix="/api/v1/vms", tags=["vms"])
@@ -51,6 +51,11 @@ def update_vm(vm_id: int, body: s.VmUpdate, db: DbDep, user: CurrentUser) -> Any
 @router.delete("/{vm_id}", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, summary="Delete a powered-off VM and its disks (a Task)")
 def delete_vm(vm_id: int, db: DbDep, user: CurrentUser) -> Any:
     return vms.delete_vm(db, user.username, vm_id)
+
+
+@router.post("/{vm_id}/import", response_model=s.VmRead, summary="Import an orphaned VM (found on a host, unknown to the inventory) so it is managed")
+def import_vm(vm_id: int, db: DbDep, user: CurrentUser) -> Any:
+    return hosts.import_vm(db, vm_id, user.username)
 
 
 @router.post("/{vm_id}/reconfigure", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, summary="Change vCPUs and memory of a powered-off VM (a Task)")
