@@ -21,6 +21,15 @@ app.add_typer(db_app, name="db")
 app.add_typer(admin_app, name="admin")
 
 
+def _add_lab() -> None:
+    from vcenter.lab.cli import lab_app
+
+    app.add_typer(lab_app, name="lab", help="A lab of real libvirt/QEMU hosts on this machine (network namespaces).")
+
+
+_add_lab()
+
+
 def _env(**values: object) -> None:
     """Options override VCENTER_* variables: set them, then re-read settings."""
     for key, value in values.items():
