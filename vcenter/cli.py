@@ -42,7 +42,7 @@ def _env(**values: object) -> None:
 
 @app.command()
 def serve(
-    host: Optional[str] = typer.Option(None, help="address to listen on [VCENTER_API_HOST, default 127.0.0.1]"),
+    host: Optional[str] = typer.Option(None, help="address(es) to listen on, comma-separated [VCENTER_API_HOST, default 127.0.0.1]"),
     port: Optional[int] = typer.Option(None, help="port to listen on [VCENTER_API_PORT, default 8080]"),
     database_url: Optional[str] = typer.Option(None, help="SQLAlchemy URL [VCENTER_DATABASE_URL]"),
     redis_url: Optional[str] = typer.Option(None, help="Redis URL [VCENTER_REDIS_URL]"),
@@ -53,7 +53,22 @@ def serve(
     import uvicorn
 
     settings = get_settings()
-    uvicorn.run("vcenter.api.asgi:app", host=settings.api_host, port=settings.api_port, workers=workers, log_level=settings.log_level.lower())
+    addresses = [a.strip() for a in settings.api_host.split(",") if a.strip()]
+    if len(addresses) == 1:
+        uvicorn.run("vcenter.api.asgi:app", host=addresses[0], port=settings.api_port, workers=workers, log_level=settings.log_level.lower())
+        return
+    # Several addresses (e.g. loopback for operators and the lab network for agents): one
+    # server on one socket per address, nothing on the others.
+    import socket
+
+    sockets = []
+    for address in addresses:
+        sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address, settings.api_port))
+        sockets.append(sock)
+    config = uvicorn.Config("vcenter.api.asgi:app", log_level=settings.log_level.lower())
+    uvicorn.Server(config).run(sockets=sockets)
 
 
 @app.command()

@@ -6,6 +6,7 @@ unless the name says otherwise.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,6 +45,10 @@ class Settings(BaseSettings):
     agent_host_id: int | None = None
     agent_token: str | None = None
     agent_registration_token: str | None = None
+    agent_portgroup_mode: Literal["bridge", "vxlan"] = Field("bridge", description="how port groups are made on the host: plain bridges, or VXLAN segments (lab)")
+    agent_address: str | None = Field(None, description="this host's address on the management network (VXLAN endpoint)")
+    agent_underlay: str = Field("eth0", description="interface carrying VXLAN traffic")
+    lab_guest_cache: str = Field("/var/cache/virtcenter/guest", description="where the lab's tiny Linux guest image is built and cached")
     agent_state_dir: str = Field("/var/lib/virtcenter/agent", description="agent's certificate, key and credential")
     libvirt_uri: str = "qemu:///system"
     heartbeat_period: float = Field(1.0, description="agent writes its Redis heartbeat key this often")

@@ -219,6 +219,11 @@ class VirtualMachine(Timestamped, Base):
     status: Mapped[str] = mapped_column(String(16), default="creating")
     libvirt_uuid: Mapped[str] = mapped_column(String(36), unique=True)
     last_stop_reason: Mapped[str | None] = mapped_column(String(16))
+    # How the VM boots when not from its disk: {"image": "tiny-linux", "ip": "10.99.0.11/24"}.
+    boot: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The guest's own heartbeat as the agent last read it (seq, hostname, machine_id, ip).
+    guest_info: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    guest_heartbeat_at: Mapped[datetime | None] = mapped_column()
     version: Mapped[int] = mapped_column(default=1)
     __mapper_args__ = {"version_id_col": version}
     disks: Mapped[list["VirtualDisk"]] = relationship(back_populates="vm", cascade="all, delete-orphan", lazy="selectin", order_by="VirtualDisk.index")

@@ -37,6 +37,7 @@ def free_port() -> int:
 class LabHost:
     name: str
     libvirtd: PrivateLibvirtd | None
+    lab_host: Any = None  # a vcenter.lab.hosts.LabHost when the host lives in the lab
     host_id: int | None = None
     token: str | None = None
     agent: subprocess.Popen | None = None
@@ -133,6 +134,19 @@ class Stack:
         self.confirm_host(name)
         return host
 
+    def add_lab_host(self, lab_host: Any, datacenter_id: int, cluster_id: int | None = None, gateway: str = "10.213.0.1") -> LabHost:
+        """Add a host of the lab (its own network namespace, cgroup and libvirtd) and start its
+        agent inside it; the agent reaches Redis and the API over the lab network only."""
+        host = LabHost(name=lab_host.name, libvirtd=None, lab_host=lab_host)
+        with self.client() as api:
+            created = api.post("/api/v1/hosts", json={"name": lab_host.name, "address": lab_host.address, "datacenter_id": datacenter_id, "cluster_id": cluster_id, "libvirt_uri": lab_host.uri})
+            created.raise_for_status()
+        host.host_id, host.token = created.json()["id"], created.json()["registration_token"]
+        self.hosts[lab_host.name] = host
+        self.start_agent(lab_host.name, gateway=gateway)
+        self.confirm_host(lab_host.name)
+        return host
+
     def agent_state_dir(self, name: str) -> Path:
         return self.workdir / "hosts" / name / "agent-state"
 
@@ -149,15 +163,31 @@ class Stack:
                     break
                 if current["trust_state"] == "trusted":
                     return
-                if time.monotonic() > deadline or (host.agent is not None and host.agent.poll() is not None):
+                agent_dead = (host.agent is not None and host.agent.poll() is not None) or (host.lab_host is not None and host.lab_host.process_pid("agent") is None)
+                if time.monotonic() > deadline or agent_dead:
                     raise RuntimeError(f"agent of {name} did not register; see {self.workdir}/agent-{name}.log")
                 time.sleep(0.2)
             if current["thumbprint"] != thumbprint_of(cert.read_bytes()):
                 raise RuntimeError(f"host {name}: registered thumbprint differs from the agent's certificate")
             api.post(f"/api/v1/hosts/{host.host_id}/confirm", json={"thumbprint": current["thumbprint"]}).raise_for_status()
 
-    def start_agent(self, name: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    def start_agent(self, name: str, extra_env: dict[str, str] | None = None, gateway: str = "10.213.0.1") -> subprocess.Popen | None:
         host = self.hosts[name]
+        if host.lab_host is not None:
+            port = self.env["VCENTER_REDIS_URL"].rsplit(":", 1)[1]
+            env = {
+                **self.env,
+                "VCENTER_REDIS_URL": f"redis://{gateway}:{port}",
+                "VCENTER_PUBLIC_URL": f"http://{gateway}:{self.api_port}",
+                "VCENTER_LIBVIRT_URI": "qemu:///system",
+                "VCENTER_AGENT_REGISTRATION_TOKEN": host.token or "",
+                "VCENTER_AGENT_STATE_DIR": str(self.agent_state_dir(name)),
+                "VCENTER_AGENT_PORTGROUP_MODE": "vxlan",
+                "VCENTER_AGENT_ADDRESS": host.lab_host.address,
+                **(extra_env or {}),
+            }
+            host.lab_host.start_process(VCENTER + ["agent"], env=env, name="agent", cwd=str(self.workdir))
+            return None
         env = {"VCENTER_AGENT_REGISTRATION_TOKEN": host.token or "", "VCENTER_AGENT_STATE_DIR": str(self.agent_state_dir(name)), **(extra_env or {})}
         args = ["agent"]
         if host.libvirtd is None:

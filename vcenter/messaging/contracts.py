@@ -49,6 +49,16 @@ class NicSpec(BaseModel):
     model: Literal["virtio", "e1000", "rtl8139"] = "virtio"
 
 
+class CpuSpec(BaseModel):
+    """A guest CPU definition (libvirt's CPU map names): gives a VM a CPU generation of its
+    own, and lets hosts that all have the same real CPU present different ones."""
+    model: str | None = None
+    vendor: str | None = None
+    features_require: list[str] = []
+    features_disable: list[str] = []
+    mode: Literal["custom", "host-model", "host-passthrough"] = "custom"
+
+
 class VmSpec(BaseModel):
     name: str
     uuid: str
@@ -57,10 +67,15 @@ class VmSpec(BaseModel):
     guest_os: str = "other"
     disks: list[DiskSpec] = []
     nics: list[NicSpec] = []
-    # Direct kernel boot for lab guests (the real-hosts issue); None boots from disk/firmware.
+    # A boot image the agent resolves on its host ("tiny-linux": the lab guest) and the
+    # guest's address on its first NIC; or explicit direct kernel boot paths.
+    image: Literal["tiny-linux"] | None = None
+    guest_ip: str | None = None
     kernel: str | None = None
     initrd: str | None = None
     cmdline: str | None = None
+    # None: the hypervisor's default CPU (host-passthrough under KVM, QEMU's default under TCG).
+    cpu: CpuSpec | None = None
 
 
 CommandName = Literal[
@@ -73,6 +88,7 @@ CommandName = Literal[
     "vm.resume",       # start from the managed save image
     "vm.reconfigure",  # vCPUs / memory of a powered-off VM
     "vm.delete",       # undefine and delete disks
+    "vm.guest",        # a command to the guest through its heartbeat channel
     "host.refresh",    # send a full state report now
 ]
 
@@ -109,6 +125,7 @@ class DomainState(BaseModel):
     vcpus: int | None = None
     memory_mib: int | None = None
     cpu_time_ns: int | None = None
+    guest: dict[str, Any] | None = Field(None, description="last guest heartbeat: seq, hostname, machine_id, ip, age_s")
 
 
 class LifecycleEvent(BaseModel):
@@ -129,6 +146,9 @@ class HostFacts(BaseModel):
     memory_mib: int | None = None
     hypervisor: str | None = None       # "kvm" or "qemu" (TCG)
     libvirt_version: str | None = None
+    # The CPU features guests can be given here (libvirt names, sorted); a declared lab CPU's
+    # when the host declares one.
+    cpu_features: list[str] = []
 
 
 class DatastoreUsage(BaseModel):

@@ -6,6 +6,7 @@ unknown fields are refused, so a typo is a 422 rather than a silent no-op.
 from __future__ import annotations
 
 from datetime import datetime
+from ipaddress import IPv4Interface
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -271,6 +272,11 @@ class NicCreate(_In):
     model: Literal["virtio", "e1000", "rtl8139"] = "virtio"
 
 
+class KernelBoot(_In):
+    image: Literal["tiny-linux"] = Field("tiny-linux", description="boot image the host provides: the lab's tiny Linux guest")
+    ip: IPv4Interface | None = Field(None, description="address/prefix of the guest's first NIC")
+
+
 class VmCreate(_In):
     name: Name
     datacenter_id: int | None = Field(None, description="defaults to the host's datacenter")
@@ -282,6 +288,13 @@ class VmCreate(_In):
     guest_os: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")] = "other"
     disks: list[DiskCreate] = Field(default_factory=list, max_length=16)
     nics: list[NicCreate] = Field(default_factory=list, max_length=8)
+    kernel_boot: KernelBoot | None = Field(None, description="boot a host-provided image instead of the disk")
+
+
+class GuestCommand(_In):
+    command: Literal["burn", "write-pattern", "ping", "poweroff", "hostname"]
+    argument: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9./:-]*$")
+    timeout: float = Field(10, gt=0, le=120)
 
 
 class VmUpdate(_In):
@@ -331,6 +344,9 @@ class VmRead(_Out):
     status: str
     libvirt_uuid: str
     last_stop_reason: str | None
+    boot: dict[str, Any]
+    guest_info: dict[str, Any] | None
+    guest_heartbeat_at: datetime | None
     disks: list[DiskRead]
     nics: list[NicRead]
     version: int

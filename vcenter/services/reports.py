@@ -7,6 +7,7 @@ agent re-sends until the server answered.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -177,6 +178,10 @@ def reconcile_domains(session: Session, host: Host, domains: list[DomainState]) 
         if vm.status == "inaccessible":
             vm.status = "ready"
             record_event(session, "vm.accessible", f"VM {vm.name} is back on host {host.name}", object_type="vm", object_id=vm.id, object_name=vm.name)
+        if domain.guest:
+            age = float(domain.guest.get("age_s") or 0)
+            vm.guest_info = {k: v for k, v in domain.guest.items() if k != "age_s"}
+            vm.guest_heartbeat_at = utcnow() - timedelta(seconds=age)
         if vm.status in ("ready", "orphaned") and vm.power_state != domain.power_state:
             record_event(session, "vm.state_reconciled", f"VM {vm.name} is {domain.power_state} on host {host.name} (inventory said {vm.power_state})", object_type="vm", object_id=vm.id, object_name=vm.name, reason="reconciled")
             vm.power_state = domain.power_state
@@ -213,8 +218,15 @@ def reconcile_domains(session: Session, host: Host, domains: list[DomainState]) 
 
 def expected_host_config(session: Session, host: Host) -> dict[str, Any]:
     mounts = session.execute(select(DatastoreMount.datastore_id, DatastoreMount.path).where(DatastoreMount.host_id == host.id)).all()
-    bridges = session.scalars(select(PortGroup.bridge).join(PortGroupHost).where(PortGroupHost.host_id == host.id)).all()
-    return {"datastores": [{"id": ds_id, "path": path} for ds_id, path in mounts], "bridges": sorted(bridges)}
+    portgroups = []
+    for pg in session.scalars(select(PortGroup).join(PortGroupHost).where(PortGroupHost.host_id == host.id).order_by(PortGroup.id)):
+        peers = sorted(
+            session.get(Host, link.host_id).address
+            for link in pg.hosts
+            if link.host_id != host.id and session.get(Host, link.host_id).address
+        )
+        portgroups.append({"bridge": pg.bridge, "vlan_id": pg.vlan_id, "peers": peers})
+    return {"datastores": [{"id": ds_id, "path": path} for ds_id, path in mounts], "bridges": portgroups}
 
 
 def mark_host_heartbeat(session: Session, host: Host, alive: bool) -> None:

@@ -8,17 +8,20 @@ the server.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from vcenter.core.clock import as_utc, utcnow
-from vcenter.hypervisor.base import DriverError, HypervisorDriver
+from vcenter.hypervisor.base import DriverError
 from vcenter.messaging.contracts import Command, DomainState, TaskProgress, TaskResult, VmSpec
 from workers.agent.api_client import PermanentReportError
 from workers.agent.service import AgentService
@@ -38,8 +41,23 @@ def _crash_point() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _create(driver: HypervisorDriver, args: dict[str, Any]) -> tuple[DomainState, dict[str, Any]]:
-    spec = VmSpec.model_validate(args["spec"])
+def _resolve_image(agent: AgentService, spec: VmSpec) -> VmSpec:
+    """Turn a named boot image into direct kernel boot paths on this host."""
+    if spec.image != "tiny-linux":
+        return spec
+    from vcenter.lab.guest import build_guest  # cached: no download once built
+
+    try:
+        image = build_guest(Path(agent.settings.lab_guest_cache))
+    except Exception as exc:
+        raise DriverError("BOOT_IMAGE_UNAVAILABLE", f"tiny-linux image not available on this host: {exc}") from exc
+    hostname = re.sub(r"[^A-Za-z0-9-]", "-", spec.name)[:63].strip("-") or "guest"
+    return spec.model_copy(update={"kernel": str(image.kernel), "initrd": str(image.initrd), "cmdline": image.cmdline_for(hostname=hostname, ip=spec.guest_ip)})
+
+
+def _create(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState, dict[str, Any]]:
+    driver = agent.driver
+    spec = _resolve_image(agent, VmSpec.model_validate(args["spec"]))
     existing = driver.domain_state(spec.uuid)
     if existing is not None:  # redelivered: already done
         return existing, {"already_defined": True}
@@ -57,26 +75,34 @@ def _create(driver: HypervisorDriver, args: dict[str, Any]) -> tuple[DomainState
     return state, {"disks": [f"{d.datastore_path}/{d.file}" for d in spec.disks]}
 
 
-def _simple(method: str) -> Callable[[HypervisorDriver, dict[str, Any]], tuple[DomainState, dict[str, Any]]]:
-    def run(driver: HypervisorDriver, args: dict[str, Any]) -> tuple[DomainState, dict[str, Any]]:
-        return getattr(driver, method)(args["uuid"]), {}
+Handler = Callable[[AgentService, dict[str, Any]], tuple[DomainState | None, dict[str, Any]]]
+
+
+def _simple(method: str) -> Handler:
+    def run(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState, dict[str, Any]]:
+        return getattr(agent.driver, method)(args["uuid"]), {}
     return run
 
 
-def _shutdown(driver: HypervisorDriver, args: dict[str, Any]) -> tuple[DomainState, dict[str, Any]]:
-    return driver.shutdown(args["uuid"], float(args.get("timeout", 120))), {}
+def _shutdown(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState, dict[str, Any]]:
+    return agent.driver.shutdown(args["uuid"], float(args.get("timeout", 120))), {}
 
 
-def _reconfigure(driver: HypervisorDriver, args: dict[str, Any]) -> tuple[DomainState, dict[str, Any]]:
-    return driver.reconfigure(args["uuid"], args.get("vcpus"), args.get("memory_mib")), {}
+def _reconfigure(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState, dict[str, Any]]:
+    return agent.driver.reconfigure(args["uuid"], args.get("vcpus"), args.get("memory_mib")), {}
 
 
-def _delete(driver: HypervisorDriver, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
-    driver.undefine(args["uuid"], list(args.get("disks", [])))
+def _delete(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
+    agent.driver.undefine(args["uuid"], list(args.get("disks", [])))
     return None, {"deleted_disks": list(args.get("disks", []))}
 
 
-HANDLERS: dict[str, Callable[[HypervisorDriver, dict[str, Any]], tuple[DomainState | None, dict[str, Any]]]] = {
+def _guest(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
+    reply = agent.guests.command(args["uuid"], args["line"], float(args.get("timeout", 10)))
+    return agent.driver.domain_state(args["uuid"]), {"reply": reply}
+
+
+HANDLERS: dict[str, Handler] = {
     "vm.create": _create,
     "vm.start": _simple("start"),
     "vm.stop": _simple("stop"),
@@ -86,6 +112,7 @@ HANDLERS: dict[str, Callable[[HypervisorDriver, dict[str, Any]], tuple[DomainSta
     "vm.shutdown": _shutdown,
     "vm.reconfigure": _reconfigure,
     "vm.delete": _delete,
+    "vm.guest": _guest,
 }
 
 
@@ -132,8 +159,10 @@ def execute(agent: AgentService, payload: dict[str, Any]) -> dict[str, Any]:
     try:
         if handler is None:
             raise DriverError("UNKNOWN_COMMAND", f"this agent does not know {command.name}")
-        with _lease_keeper(agent, command, command.name), agent.driver_lock:
-            domain, result = handler(agent.driver, command.args)
+        # Guest commands may wait on the guest; they need not hold the hypervisor lock.
+        lock = agent.driver_lock if command.name != "vm.guest" else contextlib.nullcontext()
+        with _lease_keeper(agent, command, command.name), lock:
+            domain, result = handler(agent, command.args)
         _crash_point()
         report = TaskResult(command_id=command.command_id, ok=True, result=result, domain=domain)
     except DriverError as exc:

@@ -18,7 +18,7 @@ from vcenter.messaging.contracts import AGENT_EXECUTE_TASK, host_queue
 from workers.agent import commands
 from workers.agent.api_client import ApiClient
 from workers.agent.identity import Credential, load_credential, load_or_create_certificate, save_credential
-from workers.agent.network import LinuxHostNetwork, SimulatedHostNetwork
+from workers.agent.network import BridgeHostNetwork, HostNetwork, SimulatedHostNetwork, VxlanHostNetwork
 from workers.agent.service import AgentService
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,16 @@ def make_driver(settings: Settings, simulated: bool) -> HypervisorDriver:
     from vcenter.hypervisor.libvirt.driver import LibvirtDriver
 
     return LibvirtDriver(settings.libvirt_uri)
+
+
+def make_network(settings: Settings, simulated: bool) -> HostNetwork:
+    if simulated:
+        return SimulatedHostNetwork()
+    if settings.agent_portgroup_mode == "vxlan":
+        if not settings.agent_address:
+            raise SystemExit("VCENTER_AGENT_ADDRESS is required with VCENTER_AGENT_PORTGROUP_MODE=vxlan")
+        return VxlanHostNetwork(settings.agent_address, settings.agent_underlay)
+    return BridgeHostNetwork()
 
 
 def register_until_trusted(settings: Settings, driver: HypervisorDriver, registration_token: str) -> Credential:
@@ -91,7 +101,7 @@ def run_agent(settings: Settings, simulated: bool = False) -> None:
     credential = resolve_credential(settings, driver)
     host_id = credential.host_id
     api = ApiClient(settings.public_url, host_id, credential.token, retry_delay=settings.agent_reconnect_delay)
-    network = SimulatedHostNetwork() if simulated else LinuxHostNetwork()
+    network = make_network(settings, simulated)
     agent = AgentService(settings, host_id, driver, api, network)
     app = make_celery(settings)
     queue = host_queue(host_id)

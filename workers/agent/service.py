@@ -23,6 +23,7 @@ from vcenter.core.settings import Settings
 from vcenter.hypervisor.base import ConnectionLost, DriverError, HypervisorDriver
 from vcenter.messaging.contracts import DatastoreUsage, HostState, LifecycleEvent, heartbeat_key
 from workers.agent.api_client import ApiClient, PermanentReportError
+from workers.agent.guests import GuestWatcher
 from workers.agent.network import HostNetwork
 
 log = logging.getLogger(__name__)
@@ -42,11 +43,13 @@ class AgentService:
         self._report_now = threading.Event()
         self._threads: list[threading.Thread] = []
         self.driver_lock = threading.RLock()
+        self.guests = GuestWatcher(driver, self.stop_event)
 
     # --- start / stop --------------------------------------------------------------------
     def start(self) -> None:
         self.driver.subscribe_lifecycle(self._events.put)
         self._connect_driver()
+        self.guests.start()
         for target, name in ((self._heartbeat_loop, "heartbeat"), (self._report_loop, "state-report"), (self._event_loop, "lifecycle-events"), (self._watchdog_loop, "libvirt-watchdog")):
             thread = threading.Thread(target=target, name=f"agent-{name}", daemon=True)
             thread.start()
@@ -135,9 +138,12 @@ class AgentService:
 
     def report_state(self) -> dict[str, Any]:
         self._provide_expected()
+        domains = self.driver.list_domains()
+        for domain in domains:
+            domain.guest = self.guests.heartbeat_of(domain.uuid)
         state = HostState(
             facts=self.driver.host_facts(),
-            domains=self.driver.list_domains(),
+            domains=domains,
             datastores=self._datastore_usage(),
             bridges=self._bridges_present(),
         )
@@ -162,7 +168,7 @@ class AgentService:
         return usage
 
     def _bridges_present(self) -> list[str]:
-        return self.network.bridges_present(self._expected["bridges"])
+        return self.network.portgroups_present([pg["bridge"] for pg in self._expected["bridges"]])
 
     def _provide_expected(self) -> None:
         """Create the datastore directories and port-group bridges the server expects here."""
@@ -171,8 +177,8 @@ class AgentService:
                 os.makedirs(ds["path"], exist_ok=True)
             except OSError as exc:
                 log.warning("datastore %s: cannot create %s: %s", ds["id"], ds["path"], exc)
-        for bridge in self._expected["bridges"]:
-            self.network.ensure_bridge(bridge)
+        for portgroup in self._expected["bridges"]:
+            self.network.ensure_portgroup(portgroup)
 
 
 def default_hostname() -> str:

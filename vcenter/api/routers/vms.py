@@ -53,6 +53,11 @@ def delete_vm(vm_id: int, db: DbDep, user: CurrentUser) -> Any:
     return vms.delete_vm(db, user.username, vm_id)
 
 
+@router.post("/{vm_id}/guest/command", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, summary="Send a command to the guest through its channel; the reply is the Task's result")
+def guest_command(vm_id: int, body: s.GuestCommand, db: DbDep, user: CurrentUser) -> Any:
+    return vms.guest_command(db, user.username, vm_id, body.command, body.argument, body.timeout)
+
+
 @router.post("/{vm_id}/import", response_model=s.VmRead, summary="Import an orphaned VM (found on a host, unknown to the inventory) so it is managed")
 def import_vm(vm_id: int, db: DbDep, user: CurrentUser) -> Any:
     return hosts.import_vm(db, vm_id, user.username)

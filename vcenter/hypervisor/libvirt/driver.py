@@ -31,6 +31,7 @@ import subprocess
 import threading
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from datetime import datetime, timezone
 from urllib.parse import parse_qs, urlparse
 
@@ -39,8 +40,8 @@ import libvirt
 from vcenter.domain.states import PowerState, StopReason
 from vcenter.hypervisor.base import ConnectionLost, DriverError, LifecycleCallback
 from vcenter.hypervisor.libvirt.xml import (
-    HEARTBEAT_CHANNEL, build_domain_xml, check_bridges, detect_domain_type, disk_path, validate_abs_path,
-    validate_uuid,
+    HEARTBEAT_CHANNEL, ParsedCpu, build_domain_xml, check_bridges, compare_feature_sets, detect_domain_type,
+    disk_path, host_style_cpu_xml, parse_cpu_xml, validate_abs_path, validate_name, validate_uuid,
 )
 from vcenter.messaging.contracts import DomainState, HostFacts, LifecycleEvent, VmSpec
 
@@ -177,8 +178,16 @@ def _map_error(e: libvirt.libvirtError) -> DriverError:
 # --- the driver ------------------------------------------------------------------------
 
 class LibvirtDriver:
-    def __init__(self, uri: str, connect_timeout: float = 10, domain_type: str | None = None):
+    def __init__(self, uri: str, connect_timeout: float = 10, domain_type: str | None = None,
+                 declared_cpu_xml: str | None = None):
         self.uri = uri
+        # A lab host's CPU (host-style <cpu> XML) that stands in for the real one in host_facts,
+        # host_cpu_xml and compare_cpu: every lab host has the same real CPU.
+        if declared_cpu_xml is not None:
+            declared = parse_cpu_xml(declared_cpu_xml)
+            if not declared.model:
+                raise DriverError("INVALID_SPEC", "a declared host CPU needs a model")
+        self.declared_cpu_xml = declared_cpu_xml
         self.connect_timeout = connect_timeout
         if domain_type is None:
             domain_type = "test" if uri.startswith("test:") else detect_domain_type()
@@ -359,16 +368,247 @@ class LibvirtDriver:
             ver = conn.getLibVersion()
         except libvirt.libvirtError as e:
             raise self._err(e) from None
+        host_cpu = parse_cpu_xml(self.host_cpu_xml())
+        cpu_model = host_cpu.model if self.declared_cpu_xml else caps.findtext("host/cpu/model")
+        try:
+            cpu_features = sorted(self._cpu_features(host_cpu))
+        except DriverError as e:
+            if isinstance(e, ConnectionLost):
+                raise
+            cpu_features = sorted(host_cpu.require)  # a driver without a CPU map (test://)
         return HostFacts(
             hostname=hostname,
             host_uuid=caps.findtext("host/uuid"),
-            cpu_model=caps.findtext("host/cpu/model"),
+            cpu_model=cpu_model,
+            cpu_features=cpu_features,
             cpu_cores=info[2],
             cpu_mhz=info[3],
             memory_mib=info[1],
             hypervisor=self.domain_type,
             libvirt_version=f"{ver // 1_000_000}.{ver // 1000 % 1000}.{ver % 1000}",
         )
+
+    # --- CPU definitions ----------------------------------------------------------------
+    # Guests run under ``self.domain_type`` on machine type ``pc`` of x86_64 (as build_domain_xml
+    # defines them); the hypervisor-aware calls are asked for exactly that.
+    _ARCH = "x86_64"
+    _MACHINE = "pc"
+
+    def _hypervisor_call(self, hyp: Callable[[], object], plain: Callable[[], object]) -> object:
+        """``hyp()`` (a virConnect*HypervisorCPU call), or ``plain()`` where the driver lacks it."""
+        try:
+            return hyp()
+        except libvirt.libvirtError as e:
+            if e.get_error_code() not in (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_INVALID_ARG,
+                                          libvirt.VIR_ERR_CONFIG_UNSUPPORTED):
+                raise
+        return plain()
+
+    def _cpu_features(self, cpu: ParsedCpu) -> set[str]:
+        """Every feature of ``cpu``: its model expanded by libvirt's CPU map, plus the features
+        it names, minus those it disables. A CPU without a model (host-model or passthrough
+        guest) is the host's CPU plus/minus its features."""
+        if cpu.model is None:
+            base = self._cpu_features(parse_cpu_xml(self.host_cpu_xml()))
+            return (base | cpu.require) - cpu.disable
+        xml = host_style_cpu_xml(ParsedCpu(model=cpu.model, arch=cpu.arch, require=cpu.require),
+                                 arch=self._ARCH, with_vendor=False)
+        try:
+            out = self._c().baselineCPU([xml], libvirt.VIR_CONNECT_BASELINE_CPU_EXPAND_FEATURES)
+        except libvirt.libvirtError as e:
+            raise self._cpu_err(e) from None
+        expanded = parse_cpu_xml(out)
+        return (expanded.require | cpu.require) - cpu.disable
+
+    def _cpu_err(self, e: libvirt.libvirtError) -> DriverError:
+        err = self._err(e)
+        msg = e.get_error_message() or str(e)
+        if not isinstance(err, ConnectionLost) and ("Unknown CPU" in msg or "CPU architecture" in msg
+                                                   or e.get_error_code() == libvirt.VIR_ERR_XML_ERROR):
+            return DriverError("INVALID_SPEC", msg)
+        return err
+
+    def _host_style(self, cpu_xml: str) -> str:
+        """A host-CPU-style definition of any <cpu> XML (what the baseline APIs accept). A
+        definition that disables features of its model is re-expressed as the largest of a few
+        plain models all of whose features remain, plus the remaining features by name."""
+        cpu = parse_cpu_xml(cpu_xml)
+        if cpu.model is not None and not cpu.disable:
+            return host_style_cpu_xml(cpu, arch=self._ARCH)
+        if cpu.model is None and cpu.vendor is None:
+            cpu.vendor = parse_cpu_xml(self.host_cpu_xml()).vendor
+        features = self._cpu_features(cpu)
+        for base in ("kvm64", "qemu64", "486"):
+            if self._cpu_features(ParsedCpu(model=base)) <= features:
+                return host_style_cpu_xml(ParsedCpu(model=base, vendor=cpu.vendor, arch=cpu.arch,
+                                                    require=features), arch=self._ARCH)
+        raise DriverError("INVALID_SPEC", "CPU definition has too few features for any x86_64 model")
+
+    def host_cpu_xml(self) -> str:
+        """The CPU guests get here: the declared one; else the hypervisor's host-model CPU from
+        domain capabilities (under TCG: what QEMU emulates, not the physical CPU); else the
+        host CPU from capabilities."""
+        if self.declared_cpu_xml is not None:
+            return self.declared_cpu_xml
+        conn = self._c()
+        try:
+            domcaps = ET.fromstring(conn.getDomainCapabilities(None, self._ARCH, self._MACHINE,
+                                                               self.domain_type, 0))
+            mode = domcaps.find("cpu/mode[@name='host-model']")
+            if mode is not None and mode.get("supported") == "yes" and mode.find("model") is not None:
+                mode.tag = "cpu"
+                mode.attrib = {"mode": "custom", "match": "exact"}
+                return ET.tostring(mode, encoding="unicode")
+        except libvirt.libvirtError as e:
+            if not self.is_alive():
+                raise self._err(e) from None
+        try:
+            cpu = ET.fromstring(conn.getCapabilities()).find("host/cpu")
+        except libvirt.libvirtError as e:
+            raise self._err(e) from None
+        if cpu is None:
+            raise DriverError("LIBVIRT_ERROR", "the hypervisor reports no host CPU")
+        keep = {"arch", "model", "vendor", "feature"}
+        for child in list(cpu):
+            if child.tag not in keep:
+                cpu.remove(child)
+        return ET.tostring(cpu, encoding="unicode")
+
+    def cpu_baseline(self, cpu_xmls: list[str], expand_features: bool = False) -> str:
+        """The most capable guest CPU that runs on every one of ``cpu_xmls`` (host CPUs, e.g.
+        the host_cpu_xml() of every host of a cluster): virConnectBaselineHypervisorCPU for this
+        host's domain type, or the hypervisor-agnostic virConnectBaselineCPU where unsupported."""
+        if not cpu_xmls:
+            raise DriverError("INVALID_SPEC", "baseline of no CPUs")
+        xmls = [self._host_style(x) for x in cpu_xmls]
+        flags = libvirt.VIR_CONNECT_BASELINE_CPU_EXPAND_FEATURES if expand_features else 0
+        conn = self._c()
+        try:
+            return str(self._hypervisor_call(
+                lambda: conn.baselineHypervisorCPU(None, self._ARCH, self._MACHINE, self.domain_type,
+                                                   xmls, flags),
+                lambda: conn.baselineCPU(xmls, flags)))
+        except libvirt.libvirtError as e:
+            raise self._cpu_err(e) from None
+
+    def compare_cpu(self, cpu_xml: str) -> tuple[bool, str]:
+        """Whether a guest CPU definition runs here: (compatible, "identical" | "superset" |
+        "incompatible: <why>"). Against a declared CPU: a feature-set comparison (both sides
+        expanded by libvirt's CPU map); else virConnectCompareHypervisorCPU."""
+        guest = parse_cpu_xml(cpu_xml)
+        if self.declared_cpu_xml is not None:
+            host = parse_cpu_xml(self.declared_cpu_xml)
+            return compare_feature_sets(self._cpu_features(guest), guest.vendor,
+                                        self._cpu_features(host), host.vendor)
+        conn = self._c()
+        fail = libvirt.VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE
+        try:
+            result = self._hypervisor_call(
+                lambda: conn.compareHypervisorCPU(None, self._ARCH, self._MACHINE, self.domain_type,
+                                                  cpu_xml, fail),
+                lambda: conn.compareCPU(cpu_xml, fail))
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_CPU_INCOMPATIBLE:
+                return False, f"incompatible: {e.get_error_message()}"
+            raise self._cpu_err(e) from None
+        if result == libvirt.VIR_CPU_COMPARE_IDENTICAL:
+            return True, "identical"
+        if result == libvirt.VIR_CPU_COMPARE_SUPERSET:
+            return True, "superset"
+        return False, "incompatible"
+
+    # --- storage pools (datastores) -------------------------------------------------------
+    def _pool(self, name: str) -> libvirt.virStoragePool | None:
+        try:
+            return self._c().storagePoolLookupByName(validate_name(name))
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
+                return None
+            raise self._err(e) from None
+
+    @staticmethod
+    def _pool_target(pool: libvirt.virStoragePool) -> str | None:
+        return ET.fromstring(pool.XMLDesc(0)).findtext("target/path")
+
+    def ensure_pool(self, name: str, path: str) -> None:
+        """Define (if absent), build, start and autostart a ``dir`` pool on ``path``; idempotent.
+        A pool of that name on another directory is POOL_CONFLICT."""
+        validate_name(name)
+        validate_abs_path(path, "pool path")
+        path = os.path.normpath(path)
+        pool = self._pool(name)
+        try:
+            if pool is None:
+                root = ET.Element("pool", {"type": "dir"})
+                ET.SubElement(root, "name").text = name
+                target = ET.SubElement(root, "target")
+                ET.SubElement(target, "path").text = path
+                try:
+                    pool = self._c().storagePoolDefineXML(ET.tostring(root, encoding="unicode"), 0)
+                except libvirt.libvirtError as e:
+                    if self.is_alive() and e.get_error_code() == libvirt.VIR_ERR_OPERATION_FAILED:
+                        # libvirt: "Storage source conflict with pool: 'other'" (same path)
+                        raise DriverError("POOL_CONFLICT", e.get_error_message() or str(e)) from None
+                    raise
+            else:
+                existing = self._pool_target(pool)
+                if existing is None or os.path.normpath(existing) != path:
+                    raise DriverError("POOL_CONFLICT", f"pool {name!r} is defined on {existing}, not {path}")
+            if not pool.isActive():
+                if not os.path.isdir(path):
+                    pool.build(0)  # a dir pool's build is mkdir; never formats anything
+                try:
+                    pool.create(0)
+                except libvirt.libvirtError as e:
+                    if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:  # raced: active
+                        raise
+            if not pool.autostart():
+                pool.setAutostart(1)
+        except libvirt.libvirtError as e:
+            raise self._err(e) from None
+
+    def pool_usage(self, name: str) -> tuple[int, int]:
+        """(capacity, available) bytes of a pool, after a refresh."""
+        pool = self._pool(name)
+        if pool is None:
+            raise DriverError("DATASTORE_ABSENT", f"no storage pool {name!r}")
+        try:
+            if not pool.isActive():
+                raise DriverError("DATASTORE_INACCESSIBLE", f"storage pool {name!r} is not active")
+            pool.refresh(0)
+            _state, capacity, _allocation, available = pool.info()
+        except libvirt.libvirtError as e:
+            raise self._err(e) from None
+        return capacity, available
+
+    def remove_pool(self, name: str) -> None:
+        """Stop and undefine a pool; its directory and files stay. Idempotent."""
+        pool = self._pool(name)
+        if pool is None:
+            return
+        try:
+            if pool.isActive():
+                pool.destroy()  # a dir pool's destroy deactivates; it deletes nothing
+            pool.undefine()
+        except libvirt.libvirtError as e:
+            err = self._err(e)
+            if e.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
+                raise err from None
+
+    def _refresh_pools_covering(self, directories: set[str]) -> None:
+        """Refresh every active pool whose target is one of ``directories`` so that new files
+        appear as volumes. Best effort: the files exist whatever the pool says."""
+        if not directories or self._conn is None:
+            return
+        wanted = {os.path.realpath(d) for d in directories}
+        try:
+            pools = self._c().listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE)
+            for pool in pools:
+                target = self._pool_target(pool)
+                if target and os.path.realpath(target) in wanted:
+                    pool.refresh(0)
+        except libvirt.libvirtError as e:
+            log.warning("cannot refresh storage pools on %s: %s", self.uri, e.get_error_message())
 
     def _state_of(self, dom: libvirt.virDomain) -> DomainState:
         try:
@@ -437,6 +677,7 @@ class LibvirtDriver:
     # --- disks --------------------------------------------------------------------------
     def create_disks(self, spec: VmSpec) -> list[str]:
         paths = []
+        created: set[str] = set()
         for d in spec.disks:
             path = disk_path(d.datastore_path, d.file)
             paths.append(path)
@@ -456,6 +697,8 @@ class LibvirtDriver:
                     pass
                 raise DriverError("DISK_CREATE_FAILED", f"{path}: {r.stderr.strip()}")
             os.rename(tmp, path)
+            created.add(d.datastore_path)
+        self._refresh_pools_covering(created)
         return paths
 
     # --- lifecycle ----------------------------------------------------------------------

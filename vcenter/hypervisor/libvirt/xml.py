@@ -23,9 +23,10 @@ import re
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from vcenter.hypervisor.base import DriverError
-from vcenter.messaging.contracts import VmSpec
+from vcenter.messaging.contracts import CpuSpec, VmSpec
 
 HEARTBEAT_CHANNEL = "org.virtcenter.heartbeat"
 TCG_TB_CACHE_MIB = 32
@@ -35,6 +36,8 @@ _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 # Linux interface names: at most 15 bytes, no '/', no whitespace; we allow a safe subset.
 _BRIDGE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# CPU model, vendor and feature names of libvirt's CPU map ("Skylake-Client-IBRS", "sse4.2").
+_CPU_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 _TARGET_PREFIX = {"virtio": "vd", "sata": "sd", "ide": "hd"}
 
@@ -145,6 +148,33 @@ def validate_spec(spec: VmSpec) -> None:
             raise _invalid("initrd given without kernel")
     if spec.cmdline is not None and _CONTROL_RE.search(spec.cmdline):
         raise _invalid("kernel command line contains control characters")
+    if spec.cpu is not None:
+        validate_cpu(spec.cpu)
+
+
+def validate_cpu_name(name: str, what: str) -> str:
+    if not isinstance(name, str) or not _CPU_NAME_RE.match(name):
+        raise _invalid(f"CPU {what} {name!r} must be 1..64 characters of A-Z a-z 0-9 _ . -")
+    return name
+
+
+def validate_cpu(cpu: CpuSpec) -> None:
+    """Names are checked here; whether libvirt knows them is libvirt's answer (INVALID_SPEC
+    at define, or an unknown-model error from compare/baseline)."""
+    if cpu.mode == "custom":
+        if cpu.model is None:
+            raise _invalid("a custom CPU needs a model")
+    elif cpu.model is not None or cpu.vendor is not None:
+        raise _invalid(f"CPU mode {cpu.mode} takes no model or vendor")
+    if cpu.model is not None:
+        validate_cpu_name(cpu.model, "model")
+    if cpu.vendor is not None:
+        validate_cpu_name(cpu.vendor, "vendor")
+    for f in [*cpu.features_require, *cpu.features_disable]:
+        validate_cpu_name(f, "feature")
+    both = set(cpu.features_require) & set(cpu.features_disable)
+    if both:
+        raise _invalid(f"CPU features both required and disabled: {', '.join(sorted(both))}")
 
 
 def check_bridges(spec: VmSpec, exists: Callable[[str], bool] = bridge_exists) -> None:
@@ -196,7 +226,11 @@ def build_domain_xml(spec: VmSpec, domain_type: str) -> str:
         tcg = _sub(features, "tcg")
         _sub(tcg, "tb-cache", str(TCG_TB_CACHE_MIB), unit="MiB")
 
-    if domain_type == "kvm":
+    if spec.cpu is not None:
+        if spec.cpu.mode == "host-passthrough" and domain_type == "qemu":
+            raise _invalid("CPU mode host-passthrough needs KVM; this host runs guests under TCG")
+        dom.append(cpu_element(spec.cpu))
+    elif domain_type == "kvm":
         _sub(dom, "cpu", mode="host-passthrough")
 
     _sub(dom, "on_poweroff", "destroy")
@@ -226,3 +260,104 @@ def build_domain_xml(spec: VmSpec, domain_type: str) -> str:
 
     ET.indent(dom)
     return ET.tostring(dom, encoding="unicode")
+
+
+# --- CPU definitions ---------------------------------------------------------------------
+
+def cpu_element(cpu: CpuSpec) -> ET.Element:
+    """The guest ``<cpu>`` of a CpuSpec. A custom model is exact with no fallback (a host that
+    cannot give the model refuses the guest instead of giving it a different CPU);
+    check='partial' has libvirt verify the requested features before QEMU starts."""
+    validate_cpu(cpu)
+    if cpu.mode == "host-passthrough":
+        el = ET.Element("cpu", {"mode": "host-passthrough", "check": "none"})
+    elif cpu.mode == "host-model":
+        el = ET.Element("cpu", {"mode": "host-model", "check": "partial"})
+    else:
+        el = ET.Element("cpu", {"mode": "custom", "match": "exact", "check": "partial"})
+        _sub(el, "model", cpu.model, fallback="forbid")
+        if cpu.vendor:
+            _sub(el, "vendor", cpu.vendor)
+    for f in cpu.features_require:
+        _sub(el, "feature", policy="require", name=f)
+    for f in cpu.features_disable:
+        _sub(el, "feature", policy="disable", name=f)
+    return el
+
+
+def build_cpu_xml(cpu: CpuSpec) -> str:
+    """A guest CPU definition as XML (for compare_cpu / cpu_baseline)."""
+    el = cpu_element(cpu)
+    ET.indent(el)
+    return ET.tostring(el, encoding="unicode")
+
+
+@dataclass
+class ParsedCpu:
+    """A ``<cpu>`` of any kind (host CPU from capabilities, guest CPU, domain capabilities'
+    host-model), reduced to what a comparison needs. ``require`` are the named features a
+    host has or a guest needs; ``disable`` those a guest definition switches off."""
+    mode: str | None = None
+    model: str | None = None
+    vendor: str | None = None
+    arch: str | None = None
+    require: set[str] = field(default_factory=set)
+    disable: set[str] = field(default_factory=set)
+
+
+_REQUIRE_POLICIES = {None, "require", "force"}
+_DISABLE_POLICIES = {"disable", "forbid"}
+
+
+def parse_cpu_xml(xml: str) -> ParsedCpu:
+    try:
+        el = ET.fromstring(xml)
+    except ET.ParseError as e:
+        raise _invalid(f"CPU XML is malformed: {e}") from None
+    if el.tag == "mode":  # domain capabilities' <mode name='host-model'>
+        mode = el.get("name")
+    elif el.tag == "cpu":
+        mode = el.get("mode")
+    else:
+        raise _invalid(f"CPU XML has root <{el.tag}>, expected <cpu>")
+    cpu = ParsedCpu(mode=mode, model=(el.findtext("model") or "").strip() or None,
+                    vendor=(el.findtext("vendor") or "").strip() or None,
+                    arch=(el.findtext("arch") or "").strip() or None)
+    for name, what in ((cpu.model, "model"), (cpu.vendor, "vendor")):
+        if name is not None:
+            validate_cpu_name(name, what)
+    for f in el.findall("feature"):
+        name = validate_cpu_name(f.get("name") or "", "feature")
+        policy = f.get("policy")
+        if policy in _REQUIRE_POLICIES:
+            cpu.require.add(name)
+        elif policy in _DISABLE_POLICIES:
+            cpu.disable.add(name)
+        # "optional": neither needed nor refused
+    return cpu
+
+
+def host_style_cpu_xml(cpu: ParsedCpu, arch: str = "x86_64", with_vendor: bool = True) -> str:
+    """A host-CPU-style ``<cpu>`` (no mode, no policies) of ``cpu``'s model and required
+    features: the form libvirt's baseline API accepts, e.g. to expand a model to its features."""
+    el = ET.Element("cpu")
+    _sub(el, "arch", cpu.arch or arch)
+    if cpu.model:
+        _sub(el, "model", cpu.model)
+    if with_vendor and cpu.vendor:
+        _sub(el, "vendor", cpu.vendor)
+    for f in sorted(cpu.require):
+        _sub(el, "feature", name=f)
+    return ET.tostring(el, encoding="unicode")
+
+
+def compare_feature_sets(guest: set[str], guest_vendor: str | None,
+                         host: set[str], host_vendor: str | None) -> tuple[bool, str]:
+    """Whether a guest needing ``guest`` features (model expanded) runs on a host having
+    ``host``: (compatible, "identical" | "superset" | "incompatible: ...")."""
+    if guest_vendor and host_vendor and guest_vendor != host_vendor:
+        return False, f"incompatible: host CPU vendor {host_vendor} is not {guest_vendor}"
+    missing = guest - host
+    if missing:
+        return False, f"incompatible: host CPU lacks {', '.join(sorted(missing))}"
+    return True, "identical" if guest == host else "superset"

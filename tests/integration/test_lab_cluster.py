@@ -1,0 +1,175 @@
+"""The real-hosts issue, end to end: three lab hosts (network namespaces, cgroups, their own
+libvirtd over TCP), agents inside them reaching Redis and the API over the lab network only,
+tiny Linux guests with heartbeats, VXLAN-backed port groups, a shared loop-mounted datastore,
+and faults: host power loss, libvirtd crash, removal and re-adding of a dead host."""
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.apihelpers import wait_for
+from vcenter.lab import faults
+from vcenter.lab.guest import build_guest
+from vcenter.lab.hosts import GATEWAY, Capacity, Lab
+from vcenter.lab.stack import Stack, free_port
+
+pytestmark = pytest.mark.integration
+
+GUESTS = {  # name: (lab host, port group, address) — A and B share one IP subnet
+    "a1": ("host1", "pga", "10.99.0.11/24"),
+    "a2": ("host2", "pga", "10.99.0.12/24"),
+    "b1": ("host3", "pgb", "10.99.0.13/24"),
+    "c1": ("host3", "pga", "10.99.0.14/24"),
+}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("labstack")
+    build_guest()  # once, in the root namespace: hosts have no route out
+    lab = Lab(workdir / "lab")
+    lab.up(3, Capacity(cpus=2, memory_mib=2048))
+    port = free_port()
+    redis_proc = subprocess.Popen(["redis-server", "--bind", f"127.0.0.1 {GATEWAY}", "--port", str(port), "--protected-mode", "no", "--save", "", "--appendonly", "no", "--dir", str(workdir)], stdout=subprocess.DEVNULL)
+    stack = Stack.create(workdir, None, f"redis://127.0.0.1:{port}/0", api_host=f"127.0.0.1,{GATEWAY}",
+                         heartbeat_period=0.3, heartbeat_ttl=2, agent_report_period=1, reaper_period=1,
+                         host_monitor_period=0.5, agent_reconnect_delay=0.5, task_lease=60)
+    try:
+        wait_for(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True).stdout.strip() == "PONG", 10, what="redis")
+        stack.start_server()
+        with stack.client() as api:
+            dc = api.post("/api/v1/datacenters", json={"name": "dc1"}).json()
+            cl = api.post("/api/v1/clusters", json={"name": "cl1", "datacenter_id": dc["id"]}).json()
+            ids = {h.name: stack.add_lab_host(h, dc["id"], cl["id"]).host_id for h in lab.hosts}
+            for hid in ids.values():
+                wait_for(lambda: api.get(f"/api/v1/hosts/{hid}").json()["connection_state"] == "connected", 60, what="hosts connected")
+            path = lab.create_datastore("shared1", 256, [h.name for h in lab.hosts])
+            ds = api.post("/api/v1/datastores", json={"name": "shared1", "datacenter_id": dc["id"], "kind": "lab-dir", "url": path, "host_ids": list(ids.values())}).json()
+            pgs = {name: api.post("/api/v1/portgroups", json={"name": name, "datacenter_id": dc["id"], "vlan_id": vlan, "host_ids": list(ids.values())}).json()
+                   for name, vlan in (("pga", 100), ("pgb", 200))}
+            for pg in pgs.values():
+                wait_for(lambda: sorted(api.get(f"/api/v1/portgroups/{pg['id']}").json()["present_on_host_ids"]) == sorted(ids.values()), 30, what=f"port group {pg['name']} on every host")
+            vms = {}
+            for name, (host, pg, ip) in GUESTS.items():
+                task = api.post("/api/v1/vms", json={"name": name, "host_id": ids[host], "memory_mib": 96, "kernel_boot": {"image": "tiny-linux", "ip": ip},
+                                                     "disks": [{"datastore_id": ds["id"], "capacity_mib": 8}], "nics": [{"portgroup_id": pgs[pg]["id"]}]}).json()
+                done = wait_for(lambda: (t := api.get(f"/api/v1/tasks/{task['id']}").json())["state"] in ("success", "error") and t, 60, what=f"create {name}")
+                assert done["state"] == "success", done
+                vms[name] = done["object_id"]
+            for name, vm_id in vms.items():
+                on = api.post(f"/api/v1/vms/{vm_id}/power/on").json()
+                done = wait_for(lambda: (t := api.get(f"/api/v1/tasks/{on['id']}").json())["state"] in ("success", "error") and t, 60, what=f"power on {name}")
+                assert done["state"] == "success", done
+        stack.extra = {"lab": lab, "ids": ids, "vms": vms, "ds": ds, "redis_port": port, "dc": dc, "cl": cl}
+        yield stack
+    finally:
+        stack.stop()
+        lab.down()
+        redis_proc.kill()
+        redis_proc.wait(10)
+
+
+@pytest.fixture
+def api(cluster):
+    with cluster.client() as client:
+        yield client
+
+
+def guest_command(api, vm_id, command, argument=None, timeout=15):
+    task = api.post(f"/api/v1/vms/{vm_id}/guest/command", json={"command": command, "argument": argument, "timeout": timeout})
+    assert task.status_code == 202, task.text
+    task = task.json()
+    return wait_for(lambda: (t := api.get(f"/api/v1/tasks/{task['id']}").json())["state"] in ("success", "error") and t, timeout + 30, what=f"guest {command}")
+
+
+def test_each_host_answers_libvirt_over_tcp_with_its_own_identity(cluster):
+    names = set()
+    for host in cluster.extra["lab"].hosts:
+        out = subprocess.run(["virsh", "-c", f"qemu+tcp://{host.address}/system", "list", "--name"], capture_output=True, text=True, timeout=20)
+        assert out.returncode == 0, out.stderr
+        names.add(subprocess.run(["virsh", "-c", f"qemu+tcp://{host.address}/system", "hostname"], capture_output=True, text=True, timeout=20).stdout.strip())
+    assert len(names) == 3
+    with cluster.client() as api:
+        hosts = api.get("/api/v1/hosts").json()["items"]
+    assert len({h["host_uuid"] for h in hosts}) == 3 and all(h["hypervisor"] in ("qemu", "kvm") for h in hosts)
+
+
+def test_guest_heartbeats_reach_the_inventory(cluster, api):
+    for name, vm_id in cluster.extra["vms"].items():
+        vm = wait_for(lambda: (v := api.get(f"/api/v1/vms/{vm_id}").json())["guest_info"] and v["guest_info"].get("hostname") == name and v, 60, what=f"heartbeat of {name}")
+        first = vm["guest_info"]["seq"]
+        later = wait_for(lambda: (v := api.get(f"/api/v1/vms/{vm_id}").json())["guest_info"]["seq"] > first and v, 15, what=f"heartbeat of {name} advancing")
+        assert later["guest_info"]["machine_id"] and later["guest_heartbeat_at"]
+
+
+def test_port_groups_connect_guests_across_hosts_and_keep_vlans_apart(cluster, api):
+    vms = cluster.extra["vms"]
+    across = guest_command(api, vms["a1"], "ping", "10.99.0.12")
+    assert across["state"] == "success" and across["result"]["reply"]["ok"] is True, across
+    same_host_other_pg = guest_command(api, vms["c1"], "ping", "10.99.0.13")
+    assert same_host_other_pg["result"]["reply"]["ok"] is False, same_host_other_pg
+    other_host_other_pg = guest_command(api, vms["a1"], "ping", "10.99.0.13")
+    assert other_host_other_pg["result"]["reply"]["ok"] is False, other_host_other_pg
+    assert guest_command(api, vms["a2"], "ping", "10.99.0.14")["result"]["reply"]["ok"] is True
+
+
+def test_guest_powering_itself_off_shows_reason_shutdown(cluster, api):
+    vm_id = cluster.extra["vms"]["c1"]
+    guest_command(api, vm_id, "poweroff")
+    vm = wait_for(lambda: (v := api.get(f"/api/v1/vms/{vm_id}").json())["last_stop_reason"] == "shutdown" and v, 20, what="shutdown seen")
+    assert vm["power_state"] == "poweredOff"
+
+
+def test_crashing_libvirtd_changes_no_vms_host(cluster, api):
+    lab, ids, vms = cluster.extra["lab"], cluster.extra["ids"], cluster.extra["vms"]
+    before = {n: api.get(f"/api/v1/vms/{i}").json() for n, i in vms.items()}
+    faults.crash_libvirtd(lab, "host2")
+    time.sleep(5)  # longer than heartbeat TTL and report period: nothing may react wrongly
+    seq = api.get(f"/api/v1/vms/{vms['a2']}").json()["guest_info"]["seq"]
+    faults.restart_libvirtd(lab, "host2")
+    after = {n: api.get(f"/api/v1/vms/{i}").json() for n, i in vms.items()}
+    assert {n: v["host_id"] for n, v in after.items()} == {n: v["host_id"] for n, v in before.items()}
+    assert after["a2"]["power_state"] == "poweredOn"
+    # The guest never stopped: its heartbeat keeps counting after the daemon is back.
+    wait_for(lambda: api.get(f"/api/v1/vms/{vms['a2']}").json()["guest_info"]["seq"] > seq, 20, what="a2 heartbeat after libvirtd restart")
+    assert api.get(f"/api/v1/hosts/{ids['host2']}").json()["connection_state"] == "connected"
+
+
+def test_killed_host_loses_its_heartbeat_and_comes_back(cluster, api):
+    lab, ids, vms = cluster.extra["lab"], cluster.extra["ids"], cluster.extra["vms"]
+    r = redis.Redis(port=cluster.extra["redis_port"])
+    key = f"vc:hb:host:{ids['host3']}"
+    assert r.exists(key)
+    faults.kill_host(lab, "host3")
+    wait_for(lambda: not r.exists(key), 10, what="heartbeat key expired")
+    wait_for(lambda: api.get(f"/api/v1/hosts/{ids['host3']}").json()["connection_state"] == "notResponding", 10, what="host not responding")
+    faults.start_host(lab, "host3")
+    wait_for(lambda: api.get(f"/api/v1/hosts/{ids['host3']}").json()["connection_state"] == "connected", 60, what="host back")
+    b1 = wait_for(lambda: (v := api.get(f"/api/v1/vms/{vms['b1']}").json())["power_state"] == "poweredOff" and v, 30, what="b1 reconciled as off")
+    assert b1["host_id"] == ids["host3"] and b1["status"] == "ready"
+
+
+def test_dead_host_removed_and_re_added_reconciles_without_losing_a_vm(cluster, api):
+    lab, ids, vms = cluster.extra["lab"], cluster.extra["ids"], cluster.extra["vms"]
+    faults.kill_host(lab, "host1")
+    wait_for(lambda: api.get(f"/api/v1/hosts/{ids['host1']}").json()["connection_state"] == "notResponding", 15, what="host1 dead")
+    assert api.delete(f"/api/v1/hosts/{ids['host1']}?force=true").status_code == 204
+    orphan = api.get(f"/api/v1/vms/{vms['a1']}").json()
+    assert orphan["status"] == "orphaned" and orphan["host_id"] is None
+    total = api.get("/api/v1/vms").json()["total"]
+
+    faults.start_host(lab, "host1")
+    lab_host = lab.host("host1")
+    lab_host.stop_process("agent")
+    state_dir = cluster.agent_state_dir("host1")
+    for f in state_dir.glob("credential.json"):
+        f.unlink()  # the old credential died with the removed host
+    cluster.hosts.pop("host1")
+    again = cluster.add_lab_host(lab_host, cluster.extra["dc"]["id"], cluster.extra["cl"]["id"])
+    a1 = wait_for(lambda: (v := api.get(f"/api/v1/vms/{vms['a1']}").json())["host_id"] == again.host_id and v, 60, what="a1 re-attached")
+    assert a1["status"] == "ready" and a1["libvirt_uuid"] == orphan["libvirt_uuid"]
+    assert api.get("/api/v1/vms").json()["total"] == total
