@@ -82,3 +82,23 @@ class HypervisorDriver(Protocol):
 
     def subscribe_lifecycle(self, callback: LifecycleCallback) -> None:
         """Call ``callback`` for every lifecycle event; survives reconnects."""
+
+    # --- CPU definitions ----------------------------------------------------------------
+    def host_cpu_xml(self) -> str:
+        """The CPU guests get on this host as <cpu> XML (a declared lab CPU when there is one)."""
+
+    def compare_cpu(self, cpu_xml: str) -> tuple[bool, str]:
+        """Whether a guest CPU definition runs here: (ok, identical|superset|incompatible: why)."""
+
+    def cpu_baseline(self, cpu_xmls: list[str], expand_features: bool = False) -> str:
+        """The most capable guest CPU definition that runs on every one of the given host CPUs."""
+
+    # --- storage pools (datastores) -------------------------------------------------------
+    def ensure_pool(self, name: str, path: str) -> None:
+        """Define, build, start and autostart a directory pool on ``path``; idempotent."""
+
+    def pool_usage(self, name: str) -> tuple[int, int]:
+        """(capacity, available) bytes of a pool, freshly refreshed."""
+
+    def remove_pool(self, name: str) -> None:
+        """Stop and undefine a pool, never deleting its files; idempotent."""

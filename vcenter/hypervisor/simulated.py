@@ -22,12 +22,18 @@ from datetime import datetime, timezone
 
 from vcenter.domain.states import PowerState, StopReason
 from vcenter.hypervisor.base import ConnectionLost, DriverError, LifecycleCallback
-from vcenter.hypervisor.libvirt.xml import check_bridges, disk_path, validate_spec
-from vcenter.messaging.contracts import DomainState, HostFacts, LifecycleEvent, VmSpec
+from vcenter.hypervisor.libvirt.xml import (
+    build_cpu_xml, check_bridges, compare_feature_sets, disk_path, parse_cpu_xml, validate_abs_path, validate_name,
+    validate_spec,
+)
+from vcenter.messaging.contracts import CpuSpec, DomainState, HostFacts, LifecycleEvent, VmSpec
 
 _ON = PowerState.POWERED_ON.value
 _OFF = PowerState.POWERED_OFF.value
 _SUSPENDED = PowerState.SUSPENDED.value
+
+
+_DEFAULT_CPU_XML = "<cpu><arch>x86_64</arch><model>qemu64</model></cpu>"
 
 
 @dataclass
@@ -49,6 +55,8 @@ class SimulatedDriver:
         create_files: bool = False,
         existing_bridges: set[str] | None = None,
         guest_shuts_down: bool = True,
+        declared_cpu_xml: str | None = None,
+        pool_capacity_bytes: int = 1 << 40,
     ):
         self.hostname = hostname
         self.cpu_cores = cpu_cores
@@ -58,6 +66,13 @@ class SimulatedDriver:
         self.create_files = create_files
         self.existing_bridges = existing_bridges
         self.guest_shuts_down = guest_shuts_down
+        # No CPU map here: models compare by name, features only as named in the XML.
+        self._cpu_declared = declared_cpu_xml is not None
+        self.declared_cpu_xml = declared_cpu_xml or _DEFAULT_CPU_XML
+        parse_cpu_xml(self.declared_cpu_xml)
+        self.pool_capacity_bytes = pool_capacity_bytes
+        self._pools: dict[str, str] = {}
+        self._disk_sizes: dict[str, int] = {}
         self._lock = threading.RLock()
         self._doms: dict[str, _Dom] = {}
         self._disks: set[str] = set()
@@ -107,9 +122,73 @@ class SimulatedDriver:
     # --- queries --------------------------------------------------------------------
     def host_facts(self) -> HostFacts:
         self._check()
-        return HostFacts(hostname=self.hostname, host_uuid=self.host_uuid, cpu_model="simulated",
+        cpu = parse_cpu_xml(self.declared_cpu_xml)
+        return HostFacts(hostname=self.hostname, host_uuid=self.host_uuid,
+                         cpu_model=cpu.model if self._cpu_declared else "simulated",
+                         cpu_features=sorted(cpu.require - cpu.disable),
                          cpu_cores=self.cpu_cores, cpu_mhz=2000, memory_mib=self.memory_mib,
                          hypervisor="simulated", libvirt_version=None)
+
+    # --- CPU definitions (no CPU map: a model is its name, features are what the XML names) ---
+    def host_cpu_xml(self) -> str:
+        self._check()
+        return self.declared_cpu_xml
+
+    def compare_cpu(self, cpu_xml: str) -> tuple[bool, str]:
+        self._check()
+        guest, host = parse_cpu_xml(cpu_xml), parse_cpu_xml(self.declared_cpu_xml)
+        if guest.model is not None and guest.model != host.model:
+            return False, f"incompatible: host CPU model {host.model} is not {guest.model} (simulated: no CPU map)"
+        host_features = host.require - host.disable
+        wanted = ((host_features if guest.model is None else set()) | guest.require) - guest.disable
+        return compare_feature_sets(wanted, guest.vendor, host_features, host.vendor)
+
+    def cpu_baseline(self, cpu_xmls: list[str], expand_features: bool = False) -> str:
+        self._check()
+        if not cpu_xmls:
+            raise DriverError("INVALID_SPEC", "baseline of no CPUs")
+        cpus = [parse_cpu_xml(x) for x in cpu_xmls]
+        models = {c.model for c in cpus}
+        vendors = {c.vendor for c in cpus if c.vendor}
+        if len(vendors) > 1:
+            raise DriverError("CPU_INCOMPATIBLE", "CPU vendors do not match")
+        features = set.intersection(*[c.require - c.disable for c in cpus])
+        return build_cpu_xml(CpuSpec(model=models.pop() if len(models) == 1 else "qemu64",
+                                     vendor=vendors.pop() if vendors else None,
+                                     features_require=sorted(features)))
+
+    # --- storage pools --------------------------------------------------------------
+    def ensure_pool(self, name: str, path: str) -> None:
+        self._check()
+        validate_name(name)
+        path = os.path.normpath(validate_abs_path(path, "pool path"))
+        with self._lock:
+            existing = self._pools.get(name)
+            if existing is not None and existing != path:
+                raise DriverError("POOL_CONFLICT", f"pool {name!r} is defined on {existing}, not {path}")
+            other = next((n for n, p in self._pools.items() if p == path and n != name), None)
+            if other is not None:
+                raise DriverError("POOL_CONFLICT", f"Storage source conflict with pool: {other!r}")
+            if self.create_files:
+                os.makedirs(path, exist_ok=True)
+            self._pools[name] = path
+
+    def pool_usage(self, name: str) -> tuple[int, int]:
+        self._check()
+        with self._lock:
+            path = self._pools.get(name)
+            if path is None:
+                raise DriverError("DATASTORE_ABSENT", f"no storage pool {name!r}")
+            if self.create_files and os.path.isdir(path):
+                st = os.statvfs(path)
+                return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+            used = sum(size for p, size in self._disk_sizes.items() if os.path.dirname(p) == path)
+            return self.pool_capacity_bytes, max(0, self.pool_capacity_bytes - used)
+
+    def remove_pool(self, name: str) -> None:
+        self._check()
+        with self._lock:
+            self._pools.pop(name, None)
 
     @staticmethod
     def _state(d: _Dom) -> DomainState:
@@ -148,6 +227,7 @@ class SimulatedDriver:
                         f.truncate(disk.capacity_mib * 1024 * 1024)
             with self._lock:
                 self._disks.add(path)
+                self._disk_sizes[path] = disk.capacity_mib * 1024 * 1024
         return paths
 
     # --- lifecycle ------------------------------------------------------------------
@@ -164,6 +244,10 @@ class SimulatedDriver:
             if any(o.spec.name == spec.name for o in self._doms.values()):
                 raise DriverError("VM_NAME_CONFLICT", f"a domain named {spec.name!r} exists")
             check_bridges(spec, exists=self._bridge_exists)
+            if self._cpu_declared and spec.cpu is not None and spec.cpu.model is not None:
+                ok, detail = self.compare_cpu(build_cpu_xml(spec.cpu))
+                if not ok:
+                    raise DriverError("CPU_INCOMPATIBLE", f"declared host CPU: {detail}")
             d = _Dom(spec=spec.model_copy(update={"uuid": key}), vcpus=spec.vcpus, memory_mib=spec.memory_mib)
             self._doms[key] = d
             state = self._state(d)
@@ -248,6 +332,7 @@ class SimulatedDriver:
             d = self._doms.pop(_norm(uuid), None)
             for p in delete_disks:
                 self._disks.discard(p)
+                self._disk_sizes.pop(p, None)
                 if self.create_files:
                     try:
                         os.unlink(p)

@@ -29,9 +29,12 @@ def _real_hosts_possible() -> tuple[bool, str]:
     return True, "root on Linux with libvirt and QEMU"
 
 
-def _start_redis(rundir: Path, port: int) -> subprocess.Popen:
+def _start_redis(rundir: Path, port: int, extra_bind: str | None = None) -> subprocess.Popen:
+    # Lab agents reach Redis over the lab network: bind there too (no protected mode, which
+    # refuses every non-loopback client of a password-less Redis).
+    bind = ["--bind", "127.0.0.1" + (f" {extra_bind}" if extra_bind else "")] + (["--protected-mode", "no"] if extra_bind else [])
     proc = subprocess.Popen(
-        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(rundir)],
+        ["redis-server", *bind, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(rundir)],
         stdout=open(rundir / "redis.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     for _ in range(50):
@@ -49,6 +52,45 @@ def _wait_task(api, task: dict, timeout: float = 60) -> dict:
             return current
         time.sleep(0.2)
     return current
+
+
+def seed_lab(stack: Stack, lab, guests_per_host: int) -> None:
+    """Three lab hosts in a cluster, a shared datastore, a port group, running guests."""
+    with stack.client() as api:
+        dc = api.post("/api/v1/datacenters", json={"name": "dc1"}).json()
+        cluster = api.post("/api/v1/clusters", json={"name": "cluster1", "datacenter_id": dc["id"]}).json()
+        ids = [stack.add_lab_host(h, dc["id"], cluster["id"]).host_id for h in lab.hosts]
+        for host_id in ids:
+            _wait(lambda: api.get(f"/api/v1/hosts/{host_id}").json()["connection_state"] == "connected", 60, "hosts to connect")
+        path = lab.create_datastore("shared1", 1024, [h.name for h in lab.hosts])
+        ds = api.post("/api/v1/datastores", json={"name": "shared1", "datacenter_id": dc["id"], "kind": "lab-dir", "url": path, "host_ids": ids}).json()
+        pg = api.post("/api/v1/portgroups", json={"name": "vm-network", "datacenter_id": dc["id"], "vlan_id": 10, "host_ids": ids}).json()
+        api.post("/api/v1/folders", json={"name": "web", "datacenter_id": dc["id"]})
+        _wait(lambda: sorted(api.get(f"/api/v1/portgroups/{pg['id']}").json()["present_on_host_ids"]) == sorted(ids), 30, "the port group on every host")
+        number = 0
+        tasks = []
+        for host_id in ids:
+            for _ in range(guests_per_host):
+                number += 1
+                task = api.post("/api/v1/vms", json={
+                    "name": f"web{number}", "host_id": host_id, "memory_mib": 96,
+                    "kernel_boot": {"image": "tiny-linux", "ip": f"10.99.0.{10 + number}/24"},
+                    "disks": [{"datastore_id": ds["id"], "capacity_mib": 64}], "nics": [{"portgroup_id": pg["id"]}],
+                }).json()
+                tasks.append(task)
+        for task in tasks:
+            done = _wait_task(api, task)
+            if done["state"] != "success":
+                raise RuntimeError(f"creating a guest failed: {done['error_code']}: {done['error_message']}")
+            _wait_task(api, api.post(f"/api/v1/vms/{done['object_id']}/power/on").json())
+
+
+def _wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.3)
 
 
 def seed(stack: Stack, simulated: bool, datastore_dir: Path, bridges: list[str]) -> None:
@@ -89,6 +131,8 @@ def main() -> None:
     parser.add_argument("--rundir", default="run", help="where state, logs and datastores go (default ./run)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("VCENTER_API_PORT", "8080")))
     parser.add_argument("--simulated", action="store_true", help="simulated hosts even where real ones are possible")
+    parser.add_argument("--hosts", type=int, default=3, help="lab hosts (real mode)")
+    parser.add_argument("--guests-per-host", type=int, default=2, help="running tiny Linux guests per lab host (real mode)")
     args = parser.parse_args()
 
     rundir = Path(args.rundir).resolve()
@@ -99,20 +143,32 @@ def main() -> None:
     simulated = args.simulated or not real
     print(f"hosts: {'SIMULATED (' + ('asked for' if args.simulated else why) + ')' if simulated else 'real libvirt/QEMU (' + why + ')'}", flush=True)
 
+    lab = None
+    if not simulated:
+        from vcenter.lab.guest import build_guest
+        from vcenter.lab.hosts import GATEWAY, Capacity, Lab
+
+        print("building the tiny Linux guest (cached after the first time) ...", flush=True)
+        build_guest()
+        lab = Lab()  # the default work directory, so that `vcenter lab status` finds it
+        started = time.monotonic()
+        lab.up(args.hosts, Capacity(cpus=2, memory_mib=4096))
+        print(f"lab: {args.hosts} hosts up in {time.monotonic() - started:.1f} s on {GATEWAY}/24", flush=True)
     redis_proc = None
     redis_url = os.environ.get("VCENTER_REDIS_URL")
     if not redis_url:
-        redis_proc = _start_redis(rundir, 6390)
+        redis_proc = _start_redis(rundir, 6390, extra_bind=None if lab is None else GATEWAY)
         redis_url = "redis://127.0.0.1:6390/0"
     password = os.environ.get("VCENTER_ADMIN_PASSWORD", "vmware-admin")
-    stack = Stack.create(rundir, os.environ.get("VCENTER_DATABASE_URL"), redis_url)
+    overrides = {} if lab is None else {"api_host": f"127.0.0.1,{GATEWAY}"}
+    stack = Stack.create(rundir, os.environ.get("VCENTER_DATABASE_URL"), redis_url, **overrides)
     stack.api_port = args.port
     stack.env["VCENTER_API_PORT"] = str(args.port)
     stack.env["VCENTER_PUBLIC_URL"] = f"http://127.0.0.1:{args.port}"
     stack.admin = ("admin", password)
 
     stopping = False
-    bridges: list[str] = []  # created on this machine by the agent of the (single) real host
+    bridges: list[str] = []
 
     def _stop(*_: object) -> None:
         nonlocal stopping
@@ -121,9 +177,8 @@ def main() -> None:
         stopping = True
         print("\nstopping: agents, libvirtd and guests, worker, beat, API, Redis ...", flush=True)
         stack.stop()
-        if not simulated:
-            for bridge in bridges:
-                subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+        if lab is not None:
+            lab.down()
         if redis_proc is not None:
             redis_proc.terminate()
             redis_proc.wait(10)
@@ -134,12 +189,15 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _stop)
     try:
         stack.start_server()
-        seed(stack, simulated, rundir / "datastores" / "datastore1", bridges)
+        if lab is None:
+            seed(stack, simulated, rundir / "datastores" / "datastore1", bridges)
+        else:
+            seed_lab(stack, lab, args.guests_per_host)
     except Exception as exc:
         print(f"start-up failed: {exc}", file=sys.stderr, flush=True)
         _stop()
     print(f"""
-virtcenter is up ({'simulated' if simulated else 'real'} host esx1, database {stack.env['VCENTER_DATABASE_URL']})
+virtcenter is up ({'one SIMULATED host esx1' if simulated else f'{args.hosts} real lab hosts (libvirt/QEMU, TCG guests), vcenter lab status lists them'}, database {stack.env['VCENTER_DATABASE_URL']})
   API        {stack.url}/api/v1
   API docs   {stack.url}/docs
   health     {stack.url}/livez  {stack.url}/readyz  {stack.url}/metrics

@@ -17,9 +17,22 @@ What this module decides:
   event loop (which would also stall keepalive and drop the connection). Subscriptions live in
   the driver and are re-registered on every new connection.
 
+- CPU definitions: compare/baseline ask libvirt for this host's domain type (x86_64, machine
+  ``pc``). A host built with ``declared_cpu_xml`` presents that CPU instead of the real one
+  (lab hosts all share one real CPU): host_facts, host_cpu_xml and compare_cpu use it, and
+  define/start refuse a guest model it cannot give (CPU_INCOMPATIBLE). Models are expanded to
+  feature sets by libvirt's CPU map (baselineCPU with EXPAND_FEATURES), never by a table here.
+- Datastores are ``dir`` storage pools (ensure_pool / pool_usage / remove_pool); disks are still
+  made by qemu-img, then the pool covering the directory is refreshed so that they
+  show up as volumes. No pool operation ever deletes a file.
+
 Facts measured with libvirt 9.0 / QEMU 7.2 (see the integration tests):
 - ``virsh destroy`` -> STOPPED/DESTROYED; QEMU killed by SIGKILL -> STOPPED/FAILED;
   managed save -> STOPPED/SAVED; a start from the managed save image -> STARTED/RESTORED.
+- Under TCG (AMD EPYC machine): Westmere, Nehalem, Penryn, Conroe, kvm64, qemu64, Opteron_G2
+  guests start; core2duo (vme), SandyBridge, Haswell-noTSX, Skylake-Client and EPYC are refused
+  by libvirt (features QEMU does not emulate); any explicit <vendor>Intel</vendor> is refused on
+  this AMD machine. libvirt's qemu64 includes svm, so it does not fit an Intel CPU definition.
 """
 from __future__ import annotations
 
@@ -172,6 +185,8 @@ def _map_error(e: libvirt.libvirtError) -> DriverError:
         return DriverError("INVALID_SPEC", msg)
     if code == libvirt.VIR_ERR_OPERATION_TIMEOUT:
         return DriverError("HYPERVISOR_TIMEOUT", msg)
+    if code == libvirt.VIR_ERR_CPU_INCOMPATIBLE:
+        return DriverError("CPU_INCOMPATIBLE", msg)
     return DriverError("LIBVIRT_ERROR", msg)
 
 
@@ -409,7 +424,8 @@ class LibvirtDriver:
         it names, minus those it disables. A CPU without a model (host-model or passthrough
         guest) is the host's CPU plus/minus its features."""
         if cpu.model is None:
-            base = self._cpu_features(parse_cpu_xml(self.host_cpu_xml()))
+            host = parse_cpu_xml(self.host_cpu_xml())
+            base = self._cpu_features(host) if host.model is not None else host.require - host.disable
             return (base | cpu.require) - cpu.disable
         xml = host_style_cpu_xml(ParsedCpu(model=cpu.model, arch=cpu.arch, require=cpu.require),
                                  arch=self._ARCH, with_vendor=False)
@@ -423,6 +439,8 @@ class LibvirtDriver:
     def _cpu_err(self, e: libvirt.libvirtError) -> DriverError:
         err = self._err(e)
         msg = e.get_error_message() or str(e)
+        if not isinstance(err, ConnectionLost) and "vendors do not match" in msg:
+            return DriverError("CPU_INCOMPATIBLE", msg)
         if not isinstance(err, ConnectionLost) and ("Unknown CPU" in msg or "CPU architecture" in msg
                                                    or e.get_error_code() == libvirt.VIR_ERR_XML_ERROR):
             return DriverError("INVALID_SPEC", msg)
@@ -516,6 +534,15 @@ class LibvirtDriver:
         if result == libvirt.VIR_CPU_COMPARE_SUPERSET:
             return True, "superset"
         return False, "incompatible"
+
+    def _check_declared_cpu(self, cpu: ET.Element | None) -> None:
+        """On a host that declares its CPU, refuse a guest whose CPU definition the declared CPU
+        cannot give (libvirt checks only the real CPU). A guest without a model is not checked."""
+        if self.declared_cpu_xml is None or cpu is None or cpu.findtext("model") is None:
+            return
+        ok, detail = self.compare_cpu(ET.tostring(cpu, encoding="unicode"))
+        if not ok:
+            raise DriverError("CPU_INCOMPATIBLE", f"declared host CPU: {detail}")
 
     # --- storage pools (datastores) -------------------------------------------------------
     def _pool(self, name: str) -> libvirt.virStoragePool | None:
@@ -712,6 +739,7 @@ class LibvirtDriver:
             return state
         xml = build_domain_xml(spec, self.domain_type)
         check_bridges(spec)
+        self._check_declared_cpu(ET.fromstring(xml).find("cpu"))
         try:
             dom = self._c().defineXML(xml)
         except libvirt.libvirtError as e:
@@ -720,6 +748,12 @@ class LibvirtDriver:
 
     def start(self, uuid: str) -> DomainState:
         dom = self._get(uuid)
+        if self.declared_cpu_xml is not None:
+            try:
+                cpu = None if dom.isActive() else ET.fromstring(dom.XMLDesc(0)).find("cpu")
+            except libvirt.libvirtError as e:
+                raise self._err(e) from None
+            self._check_declared_cpu(cpu)
         try:
             if not dom.isActive():
                 dom.create()  # restores from the managed save image when there is one
