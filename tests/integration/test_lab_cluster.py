@@ -19,6 +19,8 @@ from vcenter.lab.stack import Stack, free_port
 
 pytestmark = pytest.mark.integration
 
+WESTMERE = "<cpu><arch>x86_64</arch><model>Westmere</model></cpu>"
+
 GUESTS = {  # name: (lab host, port group, address) — A and B share one IP subnet
     "a1": ("host1", "pga", "10.99.0.11/24"),
     "a2": ("host2", "pga", "10.99.0.12/24"),
@@ -44,7 +46,8 @@ def cluster(tmp_path_factory):
         with stack.client() as api:
             dc = api.post("/api/v1/datacenters", json={"name": "dc1"}).json()
             cl = api.post("/api/v1/clusters", json={"name": "cl1", "datacenter_id": dc["id"]}).json()
-            ids = {h.name: stack.add_lab_host(h, dc["id"], cl["id"]).host_id for h in lab.hosts}
+            # host3 declares an older CPU generation (every lab host really has the same CPU).
+            ids = {h.name: stack.add_lab_host(h, dc["id"], cl["id"], declared_cpu_xml=WESTMERE if h.name == "host3" else None).host_id for h in lab.hosts}
             for hid in ids.values():
                 wait_for(lambda: api.get(f"/api/v1/hosts/{hid}").json()["connection_state"] == "connected", 60, what="hosts connected")
             path = lab.create_datastore("shared1", 256, [h.name for h in lab.hosts])
@@ -58,12 +61,12 @@ def cluster(tmp_path_factory):
                 task = api.post("/api/v1/vms", json={"name": name, "host_id": ids[host], "memory_mib": 96, "kernel_boot": {"image": "tiny-linux", "ip": ip},
                                                      "disks": [{"datastore_id": ds["id"], "capacity_mib": 8}], "nics": [{"portgroup_id": pgs[pg]["id"]}]}).json()
                 done = wait_for(lambda: (t := api.get(f"/api/v1/tasks/{task['id']}").json())["state"] in ("success", "error") and t, 60, what=f"create {name}")
-                assert done["state"] == "success", done
+                assert done["state"] == "success", (name, done["error_code"], done["error_message"])
                 vms[name] = done["object_id"]
             for name, vm_id in vms.items():
                 on = api.post(f"/api/v1/vms/{vm_id}/power/on").json()
                 done = wait_for(lambda: (t := api.get(f"/api/v1/tasks/{on['id']}").json())["state"] in ("success", "error") and t, 60, what=f"power on {name}")
-                assert done["state"] == "success", done
+                assert done["state"] == "success", (name, done["error_code"], done["error_message"])
         stack.extra = {"lab": lab, "ids": ids, "vms": vms, "ds": ds, "redis_port": port, "dc": dc, "cl": cl}
         yield stack
     finally:
@@ -173,3 +176,25 @@ def test_dead_host_removed_and_re_added_reconciles_without_losing_a_vm(cluster, 
     a1 = wait_for(lambda: (v := api.get(f"/api/v1/vms/{vms['a1']}").json())["host_id"] == again.host_id and v, 60, what="a1 re-attached")
     assert a1["status"] == "ready" and a1["libvirt_uuid"] == orphan["libvirt_uuid"]
     assert api.get("/api/v1/vms").json()["total"] == total
+
+
+def test_cpu_definitions_of_hosts_and_guests_are_compared_by_libvirt(cluster, api):
+    ids, ds = cluster.extra["ids"], cluster.extra["ds"]
+    old, new = api.get(f"/api/v1/hosts/{ids['host3']}").json(), api.get(f"/api/v1/hosts/{ids['host2']}").json()
+    assert old["cpu_model"] == "Westmere" and "avx2" not in old["cpu_features"] and "sse4.2" in old["cpu_features"]
+    assert "avx2" in new["cpu_features"]
+    needs_avx2 = {"model": "Westmere", "features_require": ["avx2"]}
+
+    def create_and_start(name, host):
+        task = api.post("/api/v1/vms", json={"name": name, "host_id": ids[host], "memory_mib": 96, "kernel_boot": {"image": "tiny-linux"},
+                                             "cpu": needs_avx2, "disks": [{"datastore_id": ds["id"], "capacity_mib": 8}]}).json()
+        return wait_for(lambda: (t := api.get(f"/api/v1/tasks/{task['id']}").json())["state"] in ("success", "error") and t, 60, what=f"create {name}")
+
+    refused = create_and_start("avx-old", "host3")
+    assert refused["state"] == "error" and refused["error_code"] == "CPU_INCOMPATIBLE", refused
+    created = create_and_start("avx-new", "host2")
+    assert created["state"] == "success", created
+    on = api.post(f"/api/v1/vms/{created['object_id']}/power/on").json()
+    assert wait_for(lambda: (t := api.get(f"/api/v1/tasks/{on['id']}").json())["state"] in ("success", "error") and t, 60)["state"] == "success"
+    xml = subprocess.run(["virsh", "-c", "qemu+tcp://10.213.0.12/system", "dumpxml", "avx-new"], capture_output=True, text=True).stdout
+    assert "<model fallback='forbid'>Westmere</model>" in xml and "name='avx2'" in xml

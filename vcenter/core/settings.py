@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     agent_portgroup_mode: Literal["bridge", "vxlan"] = Field("bridge", description="how port groups are made on the host: plain bridges, or VXLAN segments (lab)")
     agent_address: str | None = Field(None, description="this host's address on the management network (VXLAN endpoint)")
     agent_underlay: str = Field("eth0", description="interface carrying VXLAN traffic")
+    agent_declared_cpu_xml: str | None = Field(None, description="a CPU definition this host declares instead of its real CPU (lab hosts emulating CPU generations)")
     lab_guest_cache: str = Field("/var/cache/virtcenter/guest", description="where the lab's tiny Linux guest image is built and cached")
     agent_state_dir: str = Field("/var/lib/virtcenter/agent", description="agent's certificate, key and credential")
     libvirt_uri: str = "qemu:///system"

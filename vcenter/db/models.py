@@ -126,6 +126,7 @@ class Host(Timestamped, Base):
     cpu_cores: Mapped[int | None] = mapped_column(Integer)
     cpu_mhz: Mapped[int | None] = mapped_column(Integer)
     memory_mib: Mapped[int | None] = mapped_column(Integer)
+    cpu_features: Mapped[list[Any]] = mapped_column(default=list)
     agent_token_hash: Mapped[str | None] = mapped_column(String(64), index=True)
     # Registration: a one-time token the agent presents with its libvirt host UUID and the
     # SHA-256 thumbprint of its certificate; the operator confirms the thumbprint (or the
@@ -221,6 +222,8 @@ class VirtualMachine(Timestamped, Base):
     last_stop_reason: Mapped[str | None] = mapped_column(String(16))
     # How the VM boots when not from its disk: {"image": "tiny-linux", "ip": "10.99.0.11/24"}.
     boot: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The guest CPU definition: {"model", "features_require", "features_disable"} or None.
+    cpu: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # The guest's own heartbeat as the agent last read it (seq, hostname, machine_id, ip).
     guest_info: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     guest_heartbeat_at: Mapped[datetime | None] = mapped_column()

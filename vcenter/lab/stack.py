@@ -134,7 +134,7 @@ class Stack:
         self.confirm_host(name)
         return host
 
-    def add_lab_host(self, lab_host: Any, datacenter_id: int, cluster_id: int | None = None, gateway: str = "10.213.0.1") -> LabHost:
+    def add_lab_host(self, lab_host: Any, datacenter_id: int, cluster_id: int | None = None, gateway: str = "10.213.0.1", declared_cpu_xml: str | None = None) -> LabHost:
         """Add a host of the lab (its own network namespace, cgroup and libvirtd) and start its
         agent inside it; the agent reaches Redis and the API over the lab network only."""
         host = LabHost(name=lab_host.name, libvirtd=None, lab_host=lab_host)
@@ -143,7 +143,8 @@ class Stack:
             created.raise_for_status()
         host.host_id, host.token = created.json()["id"], created.json()["registration_token"]
         self.hosts[lab_host.name] = host
-        self.start_agent(lab_host.name, gateway=gateway)
+        extra = {"VCENTER_AGENT_DECLARED_CPU_XML": declared_cpu_xml} if declared_cpu_xml else None
+        self.start_agent(lab_host.name, extra, gateway=gateway)
         self.confirm_host(lab_host.name)
         return host
 

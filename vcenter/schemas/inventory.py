@@ -131,6 +131,7 @@ class HostRead(_Out):
     cpu_cores: int | None
     cpu_mhz: int | None
     memory_mib: int | None
+    cpu_features: list[str]
     last_report_at: datetime | None
     trust_state: Literal["awaitingAgent", "awaitingConfirmation", "trusted"]
     thumbprint: str | None
@@ -277,6 +278,15 @@ class KernelBoot(_In):
     ip: IPv4Interface | None = Field(None, description="address/prefix of the guest's first NIC")
 
 
+CpuName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+
+
+class VmCpu(_In):
+    model: CpuName = Field(..., description="libvirt CPU model, e.g. Westmere or kvm64")
+    features_require: list[CpuName] = Field(default_factory=list, max_length=64)
+    features_disable: list[CpuName] = Field(default_factory=list, max_length=64)
+
+
 class VmCreate(_In):
     name: Name
     datacenter_id: int | None = Field(None, description="defaults to the host's datacenter")
@@ -289,6 +299,7 @@ class VmCreate(_In):
     disks: list[DiskCreate] = Field(default_factory=list, max_length=16)
     nics: list[NicCreate] = Field(default_factory=list, max_length=8)
     kernel_boot: KernelBoot | None = Field(None, description="boot a host-provided image instead of the disk")
+    cpu: VmCpu | None = Field(None, description="a CPU definition for the guest (default: the hypervisor's default model)")
 
 
 class GuestCommand(_In):
@@ -345,6 +356,7 @@ class VmRead(_Out):
     libvirt_uuid: str
     last_stop_reason: str | None
     boot: dict[str, Any]
+    cpu: dict[str, Any] | None
     guest_info: dict[str, Any] | None
     guest_heartbeat_at: datetime | None
     disks: list[DiskRead]

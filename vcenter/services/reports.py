@@ -137,7 +137,7 @@ def report_host_state(session: Session, host: Host, state: HostState) -> dict[st
             record_event(session, "host.duplicate_uuid", f"host {host.name} reports host UUID {facts.host_uuid} already used by {other.name}", object_type="host", object_id=host.id, object_name=host.name, reason="DUPLICATE_HOST_UUID")
             return {"accepted": False, "error": "DUPLICATE_HOST_UUID"}
         host.host_uuid = facts.host_uuid
-    for field in ("cpu_model", "cpu_cores", "cpu_mhz", "memory_mib", "hypervisor"):
+    for field in ("cpu_model", "cpu_cores", "cpu_mhz", "memory_mib", "hypervisor", "cpu_features"):
         value = getattr(facts, field)
         if value is not None and getattr(host, field) != value:
             setattr(host, field, value)

@@ -14,7 +14,7 @@ from vcenter.core.ids import new_mac, new_uuid
 from vcenter.core.settings import Settings
 from vcenter.db.models import Datastore, Host, PortGroup, Task, VirtualDisk, VirtualMachine, VirtualNic
 from vcenter.domain.states import ConnectionState, PowerAction, PowerState, check_power_action
-from vcenter.messaging.contracts import DiskSpec, NicSpec, VmSpec
+from vcenter.messaging.contracts import CpuSpec, DiskSpec, NicSpec, VmSpec
 from vcenter.services import inventory
 from vcenter.services.events import record_event
 from vcenter.services.tasks import ensure_idle, start_task
@@ -47,7 +47,7 @@ def vm_spec(session: Session, vm: VirtualMachine, host_id: int) -> VmSpec:
         nics.append(NicSpec(index=nic.index, portgroup=portgroup.name, bridge=portgroup.bridge, mac=nic.mac, model=nic.model))
     boot = vm.boot or {}
     return VmSpec(name=vm.name, uuid=vm.libvirt_uuid, vcpus=vm.vcpus, memory_mib=vm.memory_mib, guest_os=vm.guest_os, disks=disks, nics=nics,
-                  image=boot.get("image"), guest_ip=boot.get("ip"))
+                  image=boot.get("image"), guest_ip=boot.get("ip"), cpu=CpuSpec(**vm.cpu) if vm.cpu else None)
 
 
 def create_vm(session: Session, user: str, data: dict[str, Any]) -> tuple[VirtualMachine, Task]:
@@ -79,6 +79,7 @@ def create_vm(session: Session, user: str, data: dict[str, Any]) -> tuple[Virtua
         status="creating",
         libvirt_uuid=new_uuid(),
         boot={k: str(v) for k, v in (data.get("kernel_boot") or {}).items() if v is not None},
+        cpu=data.get("cpu"),
     )
     for index, disk in enumerate(data.get("disks", [])):
         datastore = inventory._ref(session, "datastore", disk["datastore_id"], f"disks[{index}].datastore_id")

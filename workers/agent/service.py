@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import shutil
 import socket
 import threading
 import time
@@ -158,11 +157,14 @@ class AgentService:
         return answer
 
     def _datastore_usage(self) -> list[DatastoreUsage]:
+        """Capacity and free space as the host's libvirt storage pool reports them; a
+        datastore whose pool is not usable is left out (the server keeps its last figures)."""
         usage = []
         for ds in self._expected["datastores"]:
             try:
-                total, _, free = shutil.disk_usage(ds["path"])
-            except OSError:
+                total, free = self.driver.pool_usage(pool_name(ds["id"]))
+            except DriverError as exc:
+                log.warning("datastore %s: %s", ds["id"], exc)
                 continue
             usage.append(DatastoreUsage(id=ds["id"], capacity_bytes=total, free_bytes=free))
         return usage
@@ -175,10 +177,17 @@ class AgentService:
         for ds in self._expected["datastores"]:
             try:
                 os.makedirs(ds["path"], exist_ok=True)
-            except OSError as exc:
-                log.warning("datastore %s: cannot create %s: %s", ds["id"], ds["path"], exc)
+                with self.driver_lock:
+                    self.driver.ensure_pool(pool_name(ds["id"]), ds["path"])
+            except (OSError, DriverError) as exc:
+                log.warning("datastore %s: cannot provide %s: %s", ds["id"], ds["path"], exc)
         for portgroup in self._expected["bridges"]:
             self.network.ensure_portgroup(portgroup)
+
+
+def pool_name(datastore_id: int) -> str:
+    """The libvirt storage pool of a datastore on every host that mounts it."""
+    return f"vc-ds{datastore_id}"
 
 
 def default_hostname() -> str:
