@@ -196,7 +196,7 @@ class PoolTree:
         if pool == ROOT or not a.expandable:
             what = "cluster capacity" if pool == ROOT else "reservation"
             tail = "" if pool == ROOT else ", not expandable"
-            via = f" (expanding through {' -> '.join(path[:-1])})" if len(path) > 1 else ""
+            via = f" (reached through expandable {' -> '.join(path[:-1])})" if len(path) > 1 else ""
             return pool, (f"pool '{self.label(pool)}' short by {_num(x - max(free, 0.0))} {unit} {NAMES[resource]}: "
                           f"{what} {_num(a.reservation)} {unit}, {_num(used)} {unit} already reserved{tail}{via}")
         growth = max(a.reservation, used + x) - max(a.reservation, used)

@@ -158,8 +158,11 @@ class Sim:
                 raise ScenarioError(f"cluster.yaml: {found[0]}")
             self.rules.append(rule)
         running = sum(1 for v in self.vms.values() if v.host)
-        self.say(f"cluster: {len(self.hosts)} hosts, {len(self.vms)} VMs ({running} running), "
-                 f"{len(self.rules)} rules, {len(self.pools)} pools" + (f", EVC '{self.evc.model}'" if self.evc else ""))
+        def count(n: int, word: str) -> str:
+            return f"{n} {word}{'' if n == 1 else 's'}"
+
+        self.say(f"cluster: {count(len(self.hosts), 'host')}, {count(len(self.vms), 'VM')} ({running} running), "
+                 f"{count(len(self.rules), 'rule')}, {count(len(self.pools), 'pool')}" + (f", EVC '{self.evc.model}'" if self.evc else ""))
         self.check_invariants("load", set(), set())
 
     # -- building objects from YAML ------------------------------------------------------
@@ -357,7 +360,7 @@ class Sim:
         for vid, h in result.placed.items():
             self.vms[vid] = replace(self.vms[vid], host=h)
         if result.unplaced:
-            self.say(f"{len(result.unplaced)} VMs stay on {host_id}: {', '.join(sorted(result.unplaced))}", 1)
+            self.say(f"staying on {host_id} (cannot move): {', '.join(sorted(result.unplaced))}", 1)
         return not result.unplaced
 
     # -- events --------------------------------------------------------------------------
@@ -373,7 +376,13 @@ class Sim:
         before = self.running()
         stopped: set[str] = set()
         down_before = dict(self.down)
-        self._dispatch(cmd.strip(), payload, stopped)
+        try:
+            self._dispatch(cmd.strip(), payload, stopped)
+        except ScenarioError as exc:
+            # A malformed event, or one that no longer makes sense because an earlier decision
+            # changed: both fail the scenario, and the run goes on to report the rest.
+            self.say(f"ERROR: {exc}", 1)
+            self.failures.append(f"[t={_num(self.t)}] '{text}': {exc}")
         new_down = {v for v in self.down if v not in down_before}
         self.check_invariants(text, before, stopped | new_down)
 
@@ -460,11 +469,14 @@ class Sim:
             r = place(self.snapshot(), vm, only=[target])
             if r.host:
                 self.say(f"{vm.id} moved {vm.host} -> {target}", 1)
-                self.render(r, 1, full=False)
+                self.render(r, 1, full=False, only_host=target)
                 self.vms[vm.id] = replace(vm, host=target)
             else:
                 self.say(f"REFUSED: {vm.id} cannot move to {target}", 1)
-                self.render(r, 1, full=False, only_host=target)
+                for rej in r.rejected:
+                    if rej.host_id == target:
+                        for f, why in zip(rej.filters, rej.reasons):
+                            self.say(f"x {rej.host_name} [{f}] {why}", 1)
             return
         if head == "host" and len(words) >= 3:
             return self._host_event(words[1], words[2:], stopped)
@@ -568,7 +580,7 @@ class Sim:
         current = rules_mod.violations(self.snapshot(), [rule])
         if current and rule.must:
             for v in current:
-                self.say(f"REFUSED: {v} by the current placement", 1)
+                self.say(f"REFUSED: rule '{rule.name}' is violated by the current placement: {v.message}", 1)
             return
         self.rules.append(rule)
         self.say(f"rule {rule.name} added ({rule.strength} {rule.kind.value})", 1)
@@ -601,7 +613,7 @@ class Sim:
             self.say(f"REFUSED: EVC baseline over {', '.join(chosen)} not met by {'; '.join(bad)}", 1)
             return
         self.evc = base
-        self.say(f"EVC on: baseline '{base.model}' ({base.vendor}, {len(base.features)} features: {', '.join(sorted(base.features))})", 1)
+        self.say(f"EVC on: baseline '{base.model}' ({base.vendor}, features: {', '.join(sorted(base.features))})", 1)
 
     def _demand(self, vm_id: str, args: list[str]) -> None:
         vm = self.vm(vm_id)

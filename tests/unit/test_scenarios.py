@@ -1,0 +1,48 @@
+"""Golden scenarios: every folder under tests/scenarios matches its expected.log and keeps the
+invariants; and a deliberately broken filter makes scenarios fail (the harness has teeth)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vcenter.domain import placement
+from vcenter.sim.runner import diff, run_scenario, scenario_dirs
+
+ROOT = Path(__file__).resolve().parents[1] / "scenarios"
+DIRS = scenario_dirs(ROOT)
+
+
+def test_there_are_enough_scenarios():
+    assert len(DIRS) >= 25
+
+
+@pytest.mark.parametrize("directory", DIRS, ids=[d.name for d in DIRS])
+def test_scenario(directory: Path):
+    result = run_scenario(directory)
+    assert result.failures == [], "invariants broken:\n" + "\n".join(result.failures)
+    delta = diff(directory, result)
+    assert delta == "", f"log differs from expected.log (python -m vcenter.sim run {directory} --update if intended):\n{delta}"
+
+
+def _accept_all(self, st, vm):
+    return np.ones(st.n, dtype=bool), lambda i: ""
+
+
+@pytest.mark.parametrize("broken", [placement.MemoryFilter, placement.RuleFilter])
+def test_a_broken_filter_makes_scenarios_fail(monkeypatch, broken):
+    monkeypatch.setattr(broken, "check", _accept_all)
+    invariant_failures = {}
+    log_diffs = set()
+    for d in DIRS:
+        result = run_scenario(d)
+        if result.failures:
+            invariant_failures[d.name] = result.failures
+        if diff(d, result):
+            log_diffs.add(d.name)
+    # The invariants alone (not only the golden logs) must catch it.
+    assert invariant_failures, f"{broken.__name__} accepting everything broke no invariant"
+    assert log_diffs
+    kind = "over capacity" if broken is placement.MemoryFilter else "(must) violated"
+    assert any(kind in f for fs in invariant_failures.values() for f in fs)
