@@ -99,6 +99,8 @@ def test_each_host_answers_libvirt_over_tcp_with_its_own_identity(cluster):
     with cluster.client() as api:
         hosts = api.get("/api/v1/hosts").json()["items"]
     assert len({h["host_uuid"] for h in hosts}) == 3 and all(h["hypervisor"] in ("qemu", "kvm") for h in hosts)
+    # Each host reports the capacity declared for it, not this machine's.
+    assert {(h["cpu_cores"], h["memory_mib"]) for h in hosts} == {(2, 2048)}
 
 
 def test_guest_heartbeats_reach_the_inventory(cluster, api):

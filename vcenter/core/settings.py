@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     agent_address: str | None = Field(None, description="this host's address on the management network (VXLAN endpoint)")
     agent_underlay: str = Field("eth0", description="interface carrying VXLAN traffic")
     agent_declared_cpu_xml: str | None = Field(None, description="a CPU definition this host declares instead of its real CPU (lab hosts emulating CPU generations)")
+    agent_declared_cpus: int | None = Field(None, description="CPUs this host reports instead of the machine's (lab hosts share one machine)")
+    agent_declared_memory_mib: int | None = Field(None, description="memory this host reports instead of the machine's")
     lab_guest_cache: str = Field("/var/cache/virtcenter/guest", description="where the lab's tiny Linux guest image is built and cached")
     agent_state_dir: str = Field("/var/lib/virtcenter/agent", description="agent's certificate, key and credential")
     libvirt_uri: str = "qemu:///system"

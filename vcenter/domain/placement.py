@@ -36,7 +36,7 @@ decision updates the aggregates in place (no copy of the cluster per candidate).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 

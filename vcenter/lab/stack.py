@@ -185,6 +185,8 @@ class Stack:
                 "VCENTER_AGENT_STATE_DIR": str(self.agent_state_dir(name)),
                 "VCENTER_AGENT_PORTGROUP_MODE": "vxlan",
                 "VCENTER_AGENT_ADDRESS": host.lab_host.address,
+                "VCENTER_AGENT_DECLARED_CPUS": str(host.lab_host.capacity.cpus),
+                "VCENTER_AGENT_DECLARED_MEMORY_MIB": str(host.lab_host.capacity.memory_mib),
                 **(extra_env or {}),
             }
             host.lab_host.start_process(VCENTER + ["agent"], env=env, name="agent", cwd=str(self.workdir))

@@ -164,4 +164,61 @@ class HostState(BaseModel):
     bridges: list[str] = Field(default=[], description="port-group bridges present on the host")
 
 
+class MigrationOptions(BaseModel):
+    """How to live-migrate one domain (VMotion), peer to peer: the source libvirtd connects to
+    ``dest_uri`` itself. Only ``dest_uri`` is required; the rest default to a plain live
+    migration with persistent definition on the target and none left on the source."""
+    dest_uri: str = Field(description="libvirt URI of the target as the SOURCE daemon reaches it, "
+                                      "e.g. qemu+tcp://10.213.0.12/system")
+    dest_address: str | None = Field(None, description="address of the migration stream on the "
+                                     "target (tcp://<dest_address>); None: the target's migration_host")
+    max_downtime_ms: int | None = Field(None, ge=1)
+    bandwidth_mibps: int | None = Field(None, ge=1, description="cap of the memory (and disk) stream")
+    auto_converge: bool = False
+    postcopy: bool = Field(False, description="post-copy allowed: switch to it when pre-copy has not "
+                           "converged after postcopy_after_iterations passes over memory")
+    postcopy_after_iterations: int = Field(3, ge=1)
+    tls: bool = False
+    unsafe: bool = Field(False, description="VIR_MIGRATE_UNSAFE: needed for disks on a shared "
+                         "directory that libvirt does not know as shared (lab-dir datastores)")
+    copy_storage: bool = Field(False, description="copy non-shared disks along (VIR_MIGRATE_NON_SHARED_DISK)")
+    copy_disks: list[str] | None = Field(None, description="with copy_storage: the disk targets "
+                                         "(vda, ...) to copy; None = every disk")
+
+
+class MigrationProgress(BaseModel):
+    """One reading of a migration or disk-move job (libvirt job stats / block job info).
+    Bytes unless said otherwise. Zero pages are not in ``memory_processed`` (they cost almost
+    nothing on the wire): ``memory_zero_bytes`` counts them, so processed + zero + remaining
+    ~ memory_total."""
+    phase: str = Field(description="setup | precopy | postcopy | copying | ready | completed | "
+                       "cancelled | failed")
+    data_total: int | None = None
+    data_processed: int | None = None
+    data_remaining: int | None = None
+    memory_total: int | None = None
+    memory_processed: int | None = None
+    memory_remaining: int | None = None
+    memory_zero_bytes: int | None = None
+    memory_bps: int | None = None
+    disk_total: int | None = None
+    disk_processed: int | None = None
+    disk_remaining: int | None = None
+    dirty_rate: int | None = Field(None, description="pages per second dirtied by the guest")
+    iteration: int | None = None
+    elapsed_ms: int | None = None
+    downtime_ms: int | None = Field(None, description="real downtime on completion; expected downtime meanwhile")
+    setup_time_ms: int | None = None
+    already_done: bool = Field(False, description="nothing was moved: a redelivered command found it done")
+
+    @property
+    def percent(self) -> int:
+        if self.phase == "completed":
+            return 100
+        total, remaining = self.data_total, self.data_remaining
+        if not total or remaining is None:
+            return 0
+        return max(0, min(99, int(100 * (total - remaining) / total)))
+
+
 TaskResult.model_rebuild()

@@ -140,8 +140,14 @@ class AgentService:
         domains = self.driver.list_domains()
         for domain in domains:
             domain.guest = self.guests.heartbeat_of(domain.uuid)
+        facts = self.driver.host_facts()
+        # A lab host shares this machine's CPUs and memory: it reports its declared capacity.
+        if self.settings.agent_declared_cpus:
+            facts.cpu_cores = self.settings.agent_declared_cpus
+        if self.settings.agent_declared_memory_mib:
+            facts.memory_mib = self.settings.agent_declared_memory_mib
         state = HostState(
-            facts=self.driver.host_facts(),
+            facts=facts,
             domains=domains,
             datastores=self._datastore_usage(),
             bridges=self._bridges_present(),
