@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     agent_report_period: float = Field(10.0, description="full host/VM state report period")
     agent_reconnect_delay: float = Field(1.0, description="wait between reconnect attempts (libvirt, API)")
     agent_concurrency: int = 4
+    agent_command_reconnect_timeout: float = Field(30.0, description="a command that finds libvirt gone keeps reconnecting this long before failing")
     datastore_root: str = Field("/var/lib/virtcenter/datastores", description="where the agent mounts datastores it creates")
     host_not_responding_after: float = Field(15.0, description="a host with no heartbeat for this long is not-responding")
 

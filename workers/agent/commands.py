@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from vcenter.core.clock import as_utc, utcnow
-from vcenter.hypervisor.base import DriverError
+from vcenter.hypervisor.base import ConnectionLost, DriverError
 from vcenter.messaging.contracts import Command, DomainState, TaskProgress, TaskResult, VmSpec
 from workers.agent.api_client import PermanentReportError
 from workers.agent.service import AgentService
@@ -137,6 +138,24 @@ def _lease_keeper(agent: AgentService, command: Command, step: str) -> Iterator[
         done.set()
 
 
+def _with_reconnect(agent: AgentService, handler: Handler, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
+    """A command that finds the hypervisor connection dead (libvirtd restarted) reconnects and
+    runs again, until ``agent_command_reconnect_timeout``: commands are idempotent."""
+    deadline = time.monotonic() + agent.settings.agent_command_reconnect_timeout
+    while True:
+        try:
+            return handler(agent, args)
+        except ConnectionLost:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("hypervisor connection lost during a command; reconnecting and retrying")
+            time.sleep(agent.settings.agent_reconnect_delay)
+            try:
+                agent.driver.connect()
+            except DriverError as exc:
+                log.warning("reconnect failed: %s", exc)
+
+
 def execute(agent: AgentService, payload: dict[str, Any]) -> dict[str, Any]:
     command = Command.model_validate(payload)
     if command.host_id != agent.host_id:
@@ -162,7 +181,7 @@ def execute(agent: AgentService, payload: dict[str, Any]) -> dict[str, Any]:
         # Guest commands may wait on the guest; they need not hold the hypervisor lock.
         lock = agent.driver_lock if command.name != "vm.guest" else contextlib.nullcontext()
         with _lease_keeper(agent, command, command.name), lock:
-            domain, result = handler(agent, command.args)
+            domain, result = _with_reconnect(agent, handler, command.args)
         _crash_point()
         report = TaskResult(command_id=command.command_id, ok=True, result=result, domain=domain)
     except DriverError as exc:
