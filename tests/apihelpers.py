@@ -49,3 +49,34 @@ def register_host(client: TestClient, auth: dict[str, str], datacenter_id: int, 
     second = client.post("/api/v1/agent/register", json=body).json()
     assert second["trust_state"] == "trusted" and second["agent_token"]
     return host, {"Authorization": f"Bearer {second['agent_token']}"}
+
+
+def command_id_of(settings, task_id: int) -> str:
+    """The command id the server sent for a task (read from the outbox, as the agent would get it)."""
+    from sqlalchemy import select
+
+    from vcenter.db.models import OutboxMessage
+
+    with session_scope(settings.database_url) as session:
+        rows = session.scalars(select(OutboxMessage).order_by(OutboxMessage.id.desc())).all()
+        return next(r.payload["command_id"] for r in rows if r.payload.get("task_id") == task_id)
+
+
+def finish_as_agent(client: TestClient, settings, agent: dict[str, str], task: dict, power_state: str = "poweredOff") -> dict:
+    """Play the host agent: report the task's command done, with the VM in ``power_state``."""
+    vm = client.get(f"/api/v1/vms/{task['object_id']}", headers=agent_admin_headers(client)).json()
+    cid = command_id_of(settings, task["id"])
+    domain = {"uuid": vm["libvirt_uuid"], "name": vm["name"], "power_state": power_state}
+    r = client.post(f"/api/v1/agent/hosts/{task['host_id']}/tasks/{task['id']}/result", json={"command_id": cid, "ok": True, "domain": domain}, headers=agent)
+    assert r.json() == {"applied": True}, r.text
+    return vm
+
+
+_ADMIN_HEADERS: dict[int, dict[str, str]] = {}
+
+
+def agent_admin_headers(client: TestClient) -> dict[str, str]:
+    key = id(client)
+    if key not in _ADMIN_HEADERS:
+        _ADMIN_HEADERS[key] = login(client)
+    return _ADMIN_HEADERS[key]

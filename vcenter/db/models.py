@@ -202,6 +202,26 @@ class ResourcePool(Timestamped, Base):
     __mapper_args__ = {"version_id_col": version}
 
 
+class ClusterRule(Timestamped, Base):
+    """A DRS rule: VM-VM affinity / anti-affinity, or VM-host run-on / not-run-on; ``mandatory``
+    is vCenter's "must" (never broken), otherwise "should"."""
+
+    __tablename__ = "cluster_rules"
+    __table_args__ = (UniqueConstraint("cluster_id", "name", name="uq_cluster_rules_cluster_name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    cluster_id: Mapped[int] = mapped_column(ForeignKey("clusters.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(80))
+    kind: Mapped[str] = mapped_column(String(16))  # affinity | anti-affinity | run-on | not-run-on
+    mandatory: Mapped[bool] = mapped_column(Boolean, default=False)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    vm_ids: Mapped[list[Any]] = mapped_column(default=list)
+    host_ids: Mapped[list[Any]] = mapped_column(default=list)
+    vm_group: Mapped[str | None] = mapped_column(String(80))
+    host_group: Mapped[str | None] = mapped_column(String(80))
+    version: Mapped[int] = mapped_column(default=1)
+    __mapper_args__ = {"version_id_col": version}
+
+
 class VirtualMachine(Timestamped, Base):
     __tablename__ = "vms"
     __table_args__ = (UniqueConstraint("datacenter_id", "name", name="uq_vms_dc_name"),)
@@ -214,6 +234,11 @@ class VirtualMachine(Timestamped, Base):
     pool_id: Mapped[int | None] = mapped_column(ForeignKey("resource_pools.id", ondelete="RESTRICT"), index=True)
     vcpus: Mapped[int] = mapped_column(Integer, default=1)
     memory_mib: Mapped[int] = mapped_column(Integer, default=64)
+    # vCenter's per-VM allocation: reservation (guaranteed), limit (cap), shares (None: normal).
+    cpu_reservation_mhz: Mapped[int] = mapped_column(Integer, default=0)
+    cpu_limit_mhz: Mapped[int | None] = mapped_column(Integer)
+    memory_reservation_mib: Mapped[int] = mapped_column(Integer, default=0)
+    memory_limit_mib: Mapped[int | None] = mapped_column(Integer)
     guest_os: Mapped[str] = mapped_column(String(64), default="other")
     power_state: Mapped[str] = mapped_column(String(16), default="poweredOff")
     # creating -> ready; orphaned / inaccessible come with host reconciliation
@@ -281,6 +306,11 @@ class Task(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
+
+    @property
+    def placement(self) -> dict[str, Any] | None:
+        """The placement decision this task acted on, with every host's reason."""
+        return (self.params or {}).get("placement")
 
 
 class ObjectClaim(Base):

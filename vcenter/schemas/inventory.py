@@ -290,7 +290,10 @@ class VmCpu(_In):
 class VmCreate(_In):
     name: Name
     datacenter_id: int | None = Field(None, description="defaults to the host's datacenter")
-    host_id: int
+    host_id: int | None = Field(None, description="the host; omit it and give cluster_id to let placement choose")
+    cluster_id: int | None = Field(None, description="with no host_id: the cluster whose placement engine chooses the host")
+    cpu_reservation_mhz: int = Field(0, ge=0)
+    memory_reservation_mib: int = Field(0, ge=0)
     folder_id: int | None = None
     pool_id: int | None = None
     vcpus: int = Field(1, ge=1, le=64)
@@ -350,6 +353,8 @@ class VmRead(_Out):
     pool_id: int | None
     vcpus: int
     memory_mib: int
+    cpu_reservation_mhz: int
+    memory_reservation_mib: int
     guest_os: str
     power_state: PowerState
     status: str
@@ -382,6 +387,7 @@ class TaskRead(_Out):
     error_message: str | None
     attempts: int
     cancel_requested: bool
+    placement: dict[str, Any] | None = Field(None, description="the placement decision this task acted on: ranked candidates and every rejected host's reasons")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -411,3 +417,50 @@ class SessionRead(BaseModel):
     token: str
     username: str
     expires_at: datetime
+
+
+# --- placement and rules -------------------------------------------------------------------
+class RuleCreate(_In):
+    name: Name
+    kind: Literal["affinity", "anti-affinity", "run-on", "not-run-on"]
+    mandatory: bool = Field(False, description="must (never broken) or should (broken only when nothing else fits)")
+    enabled: bool = True
+    vm_ids: list[int] = Field(..., min_length=1, max_length=1000)
+    host_ids: list[int] = Field(default_factory=list, max_length=1000, description="VM-host rules: the host group")
+    vm_group: Name | None = None
+    host_group: Name | None = None
+
+
+class RuleUpdate(_In):
+    name: Name | None = None
+    mandatory: bool | None = None
+    enabled: bool | None = None
+    vm_ids: list[int] | None = Field(None, min_length=1, max_length=1000)
+    host_ids: list[int] | None = Field(None, max_length=1000)
+    version: int | None = None
+
+
+class RuleRead(_Out):
+    id: int
+    cluster_id: int
+    name: str
+    kind: str
+    mandatory: bool
+    enabled: bool
+    vm_ids: list[int]
+    host_ids: list[int]
+    vm_group: str | None
+    host_group: str | None
+    version: int
+
+
+class PlacementRequest(_In):
+    name: Name = "new-vm"
+    vcpus: int = Field(1, ge=1, le=64)
+    memory_mib: int = Field(64, ge=16, le=1024 * 1024)
+    cpu_reservation_mhz: int = Field(0, ge=0)
+    memory_reservation_mib: int = Field(0, ge=0)
+    pool_id: int | None = None
+    disks: list[DiskCreate] = Field(default_factory=list, max_length=16)
+    nics: list[NicCreate] = Field(default_factory=list, max_length=8)
+    cpu: VmCpu | None = None

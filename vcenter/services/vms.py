@@ -15,7 +15,7 @@ from vcenter.core.settings import Settings
 from vcenter.db.models import Datastore, Host, PortGroup, Task, VirtualDisk, VirtualMachine, VirtualNic
 from vcenter.domain.states import ConnectionState, PowerAction, PowerState, check_power_action
 from vcenter.messaging.contracts import CpuSpec, DiskSpec, NicSpec, VmSpec
-from vcenter.services import inventory
+from vcenter.services import inventory, placement
 from vcenter.services.events import record_event
 from vcenter.services.tasks import ensure_idle, start_task
 
@@ -51,6 +51,13 @@ def vm_spec(session: Session, vm: VirtualMachine, host_id: int) -> VmSpec:
 
 
 def create_vm(session: Session, user: str, data: dict[str, Any]) -> tuple[VirtualMachine, Task]:
+    chosen = None
+    if data.get("host_id") is None:
+        if data.get("cluster_id") is None:
+            raise Invalid("host_id: give a host, or a cluster_id to let placement choose", code="INVALID", details={"field": "host_id"})
+        inventory._ref(session, "cluster", data["cluster_id"], "cluster_id")
+        host_id, chosen = placement.choose_host(session, data["cluster_id"], data)
+        data = {**data, "host_id": host_id}
     host: Host = inventory._ref(session, "host", data["host_id"], "host_id")
     datacenter_id = data.get("datacenter_id") or host.datacenter_id
     if datacenter_id != host.datacenter_id:
@@ -74,6 +81,8 @@ def create_vm(session: Session, user: str, data: dict[str, Any]) -> tuple[Virtua
         pool_id=data.get("pool_id"),
         vcpus=data["vcpus"],
         memory_mib=data["memory_mib"],
+        cpu_reservation_mhz=data.get("cpu_reservation_mhz", 0),
+        memory_reservation_mib=data.get("memory_reservation_mib", 0),
         guest_os=data["guest_os"],
         power_state=PowerState.POWERED_OFF.value,
         status="creating",
@@ -100,6 +109,7 @@ def create_vm(session: Session, user: str, data: dict[str, Any]) -> tuple[Virtua
         object_id=vm.id,
         username=user,
         host_id=host.id,
+        params={"placement": chosen} if chosen else None,
         command="vm.create",
         command_args={"spec": vm_spec(session, vm, host.id).model_dump(mode="json")},
     )
@@ -117,10 +127,12 @@ def power(session: Session, user: str, vm_id: int, action: PowerAction, settings
         raise InvalidState(f"cannot {action.value} VM {vm.name}: it is {vm.power_state}", code=refused)
     host = session.get(Host, vm.host_id)
     _usable_host(host)
+    admission = placement.admit_power_on(session, vm) if action in (PowerAction.POWER_ON, PowerAction.RESUME) else None
     args: dict[str, Any] = {"uuid": vm.libvirt_uuid}
     if action == PowerAction.SHUTDOWN_GUEST:
         args["timeout"] = timeout or settings.guest_shutdown_timeout
-    task = start_task(session, kind=f"vm.{action.value}", object_type="vm", object_id=vm.id, username=user, host_id=host.id, command=POWER_COMMANDS[action], command_args=args)
+    task = start_task(session, kind=f"vm.{action.value}", object_type="vm", object_id=vm.id, username=user, host_id=host.id,
+                      params={"placement": admission} if admission else None, command=POWER_COMMANDS[action], command_args=args)
     record_event(session, f"vm.{action.value}.requested", f"{action.value} of VM {vm.name} requested", username=user, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
     return task
 

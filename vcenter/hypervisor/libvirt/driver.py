@@ -43,6 +43,7 @@ import socket
 import subprocess
 import threading
 import time
+import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -56,7 +57,9 @@ from vcenter.hypervisor.libvirt.xml import (
     HEARTBEAT_CHANNEL, ParsedCpu, build_domain_xml, check_bridges, compare_feature_sets, detect_domain_type,
     disk_path, host_style_cpu_xml, parse_cpu_xml, validate_abs_path, validate_name, validate_uuid,
 )
-from vcenter.messaging.contracts import DomainState, HostFacts, LifecycleEvent, VmSpec
+from vcenter.messaging.contracts import (
+    DomainState, HostFacts, LifecycleEvent, MigrationOptions, MigrationProgress, VmSpec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -913,3 +916,700 @@ class LibvirtDriver:
                 pass
             except OSError as e:
                 raise DriverError("DISK_DELETE_FAILED", f"{p}: {e}") from None
+
+    # --- live migration (VMotion) -----------------------------------------------------------
+    # Facts measured with libvirt 9.0 / QEMU 7.2 on the lab: see tests/integration/
+    # test_libvirt_migration.py and the notes at the top of the migration helpers below.
+    _POLL = 0.3
+
+    def _open_peer(self, uri: str) -> "LibvirtDriver":
+        """A connection of our own to another host (the migration target), bounded in time."""
+        peer = LibvirtDriver(uri, connect_timeout=self.connect_timeout, domain_type=self.domain_type)
+        try:
+            peer.connect()
+        except ConnectionLost as e:
+            raise DriverError("HOST_UNREACHABLE", f"migration target {uri}: {e.message}") from None
+        return peer
+
+    def domain_state_on(self, uri: str, uuid: str) -> DomainState | None:
+        """The domain's state on another host (None when not defined there); HOST_UNREACHABLE
+        when that host does not answer."""
+        peer = self._open_peer(uri)
+        try:
+            return peer.domain_state(uuid)
+        finally:
+            peer.close()
+
+    def migrate(self, uuid: str, options: MigrationOptions,
+                on_progress: Callable[[MigrationProgress], None] | None = None,
+                cancel: threading.Event | None = None) -> MigrationProgress:
+        """Live-migrate a running domain to ``options.dest_uri``, peer to peer, persistent there
+        and undefined here; returns the completed job's stats (downtime, total time).
+
+        Blocks until done, calling ``on_progress`` about every 0.3 s with libvirt's job stats.
+        ``cancel`` set: the job is aborted, the domain is made sure to run here, and
+        DriverError('MIGRATION_CANCELLED') is raised (a cancel that comes after libvirt finished
+        is too late: the result is then success). Idempotent for a redelivered command: a
+        domain absent here and running on the target is success with ``already_done``; a
+        definition left here while the target runs it is undefined (what UNDEFINE_SOURCE
+        would have done); a migration of this domain already in progress (started by an
+        earlier delivery; libvirtd drives peer-to-peer migrations itself) is followed, not
+        started again.
+
+        Codes: VM_NOT_FOUND, VM_NOT_RUNNING, HOST_UNREACHABLE (the target, from here or from
+        the source daemon), MIGRATION_CANCELLED, MIGRATION_FAILED (libvirt's message),
+        HYPERVISOR_UNREACHABLE (this host)."""
+        uuid = validate_uuid(uuid)
+        cancel = cancel or threading.Event()
+        peer = self._open_peer(options.dest_uri)
+        try:
+            followed = False
+            while True:
+                done = self._migration_already_done(uuid, peer)
+                if done is not None:
+                    if on_progress:
+                        self._safe_progress(on_progress, done)
+                    return done
+                dom = self._get(uuid)
+                if not followed and self._active_job_operation(dom) == libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT:
+                    followed = True
+                    log.info("migration of %s already in progress: following it", uuid)
+                    self._follow_job(dom, on_progress, cancel)
+                    continue  # re-evaluate where the domain is now
+                return self._migrate_once(dom, uuid, options, peer, on_progress, cancel)
+        finally:
+            peer.close()
+
+    def _migration_already_done(self, uuid: str, peer: "LibvirtDriver") -> MigrationProgress | None:
+        """Success without migrating when the target already runs the domain; raises
+        VM_NOT_FOUND / VM_NOT_RUNNING when there is nothing to migrate; None: go ahead."""
+        dom = self._lookup(uuid)
+        remote = peer._lookup(uuid)
+        try:
+            remote_running = False
+            if remote is not None and remote.isActive():
+                # An incoming migration's domain is paused (migration) until it completes.
+                st, reason = remote.state()
+                remote_running = not (st == libvirt.VIR_DOMAIN_PAUSED
+                                      and reason == libvirt.VIR_DOMAIN_PAUSED_MIGRATION)
+            local_active = dom is not None and dom.isActive()
+        except libvirt.libvirtError as e:
+            raise self._err(e) from None
+        if local_active:
+            return None
+        if remote_running:
+            if dom is not None:
+                # Migrated, but the source definition outlived UNDEFINE_SOURCE (an interrupted
+                # confirm phase): finish its job. Disks are never touched.
+                log.warning("domain %s runs on %s and is still defined here: undefining it", uuid, peer.uri)
+                self.undefine(uuid, [])
+            progress = self._completed_from(remote) or MigrationProgress(phase="completed")
+            return progress.model_copy(update={"already_done": True})
+        if dom is None:
+            raise DriverError("VM_NOT_FOUND", f"no domain with UUID {uuid} here or on {peer.uri}")
+        raise DriverError("VM_NOT_RUNNING", f"domain {uuid} is not running: live migration needs a running VM")
+
+    @staticmethod
+    def _active_job_operation(dom: libvirt.virDomain) -> int | None:
+        try:
+            stats = dom.jobStats(0)
+        except libvirt.libvirtError:
+            return None
+        if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) in (libvirt.VIR_DOMAIN_JOB_BOUNDED,
+                                                             libvirt.VIR_DOMAIN_JOB_UNBOUNDED):
+            return stats.get("operation", libvirt.VIR_DOMAIN_JOB_OPERATION_UNKNOWN)
+        return None
+
+    @staticmethod
+    def _safe_progress(cb: Callable[[MigrationProgress], None], p: MigrationProgress) -> None:
+        try:
+            cb(p)
+        except Exception:  # a subscriber's bug never breaks the job
+            log.exception("progress callback failed")
+
+    def _follow_job(self, dom: libvirt.virDomain, on_progress, cancel: threading.Event) -> None:
+        aborted = False
+        while self._active_job_operation(dom) is not None:
+            if cancel.is_set() and not aborted:
+                aborted = True
+                try:
+                    dom.abortJob()
+                except libvirt.libvirtError as e:
+                    log.warning("abortJob of followed job: %s", e.get_error_message())
+            p = self.job_progress(dom.UUIDString())
+            if p is not None and on_progress:
+                self._safe_progress(on_progress, p)
+            time.sleep(self._POLL)
+        if aborted:
+            self._ensure_running_here(dom)
+            raise DriverError("MIGRATION_CANCELLED", "migration cancelled; the VM runs on the source")
+
+    def _migrate_once(self, dom: libvirt.virDomain, uuid: str, options: MigrationOptions,
+                      peer: "LibvirtDriver", on_progress, cancel: threading.Event) -> MigrationProgress:
+        flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
+                 | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE | libvirt.VIR_MIGRATE_ABORT_ON_ERROR)
+        if options.unsafe:
+            flags |= libvirt.VIR_MIGRATE_UNSAFE
+        if options.copy_storage:
+            flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
+        if options.tls:
+            flags |= libvirt.VIR_MIGRATE_TLS
+        if options.auto_converge:
+            flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
+        if options.postcopy:
+            flags |= libvirt.VIR_MIGRATE_POSTCOPY
+        params: dict[str, object] = {}
+        if options.dest_address:
+            addr = options.dest_address
+            params[libvirt.VIR_MIGRATE_PARAM_URI] = addr if "://" in addr else f"tcp://{addr}"
+        if options.bandwidth_mibps:
+            params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(options.bandwidth_mibps)
+        if options.copy_storage and options.copy_disks is not None:
+            params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = list(options.copy_disks)
+        downtime_pending = False
+        if options.max_downtime_ms:
+            try:
+                dom.migrateSetMaxDowntime(int(options.max_downtime_ms), 0)
+            except libvirt.libvirtError as e:
+                if not self.is_alive():
+                    raise self._err(e) from None
+                downtime_pending = True  # older daemons: only while the job runs
+        temp_pools = self._precreate_pools(dom, peer, options) if options.copy_storage else []
+
+        completed: dict[str, object] = {}
+        completed_evt = threading.Event()
+
+        def on_job_completed(_conn, _dom, stats, _opaque) -> None:
+            completed.update(stats)
+            completed_evt.set()
+
+        event_id = None
+        try:
+            event_id = self._c().domainEventRegisterAny(dom, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED,
+                                                        on_job_completed, None)
+        except libvirt.libvirtError as e:
+            log.warning("no job-completed events on %s: %s", self.uri, e.get_error_message())
+
+        outcome: dict[str, object] = {}
+
+        def run() -> None:
+            try:
+                dom.migrateToURI3(options.dest_uri, params, flags)
+            except libvirt.libvirtError as e:
+                outcome["error"] = e
+            except Exception as e:  # noqa: BLE001 - reported below
+                outcome["error"] = e
+
+        worker = threading.Thread(target=run, name=f"migrate-{uuid[:8]}", daemon=True)
+        t0 = time.monotonic()
+        worker.start()
+        aborted = False
+        postcopy_started = False
+        try:
+            while worker.is_alive():
+                worker.join(self._POLL)
+                if not worker.is_alive():
+                    break
+                if cancel.is_set() and not aborted:
+                    aborted = True
+                    try:
+                        dom.abortJob()
+                    except libvirt.libvirtError as e:
+                        # Too late (finished meanwhile) or post-copy (cannot be aborted).
+                        log.warning("abortJob of %s: %s", uuid, e.get_error_message())
+                    continue
+                try:
+                    stats = dom.jobStats(0)
+                except libvirt.libvirtError:
+                    continue  # the domain vanished at the very end, or a transient error
+                if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) not in (libvirt.VIR_DOMAIN_JOB_BOUNDED,
+                                                                         libvirt.VIR_DOMAIN_JOB_UNBOUNDED):
+                    continue  # not started yet, or ended (an aborted job reads all zeros)
+                if downtime_pending:
+                    try:
+                        dom.migrateSetMaxDowntime(int(options.max_downtime_ms or 0), 0)
+                        downtime_pending = False
+                    except libvirt.libvirtError:
+                        pass
+                if (options.postcopy and not postcopy_started and not aborted
+                        and stats.get("memory_iteration", 0) >= options.postcopy_after_iterations):
+                    try:
+                        dom.migrateStartPostCopy(0)
+                        postcopy_started = True
+                        log.info("migration of %s switched to post-copy", uuid)
+                    except libvirt.libvirtError as e:
+                        log.warning("post-copy switch of %s refused: %s", uuid, e.get_error_message())
+                        postcopy_started = True  # do not retry every poll
+                if on_progress:
+                    self._safe_progress(on_progress, _progress_from_stats(stats, postcopy_started))
+        finally:
+            if event_id is not None:
+                try:
+                    # Give the event a moment: it is sent before the API call returns, but
+                    # delivered by the event loop thread.
+                    if "error" not in outcome and not worker.is_alive():
+                        completed_evt.wait(1.0)
+                    self._c().domainEventDeregisterAny(event_id)
+                except (libvirt.libvirtError, ConnectionLost):
+                    pass
+            for pool in temp_pools:
+                try:
+                    pool.destroy()
+                except libvirt.libvirtError:
+                    pass
+        elapsed_ms = int((time.monotonic() - t0) * 1000)
+
+        err = outcome.get("error")
+        if err is not None:
+            return self._migration_failed(dom, uuid, peer, err, aborted or cancel.is_set())
+        result = None
+        if completed:
+            result = _progress_from_stats(completed, postcopy_started, completed=True)
+        if result is None or result.downtime_ms is None:
+            remote = peer._lookup(uuid)
+            result = (self._completed_from(remote) if remote is not None else None) or result
+        if result is None:
+            result = MigrationProgress(phase="completed", elapsed_ms=elapsed_ms)
+        if on_progress:
+            self._safe_progress(on_progress, result)
+        return result
+
+    def _precreate_pools(self, dom: libvirt.virDomain, peer: "LibvirtDriver",
+                         options: MigrationOptions) -> list[libvirt.virStoragePool]:
+        """Copy-storage migration: libvirt on the target creates a missing disk image only when
+        an active storage pool covers its directory. For each copied disk's directory without
+        one, start a transient dir pool there (destroyed after the migration; files stay)."""
+        try:
+            live = ET.fromstring(dom.XMLDesc(0))
+        except libvirt.libvirtError as e:
+            raise self._err(e) from None
+        dirs = set()
+        for disk in live.findall("devices/disk[@device='disk']"):
+            target = disk.find("target")
+            src = disk.find("source")
+            if target is None or src is None or src.get("file") is None:
+                continue
+            if options.copy_disks is not None and target.get("dev") not in options.copy_disks:
+                continue
+            dirs.add(os.path.dirname(src.get("file")))
+        created = []
+        try:
+            pools = peer._c().listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE)
+            covered = {os.path.normpath(self._pool_target(p) or "") for p in pools}
+            for d in sorted(dirs - covered):
+                root = ET.Element("pool", {"type": "dir"})
+                ET.SubElement(root, "name").text = f"vc-migrate-{uuidlib.uuid4().hex[:12]}"
+                ET.SubElement(ET.SubElement(root, "target"), "path").text = d
+                try:
+                    created.append(peer._c().storagePoolCreateXML(ET.tostring(root, encoding="unicode"), 0))
+                except libvirt.libvirtError as e:
+                    # No such directory there: the migration will say so with libvirt's words.
+                    log.warning("no transient pool on %s for %s: %s", peer.uri, d, e.get_error_message())
+        except libvirt.libvirtError as e:
+            raise peer._err(e) from None
+        return created
+
+    def _ensure_running_here(self, dom: libvirt.virDomain, timeout: float = 15) -> None:
+        """After an aborted or failed migration: the domain must run here (libvirt resumes a
+        source it paused; we resume it if it stays paused by the migration)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if not dom.isActive():
+                    return  # gone: the caller decides what that means
+                state, reason = dom.state()
+                if state == libvirt.VIR_DOMAIN_RUNNING:
+                    return
+                if state == libvirt.VIR_DOMAIN_PAUSED and self._active_job_operation(dom) is None \
+                        and reason in (libvirt.VIR_DOMAIN_PAUSED_MIGRATION, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED):
+                    dom.resume()
+            except libvirt.libvirtError as e:
+                if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return
+                if time.monotonic() > deadline:
+                    raise self._err(e) from None
+            if time.monotonic() > deadline:
+                raise DriverError("MIGRATION_FAILED", "the VM did not resume on the source after the migration ended")
+            time.sleep(0.1)
+
+    _UNREACHABLE_HINTS = ("unable to connect to server", "connection refused", "no route to host",
+                          "cannot recv data", "connection reset", "end of file while reading data",
+                          "network is unreachable", "timed out")
+
+    def _migration_failed(self, dom: libvirt.virDomain, uuid: str, peer: "LibvirtDriver",
+                          err: object, cancelled: bool) -> MigrationProgress:
+        if isinstance(err, libvirt.libvirtError) and not self.is_alive():
+            raise self._err(err)
+        msg = err.get_error_message() if isinstance(err, libvirt.libvirtError) else str(err)
+        msg = msg or str(err)
+        # Where is the VM now? Exactly one host must run it.
+        local = self._lookup(uuid)
+        try:
+            remote = peer._lookup(uuid)
+            remote_running = remote is not None and remote.isActive() and \
+                remote.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+        except (libvirt.libvirtError, DriverError):
+            remote, remote_running = None, False
+        local_active = False
+        try:
+            local_active = local is not None and local.isActive()
+        except libvirt.libvirtError:
+            pass
+        if not local_active and remote_running:
+            # libvirt finished the move and failed afterwards (e.g. the confirm phase): the VM
+            # is on the target, which is what was asked.
+            log.warning("migration of %s reported %r but the VM runs on the target", uuid, msg)
+            if local is not None:
+                self.undefine(uuid, [])
+            return (self._completed_from(remote) or MigrationProgress(phase="completed"))
+        if local is not None and local_active:
+            self._ensure_running_here(local)
+        if cancelled:
+            raise DriverError("MIGRATION_CANCELLED", f"migration cancelled; the VM runs on the source ({msg})")
+        low = msg.lower()
+        if any(h in low for h in self._UNREACHABLE_HINTS) and "migration" not in low.split(":")[0]:
+            raise DriverError("HOST_UNREACHABLE", f"migration target {peer.uri}: {msg}")
+        code = err.get_error_code() if isinstance(err, libvirt.libvirtError) else None
+        if code == libvirt.VIR_ERR_OPERATION_INVALID and "not running" in low:
+            raise DriverError("VM_NOT_RUNNING", msg)
+        raise DriverError("MIGRATION_FAILED", msg)
+
+    def _completed_from(self, dom: libvirt.virDomain | None) -> MigrationProgress | None:
+        """Completed-job stats kept by libvirt for ``dom`` (a migrated domain on the target
+        keeps them), or None."""
+        if dom is None:
+            return None
+        try:
+            stats = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+        except libvirt.libvirtError:
+            return None
+        if stats.get("type") != libvirt.VIR_DOMAIN_JOB_COMPLETED:
+            return None
+        return _progress_from_stats(stats, False, completed=True)
+
+    def job_progress(self, uuid: str) -> MigrationProgress | None:
+        """The domain's running job (migration, ...) or, failing that, the first running block
+        copy of its disks; None when nothing runs."""
+        dom = self._get(uuid)
+        try:
+            stats = dom.jobStats(0)
+        except libvirt.libvirtError as e:
+            raise self._err(e) from None
+        if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) not in (libvirt.VIR_DOMAIN_JOB_NONE,
+                                                                 libvirt.VIR_DOMAIN_JOB_COMPLETED):
+            postcopy = False
+            try:
+                postcopy = dom.state()[1] == libvirt.VIR_DOMAIN_RUNNING_POSTCOPY
+            except libvirt.libvirtError:
+                pass
+            return _progress_from_stats(stats, postcopy)
+        for target, _src, mirror in self._disks_of(dom):
+            if mirror is not None:
+                p = self._block_progress(dom, target, mirror.get("ready") == "yes")
+                if p is not None:
+                    return p
+        return None
+
+    def abort_job(self, uuid: str) -> bool:
+        """Abort the domain's running job (a migration goes on running here), else every block
+        copy of its disks without pivot (the disks stay where they were). True when something
+        was aborted; idempotent."""
+        dom = self._get(uuid)
+        if self._active_job_operation(dom) is not None:
+            try:
+                dom.abortJob()
+                return True
+            except libvirt.libvirtError as e:
+                if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:  # no job (finished)
+                    raise self._err(e) from None
+        aborted = False
+        for target, _src, mirror in self._disks_of(dom):
+            if mirror is None:
+                continue
+            try:
+                dom.blockJobAbort(target, 0)
+                aborted = True
+            except libvirt.libvirtError as e:
+                if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+                    raise self._err(e) from None
+        return aborted
+
+    # --- Storage VMotion -----------------------------------------------------------------
+    def _disks_of(self, dom: libvirt.virDomain, flags: int = 0) -> list[tuple[str, str | None, ET.Element | None]]:
+        """(target dev, source file, <mirror> element or None) of every file disk."""
+        try:
+            root = ET.fromstring(dom.XMLDesc(flags))
+        except libvirt.libvirtError as e:
+            raise self._err(e) from None
+        out = []
+        for disk in root.findall("devices/disk"):
+            target = disk.find("target")
+            if target is None or disk.get("device", "disk") != "disk":
+                continue
+            src = disk.find("source")
+            out.append((target.get("dev"), src.get("file") if src is not None else None, disk.find("mirror")))
+        return out
+
+    def _disk_of(self, dom: libvirt.virDomain, disk_target: str, flags: int = 0) -> tuple[str | None, ET.Element | None, str | None]:
+        """(source file, <mirror>, driver format) of one disk; DISK_NOT_FOUND otherwise."""
+        try:
+            root = ET.fromstring(dom.XMLDesc(flags))
+        except libvirt.libvirtError as e:
+            raise self._err(e) from None
+        for disk in root.findall("devices/disk"):
+            target = disk.find("target")
+            if target is not None and target.get("dev") == disk_target:
+                src = disk.find("source")
+                drv = disk.find("driver")
+                return (src.get("file") if src is not None else None, disk.find("mirror"),
+                        drv.get("type") if drv is not None else None)
+        raise DriverError("DISK_NOT_FOUND", f"domain {dom.UUIDString()} has no disk {disk_target}")
+
+    def _block_progress(self, dom: libvirt.virDomain, disk_target: str, ready: bool) -> MigrationProgress | None:
+        try:
+            info = dom.blockJobInfo(disk_target, 0)
+        except libvirt.libvirtError as e:
+            raise self._err(e) from None
+        if not info:
+            return None
+        cur, end = int(info.get("cur", 0)), int(info.get("end", 0))
+        return MigrationProgress(phase="ready" if ready and cur == end else "copying",
+                                 data_total=end, data_processed=cur, data_remaining=max(0, end - cur),
+                                 disk_total=end, disk_processed=cur, disk_remaining=max(0, end - cur))
+
+    def _persist_disk_path(self, dom: libvirt.virDomain, disk_target: str, dest_path: str,
+                           dest_format: str, flatten: bool) -> None:
+        """Make the persistent definition's disk point at ``dest_path`` (redefined with its own
+        UUID: libvirt refuses a redefinition of a known name without it)."""
+        try:
+            if not dom.isPersistent():
+                return
+            root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE))
+        except libvirt.libvirtError as e:
+            raise self._err(e) from None
+        for disk in root.findall("devices/disk"):
+            target = disk.find("target")
+            if target is None or target.get("dev") != disk_target:
+                continue
+            src = disk.find("source")
+            drv = disk.find("driver")
+            if src is None:
+                src = ET.SubElement(disk, "source")
+            if src.get("file") == dest_path and (drv is None or drv.get("type") == dest_format):
+                return
+            src.set("file", dest_path)
+            if drv is None:
+                drv = ET.SubElement(disk, "driver", {"name": "qemu"})
+            drv.set("type", dest_format)
+            if flatten:
+                for bs in disk.findall("backingStore"):
+                    disk.remove(bs)
+            break
+        else:
+            raise DriverError("DISK_NOT_FOUND", f"the persistent definition has no disk {disk_target}")
+        try:
+            self._c().defineXML(ET.tostring(root, encoding="unicode"))
+        except libvirt.libvirtError as e:
+            raise self._err(e) from None
+
+    def move_disk(self, uuid: str, disk_target: str, dest_path: str, dest_format: str,
+                  on_progress: Callable[[MigrationProgress], None] | None = None,
+                  cancel: threading.Event | None = None, *, shallow: bool = False,
+                  bandwidth_mibps: int | None = None, reuse_existing: bool | None = None) -> None:
+        """Storage VMotion of one disk of a running domain on this host: block copy to
+        ``dest_path`` while the guest runs, pivot, then the persistent definition points there.
+        The old file is never deleted (the caller removes it after success).
+
+        The destination image is created by libvirt (full size, ``dest_format``) unless it
+        exists (``reuse_existing`` None: decided by whether the path exists as this process
+        sees it), then it is reused as is (VIR_DOMAIN_BLOCK_COPY_REUSE_EXT; same virtual size).
+        ``shallow`` keeps the backing chain (linked clones) instead of flattening it.
+        ``cancel`` set: the copy is aborted without pivot (the guest stays on the old disk) and
+        DriverError('MIGRATION_CANCELLED') is raised; a partial destination file may remain.
+        Idempotent: a disk already on ``dest_path`` only gets its definition fixed; a copy to
+        ``dest_path`` already running (an earlier delivery) is followed.
+        Codes: VM_NOT_FOUND, VM_NOT_RUNNING, DISK_NOT_FOUND, DISK_BUSY (another block job),
+        INVALID_SPEC, DISK_MOVE_FAILED, MIGRATION_CANCELLED."""
+        validate_abs_path(dest_path, "destination path")
+        if dest_format not in ("qcow2", "raw"):
+            raise DriverError("INVALID_SPEC", f"disk format {dest_format!r} must be qcow2 or raw")
+        cancel = cancel or threading.Event()
+        dom = self._get(uuid)
+        try:
+            if not dom.isActive():
+                raise DriverError("VM_NOT_RUNNING", f"domain {uuid} is not running: use move_disk_offline")
+        except libvirt.libvirtError as e:
+            raise self._err(e) from None
+        src, mirror, _fmt = self._disk_of(dom, disk_target)
+        if src == dest_path and mirror is None:
+            self._persist_disk_path(dom, disk_target, dest_path, dest_format, flatten=not shallow)
+            return
+        if mirror is not None:
+            msrc = mirror.find("source")
+            mfile = mirror.get("file") or (msrc.get("file") if msrc is not None else None)
+            if mfile != dest_path:
+                raise DriverError("DISK_BUSY", f"disk {disk_target} is being copied to {mfile}")
+            log.info("block copy of %s %s to %s already running: following it", uuid, disk_target, dest_path)
+        else:
+            try:
+                if dom.blockJobInfo(disk_target, 0):
+                    raise DriverError("DISK_BUSY", f"disk {disk_target} has a block job running")
+            except libvirt.libvirtError as e:
+                raise self._err(e) from None
+            reuse = os.path.exists(dest_path) if reuse_existing is None else reuse_existing
+            disk = ET.Element("disk", {"type": "file", "device": "disk"})
+            ET.SubElement(disk, "driver", {"name": "qemu", "type": dest_format})
+            ET.SubElement(disk, "source", {"file": dest_path})
+            flags = libvirt.VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB
+            if reuse:
+                flags |= libvirt.VIR_DOMAIN_BLOCK_COPY_REUSE_EXT
+            if shallow:
+                flags |= libvirt.VIR_DOMAIN_BLOCK_COPY_SHALLOW
+            params = {}
+            if bandwidth_mibps:
+                params[libvirt.VIR_DOMAIN_BLOCK_COPY_BANDWIDTH] = int(bandwidth_mibps) << 20
+            try:
+                dom.blockCopy(disk_target, ET.tostring(disk, encoding="unicode"), params, flags)
+            except libvirt.libvirtError as e:
+                err = self._err(e)
+                if isinstance(err, ConnectionLost):
+                    raise err from None
+                raise DriverError("DISK_MOVE_FAILED", f"block copy of {disk_target} to {dest_path}: "
+                                                      f"{e.get_error_message()}") from None
+        # Copy, wait until the mirror is ready (in sync), then pivot.
+        while True:
+            if cancel.is_set():
+                self._cancel_block_copy(dom, disk_target, src)
+                raise DriverError("MIGRATION_CANCELLED", f"disk move of {disk_target} cancelled; "
+                                                         f"the VM stays on {src}")
+            cur_src, mirror, _ = self._disk_of(dom, disk_target)
+            ready = mirror is not None and mirror.get("ready") == "yes"
+            p = self._block_progress(dom, disk_target, ready)
+            if p is None:
+                if cur_src == dest_path:  # pivoted by someone else: done
+                    break
+                raise DriverError("DISK_MOVE_FAILED", f"the block copy of {disk_target} to {dest_path} "
+                                                      f"ended without pivot; the VM stays on {cur_src}")
+            if on_progress:
+                self._safe_progress(on_progress, p)
+            if p.phase == "ready":
+                try:
+                    dom.blockJobAbort(disk_target, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+                    break
+                except libvirt.libvirtError as e:
+                    if not self.is_alive():
+                        raise self._err(e) from None
+                    # "not ready for pivot yet": the guest wrote meanwhile; try again.
+                    log.info("pivot of %s %s deferred: %s", uuid, disk_target, e.get_error_message())
+            time.sleep(self._POLL)
+        cur_src, _, _ = self._disk_of(dom, disk_target)
+        if cur_src != dest_path:
+            raise DriverError("DISK_MOVE_FAILED", f"pivot of {disk_target} left the VM on {cur_src}")
+        self._persist_disk_path(dom, disk_target, dest_path, dest_format, flatten=not shallow)
+        if on_progress:
+            end = p.data_total if p is not None else None
+            self._safe_progress(on_progress, MigrationProgress(phase="completed", data_total=end,
+                                                               data_processed=end, data_remaining=0))
+
+    def _cancel_block_copy(self, dom: libvirt.virDomain, disk_target: str, src: str | None) -> None:
+        try:
+            dom.blockJobAbort(disk_target, 0)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:  # no job any more
+                raise self._err(e) from None
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if not dom.blockJobInfo(disk_target, 0):
+                    break
+            except libvirt.libvirtError as e:
+                raise self._err(e) from None
+            if time.monotonic() > deadline:
+                raise DriverError("DISK_MOVE_FAILED", f"the block copy of {disk_target} does not end")
+            time.sleep(0.1)
+        cur, _, _ = self._disk_of(dom, disk_target)
+        if cur != src:
+            raise DriverError("DISK_MOVE_FAILED", f"after cancel the VM is on {cur}, not {src}")
+
+    def move_disk_offline(self, uuid: str, disk_target: str, dest_path: str, dest_format: str) -> None:
+        """Move one disk of a powered-off domain: ``qemu-img convert`` (flattening a backing
+        chain) to a temporary name, rename, redefine. Runs in this process, so the agent must
+        see the datastores as libvirtd does (it runs inside its host). The old file stays.
+        Idempotent: a definition already on ``dest_path`` is a no-op; an existing destination
+        identical to the source (``qemu-img compare``) is taken as an earlier copy.
+        Codes: VM_NOT_FOUND, VM_POWERED_ON, VM_SUSPENDED, DISK_NOT_FOUND, DISK_EXISTS,
+        DISK_MOVE_FAILED."""
+        validate_abs_path(dest_path, "destination path")
+        if dest_format not in ("qcow2", "raw"):
+            raise DriverError("INVALID_SPEC", f"disk format {dest_format!r} must be qcow2 or raw")
+        dom = self._get(uuid)
+        try:
+            if dom.isActive():
+                raise DriverError("VM_POWERED_ON", f"domain {uuid} is running: use move_disk")
+            if dom.hasManagedSaveImage(0):
+                raise DriverError("VM_SUSPENDED", f"domain {uuid} is suspended (its saved state names the old disk)")
+        except libvirt.libvirtError as e:
+            raise self._err(e) from None
+        src, _mirror, src_fmt = self._disk_of(dom, disk_target, libvirt.VIR_DOMAIN_XML_INACTIVE)
+        if src == dest_path:
+            return
+        if src is None or not os.path.exists(src):
+            raise DriverError("DISK_NOT_FOUND", f"disk {disk_target} source {src} does not exist here")
+        src_fmt = src_fmt or "raw"
+        if os.path.exists(dest_path):
+            r = subprocess.run(["qemu-img", "compare", "-q", "-f", src_fmt, "-F", dest_format, src, dest_path],
+                               capture_output=True, text=True, timeout=3600)
+            if r.returncode != 0:
+                raise DriverError("DISK_EXISTS", f"{dest_path} exists and differs from {src}")
+        else:
+            if not os.path.isdir(os.path.dirname(dest_path)):
+                raise DriverError("DATASTORE_ABSENT", f"directory {os.path.dirname(dest_path)} does not exist")
+            tmp = f"{dest_path}.moving-{os.getpid()}-{threading.get_ident()}"
+            r = subprocess.run(["qemu-img", "convert", "-f", src_fmt, "-O", dest_format, src, tmp],
+                               capture_output=True, text=True, timeout=24 * 3600)
+            if r.returncode != 0:
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
+                raise DriverError("DISK_MOVE_FAILED", f"qemu-img convert {src} -> {dest_path}: {r.stderr.strip()}")
+            os.rename(tmp, dest_path)
+        self._persist_disk_path(dom, disk_target, dest_path, dest_format, flatten=True)
+        self._refresh_pools_covering({os.path.dirname(dest_path)})
+
+
+def _ms(value: object) -> int | None:
+    return None if value is None else int(value)  # type: ignore[call-overload]
+
+
+def _progress_from_stats(stats: dict, postcopy: bool, completed: bool = False) -> MigrationProgress:
+    """A MigrationProgress of libvirt's job stats (virDomainGetJobStats typed parameters)."""
+    kind = stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE)
+    if completed or kind == libvirt.VIR_DOMAIN_JOB_COMPLETED:
+        phase = "completed"
+    elif kind == libvirt.VIR_DOMAIN_JOB_FAILED:
+        phase = "failed"
+    elif kind == libvirt.VIR_DOMAIN_JOB_CANCELLED:
+        phase = "cancelled"
+    elif postcopy:
+        phase = "postcopy"
+    elif stats.get("memory_iteration", 0) or stats.get("data_processed", 0):
+        phase = "precopy"
+    else:
+        phase = "setup"
+    page = stats.get("memory_page_size", 4096)
+    constant = stats.get("memory_constant")
+    return MigrationProgress(
+        phase=phase,
+        data_total=stats.get("data_total"), data_processed=stats.get("data_processed"),
+        data_remaining=stats.get("data_remaining"),
+        memory_total=stats.get("memory_total"), memory_processed=stats.get("memory_processed"),
+        memory_remaining=stats.get("memory_remaining"),
+        memory_zero_bytes=None if constant is None else constant * page,
+        memory_bps=stats.get("memory_bps"),
+        disk_total=stats.get("disk_total"), disk_processed=stats.get("disk_processed"),
+        disk_remaining=stats.get("disk_remaining"),
+        dirty_rate=stats.get("memory_dirty_rate"), iteration=stats.get("memory_iteration"),
+        elapsed_ms=_ms(stats.get("time_elapsed")), downtime_ms=_ms(stats.get("downtime")),
+        setup_time_ms=_ms(stats.get("setup_time")),
+    )

@@ -1,0 +1,51 @@
+"""Cluster routes of the placement engine: DRS rules, placement dry run, rule violations and
+resource entitlements."""
+from typing import Any
+
+from fastapi import APIRouter, status
+
+from vcenter.api.deps import CurrentUser, DbDep
+from vcenter.schemas import inventory as s
+from vcenter.services import placement
+
+router = APIRouter(prefix="/api/v1/clusters/{cluster_id}", tags=["clusters"])
+
+
+@router.get("/rules", response_model=list[s.RuleRead], summary="List the cluster's DRS rules")
+def list_rules(cluster_id: int, db: DbDep, user: CurrentUser) -> Any:
+    return placement.list_rules(db, cluster_id)
+
+
+@router.post("/rules", response_model=s.RuleRead, status_code=status.HTTP_201_CREATED, summary="Create a rule; one that contradicts another is refused naming both")
+def create_rule(cluster_id: int, body: s.RuleCreate, db: DbDep, user: CurrentUser) -> Any:
+    return placement.create_rule(db, user.username, cluster_id, body.model_dump())
+
+
+@router.get("/rules/{rule_id}", response_model=s.RuleRead, summary="Get a rule")
+def get_rule(cluster_id: int, rule_id: int, db: DbDep, user: CurrentUser) -> Any:
+    return placement.get_rule(db, cluster_id, rule_id)
+
+
+@router.patch("/rules/{rule_id}", response_model=s.RuleRead, summary="Update a rule")
+def update_rule(cluster_id: int, rule_id: int, body: s.RuleUpdate, db: DbDep, user: CurrentUser) -> Any:
+    return placement.update_rule(db, user.username, cluster_id, rule_id, body.model_dump(exclude_unset=True))
+
+
+@router.delete("/rules/{rule_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a rule")
+def delete_rule(cluster_id: int, rule_id: int, db: DbDep, user: CurrentUser) -> None:
+    placement.delete_rule(db, user.username, cluster_id, rule_id)
+
+
+@router.get("/rules-violations", summary="Rules the current placement breaks")
+def violations(cluster_id: int, db: DbDep, user: CurrentUser) -> Any:
+    return placement.violations(db, cluster_id)
+
+
+@router.post("/placement", summary="Dry run: where would this VM go, with every host's reason (changes nothing)")
+def dry_run(cluster_id: int, body: s.PlacementRequest, db: DbDep, user: CurrentUser) -> Any:
+    return placement.dry_run(db, cluster_id, body.model_dump())
+
+
+@router.get("/entitlements", summary="Each running VM's CPU and memory entitlement from the resource pool hierarchy")
+def entitlements(cluster_id: int, db: DbDep, user: CurrentUser) -> Any:
+    return placement.entitlements(db, cluster_id)
