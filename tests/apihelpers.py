@@ -43,11 +43,11 @@ def register_host(client: TestClient, auth: dict[str, str], datacenter_id: int, 
     host = r.json()
     body = {"registration_token": host["registration_token"], "host_uuid": host_uuid or str(uuidlib.uuid4()), "thumbprint": f"SHA256:{name}:AA:BB:CC", "hostname": name}
     first = client.post("/api/v1/agent/register", json=body)
-    assert first.status_code == 200 and first.json() == {"host_id": host["id"], "trust_state": "awaitingConfirmation", "agent_token": None}, first.text
+    assert first.status_code == 200 and first.json() == {"host_id": host["id"], "trust_state": "awaitingConfirmation", "agent_token": None, "command_public_key": None}, first.text
     r = client.post(f"/api/v1/hosts/{host['id']}/confirm", json={"thumbprint": body["thumbprint"]}, headers=auth)
     assert r.status_code == 200, r.text
     second = client.post("/api/v1/agent/register", json=body).json()
-    assert second["trust_state"] == "trusted" and second["agent_token"]
+    assert second["trust_state"] == "trusted" and second["agent_token"] and second["command_public_key"].startswith("-----BEGIN PUBLIC KEY")
     return host, {"Authorization": f"Bearer {second['agent_token']}"}
 
 

@@ -30,6 +30,7 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
         "agent_reconnect_delay": 0.3,
         "task_queue_timeout": 60.0,
         "celery_visibility_timeout": 3600.0,
+        "key_dir": str(tmp_path / "keys"),
     }
     values.update(overrides)
     return Settings(**values)

@@ -48,14 +48,22 @@ def serve(
     redis_url: Optional[str] = typer.Option(None, help="Redis URL [VCENTER_REDIS_URL]"),
     workers: int = typer.Option(1, help="uvicorn worker processes"),
 ) -> None:
-    """Run the API (/api/v1, /docs, /livez, /readyz, /metrics) and the dashboard."""
+    """Run the API (/api/v1, /docs, /livez, /readyz, /metrics) and the dashboard: HTTPS with
+    VCENTER_TLS_CERT/VCENTER_TLS_KEY, or VCENTER_TLS_SELF_SIGNED=true (a certificate generated
+    on first start); plain HTTP otherwise."""
     _env(api_host=host, api_port=port, database_url=database_url, redis_url=redis_url)
     import uvicorn
 
+    from vcenter.api.tls import server_certificate, thumbprint
+
     settings = get_settings()
+    pair = server_certificate(settings)
+    tls = {} if pair is None else {"ssl_certfile": str(pair[0]), "ssl_keyfile": str(pair[1])}
+    if pair is not None:
+        typer.echo(f"HTTPS with {pair[0]}; certificate thumbprint {thumbprint(pair[0].read_bytes())}", err=True)
     addresses = [a.strip() for a in settings.api_host.split(",") if a.strip()]
     if len(addresses) == 1:
-        uvicorn.run("vcenter.api.asgi:app", host=addresses[0], port=settings.api_port, workers=workers, log_level=settings.log_level.lower())
+        uvicorn.run("vcenter.api.asgi:app", host=addresses[0], port=settings.api_port, workers=workers, log_level=settings.log_level.lower(), **tls)
         return
     # Several addresses (e.g. loopback for operators and the lab network for agents): one
     # server on one socket per address, nothing on the others.
@@ -67,7 +75,7 @@ def serve(
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((address, settings.api_port))
         sockets.append(sock)
-    config = uvicorn.Config("vcenter.api.asgi:app", log_level=settings.log_level.lower())
+    config = uvicorn.Config("vcenter.api.asgi:app", log_level=settings.log_level.lower(), **tls)
     uvicorn.Server(config).run(sockets=sockets)
 
 
@@ -126,6 +134,20 @@ def db_upgrade(
 
     upgrade(get_settings().database_url, revision)
     typer.echo(f"database at {revision}")
+    from vcenter.messaging.signing import load_or_create_signing_key, signing_key_path
+
+    load_or_create_signing_key(signing_key_path(get_settings()))  # the server's command signing key
+
+
+@app.command("command-key")
+def command_key() -> None:
+    """Print the server's command public key (PEM), creating the key pair if absent: give it to
+    an agent started with --host-id/--token as VCENTER_COMMAND_PUBLIC_KEY (registered agents
+    receive it with their credential)."""
+    _env()
+    from vcenter.messaging.signing import load_or_create_signing_key, public_key_pem, signing_key_path
+
+    typer.echo(public_key_pem(load_or_create_signing_key(signing_key_path(get_settings()))), nl=False)
 
 
 @admin_app.command("create")

@@ -200,3 +200,18 @@ def test_cpu_definitions_of_hosts_and_guests_are_compared_by_libvirt(cluster, ap
     assert wait_for(lambda: (t := api.get(f"/api/v1/tasks/{on['id']}").json())["state"] in ("success", "error") and t, 60)["state"] == "success"
     xml = subprocess.run(["virsh", "-c", "qemu+tcp://10.213.0.12/system", "dumpxml", "avx-new"], capture_output=True, text=True).stdout
     assert "<model fallback='forbid'>Westmere</model>" in xml and "name='avx2'" in xml
+
+
+def test_evc_baseline_from_libvirt_over_the_cluster_hosts(cluster, api):
+    cl, ids, ds = cluster.extra["cl"], cluster.extra["ids"], cluster.extra["ds"]
+    task = api.post(f"/api/v1/clusters/{cl['id']}/evc", json={"host_ids": [ids["host2"], ids["host3"]]})
+    assert task.status_code == 202, task.text
+    done = wait_for(lambda: (t := api.get(f"/api/v1/tasks/{task.json()['id']}").json())["state"] in ("success", "error") and t, 60, what="EVC baseline")
+    assert done["state"] == "success", (done["error_code"], done["error_message"])
+    evc = api.get(f"/api/v1/clusters/{cl['id']}").json()["settings"]["evc"]
+    # host3 declares Westmere: the baseline is Westmere's generation, without avx2.
+    assert evc["mode"] == "Westmere" and "sse4.2" in evc["features"] and "avx2" not in evc["features"]
+    created = api.post("/api/v1/vms", json={"name": "evc1", "host_id": ids["host2"], "memory_mib": 96, "kernel_boot": {"image": "tiny-linux"}}).json()
+    vm = api.get(f"/api/v1/vms/{created['object_id']}").json()
+    assert vm["cpu"]["model"] == "Westmere"
+    assert api.delete(f"/api/v1/clusters/{cl['id']}/evc").json()["settings"]["evc"] == {}

@@ -107,3 +107,17 @@ def test_pool_reservation_refuses_the_vm_that_would_exceed_it(env):
     assert r.status_code == 409 and r.json()["code"] == "POOL_ADMISSION_REFUSED" and "gold" in r.json()["message"]
     ent = client.get(f"/api/v1/clusters/{cl['id']}/entitlements", headers=auth).json()
     assert ent[str(first["id"])]["memory_mib"] >= 200
+
+
+def test_a_host_that_cannot_meet_the_evc_baseline_is_refused_when_it_joins(env):
+    client, auth, cl, hosts, agents, settings = env
+    cluster = client.get(f"/api/v1/clusters/{cl['id']}", headers=auth).json()
+    evc = {"mode": "Westmere", "features": ["aes", "sse4.2"], "model_features": []}
+    r = client.patch(f"/api/v1/clusters/{cl['id']}", headers=auth, json={"settings": {**cluster["settings"], "evc": evc}, "version": cluster["version"]})
+    assert r.status_code == 200, r.text
+    newcomer, agent = register_host(client, auth, cl["datacenter_id"], "old1", cluster_id=cl["id"])
+    r = client.post(f"/api/v1/agent/hosts/{newcomer['id']}/state", headers=agent, json={"facts": {"hostname": "old1", "cpu_model": "Penryn", "cpu_features": ["sse4.1"]}, "domains": []})
+    assert r.json() == {"accepted": False, "error": "EVC_INCOMPATIBLE", "missing": ["aes", "sse4.2"]}
+    assert client.get(f"/api/v1/hosts/{newcomer['id']}", headers=auth).json()["connection_state"] == "disconnected"
+    ok = client.post(f"/api/v1/agent/hosts/{hosts[0]['id']}/state", headers=agents[hosts[0]["id"]], json={"facts": {"hostname": "h1", "cpu_model": "Skylake", "cpu_features": ["aes", "avx2", "sse4.2"]}, "domains": []})
+    assert ok.json()["accepted"] is True

@@ -26,6 +26,15 @@ class Settings(BaseSettings):
     session_idle_timeout: float = Field(1800.0, description="a login session expires after this much idle time")
     session_max_lifetime: float = Field(12 * 3600.0, description="absolute lifetime of a login session")
     page_size_max: int = 500
+    tls_cert: str | None = Field(None, description="PEM certificate (chain) the API serves HTTPS with; with tls_key")
+    tls_key: str | None = Field(None, description="PEM private key of tls_cert")
+    tls_self_signed: bool = Field(False, description="serve HTTPS with a self-signed certificate generated on first start (in key_dir/tls) when tls_cert/tls_key are not set")
+    tls_hostnames: str = Field("", description="extra names/addresses (comma-separated) the self-signed certificate is valid for, besides localhost, 127.0.0.1, ::1, the host name and api_host")
+
+    # --- keys and channel security --------------------------------------------------------
+    key_dir: str = Field("/var/lib/virtcenter/keys", description="server-side key material: the command signing key, the self-signed TLS certificate")
+    command_signing_key: str | None = Field(None, description="Ed25519 private key (PEM) that signs commands to agents; generated on first use; default key_dir/command-signing.pem. Server processes only")
+    command_ttl: float | None = Field(None, description="a signed command expires this long after it was sent; default task_queue_timeout")
 
     # --- tasks ----------------------------------------------------------------------------
     task_lease: float = Field(60.0, description="a running task whose lease is not renewed for this long is reaped")
@@ -53,6 +62,12 @@ class Settings(BaseSettings):
     agent_declared_memory_mib: int | None = Field(None, description="memory this host reports instead of the machine's")
     lab_guest_cache: str = Field("/var/cache/virtcenter/guest", description="where the lab's tiny Linux guest image is built and cached")
     agent_state_dir: str = Field("/var/lib/virtcenter/agent", description="agent's certificate, key and credential")
+    command_public_key: str | None = Field(None, description="agent: the server's command public key (path to a PEM file, or the PEM itself); default: the one received at registration (agent_state_dir/command-key.pub)")
+    command_clock_skew: float = Field(60.0, description="agent: tolerated difference between the server's clock and this host's when judging a command's expiry")
+    agent_replay_retention: float = Field(86400.0, description="agent: how long a command whose result was reported is remembered (a replay of it is refused); must exceed command_ttl")
+    agent_replay_max: int = Field(100000, description="agent: at most this many remembered commands (the oldest are forgotten first)")
+    api_ca: str | None = Field(None, description="agent: CA bundle (PEM) that verifies the API's HTTPS certificate (e.g. the server's key_dir/tls/api.crt when self-signed)")
+    api_thumbprint: str | None = Field(None, description="agent: pin the API's HTTPS certificate by its SHA-256 thumbprint (as `vcenter serve` prints it) instead of a CA")
     libvirt_uri: str = "qemu:///system"
     heartbeat_period: float = Field(1.0, description="agent writes its Redis heartbeat key this often")
     heartbeat_ttl: float = Field(3.0, description="heartbeat key expiry")

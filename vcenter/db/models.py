@@ -127,6 +127,7 @@ class Host(Timestamped, Base):
     cpu_mhz: Mapped[int | None] = mapped_column(Integer)
     memory_mib: Mapped[int | None] = mapped_column(Integer)
     cpu_features: Mapped[list[Any]] = mapped_column(default=list)
+    cpu_xml: Mapped[str | None] = mapped_column(Text)
     agent_token_hash: Mapped[str | None] = mapped_column(String(64), index=True)
     # Registration: a one-time token the agent presents with its libvirt host UUID and the
     # SHA-256 thumbprint of its certificate; the operator confirms the thumbprint (or the

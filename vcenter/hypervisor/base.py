@@ -14,10 +14,13 @@ Vocabulary:
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from vcenter.messaging.contracts import DomainState, HostFacts, LifecycleEvent, VmSpec
+from vcenter.messaging.contracts import (
+    DomainState, HostFacts, LifecycleEvent, MigrationOptions, MigrationProgress, VmSpec,
+)
 
 
 class DriverError(Exception):
@@ -33,6 +36,7 @@ class ConnectionLost(DriverError):
 
 
 LifecycleCallback = Callable[[LifecycleEvent], None]
+ProgressCallback = Callable[[MigrationProgress], None]
 
 
 class HypervisorDriver(Protocol):
@@ -102,3 +106,31 @@ class HypervisorDriver(Protocol):
 
     def remove_pool(self, name: str) -> None:
         """Stop and undefine a pool, never deleting its files; idempotent."""
+
+    # --- VMotion and Storage VMotion -------------------------------------------------------
+    def migrate(self, uuid: str, options: MigrationOptions, on_progress: ProgressCallback | None = None,
+                cancel: threading.Event | None = None) -> MigrationProgress:
+        """Live-migrate a running domain to ``options.dest_uri`` (peer to peer, persistent there,
+        undefined here); blocks, reporting progress; returns the completed job's stats.
+        ``cancel`` set -> DriverError('MIGRATION_CANCELLED') with the VM still running here.
+        A domain already running on the target and absent here is success (``already_done``).
+        Codes: VM_NOT_FOUND, VM_NOT_RUNNING, HOST_UNREACHABLE, MIGRATION_FAILED."""
+
+    def domain_state_on(self, uri: str, uuid: str) -> DomainState | None:
+        """The domain's state on another host (None: not defined there)."""
+
+    def job_progress(self, uuid: str) -> MigrationProgress | None:
+        """The domain's running migration or block copy, None when none runs."""
+
+    def abort_job(self, uuid: str) -> bool:
+        """Abort the running migration (VM stays here) or block copies (no pivot)."""
+
+    def move_disk(self, uuid: str, disk_target: str, dest_path: str, dest_format: str,
+                  on_progress: ProgressCallback | None = None, cancel: threading.Event | None = None, *,
+                  shallow: bool = False, bandwidth_mibps: int | None = None,
+                  reuse_existing: bool | None = None) -> None:
+        """Move one disk of a running domain (block copy, pivot, redefine); the old file stays.
+        ``cancel`` set -> DriverError('MIGRATION_CANCELLED'), the VM stays on the old disk."""
+
+    def move_disk_offline(self, uuid: str, disk_target: str, dest_path: str, dest_format: str) -> None:
+        """Move one disk of a powered-off domain (copy, redefine); the old file stays."""

@@ -11,26 +11,48 @@ until ``connect()`` succeeds again; ``guest_shuts_down`` says whether guests hon
 shutdown request; ``crash(uuid)`` and ``destroy_externally(uuid)`` imitate a QEMU killed
 from outside and ``virsh destroy``; ``existing_bridges`` (None = every bridge exists) drives
 PORTGROUP_ABSENT.
+
+VMotion between simulated hosts: every SimulatedDriver registers itself by ``uri`` (default
+``sim://<hostname>/system``) in a module-level registry, and ``migrate`` moves the domain to
+the driver registered under ``options.dest_uri`` (HOST_UNREACHABLE when there is none or it is
+unreachable). ``migration_seconds`` makes a migration or disk move last that long with
+progress every 0.1 s (cancel honoured); ``fail_next_migration`` (a message) makes the next
+one fail with MIGRATION_FAILED, the VM staying where it was.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import threading
+import time
 import uuid as uuidlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from vcenter.domain.states import PowerState, StopReason
 from vcenter.hypervisor.base import ConnectionLost, DriverError, LifecycleCallback
 from vcenter.hypervisor.libvirt.xml import (
-    build_cpu_xml, check_bridges, compare_feature_sets, disk_path, parse_cpu_xml, validate_abs_path, validate_name,
-    validate_spec,
+    build_cpu_xml, check_bridges, compare_feature_sets, disk_path, disk_target, parse_cpu_xml, validate_abs_path,
+    validate_name, validate_spec,
 )
-from vcenter.messaging.contracts import CpuSpec, DomainState, HostFacts, LifecycleEvent, VmSpec
+from vcenter.messaging.contracts import (
+    CpuSpec, DiskSpec, DomainState, HostFacts, LifecycleEvent, MigrationOptions, MigrationProgress, VmSpec,
+)
 
 _ON = PowerState.POWERED_ON.value
 _OFF = PowerState.POWERED_OFF.value
 _SUSPENDED = PowerState.SUSPENDED.value
+
+
+# Simulated hosts by URI, for migrate (the last driver created with a URI wins).
+_HOSTS: dict[str, "SimulatedDriver"] = {}
+_HOSTS_LOCK = threading.Lock()
+
+
+def simulated_host(uri: str) -> "SimulatedDriver | None":
+    with _HOSTS_LOCK:
+        return _HOSTS.get(uri)
 
 
 _DEFAULT_CPU_XML = "<cpu><arch>x86_64</arch><model>qemu64</model></cpu>"
@@ -57,8 +79,14 @@ class SimulatedDriver:
         guest_shuts_down: bool = True,
         declared_cpu_xml: str | None = None,
         pool_capacity_bytes: int = 1 << 40,
+        uri: str | None = None,
+        migration_seconds: float = 0.0,
     ):
         self.hostname = hostname
+        self.uri = uri or f"sim://{hostname}/system"
+        self.migration_seconds = migration_seconds
+        self.fail_next_migration: str | None = None
+        self._jobs: dict[str, tuple[MigrationProgress, threading.Event]] = {}
         self.cpu_cores = cpu_cores
         self.memory_mib = memory_mib
         self.host_uuid = host_uuid or str(uuidlib.uuid5(uuidlib.NAMESPACE_DNS, hostname))
@@ -79,6 +107,8 @@ class SimulatedDriver:
         self._callbacks: list[LifecycleCallback] = []
         self._connected = False
         self._reachable = True
+        with _HOSTS_LOCK:
+            _HOSTS[self.uri] = self
 
     # --- connection -----------------------------------------------------------------
     def connect(self) -> None:
@@ -342,6 +372,183 @@ class SimulatedDriver:
             if d.power == _ON:
                 self._emit(d, "stopped", StopReason.DESTROYED.value, _OFF)
             self._emit(d, "undefined", "removed", None)
+
+    # --- VMotion and Storage VMotion ------------------------------------------------------
+    def _peer(self, uri: str) -> "SimulatedDriver":
+        peer = simulated_host(uri)
+        if peer is None or not peer._reachable:
+            raise DriverError("HOST_UNREACHABLE", f"migration target {uri} does not answer")
+        return peer
+
+    def domain_state_on(self, uri: str, uuid: str) -> DomainState | None:
+        self._check()
+        peer = self._peer(uri)
+        with peer._lock:
+            d = peer._doms.get(_norm(uuid))
+            return None if d is None else peer._state(d)
+
+    def _run_job(self, key: str, total: int, kind: str, on_progress: Callable[[MigrationProgress], None] | None,
+                 cancel: threading.Event | None) -> MigrationProgress:
+        """A job of ``migration_seconds`` with progress every 0.1 s; raises MIGRATION_CANCELLED."""
+        cancel = cancel or threading.Event()
+        steps = max(1, int(self.migration_seconds / 0.1)) if self.migration_seconds > 0 else 1
+        t0 = time.monotonic()
+        p = MigrationProgress(phase="setup", data_total=total, data_processed=0, data_remaining=total)
+        self._jobs[key] = (p, cancel)
+        try:
+            for i in range(1, steps + 1):
+                if self.migration_seconds > 0:
+                    cancel.wait(self.migration_seconds / steps)
+                if cancel.is_set():
+                    raise DriverError("MIGRATION_CANCELLED", f"{kind} cancelled; the VM stays where it was")
+                done = total * i // steps
+                fields = dict(data_total=total, data_processed=done, data_remaining=total - done,
+                              elapsed_ms=int((time.monotonic() - t0) * 1000))
+                if kind == "migration":
+                    fields.update(memory_total=total, memory_processed=done, memory_remaining=total - done,
+                                  iteration=1, dirty_rate=0, phase="precopy")
+                else:
+                    fields.update(disk_total=total, disk_processed=done, disk_remaining=total - done,
+                                  phase="ready" if i == steps else "copying")
+                p = MigrationProgress(**fields)
+                self._jobs[key] = (p, cancel)
+                if on_progress and i < steps:
+                    try:
+                        on_progress(p)
+                    except Exception:
+                        pass
+        finally:
+            self._jobs.pop(key, None)
+        return p
+
+    def migrate(self, uuid: str, options: MigrationOptions,
+                on_progress: Callable[[MigrationProgress], None] | None = None,
+                cancel: threading.Event | None = None) -> MigrationProgress:
+        self._check()
+        key = _norm(uuid)
+        peer = self._peer(options.dest_uri)
+        if peer is self:
+            raise DriverError("MIGRATION_FAILED", "the target is this host")
+        with self._lock:
+            d = self._doms.get(key)
+        with peer._lock:
+            remote = peer._doms.get(key)
+            remote_on = remote is not None and remote.power == _ON
+        if d is None or d.power != _ON:
+            if remote_on:
+                if d is not None:  # the source definition outlived the move
+                    with self._lock:
+                        self._doms.pop(key, None)
+                    self._emit(d, "undefined", "removed", None)
+                return MigrationProgress(phase="completed", already_done=True)
+            if d is None:
+                raise DriverError("VM_NOT_FOUND", f"no domain with UUID {uuid} here or on {options.dest_uri}")
+            raise DriverError("VM_NOT_RUNNING", f"domain {uuid} is not running: live migration needs a running VM")
+        with peer._lock:
+            if remote is not None or any(o.spec.name == d.spec.name for o in peer._doms.values()):
+                raise DriverError("MIGRATION_FAILED", f"domain {d.spec.name!r} already exists on {options.dest_uri}")
+        for n in d.spec.nics:
+            if not peer._bridge_exists(n.bridge):
+                raise DriverError("MIGRATION_FAILED", f"Cannot get interface MTU on '{n.bridge}': No such device")
+        total = d.memory_mib << 20
+        t0 = time.monotonic()
+        last = self._run_job(key, total, "migration", on_progress, cancel)
+        if self.fail_next_migration is not None:
+            msg, self.fail_next_migration = self.fail_next_migration, None
+            raise DriverError("MIGRATION_FAILED", msg)
+        with self._lock:
+            self._doms.pop(key, None)
+        moved = _Dom(spec=d.spec, power=_ON, vcpus=d.vcpus, memory_mib=d.memory_mib, cpu_time_ns=d.cpu_time_ns)
+        with peer._lock:
+            peer._doms[key] = moved
+            for disk in d.spec.disks:
+                p = disk_path(disk.datastore_path, disk.file)
+                peer._disks.add(p)
+                peer._disk_sizes[p] = self._disk_sizes.get(p, disk.capacity_mib << 20)
+        self._emit(d, "stopped", StopReason.MIGRATED.value, _OFF)
+        self._emit(d, "undefined", "removed", None)
+        peer._emit(moved, "defined", "added", None)
+        peer._emit(moved, "started", "started", _ON)
+        result = last.model_copy(update={"phase": "completed", "data_processed": total, "data_remaining": 0,
+                                         "memory_processed": total, "memory_remaining": 0,
+                                         "elapsed_ms": int((time.monotonic() - t0) * 1000), "downtime_ms": 20,
+                                         "setup_time_ms": 1})
+        if on_progress:
+            try:
+                on_progress(result)
+            except Exception:
+                pass
+        return result
+
+    def job_progress(self, uuid: str) -> MigrationProgress | None:
+        self._check()
+        job = self._jobs.get(_norm(uuid))
+        return None if job is None else job[0]
+
+    def abort_job(self, uuid: str) -> bool:
+        self._check()
+        job = self._jobs.get(_norm(uuid))
+        if job is None:
+            return False
+        job[1].set()
+        return True
+
+    def _find_disk(self, d: _Dom, target: str) -> DiskSpec:
+        for disk in d.spec.disks:
+            if disk_target(disk.bus, disk.index) == target:
+                return disk
+        raise DriverError("DISK_NOT_FOUND", f"domain {d.spec.uuid} has no disk {target}")
+
+    def _repoint_disk(self, d: _Dom, disk: DiskSpec, dest_path: str, dest_format: str) -> None:
+        old = disk_path(disk.datastore_path, disk.file)
+        new = disk.model_copy(update={"datastore_path": os.path.dirname(dest_path),
+                                      "file": os.path.basename(dest_path), "format": dest_format})
+        if self.create_files and os.path.exists(old) and not os.path.exists(dest_path):
+            shutil.copyfile(old, dest_path)
+        with self._lock:
+            d.spec = d.spec.model_copy(update={"disks": [new if x is disk else x for x in d.spec.disks]})
+            self._disks.add(dest_path)  # the old file stays: the caller removes it
+            self._disk_sizes[dest_path] = self._disk_sizes.get(old, disk.capacity_mib << 20)
+
+    def move_disk(self, uuid: str, disk_target: str, dest_path: str, dest_format: str,
+                  on_progress: Callable[[MigrationProgress], None] | None = None,
+                  cancel: threading.Event | None = None, *, shallow: bool = False,
+                  bandwidth_mibps: int | None = None, reuse_existing: bool | None = None) -> None:
+        self._check()
+        validate_abs_path(dest_path, "destination path")
+        if dest_format not in ("qcow2", "raw"):
+            raise DriverError("INVALID_SPEC", f"disk format {dest_format!r} must be qcow2 or raw")
+        with self._lock:
+            d = self._get(uuid)
+            if d.power != _ON:
+                raise DriverError("VM_NOT_RUNNING", f"domain {uuid} is not running: use move_disk_offline")
+            disk = self._find_disk(d, disk_target)
+        if disk_path(disk.datastore_path, disk.file) == dest_path:
+            return
+        total = disk.capacity_mib << 20
+        last = self._run_job(_norm(uuid), total, "disk move", on_progress, cancel)
+        self._repoint_disk(d, disk, dest_path, dest_format)
+        if on_progress:
+            try:
+                on_progress(last.model_copy(update={"phase": "completed"}))
+            except Exception:
+                pass
+
+    def move_disk_offline(self, uuid: str, disk_target: str, dest_path: str, dest_format: str) -> None:
+        self._check()
+        validate_abs_path(dest_path, "destination path")
+        if dest_format not in ("qcow2", "raw"):
+            raise DriverError("INVALID_SPEC", f"disk format {dest_format!r} must be qcow2 or raw")
+        with self._lock:
+            d = self._get(uuid)
+            if d.power == _ON:
+                raise DriverError("VM_POWERED_ON", f"domain {uuid} is running: use move_disk")
+            if d.power == _SUSPENDED:
+                raise DriverError("VM_SUSPENDED", f"domain {uuid} is suspended")
+            disk = self._find_disk(d, disk_target)
+        if disk_path(disk.datastore_path, disk.file) == dest_path:
+            return
+        self._repoint_disk(d, disk, dest_path, dest_format)
 
     # --- fault injection ------------------------------------------------------------
     def crash(self, uuid: str) -> None:

@@ -564,6 +564,14 @@ def default_cache_dir() -> Path:
     return Path(env) if env else DEFAULT_CACHE_DIR
 
 
+def cached_guest(cache_dir: Path | None = None) -> GuestImage | None:
+    """The newest complete image in the cache, without asking apt anything: what a lab host
+    uses (it has no route to a package mirror). None when nothing was built yet."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    entries = sorted((m.parent for m in cache_dir.glob("*/meta.json") if not m.parent.name.startswith(".")), key=lambda e: (e / "meta.json").stat().st_mtime)
+    return _from_entry(entries[-1]) if entries else None
+
+
 def build_guest(cache_dir: Path | None = None) -> GuestImage:
     """The lab guest image, from the cache or built now (needs apt, dpkg and network once)."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()

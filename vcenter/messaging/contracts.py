@@ -3,7 +3,7 @@
 Vocabulary:
 - Command: server -> agent, on the host's own queue ``host.<id>``. It names its target host,
   carries a unique ``command_id`` (idempotency key) and the ``task_id`` it advances. It carries
-  no secrets.
+  no secrets. On the queue it travels inside a signed envelope (vcenter.messaging.signing).
 - Report: agent -> server, over the HTTP API with the host's own token: task progress, task
   results, VM lifecycle events and full host state.
 """
@@ -89,6 +89,7 @@ CommandName = Literal[
     "vm.reconfigure",  # vCPUs / memory of a powered-off VM
     "vm.delete",       # undefine and delete disks
     "vm.guest",        # a command to the guest through its heartbeat channel
+    "host.cpu_baseline",  # libvirt's CPU baseline of the given host CPU definitions
     "host.refresh",    # send a full state report now
 ]
 
@@ -101,6 +102,9 @@ class Command(BaseModel):
     name: CommandName
     args: dict[str, Any] = {}
     issued_at: datetime
+    # Set when the command is signed for sending (vcenter.messaging.signing): the agent
+    # refuses it afterwards. ``command_id`` doubles as the nonce of the replay check.
+    expires_at: datetime | None = None
 
 
 class TaskProgress(BaseModel):
@@ -149,6 +153,7 @@ class HostFacts(BaseModel):
     # The CPU features guests can be given here (libvirt names, sorted); a declared lab CPU's
     # when the host declares one.
     cpu_features: list[str] = []
+    cpu_xml: str | None = Field(None, description="the host's CPU definition as guests get it (declared, or the hypervisor's host-model)")
 
 
 class DatastoreUsage(BaseModel):

@@ -163,6 +163,7 @@ class AgentRegistrationAnswer(BaseModel):
     host_id: int
     trust_state: str
     agent_token: str | None = None
+    command_public_key: str | None = Field(None, description="once trusted: the server's Ed25519 public key (PEM) that verifies the commands on this host's queue")
 
 
 # --- datastores ----------------------------------------------------------------------------
@@ -464,3 +465,7 @@ class PlacementRequest(_In):
     disks: list[DiskCreate] = Field(default_factory=list, max_length=16)
     nics: list[NicCreate] = Field(default_factory=list, max_length=8)
     cpu: VmCpu | None = None
+
+
+class EvcRequest(_In):
+    host_ids: list[int] | None = Field(None, description="hosts whose CPUs the baseline covers; default: every host of the cluster")

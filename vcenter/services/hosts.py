@@ -24,6 +24,7 @@ from vcenter.core.ids import new_token, token_hash
 from vcenter.core.settings import Settings
 from vcenter.db.models import Host, VirtualMachine
 from vcenter.domain.states import ConnectionState, PowerState
+from vcenter.messaging.signing import CommandSigner
 from vcenter.services import inventory
 from vcenter.services.events import record_event
 
@@ -69,7 +70,10 @@ def register(session: Session, settings: Settings, registration_token: str, host
     host.agent_token_hash = token_hash(credential)
     host.registration_token_hash = None
     host.registration_expires_at = None
-    return {"host_id": host.id, "trust_state": "trusted", "agent_token": credential}
+    # The key that verifies the server's commands travels with the credential: the agent
+    # runs only what this key's private half signed (see vcenter.messaging.signing).
+    public_key = CommandSigner.from_settings(settings).public_key_pem
+    return {"host_id": host.id, "trust_state": "trusted", "agent_token": credential, "command_public_key": public_key}
 
 
 def confirm(session: Session, host_id: int, thumbprint: str, user: str) -> Host:

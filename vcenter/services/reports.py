@@ -66,6 +66,12 @@ def report_result(session: Session, host: Host, task_id: int, report: TaskResult
     if task is None or TaskState(task.state).finished:
         return {"applied": False}
     vm = session.get(VirtualMachine, task.object_id) if task.object_type == "vm" else None
+    if report.ok and task.kind == "cluster.evc":
+        from vcenter.services.evc import apply_baseline
+
+        apply_baseline(session, task, report.result)
+        finish_task(session, task, TaskState.SUCCESS, result=report.result)
+        return {"applied": True}
     if report.ok:
         if vm is not None:
             if task.kind == "vm.delete":
@@ -137,11 +143,16 @@ def report_host_state(session: Session, host: Host, state: HostState) -> dict[st
             record_event(session, "host.duplicate_uuid", f"host {host.name} reports host UUID {facts.host_uuid} already used by {other.name}", object_type="host", object_id=host.id, object_name=host.name, reason="DUPLICATE_HOST_UUID")
             return {"accepted": False, "error": "DUPLICATE_HOST_UUID"}
         host.host_uuid = facts.host_uuid
-    for field in ("cpu_model", "cpu_cores", "cpu_mhz", "memory_mib", "hypervisor", "cpu_features"):
+    for field in ("cpu_model", "cpu_cores", "cpu_mhz", "memory_mib", "hypervisor", "cpu_features", "cpu_xml"):
         value = getattr(facts, field)
         if value is not None and getattr(host, field) != value:
             setattr(host, field, value)
     host.last_report_at = utcnow()
+    refused = evc_refusal(session, host)
+    if refused:
+        host.connection_state = ConnectionState.DISCONNECTED.value
+        record_event(session, "host.evc_refused", f"host {host.name} cannot join its cluster's EVC mode: missing {', '.join(refused)}", object_type="host", object_id=host.id, object_name=host.name, reason="EVC_INCOMPATIBLE", data={"missing": refused})
+        return {"accepted": False, "error": "EVC_INCOMPATIBLE", "missing": refused}
     if host.connection_state != ConnectionState.CONNECTED.value:
         previous = host.connection_state
         host.connection_state = ConnectionState.CONNECTED.value
@@ -160,6 +171,20 @@ def report_host_state(session: Session, host: Host, state: HostState) -> dict[st
         if link.present != (bridge in present):
             link.present = bridge in present
     return {"accepted": True, **expected_host_config(session, host)}
+
+
+def evc_refusal(session: Session, host: Host) -> list[str]:
+    """Features the host lacks for its cluster's EVC mode (empty when it may join)."""
+    from vcenter.db.models import Cluster
+    from vcenter.domain.cpu import CpuModel, can_join
+
+    cluster = session.get(Cluster, host.cluster_id) if host.cluster_id else None
+    evc = (cluster.settings or {}).get("evc") if cluster else None
+    if not evc or not evc.get("features") or not host.cpu_features:
+        return []
+    ok, missing = can_join(CpuModel(vendor="", model=evc.get("mode", ""), features=frozenset(evc["features"])),
+                           CpuModel(vendor="", model=host.cpu_model or "", features=frozenset(host.cpu_features)))
+    return [] if ok else list(missing)
 
 
 def reconcile_domains(session: Session, host: Host, domains: list[DomainState]) -> None:

@@ -18,6 +18,7 @@ from vcenter.core.settings import Settings
 from vcenter.db.session import sessionmaker_for
 from vcenter.messaging.celery_app import make_celery
 from vcenter.messaging.contracts import heartbeat_key
+from vcenter.messaging.signing import CommandSigner
 from vcenter.services import outbox
 from vcenter.services.events import record_event
 
@@ -71,9 +72,16 @@ class Runtime:
             record_event(session, **audit)
             session.commit()
 
+    @property
+    def signer(self) -> CommandSigner:
+        """Signs commands to agents; the key is loaded (created on first use) when needed."""
+        if "signer" not in self.extras:
+            self.extras["signer"] = CommandSigner.from_settings(self.settings)
+        return self.extras["signer"]
+
     def relay_outbox(self) -> int:
         try:
-            return outbox.relay(self.sessions, self.celery, self.settings.outbox_batch)
+            return outbox.relay(self.sessions, self.celery, self.settings.outbox_batch, signer=self.signer)
         except Exception:  # the periodic relay will catch up; the transaction is committed
             log.exception("outbox relay failed; the periodic relay will retry")
             return 0

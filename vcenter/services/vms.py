@@ -12,10 +12,10 @@ from sqlalchemy.orm import Session
 from vcenter.core.errors import Conflict, Invalid, InvalidState
 from vcenter.core.ids import new_mac, new_uuid
 from vcenter.core.settings import Settings
-from vcenter.db.models import Datastore, Host, PortGroup, Task, VirtualDisk, VirtualMachine, VirtualNic
+from vcenter.db.models import Cluster, Datastore, Host, PortGroup, Task, VirtualDisk, VirtualMachine, VirtualNic
 from vcenter.domain.states import ConnectionState, PowerAction, PowerState, check_power_action
 from vcenter.messaging.contracts import CpuSpec, DiskSpec, NicSpec, VmSpec
-from vcenter.services import inventory, placement
+from vcenter.services import evc, inventory, placement
 from vcenter.services.events import record_event
 from vcenter.services.tasks import ensure_idle, start_task
 
@@ -88,7 +88,7 @@ def create_vm(session: Session, user: str, data: dict[str, Any]) -> tuple[Virtua
         status="creating",
         libvirt_uuid=new_uuid(),
         boot={k: str(v) for k, v in (data.get("kernel_boot") or {}).items() if v is not None},
-        cpu=data.get("cpu"),
+        cpu=data.get("cpu") or evc.vm_cpu_for(session.get(Cluster, host.cluster_id) if host.cluster_id else None),
     )
     for index, disk in enumerate(data.get("disks", [])):
         datastore = inventory._ref(session, "datastore", disk["datastore_id"], f"disks[{index}].datastore_id")

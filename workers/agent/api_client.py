@@ -17,9 +17,10 @@ class PermanentReportError(Exception):
 
 
 class ApiClient:
-    def __init__(self, base_url: str, host_id: int, token: str, retry_delay: float = 1.0, max_delay: float = 10.0):
+    def __init__(self, base_url: str, host_id: int, token: str, retry_delay: float = 1.0, max_delay: float = 10.0, verify: Any = True):
+        """``verify``: how the server's HTTPS certificate is checked (workers.agent.tls)."""
         self.host_id = host_id
-        self._client = httpx.Client(base_url=base_url.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=10.0)
+        self._client = httpx.Client(base_url=base_url.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=10.0, verify=verify)
         self._retry_delay = retry_delay
         self._max_delay = max_delay
         self._stop = threading.Event()

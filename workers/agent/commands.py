@@ -24,6 +24,7 @@ from typing import Any
 from vcenter.core.clock import as_utc, utcnow
 from vcenter.hypervisor.base import ConnectionLost, DriverError
 from vcenter.messaging.contracts import Command, DomainState, TaskProgress, TaskResult, VmSpec
+from vcenter.messaging.signing import CommandRefused
 from workers.agent.api_client import PermanentReportError
 from workers.agent.service import AgentService
 
@@ -46,12 +47,12 @@ def _resolve_image(agent: AgentService, spec: VmSpec) -> VmSpec:
     """Turn a named boot image into direct kernel boot paths on this host."""
     if spec.image != "tiny-linux":
         return spec
-    from vcenter.lab.guest import build_guest  # cached: no download once built
+    from vcenter.lab.guest import cached_guest
 
-    try:
-        image = build_guest(Path(agent.settings.lab_guest_cache))
-    except Exception as exc:
-        raise DriverError("BOOT_IMAGE_UNAVAILABLE", f"tiny-linux image not available on this host: {exc}") from exc
+    # Only what is already built: a host never downloads (lab hosts have no route out).
+    image = cached_guest(Path(agent.settings.lab_guest_cache))
+    if image is None:
+        raise DriverError("BOOT_IMAGE_UNAVAILABLE", f"no tiny-linux image built in {agent.settings.lab_guest_cache} (vcenter lab up builds it)")
     hostname = re.sub(r"[^A-Za-z0-9-]", "-", spec.name)[:63].strip("-") or "guest"
     return spec.model_copy(update={"kernel": str(image.kernel), "initrd": str(image.initrd), "cmdline": image.cmdline_for(hostname=hostname, ip=spec.guest_ip)})
 
@@ -103,6 +104,22 @@ def _guest(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | Non
     return agent.driver.domain_state(args["uuid"]), {"reply": reply}
 
 
+def _cpu_baseline(agent: AgentService, args: dict[str, Any]) -> tuple[None, dict[str, Any]]:
+    """libvirt's baseline of the given host CPUs: its definition, its model, the features it
+    lists beyond the model, and all its features expanded by libvirt's CPU map."""
+    import xml.etree.ElementTree as ET
+
+    xml = agent.driver.cpu_baseline(list(args["cpu_xmls"]))
+    expanded = ET.fromstring(agent.driver.cpu_baseline(list(args["cpu_xmls"]), expand_features=True))
+    root = ET.fromstring(xml)
+    return None, {
+        "xml": xml,
+        "model": root.findtext("model") or "",
+        "model_features": [f.get("name") for f in root.findall("feature") if f.get("policy", "require") == "require"],
+        "features": sorted(f.get("name") for f in expanded.findall("feature") if f.get("policy", "require") == "require"),
+    }
+
+
 HANDLERS: dict[str, Handler] = {
     "vm.create": _create,
     "vm.start": _simple("start"),
@@ -114,6 +131,7 @@ HANDLERS: dict[str, Handler] = {
     "vm.reconfigure": _reconfigure,
     "vm.delete": _delete,
     "vm.guest": _guest,
+    "host.cpu_baseline": _cpu_baseline,
 }
 
 
@@ -157,7 +175,32 @@ def _with_reconnect(agent: AgentService, handler: Handler, args: dict[str, Any])
 
 
 def execute(agent: AgentService, payload: dict[str, Any]) -> dict[str, Any]:
-    command = Command.model_validate(payload)
+    """Admit the message (the server's signature, this host, not expired, not a replay of a
+    command already reported: workers.agent.trust), run it, and remember it once its outcome
+    reached the server; a refused message is acknowledged without effect."""
+    gate = getattr(agent, "command_gate", None)
+    if gate is None:
+        log.error("no command public key: every command is refused")
+        return {"refused": "NO_COMMAND_KEY"}
+    try:
+        command = gate.admit(payload)
+    except CommandRefused as exc:
+        log.error("command refused (%s): %s", exc.code, exc.message)
+        return {"refused": exc.code}
+    try:
+        outcome = _execute(agent, command)
+    except BaseException:
+        gate.release(command)
+        raise
+    # {"ok": ...}: the result was reported (or needed none); anything else ran nothing.
+    if "ok" in outcome:
+        gate.reported(command)
+    else:
+        gate.release(command)
+    return outcome
+
+
+def _execute(agent: AgentService, command: Command) -> dict[str, Any]:
     if command.host_id != agent.host_id:
         log.error("command %s is for host %s, not this host %s: refused", command.command_id, command.host_id, agent.host_id)
         return {"refused": "WRONG_HOST"}

@@ -1,6 +1,7 @@
 """The agent's identity on its host: a self-signed certificate (its SHA-256 thumbprint is what
 the operator confirms) and the credential the server issues once the host is trusted.
-Both live in the agent's state directory, readable by root only."""
+Both live in the agent's state directory, readable by root only, with the server's command
+public key that came with the credential (it verifies the commands on the host's queue)."""
 from __future__ import annotations
 
 import datetime
@@ -66,3 +67,16 @@ def load_credential(state_dir: Path) -> Credential | None:
 
 def save_credential(state_dir: Path, credential: Credential) -> None:
     _write_private(state_dir / "credential.json", json.dumps({"host_id": credential.host_id, "token": credential.token}).encode())
+
+
+COMMAND_KEY_FILE = "command-key.pub"
+
+
+def load_command_public_key(state_dir: Path) -> str | None:
+    """The server's command public key (PEM) received at registration, if any."""
+    path = state_dir / COMMAND_KEY_FILE
+    return path.read_text() if path.exists() else None
+
+
+def save_command_public_key(state_dir: Path, pem: str) -> None:
+    _write_private(state_dir / COMMAND_KEY_FILE, pem.encode())

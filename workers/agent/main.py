@@ -17,9 +17,18 @@ from vcenter.messaging.celery_app import make_celery
 from vcenter.messaging.contracts import AGENT_EXECUTE_TASK, host_queue
 from workers.agent import commands
 from workers.agent.api_client import ApiClient
-from workers.agent.identity import Credential, load_credential, load_or_create_certificate, save_credential
+from workers.agent.identity import (
+    Credential,
+    load_command_public_key,
+    load_credential,
+    load_or_create_certificate,
+    save_command_public_key,
+    save_credential,
+)
 from workers.agent.network import BridgeHostNetwork, HostNetwork, SimulatedHostNetwork, VxlanHostNetwork
 from workers.agent.service import AgentService
+from workers.agent.tls import api_verify
+from workers.agent.trust import CommandGate, make_gate
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +56,10 @@ def make_network(settings: Settings, simulated: bool) -> HostNetwork:
     return BridgeHostNetwork()
 
 
-def register_until_trusted(settings: Settings, driver: HypervisorDriver, registration_token: str) -> Credential:
+def register_until_trusted(settings: Settings, driver: HypervisorDriver, registration_token: str, verify: object = True) -> Credential:
     """Present the one-time token with the libvirt host UUID and the certificate thumbprint;
-    wait (polling) until the operator confirms the thumbprint, then keep the credential."""
+    wait (polling) until the operator confirms the thumbprint, then keep the credential and
+    the server's command public key that comes with it."""
     state_dir = Path(settings.agent_state_dir)
     while True:
         try:
@@ -63,7 +73,7 @@ def register_until_trusted(settings: Settings, driver: HypervisorDriver, registr
     log.info("registering host UUID %s; certificate thumbprint %s", facts.host_uuid, thumbprint)
     body = {"registration_token": registration_token, "host_uuid": facts.host_uuid, "thumbprint": thumbprint, "hostname": facts.hostname}
     announced = False
-    with httpx.Client(base_url=settings.public_url.rstrip("/"), timeout=10) as client:
+    with httpx.Client(base_url=settings.public_url.rstrip("/"), timeout=10, verify=verify) as client:
         while True:
             try:
                 response = client.post("/api/v1/agent/register", json=body)
@@ -76,6 +86,8 @@ def register_until_trusted(settings: Settings, driver: HypervisorDriver, registr
             answer = response.json()
             if answer.get("agent_token"):
                 credential = Credential(host_id=answer["host_id"], token=answer["agent_token"])
+                if answer.get("command_public_key"):
+                    save_command_public_key(state_dir, answer["command_public_key"])
                 save_credential(state_dir, credential)
                 log.info("registered and trusted as host %s", credential.host_id)
                 return credential
@@ -85,24 +97,39 @@ def register_until_trusted(settings: Settings, driver: HypervisorDriver, registr
             time.sleep(settings.agent_reconnect_delay)
 
 
-def resolve_credential(settings: Settings, driver: HypervisorDriver) -> Credential:
+def resolve_credential(settings: Settings, driver: HypervisorDriver, verify: object = True) -> Credential:
     if settings.agent_host_id is not None and settings.agent_token:
         return Credential(settings.agent_host_id, settings.agent_token)
     stored = load_credential(Path(settings.agent_state_dir))
     if stored is not None:
         return stored
     if settings.agent_registration_token:
-        return register_until_trusted(settings, driver, settings.agent_registration_token)
+        return register_until_trusted(settings, driver, settings.agent_registration_token, verify)
     raise SystemExit("no credential: give --registration-token (first start) or --host-id with --token")
+
+
+def command_gate(settings: Settings, host_id: int) -> CommandGate:
+    """The gate that admits only commands the server signed for this host: the public key of
+    VCENTER_COMMAND_PUBLIC_KEY, or the one received at registration."""
+    state_dir = Path(settings.agent_state_dir)
+    pem = settings.command_public_key or load_command_public_key(state_dir)
+    if not pem:
+        raise SystemExit("no command public key: this agent cannot verify commands. Set VCENTER_COMMAND_PUBLIC_KEY "
+                         "(`vcenter command-key` on the server prints it) or register again with a new registration token")
+    gate = make_gate(pem, host_id, state_dir, settings.command_clock_skew, settings.agent_replay_retention, settings.agent_replay_max)
+    log.info("commands are verified with the server key %s; %d reported commands remembered", gate.verifier.key_id, len(gate.replay))
+    return gate
 
 
 def run_agent(settings: Settings, simulated: bool = False) -> None:
     driver = make_driver(settings, simulated)
-    credential = resolve_credential(settings, driver)
+    verify = api_verify(settings)
+    credential = resolve_credential(settings, driver, verify)
     host_id = credential.host_id
-    api = ApiClient(settings.public_url, host_id, credential.token, retry_delay=settings.agent_reconnect_delay)
+    gate = command_gate(settings, host_id)
+    api = ApiClient(settings.public_url, host_id, credential.token, retry_delay=settings.agent_reconnect_delay, verify=verify)
     network = make_network(settings, simulated)
-    agent = AgentService(settings, host_id, driver, api, network)
+    agent = AgentService(settings, host_id, driver, api, network, command_gate=gate)
     app = make_celery(settings)
     queue = host_queue(host_id)
     app.conf.task_queues = [Queue(queue)]

@@ -24,13 +24,16 @@ from vcenter.messaging.contracts import DatastoreUsage, HostState, LifecycleEven
 from workers.agent.api_client import ApiClient, PermanentReportError
 from workers.agent.guests import GuestWatcher
 from workers.agent.network import HostNetwork
+from workers.agent.trust import CommandGate
 
 log = logging.getLogger(__name__)
 
 
 class AgentService:
-    def __init__(self, settings: Settings, host_id: int, driver: HypervisorDriver, api: ApiClient, network: HostNetwork):
+    def __init__(self, settings: Settings, host_id: int, driver: HypervisorDriver, api: ApiClient, network: HostNetwork, command_gate: CommandGate | None = None):
         self.settings = settings
+        # Admits only commands the server signed for this host (None: every command refused).
+        self.command_gate = command_gate
         self.network = network
         self.host_id = host_id
         self.driver = driver

@@ -6,7 +6,7 @@ from fastapi import APIRouter, status
 
 from vcenter.api.deps import CurrentUser, DbDep
 from vcenter.schemas import inventory as s
-from vcenter.services import placement
+from vcenter.services import evc, placement
 
 router = APIRouter(prefix="/api/v1/clusters/{cluster_id}", tags=["clusters"])
 
@@ -49,3 +49,13 @@ def dry_run(cluster_id: int, body: s.PlacementRequest, db: DbDep, user: CurrentU
 @router.get("/entitlements", summary="Each running VM's CPU and memory entitlement from the resource pool hierarchy")
 def entitlements(cluster_id: int, db: DbDep, user: CurrentUser) -> Any:
     return placement.entitlements(db, cluster_id)
+
+
+@router.post("/evc", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, summary="Enable EVC: libvirt's CPU baseline of the chosen hosts (default: all) becomes the cluster's CPU (a Task)")
+def enable_evc(cluster_id: int, body: s.EvcRequest, db: DbDep, user: CurrentUser) -> Any:
+    return evc.enable(db, user.username, cluster_id, body.host_ids)
+
+
+@router.delete("/evc", response_model=s.ClusterRead, summary="Disable EVC")
+def disable_evc(cluster_id: int, db: DbDep, user: CurrentUser) -> Any:
+    return evc.disable(db, user.username, cluster_id)

@@ -394,11 +394,16 @@ class LibvirtDriver:
             if isinstance(e, ConnectionLost):
                 raise
             cpu_features = sorted(host_cpu.require)  # a driver without a CPU map (test://)
+        try:
+            cpu_xml = self.host_cpu_xml()
+        except DriverError:
+            cpu_xml = None
         return HostFacts(
             hostname=hostname,
             host_uuid=caps.findtext("host/uuid"),
             cpu_model=cpu_model,
             cpu_features=cpu_features,
+            cpu_xml=cpu_xml,
             cpu_cores=info[2],
             cpu_mhz=info[3],
             memory_mib=info[1],
