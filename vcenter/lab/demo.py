@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -29,16 +30,30 @@ def _real_hosts_possible() -> tuple[bool, str]:
     return True, "root on Linux with libvirt and QEMU"
 
 
-def _start_redis(rundir: Path, port: int, extra_bind: str | None = None) -> subprocess.Popen:
-    # Lab agents reach Redis over the lab network: bind there too (no protected mode, which
-    # refuses every non-loopback client of a password-less Redis).
-    bind = ["--bind", "127.0.0.1" + (f" {extra_bind}" if extra_bind else "")] + (["--protected-mode", "no"] if extra_bind else [])
+def _redis_password(rundir: Path) -> str:
+    """A fresh password per run, kept in run/redis-password (mode 0600) for redis-cli users."""
+    password = secrets.token_urlsafe(24)  # URL-safe: goes into redis://:<password>@host
+    fd = os.open(rundir / "redis-password", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(password + "\n")
+    return password
+
+
+def _start_redis(rundir: Path, port: int, password: str, extra_bind: str | None = None) -> subprocess.Popen:
+    # Lab agents reach Redis over the lab network: bind there too. Redis requires the
+    # password from every client (the config file keeps it off the command line).
+    bind = "127.0.0.1" + (f" {extra_bind}" if extra_bind else "")
+    config = rundir / "redis.conf"
+    fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f'bind {bind}\nport {port}\nsave ""\nappendonly no\ndir "{rundir}"\nrequirepass "{password}"\n')
     proc = subprocess.Popen(
-        ["redis-server", *bind, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(rundir)],
+        ["redis-server", str(config)],
         stdout=open(rundir / "redis.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
     )
+    env = {**os.environ, "REDISCLI_AUTH": password}
     for _ in range(50):
-        if subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True).stdout.strip() == "PONG":
+        if subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True, env=env).stdout.strip() == "PONG":
             return proc
         time.sleep(0.1)
     raise RuntimeError("redis-server did not start; see run/redis.log")
@@ -157,8 +172,9 @@ def main() -> None:
     redis_proc = None
     redis_url = os.environ.get("VCENTER_REDIS_URL")
     if not redis_url:
-        redis_proc = _start_redis(rundir, 6390, extra_bind=None if lab is None else GATEWAY)
-        redis_url = "redis://127.0.0.1:6390/0"
+        redis_password = _redis_password(rundir)
+        redis_proc = _start_redis(rundir, 6390, redis_password, extra_bind=None if lab is None else GATEWAY)
+        redis_url = f"redis://:{redis_password}@127.0.0.1:6390/0"
     password = os.environ.get("VCENTER_ADMIN_PASSWORD", "vmware-admin")
     overrides = {} if lab is None else {"api_host": f"127.0.0.1,{GATEWAY}"}
     stack = Stack.create(rundir, os.environ.get("VCENTER_DATABASE_URL"), redis_url, **overrides)
@@ -205,6 +221,8 @@ virtcenter is up ({'one SIMULATED host esx1' if simulated else f'{args.hosts} re
              TOKEN=$(curl -s -X POST {stack.url}/api/v1/session -H 'content-type: application/json' \\
                      -d '{{"username":"admin","password":"{password}"}}' | python3 -c 'import sys,json; print(json.load(sys.stdin)["token"])')
   logs       {rundir}/*.log
+  redis      {'password required: REDISCLI_AUTH=$(cat ' + str(rundir) + '/redis-password) redis-cli -p 6390' if redis_proc else 'VCENTER_REDIS_URL as given'}
+  security   plain HTTP on loopback (the local lab); README "Channel security" turns on HTTPS
 Ctrl-C stops everything.""", flush=True)
     while True:
         time.sleep(3600)

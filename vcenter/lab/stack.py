@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -25,6 +26,15 @@ from workers.agent.identity import thumbprint_of
 log = logging.getLogger(__name__)
 
 VCENTER = [sys.executable, "-m", "vcenter.cli"]
+
+
+def with_host(url: str, host: str) -> str:
+    """``url`` with its host replaced, keeping credentials, port, path: redis://:pw@h:p/db."""
+    parts = urlsplit(url)
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    if "@" in parts.netloc:
+        netloc = parts.netloc.rsplit("@", 1)[0] + "@" + netloc
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def free_port() -> int:
@@ -66,6 +76,8 @@ class Stack:
             "VCENTER_REDIS_URL": redis_url,
             "VCENTER_API_PORT": str(port),
             "VCENTER_PUBLIC_URL": f"http://127.0.0.1:{port}",
+            # The server's command signing key (and a self-signed certificate, if asked for).
+            "VCENTER_KEY_DIR": str(workdir / "keys"),
             "PYTHONUNBUFFERED": "1",
         })
         env.update({f"VCENTER_{k.upper()}": str(v) for k, v in settings.items()})
@@ -175,10 +187,9 @@ class Stack:
     def start_agent(self, name: str, extra_env: dict[str, str] | None = None, gateway: str = "10.213.0.1") -> subprocess.Popen | None:
         host = self.hosts[name]
         if host.lab_host is not None:
-            port = self.env["VCENTER_REDIS_URL"].rsplit(":", 1)[1]
             env = {
                 **self.env,
-                "VCENTER_REDIS_URL": f"redis://{gateway}:{port}",
+                "VCENTER_REDIS_URL": with_host(self.env["VCENTER_REDIS_URL"], gateway),
                 "VCENTER_PUBLIC_URL": f"http://{gateway}:{self.api_port}",
                 "VCENTER_LIBVIRT_URI": "qemu:///system",
                 "VCENTER_AGENT_REGISTRATION_TOKEN": host.token or "",

@@ -89,6 +89,7 @@ CommandName = Literal[
     "vm.reconfigure",  # vCPUs / memory of a powered-off VM
     "vm.delete",       # undefine and delete disks
     "vm.guest",        # a command to the guest through its heartbeat channel
+    "vm.migrate",      # live migration to another host (sent to the source host)
     "host.cpu_baseline",  # libvirt's CPU baseline of the given host CPU definitions
     "host.refresh",    # send a full state report now
 ]
@@ -111,6 +112,7 @@ class TaskProgress(BaseModel):
     command_id: str
     step: str
     progress: int = Field(0, ge=0, le=100)
+    details: dict[str, Any] | None = Field(None, description="e.g. libvirt's migration job stats")
 
 
 class TaskResult(BaseModel):

@@ -138,6 +138,15 @@ def is_envelope(payload: Any) -> bool:
     return isinstance(payload, dict) and "body" in payload and "sig" in payload
 
 
+def claimed_command(payload: Any) -> str:
+    """For logs only: what an unverified message claims to be ("name command_id for host N")."""
+    try:
+        data = json.loads(payload["body"]) if is_envelope(payload) else payload
+        return f"{data.get('name')} {data.get('command_id')} for host {data.get('host_id')}"
+    except Exception:
+        return "unreadable message"
+
+
 class CommandVerifier:
     """Agent side: opens an envelope meant for ``host_id`` or raises CommandRefused."""
 

@@ -469,3 +469,7 @@ class PlacementRequest(_In):
 
 class EvcRequest(_In):
     host_ids: list[int] | None = Field(None, description="hosts whose CPUs the baseline covers; default: every host of the cluster")
+
+
+class MigrateRequest(_In):
+    host_id: int | None = Field(None, description="target host; omit it to let placement choose")

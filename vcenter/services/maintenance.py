@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from vcenter.core.settings import Settings
 from vcenter.db.models import Host, Task, VirtualMachine
 from vcenter.domain.states import PowerAction, TaskState, power_state_after
+from vcenter.services import migration
 from vcenter.services.events import record_event
 from vcenter.services.reports import mark_host_heartbeat
 from vcenter.services.tasks import expired_leases, finish_task, send_command, stale_queued
@@ -27,6 +28,8 @@ _POWER_KINDS = {f"vm.{a.value}": a for a in PowerAction}
 
 
 def _reconciled(session: Session, task: Task) -> bool:
+    if task.kind == "vm.migrate":
+        return migration.reconciled(session, task)
     action = _POWER_KINDS.get(task.kind)
     if action is None or action == PowerAction.RESET:
         return False
@@ -40,6 +43,8 @@ def reap(session: Session, settings: Settings) -> dict[str, int]:
         if _reconciled(session, task):
             finish_task(session, task, TaskState.SUCCESS, result={"reconciled": True})
             counts["reconciled"] += 1
+            if task.kind == "vm.migrate":
+                migration.dispatch_waiting(session)
         elif task.attempts < settings.task_max_attempts and task.params.get("command"):
             task.state = TaskState.QUEUED.value
             task.step = "resent"
@@ -51,6 +56,8 @@ def reap(session: Session, settings: Settings) -> dict[str, int]:
             finish_task(session, task, TaskState.ERROR, error_code="WORKER_LOST", error_message="the worker running this task died and the task could not be resumed")
             counts["lost"] += 1
     for task in stale_queued(session, settings.task_queue_timeout):
+        if task.command_id is None:
+            continue  # never sent: waiting for a slot (its own saga decides), not lost
         if _reconciled(session, task):
             finish_task(session, task, TaskState.SUCCESS, result={"reconciled": True})
             counts["reconciled"] += 1
@@ -67,3 +74,7 @@ def reap(session: Session, settings: Settings) -> dict[str, int]:
 def monitor_hosts(session: Session, is_alive: Callable[[int], bool]) -> None:
     for host in session.scalars(select(Host)):
         mark_host_heartbeat(session, host, is_alive(host.id))
+
+
+def advance_sagas(session: Session) -> None:
+    migration.advance_all(session)

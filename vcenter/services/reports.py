@@ -18,6 +18,7 @@ from vcenter.core.settings import Settings
 from vcenter.db.models import Datastore, DatastoreMount, Host, PortGroup, PortGroupHost, Task, VirtualMachine
 from vcenter.domain.states import ConnectionState, TaskState
 from vcenter.messaging.contracts import DomainState, HostState, LifecycleEvent, TaskProgress, TaskResult
+from vcenter.services import migration
 from vcenter.services.events import record_event
 from vcenter.services.tasks import finish_task, mark_running
 
@@ -45,6 +46,8 @@ def report_progress(session: Session, host: Host, task_id: int, report: TaskProg
     if task.cancel_requested:
         return {"proceed": False, "reason": "CANCEL_REQUESTED"}
     mark_running(session, task, report.step, report.progress, settings)
+    if report.details:
+        migration.on_progress(task, report.details)
     return {"proceed": True}
 
 
@@ -65,6 +68,11 @@ def report_result(session: Session, host: Host, task_id: int, report: TaskResult
     task = _task_for(session, host, task_id, report.command_id)
     if task is None or TaskState(task.state).finished:
         return {"applied": False}
+    if migration.on_result(session, task, report.ok, report.result, report.error_code, report.error_message):
+        parent = session.get(Task, task.params.get("parent")) if task.params.get("parent") else None
+        if parent is not None:
+            migration.advance_maintenance(session, parent)
+        return {"applied": True}
     vm = session.get(VirtualMachine, task.object_id) if task.object_type == "vm" else None
     if report.ok and task.kind == "cluster.evc":
         from vcenter.services.evc import apply_baseline
@@ -173,6 +181,12 @@ def report_host_state(session: Session, host: Host, state: HostState) -> dict[st
     return {"accepted": True, **expected_host_config(session, host)}
 
 
+def _migrations_in_flight(session: Session) -> dict[int, int]:
+    """VM id -> target host of every VMotion not yet finished."""
+    tasks = session.scalars(select(Task).where(Task.kind == "vm.migrate", Task.state.in_((TaskState.QUEUED.value, TaskState.RUNNING.value))))
+    return {t.object_id: t.params.get("target") for t in tasks}
+
+
 def evc_refusal(session: Session, host: Host) -> list[str]:
     """Features the host lacks for its cluster's EVC mode (empty when it may join)."""
     from vcenter.db.models import Cluster
@@ -193,9 +207,12 @@ def reconcile_domains(session: Session, host: Host, domains: list[DomainState]) 
     host was removed are re-attached; domains the inventory never knew become orphaned VMs
     that an operator may import."""
     reported = {d.uuid: d for d in domains}
+    moving = _migrations_in_flight(session)
     for vm in session.scalars(select(VirtualMachine).where(VirtualMachine.host_id == host.id)):
         domain = reported.pop(vm.libvirt_uuid, None)
         if domain is None:
+            if vm.id in moving:
+                continue  # leaving this host by VMotion: its task's result will say where it is
             if vm.status == "ready":
                 vm.status = "inaccessible"
                 record_event(session, "vm.inaccessible", f"VM {vm.name} is missing on host {host.name}", object_type="vm", object_id=vm.id, object_name=vm.name, reason="missing_on_host")
@@ -214,13 +231,14 @@ def reconcile_domains(session: Session, host: Host, domains: list[DomainState]) 
         vm = _vm_by_uuid(session, uuid)
         if vm is not None:
             owner = session.get(Host, vm.host_id) if vm.host_id else None
-            if owner is not None and owner.connection_state == ConnectionState.CONNECTED.value:
+            arrived = moving.get(vm.id) == host.id or vm.status == "inaccessible"
+            if owner is not None and owner.connection_state == ConnectionState.CONNECTED.value and not arrived:
                 record_event(session, "vm.seen_twice", f"VM {vm.name} is reported by host {host.name} but belongs to connected host {owner.name}", object_type="vm", object_id=vm.id, object_name=vm.name, reason="seen_on_two_hosts", data={"host_id": host.id})
                 continue
             vm.host_id = host.id
             vm.cluster_id = host.cluster_id
             vm.power_state = domain.power_state
-            if vm.status == "orphaned" and owner is None:
+            if (vm.status == "orphaned" and owner is None) or vm.status == "inaccessible":
                 vm.status = "ready"
             record_event(session, "vm.reattached", f"VM {vm.name} found on host {host.name} and re-attached", object_type="vm", object_id=vm.id, object_name=vm.name, reason="found_on_host")
             continue

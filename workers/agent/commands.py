@@ -9,6 +9,7 @@ the server.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import re
@@ -23,8 +24,8 @@ from typing import Any
 
 from vcenter.core.clock import as_utc, utcnow
 from vcenter.hypervisor.base import ConnectionLost, DriverError
-from vcenter.messaging.contracts import Command, DomainState, TaskProgress, TaskResult, VmSpec
-from vcenter.messaging.signing import CommandRefused
+from vcenter.messaging.contracts import Command, DomainState, MigrationOptions, MigrationProgress, TaskProgress, TaskResult, VmSpec
+from vcenter.messaging.signing import CommandRefused, claimed_command
 from workers.agent.api_client import PermanentReportError
 from workers.agent.service import AgentService
 
@@ -120,6 +121,36 @@ def _cpu_baseline(agent: AgentService, args: dict[str, Any]) -> tuple[None, dict
     }
 
 
+CURRENT_COMMAND: contextvars.ContextVar[Command] = contextvars.ContextVar("current_command")
+
+
+def _migrate(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
+    """VMotion from this host: libvirt's job stats go to the Task as progress; a cancel the
+    server answers with aborts the libvirt job (the VM keeps running here)."""
+    command = CURRENT_COMMAND.get()
+    options = MigrationOptions.model_validate(args["options"])
+    cancel = threading.Event()
+    last = [0.0]
+
+    def progress(p: MigrationProgress) -> None:
+        now = time.monotonic()
+        if now - last[0] < 0.5 and p.phase not in ("completed",):
+            return
+        last[0] = now
+        total = p.memory_total or p.data_total or 0
+        done = (p.memory_processed or 0) + (p.memory_zero_bytes or 0) if p.memory_total else (p.data_processed or 0)
+        percent = min(99, int(100 * done / total)) if total else 10
+        try:
+            answer = agent.api.post(f"/tasks/{command.task_id}/progress", TaskProgress(command_id=command.command_id, step="migrating", progress=percent, details=p.model_dump(mode="json")).model_dump(), retry_for=2)
+            if not answer.get("proceed", True):
+                cancel.set()
+        except (ConnectionError, PermanentReportError) as exc:
+            log.warning("migration progress of task %s not reported: %s", command.task_id, exc)
+
+    stats = agent.driver.migrate(args["uuid"], options, on_progress=progress, cancel=cancel)
+    return None, {"stats": stats.model_dump(mode="json")}
+
+
 HANDLERS: dict[str, Handler] = {
     "vm.create": _create,
     "vm.start": _simple("start"),
@@ -132,6 +163,7 @@ HANDLERS: dict[str, Handler] = {
     "vm.delete": _delete,
     "vm.guest": _guest,
     "host.cpu_baseline": _cpu_baseline,
+    "vm.migrate": _migrate,
 }
 
 
@@ -185,7 +217,7 @@ def execute(agent: AgentService, payload: dict[str, Any]) -> dict[str, Any]:
     try:
         command = gate.admit(payload)
     except CommandRefused as exc:
-        log.error("command refused (%s): %s", exc.code, exc.message)
+        log.error("command refused (%s): %s [claims: %s]", exc.code, exc.message, claimed_command(payload))
         return {"refused": exc.code}
     try:
         outcome = _execute(agent, command)
@@ -221,8 +253,9 @@ def _execute(agent: AgentService, command: Command) -> dict[str, Any]:
     try:
         if handler is None:
             raise DriverError("UNKNOWN_COMMAND", f"this agent does not know {command.name}")
-        # Guest commands may wait on the guest; they need not hold the hypervisor lock.
-        lock = agent.driver_lock if command.name != "vm.guest" else contextlib.nullcontext()
+        # Guest commands and migrations wait long; they need not hold the hypervisor lock.
+        lock = agent.driver_lock if command.name not in ("vm.guest", "vm.migrate") else contextlib.nullcontext()
+        CURRENT_COMMAND.set(command)
         with _lease_keeper(agent, command, command.name), lock:
             domain, result = _with_reconnect(agent, handler, command.args)
         _crash_point()

@@ -29,6 +29,11 @@ def register(app: Celery, settings: Settings) -> Runtime:
             log.info("reaper: %s", counts)
         return counts
 
+    @app.task(name="orchestrator.advance_sagas", ignore_result=True)
+    def advance_sagas() -> None:
+        with runtime.transaction() as session:
+            maintenance.advance_sagas(session)
+
     @app.task(name="orchestrator.monitor_hosts", ignore_result=True)
     def monitor_hosts() -> None:
         try:
@@ -47,5 +52,6 @@ def beat_schedule(settings: Settings) -> dict:
     return {
         "relay-outbox": {"task": "orchestrator.relay_outbox", "schedule": settings.reaper_period},
         "reap-tasks": {"task": "orchestrator.reap_tasks", "schedule": settings.reaper_period},
+        "advance-sagas": {"task": "orchestrator.advance_sagas", "schedule": settings.reaper_period},
         "monitor-hosts": {"task": "orchestrator.monitor_hosts", "schedule": settings.host_monitor_period},
     }

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request, status
 
 from vcenter.api.deps import CurrentUser, DbDep, SettingsDep
 from vcenter.schemas import inventory as s
-from vcenter.services import hosts
+from vcenter.services import hosts, migration
 from vcenter.services import inventory as inv
 from vcenter.services.listing import list_rows
 
@@ -123,3 +123,13 @@ def exit_standby(host_id: int, db: DbDep, user: CurrentUser) -> Any:
 @router.delete("/hosts/{host_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["hosts"], summary="Remove a host; refused while it has VMs unless forced for a dead host (its VMs become orphaned)")
 def remove_host(host_id: int, db: DbDep, user: CurrentUser, force: bool = Query(False)) -> None:
     hosts.remove(db, host_id, force, user.username)
+
+
+@router.post("/hosts/{host_id}/maintenance", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, tags=["hosts"], summary="Enter maintenance: evacuate every running VM (placed together), then mark the host (a Task)")
+def enter_maintenance(host_id: int, db: DbDep, user: CurrentUser, settings: SettingsDep) -> Any:
+    return migration.enter_maintenance(db, user.username, host_id, settings)
+
+
+@router.post("/hosts/{host_id}/maintenance/exit", response_model=s.HostRead, tags=["hosts"], summary="Exit maintenance: the host takes VMs again")
+def exit_maintenance(host_id: int, db: DbDep, user: CurrentUser) -> Any:
+    return migration.exit_maintenance(db, user.username, host_id)

@@ -8,7 +8,7 @@ from vcenter.api.deps import CurrentUser, DbDep, SettingsDep
 from vcenter.domain.states import PowerAction
 from vcenter.schemas import inventory as s
 from vcenter.services import inventory as inv
-from vcenter.services import hosts, vms
+from vcenter.services import hosts, migration, vms
 from vcenter.services.listing import list_rows
 
 router = APIRouter(prefix="/api/v1/vms", tags=["vms"])
@@ -56,6 +56,16 @@ def delete_vm(vm_id: int, db: DbDep, user: CurrentUser) -> Any:
 @router.post("/{vm_id}/guest/command", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, summary="Send a command to the guest through its channel; the reply is the Task's result")
 def guest_command(vm_id: int, body: s.GuestCommand, db: DbDep, user: CurrentUser) -> Any:
     return vms.guest_command(db, user.username, vm_id, body.command, body.argument, body.timeout)
+
+
+@router.post("/{vm_id}/migrate", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, summary="VMotion: live-migrate a running VM to a host (or where placement chooses); refused with the failing check's code")
+def migrate_vm(vm_id: int, db: DbDep, user: CurrentUser, settings: SettingsDep, body: s.MigrateRequest | None = Body(None)) -> Any:
+    return migration.migrate(db, user.username, vm_id, body.host_id if body else None, settings)
+
+
+@router.get("/{vm_id}/migrate/check", summary="The checks of a VMotion to a host, without moving")
+def migrate_check(vm_id: int, db: DbDep, user: CurrentUser, host: int = Query(..., description="target host id")) -> Any:
+    return migration.check_report(db, vm_id, host)
 
 
 @router.post("/{vm_id}/import", response_model=s.VmRead, summary="Import an orphaned VM (found on a host, unknown to the inventory) so it is managed")

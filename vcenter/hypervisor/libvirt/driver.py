@@ -1153,7 +1153,7 @@ class LibvirtDriver:
                     # Give the event a moment: it is sent before the API call returns, but
                     # delivered by the event loop thread.
                     if "error" not in outcome and not worker.is_alive():
-                        completed_evt.wait(1.0)
+                        completed_evt.wait(0.25)
                     self._c().domainEventDeregisterAny(event_id)
                 except (libvirt.libvirtError, ConnectionLost):
                     pass
@@ -1168,6 +1168,8 @@ class LibvirtDriver:
         if err is not None:
             return self._migration_failed(dom, uuid, peer, err, aborted or cancel.is_set())
         result = None
+        log.debug("migration of %s: job-completed event %s; libvirt call %.2fs", uuid,
+                  "received" if completed else "missing", time.monotonic() - t0)
         if completed:
             result = _progress_from_stats(completed, postcopy_started, completed=True)
         if result is None or result.downtime_ms is None:

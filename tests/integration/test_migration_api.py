@@ -1,0 +1,118 @@
+"""VMotion checks, the migration saga and maintenance mode through the API, with the agents
+played by the test (the real migration is in test_lab_vmotion.py)."""
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from tests.apihelpers import command_id_of, finish_as_agent, login, make_admin, register_host
+from vcenter.api.app import create_app
+from vcenter.db.models import OutboxMessage
+from vcenter.db.session import session_scope
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def env(settings):
+    make_admin(settings)
+    with TestClient(create_app(settings)) as client:
+        auth = login(client)
+        dc = client.post("/api/v1/datacenters", json={"name": "dc"}, headers=auth).json()
+        cl = client.post("/api/v1/clusters", json={"name": "cl", "datacenter_id": dc["id"], "settings": {"migration": {"max_per_host": 1}}}, headers=auth).json()
+        hosts, agents = [], {}
+        for name, features in (("h1", ["avx2", "sse4.2"]), ("h2", ["avx2", "sse4.2"]), ("h3", ["sse4.2"])):
+            host, agent = register_host(client, auth, dc["id"], name, cluster_id=cl["id"])
+            hosts.append(host)
+            agents[host["id"]] = agent
+        pg = client.post("/api/v1/portgroups", headers=auth, json={"name": "pg1", "datacenter_id": dc["id"], "vlan_id": 10, "host_ids": [h["id"] for h in hosts]}).json()
+        for host, (_, features) in zip(hosts, (("h1", ["avx2", "sse4.2"]), ("h2", ["avx2", "sse4.2"]), ("h3", ["sse4.2"]))):
+            bridges = [pg["bridge"]] if host["name"] != "h2" else []  # really absent on h2
+            client.post(f"/api/v1/agent/hosts/{host['id']}/state", headers=agents[host["id"]], json={
+                "facts": {"hostname": host["name"], "cpu_cores": 4, "cpu_mhz": 2000, "memory_mib": 2048, "cpu_model": "X", "cpu_features": features},
+                "domains": [], "bridges": bridges})
+        yield client, auth, cl, hosts, agents, pg, settings
+
+
+def _running_vm(client, auth, agents, settings, host, name, memory=256, **extra):
+    task = client.post("/api/v1/vms", headers=auth, json={"name": name, "host_id": host["id"], "memory_mib": memory, **extra}).json()
+    vm = finish_as_agent(client, settings, agents[host["id"]], task)
+    on = client.post(f"/api/v1/vms/{vm['id']}/power/on", headers=auth).json()
+    finish_as_agent(client, settings, agents[host["id"]], on, power_state="poweredOn")
+    return client.get(f"/api/v1/vms/{vm['id']}", headers=auth).json()
+
+
+def _sent_commands(settings, name):
+    with session_scope(settings.database_url) as session:
+        return [r.payload for r in session.scalars(select(OutboxMessage).order_by(OutboxMessage.id)) if r.payload.get("name") == name]
+
+
+def test_checks_refuse_with_the_right_code(env):
+    client, auth, cl, (h1, h2, h3), agents, pg, settings = env
+    vm = _running_vm(client, auth, agents, settings, h1, "web1", nics=[{"portgroup_id": pg["id"]}], cpu={"model": "Haswell", "features_require": ["avx2"]})
+    check = client.get(f"/api/v1/vms/{vm['id']}/migrate/check?host={h2['id']}", headers=auth).json()
+    assert check["ok"] is False and {c["code"] for c in check["checks"] if not c["ok"]} == {"PORTGROUP_ABSENT"}
+    r = client.post(f"/api/v1/vms/{vm['id']}/migrate", headers=auth, json={"host_id": h2["id"]})
+    assert r.status_code == 409 and r.json()["code"] == "PORTGROUP_ABSENT"
+    r = client.post(f"/api/v1/vms/{vm['id']}/migrate", headers=auth, json={"host_id": h3["id"]})
+    assert r.status_code == 409 and r.json()["code"] == "CPU_INCOMPATIBLE" and "avx2" in r.json()["message"]
+    big = _running_vm(client, auth, agents, settings, h3, "big1", memory=1900)
+    small = _running_vm(client, auth, agents, settings, h1, "web2", memory=512)
+    r = client.post(f"/api/v1/vms/{small['id']}/migrate", headers=auth, json={"host_id": h3["id"]})
+    assert r.status_code == 409 and r.json()["code"] == "INSUFFICIENT_MEMORY"
+    assert big["host_id"] == h3["id"]
+
+
+def test_migration_saga_waits_for_slots_and_moves_the_vm_only_after_success(env):
+    client, auth, cl, (h1, h2, h3), agents, pg, settings = env
+    a = _running_vm(client, auth, agents, settings, h1, "a")
+    b = _running_vm(client, auth, agents, settings, h1, "b")
+    t1 = client.post(f"/api/v1/vms/{a['id']}/migrate", headers=auth, json={"host_id": h3["id"]}).json()
+    t2 = client.post(f"/api/v1/vms/{b['id']}/migrate", headers=auth, json={"host_id": h3["id"]}).json()
+    assert client.get(f"/api/v1/tasks/{t1['id']}", headers=auth).json()["state"] == "running"
+    waiting = client.get(f"/api/v1/tasks/{t2['id']}", headers=auth).json()
+    assert waiting["state"] == "queued" and waiting["step"] == "waiting-for-slot"  # max_per_host = 1
+    assert len(_sent_commands(settings, "vm.migrate")) == 1
+    # Progress from libvirt's job stats shows in the task; the VM has not moved yet.
+    cid = command_id_of(settings, t1["id"])
+    client.post(f"/api/v1/agent/hosts/{h1['id']}/tasks/{t1['id']}/progress", headers=agents[h1["id"]], json={"command_id": cid, "step": "migrating", "progress": 40, "details": {"phase": "precopy", "memory_processed": 100, "memory_remaining": 150}})
+    mid = client.get(f"/api/v1/tasks/{t1['id']}", headers=auth).json()
+    assert mid["progress"] == 40 and mid["result"]["migration"]["memory_remaining"] == 150
+    assert client.get(f"/api/v1/vms/{a['id']}", headers=auth).json()["host_id"] == h1["id"]
+    client.post(f"/api/v1/agent/hosts/{h1['id']}/tasks/{t1['id']}/result", headers=agents[h1["id"]], json={"command_id": cid, "ok": True, "result": {"stats": {"downtime_ms": 42}}})
+    assert client.get(f"/api/v1/vms/{a['id']}", headers=auth).json()["host_id"] == h3["id"]
+    # The slot freed: the waiting migration was dispatched.
+    assert client.get(f"/api/v1/tasks/{t2['id']}", headers=auth).json()["state"] == "running"
+    # A cancelled migration leaves the VM where it was.
+    client.post(f"/api/v1/tasks/{t2['id']}/cancel", headers=auth)
+    cid2 = command_id_of(settings, t2["id"])
+    answer = client.post(f"/api/v1/agent/hosts/{h1['id']}/tasks/{t2['id']}/progress", headers=agents[h1["id"]], json={"command_id": cid2, "step": "migrating", "progress": 20}).json()
+    assert answer == {"proceed": False, "reason": "CANCEL_REQUESTED"}
+    client.post(f"/api/v1/agent/hosts/{h1['id']}/tasks/{t2['id']}/result", headers=agents[h1["id"]], json={"command_id": cid2, "ok": False, "error_code": "MIGRATION_CANCELLED", "error_message": "cancelled"})
+    assert client.get(f"/api/v1/tasks/{t2['id']}", headers=auth).json()["state"] == "cancelled"
+    assert client.get(f"/api/v1/vms/{b['id']}", headers=auth).json()["host_id"] == h1["id"]
+
+
+def test_maintenance_names_what_cannot_leave_and_evacuates_the_rest(env):
+    client, auth, cl, (h1, h2, h3), agents, pg, settings = env
+    stuck = _running_vm(client, auth, agents, settings, h1, "stuck", cpu={"model": "Haswell", "features_require": ["avx2"]}, nics=[{"portgroup_id": pg["id"]}])
+    r = client.post(f"/api/v1/hosts/{h1['id']}/maintenance", headers=auth)
+    assert r.status_code == 409 and r.json()["code"] == "CANNOT_EVACUATE" and "stuck" in r.json()["details"]["vms"]
+    assert client.get(f"/api/v1/hosts/{h1['id']}", headers=auth).json()["maintenance"] is False
+    # Powered off, it may stay registered there (policy "leave").
+    off = client.post(f"/api/v1/vms/{stuck['id']}/power/off", headers=auth).json()
+    finish_as_agent(client, settings, agents[h1["id"]], off, power_state="poweredOff")
+    mover = _running_vm(client, auth, agents, settings, h1, "mover")
+    task = client.post(f"/api/v1/hosts/{h1['id']}/maintenance", headers=auth)
+    assert task.status_code == 202, task.text
+    child = [p for p in _sent_commands(settings, "vm.migrate")][-1]
+    cid = child["command_id"]
+    client.post(f"/api/v1/agent/hosts/{h1['id']}/tasks/{child['task_id']}/result", headers=agents[h1["id"]], json={"command_id": cid, "ok": True, "result": {"stats": {}}})
+    done = client.get(f"/api/v1/tasks/{task.json()['id']}", headers=auth).json()
+    assert done["state"] == "success" and client.get(f"/api/v1/hosts/{h1['id']}", headers=auth).json()["maintenance"] is True
+    assert client.get(f"/api/v1/vms/{mover['id']}", headers=auth).json()["host_id"] != h1["id"]
+    # In maintenance, the host takes nothing: placement says why.
+    dry = client.post(f"/api/v1/clusters/{cl['id']}/placement", headers=auth, json={"memory_mib": 64}).json()
+    assert any(r["name"] == "h1" and "MaintenanceFilter" in r["filters"] for r in dry["rejected"])
+    assert client.post(f"/api/v1/hosts/{h1['id']}/maintenance/exit", headers=auth).json()["maintenance"] is False

@@ -1,0 +1,294 @@
+"""VMotion and maintenance mode: checks, the migration saga, and host evacuation.
+
+The saga of one VMotion (a Task of kind ``vm.migrate``, steps in ``Task.step``):
+  queued -> waiting-for-slot (the per-host limit of concurrent migrations is reached; the task
+  waits, it does not fail) -> migrating (the command is with the SOURCE host's agent, which
+  reports libvirt's job stats as progress) -> success (the inventory changes host only now,
+  after libvirt completed) | error | cancelled (libvirt's job aborted: the VM runs on the
+  source).
+A lost agent or worker is resolved from what the hosts report: the target reporting the
+domain while the source does not is a completed move (services.reports re-attaches it and
+the reaper ends the task as success); otherwise the idempotent command is re-sent.
+
+Maintenance (a Task of kind ``host.enterMaintenance``): every running VM is placed together
+(place_many, excluding the host), each move is a child VMotion; the host enters maintenance
+only when the children all succeeded and nothing runs there any more. A VM that cannot leave
+is named with its reason up front and the host stays out of maintenance.
+
+Check codes: HOST_NOT_CONNECTED, HOST_IN_MAINTENANCE, HOST_IN_STANDBY, CPU_INCOMPATIBLE,
+DATASTORE_NOT_MOUNTED, PORTGROUP_ABSENT, INSUFFICIENT_MEMORY, INSUFFICIENT_CPU,
+RULE_VIOLATION, POOL_ADMISSION_REFUSED, SAME_HOST, VM_NOT_RUNNING.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from vcenter.core.errors import Conflict, InvalidState
+from vcenter.core.clock import utcnow
+from vcenter.core.settings import Settings, get_settings
+from vcenter.db.models import Cluster, Datastore, Host, Task, VirtualMachine
+from vcenter.db.snapshots import cluster_snapshot
+from vcenter.domain import placement
+from vcenter.domain.snapshot import VmSnapshot
+from vcenter.domain.states import PowerState, TaskState
+from vcenter.messaging.contracts import MigrationOptions
+from vcenter.services import inventory
+from vcenter.services.events import record_event
+from vcenter.services.tasks import ensure_idle, finish_task, send_command, start_task
+
+FILTER_CODES = {
+    "ConnectionFilter": "HOST_NOT_CONNECTED",
+    "MaintenanceFilter": "HOST_IN_MAINTENANCE",
+    "StandbyFilter": "HOST_IN_STANDBY",
+    "CpuCompatibilityFilter": "CPU_INCOMPATIBLE",
+    "DatastoreFilter": "DATASTORE_NOT_MOUNTED",
+    "PortGroupFilter": "PORTGROUP_ABSENT",
+    "MemoryFilter": "INSUFFICIENT_MEMORY",
+    "CpuFilter": "INSUFFICIENT_CPU",
+    "RuleFilter": "RULE_VIOLATION",
+}
+DEFAULT_SETTINGS = {"max_downtime_ms": 300, "bandwidth_mibps": None, "auto_converge": True, "postcopy": False,
+                    "max_per_host": 2, "tls": False}
+
+
+class MigrationRefused(Conflict):
+    code = "MIGRATION_REFUSED"
+
+
+def migration_settings(cluster: Cluster | None) -> dict[str, Any]:
+    return {**DEFAULT_SETTINGS, **((cluster.settings or {}).get("migration") or {} if cluster else {})}
+
+
+def _moving(snapshot, vm: VirtualMachine) -> VmSnapshot:
+    current = next(v for v in snapshot.vms if v.id == str(vm.id))
+    return current
+
+
+def checks(session: Session, vm: VirtualMachine, target_id: int) -> list[dict[str, Any]]:
+    """Every check of a VMotion of ``vm`` to host ``target_id``, each with a stable code, a
+    human message and whether it passed. Same data for the check route and the refusal."""
+    target: Host = inventory.get(session, "host", target_id)
+    if vm.power_state != PowerState.POWERED_ON.value:
+        return [{"code": "VM_NOT_RUNNING", "ok": False, "message": f"VM {vm.name} is {vm.power_state}: VMotion moves running VMs"}]
+    if target.id == vm.host_id:
+        return [{"code": "SAME_HOST", "ok": False, "message": f"VM {vm.name} already runs on {target.name}"}]
+    if vm.cluster_id is None or target.cluster_id != vm.cluster_id:
+        return [{"code": "OTHER_CLUSTER", "ok": False, "message": f"host {target.name} is not in the VM's cluster"}]
+    snapshot = cluster_snapshot(session, vm.cluster_id)
+    result = placement.place(snapshot, _moving(snapshot, vm), only=[str(target.id)])
+    found: dict[str, list[str]] = {}
+    for rejection in result.rejected:
+        if rejection.host_id != str(target.id):
+            continue
+        for name, reason in zip(rejection.filters, rejection.reasons):
+            found.setdefault(FILTER_CODES.get(name, name.upper()), []).append(reason)
+    out = []
+    for name, code in FILTER_CODES.items():
+        reasons = found.pop(code, [])
+        out.append({"code": code, "ok": not reasons, "message": "; ".join(reasons) if reasons else "ok"})
+    if result.refused:
+        out.append({"code": "POOL_ADMISSION_REFUSED", "ok": False, "message": result.refused})
+    for code, reasons in found.items():
+        out.append({"code": code, "ok": False, "message": "; ".join(reasons)})
+    return out
+
+
+def check_report(session: Session, vm_id: int, target_id: int) -> dict[str, Any]:
+    vm: VirtualMachine = inventory.get(session, "vm", vm_id)
+    results = checks(session, vm, target_id)
+    return {"vm": vm.id, "host": target_id, "ok": all(c["ok"] for c in results), "checks": results}
+
+
+def _choose_target(session: Session, vm: VirtualMachine) -> tuple[int, dict[str, Any]]:
+    snapshot = cluster_snapshot(session, vm.cluster_id)
+    result = placement.place(snapshot, _moving(snapshot, vm))
+    if result.host is None:
+        raise MigrationRefused(f"no host can take VM {vm.name}", code="PLACEMENT_FAILED", details=result.to_dict())
+    return int(result.host), result.to_dict()
+
+
+def options_for(session: Session, vm: VirtualMachine, target: Host, settings: dict[str, Any]) -> MigrationOptions:
+    kinds = {session.get(Datastore, d.datastore_id).kind for d in vm.disks}
+    return MigrationOptions(
+        dest_uri=target.libvirt_uri,
+        dest_address=target.address or None,
+        max_downtime_ms=settings.get("max_downtime_ms"),
+        bandwidth_mibps=settings.get("bandwidth_mibps"),
+        auto_converge=bool(settings.get("auto_converge")),
+        postcopy=bool(settings.get("postcopy")),
+        tls=bool(settings.get("tls")),
+        # Only lab directories shared between hosts need VIR_MIGRATE_UNSAFE (LAB-NOTES.md).
+        unsafe="lab-dir" in kinds,
+    )
+
+
+def migrate(session: Session, user: str, vm_id: int, target_id: int | None, config: Settings, parent_task_id: int | None = None) -> Task:
+    vm: VirtualMachine = inventory.get(session, "vm", vm_id)
+    ensure_idle(session, "vm", vm.id)
+    if vm.status != "ready":
+        raise InvalidState(f"VM {vm.name} is {vm.status}", code="VM_NOT_READY")
+    if vm.power_state != PowerState.POWERED_ON.value:
+        raise InvalidState(f"VM {vm.name} is {vm.power_state}: VMotion moves running VMs", code="VM_NOT_RUNNING")
+    decision = None
+    if target_id is None:
+        target_id, decision = _choose_target(session, vm)
+    results = checks(session, vm, target_id)
+    failed = [c for c in results if not c["ok"]]
+    if failed:
+        raise MigrationRefused(f"VM {vm.name} cannot move to host {target_id}: {failed[0]['message']}", code=failed[0]["code"], details={"checks": results})
+    target: Host = session.get(Host, target_id)
+    source: Host = session.get(Host, vm.host_id)
+    cluster = session.get(Cluster, vm.cluster_id)
+    options = options_for(session, vm, target, migration_settings(cluster))
+    task = start_task(session, kind="vm.migrate", object_type="vm", object_id=vm.id, username=user, host_id=source.id,
+                      params={"source": source.id, "target": target.id, "placement": decision, "parent": parent_task_id, "checks": results,
+                              "pending_command": {"uuid": vm.libvirt_uuid, "options": options.model_dump(mode="json")}})
+    record_event(session, "vm.migrate.requested", f"VMotion of VM {vm.name} from {source.name} to {target.name} requested", username=user, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
+    dispatch_waiting(session, cluster)
+    return task
+
+
+def _busy_hosts(session: Session) -> dict[int, int]:
+    """Running migrations per host (as source or target): the database semaphore."""
+    counts: dict[int, int] = {}
+    for task in session.scalars(select(Task).where(Task.kind == "vm.migrate", Task.state == TaskState.RUNNING.value)):
+        for host_id in (task.params.get("source"), task.params.get("target")):
+            counts[host_id] = counts.get(host_id, 0) + 1
+    return counts
+
+
+def dispatch_waiting(session: Session, cluster: Cluster | None = None) -> int:
+    """Send the commands of queued migrations while their hosts have free slots; the rest
+    wait in queue (step waiting-for-slot)."""
+    busy = _busy_hosts(session)
+    sent = 0
+    waiting = session.scalars(select(Task).where(Task.kind == "vm.migrate", Task.state == TaskState.QUEUED.value, Task.command_id.is_(None)).order_by(Task.id))
+    for task in waiting:
+        vm = session.get(VirtualMachine, task.object_id)
+        limit = migration_settings(session.get(Cluster, vm.cluster_id) if vm else None)["max_per_host"]
+        source, target = task.params["source"], task.params["target"]
+        if busy.get(source, 0) >= limit or busy.get(target, 0) >= limit:
+            task.step = "waiting-for-slot"
+            continue
+        # Counted as running from now (with a lease): the agent's first report confirms it.
+        task.state = TaskState.RUNNING.value
+        task.step = "migrating"
+        task.started_at = utcnow()
+        task.lease_expires_at = utcnow() + timedelta(seconds=get_settings().task_lease)
+        send_command(session, task, "vm.migrate", task.params["pending_command"])
+        busy[source] = busy.get(source, 0) + 1
+        busy[target] = busy.get(target, 0) + 1
+        sent += 1
+    return sent
+
+
+def on_progress(task: Task, details: dict[str, Any]) -> None:
+    if task.kind == "vm.migrate":
+        task.result = {"migration": details}
+
+
+def on_result(session: Session, task: Task, ok: bool, result: dict[str, Any], error_code: str | None, error_message: str | None) -> bool:
+    """Apply a migration's result; True when handled here."""
+    if task.kind != "vm.migrate":
+        return False
+    vm = session.get(VirtualMachine, task.object_id)
+    target = session.get(Host, task.params["target"])
+    if ok:
+        vm.host_id = target.id
+        vm.status = "ready"
+        stats = result.get("stats", {})
+        finish_task(session, task, TaskState.SUCCESS, result={"migration": stats}, object_name=vm.name)
+        record_event(session, "vm.migrated", f"VM {vm.name} moved to host {target.name} (downtime {stats.get('downtime_ms')} ms)", username=task.username, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id, data={"stats": stats})
+    elif error_code == "MIGRATION_CANCELLED":
+        finish_task(session, task, TaskState.CANCELLED, error_code=error_code, error_message=error_message, object_name=vm.name)
+    else:
+        finish_task(session, task, TaskState.ERROR, error_code=error_code, error_message=error_message, object_name=vm.name)
+    dispatch_waiting(session)
+    return True
+
+
+def reconciled(session: Session, task: Task) -> bool:
+    """A migration whose agent went silent is done when the VM is known on the target."""
+    vm = session.get(VirtualMachine, task.object_id)
+    return vm is not None and vm.host_id == task.params.get("target")
+
+
+# --- maintenance mode ----------------------------------------------------------------------
+def enter_maintenance(session: Session, user: str, host_id: int, config: Settings) -> Task:
+    host: Host = inventory.get(session, "host", host_id)
+    ensure_idle(session, "host", host.id)
+    if host.maintenance:
+        raise InvalidState(f"host {host.name} is already in maintenance", code="ALREADY_IN_MAINTENANCE")
+    running = list(session.scalars(select(VirtualMachine).where(VirtualMachine.host_id == host.id, VirtualMachine.power_state == PowerState.POWERED_ON.value).order_by(VirtualMachine.id)))
+    cluster = session.get(Cluster, host.cluster_id) if host.cluster_id else None
+    if running and cluster is None:
+        raise Conflict(f"host {host.name} runs VMs and is in no cluster: nowhere to move them", code="CANNOT_EVACUATE", details={"vms": [v.name for v in running]})
+    policy = ((cluster.settings or {}).get("maintenance") or {}).get("powered_off", "leave") if cluster else "leave"
+    if policy == "refuse":
+        off = session.scalars(select(VirtualMachine.name).where(VirtualMachine.host_id == host.id, VirtualMachine.power_state != PowerState.POWERED_ON.value)).all()
+        if off:
+            raise Conflict(f"host {host.name} has powered-off VMs and the cluster refuses to leave them: {', '.join(off)}", code="POWERED_OFF_VMS_PRESENT", details={"vms": list(off)})
+    plan: dict[int, int] = {}
+    if running:
+        snapshot = cluster_snapshot(session, cluster.id)
+        moving = [v for v in snapshot.vms if v.id in {str(vm.id) for vm in running}]
+        decided = placement.place_many(snapshot, moving, exclude={str(host.id): "host entering maintenance"})
+        if decided.unplaced:
+            names = {str(v.id): v.name for v in running}
+            raise Conflict(f"host {host.name} cannot be evacuated: " + "; ".join(f"{names[v]}: {r}" for v, r in decided.unplaced.items()),
+                           code="CANNOT_EVACUATE", details={"vms": {names[v]: r for v, r in decided.unplaced.items()}})
+        plan = {int(v): int(h) for v, h in decided.placed.items()}
+    task = start_task(session, kind="host.enterMaintenance", object_type="host", object_id=host.id, username=user, params={"plan": {str(k): v for k, v in plan.items()}})
+    task.state = TaskState.RUNNING.value
+    task.step = "evacuating"
+    children = []
+    for vm_id, target_id in plan.items():
+        children.append(migrate(session, user, vm_id, target_id, config, parent_task_id=task.id).id)
+    task.params = {**task.params, "children": children}
+    record_event(session, "host.maintenance.requested", f"host {host.name} entering maintenance: {len(children)} VMs to move", username=user, object_type="host", object_id=host.id, object_name=host.name, task_id=task.id)
+    advance_maintenance(session, task)
+    return task
+
+
+def advance_maintenance(session: Session, task: Task) -> None:
+    """Finish an evacuation when its children are done (called after each child and by the
+    orchestrator's periodic pass)."""
+    if task.kind != "host.enterMaintenance" or TaskState(task.state).finished:
+        return
+    children = [session.get(Task, i) for i in task.params.get("children", [])]
+    if any(not TaskState(c.state).finished for c in children):
+        done = sum(1 for c in children if TaskState(c.state).finished)
+        task.progress = int(100 * done / max(len(children), 1))
+        return
+    host = session.get(Host, task.object_id)
+    failed = [c for c in children if c.state != TaskState.SUCCESS.value]
+    still = session.scalars(select(VirtualMachine.name).where(VirtualMachine.host_id == host.id, VirtualMachine.power_state == PowerState.POWERED_ON.value)).all()
+    if failed or still:
+        names = {c.id: session.get(VirtualMachine, c.object_id).name for c in failed if session.get(VirtualMachine, c.object_id)}
+        detail = "; ".join(f"{names.get(c.id, c.object_id)}: {c.error_code}" for c in failed) or f"still running: {', '.join(still)}"
+        finish_task(session, task, TaskState.ERROR, error_code="EVACUATION_FAILED", error_message=detail, object_name=host.name)
+        return
+    host.maintenance = True
+    finish_task(session, task, TaskState.SUCCESS, result={"moved": len(children)}, object_name=host.name)
+    record_event(session, "host.maintenance.entered", f"host {host.name} entered maintenance", username=task.username, object_type="host", object_id=host.id, object_name=host.name, task_id=task.id)
+
+
+def exit_maintenance(session: Session, user: str, host_id: int) -> Host:
+    host: Host = inventory.get(session, "host", host_id)
+    ensure_idle(session, "host", host.id)
+    if not host.maintenance:
+        raise InvalidState(f"host {host.name} is not in maintenance", code="NOT_IN_MAINTENANCE")
+    host.maintenance = False
+    record_event(session, "host.maintenance.exited", f"host {host.name} left maintenance", username=user, object_type="host", object_id=host.id, object_name=host.name)
+    return host
+
+
+def advance_all(session: Session) -> None:
+    """The orchestrator's periodic pass: dispatch waiting migrations, finish evacuations."""
+    dispatch_waiting(session)
+    for task in session.scalars(select(Task).where(Task.kind == "host.enterMaintenance", Task.state == TaskState.RUNNING.value)):
+        advance_maintenance(session, task)
