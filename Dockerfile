@@ -27,7 +27,9 @@ RUN pip install '.[agent]'
 COPY alembic.ini ./
 COPY migrations ./migrations
 
-RUN useradd --system --home-dir /app --shell /usr/sbin/nologin vcenter
+RUN useradd --system --home-dir /app --shell /usr/sbin/nologin vcenter \
+ && install -d -m 0700 -o vcenter /var/lib/virtcenter/keys
+# (the keys volume takes this owner on first mount: the command signing key, the TLS certificate)
 USER vcenter
 
 ENV VCENTER_API_HOST=0.0.0.0 \

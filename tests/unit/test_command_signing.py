@@ -249,3 +249,20 @@ def test_the_signature_covers_the_exact_bytes(signer, key):
     envelope = signer.seal(command())
     sig = base64.b64decode(envelope["sig"])
     key.public_key().verify(sig, envelope["body"].encode())
+
+
+def test_lab_agents_keep_the_redis_password_when_the_host_changes():
+    from vcenter.lab.stack import with_host
+
+    assert with_host("redis://:s3cret@127.0.0.1:6390/0", "10.213.0.1") == "redis://:s3cret@10.213.0.1:6390/0"
+    assert with_host("redis://127.0.0.1:6390/0", "10.213.0.1") == "redis://10.213.0.1:6390/0"
+
+
+def test_no_secret_travels_in_a_command():
+    from pydantic import ValidationError
+
+    for args in ({"password": "x"}, {"spec": {"cloud_init": {"user_data": "#cloud-config"}}}, {"moves": [{"api_token": "t"}]}, {"ssh_private_key": "k"}):
+        with pytest.raises(ValidationError, match="secret"):
+            command(**args)
+    # What commands carry today passes: specs, disk lists, guest command lines, CPU definitions.
+    command(spec={"name": "v", "uuid": "u", "disks": [{"file": "v.qcow2", "capacity_mib": 8}]}, disks=["/ds/v.qcow2"], line="uptime", cpu_xmls=["<cpu/>"])

@@ -9,10 +9,11 @@ Vocabulary:
 """
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 CONTRACT_VERSION = 1
 
@@ -90,6 +91,7 @@ CommandName = Literal[
     "vm.delete",       # undefine and delete disks
     "vm.guest",        # a command to the guest through its heartbeat channel
     "vm.migrate",      # live migration to another host (sent to the source host)
+    "vm.relocate",     # move disks to other datastores on this host (Storage VMotion)
     "host.cpu_baseline",  # libvirt's CPU baseline of the given host CPU definitions
     "host.refresh",    # send a full state report now
 ]
@@ -106,6 +108,26 @@ class Command(BaseModel):
     # Set when the command is signed for sending (vcenter.messaging.signing): the agent
     # refuses it afterwards. ``command_id`` doubles as the nonce of the replay check.
     expires_at: datetime | None = None
+
+    @field_validator("args")
+    @classmethod
+    def _no_secrets(cls, args: dict[str, Any]) -> dict[str, Any]:
+        """Queues are readable by every host: a secret (password, token, key, cloud-init
+        user data) never goes into a command; the agent fetches it over HTTPS instead."""
+        def walk(value: Any, path: str) -> None:
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    if _SECRET_KEY.search(str(key)):
+                        raise ValueError(f"command argument {path}{key} looks like a secret: secrets never travel on a queue")
+                    walk(item, f"{path}{key}.")
+            elif isinstance(value, list):
+                for item in value:
+                    walk(item, path)
+        walk(args, "")
+        return args
+
+
+_SECRET_KEY = re.compile(r"pass(word|wd|phrase)?$|secret|token|private.?key|user.?data|credential", re.IGNORECASE)
 
 
 class TaskProgress(BaseModel):

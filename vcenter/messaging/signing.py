@@ -74,6 +74,14 @@ def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
     """Load the PEM private key at ``path``, creating it (mode 0600) if absent. Safe when
     several server processes start at once: the file appears atomically, and the first one
     wins."""
+    try:
+        return _load_or_create(path)
+    except PermissionError as exc:
+        raise PermissionError(f"command signing key {path}: {exc.strerror}; set VCENTER_KEY_DIR (or VCENTER_COMMAND_SIGNING_KEY) "
+                              "to a directory this server process may write") from exc
+
+
+def _load_or_create(path: Path) -> Ed25519PrivateKey:
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = Ed25519PrivateKey.generate()
@@ -121,6 +129,10 @@ class CommandSigner:
     def from_settings(cls, settings: Settings) -> "CommandSigner":
         ttl = settings.command_ttl if settings.command_ttl is not None else settings.task_queue_timeout
         return cls(load_or_create_signing_key(signing_key_path(settings)), ttl)
+
+    @property
+    def public_key(self) -> Ed25519PublicKey:
+        return self._key.public_key()
 
     @property
     def public_key_pem(self) -> str:

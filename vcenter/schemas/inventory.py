@@ -473,3 +473,12 @@ class EvcRequest(_In):
 
 class MigrateRequest(_In):
     host_id: int | None = Field(None, description="target host; omit it to let placement choose")
+
+
+class DiskMove(_In):
+    index: int = Field(..., ge=0, le=25)
+    datastore_id: int
+
+
+class RelocateRequest(_In):
+    disks: list[DiskMove] = Field(..., min_length=1, max_length=16)

@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from vcenter.core.errors import Conflict, InvalidState
+from vcenter.core.errors import Conflict, Invalid, InvalidState
 from vcenter.core.clock import utcnow
 from vcenter.core.settings import Settings, get_settings
 from vcenter.db.models import Cluster, Datastore, Host, Task, VirtualMachine
@@ -292,3 +292,50 @@ def advance_all(session: Session) -> None:
     dispatch_waiting(session)
     for task in session.scalars(select(Task).where(Task.kind == "host.enterMaintenance", Task.state == TaskState.RUNNING.value)):
         advance_maintenance(session, task)
+
+
+# --- Storage VMotion -----------------------------------------------------------------------
+def relocate(session: Session, user: str, vm_id: int, moves: list[dict[str, int]]) -> Task:
+    """Move disks of a VM to other datastores on its host: a running VM's disks are copied
+    while it runs and pivoted (libvirt block copy); a powered-off VM's files are converted by
+    the agent. Old files are removed only after every disk moved."""
+    vm: VirtualMachine = inventory.get(session, "vm", vm_id)
+    ensure_idle(session, "vm", vm.id)
+    if vm.status != "ready":
+        raise InvalidState(f"VM {vm.name} is {vm.status}", code="VM_NOT_READY")
+    if vm.power_state == PowerState.SUSPENDED.value:
+        raise InvalidState(f"VM {vm.name} is suspended: resume or power it off first", code="VM_SUSPENDED")
+    disks = {d.index: d for d in vm.disks}
+    plan = []
+    for i, move in enumerate(moves):
+        disk = disks.get(move["index"])
+        if disk is None:
+            raise Invalid(f"disks[{i}].index: VM {vm.name} has no disk {move['index']}", code="DISK_NOT_FOUND", details={"field": f"disks[{i}].index"})
+        target: Datastore = inventory._ref(session, "datastore", move["datastore_id"], f"disks[{i}].datastore_id")
+        mount = next((m for m in target.mounts if m.host_id == vm.host_id), None)
+        if mount is None:
+            raise Conflict(f"datastore {target.name} is not mounted on the VM's host", code="DATASTORE_NOT_MOUNTED", details={"field": f"disks[{i}].datastore_id"})
+        if target.id == disk.datastore_id:
+            raise Invalid(f"disks[{i}].datastore_id: disk {disk.index} is already on {target.name}", code="SAME_DATASTORE", details={"field": f"disks[{i}].datastore_id"})
+        needed = disk.capacity_mib * 1024 * 1024
+        if target.free_bytes and target.free_bytes < needed:
+            raise Conflict(f"datastore {target.name} has {target.free_bytes // 2**20} MiB free, disk {disk.index} needs {disk.capacity_mib} MiB", code="DATASTORE_FULL")
+        source = session.get(Datastore, disk.datastore_id)
+        old_mount = next((m for m in source.mounts if m.host_id == vm.host_id), None)
+        plan.append({"index": disk.index, "target": disk_target_name(disk.index), "format": disk.format,
+                     "from": f"{(old_mount.path if old_mount else source.url)}/{disk.file}", "to": f"{mount.path}/{disk.file}", "datastore_id": target.id})
+    running = vm.power_state == PowerState.POWERED_ON.value
+    return start_task(session, kind="vm.relocate", object_type="vm", object_id=vm.id, username=user, host_id=vm.host_id,
+                      params={"moves": plan}, command="vm.relocate", command_args={"uuid": vm.libvirt_uuid, "moves": plan, "running": running})
+
+
+def disk_target_name(index: int) -> str:
+    return "vd" + chr(ord("a") + index)
+
+
+def on_relocated(session: Session, task: Task) -> None:
+    vm = session.get(VirtualMachine, task.object_id)
+    by_index = {d.index: d for d in vm.disks}
+    for move in task.params["moves"]:
+        by_index[move["index"]].datastore_id = move["datastore_id"]
+    record_event(session, "vm.relocated", f"VM {vm.name}: {len(task.params['moves'])} disk(s) moved", username=task.username, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id, data={"moves": task.params["moves"]})

@@ -90,6 +90,8 @@ def report_result(session: Session, host: Host, task_id: int, report: TaskResult
                 return {"applied": True}
             if report.domain is not None:
                 _apply_domain(vm, report.domain)
+            if task.kind == "vm.relocate":
+                migration.on_relocated(session, task)
             if task.kind == "vm.create":
                 vm.status = "ready"
                 record_event(session, "vm.created", f"VM {vm.name} created on host {host.name}", username=task.username, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
@@ -229,9 +231,11 @@ def reconcile_domains(session: Session, host: Host, domains: list[DomainState]) 
             vm.power_state = domain.power_state
     for uuid, domain in reported.items():
         vm = _vm_by_uuid(session, uuid)
+        if vm is not None and vm.id in moving:
+            continue  # arriving by VMotion: the inventory moves only when the migration completed
         if vm is not None:
             owner = session.get(Host, vm.host_id) if vm.host_id else None
-            arrived = moving.get(vm.id) == host.id or vm.status == "inaccessible"
+            arrived = vm.status == "inaccessible"
             if owner is not None and owner.connection_state == ConnectionState.CONNECTED.value and not arrived:
                 record_event(session, "vm.seen_twice", f"VM {vm.name} is reported by host {host.name} but belongs to connected host {owner.name}", object_type="vm", object_id=vm.id, object_name=vm.name, reason="seen_on_two_hosts", data={"host_id": host.id})
                 continue

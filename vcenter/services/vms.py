@@ -171,11 +171,12 @@ def delete_vm(session: Session, user: str, vm_id: int) -> Task:
 def guest_command(session: Session, user: str, vm_id: int, command: str, argument: str | None, timeout: float) -> Task:
     """Send a command to the guest through its heartbeat channel (the lab guest's protocol)."""
     vm: VirtualMachine = inventory.get(session, "vm", vm_id)
-    ensure_idle(session, "vm", vm.id)
     if vm.status != "ready" or vm.power_state != PowerState.POWERED_ON.value:
         raise InvalidState(f"VM {vm.name} is not running", code="VM_NOT_RUNNING")
     host = session.get(Host, vm.host_id)
     _usable_host(host)
     line = command if not argument else f"{command} {argument}"
-    return start_task(session, kind="vm.guestCommand", object_type="vm", object_id=vm.id, username=user, host_id=host.id,
+    # Guest operations claim the guest, not the VM: they run alongside a VMotion or a disk
+    # move (as in vCenter), one at a time per guest.
+    return start_task(session, kind="vm.guestCommand", object_type="guest", object_id=vm.id, username=user, host_id=host.id,
                       params={"command": line}, command="vm.guest", command_args={"uuid": vm.libvirt_uuid, "line": line, "timeout": timeout})

@@ -151,6 +151,38 @@ def _migrate(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | N
     return None, {"stats": stats.model_dump(mode="json")}
 
 
+def _relocate(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
+    """Storage VMotion on this host: every disk copied (block copy + pivot while running, or
+    converted while off); the old files are removed only after all disks moved."""
+    command = CURRENT_COMMAND.get()
+    cancel = threading.Event()
+    moves = list(args["moves"])
+
+    def progress_of(i: int):
+        def report(p: MigrationProgress) -> None:
+            done = (p.data_processed or 0) / p.data_total if p.data_total else 0.0
+            percent = min(99, int(100 * (i + done) / len(moves)))
+            try:
+                answer = agent.api.post(f"/tasks/{command.task_id}/progress", TaskProgress(command_id=command.command_id, step=f"copying disk {moves[i]['target']}", progress=percent, details=p.model_dump(mode="json")).model_dump(), retry_for=2)
+                if not answer.get("proceed", True):
+                    cancel.set()
+            except (ConnectionError, PermanentReportError) as exc:
+                log.warning("relocation progress not reported: %s", exc)
+        return report
+
+    for i, move in enumerate(moves):
+        if args.get("running"):
+            agent.driver.move_disk(args["uuid"], move["target"], move["to"], move["format"], on_progress=progress_of(i), cancel=cancel)
+        else:
+            agent.driver.move_disk_offline(args["uuid"], move["target"], move["to"], move["format"])
+    removed = []
+    for move in moves:
+        if move["from"] != move["to"] and os.path.exists(move["from"]):
+            os.unlink(move["from"])
+            removed.append(move["from"])
+    return agent.driver.domain_state(args["uuid"]), {"moved": [m["to"] for m in moves], "removed": removed}
+
+
 HANDLERS: dict[str, Handler] = {
     "vm.create": _create,
     "vm.start": _simple("start"),
@@ -164,6 +196,7 @@ HANDLERS: dict[str, Handler] = {
     "vm.guest": _guest,
     "host.cpu_baseline": _cpu_baseline,
     "vm.migrate": _migrate,
+    "vm.relocate": _relocate,
 }
 
 
@@ -254,7 +287,7 @@ def _execute(agent: AgentService, command: Command) -> dict[str, Any]:
         if handler is None:
             raise DriverError("UNKNOWN_COMMAND", f"this agent does not know {command.name}")
         # Guest commands and migrations wait long; they need not hold the hypervisor lock.
-        lock = agent.driver_lock if command.name not in ("vm.guest", "vm.migrate") else contextlib.nullcontext()
+        lock = agent.driver_lock if command.name not in ("vm.guest", "vm.migrate", "vm.relocate") else contextlib.nullcontext()
         CURRENT_COMMAND.set(command)
         with _lease_keeper(agent, command, command.name), lock:
             domain, result = _with_reconnect(agent, handler, command.args)

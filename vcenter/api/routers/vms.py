@@ -63,6 +63,11 @@ def migrate_vm(vm_id: int, db: DbDep, user: CurrentUser, settings: SettingsDep, 
     return migration.migrate(db, user.username, vm_id, body.host_id if body else None, settings)
 
 
+@router.post("/{vm_id}/relocate", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, summary="Storage VMotion: move disks to other datastores of the VM's host, while it runs (a Task)")
+def relocate_vm(vm_id: int, body: s.RelocateRequest, db: DbDep, user: CurrentUser) -> Any:
+    return migration.relocate(db, user.username, vm_id, [m.model_dump() for m in body.disks])
+
+
 @router.get("/{vm_id}/migrate/check", summary="The checks of a VMotion to a host, without moving")
 def migrate_check(vm_id: int, db: DbDep, user: CurrentUser, host: int = Query(..., description="target host id")) -> Any:
     return migration.check_report(db, vm_id, host)
