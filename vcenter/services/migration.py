@@ -200,6 +200,7 @@ def on_result(session: Session, task: Task, ok: bool, result: dict[str, Any], er
     if ok:
         vm.host_id = target.id
         vm.status = "ready"
+        vm.power_state = PowerState.POWERED_ON.value
         stats = result.get("stats", {})
         finish_task(session, task, TaskState.SUCCESS, result={"migration": stats}, object_name=vm.name)
         record_event(session, "vm.migrated", f"VM {vm.name} moved to host {target.name} (downtime {stats.get('downtime_ms')} ms)", username=task.username, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id, data={"stats": stats})

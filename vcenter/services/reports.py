@@ -120,6 +120,8 @@ _EVENT_MESSAGES = {
 def report_lifecycle(session: Session, host: Host, events: list[LifecycleEvent]) -> int:
     applied = 0
     for event in events:
+        if event.reason == "migrated":
+            continue  # the VM moved, it did not stop: the migration's result says where it runs
         vm = _vm_by_uuid(session, event.uuid)
         if vm is None or vm.host_id != host.id:
             continue
@@ -212,9 +214,9 @@ def reconcile_domains(session: Session, host: Host, domains: list[DomainState]) 
     moving = _migrations_in_flight(session)
     for vm in session.scalars(select(VirtualMachine).where(VirtualMachine.host_id == host.id)):
         domain = reported.pop(vm.libvirt_uuid, None)
+        if vm.id in moving:
+            continue  # leaving this host by VMotion: its task's result will say where it runs
         if domain is None:
-            if vm.id in moving:
-                continue  # leaving this host by VMotion: its task's result will say where it is
             if vm.status == "ready":
                 vm.status = "inaccessible"
                 record_event(session, "vm.inaccessible", f"VM {vm.name} is missing on host {host.name}", object_type="vm", object_id=vm.id, object_name=vm.name, reason="missing_on_host")
