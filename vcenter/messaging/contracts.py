@@ -77,6 +77,16 @@ class VmSpec(BaseModel):
     cmdline: str | None = None
     # None: the hypervisor's default CPU (host-passthrough under KVM, QEMU's default under TCG).
     cpu: CpuSpec | None = None
+    resources: "ResourceSpec | None" = None
+
+
+class ResourceSpec(BaseModel):
+    """Enforcement of a VM's allocation on its host through libvirt (cgroups): CPU shares
+    (relative weight), a CPU cap for the whole VM (global period/quota) and a memory soft limit
+    (reclaim pressure above it; a hard limit would let the kernel kill QEMU)."""
+    cpu_shares: int | None = Field(None, ge=2, le=262144)
+    cpu_quota_us: int | None = Field(None, ge=1000, description="per 100 ms period, for the whole VM")
+    memory_soft_limit_mib: int | None = Field(None, ge=16)
 
 
 CommandName = Literal[
@@ -251,3 +261,4 @@ class MigrationProgress(BaseModel):
 
 
 TaskResult.model_rebuild()
+VmSpec.model_rebuild()

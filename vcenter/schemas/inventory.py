@@ -295,6 +295,8 @@ class VmCreate(_In):
     cluster_id: int | None = Field(None, description="with no host_id: the cluster whose placement engine chooses the host")
     cpu_reservation_mhz: int = Field(0, ge=0)
     memory_reservation_mib: int = Field(0, ge=0)
+    cpu_limit_mhz: int | None = Field(None, ge=1, description="enforced on the host as a CPU quota")
+    memory_limit_mib: int | None = Field(None, ge=16, description="enforced on the host as a memory soft limit")
     folder_id: int | None = None
     pool_id: int | None = None
     vcpus: int = Field(1, ge=1, le=64)
@@ -356,6 +358,8 @@ class VmRead(_Out):
     memory_mib: int
     cpu_reservation_mhz: int
     memory_reservation_mib: int
+    cpu_limit_mhz: int | None
+    memory_limit_mib: int | None
     guest_os: str
     power_state: PowerState
     status: str

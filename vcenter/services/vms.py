@@ -12,9 +12,9 @@ from sqlalchemy.orm import Session
 from vcenter.core.errors import Conflict, Invalid, InvalidState
 from vcenter.core.ids import new_mac, new_uuid
 from vcenter.core.settings import Settings
-from vcenter.db.models import Cluster, Datastore, Host, PortGroup, Task, VirtualDisk, VirtualMachine, VirtualNic
+from vcenter.db.models import Cluster, Datastore, ResourcePool, Host, PortGroup, Task, VirtualDisk, VirtualMachine, VirtualNic
 from vcenter.domain.states import ConnectionState, PowerAction, PowerState, check_power_action
-from vcenter.messaging.contracts import CpuSpec, DiskSpec, NicSpec, VmSpec
+from vcenter.messaging.contracts import CpuSpec, DiskSpec, NicSpec, ResourceSpec, VmSpec
 from vcenter.services import evc, inventory, placement
 from vcenter.services.events import record_event
 from vcenter.services.tasks import ensure_idle, start_task
@@ -46,8 +46,25 @@ def vm_spec(session: Session, vm: VirtualMachine, host_id: int) -> VmSpec:
         portgroup = session.get(PortGroup, nic.portgroup_id)
         nics.append(NicSpec(index=nic.index, portgroup=portgroup.name, bridge=portgroup.bridge, mac=nic.mac, model=nic.model))
     boot = vm.boot or {}
-    return VmSpec(name=vm.name, uuid=vm.libvirt_uuid, vcpus=vm.vcpus, memory_mib=vm.memory_mib, guest_os=vm.guest_os, disks=disks, nics=nics,
+    host = session.get(Host, host_id)
+    return VmSpec(resources=resource_spec(session, vm, host),name=vm.name, uuid=vm.libvirt_uuid, vcpus=vm.vcpus, memory_mib=vm.memory_mib, guest_os=vm.guest_os, disks=disks, nics=nics,
                   image=boot.get("image"), guest_ip=boot.get("ip"), cpu=CpuSpec(**vm.cpu) if vm.cpu else None)
+
+
+NORMAL_POOL_CPU_SHARES = 4000  # vCenter's "normal" shares of a resource pool
+SHARES_PER_VCPU = 1000  # vCenter's "normal" shares of a VM, per vCPU
+
+
+def resource_spec(session: Session, vm: VirtualMachine, host: Host | None) -> ResourceSpec:
+    """How a VM's allocation is enforced on its host: CPU shares scaled by its pool's shares,
+    its CPU limit as a quota of the host's core speed, its memory limit as a soft limit."""
+    pool = session.get(ResourcePool, vm.pool_id) if vm.pool_id else None
+    scale = (pool.cpu_shares / NORMAL_POOL_CPU_SHARES) if pool is not None else 1.0
+    shares = max(2, int(SHARES_PER_VCPU * vm.vcpus * scale))
+    quota = None
+    if vm.cpu_limit_mhz is not None and host is not None and host.cpu_mhz:
+        quota = max(1000, int(vm.cpu_limit_mhz / host.cpu_mhz * 100_000))
+    return ResourceSpec(cpu_shares=shares, cpu_quota_us=quota, memory_soft_limit_mib=vm.memory_limit_mib)
 
 
 def create_vm(session: Session, user: str, data: dict[str, Any]) -> tuple[VirtualMachine, Task]:
@@ -83,6 +100,8 @@ def create_vm(session: Session, user: str, data: dict[str, Any]) -> tuple[Virtua
         memory_mib=data["memory_mib"],
         cpu_reservation_mhz=data.get("cpu_reservation_mhz", 0),
         memory_reservation_mib=data.get("memory_reservation_mib", 0),
+        cpu_limit_mhz=data.get("cpu_limit_mhz"),
+        memory_limit_mib=data.get("memory_limit_mib"),
         guest_os=data["guest_os"],
         power_state=PowerState.POWERED_OFF.value,
         status="creating",

@@ -30,6 +30,8 @@ Events:
   entitlements | violations           log them
   check cpu vm X host H               CPU compatibility of a VM with a host
   delay N                             advance the clock; expired reservations are dropped
+  drs .. | dpm .. | whatif .. | demands: {..} | balance | sample [N] | begin/end migrate vm X ..
+                                      DRS, DPM and what-if: see vcenter.sim.drs (its own invariants)
 
 Invariants, checked after loading and after every event whatever the log says: no must-rule
 violated, no host over its memory, vCPU or CPU-reservation capacity, every running VM on one
@@ -61,6 +63,7 @@ from vcenter.domain.snapshot import (
     RuleKind,
     VmSnapshot,
 )
+from vcenter.sim.drs import DrsSimMixin
 
 
 class ScenarioError(Exception):
@@ -114,7 +117,7 @@ def _flow(value: Any) -> str:
 
 # -- the simulated cluster -------------------------------------------------------------------
 
-class Sim:
+class Sim(DrsSimMixin):
     def __init__(self, cluster: dict) -> None:
         cluster = cluster or {}
         self.t = 0.0
@@ -157,6 +160,7 @@ class Sim:
             if found:
                 raise ScenarioError(f"cluster.yaml: {found[0]}")
             self.rules.append(rule)
+        self._drs_init(cluster)
         running = sum(1 for v in self.vms.values() if v.host)
         def count(n: int, word: str) -> str:
             return f"{n} {word}{'' if n == 1 else 's'}"
@@ -391,6 +395,8 @@ class Sim:
         if not words:
             raise ScenarioError("empty event")
         head = words[0]
+        if self._drs_dispatch(cmd, words, payload):
+            return None
         if cmd == "add rule":
             return self._add_rule(payload)
         if cmd == "add vm":
@@ -471,6 +477,7 @@ class Sim:
                 self.say(f"{vm.id} moved {vm.host} -> {target}", 1)
                 self.render(r, 1, full=False, only_host=target)
                 self.vms[vm.id] = replace(vm, host=target)
+                self.moved_at[vm.id] = self.t
             else:
                 self.say(f"REFUSED: {vm.id} cannot move to {target}", 1)
                 for rej in r.rejected:
@@ -662,7 +669,7 @@ class Sim:
             h = self.hosts[vm.host]
             if h.maintenance or h.standby:
                 self.failures.append(f"{where}: {vm.id} runs on {vm.host}, which is in maintenance/standby")
-            if vm.id in self.pending:
+            if vm.id in self.pending and vm.id not in self.in_flight:
                 self.failures.append(f"{where}: {vm.id} runs and holds a reservation")
             mem[vm.host] = mem.get(vm.host, 0) + vm.memory_mib
             vcpu[vm.host] = vcpu.get(vm.host, 0) + vm.vcpus

@@ -206,6 +206,8 @@ def build_domain_xml(spec: VmSpec, domain_type: str) -> str:
     _sub(dom, "memory", str(spec.memory_mib), unit="MiB")
     _sub(dom, "currentMemory", str(spec.memory_mib), unit="MiB")
     _sub(dom, "vcpu", str(spec.vcpus), placement="static")
+    if spec.resources is not None:
+        _resource_elements(dom, spec.resources)
 
     os_el = _sub(dom, "os")
     _sub(os_el, "type", "hvm", arch="x86_64", machine="pc")
@@ -361,3 +363,20 @@ def compare_feature_sets(guest: set[str], guest_vendor: str | None,
     if missing:
         return False, f"incompatible: host CPU lacks {', '.join(sorted(missing))}"
     return True, "identical" if guest == host else "superset"
+
+
+CPU_PERIOD_US = 100_000
+
+
+def _resource_elements(dom: ET.Element, res) -> None:
+    """<cputune> (shares, a cap for the whole VM) and <memtune> (soft limit) from a ResourceSpec."""
+    if res.cpu_shares is not None or res.cpu_quota_us is not None:
+        tune = _sub(dom, "cputune")
+        if res.cpu_shares is not None:
+            _sub(tune, "shares", str(int(res.cpu_shares)))
+        if res.cpu_quota_us is not None:
+            _sub(tune, "global_period", str(CPU_PERIOD_US))
+            _sub(tune, "global_quota", str(int(res.cpu_quota_us)))
+    if res.memory_soft_limit_mib is not None:
+        mem = _sub(dom, "memtune")
+        _sub(mem, "soft_limit", str(int(res.memory_soft_limit_mib)), unit="MiB")

@@ -1,0 +1,844 @@
+"""DRS: balance a cluster by live migrations, and say why; answer "what if".
+
+``balance(snapshot, settings, demands, history)`` returns a ``DrsPlan``: an ordered list of
+``Recommendation`` (move VM from source to target), each with a priority 1-5 and its reasons as
+numbers. ``whatif(snapshot, change, ...)`` applies a hypothetical change (a host fails, enters
+maintenance, powers off; a VM's demand changes; a rule is added) to a copy of the snapshot and
+returns the resulting plan and balance. Nothing here reads a clock or a random source: the
+caller gives ages ("moved 600 s ago") instead of timestamps.
+
+Vocabulary:
+- demand: what a running VM wants now, (CPU MHz, memory MiB); a VM without a measured demand
+  demands its configured size (vCPUs x core MHz, memory).
+- entitlement: what the VM should get given demand, reservations, limits, shares and the pool
+  tree (vcenter.domain.pools.entitlements). Without contention and pools it equals the demand
+  clipped to [reservation, min(size, limit)].
+- capacity of a host: what VMs may get (``cpu_mhz``/``memory_mib`` minus ``reserved_*`` and
+  ``used_*``). Load of a host: the sum of its VMs' entitlements / capacity, per resource.
+- active host: usable (connected, not in maintenance, not in standby). Only active hosts count
+  for the imbalance and only they send or receive VMs.
+- imbalance: for each resource the population standard deviation of active hosts' loads;
+  the cluster's imbalance is the larger of the two (max, so that a cluster balanced on CPU but
+  skewed on memory is still called imbalanced, and a move is judged by the resource that is
+  worse). ``DrsPlan`` also carries both per-resource values.
+- threshold (1-5, default 3) -> target imbalance (``TARGETS``)::
+
+      threshold   target   recommendations emitted
+      1           -        priority 1 only: rule fixes (mandatory moves); no balancing
+      2           0.20     + priority 2: imbalance above 0.20, or a host overloaded (load > 1)
+      3           0.10     + priority 3: imbalance above 0.10               (default)
+      4           0.05     + priority 4: imbalance above 0.05
+      5           0.02     + priority 5: imbalance above 0.02               (aggressive)
+
+  A balancing move made while the imbalance is I gets the priority of the most important band I
+  exceeds (2 when I > 0.20 or the source is overloaded, 3 when I > 0.10, ...); threshold T keeps
+  balancing while I > target(T) (or, for T >= 2, while a host is overloaded) and emits only
+  priorities <= T, as vSphere's migration threshold does.
+- priority 1: a move that fixes a rule violation (must rules first, then should rules).
+- gain (benefit) of a move: imbalance before - imbalance after. cost: the memory to copy
+  (configured memory, MiB). One move changes a standard deviation over n hosts by O(1/n), so
+  the thresholds are per host: a move is kept when n x gain >= ``min_gain`` (default 0.008)
+  and n x gain - ``cost_per_gib`` (default 0.0004) x GiB copied > 0, n the number of active
+  hosts; the move with the best net gain is taken first. Reasons carry the raw gain.
+- anti-oscillation: minimum gain, cost per GiB, per-VM cooldown (a VM moved less than
+  ``cooldown_s`` ago is not moved again for balance), a budget of moves per pass, and a VM whose
+  migration is in flight is never moved. Must-rule fixes ignore the cooldown, never the in-flight
+  rule nor the budget.
+- admissible: every target is chosen among the hosts that placement's filters accept for the VM
+  (vcenter.domain.placement: capacity, CPU compatibility, datastores, port groups, must rules),
+  on per-host aggregates updated after each accepted move, so the whole plan is admissible in
+  order. A balancing move never breaks a should-rule that the VM keeps where it is, and never
+  takes a target above its capacity minus the HA reserve.
+- HA reserve: capacity kept free on every host for failover (``HaReserve``: a fraction of each
+  host's capacity and/or fixed MHz / MiB per host). A balancing or rule-fixing move may not eat
+  into it (CPU: entitlement, memory: configured size); it is an input (zero until HA's admission
+  control fills it).
+- automation: manual (recommend only), partial (placement automatic, balancing recommended),
+  full (applied); a per-VM override (``manual``/``partial``/``full``/``disabled``) wins. DRS never
+  moves a ``disabled`` VM. Each recommendation carries its level and whether it is automatic.
+
+Speed: loads are numpy arrays over hosts; a balancing step scores every (VM on a loaded source,
+target) pair at once from the per-resource sums S = sum x and Q = sum x^2 (std after a move is a
+closed form in S and Q), checks admissibility lazily from the best pair down, and commits the
+move into placement's ``ClusterState`` in place: no copy of the cluster per candidate.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import Enum
+
+import numpy as np
+
+from vcenter.domain.placement import ClusterState, ManyResult, place_many
+from vcenter.domain.pools import PoolTree, entitlements
+from vcenter.domain.rules import violations
+from vcenter.domain.snapshot import ClusterSnapshot, HostSnapshot, Rule, RuleKind, VmSnapshot
+
+TARGETS: dict[int, float] = {1: float("inf"), 2: 0.20, 3: 0.10, 4: 0.05, 5: 0.02}
+OVERLOAD = 1.0  # a host whose entitlement exceeds its capacity (on CPU or memory)
+EPS = 1e-9
+
+Demand = tuple[float, float]  # (CPU MHz, memory MiB)
+
+
+class Automation(str, Enum):
+    MANUAL = "manual"
+    PARTIAL = "partial"
+    FULL = "full"
+    DISABLED = "disabled"  # per-VM override only: DRS never moves the VM
+
+
+@dataclass(frozen=True, slots=True)
+class HaReserve:
+    """Capacity kept free on every host for HA failover: a fraction of the host's capacity and
+    fixed amounts, both applied (the larger total wins per host)."""
+
+    fraction: float = 0.0
+    cpu_mhz: float = 0.0
+    mem_mib: float = 0.0
+
+    def cpu(self, capacity: np.ndarray) -> np.ndarray:
+        return np.maximum(capacity * self.fraction, self.cpu_mhz)
+
+    def mem(self, capacity: np.ndarray) -> np.ndarray:
+        return np.maximum(capacity * self.fraction, self.mem_mib)
+
+    @property
+    def zero(self) -> bool:
+        return self.fraction <= 0 and self.cpu_mhz <= 0 and self.mem_mib <= 0
+
+
+@dataclass(frozen=True, slots=True)
+class DrsSettings:
+    threshold: int = 3
+    automation: Automation | str = Automation.FULL
+    vm_overrides: Mapping[str, Automation | str] = field(default_factory=dict)
+    cooldown_s: float = 1800.0
+    budget: int = 8  # new moves per pass (rule fixes included)
+    min_gain: float = 0.008  # per active host (see the module docstring)
+    cost_per_gib: float = 0.0004  # per active host
+    ha: HaReserve = HaReserve()
+    sources: int = 3  # most loaded hosts examined per resource and step
+
+    def __post_init__(self) -> None:
+        if self.threshold not in TARGETS:
+            raise ValueError(f"migration threshold {self.threshold} not in 1..5")
+        if self.budget < 0:
+            raise ValueError("budget must be >= 0")
+
+    @property
+    def target(self) -> float:
+        return TARGETS[self.threshold]
+
+    def level(self, vm_id: str) -> Automation:
+        return Automation(self.vm_overrides.get(vm_id, self.automation))
+
+
+@dataclass(frozen=True, slots=True)
+class DrsHistory:
+    """Migrations in flight (VM ids) and recent moves (VM id -> seconds since the move ended)."""
+
+    in_flight: frozenset[str] = frozenset()
+    recent: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class MoveReasons:
+    """Why a move, as numbers. Loads are normalised (entitlement / capacity)."""
+
+    imbalance_before: float
+    imbalance_after: float
+    host: str  # the host relieved (the source): overloaded or most loaded
+    host_cpu_load: float  # the source's loads before the move
+    host_mem_load: float
+    target_cpu_load: float  # the target's loads after the move
+    target_mem_load: float
+    memory_mib: int  # cost: memory to copy
+    gain: float  # benefit: imbalance reduction
+    rule: str | None = None  # the rule the move fixes
+    rule_must: bool | None = None
+    overloaded: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    vm_id: str
+    vm_name: str
+    source: str
+    target: str
+    priority: int
+    kind: str  # "rule" or "balance"
+    automation: Automation
+    reasons: MoveReasons
+
+    @property
+    def automatic(self) -> bool:
+        """Applied without an operator: full automation (cluster or override)."""
+        return self.automation == Automation.FULL
+
+    @property
+    def reason(self) -> str:
+        r = self.reasons
+        head = (f"fixes {'must' if r.rule_must else 'should'} rule '{r.rule}'" if r.rule
+                else f"relieves {'overloaded ' if r.overloaded else ''}{r.host} (cpu {r.host_cpu_load:.3f}, mem {r.host_mem_load:.3f})")
+        return (f"{head}; imbalance {r.imbalance_before:.4f} -> {r.imbalance_after:.4f} (gain {r.gain:+.4f}); "
+                f"target load cpu {r.target_cpu_load:.3f} mem {r.target_mem_load:.3f}; copies {r.memory_mib} MiB")
+
+    def to_dict(self) -> dict:
+        r = self.reasons
+        return {
+            "vm": self.vm_id, "name": self.vm_name, "source": self.source, "target": self.target,
+            "priority": self.priority, "kind": self.kind, "automation": self.automation.value,
+            "automatic": self.automatic,
+            "reasons": {
+                "imbalance_before": r.imbalance_before, "imbalance_after": r.imbalance_after,
+                "host": r.host, "host_cpu_load": r.host_cpu_load, "host_mem_load": r.host_mem_load,
+                "target_cpu_load": r.target_cpu_load, "target_mem_load": r.target_mem_load,
+                "memory_mib": r.memory_mib, "gain": r.gain, "rule": r.rule, "rule_must": r.rule_must,
+                "overloaded": r.overloaded,
+            },
+            "text": self.reason,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    """Loads and imbalance of the active hosts."""
+
+    imbalance: float
+    cpu_std: float
+    mem_std: float
+    loads: dict[str, tuple[float, float]]  # host id -> (cpu load, mem load)
+
+    @property
+    def overloaded(self) -> list[str]:
+        return [h for h, (c, m) in self.loads.items() if c > OVERLOAD + EPS or m > OVERLOAD + EPS]
+
+
+@dataclass(frozen=True, slots=True)
+class DrsPlan:
+    recommendations: tuple[Recommendation, ...]
+    threshold: int
+    target: float
+    before: Balance
+    after: Balance  # once every recommendation is applied
+    skipped: dict[str, str]  # VM id -> why DRS would not move it (in flight, cooldown, disabled)
+    unresolved: tuple[str, ...]  # rule violations no admissible move fixes, with the reason
+    notes: tuple[str, ...]  # why the pass stopped
+
+    @property
+    def imbalance_before(self) -> float:
+        return self.before.imbalance
+
+    @property
+    def imbalance_after(self) -> float:
+        return self.after.imbalance
+
+    def to_dict(self) -> dict:
+        return {
+            "threshold": self.threshold, "target": None if self.target == float("inf") else self.target,
+            "imbalance_before": self.before.imbalance, "imbalance_after": self.after.imbalance,
+            "cpu_std_before": self.before.cpu_std, "mem_std_before": self.before.mem_std,
+            "cpu_std_after": self.after.cpu_std, "mem_std_after": self.after.mem_std,
+            "recommendations": [r.to_dict() for r in self.recommendations],
+            "skipped": dict(self.skipped), "unresolved": list(self.unresolved), "notes": list(self.notes),
+        }
+
+
+# -- entitlement and loads -------------------------------------------------------------------
+
+def core_mhz(snapshot: ClusterSnapshot) -> float:
+    """The MHz of one vCPU at full speed (the fastest core of the cluster, as the pool tree uses)."""
+    cores = [h.cpu_mhz / h.cores for h in snapshot.hosts if h.cores]
+    return max(cores) if cores else 0.0
+
+
+def host_capacity(h: HostSnapshot) -> tuple[float, float]:
+    return (h.cpu_mhz - h.reserved_cpu_mhz - h.used_cpu_mhz, float(h.memory_mib - h.reserved_memory_mib - h.used_memory_mib))
+
+
+def _flat_fill(amount: float, floors: np.ndarray, caps: np.ndarray, shares: np.ndarray) -> np.ndarray:
+    """``pools.water_fill`` for one level of many VMs, vectorised (bisection on the water level)."""
+    caps = np.maximum(caps, floors)
+    if caps.sum() <= amount + 1e-6:
+        return caps
+    if floors.sum() >= amount - 1e-6:
+        tot = floors.sum()
+        return floors * (amount / tot) if tot > 0 else np.zeros_like(floors)
+    s = np.where(shares > 0, shares, EPS)
+    lo, hi = 0.0, float(np.max(caps / s)) + 1.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if np.clip(mid * s, floors, caps).sum() < amount:
+            lo = mid
+        else:
+            hi = mid
+    return np.clip(hi * s, floors, caps)
+
+
+def vm_entitlements(snapshot: ClusterSnapshot, demands: Mapping[str, Demand] | None = None) -> dict[str, Demand]:
+    """Entitlement of every running VM: ``pools.entitlements`` when pools exist; the same
+    water-filling, vectorised, for the flat root pool otherwise (the result is identical)."""
+    demands = demands or {}
+    active = {h.id for h in snapshot.hosts if h.usable}
+    if snapshot.pools:
+        return entitlements(PoolTree.from_snapshot(snapshot), None, demands)
+    core = core_mhz(snapshot)
+    running = [vm for vm in snapshot.vms if vm.host is not None]
+    if not running:
+        return {}
+    cap_cpu = sum(host_capacity(h)[0] for h in snapshot.hosts if h.id in active)
+    cap_mem = sum(host_capacity(h)[1] for h in snapshot.hosts if h.id in active)
+    out = np.zeros((len(running), 2))
+    for ri, amount in enumerate((cap_cpu, cap_mem)):
+        floors = np.empty(len(running))
+        caps = np.empty(len(running))
+        shares = np.empty(len(running))
+        for k, vm in enumerate(running):
+            size = vm.vcpus * core if ri == 0 else float(vm.memory_mib)
+            d = demands.get(vm.id)
+            dem = min(size, d[ri]) if d is not None else size
+            lim = vm.cpu_limit_mhz if ri == 0 else vm.memory_limit_mib
+            if lim is not None:
+                dem = min(dem, lim)
+            res = vm.cpu_reservation_mhz if ri == 0 else float(vm.memory_reservation_mib)
+            floors[k] = res
+            caps[k] = max(res, dem)
+            if ri == 0:
+                shares[k] = vm.cpu_shares if vm.cpu_shares is not None else 1000.0 * vm.vcpus
+            else:
+                shares[k] = vm.memory_shares if vm.memory_shares is not None else 10.0 * vm.memory_mib
+        out[:, ri] = _flat_fill(amount, floors, caps, shares)
+    return {vm.id: (float(out[k, 0]), float(out[k, 1])) for k, vm in enumerate(running)}
+
+
+def _std(x: np.ndarray) -> float:
+    return float(np.std(x)) if x.size else 0.0
+
+
+class _Loads:
+    """Per-host entitlement sums, capacities and VM membership, updated in place on a move."""
+
+    def __init__(self, snapshot: ClusterSnapshot, ents: Mapping[str, Demand], st: ClusterState) -> None:
+        self.ids = st.ids
+        n = st.n
+        self.active = np.array([h.usable for h in snapshot.hosts], dtype=bool)
+        caps = np.array([host_capacity(h) for h in snapshot.hosts], dtype=float).reshape(n, 2)
+        self.cap = np.where(caps > 0, caps, EPS)
+        self.load = np.zeros((n, 2))
+        self.vms_on: list[list[VmSnapshot]] = [[] for _ in range(n)]
+        self.ent: dict[str, np.ndarray] = {}
+        for vm in snapshot.vms:
+            i = st.index.get(vm.host) if vm.host is not None else None
+            if i is None:
+                continue
+            e = np.array(ents.get(vm.id, (0.0, 0.0)), dtype=float)
+            self.ent[vm.id] = e
+            self.load[i] += e
+            self.vms_on[i].append(vm)
+
+    def x(self) -> np.ndarray:
+        return self.load / self.cap
+
+    def balance(self) -> Balance:
+        x = self.x()
+        a = x[self.active]
+        cs, ms = _std(a[:, 0]), _std(a[:, 1])
+        loads = {self.ids[i]: (float(x[i, 0]), float(x[i, 1])) for i in np.flatnonzero(self.active).tolist()}
+        return Balance(max(cs, ms), cs, ms, loads)
+
+    def imbalance(self) -> float:
+        a = self.x()[self.active]
+        return max(_std(a[:, 0]), _std(a[:, 1])) if a.size else 0.0
+
+    def after(self, src: int, ent: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """Imbalance after moving VMs with entitlements ``ent`` (k x 2) from ``src`` to each of
+        ``targets`` (m host indices): a k x m matrix, from the sums S and Q only."""
+        act = np.flatnonzero(self.active)
+        n = act.size
+        x = self.x()
+        xa = x[act]
+        S = xa.sum(axis=0)
+        Q = (xa * xa).sum(axis=0)
+        out = np.zeros((ent.shape[0], targets.size))
+        for r in (0, 1):
+            xs = x[src, r]
+            xs2 = xs - ent[:, r] / self.cap[src, r]  # k
+            xt = x[targets, r]  # m
+            xt2 = xt[None, :] + ent[:, r][:, None] / self.cap[targets, r][None, :]  # k x m
+            s2 = S[r] - xs + xs2[:, None] - xt[None, :] + xt2
+            q2 = Q[r] - xs * xs + (xs2 * xs2)[:, None] - (xt * xt)[None, :] + xt2 * xt2
+            var = np.maximum(q2 / n - (s2 / n) ** 2, 0.0)
+            out = np.maximum(out, np.sqrt(var))
+        return out
+
+    def move(self, vm: VmSnapshot, src: int, dst: int) -> None:
+        e = self.ent[vm.id]
+        self.load[src] -= e
+        self.load[dst] += e
+        self.vms_on[src] = [v for v in self.vms_on[src] if v.id != vm.id]
+        self.vms_on[dst].append(replace(vm, host=self.ids[dst]))
+
+
+# -- the balancer ----------------------------------------------------------------------------
+
+class _Pass:
+    def __init__(self, snapshot: ClusterSnapshot, settings: DrsSettings, demands: Mapping[str, Demand] | None,
+                 history: DrsHistory | None) -> None:
+        self.snapshot = snapshot
+        self.settings = settings
+        self.history = history or DrsHistory()
+        self.st = ClusterState(snapshot)
+        self.loads = _Loads(snapshot, vm_entitlements(snapshot, demands), self.st)
+        self.vms = {vm.id: vm for vm in snapshot.vms}
+        self.moved: dict[str, VmSnapshot] = {}  # vm id -> VM as it now is (host = target)
+        self.recs: list[Recommendation] = []
+        self.skipped: dict[str, str] = {}
+        self.unresolved: list[str] = []
+        self.notes: list[str] = []
+        ha = settings.ha
+        n = self.st.n
+        cap = self.loads.cap
+        if ha.zero:
+            self.ha_cpu = np.zeros(n)
+            self.ha_mem = np.zeros(n)
+        else:
+            self.ha_cpu = ha.cpu(cap[:, 0])
+            self.ha_mem = ha.mem(cap[:, 1])
+
+    # -- who may move ------------------------------------------------------------------
+    def current(self, vm_id: str) -> VmSnapshot:
+        return self.moved.get(vm_id) or self.vms[vm_id]
+
+    def why_not(self, vm_id: str, for_must_fix: bool = False) -> str | None:
+        if vm_id in self.moved:
+            return "already moved in this pass"
+        if vm_id in self.history.in_flight:
+            return "migration in flight"
+        if self.settings.level(vm_id) == Automation.DISABLED:
+            return "DRS disabled for this VM"
+        age = self.history.recent.get(vm_id)
+        if not for_must_fix and age is not None and age < self.settings.cooldown_s:
+            return f"moved {age:.0f} s ago (cooldown {self.settings.cooldown_s:.0f} s)"
+        return None
+
+    def budget_left(self) -> int:
+        return self.settings.budget - len(self.recs)
+
+    # -- admissibility -----------------------------------------------------------------
+    def admissible(self, vm: VmSnapshot, keep: Rule | None = None, drop: Rule | None = None) -> tuple[np.ndarray, str]:
+        """Mask of hosts placement's filters accept for ``vm`` (active hosts, HA reserve kept),
+        where no should-rule the VM keeps now is newly broken; and placement's reason line."""
+        st = self.st
+        patched: dict[str, list[Rule]] = {}
+        if drop is not None:  # fixing an affinity rule: its partners are split, ignore it here
+            for v in drop.vms:
+                lst = st.rules_by_vm.get(v)
+                if lst is not None:
+                    patched[v] = lst
+                    st.rules_by_vm[v] = [r for r in lst if r.name != drop.name]
+        try:
+            res = st.evaluate(vm)
+            checks = st.rule_checks(vm)
+        finally:
+            for v, lst in patched.items():
+                st.rules_by_vm[v] = lst
+            st._checks = None
+        mask = np.zeros(st.n, dtype=bool)
+        for c in res.candidates:
+            mask[st.index[c.host_id]] = True
+        mask &= self.loads.active
+        src = st.index[vm.host]
+        for c in checks:
+            if c.rule.must:
+                continue
+            if keep is not None and c.rule.name == keep.name:
+                mask &= ~c.broken
+            elif not c.broken[src]:
+                mask &= ~c.broken
+        if not self.settings.ha.zero:
+            e = self.loads.ent[vm.id]
+            cpu_ok = self.loads.load[:, 0] + e[0] <= self.loads.cap[:, 0] - self.ha_cpu + 1e-6
+            mem_ok = st.mem_used + vm.memory_mib <= st.mem_total - self.ha_mem + 1e-6
+            mask &= cpu_ok & mem_ok
+        return mask, res.reason
+
+    # -- recording a move --------------------------------------------------------------
+    def commit(self, vm: VmSnapshot, dst: int, priority: int, kind: str, before: float, after: float,
+               rule: Rule | None = None, overloaded: bool = False) -> None:
+        st, L = self.st, self.loads
+        src = st.index[vm.host]
+        x = L.x()
+        hc, hm = float(x[src, 0]), float(x[src, 1])
+        st.commit(vm, st.ids[dst])
+        L.move(vm, src, dst)
+        x2 = L.x()
+        moved = replace(vm, host=st.ids[dst])
+        self.moved[vm.id] = moved
+        reasons = MoveReasons(
+            imbalance_before=before, imbalance_after=after, host=st.ids[src], host_cpu_load=hc, host_mem_load=hm,
+            target_cpu_load=float(x2[dst, 0]), target_mem_load=float(x2[dst, 1]), memory_mib=vm.memory_mib,
+            gain=before - after, rule=rule.name if rule else None, rule_must=rule.must if rule else None,
+            overloaded=overloaded,
+        )
+        level = self.settings.level(vm.id)
+        self.recs.append(Recommendation(vm.id, vm.label, st.ids[src], st.ids[dst], priority, kind, level, reasons))
+
+    def best_target(self, vm: VmSnapshot, mask: np.ndarray) -> tuple[int, float] | None:
+        targets = np.flatnonzero(mask)
+        if targets.size == 0:
+            return None
+        src = self.st.index[vm.host]
+        if self.loads.active[src]:
+            after = self.loads.after(src, self.loads.ent[vm.id][None, :], targets)[0]
+        else:
+            after = np.zeros(targets.size)
+        k = int(np.lexsort((targets, np.round(after, 12)))[0])
+        return int(targets[k]), float(after[k])
+
+    # -- phase 1: rule violations ----------------------------------------------------------
+    def fix_rules(self) -> None:
+        vs = violations(self.snapshot)
+        vs.sort(key=lambda v: not v.must)  # must first, stable otherwise
+        rules = {r.name: r for r in self.snapshot.rules}
+        done: set[tuple[str, tuple[str, ...]]] = set()
+        for v in vs:
+            rule = rules[v.rule]
+            key = (rule.name, v.hosts)
+            if key in done:
+                continue
+            done.add(key)
+            if rule.kind == RuleKind.AFFINITY:
+                self._fix_affinity(rule)
+            elif rule.kind == RuleKind.ANTI_AFFINITY:
+                self._fix_anti_affinity(rule, v.hosts[0])
+            else:
+                for vm_id in v.vms:
+                    self._fix_one(rule, vm_id)
+
+    def _where(self, vm_id: str) -> str | None:
+        return self.current(vm_id).host
+
+    def _fix_one(self, rule: Rule, vm_id: str, drop: Rule | None = None, only: int | None = None) -> bool:
+        vm = self.current(vm_id)
+        if vm.host is None or vm.host not in self.st.index:
+            return False
+        why = self.why_not(vm_id, for_must_fix=rule.must)
+        if why:
+            self.unresolved.append(f"rule '{rule.name}': {vm.label} not moved: {why}")
+            self.skipped.setdefault(vm_id, why)
+            return False
+        if self.budget_left() <= 0:
+            self.unresolved.append(f"rule '{rule.name}': {vm.label} not moved: migration budget of {self.settings.budget} reached")
+            return False
+        mask, reason = self.admissible(vm, keep=None if drop else rule, drop=drop)
+        if only is not None:
+            keep_only = np.zeros_like(mask)
+            keep_only[only] = True
+            mask &= keep_only
+        best = self.best_target(vm, mask)
+        if best is None:
+            self.unresolved.append(f"rule '{rule.name}': no admissible host for {vm.label}: {reason}")
+            return False
+        before = self.loads.imbalance()
+        dst, after = best
+        self.commit(vm, dst, 1, "rule", before, after, rule=rule)
+        return True
+
+    def _fix_anti_affinity(self, rule: Rule, host: str) -> None:
+        together = sorted((self.current(v) for v in rule.vms if v in self.vms and self._where(v) == host), key=lambda v: v.id)
+        if len(together) < 2:
+            return
+        # Keep the VM that cannot move (in flight, disabled) or else the largest; move the rest.
+        keep = sorted(together, key=lambda v: (self.why_not(v.id, rule.must) is None, -v.memory_mib, v.id))[0]
+        for vm in together:
+            if vm.id != keep.id:
+                self._fix_one(rule, vm.id)
+
+    def _fix_affinity(self, rule: Rule) -> None:
+        members = [self.current(v) for v in sorted(rule.vms) if v in self.vms and self._where(v) is not None]
+        by_host: dict[str, list[VmSnapshot]] = {}
+        for vm in members:
+            by_host.setdefault(vm.host, []).append(vm)
+        if len(by_host) < 2:
+            return
+        order = sorted(by_host, key=lambda h: (-len(by_host[h]), -sum(v.memory_mib for v in by_host[h]), self.st.index.get(h, 0)))
+        gather = order[0]
+        for h in order[1:]:
+            for vm in by_host[h]:
+                self._fix_one(rule, vm.id, drop=rule, only=self.st.index[gather])
+
+    # -- phase 2: balance ------------------------------------------------------------------
+    def priority_for(self, imbalance: float, overloaded: bool) -> int:
+        p = 6
+        for t in (5, 4, 3, 2):
+            if imbalance > TARGETS[t] + EPS:
+                p = t
+        if overloaded:
+            p = min(p, 2)
+        return p
+
+    def balance(self) -> None:
+        s = self.settings
+        L = self.loads
+        if s.threshold < 2:
+            self.notes.append("threshold 1: rule fixes only, no balancing")
+            return
+        attempts_cap = 400
+        while True:
+            if self.budget_left() <= 0:
+                self.notes.append(f"stopped: migration budget of {s.budget} reached")
+                return
+            x = L.x()
+            act = np.flatnonzero(L.active)
+            if act.size < 2:
+                self.notes.append("fewer than two active hosts: nothing to balance")
+                return
+            before = L.imbalance()
+            over = [i for i in act.tolist() if x[i].max() > OVERLOAD + EPS]
+            if before <= s.target + EPS and not over:
+                self.notes.append(f"balanced: imbalance {before:.4f} <= target {s.target:.4f}")
+                return
+            # Sources: overloaded hosts, else the most loaded per resource (above the mean).
+            if before <= s.target + EPS:
+                sources = over
+            else:
+                sources = list(over)
+                for r in (0, 1):
+                    xa = x[act, r]
+                    order = act[np.argsort(-xa, kind="stable")]
+                    mean = float(xa.mean())
+                    sources += [i for i in order[: s.sources].tolist() if x[i, r] > mean + EPS]
+            sources = list(dict.fromkeys(sources))
+            cands: list[tuple[float, float, int, int, VmSnapshot]] = []  # (-net, after, src, dst, vm)
+            for src in sources:
+                movable = []
+                for vm in L.vms_on[src]:
+                    why = self.why_not(vm.id)
+                    if why:
+                        if vm.id not in self.moved:
+                            self.skipped.setdefault(vm.id, why)
+                    else:
+                        movable.append(vm)
+                if not movable:
+                    continue
+                targets = act[act != src]
+                ent = np.array([L.ent[v.id] for v in movable])
+                after = L.after(src, ent, targets)
+                gain = before - after
+                # One move shifts a standard deviation over n hosts by O(1/n): judge the gain
+                # per host so that min_gain and cost_per_gib mean the same at 4 and 96 hosts.
+                ngain = gain * act.size
+                cost = np.array([v.memory_mib / 1024.0 * s.cost_per_gib for v in movable])[:, None]
+                net = ngain - cost
+                st = self.st
+                mem = np.array([v.memory_mib for v in movable], dtype=float)[:, None]
+                vcpu = np.array([v.vcpus for v in movable], dtype=float)[:, None]
+                fits = ((st.mem_total - st.mem_used - self.ha_mem)[targets][None, :] >= mem - 1e-6) & \
+                       ((st.vcpu_total - st.vcpu_used)[targets][None, :] >= vcpu)
+                ok = (ngain >= s.min_gain - EPS) & (net > EPS) & fits
+                ks, ms = np.nonzero(ok)
+                for k, m in zip(ks.tolist(), ms.tolist()):
+                    cands.append((-float(net[k, m]), float(after[k, m]), src, int(targets[m]), movable[k]))
+            if not cands:
+                self.notes.append(f"stopped: no move gains at least {s.min_gain / act.size:.4f} net of cost (imbalance {before:.4f})")
+                return
+            cands.sort(key=lambda c: (round(c[0], 12), c[2], c[4].id, c[3]))
+            masks: dict[str, np.ndarray] = {}
+            chosen = None
+            for c in cands[:attempts_cap]:
+                vm = c[4]
+                m = masks.get(vm.id)
+                if m is None:
+                    m = masks[vm.id] = self.admissible(vm)[0]
+                if m[c[3]]:
+                    chosen = c
+                    break
+            if chosen is None:
+                self.notes.append(f"stopped: no admissible move gains at least {s.min_gain / act.size:.4f} (imbalance {before:.4f})")
+                return
+            _, after, src, dst, vm = chosen
+            overloaded = src in over
+            p = self.priority_for(before, overloaded)
+            if p > s.threshold:  # cannot happen while before > target; kept as a guard
+                self.notes.append(f"stopped: next move would be priority {p} > threshold {s.threshold}")
+                return
+            self.commit(vm, dst, p, "balance", before, after, overloaded=overloaded)
+
+
+def balance(
+    snapshot: ClusterSnapshot,
+    settings: DrsSettings | None = None,
+    demands: Mapping[str, Demand] | None = None,
+    history: DrsHistory | None = None,
+) -> DrsPlan:
+    """One DRS pass: rule fixes (priority 1, must rules first), then balancing moves, best net
+    gain first, until the imbalance meets the threshold's target, the budget is spent or no
+    admissible move gains enough. Recommendations are in the order they must be applied."""
+    settings = settings or DrsSettings()
+    p = _Pass(snapshot, settings, demands, history)
+    before = p.loads.balance()
+    p.fix_rules()
+    p.balance()
+    return DrsPlan(tuple(p.recs), settings.threshold, settings.target, before, p.loads.balance(),
+                   dict(sorted(p.skipped.items())), tuple(p.unresolved), tuple(p.notes))
+
+
+def imbalance_of(snapshot: ClusterSnapshot, demands: Mapping[str, Demand] | None = None) -> Balance:
+    """The balance of a snapshot as DRS sees it (loads from entitlements)."""
+    st = ClusterState(snapshot)
+    return _Loads(snapshot, vm_entitlements(snapshot, demands), st).balance()
+
+
+def apply_plan(snapshot: ClusterSnapshot, plan: DrsPlan | Iterable[Recommendation]) -> ClusterSnapshot:
+    """The snapshot once the plan's moves are made (for what-if, simulations and tests)."""
+    recs = plan.recommendations if isinstance(plan, DrsPlan) else tuple(plan)
+    where = {r.vm_id: r.target for r in recs}
+    return replace(snapshot, vms=tuple(replace(vm, host=where[vm.id]) if vm.id in where else vm for vm in snapshot.vms))
+
+
+# -- what if ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class HostFails:
+    host: str
+
+
+@dataclass(frozen=True, slots=True)
+class HostMaintenance:
+    host: str
+
+
+@dataclass(frozen=True, slots=True)
+class HostPowersOff:
+    """The host goes to standby (DPM's power-off): evacuated first, like maintenance."""
+
+    host: str
+
+
+@dataclass(frozen=True, slots=True)
+class VmDemandChange:
+    vm: str
+    cpu_mhz: float | None = None
+    mem_mib: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RuleAdded:
+    rule: Rule
+
+
+Change = HostFails | HostMaintenance | HostPowersOff | VmDemandChange | RuleAdded
+
+
+def describe_change(change: Change) -> str:
+    if isinstance(change, HostFails):
+        return f"host {change.host} fails"
+    if isinstance(change, HostMaintenance):
+        return f"host {change.host} enters maintenance"
+    if isinstance(change, HostPowersOff):
+        return f"host {change.host} powers off (standby)"
+    if isinstance(change, VmDemandChange):
+        parts = [f"cpu={change.cpu_mhz:.0f} MHz" if change.cpu_mhz is not None else "",
+                 f"mem={change.mem_mib:.0f} MiB" if change.mem_mib is not None else ""]
+        return f"VM {change.vm} demand " + " ".join(p for p in parts if p)
+    return f"rule '{change.rule.name}' added ({change.rule.strength} {change.rule.kind.value})"
+
+
+@dataclass(frozen=True, slots=True)
+class WhatIfResult:
+    change: str
+    now: Balance  # the cluster as it is
+    changed: Balance  # right after the change (VMs displaced by it placed), before DRS
+    plan: DrsPlan  # what DRS would then recommend
+    displaced: ManyResult | None  # the placement of the VMs the change displaced
+    unplaceable: dict[str, str]  # VM id -> why it fits nowhere after the change
+    snapshot: ClusterSnapshot  # the hypothetical cluster after the change (before the plan)
+
+    @property
+    def imbalance_before(self) -> float:
+        return self.now.imbalance
+
+    @property
+    def imbalance_after(self) -> float:
+        return self.plan.after.imbalance
+
+    def to_dict(self) -> dict:
+        return {
+            "change": self.change, "imbalance_now": self.now.imbalance, "imbalance_after_change": self.changed.imbalance,
+            "imbalance_after_plan": self.plan.after.imbalance,
+            "displaced": None if self.displaced is None else {r.vm_id: r.host for r in self.displaced.results},
+            "unplaceable": dict(self.unplaceable), "plan": self.plan.to_dict(),
+        }
+
+
+def _host(snapshot: ClusterSnapshot, host_id: str) -> HostSnapshot:
+    for h in snapshot.hosts:
+        if h.id == host_id:
+            return h
+    raise KeyError(f"unknown host {host_id}")
+
+
+def whatif(
+    snapshot: ClusterSnapshot,
+    change: Change | Sequence[Change],
+    settings: DrsSettings | None = None,
+    demands: Mapping[str, Demand] | None = None,
+    history: DrsHistory | None = None,
+) -> WhatIfResult:
+    """The cluster, the balance and the DRS plan if ``change`` happened. Changes nothing.
+
+    A failed host's VMs are restarted elsewhere with ``place_many`` (HA's batch); a host entering
+    maintenance or powering off is evacuated with ``place_many`` (its VMs move); VMs that fit
+    nowhere are listed with placement's reasons (they stay down, or keep the host from entering
+    maintenance). Then one DRS pass runs on the changed cluster.
+    """
+    settings = settings or DrsSettings()
+    demands = dict(demands or {})
+    changes = [change] if not isinstance(change, (list, tuple)) else list(change)
+    now = imbalance_of(snapshot, demands)
+    snap = snapshot
+    displaced: ManyResult | None = None
+    unplaceable: dict[str, str] = {}
+    for ch in changes:
+        if isinstance(ch, (HostFails, HostMaintenance, HostPowersOff)):
+            h = _host(snap, ch.host)
+            if isinstance(ch, HostFails):
+                h2 = replace(h, connection="notResponding")
+            elif isinstance(ch, HostMaintenance):
+                h2 = replace(h, maintenance=True)
+            else:
+                h2 = replace(h, standby=True)
+            hosts = tuple(h2 if x.id == h.id else x for x in snap.hosts)
+            victims = [vm for vm in snap.vms if vm.host == h.id]
+            if isinstance(ch, HostFails):
+                vms = tuple(replace(vm, host=None) if vm.host == h.id else vm for vm in snap.vms)
+                pending = tuple(p for p in snap.pending if p.host_id != h.id)
+                snap = replace(snap, hosts=hosts, vms=vms, pending=pending)
+                batch = [replace(vm, host=None) for vm in victims]
+            else:
+                snap = replace(snap, hosts=hosts)
+                batch = victims
+            if batch:
+                displaced = place_many(snap, batch)
+                placed = displaced.placed
+                unplaceable.update(displaced.unplaced)
+                if isinstance(ch, HostFails):
+                    snap = replace(snap, vms=tuple(replace(vm, host=placed[vm.id]) if vm.id in placed else vm for vm in snap.vms))
+                else:
+                    snap = replace(snap, vms=tuple(replace(vm, host=placed.get(vm.id, vm.host)) for vm in snap.vms))
+        elif isinstance(ch, VmDemandChange):
+            vm = next((v for v in snap.vms if v.id == ch.vm), None)
+            if vm is None:
+                raise KeyError(f"unknown VM {ch.vm}")
+            core = core_mhz(snap)
+            old = demands.get(vm.id, (vm.vcpus * core, float(vm.memory_mib)))
+            demands[vm.id] = (old[0] if ch.cpu_mhz is None else ch.cpu_mhz, old[1] if ch.mem_mib is None else ch.mem_mib)
+        elif isinstance(ch, RuleAdded):
+            snap = replace(snap, rules=tuple(r for r in snap.rules if r.name != ch.rule.name) + (ch.rule,))
+        else:
+            raise TypeError(f"unknown change {ch!r}")
+    changed = imbalance_of(snap, demands)
+    plan = balance(snap, settings, demands, history)
+    return WhatIfResult("; ".join(describe_change(c) for c in changes), now, changed, plan, displaced, unplaceable, snap)
