@@ -211,6 +211,13 @@ def test_cpu_definitions_of_hosts_and_guests_are_compared_by_libvirt(cluster, ap
     assert wait_for(lambda: (t := api.get(f"/api/v1/tasks/{on['id']}").json())["state"] in ("success", "error") and t, 60)["state"] == "success"
     xml = subprocess.run(["virsh", "-c", "qemu+tcp://10.213.0.12/system", "dumpxml", "avx-new"], capture_output=True, text=True).stdout
     assert "<model fallback='forbid'>Westmere</model>" in xml and "name='avx2'" in xml
+    # libvirt's own comparison, run by each target host's agent.
+    answers = {}
+    for host in ("host3", "host1"):
+        check = api.post(f"/api/v1/vms/{created['object_id']}/cpu-check?host={ids[host]}").json()
+        answers[host] = wait_for(lambda: (t := api.get(f"/api/v1/tasks/{check['id']}").json())["state"] in ("success", "error") and t, 30, what="cpu check")
+    assert answers["host3"]["result"]["compatible"] is False and "avx2" in answers["host3"]["result"]["detail"], answers["host3"]
+    assert answers["host1"]["result"]["compatible"] is True, answers["host1"]
 
 
 def test_evc_baseline_from_libvirt_over_the_cluster_hosts(cluster, api):

@@ -46,3 +46,40 @@ def test_a_broken_filter_makes_scenarios_fail(monkeypatch, broken):
     assert log_diffs
     kind = "over capacity" if broken is placement.MemoryFilter else "(must) violated"
     assert any(kind in f for fs in invariant_failures.values() for f in fs)
+
+
+# -- DRS / DPM invariants have teeth too ----------------------------------------------------
+
+from vcenter.domain import drs  # noqa: E402
+
+DRS_DIRS = [d for d in DIRS if "-drs-" in d.name or "-dpm-" in d.name or "ha-reserve" in d.name]
+
+
+def test_there_are_enough_drs_and_dpm_scenarios():
+    assert len(DRS_DIRS) >= 12
+
+
+def _invariant_failures(dirs):
+    out = {}
+    for d in dirs:
+        result = run_scenario(d)
+        if result.failures:
+            out[d.name] = result.failures
+    return out
+
+
+@pytest.mark.parametrize("breakage, expected", [
+    ("ignore_history", "in flight"),
+    ("ignore_history", "after its last move"),
+    ("ignore_budget", "over the budget"),
+    ("ignore_rules", "breaks must"),
+])
+def test_a_broken_balancer_makes_drs_scenarios_fail(monkeypatch, breakage, expected):
+    if breakage == "ignore_history":
+        monkeypatch.setattr(drs._Pass, "why_not", lambda self, vm_id, for_must_fix=False: None)
+    elif breakage == "ignore_budget":
+        monkeypatch.setattr(drs._Pass, "budget_left", lambda self: 1)
+    else:
+        monkeypatch.setattr(placement.RuleFilter, "check", _accept_all)
+    failures = _invariant_failures(DRS_DIRS)
+    assert any(expected in f for fs in failures.values() for f in fs), failures

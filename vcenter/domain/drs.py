@@ -600,18 +600,22 @@ class _Pass:
             if before <= s.target + EPS and not over:
                 self.notes.append(f"balanced: imbalance {before:.4f} <= target {s.target:.4f}")
                 return
-            # Sources: overloaded hosts, else the most loaded per resource (above the mean).
-            if before <= s.target + EPS:
-                sources = over
-            else:
-                sources = list(over)
+            # Sources: the most overloaded hosts, and (above target) the most loaded per resource
+            # among those above the mean.
+            over_sorted = sorted(over, key=lambda i: (-float(x[i].max()), i))
+            sources = over_sorted[: 2 * s.sources]
+            if before > s.target + EPS:
                 for r in (0, 1):
                     xa = x[act, r]
                     order = act[np.argsort(-xa, kind="stable")]
                     mean = float(xa.mean())
                     sources += [i for i in order[: s.sources].tolist() if x[i, r] > mean + EPS]
             sources = list(dict.fromkeys(sources))
-            cands: list[tuple[float, float, int, int, VmSnapshot]] = []  # (-net, after, src, dst, vm)
+            st = self.st
+            free_mem = st.mem_total - st.mem_used - self.ha_mem
+            free_vcpu = st.vcpu_total - st.vcpu_used
+            parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+            movers: list[VmSnapshot] = []
             for src in sources:
                 movable = []
                 for vm in L.vms_on[src]:
@@ -626,34 +630,33 @@ class _Pass:
                 targets = act[act != src]
                 ent = np.array([L.ent[v.id] for v in movable])
                 after = L.after(src, ent, targets)
-                gain = before - after
                 # One move shifts a standard deviation over n hosts by O(1/n): judge the gain
                 # per host so that min_gain and cost_per_gib mean the same at 4 and 96 hosts.
-                ngain = gain * act.size
-                cost = np.array([v.memory_mib / 1024.0 * s.cost_per_gib for v in movable])[:, None]
-                net = ngain - cost
-                st = self.st
+                ngain = (before - after) * act.size
                 mem = np.array([v.memory_mib for v in movable], dtype=float)[:, None]
                 vcpu = np.array([v.vcpus for v in movable], dtype=float)[:, None]
-                fits = ((st.mem_total - st.mem_used - self.ha_mem)[targets][None, :] >= mem - 1e-6) & \
-                       ((st.vcpu_total - st.vcpu_used)[targets][None, :] >= vcpu)
-                ok = (ngain >= s.min_gain - EPS) & (net > EPS) & fits
-                ks, ms = np.nonzero(ok)
-                for k, m in zip(ks.tolist(), ms.tolist()):
-                    cands.append((-float(net[k, m]), float(after[k, m]), src, int(targets[m]), movable[k]))
-            if not cands:
+                net = ngain - mem / 1024.0 * s.cost_per_gib
+                fits = (free_mem[targets][None, :] >= mem - 1e-6) & (free_vcpu[targets][None, :] >= vcpu)
+                ks, ms = np.nonzero((ngain >= s.min_gain - EPS) & (net > EPS) & fits)
+                if ks.size:
+                    base = len(movers)
+                    movers.extend(movable)
+                    parts.append((net[ks, ms], after[ks, ms], np.full(ks.size, src), targets[ms], ks + base))
+            if not parts:
                 self.notes.append(f"stopped: no move gains at least {s.min_gain / act.size:.4f} net of cost (imbalance {before:.4f})")
                 return
-            cands.sort(key=lambda c: (round(c[0], 12), c[2], c[4].id, c[3]))
+            net_a, after_a, src_a, dst_a, k_a = (np.concatenate(c) for c in zip(*parts))
+            # Best net gain first; ties: source, VM, target in snapshot order (deterministic).
+            order = np.lexsort((dst_a, k_a, src_a, -np.round(net_a, 12)))[:attempts_cap]
             masks: dict[str, np.ndarray] = {}
             chosen = None
-            for c in cands[:attempts_cap]:
-                vm = c[4]
+            for j in order.tolist():
+                vm = movers[int(k_a[j])]
                 m = masks.get(vm.id)
                 if m is None:
                     m = masks[vm.id] = self.admissible(vm)[0]
-                if m[c[3]]:
-                    chosen = c
+                if m[int(dst_a[j])]:
+                    chosen = (None, float(after_a[j]), int(src_a[j]), int(dst_a[j]), vm)
                     break
             if chosen is None:
                 self.notes.append(f"stopped: no admissible move gains at least {s.min_gain / act.size:.4f} (imbalance {before:.4f})")

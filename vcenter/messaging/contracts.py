@@ -103,6 +103,7 @@ CommandName = Literal[
     "vm.migrate",      # live migration to another host (sent to the source host)
     "vm.relocate",     # move disks to other datastores on this host (Storage VMotion)
     "host.cpu_baseline",  # libvirt's CPU baseline of the given host CPU definitions
+    "host.cpu_compare",   # does a guest CPU definition run on this host (libvirt's comparison)
     "host.refresh",    # send a full state report now
 ]
 

@@ -70,3 +70,19 @@ def parse_baseline(xml: str) -> tuple[str, list[str]]:
     model = root.findtext("model") or ""
     features = [f.get("name") for f in root.findall("feature") if f.get("policy", "require") == "require" and f.get("name")]
     return model, features
+
+
+def cpu_check(session: Session, user: str, vm_id: int, host_id: int) -> Task:
+    """Ask the target host's agent whether the VM's CPU definition runs there (libvirt's own
+    comparison against the host's real or declared CPU); the answer is the Task's result."""
+    from vcenter.db.models import VirtualMachine
+
+    vm: VirtualMachine = inventory.get(session, "vm", vm_id)
+    host: Host = inventory.get(session, "host", host_id)
+    if not vm.cpu:
+        raise Conflict(f"VM {vm.name} has no CPU definition: it runs with the hypervisor's default CPU", code="NO_CPU_DEFINITION")
+    if host.connection_state != ConnectionState.CONNECTED.value:
+        raise Conflict(f"host {host.name} is {host.connection_state}", code="HOST_NOT_CONNECTED")
+    # Claims the pair, not the VM: a check runs alongside anything the VM is doing.
+    return start_task(session, kind="vm.cpuCheck", object_type="cpucheck", object_id=vm.id * 100000 + host.id, username=user, host_id=host.id,
+                      params={"vm": vm.id}, command="host.cpu_compare", command_args={"cpu": vm.cpu})

@@ -149,7 +149,7 @@ class DrsSimMixin:
             s = self.drs_settings()
             self.say(f"DRS: threshold {s.threshold} (target {_f(s.target) if s.threshold > 1 else 'rule fixes only'}), "
                      f"{s.automation.value if hasattr(s.automation, 'value') else s.automation}, budget {s.budget}, "
-                     f"cooldown {_num(s.cooldown_s)} s, min gain {_f(s.min_gain)}", 1)
+                     f"cooldown {_num(s.cooldown_s)} s, min gain {_f(s.min_gain)} per host", 1)
             return True
         if cmd == "dpm settings":
             self.dpm_spec.update(payload or {})

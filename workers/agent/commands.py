@@ -186,6 +186,15 @@ def _relocate(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | 
     return agent.driver.domain_state(args["uuid"]), {"moved": [m["to"] for m in moves], "removed": removed}
 
 
+def _cpu_compare(agent: AgentService, args: dict[str, Any]) -> tuple[None, dict[str, Any]]:
+    """libvirt's comparison of a guest CPU definition with this host's CPU."""
+    from vcenter.hypervisor.libvirt.xml import build_cpu_xml
+    from vcenter.messaging.contracts import CpuSpec
+
+    ok, detail = agent.driver.compare_cpu(build_cpu_xml(CpuSpec.model_validate(args["cpu"])))
+    return None, {"compatible": ok, "detail": detail}
+
+
 HANDLERS: dict[str, Handler] = {
     "vm.create": _create,
     "vm.start": _simple("start"),
@@ -200,6 +209,7 @@ HANDLERS: dict[str, Handler] = {
     "host.cpu_baseline": _cpu_baseline,
     "vm.migrate": _migrate,
     "vm.relocate": _relocate,
+    "host.cpu_compare": _cpu_compare,
 }
 
 

@@ -8,7 +8,7 @@ from vcenter.api.deps import CurrentUser, DbDep, SettingsDep
 from vcenter.domain.states import PowerAction
 from vcenter.schemas import inventory as s
 from vcenter.services import inventory as inv
-from vcenter.services import hosts, migration, vms
+from vcenter.services import evc, hosts, migration, vms
 from vcenter.services.listing import list_rows
 
 router = APIRouter(prefix="/api/v1/vms", tags=["vms"])
@@ -66,6 +66,11 @@ def migrate_vm(vm_id: int, db: DbDep, user: CurrentUser, settings: SettingsDep, 
 @router.post("/{vm_id}/relocate", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, summary="Storage VMotion: move disks to other datastores of the VM's host, while it runs (a Task)")
 def relocate_vm(vm_id: int, body: s.RelocateRequest, db: DbDep, user: CurrentUser) -> Any:
     return migration.relocate(db, user.username, vm_id, [m.model_dump() for m in body.disks])
+
+
+@router.post("/{vm_id}/cpu-check", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, summary="libvirt's comparison of the VM's CPU definition with a host's CPU, by that host's agent (a Task; result: compatible, detail)")
+def cpu_check(vm_id: int, db: DbDep, user: CurrentUser, host: int = Query(..., description="host id")) -> Any:
+    return evc.cpu_check(db, user.username, vm_id, host)
 
 
 @router.get("/{vm_id}/migrate/check", summary="The checks of a VMotion to a host, without moving")
