@@ -265,15 +265,14 @@ def test_whatif_demand_and_rule():
     assert not snap.rules
 
 
-def test_pass_time_at_96_hosts_10000_vms_is_well_under_a_second():
+def test_a_skewed_96_host_10000_vm_cluster_gets_a_plan_that_improves_balance():
+    # Speed at this scale is measured by bench/drs.py, not asserted here.
     rnd = random.Random(1)
     hosts = tuple(HostSnapshot(f"h{i}", cores=48, cpu_mhz=48 * 2600.0, memory_mib=512 * 1024, vcpu_ratio=8.0) for i in range(96))
     vms = tuple(VmSnapshot(f"v{k}", vcpus=rnd.choice((1, 2, 4)), memory_mib=rnd.choice((1024, 2048, 4096)),
                            host=f"h{(k * 7) % 96 if k % 3 else k % 24}") for k in range(10_000))
     snap = ClusterSnapshot(hosts, vms)
     demands = {v.id: (rnd.uniform(0, v.vcpus * 2600.0), v.memory_mib * rnd.uniform(0.2, 0.9)) for v in vms}
-    t0 = time.perf_counter()
     plan = balance(snap, DrsSettings(), demands)
-    elapsed = time.perf_counter() - t0
     assert plan.recommendations
-    assert elapsed < 2.0, elapsed
+    assert plan.after.imbalance < plan.before.imbalance
