@@ -80,6 +80,7 @@ class Settings(BaseSettings):
 
     # --- beat -----------------------------------------------------------------------------
     host_monitor_period: float = 2.0
+    drs_period: float = Field(300.0, description="DRS runs on every cluster with DRS enabled this often (vCenter: 5 minutes)")
 
     # --- misc -----------------------------------------------------------------------------
     log_level: str = "INFO"

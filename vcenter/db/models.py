@@ -223,6 +223,26 @@ class ClusterRule(Timestamped, Base):
     __mapper_args__ = {"version_id_col": version}
 
 
+class DrsRecommendation(Base):
+    """One move DRS recommended, with its reasons as numbers; pending until applied (a VMotion
+    Task), dismissed, or made stale by the next pass."""
+
+    __tablename__ = "drs_recommendations"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    cluster_id: Mapped[int] = mapped_column(ForeignKey("clusters.id", ondelete="CASCADE"), index=True)
+    vm_id: Mapped[int] = mapped_column(ForeignKey("vms.id", ondelete="CASCADE"), index=True)
+    source_host_id: Mapped[int] = mapped_column(Integer)
+    target_host_id: Mapped[int] = mapped_column(Integer)
+    priority: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))  # rule | balance
+    reason: Mapped[str] = mapped_column(Text)
+    reasons: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)  # pending | applied | dismissed | stale
+    task_id: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    decided_at: Mapped[datetime | None] = mapped_column()
+
+
 class VirtualMachine(Timestamped, Base):
     __tablename__ = "vms"
     __table_args__ = (UniqueConstraint("datacenter_id", "name", name="uq_vms_dc_name"),)

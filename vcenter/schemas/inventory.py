@@ -486,3 +486,20 @@ class DiskMove(_In):
 
 class RelocateRequest(_In):
     disks: list[DiskMove] = Field(..., min_length=1, max_length=16)
+
+
+class WhatIfRule(_In):
+    name: Name
+    kind: Literal["affinity", "anti-affinity", "run-on", "not-run-on"]
+    mandatory: bool = False
+    vm_ids: list[int] = Field(..., min_length=1)
+    host_ids: list[int] = Field(default_factory=list)
+
+
+class WhatIfChange(_In):
+    kind: Literal["host-fails", "host-maintenance", "host-powers-off", "vm-demand", "rule-added"]
+    host_id: int | None = None
+    vm_id: int | None = None
+    cpu_mhz: float | None = Field(None, ge=0)
+    memory_mib: float | None = Field(None, ge=0)
+    rule: WhatIfRule | None = None

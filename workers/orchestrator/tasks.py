@@ -34,6 +34,13 @@ def register(app: Celery, settings: Settings) -> Runtime:
         with runtime.transaction() as session:
             maintenance.advance_sagas(session)
 
+    @app.task(name="orchestrator.drs", ignore_result=True)
+    def drs_pass() -> list:
+        from vcenter.services import drs
+
+        with runtime.transaction() as session:
+            return drs.run_due(session, settings)
+
     @app.task(name="orchestrator.monitor_hosts", ignore_result=True)
     def monitor_hosts() -> None:
         try:
@@ -53,5 +60,6 @@ def beat_schedule(settings: Settings) -> dict:
         "relay-outbox": {"task": "orchestrator.relay_outbox", "schedule": settings.reaper_period},
         "reap-tasks": {"task": "orchestrator.reap_tasks", "schedule": settings.reaper_period},
         "advance-sagas": {"task": "orchestrator.advance_sagas", "schedule": settings.reaper_period},
+        "drs": {"task": "orchestrator.drs", "schedule": settings.drs_period},
         "monitor-hosts": {"task": "orchestrator.monitor_hosts", "schedule": settings.host_monitor_period},
     }

@@ -4,9 +4,9 @@ from typing import Any
 
 from fastapi import APIRouter, status
 
-from vcenter.api.deps import CurrentUser, DbDep
+from vcenter.api.deps import CurrentUser, DbDep, SettingsDep
 from vcenter.schemas import inventory as s
-from vcenter.services import evc, placement
+from vcenter.services import drs, evc, placement
 
 router = APIRouter(prefix="/api/v1/clusters/{cluster_id}", tags=["clusters"])
 
@@ -59,3 +59,28 @@ def enable_evc(cluster_id: int, body: s.EvcRequest, db: DbDep, user: CurrentUser
 @router.delete("/evc", response_model=s.ClusterRead, summary="Disable EVC")
 def disable_evc(cluster_id: int, db: DbDep, user: CurrentUser) -> Any:
     return evc.disable(db, user.username, cluster_id)
+
+
+@router.post("/drs/run", summary="Run DRS now: recommendations with reasons as numbers; applied at once when fully automated")
+def drs_run(cluster_id: int, db: DbDep, user: CurrentUser, settings: SettingsDep) -> Any:
+    return drs.run(db, user.username, cluster_id, settings)
+
+
+@router.get("/drs/recommendations", summary="DRS recommendations (state: pending, applied, dismissed, stale)")
+def drs_recommendations(cluster_id: int, db: DbDep, user: CurrentUser, state: str | None = None) -> Any:
+    return drs.list_recommendations(db, cluster_id, state)
+
+
+@router.post("/drs/recommendations/{rec_id}/apply", summary="Apply a recommendation: a VMotion Task")
+def drs_apply(cluster_id: int, rec_id: int, db: DbDep, user: CurrentUser, settings: SettingsDep) -> Any:
+    return drs.recommendation_read(drs.apply(db, user.username, cluster_id, rec_id, settings))
+
+
+@router.post("/drs/recommendations/{rec_id}/dismiss", summary="Dismiss a recommendation")
+def drs_dismiss(cluster_id: int, rec_id: int, db: DbDep, user: CurrentUser) -> Any:
+    return drs.recommendation_read(drs.dismiss(db, user.username, cluster_id, rec_id))
+
+
+@router.post("/drs/whatif", summary="What if a host fails, enters maintenance, powers off, a VM's demand changes or a rule is added: the plan and the balance, changing nothing")
+def drs_whatif(cluster_id: int, body: s.WhatIfChange, db: DbDep, user: CurrentUser) -> Any:
+    return drs.whatif(db, cluster_id, body.model_dump())

@@ -1,0 +1,165 @@
+"""DRS use cases: run the balancer on a cluster, keep its recommendations, apply them as
+VMotion Tasks (automatically in fully automated clusters), dismiss them, and what-if.
+
+Settings (``cluster.settings["drs"]``): enabled, automation (manual | partial | full),
+threshold 1-5, vm_overrides {vm id: level}, cooldown_s, budget, ha_reserve_fraction.
+Demand: the configured size of each running VM (measured demand comes with the performance
+statistics of the dashboard issue); history: migrations in flight, and each VM's last move.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from vcenter.core.clock import utcnow
+from vcenter.core.errors import Conflict, Invalid, InvalidState, NotFound, VcError
+from vcenter.core.settings import Settings
+from vcenter.db.models import Cluster, DrsRecommendation, Task
+from vcenter.db.snapshots import cluster_snapshot
+from vcenter.domain import drs
+from vcenter.domain.snapshot import Rule, RuleKind
+from vcenter.domain.states import TaskState
+from vcenter.services import inventory, migration
+from vcenter.services.events import record_event
+
+
+def drs_settings(cluster: Cluster) -> drs.DrsSettings:
+    conf = (cluster.settings or {}).get("drs") or {}
+    try:
+        return drs.DrsSettings(
+            threshold=int(conf.get("threshold", 3)),
+            automation=conf.get("automation", "full"),
+            vm_overrides={str(k): v for k, v in (conf.get("vm_overrides") or {}).items()},
+            cooldown_s=float(conf.get("cooldown_s", 1800)),
+            budget=int(conf.get("budget", 8)),
+            ha=drs.HaReserve(fraction=float(conf.get("ha_reserve_fraction", 0))),
+        )
+    except (ValueError, TypeError) as exc:
+        raise Invalid(f"cluster {cluster.name}: DRS settings: {exc}", code="INVALID_DRS_SETTINGS") from exc
+
+
+def history(session: Session, cluster_id: int, cooldown_s: float) -> drs.DrsHistory:
+    migrations = session.scalars(select(Task).where(Task.kind == "vm.migrate", Task.created_at > utcnow() - timedelta(seconds=max(cooldown_s, 1))))
+    in_flight, recent = set(), {}
+    now = utcnow()
+    for task in migrations:
+        if not TaskState(task.state).finished:
+            in_flight.add(str(task.object_id))
+        elif task.state == TaskState.SUCCESS.value and task.finished_at:
+            recent[str(task.object_id)] = (now - task.finished_at).total_seconds()
+    return drs.DrsHistory(in_flight=frozenset(in_flight), recent=recent)
+
+
+def run(session: Session, user: str, cluster_id: int, config: Settings) -> dict[str, Any]:
+    """One DRS pass: pending recommendations of earlier passes become stale, the new ones
+    are stored, and the automatic ones are applied at once."""
+    cluster: Cluster = inventory.get(session, "cluster", cluster_id)
+    settings = drs_settings(cluster)
+    snapshot = cluster_snapshot(session, cluster_id)
+    plan = drs.balance(snapshot, settings, None, history(session, cluster_id, settings.cooldown_s))
+    session.execute(update(DrsRecommendation).where(DrsRecommendation.cluster_id == cluster_id, DrsRecommendation.state == "pending").values(state="stale", decided_at=utcnow()))
+    stored = []
+    for rec in plan.recommendations:
+        row = DrsRecommendation(cluster_id=cluster_id, vm_id=int(rec.vm_id), source_host_id=int(rec.source), target_host_id=int(rec.target),
+                                priority=rec.priority, kind=rec.kind, reason=rec.reason, reasons=rec.to_dict()["reasons"])
+        session.add(row)
+        session.flush()
+        if rec.automatic:
+            try:
+                with session.begin_nested():
+                    _apply(session, user, row, config)
+            except VcError as exc:  # e.g. the VM became busy: the move stays recommended
+                row.state = "pending"
+                row.reason = f"{row.reason}; not applied automatically: {exc.code}"
+        stored.append(row)
+    record_event(session, "cluster.drs.run", f"DRS on cluster {cluster.name}: imbalance {plan.before.imbalance:.4f} (target {settings.target}), {len(stored)} recommendation(s)",
+                 username=user, object_type="cluster", object_id=cluster.id, object_name=cluster.name,
+                 data={"before": plan.before.imbalance, "after": plan.after.imbalance, "recommendations": len(stored)})
+    return {"imbalance_before": plan.before.imbalance, "imbalance_after": plan.after.imbalance, "target": settings.target,
+            "recommendations": [recommendation_read(r) for r in stored], "notes": list(plan.notes)}
+
+
+def _apply(session: Session, user: str, row: DrsRecommendation, config: Settings) -> None:
+    task = migration.migrate(session, user, row.vm_id, row.target_host_id, config)
+    task.params = {**task.params, "drs_recommendation": row.id, "reason": row.reason}
+    row.state = "applied"
+    row.task_id = task.id
+    row.decided_at = utcnow()
+
+
+def get(session: Session, cluster_id: int, rec_id: int) -> DrsRecommendation:
+    row = session.get(DrsRecommendation, rec_id)
+    if row is None or row.cluster_id != cluster_id:
+        raise NotFound(f"recommendation {rec_id} not found in cluster {cluster_id}", code="RECOMMENDATION_NOT_FOUND")
+    return row
+
+
+def apply(session: Session, user: str, cluster_id: int, rec_id: int, config: Settings) -> DrsRecommendation:
+    row = get(session, cluster_id, rec_id)
+    if row.state != "pending":
+        raise InvalidState(f"recommendation {rec_id} is {row.state}", code="RECOMMENDATION_NOT_PENDING")
+    _apply(session, user, row, config)
+    return row
+
+
+def dismiss(session: Session, user: str, cluster_id: int, rec_id: int) -> DrsRecommendation:
+    row = get(session, cluster_id, rec_id)
+    if row.state != "pending":
+        raise InvalidState(f"recommendation {rec_id} is {row.state}", code="RECOMMENDATION_NOT_PENDING")
+    row.state = "dismissed"
+    row.decided_at = utcnow()
+    record_event(session, "cluster.drs.dismissed", f"DRS recommendation {rec_id} dismissed: {row.reason}", username=user, object_type="cluster", object_id=cluster_id)
+    return row
+
+
+def list_recommendations(session: Session, cluster_id: int, state: str | None) -> list[dict[str, Any]]:
+    inventory.get(session, "cluster", cluster_id)
+    query = select(DrsRecommendation).where(DrsRecommendation.cluster_id == cluster_id).order_by(DrsRecommendation.id.desc())
+    if state:
+        query = query.where(DrsRecommendation.state == state)
+    return [recommendation_read(r) for r in session.scalars(query.limit(500))]
+
+
+def recommendation_read(row: DrsRecommendation) -> dict[str, Any]:
+    return {"id": row.id, "vm_id": row.vm_id, "source_host_id": row.source_host_id, "target_host_id": row.target_host_id, "priority": row.priority,
+            "kind": row.kind, "reason": row.reason, "reasons": row.reasons, "state": row.state, "task_id": row.task_id,
+            "created_at": row.created_at, "decided_at": row.decided_at}
+
+
+def whatif(session: Session, cluster_id: int, change: dict[str, Any]) -> dict[str, Any]:
+    """The plan and the resulting balance after a hypothetical change; nothing is touched."""
+    cluster: Cluster = inventory.get(session, "cluster", cluster_id)
+    settings = drs_settings(cluster)
+    snapshot = cluster_snapshot(session, cluster_id)
+    kind = change["kind"]
+    if kind in ("host-fails", "host-maintenance", "host-powers-off"):
+        host = str(change["host_id"])
+        if host not in {h.id for h in snapshot.hosts}:
+            raise Invalid(f"host_id: host {host} is not in the cluster", code="INVALID_REFERENCE", details={"field": "host_id"})
+        hypothetical = {"host-fails": drs.HostFails, "host-maintenance": drs.HostMaintenance, "host-powers-off": drs.HostPowersOff}[kind](host)
+    elif kind == "vm-demand":
+        hypothetical = drs.VmDemandChange(str(change["vm_id"]), change.get("cpu_mhz"), change.get("memory_mib"))
+    elif kind == "rule-added":
+        rule = change["rule"]
+        hypothetical = drs.RuleAdded(Rule(name=rule["name"], kind=RuleKind(rule["kind"]), must=bool(rule.get("mandatory")),
+                                          vms=frozenset(str(v) for v in rule["vm_ids"]), hosts=frozenset(str(h) for h in rule.get("host_ids", []))))
+    else:
+        raise Invalid(f"kind: unknown change {kind!r}", code="INVALID", details={"field": "kind"})
+    result = drs.whatif(snapshot, hypothetical, settings, None, history(session, cluster_id, settings.cooldown_s))
+    return result.to_dict()
+
+
+def run_due(session: Session, config: Settings) -> list[int]:
+    """Beat's pass: every cluster with DRS enabled."""
+    ran = []
+    for cluster in session.scalars(select(Cluster).order_by(Cluster.id)):
+        if ((cluster.settings or {}).get("drs") or {}).get("enabled"):
+            try:
+                run(session, "drs", cluster.id, config)
+                ran.append(cluster.id)
+            except Conflict:
+                continue  # an automatic move raced an operator's task: the next pass decides again
+    return ran
