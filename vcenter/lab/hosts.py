@@ -554,6 +554,7 @@ class Lab:
             if not _NAME.match(n):
                 raise ValueError(f"invalid host name {n!r} (a letter, then up to 8 of [a-z0-9])")
         caps = [capacity] * n_hosts if isinstance(capacity, Capacity) else list(capacity)
+        self._hold_machine()
         with self._locked():
             self._cleanup()
             for sub in ("hosts", "images", "datastores"):  # a new lab starts from blank disks
@@ -579,6 +580,38 @@ class Lab:
                 host.power_on()
         return self.hosts
 
+    # One lab per machine (fixed bridge and subnet). A process that brings a lab up holds this
+    # lock until it takes the lab down or exits, so another process's `up` (a second test run,
+    # a benchmark) waits instead of tearing down a lab in use. `vcenter lab up` exits at once,
+    # so a lab made by hand never blocks anyone.
+    MACHINE_LOCK = Path("/run/virtcenter-lab.machine.lock")
+
+    def _hold_machine(self, timeout: float = 1800.0) -> None:
+        if getattr(self, "_machine_fd", None) is not None:
+            return
+        fd = os.open(self.MACHINE_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + timeout
+        announced = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not announced:
+                    log.warning("another process holds the lab of this machine; waiting for it")
+                    announced = True
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise RuntimeError("the lab of this machine stayed in use by another process")
+                time.sleep(0.5)
+        self._machine_fd = fd
+
+    def _release_machine(self) -> None:
+        fd = getattr(self, "_machine_fd", None)
+        if fd is not None:
+            os.close(fd)  # closing drops the flock
+            self._machine_fd = None
+
     def down(self) -> None:
         """Remove every namespace, link, process, mount, loop device and cgroup of the lab."""
         with self._locked():
@@ -593,6 +626,7 @@ class Lab:
             self.workdir.rmdir()
         except OSError:
             pass
+        self._release_machine()
 
     def _cleanup(self) -> None:
         """Tear down by the recorded state and then by name (a crashed run, a lost state)."""
