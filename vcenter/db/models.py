@@ -17,6 +17,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Float,
     DateTime,
     ForeignKey,
     Integer,
@@ -277,6 +278,23 @@ class VirtualMachine(Timestamped, Base):
     __mapper_args__ = {"version_id_col": version}
     disks: Mapped[list["VirtualDisk"]] = relationship(back_populates="vm", cascade="all, delete-orphan", lazy="selectin", order_by="VirtualDisk.index")
     nics: Mapped[list["VirtualNic"]] = relationship(back_populates="vm", cascade="all, delete-orphan", lazy="selectin", order_by="VirtualNic.index")
+    stats: Mapped["VmStats | None"] = relationship(viewonly=True, lazy="selectin")
+
+    @property
+    def cpu_demand_mhz(self) -> float | None:
+        """CPU demand measured on the host (smoothed), None before two samples."""
+        return self.stats.cpu_demand_mhz if self.stats is not None else None
+
+
+class VmStats(Base):
+    """Measured demand of a running VM, updated by every host report. Kept apart from the VM
+    row so that a sample never bumps the VM's version (an operator's edit would go stale)."""
+
+    __tablename__ = "vm_stats"
+    vm_id: Mapped[int] = mapped_column(ForeignKey("vms.id", ondelete="CASCADE"), primary_key=True)
+    cpu_demand_mhz: Mapped[float | None] = mapped_column(Float)
+    cpu_time_ns: Mapped[int | None] = mapped_column(BigInteger)
+    sampled_at: Mapped[datetime | None] = mapped_column()
 
 
 class VirtualDisk(Base):

@@ -369,6 +369,7 @@ class VmRead(_Out):
     cpu: dict[str, Any] | None
     guest_info: dict[str, Any] | None
     guest_heartbeat_at: datetime | None
+    cpu_demand_mhz: float | None = Field(None, description="CPU demand measured on the host, smoothed (MHz)")
     disks: list[DiskRead]
     nics: list[NicRead]
     version: int

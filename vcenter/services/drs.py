@@ -3,8 +3,9 @@ VMotion Tasks (automatically in fully automated clusters), dismiss them, and wha
 
 Settings (``cluster.settings["drs"]``): enabled, automation (manual | partial | full),
 threshold 1-5, vm_overrides {vm id: level}, cooldown_s, budget, ha_reserve_fraction.
-Demand: the configured size of each running VM (measured demand comes with the performance
-statistics of the dashboard issue); history: migrations in flight, and each VM's last move.
+Demand: each running VM's CPU demand measured on its host (vcenter.domain.demand; configured
+size until measured), memory = configured memory; history: migrations in flight, and each
+VM's last move.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from sqlalchemy.orm import Session
 from vcenter.core.clock import utcnow
 from vcenter.core.errors import Conflict, Invalid, InvalidState, NotFound, VcError
 from vcenter.core.settings import Settings
-from vcenter.db.models import Cluster, DrsRecommendation, Task
+from vcenter.db.models import Cluster, DrsRecommendation, Task, VirtualMachine, VmStats
 from vcenter.db.snapshots import cluster_snapshot
 from vcenter.domain import drs
 from vcenter.domain.snapshot import Rule, RuleKind
@@ -53,13 +54,21 @@ def history(session: Session, cluster_id: int, cooldown_s: float) -> drs.DrsHist
     return drs.DrsHistory(in_flight=frozenset(in_flight), recent=recent)
 
 
+def measured_demands(session: Session, cluster_id: int) -> dict[str, tuple[float, float]]:
+    """CPU demand measured on the hosts (VMs without a measurement yet keep their configured
+    size); memory demand is the configured memory (no balloon statistics yet)."""
+    rows = session.execute(select(VirtualMachine.id, VmStats.cpu_demand_mhz, VirtualMachine.memory_mib).join(VmStats, VmStats.vm_id == VirtualMachine.id)
+                           .where(VirtualMachine.cluster_id == cluster_id, VmStats.cpu_demand_mhz.is_not(None)))
+    return {str(vm_id): (float(cpu), float(mem)) for vm_id, cpu, mem in rows}
+
+
 def run(session: Session, user: str, cluster_id: int, config: Settings) -> dict[str, Any]:
     """One DRS pass: pending recommendations of earlier passes become stale, the new ones
     are stored, and the automatic ones are applied at once."""
     cluster: Cluster = inventory.get(session, "cluster", cluster_id)
     settings = drs_settings(cluster)
     snapshot = cluster_snapshot(session, cluster_id)
-    plan = drs.balance(snapshot, settings, None, history(session, cluster_id, settings.cooldown_s))
+    plan = drs.balance(snapshot, settings, measured_demands(session, cluster_id), history(session, cluster_id, settings.cooldown_s))
     session.execute(update(DrsRecommendation).where(DrsRecommendation.cluster_id == cluster_id, DrsRecommendation.state == "pending").values(state="stale", decided_at=utcnow()))
     stored = []
     for rec in plan.recommendations:
@@ -148,7 +157,7 @@ def whatif(session: Session, cluster_id: int, change: dict[str, Any]) -> dict[st
                                           vms=frozenset(str(v) for v in rule["vm_ids"]), hosts=frozenset(str(h) for h in rule.get("host_ids", []))))
     else:
         raise Invalid(f"kind: unknown change {kind!r}", code="INVALID", details={"field": "kind"})
-    result = drs.whatif(snapshot, hypothetical, settings, None, history(session, cluster_id, settings.cooldown_s))
+    result = drs.whatif(snapshot, hypothetical, settings, measured_demands(session, cluster_id), history(session, cluster_id, settings.cooldown_s))
     return result.to_dict()
 
 

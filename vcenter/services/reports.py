@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session
 
 from vcenter.core.clock import utcnow
 from vcenter.core.settings import Settings
-from vcenter.db.models import Datastore, DatastoreMount, Host, PortGroup, PortGroupHost, Task, VirtualMachine
+from vcenter.db.models import Datastore, DatastoreMount, Host, PortGroup, PortGroupHost, Task, VirtualMachine, VmStats
+from vcenter.domain.demand import cpu_demand_mhz
 from vcenter.domain.states import ConnectionState, TaskState
 from vcenter.messaging.contracts import DomainState, HostState, LifecycleEvent, TaskProgress, TaskResult
 from vcenter.services import migration
@@ -185,6 +186,27 @@ def report_host_state(session: Session, host: Host, state: HostState) -> dict[st
     return {"accepted": True, **expected_host_config(session, host)}
 
 
+def _sample_cpu(session: Session, vm: VirtualMachine, host: Host, domain: DomainState) -> None:
+    """Update the VM's measured CPU demand from the host's CPU-time counter."""
+    stats = session.get(VmStats, vm.id)
+    if domain.power_state != "poweredOn":
+        if stats is not None:
+            session.delete(stats)
+        return
+    if domain.cpu_time_ns is None or not host.cpu_mhz:
+        return
+    if stats is None:
+        stats = VmStats(vm_id=vm.id)
+        session.add(stats)
+    now = utcnow()
+    previous_s = stats.sampled_at.timestamp() if stats.sampled_at else None
+    demand = cpu_demand_mhz(stats.cpu_time_ns, previous_s, domain.cpu_time_ns, now.timestamp(), float(host.cpu_mhz), stats.cpu_demand_mhz)
+    if demand is not None:
+        stats.cpu_demand_mhz = round(demand, 1)
+    stats.cpu_time_ns = domain.cpu_time_ns
+    stats.sampled_at = now
+
+
 def _migrations_in_flight(session: Session) -> dict[int, int]:
     """VM id -> target host of every VMotion not yet finished."""
     tasks = session.scalars(select(Task).where(Task.kind == "vm.migrate", Task.state.in_((TaskState.QUEUED.value, TaskState.RUNNING.value))))
@@ -224,6 +246,7 @@ def reconcile_domains(session: Session, host: Host, domains: list[DomainState]) 
         if vm.status == "inaccessible":
             vm.status = "ready"
             record_event(session, "vm.accessible", f"VM {vm.name} is back on host {host.name}", object_type="vm", object_id=vm.id, object_name=vm.name)
+        _sample_cpu(session, vm, host, domain)
         if domain.guest:
             age = float(domain.guest.get("age_s") or 0)
             vm.guest_info = {k: v for k, v in domain.guest.items() if k != "age_s"}

@@ -1,0 +1,51 @@
+"""DRS on real hosts: two guests burning CPU and three idle ones on host1, host2 empty; fully
+automated DRS (run by beat on compressed time) moves a burning guest, not an idle one, within
+two passes, and its recommendation's reasons show the imbalance before and after."""
+from __future__ import annotations
+
+import pytest
+
+from tests.apihelpers import wait_for
+from tests.labhelpers import lab_stack, task_done
+
+pytestmark = pytest.mark.integration
+
+DRS_PERIOD = 8.0
+
+
+def test_drs_moves_a_burning_guest_not_an_idle_one(tmp_path):
+    with lab_stack(tmp_path, 2, drs_period=DRS_PERIOD) as (stack, lab, ctx):
+        ids, cl = ctx["ids"], ctx["cl"]
+        with stack.client() as api:
+            path = lab.create_datastore("shared1", 128, [h.name for h in lab.hosts])
+            api.post("/api/v1/datastores", json={"name": "shared1", "datacenter_id": ctx["dc"]["id"], "kind": "lab-dir", "url": path, "host_ids": list(ids.values())})
+            vms = {}
+            for name in ("burn1", "burn2", "idle1", "idle2", "idle3"):
+                task = api.post("/api/v1/vms", json={"name": name, "host_id": ids["host1"], "memory_mib": 96, "kernel_boot": {"image": "tiny-linux"}}).json()
+                vms[name] = task_done(api, task)["object_id"]
+                assert task_done(api, api.post(f"/api/v1/vms/{vms[name]}/power/on").json())["state"] == "success"
+            for name in ("burn1", "burn2"):
+                wait_for(lambda: (api.get(f"/api/v1/vms/{vms[name]}").json()["guest_info"] or {}).get("seq"), 60, what=f"{name} heartbeat")
+                reply = api.post(f"/api/v1/vms/{vms[name]}/guest/command", json={"command": "burn", "argument": "100"}).json()
+                assert task_done(api, reply)["state"] == "success"
+            # The hosts measure it: burning guests' demand rises well above the idle ones'.
+            wait_for(lambda: all((api.get(f"/api/v1/vms/{vms[n]}").json()["cpu_demand_mhz"] or 0) > 300 for n in ("burn1", "burn2")), 60, what="burning demand measured")
+            current = api.get(f"/api/v1/clusters/{cl['id']}").json()
+            settings = {**current["settings"], "drs": {"enabled": True, "automation": "full", "threshold": 3}}
+            assert api.patch(f"/api/v1/clusters/{cl['id']}", json={"settings": settings, "version": current["version"]}).status_code == 200
+
+            def moved():
+                recs = api.get(f"/api/v1/clusters/{cl['id']}/drs/recommendations?state=applied").json()
+                return recs or None
+
+            applied = wait_for(moved, 2 * DRS_PERIOD + 15, what="DRS applied a move within two passes")
+            first = applied[-1]
+            assert first["vm_id"] in (vms["burn1"], vms["burn2"]), first
+            assert first["target_host_id"] == ids["host2"]
+            assert first["reasons"]["imbalance_before"] > first["reasons"]["imbalance_after"]
+            done = task_done(api, {"id": first["task_id"], "kind": "vm.migrate"}, 120)
+            assert done["state"] == "success", (done["error_code"], done["error_message"])
+            idle_hosts = {api.get(f"/api/v1/vms/{vms[n]}").json()["host_id"] for n in ("idle1", "idle2", "idle3")}
+            assert idle_hosts == {ids["host1"]}
+            for name in ("burn1", "burn2"):
+                api.post(f"/api/v1/vms/{vms[name]}/guest/command", json={"command": "burn", "argument": "0"})
