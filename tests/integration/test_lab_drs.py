@@ -30,6 +30,8 @@ def test_drs_moves_a_burning_guest_not_an_idle_one(tmp_path):
                 assert task_done(api, reply)["state"] == "success"
             # The hosts measure it: burning guests' demand rises well above the idle ones'.
             wait_for(lambda: all((api.get(f"/api/v1/vms/{vms[n]}").json()["cpu_demand_mhz"] or 0) > 300 for n in ("burn1", "burn2")), 60, what="burning demand measured")
+            # Idle means idle: wait until the idle guests' boot has left their measured demand.
+            wait_for(lambda: all((api.get(f"/api/v1/vms/{vms[n]}").json()["cpu_demand_mhz"] or 1e9) < 100 for n in ("idle1", "idle2", "idle3")), 60, what="idle demand settled")
             current = api.get(f"/api/v1/clusters/{cl['id']}").json()
             settings = {**current["settings"], "drs": {"enabled": True, "automation": "full", "threshold": 3}}
             assert api.patch(f"/api/v1/clusters/{cl['id']}", json={"settings": settings, "version": current["version"]}).status_code == 200
@@ -40,7 +42,8 @@ def test_drs_moves_a_burning_guest_not_an_idle_one(tmp_path):
 
             applied = wait_for(moved, 2 * DRS_PERIOD + 15, what="DRS applied a move within two passes")
             first = applied[-1]
-            assert first["vm_id"] in (vms["burn1"], vms["burn2"]), first
+            demands = {n: api.get(f"/api/v1/vms/{i}").json()["cpu_demand_mhz"] for n, i in vms.items()}
+            assert first["vm_id"] in (vms["burn1"], vms["burn2"]), (applied, demands)
             assert first["target_host_id"] == ids["host2"]
             assert first["reasons"]["imbalance_before"] > first["reasons"]["imbalance_after"]
             done = task_done(api, {"id": first["task_id"], "kind": "vm.migrate"}, 120)

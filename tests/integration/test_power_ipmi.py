@@ -43,6 +43,16 @@ def libvirtd_answers(uri: str, timeout: float = 5) -> bool:
         return False
 
 
+def wait_libvirtd(uri: str, timeout: float = 15) -> float:
+    """Seconds until the host's libvirtd answers over TCP on the lab network."""
+    t0 = time.monotonic()
+    while not libvirtd_answers(uri, timeout=3):
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"libvirtd at {uri} did not answer within {timeout}s")
+        time.sleep(0.1)
+    return time.monotonic() - t0
+
+
 def fresh(lab: Lab, name: str):
     """The host as the lab state file says now (the BMC changed it from its own Lab view)."""
     return Lab(lab.workdir).host(name)
@@ -96,7 +106,7 @@ def test_ipmi_powers_a_lab_host_off_and_on(lab):
         assert drv.status() == "on"
         h = fresh(lab, "host1")
         assert h.powered
-        assert libvirtd_answers(h.uri), "libvirtd does not answer after power on"
+        print(f"then libvirtd answered over TCP ({h.uri}) after {wait_libvirtd(h.uri):.2f} s")
         assert h.process_pid("agent") is not None, "the boot process did not come back"
 
         t0 = time.monotonic()
@@ -104,7 +114,7 @@ def test_ipmi_powers_a_lab_host_off_and_on(lab):
         assert not fresh(lab, "host1").powered and drv.status() == "off"
         drv.power_on()
         print(f"hard off + on: {time.monotonic() - t0:.2f} s")
-        assert libvirtd_answers(fresh(lab, "host1").uri)
+        wait_libvirtd(fresh(lab, "host1").uri)
         drv.power_on()  # already on: nothing happens
         assert [a for a, _ in bmc.actions] == ["off", "on", "off", "on"]
 

@@ -102,6 +102,16 @@ def test_balancers_do_what_they_say(trace_dir: Path) -> None:
     assert drs.imbalance.mean() <= none.imbalance.mean() + 1e-9  # the engine does not make it worse on average
 
 
+def test_measured_imbalance_is_the_engines(trace_dir: Path) -> None:
+    from vcenter.domain.drs import imbalance_of
+    sc = build_scenario(read_trace(trace_dir), 4, 16, load=0.7, seed=1)
+    r = replay(sc, "none")
+    ids = [vm.id for vm in sc.snapshot.vms]
+    for t in (0, 17, STEPS - 1):
+        d = {v: (float(sc.demand[t, k, 0]), float(sc.demand[t, k, 1])) for k, v in enumerate(ids)}
+        assert r.imbalance[t] == pytest.approx(imbalance_of(sc.snapshot, d).imbalance)
+
+
 def _spiked(sc, k: int):
     """The VM with the most vCPUs on the most loaded host (at k) demands its whole CPU from k on."""
     snap = sc.snapshot
