@@ -18,7 +18,7 @@ import time
 import pytest
 
 from vcenter.lab.hosts import Lab
-from vcenter.power import BMC_AUTH_FAILED, BMC_UNREACHABLE, IpmiDriver, PowerError
+from vcenter.power import BMC_AUTH_FAILED, BMC_UNREACHABLE, IpmiDriver, LabDriver, PowerError
 
 pytestmark = [
     pytest.mark.integration,
@@ -134,6 +134,17 @@ def test_ipmi_powers_a_lab_host_off_and_on(lab):
     print(f"unreachable BMC reported in {took:.2f} s (timeout 3 s)")
     assert fresh(lab, "host1").powered
 
+    # The lab's own driver, without a BMC.
+    lab_drv = LabDriver(lab.workdir, "host1", action_timeout=30)
+    assert lab_drv.status() == "on"
+    t0 = time.monotonic()
+    lab_drv.power_off()
+    assert lab_drv.status() == "off" and fresh(lab, "host1").pids() == set()
+    lab_drv.power_on()
+    print(f"LabDriver off + on: {time.monotonic() - t0:.2f} s")
+    assert lab_drv.status() == "on"
+    wait_libvirtd(fresh(lab, "host1").uri)
+
 
 def test_lab_bmc_as_a_process(lab):
     port = free_udp_port()
@@ -151,13 +162,13 @@ def test_lab_bmc_as_a_process(lab):
             except PowerError:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise
-        assert SECRET not in " ".join(Path_cmdline(proc.pid))
+        assert SECRET not in " ".join(cmdline(proc.pid))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
     assert proc.returncode == 0
 
 
-def Path_cmdline(pid: int) -> list[str]:  # noqa: N802
+def cmdline(pid: int) -> list[str]:
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         return [a.decode() for a in f.read().split(b"\0") if a]
