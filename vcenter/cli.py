@@ -21,16 +21,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(admin_app, name="admin")
 
 
-def _add_lab()
-
-
-def _add_sim() -> None:
-    from vcenter.sim.cli import sim_app
-
-    app.add_typer(sim_app, name="sim", help="Replay VM demand traces over a simulated cluster with the real DRS/DPM engine.")
-
-
-_add_sim() -> None:
+def _add_lab() -> None:
     from vcenter.lab.cli import lab_app
 
     app.add_typer(lab_app, name="lab", help="A lab of real libvirt/QEMU hosts on this machine (network namespaces).")
