@@ -12,7 +12,7 @@ log() { printf '[install] %s\n' "$*"; }
 CORE_PKGS=(
   redis-server postgresql-15 postgresql
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
-  qemu-system-x86 qemu-utils iproute2 nftables e2fsprogs util-linux
+  qemu-system-x86 qemu-utils iproute2 nftables e2fsprogs util-linux ipmitool
   libvirt-dev pkg-config gcc make python3-venv python3-dev
 )
 # ... and tools whose Recommends would drag in too much (docker-compose recommends

@@ -80,6 +80,7 @@ class Settings(BaseSettings):
 
     # --- beat -----------------------------------------------------------------------------
     host_monitor_period: float = 2.0
+    dpm_period: float = Field(300.0, description="DPM samples demand and decides on every cluster with DPM enabled this often")
     drs_period: float = Field(300.0, description="DRS runs on every cluster with DRS enabled this often (vCenter: 5 minutes)")
 
     # --- misc -----------------------------------------------------------------------------

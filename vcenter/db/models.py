@@ -137,6 +137,13 @@ class Host(Timestamped, Base):
     registration_expires_at: Mapped[datetime | None] = mapped_column()
     thumbprint: Mapped[str | None] = mapped_column(String(128))
     trust_state: Mapped[str] = mapped_column(String(24), default="awaitingAgent")
+    # How DPM powers the host: {"type": "ipmi"|"redfish"|"wol"|"lab", ...} (vcenter.power).
+    # Holds the BMC credential: never returned by the API, never in events or commands.
+    power: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+    @property
+    def power_summary(self) -> dict[str, Any]:
+        return {k: v for k, v in (self.power or {}).items() if k not in ("password", "username")}
     last_report_at: Mapped[datetime | None] = mapped_column()
     version: Mapped[int] = mapped_column(default=1)
     __mapper_args__ = {"version_id_col": version}
@@ -222,6 +229,16 @@ class ClusterRule(Timestamped, Base):
     host_group: Mapped[str | None] = mapped_column(String(80))
     version: Mapped[int] = mapped_column(default=1)
     __mapper_args__ = {"version_id_col": version}
+
+
+class DpmSample(Base):
+    """One sample of a cluster's VM demand, taken by each DPM pass (DPM decides over windows)."""
+
+    __tablename__ = "dpm_samples"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    cluster_id: Mapped[int] = mapped_column(ForeignKey("clusters.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    demands: Mapped[dict[str, Any]] = mapped_column(default=dict)  # vm id -> [cpu MHz, memory MiB]
 
 
 class DrsRecommendation(Base):

@@ -112,6 +112,7 @@ class HostUpdate(_In):
     name: HostName | None = None
     cluster_id: int | None = None
     address: str | None = Field(None, max_length=255)
+    power: dict[str, Any] | None = Field(None, description='how DPM powers the host: {"type": "ipmi", "address", "port", "username", "password"} | redfish | wol | lab')
     version: int | None = None
 
 
@@ -135,6 +136,7 @@ class HostRead(_Out):
     last_report_at: datetime | None
     trust_state: Literal["awaitingAgent", "awaitingConfirmation", "trusted"]
     thumbprint: str | None
+    power_summary: dict[str, Any] = Field(default_factory=dict, description="power settings without credentials")
     version: int
     created_at: datetime
 

@@ -110,7 +110,15 @@ def update_object(session: Session, user: str, kind: str, object_id: int, change
         if _has(session, VirtualMachine, VirtualMachine.host_id == row.id):
             raise Conflict(f"host {row.name} has VMs; move them before changing its cluster", code="HOST_HAS_VMS")
     host_ids = changes.pop("host_ids", None)
+    if kind == "host" and changes.get("power") is not None:
+        from vcenter.power.drivers import make_driver
+
+        try:
+            make_driver(changes["power"])
+        except ValueError as exc:
+            raise Invalid(f"power: {exc}", code="INVALID", details={"field": "power"}) from exc
     before = _apply(row, changes)
+    before.pop("power", None)  # holds a credential: never into an event
     if host_ids is not None:
         before["host_ids"] = _set_hosts(session, kind, row, host_ids)
     _flush_unique(session, f"{kind} named {getattr(row, 'name', '')!r}")

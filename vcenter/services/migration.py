@@ -36,7 +36,7 @@ from vcenter.domain import placement
 from vcenter.domain.snapshot import VmSnapshot
 from vcenter.domain.states import PowerState, TaskState
 from vcenter.messaging.contracts import MigrationOptions
-from vcenter.services import inventory
+from vcenter.services import inventory, power
 from vcenter.services.events import record_event
 from vcenter.services.tasks import ensure_idle, finish_task, send_command, start_task
 
@@ -219,10 +219,16 @@ def reconciled(session: Session, task: Task) -> bool:
 
 
 # --- maintenance mode ----------------------------------------------------------------------
-def enter_maintenance(session: Session, user: str, host_id: int, config: Settings) -> Task:
+def enter_maintenance(session: Session, user: str, host_id: int, config: Settings, standby: bool = False) -> Task:
+    """Evacuate the host, then mark it in maintenance — or, with ``standby``, power it off
+    through its power driver and mark it in standby (DPM's power-off)."""
     host: Host = inventory.get(session, "host", host_id)
     ensure_idle(session, "host", host.id)
-    if host.maintenance:
+    if standby and host.standby:
+        raise InvalidState(f"host {host.name} is already in standby", code="ALREADY_IN_STANDBY")
+    if standby and not host.power:
+        raise Conflict(f"host {host.name} has no power settings: DPM cannot power it", code="NO_POWER_DRIVER")
+    if not standby and host.maintenance:
         raise InvalidState(f"host {host.name} is already in maintenance", code="ALREADY_IN_MAINTENANCE")
     running = list(session.scalars(select(VirtualMachine).where(VirtualMachine.host_id == host.id, VirtualMachine.power_state == PowerState.POWERED_ON.value).order_by(VirtualMachine.id)))
     cluster = session.get(Cluster, host.cluster_id) if host.cluster_id else None
@@ -243,7 +249,8 @@ def enter_maintenance(session: Session, user: str, host_id: int, config: Setting
             raise Conflict(f"host {host.name} cannot be evacuated: " + "; ".join(f"{names[v]}: {r}" for v, r in decided.unplaced.items()),
                            code="CANNOT_EVACUATE", details={"vms": {names[v]: r for v, r in decided.unplaced.items()}})
         plan = {int(v): int(h) for v, h in decided.placed.items()}
-    task = start_task(session, kind="host.enterMaintenance", object_type="host", object_id=host.id, username=user, params={"plan": {str(k): v for k, v in plan.items()}})
+    kind = "host.enterStandby" if standby else "host.enterMaintenance"
+    task = start_task(session, kind=kind, object_type="host", object_id=host.id, username=user, params={"plan": {str(k): v for k, v in plan.items()}})
     task.state = TaskState.RUNNING.value
     task.step = "evacuating"
     children = []
@@ -258,7 +265,7 @@ def enter_maintenance(session: Session, user: str, host_id: int, config: Setting
 def advance_maintenance(session: Session, task: Task) -> None:
     """Finish an evacuation when its children are done (called after each child and by the
     orchestrator's periodic pass)."""
-    if task.kind != "host.enterMaintenance" or TaskState(task.state).finished:
+    if task.kind not in ("host.enterMaintenance", "host.enterStandby") or TaskState(task.state).finished:
         return
     children = [session.get(Task, i) for i in task.params.get("children", [])]
     if any(not TaskState(c.state).finished for c in children):
@@ -272,6 +279,9 @@ def advance_maintenance(session: Session, task: Task) -> None:
         names = {c.id: session.get(VirtualMachine, c.object_id).name for c in failed if session.get(VirtualMachine, c.object_id)}
         detail = "; ".join(f"{names.get(c.id, c.object_id)}: {c.error_code}" for c in failed) or f"still running: {', '.join(still)}"
         finish_task(session, task, TaskState.ERROR, error_code="EVACUATION_FAILED", error_message=detail, object_name=host.name)
+        return
+    if task.kind == "host.enterStandby":
+        power.power_off_host(session, task, host, moved=len(children))
         return
     host.maintenance = True
     finish_task(session, task, TaskState.SUCCESS, result={"moved": len(children)}, object_name=host.name)
@@ -291,8 +301,9 @@ def exit_maintenance(session: Session, user: str, host_id: int) -> Host:
 def advance_all(session: Session) -> None:
     """The orchestrator's periodic pass: dispatch waiting migrations, finish evacuations."""
     dispatch_waiting(session)
-    for task in session.scalars(select(Task).where(Task.kind == "host.enterMaintenance", Task.state == TaskState.RUNNING.value)):
+    for task in session.scalars(select(Task).where(Task.kind.in_(("host.enterMaintenance", "host.enterStandby")), Task.state == TaskState.RUNNING.value)):
         advance_maintenance(session, task)
+    power.advance_power_on(session)
 
 
 # --- Storage VMotion -----------------------------------------------------------------------

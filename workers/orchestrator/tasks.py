@@ -41,6 +41,13 @@ def register(app: Celery, settings: Settings) -> Runtime:
         with runtime.transaction() as session:
             return drs.run_due(session, settings)
 
+    @app.task(name="orchestrator.dpm", ignore_result=True)
+    def dpm_pass() -> list:
+        from vcenter.services import dpm
+
+        with runtime.transaction() as session:
+            return dpm.run_due(session, settings)
+
     @app.task(name="orchestrator.monitor_hosts", ignore_result=True)
     def monitor_hosts() -> None:
         try:
@@ -61,5 +68,6 @@ def beat_schedule(settings: Settings) -> dict:
         "reap-tasks": {"task": "orchestrator.reap_tasks", "schedule": settings.reaper_period},
         "advance-sagas": {"task": "orchestrator.advance_sagas", "schedule": settings.reaper_period},
         "drs": {"task": "orchestrator.drs", "schedule": settings.drs_period},
+        "dpm": {"task": "orchestrator.dpm", "schedule": settings.dpm_period},
         "monitor-hosts": {"task": "orchestrator.monitor_hosts", "schedule": settings.host_monitor_period},
     }

@@ -6,7 +6,7 @@ from fastapi import APIRouter, status
 
 from vcenter.api.deps import CurrentUser, DbDep, SettingsDep
 from vcenter.schemas import inventory as s
-from vcenter.services import drs, evc, placement
+from vcenter.services import dpm, drs, evc, placement
 
 router = APIRouter(prefix="/api/v1/clusters/{cluster_id}", tags=["clusters"])
 
@@ -84,3 +84,8 @@ def drs_dismiss(cluster_id: int, rec_id: int, db: DbDep, user: CurrentUser) -> A
 @router.post("/drs/whatif", summary="What if a host fails, enters maintenance, powers off, a VM's demand changes or a rule is added: the plan and the balance, changing nothing")
 def drs_whatif(cluster_id: int, body: s.WhatIfChange, db: DbDep, user: CurrentUser) -> Any:
     return drs.whatif(db, cluster_id, body.model_dump())
+
+
+@router.post("/dpm/run", summary="Run DPM now: sample demand, decide, and power hosts off/on when fully automated")
+def dpm_run(cluster_id: int, db: DbDep, user: CurrentUser, settings: SettingsDep) -> Any:
+    return dpm.run(db, user.username, cluster_id, settings)

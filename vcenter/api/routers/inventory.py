@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request, status
 
 from vcenter.api.deps import CurrentUser, DbDep, SettingsDep
 from vcenter.schemas import inventory as s
-from vcenter.services import hosts, migration
+from vcenter.services import hosts, migration, power
 from vcenter.services import inventory as inv
 from vcenter.services.listing import list_rows
 
@@ -133,3 +133,13 @@ def enter_maintenance(host_id: int, db: DbDep, user: CurrentUser, settings: Sett
 @router.post("/hosts/{host_id}/maintenance/exit", response_model=s.HostRead, tags=["hosts"], summary="Exit maintenance: the host takes VMs again")
 def exit_maintenance(host_id: int, db: DbDep, user: CurrentUser) -> Any:
     return migration.exit_maintenance(db, user.username, host_id)
+
+
+@router.post("/hosts/{host_id}/power/off", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, tags=["hosts"], summary="Evacuate the host, then power it off through its power driver into standby (a Task)")
+def power_off_host(host_id: int, db: DbDep, user: CurrentUser, settings: SettingsDep) -> Any:
+    return migration.enter_maintenance(db, user.username, host_id, settings, standby=True)
+
+
+@router.post("/hosts/{host_id}/power/on", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, tags=["hosts"], summary="Power a host in standby on; the Task ends when its agent reports again")
+def power_on_host(host_id: int, db: DbDep, user: CurrentUser) -> Any:
+    return power.power_on_host(db, user.username, host_id)
