@@ -13,6 +13,7 @@ import logging
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from vcenter.core.clock import utcnow
 from vcenter.core.errors import Conflict, InvalidState
 from vcenter.db.models import Host, Task
 from vcenter.domain.states import ConnectionState, TaskState
@@ -39,8 +40,9 @@ def power_off_host(session: Session, task: Task, host: Host, moved: int) -> None
         code = getattr(exc, "code", "INVALID_POWER_SETTINGS")
         finish_task(session, task, TaskState.ERROR, error_code=code, error_message=str(exc), object_name=host.name)
         return
+    # Connection state stays: a host in standby is a known, connected host that sleeps (as in
+    # vCenter); the host monitor leaves its silence alone.
     host.standby = True
-    host.connection_state = ConnectionState.DISCONNECTED.value
     finish_task(session, task, TaskState.SUCCESS, result={"moved": moved, "powered_off": True}, object_name=host.name)
     record_event(session, "host.standby.entered", f"host {host.name} evacuated ({moved} VMs) and powered off: standby", username=task.username, object_type="host", object_id=host.id, object_name=host.name, task_id=task.id)
 
@@ -57,6 +59,7 @@ def power_on_host(session: Session, user: str, host_id: int, reason: str = "") -
     task = start_task(session, kind="host.exitStandby", object_type="host", object_id=host.id, username=user, params={"reason": reason})
     task.state = TaskState.RUNNING.value
     task.step = "powering-on"
+    task.started_at = utcnow()
     try:
         _driver(host).power_on()
     except (PowerError, ValueError) as exc:
@@ -71,7 +74,8 @@ def advance_power_on(session: Session) -> None:
     """A powered-on host leaves standby when its agent reports again."""
     for task in session.scalars(select(Task).where(Task.kind == "host.exitStandby", Task.state == TaskState.RUNNING.value)):
         host = session.get(Host, task.object_id)
-        if host is not None and host.connection_state == ConnectionState.CONNECTED.value:
+        reported = host is not None and host.last_report_at is not None and task.started_at is not None and host.last_report_at > task.started_at
+        if reported and host.connection_state == ConnectionState.CONNECTED.value:
             host.standby = False
             finish_task(session, task, TaskState.SUCCESS, result={"powered_on": True}, object_name=host.name)
             record_event(session, "host.standby.exited", f"host {host.name} is back from standby", username=task.username, object_type="host", object_id=host.id, object_name=host.name, task_id=task.id)

@@ -303,6 +303,8 @@ def expected_host_config(session: Session, host: Host) -> dict[str, Any]:
 
 def mark_host_heartbeat(session: Session, host: Host, alive: bool) -> None:
     """The host monitor's verdict from the Redis heartbeat key."""
+    if host.standby:
+        return  # powered off by DPM: its silence is expected
     if alive and host.connection_state == ConnectionState.NOT_RESPONDING.value:
         host.connection_state = ConnectionState.CONNECTED.value
         record_event(session, "host.connected", f"host {host.name} is sending heartbeats again", object_type="host", object_id=host.id, object_name=host.name, reason="heartbeat_back")
