@@ -106,6 +106,8 @@ def test_maintenance_names_what_cannot_leave_and_evacuates_the_rest(env):
     mover = _running_vm(client, auth, agents, settings, h1, "mover")
     task = client.post(f"/api/v1/hosts/{h1['id']}/maintenance", headers=auth)
     assert task.status_code == 202, task.text
+    evacuation = task.json()["placement"]["evacuation"]
+    assert [d["vm"] for d in evacuation] == [str(mover["id"])] and evacuation[0]["candidates"]
     child = [p for p in _sent_commands(settings, "vm.migrate")][-1]
     cid = child["command_id"]
     client.post(f"/api/v1/agent/hosts/{h1['id']}/tasks/{child['task_id']}/result", headers=agents[h1["id"]], json={"command_id": cid, "ok": True, "result": {"stats": {}}})

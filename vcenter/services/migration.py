@@ -240,6 +240,7 @@ def enter_maintenance(session: Session, user: str, host_id: int, config: Setting
         if off:
             raise Conflict(f"host {host.name} has powered-off VMs and the cluster refuses to leave them: {', '.join(off)}", code="POWERED_OFF_VMS_PRESENT", details={"vms": list(off)})
     plan: dict[int, int] = {}
+    decisions: list[dict[str, Any]] = []
     if running:
         snapshot = cluster_snapshot(session, cluster.id)
         moving = [v for v in snapshot.vms if v.id in {str(vm.id) for vm in running}]
@@ -249,8 +250,11 @@ def enter_maintenance(session: Session, user: str, host_id: int, config: Setting
             raise Conflict(f"host {host.name} cannot be evacuated: " + "; ".join(f"{names[v]}: {r}" for v, r in decided.unplaced.items()),
                            code="CANNOT_EVACUATE", details={"vms": {names[v]: r for v, r in decided.unplaced.items()}})
         plan = {int(v): int(h) for v, h in decided.placed.items()}
+        decisions = [r.to_dict() for r in decided.results]
     kind = "host.enterStandby" if standby else "host.enterMaintenance"
-    task = start_task(session, kind=kind, object_type="host", object_id=host.id, username=user, params={"plan": {str(k): v for k, v in plan.items()}})
+    # The evacuation's placement, every VM with every host's reason, is kept in the Task.
+    task = start_task(session, kind=kind, object_type="host", object_id=host.id, username=user,
+                      params={"plan": {str(k): v for k, v in plan.items()}, "placement": {"evacuation": decisions}})
     task.state = TaskState.RUNNING.value
     task.step = "evacuating"
     children = []
