@@ -12,7 +12,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from vcenter.api.errors import install_error_handlers
-from vcenter.api.routers import agent, clusters, inventory, tasks, vms
+from vcenter.api.routers import agent, clusters, inventory, tasks, users, vms
 from vcenter.core.settings import Settings, get_settings
 from vcenter.services.runtime import Runtime
 
@@ -23,7 +23,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
                   description="Central management server for KVM/libvirt clusters.")
     app.state.runtime = runtime or Runtime.build(settings)
     install_error_handlers(app)
-    for module in (inventory, clusters, vms, tasks, agent):
+    for module in (inventory, clusters, vms, tasks, users, agent):
         app.include_router(module.router)
     app.include_router(agent.registration)
 

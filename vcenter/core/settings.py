@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     session_idle_timeout: float = Field(1800.0, description="a login session expires after this much idle time")
     session_max_lifetime: float = Field(12 * 3600.0, description="absolute lifetime of a login session")
     page_size_max: int = 500
+    login_lockout_failures: int = Field(5, description="failed logins of one user within the window that lock it out")
+    login_lockout_window: float = Field(180.0, description="the lockout window (s); a lockout ends by itself, so nobody locks an administrator out for good")
+    events_retention_days: float = Field(365.0, description="events (the audit log) older than this are purged by the reaper")
     tls_cert: str | None = Field(None, description="PEM certificate (chain) the API serves HTTPS with; with tls_key")
     tls_key: str | None = Field(None, description="PEM private key of tls_cert")
     tls_self_signed: bool = Field(False, description="serve HTTPS with a self-signed certificate generated on first start (in key_dir/tls) when tls_cert/tls_key are not set")

@@ -506,3 +506,23 @@ class WhatIfChange(_In):
     cpu_mhz: float | None = Field(None, ge=0)
     memory_mib: float | None = Field(None, ge=0)
     rule: WhatIfRule | None = None
+
+
+class UserCreate(_In):
+    username: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,79}$")]
+    password: str = Field(..., min_length=8, max_length=1024)
+    is_admin: bool = False
+
+
+class UserUpdate(_In):
+    password: str | None = Field(None, min_length=8, max_length=1024)
+    is_admin: bool | None = None
+    disabled: bool | None = None
+
+
+class UserRead(_Out):
+    id: int
+    username: str
+    is_admin: bool
+    disabled: bool
+    created_at: datetime

@@ -78,3 +78,16 @@ def monitor_hosts(session: Session, is_alive: Callable[[int], bool]) -> None:
 
 def advance_sagas(session: Session) -> None:
     migration.advance_all(session)
+
+
+def purge_events(session: Session, settings: Settings) -> int:
+    """Retention of the audit log: events older than ``events_retention_days`` go."""
+    from datetime import timedelta
+
+    from sqlalchemy import delete
+
+    from vcenter.core.clock import utcnow
+    from vcenter.db.models import Event
+
+    cutoff = utcnow() - timedelta(days=settings.events_retention_days)
+    return session.execute(delete(Event).where(Event.at < cutoff)).rowcount or 0

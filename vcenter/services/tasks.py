@@ -208,3 +208,17 @@ def stale_queued(session: Session, older_than: float) -> list[Task]:
             select(Task).where(Task.state == TaskState.QUEUED.value, Task.created_at < cutoff).with_for_update(skip_locked=True)
         )
     )
+
+
+def iter_events(session: Session, since=None, batch: int = 1000):
+    """Every event in order (for the JSON-lines export), read in batches."""
+    last = 0
+    while True:
+        query = select(Event).where(Event.id > last).order_by(Event.id).limit(batch)
+        if since is not None:
+            query = query.where(Event.at >= since)
+        rows = list(session.scalars(query))
+        if not rows:
+            return
+        yield from rows
+        last = rows[-1].id

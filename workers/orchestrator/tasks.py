@@ -25,6 +25,7 @@ def register(app: Celery, settings: Settings) -> Runtime:
     def reap_tasks() -> dict:
         with runtime.transaction() as session:
             counts = maintenance.reap(session, settings)
+            counts["events_purged"] = maintenance.purge_events(session, settings)
         if any(counts.values()):
             log.info("reaper: %s", counts)
         return counts
