@@ -118,3 +118,85 @@ def test_maintenance_names_what_cannot_leave_and_evacuates_the_rest(env):
     dry = client.post(f"/api/v1/clusters/{cl['id']}/placement", headers=auth, json={"memory_mib": 64}).json()
     assert any(r["name"] == "h1" and "MaintenanceFilter" in r["filters"] for r in dry["rejected"])
     assert client.post(f"/api/v1/hosts/{h1['id']}/maintenance/exit", headers=auth).json()["maintenance"] is False
+
+
+def test_relocate_to_another_host_checks_and_moves_host_and_disks_only_after_success(env):
+    client, auth, cl, (h1, h2, h3), agents, pg, settings = env
+    dc_id = client.get(f"/api/v1/clusters/{cl['id']}", headers=auth).json()["datacenter_id"]
+    local1 = client.post("/api/v1/datastores", headers=auth, json={"name": "local1", "datacenter_id": dc_id, "url": "/srv/local1", "host_ids": [h1["id"]]}).json()
+    local3 = client.post("/api/v1/datastores", headers=auth, json={"name": "local3", "datacenter_id": dc_id, "url": "/srv/local3", "host_ids": [h3["id"]]}).json()
+    other1 = client.post("/api/v1/datastores", headers=auth, json={"name": "other1", "datacenter_id": dc_id, "url": "/srv/other1", "host_ids": [h1["id"]]}).json()
+    vm = _running_vm(client, auth, agents, settings, h1, "mover", disks=[{"datastore_id": local1["id"], "capacity_mib": 8}, {"datastore_id": other1["id"], "capacity_mib": 8}])
+    url = f"/api/v1/vms/{vm['id']}/relocate"
+    # A target datastore the target host does not mount.
+    r = client.post(url, headers=auth, json={"host_id": h3["id"], "disks": [{"index": 0, "datastore_id": other1["id"]}]})
+    assert r.status_code == 409 and r.json()["code"] == "DATASTORE_NOT_MOUNTED", r.text
+    # A disk left behind on a datastore the target does not mount: the datastore check names it.
+    r = client.post(url, headers=auth, json={"host_id": h3["id"], "disks": [{"index": 0, "datastore_id": local3["id"]}]})
+    assert r.status_code == 409 and r.json()["code"] == "DATASTORE_NOT_MOUNTED" and "disk 1" in r.json()["message"], r.text
+    # VMotion's checks on the target (here the port group really absent on h2).
+    pgvm = _running_vm(client, auth, agents, settings, h1, "pgvm", nics=[{"portgroup_id": pg["id"]}], disks=[{"datastore_id": local1["id"], "capacity_mib": 8}])
+    local2 = client.post("/api/v1/datastores", headers=auth, json={"name": "local2", "datacenter_id": dc_id, "url": "/srv/local2", "host_ids": [h2["id"]]}).json()
+    r = client.post(f"/api/v1/vms/{pgvm['id']}/relocate", headers=auth, json={"host_id": h2["id"], "disks": [{"index": 0, "datastore_id": local2["id"]}]})
+    assert r.status_code == 409 and r.json()["code"] == "PORTGROUP_ABSENT", r.text
+    # Accepted: one command to the SOURCE agent, a live migration copying both disks to the new paths.
+    both = [{"index": 0, "datastore_id": local3["id"]}, {"index": 1, "datastore_id": local3["id"]}]
+    r = client.post(url, headers=auth, json={"host_id": h3["id"], "disks": both})
+    assert r.status_code == 202, r.text
+    task = r.json()
+    assert task["kind"] == "vm.relocate" and task["host_id"] == h1["id"]
+    sent = _sent_commands(settings, "vm.relocate")[-1]
+    options = sent["args"]["migrate"]
+    assert options["copy_storage"] is True and options["copy_disks"] == ["vda", "vdb"]
+    files = [d["file"] for d in vm["disks"]]
+    assert options["dest_disk_paths"] == {"vda": f"/srv/local3/{files[0]}", "vdb": f"/srv/local3/{files[1]}"}
+    assert [m["from"] for m in sent["args"]["moves"]] == [f"/srv/local1/{files[0]}", f"/srv/other1/{files[1]}"]
+    # Progress from libvirt shows; nothing moved in the inventory yet.
+    cid = command_id_of(settings, task["id"])
+    client.post(f"/api/v1/agent/hosts/{h1['id']}/tasks/{task['id']}/progress", headers=agents[h1["id"]], json={"command_id": cid, "step": "migrating", "progress": 30, "details": {"phase": "precopy", "data_processed": 10, "data_total": 30}})
+    mid = client.get(f"/api/v1/tasks/{task['id']}", headers=auth).json()
+    assert mid["progress"] == 30 and mid["result"]["migration"]["data_total"] == 30
+    assert client.get(f"/api/v1/vms/{vm['id']}", headers=auth).json()["host_id"] == h1["id"]
+    client.post(f"/api/v1/agent/hosts/{h1['id']}/tasks/{task['id']}/result", headers=agents[h1["id"]], json={"command_id": cid, "ok": True, "result": {"stats": {"downtime_ms": 20}}})
+    after = client.get(f"/api/v1/vms/{vm['id']}", headers=auth).json()
+    assert client.get(f"/api/v1/tasks/{task['id']}", headers=auth).json()["state"] == "success"
+    assert after["host_id"] == h3["id"] and [d["datastore_id"] for d in after["disks"]] == [local3["id"], local3["id"]]
+
+
+def test_relocate_to_another_host_failure_leaves_everything_and_offline_is_refused(env):
+    client, auth, cl, (h1, h2, h3), agents, pg, settings = env
+    dc_id = client.get(f"/api/v1/clusters/{cl['id']}", headers=auth).json()["datacenter_id"]
+    local1 = client.post("/api/v1/datastores", headers=auth, json={"name": "local1", "datacenter_id": dc_id, "url": "/srv/local1", "host_ids": [h1["id"]]}).json()
+    local3 = client.post("/api/v1/datastores", headers=auth, json={"name": "local3", "datacenter_id": dc_id, "url": "/srv/local3", "host_ids": [h3["id"]]}).json()
+    vm = _running_vm(client, auth, agents, settings, h1, "mover", disks=[{"datastore_id": local1["id"], "capacity_mib": 8}])
+    body = {"host_id": h3["id"], "disks": [{"index": 0, "datastore_id": local3["id"]}]}
+    task = client.post(f"/api/v1/vms/{vm['id']}/relocate", headers=auth, json=body).json()
+    cid = command_id_of(settings, task["id"])
+    domain = {"uuid": vm["libvirt_uuid"], "name": vm["name"], "power_state": "poweredOn"}
+    client.post(f"/api/v1/agent/hosts/{h1['id']}/tasks/{task['id']}/result", headers=agents[h1["id"]], json={"command_id": cid, "ok": False, "error_code": "MIGRATION_FAILED", "error_message": "boom", "domain": domain})
+    done = client.get(f"/api/v1/tasks/{task['id']}", headers=auth).json()
+    assert done["state"] == "error" and done["error_code"] == "MIGRATION_FAILED"
+    after = client.get(f"/api/v1/vms/{vm['id']}", headers=auth).json()
+    assert after["host_id"] == h1["id"] and after["disks"][0]["datastore_id"] == local1["id"] and after["power_state"] == "poweredOn"
+    off = client.post(f"/api/v1/vms/{vm['id']}/power/off", headers=auth).json()
+    finish_as_agent(client, settings, agents[h1["id"]], off, power_state="poweredOff")
+    r = client.post(f"/api/v1/vms/{vm['id']}/relocate", headers=auth, json=body)
+    assert r.status_code == 409 and r.json()["code"] == "RELOCATE_OFFLINE_HOST_CHANGE_UNSUPPORTED", r.text
+
+
+def test_relocate_to_another_host_cancelled_ends_cancelled_on_the_old_host(env):
+    client, auth, cl, (h1, h2, h3), agents, pg, settings = env
+    dc_id = client.get(f"/api/v1/clusters/{cl['id']}", headers=auth).json()["datacenter_id"]
+    local1 = client.post("/api/v1/datastores", headers=auth, json={"name": "local1", "datacenter_id": dc_id, "url": "/srv/local1", "host_ids": [h1["id"]]}).json()
+    local3 = client.post("/api/v1/datastores", headers=auth, json={"name": "local3", "datacenter_id": dc_id, "url": "/srv/local3", "host_ids": [h3["id"]]}).json()
+    vm = _running_vm(client, auth, agents, settings, h1, "mover", disks=[{"datastore_id": local1["id"], "capacity_mib": 8}])
+    task = client.post(f"/api/v1/vms/{vm['id']}/relocate", headers=auth, json={"host_id": h3["id"], "disks": [{"index": 0, "datastore_id": local3["id"]}]}).json()
+    cid = command_id_of(settings, task["id"])
+    client.post(f"/api/v1/agent/hosts/{h1['id']}/tasks/{task['id']}/progress", headers=agents[h1["id"]], json={"command_id": cid, "step": "migrating", "progress": 10})
+    assert client.post(f"/api/v1/tasks/{task['id']}/cancel", headers=auth).status_code == 202
+    answer = client.post(f"/api/v1/agent/hosts/{h1['id']}/tasks/{task['id']}/progress", headers=agents[h1["id"]], json={"command_id": cid, "step": "migrating", "progress": 20}).json()
+    assert answer == {"proceed": False, "reason": "CANCEL_REQUESTED"}
+    client.post(f"/api/v1/agent/hosts/{h1['id']}/tasks/{task['id']}/result", headers=agents[h1["id"]], json={"command_id": cid, "ok": False, "error_code": "MIGRATION_CANCELLED", "error_message": "cancelled"})
+    assert client.get(f"/api/v1/tasks/{task['id']}", headers=auth).json()["state"] == "cancelled"
+    after = client.get(f"/api/v1/vms/{vm['id']}", headers=auth).json()
+    assert after["host_id"] == h1["id"] and after["disks"][0]["datastore_id"] == local1["id"]

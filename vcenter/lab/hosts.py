@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vcenter.lab import network as net
+from vcenter.lab import pki
 from vcenter.lab.libvirtd import PrivateLibvirtd, _comm
 
 log = logging.getLogger(__name__)
@@ -258,6 +259,12 @@ class LabHost:
         return Path(self.record["workdir"])
 
     @property
+    def tls_dir(self) -> Path:
+        """The host's certificates for TLS migration streams (vcenter.lab.pki layout), signed
+        by the lab CA; made at ``up``."""
+        return self.workdir / "pki"
+
+    @property
     def uri(self) -> str:
         """How clients reach the host's libvirtd over the lab network."""
         return f"qemu+tcp://{self.address}/system"
@@ -295,7 +302,8 @@ class LabHost:
     def libvirtd(self) -> PrivateLibvirtd:
         if self._libvirtd is None:
             self._libvirtd = PrivateLibvirtd(self.workdir, self.name, tcp_port=LIBVIRT_TCP_PORT,
-                                             listen_addr=self.address, enter=lambda: self.enter_argv("/"))
+                                             listen_addr=self.address, enter=lambda: self.enter_argv("/"),
+                                             migrate_tls_dir=self.tls_dir)
         return self._libvirtd
 
     # --- running things inside ----------------------------------------------------------------
@@ -392,6 +400,8 @@ class LabHost:
         daemon = self.libvirtd
         daemon._proc = None
         daemon._namespaces.clear()
+        if not all((self.tls_dir / f).exists() for f in pki.FILES):  # libvirtd needs the dir
+            pki.LabCA.load_or_create(self.lab.ca_dir).install_host(self.tls_dir, self.name, [self.address])
         daemon.prepare()
         for d in self.cgroup_dirs:
             _make_cgroup(d)
@@ -476,6 +486,9 @@ class LabHost:
         return [line for line in proc.stdout.split() if line] if proc.returncode == 0 else None
 
 
+_MACHINE_FD: int | None = None  # the machine-wide lab lock, held per process
+
+
 class Lab:
     """The lab of this machine: create with a workdir, then ``up``/``down``/``status``."""
 
@@ -529,6 +542,11 @@ class Lab:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     @property
+    def ca_dir(self) -> Path:
+        """The lab CA (vcenter.lab.pki): ca-cert.pem and ca-key.pem, made at ``up``."""
+        return self.workdir / "ca"
+
+    @property
     def hierarchies(self) -> list[Hierarchy]:
         return [Hierarchy(**h) for h in self.state["hierarchies"]]
 
@@ -557,7 +575,7 @@ class Lab:
         self._hold_machine()
         with self._locked():
             self._cleanup()
-            for sub in ("hosts", "images", "datastores"):  # a new lab starts from blank disks
+            for sub in ("hosts", "images", "datastores", "ca"):  # a new lab starts from blank disks
                 shutil.rmtree(self.workdir / sub, ignore_errors=True)
             self.state = self._empty_state()
             net.check_subnet_free(SUBNET, BRIDGE)
@@ -587,8 +605,9 @@ class Lab:
     MACHINE_LOCK = Path("/run/virtcenter-lab.machine.lock")
 
     def _hold_machine(self, timeout: float = 1800.0) -> None:
-        if getattr(self, "_machine_fd", None) is not None:
-            return
+        global _MACHINE_FD
+        if _MACHINE_FD is not None:
+            return  # this process holds the lab already (any Lab object of it)
         fd = os.open(self.MACHINE_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
         deadline = time.monotonic() + timeout
         announced = False
@@ -604,19 +623,19 @@ class Lab:
                     os.close(fd)
                     raise RuntimeError("the lab of this machine stayed in use by another process")
                 time.sleep(0.5)
-        self._machine_fd = fd
+        _MACHINE_FD = fd
 
     def _release_machine(self) -> None:
-        fd = getattr(self, "_machine_fd", None)
-        if fd is not None:
-            os.close(fd)  # closing drops the flock
-            self._machine_fd = None
+        global _MACHINE_FD
+        if _MACHINE_FD is not None:
+            os.close(_MACHINE_FD)  # closing drops the flock
+            _MACHINE_FD = None
 
     def down(self) -> None:
         """Remove every namespace, link, process, mount, loop device and cgroup of the lab."""
         with self._locked():
             self._cleanup()
-            for sub in ("hosts", "images", "datastores"):
+            for sub in ("hosts", "images", "datastores", "ca"):
                 shutil.rmtree(self.workdir / sub, ignore_errors=True)
             self.state_file.unlink(missing_ok=True)
             self.state = self._empty_state()

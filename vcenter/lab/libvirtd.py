@@ -71,6 +71,7 @@ class PrivateLibvirtd:
         start_timeout: float = 15.0,
         caps_seed: Path | None = DEFAULT_CAPS_SEED,
         enter: Sequence[str] | Callable[[], Sequence[str]] | None = None,
+        migrate_tls_dir: Path | None = None,
     ):
         self.workdir = Path(workdir).resolve()
         self.name = name
@@ -80,6 +81,11 @@ class PrivateLibvirtd:
         self.caps_seed = caps_seed
         # A prefix, or a function giving it at start time (a lab host's changes per boot).
         self.enter = enter
+        # A cert dir (vcenter.lab.pki layout) for QEMU's TLS migration streams (VIR_MIGRATE_TLS),
+        # as a path the daemon sees (not under a private mount: QEMU reads it in the host's
+        # namespace, where the workdir has the same path). libvirtd refuses to start when the
+        # directory is missing, so it must exist before start().
+        self.migrate_tls_dir = Path(migrate_tls_dir) if migrate_tls_dir is not None else None
         self.host_uuid = str(uuidlib.uuid5(_HOST_UUID_NAMESPACE, name))
         self._proc: subprocess.Popen | None = None
         # Mount namespaces (by inode) our daemons ran in: QEMUs live on in them after a
@@ -160,6 +166,13 @@ class PrivateLibvirtd:
             qemu += [
                 f"migration_address = {_conf_str(self.listen_addr)}",
                 f"migration_host = {_conf_str(self.listen_addr)}",
+            ]
+        if self.migrate_tls_dir is not None:
+            qemu += [
+                f"migrate_tls_x509_cert_dir = {_conf_str(str(self.migrate_tls_dir))}",
+                # The target checks the source's client certificate too (the source always
+                # checks the target's server certificate against the address it dials).
+                "migrate_tls_x509_verify = 1",
             ]
         (etc / "qemu.conf").write_text("\n".join(qemu) + "\n")
         self._write_accounts()

@@ -224,6 +224,10 @@ class MigrationOptions(BaseModel):
     copy_storage: bool = Field(False, description="copy non-shared disks along (VIR_MIGRATE_NON_SHARED_DISK)")
     copy_disks: list[str] | None = Field(None, description="with copy_storage: the disk targets "
                                          "(vda, ...) to copy; None = every disk")
+    dest_disk_paths: dict[str, str] | None = Field(None, description="with copy_storage: disk target "
+                                                   "(vda, ...) -> image path on the target host, when it "
+                                                   "differs from the source (a relocation to another "
+                                                   "host's datastore); sent as the destination XML")
 
 
 class MigrationProgress(BaseModel):

@@ -187,7 +187,7 @@ def dispatch_waiting(session: Session, cluster: Cluster | None = None) -> int:
 
 
 def on_progress(task: Task, details: dict[str, Any]) -> None:
-    if task.kind == "vm.migrate":
+    if task.kind == "vm.migrate" or (task.kind == "vm.relocate" and task.params.get("target") is not None):
         task.result = {"migration": details}
 
 
@@ -311,16 +311,41 @@ def advance_all(session: Session) -> None:
 
 
 # --- Storage VMotion -----------------------------------------------------------------------
-def relocate(session: Session, user: str, vm_id: int, moves: list[dict[str, int]]) -> Task:
-    """Move disks of a VM to other datastores on its host: a running VM's disks are copied
-    while it runs and pivoted (libvirt block copy); a powered-off VM's files are converted by
-    the agent. Old files are removed only after every disk moved."""
+def relocate_checks(session: Session, vm: VirtualMachine, target_id: int, moved: set[int]) -> list[dict[str, Any]]:
+    """The VMotion checks of a relocation to another host: placement's filters on the target,
+    except that the datastore check covers only the disks that stay where they are (the moved
+    ones go to datastores checked as mounted on the target by ``relocate``)."""
+    results = checks(session, vm, target_id)
+    out = []
+    for check in results:
+        if check["code"] != "DATASTORE_NOT_MOUNTED":
+            out.append(check)
+            continue
+        missing = []
+        for disk in vm.disks:
+            if disk.index in moved:
+                continue
+            ds = session.get(Datastore, disk.datastore_id)
+            if not any(m.host_id == target_id for m in ds.mounts):
+                missing.append(f"disk {disk.index} is on datastore {ds.name}, not mounted on the target (move it too)")
+        out.append({"code": "DATASTORE_NOT_MOUNTED", "ok": not missing, "message": "; ".join(missing) if missing else "ok"})
+    return out
+
+
+def relocate(session: Session, user: str, vm_id: int, moves: list[dict[str, int]], host_id: int | None = None) -> Task:
+    """Move disks of a VM to other datastores: on its host, a running VM's disks are copied
+    while it runs and pivoted (libvirt block copy) and a powered-off VM's files are converted
+    by the agent; with ``host_id`` another host, the running VM live-migrates there with the
+    moved disks copied to the target's datastores (libvirt NON_SHARED_DISK with a destination
+    XML naming the new paths). Old files are removed only after every disk moved."""
     vm: VirtualMachine = inventory.get(session, "vm", vm_id)
     ensure_idle(session, "vm", vm.id)
     if vm.status != "ready":
         raise InvalidState(f"VM {vm.name} is {vm.status}", code="VM_NOT_READY")
     if vm.power_state == PowerState.SUSPENDED.value:
         raise InvalidState(f"VM {vm.name} is suspended: resume or power it off first", code="VM_SUSPENDED")
+    if host_id is not None and host_id != vm.host_id:
+        return _relocate_to_host(session, user, vm, moves, host_id)
     disks = {d.index: d for d in vm.disks}
     plan = []
     for i, move in enumerate(moves):
@@ -345,6 +370,48 @@ def relocate(session: Session, user: str, vm_id: int, moves: list[dict[str, int]
                       params={"moves": plan}, command="vm.relocate", command_args={"uuid": vm.libvirt_uuid, "moves": plan, "running": running})
 
 
+def _relocate_to_host(session: Session, user: str, vm: VirtualMachine, moves: list[dict[str, int]], target_id: int) -> Task:
+    target: Host = inventory._ref(session, "host", target_id, "host_id")
+    if vm.power_state != PowerState.POWERED_ON.value:
+        raise Conflict(f"VM {vm.name} is {vm.power_state}: moving a powered-off VM's files to another host is not supported yet "
+                       "(power it on to relocate it live, or relocate on its own host)", code="RELOCATE_OFFLINE_HOST_CHANGE_UNSUPPORTED")
+    disks = {d.index: d for d in vm.disks}
+    plan = []
+    for i, move in enumerate(moves):
+        disk = disks.get(move["index"])
+        if disk is None:
+            raise Invalid(f"disks[{i}].index: VM {vm.name} has no disk {move['index']}", code="DISK_NOT_FOUND", details={"field": f"disks[{i}].index"})
+        if any(p["index"] == disk.index for p in plan):
+            raise Invalid(f"disks[{i}].index: disk {disk.index} is listed twice", code="DUPLICATE_DISK", details={"field": f"disks[{i}].index"})
+        ds: Datastore = inventory._ref(session, "datastore", move["datastore_id"], f"disks[{i}].datastore_id")
+        mount = next((m for m in ds.mounts if m.host_id == target.id), None)
+        if mount is None:
+            raise Conflict(f"datastore {ds.name} is not mounted on the target host {target.name}", code="DATASTORE_NOT_MOUNTED", details={"field": f"disks[{i}].datastore_id"})
+        if ds.id == disk.datastore_id:
+            raise Invalid(f"disks[{i}].datastore_id: disk {disk.index} is already on {ds.name} (list only the disks that move)", code="SAME_DATASTORE", details={"field": f"disks[{i}].datastore_id"})
+        needed = disk.capacity_mib * 1024 * 1024
+        if ds.free_bytes and ds.free_bytes < needed:
+            raise Conflict(f"datastore {ds.name} has {ds.free_bytes // 2**20} MiB free, disk {disk.index} needs {disk.capacity_mib} MiB", code="DATASTORE_FULL")
+        source = session.get(Datastore, disk.datastore_id)
+        old_mount = next((m for m in source.mounts if m.host_id == vm.host_id), None)
+        plan.append({"index": disk.index, "target": disk_target_name(disk.index), "format": disk.format,
+                     "from": f"{(old_mount.path if old_mount else source.url)}/{disk.file}", "to": f"{mount.path}/{disk.file}", "datastore_id": ds.id})
+    results = relocate_checks(session, vm, target.id, {p["index"] for p in plan})
+    failed = [c for c in results if not c["ok"]]
+    if failed:
+        raise MigrationRefused(f"VM {vm.name} cannot move to host {target.name}: {failed[0]['message']}", code=failed[0]["code"], details={"checks": results})
+    source_host: Host = session.get(Host, vm.host_id)
+    options = options_for(session, vm, target, migration_settings(session.get(Cluster, vm.cluster_id)))
+    options = options.model_copy(update={"copy_storage": True, "copy_disks": [p["target"] for p in plan],
+                                         "dest_disk_paths": {p["target"]: p["to"] for p in plan}})
+    task = start_task(session, kind="vm.relocate", object_type="vm", object_id=vm.id, username=user, host_id=source_host.id,
+                      params={"moves": plan, "source": source_host.id, "target": target.id, "checks": results},
+                      command="vm.relocate", command_args={"uuid": vm.libvirt_uuid, "moves": plan, "running": True, "migrate": options.model_dump(mode="json")})
+    record_event(session, "vm.relocate.requested", f"relocation of VM {vm.name} from {source_host.name} to {target.name} with {len(plan)} disk(s) requested",
+                 username=user, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
+    return task
+
+
 def disk_target_name(index: int) -> str:
     return "vd" + chr(ord("a") + index)
 
@@ -354,4 +421,9 @@ def on_relocated(session: Session, task: Task) -> None:
     by_index = {d.index: d for d in vm.disks}
     for move in task.params["moves"]:
         by_index[move["index"]].datastore_id = move["datastore_id"]
+    if task.params.get("target") is not None:
+        # Moved to another host with its disks: it runs there now (libvirt completed).
+        vm.host_id = task.params["target"]
+        vm.status = "ready"
+        vm.power_state = PowerState.POWERED_ON.value
     record_event(session, "vm.relocated", f"VM {vm.name}: {len(task.params['moves'])} disk(s) moved", username=task.username, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id, data={"moves": task.params["moves"]})

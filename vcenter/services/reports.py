@@ -98,7 +98,9 @@ def report_result(session: Session, host: Host, task_id: int, report: TaskResult
                 record_event(session, "vm.created", f"VM {vm.name} created on host {host.name}", username=task.username, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
         finish_task(session, task, TaskState.SUCCESS, result=report.result, object_name=vm.name if vm else None)
         return {"applied": True}
-    finish_task(session, task, TaskState.ERROR, error_code=report.error_code or "AGENT_ERROR", error_message=report.error_message, object_name=vm.name if vm else None)
+    # A Storage VMotion cancelled midway ends cancelled (as a VMotion): the VM stays on its old disks.
+    ended = TaskState.CANCELLED if task.kind == "vm.relocate" and report.error_code == "MIGRATION_CANCELLED" else TaskState.ERROR
+    finish_task(session, task, ended, error_code=report.error_code or "AGENT_ERROR", error_message=report.error_message, object_name=vm.name if vm else None)
     if vm is not None:
         if report.domain is not None:
             _apply_domain(vm, report.domain)
@@ -209,8 +211,9 @@ def _sample_cpu(session: Session, vm: VirtualMachine, host: Host, domain: Domain
 
 def _migrations_in_flight(session: Session) -> dict[int, int]:
     """VM id -> target host of every VMotion not yet finished."""
-    tasks = session.scalars(select(Task).where(Task.kind == "vm.migrate", Task.state.in_((TaskState.QUEUED.value, TaskState.RUNNING.value))))
-    return {t.object_id: t.params.get("target") for t in tasks}
+    tasks = session.scalars(select(Task).where(Task.kind.in_(("vm.migrate", "vm.relocate")), Task.state.in_((TaskState.QUEUED.value, TaskState.RUNNING.value))))
+    # A relocation to another host (params.target) moves the VM like a VMotion.
+    return {t.object_id: t.params.get("target") for t in tasks if t.kind == "vm.migrate" or t.params.get("target") is not None}
 
 
 def evc_refusal(session: Session, host: Host) -> list[str]:

@@ -160,6 +160,8 @@ def _relocate(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | 
     command = CURRENT_COMMAND.get()
     cancel = threading.Event()
     moves = list(args["moves"])
+    if args.get("migrate"):
+        return _relocate_to_host(agent, args, moves)
 
     def progress_of(i: int):
         def report(p: MigrationProgress) -> None:
@@ -184,6 +186,20 @@ def _relocate(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | 
             os.unlink(move["from"])
             removed.append(move["from"])
     return agent.driver.domain_state(args["uuid"]), {"moved": [m["to"] for m in moves], "removed": removed}
+
+
+def _relocate_to_host(agent: AgentService, args: dict[str, Any], moves: list[dict[str, Any]]) -> tuple[DomainState | None, dict[str, Any]]:
+    """Storage VMotion to another host: a live migration from this host with the moved disks
+    copied to their new paths on the target (the options carry the disks and their paths);
+    the old files here are removed only once libvirt completed."""
+    _, result = _migrate(agent, {"uuid": args["uuid"], "options": args["migrate"]})
+    removed = []
+    for move in moves:
+        # A path naming the same file on both hosts would be a shared datastore: never removed.
+        if move["from"] != move["to"] and os.path.exists(move["from"]):
+            os.unlink(move["from"])
+            removed.append(move["from"])
+    return None, {**result, "moved": [m["to"] for m in moves], "removed": removed}
 
 
 def _cpu_compare(agent: AgentService, args: dict[str, Any]) -> tuple[None, dict[str, Any]]:

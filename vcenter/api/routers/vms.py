@@ -63,9 +63,9 @@ def migrate_vm(vm_id: int, db: DbDep, user: CurrentUser, settings: SettingsDep, 
     return migration.migrate(db, user.username, vm_id, body.host_id if body else None, settings)
 
 
-@router.post("/{vm_id}/relocate", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, summary="Storage VMotion: move disks to other datastores of the VM's host, while it runs (a Task)")
+@router.post("/{vm_id}/relocate", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, summary="Storage VMotion: move disks to other datastores, while the VM runs, optionally to another host with them (a Task)")
 def relocate_vm(vm_id: int, body: s.RelocateRequest, db: DbDep, user: CurrentUser) -> Any:
-    return migration.relocate(db, user.username, vm_id, [m.model_dump() for m in body.disks])
+    return migration.relocate(db, user.username, vm_id, [m.model_dump() for m in body.disks], body.host_id)
 
 
 @router.post("/{vm_id}/cpu-check", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, summary="libvirt's comparison of the VM's CPU definition with a host's CPU, by that host's agent (a Task; result: compatible, detail)")

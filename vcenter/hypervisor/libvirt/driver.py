@@ -1071,6 +1071,9 @@ class LibvirtDriver:
             params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(options.bandwidth_mibps)
         if options.copy_storage and options.copy_disks is not None:
             params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = list(options.copy_disks)
+        if options.copy_storage and options.dest_disk_paths:
+            params[libvirt.VIR_MIGRATE_PARAM_DEST_XML], params[libvirt.VIR_MIGRATE_PARAM_PERSIST_XML] = \
+                self._relocated_xmls(dom, options.dest_disk_paths)
         downtime_pending = False
         if options.max_downtime_ms:
             try:
@@ -1181,6 +1184,33 @@ class LibvirtDriver:
             self._safe_progress(on_progress, result)
         return result
 
+    def _relocated_xmls(self, dom: libvirt.virDomain, paths: dict[str, str]) -> tuple[str, str]:
+        """The destination (live) and persistent XML of a copy-storage migration whose copied
+        disks land on other paths on the target: the domain's own definitions with the source
+        of each disk in ``paths`` (target dev -> new file) replaced."""
+        def rewrite(xml: str) -> str:
+            root = ET.fromstring(xml)
+            found = set()
+            for disk in root.findall("devices/disk"):
+                target, src = disk.find("target"), disk.find("source")
+                dev = target.get("dev") if target is not None else None
+                if dev in paths:
+                    if src is None or disk.get("type") != "file":
+                        raise DriverError("MIGRATION_FAILED", f"disk {dev} is not a file: it cannot be relocated")
+                    src.set("file", paths[dev])
+                    found.add(dev)
+            missing = set(paths) - found
+            if missing:
+                raise DriverError("DISK_NOT_FOUND", f"the domain has no disk {', '.join(sorted(missing))}")
+            return ET.tostring(root, encoding="unicode")
+        try:
+            live = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE | libvirt.VIR_DOMAIN_XML_MIGRATABLE)
+            persistent = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE | libvirt.VIR_DOMAIN_XML_MIGRATABLE
+                                     | libvirt.VIR_DOMAIN_XML_INACTIVE)
+        except libvirt.libvirtError as e:
+            raise self._err(e) from None
+        return rewrite(live), rewrite(persistent)
+
     def _precreate_pools(self, dom: libvirt.virDomain, peer: "LibvirtDriver",
                          options: MigrationOptions) -> list[libvirt.virStoragePool]:
         """Copy-storage migration: libvirt on the target creates a missing disk image only when
@@ -1198,7 +1228,8 @@ class LibvirtDriver:
                 continue
             if options.copy_disks is not None and target.get("dev") not in options.copy_disks:
                 continue
-            dirs.add(os.path.dirname(src.get("file")))
+            dest = (options.dest_disk_paths or {}).get(target.get("dev")) or src.get("file")
+            dirs.add(os.path.dirname(dest))
         created = []
         try:
             pools = peer._c().listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE)
