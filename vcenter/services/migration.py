@@ -346,25 +346,7 @@ def relocate(session: Session, user: str, vm_id: int, moves: list[dict[str, int]
         raise InvalidState(f"VM {vm.name} is suspended: resume or power it off first", code="VM_SUSPENDED")
     if host_id is not None and host_id != vm.host_id:
         return _relocate_to_host(session, user, vm, moves, host_id)
-    disks = {d.index: d for d in vm.disks}
-    plan = []
-    for i, move in enumerate(moves):
-        disk = disks.get(move["index"])
-        if disk is None:
-            raise Invalid(f"disks[{i}].index: VM {vm.name} has no disk {move['index']}", code="DISK_NOT_FOUND", details={"field": f"disks[{i}].index"})
-        target: Datastore = inventory._ref(session, "datastore", move["datastore_id"], f"disks[{i}].datastore_id")
-        mount = next((m for m in target.mounts if m.host_id == vm.host_id), None)
-        if mount is None:
-            raise Conflict(f"datastore {target.name} is not mounted on the VM's host", code="DATASTORE_NOT_MOUNTED", details={"field": f"disks[{i}].datastore_id"})
-        if target.id == disk.datastore_id:
-            raise Invalid(f"disks[{i}].datastore_id: disk {disk.index} is already on {target.name}", code="SAME_DATASTORE", details={"field": f"disks[{i}].datastore_id"})
-        needed = disk.capacity_mib * 1024 * 1024
-        if target.free_bytes and target.free_bytes < needed:
-            raise Conflict(f"datastore {target.name} has {target.free_bytes // 2**20} MiB free, disk {disk.index} needs {disk.capacity_mib} MiB", code="DATASTORE_FULL")
-        source = session.get(Datastore, disk.datastore_id)
-        old_mount = next((m for m in source.mounts if m.host_id == vm.host_id), None)
-        plan.append({"index": disk.index, "target": disk_target_name(disk.index), "format": disk.format,
-                     "from": f"{(old_mount.path if old_mount else source.url)}/{disk.file}", "to": f"{mount.path}/{disk.file}", "datastore_id": target.id})
+    plan = disk_moves(session, vm, moves, vm.host_id)
     running = vm.power_state == PowerState.POWERED_ON.value
     return start_task(session, kind="vm.relocate", object_type="vm", object_id=vm.id, username=user, host_id=vm.host_id,
                       params={"moves": plan}, command="vm.relocate", command_args={"uuid": vm.libvirt_uuid, "moves": plan, "running": running})
@@ -375,27 +357,7 @@ def _relocate_to_host(session: Session, user: str, vm: VirtualMachine, moves: li
     if vm.power_state != PowerState.POWERED_ON.value:
         raise Conflict(f"VM {vm.name} is {vm.power_state}: moving a powered-off VM's files to another host is not supported yet "
                        "(power it on to relocate it live, or relocate on its own host)", code="RELOCATE_OFFLINE_HOST_CHANGE_UNSUPPORTED")
-    disks = {d.index: d for d in vm.disks}
-    plan = []
-    for i, move in enumerate(moves):
-        disk = disks.get(move["index"])
-        if disk is None:
-            raise Invalid(f"disks[{i}].index: VM {vm.name} has no disk {move['index']}", code="DISK_NOT_FOUND", details={"field": f"disks[{i}].index"})
-        if any(p["index"] == disk.index for p in plan):
-            raise Invalid(f"disks[{i}].index: disk {disk.index} is listed twice", code="DUPLICATE_DISK", details={"field": f"disks[{i}].index"})
-        ds: Datastore = inventory._ref(session, "datastore", move["datastore_id"], f"disks[{i}].datastore_id")
-        mount = next((m for m in ds.mounts if m.host_id == target.id), None)
-        if mount is None:
-            raise Conflict(f"datastore {ds.name} is not mounted on the target host {target.name}", code="DATASTORE_NOT_MOUNTED", details={"field": f"disks[{i}].datastore_id"})
-        if ds.id == disk.datastore_id:
-            raise Invalid(f"disks[{i}].datastore_id: disk {disk.index} is already on {ds.name} (list only the disks that move)", code="SAME_DATASTORE", details={"field": f"disks[{i}].datastore_id"})
-        needed = disk.capacity_mib * 1024 * 1024
-        if ds.free_bytes and ds.free_bytes < needed:
-            raise Conflict(f"datastore {ds.name} has {ds.free_bytes // 2**20} MiB free, disk {disk.index} needs {disk.capacity_mib} MiB", code="DATASTORE_FULL")
-        source = session.get(Datastore, disk.datastore_id)
-        old_mount = next((m for m in source.mounts if m.host_id == vm.host_id), None)
-        plan.append({"index": disk.index, "target": disk_target_name(disk.index), "format": disk.format,
-                     "from": f"{(old_mount.path if old_mount else source.url)}/{disk.file}", "to": f"{mount.path}/{disk.file}", "datastore_id": ds.id})
+    plan = disk_moves(session, vm, moves, target.id)
     results = relocate_checks(session, vm, target.id, {p["index"] for p in plan})
     failed = [c for c in results if not c["ok"]]
     if failed:
@@ -410,6 +372,33 @@ def _relocate_to_host(session: Session, user: str, vm: VirtualMachine, moves: li
     record_event(session, "vm.relocate.requested", f"relocation of VM {vm.name} from {source_host.name} to {target.name} with {len(plan)} disk(s) requested",
                  username=user, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
     return task
+
+
+def disk_moves(session: Session, vm: VirtualMachine, moves: list[dict[str, int]], host_id: int) -> list[dict[str, Any]]:
+    """Validate the requested disk moves to datastores mounted on ``host_id`` (the VM's host,
+    or the target of a move across hosts) and plan them: disk, device, old and new paths."""
+    disks = {d.index: d for d in vm.disks}
+    host: Host = session.get(Host, host_id)
+    plan: list[dict[str, Any]] = []
+    for i, move in enumerate(moves):
+        disk = disks.get(move["index"])
+        if disk is None:
+            raise Invalid(f"disks[{i}].index: VM {vm.name} has no disk {move['index']}", code="DISK_NOT_FOUND", details={"field": f"disks[{i}].index"})
+        if any(p["index"] == disk.index for p in plan):
+            raise Invalid(f"disks[{i}].index: disk {disk.index} is listed twice", code="DUPLICATE_DISK", details={"field": f"disks[{i}].index"})
+        ds: Datastore = inventory._ref(session, "datastore", move["datastore_id"], f"disks[{i}].datastore_id")
+        mount = next((m for m in ds.mounts if m.host_id == host_id), None)
+        if mount is None:
+            raise Conflict(f"datastore {ds.name} is not mounted on host {host.name}", code="DATASTORE_NOT_MOUNTED", details={"field": f"disks[{i}].datastore_id"})
+        if ds.id == disk.datastore_id:
+            raise Invalid(f"disks[{i}].datastore_id: disk {disk.index} is already on {ds.name} (list only the disks that move)", code="SAME_DATASTORE", details={"field": f"disks[{i}].datastore_id"})
+        if ds.free_bytes and ds.free_bytes < disk.capacity_mib * 1024 * 1024:
+            raise Conflict(f"datastore {ds.name} has {ds.free_bytes // 2**20} MiB free, disk {disk.index} needs {disk.capacity_mib} MiB", code="DATASTORE_FULL")
+        source = session.get(Datastore, disk.datastore_id)
+        old_mount = next((m for m in source.mounts if m.host_id == vm.host_id), None)
+        plan.append({"index": disk.index, "target": disk_target_name(disk.index), "format": disk.format,
+                     "from": f"{(old_mount.path if old_mount else source.url)}/{disk.file}", "to": f"{mount.path}/{disk.file}", "datastore_id": ds.id})
+    return plan
 
 
 def disk_target_name(index: int) -> str:
