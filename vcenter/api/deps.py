@@ -8,7 +8,7 @@ from fastapi import Depends, Header, Request
 
 from vcenter.core.errors import Unauthorized
 from vcenter.core.settings import Settings
-from vcenter.services import auth, inventory
+from vcenter.services import auth, authz, inventory
 from vcenter.services.runtime import Runtime
 
 
@@ -59,6 +59,47 @@ def get_current_user(runtime: RuntimeDep, token: TokenDep) -> CurrentUserInfo:
 
 
 CurrentUser = Annotated[CurrentUserInfo, Depends(get_current_user)]
+
+
+def requires(privilege: str, on: str | None = None, param: str | None = None) -> Any:
+    """Dependency: the logged-in user, who must hold ``privilege`` on the object of kind
+    ``on`` whose id is the path parameter ``param`` (on the root when ``on`` is None).
+
+    Every route declares its privilege this way (``System.View`` for reads); a test walks
+    ``app.routes`` and fails on a route without one. Use:
+    ``user: Annotated[CurrentUserInfo, requires("VirtualMachine.PowerOn", on="vm", param="vm_id")]``
+    """
+    from vcenter.domain.privileges import PRIVILEGES
+
+    if privilege not in PRIVILEGES:
+        raise ValueError(f"unknown privilege {privilege!r}: add it to vcenter.domain.privileges.PRIVILEGES")
+    param = param or (f"{on}_id" if on else None)
+
+    def check_privilege(request: Request, runtime: RuntimeDep, token: TokenDep) -> CurrentUserInfo:
+        with runtime.transaction() as session:
+            user = auth.authenticate(session, token, runtime.settings)
+            object_id = None
+            if on is not None:
+                raw = request.path_params.get(param)
+                object_id = int(raw) if raw is not None and str(raw).isdigit() else None
+            authz.check(session, user, privilege, on, object_id, token=token)
+            return CurrentUserInfo(user.username, user.is_admin, user.id)
+
+    check_privilege.privilege = privilege  # type: ignore[attr-defined]
+    check_privilege.object_kind = on  # type: ignore[attr-defined]
+    return Depends(check_privilege)
+
+
+def public(reason: str) -> Any:
+    """Dependency marking a route that needs no user session (login, agent routes with their
+    own host credential, health); the reason is what the route-walk test prints."""
+
+    def no_session() -> None:
+        return None
+
+    no_session.privilege = "System.Anonymous"  # type: ignore[attr-defined]
+    no_session.reason = reason  # type: ignore[attr-defined]
+    return Depends(no_session)
 
 
 def get_agent_host_id(host_id: int, runtime: RuntimeDep, token: TokenDep) -> int:
