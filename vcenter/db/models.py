@@ -412,6 +412,56 @@ class User(Timestamped, Base):
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+class Role(Timestamped, Base):
+    """A named set of privileges (vcenter.domain.privileges); built-in roles cannot change."""
+    __tablename__ = "roles"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(80), unique=True)
+    privileges: Mapped[list[Any]] = mapped_column(default=list)
+    builtin: Mapped[bool] = mapped_column(Boolean, default=False)
+    description: Mapped[str] = mapped_column(String(255), default="")
+
+
+class Group(Timestamped, Base):
+    __tablename__ = "groups"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(80), unique=True)
+
+
+class GroupMember(Base):
+    __tablename__ = "group_members"
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True)
+
+
+class Permission(Timestamped, Base):
+    """(principal, role, object, propagate): the role's privileges for a user or a group on an
+    inventory object (object_type "root" with object_id 0 is the whole inventory)."""
+    __tablename__ = "permissions"
+    __table_args__ = (UniqueConstraint("principal_type", "principal_id", "object_type", "object_id", name="uq_permissions_principal_object"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    principal_type: Mapped[str] = mapped_column(String(8))  # user | group
+    principal_id: Mapped[int] = mapped_column(Integer, index=True)
+    role_id: Mapped[int] = mapped_column(ForeignKey("roles.id", ondelete="RESTRICT"), index=True)
+    object_type: Mapped[str] = mapped_column(String(16))
+    object_id: Mapped[int] = mapped_column(Integer)
+    propagate: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class ApiToken(Base):
+    """A long-lived token for scripts: the user's rights narrowed to a role (intersection)."""
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(80))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    role_id: Mapped[int] = mapped_column(ForeignKey("roles.id", ondelete="RESTRICT"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column()
+    last_used_at: Mapped[datetime | None] = mapped_column()
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
 class LoginSession(Base):
     __tablename__ = "login_sessions"
     id: Mapped[int] = mapped_column(primary_key=True)
