@@ -64,6 +64,7 @@ from vcenter.domain.snapshot import (
     VmSnapshot,
 )
 from vcenter.sim.drs import DrsSimMixin
+from vcenter.sim.ha import HaSimMixin
 
 
 class ScenarioError(Exception):
@@ -117,7 +118,7 @@ def _flow(value: Any) -> str:
 
 # -- the simulated cluster -------------------------------------------------------------------
 
-class Sim(DrsSimMixin):
+class Sim(HaSimMixin, DrsSimMixin):
     def __init__(self, cluster: dict) -> None:
         cluster = cluster or {}
         self.t = 0.0
@@ -161,6 +162,7 @@ class Sim(DrsSimMixin):
                 raise ScenarioError(f"cluster.yaml: {found[0]}")
             self.rules.append(rule)
         self._drs_init(cluster)
+        self._ha_init(cluster)
         running = sum(1 for v in self.vms.values() if v.host)
         def count(n: int, word: str) -> str:
             return f"{n} {word}{'' if n == 1 else 's'}"
@@ -388,13 +390,17 @@ class Sim(DrsSimMixin):
             self.say(f"ERROR: {exc}", 1)
             self.failures.append(f"[t={_num(self.t)}] '{text}': {exc}")
         new_down = {v for v in self.down if v not in down_before}
+        self._ha_after_event(text)
         self.check_invariants(text, before, stopped | new_down)
+        self._ha_check_lost(f"[t={_num(self.t)}] after '{text}'")
 
     def _dispatch(self, cmd: str, payload: Any, stopped: set[str]) -> None:
         words = shlex.split(cmd)
         if not words:
             raise ScenarioError("empty event")
         head = words[0]
+        if self._ha_dispatch(cmd, words, payload, stopped):
+            return None
         if self._drs_dispatch(cmd, words, payload):
             return None
         if cmd == "add rule":
@@ -716,6 +722,7 @@ def run_scenario(directory: str | Path) -> ScenarioResult:
     events = _load_yaml(d / "events.yaml") if (d / "events.yaml").exists() else []
     for item in events or []:
         sim.run_event(item)
+    sim.finish()
     return ScenarioResult("\n".join(sim.lines) + "\n", sim.failures)
 
 
