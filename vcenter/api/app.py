@@ -26,6 +26,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     for module in (inventory, clusters, vms, tasks, users, agent):
         app.include_router(module.router)
     app.include_router(agent.registration)
+    from vcenter.api.routers import alarms as alarm_routes, metrics as metric_routes
+
+    app.include_router(metric_routes.router)
+    app.include_router(metric_routes.agent_router)
+    app.include_router(alarm_routes.router)
 
     app.mount("/static/swagger", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger")
 

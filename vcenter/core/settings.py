@@ -86,6 +86,17 @@ class Settings(BaseSettings):
     dpm_period: float = Field(300.0, description="DPM samples demand and decides on every cluster with DPM enabled this often")
     drs_period: float = Field(300.0, description="DRS runs on every cluster with DRS enabled this often (vCenter: 5 minutes)")
 
+    # --- performance statistics and alarms ------------------------------------------------
+    metrics_sample_period: float = Field(20.0, description="agents sample host and VM counters this often: the real-time tier's interval (vCenter: 20 s)")
+    metrics_tier_scale: float = Field(1.0, description="multiplies every rollup tier's interval and retention (5 min/1 day, 30 min/1 week, 2 h/1 month, 1 day/1 year); below 1 in tests only")
+    metrics_rollup_period: float = Field(60.0, description="beat rolls samples up into the coarser tiers and applies retention this often")
+    metrics_rollup_grace: float = Field(60.0, description="a bucket is rolled up this long after it ended, so late samples still count")
+    alarm_period: float = Field(20.0, description="beat evaluates alarm definitions and delivers webhooks this often")
+    alarm_vm_heartbeat_timeout: float = Field(60.0, description="a powered-on VM whose guest heartbeat is older than this has lost its heartbeat")
+    alarm_webhook_timeout: float = Field(5.0, description="one webhook POST gives up after this long")
+    alarm_webhook_attempts: int = Field(5, description="a webhook is tried this many times before it is given up")
+    alarm_webhook_retry_delay: float = Field(10.0, description="wait before the first retry of a webhook; doubled each time")
+
     # --- misc -----------------------------------------------------------------------------
     log_level: str = "INFO"
     log_json: bool = False

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from vcenter.messaging.contracts import (
-    DomainState, HostFacts, LifecycleEvent, MigrationOptions, MigrationProgress, VmSpec,
+    DomainState, HostCounters, HostFacts, LifecycleEvent, MigrationOptions, MigrationProgress, VmSpec,
 )
 
 
@@ -50,6 +50,10 @@ class HypervisorDriver(Protocol):
     def host_facts(self) -> HostFacts: ...
 
     def list_domains(self) -> list[DomainState]: ...
+
+    def host_counters(self) -> HostCounters:
+        """One reading of the host's cumulative CPU time, its memory and every running
+        domain's counters (CPU time, resident memory, disk and NIC byte counts)."""
 
     def domain_state(self, uuid: str) -> DomainState | None:
         """None when no domain of that UUID is defined."""

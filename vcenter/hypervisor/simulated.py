@@ -37,7 +37,7 @@ from vcenter.hypervisor.libvirt.xml import (
     validate_name, validate_spec,
 )
 from vcenter.messaging.contracts import (
-    CpuSpec, DiskSpec, DomainState, HostFacts, LifecycleEvent, MigrationOptions, MigrationProgress, VmSpec,
+    CpuSpec, DiskSpec, DomainCounters, DomainState, HostCounters, HostFacts, LifecycleEvent, MigrationOptions, MigrationProgress, VmSpec,
 )
 
 _ON = PowerState.POWERED_ON.value
@@ -224,6 +224,19 @@ class SimulatedDriver:
     def _state(d: _Dom) -> DomainState:
         return DomainState(uuid=d.spec.uuid, name=d.spec.name, power_state=d.power,
                            vcpus=d.vcpus, memory_mib=d.memory_mib, cpu_time_ns=d.cpu_time_ns)
+
+    def host_counters(self) -> HostCounters:
+        """Simulated counters: a running domain's resident memory is half its memory, its CPU
+        time advances as the simulation sets it; the host's CPU is idle."""
+        self._check()
+        with self._lock:
+            domains = [DomainCounters(uuid=d.spec.uuid, vcpus=d.vcpus, memory_mib=d.memory_mib, cpu_time_ns=d.cpu_time_ns,
+                                      rss_kib=d.memory_mib * 512) for d in self._doms.values() if d.power == _ON]
+        used = sum(d.memory_mib for d in domains)
+        now_ns = time.monotonic_ns()
+        return HostCounters(cpus=self.cpu_cores, cpu_mhz=2000, cpu_busy_ns=0, cpu_total_ns=now_ns * self.cpu_cores,
+                            memory_total_kib=self.memory_mib * 1024, memory_available_kib=max(0, self.memory_mib - used) * 1024,
+                            domains=domains)
 
     def list_domains(self) -> list[DomainState]:
         self._check()

@@ -204,6 +204,45 @@ class HostState(BaseModel):
     bridges: list[str] = Field(default=[], description="port-group bridges present on the host")
 
 
+class DomainCounters(BaseModel):
+    """Cumulative counters of one running domain as libvirt reports them (the agent turns two
+    readings into rates)."""
+    uuid: str
+    vcpus: int = 1
+    memory_mib: int = 0
+    cpu_time_ns: int | None = None
+    rss_kib: int | None = Field(None, description="resident memory of the QEMU process")
+    disk_read_bytes: int = 0
+    disk_write_bytes: int = 0
+    net_rx_bytes: int = 0
+    net_tx_bytes: int = 0
+
+
+class HostCounters(BaseModel):
+    """One reading of a host's cumulative CPU time, its memory and its running domains."""
+    cpus: int
+    cpu_mhz: int
+    cpu_busy_ns: int | None = None
+    cpu_total_ns: int | None = None
+    memory_total_kib: int | None = None
+    memory_available_kib: int | None = Field(None, description="free + buffers + cache")
+    domains: list[DomainCounters] = []
+
+
+class VmMetrics(BaseModel):
+    uuid: str
+    values: dict[str, float]
+
+
+class MetricsReport(BaseModel):
+    """Agent -> server every metrics sample period: counter values (vcenter.domain.metrics
+    COUNTERS: percent, MHz, MiB, bytes/s) of the host and of each running VM, rates over
+    ``interval_s`` measured on the agent's monotonic clock."""
+    interval_s: float | None = None
+    host: dict[str, float] = {}
+    vms: list[VmMetrics] = []
+
+
 class MigrationOptions(BaseModel):
     """How to live-migrate one domain (VMotion), peer to peer: the source libvirtd connects to
     ``dest_uri`` itself. Only ``dest_uri`` is required; the rest default to a plain live

@@ -52,7 +52,7 @@ class AgentService:
         self.driver.subscribe_lifecycle(self._events.put)
         self._connect_driver()
         self.guests.start()
-        for target, name in ((self._heartbeat_loop, "heartbeat"), (self._report_loop, "state-report"), (self._event_loop, "lifecycle-events"), (self._watchdog_loop, "libvirt-watchdog")):
+        for target, name in ((self._heartbeat_loop, "heartbeat"), (self._report_loop, "state-report"), (self._event_loop, "lifecycle-events"), (self._watchdog_loop, "libvirt-watchdog"), (self._metrics_loop, "metrics")):
             thread = threading.Thread(target=target, name=f"agent-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -121,6 +121,31 @@ class AgentService:
                 self.api.post("/events", [e.model_dump(mode="json") for e in batch])
             except (PermanentReportError, ConnectionError) as exc:
                 log.error("lifecycle events dropped: %s", exc)
+
+    # --- performance samples ---------------------------------------------------------------
+    def _metrics_loop(self) -> None:
+        """Every metrics sample period: read libvirt's counters, send the rates since the last
+        reading. A sample the server does not take within one period is dropped (the next one
+        is as good)."""
+        from workers.agent.stats import MetricsSampler
+
+        sampler = MetricsSampler()
+        period = self.settings.metrics_sample_period
+        while not self.stop_event.wait(period):
+            try:
+                report = sampler.sample(self.driver.host_counters())
+            except DriverError as exc:
+                log.warning("metrics sample skipped: %s", exc)
+                continue
+            except Exception:
+                log.exception("metrics sample failed")
+                continue
+            if report.interval_s is None:
+                continue  # the first reading: no rates yet
+            try:
+                self.api.post("/metrics", report.model_dump(mode="json"), retry_for=period)
+            except (PermanentReportError, ConnectionError) as exc:
+                log.warning("metrics sample dropped: %s", exc)
 
     # --- state reports -------------------------------------------------------------------
     def _report_loop(self) -> None:

@@ -60,6 +60,27 @@ def register(app: Celery, settings: Settings) -> Runtime:
         with runtime.transaction() as session:
             maintenance.monitor_hosts(session, runtime.host_alive)
 
+    @app.task(name="orchestrator.metrics_rollup", ignore_result=True)
+    def metrics_rollup() -> dict:
+        from vcenter.services import metrics
+
+        with runtime.transaction() as session:
+            counts = {"rolled": metrics.rollup(session, settings)}
+        with runtime.transaction() as session:
+            counts["purged"] = metrics.purge(session, settings)
+        if any(counts.values()):
+            log.info("metrics: %s", counts)
+        return counts
+
+    @app.task(name="orchestrator.alarms", ignore_result=True)
+    def evaluate_alarms() -> dict:
+        from vcenter.services import alarms
+
+        with runtime.transaction() as session:
+            counts = alarms.evaluate(session, settings)
+        counts.update(alarms.deliver_webhooks(runtime.transaction, settings))
+        return counts
+
     return runtime
 
 
@@ -71,4 +92,6 @@ def beat_schedule(settings: Settings) -> dict:
         "drs": {"task": "orchestrator.drs", "schedule": settings.drs_period},
         "dpm": {"task": "orchestrator.dpm", "schedule": settings.dpm_period},
         "monitor-hosts": {"task": "orchestrator.monitor_hosts", "schedule": settings.host_monitor_period},
+        "metrics-rollup": {"task": "orchestrator.metrics_rollup", "schedule": settings.metrics_rollup_period},
+        "alarms": {"task": "orchestrator.alarms", "schedule": settings.alarm_period},
     }
