@@ -97,6 +97,13 @@ class Settings(BaseSettings):
     alarm_webhook_attempts: int = Field(5, description="a webhook is tried this many times before it is given up")
     alarm_webhook_retry_delay: float = Field(10.0, description="wait before the first retry of a webhook; doubled each time")
 
+    # --- dashboard and console ---------------------------------------------------------------
+    ui_poll_period: float = Field(1.0, description="dashboard: how often the live tasks/events stream looks for changes")
+    ui_cookie_secure: bool = Field(False, description="dashboard: mark the session cookie Secure (set it when serving HTTPS)")
+    console_ticket_ttl: float = Field(30.0, description="a console ticket must be used within this many seconds, once")
+    agent_console_port: int = Field(9443, description="TCP port of the agent's console endpoint (TLS with the agent's certificate)")
+    console_connect_timeout: float = Field(5.0, description="server: connecting to a host's console endpoint gives up after this")
+
     # --- misc -----------------------------------------------------------------------------
     log_level: str = "INFO"
     log_json: bool = False

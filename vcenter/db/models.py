@@ -324,6 +324,9 @@ class VirtualDisk(Base):
     file: Mapped[str] = mapped_column(String(255))
     capacity_mib: Mapped[int] = mapped_column(Integer)
     format: Mapped[str] = mapped_column(String(8), default="qcow2")
+    # A linked clone's disk is an overlay on this read-only base file (same datastore); None
+    # for a standalone image. Promote flattens it.
+    backing_file: Mapped[str | None] = mapped_column(String(255))
     vm: Mapped[VirtualMachine] = relationship(back_populates="disks")
 
 
@@ -560,3 +563,62 @@ class AlarmWebhook(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column()
+
+class VmSnapshotRow(Base):
+    """A VM snapshot as libvirt holds it (internal qcow2): a tree by ``parent_id``; ``memory``
+    when taken of a running VM (reverting resumes it), disks only otherwise."""
+
+    __tablename__ = "vm_snapshots"
+    __table_args__ = (UniqueConstraint("vm_id", "name", name="uq_vm_snapshots_vm_name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    vm_id: Mapped[int] = mapped_column(ForeignKey("vms.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(80))
+    description: Mapped[str] = mapped_column(Text, default="")
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("vm_snapshots.id", ondelete="SET NULL"))
+    memory: Mapped[bool] = mapped_column(Boolean, default=False)
+    power_state: Mapped[str] = mapped_column(String(16))
+    current: Mapped[bool] = mapped_column(Boolean, default=False)
+    task_id: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BackupJob(Timestamped, Base):
+    """Where and how often a VM is backed up: a directory on a datastore, an interval (None:
+    on demand only), how many restore points to keep, whether incrementals are made."""
+
+    __tablename__ = "backup_jobs"
+    __table_args__ = (UniqueConstraint("vm_id", "name", name="uq_backup_jobs_vm_name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    vm_id: Mapped[int] = mapped_column(ForeignKey("vms.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(80))
+    datastore_id: Mapped[int] = mapped_column(ForeignKey("datastores.id", ondelete="RESTRICT"), index=True)
+    directory: Mapped[str] = mapped_column(String(1024))
+    interval_s: Mapped[float | None] = mapped_column(Float)
+    keep: Mapped[int] = mapped_column(Integer, default=7)
+    incremental: Mapped[bool] = mapped_column(Boolean, default=True)
+    full_every: Mapped[int] = mapped_column(Integer, default=7)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    last_run_at: Mapped[datetime | None] = mapped_column()
+    version: Mapped[int] = mapped_column(default=1)
+    __mapper_args__ = {"version_id_col": version}
+
+
+class BackupPoint(Base):
+    """One restore point: the files of every disk at one instant, full or incremental on
+    ``parent_id`` (a chain); ``checkpoint`` names libvirt's checkpoint made with it."""
+
+    __tablename__ = "backups"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("backup_jobs.id", ondelete="CASCADE"), index=True)
+    vm_id: Mapped[int] = mapped_column(ForeignKey("vms.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # full | incremental
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("backups.id", ondelete="SET NULL"))
+    state: Mapped[str] = mapped_column(String(16), default="running", index=True)  # running | ok | failed | deleting
+    checkpoint: Mapped[str | None] = mapped_column(String(80))
+    # [{"index", "target", "file" (relative to the datastore), "bytes"}]
+    files: Mapped[list[Any]] = mapped_column(default=list)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    task_id: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column()
+

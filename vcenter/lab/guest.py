@@ -220,6 +220,9 @@ do_ping() {
   reply "{\"reply\": \"ping\", \"ip\": \"$1\", \"ok\": $ok}"
 }
 
+# A root shell on the serial console (what the dashboard's console shows), respawned on exit.
+( while :; do setsid cttyhack sh -i; sleep 1; done ) </dev/ttyS0 >/dev/ttyS0 2>&1 &
+
 log "up: hostname=$HOSTNAME ip=${IP:-none}"
 while :; do
   # read returns at once with EOF while no host side is connected to the port.

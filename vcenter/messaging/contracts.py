@@ -105,6 +105,15 @@ CommandName = Literal[
     "host.cpu_baseline",  # libvirt's CPU baseline of the given host CPU definitions
     "host.cpu_compare",   # does a guest CPU definition run on this host (libvirt's comparison)
     "host.refresh",    # send a full state report now
+    # snapshots, clones, backups (workers.agent.vmdata)
+    "vm.snapshot.create",  # internal snapshot (with memory when running)
+    "vm.snapshot.revert",
+    "vm.snapshot.delete",
+    "vm.clone",        # the clone's disk files: point-in-time full copy, or linked overlays
+    "vm.promote",      # flatten a linked clone's disks
+    "vm.backup",       # push backup (full/incremental with checkpoints) of a running or stopped VM
+    "vm.restore",      # backup chain -> disk files (over a stopped VM, or a new VM defined here)
+    "console.open",    # not queued: presented to the agent's console endpoint to open a VM's serial console
 ]
 
 

@@ -121,6 +121,18 @@ def command_gate(settings: Settings, host_id: int) -> CommandGate:
     return gate
 
 
+def start_console_endpoint(settings: Settings, driver: HypervisorDriver, gate: CommandGate, agent: AgentService) -> None:
+    """The TLS endpoint the server reaches to relay a VM's serial console (workers.agent.console);
+    a port already taken leaves the agent running without consoles."""
+    from workers.agent.console import ConsoleEndpoint
+
+    try:
+        ConsoleEndpoint(driver, gate.verifier, Path(settings.agent_state_dir), settings.agent_address or "0.0.0.0", settings.agent_console_port,
+                        settings.agent_replay_retention, agent.stop_event).start()
+    except OSError as exc:
+        log.warning("console endpoint not started on port %s: %s", settings.agent_console_port, exc)
+
+
 def run_agent(settings: Settings, simulated: bool = False) -> None:
     driver = make_driver(settings, simulated)
     verify = api_verify(settings)
@@ -140,6 +152,8 @@ def run_agent(settings: Settings, simulated: bool = False) -> None:
         return commands.execute(agent, payload)
 
     agent.start()
+    if not simulated:
+        start_console_endpoint(settings, driver, gate, agent)
     log.info("agent for host %s consuming %s, hypervisor %s", host_id, queue, "simulated" if simulated else settings.libvirt_uri)
     try:
         app.worker_main([

@@ -748,6 +748,18 @@ class LibvirtDriver:
         dom = self._lookup(uuid)
         return None if dom is None else self._state_of(dom)
 
+    def open_console(self, uuid: str) -> "ConsoleStream":
+        """The running domain's serial console as a byte stream (vcenter.hypervisor.libvirt.console)."""
+        from vcenter.hypervisor.libvirt.console import ConsoleStream
+
+        dom = self._get(uuid)
+        try:
+            if not dom.isActive():
+                raise DriverError("VM_NOT_RUNNING", f"domain {uuid} is not running: it has no console")
+        except libvirt.libvirtError as e:
+            raise self._err(e) from None
+        return ConsoleStream(self._c(), dom)
+
     def guest_channel_path(self, uuid: str) -> str | None:
         """The unix socket of the running domain's heartbeat channel, as libvirtd sees it
         (a private lab daemon sees it through its own mounts: map it with PrivateLibvirtd.path).

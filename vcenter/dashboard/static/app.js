@@ -1,0 +1,83 @@
+// The dashboard's own script: the live tasks/events panel (server-sent events, no reload),
+// error display for htmx actions, and the performance chart (uPlot).
+(function () {
+  "use strict";
+  const body = document.body;
+
+  // --- live panel -------------------------------------------------------------------------
+  function connectLive() {
+    const state = document.getElementById("live-state");
+    if (!state) return;
+    const after = body.dataset.lastEvent || "0";
+    const source = new EventSource("/ui/live?after=" + encodeURIComponent(after));
+    source.addEventListener("open", () => { state.textContent = "live"; state.dataset.live = "1"; });
+    source.addEventListener("error", () => { state.textContent = "reconnecting…"; state.dataset.live = "0"; });
+    source.addEventListener("tasks", (e) => {
+      document.getElementById("recent-tasks").innerHTML = e.data;
+      window.dispatchEvent(new CustomEvent("vc:tasks"));
+    });
+    source.addEventListener("events", (e) => {
+      const tbody = document.getElementById("recent-events");
+      const tmp = document.createElement("tbody");
+      tmp.innerHTML = e.data;
+      const rows = Array.from(tmp.children);
+      rows.forEach((row) => tbody.prepend(row));
+      while (tbody.children.length > 50) tbody.lastElementChild.remove();
+    });
+    source.addEventListener("logout", () => { source.close(); window.location = "/ui/login"; });
+  }
+
+  // --- htmx: show refusals (403, 409...) in the flash area --------------------------------
+  document.addEventListener("htmx:responseError", (e) => {
+    const flash = document.getElementById("flash");
+    if (!flash) return;
+    let text = e.detail.xhr.status + " " + e.detail.xhr.statusText;
+    try { const b = JSON.parse(e.detail.xhr.responseText); text = b.code + ": " + b.message; }
+    catch (_) { if (e.detail.xhr.responseText.startsWith("<div")) { flash.innerHTML = e.detail.xhr.responseText; return; } }
+    flash.innerHTML = "";
+    const div = document.createElement("div");
+    div.className = "flash error"; div.setAttribute("role", "status"); div.textContent = text;
+    flash.appendChild(div);
+  });
+  // Fragments with an error status (our _flash.html) are swapped in too.
+  document.addEventListener("htmx:beforeSwap", (e) => {
+    if (e.detail.xhr.status >= 400 && e.detail.xhr.responseText.startsWith("<div class=\"flash")) {
+      e.detail.shouldSwap = true; e.detail.isError = false;
+    }
+  });
+
+  // --- performance chart --------------------------------------------------------------------
+  let plot = null;
+  async function drawChart() {
+    const el = document.getElementById("chart");
+    if (!el || typeof uPlot === "undefined") return;
+    const counter = document.getElementById("chart-counter").value;
+    const tier = document.getElementById("chart-tier").value;
+    const note = document.getElementById("chart-note");
+    const r = await fetch(el.dataset.url + "?counter=" + encodeURIComponent(counter) + "&tier=" + encodeURIComponent(tier), {credentials: "same-origin"});
+    const data = await r.json();
+    if (!r.ok || !data.available) {
+      note.textContent = data.message || "no statistics available";
+      el.dataset.samples = "0";
+      return;
+    }
+    const xs = data.points.map((p) => p[0]);
+    const ys = data.points.map((p) => p[1]);
+    el.dataset.samples = String(xs.length);
+    note.textContent = xs.length + " samples of " + counter + " (" + data.unit + "), tier " + data.tier;
+    if (plot) { plot.destroy(); plot = null; }
+    el.innerHTML = "";
+    plot = new uPlot({width: Math.min(el.clientWidth - 12, 960), height: 300, series: [{}, {label: counter + " (" + data.unit + ")", stroke: "#1f6feb", width: 2}], axes: [{}, {label: data.unit}]}, [xs, ys], el);
+  }
+  function setupChart() {
+    const el = document.getElementById("chart");
+    if (!el) return;
+    document.getElementById("chart-counter").addEventListener("change", drawChart);
+    document.getElementById("chart-tier").addEventListener("change", drawChart);
+    drawChart();
+    setInterval(drawChart, 20000);
+  }
+
+  connectLive();
+  setupChart();
+})();

@@ -1,0 +1,139 @@
+"""What every dashboard route shares: the cookie session, CSRF tokens, permission checks, and
+the Jinja2 templates.
+
+Vocabulary:
+- session cookie: ``vc_session`` holds the token of a login session of vcenter.services.auth
+  (the same sessions as the API's bearer tokens: idle timeout, lifetime, logout revokes).
+  HttpOnly and SameSite=Strict; Secure when ``ui_cookie_secure``.
+- CSRF token: HMAC-SHA256 of the session token under a fixed label, so it needs no storage
+  and changes with every login. Every POST carries it (form field ``csrf`` or header
+  ``X-CSRF-Token``, which htmx sends from ``hx-headers`` on <body>). The login form, before any
+  session, uses a double-submit cookie ``vc_login_csrf``.
+- ui_requires(privilege, on, param): the route's declared privilege (as the API's
+  ``requires``): the user must be logged in and hold it on the object, or gets 403.
+- permission_checker(): the same check as a boolean, to decide which buttons a page offers.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+from fastapi import Depends, Request
+from fastapi.templating import Jinja2Templates
+
+from vcenter.core.errors import Forbidden, Unauthorized, VcError
+from vcenter.domain.privileges import PRIVILEGES
+from vcenter.services import auth, authz
+
+COOKIE = "vc_session"
+LOGIN_CSRF_COOKIE = "vc_login_csrf"
+HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+
+
+class LoginRequired(Exception):
+    """Raised by ui_user when there is no valid session: pages redirect to the login form."""
+
+
+@dataclass
+class UiUser:
+    username: str
+    is_admin: bool
+    id: int
+    token: str
+
+    @property
+    def csrf(self) -> str:
+        return csrf_for(self.token)
+
+
+def csrf_for(token: str) -> str:
+    return hmac.new(token.encode(), b"virtcenter-dashboard-csrf", hashlib.sha256).hexdigest()
+
+
+def new_login_csrf() -> str:
+    return secrets.token_urlsafe(24)
+
+
+async def form_of(request: Request) -> dict[str, str]:
+    """The url-encoded form body (first value of each field)."""
+    body = (await request.body()).decode("utf-8", "replace")
+    return {k: v[0] for k, v in parse_qs(body, keep_blank_values=True).items()}
+
+
+def _runtime(request: Request) -> Any:
+    return request.app.state.runtime
+
+
+def permission_checker(session: Any, settings: Any, user: UiUser) -> Callable[..., bool]:
+    """``can(privilege, kind=None, object_id=None)`` for one page: does the user hold the
+    privilege there? No audit record (it only decides which buttons a page shows; a refused
+    POST goes through ui_requires and is recorded)."""
+    row = auth.authenticate(session, user.token, settings)
+    cache: dict[tuple, bool] = {}
+
+    def can(privilege: str, kind: str | None = None, object_id: int | None = None) -> bool:
+        key = (privilege, kind, object_id)
+        if key not in cache:
+            try:
+                authz.check(session, row, privilege, kind, object_id, token=user.token)
+                cache[key] = True
+            except Forbidden:
+                cache[key] = False
+        return cache[key]
+
+    return can
+
+
+def ui_requires(privilege: str, on: str | None = None, param: str | None = None) -> Any:
+    """Dependency declaring the route's privilege; answers the UiUser or raises
+    LoginRequired / Forbidden (403)."""
+    if privilege not in PRIVILEGES:
+        raise ValueError(f"unknown privilege {privilege!r}")
+    param = param or (f"{on}_id" if on else None)
+
+    def check_privilege(request: Request) -> UiUser:
+        token = request.cookies.get(COOKIE)
+        if not token:
+            raise LoginRequired()
+        runtime = _runtime(request)
+        with runtime.transaction() as session:
+            try:
+                user = auth.authenticate(session, token, runtime.settings)
+            except Unauthorized:
+                raise LoginRequired() from None
+            object_id = None
+            if on is not None:
+                raw = request.path_params.get(param)
+                object_id = int(raw) if raw is not None and str(raw).isdigit() else None
+            authz.check(session, user, privilege, on, object_id, token=token)
+            return UiUser(user.username, user.is_admin, user.id, token)
+
+    check_privilege.privilege = privilege  # type: ignore[attr-defined]
+    check_privilege.object_kind = on  # type: ignore[attr-defined]
+    return Depends(check_privilege)
+
+
+def ui_public(reason: str) -> Any:
+    def no_session() -> None:
+        return None
+
+    no_session.privilege = "System.Anonymous"  # type: ignore[attr-defined]
+    no_session.reason = reason  # type: ignore[attr-defined]
+    return Depends(no_session)
+
+
+def verify_csrf(request: Request, user: UiUser, form: dict[str, str] | None = None) -> None:
+    sent = request.headers.get("x-csrf-token") or (form or {}).get("csrf") or ""
+    if not hmac.compare_digest(sent, user.csrf):
+        raise Forbidden("missing or wrong CSRF token: reload the page", code="CSRF_FAILED")
+
+
+def error_text(exc: VcError) -> str:
+    return f"{exc.code}: {exc}"
