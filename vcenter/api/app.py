@@ -26,6 +26,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     for module in (inventory, clusters, vms, tasks, users, agent):
         app.include_router(module.router)
     app.include_router(agent.registration)
+    from vcenter.api.routers import vmdata as vmdata_routes  # snapshots, clones, backups, restores
+
+    app.include_router(vmdata_routes.router)
     from vcenter.dashboard import install as install_dashboard  # the operator dashboard at /ui
 
     install_dashboard(app)

@@ -85,6 +85,7 @@ class Settings(BaseSettings):
     host_monitor_period: float = 2.0
     dpm_period: float = Field(300.0, description="DPM samples demand and decides on every cluster with DPM enabled this often")
     drs_period: float = Field(300.0, description="DRS runs on every cluster with DRS enabled this often (vCenter: 5 minutes)")
+    backup_schedule_period: float = Field(60.0, description="how often beat looks for scheduled backup jobs that are due (each job has its own interval)")
 
     # --- performance statistics and alarms ------------------------------------------------
     metrics_sample_period: float = Field(20.0, description="agents sample host and VM counters this often: the real-time tier's interval (vCenter: 20 s)")

@@ -339,6 +339,7 @@ class DiskRead(_Out):
     file: str
     capacity_mib: int
     format: str
+    backing_file: str | None = Field(None, description="a linked clone's base image (same datastore); None for a standalone disk")
 
 
 class NicRead(_Out):

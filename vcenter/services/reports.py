@@ -69,6 +69,10 @@ def report_result(session: Session, host: Host, task_id: int, report: TaskResult
     task = _task_for(session, host, task_id, report.command_id)
     if task is None or TaskState(task.state).finished:
         return {"applied": False}
+    from vcenter.services import backups, snapshots  # snapshots, clones, backups, restores
+
+    if any(m.on_result(session, task, report.ok, report.result, report.error_code, report.error_message, report.domain) for m in (snapshots, backups)):
+        return {"applied": True}
     if migration.on_result(session, task, report.ok, report.result, report.error_code, report.error_message):
         parent = session.get(Task, task.params.get("parent")) if task.params.get("parent") else None
         if parent is not None:

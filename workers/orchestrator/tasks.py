@@ -49,6 +49,13 @@ def register(app: Celery, settings: Settings) -> Runtime:
         with runtime.transaction() as session:
             return dpm.run_due(session, settings)
 
+    @app.task(name="orchestrator.backups", ignore_result=True)
+    def backups_pass() -> list:
+        from vcenter.services import backups
+
+        with runtime.transaction() as session:
+            return backups.run_due(session, settings)
+
     @app.task(name="orchestrator.monitor_hosts", ignore_result=True)
     def monitor_hosts() -> None:
         try:
@@ -92,6 +99,7 @@ def beat_schedule(settings: Settings) -> dict:
         "drs": {"task": "orchestrator.drs", "schedule": settings.drs_period},
         "dpm": {"task": "orchestrator.dpm", "schedule": settings.dpm_period},
         "monitor-hosts": {"task": "orchestrator.monitor_hosts", "schedule": settings.host_monitor_period},
+        "backups": {"task": "orchestrator.backups", "schedule": settings.backup_schedule_period},
         "metrics-rollup": {"task": "orchestrator.metrics_rollup", "schedule": settings.metrics_rollup_period},
         "alarms": {"task": "orchestrator.alarms", "schedule": settings.alarm_period},
     }

@@ -53,6 +53,7 @@ import libvirt
 
 from vcenter.domain.states import PowerState, StopReason
 from vcenter.hypervisor.base import ConnectionLost, DriverError, LifecycleCallback
+from vcenter.hypervisor.libvirt.vmdata import VmDataOps  # snapshots, clones, backups
 from vcenter.hypervisor.libvirt.xml import (
     HEARTBEAT_CHANNEL, ParsedCpu, build_domain_xml, check_bridges, compare_feature_sets, detect_domain_type,
     disk_path, host_style_cpu_xml, parse_cpu_xml, validate_abs_path, validate_name, validate_uuid,
@@ -195,7 +196,7 @@ def _map_error(e: libvirt.libvirtError) -> DriverError:
 
 # --- the driver ------------------------------------------------------------------------
 
-class LibvirtDriver:
+class LibvirtDriver(VmDataOps):
     def __init__(self, uri: str, connect_timeout: float = 10, domain_type: str | None = None,
                  declared_cpu_xml: str | None = None):
         self.uri = uri

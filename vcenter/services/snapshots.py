@@ -1,0 +1,282 @@
+"""Snapshots and clones of VMs: validation, Tasks, and what the inventory records when the
+agent reports.
+
+Snapshots (Tasks ``vm.snapshot.create|revert|delete``, commands of the same names on the VM's
+host): libvirt internal qcow2 snapshots; a running VM's includes its memory. Rows in
+``vm_snapshots`` appear only when the agent reported success, with the parent libvirt named.
+
+Clones (Task ``vm.clone`` on the SOURCE VM, a saga of two commands):
+  copying (``vm.clone`` on the source's host: full copy at one point in time, or linked
+  overlays on a frozen base) -> defining (``vm.create`` on the target host: the clone's
+  domain, with its own UUID and MAC addresses) -> success; on error the clone row goes away.
+The clone VM exists in the inventory from the start with status ``creating``.
+Promote (Task ``vm.promote``): a linked clone's disks become standalone images.
+
+Codes: SNAPSHOT_NAME_TAKEN, SNAPSHOT_NOT_FOUND, SNAPSHOT_UNSUPPORTED (a disk not qcow2),
+VM_SUSPENDED, VM_NOT_READY, LINKED_CLONE_NEEDS_POWERED_OFF, LINKED_CLONE_UNSUPPORTED,
+DATASTORE_NOT_MOUNTED, NOT_A_LINKED_CLONE.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from vcenter.core.errors import Conflict, Invalid, InvalidState, NotFound
+from vcenter.core.ids import new_mac, new_uuid
+from vcenter.db.models import Datastore, Host, Task, VirtualDisk, VirtualMachine, VirtualNic, VmSnapshotRow
+from vcenter.domain.backups import snapshot_tree
+from vcenter.domain.states import PowerState, TaskState
+from vcenter.messaging.contracts import DomainState
+from vcenter.services import inventory, placement
+from vcenter.services.events import record_event
+from vcenter.core.settings import get_settings
+from vcenter.services.tasks import ensure_idle, finish_task, mark_running, send_command, start_task
+
+
+def _ready_vm(session: Session, vm_id: int) -> VirtualMachine:
+    vm: VirtualMachine = inventory.get(session, "vm", vm_id)
+    ensure_idle(session, "vm", vm.id)
+    if vm.status != "ready":
+        raise InvalidState(f"VM {vm.name} is {vm.status}", code="VM_NOT_READY")
+    if vm.power_state == PowerState.SUSPENDED.value:
+        raise InvalidState(f"VM {vm.name} is suspended: resume or power it off first", code="VM_SUSPENDED")
+    host = session.get(Host, vm.host_id)
+    if host is None or host.connection_state != "connected":
+        raise Conflict(f"the host of VM {vm.name} is not connected", code="HOST_NOT_CONNECTED")
+    return vm
+
+
+def disk_target(index: int) -> str:
+    return "vd" + chr(ord("a") + index)
+
+
+def mount_path(session: Session, datastore_id: int, host_id: int) -> str | None:
+    ds = session.get(Datastore, datastore_id)
+    mount = next((m for m in ds.mounts if m.host_id == host_id), None) if ds else None
+    return mount.path if mount else None
+
+
+def _row(r: VmSnapshotRow) -> dict[str, Any]:
+    return {"id": r.id, "vm_id": r.vm_id, "name": r.name, "description": r.description, "parent_id": r.parent_id,
+            "memory": r.memory, "power_state": r.power_state, "current": r.current, "created_at": r.created_at, "task_id": r.task_id}
+
+
+# --- snapshots -----------------------------------------------------------------------------
+def list_snapshots(session: Session, vm_id: int) -> dict[str, Any]:
+    vm = inventory.get(session, "vm", vm_id)
+    rows = list(session.scalars(select(VmSnapshotRow).where(VmSnapshotRow.vm_id == vm.id).order_by(VmSnapshotRow.id)))
+    current = next((r.id for r in rows if r.current), None)
+    return {"vm_id": vm.id, "current_id": current, "count": len(rows), "tree": snapshot_tree([_row(r) for r in rows])}
+
+
+def _snapshot(session: Session, vm: VirtualMachine, snapshot_id: int) -> VmSnapshotRow:
+    row = session.get(VmSnapshotRow, snapshot_id)
+    if row is None or row.vm_id != vm.id:
+        raise NotFound(f"VM {vm.name} has no snapshot {snapshot_id}", code="SNAPSHOT_NOT_FOUND")
+    return row
+
+
+def create_snapshot(session: Session, user: str, vm_id: int, name: str, description: str = "") -> Task:
+    vm = _ready_vm(session, vm_id)
+    if session.scalar(select(VmSnapshotRow.id).where(VmSnapshotRow.vm_id == vm.id, VmSnapshotRow.name == name)) is not None:
+        raise Conflict(f"VM {vm.name} already has a snapshot named {name!r}", code="SNAPSHOT_NAME_TAKEN", details={"field": "name"})
+    raw = [d.index for d in vm.disks if d.format != "qcow2"]
+    if raw:
+        raise Conflict(f"VM {vm.name}: disks {raw} are not qcow2; libvirt snapshots need qcow2", code="SNAPSHOT_UNSUPPORTED")
+    task = start_task(session, kind="vm.snapshot.create", object_type="vm", object_id=vm.id, username=user, host_id=vm.host_id,
+                      params={"name": name, "memory": vm.power_state == PowerState.POWERED_ON.value},
+                      command="vm.snapshot.create", command_args={"uuid": vm.libvirt_uuid, "name": name, "description": description})
+    record_event(session, "vm.snapshot.requested", f"snapshot {name!r} of VM {vm.name} requested", username=user, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
+    return task
+
+
+def revert_snapshot(session: Session, user: str, vm_id: int, snapshot_id: int) -> Task:
+    vm = _ready_vm(session, vm_id)
+    row = _snapshot(session, vm, snapshot_id)
+    return start_task(session, kind="vm.snapshot.revert", object_type="vm", object_id=vm.id, username=user, host_id=vm.host_id,
+                      params={"snapshot_id": row.id, "name": row.name},
+                      command="vm.snapshot.revert", command_args={"uuid": vm.libvirt_uuid, "name": row.name})
+
+
+def delete_snapshot(session: Session, user: str, vm_id: int, snapshot_id: int, children: bool = False) -> Task:
+    vm = _ready_vm(session, vm_id)
+    row = _snapshot(session, vm, snapshot_id)
+    return start_task(session, kind="vm.snapshot.delete", object_type="vm", object_id=vm.id, username=user, host_id=vm.host_id,
+                      params={"snapshot_id": row.id, "name": row.name, "children": children},
+                      command="vm.snapshot.delete", command_args={"uuid": vm.libvirt_uuid, "name": row.name, "children": children})
+
+
+def _on_snapshot_result(session: Session, task: Task, vm: VirtualMachine, result: dict[str, Any]) -> None:
+    rows = {r.name: r for r in session.scalars(select(VmSnapshotRow).where(VmSnapshotRow.vm_id == vm.id))}
+    if task.kind == "vm.snapshot.create":
+        row = rows.get(result["name"])
+        if row is None:
+            parent = rows.get(result.get("parent") or "")
+            row = VmSnapshotRow(vm_id=vm.id, name=result["name"], description=result.get("description", ""),
+                                parent_id=parent.id if parent else None, memory=bool(result.get("memory")),
+                                power_state=PowerState.POWERED_ON.value if result.get("state") == "running" else PowerState.POWERED_OFF.value,
+                                task_id=task.id)
+            session.add(row)
+            session.flush()
+        for other in rows.values():
+            other.current = False
+        row.current = True
+        record_event(session, "vm.snapshot.created", f"snapshot {row.name!r} of VM {vm.name} taken" + (" with memory" if row.memory else " (disks)"),
+                     username=task.username, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
+    elif task.kind == "vm.snapshot.revert":
+        for r in rows.values():
+            r.current = r.name == task.params["name"]
+        record_event(session, "vm.snapshot.reverted", f"VM {vm.name} reverted to snapshot {task.params['name']!r}", username=task.username,
+                     object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
+    elif task.kind == "vm.snapshot.delete":
+        deleted = [rows[n] for n in result.get("deleted", []) if n in rows]
+        if not deleted and task.params["name"] in rows:  # already gone on the host
+            deleted = [rows[task.params["name"]]]
+        gone = {r.id for r in deleted}
+        for r in deleted:
+            for child in rows.values():
+                if child.parent_id == r.id and child.id not in gone:
+                    child.parent_id = r.parent_id  # libvirt re-parents the same way
+        for r in deleted:
+            session.delete(r)
+        record_event(session, "vm.snapshot.deleted", f"snapshot(s) {', '.join(r.name for r in deleted)} of VM {vm.name} deleted",
+                     username=task.username, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
+    if result.get("checkpoints_dropped"):
+        record_event(session, "vm.backup.chain_reset", f"VM {vm.name}: checkpoints {result['checkpoints_dropped']} dropped by the snapshot operation; the next backup is full",
+                     username=task.username, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
+
+
+# --- clones --------------------------------------------------------------------------------
+def clone(session: Session, user: str, vm_id: int, data: dict[str, Any]) -> Task:
+    """Clone a VM (running or not): full copy, or linked (powered-off source) on a frozen base."""
+    vm = _ready_vm(session, vm_id)
+    linked = bool(data.get("linked"))
+    running = vm.power_state == PowerState.POWERED_ON.value
+    if linked and running:
+        raise InvalidState(f"VM {vm.name} is running: a linked clone freezes its disks, power it off or make a full clone",
+                           code="LINKED_CLONE_NEEDS_POWERED_OFF")
+    if linked and any(d.format != "qcow2" for d in vm.disks):
+        raise Conflict(f"VM {vm.name} has disks that are not qcow2: linked clones need qcow2", code="LINKED_CLONE_UNSUPPORTED")
+    target_ds = inventory._ref(session, "datastore", data.get("datastore_id"), "datastore_id")
+    if linked and target_ds is not None and any(d.datastore_id != target_ds.id for d in vm.disks):
+        raise Invalid("datastore_id: a linked clone lives on its base's datastore", code="INVALID", details={"field": "datastore_id"})
+    disk_stores = [target_ds.id if target_ds else d.datastore_id for d in vm.disks]
+    chosen = None
+    if data.get("host_id") is not None:
+        target: Host = inventory._ref(session, "host", data["host_id"], "host_id")
+    elif vm.cluster_id is not None:
+        request = {"name": data["name"], "vcpus": vm.vcpus, "memory_mib": vm.memory_mib, "disks": [{"datastore_id": i} for i in disk_stores],
+                   "nics": [{"portgroup_id": n.portgroup_id} for n in vm.nics], "cpu": vm.cpu, "pool_id": vm.pool_id}
+        host_id, chosen = placement.choose_host(session, vm.cluster_id, request)
+        target = session.get(Host, host_id)
+    else:
+        target = session.get(Host, vm.host_id)
+    if target.connection_state != "connected":
+        raise Conflict(f"host {target.name} is {target.connection_state}", code="HOST_NOT_CONNECTED")
+    if target.datacenter_id != vm.datacenter_id:
+        raise Invalid("host_id: the host is in another datacenter", code="INVALID_REFERENCE", details={"field": "host_id"})
+    for ds_id in set(disk_stores):
+        for host in {vm.host_id, target.id}:
+            if mount_path(session, ds_id, host) is None:
+                name = session.get(Datastore, ds_id).name
+                raise Conflict(f"datastore {name} is not mounted on host {session.get(Host, host).name} (the copy runs on the source's host, the clone on the target)",
+                               code="DATASTORE_NOT_MOUNTED", details={"field": "datastore_id"})
+    boot = {k: v for k, v in (vm.boot or {}).items() if k != "ip"}  # an address is never cloned
+    if data.get("ip"):
+        boot["ip"] = str(data["ip"])
+    new = VirtualMachine(name=data["name"], datacenter_id=vm.datacenter_id, cluster_id=target.cluster_id, host_id=target.id,
+                         folder_id=data.get("folder_id", vm.folder_id), pool_id=vm.pool_id if target.cluster_id == vm.cluster_id else None,
+                         vcpus=vm.vcpus, memory_mib=vm.memory_mib, cpu_reservation_mhz=vm.cpu_reservation_mhz, cpu_limit_mhz=vm.cpu_limit_mhz,
+                         memory_reservation_mib=vm.memory_reservation_mib, memory_limit_mib=vm.memory_limit_mib, guest_os=vm.guest_os,
+                         power_state=PowerState.POWERED_OFF.value, status="creating", libvirt_uuid=new_uuid(), boot=boot, cpu=vm.cpu)
+    copies = []
+    for disk, ds_id in zip(vm.disks, disk_stores):
+        file = f"{new.name}-{new.libvirt_uuid[:8]}-disk{disk.index}.qcow2"
+        src_path = mount_path(session, disk.datastore_id, vm.host_id)
+        base = f"{vm.name}-{new.libvirt_uuid[:8]}-base-disk{disk.index}.qcow2" if linked else None
+        new.disks.append(VirtualDisk(index=disk.index, datastore_id=ds_id, file=file, capacity_mib=disk.capacity_mib, format="qcow2", backing_file=base))
+        copies.append({"index": disk.index, "target": disk_target(disk.index), "path": f"{mount_path(session, ds_id, vm.host_id)}/{file}",
+                       "base_path": f"{src_path}/{base}" if base else None, "base_file": base})
+    for nic in vm.nics:
+        new.nics.append(VirtualNic(index=nic.index, portgroup_id=nic.portgroup_id, mac=new_mac(), model=nic.model))
+    session.add(new)
+    inventory._flush_unique(session, f"VM {new.name!r}")
+    task = start_task(session, kind="vm.clone", object_type="vm", object_id=vm.id, username=user, host_id=vm.host_id,
+                      params={"clone_vm_id": new.id, "target_host_id": target.id, "linked": linked, "running": running, "copies": copies,
+                              **({"placement": chosen} if chosen else {})},
+                      command="vm.clone", command_args={"uuid": vm.libvirt_uuid, "linked": linked,
+                                                        "disks": [{k: c[k] for k in ("target", "path", "base_path")} for c in copies]})
+    task.step = "copying"
+    record_event(session, "vm.clone.requested", f"{'linked' if linked else 'full'} clone {new.name} of VM {vm.name} ({'running' if running else 'powered off'}) requested on host {target.name}",
+                 username=user, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
+    return task
+
+
+def _on_clone_result(session: Session, task: Task, vm: VirtualMachine, ok: bool, result: dict[str, Any], error_code: str | None, error_message: str | None) -> None:
+    from vcenter.services.vms import vm_spec
+
+    new = session.get(VirtualMachine, task.params["clone_vm_id"])
+    if not ok:
+        finish_task(session, task, TaskState.CANCELLED if error_code == "BACKUP_CANCELLED" else TaskState.ERROR,
+                    error_code=error_code or "AGENT_ERROR", error_message=error_message, object_name=vm.name)
+        if new is not None:
+            record_event(session, "vm.clone.failed", f"clone {new.name} of VM {vm.name} failed: {error_code}", username=task.username, object_type="vm", object_id=vm.id, object_name=vm.name, reason=error_code, task_id=task.id)
+            session.delete(new)
+        return
+    if task.step == "copying":
+        if task.params.get("linked"):
+            for disk in vm.disks:
+                copy = next(c for c in task.params["copies"] if c["index"] == disk.index)
+                disk.backing_file = copy["base_file"]  # the source is now an overlay on the base too
+        task.host_id = task.params["target_host_id"]
+        task.command_id = None
+        # The lease now waits for the target's agent (lease length: the server's settings).
+        mark_running(session, task, "defining", 80, get_settings())
+        task.params = {**task.params, "copy": result}
+        send_command(session, task, "vm.create", {"spec": vm_spec(session, new, new.host_id).model_dump(mode="json")})
+        return
+    new.status = "ready"
+    finish_task(session, task, TaskState.SUCCESS, result={"clone_vm_id": new.id, "copy": task.params.get("copy", {}), "linked": task.params.get("linked")}, object_name=vm.name)
+    record_event(session, "vm.cloned", f"VM {vm.name} cloned to {new.name}", username=task.username, object_type="vm", object_id=new.id, object_name=new.name, task_id=task.id)
+
+
+def promote(session: Session, user: str, vm_id: int) -> Task:
+    vm = _ready_vm(session, vm_id)
+    if not any(d.backing_file for d in vm.disks):
+        raise InvalidState(f"VM {vm.name} has no linked disk", code="NOT_A_LINKED_CLONE")
+    return start_task(session, kind="vm.promote", object_type="vm", object_id=vm.id, username=user, host_id=vm.host_id,
+                      command="vm.promote", command_args={"uuid": vm.libvirt_uuid})
+
+
+# --- the agent's results -------------------------------------------------------------------
+KINDS = {"vm.snapshot.create", "vm.snapshot.revert", "vm.snapshot.delete", "vm.clone", "vm.promote"}
+
+
+def on_result(session: Session, task: Task, ok: bool, result: dict[str, Any], error_code: str | None,
+              error_message: str | None, domain: DomainState | None) -> bool:
+    """Apply an agent's result for one of this module's tasks; False: not ours."""
+    if task.kind not in KINDS:
+        return False
+    vm = session.get(VirtualMachine, task.object_id)
+    if vm is None:
+        finish_task(session, task, TaskState.ERROR, error_code="VM_GONE", error_message="the VM left the inventory")
+        return True
+    if task.kind == "vm.clone":
+        _on_clone_result(session, task, vm, ok, result, error_code, error_message)
+        return True
+    if domain is not None and domain.uuid == vm.libvirt_uuid:
+        vm.power_state = domain.power_state
+    if not ok:
+        finish_task(session, task, TaskState.ERROR, error_code=error_code or "AGENT_ERROR", error_message=error_message, object_name=vm.name)
+        return True
+    if task.kind == "vm.promote":
+        for disk in vm.disks:
+            disk.backing_file = None
+        record_event(session, "vm.promoted", f"VM {vm.name}: linked disks {result.get('flattened')} made standalone", username=task.username,
+                     object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
+    else:
+        _on_snapshot_result(session, task, vm, result)
+    finish_task(session, task, TaskState.SUCCESS, result=result, object_name=vm.name)
+    return True

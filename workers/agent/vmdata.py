@@ -1,0 +1,118 @@
+"""Agent commands for snapshots, clones, backups and restores (registered into
+workers.agent.commands.HANDLERS). Each is idempotent: the driver finds a snapshot, checkpoint
+or file already made and answers "already done"; long copies report libvirt's job as the
+Task's progress, and a cancel the server answers with aborts the job (the guest runs on)."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from vcenter.hypervisor.base import DriverError
+from vcenter.messaging.contracts import DomainState, MigrationProgress, TaskProgress, VmSpec
+from workers.agent.api_client import PermanentReportError
+from workers.agent.service import AgentService
+
+log = logging.getLogger(__name__)
+
+
+def _ops(agent: AgentService):
+    if not hasattr(agent.driver, "backup"):
+        raise DriverError("UNSUPPORTED", "this host's hypervisor driver has no snapshots, clones or backups")
+    return agent.driver
+
+
+def _progress(agent: AgentService, step: str, cancel: threading.Event):
+    from workers.agent.commands import CURRENT_COMMAND
+
+    command = CURRENT_COMMAND.get()
+
+    def report(p: MigrationProgress) -> None:
+        percent = min(99, int(100 * (p.data_processed or 0) / p.data_total)) if p.data_total else 10
+        try:
+            answer = agent.api.post(f"/tasks/{command.task_id}/progress",
+                                    TaskProgress(command_id=command.command_id, step=step, progress=percent, details=p.model_dump(mode="json")).model_dump(),
+                                    retry_for=2)
+            if not answer.get("proceed", True):
+                cancel.set()
+        except (ConnectionError, PermanentReportError) as exc:
+            log.warning("progress of task %s not reported: %s", command.task_id, exc)
+    return report
+
+
+def _snapshot_create(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
+    result = _ops(agent).snapshot_create(args["uuid"], args["name"], args.get("description", ""))
+    return agent.driver.domain_state(args["uuid"]), result
+
+
+def _snapshot_revert(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
+    result = _ops(agent).snapshot_revert(args["uuid"], args["name"])
+    return agent.driver.domain_state(args["uuid"]), result
+
+
+def _snapshot_delete(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
+    result = _ops(agent).snapshot_delete(args["uuid"], args["name"], bool(args.get("children")))
+    return agent.driver.domain_state(args["uuid"]), result
+
+
+def _backup(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
+    cancel = threading.Event()
+    result = _ops(agent).backup(args["uuid"], list(args["disks"]), args.get("incremental_from"), args["checkpoint"],
+                                on_progress=_progress(agent, "copying", cancel), cancel=cancel)
+    removed = []
+    for path in args.get("delete_after", []):
+        try:
+            os.unlink(path)
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+    return agent.driver.domain_state(args["uuid"]), {**result, "retention_removed": removed}
+
+
+def _clone(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
+    cancel = threading.Event()
+    result = _ops(agent).clone_disks(args["uuid"], list(args["disks"]), bool(args.get("linked")),
+                                     on_progress=_progress(agent, "copying", cancel), cancel=cancel)
+    return agent.driver.domain_state(args["uuid"]), result
+
+
+def _promote(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
+    result = _ops(agent).promote(args["uuid"], on_progress=_progress(agent, "flattening", threading.Event()))
+    return agent.driver.domain_state(args["uuid"]), result
+
+
+def _restore(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
+    """Restore disks from a backup chain; with a spec, define the new VM too (same host)."""
+    from workers.agent.commands import _resolve_image
+
+    ops = _ops(agent)
+    spec = VmSpec.model_validate(args["spec"]) if args.get("spec") else None
+    if spec is not None and agent.driver.domain_state(spec.uuid) is not None:
+        return agent.driver.domain_state(spec.uuid), {"already_done": True}
+    result = ops.restore_disks(list(args["disks"]), replace_uuid=args.get("replace_uuid"))
+    if spec is None:
+        return agent.driver.domain_state(args["replace_uuid"]), result
+    try:
+        state = agent.driver.define(_resolve_image(agent, spec))
+    except Exception:
+        for d in args["disks"]:
+            try:
+                os.unlink(d["path"])
+            except FileNotFoundError:
+                pass
+        raise
+    return state, result
+
+
+HANDLERS = {
+    "vm.snapshot.create": _snapshot_create,
+    "vm.snapshot.revert": _snapshot_revert,
+    "vm.snapshot.delete": _snapshot_delete,
+    "vm.backup": _backup,
+    "vm.clone": _clone,
+    "vm.promote": _promote,
+    "vm.restore": _restore,
+}
+# Long copies that must not hold the host's driver lock (other commands go on meanwhile).
+UNLOCKED = ("vm.backup", "vm.clone", "vm.restore", "vm.promote")
