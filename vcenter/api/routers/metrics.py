@@ -5,7 +5,6 @@ coming in (with their host's own credential).
 answers one series per counter; without ``tier`` the finest tier that reaches back to
 ``start`` (default: an hour ago) is used. Times are ISO 8601 (UTC when no zone) or epoch seconds.
 """
-from __future__ import annotations
 
 from typing import Annotated, Any
 
