@@ -113,6 +113,16 @@ def beat(redis_url: Optional[str] = typer.Option(None, help="Redis URL [VCENTER_
 
 
 @app.command()
+def ha(redis_url: Optional[str] = typer.Option(None, help="Redis URL [VCENTER_REDIS_URL]")) -> None:
+    """Run the HA monitor: active/standby through a Redis lock with a fencing token; run two for
+    fail-over. Judges host liveness, restarts VMs of failed hosts, resets hung guests."""
+    _env(redis_url=redis_url)
+    from vcenter.services.ha_monitor import run_ha
+
+    run_ha(get_settings())
+
+
+@app.command()
 def agent(
     host_id: Optional[int] = typer.Option(None, help="this host's id in the inventory [VCENTER_AGENT_HOST_ID]"),
     token: Optional[str] = typer.Option(None, help="this host's agent credential, if issued by other means [VCENTER_AGENT_TOKEN]"),

@@ -37,6 +37,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(metric_routes.router)
     app.include_router(metric_routes.agent_router)
     app.include_router(alarm_routes.router)
+    from vcenter.api.routers import ha as ha_routes  # HA configuration, capacity, status
+
+    app.include_router(ha_routes.router)
 
     app.mount("/static/swagger", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger")
 

@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     datastore_root: str = Field("/var/lib/virtcenter/datastores", description="where the agent mounts datastores it creates")
     host_not_responding_after: float = Field(15.0, description="a host with no heartbeat for this long is not-responding")
 
+    # --- HA (vcenter ha; per-cluster detection time, isolation delay... are cluster settings) --
+    ha_period: float = Field(0.5, description="the HA monitor looks at every heartbeat this often")
+    ha_lock_ttl: float = Field(3.0, description="the active HA monitor's Redis lock expires this long after its last renewal: a standby takes over then")
+    ha_datastore_heartbeat_period: float = Field(1.0, description="agent: renews its heartbeat file on each shared datastore (and reads its peers') this often")
+    ha_probe_timeout: float = Field(1.0, description="agent: TCP connect timeout of an isolation-address probe")
+
     # --- beat -----------------------------------------------------------------------------
     host_monitor_period: float = 2.0
     dpm_period: float = Field(300.0, description="DPM samples demand and decides on every cluster with DPM enabled this often")

@@ -622,3 +622,6 @@ class BackupPoint(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column()
 
+
+
+from vcenter.db import ha_models as _ha_models  # noqa: E402,F401  (HA state tables)

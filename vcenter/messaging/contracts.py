@@ -32,6 +32,12 @@ def heartbeat_key(host_id: int) -> str:
     return f"vc:hb:host:{host_id}"
 
 
+def ha_datastore_view_key(host_id: int) -> str:
+    """Redis key where an agent publishes what it read in its peers' datastore heartbeat files:
+    JSON {peer host id: {"n": counter, "holds": [VM uuids], "released": [VM uuids], "isolated": bool}}."""
+    return f"vc:ha:ds:{host_id}"
+
+
 class DiskSpec(BaseModel):
     index: int
     datastore_id: int
@@ -95,6 +101,7 @@ CommandName = Literal[
     "vm.stop",         # hard power off
     "vm.shutdown",     # guest shutdown, with timeout
     "vm.reset",
+    "vm.ha_start",     # HA restart here: define the domain if absent (disks on shared datastores), then start
     "vm.suspend",      # managed save
     "vm.resume",       # start from the managed save image
     "vm.reconfigure",  # vCPUs / memory of a powered-off VM

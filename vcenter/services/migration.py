@@ -140,6 +140,9 @@ def migrate(session: Session, user: str, vm_id: int, target_id: int | None, conf
     failed = [c for c in results if not c["ok"]]
     if failed:
         raise MigrationRefused(f"VM {vm.name} cannot move to host {target_id}: {failed[0]['message']}", code=failed[0]["code"], details={"checks": results})
+    from vcenter.services import ha  # HA admission control: 409 HA_ADMISSION_REFUSED (e.g. onto a failover host)
+
+    ha.admit_migration(session, vm, target_id, user)
     target: Host = session.get(Host, target_id)
     source: Host = session.get(Host, vm.host_id)
     cluster = session.get(Cluster, vm.cluster_id)

@@ -147,6 +147,10 @@ def power(session: Session, user: str, vm_id: int, action: PowerAction, settings
     host = session.get(Host, vm.host_id)
     _usable_host(host)
     admission = placement.admit_power_on(session, vm) if action in (PowerAction.POWER_ON, PowerAction.RESUME) else None
+    if action in (PowerAction.POWER_ON, PowerAction.RESUME):
+        from vcenter.services import ha  # HA admission control: 409 HA_ADMISSION_REFUSED
+
+        ha.admit_power_on(session, vm, user)
     args: dict[str, Any] = {"uuid": vm.libvirt_uuid}
     if action == PowerAction.SHUTDOWN_GUEST:
         args["timeout"] = timeout or settings.guest_shutdown_timeout

@@ -211,8 +211,30 @@ def _cpu_compare(agent: AgentService, args: dict[str, Any]) -> tuple[None, dict[
     return None, {"compatible": ok, "detail": detail}
 
 
+def _ha_start(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState, dict[str, Any]]:
+    """HA restart on this host: the disks already exist on a shared datastore (never created
+    here); define the domain if this host lacks it, then start it. Idempotent: a redelivered
+    command finds it running. QEMU's image locks refuse the start while another host still
+    holds the disks."""
+    driver = agent.driver
+    spec = _resolve_image(agent, VmSpec.model_validate(args["spec"]))
+    missing = [f"{d.datastore_path}/{d.file}" for d in spec.disks if not os.path.exists(f"{d.datastore_path}/{d.file}")]
+    if missing:
+        raise DriverError("DISK_NOT_FOUND", f"disks not on this host's datastores: {', '.join(missing)}")
+    state = driver.domain_state(spec.uuid)
+    defined = False
+    if state is None:
+        driver.define(spec)
+        defined = True
+        state = driver.domain_state(spec.uuid)
+    if state is not None and state.power_state == "poweredOn":
+        return state, {"already_running": True, "defined": defined}
+    return driver.start(spec.uuid), {"defined": defined}
+
+
 HANDLERS: dict[str, Handler] = {
     "vm.create": _create,
+    "vm.ha_start": _ha_start,
     "vm.start": _simple("start"),
     "vm.stop": _simple("stop"),
     "vm.reset": _simple("reset"),
