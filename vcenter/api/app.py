@@ -29,6 +29,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     from vcenter.api.routers import vmdata as vmdata_routes  # snapshots, clones, backups, restores
 
     app.include_router(vmdata_routes.router)
+    from vcenter.api.routers import templates as template_routes  # template library, deploy, import/export, uploads
+    app.include_router(template_routes.router)
+    app.include_router(template_routes.agent_router)
     from vcenter.dashboard import install as install_dashboard  # the operator dashboard at /ui
 
     install_dashboard(app)

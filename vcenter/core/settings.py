@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     agent_concurrency: int = 4
     agent_command_reconnect_timeout: float = Field(30.0, description="a command that finds libvirt gone keeps reconnecting this long before failing")
     datastore_root: str = Field("/var/lib/virtcenter/datastores", description="where the agent mounts datastores it creates")
+
+    # --- templates, uploads, import/export (templates_store) -------------------------------
+    upload_dir: str = Field("/var/lib/virtcenter/uploads", description="where the server stores uploaded images/OVAs and exported OVAs until agents pull them or users download them")
+    upload_max_bytes: int = Field(64 << 30, description="largest upload (image or OVA) the server accepts; a larger one is refused with 413 UPLOAD_TOO_LARGE")
+    agent_transfer_timeout: float = Field(3600.0, description="agent: longest pull of an upload or push of an export over HTTPS")
     host_not_responding_after: float = Field(15.0, description="a host with no heartbeat for this long is not-responding")
 
     # --- HA (vcenter ha; per-cluster detection time, isolation delay... are cluster settings) --

@@ -623,5 +623,62 @@ class BackupPoint(Base):
     completed_at: Mapped[datetime | None] = mapped_column()
 
 
+class Template(Timestamped, Base):
+    """A template in the library: disk images + manifest in ``dir`` on a datastore.
+    ``state``: creating (being captured or imported) -> ready -> converting (back to a VM) /
+    deleting. A (datacenter, name) has versions 1, 2, ...; deploys take the latest unless told."""
+
+    __tablename__ = "templates"
+    __table_args__ = (UniqueConstraint("datacenter_id", "name", "version", name="uq_templates_dc_name_version"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(80))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    datacenter_id: Mapped[int] = mapped_column(ForeignKey("datacenters.id", ondelete="RESTRICT"), index=True)
+    datastore_id: Mapped[int] = mapped_column(ForeignKey("datastores.id", ondelete="RESTRICT"), index=True)
+    dir: Mapped[str] = mapped_column(String(1024))
+    state: Mapped[str] = mapped_column(String(16), default="creating", index=True)
+    guest_os: Mapped[str] = mapped_column(String(64), default="other")
+    vcpus: Mapped[int] = mapped_column(Integer, default=1)
+    memory_mib: Mapped[int] = mapped_column(Integer, default=64)
+    # The manifest as the agent wrote it: hardware, disks [{file, format, capacity_mib, sha256}], origin.
+    manifest: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    origin: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    boot: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class VmCustomization(Base):
+    """A deployed VM's guest customisation: its cloud-init instance id, the machine-id the server
+    issued, and the spec (users, keys, network, run-once commands). Read by the VM's agent over
+    HTTPS to build the NoCloud seed; never on a queue."""
+
+    __tablename__ = "vm_customizations"
+    vm_id: Mapped[int] = mapped_column(ForeignKey("vms.id", ondelete="CASCADE"), primary_key=True)
+    instance_id: Mapped[str] = mapped_column(String(64), unique=True)
+    machine_id: Mapped[str] = mapped_column(String(32), unique=True)
+    hostname: Mapped[str] = mapped_column(String(63))
+    spec: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Upload(Base):
+    """A file stored by the server for an agent to pull (an image or OVA to import), or an OVA an
+    agent exported; ``sha256`` and ``size_bytes`` as received."""
+
+    __tablename__ = "uploads"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), default="upload")  # upload | export
+    filename: Mapped[str] = mapped_column(String(255))
+    path: Mapped[str] = mapped_column(String(1024))
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default="receiving")  # receiving | ready | failed
+    username: Mapped[str] = mapped_column(String(80), default="system")
+    task_id: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+from vcenter.db import ha_models as _ha_models  # noqa: E402,F401  (HA state tables)
+
+
 
 from vcenter.db import ha_models as _ha_models  # noqa: E402,F401  (HA state tables)

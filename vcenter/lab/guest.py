@@ -20,7 +20,11 @@ The guest protocol (one virtio-serial port, ``org.virtcenter.heartbeat``, JSON l
   Writes block while no host side is connected (virtio_console semantics), so the first line
   a newly connected host reads may be a few seconds old.
 - host -> guest, one command per line, answered with {"reply": <command>, ...}:
-  ``burn <pct>``, ``write-pattern <MiB>``, ``ping <ip>``, ``poweroff``, ``hostname``.
+  ``burn <pct>``, ``write-pattern <MiB>``, ``ping <ip>``, ``poweroff``, ``hostname``,
+  ``checksum <vdX>`` (SHA-256 and size of a whole disk as the guest sees it).
+- A cloud-init NoCloud seed on any virtio disk (ISO 9660 label cidata, templates_store.cloudinit)
+  sets the hostname (meta-data local-hostname, over vc.hostname=), the instance id and the
+  machine-id (user-data write_files /etc/machine-id); the heartbeat carries all three.
 - Kernel command line: ``vc.hostname=<name>``, ``vc.ip=<addr>/<prefix>`` (eth0),
   ``vc.seed=`` (reserved, ignored).
 - The ACPI power button (``virDomainShutdown``) and ``poweroff`` both end in
@@ -61,7 +65,8 @@ HEARTBEAT_PORT = "org.virtcenter.heartbeat"
 DEFAULT_CACHE_DIR = Path("/var/cache/virtcenter/guest")
 # virtio_console for the heartbeat port, virtio_blk/virtio_net for disk and NIC, button (ACPI
 # power button) + evdev (its /dev/input/event device, which /init watches).
-WANTED_MODULES = ("virtio_pci", "virtio_console", "virtio_blk", "virtio_net", "button", "evdev")
+# isofs: the cloud-init NoCloud seed volume (ISO 9660, label cidata) the guest reads at boot.
+WANTED_MODULES = ("virtio_pci", "virtio_console", "virtio_blk", "virtio_net", "button", "evdev", "isofs")
 BASE_CMDLINE = "console=ttyS0 quiet"
 LAYOUT_VERSION = 1
 
@@ -95,9 +100,29 @@ for w in $(cat /proc/cmdline); do
     vc.seed=*) SEED=${w#vc.seed=} ;;  # reserved
   esac
 done
+# A cloud-init NoCloud seed (a block device holding ISO 9660 label cidata): the subset of
+# cloud-init this guest implements: meta-data's local-hostname and instance-id, and the
+# /etc/machine-id entry of user-data's write_files.
+INSTANCE_ID=
+mkdir -p /run/vc/seed
+for dev in /dev/vd?; do
+  [ -b "$dev" ] || continue
+  if mount -t iso9660 -o ro "$dev" /run/vc/seed 2>/dev/null; then
+    if [ -f /run/vc/seed/meta-data ]; then
+      v=$(sed -n 's/^local-hostname: *//p' /run/vc/seed/meta-data | tr -d "'\"")
+      [ -n "$v" ] && HOSTNAME=$v
+      INSTANCE_ID=$(sed -n 's/^instance-id: *//p' /run/vc/seed/meta-data | tr -d "'\"")
+      mid=$(awk '/^- path: \/etc\/machine-id$/ {m=1; next} m && /^  content:/ {sub(/^  content: */, ""); gsub(/[^0-9a-f]/, ""); print; exit} /^- / {m=0}' /run/vc/seed/user-data 2>/dev/null)
+      [ -n "$mid" ] && echo "$mid" >/etc/machine-id
+      log "seed from $dev: hostname=$HOSTNAME instance-id=$INSTANCE_ID"
+      break
+    fi
+    umount /run/vc/seed
+  fi
+done
 hostname "$HOSTNAME"
 echo "$HOSTNAME" >/etc/hostname
-# machine-id: random, made once (the root is an initramfs, so once per boot).
+# machine-id: from the seed, else random, made once (the root is an initramfs, so once per boot).
 [ -s /etc/machine-id ] || tr -d - </proc/sys/kernel/random/uuid >/etc/machine-id
 read -r MACHINE_ID </etc/machine-id
 
@@ -167,8 +192,8 @@ heartbeat_loop() {
     seq=$((seq + 1))
     read -r up _ </proc/uptime
     read -r burn </run/vc/burn
-    printf '{"seq": %d, "uptime": %s, "hostname": "%s", "machine_id": "%s", "burn": %d, "ip": %s}\n' \
-      $seq "$up" "$HOSTNAME" "$MACHINE_ID" "$burn" "$IPJSON" >&3
+    printf '{"seq": %d, "uptime": %s, "hostname": "%s", "machine_id": "%s", "instance_id": "%s", "burn": %d, "ip": %s}\n' \
+      $seq "$up" "$HOSTNAME" "$MACHINE_ID" "$INSTANCE_ID" "$burn" "$IPJSON" >&3
     sleep 1
   done
 }
@@ -220,6 +245,16 @@ do_ping() {
   reply "{\"reply\": \"ping\", \"ip\": \"$1\", \"ok\": $ok}"
 }
 
+do_checksum() {  # SHA-256 of a whole disk as the guest sees it: checksum [vda|vdb|...]
+  d=${1:-vda}
+  case "$d" in vd[a-z]) ;; *) reply '{"reply": "checksum", "ok": false, "error": "usage: checksum <vdX>"}'; return ;; esac
+  if [ ! -b "/dev/$d" ]; then
+    reply "{\"reply\": \"checksum\", \"ok\": false, \"error\": \"no /dev/$d\"}"; return
+  fi
+  sum=$(sha256sum "/dev/$d" | cut -d' ' -f1)
+  reply "{\"reply\": \"checksum\", \"ok\": true, \"dev\": \"$d\", \"sha256\": \"$sum\", \"bytes\": $(( $(cat /sys/block/$d/size) * 512 ))}"
+}
+
 # A root shell on the serial console (what the dashboard's console shows), respawned on exit.
 ( while :; do setsid cttyhack sh -i; sleep 1; done ) </dev/ttyS0 >/dev/ttyS0 2>&1 &
 
@@ -232,6 +267,7 @@ while :; do
       write-pattern) do_write_pattern "$arg" ;;
       ping) do_ping "$arg" ;;
       hostname) reply "{\"reply\": \"hostname\", \"hostname\": \"$(hostname)\"}" ;;
+      checksum) do_checksum "$arg" ;;
       poweroff) reply '{"reply": "poweroff", "ok": true}'; usleep 300000; halt_now command ;;
       '') ;;
       *) case "$cmd" in *[!A-Za-z0-9_.-]*) cmd=invalid ;; esac

@@ -120,6 +120,14 @@ CommandName = Literal[
     "vm.promote",      # flatten a linked clone's disks
     "vm.backup",       # push backup (full/incremental with checkpoints) of a running or stopped VM
     "vm.restore",      # backup chain -> disk files (over a stopped VM, or a new VM defined here)
+    # templates, customisation, import/export (workers.agent.templates)
+    "template.capture",   # a powered-off VM's disks into a template folder with its manifest
+    "template.release",   # a template's images back to a VM's disks, the domain defined again
+    "template.delete",    # remove a template's folder from its datastore
+    "vm.deploy",          # linked/full clones of a template's images + NoCloud seed, then define
+    "vm.import_disk",     # pull an upload (or take a datastore file), convert to qcow2, define
+    "vm.import_ova",      # pull an OVA upload, extract its disks, convert, define
+    "vm.export",          # disks to stream-optimised VMDKs + OVF into an OVA pushed to the server
     "console.open",    # not queued: presented to the agent's console endpoint to open a VM's serial console
 ]
 

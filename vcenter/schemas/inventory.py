@@ -311,7 +311,7 @@ class VmCreate(_In):
 
 
 class GuestCommand(_In):
-    command: Literal["burn", "write-pattern", "ping", "poweroff", "hostname"]
+    command: Literal["burn", "write-pattern", "ping", "poweroff", "hostname", "checksum"]
     argument: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9./:-]*$")
     timeout: float = Field(10, gt=0, le=120)
 

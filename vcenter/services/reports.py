@@ -73,6 +73,10 @@ def report_result(session: Session, host: Host, task_id: int, report: TaskResult
 
     if any(m.on_result(session, task, report.ok, report.result, report.error_code, report.error_message, report.domain) for m in (snapshots, backups)):
         return {"applied": True}
+    from vcenter.services import templates as _templates
+
+    if _templates.on_result(session, host, task, report.ok, report.result, report.error_code, report.error_message, report.domain):
+        return {"applied": True}
     from vcenter.services import ha  # HA restarts and VM-monitoring resets
 
     if ha.on_result(session, task, report.ok, report.error_code, report.error_message):

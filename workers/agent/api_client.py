@@ -58,3 +58,68 @@ class ApiClient:
             log.warning("report %s failed (%s); retrying in %.1f s", url, problem, delay)
             self._stop.wait(delay)
             delay = min(delay * 2, self._max_delay)
+
+    # --- bulk data (templates_store): uploads pulled, exports pushed, seeds fetched ----------
+    def get_json(self, path: str, *, retry_for: float = 30.0) -> dict[str, Any]:
+        """GET under /api/v1/agent/hosts/<id> (e.g. a VM's cloud-init seed); 4xx is permanent."""
+        url = f"/api/v1/agent/hosts/{self.host_id}{path}"
+        deadline = time.monotonic() + retry_for
+        while True:
+            try:
+                response = self._client.get(url)
+                if response.status_code < 300:
+                    return response.json()
+                if response.status_code < 500:
+                    raise PermanentReportError(f"{url}: {response.status_code} {response.text[:300]}")
+                problem = f"HTTP {response.status_code}"
+            except httpx.HTTPError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            if self._stop.is_set() or time.monotonic() > deadline:
+                raise ConnectionError(f"server unreachable for {url}: {problem}")
+            self._stop.wait(self._retry_delay)
+
+    def download(self, path: str, dest: str, *, timeout: float = 3600.0, on_bytes: Any = None, cancel: Any = None) -> tuple[int, str]:
+        """Stream GET <path> into ``dest`` (via a temporary name); (bytes, sha256 hex)."""
+        import hashlib
+        import os
+
+        url = f"/api/v1/agent/hosts/{self.host_id}{path}"
+        h = hashlib.sha256()
+        size = 0
+        tmp = f"{dest}.download"
+        try:
+            with self._client.stream("GET", url, timeout=httpx.Timeout(timeout, connect=10.0)) as response:
+                if response.status_code >= 300:
+                    response.read()
+                    raise PermanentReportError(f"{url}: {response.status_code} {response.text[:300]}")
+                with open(tmp, "wb") as f:
+                    for chunk in response.iter_bytes(1 << 20):
+                        if cancel is not None and cancel.is_set():
+                            raise InterruptedError("download cancelled")
+                        f.write(chunk)
+                        h.update(chunk)
+                        size += len(chunk)
+                        if on_bytes is not None:
+                            on_bytes(size)
+            os.rename(tmp, dest)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return size, h.hexdigest()
+
+    def upload_file(self, path: str, source: str, *, timeout: float = 3600.0) -> dict[str, Any]:
+        """Stream PUT a file to <path>; the server's JSON answer."""
+        url = f"/api/v1/agent/hosts/{self.host_id}{path}"
+
+        def chunks():
+            with open(source, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    yield chunk
+
+        import os
+
+        response = self._client.put(url, content=chunks(), headers={"Content-Length": str(os.path.getsize(source))},
+                                    timeout=httpx.Timeout(timeout, connect=10.0))
+        if response.status_code >= 300:
+            raise PermanentReportError(f"{url}: {response.status_code} {response.text[:300]}")
+        return response.json()

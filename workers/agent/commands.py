@@ -254,6 +254,10 @@ from workers.agent import vmdata as _vmdata  # noqa: E402  (snapshots, clones, b
 
 HANDLERS.update(_vmdata.HANDLERS)
 
+from workers.agent import templates as _templates  # noqa: E402  (templates, deploy, import/export)
+
+HANDLERS.update(_templates.HANDLERS)
+
 
 @contextmanager
 def _lease_keeper(agent: AgentService, command: Command, step: str) -> Iterator[None]:
@@ -342,7 +346,7 @@ def _execute(agent: AgentService, command: Command) -> dict[str, Any]:
         if handler is None:
             raise DriverError("UNKNOWN_COMMAND", f"this agent does not know {command.name}")
         # Guest commands and migrations wait long; they need not hold the hypervisor lock.
-        lock = agent.driver_lock if command.name not in ("vm.guest", "vm.migrate", "vm.relocate", *_vmdata.UNLOCKED) else contextlib.nullcontext()
+        lock = agent.driver_lock if command.name not in ("vm.guest", "vm.migrate", "vm.relocate", *_vmdata.UNLOCKED, *_templates.UNLOCKED) else contextlib.nullcontext()
         CURRENT_COMMAND.set(command)
         with _lease_keeper(agent, command, command.name), lock:
             domain, result = _with_reconnect(agent, handler, command.args)
