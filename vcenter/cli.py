@@ -158,6 +158,31 @@ def db_upgrade(
     load_or_create_signing_key(signing_key_path(get_settings()))  # the server's command signing key
 
 
+@app.command()
+def seed(
+    hosts: int = typer.Option(2500, help="hosts to create"),
+    vms: int = typer.Option(40000, help="VMs to create, spread over the hosts"),
+    datacenters: int = typer.Option(2, help="datacenters the hosts are split over"),
+    hosts_per_cluster: int = typer.Option(32, help="hosts per cluster"),
+    database_url: Optional[str] = typer.Option(None, help="SQLAlchemy URL [VCENTER_DATABASE_URL]"),
+) -> None:
+    """Fill an empty database with a realistic inventory at scale (bulk inserts), for
+    benchmarks (bench/ui_scale.py) and demos. The hosts have no agents behind them."""
+    _env(database_url=database_url)
+    import time
+
+    from vcenter.db.migrate import upgrade
+    from vcenter.db.session import session_scope
+    from vcenter.services.seed import seed as seed_inventory
+
+    url = get_settings().database_url
+    upgrade(url)
+    started = time.perf_counter()
+    with session_scope(url) as session:
+        result = seed_inventory(session, hosts, vms, datacenters, hosts_per_cluster)
+    typer.echo(f"seeded {result.as_dict()} in {time.perf_counter() - started:.1f} s")
+
+
 @app.command("command-key")
 def command_key() -> None:
     """Print the server's command public key (PEM), creating the key pair if absent: give it to
