@@ -210,3 +210,32 @@ def test_scheduled_jobs_run_when_due(env):
         assert backups.run_due(session, settings) == []  # not due again, and the VM is busy
     task = client.get(f"/api/v1/tasks/{first[0]}", headers=auth).json()
     assert task["kind"] == "vm.backup" and task["username"] == "scheduler"
+
+
+def test_a_reaped_clone_or_backup_leaves_no_half_made_rows(env):
+    from datetime import timedelta
+
+    from vcenter.core.clock import utcnow
+    from vcenter.db.models import BackupPoint, Task
+    from vcenter.services import maintenance
+
+    client, auth, (h1, h2), agents, ds, settings = env
+    vm = _vm(client, auth, agents, settings, h1, "web9", ds["shared"], running=False)
+    clone = client.post(f"/api/v1/vms/{vm['id']}/clone", headers=auth, json={"name": "web9-copy", "host_id": h1["id"]}).json()
+    with session_scope(settings.database_url) as session:
+        task = session.get(Task, clone["id"])
+        task.state, task.attempts, task.lease_expires_at = "running", 99, utcnow() - timedelta(seconds=1)
+    with session_scope(settings.database_url) as session:
+        assert maintenance.reap(session, settings)["lost"] == 1
+    assert client.get(f"/api/v1/tasks/{clone['id']}", headers=auth).json()["error_code"] == "WORKER_LOST"
+    assert client.get("/api/v1/vms?name=web9-copy", headers=auth).json()["total"] == 0
+    job = client.post(f"/api/v1/vms/{vm['id']}/backup-jobs", headers=auth, json={"name": "j", "datastore_id": ds["shared"]["id"], "directory": "b"}).json()
+    run = client.post(f"/api/v1/vms/{vm['id']}/backup-jobs/{job['id']}/run", headers=auth).json()
+    with session_scope(settings.database_url) as session:
+        task = session.get(Task, run["id"])
+        task.state, task.attempts, task.lease_expires_at = "running", 99, utcnow() - timedelta(seconds=1)
+    with session_scope(settings.database_url) as session:
+        maintenance.reap(session, settings)
+    with session_scope(settings.database_url) as session:
+        point_id = session.get(Task, run["id"]).params["point_id"]
+        assert session.get(BackupPoint, point_id).state == "failed"

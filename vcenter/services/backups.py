@@ -208,6 +208,20 @@ def run_due(session: Session, settings: Settings) -> list[int]:
     return started
 
 
+def abandoned(session: Session, task: Task) -> None:
+    """A task of ours the reaper ended (WORKER_LOST, AGENT_UNREACHABLE): the rows it made for
+    its outcome go (a clone or restored VM still creating; a backup point still running)."""
+    if task.kind == "vm.backup":
+        point = session.get(BackupPoint, task.params.get("point_id"))
+        if point is not None and point.state == "running":
+            point.state = "failed"
+    for key in ("clone_vm_id", "new_vm_id"):
+        if task.kind in ("vm.clone", "vm.restore") and task.params.get(key):
+            vm = session.get(VirtualMachine, task.params[key])
+            if vm is not None and vm.status == "creating":
+                session.delete(vm)
+
+
 # --- the agent's results -------------------------------------------------------------------
 def on_result(session: Session, task: Task, ok: bool, result: dict[str, Any], error_code: str | None,
               error_message: str | None, domain: Any) -> bool:
