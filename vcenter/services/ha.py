@@ -465,3 +465,29 @@ def monitored_hosts(session: Session) -> list[Host]:
 
 def update_monitor_row(session: Session, token: int, owner: str) -> None:
     session.execute(update(HaMonitor).where(HaMonitor.id == 1, HaMonitor.token <= token).values(token=token, owner=owner, updated_at=utcnow()))
+
+
+PEER_PROBE_PORT = 16509  # libvirtd's TCP port: every peer host answers a connect on it
+
+
+def agent_config(session: Session, host: Host) -> dict[str, Any]:
+    """What a host's agent needs of its cluster's HA configuration (sent with every answer to
+    its state report): isolation delay, addresses to probe (default: its peers' libvirtd
+    ports), the isolation response and the per-VM ones (by uuid)."""
+    if host.cluster_id is None:
+        return {"enabled": False}
+    cfg = config_of(session.get(Cluster, host.cluster_id))
+    if not cfg.enabled:
+        return {"enabled": False}
+    addresses = list(cfg.isolation_addresses)
+    if not addresses:
+        peers = session.scalars(select(Host.address).where(Host.cluster_id == host.cluster_id, Host.id != host.id, Host.address != ""))
+        addresses = [f"{a}:{PEER_PROBE_PORT}" for a in peers]
+    overrides = {}
+    for vm_id, o in cfg.vm_overrides.items():
+        if o.isolation_response:
+            uuid = session.scalar(select(VirtualMachine.libvirt_uuid).where(VirtualMachine.id == int(vm_id)))
+            if uuid:
+                overrides[uuid] = o.isolation_response
+    return {"enabled": True, "isolation_delay_s": cfg.isolation_delay_s, "isolation_addresses": addresses,
+            "isolation_response": cfg.isolation_response, "overrides": overrides}

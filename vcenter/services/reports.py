@@ -197,7 +197,9 @@ def report_host_state(session: Session, host: Host, state: HostState) -> dict[st
         bridge = session.get(PortGroup, link.portgroup_id).bridge
         if link.present != (bridge in present):
             link.present = bridge in present
-    return {"accepted": True, **expected_host_config(session, host)}
+    from vcenter.services import ha  # the cluster's HA settings the agent applies (isolation)
+
+    return {"accepted": True, **expected_host_config(session, host), "ha": ha.agent_config(session, host)}
 
 
 def _sample_cpu(session: Session, vm: VirtualMachine, host: Host, domain: DomainState) -> None:

@@ -52,6 +52,10 @@ class AgentService:
         self.driver.subscribe_lifecycle(self._events.put)
         self._connect_driver()
         self.guests.start()
+        from workers.agent.ha import HaAgent  # datastore heartbeats, isolation response
+
+        self.ha = HaAgent(self)
+        self.ha.start()
         for target, name in ((self._heartbeat_loop, "heartbeat"), (self._report_loop, "state-report"), (self._event_loop, "lifecycle-events"), (self._watchdog_loop, "libvirt-watchdog"), (self._metrics_loop, "metrics")):
             thread = threading.Thread(target=target, name=f"agent-{name}", daemon=True)
             thread.start()
@@ -182,7 +186,7 @@ class AgentService:
         )
         answer = self.api.post("/state", state.model_dump(mode="json"))
         if answer.get("accepted"):
-            expected = {"datastores": answer.get("datastores", []), "bridges": answer.get("bridges", [])}
+            expected = {"datastores": answer.get("datastores", []), "bridges": answer.get("bridges", []), "ha": answer.get("ha") or {}}
             if expected != self._expected:
                 self._expected = expected
                 self._report_now.set()  # provide them and report again

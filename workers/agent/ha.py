@@ -1,0 +1,179 @@
+"""The agent's part of HA: datastore heartbeats, peer views, isolation and its response.
+
+Vocabulary:
+- datastore heartbeat: ``<datastore>/.vcenter-ha/host-<id>.json``, rewritten (atomically) every
+  ``ha_datastore_heartbeat_period`` on every datastore this host mounts: a counter, the VM
+  uuids whose disks this host holds (its running domains), those it released by its
+  isolation response, and whether it considers itself isolated. It goes on when the network
+  is cut: the HA monitor learns through the peers that the host is alive (isolated, not failed).
+- peer view: what this agent read in its peers' heartbeat files, published in Redis
+  (``ha_datastore_view_key``) for the monitor; a peer's counter that advances is a sighting of
+  that peer's datastore channel.
+- isolation: no Redis round trip AND no isolation address answering a TCP connect for the
+  isolation delay (vcenter.domain.ha.isolated); a Redis restart leaves the addresses answering,
+  so it never isolates a host. The response (leave powered on, power off, guest shutdown; per
+  VM overrides) runs once per isolation; the stopped VMs are listed as released in the
+  datastore heartbeat, so HA may restart them elsewhere.
+
+The HA configuration comes with the server's answer to each state report (``ha``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from vcenter.domain import ha
+from vcenter.messaging.contracts import ha_datastore_view_key
+
+log = logging.getLogger(__name__)
+
+DIR = ".vcenter-ha"
+
+
+def heartbeat_file(datastore_path: str, host_id: int) -> Path:
+    return Path(datastore_path) / DIR / f"host-{host_id}.json"
+
+
+def probe(address: str, timeout: float) -> bool:
+    """A TCP connect to host:port (there is no ping): True when something answered."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+class HaAgent:
+    def __init__(self, agent: Any, clock=time.monotonic) -> None:
+        self.agent = agent
+        self.settings = agent.settings
+        self.host_id = agent.host_id
+        self.clock = clock
+        self.since = clock()
+        self.redis_ok_at: float | None = clock()
+        self.probe_ok_at: float | None = clock()
+        self.counter = 0
+        self.isolated = False
+        self.released: set[str] = set()
+        self.released_until: float | None = None
+        self.redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self.thread: threading.Thread | None = None
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return (self.agent._expected or {}).get("ha") or {}
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self.run, name="agent-ha", daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while not self.agent.stop_event.wait(self.settings.ha_datastore_heartbeat_period):
+            try:
+                self.step()
+            except Exception:
+                log.exception("HA step failed")
+
+    # -- one period ------------------------------------------------------------------------
+    def _holds(self) -> list[str]:
+        try:
+            return sorted(d.uuid for d in self.agent.driver.list_domains() if d.power_state == "poweredOn")
+        except Exception:
+            return []
+
+    def write_heartbeats(self) -> None:
+        self.counter += 1
+        body = json.dumps({"n": self.counter, "holds": [u for u in self._holds() if u not in self.released],
+                           "released": sorted(self.released), "isolated": self.isolated, "at": time.time()})
+        for ds in self.agent._expected.get("datastores", []):
+            path = heartbeat_file(ds["path"], self.host_id)
+            try:
+                path.parent.mkdir(exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(body)
+                os.replace(tmp, path)
+            except OSError as exc:
+                log.warning("datastore heartbeat on %s not written: %s", ds["path"], exc)
+
+    def read_peers(self) -> dict[str, Any]:
+        view: dict[str, Any] = {}
+        for ds in self.agent._expected.get("datastores", []):
+            d = Path(ds["path"]) / DIR
+            try:
+                files = list(d.glob("host-*.json"))
+            except OSError:
+                continue
+            for f in files:
+                try:
+                    peer = int(f.stem.split("-", 1)[1])
+                    data = json.loads(f.read_text())
+                except (OSError, ValueError, IndexError):
+                    continue
+                if peer == self.host_id:
+                    continue
+                seen = view.setdefault(str(peer), {"n": data.get("n"), "holds": [], "released": [], "isolated": False})
+                seen["holds"] = sorted(set(seen["holds"]) | set(data.get("holds", [])))
+                seen["released"] = sorted(set(seen["released"]) | set(data.get("released", [])))
+                seen["isolated"] = seen["isolated"] or bool(data.get("isolated"))
+                seen["n"] = max(seen["n"] or 0, data.get("n") or 0)
+        return view
+
+    def step(self) -> None:
+        now = self.clock()
+        cfg = self.config
+        self.write_heartbeats()
+        view = self.read_peers()
+        view[str(self.host_id)] = {"n": self.counter, "holds": self._holds(), "released": sorted(self.released), "isolated": self.isolated}
+        try:
+            self.redis.set(ha_datastore_view_key(self.host_id), json.dumps(view), px=int(max(3.0, 3 * self.settings.ha_datastore_heartbeat_period) * 1000))
+            self.redis_ok_at = now
+        except redis.RedisError:
+            pass
+        if not cfg.get("enabled"):
+            return
+        if self.redis_ok_at is not None and now - self.redis_ok_at <= self.settings.ha_datastore_heartbeat_period * 1.5:
+            if self.isolated:
+                log.warning("HA: Redis reachable again: no longer isolated")
+                self.isolated = False
+                self.released_until = now + 60.0  # keep telling peers what was released, for a while
+            if self.released_until is not None and now > self.released_until:
+                self.released.clear()
+                self.released_until = None
+            return
+        # Redis silent: do the isolation addresses answer?
+        timeout = self.settings.ha_probe_timeout
+        if any(probe(a, timeout) for a in cfg.get("isolation_addresses", [])):
+            self.probe_ok_at = self.clock()
+        isolated, why = ha.isolated(ha.IsolationView(self.clock(), self.since, self.redis_ok_at, self.probe_ok_at), float(cfg.get("isolation_delay_s", 5.0)))
+        if isolated and not self.isolated:
+            self.isolated = True
+            self.respond(cfg, why)
+
+    def respond(self, cfg: dict[str, Any], why: str) -> None:
+        overrides = cfg.get("overrides", {})
+        default = cfg.get("isolation_response", "leave-powered-on")
+        running = self._holds()
+        log.warning("HA: host isolated (%s); response %s for %d running VMs", why, default, len(running))
+        for uuid in running:
+            response = ha.IsolationResponse(overrides.get(uuid, default))
+            for vm, action in ha.isolation_actions(response, [uuid]):
+                try:
+                    with self.agent.driver_lock:
+                        if action == "stop":
+                            self.agent.driver.stop(vm)
+                        else:
+                            self.agent.driver.shutdown(vm, float(cfg.get("shutdown_timeout_s", 30.0)))
+                    self.released.add(vm)
+                    log.warning("HA isolation response: %s %s (disks released)", action, vm)
+                except Exception as exc:
+                    log.error("HA isolation response %s of %s failed: %s", action, vm, exc)
+        self.write_heartbeats()
