@@ -83,6 +83,14 @@ def test_two_readings_make_rates_of_host_and_vm():
     assert host["disk.read"] == 2000.0 and host["net.tx"] == 100.0
 
 
+def test_vm_memory_usage_prefers_the_guests_own_view():
+    reading = _reading(0, 0, 0, 0, 0, 0, 0, rss=150 * 1024)  # QEMU's overhead: more than the 100 MiB configured
+    assert compute_sample(None, reading, 0.0).vms[0].values["mem.usage"] == 100.0
+    reading.domains[0].guest_available_kib, reading.domains[0].guest_unused_kib = 100 * 1024, 75 * 1024
+    values = compute_sample(None, reading, 0.0).vms[0].values
+    assert values["mem.usage"] == 25.0 and values["mem.consumed"] == 150.0
+
+
 def test_first_reading_and_counters_going_back_give_no_rates():
     first = compute_sample(None, _reading(1, 2, 3, 4, 5, 6, 7), 0.0)
     assert first.interval_s is None and "cpu.usage" not in first.vms[0].values and "mem.consumed" in first.vms[0].values

@@ -35,7 +35,7 @@ class Counter:
 COUNTERS: dict[str, Counter] = {c.name: c for c in (
     Counter("cpu.usage", "percent", "CPU used, as a share of the object's CPU capacity (host: all its cores; VM: its vCPUs)", ("host", "vm")),
     Counter("cpu.usagemhz", "MHz", "CPU used, in MHz at the host's core speed", ("host", "vm")),
-    Counter("mem.usage", "percent", "memory used, as a share of the object's memory (VM: resident memory of its QEMU process over its configured memory)", ("host", "vm")),
+    Counter("mem.usage", "percent", "memory used, as a share of the object's memory (VM: as its guest's balloon driver reports it; without one, the resident memory of its QEMU process over its configured memory, capped at 100)", ("host", "vm")),
     Counter("mem.consumed", "MiB", "memory used (host: total minus free, buffers and cache; VM: resident memory of its QEMU process)", ("host", "vm")),
     Counter("disk.read", "bytes/s", "bytes read from virtual disks (host: the sum over its running VMs)", ("host", "vm")),
     Counter("disk.write", "bytes/s", "bytes written to virtual disks (host: the sum over its running VMs)", ("host", "vm")),

@@ -236,6 +236,8 @@ class DomainCounters(BaseModel):
     memory_mib: int = 0
     cpu_time_ns: int | None = None
     rss_kib: int | None = Field(None, description="resident memory of the QEMU process")
+    guest_available_kib: int | None = Field(None, description="memory the guest sees (its balloon driver's report)")
+    guest_unused_kib: int | None = Field(None, description="memory the guest leaves unused (its balloon driver's report)")
     disk_read_bytes: int = 0
     disk_write_bytes: int = 0
     net_rx_bytes: int = 0

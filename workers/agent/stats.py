@@ -30,8 +30,13 @@ def vm_values(previous: DomainCounters | None, current: DomainCounters, seconds:
     values: dict[str, float] = {}
     if current.rss_kib is not None:
         _put(values, "mem.consumed", current.rss_kib / 1024)
-        if current.memory_mib:
-            _put(values, "mem.usage", min(100.0, 100.0 * current.rss_kib / 1024 / current.memory_mib))
+    if current.guest_available_kib and current.guest_unused_kib is not None:
+        # The guest's own view (balloon driver statistics): memory it uses.
+        used = current.guest_available_kib - current.guest_unused_kib
+        _put(values, "mem.usage", max(0.0, min(100.0, 100.0 * used / current.guest_available_kib)))
+    elif current.rss_kib is not None and current.memory_mib:
+        # No guest statistics: what the VM costs the host, capped (QEMU's own overhead counts).
+        _put(values, "mem.usage", min(100.0, 100.0 * current.rss_kib / 1024 / current.memory_mib))
     if previous is None:
         return values
     cpu_ns = _rate(previous.cpu_time_ns, current.cpu_time_ns, seconds)

@@ -463,6 +463,8 @@ class LibvirtDriver(VmDataOps):
             memory_mib=int(memory_kib) // 1024,
             cpu_time_ns=int(cpu_time),
             rss_kib=int(stats["balloon.rss"]) if "balloon.rss" in stats else None,
+            guest_available_kib=int(stats["balloon.available"]) if "balloon.available" in stats else None,
+            guest_unused_kib=int(stats["balloon.unused"]) if "balloon.unused" in stats else None,
             disk_read_bytes=total("block", "block.count", "rd.bytes"),
             disk_write_bytes=total("block", "block.count", "wr.bytes"),
             net_rx_bytes=total("net", "net.count", "rx.bytes"),
