@@ -1,0 +1,120 @@
+"""Templates, deploy and import/export through the whole system on real lab hosts.
+
+Two lab hosts sharing a loop-mounted datastore. A VM becomes a template; five linked clones
+are deployed with placement choosing the hosts, boot, and each guest reports (through its
+heartbeat channel) the hostname and the machine-id of its own cloud-init seed, the ones the
+server issued, no two alike; the template cannot be deleted while they depend on it. A VMDK
+and a VDI are uploaded and imported, boot, and each guest reports the SHA-256 of the disk it
+sees, equal to the image's content. The VMDK VM is exported as an OVA (stream-optimised VMDK)
+and the OVA imported again: that guest sees the same disk.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+
+import pytest
+
+from tests.apihelpers import wait_for
+from tests.labhelpers import lab_stack, task_done
+
+pytestmark = pytest.mark.integration
+
+DISK_MIB = 4
+
+
+def _ok(task: dict) -> dict:
+    assert task["state"] == "success", (task["kind"], task["error_code"], task["error_message"])
+    return task
+
+
+def _guest(api, vm_id: int, check, what: str) -> dict:
+    return wait_for(lambda: (v := api.get(f"/api/v1/vms/{vm_id}").json()).get("guest_info") and check(v["guest_info"]) and v["guest_info"], 90, 0.5, what=what)
+
+
+def _checksum(api, vm_id: int) -> dict:
+    task = _ok(task_done(api, api.post(f"/api/v1/vms/{vm_id}/guest/command", json={"command": "checksum", "argument": "vda", "timeout": 60}).json(), 90))
+    reply = task["result"]["reply"]
+    assert reply["ok"] is True, reply
+    return reply
+
+
+def _upload(api, path: str) -> dict:
+    data = open(path, "rb").read()
+    r = api.post(f"/api/v1/uploads?filename={os.path.basename(path)}&sha256={hashlib.sha256(data).hexdigest()}", content=data)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def test_templates_linked_clones_import_and_export(tmp_path):
+    with lab_stack(tmp_path, 2, task_lease=20, upload_dir=str(tmp_path / "uploads")) as (stack, lab, ctx):
+        dc, cl, ids = ctx["dc"], ctx["cl"], ctx["ids"]
+        with stack.client() as api:
+            path = lab.create_datastore("tpl1", 256, list(ids))
+            ds = api.post("/api/v1/datastores", json={"name": "tpl1", "datacenter_id": dc["id"], "kind": "lab-dir", "url": path, "host_ids": list(ids.values())}).json()
+
+            # A powered-off VM becomes a template.
+            base = _ok(task_done(api, api.post("/api/v1/vms", json={"name": "base1", "host_id": ids["host1"], "memory_mib": 96, "kernel_boot": {"image": "tiny-linux"},
+                                                                      "disks": [{"datastore_id": ds["id"], "capacity_mib": 16}]}).json()))
+            capture = _ok(task_done(api, api.post(f"/api/v1/vms/{base['object_id']}/template", json={"name": "tiny"}).json(), 60))
+            template = api.get(f"/api/v1/templates/{capture['result']['template_id']}").json()
+            assert template["state"] == "ready" and template["version"] == 1 and len(template["disks"][0]["sha256"]) == 64
+            assert api.get(f"/api/v1/vms/{base['object_id']}").status_code == 404
+
+            # Five linked clones, placement choosing the host of each.
+            tasks = [api.post(f"/api/v1/templates/{template['id']}/deploy", json={"name": f"clone{i}", "cluster_id": cl["id"], "mode": "linked",
+                                                                                  "customization": {"hostname": f"web-{i}", "runcmd": ["echo first boot"]}}).json()
+                     for i in range(5)]
+            deployed = [_ok(task_done(api, t, 90)) for t in tasks]
+            print("\nlinked-clone disk creation (agent):", [d["result"]["timings"] for d in deployed])
+            assert all(d["placement"] and d["placement"]["host"] == str(d["host_id"]) for d in deployed)  # placement chose each host
+            vm_ids = [d["object_id"] for d in deployed]
+            r = api.delete(f"/api/v1/templates/{template['id']}")
+            assert r.status_code == 409 and r.json()["code"] == "TEMPLATE_IN_USE" and all(f"clone{i}" in r.json()["message"] for i in range(5))
+            for vm_id in vm_ids:
+                _ok(task_done(api, api.post(f"/api/v1/vms/{vm_id}/power/on").json()))
+            seen = []
+            for i, vm_id in enumerate(vm_ids):
+                issued = api.get(f"/api/v1/vms/{vm_id}/customization").json()
+                info = _guest(api, vm_id, lambda g, i=i: g.get("hostname") == f"web-{i}", f"clone{i} reports its seed's hostname")
+                assert info["machine_id"] == issued["machine_id"] and info["instance_id"] == issued["instance_id"]
+                seen.append((info["hostname"], info["machine_id"], info["instance_id"]))
+            assert len({s[0] for s in seen}) == len({s[1] for s in seen}) == len({s[2] for s in seen}) == 5
+            for vm_id in vm_ids:
+                _ok(task_done(api, api.post(f"/api/v1/vms/{vm_id}/power/off").json()))
+
+            # Import a VMDK and a VDI; each guest reports the checksum of the disk it sees.
+            raw = tmp_path / "data.raw"
+            raw.write_bytes(os.urandom(DISK_MIB << 20))
+            expected = hashlib.sha256(raw.read_bytes()).hexdigest()
+            imported = {}
+            for fmt in ("vmdk", "vdi"):
+                image = tmp_path / f"data.{fmt}"
+                subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", fmt, str(raw), str(image)], check=True)
+                upload = _upload(api, str(image))
+                task = _ok(task_done(api, api.post("/api/v1/imports/disk", json={"name": f"imp-{fmt}", "cluster_id": cl["id"], "datastore_id": ds["id"], "upload_id": upload["id"],
+                                                                                   "format": fmt, "memory_mib": 96, "kernel_boot": {"image": "tiny-linux"}}).json(), 90))
+                assert task["result"]["source_format"] == fmt and task["result"]["capacity_mib"] == DISK_MIB
+                imported[fmt] = task["object_id"]
+                _ok(task_done(api, api.post(f"/api/v1/vms/{task['object_id']}/power/on").json()))
+            for fmt, vm_id in imported.items():
+                _guest(api, vm_id, lambda g: g.get("seq", 0) > 0, f"imported {fmt} guest boots")
+                reply = _checksum(api, vm_id)
+                assert (reply["sha256"], reply["bytes"]) == (expected, DISK_MIB << 20), fmt
+
+            # Export the VMDK VM as an OVA, import the OVA again: the same disk.
+            _ok(task_done(api, api.post(f"/api/v1/vms/{imported['vmdk']}/power/off").json()))
+            export = _ok(task_done(api, api.post(f"/api/v1/vms/{imported['vmdk']}/export").json(), 120))
+            ova = api.get(f"/api/v1/uploads/{export['result']['upload_id']}").json()
+            assert ova["state"] == "ready" and ova["sha256"] == export["result"]["sha256"] and ova["filename"] == "imp-vmdk.ova"
+            downloaded = api.get(f"/api/v1/uploads/{ova['id']}/content")
+            assert hashlib.sha256(downloaded.content).hexdigest() == ova["sha256"]
+            appliance = api.get(f"/api/v1/uploads/{ova['id']}/appliance").json()
+            assert (appliance["vcpus"], appliance["memory_mib"], appliance["disks"][0]["capacity_bytes"]) == (1, 96, DISK_MIB << 20)
+            again = _ok(task_done(api, api.post("/api/v1/imports/ova", json={"upload_id": ova["id"], "datastore_id": ds["id"], "name": "from-ova",
+                                                                               "host_id": ids["host2"], "kernel_boot": {"image": "tiny-linux"}}).json(), 120))
+            assert again["result"]["formats"] == {"imp-vmdk-disk1.vmdk": "vmdk"}
+            _ok(task_done(api, api.post(f"/api/v1/vms/{again['object_id']}/power/on").json()))
+            _guest(api, again["object_id"], lambda g: g.get("seq", 0) > 0, "OVA guest boots")
+            assert _checksum(api, again["object_id"])["sha256"] == expected
