@@ -98,7 +98,7 @@ def test_login_tree_search_pages_and_permissions(world):
         assert ui.get("/ui/vm/1", params={"tab": "nonsense"}).status_code == 422
         host_page = ui.get(f"/ui/host/{world['host']['id']}").text
         assert 'data-action="maintenance-enter"' in host_page and 'data-action="remove"' in host_page
-        assert 'data-action="drs-run"' in ui.get(f"/ui/cluster/{world['cl']['id']}").text
+        assert 'data-action="drs-run-inline"' in ui.get(f"/ui/cluster/{world['cl']['id']}", params={"tab": "drs"}).text
 
         # An action without the CSRF token is refused; with it, it reaches the service (here
         # the VM is still being created: its claim makes the power-on OBJECT_BUSY).
@@ -182,3 +182,35 @@ def test_live_stream_sends_tasks_and_events(world):
     again = _poll(runtime, UiUser("admin", True, 1, user_token), max(event_ids))
     assert again[0] == fp and again[2] == []
     assert _poll(runtime, UiUser("admin", True, 1, "not-a-session"), 0) is None
+
+
+def test_triggered_alarms_show_in_the_tree_and_are_acknowledged(world):
+    from vcenter.db.models import Host
+    from vcenter.services import alarms
+
+    settings = world["settings"]
+    with session_scope(settings.database_url) as session:
+        session.get(Host, world["host"]["id"]).connection_state = "notResponding"  # as the host monitor marks it
+        session.flush()
+        alarms.evaluate(session, settings)
+    with TestClient(world["app"]) as ui:
+        token = ui_login(ui, "admin", "secret-pass")
+        node = ui.get(f"/ui/tree/cluster/{world['cl']['id']}").text
+        assert re.search(r'esx-01</a>.*?class="alarm critical"', node, re.S), node
+        page = ui.get(f"/ui/host/{world['host']['id']}").text
+        state_id = int(re.search(r'data-alarm-state="(\d+)"', page).group(1))
+        assert "Host not responding" in page and 'data-action="alarm-ack"' in page
+        # The cluster page lists it too (alarms below the object), without buttons there.
+        cluster_page = ui.get(f"/ui/cluster/{world['cl']['id']}").text
+        assert "Host not responding" in cluster_page and 'data-action="alarm-ack"' not in cluster_page
+        # An alarm of another object cannot be acknowledged through this one.
+        other = ui.post(f"/ui/cluster/{world['cl']['id']}/alarms/{state_id}/acknowledge", headers={"X-CSRF-Token": token})
+        assert other.status_code == 404
+        done = ui.post(f"/ui/host/{world['host']['id']}/alarms/{state_id}/acknowledge", headers={"X-CSRF-Token": token})
+        assert done.status_code == 200 and "acknowledge done" in done.text
+        assert "acknowledged by admin" in ui.get(f"/ui/host/{world['host']['id']}").text
+    with TestClient(world["app"]) as ui:
+        token = ui_login(ui, "viewer", "viewer-pass")
+        page = ui.get(f"/ui/host/{world['host']['id']}").text
+        assert "Host not responding" in page and 'data-action="' not in page
+        assert ui.post(f"/ui/host/{world['host']['id']}/alarms/{state_id}/reset", headers={"X-CSRF-Token": token}).status_code == 403

@@ -17,6 +17,7 @@ import ssl
 from typing import Annotated, Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from starlette.concurrency import run_in_threadpool
 
 from vcenter.core.errors import Unauthorized
 from vcenter.dashboard.web import COOKIE, ui_public
@@ -50,7 +51,7 @@ async def open_host_console(runtime: Any, grant: dict[str, Any]) -> tuple[asynci
     if der is None or thumbprint_of_der(der) != grant["thumbprint"]:
         writer.close()
         raise ConnectionError(f"host {grant['host_id']} presented a certificate other than the confirmed one")
-    writer.write(console_service.open_request(runtime.signer, grant))
+    writer.write(await run_in_threadpool(console_service.open_request, runtime.signer, grant))
     await writer.drain()
     answer = json.loads(await asyncio.wait_for(reader.readline(), timeout=settings.console_connect_timeout) or b"{}")
     if not answer.get("ok"):
@@ -63,20 +64,25 @@ async def open_host_console(runtime: Any, grant: dict[str, Any]) -> tuple[asynci
 async def console_ws(websocket: WebSocket, _: Annotated[None, ui_public("authorized by its one-time console ticket and the session cookie")]) -> None:
     runtime = websocket.app.state.runtime
     ticket = websocket.query_params.get("ticket", "")
-    grant = console_service.redeem(runtime.redis, ticket)
     token = websocket.cookies.get(COOKIE, "")
-    user = None
-    if grant is not None and token:
+
+    def admit() -> tuple[dict[str, Any] | None, str | None]:
+        # Redis and the database block: off the event loop.
+        grant = console_service.redeem(runtime.redis, ticket)
+        if grant is None or not token:
+            return grant, None
         with runtime.transaction() as session:
             try:
-                user = auth.authenticate(session, token, runtime.settings)
+                return grant, auth.authenticate(session, token, runtime.settings).username
             except Unauthorized:
-                user = None
+                return grant, None
+
+    grant, username = await run_in_threadpool(admit)
     await websocket.accept()
     if grant is None:
         await websocket.close(code=4403, reason="unknown, used or expired console ticket")
         return
-    if user is None or user.username != grant["username"]:
+    if username is None or username != grant["username"]:
         await websocket.close(code=4401, reason="log in as the user the ticket was issued to")
         return
     try:

@@ -18,7 +18,7 @@ from vcenter.dashboard.web import (
     COOKIE,
     LOGIN_CSRF_COOKIE,
     UiUser,
-    form_of,
+    PostedForm,
     new_login_csrf,
     permission_checker,
     templates,
@@ -78,8 +78,7 @@ def _safe_next(target: str) -> str:
 
 
 @router.post("/login", response_class=HTMLResponse)
-async def login(request: Request, _: Annotated[None, ui_public("logging in")]) -> Response:
-    form = await form_of(request)
+def login(request: Request, _: Annotated[None, ui_public("logging in")], form: PostedForm) -> Response:
     runtime = _runtime(request)
     cookie_token = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     if not cookie_token or form.get("csrf") != cookie_token:
@@ -97,8 +96,8 @@ async def login(request: Request, _: Annotated[None, ui_public("logging in")]) -
 
 
 @router.post("/logout")
-async def logout(request: Request, user: Annotated[UiUser, ui_requires("System.View")]) -> Response:
-    verify_csrf(request, user, await form_of(request))
+def logout(request: Request, user: Annotated[UiUser, ui_requires("System.View")], form: PostedForm) -> Response:
+    verify_csrf(request, user, form)
     with _runtime(request).transaction() as session:
         auth.logout(session, user.token)
     response = RedirectResponse("/ui/login", status_code=303)
@@ -149,6 +148,7 @@ def _object_page(kind: str) -> None:
             return _render(request, "object.html", kind=kind, obj=row, tab=tab, path=overview.path_of(session, kind, row),
                            info=overview.summary(session, kind, row), object_tasks=overview.recent_tasks(session, 20, kind, object_id),
                            object_events=overview.recent_events(session, 30, kind, object_id), power_actions=POWER_ACTIONS,
+                           alarms=overview.triggered_alarms(session, kind, object_id) if tab == "summary" else [],
                            power_offered=POWER_OFFERED.get(getattr(row, "power_state", ""), ()), **context)
 
 
@@ -167,8 +167,8 @@ def _refused(request: Request, exc: VcError) -> HTMLResponse:
 
 def _power_route(path: str, action: PowerAction, privilege: str, label: str) -> None:
     @router.post(f"/vm/{{vm_id}}/power/{path}", name=f"ui_vm_power_{path}")
-    async def power_action(request: Request, vm_id: int, user: Annotated[UiUser, ui_requires(privilege, on="vm")]) -> Response:
-        verify_csrf(request, user, await form_of(request))
+    def power_action(request: Request, vm_id: int, user: Annotated[UiUser, ui_requires(privilege, on="vm")], form: PostedForm) -> Response:
+        verify_csrf(request, user, form)
         runtime = _runtime(request)
         try:
             with runtime.transaction() as session:
@@ -200,8 +200,7 @@ def _int_field(form: dict[str, str], field: str) -> int:
 
 
 @router.post("/vm/{vm_id}/migrate")
-async def migrate(request: Request, vm_id: int, user: Annotated[UiUser, ui_requires("VirtualMachine.Migrate", on="vm")]) -> Response:
-    form = await form_of(request)
+def migrate(request: Request, vm_id: int, user: Annotated[UiUser, ui_requires("VirtualMachine.Migrate", on="vm")], form: PostedForm) -> Response:
     verify_csrf(request, user, form)
     runtime = _runtime(request)
     try:
@@ -214,8 +213,7 @@ async def migrate(request: Request, vm_id: int, user: Annotated[UiUser, ui_requi
 
 
 @router.post("/vm/{vm_id}/relocate")
-async def relocate(request: Request, vm_id: int, user: Annotated[UiUser, ui_requires("VirtualMachine.Relocate", on="vm")]) -> Response:
-    form = await form_of(request)
+def relocate(request: Request, vm_id: int, user: Annotated[UiUser, ui_requires("VirtualMachine.Relocate", on="vm")], form: PostedForm) -> Response:
     verify_csrf(request, user, form)
     runtime = _runtime(request)
     try:
@@ -232,8 +230,8 @@ async def relocate(request: Request, vm_id: int, user: Annotated[UiUser, ui_requ
 
 
 @router.post("/host/{host_id}/maintenance/{direction}")
-async def host_maintenance(request: Request, host_id: int, direction: str, user: Annotated[UiUser, ui_requires("Host.Maintenance", on="host")]) -> Response:
-    verify_csrf(request, user, await form_of(request))
+def host_maintenance(request: Request, host_id: int, direction: str, user: Annotated[UiUser, ui_requires("Host.Maintenance", on="host")], form: PostedForm) -> Response:
+    verify_csrf(request, user, form)
     runtime = _runtime(request)
     try:
         with runtime.transaction() as session:
@@ -248,8 +246,8 @@ async def host_maintenance(request: Request, host_id: int, direction: str, user:
 
 
 @router.post("/host/{host_id}/standby/{direction}")
-async def host_standby(request: Request, host_id: int, direction: str, user: Annotated[UiUser, ui_requires("Host.Power", on="host")]) -> Response:
-    verify_csrf(request, user, await form_of(request))
+def host_standby(request: Request, host_id: int, direction: str, user: Annotated[UiUser, ui_requires("Host.Power", on="host")], form: PostedForm) -> Response:
+    verify_csrf(request, user, form)
     runtime = _runtime(request)
     try:
         with runtime.transaction() as session:
@@ -263,8 +261,8 @@ async def host_standby(request: Request, host_id: int, direction: str, user: Ann
 
 
 @router.post("/host/{host_id}/remove")
-async def host_remove(request: Request, host_id: int, user: Annotated[UiUser, ui_requires("Host.Remove", on="host")]) -> Response:
-    verify_csrf(request, user, await form_of(request))
+def host_remove(request: Request, host_id: int, user: Annotated[UiUser, ui_requires("Host.Remove", on="host")], form: PostedForm) -> Response:
+    verify_csrf(request, user, form)
     try:
         with _runtime(request).transaction() as session:
             hosts.remove(session, host_id, False, user.username)
@@ -276,8 +274,8 @@ async def host_remove(request: Request, host_id: int, user: Annotated[UiUser, ui
 
 
 @router.post("/cluster/{cluster_id}/drs/run")
-async def drs_run(request: Request, cluster_id: int, user: Annotated[UiUser, ui_requires("Cluster.DRS", on="cluster")]) -> Response:
-    verify_csrf(request, user, await form_of(request))
+def drs_run(request: Request, cluster_id: int, user: Annotated[UiUser, ui_requires("Cluster.DRS", on="cluster")], form: PostedForm) -> Response:
+    verify_csrf(request, user, form)
     runtime = _runtime(request)
     try:
         with runtime.transaction() as session:
@@ -288,8 +286,8 @@ async def drs_run(request: Request, cluster_id: int, user: Annotated[UiUser, ui_
 
 
 @router.post("/cluster/{cluster_id}/drs/{rec_id}/apply")
-async def drs_apply(request: Request, cluster_id: int, rec_id: int, user: Annotated[UiUser, ui_requires("Cluster.DRS", on="cluster")]) -> Response:
-    verify_csrf(request, user, await form_of(request))
+def drs_apply(request: Request, cluster_id: int, rec_id: int, user: Annotated[UiUser, ui_requires("Cluster.DRS", on="cluster")], form: PostedForm) -> Response:
+    verify_csrf(request, user, form)
     runtime = _runtime(request)
     try:
         with runtime.transaction() as session:
@@ -307,8 +305,7 @@ def _drs_fragment(request: Request, cluster_id: int, user: UiUser) -> HTMLRespon
 
 
 @router.post("/cluster/{cluster_id}/drs/whatif", response_class=HTMLResponse)
-async def drs_whatif(request: Request, cluster_id: int, user: Annotated[UiUser, ui_requires("System.View", on="cluster")]) -> Response:
-    form = await form_of(request)
+def drs_whatif(request: Request, cluster_id: int, user: Annotated[UiUser, ui_requires("System.View", on="cluster")], form: PostedForm) -> Response:
     verify_csrf(request, user, form)
     change: dict[str, Any] = {"kind": form.get("kind", "")}
     try:
@@ -327,6 +324,35 @@ async def drs_whatif(request: Request, cluster_id: int, user: Annotated[UiUser, 
     return _render(request, "_whatif.html", result=result, change=change, host_names=host_names)
 
 
+# --- alarms ---------------------------------------------------------------------------------
+def _alarm_route(kind: str) -> None:
+    @router.post(f"/{kind}/{{{kind}_id}}/alarms/{{state_id}}/{{operation}}", name=f"ui_{kind}_alarm")
+    def alarm_action(request: Request, state_id: int, operation: str, user: Annotated[UiUser, ui_requires("Alarm.Acknowledge", on=kind)], form: PostedForm) -> Response:
+        from vcenter.services import alarms
+
+        verify_csrf(request, user, form)
+        object_id = int(request.path_params[f"{kind}_id"])
+        runtime = _runtime(request)
+        try:
+            with runtime.transaction() as session:
+                # The privilege was checked on this object: the alarm must be this object's.
+                if not any(a["id"] == state_id for a in alarms.triggered(session, kind, object_id)):
+                    raise NotFound(f"no triggered alarm {state_id} on {kind} {object_id}", code="ALARM_STATE_NOT_FOUND")
+                if operation == "acknowledge":
+                    state = alarms.acknowledge(session, user.username, state_id)
+                elif operation == "reset":
+                    state = alarms.reset(session, user.username, state_id, runtime.settings)
+                else:
+                    raise NotFound(f"no alarm operation {operation!r}", code="UNKNOWN_ACTION")
+        except VcError as exc:
+            return _refused(request, exc)
+        return HTMLResponse(_fragment(request, "_flash.html", ok=True, message=f"alarm {state['alarm_name']} on {state['object_name']}: {operation} done", task=None))
+
+
+for _kind in ("datacenter", "cluster", "host", "vm", "datastore"):
+    _alarm_route(_kind)
+
+
 # --- console page and ticket -----------------------------------------------------------------
 @router.get("/vm/{vm_id}/console", response_class=HTMLResponse)
 def console_page(request: Request, vm_id: int, user: Annotated[UiUser, ui_requires("VirtualMachine.Console", on="vm")]) -> Response:
@@ -336,8 +362,8 @@ def console_page(request: Request, vm_id: int, user: Annotated[UiUser, ui_requir
 
 
 @router.post("/vm/{vm_id}/console/ticket")
-async def console_ticket(request: Request, vm_id: int, user: Annotated[UiUser, ui_requires("VirtualMachine.Console", on="vm")]) -> Response:
-    verify_csrf(request, user, await form_of(request))
+def console_ticket(request: Request, vm_id: int, user: Annotated[UiUser, ui_requires("VirtualMachine.Console", on="vm")], form: PostedForm) -> Response:
+    verify_csrf(request, user, form)
     runtime = _runtime(request)
     try:
         with runtime.transaction() as session:

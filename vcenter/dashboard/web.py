@@ -21,7 +21,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qs
 
 from fastapi import Depends, Request
@@ -65,6 +65,12 @@ async def form_of(request: Request) -> dict[str, str]:
     """The url-encoded form body (first value of each field)."""
     body = (await request.body()).decode("utf-8", "replace")
     return {k: v[0] for k, v in parse_qs(body, keep_blank_values=True).items()}
+
+
+# The form as a dependency, so that routes stay plain ``def`` and run in the thread pool: a
+# database call inside an ``async def`` would block the event loop, and with SQLite deadlock
+# against a request whose commit waits for that loop.
+PostedForm = Annotated[dict[str, str], Depends(form_of)]
 
 
 def _runtime(request: Request) -> Any:

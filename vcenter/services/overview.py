@@ -43,6 +43,7 @@ class Node:
     name: str
     badge: str | None = None
     expandable: bool = False
+    alarm: str | None = None  # the worst triggered alarm on the object: warning | critical
 
 
 def _host_badge(host: Host) -> str | None:
@@ -56,11 +57,34 @@ def _host_badge(host: Host) -> str | None:
 
 
 def roots(session: Session) -> list[Node]:
-    return [Node("datacenter", dc.id, dc.name, None, True) for dc in session.scalars(select(Datacenter).order_by(Datacenter.name))]
+    return with_alarms(session, [Node("datacenter", dc.id, dc.name, None, True) for dc in session.scalars(select(Datacenter).order_by(Datacenter.name))])
+
+
+def with_alarms(session: Session, nodes: list[Node]) -> list[Node]:
+    """The nodes with their worst triggered alarm (one query for the whole list)."""
+    from dataclasses import replace
+
+    from vcenter.db.models import AlarmState
+
+    ids_by_kind: dict[str, set[int]] = {}
+    for n in nodes:
+        ids_by_kind.setdefault(n.kind, set()).add(n.id)
+    worst: dict[tuple[str, int], str] = {}
+    for kind, ids in ids_by_kind.items():
+        rows = session.execute(select(AlarmState.object_id, AlarmState.status).where(
+            AlarmState.object_type == kind, AlarmState.object_id.in_(ids), AlarmState.status != "ok"))
+        for object_id, status in rows:
+            if worst.get((kind, object_id)) != "critical":
+                worst[(kind, object_id)] = status
+    return [replace(n, alarm=worst.get((n.kind, n.id))) if (n.kind, n.id) in worst else n for n in nodes]
 
 
 def children(session: Session, kind: str, object_id: int, limit: int = 500) -> list[Node]:
     """The nodes one level below (kind, object_id); at most ``limit`` of each kind."""
+    return with_alarms(session, _children(session, kind, object_id, limit))
+
+
+def _children(session: Session, kind: str, object_id: int, limit: int) -> list[Node]:
     if kind == "datacenter":
         out = [Node("cluster", c.id, c.name, None, True) for c in session.scalars(select(Cluster).where(Cluster.datacenter_id == object_id).order_by(Cluster.name).limit(limit))]
         out += [Node("host", h.id, h.name, _host_badge(h), True) for h in session.scalars(select(Host).where(Host.datacenter_id == object_id, Host.cluster_id.is_(None)).order_by(Host.name).limit(limit))]
@@ -172,6 +196,15 @@ def recent_tasks(session: Session, limit: int = 15, kind: str | None = None, obj
 def recent_events(session: Session, limit: int = 15, kind: str | None = None, object_id: int | None = None, after_id: int = 0) -> list[Event]:
     query = _about(select(Event), Event, kind, object_id).where(Event.id > after_id)
     return list(session.scalars(query.order_by(Event.id.desc()).limit(limit)))
+
+
+def triggered_alarms(session: Session, kind: str, object_id: int) -> list[dict[str, Any]]:
+    """Alarms not green on the object and below it (vcenter.services.alarms)."""
+    from vcenter.services import alarms
+
+    if kind not in ("datacenter", "cluster", "host", "vm", "datastore"):
+        return []
+    return alarms.triggered(session, kind, object_id, descendants=True)
 
 
 def task_fingerprint(tasks: list[Task]) -> tuple:

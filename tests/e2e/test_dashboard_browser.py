@@ -1,0 +1,166 @@
+"""The dashboard in a real browser (Playwright driving Debian's headless Chromium) on the lab:
+real hosts (libvirtd + agent), TCG guests, the API server, worker and beat as processes.
+
+One lab for the module, one test walking what an operator does: log in; walk the tree to a VM;
+power it on and watch its task end in the live panel without a reload; open its serial console
+and have the guest's shell answer; open a host chart with samples the agents reported; DRS on
+a cluster made unbalanced, its recommendation applied from the page; a read-only user sees no
+action button and is refused (403) when posting one anyway. Screenshots of the main pages go
+to docs/screenshots/ (referenced from README.md).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.apihelpers import wait_for
+from tests.labhelpers import lab_stack, task_done
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+
+
+def _browser(playwright):
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: scripts/install.sh installs Debian's chromium")
+    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+
+
+def _login(page, base: str, username: str, password: str) -> None:
+    page.goto(base + "/ui")
+    page.wait_for_url(re.compile(r".*/ui/login.*"))
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#live-state[data-live='1']", timeout=15000)
+
+
+def _shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=False)
+
+
+def _make_viewer(api) -> None:
+    """A read-only user: the built-in Read-only role on the root where roles exist."""
+    user = api.post("/api/v1/users", json={"username": "viewer", "password": "viewer-pass", "is_admin": False})
+    assert user.status_code == 201, user.text
+    roles = api.get("/api/v1/roles")
+    if roles.status_code == 200:
+        read_only = next(r for r in roles.json() if r["name"] == "Read-only")
+        r = api.post("/api/v1/permissions", json={"principal_type": "user", "principal_id": user.json()["id"], "role_id": read_only["id"],
+                                                   "object_type": "root", "object_id": 0, "propagate": True})
+        assert r.status_code == 201, r.text
+
+
+def test_operator_walks_the_dashboard(tmp_path):
+    from playwright.sync_api import sync_playwright  # pip install -e .[test]
+
+    with lab_stack(tmp_path, 2, ui_poll_period=0.3, metrics_sample_period=2, drs_period=3600) as (stack, lab, ctx):
+        ids, cl = ctx["ids"], ctx["cl"]
+        with stack.client() as api:
+            vms = {}
+            for name in ("web1", "burn1", "burn2"):
+                task = api.post("/api/v1/vms", json={"name": name, "host_id": ids["host1"], "memory_mib": 96, "kernel_boot": {"image": "tiny-linux"}}).json()
+                vms[name] = task_done(api, task)["object_id"]
+            _make_viewer(api)
+        base = stack.url
+
+        with sync_playwright() as p:
+            browser = _browser(p)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(base + "/ui/login")
+            _shot(page, "login")
+            _login(page, base, *stack.admin)
+
+            # Walk the tree: datacenter -> cluster -> host1 -> web1 (children load on expand).
+            page.click("#tree details[data-kind=datacenter] > summary")
+            page.click(f"#tree details[data-kind=cluster][data-id='{cl['id']}'] > summary")
+            page.click(f"#tree details[data-kind=host][data-id='{ids['host1']}'] > summary")
+            page.wait_for_selector(f"#tree a[href='/ui/vm/{vms['web1']}']")
+            _shot(page, "inventory-tree")
+            page.click(f"#tree a[href='/ui/vm/{vms['web1']}']")
+            page.wait_for_selector("h1.obj-title[data-kind=vm]")
+            page.wait_for_selector("#live-state[data-live='1']")
+
+            # Power on; the task ends in the live panel while the page stays (no reload).
+            page.evaluate("window.__stayed = true")
+            page.click("button[data-action=power-on]")
+            flash = page.wait_for_selector("#flash .flash.ok").inner_text()
+            task_id = int(re.search(r"task #(\d+)", flash).group(1))
+            page.wait_for_selector(f"#recent-tasks tr#task-{task_id}[data-state=success]", timeout=90000)
+            assert page.evaluate("window.__stayed === true"), "the page reloaded"
+            _shot(page, "vm-power-on-task")
+
+            # The console: type into the guest's shell and read its answer.
+            with stack.client() as api:
+                wait_for(lambda: (api.get(f"/api/v1/vms/{vms['web1']}").json()["guest_info"] or {}).get("seq"), 60, what="web1 booted")
+            page.reload()
+            with page.expect_popup() as popup:
+                page.click("a[data-action=console]")
+            console = popup.value
+            console.wait_for_selector("#console-state[data-state=open]", timeout=20000)
+            screen = "(() => { const b = window.vcTerm.buffer.active; let s = ''; for (let i = 0; i < b.length; i++) s += b.getLine(i).translateToString(true) + '\\n'; return s; })()"
+            console.keyboard.type("echo vc-$((6*7))\n")
+            wait_for(lambda: "vc-42" in console.evaluate(screen), 20, what="the guest's answer on the console")
+            _shot(console, "vm-console")
+            console.close()
+
+            # A host chart with samples reported by its agent.
+            page.goto(f"{base}/ui/host/{ids['host1']}?tab=monitor")
+
+            def chart_samples() -> int:
+                page.reload()
+                return int(page.wait_for_selector("#chart[data-samples]").get_attribute("data-samples"))
+
+            wait_for(lambda: chart_samples() >= 2, 60, interval=2, what="chart samples")
+            _shot(page, "host-chart")
+
+            # DRS: two guests burning CPU on host1, host2 empty; run DRS on the cluster page and
+            # apply its recommendation.
+            with stack.client() as api:
+                for name in ("burn1", "burn2"):
+                    assert task_done(api, api.post(f"/api/v1/vms/{vms[name]}/power/on").json())["state"] == "success"
+                for name in ("burn1", "burn2"):
+                    wait_for(lambda: (api.get(f"/api/v1/vms/{vms[name]}").json()["guest_info"] or {}).get("seq"), 60, what=f"{name} heartbeat")
+                    assert task_done(api, api.post(f"/api/v1/vms/{vms[name]}/guest/command", json={"command": "burn", "argument": "100"}).json())["state"] == "success"
+                wait_for(lambda: all((api.get(f"/api/v1/vms/{vms[n]}").json()["cpu_demand_mhz"] or 0) > 300 for n in ("burn1", "burn2")), 60, what="burning demand measured")
+                # Manual automation: DRS recommends, the operator applies from the page.
+                current = api.get(f"/api/v1/clusters/{cl['id']}").json()
+                settings = {**current["settings"], "drs": {"enabled": False, "automation": "manual", "threshold": 3}}
+                assert api.patch(f"/api/v1/clusters/{cl['id']}", json={"settings": settings, "version": current["version"]}).status_code == 200
+            page.goto(f"{base}/ui/cluster/{cl['id']}?tab=drs")
+            page.click("button[data-action=drs-run-inline]")
+            apply = page.wait_for_selector("#drs tr[data-state=pending] button[data-action=drs-apply]", timeout=15000)
+            rec_row = page.query_selector("#drs tr[data-state=pending]")
+            assert "host1 → host2" in rec_row.inner_text(), rec_row.inner_text()
+            assert "→" in rec_row.query_selector("td:nth-child(6)").inner_text()  # imbalance before -> after, as numbers
+            _shot(page, "cluster-drs")
+            apply.click()
+            applied = page.wait_for_selector("#drs tr[data-state=applied]")
+            migrate_task = int(re.search(r"task #(\d+)", applied.inner_text()).group(1))
+            page.wait_for_selector(f"#recent-tasks tr#task-{migrate_task}[data-state=success]", timeout=120000)
+            with stack.client() as api:
+                for name in ("burn1", "burn2"):
+                    api.post(f"/api/v1/vms/{vms[name]}/guest/command", json={"command": "burn", "argument": "0"})
+                assert {api.get(f"/api/v1/vms/{vms[n]}").json()["host_id"] for n in ("burn1", "burn2")} == {ids["host1"], ids["host2"]}
+
+            # A read-only user: no action buttons, and a POST anyway is refused.
+            viewer = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+            _login(viewer, base, "viewer", "viewer-pass")
+            for path in (f"/ui/vm/{vms['web1']}", f"/ui/host/{ids['host1']}", f"/ui/cluster/{cl['id']}?tab=drs"):
+                viewer.goto(base + path)
+                viewer.wait_for_selector("h1.obj-title")
+                assert viewer.query_selector_all("[data-action]") == [], path
+            _shot(viewer, "read-only-vm")
+            status = viewer.evaluate("""async (vm) => {
+                const r = await fetch('/ui/vm/' + vm + '/power/off', {method: 'POST', headers: {'X-CSRF-Token': document.body.dataset.csrf}});
+                return [r.status, (await r.json()).code];
+            }""", vms["web1"])
+            assert status == [403, "FORBIDDEN"]
+            with stack.client() as api:
+                assert api.get(f"/api/v1/vms/{vms['web1']}").json()["power_state"] == "poweredOn"
+            browser.close()
