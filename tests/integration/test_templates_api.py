@@ -149,6 +149,22 @@ def test_failed_or_cancelled_deploy_rolls_back(env):
     done = _finish(env, task, ok=False, error_code="CANCELLED")
     assert done["state"] == "cancelled"
     assert c.get(f"/api/v1/vms/{vm_id}", headers=auth).status_code == 404
+    # Cancelled while still queued: the VM being deployed goes too, and the agent will not run it.
+    task = c.post(f"/api/v1/templates/{t['id']}/deploy", json={"name": "c2", "host_id": h1["id"]}, headers=auth).json()
+    assert c.post(f"/api/v1/tasks/{task['id']}/cancel", headers=auth).json()["state"] == "cancelled"
+    assert c.get(f"/api/v1/vms/{task['object_id']}", headers=auth).status_code == 404
+    cid = command_id_of(env["settings"], task["id"])
+    r = c.post(f"/api/v1/agent/hosts/{h1['id']}/tasks/{task['id']}/progress", json={"command_id": cid, "step": "vm.deploy", "progress": 5}, headers=env["hosts"]["h1"][1])
+    assert r.json()["proceed"] is False
+    # A failed conversion to a template leaves the VM as it was and no template behind.
+    src = c.post("/api/v1/vms", json={"name": "src9", "host_id": h1["id"], "memory_mib": 96, "disks": [{"datastore_id": env["ds"]["id"], "capacity_mib": 8}]}, headers=auth).json()
+    vm = c.get(f"/api/v1/vms/{src['object_id']}", headers=auth).json()
+    _finish(env, src, domain={"uuid": vm["libvirt_uuid"], "name": vm["name"], "power_state": "poweredOff"})
+    before = {x["id"] for x in c.get("/api/v1/templates", headers=auth).json()}
+    task = c.post(f"/api/v1/vms/{vm['id']}/template", json={"name": "broken"}, headers=auth).json()
+    assert _finish(env, task, ok=False, error_code="DISK_NOT_FOUND")["state"] == "error"
+    assert {x["id"] for x in c.get("/api/v1/templates", headers=auth).json()} == before
+    assert c.get(f"/api/v1/vms/{vm['id']}", headers=auth).json()["status"] == "ready"
 
 
 def test_uploads_are_limited_and_checksummed(env):

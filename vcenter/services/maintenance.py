@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from vcenter.core.settings import Settings
 from vcenter.db.models import Host, Task, VirtualMachine
 from vcenter.domain.states import PowerAction, TaskState, power_state_after
-from vcenter.services import backups, migration
+from vcenter.services import backups, migration, templates
 from vcenter.services.events import record_event
 from vcenter.services.reports import mark_host_heartbeat
 from vcenter.services.tasks import expired_leases, finish_task, send_command, stale_queued
@@ -55,6 +55,7 @@ def reap(session: Session, settings: Settings) -> dict[str, int]:
         else:
             finish_task(session, task, TaskState.ERROR, error_code="WORKER_LOST", error_message="the worker running this task died and the task could not be resumed")
             backups.abandoned(session, task)
+            templates.abandoned(session, task)
             counts["lost"] += 1
     for task in stale_queued(session, settings.task_queue_timeout):
         if task.command_id is None:
@@ -65,6 +66,7 @@ def reap(session: Session, settings: Settings) -> dict[str, int]:
             continue
         finish_task(session, task, TaskState.ERROR, error_code="AGENT_UNREACHABLE", error_message=f"no agent picked the command up within {settings.task_queue_timeout:.0f} s")
         backups.abandoned(session, task)
+        templates.abandoned(session, task)
         if task.kind == "vm.create":
             vm = session.get(VirtualMachine, task.object_id)
             if vm is not None and vm.status == "creating":

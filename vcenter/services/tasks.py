@@ -189,6 +189,9 @@ def request_cancel(session: Session, task_id: int, username: str) -> Task:
     if task.state == TaskState.QUEUED.value:
         # The agent refuses a command whose task is cancelled when it reports running.
         finish_task(session, task, TaskState.CANCELLED, error_code="CANCELLED", error_message=f"cancelled by {username}")
+        from vcenter.services import templates  # rows made for the task's outcome go (a VM being deployed, ...)
+
+        templates.abandoned(session, task)
     return task
 
 

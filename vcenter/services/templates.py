@@ -506,13 +506,28 @@ def on_result(session: Session, host: Host, task: Task, ok: bool, result: dict[s
         return True
     ended = TaskState.CANCELLED if error_code == "CANCELLED" else TaskState.ERROR
     finish_task(session, task, ended, error_code=error_code or "AGENT_ERROR", error_message=error_message)
+    abandoned(session, task)
+    return True
+
+
+def abandoned(session: Session, task: Task) -> None:
+    """Roll the inventory back for one of this module's tasks that ended without success (an
+    agent's error or cancel, a cancel while queued, the reaper's WORKER_LOST/AGENT_UNREACHABLE):
+    the VM being made goes, a template being made goes, one being converted or deleted is
+    ready again, a failed export's file goes."""
+    if task.kind not in KINDS:
+        return
+    params = task.params or {}
+    vm = session.get(VirtualMachine, task.object_id) if task.object_type == "vm" else session.get(VirtualMachine, params.get("vm_id") or 0)
+    template = session.get(Template, task.object_id) if task.object_type == "template" else session.get(Template, params.get("template_id") or 0)
+    error_code = task.error_code
     if task.kind == "template.fromVm" and template is not None:
         session.delete(template)
     elif task.kind in ("template.toVm", "template.delete") and template is not None:
         template.state = "ready"
-        if task.kind == "template.toVm" and vm is not None:
+        if task.kind == "template.toVm" and vm is not None and vm.status == "creating":
             session.delete(vm)
-    elif task.kind in ("template.deploy", "vm.import", "vm.importOva") and vm is not None:
+    elif task.kind in ("template.deploy", "vm.import", "vm.importOva") and vm is not None and vm.status == "creating":
         record_event(session, "vm.create.failed", f"VM {vm.name} could not be created: {error_code}", username=task.username,
                      object_type="vm", object_id=vm.id, object_name=vm.name, reason=error_code, task_id=task.id)
         session.delete(vm)
@@ -522,7 +537,6 @@ def on_result(session: Session, host: Host, task: Task, ok: bool, result: dict[s
             if upload.path and os.path.exists(upload.path):
                 os.unlink(upload.path)
             upload.state = "failed"
-    return True
 
 
 def _register() -> None:

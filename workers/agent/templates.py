@@ -168,6 +168,9 @@ def capture(agent: AgentService, args: dict[str, Any]) -> tuple[None, dict[str, 
             report.check()
             src = os.path.join(ds, d["file"])
             dst = os.path.join(root, f"disk{d['index']}.qcow2")
+            if not os.path.exists(src) and os.path.exists(dst):
+                moved.append((src, dst, True))  # renamed by an earlier attempt that died
+                continue
             if not os.path.exists(src):
                 raise DriverError("DISK_NOT_FOUND", f"disk {d['file']} does not exist on the datastore")
             if images.backing_of(src) or d.get("format", "qcow2") != "qcow2":
