@@ -1,0 +1,139 @@
+"""Full clones and backups against a plain ``qemu-img convert`` of the same image, and the size
+of an incremental backup after the guest changed 1 % of its disk. Not a test.
+
+    python bench/backup.py [GiB] [runs]      (as root; a private libvirtd, one TCG guest)
+
+The guest (the lab's tiny Linux) runs on a qcow2 disk of GiB filled with random data.
+Rows (median of runs; throughput = the disk's size / wall time; "vs convert" = the baseline's
+time / this row's time, goal >= 80 %):
+- qemu-img convert: ``qemu-img convert -U`` qcow2 -> qcow2 of the same image, run just before
+  each operation (interleaved: the machine is shared), the VM running or stopped as the row's;
+- full clone, running: LibvirtDriver.clone_disks (libvirt push backup into the clone's file);
+- full backup, running: LibvirtDriver.backup, full, with a checkpoint;
+- full clone, stopped: clone_disks (qemu-img convert by the driver);
+- linked clone, stopped: the constant-time overlay pair.
+Then: the guest writes 1 % of the disk (its disk pattern from offset 0); the incremental backup's
+file size against the bytes changed.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vcenter.hypervisor.libvirt.driver import LibvirtDriver  # noqa: E402
+from vcenter.hypervisor.libvirt.guestchannel import GuestChannel  # noqa: E402
+from vcenter.hypervisor.libvirt.xml import detect_domain_type  # noqa: E402
+from vcenter.lab.guest import build_guest  # noqa: E402
+from vcenter.lab.libvirtd import PrivateLibvirtd  # noqa: E402
+from vcenter.messaging.contracts import DiskSpec, VmSpec  # noqa: E402
+
+
+def timed(fn) -> float:
+    start = time.monotonic()
+    fn()
+    return time.monotonic() - start
+
+
+def rm(*paths: str) -> None:
+    for p in paths:
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+
+
+def main() -> None:
+    gib = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
+    runs = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    size = int(gib * (1 << 30))
+    image = build_guest()
+    work = Path(tempfile.mkdtemp(prefix="vc-bench-backup-", dir="/var/tmp"))
+    ds = work / "ds"
+    ds.mkdir()
+    disk = str(ds / "g1.qcow2")
+    raw = str(work / "seed.raw")
+    print(f"preparing a {gib:g} GiB disk of random data in {work} ...", flush=True)
+    subprocess.run(["dd", "if=/dev/urandom", f"of={raw}", "bs=4M", f"count={size // (4 << 20)}", "status=none"], check=True)
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, disk], check=True)
+    rm(raw)
+    daemon = PrivateLibvirtd(work / "h", "bench-backup")
+    daemon.start()
+    drv = LibvirtDriver(daemon.uri, domain_type=detect_domain_type())
+    rows: list[tuple[str, list[float]]] = []
+    try:
+        drv.connect()
+        spec = VmSpec(name="g1", uuid=str(uuid.uuid4()), vcpus=1, memory_mib=96,
+                      disks=[DiskSpec(index=0, datastore_id=1, datastore_path=str(ds), file="g1.qcow2", capacity_mib=size >> 20)],
+                      kernel=str(image.kernel), initrd=str(image.initrd), cmdline=image.cmdline_for(hostname="g1"))
+        drv.define(spec)
+        out = str(ds / "out.qcow2")
+
+        def convert() -> None:
+            subprocess.run(["qemu-img", "convert", "-U", "-f", "qcow2", "-O", "qcow2", disk, out], check=True)
+
+        drv.start(spec.uuid)
+        channel = GuestChannel(daemon.path(drv.guest_channel_path(spec.uuid)))
+        channel.read_heartbeat(timeout=30)
+        # Interleaved, so that each operation and its baseline see the same machine load.
+        base, clone_running, backup_running = [], [], []
+        for i in range(runs):
+            base.append(timed(convert))
+            rm(out)
+            clone_running.append(timed(lambda: drv.clone_disks(spec.uuid, [{"target": "vda", "path": out}], linked=False)))
+            rm(out)
+            target = str(ds / f"full{i}.qcow2")
+            backup_running.append(timed(lambda: drv.backup(spec.uuid, [{"target": "vda", "path": target}], None, f"full{i}")))
+            if i < runs - 1:
+                rm(target)
+        rows += [("qemu-img convert (baseline)", base), ("full clone, running", clone_running), ("full backup, running", backup_running)]
+
+        # 1 % of the disk changes: the guest writes its pattern over the first 1 % (random data before).
+        last_full = str(ds / f"full{runs - 1}.qcow2")
+        changed_mib = max(1, round(size * 0.01 / (1 << 20)))
+        assert channel.send(f"write-pattern {changed_mib}", timeout=600)["ok"] is True
+        inc_path = str(ds / "inc.qcow2")
+        inc_time = timed(lambda: drv.backup(spec.uuid, [{"target": "vda", "path": inc_path, "parent_path": last_full}], f"full{runs - 1}", "inc1"))
+        inc_bytes = os.path.getsize(inc_path)
+        channel.close()
+        drv.stop(spec.uuid)
+
+        base_off, clone_off = [], []
+        for _ in range(runs):
+            base_off.append(timed(convert))
+            rm(out)
+            clone_off.append(timed(lambda: drv.clone_disks(spec.uuid, [{"target": "vda", "path": out}], linked=False)))
+            rm(out)
+        rows += [("qemu-img convert, VM stopped", base_off), ("full clone, stopped", clone_off)]
+        linked = [timed(lambda: drv.clone_disks(spec.uuid, [{"target": "vda", "path": str(ds / "linked.qcow2"), "base_path": str(ds / "g1-base.qcow2")}], linked=True))]
+        rows.append(("linked clone, stopped", linked))
+    finally:
+        for dom in drv.list_domains() if drv.is_alive() else []:
+            drv.undefine(dom.uuid, [])
+        drv.close()
+        daemon.stop()
+        subprocess.run(["rm", "-rf", str(work)])
+
+    baselines = {"full clone, stopped": base_off, "qemu-img convert, VM stopped": base_off}
+    print(f"\n{gib:g} GiB qcow2 of random data, {runs} runs, medians (this machine: 2 cores shared, TCG guest); "
+          "vs convert = median over runs of the interleaved baseline's time / this time\n")
+    print("| operation | time (s) | MiB/s | vs convert |")
+    print("|---|---|---|---|")
+    for name, times in rows:
+        t = statistics.median(times)
+        ref = baselines.get(name, base)
+        ratio = statistics.median(b / x for b, x in zip(ref, times)) if len(ref) == len(times) else statistics.median(ref) / t
+        print(f"| {name} | {t:.3f} | {size / (1 << 20) / t:.0f} | {100 * ratio:.0f} % |")
+    print(f"\nincremental backup after the guest changed {changed_mib} MiB ({100 * changed_mib * (1 << 20) / size:.1f} % of the disk): "
+          f"{inc_bytes / (1 << 20):.1f} MiB file ({100 * inc_bytes / size:.2f} % of the disk), {inc_time:.3f} s")
+
+
+if __name__ == "__main__":
+    main()
