@@ -239,3 +239,25 @@ def test_a_reaped_clone_or_backup_leaves_no_half_made_rows(env):
     with session_scope(settings.database_url) as session:
         point_id = session.get(Task, run["id"]).params["point_id"]
         assert session.get(BackupPoint, point_id).state == "failed"
+
+
+def test_a_customised_vm_gives_its_clone_a_new_identity_and_seed(env):
+    from vcenter.db.models import VirtualDisk, VirtualMachine, VmCustomization
+    from vcenter.services.templates import SEED_SUFFIX
+
+    client, auth, (h1, h2), agents, ds, settings = env
+    vm = _vm(client, auth, agents, settings, h1, "cust1", ds["shared"], running=False)
+    with session_scope(settings.database_url) as session:
+        session.add(VmCustomization(vm_id=vm["id"], instance_id="i-source", machine_id="a" * 32, hostname="cust1", spec={"hostname": "cust1"}))
+        session.add(VirtualDisk(vm_id=vm["id"], index=1, datastore_id=ds["shared"]["id"], file=f"cust1{SEED_SUFFIX}", capacity_mib=1, format="raw"))
+    task = client.post(f"/api/v1/vms/{vm['id']}/clone", headers=auth, json={"name": "cust2", "host_id": h2["id"]}).json()
+    copy = _sent(settings, task["id"])
+    assert [d["target"] for d in copy["args"]["disks"]] == ["vda"]  # the seed is not copied
+    _report(client, settings, agents[h1["id"]], task["id"], result={"files": {}})
+    define = _sent(settings, task["id"])
+    assert define["name"] == "vm.deploy" and define["host_id"] == h2["id"] and define["args"]["clones"] == []
+    assert define["args"]["seed"]["path"].startswith("/srv/shared/cust2-") and define["args"]["seed"]["path"].endswith(SEED_SUFFIX)
+    with session_scope(settings.database_url) as session:
+        clone = session.scalar(select(VirtualMachine).where(VirtualMachine.name == "cust2"))
+        custom = session.get(VmCustomization, clone.id)
+        assert custom.machine_id != "a" * 32 and custom.instance_id != "i-source" and custom.hostname == "cust2"

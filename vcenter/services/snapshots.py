@@ -9,15 +9,22 @@ Clones (Task ``vm.clone`` on the SOURCE VM, a saga of two commands):
   copying (``vm.clone`` on the source's host: full copy at one point in time, or linked
   overlays on a frozen base) -> defining (``vm.create`` on the target host: the clone's
   domain, with its own UUID and MAC addresses) -> success; on error the clone row goes away.
-The clone VM exists in the inventory from the start with status ``creating``.
+The clone VM exists in the inventory from the start with status ``creating``. Every clone gets
+a fresh identity: a new libvirt UUID and MAC addresses, no guest address; a source deployed
+with a guest customisation (vcenter.services.templates) gives its clone a customisation of its
+own (new cloud-init instance id, new server-issued machine-id, the clone's hostname): its seed
+disk is not copied, the target's agent writes a new one (``vm.deploy`` without images).
 Promote (Task ``vm.promote``): a linked clone's disks become standalone images.
 
 Codes: SNAPSHOT_NAME_TAKEN, SNAPSHOT_NOT_FOUND, SNAPSHOT_UNSUPPORTED (a disk not qcow2),
 VM_SUSPENDED, VM_NOT_READY, LINKED_CLONE_NEEDS_POWERED_OFF, LINKED_CLONE_UNSUPPORTED,
+LINKED_CLONE_OF_LINKED (promote the source first: a chain of bases would hide a template's
+dependents),
 DATASTORE_NOT_MOUNTED, NOT_A_LINKED_CLONE.
 """
 from __future__ import annotations
 
+import uuid as uuidlib
 from typing import Any
 
 from sqlalchemy import select
@@ -25,12 +32,13 @@ from sqlalchemy.orm import Session
 
 from vcenter.core.errors import Conflict, Invalid, InvalidState, NotFound
 from vcenter.core.ids import new_mac, new_uuid
-from vcenter.db.models import Datastore, Host, Task, VirtualDisk, VirtualMachine, VirtualNic, VmSnapshotRow
+from vcenter.db.models import Datastore, Host, Task, VirtualDisk, VirtualMachine, VirtualNic, VmCustomization, VmSnapshotRow
 from vcenter.domain.backups import snapshot_tree
 from vcenter.domain.states import PowerState, TaskState
 from vcenter.messaging.contracts import DomainState
 from vcenter.services import inventory, placement
 from vcenter.services.events import record_event
+from vcenter.services.templates import SEED_SUFFIX, dns_label
 from vcenter.core.settings import get_settings
 from vcenter.services.tasks import ensure_idle, finish_task, mark_running, send_command, start_task
 
@@ -157,12 +165,17 @@ def clone(session: Session, user: str, vm_id: int, data: dict[str, Any]) -> Task
     if linked and running:
         raise InvalidState(f"VM {vm.name} is running: a linked clone freezes its disks, power it off or make a full clone",
                            code="LINKED_CLONE_NEEDS_POWERED_OFF")
-    if linked and any(d.format != "qcow2" for d in vm.disks):
+    custom = session.get(VmCustomization, vm.id)
+    seed_disks = {d.index for d in vm.disks if custom is not None and d.format == "raw" and d.file.endswith(SEED_SUFFIX)}
+    data_disks = [d for d in vm.disks if d.index not in seed_disks]
+    if linked and any(d.format != "qcow2" for d in data_disks):
         raise Conflict(f"VM {vm.name} has disks that are not qcow2: linked clones need qcow2", code="LINKED_CLONE_UNSUPPORTED")
+    if linked and any(d.backing_file for d in data_disks):
+        raise Conflict(f"VM {vm.name} is itself a linked clone: promote it first (or make a full clone)", code="LINKED_CLONE_OF_LINKED")
     target_ds = inventory._ref(session, "datastore", data.get("datastore_id"), "datastore_id")
     if linked and target_ds is not None and any(d.datastore_id != target_ds.id for d in vm.disks):
         raise Invalid("datastore_id: a linked clone lives on its base's datastore", code="INVALID", details={"field": "datastore_id"})
-    disk_stores = [target_ds.id if target_ds else d.datastore_id for d in vm.disks]
+    disk_stores = [target_ds.id if target_ds else d.datastore_id for d in data_disks]
     chosen = None
     if data.get("host_id") is not None:
         target: Host = inventory._ref(session, "host", data["host_id"], "host_id")
@@ -192,19 +205,28 @@ def clone(session: Session, user: str, vm_id: int, data: dict[str, Any]) -> Task
                          memory_reservation_mib=vm.memory_reservation_mib, memory_limit_mib=vm.memory_limit_mib, guest_os=vm.guest_os,
                          power_state=PowerState.POWERED_OFF.value, status="creating", libvirt_uuid=new_uuid(), boot=boot, cpu=vm.cpu)
     copies = []
-    for disk, ds_id in zip(vm.disks, disk_stores):
+    for disk, ds_id in zip(data_disks, disk_stores):
         file = f"{new.name}-{new.libvirt_uuid[:8]}-disk{disk.index}.qcow2"
         src_path = mount_path(session, disk.datastore_id, vm.host_id)
         base = f"{vm.name}-{new.libvirt_uuid[:8]}-base-disk{disk.index}.qcow2" if linked else None
         new.disks.append(VirtualDisk(index=disk.index, datastore_id=ds_id, file=file, capacity_mib=disk.capacity_mib, format="qcow2", backing_file=base))
         copies.append({"index": disk.index, "target": disk_target(disk.index), "path": f"{mount_path(session, ds_id, vm.host_id)}/{file}",
                        "base_path": f"{src_path}/{base}" if base else None, "base_file": base})
+    seed = None
+    for index in sorted(seed_disks):
+        ds_id = disk_stores[0] if disk_stores else vm.disks[index].datastore_id
+        file = f"{new.name}-{new.libvirt_uuid[:8]}{SEED_SUFFIX}"
+        new.disks.append(VirtualDisk(index=index, datastore_id=ds_id, file=file, capacity_mib=1, format="raw"))
+        seed = {"path": f"{mount_path(session, ds_id, target.id)}/{file}"}
     for nic in vm.nics:
         new.nics.append(VirtualNic(index=nic.index, portgroup_id=nic.portgroup_id, mac=new_mac(), model=nic.model))
     session.add(new)
     inventory._flush_unique(session, f"VM {new.name!r}")
+    if custom is not None:
+        session.add(VmCustomization(vm_id=new.id, instance_id=f"i-{uuidlib.uuid4().hex}", machine_id=uuidlib.uuid4().hex,
+                                    hostname=dns_label(new.name), spec=dict(custom.spec or {}, hostname=dns_label(new.name))))
     task = start_task(session, kind="vm.clone", object_type="vm", object_id=vm.id, username=user, host_id=vm.host_id,
-                      params={"clone_vm_id": new.id, "target_host_id": target.id, "linked": linked, "running": running, "copies": copies,
+                      params={"clone_vm_id": new.id, "target_host_id": target.id, "linked": linked, "running": running, "copies": copies, "seed": seed,
                               **({"placement": chosen} if chosen else {})},
                       command="vm.clone", command_args={"uuid": vm.libvirt_uuid, "linked": linked,
                                                         "disks": [{k: c[k] for k in ("target", "path", "base_path")} for c in copies]})
@@ -235,7 +257,12 @@ def _on_clone_result(session: Session, task: Task, vm: VirtualMachine, ok: bool,
         # The lease now waits for the target's agent (lease length: the server's settings).
         mark_running(session, task, "defining", 80, get_settings())
         task.params = {**task.params, "copy": result}
-        send_command(session, task, "vm.create", {"spec": vm_spec(session, new, new.host_id).model_dump(mode="json")})
+        spec = vm_spec(session, new, new.host_id).model_dump(mode="json")
+        if task.params.get("seed"):
+            # A customised guest: the target's agent writes the clone's own seed, then defines.
+            send_command(session, task, "vm.deploy", {"spec": spec, "clones": [], "mode": "clone", "seed": task.params["seed"]})
+        else:
+            send_command(session, task, "vm.create", {"spec": spec})
         return
     new.status = "ready"
     finish_task(session, task, TaskState.SUCCESS, result={"clone_vm_id": new.id, "copy": task.params.get("copy", {}), "linked": task.params.get("linked")}, object_name=vm.name)
