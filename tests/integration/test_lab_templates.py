@@ -84,6 +84,23 @@ def test_templates_linked_clones_import_and_export(tmp_path):
             for vm_id in vm_ids:
                 _ok(task_done(api, api.post(f"/api/v1/vms/{vm_id}/power/off").json()))
 
+            # A full clone (no backing file) becomes template v2, exported as an OVA, and back to a VM.
+            full = _ok(task_done(api, api.post(f"/api/v1/templates/{template['id']}/deploy", json={"name": "full1", "host_id": ids["host2"], "mode": "full"}).json(), 90))
+            assert api.get(f"/api/v1/vms/{full['object_id']}").json()["disks"][0]["backing_file"] is None
+            v2 = _ok(task_done(api, api.post(f"/api/v1/vms/{full['object_id']}/template", json={"name": "tiny"}).json(), 60))["result"]["template_id"]
+            assert [t["version"] for t in api.get("/api/v1/templates?name=tiny").json()] == [1, 2]
+            exported = _ok(task_done(api, api.post(f"/api/v1/templates/{v2}/export").json(), 90))
+            assert api.get(f"/api/v1/uploads/{exported['result']['upload_id']}/appliance").json()["name"] == "tiny-v2"
+            back = _ok(task_done(api, api.post(f"/api/v1/templates/{v2}/vm", json={"name": "full1-again", "host_id": ids["host1"]}).json(), 60))
+            assert api.get(f"/api/v1/templates/{v2}").status_code == 404
+            assert api.get(f"/api/v1/vms/{back['result']['vm_id']}").json()["status"] == "ready"
+
+            # A path on the datastore that is a symlink out of it is refused by the agent.
+            lab.host("host1").run(["ln", "-s", "/etc/passwd", f"{path}/evil.vmdk"])
+            refused = task_done(api, api.post("/api/v1/imports/disk", json={"name": "evil", "host_id": ids["host1"], "datastore_id": ds["id"], "path": "evil.vmdk"}).json())
+            assert (refused["state"], refused["error_code"]) == ("error", "PATH_SYMLINK")
+            assert api.get(f"/api/v1/vms/{refused['object_id']}").status_code == 404
+
             # Import a VMDK and a VDI; each guest reports the checksum of the disk it sees.
             raw = tmp_path / "data.raw"
             raw.write_bytes(os.urandom(DISK_MIB << 20))
