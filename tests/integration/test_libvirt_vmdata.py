@@ -17,6 +17,7 @@ import uuid
 
 import pytest
 
+from vcenter.hypervisor.base import DriverError
 from vcenter.hypervisor.libvirt.driver import LibvirtDriver
 from vcenter.hypervisor.libvirt.guestchannel import GuestChannel
 from vcenter.hypervisor.libvirt.vmdata import image_info
@@ -105,6 +106,15 @@ def test_snapshot_backup_restore_clone_on_a_real_guest(tmp_path):
         assert image_info(f"{backups}/b2-vda.qcow2")["backing-filename"] == "b1-vda.qcow2"
         assert inc["files"]["vda"] < full["files"]["vda"] + 24 * 2**20
         print(f"incremental backup: {inc}")
+
+        # A cancelled backup leaves no file and no checkpoint; the guest runs on.
+        cancel = threading.Event()
+        cancel.set()
+        with pytest.raises(DriverError) as refused:
+            drv.backup(g1.uuid, [{"target": "vda", "path": f"{backups}/b3-vda.qcow2"}], None, "b3", cancel=cancel)
+        assert refused.value.code == "BACKUP_CANCELLED"
+        assert not os.path.exists(f"{backups}/b3-vda.qcow2") and drv.checkpoints(g1.uuid) == ["b2"]
+        assert drv.domain_state(g1.uuid).power_state == "poweredOn"
 
         # Revert: the disk is as it was (empty), the guest runs on from its saved memory.
         reverted = drv.snapshot_revert(g1.uuid, "empty")
