@@ -87,6 +87,14 @@ def test_configuration_overrides_admission_and_capacity(env):
     assert _power_on(client, auth, settings, agents, vms[0]).status_code == 202
     cap = client.get(f"{base}/capacity", headers=auth).json()
     assert cap["ok"] and cap["tolerated_host_failures"] >= 1 and cap["reserved_memory_mib"] == 4096 and cap["used_memory_mib"] == 1500
+    # The reserve is what DRS and DPM keep free (one host of three).
+    from vcenter.db.models import Cluster
+    from vcenter.services import dpm, drs
+
+    with session_scope(settings.database_url) as s:
+        c = s.get(Cluster, cl["id"])
+        assert abs(drs.drs_settings(c).ha.fraction - 1 / 3) < 1e-6 and abs(dpm.dpm_settings(c).ha.fraction - 1 / 3) < 1e-6
+    assert abs(cap["ha_reserve_fraction"] - 1 / 3) < 1e-6
     # Fill up to the reserve; the next power-on would leave too little for a failover.
     for i in range(5):
         t = client.post("/api/v1/vms", headers=auth, json={"name": f"big{i}", "host_id": hosts[(i + 1) % 3]["id"], "memory_mib": 1500, "vcpus": 1}).json()

@@ -276,3 +276,13 @@ def test_restarting_nothing_loses_vms(monkeypatch):
     monkeypatch.setattr(ha, "plan_restarts", lambda *a, **k: ha.RestartPlan())
     fails = _failures()
     assert any("lost" in f for fs in fails.values() for f in fs), fails
+
+
+def test_stamps_tell_a_dead_host_from_an_isolated_one():
+    # Network silent 6 s; the datastore channel still looks fresh (it is observed late).
+    dead = ha.HostObservation("h1", 0.0, 4.0, True, net_stamp=500.0, ds_stamp=500.2)  # wrote nothing after its last beat
+    alive = ha.HostObservation("h1", 0.0, 5.5, True, net_stamp=500.0, ds_stamp=504.0)  # went on writing
+    others = [obs("h2", 6.0, 6.0), obs("h3", 6.0, 6.0)]
+    j = ha.judge({}, [dead, *others], view(6.0), DET)
+    assert j.health["h1"] == H.FAILED and "no datastore heartbeat written after" in j.transitions[0].reason
+    assert ha.judge({}, [alive, *others], view(6.0), DET).health["h1"] == H.ISOLATED

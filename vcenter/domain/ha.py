@@ -90,6 +90,9 @@ class DetectionSettings:
     detection_s: float = 5.0
     mass_silence_fraction: float = 0.5  # more than this share of the live hosts silent at once
     mass_silence_min: int = 2  # and at least this many: one silent host is never "mass"
+    # With stamps: a host is isolated (alive) only if it wrote a datastore heartbeat this much
+    # later (its own clock) than its last network heartbeat the monitor saw.
+    stamp_margin_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.detection_s <= 0:
@@ -105,6 +108,19 @@ class HostObservation:
     ds_seen_at: float | None = None
     has_datastore_channel: bool = False
     monitored: bool = True  # False: maintenance, standby, operator-disconnected: not judged
+    # The host's own clock in its last network heartbeat seen and its last datastore heartbeat
+    # seen (both written by the same host, so comparable with each other, never with ours).
+    net_stamp: float | None = None
+    ds_stamp: float | None = None
+
+    def alive_after_network(self, margin: float) -> bool:
+        """Did the host write a datastore heartbeat after its network went silent? (Without
+        stamps: assumed, the ages alone decide.) The datastore channel is seen later than the
+        network one (files, peers, Redis), so a host that just died may still look fresh there;
+        its own clock tells that it wrote nothing after its last network heartbeat."""
+        if self.net_stamp is None or self.ds_stamp is None:
+            return True
+        return self.ds_stamp > self.net_stamp + margin
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,9 +183,11 @@ def judge(prev: Mapping[str, HostHealth], observations: Sequence[HostObservation
         net = _age(o.net_seen_at, view, clamp=not declared)
         ds = _age(o.ds_seen_at, view, clamp=not declared) if o.has_datastore_channel else None
         evidence[o.host_id] = {"network_age_s": _r(net), "datastore_age_s": None if ds is None else _r(ds), "detection_s": d}
+        if o.net_stamp is not None and o.ds_stamp is not None:
+            evidence[o.host_id]["datastore_after_network_s"] = round(o.ds_stamp - o.net_stamp, 3)
         if net <= d:
             proposed[o.host_id] = HostHealth.CONNECTED
-        elif ds is not None and ds <= d:
+        elif ds is not None and ds <= d and o.alive_after_network(settings.stamp_margin_s):
             proposed[o.host_id] = HostHealth.ISOLATED
         else:
             proposed[o.host_id] = HostHealth.FAILED
@@ -195,7 +213,8 @@ def judge(prev: Mapping[str, HostHealth], observations: Sequence[HostObservation
         else:
             ds_part = ("no datastore heartbeat channel" if "datastore_age_s" not in e or not any(
                 o.has_datastore_channel for o in observations if o.host_id == h)
-                       else f"datastore heartbeat silent for {_s(e['datastore_age_s'])}")
+                       else f"datastore heartbeat silent for {_s(e['datastore_age_s'])}" if (e["datastore_age_s"] or 0) > d or e["datastore_age_s"] is None
+                       else f"no datastore heartbeat written after its last network heartbeat ({e.get('datastore_after_network_s')} s)")
             reason = f"network heartbeat silent for {_s(e['network_age_s'])} and {ds_part} (> {d:g} s): failed"
         transitions.append(Transition(h, before, after, reason, dict(e)))
     return Judgement(proposed, tuple(transitions), frozen, evidence)

@@ -33,7 +33,7 @@ def dpm_settings(cluster: Cluster) -> dpm.DpmSettings:
             sample_s=float(conf.get("sample_s", 300)), off_window_s=float(conf.get("off_window_s", 2400)),
             on_window_s=float(conf.get("on_window_s", 300)), host_cooldown_s=float(conf.get("host_cooldown_s", 1800)),
             min_hosts_on=int(conf.get("min_hosts_on", 1)), automation=conf.get("automation", "full"),
-            ha=drs.HaReserve(fraction=float(conf.get("ha_reserve_fraction", 0))),
+            ha=drs.HaReserve(fraction=max(float(conf.get("ha_reserve_fraction", 0)), _ha_reserve(cluster))),
         )
     except (ValueError, TypeError) as exc:
         raise Invalid(f"cluster {cluster.name}: DPM settings: {exc}", code="INVALID_DPM_SETTINGS") from exc
@@ -85,3 +85,10 @@ def run_due(session: Session, config: Settings) -> list[int]:
             run(session, "dpm", cluster.id, config)
             ran.append(cluster.id)
     return ran
+
+
+def _ha_reserve(cluster: Cluster) -> float:
+    """What HA admission control holds back for failover (vcenter.services.ha)."""
+    from vcenter.services import ha
+
+    return ha.reserve_fraction(cluster)

@@ -36,7 +36,7 @@ def drs_settings(cluster: Cluster) -> drs.DrsSettings:
             vm_overrides={str(k): v for k, v in (conf.get("vm_overrides") or {}).items()},
             cooldown_s=float(conf.get("cooldown_s", 1800)),
             budget=int(conf.get("budget", 8)),
-            ha=drs.HaReserve(fraction=float(conf.get("ha_reserve_fraction", 0))),
+            ha=drs.HaReserve(fraction=max(float(conf.get("ha_reserve_fraction", 0)), _ha_reserve(cluster))),
         )
     except (ValueError, TypeError) as exc:
         raise Invalid(f"cluster {cluster.name}: DRS settings: {exc}", code="INVALID_DRS_SETTINGS") from exc
@@ -172,3 +172,10 @@ def run_due(session: Session, config: Settings) -> list[int]:
             except Conflict:
                 continue  # an automatic move raced an operator's task: the next pass decides again
     return ran
+
+
+def _ha_reserve(cluster: Cluster) -> float:
+    """What HA admission control holds back for failover (vcenter.services.ha)."""
+    from vcenter.services import ha
+
+    return ha.reserve_fraction(cluster)

@@ -491,3 +491,16 @@ def agent_config(session: Session, host: Host) -> dict[str, Any]:
                 overrides[uuid] = o.isolation_response
     return {"enabled": True, "isolation_delay_s": cfg.isolation_delay_s, "isolation_addresses": addresses,
             "isolation_response": cfg.isolation_response, "overrides": overrides}
+
+
+def reserve_fraction(cluster: Cluster) -> float:
+    """The per-host share of capacity DRS and DPM keep free for failover, derived from the HA
+    admission policy (0 when HA or admission control is off): the reserve they respect."""
+    from sqlalchemy.orm import object_session
+
+    session = object_session(cluster)
+    cfg = config_of(cluster)
+    policy = policy_of(cfg)
+    if session is None or policy.kind in (ha.AdmissionKind.DISABLED, ha.AdmissionKind.FAILOVER_HOSTS):
+        return 0.0
+    return ha.ha_reserve_fraction(cluster_snapshot(session, cluster.id), policy)

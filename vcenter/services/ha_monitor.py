@@ -32,6 +32,7 @@ from typing import Any
 import redis
 
 from vcenter.core.settings import Settings
+from vcenter.db.ha_models import HaRestart
 from vcenter.db.models import Host, VirtualMachine
 from vcenter.domain import ha
 from vcenter.messaging.contracts import ha_datastore_view_key, heartbeat_key
@@ -59,6 +60,8 @@ class HaMonitorProcess:
         self.net_seen: dict[int, float] = {}
         self.ds_last: dict[int, Any] = {}
         self.ds_seen: dict[int, float] = {}
+        self.net_stamp: dict[int, float] = {}  # host clock in its last heartbeat seen
+        self.ds_stamp: dict[int, float] = {}  # host clock in its last datastore heartbeat seen advancing
         self.holders: dict[str, int] = {}  # VM uuid -> host id whose datastore heartbeat lists it
         self.released: dict[int, set[str]] = {}  # host -> VM uuids its datastore heartbeat says it released
         self.health: dict[str, ha.HostHealth] = {}
@@ -68,6 +71,7 @@ class HaMonitorProcess:
         self.running_since: dict[int, float] = {}
         self.passes = 0
         self.limited: set[int] = set()  # VMs whose reset limit was reported
+        self.vm_host: dict[int, int | None] = {}
         self.redis_error = ""
 
     # -- lock ------------------------------------------------------------------------------
@@ -128,9 +132,12 @@ class HaMonitorProcess:
         self.net_seen.clear()
         self.ds_last.clear()
         self.ds_seen.clear()
+        self.net_stamp.clear()
+        self.ds_stamp.clear()
         self.guest_seq.clear()
         self.guest_seen.clear()
         self.running_since.clear()
+        self.vm_host.clear()
         with self.runtime.transaction() as session:
             self.health = ha_service.load_health(session)
             settled = ha_service.reconcile_restarts(session, self.token)
@@ -162,6 +169,10 @@ class HaMonitorProcess:
             beat, view = values[2 * i], values[2 * i + 1]
             if beat is not None and beat != self.net_last.get(h.id):
                 self.net_seen[h.id] = now
+                try:
+                    self.net_stamp[h.id] = float(beat)
+                except ValueError:
+                    pass
             self.net_last[h.id] = beat
             if view is None:
                 continue
@@ -173,8 +184,11 @@ class HaMonitorProcess:
                 pid = int(peer)
                 counter = seen.get("n")
                 if counter is not None and counter != self.ds_last.get(pid):
+                    if pid in self.ds_last:  # an advance; a first reading may be an old file
+                        self.ds_seen[pid] = now
+                        if seen.get("at"):
+                            self.ds_stamp[pid] = max(self.ds_stamp.get(pid, 0.0), float(seen["at"]))
                     self.ds_last[pid] = counter
-                    self.ds_seen[pid] = now
                 for uuid in seen.get("holds", []):
                     holders[uuid] = pid
                 if seen.get("released"):
@@ -198,7 +212,8 @@ class HaMonitorProcess:
         now = self.clock()
         with_ds = set(self.ds_last)
         obs = [ha.HostObservation(str(h.id), self.net_seen.get(h.id), self.ds_seen.get(h.id), h.id in with_ds or h.id in self.ds_seen,
-                                  monitored=not (h.maintenance or h.standby)) for h in hosts]
+                                  monitored=not (h.maintenance or h.standby), net_stamp=self.net_stamp.get(h.id), ds_stamp=self.ds_stamp.get(h.id))
+               for h in hosts]
         j = ha.judge(self.health, obs, ha.MonitorView(now, self.observing_since, self.redis_ok, self.redis_error),
                      ha.DetectionSettings(detection_s=detection))
         try:
@@ -243,9 +258,18 @@ class HaMonitorProcess:
                     if not ha_service.vm_monitored(cfg, vm.id):
                         continue
                     on = vm.power_state == "poweredOn"
-                    if not on:
+                    host_net = self.net_seen.get(vm.host_id)
+                    if not on or session.get(HaRestart, vm.id) is not None or host_net is None or now - host_net > settings.failure_interval_s / 2:
+                        # Not running, or waiting for an HA restart, or its host is silent (HA's
+                        # host judgement comes first): not judged; watched afresh afterwards.
                         self.running_since.pop(vm.id, None)
+                        self.guest_seen.pop(vm.id, None)
                         continue
+                    if self.vm_host.get(vm.id) != vm.host_id:  # restarted or moved: a new run
+                        self.vm_host[vm.id] = vm.host_id
+                        self.running_since[vm.id] = now
+                        self.guest_seen.pop(vm.id, None)
+                        self.guest_seq[vm.id] = (vm.guest_info or {}).get("seq")
                     self.running_since.setdefault(vm.id, now)
                     seq = (vm.guest_info or {}).get("seq")
                     if seq is not None and seq != self.guest_seq.get(vm.id):

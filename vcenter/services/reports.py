@@ -278,6 +278,10 @@ def reconcile_domains(session: Session, host: Host, domains: list[DomainState]) 
         if vm is not None:
             owner = session.get(Host, vm.host_id) if vm.host_id else None
             arrived = vm.status == "inaccessible"
+            if owner is not None and not arrived and domain.power_state == "poweredOff" and vm.power_state == "poweredOn":
+                # A leftover definition (the VM was restarted elsewhere by HA while this host was
+                # down or isolated): it never takes the VM back from where it runs.
+                continue
             if owner is not None and owner.connection_state == ConnectionState.CONNECTED.value and not arrived:
                 record_event(session, "vm.seen_twice", f"VM {vm.name} is reported by host {host.name} but belongs to connected host {owner.name}", object_type="vm", object_id=vm.id, object_name=vm.name, reason="seen_on_two_hosts", data={"host_id": host.id})
                 continue

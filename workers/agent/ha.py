@@ -65,6 +65,8 @@ class HaAgent:
         self.isolated = False
         self.released: set[str] = set()
         self.released_until: float | None = None
+        self.view: dict[str, Any] = {}
+        self.write_lock = threading.Lock()
         self.redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
         self.thread: threading.Thread | None = None
 
@@ -73,15 +75,25 @@ class HaAgent:
         return (self.agent._expected or {}).get("ha") or {}
 
     def start(self) -> None:
-        self.thread = threading.Thread(target=self.run, name="agent-ha", daemon=True)
-        self.thread.start()
+        # Two threads: the datastore heartbeat never waits on the network (a probe or a Redis
+        # timeout of an isolated host would starve it, and peers would see it silent).
+        for target, name in ((self.run_datastore, "agent-ha-datastore"), (self.run_network, "agent-ha-network")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self.thread = thread
 
-    def run(self) -> None:
+    def _loop(self, step) -> None:
         while not self.agent.stop_event.wait(self.settings.ha_datastore_heartbeat_period):
             try:
-                self.step()
+                step()
             except Exception:
-                log.exception("HA step failed")
+                log.exception("HA %s failed", step.__name__)
+
+    def run_datastore(self) -> None:
+        self._loop(self.datastore_step)
+
+    def run_network(self) -> None:
+        self._loop(self.network_step)
 
     # -- one period ------------------------------------------------------------------------
     def _holds(self) -> list[str]:
@@ -91,6 +103,10 @@ class HaAgent:
             return []
 
     def write_heartbeats(self) -> None:
+        with self.write_lock:  # the isolation response rewrites them at once, from the other thread
+            self._write_heartbeats()
+
+    def _write_heartbeats(self) -> None:
         self.counter += 1
         body = json.dumps({"n": self.counter, "holds": [u for u in self._holds() if u not in self.released],
                            "released": sorted(self.released), "isolated": self.isolated, "at": time.time()})
@@ -120,27 +136,34 @@ class HaAgent:
                     continue
                 if peer == self.host_id:
                     continue
-                seen = view.setdefault(str(peer), {"n": data.get("n"), "holds": [], "released": [], "isolated": False})
+                seen = view.setdefault(str(peer), {"n": data.get("n"), "at": data.get("at"), "holds": [], "released": [], "isolated": False})
+                seen["at"] = max(seen["at"] or 0, data.get("at") or 0)
                 seen["holds"] = sorted(set(seen["holds"]) | set(data.get("holds", [])))
                 seen["released"] = sorted(set(seen["released"]) | set(data.get("released", [])))
                 seen["isolated"] = seen["isolated"] or bool(data.get("isolated"))
                 seen["n"] = max(seen["n"] or 0, data.get("n") or 0)
         return view
 
-    def step(self) -> None:
-        now = self.clock()
-        cfg = self.config
+    def datastore_step(self) -> None:
+        """Renew this host's datastore heartbeats and read the peers' (files only)."""
         self.write_heartbeats()
         view = self.read_peers()
-        view[str(self.host_id)] = {"n": self.counter, "holds": self._holds(), "released": sorted(self.released), "isolated": self.isolated}
+        view[str(self.host_id)] = {"n": self.counter, "at": time.time(), "holds": self._holds(), "released": sorted(self.released), "isolated": self.isolated}
+        self.view = view
+
+    def network_step(self) -> None:
+        """Publish the peer view; judge isolation (Redis, then the isolation addresses)."""
+        now = self.clock()
+        cfg = self.config
         try:
-            self.redis.set(ha_datastore_view_key(self.host_id), json.dumps(view), px=int(max(3.0, 3 * self.settings.ha_datastore_heartbeat_period) * 1000))
+            self.redis.set(ha_datastore_view_key(self.host_id), json.dumps(self.view),
+                           px=int(max(3.0, 3 * self.settings.ha_datastore_heartbeat_period) * 1000))
             self.redis_ok_at = now
         except redis.RedisError:
             pass
         if not cfg.get("enabled"):
             return
-        if self.redis_ok_at is not None and now - self.redis_ok_at <= self.settings.ha_datastore_heartbeat_period * 1.5:
+        if self.redis_ok_at == now:
             if self.isolated:
                 log.warning("HA: Redis reachable again: no longer isolated")
                 self.isolated = False
@@ -157,6 +180,11 @@ class HaAgent:
         if isolated and not self.isolated:
             self.isolated = True
             self.respond(cfg, why)
+
+    def step(self) -> None:
+        """Both halves once (tests step them in order on an injected clock)."""
+        self.datastore_step()
+        self.network_step()
 
     def respond(self, cfg: dict[str, Any], why: str) -> None:
         overrides = cfg.get("overrides", {})
