@@ -19,15 +19,15 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs
 
 from fastapi import Depends, Request
 from fastapi.templating import Jinja2Templates
 
-from vcenter.core.errors import Forbidden, Unauthorized, VcError
+from vcenter.core.errors import Forbidden, Unauthorized
 from vcenter.domain.privileges import PRIVILEGES
 from vcenter.services import auth, authz
 
@@ -38,7 +38,7 @@ templates = Jinja2Templates(directory=str(HERE / "templates"))
 
 
 class LoginRequired(Exception):
-    """Raised by ui_user when there is no valid session: pages redirect to the login form."""
+    """No valid session: pages redirect to the login form (handler in vcenter.dashboard)."""
 
 
 @dataclass
@@ -140,6 +140,3 @@ def verify_csrf(request: Request, user: UiUser, form: dict[str, str] | None = No
     if not hmac.compare_digest(sent, user.csrf):
         raise Forbidden("missing or wrong CSRF token: reload the page", code="CSRF_FAILED")
 
-
-def error_text(exc: VcError) -> str:
-    return f"{exc.code}: {exc}"

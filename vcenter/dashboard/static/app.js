@@ -14,7 +14,7 @@
     source.addEventListener("error", () => { state.textContent = "reconnecting…"; state.dataset.live = "0"; });
     source.addEventListener("tasks", (e) => {
       document.getElementById("recent-tasks").innerHTML = e.data;
-      window.dispatchEvent(new CustomEvent("vc:tasks"));
+      refreshWhenOwnTaskEnds();
     });
     source.addEventListener("events", (e) => {
       const tbody = document.getElementById("recent-events");
@@ -25,6 +25,30 @@
       while (tbody.children.length > 50) tbody.lastElementChild.remove();
     });
     source.addEventListener("logout", () => { source.close(); window.location = "/ui/login"; });
+  }
+
+  // When a task on the object this page shows ends, its state and the actions it offers
+  // change: fetch them again (the title and the action buttons only, not the whole page).
+  const seen = {};
+  let seeded = false;
+  function refreshWhenOwnTaskEnds() {
+    const title = document.querySelector("h1.obj-title");
+    if (!title) return;
+    const own = "/ui/" + title.dataset.kind + "/" + title.dataset.id;
+    let ended = false;
+    document.querySelectorAll("#recent-tasks tr[data-task-id]").forEach((row) => {
+      const link = row.querySelector("a");
+      if (!link || link.getAttribute("href") !== own) return;
+      const id = row.dataset.taskId, state = row.dataset.state;
+      const finished = state === "success" || state === "error" || state === "cancelled";
+      if (seeded && seen[id] !== state && finished) ended = true;
+      seen[id] = state;
+    });
+    seeded = true;
+    if (ended && typeof htmx !== "undefined") {
+      htmx.ajax("GET", window.location.href, {target: "h1.obj-title", select: "h1.obj-title", swap: "outerHTML"});
+      htmx.ajax("GET", window.location.href, {target: "#actions", select: "#actions", swap: "outerHTML"});
+    }
   }
 
   // --- htmx: show refusals (403, 409...) in the flash area --------------------------------
@@ -78,6 +102,7 @@
     setInterval(drawChart, 20000);
   }
 
+  refreshWhenOwnTaskEnds();  // what the page was rendered with
   connectLive();
   setupChart();
 })();
