@@ -95,11 +95,22 @@ def test_templates_linked_clones_import_and_export(tmp_path):
             assert api.get(f"/api/v1/templates/{v2}").status_code == 404
             assert api.get(f"/api/v1/vms/{back['result']['vm_id']}").json()["status"] == "ready"
 
+            # The template's images still match their manifest; one changed on the datastore does not.
+            assert _ok(task_done(api, api.post(f"/api/v1/templates/{template['id']}/verify").json(), 60))["result"]["ok"] is True
+            lab.host("host2").run(["sh", "-c", f"printf x >> {path}/{template['dir']}/disk0.qcow2"])
+            bad = task_done(api, api.post(f"/api/v1/templates/{template['id']}/verify").json(), 60)
+            assert (bad["state"], bad["error_code"]) == ("error", "TEMPLATE_CHECKSUM_MISMATCH") and "disk0.qcow2" in bad["error_message"]
+
             # A path on the datastore that is a symlink out of it is refused by the agent.
             lab.host("host1").run(["ln", "-s", "/etc/passwd", f"{path}/evil.vmdk"])
             refused = task_done(api, api.post("/api/v1/imports/disk", json={"name": "evil", "host_id": ids["host1"], "datastore_id": ds["id"], "path": "evil.vmdk"}).json())
             assert (refused["state"], refused["error_code"]) == ("error", "PATH_SYMLINK")
             assert api.get(f"/api/v1/vms/{refused['object_id']}").status_code == 404
+            top = {e["name"]: e for e in _ok(task_done(api, api.post(f"/api/v1/datastores/{ds['id']}/browse", json={"path": ""}).json()))["result"]["entries"]}
+            assert top["evil.vmdk"]["kind"] == "symlink" and top["templates"]["kind"] == "dir"  # a link is listed, never followed
+            folder = template["dir"].split("/", 1)[1]
+            inside = _ok(task_done(api, api.post(f"/api/v1/datastores/{ds['id']}/browse", json={"path": template["dir"]}).json()))["result"]["entries"]
+            assert {e["name"]: e.get("format") for e in inside} == {"disk0.qcow2": "qcow2", "manifest.json": None} and folder
 
             # Import a VMDK and a VDI; each guest reports the checksum of the disk it sees.
             raw = tmp_path / "data.raw"

@@ -91,6 +91,12 @@ def test_template_versions_deploy_linked_clone_and_delete_refused_while_in_use(e
     t1 = _template(env)
     t2 = _template(env)
     assert (t1["version"], t2["version"]) == (1, 2)
+    r = c.post(f"/api/v1/templates/{t1['id']}/verify", headers=auth)
+    assert r.status_code == 202, r.text
+    name, args = _command(env, r.json()["id"])
+    assert name == "template.verify" and args["disks"] == [{"file": "disk0.qcow2", "sha256": "0" * 64}] and args["dir"] == t1["dir"]
+    assert _finish(env, r.json(), ok=False, error_code="TEMPLATE_CHECKSUM_MISMATCH")["error_code"] == "TEMPLATE_CHECKSUM_MISMATCH"
+    assert c.get(f"/api/v1/templates/{t1['id']}", headers=auth).json()["state"] == "ready"
     assert [t["id"] for t in c.get("/api/v1/templates?latest=true", headers=auth).json()] == [t2["id"]]
     secret_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ops@lab"
     body = {"name": "clone1", "cluster_id": env["cl"]["id"], "mode": "linked", "kernel_boot": {"image": "tiny-linux"},
@@ -222,3 +228,17 @@ def test_bad_customisation_is_refused(env):
                    {"users": [{"name": "a", "password": "clear"}]}, {"runcmd": ["a\nb"]}, {"hostname": "-bad-"}):
         r = c.post(f"/api/v1/templates/{t['id']}/deploy", json={"name": "x", "host_id": env["hosts"]["h1"][0]["id"], "customization": custom}, headers=auth)
         assert r.status_code == 422, (custom, r.text)
+
+
+def test_browse_validates_the_path_before_anything_runs(env):
+    c, auth = env["client"], env["auth"]
+    ds = env["ds"]["id"]
+    for path, code in (("../../etc", "PATH_ESCAPES"), ("/etc", "PATH_ABSOLUTE")):
+        r = c.post(f"/api/v1/datastores/{ds}/browse", json={"path": path}, headers=auth)
+        assert r.status_code == 422 and r.json()["code"] == code
+    r = c.post(f"/api/v1/datastores/{ds}/browse", json={"path": "./templates//"}, headers=auth)
+    assert r.status_code == 202
+    name, args = _command(env, r.json()["id"])
+    assert name == "datastore.browse" and args == {"datastore_path": "/srv/ds1", "path": "templates"}
+    listing = {"path": "templates", "entries": [{"name": "t-v1-1", "kind": "dir", "size_bytes": None}], "truncated": False}
+    assert _finish(env, r.json(), result=listing)["result"] == listing

@@ -124,6 +124,8 @@ CommandName = Literal[
     "template.capture",   # a powered-off VM's disks into a template folder with its manifest
     "template.release",   # a template's images back to a VM's disks, the domain defined again
     "template.delete",    # remove a template's folder from its datastore
+    "template.verify",    # recompute a template's image checksums against its manifest
+    "datastore.browse",   # list a folder of a datastore (names, sizes, image formats)
     "vm.deploy",          # linked/full clones of a template's images + NoCloud seed, then define
     "vm.import_disk",     # pull an upload (or take a datastore file), convert to qcow2, define
     "vm.import_ova",      # pull an OVA upload, extract its disks, convert, define

@@ -102,3 +102,7 @@ class ImportOva(_In):
     memory_mib: int | None = Field(None, ge=16, le=1024 * 1024, description="default: from the OVF descriptor")
     kernel_boot: KernelBoot | None = None
     nics: list[NicCreate] = Field(default_factory=list, max_length=8)
+
+
+class BrowseRequest(_In):
+    path: str = Field("", max_length=1024, description="a folder relative to the datastore's root ('' = the root)")

@@ -41,7 +41,7 @@ from vcenter.services.tasks import ensure_idle, finish_task, start_task
 
 SEED_SUFFIX = "-seed.iso"
 MIB = 1 << 20
-KINDS = ("template.fromVm", "template.toVm", "template.delete", "template.deploy", "vm.import", "vm.importOva", "vm.export", "template.export")
+KINDS = ("template.fromVm", "template.toVm", "template.delete", "template.verify", "datastore.browse", "template.deploy", "vm.import", "vm.importOva", "vm.export", "template.export")
 
 
 class TemplateInUse(Conflict):
@@ -267,6 +267,40 @@ def delete_template(session: Session, user: str, template_id: int) -> Task:
     template.state = "deleting"
     return start_task(session, kind="template.delete", object_type="template", object_id=template.id, username=user, host_id=host.id,
                       command="template.delete", command_args={"datastore_path": _mount_path(datastore, host.id), "dir": template.dir})
+
+
+def verify_template(session: Session, user: str, template_id: int) -> Task:
+    """Recompute the template's image checksums on a host mounting its datastore (a Task that
+    ends TEMPLATE_CHECKSUM_MISMATCH naming the images that changed)."""
+    template = get_template(session, template_id)
+    ensure_idle(session, "template", template.id)
+    if template.state != "ready":
+        raise InvalidState(f"template {template.name} is {template.state}", code="TEMPLATE_NOT_READY")
+    datastore = session.get(Datastore, template.datastore_id)
+    host = _host_for(session, datastore)
+    disks = [{"file": d["file"], "sha256": d["sha256"]} for d in template.manifest.get("disks", [])]
+    return start_task(session, kind="template.verify", object_type="template", object_id=template.id, username=user, host_id=host.id,
+                      command="template.verify", command_args={"datastore_path": _mount_path(datastore, host.id), "dir": template.dir, "disks": disks})
+
+
+def browse(session: Session, user: str, datastore_id: int, path: str) -> Task:
+    """List a folder of a datastore through an agent of a host that mounts it; the path is
+    refused (422 PATH_*) before anything runs when it would leave the datastore."""
+    datastore = inventory.get(session, "datastore", datastore_id)
+    try:
+        rel = validate_datastore_path(path, allow_root=True)
+    except PathRefused as exc:
+        raise _path_error(exc, "path") from None
+    host = _host_for(session, datastore)
+    # A read: it claims nothing (browsing runs alongside anything else on the datastore).
+    task = Task(kind="datastore.browse", state=TaskState.QUEUED.value, step="queued", object_type="datastore", object_id=datastore.id,
+                username=user, params={}, host_id=host.id)
+    session.add(task)
+    session.flush()
+    from vcenter.services.tasks import send_command
+
+    send_command(session, task, "datastore.browse", {"datastore_path": _mount_path(datastore, host.id), "path": rel})
+    return task
 
 
 # --- deploy -------------------------------------------------------------------------------
@@ -501,8 +535,8 @@ def on_result(session: Session, host: Host, task: Task, ok: bool, result: dict[s
             finish_task(session, task, TaskState.SUCCESS, result={"vm_id": vm.id, **result}, object_name=vm.name)
             record_event(session, "vm.created", f"VM {vm.name} {'deployed' if task.kind == 'template.deploy' else 'imported'} on host {host.name}",
                          username=task.username, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
-        else:  # exports
-            finish_task(session, task, TaskState.SUCCESS, result=result)
+        else:  # exports, verify
+            finish_task(session, task, TaskState.SUCCESS, result=result, object_name=template.name if template is not None and task.object_type == "template" else None)
         return True
     ended = TaskState.CANCELLED if error_code == "CANCELLED" else TaskState.ERROR
     finish_task(session, task, ended, error_code=error_code or "AGENT_ERROR", error_message=error_message)

@@ -128,7 +128,8 @@ def path_for_agent(session: Session, host_id: int, upload_id: int) -> str:
 
 def check_export_target(session: Session, host_id: int, upload_id: int) -> Upload:
     row = get(session, upload_id)
-    if row.kind != "export" or row.state != "receiving" or _active_task_of(session, host_id, upload_id) is None:
+    # "ready" too: a re-sent export command (its agent died after the push) pushes again.
+    if row.kind != "export" or row.state not in ("receiving", "ready") or _active_task_of(session, host_id, upload_id) is None:
         raise Forbidden(f"upload {upload_id} does not wait for an export from host {host_id}", code="UPLOAD_NOT_FOR_HOST")
     return row
 

@@ -33,7 +33,7 @@ from workers.agent.service import AgentService
 
 log = logging.getLogger(__name__)
 
-UNLOCKED = ("template.capture", "template.release", "template.delete", "vm.deploy", "vm.import_disk", "vm.import_ova", "vm.export")
+UNLOCKED = ("template.capture", "template.release", "template.delete", "template.verify", "datastore.browse", "vm.deploy", "vm.import_disk", "vm.import_ova", "vm.export")
 MIB = 1 << 20
 
 
@@ -249,6 +249,49 @@ def delete(agent: AgentService, args: dict[str, Any]) -> tuple[None, dict[str, A
     return None, {"removed": args["dir"] if existed else None}
 
 
+def verify(agent: AgentService, args: dict[str, Any]) -> tuple[None, dict[str, Any]]:
+    """Recompute the SHA-256 of a template's images; TEMPLATE_CHECKSUM_MISMATCH names those
+    that differ from the manifest."""
+    root = images.resolve_in_datastore(args["datastore_path"], args["dir"])
+    report = Reporter(agent)
+    disks = list(args["disks"])
+    out = []
+    for n, d in enumerate(disks):
+        path = images.resolve_in_datastore(root, d["file"])
+        sha = images.sha256_file(path, cancel=report.cancel, on_progress=report.part(f"checksumming {d['file']}", 100 * n / len(disks), 100 * (n + 1) / len(disks)))
+        out.append({"file": d["file"], "sha256": sha, "ok": sha == d["sha256"]})
+    bad = [d["file"] for d in out if not d["ok"]]
+    if bad:
+        raise DriverError("TEMPLATE_CHECKSUM_MISMATCH", f"images differ from the manifest: {', '.join(bad)}")
+    return None, {"disks": out, "ok": True}
+
+
+def browse(agent: AgentService, args: dict[str, Any]) -> tuple[None, dict[str, Any]]:
+    """List one folder of a datastore: every entry's name, kind (file, dir, symlink: never
+    followed) and size; files that qemu-img reads as images with their format and virtual
+    size. At most ``limit`` entries."""
+    import stat as st
+
+    root = images.resolve_in_datastore(args["datastore_path"], args.get("path", ""), allow_root=True)
+    if not os.path.isdir(root):
+        raise DriverError("PATH_NOT_A_FOLDER", f"{args.get('path')} is not a folder")
+    entries = []
+    names = sorted(os.listdir(root))
+    for name in names[: int(args.get("limit", 1000))]:
+        full = os.path.join(root, name)
+        info = os.lstat(full)
+        kind = "symlink" if st.S_ISLNK(info.st_mode) else "dir" if st.S_ISDIR(info.st_mode) else "file" if st.S_ISREG(info.st_mode) else "other"
+        entry: dict[str, Any] = {"name": name, "kind": kind, "size_bytes": info.st_size if kind == "file" else None}
+        if kind == "file" and name.rsplit(".", 1)[-1].lower() in ("qcow2", "raw", "img", "vmdk", "vhd", "vhdx", "vdi", "iso"):
+            try:
+                data = images.info(full)
+                entry.update(format=data.get("format"), virtual_size=data.get("virtual-size"), backing_file=data.get("backing-filename"))
+            except DriverError:
+                entry["format"] = None
+        entries.append(entry)
+    return None, {"path": args.get("path", ""), "entries": entries, "truncated": len(names) > len(entries)}
+
+
 # --- import -----------------------------------------------------------------------------
 
 def _pull(agent: AgentService, report: Reporter, upload: dict[str, Any], dest: str, lo: float, hi: float) -> None:
@@ -387,6 +430,8 @@ HANDLERS = {
     "template.capture": capture,
     "template.release": release,
     "template.delete": delete,
+    "template.verify": verify,
+    "datastore.browse": browse,
     "vm.deploy": deploy,
     "vm.import_disk": import_disk,
     "vm.import_ova": import_ova,

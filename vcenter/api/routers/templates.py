@@ -61,10 +61,23 @@ def delete_template(template_id: int, db: DbDep, user: Annotated[CurrentUserInfo
     return templates.delete_template(db, user.username, template_id)
 
 
+@router.post("/api/v1/templates/{template_id}/verify", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED,
+             summary="Recompute the template's image checksums against its manifest (a Task; TEMPLATE_CHECKSUM_MISMATCH names changed images)")
+def verify_template(template_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("Datastore.Browse", on="template", param="template_id")]) -> Any:
+    return templates.verify_template(db, user.username, template_id)
+
+
 @router.post("/api/v1/templates/{template_id}/export", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED,
              summary="Export a template as an OVA with stream-optimised VMDKs (a Task; the result names the upload to download)")
 def export_template(template_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.Export", on="template", param="template_id")]) -> Any:
     return templates.export(db, user.username, "template", template_id)
+
+
+@router.post("/api/v1/datastores/{datastore_id}/browse", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED,
+             summary="List a folder of a datastore (a Task run by a host that mounts it; result: entries with sizes and image formats)")
+def browse(datastore_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("Datastore.Browse", on="datastore", param="datastore_id")],
+           body: ts.BrowseRequest | None = Body(None)) -> Any:
+    return templates.browse(db, user.username, datastore_id, body.path if body else "")
 
 
 # --- VMs: export, import, customisation ------------------------------------------------------
