@@ -8,8 +8,9 @@ Rows (median of runs; throughput = the disk's size / wall time; "vs convert" = t
 time / this row's time, goal >= 80 %):
 - qemu-img convert: ``qemu-img convert -U`` qcow2 -> qcow2 of the same image, run just before
   each operation (interleaved: the machine is shared), the VM running or stopped as the row's;
-- full clone, running: LibvirtDriver.clone_disks (libvirt push backup into the clone's file);
-- full backup, running: LibvirtDriver.backup, full, with a checkpoint;
+- full clone, running: LibvirtDriver.clone_disks (temporary external snapshot, convert, commit);
+- full backup, running: LibvirtDriver.backup, full, with a checkpoint (pull mode + convert);
+- full clone, running, with a checkpoint: clone_disks in pull mode (keeps the backup chain);
 - full clone, stopped: clone_disks (qemu-img convert by the driver);
 - linked clone, stopped: the constant-time overlay pair.
 Then: the guest writes 1 % of the disk (its disk pattern from offset 0); the incremental backup's
@@ -83,8 +84,9 @@ def main() -> None:
         channel = GuestChannel(daemon.path(drv.guest_channel_path(spec.uuid)))
         channel.read_heartbeat(timeout=30)
         # Interleaved, so that each operation and its baseline see the same machine load.
-        base, clone_running, backup_running = [], [], []
+        base, clone_running, clone_pull, backup_running = [], [], [], []
         for i in range(runs):
+            drv.drop_checkpoints(spec.uuid)
             base.append(timed(convert))
             rm(out)
             clone_running.append(timed(lambda: drv.clone_disks(spec.uuid, [{"target": "vda", "path": out}], linked=False)))
@@ -93,10 +95,13 @@ def main() -> None:
             backup_running.append(timed(lambda: drv.backup(spec.uuid, [{"target": "vda", "path": target}], None, f"full{i}")))
             if i < runs - 1:
                 rm(target)
-        rows += [("qemu-img convert (baseline)", base), ("full clone, running", clone_running), ("full backup, running", backup_running)]
+            clone_pull.append(timed(lambda: drv.clone_disks(spec.uuid, [{"target": "vda", "path": out}], linked=False)))
+            rm(out)
+        rows += [("qemu-img convert (baseline)", base), ("full clone, running (snapshot + convert + commit)", clone_running),
+                 ("full backup, running (pull mode)", backup_running), ("full clone, running, with a checkpoint (pull mode)", clone_pull)]
 
         # 1 % of the disk changes: the guest writes its pattern over the first 1 % (random data before).
-        last_full = str(ds / f"full{runs - 1}.qcow2")
+        last_full = str(ds / f"full{runs - 1}.qcow2")  # its checkpoint is the newest
         changed_mib = max(1, round(size * 0.01 / (1 << 20)))
         assert channel.send(f"write-pattern {changed_mib}", timeout=600)["ok"] is True
         inc_path = str(ds / "inc.qcow2")

@@ -139,6 +139,10 @@ def test_snapshot_backup_restore_clone_on_a_real_guest(tmp_path):
         cloned = drv.clone_disks(g1.uuid, [{"target": "vda", "path": f"{ds}/g3.qcow2"}], linked=False)
         assert cloned["files"] == {"vda": f"{ds}/g3.qcow2"}
         assert image_info(f"{ds}/g3.qcow2").get("backing-filename") is None
+        # Through a temporary external snapshot, committed back: g1 runs on its own file again.
+        assert [src for _, src, _ in drv._file_disks(drv._get(g1.uuid))] == [f"{ds}/g1.qcow2"]
+        assert [src for _, src, _ in drv._file_disks(drv._get(g1.uuid), inactive=True)] == [f"{ds}/g1.qcow2"]
+        assert not [f for f in os.listdir(ds) if "vcclone" in f]
         g3 = spec_for("g3", ds, "g3.qcow2", image)
         drv.define(g3)
         drv.start(g3.uuid)

@@ -27,9 +27,12 @@ What this module decides:
   (1 GiB of random data): pull + convert ~2.3x faster than push mode, whose block job copies
   cluster by cluster. Incrementals stay in push mode (QEMU copies only the dirty clusters).
   The socket directory must be writable by QEMU's user (root in the lab).
-- Clones: a full clone of a running domain is a pull copy without checkpoint straight into
-  the clone's files (one point in time, the source keeps running); of a stopped one, a
-  ``qemu-img convert``. A linked clone (stopped source only) freezes the source's image as a
+- Clones: a full clone of a running domain freezes its disks with an external disk-only
+  snapshot (no metadata: a temporary overlay takes the guest's writes), converts the frozen
+  images at ``qemu-img convert`` speed, then commits the overlay back (active block commit,
+  pivot) and deletes it: one point in time, the source keeps running. With a checkpoint present
+  (no block operations allowed, see above) it is a pull copy instead, keeping the incremental
+  chain. A stopped domain's clone is a ``qemu-img convert``. A linked clone (stopped source only) freezes the source's image as a
   base: the file is renamed to the base name, the source gets a new empty overlay under its
   old name and the clone an overlay of its own, both on the base (constant time). Promote
   flattens an overlay: block pull while running, ``qemu-img rebase -b ''`` while stopped.
@@ -384,6 +387,74 @@ class VmDataOps:
             shutil.rmtree(work, ignore_errors=True)
         return {"elapsed_ms": int((time.monotonic() - started) * 1000), "bytes": total}
 
+    def _snapshot_copy(self, dom, targets: dict[str, str],
+                       on_progress: Callable[[MigrationProgress], None] | None, cancel: threading.Event | None) -> dict[str, Any]:
+        """Full copies at one point in time of a running domain without checkpoints: external
+        snapshot, convert the frozen images, commit the overlays back. The overlays are always
+        committed and removed, also when the copy failed or was cancelled."""
+        disks = self._file_disks(dom)
+        sources = {t: (src, fmt) for t, src, fmt in disks}
+        overlays = {t: f"{sources[t][0]}.vcclone-{os.getpid()}.qcow2" for t in targets}
+        root = ET.Element("domainsnapshot")
+        disks_el = ET.SubElement(root, "disks")
+        for t, _src, _fmt in disks:
+            if t in targets:
+                d = ET.SubElement(disks_el, "disk", {"name": t, "snapshot": "external"})
+                ET.SubElement(d, "driver", {"type": "qcow2"})
+                ET.SubElement(d, "source", {"file": overlays[t]})
+            else:
+                ET.SubElement(disks_el, "disk", {"name": t, "snapshot": "no"})
+        for ov in overlays.values():
+            _unlink(ov)
+        started = time.monotonic()
+        sizes = {t: image_info(sources[t][0])["virtual-size"] for t in targets}
+        total = sum(sizes.values())
+        flags = (libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
+                 | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC)
+        try:
+            dom.snapshotCreateXML(ET.tostring(root, encoding="unicode"), flags)
+        except libvirt.libvirtError as e:
+            raise DriverError("CLONE_FAILED", f"external snapshot: {e.get_error_message()}") from None
+        try:
+            done_before = 0
+            for t, dest in targets.items():
+                def report(fraction: float, t=t, base=done_before) -> None:
+                    if on_progress is not None:
+                        done = base + int(fraction * sizes[t])
+                        on_progress(MigrationProgress(phase="copying", data_total=total, data_processed=done, data_remaining=total - done))
+                src, fmt = sources[t]
+                images.convert(src, fmt, dest, "qcow2", on_progress=report, cancel=cancel)
+                done_before += sizes[t]
+        except DriverError as e:
+            if e.code == "CANCELLED":
+                raise DriverError("BACKUP_CANCELLED", "the clone was cancelled; the guest kept running") from None
+            raise
+        finally:
+            for t in targets:
+                self._commit_back(dom, t, sources[t][0], sources[t][1], overlays[t])
+        return {"elapsed_ms": int((time.monotonic() - started) * 1000), "bytes": total}
+
+    def _commit_back(self, dom, target: str, src: str, fmt: str, overlay: str) -> None:
+        """Active commit of ``overlay`` into ``src`` and pivot back to it; delete the overlay."""
+        try:
+            dom.blockCommit(target, None, None, 0, libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE)
+            while True:
+                info = dom.blockJobInfo(target, 0)
+                if info and info.get("end", 0) and info.get("cur") == info.get("end"):
+                    try:
+                        dom.blockJobAbort(target, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+                        break
+                    except libvirt.libvirtError as e:
+                        if "not ready" not in (e.get_error_message() or ""):
+                            raise
+                time.sleep(0.05)
+            while dom.blockJobInfo(target, 0):
+                time.sleep(0.05)
+        except libvirt.libvirtError as e:
+            raise DriverError("CLONE_COMMIT_FAILED", f"disk {target} still runs on {overlay}: {e.get_error_message()}") from None
+        self._persist_disk_path(dom, target, src, fmt, flatten=False)
+        _unlink(overlay)
+
     def backup(self, uuid: str, disks: list[dict[str, Any]], incremental_from: str | None, checkpoint: str,
                on_progress: Callable[[MigrationProgress], None] | None = None, cancel: threading.Event | None = None) -> dict[str, Any]:
         """Back up the given disks (``[{"target", "path", "parent_path"}]``; ``parent_path`` is the
@@ -479,7 +550,11 @@ class VmDataOps:
             for d in disks:
                 _unlink(d["path"] + ".part")
             try:
-                self._run_pull_copy(dom, {d["target"]: d["path"] + ".part" for d in disks}, None, on_progress, cancel)
+                parts = {d["target"]: d["path"] + ".part" for d in disks}
+                if self.checkpoints(uuid):
+                    self._run_pull_copy(dom, parts, None, on_progress, cancel)
+                else:
+                    self._snapshot_copy(dom, parts, on_progress, cancel)
             except BaseException:
                 for d in disks:
                     _unlink(d["path"] + ".part")
