@@ -72,12 +72,34 @@ ROUTES: list[Route] = [
     ("alarms: triggered below a cluster", lambda c, r: f"/api/v1/alarms/triggered?object_type=cluster&object_id={r.choice(c.clusters)}&descendants=true"),
 ]
 
-# Dashboard pages (issue 10 part B adds them here).
-PAGES: list[Route] = []
+# Dashboard pages: what the browser fetches for the tree (one level per opened node), search
+# and an object's tabs. Server-rendered HTML, each page with the recent tasks/events panel.
+PAGES: list[Route] = [
+    ("page: home (tree roots, panels)", lambda c, r: "/ui"),
+    ("page: tree, a datacenter opened", lambda c, r: f"/ui/tree/datacenter/{r.choice(c.datacenters)}"),
+    ("page: tree, a cluster opened", lambda c, r: f"/ui/tree/cluster/{r.choice(c.clusters)}"),
+    ("page: tree, a host opened", lambda c, r: f"/ui/tree/host/{r.choice(c.hosts)}"),
+    ("page: search by name part", lambda c, r: f"/ui/search?q={r.choice(('web', 'db', 'app', 'cache'))}-0{r.randrange(10, 40)}"),
+    ("page: VM summary", lambda c, r: f"/ui/vm/{r.choice(c.vms)}"),
+    ("page: VM monitor", lambda c, r: f"/ui/vm/{r.choice(c.vms)}?tab=monitor"),
+    ("page: host summary", lambda c, r: f"/ui/host/{r.choice(c.hosts)}"),
+    ("page: cluster summary", lambda c, r: f"/ui/cluster/{r.choice(c.clusters)}"),
+    ("page: cluster DRS tab", lambda c, r: f"/ui/cluster/{r.choice(c.clusters)}?tab=drs"),
+    ("page: datacenter summary", lambda c, r: f"/ui/datacenter/{r.choice(c.datacenters)}"),
+    ("page: datastore summary", lambda c, r: f"/ui/datastore/{r.choice(c.datastores)}"),
+    ("page: host chart data (1 h)", lambda c, r: f"/ui/data/metrics/host/{r.choice(c.hosts)}?counter=cpu.usage&tier=realtime"),
+]
 
 
 def login_pages(ctx: Ctx, base: str) -> None:
-    """Whatever the dashboard pages need beyond the API token (part B)."""
+    """Log in through the dashboard's form: its session cookie stays in ctx.client."""
+    import re
+
+    form = ctx.client.get("/ui/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
+    answer = ctx.client.post("/ui/login", data={"username": "bench", "password": "bench-password", "csrf": csrf, "next": "/ui"})
+    if answer.status_code >= 400 or "vc_session" not in ctx.client.cookies:
+        sys.exit(f"dashboard login failed: {answer.status_code} {answer.text[:200]}")
 
 
 def free_port() -> int:

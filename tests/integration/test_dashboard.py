@@ -214,3 +214,35 @@ def test_triggered_alarms_show_in_the_tree_and_are_acknowledged(world):
         page = ui.get(f"/ui/host/{world['host']['id']}").text
         assert "Host not responding" in page and 'data-action="' not in page
         assert ui.post(f"/ui/host/{world['host']['id']}/alarms/{state_id}/reset", headers={"X-CSRF-Token": token}).status_code == 403
+
+
+def test_tree_and_search_show_only_what_the_user_may_see(world):
+    settings = world["settings"]
+    with TestClient(world["app"]) as api:
+        h = login(api)
+        west = api.post("/api/v1/datacenters", json={"name": "dc-west"}, headers=h).json()
+        silver = api.post("/api/v1/clusters", json={"name": "silver", "datacenter_id": west["id"]}, headers=h).json()
+    with session_scope(settings.database_url) as session:
+        user = auth.create_user(session, "eastonly", "eastonly-pass", is_admin=False)
+        try:
+            from vcenter.services import authz, permissions
+        except ImportError:  # the interim model: every user views everything
+            permissions = None
+        if permissions is not None:
+            roles = authz.ensure_builtin_roles(session)
+            permissions.set_permission(session, "admin", {"principal_type": "user", "principal_id": user.id, "object_type": "datacenter",
+                                                          "object_id": world["dc"]["id"], "role_id": roles["Read-only"].id, "propagate": True})
+    with TestClient(world["app"]) as ui:
+        ui_login(ui, "eastonly", "eastonly-pass")
+        home = ui.get("/ui").text
+        tree = home[home.index('<nav class="tree"'):home.index("</nav>", home.index('<nav class="tree"'))]
+        found = ui.get("/ui/search", params={"q": "silver"}).text
+        assert "dc-east" in tree
+        if permissions is None:
+            assert "dc-west" in tree and "silver" in found
+            return
+        assert "dc-west" not in tree
+        assert f"/ui/cluster/{silver['id']}" not in found and "Nothing named like" in found
+        assert ui.get(f"/ui/cluster/{silver['id']}").status_code == 403
+        assert ui.get(f"/ui/tree/datacenter/{west['id']}").status_code == 403
+        assert "gold" in ui.get(f"/ui/tree/datacenter/{world['dc']['id']}").text

@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from vcenter.core.errors import Unauthorized
-from vcenter.dashboard.web import UiUser, templates, ui_requires
+from vcenter.dashboard.web import UiUser, panel_filter, templates, ui_requires
 from vcenter.services import auth, overview
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -33,15 +33,16 @@ def _poll(runtime: Any, user: UiUser, after_event: int) -> tuple[tuple, str, lis
             auth.authenticate(session, user.token, runtime.settings)
         except Unauthorized:
             return None
-        tasks = overview.recent_tasks(session)
-        events = overview.recent_events(session, 50, after_id=after_event)
+        where = panel_filter(session, runtime.settings, user)
+        tasks = overview.recent_tasks(session, where=where(overview.TASK_MODEL))
+        events = overview.recent_events(session, 50, after_id=after_event, where=where(overview.EVENT_MODEL))
         tasks_html = templates.get_template("_tasks.html").render(tasks=tasks)
         events_html = templates.get_template("_events.html").render(events=list(reversed(events)), rows_only=True) if events else ""
         return overview.task_fingerprint(tasks), tasks_html, [e.id for e in events], events_html
 
 
 @router.get("/live")
-async def live(request: Request, user: Annotated[UiUser, ui_requires("System.View")], after: int = 0) -> StreamingResponse:
+async def live(request: Request, user: Annotated[UiUser, ui_requires("System.View", anywhere=True)], after: int = 0) -> StreamingResponse:
     runtime = request.app.state.runtime
     period = max(0.05, runtime.settings.ui_poll_period)
 

@@ -24,7 +24,9 @@ from vcenter.dashboard.web import (
     templates,
     ui_public,
     ui_requires,
+    panel_filter,
     verify_csrf,
+    visibility_filter,
 )
 from vcenter.domain.states import PowerAction
 from vcenter.services import auth, drs, hosts, migration, overview, power, vms
@@ -59,8 +61,11 @@ def _fragment(request: Request, name: str, **context: Any) -> str:
 
 def _page_context(request: Request, session: Any, user: UiUser) -> dict[str, Any]:
     runtime = _runtime(request)
-    return {"user": user, "can": permission_checker(session, runtime.settings, user), "roots": overview.roots(session),
-            "tasks": overview.recent_tasks(session), "events": overview.recent_events(session), "labels": KIND_LABELS}
+    keep = visibility_filter(session, runtime.settings, user)
+    where = panel_filter(session, runtime.settings, user)
+    return {"user": user, "can": permission_checker(session, runtime.settings, user), "roots": keep(overview.roots(session)),
+            "tasks": overview.recent_tasks(session, where=where(overview.TASK_MODEL)),
+            "events": overview.recent_events(session, where=where(overview.EVENT_MODEL)), "labels": KIND_LABELS}
 
 
 # --- login ---------------------------------------------------------------------------------
@@ -96,7 +101,7 @@ def login(request: Request, _: Annotated[None, ui_public("logging in")], form: P
 
 
 @router.post("/logout")
-def logout(request: Request, user: Annotated[UiUser, ui_requires("System.View")], form: PostedForm) -> Response:
+def logout(request: Request, user: Annotated[UiUser, ui_requires("System.View", anywhere=True)], form: PostedForm) -> Response:
     verify_csrf(request, user, form)
     with _runtime(request).transaction() as session:
         auth.logout(session, user.token)
@@ -107,7 +112,7 @@ def logout(request: Request, user: Annotated[UiUser, ui_requires("System.View")]
 
 # --- home, tree, search ----------------------------------------------------------------------
 @router.get("", response_class=HTMLResponse)
-def home(request: Request, user: Annotated[UiUser, ui_requires("System.View")]) -> Response:
+def home(request: Request, user: Annotated[UiUser, ui_requires("System.View", anywhere=True)]) -> Response:
     with _runtime(request).transaction() as session:
         context = _page_context(request, session, user)
         summaries = [(dc, overview.summary(session, "datacenter", overview.get(session, "datacenter", dc.id))) for dc in context["roots"]]
@@ -115,12 +120,13 @@ def home(request: Request, user: Annotated[UiUser, ui_requires("System.View")]) 
 
 
 @router.get("/tree/{kind}/{object_id}", response_class=HTMLResponse)
-def tree_children(request: Request, kind: str, object_id: int, user: Annotated[UiUser, ui_requires("System.View")]) -> Response:
+def tree_children(request: Request, kind: str, object_id: int, user: Annotated[UiUser, ui_requires("System.View", anywhere=True)]) -> Response:
     if kind not in ("datacenter", "cluster", "host"):
         raise NotFound(f"{kind} has no children in the tree", code="UNKNOWN_KIND")
     with _runtime(request).transaction() as session:
         permission_checker(session, _runtime(request).settings, user)("System.View", kind, object_id) or _forbid(user, kind, object_id)
-        return _render(request, "_tree.html", nodes=overview.children(session, kind, object_id))
+        keep = visibility_filter(session, _runtime(request).settings, user)
+        return _render(request, "_tree.html", nodes=keep(overview.children(session, kind, object_id)))
 
 
 def _forbid(user: UiUser, kind: str, object_id: int) -> None:
@@ -130,10 +136,9 @@ def _forbid(user: UiUser, kind: str, object_id: int) -> None:
 
 
 @router.get("/search", response_class=HTMLResponse)
-def search(request: Request, user: Annotated[UiUser, ui_requires("System.View")], q: str = Query("", max_length=80)) -> Response:
+def search(request: Request, user: Annotated[UiUser, ui_requires("System.View", anywhere=True)], q: str = Query("", max_length=80)) -> Response:
     with _runtime(request).transaction() as session:
-        can = permission_checker(session, _runtime(request).settings, user)
-        nodes = [n for n in overview.search(session, q) if can("System.View", n.kind, n.id)]
+        nodes = visibility_filter(session, _runtime(request).settings, user)(overview.search(session, q))
         return _render(request, "_search.html", nodes=nodes, q=q, labels=KIND_LABELS)
 
 

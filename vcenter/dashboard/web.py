@@ -83,8 +83,15 @@ def permission_checker(session: Any, settings: Any, user: UiUser) -> Callable[..
     POST goes through ui_requires and is recorded)."""
     row = auth.authenticate(session, user.token, settings)
     cache: dict[tuple, bool] = {}
+    held: dict[tuple, frozenset[str]] = {}
+    privileges_of = getattr(authz, "privileges", None)
 
     def can(privilege: str, kind: str | None = None, object_id: int | None = None) -> bool:
+        if privileges_of is not None:  # one inheritance walk per object, however many buttons
+            where = (kind, object_id)
+            if where not in held:
+                held[where] = privileges_of(session, row, kind, object_id, token=user.token)
+            return privilege in held[where]
         key = (privilege, kind, object_id)
         if key not in cache:
             try:
@@ -97,9 +104,43 @@ def permission_checker(session: Any, settings: Any, user: UiUser) -> Callable[..
     return can
 
 
-def ui_requires(privilege: str, on: str | None = None, param: str | None = None) -> Any:
+def visibility_filter(session: Any, settings: Any, user: UiUser) -> Callable[[list[Any]], list[Any]]:
+    """``keep(nodes)``: the tree nodes (kind, id) the user may see (System.View), one
+    decision per kind (authz.visible_ids) rather than one check per node."""
+    visible_ids = getattr(authz, "visible_ids", None)
+    row = auth.authenticate(session, user.token, settings)
+    if visible_ids is None or row.is_admin:
+        return lambda nodes: nodes
+    cache: dict[str, set[int] | None] = {}
+
+    def keep(nodes: list[Any]) -> list[Any]:
+        out = []
+        for node in nodes:
+            if node.kind not in cache:
+                cache[node.kind] = visible_ids(session, row, node.kind, token=user.token)
+            ids = cache[node.kind]
+            if ids is None or node.id in ids:
+                out.append(node)
+        return out
+
+    return keep
+
+
+def panel_filter(session: Any, settings: Any, user: UiUser) -> Callable[[Any], Any]:
+    """``where(model)``: the clause restricting Task or Event rows to those about objects the
+    user may see (authz.event_visibility_clause), or None for no restriction."""
+    clause = getattr(authz, "event_visibility_clause", None)
+    row = auth.authenticate(session, user.token, settings)
+    if clause is None or row.is_admin:
+        return lambda model: None
+    return lambda model: clause(session, row, model, token=user.token)
+
+
+def ui_requires(privilege: str, on: str | None = None, param: str | None = None, anywhere: bool = False) -> Any:
     """Dependency declaring the route's privilege; answers the UiUser or raises
-    LoginRequired / Forbidden (403)."""
+    LoginRequired / Forbidden (403). ``anywhere``: a page every logged-in user gets (home,
+    search, the live panel), whose content is filtered to what the user may see, since a user
+    may hold System.View below the root only."""
     if privilege not in PRIVILEGES:
         raise ValueError(f"unknown privilege {privilege!r}")
     param = param or (f"{on}_id" if on else None)
@@ -114,6 +155,8 @@ def ui_requires(privilege: str, on: str | None = None, param: str | None = None)
                 user = auth.authenticate(session, token, runtime.settings)
             except Unauthorized:
                 raise LoginRequired() from None
+            if anywhere:
+                return UiUser(user.username, user.is_admin, user.id, token)
             object_id = None
             if on is not None:
                 raw = request.path_params.get(param)
@@ -123,6 +166,7 @@ def ui_requires(privilege: str, on: str | None = None, param: str | None = None)
 
     check_privilege.privilege = privilege  # type: ignore[attr-defined]
     check_privilege.object_kind = on  # type: ignore[attr-defined]
+    check_privilege.anywhere = anywhere  # type: ignore[attr-defined]
     return Depends(check_privilege)
 
 

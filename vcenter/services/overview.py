@@ -46,12 +46,12 @@ class Node:
     alarm: str | None = None  # the worst triggered alarm on the object: warning | critical
 
 
-def _host_badge(host: Host) -> str | None:
-    if host.connection_state != "connected":
-        return host.connection_state
-    if host.maintenance:
+def _badge(connection_state: str, maintenance: bool, standby: bool) -> str | None:
+    if connection_state != "connected":
+        return connection_state
+    if maintenance:
         return "maintenance"
-    if host.standby:
+    if standby:
         return "standby"
     return None
 
@@ -85,14 +85,17 @@ def children(session: Session, kind: str, object_id: int, limit: int = 500) -> l
 
 
 def _children(session: Session, kind: str, object_id: int, limit: int) -> list[Node]:
+    # Columns, not ORM rows: a datastore row would load its mounts (thousands of hosts).
     if kind == "datacenter":
-        out = [Node("cluster", c.id, c.name, None, True) for c in session.scalars(select(Cluster).where(Cluster.datacenter_id == object_id).order_by(Cluster.name).limit(limit))]
-        out += [Node("host", h.id, h.name, _host_badge(h), True) for h in session.scalars(select(Host).where(Host.datacenter_id == object_id, Host.cluster_id.is_(None)).order_by(Host.name).limit(limit))]
-        out += [Node("datastore", d.id, d.name) for d in session.scalars(select(Datastore).where(Datastore.datacenter_id == object_id).order_by(Datastore.name).limit(limit))]
-        out += [Node("portgroup", p.id, p.name) for p in session.scalars(select(PortGroup).where(PortGroup.datacenter_id == object_id).order_by(PortGroup.name).limit(limit))]
+        out = [Node("cluster", i, n, None, True) for i, n in session.execute(select(Cluster.id, Cluster.name).where(Cluster.datacenter_id == object_id).order_by(Cluster.name).limit(limit))]
+        out += [Node("host", i, n, _badge(c, m, sb), True) for i, n, c, m, sb in session.execute(
+            select(Host.id, Host.name, Host.connection_state, Host.maintenance, Host.standby).where(Host.datacenter_id == object_id, Host.cluster_id.is_(None)).order_by(Host.name).limit(limit))]
+        out += [Node("datastore", i, n) for i, n in session.execute(select(Datastore.id, Datastore.name).where(Datastore.datacenter_id == object_id).order_by(Datastore.name).limit(limit))]
+        out += [Node("portgroup", i, n) for i, n in session.execute(select(PortGroup.id, PortGroup.name).where(PortGroup.datacenter_id == object_id).order_by(PortGroup.name).limit(limit))]
         return out
     if kind == "cluster":
-        return [Node("host", h.id, h.name, _host_badge(h), True) for h in session.scalars(select(Host).where(Host.cluster_id == object_id).order_by(Host.name).limit(limit))]
+        return [Node("host", i, n, _badge(c, m, sb), True) for i, n, c, m, sb in session.execute(
+            select(Host.id, Host.name, Host.connection_state, Host.maintenance, Host.standby).where(Host.cluster_id == object_id).order_by(Host.name).limit(limit))]
     if kind == "host":
         rows = session.execute(select(VirtualMachine.id, VirtualMachine.name, VirtualMachine.power_state).where(VirtualMachine.host_id == object_id).order_by(VirtualMachine.name).limit(limit))
         return [Node("vm", i, n, p) for i, n, p in rows]
@@ -153,7 +156,7 @@ def summary(session: Session, kind: str, row: Any) -> dict[str, Any]:
         out["cluster"] = session.get(Cluster, row.cluster_id) if row.cluster_id else None
         hosts = select(Host).where(Host.cluster_id == row.cluster_id, Host.id != row.host_id) if row.cluster_id else select(Host).where(Host.id == -1)
         out["migrate_targets"] = list(session.scalars(hosts.order_by(Host.name)))
-        out["all_datastores"] = list(session.scalars(select(Datastore).where(Datastore.datacenter_id == row.datacenter_id).order_by(Datastore.name)))
+        out["all_datastores"] = list(session.execute(select(Datastore.id, Datastore.name).where(Datastore.datacenter_id == row.datacenter_id).order_by(Datastore.name)))
     elif kind == "host":
         out["vms"] = session.scalar(select(func.count()).select_from(VirtualMachine).where(VirtualMachine.host_id == row.id)) or 0
         out["running"] = session.scalar(select(func.count()).select_from(VirtualMachine).where(VirtualMachine.host_id == row.id, VirtualMachine.power_state == "poweredOn")) or 0
@@ -189,13 +192,23 @@ def _about(query: Any, model: Any, kind: str | None, object_id: int | None) -> A
     return query.where(model.object_type == kind, model.object_id == object_id)
 
 
-def recent_tasks(session: Session, limit: int = 15, kind: str | None = None, object_id: int | None = None) -> list[Task]:
-    return list(session.scalars(_about(select(Task), Task, kind, object_id).order_by(Task.id.desc()).limit(limit)))
+def recent_tasks(session: Session, limit: int = 15, kind: str | None = None, object_id: int | None = None, where: Any = None) -> list[Task]:
+    """``where``: a clause restricting the rows to what the user may see (None: all)."""
+    query = _about(select(Task), Task, kind, object_id)
+    if where is not None:
+        query = query.where(where)
+    return list(session.scalars(query.order_by(Task.id.desc()).limit(limit)))
 
 
-def recent_events(session: Session, limit: int = 15, kind: str | None = None, object_id: int | None = None, after_id: int = 0) -> list[Event]:
+def recent_events(session: Session, limit: int = 15, kind: str | None = None, object_id: int | None = None, after_id: int = 0, where: Any = None) -> list[Event]:
     query = _about(select(Event), Event, kind, object_id).where(Event.id > after_id)
+    if where is not None:
+        query = query.where(where)
     return list(session.scalars(query.order_by(Event.id.desc()).limit(limit)))
+
+
+TASK_MODEL = Task  # for callers building a visibility clause (the dashboard does not import the database)
+EVENT_MODEL = Event
 
 
 def triggered_alarms(session: Session, kind: str, object_id: int) -> list[dict[str, Any]]:
