@@ -83,6 +83,14 @@ def test_agent_sample_in_series_out_and_bad_requests(env):
     r = client.get("/api/v1/metrics/portgroup/1", headers=auth)
     assert (r.status_code, r.json()["code"]) == (404, "UNKNOWN_OBJECT_TYPE")
     assert client.get(f"/api/v1/metrics/host/{h1['id']}").status_code == 401
+    # A report sent again for the same instant (an agent's retry) stores nothing twice.
+    at = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=30)
+    report = MetricsReport(interval_s=20, host={"cpu.usage": 1.0}, vms=[VmMetrics(uuid=vm["libvirt_uuid"], values={"cpu.usage": 2.0})])
+    with session_scope(env["settings"].database_url) as session:
+        assert metrics.ingest(session, session.get(Host, h1["id"]), report, now=at) == {"stored": 2}
+    with session_scope(env["settings"].database_url) as session:
+        assert metrics.ingest(session, session.get(Host, h1["id"]), report, now=at) == {"stored": 0}
+        assert session.query(MetricSample).filter_by(tier=0, at=at).count() == 2
 
 
 def test_rollups_tiers_and_retention(env):

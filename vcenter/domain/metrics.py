@@ -161,23 +161,38 @@ Row = tuple[str, int, float, Mapping[str, object]]  # object_type, object_id, at
 def rollup(rows: Iterable[Row], interval_s: float) -> dict[tuple[str, int, float], dict[str, list[float]]]:
     """Aggregate rows of a finer tier into buckets of ``interval_s``: for every (object_type,
     object_id, bucket start) the encoded aggregate of every counter present."""
-    grouped: dict[tuple[str, int, float], dict[str, list[Aggregate]]] = {}
+    # Running [weighted sum, min, max, n] per counter: the same as ``combine`` over the parts,
+    # without building an Aggregate per stored value (hundreds of thousands per pass).
+    grouped: dict[tuple[str, int, float], dict[str, list[float]]] = {}
     for object_type, object_id, at_s, values in rows:
-        key = (object_type, object_id, bucket_start(at_s, interval_s))
-        counters = grouped.setdefault(key, {})
+        key = (object_type, object_id, math.floor(at_s / interval_s) * interval_s)
+        counters = grouped.get(key)
+        if counters is None:
+            counters = grouped[key] = {}
         for counter, raw in values.items():
             if raw is None:
                 continue
-            counters.setdefault(counter, []).append(Aggregate.decode(raw))
+            if isinstance(raw, (int, float)):
+                total, lo, hi, n = float(raw), float(raw), float(raw), 1
+            else:
+                avg, lo, hi, n = raw
+                if n <= 0:
+                    continue
+                total = avg * n
+            acc = counters.get(counter)
+            if acc is None:
+                counters[counter] = [total, lo, hi, n]
+            else:
+                acc[0] += total
+                if lo < acc[1]:
+                    acc[1] = lo
+                if hi > acc[2]:
+                    acc[2] = hi
+                acc[3] += n
     out: dict[tuple[str, int, float], dict[str, list[float]]] = {}
     for key, counters in grouped.items():
-        encoded = {}
-        for counter, parts in counters.items():
-            agg = combine(parts)
-            if agg is not None:
-                encoded[counter] = agg.encode()
-        if encoded:
-            out[key] = encoded
+        if counters:
+            out[key] = {c: Aggregate(acc[0] / acc[3], acc[1], acc[2], int(acc[3])).encode() for c, acc in counters.items()}
     return out
 
 

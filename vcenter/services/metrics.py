@@ -62,14 +62,23 @@ def ingest(session: Session, host: Host, report: MetricsReport, now: datetime | 
                 rows.append({"object_type": "vm", "object_id": ids[vm.uuid], "tier": 0, "at": at, "values": values})
     if not rows:
         return {"stored": 0}
-    # A second report within the same second (a retry) replaces nothing: drop the duplicates.
-    taken = set(session.execute(select(MetricSample.object_type, MetricSample.object_id)
-                                .where(MetricSample.tier == 0, MetricSample.at == at,
-                                       MetricSample.object_id.in_([r["object_id"] for r in rows]))).all())
-    rows = [r for r in rows if (r["object_type"], r["object_id"]) not in taken]
-    if rows:
-        session.execute(insert(MetricSample), rows)
-    return {"stored": len(rows)}
+    # A second report within the same second (a retry) replaces nothing: the unique key
+    # (object, tier, instant) drops it in the same statement.
+    stored = session.connection().execute(_insert_ignoring_duplicates(session).returning(MetricSample.id), rows).all()
+    return {"stored": len(stored)}
+
+
+def _insert_ignoring_duplicates(session: Session) -> Any:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(MetricSample).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(MetricSample).on_conflict_do_nothing()
+    return insert(MetricSample)
 
 
 # --- out --------------------------------------------------------------------------------------
