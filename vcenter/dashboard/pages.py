@@ -29,7 +29,7 @@ from vcenter.dashboard.web import (
     visibility_filter,
 )
 from vcenter.domain.states import PowerAction
-from vcenter.services import auth, drs, hosts, migration, overview, power, vms
+from vcenter.services import auth, drs, ha, hosts, migration, overview, power, snapshots, vms
 from vcenter.services import console as console_service
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -145,12 +145,17 @@ def search(request: Request, user: Annotated[UiUser, ui_requires("System.View", 
 # --- object pages --------------------------------------------------------------------------
 def _object_page(kind: str) -> None:
     @router.get(f"/{kind}/{{{kind}_id}}", response_class=HTMLResponse, name=f"ui_{kind}")
-    def page(request: Request, user: Annotated[UiUser, ui_requires("System.View", on=kind)], tab: str = Query("summary", pattern="^(summary|monitor|configure|drs)$")) -> Response:
+    def page(request: Request, user: Annotated[UiUser, ui_requires("System.View", on=kind)], tab: str = Query("summary", pattern="^(summary|monitor|configure|drs|ha)$")) -> Response:
         object_id = int(request.path_params[f"{kind}_id"])
         with _runtime(request).transaction() as session:
             row = overview.get(session, kind, object_id)
             context = _page_context(request, session, user)
-            return _render(request, "object.html", kind=kind, obj=row, tab=tab, path=overview.path_of(session, kind, row),
+            extra: dict[str, Any] = {}
+            if kind == "vm" and tab == "summary":
+                extra["snapshots"] = _flatten(snapshots.list_snapshots(session, object_id)["tree"])
+            if kind == "cluster" and tab == "ha":
+                extra["ha_status"], extra["ha_capacity"] = ha.status(session, object_id), ha.capacity(session, object_id)
+            return _render(request, "object.html", kind=kind, obj=row, tab=tab, path=overview.path_of(session, kind, row), **extra,
                            info=overview.summary(session, kind, row), object_tasks=overview.recent_tasks(session, 20, kind, object_id),
                            object_events=overview.recent_events(session, 30, kind, object_id), power_actions=POWER_ACTIONS,
                            alarms=overview.triggered_alarms(session, kind, object_id) if tab == "summary" else [],
@@ -159,6 +164,14 @@ def _object_page(kind: str) -> None:
 
 for _kind in overview.TREE_KINDS:
     _object_page(_kind)
+
+
+def _flatten(tree: list[dict[str, Any]], depth: int = 0) -> list[tuple[int, dict[str, Any]]]:
+    out = []
+    for node in tree:
+        out.append((depth, node))
+        out += _flatten(node.get("children") or [], depth + 1)
+    return out
 
 
 # --- actions -------------------------------------------------------------------------------
@@ -327,6 +340,50 @@ def drs_whatif(request: Request, cluster_id: int, user: Annotated[UiUser, ui_req
     except VcError as exc:
         return _refused(request, exc)
     return _render(request, "_whatif.html", result=result, change=change, host_names=host_names)
+
+
+# --- snapshots and clones ----------------------------------------------------------------------
+@router.post("/vm/{vm_id}/snapshots")
+def snapshot_create(request: Request, vm_id: int, user: Annotated[UiUser, ui_requires("VirtualMachine.Snapshot", on="vm")], form: PostedForm) -> Response:
+    verify_csrf(request, user, form)
+    name = form.get("name", "").strip()[:80]
+    try:
+        if not name:
+            raise Invalid("name: a snapshot needs a name", code="INVALID", details={"field": "name"})
+        with _runtime(request).transaction() as session:
+            return _task_started(request, snapshots.create_snapshot(session, user.username, vm_id, name, form.get("description", "")[:500]), "Snapshot")
+    except VcError as exc:
+        return _refused(request, exc)
+
+
+@router.post("/vm/{vm_id}/snapshots/{snapshot_id}/{operation}")
+def snapshot_operation(request: Request, vm_id: int, snapshot_id: int, operation: str, user: Annotated[UiUser, ui_requires("VirtualMachine.Snapshot", on="vm")], form: PostedForm) -> Response:
+    verify_csrf(request, user, form)
+    try:
+        with _runtime(request).transaction() as session:
+            if operation == "revert":
+                return _task_started(request, snapshots.revert_snapshot(session, user.username, vm_id, snapshot_id), "Revert to snapshot")
+            if operation == "delete":
+                return _task_started(request, snapshots.delete_snapshot(session, user.username, vm_id, snapshot_id), "Delete snapshot")
+            raise NotFound(f"no snapshot operation {operation!r}", code="UNKNOWN_ACTION")
+    except VcError as exc:
+        return _refused(request, exc)
+
+
+@router.post("/vm/{vm_id}/clone")
+def clone(request: Request, vm_id: int, user: Annotated[UiUser, ui_requires("VirtualMachine.Clone", on="vm")], form: PostedForm) -> Response:
+    verify_csrf(request, user, form)
+    try:
+        name = form.get("name", "").strip()[:80]
+        if not name:
+            raise Invalid("name: the clone needs a name", code="INVALID", details={"field": "name"})
+        data: dict[str, Any] = {"name": name, "linked": form.get("linked") == "on"}
+        if form.get("datastore_id"):
+            data["datastore_id"] = _int_field(form, "datastore_id")
+        with _runtime(request).transaction() as session:
+            return _task_started(request, snapshots.clone(session, user.username, vm_id, data), "Clone")
+    except VcError as exc:
+        return _refused(request, exc)
 
 
 # --- alarms ---------------------------------------------------------------------------------
