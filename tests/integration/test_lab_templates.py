@@ -2,8 +2,8 @@
 
 Two lab hosts sharing a loop-mounted datastore. A VM becomes a template; five linked clones
 are deployed with placement choosing the hosts, boot, and each guest reports (through its
-heartbeat channel) the hostname and the machine-id of its own cloud-init seed, the ones the
-server issued, no two alike; the template cannot be deleted while they depend on it. A VMDK
+heartbeat channel) the hostname, machine-id and address of its own cloud-init seed, the ones
+the server issued, no two alike (and one clone pings another at its seed's address); the template cannot be deleted while they depend on it. A VMDK
 and a VDI are uploaded and imported, boot, and each guest reports the SHA-256 of the disk it
 sees, equal to the image's content. The VMDK VM is exported as an OVA (stream-optimised VMDK)
 and the OVA imported again: that guest sees the same disk.
@@ -62,9 +62,14 @@ def test_templates_linked_clones_import_and_export(tmp_path):
             assert template["state"] == "ready" and template["version"] == 1 and len(template["disks"][0]["sha256"]) == 64
             assert api.get(f"/api/v1/vms/{base['object_id']}").status_code == 404
 
-            # Five linked clones, placement choosing the host of each.
-            tasks = [api.post(f"/api/v1/templates/{template['id']}/deploy", json={"name": f"clone{i}", "cluster_id": cl["id"], "mode": "linked",
-                                                                                  "customization": {"hostname": f"web-{i}", "runcmd": ["echo first boot"]}}).json()
+            pg = api.post("/api/v1/portgroups", json={"name": "tplnet", "datacenter_id": dc["id"], "vlan_id": 77, "host_ids": list(ids.values())}).json()
+            wait_for(lambda: sorted(api.get(f"/api/v1/portgroups/{pg['id']}").json()["present_on_host_ids"]) == sorted(ids.values()), 30, what="port group on both hosts")
+
+            # Five linked clones, placement choosing the host of each; each seed gives a hostname
+            # and an address.
+            tasks = [api.post(f"/api/v1/templates/{template['id']}/deploy", json={"name": f"clone{i}", "cluster_id": cl["id"], "mode": "linked", "nics": [{"portgroup_id": pg["id"]}],
+                                                                                  "customization": {"hostname": f"web-{i}", "runcmd": ["echo first boot"],
+                                                                                                    "network": {"address": f"10.77.0.{10 + i}/24"}}}).json()
                      for i in range(5)]
             deployed = [_ok(task_done(api, t, 90)) for t in tasks]
             print("\nlinked-clone disk creation (agent):", [d["result"]["timings"] for d in deployed])
@@ -79,8 +84,12 @@ def test_templates_linked_clones_import_and_export(tmp_path):
                 issued = api.get(f"/api/v1/vms/{vm_id}/customization").json()
                 info = _guest(api, vm_id, lambda g, i=i: g.get("hostname") == f"web-{i}", f"clone{i} reports its seed's hostname")
                 assert info["machine_id"] == issued["machine_id"] and info["instance_id"] == issued["instance_id"]
+                assert info["ip"] == f"10.77.0.{10 + i}/24"
                 seen.append((info["hostname"], info["machine_id"], info["instance_id"]))
             assert len({s[0] for s in seen}) == len({s[1] for s in seen}) == len({s[2] for s in seen}) == 5
+            # The seed's address is really on the guest's NIC: clone0 reaches clone4 on the port group.
+            ping = _ok(task_done(api, api.post(f"/api/v1/vms/{vm_ids[0]}/guest/command", json={"command": "ping", "argument": "10.77.0.14", "timeout": 30}).json(), 60))
+            assert ping["result"]["reply"]["ok"] is True
             for vm_id in vm_ids:
                 _ok(task_done(api, api.post(f"/api/v1/vms/{vm_id}/power/off").json()))
 

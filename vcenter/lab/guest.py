@@ -23,8 +23,9 @@ The guest protocol (one virtio-serial port, ``org.virtcenter.heartbeat``, JSON l
   ``burn <pct>``, ``write-pattern <MiB>``, ``ping <ip>``, ``poweroff``, ``hostname``,
   ``checksum <vdX>`` (SHA-256 and size of a whole disk as the guest sees it).
 - A cloud-init NoCloud seed on any virtio disk (ISO 9660 label cidata, templates_store.cloudinit)
-  sets the hostname (meta-data local-hostname, over vc.hostname=), the instance id and the
-  machine-id (user-data write_files /etc/machine-id); the heartbeat carries all three.
+  sets the hostname (meta-data local-hostname, over vc.hostname=), the instance id, the
+  machine-id (user-data write_files /etc/machine-id) and eth0's address (network-config's first
+  address, over vc.ip=); the heartbeat carries them.
 - Kernel command line: ``vc.hostname=<name>``, ``vc.ip=<addr>/<prefix>`` (eth0),
   ``vc.seed=`` (reserved, ignored).
 - The ACPI power button (``virDomainShutdown``) and ``poweroff`` both end in
@@ -114,6 +115,9 @@ for dev in /dev/vd?; do
       INSTANCE_ID=$(sed -n 's/^instance-id: *//p' /run/vc/seed/meta-data | tr -d "'\"")
       mid=$(awk '/^- path: \/etc\/machine-id$/ {m=1; next} m && /^  content:/ {sub(/^  content: */, ""); gsub(/[^0-9a-f]/, ""); print; exit} /^- / {m=0}' /run/vc/seed/user-data 2>/dev/null)
       [ -n "$mid" ] && echo "$mid" >/etc/machine-id
+      # network-config v2: the first address of eth0 (over vc.ip=).
+      a=$(awk '/^ *addresses:$/ {getline; sub(/^ *- */, ""); gsub(/["\047]/, ""); print; exit}' /run/vc/seed/network-config 2>/dev/null)
+      [ -n "$a" ] && IP=$a
       log "seed from $dev: hostname=$HOSTNAME instance-id=$INSTANCE_ID"
       break
     fi
