@@ -5,7 +5,7 @@ guest writes a pattern; a full backup runs while the guest writes more and its h
 counting (never restarted); an incremental backup after that; the chain is restored into a new
 VM, whose disk carries the whole pattern and which boots; the first VM reverts to its snapshot
 and its disk is empty again while it runs; a clone of the running VM (host chosen by
-placement) boots with its own identity.
+placement) boots with its own identity; a job scheduled by beat keeps one restore point.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def _heartbeat(api, vm_id: int, after: int = 0, what: str = "heartbeat") -> dict
 
 
 def test_backup_restore_revert_clone_of_a_running_guest(tmp_path):
-    with lab_stack(tmp_path, 1, task_lease=20) as (stack, lab, ctx):
+    with lab_stack(tmp_path, 1, task_lease=20, backup_schedule_period=1) as (stack, lab, ctx):
         host_id, dc = ctx["ids"]["host1"], ctx["dc"]
         with stack.client() as api:
             path = lab.create_datastore("vmdata1", 256, ["host1"])
@@ -112,3 +112,17 @@ def test_backup_restore_revert_clone_of_a_running_guest(tmp_path):
             assert info["hostname"] == "clone1" and info["machine_id"] != before["machine_id"]
             assert api.get(f"/api/v1/vms/{vm_id}").json()["power_state"] == "poweredOn"
             _heartbeat(api, vm_id, seq, "source keeps running")
+
+            # A scheduled job (beat, compressed interval) with retention 1: a second point
+            # replaces the first, whose file the agent removed after the second succeeded.
+            often = api.post(f"/api/v1/vms/{vm_id}/backup-jobs", json={"name": "often", "datastore_id": ds["id"], "directory": "backups/often",
+                                                                       "interval_s": 2, "keep": 1, "incremental": False}).json()
+
+            def points_of_often():
+                return [p for p in api.get(f"/api/v1/vms/{vm_id}/backups").json() if p["job_id"] == often["id"] and p["state"] == "ok"]
+            first = wait_for(lambda: points_of_often(), 60, what="a scheduled backup")[0]
+            later = wait_for(lambda: [p for p in points_of_often() if p["id"] > first["id"]], 60, what="a second scheduled backup")[0]
+            wait_for(lambda: first["id"] not in {p["id"] for p in points_of_often()}, 30, what="retention")
+            assert lab.host("host1").run(["test", "-e", f"{path}/{first['files'][0]['file']}"], check=False).returncode != 0
+            assert lab.host("host1").run(["test", "-s", f"{path}/{later['files'][0]['file']}"], check=False).returncode == 0
+            api.patch(f"/api/v1/vms/{vm_id}/backup-jobs/{often['id']}", json={"enabled": False})
