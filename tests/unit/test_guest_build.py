@@ -34,6 +34,7 @@ FAKE_MODULES = {  # name: (directory, depends)
     "net_failover": ("drivers/net", "failover"),
     "virtio_net": ("drivers/net", "virtio_ring,virtio,net_failover"),
     "button": ("drivers/acpi", ""),
+    "isofs": ("fs/isofs", ""),  # the cloud-init seed volume
     "unused": ("drivers/misc", ""),
 }
 BUILTIN = ["kernel/drivers/input/evdev.ko"]
@@ -170,7 +171,7 @@ def test_initramfs_layout(apt, tmp_path):
     order = files["etc/vc/modules"][1].decode().split()
     # Dependencies first; built-ins (evdev here) and unrelated modules left out.
     assert order == ["virtio_ring", "virtio_pci_modern_dev", "virtio", "virtio_pci", "virtio_console",
-                     "virtio_blk", "failover", "net_failover", "virtio_net", "button"]
+                     "virtio_blk", "failover", "net_failover", "virtio_net", "button", "isofs"]
     for m in order:
         assert files[f"lib/modules/{m}.ko"][1] == fake_ko(m, FAKE_MODULES[m][1])
     assert "lib/modules/unused.ko" not in files
