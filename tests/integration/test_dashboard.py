@@ -170,6 +170,13 @@ def test_console_ticket_is_single_use_and_expires(world):
             with pytest.raises(WebSocketDisconnect) as closed:
                 ws.receive_bytes()
         assert closed.value.code == 4403
+        # Another site's page cannot spend a ticket.
+        with session_scope(settings.database_url) as session:
+            third = console_service.issue_ticket(session, r, world["settings"], "admin", world["vm_id"])
+        with ui.websocket_connect(f"/ui/console/ws?ticket={third['ticket']}", headers={"origin": "https://evil.example"}) as ws:
+            with pytest.raises(WebSocketDisconnect) as closed:
+                ws.receive_bytes()
+        assert closed.value.code == 4403 and console_service.redeem(r, third["ticket"]) is not None
 
 
 def test_live_stream_sends_tasks_and_events(world):

@@ -34,3 +34,24 @@ def test_thumbprint_matches_the_agents_spelling(tmp_path):
     expected = load_or_create_certificate(tmp_path, "h1")
     der = x509.load_pem_x509_certificate((tmp_path / "agent.crt").read_bytes()).public_bytes(Encoding.DER)
     assert thumbprint_of_der(der) == expected
+
+
+def test_every_asset_is_served_by_the_server_itself():
+    """No CDN: every script and stylesheet a template names is a file under static/."""
+    import re
+    from pathlib import Path
+
+    import vcenter.dashboard as dashboard
+
+    root = Path(dashboard.__file__).parent
+    found = 0
+    for template in (root / "templates").glob("*.html"):
+        for url in re.findall(r'<(?:script|link)[^>]+(?:src|href)="([^"]+)"', template.read_text()):
+            assert url.startswith("/ui/static/"), (template.name, url)
+            assert (root / "static" / url.removeprefix("/ui/static/")).is_file(), (template.name, url)
+            found += 1
+        text = template.read_text()
+        assert "http://" not in text and "https://" not in text, template.name
+    assert found >= 8
+    for vendored in ("htmx", "xterm", "uplot"):
+        assert (root / "static" / "vendor" / vendored / "LICENSE").is_file()

@@ -15,6 +15,7 @@ import json
 import logging
 import ssl
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
@@ -77,6 +78,13 @@ async def console_ws(websocket: WebSocket, _: Annotated[None, ui_public("authori
             except Unauthorized:
                 return grant, None
 
+    origin = websocket.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc != websocket.headers.get("host"):
+        # A page of another site opening our websocket with the user's cookie: refuse before
+        # the ticket is spent.
+        await websocket.accept()
+        await websocket.close(code=4403, reason="cross-site console request")
+        return
     grant, username = await run_in_threadpool(admit)
     await websocket.accept()
     if grant is None:
