@@ -1,4 +1,4 @@
-"""roles, groups, permissions, API tokens
+"""roles, groups, permissions, API tokens; events.source
 
 Revision ID: 0010
 Revises: 0009
@@ -71,9 +71,13 @@ def upgrade() -> None:
         sa.UniqueConstraint('token_hash', name=op.f('uq_api_tokens_token_hash')))
     op.create_index(op.f('ix_api_tokens_role_id'), 'api_tokens', ['role_id'], unique=False)
     op.create_index(op.f('ix_api_tokens_user_id'), 'api_tokens', ['user_id'], unique=False)
+    with op.batch_alter_table('events') as batch_op:
+        batch_op.add_column(sa.Column('source', sa.String(length=64), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('events') as batch_op:
+        batch_op.drop_column('source')
     op.drop_table('api_tokens')
     op.drop_table('permissions')
     op.drop_table('group_members')

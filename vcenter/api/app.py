@@ -12,7 +12,9 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from vcenter.api.errors import install_error_handlers
-from vcenter.api.routers import agent, clusters, inventory, tasks, users, vms
+from vcenter.api.guards import InputGuard
+from vcenter.core.audit import request_source
+from vcenter.api.routers import access, agent, clusters, inventory, tasks, users, vms
 from vcenter.core.settings import Settings, get_settings
 from vcenter.services.runtime import Runtime
 
@@ -23,7 +25,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
                   description="Central management server for KVM/libvirt clusters.")
     app.state.runtime = runtime or Runtime.build(settings)
     install_error_handlers(app)
-    for module in (inventory, clusters, vms, tasks, users, agent):
+    app.add_middleware(InputGuard, max_json_body=settings.max_json_body)
+    for module in (inventory, clusters, vms, tasks, users, access, agent):
         app.include_router(module.router)
     app.include_router(agent.registration)
     from vcenter.api.routers import vmdata as vmdata_routes  # snapshots, clones, backups, restores
@@ -63,6 +66,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     @app.middleware("http")
     async def _metrics(request: Request, call_next):
         start = time.perf_counter()
+        request_source.set(request.client.host if request.client else None)
         response = await call_next(request)
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")

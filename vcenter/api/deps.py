@@ -46,28 +46,50 @@ TokenDep = Annotated[str, Depends(bearer_token)]
 
 
 class CurrentUserInfo:
-    def __init__(self, username: str, is_admin: bool, user_id: int):
+    """The caller: who, through which token, and the privilege its route declared."""
+
+    def __init__(self, username: str, is_admin: bool, user_id: int, token: str | None = None, privilege: str | None = None):
         self.username = username
         self.is_admin = is_admin
         self.id = user_id
+        self.token = token
+        self.privilege = privilege
+
+    def _user(self, session: Any) -> Any:
+        from vcenter.db.models import User
+
+        return session.get(User, self.id)
+
+    def require(self, session: Any, kind: str | None, object_id: int | None, privilege: str | None = None) -> None:
+        """Check the route's privilege (or another) on an object named in the body."""
+        authz.check(session, self._user(session), privilege or self.privilege or "", kind, object_id, token=self.token)
+
+    def allowed(self, session: Any, privilege: str, kind: str | None = None, object_id: int | None = None) -> bool:
+        return authz.allowed(session, self._user(session), privilege, kind, object_id, token=self.token)
+
+    def visible(self, session: Any, kind: str, model: Any) -> Any:
+        """WHERE clause restricting a list of ``kind`` to what the caller may see (None: all)."""
+        return authz.visibility_clause(session, self._user(session), kind, model, token=self.token)
 
 
 def get_current_user(runtime: RuntimeDep, token: TokenDep) -> CurrentUserInfo:
     with runtime.transaction() as session:
         user = auth.authenticate(session, token, runtime.settings)
-        return CurrentUserInfo(user.username, user.is_admin, user.id)
+        return CurrentUserInfo(user.username, user.is_admin, user.id, token=token)
 
 
 CurrentUser = Annotated[CurrentUserInfo, Depends(get_current_user)]
 
 
-def requires(privilege: str, on: str | None = None, param: str | None = None) -> Any:
+def requires(privilege: str, on: str | None = None, param: str | None = None, deferred: bool = False) -> Any:
     """Dependency: the logged-in user, who must hold ``privilege`` on the object of kind
-    ``on`` whose id is the path parameter ``param`` (on the root when ``on`` is None).
+    ``on`` whose id is the path parameter ``param`` (default ``<on>_id``; on the root when
+    ``on`` is None). With ``deferred`` the route checks it itself on an object named in the
+    body (``user.require(db, "datacenter", body.datacenter_id)``) — creation checks the parent.
 
     Every route declares its privilege this way (``System.View`` for reads); a test walks
     ``app.routes`` and fails on a route without one. Use:
-    ``user: Annotated[CurrentUserInfo, requires("VirtualMachine.PowerOn", on="vm", param="vm_id")]``
+    ``user: Annotated[CurrentUserInfo, requires("VirtualMachine.PowerOn", on="vm")]``
     """
     from vcenter.domain.privileges import PRIVILEGES
 
@@ -78,28 +100,30 @@ def requires(privilege: str, on: str | None = None, param: str | None = None) ->
     def check_privilege(request: Request, runtime: RuntimeDep, token: TokenDep) -> CurrentUserInfo:
         with runtime.transaction() as session:
             user = auth.authenticate(session, token, runtime.settings)
-            object_id = None
-            if on is not None:
-                raw = request.path_params.get(param)
-                object_id = int(raw) if raw is not None and str(raw).isdigit() else None
-            authz.check(session, user, privilege, on, object_id, token=token)
-            return CurrentUserInfo(user.username, user.is_admin, user.id)
+            if not deferred:
+                object_id = None
+                if on is not None:
+                    raw = request.path_params.get(param)
+                    object_id = int(raw) if raw is not None and str(raw).isdigit() else None
+                authz.check(session, user, privilege, on, object_id, token=token)
+            return CurrentUserInfo(user.username, user.is_admin, user.id, token=token, privilege=privilege)
 
     check_privilege.privilege = privilege  # type: ignore[attr-defined]
     check_privilege.object_kind = on  # type: ignore[attr-defined]
+    check_privilege.deferred = deferred  # type: ignore[attr-defined]
     return Depends(check_privilege)
 
 
 def public(reason: str) -> Any:
-    """Dependency marking a route that needs no user session (login, agent routes with their
-    own host credential, health); the reason is what the route-walk test prints."""
+    """Dependency marking a route that needs no user privilege (login, agent routes with their
+    own host credential, the caller's own session and tokens); the reason is documentation."""
 
-    def no_session() -> None:
+    def no_privilege() -> None:
         return None
 
-    no_session.privilege = "System.Anonymous"  # type: ignore[attr-defined]
-    no_session.reason = reason  # type: ignore[attr-defined]
-    return Depends(no_session)
+    no_privilege.privilege = "System.Anonymous"  # type: ignore[attr-defined]
+    no_privilege.reason = reason  # type: ignore[attr-defined]
+    return Depends(no_privilege)
 
 
 def get_agent_host_id(host_id: int, runtime: RuntimeDep, token: TokenDep) -> int:

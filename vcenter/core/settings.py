@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     session_idle_timeout: float = Field(1800.0, description="a login session expires after this much idle time")
     session_max_lifetime: float = Field(12 * 3600.0, description="absolute lifetime of a login session")
     page_size_max: int = 500
+    max_json_body: int = Field(1024 * 1024, description="largest JSON request body accepted, bytes (413 above)")
     login_lockout_failures: int = Field(5, description="failed logins of one user within the window that lock it out")
     login_lockout_window: float = Field(180.0, description="the lockout window (s); a lockout ends by itself, so nobody locks an administrator out for good")
     events_retention_days: float = Field(365.0, description="events (the audit log) older than this are purged by the reaper")
@@ -98,6 +99,13 @@ class Settings(BaseSettings):
     drs_period: float = Field(300.0, description="DRS runs on every cluster with DRS enabled this often (vCenter: 5 minutes)")
     backup_schedule_period: float = Field(60.0, description="how often beat looks for scheduled backup jobs that are due (each job has its own interval)")
 
+    # --- dashboard and console ---------------------------------------------------------------
+    ui_poll_period: float = Field(1.0, description="dashboard: how often the live tasks/events stream looks for changes")
+    ui_cookie_secure: bool = Field(False, description="dashboard: mark the session cookie Secure (set it when serving HTTPS)")
+    console_ticket_ttl: float = Field(30.0, description="a console ticket must be used within this many seconds, once")
+    agent_console_port: int = Field(9443, description="TCP port of the agent's console endpoint (TLS with the agent's certificate)")
+    console_connect_timeout: float = Field(5.0, description="server: connecting to a host's console endpoint gives up after this")
+
     # --- performance statistics and alarms ------------------------------------------------
     metrics_sample_period: float = Field(20.0, description="agents sample host and VM counters this often: the real-time tier's interval (vCenter: 20 s)")
     metrics_tier_scale: float = Field(1.0, description="multiplies every rollup tier's interval and retention (5 min/1 day, 30 min/1 week, 2 h/1 month, 1 day/1 year); below 1 in tests only")
@@ -108,13 +116,6 @@ class Settings(BaseSettings):
     alarm_webhook_timeout: float = Field(5.0, description="one webhook POST gives up after this long")
     alarm_webhook_attempts: int = Field(5, description="a webhook is tried this many times before it is given up")
     alarm_webhook_retry_delay: float = Field(10.0, description="wait before the first retry of a webhook; doubled each time")
-
-    # --- dashboard and console ---------------------------------------------------------------
-    ui_poll_period: float = Field(1.0, description="dashboard: how often the live tasks/events stream looks for changes")
-    ui_cookie_secure: bool = Field(False, description="dashboard: mark the session cookie Secure (set it when serving HTTPS)")
-    console_ticket_ttl: float = Field(30.0, description="a console ticket must be used within this many seconds, once")
-    agent_console_port: int = Field(9443, description="TCP port of the agent's console endpoint (TLS with the agent's certificate)")
-    console_connect_timeout: float = Field(5.0, description="server: connecting to a host's console endpoint gives up after this")
 
     # --- misc -----------------------------------------------------------------------------
     log_level: str = "INFO"

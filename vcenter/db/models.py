@@ -393,6 +393,8 @@ class Event(Base):
     reason: Mapped[str | None] = mapped_column(String(64))
     task_id: Mapped[int | None] = mapped_column(Integer)
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The client address of the API request behind the event (None for the system's own).
+    source: Mapped[str | None] = mapped_column(String(64))
 
 
 class OutboxMessage(Base):
@@ -564,6 +566,7 @@ class AlarmWebhook(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column()
 
+
 class VmSnapshotRow(Base):
     """A VM snapshot as libvirt holds it (internal qcow2): a tree by ``parent_id``; ``memory``
     when taken of a running VM (reverting resumes it), disks only otherwise."""
@@ -675,10 +678,6 @@ class Upload(Base):
     username: Mapped[str] = mapped_column(String(80), default="system")
     task_id: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-
-
-from vcenter.db import ha_models as _ha_models  # noqa: E402,F401  (HA state tables)
-
 
 
 from vcenter.db import ha_models as _ha_models  # noqa: E402,F401  (HA state tables)

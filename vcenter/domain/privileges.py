@@ -33,6 +33,7 @@ PRIVILEGES: dict[str, str] = {
     "Authorization.ModifyRoles": "create, change and delete roles",
     "Users.Modify": "create, change and delete users, groups and API tokens",
     "Datacenter.Create": "create a datacenter",
+    "Datacenter.Modify": "rename a datacenter",
     "Datacenter.Delete": "delete a datacenter",
     "Folder.Create": "create a folder",
     "Folder.Delete": "delete a folder",

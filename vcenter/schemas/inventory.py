@@ -9,7 +9,7 @@ from datetime import datetime
 from ipaddress import IPv4Interface
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from vcenter.domain.states import ConnectionState, PowerState
 
@@ -414,6 +414,7 @@ class EventRead(_Out):
     reason: str | None
     task_id: int | None
     data: dict[str, Any]
+    source: str | None = Field(None, description="client address of the request behind the event")
 
 
 # --- auth ----------------------------------------------------------------------------------
@@ -509,6 +510,13 @@ class WhatIfChange(_In):
     cpu_mhz: float | None = Field(None, ge=0)
     memory_mib: float | None = Field(None, ge=0)
     rule: WhatIfRule | None = None
+
+    @model_validator(mode="after")
+    def _names_its_subject(self) -> "WhatIfChange":
+        needed = {"vm-demand": "vm_id", "rule-added": "rule"}.get(self.kind, "host_id")
+        if getattr(self, needed) is None:
+            raise ValueError(f"{needed} is required for kind {self.kind}")
+        return self
 
 
 class UserCreate(_In):

@@ -13,7 +13,7 @@ from vcenter.core.clock import utcnow
 from vcenter.core.errors import Conflict, Unauthorized
 from vcenter.core.ids import new_token, token_hash
 from vcenter.core.settings import Settings
-from vcenter.db.models import Event, LoginSession, User
+from vcenter.db.models import ApiToken, Event, LoginSession, Role, User
 from vcenter.services.events import record_event
 
 _hasher = PasswordHasher()
@@ -38,6 +38,9 @@ def set_password(session: Session, username: str, password: str) -> User:
     user.password_hash = _hasher.hash(password)
     for login in session.scalars(select(LoginSession).where(LoginSession.user_id == user.id, LoginSession.revoked.is_(False))):
         login.revoked = True
+    # Tokens too: one an attacker made with a stolen password must die with it.
+    for api_token in session.scalars(select(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked.is_(False))):
+        api_token.revoked = True
     return user
 
 
@@ -73,7 +76,9 @@ def login(session: Session, username: str, password: str, settings: Settings) ->
 def authenticate(session: Session, token: str, settings: Settings) -> User:
     login_session = session.scalar(select(LoginSession).where(LoginSession.token_hash == token_hash(token)))
     now = utcnow()
-    if login_session is None or login_session.revoked:
+    if login_session is None:
+        return _authenticate_api_token(session, token)
+    if login_session.revoked:
         raise Unauthorized("not logged in", code="NOT_AUTHENTICATED")
     if now >= login_session.expires_at or now - login_session.last_seen_at > timedelta(seconds=settings.session_idle_timeout):
         raise Unauthorized("session expired", code="SESSION_EXPIRED")
@@ -133,3 +138,51 @@ def delete_user(session: Session, by: str, user_id: int) -> None:
     name = user.username
     session.delete(user)
     record_event(session, "user.deleted", f"user {name} deleted", username=by, object_type="user", object_id=user_id, object_name=name)
+
+
+# --- API tokens: long-lived, for scripts; narrowed to a role (see services.authz) ---------
+
+def _authenticate_api_token(session: Session, token: str) -> User:
+    api_token = session.scalar(select(ApiToken).where(ApiToken.token_hash == token_hash(token)))
+    now = utcnow()
+    if api_token is None or api_token.revoked:
+        raise Unauthorized("not logged in", code="NOT_AUTHENTICATED")
+    if api_token.expires_at is not None and now >= api_token.expires_at:
+        raise Unauthorized("API token expired", code="TOKEN_EXPIRED")
+    if api_token.last_used_at is None or now - api_token.last_used_at > timedelta(seconds=60):
+        api_token.last_used_at = now
+    user = session.get(User, api_token.user_id)
+    if user is None or user.disabled:
+        raise Unauthorized("user disabled", code="NOT_AUTHENTICATED")
+    return user
+
+
+def create_api_token(session: Session, user: User, name: str, role_id: int, lifetime_s: float | None) -> tuple[str, ApiToken]:
+    from vcenter.core.errors import Invalid
+
+    role = session.get(Role, role_id)
+    if role is None:
+        raise Invalid(f"role {role_id} does not exist", code="INVALID_REFERENCE", details={"field": "role_id"})
+    token = "vct_" + new_token()
+    api_token = ApiToken(name=name, token_hash=token_hash(token), user_id=user.id, role_id=role.id,
+                         expires_at=utcnow() + timedelta(seconds=lifetime_s) if lifetime_s else None)
+    session.add(api_token)
+    session.flush()
+    record_event(session, "token.created", f"API token {name!r} of {user.username} created, narrowed to role {role.name}",
+                 username=user.username, object_type="user", object_id=user.id, object_name=user.username)
+    return token, api_token
+
+
+def list_api_tokens(session: Session, user: User) -> list[ApiToken]:
+    return list(session.scalars(select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.id)))
+
+
+def revoke_api_token(session: Session, user: User, token_id: int) -> None:
+    from vcenter.core.errors import NotFound
+
+    api_token = session.get(ApiToken, token_id)
+    if api_token is None or api_token.user_id != user.id:
+        raise NotFound(f"token {token_id} not found", code="TOKEN_NOT_FOUND")
+    api_token.revoked = True
+    record_event(session, "token.revoked", f"API token {api_token.name!r} of {user.username} revoked",
+                 username=user.username, object_type="user", object_id=user.id, object_name=user.username)

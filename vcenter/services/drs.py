@@ -150,9 +150,14 @@ def whatif(session: Session, cluster_id: int, change: dict[str, Any]) -> dict[st
             raise Invalid(f"host_id: host {host} is not in the cluster", code="INVALID_REFERENCE", details={"field": "host_id"})
         hypothetical = {"host-fails": drs.HostFails, "host-maintenance": drs.HostMaintenance, "host-powers-off": drs.HostPowersOff}[kind](host)
     elif kind == "vm-demand":
+        if str(change["vm_id"]) not in {v.id for v in snapshot.vms}:
+            raise Invalid(f"vm_id: VM {change['vm_id']} is not running in the cluster", code="INVALID_REFERENCE", details={"field": "vm_id"})
         hypothetical = drs.VmDemandChange(str(change["vm_id"]), change.get("cpu_mhz"), change.get("memory_mib"))
     elif kind == "rule-added":
         rule = change["rule"]
+        unknown = sorted({str(v) for v in rule["vm_ids"]} - {v.id for v in snapshot.vms}) + sorted({str(h) for h in rule.get("host_ids", [])} - {h.id for h in snapshot.hosts})
+        if unknown:
+            raise Invalid(f"rule: not in the cluster: {', '.join(unknown)}", code="INVALID_REFERENCE", details={"field": "rule", "unknown": unknown})
         hypothetical = drs.RuleAdded(Rule(name=rule["name"], kind=RuleKind(rule["kind"]), must=bool(rule.get("mandatory")),
                                           vms=frozenset(str(v) for v in rule["vm_ids"]), hosts=frozenset(str(h) for h in rule.get("host_ids", []))))
     else:

@@ -5,6 +5,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from vcenter.core.audit import request_source
 from vcenter.db.models import Event
 
 
@@ -31,6 +32,7 @@ def record_event(
         reason=reason,
         task_id=task_id,
         data=data or {},
+        source=request_source.get(),
     )
     session.add(event)
     return event

@@ -101,6 +101,10 @@ def create_datacenter(session: Session, user: str, name: str) -> Datacenter:
 def update_object(session: Session, user: str, kind: str, object_id: int, changes: dict[str, Any]) -> Any:
     row = get(session, kind, object_id)
     _check_version(row, changes.get("version"))
+    columns = row.__table__.columns
+    for field, value in changes.items():
+        if value is None and field in columns and not columns[field].nullable and field != "version":
+            raise Invalid(f"{field}: cannot be null", code="INVALID", details={"field": field})
     for field, ref_kind in (("cluster_id", "cluster"), ("parent_id", "folder" if kind == "folder" else "pool"), ("folder_id", "folder"), ("pool_id", "pool")):
         if changes.get(field) is not None:
             _ref(session, ref_kind, changes[field], field)
@@ -131,7 +135,7 @@ def update_object(session: Session, user: str, kind: str, object_id: int, change
             object_type=kind,
             object_id=row.id,
             object_name=row.name,
-            data={"before": _jsonable(before)},
+            data={"before": _jsonable(before), "after": _jsonable({k: getattr(row, k, None) for k in before if k != "host_ids"})},
         )
     return row
 

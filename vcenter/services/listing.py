@@ -23,8 +23,13 @@ def list_rows(
     sortable: set[str],
     offset: int,
     limit: int,
+    restrict: Any = None,
 ) -> tuple[int, list[Any]]:
+    """``restrict``: a WHERE clause applied first (permissions), so counts and pages never
+    include rows the caller may not see."""
     query = select(model)
+    if restrict is not None:
+        query = query.where(restrict)
     for field, value in filters.items():
         if value is None:
             continue

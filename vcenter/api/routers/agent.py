@@ -6,13 +6,13 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from vcenter.api.deps import AgentHostId, DbDep, SettingsDep
+from vcenter.api.deps import AgentHostId, DbDep, SettingsDep, public
 from vcenter.messaging.contracts import HostState, LifecycleEvent, TaskProgress, TaskResult
 from vcenter.schemas.inventory import AgentRegistration, AgentRegistrationAnswer
 from vcenter.services import hosts, inventory, reports
 
-router = APIRouter(prefix="/api/v1/agent/hosts/{host_id}", tags=["agent"])
-registration = APIRouter(prefix="/api/v1/agent", tags=["agent"])
+router = APIRouter(prefix="/api/v1/agent/hosts/{host_id}", tags=["agent"], dependencies=[public("an agent's own host credential, valid for its host only")])
+registration = APIRouter(prefix="/api/v1/agent", tags=["agent"], dependencies=[public("a one-time registration token")])
 
 
 @registration.post("/register", response_model=AgentRegistrationAnswer, summary="Agent: register with a one-time token, the libvirt host UUID and the certificate thumbprint")

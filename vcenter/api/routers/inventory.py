@@ -3,11 +3,11 @@ portgroups,pools}. List is paged (offset, limit), filtered (equality on declared
 ``name`` with ``*``) and sorted (``sort=name`` or ``sort=-name``)."""
 
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, status
 
-from vcenter.api.deps import CurrentUser, DbDep, SettingsDep
+from vcenter.api.deps import CurrentUserInfo, DbDep, SettingsDep, requires
 from vcenter.schemas import inventory as s
 from vcenter.services import hosts, migration, power
 from vcenter.services import inventory as inv
@@ -26,16 +26,20 @@ def _crud(
     read_model: type,
     create: Callable[[Any, str, dict[str, Any]], Any],
     filterable: set[str],
+    privileges: tuple[str, str, str],
+    parent: Callable[[Any], tuple[str | None, int | None]] = lambda body: (None, None),
     to_read: Callable[[Any], Any] = lambda row: row,
     generic_delete: bool = True,
 ) -> None:
+    """``privileges``: (create, update, delete); creation is checked on ``parent(body)``."""
     sortable = {"id", "name", "created_at"}
+    create_privilege, update_privilege, delete_privilege = privileges
 
     @router.get(f"/{path}", response_model=s.Page[read_model], tags=[tag], summary=f"List {path}", name=f"list_{path}")
     def list_objects(
         request: Request,
         db: DbDep,
-        user: CurrentUser,
+        user: Annotated[CurrentUserInfo, requires("System.View", deferred=True)],
         settings: SettingsDep,
         offset: int = Query(0, ge=0),
         limit: int = Query(50, ge=1, le=500),
@@ -44,25 +48,27 @@ def _crud(
         reserved = {"offset", "limit", "sort"}
         filters = {k: _coerce(v) for k, v in request.query_params.items() if k not in reserved}
         model = inv.KINDS[kind]
-        total, rows = list_rows(db, model, filters=filters, filterable=filterable, sort=sort, sortable=sortable, offset=offset, limit=min(limit, settings.page_size_max))
+        total, rows = list_rows(db, model, filters=filters, filterable=filterable, sort=sort, sortable=sortable, offset=offset, limit=min(limit, settings.page_size_max),
+                                restrict=user.visible(db, kind, model))
         return {"total": total, "offset": offset, "limit": limit, "items": [to_read(r) for r in rows]}
 
     @router.get(f"/{path}/{{object_id}}", response_model=read_model, tags=[tag], summary=f"Get one of {path}", name=f"get_{kind}")
-    def get_object(object_id: int, db: DbDep, user: CurrentUser) -> Any:
+    def get_object(object_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", on=kind, param="object_id")]) -> Any:
         return to_read(inv.get(db, kind, object_id))
 
     @router.patch(f"/{path}/{{object_id}}", response_model=read_model, tags=[tag], summary=f"Update one of {path}", name=f"update_{kind}")
-    def update_object(object_id: int, body: update_model, db: DbDep, user: CurrentUser) -> Any:  # type: ignore[valid-type]
+    def update_object(object_id: int, body: update_model, db: DbDep, user: Annotated[CurrentUserInfo, requires(update_privilege, on=kind, param="object_id")]) -> Any:  # type: ignore[valid-type]
         return to_read(inv.update_object(db, user.username, kind, object_id, body.model_dump(exclude_unset=True)))
 
     if generic_delete:
         @router.delete(f"/{path}/{{object_id}}", status_code=status.HTTP_204_NO_CONTENT, tags=[tag], summary=f"Delete one of {path}", name=f"delete_{kind}")
-        def delete_object(object_id: int, db: DbDep, user: CurrentUser) -> None:
+        def delete_object(object_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires(delete_privilege, on=kind, param="object_id")]) -> None:
             inv.delete_object(db, user.username, kind, object_id)
 
     if create is not None:
         @router.post(f"/{path}", response_model=read_model, status_code=status.HTTP_201_CREATED, tags=[tag], summary=f"Create one of {path}", name=f"create_{kind}")
-        def create_object(body: create_model, db: DbDep, user: CurrentUser) -> Any:  # type: ignore[valid-type]
+        def create_object(body: create_model, db: DbDep, user: Annotated[CurrentUserInfo, requires(create_privilege, deferred=True)]) -> Any:  # type: ignore[valid-type]
+            user.require(db, *parent(body))
             return to_read(create(db, user.username, body.model_dump()))
 
 
@@ -75,71 +81,79 @@ def _coerce(value: str) -> Any:
 
 
 _crud(path="datacenters", kind="datacenter", tag="datacenters", create_model=s.DatacenterCreate, update_model=s.DatacenterUpdate, read_model=s.DatacenterRead,
-      create=lambda db, user, data: inv.create_datacenter(db, user, data["name"]), filterable={"name"})
+      create=lambda db, user, data: inv.create_datacenter(db, user, data["name"]), filterable={"name"},
+      privileges=("Datacenter.Create", "Datacenter.Modify", "Datacenter.Delete"))
 _crud(path="folders", kind="folder", tag="folders", create_model=s.FolderCreate, update_model=s.FolderUpdate, read_model=s.FolderRead,
-      create=inv.create_folder, filterable={"name", "datacenter_id", "parent_id", "kind"})
+      create=inv.create_folder, filterable={"name", "datacenter_id", "parent_id", "kind"},
+      privileges=("Folder.Create", "Folder.Modify", "Folder.Delete"), parent=lambda b: ("folder", b.parent_id) if b.parent_id else ("datacenter", b.datacenter_id))
 _crud(path="clusters", kind="cluster", tag="clusters", create_model=s.ClusterCreate, update_model=s.ClusterUpdate, read_model=s.ClusterRead,
-      create=inv.create_cluster, filterable={"name", "datacenter_id"})
+      create=inv.create_cluster, filterable={"name", "datacenter_id"},
+      privileges=("Cluster.Create", "Cluster.Modify", "Cluster.Delete"), parent=lambda b: ("datacenter", b.datacenter_id))
 _crud(path="datastores", kind="datastore", tag="datastores", create_model=s.DatastoreCreate, update_model=s.DatastoreUpdate, read_model=s.DatastoreRead,
-      create=inv.create_datastore, filterable={"name", "datacenter_id", "kind"}, to_read=inv.datastore_read)
+      create=inv.create_datastore, filterable={"name", "datacenter_id", "kind"}, to_read=inv.datastore_read,
+      privileges=("Datastore.Configure", "Datastore.Configure", "Datastore.Configure"), parent=lambda b: ("datacenter", b.datacenter_id))
 _crud(path="portgroups", kind="portgroup", tag="portgroups", create_model=s.PortGroupCreate, update_model=s.PortGroupUpdate, read_model=s.PortGroupRead,
-      create=inv.create_portgroup, filterable={"name", "datacenter_id", "vlan_id"}, to_read=inv.portgroup_read)
+      create=inv.create_portgroup, filterable={"name", "datacenter_id", "vlan_id"}, to_read=inv.portgroup_read,
+      privileges=("Network.Configure", "Network.Configure", "Network.Configure"), parent=lambda b: ("datacenter", b.datacenter_id))
 _crud(path="pools", kind="pool", tag="resource pools", create_model=s.ResourcePoolCreate, update_model=s.ResourcePoolUpdate, read_model=s.ResourcePoolRead,
-      create=inv.create_pool, filterable={"name", "cluster_id", "parent_id"})
+      create=inv.create_pool, filterable={"name", "cluster_id", "parent_id"},
+      privileges=("Resource.CreatePool", "Resource.CreatePool", "Resource.CreatePool"), parent=lambda b: ("pool", b.parent_id) if b.parent_id else ("cluster", b.cluster_id))
 # Hosts: creation returns the agent token once, so it has its own route below.
 _crud(path="hosts", kind="host", tag="hosts", create_model=s.HostCreate, update_model=s.HostUpdate, read_model=s.HostRead,
-      create=None, generic_delete=False, filterable={"name", "datacenter_id", "cluster_id", "connection_state", "maintenance", "standby", "trust_state"})
+      create=None, generic_delete=False, filterable={"name", "datacenter_id", "cluster_id", "connection_state", "maintenance", "standby", "trust_state"},
+      privileges=("Host.Add", "Host.Configure", "Host.Remove"))
 
 
 @router.post("/hosts", response_model=s.HostCreated, status_code=status.HTTP_201_CREATED, tags=["hosts"], summary="Add a host; the answer carries its one-time registration token, shown once")
-def create_host(body: s.HostCreate, db: DbDep, user: CurrentUser, settings: SettingsDep) -> Any:
+def create_host(body: s.HostCreate, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Add", deferred=True)], settings: SettingsDep) -> Any:
+    user.require(db, *(("cluster", body.cluster_id) if body.cluster_id else ("datacenter", body.datacenter_id)))
     host = inv.create_host(db, user.username, body.model_dump())
     token = hosts.issue_registration_token(db, host, settings, user.username)
     return {**s.HostRead.model_validate(host).model_dump(), "registration_token": token}
 
 
 @router.post("/hosts/{host_id}/registration-token", response_model=s.RegistrationToken, tags=["hosts"], summary="Issue a new one-time registration token (re-registers the host's agent)")
-def new_registration_token(host_id: int, db: DbDep, user: CurrentUser, settings: SettingsDep) -> Any:
+def new_registration_token(host_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Add", on="host")], settings: SettingsDep) -> Any:
     host = inv.get(db, "host", host_id)
     token = hosts.issue_registration_token(db, host, settings, user.username)
     return {"registration_token": token, "expires_at": host.registration_expires_at}
 
 
 @router.post("/hosts/{host_id}/confirm", response_model=s.HostRead, tags=["hosts"], summary="Confirm the certificate thumbprint the host's agent presented")
-def confirm_host(host_id: int, body: s.ThumbprintConfirm, db: DbDep, user: CurrentUser) -> Any:
+def confirm_host(host_id: int, body: s.ThumbprintConfirm, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Add", on="host")]) -> Any:
     return hosts.confirm(db, host_id, body.thumbprint, user.username)
 
 
 @router.post("/hosts/{host_id}/standby/enter", response_model=s.HostRead, tags=["hosts"], summary="Record that the host enters standby (refused while it runs VMs)")
-def enter_standby(host_id: int, db: DbDep, user: CurrentUser) -> Any:
+def enter_standby(host_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Power", on="host")]) -> Any:
     return hosts.set_standby(db, host_id, True, user.username)
 
 
 @router.post("/hosts/{host_id}/standby/exit", response_model=s.HostRead, tags=["hosts"], summary="Record that the host left standby")
-def exit_standby(host_id: int, db: DbDep, user: CurrentUser) -> Any:
+def exit_standby(host_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Power", on="host")]) -> Any:
     return hosts.set_standby(db, host_id, False, user.username)
 
 
 @router.delete("/hosts/{host_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["hosts"], summary="Remove a host; refused while it has VMs unless forced for a dead host (its VMs become orphaned)")
-def remove_host(host_id: int, db: DbDep, user: CurrentUser, force: bool = Query(False)) -> None:
+def remove_host(host_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Remove", on="host")], force: bool = Query(False)) -> None:
     hosts.remove(db, host_id, force, user.username)
 
 
 @router.post("/hosts/{host_id}/maintenance", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, tags=["hosts"], summary="Enter maintenance: evacuate every running VM (placed together), then mark the host (a Task)")
-def enter_maintenance(host_id: int, db: DbDep, user: CurrentUser, settings: SettingsDep) -> Any:
+def enter_maintenance(host_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Maintenance", on="host")], settings: SettingsDep) -> Any:
     return migration.enter_maintenance(db, user.username, host_id, settings)
 
 
 @router.post("/hosts/{host_id}/maintenance/exit", response_model=s.HostRead, tags=["hosts"], summary="Exit maintenance: the host takes VMs again")
-def exit_maintenance(host_id: int, db: DbDep, user: CurrentUser) -> Any:
+def exit_maintenance(host_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Maintenance", on="host")]) -> Any:
     return migration.exit_maintenance(db, user.username, host_id)
 
 
 @router.post("/hosts/{host_id}/power/off", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, tags=["hosts"], summary="Evacuate the host, then power it off through its power driver into standby (a Task)")
-def power_off_host(host_id: int, db: DbDep, user: CurrentUser, settings: SettingsDep) -> Any:
+def power_off_host(host_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Power", on="host")], settings: SettingsDep) -> Any:
     return migration.enter_maintenance(db, user.username, host_id, settings, standby=True)
 
 
 @router.post("/hosts/{host_id}/power/on", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, tags=["hosts"], summary="Power a host in standby on; the Task ends when its agent reports again")
-def power_on_host(host_id: int, db: DbDep, user: CurrentUser) -> Any:
+def power_on_host(host_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Power", on="host")]) -> Any:
     return power.power_on_host(db, user.username, host_id)

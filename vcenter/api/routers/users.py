@@ -1,13 +1,13 @@
-"""Users (administrators only until roles and permissions arrive) and the audit log export."""
+"""Users (Users.Modify) and the audit log export (Global.Diagnostics)."""
 import json
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, status
 from fastapi.responses import StreamingResponse
 
-from vcenter.api.deps import CurrentUser, DbDep, RuntimeDep
+from vcenter.api.deps import CurrentUserInfo, DbDep, RuntimeDep, requires
 from vcenter.core.errors import Forbidden
 from vcenter.schemas import inventory as s
 from vcenter.services import auth, tasks
@@ -15,38 +15,40 @@ from vcenter.services import auth, tasks
 router = APIRouter(prefix="/api/v1", tags=["users"])
 
 
-def _admin(user) -> None:
-    if not user.is_admin:
-        raise Forbidden("administrators only", code="FORBIDDEN")
+UserAdmin = Annotated[CurrentUserInfo, requires("Users.Modify")]
+
+
+def _only_admins_make_admins(user: CurrentUserInfo, touches_admin_flag: bool) -> None:
+    # Users.Modify alone must not be a path to every privilege.
+    if touches_admin_flag and not user.is_admin:
+        raise Forbidden("only an administrator grants or takes the administrator flag", code="FORBIDDEN")
 
 
 @router.get("/users", response_model=list[s.UserRead], summary="List users")
-def list_users(db: DbDep, user: CurrentUser) -> Any:
-    _admin(user)
+def list_users(db: DbDep, user: UserAdmin) -> Any:
     return auth.list_users(db)
 
 
 @router.post("/users", response_model=s.UserRead, status_code=status.HTTP_201_CREATED, summary="Create a user")
-def create_user(body: s.UserCreate, db: DbDep, user: CurrentUser) -> Any:
-    _admin(user)
+def create_user(body: s.UserCreate, db: DbDep, user: UserAdmin) -> Any:
+    _only_admins_make_admins(user, body.is_admin)
     return auth.create_user(db, body.username, body.password, body.is_admin, by=user.username)
 
 
 @router.patch("/users/{user_id}", response_model=s.UserRead, summary="Change a user's password (revokes its sessions), administrator flag, or disable it; the last administrator stays")
-def update_user(user_id: int, body: s.UserUpdate, db: DbDep, user: CurrentUser) -> Any:
-    _admin(user)
+def update_user(user_id: int, body: s.UserUpdate, db: DbDep, user: UserAdmin) -> Any:
+    _only_admins_make_admins(user, body.is_admin is not None)
     return auth.update_user(db, user.username, user_id, body.model_dump(exclude_unset=True))
 
 
 @router.delete("/users/{user_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a user (never the last administrator)")
-def delete_user(user_id: int, db: DbDep, user: CurrentUser) -> None:
-    _admin(user)
+def delete_user(user_id: int, db: DbDep, user: UserAdmin) -> None:
     auth.delete_user(db, user.username, user_id)
 
 
-@router.get("/events/export", tags=["events"], summary="The audit log as JSON lines (append-only: no route changes or deletes events)")
-def export_events(runtime: RuntimeDep, user: CurrentUser, since: datetime | None = Query(None)) -> StreamingResponse:
-    _admin(user)
+@router.get("/events/export", tags=["events"], response_class=StreamingResponse,
+            responses={200: {"content": {"application/x-ndjson": {"schema": {"type": "string"}}}, "description": "one JSON event per line"}}, summary="The audit log as JSON lines (append-only: no route changes or deletes events)")
+def export_events(runtime: RuntimeDep, user: Annotated[CurrentUserInfo, requires("Global.Diagnostics")], since: datetime | None = Query(None)) -> StreamingResponse:
 
     def lines() -> Iterator[str]:
         with runtime.transaction() as session:
