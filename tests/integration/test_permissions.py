@@ -320,3 +320,33 @@ def test_refusals_and_permission_changes_are_in_the_audit_log_with_source(client
     changes = client.get("/api/v1/events", headers=admin, params={"kind": "permission.set", "sort": "-id"}).json()["items"]
     assert changes[0]["data"]["before"]["role"] == "Read-only" and changes[0]["data"]["after"]["role"] == "VM operator"
     assert changes[0]["username"] == "admin" and changes[0]["source"] == "testclient"
+
+
+# --- hostile input -----------------------------------------------------------------------
+
+def test_login_guessing_across_user_names_from_one_address_is_rate_limited(settings):
+    make_admin(settings)
+    limited = settings.model_copy(update={"login_source_failures": 3})
+    with TestClient(create_app(limited)) as client:
+        for n in range(3):
+            assert client.post("/api/v1/session", json={"username": f"guess{n}", "password": "nope-nope"}).status_code == 401
+        refused = client.post("/api/v1/session", json={"username": "admin", "password": "secret-pass"})
+        assert refused.status_code == 429 and refused.json()["code"] == "LOGIN_RATE_LIMITED"
+    # the limit is per address and the window ends by itself: another address is not affected
+    with TestClient(create_app(limited), client=("10.9.9.9", 5000)) as other:
+        assert other.post("/api/v1/session", json={"username": "admin", "password": "secret-pass"}).status_code == 201
+
+
+def test_oversized_json_and_nul_characters_are_refused_before_any_route(settings):
+    make_admin(settings)
+    small = settings.model_copy(update={"max_json_body": 4096})
+    with TestClient(create_app(small)) as client:
+        admin = login(client)
+        big = client.post("/api/v1/datacenters", headers={**admin, "Content-Type": "application/json"}, content=b'{"name": "' + b"a" * 5000 + b'"}')
+        assert big.status_code == 413 and big.json()["code"] == "BODY_TOO_LARGE"
+        nul = client.post("/api/v1/datacenters", headers=admin, json={"name": "a\u0000b"})
+        assert nul.status_code == 422 and nul.json()["code"] == "INVALID_CHARACTER"
+        assert client.get("/api/v1/vms?name=a%00b", headers=admin).json()["code"] == "INVALID_CHARACTER"
+        huge_id = client.get("/api/v1/vms/99999999999999", headers=admin)
+        assert huge_id.status_code in (404, 422) and huge_id.json()["code"] in ("VM_NOT_FOUND", "INVALID_VALUE")
+        assert client.get("/api/v1/datacenters", headers=admin).json()["total"] == 0

@@ -56,9 +56,7 @@ class CurrentUserInfo:
         self.privilege = privilege
 
     def _user(self, session: Any) -> Any:
-        from vcenter.db.models import User
-
-        return session.get(User, self.id)
+        return auth.get_user(session, self.id)
 
     def require(self, session: Any, kind: str | None, object_id: int | None, privilege: str | None = None) -> None:
         """Check the route's privilege (or another) on an object named in the body."""

@@ -6,7 +6,6 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vcenter.core.errors import VcError
@@ -32,13 +31,6 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 401: "NOT_AUTHENTICATED"}.get(exc.status_code, "HTTP_ERROR")
         return JSONResponse({"code": code, "message": str(exc.detail)}, status_code=exc.status_code)
-
-    @app.exception_handler(DataError)
-    async def _data_error(request: Request, exc: DataError) -> JSONResponse:
-        # A value the database cannot hold (an id beyond its integer range, a NUL in text):
-        # the client's mistake, and the transaction was rolled back.
-        log.info("refused a value the database cannot hold on %s %s: %s", request.method, request.url.path, type(exc.orig).__name__)
-        return JSONResponse({"code": "INVALID_VALUE", "message": "a value is out of the range the server accepts"}, status_code=422)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -68,3 +68,8 @@ class Forbidden(VcError):
 class Unavailable(VcError):
     status = 503
     code = "UNAVAILABLE"
+
+
+class RateLimited(VcError):
+    status = 429
+    code = "RATE_LIMITED"

@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     page_size_max: int = 500
     max_json_body: int = Field(1024 * 1024, description="largest JSON request body accepted, bytes (413 above)")
     login_lockout_failures: int = Field(5, description="failed logins of one user within the window that lock it out")
+    login_source_failures: int = Field(20, description="failed logins from one client address within the lockout window before that address is refused (429), whatever the user names")
     login_lockout_window: float = Field(180.0, description="the lockout window (s); a lockout ends by itself, so nobody locks an administrator out for good")
     events_retention_days: float = Field(365.0, description="events (the audit log) older than this are purged by the reaper")
     tls_cert: str | None = Field(None, description="PEM certificate (chain) the API serves HTTPS with; with tls_key")

@@ -9,8 +9,9 @@ from argon2.exceptions import VerificationError, InvalidHashError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from vcenter.core.audit import request_source
 from vcenter.core.clock import utcnow
-from vcenter.core.errors import Conflict, Unauthorized
+from vcenter.core.errors import Conflict, RateLimited, Unauthorized
 from vcenter.core.ids import new_token, token_hash
 from vcenter.core.settings import Settings
 from vcenter.db.models import ApiToken, Event, LoginSession, Role, User
@@ -49,7 +50,18 @@ def _recent_failures(session: Session, username: str, settings: Settings) -> int
     return session.scalar(select(func.count()).select_from(Event).where(Event.kind == "session.login_failed", Event.username == username[:80], Event.at > since)) or 0
 
 
+def _recent_failures_from(session: Session, source: str, settings: Settings) -> int:
+    since = utcnow() - timedelta(seconds=settings.login_lockout_window)
+    return session.scalar(select(func.count()).select_from(Event).where(Event.kind == "session.login_failed", Event.source == source, Event.at > since)) or 0
+
+
 def login(session: Session, username: str, password: str, settings: Settings) -> tuple[str, LoginSession, User]:
+    source = request_source.get()
+    if source is not None and _recent_failures_from(session, source, settings) >= settings.login_source_failures:
+        # Guessing across many user names from one address: slow that address down, not the users.
+        raise RateLimited(f"too many failed logins from {source}; try again later", code="LOGIN_RATE_LIMITED", audit={
+            "kind": "session.login_rate_limited", "message": f"login of {username[:80]!r} from {source} refused: rate limited", "username": username[:80],
+            "object_type": "user", "reason": "LOGIN_RATE_LIMITED"})
     if _recent_failures(session, username, settings) >= settings.login_lockout_failures:
         # Temporary by design: the window ends by itself, so an attacker who guesses wrong on
         # purpose can delay the last administrator, never lock them out for good.
@@ -186,3 +198,10 @@ def revoke_api_token(session: Session, user: User, token_id: int) -> None:
     api_token.revoked = True
     record_event(session, "token.revoked", f"API token {api_token.name!r} of {user.username} revoked",
                  username=user.username, object_type="user", object_id=user.id, object_name=user.username)
+
+
+def get_user(session: Session, user_id: int) -> User:
+    user = session.get(User, user_id)
+    if user is None:
+        raise Unauthorized("user no longer exists", code="NOT_AUTHENTICATED")
+    return user

@@ -11,9 +11,10 @@ from typing import Any
 import redis
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm.exc import StaleDataError
 
-from vcenter.core.errors import StaleVersion, VcError
+from vcenter.core.errors import Invalid, StaleVersion, VcError
 from vcenter.core.settings import Settings
 from vcenter.db.session import sessionmaker_for
 from vcenter.messaging.celery_app import make_celery
@@ -50,6 +51,11 @@ class Runtime:
             yield session
             dirty = session.info.pop("outbox_dirty", False)
             session.commit()
+        except DataError as exc:
+            # A value the database cannot hold (an id beyond its integer range, a NUL in
+            # text): the client's mistake, not a server error.
+            session.rollback()
+            raise Invalid("a value is out of the range the server accepts", code="INVALID_VALUE") from exc
         except StaleDataError as exc:
             session.rollback()
             raise StaleVersion("the object changed while you were changing it; read it again") from exc

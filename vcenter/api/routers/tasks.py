@@ -21,10 +21,9 @@ def _task_object(task: Any) -> tuple[str | None, int | None]:
 
 def _visible(db: Any, user: CurrentUserInfo, model: Any) -> Any:
     """Tasks and events of objects the caller may see, and its own."""
-    from vcenter.db.models import User
     from vcenter.services import authz
 
-    return authz.event_visibility_clause(db, db.get(User, user.id), model, token=user.token)
+    return authz.event_visibility_clause(db, auth.get_user(db, user.id), model, token=user.token)
 
 
 @router.get("/tasks", response_model=s.Page[s.TaskRead], tags=["tasks"], summary="List tasks, newest first by default")
