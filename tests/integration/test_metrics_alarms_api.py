@@ -262,6 +262,22 @@ def test_state_alarms_host_not_responding_reset_and_datastore_usage(env):
         mark_host_heartbeat(session, session.get(Host, h1["id"]), alive=True)
         alarms.evaluate(session, settings)
     assert not [t for t in client.get("/api/v1/alarms/triggered", headers=auth).json() if t["alarm_name"] == "Host not responding"]
+    # A running VM whose guest heartbeat went quiet: "VM heartbeat lost"; gone with the VM.
+    from vcenter.db.models import VirtualMachine
+
+    with session_scope(settings.database_url) as session:
+        row = session.get(VirtualMachine, env["vm"]["id"])
+        row.power_state, row.guest_heartbeat_at = "poweredOn", datetime.now(timezone.utc) - timedelta(seconds=120)
+    with session_scope(settings.database_url) as session:
+        alarms.evaluate(session, settings)
+    lost = [t for t in client.get("/api/v1/alarms/triggered", headers=auth, params={"object_type": "host", "object_id": h1["id"], "descendants": "true"}).json()
+            if t["alarm_name"] == "VM heartbeat lost"]
+    assert [(t["object_id"], t["status"]) for t in lost] == [(env["vm"]["id"], "warning")] and lost[0]["value"] >= 120
+    with session_scope(settings.database_url) as session:
+        session.delete(session.get(VirtualMachine, env["vm"]["id"]))
+    with session_scope(settings.database_url) as session:
+        alarms.evaluate(session, settings)
+    assert not [t for t in client.get("/api/v1/alarms/triggered", headers=auth).json() if t["alarm_name"] == "VM heartbeat lost"]
     # Datastore usage from the agents' reports: 95 % used -> critical.
     ds = client.post("/api/v1/datastores", headers=auth, json={"name": "ds1", "datacenter_id": env["dc"]["id"], "url": "/srv/ds1"}).json()
     client.patch(f"/api/v1/datastores/{ds['id']}", headers=auth, json={"version": ds["version"]})

@@ -132,6 +132,8 @@ def test_state_conditions():
     assert a.state_status(beat, {"power_state": "poweredOn", "guest_heartbeat_s": 990.0}, 1000.0, 60)[0] == "ok"
     assert a.state_status(beat, {"power_state": "poweredOn", "guest_heartbeat_s": None}, 1000.0, 60)[0] == "ok"
     assert a.state_status(beat, {"power_state": "poweredOff", "guest_heartbeat_s": 1.0}, 1000.0, 60)[0] == "ok"
+    # Its host stopped reporting: the VM's heartbeat cannot be judged (the host's alarm says why).
+    assert a.state_status(beat, {"power_state": "poweredOn", "guest_heartbeat_s": 1.0, "host_connected": False}, 1000.0, 60)[0] is None
     ds = a.StateExpression("datastore.usage", "critical", warning=80.0, critical=90.0)
     assert a.state_status(ds, {"capacity_bytes": 100, "free_bytes": 5}, 0, 0)[:2] == ("critical", 95.0)
     assert a.state_status(ds, {"capacity_bytes": 100, "free_bytes": 15}, 0, 0)[0] == "warning"

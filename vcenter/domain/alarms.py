@@ -235,13 +235,16 @@ def metric_status(expr: MetricExpression, points: Sequence[tuple[float, float]],
     return status, latest
 
 
-def state_status(expr: StateExpression, facts: Mapping[str, Any], now_s: float, heartbeat_timeout_s: float) -> tuple[str, float | None, str]:
-    """(status, value, why) of a state condition on one object's facts."""
+def state_status(expr: StateExpression, facts: Mapping[str, Any], now_s: float, heartbeat_timeout_s: float) -> tuple[str | None, float | None, str]:
+    """(status, value, why) of a state condition on one object's facts; status None when the
+    facts cannot tell (a VM on a host that stopped reporting: its host's alarm says so)."""
     if expr.condition == "host.not_responding":
         holds = facts.get("connection_state") == "notResponding"
         return (expr.severity if holds else OK), None, ("not responding" if holds else f"connection {facts.get('connection_state')}")
     if expr.condition == "vm.heartbeat_lost":
         beat = facts.get("guest_heartbeat_s")
+        if facts.get("host_connected") is False:
+            return None, None, "its host is not reporting"
         if facts.get("power_state") != "poweredOn" or beat is None:
             return OK, None, "no guest heartbeat expected"
         age = now_s - float(beat)

@@ -197,12 +197,13 @@ def _objects(session: Session, target_type: str) -> list[dict[str, Any]]:
             out.append({"type": "host", "id": h.id, "name": h.name, "lineage": lineage,
                         "facts": {"connection_state": h.connection_state, "standby": h.standby}})
     elif target_type == "vm":
+        connected = set(session.scalars(select(Host.id).where(Host.connection_state == "connected")))
         for v in session.execute(select(VirtualMachine.id, VirtualMachine.name, VirtualMachine.datacenter_id, VirtualMachine.cluster_id,
                                         VirtualMachine.host_id, VirtualMachine.power_state, VirtualMachine.guest_heartbeat_at)):
             lineage = [("vm", v.id)] + ([("host", v.host_id)] if v.host_id else []) + ([("cluster", v.cluster_id)] if v.cluster_id else []) \
                 + [("datacenter", v.datacenter_id), ("root", None)]
             out.append({"type": "vm", "id": v.id, "name": v.name, "lineage": lineage,
-                        "facts": {"power_state": v.power_state,
+                        "facts": {"power_state": v.power_state, "host_connected": v.host_id in connected,
                                   "guest_heartbeat_s": v.guest_heartbeat_at.timestamp() if v.guest_heartbeat_at else None}})
     elif target_type == "datastore":
         for d in session.execute(select(Datastore.id, Datastore.name, Datastore.datacenter_id, Datastore.capacity_bytes, Datastore.free_bytes)):
@@ -264,9 +265,11 @@ def evaluate(session: Session, settings: Settings, now: datetime | None = None) 
             longest = max((float(d.expression.get("for_s") or 0) for d in definitions
                            if d.target_type == alarm.target_type and d.expression.get("type") == "metric"), default=0.0)
             samples[alarm.target_type] = latest(session, alarm.target_type, now - timedelta(seconds=longest + 3 * period))
+        seen: set[tuple[str, int]] = set()
         for obj in objects[alarm.target_type]:
             if not a.in_scope(alarm.scope_type, alarm.scope_id, obj["lineage"]):
                 continue
+            seen.add((obj["type"], obj["id"]))
             if isinstance(expr, a.MetricExpression):
                 rows = samples[alarm.target_type].get(obj["id"], [])
                 points = [(t, Aggregate.decode(v[expr.counter]).avg) for t, v in rows if v.get(expr.counter) is not None]
@@ -300,6 +303,9 @@ def evaluate(session: Session, settings: Settings, now: datetime | None = None) 
             else:
                 state.acknowledged_at = state.acknowledged_by = None
             transitions += 1
+        # States of objects gone (deleted) or moved out of the scope say nothing any more.
+        for key in [k for k in states if k[0] == alarm.id and (k[1], k[2]) not in seen]:
+            session.delete(states.pop(key))
     return {"definitions": len(definitions), "transitions": transitions}
 
 
