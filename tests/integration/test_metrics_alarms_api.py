@@ -198,6 +198,9 @@ def test_metric_alarm_lifecycle_with_webhook(env, hook_server):
 
     # The webhook: refused once (HTTP 500), retried after its delay, then delivered.
     runtime = Runtime.build(settings)
+    # Out of time before sending anything: the attempt is given back, nothing is lost.
+    assert alarms.deliver_webhooks(runtime.transaction, settings, now=lambda: now, budget_s=-1) == {"delivered": 0, "failed": 0, "retrying": 0}
+    assert received == []
     first = alarms.deliver_webhooks(runtime.transaction, settings, now=lambda: now)
     assert first == {"delivered": 0, "failed": 0, "retrying": 1}
     assert alarms.deliver_webhooks(runtime.transaction, settings, now=lambda: now + timedelta(seconds=1))["retrying"] == 0  # not due yet

@@ -311,11 +311,17 @@ def evaluate(session: Session, settings: Settings, now: datetime | None = None) 
 
 # --- webhooks ----------------------------------------------------------------------------------
 def deliver_webhooks(transaction: Callable[[], AbstractContextManager[Session]], settings: Settings,
-                     now: Callable[[], datetime] = utcnow, limit: int = 50, client: httpx.Client | None = None) -> dict[str, int]:
+                     now: Callable[[], datetime] = utcnow, limit: int = 50, client: httpx.Client | None = None,
+                     budget_s: float | None = None) -> dict[str, int]:
     """Send the webhooks that are due, each POSTed as JSON; a 2xx answer delivers it, anything
     else is retried after a doubling delay until ``alarm_webhook_attempts`` tries. A row is
     leased (its next attempt pushed past the timeout) before it is sent, so two deliverers do
-    not send it at once."""
+    not send it at once. A pass stops sending after ``budget_s`` (default: twice the webhook
+    timeout) so that dead endpoints never hold a worker for long; the rest wait for the next."""
+    import time
+
+    budget_s = settings.alarm_webhook_timeout * 2 if budget_s is None else budget_s
+    began = time.monotonic()
     with transaction() as session:
         due = list(session.scalars(select(AlarmWebhook).where(AlarmWebhook.state == "pending", AlarmWebhook.next_attempt_at <= now())
                                    .order_by(AlarmWebhook.id).limit(limit)))
@@ -326,25 +332,31 @@ def deliver_webhooks(transaction: Callable[[], AbstractContextManager[Session]],
             jobs.append((hook.id, hook.url, hook.payload, hook.attempts))
     if not jobs:
         return {"delivered": 0, "failed": 0, "retrying": 0}
-    results: list[tuple[int, int, str | None]] = []
+    results: list[tuple[int, int, str | None, bool]] = []
     own = client is None
     client = client or httpx.Client(timeout=settings.alarm_webhook_timeout, follow_redirects=False)
     try:
         for hook_id, url, payload, attempts in jobs:
+            if time.monotonic() - began > budget_s:
+                results.append((hook_id, attempts, None, False))
+                continue
             try:
                 response = client.post(url, json=payload, headers={"User-Agent": "virtcenter-alarms"})
                 error = None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
             except httpx.HTTPError as exc:
                 error = f"{type(exc).__name__}: {exc}"
-            results.append((hook_id, attempts, error))
+            results.append((hook_id, attempts, error, True))
     finally:
         if own:
             client.close()
     counts = {"delivered": 0, "failed": 0, "retrying": 0}
     with transaction() as session:
-        for hook_id, attempts, error in results:
+        for hook_id, attempts, error, sent in results:
             hook = session.get(AlarmWebhook, hook_id)
             if hook is None:
+                continue
+            if not sent:  # out of time this pass: give the attempt back
+                hook.attempts, hook.next_attempt_at = attempts - 1, now()
                 continue
             if error is None:
                 hook.state, hook.delivered_at, hook.last_error = "delivered", now(), None

@@ -84,9 +84,13 @@ def register(app: Celery, settings: Settings) -> Runtime:
         from vcenter.services import alarms
 
         with runtime.transaction() as session:
-            counts = alarms.evaluate(session, settings)
-        counts.update(alarms.deliver_webhooks(runtime.transaction, settings))
-        return counts
+            return alarms.evaluate(session, settings)
+
+    @app.task(name="orchestrator.alarm_webhooks", ignore_result=True)
+    def alarm_webhooks() -> dict:
+        from vcenter.services import alarms
+
+        return alarms.deliver_webhooks(runtime.transaction, settings)
 
     return runtime
 
@@ -102,4 +106,5 @@ def beat_schedule(settings: Settings) -> dict:
         "backups": {"task": "orchestrator.backups", "schedule": settings.backup_schedule_period},
         "metrics-rollup": {"task": "orchestrator.metrics_rollup", "schedule": settings.metrics_rollup_period},
         "alarms": {"task": "orchestrator.alarms", "schedule": settings.alarm_period},
+        "alarm-webhooks": {"task": "orchestrator.alarm_webhooks", "schedule": settings.alarm_period},
     }
