@@ -111,6 +111,15 @@ def test_login_tree_search_pages_and_permissions(world):
         assert refused.status_code == 403 and refused.json()["code"] == "CSRF_FAILED"
         busy = ui.post(f"/ui/vm/{vm}/power/on", headers={"X-CSRF-Token": token})
         assert busy.status_code == 409 and "OBJECT_BUSY" in busy.text
+        # What-if from the DRS tab: a plan, changing nothing; nonsense is a 4xx, never a 500.
+        whatif = ui.post(f"/ui/cluster/{world['cl']['id']}/drs/whatif", data={"kind": "host-fails", "host_id": str(world["host"]["id"])}, headers={"X-CSRF-Token": token})
+        assert whatif.status_code == 200 and "imbalance now" in whatif.text
+        for bad in ({"kind": "rule-added"}, {"kind": "host-fails", "host_id": "x"}, {"kind": "vm-demand", "vm_id": str(vm), "cpu_mhz": "lots"}):
+            assert ui.post(f"/ui/cluster/{world['cl']['id']}/drs/whatif", data=bad, headers={"X-CSRF-Token": token}).status_code == 422, bad
+        assert ui.post(f"/ui/host/{world['host']['id']}/maintenance/sideways", headers={"X-CSRF-Token": token}).status_code == 404
+        assert ui.post(f"/ui/vm/{vm}/relocate", data={"disk_0": "nope"}, headers={"X-CSRF-Token": token}).status_code == 422
+        check = ui.get(f"/ui/vm/{vm}/migrate/check", params={"host": world["host"]["id"]})
+        assert check.status_code == 200 and "VM_NOT_RUNNING" in check.text
         # No console for a VM that is not running.
         ticket = ui.post(f"/ui/vm/{vm}/console/ticket", headers={"X-CSRF-Token": token})
         assert ticket.status_code == 409 and ticket.json()["code"] == "VM_NOT_RUNNING"

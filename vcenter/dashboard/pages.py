@@ -327,6 +327,8 @@ def drs_whatif(request: Request, cluster_id: int, user: Annotated[UiUser, ui_req
     verify_csrf(request, user, form)
     change: dict[str, Any] = {"kind": form.get("kind", "")}
     try:
+        if change["kind"] not in ("host-fails", "host-maintenance", "host-powers-off", "vm-demand"):
+            raise Invalid(f"kind: the page offers no what-if {change['kind']!r}", code="INVALID", details={"field": "kind"})
         if change["kind"] in ("host-fails", "host-maintenance", "host-powers-off"):
             change["host_id"] = _int_field(form, "host_id")
         elif change["kind"] == "vm-demand":
