@@ -28,7 +28,7 @@ from vcenter.core.errors import Forbidden
 from vcenter.core.ids import token_hash
 from vcenter.db.models import (
     ApiToken, Cluster, Datacenter, Datastore, Folder, GroupMember, Host, Permission, PortGroup, ResourcePool, Role,
-    User, VirtualMachine,
+    Template, User, VirtualMachine,
 )
 from vcenter.domain.privileges import BUILTIN_ROLES, NO_ACCESS, VIEW, Grant, effective_privileges, privileges_on_path
 
@@ -38,6 +38,7 @@ ROOT: Node = ("root", 0)
 _MODELS: dict[str, Any] = {
     "datacenter": Datacenter, "folder": Folder, "cluster": Cluster, "host": Host, "datastore": Datastore,
     "portgroup": PortGroup, "pool": ResourcePool, "vm": VirtualMachine,
+    "template": Template,  # under its datacenter
 }
 
 
@@ -200,7 +201,7 @@ def _merge(decisions: Iterable[tuple[frozenset[str], bool] | None]) -> tuple[fro
 
 _DEPENDS_ON: dict[str, tuple[str, ...]] = {
     "datacenter": (), "folder": ("folder",), "cluster": (), "host": ("cluster",), "datastore": (), "portgroup": (),
-    "pool": ("pool", "cluster"), "vm": ("folder", "pool", "cluster", "host"),
+    "pool": ("pool", "cluster"), "vm": ("folder", "pool", "cluster", "host"), "template": (),
 }
 
 
