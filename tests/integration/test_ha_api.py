@@ -198,3 +198,26 @@ def test_monitor_detects_restarts_fails_over_and_freezes(env):
     with session_scope(settings.database_url) as s:
         assert s.scalar(select(Event).where(Event.kind == "ha.frozen")) is not None
         assert s.scalar(select(Event).where(Event.kind == "ha.monitor.active", Event.data["owner"].as_string() == "b")) is not None
+
+
+def test_guests_stopped_by_the_isolation_response_restart_when_their_host_is_back_first(env):
+    """The link came back before HA declared the host isolated: the host's report already made
+    its VM powered off, but its datastore heartbeat says its isolation response stopped it."""
+    client, auth, cl, hosts, agents, vms, settings, r = env
+    client.patch(f"/api/v1/clusters/{cl['id']}/ha", headers=auth, json={"enabled": True, "admission": {"kind": "disabled"}})
+    vm = vms[0]  # on h1, powered off as the reconciled report left it
+    clock = Clock()
+    m = HaMonitorProcess(client.app.state.runtime, owner="m", clock=clock)
+    assert m.try_acquire()
+    view = {str(hosts[0]["id"]): {"n": 1, "holds": [], "released": [vm["libvirt_uuid"]], "isolated": False}}
+    for i in range(3):
+        _beat(r, hosts)
+        view[str(hosts[0]["id"])]["n"] = i
+        r.set(ha_datastore_view_key(hosts[1]["id"]), json.dumps(view))
+        m.step()
+        clock.t += 1
+    with session_scope(settings.database_url) as s:
+        task = s.scalar(select(Task).where(Task.kind == "vm.ha_restart", Task.object_id == vm["id"]))
+        assert task is not None and "isolation response" in task.params["reason"]
+    # Another VM of that host, powered off but not listed as released, is left alone.
+    assert client.get("/api/v1/tasks?kind=vm.ha_restart", headers=auth).json()["total"] == 1

@@ -263,9 +263,11 @@ def record_transitions(session: Session, token: int, transitions: Iterable[ha.Tr
     return failed
 
 
-def add_candidates(session: Session, host_id: int, cause: str, vm_uuids: Iterable[str] | None = None) -> list[int]:
-    """VMs of ``host_id`` HA must restart (all its powered-on VMs, or the named ones)."""
-    q = select(VirtualMachine).where(VirtualMachine.host_id == host_id, VirtualMachine.power_state == "poweredOn")
+def add_candidates(session: Session, host_id: int, cause: str, vm_uuids: Iterable[str] | None = None, power_state: str = "poweredOn") -> list[int]:
+    """VMs of ``host_id`` HA must restart (all its powered-on VMs, or the named ones). Cause
+    "stopped": the host, reachable again, lists them as stopped by its isolation response while
+    its report already marked them powered off (``power_state`` poweredOff)."""
+    q = select(VirtualMachine).where(VirtualMachine.host_id == host_id, VirtualMachine.power_state == power_state)
     if vm_uuids is not None:
         q = q.where(VirtualMachine.libvirt_uuid.in_(list(vm_uuids)))
     added = []

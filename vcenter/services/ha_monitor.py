@@ -225,6 +225,10 @@ class HaMonitorProcess:
                 for hid, uuids in self.released.items():
                     if j.health.get(str(hid)) in (ha.HostHealth.ISOLATED, ha.HostHealth.FAILED):
                         ha_service.add_candidates(session, hid, "released", uuids)
+                    elif j.health.get(str(hid)) == ha.HostHealth.CONNECTED and not j.frozen:
+                        # Back before HA acted: its report made them powered off; they were
+                        # stopped by the isolation response, not by anyone: restart them.
+                        ha_service.add_candidates(session, hid, "stopped", uuids, power_state="poweredOff")
             self.health = dict(j.health)
             self.frozen = j.frozen
             for cluster, cfg in clusters:

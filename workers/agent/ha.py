@@ -146,6 +146,7 @@ class HaAgent:
 
     def datastore_step(self) -> None:
         """Renew this host's datastore heartbeats and read the peers' (files only)."""
+        self.released.difference_update(self._holds())  # started here again: no longer released
         self.write_heartbeats()
         view = self.read_peers()
         view[str(self.host_id)] = {"n": self.counter, "at": time.time(), "holds": self._holds(), "released": sorted(self.released), "isolated": self.isolated}
