@@ -75,6 +75,8 @@ def test_agent_sample_in_series_out_and_bad_requests(env):
         ({"counter": "cpu.bogus"}, 422, "UNKNOWN_COUNTER"),
         ({"tier": "decade"}, 422, "UNKNOWN_TIER"),
         ({"start": "yesterday"}, 422, "INVALID_TIME"),
+        ({"start": "1e300"}, 422, "INVALID_TIME"),
+        ({"end": "nan"}, 422, "INVALID_TIME"),
         ({"start": "2030-01-02T00:00:00Z", "end": "2030-01-01T00:00:00Z"}, 422, "INVALID_TIME"),
     ):
         r = client.get(f"/api/v1/metrics/host/{h1['id']}", headers=auth, params=params)

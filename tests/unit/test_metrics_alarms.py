@@ -163,6 +163,7 @@ def test_expression_scope_and_action_validation():
         ({"type": "metric", "counter": "cpu.usage", "warning": 90, "critical": 80}, "host", "expression.critical"),
         ({"type": "metric", "counter": "cpu.usage", "warning": 90, "for_s": 7200}, "host", "expression.for_s"),
         ({"type": "metric", "counter": "cpu.usage", "warning": "high"}, "host", "expression.warning"),
+        ({"type": "metric", "counter": "cpu.usage", "warning": float("nan")}, "host", "expression.warning"),
         ({"type": "state", "condition": "host.not_responding"}, "vm", "expression.condition"),
         ({"type": "state", "condition": "datastore.usage", "critical": 190}, "datastore", "expression.warning"),
         ({"type": "nope"}, "host", "expression.type"),

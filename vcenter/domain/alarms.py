@@ -19,6 +19,7 @@ Pure: times are epoch seconds given by the caller; no I/O.
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -90,8 +91,8 @@ def _number(raw: Mapping[str, Any], key: str) -> float | None:
     value = raw.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise AlarmInvalid(f"expression.{key}", f"{key} must be a number")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise AlarmInvalid(f"expression.{key}", f"{key} must be a finite number")
     return float(value)
 
 

@@ -98,7 +98,7 @@ def _parse_time(value: str | None, field: str) -> datetime | None:
     except ValueError:
         try:
             return _dt(float(value))
-        except ValueError:
+        except (ValueError, OverflowError, OSError):
             raise Invalid(f"{field} is an ISO 8601 time or epoch seconds", code="INVALID_TIME", details={"field": field}) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
