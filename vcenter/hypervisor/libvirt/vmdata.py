@@ -19,7 +19,11 @@ What this module decides:
   kills QEMU ("Device has active dirty bitmaps"). Such operations drop the checkpoints first
   and say so (``checkpoints_dropped``); the next backup is then full (the server asks for an
   incremental from a checkpoint; a missing checkpoint makes a full one, and the result says
-  which kind was made).
+  which kind was made). A VMotion carries the bitmaps inside the qcow2 but not libvirt's
+  checkpoint metadata (measured: the target lists no checkpoint, the image still holds an
+  active bitmap, and a revert there killed QEMU), so dropping checkpoints also removes bitmaps
+  no checkpoint describes (QMP ``block-dirty-bitmap-remove`` while running, ``qemu-img bitmap
+  --remove`` while stopped).
 - Full copies of a running domain (full backups, full clones) use the backup API's *pull* mode:
   QEMU exports the disks as they were at the job's start over NBD (a unix socket in a private
   directory under /tmp, with its copy-before-write scratch files) and ``qemu-img convert -W``
@@ -57,6 +61,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import libvirt
+import libvirt_qemu
 
 from vcenter.hypervisor import images
 from vcenter.hypervisor.base import DriverError
@@ -115,7 +120,8 @@ class VmDataOps:
             raise self._err(e) from None
 
     def drop_checkpoints(self, uuid: str) -> list[str]:
-        """Delete every checkpoint (and its bitmaps) of the domain; the names dropped."""
+        """Delete every checkpoint (and its bitmaps) of the domain, then any bitmap left that no
+        checkpoint describes (one that came along a VMotion); the names dropped."""
         dom = self._get(uuid)
         dropped = []
         try:
@@ -129,7 +135,33 @@ class VmDataOps:
                 dropped.append(name)
         except libvirt.libvirtError as e:
             raise self._err(e) from None
-        return dropped
+        return dropped + [f"{name} (bitmap)" for name in self._drop_stale_bitmaps(dom)]
+
+    def _drop_stale_bitmaps(self, dom) -> list[str]:
+        removed = []
+        try:
+            if dom.isActive():
+                def qmp(command: str, **arguments: Any) -> Any:
+                    body = {"execute": command, **({"arguments": arguments} if arguments else {})}
+                    return json.loads(libvirt_qemu.qemuMonitorCommand(dom, json.dumps(body), 0)).get("return")
+                for device in qmp("query-block") or []:
+                    inserted = device.get("inserted") or {}
+                    for bitmap in inserted.get("dirty-bitmaps") or device.get("dirty-bitmaps") or []:
+                        qmp("block-dirty-bitmap-remove", node=inserted["node-name"], name=bitmap["name"])
+                        removed.append(bitmap["name"])
+            else:
+                for _t, src, fmt in self._file_disks(dom, inactive=True):
+                    if fmt != "qcow2" or not os.path.exists(src):
+                        continue
+                    info = image_info(src)
+                    for bitmap in (info.get("format-specific", {}).get("data", {}).get("bitmaps") or []):
+                        qemu_img("bitmap", "--remove", src, bitmap["name"], timeout=600)
+                        removed.append(bitmap["name"])
+        except libvirt.libvirtError as e:
+            raise DriverError("BITMAP_REMOVE_FAILED", e.get_error_message()) from None
+        if removed:
+            log.warning("domain %s: removed dirty bitmaps no checkpoint described: %s", dom.name(), removed)
+        return removed
 
     def checkpoints(self, uuid: str) -> list[str]:
         try:
