@@ -81,6 +81,9 @@ def test_agent_sample_in_series_out_and_bad_requests(env):
     ):
         r = client.get(f"/api/v1/metrics/host/{h1['id']}", headers=auth, params=params)
         assert (r.status_code, r.json()["code"]) == (status, code), (params, r.text)
+    # A cluster's series from its hosts' (h1 only: h2 is outside the cluster).
+    cluster = client.get(f"/api/v1/metrics/cluster/{env['cl']['id']}", headers=auth, params=[("counter", "cpu.usage"), ("counter", "net.rx")]).json()
+    assert [(s["counter"], [(p["avg"], p["samples"]) for p in s["points"]]) for s in cluster["series"]] == [("cpu.usage", [(37.5, 1)]), ("net.rx", [(1200.0, 1)])]
     assert client.get("/api/v1/metrics/host/99999", headers=auth).status_code == 404
     r = client.get("/api/v1/metrics/portgroup/1", headers=auth)
     assert (r.status_code, r.json()["code"]) == (404, "UNKNOWN_OBJECT_TYPE")

@@ -61,6 +61,15 @@ def test_series_decodes_both_forms_in_time_order():
     assert [(t, agg.avg, agg.min, agg.max, agg.n) for t, agg in points] == [(20.0, 4.0, 4.0, 4.0, 1), (40.0, 1.0, 0.5, 2.0, 3)]
 
 
+def test_a_clusters_points_average_percentages_and_sum_quantities_over_hosts():
+    rows = [(1, 0.0, {"cpu.usage": 20.0, "cpu.usagemhz": 1000.0}), (1, 10.0, {"cpu.usage": 40.0, "cpu.usagemhz": 2000.0}),
+            (2, 5.0, {"cpu.usage": 90.0, "cpu.usagemhz": 4500.0}), (2, 20.0, {"cpu.usage": [10.0, 5.0, 15.0, 3]})]
+    usage = m.across_hosts(rows, "cpu.usage", 20.0)
+    assert [(t, a.avg, a.min, a.max, a.n) for t, a in usage] == [(0.0, 60.0, 30.0, 90.0, 2), (20.0, 10.0, 10.0, 10.0, 1)]
+    mhz = m.across_hosts(rows, "cpu.usagemhz", 20.0)
+    assert [(t, a.avg, a.n) for t, a in mhz] == [(0.0, 6000.0, 2)]  # host 1's 1500 average + host 2's 4500
+
+
 # --- agent rates ----------------------------------------------------------------------------
 def _reading(busy, total, cpu_ns, rd, wr, rx, tx, rss=51200):
     return HostCounters(cpus=2, cpu_mhz=2000, cpu_busy_ns=busy, cpu_total_ns=total, memory_total_kib=1024 * 1024, memory_available_kib=768 * 1024,

@@ -33,17 +33,20 @@ class Counter:
 
 
 COUNTERS: dict[str, Counter] = {c.name: c for c in (
-    Counter("cpu.usage", "percent", "CPU used, as a share of the object's CPU capacity (host: all its cores; VM: its vCPUs)", ("host", "vm")),
-    Counter("cpu.usagemhz", "MHz", "CPU used, in MHz at the host's core speed", ("host", "vm")),
-    Counter("mem.usage", "percent", "memory used, as a share of the object's memory (VM: as its guest's balloon driver reports it; without one, the resident memory of its QEMU process over its configured memory, capped at 100)", ("host", "vm")),
-    Counter("mem.consumed", "MiB", "memory used (host: total minus free, buffers and cache; VM: resident memory of its QEMU process)", ("host", "vm")),
-    Counter("disk.read", "bytes/s", "bytes read from virtual disks (host: the sum over its running VMs)", ("host", "vm")),
-    Counter("disk.write", "bytes/s", "bytes written to virtual disks (host: the sum over its running VMs)", ("host", "vm")),
-    Counter("net.rx", "bytes/s", "bytes received by virtual NICs (host: the sum over its running VMs)", ("host", "vm")),
-    Counter("net.tx", "bytes/s", "bytes sent by virtual NICs (host: the sum over its running VMs)", ("host", "vm")),
+    Counter("cpu.usage", "percent", "CPU used, as a share of the object's CPU capacity (host: all its cores; VM: its vCPUs)", ("host", "vm", "cluster")),
+    Counter("cpu.usagemhz", "MHz", "CPU used, in MHz at the host's core speed", ("host", "vm", "cluster")),
+    Counter("mem.usage", "percent", "memory used, as a share of the object's memory (VM: as its guest's balloon driver reports it; without one, the resident memory of its QEMU process over its configured memory, capped at 100)", ("host", "vm", "cluster")),
+    Counter("mem.consumed", "MiB", "memory used (host: total minus free, buffers and cache; VM: resident memory of its QEMU process)", ("host", "vm", "cluster")),
+    Counter("disk.read", "bytes/s", "bytes read from virtual disks (host: the sum over its running VMs)", ("host", "vm", "cluster")),
+    Counter("disk.write", "bytes/s", "bytes written to virtual disks (host: the sum over its running VMs)", ("host", "vm", "cluster")),
+    Counter("net.rx", "bytes/s", "bytes received by virtual NICs (host: the sum over its running VMs)", ("host", "vm", "cluster")),
+    Counter("net.tx", "bytes/s", "bytes sent by virtual NICs (host: the sum over its running VMs)", ("host", "vm", "cluster")),
 )}
 
-OBJECT_TYPES = ("host", "vm")
+OBJECT_TYPES = ("host", "vm", "cluster")
+# A cluster's series is made from its hosts' at query time: percentages are averaged over the
+# hosts reporting, quantities (MHz, MiB, bytes/s) summed.
+SUMMED_UNITS = frozenset({"MHz", "MiB", "bytes/s"})
 
 
 @dataclass(frozen=True)
@@ -194,6 +197,25 @@ def rollup(rows: Iterable[Row], interval_s: float) -> dict[tuple[str, int, float
         if counters:
             out[key] = {c: Aggregate(acc[0] / acc[3], acc[1], acc[2], int(acc[3])).encode() for c, acc in counters.items()}
     return out
+
+
+def across_hosts(rows: Iterable[tuple[int, float, Mapping[str, object]]], counter: str, interval_s: float) -> list[tuple[float, Aggregate]]:
+    """A cluster's points from its hosts' rows (host id, at, values): per bucket of
+    ``interval_s``, each host's average in it, then their sum (quantities) or average
+    (percentages); min and max are the lowest and highest host, n the hosts reporting."""
+    summed = COUNTERS[counter].unit in SUMMED_UNITS
+    buckets: dict[float, dict[int, list[float]]] = {}
+    for host_id, at_s, values in rows:
+        raw = values.get(counter)
+        if raw is None:
+            continue
+        buckets.setdefault(bucket_start(at_s, interval_s), {}).setdefault(host_id, []).append(Aggregate.decode(raw).avg)
+    points = []
+    for start in sorted(buckets):
+        per_host = [sum(v) / len(v) for v in buckets[start].values()]
+        total = sum(per_host)
+        points.append((start, Aggregate(total if summed else total / len(per_host), min(per_host), max(per_host), len(per_host))))
+    return points
 
 
 def series(rows: Iterable[tuple[float, Mapping[str, object]]], counter: str) -> list[tuple[float, Aggregate]]:

@@ -16,13 +16,13 @@ from sqlalchemy.orm import Session
 from vcenter.core.clock import utcnow
 from vcenter.core.errors import Invalid, NotFound
 from vcenter.core.settings import Settings
-from vcenter.db.models import Host, MetricRollup, MetricSample, VirtualMachine
+from vcenter.db.models import Cluster, Host, MetricRollup, MetricSample, VirtualMachine
 from vcenter.domain import metrics as m
 from vcenter.messaging.contracts import MetricsReport
 
 log = logging.getLogger(__name__)
 
-_OBJECTS = {"host": Host, "vm": VirtualMachine}
+_OBJECTS = {"host": Host, "vm": VirtualMachine, "cluster": Cluster}
 OBJECT_TYPES = tuple(_OBJECTS)
 
 
@@ -133,16 +133,23 @@ def query(session: Session, settings: Settings, object_type: str, object_id: int
             chosen = m.tier_named(all_tiers, tier)
         except KeyError:
             raise Invalid(f"unknown tier {tier!r}", code="UNKNOWN_TIER", details={"field": "tier", "allowed": list(m.TIER_NAMES)}) from None
-    rows = session.execute(
-        select(MetricSample.at, MetricSample.values)
-        .where(MetricSample.object_type == object_type, MetricSample.object_id == object_id,
-               MetricSample.tier == chosen.level, MetricSample.at >= start_at, MetricSample.at <= end_at)
-        .order_by(MetricSample.at)
-    ).all()
-    stored = [(_ts(at), values or {}) for at, values in rows]
+    if object_type == "cluster":
+        hosts = list(session.scalars(select(Host.id).where(Host.cluster_id == object_id)))
+        host_rows = [(i, _ts(at), v or {}) for i, at, v in session.execute(
+            select(MetricSample.object_id, MetricSample.at, MetricSample.values)
+            .where(MetricSample.object_type == "host", MetricSample.object_id.in_(hosts),
+                   MetricSample.tier == chosen.level, MetricSample.at >= start_at, MetricSample.at <= end_at))] if hosts else []
+    else:
+        rows = session.execute(
+            select(MetricSample.at, MetricSample.values)
+            .where(MetricSample.object_type == object_type, MetricSample.object_id == object_id,
+                   MetricSample.tier == chosen.level, MetricSample.at >= start_at, MetricSample.at <= end_at)
+            .order_by(MetricSample.at)
+        ).all()
+        stored = [(_ts(at), values or {}) for at, values in rows]
     series = []
     for counter in counters:
-        points = m.series(stored, counter)
+        points = m.across_hosts(host_rows, counter, chosen.interval_s) if object_type == "cluster" else m.series(stored, counter)
         series.append({
             "counter": counter,
             "unit": m.COUNTERS[counter].unit,

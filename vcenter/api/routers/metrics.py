@@ -2,7 +2,7 @@
 coming in (with their host's own credential).
 
 ``GET /api/v1/metrics/{object_type}/{object_id}?counter=cpu.usage&counter=mem.usage&tier=&start=&end=``
-answers one series per counter; without ``tier`` the finest tier that reaches back to
+(host, vm, cluster: a cluster's series is made from its hosts') answers one series per counter; without ``tier`` the finest tier that reaches back to
 ``start`` (default: an hour ago) is used. Times are ISO 8601 (UTC when no zone) or epoch seconds.
 """
 
