@@ -261,3 +261,12 @@ def test_a_customised_vm_gives_its_clone_a_new_identity_and_seed(env):
         clone = session.scalar(select(VirtualMachine).where(VirtualMachine.name == "cust2"))
         custom = session.get(VmCustomization, clone.id)
         assert custom.machine_id != "a" * 32 and custom.instance_id != "i-source" and custom.hostname == "cust2"
+
+
+def test_a_vm_with_snapshots_is_not_migrated(env):
+    client, auth, (h1, h2), agents, ds, settings = env
+    vm = _vm(client, auth, agents, settings, h1, "snapvm", ds["shared"])
+    t = client.post(f"/api/v1/vms/{vm['id']}/snapshots", headers=auth, json={"name": "s1"}).json()
+    _report(client, settings, agents[h1["id"]], t["id"], result={"name": "s1", "parent": None, "state": "running", "memory": True})
+    r = client.post(f"/api/v1/vms/{vm['id']}/migrate", headers=auth, json={"host_id": h2["id"]})
+    assert r.status_code == 409 and r.json()["code"] == "VM_HAS_SNAPSHOTS", r.text
