@@ -69,10 +69,14 @@ def main() -> None:
             per_report.append((time.perf_counter() - t) * 1000)
         per_round.append(time.perf_counter() - began)
     ingest_s = sum(per_round)
+    import resource
+
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t = time.perf_counter()
     with session_scope(url) as session:
         rolled = metrics.rollup(session, settings, now=start + timedelta(seconds=20 * args.rounds + 1))
     rollup_s = time.perf_counter() - t
+    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t = time.perf_counter()
     with session_scope(url) as session:
         evaluated = alarms.evaluate(session, settings, now=start + timedelta(seconds=20 * args.rounds))
@@ -95,6 +99,7 @@ def main() -> None:
     print(f"{'ingest: one report p95 ms':<44} {per_report[int(0.95 * len(per_report)) - 1]:>12.2f}")
     print(f"{'rollup to 5-min tier: aggregates':<44} {rolled.get('day', 0):>12}")
     print(f"{'rollup to 5-min tier: s':<44} {rollup_s:>12.2f}")
+    print(f"{'peak memory before / after the rollup, MiB':<44} {rss_before:>6.0f} / {rss_after:.0f}")
     print(f"{'alarm evaluation (3 built-in), s':<44} {alarm_s:>12.2f}   {evaluated}")
     print(f"{'VM chart, 1 h real-time, p50 ms':<44} {statistics.median(chart):>12.2f}")
     print(f"{'metric_samples rows':<44} {stored:>12}")

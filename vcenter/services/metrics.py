@@ -197,10 +197,13 @@ def rollup(session: Session, settings: Settings, now: datetime | None = None, ma
         if not starts:
             continue
         first, last_end = _dt(starts[0]), _dt(starts[-1] + tier.interval_s)
+        # Streamed (a server-side cursor on PostgreSQL): memory holds the aggregates, not the
+        # hundreds of thousands of samples behind them.
         rows = session.execute(
             select(MetricSample.object_type, MetricSample.object_id, MetricSample.at, MetricSample.values)
             .where(MetricSample.tier == source.level, MetricSample.at >= first, MetricSample.at < last_end)
-        ).all()
+            .execution_options(yield_per=5000)
+        )
         aggregates = m.rollup(((t, i, _ts(at), v or {}) for t, i, at, v in rows), tier.interval_s)
         if aggregates:
             session.execute(insert(MetricSample), [
