@@ -11,6 +11,7 @@ to docs/screenshots/ (referenced from README.md).
 """
 from __future__ import annotations
 
+import os
 import re
 import signal
 from pathlib import Path
@@ -24,7 +25,9 @@ from vcenter.lab.hosts import Capacity
 pytestmark = pytest.mark.integration
 
 CHROMIUM = "/usr/bin/chromium"
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+# The README's screenshots: rewritten only when asked (VCENTER_E2E_SCREENSHOTS=1), so that a
+# test run leaves the work tree clean; otherwise they go to the test's temporary directory.
+DOC_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 
 def _browser(playwright):
@@ -42,9 +45,9 @@ def _login(page, base: str, username: str, password: str) -> None:
     page.wait_for_selector("#live-state[data-live='1']", timeout=15000)
 
 
-def _shot(page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=False)
+def _shot(page, name: str, where: Path) -> None:
+    where.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(where / f"{name}.png"), full_page=False)
 
 
 def _make_viewer(api) -> None:
@@ -59,7 +62,9 @@ def _make_viewer(api) -> None:
         assert r.status_code == 201, r.text
 
 
+@pytest.mark.timeout(600)  # a lab, three TCG guests and a browser: ~2.5 min alone, more on a busy machine
 def test_operator_walks_the_dashboard(tmp_path):
+    shots = DOC_SHOTS if os.environ.get("VCENTER_E2E_SCREENSHOTS") == "1" else tmp_path / "screenshots"
     from playwright.sync_api import sync_playwright  # pip install -e .[test]
 
     # Hosts declare one CPU: two guests burning on one of them make an imbalance DRS acts on even
@@ -81,7 +86,7 @@ def test_operator_walks_the_dashboard(tmp_path):
             browser = _browser(p)
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(base + "/ui/login")
-            _shot(page, "login")
+            _shot(page, "login", shots)
             _login(page, base, *stack.admin)
 
             # Walk the tree: datacenter -> cluster -> host1 -> web1 (children load on expand).
@@ -89,7 +94,7 @@ def test_operator_walks_the_dashboard(tmp_path):
             page.click(f"#tree details[data-kind=cluster][data-id='{cl['id']}'] > summary")
             page.click(f"#tree details[data-kind=host][data-id='{ids['host1']}'] > summary")
             page.wait_for_selector(f"#tree a[href='/ui/vm/{vms['web1']}']")
-            _shot(page, "inventory-tree")
+            _shot(page, "inventory-tree", shots)
             page.click(f"#tree a[href='/ui/vm/{vms['web1']}']")
             page.wait_for_selector("h1.obj-title[data-kind=vm]")
             page.wait_for_selector("#live-state[data-live='1']")
@@ -104,7 +109,7 @@ def test_operator_walks_the_dashboard(tmp_path):
             page.wait_for_selector("#power-state.poweredOn")
             page.wait_for_selector("a[data-action=console]")
             assert page.evaluate("window.__stayed === true"), "the page reloaded"
-            _shot(page, "vm-power-on-task")
+            _shot(page, "vm-power-on-task", shots)
 
             # The console: type into the guest's shell and read its answer.
             with stack.client() as api:
@@ -116,7 +121,7 @@ def test_operator_walks_the_dashboard(tmp_path):
             screen = "(() => { const b = window.vcTerm.buffer.active; let s = ''; for (let i = 0; i < b.length; i++) s += b.getLine(i).translateToString(true) + '\\n'; return s; })()"
             console.keyboard.type("echo vc-$((6*7))\n")
             wait_for(lambda: "vc-42" in console.evaluate(screen), 20, what="the guest's answer on the console")
-            _shot(console, "vm-console")
+            _shot(console, "vm-console", shots)
             console.close()
 
             # A host chart with samples reported by its agent.
@@ -127,7 +132,7 @@ def test_operator_walks_the_dashboard(tmp_path):
                 return int(page.wait_for_selector("#chart[data-samples]").get_attribute("data-samples"))
 
             wait_for(lambda: chart_samples() >= 2, 60, interval=2, what="chart samples")
-            _shot(page, "host-chart")
+            _shot(page, "host-chart", shots)
 
             # DRS: two guests burning CPU on host1, host2 empty; run DRS on the cluster page and
             # apply its recommendation.
@@ -146,7 +151,7 @@ def test_operator_walks_the_dashboard(tmp_path):
             rec_row = page.query_selector("#drs tr[data-state=pending]")
             assert "host1 → host2" in rec_row.inner_text(), rec_row.inner_text()
             assert "→" in rec_row.query_selector("td:nth-child(6)").inner_text()  # imbalance before -> after, as numbers
-            _shot(page, "cluster-drs")
+            _shot(page, "cluster-drs", shots)
             apply.click()
             applied = page.wait_for_selector("#drs tr[data-state=applied]")
             migrate_task = int(re.search(r"task #(\d+)", applied.inner_text()).group(1))
@@ -163,7 +168,7 @@ def test_operator_walks_the_dashboard(tmp_path):
                 viewer.goto(base + path)
                 viewer.wait_for_selector("h1.obj-title")
                 assert viewer.query_selector_all("[data-action]") == [], path
-            _shot(viewer, "read-only-vm")
+            _shot(viewer, "read-only-vm", shots)
             status = viewer.evaluate("""async (vm) => {
                 const r = await fetch('/ui/vm/' + vm + '/power/off', {method: 'POST', headers: {'X-CSRF-Token': document.body.dataset.csrf}});
                 return [r.status, (await r.json()).code];
@@ -184,7 +189,7 @@ def test_operator_walks_the_dashboard(tmp_path):
                 return page.query_selector(f"#tree details[data-kind=host][data-id='{ids['host2']}'] > summary .alarm.critical") is not None
 
             wait_for(alarm_in_tree, 60, interval=2, what="the host-not-responding alarm in the tree")
-            _shot(page, "alarm-in-tree")
+            _shot(page, "alarm-in-tree", shots)
             page.goto(f"{base}/ui/host/{ids['host2']}")
             row = page.wait_for_selector("#alarms tr.alarm-row.critical")
             assert "Host not responding" in row.inner_text()
