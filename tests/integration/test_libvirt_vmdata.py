@@ -5,8 +5,9 @@ One guest, one sequence (each step builds on the previous one, so it is one test
 snapshot at an empty disk -> the guest writes 4 MiB of pattern -> a full backup while the guest
 writes 24 MiB more, its heartbeat counting on -> an incremental backup after it finished ->
 revert to the snapshot (the disk is empty again, the guest runs) -> restore the backup chain
-into a new domain that boots -> a full clone of the running guest boots -> a linked clone of
-the stopped guest, promoted to a standalone image.
+into a new domain that boots -> a full clone of the running guest boots -> the full point
+restored over that (stopped) new domain -> a linked clone of the stopped guest, promoted to a
+standalone image.
 """
 from __future__ import annotations
 
@@ -153,6 +154,16 @@ def test_snapshot_backup_restore_clone_on_a_real_guest(tmp_path):
         assert drv.domain_state(g1.uuid).power_state == "poweredOn"
         ch.read_heartbeat(timeout=10)
         drv.stop(g3.uuid)
+
+        # Restore over the stopped g2 from the full point: its disk is as at that point, the
+        # snapshot its old image held is forgotten, and it boots.
+        drv.snapshot_create(g2.uuid, "before-restore")
+        replaced = drv.restore_disks([{"source": f"{backups}/b1-vda.qcow2", "path": f"{ds}/g2.qcow2"}], replace_uuid=g2.uuid)
+        assert replaced["snapshots_forgotten"] == ["before-restore"] and drv.snapshot_list(g2.uuid) == []
+        assert read_blocks(f"{ds}/g2.qcow2", 24, str(tmp_path)) == blocks
+        drv.start(g2.uuid)
+        assert channel(g2.uuid).read_heartbeat(timeout=30)["hostname"] == "g2"
+        drv.stop(g2.uuid)
 
         # Deleting a snapshot keeps its parent; a stopped VM's snapshot has no memory.
         assert drv.snapshot_delete(g1.uuid, "s1")["deleted"] == ["s1"]
