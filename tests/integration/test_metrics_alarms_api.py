@@ -216,13 +216,19 @@ def test_metric_alarm_lifecycle_with_webhook(env, hook_server):
 
     # Acknowledge: a read-only user may see but not acknowledge.
     user_id = client.post("/api/v1/users", headers=auth, json={"username": "viewer", "password": "viewer-password"}).json()["id"]
-    roles = client.get("/api/v1/roles", headers=auth)
-    if roles.status_code == 200:  # with the permission tree: Read-only on the root
-        read_only = next(r["id"] for r in roles.json() if r["name"] == "Read-only")
-        granted = client.post("/api/v1/permissions", headers=auth, json={"principal_type": "user", "principal_id": user_id, "role_id": read_only,
-                                                                          "object_type": "root", "object_id": 0, "propagate": True})
-        assert granted.status_code == 201, granted.text
+    read_only = next(r["id"] for r in client.get("/api/v1/roles", headers=auth).json() if r["name"] == "Read-only")
+    granted = client.post("/api/v1/permissions", headers=auth, json={"principal_type": "user", "principal_id": user_id, "role_id": read_only,
+                                                                      "object_type": "root", "object_id": 0, "propagate": True})
+    assert granted.status_code == 201, granted.text
     viewer = login(client, "viewer", "viewer-password")
+    # Only the triggered alarms of objects the caller may see: Read-only on h2 hides h1's, on
+    # h1's cluster shows it.
+    for name, (kind, oid), sees in (("narrow", ("host", h2["id"]), False), ("wide", ("cluster", cl["id"]), True)):
+        uid = client.post("/api/v1/users", headers=auth, json={"username": name, "password": f"{name}-password"}).json()["id"]
+        assert client.post("/api/v1/permissions", headers=auth, json={"principal_type": "user", "principal_id": uid, "role_id": read_only,
+                                                                     "object_type": kind, "object_id": oid, "propagate": True}).status_code == 201
+        listed = client.get("/api/v1/alarms/triggered", headers=login(client, name, f"{name}-password"))
+        assert listed.status_code == 200 and (state_id in {t["id"] for t in listed.json()}) == sees, (name, listed.text)
     assert client.get("/api/v1/alarms/triggered", headers=viewer).status_code == 200
     assert client.post(f"/api/v1/alarms/triggered/{state_id}/acknowledge", headers=viewer).status_code == 403
     acked = client.post(f"/api/v1/alarms/triggered/{state_id}/acknowledge", headers=auth).json()

@@ -130,9 +130,11 @@ def _descendants(session: Session, object_type: str, object_id: int) -> set[tupl
 
 
 def triggered(session: Session, object_type: str | None = None, object_id: int | None = None,
-              descendants: bool = False, include_acknowledged: bool = True) -> list[dict[str, Any]]:
+              descendants: bool = False, include_acknowledged: bool = True,
+              visible: Callable[[str], set[int] | None] | None = None) -> list[dict[str, Any]]:
     """Alarms not ok, worst first: all of them, or those of one object (and with
-    ``descendants`` those of every object below it, as a cluster's tree node shows them)."""
+    ``descendants`` those of every object below it, as a cluster's tree node shows them).
+    ``visible(kind)`` gives the ids of that kind the caller may see (None: all of them)."""
     query = select(AlarmState, AlarmDefinition).join(AlarmDefinition, AlarmDefinition.id == AlarmState.alarm_id).where(AlarmState.status != a.OK)
     if object_type is not None:
         if object_id is None:
@@ -150,6 +152,11 @@ def triggered(session: Session, object_type: str | None = None, object_id: int |
         query = query.where(AlarmState.acknowledged_at.is_(None))
     rows = [(s, d) for s, d in session.execute(query).all()
             if object_type is None or (s.object_type, s.object_id) in wanted]
+    if visible is not None:
+        seen: dict[str, set[int] | None] = {}
+        for kind in {s.object_type for s, _ in rows}:
+            seen[kind] = visible(kind)
+        rows = [(s, d) for s, d in rows if seen[s.object_type] is None or s.object_id in seen[s.object_type]]
     rows.sort(key=lambda r: (r[0].status != a.CRITICAL, -(r[0].triggered_at or r[0].changed_at).timestamp()))
     return [state_read(s, d) for s, d in rows]
 

@@ -32,13 +32,17 @@ def create_alarm(body: s.AlarmCreate, db: DbDep, user: Creator) -> Any:
     return svc.create_definition(db, user.username, body.model_dump())
 
 
-@router.get("/triggered", response_model=list[s.TriggeredAlarmRead], summary="Triggered alarms (not green), worst first; of one object, or with descendants=true of everything below it")
-def triggered(db: DbDep, user: Viewer,
+@router.get("/triggered", response_model=list[s.TriggeredAlarmRead], summary="Triggered alarms (not green), worst first; of one object, or with descendants=true of everything below it; only those of objects the caller may see")
+def triggered(db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", deferred=True)],
               object_type: str | None = Query(None, description="datacenter | cluster | host | vm | datastore"),
               object_id: int | None = Query(None),
               descendants: bool = Query(False, description="include the objects below it (hosts, VMs, datastores)"),
               acknowledged: bool = Query(True, description="false: leave acknowledged ones out")) -> Any:
-    return svc.triggered(db, object_type, object_id, descendants, acknowledged)
+    from vcenter.services import auth, authz
+
+    caller = auth.get_user(db, user.id)
+    return svc.triggered(db, object_type, object_id, descendants, acknowledged,
+                         visible=lambda kind: authz.visible_ids(db, caller, kind, token=user.token))
 
 
 @router.post("/triggered/{state_id}/acknowledge", response_model=s.TriggeredAlarmRead, summary="Acknowledge a triggered alarm (its actions stay quiet until it gets worse)")
