@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -82,11 +83,14 @@ def test_datastore_heartbeats_are_read_by_peers_and_published(tmp_path):
     b.step()
     a.step()
     data = json.loads(heartbeat_file(str(tmp_path / "ds1"), 71).read_text())
-    assert data["n"] == 2 and data["holds"] == ["vm-a"] and not data["isolated"]
+    assert data["n"] == a.counter and data["holds"] == ["vm-a"] and not data["isolated"]
     view = json.loads(redis.Redis.from_url(REDIS_URL).get(ha_datastore_view_key(72)))
-    assert view["71"]["n"] == 1 and view["71"]["holds"] == ["vm-a"]  # what b read of a
+    assert view["71"]["n"] == a.counter - 1 and view["71"]["holds"] == ["vm-a"]  # what b read of a
     b.step()
-    assert json.loads(redis.Redis.from_url(REDIS_URL).get(ha_datastore_view_key(72)))["71"]["n"] == 2  # the counter advances
+    assert json.loads(redis.Redis.from_url(REDIS_URL).get(ha_datastore_view_key(72)))["71"]["n"] == a.counter  # the counter advances
+    time.sleep(0.02)
+    restarted = make_agent(tmp_path, 71, [], {"enabled": True}, clock)
+    assert restarted.counter > a.counter  # a restarted agent's counter still grows
 
 
 def test_redis_down_with_an_answering_address_is_not_isolation(tmp_path, listener):

@@ -126,6 +126,7 @@ def test_ha_on_real_hosts(tmp_path):
         wait_for(lambda: status()["monitor"]["owner"] not in (None, first), 10, what="the standby took over")
         takeover_s = time.monotonic() - t0
         assert takeover_s < 6, takeover_s
+        time.sleep(2)  # the new monitor's first look at every host
         with TwiceWatcher(lab) as watcher:
             vms = {"ids": ids}
             # -- a host dies: its guests run elsewhere ------------------------------------------------
@@ -136,7 +137,8 @@ def test_ha_on_real_hosts(tmp_path):
                          what=f"{n} restarted with a heartbeat on another host")
             events = api.get(f"/api/v1/events?object_type=host&object_id={ids['host1']}&limit=50").json()["items"]
             failed = [e for e in events if e["kind"] == "ha.host.failed"]
-            assert failed and failed[0]["data"]["evidence"]["network_age_s"] > DETECTION
+            age = failed[0]["data"]["evidence"]["network_age_s"] if failed else 0
+            assert failed and (age is None or age > DETECTION), failed  # None: not seen since the takeover
             tasks = wait_for(lambda: (ts := _restart_tasks(api)) and all(t["state"] in ("success", "error") for t in ts) and ts, 30, what="restart Tasks ended")
             assert {t["object_id"] for t in tasks} == {vm_ids["g1"], vm_ids["g2"]} and all(t["state"] == "success" for t in tasks), tasks
             # -- the last line against split-brain: QEMU's image locks refuse a second copy -----------

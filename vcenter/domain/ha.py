@@ -91,8 +91,13 @@ class DetectionSettings:
     mass_silence_fraction: float = 0.5  # more than this share of the live hosts silent at once
     mass_silence_min: int = 2  # and at least this many: one silent host is never "mass"
     # With stamps: a host is isolated (alive) only if it wrote a datastore heartbeat this much
-    # later (its own clock) than its last network heartbeat the monitor saw.
-    stamp_margin_s: float = 1.0
+    # later (its own clock) than its last network heartbeat the monitor saw; None: half the
+    # detection time (above the monitor's read lag, below the datastore channel's delivery lag).
+    stamp_margin_s: float | None = None
+
+    @property
+    def stamp_margin(self) -> float:
+        return self.detection_s / 2 if self.stamp_margin_s is None else self.stamp_margin_s
 
     def __post_init__(self) -> None:
         if self.detection_s <= 0:
@@ -187,7 +192,7 @@ def judge(prev: Mapping[str, HostHealth], observations: Sequence[HostObservation
             evidence[o.host_id]["datastore_after_network_s"] = round(o.ds_stamp - o.net_stamp, 3)
         if net <= d:
             proposed[o.host_id] = HostHealth.CONNECTED
-        elif ds is not None and ds <= d and o.alive_after_network(settings.stamp_margin_s):
+        elif ds is not None and ds <= d and o.alive_after_network(settings.stamp_margin):
             proposed[o.host_id] = HostHealth.ISOLATED
         else:
             proposed[o.host_id] = HostHealth.FAILED

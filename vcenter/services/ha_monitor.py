@@ -165,6 +165,7 @@ class HaMonitorProcess:
             return
         holders: dict[str, int] = {}
         released: dict[int, set[str]] = {}
+        counters: dict[int, tuple[Any, float]] = {}  # peer -> (highest counter, its stamp) over every view
         for i, h in enumerate(hosts):
             beat, view = values[2 * i], values[2 * i + 1]
             if beat is not None and beat != self.net_last.get(h.id):
@@ -183,16 +184,22 @@ class HaMonitorProcess:
             for peer, seen in peers.items():
                 pid = int(peer)
                 counter = seen.get("n")
-                if counter is not None and counter != self.ds_last.get(pid):
-                    if pid in self.ds_last:  # an advance; a first reading may be an old file
-                        self.ds_seen[pid] = now
-                        if seen.get("at"):
-                            self.ds_stamp[pid] = max(self.ds_stamp.get(pid, 0.0), float(seen["at"]))
-                    self.ds_last[pid] = counter
+                if isinstance(counter, (int, float)) and (pid not in counters or counter > counters[pid][0]):
+                    counters[pid] = (counter, float(seen.get("at") or 0.0))
                 for uuid in seen.get("holds", []):
                     holders[uuid] = pid
                 if seen.get("released"):
                     released.setdefault(pid, set()).update(seen["released"])
+        # Peers read a host's file at different instants: only the highest counter counts, and
+        # only its increase is a sighting (a first reading may be an old file of a dead host).
+        for pid, (counter, at) in counters.items():
+            last = self.ds_last.get(pid)
+            if last is not None and counter > last:
+                self.ds_seen[pid] = now
+                if at:
+                    self.ds_stamp[pid] = max(self.ds_stamp.get(pid, 0.0), at)
+            if last is None or counter > last:
+                self.ds_last[pid] = counter
         self.holders = holders
         self.released = released
 

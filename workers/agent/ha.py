@@ -61,7 +61,9 @@ class HaAgent:
         self.since = clock()
         self.redis_ok_at: float | None = clock()
         self.probe_ok_at: float | None = clock()
-        self.counter = 0
+        # Starts from this host's clock (ms) so that it still grows across an agent restart: the
+        # monitor counts only an increase as a sighting.
+        self.counter = int(time.time() * 1000)
         self.isolated = False
         self.released: set[str] = set()
         self.released_until: float | None = None
