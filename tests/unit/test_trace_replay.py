@@ -84,12 +84,14 @@ def test_cli_json_each_balancer(balancer: str, kind: str, trace_dir: Path, trace
 
 
 def test_cli_text_and_dpm(trace_tgz: Path) -> None:
-    r = cli("--trace", str(trace_tgz), "--hosts", "6", "--vms", "16", "--load", "0.3", "--dpm")
+    # 8 hosts, seed 4: DPM evacuates a host only when the others have memory room for its VMs
+    # (it does not repack memory first); some draws of 16 VMs leave none (e.g. 6 hosts, seed 1).
+    r = cli("--trace", str(trace_tgz), "--hosts", "8", "--vms", "16", "--load", "0.3", "--dpm", "--seed", "4")
     assert r.exit_code == 0, r.output
     assert "imbalance" in r.stdout and "host-hours on" in r.stdout and "power-offs" in r.stdout
-    res = run(trace_tgz, 6, 16, load=0.3, dpm=True)
+    res = run(trace_tgz, 8, 16, load=0.3, dpm=True, seed=4)
     s = res.summary()
-    assert s["power_offs"] >= 1 and s["host_hours_on"] < 6 * STEPS * 5 / 60  # low load: DPM saves host-hours
+    assert s["power_offs"] >= 1 and s["host_hours_on"] < 8 * STEPS * 5 / 60  # low load: DPM saves host-hours
     assert s["migrations"] >= sum(1 for d in res.decisions if d.kind == "evacuate")
 
 
@@ -129,7 +131,9 @@ def _spiked(sc, k: int):
 @pytest.mark.parametrize("balancer,dpm", [("drs", False), ("greedy", False), ("drs", True), ("greedy", True)])
 def test_spike_at_k_changes_nothing_before_k_plus_1(balancer: str, dpm: bool, trace_dir: Path) -> None:
     # With DPM: a lightly loaded cluster, so that DPM powers hosts off (and the spike matters).
-    sc = build_scenario(read_trace(trace_dir), 10 if dpm else 4, 16, load=0.3 if dpm else 0.8, seed=2)
+    # (Seed 4 with DPM: in some 10-host draws, e.g. seed 2, no host has memory room for the
+    # spiked VM, so no engine can react to the spike and the last assertions see nothing.)
+    sc = build_scenario(read_trace(trace_dir), 10 if dpm else 4, 16, load=0.3 if dpm else 0.8, seed=4 if dpm else 2)
     k = 20
     spiked, j = _spiked(sc, k)
     seen_a: dict[int, dict] = {}

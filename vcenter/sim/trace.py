@@ -34,9 +34,11 @@ Scenario (``build_scenario``)
       for every balancer.
 
 Replay (``replay``), for each interval t = 0 .. T-1 (logical time t x 300 s)
-    1. decide: the engine gets the demand *measured* up to interval t-1 (the last sample for
-       DRS and the greedy baseline, the last ``off_window`` samples for DPM); nothing of t or
-       later. At t = 0 nothing is measured yet and nothing is decided. With ``--dpm``, DPM
+    1. decide: the engine gets the demand *measured* up to interval t-1 (for DRS the samples
+       up to t-1 smoothed with ``smooth_demands`` (alpha ``DRS_SMOOTHING``, 0.5), as the product
+       smooths measured demand; the last sample for the greedy baseline, which is what Watcher's
+       workload_balance averages over its default 300 s period; the last ``off_window`` samples
+       for DPM); nothing of t or later. At t = 0 nothing is measured yet and nothing is decided. With ``--dpm``, DPM
        decides first (a power-off evacuates the host with its plan; a power-on makes the host
        usable from the next interval: it boots for ``boot_intervals``, counted as powered on),
        then the balancer runs on the result. Every move is applied at once (a migration takes
@@ -48,7 +50,7 @@ Replay (``replay``), for each interval t = 0 .. T-1 (logical time t x 300 s)
 
 Balancers
     - ``drs``: ``vcenter.domain.drs.balance`` with the threshold, fully automated, default
-      cooldown / budget / gains; its plan applied with ``apply_plan``.
+      cooldown / budget / gains, on smoothed demand; its plan applied with ``apply_plan``.
     - ``greedy``: a baseline in the manner of OpenStack Watcher's ``workload_balance``: each pass
       at most one move, of the VM of the most loaded host (larger of CPU and memory load) to the
       least loaded one that most reduces the imbalance, if it reduces it at all; no cooldown, no
@@ -75,7 +77,7 @@ from pathlib import Path
 import numpy as np
 
 from vcenter.domain.dpm import DpmHistory, DpmSettings, decide
-from vcenter.domain.drs import DrsHistory, DrsSettings, apply_plan, balance
+from vcenter.domain.drs import DrsHistory, DrsSettings, apply_plan, balance, smooth_demands
 from vcenter.domain.placement import place_many
 from vcenter.domain.snapshot import ClusterSnapshot, HostSnapshot, VmSnapshot
 
@@ -83,6 +85,7 @@ INTERVAL_S = 300.0
 CORE_MHZ = 2500.0
 MEM_COMMIT = 0.75
 VCPU_RATIO = 16.0
+DRS_SMOOTHING = 0.5  # alpha of the demand DRS sees (1 = the last sample)
 SIZE_MIX: tuple[tuple[int, int, float], ...] = (  # (vCPUs, memory GiB, weight)
     (1, 2, 0.20), (2, 4, 0.30), (2, 8, 0.10), (4, 8, 0.20), (4, 16, 0.10), (8, 16, 0.07), (8, 32, 0.03),
 )
@@ -384,7 +387,8 @@ def _move(snap: ClusterSnapshot, moves: dict[str, str]) -> ClusterSnapshot:
 
 def replay(scenario: Scenario, balancer: str = "drs", threshold: int = 3, dpm: bool = False,
            drs_settings: DrsSettings | None = None, dpm_settings: DpmSettings | None = None,
-           boot_intervals: int = 1, on_pass: Callable[[int, dict[str, tuple[float, float]]], None] | None = None) -> ReplayResult:
+           boot_intervals: int = 1, on_pass: Callable[[int, dict[str, tuple[float, float]]], None] | None = None,
+           smoothing: float = DRS_SMOOTHING) -> ReplayResult:
     """Replay the scenario's demand with ``balancer`` (drs, greedy, none) and optionally DPM.
 
     ``on_pass(t, observed)``, if given, is called with what the engine is shown at interval t
@@ -407,6 +411,7 @@ def replay(scenario: Scenario, balancer: str = "drs", threshold: int = 3, dpm: b
     power_at: dict[str, int] = {}
     booting: dict[str, int] = {}  # host -> interval from which it is usable
     samples: list[dict[str, tuple[float, float]]] = []
+    smoothed: dict[str, tuple[float, float]] | None = None  # what DRS sees
 
     for t in range(T):
         now = t * INTERVAL_S
@@ -420,6 +425,7 @@ def replay(scenario: Scenario, balancer: str = "drs", threshold: int = 3, dpm: b
             seen = {vid: (float(observed[k, 0]), float(observed[k, 1])) for k, vid in enumerate(ids)}
             samples.append(seen)
             del samples[:-n_samples]
+            smoothed = smooth_demands(smoothed, seen, smoothing)
             if on_pass is not None:
                 on_pass(t, seen)
             t0 = time.perf_counter()
@@ -448,7 +454,7 @@ def replay(scenario: Scenario, balancer: str = "drs", threshold: int = 3, dpm: b
                     decisions.append(Decision(t, r.action, r.host))
             if balancer == "drs":
                 hist = DrsHistory(recent={v: (t - a) * INTERVAL_S for v, a in moved_at.items()})
-                dplan = balance(snap, drs_s, seen, hist)
+                dplan = balance(snap, drs_s, smoothed, hist)
                 for r in dplan.recommendations:
                     decisions.append(Decision(t, "move", r.vm_id, r.source, r.target))
                     moved_at[r.vm_id] = t
@@ -532,7 +538,7 @@ def scenario_header(scenario: Scenario) -> str:
 
 
 __all__: Sequence[str] = (
-    "BALANCERS", "CORE_MHZ", "DEFAULT_TRACE", "Decision", "INTERVAL_S", "MEM_COMMIT", "ReplayResult", "SIZE_MIX",
+    "BALANCERS", "CORE_MHZ", "DEFAULT_TRACE", "DRS_SMOOTHING", "Decision", "INTERVAL_S", "MEM_COMMIT", "ReplayResult", "SIZE_MIX",
     "SUMMARY_KEYS", "Scenario", "Trace", "TraceError", "build_scenario", "draw_files", "draw_sizes", "format_summary",
     "greedy_move", "parse_series", "read_trace", "replay", "run", "scenario_header", "skewed_pass_time",
 )
