@@ -13,11 +13,13 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import time
 
 import pytest
 
 from tests.apihelpers import wait_for
 from tests.labhelpers import lab_stack, task_done
+from vcenter.lab import faults
 
 pytestmark = pytest.mark.integration
 
@@ -79,6 +81,18 @@ def test_templates_linked_clones_import_and_export(tmp_path):
             assert r.status_code == 409 and r.json()["code"] == "TEMPLATE_IN_USE" and all(f"clone{i}" in r.json()["message"] for i in range(5))
             for vm_id in vm_ids:
                 _ok(task_done(api, api.post(f"/api/v1/vms/{vm_id}/power/on").json()))
+            def reporting() -> dict:
+                vms = {vm_id: api.get(f"/api/v1/vms/{vm_id}").json() for vm_id in vm_ids}
+                return {vm_id: (v["power_state"], (v.get("guest_info") or {}).get("hostname")) for vm_id, v in vms.items()}
+
+            # All five boot at once under TCG on a shared machine: wait for them together.
+            deadline = time.monotonic() + 240
+            while True:
+                state = reporting()
+                if all(h == f"web-{i}" for i, (_, h) in enumerate(state.values())):
+                    break
+                assert time.monotonic() < deadline, f"clones not all reporting their seeds' hostnames after 240 s: {state}"
+                time.sleep(1)
             seen = []
             for i, vm_id in enumerate(vm_ids):
                 issued = api.get(f"/api/v1/vms/{vm_id}/customization").json()
@@ -120,6 +134,24 @@ def test_templates_linked_clones_import_and_export(tmp_path):
             folder = template["dir"].split("/", 1)[1]
             inside = _ok(task_done(api, api.post(f"/api/v1/datastores/{ds['id']}/browse", json={"path": template["dir"]}).json()))["result"]["entries"]
             assert {e["name"]: e.get("format") for e in inside} == {"disk0.qcow2": "qcow2", "manifest.json": None} and folder
+
+            # Cancel an import while its agent pulls the upload over a slowed link: the task ends
+            # cancelled, the VM is gone, nothing is left on the datastore.
+            slow = tmp_path / "slow.raw"
+            slow.write_bytes(os.urandom(4 << 20))
+            upload = _upload(api, str(slow))
+            faults.set_bandwidth(lab, "host1", 2000)
+            try:
+                task = api.post("/api/v1/imports/disk", json={"name": "slow1", "host_id": ids["host1"], "datastore_id": ds["id"], "upload_id": upload["id"], "format": "raw"}).json()
+                wait_for(lambda: (t := api.get(f"/api/v1/tasks/{task['id']}").json())["step"] == "downloading" and t["progress"] > 6, 60, 0.2, what="download under way")
+                assert api.post(f"/api/v1/tasks/{task['id']}/cancel").status_code == 202
+                ended = task_done(api, task, 60)
+            finally:
+                faults.clear_net(lab, "host1")
+            assert (ended["state"], ended["error_code"]) == ("cancelled", "CANCELLED"), ended
+            assert api.get(f"/api/v1/vms/{task['object_id']}").status_code == 404
+            left = _ok(task_done(api, api.post(f"/api/v1/datastores/{ds['id']}/browse", json={"path": ""}).json()))["result"]["entries"]
+            assert not [e["name"] for e in left if e["name"].startswith(".import-") or "slow1" in e["name"]]
 
             # Import a VMDK and a VDI; each guest reports the checksum of the disk it sees.
             raw = tmp_path / "data.raw"
