@@ -182,6 +182,17 @@ def test_metric_alarm_lifecycle_with_webhook(env, hook_server):
         r = client.post("/api/v1/alarms", headers=auth, json={**body, **bad})
         assert (r.status_code, r.json()["code"], r.json()["details"]["field"]) == (422, "INVALID_ALARM", field), r.text
     assert client.post("/api/v1/alarms", headers=auth, json={**body, "scope_id": 4242}).status_code == 404
+    # Alarm.Create is checked on the scope object: held on h2 only, not enough for the cluster.
+    uid = client.post("/api/v1/users", headers=auth, json={"username": "alarmist", "password": "alarmist-password"}).json()["id"]
+    role = client.post("/api/v1/roles", headers=auth, json={"name": "alarms", "privileges": ["System.View", "Alarm.Create"]}).json()["id"]
+    assert client.post("/api/v1/permissions", headers=auth, json={"principal_type": "user", "principal_id": uid, "role_id": role,
+                                                                 "object_type": "host", "object_id": h2["id"], "propagate": True}).status_code == 201
+    alarmist = login(client, "alarmist", "alarmist-password")
+    assert client.post("/api/v1/alarms", headers=alarmist, json=body).status_code == 403
+    mine = client.post("/api/v1/alarms", headers=alarmist, json={**body, "name": "h2 cpu", "scope_type": "host", "scope_id": h2["id"]})
+    assert mine.status_code == 201, mine.text
+    assert client.patch(f"/api/v1/alarms/{mine.json()['id']}", headers=alarmist, json={"scope_type": "cluster", "scope_id": cl["id"]}).status_code == 403
+    assert client.delete(f"/api/v1/alarms/{mine.json()['id']}", headers=alarmist).status_code == 204
     created = client.post("/api/v1/alarms", headers=auth, json=body)
     assert created.status_code == 201, created.text
     alarm = created.json()

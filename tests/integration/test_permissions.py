@@ -133,6 +133,8 @@ def _body_for(route: Any, inv: dict, n: int) -> dict | None:
         ("POST", "/api/v1/pools"): {"name": f"px{n}", "cluster_id": inv["cl"]["id"]},
         ("POST", "/api/v1/hosts"): {"name": f"hx{n}", "datacenter_id": dc},
         ("POST", "/api/v1/vms"): {"name": f"vmx{n}", "host_id": inv["host"]["id"], "memory_mib": 64, "folder_id": inv["web"]["id"]},
+        ("POST", "/api/v1/alarms"): {"name": f"ax{n}", "target_type": "host", "scope_type": "cluster", "scope_id": inv["cl"]["id"],
+                                     "expression": {"type": "state", "condition": "host.not_responding"}},
         # "No access" holds no privilege, so a granter holding only Permissions.Modify may give it
         ("POST", "/api/v1/permissions"): {"principal_type": "user", "principal_id": 1, "role_id": inv["no_access"], "object_type": "folder", "object_id": inv["web"]["id"]},
     }

@@ -1,4 +1,4 @@
-"""Alarms: definitions (Alarm.Create), triggered alarms per object (System.View), acknowledge
+"""Alarms: definitions (Alarm.Create on the scope object), triggered alarms per object (System.View), acknowledge
 and reset (Alarm.Acknowledge).
 
 The dashboard's tree reads ``GET /api/v1/alarms/triggered`` once (every alarm not green,
@@ -18,7 +18,15 @@ from vcenter.services import alarms as svc
 router = APIRouter(prefix="/api/v1/alarms", tags=["alarms"])
 
 Viewer = Annotated[CurrentUserInfo, requires("System.View")]
-Creator = Annotated[CurrentUserInfo, requires("Alarm.Create")]
+# Checked on the scope object the definition is set on (and, for a change, the new one too).
+Creator = Annotated[CurrentUserInfo, requires("Alarm.Create", deferred=True)]
+
+
+def _on_scope(db, user: CurrentUserInfo, scope_type: str | None, scope_id: int | None) -> None:
+    if scope_type in (None, "root"):
+        user.require(db, None, None)
+    elif scope_id is not None:
+        user.require(db, scope_type, scope_id)
 Acknowledger = Annotated[CurrentUserInfo, requires("Alarm.Acknowledge")]
 
 
@@ -29,6 +37,7 @@ def list_alarms(db: DbDep, user: Viewer, target_type: str | None = Query(None, d
 
 @router.post("", response_model=s.AlarmRead, status_code=status.HTTP_201_CREATED, summary="Define an alarm on objects at or below a scope object")
 def create_alarm(body: s.AlarmCreate, db: DbDep, user: Creator) -> Any:
+    _on_scope(db, user, body.scope_type, body.scope_id)
     return svc.create_definition(db, user.username, body.model_dump())
 
 
@@ -62,9 +71,16 @@ def get_alarm(alarm_id: int, db: DbDep, user: Viewer) -> Any:
 
 @router.patch("/{alarm_id}", response_model=s.AlarmRead, summary="Change an alarm definition (a changed condition starts green everywhere)")
 def update_alarm(alarm_id: int, body: s.AlarmUpdate, db: DbDep, user: Creator) -> Any:
-    return svc.update_definition(db, user.username, alarm_id, body.model_dump(exclude_unset=True))
+    current = svc.get_definition(db, alarm_id)
+    _on_scope(db, user, current.scope_type, current.scope_id)
+    changes = body.model_dump(exclude_unset=True)
+    if "scope_type" in changes or "scope_id" in changes:
+        _on_scope(db, user, changes.get("scope_type", current.scope_type), changes.get("scope_id", current.scope_id))
+    return svc.update_definition(db, user.username, alarm_id, changes)
 
 
 @router.delete("/{alarm_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete an alarm definition and its states")
 def delete_alarm(alarm_id: int, db: DbDep, user: Creator) -> None:
+    current = svc.get_definition(db, alarm_id)
+    _on_scope(db, user, current.scope_type, current.scope_id)
     svc.delete_definition(db, user.username, alarm_id)
