@@ -86,3 +86,62 @@ def test_whatif_changes_nothing(env):
     assert client.get("/api/v1/tasks?kind=vm.migrate", headers=auth).json()["total"] == 0
     bad = client.post(f"/api/v1/clusters/{cl['id']}/drs/whatif", headers=auth, json={"kind": "host-fails", "host_id": 99999})
     assert bad.status_code == 422
+
+
+
+def test_drs_wakes_a_standby_host_when_the_powered_on_hosts_cannot_hold_the_demand(settings):
+    """h3 sleeps (standby, Wake-on-LAN aimed at a UDP socket of this test); six VMs of 2 vCPUs
+    on h1 and h2 (4 cores of 2 GHz each) demand their configured size (nothing measured yet):
+    24 GHz for 16. Manual: the wake is recommended and nothing is sent. Fully automated: a
+    host.exitStandby Task and a real magic packet on the wire."""
+    import socket
+
+    from vcenter.power.drivers import magic_packet
+
+    make_admin(settings)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(5)
+    mac = "52:54:00:12:34:56"
+    with sock, TestClient(create_app(settings)) as client:
+        auth = login(client)
+        dc = client.post("/api/v1/datacenters", json={"name": "dc"}, headers=auth).json()
+        cl = client.post("/api/v1/clusters", json={"name": "cl", "datacenter_id": dc["id"], "settings": {"drs": {"enabled": True, "automation": "manual"}}}, headers=auth).json()
+        hosts, agents = [], {}
+        for name in ("h1", "h2", "h3"):
+            host, agent = register_host(client, auth, dc["id"], name, cluster_id=cl["id"])
+            client.post(f"/api/v1/agent/hosts/{host['id']}/state", headers=agent, json={"facts": {"hostname": name, "cpu_cores": 4, "cpu_mhz": 2000, "memory_mib": 4096}, "domains": []})
+            hosts.append(host)
+            agents[host["id"]] = agent
+        h3 = hosts[2]
+        current = client.get(f"/api/v1/hosts/{h3['id']}", headers=auth).json()
+        r = client.patch(f"/api/v1/hosts/{h3['id']}", headers=auth, json={"power": {"type": "wol", "mac": mac, "broadcast": "127.0.0.1", "port": sock.getsockname()[1], "repeat": 1}, "version": current["version"]})
+        assert r.status_code == 200, r.text
+        assert client.post(f"/api/v1/hosts/{h3['id']}/standby/enter", headers=auth).json()["standby"] is True
+        for i in range(6):
+            on_host = hosts[i % 2]
+            task = client.post("/api/v1/vms", headers=auth, json={"name": f"vm{i}", "host_id": on_host["id"], "memory_mib": 900, "vcpus": 2}).json()
+            vm = finish_as_agent(client, settings, agents[on_host["id"]], task)
+            on = client.post(f"/api/v1/vms/{vm['id']}/power/on", headers=auth).json()
+            finish_as_agent(client, settings, agents[on_host["id"]], on, power_state="poweredOn")
+
+        manual = client.post(f"/api/v1/clusters/{cl['id']}/drs/run", headers=auth).json()
+        assert [w["host"] for w in manual["wake"]] == [str(h3["id"])], manual
+        w = manual["wake"][0]
+        assert w["automatic"] is False and w["task_id"] is None and w["cpu_short_mhz"] > 0 and "cannot hold the demand" in w["reason"]
+        sock.settimeout(0.2)
+        with pytest.raises(socket.timeout):
+            sock.recvfrom(1024)  # manual: nothing sent
+        assert client.get("/api/v1/tasks?kind=host.exitStandby", headers=auth).json()["total"] == 0
+
+        _set_drs(client, auth, cl, automation="full")
+        sock.settimeout(5)
+        full = client.post(f"/api/v1/clusters/{cl['id']}/drs/run", headers=auth).json()
+        w = full["wake"][0]
+        assert w["automatic"] is True and w["task_id"] and w["error"] is None, full
+        data, _ = sock.recvfrom(1024)
+        assert data == magic_packet(mac)
+        task = client.get(f"/api/v1/tasks/{w['task_id']}", headers=auth).json()
+        assert task["kind"] == "host.exitStandby" and task["object_id"] == h3["id"] and task["state"] == "running"
+        events = client.get("/api/v1/events?kind=cluster.drs.wake", headers=auth).json()
+        assert len(events.get("items", events)) >= 2

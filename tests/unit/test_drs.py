@@ -288,3 +288,26 @@ def test_a_skewed_96_host_10000_vm_cluster_gets_a_plan_that_improves_balance():
     plan = balance(snap, DrsSettings(), demands)
     assert plan.recommendations
     assert plan.after.imbalance < plan.before.imbalance
+
+
+def test_wake_a_standby_host_only_when_the_powered_on_hosts_cannot_hold_the_demand():
+    hosts = (host(1), host(2), replace(host(3), standby=True), replace(host(4), standby=True, maintenance=True))
+    vms = tuple(vm(f"v{k}", f"h{k % 2 + 1}", vcpus=4) for k in range(12))
+    snap = ClusterSnapshot(hosts, vms)
+    core = drs.core_mhz(snap)
+    light = {v.id: (0.5 * v.vcpus * core, float(v.memory_mib)) for v in vms}
+    assert balance(snap, demands=light).wake == ()  # fits: nobody is woken
+    heavy = {v.id: (v.vcpus * core, float(v.memory_mib)) for v in vms}
+    cap = sum(drs.host_capacity(h)[0] for h in hosts[:2])
+    assert sum(c for c, _ in heavy.values()) > cap
+    plan = balance(snap, demands=heavy)
+    assert [w.host for w in plan.wake] == ["h3"]  # never the host in maintenance
+    assert plan.wake[0].cpu_short_mhz == pytest.approx(sum(c for c, _ in heavy.values()) - cap)
+    assert "cannot hold the demand" in plan.wake[0].reason and plan.to_dict()["wake"][0]["host"] == "h3"
+    # Threshold 1 balances nothing but still asks for capacity.
+    assert [w.host for w in balance(snap, DrsSettings(threshold=1), heavy).wake] == ["h3"]
+    # An HA reserve counts as capacity the powered-on hosts do not have.
+    assert balance(snap, DrsSettings(ha=HaReserve(fraction=0.5)), light).wake
+    # No standby host: nothing to wake.
+    awake = replace(snap, hosts=hosts[:2])
+    assert balance(awake, demands=heavy).wake == ()

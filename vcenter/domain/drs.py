@@ -72,6 +72,11 @@ Vocabulary:
   full (applied); a per-VM override (``manual``/``partial``/``full``/``disabled``) wins. DRS never
   moves a ``disabled`` VM. Each recommendation carries its level and whether it is automatic.
 
+- wake: a standby host DRS asks to power on (``DrsPlan.wake``) when the powered-on hosts cannot
+  hold the demand (demand above their capacity less the HA reserve, or an overload no move
+  relieves); DPM's power-on path does it (automatically in fully automated clusters). HA wakes
+  standby hosts for its restarts on its own (vcenter.domain.ha).
+
 Speed: loads are numpy arrays over hosts; a balancing step scores every (VM on a loaded source,
 target) pair at once from the per-resource sums S = sum x and Q = sum x^2 (std after a move is a
 closed form in S and Q), checks admissibility lazily from the best pair down, and commits the
@@ -88,7 +93,7 @@ import numpy as np
 from vcenter.domain.placement import ClusterState, ManyResult, place_many
 from vcenter.domain.pools import PoolTree, entitlements
 from vcenter.domain.rules import violations
-from vcenter.domain.snapshot import ClusterSnapshot, HostSnapshot, Rule, RuleKind, VmSnapshot
+from vcenter.domain.snapshot import CONNECTED, ClusterSnapshot, HostSnapshot, Rule, RuleKind, VmSnapshot
 
 TARGETS: dict[int, float] = {1: float("inf"), 2: 0.20, 3: 0.015, 4: 0.008, 5: 0.004}
 OVERLOAD = 1.0  # a host whose entitlement exceeds its capacity (on CPU or memory)
@@ -232,6 +237,19 @@ class Balance:
 
 
 @dataclass(frozen=True, slots=True)
+class Wake:
+    """A standby host DRS wants powered on: the powered-on hosts cannot hold the demand."""
+
+    host: str
+    reason: str
+    cpu_short_mhz: float  # what the powered-on hosts lack (demand beyond capacity, or the
+    mem_short_mib: float  # overload no move could relieve), before this host is woken
+
+    def to_dict(self) -> dict:
+        return {"host": self.host, "reason": self.reason, "cpu_short_mhz": self.cpu_short_mhz, "mem_short_mib": self.mem_short_mib}
+
+
+@dataclass(frozen=True, slots=True)
 class DrsPlan:
     recommendations: tuple[Recommendation, ...]
     threshold: int
@@ -241,6 +259,7 @@ class DrsPlan:
     skipped: dict[str, str]  # VM id -> why DRS would not move it (in flight, cooldown, disabled)
     unresolved: tuple[str, ...]  # rule violations no admissible move fixes, with the reason
     notes: tuple[str, ...]  # why the pass stopped
+    wake: tuple[Wake, ...] = ()  # standby hosts to power on (capacity short)
 
     @property
     def imbalance_before(self) -> float:
@@ -258,6 +277,7 @@ class DrsPlan:
             "cpu_std_after": self.after.cpu_std, "mem_std_after": self.after.mem_std,
             "recommendations": [r.to_dict() for r in self.recommendations],
             "skipped": dict(self.skipped), "unresolved": list(self.unresolved), "notes": list(self.notes),
+            "wake": [w.to_dict() for w in self.wake],
         }
 
 
@@ -718,7 +738,60 @@ def balance(
     p.fix_rules()
     p.balance()
     return DrsPlan(tuple(p.recs), settings.threshold, settings.target, before, p.loads.balance(),
-                   dict(sorted(p.skipped.items())), tuple(p.unresolved), tuple(p.notes))
+                   dict(sorted(p.skipped.items())), tuple(p.unresolved), tuple(p.notes), _wake(p, demands or {}))
+
+
+def _wake(p: _Pass, demands: Mapping[str, Demand]) -> tuple[Wake, ...]:
+    """Standby hosts to power on because the powered-on ones cannot hold the demand: either the
+    running VMs' demand (clipped to their size and limit, as entitlement is) exceeds the active
+    hosts' capacity less the HA reserve, or a host is still overloaded once the plan's moves are
+    made (no admissible move relieves it). Enough standby hosts to cover the shortfall, largest
+    CPU capacity first (snapshot order on ties). Independent of the migration threshold: this
+    is capacity, not balance. A host in maintenance or disconnected is never woken."""
+    snap = p.snapshot
+    standby = [h for h in snap.hosts if h.standby and not h.maintenance and h.connection == CONNECTED]
+    if not standby:
+        return ()
+    L = p.loads
+    act = L.active
+    cap = np.array([L.cap[act, 0].sum() - p.ha_cpu[act].sum(), L.cap[act, 1].sum() - p.ha_mem[act].sum()]) if act.any() else np.zeros(2)
+    core = core_mhz(snap)
+    dem = np.zeros(2)
+    for vm in snap.vms:
+        if vm.host is None:
+            continue
+        d = demands.get(vm.id)
+        cpu = min(vm.vcpus * core, d[0]) if d is not None else vm.vcpus * core
+        mem = min(float(vm.memory_mib), d[1]) if d is not None else float(vm.memory_mib)
+        if vm.cpu_limit_mhz is not None:
+            cpu = min(cpu, vm.cpu_limit_mhz)
+        if vm.memory_limit_mib is not None:
+            mem = min(mem, float(vm.memory_limit_mib))
+        dem += (max(cpu, vm.cpu_reservation_mhz), max(mem, float(vm.memory_reservation_mib)))
+    short = np.maximum(dem - cap, 0.0)
+    excess = np.maximum(L.load - L.cap * OVERLOAD, 0.0)[act].sum(axis=0) if act.any() else np.zeros(2)
+    need = np.maximum(short, excess)
+    if (need <= 1e-6).all():
+        return ()
+    if (short > 1e-6).any():
+        why = (f"powered-on hosts cannot hold the demand: CPU {dem[0]:.0f} of {cap[0]:.0f} MHz, "
+               f"memory {dem[1]:.0f} of {cap[1]:.0f} MiB usable")
+    else:
+        over = [L.ids[i] for i in np.flatnonzero(act) if (L.load[i] > L.cap[i] * OVERLOAD + 1e-6).any()]
+        why = f"{', '.join(over)} stay overloaded after the plan (CPU {excess[0]:.0f} MHz, memory {excess[1]:.0f} MiB over); no move relieves them"
+    order = sorted(standby, key=lambda h: (-host_capacity(h)[0], snap.hosts.index(h)))
+    ha = p.settings.ha
+    out: list[Wake] = []
+    got = np.zeros(2)
+    for h in order:
+        if (got >= need - 1e-6).all():
+            break
+        c = np.array(host_capacity(h), dtype=float)
+        if not ha.zero:
+            c = c - np.array([ha.cpu(c[:1])[0], ha.mem(c[1:])[0]])
+        out.append(Wake(h.id, why, float(need[0] - got[0]), float(need[1] - got[1])))
+        got += np.maximum(c, 0.0)
+    return tuple(out)
 
 
 def smooth_demands(previous: Mapping[str, Demand] | None, sample: Mapping[str, Demand], alpha: float = 0.5) -> dict[str, Demand]:

@@ -1,5 +1,6 @@
 """DRS use cases: run the balancer on a cluster, keep its recommendations, apply them as
-VMotion Tasks (automatically in fully automated clusters), dismiss them, and what-if.
+VMotion Tasks (automatically in fully automated clusters), dismiss them, and what-if; wake a
+standby host when the powered-on hosts cannot hold the demand (``DrsPlan.wake``).
 
 Settings (``cluster.settings["drs"]``): enabled, automation (manual | partial | full),
 threshold 1-5, vm_overrides {vm id: level}, cooldown_s, budget, ha_reserve_fraction.
@@ -88,7 +89,30 @@ def run(session: Session, user: str, cluster_id: int, config: Settings) -> dict[
                  username=user, object_type="cluster", object_id=cluster.id, object_name=cluster.name,
                  data={"before": plan.before.imbalance, "after": plan.after.imbalance, "recommendations": len(stored)})
     return {"imbalance_before": plan.before.imbalance, "imbalance_after": plan.after.imbalance, "target": settings.target,
-            "recommendations": [recommendation_read(r) for r in stored], "notes": list(plan.notes)}
+            "recommendations": [recommendation_read(r) for r in stored], "notes": list(plan.notes),
+            "wake": _wake(session, user, cluster, plan, settings)}
+
+
+def _wake(session: Session, user: str, cluster: Cluster, plan: drs.DrsPlan, settings: drs.DrsSettings) -> list[dict[str, Any]]:
+    """Standby hosts the plan asks for (the powered-on hosts cannot hold the demand): powered
+    on through DPM's path (services.power, a ``host.exitStandby`` Task) when the cluster is
+    fully automated, recommended otherwise; each an Event with the shortfall."""
+    from vcenter.services import power
+
+    out = []
+    automatic = drs.Automation(settings.automation) == drs.Automation.FULL
+    for w in plan.wake:
+        entry: dict[str, Any] = {**w.to_dict(), "automatic": automatic, "task_id": None, "error": None}
+        if automatic:
+            try:
+                with session.begin_nested():
+                    entry["task_id"] = power.power_on_host(session, user, int(w.host), reason=f"DRS: {w.reason}").id
+            except VcError as exc:  # e.g. no power settings, or a power action already running
+                entry["error"] = exc.code
+        record_event(session, "cluster.drs.wake", f"DRS on cluster {cluster.name}: {'powers on' if automatic else 'recommends powering on'} standby host {w.host}: {w.reason}",
+                     username=user, object_type="cluster", object_id=cluster.id, object_name=cluster.name, data=entry)
+        out.append(entry)
+    return out
 
 
 def _apply(session: Session, user: str, row: DrsRecommendation, config: Settings) -> None:

@@ -18,6 +18,9 @@ events below). Events:
                                                 every ``sample`` seconds (the clock advances)
   dpm recommend | dpm run                       one DPM pass; ``run`` applies automatic actions
 
+A DRS plan may ask to wake standby hosts (``wake H: why``); ``drs run`` powers them on at once
+in a fully automated cluster (the booting time is not simulated).
+
 Invariants of a DRS plan (checked on every plan, applied or not, whatever the log says): the
 budget is kept, no VM is recommended twice, no in-flight VM is moved, no VM in cooldown is moved
 for balance, each move in order starts where the VM is, lands on an active host within memory
@@ -243,6 +246,8 @@ class DrsSimMixin:
             self.say(f"unresolved: {u}", indent + 1)
         for n in plan.notes:
             self.say(f"note: {n}", indent + 1)
+        for w in plan.wake:
+            self.say(f"wake {w.host}: {w.reason}", indent + 1)
 
     # -- DRS ---------------------------------------------------------------------------------
     def _drs(self, apply: bool) -> None:
@@ -263,6 +268,13 @@ class DrsSimMixin:
             self.say(f"applied: {', '.join(r.vm_id for r in done)}", 1)
         if left:
             self.say(f"left for the operator: {', '.join(left)}", 1)
+        for w in plan.wake:
+            if drs_mod.Automation(settings.automation) == drs_mod.Automation.FULL:
+                self.hosts[w.host] = replace(self.hosts[w.host], standby=False)
+                self.power_at[w.host] = (self.t, "on")
+                self.say(f"{w.host} powered on (woken by DRS)", 1)
+            else:
+                self.say(f"left for the operator: power on {w.host}", 1)
         if done and not left and all(r.kind == "balance" for r in done):
             after = drs_mod.imbalance_of(self.snapshot(), self.demands).imbalance
             if after > plan.before.imbalance + 1e-9:
