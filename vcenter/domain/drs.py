@@ -20,7 +20,12 @@ Vocabulary:
 - imbalance: for each resource the population standard deviation of active hosts' loads;
   the cluster's imbalance is the larger of the two (max, so that a cluster balanced on CPU but
   skewed on memory is still called imbalanced, and a move is judged by the resource that is
-  worse). ``DrsPlan`` also carries both per-resource values.
+  worse). ``DrsPlan`` also carries both per-resource values. Moves are scored on this
+  imbalance; but whether the cluster is balanced (the target, and the priority of a move) is
+  judged only on the resources that count: those on which some active host's load reaches
+  ``comfort`` (0.5) at the start of the pass (if neither does, the more loaded one). A cluster
+  whose hosts all have most of their memory free does not migrate VMs to even out memory
+  (the note says which resource was not counted).
 - threshold (1-5, default 3) -> target imbalance (``TARGETS``)::
 
       threshold   target   recommendations emitted
@@ -97,6 +102,10 @@ from vcenter.domain.snapshot import CONNECTED, ClusterSnapshot, HostSnapshot, Ru
 
 TARGETS: dict[int, float] = {1: float("inf"), 2: 0.20, 3: 0.015, 4: 0.008, 5: 0.004}
 OVERLOAD = 1.0  # a host whose entitlement exceeds its capacity (on CPU or memory)
+# A resource counts for the target only when some active host's load on it reaches COMFORT (if
+# neither does, the more loaded one counts): below it nothing waits for that resource, and
+# evening out hosts at 2 % and 9 % of their memory is not worth a migration.
+COMFORT = 0.5
 EPS = 1e-9
 
 Demand = tuple[float, float]  # (CPU MHz, memory MiB)
@@ -140,6 +149,7 @@ class DrsSettings:
     cost_per_gib: float = 0.0004  # per active host
     ha: HaReserve = HaReserve()
     sources: int = 3  # most loaded hosts examined per resource and step
+    comfort: float = COMFORT  # a resource counts when some host's load on it reaches this
 
     def __post_init__(self) -> None:
         if self.threshold not in TARGETS:
@@ -355,7 +365,7 @@ def _std(x: np.ndarray) -> float:
 class _Loads:
     """Per-host entitlement sums, capacities and VM membership, updated in place on a move."""
 
-    def __init__(self, snapshot: ClusterSnapshot, ents: Mapping[str, Demand], st: ClusterState) -> None:
+    def __init__(self, snapshot: ClusterSnapshot, ents: Mapping[str, Demand], st: ClusterState, comfort: float = 0.0) -> None:
         self.ids = st.ids
         n = st.n
         self.active = np.array([h.usable for h in snapshot.hosts], dtype=bool)
@@ -372,6 +382,14 @@ class _Loads:
             self.ent[vm.id] = e
             self.load[i] += e
             self.vms_on[i].append(vm)
+        # The resources that count (see ``COMFORT``), fixed for the pass from its starting loads.
+        self.counted = np.array([True, True])
+        a = self.x()[self.active]
+        if comfort > 0 and a.size:
+            peak = a.max(axis=0)
+            self.counted = peak >= comfort - EPS
+            if not self.counted.any():
+                self.counted[int(np.argmax(peak))] = True
 
     def x(self) -> np.ndarray:
         return self.load / self.cap
@@ -384,6 +402,11 @@ class _Loads:
         return Balance(max(cs, ms), cs, ms, loads)
 
     def imbalance(self) -> float:
+        a = self.x()[self.active]
+        return max(_std(a[:, r]) for r in (0, 1) if self.counted[r]) if a.size else 0.0
+
+    def imbalance_all(self) -> float:
+        """Both resources, counted or not: what a move is scored on."""
         a = self.x()[self.active]
         return max(_std(a[:, 0]), _std(a[:, 1])) if a.size else 0.0
 
@@ -425,7 +448,7 @@ class _Pass:
         self.settings = settings
         self.history = history or DrsHistory()
         self.st = ClusterState(snapshot)
-        self.loads = _Loads(snapshot, vm_entitlements(snapshot, demands), self.st)
+        self.loads = _Loads(snapshot, vm_entitlements(snapshot, demands), self.st, settings.comfort)
         self.vms = {vm.id: vm for vm in snapshot.vms}
         self.moved: dict[str, VmSnapshot] = {}  # vm id -> VM as it now is (host = target)
         self.recs: list[Recommendation] = []
@@ -630,10 +653,16 @@ class _Pass:
             if act.size < 2:
                 self.notes.append("fewer than two active hosts: nothing to balance")
                 return
-            before = L.imbalance()
+            before = L.imbalance()  # what the target is checked against (counted resources)
+            whole = L.imbalance_all()  # what moves are scored on (both resources)
             over = [i for i in act.tolist() if x[i].max() > OVERLOAD + EPS]
             if before <= s.target + EPS and not over:
-                self.notes.append(f"balanced: imbalance {before:.4f} <= target {s.target:.4f}")
+                if L.counted.all():
+                    self.notes.append(f"balanced: imbalance {before:.4f} <= target {s.target:.4f}")
+                else:
+                    r = int(np.flatnonzero(L.counted)[0])
+                    self.notes.append(f"balanced: {('cpu', 'memory')[r]} imbalance {before:.4f} <= target {s.target:.4f} "
+                                      f"({('cpu', 'memory')[1 - r]} not counted: no host at {s.comfort:.0%} of it)")
                 return
             # Sources: the most overloaded hosts, and (above target) the most loaded per resource
             # among those above the mean.
@@ -667,7 +696,7 @@ class _Pass:
                 after = L.after(src, ent, targets)
                 # One move shifts a standard deviation over n hosts by O(1/n): judge the gain
                 # per host so that min_gain and cost_per_gib mean the same at 4 and 96 hosts.
-                ngain = (before - after) * act.size
+                ngain = (whole - after) * act.size
                 mem = np.array([v.memory_mib for v in movable], dtype=float)[:, None]
                 vcpu = np.array([v.vcpus for v in movable], dtype=float)[:, None]
                 net = ngain - mem / 1024.0 * s.cost_per_gib
@@ -685,7 +714,7 @@ class _Pass:
                     xs2 = xs[None, :] - ent / L.cap[src][None, :]
                     relief = (np.maximum(xs - OVERLOAD, 0.0).sum() - np.maximum(xs2 - OVERLOAD, 0.0).sum(axis=1))[:, None]
                     score = relief * act.size + net
-                    ok |= (relief > EPS) & (after <= before + EPS) & (score > EPS) & fits
+                    ok |= (relief > EPS) & (after <= whole + EPS) & (score > EPS) & fits
                 ks, ms = np.nonzero(ok)
                 if ks.size:
                     base = len(movers)
@@ -696,7 +725,7 @@ class _Pass:
                 # cluster more.
                 parts = [p for p in parts if int(p[2][0]) in over]
             if not parts:
-                self.notes.append(f"stopped: no move gains at least {s.min_gain / act.size:.4f} net of cost (imbalance {before:.4f})")
+                self.notes.append(f"stopped: no move gains at least {s.min_gain / act.size:.4f} net of cost (imbalance {whole:.4f})")
                 return
             net_a, after_a, src_a, dst_a, k_a = (np.concatenate(c) for c in zip(*parts))
             # Best net gain first; ties: source, VM, target in snapshot order (deterministic).
@@ -712,7 +741,7 @@ class _Pass:
                     chosen = (None, float(after_a[j]), int(src_a[j]), int(dst_a[j]), vm)
                     break
             if chosen is None:
-                self.notes.append(f"stopped: no admissible move gains at least {s.min_gain / act.size:.4f} (imbalance {before:.4f})")
+                self.notes.append(f"stopped: no admissible move gains at least {s.min_gain / act.size:.4f} (imbalance {whole:.4f})")
                 return
             _, after, src, dst, vm = chosen
             overloaded = src in over
@@ -720,7 +749,7 @@ class _Pass:
             if p > s.threshold:  # cannot happen while before > target; kept as a guard
                 self.notes.append(f"stopped: next move would be priority {p} > threshold {s.threshold}")
                 return
-            self.commit(vm, dst, p, "balance", before, after, overloaded=overloaded)
+            self.commit(vm, dst, p, "balance", whole, after, overloaded=overloaded)
 
 
 def balance(

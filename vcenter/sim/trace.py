@@ -347,6 +347,8 @@ class ReplayResult:
     decisions: list[Decision] = field(default_factory=list)
     hosts: int = 0
     vms: int = 0
+    cpu_std: np.ndarray | None = None  # per interval, each resource's part of ``imbalance``
+    mem_std: np.ndarray | None = None
 
     @property
     def intervals(self) -> int:
@@ -362,6 +364,8 @@ class ReplayResult:
             "host_hours_on": self.host_intervals_on * INTERVAL_S / 3600.0,
             "pass_seconds_p50": statistics.median(ps) if ps else 0.0,
             "pass_seconds_max": max(ps) if ps else 0.0,
+            "mean_cpu_imbalance": float(self.cpu_std.mean()) if self.cpu_std is not None and self.cpu_std.size else 0.0,
+            "mean_mem_imbalance": float(self.mem_std.mean()) if self.mem_std is not None and self.mem_std.size else 0.0,
             "overloaded_host_intervals": self.overloaded,
             "host_intervals_on": self.host_intervals_on,
             "power_offs": self.power_offs,
@@ -404,6 +408,8 @@ def replay(scenario: Scenario, balancer: str = "drs", threshold: int = 3, dpm: b
     truth_all = scenario.demand
     T = scenario.intervals
     imb = np.zeros(T)
+    cpu_std = np.zeros(T)
+    mem_std = np.zeros(T)
     overloaded = on_count = migrations = offs = ons = 0
     pass_s: list[float] = []
     decisions: list[Decision] = []
@@ -474,10 +480,12 @@ def replay(scenario: Scenario, balancer: str = "drs", threshold: int = 3, dpm: b
         load, cap, usable, _ = _loads(snap, truth_all[t])
         x = load[usable] / cap[usable]
         imb[t] = _imbalance(x)
+        if x.shape[0]:
+            cpu_std[t], mem_std[t] = float(x[:, 0].std()), float(x[:, 1].std())
         overloaded += int((load[usable] > cap[usable] + 1e-6).any(axis=1).sum())
         on_count += int(usable.sum()) + len(booting)
     return ReplayResult(balancer, dpm, drs_s.threshold, imb, overloaded, on_count, migrations, offs, ons, pass_s,
-                        decisions, len(snap.hosts), len(snap.vms))
+                        decisions, len(snap.hosts), len(snap.vms), cpu_std, mem_std)
 
 
 def run(trace: str | os.PathLike | Trace, hosts: int, vms: int, threshold: int = 3, load: float = 0.7,
