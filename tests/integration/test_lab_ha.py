@@ -95,6 +95,7 @@ def _nothing_restarts(api, watcher, vms, hosts_of, seconds, what):
         assert _vm(api, vm_id)["host_id"] == vms["ids"][host_name], f"{what}: VM {vm_id} moved"
 
 
+@pytest.mark.timeout(480)  # ~2.5 min alone; the machine-wide lab lock may make it wait for another lab first
 def test_ha_on_real_hosts(tmp_path):
     settings = dict(ha_period=0.3, ha_lock_ttl=1.5, ha_datastore_heartbeat_period=0.5, ha_probe_timeout=0.3, heartbeat_ttl=1.5)
     with lab_stack(tmp_path, 3, capacity=Capacity(cpus=1, memory_mib=1024), **settings) as (stack, lab, ctx), stack.client() as api:

@@ -68,6 +68,7 @@ class HaAgent:
         self.released: set[str] = set()
         self.released_until: float | None = None
         self.view: dict[str, Any] = {}
+        self.holds: list[str] = []
         self.write_lock = threading.Lock()
         self.redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
         self.thread: threading.Thread | None = None
@@ -98,11 +99,18 @@ class HaAgent:
         self._loop(self.network_step)
 
     # -- one period ------------------------------------------------------------------------
-    def _holds(self) -> list[str]:
+    def refresh_holds(self) -> list[str]:
+        """The running domains (their disks are held here), read from libvirt by the network
+        thread: the datastore thread never waits on libvirt (a destroy in progress can take
+        seconds), it uses the last list."""
         try:
-            return sorted(d.uuid for d in self.agent.driver.list_domains() if d.power_state == "poweredOn")
+            self.holds = sorted(d.uuid for d in self.agent.driver.list_domains() if d.power_state == "poweredOn")
         except Exception:
-            return []
+            pass  # keep the last list: holding is the safe assumption
+        return self.holds
+
+    def _holds(self) -> list[str]:
+        return list(self.holds)
 
     def write_heartbeats(self) -> None:
         with self.write_lock:  # the isolation response rewrites them at once, from the other thread
@@ -156,6 +164,7 @@ class HaAgent:
 
     def network_step(self) -> None:
         """Publish the peer view; judge isolation (Redis, then the isolation addresses)."""
+        self.refresh_holds()
         now = self.clock()
         cfg = self.config
         try:
@@ -186,13 +195,14 @@ class HaAgent:
 
     def step(self) -> None:
         """Both halves once (tests step them in order on an injected clock)."""
+        self.refresh_holds()
         self.datastore_step()
         self.network_step()
 
     def respond(self, cfg: dict[str, Any], why: str) -> None:
         overrides = cfg.get("overrides", {})
         default = cfg.get("isolation_response", "leave-powered-on")
-        running = self._holds()
+        running = self.refresh_holds()
         log.warning("HA: host isolated (%s); response %s for %d running VMs", why, default, len(running))
         for uuid in running:
             response = ha.IsolationResponse(overrides.get(uuid, default))
@@ -204,6 +214,7 @@ class HaAgent:
                         else:
                             self.agent.driver.shutdown(vm, float(cfg.get("shutdown_timeout_s", 30.0)))
                     self.released.add(vm)
+                    self.holds = [u for u in self.holds if u != vm]
                     log.warning("HA isolation response: %s %s (disks released)", action, vm)
                 except Exception as exc:
                     log.error("HA isolation response %s of %s failed: %s", action, vm, exc)
