@@ -52,7 +52,8 @@ def env(settings):
             task = client.post("/api/v1/vms", headers=auth, json={"name": f"vm{i}", "host_id": hosts[0]["id"], "memory_mib": mem, "vcpus": 1}).json()
             vms.append(finish_as_agent(client, settings, agents[hosts[0]["id"]], task))
         yield client, auth, cl, hosts, agents, vms, settings, r
-    r.delete(LOCK_KEY)
+    # Leave no heartbeat or view behind for the next test (host ids restart at 1).
+    r.delete(LOCK_KEY, *[heartbeat_key(i) for i in range(1, 10)], *[ha_datastore_view_key(i) for i in range(1, 10)])
 
 
 def _power_on(client, auth, settings, agents, vm):
@@ -117,7 +118,7 @@ def _beat(r, hosts, skip=(), n=[0]):
     n[0] += 1
     for h in hosts:
         if h["id"] not in skip:
-            r.set(heartbeat_key(h["id"]), str(n[0]))
+            r.set(heartbeat_key(h["id"]), str(n[0]), px=3000)
 
 
 def test_monitor_detects_restarts_fails_over_and_freezes(env):
@@ -136,7 +137,7 @@ def test_monitor_detects_restarts_fails_over_and_freezes(env):
     uuids = [v["libvirt_uuid"] for v in vms[:2]]
 
     def ds_view(h1_counter):
-        r.set(ha_datastore_view_key(hosts[1]["id"]), json.dumps({str(hosts[0]["id"]): {"n": h1_counter, "holds": uuids},
+        r.set(ha_datastore_view_key(hosts[1]["id"]), px=3000, value=json.dumps({str(hosts[0]["id"]): {"n": h1_counter, "holds": uuids},
                                                                    str(hosts[1]["id"]): {"n": clock.t, "holds": []}}))
 
     for _ in range(3):
