@@ -180,8 +180,9 @@ def test_relocate_to_another_host_failure_leaves_everything_and_offline_is_refus
     assert after["host_id"] == h1["id"] and after["disks"][0]["datastore_id"] == local1["id"] and after["power_state"] == "poweredOn"
     off = client.post(f"/api/v1/vms/{vm['id']}/power/off", headers=auth).json()
     finish_as_agent(client, settings, agents[h1["id"]], off, power_state="poweredOff")
+    # Powered off: its files would be copied by a host mounting both datastores; none does.
     r = client.post(f"/api/v1/vms/{vm['id']}/relocate", headers=auth, json=body)
-    assert r.status_code == 409 and r.json()["code"] == "RELOCATE_OFFLINE_HOST_CHANGE_UNSUPPORTED", r.text
+    assert r.status_code == 409 and r.json()["code"] == "RELOCATE_NO_HOST_MOUNTS_BOTH" and "local1 -> local3" in r.json()["message"], r.text
 
 
 def test_relocate_to_another_host_cancelled_ends_cancelled_on_the_old_host(env):
@@ -200,3 +201,124 @@ def test_relocate_to_another_host_cancelled_ends_cancelled_on_the_old_host(env):
     assert client.get(f"/api/v1/tasks/{task['id']}", headers=auth).json()["state"] == "cancelled"
     after = client.get(f"/api/v1/vms/{vm['id']}", headers=auth).json()
     assert after["host_id"] == h1["id"] and after["disks"][0]["datastore_id"] == local1["id"]
+
+
+def _as_agent(client, settings, agents, host_id, task_id, ok=True, **body):
+    cid = command_id_of(settings, task_id)
+    r = client.post(f"/api/v1/agent/hosts/{host_id}/tasks/{task_id}/result", headers=agents[host_id], json={"command_id": cid, "ok": ok, **body})
+    assert r.status_code == 200, r.text
+
+
+def _last_command(settings, task_id):
+    with session_scope(settings.database_url) as session:
+        return [r.payload for r in session.scalars(select(OutboxMessage).order_by(OutboxMessage.id)) if r.payload.get("task_id") == task_id][-1]
+
+
+def _powered_off_vm(client, auth, agents, settings, host, name, disks):
+    task = client.post("/api/v1/vms", headers=auth, json={"name": name, "host_id": host["id"], "memory_mib": 128, "disks": disks}).json()
+    return finish_as_agent(client, settings, agents[host["id"]], task)
+
+
+def test_powered_off_vm_moves_to_another_host_copied_by_a_host_mounting_both(env):
+    client, auth, cl, (h1, h2, h3), agents, pg, settings = env
+    dc_id = client.get(f"/api/v1/clusters/{cl['id']}", headers=auth).json()["datacenter_id"]
+    local1 = client.post("/api/v1/datastores", headers=auth, json={"name": "local1", "datacenter_id": dc_id, "url": "/srv/local1", "host_ids": [h1["id"]]}).json()
+    shared = client.post("/api/v1/datastores", headers=auth, json={"name": "shared13", "datacenter_id": dc_id, "url": "/srv/shared13", "host_ids": [h1["id"], h3["id"]]}).json()
+    vm = _powered_off_vm(client, auth, agents, settings, h1, "cold", [{"datastore_id": local1["id"], "capacity_mib": 8}])
+    file = client.get(f"/api/v1/vms/{vm['id']}", headers=auth).json()["disks"][0]["file"]
+    body = {"host_id": h3["id"], "disks": [{"index": 0, "datastore_id": shared["id"]}]}
+    r = client.post(f"/api/v1/vms/{vm['id']}/relocate", headers=auth, json=body)
+    assert r.status_code == 202, r.text
+    task = r.json()
+    # h3 does not mount local1; h1 mounts both: the source copies.
+    assert task["kind"] == "vm.relocate" and task["host_id"] == h1["id"] and task["state"] == "running"
+    sent = _last_command(settings, task["id"])
+    assert sent["host_id"] == h1["id"] and sent["args"]["offline_step"] == "copy"
+    assert sent["args"]["copies"] == [{"from": f"/srv/local1/{file}", "to": f"/srv/shared13/{file}", "format": "qcow2"}]
+    # The VM is claimed meanwhile: no power-on during its move.
+    assert client.post(f"/api/v1/vms/{vm['id']}/power/on", headers=auth).status_code == 409
+    _as_agent(client, settings, agents, h1["id"], task["id"], result={"copied": [f"/srv/shared13/{file}"]})
+    sent = _last_command(settings, task["id"])
+    assert sent["host_id"] == h3["id"] and sent["args"]["offline_step"] == "define"
+    assert [(d["datastore_id"], d["datastore_path"]) for d in sent["args"]["spec"]["disks"]] == [(shared["id"], "/srv/shared13")]
+    assert client.get(f"/api/v1/vms/{vm['id']}", headers=auth).json()["host_id"] == h1["id"]
+    _as_agent(client, settings, agents, h3["id"], task["id"], result={"defined": True})
+    sent = _last_command(settings, task["id"])
+    assert sent["host_id"] == h1["id"] and sent["args"] == {"offline_step": "finish", "uuid": vm["libvirt_uuid"], "remove": [f"/srv/local1/{file}"]}
+    _as_agent(client, settings, agents, h1["id"], task["id"], result={"removed": [f"/srv/local1/{file}"], "not_removed": []})
+    done = client.get(f"/api/v1/tasks/{task['id']}", headers=auth).json()
+    assert done["state"] == "success" and done["result"]["removed"] == [f"/srv/local1/{file}"] and done["result"]["copier"] == h1["id"]
+    after = client.get(f"/api/v1/vms/{vm['id']}", headers=auth).json()
+    assert after["host_id"] == h3["id"] and after["disks"][0]["datastore_id"] == shared["id"] and after["power_state"] == "poweredOff"
+
+
+def test_powered_off_relocation_failures_and_cancel_leave_the_vm_on_its_old_host(env):
+    client, auth, cl, (h1, h2, h3), agents, pg, settings = env
+    dc_id = client.get(f"/api/v1/clusters/{cl['id']}", headers=auth).json()["datacenter_id"]
+    shared = client.post("/api/v1/datastores", headers=auth, json={"name": "shared13", "datacenter_id": dc_id, "url": "/srv/shared13", "host_ids": [h1["id"], h3["id"]]}).json()
+    local3 = client.post("/api/v1/datastores", headers=auth, json={"name": "local3", "datacenter_id": dc_id, "url": "/srv/local3", "host_ids": [h3["id"]]}).json()
+    vm = _powered_off_vm(client, auth, agents, settings, h1, "cold2", [{"datastore_id": shared["id"], "capacity_mib": 8}])
+    body = {"host_id": h3["id"], "disks": [{"index": 0, "datastore_id": local3["id"]}]}
+    # The target mounts both (it reads the old file from the shared datastore): it copies.
+    task = client.post(f"/api/v1/vms/{vm['id']}/relocate", headers=auth, json=body).json()
+    assert task["host_id"] == h3["id"] and _last_command(settings, task["id"])["args"]["offline_step"] == "copy"
+    _as_agent(client, settings, agents, h3["id"], task["id"], result={})
+    # The target cannot define it: the copies are discarded by the copier, the task ends in error.
+    _as_agent(client, settings, agents, h3["id"], task["id"], ok=False, error_code="DISK_NOT_FOUND", error_message="gone")
+    sent = _last_command(settings, task["id"])
+    assert sent["host_id"] == h3["id"] and sent["args"]["offline_step"] == "discard" and sent["args"]["uuid"] is None
+    assert client.get(f"/api/v1/tasks/{task['id']}", headers=auth).json()["state"] == "running"
+    _as_agent(client, settings, agents, h3["id"], task["id"], result={"removed": sent["args"]["paths"]})
+    done = client.get(f"/api/v1/tasks/{task['id']}", headers=auth).json()
+    assert done["state"] == "error" and done["error_code"] == "DISK_NOT_FOUND" and "defining on the target failed" in done["error_message"]
+    after = client.get(f"/api/v1/vms/{vm['id']}", headers=auth).json()
+    assert after["host_id"] == h1["id"] and after["disks"][0]["datastore_id"] == shared["id"]
+    # Cancelled while copying: the copier removed its files; the task ends cancelled.
+    task = client.post(f"/api/v1/vms/{vm['id']}/relocate", headers=auth, json=body).json()
+    assert client.post(f"/api/v1/tasks/{task['id']}/cancel", headers=auth).status_code == 202
+    _as_agent(client, settings, agents, h3["id"], task["id"], ok=False, error_code="MIGRATION_CANCELLED", error_message="cancelled")
+    assert client.get(f"/api/v1/tasks/{task['id']}", headers=auth).json()["state"] == "cancelled"
+    # The source cannot undefine: the target's definition and copies go, the VM stays on h1.
+    task = client.post(f"/api/v1/vms/{vm['id']}/relocate", headers=auth, json=body).json()
+    _as_agent(client, settings, agents, h3["id"], task["id"], result={})
+    _as_agent(client, settings, agents, h3["id"], task["id"], result={"defined": True})
+    _as_agent(client, settings, agents, h1["id"], task["id"], ok=False, error_code="VM_POWERED_ON", error_message="running")
+    sent = _last_command(settings, task["id"])
+    assert sent["host_id"] == h3["id"] and sent["args"]["offline_step"] == "discard" and sent["args"]["uuid"] == vm["libvirt_uuid"]
+    _as_agent(client, settings, agents, h3["id"], task["id"], result={})
+    assert client.get(f"/api/v1/tasks/{task['id']}", headers=auth).json()["error_code"] == "VM_POWERED_ON"
+    assert client.get(f"/api/v1/vms/{vm['id']}", headers=auth).json()["host_id"] == h1["id"]
+
+
+def test_relocations_to_another_host_take_migration_slots(env):
+    client, auth, cl, (h1, h2, h3), agents, pg, settings = env
+    dc_id = client.get(f"/api/v1/clusters/{cl['id']}", headers=auth).json()["datacenter_id"]
+    local1 = client.post("/api/v1/datastores", headers=auth, json={"name": "local1", "datacenter_id": dc_id, "url": "/srv/local1", "host_ids": [h1["id"]]}).json()
+    shared = client.post("/api/v1/datastores", headers=auth, json={"name": "shared13", "datacenter_id": dc_id, "url": "/srv/shared13", "host_ids": [h1["id"], h3["id"]]}).json()
+    a = _running_vm(client, auth, agents, settings, h1, "a")
+    b = _running_vm(client, auth, agents, settings, h1, "b", disks=[{"datastore_id": local1["id"], "capacity_mib": 8}])
+    c = _powered_off_vm(client, auth, agents, settings, h1, "c", [{"datastore_id": local1["id"], "capacity_mib": 8}])
+    vmotion = client.post(f"/api/v1/vms/{a['id']}/migrate", headers=auth, json={"host_id": h3["id"]}).json()
+    assert client.get(f"/api/v1/tasks/{vmotion['id']}", headers=auth).json()["state"] == "running"
+    # max_per_host = 1: h1 and h3 are busy, a live relocation to h3 waits in queue (nothing sent).
+    live = client.post(f"/api/v1/vms/{b['id']}/relocate", headers=auth, json={"host_id": h3["id"], "disks": [{"index": 0, "datastore_id": shared["id"]}]})
+    assert live.status_code == 202, live.text
+    live = client.get(f"/api/v1/tasks/{live.json()['id']}", headers=auth).json()
+    assert live["state"] == "queued" and live["step"] == "waiting-for-slot"
+    assert not [p for p in _sent_commands(settings, "vm.relocate") if p["task_id"] == live["id"]]
+    cold = client.post(f"/api/v1/vms/{c['id']}/relocate", headers=auth, json={"host_id": h3["id"], "disks": [{"index": 0, "datastore_id": shared["id"]}]}).json()
+    assert client.get(f"/api/v1/tasks/{cold['id']}", headers=auth).json()["step"] == "waiting-for-slot"
+    # The VMotion ends: the live relocation takes the slots, the cold one still waits.
+    _as_agent(client, settings, agents, h1["id"], vmotion["id"], result={"stats": {}})
+    assert client.get(f"/api/v1/tasks/{live['id']}", headers=auth).json()["state"] == "running"
+    assert _last_command(settings, live["id"])["args"]["migrate"]["copy_storage"] is True
+    assert client.get(f"/api/v1/tasks/{cold['id']}", headers=auth).json()["state"] == "queued"
+    # ... and while it runs a VMotion into h3 waits too.
+    d = _running_vm(client, auth, agents, settings, h2, "d")
+    waiting = client.post(f"/api/v1/vms/{d['id']}/migrate", headers=auth, json={"host_id": h3["id"]}).json()
+    assert client.get(f"/api/v1/tasks/{waiting['id']}", headers=auth).json()["step"] == "waiting-for-slot"
+    _as_agent(client, settings, agents, h1["id"], live["id"], result={"stats": {}, "moved": [], "removed": []})
+    assert client.get(f"/api/v1/tasks/{live['id']}", headers=auth).json()["state"] == "success"
+    # Freed: the oldest waiting one (the cold relocation) goes first and holds h1 and h3.
+    assert client.get(f"/api/v1/tasks/{cold['id']}", headers=auth).json()["state"] == "running"
+    assert client.get(f"/api/v1/tasks/{waiting['id']}", headers=auth).json()["state"] == "queued"

@@ -491,8 +491,10 @@ class DiskMove(_In):
 
 class RelocateRequest(_In):
     disks: list[DiskMove] = Field(..., min_length=1, max_length=16)
-    host_id: int | None = Field(None, description="another host to move the running VM to, its listed disks copied to "
-                                "datastores of that host (live migration with non-shared storage); omit it to stay on the VM's host")
+    host_id: int | None = Field(None, description="another host to move the VM to, its listed disks copied to "
+                                "datastores of that host: a running VM live-migrates (non-shared storage); a powered-off VM's "
+                                "files are copied by a host mounting both datastores, then it is defined there and undefined "
+                                "on its old host; omit it to stay on the VM's host")
 
 
 class WhatIfRule(_In):

@@ -161,11 +161,23 @@ def migrate(session: Session, user: str, vm_id: int, target_id: int | None, conf
     return task
 
 
+SLOT_KINDS = ("vm.migrate", "vm.relocate")  # a vm.relocate takes slots when it changes host (params.target)
+
+
+def _slot_hosts(task: Task) -> set[int]:
+    """The hosts whose migration slots a task takes: source and target (and the copier of a
+    powered-off relocation); none for a relocation on the VM's own host."""
+    if task.kind == "vm.relocate" and task.params.get("target") is None:
+        return set()
+    return {h for h in (task.params.get("source"), task.params.get("target"), task.params.get("copier")) if h is not None}
+
+
 def _busy_hosts(session: Session) -> dict[int, int]:
-    """Running migrations per host (as source or target): the database semaphore."""
+    """Running migrations per host (as source, target or copier): the database semaphore.
+    Relocations to another host (live with their disks, or powered off) count like VMotions."""
     counts: dict[int, int] = {}
-    for task in session.scalars(select(Task).where(Task.kind == "vm.migrate", Task.state == TaskState.RUNNING.value)):
-        for host_id in (task.params.get("source"), task.params.get("target")):
+    for task in session.scalars(select(Task).where(Task.kind.in_(SLOT_KINDS), Task.state == TaskState.RUNNING.value)):
+        for host_id in _slot_hosts(task):
             counts[host_id] = counts.get(host_id, 0) + 1
     return counts
 
@@ -175,22 +187,24 @@ def dispatch_waiting(session: Session, cluster: Cluster | None = None) -> int:
     wait in queue (step waiting-for-slot)."""
     busy = _busy_hosts(session)
     sent = 0
-    waiting = session.scalars(select(Task).where(Task.kind == "vm.migrate", Task.state == TaskState.QUEUED.value, Task.command_id.is_(None)).order_by(Task.id))
+    waiting = session.scalars(select(Task).where(Task.kind.in_(SLOT_KINDS), Task.state == TaskState.QUEUED.value, Task.command_id.is_(None)).order_by(Task.id))
     for task in waiting:
+        if "pending_command" not in task.params:
+            continue
         vm = session.get(VirtualMachine, task.object_id)
         limit = migration_settings(session.get(Cluster, vm.cluster_id) if vm else None)["max_per_host"]
-        source, target = task.params["source"], task.params["target"]
-        if busy.get(source, 0) >= limit or busy.get(target, 0) >= limit:
+        hosts = _slot_hosts(task)
+        if any(busy.get(h, 0) >= limit for h in hosts):
             task.step = "waiting-for-slot"
             continue
         # Counted as running from now (with a lease): the agent's first report confirms it.
         task.state = TaskState.RUNNING.value
-        task.step = "migrating"
+        task.step = task.params.get("pending_step", "migrating")
         task.started_at = utcnow()
         task.lease_expires_at = utcnow() + timedelta(seconds=get_settings().task_lease)
-        send_command(session, task, "vm.migrate", task.params["pending_command"])
-        busy[source] = busy.get(source, 0) + 1
-        busy[target] = busy.get(target, 0) + 1
+        send_command(session, task, task.params.get("pending_name", "vm.migrate"), task.params["pending_command"])
+        for h in hosts:
+            busy[h] = busy.get(h, 0) + 1
         sent += 1
     return sent
 
@@ -363,10 +377,11 @@ def relocate(session: Session, user: str, vm_id: int, moves: list[dict[str, int]
 
 def _relocate_to_host(session: Session, user: str, vm: VirtualMachine, moves: list[dict[str, int]], target_id: int) -> Task:
     target: Host = inventory._ref(session, "host", target_id, "host_id")
-    if vm.power_state != PowerState.POWERED_ON.value:
-        raise Conflict(f"VM {vm.name} is {vm.power_state}: moving a powered-off VM's files to another host is not supported yet "
-                       "(power it on to relocate it live, or relocate on its own host)", code="RELOCATE_OFFLINE_HOST_CHANGE_UNSUPPORTED")
     plan = disk_moves(session, vm, moves, target.id)
+    if vm.power_state != PowerState.POWERED_ON.value:
+        from vcenter.services import relocation  # cold migration: copy, define on the target, undefine here
+
+        return relocation.relocate_offline(session, user, vm, target, plan)
     results = relocate_checks(session, vm, target.id, {p["index"] for p in plan})
     failed = [c for c in results if not c["ok"]]
     if failed:
@@ -375,11 +390,14 @@ def _relocate_to_host(session: Session, user: str, vm: VirtualMachine, moves: li
     options = options_for(session, vm, target, migration_settings(session.get(Cluster, vm.cluster_id)))
     options = options.model_copy(update={"copy_storage": True, "copy_disks": [p["target"] for p in plan],
                                          "dest_disk_paths": {p["target"]: p["to"] for p in plan}})
+    # Queued like a VMotion: sent when the source and the target have a free migration slot.
     task = start_task(session, kind="vm.relocate", object_type="vm", object_id=vm.id, username=user, host_id=source_host.id,
-                      params={"moves": plan, "source": source_host.id, "target": target.id, "checks": results},
-                      command="vm.relocate", command_args={"uuid": vm.libvirt_uuid, "moves": plan, "running": True, "migrate": options.model_dump(mode="json")})
+                      params={"moves": plan, "source": source_host.id, "target": target.id, "checks": results,
+                              "pending_name": "vm.relocate", "pending_step": "migrating",
+                              "pending_command": {"uuid": vm.libvirt_uuid, "moves": plan, "running": True, "migrate": options.model_dump(mode="json")}})
     record_event(session, "vm.relocate.requested", f"relocation of VM {vm.name} from {source_host.name} to {target.name} with {len(plan)} disk(s) requested",
                  username=user, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
+    dispatch_waiting(session)
     return task
 
 
@@ -419,6 +437,7 @@ def on_relocated(session: Session, task: Task) -> None:
     by_index = {d.index: d for d in vm.disks}
     for move in task.params["moves"]:
         by_index[move["index"]].datastore_id = move["datastore_id"]
+        by_index[move["index"]].backing_file = None  # the moved disk is a flattened copy
     if task.params.get("target") is not None:
         # Moved to another host with its disks: it runs there now (libvirt completed).
         vm.host_id = task.params["target"]

@@ -81,6 +81,10 @@ def report_result(session: Session, host: Host, task_id: int, report: TaskResult
 
     if ha.on_result(session, task, report.ok, report.error_code, report.error_message):
         return {"applied": True}
+    from vcenter.services import relocation  # a powered-off VM moving to another host (its saga)
+
+    if relocation.on_result(session, host, task, report.ok, report.result, report.error_code, report.error_message):
+        return {"applied": True}
     if migration.on_result(session, task, report.ok, report.result, report.error_code, report.error_message):
         parent = session.get(Task, task.params.get("parent")) if task.params.get("parent") else None
         if parent is not None:
@@ -109,10 +113,14 @@ def report_result(session: Session, host: Host, task_id: int, report: TaskResult
                 vm.status = "ready"
                 record_event(session, "vm.created", f"VM {vm.name} created on host {host.name}", username=task.username, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
         finish_task(session, task, TaskState.SUCCESS, result=report.result, object_name=vm.name if vm else None)
+        if task.kind == "vm.relocate":
+            migration.dispatch_waiting(session)  # its migration slots are free
         return {"applied": True}
     # A Storage VMotion cancelled midway ends cancelled (as a VMotion): the VM stays on its old disks.
     ended = TaskState.CANCELLED if task.kind == "vm.relocate" and report.error_code == "MIGRATION_CANCELLED" else TaskState.ERROR
     finish_task(session, task, ended, error_code=report.error_code or "AGENT_ERROR", error_message=report.error_message, object_name=vm.name if vm else None)
+    if task.kind == "vm.relocate":
+        migration.dispatch_waiting(session)  # its migration slots are free
     if vm is not None:
         if report.domain is not None:
             _apply_domain(vm, report.domain)

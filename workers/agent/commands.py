@@ -157,6 +157,10 @@ def _migrate(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | N
 def _relocate(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
     """Storage VMotion on this host: every disk copied (block copy + pivot while running, or
     converted while off); the old files are removed only after all disks moved."""
+    if args.get("offline_step"):  # a powered-off VM moving to another host: one step of its saga
+        from workers.agent import relocation
+
+        return relocation.run(agent, args)
     command = CURRENT_COMMAND.get()
     cancel = threading.Event()
     moves = list(args["moves"])

@@ -1,0 +1,135 @@
+"""Agent side of a powered-off VM's relocation to another host (vcenter.services.relocation's
+saga): the ``vm.relocate`` command with ``offline_step``, each step idempotent.
+
+- copy (on the copier, a host mounting both datastores): ``qemu-img convert`` of every old
+  file to its new path (a temporary name renamed when complete; an existing new file is an
+  earlier delivery's finished copy), progress as the Task's, cancel through the progress
+  answer. On failure or cancel every new file of this relocation is removed (their names
+  carry the VM's UUID: no other VM has them).
+- define (on the target): every disk must already exist here (a missing copy is an error,
+  never an empty new disk); the domain is defined if absent, not started.
+- finish (on the source): the domain is undefined here (refused while it runs), then the old
+  files are removed; files that cannot be removed are named in the result.
+- discard (a rollback, on the copier or the target): undefine the domain when asked, remove
+  the new files.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from vcenter.hypervisor import images
+from vcenter.hypervisor.base import DriverError
+from vcenter.messaging.contracts import DomainState, MigrationProgress, TaskProgress, VmSpec
+from workers.agent.api_client import PermanentReportError
+from workers.agent.service import AgentService
+
+log = logging.getLogger(__name__)
+
+
+def _unlink(path: str) -> bool:
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _copy(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
+    from workers.agent.commands import CURRENT_COMMAND
+
+    command = CURRENT_COMMAND.get()
+    copies = list(args["copies"])
+    cancel = threading.Event()
+    sizes = []
+    for c in copies:
+        if not os.path.exists(c["to"]) and not os.path.exists(c["from"]):
+            raise DriverError("DISK_NOT_FOUND", f"{c['from']} does not exist on this host")
+        sizes.append(int(images.info(c["to"] if os.path.exists(c["to"]) else c["from"])["virtual-size"]))
+    total = sum(sizes) or 1
+    last = [0.0]
+
+    def reporter(done_before: int, size: int):
+        def report(fraction: float) -> None:
+            now = time.monotonic()
+            if fraction < 1.0 and now - last[0] < 0.5:
+                return
+            last[0] = now
+            done = done_before + int(fraction * size)
+            p = MigrationProgress(phase="copying", data_total=total, data_processed=done, data_remaining=total - done)
+            try:
+                answer = agent.api.post(f"/tasks/{command.task_id}/progress",
+                                        TaskProgress(command_id=command.command_id, step="copying files", progress=5 + int(75 * done / total),
+                                                     details=p.model_dump(mode="json")).model_dump(), retry_for=2)
+                if not answer.get("proceed", True):
+                    cancel.set()
+            except (ConnectionError, PermanentReportError) as exc:
+                log.warning("relocation progress of task %s not reported: %s", command.task_id, exc)
+        return report
+
+    started = time.monotonic()
+    done = 0
+    try:
+        for c, size in zip(copies, sizes):
+            images.convert(c["from"], c["format"], c["to"], c["format"], on_progress=reporter(done, size), cancel=cancel)
+            done += size
+            if cancel.is_set():
+                raise DriverError("CANCELLED", "cancelled")
+    except DriverError as exc:
+        for c in copies:
+            _unlink(c["to"])
+        if exc.code == "CANCELLED":
+            raise DriverError("MIGRATION_CANCELLED", "the relocation was cancelled while copying; the new files are removed") from None
+        raise
+    return None, {"copied": [c["to"] for c in copies], "bytes": total, "elapsed_ms": int((time.monotonic() - started) * 1000)}
+
+
+def _define(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
+    from workers.agent.commands import _resolve_image
+
+    spec = _resolve_image(agent, VmSpec.model_validate(args["spec"]))
+    missing = [f"{d.datastore_path}/{d.file}" for d in spec.disks if not os.path.exists(f"{d.datastore_path}/{d.file}")]
+    if missing:
+        raise DriverError("DISK_NOT_FOUND", f"disks not on this host's datastores: {', '.join(missing)}")
+    state = agent.driver.domain_state(spec.uuid)
+    if state is not None:
+        return state, {"already_defined": True}
+    return agent.driver.define(spec), {"defined": True}
+
+
+def _finish(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
+    state = agent.driver.domain_state(args["uuid"])
+    if state is not None:
+        if state.power_state != "poweredOff":
+            raise DriverError("VM_POWERED_ON", f"the VM is {state.power_state} on its old host: not undefined")
+        agent.driver.undefine(args["uuid"], [])
+    removed, not_removed = [], []
+    for path in args.get("remove", []):
+        try:
+            if _unlink(path):
+                removed.append(path)
+        except OSError as exc:
+            not_removed.append(f"{path}: {exc.strerror}")
+    return None, {"removed": removed, "not_removed": not_removed}
+
+
+def _discard(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
+    if args.get("uuid"):
+        state = agent.driver.domain_state(args["uuid"])
+        if state is not None and state.power_state == "poweredOff":
+            agent.driver.undefine(args["uuid"], [])
+    removed = [p for p in args.get("paths", []) if _unlink(p)]
+    return None, {"removed": removed}
+
+
+STEPS = {"copy": _copy, "define": _define, "finish": _finish, "discard": _discard}
+
+
+def run(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
+    step = STEPS.get(args.get("offline_step", ""))
+    if step is None:
+        raise DriverError("INVALID_SPEC", f"unknown relocation step {args.get('offline_step')!r}")
+    return step(agent, args)
