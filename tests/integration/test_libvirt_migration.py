@@ -310,7 +310,8 @@ def test_move_disk_while_the_guest_writes_a_pattern(lab, drivers, image, shared)
             seen.append(p)
             states.append(d1._get(g.uuid).state()[0])
 
-        d1.move_disk(g.uuid, "vda", new_path, "qcow2", on_progress, bandwidth_mibps=16)
+        # No cap: the production path (frozen base, qemu-img convert, top copied and folded).
+        d1.move_disk(g.uuid, "vda", new_path, "qcow2", on_progress)
         moved = time.monotonic()
         writer.join(120)
         assert reply.get("ok") is True, reply
@@ -328,7 +329,9 @@ def test_move_disk_while_the_guest_writes_a_pattern(lab, drivers, image, shared)
         assert src == new_path and mirror is None and fmt == "qcow2"
         src, _, _ = d1._disk_of(d1._get(g.uuid), "vda", libvirt.VIR_DOMAIN_XML_INACTIVE)
         assert src == new_path
+        assert d1._backing_of_live(d1._get(g.uuid), "vda") is None, "the temporary overlay was not folded"
         assert os.path.exists(g.disk)
+        assert not [f for d in (shared, new_dir) for f in os.listdir(d) if f.endswith(".vcmove.qcow2")]
         # redelivered: no-op
         d1.move_disk(g.uuid, "vda", new_path, "qcow2")
         w.close()
@@ -367,6 +370,68 @@ def test_cancelled_block_copy_leaves_the_old_disk_in_use(lab, drivers, image, sh
         seq = ch.read_heartbeat(timeout=10)["seq"]
         assert ch.read_heartbeat(timeout=10)["seq"] > seq
         ch.close()
+    finally:
+        cleanup(drivers, g)
+
+
+def _freeze(d, uuid: str, top: str) -> None:
+    """What an agent killed mid-move leaves: the disk running on a temporary overlay."""
+    xml = (f"<domainsnapshot><disks><disk name='vda' snapshot='external'><driver type='qcow2'/>"
+           f"<source file='{top}'/></disk></disks></domainsnapshot>")
+    d._get(uuid).snapshotCreateXML(xml, libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
+                                   | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA)
+
+
+def test_frozen_move_cancel_and_interrupted_moves(lab, drivers, image, shared):
+    """The fast path's cancel (back on the old disk, nothing left on the destination) and a
+    redelivered move after an agent died on either temporary overlay."""
+    from vcenter.hypervisor.libvirt.storagemove import top_of
+    d1, _ = drivers
+    g = make_guest(d1, image, shared, "f", disk_mib=64)
+    new_dir = os.path.join(shared, "frozen")
+    os.makedirs(new_dir, exist_ok=True)
+    dest = os.path.join(new_dir, os.path.basename(g.disk))
+    try:
+        ch = channel(lab, 0, d1, g.uuid)
+        ch.read_heartbeat(timeout=20)
+        assert ch.send("write-pattern 6", timeout=120)["ok"] is True
+        cancel = threading.Event()
+        seen: list[MigrationProgress] = []
+
+        def on_progress(p: MigrationProgress) -> None:
+            seen.append(p)
+            cancel.set()  # during the copy of the frozen base
+
+        with pytest.raises(DriverError) as e:
+            d1.move_disk(g.uuid, "vda", dest, "qcow2", on_progress, cancel)
+        assert e.value.code == "MIGRATION_CANCELLED"
+        assert seen and seen[0].phase == "copying" and seen[0].data_processed == 0
+        dom = d1._get(g.uuid)
+        assert d1._disk_of(dom, "vda")[:2] == (g.disk, None) and d1._backing_of_live(dom, "vda") is None
+        assert d1._disk_of(dom, "vda", libvirt.VIR_DOMAIN_XML_INACTIVE)[0] == g.disk
+        assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING and not dom.blockJobInfo("vda", 0)
+        assert not os.listdir(new_dir) and not os.path.exists(top_of(g.disk))
+
+        # Killed after freezing the old file: the redelivered move rolls back, then moves.
+        _freeze(d1, g.uuid, top_of(g.disk))
+        assert ch.send("write-pattern 7", timeout=120)["ok"] is True  # lands in the overlay
+        assert d1._disk_of(dom, "vda")[0] == top_of(g.disk)
+        d1.move_disk(g.uuid, "vda", dest, "qcow2")
+        assert d1._disk_of(dom, "vda")[0] == dest and d1._backing_of_live(dom, "vda") is None
+        assert not os.path.exists(top_of(g.disk)) and not os.path.exists(top_of(dest))
+
+        # Killed after the pivot onto the destination's overlay: the redelivered move folds it.
+        _freeze(d1, g.uuid, top_of(dest))
+        assert ch.send("write-pattern 8", timeout=120)["ok"] is True
+        d1.move_disk(g.uuid, "vda", dest, "qcow2")
+        assert d1._disk_of(dom, "vda")[0] == dest and d1._backing_of_live(dom, "vda") is None
+        assert d1._disk_of(dom, "vda", libvirt.VIR_DOMAIN_XML_INACTIVE)[0] == dest
+        assert sorted(os.listdir(new_dir)) == [os.path.basename(dest)]
+        seq = ch.read_heartbeat(timeout=10)["seq"]
+        assert ch.read_heartbeat(timeout=10)["seq"] > seq
+        ch.close()
+        d1.stop(g.uuid)
+        assert verify_pattern(dest, 8)
     finally:
         cleanup(drivers, g)
 
