@@ -175,6 +175,11 @@ class StorageMoveOps:
         dest_top = top_of(dest_path)
         src, mirror, src_fmt = self._disk_of(dom, disk_target)
         started = time.monotonic()
+        phases: dict[str, float] = {}
+        self.last_move_phases = phases  # seconds per phase of the last move (read by bench/relocate.py)
+
+        def mark(name: str) -> None:
+            phases[name] = round(time.monotonic() - started - sum(phases.values()), 3)
 
         def report(p: MigrationProgress) -> None:
             if on_progress is not None:
@@ -203,6 +208,7 @@ class StorageMoveOps:
         top = top_of(src)
         size = int(images.info(src, src_fmt)["virtual-size"])
 
+        mark("prepare")
         # 1. freeze the old file under a new top.
         _unlink(top)
         root = ET.Element("domainsnapshot")
@@ -241,6 +247,7 @@ class StorageMoveOps:
                 _unlink(dest_top)
                 _unlink(dest_path)
 
+        mark("freeze")
         # 2. copy the frozen file at qemu-img speed.
         last = [0.0]
 
@@ -257,6 +264,7 @@ class StorageMoveOps:
             images.convert(src, src_fmt, dest_path, dest_format, on_progress=copied, cancel=cancel)
             if cancel.is_set():
                 raise DriverError("CANCELLED", "cancelled after the copy")
+            mark("convert")
             # 3. the top moves onto a new overlay of the copy, then the guest runs there.
             r = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", dest_format, "-b", dest_path, dest_top],
                                capture_output=True, text=True, timeout=60)
@@ -287,15 +295,19 @@ class StorageMoveOps:
             if e.code == "CANCELLED":
                 raise DriverError("MIGRATION_CANCELLED", f"disk move of {disk_target} cancelled; the VM stays on {src}") from None
             raise DriverError(e.code if e.code != "CANCELLED" else "DISK_MOVE_FAILED", f"{e.message}; the VM stays on {src}") from None
+        mark("copy top + pivot")
         # The point of no return: the guest runs on the target datastore.
         under = self._backing_of_live(dom, disk_target)
         if under is not None and under != dest_path:
             raise DriverError("DISK_MOVE_FAILED", f"after the pivot {dest_top} is backed by {under}, not {dest_path}")
         self._persist_disk_path(dom, disk_target, dest_top, "qcow2", flatten=True)
         _unlink(top)
+        mark("persist")
         # 4. fold the writes made during the copy into the copy.
         self._commit_top(dom, disk_target, dest_top, dest_path, dest_format, "folding the top into the copy")
+        mark("commit + pivot")
         self._refresh_pools_covering({os.path.dirname(dest_path)})
+        mark("refresh pools")
         report(MigrationProgress(phase="completed", data_total=size, data_processed=size, data_remaining=0,
                                  elapsed_ms=int((time.monotonic() - started) * 1000)))
 
