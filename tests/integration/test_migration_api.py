@@ -278,6 +278,18 @@ def test_powered_off_relocation_failures_and_cancel_leave_the_vm_on_its_old_host
     assert client.post(f"/api/v1/tasks/{task['id']}/cancel", headers=auth).status_code == 202
     _as_agent(client, settings, agents, h3["id"], task["id"], ok=False, error_code="MIGRATION_CANCELLED", error_message="cancelled")
     assert client.get(f"/api/v1/tasks/{task['id']}", headers=auth).json()["state"] == "cancelled"
+    # A cancel while the target defines: that step runs to its end, then everything is discarded.
+    task = client.post(f"/api/v1/vms/{vm['id']}/relocate", headers=auth, json=body).json()
+    _as_agent(client, settings, agents, h3["id"], task["id"], result={})
+    assert client.post(f"/api/v1/tasks/{task['id']}/cancel", headers=auth).status_code == 202
+    cid = command_id_of(settings, task["id"])
+    answer = client.post(f"/api/v1/agent/hosts/{h3['id']}/tasks/{task['id']}/progress", headers=agents[h3["id"]], json={"command_id": cid, "step": "vm.relocate", "progress": 5}).json()
+    assert answer == {"proceed": True}
+    _as_agent(client, settings, agents, h3["id"], task["id"], result={"defined": True})
+    sent = _last_command(settings, task["id"])
+    assert sent["args"]["offline_step"] == "discard" and sent["args"]["uuid"] == vm["libvirt_uuid"]
+    _as_agent(client, settings, agents, h3["id"], task["id"], result={})
+    assert client.get(f"/api/v1/tasks/{task['id']}", headers=auth).json()["state"] == "cancelled"
     # The source cannot undefine: the target's definition and copies go, the VM stays on h1.
     task = client.post(f"/api/v1/vms/{vm['id']}/relocate", headers=auth, json=body).json()
     _as_agent(client, settings, agents, h3["id"], task["id"], result={})

@@ -163,6 +163,13 @@ def _end_failed(session: Session, task: Task, vm: VirtualMachine, leftover: str 
     migration.dispatch_waiting(session)
 
 
+def cancel_deferred(task: Task) -> bool:
+    """A cancel that the running step must not see: defining, finishing and discarding are
+    short and run to their end (a cancel while defining is applied at its result: the new
+    definition and copies are discarded); only the copy stops midway."""
+    return task.kind == "vm.relocate" and bool((task.params or {}).get("offline")) and task.params.get("phase") in ("defining", "finishing", "discarding")
+
+
 def on_result(session: Session, host: Host, task: Task, ok: bool, result: dict[str, Any], error_code: str | None, error_message: str | None) -> bool:
     """Advance the saga on a command's result; False for any other task."""
     if task.kind != "vm.relocate" or not (task.params or {}).get("offline"):

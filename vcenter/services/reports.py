@@ -44,7 +44,9 @@ def report_progress(session: Session, host: Host, task_id: int, report: TaskProg
         return {"proceed": False, "reason": "UNKNOWN_TASK"}
     if TaskState(task.state).finished:
         return {"proceed": False, "reason": task.state}
-    if task.cancel_requested:
+    from vcenter.services import relocation
+
+    if task.cancel_requested and not relocation.cancel_deferred(task):
         return {"proceed": False, "reason": "CANCEL_REQUESTED"}
     mark_running(session, task, report.step, report.progress, settings)
     if report.details:
