@@ -9,8 +9,10 @@
    from the target's (opened as soon as migrate returns); the gap between their arrivals, and
    the guest's own uptime step between them (seq delta and uptime delta).
 2. Storage VMotion of a ``--disk-gib`` GiB qcow2 disk full of random data, attached to a
-   running guest: LibvirtDriver.move_disk (block copy + pivot) against ``qemu-img convert``
-   of the same file on the same filesystem (page cache dropped before each when allowed).
+   running guest: LibvirtDriver.move_disk (now the frozen-base path of storagemove.py) against
+   ``qemu-img convert`` of the same file on the same filesystem (page cache dropped before
+   each when allowed; timed until the call returns). bench/relocate.py is the side-by-side
+   comparison, with the writeback counted.
 
 Refuses to run while another lab exists (only one lab per machine; Lab.up would tear it down).
 """
