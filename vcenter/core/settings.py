@@ -90,6 +90,7 @@ class Settings(BaseSettings):
 
     # --- HA (vcenter ha; per-cluster detection time, isolation delay... are cluster settings) --
     ha_period: float = Field(0.5, description="the HA monitor looks at every heartbeat this often")
+    ha_redis_return_grace: float = Field(10.0, description="after Redis answers again, silence counts only from this many seconds later: agents need time to reconnect and republish both channels")
     ha_lock_ttl: float = Field(3.0, description="the active HA monitor's Redis lock expires this long after its last renewal: a standby takes over then")
     ha_datastore_heartbeat_period: float = Field(1.0, description="agent: renews its heartbeat file on each shared datastore (and reads its peers') this often")
     ha_probe_timeout: float = Field(1.0, description="agent: TCP connect timeout of an isolation-address probe")

@@ -214,8 +214,9 @@ def fence(session: Session, token: int, owner: str = "") -> None:
         return
     if not ha.fence_ok(token, row.token):
         raise Fenced(f"HA monitor token {token} is stale (highest seen {row.token}, held by {row.owner})")
-    if token != row.token or owner != row.owner:
-        row.token, row.owner, row.updated_at = token, owner, utcnow()
+    if token != row.token or (owner and owner != row.owner):
+        # Writes that do not name their monitor keep the owner the lock holder recorded.
+        row.token, row.owner, row.updated_at = token, owner or row.owner, utcnow()
 
 
 def set_frozen(session: Session, token: int, frozen: str | None, owner: str = "") -> None:

@@ -12,8 +12,9 @@ Vocabulary:
   changed is a sighting of the network channel at that instant of the monitor's monotonic clock.
   Datastore views (``vc:ha:ds:<host>``: what an agent read in its peers' datastore heartbeat
   files) give sightings of the datastore channel and who holds which disks.
-- observing since: the takeover instant, and the instant Redis answered again after an outage;
-  silence before it is never counted (vcenter.domain.ha).
+- observing since: the takeover instant, and a grace (``ha_redis_return_grace``) after the
+  instant Redis answered again after an outage; silence before it is never counted
+  (vcenter.domain.ha).
 - reconciliation: on takeover, restarts whose Task ended while no monitor watched are settled
   before anything new is started, and no host is declared before a full detection time of
   fresh observation.
@@ -55,6 +56,7 @@ class HaMonitorProcess:
         self.token: int | None = None
         self.stop_event = threading.Event()
         self.observing_since = 0.0
+        self.redis_down_at = float("-inf")  # when a standby last failed to reach Redis
         self.redis_ok = True
         self.net_last: dict[int, bytes | None] = {}
         self.net_seen: dict[int, float] = {}
@@ -87,6 +89,7 @@ class HaMonitorProcess:
         try:
             got = self.redis.set(LOCK_KEY, self._lock_value(), nx=True, px=ttl)
         except redis.RedisError:
+            self.redis_down_at = self.clock()
             return False
         if not got:
             return False
@@ -127,7 +130,10 @@ class HaMonitorProcess:
 
     def _on_takeover(self) -> None:
         now = self.clock()
-        self.observing_since = now
+        # A takeover right after a Redis outage (the usual reason the lock changed hands) gets
+        # the same grace as an active monitor that saw Redis come back.
+        recent_outage = now - self.redis_down_at < self.settings.ha_redis_return_grace
+        self.observing_since = now + (self.settings.ha_redis_return_grace if recent_outage else 0.0)
         self.net_last.clear()
         self.net_seen.clear()
         self.ds_last.clear()
@@ -154,7 +160,10 @@ class HaMonitorProcess:
                 pipe.get(ha_datastore_view_key(h.id))
             values = pipe.execute()
             if not self.redis_ok:
-                self.observing_since = now  # silence counts from Redis' return only
+                # Silence counts only from a while after Redis' return: every agent must first
+                # reconnect and write its heartbeat key and its datastore view again (both
+                # channels reach us through Redis), or a slow reconnect looks like a failure.
+                self.observing_since = now + self.settings.ha_redis_return_grace
                 log.info("HA monitor: Redis answers again")
             self.redis_ok = True
         except redis.RedisError as exc:
