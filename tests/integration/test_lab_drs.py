@@ -3,6 +3,8 @@ automated DRS (run by beat on compressed time) moves a burning guest, not an idl
 two passes, and its recommendation's reasons show the imbalance before and after."""
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import pytest
 
 from tests.apihelpers import wait_for
@@ -48,7 +50,14 @@ def test_drs_moves_a_burning_guest_not_an_idle_one(tmp_path):
             assert first["reasons"]["imbalance_before"] > first["reasons"]["imbalance_after"]
             done = task_done(api, {"id": first["task_id"], "kind": "vm.migrate"}, 120)
             assert done["state"] == "success", (done["error_code"], done["error_message"])
-            idle_hosts = {api.get(f"/api/v1/vms/{vms[n]}").json()["host_id"] for n in ("idle1", "idle2", "idle3")}
-            assert idle_hosts == {ids["host1"]}
+            # The pass that moved the burning guest moved no idle one. (A later pass may still
+            # even out the idle guests' small load: threshold 3 aims at a tight balance.)
+            idle_ids = {vms[n] for n in ("idle1", "idle2", "idle3")}
+            recs = api.get(f"/api/v1/clusters/{cl['id']}/drs/recommendations").json()
+            same_pass = [r for r in recs if abs(datetime.fromisoformat(r["created_at"]) - datetime.fromisoformat(first["created_at"])) < timedelta(seconds=1)]
+            assert first["id"] in {r["id"] for r in same_pass}
+            assert not [r for r in same_pass if r["vm_id"] in idle_ids], (same_pass, demands)
+            applied = api.get(f"/api/v1/clusters/{cl['id']}/drs/recommendations?state=applied").json()
+            assert applied[-1]["vm_id"] not in idle_ids, applied  # the oldest applied move is a burning guest
             for name in ("burn1", "burn2"):
                 api.post(f"/api/v1/vms/{vms[name]}/guest/command", json={"command": "burn", "argument": "0"})
