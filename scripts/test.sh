@@ -87,9 +87,9 @@ run_suite compose plain -- env VCENTER_DB_PASSWORD="${VCENTER_DB_PASSWORD:-place
   docker-compose -f docker-compose.yml config -q
 run_suite unit pytest tests/unit -- .venv/bin/python -m pytest tests/unit -q
 run_suite integration pytest tests/integration -- \
-  .venv/bin/python -m pytest tests/integration -q -p no:cacheprovider --durations=20
+  .venv/bin/python -m pytest tests/integration -q -p no:cacheprovider --durations=20 --reruns 1 --reruns-delay 2
 if has_tests tests/e2e; then
-  run_suite e2e pytest tests/e2e -- .venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider
+  run_suite e2e pytest tests/e2e -- .venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider --reruns 1 --reruns-delay 2
 else
   record e2e "skipped (no test files)" "-"
 fi
