@@ -343,12 +343,15 @@ def test_agent_killed_during_vmotion_ends_on_exactly_one_host(cluster, api):
 
 def test_storage_vmotion_while_the_guest_writes_a_pattern(cluster, api):
     lab, ids, dc = cluster.extra["lab"], cluster.extra["ids"], cluster.extra["dc"]
-    path = lab.create_datastore("shared2", 128, [h.name for h in lab.hosts])
-    ds2 = api.post("/api/v1/datastores", json={"name": "shared2", "datacenter_id": dc["id"], "kind": "lab-dir", "url": path, "host_ids": list(ids.values())}).json()
+    # A fresh datastore name per attempt: a rerun of this test finds the first attempt's one.
+    name = next(n for n in ("shared2", "shared3", "shared4") if not api.get("/api/v1/datastores", params={"name": n}).json()["total"])
+    path = lab.create_datastore(name, 128, [h.name for h in lab.hosts])
+    ds2 = api.post("/api/v1/datastores", json={"name": name, "datacenter_id": dc["id"], "kind": "lab-dir", "url": path, "host_ids": list(ids.values())}).json()
     vm = api.get(f"/api/v1/vms/{cluster.extra['vms']['a2']}").json()
     host = lab.host(next(n for n, i in ids.items() if i == vm["host_id"]))
-    # The agent of the VM's current host reads its heartbeat (a previous test moved it).
-    seq = wait_for(lambda: (v := api.get(f"/api/v1/vms/{vm['id']}").json())["guest_info"]["seq"] > vm["guest_info"]["seq"] + 1 and v, 30, what="heartbeat on the current host")["guest_info"]["seq"]
+    # The agent of the VM's current host reads its heartbeat (a previous test moved it and
+    # killed an agent: the restarted agent reopens the guest's channel first).
+    seq = wait_for(lambda: (v := api.get(f"/api/v1/vms/{vm['id']}").json())["guest_info"]["seq"] > vm["guest_info"]["seq"] + 1 and v, 60, what="heartbeat on the current host")["guest_info"]["seq"]
     writer = api.post(f"/api/v1/vms/{vm['id']}/guest/command", json={"command": "write-pattern", "argument": "8", "timeout": 100}).json()
     move = api.post(f"/api/v1/vms/{vm['id']}/relocate", json={"disks": [{"index": 0, "datastore_id": ds2["id"]}]})
     assert move.status_code == 202, move.text
