@@ -310,6 +310,9 @@ class VmStats(Base):
     __tablename__ = "vm_stats"
     vm_id: Mapped[int] = mapped_column(ForeignKey("vms.id", ondelete="CASCADE"), primary_key=True)
     cpu_demand_mhz: Mapped[float | None] = mapped_column(Float)
+    # Exponentially weighted standard deviation of the samples around cpu_demand_mhz: how far
+    # one measurement may be off (DRS discounts gains that lie within it).
+    cpu_demand_spread_mhz: Mapped[float | None] = mapped_column(Float)
     cpu_time_ns: Mapped[int | None] = mapped_column(BigInteger)
     sampled_at: Mapped[datetime | None] = mapped_column()
 
