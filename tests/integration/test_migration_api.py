@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from tests.apihelpers import command_id_of, finish_as_agent, login, make_admin, register_host
 from vcenter.api.app import create_app
-from vcenter.db.models import OutboxMessage
+from vcenter.db.models import Cluster, OutboxMessage
 from vcenter.db.session import session_scope
 
 pytestmark = pytest.mark.integration
@@ -118,6 +118,86 @@ def test_maintenance_names_what_cannot_leave_and_evacuates_the_rest(env):
     dry = client.post(f"/api/v1/clusters/{cl['id']}/placement", headers=auth, json={"memory_mib": 64}).json()
     assert any(r["name"] == "h1" and "MaintenanceFilter" in r["filters"] for r in dry["rejected"])
     assert client.post(f"/api/v1/hosts/{h1['id']}/maintenance/exit", headers=auth).json()["maintenance"] is False
+
+
+def test_maintenance_moves_powered_off_vms_when_the_cluster_says_move(env):
+    client, auth, cl, (h1, h2, h3), agents, pg, settings = env
+    current = client.get(f"/api/v1/clusters/{cl['id']}", headers=auth).json()
+
+    def set_maintenance(value):
+        cluster = client.get(f"/api/v1/clusters/{cl['id']}", headers=auth).json()
+        return client.patch(f"/api/v1/clusters/{cl['id']}", headers=auth, json={"settings": {**cluster["settings"], "maintenance": value}, "version": cluster["version"]})
+
+    # The setting is validated when written, and when read (a document stored before validation).
+    for bad in ({"powered_off": "migrate"}, {"powered_off": None}, {"move_powered_off": True}, "move"):
+        r = set_maintenance(bad)
+        assert r.status_code == 422 and r.json()["code"] == "INVALID_MAINTENANCE_SETTINGS", (bad, r.text)
+    r = client.post("/api/v1/clusters", headers=auth, json={"name": "cl2", "datacenter_id": current["datacenter_id"], "settings": {"maintenance": {"powered_off": "bogus"}}})
+    assert r.status_code == 422 and r.json()["code"] == "INVALID_MAINTENANCE_SETTINGS"
+    with session_scope(settings.database_url) as session:
+        row = session.get(Cluster, cl["id"])
+        row.settings = {**row.settings, "maintenance": {"powered_off": "teleport"}}
+    r = client.post(f"/api/v1/hosts/{h1['id']}/maintenance", headers=auth)
+    assert r.status_code == 422 and r.json()["code"] == "INVALID_MAINTENANCE_SETTINGS" and "teleport" in r.json()["message"]
+    assert set_maintenance({"powered_off": "move"}).status_code == 200
+
+    dc_id = current["datacenter_id"]
+    local1 = client.post("/api/v1/datastores", headers=auth, json={"name": "local1", "datacenter_id": dc_id, "url": "/srv/local1", "host_ids": [h1["id"]]}).json()
+    shared = client.post("/api/v1/datastores", headers=auth, json={"name": "shared13", "datacenter_id": dc_id, "url": "/srv/shared13", "host_ids": [h1["id"], h3["id"]]}).json()
+    mover = _running_vm(client, auth, agents, settings, h1, "mover")
+    cold = _powered_off_vm(client, auth, agents, settings, h1, "cold", [{"datastore_id": shared["id"], "capacity_mib": 8}])
+    stuck = _powered_off_vm(client, auth, agents, settings, h1, "stuck", [{"datastore_id": local1["id"], "capacity_mib": 8}])
+    # No other host mounts local1: "stuck" cannot leave, named with its reason; nothing starts.
+    r = client.post(f"/api/v1/hosts/{h1['id']}/maintenance", headers=auth)
+    assert r.status_code == 409 and r.json()["code"] == "CANNOT_EVACUATE", r.text
+    assert r.json()["details"]["codes"] == {"stuck": "DATASTORE_NOT_MOUNTED"} and "local1" in r.json()["details"]["vms"]["stuck"]
+    assert not _sent_commands(settings, "vm.migrate") and not _sent_commands(settings, "vm.relocate")
+    # The operator mounts local1 on h2 too: every VM can leave.
+    assert client.patch(f"/api/v1/datastores/{local1['id']}", headers=auth, json={"host_ids": [h1["id"], h2["id"]]}).status_code == 200
+    task = client.post(f"/api/v1/hosts/{h1['id']}/maintenance", headers=auth)
+    assert task.status_code == 202, task.text
+    task = task.json()
+    cold_plan = {d["vm"]: d["host"] for d in task["placement"]["powered_off"]}
+    assert cold_plan == {str(cold["id"]): str(h3["id"]), str(stuck["id"]): str(h2["id"])}  # where their datastores are mounted
+    assert [d["vm"] for d in task["placement"]["evacuation"]] == [str(mover["id"])]
+    # max_per_host = 1: the VMotion runs first, the cold moves wait for h1's slot.
+    vmotion = _sent_commands(settings, "vm.migrate")[-1]
+    assert not _sent_commands(settings, "vm.relocate")
+    _as_agent(client, settings, agents, h1["id"], vmotion["task_id"], result={"stats": {}})
+    assert client.get(f"/api/v1/tasks/{task['id']}", headers=auth).json()["state"] == "running"
+    moves = {}
+    for _ in range(2):  # each cold move: define on the target (no copy), then undefine on h1
+        sent = _sent_commands(settings, "vm.relocate")[-1]
+        assert sent["args"]["offline_step"] == "define", sent
+        target = sent["host_id"]
+        moves[sent["args"]["spec"]["name"]] = target
+        _as_agent(client, settings, agents, target, sent["task_id"], result={"defined": True})
+        finish = _last_command(settings, sent["task_id"])
+        assert finish["host_id"] == h1["id"] and finish["args"]["offline_step"] == "finish" and finish["args"]["remove"] == []
+        if len(moves) == 1:
+            # The first cold move fails on the source: its definition on the target is discarded.
+            _as_agent(client, settings, agents, h1["id"], sent["task_id"], ok=False, error_code="VM_POWERED_ON", error_message="running")
+            discard = _last_command(settings, sent["task_id"])
+            assert discard["host_id"] == target and discard["args"]["offline_step"] == "discard"
+            _as_agent(client, settings, agents, target, sent["task_id"], result={})
+        else:
+            _as_agent(client, settings, agents, h1["id"], sent["task_id"], result={"removed": [], "not_removed": []})
+    assert moves == {"cold": h3["id"], "stuck": h2["id"]}
+    failed = client.get(f"/api/v1/tasks/{task['id']}", headers=auth).json()
+    assert failed["state"] == "error" and failed["error_code"] == "EVACUATION_FAILED" and "cold: VM_POWERED_ON" in failed["error_message"], failed
+    assert client.get(f"/api/v1/hosts/{h1['id']}", headers=auth).json()["maintenance"] is False
+    hosts_now = {v["name"]: v["host_id"] for v in client.get("/api/v1/vms", headers=auth).json()["items"]}
+    assert hosts_now == {"mover": h2["id"], "cold": h1["id"], "stuck": h2["id"]}
+    # Again: only "cold" is left to move, and the host enters maintenance with nothing registered.
+    task = client.post(f"/api/v1/hosts/{h1['id']}/maintenance", headers=auth).json()
+    sent = _sent_commands(settings, "vm.relocate")[-1]
+    _as_agent(client, settings, agents, h3["id"], sent["task_id"], result={"defined": True})
+    _as_agent(client, settings, agents, h1["id"], sent["task_id"], result={"removed": [], "not_removed": []})
+    done = client.get(f"/api/v1/tasks/{task['id']}", headers=auth).json()
+    assert done["state"] == "success" and done["result"] == {"moved": 1, "powered_off_moved": 1}, done
+    assert client.get(f"/api/v1/hosts/{h1['id']}", headers=auth).json()["maintenance"] is True
+    assert client.get(f"/api/v1/vms?host_id={h1['id']}", headers=auth).json()["total"] == 0
+    assert client.get(f"/api/v1/vms/{cold['id']}", headers=auth).json()["power_state"] == "poweredOff"
 
 
 def test_relocate_to_another_host_checks_and_moves_host_and_disks_only_after_success(env):

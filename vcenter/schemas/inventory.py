@@ -12,6 +12,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from vcenter.domain.states import ConnectionState, PowerState
+from vcenter.schemas.maintenance import MaintenanceSettings
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 HostName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9.:_-]{0,254}$")]
@@ -78,15 +79,20 @@ class FolderRead(_Out):
 
 
 # --- clusters ------------------------------------------------------------------------------
+# The parts of the settings document described here are validated when written (422).
+CLUSTER_SETTINGS_DOC = {"properties": {"maintenance": MaintenanceSettings.model_json_schema()}}
+
+
 class ClusterCreate(_In):
     name: Name
     datacenter_id: int
-    settings: dict[str, Any] = Field(default_factory=dict, description="DRS, DPM, HA and EVC settings document")
+    settings: dict[str, Any] = Field(default_factory=dict, description="DRS, DPM, HA, EVC, migration and maintenance settings document",
+                                     json_schema_extra=CLUSTER_SETTINGS_DOC)
 
 
 class ClusterUpdate(_In):
     name: Name | None = None
-    settings: dict[str, Any] | None = None
+    settings: dict[str, Any] | None = Field(None, description="the whole settings document (replaces it)", json_schema_extra=CLUSTER_SETTINGS_DOC)
     version: int | None = None
 
 

@@ -32,7 +32,7 @@ from vcenter.core.clock import utcnow
 from vcenter.core.settings import Settings, get_settings
 from vcenter.db.models import Cluster, Datastore, Host, Task, VirtualMachine
 from vcenter.db.snapshots import cluster_snapshot
-from vcenter.domain import placement
+from vcenter.domain import evacuation, placement
 from vcenter.domain.snapshot import VmSnapshot
 from vcenter.domain.states import PowerState, TaskState
 from vcenter.messaging.contracts import MigrationOptions
@@ -44,6 +44,7 @@ FILTER_CODES = {
     "ConnectionFilter": "HOST_NOT_CONNECTED",
     "MaintenanceFilter": "HOST_IN_MAINTENANCE",
     "StandbyFilter": "HOST_IN_STANDBY",
+    "FailoverHostFilter": "HA_ADMISSION_REFUSED",  # a dedicated HA failover host
     "CpuCompatibilityFilter": "CPU_INCOMPATIBLE",
     "DatastoreFilter": "DATASTORE_NOT_MOUNTED",
     "PortGroupFilter": "PORTGROUP_ABSENT",
@@ -242,9 +243,51 @@ def reconciled(session: Session, task: Task) -> bool:
 
 
 # --- maintenance mode ----------------------------------------------------------------------
+def maintenance_settings(settings: Any) -> dict[str, Any]:
+    """Validate a cluster's ``maintenance`` settings document (422 INVALID_MAINTENANCE_SETTINGS)."""
+    from pydantic import ValidationError
+
+    from vcenter.schemas.maintenance import MaintenanceSettings
+
+    try:
+        return MaintenanceSettings.model_validate(settings or {}).model_dump()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in ("maintenance", *err["loc"]))
+        raise Invalid(f"settings.{field}: {err['msg']} (got {err.get('input')!r})", code="INVALID_MAINTENANCE_SETTINGS", details={"field": f"settings.{field}"}) from exc
+
+
+def check_cluster_settings(settings: dict[str, Any] | None) -> None:
+    """Called when a cluster's settings are written: the parts this module reads must be valid."""
+    if settings and "maintenance" in settings:
+        maintenance_settings(settings["maintenance"])
+
+
+def maintenance_policy(cluster: Cluster | None) -> str:
+    if cluster is None:
+        return evacuation.DEFAULT_POLICY
+    return maintenance_settings((cluster.settings or {}).get("maintenance"))["powered_off"]
+
+
+def _blocked_reason(session: Session, blocked: evacuation.Blocked) -> str:
+    """A blocked VM's reason; for datastores no other host mounts, their names and the way out."""
+    if blocked.filter != "DatastoreFilter":
+        return blocked.reason
+    vm = session.get(VirtualMachine, int(blocked.vm_id))
+    names = sorted({session.get(Datastore, d.datastore_id).name for d in vm.disks})
+    return (f"its disks are on datastore(s) {', '.join(names)}, which no other host able to take it mounts "
+            f"(move the disks with a relocation first); {blocked.reason}")
+
+
 def enter_maintenance(session: Session, user: str, host_id: int, config: Settings, standby: bool = False) -> Task:
     """Evacuate the host, then mark it in maintenance — or, with ``standby``, power it off
-    through its power driver and mark it in standby (DPM's power-off)."""
+    through its power driver and mark it in standby (DPM's power-off). Powered-off VMs are
+    left, refuse maintenance or move as the cluster's ``maintenance.powered_off`` says
+    (domain.evacuation decides; a standby never moves them, "move" leaves them there)."""
+    from vcenter.db.models import VmSnapshotRow
+    from vcenter.db.snapshots import vm_snapshot
+    from vcenter.services import relocation
+
     host: Host = inventory.get(session, "host", host_id)
     ensure_idle(session, "host", host.id)
     if standby and host.standby:
@@ -253,38 +296,60 @@ def enter_maintenance(session: Session, user: str, host_id: int, config: Setting
         raise Conflict(f"host {host.name} has no power settings: DPM cannot power it", code="NO_POWER_DRIVER")
     if not standby and host.maintenance:
         raise InvalidState(f"host {host.name} is already in maintenance", code="ALREADY_IN_MAINTENANCE")
-    running = list(session.scalars(select(VirtualMachine).where(VirtualMachine.host_id == host.id, VirtualMachine.power_state == PowerState.POWERED_ON.value).order_by(VirtualMachine.id)))
     cluster = session.get(Cluster, host.cluster_id) if host.cluster_id else None
-    if running and cluster is None:
-        raise Conflict(f"host {host.name} runs VMs and is in no cluster: nowhere to move them", code="CANNOT_EVACUATE", details={"vms": [v.name for v in running]})
-    policy = ((cluster.settings or {}).get("maintenance") or {}).get("powered_off", "leave") if cluster else "leave"
-    if policy == "refuse":
-        off = session.scalars(select(VirtualMachine.name).where(VirtualMachine.host_id == host.id, VirtualMachine.power_state != PowerState.POWERED_ON.value)).all()
-        if off:
-            raise Conflict(f"host {host.name} has powered-off VMs and the cluster refuses to leave them: {', '.join(off)}", code="POWERED_OFF_VMS_PRESENT", details={"vms": list(off)})
+    policy = maintenance_policy(cluster)
+    if standby and policy == "move":
+        policy = "leave"
+    on_host = list(session.scalars(select(VirtualMachine).where(VirtualMachine.host_id == host.id).order_by(VirtualMachine.id)))
+    running = [v for v in on_host if v.power_state == PowerState.POWERED_ON.value]
+    stopped = [v for v in on_host if v.power_state != PowerState.POWERED_ON.value]
+    leaving = running + (stopped if policy == "move" else [])
+    if leaving and cluster is None:
+        raise Conflict(f"host {host.name} runs VMs and is in no cluster: nowhere to move them", code="CANNOT_EVACUATE", details={"vms": [v.name for v in leaving]})
     plan: dict[int, int] = {}
+    cold: dict[int, int] = {}
     decisions: list[dict[str, Any]] = []
-    if running:
+    cold_decisions: list[dict[str, Any]] = []
+    if cluster is not None and (running or stopped):
         snapshot = cluster_snapshot(session, cluster.id)
-        moving = [v for v in snapshot.vms if v.id in {str(vm.id) for vm in running}]
-        decided = placement.place_many(snapshot, moving, exclude={str(host.id): "host entering maintenance"})
-        if decided.unplaced:
-            names = {str(v.id): v.name for v in running}
-            raise Conflict(f"host {host.name} cannot be evacuated: " + "; ".join(f"{names[v]}: {r}" for v, r in decided.unplaced.items()),
-                           code="CANNOT_EVACUATE", details={"vms": {names[v]: r for v, r in decided.unplaced.items()}})
-        plan = {int(v): int(h) for v, h in decided.placed.items()}
-        decisions = [r.to_dict() for r in decided.results]
+        known = {v.id: v for v in snapshot.vms}
+        counts = dict(session.execute(select(VmSnapshotRow.vm_id, func.count()).where(VmSnapshotRow.vm_id.in_([v.id for v in stopped]))
+                                      .group_by(VmSnapshotRow.vm_id)).all()) if stopped and policy == "move" else {}
+        decided = evacuation.plan(
+            snapshot, str(host.id),
+            [known.get(str(v.id)) or vm_snapshot(v, v.host_id) for v in running],
+            [evacuation.StoppedVm(known.get(str(v.id)) or vm_snapshot(v, None), v.power_state, v.status == "ready", counts.get(v.id, 0)) for v in stopped],
+            policy)
+        if decided.blocked and decided.blocked[0].code == "POWERED_OFF_VMS_PRESENT":
+            off = [b.name for b in decided.blocked]
+            raise Conflict(f"host {host.name} has powered-off VMs and the cluster refuses to leave them: {', '.join(off)}", code="POWERED_OFF_VMS_PRESENT", details={"vms": off})
+        if decided.blocked:
+            codes = {b.name: (FILTER_CODES.get(b.filter, "PLACEMENT_FAILED") if b.code == "NO_HOST" else b.code) for b in decided.blocked}
+            reasons = {b.name: _blocked_reason(session, b) for b in decided.blocked}
+            raise Conflict(f"host {host.name} cannot be evacuated: " + "; ".join(f"{n}: {r}" for n, r in reasons.items()),
+                           code="CANNOT_EVACUATE", details={"vms": reasons, "codes": codes})
+        plan = {int(v): int(h) for v, h in decided.moves.items()}
+        cold = {int(v): int(h) for v, h in decided.cold_moves.items()}
+        decisions = [r.to_dict() for r in decided.running]
+        cold_decisions = [r.to_dict() for r in decided.stopped]
     kind = "host.enterStandby" if standby else "host.enterMaintenance"
     # The evacuation's placement, every VM with every host's reason, is kept in the Task.
     task = start_task(session, kind=kind, object_type="host", object_id=host.id, username=user,
-                      params={"plan": {str(k): v for k, v in plan.items()}, "placement": {"evacuation": decisions}})
+                      params={"plan": {str(k): v for k, v in plan.items()}, "cold": {str(k): v for k, v in cold.items()}, "powered_off": policy,
+                              "placement": {"evacuation": decisions, "powered_off": cold_decisions}})
     task.state = TaskState.RUNNING.value
     task.step = "evacuating"
     children = []
     for vm_id, target_id in plan.items():
         children.append(migrate(session, user, vm_id, target_id, config, parent_task_id=task.id).id)
+    for vm_id, target_id in cold.items():
+        # A cold move without disk copies: defined on the target (it mounts the datastores), undefined here.
+        child = relocation.relocate_offline(session, user, session.get(VirtualMachine, vm_id), session.get(Host, target_id), [])
+        child.params = {**child.params, "parent": task.id}
+        children.append(child.id)
     task.params = {**task.params, "children": children}
-    record_event(session, "host.maintenance.requested", f"host {host.name} entering maintenance: {len(children)} VMs to move", username=user, object_type="host", object_id=host.id, object_name=host.name, task_id=task.id)
+    record_event(session, "host.maintenance.requested", f"host {host.name} entering maintenance: {len(plan)} running and {len(cold)} powered-off VMs to move",
+                 username=user, object_type="host", object_id=host.id, object_name=host.name, task_id=task.id)
     advance_maintenance(session, task)
     return task
 
@@ -301,17 +366,20 @@ def advance_maintenance(session: Session, task: Task) -> None:
         return
     host = session.get(Host, task.object_id)
     failed = [c for c in children if c.state != TaskState.SUCCESS.value]
-    still = session.scalars(select(VirtualMachine.name).where(VirtualMachine.host_id == host.id, VirtualMachine.power_state == PowerState.POWERED_ON.value)).all()
+    left = select(VirtualMachine.name).where(VirtualMachine.host_id == host.id)
+    if task.params.get("powered_off") != "move":
+        left = left.where(VirtualMachine.power_state == PowerState.POWERED_ON.value)
+    still = session.scalars(left).all()  # with "move", nothing may stay registered there
     if failed or still:
         names = {c.id: session.get(VirtualMachine, c.object_id).name for c in failed if session.get(VirtualMachine, c.object_id)}
-        detail = "; ".join(f"{names.get(c.id, c.object_id)}: {c.error_code}" for c in failed) or f"still running: {', '.join(still)}"
+        detail = "; ".join(f"{names.get(c.id, c.object_id)}: {c.error_code}" for c in failed) or f"still on the host: {', '.join(still)}"
         finish_task(session, task, TaskState.ERROR, error_code="EVACUATION_FAILED", error_message=detail, object_name=host.name)
         return
     if task.kind == "host.enterStandby":
         power.power_off_host(session, task, host, moved=len(children))
         return
     host.maintenance = True
-    finish_task(session, task, TaskState.SUCCESS, result={"moved": len(children)}, object_name=host.name)
+    finish_task(session, task, TaskState.SUCCESS, result={"moved": len(children), "powered_off_moved": len(task.params.get("cold") or {})}, object_name=host.name)
     record_event(session, "host.maintenance.entered", f"host {host.name} entered maintenance", username=task.username, object_type="host", object_id=host.id, object_name=host.name, task_id=task.id)
 
 

@@ -171,7 +171,19 @@ def cancel_deferred(task: Task) -> bool:
 
 
 def on_result(session: Session, host: Host, task: Task, ok: bool, result: dict[str, Any], error_code: str | None, error_message: str | None) -> bool:
-    """Advance the saga on a command's result; False for any other task."""
+    """Advance the saga on a command's result; False for any other task. A cold move of a
+    maintenance evacuation (``params.parent``) lets its parent see the end."""
+    if not _on_result(session, host, task, ok, result, error_code, error_message):
+        return False
+    parent = session.get(Task, task.params["parent"]) if task.params.get("parent") else None
+    if parent is not None and TaskState(task.state).finished:
+        from vcenter.services import migration
+
+        migration.advance_maintenance(session, parent)
+    return True
+
+
+def _on_result(session: Session, host: Host, task: Task, ok: bool, result: dict[str, Any], error_code: str | None, error_message: str | None) -> bool:
     if task.kind != "vm.relocate" or not (task.params or {}).get("offline"):
         return False
     from vcenter.services import migration

@@ -1,0 +1,16 @@
+"""A cluster's maintenance settings document: ``settings["maintenance"]``."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class MaintenanceSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    powered_off: Literal["leave", "refuse", "move"] = Field(
+        "leave",
+        description="What entering maintenance does with the host's powered-off VMs: leave them registered there (default), "
+                    "refuse maintenance while there are any, or move them to other hosts (defined on a host that mounts their "
+                    "datastores, chosen by placement; a VM that cannot move is named and the host stays out of maintenance).")
