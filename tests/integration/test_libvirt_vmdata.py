@@ -11,6 +11,7 @@ standalone image.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import threading
@@ -46,6 +47,14 @@ def read_blocks(path: str, mib: int, tmp: str) -> list[str]:
             out.append("p" if block == pattern_block(i) else "0" if block == ZERO else "x")
     os.unlink(raw)
     return out
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def spec_for(name: str, ds: str, file: str, image) -> VmSpec:
@@ -183,8 +192,37 @@ def test_snapshot_backup_restore_clone_on_a_real_guest(tmp_path):
         assert image_info(f"{ds}/g4.qcow2").get("backing-filename") is None
         drv.start(g4.uuid)
         assert channel(g4.uuid).read_heartbeat(timeout=30)["hostname"] == "g4"
+        # A second linked clone on the same base (made while g1 is stopped).
+        drv.clone_disks(g1.uuid, [{"target": "vda", "path": f"{ds}/g5.qcow2", "base_path": f"{ds}/g1-base1.qcow2"}], linked=True)
         drv.start(g1.uuid)
-        assert channel(g1.uuid).read_heartbeat(timeout=30)["hostname"] == "g1"
+        ch1 = channel(g1.uuid)
+        assert ch1.read_heartbeat(timeout=30)["hostname"] == "g1"
+        drv.stop(g4.uuid)
+
+        # A full clone of a RUNNING linked clone: the temporary overlay is committed into the
+        # clone's own overlay only (shallow), never into the base other clones share.
+        base_sum = sha256_file(f"{ds}/g1-base1.qcow2")
+        g5 = spec_for("g5", ds, "g5.qcow2", image)
+        drv.define(g5)
+        drv.start(g5.uuid)
+        ch5 = channel(g5.uuid)
+        ch5.read_heartbeat(timeout=30)
+        assert ch5.send("write-pattern 4", timeout=120)["ok"] is True
+        drv.clone_disks(g5.uuid, [{"target": "vda", "path": f"{ds}/g6.qcow2"}], linked=False)
+        assert sha256_file(f"{ds}/g1-base1.qcow2") == base_sum
+        assert image_info(f"{ds}/g5.qcow2")["backing-filename"] == "g1-base1.qcow2"
+        assert [src for _, src, _ in drv._file_disks(drv._get(g5.uuid))] == [f"{ds}/g5.qcow2"]
+        assert read_blocks(f"{ds}/g6.qcow2", 4, str(tmp_path)) == ["p"] * 1024
+        # g5 writes on after the clone, into its own overlay (read once stopped: a running
+        # QEMU keeps qcow2 metadata cached); g1, the other linked clone, still reads its empty
+        # disk through its guest, not g5's pattern.
+        ch5.read_heartbeat(timeout=10)
+        assert ch5.send("write-pattern 8", timeout=120)["ok"] is True
+        drv.stop(g5.uuid)
+        assert read_blocks(f"{ds}/g5.qcow2", 8, str(tmp_path)) == ["p"] * 2048
+        seen_by_g1 = ch1.send("checksum vda", timeout=120)
+        assert seen_by_g1["sha256"] == hashlib.sha256(bytes(32 << 20)).hexdigest(), seen_by_g1
+        assert sha256_file(f"{ds}/g1-base1.qcow2") == base_sum
     finally:
         for ch in channels:
             ch.close()

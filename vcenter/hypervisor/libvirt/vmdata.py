@@ -467,9 +467,14 @@ class VmDataOps:
         return {"elapsed_ms": int((time.monotonic() - started) * 1000), "bytes": total}
 
     def _commit_back(self, dom, target: str, src: str, fmt: str, overlay: str) -> None:
-        """Active commit of ``overlay`` into ``src`` and pivot back to it; delete the overlay."""
+        """Active commit of ``overlay`` into ``src`` and pivot back to it; delete the overlay.
+
+        SHALLOW bounds the commit to the overlay's own backing file (``src``): without it libvirt
+        commits into the *bottom* of the chain, which for a linked clone is the template's base
+        shared by every other clone (their data would change under them, or, while another
+        clone runs on it, the commit fails on QEMU's write lock)."""
         try:
-            dom.blockCommit(target, None, None, 0, libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE)
+            dom.blockCommit(target, None, None, 0, libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE | libvirt.VIR_DOMAIN_BLOCK_COMMIT_SHALLOW)
             while True:
                 info = dom.blockJobInfo(target, 0)
                 if info and info.get("end", 0) and info.get("cur") == info.get("end"):
