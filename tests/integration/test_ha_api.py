@@ -222,3 +222,38 @@ def test_guests_stopped_by_the_isolation_response_restart_when_their_host_is_bac
         assert task is not None and "isolation response" in task.params["reason"]
     # Another VM of that host, powered off but not listed as released, is left alone.
     assert client.get("/api/v1/tasks?kind=vm.ha_restart", headers=auth).json()["total"] == 1
+
+
+def test_dedicated_failover_host_is_never_chosen_by_placement_or_drs(env):
+    """h3 is a dedicated failover host and the emptiest one: deploy, the placement dry run, a
+    power-on on it and DRS all keep it empty, each with a clear reason; HA restarts still go there."""
+    client, auth, cl, hosts, agents, vms, settings, r = env
+    h1, h2, h3 = (h["id"] for h in hosts)
+    base = f"/api/v1/clusters/{cl['id']}/ha"
+    assert client.patch(base, headers=auth, json={"enabled": True, "admission": {"kind": "failover-hosts", "failover_hosts": [h3]}}).status_code == 200
+    for vm in vms[:2]:  # 3000 MiB on h1, nothing elsewhere
+        assert _power_on(client, auth, settings, agents, vm).status_code == 202
+    w = finish_as_agent(client, settings, agents[h2], client.post("/api/v1/vms", headers=auth, json={"name": "w", "host_id": h2, "memory_mib": 1500, "vcpus": 1}).json())
+    assert _power_on(client, auth, settings, agents, w).status_code == 202
+    dry = client.post(f"/api/v1/clusters/{cl['id']}/placement", headers=auth, json={"memory_mib": 200}).json()
+    assert {c["host"] for c in dry["candidates"]} == {str(h1), str(h2)}
+    (rej,) = [x for x in dry["rejected"] if x["host"] == str(h3)]
+    assert rej["filters"] == ["FailoverHostFilter"] and "failover host" in rej["reasons"][0]
+    # Deploy without a host: the emptiest host is h3, yet the VM goes to h2.
+    task = client.post("/api/v1/vms", headers=auth, json={"name": "auto", "cluster_id": cl["id"], "memory_mib": 200}).json()
+    assert task["host_id"] == h2 and task["placement"]["host"] == str(h2), task
+    # A VM registered on h3 cannot power on there.
+    stray = finish_as_agent(client, settings, agents[h3], client.post("/api/v1/vms", headers=auth, json={"name": "stray", "host_id": h3, "memory_mib": 200, "vcpus": 1}).json())
+    refused = client.post(f"/api/v1/vms/{stray['id']}/power/on", headers=auth)
+    assert refused.status_code == 409 and refused.json()["code"] == "HA_ADMISSION_REFUSED" and "failover host" in refused.json()["message"], refused.text
+    # DRS: h1 holds twice h2's memory; the only move that gains would go to h3: none is made.
+    current = client.get(f"/api/v1/clusters/{cl['id']}", headers=auth).json()
+    drs_on = {**current["settings"], "drs": {**(current["settings"].get("drs") or {}), "enabled": True, "automation": "manual"}}
+    assert client.patch(f"/api/v1/clusters/{cl['id']}", headers=auth, json={"settings": drs_on, "version": current["version"]}).status_code == 200
+    plan = client.post(f"/api/v1/clusters/{cl['id']}/drs/run", headers=auth).json()
+    assert all(x["target_host_id"] != h3 for x in plan["recommendations"]), plan
+    # Without the policy, DRS does use h3 (the check above can fail).
+    assert client.patch(base, headers=auth, json={"admission": {"kind": "disabled"}}).status_code == 200
+    free = client.post(f"/api/v1/clusters/{cl['id']}/drs/run", headers=auth).json()
+    assert any(x["target_host_id"] == h3 for x in free["recommendations"]), free
+    assert client.post(f"/api/v1/clusters/{cl['id']}/placement", headers=auth, json={"memory_mib": 200}).json()["rejected"] == []

@@ -5,9 +5,13 @@ What counts as running on a host: a VM powered on (or suspended: its memory is r
 its resume) there, or a VM whose power-on is in flight there (a pending reservation, so two
 power-ons decided at once never take the same last slot). A host offers the datastores it
 mounts and the port groups its agent reported present. CPU: a host's reported model and
-features (libvirt-expanded); a VM's CPU definition becomes a requirement.
+features (libvirt-expanded); a VM's CPU definition becomes a requirement. A host named as a
+dedicated failover host by its cluster's HA admission policy (HA enabled, kind
+"failover-hosts") carries ``failover`` (placement and DRS keep it empty).
 """
 from __future__ import annotations
+
+from dataclasses import replace
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -117,8 +121,9 @@ def cluster_snapshot(session: Session, cluster_id: int) -> ClusterSnapshot:
             snapshot = VmSnapshot(**{**{f: getattr(snapshot, f) for f in snapshot.__slots__}, "pool": None})
         vms.append(snapshot)
     rules = [rule_snapshot(r) for r in session.scalars(select(ClusterRule).where(ClusterRule.cluster_id == cluster_id).order_by(ClusterRule.id))]
+    failover = failover_host_ids(cluster)
     return ClusterSnapshot(
-        hosts=tuple(host_snapshot(session, h) for h in hosts),
+        hosts=tuple(replace(host_snapshot(session, h), failover=str(h.id) in failover) for h in hosts),
         vms=tuple(vms),
         rules=tuple(rules),
         pools=tuple(pool_snapshot(p, root) for p in pools if p.id != root),
@@ -126,6 +131,18 @@ def cluster_snapshot(session: Session, cluster_id: int) -> ClusterSnapshot:
         evc=_evc(cluster),
         id=str(cluster_id),
     )
+
+
+def failover_host_ids(cluster: Cluster | None) -> frozenset[str]:
+    """The dedicated failover hosts of the cluster's HA admission policy (validated by
+    vcenter.schemas.ha when stored), only while HA is enabled, as services.ha.policy_of reads it."""
+    cfg = (cluster.settings or {}).get("ha") if cluster else None
+    if not cfg or not cfg.get("enabled"):
+        return frozenset()
+    admission = cfg.get("admission") or {}
+    if admission.get("kind") != "failover-hosts":
+        return frozenset()
+    return frozenset(str(h) for h in admission.get("failover_hosts") or [])
 
 
 def _evc(cluster: Cluster | None) -> CpuModel | None:

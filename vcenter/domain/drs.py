@@ -368,7 +368,9 @@ class _Loads:
     def __init__(self, snapshot: ClusterSnapshot, ents: Mapping[str, Demand], st: ClusterState, comfort: float = 0.0) -> None:
         self.ids = st.ids
         n = st.n
-        self.active = np.array([h.usable for h in snapshot.hosts], dtype=bool)
+        # A dedicated HA failover host (kept empty for HA restarts) neither counts for balance
+        # nor receives VMs (placement's FailoverHostFilter refuses it as a target too).
+        self.active = np.array([h.usable and not h.failover for h in snapshot.hosts], dtype=bool)
         caps = np.array([host_capacity(h) for h in snapshot.hosts], dtype=float).reshape(n, 2)
         self.cap = np.where(caps > 0, caps, EPS)
         self.load = np.zeros((n, 2))

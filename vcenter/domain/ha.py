@@ -30,7 +30,9 @@ Vocabulary:
   seconds before try n+1; after ``max_attempts`` tries HA gives up on it (an Event says so).
 - admission policy: ``host-failures`` (the cluster must absorb N host failures: the N largest
   hosts' capacity is held back), ``percentage`` (a share of CPU and memory held back),
-  ``failover-hosts`` (dedicated hosts that take no VM except HA restarts), ``disabled``.
+  ``failover-hosts`` (dedicated hosts that take no VM except HA restarts: the host snapshot's
+  ``failover`` flag, which placement's FailoverHostFilter and DRS honour and restart planning
+  clears), ``disabled``.
   Resources are those placement checks: configured memory (no memory overcommit) and vCPUs
   against cores x vcpu_ratio. Aggregate capacity is checked, not bin packing: fragmentation can
   still leave a VM unplaced, which the restart retries report.
@@ -332,6 +334,9 @@ def plan_restarts(snapshot: ClusterSnapshot, candidates: Sequence[RestartCandida
             ready.append(c)
     if not ready:
         return RestartPlan((), tuple(waits), (), tuple(skipped))
+    # Dedicated failover hosts exist for exactly these placements: placement's
+    # FailoverHostFilter keeps everything else off them.
+    snapshot = with_failover_flags(snapshot, ())
     by_id = {c.vm.id: c for c in ready}
     vms = {c.vm.id: replace(c.vm, host=None, priority=c.priority.rank) for c in ready}
     failover = [h for h in failover_hosts if any(x.id == h for x in snapshot.hosts)]
@@ -591,6 +596,16 @@ def admit(snapshot: ClusterSnapshot, vm: VmSnapshot, target: str | None, policy:
 def reserved_hosts(policy: AdmissionPolicy) -> frozenset[str]:
     """Hosts placement must not use for anything but HA restarts."""
     return policy.failover_hosts if policy.kind == AdmissionKind.FAILOVER_HOSTS else frozenset()
+
+
+def with_failover_flags(snapshot: ClusterSnapshot, reserved: Iterable[str]) -> ClusterSnapshot:
+    """``snapshot`` whose hosts carry ``failover`` exactly for ``reserved`` (placement's
+    FailoverHostFilter and DRS keep them empty); an empty ``reserved`` clears every flag (HA's
+    own restart placement)."""
+    keep = frozenset(reserved)
+    if all(h.failover == (h.id in keep) for h in snapshot.hosts):
+        return snapshot
+    return replace(snapshot, hosts=tuple(replace(h, failover=h.id in keep) for h in snapshot.hosts))
 
 
 def ha_reserve_fraction(snapshot: ClusterSnapshot, policy: AdmissionPolicy) -> float:

@@ -7,11 +7,12 @@ this one question. ``place`` answers it for one VM, ``place_many`` for a batch d
 Vocabulary:
 - filter: a yes/no test per host (nova's word). Every rejected host carries the names of the
   filters that rejected it and a human reason with numbers. Filters, in order:
-  ConnectionFilter (not connected), MaintenanceFilter, StandbyFilter, CpuCompatibilityFilter
-  (missing CPU features), DatastoreFilter (a disk's datastore not mounted), PortGroupFilter (a
-  NIC's port group absent), MemoryFilter (configured memory vs free memory; no memory
-  overcommit), CpuFilter (vCPUs vs cores x vcpu_ratio, and the CPU reservation vs reservable
-  MHz), RuleFilter (a "must" rule would break).
+  ConnectionFilter (not connected), MaintenanceFilter, StandbyFilter, FailoverHostFilter (a
+  dedicated HA failover host: it takes only HA restarts, which clear the flag before placing),
+  CpuCompatibilityFilter (missing CPU features), DatastoreFilter (a disk's datastore not
+  mounted), PortGroupFilter (a NIC's port group absent), MemoryFilter (configured memory vs
+  free memory; no memory overcommit), CpuFilter (vCPUs vs cores x vcpu_ratio, and the CPU
+  reservation vs reservable MHz), RuleFilter (a "must" rule would break).
 - weigher: a score per surviving host; the highest total wins, ties go to the earlier host of
   the snapshot. Weighers and their components:
   * ``memory`` = -(memory used after placement / memory size): the least loaded host wins;
@@ -197,6 +198,7 @@ class ClusterState:
         self.connected = np.array([h.connection == CONNECTED for h in hosts], dtype=bool)
         self.maintenance = np.array([h.maintenance for h in hosts], dtype=bool)
         self.standby = np.array([h.standby for h in hosts], dtype=bool)
+        self.failover = np.array([h.failover for h in hosts], dtype=bool)
         self.rules_by_vm = index_by_vm(snapshot.rules)
         self.group_masks: dict[str, np.ndarray] = {}
         self._cpu_cache: dict[CpuRequirement, tuple[np.ndarray, list[tuple[str, ...]]]] = {}
@@ -371,6 +373,16 @@ class StandbyFilter(Filter):
         return ~st.standby, lambda i: "in standby"
 
 
+class FailoverHostFilter(Filter):
+    """A dedicated HA failover host is kept empty for HA restarts (vcenter.domain.ha clears the
+    flag for its own placements)."""
+
+    name = "FailoverHostFilter"
+
+    def check(self, st, vm):
+        return ~st.failover, lambda i: "dedicated HA failover host: only HA restarts run there"
+
+
 class CpuCompatibilityFilter(Filter):
     name = "CpuCompatibilityFilter"
 
@@ -530,6 +542,7 @@ FILTERS: list[Filter] = [
     ConnectionFilter(),
     MaintenanceFilter(),
     StandbyFilter(),
+    FailoverHostFilter(),
     CpuCompatibilityFilter(),
     DatastoreFilter(),
     PortGroupFilter(),

@@ -47,6 +47,9 @@ class HostSnapshot:
     datastores: frozenset[str] = frozenset()
     port_groups: frozenset[str] = frozenset()
     cpu: CpuModel | None = None
+    # A dedicated HA failover host (admission policy "failover-hosts" of an HA-enabled
+    # cluster): placement and DRS never put a VM there; only HA restarts may (vcenter.domain.ha).
+    failover: bool = False
 
     @property
     def label(self) -> str:

@@ -79,7 +79,9 @@ def admit_power_on(session: Session, vm: VirtualMachine) -> dict[str, Any] | Non
     if str(vm.host_id) not in {c.host_id for c in result.candidates}:
         own = next((r for r in result.rejected if r.host_id == str(vm.host_id)), None)
         reasons = "; ".join(own.reasons) if own else "not a candidate"
-        raise PlacementFailed(f"VM {vm.name} cannot power on on its host: {reasons}", details=result.to_dict())
+        # A dedicated failover host refuses with HA admission control's code (as a VMotion does).
+        code = "HA_ADMISSION_REFUSED" if own and "FailoverHostFilter" in own.filters else None
+        raise PlacementFailed(f"VM {vm.name} cannot power on on its host: {reasons}", code=code, details=result.to_dict())
     return result.to_dict()
 
 

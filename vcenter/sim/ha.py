@@ -69,6 +69,9 @@ class HaSimMixin:
         self.admission = ha.AdmissionPolicy(ha.AdmissionKind(a.get("kind", "host-failures")), int(a.get("host_failures", 1)),
                                             float(a.get("cpu_percent", 25)), float(a.get("memory_percent", 25)),
                                             frozenset(a.get("failover_hosts", [])))
+        # Dedicated failover hosts: placement and DRS keep them empty (HA restarts may use them).
+        for h in ha.reserved_hosts(self.admission) if self.ha_on else ():
+            self.hosts[h] = replace(self.host(h), failover=True)
         m = spec.get("vm_monitoring") or {"enabled": False}
         self.vmmon = ha.VmMonitoringSettings(bool(m.get("enabled", True)), float(m.get("failure_interval", 30)),
                                              float(m.get("min_uptime", 30)), int(m.get("max_resets", 3)), float(m.get("window", 3600)))
