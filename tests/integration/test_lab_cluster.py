@@ -370,18 +370,51 @@ def test_storage_vmotion_while_the_guest_writes_a_pattern(cluster, api):
     assert _task_done(api, api.post(f"/api/v1/vms/{vm['id']}/power/on").json())["state"] == "success"
 
 
+def _defined_on(cluster, name):
+    hosts = []
+    for host in cluster.extra["lab"].hosts:
+        out = subprocess.run(["virsh", "-c", f"qemu+tcp://{host.address}/system", "list", "--all", "--name"], capture_output=True, text=True, timeout=20).stdout.split()
+        if name in out:
+            hosts.append(host.name)
+    return hosts
+
+
 def test_maintenance_mode_empties_a_host(cluster, api):
-    ids = cluster.extra["ids"]
-    running = [v for v in api.get(f"/api/v1/vms?host_id={ids['host1']}&power_state=poweredOn").json()["items"]]
+    """With maintenance.powered_off = move, running guests leave by VMotion and powered-off
+    VMs by a cold move (defined on a host mounting their datastore, undefined on host1)."""
+    ids, cl, ds = cluster.extra["ids"], cluster.extra["cl"], cluster.extra["ds"]
+    names = {i: n for n, i in ids.items()}
+    task = api.post("/api/v1/vms", json={"name": "off1", "host_id": ids["host1"], "memory_mib": 96, "kernel_boot": {"image": "tiny-linux"},
+                                         "disks": [{"datastore_id": ds["id"], "capacity_mib": 8}]})
+    assert task.status_code == 202, task.text
+    assert _task_done(api, task.json())["state"] == "success"
+    on_host1 = api.get(f"/api/v1/vms?host_id={ids['host1']}").json()["items"]
+    running = [v for v in on_host1 if v["power_state"] == "poweredOn"]
+    stopped = [v for v in on_host1 if v["power_state"] != "poweredOn"]
     assert running, "host1 should run guests before maintenance"
+    assert "off1" in [v["name"] for v in stopped] and _defined_on(cluster, "off1") == ["host1"]
+    current = api.get(f"/api/v1/clusters/{cl['id']}").json()
+    r = api.patch(f"/api/v1/clusters/{cl['id']}", json={"settings": {**current["settings"], "maintenance": {"powered_off": "move"}}, "version": current["version"]})
+    assert r.status_code == 200, r.text
     task = api.post(f"/api/v1/hosts/{ids['host1']}/maintenance")
     assert task.status_code == 202, task.text
     done = _task_done(api, task.json(), 180)
     assert done["state"] == "success", (done["error_code"], done["error_message"])
+    assert done["result"]["powered_off_moved"] == len(stopped)
     assert api.get(f"/api/v1/hosts/{ids['host1']}").json()["maintenance"] is True
-    assert api.get(f"/api/v1/vms?host_id={ids['host1']}&power_state=poweredOn").json()["total"] == 0
+    assert api.get(f"/api/v1/vms?host_id={ids['host1']}").json()["total"] == 0
+    # libvirt agrees: every VM is defined on exactly the host the inventory names, none on host1.
+    for vm in running + stopped:
+        now = api.get(f"/api/v1/vms/{vm['id']}").json()
+        assert _defined_on(cluster, vm["name"]) == [names[now["host_id"]]], (vm["name"], now["host_id"])
+        assert now["power_state"] == vm["power_state"]
     for vm in running:
-        assert _running_on(cluster, vm["name"]) != ["host1"]
+        assert _running_on(cluster, vm["name"]) == [names[api.get(f"/api/v1/vms/{vm['id']}").json()["host_id"]]]
+    # The moved powered-off VM powers on where it now is.
+    off1 = next(v for v in stopped if v["name"] == "off1")
+    on = _task_done(api, api.post(f"/api/v1/vms/{off1['id']}/power/on").json())
+    assert on["state"] == "success", (on["error_code"], on["error_message"])
+    assert _running_on(cluster, "off1") == [names[api.get(f"/api/v1/vms/{off1['id']}").json()["host_id"]]] != ["host1"]
     assert api.post(f"/api/v1/hosts/{ids['host1']}/maintenance/exit").json()["maintenance"] is False
 
 

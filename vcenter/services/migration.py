@@ -11,9 +11,13 @@ domain while the source does not is a completed move (services.reports re-attach
 the reaper ends the task as success); otherwise the idempotent command is re-sent.
 
 Maintenance (a Task of kind ``host.enterMaintenance``): every running VM is placed together
-(place_many, excluding the host), each move is a child VMotion; the host enters maintenance
-only when the children all succeeded and nothing runs there any more. A VM that cannot leave
-is named with its reason up front and the host stays out of maintenance.
+(domain.evacuation over placement, excluding the host), each move is a child VMotion; with
+the cluster setting ``maintenance.powered_off`` = ``move`` the powered-off VMs follow as child
+cold moves (services.relocation without copies: defined on a target mounting their
+datastores, undefined here). The host enters maintenance only when the children all
+succeeded and nothing runs (with ``move``: nothing is registered) there any more. A VM that
+cannot leave is named with its reason and code up front and the host stays out of
+maintenance.
 
 Check codes: VM_HAS_SNAPSHOTS, HOST_NOT_CONNECTED, HOST_IN_MAINTENANCE, HOST_IN_STANDBY, CPU_INCOMPATIBLE,
 DATASTORE_NOT_MOUNTED, PORTGROUP_ABSENT, INSUFFICIENT_MEMORY, INSUFFICIENT_CPU,
