@@ -3,7 +3,8 @@
 One running tiny-Linux guest on a loop-mounted datastore: a snapshot of the empty disk; the
 guest writes a pattern; a full backup runs while the guest writes more and its heartbeat keeps
 counting (never restarted); an incremental backup after that; the chain is restored into a new
-VM, whose disk carries the whole pattern and which boots; the first VM reverts to its snapshot
+VM, whose disk carries the whole pattern and which boots with a guest identity of its own (the
+machine-id and instance id of the seed the server issued to it); the first VM reverts to its snapshot
 and its disk is empty again while it runs; a clone of the running VM (host chosen by
 placement) boots with its own identity; a job scheduled by beat keeps one restore point.
 """
@@ -93,7 +94,11 @@ def test_backup_restore_revert_clone_of_a_running_guest(tmp_path):
             assert restored["libvirt_uuid"] != vm["libvirt_uuid"] and restored["status"] == "ready"
             assert _blocks(lab, "host1", f"{path}/{restored['disks'][0]['file']}", 24, tmp_path) == "p" * 6144
             _ok(task_done(api, api.post(f"/api/v1/vms/{restored['id']}/power/on").json()))
-            assert _heartbeat(api, restored["id"], 0, "restored VM boots")["guest_info"]["hostname"] == "restored1"
+            # Its own guest identity from its own seed: the machine-id the server issued to it.
+            issued = api.get(f"/api/v1/vms/{restored['id']}/customization").json()
+            seen = _heartbeat(api, restored["id"], 0, "restored VM boots")["guest_info"]
+            assert (seen["hostname"], seen["machine_id"], seen["instance_id"]) == ("restored1", issued["machine_id"], issued["instance_id"])
+            assert seen["machine_id"] != before["machine_id"]
             _ok(task_done(api, api.post(f"/api/v1/vms/{restored['id']}/power/off").json()))
 
             # Revert to the snapshot: the disk is as it was (empty), the guest runs.

@@ -270,3 +270,59 @@ def test_a_vm_with_snapshots_is_not_migrated(env):
     _report(client, settings, agents[h1["id"]], t["id"], result={"name": "s1", "parent": None, "state": "running", "memory": True})
     r = client.post(f"/api/v1/vms/{vm['id']}/migrate", headers=auth, json={"host_id": h2["id"]})
     assert r.status_code == 409 and r.json()["code"] == "VM_HAS_SNAPSHOTS", r.text
+
+
+def test_a_restore_to_a_new_vm_gets_a_new_identity(env):
+    """Restored as a new VM (the source may still run): new name, UUID and MAC addresses, and a
+    guest identity of its own through a new seed (instance id, machine-id, hostname); the
+    source's seed disk is not restored. An uncustomised source's restore gets a seed too."""
+    from vcenter.db.models import VirtualDisk, VirtualMachine, VmCustomization
+    from vcenter.services.templates import SEED_SUFFIX
+
+    client, auth, (h1, h2), agents, ds, settings = env
+    pg = client.post("/api/v1/portgroups", headers=auth, json={"name": "pg-r", "datacenter_id": ds["shared"]["datacenter_id"], "host_ids": [h1["id"], h2["id"]]}).json()
+    for name, customised in (("idsrc", True), ("plainsrc", False)):
+        task = client.post("/api/v1/vms", headers=auth, json={"name": name, "host_id": h1["id"], "memory_mib": 128, "nics": [{"portgroup_id": pg["id"]}],
+                                                              "disks": [{"datastore_id": ds["shared"]["id"], "capacity_mib": 64}]}).json()
+        vm = finish_as_agent(client, settings, agents[h1["id"]], task)
+        with session_scope(settings.database_url) as session:
+            row = session.get(VirtualMachine, vm["id"])
+            if customised:
+                session.add(VmCustomization(vm_id=vm["id"], instance_id=f"i-{name}", machine_id="b" * 32, hostname=name,
+                                            spec={"hostname": name, "users": [{"name": "ops", "ssh_authorized_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ ops"]}]}))
+                session.add(VirtualDisk(vm_id=vm["id"], index=1, datastore_id=ds["shared"]["id"], file=f"{name}{SEED_SUFFIX}", capacity_mib=1, format="raw"))
+            source_macs = {n.mac for n in row.nics}
+            assert len(source_macs) == 1
+        job = client.post(f"/api/v1/vms/{vm['id']}/backup-jobs", headers=auth, json={"name": "j", "datastore_id": ds["shared"]["id"], "directory": f"b/{name}"}).json()
+        run = client.post(f"/api/v1/vms/{vm['id']}/backup-jobs/{job['id']}/run", headers=auth).json()
+        cmd = _sent(settings, run["id"])["args"]
+        _report(client, settings, agents[h1["id"]], run["id"], result={"kind": "full", "checkpoint": cmd["checkpoint"], "files": {d["target"]: 10 for d in cmd["disks"]}})
+        (point,) = client.get(f"/api/v1/vms/{vm['id']}/backups", headers=auth).json()
+
+        task = client.post(f"/api/v1/vms/{vm['id']}/backups/{point['id']}/restore", headers=auth, json={"mode": "new", "name": f"{name}-copy", "host_id": h2["id"]}).json()
+        restore = _sent(settings, task["id"])
+        args = restore["args"]
+        assert restore["host_id"] == h2["id"]
+        # Only the data disk is restored; the seed is a new file the agent writes.
+        assert [d["source"].rsplit("/", 1)[1] for d in args["disks"]] == [f"{name}-b{point['id']}-disk0.qcow2"]
+        assert args["seed"]["path"].startswith(f"/srv/shared/{name}-copy-") and args["seed"]["path"].endswith(SEED_SUFFIX)
+        spec = args["spec"]
+        assert spec["name"] == f"{name}-copy" and spec["uuid"] != vm["libvirt_uuid"]
+        assert {n["mac"] for n in spec["nics"]}.isdisjoint(source_macs) and len(spec["nics"]) == len(source_macs)
+        assert sorted((d["index"], d["file"].endswith(SEED_SUFFIX)) for d in spec["disks"]) == [(0, False), (1, True)]
+        # The agent fetches the new VM's seed: its own instance id, machine-id and hostname.
+        seed = client.get(f"/api/v1/agent/hosts/{h2['id']}/seeds/{spec['uuid']}", headers=agents[h2["id"]])
+        assert seed.status_code == 200, seed.text
+        with session_scope(settings.database_url) as session:
+            new = session.scalar(select(VirtualMachine).where(VirtualMachine.name == f"{name}-copy"))
+            custom = session.get(VmCustomization, new.id)
+            assert custom.hostname == f"{name}-copy" and custom.instance_id != f"i-{name}" and len(custom.machine_id) == 32
+            assert seed.json()["instance_id"] == custom.instance_id
+            assert custom.machine_id in seed.json()["files"]["user-data"]
+            if customised:
+                assert custom.machine_id != "b" * 32 and custom.spec["users"][0]["name"] == "ops"
+        _report(client, settings, agents[h2["id"]], task["id"], result={"restored": [args["disks"][0]["path"]], "seed": args["seed"]["path"]})
+        done = client.get(f"/api/v1/tasks/{task['id']}", headers=auth).json()
+        assert done["state"] == "success", done
+        restored = client.get(f"/api/v1/vms/{done['result']['new_vm_id']}", headers=auth).json()
+        assert restored["status"] == "ready" and restored["libvirt_uuid"] == spec["uuid"]

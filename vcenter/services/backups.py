@@ -12,15 +12,20 @@ A restore point's files are ``<directory>/<vm name>-b<point id>-disk<index>.qcow
 an incremental file's backing file is its parent's (a relative name).
 
 Restore (Task ``vm.restore``): ``replace`` writes the chain over the powered-off VM's disks (its
-snapshots are gone with the old images); ``new`` makes a new VM (new UUID and MAC addresses)
-on a host that mounts both the backup's datastore and the destination datastore (given, or
-chosen by placement), restores its disks there and defines it, in one command.
+snapshots are gone with the old images); ``new`` makes a new VM (new name, UUID and MAC
+addresses) on a host that mounts both the backup's datastore and the destination datastore
+(given, or chosen by placement), restores its disks there and defines it, in one command. The
+source may still run, so the new VM never keeps its guest identity: the source's cloud-init
+seed disk is not restored, and the new VM always gets a customisation of its own (new instance
+id, a new server-issued machine-id, its own name as hostname; the source's customisation spec
+carried over) whose NoCloud seed the agent writes before defining it, as for clones.
 
 Codes: BACKUP_DATASTORE_NOT_MOUNTED, BACKUP_CHAIN_INCOMPLETE, BACKUP_NOT_FOUND,
 BACKUP_JOB_NOT_FOUND, VM_POWERED_ON, PATH_* (the directory leaves its datastore).
 """
 from __future__ import annotations
 
+import uuid as uuidlib
 from typing import Any
 
 from sqlalchemy import select
@@ -30,13 +35,14 @@ from vcenter.core.clock import utcnow
 from vcenter.core.errors import Conflict, Invalid, InvalidState, NotFound
 from vcenter.core.ids import new_mac, new_uuid
 from vcenter.core.settings import Settings
-from vcenter.db.models import BackupJob, BackupPoint, Host, ObjectClaim, Task, VirtualDisk, VirtualMachine, VirtualNic, VmSnapshotRow
+from vcenter.db.models import BackupJob, BackupPoint, Host, ObjectClaim, Task, VirtualDisk, VirtualMachine, VirtualNic, VmCustomization, VmSnapshotRow
 from vcenter.domain import backups as plan
 from vcenter.domain.states import PowerState, TaskState
 from vcenter.services import inventory, placement
 from vcenter.services.events import record_event
 from vcenter.services.snapshots import _ready_vm, disk_target, mount_path
 from vcenter.services.tasks import finish_task, start_task
+from vcenter.services.templates import SEED_SUFFIX, dns_label
 
 JOB_FIELDS = ("name", "datastore_id", "directory", "interval_s", "keep", "incremental", "full_every", "enabled")
 
@@ -171,22 +177,40 @@ def restore(session: Session, user: str, vm_id: int, point_id: int, data: dict[s
     new = VirtualMachine(name=data["name"], datacenter_id=vm.datacenter_id, cluster_id=host.cluster_id, host_id=host.id, folder_id=vm.folder_id,
                          vcpus=vm.vcpus, memory_mib=vm.memory_mib, guest_os=vm.guest_os, power_state=PowerState.POWERED_OFF.value,
                          status="creating", libvirt_uuid=new_uuid(), boot=boot, cpu=vm.cpu)
+    # The source's seed disk (its guest identity) is not restored: the new VM gets its own.
+    seed_indexes = {d.index for d in vm.disks if _is_seed(d)}
     for disk, ds_id in zip(vm.disks, stores):
+        if disk.index in seed_indexes:
+            continue
         new.disks.append(VirtualDisk(index=disk.index, datastore_id=ds_id, file=f"{new.name}-{new.libvirt_uuid[:8]}-disk{disk.index}.qcow2",
                                      capacity_mib=disk.capacity_mib, format="qcow2"))
+    seed_index = min(seed_indexes) if seed_indexes else max([d.index for d in vm.disks], default=-1) + 1
+    seed_ds = stores[0] if stores else job.datastore_id
+    seed_disk = VirtualDisk(index=seed_index, datastore_id=seed_ds, file=f"{new.name}-{new.libvirt_uuid[:8]}{SEED_SUFFIX}", capacity_mib=1, format="raw")
+    new.disks.append(seed_disk)
     for nic in vm.nics:
         new.nics.append(VirtualNic(index=nic.index, portgroup_id=nic.portgroup_id, mac=new_mac(), model=nic.model))
     session.add(new)
     inventory._flush_unique(session, f"VM {new.name!r}")
+    # A fresh guest identity, as for clones: new cloud-init instance id, a machine-id the server
+    # issues, the new name as hostname (the source's customisation spec carried over, if any).
+    custom = session.get(VmCustomization, vm.id)
+    session.add(VmCustomization(vm_id=new.id, instance_id=f"i-{uuidlib.uuid4().hex}", machine_id=uuidlib.uuid4().hex,
+                                hostname=dns_label(new.name), spec=dict((custom.spec if custom else None) or {}, hostname=dns_label(new.name))))
     base = mount_path(session, job.datastore_id, host.id)
     disks = [{"source": f"{base}/{files[d.index]}", "path": f"{mount_path(session, d.datastore_id, host.id)}/{d.file}", "format": "qcow2"}
-             for d in new.disks if d.index in files]
+             for d in new.disks if d.index in files and d is not seed_disk]
+    seed = {"path": f"{mount_path(session, seed_ds, host.id)}/{seed_disk.file}"}
     task = start_task(session, kind="vm.restore", object_type="vm", object_id=vm.id, username=user, host_id=host.id,
                       params={"point_id": point.id, "mode": "new", "new_vm_id": new.id, **({"placement": chosen} if chosen else {})},
-                      command="vm.restore", command_args={"disks": disks, "spec": vm_spec(session, new, host.id).model_dump(mode="json")})
+                      command="vm.restore", command_args={"disks": disks, "spec": vm_spec(session, new, host.id).model_dump(mode="json"), "seed": seed})
     record_event(session, "vm.restore.requested", f"restore of VM {vm.name} from point {point.id} into new VM {new.name} on {host.name}",
                  username=user, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
     return task
+
+
+def _is_seed(disk: VirtualDisk) -> bool:
+    return disk.format == "raw" and disk.file.endswith(SEED_SUFFIX)
 
 
 def run_due(session: Session, settings: Settings) -> list[int]:

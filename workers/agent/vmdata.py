@@ -93,12 +93,23 @@ def _restore(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | N
     result = ops.restore_disks(list(args["disks"]), replace_uuid=args.get("replace_uuid"))
     if spec is None:
         return agent.driver.domain_state(args["replace_uuid"]), result
+    made = [d["path"] for d in args["disks"]]
     try:
+        seed = args.get("seed")
+        if seed:
+            # The new VM's own guest identity (instance id, machine-id, hostname): its seed.
+            from templates_store.cloudinit import build_seed_iso
+
+            files = agent.api.get_json(f"/seeds/{spec.uuid}")["files"]
+            if not os.path.exists(seed["path"]):
+                build_seed_iso(files, seed["path"])
+            made.append(seed["path"])
+            result = {**result, "seed": seed["path"]}
         state = agent.driver.define(_resolve_image(agent, spec))
     except Exception:
-        for d in args["disks"]:
+        for path in made:
             try:
-                os.unlink(d["path"])
+                os.unlink(path)
             except FileNotFoundError:
                 pass
         raise
