@@ -129,3 +129,109 @@ def test_isolation_applies_the_response_after_the_delay(tmp_path, response, stop
     peer.step()
     seen = json.loads(redis.Redis.from_url(REDIS_URL).get(ha_datastore_view_key(75)))["74"]
     assert seen["isolated"] and seen["released"] == (["vm-a"] if stops else [])
+
+
+class _ServerAnswer:
+    """The API as the agent sees it: every report is accepted and answered with the host's
+    datastore and the cluster's HA configuration (the API itself is tested elsewhere)."""
+
+    def __init__(self, answer):
+        self.answer = answer
+
+    def post(self, path, body, retry_for=None):
+        return self.answer
+
+    def close(self):
+        pass
+
+
+def _own_redis(workdir, port):
+    import subprocess
+
+    from tests.apihelpers import wait_for
+
+    proc = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+                            stdout=subprocess.DEVNULL)
+    wait_for(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True).stdout.strip() == "PONG", 10, what="redis up")
+    return proc
+
+
+def test_channels_go_on_while_libvirtd_hangs_and_redis_restarts(tmp_path, listener):
+    """The lab once saw a host silent on both channels after its libvirtd crashed and Redis
+    restarted. A libvirtd that stops answering (SIGSTOP: it hangs) while Redis restarts: the
+    agent's libvirt calls do not return (measured: after keepalive closed the connection, never).
+    Its heartbeat key, its datastore heartbeat file and its published view must all resume
+    within seconds of Redis' return while libvirtd still hangs (before the fix the view did not:
+    the HA network thread sat in listAllDomains)."""
+    import os
+    import signal
+
+    from tests.apihelpers import wait_for
+    from vcenter.hypervisor.libvirt.driver import LibvirtDriver
+    from vcenter.lab.libvirtd import PrivateLibvirtd
+    from vcenter.lab.stack import free_port
+    from vcenter.messaging.contracts import heartbeat_key
+    from workers.agent.network import SimulatedHostNetwork
+    from workers.agent.service import AgentService
+
+    port = free_port()
+    server = _own_redis(tmp_path, port)
+    daemon = PrivateLibvirtd(tmp_path / "lv", "ha-agent-hang")
+    daemon.start()
+    host_id = 81
+    ds = tmp_path / "ds1"
+    settings = make_settings(tmp_path, redis_url=f"redis://127.0.0.1:{port}/0", heartbeat_period=0.2, heartbeat_ttl=1.0, agent_reconnect_delay=0.3,
+                             agent_report_period=1.0, ha_datastore_heartbeat_period=0.5, ha_probe_timeout=0.3)
+    answer = {"accepted": True, "datastores": [{"id": 1, "path": str(ds)}], "bridges": [],
+              "ha": {"enabled": True, "isolation_delay_s": 2, "isolation_addresses": [listener], "isolation_response": "power-off"}}
+    agent = AgentService(settings, host_id, LibvirtDriver(daemon.uri, connect_timeout=2), _ServerAnswer(answer), SimulatedHostNetwork())
+    r = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
+
+    def channels():
+        """(heartbeat key, this host's counter in its published view, the counter in its file)"""
+        try:
+            key, view = r.get(heartbeat_key(host_id)), r.get(ha_datastore_view_key(host_id))
+        except redis.RedisError:
+            key = view = None
+        try:
+            n = json.loads(heartbeat_file(str(ds), host_id).read_text())["n"]
+        except (OSError, ValueError):
+            n = None
+        return key, (json.loads(view).get(str(host_id)) or {}).get("n") if view else None, n
+
+    def advancing(before):
+        now = channels()
+        return all(x is not None and x != b for x, b in zip(now, before)) and now
+
+    def published():
+        now = channels()
+        return all(x is not None for x in now) and now
+
+    stopped = False
+    try:
+        agent.start()
+        first = wait_for(published, 15, what="both channels published")
+        wait_for(lambda: advancing(first), 5, what="both channels advancing")
+        # Everything below happens while libvirtd hangs, and within its keepalive (2 s x 3):
+        # libvirt 9.0's client may crash the process when keepalive closes a connection with
+        # calls in flight (see the HA notes in the README), which is not what this test is about.
+        os.kill(daemon.pid, signal.SIGSTOP)
+        stopped = True
+        time.sleep(0.7)  # the holds thread, the guest watcher and the report are now inside libvirt calls
+        server.kill()
+        server.wait(10)
+        time.sleep(1.0)
+        server = _own_redis(tmp_path, port)  # restarted: its keys are lost
+        back = wait_for(published, 2, what="both channels republished after Redis' return, libvirtd hung")
+        wait_for(lambda: advancing(back), 2, what="both channels advancing after Redis' return, libvirtd hung")
+        assert not agent.ha.isolated
+        assert any(t.name == "agent-ha-holds" and t.is_alive() for t in agent.ha.threads)
+        os.kill(daemon.pid, signal.SIGCONT)
+        stopped = False
+    finally:
+        if stopped:
+            os.kill(daemon.pid, signal.SIGCONT)
+        agent.stop()
+        daemon.stop()
+        server.kill()
+        server.wait(10)

@@ -16,6 +16,13 @@ Vocabulary:
   datastore heartbeat, so HA may restart them elsewhere.
 
 The HA configuration comes with the server's answer to each state report (``ha``).
+
+Threads: neither heartbeat ever waits on libvirt. The datastore thread writes and reads files
+only; the network thread talks to Redis and probes addresses only; the running-domain list
+(what the heartbeat files say this host holds) is refreshed by a thread of its own, and the
+isolation response runs on a thread of its own. A hung libvirtd (measured: a call in flight
+when libvirtd stops answering may never return, even after keepalive closed the connection)
+then only freezes that list (holding is the safe assumption) or the response, never a channel.
 """
 from __future__ import annotations
 
@@ -71,19 +78,24 @@ class HaAgent:
         self.holds: list[str] = []
         self.write_lock = threading.Lock()
         self.redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
-        self.thread: threading.Thread | None = None
+        self.threads: list[threading.Thread] = []
+        self.respond_in_thread = False  # start() turns it on; tests that step() respond at once
+        self.responding: threading.Thread | None = None
 
     @property
     def config(self) -> dict[str, Any]:
         return (self.agent._expected or {}).get("ha") or {}
 
     def start(self) -> None:
-        # Two threads: the datastore heartbeat never waits on the network (a probe or a Redis
-        # timeout of an isolated host would starve it, and peers would see it silent).
-        for target, name in ((self.run_datastore, "agent-ha-datastore"), (self.run_network, "agent-ha-network")):
+        # The datastore heartbeat never waits on the network (a probe or a Redis timeout of an
+        # isolated host would starve it, and peers would see it silent), and neither channel
+        # waits on libvirt (module docstring): three threads.
+        self.respond_in_thread = True
+        for target, name in ((self.run_datastore, "agent-ha-datastore"), (self.run_network, "agent-ha-network"),
+                             (self.run_holds, "agent-ha-holds")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
-            self.thread = thread
+            self.threads.append(thread)
 
     def _loop(self, step) -> None:
         while not self.agent.stop_event.wait(self.settings.ha_datastore_heartbeat_period):
@@ -98,11 +110,14 @@ class HaAgent:
     def run_network(self) -> None:
         self._loop(self.network_step)
 
+    def run_holds(self) -> None:
+        self._loop(self.refresh_holds)
+
     # -- one period ------------------------------------------------------------------------
     def refresh_holds(self) -> list[str]:
-        """The running domains (their disks are held here), read from libvirt by the network
-        thread: the datastore thread never waits on libvirt (a destroy in progress can take
-        seconds), it uses the last list."""
+        """The running domains (their disks are held here), read from libvirt by a thread of
+        its own: neither heartbeat thread waits on libvirt (a destroy in progress can take
+        seconds, a call to a hung libvirtd may never return); they use the last list."""
         try:
             self.holds = sorted(d.uuid for d in self.agent.driver.list_domains() if d.power_state == "poweredOn")
         except Exception:
@@ -163,8 +178,8 @@ class HaAgent:
         self.view = view
 
     def network_step(self) -> None:
-        """Publish the peer view; judge isolation (Redis, then the isolation addresses)."""
-        self.refresh_holds()
+        """Publish the peer view; judge isolation (Redis, then the isolation addresses). Never
+        calls libvirt (the running-domain list is refreshed elsewhere)."""
         now = self.clock()
         cfg = self.config
         try:
@@ -191,7 +206,13 @@ class HaAgent:
         isolated, why = ha.isolated(ha.IsolationView(self.clock(), self.since, self.redis_ok_at, self.probe_ok_at), float(cfg.get("isolation_delay_s", 5.0)))
         if isolated and not self.isolated:
             self.isolated = True
-            self.respond(cfg, why)
+            if not self.respond_in_thread:
+                self.respond(cfg, why)
+            elif self.responding is None or not self.responding.is_alive():
+                # Stopping VMs goes through libvirt: off this thread, so that a hung libvirtd
+                # never stops the view being published once the link is back.
+                self.responding = threading.Thread(target=self.respond, args=(cfg, why), name="agent-ha-isolation-response", daemon=True)
+                self.responding.start()
 
     def step(self) -> None:
         """Both halves once (tests step them in order on an injected clock)."""
