@@ -17,7 +17,7 @@ CORE_PKGS=(
 )
 # ... and tools whose Recommends would drag in too much (docker-compose recommends
 # the docker engine).
-TOOL_PKGS=(docker-compose chromium cloud-init busybox-static)
+TOOL_PKGS=(docker-compose chromium cloud-init busybox-static dropbear-bin)
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi

@@ -57,3 +57,29 @@ echo "machine=$(cat {tmp_path / 'machine-id'})"
     assert out.returncode == 0, out.stderr
     got = dict(line.split("=", 1) for line in out.stdout.split())
     assert got == {"hostname": "web-3", "instance": "i-abc123", "ip": "10.9.8.7/24", "machine": machine_id}
+
+
+def test_the_guest_makes_a_fresh_ssh_host_key_each_instance(tmp_path: Path):
+    """The guest's own host-key block, run by busybox with Debian's dropbearkey (the one the
+    guest carries): each run makes a new ed25519 key and reports OpenSSH's SHA256 fingerprint of
+    it; the lab test sees it in every clone's heartbeat."""
+    busybox, dropbearkey = shutil.which("busybox"), shutil.which("dropbearkey")
+    assert busybox and dropbearkey, "busybox-static and dropbear-bin are installed by scripts/install.sh"
+    start = INIT_SCRIPT.index("# SSH host key")
+    block = INIT_SCRIPT[start:INIT_SCRIPT.index("ip link set lo up", start)]
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for applet in ("sed", "tr", "mkdir", "rm"):
+        os.symlink(busybox, bindir / applet)
+    os.symlink(dropbearkey, bindir / "dropbearkey")
+    block = block.replace("/bin/dropbearkey", str(bindir / "dropbearkey")).replace("/etc/dropbear", str(tmp_path / "dropbear"))
+    fingerprints = []
+    for _ in range(2):
+        out = subprocess.run([busybox, "sh", "-c", f'log() {{ echo "log: $*"; }}\n{block}\necho "key=$SSH_HOST_KEY"'],
+                             capture_output=True, text=True, env={"PATH": str(bindir)})
+        assert out.returncode == 0 and "log:" not in out.stdout, (out.stdout, out.stderr)
+        key = out.stdout.strip().removeprefix("key=")
+        public = subprocess.run([dropbearkey, "-y", "-f", str(tmp_path / "dropbear/dropbear_ed25519_host_key")], capture_output=True, text=True, check=True).stdout
+        assert key.startswith("SHA256:") and f"Fingerprint: {key}" in public and "ssh-ed25519 " in public
+        fingerprints.append(key)
+    assert fingerprints[0] != fingerprints[1]

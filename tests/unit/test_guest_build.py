@@ -38,6 +38,16 @@ FAKE_MODULES = {  # name: (directory, depends)
     "unused": ("drivers/misc", ""),
 }
 BUILTIN = ["kernel/drivers/input/evdev.ko"]
+TOOL_VERSIONS = {"dropbear-bin": "2022.83-1", "libtomcrypt1": "1.18.2-6", "libtommath1": "1.2.0-6", "libgmp10": "2:6.2.1", "libc6": "2.36-9"}
+# Laid out as Debian lays them out: sonames as symlinks, the loader's /lib64 link absolute.
+FAKE_TOOL_FILES = {
+    "dropbear-bin": {"usr/bin/dropbearkey": "dropbearkey"},
+    "libtomcrypt1": {"usr/lib/x86_64-linux-gnu/libtomcrypt.so.1.0.1": "tomcrypt", "usr/lib/x86_64-linux-gnu/libtomcrypt.so.1": "->libtomcrypt.so.1.0.1"},
+    "libtommath1": {"usr/lib/x86_64-linux-gnu/libtommath.so.1.2.0": "tommath", "usr/lib/x86_64-linux-gnu/libtommath.so.1": "->libtommath.so.1.2.0"},
+    "libgmp10": {"usr/lib/x86_64-linux-gnu/libgmp.so.10.4.1": "gmp", "usr/lib/x86_64-linux-gnu/libgmp.so.10": "->libgmp.so.10.4.1"},
+    "libc6": {"lib/x86_64-linux-gnu/libc.so.6": "libc", "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2": "loader",
+              "lib64/ld-linux-x86-64.so.2": "->/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"},
+}
 
 
 def fake_ko(name: str, depends: str) -> bytes:
@@ -65,7 +75,7 @@ class FakeApt:
 
     def resolve(self) -> dict[str, str]:
         self.resolves += 1
-        return {KPKG: self.kernel_version, "busybox-static": "1:1.35.0-4"}
+        return {KPKG: self.kernel_version, "busybox-static": "1:1.35.0-4", **TOOL_VERSIONS}
 
     def update(self) -> None:
         self.updates += 1
@@ -89,8 +99,19 @@ class FakeApt:
         (b / "bin").mkdir(parents=True)
         (b / "bin/busybox").write_text("#!/bin/sh\nfor a in busybox sh mount insmod ip ping poweroff dd; do echo $a; done\n")
         (b / "bin/busybox").chmod(0o755)
-        return {KPKG: make_deb(k, KPKG, packages[KPKG], dest),
+        debs = {KPKG: make_deb(k, KPKG, packages[KPKG], dest),
                 "busybox-static": make_deb(b, "busybox-static", packages["busybox-static"], dest)}
+        for package, files in FAKE_TOOL_FILES.items():
+            root = self.tmp / f"{package}{n}"
+            for rel, content in files.items():
+                path = root / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if content.startswith("->"):
+                    path.symlink_to(content[2:])
+                else:
+                    path.write_text(content)
+            debs[package] = make_deb(root, package, packages[package], dest)
+        return debs
 
 
 @pytest.fixture
@@ -126,7 +147,7 @@ def test_build_is_cached_and_second_call_does_not_download(apt, tmp_path):
     assert (apt.resolves, apt.downloads, apt.updates) == (1, 1, 0)
     assert img.kernel.read_bytes() == b"fake bzImage 9.9.9-1"
     assert img.initrd.stat().st_size > 0 and img.memory_mib == 96
-    assert img.versions == {KPKG: "9.9.9-1", "busybox-static": "1:1.35.0-4"}
+    assert img.versions == {KPKG: "9.9.9-1", "busybox-static": "1:1.35.0-4", **TOOL_VERSIONS}
 
     again = build_guest(cache)
     assert again == img
@@ -176,6 +197,18 @@ def test_initramfs_layout(apt, tmp_path):
         assert files[f"lib/modules/{m}.ko"][1] == fake_ko(m, FAKE_MODULES[m][1])
     assert "lib/modules/unused.ko" not in files
     assert len(files["etc/vc/pattern-pad"][1]) == PATTERN_BLOCK - 16
+    # dropbearkey (SSH host keys) and its libraries, symlinks followed to their content.
+    assert files["bin/dropbearkey"][1] == b"dropbearkey" and files["bin/dropbearkey"][0] & 0o111
+    libs = {name.rsplit("/", 1)[1]: body for name, (_, body, _) in files.items() if name.startswith("lib/x86_64-linux-gnu/")}
+    assert libs == {"libc.so.6": b"libc", "ld-linux-x86-64.so.2": b"loader", "libtomcrypt.so.1": b"tomcrypt",
+                    "libtommath.so.1": b"tommath", "libgmp.so.10": b"gmp"}
+    assert stat.S_ISLNK(files["lib64/ld-linux-x86-64.so.2"][0]) and files["lib64/ld-linux-x86-64.so.2"][1] == b"/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
+
+
+def test_a_missing_tool_library_fails_the_build(apt, tmp_path, monkeypatch):
+    monkeypatch.setitem(FAKE_TOOL_FILES, "libgmp10", {"usr/share/doc/libgmp10/README": "no library"})
+    with pytest.raises(RuntimeError, match="libgmp.so.10"):
+        build_guest(tmp_path / "cache")
 
 
 def test_module_order_refuses_missing_and_cyclic(tmp_path):
@@ -212,6 +245,7 @@ def test_init_script_does_what_the_guest_promises():
         "burn) do_burn", "write-pattern) do_write_pattern", "ping) do_ping", "hostname) reply",
         "poweroff) reply", "ping -c 1 -W 2", "printf 'VCPAT%010d\\n%s\\n'", ">/dev/vda",
         '"Power Button"', "/dev/input/", "sync", "poweroff -f",
+        "dropbearkey -t ed25519 -f /etc/dropbear/dropbear_ed25519_host_key", '"ssh_host_key": "%s"',
     ):
         assert piece in s, piece
     # PID 1 must never return: the script ends in an endless command loop.

@@ -11,12 +11,19 @@ What this module decides:
   init script, the module list and the layout version, so a new kernel or a changed /init
   builds a new image and a second call returns the cached one without running apt at all
   (the resolved versions are reused while apt's list files are unchanged).
+- SSH host keys: the guest has no sshd, but makes its host key as a real guest does on the
+  first boot of an instance id (cloud-init's ssh module): ``dropbearkey`` from Debian's
+  dropbear-bin (smaller than openssh-client's ssh-keygen, which needs libcrypto) with the
+  shared libraries it needs (TOOL_PACKAGES, TOOL_LIBS: found in the unpacked packages, put in
+  /lib/x86_64-linux-gnu, the loader also at /lib64). The root is an initramfs (RAM), so the
+  "first boot of an instance id" is every boot here: a clone never carries its source's key.
 - Kernel modules: the package ships no modules.dep (depmod runs at install time), so the
   load order is computed here from each module's ``depends=`` modinfo field; modules listed
   in modules.builtin are skipped. /init insmods them in that order.
 
 The guest protocol (one virtio-serial port, ``org.virtcenter.heartbeat``, JSON lines):
-- guest -> host every second: {"seq", "uptime", "hostname", "machine_id", "burn", "ip"}.
+- guest -> host every second: {"seq", "uptime", "hostname", "machine_id", "instance_id",
+  "ssh_host_key" (the SHA256 fingerprint of its ed25519 host key, OpenSSH's format), "burn", "ip"}.
   Writes block while no host side is connected (virtio_console semantics), so the first line
   a newly connected host reads may be a few seconds old.
 - host -> guest, one command per line, answered with {"reply": <command>, ...}:
@@ -62,14 +69,20 @@ log = logging.getLogger(__name__)
 
 KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
+# dropbearkey (SSH host keys) and the shared libraries it loads; the loader comes with libc6.
+TOOL_PACKAGES = ("dropbear-bin", "libtomcrypt1", "libtommath1", "libgmp10", "libc6")
+TOOL_BINARIES = ("usr/bin/dropbearkey",)
+TOOL_LIBS = ("ld-linux-x86-64.so.2", "libc.so.6", "libtomcrypt.so.1", "libtommath.so.1", "libgmp.so.10")
+LIB_DIR = "lib/x86_64-linux-gnu"
 HEARTBEAT_PORT = "org.virtcenter.heartbeat"
 DEFAULT_CACHE_DIR = Path("/var/cache/virtcenter/guest")
 # virtio_console for the heartbeat port, virtio_blk/virtio_net for disk and NIC, button (ACPI
 # power button) + evdev (its /dev/input/event device, which /init watches).
 # isofs: the cloud-init NoCloud seed volume (ISO 9660, label cidata) the guest reads at boot.
-WANTED_MODULES = ("virtio_pci", "virtio_console", "virtio_blk", "virtio_net", "button", "evdev", "isofs")
+# virtio_balloon: its statistics tell the host how much memory the guest uses (DRS's demand).
+WANTED_MODULES = ("virtio_pci", "virtio_console", "virtio_blk", "virtio_net", "virtio_balloon", "button", "evdev", "isofs")
 BASE_CMDLINE = "console=ttyS0 quiet"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 
 PATTERN_BLOCK = 4096
 PATTERN_HEADER = b"VCPAT%010d\n"           # 16 bytes
@@ -79,7 +92,7 @@ _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 
 INIT_SCRIPT = r"""#!/bin/sh
 # virtcenter lab guest: PID 1 of the initramfs (busybox sh). Never exits.
-export PATH=/bin
+export PATH=/bin LD_LIBRARY_PATH=/lib/x86_64-linux-gnu
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
@@ -129,6 +142,16 @@ echo "$HOSTNAME" >/etc/hostname
 # machine-id: from the seed, else random, made once (the root is an initramfs, so once per boot).
 [ -s /etc/machine-id ] || tr -d - </proc/sys/kernel/random/uuid >/etc/machine-id
 read -r MACHINE_ID </etc/machine-id
+# SSH host key, made now (a RAM root: every boot is the first boot of its instance id).
+SSH_HOST_KEY=
+if [ -x /bin/dropbearkey ]; then
+  mkdir -p /etc/dropbear
+  rm -f /etc/dropbear/dropbear_ed25519_host_key
+  if dropbearkey -t ed25519 -f /etc/dropbear/dropbear_ed25519_host_key >/dev/null 2>&1; then
+    SSH_HOST_KEY=$(dropbearkey -y -f /etc/dropbear/dropbear_ed25519_host_key 2>/dev/null | sed -n 's/^Fingerprint: *//p' | tr -d '"\\')
+  fi
+  [ -n "$SSH_HOST_KEY" ] || log "ssh host key generation failed"
+fi
 
 ip link set lo up
 if [ -n "$IP" ]; then
@@ -196,8 +219,8 @@ heartbeat_loop() {
     seq=$((seq + 1))
     read -r up _ </proc/uptime
     read -r burn </run/vc/burn
-    printf '{"seq": %d, "uptime": %s, "hostname": "%s", "machine_id": "%s", "instance_id": "%s", "burn": %d, "ip": %s}\n' \
-      $seq "$up" "$HOSTNAME" "$MACHINE_ID" "$INSTANCE_ID" "$burn" "$IPJSON" >&3
+    printf '{"seq": %d, "uptime": %s, "hostname": "%s", "machine_id": "%s", "instance_id": "%s", "ssh_host_key": "%s", "burn": %d, "ip": %s}\n' \
+      $seq "$up" "$HOSTNAME" "$MACHINE_ID" "$INSTANCE_ID" "$SSH_HOST_KEY" "$burn" "$IPJSON" >&3
     sleep 1
   done
 }
@@ -429,17 +452,55 @@ def module_load_order(modules_dir: Path, wanted: tuple[str, ...] | list[str]) ->
     return order
 
 
-def build_initramfs(busybox: Path, modules: list[tuple[str, Path]], init_script: str = INIT_SCRIPT) -> bytes:
-    """The gzip-compressed cpio initramfs: busybox + applet links, modules, /init."""
+def _in_root(root: Path, rel: str) -> Path | None:
+    """``rel`` inside an unpacked package tree, following symlinks (absolute ones relative to
+    ``root``, as they would resolve on the installed system); None when absent."""
+    path = root / rel.lstrip("/")
+    for _ in range(20):
+        if not path.is_symlink():
+            return path if path.is_file() else None
+        target = os.readlink(path)
+        path = root / target.lstrip("/") if target.startswith("/") else path.parent / target
+    return None
+
+
+def tool_files(root: Path) -> dict[str, bytes]:
+    """{path in the initramfs: content} of TOOL_BINARIES (into bin/) and TOOL_LIBS (into
+    LIB_DIR), from the unpacked packages under ``root``."""
+    out: dict[str, bytes] = {}
+    for rel in TOOL_BINARIES:
+        found = _in_root(root, rel)
+        if found is None:
+            raise RuntimeError(f"{rel} is not in the unpacked guest packages")
+        out[f"bin/{Path(rel).name}"] = found.read_bytes()
+    for soname in TOOL_LIBS:
+        found = next((p for d in (LIB_DIR, f"usr/{LIB_DIR}") if (p := _in_root(root, f"{d}/{soname}")) is not None), None)
+        if found is None:
+            raise RuntimeError(f"shared library {soname} is not in the unpacked guest packages")
+        out[f"{LIB_DIR}/{soname}"] = found.read_bytes()
+    return out
+
+
+def build_initramfs(busybox: Path, modules: list[tuple[str, Path]], init_script: str = INIT_SCRIPT,
+                    tools: dict[str, bytes] | None = None) -> bytes:
+    """The gzip-compressed cpio initramfs: busybox + applet links, modules, /init, and the
+    tools (dropbearkey and its libraries, see tool_files)."""
     cpio = CpioWriter()
     for d in ("bin", "dev", "etc", "etc/vc", "lib", "lib/modules", "proc", "sys", "run", "tmp"):
         cpio.dir(d, 0o1777 if d == "tmp" else 0o755)
     cpio.chardev("dev/console", 5, 1)
     cpio.chardev("dev/null", 1, 3, 0o666)
     cpio.file("bin/busybox", busybox.read_bytes(), 0o755)
+    tools = tools or {}
     for applet in _busybox_applets(busybox):
-        if applet != "busybox":
+        if applet != "busybox" and f"bin/{applet}" not in tools:
             cpio.symlink(f"bin/{applet}", "busybox")
+    if tools:
+        cpio.dir(LIB_DIR)
+        cpio.dir("lib64")
+        for name, data in sorted(tools.items()):
+            cpio.file(name, data, 0o755)
+        cpio.symlink("lib64/ld-linux-x86-64.so.2", f"/{LIB_DIR}/ld-linux-x86-64.so.2")
     for name, path in modules:
         cpio.file(f"lib/modules/{name}.ko", path.read_bytes())
     cpio.file("etc/vc/modules", "".join(f"{name}\n" for name, _ in modules).encode())
@@ -490,8 +551,9 @@ def _apt_update() -> None:
 
 
 def apt_resolve() -> dict[str, str]:
-    """{package: version} of the versioned cloud kernel package and busybox-static."""
-    r = subprocess.run(["apt-cache", "show", "--no-all-versions", KERNEL_META_PACKAGE, BUSYBOX_PACKAGE],
+    """{package: version} of the versioned cloud kernel package, busybox-static and the
+    TOOL_PACKAGES."""
+    r = subprocess.run(["apt-cache", "show", "--no-all-versions", KERNEL_META_PACKAGE, BUSYBOX_PACKAGE, *TOOL_PACKAGES],
                        capture_output=True, text=True, timeout=120)
     if r.returncode != 0:
         raise AptError(r.stderr.strip() or f"apt-cache show exited {r.returncode}")
@@ -503,9 +565,9 @@ def apt_resolve() -> dict[str, str]:
             if not m:
                 raise AptError(f"{KERNEL_META_PACKAGE} depends on no versioned kernel: {fields.get('Depends')}")
             out[m.group(1)] = m.group(2) or ""
-        elif fields.get("Package") == BUSYBOX_PACKAGE:
-            out[BUSYBOX_PACKAGE] = fields["Version"]
-    if len(out) != 2 or not all(out.values()):
+        elif fields.get("Package") in (BUSYBOX_PACKAGE, *TOOL_PACKAGES) and fields["Package"] not in out:
+            out[fields["Package"]] = fields["Version"]
+    if len(out) != 2 + len(TOOL_PACKAGES) or not all(out.values()):
         raise AptError(f"cannot resolve guest packages from apt lists: {out}")
     return out
 
@@ -538,7 +600,7 @@ def _resolve(cache_dir: Path, refresh: bool = False) -> dict[str, str]:
     if not refresh and fp:
         try:
             saved = json.loads(memo.read_text())
-            if saved["lists"] == fp:
+            if saved["lists"] == fp and set(TOOL_PACKAGES) <= set(saved["packages"]):
                 return saved["packages"]
         except (OSError, ValueError, KeyError):
             pass
@@ -646,7 +708,7 @@ def build_guest(cache_dir: Path | None = None) -> GuestImage:
             out = tmp / "out"
             out.mkdir()
             shutil.copyfile(kernels[0], out / "vmlinuz")
-            (out / "initrd.gz").write_bytes(build_initramfs(busybox, modules))
+            (out / "initrd.gz").write_bytes(build_initramfs(busybox, modules, tools=tool_files(root)))
             (out / "init").write_text(INIT_SCRIPT)
             (out / "meta.json").write_text(json.dumps({
                 "packages": packages, "kernel_release": kver, "cmdline": BASE_CMDLINE, "memory_mib": 96,

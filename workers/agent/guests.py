@@ -41,7 +41,7 @@ class GuestWatcher:
         guest = self._guests.get(uuid)
         if guest is None or guest.heartbeat is None:
             return None
-        keep = ("seq", "uptime", "hostname", "machine_id", "instance_id", "ip", "burn")
+        keep = ("seq", "uptime", "hostname", "machine_id", "instance_id", "ssh_host_key", "ip", "burn")
         return {**{k: guest.heartbeat.get(k) for k in keep}, "age_s": round(time.monotonic() - guest.read_at, 1)}
 
     def command(self, uuid: str, line: str, timeout: float) -> dict[str, Any]:
