@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     heartbeat_period: float = Field(1.0, description="agent writes its Redis heartbeat key this often")
     heartbeat_ttl: float = Field(3.0, description="heartbeat key expiry")
     agent_report_period: float = Field(10.0, description="full host/VM state report period")
+    agent_balloon_stats_period: int = Field(5, ge=0, le=3600, description="seconds between a guest balloon driver's memory statistics (VM memory demand; 0: none)")
     agent_reconnect_delay: float = Field(1.0, description="wait between reconnect attempts (libvirt, API)")
     agent_concurrency: int = 4
     agent_command_reconnect_timeout: float = Field(30.0, description="a command that finds libvirt gone keeps reconnecting this long before failing")
@@ -86,6 +87,10 @@ class Settings(BaseSettings):
     upload_dir: str = Field("/var/lib/virtcenter/uploads", description="where the server stores uploaded images/OVAs and exported OVAs until agents pull them or users download them")
     upload_max_bytes: int = Field(64 << 30, description="largest upload (image or OVA) the server accepts; a larger one is refused with 413 UPLOAD_TOO_LARGE")
     agent_transfer_timeout: float = Field(3600.0, description="agent: longest pull of an upload or push of an export over HTTPS")
+    upload_cleanup_period: float = Field(300.0, description="how often beat cleans the upload folder (expired exports/uploads, abandoned transfers, stray files)")
+    export_retention: float = Field(7 * 86400.0, ge=0, description="an exported OVA is removed this many seconds after its export started (0: kept until deleted)")
+    upload_retention: float = Field(7 * 86400.0, ge=0, description="an upload no task uses is removed this many seconds after it was stored (0: kept until deleted)")
+    upload_abandoned_after: float = Field(3600.0, gt=0, description="a transfer (partial file or export still receiving) untouched this long is abandoned and removed; failed uploads are kept this long")
     host_not_responding_after: float = Field(15.0, description="a host with no heartbeat for this long is not-responding")
 
     # --- HA (vcenter ha; per-cluster detection time, isolation delay... are cluster settings) --

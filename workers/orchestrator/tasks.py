@@ -56,6 +56,13 @@ def register(app: Celery, settings: Settings) -> Runtime:
         with runtime.transaction() as session:
             return backups.run_due(session, settings)
 
+    @app.task(name="orchestrator.upload_cleanup", ignore_result=True)
+    def upload_cleanup_pass() -> dict:
+        from vcenter.services import upload_cleanup
+
+        with runtime.transaction() as session:
+            return upload_cleanup.run(session, settings)
+
     @app.task(name="orchestrator.monitor_hosts", ignore_result=True)
     def monitor_hosts() -> None:
         try:
@@ -104,6 +111,7 @@ def beat_schedule(settings: Settings) -> dict:
         "dpm": {"task": "orchestrator.dpm", "schedule": settings.dpm_period},
         "monitor-hosts": {"task": "orchestrator.monitor_hosts", "schedule": settings.host_monitor_period},
         "backups": {"task": "orchestrator.backups", "schedule": settings.backup_schedule_period},
+        "upload-cleanup": {"task": "orchestrator.upload_cleanup", "schedule": settings.upload_cleanup_period},
         "metrics-rollup": {"task": "orchestrator.metrics_rollup", "schedule": settings.metrics_rollup_period},
         "alarms": {"task": "orchestrator.alarms", "schedule": settings.alarm_period},
         "alarm-webhooks": {"task": "orchestrator.alarm_webhooks", "schedule": settings.alarm_period},
