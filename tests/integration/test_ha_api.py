@@ -257,3 +257,68 @@ def test_dedicated_failover_host_is_never_chosen_by_placement_or_drs(env):
     free = client.post(f"/api/v1/clusters/{cl['id']}/drs/run", headers=auth).json()
     assert any(x["target_host_id"] == h3 for x in free["recommendations"]), free
     assert client.post(f"/api/v1/clusters/{cl['id']}/placement", headers=auth, json={"memory_mib": 200}).json()["rejected"] == []
+
+
+def test_restarts_wake_a_standby_host_through_its_power_driver_and_wait_for_it(env):
+    """h1 fails; h2 is nearly full and h3 sleeps (standby, Wake-on-LAN aimed at a UDP socket
+    of this test). The monitor asks h3's power driver to power it on (a host.exitStandby Task,
+    a real magic packet on the wire, once however many passes wait), the VMs wait for it with
+    that reason, and once h3's agent reports again they restart there."""
+    import socket
+
+    from vcenter.power.drivers import magic_packet
+
+    client, auth, cl, hosts, agents, vms, settings, r = env
+    h1, h2, h3 = (h["id"] for h in hosts)
+    mac = "52:54:00:ab:cd:ef"
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    with sock:
+        current = client.get(f"/api/v1/hosts/{h3}", headers=auth).json()
+        assert client.patch(f"/api/v1/hosts/{h3}", headers=auth, json={"power": {"type": "wol", "mac": mac, "broadcast": "127.0.0.1", "port": sock.getsockname()[1], "repeat": 1},
+                                                                         "version": current["version"]}).status_code == 200
+        assert client.post(f"/api/v1/hosts/{h3}/standby/enter", headers=auth).json()["standby"] is True
+        assert client.patch(f"/api/v1/clusters/{cl['id']}/ha", headers=auth, json={"enabled": True, "detection_s": 5, "admission": {"kind": "disabled"}}).status_code == 200
+        for vm in vms[:2]:  # 2 x 1500 MiB on h1
+            assert _power_on(client, auth, settings, agents, vm).status_code == 202
+        big = finish_as_agent(client, settings, agents[h2], client.post("/api/v1/vms", headers=auth, json={"name": "big", "host_id": h2, "memory_mib": 3000, "vcpus": 1}).json())
+        assert _power_on(client, auth, settings, agents, big).status_code == 202  # h2 keeps 1096 MiB free: neither fits
+        clock = Clock()
+        m = HaMonitorProcess(client.app.state.runtime, owner="m", clock=clock)
+        assert m.try_acquire()
+        up = {h1, h2}
+        sock.settimeout(0.05)
+
+        def beat_and_step(n):
+            for _ in range(n):
+                _beat(r, [{"id": h} for h in up])
+                m.step()
+                clock.t += 1
+
+        beat_and_step(2)
+        up.discard(h1)  # h1 loses power
+        beat_and_step(9)
+        with session_scope(settings.database_url) as s:
+            assert s.scalar(select(Event).where(Event.kind == "ha.host.failed", Event.object_id == h1)) is not None
+            wakes = list(s.scalars(select(Task).where(Task.kind == "host.exitStandby")))
+            assert [(t.object_id, t.state, t.username) for t in wakes] == [(h3, "running", "ha")], wakes
+            assert s.scalar(select(Task).where(Task.kind == "vm.ha_restart")) is None
+            assert s.scalar(select(Event).where(Event.kind == "ha.host.wake_failed")) is None
+        data, _ = sock.recvfrom(1024)
+        assert data == magic_packet(mac)
+        with pytest.raises(socket.timeout):  # one packet however many passes waited
+            sock.recvfrom(1024)
+        status = client.get(f"/api/v1/clusters/{cl['id']}/ha/status", headers=auth).json()
+        assert {x["vm_id"] for x in status["restarts"]} == {vms[0]["id"], vms[1]["id"]}
+        assert all(x["state"] == "waiting" and f"standby host {h3} to power on" in x["reason"] for x in status["restarts"]), status["restarts"]
+        # h3 boots: its agent writes its heartbeat and reports; the next pass restarts there.
+        up.add(h3)
+        _beat(r, [{"id": h3}])
+        client.post(f"/api/v1/agent/hosts/{h3}/state", headers=agents[h3],
+                    json={"facts": {"hostname": "h3", "cpu_cores": 4, "cpu_mhz": 2000, "memory_mib": 4096}, "domains": []})
+        beat_and_step(2)
+        assert client.get(f"/api/v1/hosts/{h3}", headers=auth).json()["standby"] is False
+        with session_scope(settings.database_url) as s:
+            assert s.scalar(select(Task).where(Task.kind == "host.exitStandby")).state == "success"
+            restarts = [(t.object_id, t.host_id) for t in s.scalars(select(Task).where(Task.kind == "vm.ha_restart").order_by(Task.object_id))]
+        assert restarts == [(vms[0]["id"], h3), (vms[1]["id"], h3)], restarts

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from vcenter.core.clock import utcnow
+from vcenter.core.clock import as_utc, utcnow
 from vcenter.core.errors import Conflict, Invalid, VcError
 from vcenter.db.ha_models import HaHostState, HaMonitor, HaRestart
 from vcenter.db.models import Cluster, Event, Host, ObjectClaim, Task, VirtualMachine
@@ -310,6 +310,11 @@ def plan_and_start(session: Session, token: int, cluster: Cluster, cfg: HaConfig
     rows = [r for r in session.scalars(select(HaRestart).where(HaRestart.state == "waiting").order_by(HaRestart.vm_id)) if r.vm_id in vm_ids]
     if not rows:
         return None
+    # A standby host woken for these restarts leaves standby as soon as its agent reported
+    # (as the orchestrator's pass would do): the restarts need not wait for it.
+    from vcenter.services import power as power_service
+
+    power_service.advance_power_on(session)
     now = utcnow()
     snap = _snapshot_for_restarts(session, cluster.id, health)
     by_id = {v.id: v for v in snap.vms}
@@ -356,16 +361,45 @@ def plan_and_start(session: Session, token: int, cluster: Cluster, cfg: HaConfig
         vm = session.get(VirtualMachine, row.vm_id)
         row.state, row.reason, row.attempts = "gave_up", w.reason, w.attempts
         record_event(session, "ha.vm.gave_up", f"HA gave up on VM {vm.name}: {w.reason}", object_type="vm", object_id=vm.id, object_name=vm.name, reason="HA_GAVE_UP")
+    wake_standby_hosts(session, cfg, plan)
+    return plan
+
+
+def wake_standby_hosts(session: Session, cfg: HaConfig, plan: ha.RestartPlan) -> list[Task]:
+    """Power on the standby hosts restart planning asked for (``plan.wake``: the survivors
+    cannot hold the VMs), through DPM's power drivers (services.power: IPMI, Redfish,
+    Wake-on-LAN, the lab's): a ``host.exitStandby`` Task that ends when the host's agent
+    reported again; the VMs wait for it (their reason says so) and are placed on the next pass
+    after it left standby. A host already waking is left alone; after a failed wake (an Event
+    with the driver's code) the next try waits ``restart.retry_base_s``."""
+    from vcenter.services import power as power_service
+
+    started = []
     for h in plan.wake:
         host = session.get(Host, int(h))
-        record_event(session, "ha.host.wake", f"capacity short: HA wakes standby host {host.name}", object_type="host", object_id=host.id, object_name=host.name, reason="HA_WAKE")
+        if host is None:
+            continue
+        last = session.scalar(select(Task).where(Task.kind == "host.exitStandby", Task.object_type == "host", Task.object_id == host.id)
+                              .order_by(Task.id.desc()).limit(1))
+        if last is not None and not TaskState(last.state).finished:
+            continue  # waking: its agent has not reported yet
+        if (last is not None and last.state == TaskState.ERROR.value and last.finished_at is not None
+                and (utcnow() - as_utc(last.finished_at)).total_seconds() < cfg.restart.retry_base_s):
+            continue
+        waiting = [w.vm_id for w in plan.waits if w.reason.endswith(f"standby host {h} to power on")]
+        record_event(session, "ha.host.wake", f"capacity short: HA wakes standby host {host.name} for {len(waiting)} VM(s)",
+                     object_type="host", object_id=host.id, object_name=host.name, reason="HA_WAKE", data={"vms": waiting})
         try:
-            from vcenter.services import power as power_service
-
-            power_service.power_on_host(session, "ha", host.id, reason="HA: capacity short for restarts")
+            task = power_service.power_on_host(session, "ha", host.id, reason="HA: capacity short for restarts")
         except VcError as exc:
-            record_event(session, "ha.host.wake_failed", f"HA could not wake {host.name}: {exc.message}", object_type="host", object_id=host.id, object_name=host.name, reason=exc.code)
-    return plan
+            record_event(session, "ha.host.wake_failed", f"HA could not wake {host.name}: {exc.message}", object_type="host", object_id=host.id,
+                         object_name=host.name, reason=exc.code)
+            continue
+        if task.state == TaskState.ERROR.value:
+            record_event(session, "ha.host.wake_failed", f"HA could not wake {host.name}: {task.error_code}: {task.error_message}",
+                         object_type="host", object_id=host.id, object_name=host.name, task_id=task.id, reason=task.error_code)
+        started.append(task)
+    return started
 
 
 def on_result(session: Session, task: Task, ok: bool, error_code: str | None, error_message: str | None) -> bool:
