@@ -145,3 +145,34 @@ def test_drs_wakes_a_standby_host_when_the_powered_on_hosts_cannot_hold_the_dema
         assert task["kind"] == "host.exitStandby" and task["object_id"] == h3["id"] and task["state"] == "running"
         events = client.get("/api/v1/events?kind=cluster.drs.wake", headers=auth).json()
         assert len(events.get("items", events)) >= 2
+
+
+def test_memory_demand_is_what_the_guest_balloon_reports_and_cpu_spread_is_kept(env, settings):
+    """DRS's memory demand of a VM is its latest ``mem.guest_used`` sample (balloon driver)
+    when recent, else its configured memory; a stale sample or a VM without one keeps the
+    configured size. CPU spread comes from the host's samples."""
+    from datetime import timedelta
+
+    from vcenter.core.clock import utcnow
+    from vcenter.db.models import MetricSample, VmStats
+    from vcenter.db.session import session_scope
+    from vcenter.services.drs import measured_demands, measured_spreads
+
+    client, auth, cl, hosts, vms = env
+    fresh, stale, silent = (vm["id"] for vm in vms[:3])
+    now = utcnow()
+    with session_scope(settings.database_url) as session:
+        for vm_id in (fresh, stale, silent):
+            session.add(VmStats(vm_id=vm_id, cpu_demand_mhz=500.0, cpu_demand_spread_mhz=40.0, cpu_time_ns=1, sampled_at=now))
+        session.add(MetricSample(object_type="vm", object_id=fresh, tier=0, at=now - timedelta(seconds=1), values={"mem.guest_used": 123.0, "mem.usage": 13.7}))
+        session.add(MetricSample(object_type="vm", object_id=fresh, tier=0, at=now - timedelta(seconds=2 * settings.metrics_sample_period), values={"mem.guest_used": 600.0}))
+        session.add(MetricSample(object_type="vm", object_id=stale, tier=0, at=now - timedelta(seconds=10 * settings.metrics_sample_period), values={"mem.guest_used": 50.0}))
+        session.add(MetricSample(object_type="vm", object_id=silent, tier=0, at=now, values={"mem.usage": 100.0}))  # QEMU's RSS only
+    with session_scope(settings.database_url) as session:
+        demands = measured_demands(session, cl["id"], settings)
+        spreads = measured_spreads(session, cl["id"])
+    assert demands[str(fresh)] == (500.0, 123.0)  # the newest recent sample
+    assert demands[str(stale)] == (500.0, 900.0) and demands[str(silent)] == (500.0, 900.0)  # configured
+    assert spreads[str(fresh)] == (40.0, 0.0)
+    # The API shows the spread next to the demand.
+    assert client.get(f"/api/v1/vms/{fresh}", headers=auth).json()["cpu_demand_spread_mhz"] == 40.0

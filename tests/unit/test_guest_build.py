@@ -33,6 +33,7 @@ FAKE_MODULES = {  # name: (directory, depends)
     "failover": ("net/core", ""),
     "net_failover": ("drivers/net", "failover"),
     "virtio_net": ("drivers/net", "virtio_ring,virtio,net_failover"),
+    "virtio_balloon": ("drivers/virtio", "virtio_ring,virtio"),  # memory statistics
     "button": ("drivers/acpi", ""),
     "isofs": ("fs/isofs", ""),  # the cloud-init seed volume
     "unused": ("drivers/misc", ""),
@@ -192,7 +193,7 @@ def test_initramfs_layout(apt, tmp_path):
     order = files["etc/vc/modules"][1].decode().split()
     # Dependencies first; built-ins (evdev here) and unrelated modules left out.
     assert order == ["virtio_ring", "virtio_pci_modern_dev", "virtio", "virtio_pci", "virtio_console",
-                     "virtio_blk", "failover", "net_failover", "virtio_net", "button", "isofs"]
+                     "virtio_blk", "failover", "net_failover", "virtio_net", "virtio_balloon", "button", "isofs"]
     for m in order:
         assert files[f"lib/modules/{m}.ko"][1] == fake_ko(m, FAKE_MODULES[m][1])
     assert "lib/modules/unused.ko" not in files

@@ -109,3 +109,10 @@ def test_absent_bridge_is_portgroup_absent():
 
 def test_unique_uuid_generation_is_accepted():
     assert ET.fromstring(build_domain_xml(spec(uuid=str(uuid.uuid4()).upper()), "qemu")) is not None
+
+
+def test_a_virtio_balloon_reports_memory_statistics_at_the_given_period():
+    balloon = ET.fromstring(build_domain_xml(spec(), "qemu", balloon_stats_period=2)).find("devices/memballoon")
+    assert balloon.get("model") == "virtio" and balloon.find("stats").get("period") == "2"
+    quiet = ET.fromstring(build_domain_xml(spec(), "qemu", balloon_stats_period=0)).find("devices/memballoon")
+    assert quiet.get("model") == "virtio" and quiet.find("stats") is None

@@ -302,6 +302,11 @@ class VirtualMachine(Timestamped, Base):
         """CPU demand measured on the host (smoothed), None before two samples."""
         return self.stats.cpu_demand_mhz if self.stats is not None else None
 
+    @property
+    def cpu_demand_spread_mhz(self) -> float | None:
+        """How far one CPU-demand sample strays from the smoothed value (EW standard deviation)."""
+        return self.stats.cpu_demand_spread_mhz if self.stats is not None else None
+
 
 class VmStats(Base):
     """Measured demand of a running VM, updated by every host report. Kept apart from the VM

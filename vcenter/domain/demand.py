@@ -5,8 +5,24 @@ A host reports each running VM's cumulative CPU time (ns). Between two samples, 
 Samples are smoothed with an exponential moving average so one busy second does not move a
 VM (alpha = weight of the newest sample). A counter that went backwards (the VM restarted or
 moved) starts over.
+
+Spread: the exponentially weighted standard deviation of the samples around that average
+(same alpha; West's incremental form, var' = (1 - alpha) x (var + alpha x (sample - mean)^2)).
+It says how far one measurement may be from the next: DRS does not chase a gain smaller than
+the spread of the loads it compares (vcenter.domain.drs, "confidence").
 """
 from __future__ import annotations
+
+import math
+
+
+def cpu_sample_mhz(previous_ns: int | None, previous_s: float | None, current_ns: int, current_s: float, core_mhz: float) -> float | None:
+    """The CPU demand over the interval between two counter readings, or None when there is no
+    interval (no previous reading, clock or counter went backwards)."""
+    if previous_ns is None or previous_s is None or current_s <= previous_s or current_ns < previous_ns:
+        return None
+    cores = (current_ns - previous_ns) / 1e9 / (current_s - previous_s)
+    return max(0.0, cores) * core_mhz
 
 
 def cpu_demand_mhz(
@@ -19,10 +35,22 @@ def cpu_demand_mhz(
     alpha: float = 0.5,
 ) -> float | None:
     """The smoothed CPU demand after a new sample, or None when there is no interval yet."""
-    if previous_ns is None or previous_s is None or current_s <= previous_s or current_ns < previous_ns:
+    sample = cpu_sample_mhz(previous_ns, previous_s, current_ns, current_s, core_mhz)
+    if sample is None:
         return None
-    cores = (current_ns - previous_ns) / 1e9 / (current_s - previous_s)
-    sample = max(0.0, cores) * core_mhz
     if previous_demand is None:
         return sample
     return alpha * sample + (1 - alpha) * previous_demand
+
+
+def smoothed_with_spread(previous: tuple[float, float] | None, sample: float, alpha: float = 0.5) -> tuple[float, float]:
+    """(mean, spread) after a new sample, from the previous (mean, spread) or None (a first
+    sample has no spread yet)."""
+    if not 0 < alpha <= 1:
+        raise ValueError(f"smoothing alpha {alpha} not in (0, 1]")
+    if previous is None:
+        return sample, 0.0
+    mean, spread = previous
+    diff = sample - mean
+    var = (1 - alpha) * (spread * spread + alpha * diff * diff)
+    return mean + alpha * diff, math.sqrt(var)

@@ -60,6 +60,17 @@ Vocabulary:
   never the cure). Demand should be smoothed by the caller (``smooth_demands``: the product
   smooths each VM's measured CPU demand, the trace replay its 5-minute samples), so that one
   noisy sample does not trigger a move whose gain is gone by the next pass.
+- spread and confidence: a measured demand is an average of noisy samples; ``spread`` (per VM,
+  the exponentially weighted standard deviation of its samples, vcenter.domain.demand) says how
+  far it may be off. A host's load spread is the root sum of squares of its VMs' spreads (they
+  vary independently) over its capacity. A balancing move is judged on pessimistic loads: the
+  source ``confidence`` (default 1) spreads lighter and the target as much heavier than
+  measured; its gain there (the robust gain) must pass the minimum gain and the cost, and ranks
+  the moves. A gain that lies within the noise is not expected to last until the next pass
+  (the cost-benefit's duration term: a steady VM's gain lasts, a noisy one's may reverse),
+  so DRS does not move a near-idle VM to even out a difference that one sample can undo; with
+  no spread given (or confidence 0) the loads are taken as exact. Rule fixes and the relief of
+  an overloaded host do not wait on confidence. Reasons carry the robust gain.
 - anti-oscillation: minimum gain, cost per GiB, per-VM cooldown (a VM moved less than
   ``cooldown_s`` ago is not moved again for balance), a budget of moves per pass, and a VM whose
   migration is in flight is never moved. Must-rule fixes ignore the cooldown, never the in-flight
@@ -95,6 +106,7 @@ from enum import Enum
 
 import numpy as np
 
+from vcenter.domain.demand import smoothed_with_spread
 from vcenter.domain.placement import ClusterState, ManyResult, place_many
 from vcenter.domain.pools import PoolTree, entitlements
 from vcenter.domain.rules import violations
@@ -150,12 +162,15 @@ class DrsSettings:
     ha: HaReserve = HaReserve()
     sources: int = 3  # most loaded hosts examined per resource and step
     comfort: float = COMFORT  # a resource counts when some host's load on it reaches this
+    confidence: float = 0.0  # spreads a balancing move's gain must survive (module docstring)
 
     def __post_init__(self) -> None:
         if self.threshold not in TARGETS:
             raise ValueError(f"migration threshold {self.threshold} not in 1..5")
         if self.budget < 0:
             raise ValueError("budget must be >= 0")
+        if not 0 <= self.confidence <= 5:
+            raise ValueError(f"confidence {self.confidence} not in 0..5")
 
     @property
     def target(self) -> float:
@@ -189,6 +204,7 @@ class MoveReasons:
     rule: str | None = None  # the rule the move fixes
     rule_must: bool | None = None
     overloaded: bool = False
+    robust_gain: float | None = None  # the gain if the loads erred against the move (balancing only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +228,8 @@ class Recommendation:
         r = self.reasons
         head = (f"fixes {'must' if r.rule_must else 'should'} rule '{r.rule}'" if r.rule
                 else f"relieves {'overloaded ' if r.overloaded else ''}{r.host} (cpu {r.host_cpu_load:.3f}, mem {r.host_mem_load:.3f})")
-        return (f"{head}; imbalance {r.imbalance_before:.4f} -> {r.imbalance_after:.4f} (gain {r.gain:+.4f}); "
+        robust = "" if r.robust_gain is None or abs(r.robust_gain - r.gain) < 5e-5 else f", {r.robust_gain:+.4f} within noise"
+        return (f"{head}; imbalance {r.imbalance_before:.4f} -> {r.imbalance_after:.4f} (gain {r.gain:+.4f}{robust}); "
                 f"target load cpu {r.target_cpu_load:.3f} mem {r.target_mem_load:.3f}; copies {r.memory_mib} MiB")
 
     def to_dict(self) -> dict:
@@ -226,7 +243,7 @@ class Recommendation:
                 "host": r.host, "host_cpu_load": r.host_cpu_load, "host_mem_load": r.host_mem_load,
                 "target_cpu_load": r.target_cpu_load, "target_mem_load": r.target_mem_load,
                 "memory_mib": r.memory_mib, "gain": r.gain, "rule": r.rule, "rule_must": r.rule_must,
-                "overloaded": r.overloaded,
+                "overloaded": r.overloaded, "robust_gain": r.robust_gain,
             },
             "text": self.reason,
         }
@@ -365,7 +382,8 @@ def _std(x: np.ndarray) -> float:
 class _Loads:
     """Per-host entitlement sums, capacities and VM membership, updated in place on a move."""
 
-    def __init__(self, snapshot: ClusterSnapshot, ents: Mapping[str, Demand], st: ClusterState, comfort: float = 0.0) -> None:
+    def __init__(self, snapshot: ClusterSnapshot, ents: Mapping[str, Demand], st: ClusterState, comfort: float = 0.0,
+                 spread: Mapping[str, Demand] | None = None) -> None:
         self.ids = st.ids
         n = st.n
         # A dedicated HA failover host (kept empty for HA restarts) neither counts for balance
@@ -376,6 +394,10 @@ class _Loads:
         self.load = np.zeros((n, 2))
         self.vms_on: list[list[VmSnapshot]] = [[] for _ in range(n)]
         self.ent: dict[str, np.ndarray] = {}
+        # Sum of the VMs' squared spreads per host and resource (independent noise adds in variance).
+        self.var = np.zeros((n, 2))
+        self.vm_var: dict[str, np.ndarray] = {}
+        spread = spread or {}
         for vm in snapshot.vms:
             i = st.index.get(vm.host) if vm.host is not None else None
             if i is None:
@@ -384,6 +406,11 @@ class _Loads:
             self.ent[vm.id] = e
             self.load[i] += e
             self.vms_on[i].append(vm)
+            sp = spread.get(vm.id)
+            if sp is not None:
+                v = np.square(np.asarray(sp, dtype=float))
+                self.vm_var[vm.id] = v
+                self.var[i] += v
         # The resources that count (see ``COMFORT``), fixed for the pass from its starting loads.
         self.counted = np.array([True, True])
         a = self.x()[self.active]
@@ -412,9 +439,10 @@ class _Loads:
         a = self.x()[self.active]
         return max(_std(a[:, 0]), _std(a[:, 1])) if a.size else 0.0
 
-    def after(self, src: int, ent: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        """Imbalance after moving VMs with entitlements ``ent`` (k x 2) from ``src`` to each of
-        ``targets`` (m host indices): a k x m matrix, from the sums S and Q only."""
+    def after(self, src: int, ent: np.ndarray, targets: np.ndarray, resources: tuple[int, ...] = (0, 1)) -> np.ndarray:
+        """Imbalance (the larger std over ``resources``) after moving VMs with entitlements
+        ``ent`` (k x 2) from ``src`` to each of ``targets`` (m host indices): a k x m matrix,
+        from the sums S and Q only."""
         act = np.flatnonzero(self.active)
         n = act.size
         x = self.x()
@@ -422,7 +450,7 @@ class _Loads:
         S = xa.sum(axis=0)
         Q = (xa * xa).sum(axis=0)
         out = np.zeros((ent.shape[0], targets.size))
-        for r in (0, 1):
+        for r in resources:
             xs = x[src, r]
             xs2 = xs - ent[:, r] / self.cap[src, r]  # k
             xt = x[targets, r]  # m
@@ -433,10 +461,46 @@ class _Loads:
             out = np.maximum(out, np.sqrt(var))
         return out
 
+    def sigma(self) -> np.ndarray:
+        """Each host's load spread (n x 2, in load units)."""
+        return np.sqrt(np.maximum(self.var, 0.0)) / self.cap
+
+    def robust_gain(self, src: int, ent: np.ndarray, targets: np.ndarray, confidence: float,
+                    resources: tuple[int, ...] = (0, 1)) -> np.ndarray:
+        """Imbalance gain (k x m, as ``after``) on pessimistic loads: the source ``confidence``
+        spreads lighter and each target as much heavier than measured. Equals the plain gain
+        when no host has a spread."""
+        act = np.flatnonzero(self.active)
+        n = act.size
+        x = self.x()
+        xa = x[act]
+        S = xa.sum(axis=0)
+        Q = (xa * xa).sum(axis=0)
+        sig = self.sigma() * confidence
+        before = np.zeros(targets.size)
+        after = np.zeros((ent.shape[0], targets.size))
+        for r in resources:
+            xs, xt = x[src, r], x[targets, r]
+            ps = xs - sig[src, r]  # pessimistic source load (scalar)
+            pt = xt + sig[targets, r]  # pessimistic target loads (m)
+            s1 = S[r] - xs + ps - xt + pt
+            q1 = Q[r] - xs * xs + ps * ps - xt * xt + pt * pt
+            before = np.maximum(before, np.sqrt(np.maximum(q1 / n - (s1 / n) ** 2, 0.0)))
+            ps2 = ps - ent[:, r] / self.cap[src, r]  # k
+            pt2 = pt[None, :] + ent[:, r][:, None] / self.cap[targets, r][None, :]  # k x m
+            s2 = s1[None, :] - ps + ps2[:, None] - pt[None, :] + pt2
+            q2 = q1[None, :] - ps * ps + (ps2 * ps2)[:, None] - (pt * pt)[None, :] + pt2 * pt2
+            after = np.maximum(after, np.sqrt(np.maximum(q2 / n - (s2 / n) ** 2, 0.0)))
+        return before[None, :] - after
+
     def move(self, vm: VmSnapshot, src: int, dst: int) -> None:
         e = self.ent[vm.id]
         self.load[src] -= e
         self.load[dst] += e
+        v = self.vm_var.get(vm.id)
+        if v is not None:
+            self.var[src] -= v
+            self.var[dst] += v
         self.vms_on[src] = [v for v in self.vms_on[src] if v.id != vm.id]
         self.vms_on[dst].append(replace(vm, host=self.ids[dst]))
 
@@ -445,12 +509,12 @@ class _Loads:
 
 class _Pass:
     def __init__(self, snapshot: ClusterSnapshot, settings: DrsSettings, demands: Mapping[str, Demand] | None,
-                 history: DrsHistory | None) -> None:
+                 history: DrsHistory | None, spread: Mapping[str, Demand] | None = None) -> None:
         self.snapshot = snapshot
         self.settings = settings
         self.history = history or DrsHistory()
         self.st = ClusterState(snapshot)
-        self.loads = _Loads(snapshot, vm_entitlements(snapshot, demands), self.st, settings.comfort)
+        self.loads = _Loads(snapshot, vm_entitlements(snapshot, demands), self.st, settings.comfort, spread)
         self.vms = {vm.id: vm for vm in snapshot.vms}
         self.moved: dict[str, VmSnapshot] = {}  # vm id -> VM as it now is (host = target)
         self.recs: list[Recommendation] = []
@@ -526,7 +590,7 @@ class _Pass:
 
     # -- recording a move --------------------------------------------------------------
     def commit(self, vm: VmSnapshot, dst: int, priority: int, kind: str, before: float, after: float,
-               rule: Rule | None = None, overloaded: bool = False) -> None:
+               rule: Rule | None = None, overloaded: bool = False, robust_gain: float | None = None) -> None:
         st, L = self.st, self.loads
         src = st.index[vm.host]
         x = L.x()
@@ -540,7 +604,7 @@ class _Pass:
             imbalance_before=before, imbalance_after=after, host=st.ids[src], host_cpu_load=hc, host_mem_load=hm,
             target_cpu_load=float(x2[dst, 0]), target_mem_load=float(x2[dst, 1]), memory_mib=vm.memory_mib,
             gain=before - after, rule=rule.name if rule else None, rule_must=rule.must if rule else None,
-            overloaded=overloaded,
+            overloaded=overloaded, robust_gain=robust_gain,
         )
         level = self.settings.level(vm.id)
         self.recs.append(Recommendation(vm.id, vm.label, st.ids[src], st.ids[dst], priority, kind, level, reasons))
@@ -698,15 +762,19 @@ class _Pass:
                 after = L.after(src, ent, targets)
                 # One move shifts a standard deviation over n hosts by O(1/n): judge the gain
                 # per host so that min_gain and cost_per_gib mean the same at 4 and 96 hosts.
-                ngain = (whole - after) * act.size
+                # The gain that survives the loads' noise (see "spread and confidence").
+                rgain = L.robust_gain(src, ent, targets, s.confidence) if s.confidence > 0 else whole - after
+                ngain = np.minimum(whole - after, rgain) * act.size
                 mem = np.array([v.memory_mib for v in movable], dtype=float)[:, None]
                 vcpu = np.array([v.vcpus for v in movable], dtype=float)[:, None]
                 net = ngain - mem / 1024.0 * s.cost_per_gib
+
                 fits = (free_mem[targets][None, :] >= mem - 1e-6) & (free_vcpu[targets][None, :] >= vcpu)
                 # Never cure one host by overloading another (entitlement above capacity).
                 fits &= ((L.load[targets][None, :, :] + ent[:, None, :]) <= L.cap[targets][None, :, :] * OVERLOAD + 1e-6).all(axis=2)
                 ok = (ngain >= s.min_gain - EPS) & (net > EPS) & fits
                 score = net
+
                 if src in over:
                     # Off an overloaded host the benefit is the overload removed (per host, as
                     # the gain), whatever the standard deviation says: when memory dominates the
@@ -721,7 +789,7 @@ class _Pass:
                 if ks.size:
                     base = len(movers)
                     movers.extend(movable)
-                    parts.append((score[ks, ms], after[ks, ms], np.full(ks.size, src), targets[ms], ks + base))
+                    parts.append((score[ks, ms], after[ks, ms], np.full(ks.size, src), targets[ms], ks + base, rgain[ks, ms]))
             if over and any(int(p[2][0]) in over for p in parts):
                 # A host is overloaded: relieve it first, even if another move would even the
                 # cluster more.
@@ -729,7 +797,7 @@ class _Pass:
             if not parts:
                 self.notes.append(f"stopped: no move gains at least {s.min_gain / act.size:.4f} net of cost (imbalance {whole:.4f})")
                 return
-            net_a, after_a, src_a, dst_a, k_a = (np.concatenate(c) for c in zip(*parts))
+            net_a, after_a, src_a, dst_a, k_a, rgain_a = (np.concatenate(c) for c in zip(*parts))
             # Best net gain first; ties: source, VM, target in snapshot order (deterministic).
             order = np.lexsort((dst_a, k_a, src_a, -np.round(net_a, 12)))[:attempts_cap]
             masks: dict[str, np.ndarray] = {}
@@ -740,18 +808,18 @@ class _Pass:
                 if m is None:
                     m = masks[vm.id] = self.admissible(vm)[0]
                 if m[int(dst_a[j])]:
-                    chosen = (None, float(after_a[j]), int(src_a[j]), int(dst_a[j]), vm)
+                    chosen = (float(rgain_a[j]), float(after_a[j]), int(src_a[j]), int(dst_a[j]), vm)
                     break
             if chosen is None:
                 self.notes.append(f"stopped: no admissible move gains at least {s.min_gain / act.size:.4f} (imbalance {whole:.4f})")
                 return
-            _, after, src, dst, vm = chosen
+            rgain, after, src, dst, vm = chosen
             overloaded = src in over
             p = self.priority_for(before, overloaded)
             if p > s.threshold:  # cannot happen while before > target; kept as a guard
                 self.notes.append(f"stopped: next move would be priority {p} > threshold {s.threshold}")
                 return
-            self.commit(vm, dst, p, "balance", whole, after, overloaded=overloaded)
+            self.commit(vm, dst, p, "balance", whole, after, overloaded=overloaded, robust_gain=min(rgain, whole - after))
 
 
 def balance(
@@ -759,12 +827,14 @@ def balance(
     settings: DrsSettings | None = None,
     demands: Mapping[str, Demand] | None = None,
     history: DrsHistory | None = None,
+    spread: Mapping[str, Demand] | None = None,
 ) -> DrsPlan:
     """One DRS pass: rule fixes (priority 1, must rules first), then balancing moves, best net
     gain first, until the imbalance meets the threshold's target, the budget is spent or no
-    admissible move gains enough. Recommendations are in the order they must be applied."""
+    admissible move gains enough. ``spread`` (VM id -> spread of its demand, as ``Demand``)
+    makes the gains noise-aware. Recommendations are in the order they must be applied."""
     settings = settings or DrsSettings()
-    p = _Pass(snapshot, settings, demands, history)
+    p = _Pass(snapshot, settings, demands, history, spread)
     before = p.loads.balance()
     p.fix_rules()
     p.balance()
@@ -839,6 +909,22 @@ def smooth_demands(previous: Mapping[str, Demand] | None, sample: Mapping[str, D
         p = prev.get(vm_id)
         out[vm_id] = (c, m) if p is None else (alpha * c + (1 - alpha) * p[0], alpha * m + (1 - alpha) * p[1])
     return out
+
+
+def smooth_demands_with_spread(
+    previous: tuple[Mapping[str, Demand], Mapping[str, Demand]] | None, sample: Mapping[str, Demand], alpha: float = 0.5,
+) -> tuple[dict[str, Demand], dict[str, Demand]]:
+    """``smooth_demands`` and the spread of the samples around it (vcenter.domain.demand), per
+    VM and resource: (smoothed demands, spreads) from the previous pair and a new sample."""
+    means, spreads = previous if previous is not None else ({}, {})
+    out_m: dict[str, Demand] = {}
+    out_s: dict[str, Demand] = {}
+    for vm_id, d in sample.items():
+        m0, s0 = means.get(vm_id), spreads.get(vm_id, (0.0, 0.0))
+        pairs = [smoothed_with_spread(None if m0 is None else (m0[r], s0[r]), d[r], alpha) for r in (0, 1)]
+        out_m[vm_id] = (pairs[0][0], pairs[1][0])
+        out_s[vm_id] = (pairs[0][1], pairs[1][1])
+    return out_m, out_s
 
 
 def imbalance_of(snapshot: ClusterSnapshot, demands: Mapping[str, Demand] | None = None) -> Balance:
@@ -942,6 +1028,7 @@ def whatif(
     settings: DrsSettings | None = None,
     demands: Mapping[str, Demand] | None = None,
     history: DrsHistory | None = None,
+    spread: Mapping[str, Demand] | None = None,
 ) -> WhatIfResult:
     """The cluster, the balance and the DRS plan if ``change`` happened. Changes nothing.
 
@@ -996,5 +1083,5 @@ def whatif(
         else:
             raise TypeError(f"unknown change {ch!r}")
     changed = imbalance_of(snap, demands)
-    plan = balance(snap, settings, demands, history)
+    plan = balance(snap, settings, demands, history, spread)
     return WhatIfResult("; ".join(describe_change(c) for c in changes), now, changed, plan, displaced, unplaceable, snap)

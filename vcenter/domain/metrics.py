@@ -36,6 +36,7 @@ COUNTERS: dict[str, Counter] = {c.name: c for c in (
     Counter("cpu.usage", "percent", "CPU used, as a share of the object's CPU capacity (host: all its cores; VM: its vCPUs)", ("host", "vm", "cluster")),
     Counter("cpu.usagemhz", "MHz", "CPU used, in MHz at the host's core speed", ("host", "vm", "cluster")),
     Counter("mem.usage", "percent", "memory used, as a share of the object's memory (VM: as its guest's balloon driver reports it; without one, the resident memory of its QEMU process over its configured memory, capped at 100)", ("host", "vm", "cluster")),
+    Counter("mem.guest_used", "MiB", "memory the guest uses as its balloon driver reports it (available minus unused); DRS's memory demand of the VM", ("vm",)),
     Counter("mem.consumed", "MiB", "memory used (host: total minus free, buffers and cache; VM: resident memory of its QEMU process)", ("host", "vm", "cluster")),
     Counter("disk.read", "bytes/s", "bytes read from virtual disks (host: the sum over its running VMs)", ("host", "vm", "cluster")),
     Counter("disk.write", "bytes/s", "bytes written to virtual disks (host: the sum over its running VMs)", ("host", "vm", "cluster")),

@@ -379,6 +379,7 @@ class VmRead(_Out):
     guest_info: dict[str, Any] | None
     guest_heartbeat_at: datetime | None
     cpu_demand_mhz: float | None = Field(None, description="CPU demand measured on the host, smoothed (MHz)")
+    cpu_demand_spread_mhz: float | None = Field(None, description="How far one CPU-demand sample strays from the smoothed value: exponentially weighted standard deviation (MHz); DRS ignores gains within it")
     disks: list[DiskRead]
     nics: list[NicRead]
     version: int

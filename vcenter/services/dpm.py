@@ -51,7 +51,7 @@ def _history(session: Session, cluster_id: int, cooldown_s: float) -> dpm.DpmHis
 def run(session: Session, user: str, cluster_id: int, config: Settings) -> dict[str, Any]:
     cluster: Cluster = inventory.get(session, "cluster", cluster_id)
     settings = dpm_settings(cluster)
-    demands = measured_demands(session, cluster_id)
+    demands = measured_demands(session, cluster_id, config)
     session.add(DpmSample(cluster_id=cluster_id, demands={k: list(v) for k, v in demands.items()}))
     keep = settings.samples_for(max(settings.off_window_s, settings.on_window_s))
     session.flush()

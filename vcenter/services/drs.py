@@ -18,13 +18,13 @@ from sqlalchemy.orm import Session
 
 from vcenter.core.clock import utcnow
 from vcenter.core.errors import Conflict, Invalid, InvalidState, NotFound, VcError
-from vcenter.core.settings import Settings
+from vcenter.core.settings import Settings, get_settings
 from vcenter.db.models import Cluster, DrsRecommendation, Task, VirtualMachine, VmStats
 from vcenter.db.snapshots import cluster_snapshot
 from vcenter.domain import drs
 from vcenter.domain.snapshot import Rule, RuleKind
 from vcenter.domain.states import TaskState
-from vcenter.services import inventory, migration
+from vcenter.services import inventory, metrics, migration
 from vcenter.services.events import record_event
 
 
@@ -37,6 +37,7 @@ def drs_settings(cluster: Cluster) -> drs.DrsSettings:
             vm_overrides={str(k): v for k, v in (conf.get("vm_overrides") or {}).items()},
             cooldown_s=float(conf.get("cooldown_s", 1800)),
             budget=int(conf.get("budget", 8)),
+            confidence=float(conf.get("confidence", 1.0)),
             ha=drs.HaReserve(fraction=max(float(conf.get("ha_reserve_fraction", 0)), _ha_reserve(cluster))),
         )
     except (ValueError, TypeError) as exc:
@@ -55,12 +56,35 @@ def history(session: Session, cluster_id: int, cooldown_s: float) -> drs.DrsHist
     return drs.DrsHistory(in_flight=frozenset(in_flight), recent=recent)
 
 
-def measured_demands(session: Session, cluster_id: int) -> dict[str, tuple[float, float]]:
+def measured_demands(session: Session, cluster_id: int, config: Settings | None = None) -> dict[str, tuple[float, float]]:
     """CPU demand measured on the hosts (VMs without a measurement yet keep their configured
-    size); memory demand is the configured memory (no balloon statistics yet)."""
+    size). Memory demand: what the guest uses as its balloon driver reports it (``mem.usage``
+    of its latest real-time metrics sample, of the last three sample periods), else its
+    configured memory. QEMU's resident memory is no measure of it (every page the guest ever
+    touched stays resident, plus QEMU's own), so a VM without balloon statistics demands its
+    configured size, as before."""
+    config = config or get_settings()
     rows = session.execute(select(VirtualMachine.id, VmStats.cpu_demand_mhz, VirtualMachine.memory_mib).join(VmStats, VmStats.vm_id == VirtualMachine.id)
                            .where(VirtualMachine.cluster_id == cluster_id, VmStats.cpu_demand_mhz.is_not(None)))
-    return {str(vm_id): (float(cpu), float(mem)) for vm_id, cpu, mem in rows}
+    demands = {str(vm_id): (float(cpu), float(mem)) for vm_id, cpu, mem in rows}
+    if demands:
+        since = utcnow() - timedelta(seconds=3 * config.metrics_sample_period)
+        for vm_id, samples in metrics.latest(session, "vm", since).items():
+            key = str(vm_id)
+            if key not in demands:
+                continue
+            at, values = max(samples, key=lambda s: s[0])
+            if values.get("mem.guest_used") is not None:
+                demands[key] = (demands[key][0], min(demands[key][1], float(values["mem.guest_used"])))
+    return demands
+
+
+def measured_spreads(session: Session, cluster_id: int) -> dict[str, tuple[float, float]]:
+    """How far each VM's CPU-demand samples stray from its smoothed demand (MHz; memory demand
+    is configured, so exact): DRS does not chase gains within it."""
+    rows = session.execute(select(VmStats.vm_id, VmStats.cpu_demand_spread_mhz).join(VirtualMachine, VmStats.vm_id == VirtualMachine.id)
+                           .where(VirtualMachine.cluster_id == cluster_id, VmStats.cpu_demand_spread_mhz.is_not(None)))
+    return {str(vm_id): (float(spread), 0.0) for vm_id, spread in rows}
 
 
 def run(session: Session, user: str, cluster_id: int, config: Settings) -> dict[str, Any]:
@@ -69,7 +93,8 @@ def run(session: Session, user: str, cluster_id: int, config: Settings) -> dict[
     cluster: Cluster = inventory.get(session, "cluster", cluster_id)
     settings = drs_settings(cluster)
     snapshot = cluster_snapshot(session, cluster_id)
-    plan = drs.balance(snapshot, settings, measured_demands(session, cluster_id), history(session, cluster_id, settings.cooldown_s))
+    plan = drs.balance(snapshot, settings, measured_demands(session, cluster_id, config), history(session, cluster_id, settings.cooldown_s),
+                       measured_spreads(session, cluster_id))
     session.execute(update(DrsRecommendation).where(DrsRecommendation.cluster_id == cluster_id, DrsRecommendation.state == "pending").values(state="stale", decided_at=utcnow()))
     stored = []
     for rec in plan.recommendations:
@@ -186,7 +211,8 @@ def whatif(session: Session, cluster_id: int, change: dict[str, Any]) -> dict[st
                                           vms=frozenset(str(v) for v in rule["vm_ids"]), hosts=frozenset(str(h) for h in rule.get("host_ids", []))))
     else:
         raise Invalid(f"kind: unknown change {kind!r}", code="INVALID", details={"field": "kind"})
-    result = drs.whatif(snapshot, hypothetical, settings, measured_demands(session, cluster_id), history(session, cluster_id, settings.cooldown_s))
+    result = drs.whatif(snapshot, hypothetical, settings, measured_demands(session, cluster_id), history(session, cluster_id, settings.cooldown_s),
+                        measured_spreads(session, cluster_id))
     return result.to_dict()
 
 

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from vcenter.core.clock import utcnow
 from vcenter.core.settings import Settings
 from vcenter.db.models import Datastore, DatastoreMount, Host, PortGroup, PortGroupHost, Task, VirtualMachine, VmStats
-from vcenter.domain.demand import cpu_demand_mhz
+from vcenter.domain.demand import cpu_sample_mhz, smoothed_with_spread
 from vcenter.domain.states import ConnectionState, TaskState
 from vcenter.messaging.contracts import DomainState, HostState, LifecycleEvent, TaskProgress, TaskResult
 from vcenter.services import migration
@@ -226,9 +226,12 @@ def _sample_cpu(session: Session, vm: VirtualMachine, host: Host, domain: Domain
         session.add(stats)
     now = utcnow()
     previous_s = stats.sampled_at.timestamp() if stats.sampled_at else None
-    demand = cpu_demand_mhz(stats.cpu_time_ns, previous_s, domain.cpu_time_ns, now.timestamp(), float(host.cpu_mhz), stats.cpu_demand_mhz)
-    if demand is not None:
+    sample = cpu_sample_mhz(stats.cpu_time_ns, previous_s, domain.cpu_time_ns, now.timestamp(), float(host.cpu_mhz))
+    if sample is not None:
+        previous = None if stats.cpu_demand_mhz is None else (stats.cpu_demand_mhz, stats.cpu_demand_spread_mhz or 0.0)
+        demand, spread = smoothed_with_spread(previous, sample)
         stats.cpu_demand_mhz = round(demand, 1)
+        stats.cpu_demand_spread_mhz = round(spread, 1)
     stats.cpu_time_ns = domain.cpu_time_ns
     stats.sampled_at = now
 

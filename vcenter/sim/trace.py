@@ -35,8 +35,9 @@ Scenario (``build_scenario``)
 
 Replay (``replay``), for each interval t = 0 .. T-1 (logical time t x 300 s)
     1. decide: the engine gets the demand *measured* up to interval t-1 (for DRS the samples
-       up to t-1 smoothed with ``smooth_demands`` (alpha ``DRS_SMOOTHING``, 0.5), as the product
-       smooths measured demand; the last sample for the greedy baseline, which is what Watcher's
+       up to t-1 smoothed with ``smooth_demands_with_spread`` (alpha ``DRS_SMOOTHING``, 0.5), as
+       the product smooths measured demand, with the samples' spread around it (DRS's
+       confidence); the last sample for the greedy baseline, which is what Watcher's
        workload_balance averages over its default 300 s period; the last ``off_window`` samples
        for DPM); nothing of t or later. At t = 0 nothing is measured yet and nothing is decided. With ``--dpm``, DPM
        decides first (a power-off evacuates the host with its plan; a power-on makes the host
@@ -77,7 +78,7 @@ from pathlib import Path
 import numpy as np
 
 from vcenter.domain.dpm import DpmHistory, DpmSettings, decide
-from vcenter.domain.drs import DrsHistory, DrsSettings, apply_plan, balance, smooth_demands
+from vcenter.domain.drs import DrsHistory, DrsSettings, apply_plan, balance, smooth_demands_with_spread
 from vcenter.domain.placement import place_many
 from vcenter.domain.snapshot import ClusterSnapshot, HostSnapshot, VmSnapshot
 
@@ -418,6 +419,7 @@ def replay(scenario: Scenario, balancer: str = "drs", threshold: int = 3, dpm: b
     booting: dict[str, int] = {}  # host -> interval from which it is usable
     samples: list[dict[str, tuple[float, float]]] = []
     smoothed: dict[str, tuple[float, float]] | None = None  # what DRS sees
+    spread: dict[str, tuple[float, float]] = {}  # how far the samples stray from it
 
     for t in range(T):
         now = t * INTERVAL_S
@@ -431,7 +433,7 @@ def replay(scenario: Scenario, balancer: str = "drs", threshold: int = 3, dpm: b
             seen = {vid: (float(observed[k, 0]), float(observed[k, 1])) for k, vid in enumerate(ids)}
             samples.append(seen)
             del samples[:-n_samples]
-            smoothed = smooth_demands(smoothed, seen, smoothing)
+            smoothed, spread = smooth_demands_with_spread(None if smoothed is None else (smoothed, spread), seen, smoothing)
             if on_pass is not None:
                 on_pass(t, seen)
             t0 = time.perf_counter()
@@ -460,7 +462,7 @@ def replay(scenario: Scenario, balancer: str = "drs", threshold: int = 3, dpm: b
                     decisions.append(Decision(t, r.action, r.host))
             if balancer == "drs":
                 hist = DrsHistory(recent={v: (t - a) * INTERVAL_S for v, a in moved_at.items()})
-                dplan = balance(snap, drs_s, smoothed, hist)
+                dplan = balance(snap, drs_s, smoothed, hist, spread)
                 for r in dplan.recommendations:
                     decisions.append(Decision(t, "move", r.vm_id, r.source, r.target))
                     moved_at[r.vm_id] = t

@@ -43,7 +43,8 @@ def make_driver(settings: Settings, simulated: bool) -> HypervisorDriver:
         return SimulatedDriver(hostname=f"sim-{stable[:8]}", host_uuid=stable, existing_bridges=None)
     from vcenter.hypervisor.libvirt.driver import LibvirtDriver
 
-    return LibvirtDriver(settings.libvirt_uri, declared_cpu_xml=settings.agent_declared_cpu_xml)
+    return LibvirtDriver(settings.libvirt_uri, declared_cpu_xml=settings.agent_declared_cpu_xml,
+                         balloon_stats_period=settings.agent_balloon_stats_period)
 
 
 def make_network(settings: Settings, simulated: bool) -> HostNetwork:

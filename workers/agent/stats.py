@@ -34,6 +34,7 @@ def vm_values(previous: DomainCounters | None, current: DomainCounters, seconds:
         # The guest's own view (balloon driver statistics): memory it uses.
         used = current.guest_available_kib - current.guest_unused_kib
         _put(values, "mem.usage", max(0.0, min(100.0, 100.0 * used / current.guest_available_kib)))
+        _put(values, "mem.guest_used", max(0.0, used / 1024))
     elif current.rss_kib is not None and current.memory_mib:
         # No guest statistics: what the VM costs the host, capped (QEMU's own overhead counts).
         _put(values, "mem.usage", min(100.0, 100.0 * current.rss_kib / 1024 / current.memory_mib))

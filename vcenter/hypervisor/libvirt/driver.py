@@ -199,8 +199,9 @@ def _map_error(e: libvirt.libvirtError) -> DriverError:
 
 class LibvirtDriver(VmDataOps, StorageMoveOps):
     def __init__(self, uri: str, connect_timeout: float = 10, domain_type: str | None = None,
-                 declared_cpu_xml: str | None = None):
+                 declared_cpu_xml: str | None = None, balloon_stats_period: int = 5):
         self.uri = uri
+        self.balloon_stats_period = balloon_stats_period
         # A lab host's CPU (host-style <cpu> XML) that stands in for the real one in host_facts,
         # host_cpu_xml and compare_cpu: every lab host has the same real CPU.
         if declared_cpu_xml is not None:
@@ -818,7 +819,7 @@ class LibvirtDriver(VmDataOps, StorageMoveOps):
                 raise DriverError("VM_UUID_CONFLICT",
                                   f"UUID {spec.uuid} is already defined as {state.name!r}")
             return state
-        xml = build_domain_xml(spec, self.domain_type)
+        xml = build_domain_xml(spec, self.domain_type, self.balloon_stats_period)
         check_bridges(spec)
         self._check_declared_cpu(ET.fromstring(xml).find("cpu"))
         try:

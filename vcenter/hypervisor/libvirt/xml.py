@@ -194,8 +194,10 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) ->
     return el
 
 
-def build_domain_xml(spec: VmSpec, domain_type: str) -> str:
-    """The persistent domain definition of ``spec`` for a host using ``domain_type``."""
+def build_domain_xml(spec: VmSpec, domain_type: str, balloon_stats_period: int = 5) -> str:
+    """The persistent domain definition of ``spec`` for a host using ``domain_type``; the
+    guest's balloon driver reports its memory use every ``balloon_stats_period`` seconds
+    (0: never)."""
     if domain_type not in ("kvm", "qemu", "test"):
         raise _invalid(f"domain type {domain_type!r} unsupported")
     validate_spec(spec)
@@ -258,7 +260,12 @@ def build_domain_xml(spec: VmSpec, domain_type: str) -> str:
     # No path: libvirt generates one under its per-domain channel directory.
     _sub(channel, "source", mode="bind")
     _sub(channel, "target", type="virtio", name=HEARTBEAT_CHANNEL)
-    _sub(devices, "memballoon", model="none")
+    # A virtio balloon, never inflated by us: its statistics (memory the guest uses) are the
+    # VM's memory demand for DRS and its mem.usage counter. QEMU's resident memory cannot
+    # stand in: it holds every page the guest ever touched, plus QEMU's own.
+    balloon = _sub(devices, "memballoon", model="virtio")
+    if balloon_stats_period > 0:
+        _sub(balloon, "stats", period=str(int(balloon_stats_period)))
 
     ET.indent(dom)
     return ET.tostring(dom, encoding="unicode")
