@@ -138,8 +138,16 @@ def agent(
     _env(agent_host_id=host_id, agent_token=token, agent_registration_token=registration_token, agent_state_dir=state_dir,
          libvirt_uri=libvirt_uri, public_url=api_url, redis_url=redis_url)
     from workers.agent.main import run_agent
+    from workers.agent.supervisor import supervise
 
-    run_agent(get_settings(), simulated=simulated)
+    settings = get_settings()
+    if not settings.agent_supervise:
+        run_agent(settings, simulated=simulated)
+        return
+    # A crashed agent must not silence the host's HA heartbeats for long (workers.agent.supervisor).
+    code, _ = supervise(lambda: run_agent(settings, simulated=simulated), settings.agent_restart_delay)
+    if code:
+        raise typer.Exit(code)
 
 
 @db_app.command("upgrade")

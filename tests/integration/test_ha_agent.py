@@ -181,7 +181,7 @@ def test_channels_go_on_while_libvirtd_hangs_and_redis_restarts(tmp_path, listen
     host_id = 81
     ds = tmp_path / "ds1"
     settings = make_settings(tmp_path, redis_url=f"redis://127.0.0.1:{port}/0", heartbeat_period=0.2, heartbeat_ttl=1.0, agent_reconnect_delay=0.3,
-                             agent_report_period=1.0, ha_datastore_heartbeat_period=0.5, ha_probe_timeout=0.3)
+                             agent_report_period=1.0, ha_datastore_heartbeat_period=0.5, ha_probe_timeout=0.3, agent_state_dir=str(tmp_path / "agent"))
     answer = {"accepted": True, "datastores": [{"id": 1, "path": str(ds)}], "bridges": [],
               "ha": {"enabled": True, "isolation_delay_s": 2, "isolation_addresses": [listener], "isolation_response": "power-off"}}
     agent = AgentService(settings, host_id, LibvirtDriver(daemon.uri, connect_timeout=2), _ServerAnswer(answer), SimulatedHostNetwork())
@@ -235,3 +235,39 @@ def test_channels_go_on_while_libvirtd_hangs_and_redis_restarts(tmp_path, listen
         daemon.stop()
         server.kill()
         server.wait(10)
+
+
+def test_a_restarted_agent_beats_before_libvirt_or_the_api_answer(tmp_path):
+    """After a crash the supervisor starts the agent again (workers.agent.supervisor); libvirtd
+    may still be down and no report can be made. The agent renews its Redis heartbeat and its
+    datastore heartbeat at once, from the expectations it kept on disk."""
+    from tests.apihelpers import wait_for
+    from vcenter.hypervisor.libvirt.driver import LibvirtDriver
+    from vcenter.messaging.contracts import heartbeat_key
+    from workers.agent.network import SimulatedHostNetwork
+    from workers.agent.service import AgentService, save_expected
+
+    class NoApi:
+        def post(self, path, body, retry_for=None):
+            raise ConnectionError("API unreachable")
+
+        def close(self):
+            pass
+
+    host_id, ds, state = 82, tmp_path / "ds1", tmp_path / "agent"
+    save_expected(str(state), {"datastores": [{"id": 1, "path": str(ds)}], "bridges": [], "ha": {"enabled": True, "isolation_delay_s": 5}})
+    settings = make_settings(tmp_path, redis_url=REDIS_URL, heartbeat_period=0.2, ha_datastore_heartbeat_period=0.3, agent_state_dir=str(state))
+    dead = LibvirtDriver(f"qemu+unix:///system?socket={tmp_path}/no-libvirtd-sock", connect_timeout=1)
+    r = redis.Redis.from_url(REDIS_URL)
+    r.delete(heartbeat_key(host_id))
+    agent = AgentService(settings, host_id, dead, NoApi(), SimulatedHostNetwork())
+    try:
+        agent.start()
+        wait_for(lambda: r.get(heartbeat_key(host_id)), 3, what="heartbeat key")
+        first = wait_for(lambda: heartbeat_file(str(ds), host_id).exists() and json.loads(heartbeat_file(str(ds), host_id).read_text())["n"], 3,
+                         what="datastore heartbeat")
+        wait_for(lambda: json.loads(heartbeat_file(str(ds), host_id).read_text())["n"] > first, 3, what="datastore heartbeat renewed")
+        assert not dead.is_alive()
+    finally:
+        agent.stop()
+        r.delete(heartbeat_key(host_id), ha_datastore_view_key(host_id))

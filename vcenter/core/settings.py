@@ -79,6 +79,8 @@ class Settings(BaseSettings):
     agent_report_period: float = Field(10.0, description="full host/VM state report period")
     agent_balloon_stats_period: int = Field(5, ge=0, le=3600, description="seconds between a guest balloon driver's memory statistics (VM memory demand; 0: none)")
     agent_reconnect_delay: float = Field(1.0, description="wait between reconnect attempts (libvirt, API)")
+    agent_supervise: bool = Field(True, description="`vcenter agent` runs the agent in a child process and starts it again when it crashes (workers.agent.supervisor)")
+    agent_restart_delay: float = Field(1.0, description="agent supervisor: wait before starting a crashed agent again")
     agent_concurrency: int = 4
     agent_command_reconnect_timeout: float = Field(30.0, description="a command that finds libvirt gone keeps reconnecting this long before failing")
     datastore_root: str = Field("/var/lib/virtcenter/datastores", description="where the agent mounts datastores it creates")

@@ -41,7 +41,9 @@ def _crash_point() -> None:
     if path and os.path.exists(path):
         os.unlink(path)
         log.warning("test hook: killing the agent between the hypervisor call and the acknowledgement")
-        os.kill(os.getpid(), signal.SIGKILL)
+        # Its whole process group: the supervisor too (workers.agent.supervisor would start it
+        # again at once), so that the test decides when the agent comes back.
+        os.killpg(os.getpgid(0), signal.SIGKILL)
 
 
 def _resolve_image(agent: AgentService, spec: VmSpec) -> VmSpec:

@@ -4,16 +4,22 @@ the same driver.
 
 Vocabulary: a *state report* is the full picture of the host (facts, domains, datastore usage,
 port-group bridges present); the server answers with what the host is expected to provide
-(datastore paths, bridges), which the agent then creates.
+(datastore paths, bridges, HA configuration), which the agent then creates. The expectations
+are kept in ``agent_state_dir/expected.json``, so that an agent started again (after a crash,
+by its supervisor) renews its datastore heartbeats at once, even while libvirt cannot be
+reached and no report can be made. The heartbeats start before libvirt is connected: neither
+ever waits on it.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -41,7 +47,7 @@ class AgentService:
         self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
         self.stop_event = threading.Event()
         self._events: queue.Queue[LifecycleEvent] = queue.Queue()
-        self._expected: dict[str, Any] = {"datastores": [], "bridges": []}
+        self._expected: dict[str, Any] = load_expected(settings.agent_state_dir) or {"datastores": [], "bridges": []}
         self._report_now = threading.Event()
         self._threads: list[threading.Thread] = []
         self.driver_lock = threading.RLock()
@@ -49,17 +55,22 @@ class AgentService:
 
     # --- start / stop --------------------------------------------------------------------
     def start(self) -> None:
-        self.driver.subscribe_lifecycle(self._events.put)
-        self._connect_driver()
-        self.guests.start()
+        # The heartbeats first: connecting to a hung libvirtd takes up to its connect timeout.
         from workers.agent.ha import HaAgent  # datastore heartbeats, isolation response
 
         self.ha = HaAgent(self)
         self.ha.start()
-        for target, name in ((self._heartbeat_loop, "heartbeat"), (self._report_loop, "state-report"), (self._event_loop, "lifecycle-events"), (self._watchdog_loop, "libvirt-watchdog"), (self._metrics_loop, "metrics")):
-            thread = threading.Thread(target=target, name=f"agent-{name}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self._start_thread(self._heartbeat_loop, "heartbeat")
+        self.driver.subscribe_lifecycle(self._events.put)
+        self._connect_driver()
+        self.guests.start()
+        for target, name in ((self._report_loop, "state-report"), (self._event_loop, "lifecycle-events"), (self._watchdog_loop, "libvirt-watchdog"), (self._metrics_loop, "metrics")):
+            self._start_thread(target, name)
+
+    def _start_thread(self, target, name: str) -> None:
+        thread = threading.Thread(target=target, name=f"agent-{name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -189,6 +200,7 @@ class AgentService:
             expected = {"datastores": answer.get("datastores", []), "bridges": answer.get("bridges", []), "ha": answer.get("ha") or {}}
             if expected != self._expected:
                 self._expected = expected
+                save_expected(self.settings.agent_state_dir, expected)
                 self._report_now.set()  # provide them and report again
         else:
             log.error("server refused this host's report: %s", answer.get("error"))
@@ -221,6 +233,31 @@ class AgentService:
                 log.warning("datastore %s: cannot provide %s: %s", ds["id"], ds["path"], exc)
         for portgroup in self._expected["bridges"]:
             self.network.ensure_portgroup(portgroup)
+
+
+EXPECTED_FILE = "expected.json"
+
+
+def load_expected(state_dir: str) -> dict[str, Any] | None:
+    """What the server last expected of this host (None: nothing kept, or unreadable)."""
+    try:
+        data = json.loads((Path(state_dir) / EXPECTED_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("datastores"), list) or not isinstance(data.get("bridges"), list):
+        return None
+    return data
+
+
+def save_expected(state_dir: str, expected: dict[str, Any]) -> None:
+    path = Path(state_dir) / EXPECTED_FILE
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(expected))
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("cannot keep the server's expectations in %s: %s", path, exc)
 
 
 def pool_name(datastore_id: int) -> str:
