@@ -3,7 +3,8 @@
 Two lab hosts sharing a loop-mounted datastore. A VM becomes a template; five linked clones
 are deployed with placement choosing the hosts, boot, and each guest reports (through its
 heartbeat channel) the hostname, machine-id and address of its own cloud-init seed, the ones
-the server issued, no two alike (and one clone pings another at its seed's address); the template cannot be deleted while they depend on it. A VMDK
+the server issued, no two alike, and an SSH host key fingerprint of its own (none equal to
+the one the template's source VM reported when it booted) (and one clone pings another at its seed's address); the template cannot be deleted while they depend on it. A VMDK
 and a VDI are uploaded and imported, boot, and each guest reports the SHA-256 of the disk it
 sees, equal to the image's content. The VMDK VM is exported as an OVA (stream-optimised VMDK)
 and the OVA imported again: that guest sees the same disk.
@@ -56,9 +57,13 @@ def test_templates_linked_clones_import_and_export(tmp_path):
             path = lab.create_datastore("tpl1", 256, list(ids))
             ds = api.post("/api/v1/datastores", json={"name": "tpl1", "datacenter_id": dc["id"], "kind": "lab-dir", "url": path, "host_ids": list(ids.values())}).json()
 
-            # A powered-off VM becomes a template.
+            # A VM that booted once (its guest made its SSH host key), powered off, becomes a template.
             base = _ok(task_done(api, api.post("/api/v1/vms", json={"name": "base1", "host_id": ids["host1"], "memory_mib": 96, "kernel_boot": {"image": "tiny-linux"},
                                                                       "disks": [{"datastore_id": ds["id"], "capacity_mib": 16}]}).json()))
+            _ok(task_done(api, api.post(f"/api/v1/vms/{base['object_id']}/power/on").json()))
+            source_key = _guest(api, base["object_id"], lambda g: g.get("ssh_host_key"), "base1 reports its SSH host key")["ssh_host_key"]
+            assert source_key.startswith("SHA256:")
+            _ok(task_done(api, api.post(f"/api/v1/vms/{base['object_id']}/power/off").json()))
             capture = _ok(task_done(api, api.post(f"/api/v1/vms/{base['object_id']}/template", json={"name": "tiny"}).json(), 60))
             template = api.get(f"/api/v1/templates/{capture['result']['template_id']}").json()
             assert template["state"] == "ready" and template["version"] == 1 and len(template["disks"][0]["sha256"]) == 64
@@ -99,8 +104,11 @@ def test_templates_linked_clones_import_and_export(tmp_path):
                 info = _guest(api, vm_id, lambda g, i=i: g.get("hostname") == f"web-{i}", f"clone{i} reports its seed's hostname")
                 assert info["machine_id"] == issued["machine_id"] and info["instance_id"] == issued["instance_id"]
                 assert info["ip"] == f"10.77.0.{10 + i}/24"
-                seen.append((info["hostname"], info["machine_id"], info["instance_id"]))
+                assert info["ssh_host_key"].startswith("SHA256:"), info
+                seen.append((info["hostname"], info["machine_id"], info["instance_id"], info["ssh_host_key"]))
             assert len({s[0] for s in seen}) == len({s[1] for s in seen}) == len({s[2] for s in seen}) == 5
+            # Fresh SSH host keys: no two clones share one, and none has the template's source's.
+            assert len({s[3] for s in seen} | {source_key}) == 6, (source_key, seen)
             # The seed's address is really on the guest's NIC: clone0 reaches clone4 on the port group.
             ping = _ok(task_done(api, api.post(f"/api/v1/vms/{vm_ids[0]}/guest/command", json={"command": "ping", "argument": "10.77.0.14", "timeout": 30}).json(), 60))
             assert ping["result"]["reply"]["ok"] is True

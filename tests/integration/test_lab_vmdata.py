@@ -99,6 +99,7 @@ def test_backup_restore_revert_clone_of_a_running_guest(tmp_path):
             seen = _heartbeat(api, restored["id"], 0, "restored VM boots")["guest_info"]
             assert (seen["hostname"], seen["machine_id"], seen["instance_id"]) == ("restored1", issued["machine_id"], issued["instance_id"])
             assert seen["machine_id"] != before["machine_id"]
+            assert seen["ssh_host_key"].startswith("SHA256:") and seen["ssh_host_key"] != before["ssh_host_key"]
             _ok(task_done(api, api.post(f"/api/v1/vms/{restored['id']}/power/off").json()))
 
             # Revert to the snapshot: the disk is as it was (empty), the guest runs.
@@ -115,6 +116,7 @@ def test_backup_restore_revert_clone_of_a_running_guest(tmp_path):
             _ok(task_done(api, api.post(f"/api/v1/vms/{cloned['id']}/power/on").json()))
             info = _heartbeat(api, cloned["id"], 0, "clone boots")["guest_info"]
             assert info["hostname"] == "clone1" and info["machine_id"] != before["machine_id"]
+            assert info["ssh_host_key"].startswith("SHA256:") and info["ssh_host_key"] != before["ssh_host_key"]
             assert api.get(f"/api/v1/vms/{vm_id}").json()["power_state"] == "poweredOn"
             _heartbeat(api, vm_id, seq, "source keeps running")
 
