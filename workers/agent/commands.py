@@ -369,6 +369,8 @@ def _execute(agent: AgentService, command: Command) -> dict[str, Any]:
     except Exception as exc:  # an agent bug must still end the task, with a named error
         log.exception("%s for task %s crashed", command.name, command.task_id)
         report = TaskResult(command_id=command.command_id, ok=False, error_code="AGENT_ERROR", error_message=f"{type(exc).__name__}: {exc}")
-    agent.api.post(f"{task_path}/result", report.model_dump(mode="json"))
+    # AgentService.post_result: never overtakes a state report listed before this command.
+    post_result = getattr(agent, "post_result", None) or agent.api.post
+    post_result(f"{task_path}/result", report.model_dump(mode="json"))
     log.info("%s for task %s: %s", command.name, command.task_id, "ok" if report.ok else report.error_code)
     return {"ok": report.ok}

@@ -26,7 +26,7 @@ import redis
 
 from vcenter.core.settings import Settings
 from vcenter.hypervisor.base import ConnectionLost, DriverError, HypervisorDriver
-from vcenter.messaging.contracts import DatastoreUsage, HostState, LifecycleEvent, heartbeat_key
+from vcenter.messaging.contracts import DatastoreUsage, DomainState, HostState, LifecycleEvent, heartbeat_key
 from workers.agent.api_client import ApiClient, PermanentReportError
 from workers.agent.guests import GuestWatcher
 from workers.agent.network import HostNetwork
@@ -51,6 +51,12 @@ class AgentService:
         self._report_now = threading.Event()
         self._threads: list[threading.Thread] = []
         self.driver_lock = threading.RLock()
+        # A state report listed before a command defined its domain must never reach the server
+        # after that command's result (the server would judge the just-made VM missing on its
+        # host, "inaccessible"): results are posted under this lock and counted, and a report
+        # is posted under it only when no result went out since its listing began.
+        self.report_lock = threading.Lock()
+        self.results_posted = 0
         self.guests = GuestWatcher(driver, self.stop_event)
 
     # --- start / stop --------------------------------------------------------------------
@@ -180,22 +186,28 @@ class AgentService:
 
     def report_state(self) -> dict[str, Any]:
         self._provide_expected()
-        domains = self.driver.list_domains()
-        for domain in domains:
-            domain.guest = self.guests.heartbeat_of(domain.uuid)
         facts = self.driver.host_facts()
         # A lab host shares this machine's CPUs and memory: it reports its declared capacity.
         if self.settings.agent_declared_cpus:
             facts.cpu_cores = self.settings.agent_declared_cpus
         if self.settings.agent_declared_memory_mib:
             facts.memory_mib = self.settings.agent_declared_memory_mib
-        state = HostState(
-            facts=facts,
-            domains=domains,
-            datastores=self._datastore_usage(),
-            bridges=self._bridges_present(),
-        )
-        answer = self.api.post("/state", state.model_dump(mode="json"))
+        datastores, bridges = self._datastore_usage(), self._bridges_present()
+        attempts = 4
+        for attempt in range(attempts):
+            seen = self.results_posted
+            last = attempt == attempts - 1
+            # Listed outside the lock (a hung libvirtd must not hold results back), except on
+            # the last attempt, when results kept going out meanwhile.
+            domains = None if last else self._listed_domains()
+            with self.report_lock:  # see __init__
+                if domains is None:
+                    domains = self._listed_domains()
+                elif self.results_posted != seen:
+                    continue  # a result went out after the listing began: list again
+                state = HostState(facts=facts, domains=domains, datastores=datastores, bridges=bridges)
+                answer = self.api.post("/state", state.model_dump(mode="json"))
+                break
         if answer.get("accepted"):
             expected = {"datastores": answer.get("datastores", []), "bridges": answer.get("bridges", []), "ha": answer.get("ha") or {}}
             if expected != self._expected:
@@ -205,6 +217,20 @@ class AgentService:
         else:
             log.error("server refused this host's report: %s", answer.get("error"))
         return answer
+
+    def _listed_domains(self) -> list[DomainState]:
+        domains = self.driver.list_domains()
+        for domain in domains:
+            domain.guest = self.guests.heartbeat_of(domain.uuid)
+        return domains
+
+    def post_result(self, path: str, body: dict[str, Any]) -> Any:
+        """Post a command's result (see report_lock in __init__)."""
+        with self.report_lock:
+            try:
+                return self.api.post(path, body)
+            finally:
+                self.results_posted += 1
 
     def _datastore_usage(self) -> list[DatastoreUsage]:
         """Capacity and free space as the host's libvirt storage pool reports them; a
