@@ -271,3 +271,55 @@ def test_a_restarted_agent_beats_before_libvirt_or_the_api_answer(tmp_path):
     finally:
         agent.stop()
         r.delete(heartbeat_key(host_id), ha_datastore_view_key(host_id))
+
+
+def test_a_list_call_that_never_returns_is_abandoned_and_the_next_one_refreshes_the_holds(tmp_path):
+    """libvirt 9.0 leaves a call in flight on a connection its keepalive closed for good (a hung
+    libvirtd): such a call is abandoned after two periods, the last list stands, and the next
+    period's read (on the connection the watchdog opened meanwhile) refreshes it; at most
+    MAX_STUCK calls are left hanging at once."""
+    from workers.agent import ha as agent_ha
+
+    class HangingDriver(Driver):
+        def __init__(self, uuids, hang_first):
+            super().__init__(uuids)
+            self.hang_first = hang_first
+            self.calls = 0
+            self.release = threading.Event()
+
+        def list_domains(self):
+            self.calls += 1
+            if self.calls <= self.hang_first:
+                self.release.wait(30)  # never answered (until the test ends)
+            return super().list_domains()
+
+    clock = Clock()
+    a = make_agent(tmp_path, 76, ["vm-a"], {"enabled": True}, clock)
+    a.settings = a.settings.model_copy(update={"ha_datastore_heartbeat_period": 0.2})
+    driver = HangingDriver(["vm-a"], hang_first=1)
+    stuck = HangingDriver(["vm-c"], hang_first=100)
+    a.agent.driver = driver
+    try:
+        t0 = time.monotonic()
+        assert a.refresh_holds() == [] and a.holds_at is None  # abandoned after ~1 s: the last (empty) list stands
+        assert time.monotonic() - t0 < 3
+        driver.running = {"vm-a", "vm-b"}
+        assert a.refresh_holds() == ["vm-a", "vm-b"] and a.holds_at == clock.t  # the next read goes through
+        driver.release.set()  # the abandoned call returns late: it no longer counts as hanging
+        deadline = time.monotonic() + 5
+        while a._stuck:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        # A libvirtd that hangs for good: at most MAX_STUCK calls are left hanging, then no more.
+        a.agent.driver = stuck
+        for _ in range(agent_ha.MAX_STUCK + 2):
+            assert a.refresh_holds() == ["vm-a", "vm-b"]
+        assert stuck.calls == agent_ha.MAX_STUCK
+        stuck.release.set()  # they return at last: reads go on
+        wait_for_holds = time.monotonic() + 5
+        while a.refresh_holds() != ["vm-c"]:
+            assert time.monotonic() < wait_for_holds, "holds never refreshed after the hung calls returned"
+            time.sleep(0.05)
+    finally:
+        driver.release.set()
+        stuck.release.set()

@@ -43,6 +43,8 @@ from vcenter.messaging.contracts import ha_datastore_view_key
 log = logging.getLogger(__name__)
 
 DIR = ".vcenter-ha"
+HOLDS_WAIT_PERIODS = 2  # a running-domain list read may take this many heartbeat periods
+MAX_STUCK = 3  # abandoned list calls (a hung libvirtd) before the agent stops adding more
 
 
 def heartbeat_file(datastore_path: str, host_id: int) -> Path:
@@ -76,6 +78,9 @@ class HaAgent:
         self.released_until: float | None = None
         self.view: dict[str, Any] = {}
         self.holds: list[str] = []
+        self.holds_at: float | None = None  # monotonic time of the last list read from libvirt
+        self._stuck = 0  # list calls that never returned (a hung libvirtd); see refresh_holds
+        self._stuck_lock = threading.Lock()
         self.write_lock = threading.Lock()
         self.redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
         self.threads: list[threading.Thread] = []
@@ -117,12 +122,48 @@ class HaAgent:
     def refresh_holds(self) -> list[str]:
         """The running domains (their disks are held here), read from libvirt by a thread of
         its own: neither heartbeat thread waits on libvirt (a destroy in progress can take
-        seconds, a call to a hung libvirtd may never return); they use the last list."""
-        try:
-            self.holds = sorted(d.uuid for d in self.agent.driver.list_domains() if d.power_state == "poweredOn")
-        except Exception:
-            pass  # keep the last list: holding is the safe assumption
+        seconds, a call to a hung libvirtd may never return); they use the last list.
+
+        Each read runs on a helper thread and is given ``HOLDS_WAIT_PERIODS`` periods: a call
+        that hangs for good (libvirt 9.0 leaves calls in flight on a connection its keepalive
+        closed) is abandoned, and the next period tries again, on the connection the agent's
+        watchdog opened meanwhile; at most ``MAX_STUCK`` abandoned calls at a time. Until a read
+        succeeds the last list stands: holding is the safe assumption, and a list that is never
+        refreshed again would keep HA from restarting VMs this host no longer runs."""
+        running = self._list_running(max(1.0, HOLDS_WAIT_PERIODS * self.settings.ha_datastore_heartbeat_period))
+        if running is not None:
+            self.holds = running
+            self.holds_at = self.clock()
         return self.holds
+
+    def _list_running(self, wait: float) -> list[str] | None:
+        with self._stuck_lock:
+            if self._stuck >= MAX_STUCK:
+                return None
+        box: dict[str, Any] = {}
+        done = threading.Event()
+
+        def call() -> None:
+            try:
+                box["running"] = sorted(d.uuid for d in self.agent.driver.list_domains() if d.power_state == "poweredOn")
+            except Exception:
+                pass
+            finally:
+                with self._stuck_lock:
+                    done.set()
+                    if box.get("abandoned"):
+                        self._stuck -= 1
+
+        threading.Thread(target=call, name="agent-ha-list-domains", daemon=True).start()
+        if done.wait(wait):
+            return box.get("running")
+        with self._stuck_lock:
+            if done.is_set():
+                return box.get("running")
+            box["abandoned"] = True
+            self._stuck += 1
+        log.warning("HA: libvirt did not list the running domains within %.1f s; keeping the last list (%d held)", wait, len(self.holds))
+        return None
 
     def _holds(self) -> list[str]:
         return list(self.holds)
