@@ -31,6 +31,8 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
         "task_queue_timeout": 60.0,
         "celery_visibility_timeout": 3600.0,
         "key_dir": str(tmp_path / "keys"),
+        # Each test its own upload folder: the upload cleanup job removes files it does not know.
+        "upload_dir": str(tmp_path / "uploads"),
     }
     values.update(overrides)
     return Settings(**values)
