@@ -307,7 +307,7 @@ def test_a_list_call_that_never_returns_is_abandoned_and_the_next_one_refreshes_
         assert a.refresh_holds() == ["vm-a", "vm-b"] and a.holds_at == clock.t  # the next read goes through
         driver.release.set()  # the abandoned call returns late: it no longer counts as hanging
         deadline = time.monotonic() + 5
-        while a._stuck:
+        while a.list_calls.stuck:
             assert time.monotonic() < deadline
             time.sleep(0.01)
         # A libvirtd that hangs for good: at most MAX_STUCK calls are left hanging, then no more.

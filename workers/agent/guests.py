@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from vcenter.hypervisor.base import DriverError, HypervisorDriver
+from workers.agent.bounded import BoundedCalls
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,12 @@ class GuestWatcher:
 
     # --- internals -----------------------------------------------------------------------
     def _loop(self) -> None:
+        # A list call into a hung libvirtd may never return: it is abandoned, and the loop goes
+        # on (guests started later still get their heartbeat read).
+        calls = BoundedCalls("guest-watcher-list")
         while not self.stop.wait(self.period):
-            try:
-                running = {d.uuid for d in self.driver.list_domains() if d.power_state == "poweredOn"}
-            except DriverError:
+            ok, running = calls.call(lambda: {d.uuid for d in self.driver.list_domains() if d.power_state == "poweredOn"}, max(2.0, 2 * self.period))
+            if not ok:
                 continue
             for uuid in list(self._guests):
                 if uuid not in running:

@@ -39,6 +39,7 @@ import redis
 
 from vcenter.domain import ha
 from vcenter.messaging.contracts import ha_datastore_view_key
+from workers.agent.bounded import BoundedCalls
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,7 @@ class HaAgent:
         self.view: dict[str, Any] = {}
         self.holds: list[str] = []
         self.holds_at: float | None = None  # monotonic time of the last list read from libvirt
-        self._stuck = 0  # list calls that never returned (a hung libvirtd); see refresh_holds
-        self._stuck_lock = threading.Lock()
+        self.list_calls = BoundedCalls("agent-ha-list-domains", MAX_STUCK)  # see refresh_holds
         self.write_lock = threading.Lock()
         self.redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
         self.threads: list[threading.Thread] = []
@@ -137,32 +137,12 @@ class HaAgent:
         return self.holds
 
     def _list_running(self, wait: float) -> list[str] | None:
-        with self._stuck_lock:
-            if self._stuck >= MAX_STUCK:
-                return None
-        box: dict[str, Any] = {}
-        done = threading.Event()
-
-        def call() -> None:
-            try:
-                box["running"] = sorted(d.uuid for d in self.agent.driver.list_domains() if d.power_state == "poweredOn")
-            except Exception:
-                pass
-            finally:
-                with self._stuck_lock:
-                    done.set()
-                    if box.get("abandoned"):
-                        self._stuck -= 1
-
-        threading.Thread(target=call, name="agent-ha-list-domains", daemon=True).start()
-        if done.wait(wait):
-            return box.get("running")
-        with self._stuck_lock:
-            if done.is_set():
-                return box.get("running")
-            box["abandoned"] = True
-            self._stuck += 1
-        log.warning("HA: libvirt did not list the running domains within %.1f s; keeping the last list (%d held)", wait, len(self.holds))
+        ok, running = self.list_calls.call(
+            lambda: sorted(d.uuid for d in self.agent.driver.list_domains() if d.power_state == "poweredOn"), wait)
+        if ok:
+            return running
+        if self.list_calls.timed_out:
+            log.warning("HA: libvirt did not list the running domains within %.1f s; keeping the last list (%d held)", wait, len(self.holds))
         return None
 
     def _holds(self) -> list[str]:
