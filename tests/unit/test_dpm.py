@@ -134,3 +134,23 @@ def test_never_flaps_over_a_demand_series():
     # in the final constant phase nothing toggles back and forth
     tail = [a for t, a, _ in actions if t >= 80]
     assert not ("power-off" in tail and "power-on" in tail)
+
+
+def test_a_dedicated_failover_host_is_never_powered_off_nor_counted():
+    """The emptiest host would go first; as an HA failover host it stays on, and its capacity
+    is not the cluster's (placement keeps it empty)."""
+    hosts = (host(1), host(2), host(3), host(4, failover=True))
+    vms = tuple(VmSnapshot(f"v{i}{k}", vcpus=4, memory_mib=4096, host=f"h{i}") for i in range(1, 4) for k in range(2))
+    snap = ClusterSnapshot(hosts, vms)
+    low = flat(snap, 2000.0)
+    plan = decide(snap, DpmSettings(), [low] * 8)
+    assert plan.recommendations and all(r.host != "h4" for r in plan.recommendations)
+    counted = decide(replace(snap, hosts=hosts[:3]), DpmSettings(), [low] * 8)
+    assert plan.utilisation == counted.utilisation  # h4's capacity left out
+    small = tuple(host(i, cores=6) for i in range(1, 4)) + (host(4, cores=6, failover=True, standby=True),)
+    asleep = replace(snap, hosts=small)  # 6 VMs of 4 vCPUs on 3 x 6 cores, all busy
+    busy = flat(asleep, 10000.0)
+    woken = decide(asleep, DpmSettings(), [busy] * 8)
+    assert not woken.recommendations and any("no standby host" in n for n in woken.notes), woken.notes
+    ordinary = decide(replace(asleep, hosts=asleep.hosts[:3] + (replace(asleep.hosts[3], failover=False),)), DpmSettings(), [busy] * 8)
+    assert [r.host for r in ordinary.recommendations] == ["h4"]  # the same host, not a failover one, is woken

@@ -183,7 +183,9 @@ def decide(
     s = settings or DpmSettings()
     history = history or DpmHistory()
     core = core_mhz(snapshot)
-    active = [h for h in snapshot.hosts if h.usable]
+    # A dedicated HA failover host stays on and empty (vcenter.domain.ha): it neither carries
+    # the cluster's demand nor is powered off or on by DPM.
+    active = [h for h in snapshot.hosts if h.usable and not h.failover]
     running = [vm for vm in snapshot.vms if vm.host is not None]
 
     def total(sample: Mapping[str, Demand]) -> tuple[float, float]:
@@ -213,7 +215,7 @@ def decide(
         window = totals[-n_on:]
         peak = (max(t[0] for t in window), max(t[1] for t in window))
         lowest = min(us[-n_on:], key=lambda u: u[0])
-        standby = [h for h in snapshot.hosts if h.standby and not h.maintenance and h.connection == "connected"]
+        standby = [h for h in snapshot.hosts if h.standby and not h.maintenance and h.connection == "connected" and not h.failover]
         pool: list[HostSnapshot] = []
         for h in standby:
             if s.level(h.id) == Automation.DISABLED:
