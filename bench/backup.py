@@ -11,8 +11,11 @@ still in the page cache; the time until the call returned is printed too:
 - qemu-img convert: ``qemu-img convert -U`` qcow2 -> qcow2 of the same image, run just before
   each operation (interleaved: the machine is shared), the VM running or stopped as the row's;
 - full clone, running: LibvirtDriver.clone_disks (temporary external snapshot, convert, commit);
-- full backup, running: LibvirtDriver.backup, full, with a checkpoint (pull mode + convert);
-- full clone, running, with a checkpoint: clone_disks in pull mode (keeps the backup chain);
+- full backup, running: LibvirtDriver.backup, full, with a checkpoint (push mode: QEMU's backup
+  job writes the target qcow2);
+- full backup, running, pull mode: the previous path, kept here for comparison only (a pull-mode
+  job, ``qemu-img convert -W`` reading QEMU's NBD export, the job ended; no checkpoint);
+- full clone, running, with a checkpoint: clone_disks (a push job too; keeps the backup chain);
 - full clone, stopped: clone_disks (qemu-img convert by the driver);
 - linked clone, stopped: the constant-time overlay pair.
 Then: the guest writes 1 % of the disk (its disk pattern from offset 0); the incremental backup's
@@ -21,12 +24,14 @@ file size against the bytes changed.
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -68,8 +73,26 @@ def rm(*paths: str) -> None:
 
 BASE = "qemu-img convert (baseline)"
 CLONE_RUNNING = "full clone, running (snapshot + convert + commit)"
-BACKUP_RUNNING = "full backup, running (pull mode)"
-CLONE_PULL = "full clone, running, with a checkpoint (pull mode)"
+BACKUP_RUNNING = "full backup, running (push mode)"
+BACKUP_PULL = "full backup, running, pull mode (previous path)"
+CLONE_PULL = "full clone, running, with a checkpoint (push mode)"
+
+
+def pull_copy(drv: LibvirtDriver, vm_uuid: str, dest: str) -> None:
+    """The previous full-backup path, for comparison: pull-mode job, convert from NBD, end it."""
+    dom = drv._get(vm_uuid)
+    work = tempfile.mkdtemp(prefix="vcnbd-", dir="/tmp")
+    sock = os.path.join(work, "nbd.sock")
+    root = ET.Element("domainbackup", {"mode": "pull"})
+    ET.SubElement(root, "server", {"transport": "unix", "socket": sock})
+    d = ET.SubElement(ET.SubElement(root, "disks"), "disk", {"name": "vda", "backup": "yes", "type": "file"})
+    ET.SubElement(d, "scratch", {"file": os.path.join(work, "vda.scratch")})
+    dom.backupBegin(ET.tostring(root, encoding="unicode"), None, 0)
+    try:
+        subprocess.run(["qemu-img", "convert", "-W", "-f", "raw", "-O", "qcow2", f"nbd+unix:///vda?socket={sock}", dest], check=True)
+    finally:
+        dom.abortJob()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> None:
@@ -105,12 +128,14 @@ def main() -> None:
         channel = GuestChannel(daemon.path(drv.guest_channel_path(spec.uuid)))
         channel.read_heartbeat(timeout=30)
         # Interleaved, so that each operation and its baseline see the same machine load.
-        base, clone_running, clone_pull, backup_running = [], [], [], []
+        base, clone_running, clone_pull, backup_running, backup_pull = [], [], [], [], []
         for i in range(runs):
             drv.drop_checkpoints(spec.uuid)
             base.append(timed(convert, BASE))
             rm(out)
             clone_running.append(timed(lambda: drv.clone_disks(spec.uuid, [{"target": "vda", "path": out}], linked=False), CLONE_RUNNING))
+            rm(out)
+            backup_pull.append(timed(lambda: pull_copy(drv, spec.uuid, out), BACKUP_PULL))
             rm(out)
             target = str(ds / f"full{i}.qcow2")
             backup_running.append(timed(lambda: drv.backup(spec.uuid, [{"target": "vda", "path": target}], None, f"full{i}"), BACKUP_RUNNING))
@@ -118,7 +143,7 @@ def main() -> None:
                 rm(target)
             clone_pull.append(timed(lambda: drv.clone_disks(spec.uuid, [{"target": "vda", "path": out}], linked=False), CLONE_PULL))
             rm(out)
-        rows += [(BASE, base), (CLONE_RUNNING, clone_running), (BACKUP_RUNNING, backup_running), (CLONE_PULL, clone_pull)]
+        rows += [(BASE, base), (CLONE_RUNNING, clone_running), (BACKUP_RUNNING, backup_running), (BACKUP_PULL, backup_pull), (CLONE_PULL, clone_pull)]
 
         # 1 % of the disk changes: the guest writes its pattern over the first 1 % (random data before).
         last_full = str(ds / f"full{runs - 1}.qcow2")  # its checkpoint is the newest

@@ -2,7 +2,8 @@
 libvirtd with a real TCG guest (the lab's tiny Linux) writing the disk pattern.
 
 One guest, one sequence (each step builds on the previous one, so it is one test):
-snapshot at an empty disk -> the guest writes 4 MiB of pattern -> a full backup while the guest
+snapshot at an empty disk -> the guest writes 4 MiB of pattern -> a push-mode full backup, the
+guest writing 4 MiB more once it began (not in it) -> a full backup while the guest
 writes 24 MiB more, its heartbeat counting on -> an incremental backup after it finished ->
 revert to the snapshot (the disk is empty again, the guest runs) -> restore the backup chain
 into a new domain that boots -> a full clone of the running guest boots -> the full point
@@ -92,6 +93,23 @@ def test_snapshot_backup_restore_clone_on_a_real_guest(tmp_path):
         assert s0["memory"] and s0["state"] == "running" and s0["parent"] is None
 
         assert ch.send("write-pattern 4", timeout=120)["ok"] is True
+
+        # Push mode, one point in time: the first progress report comes once backupBegin
+        # returned; the guest then writes 8 MiB (the pattern's next 4 MiB) while the job runs.
+        # Those writes are not in the backup: the 4 MiB from before are, the rest is empty.
+        reports: list = []
+
+        def write_after_start(p) -> None:
+            reports.append(p)
+            if len(reports) == 1:
+                assert ch.send("write-pattern 8", timeout=120)["ok"] is True
+
+        b0 = drv.backup(g1.uuid, [{"target": "vda", "path": f"{backups}/b0-vda.qcow2"}], None, "b0", on_progress=write_after_start)
+        assert b0["kind"] == "full" and b0["mode"] == "push" and drv.checkpoints(g1.uuid) == ["b0"]
+        assert reports[0].data_processed == 0 and reports[0].data_total == 32 << 20
+        assert read_blocks(f"{backups}/b0-vda.qcow2", 8, str(tmp_path)) == ["p"] * 1024 + ["0"] * 1024
+        assert image_info(f"{backups}/b0-vda.qcow2").get("backing-filename") is None
+
         # Backup while the guest writes 24 MiB more: its heartbeat keeps counting meanwhile.
         seq_before = ch.read_heartbeat(timeout=10)["seq"]
         writer: dict = {}
@@ -105,10 +123,11 @@ def test_snapshot_backup_restore_clone_on_a_real_guest(tmp_path):
         assert seq_after > seq_before + 1, (seq_before, seq_after)
         assert drv.checkpoints(g1.uuid) == ["b1"]
 
-        # Point in time: the 4 MiB written before are there; each later block is either the
-        # pattern or still empty, never anything else (no torn or foreign data).
+        # Point in time: the 8 MiB written before are there (also the 4 MiB the guest wrote
+        # during b0: they did reach its disk); each later block is either the pattern or still
+        # empty, never anything else (no torn or foreign data).
         blocks = read_blocks(f"{backups}/b1-vda.qcow2", 24, str(tmp_path))
-        assert blocks[:1024] == ["p"] * 1024
+        assert blocks[:2048] == ["p"] * 2048
         assert "x" not in blocks
         print(f"\nfull backup: {blocks.count('p')} of {len(blocks)} pattern blocks at the backup point, {full}")
 
