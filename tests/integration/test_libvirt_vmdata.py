@@ -95,8 +95,10 @@ def test_snapshot_backup_restore_clone_on_a_real_guest(tmp_path):
         assert ch.send("write-pattern 4", timeout=120)["ok"] is True
 
         # Push mode, one point in time: the first progress report comes once backupBegin
-        # returned; the guest then writes 8 MiB (the pattern's next 4 MiB) while the job runs.
-        # Those writes are not in the backup: the 4 MiB from before are, the rest is empty.
+        # returned; the guest then writes 8 MiB (the pattern's next 4 MiB). Those writes are not
+        # in the backup: the 4 MiB from before are, the rest is empty. (On this 32 MiB disk the
+        # job has mostly ended by then, measured: this pins the report's contract; the guest
+        # writing during the job is the next backup's check.)
         reports: list = []
 
         def write_after_start(p) -> None:
