@@ -176,3 +176,15 @@ def test_memory_demand_is_what_the_guest_balloon_reports_and_cpu_spread_is_kept(
     assert spreads[str(fresh)] == (40.0, 0.0)
     # The API shows the spread next to the demand.
     assert client.get(f"/api/v1/vms/{fresh}", headers=auth).json()["cpu_demand_spread_mhz"] == 40.0
+
+
+def test_confidence_is_off_unless_the_cluster_sets_it(env):
+    from vcenter.db.models import Cluster
+    from vcenter.services.drs import drs_settings
+
+    client, auth, cl, hosts, vms = env
+    assert drs_settings(Cluster(name="c", settings={"drs": {}})).confidence == 0.0
+    assert drs_settings(Cluster(name="c", settings={"drs": {"confidence": 0.5}})).confidence == 0.5
+    _set_drs(client, auth, cl, confidence=-1)
+    run = client.post(f"/api/v1/clusters/{cl['id']}/drs/run", headers=auth)
+    assert run.status_code == 422 and run.json()["code"] == "INVALID_DRS_SETTINGS"

@@ -37,7 +37,7 @@ def drs_settings(cluster: Cluster) -> drs.DrsSettings:
             vm_overrides={str(k): v for k, v in (conf.get("vm_overrides") or {}).items()},
             cooldown_s=float(conf.get("cooldown_s", 1800)),
             budget=int(conf.get("budget", 8)),
-            confidence=float(conf.get("confidence", 1.0)),
+            confidence=float(conf.get("confidence", 0.0)),
             ha=drs.HaReserve(fraction=max(float(conf.get("ha_reserve_fraction", 0)), _ha_reserve(cluster))),
         )
     except (ValueError, TypeError) as exc:
