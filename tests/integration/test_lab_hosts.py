@@ -364,4 +364,6 @@ def test_up_after_a_crash_cleans_up_first_and_down_leaves_nothing(lab):
     assert not any(_comm(p) for p in pids)
     assert _leftovers(again) == []
     assert not net.link_exists(BRIDGE)
+    # The hosts' process logs are kept for a post-mortem (libvirtd's and agents' logs).
+    assert any(p.name.startswith("host2-") for p in (again.workdir / "logs").glob("*.log"))
     lab.state = again.state  # the module fixture's down() is then a no-op

@@ -635,6 +635,11 @@ class Lab:
         """Remove every namespace, link, process, mount, loop device and cgroup of the lab."""
         with self._locked():
             self._cleanup()
+            # The hosts' process logs (agents, libvirtd) outlive the lab, in <workdir>/logs: a
+            # failed test's teardown must not take the evidence with it.
+            for log_file in sorted((self.workdir / "hosts").glob("*/*.log")):
+                (self.workdir / "logs").mkdir(exist_ok=True)
+                shutil.move(str(log_file), str(self.workdir / "logs" / f"{log_file.parent.name}-{log_file.name}"))
             for sub in ("hosts", "images", "datastores", "ca"):
                 shutil.rmtree(self.workdir / sub, ignore_errors=True)
             self.state_file.unlink(missing_ok=True)
