@@ -443,23 +443,7 @@ class _Loads:
         """Imbalance (the larger std over ``resources``) after moving VMs with entitlements
         ``ent`` (k x 2) from ``src`` to each of ``targets`` (m host indices): a k x m matrix,
         from the sums S and Q only."""
-        act = np.flatnonzero(self.active)
-        n = act.size
-        x = self.x()
-        xa = x[act]
-        S = xa.sum(axis=0)
-        Q = (xa * xa).sum(axis=0)
-        out = np.zeros((ent.shape[0], targets.size))
-        for r in resources:
-            xs = x[src, r]
-            xs2 = xs - ent[:, r] / self.cap[src, r]  # k
-            xt = x[targets, r]  # m
-            xt2 = xt[None, :] + ent[:, r][:, None] / self.cap[targets, r][None, :]  # k x m
-            s2 = S[r] - xs + xs2[:, None] - xt[None, :] + xt2
-            q2 = Q[r] - xs * xs + (xs2 * xs2)[:, None] - (xt * xt)[None, :] + xt2 * xt2
-            var = np.maximum(q2 / n - (s2 / n) ** 2, 0.0)
-            out = np.maximum(out, np.sqrt(var))
-        return out
+        return self._moved(src, ent, targets, resources, None)[1]
 
     def sigma(self) -> np.ndarray:
         """Each host's load spread (n x 2, in load units)."""
@@ -470,28 +454,39 @@ class _Loads:
         """Imbalance gain (k x m, as ``after``) on pessimistic loads: the source ``confidence``
         spreads lighter and each target as much heavier than measured. Equals the plain gain
         when no host has a spread."""
+        before, after = self._moved(src, ent, targets, resources, self.sigma() * confidence)
+        return before[None, :] - after
+
+    def _moved(self, src: int, ent: np.ndarray, targets: np.ndarray, resources: tuple[int, ...],
+               shift: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(imbalance before, per target (m); imbalance after each move, k x m), with the source
+        ``shift`` lighter and each target ``shift`` heavier than measured (n x 2; None: as
+        measured). A move changes two hosts' loads, so the std after it follows from the sums
+        S = sum x and Q = sum x^2 over active hosts without touching the others."""
         act = np.flatnonzero(self.active)
         n = act.size
         x = self.x()
         xa = x[act]
         S = xa.sum(axis=0)
         Q = (xa * xa).sum(axis=0)
-        sig = self.sigma() * confidence
         before = np.zeros(targets.size)
         after = np.zeros((ent.shape[0], targets.size))
         for r in resources:
             xs, xt = x[src, r], x[targets, r]
-            ps = xs - sig[src, r]  # pessimistic source load (scalar)
-            pt = xt + sig[targets, r]  # pessimistic target loads (m)
-            s1 = S[r] - xs + ps - xt + pt
-            q1 = Q[r] - xs * xs + ps * ps - xt * xt + pt * pt
+            if shift is None:
+                ps, pt, s1, q1 = xs, xt, S[r], Q[r]
+            else:
+                ps = xs - shift[src, r]  # pessimistic source load (scalar)
+                pt = xt + shift[targets, r]  # pessimistic target loads (m)
+                s1 = S[r] - xs + ps - xt + pt
+                q1 = Q[r] - xs * xs + ps * ps - xt * xt + pt * pt
             before = np.maximum(before, np.sqrt(np.maximum(q1 / n - (s1 / n) ** 2, 0.0)))
             ps2 = ps - ent[:, r] / self.cap[src, r]  # k
             pt2 = pt[None, :] + ent[:, r][:, None] / self.cap[targets, r][None, :]  # k x m
-            s2 = s1[None, :] - ps + ps2[:, None] - pt[None, :] + pt2
-            q2 = q1[None, :] - ps * ps + (ps2 * ps2)[:, None] - (pt * pt)[None, :] + pt2 * pt2
+            s2 = s1 - ps + ps2[:, None] - pt[None, :] + pt2
+            q2 = q1 - ps * ps + (ps2 * ps2)[:, None] - (pt * pt)[None, :] + pt2 * pt2
             after = np.maximum(after, np.sqrt(np.maximum(q2 / n - (s2 / n) ** 2, 0.0)))
-        return before[None, :] - after
+        return before, after
 
     def move(self, vm: VmSnapshot, src: int, dst: int) -> None:
         e = self.ent[vm.id]

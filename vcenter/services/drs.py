@@ -58,7 +58,7 @@ def history(session: Session, cluster_id: int, cooldown_s: float) -> drs.DrsHist
 
 def measured_demands(session: Session, cluster_id: int, config: Settings | None = None) -> dict[str, tuple[float, float]]:
     """CPU demand measured on the hosts (VMs without a measurement yet keep their configured
-    size). Memory demand: what the guest uses as its balloon driver reports it (``mem.usage``
+    size). Memory demand: what the guest uses as its balloon driver reports it (``mem.guest_used``
     of its latest real-time metrics sample, of the last three sample periods), else its
     configured memory. QEMU's resident memory is no measure of it (every page the guest ever
     touched stays resident, plus QEMU's own), so a VM without balloon statistics demands its
@@ -69,11 +69,12 @@ def measured_demands(session: Session, cluster_id: int, config: Settings | None 
     demands = {str(vm_id): (float(cpu), float(mem)) for vm_id, cpu, mem in rows}
     if demands:
         since = utcnow() - timedelta(seconds=3 * config.metrics_sample_period)
-        for vm_id, samples in metrics.latest(session, "vm", since).items():
+        in_cluster = select(VirtualMachine.id).where(VirtualMachine.cluster_id == cluster_id)
+        for vm_id, samples in metrics.latest(session, "vm", since, in_cluster).items():
             key = str(vm_id)
             if key not in demands:
                 continue
-            at, values = max(samples, key=lambda s: s[0])
+            _, values = max(samples, key=lambda s: s[0])
             if values.get("mem.guest_used") is not None:
                 demands[key] = (demands[key][0], min(demands[key][1], float(values["mem.guest_used"])))
     return demands

@@ -160,13 +160,15 @@ def query(session: Session, settings: Settings, object_type: str, object_id: int
             "start": start_at.isoformat(), "end": end_at.isoformat(), "series": series}
 
 
-def latest(session: Session, object_type: str, since: datetime) -> dict[int, list[tuple[float, dict[str, Any]]]]:
-    """Real-time rows of every object of a type since ``since``: object id -> [(at, values)]."""
+def latest(session: Session, object_type: str, since: datetime, object_ids: Any = None) -> dict[int, list[tuple[float, dict[str, Any]]]]:
+    """Real-time rows of every object of a type (or of ``object_ids`` only: an id list or a
+    select of ids) since ``since``: object id -> [(at, values)]."""
     out: dict[int, list[tuple[float, dict[str, Any]]]] = {}
-    for object_id, at, values in session.execute(
-        select(MetricSample.object_id, MetricSample.at, MetricSample.values)
-        .where(MetricSample.tier == 0, MetricSample.object_type == object_type, MetricSample.at >= since)
-    ):
+    query = (select(MetricSample.object_id, MetricSample.at, MetricSample.values)
+             .where(MetricSample.tier == 0, MetricSample.object_type == object_type, MetricSample.at >= since))
+    if object_ids is not None:
+        query = query.where(MetricSample.object_id.in_(object_ids))
+    for object_id, at, values in session.execute(query):
         out.setdefault(object_id, []).append((_ts(at), values or {}))
     return out
 
