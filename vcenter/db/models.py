@@ -362,6 +362,7 @@ class Task(Base):
     object_id: Mapped[int] = mapped_column(Integer)
     host_id: Mapped[int | None] = mapped_column(ForeignKey("hosts.id", ondelete="SET NULL"))
     username: Mapped[str] = mapped_column(String(80), default="system")
+    user_id: Mapped[int | None] = mapped_column(Integer, index=True)  # the owner (None: system)
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error_code: Mapped[str | None] = mapped_column(String(48))
@@ -393,6 +394,9 @@ class Event(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     username: Mapped[str] = mapped_column(String(80), default="system")
+    # The acting user's id (None for the system's own actors): visibility and ownership are
+    # decided on ids, never on names, which a new user could take.
+    user_id: Mapped[int | None] = mapped_column(Integer, index=True)
     kind: Mapped[str] = mapped_column(String(48), index=True)
     object_type: Mapped[str | None] = mapped_column(String(24))
     object_id: Mapped[int | None] = mapped_column(Integer)
@@ -418,6 +422,9 @@ class OutboxMessage(Base):
 
 class User(Timestamped, Base):
     __tablename__ = "users"
+    # AUTOINCREMENT on SQLite: a deleted user's id is never handed to a new one (PostgreSQL's
+    # sequences never reuse); permissions, tokens and audit rows name principals by id.
+    __table_args__ = {"sqlite_autoincrement": True}
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(80), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
@@ -428,6 +435,7 @@ class User(Timestamped, Base):
 class Role(Timestamped, Base):
     """A named set of privileges (vcenter.domain.privileges); built-in roles cannot change."""
     __tablename__ = "roles"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids never reused (see User)
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(80), unique=True)
     privileges: Mapped[list[Any]] = mapped_column(default=list)
@@ -437,6 +445,7 @@ class Role(Timestamped, Base):
 
 class Group(Timestamped, Base):
     __tablename__ = "groups"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids never reused (see User)
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(80), unique=True)
 
@@ -473,6 +482,21 @@ class ApiToken(Base):
     expires_at: Mapped[datetime | None] = mapped_column()
     last_used_at: Mapped[datetime | None] = mapped_column()
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class RefusedCredential(Base):
+    """Refused credentials (user tokens, passwords, agent credentials, registration tokens),
+    aggregated per source address, credential kind and minute: one row counts a flood, so the
+    audit holds across API replicas without letting an attacker fill the database."""
+    __tablename__ = "refused_credentials"
+    __table_args__ = (UniqueConstraint("minute", "source", "credential", name="uq_refused_credentials_minute_source_credential"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    minute: Mapped[datetime] = mapped_column(index=True)
+    source: Mapped[str] = mapped_column(String(64))
+    credential: Mapped[str] = mapped_column(String(24))  # user_token | password | agent | registration
+    count: Mapped[int] = mapped_column(Integer, default=1)
+    last_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_detail: Mapped[str] = mapped_column(String(255), default="")
 
 
 class LoginSession(Base):

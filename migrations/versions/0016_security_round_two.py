@@ -1,0 +1,53 @@
+"""Security round two: ids of users, groups and roles never reused (SQLite AUTOINCREMENT),
+actors by user id on events and tasks, refused credentials aggregated per source and minute
+
+Revision ID: 0016
+Revises: 0015
+"""
+from alembic import op
+import sqlalchemy as sa
+import vcenter.db.models
+
+
+revision = '0016'
+down_revision = '0015'
+branch_labels = None
+depends_on = None
+
+_NEVER_REUSED = ('users', 'groups', 'roles')
+
+
+def upgrade() -> None:
+    ts = vcenter.db.models.UTCDateTime(timezone=True)
+    if op.get_bind().dialect.name == 'sqlite':
+        # Only SQLite reuses the largest deleted rowid; PostgreSQL's sequences never do.
+        for table in _NEVER_REUSED:
+            with op.batch_alter_table(table, recreate='always', table_kwargs={'sqlite_autoincrement': True}):
+                pass
+    for table in ('events', 'tasks'):
+        with op.batch_alter_table(table) as batch:
+            batch.add_column(sa.Column('user_id', sa.Integer(), nullable=True))
+            batch.create_index(batch.f(f'ix_{table}_user_id'), ['user_id'], unique=False)
+    # Existing rows keep their actor: the user of that name, where one exists today.
+    for table in ('events', 'tasks'):
+        op.execute(f"UPDATE {table} SET user_id = (SELECT users.id FROM users WHERE users.username = {table}.username)")
+    op.create_table('refused_credentials',
+        sa.Column('id', sa.Integer(), nullable=False),
+        sa.Column('minute', ts, nullable=False),
+        sa.Column('source', sa.String(length=64), nullable=False),
+        sa.Column('credential', sa.String(length=24), nullable=False),
+        sa.Column('count', sa.Integer(), nullable=False),
+        sa.Column('last_at', ts, nullable=False),
+        sa.Column('last_detail', sa.String(length=255), nullable=False),
+        sa.PrimaryKeyConstraint('id', name=op.f('pk_refused_credentials')),
+        sa.UniqueConstraint('minute', 'source', 'credential', name='uq_refused_credentials_minute_source_credential'))
+    op.create_index(op.f('ix_refused_credentials_minute'), 'refused_credentials', ['minute'], unique=False)
+
+
+def downgrade() -> None:
+    op.drop_index(op.f('ix_refused_credentials_minute'), table_name='refused_credentials')
+    op.drop_table('refused_credentials')
+    for table in ('events', 'tasks'):
+        with op.batch_alter_table(table) as batch:
+            batch.drop_index(batch.f(f'ix_{table}_user_id'))
+            batch.drop_column('user_id')
