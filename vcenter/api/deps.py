@@ -4,7 +4,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from vcenter.core.errors import Unauthorized
 from vcenter.core.settings import Settings
@@ -36,10 +37,18 @@ def get_db(runtime: RuntimeDep) -> Iterator[Any]:
 DbDep = Annotated[Any, Depends(get_db, scope="function")]
 
 
-def bearer_token(authorization: Annotated[str | None, Header()] = None) -> str:
-    if not authorization or not authorization.lower().startswith("bearer "):
+# Declared as an OpenAPI security scheme ("bearerAuth"), not as a header parameter: clients
+# and fuzzers then send the token as a credential instead of treating it as data to vary.
+# auto_error=False: a missing or non-Bearer header is our 401 with its stable code, not
+# FastAPI's generic one.
+_bearer_scheme = HTTPBearer(auto_error=False, scheme_name="bearerAuth",
+                            description="A token from POST /api/v1/session (users) or from registration (agents).")
+
+
+def bearer_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)] = None) -> str:
+    if credentials is None or not credentials.credentials:
         raise Unauthorized("log in first: POST /api/v1/session, then send 'Authorization: Bearer <token>'", code="NOT_AUTHENTICATED")
-    return authorization[7:].strip()
+    return credentials.credentials
 
 
 TokenDep = Annotated[str, Depends(bearer_token)]
