@@ -8,8 +8,11 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from vcenter.domain.datastore_roots import DEFAULT_ROOTS as DEFAULT_DATASTORE_ROOTS
+from vcenter.domain.datastore_roots import parse_roots as parse_datastore_roots
 
 
 class Settings(BaseSettings):
@@ -84,6 +87,9 @@ class Settings(BaseSettings):
     agent_concurrency: int = 4
     agent_command_reconnect_timeout: float = Field(30.0, description="a command that finds libvirt gone keeps reconnecting this long before failing")
     datastore_root: str = Field("/var/lib/virtcenter/datastores", description="where the agent mounts datastores it creates")
+    # A datastore is a folder below one of these roots, never any folder of the host (vcenter.domain.datastore_roots).
+    datastore_roots: str = Field(DEFAULT_DATASTORE_ROOTS, description="server: comma-separated folders below which a datastore's url must lie (checked at create time; '/' and system folders such as /etc, /proc are never accepted)")
+    agent_datastore_roots: str = Field(DEFAULT_DATASTORE_ROOTS, description="agent: comma-separated folders below which this host provides datastores and reads or writes files for commands (symlinks resolved); anything else is refused with DATASTORE_PATH_NOT_ALLOWED")
 
     # --- templates, uploads, import/export (templates_store) -------------------------------
     upload_dir: str = Field("/var/lib/virtcenter/uploads", description="where the server stores uploaded images/OVAs and exported OVAs until agents pull them or users download them")
@@ -129,6 +135,12 @@ class Settings(BaseSettings):
     # --- misc -----------------------------------------------------------------------------
     log_level: str = "INFO"
     log_json: bool = False
+
+    @field_validator("datastore_roots", "agent_datastore_roots")
+    @classmethod
+    def _datastore_roots(cls, value: str) -> str:
+        # A root of '/' or /etc would allow what the roots exist to refuse: fail at start.
+        return ",".join(parse_datastore_roots(value))
 
 
 @lru_cache
