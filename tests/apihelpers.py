@@ -33,20 +33,35 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.1, what: str 
     raise AssertionError(f"timed out after {timeout} s waiting for {what}; last value {last!r}")
 
 
+def agent_register(client: TestClient, identity, registration_token: str, host_uuid: str, hostname: str):
+    """Play one registration call of an agent holding ``identity`` (workers.agent.identity):
+    ask for a nonce, sign it, register; answer the register response."""
+    challenge = client.post("/api/v1/agent/register/challenge", json={"registration_token": registration_token})
+    if challenge.status_code != 200:
+        return challenge
+    nonce = challenge.json()["nonce"]
+    body = {"registration_token": registration_token, "host_uuid": host_uuid, "hostname": hostname, "nonce": nonce,
+            **identity.registration_proof(nonce, registration_token, host_uuid)}
+    return client.post("/api/v1/agent/register", json=body)
+
+
 def register_host(client: TestClient, auth: dict[str, str], datacenter_id: int, name: str, host_uuid: str | None = None, cluster_id: int | None = None) -> tuple[dict, dict[str, str]]:
-    """Add a host and play its agent's registration and the operator's confirmation;
-    answer the host and the agent's request headers."""
+    """Add a host and play its agent's registration (a real key and certificate, a signed
+    nonce) and the operator's confirmation; answer the host and the agent's request headers."""
     import uuid as uuidlib
+
+    from workers.agent.identity import new_identity
 
     r = client.post("/api/v1/hosts", json={"name": name, "datacenter_id": datacenter_id, "cluster_id": cluster_id}, headers=auth)
     assert r.status_code == 201, r.text
     host = r.json()
-    body = {"registration_token": host["registration_token"], "host_uuid": host_uuid or str(uuidlib.uuid4()), "thumbprint": f"SHA256:{name}:AA:BB:CC", "hostname": name}
-    first = client.post("/api/v1/agent/register", json=body)
+    identity = new_identity(name)
+    host_uuid = host_uuid or str(uuidlib.uuid4())
+    first = agent_register(client, identity, host["registration_token"], host_uuid, name)
     assert first.status_code == 200 and first.json() == {"host_id": host["id"], "trust_state": "awaitingConfirmation", "agent_token": None, "command_public_key": None}, first.text
-    r = client.post(f"/api/v1/hosts/{host['id']}/confirm", json={"thumbprint": body["thumbprint"]}, headers=auth)
+    r = client.post(f"/api/v1/hosts/{host['id']}/confirm", json={"thumbprint": identity.thumbprint}, headers=auth)
     assert r.status_code == 200, r.text
-    second = client.post("/api/v1/agent/register", json=body).json()
+    second = agent_register(client, identity, host["registration_token"], host_uuid, name).json()
     assert second["trust_state"] == "trusted" and second["agent_token"] and second["command_public_key"].startswith("-----BEGIN PUBLIC KEY")
     return host, {"Authorization": f"Bearer {second['agent_token']}"}
 

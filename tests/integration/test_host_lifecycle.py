@@ -8,11 +8,12 @@ import uuid
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.apihelpers import login, make_admin, register_host
+from tests.apihelpers import agent_register, login, make_admin, register_host
 from vcenter.api.app import create_app
 from vcenter.db.models import Host
 from vcenter.db.session import session_scope
 from vcenter.services.reports import mark_host_heartbeat
+from workers.agent.identity import new_identity
 
 pytestmark = pytest.mark.integration
 
@@ -38,28 +39,31 @@ def _dom(uuid_, name, state="poweredOn"):
 
 def test_registration_token_thumbprint_and_duplicate_uuid(ctx):
     client, auth, dc, settings = ctx
-    r = client.post("/api/v1/agent/register", json={"registration_token": "x" * 20, "host_uuid": str(uuid.uuid4()), "thumbprint": "SHA256:00:11:22:33", "hostname": "evil"})
+    r = client.post("/api/v1/agent/register/challenge", json={"registration_token": "x" * 20})
+    assert r.status_code == 401 and r.json()["code"] == "BAD_REGISTRATION_TOKEN"
+    r = client.post("/api/v1/agent/register", json={"registration_token": "x" * 20, "host_uuid": str(uuid.uuid4()), "hostname": "evil", "nonce": "v1.1.a.b", "certificate": "x", "signature": "x"})
     assert r.status_code == 401 and r.json()["code"] == "BAD_REGISTRATION_TOKEN"
 
     shared_uuid = str(uuid.uuid4())
     h1, agent1 = register_host(client, auth, dc["id"], "h1", host_uuid=shared_uuid)
     assert client.get(f"/api/v1/hosts/{h1['id']}", headers=auth).json()["trust_state"] == "trusted"
     # The token was consumed with the credential.
-    again = client.post("/api/v1/agent/register", json={"registration_token": h1["registration_token"], "host_uuid": shared_uuid, "thumbprint": "SHA256:h1:AA:BB:CC", "hostname": "h1"})
-    assert again.status_code == 401
+    again = agent_register(client, new_identity("h1"), h1["registration_token"], shared_uuid, "h1")
+    assert again.status_code == 401 and again.json()["code"] == "BAD_REGISTRATION_TOKEN"
 
     h2 = client.post("/api/v1/hosts", json={"name": "h2", "datacenter_id": dc["id"]}, headers=auth).json()
-    dup = client.post("/api/v1/agent/register", json={"registration_token": h2["registration_token"], "host_uuid": shared_uuid, "thumbprint": "SHA256:h2:AA:BB:CC", "hostname": "h2"})
+    agent_key = new_identity("h2")
+    dup = agent_register(client, agent_key, h2["registration_token"], shared_uuid, "h2")
     assert dup.status_code == 409 and dup.json()["code"] == "DUPLICATE_HOST_UUID"
     assert client.get("/api/v1/events?kind=host.registration_refused", headers=auth).json()["total"] == 1
 
-    body = {"registration_token": h2["registration_token"], "host_uuid": str(uuid.uuid4()), "thumbprint": "SHA256:h2:AA:BB:CC", "hostname": "h2"}
-    assert client.post("/api/v1/agent/register", json=body).json()["trust_state"] == "awaitingConfirmation"
+    h2_uuid = str(uuid.uuid4())
+    assert agent_register(client, agent_key, h2["registration_token"], h2_uuid, "h2").json()["trust_state"] == "awaitingConfirmation"
     wrong = client.post(f"/api/v1/hosts/{h2['id']}/confirm", json={"thumbprint": "SHA256:FF:FF:FF:FF"}, headers=auth)
     assert wrong.status_code == 409 and wrong.json()["code"] == "THUMBPRINT_MISMATCH"
-    other_cert = client.post("/api/v1/agent/register", json={**body, "thumbprint": "SHA256:EE:EE:EE:EE"})
+    other_cert = agent_register(client, new_identity("h2"), h2["registration_token"], h2_uuid, "h2")
     assert other_cert.status_code == 409 and other_cert.json()["code"] == "THUMBPRINT_MISMATCH"
-    assert client.post("/api/v1/agent/register", json=body).json()["agent_token"] is None  # not before confirmation
+    assert agent_register(client, agent_key, h2["registration_token"], h2_uuid, "h2").json()["agent_token"] is None  # not before confirmation
 
     # A new registration token revokes the old credential at once.
     assert _state(client, h1, agent1, [])["accepted"]
@@ -72,7 +76,7 @@ def test_trust_on_first_use(ctx):
     client, auth, dc, settings = ctx
     settings.host_trust_on_first_use = True
     h = client.post("/api/v1/hosts", json={"name": "tofu", "datacenter_id": dc["id"]}, headers=auth).json()
-    r = client.post("/api/v1/agent/register", json={"registration_token": h["registration_token"], "host_uuid": str(uuid.uuid4()), "thumbprint": "SHA256:AB:CD:EF:01", "hostname": "tofu"}).json()
+    r = agent_register(client, new_identity("tofu"), h["registration_token"], str(uuid.uuid4()), "tofu").json()
     assert r["trust_state"] == "trusted" and r["agent_token"]
 
 

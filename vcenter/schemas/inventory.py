@@ -160,11 +160,24 @@ class ThumbprintConfirm(_In):
     thumbprint: str = Field(..., min_length=10, max_length=128, description="the SHA-256 thumbprint the agent printed, as read on the host")
 
 
+class AgentRegistrationChallenge(_In):
+    registration_token: str = Field(..., min_length=10, max_length=200)
+
+
+class AgentRegistrationNonce(BaseModel):
+    nonce: str = Field(..., description="sign it (with the registration token and the host UUID) with the agent's key; see vcenter.core.registration")
+    expires_in: float = Field(..., description="seconds the nonce stays valid")
+    expires_at: int = Field(..., description="expiry, epoch seconds")
+
+
 class AgentRegistration(_In):
     registration_token: str = Field(..., min_length=10, max_length=200)
     host_uuid: str = Field(..., pattern=r"^[0-9a-fA-F-]{32,36}$")
-    thumbprint: str = Field(..., min_length=10, max_length=128)
     hostname: str = Field(..., min_length=1, max_length=255)
+    nonce: str = Field(..., min_length=1, max_length=200, description="from POST /api/v1/agent/register/challenge")
+    certificate: str = Field(..., min_length=1, max_length=16384, description="the agent's certificate (PEM); its SHA-256 thumbprint is what the operator confirms")
+    signature: str = Field(..., min_length=1, max_length=1024, description="base64 signature, with the certificate's key, of the nonce, the registration token and the host UUID")
+    thumbprint: str | None = Field(None, min_length=10, max_length=128, description="optional: must be the certificate's")
 
 
 class AgentRegistrationAnswer(BaseModel):

@@ -1,7 +1,7 @@
 """Host lifecycle as vCenter operators know it: add (with a one-time registration token),
-register (the agent presents its libvirt host UUID and certificate thumbprint), confirm the
-thumbprint (or trust on first use), standby, remove (forced only for a dead host), and import
-of VMs found on a host.
+register (the agent presents its libvirt host UUID and certificate, and proves it holds the
+certificate's key: vcenter.core.registration), confirm the thumbprint (or trust on first
+use), standby, remove (forced only for a dead host), and import of VMs found on a host.
 
 Vocabulary:
 - trust state: awaitingAgent (added, no agent yet) -> awaitingConfirmation (an agent
@@ -15,16 +15,18 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from vcenter.core import registration
 from vcenter.core.clock import utcnow
 from vcenter.core.errors import Conflict, InvalidState, Unauthorized
 from vcenter.core.ids import new_token, token_hash
 from vcenter.core.settings import Settings
 from vcenter.db.models import Host, VirtualMachine
 from vcenter.domain.states import ConnectionState, PowerState
-from vcenter.messaging.signing import CommandSigner
+from vcenter.messaging.signing import CommandSigner, load_or_create_signing_key, signing_key_path
 from vcenter.services import inventory
 from vcenter.services.events import record_event
 
@@ -42,24 +44,66 @@ def issue_registration_token(session: Session, host: Host, settings: Settings, u
     return token
 
 
-def register(session: Session, settings: Settings, registration_token: str, host_uuid: str, thumbprint: str, hostname: str) -> dict[str, Any]:
-    """An agent presents its one-time token. Answers its state and, once trusted, its
-    credential (the token is consumed then)."""
+def _nonce_key(settings: Settings) -> bytes:
+    # Derived from the command signing key: every API replica shares it already (key_dir), so
+    # a nonce one replica issued verifies on another without shared state.
+    key = load_or_create_signing_key(signing_key_path(settings))
+    return registration.nonce_key(key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()))
+
+
+def _host_of_token(session: Session, registration_token: str) -> Host:
     host = session.scalar(select(Host).where(Host.registration_token_hash == token_hash(registration_token)))
     if host is None or host.registration_expires_at is None or utcnow() > host.registration_expires_at:
         raise Unauthorized("unknown or expired registration token", code="BAD_REGISTRATION_TOKEN")
+    return host
+
+
+def registration_challenge(session: Session, settings: Settings, registration_token: str) -> dict[str, Any]:
+    """A nonce for the agent holding ``registration_token`` to sign (see
+    vcenter.core.registration): valid for that token and the host's current trust state."""
+    host = _host_of_token(session, registration_token)
+    nonce, expires = registration.mint_nonce(_nonce_key(settings), host.registration_token_hash, host.trust_state, utcnow())
+    return {"nonce": nonce, "expires_in": float(registration.NONCE_TTL), "expires_at": expires}
+
+
+def _refused_registration(host: Host, code: str, message: str) -> dict[str, Any]:
+    return {"kind": "host.registration_refused", "message": f"host {host.name}: {message}", "object_type": "host",
+            "object_id": host.id, "object_name": host.name, "reason": code}
+
+
+def register(session: Session, settings: Settings, registration_token: str, host_uuid: str, hostname: str,
+             nonce: str, certificate_pem: str, signature: str, thumbprint: str | None = None) -> dict[str, Any]:
+    """An agent presents its one-time token and proves that it holds the key of its
+    certificate (a signature over a fresh server nonce, the token and its host UUID). Answers
+    its state and, once trusted, its credential (the token is consumed then).
+
+    Once an agent registered with this token, only the same certificate and the same host
+    UUID are accepted: the confirmed thumbprint names a key, and only its holder gets the
+    credential."""
+    host = _host_of_token(session, registration_token)
+    try:
+        registration.check_nonce(_nonce_key(settings), nonce, host.registration_token_hash, host.trust_state, utcnow())
+        proven = registration.check_proof(certificate_pem, signature, registration.signed_message(nonce, registration_token, host_uuid))
+    except registration.ProofRefused as exc:
+        # No Event per attempt (a flood would fill the audit log): the API's error handler
+        # counts refused proofs per source and minute (vcenter.services.refusals).
+        raise Unauthorized(exc.message, code=exc.code) from None
+    if thumbprint is not None and thumbprint.strip().upper() != proven.thumbprint:
+        raise Unauthorized("the claimed thumbprint is not the certificate's", code="BAD_REGISTRATION_PROOF")
     other = session.scalar(select(Host).where(Host.host_uuid == host_uuid, Host.id != host.id))
     if other is not None:
         message = f"host UUID {host_uuid} already belongs to host {other.name}"
-        raise Conflict(message, code="DUPLICATE_HOST_UUID", audit={
-            "kind": "host.registration_refused", "message": f"host {host.name}: {message}", "object_type": "host",
-            "object_id": host.id, "object_name": host.name, "reason": "DUPLICATE_HOST_UUID"})
-    if host.thumbprint is not None and host.thumbprint != thumbprint:
-        raise Conflict("a different certificate registered with this token first", code="THUMBPRINT_MISMATCH")
+        raise Conflict(message, code="DUPLICATE_HOST_UUID", audit=_refused_registration(host, "DUPLICATE_HOST_UUID", message))
+    if host.thumbprint is not None and host.thumbprint != proven.thumbprint:
+        raise Conflict("a different certificate registered with this token first", code="THUMBPRINT_MISMATCH",
+                       audit=_refused_registration(host, "THUMBPRINT_MISMATCH", f"certificate {proven.thumbprint} refused: {host.thumbprint} registered first"))
+    if host.thumbprint is not None and host.host_uuid != host_uuid:
+        raise Conflict(f"this registration is for host UUID {host.host_uuid}", code="HOST_UUID_MISMATCH",
+                       audit=_refused_registration(host, "HOST_UUID_MISMATCH", f"host UUID {host_uuid} refused: the agent registered with {host.host_uuid}"))
     if host.thumbprint is None:
-        host.thumbprint = thumbprint
+        host.thumbprint = proven.thumbprint
         host.host_uuid = host_uuid
-        record_event(session, "host.registered", f"agent on {hostname} registered for host {host.name}; certificate thumbprint {thumbprint}", object_type="host", object_id=host.id, object_name=host.name, data={"host_uuid": host_uuid, "thumbprint": thumbprint})
+        record_event(session, "host.registered", f"agent on {hostname} registered for host {host.name}; certificate thumbprint {proven.thumbprint}", object_type="host", object_id=host.id, object_name=host.name, data={"host_uuid": host_uuid, "thumbprint": proven.thumbprint})
         host.trust_state = "awaitingConfirmation"
         if settings.host_trust_on_first_use:
             host.trust_state = "trusted"

@@ -1,9 +1,10 @@
 """The agent's identity on its host: a self-signed certificate (its SHA-256 thumbprint is what
-the operator confirms) and the credential the server issues once the host is trusted.
-Both live in the agent's state directory, readable by root only, with the server's command
+the operator confirms; registration proves the agent holds its key) and the credential the
+server issues once the host is trusted. Both live in the agent's state directory, readable by root only, with the server's command
 public key that came with the credential (it verifies the commands on the host's queue)."""
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import logging
@@ -16,6 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from vcenter.core import registration
+
 log = logging.getLogger(__name__)
 
 
@@ -26,9 +29,7 @@ class Credential:
 
 
 def thumbprint_of(cert_pem: bytes) -> str:
-    cert = x509.load_pem_x509_certificate(cert_pem)
-    digest = cert.fingerprint(hashes.SHA256()).hex().upper()
-    return "SHA256:" + ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+    return registration.thumbprint(x509.load_pem_x509_certificate(cert_pem))
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -37,24 +38,56 @@ def _write_private(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def load_or_create_certificate(state_dir: Path, hostname: str) -> str:
-    """Return the thumbprint of the agent's certificate, creating key and certificate once."""
+@dataclass
+class AgentIdentity:
+    """The agent's key and self-signed certificate: what registration proves possession of."""
+    key: ec.EllipticCurvePrivateKey
+    cert_pem: bytes
+
+    @property
+    def thumbprint(self) -> str:
+        return thumbprint_of(self.cert_pem)
+
+    def registration_proof(self, nonce: str, registration_token: str, host_uuid: str) -> dict[str, str]:
+        """The fields of the register request that prove this identity (see
+        vcenter.core.registration): the certificate, the signature, and the thumbprint."""
+        message = registration.signed_message(nonce, registration_token, host_uuid)
+        signature = self.key.sign(message, ec.ECDSA(hashes.SHA256()))
+        return {"certificate": self.cert_pem.decode(), "signature": base64.b64encode(signature).decode(), "thumbprint": self.thumbprint}
+
+
+def new_identity(hostname: str) -> AgentIdentity:
+    """A fresh EC P-256 key and a ten-year self-signed certificate for it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname[:64] or "virtcenter-agent")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .sign(key, hashes.SHA256())
+    )
+    return AgentIdentity(key=key, cert_pem=cert.public_bytes(serialization.Encoding.PEM))
+
+
+def load_or_create_identity(state_dir: Path, hostname: str) -> AgentIdentity:
+    """The agent's key and certificate from its state directory, created there once."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     cert_path, key_path = state_dir / "agent.crt", state_dir / "agent.key"
     if not cert_path.exists():
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname[:64] or "virtcenter-agent")])
-        now = datetime.datetime.now(datetime.timezone.utc)
-        cert = (
-            x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=3650))
-            .sign(key, hashes.SHA256())
-        )
-        _write_private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        identity = new_identity(hostname)
+        _write_private(key_path, identity.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        cert_path.write_bytes(identity.cert_pem)
         log.info("agent certificate created in %s", state_dir)
-    return thumbprint_of(cert_path.read_bytes())
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise SystemExit(f"{key_path} is not an EC private key")
+    return AgentIdentity(key=key, cert_pem=cert_path.read_bytes())
+
+
+def load_or_create_certificate(state_dir: Path, hostname: str) -> str:
+    """Return the thumbprint of the agent's certificate, creating key and certificate once."""
+    return load_or_create_identity(state_dir, hostname).thumbprint
 
 
 def load_credential(state_dir: Path) -> Credential | None:

@@ -21,7 +21,7 @@ from workers.agent.identity import (
     Credential,
     load_command_public_key,
     load_credential,
-    load_or_create_certificate,
+    load_or_create_identity,
     save_command_public_key,
     save_credential,
 )
@@ -57,10 +57,24 @@ def make_network(settings: Settings, simulated: bool) -> HostNetwork:
     return BridgeHostNetwork()
 
 
+# Refusals that a fresh nonce cures: the operator confirmed between the challenge and the
+# register call (the nonce names the old trust state), or the call came too late.
+_RETRY_WITH_NEW_NONCE = {"REGISTRATION_NONCE_STALE", "REGISTRATION_NONCE_EXPIRED"}
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body.get("code") if isinstance(body, dict) else None
+
+
 def register_until_trusted(settings: Settings, driver: HypervisorDriver, registration_token: str, verify: object = True) -> Credential:
-    """Present the one-time token with the libvirt host UUID and the certificate thumbprint;
-    wait (polling) until the operator confirms the thumbprint, then keep the credential and
-    the server's command public key that comes with it."""
+    """Present the one-time token with the libvirt host UUID and the certificate, signing a
+    fresh server nonce with the certificate's key on each call (the proof that this host holds
+    the key whose thumbprint the operator confirms); wait (polling) until the operator
+    confirms, then keep the credential and the server's command public key that comes with it."""
     state_dir = Path(settings.agent_state_dir)
     while True:
         try:
@@ -70,17 +84,27 @@ def register_until_trusted(settings: Settings, driver: HypervisorDriver, registr
         except DriverError as exc:
             log.warning("registration waits for the hypervisor: %s", exc)
             time.sleep(settings.agent_reconnect_delay)
-    thumbprint = load_or_create_certificate(state_dir, facts.hostname)
+    identity = load_or_create_identity(state_dir, facts.hostname)
+    thumbprint = identity.thumbprint
     log.info("registering host UUID %s; certificate thumbprint %s", facts.host_uuid, thumbprint)
-    body = {"registration_token": registration_token, "host_uuid": facts.host_uuid, "thumbprint": thumbprint, "hostname": facts.hostname}
     announced = False
     with httpx.Client(base_url=settings.public_url.rstrip("/"), timeout=10, verify=verify) as client:
         while True:
             try:
+                challenge = client.post("/api/v1/agent/register/challenge", json={"registration_token": registration_token})
+                if challenge.status_code >= 400:
+                    raise SystemExit(f"registration refused: {challenge.status_code} {challenge.text}")
+                nonce = challenge.json()["nonce"]
+                body = {"registration_token": registration_token, "host_uuid": facts.host_uuid, "hostname": facts.hostname, "nonce": nonce,
+                        **identity.registration_proof(nonce, registration_token, facts.host_uuid)}
                 response = client.post("/api/v1/agent/register", json=body)
             except httpx.HTTPError as exc:
                 log.warning("registration: server unreachable (%s)", exc)
                 time.sleep(settings.agent_reconnect_delay)
+                continue
+            if response.status_code == 401 and _error_code(response) in _RETRY_WITH_NEW_NONCE:
+                log.info("registration: %s; asking for a new nonce", _error_code(response))
+                time.sleep(0.1)
                 continue
             if response.status_code >= 400:
                 raise SystemExit(f"registration refused: {response.status_code} {response.text}")

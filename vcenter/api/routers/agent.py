@@ -8,16 +8,22 @@ from fastapi import APIRouter
 
 from vcenter.api.deps import AgentHostId, DbDep, SettingsDep, public
 from vcenter.messaging.contracts import HostState, LifecycleEvent, TaskProgress, TaskResult
-from vcenter.schemas.inventory import AgentRegistration, AgentRegistrationAnswer
+from vcenter.schemas.inventory import AgentRegistration, AgentRegistrationAnswer, AgentRegistrationChallenge, AgentRegistrationNonce
 from vcenter.services import hosts, inventory, reports
 
 router = APIRouter(prefix="/api/v1/agent/hosts/{host_id}", tags=["agent"], dependencies=[public("an agent's own host credential, valid for its host only")])
-registration = APIRouter(prefix="/api/v1/agent", tags=["agent"], dependencies=[public("a one-time registration token")])
+registration = APIRouter(prefix="/api/v1/agent", tags=["agent"], dependencies=[public("a one-time registration token and a proof of the agent key")])
 
 
-@registration.post("/register", response_model=AgentRegistrationAnswer, summary="Agent: register with a one-time token, the libvirt host UUID and the certificate thumbprint")
+@registration.post("/register/challenge", response_model=AgentRegistrationNonce, summary="Agent: a nonce to sign for registration (valid for this registration token, briefly)")
+def register_challenge(body: AgentRegistrationChallenge, db: DbDep, settings: SettingsDep) -> Any:
+    return hosts.registration_challenge(db, settings, body.registration_token)
+
+
+@registration.post("/register", response_model=AgentRegistrationAnswer, summary="Agent: register with a one-time token, the libvirt host UUID, its certificate and a signature proving it holds the certificate's key")
 def register(body: AgentRegistration, db: DbDep, settings: SettingsDep) -> Any:
-    return hosts.register(db, settings, body.registration_token, body.host_uuid, body.thumbprint, body.hostname)
+    return hosts.register(db, settings, body.registration_token, body.host_uuid, body.hostname,
+                          nonce=body.nonce, certificate_pem=body.certificate, signature=body.signature, thumbprint=body.thumbprint)
 
 
 @router.post("/tasks/{task_id}/progress", summary="Agent: a command started or advanced")
