@@ -70,9 +70,15 @@ def serve(
     tls = {} if pair is None else {"ssl_certfile": str(pair[0]), "ssl_keyfile": str(pair[1])}
     if pair is not None:
         typer.echo(f"HTTPS with {pair[0]}; certificate thumbprint {thumbprint(pair[0].read_bytes())}", err=True)
+    if settings.metrics_listen and workers > 1:
+        # Each worker keeps its own counters; one listener would show one worker's.
+        raise typer.BadParameter("VCENTER_METRICS_LISTEN serves one process's metrics: use --workers 1, or scrape /metrics on the API port with VCENTER_METRICS_TOKEN")
+    # proxy_headers=False: uvicorn would otherwise take X-Forwarded-For from its own list of
+    # addresses; the API decides the client address itself (setting trusted_proxies).
+    server_options = {"log_level": settings.log_level.lower(), "proxy_headers": False, **tls}
     addresses = [a.strip() for a in settings.api_host.split(",") if a.strip()]
     if len(addresses) == 1:
-        uvicorn.run("vcenter.api.asgi:app", host=addresses[0], port=settings.api_port, workers=workers, log_level=settings.log_level.lower(), **tls)
+        uvicorn.run("vcenter.api.asgi:app", host=addresses[0], port=settings.api_port, workers=workers, **server_options)
         return
     # Several addresses (e.g. loopback for operators and the lab network for agents): one
     # server on one socket per address, nothing on the others.
@@ -84,7 +90,7 @@ def serve(
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((address, settings.api_port))
         sockets.append(sock)
-    config = uvicorn.Config("vcenter.api.asgi:app", log_level=settings.log_level.lower(), **tls)
+    config = uvicorn.Config("vcenter.api.asgi:app", **server_options)
     uvicorn.Server(config).run(sockets=sockets)
 
 

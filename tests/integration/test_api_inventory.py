@@ -59,12 +59,13 @@ def test_logout_revokes_the_token(client, auth):
     assert client.get("/api/v1/datacenters", headers=auth).status_code == 401
 
 
-def test_health_metrics_and_local_docs(client):
+def test_health_metrics_and_local_docs(client, auth):
     ready = client.get("/readyz")
     assert ready.status_code == 200, ready.text
     assert ready.json()["checks"] == {"database": "ok", "redis": "ok"}
     client.get("/livez")
-    metrics = client.get("/metrics").text
+    # /metrics is not anonymous (tests/integration/test_security_edge.py covers the token)
+    metrics = client.get("/metrics", headers=auth).text
     assert 'vcenter_http_requests_total{method="GET",route="/livez",status="200"}' in metrics
     docs = client.get("/docs").text
     assert "/static/swagger/swagger-ui-bundle.js" in docs and "cdn" not in docs.lower()

@@ -1,31 +1,102 @@
 """The FastAPI application: /api/v1 routers, OpenAPI docs served from local assets,
-/livez, /readyz (database and Redis), /metrics (Prometheus)."""
+/livez, /readyz (database and Redis), /metrics (Prometheus).
+
+Around every request, outermost first: the client address (``X-Forwarded-For`` from trusted
+proxies only, vcenter.api.client_address), the security headers (vcenter.api.headers), then
+Starlette's error handling, the request metrics and the input guards (vcenter.api.guards).
+
+/metrics on the API port is not anonymous (``metrics_access``): the ``metrics_token`` bearer
+credential, or a user holding System.View. ``metrics_listen`` adds a separate plain listener
+serving only the metrics, for a Prometheus that scrapes an address nobody else reaches.
+"""
 from __future__ import annotations
 
+import hmac
+import html
+import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import swagger_ui_bundle
 from fastapi import FastAPI, Request, Response
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
+from vcenter.api.client_address import ClientAddress
 from vcenter.api.errors import install_error_handlers
-from vcenter.api.guards import InputGuard
+from vcenter.api.guards import InputGuard, streamed_upload_matcher
+from vcenter.api.headers import SecurityHeaders
 from vcenter.core.audit import request_source
+from vcenter.core.errors import Unauthorized
 from vcenter.api.routers import access, agent, clusters, inventory, tasks, users, vms
 from vcenter.core.settings import Settings, get_settings
+from vcenter.services import auth, authz
 from vcenter.services.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+STATIC_DOCS = "/static/docs"
+
+
+def bearer_of(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, else None."""
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def is_metrics_token(token: str | None, metrics_token: str | None) -> bool:
+    """The Prometheus credential, compared in constant time; never true when none is set."""
+    return bool(token and metrics_token) and hmac.compare_digest(token.encode(), metrics_token.encode())  # type: ignore[union-attr]
+
+
+def swagger_page(openapi_url: str) -> str:
+    """The /docs page: Swagger UI's assets and its start-up script, all files of ours, so the
+    page runs under a CSP without inline script (FastAPI's get_swagger_ui_html inlines it)."""
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>virtcenter API</title>
+<link rel="icon" type="image/png" href="/static/swagger/favicon-32x32.png">
+<link rel="stylesheet" href="/static/swagger/swagger-ui.css">
+</head>
+<body>
+<div id="swagger-ui" data-openapi-url="{html.escape(openapi_url)}"></div>
+<script src="/static/swagger/swagger-ui-bundle.js"></script>
+<script src="{STATIC_DOCS}/swagger-init.js"></script>
+</body>
+</html>
+"""
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
     settings = settings or get_settings()
-    app = FastAPI(title="virtcenter", version="0.1.0", docs_url=None, redoc_url=None,
+    registry = CollectorRegistry()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # The separate metrics listener lives as long as the server (not the tests' apps).
+        server = None
+        if settings.metrics_listen:
+            from prometheus_client import start_http_server
+
+            host, _, port = settings.metrics_listen.rpartition(":")
+            server, _thread = start_http_server(int(port), addr=host.strip("[]"), registry=registry)
+            log.info("metrics listener on http://%s/metrics", settings.metrics_listen)
+        try:
+            yield
+        finally:
+            if server is not None:
+                server.shutdown()
+                server.server_close()
+
+    app = FastAPI(title="virtcenter", version="0.1.0", docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="Central management server for KVM/libvirt clusters.")
     app.state.runtime = runtime or Runtime.build(settings)
     install_error_handlers(app)
-    app.add_middleware(InputGuard, max_json_body=settings.max_json_body)
+    app.add_middleware(InputGuard, max_json_body=settings.max_json_body, is_streamed_upload=streamed_upload_matcher(lambda: app.routes))
     for module in (inventory, clusters, vms, tasks, users, access, agent):
         app.include_router(module.router)
     app.include_router(agent.registration)
@@ -48,18 +119,14 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(ha_routes.router)
 
     app.mount("/static/swagger", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger")
+    from pathlib import Path
+
+    app.mount(STATIC_DOCS, StaticFiles(directory=Path(__file__).parent / "static"), name="docs-static")
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> Response:
-        return get_swagger_ui_html(
-            openapi_url="/openapi.json",
-            title="virtcenter API",
-            swagger_js_url="/static/swagger/swagger-ui-bundle.js",
-            swagger_css_url="/static/swagger/swagger-ui.css",
-            swagger_favicon_url="/static/swagger/favicon-32x32.png",
-        )
+        return HTMLResponse(swagger_page(app.openapi_url or "/openapi.json"))
 
-    registry = CollectorRegistry()
     requests_total = Counter("vcenter_http_requests_total", "HTTP requests", ["method", "route", "status"], registry=registry)
     latency = Histogram("vcenter_http_request_seconds", "HTTP request latency", ["method", "route"], registry=registry)
 
@@ -90,8 +157,26 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503)
 
-    @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
-    def metrics() -> Response:
+    def metrics_access(request: Request) -> None:
+        """Who may read /metrics on the API port: the metrics token, else a user holding
+        System.View on the root; anonymous is refused (401 NOT_AUTHENTICATED)."""
+        token = bearer_of(request.headers.get("authorization"))
+        if is_metrics_token(token, settings.metrics_token):
+            return
+        if token is None:
+            raise Unauthorized("/metrics needs a credential: the metrics token (setting metrics_token) or a user holding System.View, "
+                               "as 'Authorization: Bearer <token>'", code="NOT_AUTHENTICATED")
+        runtime = app.state.runtime
+        with runtime.transaction() as session:
+            authz.check(session, auth.authenticate(session, token, runtime.settings), "System.View", None, None, token=token)
+
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics (the metrics token, or a user holding System.View)")
+    def metrics(request: Request) -> Response:
+        metrics_access(request)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    # Outermost, around Starlette's own error handling so that a 500 carries the headers too:
+    # the client address first (the headers' HSTS reads the scheme it decides).
+    build_stack = app.build_middleware_stack
+    app.build_middleware_stack = lambda: ClientAddress(SecurityHeaders(build_stack()), settings.trusted_proxies.split(","))  # type: ignore[method-assign]
     return app

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     tls_key: str | None = Field(None, description="PEM private key of tls_cert")
     tls_self_signed: bool = Field(False, description="serve HTTPS with a self-signed certificate generated on first start (in key_dir/tls) when tls_cert/tls_key are not set")
     tls_hostnames: str = Field("", description="extra names/addresses (comma-separated) the self-signed certificate is valid for, besides localhost, 127.0.0.1, ::1, the host name and api_host")
+    trusted_proxies: str = Field("", description="reverse proxies / load balancers (IPs or CIDRs, comma-separated) whose X-Forwarded-For and X-Forwarded-Proto are believed; the client is the rightmost address not in this list. Default none: the TCP peer is the client, whatever headers it sends")
+    metrics_token: str | None = Field(None, description="bearer credential Prometheus sends for /metrics on the API port (bearer_token_file); without it /metrics there needs a user holding System.View")
+    metrics_listen: str | None = Field(None, description="host:port of a separate plain-HTTP listener serving only /metrics, without credentials (bind it to an address only Prometheus reaches); `vcenter serve` with one worker")
 
     # --- keys and channel security --------------------------------------------------------
     key_dir: str = Field("/var/lib/virtcenter/keys", description="server-side key material: the command signing key, the self-signed TLS certificate")
@@ -141,6 +144,23 @@ class Settings(BaseSettings):
     def _datastore_roots(cls, value: str) -> str:
         # A root of '/' or /etc would allow what the roots exist to refuse: fail at start.
         return ",".join(parse_datastore_roots(value))
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted_proxies(cls, value: str) -> str:
+        # A typo must fail at start, not silently trust nobody (or another network).
+        import ipaddress
+
+        return ",".join(str(ipaddress.ip_network(entry.strip(), strict=False)) for entry in value.split(",") if entry.strip())
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics_listen(cls, value: str | None) -> str | None:
+        if value:
+            host, _, port = value.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError("metrics_listen is host:port, e.g. 127.0.0.1:9464")
+        return value or None
 
 
 @lru_cache

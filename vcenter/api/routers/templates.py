@@ -9,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
 from vcenter.api.deps import AgentHostId, CurrentUserInfo, DbDep, RuntimeDep, public, requires
+from vcenter.api.guards import STREAMED_UPLOAD  # these routes stream bodies under upload_max_bytes
 from vcenter.schemas import inventory as s
 from vcenter.schemas import templates as ts
 from vcenter.services import templates, uploads
@@ -110,7 +111,7 @@ def import_ova(body: ts.ImportOva, db: DbDep, user: Annotated[CurrentUserInfo, r
 # --- uploads ------------------------------------------------------------------------------
 
 @router.post("/api/v1/uploads", status_code=status.HTTP_201_CREATED,
-             summary="Upload an image or OVA as the raw request body (streamed; size-limited; ?sha256= is checked)")
+             summary="Upload an image or OVA as the raw request body (streamed; size-limited; ?sha256= is checked)", openapi_extra=STREAMED_UPLOAD)
 async def upload(request: Request, runtime: RuntimeDep, user: Annotated[CurrentUserInfo, requires("Datastore.Browse")],
                  filename: str = Query(..., min_length=1, max_length=255), sha256: str | None = Query(None)) -> dict[str, Any]:
     length = request.headers.get("content-length")
@@ -162,7 +163,7 @@ def agent_download(upload_id: int, host_id: AgentHostId, db: DbDep) -> Any:
     return FileResponse(uploads.path_for_agent(db, host_id, upload_id), media_type="application/octet-stream")
 
 
-@agent_router.put("/uploads/{upload_id}/content", summary="Agent: push the OVA of an export task of this host")
+@agent_router.put("/uploads/{upload_id}/content", summary="Agent: push the OVA of an export task of this host", openapi_extra=STREAMED_UPLOAD)
 async def agent_export(upload_id: int, request: Request, runtime: RuntimeDep, host_id: AgentHostId) -> dict[str, Any]:
     def check() -> None:
         with runtime.transaction() as session:
