@@ -117,6 +117,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     from vcenter.api.routers import ha as ha_routes  # HA configuration, capacity, status
 
     app.include_router(ha_routes.router)
+    from vcenter.api.routers import audit as audit_routes  # refused credentials, for the audit (Global.Diagnostics)
+
+    app.include_router(audit_routes.router)
 
     app.mount("/static/swagger", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger")
     from pathlib import Path

@@ -1,4 +1,8 @@
-"""Error mapping: every error body is {"code", "message", "details"?}; never a bare 500."""
+"""Error mapping: every error body is {"code", "message", "details"?}; never a bare 500.
+
+A refused credential (a presented user token, password, agent credential, registration token
+or registration proof) is also counted in the audit of refused credentials
+(vcenter.services.refusals) on its way out: one hook for every route that refuses one."""
 from __future__ import annotations
 
 import logging
@@ -6,16 +10,33 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from vcenter.core.audit import request_source
 from vcenter.core.errors import VcError
+from vcenter.services import refusals
 
 log = logging.getLogger(__name__)
 
 
+async def _count_refusal(request: Request, kind: str, exc: VcError) -> None:
+    """Count the refusal in its own transaction; a failure to count is logged, never turned
+    into a 500 in place of the 401 the client is owed."""
+    source = request_source.get() or (request.client.host if request.client else None)
+    detail = f"{exc.code} {request.method} {request.url.path}"
+    try:
+        await run_in_threadpool(refusals.record_refusal, request.app.state.runtime.sessions, source, kind, detail)
+    except Exception:
+        log.exception("could not count a refused %s credential from %s", kind, source)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(VcError)
-    async def _vc_error(_: Request, exc: VcError) -> JSONResponse:
+    async def _vc_error(request: Request, exc: VcError) -> JSONResponse:
+        kind = refusals.credential_kind(exc.code, credential_presented=bool(request.headers.get("authorization", "").strip()))
+        if kind is not None:
+            await _count_refusal(request, kind, exc)
         return JSONResponse(exc.to_dict(), status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
