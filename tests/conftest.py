@@ -33,6 +33,10 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
         "key_dir": str(tmp_path / "keys"),
         # Each test its own upload folder: the upload cleanup job removes files it does not know.
         "upload_dir": str(tmp_path / "uploads"),
+        # Datastores of a test live in /srv/... (never touched: simulated hosts) or below
+        # tmp_path (agents on real files): both are datastore roots, for the server and agents.
+        "datastore_roots": f"/var/lib/virtcenter/datastores,/srv,/mnt,{tmp_path}",
+        "agent_datastore_roots": f"/var/lib/virtcenter/datastores,/srv,/mnt,{tmp_path}",
     }
     values.update(overrides)
     return Settings(**values)

@@ -34,8 +34,9 @@ DEFAULT_ROOTS = "/var/lib/virtcenter/datastores,/srv,/mnt"
 MAX_PATH_CHARS = 1024
 
 # Never a datastore nor inside one, whatever the configured roots: the kernel's views, device
-# nodes, the host's configuration, root's home, the boot files and the installed system.
-SYSTEM_FOLDERS = ("/proc", "/sys", "/dev", "/etc", "/root", "/boot", "/run", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64")
+# nodes, the host's configuration, root's home, the boot files and the installed system. (Not
+# /run: the lab keeps its loop-mounted datastores in /run/virtcenter-lab, a configured root.)
+SYSTEM_FOLDERS = ("/proc", "/sys", "/dev", "/etc", "/root", "/boot", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64")
 
 
 class DatastorePathRefused(ValueError):

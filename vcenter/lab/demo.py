@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from vcenter.domain.datastore_roots import DEFAULT_ROOTS as DEFAULT_DATASTORE_ROOTS
 from vcenter.lab.stack import Stack
 
 
@@ -177,6 +178,9 @@ def main() -> None:
         redis_url = f"redis://:{redis_password}@127.0.0.1:6390/0"
     password = os.environ.get("VCENTER_ADMIN_PASSWORD", "vmware-admin")
     overrides = {} if lab is None else {"api_host": f"127.0.0.1,{GATEWAY}"}
+    if lab is not None:  # the lab's loop-mounted datastores live in its own work directory
+        roots = f"{DEFAULT_DATASTORE_ROOTS},{rundir},{lab.workdir / 'datastores'}"
+        overrides.update(datastore_roots=roots, agent_datastore_roots=roots)
     stack = Stack.create(rundir, os.environ.get("VCENTER_DATABASE_URL"), redis_url, **overrides)
     stack.api_port = args.port
     stack.env["VCENTER_API_PORT"] = str(args.port)

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from vcenter.domain.datastore_roots import DEFAULT_ROOTS as DEFAULT_DATASTORE_ROOTS
 from vcenter.lab.libvirtd import PrivateLibvirtd
 from workers.agent.identity import thumbprint_of
 
@@ -60,7 +61,7 @@ class Stack:
     api_port: int
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     hosts: dict[str, LabHost] = field(default_factory=dict)
-    admin: tuple[str, str] = ("admin", "admin-pass")
+    admin: tuple[str, str] = ("admin", "admin-pass-phrase")  # the password policy: 12+ characters
 
     @property
     def url(self) -> str:
@@ -78,6 +79,11 @@ class Stack:
             "VCENTER_PUBLIC_URL": f"http://127.0.0.1:{port}",
             # The server's command signing key (and a self-signed certificate, if asked for).
             "VCENTER_KEY_DIR": str(workdir / "keys"),
+            # Datastores of a stack live below its work directory (the lab's loop mounts in
+            # <workdir>/lab/datastores, a simulated host's folder): a root for the server and
+            # for every agent (they inherit this environment).
+            "VCENTER_DATASTORE_ROOTS": f"{DEFAULT_DATASTORE_ROOTS},{workdir}",
+            "VCENTER_AGENT_DATASTORE_ROOTS": f"{DEFAULT_DATASTORE_ROOTS},{workdir}",
             "PYTHONUNBUFFERED": "1",
         })
         env.update({f"VCENTER_{k.upper()}": str(v) for k, v in settings.items()})

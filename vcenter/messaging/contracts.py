@@ -215,6 +215,7 @@ class HostFacts(BaseModel):
     # when the host declares one.
     cpu_features: list[str] = []
     cpu_xml: str | None = Field(None, description="the host's CPU definition as guests get it (declared, or the hypervisor's host-model)")
+    datastore_roots: list[str] | None = Field(None, description="the folders below which this host's agent provides datastores (agent_datastore_roots); the server sends it no datastore outside them")
 
 
 class DatastoreUsage(BaseModel):

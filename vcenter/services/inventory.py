@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from vcenter.core.errors import Conflict, Invalid, NotFound, StaleVersion
 from vcenter.core.ids import token_hash
+from vcenter.core.settings import Settings
 from vcenter.db.models import (
     Cluster,
     Datacenter,
@@ -29,6 +30,7 @@ from vcenter.db.models import (
     VirtualMachine,
     VirtualNic,
 )
+from vcenter.domain.datastore_roots import DatastorePathRefused, check_datastore_path, parse_roots
 from vcenter.services.events import record_event
 
 KINDS: dict[str, Any] = {
@@ -293,10 +295,21 @@ def _set_hosts(session: Session, kind: str, row: Any, host_ids: list[int]) -> li
     raise Invalid(f"{kind} has no host list", code="INVALID")
 
 
-def create_datastore(session: Session, user: str, data: dict[str, Any]) -> Datastore:
+def datastore_url(url: str, settings: Settings) -> str:
+    """The normal form of a datastore's ``url`` when it lies below one of the server's
+    datastore roots (vcenter.domain.datastore_roots), else 422 DATASTORE_PATH_NOT_ALLOWED. The
+    server's own folders (keys, uploads) and the agents' state folder are never a datastore:
+    a server may run on a hypervisor host."""
+    roots = parse_roots(settings.datastore_roots)
+    try:
+        return check_datastore_path(url, roots, protected=(settings.key_dir, settings.upload_dir, settings.agent_state_dir))
+    except DatastorePathRefused as exc:
+        raise Invalid(f"url: {exc.message}", code=exc.code, details={"field": "url", "reason": exc.reason, "roots": list(roots)}) from None
+
+
+def create_datastore(session: Session, user: str, data: dict[str, Any], settings: Settings) -> Datastore:
     _ref(session, "datacenter", data["datacenter_id"], "datacenter_id")
-    if ".." in data["url"].split("/"):
-        raise Invalid("url: '..' is not allowed in a datastore path", code="INVALID_PATH", details={"field": "url"})
+    data = {**data, "url": datastore_url(data["url"], settings)}
     host_ids = data.pop("host_ids", [])
     hosts = _hosts_in(session, data["datacenter_id"], host_ids)
     datastore = Datastore(**data)

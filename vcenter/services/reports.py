@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session
 
 from vcenter.core.clock import utcnow
 from vcenter.core.settings import Settings
-from vcenter.db.models import Datastore, DatastoreMount, Host, PortGroup, PortGroupHost, Task, VirtualMachine, VmStats
+from vcenter.db.models import Datastore, DatastoreMount, Event, Host, PortGroup, PortGroupHost, Task, VirtualMachine, VmStats
+from vcenter.domain.datastore_roots import DatastorePathRefused, check_datastore_path, check_root
 from vcenter.domain.demand import cpu_sample_mhz, smoothed_with_spread
 from vcenter.domain.states import ConnectionState, TaskState
 from vcenter.messaging.contracts import DomainState, HostState, LifecycleEvent, TaskProgress, TaskResult
@@ -209,7 +210,7 @@ def report_host_state(session: Session, host: Host, state: HostState) -> dict[st
             link.present = bridge in present
     from vcenter.services import ha  # the cluster's HA settings the agent applies (isolation)
 
-    return {"accepted": True, **expected_host_config(session, host), "ha": ha.agent_config(session, host)}
+    return {"accepted": True, **expected_host_config(session, host, facts.datastore_roots), "ha": ha.agent_config(session, host)}
 
 
 def _sample_cpu(session: Session, vm: VirtualMachine, host: Host, domain: DomainState) -> None:
@@ -322,8 +323,46 @@ def reconcile_domains(session: Session, host: Host, domains: list[DomainState]) 
         record_event(session, "vm.discovered", f"domain {domain.name} found on host {host.name}, unknown to the inventory: orphaned until imported", object_type="vm", object_id=vm.id, object_name=vm.name, reason="unknown_domain")
 
 
-def expected_host_config(session: Session, host: Host) -> dict[str, Any]:
+def _agent_roots(reported: list[str]) -> tuple[str, ...]:
+    """The roots an agent reported, those that are valid roots at all."""
+    roots = []
+    for root in reported:
+        try:
+            roots.append(check_root(root))
+        except DatastorePathRefused:
+            continue
+    return tuple(roots)
+
+
+def _mounts_within_roots(session: Session, host: Host, mounts: list[Any], reported: list[str]) -> list[Any]:
+    """The mounts whose path lies below the roots the host's agent reported; the others are
+    refused: not sent to the agent (it would refuse them too), and an Event on the host names
+    them with the reason (again only when the refused set differs from the last one named)."""
+    roots = _agent_roots(reported)
+    kept, refused = [], {}
+    for ds_id, path in mounts:
+        try:
+            check_datastore_path(path, roots)
+            kept.append((ds_id, path))
+        except DatastorePathRefused as exc:
+            refused[ds_id] = {"datastore_id": ds_id, "path": path, "reason": exc.reason, "message": exc.message}
+    if refused:  # the Event table is read only then: the common case costs nothing
+        last = session.scalar(select(Event).where(Event.object_type == "host", Event.object_id == host.id, Event.kind == "datastore.mount_refused")
+                              .order_by(Event.id.desc()).limit(1))
+        if last is None or sorted((last.data or {}).get("datastore_ids", [])) != sorted(refused):
+            names = ", ".join(f"{r['path']} ({r['message']})" for r in refused.values())
+            record_event(session, "datastore.mount_refused", f"host {host.name} does not mount {names}: its agent's datastore roots are {', '.join(roots) or 'none'}",
+                         object_type="host", object_id=host.id, object_name=host.name, reason="DATASTORE_PATH_NOT_ALLOWED",
+                         data={"datastore_ids": sorted(refused), "refused": list(refused.values()), "roots": list(roots)})
+    return kept
+
+
+def expected_host_config(session: Session, host: Host, agent_roots: list[str] | None = None) -> dict[str, Any]:
+    """What the host is expected to provide. ``agent_roots``: the datastore roots its agent
+    reported (None: an agent that reports none; its own check still refuses)."""
     mounts = session.execute(select(DatastoreMount.datastore_id, DatastoreMount.path).where(DatastoreMount.host_id == host.id)).all()
+    if agent_roots is not None:
+        mounts = _mounts_within_roots(session, host, list(mounts), agent_roots)
     portgroups = []
     for pg in session.scalars(select(PortGroup).join(PortGroupHost).where(PortGroupHost.host_id == host.id).order_by(PortGroup.id)):
         peers = sorted(

@@ -26,6 +26,7 @@ from vcenter.core.clock import as_utc, utcnow
 from vcenter.hypervisor.base import ConnectionLost, DriverError
 from vcenter.messaging.contracts import Command, DomainState, MigrationOptions, MigrationProgress, TaskProgress, TaskResult, VmSpec
 from vcenter.messaging.signing import CommandRefused, claimed_command
+from workers.agent import datastore_guard
 from workers.agent.api_client import PermanentReportError
 from workers.agent.service import AgentService
 
@@ -351,6 +352,9 @@ def _execute(agent: AgentService, command: Command) -> dict[str, Any]:
     try:
         if handler is None:
             raise DriverError("UNKNOWN_COMMAND", f"this agent does not know {command.name}")
+        # Every host path the command names must lie below this host's datastore roots,
+        # checked before anything is touched (workers.agent.datastore_guard).
+        datastore_guard.check_command(agent.settings, command.name, command.args)
         # Guest commands and migrations wait long; they need not hold the hypervisor lock.
         lock = agent.driver_lock if command.name not in ("vm.guest", "vm.migrate", "vm.relocate", *_vmdata.UNLOCKED, *_templates.UNLOCKED) else contextlib.nullcontext()
         CURRENT_COMMAND.set(command)

@@ -39,6 +39,7 @@ import redis
 
 from vcenter.domain import ha
 from vcenter.messaging.contracts import ha_datastore_view_key
+from workers.agent import datastore_guard
 from workers.agent.bounded import BoundedCalls
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,9 @@ class HaAgent:
         body = json.dumps({"n": self.counter, "holds": [u for u in self._holds() if u not in self.released],
                            "released": sorted(self.released), "isolated": self.isolated, "at": time.time()})
         for ds in self.agent._expected.get("datastores", []):
+            # Never a heartbeat folder outside this host's datastore roots (/etc/.vcenter-ha).
+            if not datastore_guard.allowed(self.settings, ds.get("path"), f"HA heartbeat on datastore {ds.get('id')}"):
+                continue
             path = heartbeat_file(ds["path"], self.host_id)
             try:
                 path.parent.mkdir(exist_ok=True)
@@ -169,6 +173,8 @@ class HaAgent:
     def read_peers(self) -> dict[str, Any]:
         view: dict[str, Any] = {}
         for ds in self.agent._expected.get("datastores", []):
+            if not datastore_guard.allowed(self.settings, ds.get("path"), f"HA heartbeats of datastore {ds.get('id')}"):
+                continue
             d = Path(ds["path"]) / DIR
             try:
                 files = list(d.glob("host-*.json"))

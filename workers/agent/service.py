@@ -25,8 +25,10 @@ from typing import Any
 import redis
 
 from vcenter.core.settings import Settings
+from vcenter.domain.datastore_roots import parse_roots
 from vcenter.hypervisor.base import ConnectionLost, DriverError, HypervisorDriver
 from vcenter.messaging.contracts import DatastoreUsage, DomainState, HostState, LifecycleEvent, heartbeat_key
+from workers.agent import datastore_guard
 from workers.agent.api_client import ApiClient, PermanentReportError
 from workers.agent.guests import GuestWatcher
 from workers.agent.network import HostNetwork
@@ -192,6 +194,7 @@ class AgentService:
             facts.cpu_cores = self.settings.agent_declared_cpus
         if self.settings.agent_declared_memory_mib:
             facts.memory_mib = self.settings.agent_declared_memory_mib
+        facts.datastore_roots = list(parse_roots(self.settings.agent_datastore_roots))
         datastores, bridges = self._datastore_usage(), self._bridges_present()
         attempts = 4
         for attempt in range(attempts):
@@ -237,6 +240,8 @@ class AgentService:
         datastore whose pool is not usable is left out (the server keeps its last figures)."""
         usage = []
         for ds in self._expected["datastores"]:
+            if not datastore_guard.allowed(self.settings, ds.get("path"), f"datastore {ds.get('id')}"):
+                continue  # refused: not provided here, so no figures either
             try:
                 total, free = self.driver.pool_usage(pool_name(ds["id"]))
             except DriverError as exc:
@@ -251,6 +256,9 @@ class AgentService:
     def _provide_expected(self) -> None:
         """Create the datastore directories and port-group bridges the server expects here."""
         for ds in self._expected["datastores"]:
+            # Only below this host's datastore roots: nothing of ours is made elsewhere.
+            if not datastore_guard.allowed(self.settings, ds.get("path"), f"datastore {ds.get('id')}"):
+                continue
             try:
                 os.makedirs(ds["path"], exist_ok=True)
                 with self.driver_lock:

@@ -90,7 +90,7 @@ _crud(path="clusters", kind="cluster", tag="clusters", create_model=s.ClusterCre
       create=inv.create_cluster, filterable={"name", "datacenter_id"},
       privileges=("Cluster.Create", "Cluster.Modify", "Cluster.Delete"), parent=lambda b: ("datacenter", b.datacenter_id))
 _crud(path="datastores", kind="datastore", tag="datastores", create_model=s.DatastoreCreate, update_model=s.DatastoreUpdate, read_model=s.DatastoreRead,
-      create=inv.create_datastore, filterable={"name", "datacenter_id", "kind"}, to_read=inv.datastore_read,
+      create=None, filterable={"name", "datacenter_id", "kind"}, to_read=inv.datastore_read,
       privileges=("Datastore.Configure", "Datastore.Configure", "Datastore.Configure"), parent=lambda b: ("datacenter", b.datacenter_id))
 _crud(path="portgroups", kind="portgroup", tag="portgroups", create_model=s.PortGroupCreate, update_model=s.PortGroupUpdate, read_model=s.PortGroupRead,
       create=inv.create_portgroup, filterable={"name", "datacenter_id", "vlan_id"}, to_read=inv.portgroup_read,
@@ -98,10 +98,17 @@ _crud(path="portgroups", kind="portgroup", tag="portgroups", create_model=s.Port
 _crud(path="pools", kind="pool", tag="resource pools", create_model=s.ResourcePoolCreate, update_model=s.ResourcePoolUpdate, read_model=s.ResourcePoolRead,
       create=inv.create_pool, filterable={"name", "cluster_id", "parent_id"},
       privileges=("Resource.CreatePool", "Resource.CreatePool", "Resource.CreatePool"), parent=lambda b: ("pool", b.parent_id) if b.parent_id else ("cluster", b.cluster_id))
+# Datastores: creation checks the url against the server's datastore roots (a setting): its own route below.
 # Hosts: creation returns the agent token once, so it has its own route below.
 _crud(path="hosts", kind="host", tag="hosts", create_model=s.HostCreate, update_model=s.HostUpdate, read_model=s.HostRead,
       create=None, generic_delete=False, filterable={"name", "datacenter_id", "cluster_id", "connection_state", "maintenance", "standby", "trust_state"},
       privileges=("Host.Add", "Host.Configure", "Host.Remove"))
+
+
+@router.post("/datastores", response_model=s.DatastoreRead, status_code=status.HTTP_201_CREATED, tags=["datastores"], summary="Create one of datastores", name="create_datastore")
+def create_datastore(body: s.DatastoreCreate, db: DbDep, user: Annotated[CurrentUserInfo, requires("Datastore.Configure", deferred=True)], settings: SettingsDep) -> Any:
+    user.require(db, "datacenter", body.datacenter_id)
+    return inv.datastore_read(inv.create_datastore(db, user.username, body.model_dump(), settings))
 
 
 @router.post("/hosts", response_model=s.HostCreated, status_code=status.HTTP_201_CREATED, tags=["hosts"], summary="Add a host; the answer carries its one-time registration token, shown once")
