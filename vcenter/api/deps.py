@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from vcenter.core.errors import Unauthorized
+from vcenter.core.object_ids import ObjectIdPath, checked_object_id
 from vcenter.core.settings import Settings
 from vcenter.services import auth, authz, inventory
 from vcenter.services.runtime import Runtime
@@ -108,16 +109,13 @@ def requires(privilege: str, on: str | None = None, param: str | None = None, de
         with runtime.transaction() as session:
             user = auth.authenticate(session, token, runtime.settings)
             if not deferred:
-                object_id = None
-                if on is not None:
-                    raw = request.path_params.get(param)
-                    object_id = int(raw) if raw is not None and str(raw).isdigit() else None
-                authz.check(session, user, privilege, on, object_id, token=token)
+                authz.check(session, user, privilege, on, checked_object_id(request.path_params, on, param), token=token)
             return CurrentUserInfo(user.username, user.is_admin, user.id, token=token, privilege=privilege)
 
     check_privilege.privilege = privilege  # type: ignore[attr-defined]
     check_privilege.object_kind = on  # type: ignore[attr-defined]
     check_privilege.deferred = deferred  # type: ignore[attr-defined]
+    check_privilege.param = param  # type: ignore[attr-defined]
     return Depends(check_privilege)
 
 
@@ -133,7 +131,7 @@ def public(reason: str) -> Any:
     return Depends(no_privilege)
 
 
-def get_agent_host_id(host_id: int, runtime: RuntimeDep, token: TokenDep) -> int:
+def get_agent_host_id(host_id: ObjectIdPath, runtime: RuntimeDep, token: TokenDep) -> int:
     """The host whose agent is calling; a host's token is valid only for that host."""
     with runtime.transaction() as session:
         host = inventory.host_by_token(session, host_id, token)

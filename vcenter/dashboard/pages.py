@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from vcenter.core.errors import Invalid, NotFound, Unauthorized, VcError
+from vcenter.core.object_ids import ObjectIdPath, ObjectIdQuery, parse_object_id
 from vcenter.dashboard.web import (
     COOKIE,
     LOGIN_CSRF_COOKIE,
@@ -120,7 +121,7 @@ def home(request: Request, user: Annotated[UiUser, ui_requires("System.View", an
 
 
 @router.get("/tree/{kind}/{object_id}", response_class=HTMLResponse)
-def tree_children(request: Request, kind: str, object_id: int, user: Annotated[UiUser, ui_requires("System.View", anywhere=True)]) -> Response:
+def tree_children(request: Request, kind: str, object_id: ObjectIdPath, user: Annotated[UiUser, ui_requires("System.View", anywhere=True)]) -> Response:
     if kind not in ("datacenter", "cluster", "host"):
         raise NotFound(f"{kind} has no children in the tree", code="UNKNOWN_KIND")
     with _runtime(request).transaction() as session:
@@ -146,7 +147,7 @@ def search(request: Request, user: Annotated[UiUser, ui_requires("System.View", 
 def _object_page(kind: str) -> None:
     @router.get(f"/{kind}/{{{kind}_id}}", response_class=HTMLResponse, name=f"ui_{kind}")
     def page(request: Request, user: Annotated[UiUser, ui_requires("System.View", on=kind)], tab: str = Query("summary", pattern="^(summary|monitor|configure|drs|ha)$")) -> Response:
-        object_id = int(request.path_params[f"{kind}_id"])
+        object_id = parse_object_id(request.path_params[f"{kind}_id"], f"{kind}_id")
         with _runtime(request).transaction() as session:
             row = overview.get(session, kind, object_id)
             context = _page_context(request, session, user)
@@ -185,7 +186,7 @@ def _refused(request: Request, exc: VcError) -> HTMLResponse:
 
 def _power_route(path: str, action: PowerAction, privilege: str, label: str) -> None:
     @router.post(f"/vm/{{vm_id}}/power/{path}", name=f"ui_vm_power_{path}")
-    def power_action(request: Request, vm_id: int, user: Annotated[UiUser, ui_requires(privilege, on="vm")], form: PostedForm) -> Response:
+    def power_action(request: Request, vm_id: ObjectIdPath, user: Annotated[UiUser, ui_requires(privilege, on="vm")], form: PostedForm) -> Response:
         verify_csrf(request, user, form)
         runtime = _runtime(request)
         try:
@@ -201,7 +202,7 @@ for _path, (_action, _privilege, _label) in POWER_ACTIONS.items():
 
 
 @router.get("/vm/{vm_id}/migrate/check", response_class=HTMLResponse)
-def migrate_check(request: Request, vm_id: int, user: Annotated[UiUser, ui_requires("System.View", on="vm")], host: int = Query(...)) -> Response:
+def migrate_check(request: Request, vm_id: ObjectIdPath, user: Annotated[UiUser, ui_requires("System.View", on="vm")], host: ObjectIdQuery) -> Response:
     try:
         with _runtime(request).transaction() as session:
             report = migration.check_report(session, vm_id, host)
@@ -211,14 +212,12 @@ def migrate_check(request: Request, vm_id: int, user: Annotated[UiUser, ui_requi
 
 
 def _int_field(form: dict[str, str], field: str) -> int:
-    value = form.get(field, "")
-    if not value.isdigit():
-        raise Invalid(f"{field}: a number is required", code="INVALID", details={"field": field})
-    return int(value)
+    # The API's id parser: str.isdigit() took Unicode digits, "0042" was 42 too.
+    return parse_object_id(form.get(field, ""), field)
 
 
 @router.post("/vm/{vm_id}/migrate")
-def migrate(request: Request, vm_id: int, user: Annotated[UiUser, ui_requires("VirtualMachine.Migrate", on="vm")], form: PostedForm) -> Response:
+def migrate(request: Request, vm_id: ObjectIdPath, user: Annotated[UiUser, ui_requires("VirtualMachine.Migrate", on="vm")], form: PostedForm) -> Response:
     verify_csrf(request, user, form)
     runtime = _runtime(request)
     try:
@@ -231,11 +230,11 @@ def migrate(request: Request, vm_id: int, user: Annotated[UiUser, ui_requires("V
 
 
 @router.post("/vm/{vm_id}/relocate")
-def relocate(request: Request, vm_id: int, user: Annotated[UiUser, ui_requires("VirtualMachine.Relocate", on="vm")], form: PostedForm) -> Response:
+def relocate(request: Request, vm_id: ObjectIdPath, user: Annotated[UiUser, ui_requires("VirtualMachine.Relocate", on="vm")], form: PostedForm) -> Response:
     verify_csrf(request, user, form)
     runtime = _runtime(request)
     try:
-        moves = [{"index": int(k.removeprefix("disk_")), "datastore_id": _int_field(form, k)} for k in sorted(form) if k.startswith("disk_") and form[k]]
+        moves = [{"index": parse_object_id(k.removeprefix("disk_"), "disk index"), "datastore_id": _int_field(form, k)} for k in sorted(form) if k.startswith("disk_") and form[k]]
         if not moves:
             raise Invalid("choose a datastore for at least one disk", code="INVALID", details={"field": "disks"})
         with runtime.transaction() as session:
@@ -248,7 +247,7 @@ def relocate(request: Request, vm_id: int, user: Annotated[UiUser, ui_requires("
 
 
 @router.post("/host/{host_id}/maintenance/{direction}")
-def host_maintenance(request: Request, host_id: int, direction: str, user: Annotated[UiUser, ui_requires("Host.Maintenance", on="host")], form: PostedForm) -> Response:
+def host_maintenance(request: Request, host_id: ObjectIdPath, direction: str, user: Annotated[UiUser, ui_requires("Host.Maintenance", on="host")], form: PostedForm) -> Response:
     verify_csrf(request, user, form)
     runtime = _runtime(request)
     try:
@@ -264,7 +263,7 @@ def host_maintenance(request: Request, host_id: int, direction: str, user: Annot
 
 
 @router.post("/host/{host_id}/standby/{direction}")
-def host_standby(request: Request, host_id: int, direction: str, user: Annotated[UiUser, ui_requires("Host.Power", on="host")], form: PostedForm) -> Response:
+def host_standby(request: Request, host_id: ObjectIdPath, direction: str, user: Annotated[UiUser, ui_requires("Host.Power", on="host")], form: PostedForm) -> Response:
     verify_csrf(request, user, form)
     runtime = _runtime(request)
     try:
@@ -279,7 +278,7 @@ def host_standby(request: Request, host_id: int, direction: str, user: Annotated
 
 
 @router.post("/host/{host_id}/remove")
-def host_remove(request: Request, host_id: int, user: Annotated[UiUser, ui_requires("Host.Remove", on="host")], form: PostedForm) -> Response:
+def host_remove(request: Request, host_id: ObjectIdPath, user: Annotated[UiUser, ui_requires("Host.Remove", on="host")], form: PostedForm) -> Response:
     verify_csrf(request, user, form)
     try:
         with _runtime(request).transaction() as session:
@@ -292,7 +291,7 @@ def host_remove(request: Request, host_id: int, user: Annotated[UiUser, ui_requi
 
 
 @router.post("/cluster/{cluster_id}/drs/run")
-def drs_run(request: Request, cluster_id: int, user: Annotated[UiUser, ui_requires("Cluster.DRS", on="cluster")], form: PostedForm) -> Response:
+def drs_run(request: Request, cluster_id: ObjectIdPath, user: Annotated[UiUser, ui_requires("Cluster.DRS", on="cluster")], form: PostedForm) -> Response:
     verify_csrf(request, user, form)
     runtime = _runtime(request)
     try:
@@ -304,7 +303,7 @@ def drs_run(request: Request, cluster_id: int, user: Annotated[UiUser, ui_requir
 
 
 @router.post("/cluster/{cluster_id}/drs/{rec_id}/apply")
-def drs_apply(request: Request, cluster_id: int, rec_id: int, user: Annotated[UiUser, ui_requires("Cluster.DRS", on="cluster")], form: PostedForm) -> Response:
+def drs_apply(request: Request, cluster_id: ObjectIdPath, rec_id: ObjectIdPath, user: Annotated[UiUser, ui_requires("Cluster.DRS", on="cluster")], form: PostedForm) -> Response:
     verify_csrf(request, user, form)
     runtime = _runtime(request)
     try:
@@ -323,7 +322,7 @@ def _drs_fragment(request: Request, cluster_id: int, user: UiUser) -> HTMLRespon
 
 
 @router.post("/cluster/{cluster_id}/drs/whatif", response_class=HTMLResponse)
-def drs_whatif(request: Request, cluster_id: int, user: Annotated[UiUser, ui_requires("System.View", on="cluster")], form: PostedForm) -> Response:
+def drs_whatif(request: Request, cluster_id: ObjectIdPath, user: Annotated[UiUser, ui_requires("System.View", on="cluster")], form: PostedForm) -> Response:
     verify_csrf(request, user, form)
     change: dict[str, Any] = {"kind": form.get("kind", "")}
     try:
@@ -346,7 +345,7 @@ def drs_whatif(request: Request, cluster_id: int, user: Annotated[UiUser, ui_req
 
 # --- snapshots and clones ----------------------------------------------------------------------
 @router.post("/vm/{vm_id}/snapshots")
-def snapshot_create(request: Request, vm_id: int, user: Annotated[UiUser, ui_requires("VirtualMachine.Snapshot", on="vm")], form: PostedForm) -> Response:
+def snapshot_create(request: Request, vm_id: ObjectIdPath, user: Annotated[UiUser, ui_requires("VirtualMachine.Snapshot", on="vm")], form: PostedForm) -> Response:
     verify_csrf(request, user, form)
     name = form.get("name", "").strip()[:80]
     try:
@@ -359,7 +358,7 @@ def snapshot_create(request: Request, vm_id: int, user: Annotated[UiUser, ui_req
 
 
 @router.post("/vm/{vm_id}/snapshots/{snapshot_id}/{operation}")
-def snapshot_operation(request: Request, vm_id: int, snapshot_id: int, operation: str, user: Annotated[UiUser, ui_requires("VirtualMachine.Snapshot", on="vm")], form: PostedForm) -> Response:
+def snapshot_operation(request: Request, vm_id: ObjectIdPath, snapshot_id: ObjectIdPath, operation: str, user: Annotated[UiUser, ui_requires("VirtualMachine.Snapshot", on="vm")], form: PostedForm) -> Response:
     verify_csrf(request, user, form)
     try:
         with _runtime(request).transaction() as session:
@@ -373,7 +372,7 @@ def snapshot_operation(request: Request, vm_id: int, snapshot_id: int, operation
 
 
 @router.post("/vm/{vm_id}/clone")
-def clone(request: Request, vm_id: int, user: Annotated[UiUser, ui_requires("VirtualMachine.Clone", on="vm")], form: PostedForm) -> Response:
+def clone(request: Request, vm_id: ObjectIdPath, user: Annotated[UiUser, ui_requires("VirtualMachine.Clone", on="vm")], form: PostedForm) -> Response:
     verify_csrf(request, user, form)
     try:
         name = form.get("name", "").strip()[:80]
@@ -391,11 +390,11 @@ def clone(request: Request, vm_id: int, user: Annotated[UiUser, ui_requires("Vir
 # --- alarms ---------------------------------------------------------------------------------
 def _alarm_route(kind: str) -> None:
     @router.post(f"/{kind}/{{{kind}_id}}/alarms/{{state_id}}/{{operation}}", name=f"ui_{kind}_alarm")
-    def alarm_action(request: Request, state_id: int, operation: str, user: Annotated[UiUser, ui_requires("Alarm.Acknowledge", on=kind)], form: PostedForm) -> Response:
+    def alarm_action(request: Request, state_id: ObjectIdPath, operation: str, user: Annotated[UiUser, ui_requires("Alarm.Acknowledge", on=kind)], form: PostedForm) -> Response:
         from vcenter.services import alarms
 
         verify_csrf(request, user, form)
-        object_id = int(request.path_params[f"{kind}_id"])
+        object_id = parse_object_id(request.path_params[f"{kind}_id"], f"{kind}_id")
         runtime = _runtime(request)
         try:
             with runtime.transaction() as session:
@@ -419,14 +418,14 @@ for _kind in ("datacenter", "cluster", "host", "vm", "datastore"):
 
 # --- console page and ticket -----------------------------------------------------------------
 @router.get("/vm/{vm_id}/console", response_class=HTMLResponse)
-def console_page(request: Request, vm_id: int, user: Annotated[UiUser, ui_requires("VirtualMachine.Console", on="vm")]) -> Response:
+def console_page(request: Request, vm_id: ObjectIdPath, user: Annotated[UiUser, ui_requires("VirtualMachine.Console", on="vm")]) -> Response:
     with _runtime(request).transaction() as session:
         row = overview.get(session, "vm", vm_id)
         return _render(request, "console.html", obj=row, user=user)
 
 
 @router.post("/vm/{vm_id}/console/ticket")
-def console_ticket(request: Request, vm_id: int, user: Annotated[UiUser, ui_requires("VirtualMachine.Console", on="vm")], form: PostedForm) -> Response:
+def console_ticket(request: Request, vm_id: ObjectIdPath, user: Annotated[UiUser, ui_requires("VirtualMachine.Console", on="vm")], form: PostedForm) -> Response:
     verify_csrf(request, user, form)
     runtime = _runtime(request)
     try:

@@ -28,6 +28,7 @@ from fastapi import Depends, Request
 from fastapi.templating import Jinja2Templates
 
 from vcenter.core.errors import Forbidden, Unauthorized
+from vcenter.core.object_ids import checked_object_id
 from vcenter.domain.privileges import PRIVILEGES
 from vcenter.services import auth, authz
 
@@ -157,16 +158,15 @@ def ui_requires(privilege: str, on: str | None = None, param: str | None = None,
                 raise LoginRequired() from None
             if anywhere:
                 return UiUser(user.username, user.is_admin, user.id, token)
-            object_id = None
-            if on is not None:
-                raw = request.path_params.get(param)
-                object_id = int(raw) if raw is not None and str(raw).isdigit() else None
-            authz.check(session, user, privilege, on, object_id, token=token)
+            # The API's parser (422 INVALID_ID on a spelling it refuses), so the page and this
+            # check read the same object.
+            authz.check(session, user, privilege, on, checked_object_id(request.path_params, on, param), token=token)
             return UiUser(user.username, user.is_admin, user.id, token)
 
     check_privilege.privilege = privilege  # type: ignore[attr-defined]
     check_privilege.object_kind = on  # type: ignore[attr-defined]
     check_privilege.anywhere = anywhere  # type: ignore[attr-defined]
+    check_privilege.param = param  # type: ignore[attr-defined]
     return Depends(check_privilege)
 
 

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from vcenter.core.object_ids import NonNegativeInt32, NonNegativeInt64, ObjectIdField
+
 CONTRACT_VERSION = 1
 
 AGENT_EXECUTE_TASK = "agent.execute"
@@ -187,9 +189,11 @@ class DomainState(BaseModel):
     uuid: str
     name: str
     power_state: Literal["poweredOn", "poweredOff", "suspended"]
-    vcpus: int | None = None
-    memory_mib: int | None = None
-    cpu_time_ns: int | None = None
+    # Bounded to their columns (vms.vcpus, vms.memory_mib: INTEGER; vm_stats.cpu_time_ns:
+    # BIGINT): a report the database cannot hold is a 422, not a 500.
+    vcpus: NonNegativeInt32 | None = None
+    memory_mib: NonNegativeInt32 | None = None
+    cpu_time_ns: NonNegativeInt64 | None = None
     guest: dict[str, Any] | None = Field(None, description="last guest heartbeat: seq, hostname, machine_id, ip, age_s")
 
 
@@ -206,9 +210,9 @@ class HostFacts(BaseModel):
     hostname: str
     host_uuid: str | None = None
     cpu_model: str | None = None
-    cpu_cores: int | None = None
-    cpu_mhz: int | None = None
-    memory_mib: int | None = None
+    cpu_cores: NonNegativeInt32 | None = None
+    cpu_mhz: NonNegativeInt32 | None = None
+    memory_mib: NonNegativeInt32 | None = None
     hypervisor: str | None = None       # "kvm" or "qemu" (TCG)
     libvirt_version: str | None = None
     # The CPU features guests can be given here (libvirt names, sorted); a declared lab CPU's
@@ -219,9 +223,9 @@ class HostFacts(BaseModel):
 
 
 class DatastoreUsage(BaseModel):
-    id: int
-    capacity_bytes: int
-    free_bytes: int
+    id: ObjectIdField
+    capacity_bytes: NonNegativeInt64
+    free_bytes: NonNegativeInt64
 
 
 class HostState(BaseModel):

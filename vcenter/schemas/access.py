@@ -8,6 +8,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from vcenter.core.object_ids import ObjectIdField
 from vcenter.schemas.inventory import Name
 
 RoleName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")]
@@ -63,10 +64,10 @@ ObjectType = Literal["root", "datacenter", "folder", "cluster", "host", "datasto
 
 class PermissionCreate(_In):
     principal_type: Literal["user", "group"]
-    principal_id: int = Field(..., ge=1)
-    role_id: int = Field(..., ge=1)
+    principal_id: ObjectIdField = Field(..., ge=1)
+    role_id: ObjectIdField = Field(..., ge=1)
     object_type: ObjectType
-    object_id: int = Field(..., ge=0, description="0 with object_type root")
+    object_id: ObjectIdField = Field(..., ge=0, description="0 with object_type root")
     propagate: bool = True
 
 
@@ -90,7 +91,7 @@ class EffectivePrivileges(BaseModel):
 
 class TokenCreate(_In):
     name: Name
-    role_id: int = Field(..., ge=1, description="the token holds at most this role's privileges (and never more than its user)")
+    role_id: ObjectIdField = Field(..., ge=1, description="the token holds at most this role's privileges (and never more than its user)")
     lifetime_s: float | None = Field(None, gt=0, le=10 * 365 * 86400, description="seconds until it expires; none: until revoked")
 
 

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from vcenter.core.object_ids import Int32, ObjectIdField
+
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -29,7 +31,7 @@ class AlarmCreate(_In):
     description: str = Field("", max_length=2000)
     target_type: TargetType
     scope_type: ScopeType = "root"
-    scope_id: int | None = None
+    scope_id: ObjectIdField | None = None
     enabled: bool = True
     expression: dict[str, Any] = Field(description='{"type": "metric", "counter": "cpu.usage", "operator": "above", '
                                                    '"warning": 80, "critical": 95, "for_s": 300} or {"type": "state", '
@@ -45,11 +47,11 @@ class AlarmUpdate(_In):
     description: str | None = Field(None, max_length=2000)
     target_type: TargetType | None = None
     scope_type: ScopeType | None = None
-    scope_id: int | None = None
+    scope_id: ObjectIdField | None = None
     enabled: bool | None = None
     expression: dict[str, Any] | None = None
     actions: list[dict[str, Any]] | None = None
-    version: int | None = Field(None, description="the version read; a stale one is refused (409 STALE_VERSION)")
+    version: Int32 | None = Field(None, description="the version read; a stale one is refused (409 STALE_VERSION)")
 
 
 class AlarmRead(_Out):

@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from vcenter.core.object_ids import ObjectIdField
+
 Priority = Literal["high", "medium", "low", "disabled"]
 IsolationResponse = Literal["leave-powered-on", "power-off", "shutdown"]
 
@@ -21,7 +23,7 @@ class AdmissionConfig(_In):
     host_failures: int = Field(1, ge=0, le=32)
     cpu_percent: float = Field(25.0, ge=0, le=100)
     memory_percent: float = Field(25.0, ge=0, le=100)
-    failover_hosts: list[int] = Field(default_factory=list, description="host ids reserved for HA restarts (kind failover-hosts)")
+    failover_hosts: list[ObjectIdField] = Field(default_factory=list, description="host ids reserved for HA restarts (kind failover-hosts)")
 
 
 class VmMonitoringConfig(_In):

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from vcenter.core.object_ids import INT32_MAX, Int32, ObjectIdField
 from vcenter.domain.states import ConnectionState, PowerState
 from vcenter.schemas.maintenance import MaintenanceSettings
 
@@ -43,7 +44,7 @@ class DatacenterCreate(_In):
 
 class DatacenterUpdate(_In):
     name: Name | None = None
-    version: int | None = Field(None, description="optimistic concurrency: the version you read")
+    version: Int32 | None = Field(None, description="optimistic concurrency: the version you read")
 
 
 class DatacenterRead(_Out):
@@ -57,15 +58,15 @@ class DatacenterRead(_Out):
 # --- folders -------------------------------------------------------------------------------
 class FolderCreate(_In):
     name: Name
-    datacenter_id: int
-    parent_id: int | None = None
+    datacenter_id: ObjectIdField
+    parent_id: ObjectIdField | None = None
     kind: Literal["vm", "host", "datastore", "network"] = "vm"
 
 
 class FolderUpdate(_In):
     name: Name | None = None
-    parent_id: int | None = None
-    version: int | None = None
+    parent_id: ObjectIdField | None = None
+    version: Int32 | None = None
 
 
 class FolderRead(_Out):
@@ -85,7 +86,7 @@ CLUSTER_SETTINGS_DOC = {"properties": {"maintenance": MaintenanceSettings.model_
 
 class ClusterCreate(_In):
     name: Name
-    datacenter_id: int
+    datacenter_id: ObjectIdField
     settings: dict[str, Any] = Field(default_factory=dict, description="DRS, DPM, HA, EVC, migration and maintenance settings document",
                                      json_schema_extra=CLUSTER_SETTINGS_DOC)
 
@@ -93,7 +94,7 @@ class ClusterCreate(_In):
 class ClusterUpdate(_In):
     name: Name | None = None
     settings: dict[str, Any] | None = Field(None, description="the whole settings document (replaces it)", json_schema_extra=CLUSTER_SETTINGS_DOC)
-    version: int | None = None
+    version: Int32 | None = None
 
 
 class ClusterRead(_Out):
@@ -108,18 +109,18 @@ class ClusterRead(_Out):
 # --- hosts ---------------------------------------------------------------------------------
 class HostCreate(_In):
     name: HostName
-    datacenter_id: int
-    cluster_id: int | None = None
+    datacenter_id: ObjectIdField
+    cluster_id: ObjectIdField | None = None
     address: str = Field("", max_length=255)
     libvirt_uri: str = Field("qemu:///system", max_length=255, pattern=r"^[a-z0-9+]+://[^\s<>\"']*$")
 
 
 class HostUpdate(_In):
     name: HostName | None = None
-    cluster_id: int | None = None
+    cluster_id: ObjectIdField | None = None
     address: str | None = Field(None, max_length=255)
     power: dict[str, Any] | None = Field(None, description='how DPM powers the host: {"type": "ipmi", "address", "port", "username", "password"} | redfish | wol | lab')
-    version: int | None = None
+    version: Int32 | None = None
 
 
 class HostRead(_Out):
@@ -190,16 +191,16 @@ class AgentRegistrationAnswer(BaseModel):
 # --- datastores ----------------------------------------------------------------------------
 class DatastoreCreate(_In):
     name: Name
-    datacenter_id: int
+    datacenter_id: ObjectIdField
     kind: Literal["dir", "lab-dir", "nfs", "block"] = "dir"
     url: str = Field(..., max_length=1024, pattern=r"^/[A-Za-z0-9._/-]*$", description="absolute path on the hosts that mount it")
-    host_ids: list[int] = Field(default_factory=list, description="hosts that mount it")
+    host_ids: list[ObjectIdField] = Field(default_factory=list, description="hosts that mount it")
 
 
 class DatastoreUpdate(_In):
     name: Name | None = None
-    host_ids: list[int] | None = None
-    version: int | None = None
+    host_ids: list[ObjectIdField] | None = None
+    version: Int32 | None = None
 
 
 class DatastoreRead(_Out):
@@ -218,15 +219,15 @@ class DatastoreRead(_Out):
 # --- port groups ---------------------------------------------------------------------------
 class PortGroupCreate(_In):
     name: Name
-    datacenter_id: int
+    datacenter_id: ObjectIdField
     vlan_id: int = Field(0, ge=0, le=4094)
-    host_ids: list[int] = Field(default_factory=list)
+    host_ids: list[ObjectIdField] = Field(default_factory=list)
 
 
 class PortGroupUpdate(_In):
     name: Name | None = None
-    host_ids: list[int] | None = None
-    version: int | None = None
+    host_ids: list[ObjectIdField] | None = None
+    version: Int32 | None = None
 
 
 class PortGroupRead(_Out):
@@ -244,27 +245,27 @@ class PortGroupRead(_Out):
 # --- resource pools ------------------------------------------------------------------------
 class ResourcePoolCreate(_In):
     name: Name
-    cluster_id: int
-    parent_id: int | None = None
-    cpu_reservation_mhz: int = Field(0, ge=0)
-    cpu_limit_mhz: int | None = Field(None, ge=0)
-    cpu_shares: int = Field(4000, ge=1)
-    memory_reservation_mib: int = Field(0, ge=0)
-    memory_limit_mib: int | None = Field(None, ge=0)
-    memory_shares: int = Field(163840, ge=1)
+    cluster_id: ObjectIdField
+    parent_id: ObjectIdField | None = None
+    cpu_reservation_mhz: int = Field(0, ge=0, le=INT32_MAX)
+    cpu_limit_mhz: int | None = Field(None, ge=0, le=INT32_MAX)
+    cpu_shares: int = Field(4000, ge=1, le=INT32_MAX)
+    memory_reservation_mib: int = Field(0, ge=0, le=INT32_MAX)
+    memory_limit_mib: int | None = Field(None, ge=0, le=INT32_MAX)
+    memory_shares: int = Field(163840, ge=1, le=INT32_MAX)
     expandable_reservation: bool = True
 
 
 class ResourcePoolUpdate(_In):
     name: Name | None = None
-    cpu_reservation_mhz: int | None = Field(None, ge=0)
-    cpu_limit_mhz: int | None = Field(None, ge=0)
-    cpu_shares: int | None = Field(None, ge=1)
-    memory_reservation_mib: int | None = Field(None, ge=0)
-    memory_limit_mib: int | None = Field(None, ge=0)
-    memory_shares: int | None = Field(None, ge=1)
+    cpu_reservation_mhz: int | None = Field(None, ge=0, le=INT32_MAX)
+    cpu_limit_mhz: int | None = Field(None, ge=0, le=INT32_MAX)
+    cpu_shares: int | None = Field(None, ge=1, le=INT32_MAX)
+    memory_reservation_mib: int | None = Field(None, ge=0, le=INT32_MAX)
+    memory_limit_mib: int | None = Field(None, ge=0, le=INT32_MAX)
+    memory_shares: int | None = Field(None, ge=1, le=INT32_MAX)
     expandable_reservation: bool | None = None
-    version: int | None = None
+    version: Int32 | None = None
 
 
 class ResourcePoolRead(_Out):
@@ -285,13 +286,13 @@ class ResourcePoolRead(_Out):
 
 # --- VMs -----------------------------------------------------------------------------------
 class DiskCreate(_In):
-    datastore_id: int
+    datastore_id: ObjectIdField
     capacity_mib: int = Field(..., ge=1, le=16 * 1024 * 1024)
     format: Literal["qcow2", "raw"] = "qcow2"
 
 
 class NicCreate(_In):
-    portgroup_id: int
+    portgroup_id: ObjectIdField
     model: Literal["virtio", "e1000", "rtl8139"] = "virtio"
 
 
@@ -311,15 +312,15 @@ class VmCpu(_In):
 
 class VmCreate(_In):
     name: Name
-    datacenter_id: int | None = Field(None, description="defaults to the host's datacenter")
-    host_id: int | None = Field(None, description="the host; omit it and give cluster_id to let placement choose")
-    cluster_id: int | None = Field(None, description="with no host_id: the cluster whose placement engine chooses the host")
-    cpu_reservation_mhz: int = Field(0, ge=0)
-    memory_reservation_mib: int = Field(0, ge=0)
-    cpu_limit_mhz: int | None = Field(None, ge=1, description="enforced on the host as a CPU quota")
-    memory_limit_mib: int | None = Field(None, ge=16, description="enforced on the host as a memory soft limit")
-    folder_id: int | None = None
-    pool_id: int | None = None
+    datacenter_id: ObjectIdField | None = Field(None, description="defaults to the host's datacenter")
+    host_id: ObjectIdField | None = Field(None, description="the host; omit it and give cluster_id to let placement choose")
+    cluster_id: ObjectIdField | None = Field(None, description="with no host_id: the cluster whose placement engine chooses the host")
+    cpu_reservation_mhz: int = Field(0, ge=0, le=INT32_MAX)
+    memory_reservation_mib: int = Field(0, ge=0, le=INT32_MAX)
+    cpu_limit_mhz: int | None = Field(None, ge=1, le=INT32_MAX, description="enforced on the host as a CPU quota")
+    memory_limit_mib: int | None = Field(None, ge=16, le=INT32_MAX, description="enforced on the host as a memory soft limit")
+    folder_id: ObjectIdField | None = None
+    pool_id: ObjectIdField | None = None
     vcpus: int = Field(1, ge=1, le=64)
     memory_mib: int = Field(64, ge=16, le=1024 * 1024)
     guest_os: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")] = "other"
@@ -337,15 +338,15 @@ class GuestCommand(_In):
 
 class VmUpdate(_In):
     name: Name | None = None
-    folder_id: int | None = None
-    pool_id: int | None = None
-    version: int | None = None
+    folder_id: ObjectIdField | None = None
+    pool_id: ObjectIdField | None = None
+    version: Int32 | None = None
 
 
 class VmReconfigure(_In):
     vcpus: int | None = Field(None, ge=1, le=64)
     memory_mib: int | None = Field(None, ge=16, le=1024 * 1024)
-    version: int | None = None
+    version: Int32 | None = None
 
 
 class ShutdownRequest(_In):
@@ -455,8 +456,8 @@ class RuleCreate(_In):
     kind: Literal["affinity", "anti-affinity", "run-on", "not-run-on"]
     mandatory: bool = Field(False, description="must (never broken) or should (broken only when nothing else fits)")
     enabled: bool = True
-    vm_ids: list[int] = Field(..., min_length=1, max_length=1000)
-    host_ids: list[int] = Field(default_factory=list, max_length=1000, description="VM-host rules: the host group")
+    vm_ids: list[ObjectIdField] = Field(..., min_length=1, max_length=1000)
+    host_ids: list[ObjectIdField] = Field(default_factory=list, max_length=1000, description="VM-host rules: the host group")
     vm_group: Name | None = None
     host_group: Name | None = None
 
@@ -465,9 +466,9 @@ class RuleUpdate(_In):
     name: Name | None = None
     mandatory: bool | None = None
     enabled: bool | None = None
-    vm_ids: list[int] | None = Field(None, min_length=1, max_length=1000)
-    host_ids: list[int] | None = Field(None, max_length=1000)
-    version: int | None = None
+    vm_ids: list[ObjectIdField] | None = Field(None, min_length=1, max_length=1000)
+    host_ids: list[ObjectIdField] | None = Field(None, max_length=1000)
+    version: Int32 | None = None
 
 
 class RuleRead(_Out):
@@ -488,30 +489,30 @@ class PlacementRequest(_In):
     name: Name = "new-vm"
     vcpus: int = Field(1, ge=1, le=64)
     memory_mib: int = Field(64, ge=16, le=1024 * 1024)
-    cpu_reservation_mhz: int = Field(0, ge=0)
-    memory_reservation_mib: int = Field(0, ge=0)
-    pool_id: int | None = None
+    cpu_reservation_mhz: int = Field(0, ge=0, le=INT32_MAX)
+    memory_reservation_mib: int = Field(0, ge=0, le=INT32_MAX)
+    pool_id: ObjectIdField | None = None
     disks: list[DiskCreate] = Field(default_factory=list, max_length=16)
     nics: list[NicCreate] = Field(default_factory=list, max_length=8)
     cpu: VmCpu | None = None
 
 
 class EvcRequest(_In):
-    host_ids: list[int] | None = Field(None, description="hosts whose CPUs the baseline covers; default: every host of the cluster")
+    host_ids: list[ObjectIdField] | None = Field(None, description="hosts whose CPUs the baseline covers; default: every host of the cluster")
 
 
 class MigrateRequest(_In):
-    host_id: int | None = Field(None, description="target host; omit it to let placement choose")
+    host_id: ObjectIdField | None = Field(None, description="target host; omit it to let placement choose")
 
 
 class DiskMove(_In):
     index: int = Field(..., ge=0, le=25)
-    datastore_id: int
+    datastore_id: ObjectIdField
 
 
 class RelocateRequest(_In):
     disks: list[DiskMove] = Field(..., min_length=1, max_length=16)
-    host_id: int | None = Field(None, description="another host to move the VM to, its listed disks copied to "
+    host_id: ObjectIdField | None = Field(None, description="another host to move the VM to, its listed disks copied to "
                                 "datastores of that host: a running VM live-migrates (non-shared storage); a powered-off VM's "
                                 "files are copied by a host mounting both datastores, then it is defined there and undefined "
                                 "on its old host; omit it to stay on the VM's host")
@@ -521,14 +522,14 @@ class WhatIfRule(_In):
     name: Name
     kind: Literal["affinity", "anti-affinity", "run-on", "not-run-on"]
     mandatory: bool = False
-    vm_ids: list[int] = Field(..., min_length=1)
-    host_ids: list[int] = Field(default_factory=list)
+    vm_ids: list[ObjectIdField] = Field(..., min_length=1)
+    host_ids: list[ObjectIdField] = Field(default_factory=list)
 
 
 class WhatIfChange(_In):
     kind: Literal["host-fails", "host-maintenance", "host-powers-off", "vm-demand", "rule-added"]
-    host_id: int | None = None
-    vm_id: int | None = None
+    host_id: ObjectIdField | None = None
+    vm_id: ObjectIdField | None = None
     cpu_mhz: float | None = Field(None, ge=0)
     memory_mib: float | None = Field(None, ge=0)
     rule: WhatIfRule | None = None

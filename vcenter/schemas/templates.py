@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
+from vcenter.core.object_ids import ObjectIdField
 from vcenter.schemas.inventory import KernelBoot, Name, NicCreate, _In
 
 UserName = Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")]
@@ -46,11 +47,11 @@ class Customization(_In):
 class DeployRequest(_In):
     name: Name
     mode: Literal["linked", "full"] = Field("linked", description="linked: qcow2 overlays on the template's images (constant time); full: independent copies")
-    host_id: int | None = Field(None, description="omit with cluster_id to let placement choose")
-    cluster_id: int | None = None
-    datastore_id: int | None = Field(None, description="full clones only: where the copies go (default: the template's datastore)")
-    folder_id: int | None = None
-    pool_id: int | None = None
+    host_id: ObjectIdField | None = Field(None, description="omit with cluster_id to let placement choose")
+    cluster_id: ObjectIdField | None = None
+    datastore_id: ObjectIdField | None = Field(None, description="full clones only: where the copies go (default: the template's datastore)")
+    folder_id: ObjectIdField | None = None
+    pool_id: ObjectIdField | None = None
     vcpus: int | None = Field(None, ge=1, le=64)
     memory_mib: int | None = Field(None, ge=16, le=1024 * 1024)
     kernel_boot: KernelBoot | None = None
@@ -64,25 +65,25 @@ class VmToTemplate(_In):
 
 class TemplateToVm(_In):
     name: Name | None = None
-    host_id: int | None = None
-    cluster_id: int | None = None
-    folder_id: int | None = None
-    pool_id: int | None = None
+    host_id: ObjectIdField | None = None
+    cluster_id: ObjectIdField | None = None
+    folder_id: ObjectIdField | None = None
+    pool_id: ObjectIdField | None = None
     kernel_boot: KernelBoot | None = None
     nics: list[NicCreate] = Field(default_factory=list, max_length=8)
 
 
 class ImportDisk(_In):
     name: Name
-    datastore_id: int = Field(..., description="where the VM's disk goes")
-    upload_id: int | None = Field(None, description="an upload (POST /api/v1/uploads) holding the image")
+    datastore_id: ObjectIdField = Field(..., description="where the VM's disk goes")
+    upload_id: ObjectIdField | None = Field(None, description="an upload (POST /api/v1/uploads) holding the image")
     path: str | None = Field(None, max_length=1024, description="or an image already on a datastore, relative to it")
-    source_datastore_id: int | None = Field(None, description="the datastore of ``path`` (default: datastore_id)")
+    source_datastore_id: ObjectIdField | None = Field(None, description="the datastore of ``path`` (default: datastore_id)")
     format: Literal["vmdk", "vhd", "vpc", "vhdx", "vdi", "raw", "qcow2"] | None = Field(None, description="what the image is; checked against qemu-img's detection")
-    host_id: int | None = None
-    cluster_id: int | None = None
-    folder_id: int | None = None
-    pool_id: int | None = None
+    host_id: ObjectIdField | None = None
+    cluster_id: ObjectIdField | None = None
+    folder_id: ObjectIdField | None = None
+    pool_id: ObjectIdField | None = None
     vcpus: int = Field(1, ge=1, le=64)
     memory_mib: int = Field(96, ge=16, le=1024 * 1024)
     guest_os: str = Field("other", max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
@@ -91,13 +92,13 @@ class ImportDisk(_In):
 
 
 class ImportOva(_In):
-    upload_id: int
-    datastore_id: int
+    upload_id: ObjectIdField
+    datastore_id: ObjectIdField
     name: Name | None = Field(None, description="default: the appliance's name")
-    host_id: int | None = None
-    cluster_id: int | None = None
-    folder_id: int | None = None
-    pool_id: int | None = None
+    host_id: ObjectIdField | None = None
+    cluster_id: ObjectIdField | None = None
+    folder_id: ObjectIdField | None = None
+    pool_id: ObjectIdField | None = None
     vcpus: int | None = Field(None, ge=1, le=64, description="default: from the OVF descriptor")
     memory_mib: int | None = Field(None, ge=16, le=1024 * 1024, description="default: from the OVF descriptor")
     kernel_boot: KernelBoot | None = None

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from vcenter.core.object_ids import Int32, ObjectIdField
 from vcenter.schemas.inventory import Name, _In, _Out
 
 
@@ -25,15 +26,15 @@ class SnapshotTree(_Out):
 class CloneCreate(_In):
     name: Name
     linked: bool = Field(False, description="an overlay on a frozen base (constant time; the source must be powered off)")
-    host_id: int | None = Field(None, description="None: placement chooses in the source's cluster")
-    datastore_id: int | None = Field(None, description="where the clone's disks go (full clones); default: the source disks' datastores")
-    folder_id: int | None = None
+    host_id: ObjectIdField | None = Field(None, description="None: placement chooses in the source's cluster")
+    datastore_id: ObjectIdField | None = Field(None, description="where the clone's disks go (full clones); default: the source disks' datastores")
+    folder_id: ObjectIdField | None = None
     ip: IPv4Interface | None = Field(None, description="the clone's guest address (lab guests); an address is never copied")
 
 
 class BackupJobCreate(_In):
     name: Name
-    datastore_id: int
+    datastore_id: ObjectIdField
     directory: str = Field(min_length=1, max_length=1024, description="a folder inside the datastore (no '..', not absolute)")
     interval_s: float | None = Field(None, gt=0, description="run every this many seconds (beat); None: on demand only")
     keep: int = Field(7, ge=1, le=1000, description="restore points kept (with the ancestors they need)")
@@ -48,7 +49,7 @@ class BackupJobUpdate(_In):
     incremental: bool | None = None
     full_every: int | None = Field(None, ge=1, le=1000)
     enabled: bool | None = None
-    version: int | None = None
+    version: Int32 | None = None
 
 
 class BackupJobRead(_Out):
@@ -84,6 +85,6 @@ class BackupPointRead(_Out):
 class RestoreRequest(_In):
     mode: Literal["new", "replace"] = "new"
     name: Name | None = Field(None, description="mode new: the new VM's name")
-    host_id: int | None = None
-    datastore_id: int | None = None
+    host_id: ObjectIdField | None = None
+    datastore_id: ObjectIdField | None = None
     ip: IPv4Interface | None = None

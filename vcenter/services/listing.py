@@ -2,15 +2,43 @@
 
 ``sort`` is ``field`` or ``-field``; filters are equality on declared columns; ``name`` also
 accepts a ``*`` wildcard. Anything else is refused with 422 naming the parameter.
+
+A filter given as text (a query parameter) is read by the type of its column
+(filter_value): an id column (primary or foreign key, ``*_id``) with the one id parser of
+vcenter.core.object_ids (422 INVALID_ID), another integer column as a canonical integer within
+the column's range (422 INVALID_INTEGER), a boolean column as ``true``/``false``, a text column
+as text without NUL. So a value the database cannot hold or compare is a 422, never a 500,
+and ``?host_id=+42`` is refused rather than read as 42.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import BigInteger, Boolean, Integer, func, select
 from sqlalchemy.orm import Session
 
 from vcenter.core.errors import Invalid
+from vcenter.core.object_ids import INT32_MAX, INT32_MIN, INT64_MAX, INT64_MIN, parse_int, parse_object_id
+
+
+def filter_value(column: Any, field: str, raw: Any) -> Any:
+    """The value of filter ``field`` on ``column`` from its text ``raw`` (a non-text value,
+    from a caller in code, is taken as it is)."""
+    if not isinstance(raw, str):
+        return raw
+    kind = column.type
+    if isinstance(kind, Boolean):
+        if raw.lower() not in ("true", "false"):
+            raise Invalid(f"{field}: give true or false", code="INVALID_FILTER", details={"field": field})
+        return raw.lower() == "true"
+    if isinstance(kind, Integer):  # BigInteger is an Integer too
+        if column.primary_key or column.foreign_keys or field.endswith("_id"):
+            return parse_object_id(raw, field)
+        wide = isinstance(kind, BigInteger)
+        return parse_int(raw, field, INT64_MIN if wide else INT32_MIN, INT64_MAX if wide else INT32_MAX)
+    if "\x00" in raw:  # text: PostgreSQL refuses NUL in a string (a 500 from the driver)
+        raise Invalid(f"{field}: NUL is not allowed", code="INVALID_FILTER", details={"field": field})
+    return raw
 
 
 def list_rows(
@@ -36,6 +64,7 @@ def list_rows(
         if field not in filterable:
             raise Invalid(f"cannot filter on {field!r}", code="INVALID_FILTER", details={"field": field})
         column = getattr(model, field)
+        value = filter_value(column.property.columns[0], field, value)
         if field == "name" and isinstance(value, str) and "*" in value:
             query = query.where(column.like(value.replace("%", r"\%").replace("_", r"\_").replace("*", "%"), escape="\\"))
         else:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, status
 
 from vcenter.api.deps import CurrentUser, CurrentUserInfo, DbDep, public, requires
 from vcenter.core.errors import Invalid
+from vcenter.core.object_ids import ObjectIdPath, ObjectIdQuery, OptionalObjectIdQuery
 from vcenter.domain.privileges import ANONYMOUS, PRIVILEGES
 from vcenter.schemas import access as s
 from vcenter.services import auth, authz, permissions
@@ -26,7 +27,7 @@ def list_privileges(user: Viewer) -> Any:
 
 @router.get("/privileges/effective", response_model=s.EffectivePrivileges, tags=["access"], summary="The caller's own privileges on an object (root when none given), after inheritance and its token's narrowing",
             dependencies=[public("answers only about the caller itself")])
-def effective(db: DbDep, user: CurrentUser, object_type: s.ObjectType = Query("root"), object_id: int = Query(0, ge=0)) -> Any:
+def effective(db: DbDep, user: CurrentUser, object_type: s.ObjectType = Query("root"), object_id: ObjectIdQuery = 0) -> Any:
     kind = None if object_type == "root" else object_type
     privileges = authz.privileges(db, auth.get_user(db, user.id), kind, object_id if kind else None, token=user.token)
     return {"object_type": object_type, "object_id": object_id, "privileges": sorted(privileges)}
@@ -43,12 +44,12 @@ def create_role(body: s.RoleCreate, db: DbDep, user: RoleAdmin) -> Any:
 
 
 @router.patch("/roles/{role_id}", response_model=s.RoleRead, tags=["access"], summary="Change a custom role (built-in roles are fixed)")
-def update_role(role_id: int, body: s.RoleUpdate, db: DbDep, user: RoleAdmin) -> Any:
+def update_role(role_id: ObjectIdPath, body: s.RoleUpdate, db: DbDep, user: RoleAdmin) -> Any:
     return permissions.update_role(db, user.username, role_id, body.model_dump(exclude_unset=True))
 
 
 @router.delete("/roles/{role_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["access"], summary="Delete a custom role no permission or token uses")
-def delete_role(role_id: int, db: DbDep, user: RoleAdmin) -> None:
+def delete_role(role_id: ObjectIdPath, db: DbDep, user: RoleAdmin) -> None:
     permissions.delete_role(db, user.username, role_id)
 
 
@@ -63,18 +64,18 @@ def create_group(body: s.GroupCreate, db: DbDep, user: UserAdmin) -> Any:
 
 
 @router.patch("/groups/{group_id}", response_model=s.GroupRead, tags=["access"], summary="Rename a group or replace its members")
-def update_group(group_id: int, body: s.GroupUpdate, db: DbDep, user: UserAdmin) -> Any:
+def update_group(group_id: ObjectIdPath, body: s.GroupUpdate, db: DbDep, user: UserAdmin) -> Any:
     return permissions.update_group(db, user.username, group_id, body.model_dump(exclude_unset=True))
 
 
 @router.delete("/groups/{group_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["access"], summary="Delete a group and its permissions")
-def delete_group(group_id: int, db: DbDep, user: UserAdmin) -> None:
+def delete_group(group_id: ObjectIdPath, db: DbDep, user: UserAdmin) -> None:
     permissions.delete_group(db, user.username, group_id)
 
 
 @router.get("/permissions", response_model=list[s.PermissionRead], tags=["access"], summary="Permissions set on an object (or on all objects the caller may change permissions of)")
 def list_permissions(db: DbDep, user: Annotated[CurrentUserInfo, requires("Permissions.Modify", deferred=True)],
-                     object_type: s.ObjectType | None = Query(None), object_id: int | None = Query(None, ge=0)) -> Any:
+                     object_type: s.ObjectType | None = Query(None), object_id: OptionalObjectIdQuery = None) -> Any:
     if object_type is not None and object_id is not None:
         user.require(db, None if object_type == "root" else object_type, object_id if object_type != "root" else None)
         return permissions.list_permissions(db, object_type, object_id)
@@ -91,7 +92,7 @@ def set_permission(body: s.PermissionCreate, db: DbDep, user: Annotated[CurrentU
 
 
 @router.delete("/permissions/{permission_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["access"], summary="Remove a permission")
-def delete_permission(permission_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("Permissions.Modify", deferred=True)]) -> None:
+def delete_permission(permission_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Permissions.Modify", deferred=True)]) -> None:
     permission = permissions.get_permission(db, permission_id)
     user.require(db, None if permission.object_type == "root" else permission.object_type, permission.object_id if permission.object_type != "root" else None)
     permissions.delete_permission(db, user.username, permission_id)
@@ -114,5 +115,5 @@ def create_token(body: s.TokenCreate, db: DbDep, user: CurrentUser) -> Any:
 
 @router.delete("/session/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["session"], summary="Revoke one of the caller's API tokens",
                dependencies=[public("acts on the caller's own tokens")])
-def revoke_token(token_id: int, db: DbDep, user: CurrentUser) -> None:
+def revoke_token(token_id: ObjectIdPath, db: DbDep, user: CurrentUser) -> None:
     auth.revoke_api_token(db, auth.get_user(db, user.id), token_id)

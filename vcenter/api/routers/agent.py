@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from vcenter.api.deps import AgentHostId, DbDep, SettingsDep, public
+from vcenter.core.object_ids import ObjectIdPath
 from vcenter.messaging.contracts import HostState, LifecycleEvent, TaskProgress, TaskResult
 from vcenter.schemas.inventory import AgentRegistration, AgentRegistrationAnswer, AgentRegistrationChallenge, AgentRegistrationNonce
 from vcenter.services import hosts, inventory, reports
@@ -27,12 +28,12 @@ def register(body: AgentRegistration, db: DbDep, settings: SettingsDep) -> Any:
 
 
 @router.post("/tasks/{task_id}/progress", summary="Agent: a command started or advanced")
-def task_progress(task_id: int, body: TaskProgress, host_id: AgentHostId, db: DbDep, settings: SettingsDep) -> dict[str, Any]:
+def task_progress(task_id: ObjectIdPath, body: TaskProgress, host_id: AgentHostId, db: DbDep, settings: SettingsDep) -> dict[str, Any]:
     return reports.report_progress(db, inventory.get(db, "host", host_id), task_id, body, settings)
 
 
 @router.post("/tasks/{task_id}/result", summary="Agent: a command ended")
-def task_result(task_id: int, body: TaskResult, host_id: AgentHostId, db: DbDep) -> dict[str, Any]:
+def task_result(task_id: ObjectIdPath, body: TaskResult, host_id: AgentHostId, db: DbDep) -> dict[str, Any]:
     return reports.report_result(db, inventory.get(db, "host", host_id), task_id, body)
 
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, status
 
 from vcenter.api.deps import CurrentUserInfo, DbDep, SettingsDep, requires
+from vcenter.core.object_ids import ObjectIdPath, OptionalObjectIdQuery
 from vcenter.schemas import alarms as s
 from vcenter.services import alarms as svc
 
@@ -44,7 +45,7 @@ def create_alarm(body: s.AlarmCreate, db: DbDep, user: Creator) -> Any:
 @router.get("/triggered", response_model=list[s.TriggeredAlarmRead], summary="Triggered alarms (not green), worst first; of one object, or with descendants=true of everything below it; only those of objects the caller may see")
 def triggered(db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", deferred=True)],
               object_type: str | None = Query(None, description="datacenter | cluster | host | vm | datastore"),
-              object_id: int | None = Query(None),
+              object_id: OptionalObjectIdQuery = None,
               descendants: bool = Query(False, description="include the objects below it (hosts, VMs, datastores)"),
               acknowledged: bool = Query(True, description="false: leave acknowledged ones out")) -> Any:
     from vcenter.services import auth, authz
@@ -55,22 +56,22 @@ def triggered(db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View"
 
 
 @router.post("/triggered/{state_id}/acknowledge", response_model=s.TriggeredAlarmRead, summary="Acknowledge a triggered alarm (its actions stay quiet until it gets worse)")
-def acknowledge(state_id: int, db: DbDep, user: Acknowledger) -> Any:
+def acknowledge(state_id: ObjectIdPath, db: DbDep, user: Acknowledger) -> Any:
     return svc.acknowledge(db, user.username, state_id)
 
 
 @router.post("/triggered/{state_id}/reset", response_model=s.TriggeredAlarmRead, summary="Reset a triggered alarm to green (it triggers again if its condition still holds)")
-def reset(state_id: int, db: DbDep, settings: SettingsDep, user: Acknowledger) -> Any:
+def reset(state_id: ObjectIdPath, db: DbDep, settings: SettingsDep, user: Acknowledger) -> Any:
     return svc.reset(db, user.username, state_id, settings)
 
 
 @router.get("/{alarm_id}", response_model=s.AlarmRead, summary="One alarm definition")
-def get_alarm(alarm_id: int, db: DbDep, user: Viewer) -> Any:
+def get_alarm(alarm_id: ObjectIdPath, db: DbDep, user: Viewer) -> Any:
     return svc.get_definition(db, alarm_id)
 
 
 @router.patch("/{alarm_id}", response_model=s.AlarmRead, summary="Change an alarm definition (a changed condition starts green everywhere)")
-def update_alarm(alarm_id: int, body: s.AlarmUpdate, db: DbDep, user: Creator) -> Any:
+def update_alarm(alarm_id: ObjectIdPath, body: s.AlarmUpdate, db: DbDep, user: Creator) -> Any:
     current = svc.get_definition(db, alarm_id)
     _on_scope(db, user, current.scope_type, current.scope_id)
     changes = body.model_dump(exclude_unset=True)
@@ -80,7 +81,7 @@ def update_alarm(alarm_id: int, body: s.AlarmUpdate, db: DbDep, user: Creator) -
 
 
 @router.delete("/{alarm_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete an alarm definition and its states")
-def delete_alarm(alarm_id: int, db: DbDep, user: Creator) -> None:
+def delete_alarm(alarm_id: ObjectIdPath, db: DbDep, user: Creator) -> None:
     current = svc.get_definition(db, alarm_id)
     _on_scope(db, user, current.scope_type, current.scope_id)
     svc.delete_definition(db, user.username, alarm_id)

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, status
 
 from vcenter.api.deps import CurrentUserInfo, DbDep, SettingsDep, requires
+from vcenter.core.object_ids import ObjectIdPath, Offset
 from vcenter.schemas import inventory as s
 from vcenter.services import hosts, migration, power
 from vcenter.services import inventory as inv
@@ -41,28 +42,29 @@ def _crud(
         db: DbDep,
         user: Annotated[CurrentUserInfo, requires("System.View", deferred=True)],
         settings: SettingsDep,
-        offset: int = Query(0, ge=0),
+        offset: Offset = 0,
         limit: int = Query(50, ge=1, le=500),
         sort: str | None = Query(None, description="field or -field"),
     ) -> Any:
         reserved = {"offset", "limit", "sort"}
-        filters = {k: _coerce(v) for k, v in request.query_params.items() if k not in reserved}
+        # Raw text: list_rows parses each filter by its column (ids with the one id parser).
+        filters = {k: v for k, v in request.query_params.items() if k not in reserved}
         model = inv.KINDS[kind]
         total, rows = list_rows(db, model, filters=filters, filterable=filterable, sort=sort, sortable=sortable, offset=offset, limit=min(limit, settings.page_size_max),
                                 restrict=user.visible(db, kind, model))
         return {"total": total, "offset": offset, "limit": limit, "items": [to_read(r) for r in rows]}
 
     @router.get(f"/{path}/{{object_id}}", response_model=read_model, tags=[tag], summary=f"Get one of {path}", name=f"get_{kind}")
-    def get_object(object_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", on=kind, param="object_id")]) -> Any:
+    def get_object(object_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", on=kind, param="object_id")]) -> Any:
         return to_read(inv.get(db, kind, object_id))
 
     @router.patch(f"/{path}/{{object_id}}", response_model=read_model, tags=[tag], summary=f"Update one of {path}", name=f"update_{kind}")
-    def update_object(object_id: int, body: update_model, db: DbDep, user: Annotated[CurrentUserInfo, requires(update_privilege, on=kind, param="object_id")]) -> Any:  # type: ignore[valid-type]
+    def update_object(object_id: ObjectIdPath, body: update_model, db: DbDep, user: Annotated[CurrentUserInfo, requires(update_privilege, on=kind, param="object_id")]) -> Any:  # type: ignore[valid-type]
         return to_read(inv.update_object(db, user.username, kind, object_id, body.model_dump(exclude_unset=True)))
 
     if generic_delete:
         @router.delete(f"/{path}/{{object_id}}", status_code=status.HTTP_204_NO_CONTENT, tags=[tag], summary=f"Delete one of {path}", name=f"delete_{kind}")
-        def delete_object(object_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires(delete_privilege, on=kind, param="object_id")]) -> None:
+        def delete_object(object_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires(delete_privilege, on=kind, param="object_id")]) -> None:
             inv.delete_object(db, user.username, kind, object_id)
 
     if create is not None:
@@ -70,14 +72,6 @@ def _crud(
         def create_object(body: create_model, db: DbDep, user: Annotated[CurrentUserInfo, requires(create_privilege, deferred=True)]) -> Any:  # type: ignore[valid-type]
             user.require(db, *parent(body))
             return to_read(create(db, user.username, body.model_dump()))
-
-
-def _coerce(value: str) -> Any:
-    if value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    if value.lstrip("-").isdigit():
-        return int(value)
-    return value
 
 
 _crud(path="datacenters", kind="datacenter", tag="datacenters", create_model=s.DatacenterCreate, update_model=s.DatacenterUpdate, read_model=s.DatacenterRead,
@@ -120,47 +114,47 @@ def create_host(body: s.HostCreate, db: DbDep, user: Annotated[CurrentUserInfo, 
 
 
 @router.post("/hosts/{host_id}/registration-token", response_model=s.RegistrationToken, tags=["hosts"], summary="Issue a new one-time registration token (re-registers the host's agent)")
-def new_registration_token(host_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Add", on="host")], settings: SettingsDep) -> Any:
+def new_registration_token(host_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Add", on="host")], settings: SettingsDep) -> Any:
     host = inv.get(db, "host", host_id)
     token = hosts.issue_registration_token(db, host, settings, user.username)
     return {"registration_token": token, "expires_at": host.registration_expires_at}
 
 
 @router.post("/hosts/{host_id}/confirm", response_model=s.HostRead, tags=["hosts"], summary="Confirm the certificate thumbprint the host's agent presented")
-def confirm_host(host_id: int, body: s.ThumbprintConfirm, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Add", on="host")]) -> Any:
+def confirm_host(host_id: ObjectIdPath, body: s.ThumbprintConfirm, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Add", on="host")]) -> Any:
     return hosts.confirm(db, host_id, body.thumbprint, user.username)
 
 
 @router.post("/hosts/{host_id}/standby/enter", response_model=s.HostRead, tags=["hosts"], summary="Record that the host enters standby (refused while it runs VMs)")
-def enter_standby(host_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Power", on="host")]) -> Any:
+def enter_standby(host_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Power", on="host")]) -> Any:
     return hosts.set_standby(db, host_id, True, user.username)
 
 
 @router.post("/hosts/{host_id}/standby/exit", response_model=s.HostRead, tags=["hosts"], summary="Record that the host left standby")
-def exit_standby(host_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Power", on="host")]) -> Any:
+def exit_standby(host_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Power", on="host")]) -> Any:
     return hosts.set_standby(db, host_id, False, user.username)
 
 
 @router.delete("/hosts/{host_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["hosts"], summary="Remove a host; refused while it has VMs unless forced for a dead host (its VMs become orphaned)")
-def remove_host(host_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Remove", on="host")], force: bool = Query(False)) -> None:
+def remove_host(host_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Remove", on="host")], force: bool = Query(False)) -> None:
     hosts.remove(db, host_id, force, user.username)
 
 
 @router.post("/hosts/{host_id}/maintenance", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, tags=["hosts"], summary="Enter maintenance: evacuate every running VM (placed together), then mark the host (a Task)")
-def enter_maintenance(host_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Maintenance", on="host")], settings: SettingsDep) -> Any:
+def enter_maintenance(host_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Maintenance", on="host")], settings: SettingsDep) -> Any:
     return migration.enter_maintenance(db, user.username, host_id, settings)
 
 
 @router.post("/hosts/{host_id}/maintenance/exit", response_model=s.HostRead, tags=["hosts"], summary="Exit maintenance: the host takes VMs again")
-def exit_maintenance(host_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Maintenance", on="host")]) -> Any:
+def exit_maintenance(host_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Maintenance", on="host")]) -> Any:
     return migration.exit_maintenance(db, user.username, host_id)
 
 
 @router.post("/hosts/{host_id}/power/off", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, tags=["hosts"], summary="Evacuate the host, then power it off through its power driver into standby (a Task)")
-def power_off_host(host_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Power", on="host")], settings: SettingsDep) -> Any:
+def power_off_host(host_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Power", on="host")], settings: SettingsDep) -> Any:
     return migration.enter_maintenance(db, user.username, host_id, settings, standby=True)
 
 
 @router.post("/hosts/{host_id}/power/on", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, tags=["hosts"], summary="Power a host in standby on; the Task ends when its agent reports again")
-def power_on_host(host_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Power", on="host")]) -> Any:
+def power_on_host(host_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Power", on="host")]) -> Any:
     return power.power_on_host(db, user.username, host_id)

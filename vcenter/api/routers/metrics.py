@@ -12,6 +12,7 @@ from fastapi import APIRouter, Query
 
 from vcenter.api.deps import AgentHostId, CurrentUserInfo, DbDep, SettingsDep, public, requires
 from vcenter.core.errors import NotFound
+from vcenter.core.object_ids import ObjectIdPath
 from vcenter.messaging.contracts import MetricsReport
 from vcenter.schemas import alarms as s
 from vcenter.services import inventory
@@ -31,7 +32,7 @@ def _series_route(object_type: str) -> None:
     @router.get(f"/{object_type}/{{object_id}}", response_model=s.MetricsRead, name=f"metrics_{object_type}",
                 summary=f"Performance series of a {object_type}")
     def series(
-        object_id: int,
+        object_id: ObjectIdPath,
         db: DbDep,
         settings: SettingsDep,
         user: Annotated[CurrentUserInfo, requires("System.View", on=object_type, param="object_id")],
@@ -48,7 +49,7 @@ for _kind in svc.OBJECT_TYPES:
 
 
 @router.get("/{object_type}/{object_id}", include_in_schema=False, name="metrics_unknown_type")
-def unknown_type(object_type: str, object_id: int, user: Annotated[CurrentUserInfo, requires("System.View")]) -> Any:
+def unknown_type(object_type: str, object_id: ObjectIdPath, user: Annotated[CurrentUserInfo, requires("System.View")]) -> Any:
     raise NotFound(f"no statistics for {object_type} objects; they exist for {', '.join(svc.OBJECT_TYPES)}", code="UNKNOWN_OBJECT_TYPE")
 
 

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, status
 
 from vcenter.api.deps import CurrentUser, CurrentUserInfo, DbDep, SettingsDep, TokenDep, public, requires
+from vcenter.core.object_ids import ObjectIdPath, Offset
 from vcenter.schemas import inventory as s
 from vcenter.services import auth, tasks
 from vcenter.services.listing import list_rows
@@ -29,16 +30,16 @@ def _visible(db: Any, user: CurrentUserInfo, model: Any) -> Any:
 @router.get("/tasks", response_model=s.Page[s.TaskRead], tags=["tasks"], summary="List tasks, newest first by default")
 def list_tasks(
     request: Request, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", deferred=True)],
-    offset: int = Query(0, ge=0), limit: int = Query(50, ge=1, le=500), sort: str | None = Query("-id"),
+    offset: Offset = 0, limit: int = Query(50, ge=1, le=500), sort: str | None = Query("-id"),
 ) -> Any:
-    filters = {k: (int(v) if k.endswith("_id") and v.isdigit() else v) for k, v in request.query_params.items() if k not in {"offset", "limit", "sort"}}
+    filters = {k: v for k, v in request.query_params.items() if k not in {"offset", "limit", "sort"}}  # parsed by column in list_rows
     total, rows = list_rows(db, tasks.TASK_MODEL, filters=filters, filterable={"state", "kind", "object_type", "object_id", "host_id", "username"}, sort=sort, sortable={"id", "created_at"}, offset=offset, limit=limit,
                             restrict=_visible(db, user, tasks.TASK_MODEL))
     return {"total": total, "offset": offset, "limit": limit, "items": rows}
 
 
 @router.get("/tasks/{task_id}", response_model=s.TaskRead, tags=["tasks"], summary="Get a task: state, step, progress, result, error code")
-def get_task(task_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", deferred=True)]) -> Any:
+def get_task(task_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", deferred=True)]) -> Any:
     task = tasks.get_task(db, task_id)
     if task.username != user.username:
         user.require(db, *_task_object(task))
@@ -46,7 +47,7 @@ def get_task(task_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires(
 
 
 @router.post("/tasks/{task_id}/cancel", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, tags=["tasks"], summary="Ask a task to stop")
-def cancel_task(task_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("Global.CancelTask", deferred=True)]) -> Any:
+def cancel_task(task_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Global.CancelTask", deferred=True)]) -> Any:
     task = tasks.get_task(db, task_id)
     if task.username != user.username:  # one's own task needs no privilege to cancel
         user.require(db, *_task_object(task))
@@ -56,9 +57,9 @@ def cancel_task(task_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requir
 @router.get("/events", response_model=s.Page[s.EventRead], tags=["events"], summary="List events, newest first by default")
 def list_events(
     request: Request, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", deferred=True)],
-    offset: int = Query(0, ge=0), limit: int = Query(50, ge=1, le=500), sort: str | None = Query("-id"),
+    offset: Offset = 0, limit: int = Query(50, ge=1, le=500), sort: str | None = Query("-id"),
 ) -> Any:
-    filters = {k: (int(v) if k.endswith("_id") and v.isdigit() else v) for k, v in request.query_params.items() if k not in {"offset", "limit", "sort"}}
+    filters = {k: v for k, v in request.query_params.items() if k not in {"offset", "limit", "sort"}}  # parsed by column in list_rows
     total, rows = list_rows(db, tasks.EVENT_MODEL, filters=filters, filterable={"kind", "object_type", "object_id", "username", "reason", "task_id"}, sort=sort, sortable={"id", "at"}, offset=offset, limit=limit,
                             restrict=_visible(db, user, tasks.EVENT_MODEL))
     return {"total": total, "offset": offset, "limit": limit, "items": rows}

@@ -10,6 +10,7 @@ from fastapi.responses import FileResponse
 
 from vcenter.api.deps import AgentHostId, CurrentUserInfo, DbDep, RuntimeDep, public, requires
 from vcenter.api.guards import STREAMED_UPLOAD  # these routes stream bodies under upload_max_bytes
+from vcenter.core.object_ids import ObjectIdPath, OptionalObjectIdQuery
 from vcenter.schemas import inventory as s
 from vcenter.schemas import templates as ts
 from vcenter.services import templates, uploads
@@ -22,61 +23,61 @@ agent_router = APIRouter(prefix="/api/v1/agent/hosts/{host_id}", tags=["agent"],
 
 @router.get("/api/v1/templates", summary="List templates (every version; ?latest=true: the newest of each name)")
 def list_templates(db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View")], name: str | None = Query(None, max_length=80),
-                   datacenter_id: int | None = Query(None), latest: bool = Query(False)) -> list[dict[str, Any]]:
+                   datacenter_id: OptionalObjectIdQuery = None, latest: bool = Query(False)) -> list[dict[str, Any]]:
     return [templates.template_read(t) for t in templates.list_templates(db, name, datacenter_id, latest)]
 
 
 @router.get("/api/v1/templates/{template_id}", summary="Get a template with its manifest")
-def get_template(template_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", on="template", param="template_id")]) -> dict[str, Any]:
+def get_template(template_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", on="template", param="template_id")]) -> dict[str, Any]:
     return templates.template_read(templates.get_template(db, template_id))
 
 
 @router.get("/api/v1/templates/{template_id}/dependents", summary="The linked clones whose disks have this template's images as backing files")
-def dependents(template_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", on="template", param="template_id")]) -> list[dict[str, Any]]:
+def dependents(template_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", on="template", param="template_id")]) -> list[dict[str, Any]]:
     return [{"id": vm.id, "name": vm.name} for vm in templates.dependents(db, templates.get_template(db, template_id))]
 
 
 @router.post("/api/v1/vms/{vm_id}/template", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED,
              summary="Convert a powered-off VM to a template (a Task; a name used before gets the next version)")
-def vm_to_template(vm_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("Template.Create", on="vm", param="vm_id")],
+def vm_to_template(vm_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Template.Create", on="vm", param="vm_id")],
                    body: ts.VmToTemplate | None = Body(None)) -> Any:
     return templates.vm_to_template(db, user.username, vm_id, body.name if body else None)
 
 
 @router.post("/api/v1/templates/{template_id}/vm", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED,
              summary="Convert a template back to a VM (a Task); refused while linked clones depend on it")
-def template_to_vm(template_id: int, body: ts.TemplateToVm, db: DbDep, user: Annotated[CurrentUserInfo, requires("Template.Create", on="template", param="template_id")]) -> Any:
+def template_to_vm(template_id: ObjectIdPath, body: ts.TemplateToVm, db: DbDep, user: Annotated[CurrentUserInfo, requires("Template.Create", on="template", param="template_id")]) -> Any:
     return templates.template_to_vm(db, user.username, template_id, body.model_dump())
 
 
 @router.post("/api/v1/templates/{template_id}/deploy", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED,
              summary="Deploy a VM from a template: linked or full clone, cloud-init customisation, placement when no host is given (a Task)")
-def deploy(template_id: int, body: ts.DeployRequest, db: DbDep, user: Annotated[CurrentUserInfo, requires("Template.Deploy", on="template", param="template_id")]) -> Any:
+def deploy(template_id: ObjectIdPath, body: ts.DeployRequest, db: DbDep, user: Annotated[CurrentUserInfo, requires("Template.Deploy", on="template", param="template_id")]) -> Any:
     _, task = templates.deploy(db, user.username, template_id, body.model_dump(mode="json"))
     return task
 
 
 @router.delete("/api/v1/templates/{template_id}", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED,
                summary="Delete a template and its images (a Task); 409 TEMPLATE_IN_USE naming the linked clones that depend on it")
-def delete_template(template_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("Template.Delete", on="template", param="template_id")]) -> Any:
+def delete_template(template_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Template.Delete", on="template", param="template_id")]) -> Any:
     return templates.delete_template(db, user.username, template_id)
 
 
 @router.post("/api/v1/templates/{template_id}/verify", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED,
              summary="Recompute the template's image checksums against its manifest (a Task; TEMPLATE_CHECKSUM_MISMATCH names changed images)")
-def verify_template(template_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("Datastore.Browse", on="template", param="template_id")]) -> Any:
+def verify_template(template_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Datastore.Browse", on="template", param="template_id")]) -> Any:
     return templates.verify_template(db, user.username, template_id)
 
 
 @router.post("/api/v1/templates/{template_id}/export", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED,
              summary="Export a template as an OVA with stream-optimised VMDKs (a Task; the result names the upload to download)")
-def export_template(template_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.Export", on="template", param="template_id")]) -> Any:
+def export_template(template_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.Export", on="template", param="template_id")]) -> Any:
     return templates.export(db, user.username, "template", template_id)
 
 
 @router.post("/api/v1/datastores/{datastore_id}/browse", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED,
              summary="List a folder of a datastore (a Task run by a host that mounts it; result: entries with sizes and image formats)")
-def browse(datastore_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("Datastore.Browse", on="datastore", param="datastore_id")],
+def browse(datastore_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Datastore.Browse", on="datastore", param="datastore_id")],
            body: ts.BrowseRequest | None = Body(None)) -> Any:
     return templates.browse(db, user.username, datastore_id, body.path if body else "")
 
@@ -85,12 +86,12 @@ def browse(datastore_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requir
 
 @router.post("/api/v1/vms/{vm_id}/export", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED,
              summary="Export a powered-off VM as an OVA with stream-optimised VMDKs (a Task; the result names the upload to download)")
-def export_vm(vm_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.Export", on="vm", param="vm_id")]) -> Any:
+def export_vm(vm_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.Export", on="vm", param="vm_id")]) -> Any:
     return templates.export(db, user.username, "vm", vm_id)
 
 
 @router.get("/api/v1/vms/{vm_id}/customization", summary="A deployed VM's cloud-init instance id, issued machine-id and hostname (no secrets)")
-def customization(vm_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", on="vm", param="vm_id")]) -> dict[str, Any]:
+def customization(vm_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", on="vm", param="vm_id")]) -> dict[str, Any]:
     return templates.customization_read(db, vm_id)
 
 
@@ -131,23 +132,23 @@ def list_uploads(db: DbDep, user: Annotated[CurrentUserInfo, requires("System.Vi
 
 
 @router.get("/api/v1/uploads/{upload_id}", summary="An upload or export: size, SHA-256, state")
-def get_upload(upload_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View")]) -> dict[str, Any]:
+def get_upload(upload_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View")]) -> dict[str, Any]:
     return uploads.upload_read(uploads.get(db, upload_id))
 
 
 @router.get("/api/v1/uploads/{upload_id}/appliance", summary="The hardware an uploaded OVA's OVF descriptor describes")
-def appliance(upload_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View")]) -> dict[str, Any]:
+def appliance(upload_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View")]) -> dict[str, Any]:
     return templates.read_appliance(db, upload_id)
 
 
 @router.get("/api/v1/uploads/{upload_id}/content", summary="Download an upload or an exported OVA")
-def download(upload_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.Export")]) -> Any:
+def download(upload_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.Export")]) -> Any:
     row = uploads.ready(db, upload_id)
     return FileResponse(row.path, filename=row.filename, media_type="application/octet-stream", headers={"X-Checksum-SHA256": row.sha256 or ""})
 
 
 @router.delete("/api/v1/uploads/{upload_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete an upload or export and its file")
-def delete_upload(upload_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("Datastore.Browse")]) -> None:
+def delete_upload(upload_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Datastore.Browse")]) -> None:
     uploads.delete(db, user.username, upload_id)
 
 
@@ -159,12 +160,12 @@ def seed(vm_uuid: str, host_id: AgentHostId, db: DbDep) -> dict[str, Any]:
 
 
 @agent_router.get("/uploads/{upload_id}/content", summary="Agent: pull an upload a task of this host needs")
-def agent_download(upload_id: int, host_id: AgentHostId, db: DbDep) -> Any:
+def agent_download(upload_id: ObjectIdPath, host_id: AgentHostId, db: DbDep) -> Any:
     return FileResponse(uploads.path_for_agent(db, host_id, upload_id), media_type="application/octet-stream")
 
 
 @agent_router.put("/uploads/{upload_id}/content", summary="Agent: push the OVA of an export task of this host", openapi_extra=STREAMED_UPLOAD)
-async def agent_export(upload_id: int, request: Request, runtime: RuntimeDep, host_id: AgentHostId) -> dict[str, Any]:
+async def agent_export(upload_id: ObjectIdPath, request: Request, runtime: RuntimeDep, host_id: AgentHostId) -> dict[str, Any]:
     def check() -> None:
         with runtime.transaction() as session:
             uploads.check_export_target(session, host_id, upload_id)

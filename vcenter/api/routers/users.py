@@ -9,6 +9,7 @@ from fastapi.responses import StreamingResponse
 
 from vcenter.api.deps import CurrentUserInfo, DbDep, RuntimeDep, requires
 from vcenter.core.errors import Forbidden
+from vcenter.core.object_ids import ObjectIdPath
 from vcenter.schemas import inventory as s
 from vcenter.services import auth, tasks
 
@@ -36,13 +37,13 @@ def create_user(body: s.UserCreate, db: DbDep, user: UserAdmin) -> Any:
 
 
 @router.patch("/users/{user_id}", response_model=s.UserRead, summary="Change a user's password (revokes its sessions), administrator flag, or disable it; the last administrator stays")
-def update_user(user_id: int, body: s.UserUpdate, db: DbDep, user: UserAdmin) -> Any:
+def update_user(user_id: ObjectIdPath, body: s.UserUpdate, db: DbDep, user: UserAdmin) -> Any:
     _only_admins_make_admins(user, body.is_admin is not None)
     return auth.update_user(db, user.username, user_id, body.model_dump(exclude_unset=True))
 
 
 @router.delete("/users/{user_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a user (never the last administrator)")
-def delete_user(user_id: int, db: DbDep, user: UserAdmin) -> None:
+def delete_user(user_id: ObjectIdPath, db: DbDep, user: UserAdmin) -> None:
     auth.delete_user(db, user.username, user_id)
 
 

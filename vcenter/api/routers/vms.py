@@ -5,6 +5,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query, Request, status
 
 from vcenter.api.deps import CurrentUserInfo, DbDep, SettingsDep, requires
+from vcenter.core.object_ids import ObjectIdPath, ObjectIdQuery, Offset
 from vcenter.domain.states import PowerAction
 from vcenter.schemas import inventory as s
 from vcenter.services import inventory as inv
@@ -22,19 +23,19 @@ def list_vms(
     request: Request,
     db: DbDep,
     user: Annotated[CurrentUserInfo, requires("System.View", deferred=True)],
-    offset: int = Query(0, ge=0),
+    offset: Offset = 0,
     limit: int = Query(50, ge=1, le=500),
     sort: str | None = Query(None, description="field or -field"),
 ) -> Any:
+    # Raw text: list_rows parses each filter by its column (ids with the one id parser).
     filters = {k: v for k, v in request.query_params.items() if k not in {"offset", "limit", "sort"}}
-    filters = {k: (int(v) if k.endswith("_id") and v.isdigit() else v) for k, v in filters.items()}
     total, rows = list_rows(db, inv.KINDS["vm"], filters=filters, filterable=_FILTERABLE, sort=sort, sortable=_SORTABLE, offset=offset, limit=limit,
                             restrict=user.visible(db, "vm", inv.KINDS["vm"]))
     return {"total": total, "offset": offset, "limit": limit, "items": rows}
 
 
 @router.get("/{vm_id}", response_model=s.VmRead, summary="Get a VM")
-def get_vm(vm_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", on="vm")]) -> Any:
+def get_vm(vm_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", on="vm")]) -> Any:
     return inv.get(db, "vm", vm_id)
 
 
@@ -53,47 +54,47 @@ def create_vm(body: s.VmCreate, db: DbDep, user: Annotated[CurrentUserInfo, requ
 
 
 @router.patch("/{vm_id}", response_model=s.VmRead, summary="Rename a VM or move it to another folder or pool")
-def update_vm(vm_id: int, body: s.VmUpdate, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.Configure", on="vm")]) -> Any:
+def update_vm(vm_id: ObjectIdPath, body: s.VmUpdate, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.Configure", on="vm")]) -> Any:
     return inv.update_object(db, user.username, "vm", vm_id, body.model_dump(exclude_unset=True))
 
 
 @router.delete("/{vm_id}", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, summary="Delete a powered-off VM and its disks (a Task)")
-def delete_vm(vm_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.Delete", on="vm")]) -> Any:
+def delete_vm(vm_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.Delete", on="vm")]) -> Any:
     return vms.delete_vm(db, user.username, vm_id)
 
 
 @router.post("/{vm_id}/guest/command", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, summary="Send a command to the guest through its channel; the reply is the Task's result")
-def guest_command(vm_id: int, body: s.GuestCommand, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.GuestOperations", on="vm")]) -> Any:
+def guest_command(vm_id: ObjectIdPath, body: s.GuestCommand, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.GuestOperations", on="vm")]) -> Any:
     return vms.guest_command(db, user.username, vm_id, body.command, body.argument, body.timeout)
 
 
 @router.post("/{vm_id}/migrate", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, summary="VMotion: live-migrate a running VM to a host (or where placement chooses); refused with the failing check's code")
-def migrate_vm(vm_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.Migrate", on="vm")], settings: SettingsDep, body: s.MigrateRequest | None = Body(None)) -> Any:
+def migrate_vm(vm_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.Migrate", on="vm")], settings: SettingsDep, body: s.MigrateRequest | None = Body(None)) -> Any:
     return migration.migrate(db, user.username, vm_id, body.host_id if body else None, settings)
 
 
 @router.post("/{vm_id}/relocate", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, summary="Storage VMotion: move disks to other datastores, while the VM runs, optionally to another host with them (a Task)")
-def relocate_vm(vm_id: int, body: s.RelocateRequest, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.Relocate", on="vm")]) -> Any:
+def relocate_vm(vm_id: ObjectIdPath, body: s.RelocateRequest, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.Relocate", on="vm")]) -> Any:
     return migration.relocate(db, user.username, vm_id, [m.model_dump() for m in body.disks], body.host_id)
 
 
 @router.post("/{vm_id}/cpu-check", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, summary="libvirt's comparison of the VM's CPU definition with a host's CPU, by that host's agent (a Task; result: compatible, detail)")
-def cpu_check(vm_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.Migrate", on="vm")], host: int = Query(..., description="host id")) -> Any:
+def cpu_check(vm_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.Migrate", on="vm")], host: ObjectIdQuery) -> Any:
     return evc.cpu_check(db, user.username, vm_id, host)
 
 
 @router.get("/{vm_id}/migrate/check", summary="The checks of a VMotion to a host, without moving")
-def migrate_check(vm_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", on="vm")], host: int = Query(..., description="target host id")) -> Any:
+def migrate_check(vm_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", on="vm")], host: ObjectIdQuery) -> Any:
     return migration.check_report(db, vm_id, host)
 
 
 @router.post("/{vm_id}/import", response_model=s.VmRead, summary="Import an orphaned VM (found on a host, unknown to the inventory) so it is managed")
-def import_vm(vm_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.Import", on="vm")]) -> Any:
+def import_vm(vm_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.Import", on="vm")]) -> Any:
     return hosts.import_vm(db, vm_id, user.username)
 
 
 @router.post("/{vm_id}/reconfigure", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, summary="Change vCPUs and memory of a powered-off VM (a Task)")
-def reconfigure_vm(vm_id: int, body: s.VmReconfigure, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.Configure", on="vm")]) -> Any:
+def reconfigure_vm(vm_id: ObjectIdPath, body: s.VmReconfigure, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.Configure", on="vm")]) -> Any:
     return vms.reconfigure(db, user.username, vm_id, body.vcpus, body.memory_mib, body.version)
 
 
@@ -101,7 +102,7 @@ def _power_route(path: str, action: PowerAction, summary: str) -> None:
     privilege = "VirtualMachine.PowerOn" if action in (PowerAction.POWER_ON, PowerAction.RESUME) else "VirtualMachine.PowerOff"
 
     @router.post(f"/{{vm_id}}/power/{path}", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, summary=summary, name=f"vm_{path}")
-    def power_action(vm_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires(privilege, on="vm")], settings: SettingsDep) -> Any:
+    def power_action(vm_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires(privilege, on="vm")], settings: SettingsDep) -> Any:
         return vms.power(db, user.username, vm_id, action, settings)
 
 
@@ -113,5 +114,5 @@ _power_route("resume", PowerAction.RESUME, "Resume a suspended VM from its saved
 
 
 @router.post("/{vm_id}/power/shutdown", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, summary="Guest shutdown; ends GUEST_SHUTDOWN_TIMEOUT if the guest is still running after the timeout (a Task)")
-def shutdown_vm(vm_id: int, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.PowerOff", on="vm")], settings: SettingsDep, body: s.ShutdownRequest | None = Body(None)) -> Any:
+def shutdown_vm(vm_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.PowerOff", on="vm")], settings: SettingsDep, body: s.ShutdownRequest | None = Body(None)) -> Any:
     return vms.power(db, user.username, vm_id, PowerAction.SHUTDOWN_GUEST, settings, timeout=body.timeout if body else None)
