@@ -75,7 +75,7 @@ def check_nonce(key: bytes, nonce: str, token_hash: str, trust_state: str, now: 
     """Raise ProofRefused unless ``nonce`` was minted by this server for this token and this
     trust state, and has not expired."""
     parts = nonce.split(".")
-    if len(parts) != 4 or parts[0] != NONCE_VERSION or not parts[1].isdigit() or len(parts[1]) > 12:
+    if len(parts) != 4 or parts[0] != NONCE_VERSION or not (parts[1].isascii() and parts[1].isdigit()) or len(parts[1]) > 12:
         raise ProofRefused("BAD_REGISTRATION_NONCE", "the nonce is not one this server issued")
     _, expires_text, random, mac = parts
     expires = int(expires_text)
@@ -95,7 +95,7 @@ def signed_message(nonce: str, registration_token: str, host_uuid: str) -> bytes
     """The bytes the agent signs: each field on its own line (none may hold a newline)."""
     fields = (nonce, registration_token, host_uuid)
     if any("\n" in f for f in fields):
-        raise ValueError("registration fields hold no newline")
+        raise ProofRefused("BAD_REGISTRATION_PROOF", "the registration fields hold no newline")
     return b"\n".join((_MESSAGE_PREFIX, *(f.encode() for f in fields)))
 
 
