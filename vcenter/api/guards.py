@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 # A route that streams its body to disk under its own limit declares itself with this
@@ -60,18 +60,30 @@ def target_has_nul(scope: dict) -> bool:
     return b"%00" in query or b"\x00" in query or "\x00" in scope.get("path", "") or b"%00" in scope.get("raw_path", b"")
 
 
-def streamed_upload_matcher(routes: Callable[[], Iterable[Any]]) -> Callable[[dict], bool]:
-    """Whether a request goes to a route declaring STREAMED_UPLOAD; the routes are read on the
-    first request, when the application has all of them."""
-    from starlette.routing import Match
+def _flat_routes(routes: Iterable[Any]) -> Iterator[Any]:
+    """Every route with its full path: FastAPI keeps included routers as branches whose
+    effective routes carry the prefixes."""
+    for route in routes:
+        if hasattr(route, "effective_route_contexts"):
+            yield from route.effective_route_contexts()
+        else:
+            yield route
 
-    streamed: list[Any] | None = None
+
+def streamed_upload_matcher(routes: Callable[[], Iterable[Any]]) -> Callable[[dict], bool]:
+    """Whether a request goes to a route declaring STREAMED_UPLOAD (same method, same path
+    pattern); the routes are read on the first request, when the application has all of them."""
+    from starlette.routing import compile_path
+
+    streamed: list[tuple[set[str], Any]] | None = None
 
     def matches(scope: dict) -> bool:
         nonlocal streamed
         if streamed is None:
-            streamed = [r for r in routes() if (getattr(r, "openapi_extra", None) or {}).get("x-streamed-upload")]
-        return any(route.matches(scope)[0] == Match.FULL for route in streamed)
+            streamed = [(set(r.methods or ()), compile_path(r.path)[0]) for r in _flat_routes(routes())
+                        if (getattr(r, "openapi_extra", None) or {}).get("x-streamed-upload")]
+        path = scope.get("path", "")
+        return any(scope.get("method") in methods and regex.match(path) for methods, regex in streamed)
 
     return matches
 
