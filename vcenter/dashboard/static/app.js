@@ -1,8 +1,23 @@
 // The dashboard's own script: the live tasks/events panel (server-sent events, no reload),
-// error display for htmx actions, and the performance chart (uPlot).
+// error display for htmx actions, and the performance chart (uPlot). Everything a template
+// would otherwise do inline lives here: the Content-Security-Policy admits no inline script,
+// no eval (htmx "js:" values) and no style attributes.
 (function () {
   "use strict";
   const body = document.body;
+
+  // --- what templates declare with data- attributes -------------------------------------------
+  // data-send-as="name": the element's value is also sent under that parameter name (what
+  // hx-vals='js:{...}' did, without eval).
+  document.addEventListener("htmx:configRequest", (e) => {
+    const el = e.detail.elt;
+    if (el && el.dataset && el.dataset.sendAs) e.detail.parameters[el.dataset.sendAs] = el.value;
+  });
+  // data-depth="n": indentation of a tree row (the snapshot tree), set through the CSSOM.
+  function indent(root) {
+    root.querySelectorAll("[data-depth]").forEach((el) => { el.style.paddingLeft = (8 + 16 * Number(el.dataset.depth || 0)) + "px"; });
+  }
+  if (typeof htmx !== "undefined") htmx.onLoad(indent); else indent(document);
 
   // --- live panel -------------------------------------------------------------------------
   function connectLive() {

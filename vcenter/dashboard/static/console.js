@@ -4,6 +4,23 @@
   "use strict";
   const body = document.body;
   const state = document.getElementById("console-state");
+
+  // The CSP admits no inline style but a <style> carrying this response's nonce. xterm.js builds
+  // its stylesheet at run time: its <style> elements get the nonce, and the style attributes it
+  // writes (true-colour cells) go through the CSSOM instead, which the CSP does not restrict.
+  const nonce = body.dataset.styleNonce;
+  const createElement = document.createElement.bind(document);
+  document.createElement = function (tag, options) {
+    const el = createElement(tag, options);
+    if (nonce && String(tag).toLowerCase() === "style") el.nonce = nonce;
+    return el;
+  };
+  const setAttribute = Element.prototype.setAttribute;
+  Element.prototype.setAttribute = function (name, value) {
+    if (String(name).toLowerCase() === "style") { this.style.cssText = String(value); return; }
+    return setAttribute.call(this, name, value);
+  };
+
   const term = new Terminal({cols: 100, rows: 32, convertEol: false, cursorBlink: true, fontSize: 14});
   window.vcTerm = term;  // the end-to-end test reads the screen through it
   term.open(document.getElementById("terminal"));
