@@ -11,12 +11,12 @@ from vcenter.db.session import session_scope
 from vcenter.services import auth
 
 
-def make_admin(settings: Settings, username: str = "admin", password: str = "secret-pass") -> None:
+def make_admin(settings: Settings, username: str = "admin", password: str = "secret-pass-phrase") -> None:
     with session_scope(settings.database_url) as session:
         auth.create_user(session, username, password, is_admin=True)
 
 
-def login(client: TestClient, username: str = "admin", password: str = "secret-pass") -> dict[str, str]:
+def login(client: TestClient, username: str = "admin", password: str = "secret-pass-phrase") -> dict[str, str]:
     response = client.post("/api/v1/session", json={"username": username, "password": password})
     assert response.status_code == 201, response.text
     return {"Authorization": f"Bearer {response.json()['token']}"}

@@ -211,7 +211,7 @@ def command_key() -> None:
 @admin_app.command("create")
 def admin_create(
     username: str = typer.Argument(..., help="user name of the administrator"),
-    password: Optional[str] = typer.Option(None, help="password [VCENTER_ADMIN_PASSWORD]; asked for when absent", envvar="VCENTER_ADMIN_PASSWORD"),
+    password: Optional[str] = typer.Option(None, help="password [VCENTER_ADMIN_PASSWORD]; asked for when absent; at least VCENTER_PASSWORD_MIN_LENGTH (12) characters, not a common one", envvar="VCENTER_ADMIN_PASSWORD"),
     database_url: Optional[str] = typer.Option(None, help="SQLAlchemy URL [VCENTER_DATABASE_URL]"),
     exist_ok: bool = typer.Option(False, help="succeed (and reset the password) when the user exists"),
 ) -> None:
@@ -219,9 +219,14 @@ def admin_create(
     _env(database_url=database_url)
     if not password:
         password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    from vcenter.core.errors import VcError
     from vcenter.services.admin import create_admin
 
-    created = create_admin(get_settings(), username, password, exist_ok=exist_ok)
+    try:
+        created = create_admin(get_settings(), username, password, exist_ok=exist_ok)
+    except VcError as exc:  # a weak password, a reserved or taken name: say why, no traceback
+        typer.echo(f"refused: {exc.code}: {exc.message}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"administrator {username} {'created' if created else 'updated'}")
 
 

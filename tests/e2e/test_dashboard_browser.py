@@ -52,7 +52,7 @@ def _shot(page, name: str, where: Path) -> None:
 
 def _make_viewer(api) -> None:
     """A read-only user: the built-in Read-only role on the root where roles exist."""
-    user = api.post("/api/v1/users", json={"username": "viewer", "password": "viewer-pass", "is_admin": False})
+    user = api.post("/api/v1/users", json={"username": "viewer", "password": "viewer-pass-phrase", "is_admin": False})
     assert user.status_code == 201, user.text
     roles = api.get("/api/v1/roles")
     if roles.status_code == 200:
@@ -164,7 +164,7 @@ def test_operator_walks_the_dashboard(tmp_path):
 
             # A read-only user: no action buttons, and a POST anyway is refused.
             viewer = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
-            _login(viewer, base, "viewer", "viewer-pass")
+            _login(viewer, base, "viewer", "viewer-pass-phrase")
             for path in (f"/ui/vm/{vms['web1']}", f"/ui/host/{ids['host1']}", f"/ui/cluster/{cl['id']}?tab=drs"):
                 viewer.goto(base + path)
                 viewer.wait_for_selector("h1.obj-title")

@@ -20,7 +20,7 @@ from vcenter.services import console as console_service
 pytestmark = pytest.mark.integration
 
 
-def make_viewer(settings, username: str = "viewer", password: str = "viewer-pass") -> None:
+def make_viewer(settings, username: str = "viewer", password: str = "viewer-pass-phrase") -> None:
     """A user who may look at everything and change nothing (the built-in Read-only role on
     the root, where the permission model has roles; without one, non-administrators only view)."""
     with session_scope(settings.database_url) as session:
@@ -70,14 +70,14 @@ def test_login_tree_search_pages_and_permissions(world):
         r = ui.get("/ui", follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"].startswith("/ui/login")
         # A login post without the form's token is refused.
-        assert ui.post("/ui/login", data={"username": "admin", "password": "secret-pass", "csrf": "forged"}).status_code == 403
+        assert ui.post("/ui/login", data={"username": "admin", "password": "secret-pass-phrase", "csrf": "forged"}).status_code == 403
         # Wrong password: the form again, with the reason.
         form = ui.get("/ui/login")
         csrf = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
         bad = ui.post("/ui/login", data={"username": "admin", "password": "nope", "csrf": csrf})
         assert bad.status_code == 401 and "wrong user name or password" in bad.text
 
-        token = ui_login(ui, "admin", "secret-pass")
+        token = ui_login(ui, "admin", "secret-pass-phrase")
         home = ui.get("/ui").text
         tree = home[home.index('<nav class="tree"'):home.index("</nav>", home.index('<nav class="tree"'))]
         assert "dc-east" in tree and "esx-01" not in tree  # the tree is lazy: only datacenters at first
@@ -131,7 +131,7 @@ def test_login_tree_search_pages_and_permissions(world):
 
 def test_read_only_user_sees_no_actions_and_is_refused(world):
     with TestClient(world["app"]) as ui:
-        token = ui_login(ui, "viewer", "viewer-pass")
+        token = ui_login(ui, "viewer", "viewer-pass-phrase")
         for kind, object_id in (("vm", world["vm_id"]), ("host", world["host"]["id"]), ("cluster", world["cl"]["id"])):
             page = ui.get(f"/ui/{kind}/{object_id}")
             assert page.status_code == 200
@@ -174,7 +174,7 @@ def test_console_ticket_is_single_use_and_expires(world):
 
     # The websocket refuses a used ticket before anything reaches a host.
     with TestClient(world["app"]) as ui:
-        ui_login(ui, "admin", "secret-pass")
+        ui_login(ui, "admin", "secret-pass-phrase")
         with ui.websocket_connect(f"/ui/console/ws?ticket={first['ticket']}") as ws:
             with pytest.raises(WebSocketDisconnect) as closed:
                 ws.receive_bytes()
@@ -192,7 +192,7 @@ def test_live_stream_sends_tasks_and_events(world):
     from vcenter.dashboard.live import _poll
 
     with TestClient(world["app"]) as ui:
-        ui_login(ui, "admin", "secret-pass")
+        ui_login(ui, "admin", "secret-pass-phrase")
         user_token = ui.cookies.get("vc_session")
     from vcenter.dashboard.web import UiUser
 
@@ -215,7 +215,7 @@ def test_triggered_alarms_show_in_the_tree_and_are_acknowledged(world):
         session.flush()
         alarms.evaluate(session, settings)
     with TestClient(world["app"]) as ui:
-        token = ui_login(ui, "admin", "secret-pass")
+        token = ui_login(ui, "admin", "secret-pass-phrase")
         node = ui.get(f"/ui/tree/cluster/{world['cl']['id']}").text
         assert re.search(r'esx-01</a>.*?class="alarm critical"', node, re.S), node
         page = ui.get(f"/ui/host/{world['host']['id']}").text
@@ -231,7 +231,7 @@ def test_triggered_alarms_show_in_the_tree_and_are_acknowledged(world):
         assert done.status_code == 200 and "acknowledge done" in done.text
         assert "acknowledged by admin" in ui.get(f"/ui/host/{world['host']['id']}").text
     with TestClient(world["app"]) as ui:
-        token = ui_login(ui, "viewer", "viewer-pass")
+        token = ui_login(ui, "viewer", "viewer-pass-phrase")
         page = ui.get(f"/ui/host/{world['host']['id']}").text
         assert "Host not responding" in page and 'data-action="' not in page
         assert ui.post(f"/ui/host/{world['host']['id']}/alarms/{state_id}/reset", headers={"X-CSRF-Token": token}).status_code == 403

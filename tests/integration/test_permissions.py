@@ -136,7 +136,8 @@ def _body_for(route: Any, inv: dict, n: int) -> dict | None:
         ("POST", "/api/v1/alarms"): {"name": f"ax{n}", "target_type": "host", "scope_type": "cluster", "scope_id": inv["cl"]["id"],
                                      "expression": {"type": "state", "condition": "host.not_responding"}},
         # "No access" holds no privilege, so a granter holding only Permissions.Modify may give it
-        ("POST", "/api/v1/permissions"): {"principal_type": "user", "principal_id": 1, "role_id": inv["no_access"], "object_type": "folder", "object_id": inv["web"]["id"]},
+        # (to a user holding nothing: delegation needs the granter to hold what the grantee holds)
+        ("POST", "/api/v1/permissions"): {"principal_type": "user", "principal_id": inv["nobody"], "role_id": inv["no_access"], "object_type": "folder", "object_id": inv["web"]["id"]},
     }
     method = next(iter(route.methods))
     return bodies.get((method, route.path), {} if method in ("POST", "PATCH", "PUT") else None)
@@ -145,8 +146,16 @@ def _body_for(route: Any, inv: dict, n: int) -> dict | None:
 def test_each_route_refuses_a_user_lacking_its_privilege_and_admits_one_holding_it(client, inventory):
     admin = inventory["admin"]
     app = client.app
+    # Users, groups and permissions the routes change belong to a user holding nothing: changing
+    # one that holds more than the caller is refused whatever the route's privilege
+    # (test_security_delegation covers that).
+    # (two of them: deleting the first one deletes its permissions)
+    nobody_id, _ = _user(client, admin, "nobody")
+    bystander_id, _ = _user(client, admin, "bystander")
+    inventory = {**inventory, "nobody": bystander_id}
     ids = {"task_id": inventory["vms"]["web1"] and client.get("/api/v1/tasks", headers=admin).json()["items"][0]["id"],
-           "user_id": 1, "role_id": _role(client, admin, "scratch", ["System.View"]), "rule_id": 1, "rec_id": 1}
+           "user_id": nobody_id, "role_id": _role(client, admin, "scratch", ["System.View"]), "rule_id": 1, "rec_id": 1,
+           "permission_id": _grant(client, admin, bystander_id, inventory["no_access"], "folder", inventory["db"]["id"])["id"]}
     checked = 0
     # One user lacking and one holding; their roles change per privilege (cheap, unlike logins).
     lacking_id, lacking = _user(client, admin, "lacking")
@@ -332,11 +341,11 @@ def test_login_guessing_across_user_names_from_one_address_is_rate_limited(setti
     with TestClient(create_app(limited)) as client:
         for n in range(3):
             assert client.post("/api/v1/session", json={"username": f"guess{n}", "password": "nope-nope"}).status_code == 401
-        refused = client.post("/api/v1/session", json={"username": "admin", "password": "secret-pass"})
+        refused = client.post("/api/v1/session", json={"username": "admin", "password": "secret-pass-phrase"})
         assert refused.status_code == 429 and refused.json()["code"] == "LOGIN_RATE_LIMITED"
     # the limit is per address and the window ends by itself: another address is not affected
     with TestClient(create_app(limited), client=("10.9.9.9", 5000)) as other:
-        assert other.post("/api/v1/session", json={"username": "admin", "password": "secret-pass"}).status_code == 201
+        assert other.post("/api/v1/session", json={"username": "admin", "password": "secret-pass-phrase"}).status_code == 201
 
 
 def test_oversized_json_and_nul_characters_are_refused_before_any_route(settings):

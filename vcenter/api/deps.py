@@ -86,7 +86,20 @@ def get_current_user(runtime: RuntimeDep, token: TokenDep) -> CurrentUserInfo:
         return CurrentUserInfo(user.username, user.is_admin, user.id, token=token)
 
 
-CurrentUser = Annotated[CurrentUserInfo, Depends(get_current_user)]
+def _bound_to_actor(authenticate: Any) -> Any:
+    """Wrap an authenticating dependency so that the caller becomes the request's actor
+    (events and tasks it causes carry its user id). Async on purpose: a context variable set
+    in a sync dependency stays in its worker thread; set here it reaches the route."""
+    from vcenter.services.events import bind_actor
+
+    async def bound(user: CurrentUserInfo = Depends(authenticate)) -> CurrentUserInfo:  # a default, not Annotated: annotations are strings here
+        bind_actor(user.id, user.username)
+        return user
+
+    return bound
+
+
+CurrentUser = Annotated[CurrentUserInfo, Depends(_bound_to_actor(get_current_user))]
 
 
 def requires(privilege: str, on: str | None = None, param: str | None = None, deferred: bool = False) -> Any:
@@ -116,7 +129,7 @@ def requires(privilege: str, on: str | None = None, param: str | None = None, de
     check_privilege.object_kind = on  # type: ignore[attr-defined]
     check_privilege.deferred = deferred  # type: ignore[attr-defined]
     check_privilege.param = param  # type: ignore[attr-defined]
-    return Depends(check_privilege)
+    return Depends(_bound_to_actor(check_privilege))
 
 
 def public(reason: str) -> Any:

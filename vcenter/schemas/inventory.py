@@ -542,14 +542,20 @@ class WhatIfChange(_In):
         return self
 
 
+_PASSWORD_POLICY = ("at least password_min_length characters (12 by default), not a common password (nor one followed by digits), "
+                    "not a short text repeated, not the user name: else 422 WEAK_PASSWORD")
+
+
 class UserCreate(_In):
-    username: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,79}$")]
-    password: str = Field(..., min_length=8, max_length=1024)
+    username: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,79}$")] = Field(
+        ..., description="not a name the system acts under (system, cli, ha, drs, dpm, scheduler...): 422 RESERVED_USERNAME")
+    # The length rule is a setting, so the service checks it (WEAK_PASSWORD), not the schema.
+    password: str = Field(..., min_length=1, max_length=1024, description=_PASSWORD_POLICY)
     is_admin: bool = False
 
 
 class UserUpdate(_In):
-    password: str | None = Field(None, min_length=8, max_length=1024)
+    password: str | None = Field(None, min_length=1, max_length=1024, description=_PASSWORD_POLICY)
     is_admin: bool | None = None
     disabled: bool | None = None
 

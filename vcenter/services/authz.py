@@ -253,15 +253,58 @@ def visibility_clause(session: Session, user: User, kind: str, model: Any, token
 
 def event_visibility_clause(session: Session, user: User, model: Any, token: str | None = None) -> Any:
     """Tasks and events: visible when their object is visible (or, for rows without an
-    inventory object, when the user started them)."""
+    inventory object, when the user started them: ``user_id``, never the name)."""
     from sqlalchemy import and_, or_
 
     if user.is_admin and token_role(session, token) is None:
         return None
-    parts = [model.username == user.username]
+    parts = [model.user_id == user.id]  # its own: by id, never by name (a user may be named like an actor)
     for kind, ids in _visible_by_kind(session, user, tuple(_MODELS), token=token).items():
         if ids is None:
             parts.append(model.object_type == kind)
         elif ids:
             parts.append(and_(model.object_type == kind, model.object_id.in_(sorted(ids))))
     return or_(*parts)
+
+
+# --- holdings over the whole inventory (vcenter.services.delegation) -----------------------
+
+def group_grants(session: Session, group_id: int) -> dict[Node, list[Grant]]:
+    """The permissions of a group, as a member with no permission of its own holds them."""
+    query = select(Permission, Role).join(Role, Role.id == Permission.role_id).where(
+        Permission.principal_type == "group", Permission.principal_id == group_id)
+    grants: dict[Node, list[Grant]] = {}
+    for permission, role in session.execute(query):
+        grants.setdefault((permission.object_type, permission.object_id), []).append(Grant(
+            principal_is_user=False, privileges=role_privileges(role), no_access=role.builtin and role.name == NO_ACCESS, propagate=permission.propagate))
+    return grants
+
+
+class InventoryTree:
+    """Every inventory object with its parents, loaded once, and what given grants hold on
+    each: for comparisons object by object over the whole inventory."""
+
+    def __init__(self, session: Session):
+        self.session = session
+        self._parents: dict[Node, list[Node]] | None = None
+        self._loaded: set[str] | None = None
+
+    def _resolver(self, grants: dict[Node, list[Grant]]) -> _Resolver:
+        resolver = _Resolver(self.session, grants)
+        if self._parents is None:
+            for kind in list(_MODELS):
+                resolver.load(kind)
+            self._parents, self._loaded = resolver.parents, resolver.loaded
+        else:  # the tree is shared, only the memo of decisions is per grants
+            resolver.parents, resolver.loaded = self._parents, self._loaded  # type: ignore[assignment]
+        return resolver
+
+    def nodes(self) -> list[Node]:
+        """The root and every object that exists (a permission on a deleted object holds nothing)."""
+        self._resolver({})
+        return list(self._parents or {ROOT: []})
+
+    def privileges_of(self, grants: dict[Node, list[Grant]]) -> Any:
+        """node -> the privileges ``grants`` give there (as ``privileges`` decides for one)."""
+        resolver = self._resolver(grants)
+        return resolver.effective

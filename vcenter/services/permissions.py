@@ -3,18 +3,27 @@
 Built-in roles (Administrator, Read-only, No access, VM operator) cannot change or go; a role
 in use by a permission or an API token cannot be deleted (409 naming the count). Permissions
 are set on inventory objects (``root`` 0 for the whole inventory); one per principal and object.
+
+Delegation never escalates (vcenter.services.delegation): every change here is made by an
+``Actor`` that must hold everything each principal the change touches holds, before and after
+the change (a group's members, a role's holders, a permission's user or group and its
+members); nobody but an administrator edits a role it holds, or touches an
+administrator-equivalent group or role. Deleting a group deletes its permissions and its
+memberships in the same transaction.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from vcenter.core.errors import Conflict, Forbidden, Invalid, NotFound
 from vcenter.db.models import ApiToken, Group, GroupMember, Permission, Role, User
+from vcenter.domain.delegation import role_is_administrator_equivalent
 from vcenter.domain.privileges import unknown_privileges
 from vcenter.services import authz
+from vcenter.services.delegation import Actor, role_holders
 from vcenter.services.events import record_event
 
 OBJECT_KINDS = ("root", "datacenter", "folder", "cluster", "host", "datastore", "portgroup", "pool", "vm")
@@ -44,45 +53,72 @@ def _validate_privileges(privileges: list[str]) -> list[str]:
     return sorted(set(privileges))
 
 
-def create_role(session: Session, by: str, name: str, privileges: list[str], description: str = "") -> dict[str, Any]:
+def create_role(session: Session, actor: Actor, name: str, privileges: list[str], description: str = "") -> dict[str, Any]:
     authz.ensure_builtin_roles(session)
     if session.scalar(select(Role).where(Role.name == name)) is not None:
         raise Conflict(f"role {name} exists", code="ROLE_EXISTS")
-    role = Role(name=name, privileges=_validate_privileges(privileges), description=description, builtin=False)
+    privileges = _validate_privileges(privileges)
+    if role_is_administrator_equivalent(privileges):
+        actor.require_administrator(f"role {name}: it would hold every privilege")
+    role = Role(name=name, privileges=privileges, description=description, builtin=False)
     session.add(role)
     session.flush()
-    record_event(session, "role.created", f"role {name} created: {', '.join(role.privileges) or 'no privileges'}", username=by, object_type="role", object_id=role.id, object_name=name)
+    record_event(session, "role.created", f"role {name} created: {', '.join(role.privileges) or 'no privileges'}", username=actor.name, user_id=actor.user.id, object_type="role", object_id=role.id, object_name=name)
     return role_read(role)
 
 
-def update_role(session: Session, by: str, role_id: int, changes: dict[str, Any]) -> dict[str, Any]:
+def _require_covers_holders(session: Session, actor: Actor, role_id: int) -> None:
+    users, group_ids = role_holders(session, role_id)
+    for group_id in group_ids:
+        group = session.get(Group, group_id)
+        actor.require_covers_group(group_id, group.name if group else str(group_id))
+    for user in users:
+        actor.require_covers_user(user)
+
+
+def update_role(session: Session, actor: Actor, role_id: int, changes: dict[str, Any]) -> dict[str, Any]:
+    """Change a custom role. Its holders' privileges change with it: the actor must hold what
+    each holder holds before and after; never a role the actor holds itself."""
     role = _role(session, role_id)
     if role.builtin:
         raise Conflict(f"role {role.name} is built in", code="ROLE_BUILTIN")
+    actor.require_not_holding(role)
+    new_privileges = _validate_privileges(changes["privileges"]) if changes.get("privileges") is not None else None
+    if role_is_administrator_equivalent(role.privileges or []) or (new_privileges is not None and role_is_administrator_equivalent(new_privileges)):
+        actor.require_administrator(f"role {role.name}: it holds or would hold every privilege")
+    _require_covers_holders(session, actor, role.id)
     before = sorted(role.privileges)
     if changes.get("name") is not None and changes["name"] != role.name:
         if session.scalar(select(Role).where(Role.name == changes["name"])) is not None:
             raise Conflict(f"role {changes['name']} exists", code="ROLE_EXISTS")
         role.name = changes["name"]
-    if changes.get("privileges") is not None:
-        role.privileges = _validate_privileges(changes["privileges"])
+    if new_privileges is not None:
+        role.privileges = new_privileges
     if changes.get("description") is not None:
         role.description = changes["description"]
-    record_event(session, "role.updated", f"role {role.name} updated", username=by, object_type="role", object_id=role.id, object_name=role.name,
+    session.flush()
+    if new_privileges is not None:
+        _require_covers_holders(session, actor, role.id)
+    record_event(session, "role.updated", f"role {role.name} updated", username=actor.name, user_id=actor.user.id, object_type="role", object_id=role.id, object_name=role.name,
                  data={"before": before, "after": sorted(role.privileges)})
     return role_read(role)
 
 
-def delete_role(session: Session, by: str, role_id: int) -> None:
+def delete_role(session: Session, actor: Actor, role_id: int) -> None:
     role = _role(session, role_id)
     if role.builtin:
         raise Conflict(f"role {role.name} is built in", code="ROLE_BUILTIN")
+    actor.require_not_holding(role)
+    if role_is_administrator_equivalent(role.privileges or []):
+        actor.require_administrator(f"role {role.name}: it holds every privilege")
     uses = (session.scalar(select(func.count()).select_from(Permission).where(Permission.role_id == role.id)) or 0) + \
         (session.scalar(select(func.count()).select_from(ApiToken).where(ApiToken.role_id == role.id, ApiToken.revoked.is_(False))) or 0)
     if uses:
         raise Conflict(f"role {role.name} is used by {uses} permissions or tokens", code="ROLE_IN_USE", details={"uses": uses})
+    # Revoked tokens still name the role (a RESTRICT key): they are dead, they go with it.
+    session.execute(delete(ApiToken).where(ApiToken.role_id == role.id, ApiToken.revoked.is_(True)))
     session.delete(role)
-    record_event(session, "role.deleted", f"role {role.name} deleted", username=by, object_type="role", object_id=role_id, object_name=role.name)
+    record_event(session, "role.deleted", f"role {role.name} deleted", username=actor.name, user_id=actor.user.id, object_type="role", object_id=role_id, object_name=role.name)
 
 
 # --- groups ------------------------------------------------------------------------------
@@ -113,21 +149,36 @@ def _users_by_name(session: Session, usernames: list[str]) -> list[User]:
     return users
 
 
-def create_group(session: Session, by: str, name: str, members: list[str]) -> dict[str, Any]:
+def _member_ids(session: Session, group_id: int) -> set[int]:
+    return set(session.scalars(select(GroupMember.user_id).where(GroupMember.group_id == group_id)))
+
+
+def _require_covers_users(session: Session, actor: Actor, user_ids: set[int]) -> None:
+    for user in session.scalars(select(User).where(User.id.in_(sorted(user_ids) or [-1])).order_by(User.id)):
+        actor.require_covers_user(user)
+
+
+def create_group(session: Session, actor: Actor, name: str, members: list[str]) -> dict[str, Any]:
     if session.scalar(select(Group).where(Group.name == name)) is not None:
         raise Conflict(f"group {name} exists", code="GROUP_EXISTS")
+    users = _users_by_name(session, members)
+    # A new group holds nothing, but joining one is a change of its members all the same.
+    _require_covers_users(session, actor, {u.id for u in users})
     group = Group(name=name)
     session.add(group)
     session.flush()
-    for user in _users_by_name(session, members):
+    for user in users:
         session.add(GroupMember(group_id=group.id, user_id=user.id))
     session.flush()
-    record_event(session, "group.created", f"group {name} created with {len(members)} members", username=by, object_type="group", object_id=group.id, object_name=name)
+    record_event(session, "group.created", f"group {name} created with {len(members)} members", username=actor.name, user_id=actor.user.id, object_type="group", object_id=group.id, object_name=name)
     return group_read(session, group)
 
 
-def update_group(session: Session, by: str, group_id: int, changes: dict[str, Any]) -> dict[str, Any]:
+def update_group(session: Session, actor: Actor, group_id: int, changes: dict[str, Any]) -> dict[str, Any]:
+    """Rename a group or replace its members. The actor must hold what the group holds, and
+    what each user joining or leaving holds before and after."""
     group = _group(session, group_id)
+    actor.require_covers_group(group.id, group.name)
     before = group_read(session, group)["members"]
     if changes.get("name") is not None and changes["name"] != group.name:
         if session.scalar(select(Group).where(Group.name == changes["name"])) is not None:
@@ -135,24 +186,33 @@ def update_group(session: Session, by: str, group_id: int, changes: dict[str, An
         group.name = changes["name"]
     if changes.get("members") is not None:
         users = _users_by_name(session, changes["members"])
-        for member in session.scalars(select(GroupMember).where(GroupMember.group_id == group.id)):
-            session.delete(member)
+        current, wanted = _member_ids(session, group.id), {u.id for u in users}
+        moved = current ^ wanted
+        _require_covers_users(session, actor, moved)
+        session.execute(delete(GroupMember).where(GroupMember.group_id == group.id, GroupMember.user_id.in_(sorted(current - wanted) or [-1])))
+        for user_id in sorted(wanted - current):
+            session.add(GroupMember(group_id=group.id, user_id=user_id))
         session.flush()
-        for user in users:
-            session.add(GroupMember(group_id=group.id, user_id=user.id))
-        session.flush()
+        _require_covers_users(session, actor, moved)
     after = group_read(session, group)
-    record_event(session, "group.updated", f"group {group.name} updated", username=by, object_type="group", object_id=group.id, object_name=group.name,
+    record_event(session, "group.updated", f"group {group.name} updated", username=actor.name, user_id=actor.user.id, object_type="group", object_id=group.id, object_name=group.name,
                  data={"before": before, "after": after["members"]})
     return after
 
 
-def delete_group(session: Session, by: str, group_id: int) -> None:
+def delete_group(session: Session, actor: Actor, group_id: int) -> None:
+    """Delete a group with its permissions and memberships, in this transaction."""
     group = _group(session, group_id)
-    for permission in session.scalars(select(Permission).where(Permission.principal_type == "group", Permission.principal_id == group.id)):
-        session.delete(permission)
+    actor.require_covers_group(group.id, group.name)
+    members = _member_ids(session, group.id)
+    _require_covers_users(session, actor, members)
+    session.execute(delete(Permission).where(Permission.principal_type == "group", Permission.principal_id == group.id))
+    session.execute(delete(GroupMember).where(GroupMember.group_id == group.id))
     session.delete(group)
-    record_event(session, "group.deleted", f"group {group.name} deleted with its permissions", username=by, object_type="group", object_id=group_id, object_name=group.name)
+    session.flush()
+    # Losing a group's "No access" widens a member: what they hold now counts too.
+    _require_covers_users(session, actor, members)
+    record_event(session, "group.deleted", f"group {group.name} deleted with its permissions", username=actor.name, user_id=actor.user.id, object_type="group", object_id=group_id, object_name=group.name)
 
 
 # --- permissions -------------------------------------------------------------------------
@@ -189,9 +249,24 @@ def _check_object(session: Session, object_type: str, object_id: int) -> None:
         raise Invalid(f"{object_type} {object_id} does not exist", code="INVALID_REFERENCE", details={"field": "object_id"})
 
 
-def set_permission(session: Session, by: str, data: dict[str, Any], granter_privileges: frozenset[str] | None = None) -> dict[str, Any]:
+def _require_covers_principal(session: Session, actor: Actor, principal_type: str, principal_id: int) -> None:
+    """The principal of a permission and, for a group, each of its members."""
+    if principal_type == "group":
+        group = session.get(Group, principal_id)
+        if group is None:
+            return  # a permission left by a group deleted before deletions took them along
+        actor.require_covers_group(group.id, group.name)
+        _require_covers_users(session, actor, _member_ids(session, group.id))
+        return
+    user = session.get(User, principal_id)
+    if user is not None:
+        actor.require_covers_user(user)
+
+
+def set_permission(session: Session, actor: Actor, data: dict[str, Any], granter_privileges: frozenset[str] | None = None) -> dict[str, Any]:
     """Create or replace the principal's permission on the object. ``granter_privileges``:
-    what the granter holds there; a role with more is refused (no escalation by delegation)."""
+    what the granter holds there; a role with more is refused (no escalation by delegation).
+    The actor must also hold everything the principal holds before and after."""
     _check_object(session, data["object_type"], data["object_id"])
     principal_type = data["principal_type"]
     model = User if principal_type == "user" else Group
@@ -203,6 +278,7 @@ def set_permission(session: Session, by: str, data: dict[str, Any], granter_priv
         beyond = sorted(authz.role_privileges(role) - granter_privileges)
         if beyond:
             raise Forbidden(f"role {role.name} holds privileges the granter lacks here: {', '.join(beyond)}", code="GRANT_EXCEEDS_OWN", details={"privileges": beyond})
+    _require_covers_principal(session, actor, principal_type, data["principal_id"])
     permission = session.scalar(select(Permission).where(
         Permission.principal_type == principal_type, Permission.principal_id == data["principal_id"],
         Permission.object_type == data["object_type"], Permission.object_id == data["object_id"]))
@@ -213,9 +289,10 @@ def set_permission(session: Session, by: str, data: dict[str, Any], granter_priv
     permission.role_id = role.id
     permission.propagate = data.get("propagate", True)
     session.flush()
+    _require_covers_principal(session, actor, principal_type, data["principal_id"])
     after = permission_read(session, permission)
     record_event(session, "permission.set", f"{after['principal_type']} {after['principal']} gets role {role.name} on {data['object_type']} {data['object_id']}{' (propagating)' if permission.propagate else ''}",
-                 username=by, object_type=data["object_type"] if data["object_type"] != "root" else None, object_id=data["object_id"] or None,
+                 username=actor.name, user_id=actor.user.id, object_type=data["object_type"] if data["object_type"] != "root" else None, object_id=data["object_id"] or None,
                  data={"before": before, "after": after})
     return after
 
@@ -234,9 +311,15 @@ def get_permission(session: Session, permission_id: int) -> Permission:
     return permission
 
 
-def delete_permission(session: Session, by: str, permission_id: int) -> None:
+def delete_permission(session: Session, actor: Actor, permission_id: int) -> None:
+    """Remove a permission; the actor must hold what its principal holds before and after
+    (removing a "No access" widens the principal)."""
     permission = get_permission(session, permission_id)
     before = permission_read(session, permission)
+    principal = (permission.principal_type, permission.principal_id)
+    _require_covers_principal(session, actor, *principal)
     session.delete(permission)
+    session.flush()
+    _require_covers_principal(session, actor, *principal)
     record_event(session, "permission.removed", f"{before['principal_type']} {before['principal']} loses role {before['role']} on {before['object_type']} {before['object_id']}",
-                 username=by, object_type=before["object_type"] if before["object_type"] != "root" else None, object_id=before["object_id"] or None, data={"before": before})
+                 username=actor.name, user_id=actor.user.id, object_type=before["object_type"] if before["object_type"] != "root" else None, object_id=before["object_id"] or None, data={"before": before})

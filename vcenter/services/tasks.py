@@ -27,7 +27,7 @@ from vcenter.core.settings import Settings
 from vcenter.db.models import Event, ObjectClaim, Task
 from vcenter.domain.states import TaskState
 from vcenter.messaging.contracts import AGENT_EXECUTE_TASK, Command, host_queue
-from vcenter.services.events import record_event
+from vcenter.services.events import actor_user_id, record_event
 from vcenter.services.outbox import enqueue
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,8 @@ def start_task(
         object_type=object_type,
         object_id=object_id,
         username=username,
+        # The owner by id: "own task" checks and visibility never compare names.
+        user_id=actor_user_id(session, username),
         params=params or {},
         host_id=host_id,
     )
@@ -173,6 +175,7 @@ def finish_task(
         f"task.{state.value}",
         message,
         username=task.username,
+        user_id=task.user_id,
         object_type=task.object_type,
         object_id=task.object_id,
         object_name=object_name,

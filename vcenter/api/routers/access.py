@@ -12,6 +12,7 @@ from vcenter.core.object_ids import ObjectIdPath, ObjectIdQuery, OptionalObjectI
 from vcenter.domain.privileges import ANONYMOUS, PRIVILEGES
 from vcenter.schemas import access as s
 from vcenter.services import auth, authz, permissions
+from vcenter.services.delegation import Actor
 
 router = APIRouter(prefix="/api/v1")
 
@@ -40,17 +41,17 @@ def list_roles(db: DbDep, user: Viewer) -> Any:
 
 @router.post("/roles", response_model=s.RoleRead, status_code=status.HTTP_201_CREATED, tags=["access"], summary="Create a custom role")
 def create_role(body: s.RoleCreate, db: DbDep, user: RoleAdmin) -> Any:
-    return permissions.create_role(db, user.username, body.name, body.privileges, body.description)
+    return permissions.create_role(db, Actor.of(db, user.id, user.token), body.name, body.privileges, body.description)
 
 
-@router.patch("/roles/{role_id}", response_model=s.RoleRead, tags=["access"], summary="Change a custom role (built-in roles are fixed)")
+@router.patch("/roles/{role_id}", response_model=s.RoleRead, tags=["access"], summary="Change a custom role (built-in roles are fixed; never one the caller holds; the caller must hold what each holder holds, before and after)")
 def update_role(role_id: ObjectIdPath, body: s.RoleUpdate, db: DbDep, user: RoleAdmin) -> Any:
-    return permissions.update_role(db, user.username, role_id, body.model_dump(exclude_unset=True))
+    return permissions.update_role(db, Actor.of(db, user.id, user.token), role_id, body.model_dump(exclude_unset=True))
 
 
 @router.delete("/roles/{role_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["access"], summary="Delete a custom role no permission or token uses")
 def delete_role(role_id: ObjectIdPath, db: DbDep, user: RoleAdmin) -> None:
-    permissions.delete_role(db, user.username, role_id)
+    permissions.delete_role(db, Actor.of(db, user.id, user.token), role_id)
 
 
 @router.get("/groups", response_model=list[s.GroupRead], tags=["access"], summary="List groups with their members")
@@ -60,17 +61,17 @@ def list_groups(db: DbDep, user: UserAdmin) -> Any:
 
 @router.post("/groups", response_model=s.GroupRead, status_code=status.HTTP_201_CREATED, tags=["access"], summary="Create a group")
 def create_group(body: s.GroupCreate, db: DbDep, user: UserAdmin) -> Any:
-    return permissions.create_group(db, user.username, body.name, body.members)
+    return permissions.create_group(db, Actor.of(db, user.id, user.token), body.name, body.members)
 
 
-@router.patch("/groups/{group_id}", response_model=s.GroupRead, tags=["access"], summary="Rename a group or replace its members")
+@router.patch("/groups/{group_id}", response_model=s.GroupRead, tags=["access"], summary="Rename a group or replace its members (the caller must hold what the group and each member joining or leaving holds)")
 def update_group(group_id: ObjectIdPath, body: s.GroupUpdate, db: DbDep, user: UserAdmin) -> Any:
-    return permissions.update_group(db, user.username, group_id, body.model_dump(exclude_unset=True))
+    return permissions.update_group(db, Actor.of(db, user.id, user.token), group_id, body.model_dump(exclude_unset=True))
 
 
-@router.delete("/groups/{group_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["access"], summary="Delete a group and its permissions")
+@router.delete("/groups/{group_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["access"], summary="Delete a group with its permissions and memberships")
 def delete_group(group_id: ObjectIdPath, db: DbDep, user: UserAdmin) -> None:
-    permissions.delete_group(db, user.username, group_id)
+    permissions.delete_group(db, Actor.of(db, user.id, user.token), group_id)
 
 
 @router.get("/permissions", response_model=list[s.PermissionRead], tags=["access"], summary="Permissions set on an object (or on all objects the caller may change permissions of)")
@@ -88,14 +89,14 @@ def set_permission(body: s.PermissionCreate, db: DbDep, user: Annotated[CurrentU
     kind, object_id = (None, None) if body.object_type == "root" else (body.object_type, body.object_id)
     user.require(db, kind, object_id)
     held = authz.privileges(db, auth.get_user(db, user.id), kind, object_id, token=user.token)
-    return permissions.set_permission(db, user.username, body.model_dump(), granter_privileges=held)
+    return permissions.set_permission(db, Actor.of(db, user.id, user.token), body.model_dump(), granter_privileges=held)
 
 
 @router.delete("/permissions/{permission_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["access"], summary="Remove a permission")
 def delete_permission(permission_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Permissions.Modify", deferred=True)]) -> None:
     permission = permissions.get_permission(db, permission_id)
     user.require(db, None if permission.object_type == "root" else permission.object_type, permission.object_id if permission.object_type != "root" else None)
-    permissions.delete_permission(db, user.username, permission_id)
+    permissions.delete_permission(db, Actor.of(db, user.id, user.token), permission_id)
 
 
 @router.get("/session/tokens", response_model=list[s.TokenRead], tags=["session"], summary="The caller's API tokens",

@@ -41,7 +41,7 @@ def list_tasks(
 @router.get("/tasks/{task_id}", response_model=s.TaskRead, tags=["tasks"], summary="Get a task: state, step, progress, result, error code")
 def get_task(task_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", deferred=True)]) -> Any:
     task = tasks.get_task(db, task_id)
-    if task.username != user.username:
+    if task.user_id is None or task.user_id != user.id:  # its own by id: a name can be taken again
         user.require(db, *_task_object(task))
     return task
 
@@ -49,7 +49,7 @@ def get_task(task_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, 
 @router.post("/tasks/{task_id}/cancel", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, tags=["tasks"], summary="Ask a task to stop")
 def cancel_task(task_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Global.CancelTask", deferred=True)]) -> Any:
     task = tasks.get_task(db, task_id)
-    if task.username != user.username:  # one's own task needs no privilege to cancel
+    if task.user_id is None or task.user_id != user.id:  # one's own task (by id) needs no privilege to cancel
         user.require(db, *_task_object(task))
     return tasks.request_cancel(db, task_id, user.username)
 

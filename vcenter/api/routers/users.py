@@ -1,4 +1,8 @@
-"""Users (Users.Modify) and the audit log export (Global.Diagnostics)."""
+"""Users (Users.Modify) and the audit log export (Global.Diagnostics).
+
+Users.Modify alone never leads further: changing or deleting a user needs the caller to hold
+everything that user holds (vcenter.services.delegation); only an administrator makes or
+touches administrators."""
 import json
 from collections.abc import Iterator
 from datetime import datetime
@@ -7,22 +11,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, status
 from fastapi.responses import StreamingResponse
 
-from vcenter.api.deps import CurrentUserInfo, DbDep, RuntimeDep, requires
-from vcenter.core.errors import Forbidden
+from vcenter.api.deps import CurrentUserInfo, DbDep, RuntimeDep, SettingsDep, requires
 from vcenter.core.object_ids import ObjectIdPath
 from vcenter.schemas import inventory as s
 from vcenter.services import auth, tasks
+from vcenter.services.delegation import Actor
 
 router = APIRouter(prefix="/api/v1", tags=["users"])
 
 
 UserAdmin = Annotated[CurrentUserInfo, requires("Users.Modify")]
-
-
-def _only_admins_make_admins(user: CurrentUserInfo, touches_admin_flag: bool) -> None:
-    # Users.Modify alone must not be a path to every privilege.
-    if touches_admin_flag and not user.is_admin:
-        raise Forbidden("only an administrator grants or takes the administrator flag", code="FORBIDDEN")
 
 
 @router.get("/users", response_model=list[s.UserRead], summary="List users")
@@ -31,20 +29,20 @@ def list_users(db: DbDep, user: UserAdmin) -> Any:
 
 
 @router.post("/users", response_model=s.UserRead, status_code=status.HTTP_201_CREATED, summary="Create a user")
-def create_user(body: s.UserCreate, db: DbDep, user: UserAdmin) -> Any:
-    _only_admins_make_admins(user, body.is_admin)
-    return auth.create_user(db, body.username, body.password, body.is_admin, by=user.username)
+def create_user(body: s.UserCreate, db: DbDep, settings: SettingsDep, user: UserAdmin) -> Any:
+    if body.is_admin:
+        Actor.of(db, user.id, user.token).require_administrator(f"user {body.username}: an administrator")
+    return auth.create_user(db, body.username, body.password, body.is_admin, by=user.username, min_password_length=settings.password_min_length)
 
 
-@router.patch("/users/{user_id}", response_model=s.UserRead, summary="Change a user's password (revokes its sessions), administrator flag, or disable it; the last administrator stays")
-def update_user(user_id: ObjectIdPath, body: s.UserUpdate, db: DbDep, user: UserAdmin) -> Any:
-    _only_admins_make_admins(user, body.is_admin is not None)
-    return auth.update_user(db, user.username, user_id, body.model_dump(exclude_unset=True))
+@router.patch("/users/{user_id}", response_model=s.UserRead, summary="Change a user's password (revokes its sessions), administrator flag, or disable it; the caller must hold everything the user holds; the last administrator stays")
+def update_user(user_id: ObjectIdPath, body: s.UserUpdate, db: DbDep, settings: SettingsDep, user: UserAdmin) -> Any:
+    return auth.update_user(db, Actor.of(db, user.id, user.token), user_id, body.model_dump(exclude_unset=True), min_password_length=settings.password_min_length)
 
 
-@router.delete("/users/{user_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a user (never the last administrator)")
+@router.delete("/users/{user_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a user with its permissions, group memberships, tokens and sessions (never the last administrator; the caller must hold everything the user holds)")
 def delete_user(user_id: ObjectIdPath, db: DbDep, user: UserAdmin) -> None:
-    auth.delete_user(db, user.username, user_id)
+    auth.delete_user(db, Actor.of(db, user.id, user.token), user_id)
 
 
 @router.get("/events/export", tags=["events"], response_class=StreamingResponse,
