@@ -78,13 +78,22 @@ def units_shift(units: str | None) -> int:
     raise OvfError("OVF_UNSUPPORTED", f"allocation units {units!r} are not understood")
 
 
+# OVF's numbers are xs:long / xs:unsignedLong: ASCII digits, at most 2^63 - 1 here (what both
+# databases hold), so neither a huge nor an odd one (Python's int() also takes "1_0", "+1",
+# Unicode digits) reaches the inventory.
+MAX_NUMBER = 2**63 - 1
+_NUMBER_RE = re.compile(r"[0-9]{1,19}")
+# A disk no VM of ours can have (the API's own bound on capacity_mib: 16 TiB).
+MAX_DISK_BYTES = 16 << 40
+
+
 def _int(text: str | None, what: str) -> int:
-    try:
-        value = int((text or "").strip())
-    except ValueError:
-        raise OvfError("OVF_INVALID", f"{what}: {text!r} is not an integer") from None
-    if value < 0:
-        raise OvfError("OVF_INVALID", f"{what}: negative")
+    digits = (text or "").strip()
+    if not _NUMBER_RE.fullmatch(digits):
+        raise OvfError("OVF_INVALID", f"{what}: {text!r} is not a non-negative integer"[:200])
+    value = int(digits)
+    if value > MAX_NUMBER:
+        raise OvfError("OVF_INVALID", f"{what}: {value} is out of range")
     return value
 
 
@@ -116,6 +125,8 @@ def parse_ovf(data: bytes) -> OvfAppliance:
         if not disk_id:
             raise OvfError("OVF_INVALID", "a Disk has no diskId")
         capacity = _int(attr(d, "capacity"), f"disk {disk_id} capacity") << units_shift(attr(d, "capacityAllocationUnits"))
+        if capacity > MAX_DISK_BYTES:
+            raise OvfError("OVF_UNSUPPORTED", f"disk {disk_id}: a capacity of {capacity} bytes is beyond what we deploy (16 TiB)"[:200])
         ref = attr(d, "fileRef")
         file_el = files.get(ref) if ref else None
         if ref and file_el is None:

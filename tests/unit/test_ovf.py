@@ -88,3 +88,26 @@ def test_hostile_or_broken_descriptors_are_refused(data, code):
     with pytest.raises(OvfError) as exc:
         parse_ovf(data)
     assert exc.value.code == code
+
+
+@pytest.mark.parametrize("capacity,units,code", [
+    ("1180591620717411303424", "byte", "OVF_INVALID"),  # 2^70: beyond xs:long and both databases
+    ("9223372036854775808", "byte", "OVF_INVALID"),     # 2^63
+    ("1", "byte * 2^99", "OVF_UNSUPPORTED"),            # fits the text, not a disk
+    ("17", "byte * 2^40", "OVF_UNSUPPORTED"),           # 17 TiB: beyond the API's 16 TiB
+    ("1_0", "byte * 2^30", "OVF_INVALID"),               # Python's int() takes these; OVF does not
+    ("+2", "byte * 2^30", "OVF_INVALID"),
+    ("\u0662", "byte * 2^30", "OVF_INVALID"),            # an Arabic-Indic 2
+    ("2.0", "byte * 2^30", "OVF_INVALID"),
+])
+def test_disk_capacities_no_disk_can_have_are_refused(capacity, units, code):
+    data = VMWARE_OVF.replace(b'ovf:capacity="2" ovf:capacityAllocationUnits="byte * 2^30"',
+                              f'ovf:capacity="{capacity}" ovf:capacityAllocationUnits="{units}"'.encode())
+    with pytest.raises(OvfError) as exc:
+        parse_ovf(data)
+    assert exc.value.code == code
+
+
+def test_the_largest_disk_we_deploy_is_read():
+    data = VMWARE_OVF.replace(b'ovf:capacity="2" ovf:capacityAllocationUnits="byte * 2^30"', b'ovf:capacity="16" ovf:capacityAllocationUnits="byte * 2^40"')
+    assert parse_ovf(data).disks[1].capacity_bytes == 16 << 40

@@ -86,6 +86,7 @@ def update_job(session: Session, user: str, vm_id: int, job_id: int, changes: di
     vm = inventory.get(session, "vm", vm_id)
     job = _job(session, vm, job_id)
     inventory._check_version(job, changes.pop("version", None))
+    inventory.refuse_nulls(job, changes)
     for k in ("interval_s", "keep", "incremental", "full_every", "enabled"):
         if k in changes:
             setattr(job, k, changes[k])

@@ -100,13 +100,19 @@ def create_datacenter(session: Session, user: str, name: str) -> Datacenter:
     return dc
 
 
-def update_object(session: Session, user: str, kind: str, object_id: int, changes: dict[str, Any]) -> Any:
-    row = get(session, kind, object_id)
-    _check_version(row, changes.get("version"))
+def refuse_nulls(row: Any, changes: dict[str, Any]) -> None:
+    """A PATCH body's ``null`` means "no value", which a NOT NULL column cannot take: 422, not
+    an IntegrityError (500) at the flush. (Absent fields are not in ``changes``.)"""
     columns = row.__table__.columns
     for field, value in changes.items():
         if value is None and field in columns and not columns[field].nullable and field != "version":
             raise Invalid(f"{field}: cannot be null", code="INVALID", details={"field": field})
+
+
+def update_object(session: Session, user: str, kind: str, object_id: int, changes: dict[str, Any]) -> Any:
+    row = get(session, kind, object_id)
+    _check_version(row, changes.get("version"))
+    refuse_nulls(row, changes)
     for field, ref_kind in (("cluster_id", "cluster"), ("parent_id", "folder" if kind == "folder" else "pool"), ("folder_id", "folder"), ("pool_id", "pool")):
         if changes.get(field) is not None:
             _ref(session, ref_kind, changes[field], field)

@@ -132,6 +132,7 @@ def create_rule(session: Session, user: str, cluster_id: int, data: dict[str, An
 def update_rule(session: Session, user: str, cluster_id: int, rule_id: int, changes: dict[str, Any]) -> ClusterRule:
     rule = get_rule(session, cluster_id, rule_id)
     inventory._check_version(rule, changes.pop("version", None))
+    inventory.refuse_nulls(rule, changes)
     merged = {**{k: getattr(rule, k) for k in RULE_FIELDS}, **changes}
     _validate_members(session, cluster_id, merged)
     for k, v in changes.items():

@@ -13,11 +13,11 @@ from vcenter.core.errors import Conflict, Invalid, InvalidState
 from vcenter.core.ids import new_mac, new_uuid
 from vcenter.core.settings import Settings
 from vcenter.db.models import Cluster, Datastore, ResourcePool, Host, PortGroup, Task, VirtualDisk, VirtualMachine, VirtualNic
-from vcenter.domain.states import ConnectionState, PowerAction, PowerState, check_power_action
+from vcenter.domain.states import ConnectionState, PowerAction, PowerState, TaskState, check_power_action
 from vcenter.messaging.contracts import CpuSpec, DiskSpec, NicSpec, ResourceSpec, VmSpec
 from vcenter.services import evc, inventory, placement
 from vcenter.services.events import record_event
-from vcenter.services.tasks import ensure_idle, start_task
+from vcenter.services.tasks import ensure_idle, finish_task, start_task
 
 POWER_COMMANDS = {
     PowerAction.POWER_ON: "vm.start",
@@ -29,7 +29,9 @@ POWER_COMMANDS = {
 }
 
 
-def _usable_host(host: Host) -> None:
+def _usable_host(host: Host | None) -> None:
+    if host is None:  # an orphan whose host was removed by force
+        raise InvalidState("the VM is on no host (its host was removed): re-add the host first", code="VM_HAS_NO_HOST")
     if host.connection_state != ConnectionState.CONNECTED.value:
         raise Conflict(f"host {host.name} is {host.connection_state}", code="HOST_NOT_CONNECTED")
 
@@ -182,6 +184,8 @@ def reconfigure(session: Session, user: str, vm_id: int, vcpus: int | None, memo
 def delete_vm(session: Session, user: str, vm_id: int) -> Task:
     vm: VirtualMachine = inventory.get(session, "vm", vm_id)
     ensure_idle(session, "vm", vm.id)
+    if vm.host_id is None:
+        return _forget_vm(session, user, vm)
     if vm.power_state != PowerState.POWERED_OFF.value and vm.status == "ready":
         raise InvalidState(f"VM {vm.name} is {vm.power_state}; power it off first", code="VM_POWERED_ON")
     host = session.get(Host, vm.host_id)
@@ -189,6 +193,19 @@ def delete_vm(session: Session, user: str, vm_id: int) -> Task:
     spec = vm_spec(session, vm, host.id)
     disks = [f"{d.datastore_path}/{d.file}" for d in spec.disks]
     return start_task(session, kind="vm.delete", object_type="vm", object_id=vm.id, username=user, host_id=host.id, command="vm.delete", command_args={"uuid": vm.libvirt_uuid, "disks": disks})
+
+
+def _forget_vm(session: Session, user: str, vm: VirtualMachine) -> Task:
+    """Delete an orphan whose host was removed by force: no host holds a domain to undefine,
+    so only the inventory record goes (its disks stay where the dead host left them; a host
+    re-added later reports the domain again, as a new orphan). The Task ends at once."""
+    name, vm_id = vm.name, vm.id
+    task = start_task(session, kind="vm.delete", object_type="vm", object_id=vm_id, username=user, params={"inventory_only": True})
+    finish_task(session, task, TaskState.SUCCESS, result={"inventory_only": True}, object_name=name)
+    session.delete(vm)
+    record_event(session, "vm.deleted", f"VM {name} removed from the inventory; its host was removed, so no domain or disk was touched",
+                 username=user, object_type="vm", object_id=vm_id, object_name=name, task_id=task.id)
+    return task
 
 
 def guest_command(session: Session, user: str, vm_id: int, command: str, argument: str | None, timeout: float) -> Task:

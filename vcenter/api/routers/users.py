@@ -5,13 +5,15 @@ everything that user holds (vcenter.services.delegation); only an administrator 
 touches administrators."""
 import json
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, status
 from fastapi.responses import StreamingResponse
+from pydantic import AwareDatetime
 
 from vcenter.api.deps import CurrentUserInfo, DbDep, RuntimeDep, SettingsDep, requires
+from vcenter.core.errors import Invalid
 from vcenter.core.object_ids import ObjectIdPath
 from vcenter.schemas import inventory as s
 from vcenter.services import auth, tasks
@@ -45,13 +47,29 @@ def delete_user(user_id: ObjectIdPath, db: DbDep, user: UserAdmin) -> None:
     auth.delete_user(db, Actor.of(db, user.id, user.token), user_id)
 
 
+def since_utc(since: datetime | None) -> datetime | None:
+    """The instant in UTC, as the database compares it; 422 for one beyond datetime's range
+    once in UTC (0001-01-01T00:00+01:00)."""
+    if since is None:
+        return None
+    try:
+        return since.astimezone(timezone.utc)
+    except OverflowError:
+        raise Invalid("since: out of range once converted to UTC", code="INVALID", details={"field": "since"}) from None
+
+
 @router.get("/events/export", tags=["events"], response_class=StreamingResponse,
             responses={200: {"content": {"application/x-ndjson": {"schema": {"type": "string"}}}, "description": "one JSON event per line"}}, summary="The audit log as JSON lines (append-only: no route changes or deletes events)")
-def export_events(runtime: RuntimeDep, user: Annotated[CurrentUserInfo, requires("Global.Diagnostics")], since: datetime | None = Query(None)) -> StreamingResponse:
+def export_events(runtime: RuntimeDep, user: Annotated[CurrentUserInfo, requires("Global.Diagnostics")],
+                  since: AwareDatetime | None = Query(None, description="only events at or after this instant, with its time zone (e.g. 2026-01-01T00:00:00Z)")) -> StreamingResponse:
+    # Everything that can refuse the request happens here, before the stream starts: an error
+    # after the status line would end a 200 with an empty body. A time without a zone is a 422
+    # (AwareDatetime) rather than a guess that could silently leave events out of an audit.
+    after = since_utc(since)
 
     def lines() -> Iterator[str]:
         with runtime.transaction() as session:
-            for event in tasks.iter_events(session, since):
+            for event in tasks.iter_events(session, after):
                 yield json.dumps(s.EventRead.model_validate(event).model_dump(mode="json")) + "\n"
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")
