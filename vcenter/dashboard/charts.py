@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from vcenter.core.errors import VcError
+from vcenter.core.object_ids import parse_object_id
 from vcenter.dashboard.web import UiUser, ui_requires
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -44,7 +45,7 @@ def _route(kind: str) -> None:
     @router.get(f"/data/metrics/{kind}/{{{kind}_id}}", name=f"ui_metrics_{kind}")
     def data(request: Request, user: Annotated[UiUser, ui_requires("System.View", on=kind)],
              counter: str = Query("cpu.usage", max_length=40), tier: str = Query("realtime", max_length=16)) -> JSONResponse:
-        return chart_points(request, kind, int(request.path_params[f"{kind}_id"]), counter, tier)
+        return chart_points(request, kind, parse_object_id(request.path_params[f"{kind}_id"], f"{kind}_id"), counter, tier)
 
 
 for _kind in ("host", "vm"):

@@ -16,6 +16,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from vcenter.core.errors import Unauthorized
+from vcenter.core.object_ids import ObjectIdQuery
 from vcenter.dashboard.web import UiUser, panel_filter, templates, ui_requires
 from vcenter.services import auth, overview
 
@@ -42,7 +43,7 @@ def _poll(runtime: Any, user: UiUser, after_event: int) -> tuple[tuple, str, lis
 
 
 @router.get("/live")
-async def live(request: Request, user: Annotated[UiUser, ui_requires("System.View", anywhere=True)], after: int = 0) -> StreamingResponse:
+async def live(request: Request, user: Annotated[UiUser, ui_requires("System.View", anywhere=True)], after: ObjectIdQuery = 0) -> StreamingResponse:
     runtime = request.app.state.runtime
     period = max(0.05, runtime.settings.ui_poll_period)
 
