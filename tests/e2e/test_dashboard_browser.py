@@ -6,7 +6,8 @@ power it on and watch its task end in the live panel without a reload; open its 
 and have the guest's shell answer; open a host chart with samples the agents reported; DRS on
 a cluster made unbalanced, its recommendation applied from the page; a read-only user sees no
 action button and is refused (403) when posting one anyway; a host's agent killed, its "Host
-not responding" alarm appears on its tree node and is acknowledged from its page. Screenshots of the main pages go
+not responding" alarm appears on its tree node and is acknowledged from its page. No page (the
+console and /docs included) reports a Content-Security-Policy violation. Screenshots of the main pages go
 to docs/screenshots/ (referenced from README.md).
 """
 from __future__ import annotations
@@ -34,6 +35,17 @@ def _browser(playwright):
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: scripts/install.sh installs Debian's chromium")
     return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+
+
+# Every Content-Security-Policy violation of any page of a context, as the browser reports it
+# to the page (the event) and to the console: the dashboard must run under the server's CSP.
+_REPORT_CSP = """document.addEventListener('securitypolicyviolation', (e) =>
+    console.error('CSP violation: ' + e.violatedDirective + ' blocked ' + e.blockedURI + ' at ' + e.sourceFile + ':' + e.lineNumber));"""
+
+
+def _watch_csp(context, found: list[str]) -> None:
+    context.add_init_script(_REPORT_CSP)
+    context.on("console", lambda m: found.append(m.text) if "Content Security Policy" in m.text or "CSP violation" in m.text else None)
 
 
 def _login(page, base: str, username: str, password: str) -> None:
@@ -84,7 +96,10 @@ def test_operator_walks_the_dashboard(tmp_path):
 
         with sync_playwright() as p:
             browser = _browser(p)
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            csp_violations: list[str] = []
+            context = browser.new_context(viewport={"width": 1400, "height": 900})
+            _watch_csp(context, csp_violations)
+            page = context.new_page()
             page.goto(base + "/ui/login")
             _shot(page, "login", shots)
             _login(page, base, *stack.admin)
@@ -110,6 +125,9 @@ def test_operator_walks_the_dashboard(tmp_path):
             page.wait_for_selector("a[data-action=console]")
             assert page.evaluate("window.__stayed === true"), "the page reloaded"
             _shot(page, "vm-power-on-task", shots)
+            # The migration pre-check loads with the selected host (htmx, no eval under the CSP).
+            page.reload()
+            page.wait_for_selector("#migrate-checks table.checks")
 
             # The console: type into the guest's shell and read its answer.
             with stack.client() as api:
@@ -163,7 +181,9 @@ def test_operator_walks_the_dashboard(tmp_path):
                 assert {api.get(f"/api/v1/vms/{vms[n]}").json()["host_id"] for n in ("burn1", "burn2")} == {ids["host1"], ids["host2"]}
 
             # A read-only user: no action buttons, and a POST anyway is refused.
-            viewer = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+            viewer_context = browser.new_context(viewport={"width": 1400, "height": 900})
+            _watch_csp(viewer_context, csp_violations)
+            viewer = viewer_context.new_page()
             _login(viewer, base, "viewer", "viewer-pass-phrase")
             for path in (f"/ui/vm/{vms['web1']}", f"/ui/host/{ids['host1']}", f"/ui/cluster/{cl['id']}?tab=drs"):
                 viewer.goto(base + path)
@@ -198,4 +218,8 @@ def test_operator_walks_the_dashboard(tmp_path):
             page.wait_for_selector("#flash .flash.ok")
             page.reload()
             assert "acknowledged by admin" in page.wait_for_selector("#alarms tr.alarm-row").inner_text()
+            # The API docs run under the same policy (their start-up script is a file of ours).
+            page.goto(base + "/docs")
+            page.wait_for_selector("#swagger-ui .swagger-ui")
+            assert csp_violations == [], csp_violations
             browser.close()

@@ -220,7 +220,7 @@ def main() -> None:
 virtcenter is up ({'one SIMULATED host esx1' if simulated else f'{args.hosts} real lab hosts (libvirt/QEMU, TCG guests), vcenter lab status lists them'}, database {stack.env['VCENTER_DATABASE_URL']})
   API        {stack.url}/api/v1
   API docs   {stack.url}/docs
-  health     {stack.url}/livez  {stack.url}/readyz  {stack.url}/metrics
+  health     {stack.url}/livez  {stack.url}/readyz  {stack.url}/metrics (not anonymous: -H "Authorization: Bearer $TOKEN")
   login      admin / {password}
              TOKEN=$(curl -s -X POST {stack.url}/api/v1/session -H 'content-type: application/json' \\
                      -d '{{"username":"admin","password":"{password}"}}' | python3 -c 'import sys,json; print(json.load(sys.stdin)["token"])')
