@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 
 import swagger_ui_bundle
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
@@ -173,7 +173,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         with runtime.transaction() as session:
             authz.check(session, auth.authenticate(session, token, runtime.settings), "System.View", None, None, token=token)
 
-    @app.get("/metrics", tags=["health"], summary="Prometheus metrics (the metrics token, or a user holding System.View)")
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics (the metrics token, or a user holding System.View)",
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "the Prometheus text format"}}, response_class=PlainTextResponse)
     def metrics(request: Request) -> Response:
         metrics_access(request)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
