@@ -106,7 +106,8 @@ def test_vcenter_agent_beats_again_within_seconds_after_a_crash(tmp_path):
         with s.client() as api:
             dc = api.post("/api/v1/datacenters", json={"name": "dc"}).json()
             host = s.add_host("sim1", dc["id"], simulated=True)
-            ds = api.post("/api/v1/datastores", json={"name": "ds1", "datacenter_id": dc["id"], "url": str(tmp_path / "ds1"), "host_ids": [host.host_id]}).json()
+            # Below the stack's work directory: a datastore root of its server and agents.
+            ds = api.post("/api/v1/datastores", json={"name": "ds1", "datacenter_id": dc["id"], "url": str(tmp_path / "stack" / "ds1"), "host_ids": [host.host_id]}).json()
             expected = Path(s.agent_state_dir("sim1")) / "expected.json"
             wait_for(lambda: expected.exists() and [d["id"] for d in json.loads(expected.read_text())["datastores"]] == [ds["id"]], 30,
                      what="the server's expectations kept on disk")
