@@ -168,22 +168,32 @@ def test_memory_demand_is_what_the_guest_balloon_reports_and_cpu_spread_is_kept(
         session.add(MetricSample(object_type="vm", object_id=fresh, tier=0, at=now - timedelta(seconds=2 * settings.metrics_sample_period), values={"mem.guest_used": 600.0}))
         session.add(MetricSample(object_type="vm", object_id=stale, tier=0, at=now - timedelta(seconds=10 * settings.metrics_sample_period), values={"mem.guest_used": 50.0}))
         session.add(MetricSample(object_type="vm", object_id=silent, tier=0, at=now, values={"mem.usage": 100.0}))  # QEMU's RSS only
+        # CPU samples of the stale VM: a steady climb (a trend, no noise) ...
+        for k, mhz in enumerate((100.0, 300.0, 500.0, 700.0)):
+            session.add(MetricSample(object_type="vm", object_id=stale, tier=0, at=now - timedelta(seconds=(4 - k) * settings.metrics_sample_period - 3), values={"cpu.usagemhz": mhz}))
+        # ... and of the fresh one: up and down (noise)
+        for k, mhz in enumerate((400.0, 600.0, 400.0, 600.0, 400.0)):
+            session.add(MetricSample(object_type="vm", object_id=fresh, tier=0, at=now - timedelta(seconds=(5 - k) * settings.metrics_sample_period - 5), values={"cpu.usagemhz": mhz}))
     with session_scope(settings.database_url) as session:
         demands = measured_demands(session, cl["id"], settings)
-        spreads = measured_spreads(session, cl["id"])
+        spreads = measured_spreads(session, cl["id"], settings)
     assert demands[str(fresh)] == (500.0, 123.0)  # the newest recent sample
     assert demands[str(stale)] == (500.0, 900.0) and demands[str(silent)] == (500.0, 900.0)  # configured
-    assert spreads[str(fresh)] == (40.0, 0.0)
+    # DRS's spread is the noise of the CPU samples, told apart from their trend (issue 22).
+    assert spreads[str(fresh)][0] > 100 and spreads[str(fresh)][1] == 0.0
+    assert spreads[str(stale)] == (0.0, 0.0)
+    assert str(silent) not in spreads  # no CPU samples: taken as exact
     # The API shows the spread next to the demand.
     assert client.get(f"/api/v1/vms/{fresh}", headers=auth).json()["cpu_demand_spread_mhz"] == 40.0
 
 
-def test_confidence_is_off_unless_the_cluster_sets_it(env):
+def test_confidence_is_on_by_default_and_a_cluster_may_set_it(env):
     from vcenter.db.models import Cluster
+    from vcenter.domain.drs import DrsSettings
     from vcenter.services.drs import drs_settings
 
     client, auth, cl, hosts, vms = env
-    assert drs_settings(Cluster(name="c", settings={"drs": {}})).confidence == 0.0
+    assert drs_settings(Cluster(name="c", settings={"drs": {}})).confidence == DrsSettings().confidence > 0
     assert drs_settings(Cluster(name="c", settings={"drs": {"confidence": 0.5}})).confidence == 0.5
     _set_drs(client, auth, cl, confidence=-1)
     run = client.post(f"/api/v1/clusters/{cl['id']}/drs/run", headers=auth)

@@ -54,3 +54,41 @@ def smoothed_with_spread(previous: tuple[float, float] | None, sample: float, al
     diff = sample - mean
     var = (1 - alpha) * (spread * spread + alpha * diff * diff)
     return mean + alpha * diff, math.sqrt(var)
+
+
+NOISE_WINDOW = 12  # samples the noise of a demand is measured over (an hour of 5-minute samples)
+_MAD_TO_SD = 1.4826  # a normal variable's standard deviation / its median absolute deviation
+
+
+def noise_spread(samples) -> float:
+    """The noise of a demand series, told apart from its trend: the spread of one sample around
+    the demand's course, from the successive differences of the samples (oldest first).
+
+    A difference of two samples is trend x interval + the difference of two noises. The median of
+    the differences is the trend (a climbing demand climbs by about the same every interval); the
+    median absolute deviation around it, scaled to a standard deviation and divided by sqrt 2
+    (a difference holds two noises), is the noise. Medians make it blind to a few jumps: a step
+    or the start and end of a burst shift the level (they are not spread), a steady climb is a
+    trend (not spread), and only a demand that goes up and down from one sample to the next has
+    a spread. Fewer than three samples: 0 (nothing to tell noise from)."""
+    import numpy as np
+
+    x = np.asarray(samples, dtype=float)
+    if x.ndim != 1:
+        raise ValueError("noise_spread takes one series")
+    if x.size < 3:
+        return 0.0
+    d = np.diff(x)
+    return float(_MAD_TO_SD * np.median(np.abs(d - np.median(d))) / math.sqrt(2.0))
+
+
+def noise_spreads(window):
+    """``noise_spread`` of many series at once: ``window`` is (samples x ...), oldest first; the
+    result has the trailing shape (one spread per series)."""
+    import numpy as np
+
+    w = np.asarray(window, dtype=float)
+    if w.shape[0] < 3:
+        return np.zeros(w.shape[1:])
+    d = np.diff(w, axis=0)
+    return _MAD_TO_SD * np.median(np.abs(d - np.median(d, axis=0)), axis=0) / math.sqrt(2.0)

@@ -58,8 +58,13 @@ class DpmSettings:
     on_window_s: float = 300.0
     min_hosts_on: int = 1
     host_cooldown_s: float = 1800.0
-    max_off_per_pass: int = 1
-    max_on_per_pass: int = 1
+    max_off_per_pass: int = 8
+    max_on_per_pass: int = 4
+    # A power-off keeps the window's peak at or below this utilisation of the hosts left on
+    # (between the target and the band's top: the margin to the top is the hysteresis).
+    fill: float = 0.72
+    wake_s: float = 300.0  # a standby host's boot time: a power-on is asked this much ahead
+    ha_hosts: int = 0  # hosts' worth of capacity kept on beyond the demand (HA failover)
     automation: Automation | str = Automation.FULL
     host_overrides: Mapping[str, Automation | str] = field(default_factory=dict)
     ha: HaReserve = HaReserve()
@@ -102,6 +107,8 @@ class PowerReasons:
     ha_reserved: tuple[float, float]  # held back on the hosts on after the action
     vms_to_move: int = 0
     memory_to_move_mib: int = 0
+    fill: float | None = None  # power-off: the utilisation the hosts left on may reach
+    lead: float | None = None  # U of the demand expected one boot time ahead (``wake_s``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +133,8 @@ class PowerRecommendation:
         else:
             head = f"demand above {r.high:.0%} for {r.window_samples} samples (lowest U {r.utilisation:.3f})"
             tail = ""
-        return (f"{head}; U after {r.predicted:.3f} (target {r.target:.2f}); effective capacity "
+        goal = f"fill {r.fill:.2f}" if self.action == "power-off" and r.fill is not None else f"target {r.target:.2f}"
+        return (f"{head}; U after {r.predicted:.3f} ({goal}); effective capacity "
                 f"cpu {r.capacity_before[0]:.0f} -> {r.capacity_after[0]:.0f} MHz, mem {r.capacity_before[1]:.0f} -> "
                 f"{r.capacity_after[1]:.0f} MiB{tail}")
 
@@ -140,6 +148,7 @@ class PowerRecommendation:
                 "window_samples": r.window_samples, "low": r.low, "high": r.high, "target": r.target,
                 "predicted": r.predicted, "capacity_before": list(r.capacity_before), "capacity_after": list(r.capacity_after),
                 "ha_reserved": list(r.ha_reserved), "vms_to_move": r.vms_to_move, "memory_to_move_mib": r.memory_to_move_mib,
+                "fill": r.fill, "lead": r.lead,
             },
         }
 
@@ -165,6 +174,27 @@ def _eff(h: HostSnapshot, ha: HaReserve) -> tuple[float, float]:
 def _ha(h: HostSnapshot, ha: HaReserve) -> tuple[float, float]:
     c, m = host_capacity(h)
     return (min(c, max(c * ha.fraction, ha.cpu_mhz)), min(m, max(m * ha.fraction, ha.mem_mib)))
+
+
+def _usable(hosts: Sequence[HostSnapshot], s: DpmSettings) -> tuple[float, float]:
+    """Effective capacity of ``hosts``: each one's capacity less the HA reserve, less the
+    ``ha_hosts`` largest hosts' (per resource) kept for failover."""
+    effs = [_eff(h, s.ha) for h in hosts]
+    out = []
+    for k in (0, 1):
+        vals = sorted((e[k] for e in effs), reverse=True)
+        out.append(max(0.0, sum(vals) - sum(vals[: max(0, s.ha_hosts)])))
+    return out[0], out[1]
+
+
+def _lead(totals: Sequence[tuple[float, float]], s: DpmSettings) -> tuple[float, float]:
+    """The demand expected one boot time (``wake_s``) ahead: the last sample plus the climb of
+    the last three samples (a falling demand is not extrapolated down), per resource."""
+    last = totals[-1]
+    if len(totals) < 3 or s.wake_s <= 0:
+        return last
+    ahead = s.wake_s / s.sample_s
+    return tuple(last[k] + max(0.0, (totals[-1][k] - totals[-3][k]) / 2.0) * ahead for k in (0, 1))  # type: ignore[return-value]
 
 
 def _u(d: tuple[float, float], cap: tuple[float, float]) -> tuple[float, float, float]:
@@ -197,7 +227,7 @@ def decide(
             m += min(d[1], size[1])
         return c, m
 
-    cap = (sum(_eff(h, s.ha)[0] for h in active), sum(_eff(h, s.ha)[1] for h in active))
+    cap = _usable(active, s)
     totals = [total(x) for x in samples]
     us = [_u(t, cap) for t in totals]
     notes: list[str] = []
@@ -211,10 +241,14 @@ def decide(
     n_off = s.samples_for(s.off_window_s)
 
     # -- power on --------------------------------------------------------------------------
-    if len(us) >= n_on and all(u[0] > s.high + EPS for u in us[-n_on:]):
+    lead = _lead(totals, s)
+    climbing = _u(lead, cap)[0] > s.high + EPS and _u(totals[-1], cap)[0] > s.target + EPS
+    if (len(us) >= n_on and all(u[0] > s.high + EPS for u in us[-n_on:])) or climbing:
         window = totals[-n_on:]
-        peak = (max(t[0] for t in window), max(t[1] for t in window))
+        peak = (max(max(t[0] for t in window), lead[0]), max(max(t[1] for t in window), lead[1]))
         lowest = min(us[-n_on:], key=lambda u: u[0])
+        if climbing and not all(u[0] > s.high + EPS for u in us[-n_on:]):
+            notes.append(f"demand climbing: U {_u(lead, cap)[0]:.3f} expected in {s.wake_s:.0f} s (a host's boot time), above {s.high:.0%}")
         standby = [h for h in snapshot.hosts if h.standby and not h.maintenance and h.connection == "connected" and not h.failover]
         pool: list[HostSnapshot] = []
         for h in standby:
@@ -228,8 +262,7 @@ def decide(
         woken: list[HostSnapshot] = []
         while pool and len(recs) < s.max_on_per_pass:
             def after(h: HostSnapshot) -> tuple[float, float]:
-                e = _eff(h, s.ha)
-                return (cur[0] + e[0], cur[1] + e[1])
+                return _usable(active + woken + [h], s)
             fitting = [h for h in pool if _u(peak, after(h))[0] <= s.target + EPS]
             if fitting:
                 chosen = min(fitting, key=lambda h: (sum(_eff(h, s.ha)), snapshot.hosts.index(h)))
@@ -242,7 +275,8 @@ def decide(
             ha_total = tuple(sum(_ha(h, s.ha)[k] for h in active + woken) for k in (0, 1))
             recs.append(PowerRecommendation(
                 "power-on", chosen.id, 1 if uc > 1 + EPS else 2, s.level(chosen.id),
-                PowerReasons(lowest[0], lowest[1], lowest[2], n_on, s.low, s.high, s.target, pred, cur, new, ha_total),
+                PowerReasons(lowest[0], lowest[1], lowest[2], n_on, s.low, s.high, s.target, pred, cur, new, ha_total,
+                             lead=_u(lead, cap)[0]),
             ))
             pool.remove(chosen)
             cur = new
@@ -259,7 +293,8 @@ def decide(
         notes.append(f"utilisation within the band (peak {top:.3f} over {n_off} samples, band {s.low:.2f}-{s.high:.2f})")
         return plan()
     window = totals[-n_off:]
-    peak = (max(t[0] for t in window), max(t[1] for t in window))
+    lead = _lead(totals, s)
+    peak = (max(max(t[0] for t in window), lead[0]), max(max(t[1] for t in window), lead[1]))
     worst = max(us[-n_off:], key=lambda u: u[0])
     on = list(active)
     snap = snapshot
@@ -284,11 +319,10 @@ def decide(
             if h.id in in_flight_hosts:
                 notes.append(f"{h.label}: a migration or reservation in flight")
                 continue
-            e = _eff(h, s.ha)
-            new = (cur[0] - e[0], cur[1] - e[1])
+            new = _usable([x for x in on if x.id != h.id], s)
             pred = _u(peak, new)[0]
-            if pred > s.target + EPS:
-                notes.append(f"{h.label}: the rest would run at {pred:.3f} > target {s.target:.2f}")
+            if pred > s.fill + EPS:
+                notes.append(f"{h.label}: the rest would run at {pred:.3f} > {s.fill:.2f}")
                 continue
             off = replace(snap, hosts=tuple(replace(x, standby=True) if x.id == h.id else x for x in snap.hosts))
             victims = [vm for vm in off.vms if vm.host == h.id]
@@ -320,7 +354,7 @@ def decide(
             recs.append(PowerRecommendation(
                 "power-off", h.id, 3 if pred < s.low - EPS else 4, s.level(h.id),
                 PowerReasons(worst[0], worst[1], worst[2], n_off, s.low, s.high, s.target, pred, cur, new, ha_total,
-                             len(victims), sum(vm.memory_mib for vm in victims)),
+                             len(victims), sum(vm.memory_mib for vm in victims), fill=s.fill, lead=_u(lead, cap)[0]),
                 moves,
             ))
             snap = off

@@ -162,7 +162,8 @@ class DrsSettings:
     ha: HaReserve = HaReserve()
     sources: int = 3  # most loaded hosts examined per resource and step
     comfort: float = COMFORT  # a resource counts when some host's load on it reaches this
-    confidence: float = 0.0  # spreads a balancing move's gain must survive (module docstring)
+    confidence: float = 2.0  # spreads a balancing move's gain must survive (module docstring)
+    risk_gain: float = 0.5  # overload probability a relief move must remove (noisy loads only)
 
     def __post_init__(self) -> None:
         if self.threshold not in TARGETS:
@@ -379,6 +380,25 @@ def _std(x: np.ndarray) -> float:
     return float(np.std(x)) if x.size else 0.0
 
 
+RISK_FLOOR = 0.02  # the least spread of a host's load (load units) when judging its risk
+
+
+def _phi(z: np.ndarray) -> np.ndarray:
+    """The standard normal distribution function (Abramowitz-Stegun 7.1.26, error < 1.5e-7)."""
+    a = np.abs(z) / np.sqrt(2.0)
+    t = 1.0 / (1.0 + 0.3275911 * a)
+    erf = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * np.exp(-a * a)
+    return 0.5 * (1.0 + np.sign(z) * erf)
+
+
+def overload_risk(load: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """Probability that a host's next load exceeds its capacity, per host (the larger over CPU
+    and memory): its load ~ normal(measured load, spread), the spread at least ``RISK_FLOOR``.
+    ``load`` and ``sigma`` are (... x 2) in load units."""
+    z = (load - OVERLOAD) / np.maximum(sigma, RISK_FLOOR)
+    return _phi(z).max(axis=-1)
+
+
 class _Loads:
     """Per-host entitlement sums, capacities and VM membership, updated in place on a move."""
 
@@ -411,6 +431,7 @@ class _Loads:
                 v = np.square(np.asarray(sp, dtype=float))
                 self.vm_var[vm.id] = v
                 self.var[i] += v
+        self.noisy = bool((self.var > 0).any())  # spreads given: overload is judged as a risk
         # The resources that count (see ``COMFORT``), fixed for the pass from its starting loads.
         self.counted = np.array([True, True])
         a = self.x()[self.active]
@@ -444,6 +465,24 @@ class _Loads:
         ``ent`` (k x 2) from ``src`` to each of ``targets`` (m host indices): a k x m matrix,
         from the sums S and Q only."""
         return self._moved(src, ent, targets, resources, None)[1]
+
+    def risk(self) -> np.ndarray:
+        """Each host's overload risk (``overload_risk``), n."""
+        return overload_risk(self.x(), self.sigma())
+
+    def risk_relief(self, src: int, ent: np.ndarray, var: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """Overload risk removed by moving VMs (entitlements ``ent``, squared spreads ``var``,
+        k x 2) from ``src`` to each of ``targets``: source's and target's risk before minus
+        after (k x m); a VM's spread travels with it."""
+        x, cap = self.x(), self.cap
+        r0 = overload_risk(x, self.sigma())
+        xs = x[src][None, :] - ent / cap[src][None, :]
+        ss = np.sqrt(np.maximum(self.var[src][None, :] - var, 0.0)) / cap[src][None, :]
+        rs = overload_risk(xs, ss)  # k
+        xt = x[targets][None, :, :] + ent[:, None, :] / cap[targets][None, :, :]
+        st = np.sqrt(np.maximum(self.var[targets][None, :, :] + var[:, None, :], 0.0)) / cap[targets][None, :, :]
+        rt = overload_risk(xt, st)  # k x m
+        return (r0[src] + r0[targets][None, :]) - (rs[:, None] + rt)
 
     def sigma(self) -> np.ndarray:
         """Each host's load spread (n x 2, in load units)."""
@@ -716,7 +755,14 @@ class _Pass:
                 return
             before = L.imbalance()  # what the target is checked against (counted resources)
             whole = L.imbalance_all()  # what moves are scored on (both resources)
-            over = [i for i in act.tolist() if x[i].max() > OVERLOAD + EPS]
+            if L.noisy and s.risk_gain > 0:
+                # With spreads, a host needs relief when it is likely to be overloaded next
+                # (not merely measured above capacity once): its overload risk.
+                risk = L.risk()
+                over = [i for i in act.tolist() if risk[i] >= s.risk_gain - EPS]
+            else:
+                risk = None
+                over = [i for i in act.tolist() if x[i].max() > OVERLOAD + EPS]
             if before <= s.target + EPS and not over:
                 if L.counted.all():
                     self.notes.append(f"balanced: imbalance {before:.4f} <= target {s.target:.4f}")
@@ -770,7 +816,15 @@ class _Pass:
                 ok = (ngain >= s.min_gain - EPS) & (net > EPS) & fits
                 score = net
 
-                if src in over:
+                if src in over and risk is not None:
+                    # Off a host at risk the benefit is the overload risk removed from the source
+                    # and the target together (a move that only carries the risk elsewhere gains
+                    # nothing); it must remove at least ``risk_gain`` and not worsen the imbalance.
+                    var = np.array([L.vm_var.get(v.id, np.zeros(2)) for v in movable])
+                    relief = L.risk_relief(src, ent, var, targets)
+                    score = relief * act.size + net
+                    ok |= (relief >= s.risk_gain - EPS) & (after <= whole + EPS) & fits
+                elif src in over:
                     # Off an overloaded host the benefit is the overload removed (per host, as
                     # the gain), whatever the standard deviation says: when memory dominates the
                     # imbalance, a move that ends a CPU overload may not change it at all. Such

@@ -22,6 +22,7 @@ from vcenter.core.settings import Settings, get_settings
 from vcenter.db.models import Cluster, DrsRecommendation, Task, VirtualMachine, VmStats
 from vcenter.db.snapshots import cluster_snapshot
 from vcenter.domain import drs
+from vcenter.domain.demand import NOISE_WINDOW, noise_spread
 from vcenter.domain.snapshot import Rule, RuleKind
 from vcenter.domain.states import TaskState
 from vcenter.services import inventory, metrics, migration
@@ -37,7 +38,8 @@ def drs_settings(cluster: Cluster) -> drs.DrsSettings:
             vm_overrides={str(k): v for k, v in (conf.get("vm_overrides") or {}).items()},
             cooldown_s=float(conf.get("cooldown_s", 1800)),
             budget=int(conf.get("budget", 8)),
-            confidence=float(conf.get("confidence", 0.0)),
+            confidence=float(conf.get("confidence", drs.DrsSettings.confidence)),
+            risk_gain=float(conf.get("risk_gain", drs.DrsSettings.risk_gain)),
             ha=drs.HaReserve(fraction=max(float(conf.get("ha_reserve_fraction", 0)), _ha_reserve(cluster))),
         )
     except (ValueError, TypeError) as exc:
@@ -80,12 +82,20 @@ def measured_demands(session: Session, cluster_id: int, config: Settings | None 
     return demands
 
 
-def measured_spreads(session: Session, cluster_id: int) -> dict[str, tuple[float, float]]:
-    """How far each VM's CPU-demand samples stray from its smoothed demand (MHz; memory demand
-    is configured, so exact): DRS does not chase gains within it."""
-    rows = session.execute(select(VmStats.vm_id, VmStats.cpu_demand_spread_mhz).join(VirtualMachine, VmStats.vm_id == VirtualMachine.id)
-                           .where(VirtualMachine.cluster_id == cluster_id, VmStats.cpu_demand_spread_mhz.is_not(None)))
-    return {str(vm_id): (float(spread), 0.0) for vm_id, spread in rows}
+def measured_spreads(session: Session, cluster_id: int, config: Settings | None = None) -> dict[str, tuple[float, float]]:
+    """The noise of each VM's CPU demand (MHz; memory is taken as exact): ``demand.noise_spread``
+    of its real-time ``cpu.usagemhz`` samples of the last ``NOISE_WINDOW`` sample periods, which
+    tells a climbing or stepping demand (no noise) from one that goes up and down (DRS does not
+    chase gains within the noise). A VM with fewer than three samples has none (exact)."""
+    config = config or get_settings()
+    since = utcnow() - timedelta(seconds=NOISE_WINDOW * config.metrics_sample_period)
+    in_cluster = select(VirtualMachine.id).where(VirtualMachine.cluster_id == cluster_id)
+    out: dict[str, tuple[float, float]] = {}
+    for vm_id, samples in metrics.latest(session, "vm", since, in_cluster).items():
+        series = [float(v["cpu.usagemhz"]) for _, v in sorted(samples, key=lambda s: s[0]) if v.get("cpu.usagemhz") is not None]
+        if len(series) >= 3:
+            out[str(vm_id)] = (noise_spread(series[-NOISE_WINDOW:]), 0.0)
+    return out
 
 
 def run(session: Session, user: str, cluster_id: int, config: Settings) -> dict[str, Any]:
@@ -95,7 +105,7 @@ def run(session: Session, user: str, cluster_id: int, config: Settings) -> dict[
     settings = drs_settings(cluster)
     snapshot = cluster_snapshot(session, cluster_id)
     plan = drs.balance(snapshot, settings, measured_demands(session, cluster_id, config), history(session, cluster_id, settings.cooldown_s),
-                       measured_spreads(session, cluster_id))
+                       measured_spreads(session, cluster_id, config))
     session.execute(update(DrsRecommendation).where(DrsRecommendation.cluster_id == cluster_id, DrsRecommendation.state == "pending").values(state="stale", decided_at=utcnow()))
     stored = []
     for rec in plan.recommendations:
@@ -213,7 +223,7 @@ def whatif(session: Session, cluster_id: int, change: dict[str, Any]) -> dict[st
     else:
         raise Invalid(f"kind: unknown change {kind!r}", code="INVALID", details={"field": "kind"})
     result = drs.whatif(snapshot, hypothetical, settings, measured_demands(session, cluster_id), history(session, cluster_id, settings.cooldown_s),
-                        measured_spreads(session, cluster_id))
+                        measured_spreads(session, cluster_id, config))
     return result.to_dict()
 
 

@@ -30,11 +30,11 @@ class Balancer(str, Enum):
 
 @sim_app.command("drs")
 def drs(
-    trace: Path = typer.Option(..., "--trace", help="a folder or .tar.gz of files, one per VM, each line 'cpu_percent [mem_percent]' per 5 min"),
+    trace: Path = typer.Option(..., "--trace", help="a folder or .tar.gz of files, one per VM, each line 'cpu_percent [mem_percent]' per 5 min; or synthetic:FAMILY:SEED (bursty, diurnal)"),
     hosts: int = typer.Option(..., "--hosts", min=1, help="equal hosts in the simulated cluster"),
     vms: int = typer.Option(..., "--vms", min=1, help="VMs drawn from the trace with the seed"),
     threshold: int = typer.Option(3, "--threshold", min=1, max=5, help="DRS migration threshold 1-5"),
-    confidence: float = typer.Option(0.0, "--confidence", min=0.0, max=5.0, help="DRS: spreads of the demand samples a move's gain must survive (0: loads taken as exact)"),
+    confidence: Optional[float] = typer.Option(None, "--confidence", min=0.0, max=5.0, help="DRS: noise spreads of the demand a move's gain must survive (default: the engine's, 2; 0: loads taken as exact)"),
     load: float = typer.Option(0.7, "--load", min=0.01, max=10.0, help="mean CPU demand over the run / cluster CPU capacity"),
     balancer: Balancer = typer.Option(Balancer.drs, "--balancer", help="drs (the engine), greedy (one best move per pass), none"),
     dpm: bool = typer.Option(False, "--dpm", help="DPM powers hosts off and on (before the balancer, each interval)"),
@@ -50,7 +50,7 @@ def drs(
         scenario = build_scenario(tr, hosts, vms, load, seed, intervals)
         from vcenter.domain.drs import DrsSettings
 
-        result = replay(scenario, balancer.value, threshold, dpm, drs_settings=DrsSettings(threshold=threshold, confidence=confidence))
+        result = replay(scenario, balancer.value, threshold, dpm, drs_settings=DrsSettings(threshold=threshold, **({} if confidence is None else {"confidence": confidence})))
     except TraceError as e:
         typer.echo(f"trace error: {e}", err=True)
         raise typer.Exit(2) from None

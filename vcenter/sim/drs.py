@@ -5,7 +5,7 @@ events below). Events:
   drs settings: {threshold, automation, overrides: {vm: level}, cooldown, budget, min_gain,
                  cost_per_gib, sources}
   dpm settings: {target, tolerance, sample, off_window, on_window, min_hosts, cooldown,
-                 max_off, max_on, automation, overrides: {host: level}}
+                 max_off, max_on, fill, wake, ha_hosts, automation, overrides: {host: level}}
   ha reserve: {fraction, cpu_mhz, mem}          capacity kept for HA on every host (DRS and DPM)
   demands: {vm: "cpu=3 mem=4G", ..}             set several demands at once (one summary line)
   balance                                       log the imbalance and every active host's load
@@ -137,6 +137,9 @@ class DrsSimMixin:
             host_cooldown_s=float(s.get("cooldown", d.host_cooldown_s)),
             max_off_per_pass=int(s.get("max_off", d.max_off_per_pass)),
             max_on_per_pass=int(s.get("max_on", d.max_on_per_pass)),
+            fill=float(s.get("fill", d.fill)),
+            wake_s=float(s.get("wake", d.wake_s)),
+            ha_hosts=int(s.get("ha_hosts", d.ha_hosts)),
             automation=drs_mod.Automation(s.get("automation", "full")),
             host_overrides={str(k): drs_mod.Automation(v) for k, v in (s.get("overrides") or {}).items()},
             ha=self.ha_reserve,

@@ -77,6 +77,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vcenter.domain.demand import NOISE_WINDOW, noise_spreads
 from vcenter.domain.dpm import DpmHistory, DpmSettings, decide
 from vcenter.domain.drs import DrsHistory, DrsSettings, apply_plan, balance, smooth_demands_with_spread
 from vcenter.domain.placement import place_many
@@ -87,11 +88,13 @@ CORE_MHZ = 2500.0
 MEM_COMMIT = 0.75
 VCPU_RATIO = 16.0
 DRS_SMOOTHING = 0.5  # alpha of the demand DRS sees (1 = the last sample)
+SIM_HA_HOSTS = 1  # DPM keeps one host's worth of capacity on for HA failover (and the bound counts it)
 SIZE_MIX: tuple[tuple[int, int, float], ...] = (  # (vCPUs, memory GiB, weight)
     (1, 2, 0.20), (2, 4, 0.30), (2, 8, 0.10), (4, 8, 0.20), (4, 16, 0.10), (8, 16, 0.07), (8, 32, 0.03),
 )
 BALANCERS = ("drs", "greedy", "none")
-SUMMARY_KEYS = ("mean_imbalance", "p95_imbalance", "overload_fraction", "migrations", "host_hours_on", "pass_seconds_p50")
+SUMMARY_KEYS = ("mean_imbalance", "p95_imbalance", "overload_fraction", "migrations", "host_hours_on", "host_hours_bound",
+                "pass_seconds_p50")
 DEFAULT_TRACE = Path(__file__).resolve().parents[3] / "shared" / "traces" / "GCD_VMs.tar.gz"
 
 
@@ -168,7 +171,13 @@ def _files(path: Path) -> Iterator[tuple[str, bytes]]:
 
 
 def read_trace(path: str | os.PathLike) -> Trace:
-    """Every VM of a trace folder or archive, in name order (each file validated)."""
+    """Every VM of a trace folder or archive, in name order (each file validated); or a
+    synthetic trace named ``synthetic:FAMILY:SEED`` (vcenter.sim.synthetic, 400 VMs, 24 h)."""
+    from vcenter.sim.synthetic import generate, parse_spec
+
+    spec = parse_spec(str(path))
+    if spec is not None:
+        return generate(*spec)
     path = Path(path)
     items: list[tuple[str, np.ndarray]] = []
     clipped = 0
@@ -350,6 +359,7 @@ class ReplayResult:
     vms: int = 0
     cpu_std: np.ndarray | None = None  # per interval, each resource's part of ``imbalance``
     mem_std: np.ndarray | None = None
+    bound_host_intervals: int = 0  # sum over intervals of DPM's bound (``host_bound``)
 
     @property
     def intervals(self) -> int:
@@ -363,6 +373,7 @@ class ReplayResult:
             "overload_fraction": self.overloaded / self.host_intervals_on if self.host_intervals_on else 0.0,
             "migrations": self.migrations,
             "host_hours_on": self.host_intervals_on * INTERVAL_S / 3600.0,
+            "host_hours_bound": self.bound_host_intervals * INTERVAL_S / 3600.0,
             "pass_seconds_p50": statistics.median(ps) if ps else 0.0,
             "pass_seconds_max": max(ps) if ps else 0.0,
             "mean_cpu_imbalance": float(self.cpu_std.mean()) if self.cpu_std is not None and self.cpu_std.size else 0.0,
@@ -380,6 +391,23 @@ class ReplayResult:
         }
 
 
+def host_bound(totals: np.ndarray, caps: np.ndarray, high: float, ha_hosts: int = 0) -> np.ndarray:
+    """DPM's bound, per interval: the fewest hosts whose capacity at utilisation ``high`` (the
+    band's upper edge) holds that interval's demand on CPU and on memory, plus ``ha_hosts``
+    (hosts kept on for HA failover); never more than there are hosts. ``totals`` is (T x 2) true
+    demand (CPU MHz, memory MiB), ``caps`` (hosts x 2) capacities; the largest hosts are counted
+    first (fewest hosts)."""
+    totals = np.asarray(totals, dtype=float).reshape(-1, 2)
+    caps = np.asarray(caps, dtype=float).reshape(-1, 2)
+    n = caps.shape[0]
+    need = np.zeros(totals.shape[0], dtype=int)
+    for r in (0, 1):
+        cum = np.cumsum(np.sort(caps[:, r])[::-1]) * high  # capacity of the k largest, k = 1..n
+        k = np.searchsorted(cum, totals[:, r] - 1e-6, side="left") + 1  # fewest k with cum >= demand
+        need = np.maximum(need, np.where(totals[:, r] <= 1e-9, 0, k))
+    return np.minimum(need + max(0, ha_hosts), n)
+
+
 def _set_host_state(snap: ClusterSnapshot, host: str, **kw) -> ClusterSnapshot:
     return replace(snap, hosts=tuple(replace(h, **kw) if h.id == host else h for h in snap.hosts))
 
@@ -392,8 +420,8 @@ def _move(snap: ClusterSnapshot, moves: dict[str, str]) -> ClusterSnapshot:
 
 def replay(scenario: Scenario, balancer: str = "drs", threshold: int = 3, dpm: bool = False,
            drs_settings: DrsSettings | None = None, dpm_settings: DpmSettings | None = None,
-           boot_intervals: int = 1, on_pass: Callable[[int, dict[str, tuple[float, float]]], None] | None = None,
-           smoothing: float = DRS_SMOOTHING) -> ReplayResult:
+           boot_intervals: int | None = None, on_pass: Callable[[int, dict[str, tuple[float, float]]], None] | None = None,
+           smoothing: float = DRS_SMOOTHING, spread_kind: str = "noise") -> ReplayResult:
     """Replay the scenario's demand with ``balancer`` (drs, greedy, none) and optionally DPM.
 
     ``on_pass(t, observed)``, if given, is called with what the engine is shown at interval t
@@ -402,7 +430,9 @@ def replay(scenario: Scenario, balancer: str = "drs", threshold: int = 3, dpm: b
     if balancer not in BALANCERS:
         raise ValueError(f"balancer {balancer!r} not in {', '.join(BALANCERS)}")
     drs_s = drs_settings or DrsSettings(threshold=threshold)
-    dpm_s = dpm_settings or DpmSettings()
+    dpm_s = dpm_settings or DpmSettings(ha_hosts=SIM_HA_HOSTS)
+    if boot_intervals is None:
+        boot_intervals = math.ceil(dpm_s.wake_s / INTERVAL_S - 1e-9)
     n_samples = dpm_s.samples_for(max(dpm_s.off_window_s, dpm_s.on_window_s))
     snap = scenario.snapshot
     ids = [vm.id for vm in snap.vms]
@@ -434,6 +464,9 @@ def replay(scenario: Scenario, balancer: str = "drs", threshold: int = 3, dpm: b
             samples.append(seen)
             del samples[:-n_samples]
             smoothed, spread = smooth_demands_with_spread(None if smoothed is None else (smoothed, spread), seen, smoothing)
+            if spread_kind == "noise":
+                nz = noise_spreads(truth_all[max(0, t - NOISE_WINDOW):t])
+                spread = {vid: (float(nz[k, 0]), float(nz[k, 1])) for k, vid in enumerate(ids)}
             if on_pass is not None:
                 on_pass(t, seen)
             t0 = time.perf_counter()
@@ -486,8 +519,11 @@ def replay(scenario: Scenario, balancer: str = "drs", threshold: int = 3, dpm: b
             cpu_std[t], mem_std[t] = float(x[:, 0].std()), float(x[:, 1].std())
         overloaded += int((load[usable] > cap[usable] + 1e-6).any(axis=1).sum())
         on_count += int(usable.sum()) + len(booting)
+    caps = np.array([(h.cpu_mhz - h.reserved_cpu_mhz - h.used_cpu_mhz, h.memory_mib - h.reserved_memory_mib - h.used_memory_mib)
+                     for h in scenario.snapshot.hosts], dtype=float)
+    bound = int(host_bound(truth_all.sum(axis=1), caps, dpm_s.high, dpm_s.ha_hosts).sum())
     return ReplayResult(balancer, dpm, drs_s.threshold, imb, overloaded, on_count, migrations, offs, ons, pass_s,
-                        decisions, len(snap.hosts), len(snap.vms), cpu_std, mem_std)
+                        decisions, len(snap.hosts), len(snap.vms), cpu_std, mem_std, bound)
 
 
 def run(trace: str | os.PathLike | Trace, hosts: int, vms: int, threshold: int = 3, load: float = 0.7,
@@ -550,5 +586,5 @@ def scenario_header(scenario: Scenario) -> str:
 __all__: Sequence[str] = (
     "BALANCERS", "CORE_MHZ", "DEFAULT_TRACE", "DRS_SMOOTHING", "Decision", "INTERVAL_S", "MEM_COMMIT", "ReplayResult", "SIZE_MIX",
     "SUMMARY_KEYS", "Scenario", "Trace", "TraceError", "build_scenario", "draw_files", "draw_sizes", "format_summary",
-    "greedy_move", "parse_series", "read_trace", "replay", "run", "scenario_header", "skewed_pass_time",
+    "greedy_move", "host_bound", "parse_series", "read_trace", "replay", "run", "scenario_header", "skewed_pass_time",
 )
