@@ -360,6 +360,7 @@ class ReplayResult:
     cpu_std: np.ndarray | None = None  # per interval, each resource's part of ``imbalance``
     mem_std: np.ndarray | None = None
     bound_host_intervals: int = 0  # sum over intervals of DPM's bound (``host_bound``)
+    overloaded_at_start: int = 0  # hosts overloaded at interval 0 (the initial placement, nothing measured yet)
 
     @property
     def intervals(self) -> int:
@@ -379,6 +380,7 @@ class ReplayResult:
             "mean_cpu_imbalance": float(self.cpu_std.mean()) if self.cpu_std is not None and self.cpu_std.size else 0.0,
             "mean_mem_imbalance": float(self.mem_std.mean()) if self.mem_std is not None and self.mem_std.size else 0.0,
             "overloaded_host_intervals": self.overloaded,
+            "overloaded_at_start": self.overloaded_at_start,
             "host_intervals_on": self.host_intervals_on,
             "power_offs": self.power_offs,
             "power_ons": self.power_ons,
@@ -441,7 +443,7 @@ def replay(scenario: Scenario, balancer: str = "drs", threshold: int = 3, dpm: b
     imb = np.zeros(T)
     cpu_std = np.zeros(T)
     mem_std = np.zeros(T)
-    overloaded = on_count = migrations = offs = ons = 0
+    overloaded = on_count = migrations = offs = ons = at_start = 0
     pass_s: list[float] = []
     decisions: list[Decision] = []
     moved_at: dict[str, int] = {}
@@ -517,13 +519,16 @@ def replay(scenario: Scenario, balancer: str = "drs", threshold: int = 3, dpm: b
         imb[t] = _imbalance(x)
         if x.shape[0]:
             cpu_std[t], mem_std[t] = float(x[:, 0].std()), float(x[:, 1].std())
-        overloaded += int((load[usable] > cap[usable] + 1e-6).any(axis=1).sum())
+        over_now = int((load[usable] > cap[usable] + 1e-6).any(axis=1).sum())
+        overloaded += over_now
+        if t == 0:
+            at_start = over_now
         on_count += int(usable.sum()) + len(booting)
     caps = np.array([(h.cpu_mhz - h.reserved_cpu_mhz - h.used_cpu_mhz, h.memory_mib - h.reserved_memory_mib - h.used_memory_mib)
                      for h in scenario.snapshot.hosts], dtype=float)
     bound = int(host_bound(truth_all.sum(axis=1), caps, dpm_s.high, dpm_s.ha_hosts).sum())
     return ReplayResult(balancer, dpm, drs_s.threshold, imb, overloaded, on_count, migrations, offs, ons, pass_s,
-                        decisions, len(snap.hosts), len(snap.vms), cpu_std, mem_std, bound)
+                        decisions, len(snap.hosts), len(snap.vms), cpu_std, mem_std, bound, at_start if T else 0)
 
 
 def run(trace: str | os.PathLike | Trace, hosts: int, vms: int, threshold: int = 3, load: float = 0.7,
