@@ -16,15 +16,20 @@ Vocabulary:
   the larger of CPU and memory.
 - band: [target - tolerance, target + tolerance], vSphere's 63 % +/- 18 % = [45 %, 81 %].
 - power-off: every sample of the long window (``off_window_s``, default 40 min) has U below the
-  band, and the peak demand of that window fits in the remaining effective capacity at or below
-  the *target* (not merely below the band's top: that margin is the hysteresis, so a power-off
-  never makes the next pass want a power-on). The host's VMs must all find a place with
+  band, and the peak demand of that window (or the demand expected one boot time ahead, if
+  higher) fits in the remaining effective capacity at or below ``fill`` (0.72: between the target
+  and the band's top; the margin to the top is the hysteresis, so a power-off never makes the
+  next pass want a power-on). Several hosts go in one pass (``max_off_per_pass``, 8) while the
+  rest still holds that peak at the fill: a long low demand is consolidated at once.
+  ``ha_hosts`` hosts' worth of capacity (the largest) is kept on beyond the demand for HA. The host's VMs must all find a place with
   ``place_many`` (placement's filters: capacity, must rules...) and the targets keep their HA
   reserve of memory; otherwise the next candidate host is tried, with the reason recorded.
   Candidates: fewest memory to evacuate first, then least loaded. At most ``max_off_per_pass``
   hosts per pass, never below ``min_hosts_on``.
 - power-on: every sample of the short window (``on_window_s``, default 5 min) has U above the
-  band. Standby hosts are woken until the window's peak demand fits at or below the target: the
+  band, or the demand climbs so that one boot time ahead (``wake_s``, default 300 s as a server
+  boot; the climb of the last three samples extrapolated) U would be above the band while it is
+  already above the target: the host is asked early enough to be up before the overload. Standby hosts are woken until the window's peak demand fits at or below the target: the
   smallest host that achieves it, else the largest (fewest wake-ups), at most
   ``max_on_per_pass``.
 - no flapping: the target margin above, plus a per-host cooldown (a host powered on or off less

@@ -61,8 +61,8 @@ Vocabulary:
   smooths each VM's measured CPU demand, the trace replay its 5-minute samples), so that one
   noisy sample does not trigger a move whose gain is gone by the next pass.
 - spread and confidence: a measured demand is an average of noisy samples; ``spread`` (per VM,
-  the exponentially weighted standard deviation of its samples, vcenter.domain.demand) says how
-  far it may be off. A host's load spread is the root sum of squares of its VMs' spreads (they
+  the noise of its samples told apart from their trend: ``demand.noise_spread``, so a climbing
+  or stepping demand has none) says how far it may be off. A host's load spread is the root sum of squares of its VMs' spreads (they
   vary independently) over its capacity. A balancing move is judged on pessimistic loads: the
   source ``confidence`` (default 1) spreads lighter and the target as much heavier than
   measured; its gain there (the robust gain) must pass the minimum gain and the cost, and ranks
@@ -70,7 +70,15 @@ Vocabulary:
   (the cost-benefit's duration term: a steady VM's gain lasts, a noisy one's may reverse),
   so DRS does not move a near-idle VM to even out a difference that one sample can undo; with
   no spread given (or confidence 0) the loads are taken as exact. Rule fixes and the relief of
-  an overloaded host do not wait on confidence. Reasons carry the robust gain.
+  an overloaded host do not wait on confidence. Reasons carry the robust gain. Confidence is 2
+  by default (issue 22: with it off, traces other than the one it was tuned on made 3-4 times
+  the greedy baseline's migrations).
+- overload risk (when spreads are given): a host needs relief when the probability that its
+  next load exceeds its capacity (``overload_risk``: normal around the measured load, its
+  spread at least ``RISK_FLOOR``) reaches ``risk_gain`` (default 0.5), and a relief move must
+  remove at least ``risk_gain`` of it from source and target together (a VM's spread travels
+  with it); a move that only carries the risk to another host, or a tiny VM's move, is not
+  made. Without spreads, a measured overload is relieved by any move that lowers it.
 - anti-oscillation: minimum gain, cost per GiB, per-VM cooldown (a VM moved less than
   ``cooldown_s`` ago is not moved again for balance), a budget of moves per pass, and a VM whose
   migration is in flight is never moved. Must-rule fixes ignore the cooldown, never the in-flight
