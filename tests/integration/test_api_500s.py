@@ -2,7 +2,8 @@
 a proper answer, on both databases: a PATCH that sends ``null`` for a field that cannot be
 empty, the deletion of an orphaned VM whose host was removed by force, the audit export with a
 time that has no zone (it answered 200 with an empty body after a traceback: a streamed
-response validates before it starts), and an OVA whose disk capacity no disk can have."""
+response validates before it starts), an OVA whose disk capacity no disk can have, and the
+deletion of a datastore that a backup job still uses (the database's RESTRICT refused it)."""
 from __future__ import annotations
 
 import hashlib
@@ -116,3 +117,14 @@ def test_patch_of_a_backup_job_with_null_is_a_422(ctx):
     # interval_s may be null: on demand only.
     r = client.patch(f"/api/v1/vms/{vm['id']}/backup-jobs/{job.json()['id']}", headers=auth, json={"interval_s": None})
     assert r.status_code == 200 and r.json()["interval_s"] is None and r.json()["keep"] == 3, r.text
+
+
+def test_delete_of_a_datastore_a_backup_job_uses_is_a_409(ctx):
+    client, auth, dc, cl, settings = ctx
+    host, _agent, vm = _host_with_vm(client, auth, dc, cl, settings)
+    ds = client.post("/api/v1/datastores", headers=auth, json={"name": "ds1", "datacenter_id": dc["id"], "url": "/srv/ds1", "host_ids": [host["id"]]}).json()
+    job = client.post(f"/api/v1/vms/{vm['id']}/backup-jobs", headers=auth, json={"name": "nightly", "datastore_id": ds["id"], "directory": "backups"})
+    assert job.status_code == 201, job.text
+    r = client.delete(f"/api/v1/datastores/{ds['id']}", headers=auth)
+    assert r.status_code == 409 and r.json()["code"] == "DATASTORE_IN_USE" and r.json()["details"] == {"used_by": "backup_jobs"}, r.text
+    assert client.get(f"/api/v1/datastores/{ds['id']}", headers=auth).status_code == 200

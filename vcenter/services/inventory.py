@@ -154,6 +154,20 @@ def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
     return {k: (v if isinstance(v, (int, str, bool, float, list, dict, type(None))) else str(v)) for k, v in values.items()}
 
 
+def restricting_reference(session: Session, row: Any) -> str | None:
+    """The table of a row that still points at ``row`` through a foreign key declared ON DELETE
+    RESTRICT (None if none does): the check the database makes at the flush (an
+    IntegrityError, a 500), made first, from the schema itself so that a table added later is
+    covered too."""
+    target = row.__table__
+    for table in target.metadata.sorted_tables:
+        for fk in table.foreign_keys:
+            if fk.column.table is target and (fk.ondelete or "").upper() == "RESTRICT":
+                if session.execute(select(fk.parent).where(fk.parent == getattr(row, fk.column.key)).limit(1)).first() is not None:
+                    return table.name
+    return None
+
+
 def delete_object(session: Session, user: str, kind: str, object_id: int) -> None:
     row = get(session, kind, object_id)
     blockers = {
@@ -184,6 +198,9 @@ def delete_object(session: Session, user: str, kind: str, object_id: int) -> Non
     for model, condition, code in blockers:
         if _has(session, model, condition):
             raise Conflict(f"{kind} {row.name} still contains {model.__tablename__}", code=code)
+    user_of = restricting_reference(session, row)
+    if user_of is not None:  # a backup job, a template...: the database would refuse the delete
+        raise Conflict(f"{kind} {row.name} is still used by {user_of}", code=f"{kind.upper()}_IN_USE", details={"used_by": user_of})
     name = row.name
     session.delete(row)
     session.flush()
