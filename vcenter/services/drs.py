@@ -38,8 +38,8 @@ def drs_settings(cluster: Cluster) -> drs.DrsSettings:
             vm_overrides={str(k): v for k, v in (conf.get("vm_overrides") or {}).items()},
             cooldown_s=float(conf.get("cooldown_s", 1800)),
             budget=int(conf.get("budget", 8)),
-            confidence=float(conf.get("confidence", drs.DrsSettings.confidence)),
-            risk_gain=float(conf.get("risk_gain", drs.DrsSettings.risk_gain)),
+            confidence=float(conf.get("confidence", drs.DrsSettings().confidence)),
+            risk_gain=float(conf.get("risk_gain", drs.DrsSettings().risk_gain)),
             ha=drs.HaReserve(fraction=max(float(conf.get("ha_reserve_fraction", 0)), _ha_reserve(cluster))),
         )
     except (ValueError, TypeError) as exc:
@@ -223,7 +223,7 @@ def whatif(session: Session, cluster_id: int, change: dict[str, Any]) -> dict[st
     else:
         raise Invalid(f"kind: unknown change {kind!r}", code="INVALID", details={"field": "kind"})
     result = drs.whatif(snapshot, hypothetical, settings, measured_demands(session, cluster_id), history(session, cluster_id, settings.cooldown_s),
-                        measured_spreads(session, cluster_id, config))
+                        measured_spreads(session, cluster_id))
     return result.to_dict()
 
 
