@@ -20,6 +20,16 @@ from vcenter.services import console as console_service
 pytestmark = pytest.mark.integration
 
 
+def _admin_actor(session):
+    """The administrator as the actor of a permission change (delegation checks need one)."""
+    from sqlalchemy import select
+
+    from vcenter.db.models import User
+    from vcenter.services.delegation import Actor
+
+    return Actor(session, session.scalar(select(User).where(User.username == "admin")))
+
+
 def make_viewer(settings, username: str = "viewer", password: str = "viewer-pass-phrase") -> None:
     """A user who may look at everything and change nothing (the built-in Read-only role on
     the root, where the permission model has roles; without one, non-administrators only view)."""
@@ -30,7 +40,7 @@ def make_viewer(settings, username: str = "viewer", password: str = "viewer-pass
         except ImportError:
             return
         roles = authz.ensure_builtin_roles(session)
-        permissions.set_permission(session, "admin", {"principal_type": "user", "principal_id": user.id, "object_type": "root", "object_id": 0,
+        permissions.set_permission(session, _admin_actor(session), {"principal_type": "user", "principal_id": user.id, "object_type": "root", "object_id": 0,
                                                       "role_id": roles["Read-only"].id, "propagate": True})
 
 
@@ -251,7 +261,7 @@ def test_tree_and_search_show_only_what_the_user_may_see(world):
             permissions = None
         if permissions is not None:
             roles = authz.ensure_builtin_roles(session)
-            permissions.set_permission(session, "admin", {"principal_type": "user", "principal_id": user.id, "object_type": "datacenter",
+            permissions.set_permission(session, _admin_actor(session), {"principal_type": "user", "principal_id": user.id, "object_type": "datacenter",
                                                           "object_id": world["dc"]["id"], "role_id": roles["Read-only"].id, "propagate": True})
     with TestClient(world["app"]) as ui:
         ui_login(ui, "eastonly", "eastonly-pass")
