@@ -4,12 +4,13 @@ import os
 
 import pytest
 
-from vcenter.core.settings import Settings
-from vcenter.domain.datastore_roots import CODE, DEFAULT_ROOTS, DatastorePathRefused, check_datastore_path, check_root, parse_roots
+from vcenter.core.settings import DEFAULT_DATASTORE_ROOTS, Settings
+from vcenter.services.runtime import Runtime
+from vcenter.domain.datastore_roots import CODE, DatastorePathRefused, check_datastore_path, check_root, parse_roots
 from vcenter.hypervisor.base import DriverError
 from workers.agent import datastore_guard
 
-ROOTS = parse_roots(DEFAULT_ROOTS)
+ROOTS = parse_roots(DEFAULT_DATASTORE_ROOTS)
 
 
 @pytest.mark.parametrize("path,normal", [
@@ -86,13 +87,14 @@ def test_protected_folders_are_never_a_datastore_nor_inside_or_around_one():
 
 def test_roots_setting_is_parsed_and_checked_at_start():
     assert parse_roots("/srv/, /mnt//x,,/srv") == ("/srv", "/mnt/x")
-    assert Settings(datastore_roots="/srv/,/data").datastore_roots == "/srv,/data"
-    assert Settings().agent_datastore_roots == DEFAULT_ROOTS == "/var/lib/virtcenter/datastores,/srv,/mnt"
+    assert Settings().agent_datastore_roots == Settings().datastore_roots == DEFAULT_DATASTORE_ROOTS == "/var/lib/virtcenter/datastores,/srv,/mnt"
+    assert parse_roots(DEFAULT_DATASTORE_ROOTS) == ("/var/lib/virtcenter/datastores", "/srv", "/mnt")
     for bad in ("/", "/etc", "/srv,/proc/self", "relative"):
         with pytest.raises(ValueError):
-            Settings(datastore_roots=bad)
+            parse_roots(bad)
+        # The server's runtime refuses to start on such a root (the agent's service likewise).
         with pytest.raises(ValueError):
-            Settings(agent_datastore_roots=bad)
+            Runtime.build(Settings(datastore_roots=bad))
 
 
 # --- the agent: paths resolved on its host --------------------------------------------------

@@ -11,8 +11,10 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from vcenter.domain.datastore_roots import DEFAULT_ROOTS as DEFAULT_DATASTORE_ROOTS
-from vcenter.domain.datastore_roots import parse_roots as parse_datastore_roots
+# Where datastores may live by default (server and agent); vcenter.domain.datastore_roots
+# decides what a root may be, checked when the server's runtime and the agent start (core
+# imports nothing of ours, so not here).
+DEFAULT_DATASTORE_ROOTS = "/var/lib/virtcenter/datastores,/srv,/mnt"
 
 
 class Settings(BaseSettings):
@@ -139,12 +141,6 @@ class Settings(BaseSettings):
     # --- misc -----------------------------------------------------------------------------
     log_level: str = "INFO"
     log_json: bool = False
-
-    @field_validator("datastore_roots", "agent_datastore_roots")
-    @classmethod
-    def _datastore_roots(cls, value: str) -> str:
-        # A root of '/' or /etc would allow what the roots exist to refuse: fail at start.
-        return ",".join(parse_datastore_roots(value))
 
     @field_validator("trusted_proxies")
     @classmethod

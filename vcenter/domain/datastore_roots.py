@@ -30,7 +30,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 CODE = "DATASTORE_PATH_NOT_ALLOWED"
-DEFAULT_ROOTS = "/var/lib/virtcenter/datastores,/srv,/mnt"
 MAX_PATH_CHARS = 1024
 
 # Never a datastore nor inside one, whatever the configured roots: the kernel's views, device

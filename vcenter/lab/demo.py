@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from vcenter.domain.datastore_roots import DEFAULT_ROOTS as DEFAULT_DATASTORE_ROOTS
+from vcenter.core.settings import DEFAULT_DATASTORE_ROOTS
 from vcenter.lab.stack import Stack
 
 

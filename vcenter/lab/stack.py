@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from vcenter.domain.datastore_roots import DEFAULT_ROOTS as DEFAULT_DATASTORE_ROOTS
+from vcenter.core.settings import DEFAULT_DATASTORE_ROOTS
 from vcenter.lab.libvirtd import PrivateLibvirtd
 from workers.agent.identity import thumbprint_of
 

@@ -16,6 +16,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from vcenter.core.errors import Invalid, StaleVersion, VcError
 from vcenter.core.settings import Settings
+from vcenter.domain.datastore_roots import parse_roots
 from vcenter.db.session import sessionmaker_for
 from vcenter.messaging.celery_app import make_celery
 from vcenter.messaging.contracts import heartbeat_key
@@ -36,6 +37,8 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: Settings) -> "Runtime":
+        # A datastore root of '/' or /etc would allow what the roots exist to refuse: fail at start.
+        parse_roots(settings.datastore_roots)
         return cls(
             settings=settings,
             sessions=sessionmaker_for(settings.database_url),

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 class AgentService:
     def __init__(self, settings: Settings, host_id: int, driver: HypervisorDriver, api: ApiClient, network: HostNetwork, command_gate: CommandGate | None = None):
         self.settings = settings
+        # A datastore root of '/' or /etc would allow what the roots exist to refuse: fail at start.
+        parse_roots(settings.agent_datastore_roots)
         # Admits only commands the server signed for this host (None: every command refused).
         self.command_gate = command_gate
         self.network = network
