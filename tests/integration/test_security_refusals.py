@@ -123,3 +123,17 @@ def test_refused_credentials_are_read_by_audit_readers_only(ctx):
     assert client.get("/api/v1/datacenters", headers=viewer).status_code == 200
     assert client.get("/api/v1/audit/refused-credentials", headers=viewer).status_code == 403
     assert client.get("/api/v1/audit/refused-credentials", headers=auth).json()["total"] == 2
+
+
+def test_refusal_counts_follow_the_audit_logs_retention(ctx):
+    from vcenter.services import maintenance
+
+    client, auth, dc, settings = ctx
+    now = datetime.now(timezone.utc)
+    with session_scope(settings.database_url) as session:
+        refusals.count_refusal(session, "192.0.2.8", "user_token", "old", now=now - timedelta(days=settings.events_retention_days, minutes=2))
+        refusals.count_refusal(session, "192.0.2.8", "user_token", "recent", now=now - timedelta(days=1))
+        session.commit()
+    with session_scope(settings.database_url) as session:
+        assert maintenance.purge_refusals(session, settings) == 1
+    assert [detail for _, _, _, detail in _rows(settings)] == ["recent"]

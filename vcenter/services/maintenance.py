@@ -95,3 +95,13 @@ def purge_events(session: Session, settings: Settings) -> int:
 
     cutoff = utcnow() - timedelta(days=settings.events_retention_days)
     return session.execute(delete(Event).where(Event.at < cutoff)).rowcount or 0
+
+
+def purge_refusals(session: Session, settings: Settings) -> int:
+    """The refused-credential counts are audit log too: same retention as the events."""
+    from datetime import timedelta
+
+    from vcenter.core.clock import utcnow
+    from vcenter.services import refusals
+
+    return refusals.purge(session, utcnow() - timedelta(days=settings.events_retention_days))

@@ -26,6 +26,7 @@ def register(app: Celery, settings: Settings) -> Runtime:
         with runtime.transaction() as session:
             counts = maintenance.reap(session, settings)
             counts["events_purged"] = maintenance.purge_events(session, settings)
+            counts["refusals_purged"] = maintenance.purge_refusals(session, settings)
         if any(counts.values()):
             log.info("reaper: %s", counts)
         return counts
