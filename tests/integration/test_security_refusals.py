@@ -137,3 +137,24 @@ def test_refusal_counts_follow_the_audit_logs_retention(ctx):
     with session_scope(settings.database_url) as session:
         assert maintenance.purge_refusals(session, settings) == 1
     assert [detail for _, _, _, detail in _rows(settings)] == ["recent"]
+
+
+def test_the_dashboards_refused_passwords_and_session_cookies_are_counted(ctx):
+    from tests.integration.test_dashboard import ui_login
+
+    client, auth, dc, settings = ctx
+    import re
+
+    form = client.get("/ui/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
+    for _ in range(3):
+        assert client.post("/ui/login", data={"username": "admin", "password": "wrong password!", "csrf": csrf, "next": "/ui"}).status_code == 401
+    client.cookies.set("vc_session", "forged-or-expired-session")
+    assert client.get("/ui", follow_redirects=False).status_code in (302, 303)
+    rows = {kind: (count, detail) for _, kind, count, detail in _rows(settings)}
+    assert rows["password"] == (3, "BAD_CREDENTIALS POST /ui/login")
+    assert rows["user_token"][0] == 1 and rows["user_token"][1].endswith("GET /ui")
+    # A good login through the form is not counted.
+    client.cookies.clear()
+    ui_login(client, "admin", "secret-pass-phrase")
+    assert sum(count for _, _, count, _ in _rows(settings)) == 4

@@ -19,6 +19,7 @@ from vcenter.dashboard.web import (
     COOKIE,
     LOGIN_CSRF_COOKIE,
     UiUser,
+    count_refused_credential,
     PostedForm,
     new_login_csrf,
     permission_checker,
@@ -93,6 +94,7 @@ def login(request: Request, _: Annotated[None, ui_public("logging in")], form: P
         with runtime.transaction() as session:
             token, _login, _user = auth.login(session, form.get("username", "")[:80], form.get("password", "")[:1024], runtime.settings)
     except Unauthorized as exc:
+        count_refused_credential(runtime, request, exc)
         return _render(request, "login.html", status_code=401, login_csrf=cookie_token, next=_safe_next(form.get("next", "/ui")), error=exc.message)
     response = RedirectResponse(_safe_next(form.get("next", "/ui")), status_code=303)
     response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=runtime.settings.ui_cookie_secure, path="/",

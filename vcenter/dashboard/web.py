@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 from dataclasses import dataclass
 from collections.abc import Callable
@@ -27,10 +28,13 @@ from urllib.parse import parse_qs
 from fastapi import Depends, Request
 from fastapi.templating import Jinja2Templates
 
-from vcenter.core.errors import Forbidden, Unauthorized
+from vcenter.core.audit import request_source
+from vcenter.core.errors import Forbidden, Unauthorized, VcError
 from vcenter.core.object_ids import checked_object_id
 from vcenter.domain.privileges import PRIVILEGES
-from vcenter.services import auth, authz
+from vcenter.services import auth, authz, refusals
+
+log = logging.getLogger(__name__)
 
 COOKIE = "vc_session"
 LOGIN_CSRF_COOKIE = "vc_login_csrf"
@@ -137,6 +141,20 @@ def panel_filter(session: Any, settings: Any, user: UiUser) -> Callable[[Any], A
     return lambda model: clause(session, row, model, token=user.token)
 
 
+def count_refused_credential(runtime: Any, request: Request, exc: VcError) -> None:
+    """The dashboard's refusals of a presented credential (a session cookie, a password) are
+    audited like the API's (vcenter.services.refusals), in a transaction of their own; a
+    failure to count is logged, never shown to the user."""
+    kind = refusals.credential_kind(exc.code, credential_presented=True)
+    if kind is None:
+        return
+    try:
+        refusals.record_refusal(runtime.sessions, request_source.get() or (request.client.host if request.client else None), kind,
+                                f"{exc.code} {request.method} {request.url.path}")
+    except Exception:
+        log.exception("could not count a refused %s credential", kind)
+
+
 def ui_requires(privilege: str, on: str | None = None, param: str | None = None, anywhere: bool = False) -> Any:
     """Dependency declaring the route's privilege; answers the UiUser or raises
     LoginRequired / Forbidden (403). ``anywhere``: a page every logged-in user gets (home,
@@ -154,7 +172,13 @@ def ui_requires(privilege: str, on: str | None = None, param: str | None = None,
         with runtime.transaction() as session:
             try:
                 user = auth.authenticate(session, token, runtime.settings)
-            except Unauthorized:
+            except Unauthorized as exc:
+                refused = exc
+            else:
+                refused = None
+            if refused is not None:
+                session.rollback()
+                count_refused_credential(runtime, request, refused)
                 raise LoginRequired() from None
             if anywhere:
                 return UiUser(user.username, user.is_admin, user.id, token)
