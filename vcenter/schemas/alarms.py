@@ -15,7 +15,7 @@ from vcenter.core.object_ids import Int32, ObjectIdField
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN and Infinity are JSON to Python, not numbers to us
 
 
 class _Out(BaseModel):

@@ -15,7 +15,7 @@ IsolationResponse = Literal["leave-powered-on", "power-off", "shutdown"]
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN and Infinity are JSON to Python, not numbers to us
 
 
 class AdmissionConfig(_In):

@@ -20,7 +20,7 @@ HostName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9.:_-
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN and Infinity are JSON to Python, not numbers to us
 
 
 class _Out(BaseModel):
@@ -530,8 +530,8 @@ class WhatIfChange(_In):
     kind: Literal["host-fails", "host-maintenance", "host-powers-off", "vm-demand", "rule-added"]
     host_id: ObjectIdField | None = None
     vm_id: ObjectIdField | None = None
-    cpu_mhz: float | None = Field(None, ge=0)
-    memory_mib: float | None = Field(None, ge=0)
+    cpu_mhz: float | None = Field(None, ge=0, le=2**31)
+    memory_mib: float | None = Field(None, ge=0, le=2**31)
     rule: WhatIfRule | None = None
 
     @model_validator(mode="after")

@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class MaintenanceSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN and Infinity are JSON to Python, not numbers to us
 
     powered_off: Literal["leave", "refuse", "move"] = Field(
         "leave",

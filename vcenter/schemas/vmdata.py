@@ -36,7 +36,7 @@ class BackupJobCreate(_In):
     name: Name
     datastore_id: ObjectIdField
     directory: str = Field(min_length=1, max_length=1024, description="a folder inside the datastore (no '..', not absolute)")
-    interval_s: float | None = Field(None, gt=0, description="run every this many seconds (beat); None: on demand only")
+    interval_s: float | None = Field(None, gt=0, le=366 * 86400, description="run every this many seconds (beat); None: on demand only")
     keep: int = Field(7, ge=1, le=1000, description="restore points kept (with the ancestors they need)")
     incremental: bool = True
     full_every: int = Field(7, ge=1, le=1000, description="every n-th backup of a chain is full")
@@ -44,7 +44,7 @@ class BackupJobCreate(_In):
 
 
 class BackupJobUpdate(_In):
-    interval_s: float | None = Field(None, gt=0)
+    interval_s: float | None = Field(None, gt=0, le=366 * 86400)
     keep: int | None = Field(None, ge=1, le=1000)
     incremental: bool | None = None
     full_every: int | None = Field(None, ge=1, le=1000)
