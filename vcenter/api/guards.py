@@ -48,7 +48,7 @@ def content_type_refusal(headers: Iterable[tuple[bytes, bytes]]) -> Reply | None
 
 def declared_too_large(headers: Iterable[tuple[bytes, bytes]], limit: int) -> bool:
     """Any ``Content-Length`` above the limit: refuse before reading (the body is counted anyway)."""
-    return any(v.strip().isdigit() and int(v.strip()) > limit for k, v in headers if k.lower() == b"content-length")
+    return any(v.strip().isascii() and v.strip().isdigit() and int(v.strip()) > limit for k, v in headers if k.lower() == b"content-length")
 
 
 def has_nul(body: bytes) -> bool:

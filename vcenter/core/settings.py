@@ -155,7 +155,7 @@ class Settings(BaseSettings):
     def _metrics_listen(cls, value: str | None) -> str | None:
         if value:
             host, _, port = value.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
                 raise ValueError("metrics_listen is host:port, e.g. 127.0.0.1:9464")
         return value or None
 

@@ -57,7 +57,7 @@ class HaConfig(_In):
     def _addresses(cls, value: list[str]) -> list[str]:
         for a in value:
             host, sep, port = a.rpartition(":")
-            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c in host for c in " /<>\"'"):
+            if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536 or any(c in host for c in " /<>\"'"):
                 raise ValueError(f"isolation address {a!r}: give host:port (a TCP port that answers)")
         return value
 

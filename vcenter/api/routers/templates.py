@@ -116,7 +116,7 @@ def import_ova(body: ts.ImportOva, db: DbDep, user: Annotated[CurrentUserInfo, r
 async def upload(request: Request, runtime: RuntimeDep, user: Annotated[CurrentUserInfo, requires("Datastore.Browse")],
                  filename: str = Query(..., min_length=1, max_length=255), sha256: str | None = Query(None)) -> dict[str, Any]:
     length = request.headers.get("content-length")
-    path, size, digest = await uploads.receive(request.stream(), runtime.settings, declared_length=int(length) if length and length.isdigit() else None,
+    path, size, digest = await uploads.receive(request.stream(), runtime.settings, declared_length=int(length) if length and length.isascii() and length.isdigit() else None,
                                                expected_sha256=sha256)
 
     def store() -> dict[str, Any]:
@@ -172,7 +172,7 @@ async def agent_export(upload_id: ObjectIdPath, request: Request, runtime: Runti
 
     await run_in_threadpool(check)
     length = request.headers.get("content-length")
-    path, size, digest = await uploads.receive(request.stream(), runtime.settings, declared_length=int(length) if length and length.isdigit() else None)
+    path, size, digest = await uploads.receive(request.stream(), runtime.settings, declared_length=int(length) if length and length.isascii() and length.isdigit() else None)
 
     def store() -> dict[str, Any]:
         with runtime.transaction() as session:
