@@ -60,6 +60,9 @@ class Actor:
             self.role_ids.add(role.id)
         self._tree: authz.InventoryTree | None = None
         self._held_at: Any = None
+        # Many targets hold the same (a group's members without permissions of their own): the
+        # object-by-object comparison (~0.3 s per target at 40,000 VMs) runs once per holding.
+        self._compared: dict[Any, dict[tuple[str, int], frozenset[str]]] = {}
 
     @classmethod
     def of(cls, session: Session, user_id: int, token: str | None = None) -> "Actor":
@@ -99,6 +102,12 @@ class Actor:
         raise self._refuse(f"change {what}: it holds privileges the actor lacks", "DELEGATION_EXCEEDS_OWN", {"missing": details, "objects": len(lacking)})
 
     def _missing(self, target: Holdings) -> dict[tuple[str, int], frozenset[str]]:
+        key = (target.everything, target.narrowed, frozenset((node, frozenset(grants)) for node, grants in target.grants.items()))
+        if key not in self._compared:
+            self._compared[key] = self._compare(target)
+        return self._compared[key]
+
+    def _compare(self, target: Holdings) -> dict[tuple[str, int], frozenset[str]]:
         if self._tree is None:
             self._tree = authz.InventoryTree(self.session)
         if self._held_at is None:
