@@ -14,7 +14,13 @@ down_revision = '0015'
 branch_labels = None
 depends_on = None
 
-_NEVER_REUSED = ('users', 'groups', 'roles')
+# Principals, roles and the inventory objects permissions name: a new one must not inherit
+# what named a deleted one.
+_NEVER_REUSED = ('users', 'groups', 'roles', 'datacenters', 'folders', 'clusters', 'hosts', 'datastores',
+                 'portgroups', 'resource_pools', 'vms')
+# The system's own actor names (vcenter.services.events.SYSTEM_ACTORS when this was written):
+# their rows stay without a user even where a user had taken such a name.
+_SYSTEM_ACTORS = ('system', 'cli', 'ha', 'drs', 'dpm', 'scheduler', 'reaper', 'beat', 'agent', 'monitor', 'alarms', 'anonymous', 'root')
 
 
 def upgrade() -> None:
@@ -28,9 +34,18 @@ def upgrade() -> None:
         with op.batch_alter_table(table) as batch:
             batch.add_column(sa.Column('user_id', sa.Integer(), nullable=True))
             batch.create_index(batch.f(f'ix_{table}_user_id'), ['user_id'], unique=False)
-    # Existing rows keep their actor: the user of that name, where one exists today.
+    # Existing rows keep their actor: the user of that name, where one exists today (a deleted
+    # user's rows go to a later user of the same name: history cannot tell them apart), except
+    # the system's own rows. Permissions of principals and objects that no longer exist go.
+    reserved = ", ".join(f"'{name}'" for name in _SYSTEM_ACTORS)
     for table in ('events', 'tasks'):
-        op.execute(f"UPDATE {table} SET user_id = (SELECT users.id FROM users WHERE users.username = {table}.username)")
+        op.execute(f"UPDATE {table} SET user_id = (SELECT users.id FROM users WHERE users.username = {table}.username) "
+                   f"WHERE lower({table}.username) NOT IN ({reserved})")
+    op.execute("DELETE FROM permissions WHERE principal_type = 'user' AND principal_id NOT IN (SELECT id FROM users)")
+    op.execute("DELETE FROM permissions WHERE principal_type = 'group' AND principal_id NOT IN (SELECT id FROM groups)")
+    for object_type, table in (('datacenter', 'datacenters'), ('folder', 'folders'), ('cluster', 'clusters'), ('host', 'hosts'),
+                               ('datastore', 'datastores'), ('portgroup', 'portgroups'), ('pool', 'resource_pools'), ('vm', 'vms')):
+        op.execute(f"DELETE FROM permissions WHERE object_type = '{object_type}' AND object_id NOT IN (SELECT id FROM {table})")
     op.create_table('refused_credentials',
         sa.Column('id', sa.Integer(), nullable=False),
         sa.Column('minute', ts, nullable=False),

@@ -45,3 +45,57 @@ def test_naive_datetimes_are_refused(migrated_url):
     with pytest.raises(Exception, match="naive"):
         with session_scope(migrated_url) as session:
             session.add(Event(kind="x", message="y", at=datetime(2026, 1, 1)))
+
+
+def test_upgrading_to_0016_keeps_rows_that_refer_to_rebuilt_tables_and_backfills_actors(tmp_path):
+    """0016 rebuilds users, groups and the inventory tables on SQLite (AUTOINCREMENT): with
+    foreign keys on, each rebuild's drop cascaded into group members, tokens and sessions."""
+    from sqlalchemy import text
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url, "0015")
+    engine = create_engine(url)
+    stamp = "'2026-01-01 00:00:00+00:00'"
+    with engine.begin() as conn:
+        for name in ("alice", "system"):
+            conn.execute(text(f"INSERT INTO users (username, password_hash, is_admin, disabled, created_at, updated_at) VALUES ('{name}', 'x', 0, 0, {stamp}, {stamp})"))
+        conn.execute(text(f"INSERT INTO groups (name, created_at, updated_at) VALUES ('ops', {stamp}, {stamp})"))
+        conn.execute(text("INSERT INTO group_members (group_id, user_id) VALUES (1, 1)"))
+        conn.execute(text(f"INSERT INTO datacenters (name, version, created_at, updated_at) VALUES ('dc', 1, {stamp}, {stamp})"))
+        for actor in ("alice", "system"):
+            conn.execute(text(f"INSERT INTO events (at, username, kind, message, data) VALUES ({stamp}, '{actor}', 'x', 'y', '{{}}')"))
+        # A permission of a user deleted before 0016, and one on a datacenter gone before it.
+        conn.execute(text("INSERT INTO roles (name, privileges, builtin, description, created_at, updated_at) VALUES ('r', '[]', 0, '', " + stamp + ", " + stamp + ")"))
+        for principal, object_type, object_id in ((99, "root", 0), (1, "datacenter", 42), (1, "datacenter", 1)):
+            conn.execute(text(f"INSERT INTO permissions (principal_type, principal_id, role_id, object_type, object_id, propagate, created_at, updated_at) "
+                              f"VALUES ('user', {principal}, 1, '{object_type}', {object_id}, 1, {stamp}, {stamp})"))
+    engine.dispose()
+    upgrade(url)
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT group_id, user_id FROM group_members")).all() == [(1, 1)]
+        assert conn.execute(text("SELECT username, user_id FROM events ORDER BY id")).all() == [("alice", 1), ("system", None)]
+        assert conn.execute(text("SELECT principal_id, object_type, object_id FROM permissions")).all() == [(1, "datacenter", 1)]
+        assert "AUTOINCREMENT" in conn.execute(text("SELECT sql FROM sqlite_master WHERE name = 'vms'")).scalar()
+    engine.dispose()
+
+
+def test_ids_are_never_reused_and_permissions_die_with_their_object(migrated_url):
+    from vcenter.db.models import Permission, Role, User
+
+    with session_scope(migrated_url) as session:
+        role = Role(name="r", privileges=[])
+        user = User(username="u", password_hash="x")
+        first, second = Datacenter(name="a"), Datacenter(name="b")
+        session.add_all([role, user, first, second])
+        session.flush()
+        session.add(Permission(principal_type="user", principal_id=user.id, role_id=role.id, object_type="datacenter", object_id=second.id))
+        deleted_id = second.id
+    with session_scope(migrated_url) as session:
+        session.delete(session.get(Datacenter, deleted_id))
+    with session_scope(migrated_url) as session:
+        assert session.scalars(select(Permission)).all() == []
+        third = Datacenter(name="c")
+        session.add(third)
+        session.flush()
+        assert third.id > deleted_id

@@ -27,6 +27,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     Index,
+    event,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -710,6 +711,30 @@ class Upload(Base):
     username: Mapped[str] = mapped_column(String(80), default="system")
     task_id: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# The objects a permission can name, by the object_type it names them with.
+PERMISSION_OBJECTS: dict[type, str] = {
+    Datacenter: "datacenter", Folder: "folder", Cluster: "cluster", Host: "host", Datastore: "datastore",
+    PortGroup: "portgroup", ResourcePool: "pool", VirtualMachine: "vm",
+}
+
+# Ids of these objects are never handed out again (AUTOINCREMENT on SQLite; PostgreSQL's
+# sequences never reuse): permissions, events, tasks and alarms name objects by id, and a new
+# object must not inherit what named a deleted one.
+for _model in PERMISSION_OBJECTS:
+    _model.__table__.dialect_options["sqlite"]["autoincrement"] = True
+
+
+def _drop_permissions_of(kind: str):
+    def after_delete(_mapper: Any, connection: Any, target: Any) -> None:
+        # A permission dies with its object, in the same transaction, whichever path deleted it.
+        connection.execute(Permission.__table__.delete().where(Permission.object_type == kind, Permission.object_id == target.id))
+    return after_delete
+
+
+for _model, _kind in PERMISSION_OBJECTS.items():
+    event.listen(_model, "after_delete", _drop_permissions_of(_kind))
 
 
 from vcenter.db import ha_models as _ha_models  # noqa: E402,F401  (HA state tables)
