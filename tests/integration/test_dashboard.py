@@ -7,6 +7,7 @@ import re
 
 import pytest
 import redis
+from sqlalchemy import select
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
@@ -171,8 +172,11 @@ def test_console_ticket_is_single_use_and_expires(world):
         vm.power_state = "poweredOn"  # as an agent report would say
         session.get(Host, world["host"]["id"]).address = "10.0.0.5"
         session.flush()
-        first = console_service.issue_ticket(session, r, settings, "admin", world["vm_id"])
-        second = console_service.issue_ticket(session, r, settings, "admin", world["vm_id"])
+        from vcenter.db.models import User
+
+        admin_id = session.scalar(select(User.id).where(User.username == "admin"))
+        first = console_service.issue_ticket(session, r, settings, "admin", world["vm_id"], user_id=admin_id)
+        second = console_service.issue_ticket(session, r, settings, "admin", world["vm_id"], user_id=admin_id)
     grant = console_service.redeem(r, first["ticket"])
     assert grant["vm_id"] == world["vm_id"] and grant["address"] == "10.0.0.5" and grant["thumbprint"].startswith("SHA256:")
     assert console_service.redeem(r, first["ticket"]) is None  # used
@@ -191,11 +195,19 @@ def test_console_ticket_is_single_use_and_expires(world):
         assert closed.value.code == 4403
         # Another site's page cannot spend a ticket.
         with session_scope(settings.database_url) as session:
-            third = console_service.issue_ticket(session, r, world["settings"], "admin", world["vm_id"])
+            third = console_service.issue_ticket(session, r, world["settings"], "admin", world["vm_id"], user_id=admin_id)
         with ui.websocket_connect(f"/ui/console/ws?ticket={third['ticket']}", headers={"origin": "https://evil.example"}) as ws:
             with pytest.raises(WebSocketDisconnect) as closed:
                 ws.receive_bytes()
         assert closed.value.code == 4403 and console_service.redeem(r, third["ticket"]) is not None
+        # A ticket is the user's by id: one issued to another user of the same name (deleted,
+        # then its name taken again) is refused.
+        with session_scope(settings.database_url) as session:
+            fourth = console_service.issue_ticket(session, r, world["settings"], "admin", world["vm_id"], user_id=admin_id + 1000)
+        with ui.websocket_connect(f"/ui/console/ws?ticket={fourth['ticket']}") as ws:
+            with pytest.raises(WebSocketDisconnect) as closed:
+                ws.receive_bytes()
+        assert closed.value.code == 4401
 
 
 def test_live_stream_sends_tasks_and_events(world):

@@ -67,14 +67,14 @@ async def console_ws(websocket: WebSocket, _: Annotated[None, ui_public("authori
     ticket = websocket.query_params.get("ticket", "")
     token = websocket.cookies.get(COOKIE, "")
 
-    def admit() -> tuple[dict[str, Any] | None, str | None]:
+    def admit() -> tuple[dict[str, Any] | None, int | None]:
         # Redis and the database block: off the event loop.
         grant = console_service.redeem(runtime.redis, ticket)
         if grant is None or not token:
             return grant, None
         with runtime.transaction() as session:
             try:
-                return grant, auth.authenticate(session, token, runtime.settings).username
+                return grant, auth.authenticate(session, token, runtime.settings).id
             except Unauthorized:
                 return grant, None
 
@@ -85,12 +85,12 @@ async def console_ws(websocket: WebSocket, _: Annotated[None, ui_public("authori
         await websocket.accept()
         await websocket.close(code=4403, reason="cross-site console request")
         return
-    grant, username = await run_in_threadpool(admit)
+    grant, user_id = await run_in_threadpool(admit)
     await websocket.accept()
     if grant is None:
         await websocket.close(code=4403, reason="unknown, used or expired console ticket")
         return
-    if username is None or username != grant["username"]:
+    if user_id is None or user_id != grant.get("user_id"):
         await websocket.close(code=4401, reason="log in as the user the ticket was issued to")
         return
     try:

@@ -432,7 +432,7 @@ def console_ticket(request: Request, vm_id: ObjectIdPath, user: Annotated[UiUser
     runtime = _runtime(request)
     try:
         with runtime.transaction() as session:
-            answer = console_service.issue_ticket(session, runtime.redis, runtime.settings, user.username, vm_id)
+            answer = console_service.issue_ticket(session, runtime.redis, runtime.settings, user.username, vm_id, user_id=user.id)
     except VcError as exc:
         return JSONResponse(exc.to_dict(), status_code=exc.status)
     return JSONResponse({**answer, "url": f"/ui/console/ws?ticket={quote(answer['ticket'])}"})

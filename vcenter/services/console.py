@@ -30,7 +30,9 @@ from vcenter.services.events import record_event
 _PREFIX = "vcenter:console:ticket:"
 
 
-def issue_ticket(session: Session, redis: Any, settings: Settings, username: str, vm_id: int) -> dict[str, Any]:
+def issue_ticket(session: Session, redis: Any, settings: Settings, username: str, vm_id: int, *, user_id: int) -> dict[str, Any]:
+    """A one-time ticket for the console of ``vm_id``, redeemable only by the user ``user_id``
+    (by id: a later user of the same name is someone else)."""
     vm: VirtualMachine = inventory.get(session, "vm", vm_id)
     if vm.power_state != "poweredOn" or vm.host_id is None:
         raise InvalidState(f"VM {vm.name} is {vm.power_state}: only a running VM has a console", code="VM_NOT_RUNNING")
@@ -38,7 +40,7 @@ def issue_ticket(session: Session, redis: Any, settings: Settings, username: str
     if not host.address or not host.thumbprint:
         raise InvalidState(f"host {host.name} has no address or no confirmed certificate to reach its console endpoint", code="CONSOLE_UNAVAILABLE")
     ticket = new_token()
-    grant = {"username": username, "vm_id": vm.id, "vm_name": vm.name, "uuid": vm.libvirt_uuid, "host_id": host.id,
+    grant = {"username": username, "user_id": user_id, "vm_id": vm.id, "vm_name": vm.name, "uuid": vm.libvirt_uuid, "host_id": host.id,
              "address": host.address, "thumbprint": host.thumbprint}
     redis.set(_PREFIX + token_hash(ticket), json.dumps(grant), px=max(1, int(settings.console_ticket_ttl * 1000)))
     record_event(session, "vm.console.ticket", f"console ticket for VM {vm.name} issued to {username}", username=username,
