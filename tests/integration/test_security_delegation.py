@@ -220,7 +220,8 @@ def test_finding_9_own_tasks_are_decided_by_id(client):
     # same name, another id: not bob's (a user of that name before, or a system actor)
     assert client.get(f"/api/v1/tasks/{theirs_id}", headers=bob).status_code == 403
     assert client.post(f"/api/v1/tasks/{theirs_id}/cancel", headers=bob).status_code == 403
-    assert client.get(f"/api/v1/tasks/{mine_id}", headers=bob).status_code == 200
+    mine_read = client.get(f"/api/v1/tasks/{mine_id}", headers=bob)
+    assert mine_read.status_code == 200 and mine_read.json()["user_id"] == bob_id
     listed = {t["id"] for t in client.get("/api/v1/tasks", headers=bob).json()["items"]}
     assert listed == {mine_id}
     assert client.post(f"/api/v1/tasks/{mine_id}/cancel", headers=bob).status_code == 202

@@ -412,6 +412,7 @@ class TaskRead(_Out):
     object_id: int
     host_id: int | None
     username: str
+    user_id: int | None = Field(None, description="the owner's user id (None: the system); ownership is decided on it, not on the name")
     result: dict[str, Any] | None
     error_code: str | None
     error_message: str | None
@@ -427,6 +428,7 @@ class EventRead(_Out):
     id: int
     at: datetime
     username: str
+    user_id: int | None = Field(None, description="the acting user's id (None: the system); a later user of the same name is someone else")
     kind: str
     object_type: str | None
     object_id: int | None
