@@ -67,6 +67,9 @@ def test_a_flood_of_each_refused_credential_is_one_row_per_kind(ctx):
     # Token floods leave no Event each: the counts are the audit, and they do not grow per request.
     assert _events(settings) == events_before
     _flood(lambda: client.post("/api/v1/session", json={"username": "admin", "password": "wrong password!"}))
+    # A password flood is bounded in the audit log too: the failures up to the lockout, then
+    # one Event for the lockout (later refusals are only counted).
+    assert _events(settings) - events_before <= settings.login_lockout_failures + 1
 
     rows = {kind: (source, count, detail) for source, kind, count, detail in _rows(settings)}
     assert set(rows) == {"user_token", "agent", "registration", "registration_proof", "password"}

@@ -10,7 +10,7 @@ API tokens and sessions in the same transaction (its id is never given again).
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import VerificationError, InvalidHashError
@@ -78,18 +78,28 @@ def _recent_failures_from(session: Session, source: str, settings: Settings) -> 
     return session.scalar(select(func.count()).select_from(Event).where(Event.kind == "session.login_failed", Event.source == source, Event.at > since)) or 0
 
 
+def _recent(session: Session, kind: str, settings: Settings, condition: Any) -> bool:
+    """Whether an Event ``kind`` matching ``condition`` was written within the lockout window."""
+    since = utcnow() - timedelta(seconds=settings.login_lockout_window)
+    return session.scalar(select(Event.id).where(Event.kind == kind, condition, Event.at > since).limit(1)) is not None
+
+
 def login(session: Session, username: str, password: str, settings: Settings) -> tuple[str, LoginSession, User]:
     source = request_source.get()
+    # Refusals while limited are counted per source and minute (vcenter.services.refusals); only
+    # the first of a window is also an Event, so a flood of guesses cannot fill the audit log.
     if source is not None and _recent_failures_from(session, source, settings) >= settings.login_source_failures:
         # Guessing across many user names from one address: slow that address down, not the users.
+        first = not _recent(session, "session.login_rate_limited", settings, Event.source == source)
         raise RateLimited(f"too many failed logins from {source}; try again later", code="LOGIN_RATE_LIMITED", audit={
             "kind": "session.login_rate_limited", "message": f"login of {username[:80]!r} from {source} refused: rate limited", "username": username[:80],
-            "user_id": None, "object_type": "user", "reason": "LOGIN_RATE_LIMITED"})
+            "user_id": None, "object_type": "user", "reason": "LOGIN_RATE_LIMITED"} if first else None)
     if _recent_failures(session, username, settings) >= settings.login_lockout_failures:
         # Temporary by design: the window ends by itself, so an attacker who guesses wrong on
         # purpose can delay the last administrator, never lock them out for good.
+        first = not _recent(session, "session.login_locked", settings, Event.username == username[:80])
         raise Unauthorized(f"too many failed logins; try again within {settings.login_lockout_window:.0f} s", code="LOCKED_OUT", audit={
-            "kind": "session.login_locked", "message": f"login of {username[:80]!r} refused: locked out", "username": username[:80], "user_id": None, "object_type": "user", "reason": "LOCKED_OUT"})
+            "kind": "session.login_locked", "message": f"login of {username[:80]!r} refused: locked out", "username": username[:80], "user_id": None, "object_type": "user", "reason": "LOCKED_OUT"} if first else None)
     user = session.scalar(select(User).where(User.username == username))
     try:
         _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
