@@ -28,9 +28,9 @@ def declared_privileges(route: Any) -> list[Any]:
     return found
 
 
-def api_routes(app) -> list[Any]:
-    """Every HTTP route under /api/ with its full path, methods and dependant (FastAPI keeps
-    included routers as branches; their effective routes carry the router's dependencies)."""
+def http_routes(app, prefixes: tuple[str, ...] = ("/api/",)) -> list[Any]:
+    """Every HTTP route under ``prefixes`` with its full path, methods and dependant (FastAPI
+    keeps included routers as branches; their effective routes carry the router's dependencies)."""
     found: list[Any] = []
 
     def walk(routes):
@@ -40,7 +40,11 @@ def api_routes(app) -> list[Any]:
             elif hasattr(route, "effective_route_contexts"):
                 found.extend(c for c in route.effective_route_contexts() if c.dependant is not None and c.methods)
     walk(app.routes)
-    return [r for r in found if r.path.startswith("/api/")]
+    return [r for r in found if r.path.startswith(prefixes)]
+
+
+def api_routes(app) -> list[Any]:
+    return http_routes(app)
 
 
 def test_every_route_declares_its_privilege(settings):

@@ -18,11 +18,11 @@ import typing
 from typing import Any
 
 import pytest
-from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
 from tests.apihelpers import finish_as_agent, login, make_admin, register_host
+from tests.integration.test_permissions import http_routes
 from vcenter.api.app import create_app
 from vcenter.dashboard.web import COOKIE, csrf_for
 from vcenter.domain.privileges import ANONYMOUS, PRIVILEGES
@@ -36,16 +36,7 @@ PASSWORD = "a-long-test-passphrase-9"
 
 def all_routes(app) -> list[Any]:
     """Every HTTP route (API and /ui) with its full path, methods and dependant."""
-    found: list[Any] = []
-
-    def walk(routes):
-        for route in routes:
-            if isinstance(route, APIRoute):
-                found.append(route)
-            elif hasattr(route, "effective_route_contexts"):
-                found.extend(c for c in route.effective_route_contexts() if c.dependant is not None and c.methods)
-    walk(app.routes)
-    return [r for r in found if r.path.startswith(("/api/", "/ui"))]
+    return http_routes(app, ("/api/", "/ui"))
 
 
 def privilege_checks(route: Any) -> list[Any]:
