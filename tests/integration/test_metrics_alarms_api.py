@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import func, select
 
 from tests.apihelpers import finish_as_agent, login, make_admin, register_host
 from vcenter.api.app import create_app
@@ -28,7 +29,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def env(settings):
-    settings = settings.model_copy(update={"alarm_webhook_retry_delay": 5.0, "alarm_webhook_attempts": 3, "alarm_vm_heartbeat_timeout": 30.0})
+    # The test's webhook receiver listens on loopback, which webhooks may reach only when allowed.
+    settings = settings.model_copy(update={"alarm_webhook_retry_delay": 5.0, "alarm_webhook_attempts": 3, "alarm_vm_heartbeat_timeout": 30.0,
+                                           "alarm_webhook_allowed_networks": "127.0.0.1/32"})
     make_admin(settings)
     with TestClient(create_app(settings)) as client:
         auth = login(client)
@@ -167,6 +170,26 @@ def hook_server():
     yield f"http://127.0.0.1:{server.server_address[1]}/hook", _Hooks.received
     server.shutdown()
     server.server_close()
+
+
+def test_a_webhook_never_reaches_what_only_the_server_reaches(env, hook_server):
+    """A user who may define alarms must not make the server POST to its own loopback services
+    or to a cloud metadata endpoint (server-side request forgery)."""
+    from vcenter.db.models import AlarmWebhook, Event
+
+    url, received = hook_server
+    port = url.split(":")[2].split("/")[0]
+    strict = env["settings"].model_copy(update={"alarm_webhook_allowed_networks": ""})
+    targets = [url, f"http://localhost:{port}/hook", f"http://[::ffff:127.0.0.1]:{port}/hook", "http://169.254.169.254/latest/meta-data/", "http://0.0.0.0:9/"]
+    with session_scope(strict.database_url) as session:
+        for target in targets:
+            session.add(AlarmWebhook(url=target, payload={"probe": True}))
+    counts = alarms.deliver_webhooks(Runtime.build(strict).transaction, strict)
+    assert counts == {"delivered": 0, "failed": len(targets), "retrying": 0} and received == []
+    with session_scope(strict.database_url) as session:
+        errors = [h.last_error for h in session.scalars(select(AlarmWebhook).order_by(AlarmWebhook.id))]
+        assert all(e.startswith("WEBHOOK_ADDRESS_REFUSED") for e in errors), errors
+        assert session.scalar(select(func.count()).select_from(Event).where(Event.kind == "alarm.webhook_failed")) == len(targets)
 
 
 def test_metric_alarm_lifecycle_with_webhook(env, hook_server):

@@ -192,3 +192,14 @@ def test_expression_scope_and_action_validation():
         with pytest.raises(a.AlarmInvalid):
             a.parse_actions([{"type": "webhook", "url": bad}])
     assert a.webhook_delay(1, 10.0) == 10.0 and a.webhook_delay(3, 10.0) == 40.0
+
+
+@pytest.mark.parametrize("address,refused", [
+    ("127.0.0.1", True), ("127.8.9.1", True), ("::1", True), ("::ffff:127.0.0.1", True), ("169.254.169.254", True),
+    ("fe80::1%eth0", True), ("0.0.0.0", True), ("224.0.0.1", True), ("240.0.0.1", True),
+    ("10.0.0.5", False), ("192.168.1.20", False), ("203.0.113.9", False), ("2001:db8::5", False),
+])
+def test_webhook_addresses_only_the_server_reaches_are_refused(address, refused):
+    assert (a.webhook_address_refusal(address) is not None) is refused
+    # An operator may allow one (a receiver on the server's own machine).
+    assert a.webhook_address_refusal(address, ["127.0.0.0/8", "169.254.169.254/32", "::1/128", "fe80::/10", "0.0.0.0/32", "224.0.0.0/4", "240.0.0.0/4"]) is None

@@ -137,6 +137,7 @@ class Settings(BaseSettings):
     alarm_webhook_timeout: float = Field(5.0, description="one webhook POST gives up after this long")
     alarm_webhook_attempts: int = Field(5, description="a webhook is tried this many times before it is given up")
     alarm_webhook_retry_delay: float = Field(10.0, description="wait before the first retry of a webhook; doubled each time")
+    alarm_webhook_allowed_networks: str = Field("", description="comma-separated networks (CIDRs) a webhook may reach although they are loopback, link-local or otherwise refused (vcenter.domain.alarms.webhook_address_refusal); default none")
 
     # --- misc -----------------------------------------------------------------------------
     log_level: str = "INFO"

@@ -174,13 +174,31 @@ def validate_webhook_url(url: str) -> str:
     return url
 
 
-def is_private_address(hostname: str) -> bool:
-    """A literal loopback, private or link-local address (deployments may refuse those)."""
+def webhook_address_refusal(address: str, allowed: Sequence[str] = ()) -> str | None:
+    """Why the server must not POST a webhook to ``address`` (an IP the URL's host resolved to),
+    or None. A webhook is a request the server makes on a user's behalf: without this, anyone
+    allowed to define an alarm could reach what only the server reaches — its own loopback
+    services, a cloud metadata endpoint on the link-local range. Refused unless an ``allowed``
+    network (the setting ``alarm_webhook_allowed_networks``) holds it: loopback, link-local,
+    unspecified, multicast and reserved addresses (IPv4-mapped IPv6 judged as IPv4). Private
+    networks are allowed: that is where an operator's receivers live."""
     try:
-        address = ipaddress.ip_address(hostname.strip("[]"))
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
-        return hostname.lower() == "localhost"
-    return address.is_loopback or address.is_private or address.is_link_local
+        return "not an IP address"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for network in allowed:
+        try:
+            if ip in ipaddress.ip_network(network, strict=False):
+                return None
+        except ValueError:
+            continue
+    for reason, refused in (("loopback", ip.is_loopback), ("link-local", ip.is_link_local), ("unspecified", ip.is_unspecified),
+                            ("multicast", ip.is_multicast), ("reserved", ip.is_reserved)):
+        if refused:
+            return f"{ip} is a {reason} address"
+    return None
 
 
 def parse_actions(raw: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -317,6 +317,28 @@ def evaluate(session: Session, settings: Settings, now: datetime | None = None) 
 
 
 # --- webhooks ----------------------------------------------------------------------------------
+def _webhook_target_refusal(url: str, settings: Settings) -> str | None:
+    """Why a webhook to ``url`` is not sent: every address its host resolves to is judged
+    (vcenter.domain.alarms.webhook_address_refusal); a name that does not resolve is left to the
+    POST to fail. The check runs right before the POST (a name may point elsewhere later; the
+    window between the two lookups is what remains of DNS rebinding)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = (parts.hostname or "").strip("[]")
+    allowed = [n.strip() for n in settings.alarm_webhook_allowed_networks.split(",") if n.strip()]
+    try:
+        infos = socket.getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80), proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return None
+    for info in infos:
+        refusal = a.webhook_address_refusal(str(info[4][0]), allowed)
+        if refusal is not None:
+            return refusal
+    return None
+
+
 def deliver_webhooks(transaction: Callable[[], AbstractContextManager[Session]], settings: Settings,
                      now: Callable[[], datetime] = utcnow, limit: int = 50, client: httpx.Client | None = None,
                      budget_s: float | None = None) -> dict[str, int]:
@@ -346,6 +368,11 @@ def deliver_webhooks(transaction: Callable[[], AbstractContextManager[Session]],
         for hook_id, url, payload, attempts in jobs:
             if time.monotonic() - began > budget_s:
                 results.append((hook_id, attempts, None, False))
+                continue
+            refusal = _webhook_target_refusal(url, settings)
+            if refusal is not None:
+                # Not a passing failure: the same URL would be refused on every retry.
+                results.append((hook_id, settings.alarm_webhook_attempts, f"WEBHOOK_ADDRESS_REFUSED: {refusal}", True))
                 continue
             try:
                 response = client.post(url, json=payload, headers={"User-Agent": "virtcenter-alarms"})
