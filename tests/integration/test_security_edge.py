@@ -308,3 +308,13 @@ def test_metrics_listen_serves_a_separate_plain_listener(tmp_path):
         assert c.get("/metrics").status_code == 401
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2)
+
+
+def test_a_body_nested_past_the_parsers_depth_is_a_400_with_a_stable_code(settings):
+    """json.loads raises RecursionError on deep nesting: a 4xx naming the body, never a 500."""
+    make_admin(settings)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        auth = login(client)
+        for body in ("[" * 200000 + "]" * 200000, '{"name": ' + "[" * 50000 + "]" * 50000 + "}"):
+            r = client.post("/api/v1/datacenters", content=body, headers={**auth, "content-type": "application/json"})
+            assert (r.status_code, r.json()["code"]) == (400, "INVALID_BODY"), r.text
