@@ -30,6 +30,8 @@ def upgrade() -> None:
         for table in _NEVER_REUSED:
             with op.batch_alter_table(table, recreate='always', table_kwargs={'sqlite_autoincrement': True}):
                 pass
+    with op.batch_alter_table('hosts') as batch:
+        batch.add_column(sa.Column('datastore_roots', sa.JSON(), nullable=True))
     for table in ('events', 'tasks'):
         with op.batch_alter_table(table) as batch:
             batch.add_column(sa.Column('user_id', sa.Integer(), nullable=True))
@@ -60,6 +62,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('hosts') as batch:
+        batch.drop_column('datastore_roots')
     op.drop_index(op.f('ix_refused_credentials_minute'), table_name='refused_credentials')
     op.drop_table('refused_credentials')
     for table in ('events', 'tasks'):

@@ -105,6 +105,36 @@ def test_a_host_is_not_sent_a_datastore_outside_the_roots_its_agent_reports(clie
     assert report(None) == [{"id": ds["id"], "path": "/srv/ds1"}]
 
 
+def test_mounting_outside_the_roots_a_host_reported_is_refused_at_the_request(client, auth):
+    dc = _dc(client, auth)
+    host, agent = register_host(client, auth, dc["id"], "h1")
+    facts = {"hostname": "h1", "cpu_cores": 2, "memory_mib": 4096, "hypervisor": "qemu", "datastore_roots": ["/var/lib/virtcenter/datastores"]}
+    assert client.post(f"/api/v1/agent/hosts/{host['id']}/state", json={"facts": facts, "domains": []}, headers=agent).status_code == 200
+    r = client.post("/api/v1/datastores", json={"name": "ds2", "datacenter_id": dc["id"], "url": "/srv/ds2", "host_ids": [host["id"]]}, headers=auth)
+    assert (r.status_code, r.json()["code"], r.json()["details"]["field"]) == (422, "DATASTORE_PATH_NOT_ALLOWED", "host_ids"), r.text
+    unmounted = client.post("/api/v1/datastores", json={"name": "ds3", "datacenter_id": dc["id"], "url": "/srv/ds3"}, headers=auth).json()
+    r = client.patch(f"/api/v1/datastores/{unmounted['id']}", json={"host_ids": [host["id"]]}, headers=auth)
+    assert (r.status_code, r.json()["code"]) == (422, "DATASTORE_PATH_NOT_ALLOWED"), r.text
+    assert client.get(f"/api/v1/datastores/{unmounted['id']}", headers=auth).json()["host_ids"] == []
+    ok = client.post("/api/v1/datastores", json={"name": "ds4", "datacenter_id": dc["id"], "url": "/var/lib/virtcenter/datastores/ds4", "host_ids": [host["id"]]}, headers=auth)
+    assert ok.status_code == 201, ok.text
+
+
+def test_a_datastore_never_holds_or_lies_inside_another_of_its_datacenter(client, auth):
+    dc = _dc(client, auth)
+    first = client.post("/api/v1/datastores", json={"name": "a", "datacenter_id": dc["id"], "url": "/srv/a"}, headers=auth)
+    assert first.status_code == 201, first.text
+    for n, url in enumerate(("/srv/a", "/srv/a/b", "/srv/a/b/c")):
+        r = client.post("/api/v1/datastores", json={"name": f"n{n}", "datacenter_id": dc["id"], "url": url}, headers=auth)
+        assert (r.status_code, r.json()["code"]) == (409, "DATASTORE_PATH_OVERLAPS"), (url, r.text)
+    inner = client.post("/api/v1/datastores", json={"name": "inner", "datacenter_id": dc["id"], "url": "/mnt/x/inner"}, headers=auth)
+    assert inner.status_code == 201
+    outer = client.post("/api/v1/datastores", json={"name": "outer", "datacenter_id": dc["id"], "url": "/mnt/x"}, headers=auth)
+    assert (outer.status_code, outer.json()["code"]) == (409, "DATASTORE_PATH_OVERLAPS"), outer.text
+    # Siblings and look-alike prefixes are not overlaps.
+    assert client.post("/api/v1/datastores", json={"name": "a2", "datacenter_id": dc["id"], "url": "/srv/a2"}, headers=auth).status_code == 201
+
+
 # --- the agent refuses by itself ------------------------------------------------------------
 
 class _Api:

@@ -141,6 +141,9 @@ class Host(Timestamped, Base):
     # How DPM powers the host: {"type": "ipmi"|"redfish"|"wol"|"lab", ...} (vcenter.power).
     # Holds the BMC credential: never returned by the API, never in events or commands.
     power: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The folders its agent provides datastores below, as it last reported them (None: not yet
+    # reported); a datastore outside them is refused when it is mounted there.
+    datastore_roots: Mapped[list[Any] | None] = mapped_column(JSON)
 
     @property
     def power_summary(self) -> dict[str, Any]:

@@ -77,7 +77,8 @@ def is_below(path: str, folder: str) -> bool:
     return len(p) > len(f) and p[: len(f)] == f
 
 
-def _overlaps(a: str, b: str) -> bool:
+def overlaps(a: str, b: str) -> bool:
+    """``a`` and ``b`` (normal forms) are the same folder or one holds the other."""
     return a == b or is_below(a, b) or is_below(b, a)
 
 
@@ -119,7 +120,7 @@ def check_datastore_path(path: object, roots: Sequence[str], *, protected: Itera
             guarded = normal_form(folder)
         except DatastorePathRefused:
             continue
-        if _overlaps(normal, guarded):
+        if overlaps(normal, guarded):
             raise DatastorePathRefused("protected_folder", f"{normal} overlaps {guarded}, which holds virtcenter's own state")
     if normal in roots:
         raise DatastorePathRefused("is_a_root", f"{normal} is a datastore root itself: a datastore is a folder below it")

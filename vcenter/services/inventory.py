@@ -30,7 +30,7 @@ from vcenter.db.models import (
     VirtualMachine,
     VirtualNic,
 )
-from vcenter.domain.datastore_roots import DatastorePathRefused, check_datastore_path, parse_roots
+from vcenter.domain.datastore_roots import DatastorePathRefused, check_datastore_path, check_root, overlaps, parse_roots
 from vcenter.services.events import record_event
 
 KINDS: dict[str, Any] = {
@@ -305,6 +305,7 @@ def _set_hosts(session: Session, kind: str, row: Any, host_ids: list[int]) -> li
             VirtualMachine.host_id.in_(removed),
         ):
             raise Conflict("a host to unmount from still runs VMs with disks on this datastore", code="DATASTORE_IN_USE")
+        _mountable_on(row.url, [h for h in hosts if h.id not in before])
         row.mounts = [m for m in row.mounts if m.host_id in host_ids] + [
             DatastoreMount(host_id=h.id, path=row.url) for h in hosts if h.id not in before
         ]
@@ -330,11 +331,41 @@ def datastore_url(url: str, settings: Settings) -> str:
         raise Invalid(f"url: {exc.message}", code=exc.code, details={"field": "url", "reason": exc.reason, "roots": list(roots)}) from None
 
 
+def _mountable_on(url: str, hosts: list[Host]) -> None:
+    """422 DATASTORE_PATH_NOT_ALLOWED when ``url`` lies outside the datastore roots a host's
+    agent reported (a host that has not reported yet is judged by its agent when it does)."""
+    for host in hosts:
+        if host.datastore_roots is None:
+            continue
+        roots = []
+        for root in host.datastore_roots:
+            try:
+                roots.append(check_root(str(root)))
+            except DatastorePathRefused:
+                continue
+        try:
+            check_datastore_path(url, roots)
+        except DatastorePathRefused as exc:
+            raise Invalid(f"host_ids: host {host.name} provides datastores only below {', '.join(roots) or 'no folder'}: {exc.message}",
+                          code=exc.code, details={"field": "host_ids", "host_id": host.id, "reason": exc.reason, "roots": roots}) from None
+
+
+def _no_overlap(session: Session, datacenter_id: int, url: str) -> None:
+    """409 DATASTORE_PATH_OVERLAPS when ``url`` is, holds or lies inside another datastore of the
+    datacenter (whose hosts it shares): a permission on one would reach the other's files."""
+    for other in session.scalars(select(Datastore).where(Datastore.datacenter_id == datacenter_id)):
+        if overlaps(url, other.url):
+            raise Conflict(f"url: {url} overlaps datastore {other.name} at {other.url}", code="DATASTORE_PATH_OVERLAPS",
+                           details={"field": "url", "datastore_id": other.id})
+
+
 def create_datastore(session: Session, user: str, data: dict[str, Any], settings: Settings) -> Datastore:
     _ref(session, "datacenter", data["datacenter_id"], "datacenter_id")
     data = {**data, "url": datastore_url(data["url"], settings)}
+    _no_overlap(session, data["datacenter_id"], data["url"])
     host_ids = data.pop("host_ids", [])
     hosts = _hosts_in(session, data["datacenter_id"], host_ids)
+    _mountable_on(data["url"], hosts)
     datastore = Datastore(**data)
     datastore.mounts = [DatastoreMount(host_id=h.id, path=data["url"]) for h in hosts]
     session.add(datastore)

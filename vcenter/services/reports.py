@@ -210,6 +210,8 @@ def report_host_state(session: Session, host: Host, state: HostState) -> dict[st
             link.present = bridge in present
     from vcenter.services import ha  # the cluster's HA settings the agent applies (isolation)
 
+    if facts.datastore_roots is not None and host.datastore_roots != list(facts.datastore_roots):
+        host.datastore_roots = list(facts.datastore_roots)  # only on a change: a write bumps the host's version
     return {"accepted": True, **expected_host_config(session, host, facts.datastore_roots), "ha": ha.agent_config(session, host)}
 
 
