@@ -43,3 +43,11 @@ def lab_stack(workdir: Path, hosts: int, capacity: Capacity = Capacity(cpus=2, m
 
 def task_done(api, task: dict, timeout: float = 90) -> dict:
     return wait_for(lambda: (t := api.get(f"/api/v1/tasks/{task['id']}").json())["state"] in ("success", "error", "cancelled") and t, timeout, what=f"task {task['kind']}")
+
+
+def steady_burning(vm: dict) -> bool:
+    """A burning guest's CPU demand is measured (above 300 MHz) and steady (its noise, the
+    spread DRS discounts gains by, under a quarter of it): its boot and the step to burning
+    have left the window the noise is measured over."""
+    demand, spread = vm["cpu_demand_mhz"] or 0, vm["cpu_demand_spread_mhz"]
+    return demand > 300 and spread is not None and spread < demand / 4

@@ -150,11 +150,13 @@ def test_drs_wakes_a_standby_host_when_the_powered_on_hosts_cannot_hold_the_dema
 def test_memory_demand_is_what_the_guest_balloon_reports_and_cpu_spread_is_kept(env, settings):
     """DRS's memory demand of a VM is its latest ``mem.guest_used`` sample (balloon driver)
     when recent, else its configured memory; a stale sample or a VM without one keeps the
-    configured size. CPU spread comes from the host's samples."""
+    configured size. CPU spread is the noise of the host's reported samples (a trend has none), the
+    same the API shows."""
     from datetime import timedelta
 
     from vcenter.core.clock import utcnow
     from vcenter.db.models import MetricSample, VmStats
+    from vcenter.domain.demand import noise_spread
     from vcenter.db.session import session_scope
     from vcenter.services.drs import measured_demands, measured_spreads
 
@@ -162,29 +164,27 @@ def test_memory_demand_is_what_the_guest_balloon_reports_and_cpu_spread_is_kept(
     fresh, stale, silent = (vm["id"] for vm in vms[:3])
     now = utcnow()
     with session_scope(settings.database_url) as session:
-        for vm_id in (fresh, stale, silent):
-            session.add(VmStats(vm_id=vm_id, cpu_demand_mhz=500.0, cpu_demand_spread_mhz=40.0, cpu_time_ns=1, sampled_at=now))
+        # CPU samples: the stale VM's a steady climb (a trend, no noise), the fresh one's up and
+        # down (noise); the silent one has fewer than three (taken as exact).
+        windows = {fresh: [400.0, 600.0, 400.0, 600.0, 400.0], stale: [100.0, 300.0, 500.0, 700.0], silent: [500.0, 500.0]}
+        for vm_id, window in windows.items():
+            session.add(VmStats(vm_id=vm_id, cpu_demand_mhz=500.0, cpu_demand_spread_mhz=round(noise_spread(window), 1),
+                                cpu_demand_window=window, cpu_time_ns=1, sampled_at=now))
         session.add(MetricSample(object_type="vm", object_id=fresh, tier=0, at=now - timedelta(seconds=1), values={"mem.guest_used": 123.0, "mem.usage": 13.7}))
         session.add(MetricSample(object_type="vm", object_id=fresh, tier=0, at=now - timedelta(seconds=2 * settings.metrics_sample_period), values={"mem.guest_used": 600.0}))
         session.add(MetricSample(object_type="vm", object_id=stale, tier=0, at=now - timedelta(seconds=10 * settings.metrics_sample_period), values={"mem.guest_used": 50.0}))
         session.add(MetricSample(object_type="vm", object_id=silent, tier=0, at=now, values={"mem.usage": 100.0}))  # QEMU's RSS only
-        # CPU samples of the stale VM: a steady climb (a trend, no noise) ...
-        for k, mhz in enumerate((100.0, 300.0, 500.0, 700.0)):
-            session.add(MetricSample(object_type="vm", object_id=stale, tier=0, at=now - timedelta(seconds=(4 - k) * settings.metrics_sample_period - 3), values={"cpu.usagemhz": mhz}))
-        # ... and of the fresh one: up and down (noise)
-        for k, mhz in enumerate((400.0, 600.0, 400.0, 600.0, 400.0)):
-            session.add(MetricSample(object_type="vm", object_id=fresh, tier=0, at=now - timedelta(seconds=(5 - k) * settings.metrics_sample_period - 5), values={"cpu.usagemhz": mhz}))
     with session_scope(settings.database_url) as session:
         demands = measured_demands(session, cl["id"], settings)
-        spreads = measured_spreads(session, cl["id"], settings)
+        spreads = measured_spreads(session, cl["id"])
     assert demands[str(fresh)] == (500.0, 123.0)  # the newest recent sample
     assert demands[str(stale)] == (500.0, 900.0) and demands[str(silent)] == (500.0, 900.0)  # configured
     # DRS's spread is the noise of the CPU samples, told apart from their trend (issue 22).
     assert spreads[str(fresh)][0] > 100 and spreads[str(fresh)][1] == 0.0
     assert spreads[str(stale)] == (0.0, 0.0)
-    assert str(silent) not in spreads  # no CPU samples: taken as exact
-    # The API shows the spread next to the demand.
-    assert client.get(f"/api/v1/vms/{fresh}", headers=auth).json()["cpu_demand_spread_mhz"] == 40.0
+    assert str(silent) not in spreads  # too few CPU samples: taken as exact
+    # The API shows the spread DRS uses next to the demand.
+    assert client.get(f"/api/v1/vms/{fresh}", headers=auth).json()["cpu_demand_spread_mhz"] == spreads[str(fresh)][0]
 
 
 def test_confidence_is_on_by_default_and_a_cluster_may_set_it(env):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from tests.apihelpers import wait_for
-from tests.labhelpers import lab_stack, task_done
+from tests.labhelpers import lab_stack, steady_burning, task_done
 
 pytestmark = pytest.mark.integration
 
@@ -37,8 +37,9 @@ def test_drs_moves_a_burning_guest_not_an_idle_one(tmp_path):
                 wait_for(lambda: (api.get(f"/api/v1/vms/{vms[name]}").json()["guest_info"] or {}).get("seq"), 60, what=f"{name} heartbeat")
                 reply = api.post(f"/api/v1/vms/{vms[name]}/guest/command", json={"command": "burn", "argument": "100"}).json()
                 assert task_done(api, reply)["state"] == "success"
-            # The hosts measure it: burning guests' demand rises well above the idle ones'.
-            wait_for(lambda: all((api.get(f"/api/v1/vms/{vms[n]}").json()["cpu_demand_mhz"] or 0) > 300 for n in ("burn1", "burn2")), 60, what="burning demand measured")
+            # The hosts measure it: burning guests' demand rises well above the idle ones' and
+            # settles (DRS does not chase a gain within the noise of a demand).
+            wait_for(lambda: all(steady_burning(api.get(f"/api/v1/vms/{vms[n]}").json()) for n in ("burn1", "burn2")), 120, what="burning demand measured and steady")
             # Idle means idle: wait until the idle guests' boot has left their measured demand.
             wait_for(lambda: all((api.get(f"/api/v1/vms/{vms[n]}").json()["cpu_demand_mhz"] or 1e9) < 100 for n in ("idle1", "idle2", "idle3")), 60, what="idle demand settled")
             # The balloon driver reports what each guest uses: well below its configured memory.

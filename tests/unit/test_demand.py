@@ -36,3 +36,12 @@ def test_the_sample_is_the_rate_over_the_interval():
 
     assert cpu_sample_mhz(0, 0.0, 1_000_000_000, 2.0, 2000.0) == 1000.0
     assert cpu_sample_mhz(None, 0.0, 1, 2.0, 2000.0) is None
+
+
+def test_smoothed_demand_starts_at_the_first_sample_and_follows_by_half():
+    from vcenter.domain.demand import smoothed_demand
+
+    assert smoothed_demand(None, 800.0) == 800.0
+    assert smoothed_demand(800.0, 1200.0) == 1000.0
+    with pytest.raises(ValueError):
+        smoothed_demand(1.0, 1.0, alpha=0)

@@ -308,7 +308,7 @@ class VirtualMachine(Timestamped, Base):
 
     @property
     def cpu_demand_spread_mhz(self) -> float | None:
-        """How far one CPU-demand sample strays from the smoothed value (EW standard deviation)."""
+        """The noise of the VM's CPU-demand samples, told apart from their trend (what DRS uses)."""
         return self.stats.cpu_demand_spread_mhz if self.stats is not None else None
 
 
@@ -319,9 +319,11 @@ class VmStats(Base):
     __tablename__ = "vm_stats"
     vm_id: Mapped[int] = mapped_column(ForeignKey("vms.id", ondelete="CASCADE"), primary_key=True)
     cpu_demand_mhz: Mapped[float | None] = mapped_column(Float)
-    # Exponentially weighted standard deviation of the samples around cpu_demand_mhz: how far
-    # one measurement may be off (DRS discounts gains that lie within it).
+    # The noise of the samples told apart from their trend (demand.noise_spread of the window):
+    # how far one measurement may be off (DRS discounts gains that lie within it).
     cpu_demand_spread_mhz: Mapped[float | None] = mapped_column(Float)
+    # The last demand.NOISE_WINDOW CPU-demand samples (MHz, oldest first) the spread is taken from.
+    cpu_demand_window: Mapped[list[Any] | None] = mapped_column(JSON)
     cpu_time_ns: Mapped[int | None] = mapped_column(BigInteger)
     sampled_at: Mapped[datetime | None] = mapped_column()
 

@@ -38,6 +38,13 @@ def cpu_demand_mhz(
     sample = cpu_sample_mhz(previous_ns, previous_s, current_ns, current_s, core_mhz)
     if sample is None:
         return None
+    return smoothed_demand(previous_demand, sample, alpha)
+
+
+def smoothed_demand(previous_demand: float | None, sample: float, alpha: float = 0.5) -> float:
+    """The exponentially smoothed demand after a new sample (the sample itself when first)."""
+    if not 0 < alpha <= 1:
+        raise ValueError(f"smoothing alpha {alpha} not in (0, 1]")
     if previous_demand is None:
         return sample
     return alpha * sample + (1 - alpha) * previous_demand

@@ -393,7 +393,7 @@ class VmRead(_Out):
     guest_info: dict[str, Any] | None
     guest_heartbeat_at: datetime | None
     cpu_demand_mhz: float | None = Field(None, description="CPU demand measured on the host, smoothed (MHz)")
-    cpu_demand_spread_mhz: float | None = Field(None, description="How far one CPU-demand sample strays from the smoothed value: exponentially weighted standard deviation (MHz); DRS ignores gains within it")
+    cpu_demand_spread_mhz: float | None = Field(None, description="The noise of the CPU-demand samples told apart from their trend (MHz; from the last 12 host reports): a climbing or stepping demand has none; DRS ignores gains within it")
     disks: list[DiskRead]
     nics: list[NicRead]
     version: int

@@ -22,7 +22,6 @@ from vcenter.core.settings import Settings, get_settings
 from vcenter.db.models import Cluster, DrsRecommendation, Task, VirtualMachine, VmStats
 from vcenter.db.snapshots import cluster_snapshot
 from vcenter.domain import drs
-from vcenter.domain.demand import NOISE_WINDOW, noise_spread
 from vcenter.domain.snapshot import Rule, RuleKind
 from vcenter.domain.states import TaskState
 from vcenter.services import inventory, metrics, migration
@@ -82,20 +81,15 @@ def measured_demands(session: Session, cluster_id: int, config: Settings | None 
     return demands
 
 
-def measured_spreads(session: Session, cluster_id: int, config: Settings | None = None) -> dict[str, tuple[float, float]]:
-    """The noise of each VM's CPU demand (MHz; memory is taken as exact): ``demand.noise_spread``
-    of its real-time ``cpu.usagemhz`` samples of the last ``NOISE_WINDOW`` sample periods, which
-    tells a climbing or stepping demand (no noise) from one that goes up and down (DRS does not
-    chase gains within the noise). A VM with fewer than three samples has none (exact)."""
-    config = config or get_settings()
-    since = utcnow() - timedelta(seconds=NOISE_WINDOW * config.metrics_sample_period)
-    in_cluster = select(VirtualMachine.id).where(VirtualMachine.cluster_id == cluster_id)
-    out: dict[str, tuple[float, float]] = {}
-    for vm_id, samples in metrics.latest(session, "vm", since, in_cluster).items():
-        series = [float(v["cpu.usagemhz"]) for _, v in sorted(samples, key=lambda s: s[0]) if v.get("cpu.usagemhz") is not None]
-        if len(series) >= 3:
-            out[str(vm_id)] = (noise_spread(series[-NOISE_WINDOW:]), 0.0)
-    return out
+def measured_spreads(session: Session, cluster_id: int) -> dict[str, tuple[float, float]]:
+    """The noise of each VM's CPU demand (MHz; memory is taken as exact), as its host's reports
+    measured it and the API shows it (``cpu_demand_spread_mhz``: ``demand.noise_spread`` of the
+    last ``NOISE_WINDOW`` samples), which tells a climbing or stepping demand (no noise) from
+    one that goes up and down (DRS does not chase gains within the noise). A VM with fewer than
+    three samples has none (exact)."""
+    rows = session.execute(select(VmStats.vm_id, VmStats.cpu_demand_spread_mhz, VmStats.cpu_demand_window)
+                           .join(VirtualMachine, VirtualMachine.id == VmStats.vm_id).where(VirtualMachine.cluster_id == cluster_id))
+    return {str(vm_id): (float(spread or 0.0), 0.0) for vm_id, spread, window in rows if len(window or ()) >= 3}
 
 
 def run(session: Session, user: str, cluster_id: int, config: Settings) -> dict[str, Any]:
@@ -105,7 +99,7 @@ def run(session: Session, user: str, cluster_id: int, config: Settings) -> dict[
     settings = drs_settings(cluster)
     snapshot = cluster_snapshot(session, cluster_id)
     plan = drs.balance(snapshot, settings, measured_demands(session, cluster_id, config), history(session, cluster_id, settings.cooldown_s),
-                       measured_spreads(session, cluster_id, config))
+                       measured_spreads(session, cluster_id))
     session.execute(update(DrsRecommendation).where(DrsRecommendation.cluster_id == cluster_id, DrsRecommendation.state == "pending").values(state="stale", decided_at=utcnow()))
     stored = []
     for rec in plan.recommendations:

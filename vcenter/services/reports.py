@@ -17,7 +17,7 @@ from vcenter.core.clock import utcnow
 from vcenter.core.settings import Settings
 from vcenter.db.models import Datastore, DatastoreMount, Event, Host, PortGroup, PortGroupHost, Task, VirtualMachine, VmStats
 from vcenter.domain.datastore_roots import DatastorePathRefused, check_datastore_path, check_root
-from vcenter.domain.demand import cpu_sample_mhz, smoothed_with_spread
+from vcenter.domain.demand import NOISE_WINDOW, cpu_sample_mhz, noise_spread, smoothed_demand
 from vcenter.domain.states import ConnectionState, TaskState
 from vcenter.messaging.contracts import DomainState, HostState, LifecycleEvent, TaskProgress, TaskResult
 from vcenter.services import migration
@@ -231,10 +231,10 @@ def _sample_cpu(session: Session, vm: VirtualMachine, host: Host, domain: Domain
     previous_s = stats.sampled_at.timestamp() if stats.sampled_at else None
     sample = cpu_sample_mhz(stats.cpu_time_ns, previous_s, domain.cpu_time_ns, now.timestamp(), float(host.cpu_mhz))
     if sample is not None:
-        previous = None if stats.cpu_demand_mhz is None else (stats.cpu_demand_mhz, stats.cpu_demand_spread_mhz or 0.0)
-        demand, spread = smoothed_with_spread(previous, sample)
-        stats.cpu_demand_mhz = round(demand, 1)
-        stats.cpu_demand_spread_mhz = round(spread, 1)
+        window = [*(stats.cpu_demand_window or []), round(sample, 1)][-NOISE_WINDOW:]
+        stats.cpu_demand_mhz = round(smoothed_demand(stats.cpu_demand_mhz, sample), 1)
+        stats.cpu_demand_window = window  # a new list: the JSON column sees the change
+        stats.cpu_demand_spread_mhz = round(noise_spread(window), 1)
     stats.cpu_time_ns = domain.cpu_time_ns
     stats.sampled_at = now
 
