@@ -299,4 +299,4 @@ def transition(previous: str, new: str | None, acknowledged: bool) -> Transition
 
 def webhook_delay(attempts: int, base_delay_s: float) -> float:
     """Wait before the next try after ``attempts`` failed ones (doubling)."""
-    return base_delay_s * (2 ** max(0, attempts - 1))
+    return base_delay_s * float(2 ** max(0, attempts - 1))

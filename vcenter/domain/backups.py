@@ -117,7 +117,7 @@ def is_due(interval_s: float | None, enabled: bool, last_run_at: datetime | None
 def snapshot_tree(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Nest snapshot rows ({"id", "parent_id", ...}) into roots with ``children``, in order."""
     nodes = {r["id"]: {**r, "children": []} for r in rows}
-    roots = []
+    roots: list[dict[str, Any]] = []
     for r in rows:
         node = nodes[r["id"]]
         parent = nodes.get(r["parent_id"]) if r.get("parent_id") is not None else None

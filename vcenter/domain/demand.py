@@ -14,6 +14,11 @@ the spread of the loads it compares (vcenter.domain.drs, "confidence").
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # numpy is imported where used: this module is also read by light callers
+    import numpy as np
 
 
 def cpu_sample_mhz(previous_ns: int | None, previous_s: float | None, current_ns: int, current_s: float, core_mhz: float) -> float | None:
@@ -67,7 +72,7 @@ NOISE_WINDOW = 12  # samples the noise of a demand is measured over (an hour of 
 _MAD_TO_SD = 1.4826  # a normal variable's standard deviation / its median absolute deviation
 
 
-def noise_spread(samples) -> float:
+def noise_spread(samples: Sequence[float] | np.ndarray) -> float:
     """The noise of a demand series, told apart from its trend: the spread of one sample around
     the demand's course, from the successive differences of the samples (oldest first).
 
@@ -89,7 +94,7 @@ def noise_spread(samples) -> float:
     return float(_MAD_TO_SD * np.median(np.abs(d - np.median(d))) / math.sqrt(2.0))
 
 
-def noise_spreads(window):
+def noise_spreads(window: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
     """``noise_spread`` of many series at once: ``window`` is (samples x ...), oldest first; the
     result has the trailing shape (one spread per series)."""
     import numpy as np
@@ -98,4 +103,4 @@ def noise_spreads(window):
     if w.shape[0] < 3:
         return np.zeros(w.shape[1:])
     d = np.diff(w, axis=0)
-    return _MAD_TO_SD * np.median(np.abs(d - np.median(d, axis=0)), axis=0) / math.sqrt(2.0)
+    return np.asarray(_MAD_TO_SD * np.median(np.abs(d - np.median(d, axis=0)), axis=0) / math.sqrt(2.0), dtype=float)

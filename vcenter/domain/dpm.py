@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any, cast
 
 from vcenter.domain.drs import Automation, Demand, HaReserve, core_mhz, host_capacity
 from vcenter.domain.placement import place_many
@@ -143,7 +144,7 @@ class PowerRecommendation:
                 f"cpu {r.capacity_before[0]:.0f} -> {r.capacity_after[0]:.0f} MHz, mem {r.capacity_before[1]:.0f} -> "
                 f"{r.capacity_after[1]:.0f} MiB{tail}")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         r = self.reasons
         return {
             "action": self.action, "host": self.host, "priority": self.priority, "automation": self.automation.value,
@@ -166,7 +167,7 @@ class DpmPlan:
     high: float
     notes: tuple[str, ...]  # why nothing (else) was done, hosts considered and refused
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"recommendations": [r.to_dict() for r in self.recommendations], "utilisation": list(self.utilisation),
                 "low": self.low, "high": self.high, "notes": list(self.notes)}
 
@@ -237,7 +238,10 @@ def decide(
     us = [_u(t, cap) for t in totals]
     notes: list[str] = []
     recs: list[PowerRecommendation] = []
-    plan = lambda: DpmPlan(tuple(recs), tuple(round(u[0], 6) for u in us), s.low, s.high, tuple(notes))  # noqa: E731
+
+    def plan() -> DpmPlan:
+        return DpmPlan(tuple(recs), tuple(round(u[0], 6) for u in us), s.low, s.high, tuple(notes))
+
     if not samples:
         notes.append("no demand samples")
         return plan()
@@ -277,7 +281,7 @@ def decide(
             pred = _u(peak, new)[0]
             uc = _u(peak, cur)[0]
             woken.append(chosen)
-            ha_total = tuple(sum(_ha(h, s.ha)[k] for h in active + woken) for k in (0, 1))
+            ha_total = cast(tuple[float, float], tuple(sum(_ha(h, s.ha)[k] for h in active + woken) for k in (0, 1)))
             recs.append(PowerRecommendation(
                 "power-on", chosen.id, 1 if uc > 1 + EPS else 2, s.level(chosen.id),
                 PowerReasons(lowest[0], lowest[1], lowest[2], n_on, s.low, s.high, s.target, pred, cur, new, ha_total,
@@ -338,7 +342,7 @@ def decide(
                     vid, why = sorted(result.unplaced.items())[0]
                     notes.append(f"{h.label}: cannot evacuate {len(result.unplaced)} VM(s), e.g. {vid}: {why}")
                     continue
-                moves = tuple((r.vm_id, r.host) for r in result.results)
+                moves = tuple((r.vm_id, cast(str, r.host)) for r in result.results)  # place_many placed them all
                 placed = result.placed
                 off = replace(off, vms=tuple(replace(vm, host=placed[vm.id]) if vm.id in placed else vm for vm in off.vms))
             if not s.ha.zero:
@@ -355,7 +359,7 @@ def decide(
             if {(v.rule, v.vms) for v in violations(off) if v.must} - base_must:
                 notes.append(f"{h.label}: evacuation would break a must rule")
                 continue
-            ha_total = tuple(sum(_ha(x, s.ha)[k] for x in on if x.id != h.id) for k in (0, 1))
+            ha_total = cast(tuple[float, float], tuple(sum(_ha(x, s.ha)[k] for x in on if x.id != h.id) for k in (0, 1)))
             recs.append(PowerRecommendation(
                 "power-off", h.id, 3 if pred < s.low - EPS else 4, s.level(h.id),
                 PowerReasons(worst[0], worst[1], worst[2], n_off, s.low, s.high, s.target, pred, cur, new, ha_total,

@@ -111,10 +111,10 @@ def plan(snapshot: ClusterSnapshot, host_id: str, running: Sequence[VmSnapshot],
     policy = parse_policy(policy)
     exclude = {host_id: "host entering maintenance"}
     if policy == "refuse" and stopped:
-        blocked = tuple(Blocked(s.vm.id, s.vm.label, "POWERED_OFF_VMS_PRESENT",
+        refused = tuple(Blocked(s.vm.id, s.vm.label, "POWERED_OFF_VMS_PRESENT",
                                 f"{s.power_state}: the cluster refuses maintenance while powered-off VMs are registered on the host")
                         for s in stopped)
-        return EvacuationPlan(policy, (), (), blocked, ())
+        return EvacuationPlan(policy, (), (), refused, ())
     ids = [v.id for v in running] + ([s.vm.id for s in stopped] if policy == "move" else [])
     st = ClusterState(snapshot, skip_pending_for=ids)
     blocked: list[Blocked] = []

@@ -237,7 +237,7 @@ class RestartSettings:
 
     def backoff(self, attempts: int) -> float:
         """Wait after the ``attempts``-th failed try (1-based)."""
-        return min(self.retry_base_s * 2 ** max(0, attempts - 1), self.retry_max_s)
+        return min(self.retry_base_s * float(2 ** max(0, attempts - 1)), self.retry_max_s)
 
 
 @dataclass(frozen=True, slots=True)

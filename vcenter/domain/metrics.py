@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ class Aggregate:
         """A stored value: a plain number (realtime sample) or [avg, min, max, n]."""
         if isinstance(raw, (int, float)):
             return cls.of(float(raw))
-        avg, lo, hi, n = raw  # type: ignore[misc]
+        avg, lo, hi, n = cast(Sequence[float], raw)  # [avg, min, max, n] as encode writes it
         return cls(float(avg), float(lo), float(hi), int(n))
 
 
@@ -176,10 +177,11 @@ def rollup(rows: Iterable[Row], interval_s: float) -> dict[tuple[str, int, float
         for counter, raw in values.items():
             if raw is None:
                 continue
+            n: float  # a sample count, stored as the JSON number it was
             if isinstance(raw, (int, float)):
                 total, lo, hi, n = float(raw), float(raw), float(raw), 1
             else:
-                avg, lo, hi, n = raw
+                avg, lo, hi, n = cast(Sequence[float], raw)
                 if n <= 0:
                     continue
                 total = avg * n

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -110,7 +111,7 @@ class PlacementResult:
             return "no host in the cluster"
         return "no host fits: " + "; ".join(f"{r.host_name}: {r.reason}" for r in self.rejected)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "vm": self.vm_id,
             "host": self.host,
@@ -263,9 +264,9 @@ class ClusterState:
         excluded: dict[int, str] = {}
         if vm.host is not None and vm.host in self.index:
             excluded[self.index[vm.host]] = "current host of the VM"
-        for hid, why in (exclude or {}).items():
+        for hid, reason in (exclude or {}).items():
             if hid in self.index:
-                excluded.setdefault(self.index[hid], why)
+                excluded.setdefault(self.index[hid], reason)
         if only is not None:
             keep = {self.index[h] for h in only if h in self.index}
             for i in range(n):
@@ -355,21 +356,21 @@ class Filter:
 class ConnectionFilter(Filter):
     name = "ConnectionFilter"
 
-    def check(self, st, vm):
+    def check(self, st: ClusterState, vm: VmSnapshot) -> tuple[np.ndarray, Callable[[int], str]]:
         return st.connected, lambda i: f"not connected ({st.hosts[i].connection})"
 
 
 class MaintenanceFilter(Filter):
     name = "MaintenanceFilter"
 
-    def check(self, st, vm):
+    def check(self, st: ClusterState, vm: VmSnapshot) -> tuple[np.ndarray, Callable[[int], str]]:
         return ~st.maintenance, lambda i: "in maintenance"
 
 
 class StandbyFilter(Filter):
     name = "StandbyFilter"
 
-    def check(self, st, vm):
+    def check(self, st: ClusterState, vm: VmSnapshot) -> tuple[np.ndarray, Callable[[int], str]]:
         return ~st.standby, lambda i: "in standby"
 
 
@@ -379,14 +380,14 @@ class FailoverHostFilter(Filter):
 
     name = "FailoverHostFilter"
 
-    def check(self, st, vm):
+    def check(self, st: ClusterState, vm: VmSnapshot) -> tuple[np.ndarray, Callable[[int], str]]:
         return ~st.failover, lambda i: "dedicated HA failover host: only HA restarts run there"
 
 
 class CpuCompatibilityFilter(Filter):
     name = "CpuCompatibilityFilter"
 
-    def check(self, st, vm):
+    def check(self, st: ClusterState, vm: VmSnapshot) -> tuple[np.ndarray, Callable[[int], str]]:
         req = st.requirement(vm)
         if req is None:
             return np.ones(st.n, dtype=bool), lambda i: ""
@@ -401,7 +402,7 @@ class _SetFilter(Filter):
     one = ""
     many = ""
 
-    def check(self, st, vm):
+    def check(self, st: ClusterState, vm: VmSnapshot) -> tuple[np.ndarray, Callable[[int], str]]:
         items = sorted(getattr(vm, self.vm_attr))
         ok = np.ones(st.n, dtype=bool)
         for item in items:
@@ -431,7 +432,7 @@ class PortGroupFilter(_SetFilter):
 class MemoryFilter(Filter):
     name = "MemoryFilter"
 
-    def check(self, st, vm):
+    def check(self, st: ClusterState, vm: VmSnapshot) -> tuple[np.ndarray, Callable[[int], str]]:
         free = st.mem_total - st.mem_used
         need = vm.memory_mib
 
@@ -445,7 +446,7 @@ class MemoryFilter(Filter):
 class CpuFilter(Filter):
     name = "CpuFilter"
 
-    def check(self, st, vm):
+    def check(self, st: ClusterState, vm: VmSnapshot) -> tuple[np.ndarray, Callable[[int], str]]:
         vfree = st.vcpu_total - st.vcpu_used
         mfree = st.mhz_total - st.mhz_used
         ok_v = vfree >= vm.vcpus
@@ -468,7 +469,7 @@ class RuleFilter(Filter):
 
     name = "RuleFilter"
 
-    def check(self, st, vm):
+    def check(self, st: ClusterState, vm: VmSnapshot) -> tuple[np.ndarray, Callable[[int], str]]:
         must = [c for c in st.rule_checks(vm) if c.rule.must]
         bad = np.zeros(st.n, dtype=bool)
         for c in must:
@@ -491,7 +492,7 @@ class Weigher:
 class MemoryBalanceWeigher(Weigher):
     name = "memory"
 
-    def weigh(self, st, vm, idx):
+    def weigh(self, st: ClusterState, vm: VmSnapshot, idx: np.ndarray) -> list[tuple[str, np.ndarray]]:
         total = st.mem_total[idx]
         load = (st.mem_used[idx] + vm.memory_mib) / np.where(total > 0, total, 1.0)
         return [(self.name, -self.weight * load)]
@@ -500,7 +501,7 @@ class MemoryBalanceWeigher(Weigher):
 class CpuBalanceWeigher(Weigher):
     name = "cpu"
 
-    def weigh(self, st, vm, idx):
+    def weigh(self, st: ClusterState, vm: VmSnapshot, idx: np.ndarray) -> list[tuple[str, np.ndarray]]:
         total = st.vcpu_total[idx]
         load = (st.vcpu_used[idx] + vm.vcpus) / np.where(total > 0, total, 1.0)
         return [(self.name, -self.weight * load)]
@@ -512,7 +513,7 @@ class ShouldRuleWeigher(Weigher):
     name = "rules"
     weight = RULE_WEIGHT
 
-    def weigh(self, st, vm, idx):
+    def weigh(self, st: ClusterState, vm: VmSnapshot, idx: np.ndarray) -> list[tuple[str, np.ndarray]]:
         should = [c for c in st.rule_checks(vm) if not c.rule.must]
         if not should:
             return []

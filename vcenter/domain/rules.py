@@ -87,20 +87,20 @@ def checks_for_vm(
                     ok &= m
                 text = ", ".join(f"{vm_labels.get(p, p)} on {'/'.join(host_labels[i] for i in where)}" for p, where in partners)
 
-                def describe(i: int, rule: Rule = rule, text: str = text) -> str:
+                def describe_affinity(i: int, rule: Rule = rule, text: str = text) -> str:
                     return f"rule '{rule.name}' ({rule.strength}, affinity with {text})"
 
-                checks.append(RuleCheck(rule, ~ok, describe, satisfiable_bonus=True))
+                checks.append(RuleCheck(rule, ~ok, describe_affinity, satisfiable_bonus=True))
             else:
                 bad = np.zeros(n, dtype=bool)
                 for _, where in partners:
                     bad[list(where)] = True
 
-                def describe(i: int, rule: Rule = rule, partners: list = partners) -> str:
+                def describe_anti(i: int, rule: Rule = rule, partners: list[tuple[str, Sequence[int]]] = partners) -> str:
                     here = [vm_labels.get(p, p) for p, where in partners if i in where]
                     return f"rule '{rule.name}' ({rule.strength}, anti-affinity with {', '.join(here)} on {host_labels[i]})"
 
-                checks.append(RuleCheck(rule, bad, describe))
+                checks.append(RuleCheck(rule, bad, describe_anti))
         else:
             mask = None if group_masks is None else group_masks.get(rule.name)
             if mask is None:
@@ -109,16 +109,16 @@ def checks_for_vm(
                     group_masks[rule.name] = mask
             if rule.kind == RuleKind.RUN_ON:
 
-                def describe(i: int, rule: Rule = rule) -> str:
+                def describe_run_on(i: int, rule: Rule = rule) -> str:
                     return f"rule '{rule.name}' ({rule.strength} run on {_hosts_text(rule)}: {host_labels[i]} not in it)"
 
-                checks.append(RuleCheck(rule, ~mask, describe))
+                checks.append(RuleCheck(rule, ~mask, describe_run_on))
             else:
 
-                def describe(i: int, rule: Rule = rule) -> str:
+                def describe_not_on(i: int, rule: Rule = rule) -> str:
                     return f"rule '{rule.name}' ({rule.strength} not run on {_hosts_text(rule)}: {host_labels[i]} is in it)"
 
-                checks.append(RuleCheck(rule, mask, describe))
+                checks.append(RuleCheck(rule, mask, describe_not_on))
     return checks
 
 

@@ -6,7 +6,7 @@ a Redis visibility timeout above the longest command.
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu import Queue  # type: ignore[attr-defined]  # kombu re-exports it without __all__
 
 from vcenter.core.settings import Settings, get_settings
 from vcenter.messaging.contracts import ORCHESTRATOR_QUEUE
@@ -25,7 +25,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_default_queue=ORCHESTRATOR_QUEUE,
-        task_queues=[Queue(ORCHESTRATOR_QUEUE)],
+        task_queues=[Queue(ORCHESTRATOR_QUEUE)],  # type: ignore[no-untyped-call]
         # A command whose consumer died unacknowledged is redelivered once the visibility
         # timeout passed, found by a sweep every ``unacked_restore_interval`` seconds
         # (throttle 1: kombu's default would sweep only every tenth interval).

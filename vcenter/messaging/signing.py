@@ -99,10 +99,10 @@ def _load_or_create(path: Path) -> Ed25519PrivateKey:
                 pass
         finally:
             os.unlink(tmp)
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    if not isinstance(key, Ed25519PrivateKey):
+    loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(loaded, Ed25519PrivateKey):
         raise ValueError(f"{path} is not an Ed25519 private key")
-    return key
+    return loaded
 
 
 def load_public_key(pem_or_path: str | bytes) -> Ed25519PublicKey:
