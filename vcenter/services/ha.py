@@ -38,13 +38,14 @@ from vcenter.domain.states import TaskState
 from vcenter.schemas.ha import HaConfig, HaConfigUpdate, VmHaOverride
 from vcenter.services import inventory
 from vcenter.services.events import record_event
+from vcenter.services.ha_manager import RestartRow, StaleToken
 from vcenter.services.tasks import finish_task, start_task
 
 RESTART_KIND = "vm.ha_restart"
 RESET_KIND = "vm.ha_reset"
 
 
-class Fenced(VcError):
+class Fenced(VcError, StaleToken):
     status = 409
     code = "HA_FENCED"
 
@@ -299,70 +300,70 @@ def _snapshot_for_restarts(session: Session, cluster_id: int, health: Mapping[st
     return replace(snap, hosts=hosts, pending=snap.pending + tuple(starting))
 
 
-def plan_and_start(session: Session, token: int, cluster: Cluster, cfg: HaConfig, health: Mapping[str, ha.HostHealth],
-                   holders: Mapping[int, int | None], frozen: str | None, spec_for: Any) -> ha.RestartPlan | None:
-    """One restart pass over the cluster's waiting VMs: Tasks for the starts, reasons for the
-    rest. ``holders``: VM id -> host id whose datastore heartbeat lists its disks (absent: the
-    recorded host, conservatively; None: nobody holds them). ``spec_for(session, vm, host_id)``
-    builds the VmSpec for the target."""
+def waiting_restarts(session: Session, token: int, cluster_id: int) -> list[HaRestart]:
+    """The cluster's VMs waiting for a restart (fenced: the restart pass starts here)."""
     fence(session, token)
-    vm_ids = set(session.scalars(select(VirtualMachine.id).where(VirtualMachine.cluster_id == cluster.id)))
-    rows = [r for r in session.scalars(select(HaRestart).where(HaRestart.state == "waiting").order_by(HaRestart.vm_id)) if r.vm_id in vm_ids]
-    if not rows:
-        return None
+    vm_ids = set(session.scalars(select(VirtualMachine.id).where(VirtualMachine.cluster_id == cluster_id)))
+    return [r for r in session.scalars(select(HaRestart).where(HaRestart.state == "waiting").order_by(HaRestart.vm_id)) if r.vm_id in vm_ids]
+
+
+def restart_inputs(session: Session, cluster_id: int, cfg: HaConfig, rows: list[HaRestart],
+                   health: Mapping[str, ha.HostHealth]) -> tuple[ClusterSnapshot, list[RestartRow], datetime]:
+    """What restart planning reads: the cluster as restarts see it, the waiting VMs, the time."""
     # A standby host woken for these restarts leaves standby as soon as its agent reported
     # (as the orchestrator's pass would do): the restarts need not wait for it.
     from vcenter.services import power as power_service
 
     power_service.advance_power_on(session)
     now = utcnow()
-    snap = _snapshot_for_restarts(session, cluster.id, health)
+    snap = _snapshot_for_restarts(session, cluster_id, health)
     by_id = {v.id: v for v in snap.vms}
-    cands = []
+    out = []
     for r in rows:
         vm = session.get(VirtualMachine, r.vm_id)
-        # Without datastore data on the VM, a failed host is assumed to hold its disks (a
-        # declared-failed holder lets the restart go); the other causes were reported as released.
-        holder = holders[vm.id] if vm.id in holders else (r.from_host_id if r.cause == "failed" else None)
-        cands.append(ha.RestartCandidate(replace(by_id[str(vm.id)], host=None), priority_of(cfg, vm.id), str(r.from_host_id),
-                                         None if holder is None else str(holder), r.attempts,
-                                         r.next_try_at.timestamp() if r.next_try_at else None, r.cause))
-    plan = ha.plan_restarts(snap, cands, health, now.timestamp(), restart_settings(cfg), frozen=frozen,
-                            failover_hosts=[str(h) for h in cfg.admission.failover_hosts] if cfg.admission.kind == "failover-hosts" else ())
-    results = {r.vm_id: r for r in plan.placement.results} if plan.placement else {}
-    for s in plan.starts:
-        vm = session.get(VirtualMachine, int(s.vm_id))
-        row = session.get(HaRestart, vm.id)
-        claim = session.get(ObjectClaim, ("vm", vm.id))
-        if claim is not None:
-            row.reason = f"busy with task {claim.task_id}; retried next pass"
-            continue
-        target = int(s.host_id)
-        placement = results[s.vm_id].to_dict() if s.vm_id in results else None
-        task = start_task(session, kind=RESTART_KIND, object_type="vm", object_id=vm.id, username="ha", host_id=target,
-                          params={"target": target, "from_host": row.from_host_id, "cause": row.cause, "attempt": s.attempt, "reason": s.reason,
-                                  "token": token, "placement": placement},
-                          command="vm.ha_start", command_args={"spec": spec_for(session, vm, target).model_dump(mode="json")})
-        row.state, row.task_id, row.reason = "starting", task.id, s.reason
-        target_host = session.get(Host, target)
-        record_event(session, "ha.vm.restart", f"HA restarts VM {vm.name} on {target_host.name} (try {s.attempt}): {s.reason}",
-                     object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id, reason="HA_RESTART",
-                     data={"target": target, "holder": holders.get(vm.id), "from_host": row.from_host_id, "token": token})
-    for w in plan.waits + plan.skipped:
-        row = session.get(HaRestart, int(w.vm_id))
-        if row.reason != w.reason:
-            vm = session.get(VirtualMachine, row.vm_id)
-            record_event(session, "ha.vm.waiting", f"VM {vm.name} waits: {w.reason}", object_type="vm", object_id=vm.id, object_name=vm.name,
-                         reason="HA_WAITING", data={"until": w.until, "attempts": w.attempts})
-        row.reason, row.attempts = w.reason, w.attempts
-        row.next_try_at = datetime.fromtimestamp(w.until, tz=now.tzinfo) if w.until is not None else row.next_try_at if w.attempts else None
-    for w in plan.gave_up:
-        row = session.get(HaRestart, int(w.vm_id))
+        out.append(RestartRow(vm.id, r.from_host_id, r.cause, r.attempts, r.next_try_at.timestamp() if r.next_try_at else None,
+                              replace(by_id[str(vm.id)], host=None), priority_of(cfg, vm.id)))
+    return snap, out, now
+
+
+def start_restart(session: Session, token: int, s: ha.Start, placement: dict[str, Any] | None, holder: int | None, spec_for: Any) -> bool:
+    """A restart Task on the target (``vm.ha_start``), unless another task holds the VM.
+    ``spec_for(session, vm, host_id)`` builds the VmSpec for the target."""
+    vm = session.get(VirtualMachine, int(s.vm_id))
+    row = session.get(HaRestart, vm.id)
+    claim = session.get(ObjectClaim, ("vm", vm.id))
+    if claim is not None:
+        row.reason = f"busy with task {claim.task_id}; retried next pass"
+        return False
+    target = int(s.host_id)
+    task = start_task(session, kind=RESTART_KIND, object_type="vm", object_id=vm.id, username="ha", host_id=target,
+                      params={"target": target, "from_host": row.from_host_id, "cause": row.cause, "attempt": s.attempt, "reason": s.reason,
+                              "token": token, "placement": placement},
+                      command="vm.ha_start", command_args={"spec": spec_for(session, vm, target).model_dump(mode="json")})
+    row.state, row.task_id, row.reason = "starting", task.id, s.reason
+    target_host = session.get(Host, target)
+    record_event(session, "ha.vm.restart", f"HA restarts VM {vm.name} on {target_host.name} (try {s.attempt}): {s.reason}",
+                 object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id, reason="HA_RESTART",
+                 data={"target": target, "holder": holder, "from_host": row.from_host_id, "token": token})
+    return True
+
+
+def note_wait(session: Session, w: ha.Wait, now: datetime) -> None:
+    """A VM keeps waiting: its reason (an Event when it changed), its tries, its next try."""
+    row = session.get(HaRestart, int(w.vm_id))
+    if row.reason != w.reason:
         vm = session.get(VirtualMachine, row.vm_id)
-        row.state, row.reason, row.attempts = "gave_up", w.reason, w.attempts
-        record_event(session, "ha.vm.gave_up", f"HA gave up on VM {vm.name}: {w.reason}", object_type="vm", object_id=vm.id, object_name=vm.name, reason="HA_GAVE_UP")
-    wake_standby_hosts(session, cfg, plan)
-    return plan
+        record_event(session, "ha.vm.waiting", f"VM {vm.name} waits: {w.reason}", object_type="vm", object_id=vm.id, object_name=vm.name,
+                     reason="HA_WAITING", data={"until": w.until, "attempts": w.attempts})
+    row.reason, row.attempts = w.reason, w.attempts
+    row.next_try_at = datetime.fromtimestamp(w.until, tz=now.tzinfo) if w.until is not None else row.next_try_at if w.attempts else None
+
+
+def give_up(session: Session, w: ha.Wait) -> None:
+    row = session.get(HaRestart, int(w.vm_id))
+    vm = session.get(VirtualMachine, row.vm_id)
+    row.state, row.reason, row.attempts = "gave_up", w.reason, w.attempts
+    record_event(session, "ha.vm.gave_up", f"HA gave up on VM {vm.name}: {w.reason}", object_type="vm", object_id=vm.id, object_name=vm.name, reason="HA_GAVE_UP")
 
 
 def wake_standby_hosts(session: Session, cfg: HaConfig, plan: ha.RestartPlan) -> list[Task]:
