@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vcenter.domain import drs
+from vcenter.domain import drs, drs_demand
 from vcenter.domain.demand import noise_spread, noise_spreads
 from vcenter.domain.dpm import DpmSettings, decide
 from vcenter.domain.snapshot import ClusterSnapshot, HostSnapshot, VmSnapshot
@@ -43,7 +43,7 @@ def _lab_like() -> tuple[ClusterSnapshot, dict, dict]:
     series = {"burn1": climb, "burn2": climb, "idle1": idle, "idle2": idle[::-1], "idle3": idle}
     prev = None
     for k in range(len(climb)):
-        prev = drs.smooth_demands_with_spread(prev, {n: (float(series[n][k]), 40.0) for n in names})
+        prev = drs_demand.smooth_demands_with_spread(prev, {n: (float(series[n][k]), 40.0) for n in names})
     demands = prev[0]
     spreads = {n: (noise_spread(series[n]), 0.0) for n in names}
     return ClusterSnapshot(hosts, vms), demands, spreads

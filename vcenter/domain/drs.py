@@ -1,11 +1,11 @@
-"""DRS: balance a cluster by live migrations, and say why; answer "what if".
+"""DRS: balance a cluster by live migrations, and say why.
 
 ``balance(snapshot, settings, demands, history)`` returns a ``DrsPlan``: an ordered list of
 ``Recommendation`` (move VM from source to target), each with a priority 1-5 and its reasons as
-numbers. ``whatif(snapshot, change, ...)`` applies a hypothetical change (a host fails, enters
-maintenance, powers off; a VM's demand changes; a rule is added) to a copy of the snapshot and
-returns the resulting plan and balance. Nothing here reads a clock or a random source: the
-caller gives ages ("moved 600 s ago") instead of timestamps.
+numbers. Nothing here reads a clock or a random source: the caller gives ages ("moved 600 s
+ago") instead of timestamps. Beside it: the demand DRS is given, smoothed with its spread
+(vcenter.domain.drs_demand), and "what if" a host fails, a demand changes or a rule is added
+(vcenter.domain.drs_whatif, which runs this balancer on the changed cluster).
 
 Vocabulary:
 - demand: what a running VM wants now, (CPU MHz, memory MiB); a VM without a measured demand
@@ -57,9 +57,9 @@ Vocabulary:
   remove (x n) plus their net gain, and allowed with no gain as long as they make the
   imbalance no worse (a CPU overload under a memory-dominated imbalance is still fixed); and
   no balancing move takes a target's entitlement above its capacity (an overloaded target is
-  never the cure). Demand should be smoothed by the caller (``smooth_demands``: the product
-  smooths each VM's measured CPU demand, the trace replay its 5-minute samples), so that one
-  noisy sample does not trigger a move whose gain is gone by the next pass.
+  never the cure). Demand should be smoothed by the caller (``drs_demand.smooth_demands``:
+  the product smooths each VM's measured CPU demand, the trace replay its 5-minute samples),
+  so that one noisy sample does not trigger a move whose gain is gone by the next pass.
 - spread and confidence: a measured demand is an average of noisy samples; ``spread`` (per VM,
   the noise of its samples told apart from their trend: ``demand.noise_spread``, so a climbing
   or stepping demand has none) says how far it may be off. A host's load spread is the root sum of squares of its VMs' spreads (they
@@ -108,14 +108,13 @@ move into placement's ``ClusterState`` in place: no copy of the cluster per cand
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
 import numpy as np
 
-from vcenter.domain.demand import smoothed_with_spread
-from vcenter.domain.placement import ClusterState, ManyResult, place_many
+from vcenter.domain.placement import ClusterState
 from vcenter.domain.pools import PoolTree, entitlements
 from vcenter.domain.rules import violations
 from vcenter.domain.snapshot import CONNECTED, ClusterSnapshot, HostSnapshot, Rule, RuleKind, VmSnapshot
@@ -952,38 +951,6 @@ def _wake(p: _Pass, demands: Mapping[str, Demand]) -> tuple[Wake, ...]:
     return tuple(out)
 
 
-def smooth_demands(previous: Mapping[str, Demand] | None, sample: Mapping[str, Demand], alpha: float = 0.5) -> dict[str, Demand]:
-    """Exponentially smoothed demand: ``alpha`` x the new sample + (1 - alpha) x the previous
-    smoothed value, per VM (a VM without a previous value starts at its sample; VMs absent from
-    the sample are dropped). alpha = 1 is the last sample; smaller alphas forget a burst more
-    slowly and chase it less. The product smooths measured CPU demand the same way
-    (vcenter.domain.demand); the trace replay smooths its 5-minute samples with this."""
-    if not 0 < alpha <= 1:
-        raise ValueError(f"smoothing alpha {alpha} not in (0, 1]")
-    prev = previous or {}
-    out: dict[str, Demand] = {}
-    for vm_id, (c, m) in sample.items():
-        p = prev.get(vm_id)
-        out[vm_id] = (c, m) if p is None else (alpha * c + (1 - alpha) * p[0], alpha * m + (1 - alpha) * p[1])
-    return out
-
-
-def smooth_demands_with_spread(
-    previous: tuple[Mapping[str, Demand], Mapping[str, Demand]] | None, sample: Mapping[str, Demand], alpha: float = 0.5,
-) -> tuple[dict[str, Demand], dict[str, Demand]]:
-    """``smooth_demands`` and the spread of the samples around it (vcenter.domain.demand), per
-    VM and resource: (smoothed demands, spreads) from the previous pair and a new sample."""
-    means, spreads = previous if previous is not None else ({}, {})
-    out_m: dict[str, Demand] = {}
-    out_s: dict[str, Demand] = {}
-    for vm_id, d in sample.items():
-        m0, s0 = means.get(vm_id), spreads.get(vm_id, (0.0, 0.0))
-        pairs = [smoothed_with_spread(None if m0 is None else (m0[r], s0[r]), d[r], alpha) for r in (0, 1)]
-        out_m[vm_id] = (pairs[0][0], pairs[1][0])
-        out_s[vm_id] = (pairs[0][1], pairs[1][1])
-    return out_m, out_s
-
-
 def imbalance_of(snapshot: ClusterSnapshot, demands: Mapping[str, Demand] | None = None) -> Balance:
     """The balance of a snapshot as DRS sees it (loads from entitlements)."""
     st = ClusterState(snapshot)
@@ -995,150 +962,3 @@ def apply_plan(snapshot: ClusterSnapshot, plan: DrsPlan | Iterable[Recommendatio
     recs = plan.recommendations if isinstance(plan, DrsPlan) else tuple(plan)
     where = {r.vm_id: r.target for r in recs}
     return replace(snapshot, vms=tuple(replace(vm, host=where[vm.id]) if vm.id in where else vm for vm in snapshot.vms))
-
-
-# -- what if ---------------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class HostFails:
-    host: str
-
-
-@dataclass(frozen=True, slots=True)
-class HostMaintenance:
-    host: str
-
-
-@dataclass(frozen=True, slots=True)
-class HostPowersOff:
-    """The host goes to standby (DPM's power-off): evacuated first, like maintenance."""
-
-    host: str
-
-
-@dataclass(frozen=True, slots=True)
-class VmDemandChange:
-    vm: str
-    cpu_mhz: float | None = None
-    mem_mib: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RuleAdded:
-    rule: Rule
-
-
-Change = HostFails | HostMaintenance | HostPowersOff | VmDemandChange | RuleAdded
-
-
-def describe_change(change: Change) -> str:
-    if isinstance(change, HostFails):
-        return f"host {change.host} fails"
-    if isinstance(change, HostMaintenance):
-        return f"host {change.host} enters maintenance"
-    if isinstance(change, HostPowersOff):
-        return f"host {change.host} powers off (standby)"
-    if isinstance(change, VmDemandChange):
-        parts = [f"cpu={change.cpu_mhz:.0f} MHz" if change.cpu_mhz is not None else "",
-                 f"mem={change.mem_mib:.0f} MiB" if change.mem_mib is not None else ""]
-        return f"VM {change.vm} demand " + " ".join(p for p in parts if p)
-    return f"rule '{change.rule.name}' added ({change.rule.strength} {change.rule.kind.value})"
-
-
-@dataclass(frozen=True, slots=True)
-class WhatIfResult:
-    change: str
-    now: Balance  # the cluster as it is
-    changed: Balance  # right after the change (VMs displaced by it placed), before DRS
-    plan: DrsPlan  # what DRS would then recommend
-    displaced: ManyResult | None  # the placement of the VMs the change displaced
-    unplaceable: dict[str, str]  # VM id -> why it fits nowhere after the change
-    snapshot: ClusterSnapshot  # the hypothetical cluster after the change (before the plan)
-
-    @property
-    def imbalance_before(self) -> float:
-        return self.now.imbalance
-
-    @property
-    def imbalance_after(self) -> float:
-        return self.plan.after.imbalance
-
-    def to_dict(self) -> dict:
-        return {
-            "change": self.change, "imbalance_now": self.now.imbalance, "imbalance_after_change": self.changed.imbalance,
-            "imbalance_after_plan": self.plan.after.imbalance,
-            "displaced": None if self.displaced is None else {r.vm_id: r.host for r in self.displaced.results},
-            "unplaceable": dict(self.unplaceable), "plan": self.plan.to_dict(),
-        }
-
-
-def _host(snapshot: ClusterSnapshot, host_id: str) -> HostSnapshot:
-    for h in snapshot.hosts:
-        if h.id == host_id:
-            return h
-    raise KeyError(f"unknown host {host_id}")
-
-
-def whatif(
-    snapshot: ClusterSnapshot,
-    change: Change | Sequence[Change],
-    settings: DrsSettings | None = None,
-    demands: Mapping[str, Demand] | None = None,
-    history: DrsHistory | None = None,
-    spread: Mapping[str, Demand] | None = None,
-) -> WhatIfResult:
-    """The cluster, the balance and the DRS plan if ``change`` happened. Changes nothing.
-
-    A failed host's VMs are restarted elsewhere with ``place_many`` (HA's batch); a host entering
-    maintenance or powering off is evacuated with ``place_many`` (its VMs move); VMs that fit
-    nowhere are listed with placement's reasons (they stay down, or keep the host from entering
-    maintenance). Then one DRS pass runs on the changed cluster.
-    """
-    settings = settings or DrsSettings()
-    demands = dict(demands or {})
-    changes = [change] if not isinstance(change, (list, tuple)) else list(change)
-    now = imbalance_of(snapshot, demands)
-    snap = snapshot
-    displaced: ManyResult | None = None
-    unplaceable: dict[str, str] = {}
-    for ch in changes:
-        if isinstance(ch, (HostFails, HostMaintenance, HostPowersOff)):
-            h = _host(snap, ch.host)
-            if isinstance(ch, HostFails):
-                h2 = replace(h, connection="notResponding")
-            elif isinstance(ch, HostMaintenance):
-                h2 = replace(h, maintenance=True)
-            else:
-                h2 = replace(h, standby=True)
-            hosts = tuple(h2 if x.id == h.id else x for x in snap.hosts)
-            victims = [vm for vm in snap.vms if vm.host == h.id]
-            if isinstance(ch, HostFails):
-                vms = tuple(replace(vm, host=None) if vm.host == h.id else vm for vm in snap.vms)
-                pending = tuple(p for p in snap.pending if p.host_id != h.id)
-                snap = replace(snap, hosts=hosts, vms=vms, pending=pending)
-                batch = [replace(vm, host=None) for vm in victims]
-            else:
-                snap = replace(snap, hosts=hosts)
-                batch = victims
-            if batch:
-                displaced = place_many(snap, batch)
-                placed = displaced.placed
-                unplaceable.update(displaced.unplaced)
-                if isinstance(ch, HostFails):
-                    snap = replace(snap, vms=tuple(replace(vm, host=placed[vm.id]) if vm.id in placed else vm for vm in snap.vms))
-                else:
-                    snap = replace(snap, vms=tuple(replace(vm, host=placed.get(vm.id, vm.host)) for vm in snap.vms))
-        elif isinstance(ch, VmDemandChange):
-            vm = next((v for v in snap.vms if v.id == ch.vm), None)
-            if vm is None:
-                raise KeyError(f"unknown VM {ch.vm}")
-            core = core_mhz(snap)
-            old = demands.get(vm.id, (vm.vcpus * core, float(vm.memory_mib)))
-            demands[vm.id] = (old[0] if ch.cpu_mhz is None else ch.cpu_mhz, old[1] if ch.mem_mib is None else ch.mem_mib)
-        elif isinstance(ch, RuleAdded):
-            snap = replace(snap, rules=tuple(r for r in snap.rules if r.name != ch.rule.name) + (ch.rule,))
-        else:
-            raise TypeError(f"unknown change {ch!r}")
-    changed = imbalance_of(snap, demands)
-    plan = balance(snap, settings, demands, history, spread)
-    return WhatIfResult("; ".join(describe_change(c) for c in changes), now, changed, plan, displaced, unplaceable, snap)

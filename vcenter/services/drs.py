@@ -21,7 +21,7 @@ from vcenter.core.errors import Conflict, Invalid, InvalidState, NotFound, VcErr
 from vcenter.core.settings import Settings, get_settings
 from vcenter.db.models import Cluster, DrsRecommendation, Task, VirtualMachine, VmStats
 from vcenter.db.snapshots import cluster_snapshot
-from vcenter.domain import drs
+from vcenter.domain import drs, drs_whatif
 from vcenter.domain.snapshot import Rule, RuleKind
 from vcenter.domain.states import TaskState
 from vcenter.services import inventory, metrics, migration
@@ -202,21 +202,21 @@ def whatif(session: Session, cluster_id: int, change: dict[str, Any]) -> dict[st
         host = str(change["host_id"])
         if host not in {h.id for h in snapshot.hosts}:
             raise Invalid(f"host_id: host {host} is not in the cluster", code="INVALID_REFERENCE", details={"field": "host_id"})
-        hypothetical = {"host-fails": drs.HostFails, "host-maintenance": drs.HostMaintenance, "host-powers-off": drs.HostPowersOff}[kind](host)
+        hypothetical = {"host-fails": drs_whatif.HostFails, "host-maintenance": drs_whatif.HostMaintenance, "host-powers-off": drs_whatif.HostPowersOff}[kind](host)
     elif kind == "vm-demand":
         if str(change["vm_id"]) not in {v.id for v in snapshot.vms}:
             raise Invalid(f"vm_id: VM {change['vm_id']} is not running in the cluster", code="INVALID_REFERENCE", details={"field": "vm_id"})
-        hypothetical = drs.VmDemandChange(str(change["vm_id"]), change.get("cpu_mhz"), change.get("memory_mib"))
+        hypothetical = drs_whatif.VmDemandChange(str(change["vm_id"]), change.get("cpu_mhz"), change.get("memory_mib"))
     elif kind == "rule-added":
         rule = change["rule"]
         unknown = sorted({str(v) for v in rule["vm_ids"]} - {v.id for v in snapshot.vms}) + sorted({str(h) for h in rule.get("host_ids", [])} - {h.id for h in snapshot.hosts})
         if unknown:
             raise Invalid(f"rule: not in the cluster: {', '.join(unknown)}", code="INVALID_REFERENCE", details={"field": "rule", "unknown": unknown})
-        hypothetical = drs.RuleAdded(Rule(name=rule["name"], kind=RuleKind(rule["kind"]), must=bool(rule.get("mandatory")),
+        hypothetical = drs_whatif.RuleAdded(Rule(name=rule["name"], kind=RuleKind(rule["kind"]), must=bool(rule.get("mandatory")),
                                           vms=frozenset(str(v) for v in rule["vm_ids"]), hosts=frozenset(str(h) for h in rule.get("host_ids", []))))
     else:
         raise Invalid(f"kind: unknown change {kind!r}", code="INVALID", details={"field": "kind"})
-    result = drs.whatif(snapshot, hypothetical, settings, measured_demands(session, cluster_id), history(session, cluster_id, settings.cooldown_s),
+    result = drs_whatif.whatif(snapshot, hypothetical, settings, measured_demands(session, cluster_id), history(session, cluster_id, settings.cooldown_s),
                         measured_spreads(session, cluster_id))
     return result.to_dict()
 

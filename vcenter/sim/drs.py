@@ -35,6 +35,7 @@ from dataclasses import replace
 from typing import Any
 
 from vcenter.domain import drs as drs_mod
+from vcenter.domain import drs_whatif
 from vcenter.domain import dpm as dpm_mod
 from vcenter.domain.snapshot import ClusterSnapshot, HostSnapshot, PendingReservation, RuleKind, VmSnapshot
 
@@ -322,13 +323,13 @@ class DrsSimMixin:
     def _whatif(self, words: list[str], payload: Any, cmd: str) -> None:
         from vcenter.sim.runner import ScenarioError, parse_mem, parse_mhz
 
-        change: drs_mod.Change
+        change: drs_whatif.Change
         if cmd == "whatif add rule":
-            change = drs_mod.RuleAdded(self._rule(payload))
+            change = drs_whatif.RuleAdded(self._rule(payload))
         elif words[:1] == ["host"] and len(words) >= 3:
             self.host(words[1])
             act = " ".join(words[2:])
-            kinds = {"fails": drs_mod.HostFails, "maintenance": drs_mod.HostMaintenance, "power off": drs_mod.HostPowersOff}
+            kinds = {"fails": drs_whatif.HostFails, "maintenance": drs_whatif.HostMaintenance, "power off": drs_whatif.HostPowersOff}
             if act not in kinds:
                 raise ScenarioError(f"unknown what-if {act!r}")
             change = kinds[act](words[1])
@@ -341,13 +342,13 @@ class DrsSimMixin:
                     cpu = parse_mhz(v, default_unit="GHz")
                 elif k in ("mem", "memory"):
                     mem = float(parse_mem(v))
-            change = drs_mod.VmDemandChange(words[1], cpu, mem)
+            change = drs_whatif.VmDemandChange(words[1], cpu, mem)
         else:
             raise ScenarioError(f"unknown what-if {' '.join(words)!r}")
         snap = self.snapshot()
         settings = self.drs_settings()
         history = self.drs_history()
-        res = drs_mod.whatif(snap, change, settings, self.demands, history)
+        res = drs_whatif.whatif(snap, change, settings, self.demands, history)
         self.say(f"what if {res.change}: imbalance now {_f(res.now.imbalance)}, after the change {_f(res.changed.imbalance)}, "
                  f"after DRS {_f(res.plan.after.imbalance)}", 1)
         if res.displaced is not None:

@@ -79,7 +79,8 @@ import numpy as np
 
 from vcenter.domain.demand import NOISE_WINDOW, noise_spreads
 from vcenter.domain.dpm import DpmHistory, DpmSettings, decide
-from vcenter.domain.drs import DrsHistory, DrsSettings, apply_plan, balance, smooth_demands_with_spread
+from vcenter.domain.drs import DrsHistory, DrsSettings, apply_plan, balance
+from vcenter.domain.drs_demand import smooth_demands_with_spread
 from vcenter.domain.placement import place_many
 from vcenter.domain.snapshot import ClusterSnapshot, HostSnapshot, VmSnapshot
 
