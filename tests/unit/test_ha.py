@@ -252,7 +252,8 @@ def test_there_are_enough_ha_scenarios():
 
 
 def _failures():
-    return {d.name: f for d in HA_DIRS if (f := run_scenario(d).failures)}
+    # Scenarios with a known gap lose VMs anyway: they cannot show a breakage.
+    return {d.name: r.failures for d in HA_DIRS if (r := run_scenario(d)).failures and not r.known_gap}
 
 
 def test_ignoring_disk_holders_breaks_an_invariant(monkeypatch):

@@ -139,8 +139,9 @@ class HaMonitor:
       before anything new is started.
     """
 
-    def __init__(self, env: HaEnvironment, owner: str, redis_return_grace: float) -> None:
+    def __init__(self, env: HaEnvironment, owner: str, redis_return_grace: float, logger: logging.Logger = log) -> None:
         self.env = env
+        self.log = logger
         self.owner = owner
         self.redis_return_grace = redis_return_grace
         self.token: int | None = None
@@ -180,7 +181,7 @@ class HaMonitor:
             return False
         self.token = self.env.take_token(self.owner)
         self._on_takeover()
-        log.info("HA monitor %s active with token %s", self.owner, self.token)
+        self.log.info("HA monitor %s active with token %s", self.owner, self.token)
         return True
 
     def renew(self) -> bool:
@@ -190,7 +191,7 @@ class HaMonitor:
         except Unreachable:
             return True  # Redis down: frozen anyway; the fence refuses us if someone else took over
         if not ok:
-            log.warning("HA monitor %s lost its lock (token %s): standing by", self.owner, self.token)
+            self.log.warning("HA monitor %s lost its lock (token %s): standing by", self.owner, self.token)
             self.token = None
         return bool(ok)
 
@@ -221,11 +222,11 @@ class HaMonitor:
                 # reconnect and write its heartbeat key and its datastore view again (both
                 # channels reach us through Redis), or a slow reconnect looks like a failure.
                 self.observing_since = now + self.redis_return_grace
-                log.info("HA monitor: Redis answers again")
+                self.log.info("HA monitor: Redis answers again")
             self.redis_ok = True
         except Unreachable as exc:
             if self.redis_ok:
-                log.warning("HA monitor: Redis unhealthy: %s", exc)
+                self.log.warning("HA monitor: Redis unhealthy: %s", exc)
             self.redis_ok = False
             self.redis_error = str(exc)
             return
@@ -302,7 +303,7 @@ class HaMonitor:
             if not self.frozen:
                 self.vm_monitoring(clusters, now)
         except StaleToken as exc:
-            log.warning("HA monitor %s fenced out: %s", self.owner, exc)
+            self.log.warning("HA monitor %s fenced out: %s", self.owner, exc)
             self.token = None
 
     def _vm_holders(self, store: HaStore) -> dict[Hashable, Hashable | None]:

@@ -8,6 +8,8 @@ A scenario is a folder:
   value is structured (``add rule: {name: .., type: anti-affinity, must: true, vms: [..]}``).
   ``delay N`` advances the logical clock by N seconds; nothing reads wall time, nothing is random.
 - ``expected.log``: the log the runner printed when the scenario was last accepted.
+- ``known_gap`` in cluster.yaml (optional): a behaviour the product lacks, which this scenario
+  shows; its invariant failures are then expected (and the test says when the gap closed).
 
 Events:
   place vm X | power on vm X          power-on: admission, then placement, applied
@@ -75,6 +77,7 @@ class ScenarioError(Exception):
 class ScenarioResult:
     log: str
     failures: list[str]
+    known_gap: str | None = None  # cluster.yaml's ``known_gap``: why its invariants are expected to fail
 
 
 # -- parsing helpers -------------------------------------------------------------------------
@@ -718,12 +721,13 @@ def _load_yaml(path: Path) -> Any:
 def run_scenario(directory: str | Path) -> ScenarioResult:
     """Run one scenario folder; returns its log and any invariant failures."""
     d = Path(directory)
-    sim = Sim(_load_yaml(d / "cluster.yaml"))
+    cluster = _load_yaml(d / "cluster.yaml")
+    sim = Sim(cluster)
     events = _load_yaml(d / "events.yaml") if (d / "events.yaml").exists() else []
     for item in events or []:
         sim.run_event(item)
     sim.finish()
-    return ScenarioResult("\n".join(sim.lines) + "\n", sim.failures)
+    return ScenarioResult("\n".join(sim.lines) + "\n", sim.failures, (cluster or {}).get("known_gap"))
 
 
 def scenario_dirs(root: str | Path) -> list[Path]:
