@@ -2,20 +2,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
-
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from vcenter.core.object_ids import ObjectIdField
+from vcenter.schemas.base import RequestModel
 from vcenter.schemas.inventory import Name
 
 RoleName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")]
 
-
-class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN and Infinity are JSON to Python, not numbers to us
 
 
 class PrivilegeRead(BaseModel):
@@ -23,13 +19,13 @@ class PrivilegeRead(BaseModel):
     description: str
 
 
-class RoleCreate(_In):
+class RoleCreate(RequestModel):
     name: RoleName
     privileges: list[str] = Field(default_factory=list, max_length=200)
     description: str = Field("", max_length=255)
 
 
-class RoleUpdate(_In):
+class RoleUpdate(RequestModel):
     name: RoleName | None = None
     privileges: list[str] | None = Field(None, max_length=200)
     description: str | None = Field(None, max_length=255)
@@ -43,12 +39,12 @@ class RoleRead(BaseModel):
     privileges: list[str]
 
 
-class GroupCreate(_In):
+class GroupCreate(RequestModel):
     name: Name
     members: list[str] = Field(default_factory=list, max_length=1000, description="user names")
 
 
-class GroupUpdate(_In):
+class GroupUpdate(RequestModel):
     name: Name | None = None
     members: list[str] | None = Field(None, max_length=1000)
 
@@ -62,7 +58,7 @@ class GroupRead(BaseModel):
 ObjectType = Literal["root", "datacenter", "folder", "cluster", "host", "datastore", "portgroup", "pool", "vm"]
 
 
-class PermissionCreate(_In):
+class PermissionCreate(RequestModel):
     principal_type: Literal["user", "group"]
     principal_id: ObjectIdField = Field(..., ge=1)
     role_id: ObjectIdField = Field(..., ge=1)
@@ -89,7 +85,7 @@ class EffectivePrivileges(BaseModel):
     privileges: list[str]
 
 
-class TokenCreate(_In):
+class TokenCreate(RequestModel):
     name: Name
     role_id: ObjectIdField = Field(..., ge=1, description="the token holds at most this role's privileges (and never more than its user)")
     lifetime_s: float | None = Field(None, gt=0, le=10 * 365 * 86400, description="seconds until it expires; none: until revoked")

@@ -9,24 +9,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from vcenter.core.object_ids import Int32, ObjectIdField
-
-
-class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN and Infinity are JSON to Python, not numbers to us
-
-
-class _Out(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
+from vcenter.schemas.base import RequestModel, ResponseModel
 
 TargetType = Literal["host", "vm", "datastore"]
 ScopeType = Literal["root", "datacenter", "cluster", "host", "vm", "datastore"]
 
 
-class AlarmCreate(_In):
+class AlarmCreate(RequestModel):
     name: str = Field(min_length=1, max_length=80)
     description: str = Field("", max_length=2000)
     target_type: TargetType
@@ -42,7 +34,7 @@ class AlarmCreate(_In):
                                           description='[{"type": "event"}, {"type": "webhook", "url": "https://..."}]')
 
 
-class AlarmUpdate(_In):
+class AlarmUpdate(RequestModel):
     name: str | None = Field(None, min_length=1, max_length=80)
     description: str | None = Field(None, max_length=2000)
     target_type: TargetType | None = None
@@ -54,7 +46,7 @@ class AlarmUpdate(_In):
     version: Int32 | None = Field(None, description="the version read; a stale one is refused (409 STALE_VERSION)")
 
 
-class AlarmRead(_Out):
+class AlarmRead(ResponseModel):
     id: int
     name: str
     description: str

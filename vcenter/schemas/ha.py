@@ -6,19 +6,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from vcenter.core.object_ids import ObjectIdField
+from vcenter.schemas.base import RequestModel
 
 Priority = Literal["high", "medium", "low", "disabled"]
 IsolationResponse = Literal["leave-powered-on", "power-off", "shutdown"]
 
 
-class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN and Infinity are JSON to Python, not numbers to us
 
-
-class AdmissionConfig(_In):
+class AdmissionConfig(RequestModel):
     kind: Literal["disabled", "host-failures", "percentage", "failover-hosts"] = "host-failures"
     host_failures: int = Field(1, ge=0, le=32)
     cpu_percent: float = Field(25.0, ge=0, le=100)
@@ -26,7 +24,7 @@ class AdmissionConfig(_In):
     failover_hosts: list[ObjectIdField] = Field(default_factory=list, description="host ids reserved for HA restarts (kind failover-hosts)")
 
 
-class VmMonitoringConfig(_In):
+class VmMonitoringConfig(RequestModel):
     enabled: bool = False
     failure_interval_s: float = Field(30.0, gt=0, le=86400)
     min_uptime_s: float = Field(30.0, ge=0, le=86400)
@@ -34,13 +32,13 @@ class VmMonitoringConfig(_In):
     window_s: float = Field(3600.0, gt=0, le=7 * 86400)
 
 
-class RestartConfig(_In):
+class RestartConfig(RequestModel):
     retry_base_s: float = Field(2.0, gt=0, le=3600)
     retry_max_s: float = Field(60.0, gt=0, le=86400)
     max_attempts: int = Field(5, ge=1, le=100)
 
 
-class HaConfig(_In):
+class HaConfig(RequestModel):
     enabled: bool = False
     detection_s: float = Field(5.0, gt=0, le=600, description="both channels silent this long: failed")
     isolation_response: IsolationResponse = "leave-powered-on"
@@ -62,13 +60,13 @@ class HaConfig(_In):
         return value
 
 
-class VmHaOverride(_In):
+class VmHaOverride(RequestModel):
     restart_priority: Priority | None = None
     isolation_response: IsolationResponse | None = None
     vm_monitoring: bool | None = None
 
 
-class HaConfigUpdate(_In):
+class HaConfigUpdate(RequestModel):
     """A partial update: only the fields given change (nested documents are replaced whole)."""
     enabled: bool | None = None
     detection_s: float | None = Field(None, gt=0, le=600)

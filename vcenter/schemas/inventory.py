@@ -9,22 +9,17 @@ from datetime import datetime
 from ipaddress import IPv4Interface
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from vcenter.core.object_ids import INT32_MAX, Int32, ObjectIdField
 from vcenter.domain.states import ConnectionState, PowerState
+from vcenter.schemas.base import RequestModel, ResponseModel
 from vcenter.schemas.maintenance import MaintenanceSettings
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 HostName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9.:_-]{0,254}$")]
 
 
-class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN and Infinity are JSON to Python, not numbers to us
-
-
-class _Out(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
 
 
 T = TypeVar("T")
@@ -38,16 +33,16 @@ class Page(BaseModel, Generic[T]):
 
 
 # --- datacenters ---------------------------------------------------------------------------
-class DatacenterCreate(_In):
+class DatacenterCreate(RequestModel):
     name: Name
 
 
-class DatacenterUpdate(_In):
+class DatacenterUpdate(RequestModel):
     name: Name | None = None
     version: Int32 | None = Field(None, description="optimistic concurrency: the version you read")
 
 
-class DatacenterRead(_Out):
+class DatacenterRead(ResponseModel):
     id: int
     name: str
     version: int
@@ -56,20 +51,20 @@ class DatacenterRead(_Out):
 
 
 # --- folders -------------------------------------------------------------------------------
-class FolderCreate(_In):
+class FolderCreate(RequestModel):
     name: Name
     datacenter_id: ObjectIdField
     parent_id: ObjectIdField | None = None
     kind: Literal["vm", "host", "datastore", "network"] = "vm"
 
 
-class FolderUpdate(_In):
+class FolderUpdate(RequestModel):
     name: Name | None = None
     parent_id: ObjectIdField | None = None
     version: Int32 | None = None
 
 
-class FolderRead(_Out):
+class FolderRead(ResponseModel):
     id: int
     name: str
     datacenter_id: int
@@ -84,20 +79,20 @@ class FolderRead(_Out):
 CLUSTER_SETTINGS_DOC = {"properties": {"maintenance": MaintenanceSettings.model_json_schema()}}
 
 
-class ClusterCreate(_In):
+class ClusterCreate(RequestModel):
     name: Name
     datacenter_id: ObjectIdField
     settings: dict[str, Any] = Field(default_factory=dict, description="DRS, DPM, HA, EVC, migration and maintenance settings document",
                                      json_schema_extra=CLUSTER_SETTINGS_DOC)
 
 
-class ClusterUpdate(_In):
+class ClusterUpdate(RequestModel):
     name: Name | None = None
     settings: dict[str, Any] | None = Field(None, description="the whole settings document (replaces it)", json_schema_extra=CLUSTER_SETTINGS_DOC)
     version: Int32 | None = None
 
 
-class ClusterRead(_Out):
+class ClusterRead(ResponseModel):
     id: int
     name: str
     datacenter_id: int
@@ -107,7 +102,7 @@ class ClusterRead(_Out):
 
 
 # --- hosts ---------------------------------------------------------------------------------
-class HostCreate(_In):
+class HostCreate(RequestModel):
     name: HostName
     datacenter_id: ObjectIdField
     cluster_id: ObjectIdField | None = None
@@ -115,7 +110,7 @@ class HostCreate(_In):
     libvirt_uri: str = Field("qemu:///system", max_length=255, pattern=r"^[a-z0-9+]+://[^\s<>\"']*$")
 
 
-class HostUpdate(_In):
+class HostUpdate(RequestModel):
     name: HostName | None = None
     cluster_id: ObjectIdField | None = None
     address: str | None = Field(None, max_length=255)
@@ -123,7 +118,7 @@ class HostUpdate(_In):
     version: Int32 | None = None
 
 
-class HostRead(_Out):
+class HostRead(ResponseModel):
     id: int
     name: str
     address: str
@@ -157,11 +152,11 @@ class RegistrationToken(BaseModel):
     expires_at: datetime
 
 
-class ThumbprintConfirm(_In):
+class ThumbprintConfirm(RequestModel):
     thumbprint: str = Field(..., min_length=10, max_length=128, description="the SHA-256 thumbprint the agent printed, as read on the host")
 
 
-class AgentRegistrationChallenge(_In):
+class AgentRegistrationChallenge(RequestModel):
     registration_token: str = Field(..., min_length=10, max_length=200)
 
 
@@ -171,7 +166,7 @@ class AgentRegistrationNonce(BaseModel):
     expires_at: int = Field(..., description="expiry, epoch seconds")
 
 
-class AgentRegistration(_In):
+class AgentRegistration(RequestModel):
     registration_token: str = Field(..., min_length=10, max_length=200)
     host_uuid: str = Field(..., pattern=r"^[0-9a-fA-F-]{32,36}$")
     hostname: str = Field(..., min_length=1, max_length=255)
@@ -189,7 +184,7 @@ class AgentRegistrationAnswer(BaseModel):
 
 
 # --- datastores ----------------------------------------------------------------------------
-class DatastoreCreate(_In):
+class DatastoreCreate(RequestModel):
     name: Name
     datacenter_id: ObjectIdField
     kind: Literal["dir", "lab-dir", "nfs", "block"] = "dir"
@@ -197,13 +192,13 @@ class DatastoreCreate(_In):
     host_ids: list[ObjectIdField] = Field(default_factory=list, description="hosts that mount it")
 
 
-class DatastoreUpdate(_In):
+class DatastoreUpdate(RequestModel):
     name: Name | None = None
     host_ids: list[ObjectIdField] | None = None
     version: Int32 | None = None
 
 
-class DatastoreRead(_Out):
+class DatastoreRead(ResponseModel):
     id: int
     name: str
     datacenter_id: int
@@ -217,20 +212,20 @@ class DatastoreRead(_Out):
 
 
 # --- port groups ---------------------------------------------------------------------------
-class PortGroupCreate(_In):
+class PortGroupCreate(RequestModel):
     name: Name
     datacenter_id: ObjectIdField
     vlan_id: int = Field(0, ge=0, le=4094)
     host_ids: list[ObjectIdField] = Field(default_factory=list)
 
 
-class PortGroupUpdate(_In):
+class PortGroupUpdate(RequestModel):
     name: Name | None = None
     host_ids: list[ObjectIdField] | None = None
     version: Int32 | None = None
 
 
-class PortGroupRead(_Out):
+class PortGroupRead(ResponseModel):
     id: int
     name: str
     datacenter_id: int
@@ -243,7 +238,7 @@ class PortGroupRead(_Out):
 
 
 # --- resource pools ------------------------------------------------------------------------
-class ResourcePoolCreate(_In):
+class ResourcePoolCreate(RequestModel):
     name: Name
     cluster_id: ObjectIdField
     parent_id: ObjectIdField | None = None
@@ -256,7 +251,7 @@ class ResourcePoolCreate(_In):
     expandable_reservation: bool = True
 
 
-class ResourcePoolUpdate(_In):
+class ResourcePoolUpdate(RequestModel):
     name: Name | None = None
     cpu_reservation_mhz: int | None = Field(None, ge=0, le=INT32_MAX)
     cpu_limit_mhz: int | None = Field(None, ge=0, le=INT32_MAX)
@@ -268,7 +263,7 @@ class ResourcePoolUpdate(_In):
     version: Int32 | None = None
 
 
-class ResourcePoolRead(_Out):
+class ResourcePoolRead(ResponseModel):
     id: int
     name: str
     cluster_id: int
@@ -285,18 +280,18 @@ class ResourcePoolRead(_Out):
 
 
 # --- VMs -----------------------------------------------------------------------------------
-class DiskCreate(_In):
+class DiskCreate(RequestModel):
     datastore_id: ObjectIdField
     capacity_mib: int = Field(..., ge=1, le=16 * 1024 * 1024)
     format: Literal["qcow2", "raw"] = "qcow2"
 
 
-class NicCreate(_In):
+class NicCreate(RequestModel):
     portgroup_id: ObjectIdField
     model: Literal["virtio", "e1000", "rtl8139"] = "virtio"
 
 
-class KernelBoot(_In):
+class KernelBoot(RequestModel):
     image: Literal["tiny-linux"] = Field("tiny-linux", description="boot image the host provides: the lab's tiny Linux guest")
     ip: IPv4Interface | None = Field(None, description="address/prefix of the guest's first NIC")
 
@@ -304,13 +299,13 @@ class KernelBoot(_In):
 CpuName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 
 
-class VmCpu(_In):
+class VmCpu(RequestModel):
     model: CpuName = Field(..., description="libvirt CPU model, e.g. Westmere or kvm64")
     features_require: list[CpuName] = Field(default_factory=list, max_length=64)
     features_disable: list[CpuName] = Field(default_factory=list, max_length=64)
 
 
-class VmCreate(_In):
+class VmCreate(RequestModel):
     name: Name
     datacenter_id: ObjectIdField | None = Field(None, description="defaults to the host's datacenter")
     host_id: ObjectIdField | None = Field(None, description="the host; omit it and give cluster_id to let placement choose")
@@ -330,30 +325,30 @@ class VmCreate(_In):
     cpu: VmCpu | None = Field(None, description="a CPU definition for the guest (default: the hypervisor's default model)")
 
 
-class GuestCommand(_In):
+class GuestCommand(RequestModel):
     command: Literal["burn", "write-pattern", "ping", "poweroff", "hostname", "checksum"]
     argument: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9./:-]*$")
     timeout: float = Field(10, gt=0, le=120)
 
 
-class VmUpdate(_In):
+class VmUpdate(RequestModel):
     name: Name | None = None
     folder_id: ObjectIdField | None = None
     pool_id: ObjectIdField | None = None
     version: Int32 | None = None
 
 
-class VmReconfigure(_In):
+class VmReconfigure(RequestModel):
     vcpus: int | None = Field(None, ge=1, le=64)
     memory_mib: int | None = Field(None, ge=16, le=1024 * 1024)
     version: Int32 | None = None
 
 
-class ShutdownRequest(_In):
+class ShutdownRequest(RequestModel):
     timeout: float | None = Field(None, gt=0, le=3600, description="seconds the guest gets before the task ends GUEST_SHUTDOWN_TIMEOUT")
 
 
-class DiskRead(_Out):
+class DiskRead(ResponseModel):
     index: int
     datastore_id: int
     file: str
@@ -362,14 +357,14 @@ class DiskRead(_Out):
     backing_file: str | None = Field(None, description="a linked clone's base image (same datastore); None for a standalone disk")
 
 
-class NicRead(_Out):
+class NicRead(ResponseModel):
     index: int
     portgroup_id: int
     mac: str
     model: str
 
 
-class VmRead(_Out):
+class VmRead(ResponseModel):
     id: int
     name: str
     datacenter_id: int
@@ -402,7 +397,7 @@ class VmRead(_Out):
 
 
 # --- tasks and events ----------------------------------------------------------------------
-class TaskRead(_Out):
+class TaskRead(ResponseModel):
     id: int
     kind: str
     state: str
@@ -424,7 +419,7 @@ class TaskRead(_Out):
     finished_at: datetime | None
 
 
-class EventRead(_Out):
+class EventRead(ResponseModel):
     id: int
     at: datetime
     username: str
@@ -441,7 +436,7 @@ class EventRead(_Out):
 
 
 # --- auth ----------------------------------------------------------------------------------
-class LoginRequest(_In):
+class LoginRequest(RequestModel):
     username: str = Field(..., min_length=1, max_length=80)
     password: str = Field(..., min_length=1, max_length=1024)
 
@@ -453,7 +448,7 @@ class SessionRead(BaseModel):
 
 
 # --- placement and rules -------------------------------------------------------------------
-class RuleCreate(_In):
+class RuleCreate(RequestModel):
     name: Name
     kind: Literal["affinity", "anti-affinity", "run-on", "not-run-on"]
     mandatory: bool = Field(False, description="must (never broken) or should (broken only when nothing else fits)")
@@ -464,7 +459,7 @@ class RuleCreate(_In):
     host_group: Name | None = None
 
 
-class RuleUpdate(_In):
+class RuleUpdate(RequestModel):
     name: Name | None = None
     mandatory: bool | None = None
     enabled: bool | None = None
@@ -473,7 +468,7 @@ class RuleUpdate(_In):
     version: Int32 | None = None
 
 
-class RuleRead(_Out):
+class RuleRead(ResponseModel):
     id: int
     cluster_id: int
     name: str
@@ -487,7 +482,7 @@ class RuleRead(_Out):
     version: int
 
 
-class PlacementRequest(_In):
+class PlacementRequest(RequestModel):
     name: Name = "new-vm"
     vcpus: int = Field(1, ge=1, le=64)
     memory_mib: int = Field(64, ge=16, le=1024 * 1024)
@@ -499,20 +494,20 @@ class PlacementRequest(_In):
     cpu: VmCpu | None = None
 
 
-class EvcRequest(_In):
+class EvcRequest(RequestModel):
     host_ids: list[ObjectIdField] | None = Field(None, description="hosts whose CPUs the baseline covers; default: every host of the cluster")
 
 
-class MigrateRequest(_In):
+class MigrateRequest(RequestModel):
     host_id: ObjectIdField | None = Field(None, description="target host; omit it to let placement choose")
 
 
-class DiskMove(_In):
+class DiskMove(RequestModel):
     index: int = Field(..., ge=0, le=25)
     datastore_id: ObjectIdField
 
 
-class RelocateRequest(_In):
+class RelocateRequest(RequestModel):
     disks: list[DiskMove] = Field(..., min_length=1, max_length=16)
     host_id: ObjectIdField | None = Field(None, description="another host to move the VM to, its listed disks copied to "
                                 "datastores of that host: a running VM live-migrates (non-shared storage); a powered-off VM's "
@@ -520,7 +515,7 @@ class RelocateRequest(_In):
                                 "on its old host; omit it to stay on the VM's host")
 
 
-class WhatIfRule(_In):
+class WhatIfRule(RequestModel):
     name: Name
     kind: Literal["affinity", "anti-affinity", "run-on", "not-run-on"]
     mandatory: bool = False
@@ -528,7 +523,7 @@ class WhatIfRule(_In):
     host_ids: list[ObjectIdField] = Field(default_factory=list)
 
 
-class WhatIfChange(_In):
+class WhatIfChange(RequestModel):
     kind: Literal["host-fails", "host-maintenance", "host-powers-off", "vm-demand", "rule-added"]
     host_id: ObjectIdField | None = None
     vm_id: ObjectIdField | None = None
@@ -548,7 +543,7 @@ _PASSWORD_POLICY = ("at least password_min_length characters (12 by default), no
                     "not a short text repeated, not the user name: else 422 WEAK_PASSWORD")
 
 
-class UserCreate(_In):
+class UserCreate(RequestModel):
     username: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,79}$")] = Field(
         ..., description="not a name the system acts under (system, cli, ha, drs, dpm, scheduler...): 422 RESERVED_USERNAME")
     # The length rule is a setting, so the service checks it (WEAK_PASSWORD), not the schema.
@@ -556,13 +551,13 @@ class UserCreate(_In):
     is_admin: bool = False
 
 
-class UserUpdate(_In):
+class UserUpdate(RequestModel):
     password: str | None = Field(None, min_length=1, max_length=1024, description=_PASSWORD_POLICY)
     is_admin: bool | None = None
     disabled: bool | None = None
 
 
-class UserRead(_Out):
+class UserRead(ResponseModel):
     id: int
     username: str
     is_admin: bool

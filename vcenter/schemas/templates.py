@@ -12,7 +12,8 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints
 
 from vcenter.core.object_ids import ObjectIdField
-from vcenter.schemas.inventory import KernelBoot, Name, NicCreate, _In
+from vcenter.schemas.base import RequestModel
+from vcenter.schemas.inventory import KernelBoot, Name, NicCreate
 
 UserName = Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")]
 SshKey = Annotated[str, StringConstraints(max_length=4096, pattern=r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com) [A-Za-z0-9+/]+={0,3}( [^\r\n]{0,200})?$")]
@@ -21,7 +22,7 @@ DnsLabel = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]([A-Za-z0-9-]{
 Command = Annotated[str, StringConstraints(min_length=1, max_length=1000, pattern=r"^[^\r\n\x00]+$")]
 
 
-class GuestUser(_In):
+class GuestUser(RequestModel):
     name: UserName
     ssh_authorized_keys: list[SshKey] = Field(default_factory=list, max_length=32)
     sudo: bool = False
@@ -29,13 +30,13 @@ class GuestUser(_In):
     password_hash: PasswordHash | None = Field(None, description="a crypt(3) hash (mkpasswd -m sha-512); never a clear password")
 
 
-class GuestNetwork(_In):
+class GuestNetwork(RequestModel):
     address: IPv4Interface | None = Field(None, description="address/prefix of the first NIC; omit for DHCP")
     gateway: IPv4Address | None = None
     dns: list[IPv4Address] = Field(default_factory=list, max_length=4)
 
 
-class Customization(_In):
+class Customization(RequestModel):
     """A cloud-init NoCloud seed: every deployed VM also gets its own instance id, the
     machine-id the server issues, and fresh SSH host keys."""
     hostname: DnsLabel | None = Field(None, description="default: the VM's name as a DNS label")
@@ -44,7 +45,7 @@ class Customization(_In):
     runcmd: list[Command] = Field(default_factory=list, max_length=32, description="run once, on the first boot of this instance")
 
 
-class DeployRequest(_In):
+class DeployRequest(RequestModel):
     name: Name
     mode: Literal["linked", "full"] = Field("linked", description="linked: qcow2 overlays on the template's images (constant time); full: independent copies")
     host_id: ObjectIdField | None = Field(None, description="omit with cluster_id to let placement choose")
@@ -59,11 +60,11 @@ class DeployRequest(_In):
     customization: Customization | None = None
 
 
-class VmToTemplate(_In):
+class VmToTemplate(RequestModel):
     name: Name | None = Field(None, description="the template's name (default: the VM's); a name used before gets the next version")
 
 
-class TemplateToVm(_In):
+class TemplateToVm(RequestModel):
     name: Name | None = None
     host_id: ObjectIdField | None = None
     cluster_id: ObjectIdField | None = None
@@ -73,7 +74,7 @@ class TemplateToVm(_In):
     nics: list[NicCreate] = Field(default_factory=list, max_length=8)
 
 
-class ImportDisk(_In):
+class ImportDisk(RequestModel):
     name: Name
     datastore_id: ObjectIdField = Field(..., description="where the VM's disk goes")
     upload_id: ObjectIdField | None = Field(None, description="an upload (POST /api/v1/uploads) holding the image")
@@ -91,7 +92,7 @@ class ImportDisk(_In):
     nics: list[NicCreate] = Field(default_factory=list, max_length=8)
 
 
-class ImportOva(_In):
+class ImportOva(RequestModel):
     upload_id: ObjectIdField
     datastore_id: ObjectIdField
     name: Name | None = Field(None, description="default: the appliance's name")
@@ -105,5 +106,5 @@ class ImportOva(_In):
     nics: list[NicCreate] = Field(default_factory=list, max_length=8)
 
 
-class BrowseRequest(_In):
+class BrowseRequest(RequestModel):
     path: str = Field("", max_length=1024, description="a folder relative to the datastore's root ('' = the root)")

@@ -8,22 +8,23 @@ from typing import Any, Literal
 from pydantic import Field
 
 from vcenter.core.object_ids import Int32, ObjectIdField
-from vcenter.schemas.inventory import Name, _In, _Out
+from vcenter.schemas.base import RequestModel, ResponseModel
+from vcenter.schemas.inventory import Name
 
 
-class SnapshotCreate(_In):
+class SnapshotCreate(RequestModel):
     name: Name
     description: str = Field("", max_length=1024)
 
 
-class SnapshotTree(_Out):
+class SnapshotTree(ResponseModel):
     vm_id: int
     current_id: int | None
     count: int
     tree: list[dict[str, Any]] = Field(description="roots, each {id, name, description, parent_id, memory, power_state, current, created_at, children: [...]}")
 
 
-class CloneCreate(_In):
+class CloneCreate(RequestModel):
     name: Name
     linked: bool = Field(False, description="an overlay on a frozen base (constant time; the source must be powered off)")
     host_id: ObjectIdField | None = Field(None, description="None: placement chooses in the source's cluster")
@@ -32,7 +33,7 @@ class CloneCreate(_In):
     ip: IPv4Interface | None = Field(None, description="the clone's guest address (lab guests); an address is never copied")
 
 
-class BackupJobCreate(_In):
+class BackupJobCreate(RequestModel):
     name: Name
     datastore_id: ObjectIdField
     directory: str = Field(min_length=1, max_length=1024, description="a folder inside the datastore (no '..', not absolute)")
@@ -43,7 +44,7 @@ class BackupJobCreate(_In):
     enabled: bool = True
 
 
-class BackupJobUpdate(_In):
+class BackupJobUpdate(RequestModel):
     interval_s: float | None = Field(None, gt=0, le=366 * 86400)
     keep: int | None = Field(None, ge=1, le=1000)
     incremental: bool | None = None
@@ -52,7 +53,7 @@ class BackupJobUpdate(_In):
     version: Int32 | None = None
 
 
-class BackupJobRead(_Out):
+class BackupJobRead(ResponseModel):
     id: int
     vm_id: int
     name: str
@@ -67,7 +68,7 @@ class BackupJobRead(_Out):
     version: int
 
 
-class BackupPointRead(_Out):
+class BackupPointRead(ResponseModel):
     id: int
     job_id: int
     vm_id: int
@@ -82,7 +83,7 @@ class BackupPointRead(_Out):
     completed_at: datetime | None
 
 
-class RestoreRequest(_In):
+class RestoreRequest(RequestModel):
     mode: Literal["new", "replace"] = "new"
     name: Name | None = Field(None, description="mode new: the new VM's name")
     host_id: ObjectIdField | None = None
