@@ -221,13 +221,14 @@ def test_agent_carries_on_through_api_and_redis_restarts(stack, api):
 
 def _readme_api_block() -> str:
     text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = text.split("## Using the API", 1)[1]
+    section = text.split("## A five-minute tour", 1)[1]
     return section.split("```sh\n", 1)[1].split("```", 1)[0]
 
 
 def test_readme_curl_examples_work_as_written(stack, api):
     vm = create_vm(stack, api, "db1")
-    script = _readme_api_block().replace("http://127.0.0.1:8080", stack.url).replace("vmware-admin", stack.admin[1])
+    # The tour's VM is web1 (both inventories of `make run` have it); this stack's VM is db1, powered off.
+    script = _readme_api_block().replace("http://127.0.0.1:8080", stack.url).replace("vmware-admin", stack.admin[1]).replace("name=web1", "name=db1")
     result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     out = result.stdout
