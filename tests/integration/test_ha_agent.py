@@ -214,7 +214,7 @@ def test_channels_go_on_while_libvirtd_hangs_and_redis_restarts(tmp_path, listen
         wait_for(lambda: advancing(first), 5, what="both channels advancing")
         # Everything below happens while libvirtd hangs, and within its keepalive (2 s x 3):
         # libvirt 9.0's client may crash the process when keepalive closes a connection with
-        # calls in flight (see the HA notes in the README), which is not what this test is about.
+        # calls in flight (see docs/operations.md, HA), which is not what this test is about.
         os.kill(daemon.pid, signal.SIGSTOP)
         stopped = True
         time.sleep(0.7)  # the holds thread, the guest watcher and the report are now inside libvirt calls

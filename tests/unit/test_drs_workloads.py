@@ -132,7 +132,7 @@ def test_dpm_powers_on_ahead_of_a_climb_by_the_wake_up_time():
 
 # -- the ordering on synthetic traces, fixed seeds ---------------------------------------------
 
-NOT_YET = pytest.mark.xfail(strict=True, reason="issue 22: not yet held on this workload (README, DRS and DPM)")
+NOT_YET = pytest.mark.xfail(strict=True, reason="issue 22: not yet held on this workload (docs/benchmarks.md, DRS and DPM)")
 
 
 @pytest.mark.parametrize("family,seed,load", [
