@@ -8,7 +8,10 @@ not advance within 25 s, the guest's CPU rate and where its vCPU spins (HMP), th
 and the source agent SIGKILLed 1 s into it, then restarted) and ``fast`` (uncapped);
 ``ac``/``noac``: the cluster's auto-converge. Uses tests.labhelpers.lab_stack (2 hosts).
 """
-import sys, time, pathlib, subprocess
+import sys
+import time
+import pathlib
+import subprocess
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from tests.labhelpers import lab_stack, task_done
 from tests.apihelpers import wait_for
@@ -18,14 +21,18 @@ def virsh(addr, *args):
 
 def cpu(addr):
     out = virsh(addr, "domstats", "g1", "--cpu-total")
-    return int(next(l.split("=")[1] for l in out.splitlines() if "cpu.time" in l))
+    return int(next(line.split("=")[1] for line in out.splitlines() if "cpu.time" in line))
 
 def cpu_rate(addr):
-    a = cpu(addr); time.sleep(3); b = cpu(addr)
+    a = cpu(addr)
+    time.sleep(3)
+    b = cpu(addr)
     return (b - a) / 3e9
 
-work = pathlib.Path(sys.argv[1]); work.mkdir(parents=True, exist_ok=True)
-plan = sys.argv[2].split(","); AC = sys.argv[3] == "ac"  # e.g. kill,nokill,kill
+work = pathlib.Path(sys.argv[1])
+work.mkdir(parents=True, exist_ok=True)
+plan = sys.argv[2].split(",")
+AC = sys.argv[3] == "ac"  # e.g. kill,nokill,kill
 with lab_stack(work, 2) as (stack, lab, ctx):
     ids, dc, cl = ctx["ids"], ctx["dc"], ctx["cl"]
     addr = {n: lab.host(n).address for n in ids}
@@ -40,7 +47,8 @@ with lab_stack(work, 2) as (stack, lab, ctx):
         print("healthy guest cpu rate", cpu_rate(addr["host1"]), flush=True)
         for r, mode in enumerate(plan):
             vm = api.get(f"/api/v1/vms/{vm_id}").json()
-            src = next(n for n, i in ids.items() if i == vm["host_id"]); dst = "host2" if src == "host1" else "host1"
+            src = next(n for n, i in ids.items() if i == vm["host_id"])
+            dst = "host2" if src == "host1" else "host1"
             cur = api.get(f"/api/v1/clusters/{cl['id']}").json()
             bw = 2 if mode != "fast" else None
             api.patch(f"/api/v1/clusters/{cl['id']}", json={"settings": {**cur["settings"], "migration": {"bandwidth_mibps": bw, "auto_converge": AC}}, "version": cur["version"]})
@@ -62,7 +70,7 @@ with lab_stack(work, 2) as (stack, lab, ctx):
                 v = api.get(f"/api/v1/vms/{vm_id}").json()
                 print("  STUCK: seq", v["guest_info"]["seq"], "host", v["host_id"], "cpu rate", cpu_rate(addr[dst]), flush=True)
                 for _ in range(3):
-                    print("  ", [l for l in virsh(addr[dst], "qemu-monitor-command", "g1", "--hmp", "info registers").splitlines() if l.startswith(("RIP", "RSP"))], flush=True)
+                    print("  ", [line for line in virsh(addr[dst], "qemu-monitor-command", "g1", "--hmp", "info registers").splitlines() if line.startswith(("RIP", "RSP"))], flush=True)
                     time.sleep(0.3)
                 print(virsh(addr[dst], "qemu-monitor-command", "g1", "--hmp", "x/8i $pc"), flush=True)
                 print(virsh(addr[dst], "qemu-monitor-command", "g1", "--hmp", "info status"), flush=True)

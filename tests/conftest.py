@@ -6,7 +6,6 @@ VCENTER_TEST_PG_URL name the Redis and PostgreSQL it started.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest

@@ -6,7 +6,6 @@ options given here override them for this process.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Optional
 
 import typer

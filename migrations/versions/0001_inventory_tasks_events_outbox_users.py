@@ -1,7 +1,7 @@
 """inventory, tasks, events, outbox, users
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-26 05:32:52.569938
 """
 from alembic import op

@@ -6,7 +6,6 @@ Create Date: 2026-11-26 06:07:59.606005
 """
 from alembic import op
 import sqlalchemy as sa
-import vcenter.db.models
 
 
 revision = '0004'

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 import redis
@@ -222,7 +221,7 @@ def test_cpu_definitions_of_hosts_and_guests_are_compared_by_libvirt(cluster, ap
 
 
 def test_evc_baseline_from_libvirt_over_the_cluster_hosts(cluster, api):
-    cl, ids, ds = cluster.extra["cl"], cluster.extra["ids"], cluster.extra["ds"]
+    cl, ids = cluster.extra["cl"], cluster.extra["ids"]
     task = api.post(f"/api/v1/clusters/{cl['id']}/evc", json={"host_ids": [ids["host2"], ids["host3"]]})
     assert task.status_code == 202, task.text
     done = wait_for(lambda: (t := api.get(f"/api/v1/tasks/{task.json()['id']}").json())["state"] in ("success", "error") and t, 60, what="EVC baseline")
@@ -277,7 +276,7 @@ def test_vmotion_moves_a_running_guest_without_restarting_it(cluster, api):
 
 
 def test_vmotion_refused_for_cpu_and_port_group_really_missing(cluster, api):
-    ids, ds, dc = cluster.extra["ids"], cluster.extra["ds"], cluster.extra["dc"]
+    ids, dc = cluster.extra["ids"], cluster.extra["dc"]
     avx = api.get("/api/v1/vms?name=avx-new").json()["items"][0]
     r = api.post(f"/api/v1/vms/{avx['id']}/migrate", json={"host_id": ids["host3"]})
     assert r.status_code == 409 and r.json()["code"] == "CPU_INCOMPATIBLE" and "avx2" in r.json()["message"]

@@ -64,8 +64,8 @@ def test_drs_moves_a_burning_guest_not_an_idle_one(tmp_path):
             # No idle guest moves, in that pass or in the next two: what is left to even out is
             # a few idle guests' CPU and memory, within the minimum gain.
             idle_ids = {vms[n] for n in ("idle1", "idle2", "idle3")}
-            passes_after = len(api.get(f"/api/v1/events", params={"kind": "cluster.drs.run", "limit": 200}).json()["items"])
-            wait_for(lambda: len(api.get(f"/api/v1/events", params={"kind": "cluster.drs.run", "limit": 200}).json()["items"]) >= passes_after + 2,
+            passes_after = len(api.get("/api/v1/events", params={"kind": "cluster.drs.run", "limit": 200}).json()["items"])
+            wait_for(lambda: len(api.get("/api/v1/events", params={"kind": "cluster.drs.run", "limit": 200}).json()["items"]) >= passes_after + 2,
                      3 * DRS_PERIOD + 15, what="two more DRS passes")
             recs = api.get(f"/api/v1/clusters/{cl['id']}/drs/recommendations").json()
             assert not [r for r in recs if r["vm_id"] in idle_ids], (recs, demands, used)

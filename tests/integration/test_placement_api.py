@@ -46,7 +46,6 @@ def _deploy(client, auth, agents, settings, cl, name, memory, **extra):
 
 def test_deploy_places_by_load_and_power_on_refusal_lists_every_host(env):
     client, auth, cl, hosts, agents, settings = env
-    by_host = {h["id"]: h for h in hosts}
     big = []
     for i in range(3):
         vm = _deploy(client, auth, agents, settings, cl, f"big{i}", 700)

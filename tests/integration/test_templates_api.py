@@ -140,7 +140,6 @@ def test_template_versions_deploy_linked_clone_and_delete_refused_while_in_use(e
     assert r.status_code == 202, r.text
     name, args = _command(env, r.json()["id"])
     assert name == "template.release" and args["moves"][0]["from"].endswith(f"{t2['dir']}/disk0.qcow2")
-    new_vm_id = r.json()["object_id"]
     done = _finish(env, r.json())
     assert done["state"] == "success" and c.get(f"/api/v1/templates/{t2['id']}", headers=auth).status_code == 404
     assert c.get(f"/api/v1/vms/{done['result']['vm_id']}", headers=auth).json()["name"] == "base-again"
@@ -203,7 +202,6 @@ def test_uploads_are_limited_and_checksummed(env):
 
 
 def _upload_path(env, upload_id):
-    import os
 
     from vcenter.db.models import Upload
     from vcenter.db.session import session_scope
