@@ -55,12 +55,65 @@ def fresh_postgres() -> str:
     return PG_URL
 
 
+# Migrated once per test session and copied for each test: running every migration for each
+# test cost about 1 s on SQLite and 0.5 s on PostgreSQL, minutes over the API tier.
+_TEMPLATES: dict[str, str] = {}
+
+
+def _maintenance_engine():
+    """An engine on PostgreSQL's maintenance database (databases are created from there)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    return create_engine(make_url(PG_URL).set(database="postgres"), isolation_level="AUTOCOMMIT")
+
+
+def migrated_postgres() -> str:
+    """The test PostgreSQL database at the head revision, with nothing in it: a copy (CREATE
+    DATABASE ... TEMPLATE) of a database migrated once per session; connections left on the
+    previous test's database are closed (WITH (FORCE))."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    from vcenter.db.migrate import upgrade
+
+    if not PG_URL:
+        pytest.fail("VCENTER_TEST_PG_URL is not set: run the tests through `make test`, which starts PostgreSQL")
+    url = make_url(PG_URL)
+    template = f"{url.database}_template"
+    engine = _maintenance_engine()
+    try:
+        with engine.connect() as conn:
+            if "postgresql" not in _TEMPLATES:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)'))
+                conn.execute(text(f'CREATE DATABASE "{template}"'))
+                upgrade(url.set(database=template).render_as_string(hide_password=False))
+                _TEMPLATES["postgresql"] = template
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
+            conn.execute(text(f'CREATE DATABASE "{url.database}" TEMPLATE "{template}"'))
+    finally:
+        engine.dispose()
+    return PG_URL
+
+
+def migrated_sqlite(path: Path) -> str:
+    """A SQLite database file at ``path`` at the head revision: a copy of one migrated once
+    per session."""
+    import shutil
+    import tempfile
+
+    from vcenter.db.migrate import upgrade
+
+    if "sqlite" not in _TEMPLATES:
+        template = Path(tempfile.mkdtemp(prefix="vc-sqlite-template-")) / "vcenter.db"
+        upgrade(f"sqlite:///{template}")
+        _TEMPLATES["sqlite"] = str(template)
+    shutil.copyfile(_TEMPLATES["sqlite"], path)
+    return f"sqlite:///{path}"
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def settings(request, tmp_path: Path) -> Settings:
     """Settings on a migrated, empty database: every test using it runs on both databases."""
-    from vcenter.db.migrate import upgrade
-
-    overrides = {"database_url": fresh_postgres()} if request.param == "postgresql" else {}
-    s = make_settings(tmp_path, **overrides)
-    upgrade(s.database_url)
-    return s
+    url = migrated_postgres() if request.param == "postgresql" else migrated_sqlite(tmp_path / "vcenter.db")
+    return make_settings(tmp_path, database_url=url)
