@@ -33,6 +33,19 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.1, what: str 
     raise AssertionError(f"timed out after {timeout} s waiting for {what}; last value {last!r}")
 
 
+def wait_reports(api, host_id: int, count: int = 2, timeout: float = 30.0) -> None:
+    """Wait until host ``host_id`` has sent ``count`` full state reports after this call (its
+    ``last_report_at`` took ``count`` new values): whatever a report would change is applied
+    by then, so an absence checked afterwards is proven on reports, not on a sleep."""
+    seen = {api.get(f"/api/v1/hosts/{host_id}").json()["last_report_at"]}
+
+    def new_reports() -> bool:
+        seen.add(api.get(f"/api/v1/hosts/{host_id}").json()["last_report_at"])
+        return len(seen) > count
+
+    wait_for(new_reports, timeout, what=f"{count} reports of host {host_id}")
+
+
 def agent_register(client: TestClient, identity, registration_token: str, host_uuid: str, hostname: str):
     """Play one registration call of an agent holding ``identity`` (workers.agent.identity):
     ask for a nonce, sign it, register; answer the register response."""

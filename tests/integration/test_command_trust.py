@@ -8,7 +8,6 @@ import os
 import ssl
 import subprocess
 import sys
-import time
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
@@ -16,7 +15,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.apihelpers import wait_for
+from tests.apihelpers import wait_for, wait_reports
 from tests.conftest import REDIS_URL
 from vcenter.core.clock import utcnow
 from vcenter.core.settings import Settings
@@ -121,7 +120,7 @@ def test_forged_command_is_refused_and_the_genuine_one_runs_once(stack, api):
     wait_refusal(stack, "a", "BAD_SIGNATURE", command.command_id)
     push(stack, "a", command.model_dump(mode="json"))
     wait_refusal(stack, "a", "UNSIGNED", command.command_id)
-    time.sleep(1.5)  # a state report or two: nothing happened
+    wait_reports(api, stack.hosts["a"].host_id)  # reports after the refusals: nothing happened
     assert api.get(f"/api/v1/vms/{vm['id']}").json()["power_state"] == "poweredOff"
     assert task_state(stack, command.task_id) == "queued"
 
@@ -137,7 +136,7 @@ def test_forged_command_is_refused_and_the_genuine_one_runs_once(stack, api):
     wait_for(lambda: api.get(f"/api/v1/tasks/{off['id']}").json()["state"] == "success", 20, what="power off")
     push(stack, "a", genuine)
     wait_refusal(stack, "a", "REPLAY", command.command_id)
-    time.sleep(1.5)
+    wait_reports(api, stack.hosts["a"].host_id)
     assert api.get(f"/api/v1/vms/{vm['id']}").json()["power_state"] == "poweredOff"
 
 
@@ -147,7 +146,7 @@ def test_genuine_command_for_a_moved_to_b_is_refused_by_b(stack, api):
     genuine_for_a = server_signer(stack).seal(command)
     push(stack, "b", genuine_for_a)
     wait_refusal(stack, "b", "WRONG_HOST", command.command_id)
-    time.sleep(1.5)
+    wait_reports(api, stack.hosts["a"].host_id)  # the VM's own host: it would report the VM on
     assert api.get(f"/api/v1/vms/{vm['id']}").json()["power_state"] == "poweredOff"
     assert task_state(stack, command.task_id) == "queued"
     # Host a's own agent runs it: the command itself was good.
