@@ -111,6 +111,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from typing import Any, cast
 
 import numpy as np
 
@@ -240,7 +241,7 @@ class Recommendation:
         return (f"{head}; imbalance {r.imbalance_before:.4f} -> {r.imbalance_after:.4f} (gain {r.gain:+.4f}{robust}); "
                 f"target load cpu {r.target_cpu_load:.3f} mem {r.target_mem_load:.3f}; copies {r.memory_mib} MiB")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         r = self.reasons
         return {
             "vm": self.vm_id, "name": self.vm_name, "source": self.source, "target": self.target,
@@ -280,7 +281,7 @@ class Wake:
     cpu_short_mhz: float  # what the powered-on hosts lack (demand beyond capacity, or the
     mem_short_mib: float  # overload no move could relieve), before this host is woken
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"host": self.host, "reason": self.reason, "cpu_short_mhz": self.cpu_short_mhz, "mem_short_mib": self.mem_short_mib}
 
 
@@ -304,7 +305,7 @@ class DrsPlan:
     def imbalance_after(self) -> float:
         return self.after.imbalance
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "threshold": self.threshold, "target": None if self.target == float("inf") else self.target,
             "imbalance_before": self.before.imbalance, "imbalance_after": self.after.imbalance,
@@ -395,7 +396,12 @@ def _phi(z: np.ndarray) -> np.ndarray:
     a = np.abs(z) / np.sqrt(2.0)
     t = 1.0 / (1.0 + 0.3275911 * a)
     erf = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * np.exp(-a * a)
-    return 0.5 * (1.0 + np.sign(z) * erf)
+    return np.asarray(0.5 * (1.0 + np.sign(z) * erf), dtype=float)
+
+
+def _host(vm: VmSnapshot) -> str:
+    """The host of a VM DRS weighs: DRS considers running VMs only, which always have one."""
+    return cast(str, vm.host)
 
 
 def overload_risk(load: np.ndarray, sigma: np.ndarray) -> np.ndarray:
@@ -403,7 +409,7 @@ def overload_risk(load: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     and memory): its load ~ normal(measured load, spread), the spread at least ``RISK_FLOOR``.
     ``load`` and ``sigma`` are (... x 2) in load units."""
     z = (load - OVERLOAD) / np.maximum(sigma, RISK_FLOOR)
-    return _phi(z).max(axis=-1)
+    return np.asarray(_phi(z).max(axis=-1), dtype=float)
 
 
 class _Loads:
@@ -489,7 +495,7 @@ class _Loads:
         xt = x[targets][None, :, :] + ent[:, None, :] / cap[targets][None, :, :]
         st = np.sqrt(np.maximum(self.var[targets][None, :, :] + var[:, None, :], 0.0)) / cap[targets][None, :, :]
         rt = overload_risk(xt, st)  # k x m
-        return (r0[src] + r0[targets][None, :]) - (rs[:, None] + rt)
+        return np.asarray((r0[src] + r0[targets][None, :]) - (rs[:, None] + rt), dtype=float)
 
     def sigma(self) -> np.ndarray:
         """Each host's load spread (n x 2, in load units)."""
@@ -501,7 +507,7 @@ class _Loads:
         spreads lighter and each target as much heavier than measured. Equals the plain gain
         when no host has a spread."""
         before, after = self._moved(src, ent, targets, resources, self.sigma() * confidence)
-        return before[None, :] - after
+        return np.asarray(before[None, :] - after, dtype=float)
 
     def _moved(self, src: int, ent: np.ndarray, targets: np.ndarray, resources: tuple[int, ...],
                shift: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -611,10 +617,10 @@ class _Pass:
                 st.rules_by_vm[v] = lst
             st._checks = None
         mask = np.zeros(st.n, dtype=bool)
-        for c in res.candidates:
-            mask[st.index[c.host_id]] = True
+        for cand in res.candidates:
+            mask[st.index[cand.host_id]] = True
         mask &= self.loads.active
-        src = st.index[vm.host]
+        src = st.index[_host(vm)]
         for c in checks:
             if c.rule.must:
                 continue
@@ -633,7 +639,7 @@ class _Pass:
     def commit(self, vm: VmSnapshot, dst: int, priority: int, kind: str, before: float, after: float,
                rule: Rule | None = None, overloaded: bool = False, robust_gain: float | None = None) -> None:
         st, L = self.st, self.loads
-        src = st.index[vm.host]
+        src = st.index[_host(vm)]
         x = L.x()
         hc, hm = float(x[src, 0]), float(x[src, 1])
         st.commit(vm, st.ids[dst])
@@ -654,7 +660,7 @@ class _Pass:
         targets = np.flatnonzero(mask)
         if targets.size == 0:
             return None
-        src = self.st.index[vm.host]
+        src = self.st.index[_host(vm)]
         if self.loads.active[src]:
             after = self.loads.after(src, self.loads.ent[vm.id][None, :], targets)[0]
         else:
@@ -725,7 +731,7 @@ class _Pass:
         members = [self.current(v) for v in sorted(rule.vms) if v in self.vms and self._where(v) is not None]
         by_host: dict[str, list[VmSnapshot]] = {}
         for vm in members:
-            by_host.setdefault(vm.host, []).append(vm)
+            by_host.setdefault(_host(vm), []).append(vm)
         if len(by_host) < 2:
             return
         order = sorted(by_host, key=lambda h: (-len(by_host[h]), -sum(v.memory_mib for v in by_host[h]), self.st.index.get(h, 0)))
@@ -792,7 +798,7 @@ class _Pass:
             st = self.st
             free_mem = st.mem_total - st.mem_used - self.ha_mem
             free_vcpu = st.vcpu_total - st.vcpu_used
-            parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+            parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
             movers: list[VmSnapshot] = []
             for src in sources:
                 movable = []
@@ -869,13 +875,13 @@ class _Pass:
             if chosen is None:
                 self.notes.append(f"stopped: no admissible move gains at least {s.min_gain / act.size:.4f} (imbalance {whole:.4f})")
                 return
-            rgain, after, src, dst, vm = chosen
+            best_rgain, best_after, src, dst, vm = chosen
             overloaded = src in over
             p = self.priority_for(before, overloaded)
             if p > s.threshold:  # cannot happen while before > target; kept as a guard
                 self.notes.append(f"stopped: next move would be priority {p} > threshold {s.threshold}")
                 return
-            self.commit(vm, dst, p, "balance", whole, after, overloaded=overloaded, robust_gain=min(rgain, whole - after))
+            self.commit(vm, dst, p, "balance", whole, best_after, overloaded=overloaded, robust_gain=min(best_rgain, whole - best_after))
 
 
 def balance(

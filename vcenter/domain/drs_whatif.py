@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any, cast
 
 from vcenter.domain.drs import Balance, Demand, DrsHistory, DrsPlan, DrsSettings, balance, core_mhz, imbalance_of
 from vcenter.domain.placement import ManyResult, place_many
@@ -81,7 +82,7 @@ class WhatIfResult:
     def imbalance_after(self) -> float:
         return self.plan.after.imbalance
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "change": self.change, "imbalance_now": self.now.imbalance, "imbalance_after_change": self.changed.imbalance,
             "imbalance_after_plan": self.plan.after.imbalance,
@@ -114,7 +115,7 @@ def whatif(
     """
     settings = settings or DrsSettings()
     demands = dict(demands or {})
-    changes = [change] if not isinstance(change, (list, tuple)) else list(change)
+    changes: list[Change] = list(change) if isinstance(change, (list, tuple)) else [cast(Change, change)]
     now = imbalance_of(snapshot, demands)
     snap = snapshot
     displaced: ManyResult | None = None
