@@ -337,5 +337,71 @@ class MigrationProgress(BaseModel):
         return max(0, min(99, int(100 * (total - remaining) / total)))
 
 
+# --- typed arguments of the commands the migration and relocation operations send ----------
+# ``Command.args`` stays a dict on the wire: these models build it (``args()``) with the exact
+# keys and order the agent reads, and read it back (``model_validate``).
+class CommandArgs(BaseModel):
+    def args(self) -> dict[str, Any]:
+        """The command's ``args`` as they travel: JSON values, field names as the agent reads them."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class MigrateArgs(CommandArgs):
+    """``vm.migrate``, sent to the source host: live-migrate domain ``uuid``."""
+    uuid: str
+    options: MigrationOptions
+
+
+class DiskMove(BaseModel):
+    """One disk of a relocation: its index and target (vda, ...), its format, its image's old
+    and new paths (as the host that runs the VM sees them) and the datastore it goes to."""
+    index: int
+    target: str
+    format: str
+    from_: str = Field(alias="from")
+    to: str
+    datastore_id: int
+
+
+class RelocateArgs(CommandArgs):
+    """``vm.relocate`` of a VM on its host (``running``: block copy and pivot, else conversion),
+    or with ``migrate`` a running VM's live migration to another host with the moved disks."""
+    uuid: str
+    moves: list[DiskMove]
+    running: bool
+    migrate: MigrationOptions | None = None
+
+    def args(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=self.migrate is None)
+
+
+class OfflineCopyArgs(CommandArgs):
+    """``vm.relocate`` step ``copy`` of a powered-off VM's relocation, sent to the copier."""
+    offline_step: Literal["copy"] = "copy"
+    uuid: str
+    copies: list[dict[str, Any]]
+
+
+class OfflineDefineArgs(CommandArgs):
+    """Step ``define``, sent to the target: the domain on its new paths."""
+    offline_step: Literal["define"] = "define"
+    spec: VmSpec
+
+
+class OfflineFinishArgs(CommandArgs):
+    """Step ``finish``, sent to the source: undefine the domain, then remove the old files."""
+    offline_step: Literal["finish"] = "finish"
+    uuid: str
+    remove: list[str]
+
+
+class OfflineDiscardArgs(CommandArgs):
+    """Step ``discard`` after a failure or cancel: remove the new files (and undefine the
+    domain ``uuid`` when it was defined on the target)."""
+    offline_step: Literal["discard"] = "discard"
+    uuid: str | None
+    paths: list[str]
+
+
 TaskResult.model_rebuild()
 VmSpec.model_rebuild()
