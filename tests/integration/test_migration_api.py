@@ -414,3 +414,26 @@ def test_relocations_to_another_host_take_migration_slots(env):
     # Freed: the oldest waiting one (the cold relocation) goes first and holds h1 and h3.
     assert client.get(f"/api/v1/tasks/{cold['id']}", headers=auth).json()["state"] == "running"
     assert client.get(f"/api/v1/tasks/{waiting['id']}", headers=auth).json()["state"] == "queued"
+
+
+@pytest.mark.parametrize("named_target", [False, True], ids=["placement-chooses", "target-named"])
+def test_one_migrate_request_reads_the_cluster_once(env, monkeypatch, named_target):
+    """POST /vms/{id}/migrate builds the cluster snapshot once: the choice of a target and the
+    checks share it (before, the choice and the checks read the cluster again each)."""
+    from vcenter.services import ha, migration
+
+    client, auth, cl, (h1, h2, h3), agents, pg, settings = env
+    vm = _running_vm(client, auth, agents, settings, h1, "once")
+    built = []
+
+    def counting(session, cluster_id):
+        built.append(cluster_id)
+        return real(session, cluster_id)
+
+    real = migration.cluster_snapshot
+    monkeypatch.setattr(migration, "cluster_snapshot", counting)
+    monkeypatch.setattr(ha, "cluster_snapshot", counting)  # HA admission would be a second read
+    body = {"host_id": h3["id"]} if named_target else None
+    r = client.post(f"/api/v1/vms/{vm['id']}/migrate", headers=auth, json=body)
+    assert r.status_code == 202, r.json()
+    assert built == [cl["id"]]

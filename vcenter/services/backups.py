@@ -20,6 +20,8 @@ seed disk is not restored, and the new VM always gets a customisation of its own
 id, a new server-issued machine-id, its own name as hostname; the source's customisation spec
 carried over) whose NoCloud seed the agent writes before defining it, as for clones.
 
+The agents' results and the rollbacks are the operations' (vcenter.services.operations.backup).
+
 Codes: BACKUP_DATASTORE_NOT_MOUNTED, BACKUP_CHAIN_INCOMPLETE, BACKUP_NOT_FOUND,
 BACKUP_JOB_NOT_FOUND, VM_POWERED_ON, PATH_* (the directory leaves its datastore).
 """
@@ -35,14 +37,15 @@ from vcenter.core.clock import utcnow
 from vcenter.core.errors import Conflict, Invalid, InvalidState, NotFound
 from vcenter.core.ids import new_mac, new_uuid
 from vcenter.core.settings import Settings
-from vcenter.db.models import BackupJob, BackupPoint, Host, ObjectClaim, Task, VirtualDisk, VirtualMachine, VirtualNic, VmCustomization, VmSnapshotRow
+from vcenter.db.models import BackupJob, BackupPoint, Host, ObjectClaim, Task, VirtualDisk, VirtualMachine, VirtualNic, VmCustomization
 from vcenter.domain import backups as plan
-from vcenter.domain.states import PowerState, TaskState
+from vcenter.domain.states import PowerState
 from vcenter.services import inventory, placement
 from vcenter.services.events import record_event
-from vcenter.services.snapshots import _ready_vm, disk_target, mount_path
-from vcenter.services.tasks import finish_task, start_task
+from vcenter.services.snapshots import ready_vm, disk_target, mount_path
+from vcenter.services.tasks import start_task
 from vcenter.services.templates import SEED_SUFFIX, dns_label
+from vcenter.services.vms import vm_spec
 
 JOB_FIELDS = ("name", "datastore_id", "directory", "interval_s", "keep", "incremental", "full_every", "enabled")
 
@@ -61,7 +64,7 @@ def _job(session: Session, vm: VirtualMachine, job_id: int) -> BackupJob:
 
 def create_job(session: Session, user: str, vm_id: int, data: dict[str, Any]) -> BackupJob:
     vm: VirtualMachine = inventory.get(session, "vm", vm_id)
-    ds = inventory._ref(session, "datastore", data["datastore_id"], "datastore_id")
+    ds = inventory.ref(session, "datastore", data["datastore_id"], "datastore_id")
     try:
         directory = plan.backup_directory(data["directory"])
     except plan.PathRefused as exc:
@@ -70,7 +73,7 @@ def create_job(session: Session, user: str, vm_id: int, data: dict[str, Any]) ->
         raise Conflict(f"datastore {ds.name} is not mounted on the host of VM {vm.name}", code="BACKUP_DATASTORE_NOT_MOUNTED", details={"field": "datastore_id"})
     job = BackupJob(vm_id=vm.id, **{**{k: data[k] for k in JOB_FIELDS if k in data and data[k] is not None}, "directory": directory})
     session.add(job)
-    inventory._flush_unique(session, f"backup job {job.name!r} of VM {vm.name}")
+    inventory.flush_unique(session, f"backup job {job.name!r} of VM {vm.name}")
     record_event(session, "vm.backup.job_created", f"backup job {job.name!r} of VM {vm.name} to {ds.name}:{directory}"
                  + (f" every {job.interval_s:g}s, keeping {job.keep}" if job.interval_s else " (on demand)"),
                  username=user, object_type="vm", object_id=vm.id, object_name=vm.name)
@@ -85,7 +88,7 @@ def list_jobs(session: Session, vm_id: int) -> list[BackupJob]:
 def update_job(session: Session, user: str, vm_id: int, job_id: int, changes: dict[str, Any]) -> BackupJob:
     vm = inventory.get(session, "vm", vm_id)
     job = _job(session, vm, job_id)
-    inventory._check_version(job, changes.pop("version", None))
+    inventory.check_version(job, changes.pop("version", None))
     inventory.refuse_nulls(job, changes)
     for k in ("interval_s", "keep", "incremental", "full_every", "enabled"):
         if k in changes:
@@ -103,7 +106,7 @@ def _file_name(vm: VirtualMachine, point_id: int, index: int) -> str:
 
 
 def run_job(session: Session, user: str, vm_id: int, job_id: int) -> Task:
-    vm = _ready_vm(session, vm_id)
+    vm = ready_vm(session, vm_id)
     job = _job(session, vm, job_id)
     base = mount_path(session, job.datastore_id, vm.host_id)
     if base is None:
@@ -134,9 +137,7 @@ def run_job(session: Session, user: str, vm_id: int, job_id: int) -> Task:
 
 
 def restore(session: Session, user: str, vm_id: int, point_id: int, data: dict[str, Any]) -> Task:
-    from vcenter.services.vms import vm_spec
-
-    vm = _ready_vm(session, vm_id)
+    vm = ready_vm(session, vm_id)
     point = session.get(BackupPoint, point_id)
     if point is None or point.vm_id != vm.id:
         raise NotFound(f"VM {vm.name} has no restore point {point_id}", code="BACKUP_NOT_FOUND")
@@ -157,11 +158,11 @@ def restore(session: Session, user: str, vm_id: int, point_id: int, data: dict[s
                           command="vm.restore", command_args={"disks": disks, "replace_uuid": vm.libvirt_uuid})
     if not data.get("name"):
         raise Invalid("name: a restore to a new VM needs its name", code="INVALID", details={"field": "name"})
-    target_ds = inventory._ref(session, "datastore", data.get("datastore_id"), "datastore_id")
+    target_ds = inventory.ref(session, "datastore", data.get("datastore_id"), "datastore_id")
     stores = [target_ds.id if target_ds else d.datastore_id for d in vm.disks]
     chosen = None
     if data.get("host_id") is not None:
-        host: Host = inventory._ref(session, "host", data["host_id"], "host_id")
+        host: Host = inventory.ref(session, "host", data["host_id"], "host_id")
     elif vm.cluster_id is not None:
         request = {"name": data["name"], "vcpus": vm.vcpus, "memory_mib": vm.memory_mib,
                    "disks": [{"datastore_id": i} for i in {*stores, job.datastore_id}], "nics": [{"portgroup_id": n.portgroup_id} for n in vm.nics]}
@@ -192,7 +193,7 @@ def restore(session: Session, user: str, vm_id: int, point_id: int, data: dict[s
     for nic in vm.nics:
         new.nics.append(VirtualNic(index=nic.index, portgroup_id=nic.portgroup_id, mac=new_mac(), model=nic.model))
     session.add(new)
-    inventory._flush_unique(session, f"VM {new.name!r}")
+    inventory.flush_unique(session, f"VM {new.name!r}")
     # A fresh guest identity, as for clones: new cloud-init instance id, a machine-id the server
     # issues, the new name as hostname (the source's customisation spec carried over, if any).
     custom = session.get(VmCustomization, vm.id)
@@ -231,72 +232,3 @@ def run_due(session: Session, settings: Settings) -> list[int]:
             job.last_run_at = now
             record_event(session, "vm.backup.skipped", f"scheduled backup {job.name!r} of VM {vm.name} skipped: {exc}", object_type="vm", object_id=vm.id, object_name=vm.name, reason=getattr(exc, "code", None))
     return started
-
-
-def abandoned(session: Session, task: Task) -> None:
-    """A task of ours the reaper ended (WORKER_LOST, AGENT_UNREACHABLE): the rows it made for
-    its outcome go (a clone or restored VM still creating; a backup point still running)."""
-    if task.kind == "vm.backup":
-        point = session.get(BackupPoint, task.params.get("point_id"))
-        if point is not None and point.state == "running":
-            point.state = "failed"
-    for key in ("clone_vm_id", "new_vm_id"):
-        if task.kind in ("vm.clone", "vm.restore") and task.params.get(key):
-            vm = session.get(VirtualMachine, task.params[key])
-            if vm is not None and vm.status == "creating":
-                session.delete(vm)
-
-
-# --- the agent's results -------------------------------------------------------------------
-def on_result(session: Session, task: Task, ok: bool, result: dict[str, Any], error_code: str | None,
-              error_message: str | None, domain: Any) -> bool:
-    if task.kind not in ("vm.backup", "vm.restore"):
-        return False
-    vm = session.get(VirtualMachine, task.object_id)
-    name = vm.name if vm else None
-    if task.kind == "vm.backup":
-        point = session.get(BackupPoint, task.params["point_id"])
-        if not ok:
-            if point is not None:
-                point.state = "failed"
-                point.files = []
-            state = TaskState.CANCELLED if error_code == "BACKUP_CANCELLED" else TaskState.ERROR
-            finish_task(session, task, state, error_code=error_code or "AGENT_ERROR", error_message=error_message, object_name=name)
-            return True
-        point.state = "ok"
-        point.kind = result.get("kind", point.kind)
-        if point.kind == "full":
-            point.parent_id = None
-        point.checkpoint = result.get("checkpoint")
-        sizes = result.get("files", {})
-        point.files = [{**f, "bytes": int(sizes.get(f["target"], 0))} for f in point.files]
-        point.size_bytes = sum(f["bytes"] for f in point.files)
-        point.completed_at = utcnow()
-        # The chain ends at a full point made instead of an incremental one: it has no parent.
-        for pid in task.params.get("retention_deletes", []):
-            old = session.get(BackupPoint, pid)
-            if old is not None:
-                for child in session.scalars(select(BackupPoint).where(BackupPoint.parent_id == old.id)):
-                    child.parent_id = None
-                session.delete(old)
-        finish_task(session, task, TaskState.SUCCESS, result={**result, "point_id": point.id}, object_name=name)
-        record_event(session, "vm.backup.done", f"{point.kind} backup of VM {name}: point {point.id}, {point.size_bytes} bytes",
-                     username=task.username, object_type="vm", object_id=task.object_id, object_name=name, task_id=task.id)
-        return True
-    new = session.get(VirtualMachine, task.params["new_vm_id"]) if task.params.get("new_vm_id") else None
-    if not ok:
-        finish_task(session, task, TaskState.ERROR, error_code=error_code or "AGENT_ERROR", error_message=error_message, object_name=name)
-        if new is not None:
-            session.delete(new)
-        return True
-    if new is not None:
-        new.status = "ready"
-    elif vm is not None:
-        for row in session.scalars(select(VmSnapshotRow).where(VmSnapshotRow.vm_id == vm.id)):
-            session.delete(row)
-        for disk in vm.disks:
-            disk.backing_file = None
-    finish_task(session, task, TaskState.SUCCESS, result={**result, **({"new_vm_id": new.id} if new else {})}, object_name=name)
-    record_event(session, "vm.restored", f"VM {name} restored from point {task.params['point_id']}" + (f" into new VM {new.name}" if new else " over its disks"),
-                 username=task.username, object_type="vm", object_id=new.id if new else task.object_id, object_name=new.name if new else name, task_id=task.id)
-    return True

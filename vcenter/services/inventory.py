@@ -52,7 +52,7 @@ def get(session: Session, kind: str, object_id: int) -> Any:
     return row
 
 
-def _ref(session: Session, kind: str, object_id: int | None, field: str) -> Any:
+def ref(session: Session, kind: str, object_id: int | None, field: str) -> Any:
     """A reference in a request body: unknown ids are the client's mistake (422 naming it)."""
     if object_id is None:
         return None
@@ -62,12 +62,14 @@ def _ref(session: Session, kind: str, object_id: int | None, field: str) -> Any:
     return row
 
 
-def _check_version(row: Any, version: int | None) -> None:
+def check_version(row: Any, version: int | None) -> None:
+    """Optimistic locking: a change naming a version the row is no longer at is 409 STALE_VERSION."""
     if version is not None and version != row.version:
         raise StaleVersion(f"{type(row).__name__} {row.id} is at version {row.version}, not {version}")
 
 
-def _flush_unique(session: Session, what: str) -> None:
+def flush_unique(session: Session, what: str) -> None:
+    """Flush a new row; a unique name already taken is 409 DUPLICATE_NAME naming ``what``."""
     try:
         with session.begin_nested():
             session.flush()
@@ -95,7 +97,7 @@ def _has(session: Session, model: Any, *conditions: Any) -> bool:
 def create_datacenter(session: Session, user: str, name: str) -> Datacenter:
     dc = Datacenter(name=name)
     session.add(dc)
-    _flush_unique(session, f"datacenter {name!r}")
+    flush_unique(session, f"datacenter {name!r}")
     record_event(session, "datacenter.created", f"datacenter {name} created", username=user, object_type="datacenter", object_id=dc.id, object_name=name)
     return dc
 
@@ -111,11 +113,11 @@ def refuse_nulls(row: Any, changes: dict[str, Any]) -> None:
 
 def update_object(session: Session, user: str, kind: str, object_id: int, changes: dict[str, Any]) -> Any:
     row = get(session, kind, object_id)
-    _check_version(row, changes.get("version"))
+    check_version(row, changes.get("version"))
     refuse_nulls(row, changes)
     for field, ref_kind in (("cluster_id", "cluster"), ("parent_id", "folder" if kind == "folder" else "pool"), ("folder_id", "folder"), ("pool_id", "pool")):
         if changes.get(field) is not None:
-            _ref(session, ref_kind, changes[field], field)
+            ref(session, ref_kind, changes[field], field)
     if kind == "folder" and changes.get("parent_id") == object_id:
         raise Invalid("parent_id: a folder cannot be its own parent", code="INVALID_REFERENCE", details={"field": "parent_id"})
     if kind == "host" and "cluster_id" in changes and changes["cluster_id"] != row.cluster_id:
@@ -135,7 +137,7 @@ def update_object(session: Session, user: str, kind: str, object_id: int, change
     before.pop("power", None)  # holds a credential: never into an event
     if host_ids is not None:
         before["host_ids"] = _set_hosts(session, kind, row, host_ids)
-    _flush_unique(session, f"{kind} named {getattr(row, 'name', '')!r}")
+    flush_unique(session, f"{kind} named {getattr(row, 'name', '')!r}")
     if before:
         record_event(
             session,
@@ -209,13 +211,13 @@ def delete_object(session: Session, user: str, kind: str, object_id: int) -> Non
 
 # --- folders, clusters, pools --------------------------------------------------------------
 def create_folder(session: Session, user: str, data: dict[str, Any]) -> Folder:
-    _ref(session, "datacenter", data["datacenter_id"], "datacenter_id")
-    parent = _ref(session, "folder", data.get("parent_id"), "parent_id")
+    ref(session, "datacenter", data["datacenter_id"], "datacenter_id")
+    parent = ref(session, "folder", data.get("parent_id"), "parent_id")
     if parent is not None and parent.datacenter_id != data["datacenter_id"]:
         raise Invalid("parent_id: the parent folder is in another datacenter", code="INVALID_REFERENCE", details={"field": "parent_id"})
     folder = Folder(**data)
     session.add(folder)
-    _flush_unique(session, f"folder {data['name']!r}")
+    flush_unique(session, f"folder {data['name']!r}")
     record_event(session, "folder.created", f"folder {folder.name} created", username=user, object_type="folder", object_id=folder.id, object_name=folder.name)
     return folder
 
@@ -232,13 +234,13 @@ def _check_cluster_settings(settings: dict[str, Any]) -> None:
 
 
 def create_cluster(session: Session, user: str, data: dict[str, Any]) -> Cluster:
-    _ref(session, "datacenter", data["datacenter_id"], "datacenter_id")
+    ref(session, "datacenter", data["datacenter_id"], "datacenter_id")
     settings = {"schema": CLUSTER_SETTINGS_SCHEMA, "drs": {}, "dpm": {}, "ha": {}, "evc": {}}
     settings.update(data.get("settings") or {})
     _check_cluster_settings(settings)
     cluster = Cluster(name=data["name"], datacenter_id=data["datacenter_id"], settings=settings)
     session.add(cluster)
-    _flush_unique(session, f"cluster {data['name']!r}")
+    flush_unique(session, f"cluster {data['name']!r}")
     # Every cluster has its root resource pool, as in vCenter.
     session.add(ResourcePool(name="Resources", cluster_id=cluster.id, parent_id=None))
     record_event(session, "cluster.created", f"cluster {cluster.name} created", username=user, object_type="cluster", object_id=cluster.id, object_name=cluster.name)
@@ -246,8 +248,8 @@ def create_cluster(session: Session, user: str, data: dict[str, Any]) -> Cluster
 
 
 def create_pool(session: Session, user: str, data: dict[str, Any]) -> ResourcePool:
-    _ref(session, "cluster", data["cluster_id"], "cluster_id")
-    parent = _ref(session, "pool", data.get("parent_id"), "parent_id")
+    ref(session, "cluster", data["cluster_id"], "cluster_id")
+    parent = ref(session, "pool", data.get("parent_id"), "parent_id")
     if parent is None:
         parent = session.scalar(select(ResourcePool).where(ResourcePool.cluster_id == data["cluster_id"], ResourcePool.parent_id.is_(None)))
         data = {**data, "parent_id": parent.id if parent else None}
@@ -255,7 +257,7 @@ def create_pool(session: Session, user: str, data: dict[str, Any]) -> ResourcePo
         raise Invalid("parent_id: the parent pool is in another cluster", code="INVALID_REFERENCE", details={"field": "parent_id"})
     pool = ResourcePool(**data)
     session.add(pool)
-    _flush_unique(session, f"resource pool {data['name']!r}")
+    flush_unique(session, f"resource pool {data['name']!r}")
     record_event(session, "pool.created", f"resource pool {pool.name} created", username=user, object_type="pool", object_id=pool.id, object_name=pool.name)
     return pool
 
@@ -263,13 +265,13 @@ def create_pool(session: Session, user: str, data: dict[str, Any]) -> ResourcePo
 # --- hosts ---------------------------------------------------------------------------------
 def create_host(session: Session, user: str, data: dict[str, Any]) -> Host:
     """Add a host; its agent registers later with a token from services.hosts."""
-    _ref(session, "datacenter", data["datacenter_id"], "datacenter_id")
-    cluster = _ref(session, "cluster", data.get("cluster_id"), "cluster_id")
+    ref(session, "datacenter", data["datacenter_id"], "datacenter_id")
+    cluster = ref(session, "cluster", data.get("cluster_id"), "cluster_id")
     if cluster is not None and cluster.datacenter_id != data["datacenter_id"]:
         raise Invalid("cluster_id: the cluster is in another datacenter", code="INVALID_REFERENCE", details={"field": "cluster_id"})
     host = Host(**data, connection_state="disconnected", trust_state="awaitingAgent")
     session.add(host)
-    _flush_unique(session, f"host {data['name']!r}")
+    flush_unique(session, f"host {data['name']!r}")
     record_event(session, "host.added", f"host {host.name} added; waiting for its agent to register", username=user, object_type="host", object_id=host.id, object_name=host.name)
     return host
 
@@ -285,7 +287,7 @@ def host_by_token(session: Session, host_id: int, token: str) -> Host | None:
 def _hosts_in(session: Session, datacenter_id: int, host_ids: list[int]) -> list[Host]:
     hosts = []
     for host_id in dict.fromkeys(host_ids):
-        host = _ref(session, "host", host_id, "host_ids")
+        host = ref(session, "host", host_id, "host_ids")
         if host.datacenter_id != datacenter_id:
             raise Invalid(f"host_ids: host {host_id} is in another datacenter", code="INVALID_REFERENCE", details={"field": "host_ids"})
         hosts.append(host)
@@ -360,7 +362,7 @@ def _no_overlap(session: Session, datacenter_id: int, url: str) -> None:
 
 
 def create_datastore(session: Session, user: str, data: dict[str, Any], settings: Settings) -> Datastore:
-    _ref(session, "datacenter", data["datacenter_id"], "datacenter_id")
+    ref(session, "datacenter", data["datacenter_id"], "datacenter_id")
     data = {**data, "url": datastore_url(data["url"], settings)}
     _no_overlap(session, data["datacenter_id"], data["url"])
     host_ids = data.pop("host_ids", [])
@@ -369,19 +371,19 @@ def create_datastore(session: Session, user: str, data: dict[str, Any], settings
     datastore = Datastore(**data)
     datastore.mounts = [DatastoreMount(host_id=h.id, path=data["url"]) for h in hosts]
     session.add(datastore)
-    _flush_unique(session, f"datastore {data['name']!r}")
+    flush_unique(session, f"datastore {data['name']!r}")
     record_event(session, "datastore.created", f"datastore {datastore.name} created at {datastore.url}", username=user, object_type="datastore", object_id=datastore.id, object_name=datastore.name)
     return datastore
 
 
 def create_portgroup(session: Session, user: str, data: dict[str, Any]) -> PortGroup:
-    _ref(session, "datacenter", data["datacenter_id"], "datacenter_id")
+    ref(session, "datacenter", data["datacenter_id"], "datacenter_id")
     host_ids = data.pop("host_ids", [])
     hosts = _hosts_in(session, data["datacenter_id"], host_ids)
     portgroup = PortGroup(**data, bridge="pending")
     portgroup.hosts = [PortGroupHost(host_id=h.id, present=False) for h in hosts]
     session.add(portgroup)
-    _flush_unique(session, f"port group {data['name']!r}")
+    flush_unique(session, f"port group {data['name']!r}")
     portgroup.bridge = f"vcpg{portgroup.id}"  # short, unique, a valid Linux interface name
     record_event(session, "portgroup.created", f"port group {portgroup.name} (VLAN {portgroup.vlan_id}) created", username=user, object_type="portgroup", object_id=portgroup.id, object_name=portgroup.name)
     return portgroup

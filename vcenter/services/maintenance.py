@@ -15,36 +15,30 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vcenter.core.settings import Settings
-from vcenter.db.models import Host, Task, VirtualMachine
-from vcenter.domain.states import PowerAction, TaskState, power_state_after
-from vcenter.services import backups, migration, templates
+from vcenter.db.models import Host, Task
+from vcenter.domain.states import TaskState
+from vcenter.services import migration
+from vcenter.services.operations import REGISTRY, Ending, operation_for
 from vcenter.services.events import record_event
 from vcenter.services.reports import mark_host_heartbeat
 from vcenter.services.tasks import expired_leases, finish_task, send_command, stale_queued
+from datetime import timedelta
+from sqlalchemy import delete
+from vcenter.core.clock import utcnow
+from vcenter.db.models import Event
+from vcenter.services import refusals
 
 log = logging.getLogger(__name__)
-
-_POWER_KINDS = {f"vm.{a.value}": a for a in PowerAction}
-
-
-def _reconciled(session: Session, task: Task) -> bool:
-    if task.kind == "vm.migrate":
-        return migration.reconciled(session, task)
-    action = _POWER_KINDS.get(task.kind)
-    if action is None or action == PowerAction.RESET:
-        return False
-    vm = session.get(VirtualMachine, task.object_id)
-    return vm is not None and vm.power_state == power_state_after(action).value
 
 
 def reap(session: Session, settings: Settings) -> dict[str, int]:
     counts = {"reconciled": 0, "resent": 0, "lost": 0, "unreachable": 0}
     for task in expired_leases(session):
-        if _reconciled(session, task):
+        operation = operation_for(task.kind)
+        if operation.reconciled(session, task):
             finish_task(session, task, TaskState.SUCCESS, result={"reconciled": True})
             counts["reconciled"] += 1
-            if task.kind == "vm.migrate":
-                migration.dispatch_waiting(session)
+            operation.after_reconciled(session, task)
         elif task.attempts < settings.task_max_attempts and task.params.get("command"):
             task.state = TaskState.QUEUED.value
             task.step = "resent"
@@ -54,23 +48,18 @@ def reap(session: Session, settings: Settings) -> dict[str, int]:
             counts["resent"] += 1
         else:
             finish_task(session, task, TaskState.ERROR, error_code="WORKER_LOST", error_message="the worker running this task died and the task could not be resumed")
-            backups.abandoned(session, task)
-            templates.abandoned(session, task)
+            operation.rollback(session, task, Ending.LOST)
             counts["lost"] += 1
     for task in stale_queued(session, settings.task_queue_timeout):
         if task.command_id is None:
             continue  # never sent: waiting for a slot (its own saga decides), not lost
-        if _reconciled(session, task):
+        operation = operation_for(task.kind)
+        if operation.reconciled(session, task):
             finish_task(session, task, TaskState.SUCCESS, result={"reconciled": True})
             counts["reconciled"] += 1
             continue
         finish_task(session, task, TaskState.ERROR, error_code="AGENT_UNREACHABLE", error_message=f"no agent picked the command up within {settings.task_queue_timeout:.0f} s")
-        backups.abandoned(session, task)
-        templates.abandoned(session, task)
-        if task.kind == "vm.create":
-            vm = session.get(VirtualMachine, task.object_id)
-            if vm is not None and vm.status == "creating":
-                session.delete(vm)
+        operation.rollback(session, task, Ending.UNREACHABLE)
         counts["unreachable"] += 1
     return counts
 
@@ -81,27 +70,21 @@ def monitor_hosts(session: Session, is_alive: Callable[[int], bool]) -> None:
 
 
 def advance_sagas(session: Session) -> None:
-    migration.advance_all(session)
+    """The orchestrator's periodic pass: dispatch the migrations waiting for slots, then let
+    every running task whose operation waits on this pass advance (evacuations finish when
+    their children did, power-ons when the host reported)."""
+    migration.dispatch_waiting(session)
+    kinds = [kind for kind, operation in REGISTRY.items() if operation.advances]
+    for task in session.scalars(select(Task).where(Task.kind.in_(kinds), Task.state == TaskState.RUNNING.value).order_by(Task.id)):
+        operation_for(task.kind).advance(session, task)
 
 
 def purge_events(session: Session, settings: Settings) -> int:
     """Retention of the audit log: events older than ``events_retention_days`` go."""
-    from datetime import timedelta
-
-    from sqlalchemy import delete
-
-    from vcenter.core.clock import utcnow
-    from vcenter.db.models import Event
-
     cutoff = utcnow() - timedelta(days=settings.events_retention_days)
     return session.execute(delete(Event).where(Event.at < cutoff)).rowcount or 0
 
 
 def purge_refusals(session: Session, settings: Settings) -> int:
     """The refused-credential counts are audit log too: same retention as the events."""
-    from datetime import timedelta
-
-    from vcenter.core.clock import utcnow
-    from vcenter.services import refusals
-
     return refusals.purge(session, utcnow() - timedelta(days=settings.events_retention_days))

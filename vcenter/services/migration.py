@@ -34,15 +34,19 @@ from sqlalchemy.orm import Session
 from vcenter.core.errors import Conflict, Invalid, InvalidState
 from vcenter.core.clock import utcnow
 from vcenter.core.settings import Settings, get_settings
-from vcenter.db.models import Cluster, Datastore, Host, Task, VirtualMachine
+from vcenter.db.models import Cluster, Datastore, Host, Task, VirtualMachine, VmSnapshotRow
 from vcenter.db.snapshots import cluster_snapshot
 from vcenter.domain import evacuation, placement
-from vcenter.domain.snapshot import VmSnapshot
+from vcenter.domain.snapshot import ClusterSnapshot, VmSnapshot
 from vcenter.domain.states import PowerState, TaskState
-from vcenter.messaging.contracts import MigrationOptions
+from vcenter.messaging.contracts import MigrateArgs, MigrationOptions, RelocateArgs
 from vcenter.services import inventory, power
 from vcenter.services.events import record_event
 from vcenter.services.tasks import ensure_idle, finish_task, send_command, start_task
+from pydantic import ValidationError
+from vcenter.db.snapshots import vm_snapshot
+from vcenter.schemas.maintenance import MaintenanceSettings
+from vcenter.services import ha, relocation
 
 FILTER_CODES = {
     "ConnectionFilter": "HOST_NOT_CONNECTED",
@@ -73,23 +77,27 @@ def _moving(snapshot, vm: VirtualMachine) -> VmSnapshot:
     return current
 
 
-def checks(session: Session, vm: VirtualMachine, target_id: int) -> list[dict[str, Any]]:
-    """Every check of a VMotion of ``vm`` to host ``target_id``, each with a stable code, a
-    human message and whether it passed. Same data for the check route and the refusal."""
-    target: Host = inventory.get(session, "host", target_id)
+def _check_vm_and_target(vm: VirtualMachine, target: Host) -> dict[str, Any] | None:
+    """The VM runs, and the target is another host of its cluster."""
     if vm.power_state != PowerState.POWERED_ON.value:
-        return [{"code": "VM_NOT_RUNNING", "ok": False, "message": f"VM {vm.name} is {vm.power_state}: VMotion moves running VMs"}]
+        return {"code": "VM_NOT_RUNNING", "ok": False, "message": f"VM {vm.name} is {vm.power_state}: VMotion moves running VMs"}
     if target.id == vm.host_id:
-        return [{"code": "SAME_HOST", "ok": False, "message": f"VM {vm.name} already runs on {target.name}"}]
+        return {"code": "SAME_HOST", "ok": False, "message": f"VM {vm.name} already runs on {target.name}"}
     if vm.cluster_id is None or target.cluster_id != vm.cluster_id:
-        return [{"code": "OTHER_CLUSTER", "ok": False, "message": f"host {target.name} is not in the VM's cluster"}]
-    from vcenter.db.models import VmSnapshotRow
+        return {"code": "OTHER_CLUSTER", "ok": False, "message": f"host {target.name} is not in the VM's cluster"}
+    return None
 
+
+def _check_no_snapshots(session: Session, vm: VirtualMachine) -> dict[str, Any] | None:
     snapshots = session.scalar(select(func.count()).select_from(VmSnapshotRow).where(VmSnapshotRow.vm_id == vm.id))
     if snapshots:
         # Measured on libvirt 9.0: "cannot migrate domain with 1 snapshots".
-        return [{"code": "VM_HAS_SNAPSHOTS", "ok": False, "message": f"VM {vm.name} has {snapshots} snapshot(s): libvirt cannot migrate a domain with snapshots (delete them first)"}]
-    snapshot = cluster_snapshot(session, vm.cluster_id)
+        return {"code": "VM_HAS_SNAPSHOTS", "ok": False, "message": f"VM {vm.name} has {snapshots} snapshot(s): libvirt cannot migrate a domain with snapshots (delete them first)"}
+    return None
+
+
+def _check_placement(snapshot: ClusterSnapshot, vm: VirtualMachine, target: Host) -> list[dict[str, Any]]:
+    """Placement's filters on the target, one check per filter (and the pool's admission)."""
     result = placement.place(snapshot, _moving(snapshot, vm), only=[str(target.id)])
     found: dict[str, list[str]] = {}
     for rejection in result.rejected:
@@ -108,14 +116,24 @@ def checks(session: Session, vm: VirtualMachine, target_id: int) -> list[dict[st
     return out
 
 
+def checks(session: Session, vm: VirtualMachine, target: Host, snapshot: ClusterSnapshot | None = None) -> list[dict[str, Any]]:
+    """Every check of a VMotion of ``vm`` to ``target``, each with a stable code, a human
+    message and whether it passed. Same data for the check route and the refusal. The first
+    failing early check is the only one; ``snapshot``: the cluster as the caller already read
+    it in this request (read here when the placement checks need it and none is given)."""
+    early = _check_vm_and_target(vm, target) or _check_no_snapshots(session, vm)
+    if early is not None:
+        return [early]
+    return _check_placement(snapshot if snapshot is not None else cluster_snapshot(session, vm.cluster_id), vm, target)
+
+
 def check_report(session: Session, vm_id: int, target_id: int) -> dict[str, Any]:
     vm: VirtualMachine = inventory.get(session, "vm", vm_id)
-    results = checks(session, vm, target_id)
+    results = checks(session, vm, inventory.get(session, "host", target_id))
     return {"vm": vm.id, "host": target_id, "ok": all(c["ok"] for c in results), "checks": results}
 
 
-def _choose_target(session: Session, vm: VirtualMachine) -> tuple[int, dict[str, Any]]:
-    snapshot = cluster_snapshot(session, vm.cluster_id)
+def _choose_target(snapshot: ClusterSnapshot, vm: VirtualMachine) -> tuple[int, dict[str, Any]]:
     result = placement.place(snapshot, _moving(snapshot, vm))
     if result.host is None:
         raise MigrationRefused(f"no host can take VM {vm.name}", code="PLACEMENT_FAILED", details=result.to_dict())
@@ -144,23 +162,23 @@ def migrate(session: Session, user: str, vm_id: int, target_id: int | None, conf
         raise InvalidState(f"VM {vm.name} is {vm.status}", code="VM_NOT_READY")
     if vm.power_state != PowerState.POWERED_ON.value:
         raise InvalidState(f"VM {vm.name} is {vm.power_state}: VMotion moves running VMs", code="VM_NOT_RUNNING")
-    decision = None
+    # The cluster is read once for the request: the choice of a target and the checks share it.
+    decision, snapshot = None, None
     if target_id is None:
-        target_id, decision = _choose_target(session, vm)
-    results = checks(session, vm, target_id)
+        snapshot = cluster_snapshot(session, vm.cluster_id)
+        target_id, decision = _choose_target(snapshot, vm)
+    target: Host = inventory.get(session, "host", target_id)
+    results = checks(session, vm, target, snapshot)
     failed = [c for c in results if not c["ok"]]
     if failed:
         raise MigrationRefused(f"VM {vm.name} cannot move to host {target_id}: {failed[0]['message']}", code=failed[0]["code"], details={"checks": results})
-    from vcenter.services import ha  # HA admission control: 409 HA_ADMISSION_REFUSED (e.g. onto a failover host)
-
     ha.admit_migration(session, vm, target_id, user)
-    target: Host = session.get(Host, target_id)
     source: Host = session.get(Host, vm.host_id)
     cluster = session.get(Cluster, vm.cluster_id)
     options = options_for(session, vm, target, migration_settings(cluster))
     task = start_task(session, kind="vm.migrate", object_type="vm", object_id=vm.id, username=user, host_id=source.id,
                       params={"source": source.id, "target": target.id, "placement": decision, "parent": parent_task_id, "checks": results,
-                              "pending_command": {"uuid": vm.libvirt_uuid, "options": options.model_dump(mode="json")}})
+                              "pending_command": MigrateArgs(uuid=vm.libvirt_uuid, options=options).args()})
     record_event(session, "vm.migrate.requested", f"VMotion of VM {vm.name} from {source.name} to {target.name} requested", username=user, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
     dispatch_waiting(session, cluster)
     return task
@@ -169,10 +187,16 @@ def migrate(session: Session, user: str, vm_id: int, target_id: int | None, conf
 SLOT_KINDS = ("vm.migrate", "vm.relocate")  # a vm.relocate takes slots when it changes host (params.target)
 
 
+def changes_host(task: Task) -> bool:
+    """Whether a task of ``SLOT_KINDS`` moves its VM to another host: every VMotion, and a
+    relocation with a target host (``params.target``)."""
+    return task.kind == "vm.migrate" or task.params.get("target") is not None
+
+
 def _slot_hosts(task: Task) -> set[int]:
     """The hosts whose migration slots a task takes: source and target (and the copier of a
     powered-off relocation); none for a relocation on the VM's own host."""
-    if task.kind == "vm.relocate" and task.params.get("target") is None:
+    if not changes_host(task):
         return set()
     return {h for h in (task.params.get("source"), task.params.get("target"), task.params.get("copier")) if h is not None}
 
@@ -214,45 +238,9 @@ def dispatch_waiting(session: Session, cluster: Cluster | None = None) -> int:
     return sent
 
 
-def on_progress(task: Task, details: dict[str, Any]) -> None:
-    if task.kind == "vm.migrate" or (task.kind == "vm.relocate" and task.params.get("target") is not None):
-        task.result = {"migration": details}
-
-
-def on_result(session: Session, task: Task, ok: bool, result: dict[str, Any], error_code: str | None, error_message: str | None) -> bool:
-    """Apply a migration's result; True when handled here."""
-    if task.kind != "vm.migrate":
-        return False
-    vm = session.get(VirtualMachine, task.object_id)
-    target = session.get(Host, task.params["target"])
-    if ok:
-        vm.host_id = target.id
-        vm.status = "ready"
-        vm.power_state = PowerState.POWERED_ON.value
-        stats = result.get("stats", {})
-        finish_task(session, task, TaskState.SUCCESS, result={"migration": stats}, object_name=vm.name)
-        record_event(session, "vm.migrated", f"VM {vm.name} moved to host {target.name} (downtime {stats.get('downtime_ms')} ms)", username=task.username, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id, data={"stats": stats})
-    elif error_code == "MIGRATION_CANCELLED":
-        finish_task(session, task, TaskState.CANCELLED, error_code=error_code, error_message=error_message, object_name=vm.name)
-    else:
-        finish_task(session, task, TaskState.ERROR, error_code=error_code, error_message=error_message, object_name=vm.name)
-    dispatch_waiting(session)
-    return True
-
-
-def reconciled(session: Session, task: Task) -> bool:
-    """A migration whose agent went silent is done when the VM is known on the target."""
-    vm = session.get(VirtualMachine, task.object_id)
-    return vm is not None and vm.host_id == task.params.get("target")
-
-
 # --- maintenance mode ----------------------------------------------------------------------
 def maintenance_settings(settings: Any) -> dict[str, Any]:
     """Validate a cluster's ``maintenance`` settings document (422 INVALID_MAINTENANCE_SETTINGS)."""
-    from pydantic import ValidationError
-
-    from vcenter.schemas.maintenance import MaintenanceSettings
-
     try:
         return MaintenanceSettings.model_validate(settings or {}).model_dump()
     except ValidationError as exc:
@@ -288,10 +276,6 @@ def enter_maintenance(session: Session, user: str, host_id: int, config: Setting
     through its power driver and mark it in standby (DPM's power-off). Powered-off VMs are
     left, refuse maintenance or move as the cluster's ``maintenance.powered_off`` says
     (domain.evacuation decides; a standby never moves them, "move" leaves them there)."""
-    from vcenter.db.models import VmSnapshotRow
-    from vcenter.db.snapshots import vm_snapshot
-    from vcenter.services import relocation
-
     host: Host = inventory.get(session, "host", host_id)
     ensure_idle(session, "host", host.id)
     if standby and host.standby:
@@ -350,6 +334,7 @@ def enter_maintenance(session: Session, user: str, host_id: int, config: Setting
         # A cold move without disk copies: defined on the target (it mounts the datastores), undefined here.
         child = relocation.relocate_offline(session, user, session.get(VirtualMachine, vm_id), session.get(Host, target_id), [])
         child.params = {**child.params, "parent": task.id}
+        dispatch_waiting(session)
         children.append(child.id)
     task.params = {**task.params, "children": children}
     record_event(session, "host.maintenance.requested", f"host {host.name} entering maintenance: {len(plan)} running and {len(cold)} powered-off VMs to move",
@@ -361,7 +346,7 @@ def enter_maintenance(session: Session, user: str, host_id: int, config: Setting
 def advance_maintenance(session: Session, task: Task) -> None:
     """Finish an evacuation when its children are done (called after each child and by the
     orchestrator's periodic pass)."""
-    if task.kind not in ("host.enterMaintenance", "host.enterStandby") or TaskState(task.state).finished:
+    if TaskState(task.state).finished:
         return
     children = [session.get(Task, i) for i in task.params.get("children", [])]
     if any(not TaskState(c.state).finished for c in children):
@@ -397,20 +382,12 @@ def exit_maintenance(session: Session, user: str, host_id: int) -> Host:
     return host
 
 
-def advance_all(session: Session) -> None:
-    """The orchestrator's periodic pass: dispatch waiting migrations, finish evacuations."""
-    dispatch_waiting(session)
-    for task in session.scalars(select(Task).where(Task.kind.in_(("host.enterMaintenance", "host.enterStandby")), Task.state == TaskState.RUNNING.value)):
-        advance_maintenance(session, task)
-    power.advance_power_on(session)
-
-
 # --- Storage VMotion -----------------------------------------------------------------------
-def relocate_checks(session: Session, vm: VirtualMachine, target_id: int, moved: set[int]) -> list[dict[str, Any]]:
+def relocate_checks(session: Session, vm: VirtualMachine, target: Host, moved: set[int]) -> list[dict[str, Any]]:
     """The VMotion checks of a relocation to another host: placement's filters on the target,
     except that the datastore check covers only the disks that stay where they are (the moved
     ones go to datastores checked as mounted on the target by ``relocate``)."""
-    results = checks(session, vm, target_id)
+    results = checks(session, vm, target)
     out = []
     for check in results:
         if check["code"] != "DATASTORE_NOT_MOUNTED":
@@ -421,7 +398,7 @@ def relocate_checks(session: Session, vm: VirtualMachine, target_id: int, moved:
             if disk.index in moved:
                 continue
             ds = session.get(Datastore, disk.datastore_id)
-            if not any(m.host_id == target_id for m in ds.mounts):
+            if not any(m.host_id == target.id for m in ds.mounts):
                 missing.append(f"disk {disk.index} is on datastore {ds.name}, not mounted on the target (move it too)")
         out.append({"code": "DATASTORE_NOT_MOUNTED", "ok": not missing, "message": "; ".join(missing) if missing else "ok"})
     return out
@@ -444,17 +421,18 @@ def relocate(session: Session, user: str, vm_id: int, moves: list[dict[str, int]
     plan = disk_moves(session, vm, moves, vm.host_id)
     running = vm.power_state == PowerState.POWERED_ON.value
     return start_task(session, kind="vm.relocate", object_type="vm", object_id=vm.id, username=user, host_id=vm.host_id,
-                      params={"moves": plan}, command="vm.relocate", command_args={"uuid": vm.libvirt_uuid, "moves": plan, "running": running})
+                      params={"moves": plan}, command="vm.relocate", command_args=RelocateArgs(uuid=vm.libvirt_uuid, moves=plan, running=running).args())
 
 
 def _relocate_to_host(session: Session, user: str, vm: VirtualMachine, moves: list[dict[str, int]], target_id: int) -> Task:
-    target: Host = inventory._ref(session, "host", target_id, "host_id")
+    target: Host = inventory.ref(session, "host", target_id, "host_id")
     plan = disk_moves(session, vm, moves, target.id)
     if vm.power_state != PowerState.POWERED_ON.value:
-        from vcenter.services import relocation  # cold migration: copy, define on the target, undefine here
-
-        return relocation.relocate_offline(session, user, vm, target, plan)
-    results = relocate_checks(session, vm, target.id, {p["index"] for p in plan})
+        # Cold migration: copy, define on the target, undefine here.
+        task = relocation.relocate_offline(session, user, vm, target, plan)
+        dispatch_waiting(session)
+        return task
+    results = relocate_checks(session, vm, target, {p["index"] for p in plan})
     failed = [c for c in results if not c["ok"]]
     if failed:
         raise MigrationRefused(f"VM {vm.name} cannot move to host {target.name}: {failed[0]['message']}", code=failed[0]["code"], details={"checks": results})
@@ -466,7 +444,7 @@ def _relocate_to_host(session: Session, user: str, vm: VirtualMachine, moves: li
     task = start_task(session, kind="vm.relocate", object_type="vm", object_id=vm.id, username=user, host_id=source_host.id,
                       params={"moves": plan, "source": source_host.id, "target": target.id, "checks": results,
                               "pending_name": "vm.relocate", "pending_step": "migrating",
-                              "pending_command": {"uuid": vm.libvirt_uuid, "moves": plan, "running": True, "migrate": options.model_dump(mode="json")}})
+                              "pending_command": RelocateArgs(uuid=vm.libvirt_uuid, moves=plan, running=True, migrate=options).args()})
     record_event(session, "vm.relocate.requested", f"relocation of VM {vm.name} from {source_host.name} to {target.name} with {len(plan)} disk(s) requested",
                  username=user, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
     dispatch_waiting(session)
@@ -485,7 +463,7 @@ def disk_moves(session: Session, vm: VirtualMachine, moves: list[dict[str, int]]
             raise Invalid(f"disks[{i}].index: VM {vm.name} has no disk {move['index']}", code="DISK_NOT_FOUND", details={"field": f"disks[{i}].index"})
         if any(p["index"] == disk.index for p in plan):
             raise Invalid(f"disks[{i}].index: disk {disk.index} is listed twice", code="DUPLICATE_DISK", details={"field": f"disks[{i}].index"})
-        ds: Datastore = inventory._ref(session, "datastore", move["datastore_id"], f"disks[{i}].datastore_id")
+        ds: Datastore = inventory.ref(session, "datastore", move["datastore_id"], f"disks[{i}].datastore_id")
         mount = next((m for m in ds.mounts if m.host_id == host_id), None)
         if mount is None:
             raise Conflict(f"datastore {ds.name} is not mounted on host {host.name}", code="DATASTORE_NOT_MOUNTED", details={"field": f"disks[{i}].datastore_id"})
@@ -502,17 +480,3 @@ def disk_moves(session: Session, vm: VirtualMachine, moves: list[dict[str, int]]
 
 def disk_target_name(index: int) -> str:
     return "vd" + chr(ord("a") + index)
-
-
-def on_relocated(session: Session, task: Task) -> None:
-    vm = session.get(VirtualMachine, task.object_id)
-    by_index = {d.index: d for d in vm.disks}
-    for move in task.params["moves"]:
-        by_index[move["index"]].datastore_id = move["datastore_id"]
-        by_index[move["index"]].backing_file = None  # the moved disk is a flattened copy
-    if task.params.get("target") is not None:
-        # Moved to another host with its disks: it runs there now (libvirt completed).
-        vm.host_id = task.params["target"]
-        vm.status = "ready"
-        vm.power_state = PowerState.POWERED_ON.value
-    record_event(session, "vm.relocated", f"VM {vm.name}: {len(task.params['moves'])} disk(s) moved", username=task.username, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id, data={"moves": task.params["moves"]})

@@ -18,6 +18,8 @@ from vcenter.domain.placement import PlacementResult
 from vcenter.domain.snapshot import VmSnapshot
 from vcenter.services import inventory
 from vcenter.services.events import record_event
+from vcenter.core.errors import NotFound
+from vcenter.domain.cpu import CpuRequirement
 
 
 class PlacementFailed(Conflict):
@@ -27,8 +29,6 @@ class PlacementFailed(Conflict):
 def request_snapshot(data: dict[str, Any]) -> VmSnapshot:
     """A VM that does not exist yet, as the placement engine sees it."""
     cpu = data.get("cpu") or {}
-    from vcenter.domain.cpu import CpuRequirement
-
     return VmSnapshot(
         id="new",
         name=data.get("name", "new"),
@@ -123,7 +123,7 @@ def create_rule(session: Session, user: str, cluster_id: int, data: dict[str, An
     rule.vm_ids = sorted(set(rule.vm_ids or []))
     rule.host_ids = sorted(set(rule.host_ids or []))
     session.add(rule)
-    inventory._flush_unique(session, f"rule {data['name']!r}")
+    inventory.flush_unique(session, f"rule {data['name']!r}")
     _check_contradictions(session, cluster_id, rule)
     record_event(session, "rule.created", f"{'must' if rule.mandatory else 'should'} {rule.kind} rule {rule.name} created in cluster {cluster_id}", username=user, object_type="cluster", object_id=cluster_id, data={"rule": rule.name})
     return rule
@@ -131,13 +131,13 @@ def create_rule(session: Session, user: str, cluster_id: int, data: dict[str, An
 
 def update_rule(session: Session, user: str, cluster_id: int, rule_id: int, changes: dict[str, Any]) -> ClusterRule:
     rule = get_rule(session, cluster_id, rule_id)
-    inventory._check_version(rule, changes.pop("version", None))
+    inventory.check_version(rule, changes.pop("version", None))
     inventory.refuse_nulls(rule, changes)
     merged = {**{k: getattr(rule, k) for k in RULE_FIELDS}, **changes}
     _validate_members(session, cluster_id, merged)
     for k, v in changes.items():
         setattr(rule, k, sorted(set(v)) if k in ("vm_ids", "host_ids") else v)
-    inventory._flush_unique(session, f"rule {rule.name!r}")
+    inventory.flush_unique(session, f"rule {rule.name!r}")
     _check_contradictions(session, cluster_id, rule)
     record_event(session, "rule.updated", f"rule {rule.name} updated: {', '.join(sorted(changes))}", username=user, object_type="cluster", object_id=cluster_id, data={"rule": rule.name})
     return rule
@@ -146,8 +146,6 @@ def update_rule(session: Session, user: str, cluster_id: int, rule_id: int, chan
 def get_rule(session: Session, cluster_id: int, rule_id: int) -> ClusterRule:
     rule = session.get(ClusterRule, rule_id)
     if rule is None or rule.cluster_id != cluster_id:
-        from vcenter.core.errors import NotFound
-
         raise NotFound(f"rule {rule_id} not found in cluster {cluster_id}", code="RULE_NOT_FOUND")
     return rule
 

@@ -23,6 +23,8 @@ from vcenter.services.tasks import ensure_idle, finish_task, start_task
 
 log = logging.getLogger(__name__)
 
+EXIT_STANDBY = "host.exitStandby"  # the power-on Task's kind
+
 
 def _driver(host: Host):
     from vcenter.power.drivers import make_driver
@@ -56,7 +58,7 @@ def power_on_host(session: Session, user: str, host_id: int, reason: str = "") -
         raise InvalidState(f"host {host.name} is not in standby", code="NOT_IN_STANDBY")
     if not host.power:
         raise Conflict(f"host {host.name} has no power settings", code="NO_POWER_DRIVER")
-    task = start_task(session, kind="host.exitStandby", object_type="host", object_id=host.id, username=user, params={"reason": reason})
+    task = start_task(session, kind=EXIT_STANDBY, object_type="host", object_id=host.id, username=user, params={"reason": reason})
     task.state = TaskState.RUNNING.value
     task.step = "powering-on"
     task.started_at = utcnow()
@@ -71,11 +73,16 @@ def power_on_host(session: Session, user: str, host_id: int, reason: str = "") -
 
 
 def advance_power_on(session: Session) -> None:
+    """Every powered-on host whose agent reported again leaves standby."""
+    for task in session.scalars(select(Task).where(Task.kind == EXIT_STANDBY, Task.state == TaskState.RUNNING.value)):
+        advance_power_on_task(session, task)
+
+
+def advance_power_on_task(session: Session, task: Task) -> None:
     """A powered-on host leaves standby when its agent reports again."""
-    for task in session.scalars(select(Task).where(Task.kind == "host.exitStandby", Task.state == TaskState.RUNNING.value)):
-        host = session.get(Host, task.object_id)
-        reported = host is not None and host.last_report_at is not None and task.started_at is not None and host.last_report_at > task.started_at
-        if reported and host.connection_state == ConnectionState.CONNECTED.value:
-            host.standby = False
-            finish_task(session, task, TaskState.SUCCESS, result={"powered_on": True}, object_name=host.name)
-            record_event(session, "host.standby.exited", f"host {host.name} is back from standby", username=task.username, object_type="host", object_id=host.id, object_name=host.name, task_id=task.id)
+    host = session.get(Host, task.object_id)
+    reported = host is not None and host.last_report_at is not None and task.started_at is not None and host.last_report_at > task.started_at
+    if reported and host.connection_state == ConnectionState.CONNECTED.value:
+        host.standby = False
+        finish_task(session, task, TaskState.SUCCESS, result={"powered_on": True}, object_name=host.name)
+        record_event(session, "host.standby.exited", f"host {host.name} is back from standby", username=task.username, object_type="host", object_id=host.id, object_name=host.name, task_id=task.id)

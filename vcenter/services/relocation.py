@@ -20,6 +20,8 @@ Failures: copying fails -> ended (nothing changed); defining fails -> discarding
 removes the new files) -> ended; finishing fails before the undefine -> discarding on the
 target (undefine there, remove the new files) -> ended. In every failure the VM stays defined
 on the source with its old files. A cancel is honoured while copying and between phases.
+This module starts the saga and builds each phase's command; each phase's result advances it
+in vcenter.services.operations.relocate.
 Codes: RELOCATE_NO_HOST_MOUNTS_BOTH, HOST_NOT_CONNECTED, HOST_IN_MAINTENANCE, HOST_IN_STANDBY,
 OTHER_CLUSTER, VM_HAS_SNAPSHOTS, DATASTORE_NOT_MOUNTED.
 """
@@ -31,11 +33,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from vcenter.core.errors import Conflict
-from vcenter.core.settings import get_settings
 from vcenter.db.models import Datastore, Host, Task, VirtualMachine, VmSnapshotRow
-from vcenter.domain.states import ConnectionState, TaskState
+from vcenter.domain.states import ConnectionState
+from vcenter.messaging.contracts import OfflineCopyArgs, OfflineDefineArgs, OfflineFinishArgs, VmSpec
 from vcenter.services.events import record_event
-from vcenter.services.tasks import finish_task, mark_running, send_command, start_task
+from vcenter.services.tasks import start_task
+from vcenter.services.vms import vm_spec
 
 PHASE_PROGRESS = {"copying": 5, "defining": 85, "finishing": 92, "discarding": 95}
 
@@ -61,9 +64,9 @@ def choose_copier(session: Session, source: Host, target: Host, pairs: list[tupl
 
 
 def relocate_offline(session: Session, user: str, vm: VirtualMachine, target: Host, plan: list[dict[str, Any]]) -> Task:
-    """Start the saga (``plan``: services.migration.disk_moves against the target)."""
-    from vcenter.services import migration
-
+    """Start the saga (``plan``: services.migration.disk_moves against the target). The task is
+    queued for migration slots: the caller dispatches the waiting migrations (services.migration
+    sends it when its hosts have free slots)."""
     source: Host = session.get(Host, vm.host_id)
     _usable(target, "target")
     _usable(source, "source")
@@ -102,18 +105,15 @@ def relocate_offline(session: Session, user: str, vm: VirtualMachine, target: Ho
                       params={"moves": plan, "source": source.id, "target": target.id, "copier": copier.id, "offline": True,
                               "copies": copies, "phase": first,
                               "pending_name": "vm.relocate", "pending_step": first,
-                              "pending_command": _command(session, vm, {"moves": plan, "copies": copies, "target": target.id}, first)})
+                              "pending_command": phase_command(session, vm, {"moves": plan, "copies": copies, "target": target.id}, first)})
     record_event(session, "vm.relocate.requested", f"relocation of powered-off VM {vm.name} from {source.name} to {target.name} "
                  f"with {len(plan)} disk(s) requested (copied by {copier.name})", username=user, object_type="vm", object_id=vm.id,
                  object_name=vm.name, task_id=task.id)
-    migration.dispatch_waiting(session)
     return task
 
 
-def _target_spec(session: Session, vm: VirtualMachine, target_id: int, moves: list[dict[str, Any]]) -> dict[str, Any]:
+def _target_spec(session: Session, vm: VirtualMachine, target_id: int, moves: list[dict[str, Any]]) -> VmSpec:
     """The domain's definition on the target: its moved disks on their new datastores."""
-    from vcenter.services.vms import vm_spec
-
     spec = vm_spec(session, vm, target_id)
     by_index = {p["index"]: p for p in moves}
     disks = []
@@ -123,117 +123,15 @@ def _target_spec(session: Session, vm: VirtualMachine, target_id: int, moves: li
             ds = session.get(Datastore, p["datastore_id"])
             d = d.model_copy(update={"datastore_id": ds.id, "datastore_path": _mount(ds, target_id)})
         disks.append(d)
-    return spec.model_copy(update={"disks": disks}).model_dump(mode="json")
+    return spec.model_copy(update={"disks": disks})
 
 
-def _command(session: Session, vm: VirtualMachine, task_params: dict[str, Any], phase: str) -> dict[str, Any]:
+def phase_command(session: Session, vm: VirtualMachine, task_params: dict[str, Any], phase: str) -> dict[str, Any]:
+    """The ``vm.relocate`` arguments of a phase (copying, defining, finishing)."""
     if phase == "copying":
-        return {"offline_step": "copy", "uuid": vm.libvirt_uuid, "copies": task_params["copies"]}
+        return OfflineCopyArgs(uuid=vm.libvirt_uuid, copies=task_params["copies"]).args()
     if phase == "defining":
-        return {"offline_step": "define", "spec": _target_spec(session, vm, task_params["target"], task_params["moves"])}
+        return OfflineDefineArgs(spec=_target_spec(session, vm, task_params["target"], task_params["moves"])).args()
     if phase == "finishing":
-        return {"offline_step": "finish", "uuid": vm.libvirt_uuid, "remove": [p["from"] for p in task_params["moves"]]}
+        return OfflineFinishArgs(uuid=vm.libvirt_uuid, remove=[p["from"] for p in task_params["moves"]]).args()
     raise ValueError(phase)
-
-
-def _next(session: Session, task: Task, vm: VirtualMachine, phase: str, host_id: int, args: dict[str, Any]) -> None:
-    task.host_id = host_id
-    task.command_id = None
-    task.params = {**task.params, "phase": phase}
-    mark_running(session, task, phase, PHASE_PROGRESS[phase], get_settings())
-    send_command(session, task, "vm.relocate", args)
-
-
-def _discard(session: Session, task: Task, vm: VirtualMachine, host_id: int, paths: list[str], undefine: bool,
-             state: TaskState, code: str, message: str) -> None:
-    """Undo what was made on the target side, then end the task as ``state``."""
-    task.params = {**task.params, "failure": {"state": state.value, "code": code, "message": message}}
-    if not paths and not undefine:
-        _end_failed(session, task, vm)
-        return
-    _next(session, task, vm, "discarding", host_id, {"offline_step": "discard", "uuid": vm.libvirt_uuid if undefine else None, "paths": paths})
-
-
-def _end_failed(session: Session, task: Task, vm: VirtualMachine, leftover: str | None = None) -> None:
-    from vcenter.services import migration
-
-    failure = task.params["failure"]
-    message = failure["message"] + (f" (cleanup on the target side failed: {leftover})" if leftover else "")
-    finish_task(session, task, TaskState(failure["state"]), error_code=failure["code"], error_message=message, object_name=vm.name)
-    migration.dispatch_waiting(session)
-
-
-def cancel_deferred(task: Task) -> bool:
-    """A cancel that the running step must not see: defining, finishing and discarding are
-    short and run to their end (a cancel while defining is applied at its result: the new
-    definition and copies are discarded); only the copy stops midway."""
-    return task.kind == "vm.relocate" and bool((task.params or {}).get("offline")) and task.params.get("phase") in ("defining", "finishing", "discarding")
-
-
-def on_result(session: Session, host: Host, task: Task, ok: bool, result: dict[str, Any], error_code: str | None, error_message: str | None) -> bool:
-    """Advance the saga on a command's result; False for any other task. A cold move of a
-    maintenance evacuation (``params.parent``) lets its parent see the end."""
-    if not _on_result(session, host, task, ok, result, error_code, error_message):
-        return False
-    parent = session.get(Task, task.params["parent"]) if task.params.get("parent") else None
-    if parent is not None and TaskState(task.state).finished:
-        from vcenter.services import migration
-
-        migration.advance_maintenance(session, parent)
-    return True
-
-
-def _on_result(session: Session, host: Host, task: Task, ok: bool, result: dict[str, Any], error_code: str | None, error_message: str | None) -> bool:
-    if task.kind != "vm.relocate" or not (task.params or {}).get("offline"):
-        return False
-    from vcenter.services import migration
-
-    params = task.params
-    vm = session.get(VirtualMachine, task.object_id)
-    phase = params.get("phase")
-    target_paths = [p["to"] for p in params["moves"]]  # planned against the target's mounts
-    copier_paths = [c["to"] for c in params["copies"]]
-    cancelled = "the relocation was cancelled; the VM stays on its old host and disks"
-    if phase == "discarding":
-        _end_failed(session, task, vm, None if ok else f"{error_code}: {error_message}")
-        return True
-    if not ok:
-        state = TaskState.CANCELLED if error_code == "MIGRATION_CANCELLED" else TaskState.ERROR
-        if phase == "copying":  # the copier removed its new files itself
-            finish_task(session, task, state, error_code=error_code or "AGENT_ERROR", error_message=error_message, object_name=vm.name)
-            migration.dispatch_waiting(session)
-        elif phase == "defining":
-            _discard(session, task, vm, params["copier"], copier_paths, False, state, error_code or "AGENT_ERROR", f"defining on the target failed: {error_message}")
-        else:  # finishing: the source could not undefine; the target's definition goes
-            _discard(session, task, vm, params["target"], target_paths, True, state, error_code or "AGENT_ERROR", f"undefining on the source failed: {error_message}")
-        return True
-    if task.cancel_requested and phase in ("copying", "defining"):
-        if phase == "copying":
-            _discard(session, task, vm, params["copier"], copier_paths, False, TaskState.CANCELLED, "MIGRATION_CANCELLED", cancelled)
-        else:
-            _discard(session, task, vm, params["target"], target_paths, True, TaskState.CANCELLED, "MIGRATION_CANCELLED", cancelled)
-        return True
-    if phase == "copying":
-        task.params = {**params, "copy": result}
-        _next(session, task, vm, "defining", params["target"], _command(session, vm, params, "defining"))
-        return True
-    if phase == "defining":
-        _next(session, task, vm, "finishing", params["source"], _command(session, vm, params, "finishing"))
-        return True
-    # finishing succeeded: the VM is defined on the target only.
-    target: Host = session.get(Host, params["target"])
-    by_index = {d.index: d for d in vm.disks}
-    for move in params["moves"]:
-        disk = by_index[move["index"]]
-        disk.datastore_id = move["datastore_id"]
-        disk.backing_file = None  # the copy is a flattened image
-    vm.host_id = target.id
-    vm.cluster_id = target.cluster_id
-    vm.status = "ready"
-    outcome = {"moved": target_paths, "removed": result.get("removed", []), "not_removed": result.get("not_removed", []),
-               "copier": params["copier"], "copy": params.get("copy", {})}
-    finish_task(session, task, TaskState.SUCCESS, result=outcome, object_name=vm.name)
-    record_event(session, "vm.relocated", f"powered-off VM {vm.name} moved to host {target.name} with {len(params['moves'])} disk(s)",
-                 username=task.username, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id, data={"moves": params["moves"]})
-    migration.dispatch_waiting(session)
-    return True

@@ -21,8 +21,12 @@ from vcenter.domain.demand import NOISE_WINDOW, cpu_sample_mhz, noise_spread, sm
 from vcenter.domain.states import ConnectionState, TaskState
 from vcenter.messaging.contracts import DomainState, HostState, LifecycleEvent, TaskProgress, TaskResult
 from vcenter.services import migration
+from vcenter.services.operations import AgentResult, operation_for
 from vcenter.services.events import record_event
-from vcenter.services.tasks import finish_task, mark_running
+from vcenter.services.tasks import mark_running
+from vcenter.db.models import Cluster
+from vcenter.domain.cpu import CpuModel, can_join
+from vcenter.services import ha
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +49,12 @@ def report_progress(session: Session, host: Host, task_id: int, report: TaskProg
         return {"proceed": False, "reason": "UNKNOWN_TASK"}
     if TaskState(task.state).finished:
         return {"proceed": False, "reason": task.state}
-    from vcenter.services import relocation
-
-    if task.cancel_requested and not relocation.cancel_deferred(task):
+    operation = operation_for(task.kind)
+    if task.cancel_requested and not operation.defers_cancel(task):
         return {"proceed": False, "reason": "CANCEL_REQUESTED"}
     mark_running(session, task, report.step, report.progress, settings)
     if report.details:
-        migration.on_progress(task, report.details)
+        operation.on_progress(task, report.details)
     return {"proceed": True}
 
 
@@ -59,78 +62,14 @@ def _vm_by_uuid(session: Session, uuid: str) -> VirtualMachine | None:
     return session.scalar(select(VirtualMachine).where(VirtualMachine.libvirt_uuid == uuid))
 
 
-def _apply_domain(vm: VirtualMachine, domain: DomainState) -> None:
-    if vm.power_state != domain.power_state:
-        vm.power_state = domain.power_state
-    if domain.vcpus and vm.vcpus != domain.vcpus:
-        vm.vcpus = domain.vcpus
-    if domain.memory_mib and vm.memory_mib != domain.memory_mib:
-        vm.memory_mib = domain.memory_mib
-
-
 def report_result(session: Session, host: Host, task_id: int, report: TaskResult) -> dict[str, Any]:
+    """Find the task, then hand the result to the operation of its kind."""
     task = _task_for(session, host, task_id, report.command_id)
     if task is None or TaskState(task.state).finished:
         return {"applied": False}
-    from vcenter.services import backups, snapshots  # snapshots, clones, backups, restores
-
-    if any(m.on_result(session, task, report.ok, report.result, report.error_code, report.error_message, report.domain) for m in (snapshots, backups)):
-        return {"applied": True}
-    from vcenter.services import templates as _templates
-
-    if _templates.on_result(session, host, task, report.ok, report.result, report.error_code, report.error_message, report.domain):
-        return {"applied": True}
-    from vcenter.services import ha  # HA restarts and VM-monitoring resets
-
-    if ha.on_result(session, task, report.ok, report.error_code, report.error_message):
-        return {"applied": True}
-    from vcenter.services import relocation  # a powered-off VM moving to another host (its saga)
-
-    if relocation.on_result(session, host, task, report.ok, report.result, report.error_code, report.error_message):
-        return {"applied": True}
-    if migration.on_result(session, task, report.ok, report.result, report.error_code, report.error_message):
-        parent = session.get(Task, task.params.get("parent")) if task.params.get("parent") else None
-        if parent is not None:
-            migration.advance_maintenance(session, parent)
-        return {"applied": True}
-    vm = session.get(VirtualMachine, task.object_id) if task.object_type == "vm" else None
-    if report.ok and task.kind == "cluster.evc":
-        from vcenter.services.evc import apply_baseline
-
-        apply_baseline(session, task, report.result)
-        finish_task(session, task, TaskState.SUCCESS, result=report.result)
-        return {"applied": True}
-    if report.ok:
-        if vm is not None:
-            if task.kind == "vm.delete":
-                name = vm.name
-                finish_task(session, task, TaskState.SUCCESS, result=report.result, object_name=name)
-                session.delete(vm)
-                record_event(session, "vm.deleted", f"VM {name} deleted with its disks", username=task.username, object_type="vm", object_id=task.object_id, object_name=name, task_id=task.id)
-                return {"applied": True}
-            if report.domain is not None:
-                _apply_domain(vm, report.domain)
-            if task.kind == "vm.relocate":
-                migration.on_relocated(session, task)
-            if task.kind == "vm.create":
-                vm.status = "ready"
-                record_event(session, "vm.created", f"VM {vm.name} created on host {host.name}", username=task.username, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
-        finish_task(session, task, TaskState.SUCCESS, result=report.result, object_name=vm.name if vm else None)
-        if task.kind == "vm.relocate":
-            migration.dispatch_waiting(session)  # its migration slots are free
-        return {"applied": True}
-    # A Storage VMotion cancelled midway ends cancelled (as a VMotion): the VM stays on its old disks.
-    ended = TaskState.CANCELLED if task.kind == "vm.relocate" and report.error_code == "MIGRATION_CANCELLED" else TaskState.ERROR
-    finish_task(session, task, ended, error_code=report.error_code or "AGENT_ERROR", error_message=report.error_message, object_name=vm.name if vm else None)
-    if task.kind == "vm.relocate":
-        migration.dispatch_waiting(session)  # its migration slots are free
-    if vm is not None:
-        if report.domain is not None:
-            _apply_domain(vm, report.domain)
-        if task.kind == "vm.create":
-            # The agent rolled back what it had created; the inventory forgets the VM too.
-            record_event(session, "vm.create.failed", f"VM {vm.name} could not be created: {report.error_code}", username=task.username, object_type="vm", object_id=vm.id, object_name=vm.name, reason=report.error_code, task_id=task.id)
-            session.delete(vm)
+    result = AgentResult(host=host, ok=report.ok, result=report.result, error_code=report.error_code,
+                         error_message=report.error_message, domain=report.domain)
+    operation_for(task.kind).on_result(session, task, result)
     return {"applied": True}
 
 
@@ -208,8 +147,6 @@ def report_host_state(session: Session, host: Host, state: HostState) -> dict[st
         bridge = session.get(PortGroup, link.portgroup_id).bridge
         if link.present != (bridge in present):
             link.present = bridge in present
-    from vcenter.services import ha  # the cluster's HA settings the agent applies (isolation)
-
     if facts.datastore_roots is not None and host.datastore_roots != list(facts.datastore_roots):
         host.datastore_roots = list(facts.datastore_roots)  # only on a change: a write bumps the host's version
     return {"accepted": True, **expected_host_config(session, host, facts.datastore_roots), "ha": ha.agent_config(session, host)}
@@ -241,16 +178,13 @@ def _sample_cpu(session: Session, vm: VirtualMachine, host: Host, domain: Domain
 
 def _migrations_in_flight(session: Session) -> dict[int, int]:
     """VM id -> target host of every VMotion not yet finished."""
-    tasks = session.scalars(select(Task).where(Task.kind.in_(("vm.migrate", "vm.relocate")), Task.state.in_((TaskState.QUEUED.value, TaskState.RUNNING.value))))
+    tasks = session.scalars(select(Task).where(Task.kind.in_(migration.SLOT_KINDS), Task.state.in_((TaskState.QUEUED.value, TaskState.RUNNING.value))))
     # A relocation to another host (params.target) moves the VM like a VMotion.
-    return {t.object_id: t.params.get("target") for t in tasks if t.kind == "vm.migrate" or t.params.get("target") is not None}
+    return {t.object_id: t.params.get("target") for t in tasks if migration.changes_host(t)}
 
 
 def evc_refusal(session: Session, host: Host) -> list[str]:
     """Features the host lacks for its cluster's EVC mode (empty when it may join)."""
-    from vcenter.db.models import Cluster
-    from vcenter.domain.cpu import CpuModel, can_join
-
     cluster = session.get(Cluster, host.cluster_id) if host.cluster_id else None
     evc = (cluster.settings or {}).get("evc") if cluster else None
     if not evc or not evc.get("features") or not host.cpu_features:

@@ -1,5 +1,5 @@
-"""Snapshots and clones of VMs: validation, Tasks, and what the inventory records when the
-agent reports.
+"""Snapshots and clones of VMs: validation and Tasks. What the inventory records when the
+agent reports is the operations' (vcenter.services.operations.snapshot).
 
 Snapshots (Tasks ``vm.snapshot.create|revert|delete``, commands of the same names on the VM's
 host): libvirt internal qcow2 snapshots; a running VM's includes its memory. Rows in
@@ -34,16 +34,14 @@ from vcenter.core.errors import Conflict, Invalid, InvalidState, NotFound
 from vcenter.core.ids import new_mac, new_uuid
 from vcenter.db.models import Datastore, Host, Task, VirtualDisk, VirtualMachine, VirtualNic, VmCustomization, VmSnapshotRow
 from vcenter.domain.backups import snapshot_tree
-from vcenter.domain.states import PowerState, TaskState
-from vcenter.messaging.contracts import DomainState
+from vcenter.domain.states import PowerState
 from vcenter.services import inventory, placement
 from vcenter.services.events import record_event
 from vcenter.services.templates import SEED_SUFFIX, dns_label
-from vcenter.core.settings import get_settings
-from vcenter.services.tasks import ensure_idle, finish_task, mark_running, send_command, start_task
+from vcenter.services.tasks import ensure_idle, start_task
 
 
-def _ready_vm(session: Session, vm_id: int) -> VirtualMachine:
+def ready_vm(session: Session, vm_id: int) -> VirtualMachine:
     vm: VirtualMachine = inventory.get(session, "vm", vm_id)
     ensure_idle(session, "vm", vm.id)
     if vm.status != "ready":
@@ -87,7 +85,7 @@ def _snapshot(session: Session, vm: VirtualMachine, snapshot_id: int) -> VmSnaps
 
 
 def create_snapshot(session: Session, user: str, vm_id: int, name: str, description: str = "") -> Task:
-    vm = _ready_vm(session, vm_id)
+    vm = ready_vm(session, vm_id)
     if session.scalar(select(VmSnapshotRow.id).where(VmSnapshotRow.vm_id == vm.id, VmSnapshotRow.name == name)) is not None:
         raise Conflict(f"VM {vm.name} already has a snapshot named {name!r}", code="SNAPSHOT_NAME_TAKEN", details={"field": "name"})
     raw = [d.index for d in vm.disks if d.format != "qcow2"]
@@ -101,7 +99,7 @@ def create_snapshot(session: Session, user: str, vm_id: int, name: str, descript
 
 
 def revert_snapshot(session: Session, user: str, vm_id: int, snapshot_id: int) -> Task:
-    vm = _ready_vm(session, vm_id)
+    vm = ready_vm(session, vm_id)
     row = _snapshot(session, vm, snapshot_id)
     return start_task(session, kind="vm.snapshot.revert", object_type="vm", object_id=vm.id, username=user, host_id=vm.host_id,
                       params={"snapshot_id": row.id, "name": row.name},
@@ -109,57 +107,17 @@ def revert_snapshot(session: Session, user: str, vm_id: int, snapshot_id: int) -
 
 
 def delete_snapshot(session: Session, user: str, vm_id: int, snapshot_id: int, children: bool = False) -> Task:
-    vm = _ready_vm(session, vm_id)
+    vm = ready_vm(session, vm_id)
     row = _snapshot(session, vm, snapshot_id)
     return start_task(session, kind="vm.snapshot.delete", object_type="vm", object_id=vm.id, username=user, host_id=vm.host_id,
                       params={"snapshot_id": row.id, "name": row.name, "children": children},
                       command="vm.snapshot.delete", command_args={"uuid": vm.libvirt_uuid, "name": row.name, "children": children})
 
 
-def _on_snapshot_result(session: Session, task: Task, vm: VirtualMachine, result: dict[str, Any]) -> None:
-    rows = {r.name: r for r in session.scalars(select(VmSnapshotRow).where(VmSnapshotRow.vm_id == vm.id))}
-    if task.kind == "vm.snapshot.create":
-        row = rows.get(result["name"])
-        if row is None:
-            parent = rows.get(result.get("parent") or "")
-            row = VmSnapshotRow(vm_id=vm.id, name=result["name"], description=result.get("description", ""),
-                                parent_id=parent.id if parent else None, memory=bool(result.get("memory")),
-                                power_state=PowerState.POWERED_ON.value if result.get("state") == "running" else PowerState.POWERED_OFF.value,
-                                task_id=task.id)
-            session.add(row)
-            session.flush()
-        for other in rows.values():
-            other.current = False
-        row.current = True
-        record_event(session, "vm.snapshot.created", f"snapshot {row.name!r} of VM {vm.name} taken" + (" with memory" if row.memory else " (disks)"),
-                     username=task.username, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
-    elif task.kind == "vm.snapshot.revert":
-        for r in rows.values():
-            r.current = r.name == task.params["name"]
-        record_event(session, "vm.snapshot.reverted", f"VM {vm.name} reverted to snapshot {task.params['name']!r}", username=task.username,
-                     object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
-    elif task.kind == "vm.snapshot.delete":
-        deleted = [rows[n] for n in result.get("deleted", []) if n in rows]
-        if not deleted and task.params["name"] in rows:  # already gone on the host
-            deleted = [rows[task.params["name"]]]
-        gone = {r.id for r in deleted}
-        for r in deleted:
-            for child in rows.values():
-                if child.parent_id == r.id and child.id not in gone:
-                    child.parent_id = r.parent_id  # libvirt re-parents the same way
-        for r in deleted:
-            session.delete(r)
-        record_event(session, "vm.snapshot.deleted", f"snapshot(s) {', '.join(r.name for r in deleted)} of VM {vm.name} deleted",
-                     username=task.username, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
-    if result.get("checkpoints_dropped"):
-        record_event(session, "vm.backup.chain_reset", f"VM {vm.name}: checkpoints {result['checkpoints_dropped']} dropped by the snapshot operation; the next backup is full",
-                     username=task.username, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
-
-
 # --- clones --------------------------------------------------------------------------------
 def clone(session: Session, user: str, vm_id: int, data: dict[str, Any]) -> Task:
     """Clone a VM (running or not): full copy, or linked (powered-off source) on a frozen base."""
-    vm = _ready_vm(session, vm_id)
+    vm = ready_vm(session, vm_id)
     linked = bool(data.get("linked"))
     running = vm.power_state == PowerState.POWERED_ON.value
     if linked and running:
@@ -172,13 +130,13 @@ def clone(session: Session, user: str, vm_id: int, data: dict[str, Any]) -> Task
         raise Conflict(f"VM {vm.name} has disks that are not qcow2: linked clones need qcow2", code="LINKED_CLONE_UNSUPPORTED")
     if linked and any(d.backing_file for d in data_disks):
         raise Conflict(f"VM {vm.name} is itself a linked clone: promote it first (or make a full clone)", code="LINKED_CLONE_OF_LINKED")
-    target_ds = inventory._ref(session, "datastore", data.get("datastore_id"), "datastore_id")
+    target_ds = inventory.ref(session, "datastore", data.get("datastore_id"), "datastore_id")
     if linked and target_ds is not None and any(d.datastore_id != target_ds.id for d in vm.disks):
         raise Invalid("datastore_id: a linked clone lives on its base's datastore", code="INVALID", details={"field": "datastore_id"})
     disk_stores = [target_ds.id if target_ds else d.datastore_id for d in data_disks]
     chosen = None
     if data.get("host_id") is not None:
-        target: Host = inventory._ref(session, "host", data["host_id"], "host_id")
+        target: Host = inventory.ref(session, "host", data["host_id"], "host_id")
     elif vm.cluster_id is not None:
         request = {"name": data["name"], "vcpus": vm.vcpus, "memory_mib": vm.memory_mib, "disks": [{"datastore_id": i} for i in disk_stores],
                    "nics": [{"portgroup_id": n.portgroup_id} for n in vm.nics], "cpu": vm.cpu, "pool_id": vm.pool_id}
@@ -221,7 +179,7 @@ def clone(session: Session, user: str, vm_id: int, data: dict[str, Any]) -> Task
     for nic in vm.nics:
         new.nics.append(VirtualNic(index=nic.index, portgroup_id=nic.portgroup_id, mac=new_mac(), model=nic.model))
     session.add(new)
-    inventory._flush_unique(session, f"VM {new.name!r}")
+    inventory.flush_unique(session, f"VM {new.name!r}")
     if custom is not None:
         session.add(VmCustomization(vm_id=new.id, instance_id=f"i-{uuidlib.uuid4().hex}", machine_id=uuidlib.uuid4().hex,
                                     hostname=dns_label(new.name), spec=dict(custom.spec or {}, hostname=dns_label(new.name))))
@@ -236,74 +194,9 @@ def clone(session: Session, user: str, vm_id: int, data: dict[str, Any]) -> Task
     return task
 
 
-def _on_clone_result(session: Session, task: Task, vm: VirtualMachine, ok: bool, result: dict[str, Any], error_code: str | None, error_message: str | None) -> None:
-    from vcenter.services.vms import vm_spec
-
-    new = session.get(VirtualMachine, task.params["clone_vm_id"])
-    if not ok:
-        finish_task(session, task, TaskState.CANCELLED if error_code == "BACKUP_CANCELLED" else TaskState.ERROR,
-                    error_code=error_code or "AGENT_ERROR", error_message=error_message, object_name=vm.name)
-        if new is not None:
-            record_event(session, "vm.clone.failed", f"clone {new.name} of VM {vm.name} failed: {error_code}", username=task.username, object_type="vm", object_id=vm.id, object_name=vm.name, reason=error_code, task_id=task.id)
-            session.delete(new)
-        return
-    if task.step == "copying":
-        if task.params.get("linked"):
-            for disk in vm.disks:
-                copy = next(c for c in task.params["copies"] if c["index"] == disk.index)
-                disk.backing_file = copy["base_file"]  # the source is now an overlay on the base too
-        task.host_id = task.params["target_host_id"]
-        task.command_id = None
-        # The lease now waits for the target's agent (lease length: the server's settings).
-        mark_running(session, task, "defining", 80, get_settings())
-        task.params = {**task.params, "copy": result}
-        spec = vm_spec(session, new, new.host_id).model_dump(mode="json")
-        if task.params.get("seed"):
-            # A customised guest: the target's agent writes the clone's own seed, then defines.
-            send_command(session, task, "vm.deploy", {"spec": spec, "clones": [], "mode": "clone", "seed": task.params["seed"]})
-        else:
-            send_command(session, task, "vm.create", {"spec": spec})
-        return
-    new.status = "ready"
-    finish_task(session, task, TaskState.SUCCESS, result={"clone_vm_id": new.id, "copy": task.params.get("copy", {}), "linked": task.params.get("linked")}, object_name=vm.name)
-    record_event(session, "vm.cloned", f"VM {vm.name} cloned to {new.name}", username=task.username, object_type="vm", object_id=new.id, object_name=new.name, task_id=task.id)
-
-
 def promote(session: Session, user: str, vm_id: int) -> Task:
-    vm = _ready_vm(session, vm_id)
+    vm = ready_vm(session, vm_id)
     if not any(d.backing_file for d in vm.disks):
         raise InvalidState(f"VM {vm.name} has no linked disk", code="NOT_A_LINKED_CLONE")
     return start_task(session, kind="vm.promote", object_type="vm", object_id=vm.id, username=user, host_id=vm.host_id,
                       command="vm.promote", command_args={"uuid": vm.libvirt_uuid})
-
-
-# --- the agent's results -------------------------------------------------------------------
-KINDS = {"vm.snapshot.create", "vm.snapshot.revert", "vm.snapshot.delete", "vm.clone", "vm.promote"}
-
-
-def on_result(session: Session, task: Task, ok: bool, result: dict[str, Any], error_code: str | None,
-              error_message: str | None, domain: DomainState | None) -> bool:
-    """Apply an agent's result for one of this module's tasks; False: not ours."""
-    if task.kind not in KINDS:
-        return False
-    vm = session.get(VirtualMachine, task.object_id)
-    if vm is None:
-        finish_task(session, task, TaskState.ERROR, error_code="VM_GONE", error_message="the VM left the inventory")
-        return True
-    if task.kind == "vm.clone":
-        _on_clone_result(session, task, vm, ok, result, error_code, error_message)
-        return True
-    if domain is not None and domain.uuid == vm.libvirt_uuid:
-        vm.power_state = domain.power_state
-    if not ok:
-        finish_task(session, task, TaskState.ERROR, error_code=error_code or "AGENT_ERROR", error_message=error_message, object_name=vm.name)
-        return True
-    if task.kind == "vm.promote":
-        for disk in vm.disks:
-            disk.backing_file = None
-        record_event(session, "vm.promoted", f"VM {vm.name}: linked disks {result.get('flattened')} made standalone", username=task.username,
-                     object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
-    else:
-        _on_snapshot_result(session, task, vm, result)
-    finish_task(session, task, TaskState.SUCCESS, result=result, object_name=vm.name)
-    return True

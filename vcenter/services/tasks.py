@@ -192,9 +192,11 @@ def request_cancel(session: Session, task_id: int, username: str) -> Task:
     if task.state == TaskState.QUEUED.value:
         # The agent refuses a command whose task is cancelled when it reports running.
         finish_task(session, task, TaskState.CANCELLED, error_code="CANCELLED", error_message=f"cancelled by {username}")
-        from vcenter.services import templates  # rows made for the task's outcome go (a VM being deployed, ...)
+        # Rows made for the task's outcome go (a VM being deployed, ...). Imported here: every
+        # operation stands on this module, which is below them all.
+        from vcenter.services.operations import Ending, operation_for
 
-        templates.abandoned(session, task)
+        operation_for(task.kind).rollback(session, task, Ending.CANCELLED)
     return task
 
 

@@ -13,13 +13,12 @@ datastore, see workers.agent.templates):
 - import_disk / import_ova / export: see the module docstrings of templates_store.
 
 Task kinds: template.fromVm, template.toVm, template.delete, template.deploy, vm.import,
-vm.importOva, vm.export, template.export. ``on_result`` applies their agents' results; a failed
-or cancelled one rolls the inventory back (the agent already removed what it had made).
+vm.importOva, vm.export, template.export, template.verify, datastore.browse; their agents'
+results and rollbacks are services.operations.library's.
 """
 from __future__ import annotations
 
 import math
-import os
 import re
 import uuid as uuidlib
 from typing import Any
@@ -31,17 +30,20 @@ from vcenter.core.clock import utcnow
 from vcenter.core.errors import Conflict, Invalid, InvalidState, NotFound
 from vcenter.core.ids import new_mac, new_uuid
 from vcenter.db.models import (
-    Cluster, Datastore, Host, PortGroup, Task, Template, Upload, VirtualDisk, VirtualMachine, VirtualNic, VmCustomization,
+    Cluster, Datastore, Host, Task, Template, Upload, VirtualDisk, VirtualMachine, VirtualNic, VmCustomization,
 )
 from vcenter.domain.datastore_paths import PathRefused, safe_file_name, validate_datastore_path
 from vcenter.domain.states import ConnectionState, PowerState, TaskState
 from vcenter.services import evc, inventory, placement
 from vcenter.services.events import record_event
-from vcenter.services.tasks import ensure_idle, finish_task, start_task
+from vcenter.services.tasks import ensure_idle, start_task
+from vcenter.core.errors import Forbidden
+from vcenter.services import authz, uploads
+from vcenter.services.tasks import send_command
+from vcenter.services.vms import vm_spec
 
 SEED_SUFFIX = "-seed.iso"
 MIB = 1 << 20
-KINDS = ("template.fromVm", "template.toVm", "template.delete", "template.verify", "datastore.browse", "template.deploy", "vm.import", "vm.importOva", "vm.export", "template.export")
 
 
 class TemplateInUse(Conflict):
@@ -129,10 +131,10 @@ def _choose_host(session: Session, data: dict[str, Any], datastore_ids: list[int
     if host_id is None:
         if data.get("cluster_id") is None:
             raise Invalid("host_id: give a host, or a cluster_id to let placement choose", code="INVALID", details={"field": "host_id"})
-        inventory._ref(session, "cluster", data["cluster_id"], "cluster_id")
+        inventory.ref(session, "cluster", data["cluster_id"], "cluster_id")
         request = {**data, "vcpus": vcpus, "memory_mib": memory_mib, "disks": [{"datastore_id": d} for d in datastore_ids]}
         host_id, chosen = placement.choose_host(session, data["cluster_id"], request)
-    host: Host = inventory._ref(session, "host", host_id, "host_id")
+    host: Host = inventory.ref(session, "host", host_id, "host_id")
     if host.connection_state != ConnectionState.CONNECTED.value:
         raise Conflict(f"host {host.name} is {host.connection_state}", code="HOST_NOT_CONNECTED")
     for ds_id in datastore_ids:
@@ -143,10 +145,10 @@ def _choose_host(session: Session, data: dict[str, Any], datastore_ids: list[int
 
 
 def _new_vm(session: Session, data: dict[str, Any], host: Host, *, vcpus: int, memory_mib: int, guest_os: str, boot: dict[str, Any]) -> VirtualMachine:
-    folder = inventory._ref(session, "folder", data.get("folder_id"), "folder_id")
+    folder = inventory.ref(session, "folder", data.get("folder_id"), "folder_id")
     if folder is not None and (folder.datacenter_id != host.datacenter_id or folder.kind != "vm"):
         raise Invalid("folder_id: not a VM folder of this datacenter", code="INVALID_REFERENCE", details={"field": "folder_id"})
-    pool = inventory._ref(session, "pool", data.get("pool_id"), "pool_id")
+    pool = inventory.ref(session, "pool", data.get("pool_id"), "pool_id")
     if pool is not None and pool.cluster_id != host.cluster_id:
         raise Invalid("pool_id: the pool is not in the host's cluster", code="INVALID_REFERENCE", details={"field": "pool_id"})
     if boot.get("image") == "tiny-linux" and memory_mib < 80:
@@ -158,7 +160,7 @@ def _new_vm(session: Session, data: dict[str, Any], host: Host, *, vcpus: int, m
         cpu=evc.vm_cpu_for(session.get(Cluster, host.cluster_id) if host.cluster_id else None),
     )
     for index, nic in enumerate(data.get("nics") or []):
-        portgroup = inventory._ref(session, "portgroup", nic["portgroup_id"], f"nics[{index}].portgroup_id")
+        portgroup = inventory.ref(session, "portgroup", nic["portgroup_id"], f"nics[{index}].portgroup_id")
         if host.id not in {m.host_id for m in portgroup.hosts}:
             raise Invalid(f"nics[{index}].portgroup_id: port group {portgroup.name} is not on host {host.name}", code="PORTGROUP_ABSENT", details={"field": f"nics[{index}].portgroup_id"})
         vm.nics.append(VirtualNic(index=index, portgroup_id=portgroup.id, mac=new_mac(), model=nic.get("model", "virtio")))
@@ -176,8 +178,6 @@ def _disk_file(vm: VirtualMachine, index: int, ext: str = "qcow2") -> str:
 
 
 def _spec(session: Session, vm: VirtualMachine, host_id: int) -> dict[str, Any]:
-    from vcenter.services.vms import vm_spec
-
     return vm_spec(session, vm, host_id).model_dump(mode="json")
 
 
@@ -213,7 +213,7 @@ def vm_to_template(session: Session, user: str, vm_id: int, name: str | None = N
                         guest_os=vm.guest_os, vcpus=vm.vcpus, memory_mib=vm.memory_mib, boot=boot,
                         origin={"kind": "vm", "vm_id": vm.id, "vm_name": vm.name, "at": utcnow().isoformat()})
     session.add(template)
-    inventory._flush_unique(session, f"template {name!r} v{version}")
+    inventory.flush_unique(session, f"template {name!r} v{version}")
     from templates_store.manifest import template_dir
 
     template.dir = template_dir(name, version, template.id)
@@ -244,7 +244,7 @@ def template_to_vm(session: Session, user: str, template_id: int, data: dict[str
     for d in template.manifest.get("disks", []):
         vm.disks.append(VirtualDisk(index=d["index"], datastore_id=datastore.id, file=_disk_file(vm, d["index"]), capacity_mib=d["capacity_mib"], format="qcow2"))
     session.add(vm)
-    inventory._flush_unique(session, f"VM {vm.name!r}")
+    inventory.flush_unique(session, f"VM {vm.name!r}")
     for d, disk in zip(template.manifest.get("disks", []), vm.disks):
         moves.append({"from": f"{mount}/{template.dir}/{d['file']}", "to": f"{mount}/{disk.file}"})
     template.state = "converting"
@@ -297,8 +297,6 @@ def browse(session: Session, user: str, datastore_id: int, path: str) -> Task:
                 username=user, params={}, host_id=host.id)
     session.add(task)
     session.flush()
-    from vcenter.services.tasks import send_command
-
     send_command(session, task, "datastore.browse", {"datastore_path": _mount_path(datastore, host.id), "path": rel})
     return task
 
@@ -313,7 +311,7 @@ def deploy(session: Session, user: str, template_id: int, data: dict[str, Any]) 
     target_ds_id = data.get("datastore_id") or template.datastore_id
     if mode == "linked" and target_ds_id != template.datastore_id:
         raise Invalid("datastore_id: a linked clone lives on its template's datastore (its backing files are there)", code="LINKED_CLONE_OTHER_DATASTORE", details={"field": "datastore_id"})
-    target = inventory._ref(session, "datastore", target_ds_id, "datastore_id")
+    target = inventory.ref(session, "datastore", target_ds_id, "datastore_id")
     vcpus = data.get("vcpus") or template.vcpus
     memory_mib = data.get("memory_mib") or template.memory_mib
     host, chosen = _choose_host(session, data, sorted({template.datastore_id, target.id}), vcpus, memory_mib)
@@ -329,7 +327,7 @@ def deploy(session: Session, user: str, template_id: int, data: dict[str, Any]) 
     seed_index = max([d["index"] for d in tdisks], default=-1) + 1
     vm.disks.append(VirtualDisk(index=seed_index, datastore_id=target.id, file=_disk_file(vm, seed_index, "iso").replace(f"-disk{seed_index}.iso", SEED_SUFFIX), capacity_mib=1, format="raw"))
     session.add(vm)
-    inventory._flush_unique(session, f"VM {vm.name!r}")
+    inventory.flush_unique(session, f"VM {vm.name!r}")
     custom = dict(data.get("customization") or {})
     hostname = custom.get("hostname") or dns_label(vm.name)
     session.add(VmCustomization(vm_id=vm.id, instance_id=f"i-{uuidlib.uuid4().hex}", machine_id=uuidlib.uuid4().hex, hostname=hostname, spec=custom))
@@ -347,7 +345,6 @@ def deploy(session: Session, user: str, template_id: int, data: dict[str, Any]) 
 
 def seed_for_agent(session: Session, host_id: int, vm_uuid: str) -> dict[str, Any]:
     """The NoCloud seed files of a VM, for the agent of the VM's own host only."""
-    from vcenter.core.errors import Forbidden
     from templates_store.cloudinit import render_seed
 
     vm = session.scalar(select(VirtualMachine).where(VirtualMachine.libvirt_uuid == vm_uuid))
@@ -373,9 +370,7 @@ def customization_read(session: Session, vm_id: int) -> dict[str, Any]:
 # --- import / export ----------------------------------------------------------------------
 
 def import_disk(session: Session, user: str, data: dict[str, Any]) -> tuple[VirtualMachine, Task]:
-    from vcenter.services import uploads
-
-    target = inventory._ref(session, "datastore", data["datastore_id"], "datastore_id")
+    target = inventory.ref(session, "datastore", data["datastore_id"], "datastore_id")
     upload = None
     rel = None
     source_ds = None
@@ -386,7 +381,7 @@ def import_disk(session: Session, user: str, data: dict[str, Any]) -> tuple[Virt
             rel = validate_datastore_path(data["path"])
         except PathRefused as exc:
             raise _path_error(exc, "path") from None
-        source_ds = inventory._ref(session, "datastore", data.get("source_datastore_id") or target.id, "source_datastore_id")
+        source_ds = inventory.ref(session, "datastore", data.get("source_datastore_id") or target.id, "source_datastore_id")
     else:
         raise Invalid("give upload_id, or path (with source_datastore_id) of an image on a datastore", code="INVALID", details={"field": "upload_id"})
     ds_ids = sorted({target.id} | ({source_ds.id} if source_ds else set()))
@@ -394,7 +389,7 @@ def import_disk(session: Session, user: str, data: dict[str, Any]) -> tuple[Virt
     vm = _new_vm(session, data, host, vcpus=data["vcpus"], memory_mib=data["memory_mib"], guest_os=data.get("guest_os") or "other", boot=_boot_of(data, None))
     vm.disks.append(VirtualDisk(index=0, datastore_id=target.id, file=_disk_file(vm, 0), capacity_mib=1, format="qcow2"))
     session.add(vm)
-    inventory._flush_unique(session, f"VM {vm.name!r}")
+    inventory.flush_unique(session, f"VM {vm.name!r}")
     dest = f"{_mount_path(target, host.id)}/{vm.disks[0].file}"
     args: dict[str, Any] = {"spec": _spec(session, vm, host.id), "dest": dest, "format": data.get("format")}
     params: dict[str, Any] = {**({"placement": chosen} if chosen else {})}
@@ -415,7 +410,6 @@ def read_appliance(session: Session, upload_id: int) -> dict[str, Any]:
     """The hardware of an uploaded OVA, read from its OVF descriptor (422 OVF_*/OVA_* when bad)."""
     from templates_store.ova import read_descriptor
     from templates_store.ovf import OvfError, parse_ovf
-    from vcenter.services import uploads
 
     upload = uploads.ready(session, upload_id)
     try:
@@ -435,7 +429,7 @@ def import_ova(session: Session, user: str, data: dict[str, Any]) -> tuple[Virtu
     for d in disks:
         if not plain_name(d["file"]):
             raise Invalid(f"the appliance names disk file {d['file']!r}, which is not a plain file name", code="OVA_INVALID", details={"field": "upload_id"})
-    target = inventory._ref(session, "datastore", data["datastore_id"], "datastore_id")
+    target = inventory.ref(session, "datastore", data["datastore_id"], "datastore_id")
     vcpus = data.get("vcpus") or appliance["vcpus"]
     memory_mib = data.get("memory_mib") or appliance["memory_mib"]
     host, chosen = _choose_host(session, data, [target.id], vcpus, memory_mib)
@@ -444,10 +438,8 @@ def import_ova(session: Session, user: str, data: dict[str, Any]) -> tuple[Virtu
     for i, d in enumerate(disks):
         vm.disks.append(VirtualDisk(index=i, datastore_id=target.id, file=_disk_file(vm, i), capacity_mib=max(1, math.ceil(d["capacity_bytes"] / MIB)), format="qcow2"))
     session.add(vm)
-    inventory._flush_unique(session, f"VM {vm.name!r}")
+    inventory.flush_unique(session, f"VM {vm.name!r}")
     mount = _mount_path(target, host.id)
-    from vcenter.services import uploads
-
     upload = uploads.ready(session, data["upload_id"])
     task = start_task(session, kind="vm.importOva", object_type="vm", object_id=vm.id, username=user, host_id=host.id,
                       params={"upload_id": upload.id, "appliance": appliance, **({"placement": chosen} if chosen else {})}, command="vm.import_ova",
@@ -495,87 +487,7 @@ def export(session: Session, user: str, object_type: str, object_id: int) -> Tas
     return task
 
 
-# --- agents' results ----------------------------------------------------------------------
-
-def on_result(session: Session, host: Host, task: Task, ok: bool, result: dict[str, Any], error_code: str | None,
-              error_message: str | None, domain: Any = None) -> bool:
-    """Apply the result of one of this module's tasks; False for any other task."""
-    if task.kind not in KINDS:
-        return False
-    params = task.params or {}
-    vm = session.get(VirtualMachine, task.object_id) if task.object_type == "vm" else session.get(VirtualMachine, params.get("vm_id") or 0)
-    template = session.get(Template, task.object_id) if task.object_type == "template" else session.get(Template, params.get("template_id") or 0)
-    if domain is not None and vm is not None:
-        if vm.power_state != domain.power_state:
-            vm.power_state = domain.power_state
-    if ok:
-        if task.kind == "template.fromVm":
-            template.manifest = result["manifest"]
-            template.state = "ready"
-            name = vm.name
-            finish_task(session, task, TaskState.SUCCESS, result={"template_id": template.id, **result}, object_name=name)
-            session.delete(vm)
-            record_event(session, "template.created", f"template {template.name} v{template.version} created from VM {name}", username=task.username,
-                         object_type="template", object_id=template.id, object_name=template.name, task_id=task.id)
-        elif task.kind == "template.toVm":
-            vm.status = "ready"
-            finish_task(session, task, TaskState.SUCCESS, result={"vm_id": vm.id, **result}, object_name=template.name)
-            record_event(session, "template.converted", f"template {template.name} v{template.version} converted to VM {vm.name}", username=task.username,
-                         object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
-            session.delete(template)
-        elif task.kind == "template.delete":
-            finish_task(session, task, TaskState.SUCCESS, result=result, object_name=template.name)
-            record_event(session, "template.deleted", f"template {template.name} v{template.version} deleted", username=task.username,
-                         object_type="template", object_id=template.id, object_name=template.name, task_id=task.id)
-            session.delete(template)
-        elif task.kind in ("template.deploy", "vm.import", "vm.importOva"):
-            vm.status = "ready"
-            if task.kind == "vm.import" and result.get("capacity_mib"):
-                vm.disks[0].capacity_mib = int(result["capacity_mib"])
-            finish_task(session, task, TaskState.SUCCESS, result={"vm_id": vm.id, **result}, object_name=vm.name)
-            record_event(session, "vm.created", f"VM {vm.name} {'deployed' if task.kind == 'template.deploy' else 'imported'} on host {host.name}",
-                         username=task.username, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
-        else:  # exports, verify
-            finish_task(session, task, TaskState.SUCCESS, result=result, object_name=template.name if template is not None and task.object_type == "template" else None)
-        return True
-    ended = TaskState.CANCELLED if error_code == "CANCELLED" else TaskState.ERROR
-    finish_task(session, task, ended, error_code=error_code or "AGENT_ERROR", error_message=error_message)
-    abandoned(session, task)
-    return True
-
-
-def abandoned(session: Session, task: Task) -> None:
-    """Roll the inventory back for one of this module's tasks that ended without success (an
-    agent's error or cancel, a cancel while queued, the reaper's WORKER_LOST/AGENT_UNREACHABLE):
-    the VM being made goes, a template being made goes, one being converted or deleted is
-    ready again, a failed export's file goes."""
-    if task.kind not in KINDS:
-        return
-    params = task.params or {}
-    vm = session.get(VirtualMachine, task.object_id) if task.object_type == "vm" else session.get(VirtualMachine, params.get("vm_id") or 0)
-    template = session.get(Template, task.object_id) if task.object_type == "template" else session.get(Template, params.get("template_id") or 0)
-    error_code = task.error_code
-    if task.kind == "template.fromVm" and template is not None:
-        session.delete(template)
-    elif task.kind in ("template.toVm", "template.delete") and template is not None:
-        template.state = "ready"
-        if task.kind == "template.toVm" and vm is not None and vm.status == "creating":
-            session.delete(vm)
-    elif task.kind in ("template.deploy", "vm.import", "vm.importOva") and vm is not None and vm.status == "creating":
-        record_event(session, "vm.create.failed", f"VM {vm.name} could not be created: {error_code}", username=task.username,
-                     object_type="vm", object_id=vm.id, object_name=vm.name, reason=error_code, task_id=task.id)
-        session.delete(vm)
-    elif task.kind.endswith(".export"):
-        upload = session.get(Upload, params.get("upload_id") or 0)
-        if upload is not None:
-            if upload.path and os.path.exists(upload.path):
-                os.unlink(upload.path)
-            upload.state = "failed"
-
-
 def _register() -> None:
-    from vcenter.services import authz
-
     authz.register_kind("template", Template)
 
 

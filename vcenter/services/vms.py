@@ -18,6 +18,7 @@ from vcenter.messaging.contracts import CpuSpec, DiskSpec, NicSpec, ResourceSpec
 from vcenter.services import evc, inventory, placement
 from vcenter.services.events import record_event
 from vcenter.services.tasks import ensure_idle, finish_task, start_task
+from vcenter.services import ha
 
 POWER_COMMANDS = {
     PowerAction.POWER_ON: "vm.start",
@@ -74,17 +75,17 @@ def create_vm(session: Session, user: str, data: dict[str, Any]) -> tuple[Virtua
     if data.get("host_id") is None:
         if data.get("cluster_id") is None:
             raise Invalid("host_id: give a host, or a cluster_id to let placement choose", code="INVALID", details={"field": "host_id"})
-        inventory._ref(session, "cluster", data["cluster_id"], "cluster_id")
+        inventory.ref(session, "cluster", data["cluster_id"], "cluster_id")
         host_id, chosen = placement.choose_host(session, data["cluster_id"], data)
         data = {**data, "host_id": host_id}
-    host: Host = inventory._ref(session, "host", data["host_id"], "host_id")
+    host: Host = inventory.ref(session, "host", data["host_id"], "host_id")
     datacenter_id = data.get("datacenter_id") or host.datacenter_id
     if datacenter_id != host.datacenter_id:
         raise Invalid("host_id: the host is in another datacenter", code="INVALID_REFERENCE", details={"field": "host_id"})
-    folder = inventory._ref(session, "folder", data.get("folder_id"), "folder_id")
+    folder = inventory.ref(session, "folder", data.get("folder_id"), "folder_id")
     if folder is not None and (folder.datacenter_id != datacenter_id or folder.kind != "vm"):
         raise Invalid("folder_id: not a VM folder of this datacenter", code="INVALID_REFERENCE", details={"field": "folder_id"})
-    pool = inventory._ref(session, "pool", data.get("pool_id"), "pool_id")
+    pool = inventory.ref(session, "pool", data.get("pool_id"), "pool_id")
     if pool is not None and pool.cluster_id != host.cluster_id:
         raise Invalid("pool_id: the pool is not in the host's cluster", code="INVALID_REFERENCE", details={"field": "pool_id"})
     _usable_host(host)
@@ -112,17 +113,17 @@ def create_vm(session: Session, user: str, data: dict[str, Any]) -> tuple[Virtua
         cpu=data.get("cpu") or evc.vm_cpu_for(session.get(Cluster, host.cluster_id) if host.cluster_id else None),
     )
     for index, disk in enumerate(data.get("disks", [])):
-        datastore = inventory._ref(session, "datastore", disk["datastore_id"], f"disks[{index}].datastore_id")
+        datastore = inventory.ref(session, "datastore", disk["datastore_id"], f"disks[{index}].datastore_id")
         if host.id not in {m.host_id for m in datastore.mounts}:
             raise Invalid(f"disks[{index}].datastore_id: datastore {datastore.name} is not mounted on host {host.name}", code="DATASTORE_NOT_MOUNTED", details={"field": f"disks[{index}].datastore_id"})
         vm.disks.append(VirtualDisk(index=index, datastore_id=datastore.id, file=f"{vm.name}-{vm.libvirt_uuid[:8]}-disk{index}.{disk['format']}", capacity_mib=disk["capacity_mib"], format=disk["format"]))
     for index, nic in enumerate(data.get("nics", [])):
-        portgroup = inventory._ref(session, "portgroup", nic["portgroup_id"], f"nics[{index}].portgroup_id")
+        portgroup = inventory.ref(session, "portgroup", nic["portgroup_id"], f"nics[{index}].portgroup_id")
         if host.id not in {m.host_id for m in portgroup.hosts}:
             raise Invalid(f"nics[{index}].portgroup_id: port group {portgroup.name} is not on host {host.name}", code="PORTGROUP_ABSENT", details={"field": f"nics[{index}].portgroup_id"})
         vm.nics.append(VirtualNic(index=index, portgroup_id=portgroup.id, mac=new_mac(), model=nic["model"]))
     session.add(vm)
-    inventory._flush_unique(session, f"VM {vm.name!r}")
+    inventory.flush_unique(session, f"VM {vm.name!r}")
     task = start_task(
         session,
         kind="vm.create",
@@ -150,8 +151,6 @@ def power(session: Session, user: str, vm_id: int, action: PowerAction, settings
     _usable_host(host)
     admission = placement.admit_power_on(session, vm) if action in (PowerAction.POWER_ON, PowerAction.RESUME) else None
     if action in (PowerAction.POWER_ON, PowerAction.RESUME):
-        from vcenter.services import ha  # HA admission control: 409 HA_ADMISSION_REFUSED
-
         ha.admit_power_on(session, vm, user)
     args: dict[str, Any] = {"uuid": vm.libvirt_uuid}
     if action == PowerAction.SHUTDOWN_GUEST:
@@ -164,7 +163,7 @@ def power(session: Session, user: str, vm_id: int, action: PowerAction, settings
 
 def reconfigure(session: Session, user: str, vm_id: int, vcpus: int | None, memory_mib: int | None, version: int | None) -> Task:
     vm: VirtualMachine = inventory.get(session, "vm", vm_id)
-    inventory._check_version(vm, version)
+    inventory.check_version(vm, version)
     ensure_idle(session, "vm", vm.id)
     if vcpus is None and memory_mib is None:
         raise Invalid("give vcpus or memory_mib", code="NOTHING_TO_CHANGE")
