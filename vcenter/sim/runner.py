@@ -79,6 +79,11 @@ class ScenarioResult:
     failures: list[str]
     known_gap: str | None = None  # cluster.yaml's ``known_gap``: why its invariants are expected to fail
 
+    @property
+    def only_known_gap(self) -> bool:
+        """The invariants broke as the scenario's known gap says: VMs lost, and nothing else."""
+        return bool(self.known_gap) and bool(self.failures) and all(" lost" in f for f in self.failures)
+
 
 # -- parsing helpers -------------------------------------------------------------------------
 
