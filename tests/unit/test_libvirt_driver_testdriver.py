@@ -16,7 +16,8 @@ import pytest
 libvirt = pytest.importorskip("libvirt")
 
 from vcenter.hypervisor.base import DriverError  # noqa: E402
-from vcenter.hypervisor.libvirt.driver import LibvirtDriver, translate_event  # noqa: E402
+from vcenter.hypervisor.libvirt.driver import LibvirtDriver  # noqa: E402
+from vcenter.hypervisor.libvirt.host import translate_event  # noqa: E402
 from vcenter.messaging.contracts import DiskSpec, NicSpec, VmSpec  # noqa: E402
 
 UUID = ""

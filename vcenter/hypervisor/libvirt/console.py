@@ -1,5 +1,5 @@
 """A running domain's serial console as a byte stream: libvirt's ``virDomainOpenConsole`` on a
-non-blocking ``virStream``, read by the libvirt event loop (see driver.ensure_event_loop).
+non-blocking ``virStream``, read by the libvirt event loop (see host.ensure_event_loop).
 
 Vocabulary: the console is the guest's first serial port (a pty on the host, ``<console
 type='pty'>`` in the domain XML); ``ConsoleStream.read`` gives what the guest wrote (None at

@@ -1,9 +1,19 @@
-"""Storage VMotion of a running domain's disk at ``qemu-img convert`` speed (mixed into
-LibvirtDriver; ``LibvirtDriver.move_disk`` chooses this path when it can).
+"""Storage VMotion: a domain's disk moves to another file (another datastore) on the same host
+(mixed into LibvirtDriver, vcenter.hypervisor.libvirt.driver).
 
-Under TCG on this machine, libvirt's block copy (a QEMU mirror job) of a 1 GiB disk ran at
-50–57 % of a plain ``qemu-img convert`` of the same image. What this module decides: a disk
-moves through a frozen base instead (the technique of the running full clone in vmdata.py):
+Three ways, all keeping the old file (the caller removes it after every disk moved):
+- ``move_disk`` of a running domain through a frozen base at ``qemu-img convert`` speed (below)
+  when it can; otherwise (a shallow or bandwidth-capped move, a disk with a checkpoint, an
+  existing destination) libvirt's block copy: a QEMU mirror job, then a pivot once the mirror
+  is ready, then the persistent definition follows. Idempotent: a disk already on the
+  destination only gets its definition fixed; a copy already running to it is followed.
+- ``move_disk_offline`` of a powered-off domain: ``qemu-img convert`` to a temporary name,
+  rename, redefine; an existing destination identical to the source is an earlier copy.
+
+The frozen base. Under TCG on this machine, libvirt's block copy (a QEMU mirror job) of a
+1 GiB disk ran at 50–57 % of a plain ``qemu-img convert`` of the same image. What this module
+decides: a disk moves through a frozen base instead (the technique of the running full clone
+in vmdata.py):
 
 1. freeze: an external disk-only snapshot without metadata puts an empty overlay
    ``<old>.vcmove.qcow2`` next to the old file; the guest's writes go there from now on and
@@ -43,6 +53,7 @@ import libvirt
 
 from vcenter.hypervisor import images
 from vcenter.hypervisor.base import ConnectionLost, DriverError
+from vcenter.hypervisor.libvirt.xml import validate_abs_path
 from vcenter.messaging.contracts import MigrationProgress
 
 log = logging.getLogger(__name__)
@@ -64,9 +75,205 @@ def _unlink(path: str) -> None:
         pass
 
 
+def block_progress(info: dict, ready: bool) -> MigrationProgress | None:
+    """Progress of a block copy from libvirt's block job info (None: no job): ``ready`` once the
+    mirror says so and every byte is copied, ``copying`` before."""
+    if not info:
+        return None
+    cur, end = int(info.get("cur", 0)), int(info.get("end", 0))
+    return MigrationProgress(phase="ready" if ready and cur == end else "copying",
+                             data_total=end, data_processed=cur, data_remaining=max(0, end - cur),
+                             disk_total=end, disk_processed=cur, disk_remaining=max(0, end - cur))
+
+
 class StorageMoveOps:
-    """Mixin of LibvirtDriver: needs ``_get``, ``_err``, ``_disk_of``, ``_persist_disk_path``,
-    ``_refresh_pools_covering``, ``_safe_progress``, ``checkpoints``."""
+    """Mixin of LibvirtDriver: needs ``_err``, ``is_alive`` (host.py), ``_get`` (guest.py),
+    ``_disk_of``, ``_persist_disk_path``, ``_refresh_pools_covering`` (storage.py),
+    ``_safe_progress`` (migration.py), ``checkpoints`` (vmdata.py)."""
+
+    _BLOCK_COPY_POLL = 0.3  # seconds between looks at a running block copy (the mirror path)
+
+    def move_disk(self, uuid: str, disk_target: str, dest_path: str, dest_format: str,
+                  on_progress: Callable[[MigrationProgress], None] | None = None,
+                  cancel: threading.Event | None = None, *, shallow: bool = False,
+                  bandwidth_mibps: int | None = None, reuse_existing: bool | None = None) -> None:
+        """Storage VMotion of one disk of a running domain on this host: block copy to
+        ``dest_path`` while the guest runs, pivot, then the persistent definition points there.
+        The old file is never deleted (the caller removes it after success).
+        Unless the move is shallow, capped (``bandwidth_mibps``), the disk has a checkpoint or
+        the destination exists, the copy goes through a frozen base at ``qemu-img convert``
+        speed instead of a mirror (storagemove.py); guarantees, progress and cancel are the same.
+
+        The destination image is created by libvirt (full size, ``dest_format``) unless it
+        exists (``reuse_existing`` None: decided by whether the path exists as this process
+        sees it), then it is reused as is (VIR_DOMAIN_BLOCK_COPY_REUSE_EXT; same virtual size).
+        ``shallow`` keeps the backing chain (linked clones) instead of flattening it.
+        ``cancel`` set: the copy is aborted without pivot (the guest stays on the old disk) and
+        DriverError('MIGRATION_CANCELLED') is raised; a partial destination file may remain.
+        Idempotent: a disk already on ``dest_path`` only gets its definition fixed; a copy to
+        ``dest_path`` already running (an earlier delivery) is followed.
+        Codes: VM_NOT_FOUND, VM_NOT_RUNNING, DISK_NOT_FOUND, DISK_BUSY (another block job),
+        INVALID_SPEC, DISK_MOVE_FAILED, MIGRATION_CANCELLED."""
+        validate_abs_path(dest_path, "destination path")
+        if dest_format not in ("qcow2", "raw"):
+            raise DriverError("INVALID_SPEC", f"disk format {dest_format!r} must be qcow2 or raw")
+        cancel = cancel or threading.Event()
+        dom = self._get(uuid)
+        try:
+            if not dom.isActive():
+                raise DriverError("VM_NOT_RUNNING", f"domain {uuid} is not running: use move_disk_offline")
+        except libvirt.libvirtError as e:
+            raise self._err(e) from None
+        src, mirror, _fmt = self._disk_of(dom, disk_target)
+        if src == dest_path and mirror is None:
+            self._persist_disk_path(dom, disk_target, dest_path, dest_format, flatten=not shallow)
+            return
+        # At qemu-img speed through a frozen base (storagemove.py) when it applies; the block
+        # copy below otherwise (shallow moves, checkpoints, an existing destination).
+        if (mirror is None or (src or "").endswith(SUFFIX)) and reuse_existing is not True \
+                and self._frozen_move_possible(uuid, src, dest_path, shallow, bandwidth_mibps):
+            self._move_disk_frozen(uuid, disk_target, dest_path, dest_format, on_progress, cancel)
+            return
+        if mirror is not None:
+            msrc = mirror.find("source")
+            mfile = mirror.get("file") or (msrc.get("file") if msrc is not None else None)
+            if mfile != dest_path:
+                raise DriverError("DISK_BUSY", f"disk {disk_target} is being copied to {mfile}")
+            log.info("block copy of %s %s to %s already running: following it", uuid, disk_target, dest_path)
+        else:
+            try:
+                if dom.blockJobInfo(disk_target, 0):
+                    raise DriverError("DISK_BUSY", f"disk {disk_target} has a block job running")
+            except libvirt.libvirtError as e:
+                raise self._err(e) from None
+            reuse = os.path.exists(dest_path) if reuse_existing is None else reuse_existing
+            disk = ET.Element("disk", {"type": "file", "device": "disk"})
+            ET.SubElement(disk, "driver", {"name": "qemu", "type": dest_format})
+            ET.SubElement(disk, "source", {"file": dest_path})
+            flags = libvirt.VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB
+            if reuse:
+                flags |= libvirt.VIR_DOMAIN_BLOCK_COPY_REUSE_EXT
+            if shallow:
+                flags |= libvirt.VIR_DOMAIN_BLOCK_COPY_SHALLOW
+            params = {}
+            if bandwidth_mibps:
+                params[libvirt.VIR_DOMAIN_BLOCK_COPY_BANDWIDTH] = int(bandwidth_mibps) << 20
+            try:
+                dom.blockCopy(disk_target, ET.tostring(disk, encoding="unicode"), params, flags)
+            except libvirt.libvirtError as e:
+                err = self._err(e)
+                if isinstance(err, ConnectionLost):
+                    raise err from None
+                raise DriverError("DISK_MOVE_FAILED", f"block copy of {disk_target} to {dest_path}: "
+                                                      f"{e.get_error_message()}") from None
+        # Copy, wait until the mirror is ready (in sync), then pivot.
+        while True:
+            if cancel.is_set():
+                self._cancel_block_copy(dom, disk_target, src)
+                raise DriverError("MIGRATION_CANCELLED", f"disk move of {disk_target} cancelled; "
+                                                         f"the VM stays on {src}")
+            cur_src, mirror, _ = self._disk_of(dom, disk_target)
+            ready = mirror is not None and mirror.get("ready") == "yes"
+            p = self._block_progress(dom, disk_target, ready)
+            if p is None:
+                if cur_src == dest_path:  # pivoted by someone else: done
+                    break
+                raise DriverError("DISK_MOVE_FAILED", f"the block copy of {disk_target} to {dest_path} "
+                                                      f"ended without pivot; the VM stays on {cur_src}")
+            if on_progress:
+                self._safe_progress(on_progress, p)
+            if p.phase == "ready":
+                try:
+                    dom.blockJobAbort(disk_target, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+                    break
+                except libvirt.libvirtError as e:
+                    if not self.is_alive():
+                        raise self._err(e) from None
+                    # "not ready for pivot yet": the guest wrote meanwhile; try again.
+                    log.info("pivot of %s %s deferred: %s", uuid, disk_target, e.get_error_message())
+            time.sleep(self._BLOCK_COPY_POLL)
+        cur_src, _, _ = self._disk_of(dom, disk_target)
+        if cur_src != dest_path:
+            raise DriverError("DISK_MOVE_FAILED", f"pivot of {disk_target} left the VM on {cur_src}")
+        self._persist_disk_path(dom, disk_target, dest_path, dest_format, flatten=not shallow)
+        if on_progress:
+            end = p.data_total if p is not None else None
+            self._safe_progress(on_progress, MigrationProgress(phase="completed", data_total=end,
+                                                               data_processed=end, data_remaining=0))
+
+    def _cancel_block_copy(self, dom: libvirt.virDomain, disk_target: str, src: str | None) -> None:
+        try:
+            dom.blockJobAbort(disk_target, 0)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:  # no job any more
+                raise self._err(e) from None
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if not dom.blockJobInfo(disk_target, 0):
+                    break
+            except libvirt.libvirtError as e:
+                raise self._err(e) from None
+            if time.monotonic() > deadline:
+                raise DriverError("DISK_MOVE_FAILED", f"the block copy of {disk_target} does not end")
+            time.sleep(0.1)
+        cur, _, _ = self._disk_of(dom, disk_target)
+        if cur != src:
+            raise DriverError("DISK_MOVE_FAILED", f"after cancel the VM is on {cur}, not {src}")
+
+    def move_disk_offline(self, uuid: str, disk_target: str, dest_path: str, dest_format: str) -> None:
+        """Move one disk of a powered-off domain: ``qemu-img convert`` (flattening a backing
+        chain) to a temporary name, rename, redefine. Runs in this process, so the agent must
+        see the datastores as libvirtd does (it runs inside its host). The old file stays.
+        Idempotent: a definition already on ``dest_path`` is a no-op; an existing destination
+        identical to the source (``qemu-img compare``) is taken as an earlier copy.
+        Codes: VM_NOT_FOUND, VM_POWERED_ON, VM_SUSPENDED, DISK_NOT_FOUND, DISK_EXISTS,
+        DISK_MOVE_FAILED."""
+        validate_abs_path(dest_path, "destination path")
+        if dest_format not in ("qcow2", "raw"):
+            raise DriverError("INVALID_SPEC", f"disk format {dest_format!r} must be qcow2 or raw")
+        dom = self._get(uuid)
+        try:
+            if dom.isActive():
+                raise DriverError("VM_POWERED_ON", f"domain {uuid} is running: use move_disk")
+            if dom.hasManagedSaveImage(0):
+                raise DriverError("VM_SUSPENDED", f"domain {uuid} is suspended (its saved state names the old disk)")
+        except libvirt.libvirtError as e:
+            raise self._err(e) from None
+        src, _mirror, src_fmt = self._disk_of(dom, disk_target, libvirt.VIR_DOMAIN_XML_INACTIVE)
+        if src == dest_path:
+            return
+        if src is None or not os.path.exists(src):
+            raise DriverError("DISK_NOT_FOUND", f"disk {disk_target} source {src} does not exist here")
+        src_fmt = src_fmt or "raw"
+        if os.path.exists(dest_path):
+            r = subprocess.run(["qemu-img", "compare", "-q", "-f", src_fmt, "-F", dest_format, src, dest_path],
+                               capture_output=True, text=True, timeout=3600)
+            if r.returncode != 0:
+                raise DriverError("DISK_EXISTS", f"{dest_path} exists and differs from {src}")
+        else:
+            if not os.path.isdir(os.path.dirname(dest_path)):
+                raise DriverError("DATASTORE_ABSENT", f"directory {os.path.dirname(dest_path)} does not exist")
+            tmp = f"{dest_path}.moving-{os.getpid()}-{threading.get_ident()}"
+            r = subprocess.run(["qemu-img", "convert", "-f", src_fmt, "-O", dest_format, src, tmp],
+                               capture_output=True, text=True, timeout=24 * 3600)
+            if r.returncode != 0:
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
+                raise DriverError("DISK_MOVE_FAILED", f"qemu-img convert {src} -> {dest_path}: {r.stderr.strip()}")
+            os.rename(tmp, dest_path)
+        self._persist_disk_path(dom, disk_target, dest_path, dest_format, flatten=True)
+        self._refresh_pools_covering({os.path.dirname(dest_path)})
+
+    def _block_progress(self, dom: libvirt.virDomain, disk_target: str, ready: bool) -> MigrationProgress | None:
+        try:
+            info = dom.blockJobInfo(disk_target, 0)
+        except libvirt.libvirtError as e:
+            raise self._err(e) from None
+        return block_progress(info, ready)
+
 
     def _frozen_move_possible(self, uuid: str, src: str | None, dest_path: str, shallow: bool,
                               bandwidth_mibps: int | None) -> bool:
