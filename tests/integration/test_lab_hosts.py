@@ -22,7 +22,7 @@ import pytest
 from vcenter.lab import faults
 from vcenter.lab import network as net
 from vcenter.lab.hosts import BRIDGE, GATEWAY, LIBVIRT_TCP_PORT, Lab, ensure_portgroup
-from vcenter.lab.libvirtd import _comm
+from vcenter.lab.libvirtd import process_name
 
 pytestmark = [
     pytest.mark.integration,
@@ -188,12 +188,12 @@ def test_crashed_libvirtd_keeps_the_guest_and_a_restart_reattaches_it(lab, guest
     name, pid = guest1
     faults.crash_libvirtd(lab, "host1")
     assert not host.libvirtd_running()
-    assert _comm(pid).startswith("qemu")
+    assert process_name(pid).startswith("qemu")
     assert not tcp_reachable(host.address, LIBVIRT_TCP_PORT)
     assert lab.status()["hosts"][0]["state"] == "libvirtdDown"
     faults.restart_libvirtd(lab, "host1")
     assert virsh(host.uri, "domstate", name).stdout.strip() == "running"
-    assert _comm(pid).startswith("qemu")
+    assert process_name(pid).startswith("qemu")
 
 
 def test_isolated_host_is_unreachable_and_reconnect_restores_it(lab, guest1):
@@ -203,7 +203,7 @@ def test_isolated_host_is_unreachable_and_reconnect_restores_it(lab, guest1):
         t0 = time.monotonic()
         assert not tcp_reachable(host.address, LIBVIRT_TCP_PORT, timeout=2)
         assert time.monotonic() - t0 < 5
-        assert _comm(guest1[1]).startswith("qemu")  # the guest keeps running
+        assert process_name(guest1[1]).startswith("qemu")  # the guest keeps running
     finally:
         faults.reconnect(lab, "host1")
     wait_for(lambda: tcp_reachable(host.address, LIBVIRT_TCP_PORT), 10, "host1 reachable again")
@@ -320,10 +320,10 @@ def test_kill_host_kills_that_host_only_and_start_boots_it_fresh(lab, redis_port
     t0 = time.monotonic()
     faults.kill_host(lab, "host1")
     assert time.monotonic() - t0 < 5
-    assert not any(_comm(p) for p in doomed)
+    assert not any(process_name(p) for p in doomed)
     assert h1.pids() == set() and not h1.powered
     assert not tcp_reachable(h1.address, LIBVIRT_TCP_PORT, timeout=1)  # a dead host answers nothing
-    assert all(_comm(p) for p in others) and _comm(g2).startswith("qemu")
+    assert all(process_name(p) for p in others) and process_name(g2).startswith("qemu")
     assert virsh(h2.uri, "domstate", "g2").stdout.strip() == "running"
     assert lab.status()["hosts"][0]["state"] == "poweredOff"
 
@@ -354,14 +354,14 @@ def test_up_after_a_crash_cleans_up_first_and_down_leaves_nothing(lab):
     lab.state_file.unlink()
     again = Lab(lab.workdir)
     again.up(2)
-    assert not any(_comm(p) for p in pids)
+    assert not any(process_name(p) for p in pids)
     assert [h.name for h in again.hosts] == ["host1", "host2"]
     assert virsh(again.host("host2").uri, "hostname").stdout.strip() == "host2"
     pids = set().union(*(h.pids() for h in again.hosts))
     t0 = time.monotonic()
     again.down()
     print(f"\nlab down (2 hosts): {time.monotonic() - t0:.2f} s")
-    assert not any(_comm(p) for p in pids)
+    assert not any(process_name(p) for p in pids)
     assert _leftovers(again) == []
     assert not net.link_exists(BRIDGE)
     # The hosts' process logs are kept for a post-mortem (libvirtd's and agents' logs).

@@ -18,7 +18,8 @@ import time
 import pytest
 
 from vcenter.lab.hosts import Lab
-from vcenter.power import BMC_AUTH_FAILED, BMC_UNREACHABLE, IpmiDriver, LabDriver, PowerError
+from vcenter.lab.power import LabDriver
+from vcenter.power import BMC_AUTH_FAILED, BMC_UNREACHABLE, IpmiDriver, PowerError
 
 pytestmark = [
     pytest.mark.integration,

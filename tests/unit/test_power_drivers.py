@@ -21,13 +21,13 @@ from vcenter.power import (
     BMC_UNREACHABLE,
     POWER_ACTION_FAILED,
     IpmiDriver,
-    LabDriver,
     PowerDriver,
     PowerError,
     RedfishDriver,
     WakeOnLanDriver,
     make_driver,
 )
+from vcenter.lab.power import LabDriver
 from vcenter.power.drivers import magic_packet
 
 SECRET = "s3cr3t-Pa55"

@@ -47,7 +47,7 @@ from pathlib import Path
 
 from vcenter.lab import network as net
 from vcenter.lab import pki
-from vcenter.lab.libvirtd import PrivateLibvirtd, _comm
+from vcenter.lab.libvirtd import PrivateLibvirtd, process_name
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def _kill_all(dirs: Sequence[Path], netns: str | None = None, timeout: float = 1
     deadline = time.monotonic() + timeout
     thawed = False
     while True:
-        victims = {p for p in _cgroup_pids(dirs) | (_netns_pids(netns) if netns else set()) if _comm(p)}
+        victims = {p for p in _cgroup_pids(dirs) | (_netns_pids(netns) if netns else set()) if process_name(p)}
         for pid in victims:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -285,7 +285,7 @@ class LabHost:
     @property
     def anchor_pid(self) -> int | None:
         pid = self.record.get("anchor_pid")
-        if not pid or _comm(pid) != "sleep":
+        if not pid or process_name(pid) != "sleep":
             return None
         try:  # pid reuse: the anchor is the sleep in our network namespace
             if os.readlink(f"/proc/{pid}/ns/net") != f"net:[{os.stat(f'/run/netns/{self.netns}').st_ino}]":
@@ -354,7 +354,7 @@ class LabHost:
             return None
         pid = entry["pid"]
         self._reap()
-        return pid if _comm(pid) and pid in _cgroup_pids(self.cgroup_dirs) else None
+        return pid if process_name(pid) and pid in _cgroup_pids(self.cgroup_dirs) else None
 
     def stop_process(self, name: str, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
         pid = self.process_pid(name)
@@ -379,7 +379,7 @@ class LabHost:
 
     def pids(self) -> set[int]:
         """Every live process of the host (its cgroup subtree)."""
-        return {p for p in _cgroup_pids(self.cgroup_dirs) if _comm(p)}
+        return {p for p in _cgroup_pids(self.cgroup_dirs) if process_name(p)}
 
     def _reap(self) -> None:
         for proc in self._popen.values():
@@ -437,7 +437,7 @@ class LabHost:
                                     stderr=subprocess.STDOUT, start_new_session=True)
         self._popen["anchor"] = proc
         deadline = time.monotonic() + 10
-        while _comm(proc.pid) != "sleep":
+        while process_name(proc.pid) != "sleep":
             if proc.poll() is not None:
                 raise RuntimeError(f"lab host {self.name}: namespace set-up failed; see {self.workdir / 'anchor.log'}")
             if time.monotonic() > deadline:

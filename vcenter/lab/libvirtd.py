@@ -307,7 +307,7 @@ class PrivateLibvirtd:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if _comm(pid) == "libvirtd" else None
+        return pid if process_name(pid) == "libvirtd" else None
 
     def _answers(self, timeout: float) -> bool:
         try:
@@ -328,7 +328,7 @@ class PrivateLibvirtd:
                 except OSError:
                     pass
                 for _ in range(100):
-                    if not _comm(pid):
+                    if not process_name(pid):
                         break
                     time.sleep(0.05)
             return
@@ -350,10 +350,10 @@ class PrivateLibvirtd:
                 pid = int(pf.read_text().strip())
             except (OSError, ValueError):
                 continue
-            if _comm(pid).startswith("qemu"):
+            if process_name(pid).startswith("qemu"):
                 pids.add(pid)
         for pid in _pids_in_namespaces(self._namespaces):
-            if _comm(pid).startswith("qemu"):
+            if process_name(pid).startswith("qemu"):
                 pids.add(pid)
         return sorted(pids)
 
@@ -386,7 +386,7 @@ class PrivateLibvirtd:
         self.stop()
 
 
-def _comm(pid: int) -> str:
+def process_name(pid: int) -> str:
     """The process name, or "" for a process that is gone or a zombie (nothing to kill)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -406,7 +406,7 @@ def _pids_in_namespaces(namespaces: set[str]) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            if os.readlink(f"/proc/{entry.name}/ns/mnt") in namespaces and _comm(int(entry.name)):
+            if os.readlink(f"/proc/{entry.name}/ns/mnt") in namespaces and process_name(int(entry.name)):
                 found.append(int(entry.name))
         except OSError:
             continue

@@ -11,7 +11,10 @@ What this module decides:
 - A port group on a host is a Linux bridge; in the lab (this kernel has no 802.1Q) the bridges
   of one VLAN id on different hosts are joined by a unicast VXLAN segment, VNI = VLAN id,
   UDP 4789 over the hosts' lab addresses, with one all-zero FDB entry per peer carrying the
-  same VLAN id. On real hosts the same port group would sit on an 802.1Q uplink.
+  same VLAN id. On real hosts the same port group would sit on an 802.1Q uplink. The agent
+  makes them through port-group mode ``vxlan`` (:func:`vxlan_portgroups`, the entry point of
+  the group ``virtcenter.portgroup_modes``, see workers.agent.network): over the agent's
+  ``agent_address`` and ``agent_underlay``.
 
 Every function runs its ``ip``/``bridge``/``nft``/``tc`` commands through a runner: by default
 in the current namespaces (how the agent will call them on its own host), or in a lab host's
@@ -24,9 +27,16 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import re
 import subprocess
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vcenter.core.settings import Settings
+
+log = logging.getLogger(__name__)
 
 Runner = Callable[..., subprocess.CompletedProcess]
 
@@ -221,6 +231,24 @@ def ensure_vxlan_portgroup(bridge: str, vlan_id: int, local_address: str, peers:
     for peer in sorted(have - want):
         run(["bridge", "fdb", "del", "00:00:00:00:00:00", "dev", vx, "dst", peer], check=False)
     set_link(vx, True, run)
+
+
+def vxlan_portgroups(settings: Settings) -> Callable[[dict[str, Any]], None]:
+    """Port-group mode ``vxlan`` of the agent: makes a port group ({"bridge", "vlan_id",
+    "peers"}) with :func:`ensure_vxlan_portgroup` over this host's address; what fails is
+    logged (the agent's next state report tries again). The agent cannot start without
+    ``agent_address``."""
+    if not settings.agent_address:
+        raise SystemExit("VCENTER_AGENT_ADDRESS is required with VCENTER_AGENT_PORTGROUP_MODE=vxlan")
+    local_address, underlay = settings.agent_address, settings.agent_underlay
+
+    def make(portgroup: dict[str, Any]) -> None:
+        try:
+            ensure_vxlan_portgroup(portgroup["bridge"], int(portgroup["vlan_id"]), local_address, list(portgroup.get("peers", [])), underlay=underlay)
+        except Exception as exc:  # report what exists; the next report tries again
+            log.warning("port group %s (VLAN %s): %s", portgroup["bridge"], portgroup["vlan_id"], exc)
+
+    return make
 
 
 def remove_vxlan_portgroup(bridge: str, vlan_id: int, run: Runner = run_local) -> None:

@@ -19,10 +19,11 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+from cryptography import x509
 
+from vcenter.core.registration import thumbprint
 from vcenter.core.settings import DEFAULT_DATASTORE_ROOTS
 from vcenter.lab.libvirtd import PrivateLibvirtd
-from workers.agent.identity import thumbprint_of
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ class Stack:
                 if time.monotonic() > deadline or agent_dead:
                     raise RuntimeError(f"agent of {name} did not register; see {self.workdir}/agent-{name}.log")
                 time.sleep(0.2)
-            if current["thumbprint"] != thumbprint_of(cert.read_bytes()):
+            if current["thumbprint"] != thumbprint(x509.load_pem_x509_certificate(cert.read_bytes())):
                 raise RuntimeError(f"host {name}: registered thumbprint differs from the agent's certificate")
             api.post(f"/api/v1/hosts/{host.host_id}/confirm", json={"thumbprint": current["thumbprint"]}).raise_for_status()
 

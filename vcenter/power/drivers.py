@@ -19,11 +19,13 @@ What this module decides:
   refused credentials ("RAKP 2 HMAC is invalid", or a BMC that drops an unknown user's RAKP 1).
 - Redfish uses the standard ComputerSystem: ``PowerState`` for status and the
   ``#ComputerSystem.Reset`` action (ResetType On / GracefulShutdown / ForceOff), HTTP basic auth.
-- A host's power settings are a JSON document ``{"type": "ipmi"|"redfish"|"wol"|"lab", ...}``;
-  :func:`make_driver` validates it (unknown keys are refused: a typo must not pass silently).
-
-This module imports nothing of ours at module level; the lab driver loads ``vcenter.lab`` only
-when used.
+- A host's power settings are a JSON document ``{"type": "ipmi"|"redfish"|"wol"|..., ...}``;
+  :func:`make_driver` validates it against its :class:`PowerType` (unknown keys are refused: a
+  typo must not pass silently).
+- The types are ``ipmi``, ``redfish`` and ``wol`` (here) and those that installed packages
+  provide as entry points of the group ``virtcenter.power_types`` (vcenter.core.plugins), each
+  a :class:`PowerType` whose name is the entry point's: the lab provides ``lab``
+  (vcenter.lab.power), a lab host switched off and on; no code here imports a plugin.
 """
 from __future__ import annotations
 
@@ -32,11 +34,12 @@ import re
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
+
+from vcenter.core import plugins
 
 PowerState = Literal["on", "off", "unknown"]
 
@@ -345,71 +348,53 @@ class WakeOnLanDriver:
         raise PowerError(POWER_ACTION_FAILED, "Wake-on-LAN cannot power off")
 
 
-# --- the lab ----------------------------------------------------------------------------------
-class LabDriver:
-    """A lab host (vcenter.lab.hosts): power off kills every process of the host, power on boots
-    it with libvirtd and its boot processes. The lab's state file is read afresh on every call,
-    so any process may hold this driver."""
-
-    kind = "lab"
-
-    def __init__(self, workdir: str | Path, host: str, action_timeout: float = DEFAULT_ACTION_TIMEOUT):
-        self.workdir = Path(workdir)
-        self.host = host
-        self.action_timeout = float(action_timeout)
-
-    def __repr__(self) -> str:
-        return f"LabDriver({self.workdir}, {self.host})"
-
-    def _lab_host(self) -> Any:
-        from vcenter.lab.hosts import Lab
-
-        if not (self.workdir / "lab.json").exists():
-            raise PowerError(BMC_UNREACHABLE, f"no lab at {self.workdir}")
-        lab = Lab(self.workdir)
-        try:
-            return lab.host(self.host)
-        except KeyError as e:
-            raise PowerError(BMC_UNREACHABLE, str(e.args[0])) from None
-
-    def status(self, timeout: float | None = None) -> PowerState:
-        return "on" if self._lab_host().powered else "off"
-
-    def _act(self, action: Callable[[Any], None], timeout: float | None) -> None:
-        host = self._lab_host()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                with host.lab._locked():
-                    action(host.lab.host(self.host))
-            except BaseException as e:  # reported to the caller below
-                failure.append(e)
-
-        worker = threading.Thread(target=run, name=f"lab-power-{self.host}", daemon=True)
-        worker.start()
-        worker.join(self.action_timeout if timeout is None else timeout)
-        if worker.is_alive():
-            raise PowerError(POWER_ACTION_FAILED, f"lab host {self.host}: power action still running after "
-                                                  f"{self.action_timeout if timeout is None else timeout:g}s")
-        if failure:
-            raise PowerError(POWER_ACTION_FAILED, f"lab host {self.host}: {failure[0]}")
-
-    def power_on(self, timeout: float | None = None) -> None:
-        self._act(lambda h: h.power_on(), timeout)
-
-    def power_off(self, timeout: float | None = None, graceful: bool = True) -> None:
-        self._act(lambda h: h.power_off(), timeout)
-
-
 # --- from a host's power settings -------------------------------------------------------------
-_FIELDS: dict[str, tuple[set[str], set[str]]] = {  # type -> (required, optional)
-    "ipmi": ({"address", "username", "password"},
-             {"port", "timeout", "action_timeout", "privilege", "cipher_suite"}),
-    "redfish": ({"base_url"}, {"username", "password", "verify", "system_id", "timeout", "action_timeout"}),
-    "wol": ({"mac"}, {"broadcast", "port", "repeat"}),
-    "lab": ({"host"}, {"workdir", "action_timeout"}),
-}
+POWER_TYPES_GROUP = "virtcenter.power_types"  # entry points: name -> a PowerType of that name
+
+
+@dataclass(frozen=True)
+class PowerType:
+    """One ``type`` of power settings: the keys it takes and how its driver is built.
+
+    ``strings`` are the keys that must be strings (in the order they are checked),
+    ``non_empty`` a required key that must not be empty; ``build`` gets the settings without
+    ``type`` once they passed every check."""
+
+    name: str
+    required: frozenset[str]
+    optional: frozenset[str]
+    build: Callable[..., PowerDriver]
+    strings: tuple[str, ...] = ()
+    non_empty: str | None = None
+
+
+_BUILT_IN = {t.name: t for t in (
+    PowerType("ipmi", frozenset({"address", "username", "password"}),
+              frozenset({"port", "timeout", "action_timeout", "privilege", "cipher_suite"}), IpmiDriver,
+              strings=("address", "username", "password"), non_empty="address"),
+    PowerType("redfish", frozenset({"base_url"}),
+              frozenset({"username", "password", "verify", "system_id", "timeout", "action_timeout"}), RedfishDriver,
+              strings=("username", "password", "base_url", "system_id")),
+    PowerType("wol", frozenset({"mac"}), frozenset({"broadcast", "port", "repeat"}), WakeOnLanDriver,
+              strings=("broadcast",)),
+)}
+
+
+def power_type_names() -> frozenset[str]:
+    """Every power type this process can build: the built-in ones and the plugins'."""
+    return frozenset(_BUILT_IN) | plugins.names(POWER_TYPES_GROUP)
+
+
+def power_type(name: str) -> PowerType:
+    """The PowerType called ``name`` (a plugin's module is imported now); KeyError if none."""
+    if name in _BUILT_IN:
+        return _BUILT_IN[name]
+    found = plugins.load(POWER_TYPES_GROUP, name)
+    if found is None:
+        raise KeyError(name)
+    if not isinstance(found, PowerType) or found.name != name:
+        raise TypeError(f"entry point {name!r} of {POWER_TYPES_GROUP} is not the PowerType {name!r}")
+    return found
 
 
 def make_driver(config: Mapping[str, Any]) -> PowerDriver:
@@ -418,14 +403,15 @@ def make_driver(config: Mapping[str, Any]) -> PowerDriver:
     if not isinstance(config, Mapping):
         raise ValueError("power settings must be an object")
     kind = config.get("type")
-    if kind not in _FIELDS:
-        raise ValueError(f"power type must be one of {', '.join(sorted(_FIELDS))}, not {kind!r}")
-    required, optional = _FIELDS[kind]
+    names = power_type_names()
+    if kind not in names:
+        raise ValueError(f"power type must be one of {', '.join(sorted(names))}, not {kind!r}")
+    ptype = power_type(kind)
     params = {k: v for k, v in config.items() if k != "type"}
-    missing = sorted(required - params.keys())
+    missing = sorted(ptype.required - params.keys())
     if missing:
         raise ValueError(f"{kind} power settings need {', '.join(missing)}")
-    unknown = sorted(params.keys() - required - optional)
+    unknown = sorted(params.keys() - ptype.required - ptype.optional)
     if unknown:
         raise ValueError(f"unknown {kind} power settings: {', '.join(unknown)}")
     for key in ("port",):
@@ -436,17 +422,9 @@ def make_driver(config: Mapping[str, Any]) -> PowerDriver:
         if key in params and (not isinstance(params[key], (int, float)) or isinstance(params[key], bool)
                               or params[key] <= 0):
             raise ValueError(f"{key} must be a positive number of seconds")
-    for key in ("address", "username", "password", "base_url", "host", "broadcast", "system_id"):
+    for key in ptype.strings:
         if key in params and not isinstance(params[key], str):
             raise ValueError(f"{key} must be a string")
-    if kind in ("ipmi", "lab") and not params.get("address" if kind == "ipmi" else "host"):
-        raise ValueError(f"{kind} power settings need a non-empty {'address' if kind == 'ipmi' else 'host'}")
-    if kind == "ipmi":
-        return IpmiDriver(**params)
-    if kind == "redfish":
-        return RedfishDriver(**params)
-    if kind == "wol":
-        return WakeOnLanDriver(**params)
-    from_lab = dict(params)
-    workdir = from_lab.pop("workdir", "/run/virtcenter-lab")
-    return LabDriver(workdir, **from_lab)
+    if ptype.non_empty is not None and not params.get(ptype.non_empty):
+        raise ValueError(f"{kind} power settings need a non-empty {ptype.non_empty}")
+    return ptype.build(**params)

@@ -12,18 +12,17 @@ import contextlib
 import contextvars
 import logging
 import os
-import re
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from vcenter.core.clock import as_utc, utcnow
 from vcenter.hypervisor.base import ConnectionLost, DriverError
+from vcenter.hypervisor.bootimages import with_boot_files
 from vcenter.messaging.contracts import Command, DomainState, MigrationOptions, MigrationProgress, TaskProgress, TaskResult, VmSpec
 from vcenter.messaging.signing import CommandRefused, claimed_command
 from workers.agent import datastore_guard
@@ -49,16 +48,7 @@ def _crash_point() -> None:
 
 def _resolve_image(agent: AgentService, spec: VmSpec) -> VmSpec:
     """Turn a named boot image into direct kernel boot paths on this host."""
-    if spec.image != "tiny-linux":
-        return spec
-    from vcenter.lab.guest import cached_guest
-
-    # Only what is already built: a host never downloads (lab hosts have no route out).
-    image = cached_guest(Path(agent.settings.lab_guest_cache))
-    if image is None:
-        raise DriverError("BOOT_IMAGE_UNAVAILABLE", f"no tiny-linux image built in {agent.settings.lab_guest_cache} (vcenter lab up builds it)")
-    hostname = re.sub(r"[^A-Za-z0-9-]", "-", spec.name)[:63].strip("-") or "guest"
-    return spec.model_copy(update={"kernel": str(image.kernel), "initrd": str(image.initrd), "cmdline": image.cmdline_for(hostname=hostname, ip=spec.guest_ip)})
+    return with_boot_files(spec, agent.settings)
 
 
 def _create(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState, dict[str, Any]]:

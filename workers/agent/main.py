@@ -25,7 +25,7 @@ from workers.agent.identity import (
     save_command_public_key,
     save_credential,
 )
-from workers.agent.network import BridgeHostNetwork, HostNetwork, SimulatedHostNetwork, VxlanHostNetwork
+from workers.agent.network import make_network
 from workers.agent.service import AgentService
 from workers.agent.tls import api_verify
 from workers.agent.trust import CommandGate, make_gate
@@ -45,16 +45,6 @@ def make_driver(settings: Settings, simulated: bool) -> HypervisorDriver:
 
     return LibvirtDriver(settings.libvirt_uri, declared_cpu_xml=settings.agent_declared_cpu_xml,
                          balloon_stats_period=settings.agent_balloon_stats_period)
-
-
-def make_network(settings: Settings, simulated: bool) -> HostNetwork:
-    if simulated:
-        return SimulatedHostNetwork()
-    if settings.agent_portgroup_mode == "vxlan":
-        if not settings.agent_address:
-            raise SystemExit("VCENTER_AGENT_ADDRESS is required with VCENTER_AGENT_PORTGROUP_MODE=vxlan")
-        return VxlanHostNetwork(settings.agent_address, settings.agent_underlay)
-    return BridgeHostNetwork()
 
 
 # Refusals that a fresh nonce cures: the operator confirmed between the challenge and the
