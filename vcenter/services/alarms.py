@@ -8,17 +8,20 @@ written together; webhooks are sent afterwards (``deliver_webhooks``), never ins
 from __future__ import annotations
 
 import logging
+import socket
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vcenter.core.clock import utcnow
-from vcenter.core.errors import Conflict, Invalid, NotFound
+from vcenter.core.errors import Conflict, Invalid, NotFound, StaleVersion
 from vcenter.core.settings import Settings
 from vcenter.db.models import AlarmDefinition, AlarmState, AlarmWebhook, Datastore, Host, VirtualMachine
 from vcenter.domain import alarms as a
@@ -74,8 +77,6 @@ def update_definition(session: Session, username: str, alarm_id: int, changes: d
     alarm = get_definition(session, alarm_id)
     version = changes.pop("version", None)
     if version is not None and version != alarm.version:
-        from vcenter.core.errors import StaleVersion
-
         raise StaleVersion(f"alarm {alarm.name} changed since version {version}; read it again")
     current = {"name": alarm.name, "description": alarm.description, "target_type": alarm.target_type, "scope_type": alarm.scope_type,
                "scope_id": alarm.scope_id, "enabled": alarm.enabled, "expression": alarm.expression, "actions": alarm.actions}
@@ -322,9 +323,6 @@ def _webhook_target_refusal(url: str, settings: Settings) -> str | None:
     (vcenter.domain.alarms.webhook_address_refusal); a name that does not resolve is left to the
     POST to fail. The check runs right before the POST (a name may point elsewhere later; the
     window between the two lookups is what remains of DNS rebinding)."""
-    import socket
-    from urllib.parse import urlsplit
-
     parts = urlsplit(url)
     host = (parts.hostname or "").strip("[]")
     allowed = [n.strip() for n in settings.alarm_webhook_allowed_networks.split(",") if n.strip()]
@@ -347,8 +345,6 @@ def deliver_webhooks(transaction: Callable[[], AbstractContextManager[Session]],
     leased (its next attempt pushed past the timeout) before it is sent, so two deliverers do
     not send it at once. A pass stops sending after ``budget_s`` (default: twice the webhook
     timeout) so that dead endpoints never hold a worker for long; the rest wait for the next."""
-    import time
-
     budget_s = settings.alarm_webhook_timeout * 2 if budget_s is None else budget_s
     began = time.monotonic()
     with transaction() as session:

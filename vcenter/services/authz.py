@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import false, select
+from sqlalchemy import and_, false, or_, select
 from sqlalchemy.orm import Session
 
 from vcenter.core.errors import Forbidden
@@ -254,8 +254,6 @@ def visibility_clause(session: Session, user: User, kind: str, model: Any, token
 def event_visibility_clause(session: Session, user: User, model: Any, token: str | None = None) -> Any:
     """Tasks and events: visible when their object is visible (or, for rows without an
     inventory object, when the user started them: ``user_id``, never the name)."""
-    from sqlalchemy import and_, or_
-
     if user.is_admin and token_role(session, token) is None:
         return None
     parts = [model.user_id == user.id]  # its own: by id, never by name (a user may be named like an actor)

@@ -42,7 +42,7 @@ from vcenter.domain import backups as plan
 from vcenter.domain.states import PowerState
 from vcenter.services import inventory, placement
 from vcenter.services.events import record_event
-from vcenter.services.snapshots import ready_vm, disk_target, mount_path
+from vcenter.services.snapshots import disk_target, mount_path, ready_vm
 from vcenter.services.tasks import start_task
 from vcenter.services.templates import SEED_SUFFIX, dns_label
 from vcenter.services.vms import vm_spec

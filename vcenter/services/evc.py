@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vcenter.core.errors import Conflict, Invalid
-from vcenter.db.models import Cluster, Host, Task
+from vcenter.db.models import Cluster, Host, Task, VirtualMachine
 from vcenter.domain.states import ConnectionState
 from vcenter.services import inventory
 from vcenter.services.events import record_event
@@ -75,8 +75,6 @@ def parse_baseline(xml: str) -> tuple[str, list[str]]:
 def cpu_check(session: Session, user: str, vm_id: int, host_id: int) -> Task:
     """Ask the target host's agent whether the VM's CPU definition runs there (libvirt's own
     comparison against the host's real or declared CPU); the answer is the Task's result."""
-    from vcenter.db.models import VirtualMachine
-
     vm: VirtualMachine = inventory.get(session, "vm", vm_id)
     host: Host = inventory.get(session, "host", host_id)
     if not vm.cpu:

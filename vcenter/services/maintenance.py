@@ -10,23 +10,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from vcenter.core.clock import utcnow
 from vcenter.core.settings import Settings
-from vcenter.db.models import Host, Task
+from vcenter.db.models import Event, Host, Task
 from vcenter.domain.states import TaskState
-from vcenter.services import migration
-from vcenter.services.operations import REGISTRY, Ending, operation_for
+from vcenter.services import migration, refusals
 from vcenter.services.events import record_event
+from vcenter.services.operations import REGISTRY, Ending, operation_for
 from vcenter.services.reports import mark_host_heartbeat
 from vcenter.services.tasks import expired_leases, finish_task, send_command, stale_queued
-from datetime import timedelta
-from sqlalchemy import delete
-from vcenter.core.clock import utcnow
-from vcenter.db.models import Event
-from vcenter.services import refusals
 
 log = logging.getLogger(__name__)
 

@@ -28,25 +28,23 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from vcenter.core.errors import Conflict, Invalid, InvalidState
 from vcenter.core.clock import utcnow
+from vcenter.core.errors import Conflict, Invalid, InvalidState
 from vcenter.core.settings import Settings, get_settings
 from vcenter.db.models import Cluster, Datastore, Host, Task, VirtualMachine, VmSnapshotRow
-from vcenter.db.snapshots import cluster_snapshot
+from vcenter.db.snapshots import cluster_snapshot, vm_snapshot
 from vcenter.domain import evacuation, placement
 from vcenter.domain.snapshot import ClusterSnapshot, VmSnapshot
 from vcenter.domain.states import PowerState, TaskState
 from vcenter.messaging.contracts import MigrateArgs, MigrationOptions, RelocateArgs
-from vcenter.services import inventory, power
+from vcenter.schemas.maintenance import MaintenanceSettings
+from vcenter.services import ha, inventory, power, relocation
 from vcenter.services.events import record_event
 from vcenter.services.tasks import ensure_idle, finish_task, send_command, start_task
-from pydantic import ValidationError
-from vcenter.db.snapshots import vm_snapshot
-from vcenter.schemas.maintenance import MaintenanceSettings
-from vcenter.services import ha, relocation
 
 FILTER_CODES = {
     "ConnectionFilter": "HOST_NOT_CONNECTED",

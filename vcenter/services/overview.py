@@ -11,13 +11,15 @@ Read-only: nothing here changes a row.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from vcenter.core.errors import NotFound
 from vcenter.db.models import (
+    AlarmState,
     Cluster,
     Datacenter,
     Datastore,
@@ -30,7 +32,7 @@ from vcenter.db.models import (
     VirtualMachine,
     VirtualNic,
 )
-from vcenter.services import inventory
+from vcenter.services import alarms, inventory
 
 TREE_KINDS = ("datacenter", "cluster", "host", "vm", "datastore", "portgroup")
 SEARCH_KINDS: dict[str, Any] = {"vm": VirtualMachine, "host": Host, "cluster": Cluster, "datastore": Datastore, "portgroup": PortGroup, "datacenter": Datacenter}
@@ -62,10 +64,6 @@ def roots(session: Session) -> list[Node]:
 
 def with_alarms(session: Session, nodes: list[Node]) -> list[Node]:
     """The nodes with their worst triggered alarm (one query for the whole list)."""
-    from dataclasses import replace
-
-    from vcenter.db.models import AlarmState
-
     ids_by_kind: dict[str, set[int]] = {}
     for n in nodes:
         ids_by_kind.setdefault(n.kind, set()).add(n.id)
@@ -117,8 +115,6 @@ def search(session: Session, text: str, limit: int = 25) -> list[Node]:
 
 def get(session: Session, kind: str, object_id: int) -> Any:
     if kind not in TREE_KINDS:
-        from vcenter.core.errors import NotFound
-
         raise NotFound(f"no page for {kind!r}", code="UNKNOWN_KIND")
     return inventory.get(session, kind, object_id)
 
@@ -213,8 +209,6 @@ EVENT_MODEL = Event
 
 def triggered_alarms(session: Session, kind: str, object_id: int) -> list[dict[str, Any]]:
     """Alarms not green on the object and below it (vcenter.services.alarms)."""
-    from vcenter.services import alarms
-
     if kind not in ("datacenter", "cluster", "host", "vm", "datastore"):
         return []
     return alarms.triggered(session, kind, object_id, descendants=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from vcenter.core.errors import Invalid
+from vcenter.core.settings import get_settings
 from vcenter.domain.passwords import TOO_SHORT, password_weakness
 
 _MESSAGES = {
@@ -30,8 +31,6 @@ def common_passwords() -> frozenset[str]:
 
 
 def min_length_setting() -> int:
-    from vcenter.core.settings import get_settings
-
     return get_settings().password_min_length
 
 

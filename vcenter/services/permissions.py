@@ -25,6 +25,7 @@ from vcenter.domain.privileges import unknown_privileges
 from vcenter.services import authz
 from vcenter.services.delegation import Actor, role_holders
 from vcenter.services.events import record_event
+from vcenter.services.inventory import KINDS
 
 OBJECT_KINDS = ("root", "datacenter", "folder", "cluster", "host", "datastore", "portgroup", "pool", "vm")
 
@@ -243,8 +244,6 @@ def _check_object(session: Session, object_type: str, object_id: int) -> None:
         if object_id != 0:
             raise Invalid("the root's object_id is 0", code="INVALID_REFERENCE", details={"field": "object_id"})
         return
-    from vcenter.services.inventory import KINDS
-
     if session.get(KINDS[object_type], object_id) is None:
         raise Invalid(f"{object_type} {object_id} does not exist", code="INVALID_REFERENCE", details={"field": "object_id"})
 

@@ -10,16 +10,15 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from vcenter.core.errors import Conflict, Invalid
+from vcenter.core.errors import Conflict, Invalid, NotFound
 from vcenter.db.models import ClusterRule, Host, VirtualMachine
 from vcenter.db.snapshots import cluster_snapshot, rule_snapshot, vm_snapshot
 from vcenter.domain import placement, pools, rules
+from vcenter.domain.cpu import CpuRequirement
 from vcenter.domain.placement import PlacementResult
 from vcenter.domain.snapshot import VmSnapshot
 from vcenter.services import inventory
 from vcenter.services.events import record_event
-from vcenter.core.errors import NotFound
-from vcenter.domain.cpu import CpuRequirement
 
 
 class PlacementFailed(Conflict):

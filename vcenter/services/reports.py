@@ -15,18 +15,16 @@ from sqlalchemy.orm import Session
 
 from vcenter.core.clock import utcnow
 from vcenter.core.settings import Settings
-from vcenter.db.models import Datastore, DatastoreMount, Event, Host, PortGroup, PortGroupHost, Task, VirtualMachine, VmStats
+from vcenter.db.models import Cluster, Datastore, DatastoreMount, Event, Host, PortGroup, PortGroupHost, Task, VirtualMachine, VmStats
+from vcenter.domain.cpu import CpuModel, can_join
 from vcenter.domain.datastore_roots import DatastorePathRefused, check_datastore_path, check_root
 from vcenter.domain.demand import NOISE_WINDOW, cpu_sample_mhz, noise_spread, smoothed_demand
 from vcenter.domain.states import ConnectionState, TaskState
 from vcenter.messaging.contracts import DomainState, HostState, LifecycleEvent, TaskProgress, TaskResult
-from vcenter.services import migration
-from vcenter.services.operations import AgentResult, operation_for
+from vcenter.services import ha, migration
 from vcenter.services.events import record_event
+from vcenter.services.operations import AgentResult, operation_for
 from vcenter.services.tasks import mark_running
-from vcenter.db.models import Cluster
-from vcenter.domain.cpu import CpuModel, can_join
-from vcenter.services import ha
 
 log = logging.getLogger(__name__)
 

@@ -37,8 +37,8 @@ from vcenter.domain.backups import snapshot_tree
 from vcenter.domain.states import PowerState
 from vcenter.services import inventory, placement
 from vcenter.services.events import record_event
-from vcenter.services.templates import SEED_SUFFIX, dns_label
 from vcenter.services.tasks import ensure_idle, start_task
+from vcenter.services.templates import SEED_SUFFIX, dns_label
 
 
 def ready_vm(session: Session, vm_id: int) -> VirtualMachine:

@@ -27,19 +27,16 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from vcenter.core.clock import utcnow
-from vcenter.core.errors import Conflict, Invalid, InvalidState, NotFound
+from vcenter.core.errors import Conflict, Forbidden, Invalid, InvalidState, NotFound
 from vcenter.core.ids import new_mac, new_uuid
 from vcenter.db.models import (
     Cluster, Datastore, Host, Task, Template, Upload, VirtualDisk, VirtualMachine, VirtualNic, VmCustomization,
 )
 from vcenter.domain.datastore_paths import PathRefused, safe_file_name, validate_datastore_path
 from vcenter.domain.states import ConnectionState, PowerState, TaskState
-from vcenter.services import evc, inventory, placement
+from vcenter.services import authz, evc, inventory, placement, uploads
 from vcenter.services.events import record_event
-from vcenter.services.tasks import ensure_idle, start_task
-from vcenter.core.errors import Forbidden
-from vcenter.services import authz, uploads
-from vcenter.services.tasks import send_command
+from vcenter.services.tasks import ensure_idle, send_command, start_task
 from vcenter.services.vms import vm_spec
 
 SEED_SUFFIX = "-seed.iso"

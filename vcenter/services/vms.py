@@ -12,13 +12,12 @@ from sqlalchemy.orm import Session
 from vcenter.core.errors import Conflict, Invalid, InvalidState
 from vcenter.core.ids import new_mac, new_uuid
 from vcenter.core.settings import Settings
-from vcenter.db.models import Cluster, Datastore, ResourcePool, Host, PortGroup, Task, VirtualDisk, VirtualMachine, VirtualNic
+from vcenter.db.models import Cluster, Datastore, Host, PortGroup, ResourcePool, Task, VirtualDisk, VirtualMachine, VirtualNic
 from vcenter.domain.states import ConnectionState, PowerAction, PowerState, TaskState, check_power_action
 from vcenter.messaging.contracts import CpuSpec, DiskSpec, NicSpec, ResourceSpec, VmSpec
-from vcenter.services import evc, inventory, placement
+from vcenter.services import evc, ha, inventory, placement
 from vcenter.services.events import record_event
 from vcenter.services.tasks import ensure_idle, finish_task, start_task
-from vcenter.services import ha
 
 POWER_COMMANDS = {
     PowerAction.POWER_ON: "vm.start",
