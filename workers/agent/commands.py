@@ -46,14 +46,9 @@ def _crash_point() -> None:
         os.killpg(os.getpgid(0), signal.SIGKILL)
 
 
-def _resolve_image(agent: AgentService, spec: VmSpec) -> VmSpec:
-    """Turn a named boot image into direct kernel boot paths on this host."""
-    return with_boot_files(spec, agent.settings)
-
-
 def _create(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState, dict[str, Any]]:
     driver = agent.driver
-    spec = _resolve_image(agent, VmSpec.model_validate(args["spec"]))
+    spec = with_boot_files(VmSpec.model_validate(args["spec"]), agent.settings)
     existing = driver.domain_state(spec.uuid)
     if existing is not None:  # redelivered: already done
         return existing, {"already_defined": True}
@@ -214,7 +209,7 @@ def _ha_start(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState, d
     command finds it running. QEMU's image locks refuse the start while another host still
     holds the disks."""
     driver = agent.driver
-    spec = _resolve_image(agent, VmSpec.model_validate(args["spec"]))
+    spec = with_boot_files(VmSpec.model_validate(args["spec"]), agent.settings)
     missing = [f"{d.datastore_path}/{d.file}" for d in spec.disks if not os.path.exists(f"{d.datastore_path}/{d.file}")]
     if missing:
         raise DriverError("DISK_NOT_FOUND", f"disks not on this host's datastores: {', '.join(missing)}")

@@ -23,6 +23,7 @@ from typing import Any
 
 from vcenter.hypervisor import images
 from vcenter.hypervisor.base import DriverError
+from vcenter.hypervisor.bootimages import with_boot_files
 from vcenter.messaging.contracts import DomainState, MigrationProgress, TaskProgress, VmSpec
 from workers.agent.api_client import PermanentReportError
 from workers.agent.service import AgentService
@@ -88,9 +89,7 @@ def _copy(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None
 
 
 def _define(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
-    from workers.agent.commands import _resolve_image
-
-    spec = _resolve_image(agent, VmSpec.model_validate(args["spec"]))
+    spec = with_boot_files(VmSpec.model_validate(args["spec"]), agent.settings)
     missing = [f"{d.datastore_path}/{d.file}" for d in spec.disks if not os.path.exists(f"{d.datastore_path}/{d.file}")]
     if missing:
         raise DriverError("DISK_NOT_FOUND", f"disks not on this host's datastores: {', '.join(missing)}")

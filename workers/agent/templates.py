@@ -27,6 +27,7 @@ from typing import Any
 from vcenter.core.clock import utcnow
 from vcenter.hypervisor import images
 from vcenter.hypervisor.base import DriverError
+from vcenter.hypervisor.bootimages import with_boot_files
 from vcenter.messaging.contracts import DomainState, TaskProgress, VmSpec
 from workers.agent.api_client import PermanentReportError
 from workers.agent.service import AgentService
@@ -81,9 +82,7 @@ def _unlink(paths: list[str]) -> None:
 
 
 def _define(agent: AgentService, spec: VmSpec) -> DomainState:
-    from workers.agent.commands import _resolve_image
-
-    spec = _resolve_image(agent, spec)
+    spec = with_boot_files(spec, agent.settings)
     with agent.driver_lock:
         agent.driver.create_disks(spec)  # only the missing ones (none, normally)
         return agent.driver.define(spec)

@@ -10,6 +10,7 @@ import threading
 from typing import Any
 
 from vcenter.hypervisor.base import DriverError
+from vcenter.hypervisor.bootimages import with_boot_files
 from vcenter.messaging.contracts import DomainState, MigrationProgress, TaskProgress, VmSpec
 from workers.agent.api_client import PermanentReportError
 from workers.agent.service import AgentService
@@ -84,8 +85,6 @@ def _promote(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | N
 
 def _restore(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
     """Restore disks from a backup chain; with a spec, define the new VM too (same host)."""
-    from workers.agent.commands import _resolve_image
-
     ops = _ops(agent)
     spec = VmSpec.model_validate(args["spec"]) if args.get("spec") else None
     if spec is not None and agent.driver.domain_state(spec.uuid) is not None:
@@ -105,7 +104,7 @@ def _restore(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | N
                 build_seed_iso(files, seed["path"])
             made.append(seed["path"])
             result = {**result, "seed": seed["path"]}
-        state = agent.driver.define(_resolve_image(agent, spec))
+        state = agent.driver.define(with_boot_files(spec, agent.settings))
     except Exception:
         for path in made:
             try:
