@@ -12,6 +12,9 @@ from __future__ import annotations
 import ast
 import fnmatch
 import json
+import subprocess
+import sys
+import textwrap
 import tomllib
 from importlib.metadata import distribution
 from pathlib import Path
@@ -98,6 +101,28 @@ def test_the_lab_fills_each_seam():
     assert plugins.load(BOOT_IMAGES_GROUP, "tiny-linux") is guest.boot_files
     assert plugins.load(PORTGROUP_MODES_GROUP, "vxlan") is vxlan_portgroups
     assert plugins.load(PORTGROUP_MODES_GROUP, "nothing") is None
+
+
+def test_a_plugin_is_imported_only_when_its_name_is_asked_for(tmp_path):
+    probe = textwrap.dedent(f"""
+        import sys
+        from tests.conftest import make_settings
+        from vcenter.power.drivers import make_driver
+        from workers.agent.network import make_network
+        from pathlib import Path
+        make_driver({{"type": "ipmi", "address": "10.0.0.5", "username": "a", "password": "b"}})
+        try:
+            make_driver({{"type": "nope"}})
+        except ValueError as e:
+            assert "lab" in str(e)
+        make_network(make_settings(Path({str(tmp_path)!r})), False)
+        before = sorted(m for m in sys.modules if m.startswith("vcenter.lab"))
+        make_driver({{"type": "lab", "host": "host1"}})
+        print(before, "vcenter.lab.power" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["[]", "True"]
 
 
 def test_lab_power_settings(tmp_path):
