@@ -8,7 +8,7 @@ help:
 	@echo "make install    Debian packages (if missing) + .venv with '.[agent,test]'"
 	@echo "make test       install, throwaway Redis/PostgreSQL, all suites, timing table"
 	@echo "make run        run virtcenter locally (scripts/run.sh)"
-	@echo "make lint       import-linter contracts (lint-imports)"
+	@echo "make lint       ruff, mypy and the import-linter contracts (scripts/lint.sh)"
 	@echo "make clean      remove caches and build output (keeps .venv)"
 	@echo "make distclean  clean + remove .venv"
 
@@ -22,7 +22,7 @@ run:
 	scripts/run.sh
 
 lint: install
-	.venv/bin/lint-imports
+	scripts/lint.sh
 
 clean:
 	find . -path ./.venv -prune -o -path ./.git -prune -o \

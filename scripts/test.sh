@@ -80,7 +80,7 @@ run_suite() {
   record "$name" "$result" "$secs"
 }
 
-run_suite imports plain -- .venv/bin/lint-imports
+run_suite lint plain -- scripts/lint.sh
 # the compose file requires its secrets: validate with placeholders unless they are set
 run_suite compose plain -- env VCENTER_DB_PASSWORD="${VCENTER_DB_PASSWORD:-placeholder}" \
   VCENTER_REDIS_PASSWORD="${VCENTER_REDIS_PASSWORD:-placeholder}" \

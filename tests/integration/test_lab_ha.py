@@ -147,7 +147,6 @@ def test_ha_on_real_hosts(tmp_path):
         with TwiceWatcher(lab) as watcher:
             vms = {"ids": ids}
             # -- a host dies: its guests run elsewhere ------------------------------------------------
-            seqs = {n: (_vm(api, vm_ids[n])["guest_info"] or {}).get("seq") for n in ("g1", "g2")}
             faults.kill_host(lab, "host1")
             for n in ("g1", "g2"):
                 wait_for(lambda: _vm(api, vm_ids[n])["host_id"] != ids["host1"] and _heartbeat_on(api, vm_ids[n], _vm(api, vm_ids[n])["host_id"]), 60,

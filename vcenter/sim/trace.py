@@ -455,7 +455,6 @@ def replay(scenario: Scenario, balancer: str = "drs", threshold: int = 3, dpm: b
     spread: dict[str, tuple[float, float]] = {}  # how far the samples stray from it
 
     for t in range(T):
-        now = t * INTERVAL_S
         for h, ready in list(booting.items()):
             if ready <= t:
                 snap = _set_host_state(snap, h, standby=False, maintenance=False)
