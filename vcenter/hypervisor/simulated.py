@@ -4,11 +4,17 @@ What this module decides: the same power-state rules and idempotency as the libv
 (define of a known UUID returns it, start of a running / stop of a stopped domain is a no-op,
 undefine of a missing one is a no-op), and the same lifecycle events (event, reason,
 power_state) that the libvirt driver emits for the same operation. It never stands in for the
-real driver in a test that claims a real feature.
+real driver in a test that claims a real feature. tests/integration/test_driver_contract.py
+runs the same tests against both drivers: where they disagree, this one follows libvirt.
+
+Files, with ``create_files``: disks are real files of their format (raw: a sparse file of the
+capacity; qcow2: an empty image as ``qemu-img create`` makes it, see ``qcow2_image``), made under
+a temporary name and renamed as the libvirt driver does; undefine deletes them and reports a
+file it cannot delete as DISK_DELETE_FAILED.
 
 Knobs for tests and demos: ``set_reachable(False)`` makes every call raise ConnectionLost
 until ``connect()`` succeeds again; ``guest_shuts_down`` says whether guests honour a
-shutdown request; ``crash(uuid)`` and ``destroy_externally(uuid)`` imitate a QEMU killed
+shutdown request (one that does not makes shutdown wait its timeout out, as libvirt does); ``crash(uuid)`` and ``destroy_externally(uuid)`` imitate a QEMU killed
 from outside and ``virsh destroy``; ``existing_bridges`` (None = every bridge exists) drives
 PORTGROUP_ABSENT.
 
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import threading
 import time
 import uuid as uuidlib
@@ -56,6 +63,36 @@ def simulated_host(uri: str) -> "SimulatedDriver | None":
 
 
 _DEFAULT_CPU_XML = "<cpu><arch>x86_64</arch><model>qemu64</model></cpu>"
+
+_QCOW2_CLUSTER_BITS = 16
+
+
+def qcow2_image(capacity_bytes: int) -> bytes:
+    """An empty qcow2 (version 3, 64 KiB clusters, 16-bit refcounts) of ``capacity_bytes``,
+    laid out as ``qemu-img create -f qcow2`` lays it out: the header, the refcount table, one
+    refcount block, then the L1 table (all zero: nothing allocated); the file ends with L1."""
+    cluster = 1 << _QCOW2_CLUSTER_BITS
+    l1_size = -(-capacity_bytes // (cluster * (cluster // 8)))  # one L2 table maps cluster/8 clusters
+    l1_clusters = max(1, -(-l1_size * 8 // cluster))
+    refcount_table, refcount_block, l1_table = cluster, 2 * cluster, 3 * cluster
+    used_clusters = 3 + l1_clusters
+    header = struct.pack(
+        ">IIQIIQIIQQIIQQQQII",
+        0x514649FB, 3,             # magic "QFI\xfb", version
+        0, 0,                      # no backing file
+        _QCOW2_CLUSTER_BITS, capacity_bytes,
+        0,                         # no encryption
+        l1_size, l1_table,
+        refcount_table, 1,         # refcount table: one cluster
+        0, 0,                      # no snapshots
+        0, 0, 0,                   # incompatible, compatible, autoclear features
+        4, 104)                    # refcount order (16 bits), header length
+    image = bytearray(l1_table + l1_size * 8)
+    image[:len(header)] = header   # followed by zeros: the end of header extensions
+    struct.pack_into(">Q", image, refcount_table, refcount_block)
+    for i in range(used_clusters):
+        struct.pack_into(">H", image, refcount_block + 2 * i, 1)
+    return bytes(image)
 
 
 @dataclass
@@ -157,7 +194,7 @@ class SimulatedDriver:
                          cpu_model=cpu.model if self._cpu_declared else "simulated",
                          cpu_features=sorted(cpu.require - cpu.disable),
                          cpu_cores=self.cpu_cores, cpu_mhz=2000, memory_mib=self.memory_mib,
-                         hypervisor="simulated", libvirt_version=None)
+                         cpu_xml=self.declared_cpu_xml, hypervisor="simulated", libvirt_version=None)
 
     # --- CPU definitions (no CPU map: a model is its name, features are what the XML names) ---
     def host_cpu_xml(self) -> str:
@@ -262,12 +299,10 @@ class SimulatedDriver:
         for disk in spec.disks:
             path = disk_path(disk.datastore_path, disk.file)
             paths.append(path)
-            if self.create_files:
+            if self.create_files and not os.path.exists(path):
                 if not os.path.isdir(disk.datastore_path):
                     raise DriverError("DATASTORE_ABSENT", f"datastore directory {disk.datastore_path} does not exist")
-                if not os.path.exists(path):
-                    with open(path, "wb") as f:
-                        f.truncate(disk.capacity_mib * 1024 * 1024)
+                _write_disk(path, disk.format, disk.capacity_mib * 1024 * 1024)
             with self._lock:
                 self._disks.add(path)
                 self._disk_sizes[path] = disk.capacity_mib * 1024 * 1024
@@ -334,6 +369,13 @@ class SimulatedDriver:
             if d.power != _ON:
                 return self._state(d)
         if not self.guest_shuts_down:
+            # The guest ignores the request (as a firmware-only one does): wait as long as the
+            # libvirt driver does; something else may have powered it off meanwhile.
+            time.sleep(timeout)
+            with self._lock:
+                d = self._get(uuid)
+                if d.power != _ON:
+                    return self._state(d)
             raise DriverError("GUEST_SHUTDOWN_TIMEOUT", f"guest of {uuid} still running after {timeout:g}s")
         return self._transition(uuid, {_ON}, _OFF, "stopped", StopReason.SHUTDOWN.value, {_OFF}, "LIBVIRT_ERROR")
 
@@ -371,20 +413,25 @@ class SimulatedDriver:
 
     def undefine(self, uuid: str, delete_disks: list[str]) -> None:
         self._check()
+        paths = [validate_abs_path(p, "disk path") for p in delete_disks]
+        key = _norm(uuid)
         with self._lock:
-            d = self._doms.pop(_norm(uuid), None)
-            for p in delete_disks:
+            d = self._doms.pop(key, None)
+            for p in paths:
                 self._disks.discard(p)
                 self._disk_sizes.pop(p, None)
-                if self.create_files:
-                    try:
-                        os.unlink(p)
-                    except FileNotFoundError:
-                        pass
         if d is not None:
             if d.power == _ON:
                 self._emit(d, "stopped", StopReason.DESTROYED.value, _OFF)
             self._emit(d, "undefined", "removed", None)
+        if self.create_files:
+            for p in paths:
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    raise DriverError("DISK_DELETE_FAILED", f"{p}: {e}") from None
 
     # --- VMotion and Storage VMotion ------------------------------------------------------
     def _peer(self, uri: str) -> "SimulatedDriver":
@@ -495,12 +542,14 @@ class SimulatedDriver:
 
     def job_progress(self, uuid: str) -> MigrationProgress | None:
         self._check()
-        job = self._jobs.get(_norm(uuid))
+        with self._lock:
+            job = self._jobs.get(self._get(uuid).spec.uuid)  # VM_NOT_FOUND as libvirt
         return None if job is None else job[0]
 
     def abort_job(self, uuid: str) -> bool:
         self._check()
-        job = self._jobs.get(_norm(uuid))
+        with self._lock:
+            job = self._jobs.get(self._get(uuid).spec.uuid)
         if job is None:
             return False
         job[1].set()
@@ -579,6 +628,18 @@ class SimulatedDriver:
                 return
             d.power = _OFF
         self._emit(d, "stopped", reason, _OFF)
+
+
+def _write_disk(path: str, fmt: str, capacity_bytes: int) -> None:
+    """An empty disk file of ``fmt`` at ``path``, made under a temporary name and renamed (a
+    crash midway never leaves a half-made file that a redelivered create would take as done)."""
+    tmp = f"{path}.creating-{os.getpid()}-{threading.get_ident()}"
+    with open(tmp, "wb") as f:
+        if fmt == "qcow2":
+            f.write(qcow2_image(capacity_bytes))
+        else:
+            f.truncate(capacity_bytes)
+    os.rename(tmp, path)
 
 
 def _norm(uuid: str) -> str:
