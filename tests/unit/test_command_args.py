@@ -3,7 +3,7 @@ the agent reads (same keys, same order, same JSON values), and it reads back int
 from __future__ import annotations
 
 from vcenter.messaging.contracts import (
-    DiskSpec, MigrateArgs, MigrationOptions, OfflineCopyArgs, OfflineDefineArgs, OfflineDiscardArgs, OfflineFinishArgs, RelocateArgs, VmSpec,
+    CreateArgs, DeployArgs, DiskSpec, MigrateArgs, MigrationOptions, OfflineCopyArgs, OfflineDefineArgs, OfflineDiscardArgs, OfflineFinishArgs, RelocateArgs, VmSpec,
 )
 
 MOVE = {"index": 1, "target": "vdb", "format": "qcow2", "from": "/old/web-disk1.qcow2", "to": "/new/web-disk1.qcow2", "datastore_id": 7}
@@ -38,3 +38,16 @@ def test_offline_steps_name_their_step_first():
     assert OfflineFinishArgs(uuid="u-1", remove=["/a"]).args() == {"offline_step": "finish", "uuid": "u-1", "remove": ["/a"]}
     # Discarding copies only (nothing defined on the target): the uuid is sent as null.
     assert OfflineDiscardArgs(uuid=None, paths=["/b"]).args() == {"offline_step": "discard", "uuid": None, "paths": ["/b"]}
+
+
+def _spec() -> VmSpec:
+    return VmSpec(name="web", uuid="u-1", vcpus=1, memory_mib=256, disks=[DiskSpec(index=0, datastore_id=1, datastore_path="/ds", file="web.qcow2", capacity_mib=64, format="qcow2")])
+
+
+def test_create_and_deploy_args_carry_the_spec_as_json():
+    spec = _spec()
+    assert CreateArgs(spec=spec).args() == {"spec": spec.model_dump(mode="json")}
+    clones = [{"source": "/t/base.qcow2", "dest": "/ds/web-disk0.qcow2", "linked": True}]
+    args = DeployArgs(spec=spec, clones=clones, mode="linked", seed={"path": "/ds/web-seed.iso"}).args()
+    assert args == {"spec": spec.model_dump(mode="json"), "clones": clones, "mode": "linked", "seed": {"path": "/ds/web-seed.iso"}}
+    assert list(args) == ["spec", "clones", "mode", "seed"]

@@ -337,13 +337,27 @@ class MigrationProgress(BaseModel):
         return max(0, min(99, int(100 * (total - remaining) / total)))
 
 
-# --- typed arguments of the commands the migration and relocation operations send ----------
+# --- typed arguments of commands (those the operations send on the server's side) ---------
 # ``Command.args`` stays a dict on the wire: these models build it (``args()``) with the exact
 # keys and order the agent reads, and read it back (``model_validate``).
 class CommandArgs(BaseModel):
     def args(self) -> dict[str, Any]:
         """The command's ``args`` as they travel: JSON values, field names as the agent reads them."""
         return self.model_dump(mode="json", by_alias=True)
+
+
+class CreateArgs(CommandArgs):
+    """``vm.create``: create the disks (if absent) and define the domain (if absent)."""
+    spec: VmSpec
+
+
+class DeployArgs(CommandArgs):
+    """``vm.deploy``: make the disks from images (``clones``: linked overlays or full copies,
+    none for a clone's own seed only), write the NoCloud seed at ``seed["path"]``, define ``spec``."""
+    spec: VmSpec
+    clones: list[dict[str, Any]]
+    mode: str
+    seed: dict[str, Any]
 
 
 class MigrateArgs(CommandArgs):

@@ -34,6 +34,7 @@ from vcenter.db.models import (
 )
 from vcenter.domain.datastore_paths import PathRefused, safe_file_name, validate_datastore_path
 from vcenter.domain.states import ConnectionState, PowerState, TaskState
+from vcenter.messaging.contracts import DeployArgs
 from vcenter.services import authz, evc, inventory, placement, uploads
 from vcenter.services.events import record_event
 from vcenter.services.tasks import ensure_idle, send_command, start_task
@@ -334,7 +335,7 @@ def deploy(session: Session, user: str, template_id: int, data: dict[str, Any]) 
     seed_disk = vm.disks[-1]
     task = start_task(session, kind="template.deploy", object_type="vm", object_id=vm.id, username=user, host_id=host.id,
                       params={"template_id": template.id, "mode": mode, **({"placement": chosen} if chosen else {})}, command="vm.deploy",
-                      command_args={"spec": _spec(session, vm, host.id), "clones": clones, "mode": mode, "seed": {"path": f"{dst_mount}/{seed_disk.file}"}})
+                      command_args=DeployArgs(spec=vm_spec(session, vm, host.id), clones=clones, mode=mode, seed={"path": f"{dst_mount}/{seed_disk.file}"}).args())
     record_event(session, "vm.deploying", f"VM {vm.name} being deployed from template {template.name} v{template.version} ({mode} clone) on host {host.name}",
                  username=user, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
     return vm, task

@@ -14,7 +14,7 @@ from vcenter.core.ids import new_mac, new_uuid
 from vcenter.core.settings import Settings
 from vcenter.db.models import Cluster, Datastore, Host, PortGroup, ResourcePool, Task, VirtualDisk, VirtualMachine, VirtualNic
 from vcenter.domain.states import ConnectionState, PowerAction, PowerState, TaskState, check_power_action
-from vcenter.messaging.contracts import CpuSpec, DiskSpec, NicSpec, ResourceSpec, VmSpec
+from vcenter.messaging.contracts import CpuSpec, CreateArgs, DiskSpec, NicSpec, ResourceSpec, VmSpec
 from vcenter.services import evc, ha, inventory, placement
 from vcenter.services.events import record_event
 from vcenter.services.tasks import ensure_idle, finish_task, start_task
@@ -132,7 +132,7 @@ def create_vm(session: Session, user: str, data: dict[str, Any]) -> tuple[Virtua
         host_id=host.id,
         params={"placement": chosen} if chosen else None,
         command="vm.create",
-        command_args={"spec": vm_spec(session, vm, host.id).model_dump(mode="json")},
+        command_args=CreateArgs(spec=vm_spec(session, vm, host.id)).args(),
     )
     record_event(session, "vm.creating", f"VM {vm.name} being created on host {host.name}", username=user, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
     return vm, task

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from vcenter.core.settings import get_settings
 from vcenter.db.models import Task, VirtualMachine, VmSnapshotRow
 from vcenter.domain.states import PowerState, TaskState
+from vcenter.messaging.contracts import CreateArgs, DeployArgs
 from vcenter.services.events import record_event
 from vcenter.services.operations.base import AgentResult, Ending, Operation, drop_creating
 from vcenter.services.tasks import finish_task, mark_running, send_command
@@ -157,12 +158,12 @@ class Clone(Operation):
         # The lease now waits for the target's agent (lease length: the server's settings).
         mark_running(session, task, "defining", 80, get_settings())
         task.params = {**task.params, "copy": copy}
-        spec = vm_spec(session, new, new.host_id).model_dump(mode="json")
+        spec = vm_spec(session, new, new.host_id)
         if task.params.get("seed"):
             # A customised guest: the target's agent writes the clone's own seed, then defines.
-            send_command(session, task, "vm.deploy", {"spec": spec, "clones": [], "mode": "clone", "seed": task.params["seed"]})
+            send_command(session, task, "vm.deploy", DeployArgs(spec=spec, clones=[], mode="clone", seed=task.params["seed"]).args())
         else:
-            send_command(session, task, "vm.create", {"spec": spec})
+            send_command(session, task, "vm.create", CreateArgs(spec=spec).args())
 
     def rollback(self, session: Session, task: Task, ending: Ending) -> None:
         if ending is Ending.CANCELLED:
