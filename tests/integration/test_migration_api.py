@@ -416,14 +416,18 @@ def test_relocations_to_another_host_take_migration_slots(env):
     assert client.get(f"/api/v1/tasks/{waiting['id']}", headers=auth).json()["state"] == "queued"
 
 
+@pytest.mark.parametrize("ha_admission", [False, True], ids=["no-ha", "ha-admission"])
 @pytest.mark.parametrize("named_target", [False, True], ids=["placement-chooses", "target-named"])
-def test_one_migrate_request_reads_the_cluster_once(env, monkeypatch, named_target):
-    """POST /vms/{id}/migrate builds the cluster snapshot once: the choice of a target and the
-    checks share it (before, the choice and the checks read the cluster again each)."""
+def test_one_migrate_request_reads_the_cluster_once(env, monkeypatch, named_target, ha_admission):
+    """POST /vms/{id}/migrate builds the cluster snapshot once: the choice of a target, the
+    checks and HA admission control share it (before, each read the cluster again)."""
     from vcenter.services import ha, migration
 
     client, auth, cl, (h1, h2, h3), agents, pg, settings = env
     vm = _running_vm(client, auth, agents, settings, h1, "once")
+    if ha_admission:
+        r = client.patch(f"/api/v1/clusters/{cl['id']}/ha", headers=auth, json={"enabled": True, "admission": {"kind": "host-failures", "host_failures": 1}})
+        assert r.status_code == 200, r.text
     built = []
 
     def counting(session, cluster_id):

@@ -171,14 +171,17 @@ def admit_power_on(session: Session, vm: VirtualMachine, user: str = "system") -
         raise _refuse(vm, user, d, "powerOn")
 
 
-def admit_migration(session: Session, vm: VirtualMachine, target_id: int, user: str = "system") -> None:
+def admit_migration(session: Session, vm: VirtualMachine, target_id: int, user: str = "system", snapshot: ClusterSnapshot | None = None) -> None:
+    """Refuse a VMotion that would leave too little failover capacity; ``snapshot``: the
+    cluster as the caller already read it for this request (read here otherwise)."""
     if vm.cluster_id is None:
         return
     cfg = config_of(session.get(Cluster, vm.cluster_id))
     policy = policy_of(cfg)
     if policy.kind == ha.AdmissionKind.DISABLED:
         return
-    d = ha.admit(cluster_snapshot(session, vm.cluster_id), vm_snapshot(vm, vm.host_id), str(target_id), policy, action="migration")
+    cluster = snapshot if snapshot is not None else cluster_snapshot(session, vm.cluster_id)
+    d = ha.admit(cluster, vm_snapshot(vm, vm.host_id), str(target_id), policy, action="migration")
     if not d.ok:
         raise _refuse(vm, user, d, "migrate")
 

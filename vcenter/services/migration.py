@@ -166,11 +166,13 @@ def migrate(session: Session, user: str, vm_id: int, target_id: int | None, conf
         snapshot = cluster_snapshot(session, vm.cluster_id)
         target_id, decision = _choose_target(snapshot, vm)
     target: Host = inventory.get(session, "host", target_id)
+    if snapshot is None:  # the checks and HA admission share it
+        snapshot = cluster_snapshot(session, vm.cluster_id)
     results = checks(session, vm, target, snapshot)
     failed = [c for c in results if not c["ok"]]
     if failed:
         raise MigrationRefused(f"VM {vm.name} cannot move to host {target_id}: {failed[0]['message']}", code=failed[0]["code"], details={"checks": results})
-    ha.admit_migration(session, vm, target_id, user)
+    ha.admit_migration(session, vm, target_id, user, snapshot)
     source: Host = session.get(Host, vm.host_id)
     cluster = session.get(Cluster, vm.cluster_id)
     options = options_for(session, vm, target, migration_settings(cluster))
