@@ -15,7 +15,7 @@ import pytest
 from vcenter.hypervisor.base import DriverError
 from vcenter.messaging.contracts import Command
 from workers.agent import templates
-from workers.agent.commands import CURRENT_COMMAND
+from workers.agent.command_context import CURRENT_COMMAND
 
 pytestmark = pytest.mark.integration
 

@@ -38,6 +38,7 @@ from vcenter.domain import drs as drs_mod
 from vcenter.domain import drs_whatif
 from vcenter.domain import dpm as dpm_mod
 from vcenter.domain.snapshot import ClusterSnapshot, HostSnapshot, PendingReservation, RuleKind, VmSnapshot
+from vcenter.sim.values import ScenarioError, parse_mem, parse_mhz
 
 
 def _f(x: float) -> str:
@@ -49,7 +50,6 @@ def _num(x: float) -> str:
 
 
 def _ha(spec: dict | None) -> drs_mod.HaReserve:
-    from vcenter.sim.runner import parse_mem, parse_mhz
 
     spec = spec or {}
     return drs_mod.HaReserve(float(spec.get("fraction", 0.0)), parse_mhz(spec.get("cpu_mhz", 0)), float(parse_mem(spec.get("mem", 0))))
@@ -216,7 +216,6 @@ class DrsSimMixin:
         return False
 
     def _set_demand(self, vm_id: str, args: list[str]) -> None:
-        from vcenter.sim.runner import ScenarioError, parse_mem, parse_mhz
 
         vm = self.vm(vm_id)
         cpu, mem = self.demands.get(vm_id, (None, None))
@@ -321,7 +320,6 @@ class DrsSimMixin:
 
     # -- what if -----------------------------------------------------------------------------
     def _whatif(self, words: list[str], payload: Any, cmd: str) -> None:
-        from vcenter.sim.runner import ScenarioError, parse_mem, parse_mhz
 
         change: drs_whatif.Change
         if cmd == "whatif add rule":

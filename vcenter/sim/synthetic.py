@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vcenter.sim.trace import Trace, TraceError
+from vcenter.sim.trace_data import Trace, TraceError
 
 DAY = 288  # 5-minute intervals per day
 

@@ -83,6 +83,8 @@ from vcenter.domain.drs import DrsHistory, DrsSettings, apply_plan, balance
 from vcenter.domain.drs_demand import smooth_demands_with_spread
 from vcenter.domain.placement import place_many
 from vcenter.domain.snapshot import ClusterSnapshot, HostSnapshot, VmSnapshot
+from vcenter.sim.synthetic import generate, parse_spec
+from vcenter.sim.trace_data import Trace, TraceError
 
 INTERVAL_S = 300.0
 CORE_MHZ = 2500.0
@@ -99,24 +101,7 @@ SUMMARY_KEYS = ("mean_imbalance", "p95_imbalance", "overload_fraction", "migrati
 DEFAULT_TRACE = Path(__file__).resolve().parents[3] / "shared" / "traces" / "GCD_VMs.tar.gz"
 
 
-class TraceError(ValueError):
-    """A trace that cannot be read: the message names the file and line."""
-
-
 # -- reading ---------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Trace:
-    """Per-VM demand as fractions of the VM's size: ``series[k]`` is (intervals x 2), CPU and memory."""
-
-    source: str
-    names: tuple[str, ...]
-    series: tuple[np.ndarray, ...]
-    clipped: int = 0  # values above 100 % clipped to 100 %
-
-    def __len__(self) -> int:
-        return len(self.names)
-
 
 def parse_series(text: str, name: str) -> tuple[np.ndarray, int]:
     """One VM's file: an (intervals x 2) array of fractions and how many values were clipped."""
@@ -174,8 +159,6 @@ def _files(path: Path) -> Iterator[tuple[str, bytes]]:
 def read_trace(path: str | os.PathLike) -> Trace:
     """Every VM of a trace folder or archive, in name order (each file validated); or a
     synthetic trace named ``synthetic:FAMILY:SEED`` (vcenter.sim.synthetic, 400 VMs, 24 h)."""
-    from vcenter.sim.synthetic import generate, parse_spec
-
     spec = parse_spec(str(path))
     if spec is not None:
         return generate(*spec)

@@ -9,7 +9,6 @@ the server.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import logging
 import os
 import signal
@@ -27,6 +26,7 @@ from vcenter.messaging.contracts import Command, DomainState, MigrationOptions, 
 from vcenter.messaging.signing import CommandRefused, claimed_command
 from workers.agent import datastore_guard
 from workers.agent.api_client import PermanentReportError
+from workers.agent.command_context import CURRENT_COMMAND
 from workers.agent.service import AgentService
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,6 @@ def _cpu_baseline(agent: AgentService, args: dict[str, Any]) -> tuple[None, dict
     }
 
 
-CURRENT_COMMAND: contextvars.ContextVar[Command] = contextvars.ContextVar("current_command")
 
 
 def _migrate(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:

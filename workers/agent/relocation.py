@@ -26,6 +26,7 @@ from vcenter.hypervisor.base import DriverError
 from vcenter.hypervisor.bootimages import with_boot_files
 from vcenter.messaging.contracts import DomainState, MigrationProgress, TaskProgress, VmSpec
 from workers.agent.api_client import PermanentReportError
+from workers.agent.command_context import CURRENT_COMMAND
 from workers.agent.service import AgentService
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,6 @@ def _unlink(path: str) -> bool:
 
 
 def _copy(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
-    from workers.agent.commands import CURRENT_COMMAND
-
     command = CURRENT_COMMAND.get()
     copies = list(args["copies"])
     cancel = threading.Event()

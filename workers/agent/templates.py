@@ -30,6 +30,7 @@ from vcenter.hypervisor.base import DriverError
 from vcenter.hypervisor.bootimages import with_boot_files
 from vcenter.messaging.contracts import DomainState, TaskProgress, VmSpec
 from workers.agent.api_client import PermanentReportError
+from workers.agent.command_context import CURRENT_COMMAND
 from workers.agent.service import AgentService
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,6 @@ class Reporter:
     server answers that the task should not proceed."""
 
     def __init__(self, agent: AgentService) -> None:
-        from workers.agent.commands import CURRENT_COMMAND
-
         self.agent = agent
         self.command = CURRENT_COMMAND.get()
         self.cancel = threading.Event()

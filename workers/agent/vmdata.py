@@ -13,6 +13,7 @@ from vcenter.hypervisor.base import DriverError
 from vcenter.hypervisor.bootimages import with_boot_files
 from vcenter.messaging.contracts import DomainState, MigrationProgress, TaskProgress, VmSpec
 from workers.agent.api_client import PermanentReportError
+from workers.agent.command_context import CURRENT_COMMAND
 from workers.agent.service import AgentService
 
 log = logging.getLogger(__name__)
@@ -25,8 +26,6 @@ def _ops(agent: AgentService):
 
 
 def _progress(agent: AgentService, step: str, cancel: threading.Event):
-    from workers.agent.commands import CURRENT_COMMAND
-
     command = CURRENT_COMMAND.get()
 
     def report(p: MigrationProgress) -> None:
