@@ -741,5 +741,3 @@ def _drop_permissions_of(kind: str):
 for _model, _kind in PERMISSION_OBJECTS.items():
     event.listen(_model, "after_delete", _drop_permissions_of(_kind))
 
-
-from vcenter.db import ha_models as _ha_models  # noqa: E402,F401  (HA state tables)
