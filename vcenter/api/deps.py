@@ -10,7 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from vcenter.core.errors import Unauthorized
 from vcenter.core.object_ids import ObjectIdPath, checked_object_id
 from vcenter.core.settings import Settings
-from vcenter.services import auth, authz, inventory
+from vcenter.services import auth, authz, inventory, users
 from vcenter.services.runtime import Runtime
 
 
@@ -66,7 +66,7 @@ class CurrentUserInfo:
         self.privilege = privilege
 
     def _user(self, session: Any) -> Any:
-        return auth.get_user(session, self.id)
+        return users.get_user(session, self.id)
 
     def require(self, session: Any, kind: str | None, object_id: int | None, privilege: str | None = None) -> None:
         """Check the route's privilege (or another) on an object named in the body."""

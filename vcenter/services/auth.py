@@ -238,10 +238,3 @@ def revoke_api_token(session: Session, user: User, token_id: int) -> None:
     api_token.revoked = True
     record_event(session, "token.revoked", f"API token {api_token.name!r} of {user.username} revoked",
                  username=user.username, user_id=user.id, object_type="user", object_id=user.id, object_name=user.username)
-
-
-def get_user(session: Session, user_id: int) -> User:
-    user = session.get(User, user_id)
-    if user is None:
-        raise Unauthorized("user no longer exists", code="NOT_AUTHENTICATED")
-    return user

@@ -45,7 +45,7 @@ from vcenter.services.events import record_event
 from vcenter.services.snapshots import disk_target, mount_path, ready_vm
 from vcenter.services.tasks import start_task
 from vcenter.services.templates import SEED_SUFFIX, dns_label
-from vcenter.services.vms import vm_spec
+from vcenter.services.vm_spec import vm_spec
 
 JOB_FIELDS = ("name", "datastore_id", "directory", "interval_s", "keep", "incremental", "full_every", "enabled")
 

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from vcenter.core.errors import Forbidden
 from vcenter.db.models import ApiToken, GroupMember, Permission, Role, User
 from vcenter.domain.delegation import ROOT, Holdings, administrator_equivalent, covers_cheaply, missing
-from vcenter.services import authz
+from vcenter.services import authz, users
 
 _MAX_DETAILS = 20
 
@@ -66,9 +66,7 @@ class Actor:
 
     @classmethod
     def of(cls, session: Session, user_id: int, token: str | None = None) -> "Actor":
-        from vcenter.services.auth import get_user
-
-        return cls(session, get_user(session, user_id), token)
+        return cls(session, users.get_user(session, user_id), token)
 
     # --- refusals ----------------------------------------------------------------------
 

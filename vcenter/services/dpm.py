@@ -20,7 +20,7 @@ from vcenter.core.settings import Settings
 from vcenter.db.models import Cluster, DpmSample, Task
 from vcenter.db.snapshots import cluster_snapshot
 from vcenter.domain import dpm, drs
-from vcenter.services import inventory, migration, power
+from vcenter.services import ha, inventory, migration, power
 from vcenter.services.drs import measured_demands
 from vcenter.services.events import record_event
 
@@ -89,6 +89,4 @@ def run_due(session: Session, config: Settings) -> list[int]:
 
 def _ha_reserve(cluster: Cluster) -> float:
     """What HA admission control holds back for failover (vcenter.services.ha)."""
-    from vcenter.services import ha
-
     return ha.reserve_fraction(cluster)

@@ -24,7 +24,7 @@ from vcenter.db.snapshots import cluster_snapshot
 from vcenter.domain import drs, drs_whatif
 from vcenter.domain.snapshot import Rule, RuleKind
 from vcenter.domain.states import TaskState
-from vcenter.services import inventory, metrics, migration
+from vcenter.services import ha, inventory, metrics, migration, power
 from vcenter.services.events import record_event
 
 
@@ -127,8 +127,6 @@ def _wake(session: Session, user: str, cluster: Cluster, plan: drs.DrsPlan, sett
     """Standby hosts the plan asks for (the powered-on hosts cannot hold the demand): powered
     on through DPM's path (services.power, a ``host.exitStandby`` Task) when the cluster is
     fully automated, recommended otherwise; each an Event with the shortfall."""
-    from vcenter.services import power
-
     out = []
     automatic = drs.Automation(settings.automation) == drs.Automation.FULL
     for w in plan.wake:
@@ -236,6 +234,4 @@ def run_due(session: Session, config: Settings) -> list[int]:
 
 def _ha_reserve(cluster: Cluster) -> float:
     """What HA admission control holds back for failover (vcenter.services.ha)."""
-    from vcenter.services import ha
-
     return ha.reserve_fraction(cluster)

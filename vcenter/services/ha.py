@@ -37,6 +37,7 @@ from vcenter.domain.snapshot import ClusterSnapshot, PendingReservation
 from vcenter.domain.states import TaskState
 from vcenter.schemas.ha import HaConfig, HaConfigUpdate, VmHaOverride
 from vcenter.services import inventory
+from vcenter.services import power as power_service
 from vcenter.services.events import record_event
 from vcenter.services.ha_manager import RestartRow, StaleToken
 from vcenter.services.tasks import finish_task, start_task
@@ -315,8 +316,6 @@ def restart_inputs(session: Session, cluster_id: int, cfg: HaConfig, rows: list[
     """What restart planning reads: the cluster as restarts see it, the waiting VMs, the time."""
     # A standby host woken for these restarts leaves standby as soon as its agent reported
     # (as the orchestrator's pass would do): the restarts need not wait for it.
-    from vcenter.services import power as power_service
-
     power_service.advance_power_on(session)
     now = utcnow()
     snap = _snapshot_for_restarts(session, cluster_id, health)
@@ -376,8 +375,6 @@ def wake_standby_hosts(session: Session, cfg: HaConfig, plan: ha.RestartPlan) ->
     reported again; the VMs wait for it (their reason says so) and are placed on the next pass
     after it left standby. A host already waking is left alone; after a failed wake (an Event
     with the driver's code) the next try waits ``restart.retry_base_s``."""
-    from vcenter.services import power as power_service
-
     started = []
     for h in plan.wake:
         host = session.get(Host, int(h))

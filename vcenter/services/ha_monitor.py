@@ -52,6 +52,8 @@ from vcenter.services.ha_manager import (
     Unreachable,
     WatchedVm,
 )
+from vcenter.services.runtime import Runtime
+from vcenter.services.vm_spec import vm_spec
 
 log = logging.getLogger(__name__)
 
@@ -270,14 +272,10 @@ class HaMonitorProcess(HaMonitor):
 
 
 def _spec_for(session, vm: VirtualMachine, host_id: int):
-    from vcenter.services.vms import vm_spec
-
     return vm_spec(session, vm, host_id)
 
 
 def run_ha(settings: Settings) -> None:
-    from vcenter.services.runtime import Runtime
-
     monitor = HaMonitorProcess(Runtime.build(settings))
     try:
         monitor.run()

@@ -31,6 +31,7 @@ from vcenter.db.models import (
     VirtualNic,
 )
 from vcenter.domain.datastore_roots import DatastorePathRefused, check_datastore_path, check_root, overlaps, parse_roots
+from vcenter.services.cluster_settings import check_cluster_settings
 from vcenter.services.events import record_event
 
 KINDS: dict[str, Any] = {
@@ -125,7 +126,7 @@ def update_object(session: Session, user: str, kind: str, object_id: int, change
             raise Conflict(f"host {row.name} has VMs; move them before changing its cluster", code="HOST_HAS_VMS")
     host_ids = changes.pop("host_ids", None)
     if kind == "cluster" and changes.get("settings") is not None:
-        _check_cluster_settings(changes["settings"])
+        check_cluster_settings(changes["settings"])
     if kind == "host" and changes.get("power") is not None:
         from vcenter.power.drivers import make_driver
 
@@ -225,19 +226,11 @@ def create_folder(session: Session, user: str, data: dict[str, Any]) -> Folder:
 CLUSTER_SETTINGS_SCHEMA = 1
 
 
-def _check_cluster_settings(settings: dict[str, Any]) -> None:
-    """Refuse a settings document whose parts read by a service are invalid (422 with the
-    part's code, e.g. INVALID_MAINTENANCE_SETTINGS)."""
-    from vcenter.services import migration
-
-    migration.check_cluster_settings(settings)
-
-
 def create_cluster(session: Session, user: str, data: dict[str, Any]) -> Cluster:
     ref(session, "datacenter", data["datacenter_id"], "datacenter_id")
     settings = {"schema": CLUSTER_SETTINGS_SCHEMA, "drs": {}, "dpm": {}, "ha": {}, "evc": {}}
     settings.update(data.get("settings") or {})
-    _check_cluster_settings(settings)
+    check_cluster_settings(settings)
     cluster = Cluster(name=data["name"], datacenter_id=data["datacenter_id"], settings=settings)
     session.add(cluster)
     flush_unique(session, f"cluster {data['name']!r}")

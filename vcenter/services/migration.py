@@ -28,7 +28,6 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -41,8 +40,8 @@ from vcenter.domain import evacuation, placement
 from vcenter.domain.snapshot import ClusterSnapshot, VmSnapshot
 from vcenter.domain.states import PowerState, TaskState
 from vcenter.messaging.contracts import MigrateArgs, MigrationOptions, RelocateArgs
-from vcenter.schemas.maintenance import MaintenanceSettings
 from vcenter.services import ha, inventory, power, relocation
+from vcenter.services.cluster_settings import maintenance_settings
 from vcenter.services.events import record_event
 from vcenter.services.tasks import ensure_idle, finish_task, send_command, start_task
 
@@ -239,22 +238,6 @@ def dispatch_waiting(session: Session, cluster: Cluster | None = None) -> int:
 
 
 # --- maintenance mode ----------------------------------------------------------------------
-def maintenance_settings(settings: Any) -> dict[str, Any]:
-    """Validate a cluster's ``maintenance`` settings document (422 INVALID_MAINTENANCE_SETTINGS)."""
-    try:
-        return MaintenanceSettings.model_validate(settings or {}).model_dump()
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in ("maintenance", *err["loc"]))
-        raise Invalid(f"settings.{field}: {err['msg']} (got {err.get('input')!r})", code="INVALID_MAINTENANCE_SETTINGS", details={"field": f"settings.{field}"}) from exc
-
-
-def check_cluster_settings(settings: dict[str, Any] | None) -> None:
-    """Called when a cluster's settings are written: the parts this module reads must be valid."""
-    if settings and "maintenance" in settings:
-        maintenance_settings(settings["maintenance"])
-
-
 def maintenance_policy(cluster: Cluster | None) -> str:
     if cluster is None:
         return evacuation.DEFAULT_POLICY

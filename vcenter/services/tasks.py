@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from vcenter.core.clock import utcnow
-from vcenter.core.errors import NotFound, ObjectBusy, InvalidState
+from vcenter.core.errors import NotFound, ObjectBusy
 from vcenter.core.ids import new_uuid
 from vcenter.core.settings import Settings
 from vcenter.db.models import Event, ObjectClaim, Task
@@ -182,22 +182,6 @@ def finish_task(
         reason=error_code,
         task_id=task.id,
     )
-
-
-def request_cancel(session: Session, task_id: int, username: str) -> Task:
-    task = get_task(session, task_id)
-    if TaskState(task.state).finished:
-        raise InvalidState(f"task {task_id} already ended {task.state}", code="TASK_FINISHED")
-    task.cancel_requested = True
-    if task.state == TaskState.QUEUED.value:
-        # The agent refuses a command whose task is cancelled when it reports running.
-        finish_task(session, task, TaskState.CANCELLED, error_code="CANCELLED", error_message=f"cancelled by {username}")
-        # Rows made for the task's outcome go (a VM being deployed, ...). Imported here: every
-        # operation stands on this module, which is below them all.
-        from vcenter.services.operations import Ending, operation_for
-
-        operation_for(task.kind).rollback(session, task, Ending.CANCELLED)
-    return task
 
 
 def expired_leases(session: Session) -> list[Task]:

@@ -30,7 +30,16 @@ from vcenter.core.clock import utcnow
 from vcenter.core.errors import Conflict, Forbidden, Invalid, InvalidState, NotFound
 from vcenter.core.ids import new_mac, new_uuid
 from vcenter.db.models import (
-    Cluster, Datastore, Host, Task, Template, Upload, VirtualDisk, VirtualMachine, VirtualNic, VmCustomization,
+    Cluster,
+    Datastore,
+    Host,
+    Task,
+    Template,
+    Upload,
+    VirtualDisk,
+    VirtualMachine,
+    VirtualNic,
+    VmCustomization,
 )
 from vcenter.domain.datastore_paths import PathRefused, safe_file_name, validate_datastore_path
 from vcenter.domain.states import ConnectionState, PowerState, TaskState
@@ -38,7 +47,7 @@ from vcenter.messaging.contracts import DeployArgs
 from vcenter.services import authz, evc, inventory, placement, uploads
 from vcenter.services.events import record_event
 from vcenter.services.tasks import ensure_idle, send_command, start_task
-from vcenter.services.vms import vm_spec
+from vcenter.services.vm_spec import vm_spec
 
 SEED_SUFFIX = "-seed.iso"
 MIB = 1 << 20

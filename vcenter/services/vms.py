@@ -12,12 +12,13 @@ from sqlalchemy.orm import Session
 from vcenter.core.errors import Conflict, Invalid, InvalidState
 from vcenter.core.ids import new_mac, new_uuid
 from vcenter.core.settings import Settings
-from vcenter.db.models import Cluster, Datastore, Host, PortGroup, ResourcePool, Task, VirtualDisk, VirtualMachine, VirtualNic
+from vcenter.db.models import Cluster, Host, Task, VirtualDisk, VirtualMachine, VirtualNic
 from vcenter.domain.states import ConnectionState, PowerAction, PowerState, TaskState, check_power_action
-from vcenter.messaging.contracts import CpuSpec, CreateArgs, DiskSpec, NicSpec, ResourceSpec, VmSpec
+from vcenter.messaging.contracts import CreateArgs
 from vcenter.services import evc, ha, inventory, placement
 from vcenter.services.events import record_event
 from vcenter.services.tasks import ensure_idle, finish_task, start_task
+from vcenter.services.vm_spec import vm_spec
 
 POWER_COMMANDS = {
     PowerAction.POWER_ON: "vm.start",
@@ -34,39 +35,6 @@ def _usable_host(host: Host | None) -> None:
         raise InvalidState("the VM is on no host (its host was removed): re-add the host first", code="VM_HAS_NO_HOST")
     if host.connection_state != ConnectionState.CONNECTED.value:
         raise Conflict(f"host {host.name} is {host.connection_state}", code="HOST_NOT_CONNECTED")
-
-
-def vm_spec(session: Session, vm: VirtualMachine, host_id: int) -> VmSpec:
-    disks = []
-    for disk in vm.disks:
-        datastore = session.get(Datastore, disk.datastore_id)
-        mount = next((m for m in datastore.mounts if m.host_id == host_id), None)
-        path = mount.path if mount else datastore.url
-        disks.append(DiskSpec(index=disk.index, datastore_id=disk.datastore_id, datastore_path=path, file=disk.file, capacity_mib=disk.capacity_mib, format=disk.format))
-    nics = []
-    for nic in vm.nics:
-        portgroup = session.get(PortGroup, nic.portgroup_id)
-        nics.append(NicSpec(index=nic.index, portgroup=portgroup.name, bridge=portgroup.bridge, mac=nic.mac, model=nic.model))
-    boot = vm.boot or {}
-    host = session.get(Host, host_id)
-    return VmSpec(resources=resource_spec(session, vm, host),name=vm.name, uuid=vm.libvirt_uuid, vcpus=vm.vcpus, memory_mib=vm.memory_mib, guest_os=vm.guest_os, disks=disks, nics=nics,
-                  image=boot.get("image"), guest_ip=boot.get("ip"), cpu=CpuSpec(**vm.cpu) if vm.cpu else None)
-
-
-NORMAL_POOL_CPU_SHARES = 4000  # vCenter's "normal" shares of a resource pool
-SHARES_PER_VCPU = 1000  # vCenter's "normal" shares of a VM, per vCPU
-
-
-def resource_spec(session: Session, vm: VirtualMachine, host: Host | None) -> ResourceSpec:
-    """How a VM's allocation is enforced on its host: CPU shares scaled by its pool's shares,
-    its CPU limit as a quota of the host's core speed, its memory limit as a soft limit."""
-    pool = session.get(ResourcePool, vm.pool_id) if vm.pool_id else None
-    scale = (pool.cpu_shares / NORMAL_POOL_CPU_SHARES) if pool is not None else 1.0
-    shares = max(2, int(SHARES_PER_VCPU * vm.vcpus * scale))
-    quota = None
-    if vm.cpu_limit_mhz is not None and host is not None and host.cpu_mhz:
-        quota = max(1000, int(vm.cpu_limit_mhz / host.cpu_mhz * 100_000))
-    return ResourceSpec(cpu_shares=shares, cpu_quota_us=quota, memory_soft_limit_mib=vm.memory_limit_mib)
 
 
 def create_vm(session: Session, user: str, data: dict[str, Any]) -> tuple[VirtualMachine, Task]:

@@ -11,7 +11,7 @@ from vcenter.core.errors import Invalid
 from vcenter.core.object_ids import ObjectIdPath, ObjectIdQuery, OptionalObjectIdQuery
 from vcenter.domain.privileges import ANONYMOUS, PRIVILEGES
 from vcenter.schemas import access as s
-from vcenter.services import auth, authz, permissions
+from vcenter.services import auth, authz, permissions, users
 from vcenter.services.delegation import Actor
 
 router = APIRouter(prefix="/api/v1")
@@ -30,7 +30,7 @@ def list_privileges(user: Viewer) -> Any:
             dependencies=[public("answers only about the caller itself")])
 def effective(db: DbDep, user: CurrentUser, object_type: s.ObjectType = Query("root"), object_id: ObjectIdQuery = 0) -> Any:
     kind = None if object_type == "root" else object_type
-    privileges = authz.privileges(db, auth.get_user(db, user.id), kind, object_id if kind else None, token=user.token)
+    privileges = authz.privileges(db, users.get_user(db, user.id), kind, object_id if kind else None, token=user.token)
     return {"object_type": object_type, "object_id": object_id, "privileges": sorted(privileges)}
 
 
@@ -88,7 +88,7 @@ def list_permissions(db: DbDep, user: Annotated[CurrentUserInfo, requires("Permi
 def set_permission(body: s.PermissionCreate, db: DbDep, user: Annotated[CurrentUserInfo, requires("Permissions.Modify", deferred=True)]) -> Any:
     kind, object_id = (None, None) if body.object_type == "root" else (body.object_type, body.object_id)
     user.require(db, kind, object_id)
-    held = authz.privileges(db, auth.get_user(db, user.id), kind, object_id, token=user.token)
+    held = authz.privileges(db, users.get_user(db, user.id), kind, object_id, token=user.token)
     return permissions.set_permission(db, Actor.of(db, user.id, user.token), body.model_dump(), granter_privileges=held)
 
 
@@ -102,7 +102,7 @@ def delete_permission(permission_id: ObjectIdPath, db: DbDep, user: Annotated[Cu
 @router.get("/session/tokens", response_model=list[s.TokenRead], tags=["session"], summary="The caller's API tokens",
             dependencies=[public("acts on the caller's own tokens")])
 def list_tokens(db: DbDep, user: CurrentUser) -> Any:
-    return auth.list_api_tokens(db, auth.get_user(db, user.id))
+    return auth.list_api_tokens(db, users.get_user(db, user.id))
 
 
 @router.post("/session/tokens", response_model=s.TokenCreated, status_code=status.HTTP_201_CREATED, tags=["session"], summary="Create an API token narrowed to a role; the token is shown once",
@@ -110,11 +110,11 @@ def list_tokens(db: DbDep, user: CurrentUser) -> Any:
 def create_token(body: s.TokenCreate, db: DbDep, user: CurrentUser) -> Any:
     if authz.token_role(db, user.token) is not None:
         raise Invalid("an API token cannot create tokens; log in", code="TOKEN_CANNOT_CREATE_TOKEN")
-    token, api_token = auth.create_api_token(db, auth.get_user(db, user.id), body.name, body.role_id, body.lifetime_s)
+    token, api_token = auth.create_api_token(db, users.get_user(db, user.id), body.name, body.role_id, body.lifetime_s)
     return {**s.TokenRead.model_validate(api_token).model_dump(), "token": token}
 
 
 @router.delete("/session/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["session"], summary="Revoke one of the caller's API tokens",
                dependencies=[public("acts on the caller's own tokens")])
 def revoke_token(token_id: ObjectIdPath, db: DbDep, user: CurrentUser) -> None:
-    auth.revoke_api_token(db, auth.get_user(db, user.id), token_id)
+    auth.revoke_api_token(db, users.get_user(db, user.id), token_id)

@@ -48,9 +48,9 @@ def triggered(db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View"
               object_id: OptionalObjectIdQuery = None,
               descendants: bool = Query(False, description="include the objects below it (hosts, VMs, datastores)"),
               acknowledged: bool = Query(True, description="false: leave acknowledged ones out")) -> Any:
-    from vcenter.services import auth, authz
+    from vcenter.services import authz, users
 
-    caller = auth.get_user(db, user.id)
+    caller = users.get_user(db, user.id)
     return svc.triggered(db, object_type, object_id, descendants, acknowledged,
                          visible=lambda kind: authz.visible_ids(db, caller, kind, token=user.token))
 

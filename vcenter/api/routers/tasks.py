@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, status
 from vcenter.api.deps import CurrentUser, CurrentUserInfo, DbDep, SettingsDep, TokenDep, public, requires
 from vcenter.core.object_ids import ObjectIdPath, Offset
 from vcenter.schemas import inventory as s
-from vcenter.services import auth, tasks
+from vcenter.services import auth, cancel, tasks, users
 from vcenter.services.listing import list_rows
 
 router = APIRouter(prefix="/api/v1")
@@ -24,7 +24,7 @@ def _visible(db: Any, user: CurrentUserInfo, model: Any) -> Any:
     """Tasks and events of objects the caller may see, and its own."""
     from vcenter.services import authz
 
-    return authz.event_visibility_clause(db, auth.get_user(db, user.id), model, token=user.token)
+    return authz.event_visibility_clause(db, users.get_user(db, user.id), model, token=user.token)
 
 
 @router.get("/tasks", response_model=s.Page[s.TaskRead], tags=["tasks"], summary="List tasks, newest first by default")
@@ -51,7 +51,7 @@ def cancel_task(task_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInf
     task = tasks.get_task(db, task_id)
     if task.user_id is None or task.user_id != user.id:  # one's own task (by id) needs no privilege to cancel
         user.require(db, *_task_object(task))
-    return tasks.request_cancel(db, task_id, user.username)
+    return cancel.request_cancel(db, task_id, user.username)
 
 
 @router.get("/events", response_model=s.Page[s.EventRead], tags=["events"], summary="List events, newest first by default")

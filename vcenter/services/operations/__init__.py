@@ -13,7 +13,7 @@ services (tasks, events) and continue the sagas the services started (migration 
 relocation phases), so they stand on the services; inside ``vcenter.services`` they fall
 under its import contracts (no web layer, no hypervisor). The dependency points one way:
 operations import services; of the services only the dispatchers (reports, maintenance) import
-this package, and tasks' cancel does so when it runs (tasks is below every operation).
+this package, and the cancel of a queued task (services.cancel).
 
 Adding an operation: one module here with one ``Operation`` subclass naming its ``kinds``, and
 one line in ``REGISTRY`` below (see docs/development.md).

@@ -22,7 +22,7 @@ from vcenter.messaging.contracts import CreateArgs, DeployArgs
 from vcenter.services.events import record_event
 from vcenter.services.operations.base import AgentResult, Ending, Operation, drop_creating
 from vcenter.services.tasks import finish_task, mark_running, send_command
-from vcenter.services.vms import vm_spec
+from vcenter.services.vm_spec import vm_spec
 
 
 def _snapshot_rows(session: Session, vm: VirtualMachine) -> dict[str, VmSnapshotRow]:
