@@ -2,11 +2,12 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help install test run lint clean distclean
+.PHONY: help install test test-fast run lint clean distclean
 
 help:
 	@echo "make install    Debian packages (if missing) + .venv with '.[agent,test]'"
 	@echo "make test       install, throwaway Redis/PostgreSQL, all suites, timing table"
+	@echo "make test-fast  unit + in-process API tiers, fuzzing left out (scripts/test.sh fast)"
 	@echo "make run        run virtcenter locally (scripts/run.sh)"
 	@echo "make lint       ruff, mypy and the import-linter contracts (scripts/lint.sh)"
 	@echo "make clean      remove caches and build output (keeps .venv)"
@@ -17,6 +18,9 @@ install:
 
 test:
 	scripts/test.sh
+
+test-fast:
+	scripts/test.sh fast
 
 run:
 	scripts/run.sh

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # What `make test` (and so CI) runs: install, start throwaway Redis + PostgreSQL,
 # run every suite (even after a failure), print a timing table, exit non-zero on failure.
+# `make test-fast` runs the same with `fast`: the unit and in-process API tiers only.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 log() { printf '[test] %s\n' "$*"; }
+
+# scripts/test.sh [fast]: every suite (make test, CI), or the fast tiers only (make test-fast)
+MODE="${1:-all}"
+case "$MODE" in all|fast) ;; *) log "usage: scripts/test.sh [fast]"; exit 2 ;; esac
 
 scripts/install.sh || { log "install failed"; exit 1; }
 
@@ -80,18 +85,24 @@ run_suite() {
   record "$name" "$result" "$secs"
 }
 
-run_suite lint plain -- scripts/lint.sh
-# the compose file requires its secrets: validate with placeholders unless they are set
-run_suite compose plain -- env VCENTER_DB_PASSWORD="${VCENTER_DB_PASSWORD:-placeholder}" \
-  VCENTER_REDIS_PASSWORD="${VCENTER_REDIS_PASSWORD:-placeholder}" \
-  docker-compose -f docker-compose.yml config -q
-run_suite unit pytest tests/unit -- .venv/bin/python -m pytest tests/unit -q
-run_suite integration pytest tests/integration -- \
-  .venv/bin/python -m pytest tests/integration -q -p no:cacheprovider --durations=20 --reruns 1 --reruns-delay 2
-if has_tests tests/e2e; then
-  run_suite e2e pytest tests/e2e -- .venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider --reruns 1 --reruns-delay 2
+if [ "$MODE" = fast ]; then
+  # make test-fast: the unit and in-process API tiers, fuzzing left out.
+  run_suite unit pytest tests/unit -- .venv/bin/python -m pytest tests/unit -q
+  run_suite api pytest tests/api -- \
+    .venv/bin/python -m pytest tests/api -q -p no:cacheprovider -m "not fuzz" --durations=10
 else
-  record e2e "skipped (no test files)" "-"
+  run_suite lint plain -- scripts/lint.sh
+  # the compose file requires its secrets: validate with placeholders unless they are set
+  run_suite compose plain -- env VCENTER_DB_PASSWORD="${VCENTER_DB_PASSWORD:-placeholder}" \
+    VCENTER_REDIS_PASSWORD="${VCENTER_REDIS_PASSWORD:-placeholder}" \
+    docker-compose -f docker-compose.yml config -q
+  run_suite unit pytest tests/unit -- .venv/bin/python -m pytest tests/unit -q
+  # Tests by kind, the fast ones first. The tiers after unit use real services; a failed test
+  # there is rerun once (reported in pytest's summary). Each lab-backed tier shares one lab.
+  for tier in api system libvirtd lab e2e; do
+    run_suite "$tier" pytest "tests/$tier" -- \
+      .venv/bin/python -m pytest "tests/$tier" -q -p no:cacheprovider --durations=20 --reruns 1 --reruns-delay 2
+  done
 fi
 
 printf '\n%-12s %-28s %8s\n' suite result seconds

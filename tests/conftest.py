@@ -117,3 +117,18 @@ def settings(request, tmp_path: Path) -> Settings:
     """Settings on a migrated, empty database: every test using it runs on both databases."""
     url = migrated_postgres() if request.param == "postgresql" else migrated_sqlite(tmp_path / "vcenter.db")
     return make_settings(tmp_path, database_url=url)
+
+
+TIERS = ("unit", "api", "system", "libvirtd", "lab", "e2e")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Every test carries the marker of its tier, named by its folder under tests/."""
+    root = Path(__file__).resolve().parent
+    for item in items:
+        try:
+            tier = Path(str(item.fspath)).resolve().relative_to(root).parts[0]
+        except ValueError:
+            continue
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))

@@ -23,7 +23,6 @@ from tests.apihelpers import wait_for
 from tests.labhelpers import lab_stack, steady_burning, task_done
 from vcenter.lab.hosts import Capacity
 
-pytestmark = pytest.mark.integration
 
 CHROMIUM = "/usr/bin/chromium"
 # The README's screenshots: rewritten only when asked (VCENTER_E2E_SCREENSHOTS=1), so that a

@@ -1,4 +1,4 @@
-"""GuestChannel against a fake guest on a unix socket (the real one: tests/integration/test_lab_guest.py)."""
+"""GuestChannel against a fake guest on a unix socket (the real one: tests/libvirtd/test_lab_guest.py)."""
 from __future__ import annotations
 
 import json

@@ -2,7 +2,7 @@
 UDP socket, Redfish against a FAKE Redfish server (a few handlers on http.server written here,
 not a real BMC), and IPMI's command line through a FAKE ipmitool script that records what it
 was given. The real IPMI path (Debian's ipmitool against a pyghmi BMC powering a lab host) is
-tests/integration/test_power_ipmi.py.
+tests/lab/test_power_ipmi.py.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """SimulatedDriver keeps the driver contract: idempotency, power states, events, files (the
-shared contract with the libvirt driver: tests/integration/test_driver_contract.py)."""
+shared contract with the libvirt driver: tests/libvirtd/test_driver_contract.py)."""
 from __future__ import annotations
 
 import os

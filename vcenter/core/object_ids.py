@@ -94,6 +94,6 @@ def checked_object_id(path_params: dict[str, Any], on: str | None, param: str | 
         return None
     if param is None or param not in path_params:
         # A route declaring its object without that path parameter is a programming error
-        # (tests/integration/test_security_ids.py walks the routes); never check the root instead.
+        # (tests/api/test_security_ids.py walks the routes); never check the root instead.
         raise LookupError(f"the route declares its privilege on a {on} but has no path parameter {param!r}")
     return parse_object_id(path_params[param], field=param)

@@ -4,7 +4,7 @@ What this module decides: the same power-state rules and idempotency as the libv
 (define of a known UUID returns it, start of a running / stop of a stopped domain is a no-op,
 undefine of a missing one is a no-op), and the same lifecycle events (event, reason,
 power_state) that the libvirt driver emits for the same operation. It never stands in for the
-real driver in a test that claims a real feature. tests/integration/test_driver_contract.py
+real driver in a test that claims a real feature. tests/libvirtd/test_driver_contract.py
 runs the same tests against both drivers: where they disagree, this one follows libvirt.
 
 Files, with ``create_files``: disks are real files of their format (raw: a sparse file of the

@@ -2,7 +2,7 @@
 
 Why: with libvirt 9.0, a call in flight when libvirtd stops answering may never return, even
 after keepalive closed the connection and the agent's watchdog opened a new one (measured:
-tests/integration/test_ha_agent.py). A loop that makes such a call itself would stop for good.
+tests/libvirtd/test_ha_agent.py). A loop that makes such a call itself would stop for good.
 ``BoundedCalls.call`` runs the call on a helper thread and waits a bounded time: a call that
 does not answer in time is abandoned (its thread is left behind, counted as stuck until it
 returns, if ever) and the loop goes on; the next period's call uses whatever connection the

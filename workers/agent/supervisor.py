@@ -7,7 +7,7 @@ declares the host failed and tries to restart VMs that still run there (QEMU's i
 refuse, but the host is left out of HA meanwhile). Measured with libvirt 9.0's client: when
 libvirtd hangs long enough for keepalive to close the connection, a call still in flight on
 it may crash the whole process (SIGSEGV, a use-after-free inside libvirt) once the daemon
-answers again or dies (tests/integration/test_ha_agent.py shows the hang; the crash is
+answers again or dies (tests/libvirtd/test_ha_agent.py shows the hang; the crash is
 libvirt's). Restarted, the agent beats again within a second or two (less than HA's detection
 time), and its datastore heartbeats resume from the expectations it kept on disk
 (workers.agent.service), before libvirt is reachable.

@@ -19,8 +19,8 @@ What this module decides:
   every 0.3 s; the completed job's statistics (downtime, total time) come from the
   job-completed event, else from the target's completed-job stats.
 
-Facts measured with libvirt 9.0 / QEMU 7.2 on the lab: see tests/integration/
-test_libvirt_migration.py.
+Facts measured with libvirt 9.0 / QEMU 7.2 on the lab: see
+tests/lab/test_libvirt_migration.py.
 """
 from __future__ import annotations
 
