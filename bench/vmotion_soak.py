@@ -1,5 +1,5 @@
-"""Soak: does a TCG guest keep its heartbeat after each live migration? (LAB-NOTES.md, "TCG
-guests after a long live migration".) Prints one line per round and, when the heartbeat does
+"""Soak: does a TCG guest keep its heartbeat after each live migration? (docs/lab.md, "After a
+long live migration capped at 2 MiB/s".) Prints one line per round and, when the heartbeat does
 not advance within 25 s, the guest's CPU rate and where its vCPU spins (HMP), then stops.
 
     .venv/bin/python bench/vmotion_soak.py <workdir> <rounds> <ac|noac>

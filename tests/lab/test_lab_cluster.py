@@ -347,7 +347,7 @@ def test_storage_vmotion_while_the_guest_writes_a_pattern(cluster, api):
     path = lab.create_datastore(name, 128, [h.name for h in lab.hosts])
     ds2 = api.post("/api/v1/datastores", json={"name": name, "datacenter_id": dc["id"], "kind": "lab-dir", "url": path, "host_ids": list(ids.values())}).json()
     # c1, not a2: a TCG guest may hang after a long (bandwidth-capped) live migration such as
-    # the previous tests' (QEMU 7.2 TCG, measured: LAB-NOTES.md), whatever happens to the agents.
+    # the previous tests' (QEMU 7.2 TCG, measured: docs/lab.md), whatever happens to the agents.
     vm = api.get(f"/api/v1/vms/{cluster.extra['vms']['c1']}").json()
     since = datetime.now(timezone.utc)
     if vm["power_state"] != "poweredOn":  # it powered itself off in an earlier test

@@ -42,8 +42,8 @@ Vocabulary:
   threshold wants the hosts; whether a move is worth making is the cost-benefit check's call
   (below), so a low target does not mean many moves: in a cluster of a few large VMs no move
   gains enough long before the target is met (the plan's note says so). The targets of
-  thresholds 3-5 were lowered from 0.10/0.05/0.02 when replaying the GCD trace (README, "DRS
-  and DPM") showed that a 0.10 target leaves a 16-host cluster three times less even than a
+  thresholds 3-5 were lowered from 0.10/0.05/0.02 when replaying the GCD trace (docs/benchmarks.md,
+  "DRS and DPM") showed that a 0.10 target leaves a 16-host cluster three times less even than a
   one-move-per-pass greedy baseline, while smoothed demand and the minimum gain, not the
   target, are what keep the number of moves down.
 - priority 1: a move that fixes a rule violation (must rules first, then should rules).

@@ -226,7 +226,7 @@ virtcenter is up ({'one SIMULATED host esx1' if simulated else f'{args.hosts} re
                      -d '{{"username":"admin","password":"{password}"}}' | python3 -c 'import sys,json; print(json.load(sys.stdin)["token"])')
   logs       {rundir}/*.log
   redis      {'password required: REDISCLI_AUTH=$(cat ' + str(rundir) + '/redis-password) redis-cli -p 6390' if redis_proc else 'VCENTER_REDIS_URL as given'}
-  security   plain HTTP on loopback (the local lab); README "Channel security" turns on HTTPS
+  security   plain HTTP on loopback (the local lab); docs/operations.md "Channel security" turns on HTTPS
 Ctrl-C stops everything.""", flush=True)
     while True:
         time.sleep(3600)

@@ -1,6 +1,6 @@
 """Periodic housekeeping run by the orchestrator: the task reaper and the host monitor.
 
-Reaper vocabulary (ARCHITECTURE.md): a running task whose lease expired lost its agent or
+Reaper vocabulary (docs/architecture.md): a running task whose lease expired lost its agent or
 worker. It is reconciled when the VM already shows the state the task aimed at; otherwise its
 command (idempotent, same command id) is re-sent while attempts remain; otherwise it ends as
 WORKER_LOST. A queued task no agent picked up within ``task_queue_timeout`` ends as

@@ -147,7 +147,7 @@ def options_for(session: Session, vm: VirtualMachine, target: Host, settings: di
         auto_converge=bool(settings.get("auto_converge")),
         postcopy=bool(settings.get("postcopy")),
         tls=bool(settings.get("tls")),
-        # Only lab directories shared between hosts need VIR_MIGRATE_UNSAFE (LAB-NOTES.md).
+        # Only lab directories shared between hosts need VIR_MIGRATE_UNSAFE (docs/lab.md).
         unsafe="lab-dir" in kinds,
     )
 

@@ -57,7 +57,7 @@ def create_vm(session: Session, user: str, data: dict[str, Any]) -> tuple[Virtua
         raise Invalid("pool_id: the pool is not in the host's cluster", code="INVALID_REFERENCE", details={"field": "pool_id"})
     _usable_host(host)
     if data.get("kernel_boot") and data["memory_mib"] < 80:
-        # The Debian cloud kernel panics below 80 MiB (LAB-NOTES.md).
+        # The Debian cloud kernel panics below 80 MiB (docs/lab.md).
         raise Invalid("memory_mib: the tiny-linux image needs at least 80 MiB", code="INVALID", details={"field": "memory_mib"})
     vm = VirtualMachine(
         name=data["name"],

@@ -24,7 +24,7 @@ Families (the parameters are the table ``FAMILIES``):
 - ``diurnal``: strong shared daily cycle, frequent ramps, moderate noise, rare bursts; CPU only
   (memory = configured, as in traces that carry CPU alone).
 The defaults of DRS and DPM were chosen on the GCD trace and ``bursty``; ``diurnal`` is the
-family they were then confirmed on (README, "DRS and DPM").
+family they were then confirmed on (docs/benchmarks.md, "DRS and DPM").
 """
 from __future__ import annotations
 
