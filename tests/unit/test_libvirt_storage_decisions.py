@@ -7,7 +7,6 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-pytest.importorskip("libvirt")
 
 from vcenter.hypervisor.base import DriverError  # noqa: E402
 from vcenter.hypervisor.libvirt.guest import heartbeat_socket, power_state  # noqa: E402
