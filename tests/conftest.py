@@ -132,3 +132,18 @@ def pytest_collection_modifyitems(config, items) -> None:
             continue
         if tier in TIERS:
             item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test that ran on a Stack (or a lab) reports the tails of its process logs: a
+    CI run keeps nothing but this output."""
+    report = yield
+    if report.failed and call.when in ("setup", "call"):
+        seen = set()
+        for value in getattr(item, "funcargs", {}).values():
+            tails = getattr(value, "log_tails", None)
+            if callable(tails) and id(value) not in seen:
+                seen.add(id(value))
+                report.sections.append((f"process logs of {type(value).__name__}", tails()))
+    return report

@@ -14,6 +14,7 @@ import redis
 
 from tests.apihelpers import wait_for
 from vcenter.lab.stack import Stack, free_port
+from vcenter.messaging.contracts import heartbeat_key
 
 
 
@@ -159,18 +160,37 @@ def test_outside_stops_show_within_5s_with_their_reason(stack, api):
     assert _stop_event(api, vm)["reason"] == "crashed"
 
 
+def restart_agent(stack, api, extra_env: dict[str, str] | None = None) -> None:
+    """Kill esx1's agent and start it again; return once the NEW process beats and the server
+    holds the host connected. Starting an agent takes longer than the compressed heartbeat TTL
+    on a loaded machine: a command asked for before then is refused (HOST_NOT_CONNECTED), and
+    the stale "connected" of the killed agent proves nothing."""
+    host = stack.hosts["esx1"]
+    stack.kill_agent("esx1")
+    started = time.time()
+    stack.start_agent("esx1", extra_env)
+    beats = redis.Redis.from_url(stack.extra["redis"].url)
+    wait_for(lambda: float(beats.get(heartbeat_key(host.host_id)) or 0) > started, 60, what="a heartbeat of the new agent")
+    wait_for(lambda: api.get(f"/api/v1/hosts/{host.host_id}").json()["connection_state"] == "connected", 30, what="host connected again")
+
+
 def test_agent_killed_between_libvirt_call_and_ack_leaves_one_domain(stack, api, tmp_path):
     crash_file = tmp_path / "crash-once"
-    stack.kill_agent("esx1")
-    stack.start_agent("esx1", {"VCENTER_AGENT_CRASH_AFTER_CALL_FILE": str(crash_file)})
-    crash_file.touch()
     host = stack.hosts["esx1"]
-    task = api.post("/api/v1/vms", json={"name": "redelivered1", "host_id": host.host_id, "memory_mib": 32, "disks": [{"datastore_id": stack.extra["ds"]["id"], "capacity_mib": 8}]}).json()
-    # The agent defines the domain, then dies (SIGKILL) before reporting or acknowledging.
-    wait_for(lambda: host.agent.poll() is not None, 30, what="agent killed by the test hook")
-    assert not crash_file.exists()
-    assert api.get(f"/api/v1/tasks/{task['id']}").json()["state"] in ("queued", "running")
-    stack.start_agent("esx1")
+    restart_agent(stack, api, {"VCENTER_AGENT_CRASH_AFTER_CALL_FILE": str(crash_file)})
+    try:
+        crash_file.touch()
+        created = api.post("/api/v1/vms", json={"name": "redelivered1", "host_id": host.host_id, "memory_mib": 32, "disks": [{"datastore_id": stack.extra["ds"]["id"], "capacity_mib": 8}]})
+        assert created.status_code == 202, created.text
+        task = created.json()
+        # The agent defines the domain, then dies (SIGKILL) before reporting or acknowledging.
+        wait_for(lambda: host.agent.poll() is not None, 30, what="agent killed by the test hook")
+        assert not crash_file.exists()
+        assert api.get(f"/api/v1/tasks/{task['id']}").json()["state"] in ("queued", "running")
+    finally:
+        # Whatever happened above, the module's next tests get an agent without the hook.
+        crash_file.unlink(missing_ok=True)
+        restart_agent(stack, api)
     done = wait_task(api, task, 60)
     assert done["state"] == "success", done
     vm = api.get(f"/api/v1/vms/{done['object_id']}").json()

@@ -224,6 +224,23 @@ class Stack:
             os.killpg(agent.pid, sig)
             agent.wait(15)
 
+    # --- diagnosis -----------------------------------------------------------------------
+    def log_tails(self, lines: int = 25) -> str:
+        """The last lines of every process log of this stack (server processes, and agents in
+        lab hosts): what a test failure report shows, since a CI run keeps nothing else."""
+        logs = sorted(self.workdir.glob("*.log"))
+        for host in self.hosts.values():
+            if host.lab_host is not None:
+                logs += sorted(Path(host.lab_host.workdir).glob("*.log"))
+        parts = []
+        for log in logs:
+            try:
+                tail = log.read_text(errors="replace").splitlines()[-lines:]
+            except OSError as exc:
+                tail = [f"(unreadable: {exc})"]
+            parts.append(f"--- {log} (last {len(tail)} lines)\n" + "\n".join(tail))
+        return "\n".join(parts)
+
     # --- teardown ------------------------------------------------------------------------
     def stop(self) -> None:
         for name, proc in reversed(list(self.processes.items())):
