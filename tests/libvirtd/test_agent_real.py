@@ -160,6 +160,18 @@ def test_outside_stops_show_within_5s_with_their_reason(stack, api):
     assert _stop_event(api, vm)["reason"] == "crashed"
 
 
+class AgentLog:
+    """The agent's log from now on: a fault is held until the agent has met it (its log says
+    so), not for a guessed number of seconds."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.start = path.stat().st_size
+
+    def wait_for(self, text: str, what: str, timeout: float = 30) -> None:
+        wait_for(lambda: text in self.path.read_bytes()[self.start:].decode(errors="replace"), timeout, what=what)
+
+
 def restart_agent(stack, api, extra_env: dict[str, str] | None = None) -> None:
     """Kill esx1's agent and start it again; return once the NEW process beats and the server
     holds the host connected. Starting an agent takes longer than the compressed heartbeat TTL
@@ -218,9 +230,10 @@ def test_agent_carries_on_through_api_and_redis_restarts(stack, api):
     host = stack.hosts["esx1"]
 
     # API down while libvirt reports a stop: the agent keeps the event until the API is back.
+    log = AgentLog(stack.workdir / "agent-esx1.log")
     stack.stop_api()
     subprocess.run(["virsh", "-c", host.libvirtd.uri, "destroy", vm["libvirt_uuid"]], check=True, capture_output=True)
-    time.sleep(2)
+    log.wait_for(f"report /api/v1/agent/hosts/{host.host_id}/events failed", "the agent's event post refused by the stopped API")
     stack.start_api()
     with stack.client() as fresh:
         seen = wait_for(lambda: (v := fresh.get(f"/api/v1/vms/{vm['id']}").json())["last_stop_reason"] == "destroyed" and v, 30, what="event delivered after API restart")
@@ -228,8 +241,9 @@ def test_agent_carries_on_through_api_and_redis_restarts(stack, api):
 
         # Redis restarts (all queues and heartbeat keys lost): heartbeats resume, commands flow.
         own_redis = stack.extra["redis"]
+        log = AgentLog(stack.workdir / "agent-esx1.log")
         own_redis.stop()
-        time.sleep(1)
+        log.wait_for("heartbeat: Redis unreachable", "the agent's heartbeat failing on the stopped Redis")
         own_redis.start()
         client = redis.Redis.from_url(own_redis.url)
         wait_for(lambda: client.exists(f"vc:hb:host:{host.host_id}"), 30, what="heartbeat after Redis restart")
