@@ -20,6 +20,26 @@ app.add_typer(db_app, name="db")
 app.add_typer(admin_app, name="admin")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("virtcenter")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"virtcenter {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="print the version and exit")) -> None:
+    """virtcenter: central management of KVM/libvirt clusters."""
+
+
 def _add_lab() -> None:
     from vcenter.lab.cli import lab_app
 

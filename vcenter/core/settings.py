@@ -1,15 +1,27 @@
-"""Settings: every knob of virtcenter, read from ``VCENTER_*`` environment variables.
+"""Settings: every knob of virtcenter, read from ``VCENTER_*`` environment variables and, for
+the process's own settings (``get_settings``), from a ``.env`` file (``VCENTER_ENV_FILE``,
+default ``./.env``; the environment wins over the file). A ``VCENTER_*`` name that is no
+setting (a typo, a setting of another release) is named in a warning, with the closest
+setting, rather than silently ignored.
 
 Every timer lives here so that tests can run on compressed time. Durations are in seconds
 unless the name says otherwise.
 """
 from __future__ import annotations
 
+import difflib
+import logging
+import os
+from collections.abc import Iterable
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
+from dotenv import dotenv_values
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger(__name__)
 
 # Where datastores may live by default (server and agent); vcenter.domain.datastore_roots
 # decides what a root may be, checked when the server's runtime and the agent start (core
@@ -161,9 +173,51 @@ class Settings(BaseSettings):
         return value or None
 
 
+ENV_FILE_VARIABLE = "VCENTER_ENV_FILE"
+
+# VCENTER_* variables that are not settings of a server or agent process: read by
+# docker-compose.yml (.env.example), by `make run`, by the lab and by the test command.
+NOT_SETTINGS = frozenset({
+    ENV_FILE_VARIABLE, "VCENTER_DB_PASSWORD", "VCENTER_REDIS_PASSWORD", "VCENTER_REDIS_BIND", "VCENTER_API_BIND", "VCENTER_AGENT_REDIS_HOST",
+    "VCENTER_ADMIN_PASSWORD", "VCENTER_LAB_BMC_PASSWORD", "VCENTER_LAB_CACHE", "VCENTER_TEST_PG_URL", "VCENTER_TEST_REDIS_URL",
+    "VCENTER_TEST_PG_PORT", "VCENTER_TEST_REDIS_PORT", "VCENTER_E2E_SCREENSHOTS", "VCENTER_AGENT_CRASH_AFTER_CALL_FILE",
+})
+
+
+def setting_variables() -> frozenset[str]:
+    return frozenset(f"VCENTER_{name}".upper() for name in Settings.model_fields)
+
+
+def unknown_variables(names: Iterable[str]) -> list[tuple[str, str | None]]:
+    """The VCENTER_* names among ``names`` that are neither a setting nor a known variable of
+    another part, each with the closest setting's name (None: nothing close)."""
+    settings = setting_variables()
+    known = settings | NOT_SETTINGS
+    unknown = sorted({n.upper() for n in names if n.upper().startswith("VCENTER_")} - known)
+    return [(n, next(iter(difflib.get_close_matches(n, sorted(settings), n=1, cutoff=0.8)), None)) for n in unknown]
+
+
+_warned: set[str] = set()
+
+
+def _warn_unknown(names: Iterable[str], source: str) -> None:
+    for name, closest in unknown_variables(names):
+        if name not in _warned:
+            _warned.add(name)
+            hint = f" (did you mean {closest}?)" if closest else ""
+            log.warning("%s sets %s, which is no setting: ignored%s", source, name, hint)
+
+
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    env_file = Path(os.environ.get(ENV_FILE_VARIABLE, ".env"))
+    if env_file.is_file():
+        _warn_unknown(dotenv_values(env_file), str(env_file))
+        settings = Settings(_env_file=env_file)  # type: ignore[call-arg]  # pydantic-settings' init-only option
+    else:
+        settings = Settings()
+    _warn_unknown(os.environ, "the environment")
+    return settings
 
 
 def reset_settings_cache() -> None:
