@@ -17,6 +17,7 @@ from vcenter.lab import faults
 from vcenter.lab.guest import build_guest
 from vcenter.lab.hosts import GATEWAY, Capacity, Lab
 from vcenter.lab.stack import Stack, free_port
+from vcenter.messaging.contracts import heartbeat_key
 
 
 WESTMERE = "<cpu><arch>x86_64</arch><model>Westmere</model></cpu>"
@@ -134,9 +135,18 @@ def test_guest_powering_itself_off_shows_reason_shutdown(cluster, api):
 
 def test_crashing_libvirtd_changes_no_vms_host(cluster, api):
     lab, ids, vms = cluster.extra["lab"], cluster.extra["ids"], cluster.extra["vms"]
+    wait_for(lambda: (api.get(f"/api/v1/vms/{vms['a2']}").json()["guest_info"] or {}).get("seq"), 60, what="a2's guest heartbeat")
     before = {n: api.get(f"/api/v1/vms/{i}").json() for n, i in vms.items()}
+    agent_log = lab.host("host2").workdir / "agent.log"
+    log_start = agent_log.stat().st_size
+    crashed_at = time.time()
     faults.crash_libvirtd(lab, "host2")
-    time.sleep(5)  # longer than heartbeat TTL and report period: nothing may react wrongly
+    # The fault is held until the agent has met it (its log says so) and has gone on beating for
+    # longer than the heartbeat TTL and two report periods (the heartbeat key's own timestamp):
+    # the window in which anything could react wrongly has passed, not a guessed number of seconds.
+    wait_for(lambda: "hypervisor connection lost" in agent_log.read_bytes()[log_start:].decode(errors="replace"), 20, what="host2's agent lost libvirtd")
+    beats = redis.Redis.from_url(cluster.env["VCENTER_REDIS_URL"])
+    wait_for(lambda: float(beats.get(heartbeat_key(ids["host2"])) or 0) > crashed_at + 2 + 2 * 1, 20, what="host2 beating past a heartbeat TTL after the crash")
     seq = api.get(f"/api/v1/vms/{vms['a2']}").json()["guest_info"]["seq"]
     faults.restart_libvirtd(lab, "host2")
     after = {n: api.get(f"/api/v1/vms/{i}").json() for n, i in vms.items()}

@@ -7,6 +7,7 @@ host's libvirtd through its unix socket (a TCP connection to an isolated host wo
 fails the test if a guest ever runs on two hosts."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -97,6 +98,14 @@ def _heartbeat_on(api, vm_id, host_id, after_seq=None):
     return vm["host_id"] == host_id and vm["power_state"] == "poweredOn" and seq is not None and (after_seq is None or seq != after_seq)
 
 
+def _expected_ha(stack, host_name: str) -> dict:
+    """The HA configuration a host's agent keeps from the server's last answer (expected.json)."""
+    try:
+        return json.loads((stack.agent_state_dir(host_name) / "expected.json").read_text()).get("ha") or {}
+    except (OSError, ValueError):
+        return {}
+
+
 def _nothing_restarts(api, watcher, vms, hosts_of, seconds, what):
     before = len(_restart_tasks(api))
     deadline = time.monotonic() + seconds
@@ -181,9 +190,14 @@ def test_ha_on_real_hosts(tmp_path):
             assert iso, "host2 was declared isolated (its datastore heartbeat went on), not failed"
             faults.reconnect(lab, "host2")
             wait_for(lambda: health(status(), ids["host2"]) == "connected", 30, what="host2 connected again")
+            # The VMs host2's isolation response stopped are restarted once host2 reports them
+            # stopped: the next phase starts when HA has settled, not after a guessed pause.
+            wait_for(lambda: not status()["restarts"] and all(_vm(api, vm_ids[n])["power_state"] == "poweredOn" for n in placement), 60,
+                     what="HA settled: every VM runs, no restart pending")
             # -- isolation with leave-powered-on: nothing restarts, the guests keep running there ------
             assert api.patch(f"/api/v1/clusters/{cl['id']}/ha", json={"isolation_response": "leave-powered-on"}).status_code == 200
-            time.sleep(3)  # the agents get it with their next report's answer (every second here)
+            # The agents get it with their next report's answer: wait until host3's agent keeps it.
+            wait_for(lambda: _expected_ha(stack, "host3").get("isolation_response") == "leave-powered-on", 30, what="host3's agent holds the new isolation response")
             on_host3 = {vm_ids[n]: "host3" for n in placement if _vm(api, vm_ids[n])["host_id"] == ids["host3"]}
             assert vm_ids["g4"] in on_host3 and len(on_host3) >= 2
             faults.isolate(lab, "host3")
