@@ -23,7 +23,7 @@ test-fast:
 	scripts/test.sh fast
 
 run:
-	scripts/run.sh
+	scripts/run.sh $(RUN_ARGS)
 
 lint: install
 	scripts/lint.sh

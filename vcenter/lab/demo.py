@@ -74,7 +74,8 @@ def seed_lab(stack: Stack, lab, guests_per_host: int) -> None:
     """Three lab hosts in a cluster, a shared datastore, a port group, running guests."""
     with stack.client() as api:
         dc = api.post("/api/v1/datacenters", json={"name": "dc1"}).json()
-        cluster = api.post("/api/v1/clusters", json={"name": "cluster1", "datacenter_id": dc["id"]}).json()
+        # DRS in manual mode: it recommends, with reasons, and the operator applies.
+        cluster = api.post("/api/v1/clusters", json={"name": "cluster1", "datacenter_id": dc["id"], "settings": {"drs": {"enabled": True, "automation": "manual"}}}).json()
         ids = [stack.add_lab_host(h, dc["id"], cluster["id"]).host_id for h in lab.hosts]
         for host_id in ids:
             _wait(lambda: api.get(f"/api/v1/hosts/{host_id}").json()["connection_state"] == "connected", 60, "hosts to connect")
@@ -99,6 +100,11 @@ def seed_lab(stack: Stack, lab, guests_per_host: int) -> None:
             if done["state"] != "success":
                 raise RuntimeError(f"creating a guest failed: {done['error_code']}: {done['error_message']}")
             _wait_task(api, api.post(f"/api/v1/vms/{done['object_id']}/power/on").json())
+        # HA on, so that a newcomer's first `vcenter lab fault kill-host` restarts the guests
+        # elsewhere (the datastore is shared by every host: the second heartbeat channel).
+        enabled = api.patch(f"/api/v1/clusters/{cluster['id']}/ha", json={"enabled": True})
+        if enabled.status_code != 200:
+            raise RuntimeError(f"enabling HA failed: {enabled.text}")
 
 
 def _wait(predicate, timeout: float, what: str) -> None:
@@ -146,6 +152,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Run virtcenter locally with a seeded inventory.")
     parser.add_argument("--rundir", default="run", help="where state, logs and datastores go (default ./run)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("VCENTER_API_PORT", "8080")))
+    parser.add_argument("--redis-port", type=int, default=6390, help="the Redis this starts (default 6390; unused when VCENTER_REDIS_URL is set)")
     parser.add_argument("--simulated", action="store_true", help="simulated hosts even where real ones are possible")
     parser.add_argument("--hosts", type=int, default=3, help="lab hosts (real mode)")
     parser.add_argument("--guests-per-host", type=int, default=2, help="running tiny Linux guests per lab host (real mode)")
@@ -174,8 +181,8 @@ def main() -> None:
     redis_url = os.environ.get("VCENTER_REDIS_URL")
     if not redis_url:
         redis_password = _redis_password(rundir)
-        redis_proc = _start_redis(rundir, 6390, redis_password, extra_bind=None if lab is None else GATEWAY)
-        redis_url = f"redis://:{redis_password}@127.0.0.1:6390/0"
+        redis_proc = _start_redis(rundir, args.redis_port, redis_password, extra_bind=None if lab is None else GATEWAY)
+        redis_url = f"redis://:{redis_password}@127.0.0.1:{args.redis_port}/0"
     password = os.environ.get("VCENTER_ADMIN_PASSWORD", "vmware-admin")
     overrides = {} if lab is None else {"api_host": f"127.0.0.1,{GATEWAY}"}
     if lab is not None:  # the lab's loop-mounted datastores live in its own work directory
@@ -195,7 +202,7 @@ def main() -> None:
         if stopping:
             return
         stopping = True
-        print("\nstopping: agents, libvirtd and guests, worker, beat, API, Redis ...", flush=True)
+        print("\nstopping: agents, libvirtd and guests, HA monitors, worker, beat, API, Redis ...", flush=True)
         stack.stop()
         if lab is not None:
             lab.down()
@@ -209,6 +216,9 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _stop)
     try:
         stack.start_server()
+        # Two HA monitors: one takes the lock and acts, the other stands by to take over.
+        for name in ("ha1", "ha2"):
+            stack.start_ha_monitor(name)
         if lab is None:
             seed(stack, simulated, rundir / "datastores" / "datastore1", bridges)
         else:
@@ -218,6 +228,7 @@ def main() -> None:
         _stop()
     print(f"""
 virtcenter is up ({'one SIMULATED host esx1' if simulated else f'{args.hosts} real lab hosts (libvirt/QEMU, TCG guests), vcenter lab status lists them'}, database {stack.env['VCENTER_DATABASE_URL']})
+  dashboard  {stack.url}/ui
   API        {stack.url}/api/v1
   API docs   {stack.url}/docs
   health     {stack.url}/livez  {stack.url}/readyz  {stack.url}/metrics (not anonymous: -H "Authorization: Bearer $TOKEN")
@@ -225,7 +236,9 @@ virtcenter is up ({'one SIMULATED host esx1' if simulated else f'{args.hosts} re
              TOKEN=$(curl -s -X POST {stack.url}/api/v1/session -H 'content-type: application/json' \\
                      -d '{{"username":"admin","password":"{password}"}}' | python3 -c 'import sys,json; print(json.load(sys.stdin)["token"])')
   logs       {rundir}/*.log
-  redis      {'password required: REDISCLI_AUTH=$(cat ' + str(rundir) + '/redis-password) redis-cli -p 6390' if redis_proc else 'VCENTER_REDIS_URL as given'}
+  processes  API, worker, beat, HA monitors ha1 + ha2 (one active, one standby), {'the agent' if simulated else 'an agent per host'}
+  HA / DRS   {'HA on cluster1: `vcenter lab fault kill-host host3` and its guests restart on the other hosts; DRS in manual mode' if lab is not None else 'off (one host)'}
+  redis      {'password required: REDISCLI_AUTH=$(cat ' + str(rundir) + '/redis-password) redis-cli -p ' + str(args.redis_port) if redis_proc else 'VCENTER_REDIS_URL as given'}
   security   plain HTTP on loopback (the local lab); docs/operations.md "Channel security" turns on HTTPS
 Ctrl-C stops everything.""", flush=True)
     while True:

@@ -109,6 +109,11 @@ class Stack:
             self._spawn("beat", ["beat"])
         self.wait_http("/readyz", 30)
 
+    def start_ha_monitor(self, name: str) -> subprocess.Popen:
+        """One `vcenter ha` process (its log: <workdir>/<name>.log); start two for an active
+        monitor and a standby."""
+        return self._spawn(name, ["ha"])
+
     def stop_api(self) -> None:
         proc = self.processes["api"]
         if proc.poll() is None:
