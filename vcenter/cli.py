@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from vcenter.core.logging import setup_logging
+from vcenter.core.release import release
 from vcenter.core.settings import get_settings, reset_settings_cache
 
 app = typer.Typer(help="virtcenter: central management of KVM/libvirt clusters.", no_args_is_help=True, add_completion=False)
@@ -20,18 +21,9 @@ app.add_typer(db_app, name="db")
 app.add_typer(admin_app, name="admin")
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("virtcenter")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown (not installed)"
-
-
 def _print_version(value: bool) -> None:
     if value:
-        typer.echo(f"virtcenter {_version()}")
+        typer.echo(f"virtcenter {release()}")
         raise typer.Exit()
 
 

@@ -145,3 +145,32 @@ def test_standby_is_recorded_and_refused_with_running_vms(ctx):
     assert client.post(f"/api/v1/hosts/{host['id']}/standby/exit", headers=auth).json()["standby"] is False
     kinds = [e["kind"] for e in client.get(f"/api/v1/events?object_type=host&object_id={host['id']}", headers=auth).json()["items"]]
     assert "host.standby.entered" in kinds and "host.standby.exited" in kinds
+
+
+def test_the_agent_release_is_shown_and_an_older_one_is_named(ctx):
+    from tests.api.test_dashboard import ui_login
+    from vcenter.core.release import release
+
+    client, auth, dc, settings = ctx
+    host, agent = register_host(client, auth, dc["id"], "old-agent")
+    report = lambda v: client.post(f"/api/v1/agent/hosts/{host['id']}/state", json={"facts": {"hostname": "old-agent", "agent_version": v}, "domains": []}, headers=agent)  # noqa: E731
+    assert client.get(f"/api/v1/hosts/{host['id']}", headers=auth).json()["agent_version"] is None
+    assert report("0.0.1").status_code == 200
+    read = client.get(f"/api/v1/hosts/{host['id']}", headers=auth).json()
+    assert read["agent_version"] == "0.0.1" and read["agent_outdated"] is True
+    events = client.get(f"/api/v1/events?object_type=host&object_id={host['id']}&kind=host.agent_version", headers=auth).json()["items"]
+    assert events[0]["reason"] == "AGENT_OUTDATED" and f"older than this server's {release()}" in events[0]["message"]
+    ui_login(client, "admin", "secret-pass-phrase")
+    page = client.get(f"/ui/host/{host['id']}")
+    assert 'id="agent-outdated"' in page.text and f"older than this server ({release()})" in page.text
+
+    assert report(release()).status_code == 200  # upgraded
+    read = client.get(f"/api/v1/hosts/{host['id']}", headers=auth).json()
+    assert read["agent_version"] == release() and read["agent_outdated"] is False
+    events = client.get(f"/api/v1/events?object_type=host&object_id={host['id']}&kind=host.agent_version", headers=auth).json()["items"]
+    assert len(events) == 2 and events[0]["reason"] == "agent_version" and "(was 0.0.1)" in events[0]["message"]
+    assert 'id="agent-outdated"' not in client.get(f"/ui/host/{host['id']}").text
+    assert report(release()).status_code == 200  # the same release again: no new event
+    assert client.get(f"/api/v1/events?object_type=host&object_id={host['id']}&kind=host.agent_version", headers=auth).json()["total"] == 2
+    # A version longer than the contract allows is refused, not stored.
+    assert report("9" * 65).status_code == 422

@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from tests.apihelpers import wait_for
+from vcenter.core.release import release
 from vcenter.lab.stack import Stack, free_port
 from vcenter.messaging.contracts import heartbeat_key
 
@@ -99,6 +100,8 @@ def power(api, vm: dict, action: str, **body) -> dict:
 
 
 def test_vm_lifecycle_on_a_real_libvirtd(stack, api):
+    # The agent reports its release with the host's facts: the same as the server's here.
+    assert api.get(f"/api/v1/hosts/{stack.hosts['esx1'].host_id}").json()["agent_version"] == release()
     vm = create_vm(stack, api, "life1")
     assert vm["status"] == "ready" and vm["power_state"] == "poweredOff"
     assert vm["libvirt_uuid"] in virsh(stack, "list", "--all", "--uuid")

@@ -31,6 +31,7 @@ from fastapi.templating import Jinja2Templates
 from vcenter.core.audit import request_source
 from vcenter.core.errors import Forbidden, Unauthorized, VcError
 from vcenter.core.object_ids import checked_object_id
+from vcenter.core.release import release
 from vcenter.domain.privileges import PRIVILEGES
 from vcenter.services import auth, authz, refusals
 
@@ -40,6 +41,7 @@ COOKIE = "vc_session"
 LOGIN_CSRF_COOKIE = "vc_login_csrf"
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
+templates.env.globals["server_release"] = release()  # a host page says when its agent is older
 
 
 class LoginRequired(Exception):

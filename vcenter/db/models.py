@@ -32,6 +32,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from vcenter.core.clock import utcnow
+from vcenter.core.release import release
+from vcenter.domain.versions import is_older
 
 
 class UTCDateTime(TypeDecorator):
@@ -130,6 +132,8 @@ class Host(Timestamped, Base):
     memory_mib: Mapped[int | None] = mapped_column(Integer)
     cpu_features: Mapped[list[Any]] = mapped_column(default=list)
     cpu_xml: Mapped[str | None] = mapped_column(Text)
+    # The release of its agent, as the agent last reported it (None: not yet reported).
+    agent_version: Mapped[str | None] = mapped_column(String(64))
     agent_token_hash: Mapped[str | None] = mapped_column(String(64), index=True)
     # Registration: a one-time token the agent presents with its libvirt host UUID and the
     # SHA-256 thumbprint of its certificate; the operator confirms the thumbprint (or the
@@ -144,6 +148,11 @@ class Host(Timestamped, Base):
     # The folders its agent provides datastores below, as it last reported them (None: not yet
     # reported); a datastore outside them is refused when it is mounted there.
     datastore_roots: Mapped[list[Any] | None] = mapped_column(JSON)
+
+    @property
+    def agent_outdated(self) -> bool | None:
+        """Whether its agent is an older release than this server (None: unknown)."""
+        return is_older(self.agent_version, release())
 
     @property
     def power_summary(self) -> dict[str, Any]:

@@ -215,6 +215,7 @@ class HostFacts(BaseModel):
     memory_mib: NonNegativeInt32 | None = None
     hypervisor: str | None = None       # "kvm" or "qemu" (TCG)
     libvirt_version: str | None = None
+    agent_version: str | None = Field(None, max_length=64, description="the agent's release (vcenter.core.release)")
     # The CPU features guests can be given here (libvirt names, sorted); a declared lab CPU's
     # when the host declares one.
     cpu_features: list[str] = []

@@ -135,6 +135,8 @@ class HostRead(ResponseModel):
     cpu_mhz: int | None
     memory_mib: int | None
     cpu_features: list[str]
+    agent_version: str | None = Field(None, description="the release its agent last reported")
+    agent_outdated: bool | None = Field(None, description="its agent is an older release than this server (null: unknown)")
     last_report_at: datetime | None
     trust_state: Literal["awaitingAgent", "awaitingConfirmation", "trusted"]
     thumbprint: str | None

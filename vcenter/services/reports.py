@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vcenter.core.clock import utcnow
+from vcenter.core.release import release
 from vcenter.core.settings import Settings
 from vcenter.db.models import Cluster, Datastore, DatastoreMount, Event, Host, PortGroup, PortGroupHost, Task, VirtualMachine, VmStats
 from vcenter.domain.cpu import CpuModel, can_join
@@ -109,6 +110,18 @@ def report_lifecycle(session: Session, host: Host, events: list[LifecycleEvent])
     return applied
 
 
+def _note_agent_version(session: Session, host: Host, reported: str) -> None:
+    """A new agent release on the host (first report, upgrade, downgrade): recorded, with an
+    Event that says whether it is older than this server."""
+    before, host.agent_version = host.agent_version, reported
+    outdated = host.agent_outdated
+    text = f"host {host.name}'s agent is release {reported}" + (f" (was {before})" if before else "")
+    if outdated:
+        text += f", older than this server's {release()}: upgrade it"
+    record_event(session, "host.agent_version", text, object_type="host", object_id=host.id, object_name=host.name,
+                 reason="AGENT_OUTDATED" if outdated else "agent_version", data={"agent_version": reported, "previous": before, "server_version": release()})
+
+
 def report_host_state(session: Session, host: Host, state: HostState) -> dict[str, Any]:
     """Apply a full state report; answer with what the host is expected to provide."""
     facts = state.facts
@@ -122,6 +135,8 @@ def report_host_state(session: Session, host: Host, state: HostState) -> dict[st
         value = getattr(facts, field)
         if value is not None and getattr(host, field) != value:
             setattr(host, field, value)
+    if facts.agent_version is not None and host.agent_version != facts.agent_version:
+        _note_agent_version(session, host, facts.agent_version)
     host.last_report_at = utcnow()
     refused = evc_refusal(session, host)
     if refused:

@@ -24,6 +24,7 @@ from typing import Any
 
 import redis
 
+from vcenter.core.release import release
 from vcenter.core.settings import Settings
 from vcenter.domain.datastore_roots import parse_roots
 from vcenter.hypervisor.base import ConnectionLost, DriverError, HypervisorDriver
@@ -197,6 +198,7 @@ class AgentService:
         if self.settings.agent_declared_memory_mib:
             facts.memory_mib = self.settings.agent_declared_memory_mib
         facts.datastore_roots = list(parse_roots(self.settings.agent_datastore_roots))
+        facts.agent_version = release()
         datastores, bridges = self._datastore_usage(), self._bridges_present()
         attempts = 4
         for attempt in range(attempts):
