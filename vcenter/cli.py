@@ -28,7 +28,7 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def main(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="print the version and exit")) -> None:
+def _root_options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="print the version and exit")) -> None:
     """virtcenter: central management of KVM/libvirt clusters."""
 
 
