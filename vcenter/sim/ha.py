@@ -17,7 +17,9 @@ A scenario turns HA on with ``ha: {..}`` in cluster.yaml:
 With HA on, ``delay N`` runs the world and the monitors (one active, one standby) once per
 simulated second: agents (heartbeat key, datastore heartbeat file and the view of their peers'
 files they publish, isolation response), the hosts' reports (the inventory learns a VM is
-powered off where it is defined but not running), woken hosts, then each live monitor's
+powered off where it is defined but not running, and records how it stopped as
+services.reports does: a lease lapse is libvirt's "crashed", a host's power loss seen by no
+agent is "unobserved", an isolation response is asked for), woken hosts, then each live monitor's
 ``step()``. Restart and reset commands are executed by the target agent at once. Events:
   host H crash | host H power off      power loss: the host and its VMs die at once
   host H power on                      the host boots (nothing runs; it holds no disks)
