@@ -85,6 +85,11 @@ def update_config(session: Session, user: str, cluster_id: int, data: dict[str, 
         host = session.get(Host, hid)
         if host is None or host.cluster_id != cluster_id:
             raise Invalid(f"admission.failover_hosts: host {hid} is not in cluster {cluster.name}", code="INVALID_REFERENCE", details={"field": "admission.failover_hosts"})
+    if cfg.enabled and not config_of(cluster).enabled:
+        # A stop from before HA protected these VMs is not HA's to handle (restart_after_stop
+        # would find the cluster enabled by the time the monitor reads it).
+        session.execute(update(VirtualMachine).where(VirtualMachine.cluster_id == cluster.id, VirtualMachine.unexpected_stop.is_not(None))
+                        .values(unexpected_stop=None).execution_options(synchronize_session=False))
     _store(cluster, cfg)
     record_event(session, "cluster.ha.reconfigured", f"HA of cluster {cluster.name} reconfigured: " + ", ".join(sorted(change.model_dump(exclude_unset=True))),
                  username=user, object_type="cluster", object_id=cluster.id, object_name=cluster.name, data={"ha": cfg.model_dump()})
