@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from tests.apihelpers import command_id_of, finish_as_agent, login, make_admin, register_host
 from vcenter.api.app import create_app
-from vcenter.db.models import Event, Task
+from vcenter.db.models import Event, Task, VirtualMachine
 from vcenter.db.session import session_scope
 from vcenter.messaging.contracts import ha_datastore_view_key, heartbeat_key
 from vcenter.services.ha_monitor import LOCK_KEY, HaMonitorProcess
@@ -321,3 +321,61 @@ def test_restarts_wake_a_standby_host_through_its_power_driver_and_wait_for_it(e
             assert s.scalar(select(Task).where(Task.kind == "host.exitStandby")).state == "success"
             restarts = [(t.object_id, t.host_id) for t in s.scalars(select(Task).where(Task.kind == "vm.ha_restart").order_by(Task.object_id))]
         assert restarts == [(vms[0]["id"], h3), (vms[1]["id"], h3)], restarts
+
+
+def test_vms_that_stopped_unexpectedly_restart_and_those_stopped_on_purpose_do_not(env):
+    """A host report finds a powered-on VM shut off with no lifecycle event seen (its host
+    rebooted faster than the detection time): restarted, cause crashed. A VM whose QEMU died
+    (lifecycle "crashed"): restarted. A VM its user powered off, a guest that shut itself down:
+    left alone, as is one that crashed before HA was enabled. Each stop is handled once: further
+    passes start nothing more."""
+    client, auth, cl, hosts, agents, vms, settings, r = env
+    extra = client.post("/api/v1/vms", headers=auth, json={"name": "vm3", "host_id": hosts[0]["id"], "memory_mib": 64, "vcpus": 1}).json()
+    vms = [*vms, finish_as_agent(client, settings, agents[hosts[0]["id"]], extra)]
+    early = client.post("/api/v1/vms", headers=auth, json={"name": "early", "host_id": hosts[1]["id"], "memory_mib": 64, "vcpus": 1}).json()
+    early = finish_as_agent(client, settings, agents[hosts[1]["id"]], early)
+    for vm in [*vms, early]:
+        assert _power_on(client, auth, settings, agents, vm).status_code == 202
+    h1, agent1 = hosts[0]["id"], agents[hosts[0]["id"]]
+
+    def event(vm, reason):
+        return {"uuid": vm["libvirt_uuid"], "name": vm["name"], "event": "stopped", "reason": reason, "power_state": "poweredOff", "at": "2026-01-01T00:00:00Z"}
+
+    # One crashed before HA protected its cluster: not HA's to restart once HA is enabled.
+    client.post(f"/api/v1/agent/hosts/{hosts[1]['id']}/events", headers=agents[hosts[1]["id"]], json=[event(early, "crashed")])
+    client.patch(f"/api/v1/clusters/{cl['id']}/ha", headers=auth, json={"enabled": True, "admission": {"kind": "disabled"}})
+    rebooted, crashed, user_off, guest_off = vms
+    # The user powers one off (its Task's result says poweredOff, then libvirt's event).
+    task = client.post(f"/api/v1/vms/{user_off['id']}/power/off", headers=auth).json()
+    finish_as_agent(client, settings, agent1, task, power_state="poweredOff")
+    client.post(f"/api/v1/agent/hosts/{h1}/events", headers=agent1, json=[event(user_off, "destroyed"), event(guest_off, "shutdown"), event(crashed, "crashed")])
+    # h1's report after its reboot: nothing runs there any more.
+    client.post(f"/api/v1/agent/hosts/{h1}/state", headers=agent1,
+                json={"facts": {"hostname": "h1", "cpu_cores": 4, "cpu_mhz": 2000, "memory_mib": 4096},
+                      "domains": [{"uuid": v["libvirt_uuid"], "name": v["name"], "power_state": "poweredOff"} for v in vms]})
+    assert client.get(f"/api/v1/vms/{rebooted['id']}", headers=auth).json()["last_stop_reason"] == "unobserved"
+    clock = Clock()
+
+    def passes(monitor):
+        for _ in range(3):
+            _beat(r, hosts)
+            monitor.step()
+            clock.t += 1
+
+    m = HaMonitorProcess(client.app.state.runtime, owner="m", clock=clock)
+    assert m.try_acquire()
+    passes(m)
+    with session_scope(settings.database_url) as s:
+        tasks = list(s.scalars(select(Task).where(Task.kind == "vm.ha_restart").order_by(Task.object_id)))
+        assert [t.object_id for t in tasks] == sorted([rebooted["id"], crashed["id"]])
+        assert all(t.params["cause"] == "crashed" and "stopped unexpectedly" in t.params["reason"] for t in tasks)
+        down = list(s.scalars(select(Event).where(Event.kind == "ha.vm.down")))
+        assert sorted(e.object_id for e in down) == sorted([rebooted["id"], crashed["id"]])
+        assert all(e.reason == "HA_CRASHED" and "stopped unexpectedly" in e.message for e in down)
+        assert s.scalar(select(VirtualMachine.id).where(VirtualMachine.unexpected_stop.is_not(None))) is None  # consumed
+    # A standby taking over finds nothing left to handle: nothing started twice.
+    m.release()
+    other = HaMonitorProcess(client.app.state.runtime, owner="o", clock=clock)
+    assert other.try_acquire()
+    passes(other)
+    assert client.get("/api/v1/tasks?kind=vm.ha_restart", headers=auth).json()["total"] == 2

@@ -287,3 +287,64 @@ def test_stamps_tell_a_dead_host_from_an_isolated_one():
     j = ha.judge({}, [dead, *others], view(6.0), DET)
     assert j.health["h1"] == H.FAILED and "no datastore heartbeat written after" in j.transitions[0].reason
     assert ha.judge({}, [alive, *others], view(6.0), DET).health["h1"] == H.ISOLATED
+
+
+# -- unexpected stops ------------------------------------------------------------------------
+
+def _stop(**kw) -> ha.StoppedVm:
+    base = dict(vm_id="a", host="h1", reason="unobserved", power_state="poweredOff", ha_enabled=True, restart_pending=False, busy=False)
+    return ha.StoppedVm(**{**base, **kw})
+
+
+@pytest.mark.parametrize("reason", ["crashed", "unobserved"])
+def test_a_vm_that_stopped_unexpectedly_is_restarted(reason):
+    assert ha.restart_after_stop(_stop(reason=reason)) is None
+
+
+@pytest.mark.parametrize("kw, why", [
+    ({"reason": "shutdown"}, "stopped on purpose (shutdown)"),  # the guest shut itself down
+    ({"reason": "destroyed"}, "stopped on purpose (destroyed)"),  # virsh destroy from outside
+    ({"reason": "saved"}, "stopped on purpose (saved)"),
+    ({"ha_enabled": False}, "its cluster has no HA"),
+    ({"restart_pending": True}, "HA already restarts it"),  # its host failed, or released it
+    ({"busy": True}, "a task holds it"),  # a migration or a user's power operation
+    ({"power_state": "poweredOn"}, "it is poweredOn now"),  # someone started it meanwhile
+    ({"power_state": "suspended"}, "it is suspended now"),
+    ({"host": None}, "it has no host"),
+])
+def test_a_stop_someone_asked_for_or_already_handled_is_not_restarted(kw, why):
+    assert ha.restart_after_stop(_stop(**{"reason": "crashed", **kw})) == why
+
+
+def test_the_monitor_consumes_each_unexpected_stop_once():
+    """The loop asks its store for the stops not yet handled, makes candidates of those the
+    decision restarts, and hands every one back as handled, fenced by its token."""
+    from vcenter.services.ha_manager import HaMonitor, UnexpectedStop
+
+    class Store:
+        def __init__(self) -> None:
+            self.pending = [UnexpectedStop("a", "h1", "ua", _stop(vm_id="a", reason="crashed")),
+                            UnexpectedStop("b", "h1", "ub", _stop(vm_id="b", reason="shutdown")),
+                            UnexpectedStop("c", "h2", "uc", _stop(vm_id="c", restart_pending=True))]
+            self.candidates: list[tuple] = []
+            self.handled: list[tuple] = []
+
+        def unexpected_stops(self):
+            return list(self.pending)
+
+        def add_candidates(self, host, cause, uuids=None, power_state="poweredOn"):
+            self.candidates.append((host, cause, list(uuids), power_state))
+            return [u[1:] for u in uuids]
+
+        def stops_handled(self, token, stops):
+            self.handled.append((token, [s.vm for s in stops]))
+            self.pending = [s for s in self.pending if s not in stops]
+
+    m = HaMonitor(env=None, owner="m", redis_return_grace=0.0)  # type: ignore[arg-type]
+    m.token = 7
+    store = Store()
+    assert m.handle_unexpected_stops(store) == ["a"]  # type: ignore[arg-type]
+    assert store.candidates == [("h1", "crashed", ["ua"], "poweredOff")]
+    assert store.handled == [(7, ["a", "b", "c"])]
+    assert m.handle_unexpected_stops(store) == [] and len(store.candidates) == 1  # type: ignore[arg-type]
+    assert store.handled == [(7, ["a", "b", "c"])]  # nothing left: no write

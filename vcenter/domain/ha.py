@@ -251,7 +251,8 @@ class RestartCandidate:
     # why it runs nowhere: "failed" (its host declared failed), "released" (the isolation
     # response of its host stopped it and released its disks: acted on once the monitor sees
     # that host isolated or failed), "fenced" (its host lost its datastores and killed it: that
-    # host is not a target), "crashed" (its host rebooted and reports it not running),
+    # host is not a target), "crashed" (it stopped unexpectedly: its QEMU process died, or its
+    # host, rebooted, reports it not running: restart_after_stop),
     # "stopped" (its host, reachable again, reports it stopped by the isolation response)
     cause: str = "failed"
 
@@ -365,7 +366,7 @@ def plan_restarts(snapshot: ClusterSnapshot, candidates: Sequence[RestartCandida
         c = by_id[vid]
         if vid in placed:
             why = {"failed": f"{c.from_host} failed", "released": f"{c.from_host} isolated, released it",
-                   "fenced": f"{c.from_host} lost its datastores", "crashed": f"{c.from_host} rebooted without it",
+                   "fenced": f"{c.from_host} lost its datastores", "crashed": f"stopped unexpectedly on {c.from_host}",
                    "stopped": f"{c.from_host} stopped it (isolation response)"}.get(c.cause, c.cause)
             if c.cause != "failed" and health.get(c.from_host) == HostHealth.FAILED:
                 why = f"{c.from_host} failed"
@@ -382,6 +383,47 @@ def plan_restarts(snapshot: ClusterSnapshot, candidates: Sequence[RestartCandida
                 until = now + settings.backoff(n)
                 waits.append(Wait(vid, until, n, f"try {n} failed, retry at t={until:g}: {why}"))
     return RestartPlan(tuple(starts), tuple(waits), tuple(gave_up), tuple(skipped), tuple(wake), result)
+
+
+# -- unexpected stops --------------------------------------------------------------------------
+
+# The stop reasons that mean nobody asked: QEMU died ("crashed", a libvirt lifecycle event), or
+# a host report found the VM shut off while the inventory had it running and no lifecycle
+# event had said so ("unobserved": it stopped while no agent watched, e.g. its host rebooted).
+# A user's Task, a guest shutdown ("shutdown"), a destroy from outside ("destroyed") or a
+# suspend ("saved") are asked for: never restarted.
+UNEXPECTED_STOPS = frozenset({"crashed", "unobserved"})
+
+
+@dataclass(frozen=True, slots=True)
+class StoppedVm:
+    """A VM found stopped without anyone asking, as the store recorded it, with what the
+    inventory says of it now (when the monitor handles the fact)."""
+    vm_id: str
+    host: str | None  # where it stopped (its host in the inventory)
+    reason: str  # the recorded stop reason (UNEXPECTED_STOPS)
+    power_state: str  # now
+    ha_enabled: bool  # its cluster has HA on
+    restart_pending: bool  # HA already has it (an ha_restart row: failed, released, stopped...)
+    busy: bool = False  # a Task holds it (a migration, a user's power operation)
+
+
+def restart_after_stop(s: StoppedVm) -> str | None:
+    """None when HA restarts the VM (cause "crashed": it stopped unexpectedly); otherwise why not.
+    vSphere HA restarts a protected VM that stopped unexpectedly, never one someone stopped."""
+    if s.reason not in UNEXPECTED_STOPS:
+        return f"stopped on purpose ({s.reason})"
+    if not s.ha_enabled:
+        return "its cluster has no HA"
+    if s.restart_pending:
+        return "HA already restarts it"
+    if s.busy:
+        return "a task holds it"
+    if s.power_state != "poweredOff":
+        return f"it is {s.power_state} now"
+    if s.host is None:
+        return "it has no host"
+    return None
 
 
 def after_failed_start(c: RestartCandidate, now: float, settings: RestartSettings = RestartSettings()) -> tuple[int, float | None]:

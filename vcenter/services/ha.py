@@ -85,6 +85,11 @@ def update_config(session: Session, user: str, cluster_id: int, data: dict[str, 
         host = session.get(Host, hid)
         if host is None or host.cluster_id != cluster_id:
             raise Invalid(f"admission.failover_hosts: host {hid} is not in cluster {cluster.name}", code="INVALID_REFERENCE", details={"field": "admission.failover_hosts"})
+    if cfg.enabled and not config_of(cluster).enabled:
+        # A stop from before HA protected these VMs is not HA's to handle (restart_after_stop
+        # would find the cluster enabled by the time the monitor reads it).
+        session.execute(update(VirtualMachine).where(VirtualMachine.cluster_id == cluster.id, VirtualMachine.unexpected_stop.is_not(None))
+                        .values(unexpected_stop=None).execution_options(synchronize_session=False))
     _store(cluster, cfg)
     record_event(session, "cluster.ha.reconfigured", f"HA of cluster {cluster.name} reconfigured: " + ", ".join(sorted(change.model_dump(exclude_unset=True))),
                  username=user, object_type="cluster", object_id=cluster.id, object_name=cluster.name, data={"ha": cfg.model_dump()})
@@ -284,10 +289,33 @@ def add_candidates(session: Session, host_id: int, cause: str, vm_uuids: Iterabl
         if not cfg.enabled:
             continue
         session.add(HaRestart(vm_id=vm.id, from_host_id=host_id, cause=cause, state="waiting"))
-        record_event(session, "ha.vm.down", f"VM {vm.name} runs nowhere: host {host_id} {cause}; HA will restart it (priority {priority_of(cfg, vm.id).value})",
+        why = f"stopped unexpectedly on host {host_id}" if cause == "crashed" else f"runs nowhere: host {host_id} {cause}"
+        record_event(session, "ha.vm.down", f"VM {vm.name} {why}; HA will restart it (priority {priority_of(cfg, vm.id).value})",
                      object_type="vm", object_id=vm.id, object_name=vm.name, reason=f"HA_{cause.upper()}", data={"from_host_id": host_id, "cause": cause})
         added.append(vm.id)
     return added
+
+
+def unexpected_stops(session: Session) -> list[tuple[VirtualMachine, ha.StoppedVm]]:
+    """The stops nobody asked for that the reports recorded (``vms.unexpected_stop``) and the
+    monitor has not handled yet, with what the inventory says of each VM now."""
+    out = []
+    for vm in session.scalars(select(VirtualMachine).where(VirtualMachine.unexpected_stop.is_not(None)).order_by(VirtualMachine.id)):
+        cluster = session.get(Cluster, vm.cluster_id) if vm.cluster_id is not None else None
+        enabled = cluster is not None and config_of(cluster).enabled
+        out.append((vm, ha.StoppedVm(str(vm.id), str(vm.host_id) if vm.host_id is not None else None, vm.unexpected_stop or "", vm.power_state, enabled,
+                                     session.get(HaRestart, vm.id) is not None, session.get(ObjectClaim, ("vm", vm.id)) is not None)))
+    return out
+
+
+def stops_handled(session: Session, token: int, handled: Iterable[tuple[int, str]]) -> None:
+    """The monitor decided on these (VM id, recorded reason): cleared in its fenced transaction.
+    A fact recorded again meanwhile (another reason) stays for the next pass. A plain UPDATE:
+    the VM's version is not bumped (an operator's edit does not go stale for it)."""
+    fence(session, token)
+    for vm_id, reason in handled:
+        session.execute(update(VirtualMachine).where(VirtualMachine.id == vm_id, VirtualMachine.unexpected_stop == reason)
+                        .values(unexpected_stop=None).execution_options(synchronize_session=False))
 
 
 def _snapshot_for_restarts(session: Session, cluster_id: int, health: Mapping[str, ha.HostHealth]) -> ClusterSnapshot:

@@ -22,8 +22,18 @@ Environment interface:
   heartbeat files: {peer: {n, at, holds, released}}), or raises ``Unreachable``;
   ``host_key(name)``: the host a view's peer name means.
 - ``writes()``: a context manager giving an ``HaStore``, one transaction of the monitor's
-  state (host health, waiting restarts, freezes, resets). A write made with a stale fencing
-  token raises ``StaleToken`` and the transaction is dropped.
+  state (host health, waiting restarts, freezes, resets, the unexpected stops not yet
+  handled). A write made with a stale fencing token raises ``StaleToken`` and the transaction
+  is dropped.
+
+What HA restarts: the VMs of a host it declared failed ("failed"), the VMs an isolation
+response stopped and released ("released", "stopped"), and a VM that stopped unexpectedly
+("crashed": QEMU died, or a report found it shut off with no lifecycle event seen, e.g. its host
+rebooted faster than the detection time, or while HA was frozen). The reports only record such
+a stop on the VM; this loop decides on it (``ha.restart_after_stop``) through the store, in
+production and in the scenarios alike. Never restarted: a stop someone asked for (a user's
+Task, a guest shutdown, a destroy from outside, a suspend), VMs of clusters without HA, a VM
+HA already restarts or a task holds.
 """
 from __future__ import annotations
 
@@ -84,6 +94,16 @@ class WatchedVm:
     handle: Any = None  # the environment's own object, given back to reset_vm
 
 
+@dataclass(frozen=True)
+class UnexpectedStop:
+    """A stop nobody asked for, not yet handled (as the store recorded it): the facts
+    ``ha.restart_after_stop`` decides on, and the environment's keys of the VM and its host."""
+    vm: Hashable
+    host: Hashable | None
+    uuid: str
+    fact: ha.StoppedVm
+
+
 class HaStore(Protocol):
     def load_health(self) -> dict[str, ha.HostHealth]: ...
     def reconcile(self, token: int) -> list[ha.Reconciled]: ...
@@ -92,6 +112,8 @@ class HaStore(Protocol):
     def record_transitions(self, token: int, transitions: Sequence[ha.Transition]) -> list[Hashable]: ...
     def add_candidates(self, host: Hashable, cause: str, vm_uuids: Iterable[str] | None = None, power_state: str = "poweredOn") -> list[Hashable]: ...
     def vm_uuids(self) -> dict[Hashable, str]: ...
+    def unexpected_stops(self) -> list[UnexpectedStop]: ...
+    def stops_handled(self, token: int, stops: Sequence[UnexpectedStop]) -> None: ...
     def waiting_restarts(self, token: int, cluster: HaCluster) -> list[Any]: ...
     def restart_inputs(self, cluster: HaCluster, rows: list[Any], health: Mapping[str, ha.HostHealth]) -> tuple[Any, list[RestartRow], float, ha.RestartSettings, list[str]]: ...
     def start_restart(self, token: int, start: ha.Start, placement: Any, holder: Hashable | None) -> bool: ...
@@ -295,6 +317,7 @@ class HaMonitor:
                         # Back before HA acted: its report made them powered off; they were
                         # stopped by the isolation response, not by anyone: restart them.
                         store.add_candidates(hid, "stopped", uuids, power_state="poweredOff")
+                self.handle_unexpected_stops(store)
             self.health = dict(j.health)
             self.frozen = j.frozen
             for cluster in clusters:
@@ -305,6 +328,22 @@ class HaMonitor:
         except StaleToken as exc:
             self.log.warning("HA monitor %s fenced out: %s", self.owner, exc)
             self.token = None
+
+    def handle_unexpected_stops(self, store: HaStore) -> list[Hashable]:
+        """VMs that stopped without anyone asking (QEMU died; found shut off by a report, e.g.
+        after their host rebooted within the detection time) become restart candidates with
+        cause "crashed" when ``ha.restart_after_stop`` says so. Each fact is consumed once: the
+        store clears it in this pass' fenced transaction, together with the candidates it made,
+        so a standby that takes over neither loses one nor restarts a VM twice. After the causes
+        above: a VM HA already restarts (failed, released, stopped) is not made a candidate again."""
+        stops = store.unexpected_stops()
+        added: list[Hashable] = []
+        for s in stops:
+            if s.host is not None and ha.restart_after_stop(s.fact) is None:
+                added += store.add_candidates(s.host, "crashed", [s.uuid], power_state="poweredOff")
+        if stops:
+            store.stops_handled(self.token, stops)
+        return added
 
     def _vm_holders(self, store: HaStore) -> dict[Hashable, Hashable | None]:
         if not self.holders and not self.ds_last:

@@ -49,6 +49,7 @@ from vcenter.services.ha_manager import (
     HaCluster,
     HaMonitor,
     MonitoredHost,
+    UnexpectedStop,
     Unreachable,
     WatchedVm,
 )
@@ -91,6 +92,12 @@ class DatabaseStore:
 
     def vm_uuids(self) -> dict[Hashable, str]:
         return dict(self.session.execute(VirtualMachine.__table__.select().with_only_columns(VirtualMachine.id, VirtualMachine.libvirt_uuid)).all())
+
+    def unexpected_stops(self) -> list[UnexpectedStop]:
+        return [UnexpectedStop(vm.id, vm.host_id, vm.libvirt_uuid, fact) for vm, fact in ha_service.unexpected_stops(self.session)]
+
+    def stops_handled(self, token: int, stops: Sequence[UnexpectedStop]) -> None:
+        ha_service.stops_handled(self.session, token, [(int(s.vm), s.fact.reason) for s in stops])
 
     def waiting_restarts(self, token: int, cluster: HaCluster) -> list[HaRestart]:
         return ha_service.waiting_restarts(self.session, token, int(cluster.key))

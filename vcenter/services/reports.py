@@ -1,8 +1,11 @@
 """Agent reports: task progress and results, VM lifecycle events, full host state.
 
-The host's reports are the truth about the host: the inventory follows them. Every report is
-idempotent (a result for a finished task or another command id changes nothing), because the
-agent re-sends until the server answered.
+The host's reports are the truth about the host: the inventory follows them. A stop nobody
+asked for (a lifecycle event "crashed"; a report finding shut off a VM the inventory had
+running, with no lifecycle event seen: "unobserved") is only recorded here, on the VM
+(``unexpected_stop``); the HA monitor decides whether it restarts it
+(vcenter.services.ha_manager). Every report is idempotent (a result for a finished task or
+another command id changes nothing), because the agent re-sends until the server answered.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from vcenter.db.models import Cluster, Datastore, DatastoreMount, Event, Host, P
 from vcenter.domain.cpu import CpuModel, can_join
 from vcenter.domain.datastore_roots import DatastorePathRefused, check_datastore_path, check_root
 from vcenter.domain.demand import NOISE_WINDOW, cpu_sample_mhz, noise_spread, smoothed_demand
+from vcenter.domain.ha import UNEXPECTED_STOPS
 from vcenter.domain.states import ConnectionState, TaskState
 from vcenter.messaging.contracts import DomainState, HostState, LifecycleEvent, TaskProgress, TaskResult
 from vcenter.services import ha, migration
@@ -94,6 +98,8 @@ def report_lifecycle(session: Session, host: Host, events: list[LifecycleEvent])
             vm.power_state = event.power_state
         if event.event == "stopped":
             vm.last_stop_reason = event.reason
+            # Recorded, not judged: the HA monitor decides (vcenter.domain.ha.restart_after_stop).
+            vm.unexpected_stop = event.reason if event.reason in UNEXPECTED_STOPS else None
         if changed or event.event == "stopped":
             text = _EVENT_MESSAGES.get(event.reason, f"{event.event} ({event.reason})")
             record_event(
@@ -233,6 +239,10 @@ def reconcile_domains(session: Session, host: Host, domains: list[DomainState]) 
             vm.guest_heartbeat_at = utcnow() - timedelta(seconds=age)
         if vm.status in ("ready", "orphaned") and vm.power_state != domain.power_state:
             record_event(session, "vm.state_reconciled", f"VM {vm.name} is {domain.power_state} on host {host.name} (inventory said {vm.power_state})", object_type="vm", object_id=vm.id, object_name=vm.name, reason="reconciled")
+            if vm.power_state == "poweredOn" and domain.power_state == "poweredOff":
+                # It stopped while no agent watched (no lifecycle event said so: the host
+                # rebooted, or its agent was down): a fact the HA monitor handles.
+                vm.last_stop_reason = vm.unexpected_stop = "unobserved"
             vm.power_state = domain.power_state
     for uuid, domain in reported.items():
         vm = _vm_by_uuid(session, uuid)

@@ -17,7 +17,9 @@ A scenario turns HA on with ``ha: {..}`` in cluster.yaml:
 With HA on, ``delay N`` runs the world and the monitors (one active, one standby) once per
 simulated second: agents (heartbeat key, datastore heartbeat file and the view of their peers'
 files they publish, isolation response), the hosts' reports (the inventory learns a VM is
-powered off where it is defined but not running), woken hosts, then each live monitor's
+powered off where it is defined but not running, and records how it stopped as
+services.reports does: a lease lapse is libvirt's "crashed", a host's power loss seen by no
+agent is "unobserved", an isolation response is asked for), woken hosts, then each live monitor's
 ``step()``. Restart and reset commands are executed by the target agent at once. Events:
   host H crash | host H power off      power loss: the host and its VMs die at once
   host H power on                      the host boots (nothing runs; it holds no disks)
@@ -54,6 +56,7 @@ from vcenter.services.ha_manager import (
     MonitoredHost,
     RestartRow,
     StaleToken,
+    UnexpectedStop,
     Unreachable,
     WatchedVm,
 )
@@ -96,6 +99,7 @@ class SimHaEnvironment:
         self.health_row: dict[str, ha.HostHealth] = {}
         self.restarts: dict[str, _Restart] = {}
         self.resets: dict[str, list[float]] = {}
+        self.stops: dict[str, tuple[str, str]] = {}  # VM -> (host, reason): unexpected stops not yet handled (vms.unexpected_stop)
         self.quiet = False  # the first takeover, at load, is not logged
 
     # -- environment -----------------------------------------------------------------------
@@ -210,6 +214,17 @@ class SimHaEnvironment:
 
     def vm_uuids(self) -> dict[Hashable, str]:
         return {v: v for v in self.sim.vms}
+
+    def unexpected_stops(self) -> list[UnexpectedStop]:
+        s = self.sim
+        return [UnexpectedStop(v, h, v, ha.StoppedVm(v, h, reason, "poweredOn" if v in s.power_on else "poweredOff", True, v in self.restarts))
+                for v, (h, reason) in sorted(self.stops.items())]
+
+    def stops_handled(self, token: int, stops: Sequence[UnexpectedStop]) -> None:
+        self._fence(token)
+        for st in stops:
+            if self.stops.get(str(st.vm), (None, None))[1] == st.fact.reason:
+                del self.stops[str(st.vm)]
 
     def waiting_restarts(self, token: int, cluster: HaCluster) -> list[str]:
         self._fence(token)
@@ -356,6 +371,7 @@ class HaSimMixin:
         self.guest_seq: dict[str, int] = {}
         self.guest_reported: dict[str, int] = {}
         self.fail_start: set[str] = set()
+        self.stop_reason: dict[str, str] = {}  # VM -> the lifecycle reason its agent reported when it stopped it
         self.waking: dict[str, float] = {}
         # the inventory (what the database says)
         self.recorded: dict[str, str | None] = {v.id: v.host for v in self.vms.values() if v.host}
@@ -392,6 +408,7 @@ class HaSimMixin:
         for rel in self.released_by.values():
             rel.pop(vm_id, None)
         self.guest_seq.pop(vm_id, None)
+        self.stop_reason.pop(vm_id, None)
 
     def _ha_kill(self, vm_id: str, host: str, release: bool) -> None:
         self.actual.get(vm_id, set()).discard(host)
@@ -601,9 +618,10 @@ class HaSimMixin:
                     acts = ha.isolation_actions(self.iso_response, self._vms_on(h))
                     self.say(f"{tag} agent {h}: isolated ({why}); response {self.iso_response.value}"
                              + (f": {', '.join(f'{a} {v}' for v, a in acts)}, disks released" if acts else ": VMs left running"), 1)
-                    for v, _ in acts:
+                    for v, act in acts:
                         self._ha_kill(v, h, release=True)
                         stopped.add(v)
+                        self.stop_reason[v] = "destroyed" if act == "stop" else "shutdown"  # the agent asked
             if not self.ds_up[h] and t - self.ds_down_at[h] >= self.lease_s:
                 victims = self._vms_on(h)
                 if victims:
@@ -613,6 +631,7 @@ class HaSimMixin:
                         self._ha_kill(v, h, release=False)
                         stopped.add(v)
                         self.holder[v] = None  # the lease lapsed: nobody holds the disks
+                        self.stop_reason[v] = "crashed"  # QEMU killed: libvirt's lifecycle event says crashed
             for v, since in list(self.released_by.get(h, {}).items()):
                 if t - since > _RELEASED_FOR:
                     del self.released_by[h][v]
@@ -647,6 +666,12 @@ class HaSimMixin:
                 if self.recorded.get(v) == h and v in self.power_on and h not in self.actual.get(v, set()) and v in self.defined.get(h, set()):
                     self.power_on.discard(v)
                     self.say(f"{tag} report of {h}: {v} is poweredOff (inventory said poweredOn)", 1)
+                    # How it stopped, as the reports record it (vms.unexpected_stop): the reason
+                    # of its agent's lifecycle event, or "unobserved" when no agent saw it stop
+                    # (its host lost power). The monitor decides on it.
+                    reason = self.stop_reason.pop(v, "unobserved")
+                    if reason in ha.UNEXPECTED_STOPS:
+                        self.ha_env.stops[v] = (h, reason)
 
     def _ha_invariants(self, tag: str) -> None:
         for v, hs in self.actual.items():
