@@ -47,7 +47,8 @@ def _spec() -> VmSpec:
 def test_create_and_deploy_args_carry_the_spec_as_json():
     spec = _spec()
     assert CreateArgs(spec=spec).args() == {"spec": spec.model_dump(mode="json")}
-    clones = [{"source": "/t/base.qcow2", "dest": "/ds/web-disk0.qcow2", "linked": True}]
+    # A clone as services.templates.deploy builds it (every key always present).
+    clones = [{"index": 0, "mode": "linked", "source": "/t/base.qcow2", "source_format": "qcow2", "dest": "/ds/web-disk0.qcow2"}]
     args = DeployArgs(spec=spec, clones=clones, mode="linked", seed={"path": "/ds/web-seed.iso"}).args()
     assert args == {"spec": spec.model_dump(mode="json"), "clones": clones, "mode": "linked", "seed": {"path": "/ds/web-seed.iso"}}
     assert list(args) == ["spec", "clones", "mode", "seed"]

@@ -338,7 +338,8 @@ class MigrationProgress(BaseModel):
         return max(0, min(99, int(100 * (total - remaining) / total)))
 
 
-# --- typed arguments of commands (those the operations send on the server's side) ---------
+# --- typed arguments of commands (the saga commands; the others, and the table naming the
+# model of every command, are in vcenter.messaging.commands) -------------------------------
 # ``Command.args`` stays a dict on the wire: these models build it (``args()``) with the exact
 # keys and order the agent reads, and read it back (``model_validate``).
 class CommandArgs(BaseModel):
@@ -346,19 +347,42 @@ class CommandArgs(BaseModel):
         """The command's ``args`` as they travel: JSON values, field names as the agent reads them."""
         return self.model_dump(mode="json", by_alias=True)
 
+    def domain_uuid(self) -> str | None:
+        """The domain the command acts on, when it names one: its ``uuid``, else its spec's
+        (what the agent reports the state of after a failure)."""
+        uuid = getattr(self, "uuid", None)
+        if isinstance(uuid, str) and uuid:
+            return uuid
+        spec = getattr(self, "spec", None)
+        return spec.uuid if isinstance(spec, VmSpec) else None
+
 
 class CreateArgs(CommandArgs):
     """``vm.create``: create the disks (if absent) and define the domain (if absent)."""
     spec: VmSpec
 
 
+class DeployClone(BaseModel):
+    """One disk of a deploy: a linked overlay on, or a full copy of, a template image."""
+    index: int
+    mode: str
+    source: str
+    source_format: str = "qcow2"
+    dest: str
+
+
+class SeedFile(BaseModel):
+    """Where the agent writes a VM's NoCloud seed (its content is fetched over HTTPS)."""
+    path: str
+
+
 class DeployArgs(CommandArgs):
     """``vm.deploy``: make the disks from images (``clones``: linked overlays or full copies,
-    none for a clone's own seed only), write the NoCloud seed at ``seed["path"]``, define ``spec``."""
+    none for a clone's own seed only), write the NoCloud seed at ``seed.path``, define ``spec``."""
     spec: VmSpec
-    clones: list[dict[str, Any]]
+    clones: list[DeployClone]
     mode: str
-    seed: dict[str, Any]
+    seed: SeedFile | None
 
 
 class MigrateArgs(CommandArgs):
@@ -390,11 +414,18 @@ class RelocateArgs(CommandArgs):
         return self.model_dump(mode="json", by_alias=True, exclude_none=self.migrate is None)
 
 
+class FileCopy(BaseModel):
+    """One image file the copier converts from its old path to its new one (same format)."""
+    from_: str = Field(alias="from")
+    to: str
+    format: str
+
+
 class OfflineCopyArgs(CommandArgs):
     """``vm.relocate`` step ``copy`` of a powered-off VM's relocation, sent to the copier."""
     offline_step: Literal["copy"] = "copy"
     uuid: str
-    copies: list[dict[str, Any]]
+    copies: list[FileCopy]
 
 
 class OfflineDefineArgs(CommandArgs):

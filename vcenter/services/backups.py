@@ -40,6 +40,7 @@ from vcenter.core.settings import Settings
 from vcenter.db.models import BackupJob, BackupPoint, Host, ObjectClaim, Task, VirtualDisk, VirtualMachine, VirtualNic, VmCustomization
 from vcenter.domain import backups as plan
 from vcenter.domain.states import PowerState
+from vcenter.messaging.commands import BackupArgs, RestoreArgs
 from vcenter.services import inventory, placement
 from vcenter.services.events import record_event
 from vcenter.services.snapshots import disk_target, mount_path, ready_vm
@@ -128,8 +129,8 @@ def run_job(session: Session, user: str, vm_id: int, job_id: int) -> Task:
     job.last_run_at = utcnow()
     task = start_task(session, kind="vm.backup", object_type="vm", object_id=vm.id, username=user, host_id=vm.host_id,
                       params={"job_id": job.id, "point_id": point.id, "decision": decision.reason, "retention_deletes": doomed},
-                      command="vm.backup", command_args={"uuid": vm.libvirt_uuid, "disks": disks, "incremental_from": decision.since_checkpoint,
-                                                         "checkpoint": point.checkpoint, "delete_after": doomed_files})
+                      command="vm.backup", command_args=BackupArgs(uuid=vm.libvirt_uuid, disks=disks, incremental_from=decision.since_checkpoint,
+                                                           checkpoint=point.checkpoint, delete_after=doomed_files).args())
     point.task_id = task.id
     record_event(session, "vm.backup.requested", f"{decision.kind} backup of VM {vm.name} by job {job.name!r}: {decision.reason}", username=user,
                  object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
@@ -155,7 +156,7 @@ def restore(session: Session, user: str, vm_id: int, point_id: int, data: dict[s
                  for d in vm.disks if d.index in files]
         return start_task(session, kind="vm.restore", object_type="vm", object_id=vm.id, username=user, host_id=vm.host_id,
                           params={"point_id": point.id, "mode": "replace"},
-                          command="vm.restore", command_args={"disks": disks, "replace_uuid": vm.libvirt_uuid})
+                          command="vm.restore", command_args=RestoreArgs(disks=disks, replace_uuid=vm.libvirt_uuid).args())
     if not data.get("name"):
         raise Invalid("name: a restore to a new VM needs its name", code="INVALID", details={"field": "name"})
     target_ds = inventory.ref(session, "datastore", data.get("datastore_id"), "datastore_id")
@@ -205,7 +206,7 @@ def restore(session: Session, user: str, vm_id: int, point_id: int, data: dict[s
     seed = {"path": f"{mount_path(session, seed_ds, host.id)}/{seed_disk.file}"}
     task = start_task(session, kind="vm.restore", object_type="vm", object_id=vm.id, username=user, host_id=host.id,
                       params={"point_id": point.id, "mode": "new", "new_vm_id": new.id, **({"placement": chosen} if chosen else {})},
-                      command="vm.restore", command_args={"disks": disks, "spec": vm_spec(session, new, host.id).model_dump(mode="json"), "seed": seed})
+                      command="vm.restore", command_args=RestoreArgs(disks=disks, spec=vm_spec(session, new, host.id), seed=seed).args())
     record_event(session, "vm.restore.requested", f"restore of VM {vm.name} from point {point.id} into new VM {new.name} on {host.name}",
                  username=user, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
     return task

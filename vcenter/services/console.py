@@ -22,6 +22,7 @@ from vcenter.core.errors import InvalidState
 from vcenter.core.ids import new_token, new_uuid, token_hash
 from vcenter.core.settings import Settings
 from vcenter.db.models import Host, VirtualMachine
+from vcenter.messaging.commands import UuidArgs
 from vcenter.messaging.contracts import Command
 from vcenter.messaging.signing import CommandSigner
 from vcenter.services import inventory
@@ -58,5 +59,5 @@ def redeem(redis: Any, ticket: str) -> dict[str, Any] | None:
 
 def open_request(signer: CommandSigner, grant: dict[str, Any]) -> bytes:
     """The line the server sends to the agent's console endpoint."""
-    command = Command(command_id=new_uuid(), task_id=None, host_id=grant["host_id"], name="console.open", args={"uuid": grant["uuid"]}, issued_at=utcnow())
+    command = Command(command_id=new_uuid(), task_id=None, host_id=grant["host_id"], name="console.open", args=UuidArgs(uuid=grant["uuid"]).args(), issued_at=utcnow())
     return json.dumps(signer.seal(command)).encode() + b"\n"

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from vcenter.core.errors import Conflict, Invalid
 from vcenter.db.models import Cluster, Host, Task, VirtualMachine
 from vcenter.domain.states import ConnectionState
+from vcenter.messaging.commands import CpuBaselineArgs, CpuBaselineResult, CpuCompareArgs
 from vcenter.services import inventory
 from vcenter.services.events import record_event
 from vcenter.services.tasks import ensure_idle, start_task
@@ -39,7 +40,7 @@ def enable(session: Session, user: str, cluster_id: int, host_ids: list[int] | N
     if agent is None:
         raise Conflict("no connected host to compute the baseline", code="HOST_NOT_CONNECTED")
     return start_task(session, kind="cluster.evc", object_type="cluster", object_id=cluster.id, username=user, host_id=agent.id,
-                      params={"hosts": [h.id for h in chosen]}, command="host.cpu_baseline", command_args={"cpu_xmls": [h.cpu_xml for h in chosen]})
+                      params={"hosts": [h.id for h in chosen]}, command="host.cpu_baseline", command_args=CpuBaselineArgs(cpu_xmls=[h.cpu_xml for h in chosen]).args())
 
 
 def disable(session: Session, user: str, cluster_id: int) -> Cluster:
@@ -49,9 +50,9 @@ def disable(session: Session, user: str, cluster_id: int) -> Cluster:
     return cluster
 
 
-def apply_baseline(session: Session, task: Task, result: dict[str, Any]) -> None:
+def apply_baseline(session: Session, task: Task, result: CpuBaselineResult) -> None:
     cluster: Cluster = session.get(Cluster, task.object_id)
-    evc = {"mode": result["model"], "cpu_xml": result["xml"], "features": sorted(result["features"]), "model_features": sorted(result.get("model_features", [])), "hosts": task.params.get("hosts", [])}
+    evc = {"mode": result.model, "cpu_xml": result.xml, "features": sorted(result.features), "model_features": sorted(result.model_features), "hosts": task.params.get("hosts", [])}
     cluster.settings = {**(cluster.settings or {}), "evc": evc}
     record_event(session, "cluster.evc.enabled", f"EVC mode {evc['mode']} on cluster {cluster.name} ({len(evc['features'])} CPU features)", username=task.username, object_type="cluster", object_id=cluster.id, object_name=cluster.name, task_id=task.id)
 
@@ -83,4 +84,4 @@ def cpu_check(session: Session, user: str, vm_id: int, host_id: int) -> Task:
         raise Conflict(f"host {host.name} is {host.connection_state}", code="HOST_NOT_CONNECTED")
     # Claims the pair, not the VM: a check runs alongside anything the VM is doing.
     return start_task(session, kind="vm.cpuCheck", object_type="cpucheck", object_id=vm.id * 100000 + host.id, username=user, host_id=host.id,
-                      params={"vm": vm.id}, command="host.cpu_compare", command_args={"cpu": vm.cpu})
+                      params={"vm": vm.id}, command="host.cpu_compare", command_args=CpuCompareArgs(cpu=vm.cpu).args())

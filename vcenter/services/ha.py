@@ -36,6 +36,7 @@ from vcenter.domain import ha
 from vcenter.domain.snapshot import ClusterSnapshot, PendingReservation
 from vcenter.domain.states import TaskState
 from vcenter.schemas.ha import HaConfig, HaConfigUpdate, VmHaOverride
+from vcenter.messaging.commands import HaStartArgs, UuidArgs
 from vcenter.services import inventory
 from vcenter.services import power as power_service
 from vcenter.services.events import record_event
@@ -369,7 +370,7 @@ def start_restart(session: Session, token: int, s: ha.Start, placement: dict[str
     task = start_task(session, kind=RESTART_KIND, object_type="vm", object_id=vm.id, username="ha", host_id=target,
                       params={"target": target, "from_host": row.from_host_id, "cause": row.cause, "attempt": s.attempt, "reason": s.reason,
                               "token": token, "placement": placement},
-                      command="vm.ha_start", command_args={"spec": spec_for(session, vm, target).model_dump(mode="json")})
+                      command="vm.ha_start", command_args=HaStartArgs(spec=spec_for(session, vm, target)).args())
     row.state, row.task_id, row.reason = "starting", task.id, s.reason
     target_host = session.get(Host, target)
     record_event(session, "ha.vm.restart", f"HA restarts VM {vm.name} on {target_host.name} (try {s.attempt}): {s.reason}",
@@ -502,7 +503,7 @@ def reset_vm(session: Session, token: int, vm: VirtualMachine, verdict: ha.VmVer
         return None
     task = start_task(session, kind=RESET_KIND, object_type="vm", object_id=vm.id, username="ha", host_id=vm.host_id,
                       params={"reason": verdict.reason, "evidence": verdict.evidence, "token": token},
-                      command="vm.reset", command_args={"uuid": vm.libvirt_uuid})
+                      command="vm.reset", command_args=UuidArgs(uuid=vm.libvirt_uuid).args())
     record_event(session, "ha.vm.reset", f"VM monitoring resets VM {vm.name}: {verdict.reason}", object_type="vm", object_id=vm.id, object_name=vm.name,
                  task_id=task.id, reason="HA_VM_RESET", data=verdict.evidence)
     return task

@@ -35,6 +35,7 @@ from vcenter.core.ids import new_mac, new_uuid
 from vcenter.db.models import Datastore, Host, Task, VirtualDisk, VirtualMachine, VirtualNic, VmCustomization, VmSnapshotRow
 from vcenter.domain.backups import snapshot_tree
 from vcenter.domain.states import PowerState
+from vcenter.messaging.commands import CloneArgs, SnapshotCreateArgs, SnapshotDeleteArgs, SnapshotRevertArgs, UuidArgs
 from vcenter.services import inventory, placement
 from vcenter.services.events import record_event
 from vcenter.services.tasks import ensure_idle, start_task
@@ -93,7 +94,7 @@ def create_snapshot(session: Session, user: str, vm_id: int, name: str, descript
         raise Conflict(f"VM {vm.name}: disks {raw} are not qcow2; libvirt snapshots need qcow2", code="SNAPSHOT_UNSUPPORTED")
     task = start_task(session, kind="vm.snapshot.create", object_type="vm", object_id=vm.id, username=user, host_id=vm.host_id,
                       params={"name": name, "memory": vm.power_state == PowerState.POWERED_ON.value},
-                      command="vm.snapshot.create", command_args={"uuid": vm.libvirt_uuid, "name": name, "description": description})
+                      command="vm.snapshot.create", command_args=SnapshotCreateArgs(uuid=vm.libvirt_uuid, name=name, description=description).args())
     record_event(session, "vm.snapshot.requested", f"snapshot {name!r} of VM {vm.name} requested", username=user, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
     return task
 
@@ -103,7 +104,7 @@ def revert_snapshot(session: Session, user: str, vm_id: int, snapshot_id: int) -
     row = _snapshot(session, vm, snapshot_id)
     return start_task(session, kind="vm.snapshot.revert", object_type="vm", object_id=vm.id, username=user, host_id=vm.host_id,
                       params={"snapshot_id": row.id, "name": row.name},
-                      command="vm.snapshot.revert", command_args={"uuid": vm.libvirt_uuid, "name": row.name})
+                      command="vm.snapshot.revert", command_args=SnapshotRevertArgs(uuid=vm.libvirt_uuid, name=row.name).args())
 
 
 def delete_snapshot(session: Session, user: str, vm_id: int, snapshot_id: int, children: bool = False) -> Task:
@@ -111,7 +112,7 @@ def delete_snapshot(session: Session, user: str, vm_id: int, snapshot_id: int, c
     row = _snapshot(session, vm, snapshot_id)
     return start_task(session, kind="vm.snapshot.delete", object_type="vm", object_id=vm.id, username=user, host_id=vm.host_id,
                       params={"snapshot_id": row.id, "name": row.name, "children": children},
-                      command="vm.snapshot.delete", command_args={"uuid": vm.libvirt_uuid, "name": row.name, "children": children})
+                      command="vm.snapshot.delete", command_args=SnapshotDeleteArgs(uuid=vm.libvirt_uuid, name=row.name, children=children).args())
 
 
 # --- clones --------------------------------------------------------------------------------
@@ -186,8 +187,8 @@ def clone(session: Session, user: str, vm_id: int, data: dict[str, Any]) -> Task
     task = start_task(session, kind="vm.clone", object_type="vm", object_id=vm.id, username=user, host_id=vm.host_id,
                       params={"clone_vm_id": new.id, "target_host_id": target.id, "linked": linked, "running": running, "copies": copies, "seed": seed,
                               **({"placement": chosen} if chosen else {})},
-                      command="vm.clone", command_args={"uuid": vm.libvirt_uuid, "linked": linked,
-                                                        "disks": [{k: c[k] for k in ("target", "path", "base_path")} for c in copies]})
+                      command="vm.clone", command_args=CloneArgs(uuid=vm.libvirt_uuid, linked=linked,
+                                                          disks=[{k: c[k] for k in ("target", "path", "base_path")} for c in copies]).args())
     task.step = "copying"
     record_event(session, "vm.clone.requested", f"{'linked' if linked else 'full'} clone {new.name} of VM {vm.name} ({'running' if running else 'powered off'}) requested on host {target.name}",
                  username=user, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
@@ -199,4 +200,4 @@ def promote(session: Session, user: str, vm_id: int) -> Task:
     if not any(d.backing_file for d in vm.disks):
         raise InvalidState(f"VM {vm.name} has no linked disk", code="NOT_A_LINKED_CLONE")
     return start_task(session, kind="vm.promote", object_type="vm", object_id=vm.id, username=user, host_id=vm.host_id,
-                      command="vm.promote", command_args={"uuid": vm.libvirt_uuid})
+                      command="vm.promote", command_args=UuidArgs(uuid=vm.libvirt_uuid).args())

@@ -43,6 +43,7 @@ from vcenter.db.models import (
 )
 from vcenter.domain.datastore_paths import PathRefused, safe_file_name, validate_datastore_path
 from vcenter.domain.states import ConnectionState, PowerState, TaskState
+from vcenter.messaging.commands import BrowseArgs, CaptureArgs, ExportArgs, ImportDiskArgs, ImportOvaArgs, ReleaseArgs, TemplateDirArgs, VerifyArgs
 from vcenter.messaging.contracts import DeployArgs
 from vcenter.services import authz, evc, inventory, placement, uploads
 from vcenter.services.events import record_event
@@ -184,10 +185,6 @@ def _disk_file(vm: VirtualMachine, index: int, ext: str = "qcow2") -> str:
     return f"{safe_file_name(vm.name)}-{vm.libvirt_uuid[:8]}-disk{index}.{ext}"
 
 
-def _spec(session: Session, vm: VirtualMachine, host_id: int) -> dict[str, Any]:
-    return vm_spec(session, vm, host_id).model_dump(mode="json")
-
-
 # --- VM <-> template ----------------------------------------------------------------------
 
 def _next_version(session: Session, datacenter_id: int, name: str) -> int:
@@ -228,9 +225,9 @@ def vm_to_template(session: Session, user: str, vm_id: int, name: str | None = N
             "hardware": {"vcpus": vm.vcpus, "memory_mib": vm.memory_mib, "nics": len(vm.nics), "boot": boot}, "origin": template.origin}
     task = start_task(session, kind="template.fromVm", object_type="vm", object_id=vm.id, username=user, host_id=host.id,
                       params={"template_id": template.id}, command="template.capture",
-                      command_args={"uuid": vm.libvirt_uuid, "datastore_path": mount, "dir": template.dir, "meta": meta,
-                                    "disks": [{"index": d.index, "file": d.file, "format": d.format} for d in disks],
-                                    "seed_files": [d.file for d in seeds]})
+                      command_args=CaptureArgs(uuid=vm.libvirt_uuid, datastore_path=mount, dir=template.dir, meta=meta,
+                                              disks=[{"index": d.index, "file": d.file, "format": d.format} for d in disks],
+                                              seed_files=[d.file for d in seeds]).args())
     record_event(session, "template.capturing", f"VM {vm.name} being converted to template {name} v{version}", username=user,
                  object_type="template", object_id=template.id, object_name=name, task_id=task.id)
     return task
@@ -257,7 +254,7 @@ def template_to_vm(session: Session, user: str, template_id: int, data: dict[str
     template.state = "converting"
     task = start_task(session, kind="template.toVm", object_type="template", object_id=template.id, username=user, host_id=host.id,
                       params={"vm_id": vm.id, **({"placement": chosen} if chosen else {})}, command="template.release",
-                      command_args={"spec": _spec(session, vm, host.id), "moves": moves, "datastore_path": mount, "dir": template.dir})
+                      command_args=ReleaseArgs(spec=vm_spec(session, vm, host.id), moves=moves, datastore_path=mount, dir=template.dir).args())
     record_event(session, "template.converting", f"template {template.name} v{template.version} being converted to VM {vm.name}", username=user,
                  object_type="template", object_id=template.id, object_name=template.name, task_id=task.id)
     return task
@@ -273,7 +270,7 @@ def delete_template(session: Session, user: str, template_id: int) -> Task:
     host = _host_for(session, datastore)
     template.state = "deleting"
     return start_task(session, kind="template.delete", object_type="template", object_id=template.id, username=user, host_id=host.id,
-                      command="template.delete", command_args={"datastore_path": _mount_path(datastore, host.id), "dir": template.dir})
+                      command="template.delete", command_args=TemplateDirArgs(datastore_path=_mount_path(datastore, host.id), dir=template.dir).args())
 
 
 def verify_template(session: Session, user: str, template_id: int) -> Task:
@@ -287,7 +284,7 @@ def verify_template(session: Session, user: str, template_id: int) -> Task:
     host = _host_for(session, datastore)
     disks = [{"file": d["file"], "sha256": d["sha256"]} for d in template.manifest.get("disks", [])]
     return start_task(session, kind="template.verify", object_type="template", object_id=template.id, username=user, host_id=host.id,
-                      command="template.verify", command_args={"datastore_path": _mount_path(datastore, host.id), "dir": template.dir, "disks": disks})
+                      command="template.verify", command_args=VerifyArgs(datastore_path=_mount_path(datastore, host.id), dir=template.dir, disks=disks).args())
 
 
 def browse(session: Session, user: str, datastore_id: int, path: str) -> Task:
@@ -304,7 +301,7 @@ def browse(session: Session, user: str, datastore_id: int, path: str) -> Task:
                 username=user, params={}, host_id=host.id)
     session.add(task)
     session.flush()
-    send_command(session, task, "datastore.browse", {"datastore_path": _mount_path(datastore, host.id), "path": rel})
+    send_command(session, task, "datastore.browse", BrowseArgs(datastore_path=_mount_path(datastore, host.id), path=rel).args())
     return task
 
 
@@ -398,14 +395,14 @@ def import_disk(session: Session, user: str, data: dict[str, Any]) -> tuple[Virt
     session.add(vm)
     inventory.flush_unique(session, f"VM {vm.name!r}")
     dest = f"{_mount_path(target, host.id)}/{vm.disks[0].file}"
-    args: dict[str, Any] = {"spec": _spec(session, vm, host.id), "dest": dest, "format": data.get("format")}
     params: dict[str, Any] = {**({"placement": chosen} if chosen else {})}
     if upload is not None:
-        args["upload"] = {"id": upload.id, "sha256": upload.sha256, "size_bytes": upload.size_bytes}
+        args = ImportDiskArgs(spec=vm_spec(session, vm, host.id), dest=dest, format=data.get("format"),
+                              upload={"id": upload.id, "sha256": upload.sha256, "size_bytes": upload.size_bytes}).args()
         params["upload_id"] = upload.id
     else:
-        args["path"] = rel
-        args["source_datastore_path"] = _mount_path(source_ds, host.id)
+        args = ImportDiskArgs(spec=vm_spec(session, vm, host.id), dest=dest, format=data.get("format"),
+                              path=rel, source_datastore_path=_mount_path(source_ds, host.id)).args()
     task = start_task(session, kind="vm.import", object_type="vm", object_id=vm.id, username=user, host_id=host.id, params=params,
                       command="vm.import_disk", command_args=args)
     record_event(session, "vm.importing", f"VM {vm.name} being imported from {'upload ' + str(upload.id) if upload else rel}", username=user,
@@ -450,8 +447,8 @@ def import_ova(session: Session, user: str, data: dict[str, Any]) -> tuple[Virtu
     upload = uploads.ready(session, data["upload_id"])
     task = start_task(session, kind="vm.importOva", object_type="vm", object_id=vm.id, username=user, host_id=host.id,
                       params={"upload_id": upload.id, "appliance": appliance, **({"placement": chosen} if chosen else {})}, command="vm.import_ova",
-                      command_args={"spec": _spec(session, vm, host.id), "upload": {"id": upload.id, "sha256": upload.sha256, "size_bytes": upload.size_bytes},
-                                    "disks": [{"index": disk.index, "member": d["file"], "dest": f"{mount}/{disk.file}"} for d, disk in zip(disks, vm.disks)]})
+                      command_args=ImportOvaArgs(spec=vm_spec(session, vm, host.id), upload={"id": upload.id, "sha256": upload.sha256, "size_bytes": upload.size_bytes},
+                                              disks=[{"index": disk.index, "member": d["file"], "dest": f"{mount}/{disk.file}"} for d, disk in zip(disks, vm.disks)]).args())
     record_event(session, "vm.importing", f"VM {vm.name} being imported from appliance {appliance['name']}", username=user,
                  object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
     return vm, task
@@ -488,8 +485,8 @@ def export(session: Session, user: str, object_type: str, object_id: int) -> Tas
     session.flush()
     task = start_task(session, kind=f"{object_type}.export", object_type=object_type, object_id=object_id, username=user, host_id=host.id,
                       params={"upload_id": upload.id}, command="vm.export",
-                      command_args={"uuid": uuid, "name": safe_file_name(name), "hardware": hardware, "disks": disks, "upload_id": upload.id,
-                                    "workdir": f"{_mount_path(work_ds, host.id)}/.exports/{upload.id}"})
+                      command_args=ExportArgs(uuid=uuid, name=safe_file_name(name), hardware=hardware, disks=disks, upload_id=upload.id,
+                                             workdir=f"{_mount_path(work_ds, host.id)}/.exports/{upload.id}").args())
     upload.task_id = task.id
     return task
 

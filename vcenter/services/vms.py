@@ -14,6 +14,7 @@ from vcenter.core.ids import new_mac, new_uuid
 from vcenter.core.settings import Settings
 from vcenter.db.models import Cluster, Host, Task, VirtualDisk, VirtualMachine, VirtualNic
 from vcenter.domain.states import ConnectionState, PowerAction, PowerState, TaskState, check_power_action
+from vcenter.messaging.commands import DeleteArgs, GuestArgs, ReconfigureArgs, ShutdownArgs, UuidArgs
 from vcenter.messaging.contracts import CreateArgs
 from vcenter.services import evc, ha, inventory, placement
 from vcenter.services.events import record_event
@@ -119,9 +120,10 @@ def power(session: Session, user: str, vm_id: int, action: PowerAction, settings
     admission = placement.admit_power_on(session, vm) if action in (PowerAction.POWER_ON, PowerAction.RESUME) else None
     if action in (PowerAction.POWER_ON, PowerAction.RESUME):
         ha.admit_power_on(session, vm, user)
-    args: dict[str, Any] = {"uuid": vm.libvirt_uuid}
     if action == PowerAction.SHUTDOWN_GUEST:
-        args["timeout"] = timeout or settings.guest_shutdown_timeout
+        args = ShutdownArgs(uuid=vm.libvirt_uuid, timeout=timeout or settings.guest_shutdown_timeout).args()
+    else:
+        args = UuidArgs(uuid=vm.libvirt_uuid).args()
     task = start_task(session, kind=f"vm.{action.value}", object_type="vm", object_id=vm.id, username=user, host_id=host.id,
                       params={"placement": admission} if admission else None, command=POWER_COMMANDS[action], command_args=args)
     record_event(session, f"vm.{action.value}.requested", f"{action.value} of VM {vm.name} requested", username=user, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
@@ -143,7 +145,7 @@ def reconfigure(session: Session, user: str, vm_id: int, vcpus: int | None, memo
     return start_task(
         session, kind="vm.reconfigure", object_type="vm", object_id=vm.id, username=user, host_id=host.id,
         params={"vcpus": vcpus, "memory_mib": memory_mib}, command="vm.reconfigure",
-        command_args={"uuid": vm.libvirt_uuid, "vcpus": vcpus, "memory_mib": memory_mib},
+        command_args=ReconfigureArgs(uuid=vm.libvirt_uuid, vcpus=vcpus, memory_mib=memory_mib).args(),
     )
 
 
@@ -158,7 +160,7 @@ def delete_vm(session: Session, user: str, vm_id: int) -> Task:
     _usable_host(host)
     spec = vm_spec(session, vm, host.id)
     disks = [f"{d.datastore_path}/{d.file}" for d in spec.disks]
-    return start_task(session, kind="vm.delete", object_type="vm", object_id=vm.id, username=user, host_id=host.id, command="vm.delete", command_args={"uuid": vm.libvirt_uuid, "disks": disks})
+    return start_task(session, kind="vm.delete", object_type="vm", object_id=vm.id, username=user, host_id=host.id, command="vm.delete", command_args=DeleteArgs(uuid=vm.libvirt_uuid, disks=disks).args())
 
 
 def _forget_vm(session: Session, user: str, vm: VirtualMachine) -> Task:
@@ -185,4 +187,4 @@ def guest_command(session: Session, user: str, vm_id: int, command: str, argumen
     # Guest operations claim the guest, not the VM: they run alongside a VMotion or a disk
     # move (as in vCenter), one at a time per guest.
     return start_task(session, kind="vm.guestCommand", object_type="guest", object_id=vm.id, username=user, host_id=host.id,
-                      params={"command": line}, command="vm.guest", command_args={"uuid": vm.libvirt_uuid, "line": line, "timeout": timeout})
+                      params={"command": line}, command="vm.guest", command_args=GuestArgs(uuid=vm.libvirt_uuid, line=line, timeout=timeout).args())

@@ -22,7 +22,36 @@ from typing import Any
 from vcenter.core.clock import as_utc, utcnow
 from vcenter.hypervisor.base import ConnectionLost, DriverError
 from vcenter.hypervisor.bootimages import with_boot_files
-from vcenter.messaging.contracts import Command, DomainState, MigrationOptions, MigrationProgress, TaskProgress, TaskResult, VmSpec
+from vcenter.messaging.commands import (
+    CpuBaselineArgs,
+    CpuCompareArgs,
+    DeleteArgs,
+    GuestArgs,
+    HaStartArgs,
+    ReconfigureArgs,
+    RelocateStepArgs,
+    ShutdownArgs,
+    UnknownRelocationStep,
+    UuidArgs,
+    parse_args,
+)
+from vcenter.messaging.contracts import (
+    Command,
+    CommandArgs,
+    CreateArgs,
+    CpuSpec,
+    DomainState,
+    MigrateArgs,
+    MigrationOptions,
+    MigrationProgress,
+    OfflineCopyArgs,
+    OfflineDefineArgs,
+    OfflineDiscardArgs,
+    OfflineFinishArgs,
+    RelocateArgs,
+    TaskProgress,
+    TaskResult,
+)
 from vcenter.messaging.signing import CommandRefused, claimed_command
 from workers.agent import datastore_guard
 from workers.agent.api_client import PermanentReportError
@@ -46,9 +75,9 @@ def _crash_point() -> None:
         os.killpg(os.getpgid(0), signal.SIGKILL)
 
 
-def _create(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState, dict[str, Any]]:
+def _create(agent: AgentService, args: CreateArgs) -> tuple[DomainState, dict[str, Any]]:
     driver = agent.driver
-    spec = with_boot_files(VmSpec.model_validate(args["spec"]), agent.settings)
+    spec = with_boot_files(args.spec, agent.settings)
     existing = driver.domain_state(spec.uuid)
     if existing is not None:  # redelivered: already done
         return existing, {"already_defined": True}
@@ -66,40 +95,41 @@ def _create(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState, dic
     return state, {"disks": [f"{d.datastore_path}/{d.file}" for d in spec.disks]}
 
 
-Handler = Callable[[AgentService, dict[str, Any]], tuple[DomainState | None, dict[str, Any]]]
+# A handler gets its command's arguments as their model (vcenter.messaging.commands.COMMANDS).
+Handler = Callable[[AgentService, Any], tuple[DomainState | None, dict[str, Any]]]
 
 
 def _simple(method: str) -> Handler:
-    def run(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState, dict[str, Any]]:
-        return getattr(agent.driver, method)(args["uuid"]), {}
+    def run(agent: AgentService, args: UuidArgs) -> tuple[DomainState, dict[str, Any]]:
+        return getattr(agent.driver, method)(args.uuid), {}
     return run
 
 
-def _shutdown(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState, dict[str, Any]]:
-    return agent.driver.shutdown(args["uuid"], float(args.get("timeout", 120))), {}
+def _shutdown(agent: AgentService, args: ShutdownArgs) -> tuple[DomainState, dict[str, Any]]:
+    return agent.driver.shutdown(args.uuid, float(args.timeout)), {}
 
 
-def _reconfigure(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState, dict[str, Any]]:
-    return agent.driver.reconfigure(args["uuid"], args.get("vcpus"), args.get("memory_mib")), {}
+def _reconfigure(agent: AgentService, args: ReconfigureArgs) -> tuple[DomainState, dict[str, Any]]:
+    return agent.driver.reconfigure(args.uuid, args.vcpus, args.memory_mib), {}
 
 
-def _delete(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
-    agent.driver.undefine(args["uuid"], list(args.get("disks", [])))
-    return None, {"deleted_disks": list(args.get("disks", []))}
+def _delete(agent: AgentService, args: DeleteArgs) -> tuple[DomainState | None, dict[str, Any]]:
+    agent.driver.undefine(args.uuid, list(args.disks))
+    return None, {"deleted_disks": list(args.disks)}
 
 
-def _guest(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
-    reply = agent.guests.command(args["uuid"], args["line"], float(args.get("timeout", 10)))
-    return agent.driver.domain_state(args["uuid"]), {"reply": reply}
+def _guest(agent: AgentService, args: GuestArgs) -> tuple[DomainState | None, dict[str, Any]]:
+    reply = agent.guests.command(args.uuid, args.line, float(args.timeout))
+    return agent.driver.domain_state(args.uuid), {"reply": reply}
 
 
-def _cpu_baseline(agent: AgentService, args: dict[str, Any]) -> tuple[None, dict[str, Any]]:
+def _cpu_baseline(agent: AgentService, args: CpuBaselineArgs) -> tuple[None, dict[str, Any]]:
     """libvirt's baseline of the given host CPUs: its definition, its model, the features it
     lists beyond the model, and all its features expanded by libvirt's CPU map."""
     import xml.etree.ElementTree as ET
 
-    xml = agent.driver.cpu_baseline(list(args["cpu_xmls"]))
-    expanded = ET.fromstring(agent.driver.cpu_baseline(list(args["cpu_xmls"]), expand_features=True))
+    xml = agent.driver.cpu_baseline(list(args.cpu_xmls))
+    expanded = ET.fromstring(agent.driver.cpu_baseline(list(args.cpu_xmls), expand_features=True))
     root = ET.fromstring(xml)
     return None, {
         "xml": xml,
@@ -111,11 +141,11 @@ def _cpu_baseline(agent: AgentService, args: dict[str, Any]) -> tuple[None, dict
 
 
 
-def _migrate(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
+def _migrate(agent: AgentService, args: MigrateArgs) -> tuple[DomainState | None, dict[str, Any]]:
     """VMotion from this host: libvirt's job stats go to the Task as progress; a cancel the
     server answers with aborts the libvirt job (the VM keeps running here)."""
     command = CURRENT_COMMAND.get()
-    options = MigrationOptions.model_validate(args["options"])
+    options = args.options
     cancel = threading.Event()
     last = [0.0]
 
@@ -135,31 +165,32 @@ def _migrate(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | N
             log.warning("migration progress of task %s not reported: %s", command.task_id, exc)
 
     started = time.monotonic()
-    stats = agent.driver.migrate(args["uuid"], options, on_progress=progress, cancel=cancel)
+    stats = agent.driver.migrate(args.uuid, options, on_progress=progress, cancel=cancel)
     # The libvirt call's own wall time: the rest of a task's duration is ours (queueing,
     # reports, the inventory update).
     return None, {"stats": {**stats.model_dump(mode="json"), "call_ms": round((time.monotonic() - started) * 1000, 1)}}
 
 
-def _relocate(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
+def _relocate(agent: AgentService, args: RelocateStepArgs) -> tuple[DomainState | None, dict[str, Any]]:
     """Storage VMotion on this host: every disk copied (block copy + pivot while running, or
     converted while off); the old files are removed only after all disks moved."""
-    if args.get("offline_step"):  # a powered-off VM moving to another host: one step of its saga
+    if isinstance(args, (OfflineCopyArgs, OfflineDefineArgs, OfflineFinishArgs, OfflineDiscardArgs)):
+        # a powered-off VM moving to another host: one step of its saga
         from workers.agent import relocation
 
         return relocation.run(agent, args)
     command = CURRENT_COMMAND.get()
     cancel = threading.Event()
-    moves = list(args["moves"])
-    if args.get("migrate"):
-        return _relocate_to_host(agent, args, moves)
+    moves = list(args.moves)
+    if args.migrate:
+        return _relocate_to_host(agent, args, args.migrate)
 
     def progress_of(i: int):
         def report(p: MigrationProgress) -> None:
             done = (p.data_processed or 0) / p.data_total if p.data_total else 0.0
             percent = min(99, int(100 * (i + done) / len(moves)))
             try:
-                answer = agent.api.post(f"/tasks/{command.task_id}/progress", TaskProgress(command_id=command.command_id, step=f"copying disk {moves[i]['target']}", progress=percent, details=p.model_dump(mode="json")).model_dump(), retry_for=2)
+                answer = agent.api.post(f"/tasks/{command.task_id}/progress", TaskProgress(command_id=command.command_id, step=f"copying disk {moves[i].target}", progress=percent, details=p.model_dump(mode="json")).model_dump(), retry_for=2)
                 if not answer.get("proceed", True):
                     cancel.set()
             except (ConnectionError, PermanentReportError) as exc:
@@ -167,48 +198,47 @@ def _relocate(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | 
         return report
 
     for i, move in enumerate(moves):
-        if args.get("running"):
-            agent.driver.move_disk(args["uuid"], move["target"], move["to"], move["format"], on_progress=progress_of(i), cancel=cancel)
+        if args.running:
+            agent.driver.move_disk(args.uuid, move.target, move.to, move.format, on_progress=progress_of(i), cancel=cancel)
         else:
-            agent.driver.move_disk_offline(args["uuid"], move["target"], move["to"], move["format"])
+            agent.driver.move_disk_offline(args.uuid, move.target, move.to, move.format)
     removed = []
     for move in moves:
-        if move["from"] != move["to"] and os.path.exists(move["from"]):
-            os.unlink(move["from"])
-            removed.append(move["from"])
-    return agent.driver.domain_state(args["uuid"]), {"moved": [m["to"] for m in moves], "removed": removed}
+        if move.from_ != move.to and os.path.exists(move.from_):
+            os.unlink(move.from_)
+            removed.append(move.from_)
+    return agent.driver.domain_state(args.uuid), {"moved": [m.to for m in moves], "removed": removed}
 
 
-def _relocate_to_host(agent: AgentService, args: dict[str, Any], moves: list[dict[str, Any]]) -> tuple[DomainState | None, dict[str, Any]]:
+def _relocate_to_host(agent: AgentService, args: RelocateArgs, options: MigrationOptions) -> tuple[DomainState | None, dict[str, Any]]:
     """Storage VMotion to another host: a live migration from this host with the moved disks
     copied to their new paths on the target (the options carry the disks and their paths);
     the old files here are removed only once libvirt completed."""
-    _, result = _migrate(agent, {"uuid": args["uuid"], "options": args["migrate"]})
+    _, result = _migrate(agent, MigrateArgs(uuid=args.uuid, options=options))
     removed = []
-    for move in moves:
+    for move in args.moves:
         # A path naming the same file on both hosts would be a shared datastore: never removed.
-        if move["from"] != move["to"] and os.path.exists(move["from"]):
-            os.unlink(move["from"])
-            removed.append(move["from"])
-    return None, {**result, "moved": [m["to"] for m in moves], "removed": removed}
+        if move.from_ != move.to and os.path.exists(move.from_):
+            os.unlink(move.from_)
+            removed.append(move.from_)
+    return None, {**result, "moved": [m.to for m in args.moves], "removed": removed}
 
 
-def _cpu_compare(agent: AgentService, args: dict[str, Any]) -> tuple[None, dict[str, Any]]:
+def _cpu_compare(agent: AgentService, args: CpuCompareArgs) -> tuple[None, dict[str, Any]]:
     """libvirt's comparison of a guest CPU definition with this host's CPU."""
     from vcenter.hypervisor.libvirt.xml import build_cpu_xml
-    from vcenter.messaging.contracts import CpuSpec
 
-    ok, detail = agent.driver.compare_cpu(build_cpu_xml(CpuSpec.model_validate(args["cpu"])))
+    ok, detail = agent.driver.compare_cpu(build_cpu_xml(CpuSpec.model_validate(args.cpu)))
     return None, {"compatible": ok, "detail": detail}
 
 
-def _ha_start(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState, dict[str, Any]]:
+def _ha_start(agent: AgentService, args: HaStartArgs) -> tuple[DomainState, dict[str, Any]]:
     """HA restart on this host: the disks already exist on a shared datastore (never created
     here); define the domain if this host lacks it, then start it. Idempotent: a redelivered
     command finds it running. QEMU's image locks refuse the start while another host still
     holds the disks."""
     driver = agent.driver
-    spec = with_boot_files(VmSpec.model_validate(args["spec"]), agent.settings)
+    spec = with_boot_files(args.spec, agent.settings)
     missing = [f"{d.datastore_path}/{d.file}" for d in spec.disks if not os.path.exists(f"{d.datastore_path}/{d.file}")]
     if missing:
         raise DriverError("DISK_NOT_FOUND", f"disks not on this host's datastores: {', '.join(missing)}")
@@ -271,7 +301,7 @@ def _lease_keeper(agent: AgentService, command: Command, step: str) -> Iterator[
         done.set()
 
 
-def _with_reconnect(agent: AgentService, handler: Handler, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
+def _with_reconnect(agent: AgentService, handler: Handler, args: CommandArgs) -> tuple[DomainState | None, dict[str, Any]]:
     """A command that finds the hypervisor connection dead (libvirtd restarted) reconnects and
     runs again, until ``agent_command_reconnect_timeout``: commands are idempotent."""
     deadline = time.monotonic() + agent.settings.agent_command_reconnect_timeout
@@ -333,22 +363,35 @@ def _execute(agent: AgentService, command: Command) -> dict[str, Any]:
         return {"skipped": answer.get("reason")}
     log.info("running %s for task %s", command.name, command.task_id)
     domain: DomainState | None = None
+    args: CommandArgs | None = None
     try:
+        # The arguments as their model; a command that does not fit it fails after the guard
+        # below (which reads the dict as it came), as a missing key did: AGENT_ERROR, or
+        # INVALID_SPEC for an unknown relocation step.
+        try:
+            args = parse_args(command.name, command.args)
+            unfit: ValueError | None = None
+        except ValueError as exc:  # pydantic's ValidationError is one
+            unfit = exc
         if handler is None:
             raise DriverError("UNKNOWN_COMMAND", f"this agent does not know {command.name}")
         # Every host path the command names must lie below this host's datastore roots,
         # checked before anything is touched (workers.agent.datastore_guard).
         datastore_guard.check_command(agent.settings, command.name, command.args)
+        if isinstance(unfit, UnknownRelocationStep):
+            raise DriverError("INVALID_SPEC", str(unfit)) from None
+        if unfit is not None or args is None:
+            raise unfit or ValueError("no arguments")
         # Guest commands and migrations wait long; they need not hold the hypervisor lock.
         lock = agent.driver_lock if command.name not in ("vm.guest", "vm.migrate", "vm.relocate", *_vmdata.UNLOCKED, *_templates.UNLOCKED) else contextlib.nullcontext()
         CURRENT_COMMAND.set(command)
         with _lease_keeper(agent, command, command.name), lock:
-            domain, result = _with_reconnect(agent, handler, command.args)
+            domain, result = _with_reconnect(agent, handler, args)
         _crash_point()
         report = TaskResult(command_id=command.command_id, ok=True, result=result, domain=domain)
     except DriverError as exc:
         log.warning("%s for task %s failed: %s", command.name, command.task_id, exc)
-        uuid = command.args.get("uuid") or command.args.get("spec", {}).get("uuid")
+        uuid = args.domain_uuid() if args is not None else None
         try:
             domain = agent.driver.domain_state(uuid) if uuid else None
         except DriverError:

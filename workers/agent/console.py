@@ -22,7 +22,10 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from vcenter.hypervisor.base import DriverError
+from vcenter.messaging.commands import UuidArgs
 from vcenter.messaging.signing import CommandRefused, CommandVerifier
 
 log = logging.getLogger(__name__)
@@ -139,9 +142,10 @@ class ConsoleEndpoint:
             raise CommandRefused("MALFORMED", f"{command.name} is not a console request")
         if not self.nonces.first_use(command.command_id):
             raise CommandRefused("REPLAYED", f"console request {command.command_id} was already used")
-        uuid = command.args.get("uuid")
-        if not isinstance(uuid, str):
-            raise CommandRefused("MALFORMED", "the request names no domain")
+        try:
+            uuid = UuidArgs.model_validate(command.args).uuid
+        except ValidationError:
+            raise CommandRefused("MALFORMED", "the request names no domain") from None
         if getattr(self.driver, "open_console", None) is None:
             raise DriverError("CONSOLE_UNSUPPORTED", "this hypervisor driver has no serial console")
         return uuid

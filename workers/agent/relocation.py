@@ -19,12 +19,21 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from vcenter.hypervisor import images
 from vcenter.hypervisor.base import DriverError
 from vcenter.hypervisor.bootimages import with_boot_files
-from vcenter.messaging.contracts import DomainState, MigrationProgress, TaskProgress, VmSpec
+from vcenter.messaging.contracts import (
+    DomainState,
+    MigrationProgress,
+    OfflineCopyArgs,
+    OfflineDefineArgs,
+    OfflineDiscardArgs,
+    OfflineFinishArgs,
+    TaskProgress,
+)
 from workers.agent.api_client import PermanentReportError
 from workers.agent.command_context import CURRENT_COMMAND
 from workers.agent.service import AgentService
@@ -40,15 +49,15 @@ def _unlink(path: str) -> bool:
         return False
 
 
-def _copy(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
+def _copy(agent: AgentService, args: OfflineCopyArgs) -> tuple[DomainState | None, dict[str, Any]]:
     command = CURRENT_COMMAND.get()
-    copies = list(args["copies"])
+    copies = args.copies
     cancel = threading.Event()
     sizes = []
     for c in copies:
-        if not os.path.exists(c["to"]) and not os.path.exists(c["from"]):
-            raise DriverError("DISK_NOT_FOUND", f"{c['from']} does not exist on this host")
-        sizes.append(int(images.info(c["to"] if os.path.exists(c["to"]) else c["from"])["virtual-size"]))
+        if not os.path.exists(c.to) and not os.path.exists(c.from_):
+            raise DriverError("DISK_NOT_FOUND", f"{c.from_} does not exist on this host")
+        sizes.append(int(images.info(c.to if os.path.exists(c.to) else c.from_)["virtual-size"]))
     total = sum(sizes) or 1
     last = [0.0]
 
@@ -74,21 +83,21 @@ def _copy(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None
     done = 0
     try:
         for c, size in zip(copies, sizes):
-            images.convert(c["from"], c["format"], c["to"], c["format"], on_progress=reporter(done, size), cancel=cancel)
+            images.convert(c.from_, c.format, c.to, c.format, on_progress=reporter(done, size), cancel=cancel)
             done += size
             if cancel.is_set():
                 raise DriverError("CANCELLED", "cancelled")
     except DriverError as exc:
         for c in copies:
-            _unlink(c["to"])
+            _unlink(c.to)
         if exc.code == "CANCELLED":
             raise DriverError("MIGRATION_CANCELLED", "the relocation was cancelled while copying; the new files are removed") from None
         raise
-    return None, {"copied": [c["to"] for c in copies], "bytes": total, "elapsed_ms": int((time.monotonic() - started) * 1000)}
+    return None, {"copied": [c.to for c in copies], "bytes": total, "elapsed_ms": int((time.monotonic() - started) * 1000)}
 
 
-def _define(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
-    spec = with_boot_files(VmSpec.model_validate(args["spec"]), agent.settings)
+def _define(agent: AgentService, args: OfflineDefineArgs) -> tuple[DomainState | None, dict[str, Any]]:
+    spec = with_boot_files(args.spec, agent.settings)
     missing = [f"{d.datastore_path}/{d.file}" for d in spec.disks if not os.path.exists(f"{d.datastore_path}/{d.file}")]
     if missing:
         raise DriverError("DISK_NOT_FOUND", f"disks not on this host's datastores: {', '.join(missing)}")
@@ -98,14 +107,14 @@ def _define(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | No
     return agent.driver.define(spec), {"defined": True}
 
 
-def _finish(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
-    state = agent.driver.domain_state(args["uuid"])
+def _finish(agent: AgentService, args: OfflineFinishArgs) -> tuple[DomainState | None, dict[str, Any]]:
+    state = agent.driver.domain_state(args.uuid)
     if state is not None:
         if state.power_state != "poweredOff":
             raise DriverError("VM_POWERED_ON", f"the VM is {state.power_state} on its old host: not undefined")
-        agent.driver.undefine(args["uuid"], [])
+        agent.driver.undefine(args.uuid, [])
     removed, not_removed = [], []
-    for path in args.get("remove", []):
+    for path in args.remove:
         try:
             if _unlink(path):
                 removed.append(path)
@@ -114,20 +123,20 @@ def _finish(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | No
     return None, {"removed": removed, "not_removed": not_removed}
 
 
-def _discard(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
-    if args.get("uuid"):
-        state = agent.driver.domain_state(args["uuid"])
+def _discard(agent: AgentService, args: OfflineDiscardArgs) -> tuple[DomainState | None, dict[str, Any]]:
+    if args.uuid:
+        state = agent.driver.domain_state(args.uuid)
         if state is not None and state.power_state == "poweredOff":
-            agent.driver.undefine(args["uuid"], [])
-    removed = [p for p in args.get("paths", []) if _unlink(p)]
+            agent.driver.undefine(args.uuid, [])
+    removed = [p for p in args.paths if _unlink(p)]
     return None, {"removed": removed}
 
 
-STEPS = {"copy": _copy, "define": _define, "finish": _finish, "discard": _discard}
+# A step's arguments model (vcenter.messaging.commands.args_model picks it by ``offline_step``).
+STEPS: dict[type[Any], Callable[[AgentService, Any], tuple[DomainState | None, dict[str, Any]]]] = {
+    OfflineCopyArgs: _copy, OfflineDefineArgs: _define, OfflineFinishArgs: _finish, OfflineDiscardArgs: _discard,
+}
 
 
-def run(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
-    step = STEPS.get(args.get("offline_step", ""))
-    if step is None:
-        raise DriverError("INVALID_SPEC", f"unknown relocation step {args.get('offline_step')!r}")
-    return step(agent, args)
+def run(agent: AgentService, args: OfflineCopyArgs | OfflineDefineArgs | OfflineFinishArgs | OfflineDiscardArgs) -> tuple[DomainState | None, dict[str, Any]]:
+    return STEPS[type(args)](agent, args)

@@ -28,7 +28,18 @@ from vcenter.core.clock import utcnow
 from vcenter.hypervisor import images
 from vcenter.hypervisor.base import DriverError
 from vcenter.hypervisor.bootimages import with_boot_files
-from vcenter.messaging.contracts import DomainState, TaskProgress, VmSpec
+from vcenter.messaging.commands import (
+    BrowseArgs,
+    CaptureArgs,
+    ExportArgs,
+    ImportDiskArgs,
+    ImportOvaArgs,
+    ReleaseArgs,
+    TemplateDirArgs,
+    UploadRef,
+    VerifyArgs,
+)
+from vcenter.messaging.contracts import DeployArgs, DomainState, TaskProgress, VmSpec
 from workers.agent.api_client import PermanentReportError
 from workers.agent.command_context import CURRENT_COMMAND
 from workers.agent.service import AgentService
@@ -94,10 +105,10 @@ def _existing(agent: AgentService, uuid: str) -> DomainState | None:
 
 # --- deploy -----------------------------------------------------------------------------
 
-def deploy(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState, dict[str, Any]]:
+def deploy(agent: AgentService, args: DeployArgs) -> tuple[DomainState, dict[str, Any]]:
     """Clone a template's images (linked: qcow2 overlays; full: qemu-img convert), write the
     VM's NoCloud seed, define the domain."""
-    spec = VmSpec.model_validate(args["spec"])
+    spec = args.spec
     existing = _existing(agent, spec.uuid)
     if existing is not None:
         return existing, {"already_defined": True}
@@ -105,55 +116,55 @@ def deploy(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState, dict
     made: list[str] = []
     timings: dict[str, float] = {}
     try:
-        clones = list(args["clones"])
+        clones = list(args.clones)
         for i, clone in enumerate(clones):
             report.check()
-            if os.path.exists(clone["dest"]):
+            if os.path.exists(clone.dest):
                 continue
             t0 = time.monotonic()
-            if clone["mode"] == "linked":
-                images.create_linked(clone["source"], clone["dest"], clone.get("source_format", "qcow2"))
+            if clone.mode == "linked":
+                images.create_linked(clone.source, clone.dest, clone.source_format)
             else:
-                images.convert(clone["source"], clone.get("source_format", "qcow2"), clone["dest"], "qcow2",
+                images.convert(clone.source, clone.source_format, clone.dest, "qcow2",
                                on_progress=report.part(f"cloning disk {i}", 10 + 80 * i / len(clones), 10 + 80 * (i + 1) / len(clones)),
                                cancel=report.cancel)
-            made.append(clone["dest"])
-            timings[f"disk{clone['index']}_ms"] = round((time.monotonic() - t0) * 1000, 2)
-        seed = args.get("seed")
+            made.append(clone.dest)
+            timings[f"disk{clone.index}_ms"] = round((time.monotonic() - t0) * 1000, 2)
+        seed = args.seed
         if seed:
             report("writing cloud-init seed", 92, force=True)
             from templates_store.cloudinit import build_seed_iso
 
             files = agent.api.get_json(f"/seeds/{spec.uuid}")["files"]
-            if not os.path.exists(seed["path"]):
-                build_seed_iso(files, seed["path"])
-                made.append(seed["path"])
+            if not os.path.exists(seed.path):
+                build_seed_iso(files, seed.path)
+                made.append(seed.path)
         report.check()
         state = _define(agent, spec)
     except BaseException:
         _unlink(made)
         raise
-    return state, {"disks": [c["dest"] for c in args["clones"]], "mode": args.get("mode"), "timings": timings}
+    return state, {"disks": [c.dest for c in args.clones], "mode": args.mode, "timings": timings}
 
 
 # --- template capture / release / delete ----------------------------------------------
 
-def capture(agent: AgentService, args: dict[str, Any]) -> tuple[None, dict[str, Any]]:
+def capture(agent: AgentService, args: CaptureArgs) -> tuple[None, dict[str, Any]]:
     """Turn a powered-off VM's disks into a template folder: each disk moved (renamed, when it
     is a standalone qcow2) or converted (flattened) into ``<dir>/disk<i>.qcow2``, checksummed,
     the manifest written; only then is the domain undefined (its seed and converted sources
     removed). Any failure before that moves everything back."""
     from templates_store import manifest as mf
 
-    ds = args["datastore_path"]
-    root = images.resolve_in_datastore(ds, args["dir"], must_exist=False)
+    ds = args.datastore_path
+    root = images.resolve_in_datastore(ds, args.dir, must_exist=False)
     manifest_path = os.path.join(root, mf.MANIFEST_FILE)
     if os.path.exists(manifest_path):
         found = mf.loads(open(manifest_path).read())
-        if found.get("template_id") == args["meta"]["template_id"]:
+        if found.get("template_id") == args.meta.template_id:
             return None, {"manifest": found, "already_done": True}
-        raise DriverError("TEMPLATE_EXISTS", f"{args['dir']} holds another template")
-    state = _existing(agent, args["uuid"])
+        raise DriverError("TEMPLATE_EXISTS", f"{args.dir} holds another template")
+    state = _existing(agent, args.uuid)
     if state is not None and state.power_state != "poweredOff":
         raise DriverError("VM_POWERED_ON", f"VM {state.name} is {state.power_state}: power it off first")
     os.makedirs(root, exist_ok=True)
@@ -161,33 +172,33 @@ def capture(agent: AgentService, args: dict[str, Any]) -> tuple[None, dict[str, 
     moved: list[tuple[str, str, bool]] = []
     disks_out = []
     try:
-        disks = list(args["disks"])
+        disks = list(args.disks)
         for n, d in enumerate(disks):
             report.check()
-            src = os.path.join(ds, d["file"])
-            dst = os.path.join(root, f"disk{d['index']}.qcow2")
+            src = os.path.join(ds, d.file)
+            dst = os.path.join(root, f"disk{d.index}.qcow2")
             if not os.path.exists(src) and os.path.exists(dst):
                 moved.append((src, dst, True))  # renamed by an earlier attempt that died
                 continue
             if not os.path.exists(src):
-                raise DriverError("DISK_NOT_FOUND", f"disk {d['file']} does not exist on the datastore")
-            if images.backing_of(src) or d.get("format", "qcow2") != "qcow2":
-                images.convert(src, d.get("format", "qcow2"), dst, "qcow2", cancel=report.cancel,
-                               on_progress=report.part(f"flattening disk {d['index']}", 5, 60))
+                raise DriverError("DISK_NOT_FOUND", f"disk {d.file} does not exist on the datastore")
+            if images.backing_of(src) or d.format != "qcow2":
+                images.convert(src, d.format, dst, "qcow2", cancel=report.cancel,
+                               on_progress=report.part(f"flattening disk {d.index}", 5, 60))
                 moved.append((src, dst, False))
             else:
                 os.rename(src, dst)
                 moved.append((src, dst, True))
         for n, d in enumerate(disks):
-            dst = os.path.join(root, f"disk{d['index']}.qcow2")
-            sha = images.sha256_file(dst, cancel=report.cancel, on_progress=report.part(f"checksumming disk {d['index']}", 60 + 35 * n / len(disks), 60 + 35 * (n + 1) / len(disks)))
-            disks_out.append({"index": d["index"], "file": os.path.basename(dst), "format": "qcow2",
+            dst = os.path.join(root, f"disk{d.index}.qcow2")
+            sha = images.sha256_file(dst, cancel=report.cancel, on_progress=report.part(f"checksumming disk {d.index}", 60 + 35 * n / len(disks), 60 + 35 * (n + 1) / len(disks)))
+            disks_out.append({"index": d.index, "file": os.path.basename(dst), "format": "qcow2",
                               "capacity_mib": math.ceil(images.virtual_size(dst, "qcow2") / MIB),
                               "size_bytes": os.path.getsize(dst), "sha256": sha})
-        meta = args["meta"]
-        manifest = mf.build_manifest(template_id=meta["template_id"], name=meta["name"], version=meta["version"],
-                                     guest_os=meta["guest_os"], hardware=meta["hardware"], disks=disks_out,
-                                     origin=meta["origin"], created_at=utcnow().isoformat())
+        meta = args.meta
+        manifest = mf.build_manifest(template_id=meta.template_id, name=meta.name, version=meta.version,
+                                     guest_os=meta.guest_os, hardware=meta.hardware, disks=disks_out,
+                                     origin=meta.origin, created_at=utcnow().isoformat())
         tmp = manifest_path + ".part"
         with open(tmp, "w") as f:
             f.write(mf.dumps(manifest))
@@ -203,79 +214,79 @@ def capture(agent: AgentService, args: dict[str, Any]) -> tuple[None, dict[str, 
                 log.error("rollback of template capture: %s -> %s failed: %s", dst, src, exc)
         shutil.rmtree(root, ignore_errors=True)
         raise
-    drop = [src for src, _dst, renamed in moved if not renamed] + [os.path.join(ds, f) for f in args.get("seed_files", [])]
+    drop = [src for src, _dst, renamed in moved if not renamed] + [os.path.join(ds, f) for f in args.seed_files]
     if state is not None:
         with agent.driver_lock:
-            agent.driver.undefine(args["uuid"], drop)
+            agent.driver.undefine(args.uuid, drop)
     else:
         _unlink(drop)
     return None, {"manifest": manifest}
 
 
-def release(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState, dict[str, Any]]:
+def release(agent: AgentService, args: ReleaseArgs) -> tuple[DomainState, dict[str, Any]]:
     """Convert a template back to a VM: its images renamed to the VM's disk files, the domain
     defined, the template folder removed."""
-    spec = VmSpec.model_validate(args["spec"])
+    spec = args.spec
     existing = _existing(agent, spec.uuid)
-    root = images.resolve_in_datastore(args["datastore_path"], args["dir"], must_exist=False)
+    root = images.resolve_in_datastore(args.datastore_path, args.dir, must_exist=False)
     if existing is not None:
         shutil.rmtree(root, ignore_errors=True)
         return existing, {"already_defined": True}
     done: list[tuple[str, str]] = []
     try:
-        for move in args["moves"]:
-            if os.path.exists(move["from"]) and not os.path.exists(move["to"]):
-                os.rename(move["from"], move["to"])
-                done.append((move["from"], move["to"]))
-            elif not os.path.exists(move["to"]):
-                raise DriverError("DISK_NOT_FOUND", f"template image {os.path.basename(move['from'])} is missing")
+        for move in args.moves:
+            if os.path.exists(move.from_) and not os.path.exists(move.to):
+                os.rename(move.from_, move.to)
+                done.append((move.from_, move.to))
+            elif not os.path.exists(move.to):
+                raise DriverError("DISK_NOT_FOUND", f"template image {os.path.basename(move.from_)} is missing")
         state = _define(agent, spec)
     except BaseException:
         for src, dst in reversed(done):
             os.rename(dst, src)
         raise
     shutil.rmtree(root, ignore_errors=True)
-    return state, {"disks": [m["to"] for m in args["moves"]]}
+    return state, {"disks": [m.to for m in args.moves]}
 
 
-def delete(agent: AgentService, args: dict[str, Any]) -> tuple[None, dict[str, Any]]:
-    root = images.resolve_in_datastore(args["datastore_path"], args["dir"], must_exist=False)
-    if not args["dir"].startswith("templates/"):
+def delete(agent: AgentService, args: TemplateDirArgs) -> tuple[None, dict[str, Any]]:
+    root = images.resolve_in_datastore(args.datastore_path, args.dir, must_exist=False)
+    if not args.dir.startswith("templates/"):
         raise DriverError("PATH_INVALID", "only a template folder is deleted here")
     existed = os.path.isdir(root)
     shutil.rmtree(root, ignore_errors=True)
-    return None, {"removed": args["dir"] if existed else None}
+    return None, {"removed": args.dir if existed else None}
 
 
-def verify(agent: AgentService, args: dict[str, Any]) -> tuple[None, dict[str, Any]]:
+def verify(agent: AgentService, args: VerifyArgs) -> tuple[None, dict[str, Any]]:
     """Recompute the SHA-256 of a template's images; TEMPLATE_CHECKSUM_MISMATCH names those
     that differ from the manifest."""
-    root = images.resolve_in_datastore(args["datastore_path"], args["dir"])
+    root = images.resolve_in_datastore(args.datastore_path, args.dir)
     report = Reporter(agent)
-    disks = list(args["disks"])
+    disks = list(args.disks)
     out = []
     for n, d in enumerate(disks):
-        path = images.resolve_in_datastore(root, d["file"])
-        sha = images.sha256_file(path, cancel=report.cancel, on_progress=report.part(f"checksumming {d['file']}", 100 * n / len(disks), 100 * (n + 1) / len(disks)))
-        out.append({"file": d["file"], "sha256": sha, "ok": sha == d["sha256"]})
+        path = images.resolve_in_datastore(root, d.file)
+        sha = images.sha256_file(path, cancel=report.cancel, on_progress=report.part(f"checksumming {d.file}", 100 * n / len(disks), 100 * (n + 1) / len(disks)))
+        out.append({"file": d.file, "sha256": sha, "ok": sha == d.sha256})
     bad = [d["file"] for d in out if not d["ok"]]
     if bad:
         raise DriverError("TEMPLATE_CHECKSUM_MISMATCH", f"images differ from the manifest: {', '.join(bad)}")
     return None, {"disks": out, "ok": True}
 
 
-def browse(agent: AgentService, args: dict[str, Any]) -> tuple[None, dict[str, Any]]:
+def browse(agent: AgentService, args: BrowseArgs) -> tuple[None, dict[str, Any]]:
     """List one folder of a datastore: every entry's name, kind (file, dir, symlink: never
     followed) and size; files that qemu-img reads as images with their format and virtual
     size. At most ``limit`` entries."""
     import stat as st
 
-    root = images.resolve_in_datastore(args["datastore_path"], args.get("path", ""), allow_root=True)
+    root = images.resolve_in_datastore(args.datastore_path, args.path, allow_root=True)
     if not os.path.isdir(root):
-        raise DriverError("PATH_NOT_A_FOLDER", f"{args.get('path')} is not a folder")
+        raise DriverError("PATH_NOT_A_FOLDER", f"{args.path} is not a folder")
     entries = []
     names = sorted(os.listdir(root))
-    for name in names[: int(args.get("limit", 1000))]:
+    for name in names[: args.limit]:
         full = os.path.join(root, name)
         info = os.lstat(full)
         kind = "symlink" if st.S_ISLNK(info.st_mode) else "dir" if st.S_ISDIR(info.st_mode) else "file" if st.S_ISREG(info.st_mode) else "other"
@@ -287,47 +298,47 @@ def browse(agent: AgentService, args: dict[str, Any]) -> tuple[None, dict[str, A
             except DriverError:
                 entry["format"] = None
         entries.append(entry)
-    return None, {"path": args.get("path", ""), "entries": entries, "truncated": len(names) > len(entries)}
+    return None, {"path": args.path, "entries": entries, "truncated": len(names) > len(entries)}
 
 
 # --- import -----------------------------------------------------------------------------
 
-def _pull(agent: AgentService, report: Reporter, upload: dict[str, Any], dest: str, lo: float, hi: float) -> None:
-    total = max(1, int(upload.get("size_bytes") or 1))
+def _pull(agent: AgentService, report: Reporter, upload: UploadRef, dest: str, lo: float, hi: float) -> None:
+    total = max(1, int(upload.size_bytes or 1))
     try:
-        size, sha = agent.api.download(f"/uploads/{upload['id']}/content", dest, timeout=agent.settings.agent_transfer_timeout,
+        size, sha = agent.api.download(f"/uploads/{upload.id}/content", dest, timeout=agent.settings.agent_transfer_timeout,
                                        on_bytes=lambda n: report("downloading", lo + (hi - lo) * min(1.0, n / total)), cancel=report.cancel)
     except InterruptedError:
         raise DriverError("CANCELLED", "cancelled during the download") from None
     except PermanentReportError as exc:
         raise DriverError("UPLOAD_UNAVAILABLE", str(exc)) from None
-    if upload.get("sha256") and sha != upload["sha256"]:
-        raise DriverError("UPLOAD_CHECKSUM_MISMATCH", f"upload {upload['id']} arrived with SHA-256 {sha}, expected {upload['sha256']}")
-    if upload.get("size_bytes") is not None and size != upload["size_bytes"]:
-        raise DriverError("UPLOAD_CHECKSUM_MISMATCH", f"upload {upload['id']} arrived with {size} bytes, expected {upload['size_bytes']}")
+    if upload.sha256 and sha != upload.sha256:
+        raise DriverError("UPLOAD_CHECKSUM_MISMATCH", f"upload {upload.id} arrived with SHA-256 {sha}, expected {upload.sha256}")
+    if upload.size_bytes is not None and size != upload.size_bytes:
+        raise DriverError("UPLOAD_CHECKSUM_MISMATCH", f"upload {upload.id} arrived with {size} bytes, expected {upload.size_bytes}")
 
 
-def import_disk(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState, dict[str, Any]]:
+def import_disk(agent: AgentService, args: ImportDiskArgs) -> tuple[DomainState, dict[str, Any]]:
     """One disk image (VMDK, VHD/VHDX, VDI, raw, qcow2) into a new VM: pulled from the server
     (an upload) or taken from a datastore path, checked (no references to other files),
     converted to qcow2 as the VM's disk, the domain defined."""
-    spec = VmSpec.model_validate(args["spec"])
+    spec = args.spec
     existing = _existing(agent, spec.uuid)
     if existing is not None:
         return existing, {"already_defined": True}
-    dest = args["dest"]
+    dest = args.dest
     report = Reporter(agent)
     work = os.path.join(os.path.dirname(dest), f".import-{spec.uuid[:8]}")
     made: list[str] = []
     try:
-        if args.get("upload"):
+        if args.upload:
             os.makedirs(work, exist_ok=True)
             src = os.path.join(work, "source")
-            _pull(agent, report, args["upload"], src, 5, 50)
+            _pull(agent, report, args.upload, src, 5, 50)
         else:
-            src = images.resolve_in_datastore(args["source_datastore_path"], args["path"])
+            src = images.resolve_in_datastore(args.source_datastore_path, args.path)
         report.check()
-        fmt, info = images.importable_format(src, args.get("format"))
+        fmt, info = images.importable_format(src, args.format)
         existed = os.path.exists(dest)
         images.convert(src, fmt, dest, "qcow2", on_progress=report.part("converting", 50, 95), cancel=report.cancel)
         if not existed:
@@ -342,77 +353,77 @@ def import_disk(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState,
                    "capacity_mib": math.ceil(int(info["virtual-size"]) / MIB), "disk": dest}
 
 
-def import_ova(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState, dict[str, Any]]:
+def import_ova(agent: AgentService, args: ImportOvaArgs) -> tuple[DomainState, dict[str, Any]]:
     """An OVA appliance into a new VM: the archive pulled, the disks its descriptor names
     extracted (digests checked against its manifest), each converted to qcow2, defined."""
     from templates_store.ova import extract_files
     from templates_store.ovf import OvfError
 
-    spec = VmSpec.model_validate(args["spec"])
+    spec = args.spec
     existing = _existing(agent, spec.uuid)
     if existing is not None:
         return existing, {"already_defined": True}
-    disks = list(args["disks"])
+    disks = list(args.disks)
     report = Reporter(agent)
-    work = os.path.join(os.path.dirname(disks[0]["dest"]), f".import-{spec.uuid[:8]}")
+    work = os.path.join(os.path.dirname(disks[0].dest), f".import-{spec.uuid[:8]}")
     made: list[str] = []
     formats = {}
     try:
         os.makedirs(work, exist_ok=True)
         ova = os.path.join(work, "appliance.ova")
-        _pull(agent, report, args["upload"], ova, 5, 40)
+        _pull(agent, report, args.upload, ova, 5, 40)
         try:
-            files = extract_files(ova, {d["member"] for d in disks}, work, cancel=report.cancel, on_progress=report.part("extracting", 40, 55))
+            files = extract_files(ova, {d.member for d in disks}, work, cancel=report.cancel, on_progress=report.part("extracting", 40, 55))
         except OvfError as exc:
             raise DriverError(exc.code, exc.message) from None
         os.unlink(ova)
         for n, d in enumerate(disks):
-            fmt, _info = images.importable_format(files[d["member"]])
-            formats[d["member"]] = fmt
-            existed = os.path.exists(d["dest"])
-            images.convert(files[d["member"]], fmt, d["dest"], "qcow2", cancel=report.cancel,
+            fmt, _info = images.importable_format(files[d.member])
+            formats[d.member] = fmt
+            existed = os.path.exists(d.dest)
+            images.convert(files[d.member], fmt, d.dest, "qcow2", cancel=report.cancel,
                            on_progress=report.part(f"converting disk {n}", 55 + 40 * n / len(disks), 55 + 40 * (n + 1) / len(disks)))
             if not existed:
-                made.append(d["dest"])
+                made.append(d.dest)
         state = _define(agent, spec)
     except BaseException:
         _unlink(made)
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return state, {"formats": formats, "disks": [d["dest"] for d in disks]}
+    return state, {"formats": formats, "disks": [d.dest for d in disks]}
 
 
 # --- export -----------------------------------------------------------------------------
 
-def export(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
+def export(agent: AgentService, args: ExportArgs) -> tuple[DomainState | None, dict[str, Any]]:
     """A VM's or template's disks as stream-optimised VMDKs with an OVF descriptor in an OVA,
     built in a work folder on the datastore and pushed to the server."""
     from templates_store.ova import write_ova
     from templates_store.ovf import build_ovf
 
     report = Reporter(agent)
-    work = args["workdir"]
-    name = args["name"]
+    work = args.workdir
+    name = args.name
     os.makedirs(work, exist_ok=True)
     try:
         files = []
-        disks = list(args["disks"])
+        disks = list(args.disks)
         for n, d in enumerate(disks):
             out = os.path.join(work, f"{name}-disk{n + 1}.vmdk")
-            images.convert(d["path"], d.get("format", "qcow2"), out, "vmdk", options=["subformat=streamOptimized"], cancel=report.cancel,
+            images.convert(d.path, d.format, out, "vmdk", options=["subformat=streamOptimized"], cancel=report.cancel,
                            on_progress=report.part(f"converting disk {n}", 5 + 70 * n / len(disks), 5 + 70 * (n + 1) / len(disks)))
             files.append({"file": os.path.basename(out), "path": out, "size": os.path.getsize(out),
-                          "capacity_bytes": images.virtual_size(d["path"], d.get("format", "qcow2"))})
-        hw = args["hardware"]
-        ovf = build_ovf(name=name, vcpus=hw["vcpus"], memory_mib=hw["memory_mib"], guest_os=hw.get("guest_os", "other"),
-                        disks=files, nics=hw.get("nics", 0))
+                          "capacity_bytes": images.virtual_size(d.path, d.format)})
+        hw = args.hardware
+        ovf = build_ovf(name=name, vcpus=hw.vcpus, memory_mib=hw.memory_mib, guest_os=hw.guest_os,
+                        disks=files, nics=hw.nics)
         report("packaging", 80, force=True)
         report.check()
         ova_path = os.path.join(work, f"{name}.ova")
         sha = write_ova(ova_path, f"{name}.ovf", ovf, [(f["file"], f["path"]) for f in files])
         report("uploading", 88, force=True)
-        answer = agent.api.upload_file(f"/uploads/{args['upload_id']}/content", ova_path, timeout=agent.settings.agent_transfer_timeout)
+        answer = agent.api.upload_file(f"/uploads/{args.upload_id}/content", ova_path, timeout=agent.settings.agent_transfer_timeout)
         if answer.get("sha256") != sha:
             raise DriverError("EXPORT_CHECKSUM_MISMATCH", f"the server received SHA-256 {answer.get('sha256')}, we sent {sha}")
         size = os.path.getsize(ova_path)
@@ -420,8 +431,8 @@ def export(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | Non
         raise DriverError("EXPORT_UPLOAD_FAILED", str(exc)) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    domain = _existing(agent, args["uuid"]) if args.get("uuid") else None
-    return domain, {"upload_id": args["upload_id"], "sha256": sha, "size_bytes": size, "disks": len(files)}
+    domain = _existing(agent, args.uuid) if args.uuid else None
+    return domain, {"upload_id": args.upload_id, "sha256": sha, "size_bytes": size, "disks": len(files)}
 
 
 HANDLERS = {

@@ -11,7 +11,8 @@ from typing import Any
 
 from vcenter.hypervisor.base import DriverError
 from vcenter.hypervisor.bootimages import with_boot_files
-from vcenter.messaging.contracts import DomainState, MigrationProgress, TaskProgress, VmSpec
+from vcenter.messaging.commands import BackupArgs, CloneArgs, RestoreArgs, SnapshotCreateArgs, SnapshotDeleteArgs, SnapshotRevertArgs, UuidArgs
+from vcenter.messaging.contracts import DomainState, MigrationProgress, TaskProgress
 from workers.agent.api_client import PermanentReportError
 from workers.agent.command_context import CURRENT_COMMAND
 from workers.agent.service import AgentService
@@ -41,68 +42,69 @@ def _progress(agent: AgentService, step: str, cancel: threading.Event):
     return report
 
 
-def _snapshot_create(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
-    result = _ops(agent).snapshot_create(args["uuid"], args["name"], args.get("description", ""))
-    return agent.driver.domain_state(args["uuid"]), result
+def _snapshot_create(agent: AgentService, args: SnapshotCreateArgs) -> tuple[DomainState | None, dict[str, Any]]:
+    result = _ops(agent).snapshot_create(args.uuid, args.name, args.description)
+    return agent.driver.domain_state(args.uuid), result
 
 
-def _snapshot_revert(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
-    result = _ops(agent).snapshot_revert(args["uuid"], args["name"])
-    return agent.driver.domain_state(args["uuid"]), result
+def _snapshot_revert(agent: AgentService, args: SnapshotRevertArgs) -> tuple[DomainState | None, dict[str, Any]]:
+    result = _ops(agent).snapshot_revert(args.uuid, args.name)
+    return agent.driver.domain_state(args.uuid), result
 
 
-def _snapshot_delete(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
-    result = _ops(agent).snapshot_delete(args["uuid"], args["name"], bool(args.get("children")))
-    return agent.driver.domain_state(args["uuid"]), result
+def _snapshot_delete(agent: AgentService, args: SnapshotDeleteArgs) -> tuple[DomainState | None, dict[str, Any]]:
+    result = _ops(agent).snapshot_delete(args.uuid, args.name, args.children)
+    return agent.driver.domain_state(args.uuid), result
 
 
-def _backup(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
+def _backup(agent: AgentService, args: BackupArgs) -> tuple[DomainState | None, dict[str, Any]]:
     cancel = threading.Event()
-    result = _ops(agent).backup(args["uuid"], list(args["disks"]), args.get("incremental_from"), args["checkpoint"],
+    # The driver reads each disk as the dict it was on the wire (target, path, parent_path).
+    result = _ops(agent).backup(args.uuid, [d.model_dump() for d in args.disks], args.incremental_from, args.checkpoint,
                                 on_progress=_progress(agent, "copying", cancel), cancel=cancel)
     removed = []
-    for path in args.get("delete_after", []):
+    for path in args.delete_after:
         try:
             os.unlink(path)
             removed.append(path)
         except FileNotFoundError:
             pass
-    return agent.driver.domain_state(args["uuid"]), {**result, "retention_removed": removed}
+    return agent.driver.domain_state(args.uuid), {**result, "retention_removed": removed}
 
 
-def _clone(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
+def _clone(agent: AgentService, args: CloneArgs) -> tuple[DomainState | None, dict[str, Any]]:
     cancel = threading.Event()
-    result = _ops(agent).clone_disks(args["uuid"], list(args["disks"]), bool(args.get("linked")),
+    result = _ops(agent).clone_disks(args.uuid, [d.model_dump() for d in args.disks], args.linked,
                                      on_progress=_progress(agent, "copying", cancel), cancel=cancel)
-    return agent.driver.domain_state(args["uuid"]), result
+    return agent.driver.domain_state(args.uuid), result
 
 
-def _promote(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
-    result = _ops(agent).promote(args["uuid"], on_progress=_progress(agent, "flattening", threading.Event()))
-    return agent.driver.domain_state(args["uuid"]), result
+def _promote(agent: AgentService, args: UuidArgs) -> tuple[DomainState | None, dict[str, Any]]:
+    result = _ops(agent).promote(args.uuid, on_progress=_progress(agent, "flattening", threading.Event()))
+    return agent.driver.domain_state(args.uuid), result
 
 
-def _restore(agent: AgentService, args: dict[str, Any]) -> tuple[DomainState | None, dict[str, Any]]:
+def _restore(agent: AgentService, args: RestoreArgs) -> tuple[DomainState | None, dict[str, Any]]:
     """Restore disks from a backup chain; with a spec, define the new VM too (same host)."""
     ops = _ops(agent)
-    spec = VmSpec.model_validate(args["spec"]) if args.get("spec") else None
+    spec = args.spec
     if spec is not None and agent.driver.domain_state(spec.uuid) is not None:
         return agent.driver.domain_state(spec.uuid), {"already_done": True}
-    result = ops.restore_disks(list(args["disks"]), replace_uuid=args.get("replace_uuid"))
+    result = ops.restore_disks([d.model_dump() for d in args.disks], replace_uuid=args.replace_uuid)
     if spec is None:
-        return agent.driver.domain_state(args["replace_uuid"]), result
-    made = [d["path"] for d in args["disks"]]
+        return agent.driver.domain_state(args.replace_uuid), result
+    made = [d.path for d in args.disks]
     try:
-        seed = args.get("seed")
+        seed = args.seed
         if seed:
             # The new VM's own guest identity (instance id, machine-id, hostname): its seed.
             from templates_store.cloudinit import build_seed_iso
 
             files = agent.api.get_json(f"/seeds/{spec.uuid}")["files"]
-            if not os.path.exists(seed["path"]):
-                build_seed_iso(files, seed["path"])
-            made.append(seed["path"])
-            result = {**result, "seed": seed["path"]}
+            if not os.path.exists(seed.path):
+                build_seed_iso(files, seed.path)
+            made.append(seed.path)
+            result = {**result, "seed": seed.path}
         state = agent.driver.define(with_boot_files(spec, agent.settings))
     except Exception:
         for path in made:

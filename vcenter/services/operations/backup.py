@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from vcenter.core.clock import utcnow
 from vcenter.db.models import BackupPoint, Task, VirtualMachine, VmSnapshotRow
 from vcenter.domain.states import TaskState
+from vcenter.messaging.commands import BackupResult
 from vcenter.services.events import record_event
 from vcenter.services.operations.base import AgentResult, Ending, Operation, drop_creating
 from vcenter.services.tasks import finish_task
@@ -26,7 +27,7 @@ class Backup(Operation):
         vm = session.get(VirtualMachine, task.object_id)
         name = vm.name if vm else None
         point = session.get(BackupPoint, task.params["point_id"])
-        result = report.result
+        result = report.typed(BackupResult)
         if not report.ok:
             if point is not None:
                 point.state = "failed"
@@ -35,11 +36,11 @@ class Backup(Operation):
             finish_task(session, task, state, error_code=report.error_code or "AGENT_ERROR", error_message=report.error_message, object_name=name)
             return
         point.state = "ok"
-        point.kind = result.get("kind", point.kind)
+        point.kind = result.kind if result.kind is not None else point.kind
         if point.kind == "full":
             point.parent_id = None  # the chain ends at a full point made instead of an incremental one
-        point.checkpoint = result.get("checkpoint")
-        sizes = result.get("files", {})
+        point.checkpoint = result.checkpoint
+        sizes = result.files
         point.files = [{**f, "bytes": int(sizes.get(f["target"], 0))} for f in point.files]
         point.size_bytes = sum(f["bytes"] for f in point.files)
         point.completed_at = utcnow()
@@ -49,7 +50,7 @@ class Backup(Operation):
                 for child in session.scalars(select(BackupPoint).where(BackupPoint.parent_id == old.id)):
                     child.parent_id = None
                 session.delete(old)
-        finish_task(session, task, TaskState.SUCCESS, result={**result, "point_id": point.id}, object_name=name)
+        finish_task(session, task, TaskState.SUCCESS, result={**report.result, "point_id": point.id}, object_name=name)
         record_event(session, "vm.backup.done", f"{point.kind} backup of VM {name}: point {point.id}, {point.size_bytes} bytes",
                      username=task.username, object_type="vm", object_id=task.object_id, object_name=name, task_id=task.id)
 

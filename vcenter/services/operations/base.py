@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from vcenter.db.models import Host, Task, VirtualMachine
@@ -41,6 +42,14 @@ class AgentResult:
     error_code: str | None = None
     error_message: str | None = None
     domain: DomainState | None = None
+
+    def typed(self, model: type[ResultT]) -> ResultT:
+        """The result as its command's result model (vcenter.messaging.commands) reads it; the
+        dict itself stays what the task stores."""
+        return model.model_validate(self.result)
+
+
+ResultT = TypeVar("ResultT", bound=BaseModel)
 
 
 def apply_domain(vm: VirtualMachine, domain: DomainState) -> None:

@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 
 from vcenter.db.models import Task, VirtualMachine
 from vcenter.domain.states import TaskState
+from vcenter.messaging.commands import CpuBaselineResult
 from vcenter.services import evc
 from vcenter.services.operations.base import AgentResult, Operation
 from vcenter.services.tasks import finish_task
@@ -17,5 +18,5 @@ class EnableEvc(Operation):
     kinds = ("cluster.evc",)
 
     def succeeded(self, session: Session, task: Task, vm: VirtualMachine | None, report: AgentResult) -> None:
-        evc.apply_baseline(session, task, report.result)
+        evc.apply_baseline(session, task, report.typed(CpuBaselineResult))
         finish_task(session, task, TaskState.SUCCESS, result=report.result)

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from vcenter.db.models import Task, Template, Upload, VirtualMachine
 from vcenter.domain.states import TaskState
+from vcenter.messaging.commands import CaptureResult, ImportResult
 from vcenter.services.events import record_event
 from vcenter.services.operations.base import AgentResult, Ending, Operation
 from vcenter.services.tasks import finish_task
@@ -66,7 +67,7 @@ class TemplateFromVm(LibraryCommand):
     kinds = ("template.fromVm",)
 
     def done(self, session: Session, task: Task, vm: VirtualMachine | None, template: Template | None, report: AgentResult) -> None:
-        template.manifest = report.result["manifest"]
+        template.manifest = report.typed(CaptureResult).manifest
         template.state = "ready"
         name = vm.name
         finish_task(session, task, TaskState.SUCCESS, result={"template_id": template.id, **report.result}, object_name=name)
@@ -117,8 +118,9 @@ class Deploy(LibraryCommand):
 
     def done(self, session: Session, task: Task, vm: VirtualMachine | None, template: Template | None, report: AgentResult) -> None:
         vm.status = "ready"
-        if task.kind == "vm.import" and report.result.get("capacity_mib"):
-            vm.disks[0].capacity_mib = int(report.result["capacity_mib"])  # an imported image's size is known only now
+        imported = report.typed(ImportResult) if task.kind == "vm.import" else None
+        if imported is not None and imported.capacity_mib:
+            vm.disks[0].capacity_mib = imported.capacity_mib  # an imported image's size is known only now
         finish_task(session, task, TaskState.SUCCESS, result={"vm_id": vm.id, **report.result}, object_name=vm.name)
         record_event(session, "vm.created", f"VM {vm.name} {'deployed' if task.kind == 'template.deploy' else 'imported'} on host {report.host.name}",
                      username=task.username, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)

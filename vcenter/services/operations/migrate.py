@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from vcenter.db.models import Host, Task, VirtualMachine
 from vcenter.domain.states import PowerState, TaskState
+from vcenter.messaging.commands import MigrateResult
 from vcenter.services import migration
 from vcenter.services.events import record_event
 from vcenter.services.operations.base import AgentResult, Operation
@@ -28,7 +29,7 @@ class Migrate(Operation):
             vm.host_id = target.id
             vm.status = "ready"
             vm.power_state = PowerState.POWERED_ON.value
-            stats = report.result.get("stats", {})
+            stats = report.typed(MigrateResult).stats
             finish_task(session, task, TaskState.SUCCESS, result={"migration": stats}, object_name=vm.name)
             record_event(session, "vm.migrated", f"VM {vm.name} moved to host {target.name} (downtime {stats.get('downtime_ms')} ms)", username=task.username,
                          object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id, data={"stats": stats})

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from vcenter.core.settings import get_settings
 from vcenter.db.models import Host, Task, VirtualMachine
 from vcenter.domain.states import PowerState, TaskState
+from vcenter.messaging.commands import RelocateResult
 from vcenter.messaging.contracts import OfflineDiscardArgs
 from vcenter.services import migration, relocation
 from vcenter.services.events import record_event
@@ -122,9 +123,9 @@ class Relocate(Operation):
         if phase == "defining":
             self._next(session, task, "finishing", params["source"], relocation.phase_command(session, vm, params, "finishing"))
             return
-        self._finished(session, task, vm, report.result)
+        self._finished(session, task, vm, report.typed(RelocateResult))
 
-    def _finished(self, session: Session, task: Task, vm: VirtualMachine, result: dict[str, Any]) -> None:
+    def _finished(self, session: Session, task: Task, vm: VirtualMachine, result: RelocateResult) -> None:
         """Finishing succeeded: the VM is defined on the target only."""
         params = task.params
         target: Host = session.get(Host, params["target"])
@@ -136,7 +137,7 @@ class Relocate(Operation):
         vm.host_id = target.id
         vm.cluster_id = target.cluster_id
         vm.status = "ready"
-        outcome = {"moved": [p["to"] for p in params["moves"]], "removed": result.get("removed", []), "not_removed": result.get("not_removed", []),
+        outcome = {"moved": [p["to"] for p in params["moves"]], "removed": result.removed, "not_removed": result.not_removed,
                    "copier": params["copier"], "copy": params.get("copy", {})}
         finish_task(session, task, TaskState.SUCCESS, result=outcome, object_name=vm.name)
         record_event(session, "vm.relocated", f"powered-off VM {vm.name} moved to host {target.name} with {len(params['moves'])} disk(s)",

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vcenter.core.settings import get_settings
 from vcenter.db.models import Task, VirtualMachine, VmSnapshotRow
 from vcenter.domain.states import PowerState, TaskState
+from vcenter.messaging.commands import PromoteResult, SnapshotCreated, SnapshotResult, SnapshotsDeleted
 from vcenter.messaging.contracts import CreateArgs, DeployArgs
 from vcenter.services.events import record_event
 from vcenter.services.operations.base import AgentResult, Ending, Operation, drop_creating
@@ -31,7 +33,9 @@ def _snapshot_rows(session: Session, vm: VirtualMachine) -> dict[str, VmSnapshot
 
 class _OnVm(Operation):
     """A one-command operation on a VM that may have left the inventory meanwhile; the domain's
-    power state comes with the result."""
+    power state comes with the result, read through its result model."""
+
+    result_model: type[BaseModel] = SnapshotResult
 
     def on_result(self, session: Session, task: Task, report: AgentResult) -> None:
         vm = session.get(VirtualMachine, task.object_id)
@@ -43,37 +47,38 @@ class _OnVm(Operation):
         if not report.ok:
             finish_task(session, task, TaskState.ERROR, error_code=report.error_code or "AGENT_ERROR", error_message=report.error_message, object_name=vm.name)
             return
-        self.applied(session, task, vm, report.result)
+        self.applied(session, task, vm, report.typed(self.result_model))
         finish_task(session, task, TaskState.SUCCESS, result=report.result, object_name=vm.name)
 
-    def applied(self, session: Session, task: Task, vm: VirtualMachine, result: dict[str, Any]) -> None:
+    def applied(self, session: Session, task: Task, vm: VirtualMachine, result: Any) -> None:
         raise NotImplementedError
 
 
 class _Snapshot(_OnVm):
     """A snapshot operation: libvirt may drop the VM's backup checkpoints with it."""
 
-    def applied(self, session: Session, task: Task, vm: VirtualMachine, result: dict[str, Any]) -> None:
+    def applied(self, session: Session, task: Task, vm: VirtualMachine, result: SnapshotResult) -> None:
         self.snapshots_changed(session, task, vm, result)
-        if result.get("checkpoints_dropped"):
-            record_event(session, "vm.backup.chain_reset", f"VM {vm.name}: checkpoints {result['checkpoints_dropped']} dropped by the snapshot operation; the next backup is full",
+        if result.checkpoints_dropped:
+            record_event(session, "vm.backup.chain_reset", f"VM {vm.name}: checkpoints {result.checkpoints_dropped} dropped by the snapshot operation; the next backup is full",
                          username=task.username, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
 
-    def snapshots_changed(self, session: Session, task: Task, vm: VirtualMachine, result: dict[str, Any]) -> None:
+    def snapshots_changed(self, session: Session, task: Task, vm: VirtualMachine, result: Any) -> None:
         raise NotImplementedError
 
 
 class SnapshotCreate(_Snapshot):
     kinds = ("vm.snapshot.create",)
+    result_model = SnapshotCreated
 
-    def snapshots_changed(self, session: Session, task: Task, vm: VirtualMachine, result: dict[str, Any]) -> None:
+    def snapshots_changed(self, session: Session, task: Task, vm: VirtualMachine, result: SnapshotCreated) -> None:
         rows = _snapshot_rows(session, vm)
-        row = rows.get(result["name"])
+        row = rows.get(result.name)
         if row is None:
-            parent = rows.get(result.get("parent") or "")
-            row = VmSnapshotRow(vm_id=vm.id, name=result["name"], description=result.get("description", ""),
-                                parent_id=parent.id if parent else None, memory=bool(result.get("memory")),
-                                power_state=PowerState.POWERED_ON.value if result.get("state") == "running" else PowerState.POWERED_OFF.value,
+            parent = rows.get(result.parent or "")
+            row = VmSnapshotRow(vm_id=vm.id, name=result.name, description=result.description,
+                                parent_id=parent.id if parent else None, memory=result.memory,
+                                power_state=PowerState.POWERED_ON.value if result.state == "running" else PowerState.POWERED_OFF.value,
                                 task_id=task.id)
             session.add(row)
             session.flush()
@@ -87,7 +92,7 @@ class SnapshotCreate(_Snapshot):
 class SnapshotRevert(_Snapshot):
     kinds = ("vm.snapshot.revert",)
 
-    def snapshots_changed(self, session: Session, task: Task, vm: VirtualMachine, result: dict[str, Any]) -> None:
+    def snapshots_changed(self, session: Session, task: Task, vm: VirtualMachine, result: SnapshotResult) -> None:
         for r in _snapshot_rows(session, vm).values():
             r.current = r.name == task.params["name"]
         record_event(session, "vm.snapshot.reverted", f"VM {vm.name} reverted to snapshot {task.params['name']!r}", username=task.username,
@@ -96,10 +101,11 @@ class SnapshotRevert(_Snapshot):
 
 class SnapshotDelete(_Snapshot):
     kinds = ("vm.snapshot.delete",)
+    result_model = SnapshotsDeleted
 
-    def snapshots_changed(self, session: Session, task: Task, vm: VirtualMachine, result: dict[str, Any]) -> None:
+    def snapshots_changed(self, session: Session, task: Task, vm: VirtualMachine, result: SnapshotsDeleted) -> None:
         rows = _snapshot_rows(session, vm)
-        deleted = [rows[n] for n in result.get("deleted", []) if n in rows]
+        deleted = [rows[n] for n in result.deleted if n in rows]
         if not deleted and task.params["name"] in rows:  # already gone on the host
             deleted = [rows[task.params["name"]]]
         gone = {r.id for r in deleted}
@@ -115,11 +121,12 @@ class SnapshotDelete(_Snapshot):
 
 class Promote(_OnVm):
     kinds = ("vm.promote",)
+    result_model = PromoteResult
 
-    def applied(self, session: Session, task: Task, vm: VirtualMachine, result: dict[str, Any]) -> None:
+    def applied(self, session: Session, task: Task, vm: VirtualMachine, result: PromoteResult) -> None:
         for disk in vm.disks:
             disk.backing_file = None
-        record_event(session, "vm.promoted", f"VM {vm.name}: linked disks {result.get('flattened')} made standalone", username=task.username,
+        record_event(session, "vm.promoted", f"VM {vm.name}: linked disks {result.flattened} made standalone", username=task.username,
                      object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
 
 
