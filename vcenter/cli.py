@@ -186,7 +186,7 @@ def seed(
 
     from vcenter.db.migrate import upgrade
     from vcenter.db.session import session_scope
-    from vcenter.services.seed import seed as seed_inventory
+    from vcenter.services.inventory.seed import seed as seed_inventory
 
     url = get_settings().database_url
     upgrade(url)
@@ -219,7 +219,7 @@ def admin_create(
     if not password:
         password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
     from vcenter.core.errors import VcError
-    from vcenter.services.admin import create_admin
+    from vcenter.services.access.admin import create_admin
 
     try:
         created = create_admin(get_settings(), username, password, exist_ok=exist_ok)

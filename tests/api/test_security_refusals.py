@@ -15,7 +15,7 @@ from tests.apihelpers import login, make_admin, register_host
 from vcenter.api.app import create_app
 from vcenter.db.models import Event, RefusedCredential
 from vcenter.db.session import session_scope
-from vcenter.services import auth as auth_service, refusals
+from vcenter.services.access import auth as auth_service, refusals
 
 
 FLOOD = 100

@@ -13,7 +13,8 @@ from vcenter.api.app import create_app
 from vcenter.core.clock import utcnow
 from vcenter.db.models import OutboxMessage, Task
 from vcenter.db.session import session_scope, sessionmaker_for
-from vcenter.services import maintenance, outbox
+from vcenter.services import maintenance
+from vcenter.services.tasks import outbox
 
 
 

@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from vcenter.core.errors import Unauthorized
 from vcenter.dashboard.web import COOKIE, ui_public
-from vcenter.services import auth
+from vcenter.services.access import auth
 from vcenter.services import console as console_service
 
 log = logging.getLogger(__name__)

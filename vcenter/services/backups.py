@@ -40,12 +40,13 @@ from vcenter.core.settings import Settings
 from vcenter.db.models import BackupJob, BackupPoint, Host, ObjectClaim, Task, VirtualDisk, VirtualMachine, VirtualNic, VmCustomization
 from vcenter.domain import backups as plan
 from vcenter.domain.states import PowerState
-from vcenter.services import inventory, placement
-from vcenter.services.events import record_event
+from vcenter.services.inventory import inventory
+from vcenter.services import placement
+from vcenter.services.tasks.events import record_event
 from vcenter.services.snapshots import disk_target, mount_path, ready_vm
-from vcenter.services.tasks import start_task
+from vcenter.services.tasks.tasks import start_task
 from vcenter.services.templates import SEED_SUFFIX, dns_label
-from vcenter.services.vm_spec import vm_spec
+from vcenter.services.inventory.vm_spec import vm_spec
 
 JOB_FIELDS = ("name", "datastore_id", "directory", "interval_s", "keep", "incremental", "full_every", "enabled")
 

@@ -1,7 +1,7 @@
 """A user's cancel of a Task. A queued Task ends cancelled at once and its operation rolls back
 what was made for its outcome (a VM being deployed, ...); a running one is flagged, and its
 agent (or its operation, for a step that must finish first) ends it. Stands on both the task
-store (services.tasks) and the operations (services.operations), which stand on the task store."""
+store (services.tasks.tasks) and the operations (services.operations), which stand on the task store."""
 from __future__ import annotations
 
 from sqlalchemy.orm import Session
@@ -10,7 +10,7 @@ from vcenter.core.errors import InvalidState
 from vcenter.db.models import Task
 from vcenter.domain.states import TaskState
 from vcenter.services.operations import Ending, operation_for
-from vcenter.services.tasks import finish_task, get_task
+from vcenter.services.tasks.tasks import finish_task, get_task
 
 
 def request_cancel(session: Session, task_id: int, username: str) -> Task:

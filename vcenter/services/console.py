@@ -24,8 +24,8 @@ from vcenter.core.settings import Settings
 from vcenter.db.models import Host, VirtualMachine
 from vcenter.messaging.contracts import Command
 from vcenter.messaging.signing import CommandSigner
-from vcenter.services import inventory
-from vcenter.services.events import record_event
+from vcenter.services.inventory import inventory
+from vcenter.services.tasks.events import record_event
 
 _PREFIX = "vcenter:console:ticket:"
 

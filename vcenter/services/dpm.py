@@ -20,9 +20,10 @@ from vcenter.core.settings import Settings
 from vcenter.db.models import Cluster, DpmSample, Task
 from vcenter.db.snapshots import cluster_snapshot
 from vcenter.domain import dpm, drs
-from vcenter.services import ha, inventory, migration, power
+from vcenter.services import ha, migration
+from vcenter.services.inventory import inventory, host_power
 from vcenter.services.drs import measured_demands
-from vcenter.services.events import record_event
+from vcenter.services.tasks.events import record_event
 
 
 def dpm_settings(cluster: Cluster) -> dpm.DpmSettings:
@@ -68,7 +69,7 @@ def run(session: Session, user: str, cluster_id: int, config: Settings) -> dict[
                     if rec.action == "power-off":
                         task = migration.enter_maintenance(session, user, int(rec.host), config, standby=True)
                     else:
-                        task = power.power_on_host(session, user, int(rec.host), reason=rec.reason)
+                        task = host_power.power_on_host(session, user, int(rec.host), reason=rec.reason)
                     entry["task_id"] = task.id
             except VcError as exc:
                 entry["error"] = exc.code

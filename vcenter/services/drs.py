@@ -24,8 +24,10 @@ from vcenter.db.snapshots import cluster_snapshot
 from vcenter.domain import drs, drs_whatif
 from vcenter.domain.snapshot import Rule, RuleKind
 from vcenter.domain.states import TaskState
-from vcenter.services import ha, inventory, metrics, migration, power
-from vcenter.services.events import record_event
+from vcenter.services import ha, migration
+from vcenter.services.inventory import inventory, host_power
+from vcenter.services.monitoring import metrics
+from vcenter.services.tasks.events import record_event
 
 
 def drs_settings(cluster: Cluster) -> drs.DrsSettings:
@@ -125,7 +127,7 @@ def run(session: Session, user: str, cluster_id: int, config: Settings) -> dict[
 
 def _wake(session: Session, user: str, cluster: Cluster, plan: drs.DrsPlan, settings: drs.DrsSettings) -> list[dict[str, Any]]:
     """Standby hosts the plan asks for (the powered-on hosts cannot hold the demand): powered
-    on through DPM's path (services.power, a ``host.exitStandby`` Task) when the cluster is
+    on through DPM's path (services.inventory.host_power, a ``host.exitStandby`` Task) when the cluster is
     fully automated, recommended otherwise; each an Event with the shortfall."""
     out = []
     automatic = drs.Automation(settings.automation) == drs.Automation.FULL
@@ -134,7 +136,7 @@ def _wake(session: Session, user: str, cluster: Cluster, plan: drs.DrsPlan, sett
         if automatic:
             try:
                 with session.begin_nested():
-                    entry["task_id"] = power.power_on_host(session, user, int(w.host), reason=f"DRS: {w.reason}").id
+                    entry["task_id"] = host_power.power_on_host(session, user, int(w.host), reason=f"DRS: {w.reason}").id
             except VcError as exc:  # e.g. no power settings, or a power action already running
                 entry["error"] = exc.code
         record_event(session, "cluster.drs.wake", f"DRS on cluster {cluster.name}: {'powers on' if automatic else 'recommends powering on'} standby host {w.host}: {w.reason}",

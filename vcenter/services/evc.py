@@ -20,9 +20,9 @@ from sqlalchemy.orm import Session
 from vcenter.core.errors import Conflict, Invalid
 from vcenter.db.models import Cluster, Host, Task, VirtualMachine
 from vcenter.domain.states import ConnectionState
-from vcenter.services import inventory
-from vcenter.services.events import record_event
-from vcenter.services.tasks import ensure_idle, start_task
+from vcenter.services.inventory import inventory
+from vcenter.services.tasks.events import record_event
+from vcenter.services.tasks.tasks import ensure_idle, start_task
 
 
 def enable(session: Session, user: str, cluster_id: int, host_ids: list[int] | None) -> Task:

@@ -36,11 +36,11 @@ from vcenter.domain import ha
 from vcenter.domain.snapshot import ClusterSnapshot, PendingReservation
 from vcenter.domain.states import TaskState
 from vcenter.schemas.ha import HaConfig, HaConfigUpdate, VmHaOverride
-from vcenter.services import inventory
-from vcenter.services import power as power_service
-from vcenter.services.events import record_event
+from vcenter.services.inventory import inventory
+from vcenter.services.inventory import host_power as power_service
+from vcenter.services.tasks.events import record_event
 from vcenter.services.ha_manager import RestartRow, StaleToken
-from vcenter.services.tasks import finish_task, start_task
+from vcenter.services.tasks.tasks import finish_task, start_task
 
 RESTART_KIND = "vm.ha_restart"
 RESET_KIND = "vm.ha_reset"
@@ -370,7 +370,7 @@ def give_up(session: Session, w: ha.Wait) -> None:
 
 def wake_standby_hosts(session: Session, cfg: HaConfig, plan: ha.RestartPlan) -> list[Task]:
     """Power on the standby hosts restart planning asked for (``plan.wake``: the survivors
-    cannot hold the VMs), through DPM's power drivers (services.power: IPMI, Redfish,
+    cannot hold the VMs), through DPM's power drivers (services.inventory.host_power: IPMI, Redfish,
     Wake-on-LAN, the lab's): a ``host.exitStandby`` Task that ends when the host's agent
     reported again; the VMs wait for it (their reason says so) and are placed on the next pass
     after it left standby. A host already waking is left alone; after a failed wake (an Event

@@ -44,7 +44,7 @@ from vcenter.domain import ha
 from vcenter.messaging.contracts import ha_datastore_view_key, heartbeat_key
 from vcenter.schemas.ha import HaConfig
 from vcenter.services import ha as ha_service
-from vcenter.services.events import record_event
+from vcenter.services.tasks.events import record_event
 from vcenter.services.ha_manager import (
     HaCluster,
     HaMonitor,
@@ -52,8 +52,8 @@ from vcenter.services.ha_manager import (
     Unreachable,
     WatchedVm,
 )
-from vcenter.services.runtime import Runtime
-from vcenter.services.vm_spec import vm_spec
+from vcenter.services.tasks.runtime import Runtime
+from vcenter.services.inventory.vm_spec import vm_spec
 
 log = logging.getLogger(__name__)
 

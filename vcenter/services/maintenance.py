@@ -19,11 +19,12 @@ from vcenter.core.clock import utcnow
 from vcenter.core.settings import Settings
 from vcenter.db.models import Event, Host, Task
 from vcenter.domain.states import TaskState
-from vcenter.services import migration, refusals
-from vcenter.services.events import record_event
+from vcenter.services import migration
+from vcenter.services.access import refusals
+from vcenter.services.tasks.events import record_event
 from vcenter.services.operations import REGISTRY, Ending, operation_for
 from vcenter.services.reports import mark_host_heartbeat
-from vcenter.services.tasks import expired_leases, finish_task, send_command, stale_queued
+from vcenter.services.tasks.tasks import expired_leases, finish_task, send_command, stale_queued
 
 log = logging.getLogger(__name__)
 

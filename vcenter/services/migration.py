@@ -40,10 +40,11 @@ from vcenter.domain import evacuation, placement
 from vcenter.domain.snapshot import ClusterSnapshot, VmSnapshot
 from vcenter.domain.states import PowerState, TaskState
 from vcenter.messaging.contracts import MigrateArgs, MigrationOptions, RelocateArgs
-from vcenter.services import ha, inventory, power, relocation
-from vcenter.services.cluster_settings import maintenance_settings
-from vcenter.services.events import record_event
-from vcenter.services.tasks import ensure_idle, finish_task, send_command, start_task
+from vcenter.services import ha, relocation
+from vcenter.services.inventory import inventory, host_power
+from vcenter.services.inventory.cluster_settings import maintenance_settings
+from vcenter.services.tasks.events import record_event
+from vcenter.services.tasks.tasks import ensure_idle, finish_task, send_command, start_task
 
 FILTER_CODES = {
     "ConnectionFilter": "HOST_NOT_CONNECTED",
@@ -348,7 +349,7 @@ def advance_maintenance(session: Session, task: Task) -> None:
         finish_task(session, task, TaskState.ERROR, error_code="EVACUATION_FAILED", error_message=detail, object_name=host.name)
         return
     if task.kind == "host.enterStandby":
-        power.power_off_host(session, task, host, moved=len(children))
+        host_power.power_off_host(session, task, host, moved=len(children))
         return
     host.maintenance = True
     finish_task(session, task, TaskState.SUCCESS, result={"moved": len(children), "powered_off_moved": len(task.params.get("cold") or {})}, object_name=host.name)

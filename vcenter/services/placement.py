@@ -17,8 +17,8 @@ from vcenter.domain import placement, pools, rules
 from vcenter.domain.cpu import CpuRequirement
 from vcenter.domain.placement import PlacementResult
 from vcenter.domain.snapshot import VmSnapshot
-from vcenter.services import inventory
-from vcenter.services.events import record_event
+from vcenter.services.inventory import inventory
+from vcenter.services.tasks.events import record_event
 
 
 class PlacementFailed(Conflict):

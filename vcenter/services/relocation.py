@@ -36,9 +36,9 @@ from vcenter.core.errors import Conflict
 from vcenter.db.models import Datastore, Host, Task, VirtualMachine, VmSnapshotRow
 from vcenter.domain.states import ConnectionState
 from vcenter.messaging.contracts import OfflineCopyArgs, OfflineDefineArgs, OfflineFinishArgs, VmSpec
-from vcenter.services.events import record_event
-from vcenter.services.tasks import start_task
-from vcenter.services.vm_spec import vm_spec
+from vcenter.services.tasks.events import record_event
+from vcenter.services.tasks.tasks import start_task
+from vcenter.services.inventory.vm_spec import vm_spec
 
 PHASE_PROGRESS = {"copying": 5, "defining": 85, "finishing": 92, "discarding": 95}
 

@@ -22,9 +22,9 @@ from vcenter.domain.demand import NOISE_WINDOW, cpu_sample_mhz, noise_spread, sm
 from vcenter.domain.states import ConnectionState, TaskState
 from vcenter.messaging.contracts import DomainState, HostState, LifecycleEvent, TaskProgress, TaskResult
 from vcenter.services import ha, migration
-from vcenter.services.events import record_event
+from vcenter.services.tasks.events import record_event
 from vcenter.services.operations import AgentResult, operation_for
-from vcenter.services.tasks import mark_running
+from vcenter.services.tasks.tasks import mark_running
 
 log = logging.getLogger(__name__)
 

@@ -35,9 +35,10 @@ from vcenter.core.ids import new_mac, new_uuid
 from vcenter.db.models import Datastore, Host, Task, VirtualDisk, VirtualMachine, VirtualNic, VmCustomization, VmSnapshotRow
 from vcenter.domain.backups import snapshot_tree
 from vcenter.domain.states import PowerState
-from vcenter.services import inventory, placement
-from vcenter.services.events import record_event
-from vcenter.services.tasks import ensure_idle, start_task
+from vcenter.services.inventory import inventory
+from vcenter.services import placement
+from vcenter.services.tasks.events import record_event
+from vcenter.services.tasks.tasks import ensure_idle, start_task
 from vcenter.services.templates import SEED_SUFFIX, dns_label
 
 

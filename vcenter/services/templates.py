@@ -44,10 +44,12 @@ from vcenter.db.models import (
 from vcenter.domain.datastore_paths import PathRefused, safe_file_name, validate_datastore_path
 from vcenter.domain.states import ConnectionState, PowerState, TaskState
 from vcenter.messaging.contracts import DeployArgs
-from vcenter.services import authz, evc, inventory, placement, uploads
-from vcenter.services.events import record_event
-from vcenter.services.tasks import ensure_idle, send_command, start_task
-from vcenter.services.vm_spec import vm_spec
+from vcenter.services.access import authz
+from vcenter.services import evc, placement, uploads
+from vcenter.services.inventory import inventory
+from vcenter.services.tasks.events import record_event
+from vcenter.services.tasks.tasks import ensure_idle, send_command, start_task
+from vcenter.services.inventory.vm_spec import vm_spec
 
 SEED_SUFFIX = "-seed.iso"
 MIB = 1 << 20

@@ -21,7 +21,7 @@ from vcenter.core.settings import Settings
 from vcenter.db.models import Task, Upload
 from vcenter.domain import upload_cleanup as plan
 from vcenter.domain.states import TaskState
-from vcenter.services.events import record_event
+from vcenter.services.tasks.events import record_event
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from vcenter.core.settings import Settings
 from vcenter.db.models import Task, Upload
 from vcenter.domain.datastore_paths import safe_file_name
 from vcenter.domain.states import TaskState
-from vcenter.services.events import record_event
+from vcenter.services.tasks.events import record_event
 
 
 class TooLarge(VcError):

@@ -15,10 +15,11 @@ from vcenter.core.settings import Settings
 from vcenter.db.models import Cluster, Host, Task, VirtualDisk, VirtualMachine, VirtualNic
 from vcenter.domain.states import ConnectionState, PowerAction, PowerState, TaskState, check_power_action
 from vcenter.messaging.contracts import CreateArgs
-from vcenter.services import evc, ha, inventory, placement
-from vcenter.services.events import record_event
-from vcenter.services.tasks import ensure_idle, finish_task, start_task
-from vcenter.services.vm_spec import vm_spec
+from vcenter.services import evc, ha, placement
+from vcenter.services.inventory import inventory
+from vcenter.services.tasks.events import record_event
+from vcenter.services.tasks.tasks import ensure_idle, finish_task, start_task
+from vcenter.services.inventory.vm_spec import vm_spec
 
 POWER_COMMANDS = {
     PowerAction.POWER_ON: "vm.start",

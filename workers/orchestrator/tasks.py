@@ -8,7 +8,7 @@ from celery import Celery
 
 from vcenter.core.settings import Settings
 from vcenter.services import maintenance
-from vcenter.services.runtime import Runtime
+from vcenter.services.tasks.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def register(app: Celery, settings: Settings) -> Runtime:
 
     @app.task(name="orchestrator.metrics_rollup", ignore_result=True)
     def metrics_rollup() -> dict:
-        from vcenter.services import metrics
+        from vcenter.services.monitoring import metrics
 
         with runtime.transaction() as session:
             counts = {"rolled": metrics.rollup(session, settings)}
@@ -89,14 +89,14 @@ def register(app: Celery, settings: Settings) -> Runtime:
 
     @app.task(name="orchestrator.alarms", ignore_result=True)
     def evaluate_alarms() -> dict:
-        from vcenter.services import alarms
+        from vcenter.services.monitoring import alarms
 
         with runtime.transaction() as session:
             return alarms.evaluate(session, settings)
 
     @app.task(name="orchestrator.alarm_webhooks", ignore_result=True)
     def alarm_webhooks() -> dict:
-        from vcenter.services import alarms
+        from vcenter.services.monitoring import alarms
 
         return alarms.deliver_webhooks(runtime.transaction, settings)
 

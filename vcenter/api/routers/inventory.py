@@ -10,9 +10,10 @@ from fastapi import APIRouter, Query, Request, status
 from vcenter.api.deps import CurrentUserInfo, DbDep, SettingsDep, requires
 from vcenter.core.object_ids import ObjectIdPath, Offset
 from vcenter.schemas import inventory as s
-from vcenter.services import hosts, migration, power
-from vcenter.services import inventory as inv
-from vcenter.services.listing import list_rows
+from vcenter.services.inventory import hosts, host_power
+from vcenter.services import migration
+from vcenter.services.inventory import inventory as inv
+from vcenter.services.inventory.listing import list_rows
 
 router = APIRouter(prefix="/api/v1")
 
@@ -157,4 +158,4 @@ def power_off_host(host_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUser
 
 @router.post("/hosts/{host_id}/power/on", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, tags=["hosts"], summary="Power a host in standby on; the Task ends when its agent reports again")
 def power_on_host(host_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Power", on="host")]) -> Any:
-    return power.power_on_host(db, user.username, host_id)
+    return host_power.power_on_host(db, user.username, host_id)

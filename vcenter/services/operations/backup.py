@@ -14,9 +14,9 @@ from sqlalchemy.orm import Session
 from vcenter.core.clock import utcnow
 from vcenter.db.models import BackupPoint, Task, VirtualMachine, VmSnapshotRow
 from vcenter.domain.states import TaskState
-from vcenter.services.events import record_event
+from vcenter.services.tasks.events import record_event
 from vcenter.services.operations.base import AgentResult, Ending, Operation, drop_creating
-from vcenter.services.tasks import finish_task
+from vcenter.services.tasks.tasks import finish_task
 
 
 class Backup(Operation):

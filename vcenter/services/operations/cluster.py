@@ -10,7 +10,7 @@ from vcenter.db.models import Task, VirtualMachine
 from vcenter.domain.states import TaskState
 from vcenter.services import evc
 from vcenter.services.operations.base import AgentResult, Operation
-from vcenter.services.tasks import finish_task
+from vcenter.services.tasks.tasks import finish_task
 
 
 class EnableEvc(Operation):

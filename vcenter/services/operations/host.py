@@ -12,7 +12,8 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from vcenter.db.models import Task
-from vcenter.services import migration, power
+from vcenter.services import migration
+from vcenter.services.inventory import host_power
 from vcenter.services.operations.base import Operation
 
 
@@ -25,8 +26,8 @@ class Evacuate(Operation):
 
 
 class ExitStandby(Operation):
-    kinds = (power.EXIT_STANDBY,)
+    kinds = (host_power.EXIT_STANDBY,)
     advances = True
 
     def advance(self, session: Session, task: Task) -> None:
-        power.advance_power_on_task(session, task)
+        host_power.advance_power_on_task(session, task)

@@ -21,9 +21,9 @@ from sqlalchemy.orm import Session
 
 from vcenter.db.models import Task, Template, Upload, VirtualMachine
 from vcenter.domain.states import TaskState
-from vcenter.services.events import record_event
+from vcenter.services.tasks.events import record_event
 from vcenter.services.operations.base import AgentResult, Ending, Operation
-from vcenter.services.tasks import finish_task
+from vcenter.services.tasks.tasks import finish_task
 
 
 def _objects(session: Session, task: Task) -> tuple[VirtualMachine | None, Template | None]:

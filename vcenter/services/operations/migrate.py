@@ -13,9 +13,9 @@ from sqlalchemy.orm import Session
 from vcenter.db.models import Host, Task, VirtualMachine
 from vcenter.domain.states import PowerState, TaskState
 from vcenter.services import migration
-from vcenter.services.events import record_event
+from vcenter.services.tasks.events import record_event
 from vcenter.services.operations.base import AgentResult, Operation
-from vcenter.services.tasks import finish_task
+from vcenter.services.tasks.tasks import finish_task
 
 
 class Migrate(Operation):

@@ -22,9 +22,9 @@ from vcenter.db.models import Host, Task, VirtualMachine
 from vcenter.domain.states import PowerState, TaskState
 from vcenter.messaging.contracts import OfflineDiscardArgs
 from vcenter.services import migration, relocation
-from vcenter.services.events import record_event
+from vcenter.services.tasks.events import record_event
 from vcenter.services.operations.base import AgentResult, Operation, apply_domain
-from vcenter.services.tasks import finish_task, mark_running, send_command
+from vcenter.services.tasks.tasks import finish_task, mark_running, send_command
 
 CANCELLED = "the relocation was cancelled; the VM stays on its old host and disks"
 

@@ -19,10 +19,10 @@ from vcenter.core.settings import get_settings
 from vcenter.db.models import Task, VirtualMachine, VmSnapshotRow
 from vcenter.domain.states import PowerState, TaskState
 from vcenter.messaging.contracts import CreateArgs, DeployArgs
-from vcenter.services.events import record_event
+from vcenter.services.tasks.events import record_event
 from vcenter.services.operations.base import AgentResult, Ending, Operation, drop_creating
-from vcenter.services.tasks import finish_task, mark_running, send_command
-from vcenter.services.vm_spec import vm_spec
+from vcenter.services.tasks.tasks import finish_task, mark_running, send_command
+from vcenter.services.inventory.vm_spec import vm_spec
 
 
 def _snapshot_rows(session: Session, vm: VirtualMachine) -> dict[str, VmSnapshotRow]:

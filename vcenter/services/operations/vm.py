@@ -8,9 +8,9 @@ from sqlalchemy.orm import Session
 
 from vcenter.db.models import Task, VirtualMachine
 from vcenter.domain.states import PowerAction, TaskState, power_state_after
-from vcenter.services.events import record_event
+from vcenter.services.tasks.events import record_event
 from vcenter.services.operations.base import AgentResult, Ending, Operation, apply_domain, drop_creating
-from vcenter.services.tasks import finish_task
+from vcenter.services.tasks.tasks import finish_task
 
 
 class VmCreate(Operation):

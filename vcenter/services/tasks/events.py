@@ -2,7 +2,7 @@
 
 Who: an event names its actor twice. ``username`` is for people (a user's name at the time, or
 one of the system's own actors, SYSTEM_ACTORS); ``user_id`` is what visibility and ownership
-are decided on (vcenter.services.authz), never the name, which a later user could take. The
+are decided on (vcenter.services.access.authz), never the name, which a later user could take. The
 id comes, in this order, from: the caller; the authenticated actor of the request
 (``bind_actor``, set by the API where it authenticates) when the name is that actor's; the
 task the event is about, when the name is its owner's; None for a system actor; else the user
@@ -21,7 +21,7 @@ from vcenter.db.models import Event, Task, User
 
 # The names the code acts under itself (record_event/start_task callers: the default, the CLI,
 # HA, DRS, DPM, scheduled backups) and a few an operator would read the same way. No user may
-# take one (vcenter.services.auth.create_user), so a name here never means a person.
+# take one (vcenter.services.access.auth.create_user), so a name here never means a person.
 SYSTEM_ACTORS: frozenset[str] = frozenset({
     "system", "cli", "ha", "drs", "dpm", "scheduler", "reaper", "beat", "agent", "monitor", "alarms", "anonymous", "root",
 })

@@ -27,8 +27,8 @@ from vcenter.core.settings import Settings
 from vcenter.db.models import Event, ObjectClaim, Task
 from vcenter.domain.states import TaskState
 from vcenter.messaging.contracts import AGENT_EXECUTE_TASK, Command, host_queue
-from vcenter.services.events import actor_user_id, record_event
-from vcenter.services.outbox import enqueue
+from vcenter.services.tasks.events import actor_user_id, record_event
+from vcenter.services.tasks.outbox import enqueue
 
 log = logging.getLogger(__name__)
 

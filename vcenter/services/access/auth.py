@@ -1,10 +1,10 @@
 """Users and login sessions: argon2 password hashes, server-side sessions with an idle
 timeout and an absolute lifetime, revocable (logout).
 
-Every password set here passes the policy (vcenter.services.passwords: WEAK_PASSWORD); no user
-takes the name of one of the system's own actors (vcenter.services.events.SYSTEM_ACTORS:
+Every password set here passes the policy (vcenter.services.access.passwords: WEAK_PASSWORD); no user
+takes the name of one of the system's own actors (vcenter.services.tasks.events.SYSTEM_ACTORS:
 RESERVED_USERNAME). Changing or deleting a user needs an actor that holds everything the user
-holds (vcenter.services.delegation); deleting one removes its permissions, group memberships,
+holds (vcenter.services.access.delegation); deleting one removes its permissions, group memberships,
 API tokens and sessions in the same transaction (its id is never given again).
 """
 from __future__ import annotations
@@ -23,11 +23,11 @@ from vcenter.core.errors import Conflict, Invalid, NotFound, RateLimited, Unauth
 from vcenter.core.ids import new_token, token_hash
 from vcenter.core.settings import Settings
 from vcenter.db.models import ApiToken, Event, GroupMember, LoginSession, Permission, Role, User
-from vcenter.services.events import SYSTEM_ACTORS, is_system_actor, record_event
-from vcenter.services.passwords import check_password
+from vcenter.services.tasks.events import SYSTEM_ACTORS, is_system_actor, record_event
+from vcenter.services.access.passwords import check_password
 
 if TYPE_CHECKING:
-    from vcenter.services.delegation import Actor
+    from vcenter.services.access.delegation import Actor
 
 _hasher = PasswordHasher()
 # Verifying against this keeps the time of "no such user" equal to "wrong password".
@@ -86,7 +86,7 @@ def _recent(session: Session, kind: str, settings: Settings, condition: Any) -> 
 
 def login(session: Session, username: str, password: str, settings: Settings) -> tuple[str, LoginSession, User]:
     source = request_source.get()
-    # Refusals while limited are counted per source and minute (vcenter.services.refusals); only
+    # Refusals while limited are counted per source and minute (vcenter.services.access.refusals); only
     # the first of a window is also an Event, so a flood of guesses cannot fill the audit log.
     if source is not None and _recent_failures_from(session, source, settings) >= settings.login_source_failures:
         # Guessing across many user names from one address: slow that address down, not the users.
@@ -196,7 +196,7 @@ def delete_user(session: Session, actor: "Actor", user_id: int) -> None:
                  username=actor.name, user_id=actor.user.id, object_type="user", object_id=user_id, object_name=name)
 
 
-# --- API tokens: long-lived, for scripts; narrowed to a role (see services.authz) ---------
+# --- API tokens: long-lived, for scripts; narrowed to a role (see services.access.authz) ---------
 
 def _authenticate_api_token(session: Session, token: str) -> User:
     api_token = session.scalar(select(ApiToken).where(ApiToken.token_hash == token_hash(token)))

@@ -4,7 +4,7 @@ Built-in roles (Administrator, Read-only, No access, VM operator) cannot change 
 in use by a permission or an API token cannot be deleted (409 naming the count). Permissions
 are set on inventory objects (``root`` 0 for the whole inventory); one per principal and object.
 
-Delegation never escalates (vcenter.services.delegation): every change here is made by an
+Delegation never escalates (vcenter.services.access.delegation): every change here is made by an
 ``Actor`` that must hold everything each principal the change touches holds, before and after
 the change (a group's members, a role's holders, a permission's user or group and its
 members); nobody but an administrator edits a role it holds, or touches an
@@ -22,10 +22,10 @@ from vcenter.core.errors import Conflict, Forbidden, Invalid, NotFound
 from vcenter.db.models import ApiToken, Group, GroupMember, Permission, Role, User
 from vcenter.domain.delegation import role_is_administrator_equivalent
 from vcenter.domain.privileges import unknown_privileges
-from vcenter.services import authz
-from vcenter.services.delegation import Actor, role_holders
-from vcenter.services.events import record_event
-from vcenter.services.inventory import KINDS
+from vcenter.services.access import authz
+from vcenter.services.access.delegation import Actor, role_holders
+from vcenter.services.tasks.events import record_event
+from vcenter.services.inventory.inventory import KINDS
 
 OBJECT_KINDS = ("root", "datacenter", "folder", "cluster", "host", "datastore", "portgroup", "pool", "vm")
 

@@ -6,7 +6,7 @@ from sqlalchemy import select
 from vcenter.core.settings import Settings
 from vcenter.db.models import User
 from vcenter.db.session import session_scope
-from vcenter.services import auth
+from vcenter.services.access import auth
 
 
 def create_admin(settings: Settings, username: str, password: str, exist_ok: bool = False) -> bool:

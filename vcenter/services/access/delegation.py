@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from vcenter.core.errors import Forbidden
 from vcenter.db.models import ApiToken, GroupMember, Permission, Role, User
 from vcenter.domain.delegation import ROOT, Holdings, administrator_equivalent, covers_cheaply, missing
-from vcenter.services import authz, users
+from vcenter.services.access import authz, users
 
 _MAX_DETAILS = 20
 

@@ -26,9 +26,9 @@ from vcenter.core.settings import Settings
 from vcenter.db.models import AlarmDefinition, AlarmState, AlarmWebhook, Datastore, Host, VirtualMachine
 from vcenter.domain import alarms as a
 from vcenter.domain.metrics import Aggregate
-from vcenter.services import inventory
-from vcenter.services.events import record_event
-from vcenter.services.metrics import latest
+from vcenter.services.inventory import inventory
+from vcenter.services.tasks.events import record_event
+from vcenter.services.monitoring.metrics import latest
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,8 @@ from vcenter.db.models import (
     VirtualMachine,
     VirtualNic,
 )
-from vcenter.services import alarms, inventory
+from vcenter.services.monitoring import alarms
+from vcenter.services.inventory import inventory
 
 TREE_KINDS = ("datacenter", "cluster", "host", "vm", "datastore", "portgroup")
 SEARCH_KINDS: dict[str, Any] = {"vm": VirtualMachine, "host": Host, "cluster": Cluster, "datastore": Datastore, "portgroup": PortGroup, "datacenter": Datacenter}
@@ -208,7 +209,7 @@ EVENT_MODEL = Event
 
 
 def triggered_alarms(session: Session, kind: str, object_id: int) -> list[dict[str, Any]]:
-    """Alarms not green on the object and below it (vcenter.services.alarms)."""
+    """Alarms not green on the object and below it (vcenter.services.monitoring.alarms)."""
     if kind not in ("datacenter", "cluster", "host", "vm", "datastore"):
         return []
     return alarms.triggered(session, kind, object_id, descendants=True)

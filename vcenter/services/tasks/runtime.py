@@ -21,8 +21,8 @@ from vcenter.db.session import sessionmaker_for
 from vcenter.messaging.celery_app import make_celery
 from vcenter.messaging.contracts import heartbeat_key
 from vcenter.messaging.signing import CommandSigner
-from vcenter.services import outbox
-from vcenter.services.events import record_event
+from vcenter.services.tasks import outbox
+from vcenter.services.tasks.events import record_event
 
 log = logging.getLogger(__name__)
 

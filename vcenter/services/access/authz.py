@@ -265,7 +265,7 @@ def event_visibility_clause(session: Session, user: User, model: Any, token: str
     return or_(*parts)
 
 
-# --- holdings over the whole inventory (vcenter.services.delegation) -----------------------
+# --- holdings over the whole inventory (vcenter.services.access.delegation) -----------------------
 
 def group_grants(session: Session, group_id: int) -> dict[Node, list[Grant]]:
     """The permissions of a group, as a member with no permission of its own holds them."""

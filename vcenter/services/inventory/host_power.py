@@ -17,9 +17,9 @@ from vcenter.core.clock import utcnow
 from vcenter.core.errors import Conflict, InvalidState
 from vcenter.db.models import Host, Task
 from vcenter.domain.states import ConnectionState, TaskState
-from vcenter.services import inventory
-from vcenter.services.events import record_event
-from vcenter.services.tasks import ensure_idle, finish_task, start_task
+from vcenter.services.inventory import inventory
+from vcenter.services.tasks.events import record_event
+from vcenter.services.tasks.tasks import ensure_idle, finish_task, start_task
 
 log = logging.getLogger(__name__)
 

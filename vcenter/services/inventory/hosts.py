@@ -27,8 +27,8 @@ from vcenter.core.settings import Settings
 from vcenter.db.models import Host, VirtualMachine
 from vcenter.domain.states import ConnectionState, PowerState
 from vcenter.messaging.signing import CommandSigner, load_or_create_signing_key, signing_key_path
-from vcenter.services import inventory
-from vcenter.services.events import record_event
+from vcenter.services.inventory import inventory
+from vcenter.services.tasks.events import record_event
 
 
 def issue_registration_token(session: Session, host: Host, settings: Settings, user: str) -> str:
@@ -86,7 +86,7 @@ def register(session: Session, settings: Settings, registration_token: str, host
         proven = registration.check_proof(certificate_pem, signature, registration.signed_message(nonce, registration_token, host_uuid))
     except registration.ProofRefused as exc:
         # No Event per attempt (a flood would fill the audit log): the API's error handler
-        # counts refused proofs per source and minute (vcenter.services.refusals).
+        # counts refused proofs per source and minute (vcenter.services.access.refusals).
         raise Unauthorized(exc.message, code=exc.code) from None
     if thumbprint is not None and thumbprint.strip().upper() != proven.thumbprint:
         raise Unauthorized("the claimed thumbprint is not the certificate's", code="BAD_REGISTRATION_PROOF")

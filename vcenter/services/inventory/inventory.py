@@ -31,8 +31,8 @@ from vcenter.db.models import (
     VirtualNic,
 )
 from vcenter.domain.datastore_roots import DatastorePathRefused, check_datastore_path, check_root, overlaps, parse_roots
-from vcenter.services.cluster_settings import check_cluster_settings
-from vcenter.services.events import record_event
+from vcenter.services.inventory.cluster_settings import check_cluster_settings
+from vcenter.services.tasks.events import record_event
 
 KINDS: dict[str, Any] = {
     "datacenter": Datacenter,
@@ -257,7 +257,7 @@ def create_pool(session: Session, user: str, data: dict[str, Any]) -> ResourcePo
 
 # --- hosts ---------------------------------------------------------------------------------
 def create_host(session: Session, user: str, data: dict[str, Any]) -> Host:
-    """Add a host; its agent registers later with a token from services.hosts."""
+    """Add a host; its agent registers later with a token from services.inventory.hosts."""
     ref(session, "datacenter", data["datacenter_id"], "datacenter_id")
     cluster = ref(session, "cluster", data.get("cluster_id"), "cluster_id")
     if cluster is not None and cluster.datacenter_id != data["datacenter_id"]:
