@@ -122,7 +122,7 @@ def ha(redis_url: Optional[str] = typer.Option(None, help="Redis URL [VCENTER_RE
     """Run the HA monitor: active/standby through a Redis lock with a fencing token; run two for
     fail-over. Judges host liveness, restarts VMs of failed hosts, resets hung guests."""
     _env(redis_url=redis_url)
-    from vcenter.services.ha_monitor import run_ha
+    from vcenter.services.ha.ha_monitor import run_ha
 
     run_ha(get_settings())
 

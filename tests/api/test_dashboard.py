@@ -16,7 +16,7 @@ from tests.conftest import REDIS_URL
 from vcenter.api.app import create_app
 from vcenter.db.session import session_scope
 from vcenter.services.access import auth
-from vcenter.services import console as console_service
+from vcenter.services.compute import console as console_service
 
 
 

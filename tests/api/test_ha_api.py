@@ -18,7 +18,7 @@ from vcenter.api.app import create_app
 from vcenter.db.models import Event, Task
 from vcenter.db.session import session_scope
 from vcenter.messaging.contracts import ha_datastore_view_key, heartbeat_key
-from vcenter.services.ha_monitor import LOCK_KEY, HaMonitorProcess
+from vcenter.services.ha.ha_monitor import LOCK_KEY, HaMonitorProcess
 
 
 

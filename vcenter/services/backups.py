@@ -41,7 +41,7 @@ from vcenter.db.models import BackupJob, BackupPoint, Host, ObjectClaim, Task, V
 from vcenter.domain import backups as plan
 from vcenter.domain.states import PowerState
 from vcenter.services.inventory import inventory
-from vcenter.services import placement
+from vcenter.services.compute import placement
 from vcenter.services.tasks.events import record_event
 from vcenter.services.snapshots import disk_target, mount_path, ready_vm
 from vcenter.services.tasks.tasks import start_task

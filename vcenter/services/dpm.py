@@ -20,7 +20,8 @@ from vcenter.core.settings import Settings
 from vcenter.db.models import Cluster, DpmSample, Task
 from vcenter.db.snapshots import cluster_snapshot
 from vcenter.domain import dpm, drs
-from vcenter.services import ha, migration
+from vcenter.services.ha import ha
+from vcenter.services.compute import maintenance_mode
 from vcenter.services.inventory import inventory, host_power
 from vcenter.services.drs import measured_demands
 from vcenter.services.tasks.events import record_event
@@ -67,7 +68,7 @@ def run(session: Session, user: str, cluster_id: int, config: Settings) -> dict[
             try:
                 with session.begin_nested():
                     if rec.action == "power-off":
-                        task = migration.enter_maintenance(session, user, int(rec.host), config, standby=True)
+                        task = maintenance_mode.enter_maintenance(session, user, int(rec.host), config, standby=True)
                     else:
                         task = host_power.power_on_host(session, user, int(rec.host), reason=rec.reason)
                     entry["task_id"] = task.id
@@ -89,5 +90,5 @@ def run_due(session: Session, config: Settings) -> list[int]:
 
 
 def _ha_reserve(cluster: Cluster) -> float:
-    """What HA admission control holds back for failover (vcenter.services.ha)."""
+    """What HA admission control holds back for failover (vcenter.services.ha.ha)."""
     return ha.reserve_fraction(cluster)

@@ -24,7 +24,8 @@ from vcenter.db.snapshots import cluster_snapshot
 from vcenter.domain import drs, drs_whatif
 from vcenter.domain.snapshot import Rule, RuleKind
 from vcenter.domain.states import TaskState
-from vcenter.services import ha, migration
+from vcenter.services.ha import ha
+from vcenter.services.compute import migration
 from vcenter.services.inventory import inventory, host_power
 from vcenter.services.monitoring import metrics
 from vcenter.services.tasks.events import record_event
@@ -235,5 +236,5 @@ def run_due(session: Session, config: Settings) -> list[int]:
 
 
 def _ha_reserve(cluster: Cluster) -> float:
-    """What HA admission control holds back for failover (vcenter.services.ha)."""
+    """What HA admission control holds back for failover (vcenter.services.ha.ha)."""
     return ha.reserve_fraction(cluster)

@@ -19,7 +19,7 @@ from vcenter.core.clock import utcnow
 from vcenter.core.settings import Settings
 from vcenter.db.models import Event, Host, Task
 from vcenter.domain.states import TaskState
-from vcenter.services import migration
+from vcenter.services.compute import migration
 from vcenter.services.access import refusals
 from vcenter.services.tasks.events import record_event
 from vcenter.services.operations import REGISTRY, Ending, operation_for

@@ -21,7 +21,8 @@ from vcenter.domain.datastore_roots import DatastorePathRefused, check_datastore
 from vcenter.domain.demand import NOISE_WINDOW, cpu_sample_mhz, noise_spread, smoothed_demand
 from vcenter.domain.states import ConnectionState, TaskState
 from vcenter.messaging.contracts import DomainState, HostState, LifecycleEvent, TaskProgress, TaskResult
-from vcenter.services import ha, migration
+from vcenter.services.ha import ha
+from vcenter.services.compute import migration
 from vcenter.services.tasks.events import record_event
 from vcenter.services.operations import AgentResult, operation_for
 from vcenter.services.tasks.tasks import mark_running

@@ -36,7 +36,7 @@ from vcenter.db.models import Datastore, Host, Task, VirtualDisk, VirtualMachine
 from vcenter.domain.backups import snapshot_tree
 from vcenter.domain.states import PowerState
 from vcenter.services.inventory import inventory
-from vcenter.services import placement
+from vcenter.services.compute import placement
 from vcenter.services.tasks.events import record_event
 from vcenter.services.tasks.tasks import ensure_idle, start_task
 from vcenter.services.templates import SEED_SUFFIX, dns_label

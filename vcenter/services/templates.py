@@ -45,7 +45,8 @@ from vcenter.domain.datastore_paths import PathRefused, safe_file_name, validate
 from vcenter.domain.states import ConnectionState, PowerState, TaskState
 from vcenter.messaging.contracts import DeployArgs
 from vcenter.services.access import authz
-from vcenter.services import evc, placement, uploads
+from vcenter.services.compute import evc, placement
+from vcenter.services import uploads
 from vcenter.services.inventory import inventory
 from vcenter.services.tasks.events import record_event
 from vcenter.services.tasks.tasks import ensure_idle, send_command, start_task

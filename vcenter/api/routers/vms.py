@@ -9,7 +9,7 @@ from vcenter.core.object_ids import ObjectIdPath, ObjectIdQuery, Offset
 from vcenter.domain.states import PowerAction
 from vcenter.schemas import inventory as s
 from vcenter.services.inventory import inventory as inv
-from vcenter.services import evc, migration, vms
+from vcenter.services.compute import evc, migration, vms
 from vcenter.services.inventory import hosts
 from vcenter.services.inventory.listing import list_rows
 

@@ -1,5 +1,5 @@
 """Host power for DPM and operators: power a host off into standby (after its evacuation, see
-services.migration) and back on, through the host's power driver (vcenter.power: IPMI,
+services.compute.migration) and back on, through the host's power driver (vcenter.power: IPMI,
 Redfish, Wake-on-LAN, the lab's).
 
 Vocabulary: standby = powered off by us, known to come back; a host in standby takes no VMs

@@ -8,7 +8,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from vcenter.db.models import Task
-from vcenter.services import ha
+from vcenter.services.ha import ha
 from vcenter.services.operations.base import AgentResult, Operation
 
 

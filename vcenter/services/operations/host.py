@@ -12,7 +12,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from vcenter.db.models import Task
-from vcenter.services import migration
+from vcenter.services.compute import maintenance_mode
 from vcenter.services.inventory import host_power
 from vcenter.services.operations.base import Operation
 
@@ -22,7 +22,7 @@ class Evacuate(Operation):
     advances = True
 
     def advance(self, session: Session, task: Task) -> None:
-        migration.advance_maintenance(session, task)
+        maintenance_mode.advance_maintenance(session, task)
 
 
 class ExitStandby(Operation):

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from vcenter.db.models import Host, Task, VirtualMachine
 from vcenter.domain.states import PowerState, TaskState
-from vcenter.services import migration
+from vcenter.services.compute import maintenance_mode, migration
 from vcenter.services.tasks.events import record_event
 from vcenter.services.operations.base import AgentResult, Operation
 from vcenter.services.tasks.tasks import finish_task
@@ -38,7 +38,7 @@ class Migrate(Operation):
         migration.dispatch_waiting(session)
         parent = session.get(Task, task.params.get("parent")) if task.params.get("parent") else None
         if parent is not None:
-            migration.advance_maintenance(session, parent)
+            maintenance_mode.advance_maintenance(session, parent)
 
     def on_progress(self, task: Task, details: dict[str, Any]) -> None:
         task.result = {"migration": details}

@@ -21,7 +21,7 @@ from vcenter.core.settings import get_settings
 from vcenter.db.models import Host, Task, VirtualMachine
 from vcenter.domain.states import PowerState, TaskState
 from vcenter.messaging.contracts import OfflineDiscardArgs
-from vcenter.services import migration, relocation
+from vcenter.services.compute import maintenance_mode, migration, relocation
 from vcenter.services.tasks.events import record_event
 from vcenter.services.operations.base import AgentResult, Operation, apply_domain
 from vcenter.services.tasks.tasks import finish_task, mark_running, send_command
@@ -43,7 +43,7 @@ class Relocate(Operation):
         self._advance_offline(session, task, report)
         parent = session.get(Task, task.params["parent"]) if task.params.get("parent") else None
         if parent is not None and TaskState(task.state).finished:
-            migration.advance_maintenance(session, parent)  # a cold move of a maintenance evacuation
+            maintenance_mode.advance_maintenance(session, parent)  # a cold move of a maintenance evacuation
 
     # --- on the VM's host, or live to another host ---------------------------------------
     def succeeded(self, session: Session, task: Task, vm: VirtualMachine | None, report: AgentResult) -> None:

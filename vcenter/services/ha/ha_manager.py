@@ -3,7 +3,7 @@ monitoring, run against an environment.
 
 The loop decides through vcenter.domain.ha and touches the world only through its
 environment (``HaEnvironment``), as pve-ha-manager's Manager runs against Env.pm:
-- production (vcenter.services.ha_monitor): the Redis lock and heartbeat keys, the database
+- production (vcenter.services.ha.ha_monitor): the Redis lock and heartbeat keys, the database
   (fenced writes, Events, restart Tasks sent to agents), DPM's power drivers, the monotonic
   clock;
 - the golden scenarios (vcenter.sim.ha): a simulated cluster on a logical clock.
@@ -36,7 +36,7 @@ from typing import Any, Protocol
 from vcenter.domain import ha
 
 # The production process' logger: its messages keep their name whichever module runs the loop.
-log = logging.getLogger("vcenter.services.ha_monitor")
+log = logging.getLogger("vcenter.services.ha.ha_monitor")
 
 
 class Unreachable(Exception):

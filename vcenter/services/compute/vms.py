@@ -15,7 +15,8 @@ from vcenter.core.settings import Settings
 from vcenter.db.models import Cluster, Host, Task, VirtualDisk, VirtualMachine, VirtualNic
 from vcenter.domain.states import ConnectionState, PowerAction, PowerState, TaskState, check_power_action
 from vcenter.messaging.contracts import CreateArgs
-from vcenter.services import evc, ha, placement
+from vcenter.services.compute import evc, placement
+from vcenter.services.ha import ha
 from vcenter.services.inventory import inventory
 from vcenter.services.tasks.events import record_event
 from vcenter.services.tasks.tasks import ensure_idle, finish_task, start_task

@@ -8,7 +8,7 @@ any other host of the datacenter that mounts both. No such host: refused up fron
 (409 ``RELOCATE_NO_HOST_MOUNTS_BOTH``), naming the datastores.
 
 Phases (``params.phase``; ``Task.step`` shows the agents' own words):
-  queued / waiting-for-slot (the per-host migration slots of services.migration, counted on
+  queued / waiting-for-slot (the per-host migration slots of services.compute.migration, counted on
   the source, the target and the copier)
   -> copying (the copier converts every moved file to its new path, progress, cancel; on
      failure or cancel it removes the new files itself) — skipped when no disk moves
@@ -64,8 +64,8 @@ def choose_copier(session: Session, source: Host, target: Host, pairs: list[tupl
 
 
 def relocate_offline(session: Session, user: str, vm: VirtualMachine, target: Host, plan: list[dict[str, Any]]) -> Task:
-    """Start the saga (``plan``: services.migration.disk_moves against the target). The task is
-    queued for migration slots: the caller dispatches the waiting migrations (services.migration
+    """Start the saga (``plan``: services.compute.migration.disk_moves against the target). The task is
+    queued for migration slots: the caller dispatches the waiting migrations (services.compute.migration
     sends it when its hosts have free slots)."""
     source: Host = session.get(Host, vm.host_id)
     _usable(target, "target")

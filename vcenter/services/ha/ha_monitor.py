@@ -6,7 +6,7 @@ Vocabulary:
   and takes over once it expired.
 - fencing token: taken from the database on every takeover (``ha_monitor.token + 1``), not from
   Redis (a Redis restart would reset a counter there). Every HA write is fenced by it
-  (``services.ha.fence``), so a monitor that lost the lock while paused or cut off cannot act
+  (``services.ha.ha.fence``), so a monitor that lost the lock while paused or cut off cannot act
   when it wakes up, even if it still believes it is active.
 - sighting: the monitor reads each host's heartbeat key every ``ha_period``; a value that
   changed is a sighting of the network channel at that instant of the monitor's monotonic clock.
@@ -43,9 +43,9 @@ from vcenter.db.models import VirtualMachine
 from vcenter.domain import ha
 from vcenter.messaging.contracts import ha_datastore_view_key, heartbeat_key
 from vcenter.schemas.ha import HaConfig
-from vcenter.services import ha as ha_service
+from vcenter.services.ha import ha as ha_service
 from vcenter.services.tasks.events import record_event
-from vcenter.services.ha_manager import (
+from vcenter.services.ha.ha_manager import (
     HaCluster,
     HaMonitor,
     MonitoredHost,
@@ -63,7 +63,7 @@ _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del
 
 
 class DatabaseStore:
-    """The monitor's state in the database, one transaction (vcenter.services.ha's writes)."""
+    """The monitor's state in the database, one transaction (vcenter.services.ha.ha's writes)."""
 
     def __init__(self, session: Session, configs: Mapping[int, HaConfig]) -> None:
         self.session = session
@@ -240,7 +240,7 @@ class RedisDbEnvironment:
 
 
 class HaMonitorProcess(HaMonitor):
-    """The ``vcenter ha`` process: the HA monitor (vcenter.services.ha_manager) on Redis and
+    """The ``vcenter ha`` process: the HA monitor (vcenter.services.ha.ha_manager) on Redis and
     the database, a pass every ``ha_period``."""
 
     def __init__(self, runtime: Any, owner: str | None = None, clock: Callable[[], float] = time.monotonic) -> None:

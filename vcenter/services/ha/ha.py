@@ -39,7 +39,7 @@ from vcenter.schemas.ha import HaConfig, HaConfigUpdate, VmHaOverride
 from vcenter.services.inventory import inventory
 from vcenter.services.inventory import host_power as power_service
 from vcenter.services.tasks.events import record_event
-from vcenter.services.ha_manager import RestartRow, StaleToken
+from vcenter.services.ha.ha_manager import RestartRow, StaleToken
 from vcenter.services.tasks.tasks import finish_task, start_task
 
 RESTART_KIND = "vm.ha_restart"
