@@ -21,7 +21,7 @@ from vcenter.db.session import session_scope
 from vcenter.domain.metrics import bucket_start
 from vcenter.messaging.contracts import MetricsReport, VmMetrics
 from vcenter.services.monitoring import alarms, metrics
-from vcenter.services.reports import mark_host_heartbeat
+from vcenter.services.orchestration.reports import mark_host_heartbeat
 from vcenter.services.tasks.runtime import Runtime
 
 

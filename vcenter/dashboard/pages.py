@@ -32,7 +32,8 @@ from vcenter.dashboard.web import (
 )
 from vcenter.domain.states import PowerAction
 from vcenter.services.access import auth
-from vcenter.services import drs, snapshots
+from vcenter.services.drs import drs
+from vcenter.services.protection import snapshots
 from vcenter.services.ha import ha
 from vcenter.services.compute import maintenance_mode, migration, vms
 from vcenter.services.inventory import hosts, host_power

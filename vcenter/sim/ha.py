@@ -633,7 +633,7 @@ class HaSimMixin:
                 self.views[h] = (t, {peer: dict(f) for peer, f in self.ds_files.items()})
 
     def _reports(self, tag: str) -> None:
-        """Each reachable host reports its domains (services.reports): a VM the inventory has
+        """Each reachable host reports its domains (services.orchestration.reports): a VM the inventory has
         powered on there but that is defined and not running there is now powered off; its
         guest heartbeat counter is the one VM monitoring reads."""
         for h in sorted(self.hosts):

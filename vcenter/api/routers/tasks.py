@@ -9,7 +9,7 @@ from vcenter.api.deps import CurrentUser, CurrentUserInfo, DbDep, SettingsDep, T
 from vcenter.core.object_ids import ObjectIdPath, Offset
 from vcenter.schemas import inventory as s
 from vcenter.services.access import auth, users
-from vcenter.services import cancel
+from vcenter.services.orchestration import cancel
 from vcenter.services.tasks import tasks
 from vcenter.services.inventory.listing import list_rows
 

@@ -7,7 +7,7 @@ The saga of one VMotion (a Task of kind ``vm.migrate``, steps in ``Task.step``):
   after libvirt completed) | error | cancelled (libvirt's job aborted: the VM runs on the
   source).
 A lost agent or worker is resolved from what the hosts report: the target reporting the
-domain while the source does not is a completed move (services.reports re-attaches it and
+domain while the source does not is a completed move (services.orchestration.reports re-attaches it and
 the reaper ends the task as success); otherwise the idempotent command is re-sent.
 
 Maintenance mode, whose evacuation is made of these migrations, is

@@ -1,7 +1,7 @@
 """VM use cases: create, power actions with vCenter's meaning, reconfigure, delete.
 
 Each is one transaction that validates, claims the VM for one Task, and enqueues the host
-command through the outbox; the Task ends when the agent reports (``services.reports``).
+command through the outbox; the Task ends when the agent reports (``services.orchestration.reports``).
 """
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from vcenter.services.compute import migration
 from vcenter.services.access import refusals
 from vcenter.services.tasks.events import record_event
 from vcenter.services.operations import REGISTRY, Ending, operation_for
-from vcenter.services.reports import mark_host_heartbeat
+from vcenter.services.orchestration.reports import mark_host_heartbeat
 from vcenter.services.tasks.tasks import expired_leases, finish_task, send_command, stale_queued
 
 log = logging.getLogger(__name__)

@@ -43,9 +43,9 @@ from vcenter.domain.states import PowerState
 from vcenter.services.inventory import inventory
 from vcenter.services.compute import placement
 from vcenter.services.tasks.events import record_event
-from vcenter.services.snapshots import disk_target, mount_path, ready_vm
+from vcenter.services.protection.snapshots import disk_target, mount_path, ready_vm
 from vcenter.services.tasks.tasks import start_task
-from vcenter.services.templates import SEED_SUFFIX, dns_label
+from vcenter.services.library.templates import SEED_SUFFIX, dns_label
 from vcenter.services.inventory.vm_spec import vm_spec
 
 JOB_FIELDS = ("name", "datastore_id", "directory", "interval_s", "keep", "incremental", "full_every", "enabled")

@@ -23,7 +23,7 @@ from vcenter.domain import dpm, drs
 from vcenter.services.ha import ha
 from vcenter.services.compute import maintenance_mode
 from vcenter.services.inventory import inventory, host_power
-from vcenter.services.drs import measured_demands
+from vcenter.services.drs.drs import measured_demands
 from vcenter.services.tasks.events import record_event
 
 

@@ -11,7 +11,7 @@ Clones (Task ``vm.clone`` on the SOURCE VM, a saga of two commands):
   domain, with its own UUID and MAC addresses) -> success; on error the clone row goes away.
 The clone VM exists in the inventory from the start with status ``creating``. Every clone gets
 a fresh identity: a new libvirt UUID and MAC addresses, no guest address; a source deployed
-with a guest customisation (vcenter.services.templates) gives its clone a customisation of its
+with a guest customisation (vcenter.services.library.templates) gives its clone a customisation of its
 own (new cloud-init instance id, new server-issued machine-id, the clone's hostname): its seed
 disk is not copied, the target's agent writes a new one (``vm.deploy`` without images).
 Promote (Task ``vm.promote``): a linked clone's disks become standalone images.
@@ -39,7 +39,7 @@ from vcenter.services.inventory import inventory
 from vcenter.services.compute import placement
 from vcenter.services.tasks.events import record_event
 from vcenter.services.tasks.tasks import ensure_idle, start_task
-from vcenter.services.templates import SEED_SUFFIX, dns_label
+from vcenter.services.library.templates import SEED_SUFFIX, dns_label
 
 
 def ready_vm(session: Session, vm_id: int) -> VirtualMachine:

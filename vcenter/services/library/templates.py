@@ -46,7 +46,7 @@ from vcenter.domain.states import ConnectionState, PowerState, TaskState
 from vcenter.messaging.contracts import DeployArgs
 from vcenter.services.access import authz
 from vcenter.services.compute import evc, placement
-from vcenter.services import uploads
+from vcenter.services.library import uploads
 from vcenter.services.inventory import inventory
 from vcenter.services.tasks.events import record_event
 from vcenter.services.tasks.tasks import ensure_idle, send_command, start_task
