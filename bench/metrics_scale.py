@@ -30,8 +30,8 @@ from vcenter.db.models import Host, MetricSample, VirtualMachine  # noqa: E402
 from vcenter.db.session import session_scope  # noqa: E402
 from vcenter.domain.metrics import bucket_start  # noqa: E402
 from vcenter.messaging.contracts import MetricsReport, VmMetrics  # noqa: E402
-from vcenter.services import alarms, metrics  # noqa: E402
-from vcenter.services.seed import seed  # noqa: E402
+from vcenter.services.monitoring import alarms, metrics  # noqa: E402
+from vcenter.services.inventory.seed import seed  # noqa: E402
 
 
 def main() -> None:

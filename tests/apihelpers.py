@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from vcenter.core.settings import Settings
 from vcenter.db.session import session_scope
-from vcenter.services import auth
+from vcenter.services.access import auth
 
 
 def make_admin(settings: Settings, username: str = "admin", password: str = "secret-pass-phrase") -> None:

@@ -134,7 +134,7 @@ def ha(redis_url: Optional[str] = typer.Option(None, help="Redis URL [VCENTER_RE
     """Run the HA monitor: active/standby through a Redis lock with a fencing token; run two for
     fail-over. Judges host liveness, restarts VMs of failed hosts, resets hung guests."""
     _env(redis_url=redis_url)
-    from vcenter.services.ha_monitor import run_ha
+    from vcenter.services.ha.ha_monitor import run_ha
 
     run_ha(get_settings())
 
@@ -198,7 +198,7 @@ def seed(
 
     from vcenter.db.migrate import upgrade
     from vcenter.db.session import session_scope
-    from vcenter.services.seed import seed as seed_inventory
+    from vcenter.services.inventory.seed import seed as seed_inventory
 
     url = get_settings().database_url
     upgrade(url)
@@ -231,7 +231,7 @@ def admin_create(
     if not password:
         password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
     from vcenter.core.errors import VcError
-    from vcenter.services.admin import create_admin
+    from vcenter.services.access.admin import create_admin
 
     try:
         created = create_admin(get_settings(), username, password, exist_ok=exist_ok)

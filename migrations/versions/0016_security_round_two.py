@@ -18,7 +18,7 @@ depends_on = None
 # what named a deleted one.
 _NEVER_REUSED = ('users', 'groups', 'roles', 'datacenters', 'folders', 'clusters', 'hosts', 'datastores',
                  'portgroups', 'resource_pools', 'vms')
-# The system's own actor names (vcenter.services.events.SYSTEM_ACTORS when this was written):
+# The system's own actor names (vcenter.services.tasks.events.SYSTEM_ACTORS when this was written):
 # their rows stay without a user even where a user had taken such a name.
 _SYSTEM_ACTORS = ('system', 'cli', 'ha', 'drs', 'dpm', 'scheduler', 'reaper', 'beat', 'agent', 'monitor', 'alarms', 'anonymous', 'root')
 

@@ -18,7 +18,7 @@ from tests.apihelpers import finish_as_agent, login, make_admin, register_host
 from vcenter.api.app import create_app
 from vcenter.db.models import Host
 from vcenter.db.session import session_scope
-from vcenter.services.reports import mark_host_heartbeat
+from vcenter.services.orchestration.reports import mark_host_heartbeat
 
 
 FACTS = {"hostname": "h1", "cpu_model": "Skylake", "cpu_cores": 4, "cpu_mhz": 2000, "memory_mib": 8192, "hypervisor": "qemu"}

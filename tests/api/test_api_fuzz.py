@@ -81,7 +81,7 @@ def _seed(client: Any, admin: dict) -> tuple[dict[str, list[int]], dict]:
     parameter name -> ids; and the agent credential of the first host."""
     from vcenter.db.session import session_scope
     from vcenter.db.models import Host
-    from vcenter.services.reports import mark_host_heartbeat
+    from vcenter.services.orchestration.reports import mark_host_heartbeat
 
     settings = client.app.state.runtime.settings
     dc = _id_of(client.post("/api/v1/datacenters", headers=admin, json={"name": "dc1"}))

@@ -22,7 +22,7 @@ from vcenter.dashboard.console import open_host_console
 from vcenter.hypervisor.base import DriverError
 from vcenter.messaging.contracts import Command
 from vcenter.messaging.signing import CommandSigner, CommandVerifier
-from vcenter.services import console as console_service
+from vcenter.services.compute import console as console_service
 from workers.agent.console import ConsoleEndpoint
 from workers.agent.identity import load_or_create_certificate
 

@@ -15,8 +15,8 @@ from tests.apihelpers import login, make_admin, register_host
 from tests.conftest import REDIS_URL
 from vcenter.api.app import create_app
 from vcenter.db.session import session_scope
-from vcenter.services import auth
-from vcenter.services import console as console_service
+from vcenter.services.access import auth
+from vcenter.services.compute import console as console_service
 
 
 
@@ -25,7 +25,7 @@ def _admin_actor(session):
     from sqlalchemy import select
 
     from vcenter.db.models import User
-    from vcenter.services.delegation import Actor
+    from vcenter.services.access.delegation import Actor
 
     return Actor(session, session.scalar(select(User).where(User.username == "admin")))
 
@@ -36,7 +36,7 @@ def make_viewer(settings, username: str = "viewer", password: str = "viewer-pass
     with session_scope(settings.database_url) as session:
         user = auth.create_user(session, username, password, is_admin=False)
         try:
-            from vcenter.services import authz, permissions
+            from vcenter.services.access import authz, permissions
         except ImportError:
             return
         roles = authz.ensure_builtin_roles(session)
@@ -228,7 +228,7 @@ def test_live_stream_sends_tasks_and_events(world):
 
 def test_triggered_alarms_show_in_the_tree_and_are_acknowledged(world):
     from vcenter.db.models import Host
-    from vcenter.services import alarms
+    from vcenter.services.monitoring import alarms
 
     settings = world["settings"]
     with session_scope(settings.database_url) as session:
@@ -267,7 +267,7 @@ def test_tree_and_search_show_only_what_the_user_may_see(world):
     with session_scope(settings.database_url) as session:
         user = auth.create_user(session, "eastonly", "eastonly-pass", is_admin=False)
         try:
-            from vcenter.services import authz, permissions
+            from vcenter.services.access import authz, permissions
         except ImportError:  # the interim model: every user views everything
             permissions = None
         if permissions is not None:

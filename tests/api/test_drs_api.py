@@ -157,7 +157,7 @@ def test_memory_demand_is_what_the_guest_balloon_reports_and_cpu_spread_is_kept(
     from vcenter.db.models import MetricSample, VmStats
     from vcenter.domain.demand import noise_spread
     from vcenter.db.session import session_scope
-    from vcenter.services.drs import measured_demands, measured_spreads
+    from vcenter.services.drs.drs import measured_demands, measured_spreads
 
     client, auth, cl, hosts, vms = env
     fresh, stale, silent = (vm["id"] for vm in vms[:3])
@@ -189,7 +189,7 @@ def test_memory_demand_is_what_the_guest_balloon_reports_and_cpu_spread_is_kept(
 def test_confidence_is_on_by_default_and_a_cluster_may_set_it(env):
     from vcenter.db.models import Cluster
     from vcenter.domain.drs import DrsSettings
-    from vcenter.services.drs import drs_settings
+    from vcenter.services.drs.drs import drs_settings
 
     client, auth, cl, hosts, vms = env
     assert drs_settings(Cluster(name="c", settings={"drs": {}})).confidence == DrsSettings().confidence > 0

@@ -18,7 +18,7 @@ from vcenter.api.app import create_app
 from vcenter.db.models import Event, Task, VirtualMachine
 from vcenter.db.session import session_scope
 from vcenter.messaging.contracts import ha_datastore_view_key, heartbeat_key
-from vcenter.services.ha_monitor import LOCK_KEY, HaMonitorProcess
+from vcenter.services.ha.ha_monitor import LOCK_KEY, HaMonitorProcess
 
 
 
@@ -89,7 +89,7 @@ def test_configuration_overrides_admission_and_capacity(env):
     assert cap["ok"] and cap["tolerated_host_failures"] >= 1 and cap["reserved_memory_mib"] == 4096 and cap["used_memory_mib"] == 1500
     # The reserve is what DRS and DPM keep free (one host of three).
     from vcenter.db.models import Cluster
-    from vcenter.services import dpm, drs
+    from vcenter.services.drs import dpm, drs
 
     with session_scope(settings.database_url) as s:
         c = s.get(Cluster, cl["id"])

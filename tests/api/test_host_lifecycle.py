@@ -12,7 +12,7 @@ from tests.apihelpers import agent_register, login, make_admin, register_host
 from vcenter.api.app import create_app
 from vcenter.db.models import Host
 from vcenter.db.session import session_scope
-from vcenter.services.reports import mark_host_heartbeat
+from vcenter.services.orchestration.reports import mark_host_heartbeat
 from workers.agent.identity import new_identity
 
 

@@ -20,9 +20,9 @@ from vcenter.db.models import Host, MetricSample
 from vcenter.db.session import session_scope
 from vcenter.domain.metrics import bucket_start
 from vcenter.messaging.contracts import MetricsReport, VmMetrics
-from vcenter.services import alarms, metrics
-from vcenter.services.reports import mark_host_heartbeat
-from vcenter.services.runtime import Runtime
+from vcenter.services.monitoring import alarms, metrics
+from vcenter.services.orchestration.reports import mark_host_heartbeat
+from vcenter.services.tasks.runtime import Runtime
 
 
 

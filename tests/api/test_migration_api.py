@@ -420,7 +420,8 @@ def test_relocations_to_another_host_take_migration_slots(env):
 def test_one_migrate_request_reads_the_cluster_once(env, monkeypatch, named_target, ha_admission):
     """POST /vms/{id}/migrate builds the cluster snapshot once: the choice of a target, the
     checks and HA admission control share it (before, each read the cluster again)."""
-    from vcenter.services import ha, migration
+    from vcenter.services.ha import ha
+    from vcenter.services.compute import migration
 
     client, auth, cl, (h1, h2, h3), agents, pg, settings = env
     vm = _running_vm(client, auth, agents, settings, h1, "once")

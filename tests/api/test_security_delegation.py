@@ -181,7 +181,7 @@ def test_finding_9_system_actor_names_cannot_be_taken_and_events_are_ones_own_by
         r = client.post("/api/v1/users", headers=admin, json={"username": name, "password": STRONG})
         assert r.status_code == 422 and r.json()["code"] == "RESERVED_USERNAME", (name, r.text)
     # System events exist (no object: shown to nobody but administrators and auditors of it).
-    from vcenter.services.events import record_event
+    from vcenter.services.tasks.events import record_event
 
     with _db(client) as session:
         record_event(session, "ha.frozen", "HA frozen: test", reason="HA_FROZEN")
@@ -227,8 +227,8 @@ def test_finding_9_own_tasks_are_decided_by_id(client):
 
 
 def test_tasks_and_events_take_the_actors_id(settings):
-    from vcenter.services.events import bind_actor, current_actor, record_event
-    from vcenter.services.tasks import start_task
+    from vcenter.services.tasks.events import bind_actor, current_actor, record_event
+    from vcenter.services.tasks.tasks import start_task
 
     make_admin(settings)
     with session_scope(settings.database_url) as session:

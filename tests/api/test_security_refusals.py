@@ -15,7 +15,7 @@ from tests.apihelpers import login, make_admin, register_host
 from vcenter.api.app import create_app
 from vcenter.db.models import Event, RefusedCredential
 from vcenter.db.session import session_scope
-from vcenter.services import auth as auth_service, refusals
+from vcenter.services.access import auth as auth_service, refusals
 
 
 FLOOD = 100
@@ -128,7 +128,7 @@ def test_refused_credentials_are_read_by_audit_readers_only(ctx):
 
 
 def test_refusal_counts_follow_the_audit_logs_retention(ctx):
-    from vcenter.services import maintenance
+    from vcenter.services.housekeeping import reaper
 
     client, auth, dc, settings = ctx
     now = datetime.now(timezone.utc)
@@ -137,7 +137,7 @@ def test_refusal_counts_follow_the_audit_logs_retention(ctx):
         refusals.count_refusal(session, "192.0.2.8", "user_token", "recent", now=now - timedelta(days=1))
         session.commit()
     with session_scope(settings.database_url) as session:
-        assert maintenance.purge_refusals(session, settings) == 1
+        assert reaper.purge_refusals(session, settings) == 1
     assert [detail for _, _, _, detail in _rows(settings)] == ["recent"]
 
 

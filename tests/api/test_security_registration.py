@@ -18,7 +18,7 @@ from tests.apihelpers import agent_register, login, make_admin
 from vcenter.api.app import create_app
 from vcenter.core import registration
 from vcenter.core.clock import utcnow
-from vcenter.services.hosts import _nonce_key
+from vcenter.services.inventory.hosts import _nonce_key
 from workers.agent.identity import new_identity
 
 

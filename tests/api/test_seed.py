@@ -9,7 +9,7 @@ from tests.apihelpers import login, make_admin
 from vcenter.api.app import create_app
 from vcenter.core.errors import Conflict
 from vcenter.db.session import session_scope
-from vcenter.services.seed import seed
+from vcenter.services.inventory.seed import seed
 
 
 

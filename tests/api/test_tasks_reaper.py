@@ -13,7 +13,8 @@ from vcenter.api.app import create_app
 from vcenter.core.clock import utcnow
 from vcenter.db.models import OutboxMessage, Task
 from vcenter.db.session import session_scope, sessionmaker_for
-from vcenter.services import maintenance, outbox
+from vcenter.services.housekeeping import reaper
+from vcenter.services.tasks import outbox
 
 
 
@@ -37,7 +38,7 @@ def _expire(settings, task_id):
 
 def _reap(settings):
     with session_scope(settings.database_url) as session:
-        return maintenance.reap(session, settings)
+        return reaper.reap(session, settings)
 
 
 def _command_ids(settings, task_id):

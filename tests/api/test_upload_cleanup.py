@@ -13,7 +13,7 @@ from sqlalchemy import select
 from vcenter.core.clock import utcnow
 from vcenter.db.models import Event, Task, Upload
 from vcenter.db.session import session_scope
-from vcenter.services import upload_cleanup
+from vcenter.services.housekeeping import upload_cleanup
 
 
 

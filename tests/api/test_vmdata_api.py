@@ -196,7 +196,7 @@ def test_backup_chain_retention_and_restore(env):
 
 
 def test_scheduled_jobs_run_when_due(env):
-    from vcenter.services import backups
+    from vcenter.services.protection import backups
 
     client, auth, (h1, h2), agents, ds, settings = env
     vm = _vm(client, auth, agents, settings, h1, "app1", ds["shared"])
@@ -216,7 +216,7 @@ def test_a_reaped_clone_or_backup_leaves_no_half_made_rows(env):
 
     from vcenter.core.clock import utcnow
     from vcenter.db.models import BackupPoint, Task
-    from vcenter.services import maintenance
+    from vcenter.services.housekeeping import reaper
 
     client, auth, (h1, h2), agents, ds, settings = env
     vm = _vm(client, auth, agents, settings, h1, "web9", ds["shared"], running=False)
@@ -225,7 +225,7 @@ def test_a_reaped_clone_or_backup_leaves_no_half_made_rows(env):
         task = session.get(Task, clone["id"])
         task.state, task.attempts, task.lease_expires_at = "running", 99, utcnow() - timedelta(seconds=1)
     with session_scope(settings.database_url) as session:
-        assert maintenance.reap(session, settings)["lost"] == 1
+        assert reaper.reap(session, settings)["lost"] == 1
     assert client.get(f"/api/v1/tasks/{clone['id']}", headers=auth).json()["error_code"] == "WORKER_LOST"
     assert client.get("/api/v1/vms?name=web9-copy", headers=auth).json()["total"] == 0
     job = client.post(f"/api/v1/vms/{vm['id']}/backup-jobs", headers=auth, json={"name": "j", "datastore_id": ds["shared"]["id"], "directory": "b"}).json()
@@ -234,7 +234,7 @@ def test_a_reaped_clone_or_backup_leaves_no_half_made_rows(env):
         task = session.get(Task, run["id"])
         task.state, task.attempts, task.lease_expires_at = "running", 99, utcnow() - timedelta(seconds=1)
     with session_scope(settings.database_url) as session:
-        maintenance.reap(session, settings)
+        reaper.reap(session, settings)
     with session_scope(settings.database_url) as session:
         point_id = session.get(Task, run["id"]).params["point_id"]
         assert session.get(BackupPoint, point_id).state == "failed"
@@ -242,7 +242,7 @@ def test_a_reaped_clone_or_backup_leaves_no_half_made_rows(env):
 
 def test_a_customised_vm_gives_its_clone_a_new_identity_and_seed(env):
     from vcenter.db.models import VirtualDisk, VirtualMachine, VmCustomization
-    from vcenter.services.templates import SEED_SUFFIX
+    from vcenter.services.library.templates import SEED_SUFFIX
 
     client, auth, (h1, h2), agents, ds, settings = env
     vm = _vm(client, auth, agents, settings, h1, "cust1", ds["shared"], running=False)
@@ -276,7 +276,7 @@ def test_a_restore_to_a_new_vm_gets_a_new_identity(env):
     guest identity of its own through a new seed (instance id, machine-id, hostname); the
     source's seed disk is not restored. An uncustomised source's restore gets a seed too."""
     from vcenter.db.models import VirtualDisk, VirtualMachine, VmCustomization
-    from vcenter.services.templates import SEED_SUFFIX
+    from vcenter.services.library.templates import SEED_SUFFIX
 
     client, auth, (h1, h2), agents, ds, settings = env
     pg = client.post("/api/v1/portgroups", headers=auth, json={"name": "pg-r", "datacenter_id": ds["shared"]["datacenter_id"], "host_ids": [h1["id"], h2["id"]]}).json()

@@ -25,7 +25,7 @@ from vcenter.lab.stack import Stack, free_port
 from vcenter.messaging.celery_app import make_celery
 from vcenter.messaging.contracts import AGENT_EXECUTE_TASK, Command, host_queue
 from vcenter.messaging.signing import CommandSigner
-from vcenter.services import tasks
+from vcenter.services.tasks import tasks
 
 
 

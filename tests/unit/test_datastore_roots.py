@@ -5,7 +5,7 @@ import os
 import pytest
 
 from vcenter.core.settings import DEFAULT_DATASTORE_ROOTS, Settings
-from vcenter.services.runtime import Runtime
+from vcenter.services.tasks.runtime import Runtime
 from vcenter.domain.datastore_roots import CODE, DatastorePathRefused, check_datastore_path, check_root, parse_roots
 from vcenter.hypervisor.base import DriverError
 from workers.agent import datastore_guard

@@ -1,5 +1,5 @@
 """One HA monitor: production (Redis and the database) and the golden scenarios (a simulated
-cluster) supply the same environment interface to the same loop, vcenter.services.ha_manager."""
+cluster) supply the same environment interface to the same loop, vcenter.services.ha.ha_manager."""
 from __future__ import annotations
 
 import inspect
@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 
 from vcenter.core.settings import Settings
-from vcenter.services import ha_manager
-from vcenter.services.ha_monitor import (
+from vcenter.services.ha import ha_manager
+from vcenter.services.ha.ha_monitor import (
     DatabaseStore,
     HaMonitorProcess,
     RedisDbEnvironment,

@@ -1,8 +1,8 @@
 """Which refusals the audit of refused credentials counts, and under which source
-(vcenter.services.refusals)."""
+(vcenter.services.access.refusals)."""
 from __future__ import annotations
 
-from vcenter.services.refusals import credential_kind, source_key
+from vcenter.services.access.refusals import credential_kind, source_key
 
 
 def test_each_refusal_code_names_its_credential_kind():

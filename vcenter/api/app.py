@@ -32,8 +32,8 @@ from vcenter.core.audit import request_source
 from vcenter.core.errors import Unauthorized
 from vcenter.api.routers import access, agent, clusters, inventory, tasks, users, vms
 from vcenter.core.settings import Settings, get_settings
-from vcenter.services import auth, authz
-from vcenter.services.runtime import Runtime
+from vcenter.services.access import auth, authz
+from vcenter.services.tasks.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from vcenter.core.errors import Unauthorized
 from vcenter.core.object_ids import ObjectIdPath, checked_object_id
 from vcenter.core.settings import Settings
-from vcenter.services import auth, authz, inventory, users
-from vcenter.services.runtime import Runtime
+from vcenter.services.access import auth, authz, users
+from vcenter.services.inventory import inventory
+from vcenter.services.tasks.runtime import Runtime
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -90,7 +91,7 @@ def _bound_to_actor(authenticate: Any) -> Any:
     """Wrap an authenticating dependency so that the caller becomes the request's actor
     (events and tasks it causes carry its user id). Async on purpose: a context variable set
     in a sync dependency stays in its worker thread; set here it reaches the route."""
-    from vcenter.services.events import bind_actor
+    from vcenter.services.tasks.events import bind_actor
 
     async def bound(user: CurrentUserInfo = Depends(authenticate)) -> CurrentUserInfo:  # a default, not Annotated: annotations are strings here
         bind_actor(user.id, user.username)

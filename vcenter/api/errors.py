@@ -2,7 +2,7 @@
 
 A refused credential (a presented user token, password, agent credential, registration token
 or registration proof) is also counted in the audit of refused credentials
-(vcenter.services.refusals) on its way out: one hook for every route that refuses one."""
+(vcenter.services.access.refusals) on its way out: one hook for every route that refuses one."""
 from __future__ import annotations
 
 import logging
@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vcenter.core.audit import request_source
 from vcenter.core.errors import VcError
-from vcenter.services import refusals
+from vcenter.services.access import refusals
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ Vocabulary:
   registration token, host UUID)`` made with the certificate's key (ECDSA P-256/SHA-256 as
   the agent makes it, or Ed25519).
 
-Decisions are pure functions here; the lookups and the answers are vcenter.services.hosts'.
+Decisions are pure functions here; the lookups and the answers are vcenter.services.inventory.hosts'.
 """
 from __future__ import annotations
 

@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     login_lockout_failures: int = Field(5, description="failed logins of one user within the window that lock it out")
     login_source_failures: int = Field(20, description="failed logins from one client address within the lockout window before that address is refused (429), whatever the user names")
     login_lockout_window: float = Field(180.0, description="the lockout window (s); a lockout ends by itself, so nobody locks an administrator out for good")
-    password_min_length: int = Field(12, ge=8, le=1024, description="shortest password accepted when one is set (API, dashboard, CLI); common passwords are refused at any length (vcenter.services.passwords)")
+    password_min_length: int = Field(12, ge=8, le=1024, description="shortest password accepted when one is set (API, dashboard, CLI); common passwords are refused at any length (vcenter.services.access.passwords)")
     events_retention_days: float = Field(365.0, description="events (the audit log) older than this are purged by the reaper")
     tls_cert: str | None = Field(None, description="PEM certificate (chain) the API serves HTTPS with; with tls_key")
     tls_key: str | None = Field(None, description="PEM private key of tls_cert")

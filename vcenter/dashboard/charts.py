@@ -1,7 +1,7 @@
 """Chart data for the monitor tab: the statistics of one host or VM, one counter, one tier,
 as ``{"available", "unit", "tier", "points": [[epoch seconds, value], ...]}`` for uPlot.
 
-The statistics themselves (tiers, rollups, retention) belong to vcenter.services.metrics (the
+The statistics themselves (tiers, rollups, retention) belong to vcenter.services.monitoring.metrics (the
 same query as ``GET /api/v1/metrics/...``); this only reshapes them for the browser, which
 holds a session cookie, not the API's bearer token.
 """
@@ -25,7 +25,7 @@ RANGES = {"realtime": 3600.0, "day": 86400.0, "week": 7 * 86400.0, "month": 30 *
 
 
 def chart_points(request: Request, kind: str, object_id: int, counter: str, tier: str) -> JSONResponse:
-    from vcenter.services import metrics
+    from vcenter.services.monitoring import metrics
 
     if tier not in RANGES:
         return JSONResponse({"available": False, "code": "UNKNOWN_TIER", "message": f"unknown tier {tier!r}"}, status_code=422)

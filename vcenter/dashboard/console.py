@@ -1,5 +1,5 @@
 """The console proxy: a websocket from the browser (xterm.js) to the host agent's console
-endpoint (workers.agent.console), opened by a one-time ticket (vcenter.services.console).
+endpoint (workers.agent.console), opened by a one-time ticket (vcenter.services.compute.console).
 
 The browser's session cookie must belong to the user the ticket was issued to. The server
 connects to the host over TLS and accepts only the certificate whose thumbprint the operator
@@ -22,8 +22,8 @@ from starlette.concurrency import run_in_threadpool
 
 from vcenter.core.errors import Unauthorized
 from vcenter.dashboard.web import COOKIE, ui_public
-from vcenter.services import auth
-from vcenter.services import console as console_service
+from vcenter.services.access import auth
+from vcenter.services.compute import console as console_service
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/ui", include_in_schema=False)

@@ -18,7 +18,8 @@ from starlette.concurrency import run_in_threadpool
 from vcenter.core.errors import Unauthorized
 from vcenter.core.object_ids import ObjectIdQuery
 from vcenter.dashboard.web import UiUser, panel_filter, templates, ui_requires
-from vcenter.services import auth, overview
+from vcenter.services.access import auth
+from vcenter.services.monitoring import overview
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 

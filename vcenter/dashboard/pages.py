@@ -31,8 +31,14 @@ from vcenter.dashboard.web import (
     visibility_filter,
 )
 from vcenter.domain.states import PowerAction
-from vcenter.services import auth, drs, ha, hosts, migration, overview, power, snapshots, vms
-from vcenter.services import console as console_service
+from vcenter.services.access import auth
+from vcenter.services.drs import drs
+from vcenter.services.protection import snapshots
+from vcenter.services.ha import ha
+from vcenter.services.compute import maintenance_mode, migration, vms
+from vcenter.services.inventory import hosts, host_power
+from vcenter.services.monitoring import overview
+from vcenter.services.compute import console as console_service
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -255,9 +261,9 @@ def host_maintenance(request: Request, host_id: ObjectIdPath, direction: str, us
     try:
         with runtime.transaction() as session:
             if direction == "enter":
-                return _task_started(request, migration.enter_maintenance(session, user.username, host_id, runtime.settings), "Enter maintenance")
+                return _task_started(request, maintenance_mode.enter_maintenance(session, user.username, host_id, runtime.settings), "Enter maintenance")
             if direction == "exit":
-                host = migration.exit_maintenance(session, user.username, host_id)
+                host = maintenance_mode.exit_maintenance(session, user.username, host_id)
                 return HTMLResponse(_fragment(request, "_flash.html", ok=True, message=f"host {host.name} left maintenance", task=None))
             raise NotFound(f"no maintenance action {direction!r}", code="UNKNOWN_ACTION")
     except VcError as exc:
@@ -271,9 +277,9 @@ def host_standby(request: Request, host_id: ObjectIdPath, direction: str, user: 
     try:
         with runtime.transaction() as session:
             if direction == "enter":  # evacuate, then power off through the host's power driver
-                return _task_started(request, migration.enter_maintenance(session, user.username, host_id, runtime.settings, standby=True), "Enter standby")
+                return _task_started(request, maintenance_mode.enter_maintenance(session, user.username, host_id, runtime.settings, standby=True), "Enter standby")
             if direction == "exit":
-                return _task_started(request, power.power_on_host(session, user.username, host_id), "Exit standby")
+                return _task_started(request, host_power.power_on_host(session, user.username, host_id), "Exit standby")
             raise NotFound(f"no standby action {direction!r}", code="UNKNOWN_ACTION")
     except VcError as exc:
         return _refused(request, exc)
@@ -393,7 +399,7 @@ def clone(request: Request, vm_id: ObjectIdPath, user: Annotated[UiUser, ui_requ
 def _alarm_route(kind: str) -> None:
     @router.post(f"/{kind}/{{{kind}_id}}/alarms/{{state_id}}/{{operation}}", name=f"ui_{kind}_alarm")
     def alarm_action(request: Request, state_id: ObjectIdPath, operation: str, user: Annotated[UiUser, ui_requires("Alarm.Acknowledge", on=kind)], form: PostedForm) -> Response:
-        from vcenter.services import alarms
+        from vcenter.services.monitoring import alarms
 
         verify_csrf(request, user, form)
         object_id = parse_object_id(request.path_params[f"{kind}_id"], f"{kind}_id")

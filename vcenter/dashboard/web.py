@@ -2,7 +2,7 @@
 the Jinja2 templates.
 
 Vocabulary:
-- session cookie: ``vc_session`` holds the token of a login session of vcenter.services.auth
+- session cookie: ``vc_session`` holds the token of a login session of vcenter.services.access.auth
   (the same sessions as the API's bearer tokens: idle timeout, lifetime, logout revokes).
   HttpOnly and SameSite=Strict; Secure when ``ui_cookie_secure``.
 - CSRF token: HMAC-SHA256 of the session token under a fixed label, so it needs no storage
@@ -33,7 +33,7 @@ from vcenter.core.errors import Forbidden, Unauthorized, VcError
 from vcenter.core.object_ids import checked_object_id
 from vcenter.core.release import release
 from vcenter.domain.privileges import PRIVILEGES
-from vcenter.services import auth, authz, refusals
+from vcenter.services.access import auth, authz, refusals
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def panel_filter(session: Any, settings: Any, user: UiUser) -> Callable[[Any], A
 
 def count_refused_credential(runtime: Any, request: Request, exc: VcError) -> None:
     """The dashboard's refusals of a presented credential (a session cookie, a password) are
-    audited like the API's (vcenter.services.refusals), in a transaction of their own; a
+    audited like the API's (vcenter.services.access.refusals), in a transaction of their own; a
     failure to count is logged, never shown to the user."""
     kind = refusals.credential_kind(exc.code, credential_presented=True)
     if kind is None:

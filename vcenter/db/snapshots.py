@@ -135,7 +135,7 @@ def cluster_snapshot(session: Session, cluster_id: int) -> ClusterSnapshot:
 
 def failover_host_ids(cluster: Cluster | None) -> frozenset[str]:
     """The dedicated failover hosts of the cluster's HA admission policy (validated by
-    vcenter.schemas.ha when stored), only while HA is enabled, as services.ha.policy_of reads it."""
+    vcenter.schemas.ha when stored), only while HA is enabled, as services.ha.ha.policy_of reads it."""
     cfg = (cluster.settings or {}).get("ha") if cluster else None
     if not cfg or not cfg.get("enabled"):
         return frozenset()

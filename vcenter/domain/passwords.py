@@ -1,7 +1,7 @@
 """Whether a password may be set: long enough, and not one that guessing tries first.
 
 Decides on the password alone (plus the user name it is for); the list of common passwords
-comes from the caller (vcenter.services.passwords loads it). A refusal is a stable reason:
+comes from the caller (vcenter.services.access.passwords loads it). A refusal is a stable reason:
 
 - ``too_short``: fewer characters than the minimum (setting ``password_min_length``, 12 by
   default);

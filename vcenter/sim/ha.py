@@ -1,6 +1,6 @@
 """HA in the golden scenario runner (mixed into ``runner.Sim``): a simulated cluster world
 (hosts, links, datastores, Redis, agents, reports) and the simulated HA environment through
-which the production monitor (vcenter.services.ha_manager.HaMonitor) runs on the logical
+which the production monitor (vcenter.services.ha.ha_manager.HaMonitor) runs on the logical
 clock, as pve-ha-manager's Manager runs in its simulator through Sim/Env.pm. Nothing here
 judges a host or plans a restart: the monitor does, exactly as in ``vcenter ha``.
 
@@ -50,7 +50,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from vcenter.domain import ha
-from vcenter.services.ha_manager import (
+from vcenter.services.ha.ha_manager import (
     HaCluster,
     HaMonitor,
     MonitoredHost,
@@ -250,7 +250,7 @@ class SimHaEnvironment:
         held = s.holder.get(v)
         if held is not None and s.alive.get(held) and s.ds_up.get(held):
             s.failures.append(f"[{tag}] HA started {v} while its disks are held by live host {held}")
-        # The target's agent runs the command at once and reports (services.ha.on_result).
+        # The target's agent runs the command at once and reports (services.ha.ha.on_result).
         if v in s.fail_start:
             s.fail_start.discard(v)
             c = ha.RestartCandidate(s.vms[v], ha.Priority.MEDIUM, row.from_host, None, row.attempts)
@@ -652,7 +652,7 @@ class HaSimMixin:
                 self.views[h] = (t, {peer: dict(f) for peer, f in self.ds_files.items()})
 
     def _reports(self, tag: str) -> None:
-        """Each reachable host reports its domains (services.reports): a VM the inventory has
+        """Each reachable host reports its domains (services.orchestration.reports): a VM the inventory has
         powered on there but that is defined and not running there is now powered off; its
         guest heartbeat counter is the one VM monitoring reads."""
         for h in sorted(self.hosts):

@@ -1,4 +1,4 @@
-"""Agent side of a powered-off VM's relocation to another host (vcenter.services.relocation's
+"""Agent side of a powered-off VM's relocation to another host (vcenter.services.compute.relocation's
 saga): the ``vm.relocate`` command with ``offline_step``, each step idempotent.
 
 - copy (on the copier, a host mounting both datastores): ``qemu-img convert`` of every old

@@ -7,8 +7,8 @@ import logging
 from celery import Celery
 
 from vcenter.core.settings import Settings
-from vcenter.services import maintenance
-from vcenter.services.runtime import Runtime
+from vcenter.services.housekeeping import reaper
+from vcenter.services.tasks.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +24,9 @@ def register(app: Celery, settings: Settings) -> Runtime:
     @app.task(name="orchestrator.reap_tasks", ignore_result=True)
     def reap_tasks() -> dict:
         with runtime.transaction() as session:
-            counts = maintenance.reap(session, settings)
-            counts["events_purged"] = maintenance.purge_events(session, settings)
-            counts["refusals_purged"] = maintenance.purge_refusals(session, settings)
+            counts = reaper.reap(session, settings)
+            counts["events_purged"] = reaper.purge_events(session, settings)
+            counts["refusals_purged"] = reaper.purge_refusals(session, settings)
         if any(counts.values()):
             log.info("reaper: %s", counts)
         return counts
@@ -34,32 +34,32 @@ def register(app: Celery, settings: Settings) -> Runtime:
     @app.task(name="orchestrator.advance_sagas", ignore_result=True)
     def advance_sagas() -> None:
         with runtime.transaction() as session:
-            maintenance.advance_sagas(session)
+            reaper.advance_sagas(session)
 
     @app.task(name="orchestrator.drs", ignore_result=True)
     def drs_pass() -> list:
-        from vcenter.services import drs
+        from vcenter.services.drs import drs
 
         with runtime.transaction() as session:
             return drs.run_due(session, settings)
 
     @app.task(name="orchestrator.dpm", ignore_result=True)
     def dpm_pass() -> list:
-        from vcenter.services import dpm
+        from vcenter.services.drs import dpm
 
         with runtime.transaction() as session:
             return dpm.run_due(session, settings)
 
     @app.task(name="orchestrator.backups", ignore_result=True)
     def backups_pass() -> list:
-        from vcenter.services import backups
+        from vcenter.services.protection import backups
 
         with runtime.transaction() as session:
             return backups.run_due(session, settings)
 
     @app.task(name="orchestrator.upload_cleanup", ignore_result=True)
     def upload_cleanup_pass() -> dict:
-        from vcenter.services import upload_cleanup
+        from vcenter.services.housekeeping import upload_cleanup
 
         with runtime.transaction() as session:
             return upload_cleanup.run(session, settings)
@@ -73,11 +73,11 @@ def register(app: Celery, settings: Settings) -> Runtime:
             log.warning("host monitor skipped: Redis unreachable (%s)", exc)
             return
         with runtime.transaction() as session:
-            maintenance.monitor_hosts(session, runtime.host_alive)
+            reaper.monitor_hosts(session, runtime.host_alive)
 
     @app.task(name="orchestrator.metrics_rollup", ignore_result=True)
     def metrics_rollup() -> dict:
-        from vcenter.services import metrics
+        from vcenter.services.monitoring import metrics
 
         with runtime.transaction() as session:
             counts = {"rolled": metrics.rollup(session, settings)}
@@ -89,14 +89,14 @@ def register(app: Celery, settings: Settings) -> Runtime:
 
     @app.task(name="orchestrator.alarms", ignore_result=True)
     def evaluate_alarms() -> dict:
-        from vcenter.services import alarms
+        from vcenter.services.monitoring import alarms
 
         with runtime.transaction() as session:
             return alarms.evaluate(session, settings)
 
     @app.task(name="orchestrator.alarm_webhooks", ignore_result=True)
     def alarm_webhooks() -> dict:
-        from vcenter.services import alarms
+        from vcenter.services.monitoring import alarms
 
         return alarms.deliver_webhooks(runtime.transaction, settings)
 

@@ -11,8 +11,8 @@ from vcenter.core.errors import Invalid
 from vcenter.core.object_ids import ObjectIdPath, ObjectIdQuery, OptionalObjectIdQuery
 from vcenter.domain.privileges import ANONYMOUS, PRIVILEGES
 from vcenter.schemas import access as s
-from vcenter.services import auth, authz, permissions, users
-from vcenter.services.delegation import Actor
+from vcenter.services.access import auth, authz, permissions, users
+from vcenter.services.access.delegation import Actor
 
 router = APIRouter(prefix="/api/v1")
 

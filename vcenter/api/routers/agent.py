@@ -10,7 +10,8 @@ from vcenter.api.deps import AgentHostId, DbDep, SettingsDep, public
 from vcenter.core.object_ids import ObjectIdPath
 from vcenter.messaging.contracts import HostState, LifecycleEvent, TaskProgress, TaskResult
 from vcenter.schemas.inventory import AgentRegistration, AgentRegistrationAnswer, AgentRegistrationChallenge, AgentRegistrationNonce
-from vcenter.services import hosts, inventory, reports
+from vcenter.services.inventory import hosts, inventory
+from vcenter.services.orchestration import reports
 
 router = APIRouter(prefix="/api/v1/agent/hosts/{host_id}", tags=["agent"], dependencies=[public("an agent's own host credential, valid for its host only")])
 registration = APIRouter(prefix="/api/v1/agent", tags=["agent"], dependencies=[public("a one-time registration token and a proof of the agent key")])

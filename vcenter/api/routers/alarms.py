@@ -14,7 +14,7 @@ from fastapi import APIRouter, Query, status
 from vcenter.api.deps import CurrentUserInfo, DbDep, SettingsDep, requires
 from vcenter.core.object_ids import ObjectIdPath, OptionalObjectIdQuery
 from vcenter.schemas import alarms as s
-from vcenter.services import alarms as svc
+from vcenter.services.monitoring import alarms as svc
 
 router = APIRouter(prefix="/api/v1/alarms", tags=["alarms"])
 
@@ -48,7 +48,7 @@ def triggered(db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View"
               object_id: OptionalObjectIdQuery = None,
               descendants: bool = Query(False, description="include the objects below it (hosts, VMs, datastores)"),
               acknowledged: bool = Query(True, description="false: leave acknowledged ones out")) -> Any:
-    from vcenter.services import authz, users
+    from vcenter.services.access import authz, users
 
     caller = users.get_user(db, user.id)
     return svc.triggered(db, object_type, object_id, descendants, acknowledged,

@@ -1,5 +1,5 @@
 """The audit of refused credentials, read-only, for those who read the audit log
-(Global.Diagnostics): counts per source, credential kind and minute (vcenter.services.refusals)."""
+(Global.Diagnostics): counts per source, credential kind and minute (vcenter.services.access.refusals)."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict
 
 from vcenter.api.deps import CurrentUserInfo, DbDep, requires
-from vcenter.services import refusals
+from vcenter.services.access import refusals
 
 router = APIRouter(prefix="/api/v1/audit", tags=["events"])
 

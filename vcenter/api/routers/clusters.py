@@ -7,7 +7,8 @@ from fastapi import APIRouter, status
 from vcenter.api.deps import CurrentUserInfo, DbDep, SettingsDep, requires
 from vcenter.core.object_ids import ObjectIdPath
 from vcenter.schemas import inventory as s
-from vcenter.services import dpm, drs, evc, placement
+from vcenter.services.drs import dpm, drs
+from vcenter.services.compute import evc, placement
 
 router = APIRouter(prefix="/api/v1/clusters/{cluster_id}", tags=["clusters"])
 

@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from vcenter.api.deps import CurrentUserInfo, DbDep, requires
 from vcenter.core.object_ids import ObjectIdPath
 from vcenter.schemas.ha import HaConfig, HaConfigUpdate, VmHaOverride
-from vcenter.services import ha
+from vcenter.services.ha import ha
 
 router = APIRouter(prefix="/api/v1", tags=["ha"])
 

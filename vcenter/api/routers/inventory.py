@@ -10,9 +10,10 @@ from fastapi import APIRouter, Query, Request, status
 from vcenter.api.deps import CurrentUserInfo, DbDep, SettingsDep, requires
 from vcenter.core.object_ids import ObjectIdPath, Offset
 from vcenter.schemas import inventory as s
-from vcenter.services import hosts, migration, power
-from vcenter.services import inventory as inv
-from vcenter.services.listing import list_rows
+from vcenter.services.inventory import hosts, host_power
+from vcenter.services.compute import maintenance_mode
+from vcenter.services.inventory import inventory as inv
+from vcenter.services.inventory.listing import list_rows
 
 router = APIRouter(prefix="/api/v1")
 
@@ -142,19 +143,19 @@ def remove_host(host_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInf
 
 @router.post("/hosts/{host_id}/maintenance", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, tags=["hosts"], summary="Enter maintenance: evacuate every running VM (placed together), then mark the host (a Task)")
 def enter_maintenance(host_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Maintenance", on="host")], settings: SettingsDep) -> Any:
-    return migration.enter_maintenance(db, user.username, host_id, settings)
+    return maintenance_mode.enter_maintenance(db, user.username, host_id, settings)
 
 
 @router.post("/hosts/{host_id}/maintenance/exit", response_model=s.HostRead, tags=["hosts"], summary="Exit maintenance: the host takes VMs again")
 def exit_maintenance(host_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Maintenance", on="host")]) -> Any:
-    return migration.exit_maintenance(db, user.username, host_id)
+    return maintenance_mode.exit_maintenance(db, user.username, host_id)
 
 
 @router.post("/hosts/{host_id}/power/off", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, tags=["hosts"], summary="Evacuate the host, then power it off through its power driver into standby (a Task)")
 def power_off_host(host_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Power", on="host")], settings: SettingsDep) -> Any:
-    return migration.enter_maintenance(db, user.username, host_id, settings, standby=True)
+    return maintenance_mode.enter_maintenance(db, user.username, host_id, settings, standby=True)
 
 
 @router.post("/hosts/{host_id}/power/on", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, tags=["hosts"], summary="Power a host in standby on; the Task ends when its agent reports again")
 def power_on_host(host_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Power", on="host")]) -> Any:
-    return power.power_on_host(db, user.username, host_id)
+    return host_power.power_on_host(db, user.username, host_id)

@@ -15,8 +15,8 @@ from vcenter.core.errors import NotFound
 from vcenter.core.object_ids import ObjectIdPath
 from vcenter.messaging.contracts import MetricsReport
 from vcenter.schemas import alarms as s
-from vcenter.services import inventory
-from vcenter.services import metrics as svc
+from vcenter.services.inventory import inventory
+from vcenter.services.monitoring import metrics as svc
 
 router = APIRouter(prefix="/api/v1/metrics", tags=["performance"])
 agent_router = APIRouter(prefix="/api/v1/agent/hosts/{host_id}", tags=["agent"],

@@ -8,21 +8,23 @@ from fastapi import APIRouter, Query, Request, status
 from vcenter.api.deps import CurrentUser, CurrentUserInfo, DbDep, SettingsDep, TokenDep, public, requires
 from vcenter.core.object_ids import ObjectIdPath, Offset
 from vcenter.schemas import inventory as s
-from vcenter.services import auth, cancel, tasks, users
-from vcenter.services.listing import list_rows
+from vcenter.services.access import auth, users
+from vcenter.services.orchestration import cancel
+from vcenter.services.tasks import tasks
+from vcenter.services.inventory.listing import list_rows
 
 router = APIRouter(prefix="/api/v1")
 
 
 def _task_object(task: Any) -> tuple[str | None, int | None]:
-    from vcenter.services.permissions import OBJECT_KINDS
+    from vcenter.services.access.permissions import OBJECT_KINDS
 
     return (task.object_type, task.object_id) if task.object_type in OBJECT_KINDS and task.object_id else (None, None)
 
 
 def _visible(db: Any, user: CurrentUserInfo, model: Any) -> Any:
     """Tasks and events of objects the caller may see, and its own."""
-    from vcenter.services import authz
+    from vcenter.services.access import authz
 
     return authz.event_visibility_clause(db, users.get_user(db, user.id), model, token=user.token)
 

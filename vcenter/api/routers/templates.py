@@ -13,7 +13,7 @@ from vcenter.api.guards import STREAMED_UPLOAD  # these routes stream bodies und
 from vcenter.core.object_ids import ObjectIdPath, OptionalObjectIdQuery
 from vcenter.schemas import inventory as s
 from vcenter.schemas import templates as ts
-from vcenter.services import templates, uploads
+from vcenter.services.library import templates, uploads
 
 router = APIRouter(tags=["templates"])
 agent_router = APIRouter(prefix="/api/v1/agent/hosts/{host_id}", tags=["agent"], dependencies=[public("an agent's own host credential, valid for its host only")])

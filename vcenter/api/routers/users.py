@@ -1,7 +1,7 @@
 """Users (Users.Modify) and the audit log export (Global.Diagnostics).
 
 Users.Modify alone never leads further: changing or deleting a user needs the caller to hold
-everything that user holds (vcenter.services.delegation); only an administrator makes or
+everything that user holds (vcenter.services.access.delegation); only an administrator makes or
 touches administrators."""
 import json
 from collections.abc import Iterator
@@ -16,8 +16,9 @@ from vcenter.api.deps import CurrentUserInfo, DbDep, RuntimeDep, SettingsDep, re
 from vcenter.core.errors import Invalid
 from vcenter.core.object_ids import ObjectIdPath
 from vcenter.schemas import inventory as s
-from vcenter.services import auth, tasks
-from vcenter.services.delegation import Actor
+from vcenter.services.access import auth
+from vcenter.services.tasks import tasks
+from vcenter.services.access.delegation import Actor
 
 router = APIRouter(prefix="/api/v1", tags=["users"])
 

@@ -9,7 +9,7 @@ from vcenter.api.deps import CurrentUserInfo, DbDep, requires
 from vcenter.core.object_ids import ObjectIdPath
 from vcenter.schemas import inventory as s
 from vcenter.schemas import vmdata as d
-from vcenter.services import backups, snapshots
+from vcenter.services.protection import backups, snapshots
 
 router = APIRouter(prefix="/api/v1/vms", tags=["snapshots, clones, backups"])
 

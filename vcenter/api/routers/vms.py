@@ -8,9 +8,10 @@ from vcenter.api.deps import CurrentUserInfo, DbDep, SettingsDep, requires
 from vcenter.core.object_ids import ObjectIdPath, ObjectIdQuery, Offset
 from vcenter.domain.states import PowerAction
 from vcenter.schemas import inventory as s
-from vcenter.services import inventory as inv
-from vcenter.services import evc, hosts, migration, vms
-from vcenter.services.listing import list_rows
+from vcenter.services.inventory import inventory as inv
+from vcenter.services.compute import evc, migration, vms
+from vcenter.services.inventory import hosts
+from vcenter.services.inventory.listing import list_rows
 
 router = APIRouter(prefix="/api/v1/vms", tags=["vms"])
 

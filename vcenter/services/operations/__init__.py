@@ -1,8 +1,8 @@
 """Operations as objects: each long operation kind is handled by one object, found by its
 Task kind in ``REGISTRY``.
 
-When a Task's agent reports a result, services.reports finds the task and calls
-``operation_for(task.kind).on_result``; the reaper (services.maintenance) asks the same object
+When a Task's agent reports a result, services.orchestration.reports finds the task and calls
+``operation_for(task.kind).on_result``; the reaper (services.housekeeping.reaper) asks the same object
 whether a silent task already reached its aim (``reconciled``) and what to undo
 (``rollback``); a cancel while queued rolls back through it too (services.tasks). A kind
 without an object of its own (e.g. ``vm.reconfigure``, ``vm.guestCommand``, ``vm.cpuCheck``)
@@ -13,7 +13,7 @@ services (tasks, events) and continue the sagas the services started (migration 
 relocation phases), so they stand on the services; inside ``vcenter.services`` they fall
 under its import contracts (no web layer, no hypervisor). The dependency points one way:
 operations import services; of the services only the dispatchers (reports, maintenance) import
-this package, and the cancel of a queued task (services.cancel).
+this package, and the cancel of a queued task (services.orchestration.cancel).
 
 Adding an operation: one module here with one ``Operation`` subclass naming its ``kinds``, and
 one line in ``REGISTRY`` below (see docs/development.md).

@@ -1,4 +1,4 @@
-"""Backups and restores of a VM (started by services.backups): what the inventory records when
+"""Backups and restores of a VM (started by services.protection.backups): what the inventory records when
 the agent reports.
 
 Backup (``vm.backup``): the point (row made running at the start) becomes ok with its files'
@@ -15,9 +15,9 @@ from vcenter.core.clock import utcnow
 from vcenter.db.models import BackupPoint, Task, VirtualMachine, VmSnapshotRow
 from vcenter.domain.states import TaskState
 from vcenter.messaging.commands import BackupResult
-from vcenter.services.events import record_event
+from vcenter.services.tasks.events import record_event
 from vcenter.services.operations.base import AgentResult, Ending, Operation, drop_creating
-from vcenter.services.tasks import finish_task
+from vcenter.services.tasks.tasks import finish_task
 
 
 class Backup(Operation):

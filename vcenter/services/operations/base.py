@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from vcenter.db.models import Host, Task, VirtualMachine
 from vcenter.domain.states import TaskState
 from vcenter.messaging.contracts import DomainState
-from vcenter.services.tasks import finish_task
+from vcenter.services.tasks.tasks import finish_task
 
 
 class Ending(str, Enum):

@@ -1,6 +1,6 @@
-"""Cluster operations: EVC (``cluster.evc``, started by services.evc.enable): one of the
+"""Cluster operations: EVC (``cluster.evc``, started by services.compute.evc.enable): one of the
 cluster's agents computes the CPU baseline of the chosen hosts; on success the cluster takes
-it as its EVC mode (services.evc.apply_baseline), on failure nothing changes.
+it as its EVC mode (services.compute.evc.apply_baseline), on failure nothing changes.
 """
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from sqlalchemy.orm import Session
 from vcenter.db.models import Task, VirtualMachine
 from vcenter.domain.states import TaskState
 from vcenter.messaging.commands import CpuBaselineResult
-from vcenter.services import evc
+from vcenter.services.compute import evc
 from vcenter.services.operations.base import AgentResult, Operation
-from vcenter.services.tasks import finish_task
+from vcenter.services.tasks.tasks import finish_task
 
 
 class EnableEvc(Operation):

@@ -1,6 +1,6 @@
 """HA's operations: a VM restarted on another host (``vm.ha_restart``) and a VM-monitoring
 reset (``vm.ha_reset``), both started by the HA monitor through services.ha. Their results
-stay HA's: this adapter hands the agent's report to ``services.ha.on_result`` (its retry
+stay HA's: this adapter hands the agent's report to ``services.ha.ha.on_result`` (its retry
 schedule and give-up decisions live there, fenced by the monitor's token).
 """
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from vcenter.db.models import Task
-from vcenter.services import ha
+from vcenter.services.ha import ha
 from vcenter.services.operations.base import AgentResult, Operation
 
 

@@ -1,18 +1,19 @@
 """Host operations that wait on the orchestrator's periodic pass, not on an agent's result:
 
 - evacuation (``host.enterMaintenance``, ``host.enterStandby``; started by
-  services.migration.enter_maintenance): its children (VMotions, cold moves) end one by one;
+  services.compute.maintenance_mode.enter_maintenance): its children (VMotions, cold moves) end one by one;
   the host enters maintenance, or is powered off into standby, when all succeeded and nothing
-  runs there any more (services.migration.advance_maintenance);
-- power-on out of standby (``host.exitStandby``; services.power.power_on_host): ends when the
-  host's agent reported again (services.power.advance_power_on_task).
+  runs there any more (services.compute.maintenance_mode.advance_maintenance);
+- power-on out of standby (``host.exitStandby``; services.inventory.host_power.power_on_host): ends when the
+  host's agent reported again (services.inventory.host_power.advance_power_on_task).
 """
 from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
 from vcenter.db.models import Task
-from vcenter.services import migration, power
+from vcenter.services.compute import maintenance_mode
+from vcenter.services.inventory import host_power
 from vcenter.services.operations.base import Operation
 
 
@@ -21,12 +22,12 @@ class Evacuate(Operation):
     advances = True
 
     def advance(self, session: Session, task: Task) -> None:
-        migration.advance_maintenance(session, task)
+        maintenance_mode.advance_maintenance(session, task)
 
 
 class ExitStandby(Operation):
-    kinds = (power.EXIT_STANDBY,)
+    kinds = (host_power.EXIT_STANDBY,)
     advances = True
 
     def advance(self, session: Session, task: Task) -> None:
-        power.advance_power_on_task(session, task)
+        host_power.advance_power_on_task(session, task)

@@ -1,4 +1,4 @@
-"""The template library's operations (started by services.templates): what the inventory
+"""The template library's operations (started by services.library.templates): what the inventory
 records when the agent reports, and how it rolls back when one ends without success (the
 agent's error or cancel, a cancel while queued, the reaper's WORKER_LOST/AGENT_UNREACHABLE;
 the agent already removed what it had made).
@@ -22,9 +22,9 @@ from sqlalchemy.orm import Session
 from vcenter.db.models import Task, Template, Upload, VirtualMachine
 from vcenter.domain.states import TaskState
 from vcenter.messaging.commands import CaptureResult, ImportResult
-from vcenter.services.events import record_event
+from vcenter.services.tasks.events import record_event
 from vcenter.services.operations.base import AgentResult, Ending, Operation
-from vcenter.services.tasks import finish_task
+from vcenter.services.tasks.tasks import finish_task
 
 
 def _objects(session: Session, task: Task) -> tuple[VirtualMachine | None, Template | None]:

@@ -1,4 +1,4 @@
-"""VMotion (``vm.migrate``, started by services.migration.migrate): the source host's agent
+"""VMotion (``vm.migrate``, started by services.compute.migration.migrate): the source host's agent
 live-migrates the running VM; its progress carries libvirt's job stats. The inventory changes
 host only on the agent's success; a cancel (libvirt's job aborted) leaves the VM on the source.
 Every end frees migration slots (the waiting migrations are dispatched), and a child VMotion of
@@ -13,10 +13,10 @@ from sqlalchemy.orm import Session
 from vcenter.db.models import Host, Task, VirtualMachine
 from vcenter.domain.states import PowerState, TaskState
 from vcenter.messaging.commands import MigrateResult
-from vcenter.services import migration
-from vcenter.services.events import record_event
+from vcenter.services.compute import maintenance_mode, migration
+from vcenter.services.tasks.events import record_event
 from vcenter.services.operations.base import AgentResult, Operation
-from vcenter.services.tasks import finish_task
+from vcenter.services.tasks.tasks import finish_task
 
 
 class Migrate(Operation):
@@ -39,7 +39,7 @@ class Migrate(Operation):
         migration.dispatch_waiting(session)
         parent = session.get(Task, task.params.get("parent")) if task.params.get("parent") else None
         if parent is not None:
-            migration.advance_maintenance(session, parent)
+            maintenance_mode.advance_maintenance(session, parent)
 
     def on_progress(self, task: Task, details: dict[str, Any]) -> None:
         task.result = {"migration": details}

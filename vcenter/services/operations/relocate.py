@@ -1,11 +1,11 @@
 """Relocation (``vm.relocate``): disks to other datastores, on the VM's host or with a move to
-another host. Started by services.migration.relocate; three shapes share the kind:
+another host. Started by services.compute.migration.relocate; three shapes share the kind:
 
 - on the VM's host (no ``params.target``): one agent command copies (running VM: block copy
   and pivot) or converts (powered off) the disks;
 - a running VM to another host (``params.target``): a VMotion with its moved disks copied,
   queued for migration slots like one, its progress libvirt's job stats;
-- a powered-off VM to another host (``params.offline``): the saga of services.relocation
+- a powered-off VM to another host (``params.offline``): the saga of services.compute.relocation
   (copying -> defining -> finishing, discarding on failure), one command per phase, each phase
   started here on the previous one's result.
 
@@ -22,10 +22,10 @@ from vcenter.db.models import Host, Task, VirtualMachine
 from vcenter.domain.states import PowerState, TaskState
 from vcenter.messaging.commands import RelocateResult
 from vcenter.messaging.contracts import OfflineDiscardArgs
-from vcenter.services import migration, relocation
-from vcenter.services.events import record_event
+from vcenter.services.compute import maintenance_mode, migration, relocation
+from vcenter.services.tasks.events import record_event
 from vcenter.services.operations.base import AgentResult, Operation, apply_domain
-from vcenter.services.tasks import finish_task, mark_running, send_command
+from vcenter.services.tasks.tasks import finish_task, mark_running, send_command
 
 CANCELLED = "the relocation was cancelled; the VM stays on its old host and disks"
 
@@ -44,7 +44,7 @@ class Relocate(Operation):
         self._advance_offline(session, task, report)
         parent = session.get(Task, task.params["parent"]) if task.params.get("parent") else None
         if parent is not None and TaskState(task.state).finished:
-            migration.advance_maintenance(session, parent)  # a cold move of a maintenance evacuation
+            maintenance_mode.advance_maintenance(session, parent)  # a cold move of a maintenance evacuation
 
     # --- on the VM's host, or live to another host ---------------------------------------
     def succeeded(self, session: Session, task: Task, vm: VirtualMachine | None, report: AgentResult) -> None:

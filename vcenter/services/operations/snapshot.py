@@ -1,4 +1,4 @@
-"""Snapshots, promote and clones of a VM (started by services.snapshots): what the inventory
+"""Snapshots, promote and clones of a VM (started by services.protection.snapshots): what the inventory
 records when the agent reports.
 
 Snapshots (``vm.snapshot.create|revert|delete``): rows in ``vm_snapshots`` appear, move their
@@ -21,10 +21,10 @@ from vcenter.db.models import Task, VirtualMachine, VmSnapshotRow
 from vcenter.domain.states import PowerState, TaskState
 from vcenter.messaging.commands import PromoteResult, SnapshotCreated, SnapshotResult, SnapshotsDeleted
 from vcenter.messaging.contracts import CreateArgs, DeployArgs
-from vcenter.services.events import record_event
+from vcenter.services.tasks.events import record_event
 from vcenter.services.operations.base import AgentResult, Ending, Operation, drop_creating
-from vcenter.services.tasks import finish_task, mark_running, send_command
-from vcenter.services.vm_spec import vm_spec
+from vcenter.services.tasks.tasks import finish_task, mark_running, send_command
+from vcenter.services.inventory.vm_spec import vm_spec
 
 
 def _snapshot_rows(session: Session, vm: VirtualMachine) -> dict[str, VmSnapshotRow]:

@@ -1,6 +1,6 @@
-"""The VM's own operations: create (``vm.create``, started by services.vms.create_vm), delete
-(``vm.delete``, services.vms.delete_vm) and the power actions (``vm.powerOn`` ...,
-services.vms.power). One agent command each; the result is the truth about the domain.
+"""The VM's own operations: create (``vm.create``, started by services.compute.vms.create_vm), delete
+(``vm.delete``, services.compute.vms.delete_vm) and the power actions (``vm.powerOn`` ...,
+services.compute.vms.power). One agent command each; the result is the truth about the domain.
 """
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from sqlalchemy.orm import Session
 
 from vcenter.db.models import Task, VirtualMachine
 from vcenter.domain.states import PowerAction, TaskState, power_state_after
-from vcenter.services.events import record_event
+from vcenter.services.tasks.events import record_event
 from vcenter.services.operations.base import AgentResult, Ending, Operation, apply_domain, drop_creating
-from vcenter.services.tasks import finish_task
+from vcenter.services.tasks.tasks import finish_task
 
 
 class VmCreate(Operation):
