@@ -319,7 +319,7 @@ def test_a_stop_someone_asked_for_or_already_handled_is_not_restarted(kw, why):
 def test_the_monitor_consumes_each_unexpected_stop_once():
     """The loop asks its store for the stops not yet handled, makes candidates of those the
     decision restarts, and hands every one back as handled, fenced by its token."""
-    from vcenter.services.ha_manager import HaMonitor, UnexpectedStop
+    from vcenter.services.ha.ha_manager import HaMonitor, UnexpectedStop
 
     class Store:
         def __init__(self) -> None:

@@ -4,7 +4,7 @@ The host's reports are the truth about the host: the inventory follows them. A s
 asked for (a lifecycle event "crashed"; a report finding shut off a VM the inventory had
 running, with no lifecycle event seen: "unobserved") is only recorded here, on the VM
 (``unexpected_stop``); the HA monitor decides whether it restarts it
-(vcenter.services.ha_manager). Every report is idempotent (a result for a finished task or
+(vcenter.services.ha.ha_manager). Every report is idempotent (a result for a finished task or
 another command id changes nothing), because the agent re-sends until the server answered.
 """
 from __future__ import annotations
