@@ -5,9 +5,10 @@
 #   scripts/services.sh stop  DIR   # stops both; removes nothing else
 #   eval "$(scripts/services.sh start /tmp/vc-test)"   # progress goes to stderr
 #
-# Redis: 127.0.0.1:${VCENTER_TEST_REDIS_PORT:-6391}, no persistence, daemonized, pidfile in DIR.
+# Redis: 127.0.0.1:${VCENTER_TEST_REDIS_PORT:-6391}, no persistence, daemonized, pidfile in DIR,
+# 64 databases (each pytest-xdist worker of the API tier uses its own: tests/conftest.py).
 # PostgreSQL: initdb'd in DIR/pgdata (owned by the postgres OS user when run as root),
-# 127.0.0.1:${VCENTER_TEST_PG_PORT:-5439}, fsync=off, unix socket in DIR/pgsock;
+# 127.0.0.1:${VCENTER_TEST_PG_PORT:-5439}, fsync=off, autovacuum=off, unix socket in DIR/pgsock;
 # database vcenter_test owned by role vcenter (password vcenter).
 set -euo pipefail
 
@@ -114,7 +115,7 @@ start_redis() {
   command -v redis-server >/dev/null || die "redis-server not installed (run scripts/install.sh)"
   redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize yes \
     --pidfile "$REDIS_PID" --logfile "$REDIS_LOG" --dir "$DIR" \
-    --save '' --appendonly no --protected-mode yes >/dev/null
+    --save '' --appendonly no --protected-mode yes --databases 64 >/dev/null
 }
 
 start_pg() {
@@ -142,6 +143,9 @@ fsync = off
 synchronous_commit = off
 full_page_writes = off
 max_connections = 200
+# Tests drop and re-create their databases WITH (FORCE), which may not end an autovacuum worker
+# (a superuser's process): "must be a member of the role whose process is being terminated".
+autovacuum = off
 CONF
   as_pg "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$PG_LOG" -w -t "$WAIT_SECONDS" start >/dev/null \
     || { tail -n 30 "$PG_LOG" >&2 2>/dev/null || true; die "postgres did not start"; }

@@ -2,12 +2,23 @@
 # What `make test` (and so CI) runs: install, start throwaway Redis + PostgreSQL,
 # run every suite (even after a failure), print a timing table, exit non-zero on failure.
 # `make test-fast` runs the same with `fast`: the unit and in-process API tiers only.
+#
+# The API tier runs in VCENTER_TEST_WORKERS pytest-xdist processes (default 3, also on 2 cores:
+# its tests wait on threads, timers and the databases much of the time), each with its own
+# PostgreSQL database and Redis database (tests/conftest.py). The tiers on libvirtd and the lab
+# share one lab network and run in one process. The services listen on
+# VCENTER_TEST_REDIS_PORT / VCENTER_TEST_PG_PORT (default 6391 / 5439, scripts/services.sh).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 log() { printf '[test] %s\n' "$*"; }
+
+WORKERS="${VCENTER_TEST_WORKERS:-3}"
+# worksteal: an idle worker takes queued tests from a busy one, so the few long tests do not
+# leave one worker finishing alone
+XDIST=(-n "$WORKERS" --dist worksteal)
 
 # scripts/test.sh [fast]: every suite (make test, CI), or the fast tiers only (make test-fast)
 MODE="${1:-all}"
@@ -89,7 +100,7 @@ if [ "$MODE" = fast ]; then
   # make test-fast: the unit and in-process API tiers, fuzzing left out.
   run_suite unit pytest tests/unit -- .venv/bin/python -m pytest tests/unit -q
   run_suite api pytest tests/api -- \
-    .venv/bin/python -m pytest tests/api -q -p no:cacheprovider -m "not fuzz" --durations=10
+    .venv/bin/python -m pytest tests/api -q -p no:cacheprovider -m "not fuzz" --durations=10 "${XDIST[@]}"
 else
   run_suite lint plain -- scripts/lint.sh
   # the compose file requires its secrets: validate with placeholders unless they are set
@@ -100,8 +111,10 @@ else
   # Tests by kind, the fast ones first. The tiers after unit use real services; a failed test
   # there is rerun once (reported in pytest's summary). Each lab-backed tier shares one lab.
   for tier in api system libvirtd lab e2e; do
+    parallel=()
+    [ "$tier" = api ] && parallel=("${XDIST[@]}")
     run_suite "$tier" pytest "tests/$tier" -- \
-      .venv/bin/python -m pytest "tests/$tier" -q -p no:cacheprovider --durations=20 --reruns 1 --reruns-delay 2
+      .venv/bin/python -m pytest "tests/$tier" -q -p no:cacheprovider --durations=20 --reruns 1 --reruns-delay 2 "${parallel[@]}"
   done
 fi
 

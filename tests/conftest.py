@@ -12,8 +12,45 @@ import pytest
 
 from vcenter.core.settings import Settings
 
-REDIS_URL = os.environ.get("VCENTER_TEST_REDIS_URL", "redis://127.0.0.1:6391/0")
-PG_URL = os.environ.get("VCENTER_TEST_PG_URL")
+# Passwords are hashed with argon2id as in production, at its lowest costs: at the default ones
+# (vcenter.core.settings) each user created and each login cost 0.1-0.2 s of CPU, more than half
+# of the API tier. Set in the environment, so the servers and agents tests start inherit them.
+for _name, _value in (("VCENTER_PASSWORD_HASH_TIME_COST", "1"), ("VCENTER_PASSWORD_HASH_MEMORY_COST", "8"),
+                      ("VCENTER_PASSWORD_HASH_PARALLELISM", "1")):
+    os.environ.setdefault(_name, _value)
+
+
+def xdist_worker() -> int | None:
+    """The index of this pytest-xdist worker (PYTEST_XDIST_WORKER gw0, gw1, ...), None when the
+    tests run in one process."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return int(name[2:]) if name.startswith("gw") and name[2:].isdigit() else None
+
+
+def worker_redis_url(url: str, worker: int | None) -> str:
+    """Each xdist worker its own Redis database (1, 2, ...; the URL's own without xdist): every
+    test numbers its hosts from 1, so workers sharing one would see each other's heartbeats,
+    locks and queues."""
+    if worker is None:
+        return url
+    from urllib.parse import urlsplit, urlunsplit
+
+    return urlunsplit(urlsplit(url)._replace(path=f"/{worker + 1}"))
+
+
+def worker_pg_url(url: str | None, worker: int | None) -> str | None:
+    """Each xdist worker its own PostgreSQL database (vcenter_test_gw0, ...), and so its own
+    migrated template: a test drops and re-creates its database."""
+    if url is None or worker is None:
+        return url
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    return parsed.set(database=f"{parsed.database}_gw{worker}").render_as_string(hide_password=False)
+
+
+REDIS_URL = worker_redis_url(os.environ.get("VCENTER_TEST_REDIS_URL", "redis://127.0.0.1:6391/0"), xdist_worker())
+PG_URL = worker_pg_url(os.environ.get("VCENTER_TEST_PG_URL"), xdist_worker())
 
 
 def make_settings(tmp_path: Path, **overrides: object) -> Settings:
@@ -47,6 +84,7 @@ def fresh_postgres() -> str:
 
     if not PG_URL:
         pytest.fail("VCENTER_TEST_PG_URL is not set: run the tests through `make test`, which starts PostgreSQL")
+    _ensure_database()
     engine = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
         conn.execute(text("DROP SCHEMA public CASCADE"))
@@ -66,6 +104,21 @@ def _maintenance_engine():
     from sqlalchemy.engine import make_url
 
     return create_engine(make_url(PG_URL).set(database="postgres"), isolation_level="AUTOCOMMIT")
+
+
+def _ensure_database() -> None:
+    """Create PG_URL's database if it is missing (an xdist worker's own, on its first use)."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    name = make_url(PG_URL).database
+    engine = _maintenance_engine()
+    try:
+        with engine.connect() as conn:
+            if conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}).first() is None:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        engine.dispose()
 
 
 def migrated_postgres() -> str:

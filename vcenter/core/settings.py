@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     login_lockout_failures: int = Field(5, description="failed logins of one user within the window that lock it out")
     login_source_failures: int = Field(20, description="failed logins from one client address within the lockout window before that address is refused (429), whatever the user names")
     login_lockout_window: float = Field(180.0, description="the lockout window (s); a lockout ends by itself, so nobody locks an administrator out for good")
+    # argon2id costs of a new password hash: argon2-cffi's defaults (RFC 9106's low-memory
+    # profile). A stored hash carries its own costs, so changing these never breaks a login;
+    # tests lower them (tests/conftest.py), since a hash at these costs takes 0.1-0.2 s.
+    password_hash_time_cost: int = Field(3, ge=1, description="argon2id passes over memory per new password hash")
+    password_hash_memory_cost: int = Field(64 * 1024, ge=8, description="argon2id memory per new password hash, KiB (at least 8 x password_hash_parallelism)")
+    password_hash_parallelism: int = Field(4, ge=1, description="argon2id lanes per new password hash")
     password_min_length: int = Field(12, ge=8, le=1024, description="shortest password accepted when one is set (API, dashboard, CLI); common passwords are refused at any length (vcenter.services.access.passwords)")
     events_retention_days: float = Field(365.0, description="events (the audit log) older than this are purged by the reaper")
     tls_cert: str | None = Field(None, description="PEM certificate (chain) the API serves HTTPS with; with tls_key")

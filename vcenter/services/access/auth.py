@@ -10,6 +10,7 @@ API tokens and sessions in the same transaction (its id is never given again).
 from __future__ import annotations
 
 from datetime import timedelta
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from argon2 import PasswordHasher
@@ -21,7 +22,7 @@ from vcenter.core.audit import request_source
 from vcenter.core.clock import utcnow
 from vcenter.core.errors import Conflict, Invalid, NotFound, RateLimited, Unauthorized
 from vcenter.core.ids import new_token, token_hash
-from vcenter.core.settings import Settings
+from vcenter.core.settings import Settings, get_settings
 from vcenter.db.models import ApiToken, Event, GroupMember, LoginSession, Permission, Role, User
 from vcenter.services.tasks.events import SYSTEM_ACTORS, is_system_actor, record_event
 from vcenter.services.access.passwords import check_password
@@ -29,9 +30,19 @@ from vcenter.services.access.passwords import check_password
 if TYPE_CHECKING:
     from vcenter.services.access.delegation import Actor
 
-_hasher = PasswordHasher()
-# Verifying against this keeps the time of "no such user" equal to "wrong password".
-_DUMMY_HASH = _hasher.hash("not-a-password")
+@lru_cache(maxsize=4)
+def _hasher_of(time_cost: int, memory_cost: int, parallelism: int) -> tuple[PasswordHasher, str]:
+    """The argon2id hasher of these costs, and a hash of it to verify against when the user
+    does not exist: that keeps the time of "no such user" equal to "wrong password"."""
+    hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_cost, parallelism=parallelism)
+    return hasher, hasher.hash("not-a-password")
+
+
+def _hasher(settings: Settings | None = None) -> tuple[PasswordHasher, str]:
+    """The hasher of the password_hash_* settings: ``settings``, else the environment's
+    (create_user and set_password are called without settings, as check_password is)."""
+    settings = settings or get_settings()
+    return _hasher_of(settings.password_hash_time_cost, settings.password_hash_memory_cost, settings.password_hash_parallelism)
 
 
 def check_username(username: str) -> None:
@@ -47,7 +58,7 @@ def create_user(session: Session, username: str, password: str, is_admin: bool, 
     if session.scalar(select(User).where(User.username == username)) is not None:
         raise Conflict(f"user {username} exists", code="USER_EXISTS")
     check_password(password, username, min_password_length)
-    user = User(username=username, password_hash=_hasher.hash(password), is_admin=is_admin)
+    user = User(username=username, password_hash=_hasher()[0].hash(password), is_admin=is_admin)
     session.add(user)
     session.flush()
     record_event(session, "user.created", f"user {username} created{' (administrator)' if is_admin else ''}", username=by, object_type="user", object_id=user.id, object_name=username)
@@ -59,7 +70,7 @@ def set_password(session: Session, username: str, password: str, *, min_password
     if user is None:
         raise Conflict(f"user {username} does not exist", code="USER_NOT_FOUND")
     check_password(password, username, min_password_length)
-    user.password_hash = _hasher.hash(password)
+    user.password_hash = _hasher()[0].hash(password)
     for login in session.scalars(select(LoginSession).where(LoginSession.user_id == user.id, LoginSession.revoked.is_(False))):
         login.revoked = True
     # Tokens too: one an attacker made with a stolen password must die with it.
@@ -102,7 +113,8 @@ def login(session: Session, username: str, password: str, settings: Settings) ->
             "kind": "session.login_locked", "message": f"login of {username[:80]!r} refused: locked out", "username": username[:80], "user_id": None, "object_type": "user", "reason": "LOCKED_OUT"} if first else None)
     user = session.scalar(select(User).where(User.username == username))
     try:
-        _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+        hasher, dummy_hash = _hasher(settings)
+        hasher.verify(user.password_hash if user else dummy_hash, password)
         ok = user is not None and not user.disabled
     except (VerificationError, InvalidHashError):
         ok = False
