@@ -60,14 +60,17 @@ def target_has_nul(scope: dict) -> bool:
     return b"%00" in query or b"\x00" in query or "\x00" in scope.get("path", "") or b"%00" in scope.get("raw_path", b"")
 
 
-def _flat_routes(routes: Iterable[Any]) -> Iterator[Any]:
-    """Every route with its full path: FastAPI keeps included routers as branches whose
-    effective routes carry the prefixes."""
+def _streamed_routes(routes: Iterable[Any], prefix: str = "") -> Iterator[tuple[set[str], str]]:
+    """(methods, full path) of every route declaring STREAMED_UPLOAD. An included router is
+    walked through its own routes with its include prefix: asking it for its effective routes
+    would make FastAPI analyse every route of the application again, for each new app."""
     for route in routes:
-        if hasattr(route, "effective_route_contexts"):
-            yield from route.effective_route_contexts()
-        else:
-            yield route
+        included = getattr(route, "original_router", None)
+        context = getattr(route, "include_context", None)
+        if included is not None and context is not None:
+            yield from _streamed_routes(included.routes, prefix + (context.prefix or ""))
+        elif (getattr(route, "openapi_extra", None) or {}).get("x-streamed-upload"):
+            yield set(getattr(route, "methods", None) or ()), prefix + route.path
 
 
 def streamed_upload_matcher(routes: Callable[[], Iterable[Any]]) -> Callable[[dict], bool]:
@@ -80,8 +83,7 @@ def streamed_upload_matcher(routes: Callable[[], Iterable[Any]]) -> Callable[[di
     def matches(scope: dict) -> bool:
         nonlocal streamed
         if streamed is None:
-            streamed = [(set(r.methods or ()), compile_path(r.path)[0]) for r in _flat_routes(routes())
-                        if (getattr(r, "openapi_extra", None) or {}).get("x-streamed-upload")]
+            streamed = [(methods, compile_path(path)[0]) for methods, path in _streamed_routes(routes())]
         path = scope.get("path", "")
         return any(scope.get("method") in methods and regex.match(path) for methods, regex in streamed)
 
