@@ -24,7 +24,8 @@ done
 for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
   [ -e "$f" ] && grep -E '^deb .*debian.* bookworm' "$f" >>"$WORK/sources/debian.list" || true
 done
-MIRROR="$(grep -h -o -E 'https?://[^ ]*debian/?' "$WORK"/sources/* | grep -v security | head -n1)"
+# The first Debian URI apt uses (a URIs: field or a deb line; not the comments beside them).
+MIRROR="$(grep -h -E '^(URIs:|deb )' "$WORK"/sources/* | grep -o -E 'https?://[^ ]*' | grep -v security | head -n1)"
 
 if [ "$BASE" = localhost/debian:bookworm ] && ! podman image exists "$BASE"; then
   log "base: debootstrap --variant=minbase bookworm from $MIRROR"
