@@ -16,8 +16,11 @@ CORE_PKGS=(
   libvirt-dev pkg-config gcc make python3-venv python3-dev
 )
 # ... and tools whose Recommends would drag in too much (docker-compose recommends
-# the docker engine).
-TOOL_PKGS=(docker-compose chromium cloud-init busybox-static dropbear-bin)
+# the docker engine; podman recommends crun, which fails in this cgroup mode, and
+# buildah/fuse-overlayfs/slirp4netns that rootful podman does not need). The container
+# tools run the compose deployment test (tests/e2e/test_compose_deploy.py).
+TOOL_PKGS=(docker-compose chromium cloud-init busybox-static dropbear-bin
+  podman podman-compose debootstrap netavark aardvark-dns runc uidmap containernetworking-plugins)
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi

@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from vcenter.core.logging import setup_logging
+from vcenter.core.placeholder_secrets import PlaceholderSecretError, refuse_placeholder_secrets
 from vcenter.core.release import release
 from vcenter.core.settings import get_settings, reset_settings_cache
 
@@ -58,6 +59,11 @@ def _env(**values: object) -> None:
     reset_settings_cache()
     settings = get_settings()
     setup_logging(settings.log_level, settings.log_json)
+    try:  # a password copied from .env.example is no secret: refuse to start with it
+        refuse_placeholder_secrets({"VCENTER_DATABASE_URL": settings.database_url, "VCENTER_REDIS_URL": settings.redis_url})
+    except PlaceholderSecretError as exc:
+        typer.echo(f"refused: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -165,6 +171,47 @@ def agent(
     code, _ = supervise(lambda: run_agent(settings, simulated=simulated), settings.agent_restart_delay)
     if code:
         raise typer.Exit(code)
+
+
+# Redis keys that only a working process keeps alive (each expires unless its loop renews it):
+# the scheduler's lock (celery-redbeat) and the active HA monitor's lock (vcenter.services.ha_monitor).
+HEALTH_LOCK_KEYS = {"beat": "redbeat::lock", "ha": "vc:ha:lock"}
+
+
+@app.command()
+def healthcheck(role: str = typer.Argument(..., help="api, worker, beat or ha: the process this container runs")) -> None:
+    """Exit 0 when this container's process is alive and working, 1 otherwise (container
+    healthchecks): api answers /livez on its port; worker answers a Celery ping to its own
+    node; beat and ha: the lock their loop renews is held (it expires when no loop renews it)."""
+    _env()
+    settings = get_settings()
+    if role == "api":
+        import httpx
+
+        scheme = "https" if (settings.tls_self_signed or settings.tls_cert) else "http"
+        try:  # loopback, this container's own server: its certificate need not be verified
+            ok = httpx.get(f"{scheme}://127.0.0.1:{settings.api_port}/livez", timeout=5, verify=False).status_code == 200
+        except httpx.HTTPError:
+            ok = False
+    elif role == "worker":
+        import socket
+
+        from workers.beat import make_orchestrator_app
+
+        node = f"orchestrator@{socket.gethostname()}"
+        ok = bool(make_orchestrator_app().control.ping(destination=[node], timeout=5))
+    elif role in HEALTH_LOCK_KEYS:
+        import redis
+
+        try:
+            ok = bool(redis.Redis.from_url(settings.redis_url, socket_timeout=5).exists(HEALTH_LOCK_KEYS[role]))
+        except redis.RedisError:
+            ok = False
+    else:
+        raise typer.BadParameter(f"unknown role {role!r}: api, worker, beat or ha")
+    typer.echo(f"{role}: {'healthy' if ok else 'unhealthy'}")
+    if not ok:
+        raise typer.Exit(1)
 
 
 @db_app.command("upgrade")
