@@ -114,7 +114,7 @@ else
     parallel=()
     [ "$tier" = api ] && parallel=("${XDIST[@]}")
     run_suite "$tier" pytest "tests/$tier" -- \
-      .venv/bin/python -m pytest "tests/$tier" -q -p no:cacheprovider --durations=20 --reruns 1 --reruns-delay 2 "${parallel[@]}"
+      .venv/bin/python -m pytest "tests/$tier" -q -p no:cacheprovider --durations=20 --reruns 1 --reruns-delay 2 -rR "${parallel[@]}"
   done
 fi
 
