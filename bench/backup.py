@@ -21,6 +21,7 @@ still in the page cache; the time until the call returned is printed too:
 Then: the guest writes 1 % of the disk (its disk pattern from offset 0); the incremental backup's
 file size against the bytes changed.
 """
+
 from __future__ import annotations
 
 import os
@@ -115,9 +116,16 @@ def main() -> None:
     rows: list[tuple[str, list[float]]] = []
     try:
         drv.connect()
-        spec = VmSpec(name="g1", uuid=str(uuid.uuid4()), vcpus=1, memory_mib=96,
-                      disks=[DiskSpec(index=0, datastore_id=1, datastore_path=str(ds), file="g1.qcow2", capacity_mib=size >> 20)],
-                      kernel=str(image.kernel), initrd=str(image.initrd), cmdline=image.cmdline_for(hostname="g1"))
+        spec = VmSpec(
+            name="g1",
+            uuid=str(uuid.uuid4()),
+            vcpus=1,
+            memory_mib=96,
+            disks=[DiskSpec(index=0, datastore_id=1, datastore_path=str(ds), file="g1.qcow2", capacity_mib=size >> 20)],
+            kernel=str(image.kernel),
+            initrd=str(image.initrd),
+            cmdline=image.cmdline_for(hostname="g1"),
+        )
         drv.define(spec)
         out = str(ds / "out.qcow2")
 
@@ -172,8 +180,7 @@ def main() -> None:
         subprocess.run(["rm", "-rf", str(work)])
 
     baselines = {"full clone, stopped": base_off, "qemu-img convert, VM stopped": base_off}
-    print(f"\n{gib:g} GiB qcow2 of random data, {runs} runs, medians (this machine: 2 cores shared, TCG guest); "
-          "vs convert = median over runs of the interleaved baseline's time / this time\n")
+    print(f"\n{gib:g} GiB qcow2 of random data, {runs} runs, medians (this machine: 2 cores shared, TCG guest); vs convert = median over runs of the interleaved baseline's time / this time\n")
     print("time = until the data is on disk (operation + sync); returned = until the call returned (its writeback still pending)\n")
     print("| operation | time (s) | MiB/s | vs convert | returned (s) |")
     print("|---|---|---|---|---|")
@@ -182,8 +189,10 @@ def main() -> None:
         ref = baselines.get(name, base)
         ratio = statistics.median(b / x for b, x in zip(ref, times)) if len(ref) == len(times) else statistics.median(ref) / t
         print(f"| {name} | {t:.3f} | {size / (1 << 20) / t:.0f} | {100 * ratio:.0f} % | {statistics.median(RETURNED[name]):.3f} |")
-    print(f"\nincremental backup after the guest changed {changed_mib} MiB ({100 * changed_mib * (1 << 20) / size:.1f} % of the disk): "
-          f"{inc_bytes / (1 << 20):.1f} MiB file ({100 * inc_bytes / size:.2f} % of the disk), {inc_time:.3f} s")
+    print(
+        f"\nincremental backup after the guest changed {changed_mib} MiB ({100 * changed_mib * (1 << 20) / size:.1f} % of the disk): "
+        f"{inc_bytes / (1 << 20):.1f} MiB file ({100 * inc_bytes / size:.2f} % of the disk), {inc_time:.3f} s"
+    )
 
 
 if __name__ == "__main__":

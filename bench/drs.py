@@ -17,6 +17,7 @@ seed). The defaults were chosen on gcd and bursty; diurnal is the confirmation.
 3. (--timing) time per pass at 8/32/96 hosts.
 Run: .venv/bin/python bench/drs.py [--traces gcd,bursty,diurnal] [--seeds 1,2,3,4,5]
 """
+
 from __future__ import annotations
 
 import os
@@ -57,8 +58,7 @@ def main() -> None:
     cache: dict = {}
 
     print(f"1. balancers: {args.hosts} hosts, {args.vms} VMs, threshold 3, defaults; overload % (floor = interval 0), migrations")
-    print(f"{'trace':8} {'load':>5} {'seed':>4} | {'none %':>7} | {'greedy %':>8} {'migr':>5} | {'drs %':>7} {'migr':>5} | "
-          f"{'ovl d/g':>7} {'migr d/g':>8} | {'floor %':>7} {'holds':>5}")
+    print(f"{'trace':8} {'load':>5} {'seed':>4} | {'none %':>7} | {'greedy %':>8} {'migr':>5} | {'drs %':>7} {'migr':>5} | {'ovl d/g':>7} {'migr d/g':>8} | {'floor %':>7} {'holds':>5}")
     fails = 0
     for name in names:
         for load in (float(x) for x in args.loads.split(",") if x.strip()):
@@ -71,23 +71,28 @@ def main() -> None:
                 mg, md = s["greedy"]["migrations"], s["drs"]["migrations"]
                 ok = od <= og + 1e-12 and (od < og or og <= floor + 1e-12) and md <= mg / 2
                 fails += not ok
-                print(f"{name:8} {load:5.2f} {seed:4d} | {s['none']['overload_fraction'] * 100:7.2f} | {og * 100:8.2f} {mg:5d} | "
-                      f"{od * 100:7.2f} {md:5d} | {od / og if og else (1.0 if od == 0 else float('inf')):7.2f} "
-                      f"{md / mg if mg else float('inf'):8.2f} | {floor * 100:7.2f} {'yes' if ok else 'NO':>5}", flush=True)
+                print(
+                    f"{name:8} {load:5.2f} {seed:4d} | {s['none']['overload_fraction'] * 100:7.2f} | {og * 100:8.2f} {mg:5d} | "
+                    f"{od * 100:7.2f} {md:5d} | {od / og if og else (1.0 if od == 0 else float('inf')):7.2f} "
+                    f"{md / mg if mg else float('inf'):8.2f} | {floor * 100:7.2f} {'yes' if ok else 'NO':>5}",
+                    flush=True,
+                )
     print(f"   rows where the promise does not hold: {fails}")
 
     print("\n2. DPM (DRS + DPM, defaults; bound: fewest hosts at the band's top + 1 HA host, per interval)")
-    print(f"{'trace':8} {'load':>5} {'seed':>4} | {'host-h on':>9} {'bound':>7} {'on/bound':>8} | {'ovl drs %':>9} {'ovl +dpm %':>10} | "
-          f"{'offs':>4} {'ons':>4} {'migr':>5}")
+    print(f"{'trace':8} {'load':>5} {'seed':>4} | {'host-h on':>9} {'bound':>7} {'on/bound':>8} | {'ovl drs %':>9} {'ovl +dpm %':>10} | {'offs':>4} {'ons':>4} {'migr':>5}")
     for name in names:
         for load in (float(x) for x in args.dpm_loads.split(",") if x.strip()):
             for seed in seeds:
                 sc = build_scenario(trace_for(name, seed, args.gcd, cache), args.hosts, args.vms, load, seed)
                 a = replay(sc, "drs").summary()
                 d = replay(sc, "drs", dpm=True).summary()
-                print(f"{name:8} {load:5.2f} {seed:4d} | {d['host_hours_on']:9.1f} {d['host_hours_bound']:7.1f} "
-                      f"{d['host_hours_on'] / d['host_hours_bound']:8.2f} | {a['overload_fraction'] * 100:9.2f} "
-                      f"{d['overload_fraction'] * 100:10.2f} | {d['power_offs']:4d} {d['power_ons']:4d} {d['migrations']:5d}", flush=True)
+                print(
+                    f"{name:8} {load:5.2f} {seed:4d} | {d['host_hours_on']:9.1f} {d['host_hours_bound']:7.1f} "
+                    f"{d['host_hours_on'] / d['host_hours_bound']:8.2f} | {a['overload_fraction'] * 100:9.2f} "
+                    f"{d['overload_fraction'] * 100:10.2f} | {d['power_offs']:4d} {d['power_ons']:4d} {d['migrations']:5d}",
+                    flush=True,
+                )
 
     if not args.timing:
         return
@@ -100,8 +105,7 @@ def main() -> None:
         sc_low = build_scenario(gcd, n_hosts, n_vms, 0.4, seeds[0], args.time_intervals)
         rd = replay(sc_low, "drs", dpm=True).summary()
         secs, moves = skewed_pass_time(gcd, n_hosts, n_vms, seeds[0])
-        print(f"{n_hosts:6d} {n_vms:7d} {r['pass_seconds_p50']:10.3f} {r['pass_seconds_max']:10.3f} {rd['pass_seconds_p50']:11.3f} "
-              f"{rd['pass_seconds_max']:11.3f} {secs:9.3f} {moves:6d}")
+        print(f"{n_hosts:6d} {n_vms:7d} {r['pass_seconds_p50']:10.3f} {r['pass_seconds_max']:10.3f} {rd['pass_seconds_p50']:11.3f} {rd['pass_seconds_max']:11.3f} {secs:9.3f} {moves:6d}")
 
 
 if __name__ == "__main__":

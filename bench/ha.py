@@ -13,6 +13,7 @@ ha.host.failed Event's timestamp; "heartbeat" is when the API first shows the gu
 new host with a guest heartbeat sequence it did not have before (the inventory is updated by
 the agents' reports, every second here, so it includes up to a second of reporting delay).
 """
+
 from __future__ import annotations
 
 import statistics
@@ -32,11 +33,9 @@ from vcenter.domain.snapshot import ClusterSnapshot, HostSnapshot, Rule, RuleKin
 def sim() -> None:
     print(f"{'hosts':>6} {'failed':>6} {'VMs':>6} {'rules':>6} {'placed':>7} {'best ms':>8} {'median ms':>10}")
     for n_hosts, n_failed, n_vms, n_rules in ((20, 2, 100, 0), (50, 10, 1000, 0), (50, 10, 1000, 50), (200, 20, 5000, 100)):
-        hosts = tuple(HostSnapshot(f"h{i}", cores=64, memory_mib=512 * 1024, cpu_mhz=64 * 2500,
-                                   connection="notResponding" if i < n_failed else "connected") for i in range(n_hosts))
+        hosts = tuple(HostSnapshot(f"h{i}", cores=64, memory_mib=512 * 1024, cpu_mhz=64 * 2500, connection="notResponding" if i < n_failed else "connected") for i in range(n_hosts))
         prios = [ha.Priority.HIGH, ha.Priority.MEDIUM, ha.Priority.LOW]
-        cands = [ha.RestartCandidate(VmSnapshot(f"v{i}", memory_mib=1024 * (1 + i % 8), vcpus=1 + i % 4), prios[i % 3], f"h{i % n_failed}", f"h{i % n_failed}")
-                 for i in range(n_vms)]
+        cands = [ha.RestartCandidate(VmSnapshot(f"v{i}", memory_mib=1024 * (1 + i % 8), vcpus=1 + i % 4), prios[i % 3], f"h{i % n_failed}", f"h{i % n_failed}") for i in range(n_vms)]
         running = tuple(VmSnapshot(f"r{i}", memory_mib=2048, vcpus=2, host=f"h{n_failed + i % (n_hosts - n_failed)}") for i in range(n_vms))
         rules = tuple(Rule(f"apart{k}", RuleKind.ANTI_AFFINITY, k % 2 == 0, frozenset({f"v{2 * k}", f"v{2 * k + 1}"})) for k in range(n_rules))
         snap = ClusterSnapshot(hosts=hosts, vms=running, rules=rules)
@@ -71,8 +70,19 @@ def lab(guests: int) -> None:
     lab.up(3, Capacity(cpus=2, memory_mib=2048))
     port = free_port()
     redis = subprocess.Popen(["redis-server", "--bind", f"127.0.0.1 {GATEWAY}", "--port", str(port), "--protected-mode", "no", "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    stack = Stack.create(workdir, None, f"redis://127.0.0.1:{port}/0", api_host=f"127.0.0.1,{GATEWAY}", agent_report_period=1, reaper_period=1,
-                         heartbeat_period=1, heartbeat_ttl=3, ha_period=0.2, ha_lock_ttl=3, ha_datastore_heartbeat_period=1)
+    stack = Stack.create(
+        workdir,
+        None,
+        f"redis://127.0.0.1:{port}/0",
+        api_host=f"127.0.0.1,{GATEWAY}",
+        agent_report_period=1,
+        reaper_period=1,
+        heartbeat_period=1,
+        heartbeat_ttl=3,
+        ha_period=0.2,
+        ha_lock_ttl=3,
+        ha_datastore_heartbeat_period=1,
+    )
     try:
         time.sleep(0.5)
         stack.start_server()
@@ -86,8 +96,9 @@ def lab(guests: int) -> None:
             ds = api.post("/api/v1/datastores", json={"name": "ds", "datacenter_id": dc["id"], "kind": "lab-dir", "url": path, "host_ids": ids}).json()
             vms = []
             for g in range(guests):
-                task = api.post("/api/v1/vms", json={"name": f"g{g}", "host_id": ids[0], "memory_mib": 96, "kernel_boot": {"image": "tiny-linux"},
-                                                     "disks": [{"datastore_id": ds["id"], "capacity_mib": 8}]}).json()
+                task = api.post(
+                    "/api/v1/vms", json={"name": f"g{g}", "host_id": ids[0], "memory_mib": 96, "kernel_boot": {"image": "tiny-linux"}, "disks": [{"datastore_id": ds["id"], "capacity_mib": 8}]}
+                ).json()
                 vm_id = wait(lambda: (t := api.get(f"/api/v1/tasks/{task['id']}").json())["state"] == "success" and t)["object_id"]
                 on = api.post(f"/api/v1/vms/{vm_id}/power/on").json()
                 wait(lambda: api.get(f"/api/v1/tasks/{on['id']}").json()["state"] == "success")

@@ -2,6 +2,7 @@
 60 s and under 10 s). Prints a table; not a test. Run as root: python bench/lab_updown.py [runs]
 
 It tears down any lab on this machine first (one lab per machine)."""
+
 from __future__ import annotations
 
 import statistics

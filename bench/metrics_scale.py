@@ -10,6 +10,7 @@ previous round. Then one rollup pass makes the 5-minute tier from those rounds, 
 evaluated once, and a VM's one-hour chart is read. In-process (no HTTP): it measures the
 database work, not the web server.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,10 +60,26 @@ def main() -> None:
         at = start + timedelta(seconds=20 * r)
         began = time.perf_counter()
         for i, host_id in enumerate(hosts):
-            report = MetricsReport(interval_s=20, host={"cpu.usage": 20.0 + (i + r) % 60, "cpu.usagemhz": 9000.0, "mem.usage": 55.0, "mem.consumed": 180000.0,
-                                                        "disk.read": 1e6, "disk.write": 2e6, "net.rx": 3e5, "net.tx": 2e5},
-                                   vms=[VmMetrics(uuid=u, values={"cpu.usage": float((i * 7 + r) % 100), "cpu.usagemhz": 800.0, "mem.usage": 40.0, "mem.consumed": 2048.0,
-                                                                  "disk.read": 1e4, "disk.write": 3e4, "net.rx": 5e3, "net.tx": 4e3}) for u in placed.get(host_id, [])])
+            report = MetricsReport(
+                interval_s=20,
+                host={"cpu.usage": 20.0 + (i + r) % 60, "cpu.usagemhz": 9000.0, "mem.usage": 55.0, "mem.consumed": 180000.0, "disk.read": 1e6, "disk.write": 2e6, "net.rx": 3e5, "net.tx": 2e5},
+                vms=[
+                    VmMetrics(
+                        uuid=u,
+                        values={
+                            "cpu.usage": float((i * 7 + r) % 100),
+                            "cpu.usagemhz": 800.0,
+                            "mem.usage": 40.0,
+                            "mem.consumed": 2048.0,
+                            "disk.read": 1e4,
+                            "disk.write": 3e4,
+                            "net.rx": 5e3,
+                            "net.tx": 4e3,
+                        },
+                    )
+                    for u in placed.get(host_id, [])
+                ],
+            )
             t = time.perf_counter()
             with session_scope(url) as session:
                 rows += metrics.ingest(session, session.get(Host, host_id), report, now=at)["stored"]
@@ -103,8 +120,7 @@ def main() -> None:
     print(f"{'alarm evaluation (3 built-in), s':<44} {alarm_s:>12.2f}   {evaluated}")
     print(f"{'VM chart, 1 h real-time, p50 ms':<44} {statistics.median(chart):>12.2f}")
     print(f"{'metric_samples rows':<44} {stored:>12}")
-    print(f"\none sample period is 20 s: ingest keeps up while a round takes less than that "
-          f"({statistics.mean(per_round) / 20:.0%} of it here, one process).")
+    print(f"\none sample period is 20 s: ingest keeps up while a round takes less than that ({statistics.mean(per_round) / 20:.0%} of it here, one process).")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@
 
 Refuses to run while another lab exists (only one lab per machine; Lab.up would tear it down).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -118,10 +119,16 @@ def main() -> int:
 
 
 def make_guest(drv: LibvirtDriver, image, ds: str, name: str, memory: int, disk_mib: int, create: bool = True) -> VmSpec:
-    spec = VmSpec(name=name, uuid=str(uuid.uuid4()), vcpus=1, memory_mib=memory, kernel=str(image.kernel),
-                  initrd=str(image.initrd), cmdline=image.cmdline_for(hostname=name),
-                  disks=[DiskSpec(index=0, datastore_id=1, datastore_path=ds, file=f"{name}.qcow2",
-                                  capacity_mib=disk_mib, format="qcow2")])
+    spec = VmSpec(
+        name=name,
+        uuid=str(uuid.uuid4()),
+        vcpus=1,
+        memory_mib=memory,
+        kernel=str(image.kernel),
+        initrd=str(image.initrd),
+        cmdline=image.cmdline_for(hostname=name),
+        disks=[DiskSpec(index=0, datastore_id=1, datastore_path=ds, file=f"{name}.qcow2", capacity_mib=disk_mib, format="qcow2")],
+    )
     if create:
         drv.create_disks(spec)
     drv.define(spec)
@@ -139,8 +146,7 @@ def vmotion(lab: Lab, drivers: list[LibvirtDriver], image, ds: str, args) -> Non
     src = 0
     for i in range(args.n):
         dst = 1 - src
-        opts = MigrationOptions(dest_uri=lab.hosts[dst].uri, dest_address=lab.hosts[dst].address, unsafe=True,
-                                max_downtime_ms=300)
+        opts = MigrationOptions(dest_uri=lab.hosts[dst].uri, dest_address=lab.hosts[dst].address, unsafe=True, max_downtime_ms=300)
         t0 = time.monotonic()
         result = drivers[src].migrate(spec.uuid, opts)
         wall = time.monotonic() - t0
@@ -167,16 +173,19 @@ def vmotion(lab: Lab, drivers: list[LibvirtDriver], image, ds: str, args) -> Non
 
 def print_vmotion(rows) -> None:
     print("\nVMotion of a running guest with heartbeat (TCG, shared lab datastore, UNSAFE, max downtime 300 ms)")
-    print("overhead = our wall time - libvirt's total; hb gap = arrival of the first heartbeat on the target "
-          "- arrival of the last on the source (nominal period 1 s); guest dt = guest uptime between them")
-    print(f"{'#':>2} {'direction':<14} {'wall s':>7} {'libvirt s':>9} {'downtime ms':>11} {'overhead ms':>11} "
-          f"{'hb gap s':>8} {'seq +':>5} {'guest dt s':>10}")
+    print(
+        "overhead = our wall time - libvirt's total; hb gap = arrival of the first heartbeat on the target "
+        "- arrival of the last on the source (nominal period 1 s); guest dt = guest uptime between them"
+    )
+    print(f"{'#':>2} {'direction':<14} {'wall s':>7} {'libvirt s':>9} {'downtime ms':>11} {'overhead ms':>11} {'hb gap s':>8} {'seq +':>5} {'guest dt s':>10}")
     for n, direction, wall, result, gap in rows:
         libvirt_s = (result.elapsed_ms or 0) / 1000
         g = gap or {}
-        print(f"{n:>2} {direction:<14} {wall:>7.2f} {libvirt_s:>9.2f} {result.downtime_ms or -1:>11} "
-              f"{(wall - libvirt_s) * 1000:>11.0f} {g.get('gap', float('nan')):>8.2f} {g.get('seq', 0):>5} "
-              f"{g.get('guest_dt', float('nan')):>10.2f}")
+        print(
+            f"{n:>2} {direction:<14} {wall:>7.2f} {libvirt_s:>9.2f} {result.downtime_ms or -1:>11} "
+            f"{(wall - libvirt_s) * 1000:>11.0f} {g.get('gap', float('nan')):>8.2f} {g.get('seq', 0):>5} "
+            f"{g.get('guest_dt', float('nan')):>10.2f}"
+        )
 
 
 def storage_vmotion(lab: Lab, drivers: list[LibvirtDriver], image, ds: str, args) -> None:
@@ -212,14 +221,11 @@ def storage_vmotion(lab: Lab, drivers: list[LibvirtDriver], image, ds: str, args
     subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "qcow2", disk, conv], check=True)
     conv_s = time.monotonic() - t0
     size = gib << 30
-    print(f"Storage VMotion of a {gib} GiB qcow2 disk (random data) on one loop-mounted ext4 datastore "
-          f"(page cache dropped: {dropped})")
+    print(f"Storage VMotion of a {gib} GiB qcow2 disk (random data) on one loop-mounted ext4 datastore (page cache dropped: {dropped})")
     print(f"{'method':<28} {'seconds':>8} {'MiB/s':>8}")
     print(f"{'move_disk (copy+pivot)':<28} {move_s:>8.2f} {size / 2**20 / move_s:>8.0f}")
     print(f"{'qemu-img convert':<28} {conv_s:>8.2f} {size / 2**20 / conv_s:>8.0f}")
-    print(f"throughput ratio move_disk / qemu-img convert: {conv_s / move_s:.0%}; "
-          f"{len(readings)} progress readings; largest heartbeat gap during the move "
-          f"{max(gaps) if gaps else float('nan'):.2f}s")
+    print(f"throughput ratio move_disk / qemu-img convert: {conv_s / move_s:.0%}; {len(readings)} progress readings; largest heartbeat gap during the move {max(gaps) if gaps else float('nan'):.2f}s")
     d1.undefine(spec.uuid, [])
 
 

@@ -7,6 +7,7 @@ tree. Measured on one core, wall time of the whole call (snapshot -> aggregates 
   2. place_many 1,000 VMs at once  (goal < 1 s)
 Run: .venv/bin/python bench/placement.py [--repeat N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,13 @@ def build(n_hosts: int = 96, n_vms: int = 10_000, seed: int = 7) -> ClusterSnaps
     new = CpuModel("GenuineIntel", "Sapphirerapids", old.features | {"amx_tile", "avx512_fp16"})
     hosts = tuple(
         HostSnapshot(
-            f"h{i:03d}", cores=48, cpu_mhz=48 * 2600.0, memory_mib=512 * 1024, reserved_memory_mib=8 * 1024,
-            vcpu_ratio=8.0, datastores=frozenset({f"ds{i % 4}", f"ds{(i + 1) % 4}"}),
+            f"h{i:03d}",
+            cores=48,
+            cpu_mhz=48 * 2600.0,
+            memory_mib=512 * 1024,
+            reserved_memory_mib=8 * 1024,
+            vcpu_ratio=8.0,
+            datastores=frozenset({f"ds{i % 4}", f"ds{(i + 1) % 4}"}),
             port_groups=frozenset(f"pg{j}" for j in range(8) if (i + j) % 5 != 0),
             cpu=new if i % 3 == 0 else old,
         )
@@ -43,16 +49,22 @@ def build(n_hosts: int = 96, n_vms: int = 10_000, seed: int = 7) -> ClusterSnaps
             mem = 1024
         per_host_mem[i] += mem
         h = hosts[i]
-        vms.append(VmSnapshot(
-            f"vm{k:05d}", vcpus=rnd.choice((1, 2, 4)), memory_mib=mem, host=h.id,
-            datastores=frozenset({sorted(h.datastores)[0]}), port_groups=frozenset({sorted(h.port_groups)[0]}),
-            pool=f"p{k % 4}" if k % 2 else None,
-        ))
-    rules = [Rule(f"aa{r}", RuleKind.ANTI_AFFINITY, r % 2 == 0, frozenset(f"vm{(r * 20 + j):05d}" for j in range(0, 20, 5)))
-             for r in range(500)]
-    rules += [Rule(f"vh{r}", RuleKind.RUN_ON if r % 2 else RuleKind.NOT_RUN_ON, r % 4 < 2,
-                   frozenset(f"vm{(5000 + r * 7 + j):05d}" for j in range(7)),
-                   frozenset(h.id for h in hosts[r::5])) for r in range(20)]
+        vms.append(
+            VmSnapshot(
+                f"vm{k:05d}",
+                vcpus=rnd.choice((1, 2, 4)),
+                memory_mib=mem,
+                host=h.id,
+                datastores=frozenset({sorted(h.datastores)[0]}),
+                port_groups=frozenset({sorted(h.port_groups)[0]}),
+                pool=f"p{k % 4}" if k % 2 else None,
+            )
+        )
+    rules = [Rule(f"aa{r}", RuleKind.ANTI_AFFINITY, r % 2 == 0, frozenset(f"vm{(r * 20 + j):05d}" for j in range(0, 20, 5))) for r in range(500)]
+    rules += [
+        Rule(f"vh{r}", RuleKind.RUN_ON if r % 2 else RuleKind.NOT_RUN_ON, r % 4 < 2, frozenset(f"vm{(5000 + r * 7 + j):05d}" for j in range(7)), frozenset(h.id for h in hosts[r::5]))
+        for r in range(20)
+    ]
     pools = tuple(PoolNode(f"p{j}", mem=Alloc(0, None, 163840.0, True), cpu=Alloc(0, None, 4000.0, True)) for j in range(4))
     return ClusterSnapshot(hosts, tuple(vms), tuple(rules), pools)
 
@@ -61,9 +73,13 @@ def new_vms(n: int, seed: int = 11) -> list[VmSnapshot]:
     rnd = random.Random(seed)
     return [
         VmSnapshot(
-            f"new{k:04d}", vcpus=rnd.choice((1, 2, 4, 8)), memory_mib=rnd.choice((1024, 2048, 4096, 8192, 16384)),
-            memory_reservation_mib=rnd.choice((0, 0, 1024)), datastores=frozenset({f"ds{k % 4}"}),
-            port_groups=frozenset({f"pg{k % 8}"}), cpu=CpuRequirement(None, frozenset({"avx512f"})),
+            f"new{k:04d}",
+            vcpus=rnd.choice((1, 2, 4, 8)),
+            memory_mib=rnd.choice((1024, 2048, 4096, 8192, 16384)),
+            memory_reservation_mib=rnd.choice((0, 0, 1024)),
+            datastores=frozenset({f"ds{k % 4}"}),
+            port_groups=frozenset({f"pg{k % 8}"}),
+            cpu=CpuRequirement(None, frozenset({"avx512f"})),
             pool=f"p{k % 4}",
         )
         for k in range(n)

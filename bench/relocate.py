@@ -16,6 +16,7 @@ so each operation and its baseline see the same load; the order alternates betwe
 "vs convert" = median over runs of (baseline time / this time). Also: the largest heartbeat gap
 during each kind of move and whether the guest was ever seen paused.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -128,12 +129,9 @@ def main() -> int:
             times[kind].append(timed(lambda: convert(extra), kind))
             os.unlink(out)  # after its sync: an unlinked file's dirty pages are never written
 
-        steps = [("convert", lambda: baseline("convert", [])),
-                 ("convert -W", lambda: baseline("convert -W", ["-W"])),
-                 ("frozen", lambda: move("frozen")),
-                 ("mirror", lambda: move("mirror"))]
+        steps = [("convert", lambda: baseline("convert", [])), ("convert -W", lambda: baseline("convert -W", ["-W"])), ("frozen", lambda: move("frozen")), ("mirror", lambda: move("mirror"))]
         for i in range(args.runs):
-            for _, step in (steps if i % 2 == 0 else list(reversed(steps))):
+            for _, step in steps if i % 2 == 0 else list(reversed(steps)):
                 step()
                 time.sleep(1)
         reader.stop.set()
@@ -150,13 +148,11 @@ def main() -> int:
 
     size_mib = gib * 1024
     base = times["convert"]
-    print(f"\nStorage VMotion of a {gib} GiB qcow2 disk (random data) of a running TCG guest, one loop-mounted ext4 "
-          f"datastore, {args.runs} interleaved runs (medians)")
+    print(f"\nStorage VMotion of a {gib} GiB qcow2 disk (random data) of a running TCG guest, one loop-mounted ext4 datastore, {args.runs} interleaved runs (medians)")
     print("time = until the data is on disk (operation + sync); returned = until the call returned")
     print("| operation | time (s) | MiB/s | vs convert | returned (s) | vs convert, returned | largest heartbeat gap (s) | guest paused |")
     print("|---|---|---|---|---|---|---|---|")
-    labels = {"convert": "qemu-img convert (baseline)", "convert -W": "qemu-img convert -W",
-              "frozen": "Storage VMotion, frozen base (move_disk)", "mirror": "Storage VMotion, block copy (mirror)"}
+    labels = {"convert": "qemu-img convert (baseline)", "convert -W": "qemu-img convert -W", "frozen": "Storage VMotion, frozen base (move_disk)", "mirror": "Storage VMotion, block copy (mirror)"}
     for kind, label in labels.items():
         t = statistics.median(times[kind])
         ratio = statistics.median(b / x for b, x in zip(base, times[kind]))
@@ -165,8 +161,7 @@ def main() -> int:
         r = statistics.median(RETURNED[kind])
         r_ratio = statistics.median(b / x for b, x in zip(RETURNED["convert"], RETURNED[kind]))
         print(f"| {label} | {t:.2f} | {size_mib / t:.0f} | {ratio:.0%} | {r:.2f} | {r_ratio:.0%} | {gap} | {p} |")
-    print("frozen base, median seconds per phase (the sync after it not included): "
-          + ", ".join(f"{k} {statistics.median(p[k] for p in phases):.3f}" for k in phases[0]))
+    print("frozen base, median seconds per phase (the sync after it not included): " + ", ".join(f"{k} {statistics.median(p[k] for p in phases):.3f}" for k in phases[0]))
     print("runs (s): " + "; ".join(f"{k}: {', '.join(f'{x:.2f}' for x in v)}" for k, v in times.items()))
     return 0
 

@@ -13,6 +13,7 @@
    (API call -> outbox -> agent -> clone + seed ISO + define -> result -> inventory), for a
    template whose image has a 1 GiB and a 10 GiB virtual size, median of 5 each.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,7 +67,7 @@ def full(work: Path, gib: int) -> None:
     rows = []
     for attempt in range(5):  # interleaved: this machine is shared, single runs are noisy
         order = ("qemu-img convert", "full clone (ours)")
-        for name in (order if attempt % 2 == 0 else order[::-1]):  # alternate who goes first
+        for name in order if attempt % 2 == 0 else order[::-1]:  # alternate who goes first
             dest = work / "full.qcow2"
             drop_caches()
             t0 = time.perf_counter()
@@ -95,8 +96,13 @@ def lab_deploy() -> None:
             ds = api.post("/api/v1/datastores", json={"name": "bench1", "datacenter_id": dc["id"], "kind": "lab-dir", "url": path, "host_ids": [host]}).json()
             print("linked-clone deploy through the whole system (API call -> VM ready): median of 5")
             for gib in (1, 10):
-                base = task_done(api, api.post("/api/v1/vms", json={"name": f"base{gib}", "host_id": host, "memory_mib": 96, "kernel_boot": {"image": "tiny-linux"},
-                                                                      "disks": [{"datastore_id": ds["id"], "capacity_mib": gib * 1024}]}).json())
+                base = task_done(
+                    api,
+                    api.post(
+                        "/api/v1/vms",
+                        json={"name": f"base{gib}", "host_id": host, "memory_mib": 96, "kernel_boot": {"image": "tiny-linux"}, "disks": [{"datastore_id": ds["id"], "capacity_mib": gib * 1024}]},
+                    ).json(),
+                )
                 cap = task_done(api, api.post(f"/api/v1/vms/{base['object_id']}/template", json={"name": f"t{gib}"}).json(), 120)
                 tid = cap["result"]["template_id"]
                 totals, agent_ms = [], []
@@ -107,8 +113,7 @@ def lab_deploy() -> None:
                     totals.append((time.perf_counter() - t0) * 1000)
                     assert done["state"] == "success", done
                     agent_ms.append(done["result"]["timings"]["disk0_ms"])
-                print(f"  {gib:>3} GiB template: {statistics.median(totals):7.1f} ms total ({min(totals):.0f}..{max(totals):.0f}); "
-                      f"overlay creation on the agent {statistics.median(agent_ms):.1f} ms")
+                print(f"  {gib:>3} GiB template: {statistics.median(totals):7.1f} ms total ({min(totals):.0f}..{max(totals):.0f}); overlay creation on the agent {statistics.median(agent_ms):.1f} ms")
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ Dashboard pages (/ui/...) go in PAGES below: (label, function(ctx, rnd) -> path)
 fetched with the same session (ctx.client carries the API token; a page needing a cookie can
 log in through ctx.client in ``login_pages``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -148,8 +149,9 @@ def main() -> None:
     url = args.database_url or f"sqlite:///{workdir / 'vcenter.db'}"
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VCENTER_")}
-    env.update({"VCENTER_DATABASE_URL": url, "VCENTER_API_PORT": str(port), "VCENTER_KEY_DIR": str(workdir / "keys"),
-                "VCENTER_LOG_LEVEL": "WARNING", "VCENTER_PAGE_SIZE_MAX": "500", "PYTHONPATH": str(ROOT)})
+    env.update(
+        {"VCENTER_DATABASE_URL": url, "VCENTER_API_PORT": str(port), "VCENTER_KEY_DIR": str(workdir / "keys"), "VCENTER_LOG_LEVEL": "WARNING", "VCENTER_PAGE_SIZE_MAX": "500", "PYTHONPATH": str(ROOT)}
+    )
     started = time.perf_counter()
     seeded = subprocess.run(VCENTER + ["seed", "--hosts", str(args.hosts), "--vms", str(args.vms)], env=env, capture_output=True, text=True)
     if seeded.returncode != 0 and "SEED_NOT_EMPTY" not in seeded.stderr + seeded.stdout:
@@ -171,10 +173,11 @@ def main() -> None:
             time.sleep(0.2)
         token = httpx.post(f"{base}/api/v1/session", json={"username": "bench", "password": "bench-password"}).json()["token"]
         with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:
-            ctx = Ctx(client, ids(client, "/api/v1/datacenters"), ids(client, "/api/v1/clusters"), ids(client, "/api/v1/hosts"),
-                      ids(client, "/api/v1/vms"), ids(client, "/api/v1/datastores"))
-            print(f"inventory: {len(ctx.datacenters)} datacenters, {len(ctx.clusters)} clusters, {len(ctx.hosts)} hosts, "
-                  f"{len(ctx.vms)} VMs, {len(ctx.datastores)} datastores; {args.requests} requests per route, one at a time\n")
+            ctx = Ctx(client, ids(client, "/api/v1/datacenters"), ids(client, "/api/v1/clusters"), ids(client, "/api/v1/hosts"), ids(client, "/api/v1/vms"), ids(client, "/api/v1/datastores"))
+            print(
+                f"inventory: {len(ctx.datacenters)} datacenters, {len(ctx.clusters)} clusters, {len(ctx.hosts)} hosts, "
+                f"{len(ctx.vms)} VMs, {len(ctx.datastores)} datastores; {args.requests} requests per route, one at a time\n"
+            )
             login_pages(ctx, base)
             rows = measure(ctx, ROUTES + PAGES, args.requests)
         width = max(len(r[0]) for r in rows)

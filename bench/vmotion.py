@@ -8,6 +8,7 @@ wall time inside migrateToURI3 (includes libvirt's own handshake and QEMU start 
 target); libvirt job = libvirt's time_elapsed; downtime = libvirt's completed-job downtime;
 our overhead = total - libvirt call (queueing, command relay, reports, inventory update);
 heartbeat gap = the guest's heartbeat seq step across the move (1 = never noticed)."""
+
 from __future__ import annotations
 
 import statistics
@@ -55,7 +56,9 @@ def main() -> None:
                 wait(lambda: api.get(f"/api/v1/hosts/{i}").json()["connection_state"] == "connected")
             path = lab.create_datastore("ds", 256, [h.name for h in lab.hosts])
             ds = api.post("/api/v1/datastores", json={"name": "ds", "datacenter_id": dc["id"], "kind": "lab-dir", "url": path, "host_ids": ids}).json()
-            task = api.post("/api/v1/vms", json={"name": "moving", "host_id": ids[0], "memory_mib": 128, "kernel_boot": {"image": "tiny-linux"}, "disks": [{"datastore_id": ds["id"], "capacity_mib": 16}]}).json()
+            task = api.post(
+                "/api/v1/vms", json={"name": "moving", "host_id": ids[0], "memory_mib": 128, "kernel_boot": {"image": "tiny-linux"}, "disks": [{"datastore_id": ds["id"], "capacity_mib": 16}]}
+            ).json()
             vm_id = wait(lambda: (t := api.get(f"/api/v1/tasks/{task['id']}").json())["state"] == "success" and t)["object_id"]
             on = api.post(f"/api/v1/vms/{vm_id}/power/on").json()
             wait(lambda: api.get(f"/api/v1/tasks/{on['id']}").json()["state"] == "success")
@@ -71,8 +74,17 @@ def main() -> None:
                 stats = done["result"]["migration"]
                 time.sleep(2.5)
                 seq_after = api.get(f"/api/v1/vms/{vm_id}").json()["guest_info"]["seq"]
-                rows.append({"total": total * 1000, "call": stats.get("call_ms") or 0, "job": stats.get("elapsed_ms") or 0, "downtime": stats.get("downtime_ms") or 0,
-                             "overhead": total * 1000 - (stats.get("call_ms") or 0), "state": done["state"], "seq": seq_after - seq_before})
+                rows.append(
+                    {
+                        "total": total * 1000,
+                        "call": stats.get("call_ms") or 0,
+                        "job": stats.get("elapsed_ms") or 0,
+                        "downtime": stats.get("downtime_ms") or 0,
+                        "overhead": total * 1000 - (stats.get("call_ms") or 0),
+                        "state": done["state"],
+                        "seq": seq_after - seq_before,
+                    }
+                )
     finally:
         stack.stop()
         lab.down()

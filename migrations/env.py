@@ -1,4 +1,5 @@
 """Alembic environment: vcenter.db metadata; the URL comes from VCENTER_DATABASE_URL."""
+
 from __future__ import annotations
 
 from alembic import context

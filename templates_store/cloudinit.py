@@ -19,6 +19,7 @@ What this module decides:
 Secrets (password hashes, keys) live in the seed only: it is built server-side and fetched
 by the agent with its host credential, never sent on a queue.
 """
+
 from __future__ import annotations
 
 import io
@@ -30,8 +31,7 @@ SEED_LABEL = "cidata"
 SSH_KEY_TYPES = ["rsa", "ecdsa", "ed25519"]
 
 
-def render_seed(custom: dict[str, Any], *, instance_id: str, machine_id: str, hostname: str,
-                macs: list[str] | None = None) -> dict[str, str]:
+def render_seed(custom: dict[str, Any], *, instance_id: str, machine_id: str, hostname: str, macs: list[str] | None = None) -> dict[str, str]:
     """{"meta-data", "user-data", "network-config"} texts of one VM's seed."""
     meta = {"instance-id": instance_id, "local-hostname": hostname}
     config: dict[str, Any] = {
@@ -76,8 +76,7 @@ def render_seed(custom: dict[str, Any], *, instance_id: str, machine_id: str, ho
     else:
         ethernet = {"match": {"name": "e*"}, **ethernet}
     network_config = yaml.safe_dump({"version": 2, "ethernets": {"eth0": ethernet}}, sort_keys=False, default_flow_style=False)
-    return {"meta-data": yaml.safe_dump(meta, sort_keys=False, default_flow_style=False),
-            "user-data": user_data, "network-config": network_config}
+    return {"meta-data": yaml.safe_dump(meta, sort_keys=False, default_flow_style=False), "user-data": user_data, "network-config": network_config}
 
 
 def build_seed_iso(files: dict[str, str], dest: str) -> None:

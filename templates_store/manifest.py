@@ -5,6 +5,7 @@ Vocabulary: ``dir`` is the template's folder relative to its datastore
 is the checksum of the image file's bytes as stored; ``origin`` says where the template came
 from ({"kind": "vm", "vm_name": ...} or {"kind": "import", ...}).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,7 @@ def template_dir(name: str, version: int, template_id: int) -> str:
     return f"templates/{safe_file_name(name)}-v{version}-{template_id}"
 
 
-def build_manifest(*, template_id: int, name: str, version: int, guest_os: str, hardware: dict[str, Any],
-                   disks: list[dict[str, Any]], origin: dict[str, Any], created_at: str) -> dict[str, Any]:
+def build_manifest(*, template_id: int, name: str, version: int, guest_os: str, hardware: dict[str, Any], disks: list[dict[str, Any]], origin: dict[str, Any], created_at: str) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "template_id": template_id,

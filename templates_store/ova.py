@@ -6,6 +6,7 @@ no leading dot) are looked at, links and devices are skipped, every file is writ
 folder we chose with a name we checked, and digests listed in the manifest are verified while
 the bytes stream through (OVA_DIGEST_MISMATCH). Writing produces the same layout, with SHA-256.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -65,8 +66,7 @@ def parse_manifest(text: str) -> dict[str, tuple[str, str]]:
     return out
 
 
-def extract_files(path: str, wanted: set[str], dest_dir: str, *, cancel: threading.Event | None = None,
-                  on_progress: Callable[[float], None] | None = None) -> dict[str, str]:
+def extract_files(path: str, wanted: set[str], dest_dir: str, *, cancel: threading.Event | None = None, on_progress: Callable[[float], None] | None = None) -> dict[str, str]:
     """Stream the wanted members of an OVA into ``dest_dir``; {name: path}. Digests from the
     archive's manifest are checked; a missing wanted member is OVA_INVALID."""
     _, _, manifest = read_descriptor(path)

@@ -9,6 +9,7 @@ in DiskSection, whose ``fileRef`` names a File in References), network adapters 
 
 Errors: OvfError with a stable code (OVF_INVALID, OVF_UNSUPPORTED).
 """
+
 from __future__ import annotations
 
 import re
@@ -55,14 +56,18 @@ class OvfAppliance:
     nics: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "vcpus": self.vcpus, "memory_mib": self.memory_mib, "guest_os": self.guest_os,
-                "os_id": self.os_id, "nics": self.nics,
-                "disks": [{"disk_id": d.disk_id, "file": d.file_href, "capacity_bytes": d.capacity_bytes,
-                           "file_size": d.file_size, "format": d.format} for d in self.disks]}
+        return {
+            "name": self.name,
+            "vcpus": self.vcpus,
+            "memory_mib": self.memory_mib,
+            "guest_os": self.guest_os,
+            "os_id": self.os_id,
+            "nics": self.nics,
+            "disks": [{"disk_id": d.disk_id, "file": d.file_href, "capacity_bytes": d.capacity_bytes, "file_size": d.file_size, "format": d.format} for d in self.disks],
+        }
 
 
-_UNIT_WORDS = {"byte": 0, "bytes": 0, "kilobytes": 10, "kb": 10, "megabytes": 20, "mb": 20, "gigabytes": 30, "gb": 30,
-               "terabytes": 40, "tb": 40}
+_UNIT_WORDS = {"byte": 0, "bytes": 0, "kilobytes": 10, "kb": 10, "megabytes": 20, "mb": 20, "gigabytes": 30, "gb": 30, "terabytes": 40, "tb": 40}
 
 
 def units_shift(units: str | None) -> int:
@@ -131,10 +136,13 @@ def parse_ovf(data: bytes) -> OvfAppliance:
         file_el = files.get(ref) if ref else None
         if ref and file_el is None:
             raise OvfError("OVF_INVALID", f"disk {disk_id} names file {ref!r}, which References does not list")
-        disks[disk_id] = OvfDisk(disk_id=disk_id, file_href=attr(file_el, "href") if file_el is not None else None,
-                                 capacity_bytes=capacity,
-                                 file_size=_int(attr(file_el, "size"), "file size") if file_el is not None and attr(file_el, "size") else None,
-                                 format=attr(d, "format"))
+        disks[disk_id] = OvfDisk(
+            disk_id=disk_id,
+            file_href=attr(file_el, "href") if file_el is not None else None,
+            capacity_bytes=capacity,
+            file_size=_int(attr(file_el, "size"), "file size") if file_el is not None and attr(file_el, "size") else None,
+            format=attr(d, "format"),
+        )
     system = root.find(q("VirtualSystem"))
     if system is None:
         collection = root.find(q("VirtualSystemCollection"))
@@ -155,9 +163,13 @@ def parse_ovf(data: bytes) -> OvfAppliance:
         raise OvfError("OVF_INVALID", "the VirtualSystem has no VirtualHardwareSection")
     ordered: list[OvfDisk] = []
     for item in list(hardware.findall(q("Item"))) + list(hardware.findall(q("StorageItem"))) + list(hardware.findall(q("EthernetPortItem"))):
+
         def r(tag: str) -> str | None:
-            for rns in (RASD_NS, "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_StorageAllocationSettingData",
-                        "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_EthernetPortAllocationSettingData"):
+            for rns in (
+                RASD_NS,
+                "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_StorageAllocationSettingData",
+                "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_EthernetPortAllocationSettingData",
+            ):
                 found = item.findtext(f"{{{rns}}}{tag}")
                 if found is not None:
                     return found.strip()
@@ -197,9 +209,9 @@ def build_ovf(*, name: str, vcpus: int, memory_mib: int, guest_os: str, disks: l
     ET.SubElement(disk_section, o("Info")).text = "Virtual disks"
     for i, d in enumerate(disks, start=1):
         ET.SubElement(refs, o("File"), {o("id"): f"file{i}", o("href"): d["file"], o("size"): str(d["size"])})
-        ET.SubElement(disk_section, o("Disk"), {o("diskId"): f"vmdisk{i}", o("fileRef"): f"file{i}",
-                                               o("capacity"): str(d["capacity_bytes"]), o("capacityAllocationUnits"): "byte",
-                                               o("format"): STREAM_OPTIMIZED})
+        ET.SubElement(
+            disk_section, o("Disk"), {o("diskId"): f"vmdisk{i}", o("fileRef"): f"file{i}", o("capacity"): str(d["capacity_bytes"]), o("capacityAllocationUnits"): "byte", o("format"): STREAM_OPTIMIZED}
+        )
     if nics:
         net = ET.SubElement(env, o("NetworkSection"))
         ET.SubElement(net, o("Info")).text = "Networks"

@@ -1,4 +1,5 @@
 """Helpers for tests that drive the API in-process."""
+
 from __future__ import annotations
 
 import time
@@ -53,8 +54,7 @@ def agent_register(client: TestClient, identity, registration_token: str, host_u
     if challenge.status_code != 200:
         return challenge
     nonce = challenge.json()["nonce"]
-    body = {"registration_token": registration_token, "host_uuid": host_uuid, "hostname": hostname, "nonce": nonce,
-            **identity.registration_proof(nonce, registration_token, host_uuid)}
+    body = {"registration_token": registration_token, "host_uuid": host_uuid, "hostname": hostname, "nonce": nonce, **identity.registration_proof(nonce, registration_token, host_uuid)}
     return client.post("/api/v1/agent/register", json=body)
 
 

@@ -3,6 +3,7 @@
 Real services come from the test command (scripts/test.sh): VCENTER_TEST_REDIS_URL and
 VCENTER_TEST_PG_URL name the Redis and PostgreSQL it started.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,7 @@ from vcenter.core.settings import Settings
 # Passwords are hashed with argon2id as in production, at its lowest costs: at the default ones
 # (vcenter.core.settings) each user created and each login cost 0.1-0.2 s of CPU, more than half
 # of the API tier. Set in the environment, so the servers and agents tests start inherit them.
-for _name, _value in (("VCENTER_PASSWORD_HASH_TIME_COST", "1"), ("VCENTER_PASSWORD_HASH_MEMORY_COST", "8"),
-                      ("VCENTER_PASSWORD_HASH_PARALLELISM", "1")):
+for _name, _value in (("VCENTER_PASSWORD_HASH_TIME_COST", "1"), ("VCENTER_PASSWORD_HASH_MEMORY_COST", "8"), ("VCENTER_PASSWORD_HASH_PARALLELISM", "1")):
     os.environ.setdefault(_name, _value)
 
 

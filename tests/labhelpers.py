@@ -1,4 +1,5 @@
 """A lab of real hosts with the whole system on it, for integration tests."""
+
 from __future__ import annotations
 
 import subprocess
@@ -21,7 +22,9 @@ def lab_stack(workdir: Path, hosts: int, capacity: Capacity = Capacity(cpus=2, m
     lab = Lab(workdir / "lab")
     lab.up(hosts, capacity)
     port = free_port()
-    redis_proc = subprocess.Popen(["redis-server", "--bind", f"127.0.0.1 {GATEWAY}", "--port", str(port), "--protected-mode", "no", "--save", "", "--appendonly", "no", "--dir", str(workdir)], stdout=subprocess.DEVNULL)
+    redis_proc = subprocess.Popen(
+        ["redis-server", "--bind", f"127.0.0.1 {GATEWAY}", "--port", str(port), "--protected-mode", "no", "--save", "", "--appendonly", "no", "--dir", str(workdir)], stdout=subprocess.DEVNULL
+    )
     defaults = dict(heartbeat_period=0.3, heartbeat_ttl=2, agent_report_period=1, reaper_period=1, host_monitor_period=0.5, agent_reconnect_delay=0.5, task_lease=6)
     stack = Stack.create(workdir, None, f"redis://127.0.0.1:{port}/0", api_host=f"127.0.0.1,{GATEWAY}", **{**defaults, **settings})
     try:

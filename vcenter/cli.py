@@ -3,6 +3,7 @@
 Configuration comes from VCENTER_* environment variables (see vcenter.core.settings);
 options given here override them for this process.
 """
+
 from __future__ import annotations
 
 import os
@@ -158,8 +159,7 @@ def agent(
 ) -> None:
     """Run the host agent: registers once (one-time token; prints its certificate thumbprint
     for the operator to confirm), then consumes host.<id>, heartbeats, reports, libvirt events."""
-    _env(agent_host_id=host_id, agent_token=token, agent_registration_token=registration_token, agent_state_dir=state_dir,
-         libvirt_uri=libvirt_uri, public_url=api_url, redis_url=redis_url)
+    _env(agent_host_id=host_id, agent_token=token, agent_registration_token=registration_token, agent_state_dir=state_dir, libvirt_uri=libvirt_uri, public_url=api_url, redis_url=redis_url)
     from workers.agent.main import run_agent
     from workers.agent.supervisor import supervise
 
@@ -269,7 +269,9 @@ def command_key() -> None:
 @admin_app.command("create")
 def admin_create(
     username: str = typer.Argument(..., help="user name of the administrator"),
-    password: Optional[str] = typer.Option(None, help="password [VCENTER_ADMIN_PASSWORD]; asked for when absent; at least VCENTER_PASSWORD_MIN_LENGTH (12) characters, not a common one", envvar="VCENTER_ADMIN_PASSWORD"),
+    password: Optional[str] = typer.Option(
+        None, help="password [VCENTER_ADMIN_PASSWORD]; asked for when absent; at least VCENTER_PASSWORD_MIN_LENGTH (12) characters, not a common one", envvar="VCENTER_ADMIN_PASSWORD"
+    ),
     database_url: Optional[str] = typer.Option(None, help="SQLAlchemy URL [VCENTER_DATABASE_URL]"),
     exist_ok: bool = typer.Option(False, help="succeed (and reset the password) when the user exists"),
 ) -> None:

@@ -1,5 +1,6 @@
 """The periodic schedule and the Celery app of the orchestrator workers. Beat runs once per
 system: celery-redbeat keeps the schedule in Redis behind a lock, so a second beat waits."""
+
 from __future__ import annotations
 
 from celery import Celery

@@ -5,21 +5,22 @@ once by the HA monitor, which restarts the VM when its cluster has HA (cause "cr
 Revision ID: 0019
 Revises: 0018
 """
+
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0019'
-down_revision = '0018'
+revision = "0019"
+down_revision = "0018"
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('vms') as batch:
-        batch.add_column(sa.Column('unexpected_stop', sa.String(length=16), nullable=True))
+    with op.batch_alter_table("vms") as batch:
+        batch.add_column(sa.Column("unexpected_stop", sa.String(length=16), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('vms') as batch:
-        batch.drop_column('unexpected_stop')
+    with op.batch_alter_table("vms") as batch:
+        batch.drop_column("unexpected_stop")

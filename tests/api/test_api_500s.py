@@ -4,6 +4,7 @@ empty, the deletion of an orphaned VM whose host was removed by force, the audit
 time that has no zone (it answered 200 with an empty body after a traceback: a streamed
 response validates before it starts), an OVA whose disk capacity no disk can have, and the
 deletion of a datastore that a backup job still uses (the database's RESTRICT refused it)."""
+
 from __future__ import annotations
 
 import hashlib

@@ -26,6 +26,7 @@ The two principals stay usable to the end: an example that would disable, delete
 administrator or the read-only user (or the read-only user's permission) acts on a decoy
 instead, and the logout routes are left to their own tests. A "write" is a request to a route
 that declares a privilege beyond System.View (a dry run sent as POST is a read)."""
+
 from __future__ import annotations
 
 import logging
@@ -64,8 +65,7 @@ READ_PRIVILEGES = {"System.View", "System.Anonymous"}
 SKIPPED = {("DELETE", "/api/v1/session"), ("POST", "/ui/logout")}
 DASHBOARD = Path(__file__).resolve().parents[2] / "vcenter" / "dashboard"
 
-HYPOTHESIS = hypothesis_settings(max_examples=EXAMPLES_PER_OPERATION, derandomize=True, database=None, deadline=None,
-                                 suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
+HYPOTHESIS = hypothesis_settings(max_examples=EXAMPLES_PER_OPERATION, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
 
 
 # --- the seeded world ----------------------------------------------------------------------
@@ -110,16 +110,44 @@ def _seed(client: Any, admin: dict) -> tuple[dict[str, list[int]], dict]:
     decoy = _id_of(client.post("/api/v1/users", headers=admin, json={"username": "decoy", "password": "decoy-password-1"}))
     group = _id_of(client.post("/api/v1/groups", headers=admin, json={"name": "g1", "members": ["decoy"]}))
     permission = _id_of(client.post("/api/v1/permissions", headers=admin, json={"principal_type": "user", "principal_id": decoy, "role_id": role, "object_type": "vm", "object_id": vm}))
-    alarm = _id_of(client.post("/api/v1/alarms", headers=admin, json={"name": "a1", "target_type": "host", "expression": {"type": "state", "condition": "host.not_responding", "severity": "critical"}}))
+    alarm = _id_of(
+        client.post("/api/v1/alarms", headers=admin, json={"name": "a1", "target_type": "host", "expression": {"type": "state", "condition": "host.not_responding", "severity": "critical"}})
+    )
     token = _id_of(client.post("/api/v1/session/tokens", headers=admin, json={"name": "t1", "role_id": role}))
-    ids = {"datacenter_id": [dc], "cluster_id": [cl], "host_id": [host["id"]], "folder_id": [folder], "pool_id": [pool], "datastore_id": [ds],
-           "portgroup_id": [pg], "vm_id": [vm, found, lost], "task_id": [task["id"]], "rule_id": [rule], "role_id": [role], "user_id": [decoy],
-           "group_id": [group], "permission_id": [permission], "alarm_id": [alarm], "token_id": [token], "job_id": [job]}
+    ids = {
+        "datacenter_id": [dc],
+        "cluster_id": [cl],
+        "host_id": [host["id"]],
+        "folder_id": [folder],
+        "pool_id": [pool],
+        "datastore_id": [ds],
+        "portgroup_id": [pg],
+        "vm_id": [vm, found, lost],
+        "task_id": [task["id"]],
+        "rule_id": [rule],
+        "role_id": [role],
+        "user_id": [decoy],
+        "group_id": [group],
+        "permission_id": [permission],
+        "alarm_id": [alarm],
+        "token_id": [token],
+        "job_id": [job],
+    }
     return ids, agent
 
 
-_COLLECTION = {"datacenters": "datacenter_id", "clusters": "cluster_id", "hosts": "host_id", "folders": "folder_id", "pools": "pool_id",
-               "datastores": "datastore_id", "portgroups": "portgroup_id", "vms": "vm_id", "tasks": "task_id", "metrics": None}
+_COLLECTION = {
+    "datacenters": "datacenter_id",
+    "clusters": "cluster_id",
+    "hosts": "host_id",
+    "folders": "folder_id",
+    "pools": "pool_id",
+    "datastores": "datastore_id",
+    "portgroups": "portgroup_id",
+    "vms": "vm_id",
+    "tasks": "task_id",
+    "metrics": None,
+}
 
 
 def _seeded_name(path: str, name: str) -> str:
@@ -272,6 +300,7 @@ def _ui_routes(app: Any) -> list[Any]:
                 found.append(route)
             elif hasattr(route, "effective_route_contexts"):
                 found.extend(c for c in route.effective_route_contexts() if getattr(c, "dependant", None) is not None and getattr(c, "methods", None))
+
     walk(app.routes)
     return [r for r in found if r.path.startswith("/ui") and not r.path.startswith("/ui/static")]
 
@@ -309,12 +338,38 @@ def _form_fields() -> list[str]:
 
 # Numbers as a browser or a hostile client may write them: the routes must answer 4xx or the
 # canonical number's answer, never a 500.
-ODD_NUMBERS = ["0", "-1", "+1", "01", "1.0", "1e3", " 1", "1 ", "1_0", "\u0661", "\u00b2", "", "x",
-               "9223372036854775807", "9223372036854775808", "-9223372036854775809", str(2**70)]
+ODD_NUMBERS = ["0", "-1", "+1", "01", "1.0", "1e3", " 1", "1 ", "1_0", "\u0661", "\u00b2", "", "x", "9223372036854775807", "9223372036854775808", "-9223372036854775809", str(2**70)]
 # Words the dashboard's str parameters take (kinds, tabs, directions, operations, tiers).
-WORDS = ["vm", "host", "cluster", "datacenter", "folder", "pool", "datastore", "portgroup", "root", "enter", "exit",
-         "revert", "delete", "acknowledge", "reset", "summary", "monitor", "configure", "drs", "ha", "realtime", "day",
-         "year", "cpu.usage", "mem.usage", "/ui", "//evil.example", "https://evil.example/"]
+WORDS = [
+    "vm",
+    "host",
+    "cluster",
+    "datacenter",
+    "folder",
+    "pool",
+    "datastore",
+    "portgroup",
+    "root",
+    "enter",
+    "exit",
+    "revert",
+    "delete",
+    "acknowledge",
+    "reset",
+    "summary",
+    "monitor",
+    "configure",
+    "drs",
+    "ha",
+    "realtime",
+    "day",
+    "year",
+    "cpu.usage",
+    "mem.usage",
+    "/ui",
+    "//evil.example",
+    "https://evil.example/",
+]
 
 
 def _number_text(seeds: list[int]) -> Any:
@@ -340,13 +395,14 @@ def _ui_strategy(route: Any, ids: dict[str, int], fields: list[str]) -> Any:
     query = st.fixed_dictionaries({}, optional={n: _value_for(n, a, ids) for n, a in query_params.items()})
     keys = st.one_of(st.sampled_from(fields), st.sampled_from(["disk_0", "disk_1", "disk_x", "disk_", "disk_\u00b2"]))
     form = st.dictionaries(keys, st.one_of(_number_text(sorted({i for seeded in ids.values() for i in seeded})), _word_text()), max_size=5)
-    return st.fixed_dictionaries({"path": path, "query": query, "form": form, "csrf_ok": st.booleans() | st.just(True),
-                                  "htmx": st.booleans(), "pick": PICKS})
+    return st.fixed_dictionaries({"path": path, "query": query, "form": form, "csrf_ok": st.booleans() | st.just(True), "htmx": st.booleans(), "pick": PICKS})
 
 
 def _fuzz_ui(app: Any, client: Any, run: _Run, recorder: _Recorder, tokens: dict[str, str], ids: dict, protected: dict, only: str = "") -> int:
-    routes = sorted({(m, r.path): r for r in _ui_routes(app) for m in r.methods if (m, r.path) not in SKIPPED and m in ("GET", "POST") and re.search(only, f"{m} {r.path}")}.items(),
-                    key=lambda item: METHOD_ORDER.get(item[0][0], 1))
+    routes = sorted(
+        {(m, r.path): r for r in _ui_routes(app) for m in r.methods if (m, r.path) not in SKIPPED and m in ("GET", "POST") and re.search(only, f"{m} {r.path}")}.items(),
+        key=lambda item: METHOD_ORDER.get(item[0][0], 1),
+    )
     fields = _form_fields()
     for (method, path), route in routes:
         key = f"{method} {path}"
@@ -375,8 +431,9 @@ def _fuzz_ui(app: Any, client: Any, run: _Run, recorder: _Recorder, tokens: dict
                     body = urlencode(form)
                     headers["Content-Type"] = "application/x-www-form-urlencoded"
                 client.cookies.clear()  # only the cookie of this principal
-                response = _call(run, recorder, f"{who} ui", f"{method} {url} form={drawn['form']!r}",
-                                 lambda: client.request(method, url, data=body, headers=headers, allow_redirects=False, timeout=10))
+                response = _call(
+                    run, recorder, f"{who} ui", f"{method} {url} form={drawn['form']!r}", lambda: client.request(method, url, data=body, headers=headers, allow_redirects=False, timeout=10)
+                )
                 if response is None:
                     continue
                 if who == "admin":
@@ -431,9 +488,11 @@ def test_fuzz_the_api_and_the_dashboard_as_administrator_and_read_only(tmp_path,
 
     total = sum(run.aimed_statuses.values())
     ok = sum(n for status, n in run.aimed_statuses.items() if 200 <= status < 300)
-    print(f"\nfuzz on {database}: {api_operations} operations + {ui_routes} /ui routes, {sum(run.examples.values())} examples "
-          f"(each sent as admin and as reader) in {time.monotonic() - started:.0f} s; admin API statuses {dict(sorted(run.admin_statuses.items()))}; "
-          f"valid ones on seeded objects {dict(sorted(run.aimed_statuses.items()))}; admin /ui statuses {dict(sorted(run.ui_statuses.items()))}; fewest examples: {sorted(run.examples.items(), key=lambda kv: kv[1])[:5]}")
+    print(
+        f"\nfuzz on {database}: {api_operations} operations + {ui_routes} /ui routes, {sum(run.examples.values())} examples "
+        f"(each sent as admin and as reader) in {time.monotonic() - started:.0f} s; admin API statuses {dict(sorted(run.admin_statuses.items()))}; "
+        f"valid ones on seeded objects {dict(sorted(run.aimed_statuses.items()))}; admin /ui statuses {dict(sorted(run.ui_statuses.items()))}; fewest examples: {sorted(run.examples.items(), key=lambda kv: kv[1])[:5]}"
+    )
     report = "\n".join(f"[{operation}] {failure}" for (operation, _), failure in sorted(run.failures.items()))
     (tmp_path / "fuzz-failures.txt").write_text(report)
     assert not run.failures, f"{len(run.failures)} distinct failures on {len({op for op, _ in run.failures})} routes:\n{report}"
@@ -453,8 +512,7 @@ def test_the_token_is_a_security_scheme_not_a_parameter(tmp_path):
     app = create_app(settings)
     schema = app.openapi()
     assert schema["components"]["securitySchemes"]["bearerAuth"] == {**schema["components"]["securitySchemes"]["bearerAuth"], "type": "http", "scheme": "bearer"}
-    header_parameters = [(method, path, p["name"]) for path, item in schema["paths"].items() for method, op in item.items()
-                         for p in op.get("parameters", []) if p["in"] == "header"]
+    header_parameters = [(method, path, p["name"]) for path, item in schema["paths"].items() for method, op in item.items() for p in op.get("parameters", []) if p["in"] == "header"]
     assert header_parameters == []
     assert schema["paths"]["/api/v1/vms"]["get"]["security"] == [{"bearerAuth": []}]
     with asgi.get_client(app) as client:

@@ -1,5 +1,6 @@
 """The REST API on a real Redis: login, CRUD with paging/filter/sort, bad input, tasks and the
 agent report routes (the agent side played by the test; test_agent_real.py runs the real one)."""
+
 from __future__ import annotations
 
 import base64
@@ -11,7 +12,6 @@ from fastapi.testclient import TestClient
 
 from tests.apihelpers import login, make_admin, register_host
 from vcenter.api.app import create_app
-
 
 
 @pytest.fixture
@@ -206,7 +206,11 @@ def test_vm_task_pipeline_with_the_agent_played_by_the_test(client, auth, settin
     assert client.post(f"/api/v1/vms/{vm['id']}/power/on", headers=auth).status_code == 202
 
     # A lifecycle event from libvirt changes the VM with its reason.
-    r = client.post(f"/api/v1/agent/hosts/{host['id']}/events", headers=agent, json=[{"uuid": vm["libvirt_uuid"], "name": "web1", "event": "stopped", "reason": "crashed", "power_state": "poweredOff", "at": "2026-01-01T00:00:00Z"}])
+    r = client.post(
+        f"/api/v1/agent/hosts/{host['id']}/events",
+        headers=agent,
+        json=[{"uuid": vm["libvirt_uuid"], "name": "web1", "event": "stopped", "reason": "crashed", "power_state": "poweredOff", "at": "2026-01-01T00:00:00Z"}],
+    )
     assert r.json() == {"applied": 1}
     events = client.get(f"/api/v1/events?object_type=vm&object_id={vm['id']}&kind=vm.stopped", headers=auth).json()["items"]
     assert events[0]["reason"] == "crashed"

@@ -3,6 +3,7 @@ loopback with real keys: only a console.open request signed by the server's key,
 host, unexpired and never used before opens a console; the server accepts only the host
 certificate it pinned. The console behind it here is an in-memory echo (the real libvirt
 console stream is exercised by the browser test on the lab, tests/e2e)."""
+
 from __future__ import annotations
 
 import asyncio

@@ -1,6 +1,7 @@
 """The dashboard in-process (no lab, no browser): login with CSRF, the tree and search, object
 pages, actions refused without CSRF or without the privilege (403, recorded), one-time
 console tickets in Redis. The browser tests on the lab are in tests/e2e/."""
+
 from __future__ import annotations
 
 import re
@@ -17,7 +18,6 @@ from vcenter.api.app import create_app
 from vcenter.db.session import session_scope
 from vcenter.services.access import auth
 from vcenter.services.compute import console as console_service
-
 
 
 def _admin_actor(session):
@@ -40,8 +40,9 @@ def make_viewer(settings, username: str = "viewer", password: str = "viewer-pass
         except ImportError:
             return
         roles = authz.ensure_builtin_roles(session)
-        permissions.set_permission(session, _admin_actor(session), {"principal_type": "user", "principal_id": user.id, "object_type": "root", "object_id": 0,
-                                                      "role_id": roles["Read-only"].id, "propagate": True})
+        permissions.set_permission(
+            session, _admin_actor(session), {"principal_type": "user", "principal_id": user.id, "object_type": "root", "object_id": 0, "role_id": roles["Read-only"].id, "propagate": True}
+        )
 
 
 def ui_login(client: TestClient, username: str, password: str) -> str:
@@ -66,8 +67,11 @@ def world(settings):
         dc = api.post("/api/v1/datacenters", json={"name": "dc-east"}, headers=h).json()
         cl = api.post("/api/v1/clusters", json={"name": "gold", "datacenter_id": dc["id"]}, headers=h).json()
         host, agent = register_host(api, h, dc["id"], "esx-01", cluster_id=cl["id"])
-        api.post(f"/api/v1/agent/hosts/{host['id']}/state", headers=agent, json={
-            "facts": {"hostname": "esx-01", "cpu_cores": 4, "cpu_mhz": 2000, "memory_mib": 4096, "cpu_model": "X", "cpu_features": []}, "domains": [], "bridges": []})
+        api.post(
+            f"/api/v1/agent/hosts/{host['id']}/state",
+            headers=agent,
+            json={"facts": {"hostname": "esx-01", "cpu_cores": 4, "cpu_mhz": 2000, "memory_mib": 4096, "cpu_model": "X", "cpu_features": []}, "domains": [], "bridges": []},
+        )
         ds = api.post("/api/v1/datastores", json={"name": "ds-fast", "datacenter_id": dc["id"], "kind": "dir", "url": "/srv/ds1", "host_ids": [host["id"]]}, headers=h).json()
         task = api.post("/api/v1/vms", json={"name": "web-01", "host_id": host["id"], "memory_mib": 96, "disks": [{"datastore_id": ds["id"], "capacity_mib": 16}]}, headers=h)
         assert task.status_code == 202, task.text
@@ -89,7 +93,7 @@ def test_login_tree_search_pages_and_permissions(world):
 
         token = ui_login(ui, "admin", "secret-pass-phrase")
         home = ui.get("/ui").text
-        tree = home[home.index('<nav class="tree"'):home.index("</nav>", home.index('<nav class="tree"'))]
+        tree = home[home.index('<nav class="tree"') : home.index("</nav>", home.index('<nav class="tree"'))]
         assert "dc-east" in tree and "esx-01" not in tree  # the tree is lazy: only datacenters at first
         dc_children = ui.get(f"/ui/tree/datacenter/{world['dc']['id']}").text
         assert "gold" in dc_children and "ds-fast" in dc_children
@@ -99,8 +103,7 @@ def test_login_tree_search_pages_and_permissions(world):
         assert f'href="/ui/vm/{world["vm_id"]}"' in found
         assert "Nothing named like" in ui.get("/ui/search", params={"q": "zzz"}).text
 
-        for kind, object_id in (("datacenter", world["dc"]["id"]), ("cluster", world["cl"]["id"]), ("host", world["host"]["id"]),
-                                ("vm", world["vm_id"]), ("datastore", world["ds"]["id"])):
+        for kind, object_id in (("datacenter", world["dc"]["id"]), ("cluster", world["cl"]["id"]), ("host", world["host"]["id"]), ("vm", world["vm_id"]), ("datastore", world["ds"]["id"])):
             for tab in ("summary", "monitor", "configure"):
                 page = ui.get(f"/ui/{kind}/{object_id}", params={"tab": tab})
                 assert page.status_code == 200, (kind, tab, page.text[:300])
@@ -149,10 +152,16 @@ def test_read_only_user_sees_no_actions_and_is_refused(world):
         drs_tab = ui.get(f"/ui/cluster/{world['cl']['id']}", params={"tab": "drs"}).text
         assert 'data-action="' not in drs_tab
         # Posting anyway, with a valid CSRF token: 403 from the same privilege check as the API.
-        for path in (f"/ui/vm/{world['vm_id']}/power/on", f"/ui/host/{world['host']['id']}/maintenance/enter",
-                     f"/ui/vm/{world['vm_id']}/snapshots", f"/ui/vm/{world['vm_id']}/clone",
-                     f"/ui/host/{world['host']['id']}/remove", f"/ui/cluster/{world['cl']['id']}/drs/run",
-                     f"/ui/vm/{world['vm_id']}/migrate", f"/ui/vm/{world['vm_id']}/console/ticket"):
+        for path in (
+            f"/ui/vm/{world['vm_id']}/power/on",
+            f"/ui/host/{world['host']['id']}/maintenance/enter",
+            f"/ui/vm/{world['vm_id']}/snapshots",
+            f"/ui/vm/{world['vm_id']}/clone",
+            f"/ui/host/{world['host']['id']}/remove",
+            f"/ui/cluster/{world['cl']['id']}/drs/run",
+            f"/ui/vm/{world['vm_id']}/migrate",
+            f"/ui/vm/{world['vm_id']}/console/ticket",
+        ):
             r = ui.post(path, headers={"X-CSRF-Token": token})
             assert r.status_code == 403 and r.json()["code"] == "FORBIDDEN", (path, r.text)
         assert ui.get(f"/ui/vm/{world['vm_id']}/console").status_code == 403
@@ -272,12 +281,15 @@ def test_tree_and_search_show_only_what_the_user_may_see(world):
             permissions = None
         if permissions is not None:
             roles = authz.ensure_builtin_roles(session)
-            permissions.set_permission(session, _admin_actor(session), {"principal_type": "user", "principal_id": user.id, "object_type": "datacenter",
-                                                          "object_id": world["dc"]["id"], "role_id": roles["Read-only"].id, "propagate": True})
+            permissions.set_permission(
+                session,
+                _admin_actor(session),
+                {"principal_type": "user", "principal_id": user.id, "object_type": "datacenter", "object_id": world["dc"]["id"], "role_id": roles["Read-only"].id, "propagate": True},
+            )
     with TestClient(world["app"]) as ui:
         ui_login(ui, "eastonly", "eastonly-pass")
         home = ui.get("/ui").text
-        tree = home[home.index('<nav class="tree"'):home.index("</nav>", home.index('<nav class="tree"'))]
+        tree = home[home.index('<nav class="tree"') : home.index("</nav>", home.index('<nav class="tree"'))]
         found = ui.get("/ui/search", params={"q": "silver"}).text
         assert "dc-east" in tree
         if permissions is None:

@@ -1,6 +1,7 @@
 """DRS through the API: a pass on a skewed cluster, recommendations with reasons, apply
 (a VMotion Task), dismiss, staleness, full automation, rule fixes first, what-if. Agents are
 played by the test; the balancer itself is covered by unit tests and golden scenarios."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,7 +9,6 @@ from fastapi.testclient import TestClient
 
 from tests.apihelpers import finish_as_agent, login, make_admin, register_host
 from vcenter.api.app import create_app
-
 
 
 @pytest.fixture
@@ -87,7 +87,6 @@ def test_whatif_changes_nothing(env):
     assert bad.status_code == 422
 
 
-
 def test_drs_wakes_a_standby_host_when_the_powered_on_hosts_cannot_hold_the_demand(settings):
     """h3 sleeps (standby, Wake-on-LAN aimed at a UDP socket of this test); six VMs of 2 vCPUs
     on h1 and h2 (4 cores of 2 GHz each) demand their configured size (nothing measured yet):
@@ -114,7 +113,9 @@ def test_drs_wakes_a_standby_host_when_the_powered_on_hosts_cannot_hold_the_dema
             agents[host["id"]] = agent
         h3 = hosts[2]
         current = client.get(f"/api/v1/hosts/{h3['id']}", headers=auth).json()
-        r = client.patch(f"/api/v1/hosts/{h3['id']}", headers=auth, json={"power": {"type": "wol", "mac": mac, "broadcast": "127.0.0.1", "port": sock.getsockname()[1], "repeat": 1}, "version": current["version"]})
+        r = client.patch(
+            f"/api/v1/hosts/{h3['id']}", headers=auth, json={"power": {"type": "wol", "mac": mac, "broadcast": "127.0.0.1", "port": sock.getsockname()[1], "repeat": 1}, "version": current["version"]}
+        )
         assert r.status_code == 200, r.text
         assert client.post(f"/api/v1/hosts/{h3['id']}/standby/enter", headers=auth).json()["standby"] is True
         for i in range(6):
@@ -167,8 +168,7 @@ def test_memory_demand_is_what_the_guest_balloon_reports_and_cpu_spread_is_kept(
         # down (noise); the silent one has fewer than three (taken as exact).
         windows = {fresh: [400.0, 600.0, 400.0, 600.0, 400.0], stale: [100.0, 300.0, 500.0, 700.0], silent: [500.0, 500.0]}
         for vm_id, window in windows.items():
-            session.add(VmStats(vm_id=vm_id, cpu_demand_mhz=500.0, cpu_demand_spread_mhz=round(noise_spread(window), 1),
-                                cpu_demand_window=window, cpu_time_ns=1, sampled_at=now))
+            session.add(VmStats(vm_id=vm_id, cpu_demand_mhz=500.0, cpu_demand_spread_mhz=round(noise_spread(window), 1), cpu_demand_window=window, cpu_time_ns=1, sampled_at=now))
         session.add(MetricSample(object_type="vm", object_id=fresh, tier=0, at=now - timedelta(seconds=1), values={"mem.guest_used": 123.0, "mem.usage": 13.7}))
         session.add(MetricSample(object_type="vm", object_id=fresh, tier=0, at=now - timedelta(seconds=2 * settings.metrics_sample_period), values={"mem.guest_used": 600.0}))
         session.add(MetricSample(object_type="vm", object_id=stale, tier=0, at=now - timedelta(seconds=10 * settings.metrics_sample_period), values={"mem.guest_used": 50.0}))

@@ -4,6 +4,7 @@ with HA_ADMISSION_REFUSED, failover capacity; the monitor declaring a silent hos
 Event with its evidence) and restarting its VMs as Tasks, a standby taking over with a higher
 fencing token (the old one fenced out), a Redis outage freezing it. Agents are played by the
 test (heartbeat keys, task results); the lab test covers real hosts."""
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,6 @@ from vcenter.db.models import Event, Task, VirtualMachine
 from vcenter.db.session import session_scope
 from vcenter.messaging.contracts import ha_datastore_view_key, heartbeat_key
 from vcenter.services.ha.ha_monitor import LOCK_KEY, HaMonitorProcess
-
 
 
 class Clock:
@@ -74,9 +74,19 @@ def test_configuration_overrides_admission_and_capacity(env):
     assert bad.status_code == 422
     bad = client.patch(base, headers=auth, json={"admission": {"kind": "failover-hosts", "failover_hosts": [999]}})
     assert bad.status_code == 422 and bad.json()["code"] == "INVALID_REFERENCE"
-    cfg = client.patch(base, headers=auth, json={"enabled": True, "detection_s": 3, "isolation_response": "power-off", "isolation_delay_s": 2,
-                                                   "isolation_addresses": ["10.0.0.1:22"], "admission": {"kind": "host-failures", "host_failures": 1},
-                                                   "vm_monitoring": {"enabled": True, "failure_interval_s": 20}}).json()
+    cfg = client.patch(
+        base,
+        headers=auth,
+        json={
+            "enabled": True,
+            "detection_s": 3,
+            "isolation_response": "power-off",
+            "isolation_delay_s": 2,
+            "isolation_addresses": ["10.0.0.1:22"],
+            "admission": {"kind": "host-failures", "host_failures": 1},
+            "vm_monitoring": {"enabled": True, "failure_interval_s": 20},
+        },
+    ).json()
     assert cfg["enabled"] and cfg["admission"]["host_failures"] == 1 and cfg["vm_monitoring"]["failure_interval_s"] == 20
     o = client.put(f"/api/v1/vms/{vms[2]['id']}/ha", headers=auth, json={"restart_priority": "high", "vm_monitoring": False})
     assert o.status_code == 200 and o.json()["restart_priority"] == "high"
@@ -136,8 +146,7 @@ def test_monitor_detects_restarts_fails_over_and_freezes(env):
     uuids = [v["libvirt_uuid"] for v in vms[:2]]
 
     def ds_view(h1_counter):
-        r.set(ha_datastore_view_key(hosts[1]["id"]), px=3000, value=json.dumps({str(hosts[0]["id"]): {"n": h1_counter, "holds": uuids},
-                                                                   str(hosts[1]["id"]): {"n": clock.t, "holds": []}}))
+        r.set(ha_datastore_view_key(hosts[1]["id"]), px=3000, value=json.dumps({str(hosts[0]["id"]): {"n": h1_counter, "holds": uuids}, str(hosts[1]["id"]): {"n": clock.t, "holds": []}}))
 
     for _ in range(3):
         _beat(r, hosts)
@@ -168,8 +177,11 @@ def test_monitor_detects_restarts_fails_over_and_freezes(env):
     for tid, hid, vid in restart_tasks:
         cid = command_id_of(settings, tid)
         vm = client.get(f"/api/v1/vms/{vid}", headers=auth).json()
-        client.post(f"/api/v1/agent/hosts/{hid}/tasks/{tid}/result", headers=agents[hid],
-                    json={"command_id": cid, "ok": True, "domain": {"uuid": vm["libvirt_uuid"], "name": vm["name"], "power_state": "poweredOn"}})
+        client.post(
+            f"/api/v1/agent/hosts/{hid}/tasks/{tid}/result",
+            headers=agents[hid],
+            json={"command_id": cid, "ok": True, "domain": {"uuid": vm["libvirt_uuid"], "name": vm["name"], "power_state": "poweredOn"}},
+        )
         assert client.get(f"/api/v1/vms/{vid}", headers=auth).json()["host_id"] == hid
     status = client.get(f"/api/v1/clusters/{cl['id']}/ha/status", headers=auth).json()
     assert status["restarts"] == [] and next(h for h in status["hosts"] if h["host_id"] == hosts[0]["id"])["health"] == "failed"
@@ -274,8 +286,12 @@ def test_restarts_wake_a_standby_host_through_its_power_driver_and_wait_for_it(e
     sock.bind(("127.0.0.1", 0))
     with sock:
         current = client.get(f"/api/v1/hosts/{h3}", headers=auth).json()
-        assert client.patch(f"/api/v1/hosts/{h3}", headers=auth, json={"power": {"type": "wol", "mac": mac, "broadcast": "127.0.0.1", "port": sock.getsockname()[1], "repeat": 1},
-                                                                         "version": current["version"]}).status_code == 200
+        assert (
+            client.patch(
+                f"/api/v1/hosts/{h3}", headers=auth, json={"power": {"type": "wol", "mac": mac, "broadcast": "127.0.0.1", "port": sock.getsockname()[1], "repeat": 1}, "version": current["version"]}
+            ).status_code
+            == 200
+        )
         assert client.post(f"/api/v1/hosts/{h3}/standby/enter", headers=auth).json()["standby"] is True
         assert client.patch(f"/api/v1/clusters/{cl['id']}/ha", headers=auth, json={"enabled": True, "detection_s": 5, "admission": {"kind": "disabled"}}).status_code == 200
         for vm in vms[:2]:  # 2 x 1500 MiB on h1
@@ -313,8 +329,7 @@ def test_restarts_wake_a_standby_host_through_its_power_driver_and_wait_for_it(e
         # h3 boots: its agent writes its heartbeat and reports; the next pass restarts there.
         up.add(h3)
         _beat(r, [{"id": h3}])
-        client.post(f"/api/v1/agent/hosts/{h3}/state", headers=agents[h3],
-                    json={"facts": {"hostname": "h3", "cpu_cores": 4, "cpu_mhz": 2000, "memory_mib": 4096}, "domains": []})
+        client.post(f"/api/v1/agent/hosts/{h3}/state", headers=agents[h3], json={"facts": {"hostname": "h3", "cpu_cores": 4, "cpu_mhz": 2000, "memory_mib": 4096}, "domains": []})
         beat_and_step(2)
         assert client.get(f"/api/v1/hosts/{h3}", headers=auth).json()["standby"] is False
         with session_scope(settings.database_url) as s:
@@ -350,9 +365,11 @@ def test_vms_that_stopped_unexpectedly_restart_and_those_stopped_on_purpose_do_n
     finish_as_agent(client, settings, agent1, task, power_state="poweredOff")
     client.post(f"/api/v1/agent/hosts/{h1}/events", headers=agent1, json=[event(user_off, "destroyed"), event(guest_off, "shutdown"), event(crashed, "crashed")])
     # h1's report after its reboot: nothing runs there any more.
-    client.post(f"/api/v1/agent/hosts/{h1}/state", headers=agent1,
-                json={"facts": {"hostname": "h1", "cpu_cores": 4, "cpu_mhz": 2000, "memory_mib": 4096},
-                      "domains": [{"uuid": v["libvirt_uuid"], "name": v["name"], "power_state": "poweredOff"} for v in vms]})
+    client.post(
+        f"/api/v1/agent/hosts/{h1}/state",
+        headers=agent1,
+        json={"facts": {"hostname": "h1", "cpu_cores": 4, "cpu_mhz": 2000, "memory_mib": 4096}, "domains": [{"uuid": v["libvirt_uuid"], "name": v["name"], "power_state": "poweredOff"} for v in vms]},
+    )
     assert client.get(f"/api/v1/vms/{rebooted['id']}", headers=auth).json()["last_stop_reason"] == "unobserved"
     clock = Clock()
 

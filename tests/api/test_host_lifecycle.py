@@ -1,6 +1,7 @@
 """Host lifecycle through the API: registration with a one-time token and a confirmed
 thumbprint, duplicate host UUIDs, reconnect reconciliation (orphaned, inaccessible, import),
 forced removal of a dead host and re-adding it without losing a VM, standby."""
+
 from __future__ import annotations
 
 import uuid
@@ -14,7 +15,6 @@ from vcenter.db.models import Host
 from vcenter.db.session import session_scope
 from vcenter.services.orchestration.reports import mark_host_heartbeat
 from workers.agent.identity import new_identity
-
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ PostgreSQL: agent samples in, series out, rollups, retention; an alarm's lifecyc
 webhook delivered to a local HTTP server with a retry, acknowledge, clear, reset) and the
 built-in "Host not responding" alarm. Agents are played by the test; the lab test
 (test_lab_metrics_alarms.py) shows real samples from real hosts."""
+
 from __future__ import annotations
 
 import json
@@ -25,12 +26,10 @@ from vcenter.services.orchestration.reports import mark_host_heartbeat
 from vcenter.services.tasks.runtime import Runtime
 
 
-
 @pytest.fixture
 def env(settings):
     # The test's webhook receiver listens on loopback, which webhooks may reach only when allowed.
-    settings = settings.model_copy(update={"alarm_webhook_retry_delay": 5.0, "alarm_webhook_attempts": 3, "alarm_vm_heartbeat_timeout": 30.0,
-                                           "alarm_webhook_allowed_networks": "127.0.0.1/32"})
+    settings = settings.model_copy(update={"alarm_webhook_retry_delay": 5.0, "alarm_webhook_attempts": 3, "alarm_vm_heartbeat_timeout": 30.0, "alarm_webhook_allowed_networks": "127.0.0.1/32"})
     make_admin(settings)
     with TestClient(create_app(settings)) as client:
         auth = login(client)
@@ -53,9 +52,11 @@ def _ingest(settings, host_id: int, at: datetime, host_values: dict, vms: list[V
 
 def test_agent_sample_in_series_out_and_bad_requests(env):
     client, auth, h1, vm = env["client"], env["auth"], env["h1"], env["vm"]
-    sample = {"interval_s": 20.0, "host": {"cpu.usage": 37.5, "mem.usage": 61.0, "net.rx": 1200.0, "bogus.counter": 1.0},
-              "vms": [{"uuid": vm["libvirt_uuid"], "values": {"cpu.usage": 12.5, "disk.write": 4096.0}},
-                      {"uuid": "00000000-0000-0000-0000-000000000000", "values": {"cpu.usage": 99.0}}]}
+    sample = {
+        "interval_s": 20.0,
+        "host": {"cpu.usage": 37.5, "mem.usage": 61.0, "net.rx": 1200.0, "bogus.counter": 1.0},
+        "vms": [{"uuid": vm["libvirt_uuid"], "values": {"cpu.usage": 12.5, "disk.write": 4096.0}}, {"uuid": "00000000-0000-0000-0000-000000000000", "values": {"cpu.usage": 99.0}}],
+    }
     r = client.post(f"/api/v1/agent/hosts/{h1['id']}/metrics", headers=env["agent1"], json=sample)
     assert r.status_code == 200 and r.json() == {"stored": 2}, r.text
     # A host reports only for itself.
@@ -119,7 +120,7 @@ def test_rollups_tiers_and_retention(env):
     points = day["series"][0]["points"]
     assert len(points) == 6 and day["interval_s"] == 300.0
     for k, point in enumerate(points):
-        chunk = values[15 * k:15 * k + 15]
+        chunk = values[15 * k : 15 * k + 15]
         assert datetime.fromisoformat(point["at"].replace("Z", "+00:00")) == t0 + timedelta(seconds=300 * k)
         assert (point["avg"], point["min"], point["max"], point["samples"]) == (round(sum(chunk) / 15, 4), min(chunk), max(chunk), 15)
     # No tier given: the range decides (two hours back is past real-time's hour).
@@ -194,21 +195,32 @@ def test_a_webhook_never_reaches_what_only_the_server_reaches(env, hook_server):
 def test_metric_alarm_lifecycle_with_webhook(env, hook_server):
     client, auth, settings, h1, h2, cl = env["client"], env["auth"], env["settings"], env["h1"], env["h2"], env["cl"]
     url, received = hook_server
-    body = {"name": "cpu hot", "target_type": "host", "scope_type": "cluster", "scope_id": cl["id"],
-            "expression": {"type": "metric", "counter": "cpu.usage", "operator": "above", "warning": 50, "critical": 80, "for_s": 40},
-            "actions": [{"type": "event"}, {"type": "webhook", "url": url}]}
-    for bad, field in (({"actions": [{"type": "webhook", "url": "ftp://x/"}]}, "actions.url"),
-                       ({"expression": {"type": "metric", "counter": "cpu.nope", "warning": 1}}, "expression.counter"),
-                       ({"target_type": "datastore"}, "expression.counter"),
-                       ({"scope_type": "datastore"}, "scope_type")):
+    body = {
+        "name": "cpu hot",
+        "target_type": "host",
+        "scope_type": "cluster",
+        "scope_id": cl["id"],
+        "expression": {"type": "metric", "counter": "cpu.usage", "operator": "above", "warning": 50, "critical": 80, "for_s": 40},
+        "actions": [{"type": "event"}, {"type": "webhook", "url": url}],
+    }
+    for bad, field in (
+        ({"actions": [{"type": "webhook", "url": "ftp://x/"}]}, "actions.url"),
+        ({"expression": {"type": "metric", "counter": "cpu.nope", "warning": 1}}, "expression.counter"),
+        ({"target_type": "datastore"}, "expression.counter"),
+        ({"scope_type": "datastore"}, "scope_type"),
+    ):
         r = client.post("/api/v1/alarms", headers=auth, json={**body, **bad})
         assert (r.status_code, r.json()["code"], r.json()["details"]["field"]) == (422, "INVALID_ALARM", field), r.text
     assert client.post("/api/v1/alarms", headers=auth, json={**body, "scope_id": 4242}).status_code == 404
     # Alarm.Create is checked on the scope object: held on h2 only, not enough for the cluster.
     uid = client.post("/api/v1/users", headers=auth, json={"username": "alarmist", "password": "alarmist-password"}).json()["id"]
     role = client.post("/api/v1/roles", headers=auth, json={"name": "alarms", "privileges": ["System.View", "Alarm.Create"]}).json()["id"]
-    assert client.post("/api/v1/permissions", headers=auth, json={"principal_type": "user", "principal_id": uid, "role_id": role,
-                                                                 "object_type": "host", "object_id": h2["id"], "propagate": True}).status_code == 201
+    assert (
+        client.post(
+            "/api/v1/permissions", headers=auth, json={"principal_type": "user", "principal_id": uid, "role_id": role, "object_type": "host", "object_id": h2["id"], "propagate": True}
+        ).status_code
+        == 201
+    )
     alarmist = login(client, "alarmist", "alarmist-password")
     assert client.post("/api/v1/alarms", headers=alarmist, json=body).status_code == 403
     mine = client.post("/api/v1/alarms", headers=alarmist, json={**body, "name": "h2 cpu", "scope_type": "host", "scope_id": h2["id"]})
@@ -250,16 +262,19 @@ def test_metric_alarm_lifecycle_with_webhook(env, hook_server):
     # Acknowledge: a read-only user may see but not acknowledge.
     user_id = client.post("/api/v1/users", headers=auth, json={"username": "viewer", "password": "viewer-password"}).json()["id"]
     read_only = next(r["id"] for r in client.get("/api/v1/roles", headers=auth).json() if r["name"] == "Read-only")
-    granted = client.post("/api/v1/permissions", headers=auth, json={"principal_type": "user", "principal_id": user_id, "role_id": read_only,
-                                                                      "object_type": "root", "object_id": 0, "propagate": True})
+    granted = client.post("/api/v1/permissions", headers=auth, json={"principal_type": "user", "principal_id": user_id, "role_id": read_only, "object_type": "root", "object_id": 0, "propagate": True})
     assert granted.status_code == 201, granted.text
     viewer = login(client, "viewer", "viewer-password")
     # Only the triggered alarms of objects the caller may see: Read-only on h2 hides h1's, on
     # h1's cluster shows it.
     for name, (kind, oid), sees in (("narrow", ("host", h2["id"]), False), ("wide", ("cluster", cl["id"]), True)):
         uid = client.post("/api/v1/users", headers=auth, json={"username": name, "password": f"{name}-password"}).json()["id"]
-        assert client.post("/api/v1/permissions", headers=auth, json={"principal_type": "user", "principal_id": uid, "role_id": read_only,
-                                                                     "object_type": kind, "object_id": oid, "propagate": True}).status_code == 201
+        assert (
+            client.post(
+                "/api/v1/permissions", headers=auth, json={"principal_type": "user", "principal_id": uid, "role_id": read_only, "object_type": kind, "object_id": oid, "propagate": True}
+            ).status_code
+            == 201
+        )
         listed = client.get("/api/v1/alarms/triggered", headers=login(client, name, f"{name}-password"))
         assert listed.status_code == 200 and (state_id in {t["id"] for t in listed.json()}) == sees, (name, listed.text)
     assert client.get("/api/v1/alarms/triggered", headers=viewer).status_code == 200
@@ -294,8 +309,7 @@ def test_state_alarms_host_not_responding_reset_and_datastore_usage(env):
         mark_host_heartbeat(session, host, alive=False)
     with session_scope(settings.database_url) as session:
         alarms.evaluate(session, settings)
-    hit = [t for t in client.get("/api/v1/alarms/triggered", headers=auth, params={"object_type": "host", "object_id": h1["id"]}).json()
-           if t["alarm_name"] == "Host not responding"]
+    hit = [t for t in client.get("/api/v1/alarms/triggered", headers=auth, params={"object_type": "host", "object_id": h1["id"]}).json() if t["alarm_name"] == "Host not responding"]
     assert len(hit) == 1 and hit[0]["status"] == "critical"
     # Reset to green by hand: the condition still holds, so the next evaluation triggers it again.
     reset = client.post(f"/api/v1/alarms/triggered/{hit[0]['id']}/reset", headers=auth).json()
@@ -317,8 +331,9 @@ def test_state_alarms_host_not_responding_reset_and_datastore_usage(env):
         row.power_state, row.guest_heartbeat_at = "poweredOn", datetime.now(timezone.utc) - timedelta(seconds=120)
     with session_scope(settings.database_url) as session:
         alarms.evaluate(session, settings)
-    lost = [t for t in client.get("/api/v1/alarms/triggered", headers=auth, params={"object_type": "host", "object_id": h1["id"], "descendants": "true"}).json()
-            if t["alarm_name"] == "VM heartbeat lost"]
+    lost = [
+        t for t in client.get("/api/v1/alarms/triggered", headers=auth, params={"object_type": "host", "object_id": h1["id"], "descendants": "true"}).json() if t["alarm_name"] == "VM heartbeat lost"
+    ]
     assert [(t["object_id"], t["status"]) for t in lost] == [(env["vm"]["id"], "warning")] and lost[0]["value"] >= 120
     with session_scope(settings.database_url) as session:
         session.delete(session.get(VirtualMachine, env["vm"]["id"]))
@@ -335,8 +350,11 @@ def test_state_alarms_host_not_responding_reset_and_datastore_usage(env):
         row.capacity_bytes, row.free_bytes = 100 * 2**30, 5 * 2**30
     with session_scope(settings.database_url) as session:
         alarms.evaluate(session, settings)
-    usage = [t for t in client.get("/api/v1/alarms/triggered", headers=auth, params={"object_type": "datacenter", "object_id": env["dc"]["id"], "descendants": "true"}).json()
-             if t["alarm_name"] == "Datastore usage"]
+    usage = [
+        t
+        for t in client.get("/api/v1/alarms/triggered", headers=auth, params={"object_type": "datacenter", "object_id": env["dc"]["id"], "descendants": "true"}).json()
+        if t["alarm_name"] == "Datastore usage"
+    ]
     assert [(t["object_id"], t["status"], t["value"]) for t in usage] == [(ds["id"], "critical", 95.0)]
     # Disabling a definition clears what it triggered.
     definition = builtin["Datastore usage"]

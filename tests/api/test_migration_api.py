@@ -1,5 +1,6 @@
 """VMotion checks, the migration saga and maintenance mode through the API, with the agents
 played by the test (the real migration is in test_lab_vmotion.py)."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,7 +11,6 @@ from tests.apihelpers import command_id_of, finish_as_agent, login, make_admin, 
 from vcenter.api.app import create_app
 from vcenter.db.models import Cluster, OutboxMessage
 from vcenter.db.session import session_scope
-
 
 
 @pytest.fixture
@@ -28,9 +28,11 @@ def env(settings):
         pg = client.post("/api/v1/portgroups", headers=auth, json={"name": "pg1", "datacenter_id": dc["id"], "vlan_id": 10, "host_ids": [h["id"] for h in hosts]}).json()
         for host, (_, features) in zip(hosts, (("h1", ["avx2", "sse4.2"]), ("h2", ["avx2", "sse4.2"]), ("h3", ["sse4.2"]))):
             bridges = [pg["bridge"]] if host["name"] != "h2" else []  # really absent on h2
-            client.post(f"/api/v1/agent/hosts/{host['id']}/state", headers=agents[host["id"]], json={
-                "facts": {"hostname": host["name"], "cpu_cores": 4, "cpu_mhz": 2000, "memory_mib": 2048, "cpu_model": "X", "cpu_features": features},
-                "domains": [], "bridges": bridges})
+            client.post(
+                f"/api/v1/agent/hosts/{host['id']}/state",
+                headers=agents[host["id"]],
+                json={"facts": {"hostname": host["name"], "cpu_cores": 4, "cpu_mhz": 2000, "memory_mib": 2048, "cpu_model": "X", "cpu_features": features}, "domains": [], "bridges": bridges},
+            )
         yield client, auth, cl, hosts, agents, pg, settings
 
 
@@ -75,7 +77,11 @@ def test_migration_saga_waits_for_slots_and_moves_the_vm_only_after_success(env)
     assert len(_sent_commands(settings, "vm.migrate")) == 1
     # Progress from libvirt's job stats shows in the task; the VM has not moved yet.
     cid = command_id_of(settings, t1["id"])
-    client.post(f"/api/v1/agent/hosts/{h1['id']}/tasks/{t1['id']}/progress", headers=agents[h1["id"]], json={"command_id": cid, "step": "migrating", "progress": 40, "details": {"phase": "precopy", "memory_processed": 100, "memory_remaining": 150}})
+    client.post(
+        f"/api/v1/agent/hosts/{h1['id']}/tasks/{t1['id']}/progress",
+        headers=agents[h1["id"]],
+        json={"command_id": cid, "step": "migrating", "progress": 40, "details": {"phase": "precopy", "memory_processed": 100, "memory_remaining": 150}},
+    )
     mid = client.get(f"/api/v1/tasks/{t1['id']}", headers=auth).json()
     assert mid["progress"] == 40 and mid["result"]["migration"]["memory_remaining"] == 150
     assert client.get(f"/api/v1/vms/{a['id']}", headers=auth).json()["host_id"] == h1["id"]
@@ -88,7 +94,9 @@ def test_migration_saga_waits_for_slots_and_moves_the_vm_only_after_success(env)
     cid2 = command_id_of(settings, t2["id"])
     answer = client.post(f"/api/v1/agent/hosts/{h1['id']}/tasks/{t2['id']}/progress", headers=agents[h1["id"]], json={"command_id": cid2, "step": "migrating", "progress": 20}).json()
     assert answer == {"proceed": False, "reason": "CANCEL_REQUESTED"}
-    client.post(f"/api/v1/agent/hosts/{h1['id']}/tasks/{t2['id']}/result", headers=agents[h1["id"]], json={"command_id": cid2, "ok": False, "error_code": "MIGRATION_CANCELLED", "error_message": "cancelled"})
+    client.post(
+        f"/api/v1/agent/hosts/{h1['id']}/tasks/{t2['id']}/result", headers=agents[h1["id"]], json={"command_id": cid2, "ok": False, "error_code": "MIGRATION_CANCELLED", "error_message": "cancelled"}
+    )
     assert client.get(f"/api/v1/tasks/{t2['id']}", headers=auth).json()["state"] == "cancelled"
     assert client.get(f"/api/v1/vms/{b['id']}", headers=auth).json()["host_id"] == h1["id"]
 
@@ -232,7 +240,11 @@ def test_relocate_to_another_host_checks_and_moves_host_and_disks_only_after_suc
     assert [m["from"] for m in sent["args"]["moves"]] == [f"/srv/local1/{files[0]}", f"/srv/other1/{files[1]}"]
     # Progress from libvirt shows; nothing moved in the inventory yet.
     cid = command_id_of(settings, task["id"])
-    client.post(f"/api/v1/agent/hosts/{h1['id']}/tasks/{task['id']}/progress", headers=agents[h1["id"]], json={"command_id": cid, "step": "migrating", "progress": 30, "details": {"phase": "precopy", "data_processed": 10, "data_total": 30}})
+    client.post(
+        f"/api/v1/agent/hosts/{h1['id']}/tasks/{task['id']}/progress",
+        headers=agents[h1["id"]],
+        json={"command_id": cid, "step": "migrating", "progress": 30, "details": {"phase": "precopy", "data_processed": 10, "data_total": 30}},
+    )
     mid = client.get(f"/api/v1/tasks/{task['id']}", headers=auth).json()
     assert mid["progress"] == 30 and mid["result"]["migration"]["data_total"] == 30
     assert client.get(f"/api/v1/vms/{vm['id']}", headers=auth).json()["host_id"] == h1["id"]
@@ -252,7 +264,11 @@ def test_relocate_to_another_host_failure_leaves_everything_and_offline_is_refus
     task = client.post(f"/api/v1/vms/{vm['id']}/relocate", headers=auth, json=body).json()
     cid = command_id_of(settings, task["id"])
     domain = {"uuid": vm["libvirt_uuid"], "name": vm["name"], "power_state": "poweredOn"}
-    client.post(f"/api/v1/agent/hosts/{h1['id']}/tasks/{task['id']}/result", headers=agents[h1["id"]], json={"command_id": cid, "ok": False, "error_code": "MIGRATION_FAILED", "error_message": "boom", "domain": domain})
+    client.post(
+        f"/api/v1/agent/hosts/{h1['id']}/tasks/{task['id']}/result",
+        headers=agents[h1["id"]],
+        json={"command_id": cid, "ok": False, "error_code": "MIGRATION_FAILED", "error_message": "boom", "domain": domain},
+    )
     done = client.get(f"/api/v1/tasks/{task['id']}", headers=auth).json()
     assert done["state"] == "error" and done["error_code"] == "MIGRATION_FAILED"
     after = client.get(f"/api/v1/vms/{vm['id']}", headers=auth).json()
@@ -276,7 +292,9 @@ def test_relocate_to_another_host_cancelled_ends_cancelled_on_the_old_host(env):
     assert client.post(f"/api/v1/tasks/{task['id']}/cancel", headers=auth).status_code == 202
     answer = client.post(f"/api/v1/agent/hosts/{h1['id']}/tasks/{task['id']}/progress", headers=agents[h1["id"]], json={"command_id": cid, "step": "migrating", "progress": 20}).json()
     assert answer == {"proceed": False, "reason": "CANCEL_REQUESTED"}
-    client.post(f"/api/v1/agent/hosts/{h1['id']}/tasks/{task['id']}/result", headers=agents[h1["id"]], json={"command_id": cid, "ok": False, "error_code": "MIGRATION_CANCELLED", "error_message": "cancelled"})
+    client.post(
+        f"/api/v1/agent/hosts/{h1['id']}/tasks/{task['id']}/result", headers=agents[h1["id"]], json={"command_id": cid, "ok": False, "error_code": "MIGRATION_CANCELLED", "error_message": "cancelled"}
+    )
     assert client.get(f"/api/v1/tasks/{task['id']}", headers=auth).json()["state"] == "cancelled"
     after = client.get(f"/api/v1/vms/{vm['id']}", headers=auth).json()
     assert after["host_id"] == h1["id"] and after["disks"][0]["datastore_id"] == local1["id"]

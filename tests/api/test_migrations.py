@@ -1,4 +1,5 @@
 """Alembic builds the schema on SQLite and PostgreSQL 15, and it matches the models."""
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -12,7 +13,6 @@ from tests.conftest import fresh_postgres
 from vcenter.db.migrate import upgrade
 from vcenter.db.models import Base, Datacenter, Event
 from vcenter.db.session import session_scope
-
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -66,8 +66,12 @@ def test_upgrading_to_0016_keeps_rows_that_refer_to_rebuilt_tables_and_backfills
         # A permission of a user deleted before 0016, and one on a datacenter gone before it.
         conn.execute(text("INSERT INTO roles (name, privileges, builtin, description, created_at, updated_at) VALUES ('r', '[]', 0, '', " + stamp + ", " + stamp + ")"))
         for principal, object_type, object_id in ((99, "root", 0), (1, "datacenter", 42), (1, "datacenter", 1)):
-            conn.execute(text(f"INSERT INTO permissions (principal_type, principal_id, role_id, object_type, object_id, propagate, created_at, updated_at) "
-                              f"VALUES ('user', {principal}, 1, '{object_type}', {object_id}, 1, {stamp}, {stamp})"))
+            conn.execute(
+                text(
+                    f"INSERT INTO permissions (principal_type, principal_id, role_id, object_type, object_id, propagate, created_at, updated_at) "
+                    f"VALUES ('user', {principal}, 1, '{object_type}', {object_id}, 1, {stamp}, {stamp})"
+                )
+            )
     engine.dispose()
     upgrade(url)
     engine = create_engine(url)

@@ -2,6 +2,7 @@
 for each route a user with every privilege but that one is refused and one with it is not;
 lists are filtered before paging; API tokens narrow; no escalation by delegation; refusals
 are in the audit log with the source address."""
+
 from __future__ import annotations
 
 import re
@@ -14,7 +15,6 @@ from fastapi.testclient import TestClient
 from tests.apihelpers import finish_as_agent, login, make_admin, register_host
 from vcenter.api.app import create_app
 from vcenter.domain.privileges import ANONYMOUS, PRIVILEGES, VIEW
-
 
 
 def declared_privileges(route: Any) -> list[Any]:
@@ -38,6 +38,7 @@ def http_routes(app, prefixes: tuple[str, ...] = ("/api/",)) -> list[Any]:
                 found.append(route)
             elif hasattr(route, "effective_route_contexts"):
                 found.extend(c for c in route.effective_route_contexts() if c.dependant is not None and c.methods)
+
     walk(app.routes)
     return [r for r in found if r.path.startswith(prefixes)]
 
@@ -76,8 +77,11 @@ def _role(client, admin, name: str, privileges) -> int:
 
 
 def _grant(client, admin, principal_id: int, role_id: int, object_type: str = "root", object_id: int = 0, propagate: bool = True, principal_type: str = "user") -> dict:
-    r = client.post("/api/v1/permissions", headers=admin, json={"principal_type": principal_type, "principal_id": principal_id, "role_id": role_id,
-                                                                "object_type": object_type, "object_id": object_id, "propagate": propagate})
+    r = client.post(
+        "/api/v1/permissions",
+        headers=admin,
+        json={"principal_type": principal_type, "principal_id": principal_id, "role_id": role_id, "object_type": object_type, "object_id": object_id, "propagate": propagate},
+    )
     assert r.status_code == 201, r.text
     return r.json()
 
@@ -110,9 +114,18 @@ def inventory(client):
 
 # --- per route: all but the privilege -> 403; the privilege -> not 403 ----------------------
 
+
 def _path_for(route: Any, inv: dict, ids: dict[str, int]) -> str:
-    prefix_kinds = {"datacenters": inv["dc"]["id"], "clusters": inv["cl"]["id"], "hosts": inv["host"]["id"], "folders": inv["web"]["id"],
-                    "pools": inv["pool"]["id"], "datastores": inv["ds"]["id"], "portgroups": inv["pg"]["id"], "vms": inv["vms"]["web1"]}
+    prefix_kinds = {
+        "datacenters": inv["dc"]["id"],
+        "clusters": inv["cl"]["id"],
+        "hosts": inv["host"]["id"],
+        "folders": inv["web"]["id"],
+        "pools": inv["pool"]["id"],
+        "datastores": inv["ds"]["id"],
+        "portgroups": inv["pg"]["id"],
+        "vms": inv["vms"]["web1"],
+    }
 
     def value(match: re.Match) -> str:
         name = match.group(1)
@@ -136,8 +149,13 @@ def _body_for(route: Any, inv: dict, n: int) -> dict | None:
         ("POST", "/api/v1/pools"): {"name": f"px{n}", "cluster_id": inv["cl"]["id"]},
         ("POST", "/api/v1/hosts"): {"name": f"hx{n}", "datacenter_id": dc},
         ("POST", "/api/v1/vms"): {"name": f"vmx{n}", "host_id": inv["host"]["id"], "memory_mib": 64, "folder_id": inv["web"]["id"]},
-        ("POST", "/api/v1/alarms"): {"name": f"ax{n}", "target_type": "host", "scope_type": "cluster", "scope_id": inv["cl"]["id"],
-                                     "expression": {"type": "state", "condition": "host.not_responding"}},
+        ("POST", "/api/v1/alarms"): {
+            "name": f"ax{n}",
+            "target_type": "host",
+            "scope_type": "cluster",
+            "scope_id": inv["cl"]["id"],
+            "expression": {"type": "state", "condition": "host.not_responding"},
+        },
         # "No access" holds no privilege, so a granter holding only Permissions.Modify may give it
         # (to a user holding nothing: delegation needs the granter to hold what the grantee holds)
         ("POST", "/api/v1/permissions"): {"principal_type": "user", "principal_id": inv["nobody"], "role_id": inv["no_access"], "object_type": "folder", "object_id": inv["web"]["id"]},
@@ -156,9 +174,14 @@ def test_each_route_refuses_a_user_lacking_its_privilege_and_admits_one_holding_
     nobody_id, _ = _user(client, admin, "nobody")
     bystander_id, _ = _user(client, admin, "bystander")
     inventory = {**inventory, "nobody": bystander_id}
-    ids = {"task_id": inventory["vms"]["web1"] and client.get("/api/v1/tasks", headers=admin).json()["items"][0]["id"],
-           "user_id": nobody_id, "role_id": _role(client, admin, "scratch", ["System.View"]), "rule_id": 1, "rec_id": 1,
-           "permission_id": _grant(client, admin, bystander_id, inventory["no_access"], "folder", inventory["db"]["id"])["id"]}
+    ids = {
+        "task_id": inventory["vms"]["web1"] and client.get("/api/v1/tasks", headers=admin).json()["items"][0]["id"],
+        "user_id": nobody_id,
+        "role_id": _role(client, admin, "scratch", ["System.View"]),
+        "rule_id": 1,
+        "rec_id": 1,
+        "permission_id": _grant(client, admin, bystander_id, inventory["no_access"], "folder", inventory["db"]["id"])["id"],
+    }
     checked = 0
     # One user lacking and one holding; their roles change per privilege (cheap, unlike logins).
     lacking_id, lacking = _user(client, admin, "lacking")
@@ -189,6 +212,7 @@ def test_each_route_refuses_a_user_lacking_its_privilege_and_admits_one_holding_
 
 
 # --- inheritance and lists ---------------------------------------------------------------
+
 
 def _names(client, headers, path="/api/v1/vms", **params) -> tuple[int, list[str]]:
     page = client.get(path, headers=headers, params=params).json()
@@ -297,14 +321,29 @@ def test_no_escalation_by_delegation(client, inventory):
     assert r.status_code == 403
     # may grant on its folder what it holds there, not more
     other_id, _ = _user(client, admin, "junior")
-    ok = client.post("/api/v1/permissions", headers=user, json={"principal_type": "user", "principal_id": other_id, "role_id": _role(client, admin, "poweron", ["System.View", "VirtualMachine.PowerOn"]),
-                                                               "object_type": "folder", "object_id": inventory["web"]["id"]})
+    ok = client.post(
+        "/api/v1/permissions",
+        headers=user,
+        json={
+            "principal_type": "user",
+            "principal_id": other_id,
+            "role_id": _role(client, admin, "poweron", ["System.View", "VirtualMachine.PowerOn"]),
+            "object_type": "folder",
+            "object_id": inventory["web"]["id"],
+        },
+    )
     assert ok.status_code == 201, ok.text
-    too_much = client.post("/api/v1/permissions", headers=user, json={"principal_type": "user", "principal_id": uid, "role_id": _builtin(client, admin, "Administrator"),
-                                                                     "object_type": "folder", "object_id": inventory["web"]["id"]})
+    too_much = client.post(
+        "/api/v1/permissions",
+        headers=user,
+        json={"principal_type": "user", "principal_id": uid, "role_id": _builtin(client, admin, "Administrator"), "object_type": "folder", "object_id": inventory["web"]["id"]},
+    )
     assert too_much.status_code == 403 and too_much.json()["code"] == "GRANT_EXCEEDS_OWN"
-    elsewhere = client.post("/api/v1/permissions", headers=user, json={"principal_type": "user", "principal_id": other_id, "role_id": _builtin(client, admin, "Read-only"),
-                                                                      "object_type": "folder", "object_id": inventory["db"]["id"]})
+    elsewhere = client.post(
+        "/api/v1/permissions",
+        headers=user,
+        json={"principal_type": "user", "principal_id": other_id, "role_id": _builtin(client, admin, "Read-only"), "object_type": "folder", "object_id": inventory["db"]["id"]},
+    )
     assert elsewhere.status_code == 403
 
 
@@ -337,6 +376,7 @@ def test_refusals_and_permission_changes_are_in_the_audit_log_with_source(client
 
 
 # --- hostile input -----------------------------------------------------------------------
+
 
 def test_login_guessing_across_user_names_from_one_address_is_rate_limited(settings):
     make_admin(settings)

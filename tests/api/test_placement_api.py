@@ -1,6 +1,7 @@
 """The placement engine through the API: deploy without a host, power-on admission with every
 host's reason, must rules kept, contradictory rules refused, pool reservations enforced,
 dry run and entitlements. Agents are played by the test (the engine needs no libvirt)."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,7 +9,6 @@ from fastapi.testclient import TestClient
 
 from tests.apihelpers import finish_as_agent, login, make_admin, register_host
 from vcenter.api.app import create_app
-
 
 
 @pytest.fixture
@@ -21,8 +21,7 @@ def env(settings):
         hosts, agents = [], {}
         for name in ("h1", "h2", "h3"):
             host, agent = register_host(client, auth, dc["id"], name, cluster_id=cl["id"])
-            r = client.post(f"/api/v1/agent/hosts/{host['id']}/state", headers=agent, json={
-                "facts": {"hostname": name, "cpu_cores": 2, "cpu_mhz": 2000, "memory_mib": 1024}, "domains": []})
+            r = client.post(f"/api/v1/agent/hosts/{host['id']}/state", headers=agent, json={"facts": {"hostname": name, "cpu_cores": 2, "cpu_mhz": 2000, "memory_mib": 1024}, "domains": []})
             assert r.json()["accepted"]
             hosts.append(host)
             agents[host["id"]] = agent
@@ -117,5 +116,9 @@ def test_a_host_that_cannot_meet_the_evc_baseline_is_refused_when_it_joins(env):
     r = client.post(f"/api/v1/agent/hosts/{newcomer['id']}/state", headers=agent, json={"facts": {"hostname": "old1", "cpu_model": "Penryn", "cpu_features": ["sse4.1"]}, "domains": []})
     assert r.json() == {"accepted": False, "error": "EVC_INCOMPATIBLE", "missing": ["aes", "sse4.2"]}
     assert client.get(f"/api/v1/hosts/{newcomer['id']}", headers=auth).json()["connection_state"] == "disconnected"
-    ok = client.post(f"/api/v1/agent/hosts/{hosts[0]['id']}/state", headers=agents[hosts[0]["id"]], json={"facts": {"hostname": "h1", "cpu_model": "Skylake", "cpu_features": ["aes", "avx2", "sse4.2"]}, "domains": []})
+    ok = client.post(
+        f"/api/v1/agent/hosts/{hosts[0]['id']}/state",
+        headers=agents[hosts[0]["id"]],
+        json={"facts": {"hostname": "h1", "cpu_model": "Skylake", "cpu_features": ["aes", "avx2", "sse4.2"]}, "domains": []},
+    )
     assert ok.json()["accepted"] is True

@@ -8,6 +8,7 @@ roots its agent reports, and the agent refuses again by itself: a command or an 
 naming a path outside its roots touches nothing. Paths outside the roots are folders of
 tmp_path here: the tests run as root, and the old code would really have written into /etc.
 """
+
 from __future__ import annotations
 
 import threading
@@ -136,6 +137,7 @@ def test_a_datastore_never_holds_or_lies_inside_another_of_its_datacenter(client
 
 # --- the agent refuses by itself ------------------------------------------------------------
 
+
 class _Api:
     def __init__(self):
         self.results: list[dict] = []
@@ -195,8 +197,10 @@ def test_the_agent_refuses_a_command_naming_a_path_outside_its_roots(tmp_path):
 
 def test_the_agent_writes_ha_heartbeats_only_below_its_roots(tmp_path):
     agent, root, outside = _agent(tmp_path)
-    agent._expected = {"datastores": [{"id": 1, "path": str(outside)}, {"id": 2, "path": str(root / "escape")}, {"id": 3, "path": "/etc"},
-                                      {"id": 4, "path": str(root / "ds1")}], "ha": {"enabled": True}}
+    agent._expected = {
+        "datastores": [{"id": 1, "path": str(outside)}, {"id": 2, "path": str(root / "escape")}, {"id": 3, "path": "/etc"}, {"id": 4, "path": str(root / "ds1")}],
+        "ha": {"enabled": True},
+    }
     agent.stop_event = threading.Event()
     ha = HaAgent(agent)
     ha.write_heartbeats()
@@ -214,8 +218,7 @@ def test_the_agent_provides_no_datastore_outside_its_roots(tmp_path):
     service.settings, service.driver_lock = agent.settings, threading.RLock()
     service.driver = SimpleNamespace(ensure_pool=lambda name, path: pools.append(path))
     service.network = SimpleNamespace(ensure_portgroup=lambda pg: None)
-    service._expected = {"datastores": [{"id": 1, "path": str(outside / "new")}, {"id": 2, "path": str(root / "escape" / "new")},
-                                        {"id": 3, "path": str(root / "ds2")}], "bridges": []}
+    service._expected = {"datastores": [{"id": 1, "path": str(outside / "new")}, {"id": 2, "path": str(root / "escape" / "new")}, {"id": 3, "path": str(root / "ds2")}], "bridges": []}
     service._provide_expected()
     assert pools == [str(root / "ds2")] and (root / "ds2").is_dir()
     assert sorted(p.name for p in outside.iterdir()) == ["shadow"]

@@ -10,6 +10,7 @@
 - System actor names cannot be taken; events and tasks are one's own by user id.
 - Passwords: minimum length (a setting), common ones refused, on the API and the CLI.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -58,8 +59,7 @@ def _role(client, admin, name: str, privileges) -> int:
 
 
 def _grant(client, admin, principal_id: int, role_id: int, principal_type: str = "user", object_type: str = "root", object_id: int = 0) -> dict:
-    r = client.post("/api/v1/permissions", headers=admin, json={"principal_type": principal_type, "principal_id": principal_id, "role_id": role_id,
-                                                                "object_type": object_type, "object_id": object_id})
+    r = client.post("/api/v1/permissions", headers=admin, json={"principal_type": principal_type, "principal_id": principal_id, "role_id": role_id, "object_type": object_type, "object_id": object_id})
     assert r.status_code == 201, r.text
     return r.json()
 
@@ -90,12 +90,14 @@ def _snapshot(client) -> dict[str, Any]:
             "groups": sorted(session.execute(select(Group.id, Group.name)).all()),
             "members": sorted(session.execute(select(GroupMember.group_id, GroupMember.user_id)).all()),
             "roles": sorted((r.id, r.name, tuple(sorted(r.privileges or [])), r.description) for r in session.scalars(select(Role))),
-            "permissions": sorted(session.execute(select(Permission.id, Permission.principal_type, Permission.principal_id, Permission.role_id,
-                                                         Permission.object_type, Permission.object_id, Permission.propagate)).all()),
+            "permissions": sorted(
+                session.execute(select(Permission.id, Permission.principal_type, Permission.principal_id, Permission.role_id, Permission.object_type, Permission.object_id, Permission.propagate)).all()
+            ),
         }
 
 
 # --- the findings, as reported ------------------------------------------------------------
+
 
 def test_finding_2_users_modify_alone_does_not_make_an_administrator(client):
     admin = login(client)
@@ -250,10 +252,12 @@ def test_tasks_and_events_take_the_actors_id(settings):
 
 # --- the matrix: every route changing a user, group, role or permission --------------------
 
+
 @dataclass
 class Case:
     """One request against a fresh target; ``expect`` per actor level: the status, and for a
     refusal its code. ``check`` (optional) proves the effect of an admitted request."""
+
     prepare: Callable[..., tuple[str, Any]]
     expect: dict[str, tuple[int, str | None]]
     check: Callable[..., None] | None = None
@@ -362,8 +366,7 @@ def _cases() -> dict[tuple[str, str], list[Case]]:
         ("PATCH", "/api/v1/roles/{role_id}"): [Case(role_widen, {"less": REFUSED, "same": REFUSED, "more": (200, None)}), Case(role_describe, graded(200))],
         ("DELETE", "/api/v1/roles/{role_id}"): [Case(role_delete, ok(204)), Case(role_delete_all, {**admins_only, "administrator": (204, None)})],
         # "less" lacks VirtualMachine.PowerOn where it would give it: the older check answers
-        ("POST", "/api/v1/permissions"): [Case(permission_narrow, graded(201)),
-                                          Case(permission_widen, {"less": (403, "GRANT_EXCEEDS_OWN"), "same": (201, None), "more": (201, None)})],
+        ("POST", "/api/v1/permissions"): [Case(permission_narrow, graded(201)), Case(permission_widen, {"less": (403, "GRANT_EXCEEDS_OWN"), "same": (201, None), "more": (201, None)})],
         ("DELETE", "/api/v1/permissions/{permission_id}"): [Case(permission_delete, graded(204))],
     }
 
@@ -371,8 +374,12 @@ def _cases() -> dict[tuple[str, str], list[Case]]:
 def test_every_route_changing_users_groups_roles_or_permissions_refuses_an_actor_holding_less(client):
     admin = login(client)
     cases = _cases()
-    changing = {(method, route.path) for route in api_routes(client.app) for method in route.methods
-                if method not in ("GET", "HEAD") and route.path.split("/")[3] in ("users", "groups", "roles", "permissions")}
+    changing = {
+        (method, route.path)
+        for route in api_routes(client.app)
+        for method in route.methods
+        if method not in ("GET", "HEAD") and route.path.split("/")[3] in ("users", "groups", "roles", "permissions")
+    }
     assert changing == set(cases), f"routes without a delegation case: {sorted(changing - set(cases))}"
     dc = client.post("/api/v1/datacenters", headers=admin, json={"name": "dc1"}).json()["id"]
     world = {"target_role": _role(client, admin, "target-role", TARGET), "read_only": _builtin(client, admin, "Read-only"), "dc": dc}
@@ -452,8 +459,14 @@ def test_a_narrower_permission_below_does_not_hide_a_missing_privilege(client):
 # --- passwords ----------------------------------------------------------------------------
 
 WEAK = [
-    ("12345678", "too_short"), ("short-pass1", "too_short"), ("password1234", "common"), ("Password2024!", "common"),
-    ("qwerty123456", "common"), ("abcabcabcabc", "repeated"), ("aaaaaaaaaaaa", "repeated"), ("newcomer-one", "user_name"),
+    ("12345678", "too_short"),
+    ("short-pass1", "too_short"),
+    ("password1234", "common"),
+    ("Password2024!", "common"),
+    ("qwerty123456", "common"),
+    ("abcabcabcabc", "repeated"),
+    ("aaaaaaaaaaaa", "repeated"),
+    ("newcomer-one", "user_name"),
 ]
 
 

@@ -12,6 +12,7 @@
 - /metrics refuses anonymous callers and admits the metrics token, a System.View user, and
   the separate listener of ``metrics_listen``.
 """
+
 from __future__ import annotations
 
 import os
@@ -56,6 +57,7 @@ def _roles(client, auth) -> list[str]:
 
 # --- finding 6: the body guard -------------------------------------------------------------------
 
+
 def test_two_content_type_headers_are_refused_and_nothing_is_stored(client):
     auth = login(client, "admin", ADMIN_PASSWORD)
     # The old guard read the last header (text/plain: no JSON checks), FastAPI the first (JSON).
@@ -87,7 +89,7 @@ def test_a_chunked_body_without_length_is_limited_whatever_its_type(client):
 
     def chunks():  # a generator: httpx sends it chunked, without Content-Length
         for start in range(0, len(body), MIB):
-            yield body[start:start + MIB]
+            yield body[start : start + MIB]
 
     # No Content-Type at all: FastAPI parses the body as JSON, the old guard did not look at it.
     for headers in ({}, {"content-type": "text/plain"}, {"content-type": "application/json"}):
@@ -118,6 +120,7 @@ def test_streamed_uploads_keep_their_own_larger_limit(settings, tmp_path):
 
 
 # --- finding 8: client addresses ----------------------------------------------------------------
+
 
 def _failed_login(client, forged: str | None = None, user: str = "admin"):
     headers = {"x-forwarded-for": forged} if forged else {}
@@ -175,9 +178,18 @@ def _served(tmp_path: Path, **env: str):
     """A real `vcenter serve` (uvicorn) on a free loopback port, SQLite, the test Redis."""
     port = _free_port()
     tmp_path.mkdir(parents=True, exist_ok=True)
-    environ = {**os.environ, "VCENTER_DATABASE_URL": f"sqlite:///{tmp_path / 'served.db'}", "VCENTER_REDIS_URL": REDIS_URL,
-               "VCENTER_KEY_DIR": str(tmp_path / "keys"), "VCENTER_UPLOAD_DIR": str(tmp_path / "uploads"), "VCENTER_API_HOST": "127.0.0.1",
-               "VCENTER_API_PORT": str(port), "VCENTER_LOGIN_SOURCE_FAILURES": "3", "VCENTER_LOGIN_LOCKOUT_FAILURES": "100", **env}
+    environ = {
+        **os.environ,
+        "VCENTER_DATABASE_URL": f"sqlite:///{tmp_path / 'served.db'}",
+        "VCENTER_REDIS_URL": REDIS_URL,
+        "VCENTER_KEY_DIR": str(tmp_path / "keys"),
+        "VCENTER_UPLOAD_DIR": str(tmp_path / "uploads"),
+        "VCENTER_API_HOST": "127.0.0.1",
+        "VCENTER_API_PORT": str(port),
+        "VCENTER_LOGIN_SOURCE_FAILURES": "3",
+        "VCENTER_LOGIN_LOCKOUT_FAILURES": "100",
+        **env,
+    }
     cli = [sys.executable, "-m", "vcenter.cli"]
     subprocess.run([*cli, "db", "upgrade"], env=environ, check=True, capture_output=True)
     subprocess.run([*cli, "admin", "create", "admin", "--password", "secret-pass-for-edge", "--exist-ok"], env=environ, check=True, capture_output=True)
@@ -217,6 +229,7 @@ def test_a_real_server_ignores_x_forwarded_for_from_loopback_unless_configured(t
 
 
 # --- finding 11: headers ------------------------------------------------------------------------
+
 
 def _has_security_headers(response, what: str) -> None:
     h = response.headers
@@ -272,6 +285,7 @@ def test_security_headers_on_every_kind_of_response(settings):
 
 
 # --- finding 11: /metrics -------------------------------------------------------------------------
+
 
 def test_metrics_needs_a_credential(settings):
     settings = settings.model_copy(update={"metrics_token": "prometheus-scrape-secret"})

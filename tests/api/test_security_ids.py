@@ -10,6 +10,7 @@
 - Finding 7 (integers): ids, offsets, filters and body integers beyond what the columns hold
   (INTEGER, BIGINT) are 422, never 500, on SQLite and PostgreSQL.
 """
+
 from __future__ import annotations
 
 import re
@@ -32,6 +33,7 @@ PASSWORD = "a-long-test-passphrase-9"
 
 
 # --- routes ----------------------------------------------------------------------------------
+
 
 def all_routes(app) -> list[Any]:
     """Every HTTP route (API and /ui) with its full path, methods and dependant."""
@@ -83,6 +85,7 @@ LIST_ID_FILTERS = {
 
 # --- spellings -------------------------------------------------------------------------------
 
+
 def _digits(n: int, zero: int) -> str:
     return "".join(chr(zero + int(d)) for d in str(n))
 
@@ -91,8 +94,24 @@ def non_canonical_path(n: int) -> list[str]:
     """Spellings of ``n`` in a URL path that int(), float() or a lax parser reads as ``n``
     (raw and percent-encoded whitespace, signs, zeros, separators, other digits)."""
     s = str(n)
-    return [f"+{s}", f"0{s}", f"00{s}", f"{s[:-1]}_{s[-1]}" if len(s) > 1 else f"0_{s}", f"{s}.0", f"{s}.", f"{s}e0",
-            _digits(n, 0x660), _digits(n, 0xFF10), f" {s}", f"%20{s}", f"{s}%20", f"%09{s}", f"{s}%0A", f"%C2%A0{s}", f"-{s}"]
+    return [
+        f"+{s}",
+        f"0{s}",
+        f"00{s}",
+        f"{s[:-1]}_{s[-1]}" if len(s) > 1 else f"0_{s}",
+        f"{s}.0",
+        f"{s}.",
+        f"{s}e0",
+        _digits(n, 0x660),
+        _digits(n, 0xFF10),
+        f" {s}",
+        f"%20{s}",
+        f"{s}%20",
+        f"%09{s}",
+        f"{s}%0A",
+        f"%C2%A0{s}",
+        f"-{s}",
+    ]
 
 
 def walk_spellings(n: int) -> list[str]:
@@ -100,15 +119,28 @@ def walk_spellings(n: int) -> list[str]:
     route): sign, leading zero, ``_``, Unicode digits, decimal point, whitespace raw and
     percent-encoded (a raw space reaches the server as %20)."""
     s = str(n)
-    return [f"+{s}", f"0{s}", f"{s[:-1]}_{s[-1]}" if len(s) > 1 else f"0_{s}", _digits(n, 0x660), _digits(n, 0xFF10), f"{s}.0",
-            f" {s}", f"{s}%20", f"%09{s}", f"%C2%A0{s}"]
+    return [f"+{s}", f"0{s}", f"{s[:-1]}_{s[-1]}" if len(s) > 1 else f"0_{s}", _digits(n, 0x660), _digits(n, 0xFF10), f"{s}.0", f" {s}", f"{s}%20", f"%09{s}", f"%C2%A0{s}"]
 
 
 def non_canonical_query(n: int) -> list[str]:
     """Values for httpx ``params`` (percent-encoded by httpx, so the server reads them as is)."""
     s = str(n)
-    return [f"+{s}", f"0{s}", f"{s[:-1]}_{s[-1]}" if len(s) > 1 else f"0_{s}", f"{s}.0", f"{s}e0", _digits(n, 0x660),
-            _digits(n, 0xFF10), f" {s}", f"{s} ", f"\t{s}", f"{s}\n", f"\u00a0{s}", f"-{s}", ""]
+    return [
+        f"+{s}",
+        f"0{s}",
+        f"{s[:-1]}_{s[-1]}" if len(s) > 1 else f"0_{s}",
+        f"{s}.0",
+        f"{s}e0",
+        _digits(n, 0x660),
+        _digits(n, 0xFF10),
+        f" {s}",
+        f"{s} ",
+        f"\t{s}",
+        f"{s}\n",
+        f"\u00a0{s}",
+        f"-{s}",
+        "",
+    ]
 
 
 def non_canonical_json(n: int) -> list[Any]:
@@ -121,6 +153,7 @@ HUGE_JSON = [2**63, -(2**63) - 1, 2**70]
 
 
 # --- bodies ----------------------------------------------------------------------------------
+
 
 def _unwrap(annotation: Any) -> list[Any]:
     """The concrete types an annotation admits (Optional/Union/Annotated removed)."""
@@ -187,6 +220,7 @@ def refused_at(response: Any, field: str) -> bool:
 
 # --- the world -------------------------------------------------------------------------------
 
+
 def _user(client, admin, name: str) -> tuple[int, dict[str, str]]:
     r = client.post("/api/v1/users", headers=admin, json={"username": name, "password": PASSWORD})
     assert r.status_code == 201, r.text
@@ -198,8 +232,9 @@ def _role_id(client, admin, name: str) -> int:
 
 
 def _grant(client, admin, principal_id: int, role_id: int, object_type: str = "root", object_id: int = 0) -> None:
-    r = client.post("/api/v1/permissions", headers=admin, json={"principal_type": "user", "principal_id": principal_id, "role_id": role_id,
-                                                                "object_type": object_type, "object_id": object_id, "propagate": True})
+    r = client.post(
+        "/api/v1/permissions", headers=admin, json={"principal_type": "user", "principal_id": principal_id, "role_id": role_id, "object_type": object_type, "object_id": object_id, "propagate": True}
+    )
     assert r.status_code == 201, r.text
 
 
@@ -240,18 +275,23 @@ def world(settings):
         mallory_id, mallory = _user(client, admin, "mallory")
         _grant(client, admin, mallory_id, everything.json()["id"])
         no_access = _role_id(client, admin, "No access")
-        secret = {"datacenter": dc_secret["id"], "cluster": cl_secret["id"], "host": host_secret["id"], "folder": folder_secret["id"],
-                  "pool": pool_secret["id"], "datastore": ds_secret["id"], "portgroup": pg_secret["id"], "vm": vm_secret}
+        secret = {
+            "datacenter": dc_secret["id"],
+            "cluster": cl_secret["id"],
+            "host": host_secret["id"],
+            "folder": folder_secret["id"],
+            "pool": pool_secret["id"],
+            "datastore": ds_secret["id"],
+            "portgroup": pg_secret["id"],
+            "vm": vm_secret,
+        }
         for kind, object_id in secret.items():
             _grant(client, admin, mallory_id, no_access, kind, object_id)
-        ok = {"datacenter": dc["id"], "cluster": cl["id"], "host": host["id"], "folder": folder["id"], "pool": pool["id"],
-              "datastore": ds["id"], "portgroup": pg["id"], "vm": vm}
-        yield types.SimpleNamespace(client=client, settings=settings, admin=admin, agent=agent, mallory=mallory, mallory_id=mallory_id,
-                                    secret=secret, ok=ok, no_access=no_access)
+        ok = {"datacenter": dc["id"], "cluster": cl["id"], "host": host["id"], "folder": folder["id"], "pool": pool["id"], "datastore": ds["id"], "portgroup": pg["id"], "vm": vm}
+        yield types.SimpleNamespace(client=client, settings=settings, admin=admin, agent=agent, mallory=mallory, mallory_id=mallory_id, secret=secret, ok=ok, no_access=no_access)
 
 
-COLLECTION_KINDS = {"datacenters": "datacenter", "folders": "folder", "clusters": "cluster", "hosts": "host", "datastores": "datastore",
-                    "portgroups": "portgroup", "pools": "pool", "vms": "vm"}
+COLLECTION_KINDS = {"datacenters": "datacenter", "folders": "folder", "clusters": "cluster", "hosts": "host", "datastores": "datastore", "portgroups": "portgroup", "pools": "pool", "vms": "vm"}
 OTHER_PARAMS = {"object_type": "host", "kind": "datacenter", "direction": "enter", "operation": "acknowledge", "vm_uuid": "x"}
 
 
@@ -264,12 +304,12 @@ def kind_of(route: Any, name: str) -> str | None:
         if route.path.startswith("/api/v1/metrics/"):
             return parts[4] if parts[4] in COLLECTION_KINDS.values() else None
         return COLLECTION_KINDS.get(parts[3])
-    return {"vm_id": "vm", "host_id": "host", "cluster_id": "cluster", "datacenter_id": "datacenter",
-            "datastore_id": "datastore", "portgroup_id": "portgroup"}.get(name)
+    return {"vm_id": "vm", "host_id": "host", "cluster_id": "cluster", "datacenter_id": "datacenter", "datastore_id": "datastore", "portgroup_id": "portgroup"}.get(name)
 
 
 def fill(route: Any, ids: dict[str, Any], w: Any) -> str:
     """The route's path with ``ids[name]`` where given, else an object mallory may use."""
+
     def value(match: re.Match) -> str:
         name = match.group(1)
         if name in ids:
@@ -278,6 +318,7 @@ def fill(route: Any, ids: dict[str, Any], w: Any) -> str:
             return OTHER_PARAMS[name]
         kind = kind_of(route, name)
         return str(w.ok[kind]) if kind else "1"
+
     return re.sub(r"\{(\w+)\}", value, route.path)
 
 
@@ -309,6 +350,7 @@ def send(w: Any, route: Any, path: str, headers: dict[str, str], **kw: Any) -> A
 
 
 # --- finding 1: the reproduction ---------------------------------------------------------------
+
 
 def _power_state(w: Any, vm_id: int) -> str:
     return w.client.get(f"/api/v1/vms/{vm_id}", headers=w.admin).json()["power_state"]
@@ -354,6 +396,7 @@ def test_a_bad_id_on_a_dashboard_page_is_a_422_not_a_500(world):
 
 # --- the walk: every route, every id parameter, every spelling ------------------------------------
 
+
 def test_no_route_reads_a_non_canonical_path_id(world):
     """Path ids of every route (API and /ui), each spelling of the id of an object mallory has
     No access on: 422 INVALID_ID; the canonical id of that object: 403 where the route checks
@@ -366,8 +409,7 @@ def test_no_route_reads_a_non_canonical_path_id(world):
             continue
         headers = ui if route.path.startswith("/ui") else caller(w, route)
         checks = privilege_checks(route)
-        checked_params = {getattr(c, "param", None) for c in checks if getattr(c, "object_kind", None)
-                          and not getattr(c, "deferred", False) and not getattr(c, "anywhere", False)}
+        checked_params = {getattr(c, "param", None) for c in checks if getattr(c, "object_kind", None) and not getattr(c, "deferred", False) and not getattr(c, "anywhere", False)}
         for name in path_id_params(route):
             if _agent_route(route) and name == "host_id":
                 target = w.ok["host"]  # an agent's own host: the credential is the check
@@ -390,8 +432,7 @@ def test_no_route_reads_a_non_canonical_query_id(world):
     w = world
     ui = ui_session(w, "mallory", PASSWORD)
     walked = 0
-    extra = {"/api/v1/privileges/effective": {"object_type": "vm"}, "/api/v1/permissions": {"object_type": "vm"},
-             "/api/v1/alarms/triggered": {"object_type": "vm"}}
+    extra = {"/api/v1/privileges/effective": {"object_type": "vm"}, "/api/v1/permissions": {"object_type": "vm"}, "/api/v1/alarms/triggered": {"object_type": "vm"}}
     for route in all_routes(w.client.app):
         if is_streaming(route):
             continue
@@ -438,9 +479,13 @@ def test_dashboard_forms_read_ids_with_the_same_parser(world):
     w = world
     ui = ui_session(w, "mallory", PASSWORD)
     vm, cl = w.ok["vm"], w.ok["cluster"]
-    forms = [(f"/ui/vm/{vm}/migrate", "host_id", {}), (f"/ui/vm/{vm}/clone", "datastore_id", {"name": "c1"}),
-             (f"/ui/cluster/{cl}/drs/whatif", "host_id", {"kind": "host-fails"}), (f"/ui/cluster/{cl}/drs/whatif", "vm_id", {"kind": "vm-demand"}),
-             (f"/ui/vm/{vm}/relocate", "disk_0", {})]
+    forms = [
+        (f"/ui/vm/{vm}/migrate", "host_id", {}),
+        (f"/ui/vm/{vm}/clone", "datastore_id", {"name": "c1"}),
+        (f"/ui/cluster/{cl}/drs/whatif", "host_id", {"kind": "host-fails"}),
+        (f"/ui/cluster/{cl}/drs/whatif", "vm_id", {"kind": "vm-demand"}),
+        (f"/ui/vm/{vm}/relocate", "disk_0", {}),
+    ]
     for path, field, data in forms:
         target = w.secret["vm" if field == "vm_id" else "datastore" if field in ("datastore_id", "disk_0") else "host"]
         for spelling in non_canonical_query(target):
@@ -466,6 +511,7 @@ def test_every_object_privilege_names_a_path_parameter_of_its_route(settings):
 
 # --- finding 7: integers beyond the columns ------------------------------------------------------
 
+
 def test_the_reported_huge_integers_are_422(world):
     w = world
     client, admin = w.client, w.admin
@@ -482,17 +528,21 @@ def test_the_reported_huge_integers_are_422(world):
         client.post("/api/v1/vms", headers=admin, json={"name": "big", "host_id": w.ok["host"], "cpu_reservation_mhz": 2**31}),
         client.post("/api/v1/pools", headers=admin, json={"name": "big", "cluster_id": w.ok["cluster"], "memory_limit_mib": 2**40}),
         client.patch(f"/api/v1/vms/{w.ok['vm']}", headers=admin, json={"version": 2**63}),
-        client.post(f"/api/v1/agent/hosts/{w.ok['host']}/state", headers=w.agent, json={
-            "facts": {"hostname": "h1", "cpu_cores": 4, "cpu_mhz": 2000, "memory_mib": 2**40}, "domains": []}),
-        client.post(f"/api/v1/agent/hosts/{w.ok['host']}/state", headers=w.agent, json={
-            "facts": {"hostname": "h1"}, "domains": [], "datastores": [{"id": w.ok["datastore"], "capacity_bytes": 2**64, "free_bytes": 0}]}),
+        client.post(f"/api/v1/agent/hosts/{w.ok['host']}/state", headers=w.agent, json={"facts": {"hostname": "h1", "cpu_cores": 4, "cpu_mhz": 2000, "memory_mib": 2**40}, "domains": []}),
+        client.post(
+            f"/api/v1/agent/hosts/{w.ok['host']}/state",
+            headers=w.agent,
+            json={"facts": {"hostname": "h1"}, "domains": [], "datastores": [{"id": w.ok["datastore"], "capacity_bytes": 2**64, "free_bytes": 0}]},
+        ),
     ]
     for r in cases:
         assert r.status_code == 422, (r.request.method, str(r.request.url), r.status_code, r.text[:300])
     # within the columns: a datastore of 2**62 bytes is fine
-    r = client.post(f"/api/v1/agent/hosts/{w.ok['host']}/state", headers=w.agent, json={
-        "facts": {"hostname": "h1", "cpu_cores": 4, "cpu_mhz": 2000, "memory_mib": 8192}, "domains": [],
-        "datastores": [{"id": w.ok["datastore"], "capacity_bytes": 2**62, "free_bytes": 2**61}]})
+    r = client.post(
+        f"/api/v1/agent/hosts/{w.ok['host']}/state",
+        headers=w.agent,
+        json={"facts": {"hostname": "h1", "cpu_cores": 4, "cpu_mhz": 2000, "memory_mib": 8192}, "domains": [], "datastores": [{"id": w.ok["datastore"], "capacity_bytes": 2**62, "free_bytes": 2**61}]},
+    )
     assert r.status_code == 200, r.text
     assert client.get(f"/api/v1/datastores/{w.ok['datastore']}", headers=admin).json()["capacity_bytes"] == 2**62
 

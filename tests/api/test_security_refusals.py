@@ -2,6 +2,7 @@
 agent credential, registration token and registration proof is counted per source, kind and
 minute in ``refused_credentials`` (one row for a flood, on SQLite and PostgreSQL), readable by
 holders of Global.Diagnostics at GET /api/v1/audit/refused-credentials."""
+
 from __future__ import annotations
 
 import uuid
@@ -61,8 +62,12 @@ def test_a_flood_of_each_refused_credential_is_one_row_per_kind(ctx):
     _flood(lambda: client.post(f"/api/v1/agent/hosts/{host['id']}/state", json={"facts": {"hostname": "h1"}, "domains": []}, headers={"Authorization": "Bearer stolen-or-guessed"}))
     _flood(lambda: client.post("/api/v1/agent/register/challenge", json={"registration_token": "guessed-token-0123456789"}))
     nonce = client.post("/api/v1/agent/register/challenge", json={"registration_token": pending["registration_token"]}).json()["nonce"]
-    _flood(lambda: client.post("/api/v1/agent/register", json={"registration_token": pending["registration_token"], "host_uuid": str(uuid.uuid4()), "hostname": "x",
-                                                               "nonce": nonce, "certificate": "not a certificate", "signature": "AAAA"}))
+    _flood(
+        lambda: client.post(
+            "/api/v1/agent/register",
+            json={"registration_token": pending["registration_token"], "host_uuid": str(uuid.uuid4()), "hostname": "x", "nonce": nonce, "certificate": "not a certificate", "signature": "AAAA"},
+        )
+    )
     # Token floods leave no Event each: the counts are the audit, and they do not grow per request.
     assert _events(settings) == events_before
     _flood(lambda: client.post("/api/v1/session", json={"username": "admin", "password": "wrong password!"}))
@@ -93,8 +98,15 @@ def test_no_credential_presented_is_not_a_refusal_and_minutes_and_sources_split(
     assert client.get("/api/v1/datacenters", headers={"Authorization": "   "}).status_code == 401
     assert _rows(settings) == []
     with session_scope(settings.database_url) as session:
-        for at, source in ((NOON, "192.0.2.7"), (NOON + timedelta(seconds=20), "192.0.2.7"), (NOON + timedelta(minutes=1), "192.0.2.7"),
-                           (NOON, "198.51.100.1"), (NOON, "2001:db8::1"), (NOON, "2001:db8::2"), (NOON, "2001:db8:0:1::1")):
+        for at, source in (
+            (NOON, "192.0.2.7"),
+            (NOON + timedelta(seconds=20), "192.0.2.7"),
+            (NOON + timedelta(minutes=1), "192.0.2.7"),
+            (NOON, "198.51.100.1"),
+            (NOON, "2001:db8::1"),
+            (NOON, "2001:db8::2"),
+            (NOON, "2001:db8:0:1::1"),
+        ):
             refusals.count_refusal(session, source, "user_token", "x", now=at)
         session.commit()
     counts = sorted((source, count) for source, _, count, _ in _rows(settings))

@@ -3,6 +3,7 @@ confirmed. A second machine holding the one-time token and the confirmed thumbpr
 read-only user sees it) but not the key gets no credential; the real agent keeps working; a
 different host UUID after the registration is a 409; nonces expire, go stale and are bound to
 their token."""
+
 from __future__ import annotations
 
 import base64
@@ -22,7 +23,6 @@ from vcenter.services.inventory.hosts import _nonce_key
 from workers.agent.identity import new_identity
 
 
-
 @pytest.fixture
 def ctx(settings):
     make_admin(settings)
@@ -39,8 +39,7 @@ def _nonce(client, token: str) -> str:
 
 
 def _body(token: str, host_uuid: str, nonce: str, cert_pem: bytes, signature: bytes, hostname: str = "intruder") -> dict:
-    return {"registration_token": token, "host_uuid": host_uuid, "hostname": hostname, "nonce": nonce,
-            "certificate": cert_pem.decode(), "signature": base64.b64encode(signature).decode()}
+    return {"registration_token": token, "host_uuid": host_uuid, "hostname": hostname, "nonce": nonce, "certificate": cert_pem.decode(), "signature": base64.b64encode(signature).decode()}
 
 
 def _awaiting_confirmation(client, auth, dc, name="h1"):
@@ -161,7 +160,10 @@ def test_signature_by_another_key_or_over_other_fields_is_refused(ctx):
         "another host UUID signed": _body(token, host_uuid, nonce, real.cert_pem, real.key.sign(registration.signed_message(nonce, token, str(uuid.uuid4())), ec.ECDSA(hashes.SHA256()))),
         "another nonce signed": _body(token, host_uuid, nonce, real.cert_pem, real.key.sign(registration.signed_message(_nonce(client, token), token, host_uuid), ec.ECDSA(hashes.SHA256()))),
         "not base64": {**_body(token, host_uuid, nonce, real.cert_pem, b""), "signature": "***"},
-        "not a certificate": {**_body(token, host_uuid, nonce, real.cert_pem, real.key.sign(message, ec.ECDSA(hashes.SHA256()))), "certificate": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"},
+        "not a certificate": {
+            **_body(token, host_uuid, nonce, real.cert_pem, real.key.sign(message, ec.ECDSA(hashes.SHA256()))),
+            "certificate": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        },
     }
     for what, body in cases.items():
         r = client.post("/api/v1/agent/register", json=body)

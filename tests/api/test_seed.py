@@ -1,5 +1,6 @@
 """`vcenter seed`: a consistent inventory from bulk inserts, on both databases, refused on a
 database that already has hosts."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,7 +11,6 @@ from vcenter.api.app import create_app
 from vcenter.core.errors import Conflict
 from vcenter.db.session import session_scope
 from vcenter.services.inventory.seed import seed
-
 
 
 def test_seed_fills_a_consistent_inventory(settings):

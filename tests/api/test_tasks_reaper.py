@@ -1,5 +1,6 @@
 """Task leases, the reaper and the outbox: a task whose agent died is re-sent, reconciled or
 ended WORKER_LOST; a command whose broker was down at commit time is sent later."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -15,7 +16,6 @@ from vcenter.db.models import OutboxMessage, Task
 from vcenter.db.session import session_scope, sessionmaker_for
 from vcenter.services.housekeeping import reaper
 from vcenter.services.tasks import outbox
-
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 validator, and OVA archives: the file-level half of templates, import and export.
 
 qemu-img and cloud-init come from Debian (qemu-utils, cloud-init; scripts/install.sh)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -19,7 +20,6 @@ from templates_store.ova import extract_files, read_descriptor, write_ova
 from templates_store.ovf import OvfError, build_ovf, parse_ovf
 from vcenter.hypervisor import images
 from vcenter.hypervisor.base import DriverError
-
 
 
 def _raw(path, mib: int, seed: int = 1) -> bytes:
@@ -76,9 +76,7 @@ def test_images_pointing_at_other_files_are_refused(tmp_path):
         images.importable_format(str(tmp_path / "evil.qcow2"))
     assert exc.value.code == "IMAGE_REFERENCES_FILES"
     # A VMDK descriptor whose extent is another file.
-    (tmp_path / "evil.vmdk").write_text(
-        '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\n'
-        f'RW 128 FLAT "{secret}" 0\nddb.adapterType = "ide"\n')
+    (tmp_path / "evil.vmdk").write_text(f'# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\nRW 128 FLAT "{secret}" 0\nddb.adapterType = "ide"\n')
     with pytest.raises(DriverError) as exc:
         images.importable_format(str(tmp_path / "evil.vmdk"))
     assert exc.value.code in ("IMAGE_REFERENCES_FILES", "IMAGE_FORMAT_UNSUPPORTED")
@@ -120,14 +118,20 @@ def test_paths_resolve_inside_the_datastore_only(tmp_path):
     assert images.resolve_in_datastore(str(ds), "images/disk.vmdk") == str(ds / "images" / "disk.vmdk")
     os.symlink("/etc/passwd", ds / "images" / "passwd.vmdk")
     os.symlink("/etc", ds / "etc")
-    for path, code in (("images/passwd.vmdk", "PATH_SYMLINK"), ("etc/passwd", "PATH_SYMLINK"), ("../../etc/passwd", "PATH_ESCAPES"),
-                       ("/etc/passwd", "PATH_ABSOLUTE"), ("images/none.vmdk", "IMAGE_NOT_FOUND")):
+    for path, code in (
+        ("images/passwd.vmdk", "PATH_SYMLINK"),
+        ("etc/passwd", "PATH_SYMLINK"),
+        ("../../etc/passwd", "PATH_ESCAPES"),
+        ("/etc/passwd", "PATH_ABSOLUTE"),
+        ("images/none.vmdk", "IMAGE_NOT_FOUND"),
+    ):
         with pytest.raises(DriverError) as exc:
             images.resolve_in_datastore(str(ds), path)
         assert exc.value.code == code, path
 
 
 # --- cloud-init seeds --------------------------------------------------------------------
+
 
 def _schema_check(tmp_path, user_data: str) -> subprocess.CompletedProcess:
     path = tmp_path / "user-data"
@@ -136,11 +140,20 @@ def _schema_check(tmp_path, user_data: str) -> subprocess.CompletedProcess:
 
 
 def test_seeds_pass_cloud_inits_own_schema_check(tmp_path):
-    custom = {"hostname": "web-7", "users": [{"name": "ops", "sudo": True, "groups": ["adm"],
-                                              "ssh_authorized_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ops@lab"],
-                                              "password_hash": "$6$rounds=4096$saltsalt$abcdefghijklmnopqrstuv"}],
-              "network": {"address": "10.0.0.7/24", "gateway": "10.0.0.1", "dns": ["10.0.0.2"]},
-              "runcmd": ["touch /var/lib/first-boot", "echo 'quoted: yes' > /etc/motd"]}
+    custom = {
+        "hostname": "web-7",
+        "users": [
+            {
+                "name": "ops",
+                "sudo": True,
+                "groups": ["adm"],
+                "ssh_authorized_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ops@lab"],
+                "password_hash": "$6$rounds=4096$saltsalt$abcdefghijklmnopqrstuv",
+            }
+        ],
+        "network": {"address": "10.0.0.7/24", "gateway": "10.0.0.1", "dns": ["10.0.0.2"]},
+        "runcmd": ["touch /var/lib/first-boot", "echo 'quoted: yes' > /etc/motd"],
+    }
     seeds = [render_seed(custom, instance_id=f"i-{n}", machine_id=f"{n:032x}", hostname=f"web-{n}", macs=["52:54:00:00:00:0%d" % n]) for n in range(1, 4)]
     for files in seeds:
         r = _schema_check(tmp_path, files["user-data"])
@@ -171,6 +184,7 @@ def test_seed_iso_is_a_cidata_volume(tmp_path):
 
 # --- OVA ---------------------------------------------------------------------------------
 
+
 def test_ova_round_trip_with_stream_optimized_vmdk(tmp_path):
     data = _raw(tmp_path / "d.raw", 2, seed=7)
     vmdk = tmp_path / "app-disk1.vmdk"
@@ -196,8 +210,7 @@ def test_ova_digest_mismatch_and_unsafe_members(tmp_path):
     ovf = build_ovf(name="x", vcpus=1, memory_mib=64, guest_os="other", disks=[{"file": "x-disk1.vmdk", "size": 3, "capacity_bytes": 1 << 20}])
     ova = tmp_path / "x.ova"
     with tarfile.open(ova, "w") as tar:
-        for member, payload in (("x.ovf", ovf), ("x.mf", b"SHA256(x-disk1.vmdk)= " + b"0" * 64 + b"\n"), ("x-disk1.vmdk", b"abc"),
-                                ("../evil", b"pwned")):
+        for member, payload in (("x.ovf", ovf), ("x.mf", b"SHA256(x-disk1.vmdk)= " + b"0" * 64 + b"\n"), ("x-disk1.vmdk", b"abc"), ("../evil", b"pwned")):
             info = tarfile.TarInfo(member)
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))

@@ -3,6 +3,7 @@ played by the test (the lab test test_lab_templates.py runs the real agents and 
 the commands carry no secret, the seed is fetched by the VM's own host only, linked clones
 block their template's deletion (409 naming them), uploads are size-limited and checksummed,
 user-given paths are refused before anything runs, cancel rolls the inventory back."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,9 +15,17 @@ from tests.apihelpers import command_id_of, login, make_admin, register_host
 from vcenter.api.app import create_app
 
 
-MANIFEST = {"schema": 1, "template_id": None, "name": "base", "version": 1, "guest_os": "linux", "hardware": {"vcpus": 1, "memory_mib": 96},
-            "disks": [{"index": 0, "file": "disk0.qcow2", "format": "qcow2", "capacity_mib": 8, "size_bytes": 1, "sha256": "0" * 64}],
-            "origin": {"kind": "vm"}, "created_at": "2026-01-01T00:00:00+00:00"}
+MANIFEST = {
+    "schema": 1,
+    "template_id": None,
+    "name": "base",
+    "version": 1,
+    "guest_os": "linux",
+    "hardware": {"vcpus": 1, "memory_mib": 96},
+    "disks": [{"index": 0, "file": "disk0.qcow2", "format": "qcow2", "capacity_mib": 8, "size_bytes": 1, "sha256": "0" * 64}],
+    "origin": {"kind": "vm"},
+    "created_at": "2026-01-01T00:00:00+00:00",
+}
 
 
 @pytest.fixture
@@ -33,8 +42,7 @@ def env(settings, tmp_path):
             state = {"facts": {"hostname": name, "cpu_model": "x", "cpu_cores": 2, "cpu_mhz": 2000, "memory_mib": 4096, "hypervisor": "qemu"}, "domains": []}
             assert client.post(f"/api/v1/agent/hosts/{host['id']}/state", json=state, headers=agent).json()["accepted"]
             hosts[name] = (host, agent)
-        ds = client.post("/api/v1/datastores", json={"name": "ds1", "datacenter_id": dc["id"], "url": "/srv/ds1",
-                                                     "host_ids": [h["id"] for h, _ in hosts.values()]}, headers=auth).json()
+        ds = client.post("/api/v1/datastores", json={"name": "ds1", "datacenter_id": dc["id"], "url": "/srv/ds1", "host_ids": [h["id"] for h, _ in hosts.values()]}, headers=auth).json()
         yield {"client": client, "auth": auth, "settings": settings, "dc": dc, "cl": cl, "hosts": hosts, "ds": ds}
 
 
@@ -98,8 +106,13 @@ def test_template_versions_deploy_linked_clone_and_delete_refused_while_in_use(e
     assert c.get(f"/api/v1/templates/{t1['id']}", headers=auth).json()["state"] == "ready"
     assert [t["id"] for t in c.get("/api/v1/templates?latest=true", headers=auth).json()] == [t2["id"]]
     secret_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ops@lab"
-    body = {"name": "clone1", "cluster_id": env["cl"]["id"], "mode": "linked", "kernel_boot": {"image": "tiny-linux"},
-            "customization": {"users": [{"name": "ops", "ssh_authorized_keys": [secret_key], "password_hash": "$6$saltsalt$abcdefghijkl"}], "runcmd": ["touch /x"]}}
+    body = {
+        "name": "clone1",
+        "cluster_id": env["cl"]["id"],
+        "mode": "linked",
+        "kernel_boot": {"image": "tiny-linux"},
+        "customization": {"users": [{"name": "ops", "ssh_authorized_keys": [secret_key], "password_hash": "$6$saltsalt$abcdefghijkl"}], "runcmd": ["touch /x"]},
+    }
     r = c.post(f"/api/v1/templates/{t2['id']}/deploy", json=body, headers=auth)
     assert r.status_code == 202, r.text
     task = r.json()
@@ -221,8 +234,13 @@ def test_import_paths_never_leave_the_datastore(env, path, code):
 def test_bad_customisation_is_refused(env):
     c, auth = env["client"], env["auth"]
     t = _template(env)
-    for custom in ({"users": [{"name": "Root!"}]}, {"users": [{"name": "a", "ssh_authorized_keys": ["not a key"]}]},
-                   {"users": [{"name": "a", "password": "clear"}]}, {"runcmd": ["a\nb"]}, {"hostname": "-bad-"}):
+    for custom in (
+        {"users": [{"name": "Root!"}]},
+        {"users": [{"name": "a", "ssh_authorized_keys": ["not a key"]}]},
+        {"users": [{"name": "a", "password": "clear"}]},
+        {"runcmd": ["a\nb"]},
+        {"hostname": "-bad-"},
+    ):
         r = c.post(f"/api/v1/templates/{t['id']}/deploy", json={"name": "x", "host_id": env["hosts"]["h1"][0]["id"], "customization": custom}, headers=auth)
         assert r.status_code == 422, (custom, r.text)
 

@@ -2,6 +2,7 @@
 real folder: expired exports and uploads, an abandoned export, a failed upload, a partial file
 and an orphan go, each with an Event; what a running task uses, what is young, and a transfer
 still writing stay. Beat runs it (orchestrator.upload_cleanup)."""
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,6 @@ from vcenter.db.session import session_scope
 from vcenter.services.housekeeping import upload_cleanup
 
 
-
 def _file(folder: str, name: str, idle_s: float = 0) -> str:
     path = os.path.join(folder, name)
     with open(path, "wb") as f:
@@ -28,8 +28,7 @@ def _file(folder: str, name: str, idle_s: float = 0) -> str:
 
 
 def test_cleanup_removes_expired_abandoned_and_stray_and_keeps_the_rest(settings, tmp_path):
-    settings = settings.model_copy(update={"upload_dir": str(tmp_path / "uploads"), "export_retention": 7 * 86400.0,
-                                           "upload_retention": 2 * 86400.0, "upload_abandoned_after": 3600.0})
+    settings = settings.model_copy(update={"upload_dir": str(tmp_path / "uploads"), "export_retention": 7 * 86400.0, "upload_retention": 2 * 86400.0, "upload_abandoned_after": 3600.0})
     folder = settings.upload_dir
     os.makedirs(folder, exist_ok=True)
     now = utcnow()
@@ -59,7 +58,11 @@ def test_cleanup_removes_expired_abandoned_and_stray_and_keeps_the_rest(settings
     with session_scope(settings.database_url) as session:
         result = upload_cleanup.run(session, settings)
     assert sorted((r["filename"], r["reason"]) for r in result["rows"]) == [
-        ("failed-upload.ova", "failed"), ("old-export.ova", "expired"), ("old-upload.ova", "expired"), ("stuck-export.ova", "abandoned")]
+        ("failed-upload.ova", "failed"),
+        ("old-export.ova", "expired"),
+        ("old-upload.ova", "expired"),
+        ("stuck-export.ova", "abandoned"),
+    ]
     assert result["stray"] == ["dead.part", "orphan"]
     assert sorted(os.listdir(folder)) == ["busy-upload", "live.part", "new-export"]
     assert not os.path.exists(partial_old) and not os.path.exists(orphan) and os.path.exists(partial_live)
@@ -67,8 +70,14 @@ def test_cleanup_removes_expired_abandoned_and_stray_and_keeps_the_rest(settings
         left = {r.filename for r in session.scalars(select(Upload))}
         assert left == {"new-export.ova", "busy-upload.ova", "pushing-export.ova"}
         events = {(e.kind, e.object_name) for e in session.scalars(select(Event).where(Event.kind.like("upload.%")))}
-        assert events == {("upload.expired", "old-export.ova"), ("upload.expired", "old-upload.ova"), ("upload.abandoned", "stuck-export.ova"),
-                          ("upload.failed_removed", "failed-upload.ova"), ("upload.stray_removed", "dead.part"), ("upload.stray_removed", "orphan")}
+        assert events == {
+            ("upload.expired", "old-export.ova"),
+            ("upload.expired", "old-upload.ova"),
+            ("upload.abandoned", "stuck-export.ova"),
+            ("upload.failed_removed", "failed-upload.ova"),
+            ("upload.stray_removed", "dead.part"),
+            ("upload.stray_removed", "orphan"),
+        }
 
     # A second pass finds nothing more to do.
     with session_scope(settings.database_url) as session:

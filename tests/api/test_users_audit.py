@@ -1,5 +1,6 @@
 """Users through the API, login lockout that never locks the last administrator out for good,
 and the audit log exported as JSON lines."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,6 @@ from fastapi.testclient import TestClient
 
 from tests.apihelpers import login, make_admin
 from vcenter.api.app import create_app
-
 
 
 @pytest.fixture

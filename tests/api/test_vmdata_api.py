@@ -2,6 +2,7 @@
 test: which command goes to which host with which files, what the inventory records only
 after the agent's success, and the refusals (4xx with stable codes). The real libvirt side is
 in test_libvirt_vmdata.py and test_lab_vmdata.py."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,7 +13,6 @@ from tests.apihelpers import command_id_of, finish_as_agent, login, make_admin, 
 from vcenter.api.app import create_app
 from vcenter.db.models import OutboxMessage
 from vcenter.db.session import session_scope
-
 
 
 @pytest.fixture
@@ -27,16 +27,16 @@ def env(settings):
             host, agent = register_host(client, auth, dc["id"], name, cluster_id=cl["id"])
             hosts.append(host)
             agents[host["id"]] = agent
-            client.post(f"/api/v1/agent/hosts/{host['id']}/state", headers=agent, json={
-                "facts": {"hostname": name, "cpu_cores": 4, "cpu_mhz": 2000, "memory_mib": 4096, "cpu_model": "X"}, "domains": []})
+            client.post(
+                f"/api/v1/agent/hosts/{host['id']}/state", headers=agent, json={"facts": {"hostname": name, "cpu_cores": 4, "cpu_mhz": 2000, "memory_mib": 4096, "cpu_model": "X"}, "domains": []}
+            )
         shared = client.post("/api/v1/datastores", headers=auth, json={"name": "shared", "datacenter_id": dc["id"], "url": "/srv/shared", "host_ids": [h["id"] for h in hosts]}).json()
         local1 = client.post("/api/v1/datastores", headers=auth, json={"name": "local1", "datacenter_id": dc["id"], "url": "/srv/local1", "host_ids": [hosts[0]["id"]]}).json()
         yield client, auth, hosts, agents, {"shared": shared, "local1": local1}, settings
 
 
 def _vm(client, auth, agents, settings, host, name, ds, running=True):
-    task = client.post("/api/v1/vms", headers=auth, json={"name": name, "host_id": host["id"], "memory_mib": 128,
-                                                          "disks": [{"datastore_id": ds["id"], "capacity_mib": 64}]}).json()
+    task = client.post("/api/v1/vms", headers=auth, json={"name": name, "host_id": host["id"], "memory_mib": 128, "disks": [{"datastore_id": ds["id"], "capacity_mib": 64}]}).json()
     vm = finish_as_agent(client, settings, agents[host["id"]], task)
     if running:
         on = client.post(f"/api/v1/vms/{vm['id']}/power/on", headers=auth).json()
@@ -77,8 +77,7 @@ def test_snapshot_tree_revert_and_delete(env):
     assert tree["current_id"] == s2
 
     rv = client.post(f"{url}/{s1}/revert", headers=auth).json()
-    _report(client, settings, agents[h1["id"]], rv["id"], result={"reverted_to": "s1", "checkpoints_dropped": []},
-            domain={"uuid": vm["libvirt_uuid"], "name": "web1", "power_state": "poweredOn"})
+    _report(client, settings, agents[h1["id"]], rv["id"], result={"reverted_to": "s1", "checkpoints_dropped": []}, domain={"uuid": vm["libvirt_uuid"], "name": "web1", "power_state": "poweredOn"})
     assert client.get(url, headers=auth).json()["current_id"] == s1
     assert client.post(f"{url}/9999/revert", headers=auth).json()["code"] == "SNAPSHOT_NOT_FOUND"
 
@@ -281,14 +280,24 @@ def test_a_restore_to_a_new_vm_gets_a_new_identity(env):
     client, auth, (h1, h2), agents, ds, settings = env
     pg = client.post("/api/v1/portgroups", headers=auth, json={"name": "pg-r", "datacenter_id": ds["shared"]["datacenter_id"], "host_ids": [h1["id"], h2["id"]]}).json()
     for name, customised in (("idsrc", True), ("plainsrc", False)):
-        task = client.post("/api/v1/vms", headers=auth, json={"name": name, "host_id": h1["id"], "memory_mib": 128, "nics": [{"portgroup_id": pg["id"]}],
-                                                              "disks": [{"datastore_id": ds["shared"]["id"], "capacity_mib": 64}]}).json()
+        task = client.post(
+            "/api/v1/vms",
+            headers=auth,
+            json={"name": name, "host_id": h1["id"], "memory_mib": 128, "nics": [{"portgroup_id": pg["id"]}], "disks": [{"datastore_id": ds["shared"]["id"], "capacity_mib": 64}]},
+        ).json()
         vm = finish_as_agent(client, settings, agents[h1["id"]], task)
         with session_scope(settings.database_url) as session:
             row = session.get(VirtualMachine, vm["id"])
             if customised:
-                session.add(VmCustomization(vm_id=vm["id"], instance_id=f"i-{name}", machine_id="b" * 32, hostname=name,
-                                            spec={"hostname": name, "users": [{"name": "ops", "ssh_authorized_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ ops"]}]}))
+                session.add(
+                    VmCustomization(
+                        vm_id=vm["id"],
+                        instance_id=f"i-{name}",
+                        machine_id="b" * 32,
+                        hostname=name,
+                        spec={"hostname": name, "users": [{"name": "ops", "ssh_authorized_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ ops"]}]},
+                    )
+                )
                 session.add(VirtualDisk(vm_id=vm["id"], index=1, datastore_id=ds["shared"]["id"], file=f"{name}{SEED_SUFFIX}", capacity_mib=1, format="raw"))
             source_macs = {n.mac for n in row.nics}
             assert len(source_macs) == 1

@@ -17,6 +17,7 @@ three images (minutes), later runs reuse every unchanged layer. Ports, project n
 are this run's own. The lab runs one test at a time (the e2e tier), under /tmp/vc-lab.lock when
 run by hand.
 """
+
 from __future__ import annotations
 
 import json
@@ -84,10 +85,10 @@ class HealthcheckLoop(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.wait(2):
-            names = subprocess.run(["podman", "ps", "--filter", f"label={PROJECT_LABEL}={self.project}", "--format", "{{.Names}}"],
-                                   env=self.env, capture_output=True, text=True).stdout.split()
-            checks = [subprocess.Popen(["podman", "healthcheck", "run", name], env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                      for name in names]  # side by side: each starts a Python process
+            names = subprocess.run(["podman", "ps", "--filter", f"label={PROJECT_LABEL}={self.project}", "--format", "{{.Names}}"], env=self.env, capture_output=True, text=True).stdout.split()
+            checks = [
+                subprocess.Popen(["podman", "healthcheck", "run", name], env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for name in names
+            ]  # side by side: each starts a Python process
             for check in checks:
                 check.wait()
 
@@ -138,8 +139,7 @@ def _podman_kernel_leftovers() -> dict[str, list[str]]:
     the NETAVARK chains netavark adds to iptables-nft's tables."""
     links = [entry["ifname"] for entry in json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True, text=True).stdout or "[]")]
     ruleset = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True).stdout
-    return {"bridges": [name for name in links if name.startswith("podman")],
-            "netavark chains": sorted({w for w in ruleset.split() if w.startswith("NETAVARK")})}
+    return {"bridges": [name for name in links if name.startswith("podman")], "netavark chains": sorted({w for w in ruleset.split() if w.startswith("NETAVARK")})}
 
 
 def _clean_podman_kernel_state(env: dict[str, str]) -> None:
@@ -204,8 +204,9 @@ def test_compose_deployment_runs_a_lab_host_and_leaves_nothing(tmp_path):
     _run([str(ROOT / "deploy" / "build-images.sh")], env, timeout=1800)
     timings["images"] = time.monotonic() - started
 
-    service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{socket_path}"], env=env,
-                               stdout=open(tmp_path / "podman-service.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    service = subprocess.Popen(
+        ["podman", "system", "service", "--time=0", f"unix://{socket_path}"], env=env, stdout=open(tmp_path / "podman-service.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True
+    )
     health_loop = HealthcheckLoop(project, env)
     lab = None
     datastore_dir = Path("/srv") / project  # a default datastore root of the server and agents
@@ -217,8 +218,7 @@ def test_compose_deployment_runs_a_lab_host_and_leaves_nothing(tmp_path):
         started = time.monotonic()
         health_loop.start()
         _run(compose + ["up", "-d", "--no-build"], compose_env, timeout=600)
-        wait_for(lambda: (h := _health(project, env)) and all(h.get(s) == "healthy" for s in SERVICES) and h, 300, interval=2,
-                 what="every service healthy")
+        wait_for(lambda: (h := _health(project, env)) and all(h.get(s) == "healthy" for s in SERVICES) and h, 300, interval=2, what="every service healthy")
         assert _health(project, env).get("migrate") == "exited"
         timings["up"] = time.monotonic() - started
 
@@ -243,12 +243,18 @@ def test_compose_deployment_runs_a_lab_host_and_leaves_nothing(tmp_path):
                 host = stack.add_lab_host(lab.hosts[0], dc["id"], cl["id"])
                 wait_for(lambda: api.get(f"/api/v1/hosts/{host.host_id}").json()["connection_state"] == "connected", 60, what="host connected")
                 path = lab.create_datastore("ds1", 64, [lab.hosts[0].name], path=str(datastore_dir / "ds1"))
-                ds = api.post("/api/v1/datastores", json={"name": "ds1", "datacenter_id": dc["id"], "kind": "lab-dir", "url": path,
-                                                          "host_ids": [host.host_id]})
+                ds = api.post("/api/v1/datastores", json={"name": "ds1", "datacenter_id": dc["id"], "kind": "lab-dir", "url": path, "host_ids": [host.host_id]})
                 assert ds.status_code in (200, 201), ds.text
-                task = api.post("/api/v1/vms", json={"name": "vm1", "host_id": host.host_id, "memory_mib": 96,
-                                                     "kernel_boot": {"image": "tiny-linux", "ip": "10.99.0.11/24"},
-                                                     "disks": [{"datastore_id": ds.json()["id"], "capacity_mib": 8}]}).json()
+                task = api.post(
+                    "/api/v1/vms",
+                    json={
+                        "name": "vm1",
+                        "host_id": host.host_id,
+                        "memory_mib": 96,
+                        "kernel_boot": {"image": "tiny-linux", "ip": "10.99.0.11/24"},
+                        "disks": [{"datastore_id": ds.json()["id"], "capacity_mib": 8}],
+                    },
+                ).json()
                 done = wait_for(lambda: (t := api.get(f"/api/v1/tasks/{task['id']}").json())["state"] in ("success", "error") and t, 90, what="create vm1")
                 assert done["state"] == "success", (done["error_code"], done["error_message"], stack.log_tails())
                 vm_id = done["object_id"]

@@ -10,6 +10,7 @@ not responding" alarm appears on its tree node and is acknowledged from its page
 console and /docs included) reports a Content-Security-Policy violation. Screenshots of the main pages go
 to docs/screenshots/ (referenced from README.md).
 """
+
 from __future__ import annotations
 
 import os
@@ -68,8 +69,7 @@ def _make_viewer(api) -> None:
     roles = api.get("/api/v1/roles")
     if roles.status_code == 200:
         read_only = next(r for r in roles.json() if r["name"] == "Read-only")
-        r = api.post("/api/v1/permissions", json={"principal_type": "user", "principal_id": user.json()["id"], "role_id": read_only["id"],
-                                                   "object_type": "root", "object_id": 0, "propagate": True})
+        r = api.post("/api/v1/permissions", json={"principal_type": "user", "principal_id": user.json()["id"], "role_id": read_only["id"], "object_type": "root", "object_id": 0, "propagate": True})
         assert r.status_code == 201, r.text
 
 
@@ -192,10 +192,13 @@ def test_operator_walks_the_dashboard(tmp_path):
                 viewer.wait_for_selector("h1.obj-title")
                 assert viewer.query_selector_all("[data-action]") == [], path
             _shot(viewer, "read-only-vm", shots)
-            status = viewer.evaluate("""async (vm) => {
+            status = viewer.evaluate(
+                """async (vm) => {
                 const r = await fetch('/ui/vm/' + vm + '/power/off', {method: 'POST', headers: {'X-CSRF-Token': document.body.dataset.csrf}});
                 return [r.status, (await r.json()).code];
-            }""", vms["web1"])
+            }""",
+                vms["web1"],
+            )
             assert status == [403, "FORBIDDEN"]
             with stack.client() as api:
                 assert api.get(f"/api/v1/vms/{vms['web1']}").json()["power_state"] == "poweredOn"

@@ -7,6 +7,7 @@ Ports are free ones (RUN_ARGS), so that a developer's own `make run` is not dist
 is the default one (`vcenter lab ...` finds it, as the banner says), on the lab network every
 lab test shares (the lab tiers run one test at a time).
 """
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,15 @@ def test_make_run_brings_up_the_whole_system_and_ha_restarts_a_dead_hosts_guests
     log = tmp_path / "make-run.log"
     args = f"--rundir {tmp_path / 'run'} --port {port} --redis-port {redis_port}"
     with open(log, "wb") as out:
-        make = subprocess.Popen(["make", "--no-print-directory", "run", f"RUN_ARGS={args}"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        make = subprocess.Popen(
+            ["make", "--no-print-directory", "run", f"RUN_ARGS={args}"],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     try:
         wait_for(lambda: "virtcenter is up" in _output(log) or make.poll() is not None, 900, interval=1, what="`make run` saying it is up")
         banner = _output(log)

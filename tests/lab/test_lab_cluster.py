@@ -2,6 +2,7 @@
 libvirtd over TCP), agents inside them reaching Redis and the API over the lab network only,
 tiny Linux guests with heartbeats, VXLAN-backed port groups, a shared loop-mounted datastore,
 and faults: host power loss, libvirtd crash, removal and re-adding of a dead host."""
+
 from __future__ import annotations
 
 import subprocess
@@ -38,10 +39,22 @@ def cluster(tmp_path_factory):
     lab = Lab(workdir / "lab")
     lab.up(3, Capacity(cpus=2, memory_mib=2048))
     port = free_port()
-    redis_proc = subprocess.Popen(["redis-server", "--bind", f"127.0.0.1 {GATEWAY}", "--port", str(port), "--protected-mode", "no", "--save", "", "--appendonly", "no", "--dir", str(workdir)], stdout=subprocess.DEVNULL)
-    stack = Stack.create(workdir, None, f"redis://127.0.0.1:{port}/0", api_host=f"127.0.0.1,{GATEWAY}",
-                         heartbeat_period=0.3, heartbeat_ttl=2, agent_report_period=1, reaper_period=1,
-                         host_monitor_period=0.5, agent_reconnect_delay=0.5, task_lease=6)
+    redis_proc = subprocess.Popen(
+        ["redis-server", "--bind", f"127.0.0.1 {GATEWAY}", "--port", str(port), "--protected-mode", "no", "--save", "", "--appendonly", "no", "--dir", str(workdir)], stdout=subprocess.DEVNULL
+    )
+    stack = Stack.create(
+        workdir,
+        None,
+        f"redis://127.0.0.1:{port}/0",
+        api_host=f"127.0.0.1,{GATEWAY}",
+        heartbeat_period=0.3,
+        heartbeat_ttl=2,
+        agent_report_period=1,
+        reaper_period=1,
+        host_monitor_period=0.5,
+        agent_reconnect_delay=0.5,
+        task_lease=6,
+    )
     try:
         wait_for(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True).stdout.strip() == "PONG", 10, what="redis")
         stack.start_server()
@@ -56,14 +69,25 @@ def cluster(tmp_path_factory):
                 wait_for(lambda: api.get(f"/api/v1/hosts/{hid}").json()["connection_state"] == "connected", 60, what="hosts connected")
             path = lab.create_datastore("shared1", 256, [h.name for h in lab.hosts])
             ds = api.post("/api/v1/datastores", json={"name": "shared1", "datacenter_id": dc["id"], "kind": "lab-dir", "url": path, "host_ids": list(ids.values())}).json()
-            pgs = {name: api.post("/api/v1/portgroups", json={"name": name, "datacenter_id": dc["id"], "vlan_id": vlan, "host_ids": list(ids.values())}).json()
-                   for name, vlan in (("pga", 100), ("pgb", 200))}
+            pgs = {
+                name: api.post("/api/v1/portgroups", json={"name": name, "datacenter_id": dc["id"], "vlan_id": vlan, "host_ids": list(ids.values())}).json()
+                for name, vlan in (("pga", 100), ("pgb", 200))
+            }
             for pg in pgs.values():
                 wait_for(lambda: sorted(api.get(f"/api/v1/portgroups/{pg['id']}").json()["present_on_host_ids"]) == sorted(ids.values()), 30, what=f"port group {pg['name']} on every host")
             vms = {}
             for name, (host, pg, ip) in GUESTS.items():
-                task = api.post("/api/v1/vms", json={"name": name, "host_id": ids[host], "memory_mib": 96, "kernel_boot": {"image": "tiny-linux", "ip": ip},
-                                                     "disks": [{"datastore_id": ds["id"], "capacity_mib": 8}], "nics": [{"portgroup_id": pgs[pg]["id"]}]}).json()
+                task = api.post(
+                    "/api/v1/vms",
+                    json={
+                        "name": name,
+                        "host_id": ids[host],
+                        "memory_mib": 96,
+                        "kernel_boot": {"image": "tiny-linux", "ip": ip},
+                        "disks": [{"datastore_id": ds["id"], "capacity_mib": 8}],
+                        "nics": [{"portgroup_id": pgs[pg]["id"]}],
+                    },
+                ).json()
                 done = wait_for(lambda: (t := api.get(f"/api/v1/tasks/{task['id']}").json())["state"] in ("success", "error") and t, 60, what=f"create {name}")
                 assert done["state"] == "success", (name, done["error_code"], done["error_message"])
                 vms[name] = done["object_id"]
@@ -208,8 +232,10 @@ def test_cpu_definitions_of_hosts_and_guests_are_compared_by_libvirt(cluster, ap
     needs_avx2 = {"model": "Westmere", "features_require": ["avx2"]}
 
     def create_and_start(name, host):
-        task = api.post("/api/v1/vms", json={"name": name, "host_id": ids[host], "memory_mib": 96, "kernel_boot": {"image": "tiny-linux"},
-                                             "cpu": needs_avx2, "disks": [{"datastore_id": ds["id"], "capacity_mib": 8}]}).json()
+        task = api.post(
+            "/api/v1/vms",
+            json={"name": name, "host_id": ids[host], "memory_mib": 96, "kernel_boot": {"image": "tiny-linux"}, "cpu": needs_avx2, "disks": [{"datastore_id": ds["id"], "capacity_mib": 8}]},
+        ).json()
         return wait_for(lambda: (t := api.get(f"/api/v1/tasks/{task['id']}").json())["state"] in ("success", "error") and t, 60, what=f"create {name}")
 
     refused = create_and_start("avx-old", "host3")
@@ -242,7 +268,6 @@ def test_evc_baseline_from_libvirt_over_the_cluster_hosts(cluster, api):
     vm = api.get(f"/api/v1/vms/{created['object_id']}").json()
     assert vm["cpu"]["model"] == "Westmere"
     assert api.delete(f"/api/v1/clusters/{cl['id']}/evc").json()["settings"]["evc"] == {}
-
 
 
 # --- VMotion, Storage VMotion, maintenance (issue 6) on the same lab --------------------------
@@ -365,8 +390,9 @@ def test_storage_vmotion_while_the_guest_writes_a_pattern(cluster, api):
         assert on["state"] == "success", (on["error_code"], on["error_message"])
     host = lab.host(next(n for n, i in ids.items() if i == vm["host_id"]))
     # A heartbeat read after this test began (a booting guest's first one within a minute).
-    first = wait_for(lambda: (v := api.get(f"/api/v1/vms/{vm['id']}").json())["guest_heartbeat_at"]
-                     and datetime.fromisoformat(v["guest_heartbeat_at"]) > since and v, 60, what="heartbeat of c1")["guest_info"]["seq"]
+    first = wait_for(lambda: (v := api.get(f"/api/v1/vms/{vm['id']}").json())["guest_heartbeat_at"] and datetime.fromisoformat(v["guest_heartbeat_at"]) > since and v, 60, what="heartbeat of c1")[
+        "guest_info"
+    ]["seq"]
     seq = wait_for(lambda: (v := api.get(f"/api/v1/vms/{vm['id']}").json())["guest_info"]["seq"] > first + 1 and v, 30, what="c1 counting")["guest_info"]["seq"]
     writer = api.post(f"/api/v1/vms/{vm['id']}/guest/command", json={"command": "write-pattern", "argument": "8", "timeout": 100}).json()
     move = api.post(f"/api/v1/vms/{vm['id']}/relocate", json={"disks": [{"index": 0, "datastore_id": ds2["id"]}]})
@@ -400,8 +426,7 @@ def test_maintenance_mode_empties_a_host(cluster, api):
     VMs by a cold move (defined on a host mounting their datastore, undefined on host1)."""
     ids, cl, ds = cluster.extra["ids"], cluster.extra["cl"], cluster.extra["ds"]
     names = {i: n for n, i in ids.items()}
-    task = api.post("/api/v1/vms", json={"name": "off1", "host_id": ids["host1"], "memory_mib": 96, "kernel_boot": {"image": "tiny-linux"},
-                                         "disks": [{"datastore_id": ds["id"], "capacity_mib": 8}]})
+    task = api.post("/api/v1/vms", json={"name": "off1", "host_id": ids["host1"], "memory_mib": 96, "kernel_boot": {"image": "tiny-linux"}, "disks": [{"datastore_id": ds["id"], "capacity_mib": 8}]})
     assert task.status_code == 202, task.text
     assert _task_done(api, task.json())["state"] == "success"
     on_host1 = api.get(f"/api/v1/vms?host_id={ids['host1']}").json()["items"]
@@ -437,8 +462,9 @@ def test_maintenance_mode_empties_a_host(cluster, api):
 def test_allocation_is_enforced_on_the_host_through_libvirt(cluster, api):
     ids, cl = cluster.extra["ids"], cluster.extra["cl"]
     pool = api.post("/api/v1/pools", json={"name": "gold", "cluster_id": cl["id"], "cpu_shares": 8000}).json()
-    task = api.post("/api/v1/vms", json={"name": "capped1", "host_id": ids["host2"], "memory_mib": 96, "pool_id": pool["id"], "cpu_limit_mhz": 500,
-                                         "memory_limit_mib": 100, "kernel_boot": {"image": "tiny-linux"}}).json()
+    task = api.post(
+        "/api/v1/vms", json={"name": "capped1", "host_id": ids["host2"], "memory_mib": 96, "pool_id": pool["id"], "cpu_limit_mhz": 500, "memory_limit_mib": 100, "kernel_boot": {"image": "tiny-linux"}}
+    ).json()
     vm_id = _task_done(api, task)["object_id"]
     assert _task_done(api, api.post(f"/api/v1/vms/{vm_id}/power/on").json())["state"] == "success"
     uri = "qemu+tcp://10.213.0.12/system"

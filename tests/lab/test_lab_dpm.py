@@ -2,6 +2,7 @@
 and powers it off through its BMC (real `ipmitool -I lanplus` against a pyghmi BMC on
 loopback); when the guests burn CPU, DPM powers it back on and it leaves standby once its
 agent reports again."""
+
 from __future__ import annotations
 
 
@@ -10,7 +11,6 @@ from tests.labhelpers import lab_stack, task_done
 from vcenter.lab.bmc import LabBmc
 from vcenter.lab.hosts import Capacity, Lab
 from vcenter.lab.stack import free_port
-
 
 
 def test_dpm_powers_an_idle_host_off_through_ipmi_and_back_on_when_load_returns(tmp_path):
@@ -54,10 +54,15 @@ def test_dpm_powers_an_idle_host_off_through_ipmi_and_back_on_when_load_returns(
                     reply = api.post(f"/api/v1/vms/{vm_id}/guest/command", json={"command": "burn", "argument": "100"}).json()
                     assert task_done(api, reply)["state"] == "success"
                 try:
-                    back = wait_for(lambda: (h := api.get(f"/api/v1/hosts/{ids[sleeping]}").json())["standby"] is False and h["connection_state"] == "connected" and h, 120, what="DPM powered the host back on")
+                    back = wait_for(
+                        lambda: (h := api.get(f"/api/v1/hosts/{ids[sleeping]}").json())["standby"] is False and h["connection_state"] == "connected" and h, 120, what="DPM powered the host back on"
+                    )
                 except AssertionError:
-                    diag = {"dpm": api.post(f"/api/v1/clusters/{cl['id']}/dpm/run").json(), "tasks": [(t["kind"], t["state"], t["error_code"], t["error_message"]) for t in api.get("/api/v1/tasks?limit=10").json()["items"]],
-                            "demand": {v: api.get(f"/api/v1/vms/{v}").json()["cpu_demand_mhz"] for v in vms}}
+                    diag = {
+                        "dpm": api.post(f"/api/v1/clusters/{cl['id']}/dpm/run").json(),
+                        "tasks": [(t["kind"], t["state"], t["error_code"], t["error_message"]) for t in api.get("/api/v1/tasks?limit=10").json()["items"]],
+                        "demand": {v: api.get(f"/api/v1/vms/{v}").json()["cpu_demand_mhz"] for v in vms},
+                    }
                     raise AssertionError(diag)
                 assert Lab(lab.workdir).host(sleeping).powered and back["maintenance"] is False  # a fresh view: the BMC changed the lab
                 events = [e["kind"] for e in api.get(f"/api/v1/events?object_type=host&object_id={ids[sleeping]}&limit=100").json()["items"]]

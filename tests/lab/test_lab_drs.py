@@ -3,6 +3,7 @@ automated DRS (run by beat on compressed time) moves a burning guest, not an idl
 two passes, and its recommendation's reasons show the imbalance before and after. Memory
 demand is what each guest's balloon driver reports it uses (not its configured 96 MiB), so no
 later pass moves an idle guest to even out memory that no guest is short of."""
+
 from __future__ import annotations
 
 
@@ -63,8 +64,7 @@ def test_drs_moves_a_burning_guest_not_an_idle_one(tmp_path):
             # a few idle guests' CPU and memory, within the minimum gain.
             idle_ids = {vms[n] for n in ("idle1", "idle2", "idle3")}
             passes_after = len(api.get("/api/v1/events", params={"kind": "cluster.drs.run", "limit": 200}).json()["items"])
-            wait_for(lambda: len(api.get("/api/v1/events", params={"kind": "cluster.drs.run", "limit": 200}).json()["items"]) >= passes_after + 2,
-                     3 * DRS_PERIOD + 15, what="two more DRS passes")
+            wait_for(lambda: len(api.get("/api/v1/events", params={"kind": "cluster.drs.run", "limit": 200}).json()["items"]) >= passes_after + 2, 3 * DRS_PERIOD + 15, what="two more DRS passes")
             recs = api.get(f"/api/v1/clusters/{cl['id']}/drs/recommendations").json()
             assert not [r for r in recs if r["vm_id"] in idle_ids], (recs, demands, used)
             idle_hosts = {api.get(f"/api/v1/vms/{vms[n]}").json()["host_id"] for n in ("idle1", "idle2", "idle3")}

@@ -5,6 +5,7 @@ restarts; a crashed libvirtd, a Redis restart (while a libvirtd hangs) and 30 % 
 restart nothing; a guest whose heartbeat stops is reset. All along, a poller reads every
 host's libvirtd through its unix socket (a TCP connection to an isolated host would hang) and
 fails the test if a guest ever runs on two hosts."""
+
 from __future__ import annotations
 
 import json
@@ -34,7 +35,7 @@ def _lock_refusals(lab) -> dict[str, int]:
         if host.powered:
             log = host.libvirtd.log_file
             text = log.read_text(errors="replace") if log.exists() else ""
-            counts[host.name] = sum(1 for line in text.splitlines() if 'Failed to get "write" lock' in line or "Failed to get shared \"write\" lock" in line)
+            counts[host.name] = sum(1 for line in text.splitlines() if 'Failed to get "write" lock' in line or 'Failed to get shared "write" lock' in line)
     return counts
 
 
@@ -114,7 +115,9 @@ def _nothing_restarts(api, watcher, vms, hosts_of, seconds, what):
     tasks = _restart_tasks(api)
     if len(tasks) != before:
         events = [(e["kind"], e["object_type"], e["object_id"], e["message"]) for e in api.get("/api/v1/events?limit=40").json()["items"] if e["kind"].startswith("ha.")]
-        raise AssertionError(f"{what}: HA restarted something: {[(t['object_id'], t['state'], t.get('error_code'), t.get('error_message')) for t in tasks[:len(tasks) - before]]}; HA events: {events}")
+        raise AssertionError(
+            f"{what}: HA restarted something: {[(t['object_id'], t['state'], t.get('error_code'), t.get('error_message')) for t in tasks[: len(tasks) - before]]}; HA events: {events}"
+        )
     for vm_id, host_name in hosts_of.items():
         assert _vm(api, vm_id)["host_id"] == vms["ids"][host_name], f"{what}: VM {vm_id} moved"
 
@@ -129,15 +132,24 @@ def test_ha_on_real_hosts(tmp_path):
         placement = {"g1": "host1", "g2": "host1", "g3": "host2", "g4": "host3"}
         vm_ids = {}
         for name, host in placement.items():
-            task = api.post("/api/v1/vms", json={"name": name, "host_id": ids[host], "memory_mib": 96, "kernel_boot": {"image": "tiny-linux"},
-                                                 "disks": [{"datastore_id": ds["id"], "capacity_mib": 8}]}).json()
+            task = api.post(
+                "/api/v1/vms", json={"name": name, "host_id": ids[host], "memory_mib": 96, "kernel_boot": {"image": "tiny-linux"}, "disks": [{"datastore_id": ds["id"], "capacity_mib": 8}]}
+            ).json()
             vm_ids[name] = task_done(api, task)["object_id"]
             assert task_done(api, api.post(f"/api/v1/vms/{vm_ids[name]}/power/on").json())["state"] == "success"
         for name, vm_id in vm_ids.items():
             wait_for(lambda: (_vm(api, vm_id)["guest_info"] or {}).get("seq"), 60, what=f"{name} heartbeat")
-        r = api.patch(f"/api/v1/clusters/{cl['id']}/ha", json={"enabled": True, "detection_s": DETECTION, "isolation_response": "power-off", "isolation_delay_s": 2,
-                                                               "admission": {"kind": "disabled"},
-                                                               "vm_monitoring": {"enabled": True, "failure_interval_s": 6, "min_uptime_s": 10, "max_resets": 2, "window_s": 600}})
+        r = api.patch(
+            f"/api/v1/clusters/{cl['id']}/ha",
+            json={
+                "enabled": True,
+                "detection_s": DETECTION,
+                "isolation_response": "power-off",
+                "isolation_delay_s": 2,
+                "admission": {"kind": "disabled"},
+                "vm_monitoring": {"enabled": True, "failure_interval_s": 6, "min_uptime_s": 10, "max_resets": 2, "window_s": 600},
+            },
+        )
         assert r.status_code == 200, r.text
         assert api.put(f"/api/v1/vms/{vm_ids['g4']}/ha", json={"isolation_response": "leave-powered-on"}).status_code == 200
         monitors = {"ha1": stack._spawn("ha1", ["ha"]), "ha2": stack._spawn("ha2", ["ha"])}
@@ -157,8 +169,9 @@ def test_ha_on_real_hosts(tmp_path):
             # -- a host dies: its guests run elsewhere ------------------------------------------------
             faults.kill_host(lab, "host1")
             for n in ("g1", "g2"):
-                wait_for(lambda: _vm(api, vm_ids[n])["host_id"] != ids["host1"] and _heartbeat_on(api, vm_ids[n], _vm(api, vm_ids[n])["host_id"]), 60,
-                         what=f"{n} restarted with a heartbeat on another host")
+                wait_for(
+                    lambda: _vm(api, vm_ids[n])["host_id"] != ids["host1"] and _heartbeat_on(api, vm_ids[n], _vm(api, vm_ids[n])["host_id"]), 60, what=f"{n} restarted with a heartbeat on another host"
+                )
             events = api.get(f"/api/v1/events?object_type=host&object_id={ids['host1']}&limit=50").json()["items"]
             failed = [e for e in events if e["kind"] == "ha.host.failed"]
             age = failed[0]["data"]["evidence"]["network_age_s"] if failed else 0
@@ -183,8 +196,11 @@ def test_ha_on_real_hosts(tmp_path):
             refusals_after_probe = wait_for(lambda: (r := _lock_refusals(lab)) and r.get("host2", 0) >= 1 and r, 10, what="host2's libvirtd logged the refused start")
             # -- isolation with power-off: the guest stops there and starts elsewhere ------------------
             faults.isolate(lab, "host2")
-            wait_for(lambda: _vm(api, vm_ids["g3"])["host_id"] not in (ids["host2"],) and _heartbeat_on(api, vm_ids["g3"], _vm(api, vm_ids["g3"])["host_id"]), 60,
-                     what="g3 stopped on isolated host2 and restarted elsewhere")
+            wait_for(
+                lambda: _vm(api, vm_ids["g3"])["host_id"] not in (ids["host2"],) and _heartbeat_on(api, vm_ids["g3"], _vm(api, vm_ids["g3"])["host_id"]),
+                60,
+                what="g3 stopped on isolated host2 and restarted elsewhere",
+            )
             assert _vm(api, vm_ids["g3"])["host_id"] == ids["host3"]
             iso = [e for e in api.get(f"/api/v1/events?object_type=host&object_id={ids['host2']}&limit=50").json()["items"] if e["kind"] == "ha.host.isolated"]
             assert iso, "host2 was declared isolated (its datastore heartbeat went on), not failed"
@@ -192,8 +208,7 @@ def test_ha_on_real_hosts(tmp_path):
             wait_for(lambda: health(status(), ids["host2"]) == "connected", 30, what="host2 connected again")
             # The VMs host2's isolation response stopped are restarted once host2 reports them
             # stopped: the next phase starts when HA has settled, not after a guessed pause.
-            wait_for(lambda: not status()["restarts"] and all(_vm(api, vm_ids[n])["power_state"] == "poweredOn" for n in placement), 60,
-                     what="HA settled: every VM runs, no restart pending")
+            wait_for(lambda: not status()["restarts"] and all(_vm(api, vm_ids[n])["power_state"] == "poweredOn" for n in placement), 60, what="HA settled: every VM runs, no restart pending")
             # -- isolation with leave-powered-on: nothing restarts, the guests keep running there ------
             assert api.patch(f"/api/v1/clusters/{cl['id']}/ha", json={"isolation_response": "leave-powered-on"}).status_code == 200
             # The agents get it with their next report's answer: wait until host3's agent keeps it.
@@ -219,8 +234,9 @@ def test_ha_on_real_hosts(tmp_path):
             port = int(stack.env["VCENTER_REDIS_URL"].rsplit(":", 1)[1].split("/")[0])
             subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True, timeout=10)
             time.sleep(DETECTION)
-            redis2 = subprocess.Popen(["redis-server", "--bind", f"127.0.0.1 {GATEWAY}", "--port", str(port), "--protected-mode", "no", "--save", "", "--appendonly", "no",
-                                       "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+            redis2 = subprocess.Popen(
+                ["redis-server", "--bind", f"127.0.0.1 {GATEWAY}", "--port", str(port), "--protected-mode", "no", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL
+            )
             try:
                 # past the grace after Redis' return and a whole detection time more
                 try:
@@ -239,8 +255,11 @@ def test_ha_on_real_hosts(tmp_path):
                 g = _vm(api, vm_ids["g3"])
                 host = lab.host(current[vm_ids["g3"]])
                 subprocess.run(["virsh", "-c", host.local_uri, "suspend", g["libvirt_uuid"]], check=True, capture_output=True, timeout=10)
-                reset = wait_for(lambda: next((e for e in api.get(f"/api/v1/events?object_type=vm&object_id={vm_ids['g3']}&limit=50").json()["items"]
-                                               if e["kind"] == "ha.vm.reset"), None), 40, what="VM monitoring reset g3")
+                reset = wait_for(
+                    lambda: next((e for e in api.get(f"/api/v1/events?object_type=vm&object_id={vm_ids['g3']}&limit=50").json()["items"] if e["kind"] == "ha.vm.reset"), None),
+                    40,
+                    what="VM monitoring reset g3",
+                )
                 assert reset["data"]["heartbeat_age_s"] > 6
                 subprocess.run(["virsh", "-c", host.local_uri, "resume", g["libvirt_uuid"]], capture_output=True, timeout=10)
                 # -- libvirtd crash only: nothing restarts --------------------------------------------------

@@ -4,6 +4,7 @@ VXLAN port groups, loop datastores, and a clean `down`.
 One lab of three hosts for the module. Guests are firmware-only (no OS), which is all that
 cgroups, crashes and re-attachment need. Every wait is bounded.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,7 @@ from vcenter.lab.hosts import BRIDGE, GATEWAY, LIBVIRT_TCP_PORT, Lab, ensure_por
 from vcenter.lab.libvirtd import process_name
 
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("libvirtd") or not shutil.which("nft"),
-                       reason="the lab needs root, libvirtd and nftables"),
+    pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("libvirtd") or not shutil.which("nft"), reason="the lab needs root, libvirtd and nftables"),
 ]
 
 
@@ -61,8 +61,9 @@ def redis_port(lab):
     with socket.socket() as s:
         s.bind((GATEWAY, 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen(["redis-server", "--bind", GATEWAY, "--port", str(port), "--save", "",
-                             "--appendonly", "no", "--protected-mode", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["redis-server", "--bind", GATEWAY, "--port", str(port), "--save", "", "--appendonly", "no", "--protected-mode", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         wait_for(lambda: redis(port, "ping") == "PONG", 10, "redis on the lab network")
         yield port
@@ -72,8 +73,7 @@ def redis_port(lab):
 
 
 def redis(port: int, *args: str) -> str:
-    return subprocess.run(["redis-cli", "-h", GATEWAY, "-p", str(port), *args], capture_output=True,
-                          text=True, timeout=5).stdout.strip()
+    return subprocess.run(["redis-cli", "-h", GATEWAY, "-p", str(port), *args], capture_output=True, text=True, timeout=5).stdout.strip()
 
 
 def virsh(uri: str, *args: str, timeout: float = 15) -> subprocess.CompletedProcess:
@@ -118,8 +118,7 @@ def start_guest(host, name: str, tmp_path: Path) -> int:
 
 def in_netns(host, code: str, timeout: float = 15) -> subprocess.CompletedProcess:
     """Run Python ``code`` in a lab host's network namespace (there is no ping here)."""
-    return subprocess.run(["nsenter", f"--net=/run/netns/{host.netns}", sys.executable, "-c", code],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(["nsenter", f"--net=/run/netns/{host.netns}", sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -230,9 +229,15 @@ def test_bandwidth_limit_slows_the_link_and_clear_restores(lab):
             srv.bind((GATEWAY, 0))
             srv.listen(1)
             port = srv.getsockname()[1]
-            client = subprocess.Popen(["nsenter", f"--net=/run/netns/{host.netns}", sys.executable, "-c",
-                                       f"import socket; s=socket.create_connection(('{GATEWAY}', {port}), timeout=10); "
-                                       f"s.sendall(b'x'*{payload}); s.close()"])
+            client = subprocess.Popen(
+                [
+                    "nsenter",
+                    f"--net=/run/netns/{host.netns}",
+                    sys.executable,
+                    "-c",
+                    f"import socket; s=socket.create_connection(('{GATEWAY}', {port}), timeout=10); s.sendall(b'x'*{payload}); s.close()",
+                ]
+            )
             srv.settimeout(10)
             conn, _ = srv.accept()
             t0, got = time.monotonic(), 0
@@ -257,9 +262,9 @@ def test_datastore_shared_disappears_and_comes_back(lab):
     path = lab.create_datastore("ds1", 32, ["host1", "host2"])
     h1, h2, h3 = (lab.host(n) for n in ("host1", "host2", "host3"))
     h1.run(["sh", "-c", f"echo shared > {path}/marker"])
-    assert h2.run(["cat", f"{path}/marker"]).stdout.strip() == "shared"   # the same filesystem
+    assert h2.run(["cat", f"{path}/marker"]).stdout.strip() == "shared"  # the same filesystem
     assert h3.run(["cat", f"{path}/marker"], check=False).returncode != 0  # not mounted there
-    assert not (Path(path) / "marker").exists()                           # nor in the root namespace
+    assert not (Path(path) / "marker").exists()  # nor in the root namespace
     size_kib = int(h1.run(["df", "-k", "--output=size", path]).stdout.split()[-1])
     assert 20_000 < size_kib <= 32 * 1024
     faults.datastore_gone(lab, "ds1")
@@ -284,13 +289,22 @@ def test_port_groups_join_hosts_of_the_same_vlan_only(lab):
     for host, bridge, ip in ((h1, "pgA", "10.213.77.1"), (h2, "pgA", "10.213.77.2"), (h3, "pgB", "10.213.77.3")):
         host.net_run(["ip", "addr", "add", f"{ip}/24", "dev", bridge])
     server = subprocess.Popen(
-        ["nsenter", f"--net=/run/netns/{h2.netns}", sys.executable, "-c", textwrap.dedent("""
+        [
+            "nsenter",
+            f"--net=/run/netns/{h2.netns}",
+            sys.executable,
+            "-c",
+            textwrap.dedent("""
             import socket
             s = socket.socket(); s.bind(("10.213.77.2", 7000)); s.listen(4); s.settimeout(20)
             print("ready", flush=True)
             while True:
                 c, _ = s.accept(); c.sendall(b"pong"); c.close()
-        """)], stdout=subprocess.PIPE, text=True)
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert server.stdout.readline().strip() == "ready"
         probe = "import socket; print(socket.create_connection(('10.213.77.2', 7000), timeout=2).recv(4).decode())"
@@ -306,8 +320,7 @@ def test_port_groups_join_hosts_of_the_same_vlan_only(lab):
 def test_kill_host_kills_that_host_only_and_start_boots_it_fresh(lab, redis_port, tmp_path):
     h1, h2 = lab.host("host1"), lab.host("host2")
     g2 = start_guest(h2, "g2", tmp_path)
-    code = ("import os, socket, time, redis; r = redis.Redis.from_url(os.environ['VCENTER_REDIS_URL']); "
-            "r.set('agent:' + socket.gethostname(), os.getpid()); time.sleep(600)")
+    code = "import os, socket, time, redis; r = redis.Redis.from_url(os.environ['VCENTER_REDIS_URL']); r.set('agent:' + socket.gethostname(), os.getpid()); time.sleep(600)"
     env = {**os.environ, "VCENTER_REDIS_URL": f"redis://{GATEWAY}:{redis_port}/0"}
     agent = h1.start_process([sys.executable, "-c", code], env, name="agent")
     wait_for(lambda: redis(redis_port, "get", "agent:host1") == str(agent), 15, "agent on host1")

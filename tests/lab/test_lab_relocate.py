@@ -4,6 +4,7 @@ NON_SHARED_DISK with a destination XML naming the new path), its heartbeat count
 powered off, it moves back to the first host: refused while no host mounts both datastores,
 copied by the source host onto a datastore both mount, defined on the target, undefined on
 the source, its disk pattern intact, and it powers on there."""
+
 from __future__ import annotations
 
 import subprocess
@@ -12,7 +13,6 @@ import sys
 
 from tests.apihelpers import wait_for
 from tests.labhelpers import lab_stack, task_done
-
 
 
 def _running_on(lab, name):
@@ -41,8 +41,10 @@ def test_running_guest_moves_to_another_host_with_its_disk(tmp_path):
             for name, host in (("local1", "host1"), ("local2", "host2")):
                 path = lab.create_datastore(name, 64, [host])
                 stores[name] = api.post("/api/v1/datastores", json={"name": name, "datacenter_id": dc["id"], "kind": "dir", "url": path, "host_ids": [ids[host]]}).json()
-            task = api.post("/api/v1/vms", json={"name": "rel1", "host_id": ids["host1"], "memory_mib": 96, "kernel_boot": {"image": "tiny-linux"},
-                                                 "disks": [{"datastore_id": stores["local1"]["id"], "capacity_mib": 8}]}).json()
+            task = api.post(
+                "/api/v1/vms",
+                json={"name": "rel1", "host_id": ids["host1"], "memory_mib": 96, "kernel_boot": {"image": "tiny-linux"}, "disks": [{"datastore_id": stores["local1"]["id"], "capacity_mib": 8}]},
+            ).json()
             created = task_done(api, task)
             assert created["state"] == "success", (created["error_code"], created["error_message"])
             vm_id = created["object_id"]

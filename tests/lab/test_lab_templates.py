@@ -9,6 +9,7 @@ and a VDI are uploaded and imported, boot, and each guest reports the SHA-256 of
 sees, equal to the image's content. The VMDK VM is exported as an OVA (stream-optimised VMDK)
 and the OVA imported again: that guest sees the same disk.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -56,8 +57,15 @@ def test_templates_linked_clones_import_and_export(tmp_path):
             ds = api.post("/api/v1/datastores", json={"name": "tpl1", "datacenter_id": dc["id"], "kind": "lab-dir", "url": path, "host_ids": list(ids.values())}).json()
 
             # A VM that booted once (its guest made its SSH host key), powered off, becomes a template.
-            base = _ok(task_done(api, api.post("/api/v1/vms", json={"name": "base1", "host_id": ids["host1"], "memory_mib": 96, "kernel_boot": {"image": "tiny-linux"},
-                                                                      "disks": [{"datastore_id": ds["id"], "capacity_mib": 16}]}).json()))
+            base = _ok(
+                task_done(
+                    api,
+                    api.post(
+                        "/api/v1/vms",
+                        json={"name": "base1", "host_id": ids["host1"], "memory_mib": 96, "kernel_boot": {"image": "tiny-linux"}, "disks": [{"datastore_id": ds["id"], "capacity_mib": 16}]},
+                    ).json(),
+                )
+            )
             _ok(task_done(api, api.post(f"/api/v1/vms/{base['object_id']}/power/on").json()))
             source_key = _guest(api, base["object_id"], lambda g: g.get("ssh_host_key"), "base1 reports its SSH host key")["ssh_host_key"]
             assert source_key.startswith("SHA256:")
@@ -72,10 +80,19 @@ def test_templates_linked_clones_import_and_export(tmp_path):
 
             # Five linked clones, placement choosing the host of each; each seed gives a hostname
             # and an address.
-            tasks = [api.post(f"/api/v1/templates/{template['id']}/deploy", json={"name": f"clone{i}", "cluster_id": cl["id"], "mode": "linked", "nics": [{"portgroup_id": pg["id"]}],
-                                                                                  "customization": {"hostname": f"web-{i}", "runcmd": ["echo first boot"],
-                                                                                                    "network": {"address": f"10.77.0.{10 + i}/24"}}}).json()
-                     for i in range(5)]
+            tasks = [
+                api.post(
+                    f"/api/v1/templates/{template['id']}/deploy",
+                    json={
+                        "name": f"clone{i}",
+                        "cluster_id": cl["id"],
+                        "mode": "linked",
+                        "nics": [{"portgroup_id": pg["id"]}],
+                        "customization": {"hostname": f"web-{i}", "runcmd": ["echo first boot"], "network": {"address": f"10.77.0.{10 + i}/24"}},
+                    },
+                ).json()
+                for i in range(5)
+            ]
             deployed = [_ok(task_done(api, t, 90)) for t in tasks]
             print("\nlinked-clone disk creation (agent):", [d["result"]["timings"] for d in deployed])
             assert all(d["placement"] and d["placement"]["host"] == str(d["host_id"]) for d in deployed)  # placement chose each host
@@ -84,6 +101,7 @@ def test_templates_linked_clones_import_and_export(tmp_path):
             assert r.status_code == 409 and r.json()["code"] == "TEMPLATE_IN_USE" and all(f"clone{i}" in r.json()["message"] for i in range(5))
             for vm_id in vm_ids:
                 _ok(task_done(api, api.post(f"/api/v1/vms/{vm_id}/power/on").json()))
+
             def reporting() -> dict:
                 vms = {vm_id: api.get(f"/api/v1/vms/{vm_id}").json() for vm_id in vm_ids}
                 return {vm_id: (v["power_state"], (v.get("guest_info") or {}).get("hostname")) for vm_id, v in vms.items()}
@@ -168,8 +186,24 @@ def test_templates_linked_clones_import_and_export(tmp_path):
                 image = tmp_path / f"data.{fmt}"
                 subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", fmt, str(raw), str(image)], check=True)
                 upload = _upload(api, str(image))
-                task = _ok(task_done(api, api.post("/api/v1/imports/disk", json={"name": f"imp-{fmt}", "cluster_id": cl["id"], "datastore_id": ds["id"], "upload_id": upload["id"],
-                                                                                   "format": fmt, "memory_mib": 96, "kernel_boot": {"image": "tiny-linux"}}).json(), 90))
+                task = _ok(
+                    task_done(
+                        api,
+                        api.post(
+                            "/api/v1/imports/disk",
+                            json={
+                                "name": f"imp-{fmt}",
+                                "cluster_id": cl["id"],
+                                "datastore_id": ds["id"],
+                                "upload_id": upload["id"],
+                                "format": fmt,
+                                "memory_mib": 96,
+                                "kernel_boot": {"image": "tiny-linux"},
+                            },
+                        ).json(),
+                        90,
+                    )
+                )
                 assert task["result"]["source_format"] == fmt and task["result"]["capacity_mib"] == DISK_MIB
                 imported[fmt] = task["object_id"]
                 _ok(task_done(api, api.post(f"/api/v1/vms/{task['object_id']}/power/on").json()))
@@ -187,8 +221,15 @@ def test_templates_linked_clones_import_and_export(tmp_path):
             assert hashlib.sha256(downloaded.content).hexdigest() == ova["sha256"]
             appliance = api.get(f"/api/v1/uploads/{ova['id']}/appliance").json()
             assert (appliance["vcpus"], appliance["memory_mib"], appliance["disks"][0]["capacity_bytes"]) == (1, 96, DISK_MIB << 20)
-            again = _ok(task_done(api, api.post("/api/v1/imports/ova", json={"upload_id": ova["id"], "datastore_id": ds["id"], "name": "from-ova",
-                                                                               "host_id": ids["host2"], "kernel_boot": {"image": "tiny-linux"}}).json(), 120))
+            again = _ok(
+                task_done(
+                    api,
+                    api.post(
+                        "/api/v1/imports/ova", json={"upload_id": ova["id"], "datastore_id": ds["id"], "name": "from-ova", "host_id": ids["host2"], "kernel_boot": {"image": "tiny-linux"}}
+                    ).json(),
+                    120,
+                )
+            )
             assert again["result"]["formats"] == {"imp-vmdk-disk1.vmdk": "vmdk"}
             _ok(task_done(api, api.post(f"/api/v1/vms/{again['object_id']}/power/on").json()))
             _guest(api, again["object_id"], lambda g: g.get("seq", 0) > 0, "OVA guest boots")

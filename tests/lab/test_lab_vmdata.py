@@ -8,6 +8,7 @@ machine-id and instance id of the seed the server issued to it); the first VM re
 and its disk is empty again while it runs; a clone of the running VM (host chosen by
 placement) boots with its own identity; a job scheduled by beat keeps one restore point.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,6 @@ import os
 from tests.apihelpers import wait_for
 from tests.labhelpers import lab_stack, task_done
 from vcenter.lab.guest import PATTERN_BLOCK, pattern_block
-
 
 
 def _blocks(lab, host: str, image: str, mib: int, tmp) -> str:
@@ -48,8 +48,14 @@ def test_backup_restore_revert_clone_of_a_running_guest(tmp_path):
         with stack.client() as api:
             path = lab.create_datastore("vmdata1", 256, ["host1"])
             ds = api.post("/api/v1/datastores", json={"name": "vmdata1", "datacenter_id": dc["id"], "kind": "dir", "url": path, "host_ids": [host_id]}).json()
-            created = _ok(task_done(api, api.post("/api/v1/vms", json={"name": "src1", "host_id": host_id, "memory_mib": 96, "kernel_boot": {"image": "tiny-linux"},
-                                                                         "disks": [{"datastore_id": ds["id"], "capacity_mib": 32}]}).json()))
+            created = _ok(
+                task_done(
+                    api,
+                    api.post(
+                        "/api/v1/vms", json={"name": "src1", "host_id": host_id, "memory_mib": 96, "kernel_boot": {"image": "tiny-linux"}, "disks": [{"datastore_id": ds["id"], "capacity_mib": 32}]}
+                    ).json(),
+                )
+            )
             vm_id = created["object_id"]
             _ok(task_done(api, api.post(f"/api/v1/vms/{vm_id}/power/on").json()))
             vm = _heartbeat(api, vm_id, 1)
@@ -120,11 +126,13 @@ def test_backup_restore_revert_clone_of_a_running_guest(tmp_path):
 
             # A scheduled job (beat, compressed interval) with retention 1: a second point
             # replaces the first, whose file the agent removed after the second succeeded.
-            often = api.post(f"/api/v1/vms/{vm_id}/backup-jobs", json={"name": "often", "datastore_id": ds["id"], "directory": "backups/often",
-                                                                       "interval_s": 2, "keep": 1, "incremental": False}).json()
+            often = api.post(
+                f"/api/v1/vms/{vm_id}/backup-jobs", json={"name": "often", "datastore_id": ds["id"], "directory": "backups/often", "interval_s": 2, "keep": 1, "incremental": False}
+            ).json()
 
             def points_of_often():
                 return [p for p in api.get(f"/api/v1/vms/{vm_id}/backups").json() if p["job_id"] == often["id"] and p["state"] == "ok"]
+
             first = wait_for(lambda: points_of_often(), 60, what="a scheduled backup")[0]
             later = wait_for(lambda: [p for p in points_of_often() if p["id"] > first["id"]], 60, what="a second scheduled backup")[0]
             wait_for(lambda: first["id"] not in {p["id"] for p in points_of_often()}, 30, what="retention")

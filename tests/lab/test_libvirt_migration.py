@@ -6,6 +6,7 @@ disk files as the hosts do), tiny Linux guests (direct kernel boot, TCG) with a 
 a heartbeat channel. The guests are lightly loaded: TCG migration of a guest writing memory
 heavily can corrupt it (LAB-NOTES).
 """
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,7 @@ from vcenter.messaging.contracts import DiskSpec, MigrationOptions, MigrationPro
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("libvirtd"),
-                       reason="the lab needs root and libvirtd"),
+    pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("libvirtd"), reason="the lab needs root and libvirtd"),
 ]
 
 
@@ -76,14 +76,19 @@ class Guest:
         self.spec, self.uuid, self.disk = spec, spec.uuid, disk
 
 
-def make_guest(drv: LibvirtDriver, image, datastore: str, tag: str, memory_mib: int = 96,
-               disk_mib: int = 32, create_disk=None) -> Guest:
+def make_guest(drv: LibvirtDriver, image, datastore: str, tag: str, memory_mib: int = 96, disk_mib: int = 32, create_disk=None) -> Guest:
     u = str(uuid.uuid4())
     name = f"mig-{tag}-{u[:6]}"
-    spec = VmSpec(name=name, uuid=u, vcpus=1, memory_mib=memory_mib, kernel=str(image.kernel),
-                  initrd=str(image.initrd), cmdline=image.cmdline_for(hostname=f"g{tag}"),
-                  disks=[DiskSpec(index=0, datastore_id=1, datastore_path=datastore, file=f"{name}.qcow2",
-                                  capacity_mib=disk_mib, format="qcow2")])
+    spec = VmSpec(
+        name=name,
+        uuid=u,
+        vcpus=1,
+        memory_mib=memory_mib,
+        kernel=str(image.kernel),
+        initrd=str(image.initrd),
+        cmdline=image.cmdline_for(hostname=f"g{tag}"),
+        disks=[DiskSpec(index=0, datastore_id=1, datastore_path=datastore, file=f"{name}.qcow2", capacity_mib=disk_mib, format="qcow2")],
+    )
     path = os.path.join(datastore, f"{name}.qcow2")
     if create_disk is None:
         drv.create_disks(spec)
@@ -154,7 +159,7 @@ class Watch(threading.Thread):
                 left = deadline - time.monotonic()
                 assert left > 0, "heartbeats stopped"
                 self.cond.wait(left)
-            return [s for _, s in self.seen[start:start + n]]
+            return [s for _, s in self.seen[start : start + n]]
 
     def close(self) -> None:
         self.stop.set()
@@ -182,6 +187,7 @@ def opts(lab, dest: int = 1, **kw) -> MigrationOptions:
 
 
 # --- VMotion ----------------------------------------------------------------------------------
+
 
 def test_live_migration_keeps_the_heartbeat_and_moves_the_definition(lab, drivers, image, shared):
     d1, d2 = drivers
@@ -288,6 +294,7 @@ def test_unreachable_target_is_host_unreachable(lab, drivers, slow_guest):
 
 # --- Storage VMotion ----------------------------------------------------------------------------
 
+
 def test_move_disk_while_the_guest_writes_a_pattern(lab, drivers, image, shared):
     d1, _ = drivers
     g = make_guest(d1, image, shared, "d", disk_mib=64)
@@ -318,8 +325,7 @@ def test_move_disk_while_the_guest_writes_a_pattern(lab, drivers, image, shared)
         during = [(t, s) for t, s in w.seen if t0 - 1 <= t]
         gaps = [b[0] - a[0] for a, b in zip(during, during[1:])]
         seqs = [s for _, s in during]
-        print(f"\nmove_disk: {len(seen)} progress readings in {moved - t0:.1f}s, last {seen[-1]}; "
-              f"heartbeats {seqs}, largest gap {max(gaps):.2f}s")
+        print(f"\nmove_disk: {len(seen)} progress readings in {moved - t0:.1f}s, last {seen[-1]}; heartbeats {seqs}, largest gap {max(gaps):.2f}s")
         assert seen[-1].phase == "completed" and any(p.phase == "copying" for p in seen)
         assert set(states) == {libvirt.VIR_DOMAIN_RUNNING}, "the guest was paused"
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "the heartbeat restarted or skipped"
@@ -375,16 +381,15 @@ def test_cancelled_block_copy_leaves_the_old_disk_in_use(lab, drivers, image, sh
 
 def _freeze(d, uuid: str, top: str) -> None:
     """What an agent killed mid-move leaves: the disk running on a temporary overlay."""
-    xml = (f"<domainsnapshot><disks><disk name='vda' snapshot='external'><driver type='qcow2'/>"
-           f"<source file='{top}'/></disk></disks></domainsnapshot>")
-    d._get(uuid).snapshotCreateXML(xml, libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
-                                   | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA)
+    xml = f"<domainsnapshot><disks><disk name='vda' snapshot='external'><driver type='qcow2'/><source file='{top}'/></disk></disks></domainsnapshot>"
+    d._get(uuid).snapshotCreateXML(xml, libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA)
 
 
 def test_frozen_move_cancel_and_interrupted_moves(lab, drivers, image, shared):
     """The fast path's cancel (back on the old disk, nothing left on the destination) and a
     redelivered move after an agent died on either temporary overlay."""
     from vcenter.hypervisor.libvirt.storagemove import top_of
+
     d1, _ = drivers
     g = make_guest(d1, image, shared, "f", disk_mib=64)
     new_dir = os.path.join(shared, "frozen")
@@ -462,6 +467,7 @@ def test_move_disk_offline(lab, drivers, image, shared):
 
 # --- VMotion with non-shared storage ------------------------------------------------------------
 
+
 def in_host(host, code: str) -> str:
     out = host.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {ROOT!r}); {code}"], timeout=120)
     return out.stdout.strip()
@@ -476,8 +482,7 @@ def test_copy_storage_migration_of_a_host_local_disk(lab, drivers, image):
     lab.create_datastore("local2", 96, ["host2"], path=local)
     g = None
     try:
-        g = make_guest(d1, image, local, "f", disk_mib=32,
-                       create_disk=lambda path, mib: h1.run(["qemu-img", "create", "-q", "-f", "qcow2", path, f"{mib}M"]))
+        g = make_guest(d1, image, local, "f", disk_mib=32, create_disk=lambda path, mib: h1.run(["qemu-img", "create", "-q", "-f", "qcow2", path, f"{mib}M"]))
         ch = channel(lab, 0, d1, g.uuid)
         ch.read_heartbeat(timeout=20)
         assert ch.send("write-pattern 4", timeout=60)["ok"] is True
@@ -491,8 +496,7 @@ def test_copy_storage_migration_of_a_host_local_disk(lab, drivers, image):
         assert state_of(d1, g.uuid) is None and state_of(d2, g.uuid) == "poweredOn"
         assert h2.run(["test", "-f", g.disk], check=False).returncode == 0
         assert h1.run(["test", "-f", g.disk], check=False).returncode == 0  # never deleted
-        assert not d2._c().listAllStoragePools(0) or all(
-            not p.name().startswith("vc-migrate-") for p in d2._c().listAllStoragePools(0))
+        assert not d2._c().listAllStoragePools(0) or all(not p.name().startswith("vc-migrate-") for p in d2._c().listAllStoragePools(0))
         ch = channel(lab, 1, d2, g.uuid)
         assert ch.read_heartbeat(timeout=10)["seq"] > last
         ch.close()

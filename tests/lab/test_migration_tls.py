@@ -6,6 +6,7 @@ moves a running guest; QEMU's migration parameters carry the TLS credentials obj
 (bandwidth-capped) TLS migration runs; and with the target's CA replaced by another one, a TLS
 migration fails (MIGRATION_FAILED, the guest stays on the source) while a plain one still works.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,7 @@ from vcenter.lab.hosts import Lab
 from vcenter.messaging.contracts import MigrationOptions, VmSpec
 
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("libvirtd"),
-                       reason="the lab needs root and libvirtd"),
+    pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("libvirtd"), reason="the lab needs root and libvirtd"),
 ]
 
 
@@ -63,8 +63,7 @@ def guest(drivers, image):
     """A tiny diskless guest (direct kernel boot, 96 MiB) running on host1."""
     d1, _ = drivers
     u = str(uuid.uuid4())
-    spec = VmSpec(name=f"tls-{u[:8]}", uuid=u, vcpus=1, memory_mib=96, kernel=str(image.kernel),
-                  initrd=str(image.initrd), cmdline=image.cmdline_for(hostname="gtls"))
+    spec = VmSpec(name=f"tls-{u[:8]}", uuid=u, vcpus=1, memory_mib=96, kernel=str(image.kernel), initrd=str(image.initrd), cmdline=image.cmdline_for(hostname="gtls"))
     d1.define(spec)
     d1.start(u)
     yield spec
@@ -98,8 +97,7 @@ def heartbeat(lab, index: int, drv: LibvirtDriver, u: str, timeout: float = 30) 
 
 
 def migrate_parameters(host, name: str) -> str:
-    return subprocess.run(["virsh", "-c", host.local_uri, "qemu-monitor-command", name, "--hmp",
-                           "info migrate_parameters"], capture_output=True, text=True, timeout=10).stdout
+    return subprocess.run(["virsh", "-c", host.local_uri, "qemu-monitor-command", name, "--hmp", "info migrate_parameters"], capture_output=True, text=True, timeout=10).stdout
 
 
 def test_hosts_have_certificates_and_qemu_conf(lab):
@@ -176,8 +174,7 @@ def test_tls_migration_fails_when_the_target_trusts_another_ca(lab, drivers, gue
         t0 = time.monotonic()
         with pytest.raises(DriverError) as e:
             d1.migrate(guest.uuid, opts(lab, tls=True))
-        print(f"\nTLS migration to a host of another CA failed after {time.monotonic() - t0:.2f}s: "
-              f"{e.value.code}: {e.value}")
+        print(f"\nTLS migration to a host of another CA failed after {time.monotonic() - t0:.2f}s: {e.value.code}: {e.value}")
         assert e.value.code == "MIGRATION_FAILED"
         assert "object-add" not in str(e.value), "failed before the handshake"
         assert state_of(d1, guest.uuid) == "poweredOn" and state_of(d2, guest.uuid) is None

@@ -5,6 +5,7 @@ Nothing here is faked: the BMC is a real IPMI-over-LAN peer, the lab host is a r
 namespaces with a real libvirtd on TCP, and power off kills every process of the host.
 Lab.up waits while another process uses this machine's lab (a machine-wide lock).
 """
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,7 @@ from vcenter.lab.power import LabDriver
 from vcenter.power import BMC_AUTH_FAILED, BMC_UNREACHABLE, IpmiDriver, PowerError
 
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("libvirtd") or not shutil.which("ipmitool"),
-                       reason="needs root, libvirtd and ipmitool (Debian package ipmitool)"),
+    pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("libvirtd") or not shutil.which("ipmitool"), reason="needs root, libvirtd and ipmitool (Debian package ipmitool)"),
 ]
 
 SECRET = "lab-BMC-pw-7"
@@ -37,8 +37,7 @@ def free_udp_port() -> int:
 
 def libvirtd_answers(uri: str, timeout: float = 5) -> bool:
     try:
-        return subprocess.run(["virsh", "-c", uri, "version"], capture_output=True,
-                              timeout=timeout).returncode == 0
+        return subprocess.run(["virsh", "-c", uri, "version"], capture_output=True, timeout=timeout).returncode == 0
     except subprocess.TimeoutExpired:
         return False
 
@@ -90,8 +89,7 @@ def test_ipmi_powers_a_lab_host_off_and_on(lab):
 
         t0 = time.monotonic()
         drv.power_off()  # graceful: "chassis power soft"
-        print(f"power off (soft) until status off: {time.monotonic() - t0:.2f} s "
-              f"(BMC action {bmc.actions[-1][1]:.2f} s)")
+        print(f"power off (soft) until status off: {time.monotonic() - t0:.2f} s (BMC action {bmc.actions[-1][1]:.2f} s)")
         h = fresh(lab, "host1")
         assert not h.powered
         assert h.pids() == set(), "processes of a powered-off host survived"
@@ -149,9 +147,9 @@ def test_ipmi_powers_a_lab_host_off_and_on(lab):
 def test_lab_bmc_as_a_process(lab):
     port = free_udp_port()
     env = dict(os.environ, VCENTER_LAB_BMC_PASSWORD=SECRET)
-    proc = subprocess.Popen([sys.executable, "-m", "vcenter.lab.bmc", "--workdir", str(lab.workdir),
-                             "--host", "host1", "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vcenter.lab.bmc", "--workdir", str(lab.workdir), "--host", "host1", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
         drv = IpmiDriver("127.0.0.1", port, "admin", SECRET, timeout=2)
         deadline = time.monotonic() + 15

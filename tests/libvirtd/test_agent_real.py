@@ -1,6 +1,7 @@
 """End to end on real parts: API -> database -> outbox -> Celery on Redis -> host agent ->
 a real libvirtd/QEMU, and back through libvirt lifecycle events. Firmware-only guests (no OS)
 are enough here: the real-hosts issue brings a bootable one."""
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,6 @@ from tests.apihelpers import wait_for
 from vcenter.core.release import release
 from vcenter.lab.stack import Stack, free_port
 from vcenter.messaging.contracts import heartbeat_key
-
 
 
 class OwnRedis:
@@ -45,12 +45,21 @@ def stack(tmp_path_factory):
     own_redis.start()
     redis_db = own_redis.url
     s = Stack.create(
-        workdir, None, redis_db,
+        workdir,
+        None,
+        redis_db,
         # Compressed time; a short visibility timeout so a command whose agent died is
         # redelivered within seconds; a long task lease so that redelivery, not the reaper's
         # re-send, is what the kill test exercises.
-        celery_visibility_timeout=4, celery_unacked_restore_interval=1, task_lease=120, heartbeat_period=0.3, heartbeat_ttl=2,
-        agent_report_period=2, reaper_period=1, host_monitor_period=0.5, agent_reconnect_delay=0.3,
+        celery_visibility_timeout=4,
+        celery_unacked_restore_interval=1,
+        task_lease=120,
+        heartbeat_period=0.3,
+        heartbeat_ttl=2,
+        agent_report_period=2,
+        reaper_period=1,
+        host_monitor_period=0.5,
+        agent_reconnect_delay=0.3,
     )
     try:
         s.start_server()
@@ -172,7 +181,7 @@ class AgentLog:
         self.start = path.stat().st_size
 
     def wait_for(self, text: str, what: str, timeout: float = 30) -> None:
-        wait_for(lambda: text in self.path.read_bytes()[self.start:].decode(errors="replace"), timeout, what=what)
+        wait_for(lambda: text in self.path.read_bytes()[self.start :].decode(errors="replace"), timeout, what=what)
 
 
 def restart_agent(stack, api, extra_env: dict[str, str] | None = None) -> None:

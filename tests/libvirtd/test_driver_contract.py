@@ -23,6 +23,7 @@ Disagreements left out of the contract (the libvirt driver would have to change)
 Not covered here (each has its own tests): live migration between two hosts, Storage VMotion,
 snapshots and backups, the guest channel and console.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -51,12 +52,13 @@ ABSENT_BRIDGE = "ctnobr0"  # no such bridge on either host
 @dataclass
 class Backend:
     """One driver under test and what its host offers the tests."""
+
     drv: HypervisorDriver
-    events: Recorder                         # subscribed to drv
-    datastore: Path                          # a directory both the test and the host see
+    events: Recorder  # subscribed to drv
+    datastore: Path  # a directory both the test and the host see
     new_driver: Callable[[], HypervisorDriver]  # another, unconnected driver (of this host: libvirt)
-    uri: str                                 # this host as domain_state_on / migrate name it
-    absent_uri: str                          # a host URI nobody answers on
+    uri: str  # this host as domain_state_on / migrate name it
+    absent_uri: str  # a host URI nobody answers on
 
 
 @pytest.fixture(scope="module")
@@ -75,20 +77,17 @@ def _simulated(tmp: Path) -> Backend:
         # Set up like the private libvirtd's host: real files, no bridges, firmware-only guests.
         # Each simulated driver is a host of its own (its domains live in it): a distinct name
         # keeps the first one registered under its URI.
-        return SimulatedDriver(hostname=f"contract-sim{next(names)}", create_files=True,
-                               existing_bridges=set(), guest_shuts_down=False)
+        return SimulatedDriver(hostname=f"contract-sim{next(names)}", create_files=True, existing_bridges=set(), guest_shuts_down=False)
 
     drv = make()
-    return Backend(drv=drv, events=Recorder(), datastore=tmp, new_driver=make, uri=drv.uri,
-                   absent_uri="sim://contract-absent/system")
+    return Backend(drv=drv, events=Recorder(), datastore=tmp, new_driver=make, uri=drv.uri, absent_uri="sim://contract-absent/system")
 
 
 def _libvirt(tmp: Path, libvirtd: PrivateLibvirtd) -> Backend:
     def make() -> LibvirtDriver:
         return LibvirtDriver(libvirtd.uri, connect_timeout=5)
 
-    return Backend(drv=make(), events=Recorder(), datastore=tmp, new_driver=make, uri=libvirtd.uri,
-                   absent_uri=f"qemu+unix:///system?socket={tmp}/absent/libvirt-sock")
+    return Backend(drv=make(), events=Recorder(), datastore=tmp, new_driver=make, uri=libvirtd.uri, absent_uri=f"qemu+unix:///system?socket={tmp}/absent/libvirt-sock")
 
 
 @pytest.fixture(scope="module", params=["simulated", "libvirt"])
@@ -113,9 +112,13 @@ def drv(backend) -> HypervisorDriver:
 
 def make_spec(backend: Backend, disks: int = 0, **kw) -> VmSpec:
     u = str(uuid.uuid4())
-    base = dict(name=f"ct-{u[:8]}", uuid=u, vcpus=1, memory_mib=32,
-                disks=[DiskSpec(index=i, datastore_id=1, datastore_path=str(backend.datastore),
-                                file=f"ct-{u[:8]}-{i}.qcow2", capacity_mib=16) for i in range(disks)])
+    base = dict(
+        name=f"ct-{u[:8]}",
+        uuid=u,
+        vcpus=1,
+        memory_mib=32,
+        disks=[DiskSpec(index=i, datastore_id=1, datastore_path=str(backend.datastore), file=f"ct-{u[:8]}-{i}.qcow2", capacity_mib=16) for i in range(disks)],
+    )
     base.update(kw)
     return VmSpec(**base)
 
@@ -136,12 +139,12 @@ def code_of(call: Callable[[], object]) -> str:
 
 
 def image_info(path: Path | str) -> dict:
-    r = subprocess.run(["qemu-img", "info", "--output=json", str(path)], capture_output=True, text=True,
-                       check=True)
+    r = subprocess.run(["qemu-img", "info", "--output=json", str(path)], capture_output=True, text=True, check=True)
     return json.loads(r.stdout)
 
 
 # --- the host ------------------------------------------------------------------------------
+
 
 def test_host_facts_are_sane(drv):
     f = drv.host_facts()
@@ -176,6 +179,7 @@ def test_host_cpu_is_compatible_with_itself(drv):
 
 # --- define and list -----------------------------------------------------------------------
 
+
 def test_define_is_powered_off_listed_and_idempotent(backend, drv):
     spec = make_spec(backend)
     n = len(backend.events.events)
@@ -200,20 +204,19 @@ def test_define_conflicts(backend, drv, guest):
 
 
 def test_define_refuses_a_port_group_without_bridge(backend, drv):
-    spec = make_spec(backend, nics=[NicSpec(index=0, portgroup="pg-none", bridge=ABSENT_BRIDGE,
-                                            mac="52:54:00:c7:00:01")])
+    spec = make_spec(backend, nics=[NicSpec(index=0, portgroup="pg-none", bridge=ABSENT_BRIDGE, mac="52:54:00:c7:00:01")])
     assert code_of(lambda: drv.define(spec)) == "PORTGROUP_ABSENT"
     assert drv.domain_state(spec.uuid) is None
 
 
 def test_define_refuses_an_invalid_spec(backend, drv):
-    for bad in (make_spec(backend, name="no spaces"), make_spec(backend, vcpus=0),
-                make_spec(backend, memory_mib=8)):
+    for bad in (make_spec(backend, name="no spaces"), make_spec(backend, vcpus=0), make_spec(backend, memory_mib=8)):
         assert code_of(lambda: drv.define(bad)) == "INVALID_SPEC", bad
         assert drv.domain_state(bad.uuid) is None
 
 
 # --- power ---------------------------------------------------------------------------------
+
 
 def test_start_powers_on_and_delivers_started(backend, drv, guest):
     n = len(backend.events.events)
@@ -293,6 +296,7 @@ def test_reconfigure_while_powered_off(drv, guest):
 
 # --- undefine ------------------------------------------------------------------------------
 
+
 def test_undefine_removes_the_domain_and_deletes_its_disks(backend, drv):
     spec = make_spec(backend, disks=2)
     paths = drv.create_disks(spec)
@@ -363,13 +367,21 @@ def test_a_malformed_uuid_is_invalid_spec(drv):
 
 # --- disks and pools -----------------------------------------------------------------------
 
+
 def test_create_disks_makes_files_of_the_requested_size_and_format(backend, drv):
     u = str(uuid.uuid4())
     ds = str(backend.datastore / f"create-{u[:8]}")
     os.mkdir(ds)
-    spec = VmSpec(name=f"ct-{u[:8]}", uuid=u, vcpus=1, memory_mib=32, disks=[
-        DiskSpec(index=0, datastore_id=1, datastore_path=ds, file=f"ct-{u[:8]}.qcow2", capacity_mib=16),
-        DiskSpec(index=1, datastore_id=1, datastore_path=ds, file=f"ct-{u[:8]}.raw", capacity_mib=8, format="raw")])
+    spec = VmSpec(
+        name=f"ct-{u[:8]}",
+        uuid=u,
+        vcpus=1,
+        memory_mib=32,
+        disks=[
+            DiskSpec(index=0, datastore_id=1, datastore_path=ds, file=f"ct-{u[:8]}.qcow2", capacity_mib=16),
+            DiskSpec(index=1, datastore_id=1, datastore_path=ds, file=f"ct-{u[:8]}.raw", capacity_mib=8, format="raw"),
+        ],
+    )
     paths = drv.create_disks(spec)
     assert paths == [f"{ds}/ct-{u[:8]}.qcow2", f"{ds}/ct-{u[:8]}.raw"]
     for path, fmt, mib in zip(paths, ("qcow2", "raw"), (16, 8)):
@@ -407,6 +419,7 @@ def test_pool_lifecycle(backend, drv):
 
 
 # --- jobs, other hosts, the connection --------------------------------------------------------
+
 
 def test_job_progress_and_abort_job_without_a_job(drv, guest):
     drv.start(guest.uuid)

@@ -4,6 +4,7 @@ answers never isolates (a Redis restart); Redis and every address silent for the
 delay isolates, applies the response (power-off stops the VMs and lists them as released on
 the datastore; leave-powered-on stops nothing). The hypervisor is a recording stand-in (the
 lab test drives real libvirt)."""
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,6 @@ import redis
 from tests.conftest import REDIS_URL, make_settings
 from vcenter.messaging.contracts import DomainState, ha_datastore_view_key
 from workers.agent.ha import HaAgent, heartbeat_file
-
 
 
 class Driver:
@@ -48,8 +48,9 @@ def make_agent(tmp_path, host_id, uuids, ha_cfg, clock):
     settings = make_settings(tmp_path, redis_url=REDIS_URL, ha_datastore_heartbeat_period=1.0, ha_probe_timeout=0.3)
     ds = tmp_path / "ds1"
     ds.mkdir(exist_ok=True)
-    agent = SimpleNamespace(settings=settings, host_id=host_id, driver=Driver(uuids), driver_lock=threading.RLock(),
-                            stop_event=threading.Event(), _expected={"datastores": [{"id": 1, "path": str(ds)}], "ha": ha_cfg})
+    agent = SimpleNamespace(
+        settings=settings, host_id=host_id, driver=Driver(uuids), driver_lock=threading.RLock(), stop_event=threading.Event(), _expected={"datastores": [{"id": 1, "path": str(ds)}], "ha": ha_cfg}
+    )
     return HaAgent(agent, clock=clock)
 
 
@@ -94,8 +95,7 @@ def test_datastore_heartbeats_are_read_by_peers_and_published(tmp_path):
 
 def test_redis_down_with_an_answering_address_is_not_isolation(tmp_path, listener):
     clock = Clock()
-    a = make_agent(tmp_path, 73, ["vm-a"], {"enabled": True, "isolation_delay_s": 3, "isolation_addresses": [closed_port(), listener],
-                                             "isolation_response": "power-off"}, clock)
+    a = make_agent(tmp_path, 73, ["vm-a"], {"enabled": True, "isolation_delay_s": 3, "isolation_addresses": [closed_port(), listener], "isolation_response": "power-off"}, clock)
     a.step()
     a.redis = dead_redis()  # Redis restarting
     for _ in range(10):
@@ -107,8 +107,13 @@ def test_redis_down_with_an_answering_address_is_not_isolation(tmp_path, listene
 @pytest.mark.parametrize("response, stops", [("power-off", True), ("leave-powered-on", False)])
 def test_isolation_applies_the_response_after_the_delay(tmp_path, response, stops):
     clock = Clock()
-    a = make_agent(tmp_path, 74, ["vm-a", "vm-b"], {"enabled": True, "isolation_delay_s": 3, "isolation_addresses": [closed_port()],
-                                                     "isolation_response": response, "overrides": {"vm-b": "leave-powered-on"}}, clock)
+    a = make_agent(
+        tmp_path,
+        74,
+        ["vm-a", "vm-b"],
+        {"enabled": True, "isolation_delay_s": 3, "isolation_addresses": [closed_port()], "isolation_response": response, "overrides": {"vm-b": "leave-powered-on"}},
+        clock,
+    )
     peer = make_agent(tmp_path, 75, [], {"enabled": True}, clock)
     a.step()
     a.redis = dead_redis()  # the link is down: Redis and every address silent
@@ -149,8 +154,7 @@ def _own_redis(workdir, port):
 
     from tests.apihelpers import wait_for
 
-    proc = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-                            stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(workdir)], stdout=subprocess.DEVNULL)
     wait_for(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True).stdout.strip() == "PONG", 10, what="redis up")
     return proc
 
@@ -179,10 +183,23 @@ def test_channels_go_on_while_libvirtd_hangs_and_redis_restarts(tmp_path, listen
     daemon.start()
     host_id = 81
     ds = tmp_path / "ds1"
-    settings = make_settings(tmp_path, redis_url=f"redis://127.0.0.1:{port}/0", heartbeat_period=0.2, heartbeat_ttl=1.0, agent_reconnect_delay=0.3,
-                             agent_report_period=1.0, ha_datastore_heartbeat_period=0.5, ha_probe_timeout=0.3, agent_state_dir=str(tmp_path / "agent"))
-    answer = {"accepted": True, "datastores": [{"id": 1, "path": str(ds)}], "bridges": [],
-              "ha": {"enabled": True, "isolation_delay_s": 2, "isolation_addresses": [listener], "isolation_response": "power-off"}}
+    settings = make_settings(
+        tmp_path,
+        redis_url=f"redis://127.0.0.1:{port}/0",
+        heartbeat_period=0.2,
+        heartbeat_ttl=1.0,
+        agent_reconnect_delay=0.3,
+        agent_report_period=1.0,
+        ha_datastore_heartbeat_period=0.5,
+        ha_probe_timeout=0.3,
+        agent_state_dir=str(tmp_path / "agent"),
+    )
+    answer = {
+        "accepted": True,
+        "datastores": [{"id": 1, "path": str(ds)}],
+        "bridges": [],
+        "ha": {"enabled": True, "isolation_delay_s": 2, "isolation_addresses": [listener], "isolation_response": "power-off"},
+    }
     agent = AgentService(settings, host_id, LibvirtDriver(daemon.uri, connect_timeout=2), _ServerAnswer(answer), SimulatedHostNetwork())
     r = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
 
@@ -263,8 +280,7 @@ def test_a_restarted_agent_beats_before_libvirt_or_the_api_answer(tmp_path):
     try:
         agent.start()
         wait_for(lambda: r.get(heartbeat_key(host_id)), 3, what="heartbeat key")
-        first = wait_for(lambda: heartbeat_file(str(ds), host_id).exists() and json.loads(heartbeat_file(str(ds), host_id).read_text())["n"], 3,
-                         what="datastore heartbeat")
+        first = wait_for(lambda: heartbeat_file(str(ds), host_id).exists() and json.loads(heartbeat_file(str(ds), host_id).read_text())["n"], 3, what="datastore heartbeat")
         wait_for(lambda: json.loads(heartbeat_file(str(ds), host_id).read_text())["n"] > first, 3, what="datastore heartbeat renewed")
         assert not dead.is_alive()
     finally:

@@ -6,6 +6,7 @@ seconds under TCG): heartbeats, ping between them, CPU burn, disk pattern + ACPI
 ``poweroff`` from inside B. Needs network (apt-get download) once; later runs use the cache
 under $VCENTER_LAB_CACHE or /var/cache/virtcenter/guest.
 """
+
 from __future__ import annotations
 
 import os
@@ -65,8 +66,7 @@ class Guest:
 def image():
     t0 = time.monotonic()
     img = build_guest()
-    print(f"guest image ready in {time.monotonic() - t0:.2f}s: kernel {img.kernel.stat().st_size} B, "
-          f"initrd {img.initrd.stat().st_size} B")
+    print(f"guest image ready in {time.monotonic() - t0:.2f}s: kernel {img.kernel.stat().st_size} B, initrd {img.initrd.stat().st_size} B")
     return img
 
 
@@ -111,14 +111,19 @@ def guests(drv, libvirtd, image, bridge, tmp_path_factory):
     for tag, ip, mac, disk in (("a", IP_A, "52:54:00:7c:00:01", True), ("b", IP_B, "52:54:00:7c:00:02", False)):
         u = str(uuid.uuid4())
         name = f"lg-{tag}-{u[:6]}"
-        specs.append(VmSpec(
-            name=name, uuid=u, vcpus=1, memory_mib=image.memory_mib,
-            kernel=str(image.kernel), initrd=str(image.initrd),
-            cmdline=image.cmdline_for(hostname=f"guest-{tag}", ip=f"{ip}/24"),
-            disks=[DiskSpec(index=0, datastore_id=1, datastore_path=str(ds), file=f"{name}.raw",
-                            capacity_mib=16, format="raw")] if disk else [],
-            nics=[NicSpec(index=0, portgroup="pg-lab", bridge=bridge, mac=mac)],
-        ))
+        specs.append(
+            VmSpec(
+                name=name,
+                uuid=u,
+                vcpus=1,
+                memory_mib=image.memory_mib,
+                kernel=str(image.kernel),
+                initrd=str(image.initrd),
+                cmdline=image.cmdline_for(hostname=f"guest-{tag}", ip=f"{ip}/24"),
+                disks=[DiskSpec(index=0, datastore_id=1, datastore_path=str(ds), file=f"{name}.raw", capacity_mib=16, format="raw")] if disk else [],
+                nics=[NicSpec(index=0, portgroup="pg-lab", bridge=bridge, mac=mac)],
+            )
+        )
     out = []
     try:
         for spec in specs:
@@ -145,8 +150,7 @@ def test_heartbeat_arrives_with_cmdline_settings(guests):
     for g, ip in zip(guests, (IP_A, IP_B)):
         hb = g.channel.read_heartbeat(timeout=15)
         g.first_heartbeat, g.first_heartbeat_after = hb, time.monotonic() - g.started
-        print(f"{g.spec.name}: first heartbeat {g.first_heartbeat_after:.2f}s after start "
-              f"(guest uptime {hb['uptime']}s)")
+        print(f"{g.spec.name}: first heartbeat {g.first_heartbeat_after:.2f}s after start (guest uptime {hb['uptime']}s)")
         assert g.first_heartbeat_after < 15
         assert hb["hostname"] == f"guest-{g.spec.name.split('-')[1]}"
         assert hb["ip"] == f"{ip}/24" and hb["burn"] == 0

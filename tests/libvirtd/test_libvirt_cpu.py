@@ -4,6 +4,7 @@ Every lab host has the same real CPU, so CPU generations are given by CPU defini
 gets a custom model, and a lab host declares a CPU (``declared_cpu_xml``) that stands in for the
 real one in host_facts / compare_cpu. Models are expanded to features by libvirt's CPU map.
 """
+
 from __future__ import annotations
 
 import re
@@ -60,8 +61,7 @@ def skylake_host(libvirtd):
 
 
 def virsh(libvirtd, *args) -> str:
-    return subprocess.run(["virsh", "-c", libvirtd.uri, *args], capture_output=True, text=True,
-                          check=True).stdout
+    return subprocess.run(["virsh", "-c", libvirtd.uri, *args], capture_output=True, text=True, check=True).stdout
 
 
 def guest(cpu: CpuSpec | None) -> VmSpec:
@@ -76,8 +76,7 @@ def test_declared_cpu_is_what_host_facts_report(real, westmere_host, skylake_hos
     assert "avx2" not in w.cpu_features and "avx" not in w.cpu_features
     assert {"avx2", "avx", "bmi2", "sse4.2"} <= set(s.cpu_features)
     assert set(w.cpu_features) < set(s.cpu_features)
-    print(f"features: Westmere {len(w.cpu_features)}, Skylake-Client {len(s.cpu_features)}, "
-          f"real ({r.cpu_model}, {r.hypervisor}) {len(r.cpu_features)}")
+    print(f"features: Westmere {len(w.cpu_features)}, Skylake-Client {len(s.cpu_features)}, real ({r.cpu_model}, {r.hypervisor}) {len(r.cpu_features)}")
     assert r.cpu_features and w.cpu_features != r.cpu_features
 
 
@@ -128,13 +127,17 @@ def test_compare_against_the_real_hypervisor(real):
     assert e.value.code == "INVALID_SPEC"
 
 
-@pytest.mark.parametrize("cpu", [
-    CpuSpec(model="Westmere"),
-    CpuSpec(model="Nehalem"),
-    CpuSpec(model="kvm64", features_require=["sse4.2", "avx2"], features_disable=["svm"]),
-    CpuSpec(model="Westmere", features_require=["avx2"], features_disable=["aes"]),
-    CpuSpec(mode="host-model"),
-], ids=lambda c: f"{c.mode}-{c.model}-{'+'.join(c.features_require)}")
+@pytest.mark.parametrize(
+    "cpu",
+    [
+        CpuSpec(model="Westmere"),
+        CpuSpec(model="Nehalem"),
+        CpuSpec(model="kvm64", features_require=["sse4.2", "avx2"], features_disable=["svm"]),
+        CpuSpec(model="Westmere", features_require=["avx2"], features_disable=["aes"]),
+        CpuSpec(mode="host-model"),
+    ],
+    ids=lambda c: f"{c.mode}-{c.model}-{'+'.join(c.features_require)}",
+)
 def test_custom_cpu_guest_starts_under_tcg(real, libvirtd, cpu):
     spec = guest(cpu)
     real.define(spec)

@@ -3,6 +3,7 @@
 Guests are firmware-only (no kernel, 32 MiB) with a small qcow2 disk on a temporary datastore
 directory; the domain type is what this machine supports (qemu/TCG on a PVM nested host).
 """
+
 from __future__ import annotations
 
 import os
@@ -19,7 +20,6 @@ from vcenter.hypervisor.libvirt.driver import LibvirtDriver
 from vcenter.hypervisor.libvirt.xml import detect_domain_type
 from vcenter.lab.libvirtd import PrivateLibvirtd
 from vcenter.messaging.contracts import DiskSpec, LifecycleEvent, NicSpec, VmSpec
-
 
 
 @pytest.fixture(scope="session")
@@ -77,9 +77,7 @@ def datastore(tmp_path):
 
 def make_spec(datastore, **kw) -> VmSpec:
     u = str(uuid.uuid4())
-    base = dict(name=f"it-{u[:8]}", uuid=u, vcpus=1, memory_mib=32,
-                disks=[DiskSpec(index=0, datastore_id=1, datastore_path=str(datastore),
-                                file=f"it-{u[:8]}.qcow2", capacity_mib=16)])
+    base = dict(name=f"it-{u[:8]}", uuid=u, vcpus=1, memory_mib=32, disks=[DiskSpec(index=0, datastore_id=1, datastore_path=str(datastore), file=f"it-{u[:8]}.qcow2", capacity_mib=16)])
     base.update(kw)
     return VmSpec(**base)
 

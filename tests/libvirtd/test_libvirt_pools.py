@@ -1,4 +1,5 @@
 """Datastores as libvirt dir storage pools, against a real private libvirtd."""
+
 from __future__ import annotations
 
 import os
@@ -11,7 +12,6 @@ from vcenter.hypervisor.base import DriverError
 from vcenter.hypervisor.libvirt.driver import LibvirtDriver
 from vcenter.lab.libvirtd import PrivateLibvirtd
 from vcenter.messaging.contracts import DiskSpec, VmSpec
-
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +31,7 @@ def drv(libvirtd):
 
 
 def virsh(libvirtd, *args) -> str:
-    return subprocess.run(["virsh", "-c", libvirtd.uri, *args], capture_output=True, text=True,
-                          check=True).stdout
+    return subprocess.run(["virsh", "-c", libvirtd.uri, *args], capture_output=True, text=True, check=True).stdout
 
 
 def pool_names(libvirtd) -> list[str]:
@@ -40,9 +39,7 @@ def pool_names(libvirtd) -> list[str]:
 
 
 def disk_spec(path, name: str, capacity_mib: int = 16) -> VmSpec:
-    return VmSpec(name=name, uuid=str(uuid.uuid4()), vcpus=1, memory_mib=32,
-                  disks=[DiskSpec(index=0, datastore_id=1, datastore_path=str(path),
-                                  file=f"{name}.qcow2", capacity_mib=capacity_mib)])
+    return VmSpec(name=name, uuid=str(uuid.uuid4()), vcpus=1, memory_mib=32, disks=[DiskSpec(index=0, datastore_id=1, datastore_path=str(path), file=f"{name}.qcow2", capacity_mib=capacity_mib)])
 
 
 def test_pool_lifecycle(drv, libvirtd, tmp_path):

@@ -10,6 +10,7 @@ into a new domain that boots -> a full clone of the running guest boots -> the f
 restored over that (stopped) new domain -> a linked clone of the stopped guest, promoted to a
 standalone image.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -58,9 +59,16 @@ def sha256_file(path: str) -> str:
 
 
 def spec_for(name: str, ds: str, file: str, image) -> VmSpec:
-    return VmSpec(name=name, uuid=str(uuid.uuid4()), vcpus=1, memory_mib=96,
-                  disks=[DiskSpec(index=0, datastore_id=1, datastore_path=ds, file=file, capacity_mib=32)],
-                  kernel=str(image.kernel), initrd=str(image.initrd), cmdline=image.cmdline_for(hostname=name))
+    return VmSpec(
+        name=name,
+        uuid=str(uuid.uuid4()),
+        vcpus=1,
+        memory_mib=96,
+        disks=[DiskSpec(index=0, datastore_id=1, datastore_path=ds, file=file, capacity_mib=32)],
+        kernel=str(image.kernel),
+        initrd=str(image.initrd),
+        cmdline=image.cmdline_for(hostname=name),
+    )
 
 
 def test_snapshot_backup_restore_clone_on_a_real_guest(tmp_path):

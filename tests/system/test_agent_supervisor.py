@@ -3,6 +3,7 @@
 stop request reaches the child; and `vcenter agent` itself: its heartbeat key comes back within
 seconds after the agent process is killed with SIGSEGV, and the server's expectations it keeps
 on disk let a restarted agent renew its datastore heartbeats before any report."""
+
 from __future__ import annotations
 
 import faulthandler
@@ -14,7 +15,6 @@ from pathlib import Path
 
 
 from workers.agent.supervisor import DELIBERATE, supervise
-
 
 
 def _count(path: Path) -> int:
@@ -95,8 +95,18 @@ def test_vcenter_agent_beats_again_within_seconds_after_a_crash(tmp_path):
     from vcenter.lab.stack import Stack
     from vcenter.messaging.contracts import heartbeat_key
 
-    s = Stack.create(tmp_path / "stack", None, REDIS_URL, heartbeat_period=0.2, heartbeat_ttl=1.0, agent_report_period=1, agent_restart_delay=0.2,
-                     agent_reconnect_delay=0.3, reaper_period=1, host_monitor_period=0.5)
+    s = Stack.create(
+        tmp_path / "stack",
+        None,
+        REDIS_URL,
+        heartbeat_period=0.2,
+        heartbeat_ttl=1.0,
+        agent_report_period=1,
+        agent_restart_delay=0.2,
+        agent_reconnect_delay=0.3,
+        reaper_period=1,
+        host_monitor_period=0.5,
+    )
     r = redis.Redis.from_url(REDIS_URL)
     host = None
     try:
@@ -107,8 +117,7 @@ def test_vcenter_agent_beats_again_within_seconds_after_a_crash(tmp_path):
             # Below the stack's work directory: a datastore root of its server and agents.
             ds = api.post("/api/v1/datastores", json={"name": "ds1", "datacenter_id": dc["id"], "url": str(tmp_path / "stack" / "ds1"), "host_ids": [host.host_id]}).json()
             expected = Path(s.agent_state_dir("sim1")) / "expected.json"
-            wait_for(lambda: expected.exists() and [d["id"] for d in json.loads(expected.read_text())["datastores"]] == [ds["id"]], 30,
-                     what="the server's expectations kept on disk")
+            wait_for(lambda: expected.exists() and [d["id"] for d in json.loads(expected.read_text())["datastores"]] == [ds["id"]], 30, what="the server's expectations kept on disk")
         key = heartbeat_key(host.host_id)
         wait_for(lambda: r.get(key), 30, what="heartbeat key")
         children = Path(f"/proc/{host.agent.pid}/task/{host.agent.pid}/children")

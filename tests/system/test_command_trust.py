@@ -2,6 +2,7 @@
 queues on a real Redis refuse a forged command, a genuine command moved to another host's
 queue and a genuine command replayed after it ran; the API serves HTTPS with a self-signed
 certificate that agents verify by file or by pinned thumbprint."""
+
 from __future__ import annotations
 
 import os
@@ -28,7 +29,6 @@ from vcenter.messaging.signing import CommandSigner
 from vcenter.services.tasks import tasks
 
 
-
 def _own_db(url: str, db: int) -> str:
     """The test Redis, another database number: queues of this module's hosts only."""
     parts = urlsplit(url)
@@ -42,8 +42,7 @@ def stack(tmp_path_factory):
     import redis
 
     redis.Redis.from_url(redis_url).flushdb()
-    s = Stack.create(workdir, None, redis_url, heartbeat_period=0.3, heartbeat_ttl=2, agent_report_period=1,
-                     reaper_period=1, host_monitor_period=0.5, agent_reconnect_delay=0.3)
+    s = Stack.create(workdir, None, redis_url, heartbeat_period=0.3, heartbeat_ttl=2, agent_report_period=1, reaper_period=1, host_monitor_period=0.5, agent_reconnect_delay=0.3)
     try:
         s.start_server()
         with s.client() as api:
@@ -82,8 +81,7 @@ def agent_log(stack: Stack, name: str) -> str:
 
 
 def wait_refusal(stack: Stack, name: str, code: str, command_id: str) -> None:
-    wait_for(lambda: any(f"command refused ({code})" in line and command_id in line for line in agent_log(stack, name).splitlines()),
-             20, what=f"agent {name} refusing {command_id} with {code}")
+    wait_for(lambda: any(f"command refused ({code})" in line and command_id in line for line in agent_log(stack, name).splitlines()), 20, what=f"agent {name} refusing {command_id} with {code}")
 
 
 def create_vm(stack: Stack, api, host_name: str, name: str) -> dict:
@@ -158,8 +156,16 @@ def test_genuine_command_for_a_moved_to_b_is_refused_by_b(stack, api):
 def https_server(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VCENTER_")}
-    env.update({"VCENTER_DATABASE_URL": f"sqlite:///{tmp_path / 'vc.db'}", "VCENTER_REDIS_URL": REDIS_URL, "VCENTER_API_PORT": str(port),
-                "VCENTER_KEY_DIR": str(tmp_path / "keys"), "VCENTER_TLS_SELF_SIGNED": "true", "VCENTER_PUBLIC_URL": f"https://127.0.0.1:{port}"})
+    env.update(
+        {
+            "VCENTER_DATABASE_URL": f"sqlite:///{tmp_path / 'vc.db'}",
+            "VCENTER_REDIS_URL": REDIS_URL,
+            "VCENTER_API_PORT": str(port),
+            "VCENTER_KEY_DIR": str(tmp_path / "keys"),
+            "VCENTER_TLS_SELF_SIGNED": "true",
+            "VCENTER_PUBLIC_URL": f"https://127.0.0.1:{port}",
+        }
+    )
     cli = [sys.executable, "-m", "vcenter.cli"]
     subprocess.run(cli + ["db", "upgrade"], env=env, check=True, capture_output=True)
     log = open(tmp_path / "api.log", "wb")

@@ -3,6 +3,7 @@ Redis: beat and ha are healthy exactly while the lock their loop renews is held,
 (exit 1) once it expired; api is unhealthy when nothing answers /livez; an unknown role is a
 usage error. (The worker's Celery ping and api's /livez on a live server are proven by
 tests/e2e/test_compose_deploy.py, where every container must become healthy.)"""
+
 from __future__ import annotations
 
 import socket

@@ -1,6 +1,7 @@
 """The agent never lets a command's result overtake a state report listed before that command
 defined its domain (the lab once saw a freshly deployed VM judged "inaccessible": the server
 applied the deploy's result, then a report whose domain list predated the define)."""
+
 from __future__ import annotations
 
 import threading
@@ -72,7 +73,9 @@ def test_a_result_never_overtakes_a_report_listed_before_its_define(tmp_path, mo
     reporter = threading.Thread(target=agent.report_state)
     reporter.start()
     assert driver.listed.wait(5)
-    command = Command(command_id="c1", task_id=7, host_id=1, name="vm.create", args={"spec": {"uuid": vm1.uuid, "name": "vm1", "vcpus": 1, "memory_mib": 64}}, issued_at=utcnow() - timedelta(seconds=1))
+    command = Command(
+        command_id="c1", task_id=7, host_id=1, name="vm.create", args={"spec": {"uuid": vm1.uuid, "name": "vm1", "vcpus": 1, "memory_mib": 64}}, issued_at=utcnow() - timedelta(seconds=1)
+    )
     assert commands._execute(agent, command) == {"ok": True}
     reporter.join(10)
     assert not reporter.is_alive()

@@ -1,4 +1,5 @@
 """Backup chains, retention, schedules and snapshot trees (vcenter.domain.backups)."""
+
 from datetime import datetime, timedelta, timezone
 
 from vcenter.domain.backups import PointView, chain, chain_complete, is_due, next_backup, snapshot_tree, to_delete
@@ -62,8 +63,16 @@ def test_backup_directory_stays_in_its_datastore():
     from vcenter.domain.backups import PathRefused, backup_directory
 
     assert backup_directory("backups//db1/./x") == "backups/db1/x"
-    for bad, code in (("../etc", "PATH_ESCAPES"), ("a/../../b", "PATH_ESCAPES"), ("/etc", "PATH_ABSOLUTE"), ("~root", "PATH_ABSOLUTE"),
-                      ("a\\b", "PATH_INVALID"), ("a\nb", "PATH_INVALID"), ("", "PATH_EMPTY"), ("./", "PATH_EMPTY")):
+    for bad, code in (
+        ("../etc", "PATH_ESCAPES"),
+        ("a/../../b", "PATH_ESCAPES"),
+        ("/etc", "PATH_ABSOLUTE"),
+        ("~root", "PATH_ABSOLUTE"),
+        ("a\\b", "PATH_INVALID"),
+        ("a\nb", "PATH_INVALID"),
+        ("", "PATH_EMPTY"),
+        ("./", "PATH_EMPTY"),
+    ):
         with pytest.raises(PathRefused) as e:
             backup_directory(bad)
         assert e.value.code == code, bad

@@ -1,9 +1,20 @@
 """Typed command arguments (vcenter.messaging.contracts): the dict a model builds is the one
 the agent reads (same keys, same order, same JSON values), and it reads back into the model."""
+
 from __future__ import annotations
 
 from vcenter.messaging.contracts import (
-    CreateArgs, DeployArgs, DiskSpec, MigrateArgs, MigrationOptions, OfflineCopyArgs, OfflineDefineArgs, OfflineDiscardArgs, OfflineFinishArgs, RelocateArgs, VmSpec,
+    CreateArgs,
+    DeployArgs,
+    DiskSpec,
+    MigrateArgs,
+    MigrationOptions,
+    OfflineCopyArgs,
+    OfflineDefineArgs,
+    OfflineDiscardArgs,
+    OfflineFinishArgs,
+    RelocateArgs,
+    VmSpec,
 )
 
 MOVE = {"index": 1, "target": "vdb", "format": "qcow2", "from": "/old/web-disk1.qcow2", "to": "/new/web-disk1.qcow2", "datastore_id": 7}
@@ -33,7 +44,10 @@ def test_relocate_args_to_another_host_carry_the_migration_options():
 def test_offline_steps_name_their_step_first():
     spec = VmSpec(name="web", uuid="u-1", vcpus=1, memory_mib=256, disks=[DiskSpec(index=0, datastore_id=1, datastore_path="/ds", file="web.qcow2", capacity_mib=64, format="qcow2")])
     assert OfflineCopyArgs(uuid="u-1", copies=[{"from": "/a", "to": "/b", "format": "qcow2"}]).args() == {
-        "offline_step": "copy", "uuid": "u-1", "copies": [{"from": "/a", "to": "/b", "format": "qcow2"}]}
+        "offline_step": "copy",
+        "uuid": "u-1",
+        "copies": [{"from": "/a", "to": "/b", "format": "qcow2"}],
+    }
     assert OfflineDefineArgs(spec=spec).args() == {"offline_step": "define", "spec": spec.model_dump(mode="json")}
     assert OfflineFinishArgs(uuid="u-1", remove=["/a"]).args() == {"offline_step": "finish", "uuid": "u-1", "remove": ["/a"]}
     # Discarding copies only (nothing defined on the target): the uuid is sent as null.

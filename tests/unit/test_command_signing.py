@@ -1,5 +1,6 @@
 """Signed commands: the agent runs only what the server signed for its host, before expiry,
 and never again once the result was reported; a redelivery before the report runs again."""
+
 from __future__ import annotations
 
 import base64

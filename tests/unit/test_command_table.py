@@ -3,6 +3,7 @@ has an arguments model; each model reads the dict the server sent before the mod
 (the hand-built shapes below, copied from the builders they replaced) and writes back exactly
 that dict, so the signed payload is the same; an optional key left out stays out and the
 agent reads the default it used to read."""
+
 from __future__ import annotations
 
 import typing
@@ -36,22 +37,50 @@ from vcenter.messaging.contracts import CommandName, OfflineCopyArgs, OfflineDis
 from vcenter.messaging.signing import canonical_json
 
 U = "6b1f7f0e-4c4e-4a53-9f59-5b8f6d1d2a11"
-SPEC = {"name": "web", "uuid": U, "vcpus": 1, "memory_mib": 256, "guest_os": "other",
-        "disks": [{"index": 0, "datastore_id": 1, "datastore_path": "/ds", "file": "web.qcow2", "capacity_mib": 64, "format": "qcow2", "bus": "virtio"}],
-        "nics": [], "image": None, "guest_ip": None, "kernel": None, "initrd": None, "cmdline": None, "cpu": None, "resources": None}
+SPEC = {
+    "name": "web",
+    "uuid": U,
+    "vcpus": 1,
+    "memory_mib": 256,
+    "guest_os": "other",
+    "disks": [{"index": 0, "datastore_id": 1, "datastore_path": "/ds", "file": "web.qcow2", "capacity_mib": 64, "format": "qcow2", "bus": "virtio"}],
+    "nics": [],
+    "image": None,
+    "guest_ip": None,
+    "kernel": None,
+    "initrd": None,
+    "cmdline": None,
+    "cpu": None,
+    "resources": None,
+}
 UPLOAD = {"id": 4, "sha256": "ab" * 32, "size_bytes": 1024}
-OPTIONS = {"dest_uri": "qemu+tcp://10.0.0.2/system", "dest_address": None, "max_downtime_ms": None, "bandwidth_mibps": None,
-           "auto_converge": False, "postcopy": False, "postcopy_after_iterations": 3, "tls": False, "unsafe": False,
-           "copy_storage": False, "copy_disks": None, "dest_disk_paths": None}
+OPTIONS = {
+    "dest_uri": "qemu+tcp://10.0.0.2/system",
+    "dest_address": None,
+    "max_downtime_ms": None,
+    "bandwidth_mibps": None,
+    "auto_converge": False,
+    "postcopy": False,
+    "postcopy_after_iterations": 3,
+    "tls": False,
+    "unsafe": False,
+    "copy_storage": False,
+    "copy_disks": None,
+    "dest_disk_paths": None,
+}
 MOVE = {"index": 1, "target": "vdb", "format": "qcow2", "from": "/old/d1.qcow2", "to": "/new/d1.qcow2", "datastore_id": 7}
 
 # (command name, args as the server built them by hand). Several shapes per name where the
 # builder had several.
 SENT: list[tuple[str, dict[str, typing.Any]]] = [
     ("vm.create", {"spec": SPEC}),
-    ("vm.start", {"uuid": U}), ("vm.stop", {"uuid": U}), ("vm.reset", {"uuid": U}),
-    ("vm.suspend", {"uuid": U}), ("vm.resume", {"uuid": U}),
-    ("vm.shutdown", {"uuid": U, "timeout": 120}), ("vm.shutdown", {"uuid": U, "timeout": 2.5}),
+    ("vm.start", {"uuid": U}),
+    ("vm.stop", {"uuid": U}),
+    ("vm.reset", {"uuid": U}),
+    ("vm.suspend", {"uuid": U}),
+    ("vm.resume", {"uuid": U}),
+    ("vm.shutdown", {"uuid": U, "timeout": 120}),
+    ("vm.shutdown", {"uuid": U, "timeout": 2.5}),
     ("vm.ha_start", {"spec": SPEC}),
     ("vm.reconfigure", {"uuid": U, "vcpus": 2, "memory_mib": None}),
     ("vm.delete", {"uuid": U, "disks": ["/ds/web.qcow2"]}),
@@ -72,31 +101,67 @@ SENT: list[tuple[str, dict[str, typing.Any]]] = [
     ("vm.clone", {"uuid": U, "linked": True, "disks": [{"target": "vda", "path": "/ds/c.qcow2", "base_path": "/ds/base.qcow2"}]}),
     ("vm.clone", {"uuid": U, "linked": False, "disks": [{"target": "vda", "path": "/ds/c.qcow2", "base_path": None}]}),
     ("vm.promote", {"uuid": U}),
-    ("vm.backup", {"uuid": U, "disks": [{"target": "vda", "path": "/bk/p2.qcow2", "parent_path": "/bk/p1.qcow2"}],
-                   "incremental_from": "vc-backup-1", "checkpoint": "vc-backup-2", "delete_after": []}),
-    ("vm.backup", {"uuid": U, "disks": [{"target": "vda", "path": "/bk/p1.qcow2", "parent_path": None}],
-                   "incremental_from": None, "checkpoint": "vc-backup-1", "delete_after": ["/bk/p0.qcow2"]}),
+    ("vm.backup", {"uuid": U, "disks": [{"target": "vda", "path": "/bk/p2.qcow2", "parent_path": "/bk/p1.qcow2"}], "incremental_from": "vc-backup-1", "checkpoint": "vc-backup-2", "delete_after": []}),
+    ("vm.backup", {"uuid": U, "disks": [{"target": "vda", "path": "/bk/p1.qcow2", "parent_path": None}], "incremental_from": None, "checkpoint": "vc-backup-1", "delete_after": ["/bk/p0.qcow2"]}),
     ("vm.restore", {"disks": [{"source": "/bk/p1.qcow2", "path": "/ds/web.qcow2", "format": "qcow2"}], "replace_uuid": U}),
     ("vm.restore", {"disks": [{"source": "/bk/p1.qcow2", "path": "/ds/new.qcow2", "format": "qcow2"}], "spec": SPEC, "seed": {"path": "/ds/new-seed.iso"}}),
-    ("template.capture", {"uuid": U, "datastore_path": "/ds", "dir": "templates/t-v1-3",
-                          "meta": {"template_id": 3, "name": "t", "version": 1, "guest_os": "other",
-                                   "hardware": {"vcpus": 1, "memory_mib": 256, "nics": 1, "boot": None},
-                                   "origin": {"kind": "vm", "vm_id": 9, "vm_name": "web", "at": "2026-01-01T00:00:00+00:00"}},
-                          "disks": [{"index": 0, "file": "web.qcow2", "format": "qcow2"}], "seed_files": []}),
+    (
+        "template.capture",
+        {
+            "uuid": U,
+            "datastore_path": "/ds",
+            "dir": "templates/t-v1-3",
+            "meta": {
+                "template_id": 3,
+                "name": "t",
+                "version": 1,
+                "guest_os": "other",
+                "hardware": {"vcpus": 1, "memory_mib": 256, "nics": 1, "boot": None},
+                "origin": {"kind": "vm", "vm_id": 9, "vm_name": "web", "at": "2026-01-01T00:00:00+00:00"},
+            },
+            "disks": [{"index": 0, "file": "web.qcow2", "format": "qcow2"}],
+            "seed_files": [],
+        },
+    ),
     ("template.release", {"spec": SPEC, "moves": [{"from": "/ds/templates/t/disk0.qcow2", "to": "/ds/web.qcow2"}], "datastore_path": "/ds", "dir": "templates/t"}),
     ("template.delete", {"datastore_path": "/ds", "dir": "templates/t"}),
     ("template.verify", {"datastore_path": "/ds", "dir": "templates/t", "disks": [{"file": "disk0.qcow2", "sha256": "cd" * 32}]}),
     ("datastore.browse", {"datastore_path": "/ds", "path": "isos"}),
-    ("vm.deploy", {"spec": SPEC, "clones": [{"index": 0, "mode": "linked", "source": "/ds/templates/t/disk0.qcow2", "source_format": "qcow2", "dest": "/ds/web.qcow2"}],
-                   "mode": "linked", "seed": {"path": "/ds/web-seed.iso"}}),
+    (
+        "vm.deploy",
+        {
+            "spec": SPEC,
+            "clones": [{"index": 0, "mode": "linked", "source": "/ds/templates/t/disk0.qcow2", "source_format": "qcow2", "dest": "/ds/web.qcow2"}],
+            "mode": "linked",
+            "seed": {"path": "/ds/web-seed.iso"},
+        },
+    ),
     ("vm.deploy", {"spec": SPEC, "clones": [], "mode": "clone", "seed": {"path": "/ds/web-seed.iso"}}),
     ("vm.import_disk", {"spec": SPEC, "dest": "/ds/web.qcow2", "format": None, "upload": UPLOAD}),
     ("vm.import_disk", {"spec": SPEC, "dest": "/ds/web.qcow2", "format": "vmdk", "path": "in/a.vmdk", "source_datastore_path": "/ds2"}),
     ("vm.import_ova", {"spec": SPEC, "upload": UPLOAD, "disks": [{"index": 0, "member": "disk1.vmdk", "dest": "/ds/web.qcow2"}]}),
-    ("vm.export", {"uuid": U, "name": "web", "hardware": {"vcpus": 1, "memory_mib": 256, "guest_os": "other", "nics": 1},
-                   "disks": [{"path": "/ds/web.qcow2", "format": "qcow2"}], "upload_id": 5, "workdir": "/ds/.exports/5"}),
-    ("vm.export", {"uuid": None, "name": "t-v1", "hardware": {"vcpus": 1, "memory_mib": 256, "guest_os": "other", "nics": 0},
-                   "disks": [{"path": "/ds/templates/t/disk0.qcow2", "format": "qcow2"}], "upload_id": 6, "workdir": "/ds/.exports/6"}),
+    (
+        "vm.export",
+        {
+            "uuid": U,
+            "name": "web",
+            "hardware": {"vcpus": 1, "memory_mib": 256, "guest_os": "other", "nics": 1},
+            "disks": [{"path": "/ds/web.qcow2", "format": "qcow2"}],
+            "upload_id": 5,
+            "workdir": "/ds/.exports/5",
+        },
+    ),
+    (
+        "vm.export",
+        {
+            "uuid": None,
+            "name": "t-v1",
+            "hardware": {"vcpus": 1, "memory_mib": 256, "guest_os": "other", "nics": 0},
+            "disks": [{"path": "/ds/templates/t/disk0.qcow2", "format": "qcow2"}],
+            "upload_id": 6,
+            "workdir": "/ds/.exports/6",
+        },
+    ),
     ("console.open", {"uuid": U}),
 ]
 
@@ -169,8 +234,9 @@ def test_a_domain_uuid_is_read_from_the_args_or_their_spec():
 
 
 def test_results_read_their_fields_and_keep_the_rest():
-    created = parse_result("vm.snapshot.create", {"name": "s1", "parent": None, "description": "", "state": "running", "memory": True,
-                                                 "created": "2026-01-01T00:00:00+00:00", "current": True, "checkpoints_dropped": []})
+    created = parse_result(
+        "vm.snapshot.create", {"name": "s1", "parent": None, "description": "", "state": "running", "memory": True, "created": "2026-01-01T00:00:00+00:00", "current": True, "checkpoints_dropped": []}
+    )
     assert isinstance(created, SnapshotCreated) and created.memory and created.model_extra["current"] is True
     deleted = parse_result("vm.snapshot.delete", {"deleted": [], "already_done": True})
     assert isinstance(deleted, SnapshotsDeleted) and deleted.deleted == [] and deleted.checkpoints_dropped is None

@@ -1,5 +1,6 @@
 """Small rules of the dashboard: SSE framing, the login redirect target, CSRF tokens,
 certificate thumbprints as the agent computes them."""
+
 from __future__ import annotations
 
 from vcenter.dashboard.console import thumbprint_of_der

@@ -1,5 +1,6 @@
 """A datastore lives only below a configured root: the pure rule (vcenter.domain.datastore_roots)
 and the agent's own check with symlinks resolved on disk (workers.agent.datastore_guard)."""
+
 import os
 
 import pytest
@@ -13,51 +14,57 @@ from workers.agent import datastore_guard
 ROOTS = parse_roots(DEFAULT_DATASTORE_ROOTS)
 
 
-@pytest.mark.parametrize("path,normal", [
-    ("/srv/ds1", "/srv/ds1"),
-    ("/srv/ds1/", "/srv/ds1"),            # trailing slash
-    ("/srv//ds1///", "/srv/ds1"),
-    ("/srv/./ds1", "/srv/ds1"),
-    ("/mnt/nfs/shared", "/mnt/nfs/shared"),
-    ("/var/lib/virtcenter/datastores/local1", "/var/lib/virtcenter/datastores/local1"),
-    ("/srv/..hidden", "/srv/..hidden"),   # dots inside a name are a name
-])
+@pytest.mark.parametrize(
+    "path,normal",
+    [
+        ("/srv/ds1", "/srv/ds1"),
+        ("/srv/ds1/", "/srv/ds1"),  # trailing slash
+        ("/srv//ds1///", "/srv/ds1"),
+        ("/srv/./ds1", "/srv/ds1"),
+        ("/mnt/nfs/shared", "/mnt/nfs/shared"),
+        ("/var/lib/virtcenter/datastores/local1", "/var/lib/virtcenter/datastores/local1"),
+        ("/srv/..hidden", "/srv/..hidden"),  # dots inside a name are a name
+    ],
+)
 def test_folders_below_a_root_are_accepted_in_normal_form(path, normal):
     assert check_datastore_path(path, ROOTS) == normal
 
 
-@pytest.mark.parametrize("path,reason", [
-    ("/etc", "system_folder"),
-    ("/etc/", "system_folder"),
-    ("/etc/ssh", "system_folder"),
-    ("/", "filesystem_root"),
-    ("//", "filesystem_root"),
-    ("/.", "filesystem_root"),
-    ("/root", "system_folder"),
-    ("/root/.ssh", "system_folder"),
-    ("/proc/self", "system_folder"),
-    ("/proc/1/root", "system_folder"),
-    ("/sys/kernel", "system_folder"),
-    ("/dev/shm", "system_folder"),
-    ("/srv/../etc", "parent_reference"),
-    ("/srv/ds1/..", "parent_reference"),
-    ("/srv/a/../../etc", "parent_reference"),
-    ("/srv", "is_a_root"),                # a root itself is not a datastore
-    ("/srv/", "is_a_root"),
-    ("/mnt", "is_a_root"),
-    ("/srv2/ds1", "outside_roots"),       # prefix trick: /srv2 is not below /srv
-    ("/srvx", "outside_roots"),
-    ("/mnt2", "outside_roots"),
-    ("/var/lib/virtcenter/datastores2/x", "outside_roots"),
-    ("/var/lib/virtcenter", "outside_roots"),
-    ("/tmp/ds", "outside_roots"),
-    ("/home/user", "outside_roots"),
-    ("srv/ds1", "not_absolute"),
-    ("", "invalid"),
-    ("/srv/ds\x00", "invalid"),
-    ("/srv/ds\n1", "invalid"),
-    ("/srv\\..\\etc", "invalid"),
-])
+@pytest.mark.parametrize(
+    "path,reason",
+    [
+        ("/etc", "system_folder"),
+        ("/etc/", "system_folder"),
+        ("/etc/ssh", "system_folder"),
+        ("/", "filesystem_root"),
+        ("//", "filesystem_root"),
+        ("/.", "filesystem_root"),
+        ("/root", "system_folder"),
+        ("/root/.ssh", "system_folder"),
+        ("/proc/self", "system_folder"),
+        ("/proc/1/root", "system_folder"),
+        ("/sys/kernel", "system_folder"),
+        ("/dev/shm", "system_folder"),
+        ("/srv/../etc", "parent_reference"),
+        ("/srv/ds1/..", "parent_reference"),
+        ("/srv/a/../../etc", "parent_reference"),
+        ("/srv", "is_a_root"),  # a root itself is not a datastore
+        ("/srv/", "is_a_root"),
+        ("/mnt", "is_a_root"),
+        ("/srv2/ds1", "outside_roots"),  # prefix trick: /srv2 is not below /srv
+        ("/srvx", "outside_roots"),
+        ("/mnt2", "outside_roots"),
+        ("/var/lib/virtcenter/datastores2/x", "outside_roots"),
+        ("/var/lib/virtcenter", "outside_roots"),
+        ("/tmp/ds", "outside_roots"),
+        ("/home/user", "outside_roots"),
+        ("srv/ds1", "not_absolute"),
+        ("", "invalid"),
+        ("/srv/ds\x00", "invalid"),
+        ("/srv/ds\n1", "invalid"),
+        ("/srv\\..\\etc", "invalid"),
+    ],
+)
 def test_everything_else_is_refused_with_a_reason(path, reason):
     with pytest.raises(DatastorePathRefused) as refused:
         check_datastore_path(path, ROOTS)
@@ -99,6 +106,7 @@ def test_roots_setting_is_parsed_and_checked_at_start():
 
 # --- the agent: paths resolved on its host --------------------------------------------------
 
+
 def _agent_settings(tmp_path):
     root = tmp_path / "roots"
     root.mkdir()
@@ -136,8 +144,14 @@ def test_agent_root_that_is_a_symlink_keeps_working(tmp_path):
 def test_agent_finds_every_path_a_command_names(tmp_path):
     settings, root = _agent_settings(tmp_path)
     ds = str(root / "ds1")
-    good = {"spec": {"disks": [{"datastore_path": ds, "file": "vm-disk0.qcow2"}]}, "moves": [{"from": f"{ds}/a", "to": f"{ds}/b"}],
-            "disks": [f"{ds}/a"], "path": "images/x.vmdk", "dir": "templates/t1", "options": {"dest_disk_paths": {"vda": f"{ds}/c"}}}
+    good = {
+        "spec": {"disks": [{"datastore_path": ds, "file": "vm-disk0.qcow2"}]},
+        "moves": [{"from": f"{ds}/a", "to": f"{ds}/b"}],
+        "disks": [f"{ds}/a"],
+        "path": "images/x.vmdk",
+        "dir": "templates/t1",
+        "options": {"dest_disk_paths": {"vda": f"{ds}/c"}},
+    }
     datastore_guard.check_command(settings, "vm.any", good)
     bad = [
         {"spec": {"disks": [{"datastore_path": "/etc", "file": "passwd"}]}},

@@ -1,5 +1,6 @@
 """The pure rules behind delegation (vcenter.domain.delegation) and the password policy
 (vcenter.domain.passwords)."""
+
 from __future__ import annotations
 
 from vcenter.domain.delegation import ALL, ROOT, Holdings, administrator_equivalent, covers_cheaply, missing, role_is_administrator_equivalent

@@ -8,6 +8,7 @@ heading of that Markdown file, spelled as GitHub spells heading anchors. Links w
 (``https:``, ``mailto:``) are not followed. Code (fenced blocks and inline code spans) is not
 read as links.
 """
+
 from __future__ import annotations
 
 import re
@@ -108,8 +109,7 @@ def broken_links(path: Path, root: Path = ROOT) -> list[str]:
 
 def test_the_docs_exist():
     names = {p.relative_to(ROOT).as_posix() for p in doc_files()}
-    for name in ("README.md", "docs/architecture.md", "docs/operations.md", "docs/api.md", "docs/lab.md",
-                 "docs/benchmarks.md", "docs/development.md", "docs/security.md"):
+    for name in ("README.md", "docs/architecture.md", "docs/operations.md", "docs/api.md", "docs/lab.md", "docs/benchmarks.md", "docs/development.md", "docs/security.md"):
         assert name in names, f"{name} is missing"
 
 
@@ -141,11 +141,14 @@ def test_the_checker_finds_what_a_clone_would_miss(tmp_path: Path):
     ]
 
 
-@pytest.mark.parametrize("heading, anchor", [
-    ("HA: restart what failed, never run a VM twice", "ha-restart-what-failed-never-run-a-vm-twice"),
-    ("The dashboard (`/ui`) and the VM console", "the-dashboard-ui-and-the-vm-console"),
-    ("DRS and DPM (trace replay)", "drs-and-dpm-trace-replay"),
-    ("Two commands (fresh Debian 12, as root)", "two-commands-fresh-debian-12-as-root"),
-])
+@pytest.mark.parametrize(
+    "heading, anchor",
+    [
+        ("HA: restart what failed, never run a VM twice", "ha-restart-what-failed-never-run-a-vm-twice"),
+        ("The dashboard (`/ui`) and the VM console", "the-dashboard-ui-and-the-vm-console"),
+        ("DRS and DPM (trace replay)", "drs-and-dpm-trace-replay"),
+        ("Two commands (fresh Debian 12, as root)", "two-commands-fresh-debian-12-as-root"),
+    ],
+)
 def test_anchors_are_spelled_as_github_spells_them(heading: str, anchor: str):
     assert slug(heading) == anchor

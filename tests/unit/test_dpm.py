@@ -1,4 +1,5 @@
 """DPM decisions (vcenter.domain.dpm): band, windows, evacuation, HA reserve, no flapping."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -92,8 +93,12 @@ def test_min_hosts_cooldown_overrides_and_in_flight():
 
 def test_evacuation_keeps_must_rules():
     hosts = (host(1), host(2), host(3))
-    vms = (VmSnapshot("a", vcpus=2, memory_mib=4096, host="h1"), VmSnapshot("b", vcpus=2, memory_mib=4096, host="h2"),
-           VmSnapshot("c", vcpus=2, memory_mib=4096, host="h3"), VmSnapshot("d", vcpus=2, memory_mib=8192, host="h3"))
+    vms = (
+        VmSnapshot("a", vcpus=2, memory_mib=4096, host="h1"),
+        VmSnapshot("b", vcpus=2, memory_mib=4096, host="h2"),
+        VmSnapshot("c", vcpus=2, memory_mib=4096, host="h3"),
+        VmSnapshot("d", vcpus=2, memory_mib=8192, host="h3"),
+    )
     rule = Rule("abc", RuleKind.ANTI_AFFINITY, True, frozenset({"a", "b", "c"}))
     snap = ClusterSnapshot(hosts, vms, (rule,))
     plan = decide(snap, DpmSettings(), [{v.id: (100.0, 512.0) for v in vms}] * 8)
@@ -128,8 +133,7 @@ def test_never_flaps_over_a_demand_series():
             if r.action == "power-off":
                 assert now - last_action.get(r.host, -1e9) >= s.host_cooldown_s
                 moves = dict(r.evacuation)
-                snap = replace(snap, hosts=tuple(replace(h, standby=True) if h.id == r.host else h for h in snap.hosts),
-                               vms=tuple(replace(v, host=moves.get(v.id, v.host)) for v in snap.vms))
+                snap = replace(snap, hosts=tuple(replace(h, standby=True) if h.id == r.host else h for h in snap.hosts), vms=tuple(replace(v, host=moves.get(v.id, v.host)) for v in snap.vms))
             else:
                 snap = replace(snap, hosts=tuple(replace(h, standby=False) if h.id == r.host else h for h in snap.hosts))
             last_action[r.host] = now

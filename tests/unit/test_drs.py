@@ -1,4 +1,5 @@
 """DRS balancer (vcenter.domain.drs): pure, over plain snapshots. What-if: test_drs_whatif.py."""
+
 from __future__ import annotations
 
 import random
@@ -9,7 +10,14 @@ import pytest
 
 from vcenter.domain import drs
 from vcenter.domain.drs import (
-    Automation, DrsHistory, DrsSettings, HaReserve, apply_plan, balance, imbalance_of, vm_entitlements,
+    Automation,
+    DrsHistory,
+    DrsSettings,
+    HaReserve,
+    apply_plan,
+    balance,
+    imbalance_of,
+    vm_entitlements,
 )
 from vcenter.domain.pools import PoolTree, entitlements
 from vcenter.domain.rules import violations
@@ -172,9 +180,18 @@ def test_ha_reserve_keeps_targets_below_capacity_minus_reserve():
 def test_entitlements_flat_fill_equals_the_pool_tree():
     rnd = random.Random(3)
     hosts = (host(1, cores=4), host(2, cores=4))
-    vms = tuple(vm(f"v{k}", f"h{1 + k % 2}", vcpus=rnd.choice((1, 2, 4)), mem=1024,
-                   cpu_reservation_mhz=rnd.choice((0.0, 500.0)), cpu_limit_mhz=rnd.choice((None, 3000.0)),
-                   cpu_shares=rnd.choice((None, 500.0, 4000.0))) for k in range(12))
+    vms = tuple(
+        vm(
+            f"v{k}",
+            f"h{1 + k % 2}",
+            vcpus=rnd.choice((1, 2, 4)),
+            mem=1024,
+            cpu_reservation_mhz=rnd.choice((0.0, 500.0)),
+            cpu_limit_mhz=rnd.choice((None, 3000.0)),
+            cpu_shares=rnd.choice((None, 500.0, 4000.0)),
+        )
+        for k in range(12)
+    )
     snap = ClusterSnapshot(hosts, vms)
     demands = {v.id: (rnd.uniform(0, 10000), 800.0) for v in vms}  # contended: 20 GHz for more demand
     ours = vm_entitlements(snap, demands)
@@ -252,8 +269,7 @@ def test_a_skewed_96_host_10000_vm_cluster_gets_a_plan_that_improves_balance():
     # Speed at this scale is measured by bench/drs.py, not asserted here.
     rnd = random.Random(1)
     hosts = tuple(HostSnapshot(f"h{i}", cores=48, cpu_mhz=48 * 2600.0, memory_mib=512 * 1024, vcpu_ratio=8.0) for i in range(96))
-    vms = tuple(VmSnapshot(f"v{k}", vcpus=rnd.choice((1, 2, 4)), memory_mib=rnd.choice((1024, 2048, 4096)),
-                           host=f"h{(k * 7) % 96 if k % 3 else k % 24}") for k in range(10_000))
+    vms = tuple(VmSnapshot(f"v{k}", vcpus=rnd.choice((1, 2, 4)), memory_mib=rnd.choice((1024, 2048, 4096)), host=f"h{(k * 7) % 96 if k % 3 else k % 24}") for k in range(10_000))
     snap = ClusterSnapshot(hosts, vms)
     demands = {v.id: (rnd.uniform(0, v.vcpus * 2600.0), v.memory_mib * rnd.uniform(0.2, 0.9)) for v in vms}
     plan = balance(snap, DrsSettings(), demands)

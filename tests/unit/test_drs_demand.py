@@ -1,5 +1,6 @@
 """The demand DRS is given (vcenter.domain.drs_demand): per-VM samples smoothed, with their
 spread. The smoothing test moved from test_drs.py with the functions."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """DRS what-if (vcenter.domain.drs_whatif): a hypothetical change answered on a copy of the
 snapshot, the cluster itself untouched. Moved from test_drs.py with the module."""
+
 from __future__ import annotations
 
 import pytest
@@ -36,7 +37,6 @@ def test_whatif_demand_and_rule():
     res = whatif(snap, [RuleAdded(rule)], demands=even)
     assert res.plan.recommendations[0].reasons.rule == "apart"
     assert not snap.rules
-
 
 
 def test_changes_apply_in_order_and_are_described_as_operators_read_them():

@@ -4,6 +4,7 @@ Noise is told apart from trend (a climbing demand is not a spread), DPM's bound 
 hand-computed one, DPM powers hosts off several at a time and back on ahead of a climb, and on
 small synthetic traces (fixed seeds) the default DRS has no more overload than the greedy
 baseline with at most half of its migrations."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,6 +19,7 @@ from vcenter.sim.trace import build_scenario, host_bound, read_trace, replay
 
 
 # -- noise and trend --------------------------------------------------------------------------
+
 
 def test_a_climb_or_a_step_is_no_noise_but_ups_and_downs_are():
     assert noise_spread([100, 300, 500, 700, 900, 1100]) == 0.0  # a steady climb
@@ -66,8 +68,12 @@ def test_overload_relief_is_judged_as_a_risk_when_spreads_are_known():
     # h1 measured just above capacity but its demand is noisy: the risk (about one half) is
     # what a relief move must remove at least ``risk_gain`` of, not any overload at all.
     hosts = tuple(HostSnapshot(f"h{i}", cores=4, cpu_mhz=10000, memory_mib=65536) for i in (1, 2))
-    vms = (VmSnapshot("a", vcpus=4, memory_mib=4096, host="h1"), VmSnapshot("b", vcpus=4, memory_mib=4096, host="h1"),
-           VmSnapshot("tiny", vcpus=1, memory_mib=1024, host="h1"), VmSnapshot("c", vcpus=4, memory_mib=4096, host="h2"))
+    vms = (
+        VmSnapshot("a", vcpus=4, memory_mib=4096, host="h1"),
+        VmSnapshot("b", vcpus=4, memory_mib=4096, host="h1"),
+        VmSnapshot("tiny", vcpus=1, memory_mib=1024, host="h1"),
+        VmSnapshot("c", vcpus=4, memory_mib=4096, host="h2"),
+    )
     demands = {"a": (5000.0, 2048.0), "b": (4990.0, 2048.0), "tiny": (110.0, 512.0), "c": (2000.0, 2048.0)}
     exact = drs.balance(ClusterSnapshot(hosts, vms), drs.DrsSettings(threshold=2, min_gain=10.0), demands)
     assert exact.recommendations and exact.recommendations[0].reasons.overloaded  # loads taken as exact: any relief
@@ -79,14 +85,17 @@ def test_overload_relief_is_judged_as_a_risk_when_spreads_are_known():
 
 # -- DPM --------------------------------------------------------------------------------------
 
+
 def test_host_bound_hand_computed():
     caps = np.array([[10000.0, 1000.0]] * 4)  # 4 equal hosts; at 80 %: 8000 MHz, 800 MiB each
-    totals = np.array([
-        [7000.0, 500.0],  # cpu 1 host, memory 1 host -> 1
-        [17000.0, 900.0],  # cpu 3 (2 hold 16000 < 17000), memory 2 -> 3
-        [0.0, 2500.0],  # memory: 3 hold 2400 < 2500 -> 4
-        [33000.0, 100.0],  # cpu 5 > 4 hosts -> all 4
-    ])
+    totals = np.array(
+        [
+            [7000.0, 500.0],  # cpu 1 host, memory 1 host -> 1
+            [17000.0, 900.0],  # cpu 3 (2 hold 16000 < 17000), memory 2 -> 3
+            [0.0, 2500.0],  # memory: 3 hold 2400 < 2500 -> 4
+            [33000.0, 100.0],  # cpu 5 > 4 hosts -> all 4
+        ]
+    )
     assert host_bound(totals, caps, 0.8).tolist() == [1, 3, 4, 4]
     assert host_bound(totals, caps, 0.8, ha_hosts=1).tolist() == [2, 4, 4, 4]
     # Unequal hosts: the largest count first.
@@ -135,12 +144,15 @@ def test_dpm_powers_on_ahead_of_a_climb_by_the_wake_up_time():
 NOT_YET = pytest.mark.xfail(strict=True, reason="issue 22: not yet held on this workload (docs/benchmarks.md, DRS and DPM)")
 
 
-@pytest.mark.parametrize("family,seed,load", [
-    ("bursty", 13, 0.7),
-    pytest.param("bursty", 11, 0.85, marks=NOT_YET),
-    pytest.param("diurnal", 12, 0.7, marks=NOT_YET),
-    pytest.param("diurnal", 12, 0.85, marks=NOT_YET),
-])
+@pytest.mark.parametrize(
+    "family,seed,load",
+    [
+        ("bursty", 13, 0.7),
+        pytest.param("bursty", 11, 0.85, marks=NOT_YET),
+        pytest.param("diurnal", 12, 0.7, marks=NOT_YET),
+        pytest.param("diurnal", 12, 0.85, marks=NOT_YET),
+    ],
+)
 def test_default_drs_beats_greedy_with_half_its_migrations(family, seed, load):
     tr = generate(family, seed, vms=120, intervals=96)
     sc = build_scenario(tr, 6, 120, load, seed)

@@ -1,6 +1,7 @@
 """Maintenance evacuation decisions (vcenter.domain.evacuation): running VMs placed together,
 powered-off VMs left, refusing maintenance, or moved as cold moves (no demand, datastores
 mounted on the target, must rules kept), and every VM that cannot leave named with a code."""
+
 from __future__ import annotations
 
 import pytest
@@ -80,8 +81,7 @@ def test_move_keeps_must_rules_and_binds_them_for_the_next_decision():
     # "o" and "q" must run on h3 or h4 (a VM-host must rule): h2, the emptiest, is refused to
     # both. "o" takes h3 (emptier than h4); "q" must be apart from "o", so h4 although h3 is
     # emptier: the cold move of "o" counts as its location for the next decision.
-    rules = (Rule("pin", RuleKind.RUN_ON, True, frozenset({"o", "q"}), hosts=frozenset({"h3", "h4"})),
-             Rule("apart", RuleKind.ANTI_AFFINITY, True, frozenset({"o", "q"})))
+    rules = (Rule("pin", RuleKind.RUN_ON, True, frozenset({"o", "q"}), hosts=frozenset({"h3", "h4"})), Rule("apart", RuleKind.ANTI_AFFINITY, True, frozenset({"o", "q"})))
     hosts = (host("h1"), host("h2"), host("h3", used_memory_mib=G), host("h4", used_memory_mib=2 * G))
     snap = ClusterSnapshot(hosts, (vm("o"), vm("q")), rules)
     p = plan(snap, "h1", [], [off(vm("o")), off(vm("q"))], "move")

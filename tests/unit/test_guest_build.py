@@ -3,6 +3,7 @@
 apt is replaced by fakes that build tiny .deb files with dpkg-deb (a fake kernel with fake
 modules whose modinfo carries depends=, a fake busybox), so these tests need no network.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -15,8 +16,16 @@ import pytest
 
 from vcenter.lab import guest
 from vcenter.lab.guest import (
-    INIT_SCRIPT, PATTERN_BLOCK, AptError, CpioWriter, build_guest, cache_key, module_depends,
-    module_load_order, pattern_block, verify_pattern,
+    INIT_SCRIPT,
+    PATTERN_BLOCK,
+    AptError,
+    CpioWriter,
+    build_guest,
+    cache_key,
+    module_depends,
+    module_load_order,
+    pattern_block,
+    verify_pattern,
 )
 
 pytestmark = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb")
@@ -46,20 +55,17 @@ FAKE_TOOL_FILES = {
     "libtomcrypt1": {"usr/lib/x86_64-linux-gnu/libtomcrypt.so.1.0.1": "tomcrypt", "usr/lib/x86_64-linux-gnu/libtomcrypt.so.1": "->libtomcrypt.so.1.0.1"},
     "libtommath1": {"usr/lib/x86_64-linux-gnu/libtommath.so.1.2.0": "tommath", "usr/lib/x86_64-linux-gnu/libtommath.so.1": "->libtommath.so.1.2.0"},
     "libgmp10": {"usr/lib/x86_64-linux-gnu/libgmp.so.10.4.1": "gmp", "usr/lib/x86_64-linux-gnu/libgmp.so.10": "->libgmp.so.10.4.1"},
-    "libc6": {"lib/x86_64-linux-gnu/libc.so.6": "libc", "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2": "loader",
-              "lib64/ld-linux-x86-64.so.2": "->/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"},
+    "libc6": {"lib/x86_64-linux-gnu/libc.so.6": "libc", "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2": "loader", "lib64/ld-linux-x86-64.so.2": "->/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"},
 }
 
 
 def fake_ko(name: str, depends: str) -> bytes:
-    return (b"\x7fELF fake module\0license=GPL\0" + f"depends={depends}\0name={name}\0".encode()
-            + b"vermagic=9.9.9\0" + b"\0" * 64)
+    return b"\x7fELF fake module\0license=GPL\0" + f"depends={depends}\0name={name}\0".encode() + b"vermagic=9.9.9\0" + b"\0" * 64
 
 
 def make_deb(root: Path, package: str, version: str, out: Path) -> Path:
     (root / "DEBIAN").mkdir(parents=True)
-    (root / "DEBIAN/control").write_text(
-        f"Package: {package}\nVersion: {version}\nArchitecture: amd64\nMaintainer: t <t@t>\nDescription: fake\n")
+    (root / "DEBIAN/control").write_text(f"Package: {package}\nVersion: {version}\nArchitecture: amd64\nMaintainer: t <t@t>\nDescription: fake\n")
     deb = out / f"{package}_{version.replace(':', '%3a')}_amd64.deb"
     subprocess.run(["dpkg-deb", "-Zgzip", "--build", str(root), str(deb)], check=True, capture_output=True)
     return deb
@@ -100,8 +106,7 @@ class FakeApt:
         (b / "bin").mkdir(parents=True)
         (b / "bin/busybox").write_text("#!/bin/sh\nfor a in busybox sh mount insmod ip ping poweroff dd; do echo $a; done\n")
         (b / "bin/busybox").chmod(0o755)
-        debs = {KPKG: make_deb(k, KPKG, packages[KPKG], dest),
-                "busybox-static": make_deb(b, "busybox-static", packages["busybox-static"], dest)}
+        debs = {KPKG: make_deb(k, KPKG, packages[KPKG], dest), "busybox-static": make_deb(b, "busybox-static", packages["busybox-static"], dest)}
         for package, files in FAKE_TOOL_FILES.items():
             root = self.tmp / f"{package}{n}"
             for rel, content in files.items():
@@ -129,13 +134,13 @@ def read_cpio(data: bytes) -> dict[str, tuple[int, bytes, tuple[int, int]]]:
     """{name: (mode, data, (rdevmajor, rdevminor))} of a newc archive."""
     out, pos = {}, 0
     while True:
-        assert data[pos:pos + 6] == b"070701"
-        f = [int(data[pos + 6 + 8 * i: pos + 14 + 8 * i], 16) for i in range(13)]
+        assert data[pos : pos + 6] == b"070701"
+        f = [int(data[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in range(13)]
         mode, size, rmaj, rmin, namesize = f[1], f[6], f[9], f[10], f[11]
         pos += 110
-        name = data[pos:pos + namesize - 1].decode()
+        name = data[pos : pos + namesize - 1].decode()
         pos += namesize + (-(110 + namesize) % 4)
-        body = data[pos:pos + size]
+        body = data[pos : pos + size]
         pos += size + (-size % 4)
         if name == "TRAILER!!!":
             return out
@@ -192,8 +197,7 @@ def test_initramfs_layout(apt, tmp_path):
     assert stat.S_ISLNK(files["bin/sh"][0]) and files["bin/sh"][1] == b"busybox"
     order = files["etc/vc/modules"][1].decode().split()
     # Dependencies first; built-ins (evdev here) and unrelated modules left out.
-    assert order == ["virtio_ring", "virtio_pci_modern_dev", "virtio", "virtio_pci", "virtio_console",
-                     "virtio_blk", "failover", "net_failover", "virtio_net", "virtio_balloon", "button", "isofs"]
+    assert order == ["virtio_ring", "virtio_pci_modern_dev", "virtio", "virtio_pci", "virtio_console", "virtio_blk", "failover", "net_failover", "virtio_net", "virtio_balloon", "button", "isofs"]
     for m in order:
         assert files[f"lib/modules/{m}.ko"][1] == fake_ko(m, FAKE_MODULES[m][1])
     assert "lib/modules/unused.ko" not in files
@@ -201,8 +205,7 @@ def test_initramfs_layout(apt, tmp_path):
     # dropbearkey (SSH host keys) and its libraries, symlinks followed to their content.
     assert files["bin/dropbearkey"][1] == b"dropbearkey" and files["bin/dropbearkey"][0] & 0o111
     libs = {name.rsplit("/", 1)[1]: body for name, (_, body, _) in files.items() if name.startswith("lib/x86_64-linux-gnu/")}
-    assert libs == {"libc.so.6": b"libc", "ld-linux-x86-64.so.2": b"loader", "libtomcrypt.so.1": b"tomcrypt",
-                    "libtommath.so.1": b"tommath", "libgmp.so.10": b"gmp"}
+    assert libs == {"libc.so.6": b"libc", "ld-linux-x86-64.so.2": b"loader", "libtomcrypt.so.1": b"tomcrypt", "libtommath.so.1": b"tommath", "libgmp.so.10": b"gmp"}
     assert stat.S_ISLNK(files["lib64/ld-linux-x86-64.so.2"][0]) and files["lib64/ld-linux-x86-64.so.2"][1] == b"/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
 
 
@@ -237,16 +240,40 @@ def test_cache_key_depends_on_versions_and_init():
 def test_init_script_does_what_the_guest_promises():
     s = INIT_SCRIPT
     for piece in (
-        "mount -t proc proc /proc", "mount -t sysfs sysfs /sys", "mount -t devtmpfs devtmpfs /dev",
+        "mount -t proc proc /proc",
+        "mount -t sysfs sysfs /sys",
+        "mount -t devtmpfs devtmpfs /dev",
         'insmod "/lib/modules/$m.ko"',
-        "vc.hostname=*)", "vc.ip=*)", "vc.seed=*)", 'ip addr add "$IP" dev eth0', 'hostname "$HOSTNAME"',
-        "/proc/sys/kernel/random/uuid", "/etc/machine-id",
-        "/sys/class/virtio-ports/", "PORT=/dev/virtio-ports/org.virtcenter.heartbeat", 'exec 3<>"$PORT"',
-        '"seq": %d', '"uptime": %s', '"hostname": "%s"', '"machine_id": "%s"', '"burn": %d', '"ip": %s',
-        "burn) do_burn", "write-pattern) do_write_pattern", "ping) do_ping", "hostname) reply",
-        "poweroff) reply", "ping -c 1 -W 2", "printf 'VCPAT%010d\\n%s\\n'", ">/dev/vda",
-        '"Power Button"', "/dev/input/", "sync", "poweroff -f",
-        "dropbearkey -t ed25519 -f /etc/dropbear/dropbear_ed25519_host_key", '"ssh_host_key": "%s"',
+        "vc.hostname=*)",
+        "vc.ip=*)",
+        "vc.seed=*)",
+        'ip addr add "$IP" dev eth0',
+        'hostname "$HOSTNAME"',
+        "/proc/sys/kernel/random/uuid",
+        "/etc/machine-id",
+        "/sys/class/virtio-ports/",
+        "PORT=/dev/virtio-ports/org.virtcenter.heartbeat",
+        'exec 3<>"$PORT"',
+        '"seq": %d',
+        '"uptime": %s',
+        '"hostname": "%s"',
+        '"machine_id": "%s"',
+        '"burn": %d',
+        '"ip": %s',
+        "burn) do_burn",
+        "write-pattern) do_write_pattern",
+        "ping) do_ping",
+        "hostname) reply",
+        "poweroff) reply",
+        "ping -c 1 -W 2",
+        "printf 'VCPAT%010d\\n%s\\n'",
+        ">/dev/vda",
+        '"Power Button"',
+        "/dev/input/",
+        "sync",
+        "poweroff -f",
+        "dropbearkey -t ed25519 -f /etc/dropbear/dropbear_ed25519_host_key",
+        '"ssh_host_key": "%s"',
     ):
         assert piece in s, piece
     # PID 1 must never return: the script ends in an endless command loop.
@@ -281,6 +308,7 @@ def test_cpio_writer_refuses_duplicates():
 
 
 # --- the disk pattern ----------------------------------------------------------------------
+
 
 def write_pattern(path: Path, mib: int, size_mib: int = 8) -> None:
     with open(path, "wb") as f:

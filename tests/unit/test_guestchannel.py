@@ -1,4 +1,5 @@
 """GuestChannel against a fake guest on a unix socket (the real one: tests/libvirtd/test_lab_guest.py)."""
+
 from __future__ import annotations
 
 import json
@@ -59,7 +60,7 @@ class FakeGuest:
                     if cmd != "silent":
                         word = cmd.split()[0]
                         # The reply is split over two writes, as a slow guest might.
-                        msg = json.dumps({"reply": word, "ok": True, "arg": cmd[len(word):].strip()}).encode()
+                        msg = json.dumps({"reply": word, "ok": True, "arg": cmd[len(word) :].strip()}).encode()
                         conn.sendall(msg[:5])
                         time.sleep(0.01)
                         conn.sendall(msg[5:] + b"\n")

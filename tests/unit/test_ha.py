@@ -1,5 +1,6 @@
 """HA decisions (vcenter.domain.ha): liveness on two channels, freezes, restart planning,
 admission control, VM monitoring, isolation; and the HA scenarios' invariants have teeth."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,6 +24,7 @@ def view(now, since=0.0, redis=True):
 
 
 # -- detection -------------------------------------------------------------------------------
+
 
 def test_both_channels_silent_past_detection_is_failed_not_before():
     o = [obs("h1", 0.0, 0.0), obs("h2", 5.0, 5.0), obs("h3", 5.0, 5.0)]
@@ -85,6 +87,7 @@ def test_unmonitored_hosts_are_not_judged():
 
 # -- restarts --------------------------------------------------------------------------------
 
+
 def snap(*hosts, vms=(), rules=()):
     return ClusterSnapshot(hosts=tuple(hosts), vms=tuple(vms), rules=tuple(rules))
 
@@ -102,8 +105,7 @@ DEAD = {"h1": H.FAILED, "h2": H.CONNECTED, "h3": H.CONNECTED}
 
 def test_restart_in_priority_order_and_disabled_skipped():
     s = snap(host("h1", connection="notResponding"), host("h2", mem=8192))
-    cs = [cand("low", 4096, ha.Priority.LOW), cand("hi", 4096, ha.Priority.HIGH), cand("med", 4096, ha.Priority.MEDIUM),
-          cand("no", 1024, ha.Priority.DISABLED)]
+    cs = [cand("low", 4096, ha.Priority.LOW), cand("hi", 4096, ha.Priority.HIGH), cand("med", 4096, ha.Priority.MEDIUM), cand("no", 1024, ha.Priority.DISABLED)]
     p = ha.plan_restarts(s, cs, DEAD, now=10.0, settings=ha.RestartSettings(max_attempts=5))
     assert [x.vm_id for x in p.starts] == ["hi", "med"]
     assert p.waits[0].vm_id == "low" and p.waits[0].until == 12.0 and "no host fits" in p.waits[0].reason
@@ -144,8 +146,7 @@ def test_backoff_and_give_up():
 
 def test_rules_kept_and_failover_hosts_first():
     rule = Rule("apart", RuleKind.ANTI_AFFINITY, True, frozenset({"a", "b"}))
-    s = snap(host("h1", connection="notResponding"), host("h2"), host("h3"),
-             vms=[VmSnapshot("b", memory_mib=1024, vcpus=1, host="h2")], rules=[rule])
+    s = snap(host("h1", connection="notResponding"), host("h2"), host("h3"), vms=[VmSnapshot("b", memory_mib=1024, vcpus=1, host="h2")], rules=[rule])
     p = ha.plan_restarts(s, [cand("a")], DEAD, 0.0)
     assert p.starts[0].host_id == "h3"
     s2 = snap(host("h1", connection="notResponding"), host("h2"), host("h3"))
@@ -159,10 +160,8 @@ def test_wake_standby_when_short():
 
 
 def test_place_1000_vms_of_failed_hosts():
-    hosts = [HostSnapshot(f"h{i}", cores=64, memory_mib=262144, cpu_mhz=64 * 2500, connection="notResponding" if i < 10 else "connected")
-             for i in range(50)]
-    cs = [ha.RestartCandidate(VmSnapshot(f"v{i}", memory_mib=2048, vcpus=2), ha.Priority.MEDIUM, f"h{i % 10}", f"h{i % 10}")
-          for i in range(1000)]
+    hosts = [HostSnapshot(f"h{i}", cores=64, memory_mib=262144, cpu_mhz=64 * 2500, connection="notResponding" if i < 10 else "connected") for i in range(50)]
+    cs = [ha.RestartCandidate(VmSnapshot(f"v{i}", memory_mib=2048, vcpus=2), ha.Priority.MEDIUM, f"h{i % 10}", f"h{i % 10}") for i in range(1000)]
     health = {h.id: (H.FAILED if h.connection != "connected" else H.CONNECTED) for h in hosts}
     p = ha.plan_restarts(snap(*hosts), cs, health, 0.0)
     failed = {f"h{i}" for i in range(10)}
@@ -171,11 +170,17 @@ def test_place_1000_vms_of_failed_hosts():
 
 # -- reconcile, fencing ----------------------------------------------------------------------
 
+
 def test_reconcile_verdicts():
-    r = {x.vm_id: x.verdict for x in ha.reconcile(
-        {"ok": "h2", "moved": "h2", "dup": "h2", "dead": "h1", "stopped": "h2", "unknown": "h4"},
-        {"ok": ["h2"], "moved": ["h3"], "dup": ["h2", "h3"]},
-        known_hosts=["h2", "h3"], health={"h1": H.FAILED})}
+    r = {
+        x.vm_id: x.verdict
+        for x in ha.reconcile(
+            {"ok": "h2", "moved": "h2", "dup": "h2", "dead": "h1", "stopped": "h2", "unknown": "h4"},
+            {"ok": ["h2"], "moved": ["h3"], "dup": ["h2", "h3"]},
+            known_hosts=["h2", "h3"],
+            health={"h1": H.FAILED},
+        )
+    }
     assert r == {"ok": "ok", "moved": "moved", "dup": "duplicate", "dead": "restart", "stopped": "stopped", "unknown": "unknown"}
 
 
@@ -184,6 +189,7 @@ def test_fencing_token():
 
 
 # -- admission -------------------------------------------------------------------------------
+
 
 def test_host_failures_policy():
     hs = [host("h1"), host("h2"), host("h3")]
@@ -231,6 +237,7 @@ def test_vm_monitoring_reset_and_limits():
 
 
 # -- isolation -------------------------------------------------------------------------------
+
 
 def test_isolation_needs_redis_and_every_address_silent():
     assert ha.isolated(ha.IsolationView(10.0, 0.0, redis_ok_at=0.0, probe_ok_at=0.0), 5.0)[0]
@@ -291,6 +298,7 @@ def test_stamps_tell_a_dead_host_from_an_isolated_one():
 
 # -- unexpected stops ------------------------------------------------------------------------
 
+
 def _stop(**kw) -> ha.StoppedVm:
     base = dict(vm_id="a", host="h1", reason="unobserved", power_state="poweredOff", ha_enabled=True, restart_pending=False, busy=False)
     return ha.StoppedVm(**{**base, **kw})
@@ -301,17 +309,20 @@ def test_a_vm_that_stopped_unexpectedly_is_restarted(reason):
     assert ha.restart_after_stop(_stop(reason=reason)) is None
 
 
-@pytest.mark.parametrize("kw, why", [
-    ({"reason": "shutdown"}, "stopped on purpose (shutdown)"),  # the guest shut itself down
-    ({"reason": "destroyed"}, "stopped on purpose (destroyed)"),  # virsh destroy from outside
-    ({"reason": "saved"}, "stopped on purpose (saved)"),
-    ({"ha_enabled": False}, "its cluster has no HA"),
-    ({"restart_pending": True}, "HA already restarts it"),  # its host failed, or released it
-    ({"busy": True}, "a task holds it"),  # a migration or a user's power operation
-    ({"power_state": "poweredOn"}, "it is poweredOn now"),  # someone started it meanwhile
-    ({"power_state": "suspended"}, "it is suspended now"),
-    ({"host": None}, "it has no host"),
-])
+@pytest.mark.parametrize(
+    "kw, why",
+    [
+        ({"reason": "shutdown"}, "stopped on purpose (shutdown)"),  # the guest shut itself down
+        ({"reason": "destroyed"}, "stopped on purpose (destroyed)"),  # virsh destroy from outside
+        ({"reason": "saved"}, "stopped on purpose (saved)"),
+        ({"ha_enabled": False}, "its cluster has no HA"),
+        ({"restart_pending": True}, "HA already restarts it"),  # its host failed, or released it
+        ({"busy": True}, "a task holds it"),  # a migration or a user's power operation
+        ({"power_state": "poweredOn"}, "it is poweredOn now"),  # someone started it meanwhile
+        ({"power_state": "suspended"}, "it is suspended now"),
+        ({"host": None}, "it has no host"),
+    ],
+)
 def test_a_stop_someone_asked_for_or_already_handled_is_not_restarted(kw, why):
     assert ha.restart_after_stop(_stop(**{"reason": "crashed", **kw})) == why
 
@@ -323,9 +334,11 @@ def test_the_monitor_consumes_each_unexpected_stop_once():
 
     class Store:
         def __init__(self) -> None:
-            self.pending = [UnexpectedStop("a", "h1", "ua", _stop(vm_id="a", reason="crashed")),
-                            UnexpectedStop("b", "h1", "ub", _stop(vm_id="b", reason="shutdown")),
-                            UnexpectedStop("c", "h2", "uc", _stop(vm_id="c", restart_pending=True))]
+            self.pending = [
+                UnexpectedStop("a", "h1", "ua", _stop(vm_id="a", reason="crashed")),
+                UnexpectedStop("b", "h1", "ub", _stop(vm_id="b", reason="shutdown")),
+                UnexpectedStop("c", "h2", "uc", _stop(vm_id="c", restart_pending=True)),
+            ]
             self.candidates: list[tuple] = []
             self.handled: list[tuple] = []
 

@@ -1,5 +1,6 @@
 """One HA monitor: production (Redis and the database) and the golden scenarios (a simulated
 cluster) supply the same environment interface to the same loop, vcenter.services.ha.ha_manager."""
+
 from __future__ import annotations
 
 import inspect
@@ -30,10 +31,14 @@ def test_the_interfaces_name_what_the_loop_touches():
     assert {"set_frozen", "record_transitions", "add_candidates", "waiting_restarts", "start_restart", "wake", "reset_vm"} <= _members(ha_manager.HaStore)
 
 
-@pytest.mark.parametrize("env, store", [
-    (RedisDbEnvironment(SimpleNamespace(settings=Settings(), redis=None), clock=lambda: 0.0), DatabaseStore(None, {})),
-    (SimHaEnvironment(None), None),
-], ids=["production", "scenarios"])
+@pytest.mark.parametrize(
+    "env, store",
+    [
+        (RedisDbEnvironment(SimpleNamespace(settings=Settings(), redis=None), clock=lambda: 0.0), DatabaseStore(None, {})),
+        (SimHaEnvironment(None), None),
+    ],
+    ids=["production", "scenarios"],
+)
 def test_both_environments_supply_the_whole_interface(env, store):
     store = env if store is None else store  # the simulated environment is its own store
     missing = sorted(n for n in _members(ha_manager.HaEnvironment) if not callable(getattr(env, n, None)))

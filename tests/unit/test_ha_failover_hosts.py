@@ -1,6 +1,7 @@
 """Dedicated HA failover hosts (admission policy "failover-hosts"): placement never chooses them
 (FailoverHostFilter, with its reason), DRS neither balances onto them nor counts them, HA restart
 planning uses them first; and the golden scenario that shows it has teeth."""
+
 from __future__ import annotations
 
 from pathlib import Path

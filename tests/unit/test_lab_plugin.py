@@ -7,6 +7,7 @@ this test reads the contract's module list, checks that it covers every package 
 product, and checks the direct imports itself, so that a new package or a removed line of
 the contract is caught here too.
 """
+
 from __future__ import annotations
 
 import ast
@@ -53,8 +54,7 @@ def _names_the_lab(node: ast.AST) -> bool:
     if isinstance(node, ast.Import):
         return any(a.name == "vcenter.lab" or a.name.startswith("vcenter.lab.") for a in node.names)
     if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-        return (node.module == "vcenter.lab" or node.module.startswith("vcenter.lab.")
-                or (node.module == "vcenter" and any(a.name == "lab" for a in node.names)))
+        return node.module == "vcenter.lab" or node.module.startswith("vcenter.lab.") or (node.module == "vcenter" and any(a.name == "lab" for a in node.names))
     return False
 
 
@@ -62,37 +62,34 @@ def test_the_contract_covers_every_package_of_the_product():
     contract = _contract("product-not-lab")
     assert contract["forbidden_modules"] == ["vcenter.lab"]
     sources = set(contract["source_modules"])
-    ours = {f"vcenter.{p.stem if p.suffix else p.name}" for p in (ROOT / "vcenter").iterdir()
-            if (p.is_dir() and (p / "__init__.py").exists()) or (p.suffix == ".py" and p.stem != "__init__")}
+    ours = {f"vcenter.{p.stem if p.suffix else p.name}" for p in (ROOT / "vcenter").iterdir() if (p.is_dir() and (p / "__init__.py").exists()) or (p.suffix == ".py" and p.stem != "__init__")}
     ours |= {"workers", "templates_store"}
     assert "vcenter.api" in ours and "vcenter.power" in ours
     assert ours - NOT_PRODUCT - sources == set(), "add the new package to the contract product-not-lab"
 
 
 def test_product_code_names_no_lab_module():
-    files = [f for m in _contract("product-not-lab")["source_modules"]
-             for f in sorted((ROOT / m.replace(".", "/")).rglob("*.py"))]
+    files = [f for m in _contract("product-not-lab")["source_modules"] for f in sorted((ROOT / m.replace(".", "/")).rglob("*.py"))]
     assert len(files) > 100
-    found = [f"{f.relative_to(ROOT)}:{node.lineno}" for f in files
-             for node in ast.walk(ast.parse(f.read_text(), str(f))) if _names_the_lab(node)]
+    found = [f"{f.relative_to(ROOT)}:{node.lineno}" for f in files for node in ast.walk(ast.parse(f.read_text(), str(f))) if _names_the_lab(node)]
     assert found == []
 
 
 def test_the_lab_imports_no_agent_module():
     assert _contract("lab-not-agent")["forbidden_modules"] == ["workers"]
-    found = [f"{f.relative_to(ROOT)}:{node.lineno}" for f in sorted((ROOT / "vcenter/lab").rglob("*.py"))
-             for node in ast.walk(ast.parse(f.read_text(), str(f)))
-             if isinstance(node, (ast.Import, ast.ImportFrom))
-             and any(n == "workers" or n.startswith("workers.")
-                     for n in ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]))]
+    found = [
+        f"{f.relative_to(ROOT)}:{node.lineno}"
+        for f in sorted((ROOT / "vcenter/lab").rglob("*.py"))
+        for node in ast.walk(ast.parse(f.read_text(), str(f)))
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        and any(n == "workers" or n.startswith("workers.") for n in ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]))
+    ]
     assert found == []
 
 
 def test_installed_entry_points_are_those_of_pyproject():
-    declared = {(group, name, value) for group, entries in PYPROJECT["project"]["entry-points"].items()
-                for name, value in entries.items()}
-    installed = {(ep.group, ep.name, ep.value) for ep in distribution("virtcenter").entry_points
-                 if ep.group.startswith("virtcenter.")}
+    declared = {(group, name, value) for group, entries in PYPROJECT["project"]["entry-points"].items() for name, value in entries.items()}
+    installed = {(ep.group, ep.name, ep.value) for ep in distribution("virtcenter").entry_points if ep.group.startswith("virtcenter.")}
     assert installed == declared, "the installed metadata is stale: run `make install`"
 
 
@@ -156,8 +153,7 @@ def test_boot_image_tiny_linux(tmp_path):
     assert str(tmp_path / "cache") in str(e.value) and "vcenter lab up builds it" in str(e.value)
     entry = _built_image(tmp_path / "cache")
     boot = resolve_boot_image("tiny-linux", settings, vm_name="-web_1.example-", ip="10.99.0.11/24")
-    assert boot == BootFiles(kernel=str(entry / "vmlinuz"), initrd=str(entry / "initrd.gz"),
-                             cmdline=f"{guest.BASE_CMDLINE} vc.hostname=web-1-example vc.ip=10.99.0.11/24")
+    assert boot == BootFiles(kernel=str(entry / "vmlinuz"), initrd=str(entry / "initrd.gz"), cmdline=f"{guest.BASE_CMDLINE} vc.hostname=web-1-example vc.ip=10.99.0.11/24")
     assert resolve_boot_image("tiny-linux", settings, vm_name="___", ip=None).cmdline.endswith("vc.hostname=guest")
     with pytest.raises(ValueError):
         resolve_boot_image("tiny-linux", settings, vm_name="web", ip="10.99.0.11")

@@ -1,4 +1,5 @@
 """CPU definitions in the domain XML: validation refuses injection, the element is exact."""
+
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
@@ -7,7 +8,11 @@ import pytest
 
 from vcenter.hypervisor.base import DriverError
 from vcenter.hypervisor.libvirt.xml import (
-    build_cpu_xml, build_domain_xml, compare_feature_sets, host_style_cpu_xml, parse_cpu_xml,
+    build_cpu_xml,
+    build_domain_xml,
+    compare_feature_sets,
+    host_style_cpu_xml,
+    parse_cpu_xml,
 )
 from vcenter.messaging.contracts import CpuSpec, VmSpec
 
@@ -19,15 +24,13 @@ def spec(cpu: CpuSpec | None) -> VmSpec:
 
 
 def test_custom_cpu_element():
-    cpu = CpuSpec(model="Westmere", vendor="Intel", features_require=["avx2", "sse4.2"],
-                  features_disable=["aes"])
+    cpu = CpuSpec(model="Westmere", vendor="Intel", features_require=["avx2", "sse4.2"], features_disable=["aes"])
     dom = ET.fromstring(build_domain_xml(spec(cpu), "qemu"))
     el = dom.find("cpu")
     assert el.attrib == {"mode": "custom", "match": "exact", "check": "partial"}
     assert el.find("model").text == "Westmere" and el.find("model").get("fallback") == "forbid"
     assert el.findtext("vendor") == "Intel"
-    assert [(f.get("policy"), f.get("name")) for f in el.findall("feature")] == [
-        ("require", "avx2"), ("require", "sse4.2"), ("disable", "aes")]
+    assert [(f.get("policy"), f.get("name")) for f in el.findall("feature")] == [("require", "avx2"), ("require", "sse4.2"), ("disable", "aes")]
     assert len(dom.findall("cpu")) == 1
 
 
@@ -51,21 +54,24 @@ def test_host_model_and_passthrough():
     assert e.value.code == "INVALID_SPEC"
 
 
-@pytest.mark.parametrize("cpu", [
-    CpuSpec(model="Westmere</model><feature policy='require' name='x'/><model>"),
-    CpuSpec(model="West mere"),
-    CpuSpec(model=""),
-    CpuSpec(model="x" * 65),
-    CpuSpec(model="Westmere'"),
-    CpuSpec(model="Westmere", vendor="Intel<x/>"),
-    CpuSpec(model="Westmere", features_require=["avx2\"/><feature name=\"y"]),
-    CpuSpec(model="Westmere", features_disable=["a/b"]),
-    CpuSpec(model="Westmere", features_require=["sse4\n2"]),
-    CpuSpec(model="Westmere", features_require=["avx2"], features_disable=["avx2"]),
-    CpuSpec(model=None),                                 # custom needs a model
-    CpuSpec(mode="host-model", model="Westmere"),         # host modes take no model
-    CpuSpec(mode="host-passthrough", vendor="Intel"),
-])
+@pytest.mark.parametrize(
+    "cpu",
+    [
+        CpuSpec(model="Westmere</model><feature policy='require' name='x'/><model>"),
+        CpuSpec(model="West mere"),
+        CpuSpec(model=""),
+        CpuSpec(model="x" * 65),
+        CpuSpec(model="Westmere'"),
+        CpuSpec(model="Westmere", vendor="Intel<x/>"),
+        CpuSpec(model="Westmere", features_require=['avx2"/><feature name="y']),
+        CpuSpec(model="Westmere", features_disable=["a/b"]),
+        CpuSpec(model="Westmere", features_require=["sse4\n2"]),
+        CpuSpec(model="Westmere", features_require=["avx2"], features_disable=["avx2"]),
+        CpuSpec(model=None),  # custom needs a model
+        CpuSpec(mode="host-model", model="Westmere"),  # host modes take no model
+        CpuSpec(mode="host-passthrough", vendor="Intel"),
+    ],
+)
 def test_bad_cpu_refused(cpu):
     with pytest.raises(DriverError) as e:
         build_domain_xml(spec(cpu), "qemu")
@@ -75,27 +81,32 @@ def test_bad_cpu_refused(cpu):
 
 
 def test_cpu_xml_round_trips_through_the_parser():
-    cpu = CpuSpec(model="Skylake-Client-IBRS", vendor="Intel", features_require=["sse4.2"],
-                  features_disable=["hle", "rtm"])
+    cpu = CpuSpec(model="Skylake-Client-IBRS", vendor="Intel", features_require=["sse4.2"], features_disable=["hle", "rtm"])
     p = parse_cpu_xml(build_cpu_xml(cpu))
-    assert (p.mode, p.model, p.vendor, p.require, p.disable) == (
-        "custom", "Skylake-Client-IBRS", "Intel", {"sse4.2"}, {"hle", "rtm"})
+    assert (p.mode, p.model, p.vendor, p.require, p.disable) == ("custom", "Skylake-Client-IBRS", "Intel", {"sse4.2"}, {"hle", "rtm"})
 
 
 def test_parse_host_and_domcaps_styles():
-    host = parse_cpu_xml("<cpu><arch>x86_64</arch><model>kvm64</model><vendor>AMD</vendor>"
-                         "<feature name='avx2'/><topology sockets='1'/></cpu>")
+    host = parse_cpu_xml("<cpu><arch>x86_64</arch><model>kvm64</model><vendor>AMD</vendor><feature name='avx2'/><topology sockets='1'/></cpu>")
     assert (host.mode, host.model, host.arch, host.require) == (None, "kvm64", "x86_64", {"avx2"})
-    mode = parse_cpu_xml("<mode name='host-model' supported='yes'><model fallback='forbid'>EPYC</model>"
-                         "<feature policy='require' name='ss'/><feature policy='disable' name='vme'/>"
-                         "<feature policy='optional' name='x'/></mode>")
+    mode = parse_cpu_xml(
+        "<mode name='host-model' supported='yes'><model fallback='forbid'>EPYC</model>"
+        "<feature policy='require' name='ss'/><feature policy='disable' name='vme'/>"
+        "<feature policy='optional' name='x'/></mode>"
+    )
     assert (mode.mode, mode.model, mode.require, mode.disable) == ("host-model", "EPYC", {"ss"}, {"vme"})
 
 
-@pytest.mark.parametrize("xml", [
-    "<cpu><model>", "<domain/>", "<cpu><model>a b</model></cpu>",
-    "<cpu><model>X</model><feature name='a&quot;b'/></cpu>", "<cpu><feature/></cpu>",
-])
+@pytest.mark.parametrize(
+    "xml",
+    [
+        "<cpu><model>",
+        "<domain/>",
+        "<cpu><model>a b</model></cpu>",
+        "<cpu><model>X</model><feature name='a&quot;b'/></cpu>",
+        "<cpu><feature/></cpu>",
+    ],
+)
 def test_parse_refuses_bad_xml(xml):
     with pytest.raises(DriverError) as e:
         parse_cpu_xml(xml)
@@ -103,8 +114,7 @@ def test_parse_refuses_bad_xml(xml):
 
 
 def test_host_style_drops_mode_and_policies():
-    p = parse_cpu_xml(build_cpu_xml(CpuSpec(model="Westmere", vendor="Intel", features_require=["avx2"],
-                                            features_disable=["aes"])))
+    p = parse_cpu_xml(build_cpu_xml(CpuSpec(model="Westmere", vendor="Intel", features_require=["avx2"], features_disable=["aes"])))
     el = ET.fromstring(host_style_cpu_xml(p))
     assert el.attrib == {} and el.findtext("arch") == "x86_64" and el.findtext("model") == "Westmere"
     assert [f.attrib for f in el.findall("feature")] == [{"name": "avx2"}]

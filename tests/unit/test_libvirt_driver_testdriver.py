@@ -5,6 +5,7 @@ has no keepalive, block jobs or guest agent; those are proved by the integration
 Within one process, connections to test:///default share one driver instance for as long as
 any of them (or a domain object holding one) lives, so every test uses its own UUID and name.
 """
+
 from __future__ import annotations
 
 import threading

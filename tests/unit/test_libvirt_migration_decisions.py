@@ -1,5 +1,6 @@
 """The pure decisions of live migration (vcenter.hypervisor.libvirt.migration): what libvirt is
 asked, where copied disks land, what a failure is called, how job stats read."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,12 +9,17 @@ import libvirt  # noqa: E402  (libvirt-python: installed by make install, never 
 
 from vcenter.hypervisor.base import DriverError  # noqa: E402
 from vcenter.hypervisor.libvirt.migration import (  # noqa: E402
-    copied_disk_dirs, failure_code, job_running, migration_flags, migration_params, progress_from_stats, relocate_disks,
+    copied_disk_dirs,
+    failure_code,
+    job_running,
+    migration_flags,
+    migration_params,
+    progress_from_stats,
+    relocate_disks,
 )
 from vcenter.messaging.contracts import MigrationOptions  # noqa: E402
 
-BASE = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
-        | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE | libvirt.VIR_MIGRATE_ABORT_ON_ERROR)
+BASE = libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE | libvirt.VIR_MIGRATE_ABORT_ON_ERROR
 
 DOMAIN = """<domain type='kvm'><name>g</name><devices>
   <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='/ds1/g/a.qcow2'/><target dev='vda'/></disk>
@@ -29,15 +35,9 @@ def test_a_plain_migration_is_live_peer_to_peer_persistent_there_and_gone_here()
 
 
 def test_each_option_adds_its_flag_and_parameter():
-    o = MigrationOptions(dest_uri="qemu+tcp://h2/system", unsafe=True, copy_storage=True, tls=True,
-                         auto_converge=True, postcopy=True, dest_address="10.0.0.2", bandwidth_mibps=100,
-                         copy_disks=["vda"])
-    assert migration_flags(o) == (BASE | libvirt.VIR_MIGRATE_UNSAFE | libvirt.VIR_MIGRATE_NON_SHARED_DISK
-                                  | libvirt.VIR_MIGRATE_TLS | libvirt.VIR_MIGRATE_AUTO_CONVERGE
-                                  | libvirt.VIR_MIGRATE_POSTCOPY)
-    assert migration_params(o) == {libvirt.VIR_MIGRATE_PARAM_URI: "tcp://10.0.0.2",
-                                   libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: 100,
-                                   libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS: ["vda"]}
+    o = MigrationOptions(dest_uri="qemu+tcp://h2/system", unsafe=True, copy_storage=True, tls=True, auto_converge=True, postcopy=True, dest_address="10.0.0.2", bandwidth_mibps=100, copy_disks=["vda"])
+    assert migration_flags(o) == (BASE | libvirt.VIR_MIGRATE_UNSAFE | libvirt.VIR_MIGRATE_NON_SHARED_DISK | libvirt.VIR_MIGRATE_TLS | libvirt.VIR_MIGRATE_AUTO_CONVERGE | libvirt.VIR_MIGRATE_POSTCOPY)
+    assert migration_params(o) == {libvirt.VIR_MIGRATE_PARAM_URI: "tcp://10.0.0.2", libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: 100, libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS: ["vda"]}
 
 
 def test_an_address_with_a_scheme_is_kept_and_disks_are_chosen_only_when_copying():
@@ -63,14 +63,17 @@ def test_the_directories_a_copy_writes_into_on_the_target():
     assert copied_disk_dirs(DOMAIN, ["vdc"], None) == set()  # a block device is not copied as a file
 
 
-@pytest.mark.parametrize("message,code,expected", [
-    ("unable to connect to server at 'h2:16509': Connection refused", libvirt.VIR_ERR_SYSTEM_ERROR, "HOST_UNREACHABLE"),
-    ("Cannot recv data: Connection reset by peer", None, "HOST_UNREACHABLE"),
-    ("migration job: unexpectedly failed: timed out", libvirt.VIR_ERR_OPERATION_FAILED, "MIGRATION_FAILED"),
-    ("Requested operation is not valid: domain is not running", libvirt.VIR_ERR_OPERATION_INVALID, "VM_NOT_RUNNING"),
-    ("domain is not running", libvirt.VIR_ERR_INTERNAL_ERROR, "MIGRATION_FAILED"),
-    ("internal error: qemu unexpectedly closed the monitor", libvirt.VIR_ERR_INTERNAL_ERROR, "MIGRATION_FAILED"),
-])
+@pytest.mark.parametrize(
+    "message,code,expected",
+    [
+        ("unable to connect to server at 'h2:16509': Connection refused", libvirt.VIR_ERR_SYSTEM_ERROR, "HOST_UNREACHABLE"),
+        ("Cannot recv data: Connection reset by peer", None, "HOST_UNREACHABLE"),
+        ("migration job: unexpectedly failed: timed out", libvirt.VIR_ERR_OPERATION_FAILED, "MIGRATION_FAILED"),
+        ("Requested operation is not valid: domain is not running", libvirt.VIR_ERR_OPERATION_INVALID, "VM_NOT_RUNNING"),
+        ("domain is not running", libvirt.VIR_ERR_INTERNAL_ERROR, "MIGRATION_FAILED"),
+        ("internal error: qemu unexpectedly closed the monitor", libvirt.VIR_ERR_INTERNAL_ERROR, "MIGRATION_FAILED"),
+    ],
+)
 def test_what_a_failed_migration_is_called(message, code, expected):
     assert failure_code(message, code) == expected
 
@@ -79,8 +82,7 @@ def test_job_stats_read_as_progress():
     assert job_running({"type": libvirt.VIR_DOMAIN_JOB_UNBOUNDED}) and not job_running({})
     assert not job_running({"type": libvirt.VIR_DOMAIN_JOB_COMPLETED})
     assert progress_from_stats({}, False).phase == "setup"
-    p = progress_from_stats({"type": libvirt.VIR_DOMAIN_JOB_UNBOUNDED, "memory_iteration": 2, "memory_constant": 10,
-                             "memory_page_size": 4096, "time_elapsed": 1500, "data_total": 100}, False)
+    p = progress_from_stats({"type": libvirt.VIR_DOMAIN_JOB_UNBOUNDED, "memory_iteration": 2, "memory_constant": 10, "memory_page_size": 4096, "time_elapsed": 1500, "data_total": 100}, False)
     assert (p.phase, p.memory_zero_bytes, p.elapsed_ms, p.iteration, p.data_total) == ("precopy", 40960, 1500, 2, 100)
     assert progress_from_stats({"type": libvirt.VIR_DOMAIN_JOB_UNBOUNDED}, True).phase == "postcopy"
     done = progress_from_stats({"downtime": 42, "setup_time": 7}, False, completed=True)

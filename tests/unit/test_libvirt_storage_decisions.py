@@ -1,6 +1,7 @@
 """The pure decisions about disks and pools (vcenter.hypervisor.libvirt.storage, storagemove)
 and guests (guest.py): which elements are disks, how a moved disk is redefined, how a block
 copy's progress reads, a guest's power state and heartbeat socket."""
+
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
@@ -75,6 +76,7 @@ def test_power_state_of_a_domain():
 def test_the_heartbeat_socket_is_the_source_of_the_heartbeat_channel():
     def live(channels):
         return f"<domain><devices>{channels}</devices></domain>"
+
     other = "<channel type='unix'><source mode='bind' path='/run/a.sock'/><target type='virtio' name='org.qemu.guest_agent.0'/></channel>"
     ours = f"<channel type='unix'><source mode='bind' path='/run/hb.sock'/><target type='virtio' name='{HEARTBEAT_CHANNEL}'/></channel>"
     assert heartbeat_socket(live(other + ours)) == "/run/hb.sock"

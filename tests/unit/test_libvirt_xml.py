@@ -1,4 +1,5 @@
 """The domain XML builder: validation refuses injection, valid specs round-trip."""
+
 from __future__ import annotations
 
 import uuid
@@ -8,7 +9,10 @@ import pytest
 
 from vcenter.hypervisor.base import DriverError
 from vcenter.hypervisor.libvirt.xml import (
-    HEARTBEAT_CHANNEL, build_domain_xml, check_bridges, choose_domain_type,
+    HEARTBEAT_CHANNEL,
+    build_domain_xml,
+    check_bridges,
+    choose_domain_type,
 )
 from vcenter.messaging.contracts import DiskSpec, NicSpec, VmSpec
 
@@ -17,18 +21,29 @@ UUID = "6f1c1a52-0000-4000-8000-000000000001"
 
 def spec(**kw) -> VmSpec:
     base = dict(
-        name="web-01", uuid=UUID, vcpus=2, memory_mib=96,
-        disks=[DiskSpec(index=0, datastore_id=1, datastore_path="/srv/ds1", file="web-01.qcow2", capacity_mib=512),
-               DiskSpec(index=1, datastore_id=1, datastore_path="/srv/ds1", file="web-01_1.img", capacity_mib=64, format="raw")],
+        name="web-01",
+        uuid=UUID,
+        vcpus=2,
+        memory_mib=96,
+        disks=[
+            DiskSpec(index=0, datastore_id=1, datastore_path="/srv/ds1", file="web-01.qcow2", capacity_mib=512),
+            DiskSpec(index=1, datastore_id=1, datastore_path="/srv/ds1", file="web-01_1.img", capacity_mib=64, format="raw"),
+        ],
         nics=[NicSpec(index=0, portgroup="VM Network", bridge="vcbr0", mac="52:54:00:12:34:56")],
     )
     base.update(kw)
     return VmSpec(**base)
 
 
-@pytest.mark.parametrize("kvm,pvm,expected", [
-    (True, False, "kvm"), (True, True, "qemu"), (False, False, "qemu"), (False, True, "qemu"),
-])
+@pytest.mark.parametrize(
+    "kvm,pvm,expected",
+    [
+        (True, False, "kvm"),
+        (True, True, "qemu"),
+        (False, False, "qemu"),
+        (False, True, "qemu"),
+    ],
+)
 def test_choose_domain_type(kvm, pvm, expected):
     assert choose_domain_type(kvm, pvm) == expected
 
@@ -40,20 +55,23 @@ def test_bad_names_refused(name):
     assert e.value.code == "INVALID_SPEC"
 
 
-@pytest.mark.parametrize("kw", [
-    dict(uuid="not-a-uuid"),
-    dict(uuid="</uuid><x/>"),
-    dict(disks=[DiskSpec(index=0, datastore_id=1, datastore_path="/srv/ds1", file="../etc/passwd", capacity_mib=1)]),
-    dict(disks=[DiskSpec(index=0, datastore_id=1, datastore_path="/srv/ds1", file="a/b.qcow2", capacity_mib=1)]),
-    dict(disks=[DiskSpec(index=0, datastore_id=1, datastore_path="relative", file="a.qcow2", capacity_mib=1)]),
-    dict(disks=[DiskSpec(index=0, datastore_id=1, datastore_path="/srv/../etc", file="a.qcow2", capacity_mib=1)]),
-    dict(nics=[NicSpec(index=0, portgroup="p", bridge="br0", mac="52:54:00:12:34")]),
-    dict(nics=[NicSpec(index=0, portgroup="p", bridge="br0", mac="52:54:00:12:34:56'/><x")]),
-    dict(nics=[NicSpec(index=0, portgroup="p", bridge="br0 x", mac="52:54:00:12:34:56")]),
-    dict(kernel="relative/vmlinuz"),
-    dict(vcpus=0),
-    dict(memory_mib=1),
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(uuid="not-a-uuid"),
+        dict(uuid="</uuid><x/>"),
+        dict(disks=[DiskSpec(index=0, datastore_id=1, datastore_path="/srv/ds1", file="../etc/passwd", capacity_mib=1)]),
+        dict(disks=[DiskSpec(index=0, datastore_id=1, datastore_path="/srv/ds1", file="a/b.qcow2", capacity_mib=1)]),
+        dict(disks=[DiskSpec(index=0, datastore_id=1, datastore_path="relative", file="a.qcow2", capacity_mib=1)]),
+        dict(disks=[DiskSpec(index=0, datastore_id=1, datastore_path="/srv/../etc", file="a.qcow2", capacity_mib=1)]),
+        dict(nics=[NicSpec(index=0, portgroup="p", bridge="br0", mac="52:54:00:12:34")]),
+        dict(nics=[NicSpec(index=0, portgroup="p", bridge="br0", mac="52:54:00:12:34:56'/><x")]),
+        dict(nics=[NicSpec(index=0, portgroup="p", bridge="br0 x", mac="52:54:00:12:34:56")]),
+        dict(kernel="relative/vmlinuz"),
+        dict(vcpus=0),
+        dict(memory_mib=1),
+    ],
+)
 def test_bad_values_refused(kw):
     with pytest.raises(DriverError) as e:
         build_domain_xml(spec(**kw), "qemu")
@@ -74,8 +92,10 @@ def test_valid_spec_round_trips():
     assert root.findtext("on_reboot") == "restart"
     assert root.findtext("on_crash") == "destroy"
     disks = root.findall("devices/disk")
-    assert [(d.find("source").get("file"), d.find("target").get("dev"), d.find("driver").get("type"))
-            for d in disks] == [("/srv/ds1/web-01.qcow2", "vda", "qcow2"), ("/srv/ds1/web-01_1.img", "vdb", "raw")]
+    assert [(d.find("source").get("file"), d.find("target").get("dev"), d.find("driver").get("type")) for d in disks] == [
+        ("/srv/ds1/web-01.qcow2", "vda", "qcow2"),
+        ("/srv/ds1/web-01_1.img", "vdb", "raw"),
+    ]
     nic = root.find("devices/interface")
     assert nic.get("type") == "bridge"
     assert nic.find("source").get("bridge") == "vcbr0"
@@ -90,8 +110,7 @@ def test_valid_spec_round_trips():
 
 
 def test_kvm_has_no_tcg_feature_and_kernel_boot():
-    root = ET.fromstring(build_domain_xml(
-        spec(kernel="/boot/vmlinuz", initrd="/boot/initrd.img", cmdline="console=ttyS0 root=/dev/vda <&>"), "kvm"))
+    root = ET.fromstring(build_domain_xml(spec(kernel="/boot/vmlinuz", initrd="/boot/initrd.img", cmdline="console=ttyS0 root=/dev/vda <&>"), "kvm"))
     assert root.get("type") == "kvm"
     assert root.find("features/tcg") is None
     assert root.findtext("os/kernel") == "/boot/vmlinuz"

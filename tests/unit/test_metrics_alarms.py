@@ -1,4 +1,5 @@
 """Rollup math, tier choice, agent rates and alarm evaluation (pure)."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,8 +14,12 @@ from workers.agent.stats import MetricsSampler, compute_sample
 def test_tiers_are_vcenters_and_scale():
     tiers = m.tiers()
     assert [(t.name, t.interval_s, t.retention_s) for t in tiers] == [
-        ("realtime", 20.0, 3600.0), ("day", 300.0, 86400.0), ("week", 1800.0, 604800.0),
-        ("month", 7200.0, 2592000.0), ("year", 86400.0, 31536000.0)]
+        ("realtime", 20.0, 3600.0),
+        ("day", 300.0, 86400.0),
+        ("week", 1800.0, 604800.0),
+        ("month", 7200.0, 2592000.0),
+        ("year", 86400.0, 31536000.0),
+    ]
     fast = m.tiers(sample_period_s=1.0, scale=0.01)
     assert [t.interval_s for t in fast] == [1.0, 3.0, 18.0, 72.0, 864.0]
     assert fast[0].retention_s == 36.0
@@ -32,8 +37,13 @@ def test_choose_tier_is_the_finest_reaching_back_to_start():
 
 
 def test_rollup_gives_avg_min_max_per_object_and_bucket():
-    rows = [("host", 1, 0.0, {"cpu.usage": 10.0, "mem.usage": 50.0}), ("host", 1, 20.0, {"cpu.usage": 30.0}),
-            ("host", 1, 299.0, {"cpu.usage": 50.0}), ("host", 1, 300.0, {"cpu.usage": 99.0}), ("vm", 1, 40.0, {"cpu.usage": 5.0})]
+    rows = [
+        ("host", 1, 0.0, {"cpu.usage": 10.0, "mem.usage": 50.0}),
+        ("host", 1, 20.0, {"cpu.usage": 30.0}),
+        ("host", 1, 299.0, {"cpu.usage": 50.0}),
+        ("host", 1, 300.0, {"cpu.usage": 99.0}),
+        ("vm", 1, 40.0, {"cpu.usage": 5.0}),
+    ]
     out = m.rollup(rows, 300.0)
     assert out[("host", 1, 0.0)] == {"cpu.usage": [30.0, 10.0, 50.0, 3], "mem.usage": [50.0, 50.0, 50.0, 1]}
     assert out[("host", 1, 300.0)] == {"cpu.usage": [99.0, 99.0, 99.0, 1]}
@@ -43,7 +53,7 @@ def test_rollup_gives_avg_min_max_per_object_and_bucket():
 def test_rollup_of_rollups_weighs_by_samples_covered():
     # A full bucket (15 samples, avg 10) and one with a gap (5 samples, avg 50).
     rows = [("vm", 7, 0.0, {"cpu.usage": [10.0, 2.0, 20.0, 15]}), ("vm", 7, 300.0, {"cpu.usage": [50.0, 40.0, 90.0, 5]})]
-    (key, values), = m.rollup(rows, 1800.0).items()
+    ((key, values),) = m.rollup(rows, 1800.0).items()
     assert key == ("vm", 7, 0.0)
     assert values["cpu.usage"] == [20.0, 2.0, 90.0, 20]  # (15*10 + 5*50) / 20, not (10+50)/2
 
@@ -62,8 +72,12 @@ def test_series_decodes_both_forms_in_time_order():
 
 
 def test_a_clusters_points_average_percentages_and_sum_quantities_over_hosts():
-    rows = [(1, 0.0, {"cpu.usage": 20.0, "cpu.usagemhz": 1000.0}), (1, 10.0, {"cpu.usage": 40.0, "cpu.usagemhz": 2000.0}),
-            (2, 5.0, {"cpu.usage": 90.0, "cpu.usagemhz": 4500.0}), (2, 20.0, {"cpu.usage": [10.0, 5.0, 15.0, 3]})]
+    rows = [
+        (1, 0.0, {"cpu.usage": 20.0, "cpu.usagemhz": 1000.0}),
+        (1, 10.0, {"cpu.usage": 40.0, "cpu.usagemhz": 2000.0}),
+        (2, 5.0, {"cpu.usage": 90.0, "cpu.usagemhz": 4500.0}),
+        (2, 20.0, {"cpu.usage": [10.0, 5.0, 15.0, 3]}),
+    ]
     usage = m.across_hosts(rows, "cpu.usage", 20.0)
     assert [(t, a.avg, a.min, a.max, a.n) for t, a in usage] == [(0.0, 60.0, 30.0, 90.0, 2), (20.0, 10.0, 10.0, 10.0, 1)]
     mhz = m.across_hosts(rows, "cpu.usagemhz", 20.0)
@@ -72,9 +86,15 @@ def test_a_clusters_points_average_percentages_and_sum_quantities_over_hosts():
 
 # --- agent rates ----------------------------------------------------------------------------
 def _reading(busy, total, cpu_ns, rd, wr, rx, tx, rss=51200):
-    return HostCounters(cpus=2, cpu_mhz=2000, cpu_busy_ns=busy, cpu_total_ns=total, memory_total_kib=1024 * 1024, memory_available_kib=768 * 1024,
-                        domains=[DomainCounters(uuid="u1", vcpus=2, memory_mib=100, cpu_time_ns=cpu_ns, rss_kib=rss, disk_read_bytes=rd,
-                                                disk_write_bytes=wr, net_rx_bytes=rx, net_tx_bytes=tx)])
+    return HostCounters(
+        cpus=2,
+        cpu_mhz=2000,
+        cpu_busy_ns=busy,
+        cpu_total_ns=total,
+        memory_total_kib=1024 * 1024,
+        memory_available_kib=768 * 1024,
+        domains=[DomainCounters(uuid="u1", vcpus=2, memory_mib=100, cpu_time_ns=cpu_ns, rss_kib=rss, disk_read_bytes=rd, disk_write_bytes=wr, net_rx_bytes=rx, net_tx_bytes=tx)],
+    )
 
 
 def test_two_readings_make_rates_of_host_and_vm():
@@ -164,8 +184,7 @@ def test_transitions_acknowledgement_and_actions():
 
 
 def test_expression_scope_and_action_validation():
-    assert a.parse_expression({"type": "metric", "counter": "cpu.usage", "warning": 80, "for_s": 300}, "host") == \
-        a.MetricExpression("cpu.usage", "above", 80.0, None, 300.0)
+    assert a.parse_expression({"type": "metric", "counter": "cpu.usage", "warning": 80, "for_s": 300}, "host") == a.MetricExpression("cpu.usage", "above", 80.0, None, 300.0)
     for raw, target, field in (
         ({"type": "metric", "counter": "cpu.bogus", "warning": 1}, "host", "expression.counter"),
         ({"type": "metric", "counter": "cpu.usage"}, "host", "expression.warning"),
@@ -194,11 +213,24 @@ def test_expression_scope_and_action_validation():
     assert a.webhook_delay(1, 10.0) == 10.0 and a.webhook_delay(3, 10.0) == 40.0
 
 
-@pytest.mark.parametrize("address,refused", [
-    ("127.0.0.1", True), ("127.8.9.1", True), ("::1", True), ("::ffff:127.0.0.1", True), ("169.254.169.254", True),
-    ("fe80::1%eth0", True), ("0.0.0.0", True), ("224.0.0.1", True), ("240.0.0.1", True),
-    ("10.0.0.5", False), ("192.168.1.20", False), ("203.0.113.9", False), ("2001:db8::5", False),
-])
+@pytest.mark.parametrize(
+    "address,refused",
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.1", True),
+        ("::1", True),
+        ("::ffff:127.0.0.1", True),
+        ("169.254.169.254", True),
+        ("fe80::1%eth0", True),
+        ("0.0.0.0", True),
+        ("224.0.0.1", True),
+        ("240.0.0.1", True),
+        ("10.0.0.5", False),
+        ("192.168.1.20", False),
+        ("203.0.113.9", False),
+        ("2001:db8::5", False),
+    ],
+)
 def test_webhook_addresses_only_the_server_reaches_are_refused(address, refused):
     assert (a.webhook_address_refusal(address) is not None) is refused
     # An operator may allow one (a receiver on the server's own machine).

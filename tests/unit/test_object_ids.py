@@ -1,5 +1,6 @@
 """The one object-id parser and the integer bounds of vcenter.core.object_ids: one spelling per
 id (anything else is 422 INVALID_ID), and the bounds of the database columns."""
+
 from __future__ import annotations
 
 import pytest
@@ -19,13 +20,33 @@ from vcenter.core.object_ids import (
 # Every spelling that int() (or str.isdigit()) reads as 42, or as another number, but that is
 # not the canonical "42".
 NON_CANONICAL_42 = [
-    "+42", "-42", "042", "0042", "4_2", "42.0", "42.", "4.2e1", "42e0", "0x2a", "0b101010", "0o52",
-    " 42", "42 ", "\t42", "42\n", "\u00a042", "42\u2003",
+    "+42",
+    "-42",
+    "042",
+    "0042",
+    "4_2",
+    "42.0",
+    "42.",
+    "4.2e1",
+    "42e0",
+    "0x2a",
+    "0b101010",
+    "0o52",
+    " 42",
+    "42 ",
+    "\t42",
+    "42\n",
+    "\u00a042",
+    "42\u2003",
     "\u0664\u0662",  # Arabic-Indic digits
     "\uff14\uff12",  # full-width digits
     "\u09ea\u09e8",  # Bengali digits
     "4\u200b2",  # zero-width space
-    "²", "", "-0", "+0", "00",
+    "²",
+    "",
+    "-0",
+    "+0",
+    "00",
 ]
 
 

@@ -1,5 +1,6 @@
 """The operation registry: every Task kind the services start is handled by one operation
 object, found by its kind (vcenter.services.operations)."""
+
 from __future__ import annotations
 
 import ast

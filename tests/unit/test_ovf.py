@@ -1,5 +1,6 @@
 """OVF descriptors: hardware read from real-world shapes, our own written and read back, and
 hostile XML refused (templates_store.ovf)."""
+
 import pytest
 
 from templates_store.ovf import OvfError, build_ovf, parse_ovf, units_shift
@@ -47,13 +48,11 @@ def test_a_vmware_descriptor():
     app = parse_ovf(VMWARE_OVF)
     assert (app.name, app.vcpus, app.memory_mib, app.nics, app.guest_os, app.os_id) == ("photon-appliance", 2, 2048, 1, "linux", 36)
     # Disks in hardware order, with capacities in bytes from their allocation units.
-    assert [(d.file_href, d.capacity_bytes, d.file_size) for d in app.disks] == [
-        ("appliance-disk2.vmdk", 512 << 20, 1024), ("appliance-disk1.vmdk", 2 << 30, 68608)]
+    assert [(d.file_href, d.capacity_bytes, d.file_size) for d in app.disks] == [("appliance-disk2.vmdk", 512 << 20, 1024), ("appliance-disk1.vmdk", 2 << 30, 68608)]
 
 
 def test_our_descriptor_reads_back():
-    data = build_ovf(name="web1", vcpus=3, memory_mib=96, guest_os="debian", nics=2,
-                     disks=[{"file": "web1-disk1.vmdk", "size": 1234, "capacity_bytes": 8 << 20}])
+    data = build_ovf(name="web1", vcpus=3, memory_mib=96, guest_os="debian", nics=2, disks=[{"file": "web1-disk1.vmdk", "size": 1234, "capacity_bytes": 8 << 20}])
     app = parse_ovf(data)
     assert (app.name, app.vcpus, app.memory_mib, app.nics, app.guest_os) == ("web1", 3, 96, 2, "debian")
     assert [(d.file_href, d.capacity_bytes, d.file_size) for d in app.disks] == [("web1-disk1.vmdk", 8 << 20, 1234)]
@@ -74,35 +73,40 @@ XXE = b"""<?xml version="1.0"?>
 <Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1"><VirtualSystem><Name>&xxe;</Name></VirtualSystem></Envelope>"""
 
 
-@pytest.mark.parametrize("data,code", [
-    (BOMB, "OVF_INVALID"),
-    (XXE, "OVF_INVALID"),
-    (b"<not-closed", "OVF_INVALID"),
-    (b"<Envelope xmlns='urn:other'/>", "OVF_INVALID"),
-    (VMWARE_OVF.replace(b"ovf:/disk/vmdisk2", b"ovf:/disk/nope"), "OVF_INVALID"),
-    (VMWARE_OVF.replace(b'ovf:capacity="2"', b'ovf:capacity="-2"'), "OVF_INVALID"),
-    (VMWARE_OVF.replace(b"byte * 2^30", b"furlongs"), "OVF_UNSUPPORTED"),
-    (VMWARE_OVF.replace(b"<rasd:VirtualQuantity>2</rasd:VirtualQuantity>", b"<rasd:VirtualQuantity>9999</rasd:VirtualQuantity>"), "OVF_UNSUPPORTED"),
-])
+@pytest.mark.parametrize(
+    "data,code",
+    [
+        (BOMB, "OVF_INVALID"),
+        (XXE, "OVF_INVALID"),
+        (b"<not-closed", "OVF_INVALID"),
+        (b"<Envelope xmlns='urn:other'/>", "OVF_INVALID"),
+        (VMWARE_OVF.replace(b"ovf:/disk/vmdisk2", b"ovf:/disk/nope"), "OVF_INVALID"),
+        (VMWARE_OVF.replace(b'ovf:capacity="2"', b'ovf:capacity="-2"'), "OVF_INVALID"),
+        (VMWARE_OVF.replace(b"byte * 2^30", b"furlongs"), "OVF_UNSUPPORTED"),
+        (VMWARE_OVF.replace(b"<rasd:VirtualQuantity>2</rasd:VirtualQuantity>", b"<rasd:VirtualQuantity>9999</rasd:VirtualQuantity>"), "OVF_UNSUPPORTED"),
+    ],
+)
 def test_hostile_or_broken_descriptors_are_refused(data, code):
     with pytest.raises(OvfError) as exc:
         parse_ovf(data)
     assert exc.value.code == code
 
 
-@pytest.mark.parametrize("capacity,units,code", [
-    ("1180591620717411303424", "byte", "OVF_INVALID"),  # 2^70: beyond xs:long and both databases
-    ("9223372036854775808", "byte", "OVF_INVALID"),     # 2^63
-    ("1", "byte * 2^99", "OVF_UNSUPPORTED"),            # fits the text, not a disk
-    ("17", "byte * 2^40", "OVF_UNSUPPORTED"),           # 17 TiB: beyond the API's 16 TiB
-    ("1_0", "byte * 2^30", "OVF_INVALID"),               # Python's int() takes these; OVF does not
-    ("+2", "byte * 2^30", "OVF_INVALID"),
-    ("\u0662", "byte * 2^30", "OVF_INVALID"),            # an Arabic-Indic 2
-    ("2.0", "byte * 2^30", "OVF_INVALID"),
-])
+@pytest.mark.parametrize(
+    "capacity,units,code",
+    [
+        ("1180591620717411303424", "byte", "OVF_INVALID"),  # 2^70: beyond xs:long and both databases
+        ("9223372036854775808", "byte", "OVF_INVALID"),  # 2^63
+        ("1", "byte * 2^99", "OVF_UNSUPPORTED"),  # fits the text, not a disk
+        ("17", "byte * 2^40", "OVF_UNSUPPORTED"),  # 17 TiB: beyond the API's 16 TiB
+        ("1_0", "byte * 2^30", "OVF_INVALID"),  # Python's int() takes these; OVF does not
+        ("+2", "byte * 2^30", "OVF_INVALID"),
+        ("\u0662", "byte * 2^30", "OVF_INVALID"),  # an Arabic-Indic 2
+        ("2.0", "byte * 2^30", "OVF_INVALID"),
+    ],
+)
 def test_disk_capacities_no_disk_can_have_are_refused(capacity, units, code):
-    data = VMWARE_OVF.replace(b'ovf:capacity="2" ovf:capacityAllocationUnits="byte * 2^30"',
-                              f'ovf:capacity="{capacity}" ovf:capacityAllocationUnits="{units}"'.encode())
+    data = VMWARE_OVF.replace(b'ovf:capacity="2" ovf:capacityAllocationUnits="byte * 2^30"', f'ovf:capacity="{capacity}" ovf:capacityAllocationUnits="{units}"'.encode())
     with pytest.raises(OvfError) as exc:
         parse_ovf(data)
     assert exc.value.code == code

@@ -1,6 +1,7 @@
 """The argon2id costs of new password hashes are settings (vcenter.core.settings
 password_hash_*): production keeps argon2-cffi's defaults, tests lower them
 (tests/conftest.py), and a stored hash verifies whatever the costs are now."""
+
 from __future__ import annotations
 
 from argon2 import PasswordHasher
@@ -12,8 +13,11 @@ from vcenter.services.access.auth import _hasher
 def test_the_defaults_are_argon2_cffis():
     default = PasswordHasher()
     fields = Settings.model_fields
-    assert (fields["password_hash_time_cost"].default, fields["password_hash_memory_cost"].default,
-            fields["password_hash_parallelism"].default) == (default.time_cost, default.memory_cost, default.parallelism)
+    assert (fields["password_hash_time_cost"].default, fields["password_hash_memory_cost"].default, fields["password_hash_parallelism"].default) == (
+        default.time_cost,
+        default.memory_cost,
+        default.parallelism,
+    )
 
 
 def test_a_hash_carries_the_settings_costs_and_verifies_under_other_costs():

@@ -1,6 +1,7 @@
 """Placeholder secrets (vcenter.core.placeholder_secrets): a URL whose password is an
 example's placeholder is refused, naming the variable; real passwords, URLs without a password
 and non-URLs pass; `vcenter` refuses to start a process with one."""
+
 from __future__ import annotations
 
 import pytest
@@ -33,8 +34,7 @@ def test_url_password_is_percent_decoded_and_absent_without_one():
 
 
 def test_the_refusal_names_the_variable_whose_password_is_a_placeholder():
-    urls = {"VCENTER_DATABASE_URL": "postgresql+psycopg://vcenter:Xk29-real@db/vcenter",
-            "VCENTER_REDIS_URL": "redis://:change-me@redis:6379/0"}
+    urls = {"VCENTER_DATABASE_URL": "postgresql+psycopg://vcenter:Xk29-real@db/vcenter", "VCENTER_REDIS_URL": "redis://:change-me@redis:6379/0"}
     assert placeholder_variables(urls) == ["VCENTER_REDIS_URL"]
     with pytest.raises(PlaceholderSecretError) as refused:
         refuse_placeholder_secrets(urls)

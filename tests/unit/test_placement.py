@@ -1,4 +1,5 @@
 """Placement filters and weighers, pending reservations, place_many, CPU compatibility."""
+
 from __future__ import annotations
 
 import pytest
@@ -87,8 +88,7 @@ def test_cpu_filter_counts_vcpus_and_reservations():
     snap = ClusterSnapshot((h, tiny), (vm("a", vcpus=2, cpu_reservation_mhz=6000, host="h1"),))
     r = place(snap, vm("x", vcpus=4, cpu_reservation_mhz=5000))
     assert r.host is None and r.refused is None
-    assert reasons(r, "h1")["CpuFilter"] == (
-        "vCPUs short by 2 (needs 4, free 2 of 4); CPU reservation short by 1000 MHz (needs 5000, free 4000 of 10000)")
+    assert reasons(r, "h1")["CpuFilter"] == ("vCPUs short by 2 (needs 4, free 2 of 4); CPU reservation short by 1000 MHz (needs 5000, free 4000 of 10000)")
     assert place(snap, vm("y", vcpus=2, cpu_reservation_mhz=4000)).host == "h1"
 
 

@@ -1,4 +1,5 @@
 """Resource pools: admission (nested, expandable, limits) and entitlements (water-filling)."""
+
 from __future__ import annotations
 
 import pytest

@@ -4,6 +4,7 @@ not a real BMC), and IPMI's command line through a FAKE ipmitool script that rec
 was given. The real IPMI path (Debian's ipmitool against a pyghmi BMC powering a lab host) is
 tests/lab/test_power_ipmi.py.
 """
+
 from __future__ import annotations
 
 import base64
@@ -38,8 +39,7 @@ def test_make_driver_builds_each_type(tmp_path):
     d = make_driver({"type": "ipmi", "address": "10.0.0.5", "username": "admin", "password": SECRET})
     assert isinstance(d, IpmiDriver) and d.port == 623 and d.address == "10.0.0.5"
     assert SECRET not in repr(d)
-    d = make_driver({"type": "redfish", "base_url": "https://bmc.example/", "username": "u",
-                     "password": SECRET, "verify": False, "system_id": "1"})
+    d = make_driver({"type": "redfish", "base_url": "https://bmc.example/", "username": "u", "password": SECRET, "verify": False, "system_id": "1"})
     assert isinstance(d, RedfishDriver) and d.base_url == "https://bmc.example" and d.verify is False
     assert SECRET not in repr(d)
     d = make_driver({"type": "wol", "mac": "52:54:00:12:34:56", "broadcast": "10.213.0.255"})
@@ -50,24 +50,27 @@ def test_make_driver_builds_each_type(tmp_path):
         assert isinstance(drv, PowerDriver)
 
 
-@pytest.mark.parametrize("config, words", [
-    ({}, "power type"),
-    ({"type": "amt"}, "power type"),
-    ("ipmi", "object"),
-    ({"type": "ipmi", "address": "10.0.0.5", "username": "admin"}, "password"),
-    ({"type": "ipmi", "address": "", "username": "a", "password": "b"}, "address"),
-    ({"type": "ipmi", "address": "10.0.0.5", "username": "a", "password": "b", "port": 70000}, "port"),
-    ({"type": "ipmi", "address": "10.0.0.5", "username": "a", "password": "b", "port": "623"}, "port"),
-    ({"type": "ipmi", "address": "10.0.0.5", "username": "a", "password": "b", "passwd": "c"}, "passwd"),
-    ({"type": "ipmi", "address": "10.0.0.5", "username": "a", "password": "b", "timeout": 0}, "timeout"),
-    ({"type": "ipmi", "address": "10.0.0.5", "username": "a", "password": "b", "privilege": "ROOT"}, "privilege"),
-    ({"type": "redfish"}, "base_url"),
-    ({"type": "redfish", "base_url": "ftp://bmc"}, "http"),
-    ({"type": "wol"}, "mac"),
-    ({"type": "wol", "mac": "52:54:00:12:34"}, "MAC"),
-    ({"type": "wol", "mac": "52:54:00:12:34:zz"}, "MAC"),
-    ({"type": "lab"}, "host"),
-])
+@pytest.mark.parametrize(
+    "config, words",
+    [
+        ({}, "power type"),
+        ({"type": "amt"}, "power type"),
+        ("ipmi", "object"),
+        ({"type": "ipmi", "address": "10.0.0.5", "username": "admin"}, "password"),
+        ({"type": "ipmi", "address": "", "username": "a", "password": "b"}, "address"),
+        ({"type": "ipmi", "address": "10.0.0.5", "username": "a", "password": "b", "port": 70000}, "port"),
+        ({"type": "ipmi", "address": "10.0.0.5", "username": "a", "password": "b", "port": "623"}, "port"),
+        ({"type": "ipmi", "address": "10.0.0.5", "username": "a", "password": "b", "passwd": "c"}, "passwd"),
+        ({"type": "ipmi", "address": "10.0.0.5", "username": "a", "password": "b", "timeout": 0}, "timeout"),
+        ({"type": "ipmi", "address": "10.0.0.5", "username": "a", "password": "b", "privilege": "ROOT"}, "privilege"),
+        ({"type": "redfish"}, "base_url"),
+        ({"type": "redfish", "base_url": "ftp://bmc"}, "http"),
+        ({"type": "wol"}, "mac"),
+        ({"type": "wol", "mac": "52:54:00:12:34"}, "MAC"),
+        ({"type": "wol", "mac": "52:54:00:12:34:zz"}, "MAC"),
+        ({"type": "lab"}, "host"),
+    ],
+)
 def test_make_driver_refuses_bad_settings(config, words):
     with pytest.raises(ValueError, match=words):
         make_driver(config)
@@ -142,11 +145,20 @@ class FakeRedfish:
                 if self.path == "/redfish/v1/Systems":
                     return self._send(200, {"Members": [{"@odata.id": "/redfish/v1/Systems/node1"}]})
                 if self.path == "/redfish/v1/Systems/node1":
-                    return self._send(200, {
-                        "@odata.id": "/redfish/v1/Systems/node1", "Id": "node1", "PowerState": fake.state,
-                        "Actions": {"#ComputerSystem.Reset": {
-                            "target": "/redfish/v1/Systems/node1/Actions/ComputerSystem.Reset",
-                            "ResetType@Redfish.AllowableValues": ["On", "ForceOff", "GracefulShutdown"]}}})
+                    return self._send(
+                        200,
+                        {
+                            "@odata.id": "/redfish/v1/Systems/node1",
+                            "Id": "node1",
+                            "PowerState": fake.state,
+                            "Actions": {
+                                "#ComputerSystem.Reset": {
+                                    "target": "/redfish/v1/Systems/node1/Actions/ComputerSystem.Reset",
+                                    "ResetType@Redfish.AllowableValues": ["On", "ForceOff", "GracefulShutdown"],
+                                }
+                            },
+                        },
+                    )
                 self._send(404, {"error": {"message": "not found"}})
 
             def do_POST(self):
@@ -158,8 +170,7 @@ class FakeRedfish:
                 kind = body.get("ResetType")
                 final = {"On": "On", "ForceOff": "Off", "GracefulShutdown": "Off"}.get(kind)
                 if final is None:
-                    return self._send(400, {"error": {"@Message.ExtendedInfo": [
-                        {"Message": f"ResetType {kind} is not supported"}]}})
+                    return self._send(400, {"error": {"@Message.ExtendedInfo": [{"Message": f"ResetType {kind} is not supported"}]}})
                 fake.resets.append(kind)
                 fake.state = "PoweringOn" if final == "On" else "PoweringOff"
                 threading.Timer(fake.delay, lambda: setattr(fake, "state", final)).start()
@@ -182,8 +193,7 @@ def fake_redfish():
 
 
 def test_redfish_status_off_on(fake_redfish):
-    drv = make_driver({"type": "redfish", "base_url": fake_redfish.url, "username": "root", "password": SECRET,
-                       "timeout": 2, "action_timeout": 5})
+    drv = make_driver({"type": "redfish", "base_url": fake_redfish.url, "username": "root", "password": SECRET, "timeout": 2, "action_timeout": 5})
     assert drv.status() == "on"
     t0 = time.monotonic()
     drv.power_off()  # graceful by default
@@ -290,8 +300,7 @@ def test_ipmitool_errors_are_classified(fake_ipmitool):
     with pytest.raises(PowerError) as e:
         drv.status()
     assert e.value.code == BMC_AUTH_FAILED
-    answer(stderr="Get Auth Capabilities error\nError issuing Get Channel Authentication Capabilities "
-                  "request\nError: Unable to establish IPMI v2 / RMCP+ session\n", rc=1)
+    answer(stderr="Get Auth Capabilities error\nError issuing Get Channel Authentication Capabilities request\nError: Unable to establish IPMI v2 / RMCP+ session\n", rc=1)
     with pytest.raises(PowerError) as e:
         drv.status()
     assert e.value.code == BMC_UNREACHABLE

@@ -8,6 +8,7 @@ are reported with file and line. Dunder names (``__version__``) are public by co
 A module's own private names, and a package's ``__init__`` re-exporting its submodules'
 names, are not crossings.
 """
+
 from __future__ import annotations
 
 import ast

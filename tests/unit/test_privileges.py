@@ -1,7 +1,14 @@
 """The permission merge rule: nearest permission wins on a path, a user's own over its
 groups', union over a VM's two parent paths, "No access" wins."""
+
 from vcenter.domain.privileges import (
-    ADMINISTRATOR, BUILTIN_ROLES, PRIVILEGES, Grant, effective_privileges, privileges_on_path, unknown_privileges,
+    ADMINISTRATOR,
+    BUILTIN_ROLES,
+    PRIVILEGES,
+    Grant,
+    effective_privileges,
+    privileges_on_path,
+    unknown_privileges,
 )
 
 VIEW = frozenset({"System.View"})

@@ -1,5 +1,6 @@
 """Which refusals the audit of refused credentials counts, and under which source
 (vcenter.services.access.refusals)."""
+
 from __future__ import annotations
 
 from vcenter.services.access.refusals import credential_kind, source_key

@@ -1,6 +1,7 @@
 """The registration proof's pure decisions (vcenter.core.registration): nonces bound to a
 token, a trust state and an expiry; signatures by the certificate's key only (EC as the agent
 makes them, Ed25519 too)."""
+
 from __future__ import annotations
 
 import base64
@@ -56,8 +57,9 @@ def test_the_signature_must_be_by_the_certificates_key_over_the_same_fields():
 def test_an_ed25519_certificate_proves_too():
     key = Ed25519PrivateKey.generate()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ed")])
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(NOW).not_valid_after(NOW + dt.timedelta(days=1)).sign(key, None))
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key()).serial_number(1).not_valid_before(NOW).not_valid_after(NOW + dt.timedelta(days=1)).sign(key, None)
+    )
     pem = cert.public_bytes(serialization.Encoding.PEM).decode()
     message = reg.signed_message("n", "t", "u")
     proven = reg.check_proof(pem, base64.b64encode(key.sign(message)).decode(), message)

@@ -1,4 +1,5 @@
 """Rules: contradictions (with both names) and violations of a current placement."""
+
 from __future__ import annotations
 
 from vcenter.domain.rules import contradictions_with, find_contradictions, violations

@@ -1,6 +1,7 @@
 """Golden scenarios: every folder under tests/scenarios matches its expected.log and keeps the
 invariants (a scenario with ``known_gap`` breaks them as that gap says, until it is closed);
 and a deliberately broken filter makes scenarios fail (the harness has teeth)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -74,12 +75,15 @@ def _invariant_failures(dirs):
     return out
 
 
-@pytest.mark.parametrize("breakage, expected", [
-    ("ignore_history", "in flight"),
-    ("ignore_history", "after its last move"),
-    ("ignore_budget", "over the budget"),
-    ("ignore_rules", "breaks must"),
-])
+@pytest.mark.parametrize(
+    "breakage, expected",
+    [
+        ("ignore_history", "in flight"),
+        ("ignore_history", "after its last move"),
+        ("ignore_budget", "over the budget"),
+        ("ignore_rules", "breaks must"),
+    ],
+)
 def test_a_broken_balancer_makes_drs_scenarios_fail(monkeypatch, breakage, expected):
     if breakage == "ignore_history":
         monkeypatch.setattr(drs._Pass, "why_not", lambda self, vm_id, for_must_fix=False: None)

@@ -1,6 +1,7 @@
 """Every request body refuses what JSON decoding turns into non-numbers: Python's json module
 reads `NaN`, `Infinity` and `-Infinity`, which pass `gt=0` or an absent bound and then break
 date arithmetic or a database column (a 500)."""
+
 from __future__ import annotations
 
 import importlib

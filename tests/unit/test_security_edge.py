@@ -2,6 +2,7 @@
 header rules, the security headers, the /metrics credential; and the dashboard's templates and
 scripts hold nothing the Content-Security-Policy forbids (inline script, inline handlers, style
 attributes, eval-based htmx features)."""
+
 from __future__ import annotations
 
 import re
@@ -21,26 +22,30 @@ PROXIES = parse_trusted(["10.0.0.0/24", "2001:db8::/64"])
 
 # --- client address ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("peer, xff, expected", [
-    # an untrusted peer is the client, whatever it writes
-    ("198.51.100.7", ["1.2.3.4"], "198.51.100.7"),
-    ("198.51.100.7", [], "198.51.100.7"),
-    ("testclient", ["1.2.3.4"], "testclient"),
-    # behind a trusted proxy: the rightmost untrusted entry (the client's own entries are left of it)
-    ("10.0.0.2", ["203.0.113.5"], "203.0.113.5"),
-    ("10.0.0.2", ["1.2.3.4, 203.0.113.5"], "203.0.113.5"),
-    ("10.0.0.2", ["1.2.3.4, 203.0.113.5, 10.0.0.7"], "203.0.113.5"),
-    ("10.0.0.2", ["1.2.3.4", "203.0.113.5, 10.0.0.7"], "203.0.113.5"),  # two headers are one list
-    ("10.0.0.2", ["203.0.113.5:4711"], "203.0.113.5"),
-    ("2001:db8::1", ["[2001:db8:1::9]:443"], "2001:db8:1::9"),
-    ("::ffff:10.0.0.2", ["203.0.113.5"], "203.0.113.5"),  # IPv4-mapped peer of a dual-stack socket
-    # a trusted proxy that sent nothing, or only trusted hops: the leftmost address we know
-    ("10.0.0.2", [], "10.0.0.2"),
-    ("10.0.0.2", ["10.0.0.9, 10.0.0.7"], "10.0.0.9"),
-    # garbage where an address belongs: stop at the proxy that forwarded it
-    ("10.0.0.2", ["203.0.113.5, unknown"], "10.0.0.2"),
-    ("10.0.0.2", ["evil, 203.0.113.5"], "203.0.113.5"),
-])
+
+@pytest.mark.parametrize(
+    "peer, xff, expected",
+    [
+        # an untrusted peer is the client, whatever it writes
+        ("198.51.100.7", ["1.2.3.4"], "198.51.100.7"),
+        ("198.51.100.7", [], "198.51.100.7"),
+        ("testclient", ["1.2.3.4"], "testclient"),
+        # behind a trusted proxy: the rightmost untrusted entry (the client's own entries are left of it)
+        ("10.0.0.2", ["203.0.113.5"], "203.0.113.5"),
+        ("10.0.0.2", ["1.2.3.4, 203.0.113.5"], "203.0.113.5"),
+        ("10.0.0.2", ["1.2.3.4, 203.0.113.5, 10.0.0.7"], "203.0.113.5"),
+        ("10.0.0.2", ["1.2.3.4", "203.0.113.5, 10.0.0.7"], "203.0.113.5"),  # two headers are one list
+        ("10.0.0.2", ["203.0.113.5:4711"], "203.0.113.5"),
+        ("2001:db8::1", ["[2001:db8:1::9]:443"], "2001:db8:1::9"),
+        ("::ffff:10.0.0.2", ["203.0.113.5"], "203.0.113.5"),  # IPv4-mapped peer of a dual-stack socket
+        # a trusted proxy that sent nothing, or only trusted hops: the leftmost address we know
+        ("10.0.0.2", [], "10.0.0.2"),
+        ("10.0.0.2", ["10.0.0.9, 10.0.0.7"], "10.0.0.9"),
+        # garbage where an address belongs: stop at the proxy that forwarded it
+        ("10.0.0.2", ["203.0.113.5, unknown"], "10.0.0.2"),
+        ("10.0.0.2", ["evil, 203.0.113.5"], "203.0.113.5"),
+    ],
+)
 def test_client_address_believes_x_forwarded_for_only_from_trusted_proxies(peer, xff, expected):
     assert client_address(peer, xff, PROXIES) == expected
 
@@ -76,15 +81,19 @@ def test_the_trusted_proxies_setting_fails_on_a_typo():
 
 # --- body guard ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("headers, refused", [
-    ([(b"content-type", b"application/json")], False),
-    ([(b"content-type", b"multipart/form-data; boundary=\"a,b\"")], False),  # a comma inside a quoted parameter
-    ([], False),
-    ([(b"content-type", b"application/json"), (b"content-type", b"text/plain")], True),
-    ([(b"content-type", b"application/json"), (b"content-type", b"application/json")], True),
-    ([(b"content-type", b"application/json, text/plain")], True),
-    ([(b"content-type", b"text/plain,application/json")], True),
-])
+
+@pytest.mark.parametrize(
+    "headers, refused",
+    [
+        ([(b"content-type", b"application/json")], False),
+        ([(b"content-type", b'multipart/form-data; boundary="a,b"')], False),  # a comma inside a quoted parameter
+        ([], False),
+        ([(b"content-type", b"application/json"), (b"content-type", b"text/plain")], True),
+        ([(b"content-type", b"application/json"), (b"content-type", b"application/json")], True),
+        ([(b"content-type", b"application/json, text/plain")], True),
+        ([(b"content-type", b"text/plain,application/json")], True),
+    ],
+)
 def test_more_than_one_media_type_is_refused(headers, refused):
     verdict = content_type_refusal(headers)
     assert (verdict is not None) == refused
@@ -101,6 +110,7 @@ def test_declared_length_and_nul_markers():
 
 
 # --- headers --------------------------------------------------------------------------------
+
 
 def test_security_headers():
     api = dict(security_headers("/api/v1/vms", "http"))
@@ -125,6 +135,7 @@ def test_metrics_credential():
 
 
 # --- no inline script or style anywhere the CSP applies ---------------------------------------
+
 
 class _Inline(HTMLParser):
     """Collects what a CSP without 'unsafe-inline'/'unsafe-eval' would block."""

@@ -1,5 +1,6 @@
 """Where a process's settings come from: the environment, a .env file (the environment wins),
 and a warning that names a VCENTER_* variable that is no setting, with the closest one."""
+
 from __future__ import annotations
 
 import logging
@@ -24,7 +25,9 @@ def fresh_settings(monkeypatch):
 
 def test_a_misspelt_setting_is_named_with_the_closest_one():
     assert unknown_variables(["VCENTER_HEARTBEAT_TTLL", "VCENTER_HEARTBEAT_TTL", "PATH", "VCENTER_NOTHING_LIKE_IT"]) == [
-        ("VCENTER_HEARTBEAT_TTLL", "VCENTER_HEARTBEAT_TTL"), ("VCENTER_NOTHING_LIKE_IT", None)]
+        ("VCENTER_HEARTBEAT_TTLL", "VCENTER_HEARTBEAT_TTL"),
+        ("VCENTER_NOTHING_LIKE_IT", None),
+    ]
 
 
 def test_variables_of_compose_the_lab_and_the_tests_are_not_reported():

@@ -1,4 +1,5 @@
 """SimulatedDriver parity for CPU definitions (names only: no CPU map) and storage pools."""
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,7 @@ from vcenter.hypervisor.libvirt.xml import build_cpu_xml, parse_cpu_xml
 from vcenter.hypervisor.simulated import SimulatedDriver
 from vcenter.messaging.contracts import CpuSpec, DiskSpec, VmSpec
 
-WESTMERE = ("<cpu><arch>x86_64</arch><model>Westmere</model><vendor>Intel</vendor>"
-            "<feature name='sse4.2'/><feature name='aes'/></cpu>")
+WESTMERE = "<cpu><arch>x86_64</arch><model>Westmere</model><vendor>Intel</vendor><feature name='sse4.2'/><feature name='aes'/></cpu>"
 
 
 def drv(**kw) -> SimulatedDriver:
@@ -31,16 +31,14 @@ def test_declared_cpu_facts_and_compare():
     assert not d.compare_cpu(build_cpu_xml(CpuSpec(model="Skylake-Client")))[0]
     assert d.compare_cpu(build_cpu_xml(CpuSpec(mode="host-model"))) == (True, "identical")
     with pytest.raises(DriverError) as e:
-        d.define(VmSpec(name="v", uuid="6f1c1a52-0000-4000-8000-00000000000a", vcpus=1, memory_mib=64,
-                        cpu=CpuSpec(model="Westmere", features_require=["avx2"])))
+        d.define(VmSpec(name="v", uuid="6f1c1a52-0000-4000-8000-00000000000a", vcpus=1, memory_mib=64, cpu=CpuSpec(model="Westmere", features_require=["avx2"])))
     assert e.value.code == "CPU_INCOMPATIBLE"
 
 
 def test_default_host_accepts_any_model_at_define():
     d = drv()
     assert d.host_facts().cpu_model == "simulated"
-    d.define(VmSpec(name="v", uuid="6f1c1a52-0000-4000-8000-00000000000b", vcpus=1, memory_mib=64,
-                    cpu=CpuSpec(model="Westmere")))
+    d.define(VmSpec(name="v", uuid="6f1c1a52-0000-4000-8000-00000000000b", vcpus=1, memory_mib=64, cpu=CpuSpec(model="Westmere")))
 
 
 def test_baseline_intersects():
@@ -58,9 +56,9 @@ def test_pools_in_memory():
     d.ensure_pool("ds1", "/srv/ds1")
     d.ensure_pool("ds1", "/srv/ds1")
     assert d.pool_usage("ds1") == (1 << 30, 1 << 30)
-    d.create_disks(VmSpec(name="v", uuid="6f1c1a52-0000-4000-8000-00000000000c", vcpus=1, memory_mib=64,
-                          disks=[DiskSpec(index=0, datastore_id=1, datastore_path="/srv/ds1", file="v.qcow2",
-                                          capacity_mib=256)]))
+    d.create_disks(
+        VmSpec(name="v", uuid="6f1c1a52-0000-4000-8000-00000000000c", vcpus=1, memory_mib=64, disks=[DiskSpec(index=0, datastore_id=1, datastore_path="/srv/ds1", file="v.qcow2", capacity_mib=256)])
+    )
     assert d.pool_usage("ds1") == (1 << 30, 3 << 28)
     for name, path in (("ds1", "/srv/other"), ("ds2", "/srv/ds1")):
         with pytest.raises(DriverError) as e:

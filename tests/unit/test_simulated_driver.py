@@ -1,5 +1,6 @@
 """SimulatedDriver keeps the driver contract: idempotency, power states, events, files (the
 shared contract with the libvirt driver: tests/libvirtd/test_driver_contract.py)."""
+
 from __future__ import annotations
 
 import os
@@ -45,9 +46,13 @@ def test_idempotent_lifecycle_and_events(drv):
     drv.undefine(s.uuid, [])
     assert drv.domain_state(s.uuid) is None
     assert [(e.event, e.reason, e.power_state) for e in events] == [
-        ("defined", "added", None), ("started", "started", "poweredOn"),
-        ("stopped", "saved", "suspended"), ("started", "started", "poweredOn"),
-        ("stopped", "crashed", "poweredOff"), ("undefined", "removed", None)]
+        ("defined", "added", None),
+        ("started", "started", "poweredOn"),
+        ("stopped", "saved", "suspended"),
+        ("started", "started", "poweredOn"),
+        ("stopped", "crashed", "poweredOff"),
+        ("undefined", "removed", None),
+    ]
 
 
 def test_portgroup_absent_and_unreachable(drv):
@@ -79,9 +84,9 @@ def test_qcow2_image_layout_for_an_l1_table_of_two_clusters():
     """5 TiB needs 10,240 L1 entries (80 KiB): the L1 table spans clusters 3 and 4, and the
     refcount block counts clusters 0..4 once each (what qemu-img check accepts)."""
     image = qcow2_image(5 << 40)
-    (magic, version, _bfo, _bfs, cluster_bits, size, _crypt, l1_size, l1_offset, rt_offset, rt_clusters,
-     _nsnap, _soff, incompat, _compat, _autoclear, refcount_order, header_length) = struct.unpack_from(
-        ">IIQIIQIIQQIIQQQQII", image)
+    (magic, version, _bfo, _bfs, cluster_bits, size, _crypt, l1_size, l1_offset, rt_offset, rt_clusters, _nsnap, _soff, incompat, _compat, _autoclear, refcount_order, header_length) = (
+        struct.unpack_from(">IIQIIQIIQQIIQQQQII", image)
+    )
     assert (magic, version, cluster_bits, size) == (0x514649FB, 3, 16, 5 << 40)
     assert (l1_size, l1_offset, rt_offset, rt_clusters) == (10240, 3 << 16, 1 << 16, 1)
     assert (incompat, refcount_order, header_length) == (0, 4, 104)
@@ -97,9 +102,12 @@ def test_files_of_disks(tmp_path):
     relative path before anything is done, and names a file it cannot delete."""
     d = SimulatedDriver(create_files=True)
     d.connect()
-    s = spec(disks=[DiskSpec(index=0, datastore_id=1, datastore_path=str(tmp_path), file="a.qcow2", capacity_mib=1),
-                    DiskSpec(index=1, datastore_id=1, datastore_path=str(tmp_path), file="b.raw", capacity_mib=2,
-                             format="raw")])
+    s = spec(
+        disks=[
+            DiskSpec(index=0, datastore_id=1, datastore_path=str(tmp_path), file="a.qcow2", capacity_mib=1),
+            DiskSpec(index=1, datastore_id=1, datastore_path=str(tmp_path), file="b.raw", capacity_mib=2, format="raw"),
+        ]
+    )
     paths = d.create_disks(s)
     assert (tmp_path / "a.qcow2").read_bytes()[:4] == b"QFI\xfb"
     assert os.path.getsize(tmp_path / "b.raw") == 2 << 20

@@ -1,6 +1,7 @@
 """Trace replay (vcenter.sim.trace, ``vcenter sim drs``) on small synthetic traces written here:
 any trace of the format works (folder or .tar.gz), the engine never sees the future, the same
 seed gives the same run, malformed traces fail clearly."""
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,13 @@ from typer.testing import CliRunner
 
 from vcenter.sim.cli import sim_app
 from vcenter.sim.trace import (
-    SUMMARY_KEYS, TraceError, build_scenario, parse_series, read_trace, replay, run,
+    SUMMARY_KEYS,
+    TraceError,
+    build_scenario,
+    parse_series,
+    read_trace,
+    replay,
+    run,
 )
 
 N_VMS = 16
@@ -106,6 +113,7 @@ def test_balancers_do_what_they_say(trace_dir: Path) -> None:
 
 def test_measured_imbalance_is_the_engines(trace_dir: Path) -> None:
     from vcenter.domain.drs import imbalance_of
+
     sc = build_scenario(read_trace(trace_dir), 4, 16, load=0.7, seed=1)
     r = replay(sc, "none")
     ids = [vm.id for vm in sc.snapshot.vms]
@@ -153,13 +161,14 @@ def test_spike_at_k_changes_nothing_before_k_plus_1(balancer: str, dpm: bool, tr
     if dpm:  # DPM acted in the run (its decisions are part of what is compared)
         assert any(d.kind in ("power-off", "power-on") for d in a.decisions)
     first = next(i for i, (x, y) in enumerate(zip(a.decisions + [None], b.decisions + [None])) if x != y)
-    later = [d for d in (a.decisions[first:first + 1] + b.decisions[first:first + 1]) if d is not None]
+    later = [d for d in (a.decisions[first : first + 1] + b.decisions[first : first + 1]) if d is not None]
     assert min(d.t for d in later) >= k + 1
 
 
 def test_same_seed_same_result(trace_tgz: Path) -> None:
     def strip(r):
         return {k: v for k, v in r.summary().items() if k not in TIMING_KEYS}, r.decisions
+
     a = run(trace_tgz, 4, 12, load=0.8, seed=5, dpm=True)
     b = run(trace_tgz, 4, 12, load=0.8, seed=5, dpm=True)
     assert strip(a) == strip(b)
@@ -175,13 +184,16 @@ def test_more_vms_than_files_and_host_sizing(trace_dir: Path) -> None:
     assert sc.demand[:, :, 0].sum(axis=1).mean() / cap == pytest.approx(0.6)
 
 
-@pytest.mark.parametrize("text,msg", [
-    ("10 20\nabc 20\n", "vm-bad.txt:2: cpu_percent is not a number"),
-    ("10 20\n10 20 30\n", "vm-bad.txt:2: expected 'cpu_percent [mem_percent]', got 3 columns"),
-    ("10 -3\n", "vm-bad.txt:1: mem_percent must be a finite percentage >= 0"),
-    ("nan 3\n", "vm-bad.txt:1: cpu_percent must be a finite percentage >= 0"),
-    ("\n\n", "vm-bad.txt: no samples"),
-])
+@pytest.mark.parametrize(
+    "text,msg",
+    [
+        ("10 20\nabc 20\n", "vm-bad.txt:2: cpu_percent is not a number"),
+        ("10 20\n10 20 30\n", "vm-bad.txt:2: expected 'cpu_percent [mem_percent]', got 3 columns"),
+        ("10 -3\n", "vm-bad.txt:1: mem_percent must be a finite percentage >= 0"),
+        ("nan 3\n", "vm-bad.txt:1: cpu_percent must be a finite percentage >= 0"),
+        ("\n\n", "vm-bad.txt: no samples"),
+    ],
+)
 def test_malformed_trace_is_a_clear_error(text: str, msg: str, trace_dir: Path, tmp_path: Path) -> None:
     folder = tmp_path / "bad"
     folder.mkdir()

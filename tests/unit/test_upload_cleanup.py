@@ -1,4 +1,5 @@
 """What a cleanup pass of the upload folder removes (vcenter.domain.upload_cleanup)."""
+
 from __future__ import annotations
 
 from vcenter.domain.upload_cleanup import Removal, UploadView, rows_to_remove, stray_files
@@ -8,18 +9,22 @@ DAY = 86400.0
 
 def test_rows_past_retention_abandoned_or_failed_go_unless_in_use():
     rows = [
-        UploadView(1, "export", "ready", 8 * DAY, False),     # past the export retention
-        UploadView(2, "export", "ready", 6 * DAY, False),     # within it
-        UploadView(3, "upload", "ready", 3 * DAY, False),     # past the (shorter) upload retention
-        UploadView(4, "upload", "ready", 30 * DAY, True),     # an active task imports it
+        UploadView(1, "export", "ready", 8 * DAY, False),  # past the export retention
+        UploadView(2, "export", "ready", 6 * DAY, False),  # within it
+        UploadView(3, "upload", "ready", 3 * DAY, False),  # past the (shorter) upload retention
+        UploadView(4, "upload", "ready", 30 * DAY, True),  # an active task imports it
         UploadView(5, "export", "receiving", 2 * 3600, False),  # its push never completed
-        UploadView(6, "export", "receiving", 2 * 3600, True),   # still being pushed by a running task
-        UploadView(7, "export", "receiving", 60, False),        # too young to call abandoned
+        UploadView(6, "export", "receiving", 2 * 3600, True),  # still being pushed by a running task
+        UploadView(7, "export", "receiving", 60, False),  # too young to call abandoned
         UploadView(8, "upload", "failed", 2 * 3600, False),
         UploadView(9, "upload", "failed", 60, False),
     ]
     assert rows_to_remove(rows, upload_retention_s=2 * DAY, export_retention_s=7 * DAY, abandoned_after_s=3600) == [
-        Removal(1, "expired"), Removal(3, "expired"), Removal(5, "abandoned"), Removal(8, "failed")]
+        Removal(1, "expired"),
+        Removal(3, "expired"),
+        Removal(5, "abandoned"),
+        Removal(8, "failed"),
+    ]
 
 
 def test_a_retention_of_zero_keeps_ready_files_forever():

@@ -9,6 +9,7 @@ Starlette's error handling, the request metrics and the input guards (vcenter.ap
 credential, or a user holding System.View. ``metrics_listen`` adds a separate plain listener
 serving only the metrics, for a Prometheus that scrapes an address nobody else reaches.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -92,8 +93,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
                 server.shutdown()
                 server.server_close()
 
-    app = FastAPI(title="virtcenter", version="0.1.0", docs_url=None, redoc_url=None, lifespan=lifespan,
-                  description="Central management server for KVM/libvirt clusters.")
+    app = FastAPI(title="virtcenter", version="0.1.0", docs_url=None, redoc_url=None, lifespan=lifespan, description="Central management server for KVM/libvirt clusters.")
     app.state.runtime = runtime or Runtime.build(settings)
     install_error_handlers(app)
     app.add_middleware(InputGuard, max_json_body=settings.max_json_body, is_streamed_upload=streamed_upload_matcher(lambda: app.routes))
@@ -104,6 +104,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     app.include_router(vmdata_routes.router)
     from vcenter.api.routers import templates as template_routes  # template library, deploy, import/export, uploads
+
     app.include_router(template_routes.router)
     app.include_router(template_routes.agent_router)
     from vcenter.dashboard import install as install_dashboard  # the operator dashboard at /ui
@@ -167,14 +168,18 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         if is_metrics_token(token, settings.metrics_token):
             return
         if token is None:
-            raise Unauthorized("/metrics needs a credential: the metrics token (setting metrics_token) or a user holding System.View, "
-                               "as 'Authorization: Bearer <token>'", code="NOT_AUTHENTICATED")
+            raise Unauthorized("/metrics needs a credential: the metrics token (setting metrics_token) or a user holding System.View, as 'Authorization: Bearer <token>'", code="NOT_AUTHENTICATED")
         runtime = app.state.runtime
         with runtime.transaction() as session:
             authz.check(session, auth.authenticate(session, token, runtime.settings), "System.View", None, None, token=token)
 
-    @app.get("/metrics", tags=["health"], summary="Prometheus metrics (the metrics token, or a user holding System.View)",
-             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "the Prometheus text format"}}, response_class=PlainTextResponse)
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        summary="Prometheus metrics (the metrics token, or a user holding System.View)",
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "the Prometheus text format"}},
+        response_class=PlainTextResponse,
+    )
     def metrics(request: Request) -> Response:
         metrics_access(request)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -5,6 +5,7 @@ Started by `vcenter serve`, which turns uvicorn's own X-Forwarded-For handling o
 header only from ``VCENTER_TRUSTED_PROXIES``. Running uvicorn by hand, pass
 ``--no-proxy-headers`` too, or uvicorn rewrites the client from any loopback peer's header first.
 """
+
 from vcenter.api.app import create_app
 
 app = create_app()

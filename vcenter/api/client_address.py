@@ -11,6 +11,7 @@ client wrote itself are to the left of what our proxies appended; the first untr
 the right is the last hop we can vouch for. ``X-Forwarded-Proto`` is read under the same rule
 (from a trusted peer only), so HSTS and the scheme follow a TLS-terminating proxy.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -37,7 +38,7 @@ def parse_address(text: str) -> Address | None:
     ``1.2.3.4:5678`` (some proxies add the port); None when it is no address (``unknown``)."""
     text = text.strip().strip('"')
     if text.startswith("["):
-        text = text[1:text.find("]")] if "]" in text else text[1:]
+        text = text[1 : text.find("]")] if "]" in text else text[1:]
     elif text.count(":") == 1:
         text = text.split(":", 1)[0]
     try:

@@ -1,4 +1,5 @@
 """Typed dependencies declared once: the transaction, the logged-in user, the agent's host."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -43,8 +44,7 @@ DbDep = Annotated[Any, Depends(get_db, scope="function")]
 # and fuzzers then send the token as a credential instead of treating it as data to vary.
 # auto_error=False: a missing or non-Bearer header is our 401 with its stable code, not
 # FastAPI's generic one.
-_bearer_scheme = HTTPBearer(auto_error=False, scheme_name="bearerAuth",
-                            description="A token from POST /api/v1/session (users) or from registration (agents).")
+_bearer_scheme = HTTPBearer(auto_error=False, scheme_name="bearerAuth", description="A token from POST /api/v1/session (users) or from registration (agents).")
 
 
 def bearer_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)] = None) -> str:

@@ -3,6 +3,7 @@
 A refused credential (a presented user token, password, agent credential, registration token
 or registration proof) is also counted in the audit of refused credentials
 (vcenter.services.access.refusals) on its way out: one hook for every route that refuses one."""
+
 from __future__ import annotations
 
 import logging
@@ -41,10 +42,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {"field": ".".join(str(p) for p in e["loc"] if p not in ("body",)), "message": e["msg"], "type": e["type"]}
-            for e in exc.errors()
-        ]
+        errors = [{"field": ".".join(str(p) for p in e["loc"] if p not in ("body",)), "message": e["msg"], "type": e["type"]} for e in exc.errors()]
         fields = ", ".join(e["field"] for e in errors)
         return JSONResponse({"code": "INVALID", "message": f"invalid value for: {fields}", "details": errors}, status_code=422)
 

@@ -14,6 +14,7 @@ would otherwise each read a different one):
   body is checked whatever content type it claims, as the dashboard's forms and FastAPI's
   JSON parsing do not depend on it being right.
 """
+
 from __future__ import annotations
 
 import json

@@ -14,6 +14,7 @@ the guards' refusals): which ones, decided per request by ``security_headers``.
 - ``Cache-Control: no-store`` on everything but static assets: API answers, /ui pages and
   /metrics carry data behind a credential, and a shared or back-button cache must not keep it.
 """
+
 from __future__ import annotations
 
 import secrets
@@ -27,10 +28,20 @@ NONCE_PREFIXES = ("/ui/",)
 
 def content_security_policy(style_nonce: str | None = None) -> str:
     style = "style-src 'self'" + (f" 'nonce-{style_nonce}'" if style_nonce else "")
-    return "; ".join((
-        "default-src 'self'", "script-src 'self'", style, "img-src 'self' data:", "font-src 'self'", "connect-src 'self'",
-        "object-src 'none'", "base-uri 'none'", "form-action 'self'", "frame-ancestors 'none'",
-    ))
+    return "; ".join(
+        (
+            "default-src 'self'",
+            "script-src 'self'",
+            style,
+            "img-src 'self' data:",
+            "font-src 'self'",
+            "connect-src 'self'",
+            "object-src 'none'",
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        )
+    )
 
 
 def is_static(path: str) -> bool:

@@ -4,6 +4,7 @@ on first start in ``<key_dir>/tls`` and reused afterwards. Agents trust it by it
 (``VCENTER_API_CA``) or by its SHA-256 thumbprint (``VCENTER_API_THUMBPRINT``), which
 `vcenter serve` prints on start. Plain HTTP when neither is set (the local lab).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -29,7 +30,7 @@ SELF_SIGNED_DIR = "tls"
 
 def thumbprint(cert_pem: bytes) -> str:
     digest = x509.load_pem_x509_certificate(cert_pem).fingerprint(hashes.SHA256()).hex().upper()
-    return "SHA256:" + ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+    return "SHA256:" + ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
 
 
 def _names(settings: Settings) -> list[str]:
@@ -56,17 +57,32 @@ def _san(names: list[str]) -> x509.SubjectAlternativeName:
 
 def create_self_signed(cert_path: Path, key_path: Path, names: list[str], days: int = 825) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, (names[0] if names else "virtcenter")[:64]),
-                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "virtcenter (self-signed)")])
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, (names[0] if names else "virtcenter")[:64]), x509.NameAttribute(NameOID.ORGANIZATION_NAME, "virtcenter (self-signed)")])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(_san(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=True, content_commitment=False, data_encipherment=False,
-                                     key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_encipherment=True,
+                content_commitment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())

@@ -1,4 +1,5 @@
 """Clocks: wall time is always UTC and timezone-aware; liveness uses a monotonic clock."""
+
 from __future__ import annotations
 
 import time

@@ -3,6 +3,7 @@
 Vocabulary: ``code`` is a stable UPPER_SNAKE identifier clients may switch on; ``message`` is
 for humans; ``status`` is the HTTP status the API maps the error to; ``details`` is data.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """Identifiers: libvirt UUIDs, secret tokens and their hashes."""
+
 from __future__ import annotations
 
 import hashlib

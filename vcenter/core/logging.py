@@ -1,4 +1,5 @@
 """Logging set-up shared by every process: one line per event, saying what happened."""
+
 from __future__ import annotations
 
 import json

@@ -18,6 +18,7 @@ Aliases: ObjectIdPath / ObjectIdQuery / OptionalObjectIdQuery and Offset for Fas
 parameters (they carry the parser and the bounds into the OpenAPI schema); ObjectIdField,
 Int32, NonNegativeInt32 and NonNegativeInt64 for pydantic models (request bodies, agent reports).
 """
+
 from __future__ import annotations
 
 import re
@@ -49,8 +50,11 @@ def parse_object_id(raw: Any, field: str = "id") -> int:
     if isinstance(raw, str) and is_canonical_object_id(raw):
         return int(raw)
     shown = raw if isinstance(raw, str) and len(raw) <= 40 else (f"{raw[:40]}..." if isinstance(raw, str) else raw)
-    raise Invalid(f"{field}: {shown!r} is not an object id: write it as decimal digits (0-9) without sign, leading zeros, "
-                  f"spaces or decimal point, at most {INT32_MAX}", code="INVALID_ID", details={"field": field, "value": shown})
+    raise Invalid(
+        f"{field}: {shown!r} is not an object id: write it as decimal digits (0-9) without sign, leading zeros, spaces or decimal point, at most {INT32_MAX}",
+        code="INVALID_ID",
+        details={"field": field, "value": shown},
+    )
 
 
 def parse_int(raw: Any, field: str, low: int = INT32_MIN, high: int = INT32_MAX) -> int:
@@ -58,8 +62,7 @@ def parse_int(raw: Any, field: str, low: int = INT32_MIN, high: int = INT32_MAX)
     [low, high], or 422 INVALID_INTEGER naming ``field``: for integer filters that are not ids."""
     if isinstance(raw, str) and _CANONICAL_SIGNED.fullmatch(raw) and len(raw) <= _MAX_DIGITS + 1 and low <= int(raw) <= high:
         return int(raw)
-    raise Invalid(f"{field}: {raw!r} is not an integer between {low} and {high}", code="INVALID_INTEGER",
-                  details={"field": field, "low": low, "high": high})
+    raise Invalid(f"{field}: {raw!r} is not an integer between {low} and {high}", code="INVALID_INTEGER", details={"field": field, "low": low, "high": high})
 
 
 def _param(raw: Any) -> Any:

@@ -5,6 +5,7 @@ A deployment copied from the example would otherwise run with a password everyon
 check names the variable, never the password's owner service; it looks only at the URL's
 password field, so URLs without one (SQLite, a local Redis) pass.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -22,8 +23,7 @@ class PlaceholderSecretError(ValueError):
 
     def __init__(self, variable: str) -> None:
         self.variable = variable
-        super().__init__(f"{variable} carries a placeholder password (such as change-me): "
-                         f"set a real secret (with docker-compose: VCENTER_DB_PASSWORD / VCENTER_REDIS_PASSWORD in .env)")
+        super().__init__(f"{variable} carries a placeholder password (such as change-me): set a real secret (with docker-compose: VCENTER_DB_PASSWORD / VCENTER_REDIS_PASSWORD in .env)")
 
 
 def is_placeholder(password: str) -> bool:

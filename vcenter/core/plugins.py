@@ -19,6 +19,7 @@ What this module decides:
   only when its name is asked for: a process that never meets power type ``lab`` never
   imports the lab.
 """
+
 from __future__ import annotations
 
 from functools import cache

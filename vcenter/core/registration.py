@@ -17,6 +17,7 @@ Vocabulary:
 
 Decisions are pure functions here; the lookups and the answers are vcenter.services.inventory.hosts'.
 """
+
 from __future__ import annotations
 
 import base64
@@ -102,7 +103,7 @@ def signed_message(nonce: str, registration_token: str, host_uuid: str) -> bytes
 def thumbprint(cert: x509.Certificate) -> str:
     """``SHA256:AA:BB:...``: the certificate's SHA-256 fingerprint as operators compare it."""
     digest = cert.fingerprint(hashes.SHA256()).hex().upper()
-    return "SHA256:" + ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+    return "SHA256:" + ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ setting, rather than silently ignored.
 Every timer lives here so that tests can run on compressed time. Durations are in seconds
 unless the name says otherwise.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -53,19 +54,30 @@ class Settings(BaseSettings):
     password_hash_time_cost: int = Field(3, ge=1, description="argon2id passes over memory per new password hash")
     password_hash_memory_cost: int = Field(64 * 1024, ge=8, description="argon2id memory per new password hash, KiB (at least 8 x password_hash_parallelism)")
     password_hash_parallelism: int = Field(4, ge=1, description="argon2id lanes per new password hash")
-    password_min_length: int = Field(12, ge=8, le=1024, description="shortest password accepted when one is set (API, dashboard, CLI); common passwords are refused at any length (vcenter.services.access.passwords)")
+    password_min_length: int = Field(
+        12, ge=8, le=1024, description="shortest password accepted when one is set (API, dashboard, CLI); common passwords are refused at any length (vcenter.services.access.passwords)"
+    )
     events_retention_days: float = Field(365.0, description="events (the audit log) older than this are purged by the reaper")
     tls_cert: str | None = Field(None, description="PEM certificate (chain) the API serves HTTPS with; with tls_key")
     tls_key: str | None = Field(None, description="PEM private key of tls_cert")
     tls_self_signed: bool = Field(False, description="serve HTTPS with a self-signed certificate generated on first start (in key_dir/tls) when tls_cert/tls_key are not set")
     tls_hostnames: str = Field("", description="extra names/addresses (comma-separated) the self-signed certificate is valid for, besides localhost, 127.0.0.1, ::1, the host name and api_host")
-    trusted_proxies: str = Field("", description="reverse proxies / load balancers (IPs or CIDRs, comma-separated) whose X-Forwarded-For and X-Forwarded-Proto are believed; the client is the rightmost address not in this list. Default none: the TCP peer is the client, whatever headers it sends")
-    metrics_token: str | None = Field(None, description="bearer credential Prometheus sends for /metrics on the API port (bearer_token_file); without it /metrics there needs a user holding System.View")
-    metrics_listen: str | None = Field(None, description="host:port of a separate plain-HTTP listener serving only /metrics, without credentials (bind it to an address only Prometheus reaches); `vcenter serve` with one worker")
+    trusted_proxies: str = Field(
+        "",
+        description="reverse proxies / load balancers (IPs or CIDRs, comma-separated) whose X-Forwarded-For and X-Forwarded-Proto are believed; the client is the rightmost address not in this list. Default none: the TCP peer is the client, whatever headers it sends",
+    )
+    metrics_token: str | None = Field(
+        None, description="bearer credential Prometheus sends for /metrics on the API port (bearer_token_file); without it /metrics there needs a user holding System.View"
+    )
+    metrics_listen: str | None = Field(
+        None, description="host:port of a separate plain-HTTP listener serving only /metrics, without credentials (bind it to an address only Prometheus reaches); `vcenter serve` with one worker"
+    )
 
     # --- keys and channel security --------------------------------------------------------
     key_dir: str = Field("/var/lib/virtcenter/keys", description="server-side key material: the command signing key, the self-signed TLS certificate")
-    command_signing_key: str | None = Field(None, description="Ed25519 private key (PEM) that signs commands to agents; generated on first use; default key_dir/command-signing.pem. Server processes only")
+    command_signing_key: str | None = Field(
+        None, description="Ed25519 private key (PEM) that signs commands to agents; generated on first use; default key_dir/command-signing.pem. Server processes only"
+    )
     command_ttl: float | None = Field(None, description="a signed command expires this long after it was sent; default task_queue_timeout")
 
     # --- tasks ----------------------------------------------------------------------------
@@ -94,7 +106,9 @@ class Settings(BaseSettings):
     agent_declared_memory_mib: int | None = Field(None, description="memory this host reports instead of the machine's")
     lab_guest_cache: str = Field("/var/cache/virtcenter/guest", description="where the lab's tiny Linux guest image is built and cached")
     agent_state_dir: str = Field("/var/lib/virtcenter/agent", description="agent's certificate, key and credential")
-    command_public_key: str | None = Field(None, description="agent: the server's command public key (path to a PEM file, or the PEM itself); default: the one received at registration (agent_state_dir/command-key.pub)")
+    command_public_key: str | None = Field(
+        None, description="agent: the server's command public key (path to a PEM file, or the PEM itself); default: the one received at registration (agent_state_dir/command-key.pub)"
+    )
     command_clock_skew: float = Field(60.0, description="agent: tolerated difference between the server's clock and this host's when judging a command's expiry")
     agent_replay_retention: float = Field(86400.0, description="agent: how long a command whose result was reported is remembered (a replay of it is refused); must exceed command_ttl")
     agent_replay_max: int = Field(100000, description="agent: at most this many remembered commands (the oldest are forgotten first)")
@@ -112,8 +126,14 @@ class Settings(BaseSettings):
     agent_command_reconnect_timeout: float = Field(30.0, description="a command that finds libvirt gone keeps reconnecting this long before failing")
     datastore_root: str = Field("/var/lib/virtcenter/datastores", description="where the agent mounts datastores it creates")
     # A datastore is a folder below one of these roots, never any folder of the host (vcenter.domain.datastore_roots).
-    datastore_roots: str = Field(DEFAULT_DATASTORE_ROOTS, description="server: comma-separated folders below which a datastore's url must lie (checked at create time; '/' and system folders such as /etc, /proc are never accepted)")
-    agent_datastore_roots: str = Field(DEFAULT_DATASTORE_ROOTS, description="agent: comma-separated folders below which this host provides datastores and reads or writes files for commands (symlinks resolved); anything else is refused with DATASTORE_PATH_NOT_ALLOWED")
+    datastore_roots: str = Field(
+        DEFAULT_DATASTORE_ROOTS,
+        description="server: comma-separated folders below which a datastore's url must lie (checked at create time; '/' and system folders such as /etc, /proc are never accepted)",
+    )
+    agent_datastore_roots: str = Field(
+        DEFAULT_DATASTORE_ROOTS,
+        description="agent: comma-separated folders below which this host provides datastores and reads or writes files for commands (symlinks resolved); anything else is refused with DATASTORE_PATH_NOT_ALLOWED",
+    )
 
     # --- templates, uploads, import/export (templates_store) -------------------------------
     upload_dir: str = Field("/var/lib/virtcenter/uploads", description="where the server stores uploaded images/OVAs and exported OVAs until agents pull them or users download them")
@@ -122,7 +142,9 @@ class Settings(BaseSettings):
     upload_cleanup_period: float = Field(300.0, description="how often beat cleans the upload folder (expired exports/uploads, abandoned transfers, stray files)")
     export_retention: float = Field(7 * 86400.0, ge=0, description="an exported OVA is removed this many seconds after its export started (0: kept until deleted)")
     upload_retention: float = Field(7 * 86400.0, ge=0, description="an upload no task uses is removed this many seconds after it was stored (0: kept until deleted)")
-    upload_abandoned_after: float = Field(3600.0, gt=0, description="a transfer (partial file or export still receiving) untouched this long is abandoned and removed; failed uploads are kept this long")
+    upload_abandoned_after: float = Field(
+        3600.0, gt=0, description="a transfer (partial file or export still receiving) untouched this long is abandoned and removed; failed uploads are kept this long"
+    )
     host_not_responding_after: float = Field(15.0, description="a host with no heartbeat for this long is not-responding")
 
     # --- HA (vcenter ha; per-cluster detection time, isolation delay... are cluster settings) --
@@ -155,7 +177,9 @@ class Settings(BaseSettings):
     alarm_webhook_timeout: float = Field(5.0, description="one webhook POST gives up after this long")
     alarm_webhook_attempts: int = Field(5, description="a webhook is tried this many times before it is given up")
     alarm_webhook_retry_delay: float = Field(10.0, description="wait before the first retry of a webhook; doubled each time")
-    alarm_webhook_allowed_networks: str = Field("", description="comma-separated networks (CIDRs) a webhook may reach although they are loopback, link-local or otherwise refused (vcenter.domain.alarms.webhook_address_refusal); default none")
+    alarm_webhook_allowed_networks: str = Field(
+        "", description="comma-separated networks (CIDRs) a webhook may reach although they are loopback, link-local or otherwise refused (vcenter.domain.alarms.webhook_address_refusal); default none"
+    )
 
     # --- misc -----------------------------------------------------------------------------
     log_level: str = "INFO"
@@ -183,12 +207,28 @@ ENV_FILE_VARIABLE = "VCENTER_ENV_FILE"
 
 # VCENTER_* variables that are not settings of a server or agent process: read by
 # docker-compose.yml (.env.example), by `make run`, by the lab and by the test command.
-NOT_SETTINGS = frozenset({
-    ENV_FILE_VARIABLE, "VCENTER_DB_PASSWORD", "VCENTER_REDIS_PASSWORD", "VCENTER_REDIS_BIND", "VCENTER_API_BIND",
-    "VCENTER_API_PUBLISH_PORT", "VCENTER_REDIS_PUBLISH_PORT", "VCENTER_BASE_IMAGE", "VCENTER_AGENT_REDIS_HOST",
-    "VCENTER_ADMIN_PASSWORD", "VCENTER_LAB_BMC_PASSWORD", "VCENTER_LAB_CACHE", "VCENTER_TEST_PG_URL", "VCENTER_TEST_REDIS_URL",
-    "VCENTER_TEST_PG_PORT", "VCENTER_TEST_REDIS_PORT", "VCENTER_E2E_SCREENSHOTS", "VCENTER_AGENT_CRASH_AFTER_CALL_FILE",
-})
+NOT_SETTINGS = frozenset(
+    {
+        ENV_FILE_VARIABLE,
+        "VCENTER_DB_PASSWORD",
+        "VCENTER_REDIS_PASSWORD",
+        "VCENTER_REDIS_BIND",
+        "VCENTER_API_BIND",
+        "VCENTER_API_PUBLISH_PORT",
+        "VCENTER_REDIS_PUBLISH_PORT",
+        "VCENTER_BASE_IMAGE",
+        "VCENTER_AGENT_REDIS_HOST",
+        "VCENTER_ADMIN_PASSWORD",
+        "VCENTER_LAB_BMC_PASSWORD",
+        "VCENTER_LAB_CACHE",
+        "VCENTER_TEST_PG_URL",
+        "VCENTER_TEST_REDIS_URL",
+        "VCENTER_TEST_PG_PORT",
+        "VCENTER_TEST_REDIS_PORT",
+        "VCENTER_E2E_SCREENSHOTS",
+        "VCENTER_AGENT_CRASH_AFTER_CALL_FILE",
+    }
+)
 
 
 def setting_variables() -> frozenset[str]:

@@ -5,6 +5,7 @@ static/vendor/README.txt): the dashboard works without reaching any other site.
 
 ``install(app)`` mounts it on the FastAPI application. Imports services, schemas and core only.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -43,8 +43,9 @@ def chart_points(request: Request, kind: str, object_id: int, counter: str, tier
 
 def _route(kind: str) -> None:
     @router.get(f"/data/metrics/{kind}/{{{kind}_id}}", name=f"ui_metrics_{kind}")
-    def data(request: Request, user: Annotated[UiUser, ui_requires("System.View", on=kind)],
-             counter: str = Query("cpu.usage", max_length=40), tier: str = Query("realtime", max_length=16)) -> JSONResponse:
+    def data(
+        request: Request, user: Annotated[UiUser, ui_requires("System.View", on=kind)], counter: str = Query("cpu.usage", max_length=40), tier: str = Query("realtime", max_length=16)
+    ) -> JSONResponse:
         return chart_points(request, kind, parse_object_id(request.path_params[f"{kind}_id"], f"{kind}_id"), counter, tier)
 
 

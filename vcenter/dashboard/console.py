@@ -7,6 +7,7 @@ confirmed at registration (no CA involved), sends the signed ``console.open`` re
 then copies bytes both ways: websocket binary/text frames -> the guest's serial input, the
 guest's output -> binary frames. Errors close the websocket with code 4xxx and a reason.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -31,7 +32,7 @@ router = APIRouter(prefix="/ui", include_in_schema=False)
 
 def thumbprint_of_der(der: bytes) -> str:
     digest = hashlib.sha256(der).hexdigest().upper()
-    return "SHA256:" + ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+    return "SHA256:" + ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
 
 
 def _pinned_context() -> ssl.SSLContext:
@@ -46,8 +47,8 @@ def _pinned_context() -> ssl.SSLContext:
 async def open_host_console(runtime: Any, grant: dict[str, Any]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     settings = runtime.settings
     reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(grant["address"], settings.agent_console_port, ssl=_pinned_context(), server_hostname=None),
-        timeout=settings.console_connect_timeout)
+        asyncio.open_connection(grant["address"], settings.agent_console_port, ssl=_pinned_context(), server_hostname=None), timeout=settings.console_connect_timeout
+    )
     der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
     if der is None or thumbprint_of_der(der) != grant["thumbprint"]:
         writer.close()

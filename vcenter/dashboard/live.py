@@ -5,6 +5,7 @@ sent; it sends ``event: tasks`` (the whole recent-tasks table, as HTML) when any
 moved, and ``event: events`` (new event rows, as HTML) when there are new events. The browser
 swaps them in (static/app.js): no reload. The stream ends when the login session does.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -71,9 +71,14 @@ def _page_context(request: Request, session: Any, user: UiUser) -> dict[str, Any
     runtime = _runtime(request)
     keep = visibility_filter(session, runtime.settings, user)
     where = panel_filter(session, runtime.settings, user)
-    return {"user": user, "can": permission_checker(session, runtime.settings, user), "roots": keep(overview.roots(session)),
-            "tasks": overview.recent_tasks(session, where=where(overview.TASK_MODEL)),
-            "events": overview.recent_events(session, where=where(overview.EVENT_MODEL)), "labels": KIND_LABELS}
+    return {
+        "user": user,
+        "can": permission_checker(session, runtime.settings, user),
+        "roots": keep(overview.roots(session)),
+        "tasks": overview.recent_tasks(session, where=where(overview.TASK_MODEL)),
+        "events": overview.recent_events(session, where=where(overview.EVENT_MODEL)),
+        "labels": KIND_LABELS,
+    }
 
 
 # --- login ---------------------------------------------------------------------------------
@@ -103,8 +108,7 @@ def login(request: Request, _: Annotated[None, ui_public("logging in")], form: P
         count_refused_credential(runtime, request, exc)
         return _render(request, "login.html", status_code=401, login_csrf=cookie_token, next=_safe_next(form.get("next", "/ui")), error=exc.message)
     response = RedirectResponse(_safe_next(form.get("next", "/ui")), status_code=303)
-    response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=runtime.settings.ui_cookie_secure, path="/",
-                        max_age=int(runtime.settings.session_max_lifetime))
+    response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=runtime.settings.ui_cookie_secure, path="/", max_age=int(runtime.settings.session_max_lifetime))
     response.delete_cookie(LOGIN_CSRF_COOKIE, path="/ui/login")
     return response
 
@@ -164,11 +168,22 @@ def _object_page(kind: str) -> None:
                 extra["snapshots"] = _flatten(snapshots.list_snapshots(session, object_id)["tree"])
             if kind == "cluster" and tab == "ha":
                 extra["ha_status"], extra["ha_capacity"] = ha.status(session, object_id), ha.capacity(session, object_id)
-            return _render(request, "object.html", kind=kind, obj=row, tab=tab, path=overview.path_of(session, kind, row), **extra,
-                           info=overview.summary(session, kind, row), object_tasks=overview.recent_tasks(session, 20, kind, object_id),
-                           object_events=overview.recent_events(session, 30, kind, object_id), power_actions=POWER_ACTIONS,
-                           alarms=overview.triggered_alarms(session, kind, object_id) if tab == "summary" else [],
-                           power_offered=POWER_OFFERED.get(getattr(row, "power_state", ""), ()), **context)
+            return _render(
+                request,
+                "object.html",
+                kind=kind,
+                obj=row,
+                tab=tab,
+                path=overview.path_of(session, kind, row),
+                **extra,
+                info=overview.summary(session, kind, row),
+                object_tasks=overview.recent_tasks(session, 20, kind, object_id),
+                object_events=overview.recent_events(session, 30, kind, object_id),
+                power_actions=POWER_ACTIONS,
+                alarms=overview.triggered_alarms(session, kind, object_id) if tab == "summary" else [],
+                power_offered=POWER_OFFERED.get(getattr(row, "power_state", ""), ()),
+                **context,
+            )
 
 
 for _kind in overview.TREE_KINDS:
@@ -366,7 +381,9 @@ def snapshot_create(request: Request, vm_id: ObjectIdPath, user: Annotated[UiUse
 
 
 @router.post("/vm/{vm_id}/snapshots/{snapshot_id}/{operation}")
-def snapshot_operation(request: Request, vm_id: ObjectIdPath, snapshot_id: ObjectIdPath, operation: str, user: Annotated[UiUser, ui_requires("VirtualMachine.Snapshot", on="vm")], form: PostedForm) -> Response:
+def snapshot_operation(
+    request: Request, vm_id: ObjectIdPath, snapshot_id: ObjectIdPath, operation: str, user: Annotated[UiUser, ui_requires("VirtualMachine.Snapshot", on="vm")], form: PostedForm
+) -> Response:
     verify_csrf(request, user, form)
     try:
         with _runtime(request).transaction() as session:

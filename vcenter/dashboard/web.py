@@ -13,6 +13,7 @@ Vocabulary:
   ``requires``): the user must be logged in and hold it on the object, or gets 403.
 - permission_checker(): the same check as a boolean, to decide which buttons a page offers.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -151,8 +152,7 @@ def count_refused_credential(runtime: Any, request: Request, exc: VcError) -> No
     if kind is None:
         return
     try:
-        refusals.record_refusal(runtime.sessions, request_source.get() or (request.client.host if request.client else None), kind,
-                                f"{exc.code} {request.method} {request.url.path}")
+        refusals.record_refusal(runtime.sessions, request_source.get() or (request.client.host if request.client else None), kind, f"{exc.code} {request.method} {request.url.path}")
     except Exception:
         log.exception("could not count a refused %s credential", kind)
 
@@ -209,4 +209,3 @@ def verify_csrf(request: Request, user: UiUser, form: dict[str, str] | None = No
     sent = request.headers.get("x-csrf-token") or (form or {}).get("csrf") or ""
     if not hmac.compare_digest(sent, user.csrf):
         raise Forbidden("missing or wrong CSRF token: reload the page", code="CSRF_FAILED")
-

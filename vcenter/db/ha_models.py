@@ -3,6 +3,7 @@ restart (and why), and the monitor's fencing token. A standby monitor that takes
 these, so a declaration or a retry count survives the active monitor's death.
 
 Imported by ``vcenter.db.models`` (same metadata, same migrations)."""
+
 from __future__ import annotations
 
 from datetime import datetime

@@ -8,6 +8,7 @@ Vocabulary:
 - outbox: commands written in the same transaction as the Task, relayed to Celery after commit.
 - All timestamps are stored as UTC and returned timezone-aware on SQLite and PostgreSQL.
 """
+
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -77,8 +78,6 @@ class Base(DeclarativeBase):
 class Timestamped:
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
-
-
 
 
 class Datacenter(Timestamped, Base):
@@ -157,6 +156,7 @@ class Host(Timestamped, Base):
     @property
     def power_summary(self) -> dict[str, Any]:
         return {k: v for k, v in (self.power or {}).items() if k not in ("password", "username")}
+
     last_report_at: Mapped[datetime | None] = mapped_column()
     version: Mapped[int] = mapped_column(default=1)
     __mapper_args__ = {"version_id_col": version}
@@ -452,6 +452,7 @@ class User(Timestamped, Base):
 
 class Role(Timestamped, Base):
     """A named set of privileges (vcenter.domain.privileges); built-in roles cannot change."""
+
     __tablename__ = "roles"
     __table_args__ = {"sqlite_autoincrement": True}  # ids never reused (see User)
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -477,6 +478,7 @@ class GroupMember(Base):
 class Permission(Timestamped, Base):
     """(principal, role, object, propagate): the role's privileges for a user or a group on an
     inventory object (object_type "root" with object_id 0 is the whole inventory)."""
+
     __tablename__ = "permissions"
     __table_args__ = (UniqueConstraint("principal_type", "principal_id", "object_type", "object_id", name="uq_permissions_principal_object"),)
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -490,6 +492,7 @@ class Permission(Timestamped, Base):
 
 class ApiToken(Base):
     """A long-lived token for scripts: the user's rights narrowed to a role (intersection)."""
+
     __tablename__ = "api_tokens"
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(80))
@@ -506,6 +509,7 @@ class RefusedCredential(Base):
     """Refused credentials (user tokens, passwords, agent credentials, registration tokens),
     aggregated per source address, credential kind and minute: one row counts a flood, so the
     audit holds across API replicas without letting an attacker fill the database."""
+
     __tablename__ = "refused_credentials"
     __table_args__ = (UniqueConstraint("minute", "source", "credential", name="uq_refused_credentials_minute_source_credential"),)
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -732,8 +736,14 @@ class Upload(Base):
 
 # The objects a permission can name, by the object_type it names them with.
 PERMISSION_OBJECTS: dict[type, str] = {
-    Datacenter: "datacenter", Folder: "folder", Cluster: "cluster", Host: "host", Datastore: "datastore",
-    PortGroup: "portgroup", ResourcePool: "pool", VirtualMachine: "vm",
+    Datacenter: "datacenter",
+    Folder: "folder",
+    Cluster: "cluster",
+    Host: "host",
+    Datastore: "datastore",
+    PortGroup: "portgroup",
+    ResourcePool: "pool",
+    VirtualMachine: "vm",
 }
 
 # Ids of these objects are never handed out again (AUTOINCREMENT on SQLite; PostgreSQL's
@@ -747,9 +757,9 @@ def _drop_permissions_of(kind: str):
     def after_delete(_mapper: Any, connection: Any, target: Any) -> None:
         # A permission dies with its object, in the same transaction, whichever path deleted it.
         connection.execute(Permission.__table__.delete().where(Permission.object_type == kind, Permission.object_id == target.id))
+
     return after_delete
 
 
 for _model, _kind in PERMISSION_OBJECTS.items():
     event.listen(_model, "after_delete", _drop_permissions_of(_kind))
-

@@ -1,4 +1,5 @@
 """Engines and sessions. SQLite gets WAL, a busy timeout and foreign keys switched on."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator

@@ -9,6 +9,7 @@ features (libvirt-expanded); a VM's CPU definition becomes a requirement. A host
 dedicated failover host by its cluster's HA admission policy (HA enabled, kind
 "failover-hosts") carries ``failover`` (placement and DRS keep it empty).
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -97,8 +98,18 @@ def pool_snapshot(pool: ResourcePool, root_id: int | None) -> PoolNode:
         id=str(pool.id),
         name=pool.name,
         parent=parent,
-        cpu=Alloc(reservation=float(pool.cpu_reservation_mhz), limit=float(pool.cpu_limit_mhz) if pool.cpu_limit_mhz is not None else None, shares=float(pool.cpu_shares), expandable=pool.expandable_reservation),
-        mem=Alloc(reservation=float(pool.memory_reservation_mib), limit=float(pool.memory_limit_mib) if pool.memory_limit_mib is not None else None, shares=float(pool.memory_shares), expandable=pool.expandable_reservation),
+        cpu=Alloc(
+            reservation=float(pool.cpu_reservation_mhz),
+            limit=float(pool.cpu_limit_mhz) if pool.cpu_limit_mhz is not None else None,
+            shares=float(pool.cpu_shares),
+            expandable=pool.expandable_reservation,
+        ),
+        mem=Alloc(
+            reservation=float(pool.memory_reservation_mib),
+            limit=float(pool.memory_limit_mib) if pool.memory_limit_mib is not None else None,
+            shares=float(pool.memory_shares),
+            expandable=pool.expandable_reservation,
+        ),
     )
 
 
@@ -108,9 +119,7 @@ def cluster_snapshot(session: Session, cluster_id: int) -> ClusterSnapshot:
     pools = list(session.scalars(select(ResourcePool).where(ResourcePool.cluster_id == cluster_id).order_by(ResourcePool.id)))
     root = next((p.id for p in pools if p.parent_id is None), None)
     # Power-ons in flight: their VM is already counted on its host.
-    starting = set(session.scalars(
-        select(Task.object_id).join(ObjectClaim, ObjectClaim.task_id == Task.id).where(Task.object_type == "vm", Task.kind.in_(("vm.powerOn", "vm.resume")))
-    ))
+    starting = set(session.scalars(select(Task.object_id).join(ObjectClaim, ObjectClaim.task_id == Task.id).where(Task.object_type == "vm", Task.kind.in_(("vm.powerOn", "vm.resume")))))
     vms, pending = [], []
     for vm in session.scalars(select(VirtualMachine).where(VirtualMachine.cluster_id == cluster_id).order_by(VirtualMachine.id)):
         running = vm.host_id if vm.power_state in OCCUPYING_STATES else None

@@ -16,6 +16,7 @@ Vocabulary (vCenter's):
 
 Pure: times are epoch seconds given by the caller; no I/O.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -64,8 +65,7 @@ class MetricExpression:
     for_s: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": "metric", "counter": self.counter, "operator": self.operator, "warning": self.warning,
-                "critical": self.critical, "for_s": self.for_s}
+        return {"type": "metric", "counter": self.counter, "operator": self.operator, "warning": self.warning, "critical": self.critical, "for_s": self.for_s}
 
 
 @dataclass(frozen=True)
@@ -194,8 +194,7 @@ def webhook_address_refusal(address: str, allowed: Sequence[str] = ()) -> str | 
                 return None
         except ValueError:
             continue
-    for reason, refused in (("loopback", ip.is_loopback), ("link-local", ip.is_link_local), ("unspecified", ip.is_unspecified),
-                            ("multicast", ip.is_multicast), ("reserved", ip.is_reserved)):
+    for reason, refused in (("loopback", ip.is_loopback), ("link-local", ip.is_link_local), ("unspecified", ip.is_unspecified), ("multicast", ip.is_multicast), ("reserved", ip.is_reserved)):
         if refused:
             return f"{ip} is a {reason} address"
     return None
@@ -228,6 +227,7 @@ def _level(value: float, expr: MetricExpression | StateExpression, operator: str
         if threshold is None:
             return False
         return value > threshold if operator == "above" else value < threshold
+
     if beyond(expr.critical):
         return CRITICAL
     if beyond(expr.warning):

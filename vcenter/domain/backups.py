@@ -14,6 +14,7 @@ Decisions:
   other finished point (and every failed one) is deleted, children before parents.
 Pure: no I/O, no clock (``now`` is given).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -80,7 +81,7 @@ def to_delete(points: list[PointView], keep: int) -> list[int]:
     """Ids of points retention removes, children first (never one a kept point needs)."""
     ok = [p for p in points if p.state == "ok"]
     kept: set[int] = set()
-    for p in ok[-max(keep, 1):]:
+    for p in ok[-max(keep, 1) :]:
         kept.update(q.id for q in chain(points, p.id))
     doomed = [p for p in points if p.id not in kept and p.state in ("ok", "failed")]
     order = {p.id: i for i, p in enumerate(points)}

@@ -14,6 +14,7 @@ Vocabulary:
 
 Everything here is set arithmetic over plain data: no libvirt, no I/O.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable

@@ -9,6 +9,7 @@ datastore or crosses a symlink (``vcenter.hypervisor.images.resolve_in_datastore
 
 Pure: no I/O.
 """
+
 from __future__ import annotations
 
 MAX_PATH_CHARS = 1024

@@ -25,6 +25,7 @@ Every refusal carries the stable code DATASTORE_PATH_NOT_ALLOWED and a ``reason`
 
 Pure: no I/O.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence

@@ -17,6 +17,7 @@ otherwise the caller compares object by object over the whole inventory (``missi
 
 Pure: no I/O.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence

@@ -11,6 +11,7 @@ Spread: the exponentially weighted standard deviation of the samples around that
 It says how far one measurement may be from the next: DRS does not chase a gain smaller than
 the spread of the loads it compares (vcenter.domain.drs, "confidence").
 """
+
 from __future__ import annotations
 
 import math

@@ -40,6 +40,7 @@ Vocabulary:
 - priority: power-on 1 when demand exceeds the effective capacity (U > 1), else 2; power-off 3
   when the remaining hosts stay below the band, else 4.
 """
+
 from __future__ import annotations
 
 import math
@@ -140,21 +141,38 @@ class PowerRecommendation:
             head = f"demand above {r.high:.0%} for {r.window_samples} samples (lowest U {r.utilisation:.3f})"
             tail = ""
         goal = f"fill {r.fill:.2f}" if self.action == "power-off" and r.fill is not None else f"target {r.target:.2f}"
-        return (f"{head}; U after {r.predicted:.3f} ({goal}); effective capacity "
-                f"cpu {r.capacity_before[0]:.0f} -> {r.capacity_after[0]:.0f} MHz, mem {r.capacity_before[1]:.0f} -> "
-                f"{r.capacity_after[1]:.0f} MiB{tail}")
+        return (
+            f"{head}; U after {r.predicted:.3f} ({goal}); effective capacity "
+            f"cpu {r.capacity_before[0]:.0f} -> {r.capacity_after[0]:.0f} MHz, mem {r.capacity_before[1]:.0f} -> "
+            f"{r.capacity_after[1]:.0f} MiB{tail}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         r = self.reasons
         return {
-            "action": self.action, "host": self.host, "priority": self.priority, "automation": self.automation.value,
-            "automatic": self.automatic, "evacuation": [list(e) for e in self.evacuation], "text": self.reason,
+            "action": self.action,
+            "host": self.host,
+            "priority": self.priority,
+            "automation": self.automation.value,
+            "automatic": self.automatic,
+            "evacuation": [list(e) for e in self.evacuation],
+            "text": self.reason,
             "reasons": {
-                "utilisation": r.utilisation, "cpu_utilisation": r.cpu_utilisation, "mem_utilisation": r.mem_utilisation,
-                "window_samples": r.window_samples, "low": r.low, "high": r.high, "target": r.target,
-                "predicted": r.predicted, "capacity_before": list(r.capacity_before), "capacity_after": list(r.capacity_after),
-                "ha_reserved": list(r.ha_reserved), "vms_to_move": r.vms_to_move, "memory_to_move_mib": r.memory_to_move_mib,
-                "fill": r.fill, "lead": r.lead,
+                "utilisation": r.utilisation,
+                "cpu_utilisation": r.cpu_utilisation,
+                "mem_utilisation": r.mem_utilisation,
+                "window_samples": r.window_samples,
+                "low": r.low,
+                "high": r.high,
+                "target": r.target,
+                "predicted": r.predicted,
+                "capacity_before": list(r.capacity_before),
+                "capacity_after": list(r.capacity_after),
+                "ha_reserved": list(r.ha_reserved),
+                "vms_to_move": r.vms_to_move,
+                "memory_to_move_mib": r.memory_to_move_mib,
+                "fill": r.fill,
+                "lead": r.lead,
             },
         }
 
@@ -168,8 +186,7 @@ class DpmPlan:
     notes: tuple[str, ...]  # why nothing (else) was done, hosts considered and refused
 
     def to_dict(self) -> dict[str, Any]:
-        return {"recommendations": [r.to_dict() for r in self.recommendations], "utilisation": list(self.utilisation),
-                "low": self.low, "high": self.high, "notes": list(self.notes)}
+        return {"recommendations": [r.to_dict() for r in self.recommendations], "utilisation": list(self.utilisation), "low": self.low, "high": self.high, "notes": list(self.notes)}
 
 
 def _eff(h: HostSnapshot, ha: HaReserve) -> tuple[float, float]:
@@ -270,8 +287,10 @@ def decide(
         cur = cap
         woken: list[HostSnapshot] = []
         while pool and len(recs) < s.max_on_per_pass:
+
             def after(h: HostSnapshot) -> tuple[float, float]:
                 return _usable(active + woken + [h], s)
+
             fitting = [h for h in pool if _u(peak, after(h))[0] <= s.target + EPS]
             if fitting:
                 chosen = min(fitting, key=lambda h: (sum(_eff(h, s.ha)), snapshot.hosts.index(h)))
@@ -282,11 +301,15 @@ def decide(
             uc = _u(peak, cur)[0]
             woken.append(chosen)
             ha_total = cast(tuple[float, float], tuple(sum(_ha(h, s.ha)[k] for h in active + woken) for k in (0, 1)))
-            recs.append(PowerRecommendation(
-                "power-on", chosen.id, 1 if uc > 1 + EPS else 2, s.level(chosen.id),
-                PowerReasons(lowest[0], lowest[1], lowest[2], n_on, s.low, s.high, s.target, pred, cur, new, ha_total,
-                             lead=_u(lead, cap)[0]),
-            ))
+            recs.append(
+                PowerRecommendation(
+                    "power-on",
+                    chosen.id,
+                    1 if uc > 1 + EPS else 2,
+                    s.level(chosen.id),
+                    PowerReasons(lowest[0], lowest[1], lowest[2], n_on, s.low, s.high, s.target, pred, cur, new, ha_total, lead=_u(lead, cap)[0]),
+                )
+            )
             pool.remove(chosen)
             cur = new
             if pred <= s.target + EPS:
@@ -360,12 +383,18 @@ def decide(
                 notes.append(f"{h.label}: evacuation would break a must rule")
                 continue
             ha_total = cast(tuple[float, float], tuple(sum(_ha(x, s.ha)[k] for x in on if x.id != h.id) for k in (0, 1)))
-            recs.append(PowerRecommendation(
-                "power-off", h.id, 3 if pred < s.low - EPS else 4, s.level(h.id),
-                PowerReasons(worst[0], worst[1], worst[2], n_off, s.low, s.high, s.target, pred, cur, new, ha_total,
-                             len(victims), sum(vm.memory_mib for vm in victims), fill=s.fill, lead=_u(lead, cap)[0]),
-                moves,
-            ))
+            recs.append(
+                PowerRecommendation(
+                    "power-off",
+                    h.id,
+                    3 if pred < s.low - EPS else 4,
+                    s.level(h.id),
+                    PowerReasons(
+                        worst[0], worst[1], worst[2], n_off, s.low, s.high, s.target, pred, cur, new, ha_total, len(victims), sum(vm.memory_mib for vm in victims), fill=s.fill, lead=_u(lead, cap)[0]
+                    ),
+                    moves,
+                )
+            )
             snap = off
             on = [x for x in on if x.id != h.id]
             cur = new

@@ -106,6 +106,7 @@ target) pair at once from the per-resource sums S = sum x and Q = sum x^2 (std a
 closed form in S and Q), checks admissibility lazily from the best pair down, and commits the
 move into placement's ``ClusterState`` in place: no copy of the cluster per candidate.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
@@ -235,24 +236,42 @@ class Recommendation:
     @property
     def reason(self) -> str:
         r = self.reasons
-        head = (f"fixes {'must' if r.rule_must else 'should'} rule '{r.rule}'" if r.rule
-                else f"relieves {'overloaded ' if r.overloaded else ''}{r.host} (cpu {r.host_cpu_load:.3f}, mem {r.host_mem_load:.3f})")
+        head = (
+            f"fixes {'must' if r.rule_must else 'should'} rule '{r.rule}'"
+            if r.rule
+            else f"relieves {'overloaded ' if r.overloaded else ''}{r.host} (cpu {r.host_cpu_load:.3f}, mem {r.host_mem_load:.3f})"
+        )
         robust = "" if r.robust_gain is None or abs(r.robust_gain - r.gain) < 5e-5 else f", {r.robust_gain:+.4f} within noise"
-        return (f"{head}; imbalance {r.imbalance_before:.4f} -> {r.imbalance_after:.4f} (gain {r.gain:+.4f}{robust}); "
-                f"target load cpu {r.target_cpu_load:.3f} mem {r.target_mem_load:.3f}; copies {r.memory_mib} MiB")
+        return (
+            f"{head}; imbalance {r.imbalance_before:.4f} -> {r.imbalance_after:.4f} (gain {r.gain:+.4f}{robust}); "
+            f"target load cpu {r.target_cpu_load:.3f} mem {r.target_mem_load:.3f}; copies {r.memory_mib} MiB"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         r = self.reasons
         return {
-            "vm": self.vm_id, "name": self.vm_name, "source": self.source, "target": self.target,
-            "priority": self.priority, "kind": self.kind, "automation": self.automation.value,
+            "vm": self.vm_id,
+            "name": self.vm_name,
+            "source": self.source,
+            "target": self.target,
+            "priority": self.priority,
+            "kind": self.kind,
+            "automation": self.automation.value,
             "automatic": self.automatic,
             "reasons": {
-                "imbalance_before": r.imbalance_before, "imbalance_after": r.imbalance_after,
-                "host": r.host, "host_cpu_load": r.host_cpu_load, "host_mem_load": r.host_mem_load,
-                "target_cpu_load": r.target_cpu_load, "target_mem_load": r.target_mem_load,
-                "memory_mib": r.memory_mib, "gain": r.gain, "rule": r.rule, "rule_must": r.rule_must,
-                "overloaded": r.overloaded, "robust_gain": r.robust_gain,
+                "imbalance_before": r.imbalance_before,
+                "imbalance_after": r.imbalance_after,
+                "host": r.host,
+                "host_cpu_load": r.host_cpu_load,
+                "host_mem_load": r.host_mem_load,
+                "target_cpu_load": r.target_cpu_load,
+                "target_mem_load": r.target_mem_load,
+                "memory_mib": r.memory_mib,
+                "gain": r.gain,
+                "rule": r.rule,
+                "rule_must": r.rule_must,
+                "overloaded": r.overloaded,
+                "robust_gain": r.robust_gain,
             },
             "text": self.reason,
         }
@@ -307,17 +326,24 @@ class DrsPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "threshold": self.threshold, "target": None if self.target == float("inf") else self.target,
-            "imbalance_before": self.before.imbalance, "imbalance_after": self.after.imbalance,
-            "cpu_std_before": self.before.cpu_std, "mem_std_before": self.before.mem_std,
-            "cpu_std_after": self.after.cpu_std, "mem_std_after": self.after.mem_std,
+            "threshold": self.threshold,
+            "target": None if self.target == float("inf") else self.target,
+            "imbalance_before": self.before.imbalance,
+            "imbalance_after": self.after.imbalance,
+            "cpu_std_before": self.before.cpu_std,
+            "mem_std_before": self.before.mem_std,
+            "cpu_std_after": self.after.cpu_std,
+            "mem_std_after": self.after.mem_std,
             "recommendations": [r.to_dict() for r in self.recommendations],
-            "skipped": dict(self.skipped), "unresolved": list(self.unresolved), "notes": list(self.notes),
+            "skipped": dict(self.skipped),
+            "unresolved": list(self.unresolved),
+            "notes": list(self.notes),
             "wake": [w.to_dict() for w in self.wake],
         }
 
 
 # -- entitlement and loads -------------------------------------------------------------------
+
 
 def core_mhz(snapshot: ClusterSnapshot) -> float:
     """The MHz of one vCPU at full speed (the fastest core of the cluster, as the pool tree uses)."""
@@ -415,8 +441,7 @@ def overload_risk(load: np.ndarray, sigma: np.ndarray) -> np.ndarray:
 class _Loads:
     """Per-host entitlement sums, capacities and VM membership, updated in place on a move."""
 
-    def __init__(self, snapshot: ClusterSnapshot, ents: Mapping[str, Demand], st: ClusterState, comfort: float = 0.0,
-                 spread: Mapping[str, Demand] | None = None) -> None:
+    def __init__(self, snapshot: ClusterSnapshot, ents: Mapping[str, Demand], st: ClusterState, comfort: float = 0.0, spread: Mapping[str, Demand] | None = None) -> None:
         self.ids = st.ids
         n = st.n
         # A dedicated HA failover host (kept empty for HA restarts) neither counts for balance
@@ -501,16 +526,14 @@ class _Loads:
         """Each host's load spread (n x 2, in load units)."""
         return np.sqrt(np.maximum(self.var, 0.0)) / self.cap
 
-    def robust_gain(self, src: int, ent: np.ndarray, targets: np.ndarray, confidence: float,
-                    resources: tuple[int, ...] = (0, 1)) -> np.ndarray:
+    def robust_gain(self, src: int, ent: np.ndarray, targets: np.ndarray, confidence: float, resources: tuple[int, ...] = (0, 1)) -> np.ndarray:
         """Imbalance gain (k x m, as ``after``) on pessimistic loads: the source ``confidence``
         spreads lighter and each target as much heavier than measured. Equals the plain gain
         when no host has a spread."""
         before, after = self._moved(src, ent, targets, resources, self.sigma() * confidence)
         return np.asarray(before[None, :] - after, dtype=float)
 
-    def _moved(self, src: int, ent: np.ndarray, targets: np.ndarray, resources: tuple[int, ...],
-               shift: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def _moved(self, src: int, ent: np.ndarray, targets: np.ndarray, resources: tuple[int, ...], shift: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """(imbalance before, per target (m); imbalance after each move, k x m), with the source
         ``shift`` lighter and each target ``shift`` heavier than measured (n x 2; None: as
         measured). A move changes two hosts' loads, so the std after it follows from the sums
@@ -554,9 +577,9 @@ class _Loads:
 
 # -- the balancer ----------------------------------------------------------------------------
 
+
 class _Pass:
-    def __init__(self, snapshot: ClusterSnapshot, settings: DrsSettings, demands: Mapping[str, Demand] | None,
-                 history: DrsHistory | None, spread: Mapping[str, Demand] | None = None) -> None:
+    def __init__(self, snapshot: ClusterSnapshot, settings: DrsSettings, demands: Mapping[str, Demand] | None, history: DrsHistory | None, spread: Mapping[str, Demand] | None = None) -> None:
         self.snapshot = snapshot
         self.settings = settings
         self.history = history or DrsHistory()
@@ -636,8 +659,7 @@ class _Pass:
         return mask, res.reason
 
     # -- recording a move --------------------------------------------------------------
-    def commit(self, vm: VmSnapshot, dst: int, priority: int, kind: str, before: float, after: float,
-               rule: Rule | None = None, overloaded: bool = False, robust_gain: float | None = None) -> None:
+    def commit(self, vm: VmSnapshot, dst: int, priority: int, kind: str, before: float, after: float, rule: Rule | None = None, overloaded: bool = False, robust_gain: float | None = None) -> None:
         st, L = self.st, self.loads
         src = st.index[_host(vm)]
         x = L.x()
@@ -648,10 +670,19 @@ class _Pass:
         moved = replace(vm, host=st.ids[dst])
         self.moved[vm.id] = moved
         reasons = MoveReasons(
-            imbalance_before=before, imbalance_after=after, host=st.ids[src], host_cpu_load=hc, host_mem_load=hm,
-            target_cpu_load=float(x2[dst, 0]), target_mem_load=float(x2[dst, 1]), memory_mib=vm.memory_mib,
-            gain=before - after, rule=rule.name if rule else None, rule_must=rule.must if rule else None,
-            overloaded=overloaded, robust_gain=robust_gain,
+            imbalance_before=before,
+            imbalance_after=after,
+            host=st.ids[src],
+            host_cpu_load=hc,
+            host_mem_load=hm,
+            target_cpu_load=float(x2[dst, 0]),
+            target_mem_load=float(x2[dst, 1]),
+            memory_mib=vm.memory_mib,
+            gain=before - after,
+            rule=rule.name if rule else None,
+            rule_must=rule.must if rule else None,
+            overloaded=overloaded,
+            robust_gain=robust_gain,
         )
         level = self.settings.level(vm.id)
         self.recs.append(Recommendation(vm.id, vm.label, st.ids[src], st.ids[dst], priority, kind, level, reasons))
@@ -781,8 +812,7 @@ class _Pass:
                     self.notes.append(f"balanced: imbalance {before:.4f} <= target {s.target:.4f}")
                 else:
                     r = int(np.flatnonzero(L.counted)[0])
-                    self.notes.append(f"balanced: {('cpu', 'memory')[r]} imbalance {before:.4f} <= target {s.target:.4f} "
-                                      f"({('cpu', 'memory')[1 - r]} not counted: no host at {s.comfort:.0%} of it)")
+                    self.notes.append(f"balanced: {('cpu', 'memory')[r]} imbalance {before:.4f} <= target {s.target:.4f} ({('cpu', 'memory')[1 - r]} not counted: no host at {s.comfort:.0%} of it)")
                 return
             # Sources: the most overloaded hosts, and (above target) the most loaded per resource
             # among those above the mean.
@@ -900,8 +930,7 @@ def balance(
     before = p.loads.balance()
     p.fix_rules()
     p.balance()
-    return DrsPlan(tuple(p.recs), settings.threshold, settings.target, before, p.loads.balance(),
-                   dict(sorted(p.skipped.items())), tuple(p.unresolved), tuple(p.notes), _wake(p, demands or {}))
+    return DrsPlan(tuple(p.recs), settings.threshold, settings.target, before, p.loads.balance(), dict(sorted(p.skipped.items())), tuple(p.unresolved), tuple(p.notes), _wake(p, demands or {}))
 
 
 def _wake(p: _Pass, demands: Mapping[str, Demand]) -> tuple[Wake, ...]:
@@ -937,8 +966,7 @@ def _wake(p: _Pass, demands: Mapping[str, Demand]) -> tuple[Wake, ...]:
     if (need <= 1e-6).all():
         return ()
     if (short > 1e-6).any():
-        why = (f"powered-on hosts cannot hold the demand: CPU {dem[0]:.0f} of {cap[0]:.0f} MHz, "
-               f"memory {dem[1]:.0f} of {cap[1]:.0f} MiB usable")
+        why = f"powered-on hosts cannot hold the demand: CPU {dem[0]:.0f} of {cap[0]:.0f} MHz, memory {dem[1]:.0f} of {cap[1]:.0f} MiB usable"
     else:
         over = [L.ids[i] for i in np.flatnonzero(act) if (L.load[i] > L.cap[i] * OVERLOAD + 1e-6).any()]
         why = f"{', '.join(over)} stay overloaded after the plan (CPU {excess[0]:.0f} MHz, memory {excess[1]:.0f} MiB over); no move relieves them"

@@ -8,6 +8,7 @@ trace replay (vcenter.sim.trace) smooths its 5-minute samples with them. The pro
 each VM's measured CPU demand on its own, per sample, with the scalar forms in
 vcenter.domain.demand, which these apply per resource.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -33,7 +34,9 @@ def smooth_demands(previous: Mapping[str, Demand] | None, sample: Mapping[str, D
 
 
 def smooth_demands_with_spread(
-    previous: tuple[Mapping[str, Demand], Mapping[str, Demand]] | None, sample: Mapping[str, Demand], alpha: float = 0.5,
+    previous: tuple[Mapping[str, Demand], Mapping[str, Demand]] | None,
+    sample: Mapping[str, Demand],
+    alpha: float = 0.5,
 ) -> tuple[dict[str, Demand], dict[str, Demand]]:
     """``smooth_demands`` and the spread of the samples around it (vcenter.domain.demand), per
     VM and resource: (smoothed demands, spreads) from the previous pair and a new sample."""

@@ -7,6 +7,7 @@ host's restarted like HA's batch, a host entering maintenance or standby evacuat
 fit nowhere are listed with placement's reasons), then runs one DRS pass
 (vcenter.domain.drs.balance) on the changed cluster.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -58,8 +59,7 @@ def describe_change(change: Change) -> str:
     if isinstance(change, HostPowersOff):
         return f"host {change.host} powers off (standby)"
     if isinstance(change, VmDemandChange):
-        parts = [f"cpu={change.cpu_mhz:.0f} MHz" if change.cpu_mhz is not None else "",
-                 f"mem={change.mem_mib:.0f} MiB" if change.mem_mib is not None else ""]
+        parts = [f"cpu={change.cpu_mhz:.0f} MHz" if change.cpu_mhz is not None else "", f"mem={change.mem_mib:.0f} MiB" if change.mem_mib is not None else ""]
         return f"VM {change.vm} demand " + " ".join(p for p in parts if p)
     return f"rule '{change.rule.name}' added ({change.rule.strength} {change.rule.kind.value})"
 
@@ -84,10 +84,13 @@ class WhatIfResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "change": self.change, "imbalance_now": self.now.imbalance, "imbalance_after_change": self.changed.imbalance,
+            "change": self.change,
+            "imbalance_now": self.now.imbalance,
+            "imbalance_after_change": self.changed.imbalance,
             "imbalance_after_plan": self.plan.after.imbalance,
             "displaced": None if self.displaced is None else {r.vm_id: r.host for r in self.displaced.results},
-            "unplaceable": dict(self.unplaceable), "plan": self.plan.to_dict(),
+            "unplaceable": dict(self.unplaceable),
+            "plan": self.plan.to_dict(),
         }
 
 

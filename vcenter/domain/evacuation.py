@@ -22,6 +22,7 @@ Vocabulary:
   (being created, orphaned...), ``NO_HOST`` (no host passes every filter; ``filter`` names
   the filter that rejected every other host when one did, e.g. DatastoreFilter).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -111,9 +112,7 @@ def plan(snapshot: ClusterSnapshot, host_id: str, running: Sequence[VmSnapshot],
     policy = parse_policy(policy)
     exclude = {host_id: "host entering maintenance"}
     if policy == "refuse" and stopped:
-        refused = tuple(Blocked(s.vm.id, s.vm.label, "POWERED_OFF_VMS_PRESENT",
-                                f"{s.power_state}: the cluster refuses maintenance while powered-off VMs are registered on the host")
-                        for s in stopped)
+        refused = tuple(Blocked(s.vm.id, s.vm.label, "POWERED_OFF_VMS_PRESENT", f"{s.power_state}: the cluster refuses maintenance while powered-off VMs are registered on the host") for s in stopped)
         return EvacuationPlan(policy, (), (), refused, ())
     ids = [v.id for v in running] + ([s.vm.id for s in stopped] if policy == "move" else [])
     st = ClusterState(snapshot, skip_pending_for=ids)

@@ -41,6 +41,7 @@ Vocabulary:
 - isolation (agent side): a host is isolated when it could reach neither Redis nor any
   isolation address for the isolation delay. Redis alone being down is never isolation.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
@@ -86,6 +87,7 @@ class AdmissionKind(str, Enum):
 
 
 # -- detection -------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class DetectionSettings:
@@ -169,8 +171,7 @@ def _s(x: float | None) -> str:
     return "never seen" if x is None else f"{x:.1f} s"
 
 
-def judge(prev: Mapping[str, HostHealth], observations: Sequence[HostObservation], view: MonitorView,
-          settings: DetectionSettings = DetectionSettings()) -> Judgement:
+def judge(prev: Mapping[str, HostHealth], observations: Sequence[HostObservation], view: MonitorView, settings: DetectionSettings = DetectionSettings()) -> Judgement:
     """One pass of the monitor: every monitored host's health, the transitions with evidence,
     and a freeze with its reason. Hosts not monitored keep no health (they are dropped)."""
     d = settings.detection_s
@@ -202,8 +203,7 @@ def judge(prev: Mapping[str, HostHealth], observations: Sequence[HostObservation
     newly = sorted(h for h in live if prev.get(h, HostHealth.CONNECTED) == HostHealth.CONNECTED and proposed[h] != HostHealth.CONNECTED)
     frozen = None
     if len(newly) >= settings.mass_silence_min and len(newly) > settings.mass_silence_fraction * len(live):
-        frozen = (f"{len(newly)} of {len(live)} live hosts fell silent at once ({', '.join(newly)}): "
-                  "the monitor's own network or Redis is more likely at fault than a mass failure")
+        frozen = f"{len(newly)} of {len(live)} live hosts fell silent at once ({', '.join(newly)}): the monitor's own network or Redis is more likely at fault than a mass failure"
         for h in newly:
             proposed[h] = HostHealth.CONNECTED  # judged again when the silence is no longer "most"
     transitions = []
@@ -215,19 +215,22 @@ def judge(prev: Mapping[str, HostHealth], observations: Sequence[HostObservation
         if after == HostHealth.CONNECTED:
             reason = f"network heartbeat seen again ({_s(e['network_age_s'])} old)"
         elif after == HostHealth.ISOLATED:
-            reason = (f"network heartbeat silent for {_s(e['network_age_s'])} (> {d:g} s) while the datastore heartbeat "
-                      f"goes on ({_s(e['datastore_age_s'])} old): isolated, not failed")
+            reason = f"network heartbeat silent for {_s(e['network_age_s'])} (> {d:g} s) while the datastore heartbeat goes on ({_s(e['datastore_age_s'])} old): isolated, not failed"
         else:
-            ds_part = ("no datastore heartbeat channel" if "datastore_age_s" not in e or not any(
-                o.has_datastore_channel for o in observations if o.host_id == h)
-                       else f"datastore heartbeat silent for {_s(e['datastore_age_s'])}" if (e["datastore_age_s"] or 0) > d or e["datastore_age_s"] is None
-                       else f"no datastore heartbeat written after its last network heartbeat ({e.get('datastore_after_network_s')} s)")
+            ds_part = (
+                "no datastore heartbeat channel"
+                if "datastore_age_s" not in e or not any(o.has_datastore_channel for o in observations if o.host_id == h)
+                else f"datastore heartbeat silent for {_s(e['datastore_age_s'])}"
+                if (e["datastore_age_s"] or 0) > d or e["datastore_age_s"] is None
+                else f"no datastore heartbeat written after its last network heartbeat ({e.get('datastore_after_network_s')} s)"
+            )
             reason = f"network heartbeat silent for {_s(e['network_age_s'])} and {ds_part} (> {d:g} s): failed"
         transitions.append(Transition(h, before, after, reason, dict(e)))
     return Judgement(proposed, tuple(transitions), frozen, evidence)
 
 
 # -- restarts --------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class RestartSettings:
@@ -307,9 +310,16 @@ def _with_pending(snap: ClusterSnapshot, placed: Mapping[str, str], vms: Mapping
     return replace(snap, pending=snap.pending + extra)
 
 
-def plan_restarts(snapshot: ClusterSnapshot, candidates: Sequence[RestartCandidate], health: Mapping[str, HostHealth],
-                  now: float, settings: RestartSettings = RestartSettings(), *, frozen: str | None = None,
-                  failover_hosts: Iterable[str] = ()) -> RestartPlan:
+def plan_restarts(
+    snapshot: ClusterSnapshot,
+    candidates: Sequence[RestartCandidate],
+    health: Mapping[str, HostHealth],
+    now: float,
+    settings: RestartSettings = RestartSettings(),
+    *,
+    frozen: str | None = None,
+    failover_hosts: Iterable[str] = (),
+) -> RestartPlan:
     """Which candidates start where now; the others wait (with when and why) or are given up.
 
     Placement is one batch (``place_many``): higher restart priority first, each decision
@@ -365,9 +375,13 @@ def plan_restarts(snapshot: ClusterSnapshot, candidates: Sequence[RestartCandida
     for vid in [v.id for v in sorted(vms.values(), key=lambda v: (-v.priority, v.id))]:
         c = by_id[vid]
         if vid in placed:
-            why = {"failed": f"{c.from_host} failed", "released": f"{c.from_host} isolated, released it",
-                   "fenced": f"{c.from_host} lost its datastores", "crashed": f"stopped unexpectedly on {c.from_host}",
-                   "stopped": f"{c.from_host} stopped it (isolation response)"}.get(c.cause, c.cause)
+            why = {
+                "failed": f"{c.from_host} failed",
+                "released": f"{c.from_host} isolated, released it",
+                "fenced": f"{c.from_host} lost its datastores",
+                "crashed": f"stopped unexpectedly on {c.from_host}",
+                "stopped": f"{c.from_host} stopped it (isolation response)",
+            }.get(c.cause, c.cause)
             if c.cause != "failed" and health.get(c.from_host) == HostHealth.FAILED:
                 why = f"{c.from_host} failed"
             why += f"; restart priority {c.priority.value}"
@@ -399,6 +413,7 @@ UNEXPECTED_STOPS = frozenset({"crashed", "unobserved"})
 class StoppedVm:
     """A VM found stopped without anyone asking, as the store recorded it, with what the
     inventory says of it now (when the monitor handles the fact)."""
+
     vm_id: str
     host: str | None  # where it stopped (its host in the inventory)
     reason: str  # the recorded stop reason (UNEXPECTED_STOPS)
@@ -440,6 +455,7 @@ def fence_ok(token: int, highest_seen: int) -> bool:
 
 # -- reconciliation --------------------------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class Reconciled:
     vm_id: str
@@ -448,8 +464,7 @@ class Reconciled:
     reason: str
 
 
-def reconcile(desired: Mapping[str, str | None], actual: Mapping[str, Iterable[str]], known_hosts: Iterable[str],
-              health: Mapping[str, HostHealth]) -> list[Reconciled]:
+def reconcile(desired: Mapping[str, str | None], actual: Mapping[str, Iterable[str]], known_hosts: Iterable[str], health: Mapping[str, HostHealth]) -> list[Reconciled]:
     """After an outage of the monitor: what each protected VM really does before any restart.
 
     ``desired``: VM -> the host the inventory says it runs on (None: it should run, no host).
@@ -481,6 +496,7 @@ def reconcile(desired: Mapping[str, str | None], actual: Mapping[str, Iterable[s
 
 
 # -- admission control -----------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class AdmissionPolicy:
@@ -552,7 +568,7 @@ def _tolerated(caps: list[tuple[float, float]], used: tuple[float, float], limit
     cpus = sorted((c[1] for c in caps), reverse=True)
     k = 0
     while k < min(limit, len(caps)):
-        if used[0] <= sum(mems[k + 1:]) + 1e-6 and used[1] <= sum(cpus[k + 1:]) + 1e-6:
+        if used[0] <= sum(mems[k + 1 :]) + 1e-6 and used[1] <= sum(cpus[k + 1 :]) + 1e-6:
             k += 1
         else:
             break
@@ -581,15 +597,13 @@ def failover_capacity(snapshot: ClusterSnapshot, policy: AdmissionPolicy, extra:
         cpus = sorted((c[1] for c in caps), reverse=True)
         res = (sum(mems[:n]), sum(cpus[:n]))
         ok = tolerated >= n and len(caps) > n
-        reason = (f"tolerates {tolerated} host failure(s), policy needs {n}" if len(caps) > n
-                  else f"{len(caps)} active host(s) cannot tolerate {n} failure(s)")
+        reason = f"tolerates {tolerated} host failure(s), policy needs {n}" if len(caps) > n else f"{len(caps)} active host(s) cannot tolerate {n} failure(s)"
     elif kind == AdmissionKind.PERCENTAGE:
         res = (tot[0] * policy.memory_percent / 100, tot[1] * policy.cpu_percent / 100)
         free_m = tot[0] - used[0]
         free_c = tot[1] - used[1]
         ok = free_m + 1e-6 >= res[0] and free_c + 1e-6 >= res[1]
-        reason = (f"free memory {free_m:.0f} MiB (needs {res[0]:.0f} reserved), free vCPUs {free_c:.0f} "
-                  f"(needs {res[1]:.0f} reserved)")
+        reason = f"free memory {free_m:.0f} MiB (needs {res[0]:.0f} reserved), free vCPUs {free_c:.0f} (needs {res[1]:.0f} reserved)"
     elif kind == AdmissionKind.FAILOVER_HOSTS:
         spare_caps = [_cap(h) for h in spare]
         res = (sum(c[0] for c in spare_caps), sum(c[1] for c in spare_caps))
@@ -607,12 +621,10 @@ def failover_capacity(snapshot: ClusterSnapshot, policy: AdmissionPolicy, extra:
                 break
         tolerated = k
         ok = bool(spare) and on_spare == (0.0, 0.0) and k >= 1
-        reason = (f"{len(spare)} failover host(s) active, absorbing the {k} fullest host(s)" if spare
-                  else "no failover host is active")
+        reason = f"{len(spare)} failover host(s) active, absorbing the {k} fullest host(s)" if spare else "no failover host is active"
     pm = 100.0 * (tot[0] - used[0]) / tot[0] if tot[0] else 0.0
     pc = 100.0 * (tot[1] - used[1]) / tot[1] if tot[1] else 0.0
-    return FailoverCapacity(kind.value, len(active), tot[0], tot[1], used[0], used[1], res[0], res[1], tolerated,
-                            round(pm, 2), round(pc, 2), ok, reason)
+    return FailoverCapacity(kind.value, len(active), tot[0], tot[1], used[0], used[1], res[0], res[1], tolerated, round(pm, 2), round(pc, 2), ok, reason)
 
 
 def admit(snapshot: ClusterSnapshot, vm: VmSnapshot, target: str | None, policy: AdmissionPolicy, *, action: str = "power-on") -> AdmissionDecision:
@@ -631,8 +643,7 @@ def admit(snapshot: ClusterSnapshot, vm: VmSnapshot, target: str | None, policy:
     after = failover_capacity(snapshot, policy, [replace(vm, host=host)])
     if after.ok:
         return AdmissionDecision(True, None, f"{action} keeps the policy: {after.reason}", after)
-    return AdmissionDecision(False, ADMISSION_CODE,
-                             f"{action} of {vm.label} would break the HA admission policy ({policy.kind.value}): {after.reason}", after)
+    return AdmissionDecision(False, ADMISSION_CODE, f"{action} of {vm.label} would break the HA admission policy ({policy.kind.value}): {after.reason}", after)
 
 
 def reserved_hosts(policy: AdmissionPolicy) -> frozenset[str]:
@@ -661,6 +672,7 @@ def ha_reserve_fraction(snapshot: ClusterSnapshot, policy: AdmissionPolicy) -> f
 
 
 # -- VM monitoring ---------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class VmMonitoringSettings:
@@ -704,16 +716,14 @@ def watch_vm(w: VmWatch, now: float, observing_since: float, s: VmMonitoringSett
     if age <= s.failure_interval_s:
         return VmVerdict(w.vm_id, "none", f"guest heartbeat {age:.1f} s old")
     recent = [t for t in w.resets if now - t < s.window_s]
-    ev = {"heartbeat_age_s": _r(age), "failure_interval_s": s.failure_interval_s, "resets_in_window": len(recent),
-          "max_resets": s.max_resets, "window_s": s.window_s}
+    ev = {"heartbeat_age_s": _r(age), "failure_interval_s": s.failure_interval_s, "resets_in_window": len(recent), "max_resets": s.max_resets, "window_s": s.window_s}
     if len(recent) >= s.max_resets:
-        return VmVerdict(w.vm_id, "limit", f"guest heartbeat silent {age:.1f} s, but {len(recent)} resets in the last "
-                                           f"{s.window_s:g} s (max {s.max_resets}): not reset", ev)
-    return VmVerdict(w.vm_id, "reset", f"guest heartbeat silent for {age:.1f} s (> {s.failure_interval_s:g} s): reset "
-                                       f"{len(recent) + 1} of {s.max_resets} in the window", ev)
+        return VmVerdict(w.vm_id, "limit", f"guest heartbeat silent {age:.1f} s, but {len(recent)} resets in the last {s.window_s:g} s (max {s.max_resets}): not reset", ev)
+    return VmVerdict(w.vm_id, "reset", f"guest heartbeat silent for {age:.1f} s (> {s.failure_interval_s:g} s): reset {len(recent) + 1} of {s.max_resets} in the window", ev)
 
 
 # -- isolation (agent side) ------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class IsolationView:
@@ -745,4 +755,3 @@ def isolation_actions(response: IsolationResponse, running: Sequence[str]) -> li
 
 def priority_of(value: str | None, default: Priority = Priority.MEDIUM) -> Priority:
     return Priority(value) if value else default
-

@@ -17,6 +17,7 @@ Vocabulary (vCenter's):
 Pure: times are epoch seconds given by the caller; ``scale`` compresses every interval and
 retention (tests run the tiers on compressed time).
 """
+
 from __future__ import annotations
 
 import math
@@ -33,17 +34,25 @@ class Counter:
     object_types: tuple[str, ...]
 
 
-COUNTERS: dict[str, Counter] = {c.name: c for c in (
-    Counter("cpu.usage", "percent", "CPU used, as a share of the object's CPU capacity (host: all its cores; VM: its vCPUs)", ("host", "vm", "cluster")),
-    Counter("cpu.usagemhz", "MHz", "CPU used, in MHz at the host's core speed", ("host", "vm", "cluster")),
-    Counter("mem.usage", "percent", "memory used, as a share of the object's memory (VM: as its guest's balloon driver reports it; without one, the resident memory of its QEMU process over its configured memory, capped at 100)", ("host", "vm", "cluster")),
-    Counter("mem.guest_used", "MiB", "memory the guest uses as its balloon driver reports it (available minus unused); DRS's memory demand of the VM", ("vm",)),
-    Counter("mem.consumed", "MiB", "memory used (host: total minus free, buffers and cache; VM: resident memory of its QEMU process)", ("host", "vm", "cluster")),
-    Counter("disk.read", "bytes/s", "bytes read from virtual disks (host: the sum over its running VMs)", ("host", "vm", "cluster")),
-    Counter("disk.write", "bytes/s", "bytes written to virtual disks (host: the sum over its running VMs)", ("host", "vm", "cluster")),
-    Counter("net.rx", "bytes/s", "bytes received by virtual NICs (host: the sum over its running VMs)", ("host", "vm", "cluster")),
-    Counter("net.tx", "bytes/s", "bytes sent by virtual NICs (host: the sum over its running VMs)", ("host", "vm", "cluster")),
-)}
+COUNTERS: dict[str, Counter] = {
+    c.name: c
+    for c in (
+        Counter("cpu.usage", "percent", "CPU used, as a share of the object's CPU capacity (host: all its cores; VM: its vCPUs)", ("host", "vm", "cluster")),
+        Counter("cpu.usagemhz", "MHz", "CPU used, in MHz at the host's core speed", ("host", "vm", "cluster")),
+        Counter(
+            "mem.usage",
+            "percent",
+            "memory used, as a share of the object's memory (VM: as its guest's balloon driver reports it; without one, the resident memory of its QEMU process over its configured memory, capped at 100)",
+            ("host", "vm", "cluster"),
+        ),
+        Counter("mem.guest_used", "MiB", "memory the guest uses as its balloon driver reports it (available minus unused); DRS's memory demand of the VM", ("vm",)),
+        Counter("mem.consumed", "MiB", "memory used (host: total minus free, buffers and cache; VM: resident memory of its QEMU process)", ("host", "vm", "cluster")),
+        Counter("disk.read", "bytes/s", "bytes read from virtual disks (host: the sum over its running VMs)", ("host", "vm", "cluster")),
+        Counter("disk.write", "bytes/s", "bytes written to virtual disks (host: the sum over its running VMs)", ("host", "vm", "cluster")),
+        Counter("net.rx", "bytes/s", "bytes received by virtual NICs (host: the sum over its running VMs)", ("host", "vm", "cluster")),
+        Counter("net.tx", "bytes/s", "bytes sent by virtual NICs (host: the sum over its running VMs)", ("host", "vm", "cluster")),
+    )
+}
 
 OBJECT_TYPES = ("host", "vm", "cluster")
 # A cluster's series is made from its hosts' at query time: percentages are averaged over the
@@ -54,6 +63,7 @@ SUMMED_UNITS = frozenset({"MHz", "MiB", "bytes/s"})
 @dataclass(frozen=True)
 class Tier:
     """``level`` is what the database stores; ``source`` the tier it is rolled up from."""
+
     level: int
     name: str
     interval_s: float

@@ -13,6 +13,7 @@ comes from the caller (vcenter.services.access.passwords loads it). A refusal is
 
 Pure: no I/O.
 """
+
 from __future__ import annotations
 
 from collections.abc import Container

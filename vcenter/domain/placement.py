@@ -34,6 +34,7 @@ Speed: ``ClusterState`` keeps per-host aggregates in numpy arrays built once fro
 (one pass over the VMs); every filter and weigher is a vector operation over the hosts, and a
 decision updates the aggregates in place (no copy of the cluster per candidate).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -52,6 +53,7 @@ SCORE_DIGITS = 9  # scores are compared rounded, so float noise never decides a 
 
 
 # -- results ---------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
@@ -117,14 +119,8 @@ class PlacementResult:
             "host": self.host,
             "refused": self.refused,
             "refused_by": self.refused_by,
-            "candidates": [
-                {"host": c.host_id, "name": c.host_name, "score": c.score, "components": dict(c.components), "notes": list(c.notes)}
-                for c in self.candidates
-            ],
-            "rejected": [
-                {"host": r.host_id, "name": r.host_name, "filters": list(r.filters), "reasons": list(r.reasons)}
-                for r in self.rejected
-            ],
+            "candidates": [{"host": c.host_id, "name": c.host_name, "score": c.score, "components": dict(c.components), "notes": list(c.notes)} for c in self.candidates],
+            "rejected": [{"host": r.host_id, "name": r.host_name, "filters": list(r.filters), "reasons": list(r.reasons)} for r in self.rejected],
         }
 
 
@@ -148,6 +144,7 @@ class ManyResult:
 
 
 # -- state -----------------------------------------------------------------------------------
+
 
 def _n(x: float) -> str:
     return f"{x:.0f}" if abs(x - round(x)) < 1e-6 else f"{x:.1f}"
@@ -344,6 +341,7 @@ class ClusterState:
 
 # -- filters ---------------------------------------------------------------------------------
 
+
 class Filter:
     """A yes/no test per host. ``check`` returns (mask of passing hosts, reason for host i)."""
 
@@ -457,8 +455,7 @@ class CpuFilter(Filter):
             if not ok_v[i]:
                 parts.append(f"vCPUs short by {_n(vm.vcpus - vfree[i])} (needs {vm.vcpus}, free {_n(vfree[i])} of {_n(st.vcpu_total[i])})")
             if not ok_m[i]:
-                parts.append(f"CPU reservation short by {_n(vm.cpu_reservation_mhz - mfree[i])} MHz "
-                             f"(needs {_n(vm.cpu_reservation_mhz)}, free {_n(mfree[i])} of {_n(st.mhz_total[i])})")
+                parts.append(f"CPU reservation short by {_n(vm.cpu_reservation_mhz - mfree[i])} MHz (needs {_n(vm.cpu_reservation_mhz)}, free {_n(mfree[i])} of {_n(st.mhz_total[i])})")
             return "; ".join(parts)
 
         return ok_v & ok_m, why
@@ -478,6 +475,7 @@ class RuleFilter(Filter):
 
 
 # -- weighers --------------------------------------------------------------------------------
+
 
 class Weigher:
     """Scores the candidate hosts ``idx``; returns named components (already weighted)."""
@@ -555,6 +553,7 @@ WEIGHERS: list[Weigher] = [MemoryBalanceWeigher(), CpuBalanceWeigher(), ShouldRu
 
 
 # -- entry points ----------------------------------------------------------------------------
+
 
 def _exclusions(exclude: Mapping[str, str] | Iterable[str] | None) -> dict[str, str]:
     if exclude is None:

@@ -17,6 +17,7 @@ Vocabulary (per resource: CPU in MHz, memory in MiB):
 - entitlement: what a running VM should get now, given the capacity, the tree, and every VM's
   demand (``entitlements``). DRS balances entitlements, not configured sizes.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
@@ -188,8 +189,7 @@ class PoolTree:
         unit = UNITS[resource]
         path = path + [self.label(pool)]
         if a.limit is not None and max(a.reservation, used + x) > a.limit + EPS:
-            return pool, (f"pool '{self.label(pool)}' {NAMES[resource]} limit {_num(a.limit)} {unit} would be exceeded "
-                          f"({_num(used)} {unit} reserved + {_num(x)} {unit})")
+            return pool, (f"pool '{self.label(pool)}' {NAMES[resource]} limit {_num(a.limit)} {unit} would be exceeded ({_num(used)} {unit} reserved + {_num(x)} {unit})")
         free = a.reservation - used
         if free >= x - EPS:
             return None
@@ -197,8 +197,9 @@ class PoolTree:
             what = "cluster capacity" if pool == ROOT else "reservation"
             tail = "" if pool == ROOT else ", not expandable"
             via = f" (reached through expandable {' -> '.join(path[:-1])})" if len(path) > 1 else ""
-            return pool, (f"pool '{self.label(pool)}' short by {_num(x - max(free, 0.0))} {unit} {NAMES[resource]}: "
-                          f"{what} {_num(a.reservation)} {unit}, {_num(used)} {unit} already reserved{tail}{via}")
+            return pool, (
+                f"pool '{self.label(pool)}' short by {_num(x - max(free, 0.0))} {unit} {NAMES[resource]}: {what} {_num(a.reservation)} {unit}, {_num(used)} {unit} already reserved{tail}{via}"
+            )
         growth = max(a.reservation, used + x) - max(a.reservation, used)
         parent = self.parent[pool]
         assert parent is not None
@@ -237,6 +238,7 @@ def admit(pool_tree: PoolTree, pool_id: str | None, vm_reservation: Amount | tup
 
 
 # -- entitlements ----------------------------------------------------------------------------
+
 
 def water_fill(amount: float, floors: list[float], caps: list[float], shares: list[float]) -> list[float]:
     """Divide ``amount`` among siblings by shares, each kept within [floor, cap].

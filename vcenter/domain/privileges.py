@@ -17,6 +17,7 @@ Vocabulary (vCenter's):
 
 Pure: no I/O; callers give the permissions on the path as plain tuples.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -88,8 +89,7 @@ BUILTIN_ROLES: dict[str, frozenset[str]] = {
     ADMINISTRATOR: frozenset(p for p in PRIVILEGES if p != ANONYMOUS),
     READ_ONLY: frozenset({VIEW}),
     NO_ACCESS: frozenset(),
-    VM_OPERATOR: frozenset({VIEW, "VirtualMachine.PowerOn", "VirtualMachine.PowerOff", "VirtualMachine.Console",
-                            "VirtualMachine.Snapshot", "VirtualMachine.GuestOperations", "Alarm.Acknowledge"}),
+    VM_OPERATOR: frozenset({VIEW, "VirtualMachine.PowerOn", "VirtualMachine.PowerOff", "VirtualMachine.Console", "VirtualMachine.Snapshot", "VirtualMachine.GuestOperations", "Alarm.Acknowledge"}),
 }
 
 

@@ -14,6 +14,7 @@ Vocabulary:
 - violation: a rule the current placement breaks (after an operator's manual move, or a should
   rule that yielded).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -167,7 +168,7 @@ def find_contradictions(rules: Iterable[Rule]) -> list[Contradiction]:
     rules = [r for r in rules if r.enabled]
     found: list[Contradiction] = []
     for i, a in enumerate(rules):
-        for b in rules[i + 1:]:
+        for b in rules[i + 1 :]:
             reason = _pair_contradiction(a, b)
             if reason:
                 found.append(Contradiction(a.name, b.name, reason))

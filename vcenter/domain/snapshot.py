@@ -19,6 +19,7 @@ Vocabulary and units:
 - pools: a tree of resource pools under the cluster's implicit root pool (``parent`` None means
   a child of the root). VMs with ``pool`` None belong to the root.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

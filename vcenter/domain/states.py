@@ -8,6 +8,7 @@ Vocabulary:
 - power action: what a user asks; ``check_power_action`` decides whether the VM's current
   state allows it and returns the error code when it does not.
 """
+
 from __future__ import annotations
 
 from enum import Enum
@@ -78,9 +79,9 @@ def power_state_after(action: PowerAction) -> PowerState:
 class StopReason(str, Enum):
     """Why a running VM stopped, as libvirt's lifecycle events tell it."""
 
-    DESTROYED = "destroyed"   # hard power-off from outside (virsh destroy) or by us
-    SHUTDOWN = "shutdown"     # the guest shut itself down
-    CRASHED = "crashed"       # QEMU died (killed, crashed) or the guest crashed
-    SAVED = "saved"           # managed save: suspended
+    DESTROYED = "destroyed"  # hard power-off from outside (virsh destroy) or by us
+    SHUTDOWN = "shutdown"  # the guest shut itself down
+    CRASHED = "crashed"  # QEMU died (killed, crashed) or the guest crashed
+    SAVED = "saved"  # managed save: suspended
     MIGRATED = "migrated"
     UNKNOWN = "unknown"

@@ -17,6 +17,7 @@ Rules (each removal carries its reason):
 - stray files go once untouched (modification time) for the abandon time: a transfer in
   progress writes its ``.part`` file all along, so it stays fresh.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,8 +38,7 @@ class Removal:
     reason: str  # expired | abandoned | failed
 
 
-def rows_to_remove(rows: list[UploadView], *, upload_retention_s: float, export_retention_s: float,
-                   abandoned_after_s: float) -> list[Removal]:
+def rows_to_remove(rows: list[UploadView], *, upload_retention_s: float, export_retention_s: float, abandoned_after_s: float) -> list[Removal]:
     out = []
     for r in rows:
         if r.in_use:

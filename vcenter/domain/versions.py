@@ -2,6 +2,7 @@
 "0.10.1"), a missing segment counting as 0; anything after them (pre-release, local
 version) is not compared. A version that does not start with a number cannot be compared
 (None), and is never called older."""
+
 from __future__ import annotations
 
 import re

@@ -12,6 +12,7 @@ Vocabulary:
   agent relies on this when a command is redelivered.
 - ``DriverError.code`` is a stable error code that ends up in the Task.
 """
+
 from __future__ import annotations
 
 import threading
@@ -19,7 +20,13 @@ from collections.abc import Callable
 from typing import Protocol
 
 from vcenter.messaging.contracts import (
-    DomainState, HostCounters, HostFacts, LifecycleEvent, MigrationOptions, MigrationProgress, VmSpec,
+    DomainState,
+    HostCounters,
+    HostFacts,
+    LifecycleEvent,
+    MigrationOptions,
+    MigrationProgress,
+    VmSpec,
 )
 
 
@@ -112,8 +119,7 @@ class HypervisorDriver(Protocol):
         """Stop and undefine a pool, never deleting its files; idempotent."""
 
     # --- VMotion and Storage VMotion -------------------------------------------------------
-    def migrate(self, uuid: str, options: MigrationOptions, on_progress: ProgressCallback | None = None,
-                cancel: threading.Event | None = None) -> MigrationProgress:
+    def migrate(self, uuid: str, options: MigrationOptions, on_progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> MigrationProgress:
         """Live-migrate a running domain to ``options.dest_uri`` (peer to peer, persistent there,
         undefined here); blocks, reporting progress; returns the completed job's stats.
         ``cancel`` set -> DriverError('MIGRATION_CANCELLED') with the VM still running here.
@@ -129,10 +135,19 @@ class HypervisorDriver(Protocol):
     def abort_job(self, uuid: str) -> bool:
         """Abort the running migration (VM stays here) or block copies (no pivot)."""
 
-    def move_disk(self, uuid: str, disk_target: str, dest_path: str, dest_format: str,
-                  on_progress: ProgressCallback | None = None, cancel: threading.Event | None = None, *,
-                  shallow: bool = False, bandwidth_mibps: int | None = None,
-                  reuse_existing: bool | None = None) -> None:
+    def move_disk(
+        self,
+        uuid: str,
+        disk_target: str,
+        dest_path: str,
+        dest_format: str,
+        on_progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+        *,
+        shallow: bool = False,
+        bandwidth_mibps: int | None = None,
+        reuse_existing: bool | None = None,
+    ) -> None:
         """Move one disk of a running domain (block copy, pivot, redefine); the old file stays.
         ``cancel`` set -> DriverError('MIGRATION_CANCELLED'), the VM stays on the old disk."""
 

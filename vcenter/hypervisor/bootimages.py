@@ -14,6 +14,7 @@ What this module decides:
   ``A-Za-z0-9-`` becomes ``-``, at most 63 characters, no ``-`` at either end, ``guest`` when
   nothing is left).
 """
+
 from __future__ import annotations
 
 import re

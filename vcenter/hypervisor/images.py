@@ -19,6 +19,7 @@ What this module decides:
 Codes: IMAGE_NOT_FOUND, IMAGE_UNREADABLE, IMAGE_FORMAT_UNSUPPORTED, IMAGE_REFERENCES_FILES,
 IMAGE_CONVERT_FAILED, CANCELLED, PATH_ESCAPES, PATH_SYMLINK, PATH_ABSOLUTE, PATH_INVALID.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -61,7 +62,7 @@ def resolve_in_datastore(root: str, rel: str, *, allow_root: bool = False, must_
                 raise DriverError("IMAGE_NOT_FOUND", f"{rel} does not exist on the datastore") from None
             break
         if stat.S_ISLNK(st.st_mode):
-            raise DriverError("PATH_SYMLINK", f"{rel} crosses a symbolic link ({'/'.join(parts[:i + 1])}): refused")
+            raise DriverError("PATH_SYMLINK", f"{rel} crosses a symbolic link ({'/'.join(parts[: i + 1])}): refused")
     final = os.path.realpath(os.path.join(base, rel)) if rel else base
     if final != base and not final.startswith(base + os.sep):
         raise DriverError("PATH_ESCAPES", f"{rel} resolves outside its datastore")
@@ -143,8 +144,7 @@ def _run_with_progress(args: list[str], on_progress: Progress | None, cancel: th
         raise DriverError("IMAGE_CONVERT_FAILED", f"{what}: {err.strip()[:400]}")
 
 
-def convert(src: str, src_fmt: str, dest: str, dest_fmt: str, *, options: list[str] | None = None,
-            on_progress: Progress | None = None, cancel: threading.Event | None = None) -> None:
+def convert(src: str, src_fmt: str, dest: str, dest_fmt: str, *, options: list[str] | None = None, on_progress: Progress | None = None, cancel: threading.Event | None = None) -> None:
     """``qemu-img convert`` (flattening any backing chain) into ``dest`` via a temporary name.
     An existing ``dest`` is left alone (a redelivered command finds its earlier result)."""
     if os.path.exists(dest):
@@ -175,8 +175,7 @@ def create_linked(base: str, dest: str, base_fmt: str = "qcow2") -> None:
     tmp = _tmp_name(dest)
     # qemu-img resolves a relative backing name against the overlay's directory; the
     # temporary file lives in the same directory, so the name stays valid after the rename.
-    r = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", base_fmt, "-b", rel, tmp],
-                       capture_output=True, text=True, timeout=60, cwd=os.path.dirname(dest))
+    r = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", base_fmt, "-b", rel, tmp], capture_output=True, text=True, timeout=60, cwd=os.path.dirname(dest))
     if r.returncode != 0:
         if os.path.exists(tmp):
             os.unlink(tmp)

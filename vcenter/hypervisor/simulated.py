@@ -25,6 +25,7 @@ unreachable). ``migration_seconds`` makes a migration or disk move last that lon
 progress every 0.1 s (cancel honoured); ``fail_next_migration`` (a message) makes the next
 one fail with MIGRATION_FAILED, the VM staying where it was.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,11 +41,27 @@ from datetime import datetime, timezone
 from vcenter.domain.states import PowerState, StopReason
 from vcenter.hypervisor.base import ConnectionLost, DriverError, LifecycleCallback
 from vcenter.hypervisor.libvirt.xml import (
-    build_cpu_xml, check_bridges, compare_feature_sets, disk_path, disk_target, parse_cpu_xml, validate_abs_path,
-    validate_name, validate_spec,
+    build_cpu_xml,
+    check_bridges,
+    compare_feature_sets,
+    disk_path,
+    disk_target,
+    parse_cpu_xml,
+    validate_abs_path,
+    validate_name,
+    validate_spec,
 )
 from vcenter.messaging.contracts import (
-    CpuSpec, DiskSpec, DomainCounters, DomainState, HostCounters, HostFacts, LifecycleEvent, MigrationOptions, MigrationProgress, VmSpec,
+    CpuSpec,
+    DiskSpec,
+    DomainCounters,
+    DomainState,
+    HostCounters,
+    HostFacts,
+    LifecycleEvent,
+    MigrationOptions,
+    MigrationProgress,
+    VmSpec,
 )
 
 _ON = PowerState.POWERED_ON.value
@@ -78,17 +95,27 @@ def qcow2_image(capacity_bytes: int) -> bytes:
     used_clusters = 3 + l1_clusters
     header = struct.pack(
         ">IIQIIQIIQQIIQQQQII",
-        0x514649FB, 3,             # magic "QFI\xfb", version
-        0, 0,                      # no backing file
-        _QCOW2_CLUSTER_BITS, capacity_bytes,
-        0,                         # no encryption
-        l1_size, l1_table,
-        refcount_table, 1,         # refcount table: one cluster
-        0, 0,                      # no snapshots
-        0, 0, 0,                   # incompatible, compatible, autoclear features
-        4, 104)                    # refcount order (16 bits), header length
+        0x514649FB,
+        3,  # magic "QFI\xfb", version
+        0,
+        0,  # no backing file
+        _QCOW2_CLUSTER_BITS,
+        capacity_bytes,
+        0,  # no encryption
+        l1_size,
+        l1_table,
+        refcount_table,
+        1,  # refcount table: one cluster
+        0,
+        0,  # no snapshots
+        0,
+        0,
+        0,  # incompatible, compatible, autoclear features
+        4,
+        104,
+    )  # refcount order (16 bits), header length
     image = bytearray(l1_table + l1_size * 8)
-    image[:len(header)] = header   # followed by zeros: the end of header extensions
+    image[: len(header)] = header  # followed by zeros: the end of header extensions
     struct.pack_into(">Q", image, refcount_table, refcount_block)
     for i in range(used_clusters):
         struct.pack_into(">H", image, refcount_block + 2 * i, 1)
@@ -177,8 +204,7 @@ class SimulatedDriver:
             self._callbacks.append(callback)
 
     def _emit(self, dom: _Dom, event: str, reason: str, power: str | None) -> None:
-        ev = LifecycleEvent(uuid=dom.spec.uuid, name=dom.spec.name, event=event, reason=reason,
-                            power_state=power, at=datetime.now(timezone.utc))
+        ev = LifecycleEvent(uuid=dom.spec.uuid, name=dom.spec.name, event=event, reason=reason, power_state=power, at=datetime.now(timezone.utc))
         # Called outside the lock so that a subscriber may call back into the driver.
         for cb in list(self._callbacks):
             try:
@@ -190,11 +216,18 @@ class SimulatedDriver:
     def host_facts(self) -> HostFacts:
         self._check()
         cpu = parse_cpu_xml(self.declared_cpu_xml)
-        return HostFacts(hostname=self.hostname, host_uuid=self.host_uuid,
-                         cpu_model=cpu.model if self._cpu_declared else "simulated",
-                         cpu_features=sorted(cpu.require - cpu.disable),
-                         cpu_cores=self.cpu_cores, cpu_mhz=2000, memory_mib=self.memory_mib,
-                         cpu_xml=self.declared_cpu_xml, hypervisor="simulated", libvirt_version=None)
+        return HostFacts(
+            hostname=self.hostname,
+            host_uuid=self.host_uuid,
+            cpu_model=cpu.model if self._cpu_declared else "simulated",
+            cpu_features=sorted(cpu.require - cpu.disable),
+            cpu_cores=self.cpu_cores,
+            cpu_mhz=2000,
+            memory_mib=self.memory_mib,
+            cpu_xml=self.declared_cpu_xml,
+            hypervisor="simulated",
+            libvirt_version=None,
+        )
 
     # --- CPU definitions (no CPU map: a model is its name, features are what the XML names) ---
     def host_cpu_xml(self) -> str:
@@ -220,9 +253,7 @@ class SimulatedDriver:
         if len(vendors) > 1:
             raise DriverError("CPU_INCOMPATIBLE", "CPU vendors do not match")
         features = set.intersection(*[c.require - c.disable for c in cpus])
-        return build_cpu_xml(CpuSpec(model=models.pop() if len(models) == 1 else "qemu64",
-                                     vendor=vendors.pop() if vendors else None,
-                                     features_require=sorted(features)))
+        return build_cpu_xml(CpuSpec(model=models.pop() if len(models) == 1 else "qemu64", vendor=vendors.pop() if vendors else None, features_require=sorted(features)))
 
     # --- storage pools --------------------------------------------------------------
     def ensure_pool(self, name: str, path: str) -> None:
@@ -259,21 +290,25 @@ class SimulatedDriver:
 
     @staticmethod
     def _state(d: _Dom) -> DomainState:
-        return DomainState(uuid=d.spec.uuid, name=d.spec.name, power_state=d.power,
-                           vcpus=d.vcpus, memory_mib=d.memory_mib, cpu_time_ns=d.cpu_time_ns)
+        return DomainState(uuid=d.spec.uuid, name=d.spec.name, power_state=d.power, vcpus=d.vcpus, memory_mib=d.memory_mib, cpu_time_ns=d.cpu_time_ns)
 
     def host_counters(self) -> HostCounters:
         """Simulated counters: a running domain's resident memory is half its memory, its CPU
         time advances as the simulation sets it; the host's CPU is idle."""
         self._check()
         with self._lock:
-            domains = [DomainCounters(uuid=d.spec.uuid, vcpus=d.vcpus, memory_mib=d.memory_mib, cpu_time_ns=d.cpu_time_ns,
-                                      rss_kib=d.memory_mib * 512) for d in self._doms.values() if d.power == _ON]
+            domains = [DomainCounters(uuid=d.spec.uuid, vcpus=d.vcpus, memory_mib=d.memory_mib, cpu_time_ns=d.cpu_time_ns, rss_kib=d.memory_mib * 512) for d in self._doms.values() if d.power == _ON]
         used = sum(d.memory_mib for d in domains)
         now_ns = time.monotonic_ns()
-        return HostCounters(cpus=self.cpu_cores, cpu_mhz=2000, cpu_busy_ns=0, cpu_total_ns=now_ns * self.cpu_cores,
-                            memory_total_kib=self.memory_mib * 1024, memory_available_kib=max(0, self.memory_mib - used) * 1024,
-                            domains=domains)
+        return HostCounters(
+            cpus=self.cpu_cores,
+            cpu_mhz=2000,
+            cpu_busy_ns=0,
+            cpu_total_ns=now_ns * self.cpu_cores,
+            memory_total_kib=self.memory_mib * 1024,
+            memory_available_kib=max(0, self.memory_mib - used) * 1024,
+            domains=domains,
+        )
 
     def list_domains(self) -> list[DomainState]:
         self._check()
@@ -335,8 +370,7 @@ class SimulatedDriver:
     def _bridge_exists(self, bridge: str) -> bool:
         return self.existing_bridges is None or bridge in self.existing_bridges
 
-    def _transition(self, uuid: str, allowed_from: set[str], to: str, event: str, reason: str,
-                    noop_in: set[str], error: str) -> DomainState:
+    def _transition(self, uuid: str, allowed_from: set[str], to: str, event: str, reason: str, noop_in: set[str], error: str) -> DomainState:
         """Move ``uuid`` to ``to``; a no-op in ``noop_in``; DriverError(error) otherwise."""
         self._check()
         with self._lock:
@@ -447,8 +481,7 @@ class SimulatedDriver:
             d = peer._doms.get(_norm(uuid))
             return None if d is None else peer._state(d)
 
-    def _run_job(self, key: str, total: int, kind: str, on_progress: Callable[[MigrationProgress], None] | None,
-                 cancel: threading.Event | None) -> MigrationProgress:
+    def _run_job(self, key: str, total: int, kind: str, on_progress: Callable[[MigrationProgress], None] | None, cancel: threading.Event | None) -> MigrationProgress:
         """A job of ``migration_seconds`` with progress every 0.1 s; raises MIGRATION_CANCELLED."""
         cancel = cancel or threading.Event()
         steps = max(1, int(self.migration_seconds / 0.1)) if self.migration_seconds > 0 else 1
@@ -462,14 +495,11 @@ class SimulatedDriver:
                 if cancel.is_set():
                     raise DriverError("MIGRATION_CANCELLED", f"{kind} cancelled; the VM stays where it was")
                 done = total * i // steps
-                fields = dict(data_total=total, data_processed=done, data_remaining=total - done,
-                              elapsed_ms=int((time.monotonic() - t0) * 1000))
+                fields = dict(data_total=total, data_processed=done, data_remaining=total - done, elapsed_ms=int((time.monotonic() - t0) * 1000))
                 if kind == "migration":
-                    fields.update(memory_total=total, memory_processed=done, memory_remaining=total - done,
-                                  iteration=1, dirty_rate=0, phase="precopy")
+                    fields.update(memory_total=total, memory_processed=done, memory_remaining=total - done, iteration=1, dirty_rate=0, phase="precopy")
                 else:
-                    fields.update(disk_total=total, disk_processed=done, disk_remaining=total - done,
-                                  phase="ready" if i == steps else "copying")
+                    fields.update(disk_total=total, disk_processed=done, disk_remaining=total - done, phase="ready" if i == steps else "copying")
                 p = MigrationProgress(**fields)
                 self._jobs[key] = (p, cancel)
                 if on_progress and i < steps:
@@ -481,9 +511,7 @@ class SimulatedDriver:
             self._jobs.pop(key, None)
         return p
 
-    def migrate(self, uuid: str, options: MigrationOptions,
-                on_progress: Callable[[MigrationProgress], None] | None = None,
-                cancel: threading.Event | None = None) -> MigrationProgress:
+    def migrate(self, uuid: str, options: MigrationOptions, on_progress: Callable[[MigrationProgress], None] | None = None, cancel: threading.Event | None = None) -> MigrationProgress:
         self._check()
         key = _norm(uuid)
         peer = self._peer(options.dest_uri)
@@ -529,10 +557,18 @@ class SimulatedDriver:
         self._emit(d, "undefined", "removed", None)
         peer._emit(moved, "defined", "added", None)
         peer._emit(moved, "started", "started", _ON)
-        result = last.model_copy(update={"phase": "completed", "data_processed": total, "data_remaining": 0,
-                                         "memory_processed": total, "memory_remaining": 0,
-                                         "elapsed_ms": int((time.monotonic() - t0) * 1000), "downtime_ms": 20,
-                                         "setup_time_ms": 1})
+        result = last.model_copy(
+            update={
+                "phase": "completed",
+                "data_processed": total,
+                "data_remaining": 0,
+                "memory_processed": total,
+                "memory_remaining": 0,
+                "elapsed_ms": int((time.monotonic() - t0) * 1000),
+                "downtime_ms": 20,
+                "setup_time_ms": 1,
+            }
+        )
         if on_progress:
             try:
                 on_progress(result)
@@ -563,8 +599,7 @@ class SimulatedDriver:
 
     def _repoint_disk(self, d: _Dom, disk: DiskSpec, dest_path: str, dest_format: str) -> None:
         old = disk_path(disk.datastore_path, disk.file)
-        new = disk.model_copy(update={"datastore_path": os.path.dirname(dest_path),
-                                      "file": os.path.basename(dest_path), "format": dest_format})
+        new = disk.model_copy(update={"datastore_path": os.path.dirname(dest_path), "file": os.path.basename(dest_path), "format": dest_format})
         if self.create_files and os.path.exists(old) and not os.path.exists(dest_path):
             shutil.copyfile(old, dest_path)
         with self._lock:
@@ -572,10 +607,19 @@ class SimulatedDriver:
             self._disks.add(dest_path)  # the old file stays: the caller removes it
             self._disk_sizes[dest_path] = self._disk_sizes.get(old, disk.capacity_mib << 20)
 
-    def move_disk(self, uuid: str, disk_target: str, dest_path: str, dest_format: str,
-                  on_progress: Callable[[MigrationProgress], None] | None = None,
-                  cancel: threading.Event | None = None, *, shallow: bool = False,
-                  bandwidth_mibps: int | None = None, reuse_existing: bool | None = None) -> None:
+    def move_disk(
+        self,
+        uuid: str,
+        disk_target: str,
+        dest_path: str,
+        dest_format: str,
+        on_progress: Callable[[MigrationProgress], None] | None = None,
+        cancel: threading.Event | None = None,
+        *,
+        shallow: bool = False,
+        bandwidth_mibps: int | None = None,
+        reuse_existing: bool | None = None,
+    ) -> None:
         self._check()
         validate_abs_path(dest_path, "destination path")
         if dest_format not in ("qcow2", "raw"):

@@ -19,6 +19,7 @@ Run it in a thread (``start()``/``stop()``, or as a context manager) or as a pro
 ``python -m vcenter.lab.bmc --workdir W --host host1 --port 16230 [--username admin]`` with the
 password in ``VCENTER_LAB_BMC_PASSWORD`` (never on the command line).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,8 @@ log = logging.getLogger(__name__)
 
 # IPMI completion codes
 _OK = 0x00
-_BUSY = 0xC0          # node busy: another power action is running
-_FAILED = 0xFF        # unspecified error
+_BUSY = 0xC0  # node busy: another power action is running
+_FAILED = 0xFF  # unspecified error
 
 
 class _Pump:
@@ -56,8 +57,7 @@ class _Pump:
             cls._users += 1
             if cls._thread is None or not cls._thread.is_alive():
                 cls._stop = threading.Event()
-                cls._thread = threading.Thread(target=cls._run, args=(cls._stop,), name="lab-bmc-pump",
-                                               daemon=True)
+                cls._thread = threading.Thread(target=cls._run, args=(cls._stop,), name="lab-bmc-pump", daemon=True)
                 cls._thread.start()
 
     @classmethod
@@ -90,8 +90,7 @@ def _ensure_io_socket() -> None:
 class LabBmc(ipmibmc.Bmc):
     """The BMC of lab host ``host_name``, on ``address:port`` (UDP), one user."""
 
-    def __init__(self, lab: Lab | str | Path, host_name: str, port: int, username: str = "admin",
-                 password: str = "admin", address: str = "127.0.0.1"):
+    def __init__(self, lab: Lab | str | Path, host_name: str, port: int, username: str = "admin", password: str = "admin", address: str = "127.0.0.1"):
         workdir = lab.workdir if isinstance(lab, Lab) else Path(lab)
         # Our own view: its lock is a separate open file, so it excludes other users of the lab
         # even in this process.
@@ -100,8 +99,8 @@ class LabBmc(ipmibmc.Bmc):
         self.lab.host(host_name)  # KeyError now rather than at the first request
         self.address = address
         self._action_lock = threading.Lock()
-        self._action: str | None = None       # "on" / "off" while one runs
-        self._reported: str | None = None     # the state reported while an action runs
+        self._action: str | None = None  # "on" / "off" while one runs
+        self._reported: str | None = None  # the state reported while an action runs
         self.last_error: str | None = None
         self.actions: list[tuple[str, float]] = []  # (action, seconds) done, for tests/benchmarks
         self._running = False
@@ -176,8 +175,7 @@ class LabBmc(ipmibmc.Bmc):
             self.last_error = str(e)
             log.exception("lab BMC of %s: cannot read the host's state", self.host_name)
             return _FAILED
-        threading.Thread(target=self._do_action, args=(want,), name=f"lab-bmc-{self.host_name}-{want}",
-                         daemon=True).start()
+        threading.Thread(target=self._do_action, args=(want,), name=f"lab-bmc-{self.host_name}-{want}", daemon=True).start()
         return _OK
 
     def _do_action(self, want: str) -> None:
@@ -226,8 +224,7 @@ class LabBmc(ipmibmc.Bmc):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vcenter.lab.bmc",
-                                     description="IPMI-over-LAN BMC of a lab host (password in VCENTER_LAB_BMC_PASSWORD)")
+    parser = argparse.ArgumentParser(prog="python -m vcenter.lab.bmc", description="IPMI-over-LAN BMC of a lab host (password in VCENTER_LAB_BMC_PASSWORD)")
     parser.add_argument("--workdir", default="/run/virtcenter-lab")
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, default=16230)

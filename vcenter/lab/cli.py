@@ -2,6 +2,7 @@
 
 Mounted by vcenter.cli as ``app.add_typer(lab_app, name="lab")``. Needs root on Linux.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,7 @@ import typer
 from vcenter.lab import faults
 from vcenter.lab.hosts import DEFAULT_WORKDIR, Capacity, Lab
 
-lab_app = typer.Typer(help="The lab: real libvirt/QEMU hosts in namespaces on this machine.",
-                      no_args_is_help=True, add_completion=False)
+lab_app = typer.Typer(help="The lab: real libvirt/QEMU hosts in namespaces on this machine.", no_args_is_help=True, add_completion=False)
 fault_app = typer.Typer(help="Faults on demand, each with its opposite.", no_args_is_help=True)
 lab_app.add_typer(fault_app, name="fault")
 
@@ -68,8 +68,15 @@ def start_guests(lab: Lab, per_host: int) -> list[str]:
         try:
             for i in range(1, per_host + 1):
                 name = f"{host.name}-g{i}"
-                spec = VmSpec(name=name, uuid=str(uuidlib.uuid5(uuidlib.NAMESPACE_DNS, f"{name}.lab.virtcenter")), vcpus=1, memory_mib=image.memory_mib,
-                              kernel=str(image.kernel), initrd=str(image.initrd), cmdline=image.cmdline_for(hostname=name, ip=f"10.98.{index}.{i + 10}/16"))
+                spec = VmSpec(
+                    name=name,
+                    uuid=str(uuidlib.uuid5(uuidlib.NAMESPACE_DNS, f"{name}.lab.virtcenter")),
+                    vcpus=1,
+                    memory_mib=image.memory_mib,
+                    kernel=str(image.kernel),
+                    initrd=str(image.initrd),
+                    cmdline=image.cmdline_for(hostname=name, ip=f"10.98.{index}.{i + 10}/16"),
+                )
                 driver.define(spec)
                 driver.start(spec.uuid)
                 names.append(name)
@@ -99,12 +106,9 @@ def status(workdir: Path = _WORKDIR, as_json: bool = typer.Option(False, "--json
     typer.echo(f"{'HOST':8} {'ADDRESS':12} {'STATE':13} {'CPUS':>4} {'MEM MiB':>8}  NET              GUESTS")
     for h in st["hosts"]:
         n = h["net"]
-        netinfo = ",".join(x for x in ("isolated" if n["isolated"] else "",
-                                       f"loss={n['loss']}%" if n["loss"] else "",
-                                       f"{n['kbit']}kbit" if n["kbit"] else "") if x) or "ok"
+        netinfo = ",".join(x for x in ("isolated" if n["isolated"] else "", f"loss={n['loss']}%" if n["loss"] else "", f"{n['kbit']}kbit" if n["kbit"] else "") if x) or "ok"
         guests = "-" if h["guests"] is None else (" ".join(h["guests"]) or "(none)")
-        typer.echo(f"{h['name']:8} {h['address']:12} {h['state']:13} {h['capacity']['cpus']:>4} "
-                   f"{h['capacity']['memory_mib']:>8}  {netinfo:16} {guests}")
+        typer.echo(f"{h['name']:8} {h['address']:12} {h['state']:13} {h['capacity']['cpus']:>4} {h['capacity']['memory_mib']:>8}  {netinfo:16} {guests}")
     for name, ds in st["datastores"].items():
         gone = f" (gone on {', '.join(ds['gone'])})" if ds["gone"] else ""
         typer.echo(f"datastore {name}: {ds['size_mib']} MiB at {ds['path']} on {', '.join(ds['hosts'])}{gone}")
@@ -165,31 +169,31 @@ def clear_net(host: str, workdir: Path = _WORKDIR) -> None:
 
 
 @fault_app.command("datastore-gone")
-def datastore_gone(datastore: str, host: Optional[list[str]] = typer.Option(None, "--host", help="only on these hosts"),
-                   workdir: Path = _WORKDIR) -> None:
+def datastore_gone(datastore: str, host: Optional[list[str]] = typer.Option(None, "--host", help="only on these hosts"), workdir: Path = _WORKDIR) -> None:
     """DATASTORE disappears (lazy unmount) from its hosts."""
     faults.datastore_gone(_lab(workdir), datastore, host or None)
 
 
 @fault_app.command("datastore-back")
-def datastore_back(datastore: str, host: Optional[list[str]] = typer.Option(None, "--host", help="only on these hosts"),
-                   workdir: Path = _WORKDIR) -> None:
+def datastore_back(datastore: str, host: Optional[list[str]] = typer.Option(None, "--host", help="only on these hosts"), workdir: Path = _WORKDIR) -> None:
     """DATASTORE is mounted again on its hosts."""
     faults.datastore_back(_lab(workdir), datastore, host or None)
 
 
 @lab_app.command("datastore-create")
-def datastore_create(name: str, size_mib: int = typer.Option(256, "--size-mib", min=8),
-                     host: list[str] = typer.Option(..., "--host", help="a host that mounts it (repeat)"),
-                     path: Optional[str] = typer.Option(None, help="mount path inside the hosts"),
-                     workdir: Path = _WORKDIR) -> None:
+def datastore_create(
+    name: str,
+    size_mib: int = typer.Option(256, "--size-mib", min=8),
+    host: list[str] = typer.Option(..., "--host", help="a host that mounts it (repeat)"),
+    path: Optional[str] = typer.Option(None, help="mount path inside the hosts"),
+    workdir: Path = _WORKDIR,
+) -> None:
     """A loop-mounted ext4 datastore of SIZE MiB, shared by the given hosts."""
     typer.echo(_lab(workdir).create_datastore(name, size_mib, host, path))
 
 
 @lab_app.command("portgroup")
-def portgroup(host: str, bridge: str, vlan: int = typer.Option(..., "--vlan", min=1, max=4094),
-              workdir: Path = _WORKDIR) -> None:
+def portgroup(host: str, bridge: str, vlan: int = typer.Option(..., "--vlan", min=1, max=4094), workdir: Path = _WORKDIR) -> None:
     """Port group BRIDGE with VLAN id on HOST (a VXLAN segment per VLAN id in the lab)."""
     _lab(workdir).ensure_portgroup(host, bridge, vlan)
 

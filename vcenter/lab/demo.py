@@ -4,6 +4,7 @@ As root on Linux with libvirtd installed, the host is a real private libvirtd wi
 guests; otherwise the host is simulated, and this says so. Ctrl-C stops every process and
 guest it started.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,7 +51,9 @@ def _start_redis(rundir: Path, port: int, password: str, extra_bind: str | None 
         f.write(f'bind {bind}\nport {port}\nsave ""\nappendonly no\ndir "{rundir}"\nrequirepass "{password}"\n')
     proc = subprocess.Popen(
         ["redis-server", str(config)],
-        stdout=open(rundir / "redis.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=open(rundir / "redis.log", "ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     env = {**os.environ, "REDISCLI_AUTH": password}
     for _ in range(50):
@@ -89,11 +92,17 @@ def seed_lab(stack: Stack, lab, guests_per_host: int) -> None:
         for host_id in ids:
             for _ in range(guests_per_host):
                 number += 1
-                task = api.post("/api/v1/vms", json={
-                    "name": f"web{number}", "host_id": host_id, "memory_mib": 96,
-                    "kernel_boot": {"image": "tiny-linux", "ip": f"10.99.0.{10 + number}/24"},
-                    "disks": [{"datastore_id": ds["id"], "capacity_mib": 64}], "nics": [{"portgroup_id": pg["id"]}],
-                }).json()
+                task = api.post(
+                    "/api/v1/vms",
+                    json={
+                        "name": f"web{number}",
+                        "host_id": host_id,
+                        "memory_mib": 96,
+                        "kernel_boot": {"image": "tiny-linux", "ip": f"10.99.0.{10 + number}/24"},
+                        "disks": [{"datastore_id": ds["id"], "capacity_mib": 64}],
+                        "nics": [{"portgroup_id": pg["id"]}],
+                    },
+                ).json()
                 tasks.append(task)
         for task in tasks:
             done = _wait_task(api, task)
@@ -136,11 +145,16 @@ def seed(stack: Stack, simulated: bool, datastore_dir: Path, bridges: list[str])
                 raise RuntimeError("port group bridge did not appear on the host")
             time.sleep(0.3)
         for name, power_on in (("web1", True), ("web2", True), ("db1", False)):
-            task = api.post("/api/v1/vms", json={
-                "name": name, "host_id": host.host_id, "memory_mib": 32,
-                "disks": [{"datastore_id": ds["id"], "capacity_mib": 64}],
-                "nics": [{"portgroup_id": pg["id"]}],
-            }).json()
+            task = api.post(
+                "/api/v1/vms",
+                json={
+                    "name": name,
+                    "host_id": host.host_id,
+                    "memory_mib": 32,
+                    "disks": [{"datastore_id": ds["id"], "capacity_mib": 64}],
+                    "nics": [{"portgroup_id": pg["id"]}],
+                },
+            ).json()
             done = _wait_task(api, task)
             if done["state"] != "success":
                 raise RuntimeError(f"creating {name} failed: {done['error_code']}: {done['error_message']}")
@@ -226,8 +240,9 @@ def main() -> None:
     except Exception as exc:
         print(f"start-up failed: {exc}", file=sys.stderr, flush=True)
         _stop()
-    print(f"""
-virtcenter is up ({'one SIMULATED host esx1' if simulated else f'{args.hosts} real lab hosts (libvirt/QEMU, TCG guests), vcenter lab status lists them'}, database {stack.env['VCENTER_DATABASE_URL']})
+    print(
+        f"""
+virtcenter is up ({"one SIMULATED host esx1" if simulated else f"{args.hosts} real lab hosts (libvirt/QEMU, TCG guests), vcenter lab status lists them"}, database {stack.env["VCENTER_DATABASE_URL"]})
   dashboard  {stack.url}/ui
   API        {stack.url}/api/v1
   API docs   {stack.url}/docs
@@ -236,11 +251,13 @@ virtcenter is up ({'one SIMULATED host esx1' if simulated else f'{args.hosts} re
              TOKEN=$(curl -s -X POST {stack.url}/api/v1/session -H 'content-type: application/json' \\
                      -d '{{"username":"admin","password":"{password}"}}' | python3 -c 'import sys,json; print(json.load(sys.stdin)["token"])')
   logs       {rundir}/*.log
-  processes  API, worker, beat, HA monitors ha1 + ha2 (one active, one standby), {'the agent' if simulated else 'an agent per host'}
-  HA / DRS   {'HA on cluster1: `vcenter lab fault kill-host host3` and its guests restart on the other hosts; DRS in manual mode' if lab is not None else 'off (one host)'}
-  redis      {'password required: REDISCLI_AUTH=$(cat ' + str(rundir) + '/redis-password) redis-cli -p ' + str(args.redis_port) if redis_proc else 'VCENTER_REDIS_URL as given'}
+  processes  API, worker, beat, HA monitors ha1 + ha2 (one active, one standby), {"the agent" if simulated else "an agent per host"}
+  HA / DRS   {"HA on cluster1: `vcenter lab fault kill-host host3` and its guests restart on the other hosts; DRS in manual mode" if lab is not None else "off (one host)"}
+  redis      {"password required: REDISCLI_AUTH=$(cat " + str(rundir) + "/redis-password) redis-cli -p " + str(args.redis_port) if redis_proc else "VCENTER_REDIS_URL as given"}
   security   plain HTTP on loopback (the local lab); docs/operations.md "Channel security" turns on HTTPS
-Ctrl-C stops everything.""", flush=True)
+Ctrl-C stops everything.""",
+        flush=True,
+    )
     while True:
         time.sleep(3600)
 

@@ -16,6 +16,7 @@ What this module decides (the words an HA test speaks):
 Every function takes a :class:`~vcenter.lab.hosts.Lab` (any process may build one from the
 workdir) and records what it did in the lab state, so ``lab status`` shows it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -74,7 +75,7 @@ def set_bandwidth(lab: Lab, name: str, kbit: int) -> None:
     with lab._locked():
         host = lab.host(name)
         net.set_bandwidth(kbit, host.inner_link, host.net_run)  # leaving the host
-        net.set_bandwidth(kbit, host.root_link)                  # entering it
+        net.set_bandwidth(kbit, host.root_link)  # entering it
         host.record["net"]["kbit"] = kbit
         lab._save()
 

@@ -49,6 +49,7 @@ checks it on the host.
 
 Vocabulary: image = the kernel + initramfs pair of a GuestImage; key = the cache entry name.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -97,7 +98,7 @@ BASE_CMDLINE = "console=ttyS0 quiet"
 LAYOUT_VERSION = 2
 
 PATTERN_BLOCK = 4096
-PATTERN_HEADER = b"VCPAT%010d\n"           # 16 bytes
+PATTERN_HEADER = b"VCPAT%010d\n"  # 16 bytes
 PATTERN_PAD = b"." * (PATTERN_BLOCK - 16 - 1) + b"\n"
 
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
@@ -139,13 +140,13 @@ class GuestImage:
 
 # --- the disk pattern ----------------------------------------------------------------------
 
+
 def pattern_block(i: int) -> bytes:
     return PATTERN_HEADER % i + PATTERN_PAD
 
 
 def _image_format(path: Path) -> str:
-    r = subprocess.run(["qemu-img", "info", "--output=json", str(path)],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(["qemu-img", "info", "--output=json", str(path)], capture_output=True, text=True, timeout=60)
     if r.returncode != 0:
         raise RuntimeError(f"qemu-img info {path}: {r.stderr.strip()}")
     return json.loads(r.stdout)["format"]
@@ -160,9 +161,7 @@ def first_bad_block(image_path: Path | str, mib: int) -> int | None:
         if fmt != "raw":
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="vcpat-"))
             raw = Path(tmp) / "head.raw"
-            r = subprocess.run(["qemu-img", "dd", "-f", fmt, "-O", "raw", "bs=1M", f"count={mib}",
-                                f"if={image_path}", f"of={raw}"],
-                               capture_output=True, text=True, timeout=300)
+            r = subprocess.run(["qemu-img", "dd", "-f", fmt, "-O", "raw", "bs=1M", f"count={mib}", f"if={image_path}", f"of={raw}"], capture_output=True, text=True, timeout=300)
             if r.returncode != 0:
                 raise RuntimeError(f"qemu-img dd {image_path}: {r.stderr.strip()}")
         with open(raw, "rb") as f:
@@ -179,6 +178,7 @@ def verify_pattern(image_path: Path | str, mib: int) -> bool:
 
 
 # --- initramfs -----------------------------------------------------------------------------
+
 
 class CpioWriter:
     """A minimal writer of the "newc" cpio format the kernel unpacks as initramfs."""
@@ -289,8 +289,7 @@ def tool_files(root: Path) -> dict[str, bytes]:
     return out
 
 
-def build_initramfs(busybox: Path, modules: list[tuple[str, Path]], init_script: str = INIT_SCRIPT,
-                    tools: dict[str, bytes] | None = None) -> bytes:
+def build_initramfs(busybox: Path, modules: list[tuple[str, Path]], init_script: str = INIT_SCRIPT, tools: dict[str, bytes] | None = None) -> bytes:
     """The gzip-compressed cpio initramfs: busybox + applet links, modules, /init, and the
     tools (dropbearkey and its libraries, see tool_files)."""
     cpio = CpioWriter()
@@ -317,8 +316,7 @@ def build_initramfs(busybox: Path, modules: list[tuple[str, Path]], init_script:
     return gzip.compress(cpio.getvalue(), compresslevel=6, mtime=0)
 
 
-_FALLBACK_APPLETS = ("sh", "mount", "mkdir", "cat", "insmod", "hostname", "tr", "ip", "ln", "usleep",
-                     "sleep", "dd", "sync", "poweroff", "kill", "ping", "printf", "echo")
+_FALLBACK_APPLETS = ("sh", "mount", "mkdir", "cat", "insmod", "hostname", "tr", "ip", "ln", "usleep", "sleep", "dd", "sync", "poweroff", "kill", "ping", "printf", "echo")
 
 
 def _busybox_applets(busybox: Path) -> list[str]:
@@ -334,19 +332,18 @@ def _busybox_applets(busybox: Path) -> list[str]:
 
 # --- apt -----------------------------------------------------------------------------------
 
+
 class AptError(RuntimeError):
     pass
 
 
-_NO_LISTS_HINTS = ("Unable to locate package", "No packages found", "Can't select candidate",
-                   "has no installation candidate", "404", "Failed to fetch", "Can't find a source")
+_NO_LISTS_HINTS = ("Unable to locate package", "No packages found", "Can't select candidate", "has no installation candidate", "404", "Failed to fetch", "Can't find a source")
 
 
 def _lists_fingerprint() -> list[list]:
     lists = Path("/var/lib/apt/lists")
     try:
-        return sorted([p.name, p.stat().st_mtime_ns, p.stat().st_size]
-                      for p in lists.iterdir() if "Packages" in p.name)
+        return sorted([p.name, p.stat().st_mtime_ns, p.stat().st_size] for p in lists.iterdir() if "Packages" in p.name)
     except OSError:
         return []
 
@@ -361,8 +358,7 @@ def _apt_update() -> None:
 def apt_resolve() -> dict[str, str]:
     """{package: version} of the versioned cloud kernel package, busybox-static and the
     TOOL_PACKAGES."""
-    r = subprocess.run(["apt-cache", "show", "--no-all-versions", KERNEL_META_PACKAGE, BUSYBOX_PACKAGE, *TOOL_PACKAGES],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(["apt-cache", "show", "--no-all-versions", KERNEL_META_PACKAGE, BUSYBOX_PACKAGE, *TOOL_PACKAGES], capture_output=True, text=True, timeout=120)
     if r.returncode != 0:
         raise AptError(r.stderr.strip() or f"apt-cache show exited {r.returncode}")
     out: dict[str, str] = {}
@@ -384,8 +380,7 @@ def apt_download(packages: dict[str, str], dest: Path) -> dict[str, Path]:
     """``apt-get download`` of exact versions into ``dest``; {package: .deb path}."""
     dest.mkdir(parents=True, exist_ok=True)
     os.chmod(dest, 0o755)  # apt's _apt sandbox user must be able to write there
-    r = subprocess.run(["apt-get", "download", "-q", *(f"{p}={v}" for p, v in packages.items())],
-                       cwd=dest, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(["apt-get", "download", "-q", *(f"{p}={v}" for p, v in packages.items())], cwd=dest, capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
         raise AptError(r.stderr.strip() or r.stdout.strip())
     found = {}
@@ -438,6 +433,7 @@ def _download(cache_dir: Path, packages: dict[str, str], dest: Path) -> tuple[di
 
 # --- the build -----------------------------------------------------------------------------
 
+
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_bytes(data)
@@ -456,20 +452,24 @@ def _locked(path: Path) -> Iterator[None]:
 
 def cache_key(packages: dict[str, str]) -> str:
     kernel_pkg = next((p for p in packages if p.startswith("linux-image-")), "kernel")
-    h = hashlib.sha256(json.dumps({
-        "packages": sorted(packages.items()),
-        "init": hashlib.sha256(INIT_SCRIPT.encode()).hexdigest(),
-        "modules": list(WANTED_MODULES),
-        "cmdline": BASE_CMDLINE,
-        "layout": LAYOUT_VERSION,
-    }, sort_keys=True).encode()).hexdigest()
+    h = hashlib.sha256(
+        json.dumps(
+            {
+                "packages": sorted(packages.items()),
+                "init": hashlib.sha256(INIT_SCRIPT.encode()).hexdigest(),
+                "modules": list(WANTED_MODULES),
+                "cmdline": BASE_CMDLINE,
+                "layout": LAYOUT_VERSION,
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()
     return f"{kernel_pkg.removeprefix('linux-image-')}-{h[:16]}"
 
 
 def _from_entry(entry: Path) -> GuestImage:
     meta = json.loads((entry / "meta.json").read_text())
-    return GuestImage(kernel=entry / "vmlinuz", initrd=entry / "initrd.gz", cmdline=meta["cmdline"],
-                      memory_mib=meta.get("memory_mib", 96), versions=meta["packages"])
+    return GuestImage(kernel=entry / "vmlinuz", initrd=entry / "initrd.gz", cmdline=meta["cmdline"], memory_mib=meta.get("memory_mib", 96), versions=meta["packages"])
 
 
 def default_cache_dir() -> Path:
@@ -518,10 +518,19 @@ def build_guest(cache_dir: Path | None = None) -> GuestImage:
             shutil.copyfile(kernels[0], out / "vmlinuz")
             (out / "initrd.gz").write_bytes(build_initramfs(busybox, modules, tools=tool_files(root)))
             (out / "init").write_text(INIT_SCRIPT)
-            (out / "meta.json").write_text(json.dumps({
-                "packages": packages, "kernel_release": kver, "cmdline": BASE_CMDLINE, "memory_mib": 96,
-                "modules": [n for n, _ in modules], "built_in_s": round(time.monotonic() - t0, 2),
-            }, indent=2))
+            (out / "meta.json").write_text(
+                json.dumps(
+                    {
+                        "packages": packages,
+                        "kernel_release": kver,
+                        "cmdline": BASE_CMDLINE,
+                        "memory_mib": 96,
+                        "modules": [n for n, _ in modules],
+                        "built_in_s": round(time.monotonic() - t0, 2),
+                    },
+                    indent=2,
+                )
+            )
             if entry.exists():  # an incomplete entry (no meta.json) from a crashed build
                 shutil.rmtree(entry)
             os.rename(out, entry)

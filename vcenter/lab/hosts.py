@@ -27,6 +27,7 @@ memory; recorded, not enforced); boot process = a process (the agent) started ag
 the host powers on; datastore = a loop-mounted ext4 image mounted at the same path in the
 hosts that share it.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -77,9 +78,9 @@ class Capacity:
 # --- cgroups --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Hierarchy:
-    mountpoint: str   # in the root namespace, e.g. /sys/fs/cgroup/cpu
+    mountpoint: str  # in the root namespace, e.g. /sys/fs/cgroup/cpu
     controllers: str  # as in /proc/self/cgroup: "cpu", "name=systemd"; "" for cgroup v2
-    path: str         # this process's cgroup in it, e.g. / or /process_api/abc
+    path: str  # this process's cgroup in it, e.g. / or /process_api/abc
 
     @property
     def base(self) -> Path:
@@ -90,8 +91,7 @@ class Hierarchy:
     def mount_args(self) -> list[str]:
         if not self.controllers:
             return ["-t", "cgroup2", "cgroup2"]
-        opts = self.controllers if any(not c.startswith("name=") for c in self.controllers.split(",")) \
-            else "none," + self.controllers
+        opts = self.controllers if any(not c.startswith("name=") for c in self.controllers.split(",")) else "none," + self.controllers
         return ["-t", "cgroup", "-o", opts, "cgroup"]
 
 
@@ -107,10 +107,9 @@ def cgroup_hierarchies() -> list[Hierarchy]:
     for line in Path("/proc/self/cgroup").read_text().splitlines():
         _, controllers, path = line.split(":", 2)
         for fstype, opts, root, mountpoint in mounts:
-            if (not controllers and fstype == "cgroup2") or (
-                    controllers and fstype == "cgroup" and set(controllers.split(",")) <= opts):
+            if (not controllers and fstype == "cgroup2") or (controllers and fstype == "cgroup" and set(controllers.split(",")) <= opts):
                 if root != "/" and path.startswith(root):
-                    path = path[len(root):] or "/"
+                    path = path[len(root) :] or "/"
                 found.append(Hierarchy(mountpoint, controllers, path))
                 break
     return found
@@ -301,9 +300,7 @@ class LabHost:
     @property
     def libvirtd(self) -> PrivateLibvirtd:
         if self._libvirtd is None:
-            self._libvirtd = PrivateLibvirtd(self.workdir, self.name, tcp_port=LIBVIRT_TCP_PORT,
-                                             listen_addr=self.address, enter=lambda: self.enter_argv("/"),
-                                             migrate_tls_dir=self.tls_dir)
+            self._libvirtd = PrivateLibvirtd(self.workdir, self.name, tcp_port=LIBVIRT_TCP_PORT, listen_addr=self.address, enter=lambda: self.enter_argv("/"), migrate_tls_dir=self.tls_dir)
         return self._libvirtd
 
     # --- running things inside ----------------------------------------------------------------
@@ -314,25 +311,21 @@ class LabHost:
         if pid is None:
             raise RuntimeError(f"lab host {self.name} is powered off")
         moves = "; ".join(f"echo $$ > {shlex.quote(str(d / 'cgroup.procs'))}" for d in self.cgroup_dirs)
-        return ["sh", "-c", f'{moves}; exec "$@"', "vclab-enter",
-                "nsenter", "-t", str(pid), "--net", "--mount", "--uts", "--cgroup", f"--wd={cwd}", "--"]
+        return ["sh", "-c", f'{moves}; exec "$@"', "vclab-enter", "nsenter", "-t", str(pid), "--net", "--mount", "--uts", "--cgroup", f"--wd={cwd}", "--"]
 
-    def run(self, argv: Sequence[str], check: bool = True, timeout: float = 30,
-            input: str | None = None) -> subprocess.CompletedProcess:
+    def run(self, argv: Sequence[str], check: bool = True, timeout: float = 30, input: str | None = None) -> subprocess.CompletedProcess:
         """Run a short command in the host's namespaces (not its cgroup): admin work."""
         pid = self.anchor_pid
         if pid is None:
             raise RuntimeError(f"lab host {self.name} is powered off")
-        return net.run_local(["nsenter", "-t", str(pid), "--net", "--mount", "--uts", "--", *argv],
-                             check=check, timeout=timeout, input=input)
+        return net.run_local(["nsenter", "-t", str(pid), "--net", "--mount", "--uts", "--", *argv], check=check, timeout=timeout, input=input)
 
     @property
     def net_run(self) -> net.Runner:
         """A runner for vcenter.lab.network functions in this host's network namespace."""
         return net.netns_runner(self.netns)
 
-    def start_process(self, argv: Sequence[str], env: Mapping[str, str] | None = None,
-                      name: str = "agent", cwd: str | None = None, boot: bool = True) -> int:
+    def start_process(self, argv: Sequence[str], env: Mapping[str, str] | None = None, name: str = "agent", cwd: str | None = None, boot: bool = True) -> int:
         """Start ``argv`` inside the host (e.g. ``python -m vcenter.cli agent`` with its
         VCENTER_* variables; ``env`` is the whole environment, default this process's). With
         ``boot`` it is started again whenever the host powers on. Output goes to
@@ -341,8 +334,7 @@ class LabHost:
         cwd = cwd or os.getcwd()
         env = dict(os.environ if env is None else env)
         with open(self.workdir / f"{name}.log", "ab") as out:
-            proc = subprocess.Popen(self.enter_argv(cwd) + list(argv), env=env, stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(self.enter_argv(cwd) + list(argv), env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self._popen[name] = proc
         self.record["processes"][name] = {"pid": proc.pid, "argv": list(argv), "env": env, "cwd": cwd, "boot": boot}
         self.lab._save()
@@ -419,22 +411,23 @@ class LabHost:
                 self.start_process(entry["argv"], entry["env"], name=name, cwd=entry["cwd"])
 
     def _start_anchor(self) -> None:
-        setup = ["set -e", f"hostname {shlex.quote(self.name)}",
-                 # A sysfs of the host's network namespace (/sys/class/net) ...
-                 "mount -t sysfs sysfs /sys",
-                 # ... and the cgroup hierarchies, rooted at the host's subtree by the cgroupns.
-                 "mount -t tmpfs -o mode=755,size=1m cgroup /sys/fs/cgroup"]
+        setup = [
+            "set -e",
+            f"hostname {shlex.quote(self.name)}",
+            # A sysfs of the host's network namespace (/sys/class/net) ...
+            "mount -t sysfs sysfs /sys",
+            # ... and the cgroup hierarchies, rooted at the host's subtree by the cgroupns.
+            "mount -t tmpfs -o mode=755,size=1m cgroup /sys/fs/cgroup",
+        ]
         for h in self.lab.hierarchies:
             target = f"/sys/fs/cgroup/{Path(h.mountpoint).name}"
             setup += [f"mkdir -p {target}", f"mount {' '.join(h.mount_args)} {target}"]
         setup += PrivateLibvirtd.mount_commands(shlex.quote(str(self.workdir)))
         setup.append("exec sleep infinity")
         moves = "; ".join(f"echo $$ > {shlex.quote(str(d / 'cgroup.procs'))}" for d in self.cgroup_dirs)
-        script = (f"{moves}; exec nsenter --net=/run/netns/{self.netns} unshare --mount --uts --cgroup "
-                  f"--propagation private sh -c {shlex.quote(chr(10).join(setup))}")
+        script = f"{moves}; exec nsenter --net=/run/netns/{self.netns} unshare --mount --uts --cgroup --propagation private sh -c {shlex.quote(chr(10).join(setup))}"
         with open(self.workdir / "anchor.log", "ab") as out:
-            proc = subprocess.Popen(["sh", "-c", script], stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(["sh", "-c", script], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self._popen["anchor"] = proc
         deadline = time.monotonic() + 10
         while process_name(proc.pid) != "sleep":
@@ -479,8 +472,7 @@ class LabHost:
         if not self.libvirtd_running():
             return None
         try:
-            proc = subprocess.run(["virsh", "-c", self.local_uri, "list", "--name"], capture_output=True,
-                                  text=True, timeout=timeout)
+            proc = subprocess.run(["virsh", "-c", self.local_uri, "list", "--name"], capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             return None
         return [line for line in proc.stdout.split() if line] if proc.returncode == 0 else None
@@ -502,8 +494,7 @@ class Lab:
     # --- state --------------------------------------------------------------------------------
     def _empty_state(self) -> dict:
         hierarchies = [h.__dict__ for h in cgroup_hierarchies()]
-        return {"version": 1, "bridge": BRIDGE, "subnet": SUBNET, "gateway": GATEWAY,
-                "hierarchies": hierarchies, "hosts": {}, "datastores": {}, "portgroups": {}}
+        return {"version": 1, "bridge": BRIDGE, "subnet": SUBNET, "gateway": GATEWAY, "hierarchies": hierarchies, "hosts": {}, "datastores": {}, "portgroups": {}}
 
     def _load(self) -> dict:
         try:
@@ -562,8 +553,7 @@ class Lab:
         return [self.host(n) for n in self.state["hosts"]]
 
     # --- up / down ----------------------------------------------------------------------------
-    def up(self, n_hosts: int = 3, capacity: Capacity | Sequence[Capacity] = Capacity(),
-           names: Sequence[str] | None = None) -> list[LabHost]:
+    def up(self, n_hosts: int = 3, capacity: Capacity | Sequence[Capacity] = Capacity(), names: Sequence[str] | None = None) -> list[LabHost]:
         """Clean up whatever a previous lab left, then create ``n_hosts`` powered-on hosts."""
         names = list(names) if names else [f"host{i}" for i in range(1, n_hosts + 1)]
         if len(names) != n_hosts or len(set(names)) != n_hosts:
@@ -585,9 +575,13 @@ class Lab:
                 workdir = self.workdir / "hosts" / name
                 workdir.mkdir(parents=True, exist_ok=True)
                 self.state["hosts"][name] = {
-                    "address": host_address(i), "capacity": cap.__dict__, "workdir": str(workdir),
+                    "address": host_address(i),
+                    "capacity": cap.__dict__,
+                    "workdir": str(workdir),
                     "cgroups": [str(h.base / name) for h in self.hierarchies],
-                    "anchor_pid": None, "libvirtd_pid": None, "processes": {},
+                    "anchor_pid": None,
+                    "libvirtd_pid": None,
+                    "processes": {},
                     "net": {"isolated": False, "loss": 0, "kbit": None},
                 }
                 self._save()
@@ -659,8 +653,7 @@ class Lab:
             _kill_all([Path(d) for d in rec.get("cgroups", [])], f"{PREFIX}-{name}")
         tops = [h.base for h in hierarchies] + [h.base for h in cgroup_hierarchies()]
         stale = sorted({d for top in set(tops) if top.is_dir() for d in top.iterdir() if d.is_dir()})
-        netns = [line.split()[0] for line in net.run_local(["ip", "netns", "list"]).stdout.splitlines()
-                 if line.startswith(f"{PREFIX}-")]
+        netns = [line.split()[0] for line in net.run_local(["ip", "netns", "list"]).stdout.splitlines() if line.startswith(f"{PREFIX}-")]
         _kill_all(stale)
         for ns in netns:
             _kill_all([], ns)
@@ -691,16 +684,27 @@ class Lab:
             powered = h.powered
             guests = h.guests() if powered else None
             state = "poweredOff" if not powered else ("running" if h.libvirtd_running() else "libvirtdDown")
-            hosts.append({
-                "name": h.name, "address": h.address, "state": state, "uri": h.uri,
-                "host_uuid": h.host_uuid, "capacity": h.record["capacity"], "net": h.record["net"],
-                "guests": guests, "processes": {n: h.process_pid(n) for n in h.record["processes"]},
-            })
-        return {"workdir": str(self.workdir), "bridge": self.state["bridge"] if hosts else None,
-                "gateway": GATEWAY, "hosts": hosts,
-                "datastores": {n: {k: ds[k] for k in ("path", "size_mib", "hosts", "gone")}
-                               for n, ds in self.state["datastores"].items()},
-                "portgroups": self.state["portgroups"]}
+            hosts.append(
+                {
+                    "name": h.name,
+                    "address": h.address,
+                    "state": state,
+                    "uri": h.uri,
+                    "host_uuid": h.host_uuid,
+                    "capacity": h.record["capacity"],
+                    "net": h.record["net"],
+                    "guests": guests,
+                    "processes": {n: h.process_pid(n) for n in h.record["processes"]},
+                }
+            )
+        return {
+            "workdir": str(self.workdir),
+            "bridge": self.state["bridge"] if hosts else None,
+            "gateway": GATEWAY,
+            "hosts": hosts,
+            "datastores": {n: {k: ds[k] for k in ("path", "size_mib", "hosts", "gone")} for n, ds in self.state["datastores"].items()},
+            "portgroups": self.state["portgroups"],
+        }
 
     # --- datastores ---------------------------------------------------------------------------
     def create_datastore(self, name: str, size_mib: int, hosts: Sequence[str], path: str | None = None) -> str:
@@ -720,8 +724,7 @@ class Lab:
             loop = net.run_local(["losetup", "--find", "--show", str(image)]).stdout.strip()
             mountpoint = path or str(self.workdir / "datastores" / name)
             Path(mountpoint).mkdir(parents=True, exist_ok=True)  # an empty directory in the root ns
-            ds = {"name": name, "image": str(image), "loop": loop, "path": mountpoint,
-                  "size_mib": size_mib, "hosts": list(hosts), "gone": []}
+            ds = {"name": name, "image": str(image), "loop": loop, "path": mountpoint, "size_mib": size_mib, "hosts": list(hosts), "gone": []}
             self.state["datastores"][name] = ds
             self._save()
             for h in hosts:
@@ -779,8 +782,7 @@ class Lab:
         addresses = {h: self.host(h).address for h in carriers}
         for h, br in carriers.items():
             peers = [a for other, a in addresses.items() if other != h]
-            net.ensure_vxlan_portgroup(br, vlan_id, addresses[h], peers, self.host(h).inner_link,
-                                       self.host(h).net_run)
+            net.ensure_vxlan_portgroup(br, vlan_id, addresses[h], peers, self.host(h).inner_link, self.host(h).net_run)
 
 
 def ensure_portgroup(host: LabHost, bridge_name: str, vlan_id: int) -> None:

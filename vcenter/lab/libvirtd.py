@@ -22,6 +22,7 @@ namespaces, moved into its cgroup), whose mount namespace already carries the bi
 ``mount_commands()``, so that the host's agent and QEMUs see the same /run/libvirt. Then
 ``stop()`` kills only the daemon and its QEMUs; the host owns the namespace.
 """
+
 from __future__ import annotations
 
 import logging
@@ -97,7 +98,7 @@ class PrivateLibvirtd:
         """The backing path in the root namespace of a path as the daemon sees it."""
         for mount_point, sub in _BIND_MOUNTS.items():
             if inside == mount_point or inside.startswith(mount_point + "/"):
-                return self.workdir / sub / inside[len(mount_point) + 1:]
+                return self.workdir / sub / inside[len(mount_point) + 1 :]
         raise ValueError(f"{inside} is not inside a private mount")
 
     @property
@@ -133,15 +134,15 @@ class PrivateLibvirtd:
         (self.workdir / "log/libvirt/qemu").mkdir(parents=True, exist_ok=True)
         etc = self.workdir / "etc/libvirt"
         lines = [
-            "auth_unix_rw = \"none\"",
-            "auth_unix_ro = \"none\"",
-            "unix_sock_group = \"root\"",
-            "unix_sock_rw_perms = \"0700\"",
+            'auth_unix_rw = "none"',
+            'auth_unix_ro = "none"',
+            'unix_sock_group = "root"',
+            'unix_sock_rw_perms = "0700"',
             f"host_uuid = {_conf_str(self.host_uuid)}",
             "keepalive_interval = 2",
             "keepalive_count = 3",
             "log_level = 3",
-            "log_outputs = \"3:file:/var/log/libvirt/libvirtd.log\"",
+            'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"',
             "listen_tls = 0",
         ]
         if self.tcp_port is not None:
@@ -149,18 +150,18 @@ class PrivateLibvirtd:
                 "listen_tcp = 1",
                 f"listen_addr = {_conf_str(self.listen_addr)}",
                 f"tcp_port = {_conf_str(str(self.tcp_port))}",
-                "auth_tcp = \"none\"",
+                'auth_tcp = "none"',
             ]
         (etc / "libvirtd.conf").write_text("\n".join(lines) + "\n")
         qemu = [
-            "user = \"root\"",
-            "group = \"root\"",
+            'user = "root"',
+            'group = "root"',
             # No virtlogd runs here: QEMU writes its log file itself.
-            "stdio_handler = \"file\"",
+            'stdio_handler = "file"',
             # QEMU stays in the daemon's mount namespace (see module docstring).
             "namespaces = [ ]",
             # No AppArmor/SELinux in the lab; a label failure must not look like a bug of ours.
-            "security_driver = \"none\"",
+            'security_driver = "none"',
         ]
         if self.tcp_port is not None:
             qemu += [
@@ -228,9 +229,9 @@ class PrivateLibvirtd:
         parts = []
         for mount_point, sub in _BIND_MOUNTS.items():
             parts.append(f"mkdir -p {mount_point}")
-            parts.append(f'mount --bind {root}/{sub} {mount_point}')
-        parts.append(f'mount --bind {root}/accounts/passwd /etc/passwd')
-        parts.append(f'mount --bind {root}/accounts/group /etc/group')
+            parts.append(f"mount --bind {root}/{sub} {mount_point}")
+        parts.append(f"mount --bind {root}/accounts/passwd /etc/passwd")
+        parts.append(f"mount --bind {root}/accounts/group /etc/group")
         return parts
 
     def prepare(self) -> None:
@@ -243,7 +244,7 @@ class PrivateLibvirtd:
         parts = ["set -e"]
         if self.enter is None:
             parts += self.mount_commands()
-        args = '--pid-file /run/libvirt/libvirtd.pid --config /etc/libvirt/libvirtd.conf'
+        args = "--pid-file /run/libvirt/libvirtd.pid --config /etc/libvirt/libvirtd.conf"
         if self.tcp_port is not None:
             args += " --listen"
         parts.append(f"exec libvirtd {args}")
@@ -260,8 +261,7 @@ class PrivateLibvirtd:
             raise RuntimeError(f"a libvirtd (pid {other}) already runs on {self.workdir}")
         # A stale socket from a killed daemon would be mistaken for a live one. The pid file
         # stays: libvirtd locks it, which is what keeps two daemons off one workdir.
-        for stale in (self.socket_path, self.workdir / "run/libvirt/libvirt-sock-ro",
-                      self.workdir / "run/libvirt/libvirt-admin-sock"):
+        for stale in (self.socket_path, self.workdir / "run/libvirt/libvirt-sock-ro", self.workdir / "run/libvirt/libvirt-admin-sock"):
             stale.unlink(missing_ok=True)
         out = open(self.workdir / "libvirtd.stdout", "ab")
         t0 = time.monotonic()
@@ -273,14 +273,16 @@ class PrivateLibvirtd:
             prefix = list(self.enter() if callable(self.enter) else self.enter)
         self._proc = subprocess.Popen(
             [*prefix, "sh", "-c", self._launch_script(), "libvirtd-launch", str(self.workdir)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         out.close()
         deadline = t0 + self.start_timeout
         while True:
             if self._proc.poll() is not None:
-                raise RuntimeError(f"libvirtd {self.name} exited with {self._proc.returncode}; "
-                                   f"see {self.workdir / 'libvirtd.stdout'} and {self.log_file}")
+                raise RuntimeError(f"libvirtd {self.name} exited with {self._proc.returncode}; see {self.workdir / 'libvirtd.stdout'} and {self.log_file}")
             # The first call of a fresh daemon probes QEMU's capabilities (seconds), so the
             # probe gets all the time that is left rather than a short timeout of its own.
             if self.socket_path.exists() and self._answers(max(0.5, deadline - time.monotonic())):
@@ -311,8 +313,7 @@ class PrivateLibvirtd:
 
     def _answers(self, timeout: float) -> bool:
         try:
-            return subprocess.run(["virsh", "-c", self.uri, "version"], capture_output=True,
-                                  timeout=timeout).returncode == 0
+            return subprocess.run(["virsh", "-c", self.uri, "version"], capture_output=True, timeout=timeout).returncode == 0
         except subprocess.TimeoutExpired:
             return False
 

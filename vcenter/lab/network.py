@@ -23,6 +23,7 @@ network namespace with :func:`netns_runner` (how the lab calls them from the roo
 Vocabulary: underlay = the host interface the VXLAN packets leave by (``eth0`` in the lab);
 peers = lab addresses of the other hosts carrying the same VLAN id.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -49,8 +50,7 @@ class NetworkError(RuntimeError):
     pass
 
 
-def run_local(argv: Sequence[str], check: bool = True, input: str | None = None,
-              timeout: float = 20) -> subprocess.CompletedProcess:
+def run_local(argv: Sequence[str], check: bool = True, input: str | None = None, timeout: float = 20) -> subprocess.CompletedProcess:
     """Run a command in the current namespaces; raise NetworkError with its stderr."""
     proc = subprocess.run(list(argv), capture_output=True, text=True, input=input, timeout=timeout)
     if check and proc.returncode != 0:
@@ -61,10 +61,10 @@ def run_local(argv: Sequence[str], check: bool = True, input: str | None = None,
 def netns_runner(netns: str) -> Runner:
     """A runner that executes in the named network namespace (only the network namespace is
     entered: ip/bridge/nft/tc speak netlink and need no private /sys)."""
-    def run(argv: Sequence[str], check: bool = True, input: str | None = None,
-            timeout: float = 20) -> subprocess.CompletedProcess:
-        return run_local(["nsenter", f"--net=/run/netns/{netns}", "--", *argv], check=check,
-                         input=input, timeout=timeout)
+
+    def run(argv: Sequence[str], check: bool = True, input: str | None = None, timeout: float = 20) -> subprocess.CompletedProcess:
+        return run_local(["nsenter", f"--net=/run/netns/{netns}", "--", *argv], check=check, input=input, timeout=timeout)
+
     return run
 
 
@@ -104,12 +104,10 @@ def link_is_up(name: str, run: Runner = run_local) -> bool:
 def ensure_bridge(name: str, address_cidr: str | None = None, run: Runner = run_local) -> None:
     """A bridge without STP or forwarding delay (a port is forwarding as soon as it is up)."""
     if not link_exists(name, run):
-        run(["ip", "link", "add", "name", ifname(name), "type", "bridge", "stp_state", "0",
-             "forward_delay", "0"])
+        run(["ip", "link", "add", "name", ifname(name), "type", "bridge", "stp_state", "0", "forward_delay", "0"])
     if address_cidr:
         existing = run(["ip", "-j", "addr", "show", "dev", name]).stdout
-        have = {f"{a['local']}/{a['prefixlen']}" for link in json.loads(existing or "[]")
-                for a in link.get("addr_info", [])}
+        have = {f"{a['local']}/{a['prefixlen']}" for link in json.loads(existing or "[]") for a in link.get("addr_info", [])}
         if address_cidr not in have:
             run(["ip", "addr", "add", address_cidr, "dev", name])
     set_link(name, True, run)
@@ -131,13 +129,11 @@ def check_subnet_free(subnet: str, bridge: str) -> None:
             raise NetworkError(f"lab subnet {subnet} overlaps route {dst} dev {r.get('dev')}")
 
 
-def create_host_link(netns: str, root_if: str, bridge: str, address_cidr: str,
-                     inner_if: str = "eth0") -> None:
+def create_host_link(netns: str, root_if: str, bridge: str, address_cidr: str, inner_if: str = "eth0") -> None:
     """A veth pair from ``bridge`` into ``netns``: ``root_if`` on the bridge, ``inner_if`` with
     ``address_cidr`` in the host; loopback up. No default route: the host reaches only the
     lab subnet."""
-    run_local(["ip", "link", "add", ifname(root_if), "type", "veth", "peer", "name",
-               ifname(inner_if), "netns", netns])
+    run_local(["ip", "link", "add", ifname(root_if), "type", "veth", "peer", "name", ifname(inner_if), "netns", netns])
     run_local(["ip", "link", "set", "dev", root_if, "master", bridge, "up"])
     inner = netns_runner(netns)
     inner(["ip", "addr", "add", address_cidr, "dev", inner_if])
@@ -159,9 +155,9 @@ def set_loss(percent: int, dev: str = "eth0", run: Runner = run_local) -> None:
     rules = (
         f"table inet {_FAULT_TABLE} {{\n"
         f"  chain ingress {{ type filter hook input priority -300; policy accept;\n"
-        f"    iifname \"{dev}\" {draw}counter drop\n  }}\n"
+        f'    iifname "{dev}" {draw}counter drop\n  }}\n'
         f"  chain egress {{ type filter hook output priority -300; policy accept;\n"
-        f"    oifname \"{dev}\" {draw}counter drop\n  }}\n"
+        f'    oifname "{dev}" {draw}counter drop\n  }}\n'
         f"}}\n"
     )
     run(["nft", "-f", "-"], input=rules)
@@ -176,8 +172,7 @@ def set_bandwidth(kbit: int, dev: str, run: Runner = run_local) -> None:
     if kbit <= 0:
         raise ValueError("kbit must be positive")
     burst = max(4096, kbit * 125 // 50)  # 20 ms at the rate, at least a few full frames
-    run(["tc", "qdisc", "replace", "dev", ifname(dev), "root", "tbf", "rate", f"{kbit}kbit",
-         "burst", str(burst), "latency", "200ms"])
+    run(["tc", "qdisc", "replace", "dev", ifname(dev), "root", "tbf", "rate", f"{kbit}kbit", "burst", str(burst), "latency", "200ms"])
 
 
 def clear_bandwidth(dev: str, run: Runner = run_local) -> None:
@@ -205,8 +200,7 @@ def fdb_peers(vxlan: str, run: Runner = run_local) -> set[str]:
     return peers
 
 
-def ensure_vxlan_portgroup(bridge: str, vlan_id: int, local_address: str, peers: Iterable[str],
-                           underlay: str = "eth0", run: Runner = run_local) -> None:
+def ensure_vxlan_portgroup(bridge: str, vlan_id: int, local_address: str, peers: Iterable[str], underlay: str = "eth0", run: Runner = run_local) -> None:
     """Make port group ``bridge`` with VLAN ``vlan_id`` exist on this host: a bridge, a VXLAN
     device (VNI = VLAN id, unicast to exactly ``peers``) enslaved to it, both up. Idempotent:
     a VXLAN device of another VNI, local address or bridge is rebuilt; peers are set exactly."""
@@ -220,8 +214,7 @@ def ensure_vxlan_portgroup(bridge: str, vlan_id: int, local_address: str, peers:
             run(["ip", "link", "del", "dev", vx])
             details = None
     if details is None:
-        run(["ip", "link", "add", vx, "type", "vxlan", "id", str(vlan_id), "local", local_address,
-             "dstport", str(VXLAN_PORT), "dev", ifname(underlay)])
+        run(["ip", "link", "add", vx, "type", "vxlan", "id", str(vlan_id), "local", local_address, "dstport", str(VXLAN_PORT), "dev", ifname(underlay)])
     if (details or {}).get("master") != bridge:
         run(["ip", "link", "set", "dev", vx, "master", bridge])
     want = {str(ipaddress.ip_address(p)) for p in peers} - {local_address}

@@ -14,6 +14,7 @@ What this module decides:
   extended key usage are the ones QEMU checks (qcrypto_tls_creds_x509 sanity checks): CA with
   keyCertSign, leaves with digitalSignature + keyEncipherment and serverAuth / clientAuth.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -38,8 +39,7 @@ def _key() -> ec.EllipticCurvePrivateKey:
 
 
 def _key_pem(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
 def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -52,8 +52,7 @@ def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 
 def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "virtcenter lab"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "virtcenter lab"), x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
 def _validity(builder: x509.CertificateBuilder) -> x509.CertificateBuilder:
@@ -70,16 +69,25 @@ class LabCA:
     @classmethod
     def create(cls, common_name: str = "virtcenter lab CA") -> "LabCA":
         key = _key()
-        builder = _validity(x509.CertificateBuilder()
-                            .subject_name(_name(common_name)).issuer_name(_name(common_name))
-                            .public_key(key.public_key()).serial_number(x509.random_serial_number()))
-        builder = (builder
-                   .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-                   .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
-                                                key_encipherment=False, data_encipherment=False,
-                                                key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                                encipher_only=False, decipher_only=False), critical=True)
-                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False))
+        builder = _validity(x509.CertificateBuilder().subject_name(_name(common_name)).issuer_name(_name(common_name)).public_key(key.public_key()).serial_number(x509.random_serial_number()))
+        builder = (
+            builder.add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        )
         return cls(builder.sign(key, hashes.SHA256()), key)
 
     @classmethod
@@ -107,19 +115,27 @@ class LabCA:
         sans: list[x509.GeneralName] = [x509.DNSName(name)]
         sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
         purpose = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-        builder = _validity(x509.CertificateBuilder()
-                            .subject_name(_name(name)).issuer_name(self.cert.subject)
-                            .public_key(key.public_key()).serial_number(x509.random_serial_number()))
-        builder = (builder
-                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                   .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
-                                                key_encipherment=True, data_encipherment=False,
-                                                key_agreement=False, key_cert_sign=False, crl_sign=False,
-                                                encipher_only=False, decipher_only=False), critical=True)
-                   .add_extension(x509.ExtendedKeyUsage([purpose]), critical=False)
-                   .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
-                                  critical=False))
+        builder = _validity(x509.CertificateBuilder().subject_name(_name(name)).issuer_name(self.cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number()))
+        builder = (
+            builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=True,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.ExtendedKeyUsage([purpose]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
+        )
         cert = builder.sign(self.key, hashes.SHA256())
         return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 

@@ -10,6 +10,7 @@ What this module decides:
   product finds it through the entry point ``lab`` of the group ``virtcenter.power_types``
   (pyproject.toml; vcenter.core.plugins says why entry points).
 """
+
 from __future__ import annotations
 
 import threading
@@ -70,8 +71,7 @@ class LabDriver:
         worker.start()
         worker.join(self.action_timeout if timeout is None else timeout)
         if worker.is_alive():
-            raise PowerError(POWER_ACTION_FAILED, f"lab host {self.host}: power action still running after "
-                                                  f"{self.action_timeout if timeout is None else timeout:g}s")
+            raise PowerError(POWER_ACTION_FAILED, f"lab host {self.host}: power action still running after {self.action_timeout if timeout is None else timeout:g}s")
         if failure:
             raise PowerError(POWER_ACTION_FAILED, f"lab host {self.host}: {failure[0]}")
 
@@ -86,5 +86,4 @@ def _build(workdir: str | Path = DEFAULT_WORKDIR, **params: Any) -> LabDriver:
     return LabDriver(workdir, **params)
 
 
-LAB_POWER = PowerType("lab", frozenset({"host"}), frozenset({"workdir", "action_timeout"}), _build,
-                      strings=("host",), non_empty="host")
+LAB_POWER = PowerType("lab", frozenset({"host"}), frozenset({"workdir", "action_timeout"}), _build, strings=("host",), non_empty="host")

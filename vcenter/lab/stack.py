@@ -4,6 +4,7 @@ orchestrator worker, beat, and per host a private real libvirtd with its agent.
 Used by the integration tests (brought up once per session) and by `make run`. Processes
 are started with ``VCENTER_*`` variables only, as an operator would start them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -73,20 +74,22 @@ class Stack:
         workdir.mkdir(parents=True, exist_ok=True)
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("VCENTER_")}
-        env.update({
-            "VCENTER_DATABASE_URL": database_url or f"sqlite:///{workdir / 'vcenter.db'}",
-            "VCENTER_REDIS_URL": redis_url,
-            "VCENTER_API_PORT": str(port),
-            "VCENTER_PUBLIC_URL": f"http://127.0.0.1:{port}",
-            # The server's command signing key (and a self-signed certificate, if asked for).
-            "VCENTER_KEY_DIR": str(workdir / "keys"),
-            # Datastores of a stack live below its work directory (the lab's loop mounts in
-            # <workdir>/lab/datastores, a simulated host's folder): a root for the server and
-            # for every agent (they inherit this environment).
-            "VCENTER_DATASTORE_ROOTS": f"{DEFAULT_DATASTORE_ROOTS},{workdir}",
-            "VCENTER_AGENT_DATASTORE_ROOTS": f"{DEFAULT_DATASTORE_ROOTS},{workdir}",
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "VCENTER_DATABASE_URL": database_url or f"sqlite:///{workdir / 'vcenter.db'}",
+                "VCENTER_REDIS_URL": redis_url,
+                "VCENTER_API_PORT": str(port),
+                "VCENTER_PUBLIC_URL": f"http://127.0.0.1:{port}",
+                # The server's command signing key (and a self-signed certificate, if asked for).
+                "VCENTER_KEY_DIR": str(workdir / "keys"),
+                # Datastores of a stack live below its work directory (the lab's loop mounts in
+                # <workdir>/lab/datastores, a simulated host's folder): a root for the server and
+                # for every agent (they inherit this environment).
+                "VCENTER_DATASTORE_ROOTS": f"{DEFAULT_DATASTORE_ROOTS},{workdir}",
+                "VCENTER_AGENT_DATASTORE_ROOTS": f"{DEFAULT_DATASTORE_ROOTS},{workdir}",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         env.update({f"VCENTER_{k.upper()}": str(v) for k, v in settings.items()})
         return cls(workdir=workdir, env=env, api_port=port)
 

@@ -3,6 +3,7 @@
 JSON only; acks_late with reject_on_worker_lost so a command whose worker died is redelivered;
 a Redis visibility timeout above the longest command.
 """
+
 from __future__ import annotations
 
 from celery import Celery

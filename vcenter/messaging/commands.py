@@ -15,6 +15,7 @@ a coercion that would turn 120 into 120.0).
 Result models accept any further keys (``extra="allow"``): the server stores the agent's result
 dict as the task's result unchanged and reads only the fields named here through the model.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -56,25 +57,30 @@ class Item(BaseModel):
 
 # --- VM lifecycle -------------------------------------------------------------------------
 
+
 class UuidArgs(SentArgs):
     """A command on one domain and nothing else: ``vm.start``, ``vm.stop``, ``vm.reset``,
     ``vm.suspend``, ``vm.resume``, ``vm.promote``, ``console.open``."""
+
     uuid: str
 
 
 class ShutdownArgs(SentArgs):
     """``vm.shutdown``: the guest's shutdown, powered off after ``timeout`` seconds."""
+
     uuid: str
     timeout: int | float = 120
 
 
 class HaStartArgs(SentArgs):
     """``vm.ha_start``: define the domain if absent (disks on shared datastores), then start."""
+
     spec: VmSpec
 
 
 class ReconfigureArgs(SentArgs):
     """``vm.reconfigure`` of a powered-off VM: None leaves that size as it is."""
+
     uuid: str
     vcpus: int | None = None
     memory_mib: int | None = None
@@ -82,12 +88,14 @@ class ReconfigureArgs(SentArgs):
 
 class DeleteArgs(SentArgs):
     """``vm.delete``: undefine the domain and delete these disk files."""
+
     uuid: str
     disks: list[str] = []
 
 
 class GuestArgs(SentArgs):
     """``vm.guest``: one line to the guest's heartbeat channel, its reply awaited ``timeout`` s."""
+
     uuid: str
     line: str
     timeout: int | float = 10
@@ -95,8 +103,10 @@ class GuestArgs(SentArgs):
 
 # --- host ---------------------------------------------------------------------------------
 
+
 class CpuBaselineArgs(SentArgs):
     """``host.cpu_baseline`` of these host CPU definitions (libvirt XML)."""
+
     cpu_xmls: list[str]
 
 
@@ -111,6 +121,7 @@ class CpuBaselineResult(BaseModel):
 class CpuCompareArgs(SentArgs):
     """``host.cpu_compare``: does this guest CPU definition (a ``CpuSpec`` as stored on the VM)
     run on this host."""
+
     cpu: dict[str, Any]
 
 
@@ -126,6 +137,7 @@ class NoArgs(SentArgs):
 
 # --- snapshots, clones, backups -----------------------------------------------------------
 
+
 class SnapshotCreateArgs(SentArgs):
     uuid: str
     name: str
@@ -139,6 +151,7 @@ class SnapshotRevertArgs(SentArgs):
 
 class SnapshotDeleteArgs(SentArgs):
     """``children``: the snapshot's descendants go too."""
+
     uuid: str
     name: str
     children: bool = False
@@ -146,6 +159,7 @@ class SnapshotDeleteArgs(SentArgs):
 
 class SnapshotResult(BaseModel):
     """What a snapshot command changed: libvirt may drop the VM's backup checkpoints with it."""
+
     model_config = ConfigDict(extra="allow")
     checkpoints_dropped: list[str] | None = None
 
@@ -175,6 +189,7 @@ class CloneDisk(Item):
 
 class CloneArgs(SentArgs):
     """``vm.clone``: the clone's disk files, full copies or (``linked``) overlays on a base."""
+
     uuid: str
     linked: bool = False
     disks: list[CloneDisk]
@@ -188,6 +203,7 @@ class BackupDisk(Item):
 
 class BackupArgs(SentArgs):
     """``vm.backup`` into the point's files; then the retention's ``delete_after`` files go."""
+
     uuid: str
     disks: list[BackupDisk]
     incremental_from: str | None = None
@@ -211,6 +227,7 @@ class RestoreDisk(Item):
 class RestoreArgs(SentArgs):
     """``vm.restore``: over the stopped VM ``replace_uuid``, or into a new VM ``spec`` (with
     its own ``seed``) defined here."""
+
     disks: list[RestoreDisk]
     replace_uuid: str | None = None
     spec: VmSpec | None = None
@@ -218,6 +235,7 @@ class RestoreArgs(SentArgs):
 
 
 # --- templates, import, export ------------------------------------------------------------
+
 
 class CaptureDisk(Item):
     index: int
@@ -262,6 +280,7 @@ class ReleaseArgs(SentArgs):
 
 class TemplateDirArgs(SentArgs):
     """``template.delete``: a template's folder on a datastore."""
+
     datastore_path: str
     dir: str
 
@@ -283,6 +302,7 @@ class BrowseArgs(SentArgs):
 
 class UploadRef(Item):
     """An upload the agent pulls from the server (and checks against its digest and size)."""
+
     id: int
     sha256: str | None
     size_bytes: int | None
@@ -291,6 +311,7 @@ class UploadRef(Item):
 class ImportDiskArgs(SentArgs):
     """``vm.import_disk``: from an ``upload``, or from ``path`` on the datastore mounted at
     ``source_datastore_path``; ``format`` None: detected."""
+
     spec: VmSpec
     dest: str
     format: str | None = None
@@ -323,6 +344,7 @@ class ExportDisk(Item):
 
 class ExportHardware(Item):
     """What the OVF descriptor says of the machine."""
+
     vcpus: int
     memory_mib: int
     guest_os: str = "other"
@@ -331,6 +353,7 @@ class ExportHardware(Item):
 
 class ExportArgs(SentArgs):
     """``vm.export``: ``uuid`` None for a template's images."""
+
     uuid: str | None
     name: str
     hardware: ExportHardware
@@ -341,6 +364,7 @@ class ExportArgs(SentArgs):
 
 # --- migration and relocation -------------------------------------------------------------
 
+
 class MigrateResult(BaseModel):
     model_config = ConfigDict(extra="allow")
     stats: dict[str, Any] = {}
@@ -348,6 +372,7 @@ class MigrateResult(BaseModel):
 
 class RelocateResult(BaseModel):
     """A relocation step's files: those removed and (finish) those that could not be."""
+
     model_config = ConfigDict(extra="allow")
     removed: list[str] = []
     not_removed: list[str] = []
@@ -359,6 +384,7 @@ RelocateStepArgs = RelocateArgs | OfflineCopyArgs | OfflineDefineArgs | OfflineF
 class CommandContract(BaseModel):
     """One row of the table: a command's arguments model, its result model (None: the server
     reads nothing of the result but stores it)."""
+
     model_config = ConfigDict(frozen=True)
     args: type[CommandArgs]
     result: type[BaseModel] | None = None
@@ -403,7 +429,10 @@ COMMANDS: dict[str, CommandContract] = {
 }
 
 _OFFLINE_STEPS: dict[str, type[CommandArgs]] = {
-    "copy": OfflineCopyArgs, "define": OfflineDefineArgs, "finish": OfflineFinishArgs, "discard": OfflineDiscardArgs,
+    "copy": OfflineCopyArgs,
+    "define": OfflineDefineArgs,
+    "finish": OfflineFinishArgs,
+    "discard": OfflineDiscardArgs,
 }
 
 
@@ -441,5 +470,4 @@ def unmodelled(names: tuple[str, ...]) -> list[str]:
     return [n for n in names if n not in COMMANDS]
 
 
-__all__ = ["COMMANDS", "CommandContract", "CommandName", "RelocateStepArgs", "SentArgs", "UnknownRelocationStep",
-           "args_model", "parse_args", "parse_result", "unmodelled"]
+__all__ = ["COMMANDS", "CommandContract", "CommandName", "RelocateStepArgs", "SentArgs", "UnknownRelocationStep", "args_model", "parse_args", "parse_result", "unmodelled"]

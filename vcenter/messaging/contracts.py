@@ -7,6 +7,7 @@ Vocabulary:
 - Report: agent -> server, over the HTTP API with the host's own token: task progress, task
   results, VM lifecycle events and full host state.
 """
+
 from __future__ import annotations
 
 import re
@@ -61,6 +62,7 @@ class NicSpec(BaseModel):
 class CpuSpec(BaseModel):
     """A guest CPU definition (libvirt's CPU map names): gives a VM a CPU generation of its
     own, and lets hosts that all have the same real CPU present different ones."""
+
     model: str | None = None
     vendor: str | None = None
     features_require: list[str] = []
@@ -92,47 +94,48 @@ class ResourceSpec(BaseModel):
     """Enforcement of a VM's allocation on its host through libvirt (cgroups): CPU shares
     (relative weight), a CPU cap for the whole VM (global period/quota) and a memory soft limit
     (reclaim pressure above it; a hard limit would let the kernel kill QEMU)."""
+
     cpu_shares: int | None = Field(None, ge=2, le=262144)
     cpu_quota_us: int | None = Field(None, ge=1000, description="per 100 ms period, for the whole VM")
     memory_soft_limit_mib: int | None = Field(None, ge=16)
 
 
 CommandName = Literal[
-    "vm.create",       # create disks (if absent) and define the domain (if absent)
+    "vm.create",  # create disks (if absent) and define the domain (if absent)
     "vm.start",
-    "vm.stop",         # hard power off
-    "vm.shutdown",     # guest shutdown, with timeout
+    "vm.stop",  # hard power off
+    "vm.shutdown",  # guest shutdown, with timeout
     "vm.reset",
-    "vm.ha_start",     # HA restart here: define the domain if absent (disks on shared datastores), then start
-    "vm.suspend",      # managed save
-    "vm.resume",       # start from the managed save image
+    "vm.ha_start",  # HA restart here: define the domain if absent (disks on shared datastores), then start
+    "vm.suspend",  # managed save
+    "vm.resume",  # start from the managed save image
     "vm.reconfigure",  # vCPUs / memory of a powered-off VM
-    "vm.delete",       # undefine and delete disks
-    "vm.guest",        # a command to the guest through its heartbeat channel
-    "vm.migrate",      # live migration to another host (sent to the source host)
-    "vm.relocate",     # move disks to other datastores on this host (Storage VMotion)
+    "vm.delete",  # undefine and delete disks
+    "vm.guest",  # a command to the guest through its heartbeat channel
+    "vm.migrate",  # live migration to another host (sent to the source host)
+    "vm.relocate",  # move disks to other datastores on this host (Storage VMotion)
     "host.cpu_baseline",  # libvirt's CPU baseline of the given host CPU definitions
-    "host.cpu_compare",   # does a guest CPU definition run on this host (libvirt's comparison)
-    "host.refresh",    # send a full state report now
+    "host.cpu_compare",  # does a guest CPU definition run on this host (libvirt's comparison)
+    "host.refresh",  # send a full state report now
     # snapshots, clones, backups (workers.agent.vmdata)
     "vm.snapshot.create",  # internal snapshot (with memory when running)
     "vm.snapshot.revert",
     "vm.snapshot.delete",
-    "vm.clone",        # the clone's disk files: point-in-time full copy, or linked overlays
-    "vm.promote",      # flatten a linked clone's disks
-    "vm.backup",       # push backup (full/incremental with checkpoints) of a running or stopped VM
-    "vm.restore",      # backup chain -> disk files (over a stopped VM, or a new VM defined here)
+    "vm.clone",  # the clone's disk files: point-in-time full copy, or linked overlays
+    "vm.promote",  # flatten a linked clone's disks
+    "vm.backup",  # push backup (full/incremental with checkpoints) of a running or stopped VM
+    "vm.restore",  # backup chain -> disk files (over a stopped VM, or a new VM defined here)
     # templates, customisation, import/export (workers.agent.templates)
-    "template.capture",   # a powered-off VM's disks into a template folder with its manifest
-    "template.release",   # a template's images back to a VM's disks, the domain defined again
-    "template.delete",    # remove a template's folder from its datastore
-    "template.verify",    # recompute a template's image checksums against its manifest
-    "datastore.browse",   # list a folder of a datastore (names, sizes, image formats)
-    "vm.deploy",          # linked/full clones of a template's images + NoCloud seed, then define
-    "vm.import_disk",     # pull an upload (or take a datastore file), convert to qcow2, define
-    "vm.import_ova",      # pull an OVA upload, extract its disks, convert, define
-    "vm.export",          # disks to stream-optimised VMDKs + OVF into an OVA pushed to the server
-    "console.open",    # not queued: presented to the agent's console endpoint to open a VM's serial console
+    "template.capture",  # a powered-off VM's disks into a template folder with its manifest
+    "template.release",  # a template's images back to a VM's disks, the domain defined again
+    "template.delete",  # remove a template's folder from its datastore
+    "template.verify",  # recompute a template's image checksums against its manifest
+    "datastore.browse",  # list a folder of a datastore (names, sizes, image formats)
+    "vm.deploy",  # linked/full clones of a template's images + NoCloud seed, then define
+    "vm.import_disk",  # pull an upload (or take a datastore file), convert to qcow2, define
+    "vm.import_ova",  # pull an OVA upload, extract its disks, convert, define
+    "vm.export",  # disks to stream-optimised VMDKs + OVF into an OVA pushed to the server
+    "console.open",  # not queued: presented to the agent's console endpoint to open a VM's serial console
 ]
 
 
@@ -153,6 +156,7 @@ class Command(BaseModel):
     def _no_secrets(cls, args: dict[str, Any]) -> dict[str, Any]:
         """Queues are readable by every host: a secret (password, token, key, cloud-init
         user data) never goes into a command; the agent fetches it over HTTPS instead."""
+
         def walk(value: Any, path: str) -> None:
             if isinstance(value, dict):
                 for key, item in value.items():
@@ -162,6 +166,7 @@ class Command(BaseModel):
             elif isinstance(value, list):
                 for item in value:
                     walk(item, path)
+
         walk(args, "")
         return args
 
@@ -200,8 +205,8 @@ class DomainState(BaseModel):
 class LifecycleEvent(BaseModel):
     uuid: str
     name: str
-    event: str                       # libvirt event name: started, stopped, suspended, ...
-    reason: str                      # our StopReason or the libvirt detail
+    event: str  # libvirt event name: started, stopped, suspended, ...
+    reason: str  # our StopReason or the libvirt detail
     power_state: Literal["poweredOn", "poweredOff", "suspended"] | None
     at: datetime
 
@@ -213,7 +218,7 @@ class HostFacts(BaseModel):
     cpu_cores: NonNegativeInt32 | None = None
     cpu_mhz: NonNegativeInt32 | None = None
     memory_mib: NonNegativeInt32 | None = None
-    hypervisor: str | None = None       # "kvm" or "qemu" (TCG)
+    hypervisor: str | None = None  # "kvm" or "qemu" (TCG)
     libvirt_version: str | None = None
     agent_version: str | None = Field(None, max_length=64, description="the agent's release (vcenter.core.release)")
     # The CPU features guests can be given here (libvirt names, sorted); a declared lab CPU's
@@ -239,6 +244,7 @@ class HostState(BaseModel):
 class DomainCounters(BaseModel):
     """Cumulative counters of one running domain as libvirt reports them (the agent turns two
     readings into rates)."""
+
     uuid: str
     vcpus: int = 1
     memory_mib: int = 0
@@ -254,6 +260,7 @@ class DomainCounters(BaseModel):
 
 class HostCounters(BaseModel):
     """One reading of a host's cumulative CPU time, its memory and its running domains."""
+
     cpus: int
     cpu_mhz: int
     cpu_busy_ns: int | None = None
@@ -272,6 +279,7 @@ class MetricsReport(BaseModel):
     """Agent -> server every metrics sample period: counter values (vcenter.domain.metrics
     COUNTERS: percent, MHz, MiB, bytes/s) of the host and of each running VM, rates over
     ``interval_s`` measured on the agent's monotonic clock."""
+
     interval_s: float | None = None
     host: dict[str, float] = {}
     vms: list[VmMetrics] = []
@@ -281,26 +289,25 @@ class MigrationOptions(BaseModel):
     """How to live-migrate one domain (VMotion), peer to peer: the source libvirtd connects to
     ``dest_uri`` itself. Only ``dest_uri`` is required; the rest default to a plain live
     migration with persistent definition on the target and none left on the source."""
-    dest_uri: str = Field(description="libvirt URI of the target as the SOURCE daemon reaches it, "
-                                      "e.g. qemu+tcp://10.213.0.12/system")
-    dest_address: str | None = Field(None, description="address of the migration stream on the "
-                                     "target (tcp://<dest_address>); None: the target's migration_host")
+
+    dest_uri: str = Field(description="libvirt URI of the target as the SOURCE daemon reaches it, e.g. qemu+tcp://10.213.0.12/system")
+    dest_address: str | None = Field(None, description="address of the migration stream on the target (tcp://<dest_address>); None: the target's migration_host")
     max_downtime_ms: int | None = Field(None, ge=1)
     bandwidth_mibps: int | None = Field(None, ge=1, description="cap of the memory (and disk) stream")
     auto_converge: bool = False
-    postcopy: bool = Field(False, description="post-copy allowed: switch to it when pre-copy has not "
-                           "converged after postcopy_after_iterations passes over memory")
+    postcopy: bool = Field(False, description="post-copy allowed: switch to it when pre-copy has not converged after postcopy_after_iterations passes over memory")
     postcopy_after_iterations: int = Field(3, ge=1)
     tls: bool = False
-    unsafe: bool = Field(False, description="VIR_MIGRATE_UNSAFE: needed for disks on a shared "
-                         "directory that libvirt does not know as shared (lab-dir datastores)")
+    unsafe: bool = Field(False, description="VIR_MIGRATE_UNSAFE: needed for disks on a shared directory that libvirt does not know as shared (lab-dir datastores)")
     copy_storage: bool = Field(False, description="copy non-shared disks along (VIR_MIGRATE_NON_SHARED_DISK)")
-    copy_disks: list[str] | None = Field(None, description="with copy_storage: the disk targets "
-                                         "(vda, ...) to copy; None = every disk")
-    dest_disk_paths: dict[str, str] | None = Field(None, description="with copy_storage: disk target "
-                                                   "(vda, ...) -> image path on the target host, when it "
-                                                   "differs from the source (a relocation to another "
-                                                   "host's datastore); sent as the destination XML")
+    copy_disks: list[str] | None = Field(None, description="with copy_storage: the disk targets (vda, ...) to copy; None = every disk")
+    dest_disk_paths: dict[str, str] | None = Field(
+        None,
+        description="with copy_storage: disk target "
+        "(vda, ...) -> image path on the target host, when it "
+        "differs from the source (a relocation to another "
+        "host's datastore); sent as the destination XML",
+    )
 
 
 class MigrationProgress(BaseModel):
@@ -308,8 +315,8 @@ class MigrationProgress(BaseModel):
     Bytes unless said otherwise. Zero pages are not in ``memory_processed`` (they cost almost
     nothing on the wire): ``memory_zero_bytes`` counts them, so processed + zero + remaining
     ~ memory_total."""
-    phase: str = Field(description="setup | precopy | postcopy | copying | ready | completed | "
-                       "cancelled | failed")
+
+    phase: str = Field(description="setup | precopy | postcopy | copying | ready | completed | cancelled | failed")
     data_total: int | None = None
     data_processed: int | None = None
     data_remaining: int | None = None
@@ -359,11 +366,13 @@ class CommandArgs(BaseModel):
 
 class CreateArgs(CommandArgs):
     """``vm.create``: create the disks (if absent) and define the domain (if absent)."""
+
     spec: VmSpec
 
 
 class DeployClone(BaseModel):
     """One disk of a deploy: a linked overlay on, or a full copy of, a template image."""
+
     index: int
     mode: str
     source: str
@@ -373,12 +382,14 @@ class DeployClone(BaseModel):
 
 class SeedFile(BaseModel):
     """Where the agent writes a VM's NoCloud seed (its content is fetched over HTTPS)."""
+
     path: str
 
 
 class DeployArgs(CommandArgs):
     """``vm.deploy``: make the disks from images (``clones``: linked overlays or full copies,
     none for a clone's own seed only), write the NoCloud seed at ``seed.path``, define ``spec``."""
+
     spec: VmSpec
     clones: list[DeployClone]
     mode: str
@@ -387,6 +398,7 @@ class DeployArgs(CommandArgs):
 
 class MigrateArgs(CommandArgs):
     """``vm.migrate``, sent to the source host: live-migrate domain ``uuid``."""
+
     uuid: str
     options: MigrationOptions
 
@@ -394,6 +406,7 @@ class MigrateArgs(CommandArgs):
 class DiskMove(BaseModel):
     """One disk of a relocation: its index and target (vda, ...), its format, its image's old
     and new paths (as the host that runs the VM sees them) and the datastore it goes to."""
+
     index: int
     target: str
     format: str
@@ -405,6 +418,7 @@ class DiskMove(BaseModel):
 class RelocateArgs(CommandArgs):
     """``vm.relocate`` of a VM on its host (``running``: block copy and pivot, else conversion),
     or with ``migrate`` a running VM's live migration to another host with the moved disks."""
+
     uuid: str
     moves: list[DiskMove]
     running: bool
@@ -416,6 +430,7 @@ class RelocateArgs(CommandArgs):
 
 class FileCopy(BaseModel):
     """One image file the copier converts from its old path to its new one (same format)."""
+
     from_: str = Field(alias="from")
     to: str
     format: str
@@ -423,6 +438,7 @@ class FileCopy(BaseModel):
 
 class OfflineCopyArgs(CommandArgs):
     """``vm.relocate`` step ``copy`` of a powered-off VM's relocation, sent to the copier."""
+
     offline_step: Literal["copy"] = "copy"
     uuid: str
     copies: list[FileCopy]
@@ -430,12 +446,14 @@ class OfflineCopyArgs(CommandArgs):
 
 class OfflineDefineArgs(CommandArgs):
     """Step ``define``, sent to the target: the domain on its new paths."""
+
     offline_step: Literal["define"] = "define"
     spec: VmSpec
 
 
 class OfflineFinishArgs(CommandArgs):
     """Step ``finish``, sent to the source: undefine the domain, then remove the old files."""
+
     offline_step: Literal["finish"] = "finish"
     uuid: str
     remove: list[str]
@@ -444,6 +462,7 @@ class OfflineFinishArgs(CommandArgs):
 class OfflineDiscardArgs(CommandArgs):
     """Step ``discard`` after a failure or cancel: remove the new files (and undefine the
     domain ``uuid`` when it was defined on the target)."""
+
     offline_step: Literal["discard"] = "discard"
     uuid: str | None
     paths: list[str]

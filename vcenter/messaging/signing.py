@@ -16,6 +16,7 @@ Vocabulary:
 - refusal: ``CommandRefused`` with a code (UNSIGNED, BAD_SIGNATURE, MALFORMED, WRONG_HOST,
   NO_EXPIRY, EXPIRED); the agent logs it, acknowledges the message and does nothing else.
 """
+
 from __future__ import annotations
 
 import base64
@@ -77,8 +78,7 @@ def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
     try:
         return _load_or_create(path)
     except PermissionError as exc:
-        raise PermissionError(f"command signing key {path}: {exc.strerror}; set VCENTER_KEY_DIR (or VCENTER_COMMAND_SIGNING_KEY) "
-                              "to a directory this server process may write") from exc
+        raise PermissionError(f"command signing key {path}: {exc.strerror}; set VCENTER_KEY_DIR (or VCENTER_COMMAND_SIGNING_KEY) to a directory this server process may write") from exc
 
 
 def _load_or_create(path: Path) -> Ed25519PrivateKey:

@@ -27,6 +27,7 @@ What this module decides:
   a :class:`PowerType` whose name is the entry point's: the lab provides ``lab``
   (vcenter.lab.power), a lab host switched off and on; no code here imports a plugin.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,7 +49,7 @@ BMC_AUTH_FAILED = "BMC_AUTH_FAILED"
 POWER_ACTION_FAILED = "POWER_ACTION_FAILED"
 ERROR_CODES = (BMC_UNREACHABLE, BMC_AUTH_FAILED, POWER_ACTION_FAILED)
 
-DEFAULT_TIMEOUT = 10.0          # one request to the power controller
+DEFAULT_TIMEOUT = 10.0  # one request to the power controller
 DEFAULT_ACTION_TIMEOUT = 120.0  # power_on/power_off until the host is in the state
 
 
@@ -80,8 +81,7 @@ def _wait_for_state(driver: PowerDriver, want: PowerState, deadline: float, poll
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise PowerError(POWER_ACTION_FAILED, f"the host did not reach power state {want!r} in time "
-                                                  f"(last seen {last!r})")
+            raise PowerError(POWER_ACTION_FAILED, f"the host did not reach power state {want!r} in time (last seen {last!r})")
         last = driver.status(timeout=min(left, DEFAULT_TIMEOUT))
         if last == want:
             return
@@ -97,10 +97,18 @@ class IpmiDriver:
 
     kind = "ipmi"
 
-    def __init__(self, address: str, port: int = 623, username: str = "", password: str = "",
-                 timeout: float = DEFAULT_TIMEOUT, action_timeout: float = DEFAULT_ACTION_TIMEOUT,
-                 privilege: str = "ADMINISTRATOR", cipher_suite: int | None = None,
-                 ipmitool: str = "ipmitool"):
+    def __init__(
+        self,
+        address: str,
+        port: int = 623,
+        username: str = "",
+        password: str = "",
+        timeout: float = DEFAULT_TIMEOUT,
+        action_timeout: float = DEFAULT_ACTION_TIMEOUT,
+        privilege: str = "ADMINISTRATOR",
+        cipher_suite: int | None = None,
+        ipmitool: str = "ipmitool",
+    ):
         if privilege not in _IPMI_PRIVILEGES:
             raise ValueError(f"privilege must be one of {', '.join(_IPMI_PRIVILEGES)}")
         self.address = address
@@ -121,8 +129,7 @@ class IpmiDriver:
         timeout = self.timeout if timeout is None else timeout
         # ipmitool retransmits every -N seconds, -R times; keep its own give-up inside ours.
         retries = max(1, min(4, int(timeout // 2)))
-        argv = [self.ipmitool, "-I", "lanplus", "-H", self.address, "-p", str(self.port),
-                "-U", self.username, "-E", "-L", self.privilege, "-N", "1", "-R", str(retries), "-v"]
+        argv = [self.ipmitool, "-I", "lanplus", "-H", self.address, "-p", str(self.port), "-U", self.username, "-E", "-L", self.privilege, "-N", "1", "-R", str(retries), "-v"]
         if self.cipher_suite is not None:
             argv += ["-C", str(int(self.cipher_suite))]
         return argv + list(args)
@@ -138,23 +145,18 @@ class IpmiDriver:
             raise PowerError(BMC_UNREACHABLE, f"{self.ipmitool} is not installed (Debian package ipmitool)")
         argv = self.command(*args, timeout=timeout)
         try:
-            proc = subprocess.run(argv, env=self._env(), stdin=subprocess.DEVNULL, capture_output=True,
-                                  text=True, timeout=timeout)
+            proc = subprocess.run(argv, env=self._env(), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired as e:
             out = _text(e.stdout) + _text(e.stderr)
             if _auth_refused(out):
-                raise PowerError(BMC_AUTH_FAILED, f"BMC {self.address}:{self.port} refused user "
-                                                  f"{self.username!r}: {_last_error(out)}") from None
-            raise PowerError(BMC_UNREACHABLE, f"no answer from BMC {self.address}:{self.port} "
-                                              f"within {timeout:g}s") from None
+                raise PowerError(BMC_AUTH_FAILED, f"BMC {self.address}:{self.port} refused user {self.username!r}: {_last_error(out)}") from None
+            raise PowerError(BMC_UNREACHABLE, f"no answer from BMC {self.address}:{self.port} within {timeout:g}s") from None
         out = proc.stdout + proc.stderr
         if proc.returncode == 0:
             return proc.stdout
         if _auth_refused(out):
-            raise PowerError(BMC_AUTH_FAILED, f"BMC {self.address}:{self.port} refused the credentials "
-                                              f"of {self.username!r}: {_last_error(out)}")
-        if any(m in out for m in ("Unable to establish", "Get Auth Capabilities error",
-                                  "Error issuing Get Channel", "No response from remote controller")):
+            raise PowerError(BMC_AUTH_FAILED, f"BMC {self.address}:{self.port} refused the credentials of {self.username!r}: {_last_error(out)}")
+        if any(m in out for m in ("Unable to establish", "Get Auth Capabilities error", "Error issuing Get Channel", "No response from remote controller")):
             raise PowerError(BMC_UNREACHABLE, f"BMC {self.address}:{self.port}: {_last_error(out)}")
         raise PowerError(POWER_ACTION_FAILED, f"ipmitool {' '.join(args)}: {_last_error(out)}")
 
@@ -184,16 +186,23 @@ def _text(value: str | bytes | None) -> str:
 
 
 def _auth_refused(out: str) -> bool:
-    markers = ("RAKP 2 HMAC is invalid", "RAKP 2 message indicates an error", "unauthorized name",
-               "invalid integrity check", "no response from RAKP 1", "no response from RAKP 3",
-               "RAKP 4 message indicates an error", "insufficient resources for session",
-               "Invalid user name", "invalid role")
+    markers = (
+        "RAKP 2 HMAC is invalid",
+        "RAKP 2 message indicates an error",
+        "unauthorized name",
+        "invalid integrity check",
+        "no response from RAKP 1",
+        "no response from RAKP 3",
+        "RAKP 4 message indicates an error",
+        "insufficient resources for session",
+        "Invalid user name",
+        "invalid role",
+    )
     return any(m.lower() in out.lower() for m in markers)
 
 
 def _last_error(out: str) -> str:
-    lines = [ln.strip(" >") for ln in out.splitlines()
-             if ln.strip() and not ln.startswith(("Loading IANA", "Using best available"))]
+    lines = [ln.strip(" >") for ln in out.splitlines() if ln.strip() and not ln.startswith(("Loading IANA", "Using best available"))]
     errors = [ln for ln in lines if "rror" in ln or "invalid" in ln.lower() or "failed" in ln.lower()]
     return "; ".join(dict.fromkeys(errors or lines[-1:])) or "no output"
 
@@ -207,9 +216,16 @@ class RedfishDriver:
 
     kind = "redfish"
 
-    def __init__(self, base_url: str, username: str = "", password: str = "", verify: bool | str = True,
-                 system_id: str | None = None, timeout: float = DEFAULT_TIMEOUT,
-                 action_timeout: float = DEFAULT_ACTION_TIMEOUT):
+    def __init__(
+        self,
+        base_url: str,
+        username: str = "",
+        password: str = "",
+        verify: bool | str = True,
+        system_id: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        action_timeout: float = DEFAULT_ACTION_TIMEOUT,
+    ):
         if not re.match(r"^https?://", base_url):
             raise ValueError("base_url must start with http:// or https://")
         self.base_url = base_url.rstrip("/")
@@ -230,19 +246,16 @@ class RedfishDriver:
         timeout = self.timeout if timeout is None else timeout
         auth = (self.username, self._password) if self.username else None
         try:
-            with httpx.Client(base_url=self.base_url, verify=self.verify, timeout=timeout, auth=auth,
-                              follow_redirects=False) as client:
+            with httpx.Client(base_url=self.base_url, verify=self.verify, timeout=timeout, auth=auth, follow_redirects=False) as client:
                 resp = client.request(method, path, json=json, headers={"Accept": "application/json"})
         except httpx.TimeoutException:
             raise PowerError(BMC_UNREACHABLE, f"no answer from {self.base_url} within {timeout:g}s") from None
         except httpx.HTTPError as e:  # refused, DNS, TLS
             raise PowerError(BMC_UNREACHABLE, f"{self.base_url}: {e.__class__.__name__}: {e}") from None
         if resp.status_code in (401, 403):
-            raise PowerError(BMC_AUTH_FAILED, f"{self.base_url} refused user {self.username!r} "
-                                              f"(HTTP {resp.status_code})")
+            raise PowerError(BMC_AUTH_FAILED, f"{self.base_url} refused user {self.username!r} (HTTP {resp.status_code})")
         if resp.status_code >= 400:
-            raise PowerError(POWER_ACTION_FAILED, f"{method} {path}: HTTP {resp.status_code}: "
-                                                  f"{_redfish_message(resp)}")
+            raise PowerError(POWER_ACTION_FAILED, f"{method} {path}: HTTP {resp.status_code}: {_redfish_message(resp)}")
         if not resp.content:
             return None
         try:
@@ -255,8 +268,7 @@ class RedfishDriver:
             doc = self._request("GET", "/redfish/v1/Systems", timeout) or {}
             members = doc.get("Members") or []
             if len(members) != 1:
-                raise PowerError(POWER_ACTION_FAILED, f"{self.base_url} has {len(members)} systems; "
-                                                      f"set system_id")
+                raise PowerError(POWER_ACTION_FAILED, f"{self.base_url} has {len(members)} systems; set system_id")
             self._system_path = members[0]["@odata.id"]
         return self._system_path
 
@@ -274,8 +286,7 @@ class RedfishDriver:
         action = (doc.get("Actions") or {}).get("#ComputerSystem.Reset") or {}
         allowed = action.get("ResetType@Redfish.AllowableValues")
         if allowed is not None and reset_type not in allowed:
-            raise PowerError(POWER_ACTION_FAILED, f"{self.base_url} does not offer ResetType {reset_type} "
-                                                  f"(offers {', '.join(allowed)})")
+            raise PowerError(POWER_ACTION_FAILED, f"{self.base_url} does not offer ResetType {reset_type} (offers {', '.join(allowed)})")
         target = action.get("target") or f"{system}/Actions/ComputerSystem.Reset"
         self._request("POST", target, step(), json={"ResetType": reset_type})
         _wait_for_state(self, want, deadline)
@@ -341,8 +352,7 @@ class WakeOnLanDriver:
                 for _ in range(self.repeat):
                     s.sendto(packet, (self.broadcast, self.port))
         except OSError as e:
-            raise PowerError(BMC_UNREACHABLE, f"cannot send the magic packet to {self.broadcast}:{self.port}: {e}") \
-                from None
+            raise PowerError(BMC_UNREACHABLE, f"cannot send the magic packet to {self.broadcast}:{self.port}: {e}") from None
 
     def power_off(self, timeout: float | None = None, graceful: bool = True) -> None:
         raise PowerError(POWER_ACTION_FAILED, "Wake-on-LAN cannot power off")
@@ -368,16 +378,27 @@ class PowerType:
     non_empty: str | None = None
 
 
-_BUILT_IN = {t.name: t for t in (
-    PowerType("ipmi", frozenset({"address", "username", "password"}),
-              frozenset({"port", "timeout", "action_timeout", "privilege", "cipher_suite"}), IpmiDriver,
-              strings=("address", "username", "password"), non_empty="address"),
-    PowerType("redfish", frozenset({"base_url"}),
-              frozenset({"username", "password", "verify", "system_id", "timeout", "action_timeout"}), RedfishDriver,
-              strings=("username", "password", "base_url", "system_id")),
-    PowerType("wol", frozenset({"mac"}), frozenset({"broadcast", "port", "repeat"}), WakeOnLanDriver,
-              strings=("broadcast",)),
-)}
+_BUILT_IN = {
+    t.name: t
+    for t in (
+        PowerType(
+            "ipmi",
+            frozenset({"address", "username", "password"}),
+            frozenset({"port", "timeout", "action_timeout", "privilege", "cipher_suite"}),
+            IpmiDriver,
+            strings=("address", "username", "password"),
+            non_empty="address",
+        ),
+        PowerType(
+            "redfish",
+            frozenset({"base_url"}),
+            frozenset({"username", "password", "verify", "system_id", "timeout", "action_timeout"}),
+            RedfishDriver,
+            strings=("username", "password", "base_url", "system_id"),
+        ),
+        PowerType("wol", frozenset({"mac"}), frozenset({"broadcast", "port", "repeat"}), WakeOnLanDriver, strings=("broadcast",)),
+    )
+}
 
 
 def power_type_names() -> frozenset[str]:
@@ -415,12 +436,10 @@ def make_driver(config: Mapping[str, Any]) -> PowerDriver:
     if unknown:
         raise ValueError(f"unknown {kind} power settings: {', '.join(unknown)}")
     for key in ("port",):
-        if key in params and (not isinstance(params[key], int) or isinstance(params[key], bool)
-                              or not 0 < params[key] < 65536):
+        if key in params and (not isinstance(params[key], int) or isinstance(params[key], bool) or not 0 < params[key] < 65536):
             raise ValueError(f"{key} must be a port number")
     for key in ("timeout", "action_timeout"):
-        if key in params and (not isinstance(params[key], (int, float)) or isinstance(params[key], bool)
-                              or params[key] <= 0):
+        if key in params and (not isinstance(params[key], (int, float)) or isinstance(params[key], bool) or params[key] <= 0):
             raise ValueError(f"{key} must be a positive number of seconds")
     for key in ptype.strings:
         if key in params and not isinstance(params[key], str):

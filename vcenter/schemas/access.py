@@ -1,4 +1,5 @@
 """Request and response models of roles, groups, permissions, privileges and API tokens."""
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -11,7 +12,6 @@ from vcenter.schemas.base import RequestModel
 from vcenter.schemas.inventory import Name
 
 RoleName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")]
-
 
 
 class PrivilegeRead(BaseModel):

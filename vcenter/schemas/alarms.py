@@ -4,6 +4,7 @@ An alarm's ``expression`` and ``actions`` are checked by vcenter.domain.alarms (
 that knows their rules); here they are plain documents, so a mistake comes back as
 422 INVALID_ALARM naming the field.
 """
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -25,13 +26,14 @@ class AlarmCreate(RequestModel):
     scope_type: ScopeType = "root"
     scope_id: ObjectIdField | None = None
     enabled: bool = True
-    expression: dict[str, Any] = Field(description='{"type": "metric", "counter": "cpu.usage", "operator": "above", '
-                                                   '"warning": 80, "critical": 95, "for_s": 300} or {"type": "state", '
-                                                   '"condition": "host.not_responding"|"vm.heartbeat_lost", "severity": '
-                                                   '"warning"|"critical"} or {"type": "state", "condition": "datastore.usage", '
-                                                   '"warning": 80, "critical": 90}')
-    actions: list[dict[str, Any]] = Field(default_factory=lambda: [{"type": "event"}],
-                                          description='[{"type": "event"}, {"type": "webhook", "url": "https://..."}]')
+    expression: dict[str, Any] = Field(
+        description='{"type": "metric", "counter": "cpu.usage", "operator": "above", '
+        '"warning": 80, "critical": 95, "for_s": 300} or {"type": "state", '
+        '"condition": "host.not_responding"|"vm.heartbeat_lost", "severity": '
+        '"warning"|"critical"} or {"type": "state", "condition": "datastore.usage", '
+        '"warning": 80, "critical": 90}'
+    )
+    actions: list[dict[str, Any]] = Field(default_factory=lambda: [{"type": "event"}], description='[{"type": "event"}, {"type": "webhook", "url": "https://..."}]')
 
 
 class AlarmUpdate(RequestModel):

@@ -1,6 +1,7 @@
 """The two families every schema belongs to: what a client sends (RequestModel: unknown fields
 refused, NaN and Infinity refused: JSON parsers read them, but they are not numbers to us) and
 what the server answers (ResponseModel: read from the ORM objects' attributes)."""
+
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict

@@ -2,6 +2,7 @@
 
 Defaults follow vSphere where it has one (detection aside: 5 s, not ~15 s). Times in seconds.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -13,7 +14,6 @@ from vcenter.schemas.base import RequestModel
 
 Priority = Literal["high", "medium", "low", "disabled"]
 IsolationResponse = Literal["leave-powered-on", "power-off", "shutdown"]
-
 
 
 class AdmissionConfig(RequestModel):
@@ -68,6 +68,7 @@ class VmHaOverride(RequestModel):
 
 class HaConfigUpdate(RequestModel):
     """A partial update: only the fields given change (nested documents are replaced whole)."""
+
     enabled: bool | None = None
     detection_s: float | None = Field(None, gt=0, le=600)
     isolation_response: IsolationResponse | None = None

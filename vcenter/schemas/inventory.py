@@ -3,6 +3,7 @@
 Names are validated here (a VM named ``a</name><devices>`` never reaches a hypervisor);
 unknown fields are refused, so a typo is a 422 rather than a silent no-op.
 """
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -18,8 +19,6 @@ from vcenter.schemas.maintenance import MaintenanceSettings
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 HostName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9.:_-]{0,254}$")]
-
-
 
 
 T = TypeVar("T")
@@ -82,8 +81,7 @@ CLUSTER_SETTINGS_DOC = {"properties": {"maintenance": MaintenanceSettings.model_
 class ClusterCreate(RequestModel):
     name: Name
     datacenter_id: ObjectIdField
-    settings: dict[str, Any] = Field(default_factory=dict, description="DRS, DPM, HA, EVC, migration and maintenance settings document",
-                                     json_schema_extra=CLUSTER_SETTINGS_DOC)
+    settings: dict[str, Any] = Field(default_factory=dict, description="DRS, DPM, HA, EVC, migration and maintenance settings document", json_schema_extra=CLUSTER_SETTINGS_DOC)
 
 
 class ClusterUpdate(RequestModel):
@@ -390,7 +388,9 @@ class VmRead(ResponseModel):
     guest_info: dict[str, Any] | None
     guest_heartbeat_at: datetime | None
     cpu_demand_mhz: float | None = Field(None, description="CPU demand measured on the host, smoothed (MHz)")
-    cpu_demand_spread_mhz: float | None = Field(None, description="The noise of the CPU-demand samples told apart from their trend (MHz; from the last 12 host reports): a climbing or stepping demand has none; DRS ignores gains within it")
+    cpu_demand_spread_mhz: float | None = Field(
+        None, description="The noise of the CPU-demand samples told apart from their trend (MHz; from the last 12 host reports): a climbing or stepping demand has none; DRS ignores gains within it"
+    )
     disks: list[DiskRead]
     nics: list[NicRead]
     version: int
@@ -511,10 +511,13 @@ class DiskMove(RequestModel):
 
 class RelocateRequest(RequestModel):
     disks: list[DiskMove] = Field(..., min_length=1, max_length=16)
-    host_id: ObjectIdField | None = Field(None, description="another host to move the VM to, its listed disks copied to "
-                                "datastores of that host: a running VM live-migrates (non-shared storage); a powered-off VM's "
-                                "files are copied by a host mounting both datastores, then it is defined there and undefined "
-                                "on its old host; omit it to stay on the VM's host")
+    host_id: ObjectIdField | None = Field(
+        None,
+        description="another host to move the VM to, its listed disks copied to "
+        "datastores of that host: a running VM live-migrates (non-shared storage); a powered-off VM's "
+        "files are copied by a host mounting both datastores, then it is defined there and undefined "
+        "on its old host; omit it to stay on the VM's host",
+    )
 
 
 class WhatIfRule(RequestModel):
@@ -541,13 +544,13 @@ class WhatIfChange(RequestModel):
         return self
 
 
-_PASSWORD_POLICY = ("at least password_min_length characters (12 by default), not a common password (nor one followed by digits), "
-                    "not a short text repeated, not the user name: else 422 WEAK_PASSWORD")
+_PASSWORD_POLICY = "at least password_min_length characters (12 by default), not a common password (nor one followed by digits), not a short text repeated, not the user name: else 422 WEAK_PASSWORD"
 
 
 class UserCreate(RequestModel):
     username: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,79}$")] = Field(
-        ..., description="not a name the system acts under (system, cli, ha, drs, dpm, scheduler...): 422 RESERVED_USERNAME")
+        ..., description="not a name the system acts under (system, cli, ha, drs, dpm, scheduler...): 422 RESERVED_USERNAME"
+    )
     # The length rule is a setting, so the service checks it (WEAK_PASSWORD), not the schema.
     password: str = Field(..., min_length=1, max_length=1024, description=_PASSWORD_POLICY)
     is_admin: bool = False

@@ -1,4 +1,5 @@
 """A cluster's maintenance settings document: ``settings["maintenance"]``."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -12,5 +13,6 @@ class MaintenanceSettings(BaseModel):
     powered_off: Literal["leave", "refuse", "move"] = Field(
         "leave",
         description="What entering maintenance does with the host's powered-off VMs: leave them registered there (default), "
-                    "refuse maintenance while there are any, or move them to other hosts (defined on a host that mounts their "
-                    "datastores, chosen by placement; a VM that cannot move is named and the host stays out of maintenance).")
+        "refuse maintenance while there are any, or move them to other hosts (defined on a host that mounts their "
+        "datastores, chosen by placement; a VM that cannot move is named and the host stays out of maintenance).",
+    )

@@ -4,6 +4,7 @@ Customisation fields are checked here so that nothing odd reaches a cloud-init s
 names are POSIX names, SSH keys look like OpenSSH public keys, a password is given only as a
 crypt(3) hash, run-once commands are single lines.
 """
+
 from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Interface
@@ -16,7 +17,9 @@ from vcenter.schemas.base import RequestModel
 from vcenter.schemas.inventory import KernelBoot, Name, NicCreate
 
 UserName = Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")]
-SshKey = Annotated[str, StringConstraints(max_length=4096, pattern=r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com) [A-Za-z0-9+/]+={0,3}( [^\r\n]{0,200})?$")]
+SshKey = Annotated[
+    str, StringConstraints(max_length=4096, pattern=r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com) [A-Za-z0-9+/]+={0,3}( [^\r\n]{0,200})?$")
+]
 PasswordHash = Annotated[str, StringConstraints(pattern=r"^\$(1|5|6|y|2[aby])\$[./A-Za-z0-9$=,]{8,200}$")]
 DnsLabel = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")]
 Command = Annotated[str, StringConstraints(min_length=1, max_length=1000, pattern=r"^[^\r\n\x00]+$")]
@@ -39,6 +42,7 @@ class GuestNetwork(RequestModel):
 class Customization(RequestModel):
     """A cloud-init NoCloud seed: every deployed VM also gets its own instance id, the
     machine-id the server issues, and fresh SSH host keys."""
+
     hostname: DnsLabel | None = Field(None, description="default: the VM's name as a DNS label")
     users: list[GuestUser] = Field(default_factory=list, max_length=16)
     network: GuestNetwork | None = None

@@ -1,4 +1,5 @@
 """Request and response models of snapshots, clones, backup jobs, restore points, restores."""
+
 from __future__ import annotations
 
 from datetime import datetime

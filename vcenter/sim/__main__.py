@@ -5,6 +5,7 @@ folders (or every folder under a directory of scenarios) and diffs each against 
 Invariant failures go to stderr; the exit status is 1 when any invariant fails or a log differs,
 except for a scenario whose ``known_gap`` (cluster.yaml) it shows: VMs lost, and only that.
 """
+
 from __future__ import annotations
 
 import argparse

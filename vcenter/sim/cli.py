@@ -5,6 +5,7 @@
 cluster with the real DRS/DPM engine each 5-minute interval; see vcenter.sim.trace for the trace
 format, the scenario (VM draw, size mix, host sizing) and the metrics.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,7 +35,9 @@ def drs(
     hosts: int = typer.Option(..., "--hosts", min=1, help="equal hosts in the simulated cluster"),
     vms: int = typer.Option(..., "--vms", min=1, help="VMs drawn from the trace with the seed"),
     threshold: int = typer.Option(3, "--threshold", min=1, max=5, help="DRS migration threshold 1-5"),
-    confidence: Optional[float] = typer.Option(None, "--confidence", min=0.0, max=5.0, help="DRS: noise spreads of the demand a move's gain must survive (default: the engine's, 2; 0: loads taken as exact)"),
+    confidence: Optional[float] = typer.Option(
+        None, "--confidence", min=0.0, max=5.0, help="DRS: noise spreads of the demand a move's gain must survive (default: the engine's, 2; 0: loads taken as exact)"
+    ),
     load: float = typer.Option(0.7, "--load", min=0.01, max=10.0, help="mean CPU demand over the run / cluster CPU capacity"),
     balancer: Balancer = typer.Option(Balancer.drs, "--balancer", help="drs (the engine), greedy (one best move per pass), none"),
     dpm: bool = typer.Option(False, "--dpm", help="DPM powers hosts off and on (before the balancer, each interval)"),

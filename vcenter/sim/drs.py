@@ -29,6 +29,7 @@ imbalance worse. Of a DPM plan: the evacuation breaks no must rule, leaves the h
 keeps the minimum of hosts on, and a power-off never follows a power-on of the same host
 within the cooldown (no flapping).
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -154,15 +155,21 @@ class DrsSimMixin:
         if cmd == "drs settings":
             self.drs_spec.update(payload or {})
             s = self.drs_settings()
-            self.say(f"DRS: threshold {s.threshold} (target {_f(s.target) if s.threshold > 1 else 'rule fixes only'}), "
-                     f"{s.automation.value if hasattr(s.automation, 'value') else s.automation}, budget {s.budget}, "
-                     f"cooldown {_num(s.cooldown_s)} s, min gain {_f(s.min_gain)} per host", 1)
+            self.say(
+                f"DRS: threshold {s.threshold} (target {_f(s.target) if s.threshold > 1 else 'rule fixes only'}), "
+                f"{s.automation.value if hasattr(s.automation, 'value') else s.automation}, budget {s.budget}, "
+                f"cooldown {_num(s.cooldown_s)} s, min gain {_f(s.min_gain)} per host",
+                1,
+            )
             return True
         if cmd == "dpm settings":
             self.dpm_spec.update(payload or {})
             s = self.dpm_settings()
-            self.say(f"DPM: band {s.low:.2f}-{s.high:.2f} (target {s.target:.2f}), windows off {s.samples_for(s.off_window_s)} "
-                     f"/ on {s.samples_for(s.on_window_s)} samples of {_num(s.sample_s)} s, min hosts {s.min_hosts_on}", 1)
+            self.say(
+                f"DPM: band {s.low:.2f}-{s.high:.2f} (target {s.target:.2f}), windows off {s.samples_for(s.off_window_s)} "
+                f"/ on {s.samples_for(s.on_window_s)} samples of {_num(s.sample_s)} s, min hosts {s.min_hosts_on}",
+                1,
+            )
             return True
         if cmd == "ha reserve":
             self.ha_reserve = _ha(payload)
@@ -238,9 +245,12 @@ class DrsSimMixin:
 
     def _log_plan(self, plan: drs_mod.DrsPlan, indent: int) -> None:
         tgt = "rule fixes only" if plan.threshold == 1 else _f(plan.target)
-        self.say(f"plan: imbalance {_f(plan.before.imbalance)} -> {_f(plan.after.imbalance)} "
-                 f"(cpu {_f(plan.before.cpu_std)} -> {_f(plan.after.cpu_std)}, mem {_f(plan.before.mem_std)} -> {_f(plan.after.mem_std)}), "
-                 f"threshold {plan.threshold} target {tgt}, {len(plan.recommendations)} move(s)", indent)
+        self.say(
+            f"plan: imbalance {_f(plan.before.imbalance)} -> {_f(plan.after.imbalance)} "
+            f"(cpu {_f(plan.before.cpu_std)} -> {_f(plan.after.cpu_std)}, mem {_f(plan.before.mem_std)} -> {_f(plan.after.mem_std)}), "
+            f"threshold {plan.threshold} target {tgt}, {len(plan.recommendations)} move(s)",
+            indent,
+        )
         for k, r in enumerate(plan.recommendations, 1):
             self.say(f"{k}. [P{r.priority} {r.kind}] {r.vm_id} {r.source} -> {r.target} ({r.automation.value}): {r.reason}", indent + 1)
         for vid, why in plan.skipped.items():
@@ -281,11 +291,9 @@ class DrsSimMixin:
         if done and not left and all(r.kind == "balance" for r in done):
             after = drs_mod.imbalance_of(self.snapshot(), self.demands).imbalance
             if after > plan.before.imbalance + 1e-9:
-                self.failures.append(f"[t={_num(self.t)}] applied DRS plan made the imbalance worse: "
-                                     f"{_f(plan.before.imbalance)} -> {_f(after)}")
+                self.failures.append(f"[t={_num(self.t)}] applied DRS plan made the imbalance worse: {_f(plan.before.imbalance)} -> {_f(after)}")
 
-    def check_plan(self, snap: ClusterSnapshot, plan: drs_mod.DrsPlan, settings: drs_mod.DrsSettings,
-                   history: drs_mod.DrsHistory) -> None:
+    def check_plan(self, snap: ClusterSnapshot, plan: drs_mod.DrsPlan, settings: drs_mod.DrsSettings, history: drs_mod.DrsHistory) -> None:
         where = f"[t={_num(self.t)}] DRS plan"
         recs = plan.recommendations
         if len(recs) > settings.budget:
@@ -347,8 +355,7 @@ class DrsSimMixin:
         settings = self.drs_settings()
         history = self.drs_history()
         res = drs_whatif.whatif(snap, change, settings, self.demands, history)
-        self.say(f"what if {res.change}: imbalance now {_f(res.now.imbalance)}, after the change {_f(res.changed.imbalance)}, "
-                 f"after DRS {_f(res.plan.after.imbalance)}", 1)
+        self.say(f"what if {res.change}: imbalance now {_f(res.now.imbalance)}, after the change {_f(res.changed.imbalance)}, after DRS {_f(res.plan.after.imbalance)}", 1)
         if res.displaced is not None:
             for r in res.displaced.results:
                 self.say(f"{r.vm_id} -> {r.host}" if r.host else f"{r.vm_id} UNPLACEABLE: {r.reason}", 2)

@@ -41,6 +41,7 @@ release them; no VM lost: every VM that should run either runs or is accounted f
 a reason (waiting, given up, released by an isolation response and not yet declared, its host
 not declared failed yet).
 """
+
 from __future__ import annotations
 
 import logging
@@ -77,6 +78,7 @@ def _num(x: float) -> str:
 @dataclass
 class _Restart:
     """A VM HA must restart, as the monitor's store keeps it (an ``ha_restart`` row)."""
+
     from_host: str
     cause: str
     state: str = "waiting"  # waiting | gave_up (starts run at once: never left "starting")
@@ -217,8 +219,7 @@ class SimHaEnvironment:
 
     def unexpected_stops(self) -> list[UnexpectedStop]:
         s = self.sim
-        return [UnexpectedStop(v, h, v, ha.StoppedVm(v, h, reason, "poweredOn" if v in s.power_on else "poweredOff", True, v in self.restarts))
-                for v, (h, reason) in sorted(self.stops.items())]
+        return [UnexpectedStop(v, h, v, ha.StoppedVm(v, h, reason, "poweredOn" if v in s.power_on else "poweredOff", True, v in self.restarts)) for v, (h, reason) in sorted(self.stops.items())]
 
     def stops_handled(self, token: int, stops: Sequence[UnexpectedStop]) -> None:
         self._fence(token)
@@ -233,10 +234,13 @@ class SimHaEnvironment:
     def restart_inputs(self, cluster: HaCluster, rows: list[str], health: Mapping[str, ha.HostHealth]):
         s = self.sim
         snap = s.snapshot()
-        snap = replace(snap, hosts=tuple(replace(h, connection="notResponding") if health.get(h.id, ha.HostHealth.CONNECTED) != ha.HostHealth.CONNECTED else h
-                                         for h in snap.hosts))
-        out = [RestartRow(v, self.restarts[v].from_host, self.restarts[v].cause, self.restarts[v].attempts, self.restarts[v].next_try_at,
-                          replace(s.vms[v], host=None), s.priority.get(v, s.default_priority)) for v in rows]
+        snap = replace(snap, hosts=tuple(replace(h, connection="notResponding") if health.get(h.id, ha.HostHealth.CONNECTED) != ha.HostHealth.CONNECTED else h for h in snap.hosts))
+        out = [
+            RestartRow(
+                v, self.restarts[v].from_host, self.restarts[v].cause, self.restarts[v].attempts, self.restarts[v].next_try_at, replace(s.vms[v], host=None), s.priority.get(v, s.default_priority)
+            )
+            for v in rows
+        ]
         failover = sorted(s.admission.failover_hosts) if s.admission.kind == ha.AdmissionKind.FAILOVER_HOSTS else []
         return snap, out, s.t, s.restart, failover
 
@@ -335,15 +339,20 @@ class HaSimMixin:
         r = spec.get("restart") or {}
         self.restart = ha.RestartSettings(float(r.get("retry_base", 2.0)), float(r.get("retry_max", 60.0)), int(r.get("max_attempts", 5)))
         a = spec.get("admission") or {"kind": "disabled"}
-        self.admission = ha.AdmissionPolicy(ha.AdmissionKind(a.get("kind", "host-failures")), int(a.get("host_failures", 1)),
-                                            float(a.get("cpu_percent", 25)), float(a.get("memory_percent", 25)),
-                                            frozenset(a.get("failover_hosts", [])))
+        self.admission = ha.AdmissionPolicy(
+            ha.AdmissionKind(a.get("kind", "host-failures")),
+            int(a.get("host_failures", 1)),
+            float(a.get("cpu_percent", 25)),
+            float(a.get("memory_percent", 25)),
+            frozenset(a.get("failover_hosts", [])),
+        )
         # Dedicated failover hosts: placement and DRS keep them empty (HA restarts may use them).
         for h in ha.reserved_hosts(self.admission) if self.ha_on else ():
             self.hosts[h] = replace(self.host(h), failover=True)
         m = spec.get("vm_monitoring") or {"enabled": False}
-        self.vmmon = ha.VmMonitoringSettings(bool(m.get("enabled", True)), float(m.get("failure_interval", 30)),
-                                             float(m.get("min_uptime", 30)), int(m.get("max_resets", 3)), float(m.get("window", 3600)))
+        self.vmmon = ha.VmMonitoringSettings(
+            bool(m.get("enabled", True)), float(m.get("failure_interval", 30)), float(m.get("min_uptime", 30)), int(m.get("max_resets", 3)), float(m.get("window", 3600))
+        )
         default = ha.Priority(spec.get("default_priority", "medium"))
         self.priority = {str(v["id"]): ha.Priority(v.get("restart_priority", default.value)) for v in cluster.get("vms") or []}
         self.default_priority = default
@@ -580,10 +589,13 @@ class HaSimMixin:
 
     def _ha_capacity(self) -> None:
         c = ha.failover_capacity(self.snapshot(), self.admission)
-        self.say(f"failover capacity ({c.policy}): {c.hosts} active hosts, memory {_num(c.used_memory_mib)}/{_num(c.total_memory_mib)} MiB "
-                 f"used, {_num(c.reserved_memory_mib)} reserved; vCPUs {_num(c.used_vcpus)}/{_num(c.total_vcpus)}, "
-                 f"{_num(c.reserved_vcpus)} reserved; tolerates {c.tolerated_host_failures} host failure(s); "
-                 f"{'OK' if c.ok else 'VIOLATED'}: {c.reason}", 1)
+        self.say(
+            f"failover capacity ({c.policy}): {c.hosts} active hosts, memory {_num(c.used_memory_mib)}/{_num(c.total_memory_mib)} MiB "
+            f"used, {_num(c.reserved_memory_mib)} reserved; vCPUs {_num(c.used_vcpus)}/{_num(c.total_vcpus)}, "
+            f"{_num(c.reserved_vcpus)} reserved; tolerates {c.tolerated_host_failures} host failure(s); "
+            f"{'OK' if c.ok else 'VIOLATED'}: {c.reason}",
+            1,
+        )
 
     # -- one simulated second --------------------------------------------------------------
     def _ha_tick(self, stopped: set[str]) -> None:
@@ -616,8 +628,9 @@ class HaSimMixin:
                 if iso:
                     self.isolated_applied.add(h)
                     acts = ha.isolation_actions(self.iso_response, self._vms_on(h))
-                    self.say(f"{tag} agent {h}: isolated ({why}); response {self.iso_response.value}"
-                             + (f": {', '.join(f'{a} {v}' for v, a in acts)}, disks released" if acts else ": VMs left running"), 1)
+                    self.say(
+                        f"{tag} agent {h}: isolated ({why}); response {self.iso_response.value}" + (f": {', '.join(f'{a} {v}' for v, a in acts)}, disks released" if acts else ": VMs left running"), 1
+                    )
                     for v, act in acts:
                         self._ha_kill(v, h, release=True)
                         stopped.add(v)
@@ -625,8 +638,7 @@ class HaSimMixin:
             if not self.ds_up[h] and t - self.ds_down_at[h] >= self.lease_s:
                 victims = self._vms_on(h)
                 if victims:
-                    self.say(f"{tag} agent {h}: datastore heartbeat not renewed for {_num(t - self.ds_down_at[h])} s: "
-                             f"disk leases lapse, VMs killed: {', '.join(victims)}", 1)
+                    self.say(f"{tag} agent {h}: datastore heartbeat not renewed for {_num(t - self.ds_down_at[h])} s: disk leases lapse, VMs killed: {', '.join(victims)}", 1)
                     for v in victims:
                         self._ha_kill(v, h, release=False)
                         stopped.add(v)

@@ -40,6 +40,7 @@ violated, no host over its memory, vCPU or CPU-reservation capacity, every runni
 live host exactly once, no VM lost (a VM that ran before an event still runs after it unless
 the event stopped it or logged why it could not restart it), pools within reservation/limit.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -91,6 +92,7 @@ def _flow(value: Any) -> str:
 
 # -- the simulated cluster -------------------------------------------------------------------
 
+
 class Sim(HaSimMixin, DrsSimMixin):
     def __init__(self, cluster: dict) -> None:
         cluster = cluster or {}
@@ -99,8 +101,7 @@ class Sim(HaSimMixin, DrsSimMixin):
         self.failures: list[str] = []
         self.defaults = cluster.get("defaults") or {}
         self.cpus: dict[str, CpuModel] = {
-            name: CpuModel(spec.get("vendor", "GenuineIntel"), spec.get("model", name), frozenset(spec.get("features", [])))
-            for name, spec in (cluster.get("cpus") or {}).items()
+            name: CpuModel(spec.get("vendor", "GenuineIntel"), spec.get("model", name), frozenset(spec.get("features", []))) for name, spec in (cluster.get("cpus") or {}).items()
         }
         self.hosts: dict[str, HostSnapshot] = {}
         self.powered: dict[str, bool] = {}
@@ -137,11 +138,14 @@ class Sim(HaSimMixin, DrsSimMixin):
         self._drs_init(cluster)
         self._ha_init(cluster)
         running = sum(1 for v in self.vms.values() if v.host)
+
         def count(n: int, word: str) -> str:
             return f"{n} {word}{'' if n == 1 else 's'}"
 
-        self.say(f"cluster: {count(len(self.hosts), 'host')}, {count(len(self.vms), 'VM')} ({running} running), "
-                 f"{count(len(self.rules), 'rule')}, {count(len(self.pools), 'pool')}" + (f", EVC '{self.evc.model}'" if self.evc else ""))
+        self.say(
+            f"cluster: {count(len(self.hosts), 'host')}, {count(len(self.vms), 'VM')} ({running} running), "
+            f"{count(len(self.rules), 'rule')}, {count(len(self.pools), 'pool')}" + (f", EVC '{self.evc.model}'" if self.evc else "")
+        )
         self.check_invariants("load", set(), set())
 
     # -- building objects from YAML ------------------------------------------------------
@@ -347,7 +351,7 @@ class Sim(HaSimMixin, DrsSimMixin):
         if isinstance(item, dict):
             if len(item) != 1:
                 raise ScenarioError(f"an event mapping has one key: {item!r}")
-            (cmd, payload), = item.items()
+            ((cmd, payload),) = item.items()
             text = f"{cmd} {_flow(payload)}"
         else:
             cmd, payload, text = str(item), None, str(item)
@@ -428,8 +432,7 @@ class Sim(HaSimMixin, DrsSimMixin):
             r = place(self.snapshot(), vm)
             self.render(r, 1, full=True)
             if r.host:
-                self.pending[vm.id] = (PendingReservation(vm.id, r.host, vm.memory_mib, vm.vcpus, vm.cpu_reservation_mhz),
-                                       None if ttl is None else self.t + ttl)
+                self.pending[vm.id] = (PendingReservation(vm.id, r.host, vm.memory_mib, vm.vcpus, vm.cpu_reservation_mhz), None if ttl is None else self.t + ttl)
                 self.say(f"reserved {vm.id} on {r.host}" + (f" until t={_num(self.t + ttl)}" if ttl is not None else ""), 1)
             return
         if words[:2] == ["commit", "vm"]:
@@ -682,6 +685,7 @@ class Sim(HaSimMixin, DrsSimMixin):
 
 
 # -- entry points ----------------------------------------------------------------------------
+
 
 def _load_yaml(path: Path) -> Any:
     with path.open() as f:

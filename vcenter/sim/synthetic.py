@@ -26,6 +26,7 @@ Families (the parameters are the table ``FAMILIES``):
 The defaults of DRS and DPM were chosen on the GCD trace and ``bursty``; ``diurnal`` is the
 family they were then confirmed on (docs/benchmarks.md, "DRS and DPM").
 """
+
 from __future__ import annotations
 
 import math
@@ -56,12 +57,34 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "bursty": Family(median=0.18, level_sigma=0.6, daily=(0.0, 0.3), phase_jitter=0.2, trend_p=0.1,
-                     trend_factor=(0.5, 2.0), noise=(0.2, 0.6), phi=(0.0, 0.6), burst_rate=3.0,
-                     burst_height=(0.2, 0.8), burst_len=(1, 12), memory=True),
-    "diurnal": Family(median=0.22, level_sigma=0.5, daily=(0.2, 0.7), phase_jitter=0.1, trend_p=0.3,
-                      trend_factor=(0.4, 2.5), noise=(0.05, 0.25), phi=(0.3, 0.9), burst_rate=0.5,
-                      burst_height=(0.1, 0.5), burst_len=(2, 24), memory=False),
+    "bursty": Family(
+        median=0.18,
+        level_sigma=0.6,
+        daily=(0.0, 0.3),
+        phase_jitter=0.2,
+        trend_p=0.1,
+        trend_factor=(0.5, 2.0),
+        noise=(0.2, 0.6),
+        phi=(0.0, 0.6),
+        burst_rate=3.0,
+        burst_height=(0.2, 0.8),
+        burst_len=(1, 12),
+        memory=True,
+    ),
+    "diurnal": Family(
+        median=0.22,
+        level_sigma=0.5,
+        daily=(0.2, 0.7),
+        phase_jitter=0.1,
+        trend_p=0.3,
+        trend_factor=(0.4, 2.5),
+        noise=(0.05, 0.25),
+        phi=(0.3, 0.9),
+        burst_rate=0.5,
+        burst_height=(0.1, 0.5),
+        burst_len=(2, 24),
+        memory=False,
+    ),
 }
 
 
@@ -90,7 +113,7 @@ def _vm(f: Family, rng: np.random.Generator, steps: int, peak: float) -> np.ndar
     for _ in range(rng.poisson(f.burst_rate * steps / DAY)):
         s = int(rng.integers(0, steps))
         n = int(rng.integers(f.burst_len[0], f.burst_len[1] + 1))
-        burst[s:s + n] = np.maximum(burst[s:s + n], rng.uniform(*f.burst_height))
+        burst[s : s + n] = np.maximum(burst[s : s + n], rng.uniform(*f.burst_height))
     cpu = np.clip(cpu + burst, 0.0, 1.0)
     if not f.memory:
         mem = np.ones(steps)

@@ -63,6 +63,7 @@ Metrics (``ReplayResult.summary``): mean and p95 imbalance over intervals, overl
 the time of the engine's pass (DPM + balancer, ``time.perf_counter``; reported, never used to
 decide) at the median.
 """
+
 from __future__ import annotations
 
 import math
@@ -93,15 +94,21 @@ VCPU_RATIO = 16.0
 DRS_SMOOTHING = 0.5  # alpha of the demand DRS sees (1 = the last sample)
 SIM_HA_HOSTS = 1  # DPM keeps one host's worth of capacity on for HA failover (and the bound counts it)
 SIZE_MIX: tuple[tuple[int, int, float], ...] = (  # (vCPUs, memory GiB, weight)
-    (1, 2, 0.20), (2, 4, 0.30), (2, 8, 0.10), (4, 8, 0.20), (4, 16, 0.10), (8, 16, 0.07), (8, 32, 0.03),
+    (1, 2, 0.20),
+    (2, 4, 0.30),
+    (2, 8, 0.10),
+    (4, 8, 0.20),
+    (4, 16, 0.10),
+    (8, 16, 0.07),
+    (8, 32, 0.03),
 )
 BALANCERS = ("drs", "greedy", "none")
-SUMMARY_KEYS = ("mean_imbalance", "p95_imbalance", "overload_fraction", "migrations", "host_hours_on", "host_hours_bound",
-                "pass_seconds_p50")
+SUMMARY_KEYS = ("mean_imbalance", "p95_imbalance", "overload_fraction", "migrations", "host_hours_on", "host_hours_bound", "pass_seconds_p50")
 DEFAULT_TRACE = Path(__file__).resolve().parents[3] / "shared" / "traces" / "GCD_VMs.tar.gz"
 
 
 # -- reading ---------------------------------------------------------------------------------
+
 
 def parse_series(text: str, name: str) -> tuple[np.ndarray, int]:
     """One VM's file: an (intervals x 2) array of fractions and how many values were clipped."""
@@ -181,6 +188,7 @@ def read_trace(path: str | os.PathLike) -> Trace:
 
 # -- the scenario ----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Scenario:
     """A simulated cluster and the true demand of its VMs over the run."""
@@ -217,8 +225,7 @@ def draw_sizes(n: int, seed: int) -> list[tuple[int, int]]:
     return [(v, g * 1024) for v, g, _ in picks]
 
 
-def build_scenario(trace: Trace, hosts: int, vms: int, load: float = 0.7, seed: int = 1,
-                   intervals: int | None = None) -> Scenario:
+def build_scenario(trace: Trace, hosts: int, vms: int, load: float = 0.7, seed: int = 1, intervals: int | None = None) -> Scenario:
     if hosts < 1 or vms < 1:
         raise ValueError("need at least one host and one VM")
     if not 0 < load <= 10:
@@ -238,9 +245,8 @@ def build_scenario(trace: Trace, hosts: int, vms: int, load: float = 0.7, seed: 
     host_mem = max(math.ceil(mem_total / hosts / MEM_COMMIT), max(m for _, m in sizes))
     width = len(str(hosts - 1))
     host_list = tuple(
-        HostSnapshot(f"h{i:0{width}d}", cores=cores, cpu_mhz=cores * CORE_MHZ, reserved_cpu_mhz=cores * CORE_MHZ - host_mhz,
-                     memory_mib=host_mem, vcpu_ratio=VCPU_RATIO)
-        for i in range(hosts))
+        HostSnapshot(f"h{i:0{width}d}", cores=cores, cpu_mhz=cores * CORE_MHZ, reserved_cpu_mhz=cores * CORE_MHZ - host_mhz, memory_mib=host_mem, vcpu_ratio=VCPU_RATIO) for i in range(hosts)
+    )
     vwidth = len(str(vms - 1))
     vm_list = [VmSnapshot(f"vm{k:0{vwidth}d}", vcpus=v, memory_mib=m) for k, (v, m) in enumerate(sizes)]
     result = place_many(ClusterSnapshot(host_list, ()), vm_list)
@@ -254,6 +260,7 @@ def build_scenario(trace: Trace, hosts: int, vms: int, load: float = 0.7, seed: 
 
 # -- balancers -------------------------------------------------------------------------------
 
+
 def _loads(snap: ClusterSnapshot, demand: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per-host (demand sums n x 2, capacity n x 2, usable mask, VM host index)."""
     index = {h.id: i for i, h in enumerate(snap.hosts)}
@@ -262,8 +269,7 @@ def _loads(snap: ClusterSnapshot, demand: np.ndarray) -> tuple[np.ndarray, np.nd
     ok = where >= 0
     load = np.zeros((n, 2))
     np.add.at(load, where[ok], demand[ok])
-    cap = np.array([(h.cpu_mhz - h.reserved_cpu_mhz - h.used_cpu_mhz, h.memory_mib - h.reserved_memory_mib - h.used_memory_mib)
-                    for h in snap.hosts], dtype=float)
+    cap = np.array([(h.cpu_mhz - h.reserved_cpu_mhz - h.used_cpu_mhz, h.memory_mib - h.reserved_memory_mib - h.used_memory_mib) for h in snap.hosts], dtype=float)
     usable = np.array([h.usable for h in snap.hosts], dtype=bool)
     return load, cap, usable, where
 
@@ -296,8 +302,7 @@ def greedy_move(snap: ClusterSnapshot, demand: np.ndarray) -> tuple[str, str, st
     np.add.at(vcpu_used, where[all_where], [vm.vcpus for vm, w in zip(snap.vms, all_where) if w])
     h = snap.hosts[dst]
     d = demand[on_src]
-    fits = ((mem_used[dst] + mem <= cap[dst, 1] + 1e-6) & (vcpu_used[dst] + vcpu <= h.cores * h.vcpu_ratio)
-            & (load[dst, 0] + d[:, 0] <= cap[dst, 0] + 1e-6))
+    fits = (mem_used[dst] + mem <= cap[dst, 1] + 1e-6) & (vcpu_used[dst] + vcpu <= h.cores * h.vcpu_ratio) & (load[dst, 0] + d[:, 0] <= cap[dst, 0] + 1e-6)
     if not fits.any():
         return None
     before = _imbalance(x[act])
@@ -316,6 +321,7 @@ def greedy_move(snap: ClusterSnapshot, demand: np.ndarray) -> tuple[str, str, st
 
 
 # -- replay ----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -404,10 +410,18 @@ def _move(snap: ClusterSnapshot, moves: dict[str, str]) -> ClusterSnapshot:
     return replace(snap, vms=tuple(replace(vm, host=moves[vm.id]) if vm.id in moves else vm for vm in snap.vms))
 
 
-def replay(scenario: Scenario, balancer: str = "drs", threshold: int = 3, dpm: bool = False,
-           drs_settings: DrsSettings | None = None, dpm_settings: DpmSettings | None = None,
-           boot_intervals: int | None = None, on_pass: Callable[[int, dict[str, tuple[float, float]]], None] | None = None,
-           smoothing: float = DRS_SMOOTHING, spread_kind: str = "noise") -> ReplayResult:
+def replay(
+    scenario: Scenario,
+    balancer: str = "drs",
+    threshold: int = 3,
+    dpm: bool = False,
+    drs_settings: DrsSettings | None = None,
+    dpm_settings: DpmSettings | None = None,
+    boot_intervals: int | None = None,
+    on_pass: Callable[[int, dict[str, tuple[float, float]]], None] | None = None,
+    smoothing: float = DRS_SMOOTHING,
+    spread_kind: str = "noise",
+) -> ReplayResult:
     """Replay the scenario's demand with ``balancer`` (drs, greedy, none) and optionally DPM.
 
     ``on_pass(t, observed)``, if given, is called with what the engine is shown at interval t
@@ -450,7 +464,7 @@ def replay(scenario: Scenario, balancer: str = "drs", threshold: int = 3, dpm: b
             del samples[:-n_samples]
             smoothed, spread = smooth_demands_with_spread(None if smoothed is None else (smoothed, spread), seen, smoothing)
             if spread_kind == "noise":
-                nz = noise_spreads(truth_all[max(0, t - NOISE_WINDOW):t])
+                nz = noise_spreads(truth_all[max(0, t - NOISE_WINDOW) : t])
                 spread = {vid: (float(nz[k, 0]), float(nz[k, 1])) for k, vid in enumerate(ids)}
             if on_pass is not None:
                 on_pass(t, seen)
@@ -507,15 +521,16 @@ def replay(scenario: Scenario, balancer: str = "drs", threshold: int = 3, dpm: b
         if t == 0:
             at_start = over_now
         on_count += int(usable.sum()) + len(booting)
-    caps = np.array([(h.cpu_mhz - h.reserved_cpu_mhz - h.used_cpu_mhz, h.memory_mib - h.reserved_memory_mib - h.used_memory_mib)
-                     for h in scenario.snapshot.hosts], dtype=float)
+    caps = np.array([(h.cpu_mhz - h.reserved_cpu_mhz - h.used_cpu_mhz, h.memory_mib - h.reserved_memory_mib - h.used_memory_mib) for h in scenario.snapshot.hosts], dtype=float)
     bound = int(host_bound(truth_all.sum(axis=1), caps, dpm_s.high, dpm_s.ha_hosts).sum())
-    return ReplayResult(balancer, dpm, drs_s.threshold, imb, overloaded, on_count, migrations, offs, ons, pass_s,
-                        decisions, len(snap.hosts), len(snap.vms), cpu_std, mem_std, bound, at_start if T else 0)
+    return ReplayResult(
+        balancer, dpm, drs_s.threshold, imb, overloaded, on_count, migrations, offs, ons, pass_s, decisions, len(snap.hosts), len(snap.vms), cpu_std, mem_std, bound, at_start if T else 0
+    )
 
 
-def run(trace: str | os.PathLike | Trace, hosts: int, vms: int, threshold: int = 3, load: float = 0.7,
-        balancer: str = "drs", dpm: bool = False, seed: int = 1, intervals: int | None = None) -> ReplayResult:
+def run(
+    trace: str | os.PathLike | Trace, hosts: int, vms: int, threshold: int = 3, load: float = 0.7, balancer: str = "drs", dpm: bool = False, seed: int = 1, intervals: int | None = None
+) -> ReplayResult:
     """What ``vcenter sim drs`` runs: read (or take) the trace, build the scenario, replay it."""
     tr = trace if isinstance(trace, Trace) else read_trace(trace)
     DrsSettings(threshold=threshold)  # validate before the work
@@ -524,6 +539,7 @@ def run(trace: str | os.PathLike | Trace, hosts: int, vms: int, threshold: int =
 
 # -- time of one pass at scale ---------------------------------------------------------------
 
+
 def skewed_pass_time(trace: Trace, hosts: int, vms: int, seed: int = 1, repeat: int = 3) -> tuple[float, int]:
     """Best-of-``repeat`` seconds of one DRS pass on a deliberately skewed start (a third of the
     VMs crowd the first quarter of the hosts; the budget is spent), demand from the trace at one
@@ -531,16 +547,13 @@ def skewed_pass_time(trace: Trace, hosts: int, vms: int, seed: int = 1, repeat: 
     rnd = random.Random(f"virtcenter-trace-skew:{seed}")
     idx = draw_files(len(trace), vms, seed)
     sizes = draw_sizes(vms, seed)
-    hs = tuple(HostSnapshot(f"h{i:03d}", cores=48, cpu_mhz=48 * CORE_MHZ, memory_mib=1024 * 1024, vcpu_ratio=VCPU_RATIO)
-               for i in range(hosts))
+    hs = tuple(HostSnapshot(f"h{i:03d}", cores=48, cpu_mhz=48 * CORE_MHZ, memory_mib=1024 * 1024, vcpu_ratio=VCPU_RATIO) for i in range(hosts))
     crowd = max(1, hosts // 4)
-    vm_list = tuple(VmSnapshot(f"vm{k:05d}", vcpus=v, memory_mib=m, host=hs[k % crowd].id if k % 3 == 0 else hs[k % hosts].id)
-                    for k, (v, m) in enumerate(sizes))
+    vm_list = tuple(VmSnapshot(f"vm{k:05d}", vcpus=v, memory_mib=m, host=hs[k % crowd].id if k % 3 == 0 else hs[k % hosts].id) for k, (v, m) in enumerate(sizes))
     snap = ClusterSnapshot(hs, vm_list)
     steps = min(len(trace.series[i]) for i in idx)
     t = rnd.randrange(steps)
-    demand = {vm.id: (float(trace.series[i][t, 0]) * vm.vcpus * CORE_MHZ, float(trace.series[i][t, 1]) * vm.memory_mib)
-              for vm, i in zip(vm_list, idx)}
+    demand = {vm.id: (float(trace.series[i][t, 0]) * vm.vcpus * CORE_MHZ, float(trace.series[i][t, 1]) * vm.memory_mib) for vm, i in zip(vm_list, idx)}
     best, moves = math.inf, 0
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -554,7 +567,8 @@ def format_summary(s: dict) -> str:
     """The human-readable report of one replay."""
     lines = [
         f"replay: {s['vms']} VMs on {s['hosts']} hosts, {s['intervals']} intervals of 5 min; balancer {s['balancer']}"
-        + (f" (threshold {s['threshold']})" if s["balancer"] == "drs" else "") + (", DPM on" if s["dpm"] else ""),
+        + (f" (threshold {s['threshold']})" if s["balancer"] == "drs" else "")
+        + (", DPM on" if s["dpm"] else ""),
         f"  imbalance           mean {s['mean_imbalance']:.4f}   p95 {s['p95_imbalance']:.4f}",
         f"  overloaded          {s['overload_fraction']:.4f} of host-intervals ({s['overloaded_host_intervals']} of {s['host_intervals_on']})",
         f"  migrations          {s['migrations']}",
@@ -567,12 +581,33 @@ def format_summary(s: dict) -> str:
 def scenario_header(scenario: Scenario) -> str:
     h = scenario.snapshot.hosts[0]
     cap = h.cpu_mhz - h.reserved_cpu_mhz
-    return (f"hosts: {len(scenario.snapshot.hosts)} x {cap / 1000:.1f} GHz usable ({h.cores} cores x {CORE_MHZ / 1000:.1f} GHz), "
-            f"{h.memory_mib / 1024:.0f} GiB; load {scenario.load}")
+    return f"hosts: {len(scenario.snapshot.hosts)} x {cap / 1000:.1f} GHz usable ({h.cores} cores x {CORE_MHZ / 1000:.1f} GHz), {h.memory_mib / 1024:.0f} GiB; load {scenario.load}"
 
 
 __all__: Sequence[str] = (
-    "BALANCERS", "CORE_MHZ", "DEFAULT_TRACE", "DRS_SMOOTHING", "Decision", "INTERVAL_S", "MEM_COMMIT", "ReplayResult", "SIZE_MIX",
-    "SUMMARY_KEYS", "Scenario", "Trace", "TraceError", "build_scenario", "draw_files", "draw_sizes", "format_summary",
-    "greedy_move", "host_bound", "parse_series", "read_trace", "replay", "run", "scenario_header", "skewed_pass_time",
+    "BALANCERS",
+    "CORE_MHZ",
+    "DEFAULT_TRACE",
+    "DRS_SMOOTHING",
+    "Decision",
+    "INTERVAL_S",
+    "MEM_COMMIT",
+    "ReplayResult",
+    "SIZE_MIX",
+    "SUMMARY_KEYS",
+    "Scenario",
+    "Trace",
+    "TraceError",
+    "build_scenario",
+    "draw_files",
+    "draw_sizes",
+    "format_summary",
+    "greedy_move",
+    "host_bound",
+    "parse_series",
+    "read_trace",
+    "replay",
+    "run",
+    "scenario_header",
+    "skewed_pass_time",
 )

@@ -1,6 +1,7 @@
 """A trace as the simulator holds it (per-VM demand series), and the error of one that cannot be
 read; shared by the trace readers (vcenter.sim.trace) and the synthetic generator
 (vcenter.sim.synthetic)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

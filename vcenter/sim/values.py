@@ -1,5 +1,6 @@
 """What a scenario file says, read into numbers: memory sizes and CPU speeds with their units,
 and the error a malformed scenario raises. Shared by the scenario runner and its DRS part."""
+
 from __future__ import annotations
 
 import re

@@ -1,5 +1,6 @@
 """The agent's HTTP client to the server: its host's own token, retries until the server
 answers (reports are idempotent on the server side), so an API restart loses nothing."""
+
 from __future__ import annotations
 
 import logging
@@ -118,8 +119,7 @@ class ApiClient:
 
         import os
 
-        response = self._client.put(url, content=chunks(), headers={"Content-Length": str(os.path.getsize(source))},
-                                    timeout=httpx.Timeout(timeout, connect=10.0))
+        response = self._client.put(url, content=chunks(), headers={"Content-Length": str(os.path.getsize(source))}, timeout=httpx.Timeout(timeout, connect=10.0))
         if response.status_code >= 300:
             raise PermanentReportError(f"{url}: {response.status_code} {response.text[:300]}")
         return response.json()

@@ -9,6 +9,7 @@ returns, if ever) and the loop goes on; the next period's call uses whatever con
 driver has then. At most ``max_stuck`` calls are left hanging at once; beyond that no new
 call is made until one returns.
 """
+
 from __future__ import annotations
 
 import threading

@@ -6,6 +6,7 @@ cancelled or already ended), runs the command while a lease keeper renews the ta
 and reports the result. The Celery message is acknowledged only after the result reached
 the server.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -102,6 +103,7 @@ Handler = Callable[[AgentService, Any], tuple[DomainState | None, dict[str, Any]
 def _simple(method: str) -> Handler:
     def run(agent: AgentService, args: UuidArgs) -> tuple[DomainState, dict[str, Any]]:
         return getattr(agent.driver, method)(args.uuid), {}
+
     return run
 
 
@@ -139,8 +141,6 @@ def _cpu_baseline(agent: AgentService, args: CpuBaselineArgs) -> tuple[None, dic
     }
 
 
-
-
 def _migrate(agent: AgentService, args: MigrateArgs) -> tuple[DomainState | None, dict[str, Any]]:
     """VMotion from this host: libvirt's job stats go to the Task as progress; a cancel the
     server answers with aborts the libvirt job (the VM keeps running here)."""
@@ -158,7 +158,9 @@ def _migrate(agent: AgentService, args: MigrateArgs) -> tuple[DomainState | None
         done = (p.memory_processed or 0) + (p.memory_zero_bytes or 0) if p.memory_total else (p.data_processed or 0)
         percent = min(99, int(100 * done / total)) if total else 10
         try:
-            answer = agent.api.post(f"/tasks/{command.task_id}/progress", TaskProgress(command_id=command.command_id, step="migrating", progress=percent, details=p.model_dump(mode="json")).model_dump(), retry_for=2)
+            answer = agent.api.post(
+                f"/tasks/{command.task_id}/progress", TaskProgress(command_id=command.command_id, step="migrating", progress=percent, details=p.model_dump(mode="json")).model_dump(), retry_for=2
+            )
             if not answer.get("proceed", True):
                 cancel.set()
         except (ConnectionError, PermanentReportError) as exc:
@@ -190,11 +192,16 @@ def _relocate(agent: AgentService, args: RelocateStepArgs) -> tuple[DomainState 
             done = (p.data_processed or 0) / p.data_total if p.data_total else 0.0
             percent = min(99, int(100 * (i + done) / len(moves)))
             try:
-                answer = agent.api.post(f"/tasks/{command.task_id}/progress", TaskProgress(command_id=command.command_id, step=f"copying disk {moves[i].target}", progress=percent, details=p.model_dump(mode="json")).model_dump(), retry_for=2)
+                answer = agent.api.post(
+                    f"/tasks/{command.task_id}/progress",
+                    TaskProgress(command_id=command.command_id, step=f"copying disk {moves[i].target}", progress=percent, details=p.model_dump(mode="json")).model_dump(),
+                    retry_for=2,
+                )
                 if not answer.get("proceed", True):
                     cancel.set()
             except (ConnectionError, PermanentReportError) as exc:
                 log.warning("relocation progress not reported: %s", exc)
+
         return report
 
     for i, move in enumerate(moves):

@@ -10,6 +10,7 @@ Protocol (one connection = one console session):
    agent's are what the guest wrote on its serial port.
 A listener that cannot verify (no server key) refuses everything.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,8 +56,9 @@ class NonceCache:
 
 
 class ConsoleEndpoint:
-    def __init__(self, driver: Any, verifier: CommandVerifier | None, state_dir: Path, address: str, port: int,
-                 retention: float, stop_event: threading.Event, driver_lock: threading.RLock | None = None):
+    def __init__(
+        self, driver: Any, verifier: CommandVerifier | None, state_dir: Path, address: str, port: int, retention: float, stop_event: threading.Event, driver_lock: threading.RLock | None = None
+    ):
         self.driver = driver
         self.verifier = verifier
         self.address = address

@@ -13,6 +13,7 @@ before anything is touched.
 Which arguments of a command are paths is decided by their key (``command_paths``), so that a
 new command that names a file with one of these keys is checked without being listed here.
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,8 +28,7 @@ from vcenter.hypervisor.base import DriverError
 log = logging.getLogger(__name__)
 
 # Keys whose string values (or list items) are absolute host paths in command arguments.
-PATH_KEYS = frozenset({"datastore_path", "source_datastore_path", "from", "to", "dest", "source", "base_path",
-                       "workdir", "path", "paths", "remove", "delete_after", "disks"})
+PATH_KEYS = frozenset({"datastore_path", "source_datastore_path", "from", "to", "dest", "source", "base_path", "workdir", "path", "paths", "remove", "delete_after", "disks"})
 # ``path`` may also be relative: a folder or file inside a datastore that the handler resolves
 # within it (browse, import from a datastore; vcenter.hypervisor.images.resolve_in_datastore).
 RELATIVE_OK = frozenset({"path"})

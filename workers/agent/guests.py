@@ -4,6 +4,7 @@ a guest go through the same connection (a channel takes one client at a time).
 
 Vocabulary: age = seconds since the heartbeat was read, on this agent's monotonic clock.
 """
+
 from __future__ import annotations
 
 import logging

@@ -24,6 +24,7 @@ isolation response runs on a thread of its own. A hung libvirtd (measured: a cal
 when libvirtd stops answering may never return, even after keepalive closed the connection)
 then only freezes that list (holding is the safe assumption) or the response, never a channel.
 """
+
 from __future__ import annotations
 
 import json
@@ -97,8 +98,7 @@ class HaAgent:
         # isolated host would starve it, and peers would see it silent), and neither channel
         # waits on libvirt (module docstring): three threads.
         self.respond_in_thread = True
-        for target, name in ((self.run_datastore, "agent-ha-datastore"), (self.run_network, "agent-ha-network"),
-                             (self.run_holds, "agent-ha-holds")):
+        for target, name in ((self.run_datastore, "agent-ha-datastore"), (self.run_network, "agent-ha-network"), (self.run_holds, "agent-ha-holds")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self.threads.append(thread)
@@ -138,8 +138,7 @@ class HaAgent:
         return self.holds
 
     def _list_running(self, wait: float) -> list[str] | None:
-        ok, running = self.list_calls.call(
-            lambda: sorted(d.uuid for d in self.agent.driver.list_domains() if d.power_state == "poweredOn"), wait)
+        ok, running = self.list_calls.call(lambda: sorted(d.uuid for d in self.agent.driver.list_domains() if d.power_state == "poweredOn"), wait)
         if ok:
             return running
         if self.list_calls.timed_out:
@@ -155,8 +154,7 @@ class HaAgent:
 
     def _write_heartbeats(self) -> None:
         self.counter += 1
-        body = json.dumps({"n": self.counter, "holds": [u for u in self._holds() if u not in self.released],
-                           "released": sorted(self.released), "isolated": self.isolated, "at": time.time()})
+        body = json.dumps({"n": self.counter, "holds": [u for u in self._holds() if u not in self.released], "released": sorted(self.released), "isolated": self.isolated, "at": time.time()})
         for ds in self.agent._expected.get("datastores", []):
             # Never a heartbeat folder outside this host's datastore roots (/etc/.vcenter-ha).
             if not datastore_guard.allowed(self.settings, ds.get("path"), f"HA heartbeat on datastore {ds.get('id')}"):
@@ -210,8 +208,7 @@ class HaAgent:
         now = self.clock()
         cfg = self.config
         try:
-            self.redis.set(ha_datastore_view_key(self.host_id), json.dumps(self.view),
-                           px=int(max(3.0, 3 * self.settings.ha_datastore_heartbeat_period) * 1000))
+            self.redis.set(ha_datastore_view_key(self.host_id), json.dumps(self.view), px=int(max(3.0, 3 * self.settings.ha_datastore_heartbeat_period) * 1000))
             self.redis_ok_at = now
         except redis.RedisError:
             pass

@@ -2,6 +2,7 @@
 the operator confirms; registration proves the agent holds its key) and the credential the
 server issues once the host is trusted. Both live in the agent's state directory, readable by root only, with the server's command
 public key that came with the credential (it verifies the commands on the host's queue)."""
+
 from __future__ import annotations
 
 import base64
@@ -41,6 +42,7 @@ def _write_private(path: Path, data: bytes) -> None:
 @dataclass
 class AgentIdentity:
     """The agent's key and self-signed certificate: what registration proves possession of."""
+
     key: ec.EllipticCurvePrivateKey
     cert_pem: bytes
 
@@ -62,8 +64,12 @@ def new_identity(hostname: str) -> AgentIdentity:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname[:64] or "virtcenter-agent")])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=3650))
         .sign(key, hashes.SHA256())
     )

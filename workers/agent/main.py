@@ -1,6 +1,7 @@
 """`vcenter agent`: the host agent process. A Celery worker (threads pool: a libvirt
 connection and its event loop do not survive a fork) consuming only ``host.<id>``, plus the
 heartbeat, state-report, lifecycle-event and reconnect threads of AgentService."""
+
 from __future__ import annotations
 
 import logging
@@ -43,8 +44,7 @@ def make_driver(settings: Settings, simulated: bool) -> HypervisorDriver:
         return SimulatedDriver(hostname=f"sim-{stable[:8]}", host_uuid=stable, existing_bridges=None)
     from vcenter.hypervisor.libvirt.driver import LibvirtDriver
 
-    return LibvirtDriver(settings.libvirt_uri, declared_cpu_xml=settings.agent_declared_cpu_xml,
-                         balloon_stats_period=settings.agent_balloon_stats_period)
+    return LibvirtDriver(settings.libvirt_uri, declared_cpu_xml=settings.agent_declared_cpu_xml, balloon_stats_period=settings.agent_balloon_stats_period)
 
 
 # Refusals that a fresh nonce cures: the operator confirmed between the challenge and the
@@ -85,8 +85,13 @@ def register_until_trusted(settings: Settings, driver: HypervisorDriver, registr
                 if challenge.status_code >= 400:
                     raise SystemExit(f"registration refused: {challenge.status_code} {challenge.text}")
                 nonce = challenge.json()["nonce"]
-                body = {"registration_token": registration_token, "host_uuid": facts.host_uuid, "hostname": facts.hostname, "nonce": nonce,
-                        **identity.registration_proof(nonce, registration_token, facts.host_uuid)}
+                body = {
+                    "registration_token": registration_token,
+                    "host_uuid": facts.host_uuid,
+                    "hostname": facts.hostname,
+                    "nonce": nonce,
+                    **identity.registration_proof(nonce, registration_token, facts.host_uuid),
+                }
                 response = client.post("/api/v1/agent/register", json=body)
             except httpx.HTTPError as exc:
                 log.warning("registration: server unreachable (%s)", exc)
@@ -129,8 +134,9 @@ def command_gate(settings: Settings, host_id: int) -> CommandGate:
     state_dir = Path(settings.agent_state_dir)
     pem = settings.command_public_key or load_command_public_key(state_dir)
     if not pem:
-        raise SystemExit("no command public key: this agent cannot verify commands. Set VCENTER_COMMAND_PUBLIC_KEY "
-                         "(`vcenter command-key` on the server prints it) or register again with a new registration token")
+        raise SystemExit(
+            "no command public key: this agent cannot verify commands. Set VCENTER_COMMAND_PUBLIC_KEY (`vcenter command-key` on the server prints it) or register again with a new registration token"
+        )
     gate = make_gate(pem, host_id, state_dir, settings.command_clock_skew, settings.agent_replay_retention, settings.agent_replay_max)
     log.info("commands are verified with the server key %s; %d reported commands remembered", gate.verifier.key_id, len(gate.replay))
     return gate
@@ -142,8 +148,9 @@ def start_console_endpoint(settings: Settings, driver: HypervisorDriver, gate: C
     from workers.agent.console import ConsoleEndpoint
 
     try:
-        ConsoleEndpoint(driver, gate.verifier, Path(settings.agent_state_dir), settings.agent_address or "0.0.0.0", settings.agent_console_port,
-                        settings.agent_replay_retention, agent.stop_event).start()
+        ConsoleEndpoint(
+            driver, gate.verifier, Path(settings.agent_state_dir), settings.agent_address or "0.0.0.0", settings.agent_console_port, settings.agent_replay_retention, agent.stop_event
+        ).start()
     except OSError as exc:
         log.warning("console endpoint not started on port %s: %s", settings.agent_console_port, exc)
 
@@ -171,9 +178,17 @@ def run_agent(settings: Settings, simulated: bool = False) -> None:
         start_console_endpoint(settings, driver, gate, agent)
     log.info("agent for host %s consuming %s, hypervisor %s", host_id, queue, "simulated" if simulated else settings.libvirt_uri)
     try:
-        app.worker_main([
-            "worker", "--pool=threads", f"--concurrency={settings.agent_concurrency}", f"--queues={queue}",
-            f"--hostname=agent-{host_id}@%h", "--without-gossip", "--without-mingle", "--loglevel=INFO",
-        ])
+        app.worker_main(
+            [
+                "worker",
+                "--pool=threads",
+                f"--concurrency={settings.agent_concurrency}",
+                f"--queues={queue}",
+                f"--hostname=agent-{host_id}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--loglevel=INFO",
+            ]
+        )
     finally:
         agent.stop()

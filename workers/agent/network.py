@@ -17,6 +17,7 @@ What this module decides:
 Vocabulary: a port group here is {"bridge", "vlan_id", "peers": [addresses of the other
 hosts that carry it]} as the server's answer to a state report gives it.
 """
+
 from __future__ import annotations
 
 import logging

@@ -13,6 +13,7 @@ saga): the ``vm.relocate`` command with ``offline_step``, each step idempotent.
 - discard (a rollback, on the copier or the target): undefine the domain when asked, remove
   the new files.
 """
+
 from __future__ import annotations
 
 import logging
@@ -70,13 +71,16 @@ def _copy(agent: AgentService, args: OfflineCopyArgs) -> tuple[DomainState | Non
             done = done_before + int(fraction * size)
             p = MigrationProgress(phase="copying", data_total=total, data_processed=done, data_remaining=total - done)
             try:
-                answer = agent.api.post(f"/tasks/{command.task_id}/progress",
-                                        TaskProgress(command_id=command.command_id, step="copying files", progress=5 + int(75 * done / total),
-                                                     details=p.model_dump(mode="json")).model_dump(), retry_for=2)
+                answer = agent.api.post(
+                    f"/tasks/{command.task_id}/progress",
+                    TaskProgress(command_id=command.command_id, step="copying files", progress=5 + int(75 * done / total), details=p.model_dump(mode="json")).model_dump(),
+                    retry_for=2,
+                )
                 if not answer.get("proceed", True):
                     cancel.set()
             except (ConnectionError, PermanentReportError) as exc:
                 log.warning("relocation progress of task %s not reported: %s", command.task_id, exc)
+
         return report
 
     started = time.monotonic()
@@ -134,7 +138,10 @@ def _discard(agent: AgentService, args: OfflineDiscardArgs) -> tuple[DomainState
 
 # A step's arguments model (vcenter.messaging.commands.args_model picks it by ``offline_step``).
 STEPS: dict[type[Any], Callable[[AgentService, Any], tuple[DomainState | None, dict[str, Any]]]] = {
-    OfflineCopyArgs: _copy, OfflineDefineArgs: _define, OfflineFinishArgs: _finish, OfflineDiscardArgs: _discard,
+    OfflineCopyArgs: _copy,
+    OfflineDefineArgs: _define,
+    OfflineFinishArgs: _finish,
+    OfflineDiscardArgs: _discard,
 }
 
 

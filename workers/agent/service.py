@@ -10,6 +10,7 @@ by its supervisor) renews its datastore heartbeats at once, even while libvirt c
 reached and no report can be made. The heartbeats start before libvirt is connected: neither
 ever waits on it.
 """
+
 from __future__ import annotations
 
 import json

@@ -8,6 +8,7 @@ counter that went backwards (the VM restarted, moved away and back) gives no rat
 
 ``compute_sample`` is pure; MetricsSampler keeps the previous reading.
 """
+
 from __future__ import annotations
 
 import time
@@ -45,8 +46,7 @@ def vm_values(previous: DomainCounters | None, current: DomainCounters, seconds:
         cores = cpu_ns / 1e9
         _put(values, "cpu.usage", min(100.0, 100.0 * cores / max(1, current.vcpus)))
         _put(values, "cpu.usagemhz", cores * core_mhz, 1)
-    for name, attr in (("disk.read", "disk_read_bytes"), ("disk.write", "disk_write_bytes"),
-                       ("net.rx", "net_rx_bytes"), ("net.tx", "net_tx_bytes")):
+    for name, attr in (("disk.read", "disk_read_bytes"), ("disk.write", "disk_write_bytes"), ("net.rx", "net_rx_bytes"), ("net.tx", "net_tx_bytes")):
         _put(values, name, _rate(getattr(previous, attr), getattr(current, attr), seconds), 1)
     return values
 

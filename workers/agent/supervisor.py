@@ -19,6 +19,7 @@ stopped by them is not restarted, and its status is the supervisor's; any other 
 such as SIGSEGV, an unhandled exception) is logged and the child is started again after
 ``agent_restart_delay``.
 """
+
 from __future__ import annotations
 
 import logging

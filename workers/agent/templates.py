@@ -14,6 +14,7 @@ cloud-init seed is fetched from the server and written as a NoCloud ISO here.
 They hold the hypervisor lock only around libvirt calls, so a long copy does not stall the
 host's other commands (UNLOCKED).
 """
+
 from __future__ import annotations
 
 import logging
@@ -105,6 +106,7 @@ def _existing(agent: AgentService, uuid: str) -> DomainState | None:
 
 # --- deploy -----------------------------------------------------------------------------
 
+
 def deploy(agent: AgentService, args: DeployArgs) -> tuple[DomainState, dict[str, Any]]:
     """Clone a template's images (linked: qcow2 overlays; full: qemu-img convert), write the
     VM's NoCloud seed, define the domain."""
@@ -125,9 +127,14 @@ def deploy(agent: AgentService, args: DeployArgs) -> tuple[DomainState, dict[str
             if clone.mode == "linked":
                 images.create_linked(clone.source, clone.dest, clone.source_format)
             else:
-                images.convert(clone.source, clone.source_format, clone.dest, "qcow2",
-                               on_progress=report.part(f"cloning disk {i}", 10 + 80 * i / len(clones), 10 + 80 * (i + 1) / len(clones)),
-                               cancel=report.cancel)
+                images.convert(
+                    clone.source,
+                    clone.source_format,
+                    clone.dest,
+                    "qcow2",
+                    on_progress=report.part(f"cloning disk {i}", 10 + 80 * i / len(clones), 10 + 80 * (i + 1) / len(clones)),
+                    cancel=report.cancel,
+                )
             made.append(clone.dest)
             timings[f"disk{clone.index}_ms"] = round((time.monotonic() - t0) * 1000, 2)
         seed = args.seed
@@ -148,6 +155,7 @@ def deploy(agent: AgentService, args: DeployArgs) -> tuple[DomainState, dict[str
 
 
 # --- template capture / release / delete ----------------------------------------------
+
 
 def capture(agent: AgentService, args: CaptureArgs) -> tuple[None, dict[str, Any]]:
     """Turn a powered-off VM's disks into a template folder: each disk moved (renamed, when it
@@ -183,8 +191,7 @@ def capture(agent: AgentService, args: CaptureArgs) -> tuple[None, dict[str, Any
             if not os.path.exists(src):
                 raise DriverError("DISK_NOT_FOUND", f"disk {d.file} does not exist on the datastore")
             if images.backing_of(src) or d.format != "qcow2":
-                images.convert(src, d.format, dst, "qcow2", cancel=report.cancel,
-                               on_progress=report.part(f"flattening disk {d.index}", 5, 60))
+                images.convert(src, d.format, dst, "qcow2", cancel=report.cancel, on_progress=report.part(f"flattening disk {d.index}", 5, 60))
                 moved.append((src, dst, False))
             else:
                 os.rename(src, dst)
@@ -192,13 +199,20 @@ def capture(agent: AgentService, args: CaptureArgs) -> tuple[None, dict[str, Any
         for n, d in enumerate(disks):
             dst = os.path.join(root, f"disk{d.index}.qcow2")
             sha = images.sha256_file(dst, cancel=report.cancel, on_progress=report.part(f"checksumming disk {d.index}", 60 + 35 * n / len(disks), 60 + 35 * (n + 1) / len(disks)))
-            disks_out.append({"index": d.index, "file": os.path.basename(dst), "format": "qcow2",
-                              "capacity_mib": math.ceil(images.virtual_size(dst, "qcow2") / MIB),
-                              "size_bytes": os.path.getsize(dst), "sha256": sha})
+            disks_out.append(
+                {
+                    "index": d.index,
+                    "file": os.path.basename(dst),
+                    "format": "qcow2",
+                    "capacity_mib": math.ceil(images.virtual_size(dst, "qcow2") / MIB),
+                    "size_bytes": os.path.getsize(dst),
+                    "sha256": sha,
+                }
+            )
         meta = args.meta
-        manifest = mf.build_manifest(template_id=meta.template_id, name=meta.name, version=meta.version,
-                                     guest_os=meta.guest_os, hardware=meta.hardware, disks=disks_out,
-                                     origin=meta.origin, created_at=utcnow().isoformat())
+        manifest = mf.build_manifest(
+            template_id=meta.template_id, name=meta.name, version=meta.version, guest_os=meta.guest_os, hardware=meta.hardware, disks=disks_out, origin=meta.origin, created_at=utcnow().isoformat()
+        )
         tmp = manifest_path + ".part"
         with open(tmp, "w") as f:
             f.write(mf.dumps(manifest))
@@ -303,11 +317,13 @@ def browse(agent: AgentService, args: BrowseArgs) -> tuple[None, dict[str, Any]]
 
 # --- import -----------------------------------------------------------------------------
 
+
 def _pull(agent: AgentService, report: Reporter, upload: UploadRef, dest: str, lo: float, hi: float) -> None:
     total = max(1, int(upload.size_bytes or 1))
     try:
-        size, sha = agent.api.download(f"/uploads/{upload.id}/content", dest, timeout=agent.settings.agent_transfer_timeout,
-                                       on_bytes=lambda n: report("downloading", lo + (hi - lo) * min(1.0, n / total)), cancel=report.cancel)
+        size, sha = agent.api.download(
+            f"/uploads/{upload.id}/content", dest, timeout=agent.settings.agent_transfer_timeout, on_bytes=lambda n: report("downloading", lo + (hi - lo) * min(1.0, n / total)), cancel=report.cancel
+        )
     except InterruptedError:
         raise DriverError("CANCELLED", "cancelled during the download") from None
     except PermanentReportError as exc:
@@ -349,8 +365,7 @@ def import_disk(agent: AgentService, args: ImportDiskArgs) -> tuple[DomainState,
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return state, {"source_format": fmt, "virtual_size": int(info["virtual-size"]),
-                   "capacity_mib": math.ceil(int(info["virtual-size"]) / MIB), "disk": dest}
+    return state, {"source_format": fmt, "virtual_size": int(info["virtual-size"]), "capacity_mib": math.ceil(int(info["virtual-size"]) / MIB), "disk": dest}
 
 
 def import_ova(agent: AgentService, args: ImportOvaArgs) -> tuple[DomainState, dict[str, Any]]:
@@ -381,8 +396,7 @@ def import_ova(agent: AgentService, args: ImportOvaArgs) -> tuple[DomainState, d
             fmt, _info = images.importable_format(files[d.member])
             formats[d.member] = fmt
             existed = os.path.exists(d.dest)
-            images.convert(files[d.member], fmt, d.dest, "qcow2", cancel=report.cancel,
-                           on_progress=report.part(f"converting disk {n}", 55 + 40 * n / len(disks), 55 + 40 * (n + 1) / len(disks)))
+            images.convert(files[d.member], fmt, d.dest, "qcow2", cancel=report.cancel, on_progress=report.part(f"converting disk {n}", 55 + 40 * n / len(disks), 55 + 40 * (n + 1) / len(disks)))
             if not existed:
                 made.append(d.dest)
         state = _define(agent, spec)
@@ -395,6 +409,7 @@ def import_ova(agent: AgentService, args: ImportOvaArgs) -> tuple[DomainState, d
 
 
 # --- export -----------------------------------------------------------------------------
+
 
 def export(agent: AgentService, args: ExportArgs) -> tuple[DomainState | None, dict[str, Any]]:
     """A VM's or template's disks as stream-optimised VMDKs with an OVF descriptor in an OVA,
@@ -411,13 +426,18 @@ def export(agent: AgentService, args: ExportArgs) -> tuple[DomainState | None, d
         disks = list(args.disks)
         for n, d in enumerate(disks):
             out = os.path.join(work, f"{name}-disk{n + 1}.vmdk")
-            images.convert(d.path, d.format, out, "vmdk", options=["subformat=streamOptimized"], cancel=report.cancel,
-                           on_progress=report.part(f"converting disk {n}", 5 + 70 * n / len(disks), 5 + 70 * (n + 1) / len(disks)))
-            files.append({"file": os.path.basename(out), "path": out, "size": os.path.getsize(out),
-                          "capacity_bytes": images.virtual_size(d.path, d.format)})
+            images.convert(
+                d.path,
+                d.format,
+                out,
+                "vmdk",
+                options=["subformat=streamOptimized"],
+                cancel=report.cancel,
+                on_progress=report.part(f"converting disk {n}", 5 + 70 * n / len(disks), 5 + 70 * (n + 1) / len(disks)),
+            )
+            files.append({"file": os.path.basename(out), "path": out, "size": os.path.getsize(out), "capacity_bytes": images.virtual_size(d.path, d.format)})
         hw = args.hardware
-        ovf = build_ovf(name=name, vcpus=hw.vcpus, memory_mib=hw.memory_mib, guest_os=hw.guest_os,
-                        disks=files, nics=hw.nics)
+        ovf = build_ovf(name=name, vcpus=hw.vcpus, memory_mib=hw.memory_mib, guest_os=hw.guest_os, disks=files, nics=hw.nics)
         report("packaging", 80, force=True)
         report.check()
         ova_path = os.path.join(work, f"{name}.ova")

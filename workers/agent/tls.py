@@ -6,6 +6,7 @@ A pinned certificate becomes the only trust anchor of the connection (partial-ch
 verification), so a server that presents any other certificate fails the TLS handshake; the
 host name is not checked then: the pin is stronger than a name.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,14 +25,14 @@ log = logging.getLogger(__name__)
 def normalize_thumbprint(value: str) -> str:
     value = value.strip().upper()
     if value.startswith("SHA256:"):
-        value = value[len("SHA256:"):]
+        value = value[len("SHA256:") :]
     return value.replace(":", "").replace(" ", "")
 
 
 def thumbprint_of_pem(pem: str | bytes) -> str:
     data = pem.encode() if isinstance(pem, str) else pem
     digest = x509.load_pem_x509_certificate(data).fingerprint(hashes.SHA256()).hex().upper()
-    return "SHA256:" + ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+    return "SHA256:" + ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
 
 
 def pinned_context(url: str, thumbprint: str, retry_delay: float = 1.0, timeout: float | None = None) -> ssl.SSLContext:

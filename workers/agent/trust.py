@@ -15,6 +15,7 @@ Vocabulary:
   directory, compacted now and then; bounded by retention (longer than any command's
   lifetime, after which the signature's expiry refuses it anyway) and by a maximum size.
 """
+
 from __future__ import annotations
 
 import logging

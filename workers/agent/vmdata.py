@@ -2,6 +2,7 @@
 workers.agent.commands.HANDLERS). Each is idempotent: the driver finds a snapshot, checkpoint
 or file already made and answers "already done"; long copies report libvirt's job as the
 Task's progress, and a cancel the server answers with aborts the job (the guest runs on)."""
+
 from __future__ import annotations
 
 import logging
@@ -32,13 +33,14 @@ def _progress(agent: AgentService, step: str, cancel: threading.Event):
     def report(p: MigrationProgress) -> None:
         percent = min(99, int(100 * (p.data_processed or 0) / p.data_total)) if p.data_total else 10
         try:
-            answer = agent.api.post(f"/tasks/{command.task_id}/progress",
-                                    TaskProgress(command_id=command.command_id, step=step, progress=percent, details=p.model_dump(mode="json")).model_dump(),
-                                    retry_for=2)
+            answer = agent.api.post(
+                f"/tasks/{command.task_id}/progress", TaskProgress(command_id=command.command_id, step=step, progress=percent, details=p.model_dump(mode="json")).model_dump(), retry_for=2
+            )
             if not answer.get("proceed", True):
                 cancel.set()
         except (ConnectionError, PermanentReportError) as exc:
             log.warning("progress of task %s not reported: %s", command.task_id, exc)
+
     return report
 
 
@@ -60,8 +62,7 @@ def _snapshot_delete(agent: AgentService, args: SnapshotDeleteArgs) -> tuple[Dom
 def _backup(agent: AgentService, args: BackupArgs) -> tuple[DomainState | None, dict[str, Any]]:
     cancel = threading.Event()
     # The driver reads each disk as the dict it was on the wire (target, path, parent_path).
-    result = _ops(agent).backup(args.uuid, [d.model_dump() for d in args.disks], args.incremental_from, args.checkpoint,
-                                on_progress=_progress(agent, "copying", cancel), cancel=cancel)
+    result = _ops(agent).backup(args.uuid, [d.model_dump() for d in args.disks], args.incremental_from, args.checkpoint, on_progress=_progress(agent, "copying", cancel), cancel=cancel)
     removed = []
     for path in args.delete_after:
         try:
@@ -74,8 +75,7 @@ def _backup(agent: AgentService, args: BackupArgs) -> tuple[DomainState | None, 
 
 def _clone(agent: AgentService, args: CloneArgs) -> tuple[DomainState | None, dict[str, Any]]:
     cancel = threading.Event()
-    result = _ops(agent).clone_disks(args.uuid, [d.model_dump() for d in args.disks], args.linked,
-                                     on_progress=_progress(agent, "copying", cancel), cancel=cancel)
+    result = _ops(agent).clone_disks(args.uuid, [d.model_dump() for d in args.disks], args.linked, on_progress=_progress(agent, "copying", cancel), cancel=cancel)
     return agent.driver.domain_state(args.uuid), result
 
 

@@ -1,5 +1,6 @@
 """Central Celery tasks, thin wrappers over services: relay the outbox, reap tasks whose
 agent died, judge host heartbeats. Each runs in one transaction and is safe to run twice."""
+
 from __future__ import annotations
 
 import logging

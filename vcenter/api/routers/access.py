@@ -1,5 +1,6 @@
 """Who may do what: privileges, roles, groups, permissions, the caller's effective privileges
 and API tokens."""
+
 from __future__ import annotations
 
 from typing import Annotated, Any
@@ -26,8 +27,13 @@ def list_privileges(user: Viewer) -> Any:
     return [{"id": k, "description": v} for k, v in PRIVILEGES.items() if k != ANONYMOUS]
 
 
-@router.get("/privileges/effective", response_model=s.EffectivePrivileges, tags=["access"], summary="The caller's own privileges on an object (root when none given), after inheritance and its token's narrowing",
-            dependencies=[public("answers only about the caller itself")])
+@router.get(
+    "/privileges/effective",
+    response_model=s.EffectivePrivileges,
+    tags=["access"],
+    summary="The caller's own privileges on an object (root when none given), after inheritance and its token's narrowing",
+    dependencies=[public("answers only about the caller itself")],
+)
 def effective(db: DbDep, user: CurrentUser, object_type: s.ObjectType = Query("root"), object_id: ObjectIdQuery = 0) -> Any:
     kind = None if object_type == "root" else object_type
     privileges = authz.privileges(db, users.get_user(db, user.id), kind, object_id if kind else None, token=user.token)
@@ -44,7 +50,12 @@ def create_role(body: s.RoleCreate, db: DbDep, user: RoleAdmin) -> Any:
     return permissions.create_role(db, Actor.of(db, user.id, user.token), body.name, body.privileges, body.description)
 
 
-@router.patch("/roles/{role_id}", response_model=s.RoleRead, tags=["access"], summary="Change a custom role (built-in roles are fixed; never one the caller holds; the caller must hold what each holder holds, before and after)")
+@router.patch(
+    "/roles/{role_id}",
+    response_model=s.RoleRead,
+    tags=["access"],
+    summary="Change a custom role (built-in roles are fixed; never one the caller holds; the caller must hold what each holder holds, before and after)",
+)
 def update_role(role_id: ObjectIdPath, body: s.RoleUpdate, db: DbDep, user: RoleAdmin) -> Any:
     return permissions.update_role(db, Actor.of(db, user.id, user.token), role_id, body.model_dump(exclude_unset=True))
 
@@ -64,7 +75,9 @@ def create_group(body: s.GroupCreate, db: DbDep, user: UserAdmin) -> Any:
     return permissions.create_group(db, Actor.of(db, user.id, user.token), body.name, body.members)
 
 
-@router.patch("/groups/{group_id}", response_model=s.GroupRead, tags=["access"], summary="Rename a group or replace its members (the caller must hold what the group and each member joining or leaving holds)")
+@router.patch(
+    "/groups/{group_id}", response_model=s.GroupRead, tags=["access"], summary="Rename a group or replace its members (the caller must hold what the group and each member joining or leaving holds)"
+)
 def update_group(group_id: ObjectIdPath, body: s.GroupUpdate, db: DbDep, user: UserAdmin) -> Any:
     return permissions.update_group(db, Actor.of(db, user.id, user.token), group_id, body.model_dump(exclude_unset=True))
 
@@ -75,8 +88,9 @@ def delete_group(group_id: ObjectIdPath, db: DbDep, user: UserAdmin) -> None:
 
 
 @router.get("/permissions", response_model=list[s.PermissionRead], tags=["access"], summary="Permissions set on an object (or on all objects the caller may change permissions of)")
-def list_permissions(db: DbDep, user: Annotated[CurrentUserInfo, requires("Permissions.Modify", deferred=True)],
-                     object_type: s.ObjectType | None = Query(None), object_id: OptionalObjectIdQuery = None) -> Any:
+def list_permissions(
+    db: DbDep, user: Annotated[CurrentUserInfo, requires("Permissions.Modify", deferred=True)], object_type: s.ObjectType | None = Query(None), object_id: OptionalObjectIdQuery = None
+) -> Any:
     if object_type is not None and object_id is not None:
         user.require(db, None if object_type == "root" else object_type, object_id if object_type != "root" else None)
         return permissions.list_permissions(db, object_type, object_id)
@@ -99,14 +113,19 @@ def delete_permission(permission_id: ObjectIdPath, db: DbDep, user: Annotated[Cu
     permissions.delete_permission(db, Actor.of(db, user.id, user.token), permission_id)
 
 
-@router.get("/session/tokens", response_model=list[s.TokenRead], tags=["session"], summary="The caller's API tokens",
-            dependencies=[public("acts on the caller's own tokens")])
+@router.get("/session/tokens", response_model=list[s.TokenRead], tags=["session"], summary="The caller's API tokens", dependencies=[public("acts on the caller's own tokens")])
 def list_tokens(db: DbDep, user: CurrentUser) -> Any:
     return auth.list_api_tokens(db, users.get_user(db, user.id))
 
 
-@router.post("/session/tokens", response_model=s.TokenCreated, status_code=status.HTTP_201_CREATED, tags=["session"], summary="Create an API token narrowed to a role; the token is shown once",
-             dependencies=[public("acts on the caller's own tokens")])
+@router.post(
+    "/session/tokens",
+    response_model=s.TokenCreated,
+    status_code=status.HTTP_201_CREATED,
+    tags=["session"],
+    summary="Create an API token narrowed to a role; the token is shown once",
+    dependencies=[public("acts on the caller's own tokens")],
+)
 def create_token(body: s.TokenCreate, db: DbDep, user: CurrentUser) -> Any:
     if authz.token_role(db, user.token) is not None:
         raise Invalid("an API token cannot create tokens; log in", code="TOKEN_CANNOT_CREATE_TOKEN")
@@ -114,7 +133,8 @@ def create_token(body: s.TokenCreate, db: DbDep, user: CurrentUser) -> Any:
     return {**s.TokenRead.model_validate(api_token).model_dump(), "token": token}
 
 
-@router.delete("/session/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["session"], summary="Revoke one of the caller's API tokens",
-               dependencies=[public("acts on the caller's own tokens")])
+@router.delete(
+    "/session/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["session"], summary="Revoke one of the caller's API tokens", dependencies=[public("acts on the caller's own tokens")]
+)
 def revoke_token(token_id: ObjectIdPath, db: DbDep, user: CurrentUser) -> None:
     auth.revoke_api_token(db, users.get_user(db, user.id), token_id)

@@ -1,5 +1,6 @@
 """Routes the host agents call, each with its host's own token (a host reports only for
 itself): task progress and results, VM lifecycle events, full host state."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -22,10 +23,13 @@ def register_challenge(body: AgentRegistrationChallenge, db: DbDep, settings: Se
     return hosts.registration_challenge(db, settings, body.registration_token)
 
 
-@registration.post("/register", response_model=AgentRegistrationAnswer, summary="Agent: register with a one-time token, the libvirt host UUID, its certificate and a signature proving it holds the certificate's key")
+@registration.post(
+    "/register", response_model=AgentRegistrationAnswer, summary="Agent: register with a one-time token, the libvirt host UUID, its certificate and a signature proving it holds the certificate's key"
+)
 def register(body: AgentRegistration, db: DbDep, settings: SettingsDep) -> Any:
-    return hosts.register(db, settings, body.registration_token, body.host_uuid, body.hostname,
-                          nonce=body.nonce, certificate_pem=body.certificate, signature=body.signature, thumbprint=body.thumbprint)
+    return hosts.register(
+        db, settings, body.registration_token, body.host_uuid, body.hostname, nonce=body.nonce, certificate_pem=body.certificate, signature=body.signature, thumbprint=body.thumbprint
+    )
 
 
 @router.post("/tasks/{task_id}/progress", summary="Agent: a command started or advanced")

@@ -5,6 +5,7 @@ The dashboard's tree reads ``GET /api/v1/alarms/triggered`` once (every alarm no
 worst first) and badges the objects; an object's page reads
 ``/api/v1/alarms/triggered?object_type=cluster&object_id=3&descendants=true``.
 """
+
 from __future__ import annotations
 
 from typing import Annotated, Any
@@ -28,6 +29,8 @@ def _on_scope(db, user: CurrentUserInfo, scope_type: str | None, scope_id: int |
         user.require(db, None, None)
     elif scope_id is not None:
         user.require(db, scope_type, scope_id)
+
+
 Acknowledger = Annotated[CurrentUserInfo, requires("Alarm.Acknowledge")]
 
 
@@ -42,17 +45,23 @@ def create_alarm(body: s.AlarmCreate, db: DbDep, user: Creator) -> Any:
     return svc.create_definition(db, user.username, body.model_dump())
 
 
-@router.get("/triggered", response_model=list[s.TriggeredAlarmRead], summary="Triggered alarms (not green), worst first; of one object, or with descendants=true of everything below it; only those of objects the caller may see")
-def triggered(db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", deferred=True)],
-              object_type: str | None = Query(None, description="datacenter | cluster | host | vm | datastore"),
-              object_id: OptionalObjectIdQuery = None,
-              descendants: bool = Query(False, description="include the objects below it (hosts, VMs, datastores)"),
-              acknowledged: bool = Query(True, description="false: leave acknowledged ones out")) -> Any:
+@router.get(
+    "/triggered",
+    response_model=list[s.TriggeredAlarmRead],
+    summary="Triggered alarms (not green), worst first; of one object, or with descendants=true of everything below it; only those of objects the caller may see",
+)
+def triggered(
+    db: DbDep,
+    user: Annotated[CurrentUserInfo, requires("System.View", deferred=True)],
+    object_type: str | None = Query(None, description="datacenter | cluster | host | vm | datastore"),
+    object_id: OptionalObjectIdQuery = None,
+    descendants: bool = Query(False, description="include the objects below it (hosts, VMs, datastores)"),
+    acknowledged: bool = Query(True, description="false: leave acknowledged ones out"),
+) -> Any:
     from vcenter.services.access import authz, users
 
     caller = users.get_user(db, user.id)
-    return svc.triggered(db, object_type, object_id, descendants, acknowledged,
-                         visible=lambda kind: authz.visible_ids(db, caller, kind, token=user.token))
+    return svc.triggered(db, object_type, object_id, descendants, acknowledged, visible=lambda kind: authz.visible_ids(db, caller, kind, token=user.token))
 
 
 @router.post("/triggered/{state_id}/acknowledge", response_model=s.TriggeredAlarmRead, summary="Acknowledge a triggered alarm (its actions stay quiet until it gets worse)")

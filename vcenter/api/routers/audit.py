@@ -1,5 +1,6 @@
 """The audit of refused credentials, read-only, for those who read the audit log
 (Global.Diagnostics): counts per source, credential kind and minute (vcenter.services.access.refusals)."""
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -34,11 +35,16 @@ class RefusedCredentialPage(BaseModel):
     items: list[RefusedCredentialRead]
 
 
-@router.get("/refused-credentials", response_model=RefusedCredentialPage,
-            summary="Refused credentials (user tokens, passwords, agent credentials, registration tokens and proofs), counted per source, kind and minute, newest first")
+@router.get(
+    "/refused-credentials",
+    response_model=RefusedCredentialPage,
+    summary="Refused credentials (user tokens, passwords, agent credentials, registration tokens and proofs), counted per source, kind and minute, newest first",
+)
 def list_refused_credentials(
-    db: DbDep, user: Annotated[CurrentUserInfo, requires("Global.Diagnostics")],
-    offset: int = Query(0, ge=0, le=_INT32_MAX), limit: int = Query(50, ge=1, le=500),
+    db: DbDep,
+    user: Annotated[CurrentUserInfo, requires("Global.Diagnostics")],
+    offset: int = Query(0, ge=0, le=_INT32_MAX),
+    limit: int = Query(50, ge=1, le=500),
     credential: CredentialKind | None = Query(None, description="only this kind of credential"),
     source: str | None = Query(None, max_length=64, description="only this source (an IPv6 source is its /64)"),
 ) -> Any:

@@ -1,5 +1,6 @@
 """Cluster routes of the placement engine: DRS rules, placement dry run, rule violations and
 resource entitlements."""
+
 from typing import Annotated, Any
 
 from fastapi import APIRouter, status
@@ -53,7 +54,9 @@ def entitlements(cluster_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUse
     return placement.entitlements(db, cluster_id)
 
 
-@router.post("/evc", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, summary="Enable EVC: libvirt's CPU baseline of the chosen hosts (default: all) becomes the cluster's CPU (a Task)")
+@router.post(
+    "/evc", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, summary="Enable EVC: libvirt's CPU baseline of the chosen hosts (default: all) becomes the cluster's CPU (a Task)"
+)
 def enable_evc(cluster_id: ObjectIdPath, body: s.EvcRequest, db: DbDep, user: Annotated[CurrentUserInfo, requires("Cluster.Modify", on="cluster")]) -> Any:
     return evc.enable(db, user.username, cluster_id, body.host_ids)
 

@@ -1,5 +1,6 @@
 """HA routes: a cluster's HA configuration, its failover capacity and status (host verdicts,
 pending restarts, the monitor), and a VM's HA overrides."""
+
 from typing import Annotated, Any
 
 from fastapi import APIRouter
@@ -17,7 +18,11 @@ def get_ha(cluster_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo,
     return ha.get_config(db, cluster_id)
 
 
-@router.patch("/clusters/{cluster_id}/ha", response_model=HaConfig, summary="Change the cluster's HA configuration: enable, detection time, isolation response and delay, isolation addresses, admission policy, default restart priority, VM monitoring")
+@router.patch(
+    "/clusters/{cluster_id}/ha",
+    response_model=HaConfig,
+    summary="Change the cluster's HA configuration: enable, detection time, isolation response and delay, isolation addresses, admission policy, default restart priority, VM monitoring",
+)
 def patch_ha(cluster_id: ObjectIdPath, body: HaConfigUpdate, db: DbDep, user: Annotated[CurrentUserInfo, requires("Cluster.HA", on="cluster")]) -> Any:
     return ha.update_config(db, user.username, cluster_id, body.model_dump(exclude_unset=True))
 

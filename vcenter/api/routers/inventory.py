@@ -51,8 +51,9 @@ def _crud(
         # Raw text: list_rows parses each filter by its column (ids with the one id parser).
         filters = {k: v for k, v in request.query_params.items() if k not in reserved}
         model = inv.KINDS[kind]
-        total, rows = list_rows(db, model, filters=filters, filterable=filterable, sort=sort, sortable=sortable, offset=offset, limit=min(limit, settings.page_size_max),
-                                restrict=user.visible(db, kind, model))
+        total, rows = list_rows(
+            db, model, filters=filters, filterable=filterable, sort=sort, sortable=sortable, offset=offset, limit=min(limit, settings.page_size_max), restrict=user.visible(db, kind, model)
+        )
         return {"total": total, "offset": offset, "limit": limit, "items": [to_read(r) for r in rows]}
 
     @router.get(f"/{path}/{{object_id}}", response_model=read_model, tags=[tag], summary=f"Get one of {path}", name=f"get_{kind}")
@@ -64,40 +65,106 @@ def _crud(
         return to_read(inv.update_object(db, user.username, kind, object_id, body.model_dump(exclude_unset=True)))
 
     if generic_delete:
+
         @router.delete(f"/{path}/{{object_id}}", status_code=status.HTTP_204_NO_CONTENT, tags=[tag], summary=f"Delete one of {path}", name=f"delete_{kind}")
         def delete_object(object_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires(delete_privilege, on=kind, param="object_id")]) -> None:
             inv.delete_object(db, user.username, kind, object_id)
 
     if create is not None:
+
         @router.post(f"/{path}", response_model=read_model, status_code=status.HTTP_201_CREATED, tags=[tag], summary=f"Create one of {path}", name=f"create_{kind}")
         def create_object(body: create_model, db: DbDep, user: Annotated[CurrentUserInfo, requires(create_privilege, deferred=True)]) -> Any:  # type: ignore[valid-type]
             user.require(db, *parent(body))
             return to_read(create(db, user.username, body.model_dump()))
 
 
-_crud(path="datacenters", kind="datacenter", tag="datacenters", create_model=s.DatacenterCreate, update_model=s.DatacenterUpdate, read_model=s.DatacenterRead,
-      create=lambda db, user, data: inv.create_datacenter(db, user, data["name"]), filterable={"name"},
-      privileges=("Datacenter.Create", "Datacenter.Modify", "Datacenter.Delete"))
-_crud(path="folders", kind="folder", tag="folders", create_model=s.FolderCreate, update_model=s.FolderUpdate, read_model=s.FolderRead,
-      create=inv.create_folder, filterable={"name", "datacenter_id", "parent_id", "kind"},
-      privileges=("Folder.Create", "Folder.Modify", "Folder.Delete"), parent=lambda b: ("folder", b.parent_id) if b.parent_id else ("datacenter", b.datacenter_id))
-_crud(path="clusters", kind="cluster", tag="clusters", create_model=s.ClusterCreate, update_model=s.ClusterUpdate, read_model=s.ClusterRead,
-      create=inv.create_cluster, filterable={"name", "datacenter_id"},
-      privileges=("Cluster.Create", "Cluster.Modify", "Cluster.Delete"), parent=lambda b: ("datacenter", b.datacenter_id))
-_crud(path="datastores", kind="datastore", tag="datastores", create_model=s.DatastoreCreate, update_model=s.DatastoreUpdate, read_model=s.DatastoreRead,
-      create=None, filterable={"name", "datacenter_id", "kind"}, to_read=inv.datastore_read,
-      privileges=("Datastore.Configure", "Datastore.Configure", "Datastore.Configure"), parent=lambda b: ("datacenter", b.datacenter_id))
-_crud(path="portgroups", kind="portgroup", tag="portgroups", create_model=s.PortGroupCreate, update_model=s.PortGroupUpdate, read_model=s.PortGroupRead,
-      create=inv.create_portgroup, filterable={"name", "datacenter_id", "vlan_id"}, to_read=inv.portgroup_read,
-      privileges=("Network.Configure", "Network.Configure", "Network.Configure"), parent=lambda b: ("datacenter", b.datacenter_id))
-_crud(path="pools", kind="pool", tag="resource pools", create_model=s.ResourcePoolCreate, update_model=s.ResourcePoolUpdate, read_model=s.ResourcePoolRead,
-      create=inv.create_pool, filterable={"name", "cluster_id", "parent_id"},
-      privileges=("Resource.CreatePool", "Resource.CreatePool", "Resource.CreatePool"), parent=lambda b: ("pool", b.parent_id) if b.parent_id else ("cluster", b.cluster_id))
+_crud(
+    path="datacenters",
+    kind="datacenter",
+    tag="datacenters",
+    create_model=s.DatacenterCreate,
+    update_model=s.DatacenterUpdate,
+    read_model=s.DatacenterRead,
+    create=lambda db, user, data: inv.create_datacenter(db, user, data["name"]),
+    filterable={"name"},
+    privileges=("Datacenter.Create", "Datacenter.Modify", "Datacenter.Delete"),
+)
+_crud(
+    path="folders",
+    kind="folder",
+    tag="folders",
+    create_model=s.FolderCreate,
+    update_model=s.FolderUpdate,
+    read_model=s.FolderRead,
+    create=inv.create_folder,
+    filterable={"name", "datacenter_id", "parent_id", "kind"},
+    privileges=("Folder.Create", "Folder.Modify", "Folder.Delete"),
+    parent=lambda b: ("folder", b.parent_id) if b.parent_id else ("datacenter", b.datacenter_id),
+)
+_crud(
+    path="clusters",
+    kind="cluster",
+    tag="clusters",
+    create_model=s.ClusterCreate,
+    update_model=s.ClusterUpdate,
+    read_model=s.ClusterRead,
+    create=inv.create_cluster,
+    filterable={"name", "datacenter_id"},
+    privileges=("Cluster.Create", "Cluster.Modify", "Cluster.Delete"),
+    parent=lambda b: ("datacenter", b.datacenter_id),
+)
+_crud(
+    path="datastores",
+    kind="datastore",
+    tag="datastores",
+    create_model=s.DatastoreCreate,
+    update_model=s.DatastoreUpdate,
+    read_model=s.DatastoreRead,
+    create=None,
+    filterable={"name", "datacenter_id", "kind"},
+    to_read=inv.datastore_read,
+    privileges=("Datastore.Configure", "Datastore.Configure", "Datastore.Configure"),
+    parent=lambda b: ("datacenter", b.datacenter_id),
+)
+_crud(
+    path="portgroups",
+    kind="portgroup",
+    tag="portgroups",
+    create_model=s.PortGroupCreate,
+    update_model=s.PortGroupUpdate,
+    read_model=s.PortGroupRead,
+    create=inv.create_portgroup,
+    filterable={"name", "datacenter_id", "vlan_id"},
+    to_read=inv.portgroup_read,
+    privileges=("Network.Configure", "Network.Configure", "Network.Configure"),
+    parent=lambda b: ("datacenter", b.datacenter_id),
+)
+_crud(
+    path="pools",
+    kind="pool",
+    tag="resource pools",
+    create_model=s.ResourcePoolCreate,
+    update_model=s.ResourcePoolUpdate,
+    read_model=s.ResourcePoolRead,
+    create=inv.create_pool,
+    filterable={"name", "cluster_id", "parent_id"},
+    privileges=("Resource.CreatePool", "Resource.CreatePool", "Resource.CreatePool"),
+    parent=lambda b: ("pool", b.parent_id) if b.parent_id else ("cluster", b.cluster_id),
+)
 # Datastores: creation checks the url against the server's datastore roots (a setting): its own route below.
 # Hosts: creation returns the agent token once, so it has its own route below.
-_crud(path="hosts", kind="host", tag="hosts", create_model=s.HostCreate, update_model=s.HostUpdate, read_model=s.HostRead,
-      create=None, generic_delete=False, filterable={"name", "datacenter_id", "cluster_id", "connection_state", "maintenance", "standby", "trust_state"},
-      privileges=("Host.Add", "Host.Configure", "Host.Remove"))
+_crud(
+    path="hosts",
+    kind="host",
+    tag="hosts",
+    create_model=s.HostCreate,
+    update_model=s.HostUpdate,
+    read_model=s.HostRead,
+    create=None,
+    generic_delete=False,
+    filterable={"name", "datacenter_id", "cluster_id", "connection_state", "maintenance", "standby", "trust_state"},
+    privileges=("Host.Add", "Host.Configure", "Host.Remove"),
+)
 
 
 @router.post("/datastores", response_model=s.DatastoreRead, status_code=status.HTTP_201_CREATED, tags=["datastores"], summary="Create one of datastores", name="create_datastore")
@@ -141,7 +208,13 @@ def remove_host(host_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInf
     hosts.remove(db, host_id, force, user.username)
 
 
-@router.post("/hosts/{host_id}/maintenance", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, tags=["hosts"], summary="Enter maintenance: evacuate every running VM (placed together), then mark the host (a Task)")
+@router.post(
+    "/hosts/{host_id}/maintenance",
+    response_model=s.TaskRead,
+    status_code=status.HTTP_202_ACCEPTED,
+    tags=["hosts"],
+    summary="Enter maintenance: evacuate every running VM (placed together), then mark the host (a Task)",
+)
 def enter_maintenance(host_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Maintenance", on="host")], settings: SettingsDep) -> Any:
     return maintenance_mode.enter_maintenance(db, user.username, host_id, settings)
 
@@ -151,11 +224,19 @@ def exit_maintenance(host_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUs
     return maintenance_mode.exit_maintenance(db, user.username, host_id)
 
 
-@router.post("/hosts/{host_id}/power/off", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, tags=["hosts"], summary="Evacuate the host, then power it off through its power driver into standby (a Task)")
+@router.post(
+    "/hosts/{host_id}/power/off",
+    response_model=s.TaskRead,
+    status_code=status.HTTP_202_ACCEPTED,
+    tags=["hosts"],
+    summary="Evacuate the host, then power it off through its power driver into standby (a Task)",
+)
 def power_off_host(host_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Power", on="host")], settings: SettingsDep) -> Any:
     return maintenance_mode.enter_maintenance(db, user.username, host_id, settings, standby=True)
 
 
-@router.post("/hosts/{host_id}/power/on", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, tags=["hosts"], summary="Power a host in standby on; the Task ends when its agent reports again")
+@router.post(
+    "/hosts/{host_id}/power/on", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, tags=["hosts"], summary="Power a host in standby on; the Task ends when its agent reports again"
+)
 def power_on_host(host_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Host.Power", on="host")]) -> Any:
     return host_power.power_on_host(db, user.username, host_id)

@@ -19,8 +19,7 @@ from vcenter.services.inventory import inventory
 from vcenter.services.monitoring import metrics as svc
 
 router = APIRouter(prefix="/api/v1/metrics", tags=["performance"])
-agent_router = APIRouter(prefix="/api/v1/agent/hosts/{host_id}", tags=["agent"],
-                         dependencies=[public("an agent's own host credential, valid for its host only")])
+agent_router = APIRouter(prefix="/api/v1/agent/hosts/{host_id}", tags=["agent"], dependencies=[public("an agent's own host credential, valid for its host only")])
 
 
 @router.get("/counters", response_model=s.CatalogueRead, summary="The performance counters and the statistics tiers")
@@ -29,8 +28,7 @@ def counters(settings: SettingsDep, user: Annotated[CurrentUserInfo, requires("S
 
 
 def _series_route(object_type: str) -> None:
-    @router.get(f"/{object_type}/{{object_id}}", response_model=s.MetricsRead, name=f"metrics_{object_type}",
-                summary=f"Performance series of a {object_type}")
+    @router.get(f"/{object_type}/{{object_id}}", response_model=s.MetricsRead, name=f"metrics_{object_type}", summary=f"Performance series of a {object_type}")
     def series(
         object_id: ObjectIdPath,
         db: DbDep,

@@ -1,4 +1,5 @@
 """Tasks, events and the login session."""
+
 from __future__ import annotations
 
 from typing import Annotated, Any
@@ -31,12 +32,25 @@ def _visible(db: Any, user: CurrentUserInfo, model: Any) -> Any:
 
 @router.get("/tasks", response_model=s.Page[s.TaskRead], tags=["tasks"], summary="List tasks, newest first by default")
 def list_tasks(
-    request: Request, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", deferred=True)],
-    offset: Offset = 0, limit: int = Query(50, ge=1, le=500), sort: str | None = Query("-id"),
+    request: Request,
+    db: DbDep,
+    user: Annotated[CurrentUserInfo, requires("System.View", deferred=True)],
+    offset: Offset = 0,
+    limit: int = Query(50, ge=1, le=500),
+    sort: str | None = Query("-id"),
 ) -> Any:
     filters = {k: v for k, v in request.query_params.items() if k not in {"offset", "limit", "sort"}}  # parsed by column in list_rows
-    total, rows = list_rows(db, tasks.TASK_MODEL, filters=filters, filterable={"state", "kind", "object_type", "object_id", "host_id", "username"}, sort=sort, sortable={"id", "created_at"}, offset=offset, limit=limit,
-                            restrict=_visible(db, user, tasks.TASK_MODEL))
+    total, rows = list_rows(
+        db,
+        tasks.TASK_MODEL,
+        filters=filters,
+        filterable={"state", "kind", "object_type", "object_id", "host_id", "username"},
+        sort=sort,
+        sortable={"id", "created_at"},
+        offset=offset,
+        limit=limit,
+        restrict=_visible(db, user, tasks.TASK_MODEL),
+    )
     return {"total": total, "offset": offset, "limit": limit, "items": rows}
 
 
@@ -58,23 +72,41 @@ def cancel_task(task_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInf
 
 @router.get("/events", response_model=s.Page[s.EventRead], tags=["events"], summary="List events, newest first by default")
 def list_events(
-    request: Request, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", deferred=True)],
-    offset: Offset = 0, limit: int = Query(50, ge=1, le=500), sort: str | None = Query("-id"),
+    request: Request,
+    db: DbDep,
+    user: Annotated[CurrentUserInfo, requires("System.View", deferred=True)],
+    offset: Offset = 0,
+    limit: int = Query(50, ge=1, le=500),
+    sort: str | None = Query("-id"),
 ) -> Any:
     filters = {k: v for k, v in request.query_params.items() if k not in {"offset", "limit", "sort"}}  # parsed by column in list_rows
-    total, rows = list_rows(db, tasks.EVENT_MODEL, filters=filters, filterable={"kind", "object_type", "object_id", "username", "reason", "task_id"}, sort=sort, sortable={"id", "at"}, offset=offset, limit=limit,
-                            restrict=_visible(db, user, tasks.EVENT_MODEL))
+    total, rows = list_rows(
+        db,
+        tasks.EVENT_MODEL,
+        filters=filters,
+        filterable={"kind", "object_type", "object_id", "username", "reason", "task_id"},
+        sort=sort,
+        sortable={"id", "at"},
+        offset=offset,
+        limit=limit,
+        restrict=_visible(db, user, tasks.EVENT_MODEL),
+    )
     return {"total": total, "offset": offset, "limit": limit, "items": rows}
 
 
-@router.post("/session", response_model=s.SessionRead, status_code=status.HTTP_201_CREATED, tags=["session"], summary="Log in: returns a bearer token",
-             dependencies=[public("logging in is how a caller gets a session")])
+@router.post(
+    "/session",
+    response_model=s.SessionRead,
+    status_code=status.HTTP_201_CREATED,
+    tags=["session"],
+    summary="Log in: returns a bearer token",
+    dependencies=[public("logging in is how a caller gets a session")],
+)
 def login(body: s.LoginRequest, db: DbDep, settings: SettingsDep) -> Any:
     token, login_session, user = auth.login(db, body.username, body.password, settings)
     return {"token": token, "username": user.username, "expires_at": login_session.expires_at}
 
 
-@router.delete("/session", status_code=status.HTTP_204_NO_CONTENT, tags=["session"], summary="Log out: the token stops working",
-               dependencies=[public("ends the caller's own session")])
+@router.delete("/session", status_code=status.HTTP_204_NO_CONTENT, tags=["session"], summary="Log out: the token stops working", dependencies=[public("ends the caller's own session")])
 def logout(db: DbDep, token: TokenDep, user: CurrentUser) -> None:
     auth.logout(db, token)

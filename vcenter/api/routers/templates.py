@@ -1,5 +1,6 @@
 """Template library, deploy from template, import/export and uploads (each long one a Task);
 and the agent routes that move bulk data (seeds, uploads, exports) with the host credential."""
+
 from __future__ import annotations
 
 from typing import Annotated, Any
@@ -21,9 +22,11 @@ agent_router = APIRouter(prefix="/api/v1/agent/hosts/{host_id}", tags=["agent"],
 
 # --- templates ----------------------------------------------------------------------------
 
+
 @router.get("/api/v1/templates", summary="List templates (every version; ?latest=true: the newest of each name)")
-def list_templates(db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View")], name: str | None = Query(None, max_length=80),
-                   datacenter_id: OptionalObjectIdQuery = None, latest: bool = Query(False)) -> list[dict[str, Any]]:
+def list_templates(
+    db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View")], name: str | None = Query(None, max_length=80), datacenter_id: OptionalObjectIdQuery = None, latest: bool = Query(False)
+) -> list[dict[str, Any]]:
     return [templates.template_read(t) for t in templates.list_templates(db, name, datacenter_id, latest)]
 
 
@@ -37,55 +40,82 @@ def dependents(template_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUser
     return [{"id": vm.id, "name": vm.name} for vm in templates.dependents(db, templates.get_template(db, template_id))]
 
 
-@router.post("/api/v1/vms/{vm_id}/template", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED,
-             summary="Convert a powered-off VM to a template (a Task; a name used before gets the next version)")
-def vm_to_template(vm_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Template.Create", on="vm", param="vm_id")],
-                   body: ts.VmToTemplate | None = Body(None)) -> Any:
+@router.post(
+    "/api/v1/vms/{vm_id}/template", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, summary="Convert a powered-off VM to a template (a Task; a name used before gets the next version)"
+)
+def vm_to_template(vm_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Template.Create", on="vm", param="vm_id")], body: ts.VmToTemplate | None = Body(None)) -> Any:
     return templates.vm_to_template(db, user.username, vm_id, body.name if body else None)
 
 
-@router.post("/api/v1/templates/{template_id}/vm", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED,
-             summary="Convert a template back to a VM (a Task); refused while linked clones depend on it")
+@router.post(
+    "/api/v1/templates/{template_id}/vm", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, summary="Convert a template back to a VM (a Task); refused while linked clones depend on it"
+)
 def template_to_vm(template_id: ObjectIdPath, body: ts.TemplateToVm, db: DbDep, user: Annotated[CurrentUserInfo, requires("Template.Create", on="template", param="template_id")]) -> Any:
     return templates.template_to_vm(db, user.username, template_id, body.model_dump())
 
 
-@router.post("/api/v1/templates/{template_id}/deploy", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED,
-             summary="Deploy a VM from a template: linked or full clone, cloud-init customisation, placement when no host is given (a Task)")
+@router.post(
+    "/api/v1/templates/{template_id}/deploy",
+    response_model=s.TaskRead,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Deploy a VM from a template: linked or full clone, cloud-init customisation, placement when no host is given (a Task)",
+)
 def deploy(template_id: ObjectIdPath, body: ts.DeployRequest, db: DbDep, user: Annotated[CurrentUserInfo, requires("Template.Deploy", on="template", param="template_id")]) -> Any:
     _, task = templates.deploy(db, user.username, template_id, body.model_dump(mode="json"))
     return task
 
 
-@router.delete("/api/v1/templates/{template_id}", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED,
-               summary="Delete a template and its images (a Task); 409 TEMPLATE_IN_USE naming the linked clones that depend on it")
+@router.delete(
+    "/api/v1/templates/{template_id}",
+    response_model=s.TaskRead,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Delete a template and its images (a Task); 409 TEMPLATE_IN_USE naming the linked clones that depend on it",
+)
 def delete_template(template_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Template.Delete", on="template", param="template_id")]) -> Any:
     return templates.delete_template(db, user.username, template_id)
 
 
-@router.post("/api/v1/templates/{template_id}/verify", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED,
-             summary="Recompute the template's image checksums against its manifest (a Task; TEMPLATE_CHECKSUM_MISMATCH names changed images)")
+@router.post(
+    "/api/v1/templates/{template_id}/verify",
+    response_model=s.TaskRead,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Recompute the template's image checksums against its manifest (a Task; TEMPLATE_CHECKSUM_MISMATCH names changed images)",
+)
 def verify_template(template_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Datastore.Browse", on="template", param="template_id")]) -> Any:
     return templates.verify_template(db, user.username, template_id)
 
 
-@router.post("/api/v1/templates/{template_id}/export", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED,
-             summary="Export a template as an OVA with stream-optimised VMDKs (a Task; the result names the upload to download)")
+@router.post(
+    "/api/v1/templates/{template_id}/export",
+    response_model=s.TaskRead,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Export a template as an OVA with stream-optimised VMDKs (a Task; the result names the upload to download)",
+)
 def export_template(template_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.Export", on="template", param="template_id")]) -> Any:
     return templates.export(db, user.username, "template", template_id)
 
 
-@router.post("/api/v1/datastores/{datastore_id}/browse", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED,
-             summary="List a folder of a datastore (a Task run by a host that mounts it; result: entries with sizes and image formats)")
-def browse(datastore_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Datastore.Browse", on="datastore", param="datastore_id")],
-           body: ts.BrowseRequest | None = Body(None)) -> Any:
+@router.post(
+    "/api/v1/datastores/{datastore_id}/browse",
+    response_model=s.TaskRead,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="List a folder of a datastore (a Task run by a host that mounts it; result: entries with sizes and image formats)",
+)
+def browse(
+    datastore_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Datastore.Browse", on="datastore", param="datastore_id")], body: ts.BrowseRequest | None = Body(None)
+) -> Any:
     return templates.browse(db, user.username, datastore_id, body.path if body else "")
 
 
 # --- VMs: export, import, customisation ------------------------------------------------------
 
-@router.post("/api/v1/vms/{vm_id}/export", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED,
-             summary="Export a powered-off VM as an OVA with stream-optimised VMDKs (a Task; the result names the upload to download)")
+
+@router.post(
+    "/api/v1/vms/{vm_id}/export",
+    response_model=s.TaskRead,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Export a powered-off VM as an OVA with stream-optimised VMDKs (a Task; the result names the upload to download)",
+)
 def export_vm(vm_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.Export", on="vm", param="vm_id")]) -> Any:
     return templates.export(db, user.username, "vm", vm_id)
 
@@ -95,15 +125,20 @@ def customization(vm_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInf
     return templates.customization_read(db, vm_id)
 
 
-@router.post("/api/v1/imports/disk", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED,
-             summary="Import a disk image (VMDK, VHD/VHDX, VDI, raw, qcow2) from an upload or a datastore path into a new VM (a Task)")
+@router.post(
+    "/api/v1/imports/disk",
+    response_model=s.TaskRead,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Import a disk image (VMDK, VHD/VHDX, VDI, raw, qcow2) from an upload or a datastore path into a new VM (a Task)",
+)
 def import_disk(body: ts.ImportDisk, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.Import")]) -> Any:
     _, task = templates.import_disk(db, user.username, body.model_dump(mode="json"))
     return task
 
 
-@router.post("/api/v1/imports/ova", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED,
-             summary="Import an uploaded OVA appliance into a new VM, hardware from its OVF descriptor (a Task)")
+@router.post(
+    "/api/v1/imports/ova", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, summary="Import an uploaded OVA appliance into a new VM, hardware from its OVF descriptor (a Task)"
+)
 def import_ova(body: ts.ImportOva, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.Import")]) -> Any:
     _, task = templates.import_ova(db, user.username, body.model_dump(mode="json"))
     return task
@@ -111,13 +146,15 @@ def import_ova(body: ts.ImportOva, db: DbDep, user: Annotated[CurrentUserInfo, r
 
 # --- uploads ------------------------------------------------------------------------------
 
-@router.post("/api/v1/uploads", status_code=status.HTTP_201_CREATED,
-             summary="Upload an image or OVA as the raw request body (streamed; size-limited; ?sha256= is checked)", openapi_extra=STREAMED_UPLOAD)
-async def upload(request: Request, runtime: RuntimeDep, user: Annotated[CurrentUserInfo, requires("Datastore.Browse")],
-                 filename: str = Query(..., min_length=1, max_length=255), sha256: str | None = Query(None)) -> dict[str, Any]:
+
+@router.post(
+    "/api/v1/uploads", status_code=status.HTTP_201_CREATED, summary="Upload an image or OVA as the raw request body (streamed; size-limited; ?sha256= is checked)", openapi_extra=STREAMED_UPLOAD
+)
+async def upload(
+    request: Request, runtime: RuntimeDep, user: Annotated[CurrentUserInfo, requires("Datastore.Browse")], filename: str = Query(..., min_length=1, max_length=255), sha256: str | None = Query(None)
+) -> dict[str, Any]:
     length = request.headers.get("content-length")
-    path, size, digest = await uploads.receive(request.stream(), runtime.settings, declared_length=int(length) if length and length.isascii() and length.isdigit() else None,
-                                               expected_sha256=sha256)
+    path, size, digest = await uploads.receive(request.stream(), runtime.settings, declared_length=int(length) if length and length.isascii() and length.isdigit() else None, expected_sha256=sha256)
 
     def store() -> dict[str, Any]:
         with runtime.transaction() as session:
@@ -153,6 +190,7 @@ def delete_upload(upload_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUse
 
 
 # --- agents -------------------------------------------------------------------------------
+
 
 @agent_router.get("/seeds/{vm_uuid}", summary="Agent: the cloud-init NoCloud seed files of a VM on this host")
 def seed(vm_uuid: str, host_id: AgentHostId, db: DbDep) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 Users.Modify alone never leads further: changing or deleting a user needs the caller to hold
 everything that user holds (vcenter.services.access.delegation); only an administrator makes or
 touches administrators."""
+
 import json
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -38,12 +39,20 @@ def create_user(body: s.UserCreate, db: DbDep, settings: SettingsDep, user: User
     return auth.create_user(db, body.username, body.password, body.is_admin, by=user.username, min_password_length=settings.password_min_length)
 
 
-@router.patch("/users/{user_id}", response_model=s.UserRead, summary="Change a user's password (revokes its sessions), administrator flag, or disable it; the caller must hold everything the user holds; the last administrator stays")
+@router.patch(
+    "/users/{user_id}",
+    response_model=s.UserRead,
+    summary="Change a user's password (revokes its sessions), administrator flag, or disable it; the caller must hold everything the user holds; the last administrator stays",
+)
 def update_user(user_id: ObjectIdPath, body: s.UserUpdate, db: DbDep, settings: SettingsDep, user: UserAdmin) -> Any:
     return auth.update_user(db, Actor.of(db, user.id, user.token), user_id, body.model_dump(exclude_unset=True), min_password_length=settings.password_min_length)
 
 
-@router.delete("/users/{user_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a user with its permissions, group memberships, tokens and sessions (never the last administrator; the caller must hold everything the user holds)")
+@router.delete(
+    "/users/{user_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a user with its permissions, group memberships, tokens and sessions (never the last administrator; the caller must hold everything the user holds)",
+)
 def delete_user(user_id: ObjectIdPath, db: DbDep, user: UserAdmin) -> None:
     auth.delete_user(db, Actor.of(db, user.id, user.token), user_id)
 
@@ -59,10 +68,18 @@ def since_utc(since: datetime | None) -> datetime | None:
         raise Invalid("since: out of range once converted to UTC", code="INVALID", details={"field": "since"}) from None
 
 
-@router.get("/events/export", tags=["events"], response_class=StreamingResponse,
-            responses={200: {"content": {"application/x-ndjson": {"schema": {"type": "string"}}}, "description": "one JSON event per line"}}, summary="The audit log as JSON lines (append-only: no route changes or deletes events)")
-def export_events(runtime: RuntimeDep, user: Annotated[CurrentUserInfo, requires("Global.Diagnostics")],
-                  since: AwareDatetime | None = Query(None, description="only events at or after this instant, with its time zone (e.g. 2026-01-01T00:00:00Z)")) -> StreamingResponse:
+@router.get(
+    "/events/export",
+    tags=["events"],
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/x-ndjson": {"schema": {"type": "string"}}}, "description": "one JSON event per line"}},
+    summary="The audit log as JSON lines (append-only: no route changes or deletes events)",
+)
+def export_events(
+    runtime: RuntimeDep,
+    user: Annotated[CurrentUserInfo, requires("Global.Diagnostics")],
+    since: AwareDatetime | None = Query(None, description="only events at or after this instant, with its time zone (e.g. 2026-01-01T00:00:00Z)"),
+) -> StreamingResponse:
     # Everything that can refuse the request happens here, before the stream starts: an error
     # after the status line would end a 200 with an empty body. A time without a zone is a 422
     # (AwareDatetime) rather than a guess that could silently leave events out of an audit.

@@ -1,4 +1,5 @@
 """Snapshots, clones, backups and restores of a VM: every change is a Task (202)."""
+
 from __future__ import annotations
 
 from typing import Annotated, Any
@@ -25,8 +26,7 @@ def list_snapshots(vm_id: ObjectIdPath, db: DbDep, user: View) -> Any:
     return snapshots.list_snapshots(db, vm_id)
 
 
-@router.post("/{vm_id}/snapshots", response_model=s.TaskRead, status_code=ACCEPTED,
-             summary="Take a snapshot (with memory when the VM runs, so reverting resumes it)")
+@router.post("/{vm_id}/snapshots", response_model=s.TaskRead, status_code=ACCEPTED, summary="Take a snapshot (with memory when the VM runs, so reverting resumes it)")
 def create_snapshot(vm_id: ObjectIdPath, body: d.SnapshotCreate, db: DbDep, user: Snap) -> Any:
     return snapshots.create_snapshot(db, user.username, vm_id, body.name, body.description)
 
@@ -36,14 +36,12 @@ def revert_snapshot(vm_id: ObjectIdPath, snapshot_id: ObjectIdPath, db: DbDep, u
     return snapshots.revert_snapshot(db, user.username, vm_id, snapshot_id)
 
 
-@router.delete("/{vm_id}/snapshots/{snapshot_id}", response_model=s.TaskRead, status_code=ACCEPTED,
-               summary="Delete a snapshot (its children move to its parent), or its subtree with children=true")
+@router.delete("/{vm_id}/snapshots/{snapshot_id}", response_model=s.TaskRead, status_code=ACCEPTED, summary="Delete a snapshot (its children move to its parent), or its subtree with children=true")
 def delete_snapshot(vm_id: ObjectIdPath, snapshot_id: ObjectIdPath, db: DbDep, user: Snap, children: bool = Query(False)) -> Any:
     return snapshots.delete_snapshot(db, user.username, vm_id, snapshot_id, children)
 
 
-@router.post("/{vm_id}/clone", response_model=s.TaskRead, status_code=ACCEPTED,
-             summary="Clone the VM, running or not (full), or powered off (linked); result.clone_vm_id")
+@router.post("/{vm_id}/clone", response_model=s.TaskRead, status_code=ACCEPTED, summary="Clone the VM, running or not (full), or powered off (linked); result.clone_vm_id")
 def clone_vm(vm_id: ObjectIdPath, body: d.CloneCreate, db: DbDep, user: Clone) -> Any:
     return snapshots.clone(db, user.username, vm_id, body.model_dump())
 
@@ -58,8 +56,7 @@ def list_jobs(vm_id: ObjectIdPath, db: DbDep, user: View) -> Any:
     return backups.list_jobs(db, vm_id)
 
 
-@router.post("/{vm_id}/backup-jobs", response_model=d.BackupJobRead, status_code=status.HTTP_201_CREATED,
-             summary="A backup job: a folder on a datastore, an interval (or on demand), retention")
+@router.post("/{vm_id}/backup-jobs", response_model=d.BackupJobRead, status_code=status.HTTP_201_CREATED, summary="A backup job: a folder on a datastore, an interval (or on demand), retention")
 def create_job(vm_id: ObjectIdPath, body: d.BackupJobCreate, db: DbDep, user: Backup) -> Any:
     return backups.create_job(db, user.username, vm_id, body.model_dump())
 
@@ -69,8 +66,7 @@ def update_job(vm_id: ObjectIdPath, job_id: ObjectIdPath, body: d.BackupJobUpdat
     return backups.update_job(db, user.username, vm_id, job_id, body.model_dump(exclude_unset=True))
 
 
-@router.post("/{vm_id}/backup-jobs/{job_id}/run", response_model=s.TaskRead, status_code=ACCEPTED,
-             summary="Back up now (full or incremental as the chain says); the guest keeps running")
+@router.post("/{vm_id}/backup-jobs/{job_id}/run", response_model=s.TaskRead, status_code=ACCEPTED, summary="Back up now (full or incremental as the chain says); the guest keeps running")
 def run_job(vm_id: ObjectIdPath, job_id: ObjectIdPath, db: DbDep, user: Backup) -> Any:
     return backups.run_job(db, user.username, vm_id, job_id)
 
@@ -80,7 +76,6 @@ def list_points(vm_id: ObjectIdPath, db: DbDep, user: View) -> Any:
     return backups.list_points(db, vm_id)
 
 
-@router.post("/{vm_id}/backups/{point_id}/restore", response_model=s.TaskRead, status_code=ACCEPTED,
-             summary="Restore a point into a new VM (mode new) or over the powered-off VM (mode replace)")
+@router.post("/{vm_id}/backups/{point_id}/restore", response_model=s.TaskRead, status_code=ACCEPTED, summary="Restore a point into a new VM (mode new) or over the powered-off VM (mode replace)")
 def restore(vm_id: ObjectIdPath, point_id: ObjectIdPath, body: d.RestoreRequest, db: DbDep, user: Backup) -> Any:
     return backups.restore(db, user.username, vm_id, point_id, body.model_dump())

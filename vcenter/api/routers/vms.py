@@ -30,8 +30,7 @@ def list_vms(
 ) -> Any:
     # Raw text: list_rows parses each filter by its column (ids with the one id parser).
     filters = {k: v for k, v in request.query_params.items() if k not in {"offset", "limit", "sort"}}
-    total, rows = list_rows(db, inv.KINDS["vm"], filters=filters, filterable=_FILTERABLE, sort=sort, sortable=_SORTABLE, offset=offset, limit=limit,
-                            restrict=user.visible(db, "vm", inv.KINDS["vm"]))
+    total, rows = list_rows(db, inv.KINDS["vm"], filters=filters, filterable=_FILTERABLE, sort=sort, sortable=_SORTABLE, offset=offset, limit=limit, restrict=user.visible(db, "vm", inv.KINDS["vm"]))
     return {"total": total, "offset": offset, "limit": limit, "items": rows}
 
 
@@ -69,17 +68,32 @@ def guest_command(vm_id: ObjectIdPath, body: s.GuestCommand, db: DbDep, user: An
     return vms.guest_command(db, user.username, vm_id, body.command, body.argument, body.timeout)
 
 
-@router.post("/{vm_id}/migrate", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, summary="VMotion: live-migrate a running VM to a host (or where placement chooses); refused with the failing check's code")
+@router.post(
+    "/{vm_id}/migrate",
+    response_model=s.TaskRead,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="VMotion: live-migrate a running VM to a host (or where placement chooses); refused with the failing check's code",
+)
 def migrate_vm(vm_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.Migrate", on="vm")], settings: SettingsDep, body: s.MigrateRequest | None = Body(None)) -> Any:
     return migration.migrate(db, user.username, vm_id, body.host_id if body else None, settings)
 
 
-@router.post("/{vm_id}/relocate", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, summary="Storage VMotion: move disks to other datastores, while the VM runs, optionally to another host with them (a Task)")
+@router.post(
+    "/{vm_id}/relocate",
+    response_model=s.TaskRead,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Storage VMotion: move disks to other datastores, while the VM runs, optionally to another host with them (a Task)",
+)
 def relocate_vm(vm_id: ObjectIdPath, body: s.RelocateRequest, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.Relocate", on="vm")]) -> Any:
     return migration.relocate(db, user.username, vm_id, [m.model_dump() for m in body.disks], body.host_id)
 
 
-@router.post("/{vm_id}/cpu-check", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, summary="libvirt's comparison of the VM's CPU definition with a host's CPU, by that host's agent (a Task; result: compatible, detail)")
+@router.post(
+    "/{vm_id}/cpu-check",
+    response_model=s.TaskRead,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="libvirt's comparison of the VM's CPU definition with a host's CPU, by that host's agent (a Task; result: compatible, detail)",
+)
 def cpu_check(vm_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.Migrate", on="vm")], host: ObjectIdQuery) -> Any:
     return evc.cpu_check(db, user.username, vm_id, host)
 
@@ -114,6 +128,13 @@ _power_route("suspend", PowerAction.SUSPEND, "Suspend: memory saved to disk, the
 _power_route("resume", PowerAction.RESUME, "Resume a suspended VM from its saved memory (a Task)")
 
 
-@router.post("/{vm_id}/power/shutdown", response_model=s.TaskRead, status_code=status.HTTP_202_ACCEPTED, summary="Guest shutdown; ends GUEST_SHUTDOWN_TIMEOUT if the guest is still running after the timeout (a Task)")
-def shutdown_vm(vm_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.PowerOff", on="vm")], settings: SettingsDep, body: s.ShutdownRequest | None = Body(None)) -> Any:
+@router.post(
+    "/{vm_id}/power/shutdown",
+    response_model=s.TaskRead,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Guest shutdown; ends GUEST_SHUTDOWN_TIMEOUT if the guest is still running after the timeout (a Task)",
+)
+def shutdown_vm(
+    vm_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.PowerOff", on="vm")], settings: SettingsDep, body: s.ShutdownRequest | None = Body(None)
+) -> Any:
     return vms.power(db, user.username, vm_id, PowerAction.SHUTDOWN_GUEST, settings, timeout=body.timeout if body else None)

@@ -6,6 +6,7 @@ type='pty'>`` in the domain XML); ``ConsoleStream.read`` gives what the guest wr
 the end), ``write`` sends keystrokes. One reader at a time: opening with FORCE takes the
 console from whoever held it, as ``virsh console --force`` does.
 """
+
 from __future__ import annotations
 
 import queue

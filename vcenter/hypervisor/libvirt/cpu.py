@@ -14,6 +14,7 @@ Facts measured with libvirt 9.0 / QEMU 7.2 (see the integration tests):
   by libvirt (features QEMU does not emulate); any explicit <vendor>Intel</vendor> is refused on
   this AMD machine. libvirt's qemu64 includes svm, so it does not fit an Intel CPU definition.
 """
+
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
@@ -39,8 +40,7 @@ class CpuOps:
         try:
             return hyp()
         except libvirt.libvirtError as e:
-            if e.get_error_code() not in (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_INVALID_ARG,
-                                          libvirt.VIR_ERR_CONFIG_UNSUPPORTED):
+            if e.get_error_code() not in (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_CONFIG_UNSUPPORTED):
                 raise
         return plain()
 
@@ -52,8 +52,7 @@ class CpuOps:
             host = parse_cpu_xml(self.host_cpu_xml())
             base = self._cpu_features(host) if host.model is not None else host.require - host.disable
             return (base | cpu.require) - cpu.disable
-        xml = host_style_cpu_xml(ParsedCpu(model=cpu.model, arch=cpu.arch, require=cpu.require),
-                                 arch=self._ARCH, with_vendor=False)
+        xml = host_style_cpu_xml(ParsedCpu(model=cpu.model, arch=cpu.arch, require=cpu.require), arch=self._ARCH, with_vendor=False)
         try:
             out = self._c().baselineCPU([xml], libvirt.VIR_CONNECT_BASELINE_CPU_EXPAND_FEATURES)
         except libvirt.libvirtError as e:
@@ -66,8 +65,7 @@ class CpuOps:
         msg = e.get_error_message() or str(e)
         if not isinstance(err, ConnectionLost) and "vendors do not match" in msg:
             return DriverError("CPU_INCOMPATIBLE", msg)
-        if not isinstance(err, ConnectionLost) and ("Unknown CPU" in msg or "CPU architecture" in msg
-                                                   or e.get_error_code() == libvirt.VIR_ERR_XML_ERROR):
+        if not isinstance(err, ConnectionLost) and ("Unknown CPU" in msg or "CPU architecture" in msg or e.get_error_code() == libvirt.VIR_ERR_XML_ERROR):
             return DriverError("INVALID_SPEC", msg)
         return err
 
@@ -83,8 +81,7 @@ class CpuOps:
         features = self._cpu_features(cpu)
         for base in ("kvm64", "qemu64", "486"):
             if self._cpu_features(ParsedCpu(model=base)) <= features:
-                return host_style_cpu_xml(ParsedCpu(model=base, vendor=cpu.vendor, arch=cpu.arch,
-                                                    require=features), arch=self._ARCH)
+                return host_style_cpu_xml(ParsedCpu(model=base, vendor=cpu.vendor, arch=cpu.arch, require=features), arch=self._ARCH)
         raise DriverError("INVALID_SPEC", "CPU definition has too few features for any x86_64 model")
 
     def host_cpu_xml(self) -> str:
@@ -95,8 +92,7 @@ class CpuOps:
             return self.declared_cpu_xml
         conn = self._c()
         try:
-            domcaps = ET.fromstring(conn.getDomainCapabilities(None, self._ARCH, self._MACHINE,
-                                                               self.domain_type, 0))
+            domcaps = ET.fromstring(conn.getDomainCapabilities(None, self._ARCH, self._MACHINE, self.domain_type, 0))
             mode = domcaps.find("cpu/mode[@name='host-model']")
             if mode is not None and mode.get("supported") == "yes" and mode.find("model") is not None:
                 mode.tag = "cpu"
@@ -127,10 +123,7 @@ class CpuOps:
         flags = libvirt.VIR_CONNECT_BASELINE_CPU_EXPAND_FEATURES if expand_features else 0
         conn = self._c()
         try:
-            return str(self._hypervisor_call(
-                lambda: conn.baselineHypervisorCPU(None, self._ARCH, self._MACHINE, self.domain_type,
-                                                   xmls, flags),
-                lambda: conn.baselineCPU(xmls, flags)))
+            return str(self._hypervisor_call(lambda: conn.baselineHypervisorCPU(None, self._ARCH, self._MACHINE, self.domain_type, xmls, flags), lambda: conn.baselineCPU(xmls, flags)))
         except libvirt.libvirtError as e:
             raise self._cpu_err(e) from None
 
@@ -141,15 +134,11 @@ class CpuOps:
         guest = parse_cpu_xml(cpu_xml)
         if self.declared_cpu_xml is not None:
             host = parse_cpu_xml(self.declared_cpu_xml)
-            return compare_feature_sets(self._cpu_features(guest), guest.vendor,
-                                        self._cpu_features(host), host.vendor)
+            return compare_feature_sets(self._cpu_features(guest), guest.vendor, self._cpu_features(host), host.vendor)
         conn = self._c()
         fail = libvirt.VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE
         try:
-            result = self._hypervisor_call(
-                lambda: conn.compareHypervisorCPU(None, self._ARCH, self._MACHINE, self.domain_type,
-                                                  cpu_xml, fail),
-                lambda: conn.compareCPU(cpu_xml, fail))
+            result = self._hypervisor_call(lambda: conn.compareHypervisorCPU(None, self._ARCH, self._MACHINE, self.domain_type, cpu_xml, fail), lambda: conn.compareCPU(cpu_xml, fail))
         except libvirt.libvirtError as e:
             if e.get_error_code() == libvirt.VIR_ERR_CPU_INCOMPATIBLE:
                 return False, f"incompatible: {e.get_error_message()}"

@@ -14,6 +14,7 @@
 Each module says what it decides. This one decides only what the driver holds: its
 connection state (shared by every part) and the checks made when it is built.
 """
+
 from __future__ import annotations
 
 import queue
@@ -34,8 +35,7 @@ from vcenter.messaging.contracts import LifecycleEvent
 
 
 class LibvirtDriver(HostOps, CpuOps, StorageOps, GuestOps, MigrationOps, StorageMoveOps, VmDataOps):
-    def __init__(self, uri: str, connect_timeout: float = 10, domain_type: str | None = None,
-                 declared_cpu_xml: str | None = None, balloon_stats_period: int = 5):
+    def __init__(self, uri: str, connect_timeout: float = 10, domain_type: str | None = None, declared_cpu_xml: str | None = None, balloon_stats_period: int = 5):
         self.uri = uri
         self.balloon_stats_period = balloon_stats_period
         # A lab host's CPU (host-style <cpu> XML) that stands in for the real one in host_facts,

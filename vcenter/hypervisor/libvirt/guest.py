@@ -11,6 +11,7 @@ What this module decides:
   restore from it. Power off of a suspended guest discards the saved memory; a suspended guest
   is not reconfigured (the saved memory belongs to the old configuration).
 """
+
 from __future__ import annotations
 
 import os
@@ -23,7 +24,11 @@ import libvirt
 from vcenter.domain.states import PowerState
 from vcenter.hypervisor.base import DriverError
 from vcenter.hypervisor.libvirt.xml import (
-    HEARTBEAT_CHANNEL, build_domain_xml, check_bridges, validate_abs_path, validate_uuid,
+    HEARTBEAT_CHANNEL,
+    build_domain_xml,
+    check_bridges,
+    validate_abs_path,
+    validate_uuid,
 )
 from vcenter.messaging.contracts import DomainState, VmSpec
 
@@ -61,8 +66,7 @@ class GuestOps:
             info = dom.info()  # [state, maxMem KiB, mem KiB, vcpus, cpuTime ns]
             active = bool(dom.isActive())
             power = power_state(active, not active and bool(dom.hasManagedSaveImage(0)))
-            return DomainState(uuid=dom.UUIDString(), name=dom.name(), power_state=power,
-                               vcpus=info[3], memory_mib=info[1] // 1024, cpu_time_ns=info[4])
+            return DomainState(uuid=dom.UUIDString(), name=dom.name(), power_state=power, vcpus=info[3], memory_mib=info[1] // 1024, cpu_time_ns=info[4])
         except libvirt.libvirtError as e:
             raise self._err(e) from None
 
@@ -129,8 +133,7 @@ class GuestOps:
         if dom is not None:
             state = self._state_of(dom)
             if state.name != spec.name:
-                raise DriverError("VM_UUID_CONFLICT",
-                                  f"UUID {spec.uuid} is already defined as {state.name!r}")
+                raise DriverError("VM_UUID_CONFLICT", f"UUID {spec.uuid} is already defined as {state.name!r}")
             return state
         xml = build_domain_xml(spec, self.domain_type, self.balloon_stats_period)
         check_bridges(spec)
@@ -202,8 +205,7 @@ class GuestOps:
             except libvirt.libvirtError as e:
                 raise self._err(e) from None
             if time.monotonic() >= deadline:
-                raise DriverError("GUEST_SHUTDOWN_TIMEOUT",
-                                  f"guest of {uuid} still running after {timeout:g}s")
+                raise DriverError("GUEST_SHUTDOWN_TIMEOUT", f"guest of {uuid} still running after {timeout:g}s")
             time.sleep(0.2)
 
     def reset(self, uuid: str) -> DomainState:
@@ -285,16 +287,12 @@ class GuestOps:
             try:
                 if dom.isActive():
                     dom.destroy()
-                flags = (libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                         | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-                         | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
-                         | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+                flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
                 try:
                     dom.undefineFlags(flags)
                 except libvirt.libvirtError as e:
                     # Drivers without checkpoints/NVRAM support reject those flags.
-                    if e.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT and \
-                            e.get_error_code() != libvirt.VIR_ERR_INVALID_ARG:
+                    if e.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT and e.get_error_code() != libvirt.VIR_ERR_INVALID_ARG:
                         raise
                     dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
             except libvirt.libvirtError as e:

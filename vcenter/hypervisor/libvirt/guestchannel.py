@@ -13,6 +13,7 @@ What this module decides:
 - Every wait has a timeout; a closed connection raises ChannelClosed, a timeout
   TimeoutError.
 """
+
 from __future__ import annotations
 
 import json

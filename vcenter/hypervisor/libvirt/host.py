@@ -17,6 +17,7 @@ Facts measured with libvirt 9.0 / QEMU 7.2 (see the integration tests):
 - ``virsh destroy`` -> STOPPED/DESTROYED; QEMU killed by SIGKILL -> STOPPED/FAILED;
   managed save -> STOPPED/SAVED; a start from the managed save image -> STARTED/RESTORED.
 """
+
 from __future__ import annotations
 
 import logging
@@ -83,7 +84,7 @@ _EVENT_NAMES = {
     libvirt.VIR_DOMAIN_EVENT_DEFINED: "defined",
     libvirt.VIR_DOMAIN_EVENT_UNDEFINED: "undefined",
     libvirt.VIR_DOMAIN_EVENT_STARTED: "started",
-    libvirt.VIR_DOMAIN_EVENT_SUSPENDED: "suspended",   # libvirt "paused": QEMU still exists
+    libvirt.VIR_DOMAIN_EVENT_SUSPENDED: "suspended",  # libvirt "paused": QEMU still exists
     libvirt.VIR_DOMAIN_EVENT_RESUMED: "resumed",
     libvirt.VIR_DOMAIN_EVENT_STOPPED: "stopped",
     libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: "shutdown",
@@ -118,7 +119,7 @@ def _detail_name(event: int, detail: int) -> str:
     if prefix:
         for attr in dir(libvirt):
             if attr.startswith(prefix) and getattr(libvirt, attr) == detail and not attr.endswith("_LAST"):
-                return attr[len(prefix):].lower()
+                return attr[len(prefix) :].lower()
     return str(detail)
 
 
@@ -130,8 +131,7 @@ def translate_event(event: int, detail: int) -> tuple[str, str, str | None]:
         return name, reason.value, _SUSPENDED if reason == StopReason.SAVED else _OFF
     if event == libvirt.VIR_DOMAIN_EVENT_STARTED:
         return name, "started", _ON
-    if event in (libvirt.VIR_DOMAIN_EVENT_SUSPENDED, libvirt.VIR_DOMAIN_EVENT_RESUMED,
-                 libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED):
+    if event in (libvirt.VIR_DOMAIN_EVENT_SUSPENDED, libvirt.VIR_DOMAIN_EVENT_RESUMED, libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED):
         return name, _detail_name(event, detail), _ON
     # defined/undefined/shutdown(requested)/crashed(guest panic): the event alone does not say.
     return name, _detail_name(event, detail), None
@@ -140,7 +140,9 @@ def translate_event(event: int, detail: int) -> tuple[str, str, str | None]:
 # --- error mapping -----------------------------------------------------------------------
 
 _CONNECTION_ERRORS = {
-    libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN, libvirt.VIR_ERR_RPC,
+    libvirt.VIR_ERR_NO_CONNECT,
+    libvirt.VIR_ERR_INVALID_CONN,
+    libvirt.VIR_ERR_RPC,
     getattr(libvirt, "VIR_ERR_AUTH_UNAVAILABLE", -1),
 }
 
@@ -168,6 +170,7 @@ def _map_error(e: libvirt.libvirtError) -> DriverError:
 
 
 # --- the host mixin --------------------------------------------------------------------
+
 
 class HostOps:
     """Mixin of LibvirtDriver: the connection, its events, and what the host reports. Uses the
@@ -207,8 +210,7 @@ class HostOps:
                 raise ConnectionLost(f"{self.uri}: socket {sock} does not exist")
         elif "+tcp" in parsed.scheme and parsed.hostname:
             try:
-                socket.create_connection((parsed.hostname, parsed.port or 16509),
-                                         timeout=self.connect_timeout).close()
+                socket.create_connection((parsed.hostname, parsed.port or 16509), timeout=self.connect_timeout).close()
             except OSError as e:
                 raise ConnectionLost(f"{self.uri}: {e}") from None
 
@@ -298,8 +300,7 @@ class HostOps:
         with self._conn_lock:
             self._callbacks.append(callback)
             if self._dispatcher is None:
-                self._dispatcher = threading.Thread(target=self._dispatch, name="libvirt-events",
-                                                    daemon=True)
+                self._dispatcher = threading.Thread(target=self._dispatch, name="libvirt-events", daemon=True)
                 self._dispatcher.start()
             if self._conn is not None:
                 self._register_events()
@@ -308,8 +309,7 @@ class HostOps:
         if not self._callbacks or self._event_callback_id is not None or self._conn is None:
             return
         try:
-            self._event_callback_id = self._conn.domainEventRegisterAny(
-                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
+            self._event_callback_id = self._conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
         except libvirt.libvirtError as e:
             raise self._err(e) from None
 
@@ -317,9 +317,7 @@ class HostOps:
         # Runs on the libvirt event loop thread: translate and hand off, nothing more.
         try:
             name, reason, power = translate_event(event, detail)
-            self._events.put(LifecycleEvent(uuid=dom.UUIDString(), name=dom.name(), event=name,
-                                            reason=reason, power_state=power,
-                                            at=datetime.now(timezone.utc)))
+            self._events.put(LifecycleEvent(uuid=dom.UUIDString(), name=dom.name(), event=name, reason=reason, power_state=power, at=datetime.now(timezone.utc)))
         except Exception:
             log.exception("cannot translate lifecycle event %s/%s", event, detail)
 
@@ -370,8 +368,14 @@ class HostOps:
         )
 
     # --- performance counters -------------------------------------------------------------
-    _DOMAIN_STATS = (libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL | libvirt.VIR_DOMAIN_STATS_BALLOON
-                     | libvirt.VIR_DOMAIN_STATS_VCPU | libvirt.VIR_DOMAIN_STATS_BLOCK | libvirt.VIR_DOMAIN_STATS_INTERFACE)
+    _DOMAIN_STATS = (
+        libvirt.VIR_DOMAIN_STATS_STATE
+        | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+        | libvirt.VIR_DOMAIN_STATS_BALLOON
+        | libvirt.VIR_DOMAIN_STATS_VCPU
+        | libvirt.VIR_DOMAIN_STATS_BLOCK
+        | libvirt.VIR_DOMAIN_STATS_INTERFACE
+    )
 
     def host_counters(self) -> HostCounters:
         """One reading of the node's CPU time and memory and of every running domain's

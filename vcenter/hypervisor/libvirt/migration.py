@@ -22,6 +22,7 @@ What this module decides:
 Facts measured with libvirt 9.0 / QEMU 7.2 on the lab: see
 tests/lab/test_libvirt_migration.py.
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,15 +47,21 @@ log = logging.getLogger(__name__)
 # composes this mixin, and importing it here would make the two import each other.
 Peer = Any
 
-_UNREACHABLE_HINTS = ("unable to connect to server", "connection refused", "no route to host",
-                      "cannot recv data", "connection reset", "end of file while reading data",
-                      "network is unreachable", "timed out")
+_UNREACHABLE_HINTS = (
+    "unable to connect to server",
+    "connection refused",
+    "no route to host",
+    "cannot recv data",
+    "connection reset",
+    "end of file while reading data",
+    "network is unreachable",
+    "timed out",
+)
 
 
 def migration_flags(options: MigrationOptions) -> int:
     """The virDomainMigrateFlags of a migration with ``options``."""
-    flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
-             | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE | libvirt.VIR_MIGRATE_ABORT_ON_ERROR)
+    flags = libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE | libvirt.VIR_MIGRATE_ABORT_ON_ERROR
     if options.unsafe:
         flags |= libvirt.VIR_MIGRATE_UNSAFE
     if options.copy_storage:
@@ -84,8 +91,7 @@ def migration_params(options: MigrationOptions) -> dict[str, object]:
 
 def job_running(stats: Mapping[str, Any]) -> bool:
     """Whether libvirt's job statistics describe a job that runs (bounded or not)."""
-    return stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) in (libvirt.VIR_DOMAIN_JOB_BOUNDED,
-                                                             libvirt.VIR_DOMAIN_JOB_UNBOUNDED)
+    return stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) in (libvirt.VIR_DOMAIN_JOB_BOUNDED, libvirt.VIR_DOMAIN_JOB_UNBOUNDED)
 
 
 def relocate_disks(xml: str, paths: Mapping[str, str]) -> str:
@@ -161,16 +167,21 @@ def progress_from_stats(stats: dict, postcopy: bool, completed: bool = False) ->
     constant = stats.get("memory_constant")
     return MigrationProgress(
         phase=phase,
-        data_total=stats.get("data_total"), data_processed=stats.get("data_processed"),
+        data_total=stats.get("data_total"),
+        data_processed=stats.get("data_processed"),
         data_remaining=stats.get("data_remaining"),
-        memory_total=stats.get("memory_total"), memory_processed=stats.get("memory_processed"),
+        memory_total=stats.get("memory_total"),
+        memory_processed=stats.get("memory_processed"),
         memory_remaining=stats.get("memory_remaining"),
         memory_zero_bytes=None if constant is None else constant * page,
         memory_bps=stats.get("memory_bps"),
-        disk_total=stats.get("disk_total"), disk_processed=stats.get("disk_processed"),
+        disk_total=stats.get("disk_total"),
+        disk_processed=stats.get("disk_processed"),
         disk_remaining=stats.get("disk_remaining"),
-        dirty_rate=stats.get("memory_dirty_rate"), iteration=stats.get("memory_iteration"),
-        elapsed_ms=_ms(stats.get("time_elapsed")), downtime_ms=_ms(stats.get("downtime")),
+        dirty_rate=stats.get("memory_dirty_rate"),
+        iteration=stats.get("memory_iteration"),
+        elapsed_ms=_ms(stats.get("time_elapsed")),
+        downtime_ms=_ms(stats.get("downtime")),
         setup_time_ms=_ms(stats.get("setup_time")),
     )
 
@@ -201,9 +212,7 @@ class MigrationOps:
         finally:
             peer.close()
 
-    def migrate(self, uuid: str, options: MigrationOptions,
-                on_progress: Callable[[MigrationProgress], None] | None = None,
-                cancel: threading.Event | None = None) -> MigrationProgress:
+    def migrate(self, uuid: str, options: MigrationOptions, on_progress: Callable[[MigrationProgress], None] | None = None, cancel: threading.Event | None = None) -> MigrationProgress:
         """Live-migrate a running domain to ``options.dest_uri``, peer to peer, persistent there
         and undefined here; returns the completed job's stats (downtime, total time).
 
@@ -251,8 +260,7 @@ class MigrationOps:
             if remote is not None and remote.isActive():
                 # An incoming migration's domain is paused (migration) until it completes.
                 st, reason = remote.state()
-                remote_running = not (st == libvirt.VIR_DOMAIN_PAUSED
-                                      and reason == libvirt.VIR_DOMAIN_PAUSED_MIGRATION)
+                remote_running = not (st == libvirt.VIR_DOMAIN_PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_MIGRATION)
             local_active = dom is not None and dom.isActive()
         except libvirt.libvirtError as e:
             raise self._err(e) from None
@@ -304,13 +312,11 @@ class MigrationOps:
             self._ensure_running_here(dom)
             raise DriverError("MIGRATION_CANCELLED", "migration cancelled; the VM runs on the source")
 
-    def _migrate_once(self, dom: libvirt.virDomain, uuid: str, options: MigrationOptions,
-                      peer: Peer, on_progress, cancel: threading.Event) -> MigrationProgress:
+    def _migrate_once(self, dom: libvirt.virDomain, uuid: str, options: MigrationOptions, peer: Peer, on_progress, cancel: threading.Event) -> MigrationProgress:
         flags = migration_flags(options)
         params = migration_params(options)
         if options.copy_storage and options.dest_disk_paths:
-            params[libvirt.VIR_MIGRATE_PARAM_DEST_XML], params[libvirt.VIR_MIGRATE_PARAM_PERSIST_XML] = \
-                self._relocated_xmls(dom, options.dest_disk_paths)
+            params[libvirt.VIR_MIGRATE_PARAM_DEST_XML], params[libvirt.VIR_MIGRATE_PARAM_PERSIST_XML] = self._relocated_xmls(dom, options.dest_disk_paths)
         downtime_pending = False
         if options.max_downtime_ms:
             try:
@@ -330,8 +336,7 @@ class MigrationOps:
 
         event_id = None
         try:
-            event_id = self._c().domainEventRegisterAny(dom, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED,
-                                                        on_job_completed, None)
+            event_id = self._c().domainEventRegisterAny(dom, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, on_job_completed, None)
         except libvirt.libvirtError as e:
             log.warning("no job-completed events on %s: %s", self.uri, e.get_error_message())
 
@@ -375,8 +380,7 @@ class MigrationOps:
                         downtime_pending = False
                     except libvirt.libvirtError:
                         pass
-                if (options.postcopy and not postcopy_started and not aborted
-                        and stats.get("memory_iteration", 0) >= options.postcopy_after_iterations):
+                if options.postcopy and not postcopy_started and not aborted and stats.get("memory_iteration", 0) >= options.postcopy_after_iterations:
                     try:
                         dom.migrateStartPostCopy(0)
                         postcopy_started = True
@@ -407,8 +411,7 @@ class MigrationOps:
         if err is not None:
             return self._migration_failed(dom, uuid, peer, err, aborted or cancel.is_set())
         result = None
-        log.debug("migration of %s: job-completed event %s; libvirt call %.2fs", uuid,
-                  "received" if completed else "missing", time.monotonic() - t0)
+        log.debug("migration of %s: job-completed event %s; libvirt call %.2fs", uuid, "received" if completed else "missing", time.monotonic() - t0)
         if completed:
             result = progress_from_stats(completed, postcopy_started, completed=True)
         if result is None or result.downtime_ms is None:
@@ -425,14 +428,12 @@ class MigrationOps:
         disks land on other paths on the target (``relocate_disks`` of both definitions)."""
         try:
             live = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE | libvirt.VIR_DOMAIN_XML_MIGRATABLE)
-            persistent = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE | libvirt.VIR_DOMAIN_XML_MIGRATABLE
-                                     | libvirt.VIR_DOMAIN_XML_INACTIVE)
+            persistent = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE | libvirt.VIR_DOMAIN_XML_MIGRATABLE | libvirt.VIR_DOMAIN_XML_INACTIVE)
         except libvirt.libvirtError as e:
             raise self._err(e) from None
         return relocate_disks(live, paths), relocate_disks(persistent, paths)
 
-    def _precreate_pools(self, dom: libvirt.virDomain, peer: Peer,
-                         options: MigrationOptions) -> list[libvirt.virStoragePool]:
+    def _precreate_pools(self, dom: libvirt.virDomain, peer: Peer, options: MigrationOptions) -> list[libvirt.virStoragePool]:
         """Copy-storage migration: libvirt on the target creates a missing disk image only when
         an active storage pool covers its directory. For each copied disk's directory without
         one, start a transient dir pool there (destroyed after the migration; files stay)."""
@@ -466,8 +467,7 @@ class MigrationOps:
                 state, reason = dom.state()
                 if state == libvirt.VIR_DOMAIN_RUNNING:
                     return
-                if state == libvirt.VIR_DOMAIN_PAUSED and self._active_job_operation(dom) is None \
-                        and reason in (libvirt.VIR_DOMAIN_PAUSED_MIGRATION, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED):
+                if state == libvirt.VIR_DOMAIN_PAUSED and self._active_job_operation(dom) is None and reason in (libvirt.VIR_DOMAIN_PAUSED_MIGRATION, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED):
                     dom.resume()
             except libvirt.libvirtError as e:
                 if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
@@ -478,8 +478,7 @@ class MigrationOps:
                 raise DriverError("MIGRATION_FAILED", "the VM did not resume on the source after the migration ended")
             time.sleep(0.1)
 
-    def _migration_failed(self, dom: libvirt.virDomain, uuid: str, peer: Peer,
-                          err: object, cancelled: bool) -> MigrationProgress:
+    def _migration_failed(self, dom: libvirt.virDomain, uuid: str, peer: Peer, err: object, cancelled: bool) -> MigrationProgress:
         if isinstance(err, libvirt.libvirtError) and not self.is_alive():
             raise self._err(err)
         msg = err.get_error_message() if isinstance(err, libvirt.libvirtError) else str(err)
@@ -488,8 +487,7 @@ class MigrationOps:
         local = self._lookup(uuid)
         try:
             remote = peer._lookup(uuid)
-            remote_running = remote is not None and remote.isActive() and \
-                remote.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+            remote_running = remote is not None and remote.isActive() and remote.state()[0] == libvirt.VIR_DOMAIN_RUNNING
         except (libvirt.libvirtError, DriverError):
             remote, remote_running = None, False
         local_active = False
@@ -503,7 +501,7 @@ class MigrationOps:
             log.warning("migration of %s reported %r but the VM runs on the target", uuid, msg)
             if local is not None:
                 self.undefine(uuid, [])
-            return (self._completed_from(remote) or MigrationProgress(phase="completed"))
+            return self._completed_from(remote) or MigrationProgress(phase="completed")
         if local is not None and local_active:
             self._ensure_running_here(local)
         if cancelled:
@@ -534,8 +532,7 @@ class MigrationOps:
             stats = dom.jobStats(0)
         except libvirt.libvirtError as e:
             raise self._err(e) from None
-        if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) not in (libvirt.VIR_DOMAIN_JOB_NONE,
-                                                                 libvirt.VIR_DOMAIN_JOB_COMPLETED):
+        if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) not in (libvirt.VIR_DOMAIN_JOB_NONE, libvirt.VIR_DOMAIN_JOB_COMPLETED):
             postcopy = False
             try:
                 postcopy = dom.state()[1] == libvirt.VIR_DOMAIN_RUNNING_POSTCOPY

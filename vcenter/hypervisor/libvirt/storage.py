@@ -12,6 +12,7 @@ What this module decides:
   floppies are not disks); pointing the persistent definition at a moved disk changes its
   source file and format, and drops the backing chain when the move flattened it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -58,8 +59,7 @@ def find_disk(xml: str, disk_target: str) -> tuple[str | None, ET.Element | None
         if target is not None and target.get("dev") == disk_target:
             src = disk.find("source")
             drv = disk.find("driver")
-            return (src.get("file") if src is not None else None, disk.find("mirror"),
-                    drv.get("type") if drv is not None else None)
+            return (src.get("file") if src is not None else None, disk.find("mirror"), drv.get("type") if drv is not None else None)
     return None
 
 
@@ -196,8 +196,7 @@ class StorageOps:
             # Create under a temporary name and rename: a crash mid-way must not leave a
             # half-made file that the next (redelivered) create would skip.
             tmp = f"{path}.creating-{os.getpid()}-{threading.get_ident()}"
-            r = subprocess.run(["qemu-img", "create", "-q", "-f", d.format, tmp, f"{d.capacity_mib}M"],
-                               capture_output=True, text=True, timeout=120)
+            r = subprocess.run(["qemu-img", "create", "-q", "-f", d.format, tmp, f"{d.capacity_mib}M"], capture_output=True, text=True, timeout=120)
             if r.returncode != 0:
                 try:
                     os.unlink(tmp)
@@ -229,8 +228,7 @@ class StorageOps:
             raise DriverError("DISK_NOT_FOUND", f"domain {dom.UUIDString()} has no disk {disk_target}")
         return found
 
-    def _persist_disk_path(self, dom: libvirt.virDomain, disk_target: str, dest_path: str,
-                           dest_format: str, flatten: bool) -> None:
+    def _persist_disk_path(self, dom: libvirt.virDomain, disk_target: str, dest_path: str, dest_format: str, flatten: bool) -> None:
         """Make the persistent definition's disk point at ``dest_path`` (redefined with its own
         UUID: libvirt refuses a redefinition of a known name without it)."""
         try:

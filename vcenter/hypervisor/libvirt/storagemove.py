@@ -39,6 +39,7 @@ overlay it commits back and starts again, on the second it finishes the fold.
 
 Vocabulary: top = the temporary overlay taking the guest's writes; base = the file under it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -81,9 +82,9 @@ def block_progress(info: dict, ready: bool) -> MigrationProgress | None:
     if not info:
         return None
     cur, end = int(info.get("cur", 0)), int(info.get("end", 0))
-    return MigrationProgress(phase="ready" if ready and cur == end else "copying",
-                             data_total=end, data_processed=cur, data_remaining=max(0, end - cur),
-                             disk_total=end, disk_processed=cur, disk_remaining=max(0, end - cur))
+    return MigrationProgress(
+        phase="ready" if ready and cur == end else "copying", data_total=end, data_processed=cur, data_remaining=max(0, end - cur), disk_total=end, disk_processed=cur, disk_remaining=max(0, end - cur)
+    )
 
 
 class StorageMoveOps:
@@ -93,10 +94,19 @@ class StorageMoveOps:
 
     _BLOCK_COPY_POLL = 0.3  # seconds between looks at a running block copy (the mirror path)
 
-    def move_disk(self, uuid: str, disk_target: str, dest_path: str, dest_format: str,
-                  on_progress: Callable[[MigrationProgress], None] | None = None,
-                  cancel: threading.Event | None = None, *, shallow: bool = False,
-                  bandwidth_mibps: int | None = None, reuse_existing: bool | None = None) -> None:
+    def move_disk(
+        self,
+        uuid: str,
+        disk_target: str,
+        dest_path: str,
+        dest_format: str,
+        on_progress: Callable[[MigrationProgress], None] | None = None,
+        cancel: threading.Event | None = None,
+        *,
+        shallow: bool = False,
+        bandwidth_mibps: int | None = None,
+        reuse_existing: bool | None = None,
+    ) -> None:
         """Storage VMotion of one disk of a running domain on this host: block copy to
         ``dest_path`` while the guest runs, pivot, then the persistent definition points there.
         The old file is never deleted (the caller removes it after success).
@@ -130,8 +140,7 @@ class StorageMoveOps:
             return
         # At qemu-img speed through a frozen base (storagemove.py) when it applies; the block
         # copy below otherwise (shallow moves, checkpoints, an existing destination).
-        if (mirror is None or (src or "").endswith(SUFFIX)) and reuse_existing is not True \
-                and self._frozen_move_possible(uuid, src, dest_path, shallow, bandwidth_mibps):
+        if (mirror is None or (src or "").endswith(SUFFIX)) and reuse_existing is not True and self._frozen_move_possible(uuid, src, dest_path, shallow, bandwidth_mibps):
             self._move_disk_frozen(uuid, disk_target, dest_path, dest_format, on_progress, cancel)
             return
         if mirror is not None:
@@ -164,22 +173,19 @@ class StorageMoveOps:
                 err = self._err(e)
                 if isinstance(err, ConnectionLost):
                     raise err from None
-                raise DriverError("DISK_MOVE_FAILED", f"block copy of {disk_target} to {dest_path}: "
-                                                      f"{e.get_error_message()}") from None
+                raise DriverError("DISK_MOVE_FAILED", f"block copy of {disk_target} to {dest_path}: {e.get_error_message()}") from None
         # Copy, wait until the mirror is ready (in sync), then pivot.
         while True:
             if cancel.is_set():
                 self._cancel_block_copy(dom, disk_target, src)
-                raise DriverError("MIGRATION_CANCELLED", f"disk move of {disk_target} cancelled; "
-                                                         f"the VM stays on {src}")
+                raise DriverError("MIGRATION_CANCELLED", f"disk move of {disk_target} cancelled; the VM stays on {src}")
             cur_src, mirror, _ = self._disk_of(dom, disk_target)
             ready = mirror is not None and mirror.get("ready") == "yes"
             p = self._block_progress(dom, disk_target, ready)
             if p is None:
                 if cur_src == dest_path:  # pivoted by someone else: done
                     break
-                raise DriverError("DISK_MOVE_FAILED", f"the block copy of {disk_target} to {dest_path} "
-                                                      f"ended without pivot; the VM stays on {cur_src}")
+                raise DriverError("DISK_MOVE_FAILED", f"the block copy of {disk_target} to {dest_path} ended without pivot; the VM stays on {cur_src}")
             if on_progress:
                 self._safe_progress(on_progress, p)
             if p.phase == "ready":
@@ -198,8 +204,7 @@ class StorageMoveOps:
         self._persist_disk_path(dom, disk_target, dest_path, dest_format, flatten=not shallow)
         if on_progress:
             end = p.data_total if p is not None else None
-            self._safe_progress(on_progress, MigrationProgress(phase="completed", data_total=end,
-                                                               data_processed=end, data_remaining=0))
+            self._safe_progress(on_progress, MigrationProgress(phase="completed", data_total=end, data_processed=end, data_remaining=0))
 
     def _cancel_block_copy(self, dom: libvirt.virDomain, disk_target: str, src: str | None) -> None:
         try:
@@ -247,16 +252,14 @@ class StorageMoveOps:
             raise DriverError("DISK_NOT_FOUND", f"disk {disk_target} source {src} does not exist here")
         src_fmt = src_fmt or "raw"
         if os.path.exists(dest_path):
-            r = subprocess.run(["qemu-img", "compare", "-q", "-f", src_fmt, "-F", dest_format, src, dest_path],
-                               capture_output=True, text=True, timeout=3600)
+            r = subprocess.run(["qemu-img", "compare", "-q", "-f", src_fmt, "-F", dest_format, src, dest_path], capture_output=True, text=True, timeout=3600)
             if r.returncode != 0:
                 raise DriverError("DISK_EXISTS", f"{dest_path} exists and differs from {src}")
         else:
             if not os.path.isdir(os.path.dirname(dest_path)):
                 raise DriverError("DATASTORE_ABSENT", f"directory {os.path.dirname(dest_path)} does not exist")
             tmp = f"{dest_path}.moving-{os.getpid()}-{threading.get_ident()}"
-            r = subprocess.run(["qemu-img", "convert", "-f", src_fmt, "-O", dest_format, src, tmp],
-                               capture_output=True, text=True, timeout=24 * 3600)
+            r = subprocess.run(["qemu-img", "convert", "-f", src_fmt, "-O", dest_format, src, tmp], capture_output=True, text=True, timeout=24 * 3600)
             if r.returncode != 0:
                 try:
                     os.unlink(tmp)
@@ -274,9 +277,7 @@ class StorageMoveOps:
             raise self._err(e) from None
         return block_progress(info, ready)
 
-
-    def _frozen_move_possible(self, uuid: str, src: str | None, dest_path: str, shallow: bool,
-                              bandwidth_mibps: int | None) -> bool:
+    def _frozen_move_possible(self, uuid: str, src: str | None, dest_path: str, shallow: bool, bandwidth_mibps: int | None) -> bool:
         """Whether ``_move_disk_frozen`` may move this disk (otherwise: block copy). Not for a
         shallow move (a linked clone keeps its chain), a disk with a checkpoint (block
         operations refused), a destination that exists and is not ours (reused as is), or a
@@ -318,8 +319,7 @@ class StorageMoveOps:
                 raise DriverError("DISK_MOVE_FAILED", f"the block job of {disk_target} does not end")
             time.sleep(_POLL)
 
-    def _pivot_when_ready(self, dom, disk_target: str, expect: str, what: str,
-                          cancel: threading.Event | None = None) -> bool:
+    def _pivot_when_ready(self, dom, disk_target: str, expect: str, what: str, cancel: threading.Event | None = None) -> bool:
         """Wait until the disk's block job (copy or active commit) is in sync, pivot, and check
         that the active layer is ``expect``. With ``cancel`` set meanwhile: abort the job
         without pivot and return False."""
@@ -360,22 +360,18 @@ class StorageMoveOps:
         ``base``, persistent definition on ``base``, ``top`` deleted."""
         if not self._job_running(dom, disk_target):
             try:
-                dom.blockCommit(disk_target, None, None, 0,
-                                libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE | libvirt.VIR_DOMAIN_BLOCK_COMMIT_SHALLOW)
+                dom.blockCommit(disk_target, None, None, 0, libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE | libvirt.VIR_DOMAIN_BLOCK_COMMIT_SHALLOW)
             except libvirt.libvirtError as e:
                 err = self._err(e)
                 if isinstance(err, ConnectionLost):
                     raise err from None
-                raise DriverError("DISK_MOVE_FAILED", f"{what}: block commit of {disk_target} into {base}: "
-                                                      f"{e.get_error_message()}; the VM runs on {top}") from None
+                raise DriverError("DISK_MOVE_FAILED", f"{what}: block commit of {disk_target} into {base}: {e.get_error_message()}; the VM runs on {top}") from None
         self._pivot_when_ready(dom, disk_target, base, what)
         self._persist_disk_path(dom, disk_target, base, base_fmt, flatten=True)
         _unlink(top)
 
     # --- the move ------------------------------------------------------------------------
-    def _move_disk_frozen(self, uuid: str, disk_target: str, dest_path: str, dest_format: str,
-                          on_progress: Callable[[MigrationProgress], None] | None,
-                          cancel: threading.Event) -> None:
+    def _move_disk_frozen(self, uuid: str, disk_target: str, dest_path: str, dest_format: str, on_progress: Callable[[MigrationProgress], None] | None, cancel: threading.Event) -> None:
         """See the module docstring. Codes: DISK_MOVE_FAILED, MIGRATION_CANCELLED (the VM
         stays on its old disk), and the driver's connection codes."""
         dom = self._get(uuid)
@@ -435,8 +431,7 @@ class StorageMoveOps:
                 ET.SubElement(d, "source", {"file": top})
             else:
                 ET.SubElement(disks_el, "disk", {"name": dev, "snapshot": "no"})
-        flags = (libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
-                 | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC)
+        flags = libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC
         try:
             dom.snapshotCreateXML(ET.tostring(root, encoding="unicode"), flags)
         except libvirt.libvirtError as e:
@@ -464,8 +459,7 @@ class StorageMoveOps:
                 return
             last[0] = now
             done = int(fraction * size)
-            report(MigrationProgress(phase="copying", data_total=size, data_processed=done, data_remaining=size - done,
-                                     elapsed_ms=int((now - started) * 1000)))
+            report(MigrationProgress(phase="copying", data_total=size, data_processed=done, data_remaining=size - done, elapsed_ms=int((now - started) * 1000)))
 
         try:
             images.convert(src, src_fmt, dest_path, dest_format, on_progress=copied, cancel=cancel)
@@ -473,17 +467,19 @@ class StorageMoveOps:
                 raise DriverError("CANCELLED", "cancelled after the copy")
             mark("convert")
             # 3. the top moves onto a new overlay of the copy, then the guest runs there.
-            r = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", dest_format, "-b", dest_path, dest_top],
-                               capture_output=True, text=True, timeout=60)
+            r = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", dest_format, "-b", dest_path, dest_top], capture_output=True, text=True, timeout=60)
             if r.returncode != 0:
                 raise DriverError("DISK_MOVE_FAILED", f"overlay {dest_top}: {r.stderr.strip()[:300]}")
             disk = ET.Element("disk", {"type": "file", "device": "disk"})
             ET.SubElement(disk, "driver", {"name": "qemu", "type": "qcow2"})
             ET.SubElement(disk, "source", {"file": dest_top})
             try:
-                dom.blockCopy(disk_target, ET.tostring(disk, encoding="unicode"), {},
-                              libvirt.VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB | libvirt.VIR_DOMAIN_BLOCK_COPY_REUSE_EXT
-                              | libvirt.VIR_DOMAIN_BLOCK_COPY_SHALLOW)
+                dom.blockCopy(
+                    disk_target,
+                    ET.tostring(disk, encoding="unicode"),
+                    {},
+                    libvirt.VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB | libvirt.VIR_DOMAIN_BLOCK_COPY_REUSE_EXT | libvirt.VIR_DOMAIN_BLOCK_COPY_SHALLOW,
+                )
             except libvirt.libvirtError as e:
                 err = self._err(e)
                 if isinstance(err, ConnectionLost):
@@ -515,8 +511,7 @@ class StorageMoveOps:
         mark("commit + pivot")
         self._refresh_pools_covering({os.path.dirname(dest_path)})
         mark("refresh pools")
-        report(MigrationProgress(phase="completed", data_total=size, data_processed=size, data_remaining=0,
-                                 elapsed_ms=int((time.monotonic() - started) * 1000)))
+        report(MigrationProgress(phase="completed", data_total=size, data_processed=size, data_remaining=0, elapsed_ms=int((time.monotonic() - started) * 1000)))
 
 
 class _AlwaysSet:

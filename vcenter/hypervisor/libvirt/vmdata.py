@@ -48,6 +48,7 @@ What this module decides:
 
 Vocabulary: target = a disk's device name (vda); chain = a backup file and its backing files.
 """
+
 from __future__ import annotations
 
 import json
@@ -142,9 +143,11 @@ class VmDataOps:
         removed = []
         try:
             if dom.isActive():
+
                 def qmp(command: str, **arguments: Any) -> Any:
                     body = {"execute": command, **({"arguments": arguments} if arguments else {})}
                     return json.loads(libvirt_qemu.qemuMonitorCommand(dom, json.dumps(body), 0)).get("return")
+
                 for device in qmp("query-block") or []:
                     inserted = device.get("inserted") or {}
                     for bitmap in inserted.get("dirty-bitmaps") or device.get("dirty-bitmaps") or []:
@@ -155,7 +158,7 @@ class VmDataOps:
                     if fmt != "qcow2" or not os.path.exists(src):
                         continue
                     info = image_info(src)
-                    for bitmap in (info.get("format-specific", {}).get("data", {}).get("bitmaps") or []):
+                    for bitmap in info.get("format-specific", {}).get("data", {}).get("bitmaps") or []:
                         qemu_img("bitmap", "--remove", src, bitmap["name"], timeout=600)
                         removed.append(bitmap["name"])
         except libvirt.libvirtError as e:
@@ -284,8 +287,9 @@ class VmDataOps:
         return names
 
     # --- push backup jobs (backups and clones of running domains) ------------------------
-    def _run_backup_job(self, dom, targets: dict[str, str], incremental: str | None, checkpoint: str | None,
-                        on_progress: Callable[[MigrationProgress], None] | None, cancel: threading.Event | None) -> dict[str, Any]:
+    def _run_backup_job(
+        self, dom, targets: dict[str, str], incremental: str | None, checkpoint: str | None, on_progress: Callable[[MigrationProgress], None] | None, cancel: threading.Event | None
+    ) -> dict[str, Any]:
         root = ET.Element("domainbackup", {"mode": "push"})
         if incremental:
             ET.SubElement(root, "incremental").text = incremental
@@ -315,8 +319,7 @@ class VmDataOps:
             # The point in time is fixed once backupBegin returned: say so at once (0 %).
             try:
                 total = sum(image_info(src)["virtual-size"] for t, src, _ in self._file_disks(dom) if t in targets)
-                on_progress(MigrationProgress(phase="copying", data_total=total, data_processed=0, data_remaining=total,
-                                              disk_total=total, disk_processed=0, disk_remaining=total))
+                on_progress(MigrationProgress(phase="copying", data_total=total, data_processed=0, data_remaining=total, disk_total=total, disk_processed=0, disk_remaining=total))
             except Exception:
                 log.exception("progress callback failed")
         last: dict[str, Any] = {}
@@ -348,8 +351,9 @@ class VmDataOps:
             if on_progress is not None and stats.get("disk_total"):
                 total, done = int(stats["disk_total"]), int(stats.get("disk_processed", 0))
                 try:
-                    on_progress(MigrationProgress(phase="copying", data_total=total, data_processed=done, data_remaining=total - done,
-                                                  disk_total=total, disk_processed=done, disk_remaining=total - done))
+                    on_progress(
+                        MigrationProgress(phase="copying", data_total=total, data_processed=done, data_remaining=total - done, disk_total=total, disk_processed=done, disk_remaining=total - done)
+                    )
                 except Exception:
                     log.exception("progress callback failed")
             # Short polls first: a 1 GiB job takes under a second here; 0.2 s polls added up to 25 %.
@@ -368,8 +372,7 @@ class VmDataOps:
                 raise DriverError("BACKUP_FAILED", "the backup job ended without its checkpoint (failed)") from None
         return {"elapsed_ms": int((time.monotonic() - started) * 1000), "bytes": int(done.get("disk_total") or last.get("disk_total") or 0)}
 
-    def _snapshot_copy(self, dom, targets: dict[str, str],
-                       on_progress: Callable[[MigrationProgress], None] | None, cancel: threading.Event | None) -> dict[str, Any]:
+    def _snapshot_copy(self, dom, targets: dict[str, str], on_progress: Callable[[MigrationProgress], None] | None, cancel: threading.Event | None) -> dict[str, Any]:
         """Full copies at one point in time of a running domain without checkpoints: external
         snapshot, convert the frozen images, commit the overlays back. The overlays are always
         committed and removed, also when the copy failed or was cancelled."""
@@ -390,8 +393,7 @@ class VmDataOps:
         started = time.monotonic()
         sizes = {t: image_info(sources[t][0])["virtual-size"] for t in targets}
         total = sum(sizes.values())
-        flags = (libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
-                 | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC)
+        flags = libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC
         try:
             dom.snapshotCreateXML(ET.tostring(root, encoding="unicode"), flags)
         except libvirt.libvirtError as e:
@@ -399,10 +401,12 @@ class VmDataOps:
         try:
             done_before = 0
             for t, dest in targets.items():
+
                 def report(fraction: float, t=t, base=done_before) -> None:
                     if on_progress is not None:
                         done = base + int(fraction * sizes[t])
                         on_progress(MigrationProgress(phase="copying", data_total=total, data_processed=done, data_remaining=total - done))
+
                 src, fmt = sources[t]
                 images.convert(src, fmt, dest, "qcow2", on_progress=report, cancel=cancel)
                 done_before += sizes[t]
@@ -441,8 +445,15 @@ class VmDataOps:
         self._persist_disk_path(dom, target, src, fmt, flatten=False)
         _unlink(overlay)
 
-    def backup(self, uuid: str, disks: list[dict[str, Any]], incremental_from: str | None, checkpoint: str,
-               on_progress: Callable[[MigrationProgress], None] | None = None, cancel: threading.Event | None = None) -> dict[str, Any]:
+    def backup(
+        self,
+        uuid: str,
+        disks: list[dict[str, Any]],
+        incremental_from: str | None,
+        checkpoint: str,
+        on_progress: Callable[[MigrationProgress], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> dict[str, Any]:
         """Back up the given disks (``[{"target", "path", "parent_path"}]``; ``parent_path`` is the
         previous backup of that disk for an incremental) at one point in time.
         Returns {"kind": "full"|"incremental", "checkpoint", "files": {target: bytes on disk}}.
@@ -453,11 +464,14 @@ class VmDataOps:
         running = self._active(dom)
         present = set(self.checkpoints(uuid)) if running else set()
         if checkpoint in present:
-            return {"kind": "incremental" if incremental_from else "full", "checkpoint": checkpoint, "already_done": True,
-                    "files": {d["target"]: os.path.getsize(d["path"]) for d in disks if os.path.exists(d["path"])}}
+            return {
+                "kind": "incremental" if incremental_from else "full",
+                "checkpoint": checkpoint,
+                "already_done": True,
+                "files": {d["target"]: os.path.getsize(d["path"]) for d in disks if os.path.exists(d["path"])},
+            }
         sizes = {t: image_info(src)["virtual-size"] for t, src, _ in self._file_disks(dom)}
-        kind = "incremental" if (incremental_from and running and incremental_from in present
-                                 and all(d.get("parent_path") and os.path.exists(d["parent_path"]) for d in disks)) else "full"
+        kind = "incremental" if (incremental_from and running and incremental_from in present and all(d.get("parent_path") and os.path.exists(d["parent_path"]) for d in disks)) else "full"
         for d in disks:
             if d["target"] not in sizes:
                 raise DriverError("DISK_NOT_FOUND", f"domain {uuid} has no disk {d['target']}")
@@ -470,8 +484,7 @@ class VmDataOps:
                 qemu_img("create", "-q", "-f", "qcow2", d["path"], str(sizes[d["target"]]))
         try:
             if running:
-                stats = self._run_backup_job(dom, {d["target"]: d["path"] for d in disks},
-                                             incremental_from if kind == "incremental" else None, checkpoint, on_progress, cancel)
+                stats = self._run_backup_job(dom, {d["target"]: d["path"] for d in disks}, incremental_from if kind == "incremental" else None, checkpoint, on_progress, cancel)
                 # Only the newest checkpoint is the base of the next incremental.
                 for cp in dom.listAllCheckpoints(0):
                     if cp.getName() != checkpoint:
@@ -491,13 +504,12 @@ class VmDataOps:
             for d in disks:
                 _unlink(d["path"])
             raise
-        return {"kind": kind, "checkpoint": checkpoint, "running": running, "mode": "push" if running else "convert", **stats,
-                "files": {d["target"]: os.path.getsize(d["path"]) for d in disks}}
+        return {"kind": kind, "checkpoint": checkpoint, "running": running, "mode": "push" if running else "convert", **stats, "files": {d["target"]: os.path.getsize(d["path"]) for d in disks}}
 
     # --- clones ----------------------------------------------------------------------------
-    def clone_disks(self, uuid: str, disks: list[dict[str, Any]], linked: bool,
-                    on_progress: Callable[[MigrationProgress], None] | None = None,
-                    cancel: threading.Event | None = None) -> dict[str, Any]:
+    def clone_disks(
+        self, uuid: str, disks: list[dict[str, Any]], linked: bool, on_progress: Callable[[MigrationProgress], None] | None = None, cancel: threading.Event | None = None
+    ) -> dict[str, Any]:
         """Make the clone's disk files (``[{"target", "path", "base_path"}]``): full copies at one
         point in time (running or not), or linked overlays on a frozen base (stopped only).
         Returns {"files": {target: path}, "source_files": {target: new source path}}."""
@@ -523,8 +535,7 @@ class VmDataOps:
                 if not os.path.exists(base):
                     os.rename(src, base)
                     # The source keeps its file name, now an empty overlay on the frozen base.
-                    qemu_img("create", "-q", "-f", "qcow2", "-b", os.path.basename(base) if os.path.dirname(base) == os.path.dirname(src) else base,
-                             "-F", "qcow2", src)
+                    qemu_img("create", "-q", "-f", "qcow2", "-b", os.path.basename(base) if os.path.dirname(base) == os.path.dirname(src) else base, "-F", "qcow2", src)
                 rel = os.path.relpath(base, os.path.dirname(d["path"]))
                 qemu_img("create", "-q", "-f", "qcow2", "-b", rel, "-F", "qcow2", d["path"] + ".part")
                 os.rename(d["path"] + ".part", d["path"])
@@ -604,5 +615,4 @@ class VmDataOps:
             qemu_img("convert", "-f", "qcow2", "-O", d.get("format", "qcow2"), src, tmp)
             os.rename(tmp, d["path"])
         self._refresh_pools_covering({os.path.dirname(d["path"]) for d in disks})
-        return {"restored": [d["path"] for d in disks], "snapshots_forgotten": forgotten,
-                "elapsed_ms": int((time.monotonic() - started) * 1000)}
+        return {"restored": [d["path"] for d in disks], "snapshots_forgotten": forgotten, "elapsed_ms": int((time.monotonic() - started) * 1000)}

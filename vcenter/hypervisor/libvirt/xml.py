@@ -16,6 +16,7 @@ What this module decides:
 
 Vocabulary: spec = the VmSpec the server sent; domain type = libvirt's ``<domain type=...>``.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,6 +45,7 @@ _TARGET_PREFIX = {"virtio": "vd", "sata": "sd", "ide": "hd"}
 
 # --- domain type -------------------------------------------------------------------------
 
+
 def choose_domain_type(kvm_present: bool, kvm_pvm_present: bool) -> str:
     """``kvm`` only on a real hardware hypervisor; the PVM nested one boots no Linux kernel."""
     return "kvm" if kvm_present and not kvm_pvm_present else "qemu"
@@ -59,6 +61,7 @@ def bridge_exists(bridge: str) -> bool:
 
 
 # --- validation --------------------------------------------------------------------------
+
 
 def _invalid(message: str) -> DriverError:
     return DriverError("INVALID_SPEC", message)
@@ -84,8 +87,7 @@ def validate_file_name(file: str) -> str:
 
 
 def validate_abs_path(path: str, what: str) -> str:
-    if (not path or not path.startswith("/") or _CONTROL_RE.search(path)
-            or ".." in path.split("/")):
+    if not path or not path.startswith("/") or _CONTROL_RE.search(path) or ".." in path.split("/"):
         raise _invalid(f"{what} {path!r} must be an absolute path without '..'")
     return path
 
@@ -181,11 +183,11 @@ def check_bridges(spec: VmSpec, exists: Callable[[str], bool] = bridge_exists) -
     """Refuse a spec whose port group has no bridge on this host (instead of a start failure)."""
     for n in spec.nics:
         if not exists(validate_bridge(n.bridge)):
-            raise DriverError("PORTGROUP_ABSENT",
-                              f"port group {n.portgroup!r}: bridge {n.bridge!r} does not exist on this host")
+            raise DriverError("PORTGROUP_ABSENT", f"port group {n.portgroup!r}: bridge {n.bridge!r} does not exist on this host")
 
 
 # --- building ----------------------------------------------------------------------------
+
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
     el = ET.SubElement(parent, tag, {k.rstrip("_"): v for k, v in attrs.items()})
@@ -273,6 +275,7 @@ def build_domain_xml(spec: VmSpec, domain_type: str, balloon_stats_period: int =
 
 # --- CPU definitions ---------------------------------------------------------------------
 
+
 def cpu_element(cpu: CpuSpec) -> ET.Element:
     """The guest ``<cpu>`` of a CpuSpec. A custom model is exact with no fallback (a host that
     cannot give the model refuses the guest instead of giving it a different CPU);
@@ -306,6 +309,7 @@ class ParsedCpu:
     """A ``<cpu>`` of any kind (host CPU from capabilities, guest CPU, domain capabilities'
     host-model), reduced to what a comparison needs. ``require`` are the named features a
     host has or a guest needs; ``disable`` those a guest definition switches off."""
+
     mode: str | None = None
     model: str | None = None
     vendor: str | None = None
@@ -329,9 +333,7 @@ def parse_cpu_xml(xml: str) -> ParsedCpu:
         mode = el.get("mode")
     else:
         raise _invalid(f"CPU XML has root <{el.tag}>, expected <cpu>")
-    cpu = ParsedCpu(mode=mode, model=(el.findtext("model") or "").strip() or None,
-                    vendor=(el.findtext("vendor") or "").strip() or None,
-                    arch=(el.findtext("arch") or "").strip() or None)
+    cpu = ParsedCpu(mode=mode, model=(el.findtext("model") or "").strip() or None, vendor=(el.findtext("vendor") or "").strip() or None, arch=(el.findtext("arch") or "").strip() or None)
     for name, what in ((cpu.model, "model"), (cpu.vendor, "vendor")):
         if name is not None:
             validate_cpu_name(name, what)
@@ -360,8 +362,7 @@ def host_style_cpu_xml(cpu: ParsedCpu, arch: str = "x86_64", with_vendor: bool =
     return ET.tostring(el, encoding="unicode")
 
 
-def compare_feature_sets(guest: set[str], guest_vendor: str | None,
-                         host: set[str], host_vendor: str | None) -> tuple[bool, str]:
+def compare_feature_sets(guest: set[str], guest_vendor: str | None, host: set[str], host_vendor: str | None) -> tuple[bool, str]:
     """Whether a guest needing ``guest`` features (model expanded) runs on a host having
     ``host``: (compatible, "identical" | "superset" | "incompatible: ...")."""
     if guest_vendor and host_vendor and guest_vendor != host_vendor:

@@ -1,4 +1,5 @@
 """Administrative use cases run from the command line."""
+
 from __future__ import annotations
 
 from sqlalchemy import select

@@ -7,6 +7,7 @@ RESERVED_USERNAME). Changing or deleting a user needs an actor that holds everyt
 holds (vcenter.services.access.delegation); deleting one removes its permissions, group memberships,
 API tokens and sessions in the same transaction (its id is never given again).
 """
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -30,6 +31,7 @@ from vcenter.services.access.passwords import check_password
 if TYPE_CHECKING:
     from vcenter.services.access.delegation import Actor
 
+
 @lru_cache(maxsize=4)
 def _hasher_of(time_cost: int, memory_cost: int, parallelism: int) -> tuple[PasswordHasher, str]:
     """The argon2id hasher of these costs, and a hash of it to verify against when the user
@@ -49,8 +51,7 @@ def check_username(username: str) -> None:
     """A user never takes a system actor's name: events and tasks of the system would read as
     that user's (and, before ids, were shown to it)."""
     if is_system_actor(username):
-        raise Invalid(f"{username!r} is the name of one of the system's own actors ({', '.join(sorted(SYSTEM_ACTORS))})", code="RESERVED_USERNAME",
-                      details={"field": "username"})
+        raise Invalid(f"{username!r} is the name of one of the system's own actors ({', '.join(sorted(SYSTEM_ACTORS))})", code="RESERVED_USERNAME", details={"field": "username"})
 
 
 def create_user(session: Session, username: str, password: str, is_admin: bool, by: str = "system", *, min_password_length: int | None = None) -> User:
@@ -102,15 +103,38 @@ def login(session: Session, username: str, password: str, settings: Settings) ->
     if source is not None and _recent_failures_from(session, source, settings) >= settings.login_source_failures:
         # Guessing across many user names from one address: slow that address down, not the users.
         first = not _recent(session, "session.login_rate_limited", settings, Event.source == source)
-        raise RateLimited(f"too many failed logins from {source}; try again later", code="LOGIN_RATE_LIMITED", audit={
-            "kind": "session.login_rate_limited", "message": f"login of {username[:80]!r} from {source} refused: rate limited", "username": username[:80],
-            "user_id": None, "object_type": "user", "reason": "LOGIN_RATE_LIMITED"} if first else None)
+        raise RateLimited(
+            f"too many failed logins from {source}; try again later",
+            code="LOGIN_RATE_LIMITED",
+            audit={
+                "kind": "session.login_rate_limited",
+                "message": f"login of {username[:80]!r} from {source} refused: rate limited",
+                "username": username[:80],
+                "user_id": None,
+                "object_type": "user",
+                "reason": "LOGIN_RATE_LIMITED",
+            }
+            if first
+            else None,
+        )
     if _recent_failures(session, username, settings) >= settings.login_lockout_failures:
         # Temporary by design: the window ends by itself, so an attacker who guesses wrong on
         # purpose can delay the last administrator, never lock them out for good.
         first = not _recent(session, "session.login_locked", settings, Event.username == username[:80])
-        raise Unauthorized(f"too many failed logins; try again within {settings.login_lockout_window:.0f} s", code="LOCKED_OUT", audit={
-            "kind": "session.login_locked", "message": f"login of {username[:80]!r} refused: locked out", "username": username[:80], "user_id": None, "object_type": "user", "reason": "LOCKED_OUT"} if first else None)
+        raise Unauthorized(
+            f"too many failed logins; try again within {settings.login_lockout_window:.0f} s",
+            code="LOCKED_OUT",
+            audit={
+                "kind": "session.login_locked",
+                "message": f"login of {username[:80]!r} refused: locked out",
+                "username": username[:80],
+                "user_id": None,
+                "object_type": "user",
+                "reason": "LOCKED_OUT",
+            }
+            if first
+            else None,
+        )
     user = session.scalar(select(User).where(User.username == username))
     try:
         hasher, dummy_hash = _hasher(settings)
@@ -119,9 +143,11 @@ def login(session: Session, username: str, password: str, settings: Settings) ->
     except (VerificationError, InvalidHashError):
         ok = False
     if not ok:
-        raise Unauthorized("wrong user name or password", code="BAD_CREDENTIALS", audit={
-            "kind": "session.login_failed", "message": f"failed login for {username[:80]!r}", "username": username[:80],
-            "user_id": None, "object_type": "user", "reason": "BAD_CREDENTIALS"})
+        raise Unauthorized(
+            "wrong user name or password",
+            code="BAD_CREDENTIALS",
+            audit={"kind": "session.login_failed", "message": f"failed login for {username[:80]!r}", "username": username[:80], "user_id": None, "object_type": "user", "reason": "BAD_CREDENTIALS"},
+        )
     token = new_token()
     now = utcnow()
     login_session = LoginSession(token_hash=token_hash(token), user_id=user.id, created_at=now, last_seen_at=now, expires_at=now + timedelta(seconds=settings.session_max_lifetime))
@@ -183,8 +209,16 @@ def update_user(session: Session, actor: "Actor", user_id: int, changes: dict, *
     if changes.get("disabled"):
         for login_session in session.scalars(select(LoginSession).where(LoginSession.user_id == user.id, LoginSession.revoked.is_(False))):
             login_session.revoked = True
-    record_event(session, "user.updated", f"user {user.username} updated: {', '.join(sorted(k for k, v in changes.items() if v is not None and k != 'password') + (['password'] if changes.get('password') else []))}",
-                 username=actor.name, user_id=actor.user.id, object_type="user", object_id=user.id, object_name=user.username)
+    record_event(
+        session,
+        "user.updated",
+        f"user {user.username} updated: {', '.join(sorted(k for k, v in changes.items() if v is not None and k != 'password') + (['password'] if changes.get('password') else []))}",
+        username=actor.name,
+        user_id=actor.user.id,
+        object_type="user",
+        object_id=user.id,
+        object_name=user.username,
+    )
     return user
 
 
@@ -204,11 +238,20 @@ def delete_user(session: Session, actor: "Actor", user_id: int) -> None:
     session.execute(delete(LoginSession).where(LoginSession.user_id == user.id))
     session.delete(user)
     session.flush()
-    record_event(session, "user.deleted", f"user {name} deleted with its {removed} permission(s), group memberships, tokens and sessions",
-                 username=actor.name, user_id=actor.user.id, object_type="user", object_id=user_id, object_name=name)
+    record_event(
+        session,
+        "user.deleted",
+        f"user {name} deleted with its {removed} permission(s), group memberships, tokens and sessions",
+        username=actor.name,
+        user_id=actor.user.id,
+        object_type="user",
+        object_id=user_id,
+        object_name=name,
+    )
 
 
 # --- API tokens: long-lived, for scripts; narrowed to a role (see services.access.authz) ---------
+
 
 def _authenticate_api_token(session: Session, token: str) -> User:
     api_token = session.scalar(select(ApiToken).where(ApiToken.token_hash == token_hash(token)))
@@ -230,12 +273,19 @@ def create_api_token(session: Session, user: User, name: str, role_id: int, life
     if role is None:
         raise Invalid(f"role {role_id} does not exist", code="INVALID_REFERENCE", details={"field": "role_id"})
     token = "vct_" + new_token()
-    api_token = ApiToken(name=name, token_hash=token_hash(token), user_id=user.id, role_id=role.id,
-                         expires_at=utcnow() + timedelta(seconds=lifetime_s) if lifetime_s else None)
+    api_token = ApiToken(name=name, token_hash=token_hash(token), user_id=user.id, role_id=role.id, expires_at=utcnow() + timedelta(seconds=lifetime_s) if lifetime_s else None)
     session.add(api_token)
     session.flush()
-    record_event(session, "token.created", f"API token {name!r} of {user.username} created, narrowed to role {role.name}",
-                 username=user.username, user_id=user.id, object_type="user", object_id=user.id, object_name=user.username)
+    record_event(
+        session,
+        "token.created",
+        f"API token {name!r} of {user.username} created, narrowed to role {role.name}",
+        username=user.username,
+        user_id=user.id,
+        object_type="user",
+        object_id=user.id,
+        object_name=user.username,
+    )
     return token, api_token
 
 
@@ -248,5 +298,6 @@ def revoke_api_token(session: Session, user: User, token_id: int) -> None:
     if api_token is None or api_token.user_id != user.id:
         raise NotFound(f"token {token_id} not found", code="TOKEN_NOT_FOUND")
     api_token.revoked = True
-    record_event(session, "token.revoked", f"API token {api_token.name!r} of {user.username} revoked",
-                 username=user.username, user_id=user.id, object_type="user", object_id=user.id, object_name=user.username)
+    record_event(
+        session, "token.revoked", f"API token {api_token.name!r} of {user.username} revoked", username=user.username, user_id=user.id, object_type="user", object_id=user.id, object_name=user.username
+    )

@@ -16,6 +16,7 @@ The merge rule is vcenter.domain.privileges'. This module supplies the inventory
 Administrators (``users.is_admin``) hold every privilege everywhere; an API token narrows
 whoever uses it to the token's role (intersection).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -27,8 +28,20 @@ from sqlalchemy.orm import Session
 from vcenter.core.errors import Forbidden
 from vcenter.core.ids import token_hash
 from vcenter.db.models import (
-    ApiToken, Cluster, Datacenter, Datastore, Folder, GroupMember, Host, Permission, PortGroup, ResourcePool, Role,
-    Template, User, VirtualMachine,
+    ApiToken,
+    Cluster,
+    Datacenter,
+    Datastore,
+    Folder,
+    GroupMember,
+    Host,
+    Permission,
+    PortGroup,
+    ResourcePool,
+    Role,
+    Template,
+    User,
+    VirtualMachine,
 )
 from vcenter.domain.privileges import BUILTIN_ROLES, NO_ACCESS, VIEW, Grant, effective_privileges, privileges_on_path
 
@@ -36,8 +49,14 @@ Node = tuple[str, int]
 ROOT: Node = ("root", 0)
 
 _MODELS: dict[str, Any] = {
-    "datacenter": Datacenter, "folder": Folder, "cluster": Cluster, "host": Host, "datastore": Datastore,
-    "portgroup": PortGroup, "pool": ResourcePool, "vm": VirtualMachine,
+    "datacenter": Datacenter,
+    "folder": Folder,
+    "cluster": Cluster,
+    "host": Host,
+    "datastore": Datastore,
+    "portgroup": PortGroup,
+    "pool": ResourcePool,
+    "vm": VirtualMachine,
     "template": Template,  # under its datacenter
 }
 
@@ -66,17 +85,20 @@ def ensure_builtin_roles(session: Session) -> dict[str, Role]:
 
 # --- grants ------------------------------------------------------------------------------
 
+
 def user_grants(session: Session, user: User) -> dict[Node, list[Grant]]:
     """Every permission that applies to the user (its own and its groups'), by object."""
     group_ids = list(session.scalars(select(GroupMember.group_id).where(GroupMember.user_id == user.id)))
-    query = select(Permission, Role).join(Role, Role.id == Permission.role_id).where(
-        ((Permission.principal_type == "user") & (Permission.principal_id == user.id))
-        | ((Permission.principal_type == "group") & (Permission.principal_id.in_(group_ids or [-1]))))
+    query = (
+        select(Permission, Role)
+        .join(Role, Role.id == Permission.role_id)
+        .where(((Permission.principal_type == "user") & (Permission.principal_id == user.id)) | ((Permission.principal_type == "group") & (Permission.principal_id.in_(group_ids or [-1]))))
+    )
     grants: dict[Node, list[Grant]] = {}
     for permission, role in session.execute(query):
-        grants.setdefault((permission.object_type, permission.object_id), []).append(Grant(
-            principal_is_user=permission.principal_type == "user", privileges=role_privileges(role),
-            no_access=role.builtin and role.name == NO_ACCESS, propagate=permission.propagate))
+        grants.setdefault((permission.object_type, permission.object_id), []).append(
+            Grant(principal_is_user=permission.principal_type == "user", privileges=role_privileges(role), no_access=role.builtin and role.name == NO_ACCESS, propagate=permission.propagate)
+        )
     return grants
 
 
@@ -89,6 +111,7 @@ def token_role(session: Session, token: str | None) -> Role | None:
 
 
 # --- the tree ----------------------------------------------------------------------------
+
 
 def _parents_of_row(kind: str, row: Any) -> list[Node]:
     if kind == "datacenter":
@@ -145,12 +168,16 @@ def check(session: Session, user: User, privilege: str, kind: str | None, object
     if allowed(session, user, privilege, kind, object_id, token):
         return
     where = f"{kind} {object_id}" if kind and object_id is not None else "the inventory root"
-    raise Forbidden(f"{user.username} lacks {privilege} on {where}", code="FORBIDDEN", details={"privilege": privilege, "object_type": kind, "object_id": object_id}, audit={
-        "kind": "authz.refused", "message": f"{user.username} refused: {privilege} on {where}",
-        "username": user.username, "object_type": kind, "object_id": object_id, "reason": "FORBIDDEN"})
+    raise Forbidden(
+        f"{user.username} lacks {privilege} on {where}",
+        code="FORBIDDEN",
+        details={"privilege": privilege, "object_type": kind, "object_id": object_id},
+        audit={"kind": "authz.refused", "message": f"{user.username} refused: {privilege} on {where}", "username": user.username, "object_type": kind, "object_id": object_id, "reason": "FORBIDDEN"},
+    )
 
 
 # --- visibility for lists ---------------------------------------------------------------
+
 
 class _Resolver:
     """Inherited decisions per tree node, memoized, for bulk visibility (one pass per list)."""
@@ -202,8 +229,15 @@ def _merge(decisions: Iterable[tuple[frozenset[str], bool] | None]) -> tuple[fro
 
 
 _DEPENDS_ON: dict[str, tuple[str, ...]] = {
-    "datacenter": (), "folder": ("folder",), "cluster": (), "host": ("cluster",), "datastore": (), "portgroup": (),
-    "pool": ("pool", "cluster"), "vm": ("folder", "pool", "cluster", "host"), "template": (),
+    "datacenter": (),
+    "folder": ("folder",),
+    "cluster": (),
+    "host": ("cluster",),
+    "datastore": (),
+    "portgroup": (),
+    "pool": ("pool", "cluster"),
+    "vm": ("folder", "pool", "cluster", "host"),
+    "template": (),
 }
 
 
@@ -267,14 +301,15 @@ def event_visibility_clause(session: Session, user: User, model: Any, token: str
 
 # --- holdings over the whole inventory (vcenter.services.access.delegation) -----------------------
 
+
 def group_grants(session: Session, group_id: int) -> dict[Node, list[Grant]]:
     """The permissions of a group, as a member with no permission of its own holds them."""
-    query = select(Permission, Role).join(Role, Role.id == Permission.role_id).where(
-        Permission.principal_type == "group", Permission.principal_id == group_id)
+    query = select(Permission, Role).join(Role, Role.id == Permission.role_id).where(Permission.principal_type == "group", Permission.principal_id == group_id)
     grants: dict[Node, list[Grant]] = {}
     for permission, role in session.execute(query):
-        grants.setdefault((permission.object_type, permission.object_id), []).append(Grant(
-            principal_is_user=False, privileges=role_privileges(role), no_access=role.builtin and role.name == NO_ACCESS, propagate=permission.propagate))
+        grants.setdefault((permission.object_type, permission.object_id), []).append(
+            Grant(principal_is_user=False, privileges=role_privileges(role), no_access=role.builtin and role.name == NO_ACCESS, propagate=permission.propagate)
+        )
     return grants
 
 

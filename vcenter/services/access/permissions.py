@@ -11,6 +11,7 @@ members); nobody but an administrator edits a role it holds, or touches an
 administrator-equivalent group or role. Deleting a group deletes its permissions and its
 memberships in the same transaction.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -31,8 +32,7 @@ OBJECT_KINDS = ("root", "datacenter", "folder", "cluster", "host", "datastore", 
 
 
 def role_read(role: Role) -> dict[str, Any]:
-    return {"id": role.id, "name": role.name, "builtin": role.builtin, "description": role.description,
-            "privileges": sorted(authz.role_privileges(role))}
+    return {"id": role.id, "name": role.name, "builtin": role.builtin, "description": role.description, "privileges": sorted(authz.role_privileges(role))}
 
 
 def list_roles(session: Session) -> list[dict[str, Any]]:
@@ -64,7 +64,16 @@ def create_role(session: Session, actor: Actor, name: str, privileges: list[str]
     role = Role(name=name, privileges=privileges, description=description, builtin=False)
     session.add(role)
     session.flush()
-    record_event(session, "role.created", f"role {name} created: {', '.join(role.privileges) or 'no privileges'}", username=actor.name, user_id=actor.user.id, object_type="role", object_id=role.id, object_name=name)
+    record_event(
+        session,
+        "role.created",
+        f"role {name} created: {', '.join(role.privileges) or 'no privileges'}",
+        username=actor.name,
+        user_id=actor.user.id,
+        object_type="role",
+        object_id=role.id,
+        object_name=name,
+    )
     return role_read(role)
 
 
@@ -100,8 +109,17 @@ def update_role(session: Session, actor: Actor, role_id: int, changes: dict[str,
     session.flush()
     if new_privileges is not None:
         _require_covers_holders(session, actor, role.id)
-    record_event(session, "role.updated", f"role {role.name} updated", username=actor.name, user_id=actor.user.id, object_type="role", object_id=role.id, object_name=role.name,
-                 data={"before": before, "after": sorted(role.privileges)})
+    record_event(
+        session,
+        "role.updated",
+        f"role {role.name} updated",
+        username=actor.name,
+        user_id=actor.user.id,
+        object_type="role",
+        object_id=role.id,
+        object_name=role.name,
+        data={"before": before, "after": sorted(role.privileges)},
+    )
     return role_read(role)
 
 
@@ -112,8 +130,9 @@ def delete_role(session: Session, actor: Actor, role_id: int) -> None:
     actor.require_not_holding(role)
     if role_is_administrator_equivalent(role.privileges or []):
         actor.require_administrator(f"role {role.name}: it holds every privilege")
-    uses = (session.scalar(select(func.count()).select_from(Permission).where(Permission.role_id == role.id)) or 0) + \
-        (session.scalar(select(func.count()).select_from(ApiToken).where(ApiToken.role_id == role.id, ApiToken.revoked.is_(False))) or 0)
+    uses = (session.scalar(select(func.count()).select_from(Permission).where(Permission.role_id == role.id)) or 0) + (
+        session.scalar(select(func.count()).select_from(ApiToken).where(ApiToken.role_id == role.id, ApiToken.revoked.is_(False))) or 0
+    )
     if uses:
         raise Conflict(f"role {role.name} is used by {uses} permissions or tokens", code="ROLE_IN_USE", details={"uses": uses})
     # Revoked tokens still name the role (a RESTRICT key): they are dead, they go with it.
@@ -123,6 +142,7 @@ def delete_role(session: Session, actor: Actor, role_id: int) -> None:
 
 
 # --- groups ------------------------------------------------------------------------------
+
 
 def group_read(session: Session, group: Group) -> dict[str, Any]:
     members = session.scalars(select(User.username).join(GroupMember, GroupMember.user_id == User.id).where(GroupMember.group_id == group.id).order_by(User.username))
@@ -196,8 +216,17 @@ def update_group(session: Session, actor: Actor, group_id: int, changes: dict[st
         session.flush()
         _require_covers_users(session, actor, moved)
     after = group_read(session, group)
-    record_event(session, "group.updated", f"group {group.name} updated", username=actor.name, user_id=actor.user.id, object_type="group", object_id=group.id, object_name=group.name,
-                 data={"before": before, "after": after["members"]})
+    record_event(
+        session,
+        "group.updated",
+        f"group {group.name} updated",
+        username=actor.name,
+        user_id=actor.user.id,
+        object_type="group",
+        object_id=group.id,
+        object_name=group.name,
+        data={"before": before, "after": after["members"]},
+    )
     return after
 
 
@@ -213,19 +242,29 @@ def delete_group(session: Session, actor: Actor, group_id: int) -> None:
     session.flush()
     # Losing a group's "No access" widens a member: what they hold now counts too.
     _require_covers_users(session, actor, members)
-    record_event(session, "group.deleted", f"group {group.name} deleted with its permissions", username=actor.name, user_id=actor.user.id, object_type="group", object_id=group_id, object_name=group.name)
+    record_event(
+        session, "group.deleted", f"group {group.name} deleted with its permissions", username=actor.name, user_id=actor.user.id, object_type="group", object_id=group_id, object_name=group.name
+    )
 
 
 # --- permissions -------------------------------------------------------------------------
+
 
 def permission_read(session: Session, permission: Permission) -> dict[str, Any]:
     role = session.get(Role, permission.role_id)
     principal_model = User if permission.principal_type == "user" else Group
     principal = session.get(principal_model, permission.principal_id)
-    return {"id": permission.id, "principal_type": permission.principal_type, "principal_id": permission.principal_id,
-            "principal": getattr(principal, "username", None) or getattr(principal, "name", None),
-            "role_id": permission.role_id, "role": role.name if role else None,
-            "object_type": permission.object_type, "object_id": permission.object_id, "propagate": permission.propagate}
+    return {
+        "id": permission.id,
+        "principal_type": permission.principal_type,
+        "principal_id": permission.principal_id,
+        "principal": getattr(principal, "username", None) or getattr(principal, "name", None),
+        "role_id": permission.role_id,
+        "role": role.name if role else None,
+        "object_type": permission.object_type,
+        "object_id": permission.object_id,
+        "propagate": permission.propagate,
+    }
 
 
 def list_permissions(session: Session, object_type: str | None, object_id: int | None) -> list[dict[str, Any]]:
@@ -278,9 +317,11 @@ def set_permission(session: Session, actor: Actor, data: dict[str, Any], granter
         if beyond:
             raise Forbidden(f"role {role.name} holds privileges the granter lacks here: {', '.join(beyond)}", code="GRANT_EXCEEDS_OWN", details={"privileges": beyond})
     _require_covers_principal(session, actor, principal_type, data["principal_id"])
-    permission = session.scalar(select(Permission).where(
-        Permission.principal_type == principal_type, Permission.principal_id == data["principal_id"],
-        Permission.object_type == data["object_type"], Permission.object_id == data["object_id"]))
+    permission = session.scalar(
+        select(Permission).where(
+            Permission.principal_type == principal_type, Permission.principal_id == data["principal_id"], Permission.object_type == data["object_type"], Permission.object_id == data["object_id"]
+        )
+    )
     before = permission_read(session, permission) if permission is not None else None
     if permission is None:
         permission = Permission(principal_type=principal_type, principal_id=data["principal_id"], object_type=data["object_type"], object_id=data["object_id"], role_id=role.id)
@@ -290,9 +331,16 @@ def set_permission(session: Session, actor: Actor, data: dict[str, Any], granter
     session.flush()
     _require_covers_principal(session, actor, principal_type, data["principal_id"])
     after = permission_read(session, permission)
-    record_event(session, "permission.set", f"{after['principal_type']} {after['principal']} gets role {role.name} on {data['object_type']} {data['object_id']}{' (propagating)' if permission.propagate else ''}",
-                 username=actor.name, user_id=actor.user.id, object_type=data["object_type"] if data["object_type"] != "root" else None, object_id=data["object_id"] or None,
-                 data={"before": before, "after": after})
+    record_event(
+        session,
+        "permission.set",
+        f"{after['principal_type']} {after['principal']} gets role {role.name} on {data['object_type']} {data['object_id']}{' (propagating)' if permission.propagate else ''}",
+        username=actor.name,
+        user_id=actor.user.id,
+        object_type=data["object_type"] if data["object_type"] != "root" else None,
+        object_id=data["object_id"] or None,
+        data={"before": before, "after": after},
+    )
     return after
 
 
@@ -320,5 +368,13 @@ def delete_permission(session: Session, actor: Actor, permission_id: int) -> Non
     session.delete(permission)
     session.flush()
     _require_covers_principal(session, actor, *principal)
-    record_event(session, "permission.removed", f"{before['principal_type']} {before['principal']} loses role {before['role']} on {before['object_type']} {before['object_id']}",
-                 username=actor.name, user_id=actor.user.id, object_type=before["object_type"] if before["object_type"] != "root" else None, object_id=before["object_id"] or None, data={"before": before})
+    record_event(
+        session,
+        "permission.removed",
+        f"{before['principal_type']} {before['principal']} loses role {before['role']} on {before['object_type']} {before['object_id']}",
+        username=actor.name,
+        user_id=actor.user.id,
+        object_type=before["object_type"] if before["object_type"] != "root" else None,
+        object_id=before["object_id"] or None,
+        data={"before": before},
+    )

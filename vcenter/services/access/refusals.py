@@ -20,6 +20,7 @@ Vocabulary:
 Not counted: a request that presented no credential at all (a missing ``Authorization``
 header): nothing was refused, nothing was guessed.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -103,11 +104,10 @@ def count_refusal(session: Session, source: str | None, kind: str, detail: str, 
         raise ValueError(f"unknown credential kind {kind!r}")
     now = now or utcnow()
     insert = _insert_for(session.get_bind().dialect.name)
-    statement = insert(RefusedCredential).values(
-        minute=minute_of(now), source=source_key(source), credential=kind, count=1, last_at=now, last_detail=detail[:_DETAIL_MAX])
+    statement = insert(RefusedCredential).values(minute=minute_of(now), source=source_key(source), credential=kind, count=1, last_at=now, last_detail=detail[:_DETAIL_MAX])
     statement = statement.on_conflict_do_update(
-        index_elements=["minute", "source", "credential"],
-        set_={"count": RefusedCredential.count + 1, "last_at": statement.excluded.last_at, "last_detail": statement.excluded.last_detail})
+        index_elements=["minute", "source", "credential"], set_={"count": RefusedCredential.count + 1, "last_at": statement.excluded.last_at, "last_detail": statement.excluded.last_detail}
+    )
     session.execute(statement)
 
 
@@ -126,9 +126,9 @@ def list_refusals(session: Session, offset: int, limit: int, credential: str | N
     if source is not None:
         conditions.append(RefusedCredential.source == source)
     total = session.scalar(select(func.count()).select_from(RefusedCredential).where(*conditions)) or 0
-    rows = session.scalars(select(RefusedCredential).where(*conditions)
-                           .order_by(RefusedCredential.minute.desc(), RefusedCredential.last_at.desc(), RefusedCredential.id.desc())
-                           .offset(offset).limit(limit)).all()
+    rows = session.scalars(
+        select(RefusedCredential).where(*conditions).order_by(RefusedCredential.minute.desc(), RefusedCredential.last_at.desc(), RefusedCredential.id.desc()).offset(offset).limit(limit)
+    ).all()
     return total, list(rows)
 
 

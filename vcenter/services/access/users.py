@@ -1,5 +1,6 @@
 """The user an id names, for a request already authenticated (by session, token or the
 dashboard's cookie): a user deleted since is refused as not authenticated."""
+
 from __future__ import annotations
 
 from sqlalchemy.orm import Session

@@ -10,6 +10,7 @@ Vocabulary:
 - open request: a ``console.open`` command signed by the server's command key, presented to
   the host agent's console endpoint (workers.agent.console); its command_id is the nonce.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,11 +42,9 @@ def issue_ticket(session: Session, redis: Any, settings: Settings, username: str
     if not host.address or not host.thumbprint:
         raise InvalidState(f"host {host.name} has no address or no confirmed certificate to reach its console endpoint", code="CONSOLE_UNAVAILABLE")
     ticket = new_token()
-    grant = {"username": username, "user_id": user_id, "vm_id": vm.id, "vm_name": vm.name, "uuid": vm.libvirt_uuid, "host_id": host.id,
-             "address": host.address, "thumbprint": host.thumbprint}
+    grant = {"username": username, "user_id": user_id, "vm_id": vm.id, "vm_name": vm.name, "uuid": vm.libvirt_uuid, "host_id": host.id, "address": host.address, "thumbprint": host.thumbprint}
     redis.set(_PREFIX + token_hash(ticket), json.dumps(grant), px=max(1, int(settings.console_ticket_ttl * 1000)))
-    record_event(session, "vm.console.ticket", f"console ticket for VM {vm.name} issued to {username}", username=username,
-                 object_type="vm", object_id=vm.id, object_name=vm.name)
+    record_event(session, "vm.console.ticket", f"console ticket for VM {vm.name} issued to {username}", username=username, object_type="vm", object_id=vm.id, object_name=vm.name)
     return {"ticket": ticket, "expires_in": settings.console_ticket_ttl}
 
 

@@ -9,6 +9,7 @@ and placement requires it of every host (ClusterSnapshot.evc).
 Vocabulary: mode = the baseline's CPU model name (e.g. "Westmere"); features = the baseline
 expanded by libvirt's CPU map (what a host must offer); cpu_xml = the baseline definition.
 """
+
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
@@ -39,8 +40,17 @@ def enable(session: Session, user: str, cluster_id: int, host_ids: list[int] | N
     agent = next((h for h in chosen if h.connection_state == ConnectionState.CONNECTED.value), None)
     if agent is None:
         raise Conflict("no connected host to compute the baseline", code="HOST_NOT_CONNECTED")
-    return start_task(session, kind="cluster.evc", object_type="cluster", object_id=cluster.id, username=user, host_id=agent.id,
-                      params={"hosts": [h.id for h in chosen]}, command="host.cpu_baseline", command_args=CpuBaselineArgs(cpu_xmls=[h.cpu_xml for h in chosen]).args())
+    return start_task(
+        session,
+        kind="cluster.evc",
+        object_type="cluster",
+        object_id=cluster.id,
+        username=user,
+        host_id=agent.id,
+        params={"hosts": [h.id for h in chosen]},
+        command="host.cpu_baseline",
+        command_args=CpuBaselineArgs(cpu_xmls=[h.cpu_xml for h in chosen]).args(),
+    )
 
 
 def disable(session: Session, user: str, cluster_id: int) -> Cluster:
@@ -54,7 +64,16 @@ def apply_baseline(session: Session, task: Task, result: CpuBaselineResult) -> N
     cluster: Cluster = session.get(Cluster, task.object_id)
     evc = {"mode": result.model, "cpu_xml": result.xml, "features": sorted(result.features), "model_features": sorted(result.model_features), "hosts": task.params.get("hosts", [])}
     cluster.settings = {**(cluster.settings or {}), "evc": evc}
-    record_event(session, "cluster.evc.enabled", f"EVC mode {evc['mode']} on cluster {cluster.name} ({len(evc['features'])} CPU features)", username=task.username, object_type="cluster", object_id=cluster.id, object_name=cluster.name, task_id=task.id)
+    record_event(
+        session,
+        "cluster.evc.enabled",
+        f"EVC mode {evc['mode']} on cluster {cluster.name} ({len(evc['features'])} CPU features)",
+        username=task.username,
+        object_type="cluster",
+        object_id=cluster.id,
+        object_name=cluster.name,
+        task_id=task.id,
+    )
 
 
 def vm_cpu_for(cluster: Cluster | None) -> dict[str, Any] | None:
@@ -83,5 +102,14 @@ def cpu_check(session: Session, user: str, vm_id: int, host_id: int) -> Task:
     if host.connection_state != ConnectionState.CONNECTED.value:
         raise Conflict(f"host {host.name} is {host.connection_state}", code="HOST_NOT_CONNECTED")
     # Claims the pair, not the VM: a check runs alongside anything the VM is doing.
-    return start_task(session, kind="vm.cpuCheck", object_type="cpucheck", object_id=vm.id * 100000 + host.id, username=user, host_id=host.id,
-                      params={"vm": vm.id}, command="host.cpu_compare", command_args=CpuCompareArgs(cpu=vm.cpu).args())
+    return start_task(
+        session,
+        kind="vm.cpuCheck",
+        object_type="cpucheck",
+        object_id=vm.id * 100000 + host.id,
+        username=user,
+        host_id=host.id,
+        params={"vm": vm.id},
+        command="host.cpu_compare",
+        command_args=CpuCompareArgs(cpu=vm.cpu).args(),
+    )

@@ -14,6 +14,7 @@ Standby (a Task of kind ``host.enterStandby``, DPM's power-off) is the same evac
 which the host is powered off through its power driver (services.inventory.host_power) instead of
 being marked in maintenance; powered-off VMs never move for it.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -47,8 +48,7 @@ def _blocked_reason(session: Session, blocked: evacuation.Blocked) -> str:
         return blocked.reason
     vm = session.get(VirtualMachine, int(blocked.vm_id))
     names = sorted({session.get(Datastore, d.datastore_id).name for d in vm.disks})
-    return (f"its disks are on datastore(s) {', '.join(names)}, which no other host able to take it mounts "
-            f"(move the disks with a relocation first); {blocked.reason}")
+    return f"its disks are on datastore(s) {', '.join(names)}, which no other host able to take it mounts (move the disks with a relocation first); {blocked.reason}"
 
 
 def enter_maintenance(session: Session, user: str, host_id: int, config: Settings, standby: bool = False) -> Task:
@@ -81,30 +81,44 @@ def enter_maintenance(session: Session, user: str, host_id: int, config: Setting
     if cluster is not None and (running or stopped):
         snapshot = cluster_snapshot(session, cluster.id)
         known = {v.id: v for v in snapshot.vms}
-        counts = dict(session.execute(select(VmSnapshotRow.vm_id, func.count()).where(VmSnapshotRow.vm_id.in_([v.id for v in stopped]))
-                                      .group_by(VmSnapshotRow.vm_id)).all()) if stopped and policy == "move" else {}
+        counts = (
+            dict(session.execute(select(VmSnapshotRow.vm_id, func.count()).where(VmSnapshotRow.vm_id.in_([v.id for v in stopped])).group_by(VmSnapshotRow.vm_id)).all())
+            if stopped and policy == "move"
+            else {}
+        )
         decided = evacuation.plan(
-            snapshot, str(host.id),
+            snapshot,
+            str(host.id),
             [known.get(str(v.id)) or vm_snapshot(v, v.host_id) for v in running],
             [evacuation.StoppedVm(known.get(str(v.id)) or vm_snapshot(v, None), v.power_state, v.status == "ready", counts.get(v.id, 0)) for v in stopped],
-            policy)
+            policy,
+        )
         if decided.blocked and decided.blocked[0].code == "POWERED_OFF_VMS_PRESENT":
             off = [b.name for b in decided.blocked]
             raise Conflict(f"host {host.name} has powered-off VMs and the cluster refuses to leave them: {', '.join(off)}", code="POWERED_OFF_VMS_PRESENT", details={"vms": off})
         if decided.blocked:
             codes = {b.name: (FILTER_CODES.get(b.filter, "PLACEMENT_FAILED") if b.code == "NO_HOST" else b.code) for b in decided.blocked}
             reasons = {b.name: _blocked_reason(session, b) for b in decided.blocked}
-            raise Conflict(f"host {host.name} cannot be evacuated: " + "; ".join(f"{n}: {r}" for n, r in reasons.items()),
-                           code="CANNOT_EVACUATE", details={"vms": reasons, "codes": codes})
+            raise Conflict(f"host {host.name} cannot be evacuated: " + "; ".join(f"{n}: {r}" for n, r in reasons.items()), code="CANNOT_EVACUATE", details={"vms": reasons, "codes": codes})
         plan = {int(v): int(h) for v, h in decided.moves.items()}
         cold = {int(v): int(h) for v, h in decided.cold_moves.items()}
         decisions = [r.to_dict() for r in decided.running]
         cold_decisions = [r.to_dict() for r in decided.stopped]
     kind = "host.enterStandby" if standby else "host.enterMaintenance"
     # The evacuation's placement, every VM with every host's reason, is kept in the Task.
-    task = start_task(session, kind=kind, object_type="host", object_id=host.id, username=user,
-                      params={"plan": {str(k): v for k, v in plan.items()}, "cold": {str(k): v for k, v in cold.items()}, "powered_off": policy,
-                              "placement": {"evacuation": decisions, "powered_off": cold_decisions}})
+    task = start_task(
+        session,
+        kind=kind,
+        object_type="host",
+        object_id=host.id,
+        username=user,
+        params={
+            "plan": {str(k): v for k, v in plan.items()},
+            "cold": {str(k): v for k, v in cold.items()},
+            "powered_off": policy,
+            "placement": {"evacuation": decisions, "powered_off": cold_decisions},
+        },
+    )
     task.state = TaskState.RUNNING.value
     task.step = "evacuating"
     children = []
@@ -117,8 +131,16 @@ def enter_maintenance(session: Session, user: str, host_id: int, config: Setting
         dispatch_waiting(session)
         children.append(child.id)
     task.params = {**task.params, "children": children}
-    record_event(session, "host.maintenance.requested", f"host {host.name} entering maintenance: {len(plan)} running and {len(cold)} powered-off VMs to move",
-                 username=user, object_type="host", object_id=host.id, object_name=host.name, task_id=task.id)
+    record_event(
+        session,
+        "host.maintenance.requested",
+        f"host {host.name} entering maintenance: {len(plan)} running and {len(cold)} powered-off VMs to move",
+        username=user,
+        object_type="host",
+        object_id=host.id,
+        object_name=host.name,
+        task_id=task.id,
+    )
     advance_maintenance(session, task)
     return task
 

@@ -17,6 +17,7 @@ Check codes: VM_HAS_SNAPSHOTS, HOST_NOT_CONNECTED, HOST_IN_MAINTENANCE, HOST_IN_
 DATASTORE_NOT_MOUNTED, PORTGROUP_ABSENT, INSUFFICIENT_MEMORY, INSUFFICIENT_CPU,
 RULE_VIOLATION, POOL_ADMISSION_REFUSED, SAME_HOST, VM_NOT_RUNNING.
 """
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -52,8 +53,7 @@ FILTER_CODES = {
     "CpuFilter": "INSUFFICIENT_CPU",
     "RuleFilter": "RULE_VIOLATION",
 }
-DEFAULT_SETTINGS = {"max_downtime_ms": 300, "bandwidth_mibps": None, "auto_converge": True, "postcopy": False,
-                    "max_per_host": 2, "tls": False}
+DEFAULT_SETTINGS = {"max_downtime_ms": 300, "bandwidth_mibps": None, "auto_converge": True, "postcopy": False, "max_per_host": 2, "tls": False}
 
 
 class MigrationRefused(Conflict):
@@ -170,10 +170,32 @@ def migrate(session: Session, user: str, vm_id: int, target_id: int | None, conf
     source: Host = session.get(Host, vm.host_id)
     cluster = session.get(Cluster, vm.cluster_id)
     options = options_for(session, vm, target, migration_settings(cluster))
-    task = start_task(session, kind="vm.migrate", object_type="vm", object_id=vm.id, username=user, host_id=source.id,
-                      params={"source": source.id, "target": target.id, "placement": decision, "parent": parent_task_id, "checks": results,
-                              "pending_command": MigrateArgs(uuid=vm.libvirt_uuid, options=options).args()})
-    record_event(session, "vm.migrate.requested", f"VMotion of VM {vm.name} from {source.name} to {target.name} requested", username=user, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
+    task = start_task(
+        session,
+        kind="vm.migrate",
+        object_type="vm",
+        object_id=vm.id,
+        username=user,
+        host_id=source.id,
+        params={
+            "source": source.id,
+            "target": target.id,
+            "placement": decision,
+            "parent": parent_task_id,
+            "checks": results,
+            "pending_command": MigrateArgs(uuid=vm.libvirt_uuid, options=options).args(),
+        },
+    )
+    record_event(
+        session,
+        "vm.migrate.requested",
+        f"VMotion of VM {vm.name} from {source.name} to {target.name} requested",
+        username=user,
+        object_type="vm",
+        object_id=vm.id,
+        object_name=vm.name,
+        task_id=task.id,
+    )
     dispatch_waiting(session, cluster)
     return task
 
@@ -270,8 +292,17 @@ def relocate(session: Session, user: str, vm_id: int, moves: list[dict[str, int]
         return _relocate_to_host(session, user, vm, moves, host_id)
     plan = disk_moves(session, vm, moves, vm.host_id)
     running = vm.power_state == PowerState.POWERED_ON.value
-    return start_task(session, kind="vm.relocate", object_type="vm", object_id=vm.id, username=user, host_id=vm.host_id,
-                      params={"moves": plan}, command="vm.relocate", command_args=RelocateArgs(uuid=vm.libvirt_uuid, moves=plan, running=running).args())
+    return start_task(
+        session,
+        kind="vm.relocate",
+        object_type="vm",
+        object_id=vm.id,
+        username=user,
+        host_id=vm.host_id,
+        params={"moves": plan},
+        command="vm.relocate",
+        command_args=RelocateArgs(uuid=vm.libvirt_uuid, moves=plan, running=running).args(),
+    )
 
 
 def _relocate_to_host(session: Session, user: str, vm: VirtualMachine, moves: list[dict[str, int]], target_id: int) -> Task:
@@ -288,15 +319,35 @@ def _relocate_to_host(session: Session, user: str, vm: VirtualMachine, moves: li
         raise MigrationRefused(f"VM {vm.name} cannot move to host {target.name}: {failed[0]['message']}", code=failed[0]["code"], details={"checks": results})
     source_host: Host = session.get(Host, vm.host_id)
     options = options_for(session, vm, target, migration_settings(session.get(Cluster, vm.cluster_id)))
-    options = options.model_copy(update={"copy_storage": True, "copy_disks": [p["target"] for p in plan],
-                                         "dest_disk_paths": {p["target"]: p["to"] for p in plan}})
+    options = options.model_copy(update={"copy_storage": True, "copy_disks": [p["target"] for p in plan], "dest_disk_paths": {p["target"]: p["to"] for p in plan}})
     # Queued like a VMotion: sent when the source and the target have a free migration slot.
-    task = start_task(session, kind="vm.relocate", object_type="vm", object_id=vm.id, username=user, host_id=source_host.id,
-                      params={"moves": plan, "source": source_host.id, "target": target.id, "checks": results,
-                              "pending_name": "vm.relocate", "pending_step": "migrating",
-                              "pending_command": RelocateArgs(uuid=vm.libvirt_uuid, moves=plan, running=True, migrate=options).args()})
-    record_event(session, "vm.relocate.requested", f"relocation of VM {vm.name} from {source_host.name} to {target.name} with {len(plan)} disk(s) requested",
-                 username=user, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
+    task = start_task(
+        session,
+        kind="vm.relocate",
+        object_type="vm",
+        object_id=vm.id,
+        username=user,
+        host_id=source_host.id,
+        params={
+            "moves": plan,
+            "source": source_host.id,
+            "target": target.id,
+            "checks": results,
+            "pending_name": "vm.relocate",
+            "pending_step": "migrating",
+            "pending_command": RelocateArgs(uuid=vm.libvirt_uuid, moves=plan, running=True, migrate=options).args(),
+        },
+    )
+    record_event(
+        session,
+        "vm.relocate.requested",
+        f"relocation of VM {vm.name} from {source_host.name} to {target.name} with {len(plan)} disk(s) requested",
+        username=user,
+        object_type="vm",
+        object_id=vm.id,
+        object_name=vm.name,
+        task_id=task.id,
+    )
     dispatch_waiting(session)
     return task
 
@@ -323,8 +374,16 @@ def disk_moves(session: Session, vm: VirtualMachine, moves: list[dict[str, int]]
             raise Conflict(f"datastore {ds.name} has {ds.free_bytes // 2**20} MiB free, disk {disk.index} needs {disk.capacity_mib} MiB", code="DATASTORE_FULL")
         source = session.get(Datastore, disk.datastore_id)
         old_mount = next((m for m in source.mounts if m.host_id == vm.host_id), None)
-        plan.append({"index": disk.index, "target": disk_target_name(disk.index), "format": disk.format,
-                     "from": f"{(old_mount.path if old_mount else source.url)}/{disk.file}", "to": f"{mount.path}/{disk.file}", "datastore_id": ds.id})
+        plan.append(
+            {
+                "index": disk.index,
+                "target": disk_target_name(disk.index),
+                "format": disk.format,
+                "from": f"{(old_mount.path if old_mount else source.url)}/{disk.file}",
+                "to": f"{mount.path}/{disk.file}",
+                "datastore_id": ds.id,
+            }
+        )
     return plan
 
 

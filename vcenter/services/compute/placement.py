@@ -3,6 +3,7 @@ a power-on, and DRS rules with their contradiction check. The decisions themselv
 pure functions of vcenter.domain; this module turns rows into snapshots and answers into
 errors with every host's reason.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -111,8 +112,7 @@ def _check_contradictions(session: Session, cluster_id: int, candidate: ClusterR
     found = rules.contradictions_with(others, rule_snapshot(candidate))
     if found:
         first = found[0]
-        raise Conflict(f"rule {first.second!r} contradicts rule {first.first!r}: {first.reason}", code="RULE_CONTRADICTION",
-                       details={"rules": [first.first, first.second], "reason": first.reason})
+        raise Conflict(f"rule {first.second!r} contradicts rule {first.first!r}: {first.reason}", code="RULE_CONTRADICTION", details={"rules": [first.first, first.second], "reason": first.reason})
 
 
 def create_rule(session: Session, user: str, cluster_id: int, data: dict[str, Any]) -> ClusterRule:
@@ -124,7 +124,15 @@ def create_rule(session: Session, user: str, cluster_id: int, data: dict[str, An
     session.add(rule)
     inventory.flush_unique(session, f"rule {data['name']!r}")
     _check_contradictions(session, cluster_id, rule)
-    record_event(session, "rule.created", f"{'must' if rule.mandatory else 'should'} {rule.kind} rule {rule.name} created in cluster {cluster_id}", username=user, object_type="cluster", object_id=cluster_id, data={"rule": rule.name})
+    record_event(
+        session,
+        "rule.created",
+        f"{'must' if rule.mandatory else 'should'} {rule.kind} rule {rule.name} created in cluster {cluster_id}",
+        username=user,
+        object_type="cluster",
+        object_id=cluster_id,
+        data={"rule": rule.name},
+    )
     return rule
 
 
@@ -162,10 +170,7 @@ def delete_rule(session: Session, user: str, cluster_id: int, rule_id: int) -> N
 
 def violations(session: Session, cluster_id: int) -> list[dict[str, Any]]:
     inventory.get(session, "cluster", cluster_id)
-    return [
-        {"rule": v.rule, "must": v.must, "message": v.message, "vms": sorted(v.vms), "hosts": sorted(v.hosts)}
-        for v in rules.violations(cluster_snapshot(session, cluster_id))
-    ]
+    return [{"rule": v.rule, "must": v.must, "message": v.message, "vms": sorted(v.vms), "hosts": sorted(v.hosts)} for v in rules.violations(cluster_snapshot(session, cluster_id))]
 
 
 def entitlements(session: Session, cluster_id: int) -> dict[str, Any]:

@@ -25,6 +25,7 @@ in vcenter.services.operations.relocate.
 Codes: RELOCATE_NO_HOST_MOUNTS_BOTH, HOST_NOT_CONNECTED, HOST_IN_MAINTENANCE, HOST_IN_STANDBY,
 OTHER_CLUSTER, VM_HAS_SNAPSHOTS, DATASTORE_NOT_MOUNTED.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -55,8 +56,9 @@ def _usable(host: Host, role: str) -> None:
 def choose_copier(session: Session, source: Host, target: Host, pairs: list[tuple[Datastore, Datastore]]) -> Host | None:
     """The host that copies: one mounting both datastores of every pair (target first, then
     source, then any connected host of the datacenter by id); None when no host does."""
-    others = session.scalars(select(Host).where(Host.datacenter_id == target.datacenter_id, Host.id.not_in((source.id, target.id)),
-                                                Host.connection_state == ConnectionState.CONNECTED.value).order_by(Host.id)).all()
+    others = session.scalars(
+        select(Host).where(Host.datacenter_id == target.datacenter_id, Host.id.not_in((source.id, target.id)), Host.connection_state == ConnectionState.CONNECTED.value).order_by(Host.id)
+    ).all()
     for host in (target, source, *others):
         if all(_mount(a, host.id) and _mount(b, host.id) for a, b in pairs):
             return host
@@ -92,23 +94,46 @@ def relocate_offline(session: Session, user: str, vm: VirtualMachine, target: Ho
     copier = choose_copier(session, source, target, pairs) if plan else target
     if copier is None:
         names = ", ".join(f"{a.name} -> {b.name}" for a, b in pairs)
-        raise Conflict(f"no connected host mounts both the source and the target datastore of every moved disk ({names}): "
-                       "the files cannot be copied (mount one of them on a host that has the other, or power the VM on to move it live)",
-                       code="RELOCATE_NO_HOST_MOUNTS_BOTH", details={"pairs": [[a.name, b.name] for a, b in pairs]})
+        raise Conflict(
+            f"no connected host mounts both the source and the target datastore of every moved disk ({names}): "
+            "the files cannot be copied (mount one of them on a host that has the other, or power the VM on to move it live)",
+            code="RELOCATE_NO_HOST_MOUNTS_BOTH",
+            details={"pairs": [[a.name, b.name] for a, b in pairs]},
+        )
     copies = []
     for (old, new), p in zip(pairs, plan):
-        copies.append({"from": f"{_mount(old, copier.id)}/{disks[p['index']].file}", "to": f"{_mount(new, copier.id)}/{disks[p['index']].file}",
-                       "format": p["format"]})
+        copies.append({"from": f"{_mount(old, copier.id)}/{disks[p['index']].file}", "to": f"{_mount(new, copier.id)}/{disks[p['index']].file}", "format": p["format"]})
     first = "copying" if plan else "defining"
-    task = start_task(session, kind="vm.relocate", object_type="vm", object_id=vm.id, username=user,
-                      host_id=copier.id if plan else target.id,
-                      params={"moves": plan, "source": source.id, "target": target.id, "copier": copier.id, "offline": True,
-                              "copies": copies, "phase": first,
-                              "pending_name": "vm.relocate", "pending_step": first,
-                              "pending_command": phase_command(session, vm, {"moves": plan, "copies": copies, "target": target.id}, first)})
-    record_event(session, "vm.relocate.requested", f"relocation of powered-off VM {vm.name} from {source.name} to {target.name} "
-                 f"with {len(plan)} disk(s) requested (copied by {copier.name})", username=user, object_type="vm", object_id=vm.id,
-                 object_name=vm.name, task_id=task.id)
+    task = start_task(
+        session,
+        kind="vm.relocate",
+        object_type="vm",
+        object_id=vm.id,
+        username=user,
+        host_id=copier.id if plan else target.id,
+        params={
+            "moves": plan,
+            "source": source.id,
+            "target": target.id,
+            "copier": copier.id,
+            "offline": True,
+            "copies": copies,
+            "phase": first,
+            "pending_name": "vm.relocate",
+            "pending_step": first,
+            "pending_command": phase_command(session, vm, {"moves": plan, "copies": copies, "target": target.id}, first),
+        },
+    )
+    record_event(
+        session,
+        "vm.relocate.requested",
+        f"relocation of powered-off VM {vm.name} from {source.name} to {target.name} with {len(plan)} disk(s) requested (copied by {copier.name})",
+        username=user,
+        object_type="vm",
+        object_id=vm.id,
+        object_name=vm.name,
+        task_id=task.id,
+    )
     return task
 
 

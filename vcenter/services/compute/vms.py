@@ -3,6 +3,7 @@
 Each is one transaction that validates, claims the VM for one Task, and enqueues the host
 command through the outbox; the Task ends when the agent reports (``services.orchestration.reports``).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -85,8 +86,12 @@ def create_vm(session: Session, user: str, data: dict[str, Any]) -> tuple[Virtua
     for index, disk in enumerate(data.get("disks", [])):
         datastore = inventory.ref(session, "datastore", disk["datastore_id"], f"disks[{index}].datastore_id")
         if host.id not in {m.host_id for m in datastore.mounts}:
-            raise Invalid(f"disks[{index}].datastore_id: datastore {datastore.name} is not mounted on host {host.name}", code="DATASTORE_NOT_MOUNTED", details={"field": f"disks[{index}].datastore_id"})
-        vm.disks.append(VirtualDisk(index=index, datastore_id=datastore.id, file=f"{vm.name}-{vm.libvirt_uuid[:8]}-disk{index}.{disk['format']}", capacity_mib=disk["capacity_mib"], format=disk["format"]))
+            raise Invalid(
+                f"disks[{index}].datastore_id: datastore {datastore.name} is not mounted on host {host.name}", code="DATASTORE_NOT_MOUNTED", details={"field": f"disks[{index}].datastore_id"}
+            )
+        vm.disks.append(
+            VirtualDisk(index=index, datastore_id=datastore.id, file=f"{vm.name}-{vm.libvirt_uuid[:8]}-disk{index}.{disk['format']}", capacity_mib=disk["capacity_mib"], format=disk["format"])
+        )
     for index, nic in enumerate(data.get("nics", [])):
         portgroup = inventory.ref(session, "portgroup", nic["portgroup_id"], f"nics[{index}].portgroup_id")
         if host.id not in {m.host_id for m in portgroup.hosts}:
@@ -126,8 +131,17 @@ def power(session: Session, user: str, vm_id: int, action: PowerAction, settings
         args = ShutdownArgs(uuid=vm.libvirt_uuid, timeout=timeout or settings.guest_shutdown_timeout).args()
     else:
         args = UuidArgs(uuid=vm.libvirt_uuid).args()
-    task = start_task(session, kind=f"vm.{action.value}", object_type="vm", object_id=vm.id, username=user, host_id=host.id,
-                      params={"placement": admission} if admission else None, command=POWER_COMMANDS[action], command_args=args)
+    task = start_task(
+        session,
+        kind=f"vm.{action.value}",
+        object_type="vm",
+        object_id=vm.id,
+        username=user,
+        host_id=host.id,
+        params={"placement": admission} if admission else None,
+        command=POWER_COMMANDS[action],
+        command_args=args,
+    )
     record_event(session, f"vm.{action.value}.requested", f"{action.value} of VM {vm.name} requested", username=user, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
     return task
 
@@ -145,8 +159,14 @@ def reconfigure(session: Session, user: str, vm_id: int, vcpus: int | None, memo
     host = session.get(Host, vm.host_id)
     _usable_host(host)
     return start_task(
-        session, kind="vm.reconfigure", object_type="vm", object_id=vm.id, username=user, host_id=host.id,
-        params={"vcpus": vcpus, "memory_mib": memory_mib}, command="vm.reconfigure",
+        session,
+        kind="vm.reconfigure",
+        object_type="vm",
+        object_id=vm.id,
+        username=user,
+        host_id=host.id,
+        params={"vcpus": vcpus, "memory_mib": memory_mib},
+        command="vm.reconfigure",
         command_args=ReconfigureArgs(uuid=vm.libvirt_uuid, vcpus=vcpus, memory_mib=memory_mib).args(),
     )
 
@@ -162,7 +182,9 @@ def delete_vm(session: Session, user: str, vm_id: int) -> Task:
     _usable_host(host)
     spec = vm_spec(session, vm, host.id)
     disks = [f"{d.datastore_path}/{d.file}" for d in spec.disks]
-    return start_task(session, kind="vm.delete", object_type="vm", object_id=vm.id, username=user, host_id=host.id, command="vm.delete", command_args=DeleteArgs(uuid=vm.libvirt_uuid, disks=disks).args())
+    return start_task(
+        session, kind="vm.delete", object_type="vm", object_id=vm.id, username=user, host_id=host.id, command="vm.delete", command_args=DeleteArgs(uuid=vm.libvirt_uuid, disks=disks).args()
+    )
 
 
 def _forget_vm(session: Session, user: str, vm: VirtualMachine) -> Task:
@@ -173,8 +195,16 @@ def _forget_vm(session: Session, user: str, vm: VirtualMachine) -> Task:
     task = start_task(session, kind="vm.delete", object_type="vm", object_id=vm_id, username=user, params={"inventory_only": True})
     finish_task(session, task, TaskState.SUCCESS, result={"inventory_only": True}, object_name=name)
     session.delete(vm)
-    record_event(session, "vm.deleted", f"VM {name} removed from the inventory; its host was removed, so no domain or disk was touched",
-                 username=user, object_type="vm", object_id=vm_id, object_name=name, task_id=task.id)
+    record_event(
+        session,
+        "vm.deleted",
+        f"VM {name} removed from the inventory; its host was removed, so no domain or disk was touched",
+        username=user,
+        object_type="vm",
+        object_id=vm_id,
+        object_name=name,
+        task_id=task.id,
+    )
     return task
 
 
@@ -188,5 +218,14 @@ def guest_command(session: Session, user: str, vm_id: int, command: str, argumen
     line = command if not argument else f"{command} {argument}"
     # Guest operations claim the guest, not the VM: they run alongside a VMotion or a disk
     # move (as in vCenter), one at a time per guest.
-    return start_task(session, kind="vm.guestCommand", object_type="guest", object_id=vm.id, username=user, host_id=host.id,
-                      params={"command": line}, command="vm.guest", command_args=GuestArgs(uuid=vm.libvirt_uuid, line=line, timeout=timeout).args())
+    return start_task(
+        session,
+        kind="vm.guestCommand",
+        object_type="guest",
+        object_id=vm.id,
+        username=user,
+        host_id=host.id,
+        params={"command": line},
+        command="vm.guest",
+        command_args=GuestArgs(uuid=vm.libvirt_uuid, line=line, timeout=timeout).args(),
+    )

@@ -6,6 +6,7 @@ tolerance, sample_s, off_window_s, on_window_s, host_cooldown_s, min_hosts_on,
 ha_reserve_fraction. A pass runs every ``VCENTER_DPM_PERIOD`` seconds (beat) and records one
 demand sample; decisions use the samples of the windows.
 """
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -31,10 +32,14 @@ def dpm_settings(cluster: Cluster) -> dpm.DpmSettings:
     conf = (cluster.settings or {}).get("dpm") or {}
     try:
         return dpm.DpmSettings(
-            target=float(conf.get("target", 0.63)), tolerance=float(conf.get("tolerance", 0.18)),
-            sample_s=float(conf.get("sample_s", 300)), off_window_s=float(conf.get("off_window_s", 2400)),
-            on_window_s=float(conf.get("on_window_s", 300)), host_cooldown_s=float(conf.get("host_cooldown_s", 1800)),
-            min_hosts_on=int(conf.get("min_hosts_on", 1)), automation=conf.get("automation", "full"),
+            target=float(conf.get("target", 0.63)),
+            tolerance=float(conf.get("tolerance", 0.18)),
+            sample_s=float(conf.get("sample_s", 300)),
+            off_window_s=float(conf.get("off_window_s", 2400)),
+            on_window_s=float(conf.get("on_window_s", 300)),
+            host_cooldown_s=float(conf.get("host_cooldown_s", 1800)),
+            min_hosts_on=int(conf.get("min_hosts_on", 1)),
+            automation=conf.get("automation", "full"),
             ha=drs.HaReserve(fraction=max(float(conf.get("ha_reserve_fraction", 0)), _ha_reserve(cluster))),
         )
     except (ValueError, TypeError) as exc:
@@ -75,8 +80,16 @@ def run(session: Session, user: str, cluster_id: int, config: Settings) -> dict[
             except VcError as exc:
                 entry["error"] = exc.code
         actions.append(entry)
-        record_event(session, f"cluster.dpm.{rec.action}", f"DPM on cluster {cluster.name}: {rec.action} host {rec.host}: {rec.reason}", username=user,
-                     object_type="cluster", object_id=cluster.id, object_name=cluster.name, data={"host": rec.host, "automatic": rec.automatic, "task_id": entry["task_id"]})
+        record_event(
+            session,
+            f"cluster.dpm.{rec.action}",
+            f"DPM on cluster {cluster.name}: {rec.action} host {rec.host}: {rec.reason}",
+            username=user,
+            object_type="cluster",
+            object_id=cluster.id,
+            object_name=cluster.name,
+            data={"host": rec.host, "automatic": rec.automatic, "task_id": entry["task_id"]},
+        )
     return {**plan.to_dict(), "recommendations": actions, "samples": len(samples)}
 
 

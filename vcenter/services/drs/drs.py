@@ -8,6 +8,7 @@ Demand: each running VM's CPU demand measured on its host (vcenter.domain.demand
 size until measured), memory = configured memory; history: migrations in flight, and each
 VM's last move.
 """
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -68,8 +69,11 @@ def measured_demands(session: Session, cluster_id: int, config: Settings | None 
     touched stays resident, plus QEMU's own), so a VM without balloon statistics demands its
     configured size, as before."""
     config = config or get_settings()
-    rows = session.execute(select(VirtualMachine.id, VmStats.cpu_demand_mhz, VirtualMachine.memory_mib).join(VmStats, VmStats.vm_id == VirtualMachine.id)
-                           .where(VirtualMachine.cluster_id == cluster_id, VmStats.cpu_demand_mhz.is_not(None)))
+    rows = session.execute(
+        select(VirtualMachine.id, VmStats.cpu_demand_mhz, VirtualMachine.memory_mib)
+        .join(VmStats, VmStats.vm_id == VirtualMachine.id)
+        .where(VirtualMachine.cluster_id == cluster_id, VmStats.cpu_demand_mhz.is_not(None))
+    )
     demands = {str(vm_id): (float(cpu), float(mem)) for vm_id, cpu, mem in rows}
     if demands:
         since = utcnow() - timedelta(seconds=3 * config.metrics_sample_period)
@@ -90,8 +94,9 @@ def measured_spreads(session: Session, cluster_id: int) -> dict[str, tuple[float
     last ``NOISE_WINDOW`` samples), which tells a climbing or stepping demand (no noise) from
     one that goes up and down (DRS does not chase gains within the noise). A VM with fewer than
     three samples has none (exact)."""
-    rows = session.execute(select(VmStats.vm_id, VmStats.cpu_demand_spread_mhz, VmStats.cpu_demand_window)
-                           .join(VirtualMachine, VirtualMachine.id == VmStats.vm_id).where(VirtualMachine.cluster_id == cluster_id))
+    rows = session.execute(
+        select(VmStats.vm_id, VmStats.cpu_demand_spread_mhz, VmStats.cpu_demand_window).join(VirtualMachine, VirtualMachine.id == VmStats.vm_id).where(VirtualMachine.cluster_id == cluster_id)
+    )
     return {str(vm_id): (float(spread or 0.0), 0.0) for vm_id, spread, window in rows if len(window or ()) >= 3}
 
 
@@ -101,13 +106,20 @@ def run(session: Session, user: str, cluster_id: int, config: Settings) -> dict[
     cluster: Cluster = inventory.get(session, "cluster", cluster_id)
     settings = drs_settings(cluster)
     snapshot = cluster_snapshot(session, cluster_id)
-    plan = drs.balance(snapshot, settings, measured_demands(session, cluster_id, config), history(session, cluster_id, settings.cooldown_s),
-                       measured_spreads(session, cluster_id))
+    plan = drs.balance(snapshot, settings, measured_demands(session, cluster_id, config), history(session, cluster_id, settings.cooldown_s), measured_spreads(session, cluster_id))
     session.execute(update(DrsRecommendation).where(DrsRecommendation.cluster_id == cluster_id, DrsRecommendation.state == "pending").values(state="stale", decided_at=utcnow()))
     stored = []
     for rec in plan.recommendations:
-        row = DrsRecommendation(cluster_id=cluster_id, vm_id=int(rec.vm_id), source_host_id=int(rec.source), target_host_id=int(rec.target),
-                                priority=rec.priority, kind=rec.kind, reason=rec.reason, reasons=rec.to_dict()["reasons"])
+        row = DrsRecommendation(
+            cluster_id=cluster_id,
+            vm_id=int(rec.vm_id),
+            source_host_id=int(rec.source),
+            target_host_id=int(rec.target),
+            priority=rec.priority,
+            kind=rec.kind,
+            reason=rec.reason,
+            reasons=rec.to_dict()["reasons"],
+        )
         session.add(row)
         session.flush()
         if rec.automatic:
@@ -118,12 +130,24 @@ def run(session: Session, user: str, cluster_id: int, config: Settings) -> dict[
                 row.state = "pending"
                 row.reason = f"{row.reason}; not applied automatically: {exc.code}"
         stored.append(row)
-    record_event(session, "cluster.drs.run", f"DRS on cluster {cluster.name}: imbalance {plan.before.imbalance:.4f} (target {settings.target}), {len(stored)} recommendation(s)",
-                 username=user, object_type="cluster", object_id=cluster.id, object_name=cluster.name,
-                 data={"before": plan.before.imbalance, "after": plan.after.imbalance, "recommendations": len(stored)})
-    return {"imbalance_before": plan.before.imbalance, "imbalance_after": plan.after.imbalance, "target": settings.target,
-            "recommendations": [recommendation_read(r) for r in stored], "notes": list(plan.notes),
-            "wake": _wake(session, user, cluster, plan, settings)}
+    record_event(
+        session,
+        "cluster.drs.run",
+        f"DRS on cluster {cluster.name}: imbalance {plan.before.imbalance:.4f} (target {settings.target}), {len(stored)} recommendation(s)",
+        username=user,
+        object_type="cluster",
+        object_id=cluster.id,
+        object_name=cluster.name,
+        data={"before": plan.before.imbalance, "after": plan.after.imbalance, "recommendations": len(stored)},
+    )
+    return {
+        "imbalance_before": plan.before.imbalance,
+        "imbalance_after": plan.after.imbalance,
+        "target": settings.target,
+        "recommendations": [recommendation_read(r) for r in stored],
+        "notes": list(plan.notes),
+        "wake": _wake(session, user, cluster, plan, settings),
+    }
 
 
 def _wake(session: Session, user: str, cluster: Cluster, plan: drs.DrsPlan, settings: drs.DrsSettings) -> list[dict[str, Any]]:
@@ -140,8 +164,16 @@ def _wake(session: Session, user: str, cluster: Cluster, plan: drs.DrsPlan, sett
                     entry["task_id"] = host_power.power_on_host(session, user, int(w.host), reason=f"DRS: {w.reason}").id
             except VcError as exc:  # e.g. no power settings, or a power action already running
                 entry["error"] = exc.code
-        record_event(session, "cluster.drs.wake", f"DRS on cluster {cluster.name}: {'powers on' if automatic else 'recommends powering on'} standby host {w.host}: {w.reason}",
-                     username=user, object_type="cluster", object_id=cluster.id, object_name=cluster.name, data=entry)
+        record_event(
+            session,
+            "cluster.drs.wake",
+            f"DRS on cluster {cluster.name}: {'powers on' if automatic else 'recommends powering on'} standby host {w.host}: {w.reason}",
+            username=user,
+            object_type="cluster",
+            object_id=cluster.id,
+            object_name=cluster.name,
+            data=entry,
+        )
         out.append(entry)
     return out
 
@@ -188,9 +220,20 @@ def list_recommendations(session: Session, cluster_id: int, state: str | None) -
 
 
 def recommendation_read(row: DrsRecommendation) -> dict[str, Any]:
-    return {"id": row.id, "vm_id": row.vm_id, "source_host_id": row.source_host_id, "target_host_id": row.target_host_id, "priority": row.priority,
-            "kind": row.kind, "reason": row.reason, "reasons": row.reasons, "state": row.state, "task_id": row.task_id,
-            "created_at": row.created_at, "decided_at": row.decided_at}
+    return {
+        "id": row.id,
+        "vm_id": row.vm_id,
+        "source_host_id": row.source_host_id,
+        "target_host_id": row.target_host_id,
+        "priority": row.priority,
+        "kind": row.kind,
+        "reason": row.reason,
+        "reasons": row.reasons,
+        "state": row.state,
+        "task_id": row.task_id,
+        "created_at": row.created_at,
+        "decided_at": row.decided_at,
+    }
 
 
 def whatif(session: Session, cluster_id: int, change: dict[str, Any]) -> dict[str, Any]:
@@ -213,12 +256,18 @@ def whatif(session: Session, cluster_id: int, change: dict[str, Any]) -> dict[st
         unknown = sorted({str(v) for v in rule["vm_ids"]} - {v.id for v in snapshot.vms}) + sorted({str(h) for h in rule.get("host_ids", [])} - {h.id for h in snapshot.hosts})
         if unknown:
             raise Invalid(f"rule: not in the cluster: {', '.join(unknown)}", code="INVALID_REFERENCE", details={"field": "rule", "unknown": unknown})
-        hypothetical = drs_whatif.RuleAdded(Rule(name=rule["name"], kind=RuleKind(rule["kind"]), must=bool(rule.get("mandatory")),
-                                          vms=frozenset(str(v) for v in rule["vm_ids"]), hosts=frozenset(str(h) for h in rule.get("host_ids", []))))
+        hypothetical = drs_whatif.RuleAdded(
+            Rule(
+                name=rule["name"],
+                kind=RuleKind(rule["kind"]),
+                must=bool(rule.get("mandatory")),
+                vms=frozenset(str(v) for v in rule["vm_ids"]),
+                hosts=frozenset(str(h) for h in rule.get("host_ids", [])),
+            )
+        )
     else:
         raise Invalid(f"kind: unknown change {kind!r}", code="INVALID", details={"field": "kind"})
-    result = drs_whatif.whatif(snapshot, hypothetical, settings, measured_demands(session, cluster_id), history(session, cluster_id, settings.cooldown_s),
-                        measured_spreads(session, cluster_id))
+    result = drs_whatif.whatif(snapshot, hypothetical, settings, measured_demands(session, cluster_id), history(session, cluster_id, settings.cooldown_s), measured_spreads(session, cluster_id))
     return result.to_dict()
 
 

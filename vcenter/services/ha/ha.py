@@ -16,6 +16,7 @@ Vocabulary (see vcenter.domain.ha for the decisions):
   the process); retry times and the reset window are stored as UTC times (they are schedules,
   not liveness).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
@@ -58,6 +59,7 @@ class AdmissionRefused(Conflict):
 
 # -- configuration ---------------------------------------------------------------------------
 
+
 def config_of(cluster: Cluster) -> HaConfig:
     try:
         return HaConfig.model_validate((cluster.settings or {}).get("ha") or {})
@@ -89,11 +91,20 @@ def update_config(session: Session, user: str, cluster_id: int, data: dict[str, 
     if cfg.enabled and not config_of(cluster).enabled:
         # A stop from before HA protected these VMs is not HA's to handle (restart_after_stop
         # would find the cluster enabled by the time the monitor reads it).
-        session.execute(update(VirtualMachine).where(VirtualMachine.cluster_id == cluster.id, VirtualMachine.unexpected_stop.is_not(None))
-                        .values(unexpected_stop=None).execution_options(synchronize_session=False))
+        session.execute(
+            update(VirtualMachine).where(VirtualMachine.cluster_id == cluster.id, VirtualMachine.unexpected_stop.is_not(None)).values(unexpected_stop=None).execution_options(synchronize_session=False)
+        )
     _store(cluster, cfg)
-    record_event(session, "cluster.ha.reconfigured", f"HA of cluster {cluster.name} reconfigured: " + ", ".join(sorted(change.model_dump(exclude_unset=True))),
-                 username=user, object_type="cluster", object_id=cluster.id, object_name=cluster.name, data={"ha": cfg.model_dump()})
+    record_event(
+        session,
+        "cluster.ha.reconfigured",
+        f"HA of cluster {cluster.name} reconfigured: " + ", ".join(sorted(change.model_dump(exclude_unset=True))),
+        username=user,
+        object_type="cluster",
+        object_id=cluster.id,
+        object_name=cluster.name,
+        data={"ha": cfg.model_dump()},
+    )
     return cfg.model_dump()
 
 
@@ -118,8 +129,16 @@ def set_vm_override(session: Session, user: str, vm_id: int, data: dict[str, Any
     else:
         overrides[str(vm.id)] = override
     _store(cluster, cfg.model_copy(update={"vm_overrides": overrides}))
-    record_event(session, "vm.ha.reconfigured", f"HA overrides of VM {vm.name}: {override.model_dump(exclude_none=True) or 'none (cluster defaults)'}",
-                 username=user, object_type="vm", object_id=vm.id, object_name=vm.name, data=override.model_dump())
+    record_event(
+        session,
+        "vm.ha.reconfigured",
+        f"HA overrides of VM {vm.name}: {override.model_dump(exclude_none=True) or 'none (cluster defaults)'}",
+        username=user,
+        object_type="vm",
+        object_id=vm.id,
+        object_name=vm.name,
+        data=override.model_dump(),
+    )
     return override.model_dump()
 
 
@@ -151,18 +170,33 @@ def restart_settings(cfg: HaConfig) -> ha.RestartSettings:
 
 # -- admission control -----------------------------------------------------------------------
 
+
 def capacity(session: Session, cluster_id: int) -> dict[str, Any]:
     cluster: Cluster = inventory.get(session, "cluster", cluster_id)
     cfg = config_of(cluster)
     cap = ha.failover_capacity(cluster_snapshot(session, cluster_id), policy_of(cfg))
-    return {"enabled": cfg.enabled, **cap.to_dict(), "failover_hosts": cfg.admission.failover_hosts,
-            "ha_reserve_fraction": ha.ha_reserve_fraction(cluster_snapshot(session, cluster_id), policy_of(cfg))}
+    return {
+        "enabled": cfg.enabled,
+        **cap.to_dict(),
+        "failover_hosts": cfg.admission.failover_hosts,
+        "ha_reserve_fraction": ha.ha_reserve_fraction(cluster_snapshot(session, cluster_id), policy_of(cfg)),
+    }
 
 
 def _refuse(vm: VirtualMachine, user: str, decision: ha.AdmissionDecision, what: str) -> AdmissionRefused:
-    return AdmissionRefused(decision.reason, details={"capacity": decision.capacity.to_dict()},
-                            audit={"kind": f"vm.{what}.refused", "message": f"{what} of VM {vm.name} refused by HA admission control: {decision.reason}",
-                                   "username": user, "object_type": "vm", "object_id": vm.id, "object_name": vm.name, "reason": ha.ADMISSION_CODE})
+    return AdmissionRefused(
+        decision.reason,
+        details={"capacity": decision.capacity.to_dict()},
+        audit={
+            "kind": f"vm.{what}.refused",
+            "message": f"{what} of VM {vm.name} refused by HA admission control: {decision.reason}",
+            "username": user,
+            "object_type": "vm",
+            "object_id": vm.id,
+            "object_name": vm.name,
+            "reason": ha.ADMISSION_CODE,
+        },
+    )
 
 
 def admit_power_on(session: Session, vm: VirtualMachine, user: str = "system") -> None:
@@ -195,6 +229,7 @@ def admit_migration(session: Session, vm: VirtualMachine, target_id: int, user: 
 
 # -- status ----------------------------------------------------------------------------------
 
+
 def status(session: Session, cluster_id: int) -> dict[str, Any]:
     cluster: Cluster = inventory.get(session, "cluster", cluster_id)
     hosts = list(session.scalars(select(Host).where(Host.cluster_id == cluster_id).order_by(Host.id)))
@@ -204,17 +239,27 @@ def status(session: Session, cluster_id: int) -> dict[str, Any]:
     mon = session.get(HaMonitor, 1)
     return {
         "enabled": config_of(cluster).enabled,
-        "monitor": {"token": mon.token if mon else 0, "owner": mon.owner if mon else None, "frozen": mon.frozen if mon else None,
-                    "updated_at": mon.updated_at if mon else None},
-        "hosts": [{"host_id": h.id, "name": h.name, "health": states[h.id].health if h.id in states else "connected",
-                   "since": states[h.id].since if h.id in states else None, "reason": states[h.id].reason if h.id in states else "",
-                   "evidence": states[h.id].evidence if h.id in states else {}} for h in hosts],
-        "restarts": [{"vm_id": r.vm_id, "from_host_id": r.from_host_id, "cause": r.cause, "state": r.state, "attempts": r.attempts,
-                      "next_try_at": r.next_try_at, "reason": r.reason, "task_id": r.task_id} for r in restarts],
+        "monitor": {"token": mon.token if mon else 0, "owner": mon.owner if mon else None, "frozen": mon.frozen if mon else None, "updated_at": mon.updated_at if mon else None},
+        "hosts": [
+            {
+                "host_id": h.id,
+                "name": h.name,
+                "health": states[h.id].health if h.id in states else "connected",
+                "since": states[h.id].since if h.id in states else None,
+                "reason": states[h.id].reason if h.id in states else "",
+                "evidence": states[h.id].evidence if h.id in states else {},
+            }
+            for h in hosts
+        ],
+        "restarts": [
+            {"vm_id": r.vm_id, "from_host_id": r.from_host_id, "cause": r.cause, "state": r.state, "attempts": r.attempts, "next_try_at": r.next_try_at, "reason": r.reason, "task_id": r.task_id}
+            for r in restarts
+        ],
     }
 
 
 # -- the monitor's writes --------------------------------------------------------------------
+
 
 def fence(session: Session, token: int, owner: str = "") -> None:
     """Accept this transaction's HA writes only for the highest token seen (refuse otherwise)."""
@@ -267,9 +312,16 @@ def record_transitions(session: Session, token: int, transitions: Iterable[ha.Tr
             row = HaHostState(host_id=hid)
             session.add(row)
         row.health, row.since, row.reason, row.evidence = t.after.value, utcnow(), t.reason, t.evidence
-        record_event(session, f"ha.host.{t.after.value}", f"host {host.name}: {t.before.value} -> {t.after.value}: {t.reason}",
-                     object_type="host", object_id=hid, object_name=host.name, reason=f"HA_{t.after.value.upper()}",
-                     data={"before": t.before.value, "after": t.after.value, "evidence": t.evidence, "token": token})
+        record_event(
+            session,
+            f"ha.host.{t.after.value}",
+            f"host {host.name}: {t.before.value} -> {t.after.value}: {t.reason}",
+            object_type="host",
+            object_id=hid,
+            object_name=host.name,
+            reason=f"HA_{t.after.value.upper()}",
+            data={"before": t.before.value, "after": t.after.value, "evidence": t.evidence, "token": token},
+        )
         if t.after == ha.HostHealth.FAILED:
             failed.append(hid)
     return failed
@@ -291,8 +343,16 @@ def add_candidates(session: Session, host_id: int, cause: str, vm_uuids: Iterabl
             continue
         session.add(HaRestart(vm_id=vm.id, from_host_id=host_id, cause=cause, state="waiting"))
         why = f"stopped unexpectedly on host {host_id}" if cause == "crashed" else f"runs nowhere: host {host_id} {cause}"
-        record_event(session, "ha.vm.down", f"VM {vm.name} {why}; HA will restart it (priority {priority_of(cfg, vm.id).value})",
-                     object_type="vm", object_id=vm.id, object_name=vm.name, reason=f"HA_{cause.upper()}", data={"from_host_id": host_id, "cause": cause})
+        record_event(
+            session,
+            "ha.vm.down",
+            f"VM {vm.name} {why}; HA will restart it (priority {priority_of(cfg, vm.id).value})",
+            object_type="vm",
+            object_id=vm.id,
+            object_name=vm.name,
+            reason=f"HA_{cause.upper()}",
+            data={"from_host_id": host_id, "cause": cause},
+        )
         added.append(vm.id)
     return added
 
@@ -304,8 +364,20 @@ def unexpected_stops(session: Session) -> list[tuple[VirtualMachine, ha.StoppedV
     for vm in session.scalars(select(VirtualMachine).where(VirtualMachine.unexpected_stop.is_not(None)).order_by(VirtualMachine.id)):
         cluster = session.get(Cluster, vm.cluster_id) if vm.cluster_id is not None else None
         enabled = cluster is not None and config_of(cluster).enabled
-        out.append((vm, ha.StoppedVm(str(vm.id), str(vm.host_id) if vm.host_id is not None else None, vm.unexpected_stop or "", vm.power_state, enabled,
-                                     session.get(HaRestart, vm.id) is not None, session.get(ObjectClaim, ("vm", vm.id)) is not None)))
+        out.append(
+            (
+                vm,
+                ha.StoppedVm(
+                    str(vm.id),
+                    str(vm.host_id) if vm.host_id is not None else None,
+                    vm.unexpected_stop or "",
+                    vm.power_state,
+                    enabled,
+                    session.get(HaRestart, vm.id) is not None,
+                    session.get(ObjectClaim, ("vm", vm.id)) is not None,
+                ),
+            )
+        )
     return out
 
 
@@ -315,14 +387,12 @@ def stops_handled(session: Session, token: int, handled: Iterable[tuple[int, str
     the VM's version is not bumped (an operator's edit does not go stale for it)."""
     fence(session, token)
     for vm_id, reason in handled:
-        session.execute(update(VirtualMachine).where(VirtualMachine.id == vm_id, VirtualMachine.unexpected_stop == reason)
-                        .values(unexpected_stop=None).execution_options(synchronize_session=False))
+        session.execute(update(VirtualMachine).where(VirtualMachine.id == vm_id, VirtualMachine.unexpected_stop == reason).values(unexpected_stop=None).execution_options(synchronize_session=False))
 
 
 def _snapshot_for_restarts(session: Session, cluster_id: int, health: Mapping[str, ha.HostHealth]) -> ClusterSnapshot:
     snap = cluster_snapshot(session, cluster_id)
-    hosts = tuple(replace(h, connection="notResponding") if health.get(h.id, ha.HostHealth.CONNECTED) != ha.HostHealth.CONNECTED else h
-                  for h in snap.hosts)
+    hosts = tuple(replace(h, connection="notResponding") if health.get(h.id, ha.HostHealth.CONNECTED) != ha.HostHealth.CONNECTED else h for h in snap.hosts)
     # Restarts in flight hold their target's capacity (a pending reservation).
     starting = []
     for r in session.scalars(select(HaRestart).where(HaRestart.state == "starting")):
@@ -340,8 +410,7 @@ def waiting_restarts(session: Session, token: int, cluster_id: int) -> list[HaRe
     return [r for r in session.scalars(select(HaRestart).where(HaRestart.state == "waiting").order_by(HaRestart.vm_id)) if r.vm_id in vm_ids]
 
 
-def restart_inputs(session: Session, cluster_id: int, cfg: HaConfig, rows: list[HaRestart],
-                   health: Mapping[str, ha.HostHealth]) -> tuple[ClusterSnapshot, list[RestartRow], datetime]:
+def restart_inputs(session: Session, cluster_id: int, cfg: HaConfig, rows: list[HaRestart], health: Mapping[str, ha.HostHealth]) -> tuple[ClusterSnapshot, list[RestartRow], datetime]:
     """What restart planning reads: the cluster as restarts see it, the waiting VMs, the time."""
     # A standby host woken for these restarts leaves standby as soon as its agent reported
     # (as the orchestrator's pass would do): the restarts need not wait for it.
@@ -352,8 +421,7 @@ def restart_inputs(session: Session, cluster_id: int, cfg: HaConfig, rows: list[
     out = []
     for r in rows:
         vm = session.get(VirtualMachine, r.vm_id)
-        out.append(RestartRow(vm.id, r.from_host_id, r.cause, r.attempts, r.next_try_at.timestamp() if r.next_try_at else None,
-                              replace(by_id[str(vm.id)], host=None), priority_of(cfg, vm.id)))
+        out.append(RestartRow(vm.id, r.from_host_id, r.cause, r.attempts, r.next_try_at.timestamp() if r.next_try_at else None, replace(by_id[str(vm.id)], host=None), priority_of(cfg, vm.id)))
     return snap, out, now
 
 
@@ -367,15 +435,30 @@ def start_restart(session: Session, token: int, s: ha.Start, placement: dict[str
         row.reason = f"busy with task {claim.task_id}; retried next pass"
         return False
     target = int(s.host_id)
-    task = start_task(session, kind=RESTART_KIND, object_type="vm", object_id=vm.id, username="ha", host_id=target,
-                      params={"target": target, "from_host": row.from_host_id, "cause": row.cause, "attempt": s.attempt, "reason": s.reason,
-                              "token": token, "placement": placement},
-                      command="vm.ha_start", command_args=HaStartArgs(spec=spec_for(session, vm, target)).args())
+    task = start_task(
+        session,
+        kind=RESTART_KIND,
+        object_type="vm",
+        object_id=vm.id,
+        username="ha",
+        host_id=target,
+        params={"target": target, "from_host": row.from_host_id, "cause": row.cause, "attempt": s.attempt, "reason": s.reason, "token": token, "placement": placement},
+        command="vm.ha_start",
+        command_args=HaStartArgs(spec=spec_for(session, vm, target)).args(),
+    )
     row.state, row.task_id, row.reason = "starting", task.id, s.reason
     target_host = session.get(Host, target)
-    record_event(session, "ha.vm.restart", f"HA restarts VM {vm.name} on {target_host.name} (try {s.attempt}): {s.reason}",
-                 object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id, reason="HA_RESTART",
-                 data={"target": target, "holder": holder, "from_host": row.from_host_id, "token": token})
+    record_event(
+        session,
+        "ha.vm.restart",
+        f"HA restarts VM {vm.name} on {target_host.name} (try {s.attempt}): {s.reason}",
+        object_type="vm",
+        object_id=vm.id,
+        object_name=vm.name,
+        task_id=task.id,
+        reason="HA_RESTART",
+        data={"target": target, "holder": holder, "from_host": row.from_host_id, "token": token},
+    )
     return True
 
 
@@ -384,8 +467,9 @@ def note_wait(session: Session, w: ha.Wait, now: datetime) -> None:
     row = session.get(HaRestart, int(w.vm_id))
     if row.reason != w.reason:
         vm = session.get(VirtualMachine, row.vm_id)
-        record_event(session, "ha.vm.waiting", f"VM {vm.name} waits: {w.reason}", object_type="vm", object_id=vm.id, object_name=vm.name,
-                     reason="HA_WAITING", data={"until": w.until, "attempts": w.attempts})
+        record_event(
+            session, "ha.vm.waiting", f"VM {vm.name} waits: {w.reason}", object_type="vm", object_id=vm.id, object_name=vm.name, reason="HA_WAITING", data={"until": w.until, "attempts": w.attempts}
+        )
     row.reason, row.attempts = w.reason, w.attempts
     row.next_try_at = datetime.fromtimestamp(w.until, tz=now.tzinfo) if w.until is not None else row.next_try_at if w.attempts else None
 
@@ -409,25 +493,38 @@ def wake_standby_hosts(session: Session, cfg: HaConfig, plan: ha.RestartPlan) ->
         host = session.get(Host, int(h))
         if host is None:
             continue
-        last = session.scalar(select(Task).where(Task.kind == "host.exitStandby", Task.object_type == "host", Task.object_id == host.id)
-                              .order_by(Task.id.desc()).limit(1))
+        last = session.scalar(select(Task).where(Task.kind == "host.exitStandby", Task.object_type == "host", Task.object_id == host.id).order_by(Task.id.desc()).limit(1))
         if last is not None and not TaskState(last.state).finished:
             continue  # waking: its agent has not reported yet
-        if (last is not None and last.state == TaskState.ERROR.value and last.finished_at is not None
-                and (utcnow() - as_utc(last.finished_at)).total_seconds() < cfg.restart.retry_base_s):
+        if last is not None and last.state == TaskState.ERROR.value and last.finished_at is not None and (utcnow() - as_utc(last.finished_at)).total_seconds() < cfg.restart.retry_base_s:
             continue
         waiting = [w.vm_id for w in plan.waits if w.reason.endswith(f"standby host {h} to power on")]
-        record_event(session, "ha.host.wake", f"capacity short: HA wakes standby host {host.name} for {len(waiting)} VM(s)",
-                     object_type="host", object_id=host.id, object_name=host.name, reason="HA_WAKE", data={"vms": waiting})
+        record_event(
+            session,
+            "ha.host.wake",
+            f"capacity short: HA wakes standby host {host.name} for {len(waiting)} VM(s)",
+            object_type="host",
+            object_id=host.id,
+            object_name=host.name,
+            reason="HA_WAKE",
+            data={"vms": waiting},
+        )
         try:
             task = power_service.power_on_host(session, "ha", host.id, reason="HA: capacity short for restarts")
         except VcError as exc:
-            record_event(session, "ha.host.wake_failed", f"HA could not wake {host.name}: {exc.message}", object_type="host", object_id=host.id,
-                         object_name=host.name, reason=exc.code)
+            record_event(session, "ha.host.wake_failed", f"HA could not wake {host.name}: {exc.message}", object_type="host", object_id=host.id, object_name=host.name, reason=exc.code)
             continue
         if task.state == TaskState.ERROR.value:
-            record_event(session, "ha.host.wake_failed", f"HA could not wake {host.name}: {task.error_code}: {task.error_message}",
-                         object_type="host", object_id=host.id, object_name=host.name, task_id=task.id, reason=task.error_code)
+            record_event(
+                session,
+                "ha.host.wake_failed",
+                f"HA could not wake {host.name}: {task.error_code}: {task.error_message}",
+                object_type="host",
+                object_id=host.id,
+                object_name=host.name,
+                task_id=task.id,
+                reason=task.error_code,
+            )
         started.append(task)
     return started
 
@@ -467,8 +564,16 @@ def on_result(session: Session, task: Task, ok: bool, error_code: str | None, er
         else:
             row.state, row.next_try_at = "waiting", datetime.fromtimestamp(nxt, tz=utcnow().tzinfo)
             row.reason = f"try {n} failed ({error_code}), retry at {row.next_try_at.isoformat()}"
-            record_event(session, "ha.vm.restart_failed", f"HA restart of VM {vm.name} failed: {error_code}: {error_message}; retry at {row.next_try_at.isoformat()}",
-                         object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id, reason=error_code or "AGENT_ERROR")
+            record_event(
+                session,
+                "ha.vm.restart_failed",
+                f"HA restart of VM {vm.name} failed: {error_code}: {error_message}; retry at {row.next_try_at.isoformat()}",
+                object_type="vm",
+                object_id=vm.id,
+                object_name=vm.name,
+                task_id=task.id,
+                reason=error_code or "AGENT_ERROR",
+            )
     return True
 
 
@@ -501,17 +606,33 @@ def reset_vm(session: Session, token: int, vm: VirtualMachine, verdict: ha.VmVer
     fence(session, token)
     if session.get(ObjectClaim, ("vm", vm.id)) is not None:
         return None
-    task = start_task(session, kind=RESET_KIND, object_type="vm", object_id=vm.id, username="ha", host_id=vm.host_id,
-                      params={"reason": verdict.reason, "evidence": verdict.evidence, "token": token},
-                      command="vm.reset", command_args=UuidArgs(uuid=vm.libvirt_uuid).args())
-    record_event(session, "ha.vm.reset", f"VM monitoring resets VM {vm.name}: {verdict.reason}", object_type="vm", object_id=vm.id, object_name=vm.name,
-                 task_id=task.id, reason="HA_VM_RESET", data=verdict.evidence)
+    task = start_task(
+        session,
+        kind=RESET_KIND,
+        object_type="vm",
+        object_id=vm.id,
+        username="ha",
+        host_id=vm.host_id,
+        params={"reason": verdict.reason, "evidence": verdict.evidence, "token": token},
+        command="vm.reset",
+        command_args=UuidArgs(uuid=vm.libvirt_uuid).args(),
+    )
+    record_event(
+        session,
+        "ha.vm.reset",
+        f"VM monitoring resets VM {vm.name}: {verdict.reason}",
+        object_type="vm",
+        object_id=vm.id,
+        object_name=vm.name,
+        task_id=task.id,
+        reason="HA_VM_RESET",
+        data=verdict.evidence,
+    )
     return task
 
 
 def record_reset_limit(session: Session, vm: VirtualMachine, verdict: ha.VmVerdict) -> None:
-    record_event(session, "ha.vm.reset_limit", f"VM {vm.name}: {verdict.reason}", object_type="vm", object_id=vm.id, object_name=vm.name,
-                 reason="HA_RESET_LIMIT", data=verdict.evidence)
+    record_event(session, "ha.vm.reset_limit", f"VM {vm.name}: {verdict.reason}", object_type="vm", object_id=vm.id, object_name=vm.name, reason="HA_RESET_LIMIT", data=verdict.evidence)
 
 
 def clear_stale_states(session: Session, token: int, hosts: Iterable[int]) -> None:
@@ -556,8 +677,7 @@ def agent_config(session: Session, host: Host) -> dict[str, Any]:
             uuid = session.scalar(select(VirtualMachine.libvirt_uuid).where(VirtualMachine.id == int(vm_id)))
             if uuid:
                 overrides[uuid] = o.isolation_response
-    return {"enabled": True, "isolation_delay_s": cfg.isolation_delay_s, "isolation_addresses": addresses,
-            "isolation_response": cfg.isolation_response, "overrides": overrides}
+    return {"enabled": True, "isolation_delay_s": cfg.isolation_delay_s, "isolation_addresses": addresses, "isolation_response": cfg.isolation_response, "overrides": overrides}
 
 
 def reserve_fraction(cluster: Cluster) -> float:

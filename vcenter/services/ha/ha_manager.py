@@ -35,6 +35,7 @@ production and in the scenarios alike. Never restarted: a stop someone asked for
 Task, a guest shutdown, a destroy from outside, a suspend), VMs of clusters without HA, a VM
 HA already restarts or a task holds.
 """
+
 from __future__ import annotations
 
 import logging
@@ -74,6 +75,7 @@ class HaCluster:
 @dataclass(frozen=True)
 class RestartRow:
     """A VM waiting for an HA restart, as the store holds it."""
+
     vm: Hashable
     from_host: Hashable
     cause: str
@@ -86,6 +88,7 @@ class RestartRow:
 @dataclass(frozen=True)
 class WatchedVm:
     """A VM VM monitoring may judge (per-VM overrides already applied)."""
+
     key: Hashable
     host: Hashable | None
     powered_on: bool
@@ -98,6 +101,7 @@ class WatchedVm:
 class UnexpectedStop:
     """A stop nobody asked for, not yet handled (as the store recorded it): the facts
     ``ha.restart_after_stop`` decides on, and the environment's keys of the VM and its host."""
+
     vm: Hashable
     host: Hashable | None
     uuid: str
@@ -142,8 +146,7 @@ def restart_candidate(row: RestartRow, holders: Mapping[Hashable, Hashable | Non
     """Without datastore data on the VM, a failed host is assumed to hold its disks (a
     declared-failed holder lets the restart go); the other causes were reported as released."""
     holder = holders.get(row.vm, row.from_host if row.cause == "failed" else None)
-    return ha.RestartCandidate(row.snapshot, row.priority, str(row.from_host), None if holder is None else str(holder),
-                               row.attempts, row.next_try_at, row.cause)
+    return ha.RestartCandidate(row.snapshot, row.priority, str(row.from_host), None if holder is None else str(holder), row.attempts, row.next_try_at, row.cause)
 
 
 class HaMonitor:
@@ -227,8 +230,7 @@ class HaMonitor:
         # the same grace as an active monitor that saw Redis come back.
         recent_outage = now - self.redis_down_at < self.redis_return_grace
         self.observing_since = now + (self.redis_return_grace if recent_outage else 0.0)
-        for d in (self.net_last, self.net_seen, self.ds_last, self.ds_seen, self.net_stamp, self.ds_stamp,
-                  self.guest_seq, self.guest_seen, self.running_since, self.vm_host):
+        for d in (self.net_last, self.net_seen, self.ds_last, self.ds_seen, self.net_stamp, self.ds_stamp, self.guest_seq, self.guest_seen, self.running_since, self.vm_host):
             d.clear()
         with self.env.writes() as store:
             self.health = store.load_health()
@@ -299,11 +301,19 @@ class HaMonitor:
         self.observe(hosts)
         now = self.env.clock()
         with_ds = set(self.ds_last)
-        obs = [ha.HostObservation(str(h.key), self.net_seen.get(h.key), self.ds_seen.get(h.key), h.key in with_ds or h.key in self.ds_seen,
-                                  monitored=not (h.maintenance or h.standby), net_stamp=self.net_stamp.get(h.key), ds_stamp=self.ds_stamp.get(h.key))
-               for h in hosts]
-        j = ha.judge(self.health, obs, ha.MonitorView(now, self.observing_since, self.redis_ok, self.redis_error),
-                     ha.DetectionSettings(detection_s=detection))
+        obs = [
+            ha.HostObservation(
+                str(h.key),
+                self.net_seen.get(h.key),
+                self.ds_seen.get(h.key),
+                h.key in with_ds or h.key in self.ds_seen,
+                monitored=not (h.maintenance or h.standby),
+                net_stamp=self.net_stamp.get(h.key),
+                ds_stamp=self.ds_stamp.get(h.key),
+            )
+            for h in hosts
+        ]
+        j = ha.judge(self.health, obs, ha.MonitorView(now, self.observing_since, self.redis_ok, self.redis_error), ha.DetectionSettings(detection_s=detection))
         try:
             with self.env.writes() as store:
                 store.set_frozen(self.token, j.frozen, self.owner)
@@ -397,8 +407,7 @@ class HaMonitor:
                         self.guest_seen.setdefault(vm.key, now)
                     resets = tuple(now - age for age in store.reset_ages(vm, settings.window_s))
                     connected = self.health.get(str(vm.host), ha.HostHealth.CONNECTED) == ha.HostHealth.CONNECTED
-                    verdict = ha.watch_vm(ha.VmWatch(str(vm.key), True, connected, self.running_since[vm.key], self.guest_seen.get(vm.key), resets),
-                                          now, self.observing_since, settings)
+                    verdict = ha.watch_vm(ha.VmWatch(str(vm.key), True, connected, self.running_since[vm.key], self.guest_seen.get(vm.key), resets), now, self.observing_since, settings)
                     if verdict.action == "reset":
                         if store.reset_vm(self.token, vm, verdict):
                             self.limited.discard(vm.key)

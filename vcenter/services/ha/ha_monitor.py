@@ -19,6 +19,7 @@ Vocabulary:
   before anything new is started, and no host is declared before a full detection time of
   fresh observation.
 """
+
 from __future__ import annotations
 
 import json
@@ -78,8 +79,13 @@ class DatabaseStore:
         return ha_service.reconcile_restarts(self.session, token)
 
     def record_reconciled(self, settled: Sequence[ha.Reconciled]) -> None:
-        record_event(self.session, "ha.monitor.reconciled", f"HA monitor reconciled after takeover: {len(settled)} restart(s) settled",
-                     reason="HA_RECONCILED", data={"settled": [{"vm": r.vm_id, "verdict": r.verdict, "reason": r.reason} for r in settled]})
+        record_event(
+            self.session,
+            "ha.monitor.reconciled",
+            f"HA monitor reconciled after takeover: {len(settled)} restart(s) settled",
+            reason="HA_RECONCILED",
+            data={"settled": [{"vm": r.vm_id, "verdict": r.verdict, "reason": r.reason} for r in settled]},
+        )
 
     def set_frozen(self, token: int, frozen: str | None, owner: str) -> None:
         ha_service.set_frozen(self.session, token, frozen, owner)
@@ -202,8 +208,7 @@ class RedisDbEnvironment:
             row.token += 1
             row.owner = owner
             token = row.token
-            record_event(session, "ha.monitor.active", f"HA monitor {owner} took the lock (token {token}); reconciling before any restart",
-                         reason="HA_TAKEOVER", data={"token": token, "owner": owner})
+            record_event(session, "ha.monitor.active", f"HA monitor {owner} took the lock (token {token}); reconciling before any restart", reason="HA_TAKEOVER", data={"token": token, "owner": owner})
         return token
 
     def inventory(self) -> tuple[list[HaCluster], list[MonitoredHost]]:

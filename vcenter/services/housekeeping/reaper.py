@@ -6,6 +6,7 @@ command (idempotent, same command id) is re-sent while attempts remain; otherwis
 WORKER_LOST. A queued task no agent picked up within ``task_queue_timeout`` ends as
 AGENT_UNREACHABLE (the agent refuses that command if it arrives later: it has expired).
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,7 +43,15 @@ def reap(session: Session, settings: Settings) -> dict[str, int]:
             task.step = "resent"
             task.lease_expires_at = None
             send_command(session, task, task.params["command"], task.params.get("command_args", {}))
-            record_event(session, "task.resent", f"task {task.id} ({task.kind}) lost its agent; command re-sent (attempt {task.attempts})", object_type=task.object_type, object_id=task.object_id, task_id=task.id, reason="LEASE_EXPIRED")
+            record_event(
+                session,
+                "task.resent",
+                f"task {task.id} ({task.kind}) lost its agent; command re-sent (attempt {task.attempts})",
+                object_type=task.object_type,
+                object_id=task.object_id,
+                task_id=task.id,
+                reason="LEASE_EXPIRED",
+            )
             counts["resent"] += 1
         else:
             finish_task(session, task, TaskState.ERROR, error_code="WORKER_LOST", error_message="the worker running this task died and the task could not be resumed")

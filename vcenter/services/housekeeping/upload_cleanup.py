@@ -6,6 +6,7 @@ as an Event (``upload.expired``, ``upload.abandoned``, ``upload.failed_removed``
 reads the rows, the tasks and the folder, and removes. Safe to run twice, and alongside
 transfers: a row an active task names is never touched, and a file being written stays fresh.
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,20 +48,20 @@ def run(session: Session, settings: Settings) -> dict[str, Any]:
     in_use = _in_use(session)
     rows = list(session.scalars(select(Upload).order_by(Upload.id)))
     views = [plan.UploadView(r.id, r.kind, r.state, (now - r.created_at).total_seconds(), r.id in in_use) for r in rows]
-    removals = plan.rows_to_remove(views, upload_retention_s=settings.upload_retention, export_retention_s=settings.export_retention,
-                                   abandoned_after_s=settings.upload_abandoned_after)
+    removals = plan.rows_to_remove(views, upload_retention_s=settings.upload_retention, export_retention_s=settings.export_retention, abandoned_after_s=settings.upload_abandoned_after)
     by_id = {r.id: r for r in rows}
     done = []
     for removal in removals:
         row = by_id[removal.upload_id]
         removed = bool(row.path) and _unlink(row.path)
         what = "exported OVA" if row.kind == "export" else "upload"
-        message = {"expired": f"{what} {row.filename} removed: past its retention",
-                   "abandoned": f"{what} {row.filename} removed: its transfer never completed",
-                   "failed": f"failed {what} {row.filename} removed"}[removal.reason]
+        message = {
+            "expired": f"{what} {row.filename} removed: past its retention",
+            "abandoned": f"{what} {row.filename} removed: its transfer never completed",
+            "failed": f"failed {what} {row.filename} removed",
+        }[removal.reason]
         log.info("upload cleanup: %s (upload %s, file %s)", message, row.id, "removed" if removed else "absent")
-        record_event(session, EVENTS[removal.reason], message, object_type="upload", object_id=row.id, object_name=row.filename,
-                     reason=removal.reason)
+        record_event(session, EVENTS[removal.reason], message, object_type="upload", object_id=row.id, object_name=row.filename, reason=removal.reason)
         session.delete(row)
         done.append({"id": row.id, "filename": row.filename, "reason": removal.reason, "file_removed": removed})
     stray = []
@@ -79,8 +80,12 @@ def run(session: Session, settings: Settings) -> dict[str, Any]:
         for name in plan.stray_files(files, remaining, settings.upload_abandoned_after):
             if _unlink(os.path.join(folder, name)):
                 log.info("upload cleanup: stray file %s removed", name)
-                record_event(session, "upload.stray_removed", f"stray file {name} of the upload folder removed"
-                             + (" (a transfer that never finished)" if name.endswith(".part") else " (no upload names it)"),
-                             object_type="upload", object_name=name)
+                record_event(
+                    session,
+                    "upload.stray_removed",
+                    f"stray file {name} of the upload folder removed" + (" (a transfer that never finished)" if name.endswith(".part") else " (no upload names it)"),
+                    object_type="upload",
+                    object_name=name,
+                )
                 stray.append(name)
     return {"rows": done, "stray": stray}

@@ -1,6 +1,7 @@
 """Which cluster settings documents are valid: each part a service reads is checked when the
 settings are written (422 with the part's code), so that a pass reading them later never meets
 a bad one."""
+
 from __future__ import annotations
 
 from typing import Any

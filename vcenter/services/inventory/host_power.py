@@ -6,6 +6,7 @@ Vocabulary: standby = powered off by us, known to come back; a host in standby t
 (placement's StandbyFilter) and its silence is expected (the host monitor leaves it alone).
 Power-on is a Task (``host.exitStandby``) that ends when the host's agent reported again.
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,7 +47,16 @@ def power_off_host(session: Session, task: Task, host: Host, moved: int) -> None
     # vCenter); the host monitor leaves its silence alone.
     host.standby = True
     finish_task(session, task, TaskState.SUCCESS, result={"moved": moved, "powered_off": True}, object_name=host.name)
-    record_event(session, "host.standby.entered", f"host {host.name} evacuated ({moved} VMs) and powered off: standby", username=task.username, object_type="host", object_id=host.id, object_name=host.name, task_id=task.id)
+    record_event(
+        session,
+        "host.standby.entered",
+        f"host {host.name} evacuated ({moved} VMs) and powered off: standby",
+        username=task.username,
+        object_type="host",
+        object_id=host.id,
+        object_name=host.name,
+        task_id=task.id,
+    )
 
 
 def power_on_host(session: Session, user: str, host_id: int, reason: str = "") -> Task:
@@ -68,7 +78,9 @@ def power_on_host(session: Session, user: str, host_id: int, reason: str = "") -
         finish_task(session, task, TaskState.ERROR, error_code=getattr(exc, "code", "INVALID_POWER_SETTINGS"), error_message=str(exc), object_name=host.name)
         return task
     task.step = "waiting-for-agent"
-    record_event(session, "host.powered_on", f"host {host.name} powered on{': ' + reason if reason else ''}", username=user, object_type="host", object_id=host.id, object_name=host.name, task_id=task.id)
+    record_event(
+        session, "host.powered_on", f"host {host.name} powered on{': ' + reason if reason else ''}", username=user, object_type="host", object_id=host.id, object_name=host.name, task_id=task.id
+    )
     return task
 
 

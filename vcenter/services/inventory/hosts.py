@@ -10,6 +10,7 @@ Vocabulary:
   did not know, or a VM whose host was removed by force. Nothing is ever deleted silently:
   orphaned VMs wait for an import (or are re-attached when their host comes back).
 """
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -67,12 +68,12 @@ def registration_challenge(session: Session, settings: Settings, registration_to
 
 
 def _refused_registration(host: Host, code: str, message: str) -> dict[str, Any]:
-    return {"kind": "host.registration_refused", "message": f"host {host.name}: {message}", "object_type": "host",
-            "object_id": host.id, "object_name": host.name, "reason": code}
+    return {"kind": "host.registration_refused", "message": f"host {host.name}: {message}", "object_type": "host", "object_id": host.id, "object_name": host.name, "reason": code}
 
 
-def register(session: Session, settings: Settings, registration_token: str, host_uuid: str, hostname: str,
-             nonce: str, certificate_pem: str, signature: str, thumbprint: str | None = None) -> dict[str, Any]:
+def register(
+    session: Session, settings: Settings, registration_token: str, host_uuid: str, hostname: str, nonce: str, certificate_pem: str, signature: str, thumbprint: str | None = None
+) -> dict[str, Any]:
     """An agent presents its one-time token and proves that it holds the key of its
     certificate (a signature over a fresh server nonce, the token and its host UUID). Answers
     its state and, once trusted, its credential (the token is consumed then).
@@ -95,15 +96,29 @@ def register(session: Session, settings: Settings, registration_token: str, host
         message = f"host UUID {host_uuid} already belongs to host {other.name}"
         raise Conflict(message, code="DUPLICATE_HOST_UUID", audit=_refused_registration(host, "DUPLICATE_HOST_UUID", message))
     if host.thumbprint is not None and host.thumbprint != proven.thumbprint:
-        raise Conflict("a different certificate registered with this token first", code="THUMBPRINT_MISMATCH",
-                       audit=_refused_registration(host, "THUMBPRINT_MISMATCH", f"certificate {proven.thumbprint} refused: {host.thumbprint} registered first"))
+        raise Conflict(
+            "a different certificate registered with this token first",
+            code="THUMBPRINT_MISMATCH",
+            audit=_refused_registration(host, "THUMBPRINT_MISMATCH", f"certificate {proven.thumbprint} refused: {host.thumbprint} registered first"),
+        )
     if host.thumbprint is not None and host.host_uuid != host_uuid:
-        raise Conflict(f"this registration is for host UUID {host.host_uuid}", code="HOST_UUID_MISMATCH",
-                       audit=_refused_registration(host, "HOST_UUID_MISMATCH", f"host UUID {host_uuid} refused: the agent registered with {host.host_uuid}"))
+        raise Conflict(
+            f"this registration is for host UUID {host.host_uuid}",
+            code="HOST_UUID_MISMATCH",
+            audit=_refused_registration(host, "HOST_UUID_MISMATCH", f"host UUID {host_uuid} refused: the agent registered with {host.host_uuid}"),
+        )
     if host.thumbprint is None:
         host.thumbprint = proven.thumbprint
         host.host_uuid = host_uuid
-        record_event(session, "host.registered", f"agent on {hostname} registered for host {host.name}; certificate thumbprint {proven.thumbprint}", object_type="host", object_id=host.id, object_name=host.name, data={"host_uuid": host_uuid, "thumbprint": proven.thumbprint})
+        record_event(
+            session,
+            "host.registered",
+            f"agent on {hostname} registered for host {host.name}; certificate thumbprint {proven.thumbprint}",
+            object_type="host",
+            object_id=host.id,
+            object_name=host.name,
+            data={"host_uuid": host_uuid, "thumbprint": proven.thumbprint},
+        )
         host.trust_state = "awaitingConfirmation"
         if settings.host_trust_on_first_use:
             host.trust_state = "trusted"
@@ -127,7 +142,16 @@ def confirm(session: Session, host_id: int, thumbprint: str, user: str) -> Host:
     if host.thumbprint != thumbprint.strip():
         raise Conflict("the thumbprint differs from the one the agent presented", code="THUMBPRINT_MISMATCH")
     host.trust_state = "trusted"
-    record_event(session, "host.trusted", f"host {host.name}: certificate thumbprint confirmed by {user}", username=user, object_type="host", object_id=host.id, object_name=host.name, reason="operator_confirmed")
+    record_event(
+        session,
+        "host.trusted",
+        f"host {host.name}: certificate thumbprint confirmed by {user}",
+        username=user,
+        object_type="host",
+        object_id=host.id,
+        object_name=host.name,
+        reason="operator_confirmed",
+    )
     return host
 
 
@@ -141,7 +165,15 @@ def set_standby(session: Session, host_id: int, enter: bool, user: str) -> Host:
         if running:
             raise Conflict(f"host {host.name} still runs {', '.join(sorted(running))}: move or power them off first", code="HOST_HAS_RUNNING_VMS", details={"vms": sorted(running)})
     host.standby = enter
-    record_event(session, "host.standby.entered" if enter else "host.standby.exited", f"host {host.name} {'entered' if enter else 'left'} standby", username=user, object_type="host", object_id=host.id, object_name=host.name)
+    record_event(
+        session,
+        "host.standby.entered" if enter else "host.standby.exited",
+        f"host {host.name} {'entered' if enter else 'left'} standby",
+        username=user,
+        object_type="host",
+        object_id=host.id,
+        object_name=host.name,
+    )
     return host
 
 
@@ -155,7 +187,9 @@ def remove(session: Session, host_id: int, force: bool, user: str) -> None:
     for vm in vms:
         vm.host_id = None
         vm.status = "orphaned"
-        record_event(session, "vm.orphaned", f"VM {vm.name} orphaned: its host {host.name} was removed by force", username=user, object_type="vm", object_id=vm.id, object_name=vm.name, reason="host_removed")
+        record_event(
+            session, "vm.orphaned", f"VM {vm.name} orphaned: its host {host.name} was removed by force", username=user, object_type="vm", object_id=vm.id, object_name=vm.name, reason="host_removed"
+        )
     session.flush()
     inventory.delete_object(session, user, "host", host.id)
 

@@ -5,6 +5,7 @@ every change writes an Event.
 Deletion is refused (409 with a stable code) while an object still has children, so nothing
 is orphaned; an update that carries ``version`` fails with STALE_VERSION when the row moved on.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -301,15 +302,11 @@ def _set_hosts(session: Session, kind: str, row: Any, host_ids: list[int]) -> li
         ):
             raise Conflict("a host to unmount from still runs VMs with disks on this datastore", code="DATASTORE_IN_USE")
         _mountable_on(row.url, [h for h in hosts if h.id not in before])
-        row.mounts = [m for m in row.mounts if m.host_id in host_ids] + [
-            DatastoreMount(host_id=h.id, path=row.url) for h in hosts if h.id not in before
-        ]
+        row.mounts = [m for m in row.mounts if m.host_id in host_ids] + [DatastoreMount(host_id=h.id, path=row.url) for h in hosts if h.id not in before]
         return before
     if kind == "portgroup":
         before = sorted(m.host_id for m in row.hosts)
-        row.hosts = [m for m in row.hosts if m.host_id in host_ids] + [
-            PortGroupHost(host_id=h.id, present=False) for h in hosts if h.id not in before
-        ]
+        row.hosts = [m for m in row.hosts if m.host_id in host_ids] + [PortGroupHost(host_id=h.id, present=False) for h in hosts if h.id not in before]
         return before
     raise Invalid(f"{kind} has no host list", code="INVALID")
 
@@ -341,8 +338,11 @@ def _mountable_on(url: str, hosts: list[Host]) -> None:
         try:
             check_datastore_path(url, roots)
         except DatastorePathRefused as exc:
-            raise Invalid(f"host_ids: host {host.name} provides datastores only below {', '.join(roots) or 'no folder'}: {exc.message}",
-                          code=exc.code, details={"field": "host_ids", "host_id": host.id, "reason": exc.reason, "roots": roots}) from None
+            raise Invalid(
+                f"host_ids: host {host.name} provides datastores only below {', '.join(roots) or 'no folder'}: {exc.message}",
+                code=exc.code,
+                details={"field": "host_ids", "host_id": host.id, "reason": exc.reason, "roots": roots},
+            ) from None
 
 
 def _no_overlap(session: Session, datacenter_id: int, url: str) -> None:
@@ -350,8 +350,7 @@ def _no_overlap(session: Session, datacenter_id: int, url: str) -> None:
     datacenter (whose hosts it shares): a permission on one would reach the other's files."""
     for other in session.scalars(select(Datastore).where(Datastore.datacenter_id == datacenter_id)):
         if overlaps(url, other.url):
-            raise Conflict(f"url: {url} overlaps datastore {other.name} at {other.url}", code="DATASTORE_PATH_OVERLAPS",
-                           details={"field": "url", "datastore_id": other.id})
+            raise Conflict(f"url: {url} overlaps datastore {other.name} at {other.url}", code="DATASTORE_PATH_OVERLAPS", details={"field": "url", "datastore_id": other.id})
 
 
 def create_datastore(session: Session, user: str, data: dict[str, Any], settings: Settings) -> Datastore:
@@ -378,7 +377,9 @@ def create_portgroup(session: Session, user: str, data: dict[str, Any]) -> PortG
     session.add(portgroup)
     flush_unique(session, f"port group {data['name']!r}")
     portgroup.bridge = f"vcpg{portgroup.id}"  # short, unique, a valid Linux interface name
-    record_event(session, "portgroup.created", f"port group {portgroup.name} (VLAN {portgroup.vlan_id}) created", username=user, object_type="portgroup", object_id=portgroup.id, object_name=portgroup.name)
+    record_event(
+        session, "portgroup.created", f"port group {portgroup.name} (VLAN {portgroup.vlan_id}) created", username=user, object_type="portgroup", object_id=portgroup.id, object_name=portgroup.name
+    )
     return portgroup
 
 

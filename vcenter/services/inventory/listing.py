@@ -10,6 +10,7 @@ the column's range (422 INVALID_INTEGER), a boolean column as ``true``/``false``
 as text without NUL. So a value the database cannot hold or compare is a 422, never a 500,
 and ``?host_id=+42`` is refused rather than read as 42.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -3,6 +3,7 @@ VmSpec): disks at the path the host mounts their datastore on, NICs on the port 
 boot image, CPU model, and the allocation enforced on the host (shares, quota, soft limit).
 Every operation that defines a VM on a host (create, deploy, clone, restore, relocation, HA
 restart) builds it here."""
+
 from __future__ import annotations
 
 from sqlalchemy.orm import Session
@@ -24,8 +25,19 @@ def vm_spec(session: Session, vm: VirtualMachine, host_id: int) -> VmSpec:
         nics.append(NicSpec(index=nic.index, portgroup=portgroup.name, bridge=portgroup.bridge, mac=nic.mac, model=nic.model))
     boot = vm.boot or {}
     host = session.get(Host, host_id)
-    return VmSpec(resources=resource_spec(session, vm, host),name=vm.name, uuid=vm.libvirt_uuid, vcpus=vm.vcpus, memory_mib=vm.memory_mib, guest_os=vm.guest_os, disks=disks, nics=nics,
-                  image=boot.get("image"), guest_ip=boot.get("ip"), cpu=CpuSpec(**vm.cpu) if vm.cpu else None)
+    return VmSpec(
+        resources=resource_spec(session, vm, host),
+        name=vm.name,
+        uuid=vm.libvirt_uuid,
+        vcpus=vm.vcpus,
+        memory_mib=vm.memory_mib,
+        guest_os=vm.guest_os,
+        disks=disks,
+        nics=nics,
+        image=boot.get("image"),
+        guest_ip=boot.get("ip"),
+        cpu=CpuSpec(**vm.cpu) if vm.cpu else None,
+    )
 
 
 NORMAL_POOL_CPU_SHARES = 4000  # vCenter's "normal" shares of a resource pool

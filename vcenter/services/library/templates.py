@@ -16,6 +16,7 @@ Task kinds: template.fromVm, template.toVm, template.delete, template.deploy, vm
 vm.importOva, vm.export, template.export, template.verify, datastore.browse; their agents'
 results and rollbacks are services.operations.library's.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,11 +64,26 @@ class TemplateInUse(Conflict):
 
 # --- reads --------------------------------------------------------------------------------
 
+
 def template_read(t: Template) -> dict[str, Any]:
-    return {"id": t.id, "name": t.name, "version": t.version, "datacenter_id": t.datacenter_id, "datastore_id": t.datastore_id,
-            "dir": t.dir, "state": t.state, "guest_os": t.guest_os, "vcpus": t.vcpus, "memory_mib": t.memory_mib,
-            "disks": (t.manifest or {}).get("disks", []), "origin": t.origin, "boot": t.boot, "manifest": t.manifest,
-            "created_at": t.created_at, "updated_at": t.updated_at}
+    return {
+        "id": t.id,
+        "name": t.name,
+        "version": t.version,
+        "datacenter_id": t.datacenter_id,
+        "datastore_id": t.datastore_id,
+        "dir": t.dir,
+        "state": t.state,
+        "guest_os": t.guest_os,
+        "vcpus": t.vcpus,
+        "memory_mib": t.memory_mib,
+        "disks": (t.manifest or {}).get("disks", []),
+        "origin": t.origin,
+        "boot": t.boot,
+        "manifest": t.manifest,
+        "created_at": t.created_at,
+        "updated_at": t.updated_at,
+    }
 
 
 def list_templates(session: Session, name: str | None = None, datacenter_id: int | None = None, latest: bool = False) -> list[Template]:
@@ -104,11 +120,11 @@ def _refuse_in_use(session: Session, template: Template, what: str) -> None:
     users = dependents(session, template)
     if users:
         names = ", ".join(vm.name for vm in users)
-        raise TemplateInUse(f"cannot {what} template {template.name} v{template.version}: linked clones depend on it: {names}",
-                            details={"vms": [{"id": vm.id, "name": vm.name} for vm in users]})
+        raise TemplateInUse(f"cannot {what} template {template.name} v{template.version}: linked clones depend on it: {names}", details={"vms": [{"id": vm.id, "name": vm.name} for vm in users]})
 
 
 # --- helpers ------------------------------------------------------------------------------
+
 
 def _mount_path(datastore: Datastore, host_id: int) -> str | None:
     mount = next((m for m in datastore.mounts if m.host_id == host_id), None)
@@ -165,9 +181,19 @@ def _new_vm(session: Session, data: dict[str, Any], host: Host, *, vcpus: int, m
     if boot.get("image") == "tiny-linux" and memory_mib < 80:
         raise Invalid("memory_mib: the tiny-linux image needs at least 80 MiB", code="INVALID", details={"field": "memory_mib"})
     vm = VirtualMachine(
-        name=data["name"], datacenter_id=host.datacenter_id, cluster_id=host.cluster_id, host_id=host.id,
-        folder_id=data.get("folder_id"), pool_id=data.get("pool_id"), vcpus=vcpus, memory_mib=memory_mib, guest_os=guest_os,
-        power_state=PowerState.POWERED_OFF.value, status="creating", libvirt_uuid=new_uuid(), boot=boot,
+        name=data["name"],
+        datacenter_id=host.datacenter_id,
+        cluster_id=host.cluster_id,
+        host_id=host.id,
+        folder_id=data.get("folder_id"),
+        pool_id=data.get("pool_id"),
+        vcpus=vcpus,
+        memory_mib=memory_mib,
+        guest_os=guest_os,
+        power_state=PowerState.POWERED_OFF.value,
+        status="creating",
+        libvirt_uuid=new_uuid(),
+        boot=boot,
         cpu=evc.vm_cpu_for(session.get(Cluster, host.cluster_id) if host.cluster_id else None),
     )
     for index, nic in enumerate(data.get("nics") or []):
@@ -189,6 +215,7 @@ def _disk_file(vm: VirtualMachine, index: int, ext: str = "qcow2") -> str:
 
 
 # --- VM <-> template ----------------------------------------------------------------------
+
 
 def _next_version(session: Session, datacenter_id: int, name: str) -> int:
     current = session.scalar(select(func.max(Template.version)).where(Template.datacenter_id == datacenter_id, Template.name == name))
@@ -216,23 +243,48 @@ def vm_to_template(session: Session, user: str, vm_id: int, name: str | None = N
     name = name or vm.name
     version = _next_version(session, vm.datacenter_id, name)
     boot = {k: v for k, v in (vm.boot or {}).items() if k != "ip"}  # an address is per VM, never per template
-    template = Template(name=name, version=version, datacenter_id=vm.datacenter_id, datastore_id=datastore.id, dir="", state="creating",
-                        guest_os=vm.guest_os, vcpus=vm.vcpus, memory_mib=vm.memory_mib, boot=boot,
-                        origin={"kind": "vm", "vm_id": vm.id, "vm_name": vm.name, "at": utcnow().isoformat()})
+    template = Template(
+        name=name,
+        version=version,
+        datacenter_id=vm.datacenter_id,
+        datastore_id=datastore.id,
+        dir="",
+        state="creating",
+        guest_os=vm.guest_os,
+        vcpus=vm.vcpus,
+        memory_mib=vm.memory_mib,
+        boot=boot,
+        origin={"kind": "vm", "vm_id": vm.id, "vm_name": vm.name, "at": utcnow().isoformat()},
+    )
     session.add(template)
     inventory.flush_unique(session, f"template {name!r} v{version}")
     from templates_store.manifest import template_dir
 
     template.dir = template_dir(name, version, template.id)
-    meta = {"template_id": template.id, "name": name, "version": version, "guest_os": vm.guest_os,
-            "hardware": {"vcpus": vm.vcpus, "memory_mib": vm.memory_mib, "nics": len(vm.nics), "boot": boot}, "origin": template.origin}
-    task = start_task(session, kind="template.fromVm", object_type="vm", object_id=vm.id, username=user, host_id=host.id,
-                      params={"template_id": template.id}, command="template.capture",
-                      command_args=CaptureArgs(uuid=vm.libvirt_uuid, datastore_path=mount, dir=template.dir, meta=meta,
-                                              disks=[{"index": d.index, "file": d.file, "format": d.format} for d in disks],
-                                              seed_files=[d.file for d in seeds]).args())
-    record_event(session, "template.capturing", f"VM {vm.name} being converted to template {name} v{version}", username=user,
-                 object_type="template", object_id=template.id, object_name=name, task_id=task.id)
+    meta = {
+        "template_id": template.id,
+        "name": name,
+        "version": version,
+        "guest_os": vm.guest_os,
+        "hardware": {"vcpus": vm.vcpus, "memory_mib": vm.memory_mib, "nics": len(vm.nics), "boot": boot},
+        "origin": template.origin,
+    }
+    task = start_task(
+        session,
+        kind="template.fromVm",
+        object_type="vm",
+        object_id=vm.id,
+        username=user,
+        host_id=host.id,
+        params={"template_id": template.id},
+        command="template.capture",
+        command_args=CaptureArgs(
+            uuid=vm.libvirt_uuid, datastore_path=mount, dir=template.dir, meta=meta, disks=[{"index": d.index, "file": d.file, "format": d.format} for d in disks], seed_files=[d.file for d in seeds]
+        ).args(),
+    )
+    record_event(
+        session, "template.capturing", f"VM {vm.name} being converted to template {name} v{version}", username=user, object_type="template", object_id=template.id, object_name=name, task_id=task.id
+    )
     return task
 
 
@@ -245,8 +297,9 @@ def template_to_vm(session: Session, user: str, template_id: int, data: dict[str
     host, chosen = _choose_host(session, data, [template.datastore_id], template.vcpus, template.memory_mib)
     datastore = session.get(Datastore, template.datastore_id)
     mount = _mount_path(datastore, host.id)
-    vm = _new_vm(session, {**data, "name": data.get("name") or template.name}, host, vcpus=template.vcpus, memory_mib=template.memory_mib,
-                 guest_os=template.guest_os, boot=_boot_of(data, template.boot))
+    vm = _new_vm(
+        session, {**data, "name": data.get("name") or template.name}, host, vcpus=template.vcpus, memory_mib=template.memory_mib, guest_os=template.guest_os, boot=_boot_of(data, template.boot)
+    )
     moves = []
     for d in template.manifest.get("disks", []):
         vm.disks.append(VirtualDisk(index=d["index"], datastore_id=datastore.id, file=_disk_file(vm, d["index"]), capacity_mib=d["capacity_mib"], format="qcow2"))
@@ -255,11 +308,27 @@ def template_to_vm(session: Session, user: str, template_id: int, data: dict[str
     for d, disk in zip(template.manifest.get("disks", []), vm.disks):
         moves.append({"from": f"{mount}/{template.dir}/{d['file']}", "to": f"{mount}/{disk.file}"})
     template.state = "converting"
-    task = start_task(session, kind="template.toVm", object_type="template", object_id=template.id, username=user, host_id=host.id,
-                      params={"vm_id": vm.id, **({"placement": chosen} if chosen else {})}, command="template.release",
-                      command_args=ReleaseArgs(spec=vm_spec(session, vm, host.id), moves=moves, datastore_path=mount, dir=template.dir).args())
-    record_event(session, "template.converting", f"template {template.name} v{template.version} being converted to VM {vm.name}", username=user,
-                 object_type="template", object_id=template.id, object_name=template.name, task_id=task.id)
+    task = start_task(
+        session,
+        kind="template.toVm",
+        object_type="template",
+        object_id=template.id,
+        username=user,
+        host_id=host.id,
+        params={"vm_id": vm.id, **({"placement": chosen} if chosen else {})},
+        command="template.release",
+        command_args=ReleaseArgs(spec=vm_spec(session, vm, host.id), moves=moves, datastore_path=mount, dir=template.dir).args(),
+    )
+    record_event(
+        session,
+        "template.converting",
+        f"template {template.name} v{template.version} being converted to VM {vm.name}",
+        username=user,
+        object_type="template",
+        object_id=template.id,
+        object_name=template.name,
+        task_id=task.id,
+    )
     return task
 
 
@@ -272,8 +341,16 @@ def delete_template(session: Session, user: str, template_id: int) -> Task:
     datastore = session.get(Datastore, template.datastore_id)
     host = _host_for(session, datastore)
     template.state = "deleting"
-    return start_task(session, kind="template.delete", object_type="template", object_id=template.id, username=user, host_id=host.id,
-                      command="template.delete", command_args=TemplateDirArgs(datastore_path=_mount_path(datastore, host.id), dir=template.dir).args())
+    return start_task(
+        session,
+        kind="template.delete",
+        object_type="template",
+        object_id=template.id,
+        username=user,
+        host_id=host.id,
+        command="template.delete",
+        command_args=TemplateDirArgs(datastore_path=_mount_path(datastore, host.id), dir=template.dir).args(),
+    )
 
 
 def verify_template(session: Session, user: str, template_id: int) -> Task:
@@ -286,8 +363,16 @@ def verify_template(session: Session, user: str, template_id: int) -> Task:
     datastore = session.get(Datastore, template.datastore_id)
     host = _host_for(session, datastore)
     disks = [{"file": d["file"], "sha256": d["sha256"]} for d in template.manifest.get("disks", [])]
-    return start_task(session, kind="template.verify", object_type="template", object_id=template.id, username=user, host_id=host.id,
-                      command="template.verify", command_args=VerifyArgs(datastore_path=_mount_path(datastore, host.id), dir=template.dir, disks=disks).args())
+    return start_task(
+        session,
+        kind="template.verify",
+        object_type="template",
+        object_id=template.id,
+        username=user,
+        host_id=host.id,
+        command="template.verify",
+        command_args=VerifyArgs(datastore_path=_mount_path(datastore, host.id), dir=template.dir, disks=disks).args(),
+    )
 
 
 def browse(session: Session, user: str, datastore_id: int, path: str) -> Task:
@@ -300,8 +385,7 @@ def browse(session: Session, user: str, datastore_id: int, path: str) -> Task:
         raise _path_error(exc, "path") from None
     host = _host_for(session, datastore)
     # A read: it claims nothing (browsing runs alongside anything else on the datastore).
-    task = Task(kind="datastore.browse", state=TaskState.QUEUED.value, step="queued", object_type="datastore", object_id=datastore.id,
-                username=user, params={}, host_id=host.id)
+    task = Task(kind="datastore.browse", state=TaskState.QUEUED.value, step="queued", object_type="datastore", object_id=datastore.id, username=user, params={}, host_id=host.id)
     session.add(task)
     session.flush()
     send_command(session, task, "datastore.browse", BrowseArgs(datastore_path=_mount_path(datastore, host.id), path=rel).args())
@@ -309,6 +393,7 @@ def browse(session: Session, user: str, datastore_id: int, path: str) -> Task:
 
 
 # --- deploy -------------------------------------------------------------------------------
+
 
 def deploy(session: Session, user: str, template_id: int, data: dict[str, Any]) -> tuple[VirtualMachine, Task]:
     template = get_template(session, template_id)
@@ -328,8 +413,14 @@ def deploy(session: Session, user: str, template_id: int, data: dict[str, Any]) 
     clones = []
     tdisks = template.manifest.get("disks", [])
     for d in tdisks:
-        disk = VirtualDisk(index=d["index"], datastore_id=target.id, file=_disk_file(vm, d["index"]), capacity_mib=d["capacity_mib"], format="qcow2",
-                           backing_file=f"{template.dir}/{d['file']}" if mode == "linked" else None)
+        disk = VirtualDisk(
+            index=d["index"],
+            datastore_id=target.id,
+            file=_disk_file(vm, d["index"]),
+            capacity_mib=d["capacity_mib"],
+            format="qcow2",
+            backing_file=f"{template.dir}/{d['file']}" if mode == "linked" else None,
+        )
         vm.disks.append(disk)
     seed_index = max([d["index"] for d in tdisks], default=-1) + 1
     vm.disks.append(VirtualDisk(index=seed_index, datastore_id=target.id, file=_disk_file(vm, seed_index, "iso").replace(f"-disk{seed_index}.iso", SEED_SUFFIX), capacity_mib=1, format="raw"))
@@ -339,14 +430,29 @@ def deploy(session: Session, user: str, template_id: int, data: dict[str, Any]) 
     hostname = custom.get("hostname") or dns_label(vm.name)
     session.add(VmCustomization(vm_id=vm.id, instance_id=f"i-{uuidlib.uuid4().hex}", machine_id=uuidlib.uuid4().hex, hostname=hostname, spec=custom))
     for d, disk in zip(tdisks, vm.disks):
-        clones.append({"index": d["index"], "mode": mode, "source": f"{src_mount}/{template.dir}/{d['file']}", "source_format": d.get("format", "qcow2"),
-                       "dest": f"{dst_mount}/{disk.file}"})
+        clones.append({"index": d["index"], "mode": mode, "source": f"{src_mount}/{template.dir}/{d['file']}", "source_format": d.get("format", "qcow2"), "dest": f"{dst_mount}/{disk.file}"})
     seed_disk = vm.disks[-1]
-    task = start_task(session, kind="template.deploy", object_type="vm", object_id=vm.id, username=user, host_id=host.id,
-                      params={"template_id": template.id, "mode": mode, **({"placement": chosen} if chosen else {})}, command="vm.deploy",
-                      command_args=DeployArgs(spec=vm_spec(session, vm, host.id), clones=clones, mode=mode, seed={"path": f"{dst_mount}/{seed_disk.file}"}).args())
-    record_event(session, "vm.deploying", f"VM {vm.name} being deployed from template {template.name} v{template.version} ({mode} clone) on host {host.name}",
-                 username=user, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
+    task = start_task(
+        session,
+        kind="template.deploy",
+        object_type="vm",
+        object_id=vm.id,
+        username=user,
+        host_id=host.id,
+        params={"template_id": template.id, "mode": mode, **({"placement": chosen} if chosen else {})},
+        command="vm.deploy",
+        command_args=DeployArgs(spec=vm_spec(session, vm, host.id), clones=clones, mode=mode, seed={"path": f"{dst_mount}/{seed_disk.file}"}).args(),
+    )
+    record_event(
+        session,
+        "vm.deploying",
+        f"VM {vm.name} being deployed from template {template.name} v{template.version} ({mode} clone) on host {host.name}",
+        username=user,
+        object_type="vm",
+        object_id=vm.id,
+        object_name=vm.name,
+        task_id=task.id,
+    )
     return vm, task
 
 
@@ -360,8 +466,7 @@ def seed_for_agent(session: Session, host_id: int, vm_uuid: str) -> dict[str, An
     custom = session.get(VmCustomization, vm.id)
     if custom is None:
         raise NotFound(f"VM {vm.name} has no customisation", code="SEED_NOT_FOUND")
-    files = render_seed(custom.spec or {}, instance_id=custom.instance_id, machine_id=custom.machine_id, hostname=custom.hostname,
-                        macs=[n.mac for n in vm.nics])
+    files = render_seed(custom.spec or {}, instance_id=custom.instance_id, machine_id=custom.machine_id, hostname=custom.hostname, macs=[n.mac for n in vm.nics])
     return {"files": files, "instance_id": custom.instance_id}
 
 
@@ -375,6 +480,7 @@ def customization_read(session: Session, vm_id: int) -> dict[str, Any]:
 
 
 # --- import / export ----------------------------------------------------------------------
+
 
 def import_disk(session: Session, user: str, data: dict[str, Any]) -> tuple[VirtualMachine, Task]:
     target = inventory.ref(session, "datastore", data["datastore_id"], "datastore_id")
@@ -400,16 +506,21 @@ def import_disk(session: Session, user: str, data: dict[str, Any]) -> tuple[Virt
     dest = f"{_mount_path(target, host.id)}/{vm.disks[0].file}"
     params: dict[str, Any] = {**({"placement": chosen} if chosen else {})}
     if upload is not None:
-        args = ImportDiskArgs(spec=vm_spec(session, vm, host.id), dest=dest, format=data.get("format"),
-                              upload={"id": upload.id, "sha256": upload.sha256, "size_bytes": upload.size_bytes}).args()
+        args = ImportDiskArgs(spec=vm_spec(session, vm, host.id), dest=dest, format=data.get("format"), upload={"id": upload.id, "sha256": upload.sha256, "size_bytes": upload.size_bytes}).args()
         params["upload_id"] = upload.id
     else:
-        args = ImportDiskArgs(spec=vm_spec(session, vm, host.id), dest=dest, format=data.get("format"),
-                              path=rel, source_datastore_path=_mount_path(source_ds, host.id)).args()
-    task = start_task(session, kind="vm.import", object_type="vm", object_id=vm.id, username=user, host_id=host.id, params=params,
-                      command="vm.import_disk", command_args=args)
-    record_event(session, "vm.importing", f"VM {vm.name} being imported from {'upload ' + str(upload.id) if upload else rel}", username=user,
-                 object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
+        args = ImportDiskArgs(spec=vm_spec(session, vm, host.id), dest=dest, format=data.get("format"), path=rel, source_datastore_path=_mount_path(source_ds, host.id)).args()
+    task = start_task(session, kind="vm.import", object_type="vm", object_id=vm.id, username=user, host_id=host.id, params=params, command="vm.import_disk", command_args=args)
+    record_event(
+        session,
+        "vm.importing",
+        f"VM {vm.name} being imported from {'upload ' + str(upload.id) if upload else rel}",
+        username=user,
+        object_type="vm",
+        object_id=vm.id,
+        object_name=vm.name,
+        task_id=task.id,
+    )
     return vm, task
 
 
@@ -448,12 +559,22 @@ def import_ova(session: Session, user: str, data: dict[str, Any]) -> tuple[Virtu
     inventory.flush_unique(session, f"VM {vm.name!r}")
     mount = _mount_path(target, host.id)
     upload = uploads.ready(session, data["upload_id"])
-    task = start_task(session, kind="vm.importOva", object_type="vm", object_id=vm.id, username=user, host_id=host.id,
-                      params={"upload_id": upload.id, "appliance": appliance, **({"placement": chosen} if chosen else {})}, command="vm.import_ova",
-                      command_args=ImportOvaArgs(spec=vm_spec(session, vm, host.id), upload={"id": upload.id, "sha256": upload.sha256, "size_bytes": upload.size_bytes},
-                                              disks=[{"index": disk.index, "member": d["file"], "dest": f"{mount}/{disk.file}"} for d, disk in zip(disks, vm.disks)]).args())
-    record_event(session, "vm.importing", f"VM {vm.name} being imported from appliance {appliance['name']}", username=user,
-                 object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
+    task = start_task(
+        session,
+        kind="vm.importOva",
+        object_type="vm",
+        object_id=vm.id,
+        username=user,
+        host_id=host.id,
+        params={"upload_id": upload.id, "appliance": appliance, **({"placement": chosen} if chosen else {})},
+        command="vm.import_ova",
+        command_args=ImportOvaArgs(
+            spec=vm_spec(session, vm, host.id),
+            upload={"id": upload.id, "sha256": upload.sha256, "size_bytes": upload.size_bytes},
+            disks=[{"index": disk.index, "member": d["file"], "dest": f"{mount}/{disk.file}"} for d, disk in zip(disks, vm.disks)],
+        ).args(),
+    )
+    record_event(session, "vm.importing", f"VM {vm.name} being imported from appliance {appliance['name']}", username=user, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
     return vm, task
 
 
@@ -486,10 +607,17 @@ def export(session: Session, user: str, object_type: str, object_id: int) -> Tas
     upload = Upload(kind="export", filename=f"{safe_file_name(name)}.ova", path="", state="receiving", username=user)
     session.add(upload)
     session.flush()
-    task = start_task(session, kind=f"{object_type}.export", object_type=object_type, object_id=object_id, username=user, host_id=host.id,
-                      params={"upload_id": upload.id}, command="vm.export",
-                      command_args=ExportArgs(uuid=uuid, name=safe_file_name(name), hardware=hardware, disks=disks, upload_id=upload.id,
-                                             workdir=f"{_mount_path(work_ds, host.id)}/.exports/{upload.id}").args())
+    task = start_task(
+        session,
+        kind=f"{object_type}.export",
+        object_type=object_type,
+        object_id=object_id,
+        username=user,
+        host_id=host.id,
+        params={"upload_id": upload.id},
+        command="vm.export",
+        command_args=ExportArgs(uuid=uuid, name=safe_file_name(name), hardware=hardware, disks=disks, upload_id=upload.id, workdir=f"{_mount_path(work_ds, host.id)}/.exports/{upload.id}").args(),
+    )
     upload.task_id = task.id
     return task
 

@@ -6,6 +6,7 @@ nothing stays; a checksum given by the client that does not match is refused (42
 UPLOAD_CHECKSUM_MISMATCH). An agent pulls an upload only for a task of its own host that names
 it, and pushes an export only into the Upload row its task created.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,12 +36,20 @@ _SHA_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 def upload_read(row: Upload) -> dict[str, Any]:
-    return {"id": row.id, "kind": row.kind, "filename": row.filename, "size_bytes": row.size_bytes, "sha256": row.sha256,
-            "state": row.state, "username": row.username, "task_id": row.task_id, "created_at": row.created_at}
+    return {
+        "id": row.id,
+        "kind": row.kind,
+        "filename": row.filename,
+        "size_bytes": row.size_bytes,
+        "sha256": row.sha256,
+        "state": row.state,
+        "username": row.username,
+        "task_id": row.task_id,
+        "created_at": row.created_at,
+    }
 
 
-async def receive(chunks: AsyncIterator[bytes], settings: Settings, *, declared_length: int | None = None,
-                  expected_sha256: str | None = None) -> tuple[str, int, str]:
+async def receive(chunks: AsyncIterator[bytes], settings: Settings, *, declared_length: int | None = None, expected_sha256: str | None = None) -> tuple[str, int, str]:
     """Stream ``chunks`` into a new file of the upload folder; (path, size, sha256)."""
     if expected_sha256 is not None and not _SHA_RE.match(expected_sha256):
         raise Invalid("sha256: 64 hexadecimal digits", code="INVALID", details={"field": "sha256"})
@@ -74,8 +83,7 @@ def record(session: Session, user: str, filename: str, path: str, size: int, sha
     row = Upload(kind="upload", filename=safe_file_name(filename), path=path, size_bytes=size, sha256=sha256, state="ready", username=user)
     session.add(row)
     session.flush()
-    record_event(session, "upload.stored", f"upload {row.filename} stored ({size} bytes, SHA-256 {sha256[:12]}…)", username=user,
-                 object_type="upload", object_id=row.id, object_name=row.filename)
+    record_event(session, "upload.stored", f"upload {row.filename} stored ({size} bytes, SHA-256 {sha256[:12]}…)", username=user, object_type="upload", object_id=row.id, object_name=row.filename)
     return row
 
 

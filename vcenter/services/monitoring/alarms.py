@@ -5,6 +5,7 @@ Vocabulary in vcenter.domain.alarms (definition, scope, lineage, status, transit
 evaluation is one transaction: every transition, its events and the webhooks it owes are
 written together; webhooks are sent afterwards (``deliver_webhooks``), never inside it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -56,13 +57,27 @@ def _name_free(session: Session, name: str, except_id: int | None = None) -> Non
 def create_definition(session: Session, username: str, data: dict[str, Any]) -> AlarmDefinition:
     data = _validated(session, data)
     _name_free(session, data["name"])
-    alarm = AlarmDefinition(name=data["name"], description=data.get("description") or "", target_type=data["target_type"],
-                            scope_type=data.get("scope_type", "root"), scope_id=data.get("scope_id"),
-                            enabled=data.get("enabled", True), expression=data["expression"], actions=data["actions"])
+    alarm = AlarmDefinition(
+        name=data["name"],
+        description=data.get("description") or "",
+        target_type=data["target_type"],
+        scope_type=data.get("scope_type", "root"),
+        scope_id=data.get("scope_id"),
+        enabled=data.get("enabled", True),
+        expression=data["expression"],
+        actions=data["actions"],
+    )
     session.add(alarm)
     session.flush()
-    record_event(session, "alarm.created", f"alarm {alarm.name} defined on {alarm.target_type} objects under {alarm.scope_type} {alarm.scope_id or ''}".strip(),
-                 username=username, object_type="alarm", object_id=alarm.id, object_name=alarm.name)
+    record_event(
+        session,
+        "alarm.created",
+        f"alarm {alarm.name} defined on {alarm.target_type} objects under {alarm.scope_type} {alarm.scope_id or ''}".strip(),
+        username=username,
+        object_type="alarm",
+        object_id=alarm.id,
+        object_name=alarm.name,
+    )
     return alarm
 
 
@@ -78,12 +93,19 @@ def update_definition(session: Session, username: str, alarm_id: int, changes: d
     version = changes.pop("version", None)
     if version is not None and version != alarm.version:
         raise StaleVersion(f"alarm {alarm.name} changed since version {version}; read it again")
-    current = {"name": alarm.name, "description": alarm.description, "target_type": alarm.target_type, "scope_type": alarm.scope_type,
-               "scope_id": alarm.scope_id, "enabled": alarm.enabled, "expression": alarm.expression, "actions": alarm.actions}
+    current = {
+        "name": alarm.name,
+        "description": alarm.description,
+        "target_type": alarm.target_type,
+        "scope_type": alarm.scope_type,
+        "scope_id": alarm.scope_id,
+        "enabled": alarm.enabled,
+        "expression": alarm.expression,
+        "actions": alarm.actions,
+    }
     merged = _validated(session, {**current, **{k: v for k, v in changes.items() if v is not None or k == "scope_id"}})
     _name_free(session, merged["name"], alarm.id)
-    retarget = (merged["target_type"], merged["scope_type"], merged["scope_id"], merged["expression"]) != \
-               (alarm.target_type, alarm.scope_type, alarm.scope_id, alarm.expression)
+    retarget = (merged["target_type"], merged["scope_type"], merged["scope_id"], merged["expression"]) != (alarm.target_type, alarm.scope_type, alarm.scope_id, alarm.expression)
     for field in ("name", "description", "target_type", "scope_type", "scope_id", "enabled", "expression", "actions"):
         setattr(alarm, field, merged[field])
     if retarget or not alarm.enabled:
@@ -109,11 +131,22 @@ def list_definitions(session: Session, target_type: str | None = None) -> list[A
 
 # --- triggered alarms --------------------------------------------------------------------------
 def state_read(state: AlarmState, alarm: AlarmDefinition) -> dict[str, Any]:
-    return {"id": state.id, "alarm_id": alarm.id, "alarm_name": alarm.name, "object_type": state.object_type,
-            "object_id": state.object_id, "object_name": state.object_name, "status": state.status,
-            "message": state.message, "value": state.value, "triggered_at": state.triggered_at, "changed_at": state.changed_at,
-            "acknowledged": state.acknowledged_at is not None, "acknowledged_at": state.acknowledged_at,
-            "acknowledged_by": state.acknowledged_by}
+    return {
+        "id": state.id,
+        "alarm_id": alarm.id,
+        "alarm_name": alarm.name,
+        "object_type": state.object_type,
+        "object_id": state.object_id,
+        "object_name": state.object_name,
+        "status": state.status,
+        "message": state.message,
+        "value": state.value,
+        "triggered_at": state.triggered_at,
+        "changed_at": state.changed_at,
+        "acknowledged": state.acknowledged_at is not None,
+        "acknowledged_at": state.acknowledged_at,
+        "acknowledged_by": state.acknowledged_by,
+    }
 
 
 def _descendants(session: Session, object_type: str, object_id: int) -> set[tuple[str, int]]:
@@ -130,9 +163,14 @@ def _descendants(session: Session, object_type: str, object_id: int) -> set[tupl
     return out
 
 
-def triggered(session: Session, object_type: str | None = None, object_id: int | None = None,
-              descendants: bool = False, include_acknowledged: bool = True,
-              visible: Callable[[str], set[int] | None] | None = None) -> list[dict[str, Any]]:
+def triggered(
+    session: Session,
+    object_type: str | None = None,
+    object_id: int | None = None,
+    descendants: bool = False,
+    include_acknowledged: bool = True,
+    visible: Callable[[str], set[int] | None] | None = None,
+) -> list[dict[str, Any]]:
     """Alarms not ok, worst first: all of them, or those of one object (and with
     ``descendants`` those of every object below it, as a cluster's tree node shows them).
     ``visible(kind)`` gives the ids of that kind the caller may see (None: all of them)."""
@@ -151,8 +189,7 @@ def triggered(session: Session, object_type: str | None = None, object_id: int |
             query = query.where(AlarmState.object_type == object_type, AlarmState.object_id == object_id)
     if not include_acknowledged:
         query = query.where(AlarmState.acknowledged_at.is_(None))
-    rows = [(s, d) for s, d in session.execute(query).all()
-            if object_type is None or (s.object_type, s.object_id) in wanted]
+    rows = [(s, d) for s, d in session.execute(query).all() if object_type is None or (s.object_type, s.object_id) in wanted]
     if visible is not None:
         seen: dict[str, set[int] | None] = {}
         for kind in {s.object_type for s, _ in rows}:
@@ -176,9 +213,17 @@ def acknowledge(session: Session, username: str, state_id: int) -> dict[str, Any
     if state.acknowledged_at is None:
         state.acknowledged_at = utcnow()
         state.acknowledged_by = username
-        record_event(session, "alarm.acknowledged", f"alarm {alarm.name} on {state.object_type} {state.object_name} acknowledged",
-                     username=username, object_type=state.object_type, object_id=state.object_id, object_name=state.object_name,
-                     reason=alarm.name, data={"alarm_id": alarm.id, "status": state.status})
+        record_event(
+            session,
+            "alarm.acknowledged",
+            f"alarm {alarm.name} on {state.object_type} {state.object_name} acknowledged",
+            username=username,
+            object_type=state.object_type,
+            object_id=state.object_id,
+            object_name=state.object_name,
+            reason=alarm.name,
+            data={"alarm_id": alarm.id, "status": state.status},
+        )
     return state_read(state, alarm)
 
 
@@ -189,9 +234,17 @@ def reset(session: Session, username: str, state_id: int, settings: Settings) ->
         raise Conflict(f"alarm {alarm.name} on {state.object_name} is not triggered", code="ALARM_NOT_TRIGGERED")
     previous = state.status
     _apply(session, settings, alarm, state, a.OK, state.value, f"reset by {username}", utcnow(), fire=True, username=username)
-    record_event(session, "alarm.reset", f"alarm {alarm.name} on {state.object_type} {state.object_name} reset to green (was {previous})",
-                 username=username, object_type=state.object_type, object_id=state.object_id, object_name=state.object_name,
-                 reason=alarm.name, data={"alarm_id": alarm.id, "from": previous})
+    record_event(
+        session,
+        "alarm.reset",
+        f"alarm {alarm.name} on {state.object_type} {state.object_name} reset to green (was {previous})",
+        username=username,
+        object_type=state.object_type,
+        object_id=state.object_id,
+        object_name=state.object_name,
+        reason=alarm.name,
+        data={"alarm_id": alarm.id, "from": previous},
+    )
     return state_read(state, alarm)
 
 
@@ -202,26 +255,41 @@ def _objects(session: Session, target_type: str) -> list[dict[str, Any]]:
     if target_type == "host":
         for h in session.execute(select(Host.id, Host.name, Host.datacenter_id, Host.cluster_id, Host.connection_state, Host.standby)):
             lineage = [("host", h.id)] + ([("cluster", h.cluster_id)] if h.cluster_id else []) + [("datacenter", h.datacenter_id), ("root", None)]
-            out.append({"type": "host", "id": h.id, "name": h.name, "lineage": lineage,
-                        "facts": {"connection_state": h.connection_state, "standby": h.standby}})
+            out.append({"type": "host", "id": h.id, "name": h.name, "lineage": lineage, "facts": {"connection_state": h.connection_state, "standby": h.standby}})
     elif target_type == "vm":
         connected = set(session.scalars(select(Host.id).where(Host.connection_state == "connected")))
-        for v in session.execute(select(VirtualMachine.id, VirtualMachine.name, VirtualMachine.datacenter_id, VirtualMachine.cluster_id,
-                                        VirtualMachine.host_id, VirtualMachine.power_state, VirtualMachine.guest_heartbeat_at)):
-            lineage = [("vm", v.id)] + ([("host", v.host_id)] if v.host_id else []) + ([("cluster", v.cluster_id)] if v.cluster_id else []) \
-                + [("datacenter", v.datacenter_id), ("root", None)]
-            out.append({"type": "vm", "id": v.id, "name": v.name, "lineage": lineage,
-                        "facts": {"power_state": v.power_state, "host_connected": v.host_id in connected,
-                                  "guest_heartbeat_s": v.guest_heartbeat_at.timestamp() if v.guest_heartbeat_at else None}})
+        for v in session.execute(
+            select(
+                VirtualMachine.id, VirtualMachine.name, VirtualMachine.datacenter_id, VirtualMachine.cluster_id, VirtualMachine.host_id, VirtualMachine.power_state, VirtualMachine.guest_heartbeat_at
+            )
+        ):
+            lineage = [("vm", v.id)] + ([("host", v.host_id)] if v.host_id else []) + ([("cluster", v.cluster_id)] if v.cluster_id else []) + [("datacenter", v.datacenter_id), ("root", None)]
+            out.append(
+                {
+                    "type": "vm",
+                    "id": v.id,
+                    "name": v.name,
+                    "lineage": lineage,
+                    "facts": {"power_state": v.power_state, "host_connected": v.host_id in connected, "guest_heartbeat_s": v.guest_heartbeat_at.timestamp() if v.guest_heartbeat_at else None},
+                }
+            )
     elif target_type == "datastore":
         for d in session.execute(select(Datastore.id, Datastore.name, Datastore.datacenter_id, Datastore.capacity_bytes, Datastore.free_bytes)):
-            out.append({"type": "datastore", "id": d.id, "name": d.name, "lineage": [("datastore", d.id), ("datacenter", d.datacenter_id), ("root", None)],
-                        "facts": {"capacity_bytes": d.capacity_bytes, "free_bytes": d.free_bytes}})
+            out.append(
+                {
+                    "type": "datastore",
+                    "id": d.id,
+                    "name": d.name,
+                    "lineage": [("datastore", d.id), ("datacenter", d.datacenter_id), ("root", None)],
+                    "facts": {"capacity_bytes": d.capacity_bytes, "free_bytes": d.free_bytes},
+                }
+            )
     return out
 
 
-def _apply(session: Session, settings: Settings, alarm: AlarmDefinition, state: AlarmState, new: str, value: float | None,
-           message: str, now: datetime, *, fire: bool, username: str = "system") -> None:
+def _apply(
+    session: Session, settings: Settings, alarm: AlarmDefinition, state: AlarmState, new: str, value: float | None, message: str, now: datetime, *, fire: bool, username: str = "system"
+) -> None:
     previous = state.status
     state.status = new
     state.value = value
@@ -237,16 +305,35 @@ def _apply(session: Session, settings: Settings, alarm: AlarmDefinition, state: 
     what = "cleared" if new == a.OK else "triggered"
     for action in alarm.actions or []:
         if action.get("type") == "event":
-            record_event(session, f"alarm.{what}",
-                         f"alarm {alarm.name} on {state.object_type} {state.object_name}: {previous} -> {new} ({message})",
-                         username=username, object_type=state.object_type, object_id=state.object_id, object_name=state.object_name,
-                         reason=alarm.name, data={"alarm_id": alarm.id, "from": previous, "to": new, "value": value})
+            record_event(
+                session,
+                f"alarm.{what}",
+                f"alarm {alarm.name} on {state.object_type} {state.object_name}: {previous} -> {new} ({message})",
+                username=username,
+                object_type=state.object_type,
+                object_id=state.object_id,
+                object_name=state.object_name,
+                reason=alarm.name,
+                data={"alarm_id": alarm.id, "from": previous, "to": new, "value": value},
+            )
         elif action.get("type") == "webhook":
-            session.add(AlarmWebhook(alarm_id=alarm.id, url=action["url"], next_attempt_at=now, payload={
-                "alarm": {"id": alarm.id, "name": alarm.name},
-                "object": {"type": state.object_type, "id": state.object_id, "name": state.object_name},
-                "from": previous, "to": new, "value": value, "message": message, "at": now.isoformat(), "by": username,
-            }))
+            session.add(
+                AlarmWebhook(
+                    alarm_id=alarm.id,
+                    url=action["url"],
+                    next_attempt_at=now,
+                    payload={
+                        "alarm": {"id": alarm.id, "name": alarm.name},
+                        "object": {"type": state.object_type, "id": state.object_id, "name": state.object_name},
+                        "from": previous,
+                        "to": new,
+                        "value": value,
+                        "message": message,
+                        "at": now.isoformat(),
+                        "by": username,
+                    },
+                )
+            )
 
 
 def evaluate(session: Session, settings: Settings, now: datetime | None = None) -> dict[str, int]:
@@ -270,8 +357,7 @@ def evaluate(session: Session, settings: Settings, now: datetime | None = None) 
         if alarm.target_type not in objects:
             objects[alarm.target_type] = _objects(session, alarm.target_type)
         if isinstance(expr, a.MetricExpression) and alarm.target_type not in samples:
-            longest = max((float(d.expression.get("for_s") or 0) for d in definitions
-                           if d.target_type == alarm.target_type and d.expression.get("type") == "metric"), default=0.0)
+            longest = max((float(d.expression.get("for_s") or 0) for d in definitions if d.target_type == alarm.target_type and d.expression.get("type") == "metric"), default=0.0)
             samples[alarm.target_type] = latest(session, alarm.target_type, now - timedelta(seconds=longest + 3 * period))
         seen: set[tuple[str, int]] = set()
         for obj in objects[alarm.target_type]:
@@ -337,9 +423,14 @@ def _webhook_target_refusal(url: str, settings: Settings) -> str | None:
     return None
 
 
-def deliver_webhooks(transaction: Callable[[], AbstractContextManager[Session]], settings: Settings,
-                     now: Callable[[], datetime] = utcnow, limit: int = 50, client: httpx.Client | None = None,
-                     budget_s: float | None = None) -> dict[str, int]:
+def deliver_webhooks(
+    transaction: Callable[[], AbstractContextManager[Session]],
+    settings: Settings,
+    now: Callable[[], datetime] = utcnow,
+    limit: int = 50,
+    client: httpx.Client | None = None,
+    budget_s: float | None = None,
+) -> dict[str, int]:
     """Send the webhooks that are due, each POSTed as JSON; a 2xx answer delivers it, anything
     else is retried after a doubling delay until ``alarm_webhook_attempts`` tries. A row is
     leased (its next attempt pushed past the timeout) before it is sent, so two deliverers do
@@ -348,8 +439,7 @@ def deliver_webhooks(transaction: Callable[[], AbstractContextManager[Session]],
     budget_s = settings.alarm_webhook_timeout * 2 if budget_s is None else budget_s
     began = time.monotonic()
     with transaction() as session:
-        due = list(session.scalars(select(AlarmWebhook).where(AlarmWebhook.state == "pending", AlarmWebhook.next_attempt_at <= now())
-                                   .order_by(AlarmWebhook.id).limit(limit)))
+        due = list(session.scalars(select(AlarmWebhook).where(AlarmWebhook.state == "pending", AlarmWebhook.next_attempt_at <= now()).order_by(AlarmWebhook.id).limit(limit)))
         jobs = []
         for hook in due:
             hook.attempts += 1
@@ -394,8 +484,13 @@ def deliver_webhooks(transaction: Callable[[], AbstractContextManager[Session]],
             elif attempts >= settings.alarm_webhook_attempts:
                 hook.state, hook.last_error = "failed", error
                 counts["failed"] += 1
-                record_event(session, "alarm.webhook_failed", f"webhook to {hook.url} given up after {attempts} attempts: {error}",
-                             reason="WEBHOOK_FAILED", data={"alarm_id": hook.alarm_id, "webhook_id": hook.id})
+                record_event(
+                    session,
+                    "alarm.webhook_failed",
+                    f"webhook to {hook.url} given up after {attempts} attempts: {error}",
+                    reason="WEBHOOK_FAILED",
+                    data={"alarm_id": hook.alarm_id, "webhook_id": hook.id},
+                )
             else:
                 hook.last_error = error
                 hook.next_attempt_at = now() + timedelta(seconds=a.webhook_delay(attempts, settings.alarm_webhook_retry_delay))

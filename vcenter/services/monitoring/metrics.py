@@ -4,6 +4,7 @@ Vocabulary in vcenter.domain.metrics (counter, sample, tier, aggregate, bucket).
 stamped with the server's clock when it arrives (agents' clocks may drift); the agent
 measured the rates over its own monotonic interval.
 """
+
 from __future__ import annotations
 
 import logging
@@ -54,8 +55,7 @@ def ingest(session: Session, host: Host, report: MetricsReport, now: datetime | 
         rows.append({"object_type": "host", "object_id": host.id, "tier": 0, "at": at, "values": host_values})
     if report.vms:
         uuids = [vm.uuid for vm in report.vms]
-        ids = dict(session.execute(select(VirtualMachine.libvirt_uuid, VirtualMachine.id)
-                                   .where(VirtualMachine.host_id == host.id, VirtualMachine.libvirt_uuid.in_(uuids))).all())
+        ids = dict(session.execute(select(VirtualMachine.libvirt_uuid, VirtualMachine.id).where(VirtualMachine.host_id == host.id, VirtualMachine.libvirt_uuid.in_(uuids))).all())
         for vm in report.vms:
             values = _clean(vm.values)
             if vm.uuid in ids and values:
@@ -84,8 +84,7 @@ def _insert_ignoring_duplicates(session: Session) -> Any:
 # --- out --------------------------------------------------------------------------------------
 def catalogue(settings: Settings) -> dict[str, Any]:
     return {
-        "counters": [{"name": c.name, "unit": c.unit, "description": c.description, "object_types": list(c.object_types),
-                      "rollup": "average"} for c in m.COUNTERS.values()],
+        "counters": [{"name": c.name, "unit": c.unit, "description": c.description, "object_types": list(c.object_types), "rollup": "average"} for c in m.COUNTERS.values()],
         "tiers": [{"name": t.name, "interval_s": t.interval_s, "retention_s": t.retention_s} for t in tiers_for(settings)],
     }
 
@@ -105,8 +104,9 @@ def _parse_time(value: str | None, field: str) -> datetime | None:
     return parsed.astimezone(timezone.utc)
 
 
-def query(session: Session, settings: Settings, object_type: str, object_id: int, counters: list[str],
-          tier: str | None = None, start: str | None = None, end: str | None = None, now: datetime | None = None) -> dict[str, Any]:
+def query(
+    session: Session, settings: Settings, object_type: str, object_id: int, counters: list[str], tier: str | None = None, start: str | None = None, end: str | None = None, now: datetime | None = None
+) -> dict[str, Any]:
     """Series of ``counters`` of one object between ``start`` and ``end`` (default: the last
     hour), from ``tier`` (default: the finest tier that reaches back to ``start``)."""
     model = _OBJECTS.get(object_type)
@@ -135,37 +135,43 @@ def query(session: Session, settings: Settings, object_type: str, object_id: int
             raise Invalid(f"unknown tier {tier!r}", code="UNKNOWN_TIER", details={"field": "tier", "allowed": list(m.TIER_NAMES)}) from None
     if object_type == "cluster":
         hosts = list(session.scalars(select(Host.id).where(Host.cluster_id == object_id)))
-        host_rows = [(i, _ts(at), v or {}) for i, at, v in session.execute(
-            select(MetricSample.object_id, MetricSample.at, MetricSample.values)
-            .where(MetricSample.object_type == "host", MetricSample.object_id.in_(hosts),
-                   MetricSample.tier == chosen.level, MetricSample.at >= start_at, MetricSample.at <= end_at))] if hosts else []
+        host_rows = (
+            [
+                (i, _ts(at), v or {})
+                for i, at, v in session.execute(
+                    select(MetricSample.object_id, MetricSample.at, MetricSample.values).where(
+                        MetricSample.object_type == "host", MetricSample.object_id.in_(hosts), MetricSample.tier == chosen.level, MetricSample.at >= start_at, MetricSample.at <= end_at
+                    )
+                )
+            ]
+            if hosts
+            else []
+        )
     else:
         rows = session.execute(
             select(MetricSample.at, MetricSample.values)
-            .where(MetricSample.object_type == object_type, MetricSample.object_id == object_id,
-                   MetricSample.tier == chosen.level, MetricSample.at >= start_at, MetricSample.at <= end_at)
+            .where(MetricSample.object_type == object_type, MetricSample.object_id == object_id, MetricSample.tier == chosen.level, MetricSample.at >= start_at, MetricSample.at <= end_at)
             .order_by(MetricSample.at)
         ).all()
         stored = [(_ts(at), values or {}) for at, values in rows]
     series = []
     for counter in counters:
         points = m.across_hosts(host_rows, counter, chosen.interval_s) if object_type == "cluster" else m.series(stored, counter)
-        series.append({
-            "counter": counter,
-            "unit": m.COUNTERS[counter].unit,
-            "points": [{"at": _dt(t).isoformat(), "avg": round(a.avg, 4), "min": round(a.min, 4), "max": round(a.max, 4), "samples": a.n}
-                       for t, a in points],
-        })
-    return {"object_type": object_type, "object_id": object_id, "tier": chosen.name, "interval_s": chosen.interval_s,
-            "start": start_at.isoformat(), "end": end_at.isoformat(), "series": series}
+        series.append(
+            {
+                "counter": counter,
+                "unit": m.COUNTERS[counter].unit,
+                "points": [{"at": _dt(t).isoformat(), "avg": round(a.avg, 4), "min": round(a.min, 4), "max": round(a.max, 4), "samples": a.n} for t, a in points],
+            }
+        )
+    return {"object_type": object_type, "object_id": object_id, "tier": chosen.name, "interval_s": chosen.interval_s, "start": start_at.isoformat(), "end": end_at.isoformat(), "series": series}
 
 
 def latest(session: Session, object_type: str, since: datetime, object_ids: Any = None) -> dict[int, list[tuple[float, dict[str, Any]]]]:
     """Real-time rows of every object of a type (or of ``object_ids`` only: an id list or a
     select of ids) since ``since``: object id -> [(at, values)]."""
     out: dict[int, list[tuple[float, dict[str, Any]]]] = {}
-    query = (select(MetricSample.object_id, MetricSample.at, MetricSample.values)
-             .where(MetricSample.tier == 0, MetricSample.object_type == object_type, MetricSample.at >= since))
+    query = select(MetricSample.object_id, MetricSample.at, MetricSample.values).where(MetricSample.tier == 0, MetricSample.object_type == object_type, MetricSample.at >= since)
     if object_ids is not None:
         query = query.where(MetricSample.object_id.in_(object_ids))
     for object_id, at, values in session.execute(query):
@@ -208,10 +214,7 @@ def rollup(session: Session, settings: Settings, now: datetime | None = None, ma
         )
         aggregates = m.rollup(((t, i, _ts(at), v or {}) for t, i, at, v in rows), tier.interval_s)
         if aggregates:
-            session.execute(insert(MetricSample), [
-                {"object_type": t, "object_id": i, "tier": tier.level, "at": _dt(start), "values": values}
-                for (t, i, start), values in aggregates.items()
-            ])
+            session.execute(insert(MetricSample), [{"object_type": t, "object_id": i, "tier": tier.level, "at": _dt(start), "values": values} for (t, i, start), values in aggregates.items()])
         if mark is None:
             session.add(MetricRollup(tier=tier.level, done_until=last_end))
         else:

@@ -9,6 +9,7 @@ Vocabulary:
   The tree is loaded lazily, so that 40,000 VMs never travel at once.
 Read-only: nothing here changes a row.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -70,8 +71,7 @@ def with_alarms(session: Session, nodes: list[Node]) -> list[Node]:
         ids_by_kind.setdefault(n.kind, set()).add(n.id)
     worst: dict[tuple[str, int], str] = {}
     for kind, ids in ids_by_kind.items():
-        rows = session.execute(select(AlarmState.object_id, AlarmState.status).where(
-            AlarmState.object_type == kind, AlarmState.object_id.in_(ids), AlarmState.status != "ok"))
+        rows = session.execute(select(AlarmState.object_id, AlarmState.status).where(AlarmState.object_type == kind, AlarmState.object_id.in_(ids), AlarmState.status != "ok"))
         for object_id, status in rows:
             if worst.get((kind, object_id)) != "critical":
                 worst[(kind, object_id)] = status
@@ -87,14 +87,22 @@ def _children(session: Session, kind: str, object_id: int, limit: int) -> list[N
     # Columns, not ORM rows: a datastore row would load its mounts (thousands of hosts).
     if kind == "datacenter":
         out = [Node("cluster", i, n, None, True) for i, n in session.execute(select(Cluster.id, Cluster.name).where(Cluster.datacenter_id == object_id).order_by(Cluster.name).limit(limit))]
-        out += [Node("host", i, n, _badge(c, m, sb), True) for i, n, c, m, sb in session.execute(
-            select(Host.id, Host.name, Host.connection_state, Host.maintenance, Host.standby).where(Host.datacenter_id == object_id, Host.cluster_id.is_(None)).order_by(Host.name).limit(limit))]
+        out += [
+            Node("host", i, n, _badge(c, m, sb), True)
+            for i, n, c, m, sb in session.execute(
+                select(Host.id, Host.name, Host.connection_state, Host.maintenance, Host.standby).where(Host.datacenter_id == object_id, Host.cluster_id.is_(None)).order_by(Host.name).limit(limit)
+            )
+        ]
         out += [Node("datastore", i, n) for i, n in session.execute(select(Datastore.id, Datastore.name).where(Datastore.datacenter_id == object_id).order_by(Datastore.name).limit(limit))]
         out += [Node("portgroup", i, n) for i, n in session.execute(select(PortGroup.id, PortGroup.name).where(PortGroup.datacenter_id == object_id).order_by(PortGroup.name).limit(limit))]
         return out
     if kind == "cluster":
-        return [Node("host", i, n, _badge(c, m, sb), True) for i, n, c, m, sb in session.execute(
-            select(Host.id, Host.name, Host.connection_state, Host.maintenance, Host.standby).where(Host.cluster_id == object_id).order_by(Host.name).limit(limit))]
+        return [
+            Node("host", i, n, _badge(c, m, sb), True)
+            for i, n, c, m, sb in session.execute(
+                select(Host.id, Host.name, Host.connection_state, Host.maintenance, Host.standby).where(Host.cluster_id == object_id).order_by(Host.name).limit(limit)
+            )
+        ]
     if kind == "host":
         rows = session.execute(select(VirtualMachine.id, VirtualMachine.name, VirtualMachine.power_state).where(VirtualMachine.host_id == object_id).order_by(VirtualMachine.name).limit(limit))
         return [Node("vm", i, n, p) for i, n, p in rows]

@@ -18,6 +18,7 @@ this package, and the cancel of a queued task (services.orchestration.cancel).
 Adding an operation: one module here with one ``Operation`` subclass naming its ``kinds``, and
 one line in ``REGISTRY`` below (see docs/development.md).
 """
+
 from __future__ import annotations
 
 from vcenter.services.operations.backup import Backup, Restore
@@ -46,14 +47,28 @@ def by_kind(*operations: Operation) -> dict[str, Operation]:
 
 
 REGISTRY: dict[str, Operation] = by_kind(
-    VmCreate(), VmDelete(), VmPower(),
-    Migrate(), Relocate(),
-    SnapshotCreate(), SnapshotRevert(), SnapshotDelete(), Promote(), Clone(),
-    Backup(), Restore(),
-    TemplateFromVm(), TemplateToVm(), TemplateDelete(), Deploy(), Export(), LibraryCommand(),
+    VmCreate(),
+    VmDelete(),
+    VmPower(),
+    Migrate(),
+    Relocate(),
+    SnapshotCreate(),
+    SnapshotRevert(),
+    SnapshotDelete(),
+    Promote(),
+    Clone(),
+    Backup(),
+    Restore(),
+    TemplateFromVm(),
+    TemplateToVm(),
+    TemplateDelete(),
+    Deploy(),
+    Export(),
+    LibraryCommand(),
     EnableEvc(),
     HaRestart(),
-    Evacuate(), ExitStandby(),
+    Evacuate(),
+    ExitStandby(),
 )
 _PLAIN = Operation()
 

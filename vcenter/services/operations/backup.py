@@ -6,6 +6,7 @@ sizes and checkpoint, and the points its retention drops go; on failure or cance
 Restore (``vm.restore``): over the VM's own disks (its snapshots and linked bases go), or into
 a new VM made ``creating`` at the start, which is ready on success and goes on failure.
 """
+
 from __future__ import annotations
 
 from sqlalchemy import select
@@ -51,8 +52,16 @@ class Backup(Operation):
                     child.parent_id = None
                 session.delete(old)
         finish_task(session, task, TaskState.SUCCESS, result={**report.result, "point_id": point.id}, object_name=name)
-        record_event(session, "vm.backup.done", f"{point.kind} backup of VM {name}: point {point.id}, {point.size_bytes} bytes",
-                     username=task.username, object_type="vm", object_id=task.object_id, object_name=name, task_id=task.id)
+        record_event(
+            session,
+            "vm.backup.done",
+            f"{point.kind} backup of VM {name}: point {point.id}, {point.size_bytes} bytes",
+            username=task.username,
+            object_type="vm",
+            object_id=task.object_id,
+            object_name=name,
+            task_id=task.id,
+        )
 
     def rollback(self, session: Session, task: Task, ending: Ending) -> None:
         if ending is Ending.CANCELLED:
@@ -82,8 +91,16 @@ class Restore(Operation):
             for disk in vm.disks:
                 disk.backing_file = None
         finish_task(session, task, TaskState.SUCCESS, result={**report.result, **({"new_vm_id": new.id} if new else {})}, object_name=name)
-        record_event(session, "vm.restored", f"VM {name} restored from point {task.params['point_id']}" + (f" into new VM {new.name}" if new else " over its disks"),
-                     username=task.username, object_type="vm", object_id=new.id if new else task.object_id, object_name=new.name if new else name, task_id=task.id)
+        record_event(
+            session,
+            "vm.restored",
+            f"VM {name} restored from point {task.params['point_id']}" + (f" into new VM {new.name}" if new else " over its disks"),
+            username=task.username,
+            object_type="vm",
+            object_id=new.id if new else task.object_id,
+            object_name=new.name if new else name,
+            task_id=task.id,
+        )
 
     def rollback(self, session: Session, task: Task, ending: Ending) -> None:
         if ending is Ending.CANCELLED:

@@ -9,6 +9,7 @@ nothing else. Starting an operation stays with the service that validates the re
 operation's docstring names it); the habit is nova's ``TaskBase``: the logic in the subclass,
 a rollback hook that does nothing unless the operation made something.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -89,8 +90,7 @@ class Operation:
         finish_task(session, task, TaskState.SUCCESS, result=report.result, object_name=vm.name if vm else None)
 
     def failed(self, session: Session, task: Task, vm: VirtualMachine | None, report: AgentResult) -> None:
-        finish_task(session, task, self.failed_state(report), error_code=report.error_code or "AGENT_ERROR",
-                    error_message=report.error_message, object_name=vm.name if vm else None)
+        finish_task(session, task, self.failed_state(report), error_code=report.error_code or "AGENT_ERROR", error_message=report.error_message, object_name=vm.name if vm else None)
         if vm is not None and report.domain is not None:
             apply_domain(vm, report.domain)
 

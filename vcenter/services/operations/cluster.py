@@ -2,6 +2,7 @@
 cluster's agents computes the CPU baseline of the chosen hosts; on success the cluster takes
 it as its EVC mode (services.compute.evc.apply_baseline), on failure nothing changes.
 """
+
 from __future__ import annotations
 
 from sqlalchemy.orm import Session

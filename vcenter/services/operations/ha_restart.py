@@ -3,6 +3,7 @@ reset (``vm.ha_reset``), both started by the HA monitor through services.ha. The
 stay HA's: this adapter hands the agent's report to ``services.ha.ha.on_result`` (its retry
 schedule and give-up decisions live there, fenced by the monitor's token).
 """
+
 from __future__ import annotations
 
 from sqlalchemy.orm import Session

@@ -7,6 +7,7 @@
 - power-on out of standby (``host.exitStandby``; services.inventory.host_power.power_on_host): ends when the
   host's agent reported again (services.inventory.host_power.advance_power_on_task).
 """
+
 from __future__ import annotations
 
 from sqlalchemy.orm import Session

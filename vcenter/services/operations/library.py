@@ -13,6 +13,7 @@ the agent already removed what it had made).
 - ``vm.export``, ``template.export``: the OVA is the upload's file; rollback: the file goes.
 - ``template.verify``, ``datastore.browse``: the answer is the task's result.
 """
+
 from __future__ import annotations
 
 import os
@@ -53,8 +54,7 @@ class LibraryCommand(Operation):
         self.undo(session, task, vm, template)
 
     def done(self, session: Session, task: Task, vm: VirtualMachine | None, template: Template | None, report: AgentResult) -> None:
-        finish_task(session, task, TaskState.SUCCESS, result=report.result,
-                    object_name=template.name if template is not None and task.object_type == "template" else None)
+        finish_task(session, task, TaskState.SUCCESS, result=report.result, object_name=template.name if template is not None and task.object_type == "template" else None)
 
     def rollback(self, session: Session, task: Task, ending: Ending) -> None:
         self.undo(session, task, *_objects(session, task))
@@ -72,8 +72,16 @@ class TemplateFromVm(LibraryCommand):
         name = vm.name
         finish_task(session, task, TaskState.SUCCESS, result={"template_id": template.id, **report.result}, object_name=name)
         session.delete(vm)
-        record_event(session, "template.created", f"template {template.name} v{template.version} created from VM {name}", username=task.username,
-                     object_type="template", object_id=template.id, object_name=template.name, task_id=task.id)
+        record_event(
+            session,
+            "template.created",
+            f"template {template.name} v{template.version} created from VM {name}",
+            username=task.username,
+            object_type="template",
+            object_id=template.id,
+            object_name=template.name,
+            task_id=task.id,
+        )
 
     def undo(self, session: Session, task: Task, vm: VirtualMachine | None, template: Template | None) -> None:
         if template is not None:
@@ -86,8 +94,16 @@ class TemplateToVm(LibraryCommand):
     def done(self, session: Session, task: Task, vm: VirtualMachine | None, template: Template | None, report: AgentResult) -> None:
         vm.status = "ready"
         finish_task(session, task, TaskState.SUCCESS, result={"vm_id": vm.id, **report.result}, object_name=template.name)
-        record_event(session, "template.converted", f"template {template.name} v{template.version} converted to VM {vm.name}", username=task.username,
-                     object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
+        record_event(
+            session,
+            "template.converted",
+            f"template {template.name} v{template.version} converted to VM {vm.name}",
+            username=task.username,
+            object_type="vm",
+            object_id=vm.id,
+            object_name=vm.name,
+            task_id=task.id,
+        )
         session.delete(template)
 
     def undo(self, session: Session, task: Task, vm: VirtualMachine | None, template: Template | None) -> None:
@@ -102,8 +118,16 @@ class TemplateDelete(LibraryCommand):
 
     def done(self, session: Session, task: Task, vm: VirtualMachine | None, template: Template | None, report: AgentResult) -> None:
         finish_task(session, task, TaskState.SUCCESS, result=report.result, object_name=template.name)
-        record_event(session, "template.deleted", f"template {template.name} v{template.version} deleted", username=task.username,
-                     object_type="template", object_id=template.id, object_name=template.name, task_id=task.id)
+        record_event(
+            session,
+            "template.deleted",
+            f"template {template.name} v{template.version} deleted",
+            username=task.username,
+            object_type="template",
+            object_id=template.id,
+            object_name=template.name,
+            task_id=task.id,
+        )
         session.delete(template)
 
     def undo(self, session: Session, task: Task, vm: VirtualMachine | None, template: Template | None) -> None:
@@ -122,13 +146,30 @@ class Deploy(LibraryCommand):
         if imported is not None and imported.capacity_mib:
             vm.disks[0].capacity_mib = imported.capacity_mib  # an imported image's size is known only now
         finish_task(session, task, TaskState.SUCCESS, result={"vm_id": vm.id, **report.result}, object_name=vm.name)
-        record_event(session, "vm.created", f"VM {vm.name} {'deployed' if task.kind == 'template.deploy' else 'imported'} on host {report.host.name}",
-                     username=task.username, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
+        record_event(
+            session,
+            "vm.created",
+            f"VM {vm.name} {'deployed' if task.kind == 'template.deploy' else 'imported'} on host {report.host.name}",
+            username=task.username,
+            object_type="vm",
+            object_id=vm.id,
+            object_name=vm.name,
+            task_id=task.id,
+        )
 
     def undo(self, session: Session, task: Task, vm: VirtualMachine | None, template: Template | None) -> None:
         if vm is not None and vm.status == "creating":
-            record_event(session, "vm.create.failed", f"VM {vm.name} could not be created: {task.error_code}", username=task.username,
-                         object_type="vm", object_id=vm.id, object_name=vm.name, reason=task.error_code, task_id=task.id)
+            record_event(
+                session,
+                "vm.create.failed",
+                f"VM {vm.name} could not be created: {task.error_code}",
+                username=task.username,
+                object_type="vm",
+                object_id=vm.id,
+                object_name=vm.name,
+                reason=task.error_code,
+                task_id=task.id,
+            )
             session.delete(vm)
 
 

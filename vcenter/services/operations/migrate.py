@@ -4,6 +4,7 @@ host only on the agent's success; a cancel (libvirt's job aborted) leaves the VM
 Every end frees migration slots (the waiting migrations are dispatched), and a child VMotion of
 a maintenance evacuation lets its parent see the end.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -31,8 +32,17 @@ class Migrate(Operation):
             vm.power_state = PowerState.POWERED_ON.value
             stats = report.typed(MigrateResult).stats
             finish_task(session, task, TaskState.SUCCESS, result={"migration": stats}, object_name=vm.name)
-            record_event(session, "vm.migrated", f"VM {vm.name} moved to host {target.name} (downtime {stats.get('downtime_ms')} ms)", username=task.username,
-                         object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id, data={"stats": stats})
+            record_event(
+                session,
+                "vm.migrated",
+                f"VM {vm.name} moved to host {target.name} (downtime {stats.get('downtime_ms')} ms)",
+                username=task.username,
+                object_type="vm",
+                object_id=vm.id,
+                object_name=vm.name,
+                task_id=task.id,
+                data={"stats": stats},
+            )
         else:
             state = TaskState.CANCELLED if report.error_code == "MIGRATION_CANCELLED" else TaskState.ERROR
             finish_task(session, task, state, error_code=report.error_code, error_message=report.error_message, object_name=vm.name)

@@ -11,6 +11,7 @@ another host. Started by services.compute.migration.relocate; three shapes share
 
 A cancel while a running VM's disks copy ends the task cancelled with the VM on its old disks.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -65,12 +66,20 @@ class Relocate(Operation):
             vm.host_id = task.params["target"]
             vm.status = "ready"
             vm.power_state = PowerState.POWERED_ON.value
-        record_event(session, "vm.relocated", f"VM {vm.name}: {len(task.params['moves'])} disk(s) moved", username=task.username, object_type="vm",
-                     object_id=vm.id, object_name=vm.name, task_id=task.id, data={"moves": task.params["moves"]})
+        record_event(
+            session,
+            "vm.relocated",
+            f"VM {vm.name}: {len(task.params['moves'])} disk(s) moved",
+            username=task.username,
+            object_type="vm",
+            object_id=vm.id,
+            object_name=vm.name,
+            task_id=task.id,
+            data={"moves": task.params["moves"]},
+        )
 
     def failed(self, session: Session, task: Task, vm: VirtualMachine | None, report: AgentResult) -> None:
-        finish_task(session, task, self.failed_state(report), error_code=report.error_code or "AGENT_ERROR",
-                    error_message=report.error_message, object_name=vm.name if vm else None)
+        finish_task(session, task, self.failed_state(report), error_code=report.error_code or "AGENT_ERROR", error_message=report.error_message, object_name=vm.name if vm else None)
         migration.dispatch_waiting(session)  # its migration slots are free
         if vm is not None and report.domain is not None:
             apply_domain(vm, report.domain)
@@ -137,11 +146,19 @@ class Relocate(Operation):
         vm.host_id = target.id
         vm.cluster_id = target.cluster_id
         vm.status = "ready"
-        outcome = {"moved": [p["to"] for p in params["moves"]], "removed": result.removed, "not_removed": result.not_removed,
-                   "copier": params["copier"], "copy": params.get("copy", {})}
+        outcome = {"moved": [p["to"] for p in params["moves"]], "removed": result.removed, "not_removed": result.not_removed, "copier": params["copier"], "copy": params.get("copy", {})}
         finish_task(session, task, TaskState.SUCCESS, result=outcome, object_name=vm.name)
-        record_event(session, "vm.relocated", f"powered-off VM {vm.name} moved to host {target.name} with {len(params['moves'])} disk(s)",
-                     username=task.username, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id, data={"moves": params["moves"]})
+        record_event(
+            session,
+            "vm.relocated",
+            f"powered-off VM {vm.name} moved to host {target.name} with {len(params['moves'])} disk(s)",
+            username=task.username,
+            object_type="vm",
+            object_id=vm.id,
+            object_name=vm.name,
+            task_id=task.id,
+            data={"moves": params["moves"]},
+        )
         migration.dispatch_waiting(session)
 
     def _next(self, session: Session, task: Task, phase: str, host_id: int, args: dict[str, Any]) -> None:
@@ -151,8 +168,7 @@ class Relocate(Operation):
         mark_running(session, task, phase, relocation.PHASE_PROGRESS[phase], get_settings())
         send_command(session, task, "vm.relocate", args)
 
-    def _discard(self, session: Session, task: Task, vm: VirtualMachine, host_id: int, paths: list[str], undefine: bool,
-                 state: TaskState, code: str, message: str) -> None:
+    def _discard(self, session: Session, task: Task, vm: VirtualMachine, host_id: int, paths: list[str], undefine: bool, state: TaskState, code: str, message: str) -> None:
         """Undo what was made on the target side, then end the task as ``state``."""
         task.params = {**task.params, "failure": {"state": state.value, "code": code, "message": message}}
         if not paths and not undefine:

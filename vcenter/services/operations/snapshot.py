@@ -8,6 +8,7 @@ commands on the SOURCE VM): copying on the source's host -> defining on the targ
 (``vm.create``, or ``vm.deploy`` writing a customised guest's own seed) -> the clone is ready;
 on any failure the clone's row (status ``creating``) goes.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -60,8 +61,16 @@ class _Snapshot(_OnVm):
     def applied(self, session: Session, task: Task, vm: VirtualMachine, result: SnapshotResult) -> None:
         self.snapshots_changed(session, task, vm, result)
         if result.checkpoints_dropped:
-            record_event(session, "vm.backup.chain_reset", f"VM {vm.name}: checkpoints {result.checkpoints_dropped} dropped by the snapshot operation; the next backup is full",
-                         username=task.username, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
+            record_event(
+                session,
+                "vm.backup.chain_reset",
+                f"VM {vm.name}: checkpoints {result.checkpoints_dropped} dropped by the snapshot operation; the next backup is full",
+                username=task.username,
+                object_type="vm",
+                object_id=vm.id,
+                object_name=vm.name,
+                task_id=task.id,
+            )
 
     def snapshots_changed(self, session: Session, task: Task, vm: VirtualMachine, result: Any) -> None:
         raise NotImplementedError
@@ -76,17 +85,30 @@ class SnapshotCreate(_Snapshot):
         row = rows.get(result.name)
         if row is None:
             parent = rows.get(result.parent or "")
-            row = VmSnapshotRow(vm_id=vm.id, name=result.name, description=result.description,
-                                parent_id=parent.id if parent else None, memory=result.memory,
-                                power_state=PowerState.POWERED_ON.value if result.state == "running" else PowerState.POWERED_OFF.value,
-                                task_id=task.id)
+            row = VmSnapshotRow(
+                vm_id=vm.id,
+                name=result.name,
+                description=result.description,
+                parent_id=parent.id if parent else None,
+                memory=result.memory,
+                power_state=PowerState.POWERED_ON.value if result.state == "running" else PowerState.POWERED_OFF.value,
+                task_id=task.id,
+            )
             session.add(row)
             session.flush()
         for other in rows.values():
             other.current = False
         row.current = True
-        record_event(session, "vm.snapshot.created", f"snapshot {row.name!r} of VM {vm.name} taken" + (" with memory" if row.memory else " (disks)"),
-                     username=task.username, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
+        record_event(
+            session,
+            "vm.snapshot.created",
+            f"snapshot {row.name!r} of VM {vm.name} taken" + (" with memory" if row.memory else " (disks)"),
+            username=task.username,
+            object_type="vm",
+            object_id=vm.id,
+            object_name=vm.name,
+            task_id=task.id,
+        )
 
 
 class SnapshotRevert(_Snapshot):
@@ -95,8 +117,16 @@ class SnapshotRevert(_Snapshot):
     def snapshots_changed(self, session: Session, task: Task, vm: VirtualMachine, result: SnapshotResult) -> None:
         for r in _snapshot_rows(session, vm).values():
             r.current = r.name == task.params["name"]
-        record_event(session, "vm.snapshot.reverted", f"VM {vm.name} reverted to snapshot {task.params['name']!r}", username=task.username,
-                     object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
+        record_event(
+            session,
+            "vm.snapshot.reverted",
+            f"VM {vm.name} reverted to snapshot {task.params['name']!r}",
+            username=task.username,
+            object_type="vm",
+            object_id=vm.id,
+            object_name=vm.name,
+            task_id=task.id,
+        )
 
 
 class SnapshotDelete(_Snapshot):
@@ -115,8 +145,16 @@ class SnapshotDelete(_Snapshot):
                     child.parent_id = r.parent_id  # libvirt re-parents the same way
         for r in deleted:
             session.delete(r)
-        record_event(session, "vm.snapshot.deleted", f"snapshot(s) {', '.join(r.name for r in deleted)} of VM {vm.name} deleted",
-                     username=task.username, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
+        record_event(
+            session,
+            "vm.snapshot.deleted",
+            f"snapshot(s) {', '.join(r.name for r in deleted)} of VM {vm.name} deleted",
+            username=task.username,
+            object_type="vm",
+            object_id=vm.id,
+            object_name=vm.name,
+            task_id=task.id,
+        )
 
 
 class Promote(_OnVm):
@@ -126,8 +164,9 @@ class Promote(_OnVm):
     def applied(self, session: Session, task: Task, vm: VirtualMachine, result: PromoteResult) -> None:
         for disk in vm.disks:
             disk.backing_file = None
-        record_event(session, "vm.promoted", f"VM {vm.name}: linked disks {result.flattened} made standalone", username=task.username,
-                     object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
+        record_event(
+            session, "vm.promoted", f"VM {vm.name}: linked disks {result.flattened} made standalone", username=task.username, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id
+        )
 
 
 class Clone(Operation):
@@ -140,11 +179,26 @@ class Clone(Operation):
             return
         new = session.get(VirtualMachine, task.params["clone_vm_id"])
         if not report.ok:
-            finish_task(session, task, TaskState.CANCELLED if report.error_code == "BACKUP_CANCELLED" else TaskState.ERROR,
-                        error_code=report.error_code or "AGENT_ERROR", error_message=report.error_message, object_name=vm.name)
+            finish_task(
+                session,
+                task,
+                TaskState.CANCELLED if report.error_code == "BACKUP_CANCELLED" else TaskState.ERROR,
+                error_code=report.error_code or "AGENT_ERROR",
+                error_message=report.error_message,
+                object_name=vm.name,
+            )
             if new is not None:
-                record_event(session, "vm.clone.failed", f"clone {new.name} of VM {vm.name} failed: {report.error_code}", username=task.username,
-                             object_type="vm", object_id=vm.id, object_name=vm.name, reason=report.error_code, task_id=task.id)
+                record_event(
+                    session,
+                    "vm.clone.failed",
+                    f"clone {new.name} of VM {vm.name} failed: {report.error_code}",
+                    username=task.username,
+                    object_type="vm",
+                    object_id=vm.id,
+                    object_name=vm.name,
+                    reason=report.error_code,
+                    task_id=task.id,
+                )
                 session.delete(new)
             return
         if task.step == "copying":
@@ -176,4 +230,3 @@ class Clone(Operation):
         if ending is Ending.CANCELLED:
             return  # as before the registry: a clone cancelled while queued keeps its row (a known gap)
         drop_creating(session, task.params.get("clone_vm_id"))
-

@@ -2,6 +2,7 @@
 (``vm.delete``, services.compute.vms.delete_vm) and the power actions (``vm.powerOn`` ...,
 services.compute.vms.power). One agent command each; the result is the truth about the domain.
 """
+
 from __future__ import annotations
 
 from sqlalchemy.orm import Session
@@ -24,16 +25,24 @@ class VmCreate(Operation):
             if report.domain is not None:
                 apply_domain(vm, report.domain)
             vm.status = "ready"
-            record_event(session, "vm.created", f"VM {vm.name} created on host {report.host.name}", username=task.username, object_type="vm",
-                         object_id=vm.id, object_name=vm.name, task_id=task.id)
+            record_event(session, "vm.created", f"VM {vm.name} created on host {report.host.name}", username=task.username, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
         finish_task(session, task, TaskState.SUCCESS, result=report.result, object_name=vm.name if vm else None)
 
     def failed(self, session: Session, task: Task, vm: VirtualMachine | None, report: AgentResult) -> None:
         super().failed(session, task, vm, report)
         if vm is not None:
             # The agent rolled back what it had created; the inventory forgets the VM too.
-            record_event(session, "vm.create.failed", f"VM {vm.name} could not be created: {report.error_code}", username=task.username,
-                         object_type="vm", object_id=vm.id, object_name=vm.name, reason=report.error_code, task_id=task.id)
+            record_event(
+                session,
+                "vm.create.failed",
+                f"VM {vm.name} could not be created: {report.error_code}",
+                username=task.username,
+                object_type="vm",
+                object_id=vm.id,
+                object_name=vm.name,
+                reason=report.error_code,
+                task_id=task.id,
+            )
             session.delete(vm)
 
     def rollback(self, session: Session, task: Task, ending: Ending) -> None:
@@ -54,8 +63,7 @@ class VmDelete(Operation):
         name = vm.name
         finish_task(session, task, TaskState.SUCCESS, result=report.result, object_name=name)
         session.delete(vm)
-        record_event(session, "vm.deleted", f"VM {name} deleted with its disks", username=task.username, object_type="vm",
-                     object_id=task.object_id, object_name=name, task_id=task.id)
+        record_event(session, "vm.deleted", f"VM {name} deleted with its disks", username=task.username, object_type="vm", object_id=task.object_id, object_name=name, task_id=task.id)
 
 
 class VmPower(Operation):

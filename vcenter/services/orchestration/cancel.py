@@ -2,6 +2,7 @@
 what was made for its outcome (a VM being deployed, ...); a running one is flagged, and its
 agent (or its operation, for a step that must finish first) ends it. Stands on both the task
 store (services.tasks.tasks) and the operations (services.operations), which stand on the task store."""
+
 from __future__ import annotations
 
 from sqlalchemy.orm import Session

@@ -7,6 +7,7 @@ running, with no lifecycle event seen: "unobserved") is only recorded here, on t
 (vcenter.services.ha.ha_manager). Every report is idempotent (a result for a finished task or
 another command id changes nothing), because the agent re-sends until the server answered.
 """
+
 from __future__ import annotations
 
 import logging
@@ -71,8 +72,7 @@ def report_result(session: Session, host: Host, task_id: int, report: TaskResult
     task = _task_for(session, host, task_id, report.command_id)
     if task is None or TaskState(task.state).finished:
         return {"applied": False}
-    result = AgentResult(host=host, ok=report.ok, result=report.result, error_code=report.error_code,
-                         error_message=report.error_message, domain=report.domain)
+    result = AgentResult(host=host, ok=report.ok, result=report.result, error_code=report.error_code, error_message=report.error_message, domain=report.domain)
     operation_for(task.kind).on_result(session, task, result)
     return {"applied": True}
 
@@ -125,8 +125,16 @@ def _note_agent_version(session: Session, host: Host, reported: str) -> None:
     text = f"host {host.name}'s agent is release {reported}" + (f" (was {before})" if before else "")
     if outdated:
         text += f", older than this server's {release()}: upgrade it"
-    record_event(session, "host.agent_version", text, object_type="host", object_id=host.id, object_name=host.name,
-                 reason="AGENT_OUTDATED" if outdated else "agent_version", data={"agent_version": reported, "previous": before, "server_version": release()})
+    record_event(
+        session,
+        "host.agent_version",
+        text,
+        object_type="host",
+        object_id=host.id,
+        object_name=host.name,
+        reason="AGENT_OUTDATED" if outdated else "agent_version",
+        data={"agent_version": reported, "previous": before, "server_version": release()},
+    )
 
 
 def report_host_state(session: Session, host: Host, state: HostState) -> dict[str, Any]:
@@ -135,7 +143,15 @@ def report_host_state(session: Session, host: Host, state: HostState) -> dict[st
     if facts.host_uuid and host.host_uuid != facts.host_uuid:
         other = session.scalar(select(Host).where(Host.host_uuid == facts.host_uuid, Host.id != host.id))
         if other is not None:
-            record_event(session, "host.duplicate_uuid", f"host {host.name} reports host UUID {facts.host_uuid} already used by {other.name}", object_type="host", object_id=host.id, object_name=host.name, reason="DUPLICATE_HOST_UUID")
+            record_event(
+                session,
+                "host.duplicate_uuid",
+                f"host {host.name} reports host UUID {facts.host_uuid} already used by {other.name}",
+                object_type="host",
+                object_id=host.id,
+                object_name=host.name,
+                reason="DUPLICATE_HOST_UUID",
+            )
             return {"accepted": False, "error": "DUPLICATE_HOST_UUID"}
         host.host_uuid = facts.host_uuid
     for field in ("cpu_model", "cpu_cores", "cpu_mhz", "memory_mib", "hypervisor", "cpu_features", "cpu_xml"):
@@ -148,7 +164,16 @@ def report_host_state(session: Session, host: Host, state: HostState) -> dict[st
     refused = evc_refusal(session, host)
     if refused:
         host.connection_state = ConnectionState.DISCONNECTED.value
-        record_event(session, "host.evc_refused", f"host {host.name} cannot join its cluster's EVC mode: missing {', '.join(refused)}", object_type="host", object_id=host.id, object_name=host.name, reason="EVC_INCOMPATIBLE", data={"missing": refused})
+        record_event(
+            session,
+            "host.evc_refused",
+            f"host {host.name} cannot join its cluster's EVC mode: missing {', '.join(refused)}",
+            object_type="host",
+            object_id=host.id,
+            object_name=host.name,
+            reason="EVC_INCOMPATIBLE",
+            data={"missing": refused},
+        )
         return {"accepted": False, "error": "EVC_INCOMPATIBLE", "missing": refused}
     if host.connection_state != ConnectionState.CONNECTED.value:
         previous = host.connection_state
@@ -209,8 +234,7 @@ def evc_refusal(session: Session, host: Host) -> list[str]:
     evc = (cluster.settings or {}).get("evc") if cluster else None
     if not evc or not evc.get("features") or not host.cpu_features:
         return []
-    ok, missing = can_join(CpuModel(vendor="", model=evc.get("mode", ""), features=frozenset(evc["features"])),
-                           CpuModel(vendor="", model=host.cpu_model or "", features=frozenset(host.cpu_features)))
+    ok, missing = can_join(CpuModel(vendor="", model=evc.get("mode", ""), features=frozenset(evc["features"])), CpuModel(vendor="", model=host.cpu_model or "", features=frozenset(host.cpu_features)))
     return [] if ok else list(missing)
 
 
@@ -239,7 +263,15 @@ def reconcile_domains(session: Session, host: Host, domains: list[DomainState]) 
             vm.guest_info = {k: v for k, v in domain.guest.items() if k != "age_s"}
             vm.guest_heartbeat_at = utcnow() - timedelta(seconds=age)
         if vm.status in ("ready", "orphaned") and vm.power_state != domain.power_state:
-            record_event(session, "vm.state_reconciled", f"VM {vm.name} is {domain.power_state} on host {host.name} (inventory said {vm.power_state})", object_type="vm", object_id=vm.id, object_name=vm.name, reason="reconciled")
+            record_event(
+                session,
+                "vm.state_reconciled",
+                f"VM {vm.name} is {domain.power_state} on host {host.name} (inventory said {vm.power_state})",
+                object_type="vm",
+                object_id=vm.id,
+                object_name=vm.name,
+                reason="reconciled",
+            )
             if vm.power_state == "poweredOn" and domain.power_state == "poweredOff":
                 # It stopped while no agent watched (no lifecycle event said so: the host
                 # rebooted, or its agent was down): a fact the HA monitor handles.
@@ -257,7 +289,16 @@ def reconcile_domains(session: Session, host: Host, domains: list[DomainState]) 
                 # down or isolated): it never takes the VM back from where it runs.
                 continue
             if owner is not None and owner.connection_state == ConnectionState.CONNECTED.value and not arrived:
-                record_event(session, "vm.seen_twice", f"VM {vm.name} is reported by host {host.name} but belongs to connected host {owner.name}", object_type="vm", object_id=vm.id, object_name=vm.name, reason="seen_on_two_hosts", data={"host_id": host.id})
+                record_event(
+                    session,
+                    "vm.seen_twice",
+                    f"VM {vm.name} is reported by host {host.name} but belongs to connected host {owner.name}",
+                    object_type="vm",
+                    object_id=vm.id,
+                    object_name=vm.name,
+                    reason="seen_on_two_hosts",
+                    data={"host_id": host.id},
+                )
                 continue
             vm.host_id = host.id
             vm.cluster_id = host.cluster_id
@@ -280,7 +321,15 @@ def reconcile_domains(session: Session, host: Host, domains: list[DomainState]) 
         )
         session.add(vm)
         session.flush()
-        record_event(session, "vm.discovered", f"domain {domain.name} found on host {host.name}, unknown to the inventory: orphaned until imported", object_type="vm", object_id=vm.id, object_name=vm.name, reason="unknown_domain")
+        record_event(
+            session,
+            "vm.discovered",
+            f"domain {domain.name} found on host {host.name}, unknown to the inventory: orphaned until imported",
+            object_type="vm",
+            object_id=vm.id,
+            object_name=vm.name,
+            reason="unknown_domain",
+        )
 
 
 def _agent_roots(reported: list[str]) -> tuple[str, ...]:
@@ -307,13 +356,19 @@ def _mounts_within_roots(session: Session, host: Host, mounts: list[Any], report
         except DatastorePathRefused as exc:
             refused[ds_id] = {"datastore_id": ds_id, "path": path, "reason": exc.reason, "message": exc.message}
     if refused:  # the Event table is read only then: the common case costs nothing
-        last = session.scalar(select(Event).where(Event.object_type == "host", Event.object_id == host.id, Event.kind == "datastore.mount_refused")
-                              .order_by(Event.id.desc()).limit(1))
+        last = session.scalar(select(Event).where(Event.object_type == "host", Event.object_id == host.id, Event.kind == "datastore.mount_refused").order_by(Event.id.desc()).limit(1))
         if last is None or sorted((last.data or {}).get("datastore_ids", [])) != sorted(refused):
             names = ", ".join(f"{r['path']} ({r['message']})" for r in refused.values())
-            record_event(session, "datastore.mount_refused", f"host {host.name} does not mount {names}: its agent's datastore roots are {', '.join(roots) or 'none'}",
-                         object_type="host", object_id=host.id, object_name=host.name, reason="DATASTORE_PATH_NOT_ALLOWED",
-                         data={"datastore_ids": sorted(refused), "refused": list(refused.values()), "roots": list(roots)})
+            record_event(
+                session,
+                "datastore.mount_refused",
+                f"host {host.name} does not mount {names}: its agent's datastore roots are {', '.join(roots) or 'none'}",
+                object_type="host",
+                object_id=host.id,
+                object_name=host.name,
+                reason="DATASTORE_PATH_NOT_ALLOWED",
+                data={"datastore_ids": sorted(refused), "refused": list(refused.values()), "roots": list(roots)},
+            )
     return kept
 
 
@@ -325,11 +380,7 @@ def expected_host_config(session: Session, host: Host, agent_roots: list[str] | 
         mounts = _mounts_within_roots(session, host, list(mounts), agent_roots)
     portgroups = []
     for pg in session.scalars(select(PortGroup).join(PortGroupHost).where(PortGroupHost.host_id == host.id).order_by(PortGroup.id)):
-        peers = sorted(
-            session.get(Host, link.host_id).address
-            for link in pg.hosts
-            if link.host_id != host.id and session.get(Host, link.host_id).address
-        )
+        peers = sorted(session.get(Host, link.host_id).address for link in pg.hosts if link.host_id != host.id and session.get(Host, link.host_id).address)
         portgroups.append({"bridge": pg.bridge, "vlan_id": pg.vlan_id, "peers": peers})
     return {"datastores": [{"id": ds_id, "path": path} for ds_id, path in mounts], "bridges": portgroups}
 

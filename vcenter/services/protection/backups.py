@@ -25,6 +25,7 @@ The agents' results and the rollbacks are the operations' (vcenter.services.oper
 Codes: BACKUP_DATASTORE_NOT_MOUNTED, BACKUP_CHAIN_INCOMPLETE, BACKUP_NOT_FOUND,
 BACKUP_JOB_NOT_FOUND, VM_POWERED_ON, PATH_* (the directory leaves its datastore).
 """
+
 from __future__ import annotations
 
 import uuid as uuidlib
@@ -76,9 +77,15 @@ def create_job(session: Session, user: str, vm_id: int, data: dict[str, Any]) ->
     job = BackupJob(vm_id=vm.id, **{**{k: data[k] for k in JOB_FIELDS if k in data and data[k] is not None}, "directory": directory})
     session.add(job)
     inventory.flush_unique(session, f"backup job {job.name!r} of VM {vm.name}")
-    record_event(session, "vm.backup.job_created", f"backup job {job.name!r} of VM {vm.name} to {ds.name}:{directory}"
-                 + (f" every {job.interval_s:g}s, keeping {job.keep}" if job.interval_s else " (on demand)"),
-                 username=user, object_type="vm", object_id=vm.id, object_name=vm.name)
+    record_event(
+        session,
+        "vm.backup.job_created",
+        f"backup job {job.name!r} of VM {vm.name} to {ds.name}:{directory}" + (f" every {job.interval_s:g}s, keeping {job.keep}" if job.interval_s else " (on demand)"),
+        username=user,
+        object_type="vm",
+        object_id=vm.id,
+        object_name=vm.name,
+    )
     return job
 
 
@@ -125,16 +132,30 @@ def run_job(session: Session, user: str, vm_id: int, job_id: int) -> Task:
     # Retention as if this point succeeds; the agent deletes only after it did.
     doomed = plan.to_delete(points + [plan.PointView(point.id, decision.kind, decision.parent_id, "ok", point.checkpoint)], job.keep)
     doomed_files = [f"{base}/{f['file']}" for p in doomed for f in session.get(BackupPoint, p).files]
-    disks = [{"target": f["target"], "path": f"{base}/{f['file']}",
-              "parent_path": f"{base}/{parent_files[f['index']]}" if f["index"] in parent_files else None} for f in point.files]
+    disks = [{"target": f["target"], "path": f"{base}/{f['file']}", "parent_path": f"{base}/{parent_files[f['index']]}" if f["index"] in parent_files else None} for f in point.files]
     job.last_run_at = utcnow()
-    task = start_task(session, kind="vm.backup", object_type="vm", object_id=vm.id, username=user, host_id=vm.host_id,
-                      params={"job_id": job.id, "point_id": point.id, "decision": decision.reason, "retention_deletes": doomed},
-                      command="vm.backup", command_args=BackupArgs(uuid=vm.libvirt_uuid, disks=disks, incremental_from=decision.since_checkpoint,
-                                                           checkpoint=point.checkpoint, delete_after=doomed_files).args())
+    task = start_task(
+        session,
+        kind="vm.backup",
+        object_type="vm",
+        object_id=vm.id,
+        username=user,
+        host_id=vm.host_id,
+        params={"job_id": job.id, "point_id": point.id, "decision": decision.reason, "retention_deletes": doomed},
+        command="vm.backup",
+        command_args=BackupArgs(uuid=vm.libvirt_uuid, disks=disks, incremental_from=decision.since_checkpoint, checkpoint=point.checkpoint, delete_after=doomed_files).args(),
+    )
     point.task_id = task.id
-    record_event(session, "vm.backup.requested", f"{decision.kind} backup of VM {vm.name} by job {job.name!r}: {decision.reason}", username=user,
-                 object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
+    record_event(
+        session,
+        "vm.backup.requested",
+        f"{decision.kind} backup of VM {vm.name} by job {job.name!r}: {decision.reason}",
+        username=user,
+        object_type="vm",
+        object_id=vm.id,
+        object_name=vm.name,
+        task_id=task.id,
+    )
     return task
 
 
@@ -153,11 +174,18 @@ def restore(session: Session, user: str, vm_id: int, point_id: int, data: dict[s
         base = mount_path(session, job.datastore_id, vm.host_id)
         if base is None:
             raise Conflict("the backup's datastore is not mounted on the VM's host", code="BACKUP_DATASTORE_NOT_MOUNTED")
-        disks = [{"source": f"{base}/{files[d.index]}", "path": f"{mount_path(session, d.datastore_id, vm.host_id)}/{d.file}", "format": d.format}
-                 for d in vm.disks if d.index in files]
-        return start_task(session, kind="vm.restore", object_type="vm", object_id=vm.id, username=user, host_id=vm.host_id,
-                          params={"point_id": point.id, "mode": "replace"},
-                          command="vm.restore", command_args=RestoreArgs(disks=disks, replace_uuid=vm.libvirt_uuid).args())
+        disks = [{"source": f"{base}/{files[d.index]}", "path": f"{mount_path(session, d.datastore_id, vm.host_id)}/{d.file}", "format": d.format} for d in vm.disks if d.index in files]
+        return start_task(
+            session,
+            kind="vm.restore",
+            object_type="vm",
+            object_id=vm.id,
+            username=user,
+            host_id=vm.host_id,
+            params={"point_id": point.id, "mode": "replace"},
+            command="vm.restore",
+            command_args=RestoreArgs(disks=disks, replace_uuid=vm.libvirt_uuid).args(),
+        )
     if not data.get("name"):
         raise Invalid("name: a restore to a new VM needs its name", code="INVALID", details={"field": "name"})
     target_ds = inventory.ref(session, "datastore", data.get("datastore_id"), "datastore_id")
@@ -166,8 +194,13 @@ def restore(session: Session, user: str, vm_id: int, point_id: int, data: dict[s
     if data.get("host_id") is not None:
         host: Host = inventory.ref(session, "host", data["host_id"], "host_id")
     elif vm.cluster_id is not None:
-        request = {"name": data["name"], "vcpus": vm.vcpus, "memory_mib": vm.memory_mib,
-                   "disks": [{"datastore_id": i} for i in {*stores, job.datastore_id}], "nics": [{"portgroup_id": n.portgroup_id} for n in vm.nics]}
+        request = {
+            "name": data["name"],
+            "vcpus": vm.vcpus,
+            "memory_mib": vm.memory_mib,
+            "disks": [{"datastore_id": i} for i in {*stores, job.datastore_id}],
+            "nics": [{"portgroup_id": n.portgroup_id} for n in vm.nics],
+        }
         host_id, chosen = placement.choose_host(session, vm.cluster_id, request)
         host = session.get(Host, host_id)
     else:
@@ -178,16 +211,27 @@ def restore(session: Session, user: str, vm_id: int, point_id: int, data: dict[s
     boot = {k: v for k, v in (vm.boot or {}).items() if k != "ip"}
     if data.get("ip"):
         boot["ip"] = str(data["ip"])
-    new = VirtualMachine(name=data["name"], datacenter_id=vm.datacenter_id, cluster_id=host.cluster_id, host_id=host.id, folder_id=vm.folder_id,
-                         vcpus=vm.vcpus, memory_mib=vm.memory_mib, guest_os=vm.guest_os, power_state=PowerState.POWERED_OFF.value,
-                         status="creating", libvirt_uuid=new_uuid(), boot=boot, cpu=vm.cpu)
+    new = VirtualMachine(
+        name=data["name"],
+        datacenter_id=vm.datacenter_id,
+        cluster_id=host.cluster_id,
+        host_id=host.id,
+        folder_id=vm.folder_id,
+        vcpus=vm.vcpus,
+        memory_mib=vm.memory_mib,
+        guest_os=vm.guest_os,
+        power_state=PowerState.POWERED_OFF.value,
+        status="creating",
+        libvirt_uuid=new_uuid(),
+        boot=boot,
+        cpu=vm.cpu,
+    )
     # The source's seed disk (its guest identity) is not restored: the new VM gets its own.
     seed_indexes = {d.index for d in vm.disks if _is_seed(d)}
     for disk, ds_id in zip(vm.disks, stores):
         if disk.index in seed_indexes:
             continue
-        new.disks.append(VirtualDisk(index=disk.index, datastore_id=ds_id, file=f"{new.name}-{new.libvirt_uuid[:8]}-disk{disk.index}.qcow2",
-                                     capacity_mib=disk.capacity_mib, format="qcow2"))
+        new.disks.append(VirtualDisk(index=disk.index, datastore_id=ds_id, file=f"{new.name}-{new.libvirt_uuid[:8]}-disk{disk.index}.qcow2", capacity_mib=disk.capacity_mib, format="qcow2"))
     seed_index = min(seed_indexes) if seed_indexes else max([d.index for d in vm.disks], default=-1) + 1
     seed_ds = stores[0] if stores else job.datastore_id
     seed_disk = VirtualDisk(index=seed_index, datastore_id=seed_ds, file=f"{new.name}-{new.libvirt_uuid[:8]}{SEED_SUFFIX}", capacity_mib=1, format="raw")
@@ -199,17 +243,41 @@ def restore(session: Session, user: str, vm_id: int, point_id: int, data: dict[s
     # A fresh guest identity, as for clones: new cloud-init instance id, a machine-id the server
     # issues, the new name as hostname (the source's customisation spec carried over, if any).
     custom = session.get(VmCustomization, vm.id)
-    session.add(VmCustomization(vm_id=new.id, instance_id=f"i-{uuidlib.uuid4().hex}", machine_id=uuidlib.uuid4().hex,
-                                hostname=dns_label(new.name), spec=dict((custom.spec if custom else None) or {}, hostname=dns_label(new.name))))
+    session.add(
+        VmCustomization(
+            vm_id=new.id,
+            instance_id=f"i-{uuidlib.uuid4().hex}",
+            machine_id=uuidlib.uuid4().hex,
+            hostname=dns_label(new.name),
+            spec=dict((custom.spec if custom else None) or {}, hostname=dns_label(new.name)),
+        )
+    )
     base = mount_path(session, job.datastore_id, host.id)
-    disks = [{"source": f"{base}/{files[d.index]}", "path": f"{mount_path(session, d.datastore_id, host.id)}/{d.file}", "format": "qcow2"}
-             for d in new.disks if d.index in files and d is not seed_disk]
+    disks = [
+        {"source": f"{base}/{files[d.index]}", "path": f"{mount_path(session, d.datastore_id, host.id)}/{d.file}", "format": "qcow2"} for d in new.disks if d.index in files and d is not seed_disk
+    ]
     seed = {"path": f"{mount_path(session, seed_ds, host.id)}/{seed_disk.file}"}
-    task = start_task(session, kind="vm.restore", object_type="vm", object_id=vm.id, username=user, host_id=host.id,
-                      params={"point_id": point.id, "mode": "new", "new_vm_id": new.id, **({"placement": chosen} if chosen else {})},
-                      command="vm.restore", command_args=RestoreArgs(disks=disks, spec=vm_spec(session, new, host.id), seed=seed).args())
-    record_event(session, "vm.restore.requested", f"restore of VM {vm.name} from point {point.id} into new VM {new.name} on {host.name}",
-                 username=user, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
+    task = start_task(
+        session,
+        kind="vm.restore",
+        object_type="vm",
+        object_id=vm.id,
+        username=user,
+        host_id=host.id,
+        params={"point_id": point.id, "mode": "new", "new_vm_id": new.id, **({"placement": chosen} if chosen else {})},
+        command="vm.restore",
+        command_args=RestoreArgs(disks=disks, spec=vm_spec(session, new, host.id), seed=seed).args(),
+    )
+    record_event(
+        session,
+        "vm.restore.requested",
+        f"restore of VM {vm.name} from point {point.id} into new VM {new.name} on {host.name}",
+        username=user,
+        object_type="vm",
+        object_id=vm.id,
+        object_name=vm.name,
+        task_id=task.id,
+    )
     return task
 
 
@@ -232,5 +300,7 @@ def run_due(session: Session, settings: Settings) -> list[int]:
                 started.append(run_job(session, "scheduler", vm.id, job.id).id)
         except (Conflict, InvalidState) as exc:
             job.last_run_at = now
-            record_event(session, "vm.backup.skipped", f"scheduled backup {job.name!r} of VM {vm.name} skipped: {exc}", object_type="vm", object_id=vm.id, object_name=vm.name, reason=getattr(exc, "code", None))
+            record_event(
+                session, "vm.backup.skipped", f"scheduled backup {job.name!r} of VM {vm.name} skipped: {exc}", object_type="vm", object_id=vm.id, object_name=vm.name, reason=getattr(exc, "code", None)
+            )
     return started

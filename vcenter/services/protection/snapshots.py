@@ -22,6 +22,7 @@ LINKED_CLONE_OF_LINKED (promote the source first: a chain of bases would hide a 
 dependents),
 DATASTORE_NOT_MOUNTED, NOT_A_LINKED_CLONE.
 """
+
 from __future__ import annotations
 
 import uuid as uuidlib
@@ -67,8 +68,18 @@ def mount_path(session: Session, datastore_id: int, host_id: int) -> str | None:
 
 
 def _row(r: VmSnapshotRow) -> dict[str, Any]:
-    return {"id": r.id, "vm_id": r.vm_id, "name": r.name, "description": r.description, "parent_id": r.parent_id,
-            "memory": r.memory, "power_state": r.power_state, "current": r.current, "created_at": r.created_at, "task_id": r.task_id}
+    return {
+        "id": r.id,
+        "vm_id": r.vm_id,
+        "name": r.name,
+        "description": r.description,
+        "parent_id": r.parent_id,
+        "memory": r.memory,
+        "power_state": r.power_state,
+        "current": r.current,
+        "created_at": r.created_at,
+        "task_id": r.task_id,
+    }
 
 
 # --- snapshots -----------------------------------------------------------------------------
@@ -93,9 +104,17 @@ def create_snapshot(session: Session, user: str, vm_id: int, name: str, descript
     raw = [d.index for d in vm.disks if d.format != "qcow2"]
     if raw:
         raise Conflict(f"VM {vm.name}: disks {raw} are not qcow2; libvirt snapshots need qcow2", code="SNAPSHOT_UNSUPPORTED")
-    task = start_task(session, kind="vm.snapshot.create", object_type="vm", object_id=vm.id, username=user, host_id=vm.host_id,
-                      params={"name": name, "memory": vm.power_state == PowerState.POWERED_ON.value},
-                      command="vm.snapshot.create", command_args=SnapshotCreateArgs(uuid=vm.libvirt_uuid, name=name, description=description).args())
+    task = start_task(
+        session,
+        kind="vm.snapshot.create",
+        object_type="vm",
+        object_id=vm.id,
+        username=user,
+        host_id=vm.host_id,
+        params={"name": name, "memory": vm.power_state == PowerState.POWERED_ON.value},
+        command="vm.snapshot.create",
+        command_args=SnapshotCreateArgs(uuid=vm.libvirt_uuid, name=name, description=description).args(),
+    )
     record_event(session, "vm.snapshot.requested", f"snapshot {name!r} of VM {vm.name} requested", username=user, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
     return task
 
@@ -103,17 +122,33 @@ def create_snapshot(session: Session, user: str, vm_id: int, name: str, descript
 def revert_snapshot(session: Session, user: str, vm_id: int, snapshot_id: int) -> Task:
     vm = ready_vm(session, vm_id)
     row = _snapshot(session, vm, snapshot_id)
-    return start_task(session, kind="vm.snapshot.revert", object_type="vm", object_id=vm.id, username=user, host_id=vm.host_id,
-                      params={"snapshot_id": row.id, "name": row.name},
-                      command="vm.snapshot.revert", command_args=SnapshotRevertArgs(uuid=vm.libvirt_uuid, name=row.name).args())
+    return start_task(
+        session,
+        kind="vm.snapshot.revert",
+        object_type="vm",
+        object_id=vm.id,
+        username=user,
+        host_id=vm.host_id,
+        params={"snapshot_id": row.id, "name": row.name},
+        command="vm.snapshot.revert",
+        command_args=SnapshotRevertArgs(uuid=vm.libvirt_uuid, name=row.name).args(),
+    )
 
 
 def delete_snapshot(session: Session, user: str, vm_id: int, snapshot_id: int, children: bool = False) -> Task:
     vm = ready_vm(session, vm_id)
     row = _snapshot(session, vm, snapshot_id)
-    return start_task(session, kind="vm.snapshot.delete", object_type="vm", object_id=vm.id, username=user, host_id=vm.host_id,
-                      params={"snapshot_id": row.id, "name": row.name, "children": children},
-                      command="vm.snapshot.delete", command_args=SnapshotDeleteArgs(uuid=vm.libvirt_uuid, name=row.name, children=children).args())
+    return start_task(
+        session,
+        kind="vm.snapshot.delete",
+        object_type="vm",
+        object_id=vm.id,
+        username=user,
+        host_id=vm.host_id,
+        params={"snapshot_id": row.id, "name": row.name, "children": children},
+        command="vm.snapshot.delete",
+        command_args=SnapshotDeleteArgs(uuid=vm.libvirt_uuid, name=row.name, children=children).args(),
+    )
 
 
 # --- clones --------------------------------------------------------------------------------
@@ -123,8 +158,7 @@ def clone(session: Session, user: str, vm_id: int, data: dict[str, Any]) -> Task
     linked = bool(data.get("linked"))
     running = vm.power_state == PowerState.POWERED_ON.value
     if linked and running:
-        raise InvalidState(f"VM {vm.name} is running: a linked clone freezes its disks, power it off or make a full clone",
-                           code="LINKED_CLONE_NEEDS_POWERED_OFF")
+        raise InvalidState(f"VM {vm.name} is running: a linked clone freezes its disks, power it off or make a full clone", code="LINKED_CLONE_NEEDS_POWERED_OFF")
     custom = session.get(VmCustomization, vm.id)
     seed_disks = {d.index for d in vm.disks if custom is not None and d.format == "raw" and d.file.endswith(SEED_SUFFIX)}
     data_disks = [d for d in vm.disks if d.index not in seed_disks]
@@ -140,8 +174,15 @@ def clone(session: Session, user: str, vm_id: int, data: dict[str, Any]) -> Task
     if data.get("host_id") is not None:
         target: Host = inventory.ref(session, "host", data["host_id"], "host_id")
     elif vm.cluster_id is not None:
-        request = {"name": data["name"], "vcpus": vm.vcpus, "memory_mib": vm.memory_mib, "disks": [{"datastore_id": i} for i in disk_stores],
-                   "nics": [{"portgroup_id": n.portgroup_id} for n in vm.nics], "cpu": vm.cpu, "pool_id": vm.pool_id}
+        request = {
+            "name": data["name"],
+            "vcpus": vm.vcpus,
+            "memory_mib": vm.memory_mib,
+            "disks": [{"datastore_id": i} for i in disk_stores],
+            "nics": [{"portgroup_id": n.portgroup_id} for n in vm.nics],
+            "cpu": vm.cpu,
+            "pool_id": vm.pool_id,
+        }
         host_id, chosen = placement.choose_host(session, vm.cluster_id, request)
         target = session.get(Host, host_id)
     else:
@@ -154,24 +195,43 @@ def clone(session: Session, user: str, vm_id: int, data: dict[str, Any]) -> Task
         for host in {vm.host_id, target.id}:
             if mount_path(session, ds_id, host) is None:
                 name = session.get(Datastore, ds_id).name
-                raise Conflict(f"datastore {name} is not mounted on host {session.get(Host, host).name} (the copy runs on the source's host, the clone on the target)",
-                               code="DATASTORE_NOT_MOUNTED", details={"field": "datastore_id"})
+                raise Conflict(
+                    f"datastore {name} is not mounted on host {session.get(Host, host).name} (the copy runs on the source's host, the clone on the target)",
+                    code="DATASTORE_NOT_MOUNTED",
+                    details={"field": "datastore_id"},
+                )
     boot = {k: v for k, v in (vm.boot or {}).items() if k != "ip"}  # an address is never cloned
     if data.get("ip"):
         boot["ip"] = str(data["ip"])
-    new = VirtualMachine(name=data["name"], datacenter_id=vm.datacenter_id, cluster_id=target.cluster_id, host_id=target.id,
-                         folder_id=data.get("folder_id", vm.folder_id), pool_id=vm.pool_id if target.cluster_id == vm.cluster_id else None,
-                         vcpus=vm.vcpus, memory_mib=vm.memory_mib, cpu_reservation_mhz=vm.cpu_reservation_mhz, cpu_limit_mhz=vm.cpu_limit_mhz,
-                         memory_reservation_mib=vm.memory_reservation_mib, memory_limit_mib=vm.memory_limit_mib, guest_os=vm.guest_os,
-                         power_state=PowerState.POWERED_OFF.value, status="creating", libvirt_uuid=new_uuid(), boot=boot, cpu=vm.cpu)
+    new = VirtualMachine(
+        name=data["name"],
+        datacenter_id=vm.datacenter_id,
+        cluster_id=target.cluster_id,
+        host_id=target.id,
+        folder_id=data.get("folder_id", vm.folder_id),
+        pool_id=vm.pool_id if target.cluster_id == vm.cluster_id else None,
+        vcpus=vm.vcpus,
+        memory_mib=vm.memory_mib,
+        cpu_reservation_mhz=vm.cpu_reservation_mhz,
+        cpu_limit_mhz=vm.cpu_limit_mhz,
+        memory_reservation_mib=vm.memory_reservation_mib,
+        memory_limit_mib=vm.memory_limit_mib,
+        guest_os=vm.guest_os,
+        power_state=PowerState.POWERED_OFF.value,
+        status="creating",
+        libvirt_uuid=new_uuid(),
+        boot=boot,
+        cpu=vm.cpu,
+    )
     copies = []
     for disk, ds_id in zip(data_disks, disk_stores):
         file = f"{new.name}-{new.libvirt_uuid[:8]}-disk{disk.index}.qcow2"
         src_path = mount_path(session, disk.datastore_id, vm.host_id)
         base = f"{vm.name}-{new.libvirt_uuid[:8]}-base-disk{disk.index}.qcow2" if linked else None
         new.disks.append(VirtualDisk(index=disk.index, datastore_id=ds_id, file=file, capacity_mib=disk.capacity_mib, format="qcow2", backing_file=base))
-        copies.append({"index": disk.index, "target": disk_target(disk.index), "path": f"{mount_path(session, ds_id, vm.host_id)}/{file}",
-                       "base_path": f"{src_path}/{base}" if base else None, "base_file": base})
+        copies.append(
+            {"index": disk.index, "target": disk_target(disk.index), "path": f"{mount_path(session, ds_id, vm.host_id)}/{file}", "base_path": f"{src_path}/{base}" if base else None, "base_file": base}
+        )
     seed = None
     for index in sorted(seed_disks):
         ds_id = disk_stores[0] if disk_stores else vm.disks[index].datastore_id
@@ -183,16 +243,33 @@ def clone(session: Session, user: str, vm_id: int, data: dict[str, Any]) -> Task
     session.add(new)
     inventory.flush_unique(session, f"VM {new.name!r}")
     if custom is not None:
-        session.add(VmCustomization(vm_id=new.id, instance_id=f"i-{uuidlib.uuid4().hex}", machine_id=uuidlib.uuid4().hex,
-                                    hostname=dns_label(new.name), spec=dict(custom.spec or {}, hostname=dns_label(new.name))))
-    task = start_task(session, kind="vm.clone", object_type="vm", object_id=vm.id, username=user, host_id=vm.host_id,
-                      params={"clone_vm_id": new.id, "target_host_id": target.id, "linked": linked, "running": running, "copies": copies, "seed": seed,
-                              **({"placement": chosen} if chosen else {})},
-                      command="vm.clone", command_args=CloneArgs(uuid=vm.libvirt_uuid, linked=linked,
-                                                          disks=[{k: c[k] for k in ("target", "path", "base_path")} for c in copies]).args())
+        session.add(
+            VmCustomization(
+                vm_id=new.id, instance_id=f"i-{uuidlib.uuid4().hex}", machine_id=uuidlib.uuid4().hex, hostname=dns_label(new.name), spec=dict(custom.spec or {}, hostname=dns_label(new.name))
+            )
+        )
+    task = start_task(
+        session,
+        kind="vm.clone",
+        object_type="vm",
+        object_id=vm.id,
+        username=user,
+        host_id=vm.host_id,
+        params={"clone_vm_id": new.id, "target_host_id": target.id, "linked": linked, "running": running, "copies": copies, "seed": seed, **({"placement": chosen} if chosen else {})},
+        command="vm.clone",
+        command_args=CloneArgs(uuid=vm.libvirt_uuid, linked=linked, disks=[{k: c[k] for k in ("target", "path", "base_path")} for c in copies]).args(),
+    )
     task.step = "copying"
-    record_event(session, "vm.clone.requested", f"{'linked' if linked else 'full'} clone {new.name} of VM {vm.name} ({'running' if running else 'powered off'}) requested on host {target.name}",
-                 username=user, object_type="vm", object_id=vm.id, object_name=vm.name, task_id=task.id)
+    record_event(
+        session,
+        "vm.clone.requested",
+        f"{'linked' if linked else 'full'} clone {new.name} of VM {vm.name} ({'running' if running else 'powered off'}) requested on host {target.name}",
+        username=user,
+        object_type="vm",
+        object_id=vm.id,
+        object_name=vm.name,
+        task_id=task.id,
+    )
     return task
 
 
@@ -200,5 +277,4 @@ def promote(session: Session, user: str, vm_id: int) -> Task:
     vm = ready_vm(session, vm_id)
     if not any(d.backing_file for d in vm.disks):
         raise InvalidState(f"VM {vm.name} has no linked disk", code="NOT_A_LINKED_CLONE")
-    return start_task(session, kind="vm.promote", object_type="vm", object_id=vm.id, username=user, host_id=vm.host_id,
-                      command="vm.promote", command_args=UuidArgs(uuid=vm.libvirt_uuid).args())
+    return start_task(session, kind="vm.promote", object_type="vm", object_id=vm.id, username=user, host_id=vm.host_id, command="vm.promote", command_args=UuidArgs(uuid=vm.libvirt_uuid).args())

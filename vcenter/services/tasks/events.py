@@ -8,6 +8,7 @@ id comes, in this order, from: the caller; the authenticated actor of the reques
 task the event is about, when the name is its owner's; None for a system actor; else the user
 who holds that name now (names are unique, so at the moment of writing this is that user).
 """
+
 from __future__ import annotations
 
 from contextvars import ContextVar
@@ -22,9 +23,23 @@ from vcenter.db.models import Event, Task, User
 # The names the code acts under itself (record_event/start_task callers: the default, the CLI,
 # HA, DRS, DPM, scheduled backups) and a few an operator would read the same way. No user may
 # take one (vcenter.services.access.auth.create_user), so a name here never means a person.
-SYSTEM_ACTORS: frozenset[str] = frozenset({
-    "system", "cli", "ha", "drs", "dpm", "scheduler", "reaper", "beat", "agent", "monitor", "alarms", "anonymous", "root",
-})
+SYSTEM_ACTORS: frozenset[str] = frozenset(
+    {
+        "system",
+        "cli",
+        "ha",
+        "drs",
+        "dpm",
+        "scheduler",
+        "reaper",
+        "beat",
+        "agent",
+        "monitor",
+        "alarms",
+        "anonymous",
+        "root",
+    }
+)
 
 _UNSET: Any = object()
 

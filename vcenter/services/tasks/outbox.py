@@ -10,6 +10,7 @@ Commands to host agents are stored plain and signed when they are sent (``signer
 expiry counts from the moment they reach the broker, not from the commit, so a broker outage
 does not make them stale before they are sent.
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,16 +45,12 @@ def relay(factory: sessionmaker[Session], publisher: Publisher, limit: int = 100
     """Send unsent outbox rows; return how many were sent. Agent commands are sealed with
     ``signer`` (agents refuse unsigned ones)."""
     with factory() as session:
-        ids = session.scalars(
-            select(OutboxMessage.id).where(OutboxMessage.sent_at.is_(None)).order_by(OutboxMessage.id).limit(limit)
-        ).all()
+        ids = session.scalars(select(OutboxMessage.id).where(OutboxMessage.sent_at.is_(None)).order_by(OutboxMessage.id).limit(limit)).all()
     sent = 0
     for message_id in ids:
         with factory() as session:
             claimed = session.execute(
-                update(OutboxMessage)
-                .where(OutboxMessage.id == message_id, OutboxMessage.sent_at.is_(None))
-                .values(sent_at=utcnow(), send_attempts=OutboxMessage.send_attempts + 1)
+                update(OutboxMessage).where(OutboxMessage.id == message_id, OutboxMessage.sent_at.is_(None)).values(sent_at=utcnow(), send_attempts=OutboxMessage.send_attempts + 1)
             ).rowcount
             session.commit()
             if not claimed:

@@ -1,5 +1,6 @@
 """The process-wide wiring of the server side: settings, database sessions, the Celery
 publisher and Redis. Built once per process; tests build their own."""
+
 from __future__ import annotations
 
 import logging

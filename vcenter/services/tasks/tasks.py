@@ -10,6 +10,7 @@ Vocabulary:
   ``task_max_attempts`` times, reconciles it against the reported VM state, or ends it as
   WORKER_LOST.
 """
+
 from __future__ import annotations
 
 import logging
@@ -186,20 +187,12 @@ def finish_task(
 
 def expired_leases(session: Session) -> list[Task]:
     now = utcnow()
-    return list(
-        session.scalars(
-            select(Task).where(Task.state == TaskState.RUNNING.value, Task.lease_expires_at < now).with_for_update(skip_locked=True)
-        )
-    )
+    return list(session.scalars(select(Task).where(Task.state == TaskState.RUNNING.value, Task.lease_expires_at < now).with_for_update(skip_locked=True)))
 
 
 def stale_queued(session: Session, older_than: float) -> list[Task]:
     cutoff = utcnow() - timedelta(seconds=older_than)
-    return list(
-        session.scalars(
-            select(Task).where(Task.state == TaskState.QUEUED.value, Task.created_at < cutoff).with_for_update(skip_locked=True)
-        )
-    )
+    return list(session.scalars(select(Task).where(Task.state == TaskState.QUEUED.value, Task.created_at < cutoff).with_for_update(skip_locked=True)))
 
 
 def iter_events(session: Session, since=None, batch: int = 1000):
