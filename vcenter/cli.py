@@ -15,6 +15,7 @@ from vcenter.core.logging import setup_logging
 from vcenter.core.placeholder_secrets import PlaceholderSecretError, refuse_placeholder_secrets
 from vcenter.core.release import release
 from vcenter.core.settings import get_settings, reset_settings_cache
+from vcenter.messaging.contracts import HA_LOCK_KEY
 
 app = typer.Typer(help="virtcenter: central management of KVM/libvirt clusters.", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Database schema management.", no_args_is_help=True)
@@ -174,8 +175,8 @@ def agent(
 
 
 # Redis keys that only a working process keeps alive (each expires unless its loop renews it):
-# the scheduler's lock (celery-redbeat) and the active HA monitor's lock (vcenter.services.ha_monitor).
-HEALTH_LOCK_KEYS = {"beat": "redbeat::lock", "ha": "vc:ha:lock"}
+# the scheduler's lock (celery-redbeat's default name) and the active HA monitor's lock.
+HEALTH_LOCK_KEYS = {"beat": "redbeat::lock", "ha": HA_LOCK_KEY}
 
 
 @app.command()

@@ -299,7 +299,7 @@ class VirtualMachine(Timestamped, Base):
     last_stop_reason: Mapped[str | None] = mapped_column(String(16))
     # A stop nobody asked for (vcenter.domain.ha.UNEXPECTED_STOPS), recorded by the host's
     # reports and not yet handled by the HA monitor, which clears it when it decides.
-    unexpected_stop: Mapped[str | None] = mapped_column(String(16))
+    unexpected_stop: Mapped[str | None] = mapped_column(String(16), index=True)  # indexed: every HA pass looks for the few set
     # How the VM boots when not from its disk: {"image": "tiny-linux", "ip": "10.99.0.11/24"}.
     boot: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # The guest CPU definition: {"model", "features_require", "features_disable"} or None.

@@ -30,6 +30,11 @@ def host_queue(host_id: int) -> str:
 ORCHESTRATOR_QUEUE = "orchestrator"
 
 
+# The active HA monitor's lock (SET NX PX, renewed by its loop): held by whichever `vcenter ha`
+# acts; the others stand by. Read by the container healthcheck too.
+HA_LOCK_KEY = "vc:ha:lock"
+
+
 def heartbeat_key(host_id: int) -> str:
     """Redis key an agent renews every heartbeat period, with a TTL; never a database write."""
     return f"vc:hb:host:{host_id}"

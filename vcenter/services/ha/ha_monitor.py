@@ -42,7 +42,7 @@ from vcenter.core.settings import Settings
 from vcenter.db.ha_models import HaRestart
 from vcenter.db.models import VirtualMachine
 from vcenter.domain import ha
-from vcenter.messaging.contracts import ha_datastore_view_key, heartbeat_key
+from vcenter.messaging.contracts import HA_LOCK_KEY, ha_datastore_view_key, heartbeat_key
 from vcenter.schemas.ha import HaConfig
 from vcenter.services.ha import ha as ha_service
 from vcenter.services.tasks.events import record_event
@@ -59,7 +59,7 @@ from vcenter.services.inventory.vm_spec import vm_spec
 
 log = logging.getLogger(__name__)
 
-LOCK_KEY = "vc:ha:lock"
+LOCK_KEY = HA_LOCK_KEY
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 
