@@ -29,6 +29,7 @@ COPY README.md ./
 COPY vcenter ./vcenter
 COPY workers ./workers
 COPY templates_store ./templates_store
+COPY migrations ./migrations
 RUN if [ -f /run/host-ca/ca-certificates.crt ]; then export PIP_CERT=/run/host-ca/ca-certificates.crt; fi \
  && /opt/venv/bin/pip wheel --no-deps --wheel-dir /app-wheel .
 
@@ -48,12 +49,7 @@ RUN pip install --no-index --no-deps --no-compile --disable-pip-version-check /t
  && rm -rf /tmp/app-wheel
 
 WORKDIR /app
-# Alembic needs its ini and scripts at run time (`vcenter db upgrade`).
-COPY alembic.ini ./
-COPY migrations ./migrations
-# vcenter.db.migrate looks for them beside the installed packages (the repository's layout);
-# the wheel does not carry them.
-RUN ln -s /app/alembic.ini /app/migrations "$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/"
+# (`vcenter db upgrade` runs the migrations the wheel carries: the `migrations` package)
 
 RUN useradd --system --home-dir /app --shell /usr/sbin/nologin vcenter \
  && install -d -m 0700 -o vcenter /var/lib/virtcenter/keys

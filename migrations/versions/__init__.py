@@ -1,0 +1,1 @@
+"""The revisions, oldest first by number (Alembic reads every file here but this one)."""
