@@ -18,9 +18,11 @@ CORE_PKGS=(
 # ... and tools whose Recommends would drag in too much (docker-compose recommends
 # the docker engine; podman recommends crun, which fails in this cgroup mode, and
 # buildah/fuse-overlayfs/slirp4netns that rootful podman does not need). The container
-# tools run the compose deployment test (tests/e2e/test_compose_deploy.py).
+# tools run the compose deployment test (tests/e2e/test_compose_deploy.py); python3-libvirt is
+# what a host install uses instead of building libvirt-python (tests/system/test_host_install.py).
 TOOL_PKGS=(docker-compose chromium cloud-init busybox-static dropbear-bin
-  podman podman-compose debootstrap netavark aardvark-dns runc uidmap containernetworking-plugins)
+  podman podman-compose debootstrap netavark aardvark-dns runc uidmap containernetworking-plugins
+  python3-libvirt)
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi

@@ -162,11 +162,16 @@ def agent(
     for the operator to confirm), then consumes host.<id>, heartbeats, reports, libvirt events."""
     _env(agent_host_id=host_id, agent_token=token, agent_registration_token=registration_token, agent_state_dir=state_dir, libvirt_uri=libvirt_uri, public_url=api_url, redis_url=redis_url)
     from workers.agent.main import run_agent
-    from workers.agent.supervisor import supervise
+    from workers.agent.supervisor import exit_status, supervise
 
     settings = get_settings()
     if not settings.agent_supervise:
-        run_agent(settings, simulated=simulated)
+        # under systemd (deploy/systemd/virtcenter-agent.service), which restarts a crash but
+        # not a deliberate end: the same exit status as under the supervisor
+        try:
+            run_agent(settings, simulated=simulated)
+        except SystemExit as exc:
+            raise typer.Exit(exit_status(exc)) from None
         return
     # A crashed agent must not silence the host's HA heartbeats for long (workers.agent.supervisor).
     code, _ = supervise(lambda: run_agent(settings, simulated=simulated), settings.agent_restart_delay)

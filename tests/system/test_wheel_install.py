@@ -17,13 +17,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> Path:
+def installed(tmp_path_factory, built_wheel: Path) -> Path:
     """The wheel built from this tree, installed (without dependencies) into a bare directory."""
-    work = tmp_path_factory.mktemp("wheel")
-    wheels = work / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)], check=True, timeout=300)
-    (wheel,) = wheels.glob("virtcenter-*.whl")
-    target = work / "site"
+    target = tmp_path_factory.mktemp("wheel") / "site"
+    wheel = built_wheel
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile", "--target", str(target), str(wheel)], check=True, timeout=300)
     return target
 

@@ -45,6 +45,18 @@ def describe(status: int) -> str:
 DELIBERATE = 78  # the child's status for a SystemExit with a message (EX_CONFIG): not restarted
 
 
+def exit_status(exc: SystemExit) -> int:
+    """The process status for an agent that raised ``exc``: its number, 0 for none, and
+    DELIBERATE for a message (no credential, registration refused), which is written to stderr.
+    The same under this supervisor and under systemd (whose unit does not restart DELIBERATE)."""
+    if isinstance(exc.code, int):
+        return exc.code
+    if exc.code is None:
+        return 0
+    sys.stderr.write(f"{exc.code}\n")
+    return DELIBERATE
+
+
 def supervise(run: Callable[[], None], restart_delay: float, max_restarts: int | None = None) -> tuple[int, int]:
     """Run ``run`` in a forked child until it ends deliberately; restart it when it dies.
     Returns (the last child's exit status, restarts); ``max_restarts`` bounds them (tests)."""
@@ -73,13 +85,7 @@ def supervise(run: Callable[[], None], restart_delay: float, max_restarts: int |
                     run()
                     code = 0
                 except SystemExit as exc:
-                    if isinstance(exc.code, int):
-                        code = exc.code if exc.code else 0
-                    elif exc.code is None:
-                        code = 0
-                    else:
-                        sys.stderr.write(f"{exc.code}\n")
-                        code = DELIBERATE
+                    code = exit_status(exc)
                 except BaseException:
                     log.exception("agent failed")
                 finally:
