@@ -210,7 +210,9 @@ def healthcheck(role: str = typer.Argument(..., help="api, worker, beat or ha: t
         import redis
 
         try:
-            ok = bool(redis.Redis.from_url(settings.redis_url, socket_timeout=5).exists(HEALTH_LOCK_KEYS[role]))
+            from vcenter.messaging.redis_link import connect
+
+            ok = bool(connect(settings, socket_timeout=5).exists(HEALTH_LOCK_KEYS[role]))
         except redis.RedisError:
             ok = False
     else:

@@ -7,6 +7,7 @@ from celery import Celery
 
 from vcenter.core.settings import Settings, get_settings
 from vcenter.messaging.celery_app import make_celery
+from vcenter.messaging.redis_link import tls_options
 from workers.orchestrator import tasks
 
 
@@ -16,6 +17,7 @@ def make_orchestrator_app(settings: Settings | None = None) -> Celery:
     tasks.register(app, settings)
     app.conf.beat_schedule = tasks.beat_schedule(settings)
     app.conf.redbeat_redis_url = settings.redis_url
+    app.conf.redbeat_redis_use_ssl = tls_options(settings)
     app.conf.redbeat_lock_timeout = max(int(settings.reaper_period * 5), 30)
     app.conf.beat_max_loop_interval = min(settings.reaper_period, settings.host_monitor_period)
     return app

@@ -35,7 +35,8 @@ class Settings(BaseSettings):
 
     # --- storage and broker -------------------------------------------------------------
     database_url: str = Field("sqlite:///./vcenter.db", description="SQLAlchemy URL; SQLite by default, postgresql+psycopg://... for PostgreSQL")
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis: Celery broker, heartbeats, locks")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis: Celery broker, heartbeats, locks; rediss://:password@host:port/0 for TLS (vcenter.messaging.redis_link)")
+    redis_ca: str | None = Field(None, description="CA bundle (PEM file) that verifies Redis's certificate for a rediss:// URL; default: the system's trust store")
 
     # --- API ------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"

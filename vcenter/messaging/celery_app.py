@@ -11,6 +11,7 @@ from kombu import Queue  # type: ignore[attr-defined]  # kombu re-exports it wit
 
 from vcenter.core.settings import Settings, get_settings
 from vcenter.messaging.contracts import ORCHESTRATOR_QUEUE
+from vcenter.messaging.redis_link import tls_options
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
@@ -35,6 +36,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
             "unacked_restore_interval": settings.celery_unacked_restore_interval,
             "unacked_restore_throttle": 1,
         },
+        broker_use_ssl=tls_options(settings),  # None for redis://
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         worker_hijack_root_logger=False,

@@ -40,6 +40,7 @@ import redis
 
 from vcenter.domain import ha
 from vcenter.messaging.contracts import ha_datastore_view_key
+from vcenter.messaging.redis_link import connect
 from workers.agent import datastore_guard
 from workers.agent.bounded import BoundedCalls
 
@@ -84,7 +85,7 @@ class HaAgent:
         self.holds_at: float | None = None  # monotonic time of the last list read from libvirt
         self.list_calls = BoundedCalls("agent-ha-list-domains", MAX_STUCK)  # see refresh_holds
         self.write_lock = threading.Lock()
-        self.redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self.redis = connect(self.settings, socket_timeout=0.5, socket_connect_timeout=0.5)
         self.threads: list[threading.Thread] = []
         self.respond_in_thread = False  # start() turns it on; tests that step() respond at once
         self.responding: threading.Thread | None = None

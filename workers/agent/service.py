@@ -30,6 +30,7 @@ from vcenter.core.settings import Settings
 from vcenter.domain.datastore_roots import parse_roots
 from vcenter.hypervisor.base import ConnectionLost, DriverError, HypervisorDriver
 from vcenter.messaging.contracts import DatastoreUsage, DomainState, HostState, LifecycleEvent, heartbeat_key
+from vcenter.messaging.redis_link import connect
 from workers.agent import datastore_guard
 from workers.agent.api_client import ApiClient, PermanentReportError
 from workers.agent.guests import GuestWatcher
@@ -50,7 +51,7 @@ class AgentService:
         self.host_id = host_id
         self.driver = driver
         self.api = api
-        self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        self.redis = connect(settings, socket_timeout=2, socket_connect_timeout=2)
         self.stop_event = threading.Event()
         self._events: queue.Queue[LifecycleEvent] = queue.Queue()
         self._expected: dict[str, Any] = load_expected(settings.agent_state_dir) or {"datastores": [], "bridges": []}

@@ -21,6 +21,7 @@ from vcenter.domain.datastore_roots import parse_roots
 from vcenter.db.session import sessionmaker_for
 from vcenter.messaging.celery_app import make_celery
 from vcenter.messaging.contracts import heartbeat_key
+from vcenter.messaging.redis_link import connect
 from vcenter.messaging.signing import CommandSigner
 from vcenter.services.tasks import outbox
 from vcenter.services.tasks.events import record_event
@@ -44,7 +45,7 @@ class Runtime:
             settings=settings,
             sessions=sessionmaker_for(settings.database_url),
             celery=make_celery(settings),
-            redis=redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2),
+            redis=connect(settings, socket_timeout=2, socket_connect_timeout=2),
         )
 
     @contextmanager
