@@ -13,14 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vcenter.core.settings import get_settings
 from vcenter.db.models import Task, VirtualMachine, VmSnapshotRow
 from vcenter.domain.states import PowerState, TaskState
-from vcenter.messaging.commands import PromoteResult, SnapshotCreated, SnapshotResult, SnapshotsDeleted
+from vcenter.messaging.results import PromoteResult, Result, SnapshotCreated, SnapshotResult, SnapshotReverted, SnapshotsDeleted
 from vcenter.messaging.contracts import CreateArgs, DeployArgs
 from vcenter.services.tasks.events import record_event
 from vcenter.services.operations.base import AgentResult, Ending, Operation, drop_creating
@@ -36,7 +35,7 @@ class _OnVm(Operation):
     """A one-command operation on a VM that may have left the inventory meanwhile; the domain's
     power state comes with the result, read through its result model."""
 
-    result_model: type[BaseModel] = SnapshotResult
+    result_model: type[Result]
 
     def on_result(self, session: Session, task: Task, report: AgentResult) -> None:
         vm = session.get(VirtualMachine, task.object_id)
@@ -113,8 +112,9 @@ class SnapshotCreate(_Snapshot):
 
 class SnapshotRevert(_Snapshot):
     kinds = ("vm.snapshot.revert",)
+    result_model = SnapshotReverted
 
-    def snapshots_changed(self, session: Session, task: Task, vm: VirtualMachine, result: SnapshotResult) -> None:
+    def snapshots_changed(self, session: Session, task: Task, vm: VirtualMachine, result: SnapshotReverted) -> None:
         for r in _snapshot_rows(session, vm).values():
             r.current = r.name == task.params["name"]
         record_event(
