@@ -12,6 +12,7 @@ import pytest
 
 from vcenter.core.clock import utcnow
 from vcenter.messaging.contracts import Command, DomainState, HostFacts
+from vcenter.messaging.results import CreateResult
 from workers.agent import commands
 from workers.agent.network import SimulatedHostNetwork
 from workers.agent.service import AgentService
@@ -67,7 +68,7 @@ def test_a_result_never_overtakes_a_report_listed_before_its_define(tmp_path, mo
 
     def deploy(_agent, _args):
         driver.domains.append(vm1)  # defined after the report listed the host's domains
-        return vm1, {"ok": True}
+        return vm1, CreateResult(disks=[])  # a handler answers with its result model
 
     monkeypatch.setitem(commands.HANDLERS, "vm.create", deploy)
     reporter = threading.Thread(target=agent.report_state)

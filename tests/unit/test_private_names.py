@@ -1,5 +1,5 @@
 """No private name crosses a module boundary: a name starting with one underscore belongs to its
-module. Read from the source (AST), over vcenter/ and workers/:
+module. Read from the source (AST), over vcenter/, workers/ and templates_store/:
 
 - ``from vcenter.x import _name`` (or ``from . import _name``) in another module, and
 - ``x._name`` where ``x`` is one of our modules imported by the reading module
@@ -15,7 +15,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("vcenter", "workers")
+PACKAGES = ("vcenter", "workers", "templates_store")
 
 
 def _private(name: str) -> bool:

@@ -34,6 +34,7 @@ from vcenter.domain.states import PowerAction
 from vcenter.services.access import auth
 from vcenter.services.drs import drs
 from vcenter.services.protection import snapshots
+from vcenter.services.library import clones
 from vcenter.services.ha import ha
 from vcenter.services.compute import maintenance_mode, migration, vms
 from vcenter.services.inventory import hosts, host_power
@@ -407,7 +408,7 @@ def clone(request: Request, vm_id: ObjectIdPath, user: Annotated[UiUser, ui_requ
         if form.get("datastore_id"):
             data["datastore_id"] = _int_field(form, "datastore_id")
         with _runtime(request).transaction() as session:
-            return _task_started(request, snapshots.clone(session, user.username, vm_id, data), "Clone")
+            return _task_started(request, clones.clone(session, user.username, vm_id, data), "Clone")
     except VcError as exc:
         return _refused(request, exc)
 

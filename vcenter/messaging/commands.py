@@ -1,7 +1,8 @@
 """The typed arguments and results of every agent command, and the one table that names them.
 
 ``COMMANDS`` maps each command name (``contracts.CommandName``) to the model of its arguments
-and, where the agent answers with data the server reads, the model of its result. The server
+and the model of its result (vcenter.messaging.results; ``NoPayload`` where the result
+carries nothing). The server
 builds ``Command.args`` only through an arguments model (``.args()``); the agent turns the
 arguments it received into that model (``parse_args``) before a handler sees them.
 
@@ -12,8 +13,8 @@ default, the same default it used when it read the dict. So a command carries th
 and values as when it was built by hand. Numbers keep their JSON type (``int | float``, never
 a coercion that would turn 120 into 120.0).
 
-Result models accept any further keys (``extra="allow"``): the server stores the agent's result
-dict as the task's result unchanged and reads only the fields named here through the model.
+Results go the other way (vcenter.messaging.results): the agent builds each through its
+model, the server reads it through the same model and stores the dict unchanged.
 """
 
 from __future__ import annotations
@@ -35,6 +36,34 @@ from vcenter.messaging.contracts import (
     RelocateArgs,
     SeedFile,
     VmSpec,
+)
+from vcenter.messaging.results import (
+    BackupResult,
+    BrowseResult,
+    CaptureResult,
+    CloneResult,
+    CpuBaselineResult,
+    CpuCompareResult,
+    CreateResult,
+    DeleteResult,
+    DeployResult,
+    ExportResult,
+    GuestResult,
+    HaStartResult,
+    ImportOvaResult,
+    ImportResult,
+    MigrateResult,
+    NoPayload,
+    PromoteResult,
+    ReleaseResult,
+    RelocateResult,
+    RestoreResult,
+    Result,
+    SnapshotCreated,
+    SnapshotReverted,
+    SnapshotsDeleted,
+    TemplateDeleted,
+    VerifyResult,
 )
 
 
@@ -110,25 +139,11 @@ class CpuBaselineArgs(SentArgs):
     cpu_xmls: list[str]
 
 
-class CpuBaselineResult(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    xml: str
-    model: str
-    features: list[str]
-    model_features: list[str] = []
-
-
 class CpuCompareArgs(SentArgs):
     """``host.cpu_compare``: does this guest CPU definition (a ``CpuSpec`` as stored on the VM)
     run on this host."""
 
     cpu: dict[str, Any]
-
-
-class CpuCompareResult(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    compatible: bool
-    detail: Any = None
 
 
 class NoArgs(SentArgs):
@@ -155,30 +170,6 @@ class SnapshotDeleteArgs(SentArgs):
     uuid: str
     name: str
     children: bool = False
-
-
-class SnapshotResult(BaseModel):
-    """What a snapshot command changed: libvirt may drop the VM's backup checkpoints with it."""
-
-    model_config = ConfigDict(extra="allow")
-    checkpoints_dropped: list[str] | None = None
-
-
-class SnapshotCreated(SnapshotResult):
-    name: str
-    parent: str | None = None
-    description: str = ""
-    memory: bool = False
-    state: str | None = None
-
-
-class SnapshotsDeleted(SnapshotResult):
-    deleted: list[str] = []
-
-
-class PromoteResult(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    flattened: Any = None
 
 
 class CloneDisk(Item):
@@ -209,13 +200,6 @@ class BackupArgs(SentArgs):
     incremental_from: str | None = None
     checkpoint: str
     delete_after: list[str] = []
-
-
-class BackupResult(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    kind: str | None = None
-    checkpoint: str | None = None
-    files: dict[str, int] = Field(default={}, description="disk target -> bytes on disk")
 
 
 class RestoreDisk(Item):
@@ -259,11 +243,6 @@ class CaptureArgs(SentArgs):
     meta: TemplateMeta
     disks: list[CaptureDisk]
     seed_files: list[str] = []
-
-
-class CaptureResult(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    manifest: dict[str, Any]
 
 
 class FileMove(Item):
@@ -320,11 +299,6 @@ class ImportDiskArgs(SentArgs):
     source_datastore_path: str | None = None
 
 
-class ImportResult(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    capacity_mib: int | None = None
-
-
 class OvaDisk(Item):
     index: int
     member: str
@@ -362,70 +336,55 @@ class ExportArgs(SentArgs):
     workdir: str
 
 
-# --- migration and relocation -------------------------------------------------------------
-
-
-class MigrateResult(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    stats: dict[str, Any] = {}
-
-
-class RelocateResult(BaseModel):
-    """A relocation step's files: those removed and (finish) those that could not be."""
-
-    model_config = ConfigDict(extra="allow")
-    removed: list[str] = []
-    not_removed: list[str] = []
-
-
 RelocateStepArgs = RelocateArgs | OfflineCopyArgs | OfflineDefineArgs | OfflineFinishArgs | OfflineDiscardArgs
 
 
 class CommandContract(BaseModel):
-    """One row of the table: a command's arguments model, its result model (None: the server
-    reads nothing of the result but stores it)."""
+    """One row of the table: a command's arguments model and its result model."""
 
     model_config = ConfigDict(frozen=True)
     args: type[CommandArgs]
-    result: type[BaseModel] | None = None
+    result: type[Result]
 
 
 COMMANDS: dict[str, CommandContract] = {
-    "vm.create": CommandContract(args=CreateArgs),
-    "vm.start": CommandContract(args=UuidArgs),
-    "vm.stop": CommandContract(args=UuidArgs),
-    "vm.shutdown": CommandContract(args=ShutdownArgs),
-    "vm.reset": CommandContract(args=UuidArgs),
-    "vm.ha_start": CommandContract(args=HaStartArgs),
-    "vm.suspend": CommandContract(args=UuidArgs),
-    "vm.resume": CommandContract(args=UuidArgs),
-    "vm.reconfigure": CommandContract(args=ReconfigureArgs),
-    "vm.delete": CommandContract(args=DeleteArgs),
-    "vm.guest": CommandContract(args=GuestArgs),
+    "vm.create": CommandContract(args=CreateArgs, result=CreateResult),
+    "vm.start": CommandContract(args=UuidArgs, result=NoPayload),
+    "vm.stop": CommandContract(args=UuidArgs, result=NoPayload),
+    "vm.shutdown": CommandContract(args=ShutdownArgs, result=NoPayload),
+    "vm.reset": CommandContract(args=UuidArgs, result=NoPayload),
+    "vm.ha_start": CommandContract(args=HaStartArgs, result=HaStartResult),
+    "vm.suspend": CommandContract(args=UuidArgs, result=NoPayload),
+    "vm.resume": CommandContract(args=UuidArgs, result=NoPayload),
+    "vm.reconfigure": CommandContract(args=ReconfigureArgs, result=NoPayload),
+    "vm.delete": CommandContract(args=DeleteArgs, result=DeleteResult),
+    "vm.guest": CommandContract(args=GuestArgs, result=GuestResult),
     "vm.migrate": CommandContract(args=MigrateArgs, result=MigrateResult),
     # Four shapes: on its host, live to another host, and the offline saga's steps
-    # (``offline_step``); ``parse_args`` picks the one that matches.
+    # (``offline_step``); ``parse_args`` picks the one that matches. One result model for all.
     "vm.relocate": CommandContract(args=RelocateArgs, result=RelocateResult),
     "host.cpu_baseline": CommandContract(args=CpuBaselineArgs, result=CpuBaselineResult),
     "host.cpu_compare": CommandContract(args=CpuCompareArgs, result=CpuCompareResult),
-    "host.refresh": CommandContract(args=NoArgs),
+    # Answered by a state report, never by a task result.
+    "host.refresh": CommandContract(args=NoArgs, result=NoPayload),
     "vm.snapshot.create": CommandContract(args=SnapshotCreateArgs, result=SnapshotCreated),
-    "vm.snapshot.revert": CommandContract(args=SnapshotRevertArgs, result=SnapshotResult),
+    "vm.snapshot.revert": CommandContract(args=SnapshotRevertArgs, result=SnapshotReverted),
     "vm.snapshot.delete": CommandContract(args=SnapshotDeleteArgs, result=SnapshotsDeleted),
-    "vm.clone": CommandContract(args=CloneArgs),
+    "vm.clone": CommandContract(args=CloneArgs, result=CloneResult),
     "vm.promote": CommandContract(args=UuidArgs, result=PromoteResult),
     "vm.backup": CommandContract(args=BackupArgs, result=BackupResult),
-    "vm.restore": CommandContract(args=RestoreArgs),
+    "vm.restore": CommandContract(args=RestoreArgs, result=RestoreResult),
     "template.capture": CommandContract(args=CaptureArgs, result=CaptureResult),
-    "template.release": CommandContract(args=ReleaseArgs),
-    "template.delete": CommandContract(args=TemplateDirArgs),
-    "template.verify": CommandContract(args=VerifyArgs),
-    "datastore.browse": CommandContract(args=BrowseArgs),
-    "vm.deploy": CommandContract(args=DeployArgs),
+    "template.release": CommandContract(args=ReleaseArgs, result=ReleaseResult),
+    "template.delete": CommandContract(args=TemplateDirArgs, result=TemplateDeleted),
+    "template.verify": CommandContract(args=VerifyArgs, result=VerifyResult),
+    "datastore.browse": CommandContract(args=BrowseArgs, result=BrowseResult),
+    "vm.deploy": CommandContract(args=DeployArgs, result=DeployResult),
     "vm.import_disk": CommandContract(args=ImportDiskArgs, result=ImportResult),
-    "vm.import_ova": CommandContract(args=ImportOvaArgs),
-    "vm.export": CommandContract(args=ExportArgs),
-    "console.open": CommandContract(args=UuidArgs),
+    "vm.import_ova": CommandContract(args=ImportOvaArgs, result=ImportOvaResult),
+    "vm.export": CommandContract(args=ExportArgs, result=ExportResult),
+    # Presented to the agent's console endpoint: the answer is the console stream, no result.
+    "console.open": CommandContract(args=UuidArgs, result=NoPayload),
 }
 
 _OFFLINE_STEPS: dict[str, type[CommandArgs]] = {
@@ -457,12 +416,10 @@ def parse_args(name: str, args: dict[str, Any]) -> CommandArgs:
     return args_model(name, args).model_validate(args)
 
 
-def parse_result(name: str, result: dict[str, Any]) -> BaseModel:
-    """Command ``name``'s result as the server reads it (its row's result model)."""
-    model = COMMANDS[name].result
-    if model is None:
-        raise KeyError(f"{name} has no result model")
-    return model.model_validate(result)
+def parse_result(name: str, result: dict[str, Any]) -> Result:
+    """Command ``name``'s result as the server reads it (its row's result model; pydantic's
+    ValidationError when it does not fit)."""
+    return COMMANDS[name].result.model_validate(result)
 
 
 def unmodelled(names: tuple[str, ...]) -> list[str]:

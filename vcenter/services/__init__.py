@@ -6,8 +6,8 @@ on the contexts below them", pyproject.toml):
     housekeeping    the reaper, the host monitor, purges, upload cleanup
     orchestration   agents' reports and a user's cancel, routed to the operations
     operations      the operation objects by Task kind
-    drs, protection DRS and DPM; snapshots, clones and backups
-    library,        templates, deploy, import and export, uploads;
+    drs, protection DRS and DPM; snapshots and backups
+    library,        templates, deploy, clones, import and export, uploads;
       monitoring    metrics, alarms, the dashboard's reads
     access, compute users, sessions, roles, permissions; VMs, placement, EVC, migration,
                     relocation, maintenance mode

@@ -36,6 +36,7 @@ from vcenter.messaging.commands import (
     UuidArgs,
     parse_args,
 )
+from vcenter.messaging.results import CpuBaselineResult, CpuCompareResult, CreateResult, DeleteResult, GuestResult, HaStartResult, MigrateResult, MigrationStats, NoPayload, RelocateResult, Result
 from vcenter.messaging.contracts import (
     Command,
     CommandArgs,
@@ -76,12 +77,12 @@ def _crash_point() -> None:
         os.killpg(os.getpgid(0), signal.SIGKILL)
 
 
-def _create(agent: AgentService, args: CreateArgs) -> tuple[DomainState, dict[str, Any]]:
+def _create(agent: AgentService, args: CreateArgs) -> tuple[DomainState, CreateResult]:
     driver = agent.driver
     spec = with_boot_files(args.spec, agent.settings)
     existing = driver.domain_state(spec.uuid)
     if existing is not None:  # redelivered: already done
-        return existing, {"already_defined": True}
+        return existing, CreateResult(already_defined=True)
     absent = [f"{d.datastore_path}/{d.file}" for d in spec.disks if not os.path.exists(f"{d.datastore_path}/{d.file}")]
     try:
         driver.create_disks(spec)
@@ -93,39 +94,40 @@ def _create(agent: AgentService, args: CreateArgs) -> tuple[DomainState, dict[st
         except Exception:
             log.exception("rollback of %s failed", spec.name)
         raise
-    return state, {"disks": [f"{d.datastore_path}/{d.file}" for d in spec.disks]}
+    return state, CreateResult(disks=[f"{d.datastore_path}/{d.file}" for d in spec.disks])
 
 
-# A handler gets its command's arguments as their model (vcenter.messaging.commands.COMMANDS).
-Handler = Callable[[AgentService, Any], tuple[DomainState | None, dict[str, Any]]]
+# A handler gets its command's arguments as their model and answers with its result model
+# (vcenter.messaging.commands.COMMANDS); ``_execute`` puts ``result()`` on the wire.
+Handler = Callable[[AgentService, Any], tuple[DomainState | None, Result]]
 
 
 def _simple(method: str) -> Handler:
-    def run(agent: AgentService, args: UuidArgs) -> tuple[DomainState, dict[str, Any]]:
-        return getattr(agent.driver, method)(args.uuid), {}
+    def run(agent: AgentService, args: UuidArgs) -> tuple[DomainState, NoPayload]:
+        return getattr(agent.driver, method)(args.uuid), NoPayload()
 
     return run
 
 
-def _shutdown(agent: AgentService, args: ShutdownArgs) -> tuple[DomainState, dict[str, Any]]:
-    return agent.driver.shutdown(args.uuid, float(args.timeout)), {}
+def _shutdown(agent: AgentService, args: ShutdownArgs) -> tuple[DomainState, NoPayload]:
+    return agent.driver.shutdown(args.uuid, float(args.timeout)), NoPayload()
 
 
-def _reconfigure(agent: AgentService, args: ReconfigureArgs) -> tuple[DomainState, dict[str, Any]]:
-    return agent.driver.reconfigure(args.uuid, args.vcpus, args.memory_mib), {}
+def _reconfigure(agent: AgentService, args: ReconfigureArgs) -> tuple[DomainState, NoPayload]:
+    return agent.driver.reconfigure(args.uuid, args.vcpus, args.memory_mib), NoPayload()
 
 
-def _delete(agent: AgentService, args: DeleteArgs) -> tuple[DomainState | None, dict[str, Any]]:
+def _delete(agent: AgentService, args: DeleteArgs) -> tuple[DomainState | None, DeleteResult]:
     agent.driver.undefine(args.uuid, list(args.disks))
-    return None, {"deleted_disks": list(args.disks)}
+    return None, DeleteResult(deleted_disks=list(args.disks))
 
 
-def _guest(agent: AgentService, args: GuestArgs) -> tuple[DomainState | None, dict[str, Any]]:
+def _guest(agent: AgentService, args: GuestArgs) -> tuple[DomainState | None, GuestResult]:
     reply = agent.guests.command(args.uuid, args.line, float(args.timeout))
-    return agent.driver.domain_state(args.uuid), {"reply": reply}
+    return agent.driver.domain_state(args.uuid), GuestResult(reply=reply)
 
 
-def _cpu_baseline(agent: AgentService, args: CpuBaselineArgs) -> tuple[None, dict[str, Any]]:
+def _cpu_baseline(agent: AgentService, args: CpuBaselineArgs) -> tuple[None, CpuBaselineResult]:
     """libvirt's baseline of the given host CPUs: its definition, its model, the features it
     lists beyond the model, and all its features expanded by libvirt's CPU map."""
     import xml.etree.ElementTree as ET
@@ -133,15 +135,15 @@ def _cpu_baseline(agent: AgentService, args: CpuBaselineArgs) -> tuple[None, dic
     xml = agent.driver.cpu_baseline(list(args.cpu_xmls))
     expanded = ET.fromstring(agent.driver.cpu_baseline(list(args.cpu_xmls), expand_features=True))
     root = ET.fromstring(xml)
-    return None, {
-        "xml": xml,
-        "model": root.findtext("model") or "",
-        "model_features": [f.get("name") for f in root.findall("feature") if f.get("policy", "require") == "require"],
-        "features": sorted(f.get("name") for f in expanded.findall("feature") if f.get("policy", "require") == "require"),
-    }
+    return None, CpuBaselineResult(
+        xml=xml,
+        model=root.findtext("model") or "",
+        model_features=[f.get("name") for f in root.findall("feature") if f.get("policy", "require") == "require"],
+        features=sorted(f.get("name") for f in expanded.findall("feature") if f.get("policy", "require") == "require"),
+    )
 
 
-def _migrate(agent: AgentService, args: MigrateArgs) -> tuple[DomainState | None, dict[str, Any]]:
+def _migrate(agent: AgentService, args: MigrateArgs) -> tuple[DomainState | None, MigrateResult]:
     """VMotion from this host: libvirt's job stats go to the Task as progress; a cancel the
     server answers with aborts the libvirt job (the VM keeps running here)."""
     command = CURRENT_COMMAND.get()
@@ -170,10 +172,10 @@ def _migrate(agent: AgentService, args: MigrateArgs) -> tuple[DomainState | None
     stats = agent.driver.migrate(args.uuid, options, on_progress=progress, cancel=cancel)
     # The libvirt call's own wall time: the rest of a task's duration is ours (queueing,
     # reports, the inventory update).
-    return None, {"stats": {**stats.model_dump(mode="json"), "call_ms": round((time.monotonic() - started) * 1000, 1)}}
+    return None, MigrateResult(stats=MigrationStats(**stats.model_dump(mode="json"), call_ms=round((time.monotonic() - started) * 1000, 1)))
 
 
-def _relocate(agent: AgentService, args: RelocateStepArgs) -> tuple[DomainState | None, dict[str, Any]]:
+def _relocate(agent: AgentService, args: RelocateStepArgs) -> tuple[DomainState | None, RelocateResult]:
     """Storage VMotion on this host: every disk copied (block copy + pivot while running, or
     converted while off); the old files are removed only after all disks moved."""
     if isinstance(args, (OfflineCopyArgs, OfflineDefineArgs, OfflineFinishArgs, OfflineDiscardArgs)):
@@ -214,32 +216,32 @@ def _relocate(agent: AgentService, args: RelocateStepArgs) -> tuple[DomainState 
         if move.from_ != move.to and os.path.exists(move.from_):
             os.unlink(move.from_)
             removed.append(move.from_)
-    return agent.driver.domain_state(args.uuid), {"moved": [m.to for m in moves], "removed": removed}
+    return agent.driver.domain_state(args.uuid), RelocateResult(moved=[m.to for m in moves], removed=removed)
 
 
-def _relocate_to_host(agent: AgentService, args: RelocateArgs, options: MigrationOptions) -> tuple[DomainState | None, dict[str, Any]]:
+def _relocate_to_host(agent: AgentService, args: RelocateArgs, options: MigrationOptions) -> tuple[DomainState | None, RelocateResult]:
     """Storage VMotion to another host: a live migration from this host with the moved disks
     copied to their new paths on the target (the options carry the disks and their paths);
     the old files here are removed only once libvirt completed."""
-    _, result = _migrate(agent, MigrateArgs(uuid=args.uuid, options=options))
+    _, migrated = _migrate(agent, MigrateArgs(uuid=args.uuid, options=options))
     removed = []
     for move in args.moves:
         # A path naming the same file on both hosts would be a shared datastore: never removed.
         if move.from_ != move.to and os.path.exists(move.from_):
             os.unlink(move.from_)
             removed.append(move.from_)
-    return None, {**result, "moved": [m.to for m in args.moves], "removed": removed}
+    return None, RelocateResult(stats=migrated.stats, moved=[m.to for m in args.moves], removed=removed)
 
 
-def _cpu_compare(agent: AgentService, args: CpuCompareArgs) -> tuple[None, dict[str, Any]]:
+def _cpu_compare(agent: AgentService, args: CpuCompareArgs) -> tuple[None, CpuCompareResult]:
     """libvirt's comparison of a guest CPU definition with this host's CPU."""
     from vcenter.hypervisor.libvirt.xml import build_cpu_xml
 
     ok, detail = agent.driver.compare_cpu(build_cpu_xml(CpuSpec.model_validate(args.cpu)))
-    return None, {"compatible": ok, "detail": detail}
+    return None, CpuCompareResult(compatible=ok, detail=detail)
 
 
-def _ha_start(agent: AgentService, args: HaStartArgs) -> tuple[DomainState, dict[str, Any]]:
+def _ha_start(agent: AgentService, args: HaStartArgs) -> tuple[DomainState, HaStartResult]:
     """HA restart on this host: the disks already exist on a shared datastore (never created
     here); define the domain if this host lacks it, then start it. Idempotent: a redelivered
     command finds it running. QEMU's image locks refuse the start while another host still
@@ -256,8 +258,8 @@ def _ha_start(agent: AgentService, args: HaStartArgs) -> tuple[DomainState, dict
         defined = True
         state = driver.domain_state(spec.uuid)
     if state is not None and state.power_state == "poweredOn":
-        return state, {"already_running": True, "defined": defined}
-    return driver.start(spec.uuid), {"defined": defined}
+        return state, HaStartResult(already_running=True, defined=defined)
+    return driver.start(spec.uuid), HaStartResult(defined=defined)
 
 
 HANDLERS: dict[str, Handler] = {
@@ -308,7 +310,7 @@ def _lease_keeper(agent: AgentService, command: Command, step: str) -> Iterator[
         done.set()
 
 
-def _with_reconnect(agent: AgentService, handler: Handler, args: CommandArgs) -> tuple[DomainState | None, dict[str, Any]]:
+def _with_reconnect(agent: AgentService, handler: Handler, args: CommandArgs) -> tuple[DomainState | None, Result]:
     """A command that finds the hypervisor connection dead (libvirtd restarted) reconnects and
     runs again, until ``agent_command_reconnect_timeout``: commands are idempotent."""
     deadline = time.monotonic() + agent.settings.agent_command_reconnect_timeout
@@ -395,7 +397,7 @@ def _execute(agent: AgentService, command: Command) -> dict[str, Any]:
         with _lease_keeper(agent, command, command.name), lock:
             domain, result = _with_reconnect(agent, handler, args)
         _crash_point()
-        report = TaskResult(command_id=command.command_id, ok=True, result=result, domain=domain)
+        report = TaskResult(command_id=command.command_id, ok=True, result=result.result(), domain=domain)
     except DriverError as exc:
         log.warning("%s for task %s failed: %s", command.name, command.task_id, exc)
         uuid = args.domain_uuid() if args is not None else None

@@ -35,6 +35,7 @@ from vcenter.messaging.contracts import (
     OfflineFinishArgs,
     TaskProgress,
 )
+from vcenter.messaging.results import RelocateResult
 from workers.agent.api_client import PermanentReportError
 from workers.agent.command_context import CURRENT_COMMAND
 from workers.agent.service import AgentService
@@ -50,7 +51,7 @@ def _unlink(path: str) -> bool:
         return False
 
 
-def _copy(agent: AgentService, args: OfflineCopyArgs) -> tuple[DomainState | None, dict[str, Any]]:
+def _copy(agent: AgentService, args: OfflineCopyArgs) -> tuple[DomainState | None, RelocateResult]:
     command = CURRENT_COMMAND.get()
     copies = args.copies
     cancel = threading.Event()
@@ -97,21 +98,21 @@ def _copy(agent: AgentService, args: OfflineCopyArgs) -> tuple[DomainState | Non
         if exc.code == "CANCELLED":
             raise DriverError("MIGRATION_CANCELLED", "the relocation was cancelled while copying; the new files are removed") from None
         raise
-    return None, {"copied": [c.to for c in copies], "bytes": total, "elapsed_ms": int((time.monotonic() - started) * 1000)}
+    return None, RelocateResult(copied=[c.to for c in copies], bytes_=total, elapsed_ms=int((time.monotonic() - started) * 1000))
 
 
-def _define(agent: AgentService, args: OfflineDefineArgs) -> tuple[DomainState | None, dict[str, Any]]:
+def _define(agent: AgentService, args: OfflineDefineArgs) -> tuple[DomainState | None, RelocateResult]:
     spec = with_boot_files(args.spec, agent.settings)
     missing = [f"{d.datastore_path}/{d.file}" for d in spec.disks if not os.path.exists(f"{d.datastore_path}/{d.file}")]
     if missing:
         raise DriverError("DISK_NOT_FOUND", f"disks not on this host's datastores: {', '.join(missing)}")
     state = agent.driver.domain_state(spec.uuid)
     if state is not None:
-        return state, {"already_defined": True}
-    return agent.driver.define(spec), {"defined": True}
+        return state, RelocateResult(already_defined=True)
+    return agent.driver.define(spec), RelocateResult(defined=True)
 
 
-def _finish(agent: AgentService, args: OfflineFinishArgs) -> tuple[DomainState | None, dict[str, Any]]:
+def _finish(agent: AgentService, args: OfflineFinishArgs) -> tuple[DomainState | None, RelocateResult]:
     state = agent.driver.domain_state(args.uuid)
     if state is not None:
         if state.power_state != "poweredOff":
@@ -124,20 +125,20 @@ def _finish(agent: AgentService, args: OfflineFinishArgs) -> tuple[DomainState |
                 removed.append(path)
         except OSError as exc:
             not_removed.append(f"{path}: {exc.strerror}")
-    return None, {"removed": removed, "not_removed": not_removed}
+    return None, RelocateResult(removed=removed, not_removed=not_removed)
 
 
-def _discard(agent: AgentService, args: OfflineDiscardArgs) -> tuple[DomainState | None, dict[str, Any]]:
+def _discard(agent: AgentService, args: OfflineDiscardArgs) -> tuple[DomainState | None, RelocateResult]:
     if args.uuid:
         state = agent.driver.domain_state(args.uuid)
         if state is not None and state.power_state == "poweredOff":
             agent.driver.undefine(args.uuid, [])
     removed = [p for p in args.paths if _unlink(p)]
-    return None, {"removed": removed}
+    return None, RelocateResult(removed=removed)
 
 
 # A step's arguments model (vcenter.messaging.commands.args_model picks it by ``offline_step``).
-STEPS: dict[type[Any], Callable[[AgentService, Any], tuple[DomainState | None, dict[str, Any]]]] = {
+STEPS: dict[type[Any], Callable[[AgentService, Any], tuple[DomainState | None, RelocateResult]]] = {
     OfflineCopyArgs: _copy,
     OfflineDefineArgs: _define,
     OfflineFinishArgs: _finish,
@@ -145,5 +146,5 @@ STEPS: dict[type[Any], Callable[[AgentService, Any], tuple[DomainState | None, d
 }
 
 
-def run(agent: AgentService, args: OfflineCopyArgs | OfflineDefineArgs | OfflineFinishArgs | OfflineDiscardArgs) -> tuple[DomainState | None, dict[str, Any]]:
+def run(agent: AgentService, args: OfflineCopyArgs | OfflineDefineArgs | OfflineFinishArgs | OfflineDiscardArgs) -> tuple[DomainState | None, RelocateResult]:
     return STEPS[type(args)](agent, args)

@@ -41,6 +41,19 @@ from vcenter.messaging.commands import (
     VerifyArgs,
 )
 from vcenter.messaging.contracts import DeployArgs, DomainState, TaskProgress, VmSpec
+from vcenter.messaging.results import (
+    BrowseEntry,
+    BrowseResult,
+    CaptureResult,
+    DeployResult,
+    ExportResult,
+    ImportOvaResult,
+    ImportResult,
+    ReleaseResult,
+    TemplateDeleted,
+    VerifiedImage,
+    VerifyResult,
+)
 from workers.agent.api_client import PermanentReportError
 from workers.agent.command_context import CURRENT_COMMAND
 from workers.agent.service import AgentService
@@ -107,13 +120,13 @@ def _existing(agent: AgentService, uuid: str) -> DomainState | None:
 # --- deploy -----------------------------------------------------------------------------
 
 
-def deploy(agent: AgentService, args: DeployArgs) -> tuple[DomainState, dict[str, Any]]:
+def deploy(agent: AgentService, args: DeployArgs) -> tuple[DomainState, DeployResult]:
     """Clone a template's images (linked: qcow2 overlays; full: qemu-img convert), write the
     VM's NoCloud seed, define the domain."""
     spec = args.spec
     existing = _existing(agent, spec.uuid)
     if existing is not None:
-        return existing, {"already_defined": True}
+        return existing, DeployResult(already_defined=True)
     report = Reporter(agent)
     made: list[str] = []
     timings: dict[str, float] = {}
@@ -151,13 +164,13 @@ def deploy(agent: AgentService, args: DeployArgs) -> tuple[DomainState, dict[str
     except BaseException:
         _unlink(made)
         raise
-    return state, {"disks": [c.dest for c in args.clones], "mode": args.mode, "timings": timings}
+    return state, DeployResult(disks=[c.dest for c in args.clones], mode=args.mode, timings=timings)
 
 
 # --- template capture / release / delete ----------------------------------------------
 
 
-def capture(agent: AgentService, args: CaptureArgs) -> tuple[None, dict[str, Any]]:
+def capture(agent: AgentService, args: CaptureArgs) -> tuple[None, CaptureResult]:
     """Turn a powered-off VM's disks into a template folder: each disk moved (renamed, when it
     is a standalone qcow2) or converted (flattened) into ``<dir>/disk<i>.qcow2``, checksummed,
     the manifest written; only then is the domain undefined (its seed and converted sources
@@ -170,7 +183,7 @@ def capture(agent: AgentService, args: CaptureArgs) -> tuple[None, dict[str, Any
     if os.path.exists(manifest_path):
         found = mf.loads(open(manifest_path).read())
         if found.get("template_id") == args.meta.template_id:
-            return None, {"manifest": found, "already_done": True}
+            return None, CaptureResult(manifest=found, already_done=True)
         raise DriverError("TEMPLATE_EXISTS", f"{args.dir} holds another template")
     state = _existing(agent, args.uuid)
     if state is not None and state.power_state != "poweredOff":
@@ -234,10 +247,10 @@ def capture(agent: AgentService, args: CaptureArgs) -> tuple[None, dict[str, Any
             agent.driver.undefine(args.uuid, drop)
     else:
         _unlink(drop)
-    return None, {"manifest": manifest}
+    return None, CaptureResult(manifest=manifest)
 
 
-def release(agent: AgentService, args: ReleaseArgs) -> tuple[DomainState, dict[str, Any]]:
+def release(agent: AgentService, args: ReleaseArgs) -> tuple[DomainState, ReleaseResult]:
     """Convert a template back to a VM: its images renamed to the VM's disk files, the domain
     defined, the template folder removed."""
     spec = args.spec
@@ -245,7 +258,7 @@ def release(agent: AgentService, args: ReleaseArgs) -> tuple[DomainState, dict[s
     root = images.resolve_in_datastore(args.datastore_path, args.dir, must_exist=False)
     if existing is not None:
         shutil.rmtree(root, ignore_errors=True)
-        return existing, {"already_defined": True}
+        return existing, ReleaseResult(already_defined=True)
     done: list[tuple[str, str]] = []
     try:
         for move in args.moves:
@@ -260,19 +273,19 @@ def release(agent: AgentService, args: ReleaseArgs) -> tuple[DomainState, dict[s
             os.rename(dst, src)
         raise
     shutil.rmtree(root, ignore_errors=True)
-    return state, {"disks": [m.to for m in args.moves]}
+    return state, ReleaseResult(disks=[m.to for m in args.moves])
 
 
-def delete(agent: AgentService, args: TemplateDirArgs) -> tuple[None, dict[str, Any]]:
+def delete(agent: AgentService, args: TemplateDirArgs) -> tuple[None, TemplateDeleted]:
     root = images.resolve_in_datastore(args.datastore_path, args.dir, must_exist=False)
     if not args.dir.startswith("templates/"):
         raise DriverError("PATH_INVALID", "only a template folder is deleted here")
     existed = os.path.isdir(root)
     shutil.rmtree(root, ignore_errors=True)
-    return None, {"removed": args.dir if existed else None}
+    return None, TemplateDeleted(removed=args.dir if existed else None)
 
 
-def verify(agent: AgentService, args: VerifyArgs) -> tuple[None, dict[str, Any]]:
+def verify(agent: AgentService, args: VerifyArgs) -> tuple[None, VerifyResult]:
     """Recompute the SHA-256 of a template's images; TEMPLATE_CHECKSUM_MISMATCH names those
     that differ from the manifest."""
     root = images.resolve_in_datastore(args.datastore_path, args.dir)
@@ -282,14 +295,14 @@ def verify(agent: AgentService, args: VerifyArgs) -> tuple[None, dict[str, Any]]
     for n, d in enumerate(disks):
         path = images.resolve_in_datastore(root, d.file)
         sha = images.sha256_file(path, cancel=report.cancel, on_progress=report.part(f"checksumming {d.file}", 100 * n / len(disks), 100 * (n + 1) / len(disks)))
-        out.append({"file": d.file, "sha256": sha, "ok": sha == d.sha256})
-    bad = [d["file"] for d in out if not d["ok"]]
+        out.append(VerifiedImage(file=d.file, sha256=sha, ok=sha == d.sha256))
+    bad = [d.file for d in out if not d.ok]
     if bad:
         raise DriverError("TEMPLATE_CHECKSUM_MISMATCH", f"images differ from the manifest: {', '.join(bad)}")
-    return None, {"disks": out, "ok": True}
+    return None, VerifyResult(disks=out, ok=True)
 
 
-def browse(agent: AgentService, args: BrowseArgs) -> tuple[None, dict[str, Any]]:
+def browse(agent: AgentService, args: BrowseArgs) -> tuple[None, BrowseResult]:
     """List one folder of a datastore: every entry's name, kind (file, dir, symlink: never
     followed) and size; files that qemu-img reads as images with their format and virtual
     size. At most ``limit`` entries."""
@@ -304,15 +317,15 @@ def browse(agent: AgentService, args: BrowseArgs) -> tuple[None, dict[str, Any]]
         full = os.path.join(root, name)
         info = os.lstat(full)
         kind = "symlink" if st.S_ISLNK(info.st_mode) else "dir" if st.S_ISDIR(info.st_mode) else "file" if st.S_ISREG(info.st_mode) else "other"
-        entry: dict[str, Any] = {"name": name, "kind": kind, "size_bytes": info.st_size if kind == "file" else None}
+        image: dict[str, Any] = {}  # only an image file's entry names these keys
         if kind == "file" and name.rsplit(".", 1)[-1].lower() in ("qcow2", "raw", "img", "vmdk", "vhd", "vhdx", "vdi", "iso"):
             try:
                 data = images.info(full)
-                entry.update(format=data.get("format"), virtual_size=data.get("virtual-size"), backing_file=data.get("backing-filename"))
+                image = {"format": data.get("format"), "virtual_size": data.get("virtual-size"), "backing_file": data.get("backing-filename")}
             except DriverError:
-                entry["format"] = None
-        entries.append(entry)
-    return None, {"path": args.path, "entries": entries, "truncated": len(names) > len(entries)}
+                image = {"format": None}
+        entries.append(BrowseEntry(name=name, kind=kind, size_bytes=info.st_size if kind == "file" else None, **image))
+    return None, BrowseResult(path=args.path, entries=entries, truncated=len(names) > len(entries))
 
 
 # --- import -----------------------------------------------------------------------------
@@ -334,14 +347,14 @@ def _pull(agent: AgentService, report: Reporter, upload: UploadRef, dest: str, l
         raise DriverError("UPLOAD_CHECKSUM_MISMATCH", f"upload {upload.id} arrived with {size} bytes, expected {upload.size_bytes}")
 
 
-def import_disk(agent: AgentService, args: ImportDiskArgs) -> tuple[DomainState, dict[str, Any]]:
+def import_disk(agent: AgentService, args: ImportDiskArgs) -> tuple[DomainState, ImportResult]:
     """One disk image (VMDK, VHD/VHDX, VDI, raw, qcow2) into a new VM: pulled from the server
     (an upload) or taken from a datastore path, checked (no references to other files),
     converted to qcow2 as the VM's disk, the domain defined."""
     spec = args.spec
     existing = _existing(agent, spec.uuid)
     if existing is not None:
-        return existing, {"already_defined": True}
+        return existing, ImportResult(already_defined=True)
     dest = args.dest
     report = Reporter(agent)
     work = os.path.join(os.path.dirname(dest), f".import-{spec.uuid[:8]}")
@@ -365,10 +378,10 @@ def import_disk(agent: AgentService, args: ImportDiskArgs) -> tuple[DomainState,
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return state, {"source_format": fmt, "virtual_size": int(info["virtual-size"]), "capacity_mib": math.ceil(int(info["virtual-size"]) / MIB), "disk": dest}
+    return state, ImportResult(source_format=fmt, virtual_size=int(info["virtual-size"]), capacity_mib=math.ceil(int(info["virtual-size"]) / MIB), disk=dest)
 
 
-def import_ova(agent: AgentService, args: ImportOvaArgs) -> tuple[DomainState, dict[str, Any]]:
+def import_ova(agent: AgentService, args: ImportOvaArgs) -> tuple[DomainState, ImportOvaResult]:
     """An OVA appliance into a new VM: the archive pulled, the disks its descriptor names
     extracted (digests checked against its manifest), each converted to qcow2, defined."""
     from templates_store.ova import extract_files
@@ -377,7 +390,7 @@ def import_ova(agent: AgentService, args: ImportOvaArgs) -> tuple[DomainState, d
     spec = args.spec
     existing = _existing(agent, spec.uuid)
     if existing is not None:
-        return existing, {"already_defined": True}
+        return existing, ImportOvaResult(already_defined=True)
     disks = list(args.disks)
     report = Reporter(agent)
     work = os.path.join(os.path.dirname(disks[0].dest), f".import-{spec.uuid[:8]}")
@@ -405,13 +418,13 @@ def import_ova(agent: AgentService, args: ImportOvaArgs) -> tuple[DomainState, d
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return state, {"formats": formats, "disks": [d.dest for d in disks]}
+    return state, ImportOvaResult(formats=formats, disks=[d.dest for d in disks])
 
 
 # --- export -----------------------------------------------------------------------------
 
 
-def export(agent: AgentService, args: ExportArgs) -> tuple[DomainState | None, dict[str, Any]]:
+def export(agent: AgentService, args: ExportArgs) -> tuple[DomainState | None, ExportResult]:
     """A VM's or template's disks as stream-optimised VMDKs with an OVF descriptor in an OVA,
     built in a work folder on the datastore and pushed to the server."""
     from templates_store.ova import write_ova
@@ -452,7 +465,7 @@ def export(agent: AgentService, args: ExportArgs) -> tuple[DomainState | None, d
     finally:
         shutil.rmtree(work, ignore_errors=True)
     domain = _existing(agent, args.uuid) if args.uuid else None
-    return domain, {"upload_id": args.upload_id, "sha256": sha, "size_bytes": size, "disks": len(files)}
+    return domain, ExportResult(upload_id=args.upload_id, sha256=sha, size_bytes=size, disks=len(files))
 
 
 HANDLERS = {

@@ -8,12 +8,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any
-
 from vcenter.hypervisor.base import DriverError
 from vcenter.hypervisor.bootimages import with_boot_files
 from vcenter.messaging.commands import BackupArgs, CloneArgs, RestoreArgs, SnapshotCreateArgs, SnapshotDeleteArgs, SnapshotRevertArgs, UuidArgs
 from vcenter.messaging.contracts import DomainState, MigrationProgress, TaskProgress
+from vcenter.messaging.results import BackupResult, CloneResult, PromoteResult, RestoreResult, SnapshotCreated, SnapshotReverted, SnapshotsDeleted
 from workers.agent.api_client import PermanentReportError
 from workers.agent.command_context import CURRENT_COMMAND
 from workers.agent.service import AgentService
@@ -44,22 +43,23 @@ def _progress(agent: AgentService, step: str, cancel: threading.Event):
     return report
 
 
-def _snapshot_create(agent: AgentService, args: SnapshotCreateArgs) -> tuple[DomainState | None, dict[str, Any]]:
-    result = _ops(agent).snapshot_create(args.uuid, args.name, args.description)
+# The driver answers with a dict; its result model reads it (a key it does not name is kept).
+def _snapshot_create(agent: AgentService, args: SnapshotCreateArgs) -> tuple[DomainState | None, SnapshotCreated]:
+    result = SnapshotCreated.model_validate(_ops(agent).snapshot_create(args.uuid, args.name, args.description))
     return agent.driver.domain_state(args.uuid), result
 
 
-def _snapshot_revert(agent: AgentService, args: SnapshotRevertArgs) -> tuple[DomainState | None, dict[str, Any]]:
-    result = _ops(agent).snapshot_revert(args.uuid, args.name)
+def _snapshot_revert(agent: AgentService, args: SnapshotRevertArgs) -> tuple[DomainState | None, SnapshotReverted]:
+    result = SnapshotReverted.model_validate(_ops(agent).snapshot_revert(args.uuid, args.name))
     return agent.driver.domain_state(args.uuid), result
 
 
-def _snapshot_delete(agent: AgentService, args: SnapshotDeleteArgs) -> tuple[DomainState | None, dict[str, Any]]:
-    result = _ops(agent).snapshot_delete(args.uuid, args.name, args.children)
+def _snapshot_delete(agent: AgentService, args: SnapshotDeleteArgs) -> tuple[DomainState | None, SnapshotsDeleted]:
+    result = SnapshotsDeleted.model_validate(_ops(agent).snapshot_delete(args.uuid, args.name, args.children))
     return agent.driver.domain_state(args.uuid), result
 
 
-def _backup(agent: AgentService, args: BackupArgs) -> tuple[DomainState | None, dict[str, Any]]:
+def _backup(agent: AgentService, args: BackupArgs) -> tuple[DomainState | None, BackupResult]:
     cancel = threading.Event()
     # The driver reads each disk as the dict it was on the wire (target, path, parent_path).
     result = _ops(agent).backup(args.uuid, [d.model_dump() for d in args.disks], args.incremental_from, args.checkpoint, on_progress=_progress(agent, "copying", cancel), cancel=cancel)
@@ -70,27 +70,27 @@ def _backup(agent: AgentService, args: BackupArgs) -> tuple[DomainState | None, 
             removed.append(path)
         except FileNotFoundError:
             pass
-    return agent.driver.domain_state(args.uuid), {**result, "retention_removed": removed}
+    return agent.driver.domain_state(args.uuid), BackupResult.model_validate({**result, "retention_removed": removed})
 
 
-def _clone(agent: AgentService, args: CloneArgs) -> tuple[DomainState | None, dict[str, Any]]:
+def _clone(agent: AgentService, args: CloneArgs) -> tuple[DomainState | None, CloneResult]:
     cancel = threading.Event()
-    result = _ops(agent).clone_disks(args.uuid, [d.model_dump() for d in args.disks], args.linked, on_progress=_progress(agent, "copying", cancel), cancel=cancel)
+    result = CloneResult.model_validate(_ops(agent).clone_disks(args.uuid, [d.model_dump() for d in args.disks], args.linked, on_progress=_progress(agent, "copying", cancel), cancel=cancel))
     return agent.driver.domain_state(args.uuid), result
 
 
-def _promote(agent: AgentService, args: UuidArgs) -> tuple[DomainState | None, dict[str, Any]]:
-    result = _ops(agent).promote(args.uuid, on_progress=_progress(agent, "flattening", threading.Event()))
+def _promote(agent: AgentService, args: UuidArgs) -> tuple[DomainState | None, PromoteResult]:
+    result = PromoteResult.model_validate(_ops(agent).promote(args.uuid, on_progress=_progress(agent, "flattening", threading.Event())))
     return agent.driver.domain_state(args.uuid), result
 
 
-def _restore(agent: AgentService, args: RestoreArgs) -> tuple[DomainState | None, dict[str, Any]]:
+def _restore(agent: AgentService, args: RestoreArgs) -> tuple[DomainState | None, RestoreResult]:
     """Restore disks from a backup chain; with a spec, define the new VM too (same host)."""
     ops = _ops(agent)
     spec = args.spec
     if spec is not None and agent.driver.domain_state(spec.uuid) is not None:
-        return agent.driver.domain_state(spec.uuid), {"already_done": True}
-    result = ops.restore_disks([d.model_dump() for d in args.disks], replace_uuid=args.replace_uuid)
+        return agent.driver.domain_state(spec.uuid), RestoreResult(already_done=True)
+    result = RestoreResult.model_validate(ops.restore_disks([d.model_dump() for d in args.disks], replace_uuid=args.replace_uuid))
     if spec is None:
         return agent.driver.domain_state(args.replace_uuid), result
     made = [d.path for d in args.disks]
@@ -104,7 +104,7 @@ def _restore(agent: AgentService, args: RestoreArgs) -> tuple[DomainState | None
             if not os.path.exists(seed.path):
                 build_seed_iso(files, seed.path)
             made.append(seed.path)
-            result = {**result, "seed": seed.path}
+            result.seed = seed.path
         state = agent.driver.define(with_boot_files(spec, agent.settings))
     except Exception:
         for path in made:

@@ -10,6 +10,7 @@ from vcenter.api.deps import CurrentUserInfo, DbDep, requires
 from vcenter.core.object_ids import ObjectIdPath
 from vcenter.schemas import inventory as s
 from vcenter.schemas import vmdata as d
+from vcenter.services.library import clones
 from vcenter.services.protection import backups, snapshots
 
 router = APIRouter(prefix="/api/v1/vms", tags=["snapshots, clones, backups"])
@@ -43,12 +44,12 @@ def delete_snapshot(vm_id: ObjectIdPath, snapshot_id: ObjectIdPath, db: DbDep, u
 
 @router.post("/{vm_id}/clone", response_model=s.TaskRead, status_code=ACCEPTED, summary="Clone the VM, running or not (full), or powered off (linked); result.clone_vm_id")
 def clone_vm(vm_id: ObjectIdPath, body: d.CloneCreate, db: DbDep, user: Clone) -> Any:
-    return snapshots.clone(db, user.username, vm_id, body.model_dump())
+    return clones.clone(db, user.username, vm_id, body.model_dump())
 
 
 @router.post("/{vm_id}/promote", response_model=s.TaskRead, status_code=ACCEPTED, summary="Make a linked clone's disks standalone")
 def promote_vm(vm_id: ObjectIdPath, db: DbDep, user: Clone) -> Any:
-    return snapshots.promote(db, user.username, vm_id)
+    return clones.promote(db, user.username, vm_id)
 
 
 @router.get("/{vm_id}/backup-jobs", response_model=list[d.BackupJobRead], summary="The VM's backup jobs")

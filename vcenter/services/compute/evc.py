@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session
 from vcenter.core.errors import Conflict, Invalid
 from vcenter.db.models import Cluster, Host, Task, VirtualMachine
 from vcenter.domain.states import ConnectionState
-from vcenter.messaging.commands import CpuBaselineArgs, CpuBaselineResult, CpuCompareArgs
+from vcenter.messaging.commands import CpuBaselineArgs, CpuCompareArgs
+from vcenter.messaging.results import CpuBaselineResult
 from vcenter.services.inventory import inventory
 from vcenter.services.tasks.events import record_event
 from vcenter.services.tasks.tasks import ensure_idle, start_task

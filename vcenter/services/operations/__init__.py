@@ -23,13 +23,14 @@ from __future__ import annotations
 
 from vcenter.services.operations.backup import Backup, Restore
 from vcenter.services.operations.base import AgentResult, Ending, Operation
+from vcenter.services.operations.clone import Clone
 from vcenter.services.operations.cluster import EnableEvc
 from vcenter.services.operations.ha_restart import HaRestart
 from vcenter.services.operations.host import Evacuate, ExitStandby
 from vcenter.services.operations.library import Deploy, Export, LibraryCommand, TemplateDelete, TemplateFromVm, TemplateToVm
 from vcenter.services.operations.migrate import Migrate
 from vcenter.services.operations.relocate import Relocate
-from vcenter.services.operations.snapshot import Clone, Promote, SnapshotCreate, SnapshotDelete, SnapshotRevert
+from vcenter.services.operations.snapshot import Promote, SnapshotCreate, SnapshotDelete, SnapshotRevert
 from vcenter.services.operations.vm import VmCreate, VmDelete, VmPower
 
 __all__ = ["REGISTRY", "AgentResult", "Ending", "Operation", "by_kind", "operation_for"]

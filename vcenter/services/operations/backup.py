@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from vcenter.core.clock import utcnow
 from vcenter.db.models import BackupPoint, Task, VirtualMachine, VmSnapshotRow
 from vcenter.domain.states import TaskState
-from vcenter.messaging.commands import BackupResult
+from vcenter.messaging.results import BackupResult
 from vcenter.services.tasks.events import record_event
 from vcenter.services.operations.base import AgentResult, Ending, Operation, drop_creating
 from vcenter.services.tasks.tasks import finish_task

@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
+from vcenter.core.errors import Invalid
 from vcenter.db.models import Host, Task, VirtualMachine
 from vcenter.domain.states import TaskState
 from vcenter.messaging.contracts import DomainState
+from vcenter.messaging.results import Result
 from vcenter.services.tasks.tasks import finish_task
 
 
@@ -45,12 +47,17 @@ class AgentResult:
     domain: DomainState | None = None
 
     def typed(self, model: type[ResultT]) -> ResultT:
-        """The result as its command's result model (vcenter.messaging.commands) reads it; the
-        dict itself stays what the task stores."""
-        return model.model_validate(self.result)
+        """The result as its command's result model (vcenter.messaging.results) reads it; the
+        dict itself stays what the task stores. A result that does not fit is refused (422
+        AGENT_RESULT_INVALID, the report's changes rolled back), never a 500."""
+        try:
+            return model.model_validate(self.result)
+        except ValidationError as exc:
+            where = [".".join(str(part) for part in error["loc"]) for error in exc.errors()]
+            raise Invalid(f"the agent's result does not fit {model.__name__}: {', '.join(where)}", code="AGENT_RESULT_INVALID", details={"fields": where}) from None
 
 
-ResultT = TypeVar("ResultT", bound=BaseModel)
+ResultT = TypeVar("ResultT", bound=Result)
 
 
 def apply_domain(vm: VirtualMachine, domain: DomainState) -> None:

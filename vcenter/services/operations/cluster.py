@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from vcenter.db.models import Task, VirtualMachine
 from vcenter.domain.states import TaskState
-from vcenter.messaging.commands import CpuBaselineResult
+from vcenter.messaging.results import CpuBaselineResult
 from vcenter.services.compute import evc
 from vcenter.services.operations.base import AgentResult, Operation
 from vcenter.services.tasks.tasks import finish_task

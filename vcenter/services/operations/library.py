@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from vcenter.db.models import Task, Template, Upload, VirtualMachine
 from vcenter.domain.states import TaskState
-from vcenter.messaging.commands import CaptureResult, ImportResult
+from vcenter.messaging.results import CaptureResult, ImportResult
 from vcenter.services.tasks.events import record_event
 from vcenter.services.operations.base import AgentResult, Ending, Operation
 from vcenter.services.tasks.tasks import finish_task

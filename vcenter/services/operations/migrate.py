@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from vcenter.db.models import Host, Task, VirtualMachine
 from vcenter.domain.states import PowerState, TaskState
-from vcenter.messaging.commands import MigrateResult
+from vcenter.messaging.results import MigrateResult
 from vcenter.services.compute import maintenance_mode, migration
 from vcenter.services.tasks.events import record_event
 from vcenter.services.operations.base import AgentResult, Operation
@@ -30,12 +30,13 @@ class Migrate(Operation):
             vm.host_id = target.id
             vm.status = "ready"
             vm.power_state = PowerState.POWERED_ON.value
-            stats = report.typed(MigrateResult).stats
+            migrated = report.typed(MigrateResult).stats
+            stats = migrated.result() if migrated is not None else {}
             finish_task(session, task, TaskState.SUCCESS, result={"migration": stats}, object_name=vm.name)
             record_event(
                 session,
                 "vm.migrated",
-                f"VM {vm.name} moved to host {target.name} (downtime {stats.get('downtime_ms')} ms)",
+                f"VM {vm.name} moved to host {target.name} (downtime {migrated.downtime_ms if migrated is not None else None} ms)",
                 username=task.username,
                 object_type="vm",
                 object_id=vm.id,

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from vcenter.core.settings import get_settings
 from vcenter.db.models import Host, Task, VirtualMachine
 from vcenter.domain.states import PowerState, TaskState
-from vcenter.messaging.commands import RelocateResult
+from vcenter.messaging.results import RelocateResult
 from vcenter.messaging.contracts import OfflineDiscardArgs
 from vcenter.services.compute import maintenance_mode, migration, relocation
 from vcenter.services.tasks.events import record_event

@@ -45,7 +45,7 @@ from vcenter.messaging.commands import BackupArgs, RestoreArgs
 from vcenter.services.inventory import inventory
 from vcenter.services.compute import placement
 from vcenter.services.tasks.events import record_event
-from vcenter.services.protection.snapshots import disk_target, mount_path, ready_vm
+from vcenter.services.inventory.vm_data import disk_target, mount_path, ready_vm
 from vcenter.services.tasks.tasks import start_task
 from vcenter.services.library.templates import SEED_SUFFIX, dns_label
 from vcenter.services.inventory.vm_spec import vm_spec
