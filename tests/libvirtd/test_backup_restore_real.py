@@ -64,7 +64,9 @@ def test_a_backup_restored_into_an_empty_server_manages_the_same_host(tmp_path):
         agent = stack.hosts["esx1"].agent
         assert agent is not None and agent.poll() is None  # the same agent process throughout
         with stack.client() as api:  # A's administrator, restored
-            wait_for(lambda: (h := api.get(f"/api/v1/hosts/{host.host_id}").json())["last_report_at"] and datetime.fromisoformat(h["last_report_at"]) > restored_at, 30, what="a report of the agent to B")
+            wait_for(
+                lambda: (h := api.get(f"/api/v1/hosts/{host.host_id}").json())["last_report_at"] and datetime.fromisoformat(h["last_report_at"]) > restored_at, 30, what="a report of the agent to B"
+            )
             assert api.get(f"/api/v1/hosts/{host.host_id}").json()["connection_state"] == "connected"
             on = power(api, vm, "on")
             assert on["state"] == "success", on
