@@ -455,7 +455,12 @@ def restore(settings: Settings, archive: Path, force: bool = False) -> RestoreSu
             moved, migrated_to = _restore_sqlite(url, staging, db, force, stamp)
         else:
             moved, migrated_to = _restore_transaction(url, staging / "archive", db, force), "head"
-        moved += _swap_keys(settings, staging / "archive", manifest, stamp)
+        try:
+            moved += _swap_keys(settings, staging / "archive", manifest, stamp)
+        except OSError as exc:  # the database is in: say so, and how to finish
+            raise BackupRefused(
+                f"the database is restored, but the key directory could not be put in place ({exc}); fix that and run the restore again with --force", code="RESTORE_KEYS_FAILED"
+            ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     rows = sum(int(t["rows"]) for t in db["tables"])
