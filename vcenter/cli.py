@@ -53,6 +53,15 @@ def _add_sim() -> None:
 _add_sim()
 
 
+def _add_backup() -> None:
+    from vcenter.backup_cli import add_commands
+
+    add_commands(app, lambda **values: _env(**values))
+
+
+_add_backup()
+
+
 def _env(**values: object) -> None:
     """Options override VCENTER_* variables: set them, then re-read settings."""
     for key, value in values.items():

@@ -8,9 +8,10 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from vcenter.core.errors import Unauthorized
+from vcenter.core.errors import Unauthorized, VcError
 from vcenter.core.object_ids import ObjectIdPath, checked_object_id
 from vcenter.core.settings import Settings
+from vcenter.messaging.contracts import PROTOCOL_HEADER, UnsupportedProtocol, report_protocol
 from vcenter.services.access import auth, authz, users
 from vcenter.services.inventory import inventory
 from vcenter.services.tasks.runtime import Runtime
@@ -145,13 +146,18 @@ def public(reason: str) -> Any:
     return Depends(no_privilege)
 
 
-def get_agent_host_id(host_id: ObjectIdPath, runtime: RuntimeDep, token: TokenDep) -> int:
-    """The host whose agent is calling; a host's token is valid only for that host."""
+def get_agent_host_id(host_id: ObjectIdPath, runtime: RuntimeDep, token: TokenDep, request: Request) -> int:
+    """The host whose agent is calling; a host's token is valid only for that host, and its
+    requests must be of a protocol version this server reads."""
     with runtime.transaction() as session:
         host = inventory.host_by_token(session, host_id, token)
         if host is None:
             raise Unauthorized(f"not the agent of host {host_id}", code="BAD_AGENT_CREDENTIAL")
-        return host.id
+    try:
+        report_protocol(request.headers.get(PROTOCOL_HEADER))
+    except UnsupportedProtocol as exc:
+        raise VcError(str(exc), code="PROTOCOL_VERSION_UNSUPPORTED") from None
+    return host.id
 
 
 AgentHostId = Annotated[int, Depends(get_agent_host_id)]

@@ -6,19 +6,51 @@ Vocabulary:
   no secrets. On the queue it travels inside a signed envelope (vcenter.messaging.signing).
 - Report: agent -> server, over the HTTP API with the host's own token: task progress, task
   results, VM lifecycle events and full host state.
+- Protocol version: what both sides speak, a number that grows with each release that changes
+  the wire. A command carries it (``Command.version``, stamped when the server signs it; a
+  body without it came from a server before versions and is read as 1); every agent request
+  carries it in the ``X-Vcenter-Protocol`` header (none: 1). Changes are additive: a newer
+  server's command keeps its fields' meaning, and one whose name an agent does not know is
+  answered ``UNKNOWN_COMMAND`` as the task's error. The server reads reports of
+  ``OLDEST_PROTOCOL_VERSION`` (the previous release's agents) up to its own, and refuses others
+  with ``PROTOCOL_VERSION_UNSUPPORTED``. Versions: 1, the first release; 2, reports declare
+  their version and unknown command names are answered, not dropped.
 """
 
 from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field, field_validator
 
 from vcenter.core.object_ids import NonNegativeInt32, NonNegativeInt64, ObjectIdField
 
-CONTRACT_VERSION = 1
+PROTOCOL_VERSION = 2
+OLDEST_PROTOCOL_VERSION = 1  # the previous release's agents: the server still reads them
+PROTOCOL_HEADER = "X-Vcenter-Protocol"
+
+
+class UnsupportedProtocol(ValueError):
+    """A peer's protocol version this side cannot read (PROTOCOL_VERSION_UNSUPPORTED)."""
+
+
+def report_protocol(header: str | None) -> int:
+    """The protocol version an agent's request declares (its header; none: 1, an agent from
+    before versions), or UnsupportedProtocol when this server cannot read it."""
+    if header is None or not header.strip():
+        return 1
+    if not header.strip().isdigit() or len(header.strip()) > 6:
+        raise UnsupportedProtocol(f"protocol version {header[:20]!r} is not a number")
+    version = int(header)
+    if not OLDEST_PROTOCOL_VERSION <= version <= PROTOCOL_VERSION:
+        raise UnsupportedProtocol(
+            f"this server reads agent protocol versions {OLDEST_PROTOCOL_VERSION} to {PROTOCOL_VERSION}, not {version}: "
+            + ("upgrade the server before its agents" if version > PROTOCOL_VERSION else "upgrade the agent")
+        )
+    return version
+
 
 AGENT_EXECUTE_TASK = "agent.execute"
 
@@ -144,12 +176,20 @@ CommandName = Literal[
 ]
 
 
+def known_command(name: str) -> bool:
+    return name in get_args(CommandName)
+
+
 class Command(BaseModel):
-    version: int = CONTRACT_VERSION
+    # The protocol version of the server that sent it (stamped by CommandSigner.seal); a body
+    # without one is from a server before versions: 1.
+    version: int = Field(1, ge=1)
     command_id: str
     task_id: int | None
     host_id: int
-    name: CommandName
+    # Any well-formed name, not only CommandName: a newer server may send a command this agent
+    # does not know, which it answers with UNKNOWN_COMMAND instead of refusing the message.
+    name: str = Field(max_length=64, pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
     args: dict[str, Any] = {}
     issued_at: datetime
     # Set when the command is signed for sending (vcenter.messaging.signing): the agent

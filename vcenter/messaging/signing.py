@@ -37,7 +37,7 @@ from pydantic import ValidationError
 
 from vcenter.core.clock import as_utc, utcnow
 from vcenter.core.settings import Settings
-from vcenter.messaging.contracts import Command
+from vcenter.messaging.contracts import PROTOCOL_VERSION, Command
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,8 @@ class CommandSigner:
 
     def seal(self, command: Command | dict[str, Any], now: datetime | None = None) -> dict[str, Any]:
         cmd = command if isinstance(command, Command) else Command.model_validate(command)
-        cmd = cmd.model_copy(update={"expires_at": (now or utcnow()) + timedelta(seconds=self.ttl)})
+        # The protocol version this server speaks travels inside the signed body.
+        cmd = cmd.model_copy(update={"expires_at": (now or utcnow()) + timedelta(seconds=self.ttl), "version": PROTOCOL_VERSION})
         body = canonical_json(cmd.model_dump(mode="json"))
         signature = self._key.sign(body.encode())
         return {"v": ENVELOPE_VERSION, "kid": self.key_id, "body": body, "sig": base64.b64encode(signature).decode()}

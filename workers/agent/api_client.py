@@ -1,5 +1,6 @@
-"""The agent's HTTP client to the server: its host's own token, retries until the server
-answers (reports are idempotent on the server side), so an API restart loses nothing."""
+"""The agent's HTTP client to the server: its host's own token and its protocol version
+(vcenter.messaging.contracts) on every request, retries until the server answers (reports are
+idempotent on the server side), so an API restart loses nothing."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import time
 from typing import Any
 
 import httpx
+
+from vcenter.messaging.contracts import PROTOCOL_HEADER, PROTOCOL_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +24,7 @@ class ApiClient:
     def __init__(self, base_url: str, host_id: int, token: str, retry_delay: float = 1.0, max_delay: float = 10.0, verify: Any = True):
         """``verify``: how the server's HTTPS certificate is checked (workers.agent.tls)."""
         self.host_id = host_id
-        self._client = httpx.Client(base_url=base_url.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=10.0, verify=verify)
+        self._client = httpx.Client(base_url=base_url.rstrip("/"), headers={"Authorization": f"Bearer {token}", PROTOCOL_HEADER: str(PROTOCOL_VERSION)}, timeout=10.0, verify=verify)
         self._retry_delay = retry_delay
         self._max_delay = max_delay
         self._stop = threading.Event()

@@ -21,6 +21,7 @@ from datetime import timedelta
 from typing import Any
 
 from vcenter.core.clock import as_utc, utcnow
+from vcenter.core.release import release
 from vcenter.hypervisor.base import ConnectionLost, DriverError
 from vcenter.hypervisor.bootimages import with_boot_files
 from vcenter.messaging.commands import (
@@ -38,6 +39,7 @@ from vcenter.messaging.commands import (
 )
 from vcenter.messaging.results import CpuBaselineResult, CpuCompareResult, CreateResult, DeleteResult, GuestResult, HaStartResult, MigrateResult, MigrationStats, NoPayload, RelocateResult, Result
 from vcenter.messaging.contracts import (
+    PROTOCOL_VERSION,
     Command,
     CommandArgs,
     CreateArgs,
@@ -354,6 +356,10 @@ def execute(agent: AgentService, payload: dict[str, Any]) -> dict[str, Any]:
     return outcome
 
 
+def unknown_command(command: Command) -> str:
+    return f"this agent (release {release()}, protocol {PROTOCOL_VERSION}) does not know the command {command.name!r} (sent at protocol {command.version}): upgrade the agent"
+
+
 def _execute(agent: AgentService, command: Command) -> dict[str, Any]:
     if command.host_id != agent.host_id:
         log.error("command %s is for host %s, not this host %s: refused", command.command_id, command.host_id, agent.host_id)
@@ -365,6 +371,9 @@ def _execute(agent: AgentService, command: Command) -> dict[str, Any]:
         log.warning("command %s (%s) expired before it arrived: refused", command.command_id, command.name)
         return {"refused": "COMMAND_EXPIRED"}
     handler = HANDLERS.get(command.name)
+    if handler is None and command.task_id is None:  # no task to fail: say it in the log
+        log.error("%s", unknown_command(command))
+        return {"refused": "UNKNOWN_COMMAND"}
     task_path = f"/tasks/{command.task_id}"
     answer = agent.api.post(f"{task_path}/progress", TaskProgress(command_id=command.command_id, step=command.name, progress=5).model_dump())
     if not answer.get("proceed"):
@@ -377,13 +386,13 @@ def _execute(agent: AgentService, command: Command) -> dict[str, Any]:
         # The arguments as their model; a command that does not fit it fails after the guard
         # below (which reads the dict as it came), as a missing key did: AGENT_ERROR, or
         # INVALID_SPEC for an unknown relocation step.
+        if handler is None:  # from a newer server: the task ends with the named error
+            raise DriverError("UNKNOWN_COMMAND", unknown_command(command))
         try:
             args = parse_args(command.name, command.args)
             unfit: ValueError | None = None
         except ValueError as exc:  # pydantic's ValidationError is one
             unfit = exc
-        if handler is None:
-            raise DriverError("UNKNOWN_COMMAND", f"this agent does not know {command.name}")
         # Every host path the command names must lie below this host's datastore roots,
         # checked before anything is touched (workers.agent.datastore_guard).
         datastore_guard.check_command(agent.settings, command.name, command.args)

@@ -4,6 +4,8 @@
   agent took), the host monitor (hosts whose agent fell silent), waiting sagas advanced, and
   the purge of old events and refused-credential counts.
 - ``upload_cleanup``: expired, abandoned or stray files of the upload folder.
+- ``server_backup``: the server's own backup archive (database rows, key directory) and its
+  restore (`vcenter backup`, `vcenter restore`).
 
 The top of the service contexts: it asks the operations and orchestration about lost tasks.
 """
