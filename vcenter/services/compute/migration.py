@@ -38,6 +38,7 @@ from vcenter.messaging.contracts import MigrateArgs, MigrationOptions, RelocateA
 from vcenter.services.ha import ha
 from vcenter.services.compute import relocation
 from vcenter.services.inventory import inventory
+from vcenter.services.inventory.vm_data import disk_target
 from vcenter.services.tasks.events import record_event
 from vcenter.services.tasks.tasks import ensure_idle, send_command, start_task
 
@@ -377,7 +378,7 @@ def disk_moves(session: Session, vm: VirtualMachine, moves: list[dict[str, int]]
         plan.append(
             {
                 "index": disk.index,
-                "target": disk_target_name(disk.index),
+                "target": disk_target(disk.index),
                 "format": disk.format,
                 "from": f"{(old_mount.path if old_mount else source.url)}/{disk.file}",
                 "to": f"{mount.path}/{disk.file}",
