@@ -108,3 +108,29 @@ def agent_admin_headers(client: TestClient) -> dict[str, str]:
     if key not in _ADMIN_HEADERS:
         _ADMIN_HEADERS[key] = login(client)
     return _ADMIN_HEADERS[key]
+
+
+def start_lab_guests(api, guests: dict[str, tuple[str, str, str]], host_ids: dict[str, int], portgroups: dict[str, dict], datastore_id: int, power_on_timeout: float = 60) -> dict[str, int]:
+    """Create and power on tiny Linux guests ``{name: (host, port group, address/prefix)}`` (96 MiB,
+    an 8 MiB disk on ``datastore_id``, one NIC); their VM ids by name."""
+    vms = {}
+    for name, (host, pg, ip) in guests.items():
+        task = api.post(
+            "/api/v1/vms",
+            json={
+                "name": name,
+                "host_id": host_ids[host],
+                "memory_mib": 96,
+                "kernel_boot": {"image": "tiny-linux", "ip": ip},
+                "disks": [{"datastore_id": datastore_id, "capacity_mib": 8}],
+                "nics": [{"portgroup_id": portgroups[pg]["id"]}],
+            },
+        ).json()
+        done = wait_for(lambda: (t := api.get(f"/api/v1/tasks/{task['id']}").json())["state"] in ("success", "error") and t, 60, what=f"create {name}")
+        assert done["state"] == "success", (name, done["error_code"], done["error_message"])
+        vms[name] = done["object_id"]
+    for name, vm_id in vms.items():
+        on = api.post(f"/api/v1/vms/{vm_id}/power/on").json()
+        done = wait_for(lambda: (t := api.get(f"/api/v1/tasks/{on['id']}").json())["state"] in ("success", "error") and t, power_on_timeout, what=f"power on {name}")
+        assert done["state"] == "success", (name, done["error_code"], done["error_message"])
+    return vms

@@ -94,6 +94,7 @@ def _seed(client: Any, admin: dict) -> tuple[dict[str, list[int]], dict]:
     pool = _id_of(client.post("/api/v1/pools", headers=admin, json={"name": "p1", "cluster_id": cl}))
     ds = _id_of(client.post("/api/v1/datastores", headers=admin, json={"name": "ds1", "datacenter_id": dc, "url": "/srv/ds1", "host_ids": [host["id"]]}))
     pg = _id_of(client.post("/api/v1/portgroups", headers=admin, json={"name": "pg1", "datacenter_id": dc}))
+    switch = _id_of(client.post("/api/v1/switches", headers=admin, json={"name": "sw1", "datacenter_id": dc, "uplinks": ["eth1"]}))
     task = client.post("/api/v1/vms", headers=admin, json={"name": "vm1", "host_id": host["id"], "memory_mib": 64, "folder_id": folder}).json()
     vm = finish_as_agent(client, settings, agent, task)["id"]
     found = next(v["id"] for v in client.get("/api/v1/vms", headers=admin).json()["items"] if v["name"] == "stray")
@@ -122,6 +123,7 @@ def _seed(client: Any, admin: dict) -> tuple[dict[str, list[int]], dict]:
         "pool_id": [pool],
         "datastore_id": [ds],
         "portgroup_id": [pg],
+        "switch_id": [switch],
         "vm_id": [vm, found, lost],
         "task_id": [task["id"]],
         "rule_id": [rule],
@@ -144,6 +146,7 @@ _COLLECTION = {
     "pools": "pool_id",
     "datastores": "datastore_id",
     "portgroups": "portgroup_id",
+    "switches": "switch_id",
     "vms": "vm_id",
     "tasks": "task_id",
     "metrics": None,

@@ -103,13 +103,14 @@ def inventory(client):
     pool = client.post("/api/v1/pools", headers=admin, json={"name": "gold", "cluster_id": cl["id"]}).json()
     ds = client.post("/api/v1/datastores", headers=admin, json={"name": "ds1", "datacenter_id": dc["id"], "url": "/srv/ds1"}).json()
     pg = client.post("/api/v1/portgroups", headers=admin, json={"name": "pg1", "datacenter_id": dc["id"]}).json()
+    sw = client.post("/api/v1/switches", headers=admin, json={"name": "sw1", "datacenter_id": dc["id"], "uplinks": ["eth1"]}).json()
     vms = {}
     for name, folder, pool_id in (("web1", f_web, None), ("web2", f_web, pool["id"]), ("db1", f_db, None), ("db2", f_db, pool["id"])):
         task = client.post("/api/v1/vms", headers=admin, json={"name": name, "host_id": host["id"], "memory_mib": 64, "folder_id": folder["id"], "pool_id": pool_id})
         assert task.status_code == 202, task.text
         vms[name] = finish_as_agent(client, client.app.state.runtime.settings, agent, task.json())["id"]
     no_access = next(r["id"] for r in client.get("/api/v1/roles", headers=admin).json() if r["name"] == "No access")
-    return {"admin": admin, "no_access": no_access, "dc": dc, "cl": cl, "host": host, "web": f_web, "db": f_db, "pool": pool, "ds": ds, "pg": pg, "vms": vms}
+    return {"admin": admin, "no_access": no_access, "dc": dc, "cl": cl, "host": host, "web": f_web, "db": f_db, "pool": pool, "ds": ds, "pg": pg, "sw": sw, "vms": vms}
 
 
 # --- per route: all but the privilege -> 403; the privilege -> not 403 ----------------------
@@ -124,6 +125,7 @@ def _path_for(route: Any, inv: dict, ids: dict[str, int]) -> str:
         "pools": inv["pool"]["id"],
         "datastores": inv["ds"]["id"],
         "portgroups": inv["pg"]["id"],
+        "switches": inv["sw"]["id"],
         "vms": inv["vms"]["web1"],
     }
 
@@ -146,6 +148,7 @@ def _body_for(route: Any, inv: dict, n: int) -> dict | None:
         ("POST", "/api/v1/clusters"): {"name": f"clx{n}", "datacenter_id": dc},
         ("POST", "/api/v1/datastores"): {"name": f"dsx{n}", "datacenter_id": dc, "url": f"/srv/x{n}"},
         ("POST", "/api/v1/portgroups"): {"name": f"pgx{n}", "datacenter_id": dc},
+        ("POST", "/api/v1/switches"): {"name": f"swx{n}", "datacenter_id": dc, "uplinks": ["eth1"]},
         ("POST", "/api/v1/pools"): {"name": f"px{n}", "cluster_id": inv["cl"]["id"]},
         ("POST", "/api/v1/hosts"): {"name": f"hx{n}", "datacenter_id": dc},
         ("POST", "/api/v1/vms"): {"name": f"vmx{n}", "host_id": inv["host"]["id"], "memory_mib": 64, "folder_id": inv["web"]["id"]},

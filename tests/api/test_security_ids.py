@@ -78,7 +78,8 @@ LIST_ID_FILTERS = {
     "/api/v1/clusters": ["datacenter_id"],
     "/api/v1/hosts": ["datacenter_id", "cluster_id"],
     "/api/v1/datastores": ["datacenter_id"],
-    "/api/v1/portgroups": ["datacenter_id", "vlan_id"],
+    "/api/v1/portgroups": ["datacenter_id", "switch_id", "vlan_id"],
+    "/api/v1/switches": ["datacenter_id"],
     "/api/v1/pools": ["cluster_id", "parent_id"],
 }
 

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 import pytest
 import redis
 
-from tests.apihelpers import wait_for
+from tests.apihelpers import start_lab_guests, wait_for
 from vcenter.lab import faults
 from vcenter.lab.guest import build_guest
 from vcenter.lab.hosts import GATEWAY, Capacity, Lab
@@ -75,26 +75,7 @@ def cluster(tmp_path_factory):
             }
             for pg in pgs.values():
                 wait_for(lambda: sorted(api.get(f"/api/v1/portgroups/{pg['id']}").json()["present_on_host_ids"]) == sorted(ids.values()), 30, what=f"port group {pg['name']} on every host")
-            vms = {}
-            for name, (host, pg, ip) in GUESTS.items():
-                task = api.post(
-                    "/api/v1/vms",
-                    json={
-                        "name": name,
-                        "host_id": ids[host],
-                        "memory_mib": 96,
-                        "kernel_boot": {"image": "tiny-linux", "ip": ip},
-                        "disks": [{"datastore_id": ds["id"], "capacity_mib": 8}],
-                        "nics": [{"portgroup_id": pgs[pg]["id"]}],
-                    },
-                ).json()
-                done = wait_for(lambda: (t := api.get(f"/api/v1/tasks/{task['id']}").json())["state"] in ("success", "error") and t, 60, what=f"create {name}")
-                assert done["state"] == "success", (name, done["error_code"], done["error_message"])
-                vms[name] = done["object_id"]
-            for name, vm_id in vms.items():
-                on = api.post(f"/api/v1/vms/{vm_id}/power/on").json()
-                done = wait_for(lambda: (t := api.get(f"/api/v1/tasks/{on['id']}").json())["state"] in ("success", "error") and t, 60, what=f"power on {name}")
-                assert done["state"] == "success", (name, done["error_code"], done["error_message"])
+            vms = start_lab_guests(api, GUESTS, ids, pgs, ds["id"])
         stack.extra = {"lab": lab, "ids": ids, "vms": vms, "ds": ds, "redis_port": port, "dc": dc, "cl": cl, "pgs": pgs}
         yield stack
     finally:

@@ -147,6 +147,10 @@ class Host(Timestamped, Base):
     # The folders its agent provides datastores below, as it last reported them (None: not yet
     # reported); a datastore outside them is refused when it is mounted there.
     datastore_roots: Mapped[list[Any] | None] = mapped_column(JSON)
+    # Its NICs and whether its kernel makes 802.1Q links, as its agent last reported them
+    # (None: not yet reported); a tagged port group is refused on a host known to lack 802.1Q.
+    nics: Mapped[list[Any] | None] = mapped_column(JSON)
+    vlan_8021q: Mapped[bool | None] = mapped_column(Boolean)
 
     @property
     def agent_outdated(self) -> bool | None:
@@ -185,12 +189,29 @@ class DatastoreMount(Base):
     datastore: Mapped[Datastore] = relationship(back_populates="mounts")
 
 
+class Switch(Timestamped, Base):
+    """A virtual switch of a datacenter: its uplink NIC names (failover order) apply on every
+    host that carries one of its port groups (vcenter.domain.uplinks)."""
+
+    __tablename__ = "switches"
+    __table_args__ = (UniqueConstraint("datacenter_id", "name", name="uq_switches_dc_name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(80))
+    datacenter_id: Mapped[int] = mapped_column(ForeignKey("datacenters.id", ondelete="RESTRICT"), index=True)
+    uplinks: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    version: Mapped[int] = mapped_column(default=1)
+    __mapper_args__ = {"version_id_col": version}
+
+
 class PortGroup(Timestamped, Base):
     __tablename__ = "portgroups"
     __table_args__ = (UniqueConstraint("datacenter_id", "name", name="uq_portgroups_dc_name"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(80))
     datacenter_id: Mapped[int] = mapped_column(ForeignKey("datacenters.id", ondelete="RESTRICT"), index=True)
+    # On a switch: a VLAN of its uplinks (0 = untagged). None: made by the agents' port-group
+    # mode (a plain bridge, or the lab's VXLAN segment with VNI = vlan_id).
+    switch_id: Mapped[int | None] = mapped_column(ForeignKey("switches.id", ondelete="RESTRICT"), index=True)
     vlan_id: Mapped[int] = mapped_column(Integer, default=0)
     bridge: Mapped[str] = mapped_column(String(15))  # Linux interface names are at most 15 chars
     version: Mapped[int] = mapped_column(default=1)
@@ -203,6 +224,9 @@ class PortGroupHost(Base):
     portgroup_id: Mapped[int] = mapped_column(ForeignKey("portgroups.id", ondelete="CASCADE"), primary_key=True)
     host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"), primary_key=True)
     present: Mapped[bool] = mapped_column(Boolean, default=False)  # as reported by the host's agent
+    # Why it is not there (VLAN_UNSUPPORTED, UPLINK_MISSING...): from the agent, or the server's own refusal.
+    error_code: Mapped[str | None] = mapped_column(String(40))
+    error_message: Mapped[str | None] = mapped_column(String(500))
     portgroup: Mapped[PortGroup] = relationship(back_populates="hosts")
 
 

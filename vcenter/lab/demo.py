@@ -75,6 +75,8 @@ def _wait_task(api, task: dict, timeout: float = 60) -> dict:
 
 def seed_lab(stack: Stack, lab, guests_per_host: int) -> None:
     """Three lab hosts in a cluster, a shared datastore, a port group, running guests."""
+    from vcenter.lab.hosts import UPLINK_NIC  # as Lab below: loaded in real mode only
+
     with stack.client() as api:
         dc = api.post("/api/v1/datacenters", json={"name": "dc1"}).json()
         # DRS in manual mode: it recommends, with reasons, and the operator applies.
@@ -84,7 +86,10 @@ def seed_lab(stack: Stack, lab, guests_per_host: int) -> None:
             _wait(lambda: api.get(f"/api/v1/hosts/{host_id}").json()["connection_state"] == "connected", 60, "hosts to connect")
         path = lab.create_datastore("shared1", 1024, [h.name for h in lab.hosts])
         ds = api.post("/api/v1/datastores", json={"name": "shared1", "datacenter_id": dc["id"], "kind": "lab-dir", "url": path, "host_ids": ids}).json()
-        pg = api.post("/api/v1/portgroups", json={"name": "vm-network", "datacenter_id": dc["id"], "vlan_id": 10, "host_ids": ids}).json()
+        # A switch on each host's "physical NIC" (vcenter.lab.hosts.UPLINK_NIC, cabled to the lab
+        # switch), its untagged port group carrying the guests between hosts, as in vSphere.
+        switch = api.post("/api/v1/switches", json={"name": "vSwitch0", "datacenter_id": dc["id"], "uplinks": [UPLINK_NIC]}).json()
+        pg = api.post("/api/v1/portgroups", json={"name": "vm-network", "datacenter_id": dc["id"], "switch_id": switch["id"], "vlan_id": 0, "host_ids": ids}).json()
         api.post("/api/v1/folders", json={"name": "web", "datacenter_id": dc["id"]})
         _wait(lambda: sorted(api.get(f"/api/v1/portgroups/{pg['id']}").json()["present_on_host_ids"]) == sorted(ids), 30, "the port group on every host")
         number = 0

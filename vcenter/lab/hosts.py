@@ -54,6 +54,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_WORKDIR = Path("/run/virtcenter-lab")
 BRIDGE = "vclab0"
+# The lab's physical switch: every host's "physical NIC" UPLINK_NIC is cabled to it (a veth
+# whose other end is a port of this bridge). No address, no route: only guests' frames cross
+# it, as on a real access switch. A switch made through the product names UPLINK_NIC.
+UPLINK_SWITCH = "vclabsw0"
+UPLINK_NIC = "eth1"
 SUBNET = "10.213.0.0/24"
 GATEWAY = "10.213.0.1"
 PREFIX = "vclab"
@@ -248,6 +253,13 @@ class LabHost:
         return f"{PREFIX}-{self.name}"
 
     inner_link = "eth0"
+
+    @property
+    def uplink_root_link(self) -> str:
+        """The lab switch's end of the host's uplink NIC (in the root namespace)."""
+        return f"{PREFIX}u{self.name}"
+
+    uplink_nic = UPLINK_NIC
 
     @property
     def capacity(self) -> Capacity:
@@ -570,6 +582,7 @@ class Lab:
             self.state = self._empty_state()
             net.check_subnet_free(SUBNET, BRIDGE)
             net.ensure_bridge(BRIDGE, f"{GATEWAY}/24")
+            net.ensure_bridge(UPLINK_SWITCH)
             self._save()
             for i, (name, cap) in enumerate(zip(names, caps), start=1):
                 workdir = self.workdir / "hosts" / name
@@ -589,6 +602,7 @@ class Lab:
                 run_local = net.run_local
                 run_local(["ip", "netns", "add", host.netns])
                 net.create_host_link(host.netns, host.root_link, BRIDGE, f"{host.address}/24", host.inner_link)
+                net.create_host_nic(host.netns, host.uplink_root_link, UPLINK_SWITCH, host.uplink_nic)
                 host.power_on()
         return self.hosts
 

@@ -5,20 +5,26 @@ What this module decides:
   with no uplink: nothing is routed or NATed out of it. Every lab host is a network
   namespace joined to it by a veth pair, ``vclab-<host>`` on the bridge side and ``eth0``
   inside the host.
+- Each lab host also has a "physical NIC" ``eth1`` for its guests: a veth pair whose other end
+  (``vclabu<host>``) is a port of the lab switch ``vclabsw0`` (no address). A switch made
+  through the product with uplink ``eth1`` carries untagged port groups across hosts over it,
+  as a real access switch would (workers.agent.network makes them; nothing here).
 - Network faults act on a host's link: the bridge-side end goes down (isolation; the host
   keeps its address, its guests keep running), nftables drops a random share of the packets
   on ``eth0`` inside the host (loss), tbf shapes both directions (bandwidth).
-- A port group on a host is a Linux bridge; in the lab (this kernel has no 802.1Q) the bridges
+- A port group without a switch is a Linux bridge; in the lab the bridges
   of one VLAN id on different hosts are joined by a unicast VXLAN segment, VNI = VLAN id,
   UDP 4789 over the hosts' lab addresses, with one all-zero FDB entry per peer carrying the
-  same VLAN id. On real hosts the same port group would sit on an 802.1Q uplink. The agent
+  same VLAN id (an overlay segment; a port group on a switch is a VLAN of its uplink
+  instead, and 802.1Q is what this lab's kernel lacks, so tagged ones are refused). The agent
   makes them through port-group mode ``vxlan`` (:func:`vxlan_portgroups`, the entry point of
   the group ``virtcenter.portgroup_modes``, see workers.agent.network): over the agent's
   ``agent_address`` and ``agent_underlay``.
 
-Every function runs its ``ip``/``bridge``/``nft``/``tc`` commands through a runner: by default
-in the current namespaces (how the agent will call them on its own host), or in a lab host's
-network namespace with :func:`netns_runner` (how the lab calls them from the root namespace).
+Every function runs its ``ip``/``bridge``/``nft``/``tc`` commands through a runner
+(vcenter.core.links, shared with the agent): by default in the current namespaces (how the
+agent calls them on its own host), or in a lab host's network namespace with
+:func:`netns_runner` (how the lab calls them from the root namespace).
 
 Vocabulary: underlay = the host interface the VXLAN packets leave by (``eth0`` in the lab);
 peers = lab addresses of the other hosts carrying the same VLAN id.
@@ -29,33 +35,21 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import re
 import subprocess
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
+
+# The link helpers are the product's (the agent makes port groups with them); the lab's callers name them here.
+from vcenter.core.links import NetworkError, Runner, delete_link, ensure_bridge, ifname, link_details, run_local, set_link
+from vcenter.core.links import link_exists as link_exists  # named by the lab's callers
 
 if TYPE_CHECKING:
     from vcenter.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Runner = Callable[..., subprocess.CompletedProcess]
-
 VXLAN_PORT = 4789
-_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 _FAULT_TABLE = "vclab_fault"
-
-
-class NetworkError(RuntimeError):
-    pass
-
-
-def run_local(argv: Sequence[str], check: bool = True, input: str | None = None, timeout: float = 20) -> subprocess.CompletedProcess:
-    """Run a command in the current namespaces; raise NetworkError with its stderr."""
-    proc = subprocess.run(list(argv), capture_output=True, text=True, input=input, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise NetworkError(f"{' '.join(argv)}: {proc.stderr.strip() or proc.stdout.strip()}")
-    return proc
 
 
 def netns_runner(netns: str) -> Runner:
@@ -68,51 +62,7 @@ def netns_runner(netns: str) -> Runner:
     return run
 
 
-def ifname(name: str) -> str:
-    if not _IFNAME.match(name):
-        raise ValueError(f"invalid interface name {name!r} (1-15 of [A-Za-z0-9_.-])")
-    return name
-
-
-def link_exists(name: str, run: Runner = run_local) -> bool:
-    return run(["ip", "link", "show", "dev", ifname(name)], check=False).returncode == 0
-
-
-def link_details(name: str, run: Runner = run_local) -> dict | None:
-    proc = run(["ip", "-d", "-j", "link", "show", "dev", ifname(name)], check=False)
-    if proc.returncode != 0:
-        return None
-    data = json.loads(proc.stdout or "[]")
-    return data[0] if data else None
-
-
-def delete_link(name: str, run: Runner = run_local) -> None:
-    if link_exists(name, run):
-        run(["ip", "link", "del", "dev", name], check=False)
-
-
-def set_link(name: str, up: bool, run: Runner = run_local) -> None:
-    run(["ip", "link", "set", "dev", ifname(name), "up" if up else "down"])
-
-
-def link_is_up(name: str, run: Runner = run_local) -> bool:
-    details = link_details(name, run)
-    return bool(details) and "UP" in details.get("flags", [])
-
-
 # --- the lab network (root namespace side) --------------------------------------------------
-def ensure_bridge(name: str, address_cidr: str | None = None, run: Runner = run_local) -> None:
-    """A bridge without STP or forwarding delay (a port is forwarding as soon as it is up)."""
-    if not link_exists(name, run):
-        run(["ip", "link", "add", "name", ifname(name), "type", "bridge", "stp_state", "0", "forward_delay", "0"])
-    if address_cidr:
-        existing = run(["ip", "-j", "addr", "show", "dev", name]).stdout
-        have = {f"{a['local']}/{a['prefixlen']}" for link in json.loads(existing or "[]") for a in link.get("addr_info", [])}
-        if address_cidr not in have:
-            run(["ip", "addr", "add", address_cidr, "dev", name])
-    set_link(name, True, run)
-
-
 def check_subnet_free(subnet: str, bridge: str) -> None:
     """Refuse a lab subnet that overlaps a route of the machine not on our bridge."""
     net = ipaddress.ip_network(subnet)
@@ -129,15 +79,20 @@ def check_subnet_free(subnet: str, bridge: str) -> None:
             raise NetworkError(f"lab subnet {subnet} overlaps route {dst} dev {r.get('dev')}")
 
 
-def create_host_link(netns: str, root_if: str, bridge: str, address_cidr: str, inner_if: str = "eth0") -> None:
-    """A veth pair from ``bridge`` into ``netns``: ``root_if`` on the bridge, ``inner_if`` with
-    ``address_cidr`` in the host; loopback up. No default route: the host reaches only the
-    lab subnet."""
+def create_host_nic(netns: str, root_if: str, bridge: str, inner_if: str) -> None:
+    """A NIC of the host cabled to ``bridge``: a veth pair, ``root_if`` a port of the bridge,
+    ``inner_if`` in ``netns``; both up, no address."""
     run_local(["ip", "link", "add", ifname(root_if), "type", "veth", "peer", "name", ifname(inner_if), "netns", netns])
     run_local(["ip", "link", "set", "dev", root_if, "master", bridge, "up"])
+    netns_runner(netns)(["ip", "link", "set", "dev", inner_if, "up"])
+
+
+def create_host_link(netns: str, root_if: str, bridge: str, address_cidr: str, inner_if: str = "eth0") -> None:
+    """The host's management NIC on ``bridge`` (:func:`create_host_nic`) with ``address_cidr``;
+    loopback up. No default route: the host reaches only the lab subnet."""
+    create_host_nic(netns, root_if, bridge, inner_if)
     inner = netns_runner(netns)
     inner(["ip", "addr", "add", address_cidr, "dev", inner_if])
-    inner(["ip", "link", "set", "dev", inner_if, "up"])
     inner(["ip", "link", "set", "dev", "lo", "up"])
 
 

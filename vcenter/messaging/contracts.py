@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from vcenter.core.object_ids import NonNegativeInt32, NonNegativeInt64, ObjectIdField
+from vcenter.domain.uplinks import NIC_NAME
 
 PROTOCOL_VERSION = 2
 OLDEST_PROTOCOL_VERSION = 1  # the previous release's agents: the server still reads them
@@ -256,6 +257,9 @@ class LifecycleEvent(BaseModel):
     at: datetime
 
 
+NicName = Annotated[str, StringConstraints(pattern=NIC_NAME.pattern)]
+
+
 class HostFacts(BaseModel):
     hostname: str
     host_uuid: str | None = None
@@ -271,6 +275,8 @@ class HostFacts(BaseModel):
     cpu_features: list[str] = []
     cpu_xml: str | None = Field(None, description="the host's CPU definition as guests get it (declared, or the hypervisor's host-model)")
     datastore_roots: list[str] | None = Field(None, description="the folders below which this host's agent provides datastores (agent_datastore_roots); the server sends it no datastore outside them")
+    nics: list[NicName] | None = Field(None, max_length=256, description="the host's NICs (physical links, or veth/dummy ones standing in for them), the candidates for a switch's uplinks")
+    vlan_8021q: bool | None = Field(None, description="whether the host's kernel makes 802.1Q links (measured by the agent; None: not known)")
 
 
 class DatastoreUsage(BaseModel):
@@ -279,11 +285,20 @@ class DatastoreUsage(BaseModel):
     free_bytes: NonNegativeInt64
 
 
+class PortgroupError(BaseModel):
+    """A port group the agent could not make as asked (vcenter.domain.uplinks names the codes)."""
+
+    bridge: str = Field(max_length=15)
+    code: str = Field(max_length=40, pattern=r"^[A-Z][A-Z0-9_]*$")
+    message: str = Field(max_length=500)
+
+
 class HostState(BaseModel):
     facts: HostFacts
     domains: list[DomainState]
     datastores: list[DatastoreUsage] = []
     bridges: list[str] = Field(default=[], description="port-group bridges present on the host")
+    portgroup_errors: list[PortgroupError] = Field(default=[], max_length=4096, description="port groups the agent refused or failed to make, with a stable code")
 
 
 class DomainCounters(BaseModel):

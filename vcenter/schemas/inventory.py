@@ -14,11 +14,13 @@ from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from vcenter.core.object_ids import INT32_MAX, Int32, ObjectIdField
 from vcenter.domain.states import ConnectionState, PowerState
+from vcenter.domain.uplinks import MAX_UPLINKS, NIC_NAME
 from vcenter.schemas.base import RequestModel, ResponseModel
 from vcenter.schemas.maintenance import MaintenanceSettings
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 HostName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9.:_-]{0,254}$")]
+NicName = Annotated[str, StringConstraints(pattern=NIC_NAME.pattern)]  # a Linux interface name
 
 
 T = TypeVar("T")
@@ -135,6 +137,8 @@ class HostRead(ResponseModel):
     cpu_features: list[str]
     agent_version: str | None = Field(None, description="the release its agent last reported")
     agent_outdated: bool | None = Field(None, description="its agent is an older release than this server (null: unknown)")
+    nics: list[str] | None = Field(None, description="its NICs as its agent last reported them (uplink candidates; null: not yet reported)")
+    vlan_8021q: bool | None = Field(None, description="whether its kernel makes 802.1Q links, measured by its agent (null: not known)")
     last_report_at: datetime | None
     trust_state: Literal["awaitingAgent", "awaitingConfirmation", "trusted"]
     thumbprint: str | None
@@ -211,10 +215,57 @@ class DatastoreRead(ResponseModel):
     created_at: datetime
 
 
+# --- switches ------------------------------------------------------------------------------
+Uplinks = Annotated[list[NicName], Field(min_length=1, max_length=MAX_UPLINKS, description="uplink NIC names in failover order: on each host the first it has is active")]
+
+
+def _distinct_uplinks(uplinks: list[str] | None) -> list[str] | None:
+    if uplinks is not None and len(set(uplinks)) != len(uplinks):
+        raise ValueError("uplinks: each NIC at most once")
+    return uplinks
+
+
+class SwitchCreate(RequestModel):
+    name: Name
+    datacenter_id: ObjectIdField
+    uplinks: Uplinks
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "SwitchCreate":
+        _distinct_uplinks(self.uplinks)
+        return self
+
+
+class SwitchUpdate(RequestModel):
+    name: Name | None = None
+    uplinks: Uplinks | None = None
+    version: Int32 | None = None
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "SwitchUpdate":
+        _distinct_uplinks(self.uplinks)
+        return self
+
+
+class SwitchRead(ResponseModel):
+    id: int
+    name: str
+    datacenter_id: int
+    uplinks: list[str]
+    bridge: str = Field(description="the bridge every untagged port group of the switch shares on a host")
+    version: int
+    created_at: datetime
+
+
 # --- port groups ---------------------------------------------------------------------------
 class PortGroupCreate(RequestModel):
     name: Name
     datacenter_id: ObjectIdField
+    switch_id: ObjectIdField | None = Field(
+        None,
+        description="a VLAN of this switch's uplinks (vlan_id 0: untagged; every untagged port group of a switch is the same layer-2 segment). "
+        "None: made by the agents' port-group mode (a plain bridge, or the lab's VXLAN segment with VNI = vlan_id)",
+    )
     vlan_id: int = Field(0, ge=0, le=4094)
     host_ids: list[ObjectIdField] = Field(default_factory=list)
 
@@ -225,14 +276,22 @@ class PortGroupUpdate(RequestModel):
     version: Int32 | None = None
 
 
+class PortGroupHostError(ResponseModel):
+    host_id: int
+    code: str
+    message: str
+
+
 class PortGroupRead(ResponseModel):
     id: int
     name: str
     datacenter_id: int
+    switch_id: int | None
     vlan_id: int
     bridge: str
     host_ids: list[int]
     present_on_host_ids: list[int]
+    errors: list[PortGroupHostError] = Field(description="hosts that could not make it, with a stable code (VLAN_UNSUPPORTED, UPLINK_MISSING, UPLINK_IN_USE, UPLINK_FAILED)")
     version: int
     created_at: datetime
 

@@ -29,7 +29,8 @@ from vcenter.core.release import release
 from vcenter.core.settings import Settings
 from vcenter.domain.datastore_roots import parse_roots
 from vcenter.hypervisor.base import ConnectionLost, DriverError, HypervisorDriver
-from vcenter.messaging.contracts import DatastoreUsage, DomainState, HostState, LifecycleEvent, heartbeat_key
+from vcenter.domain.uplinks import UplinkRefused
+from vcenter.messaging.contracts import DatastoreUsage, DomainState, HostState, LifecycleEvent, PortgroupError, heartbeat_key
 from vcenter.messaging.redis_link import connect
 from workers.agent import datastore_guard
 from workers.agent.api_client import ApiClient, PermanentReportError
@@ -65,6 +66,8 @@ class AgentService:
         self.report_lock = threading.Lock()
         self.results_posted = 0
         self.guests = GuestWatcher(driver, self.stop_event)
+        # Port groups this host could not make on the last pass, by bridge: reported to the server.
+        self._portgroup_errors: dict[str, PortgroupError] = {}
 
     # --- start / stop --------------------------------------------------------------------
     def start(self) -> None:
@@ -201,6 +204,7 @@ class AgentService:
             facts.memory_mib = self.settings.agent_declared_memory_mib
         facts.datastore_roots = list(parse_roots(self.settings.agent_datastore_roots))
         facts.agent_version = release()
+        facts.nics, facts.vlan_8021q = self.network.facts()
         datastores, bridges = self._datastore_usage(), self._bridges_present()
         attempts = 4
         for attempt in range(attempts):
@@ -214,7 +218,7 @@ class AgentService:
                     domains = self._listed_domains()
                 elif self.results_posted != seen:
                     continue  # a result went out after the listing began: list again
-                state = HostState(facts=facts, domains=domains, datastores=datastores, bridges=bridges)
+                state = HostState(facts=facts, domains=domains, datastores=datastores, bridges=bridges, portgroup_errors=list(self._portgroup_errors.values()))
                 answer = self.api.post("/state", state.model_dump(mode="json"))
                 break
         if answer.get("accepted"):
@@ -257,7 +261,8 @@ class AgentService:
         return usage
 
     def _bridges_present(self) -> list[str]:
-        return self.network.portgroups_present([pg["bridge"] for pg in self._expected["bridges"]])
+        # A bridge whose port group was refused is not that port group, even if the bridge is there.
+        return [b for b in self.network.portgroups_present([pg["bridge"] for pg in self._expected["bridges"]]) if b not in self._portgroup_errors]
 
     def _provide_expected(self) -> None:
         """Create the datastore directories and port-group bridges the server expects here."""
@@ -271,8 +276,15 @@ class AgentService:
                     self.driver.ensure_pool(pool_name(ds["id"]), ds["path"])
             except (OSError, DriverError) as exc:
                 log.warning("datastore %s: cannot provide %s: %s", ds["id"], ds["path"], exc)
+        errors = {}
         for portgroup in self._expected["bridges"]:
-            self.network.ensure_portgroup(portgroup)
+            try:
+                self.network.ensure_portgroup(portgroup)
+            except UplinkRefused as exc:
+                if portgroup["bridge"] not in self._portgroup_errors:
+                    log.warning("port group bridge %s: %s: %s", portgroup["bridge"], exc.code, exc.message)
+                errors[portgroup["bridge"]] = PortgroupError(bridge=portgroup["bridge"], code=exc.code, message=exc.message[:500])
+        self._portgroup_errors = errors
 
 
 EXPECTED_FILE = "expected.json"

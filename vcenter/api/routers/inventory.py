@@ -1,5 +1,5 @@
 """CRUD routes of the inventory: /api/v1/{datacenters,folders,clusters,hosts,datastores,
-portgroups,pools}. List is paged (offset, limit), filtered (equality on declared fields,
+switches,portgroups,pools}. List is paged (offset, limit), filtered (equality on declared fields,
 ``name`` with ``*``) and sorted (``sort=name`` or ``sort=-name``)."""
 
 from collections.abc import Callable
@@ -127,6 +127,19 @@ _crud(
     parent=lambda b: ("datacenter", b.datacenter_id),
 )
 _crud(
+    path="switches",
+    kind="switch",
+    tag="switches",
+    create_model=s.SwitchCreate,
+    update_model=s.SwitchUpdate,
+    read_model=s.SwitchRead,
+    create=inv.create_switch,
+    filterable={"name", "datacenter_id"},
+    to_read=inv.switch_read,
+    privileges=("Network.Configure", "Network.Configure", "Network.Configure"),
+    parent=lambda b: ("datacenter", b.datacenter_id),
+)
+_crud(
     path="portgroups",
     kind="portgroup",
     tag="portgroups",
@@ -134,7 +147,7 @@ _crud(
     update_model=s.PortGroupUpdate,
     read_model=s.PortGroupRead,
     create=inv.create_portgroup,
-    filterable={"name", "datacenter_id", "vlan_id"},
+    filterable={"name", "datacenter_id", "switch_id", "vlan_id"},
     to_read=inv.portgroup_read,
     privileges=("Network.Configure", "Network.Configure", "Network.Configure"),
     parent=lambda b: ("datacenter", b.datacenter_id),

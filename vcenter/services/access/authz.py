@@ -39,6 +39,7 @@ from vcenter.db.models import (
     PortGroup,
     ResourcePool,
     Role,
+    Switch,
     Template,
     User,
     VirtualMachine,
@@ -55,6 +56,7 @@ _MODELS: dict[str, Any] = {
     "host": Host,
     "datastore": Datastore,
     "portgroup": PortGroup,
+    "switch": Switch,  # under its datacenter; permissions on it come from there
     "pool": ResourcePool,
     "vm": VirtualMachine,
     "template": Template,  # under its datacenter

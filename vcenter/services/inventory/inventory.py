@@ -1,5 +1,5 @@
 """Inventory use cases: create, read, update, delete of datacenters, folders, clusters, hosts,
-datastores, port groups and resource pools. One transaction each (the caller's session);
+datastores, switches, port groups and resource pools. One transaction each (the caller's session);
 every change writes an Event.
 
 Deletion is refused (409 with a stable code) while an object still has children, so nothing
@@ -27,11 +27,13 @@ from vcenter.db.models import (
     PortGroup,
     PortGroupHost,
     ResourcePool,
+    Switch,
     VirtualDisk,
     VirtualMachine,
     VirtualNic,
 )
 from vcenter.domain.datastore_roots import DatastorePathRefused, check_datastore_path, check_root, overlaps, parse_roots
+from vcenter.domain.uplinks import portgroup_bridge, switch_bridge, vlan_refusal
 from vcenter.services.inventory.cluster_settings import check_cluster_settings
 from vcenter.services.tasks.events import record_event
 
@@ -42,6 +44,7 @@ KINDS: dict[str, Any] = {
     "host": Host,
     "datastore": Datastore,
     "portgroup": PortGroup,
+    "switch": Switch,
     "pool": ResourcePool,
     "vm": VirtualMachine,
 }
@@ -181,6 +184,7 @@ def delete_object(session: Session, user: str, kind: str, object_id: int) -> Non
             (VirtualMachine, VirtualMachine.datacenter_id == row.id, "DATACENTER_NOT_EMPTY"),
             (Datastore, Datastore.datacenter_id == row.id, "DATACENTER_NOT_EMPTY"),
             (PortGroup, PortGroup.datacenter_id == row.id, "DATACENTER_NOT_EMPTY"),
+            (Switch, Switch.datacenter_id == row.id, "DATACENTER_NOT_EMPTY"),
             (Folder, Folder.datacenter_id == row.id, "DATACENTER_NOT_EMPTY"),
         ],
         "folder": [
@@ -194,6 +198,7 @@ def delete_object(session: Session, user: str, kind: str, object_id: int) -> Non
         "host": [(VirtualMachine, VirtualMachine.host_id == row.id, "HOST_HAS_VMS")],
         "datastore": [(VirtualDisk, VirtualDisk.datastore_id == row.id, "DATASTORE_IN_USE")],
         "portgroup": [(VirtualNic, VirtualNic.portgroup_id == row.id, "PORTGROUP_IN_USE")],
+        "switch": [(PortGroup, PortGroup.switch_id == row.id, "SWITCH_IN_USE")],
         "pool": [
             (ResourcePool, ResourcePool.parent_id == row.id, "POOL_NOT_EMPTY"),
             (VirtualMachine, VirtualMachine.pool_id == row.id, "POOL_NOT_EMPTY"),
@@ -305,6 +310,7 @@ def _set_hosts(session: Session, kind: str, row: Any, host_ids: list[int]) -> li
         row.mounts = [m for m in row.mounts if m.host_id in host_ids] + [DatastoreMount(host_id=h.id, path=row.url) for h in hosts if h.id not in before]
         return before
     if kind == "portgroup":
+        _tagged_supported(row.vlan_id if row.switch_id is not None else 0, hosts)
         before = sorted(m.host_id for m in row.hosts)
         row.hosts = [m for m in row.hosts if m.host_id in host_ids] + [PortGroupHost(host_id=h.id, present=False) for h in hosts if h.id not in before]
         return before
@@ -368,17 +374,58 @@ def create_datastore(session: Session, user: str, data: dict[str, Any], settings
     return datastore
 
 
+def create_switch(session: Session, user: str, data: dict[str, Any]) -> Switch:
+    ref(session, "datacenter", data["datacenter_id"], "datacenter_id")
+    switch = Switch(**data)
+    session.add(switch)
+    flush_unique(session, f"switch {data['name']!r}")
+    record_event(session, "switch.created", f"switch {switch.name} created with uplinks {', '.join(switch.uplinks)}", username=user, object_type="switch", object_id=switch.id, object_name=switch.name)
+    return switch
+
+
+def switch_read(sw: Switch) -> dict[str, Any]:
+    return {**{c: getattr(sw, c) for c in ("id", "name", "datacenter_id", "uplinks", "version", "created_at")}, "bridge": switch_bridge(sw.id)}
+
+
+def _tagged_supported(vlan_id: int, hosts: list[Host]) -> None:
+    """409 VLAN_UNSUPPORTED when a tagged port group would go to a host whose agent reported a
+    kernel without 802.1Q (made untagged it would join the untagged segment: never)."""
+    for host in hosts:
+        code = vlan_refusal(vlan_id, host.vlan_8021q)
+        if code:
+            raise Conflict(
+                f"host_ids: host {host.name} has no 802.1Q in its kernel: VLAN {vlan_id} cannot be carried there (a tagged port group is never made untagged)",
+                code=code,
+                details={"field": "host_ids", "host_id": host.id, "vlan_id": vlan_id},
+            )
+
+
 def create_portgroup(session: Session, user: str, data: dict[str, Any]) -> PortGroup:
     ref(session, "datacenter", data["datacenter_id"], "datacenter_id")
+    switch = ref(session, "switch", data.get("switch_id"), "switch_id")
+    if switch is not None and switch.datacenter_id != data["datacenter_id"]:
+        raise Invalid("switch_id: the switch is in another datacenter", code="INVALID_REFERENCE", details={"field": "switch_id"})
+    if switch is not None and data["vlan_id"] and _has(session, PortGroup, PortGroup.switch_id == switch.id, PortGroup.vlan_id == data["vlan_id"]):
+        # One 802.1Q sub-interface per uplink and VLAN: a second port group would fight over it.
+        raise Conflict(f"switch {switch.name} already has a port group on VLAN {data['vlan_id']}", code="VLAN_IN_USE", details={"field": "vlan_id"})
     host_ids = data.pop("host_ids", [])
     hosts = _hosts_in(session, data["datacenter_id"], host_ids)
+    if switch is not None:
+        _tagged_supported(data["vlan_id"], hosts)
     portgroup = PortGroup(**data, bridge="pending")
     portgroup.hosts = [PortGroupHost(host_id=h.id, present=False) for h in hosts]
     session.add(portgroup)
     flush_unique(session, f"port group {data['name']!r}")
-    portgroup.bridge = f"vcpg{portgroup.id}"  # short, unique, a valid Linux interface name
+    portgroup.bridge = portgroup_bridge(portgroup.id, portgroup.switch_id, portgroup.vlan_id)  # short, a valid Linux interface name
+    on = f" on switch {switch.name}" if switch is not None else ""
     record_event(
-        session, "portgroup.created", f"port group {portgroup.name} (VLAN {portgroup.vlan_id}) created", username=user, object_type="portgroup", object_id=portgroup.id, object_name=portgroup.name
+        session,
+        "portgroup.created",
+        f"port group {portgroup.name} (VLAN {portgroup.vlan_id}{on}) created",
+        username=user,
+        object_type="portgroup",
+        object_id=portgroup.id,
+        object_name=portgroup.name,
     )
     return portgroup
 
@@ -389,7 +436,8 @@ def datastore_read(ds: Datastore) -> dict[str, Any]:
 
 def portgroup_read(pg: PortGroup) -> dict[str, Any]:
     return {
-        **{c: getattr(pg, c) for c in ("id", "name", "datacenter_id", "vlan_id", "bridge", "version", "created_at")},
+        **{c: getattr(pg, c) for c in ("id", "name", "datacenter_id", "switch_id", "vlan_id", "bridge", "version", "created_at")},
         "host_ids": sorted(m.host_id for m in pg.hosts),
         "present_on_host_ids": sorted(m.host_id for m in pg.hosts if m.present),
+        "errors": [{"host_id": m.host_id, "code": m.error_code, "message": m.error_message or ""} for m in sorted(pg.hosts, key=lambda m: m.host_id) if m.error_code],
     }

@@ -20,12 +20,13 @@ from sqlalchemy.orm import Session
 from vcenter.core.clock import utcnow
 from vcenter.core.release import release
 from vcenter.core.settings import Settings
-from vcenter.db.models import Cluster, Datastore, DatastoreMount, Event, Host, PortGroup, PortGroupHost, Task, VirtualMachine, VmStats
+from vcenter.db.models import Cluster, Datastore, DatastoreMount, Event, Host, PortGroup, PortGroupHost, Switch, Task, VirtualMachine, VmStats
 from vcenter.domain.cpu import CpuModel, can_join
 from vcenter.domain.datastore_roots import DatastorePathRefused, check_datastore_path, check_root
 from vcenter.domain.demand import NOISE_WINDOW, cpu_sample_mhz, noise_spread, smoothed_demand
 from vcenter.domain.ha import UNEXPECTED_STOPS
 from vcenter.domain.states import ConnectionState, TaskState
+from vcenter.domain.uplinks import vlan_refusal
 from vcenter.messaging.contracts import DomainState, HostState, LifecycleEvent, TaskProgress, TaskResult
 from vcenter.services.ha import ha
 from vcenter.services.compute import migration
@@ -187,14 +188,46 @@ def report_host_state(session: Session, host: Host, state: HostState) -> dict[st
         if datastore is not None and host.id in {m.host_id for m in datastore.mounts}:
             datastore.capacity_bytes = ds_report.capacity_bytes
             datastore.free_bytes = ds_report.free_bytes
-    present = set(state.bridges)
-    for link in session.scalars(select(PortGroupHost).where(PortGroupHost.host_id == host.id)):
-        bridge = session.get(PortGroup, link.portgroup_id).bridge
-        if link.present != (bridge in present):
-            link.present = bridge in present
+    _note_network_facts(host, facts.nics, facts.vlan_8021q)
+    _note_portgroups(session, host, set(state.bridges), {e.bridge: (e.code, e.message) for e in state.portgroup_errors})
     if facts.datastore_roots is not None and host.datastore_roots != list(facts.datastore_roots):
         host.datastore_roots = list(facts.datastore_roots)  # only on a change: a write bumps the host's version
     return {"accepted": True, **expected_host_config(session, host, facts.datastore_roots), "ha": ha.agent_config(session, host)}
+
+
+def _note_network_facts(host: Host, nics: list[str] | None, vlan_8021q: bool | None) -> None:
+    # Only on a change: a write bumps the host's version. An agent that does not report them
+    # (an older release) leaves what is known.
+    if nics is not None and host.nics != list(nics):
+        host.nics = list(nics)
+    if vlan_8021q is not None and host.vlan_8021q != vlan_8021q:
+        host.vlan_8021q = vlan_8021q
+
+
+def _note_portgroups(session: Session, host: Host, present: set[str], errors: dict[str, tuple[str, str]]) -> None:
+    """Each port group of the host: there (its bridge reported, no error), or why not: the
+    agent's error, or the server's own refusal of a tagged port group on a host without 802.1Q
+    (not sent to it at all, see expected_host_config). A new error is an Event."""
+    for link in session.scalars(select(PortGroupHost).where(PortGroupHost.host_id == host.id)):
+        pg = session.get(PortGroup, link.portgroup_id)
+        refused = vlan_refusal(pg.vlan_id, host.vlan_8021q) if pg.switch_id is not None else None
+        code, message = (refused, "this host's kernel has no 802.1Q: the server does not send it a tagged port group") if refused else errors.get(pg.bridge, (None, None))
+        there = pg.bridge in present and code is None
+        if link.present != there:
+            link.present = there
+        if (link.error_code, link.error_message) != (code, message):
+            link.error_code, link.error_message = code, message
+            if code:
+                record_event(
+                    session,
+                    "portgroup.host_error",
+                    f"port group {pg.name} is not on host {host.name}: {code}: {message}",
+                    object_type="portgroup",
+                    object_id=pg.id,
+                    object_name=pg.name,
+                    reason=code,
+                    data={"host_id": host.id, "code": code, "message": message},
+                )
 
 
 def _sample_cpu(session: Session, vm: VirtualMachine, host: Host, domain: DomainState) -> None:
@@ -378,8 +411,16 @@ def expected_host_config(session: Session, host: Host, agent_roots: list[str] | 
     mounts = session.execute(select(DatastoreMount.datastore_id, DatastoreMount.path).where(DatastoreMount.host_id == host.id)).all()
     if agent_roots is not None:
         mounts = _mounts_within_roots(session, host, list(mounts), agent_roots)
-    portgroups = []
+    portgroups: list[dict[str, Any]] = []
     for pg in session.scalars(select(PortGroup).join(PortGroupHost).where(PortGroupHost.host_id == host.id).order_by(PortGroup.id)):
+        if pg.switch_id is not None:
+            if vlan_refusal(pg.vlan_id, host.vlan_8021q):
+                continue  # refused here already (VLAN_UNSUPPORTED on the port group); never made untagged
+            switch = session.get(Switch, pg.switch_id)
+            pg_config = {"bridge": pg.bridge, "vlan_id": pg.vlan_id, "peers": [], "switch": switch.name, "uplinks": list(switch.uplinks)}
+            if pg_config not in portgroups:  # untagged port groups of one switch are one bridge
+                portgroups.append(pg_config)
+            continue
         peers = sorted(session.get(Host, link.host_id).address for link in pg.hosts if link.host_id != host.id and session.get(Host, link.host_id).address)
         portgroups.append({"bridge": pg.bridge, "vlan_id": pg.vlan_id, "peers": peers})
     return {"datastores": [{"id": ds_id, "path": path} for ds_id, path in mounts], "bridges": portgroups}
