@@ -40,9 +40,23 @@ router = APIRouter(prefix="/api/v1")
 
 _HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _POSITION_MAX = 2048  # characters of a position: feed_max_gaps ids at most, each 10 digits
-_STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": "server-sent events until the session or the stream's lifetime ends"},
-}
+
+
+def _stream_responses(kind: str, example: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI of a stream: before 3.2 a text/event-stream ``schema`` describes one event."""
+    one_event = {
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "event": {"type": "string", "enum": [kind, "end"], "description": f"`{kind}`: a row; `end`: the stream ends (data: reason `session` or `lifetime`)"},
+            "data": {"type": "string", "contentMediaType": "application/json", "description": f"JSON: the {kind} as the list shows it, or the end's reason and message"},
+            "id": {"type": "string", "description": "the position to resume from (Last-Event-ID), on the last message of a batch"},
+        },
+        "example": {"id": "42", "event": kind, "data": json.dumps(example, separators=(",", ":"))},
+    }
+    return {200: {"content": {"text/event-stream": {"schema": one_event}}, "description": "server-sent events until the session or the stream's lifetime ends"}}
+
+
 _AFTER = Query(
     None,
     max_length=_POSITION_MAX,
@@ -163,7 +177,7 @@ def _task_feed(cursor: Cursor, settings: Any) -> feeds.TaskFeed:
 @router.get(
     "/events/stream",
     response_class=StreamingResponse,
-    responses=_STREAM_RESPONSES,
+    responses=_stream_responses("event", {"id": 42, "kind": "task.success", "object_type": "vm", "object_id": 7, "message": "task vm.powerOn on vm 7 succeeded", "task_id": 12}),
     tags=["events"],
     summary="Follow events live (server-sent events), resumable with Last-Event-ID",
 )
@@ -174,7 +188,7 @@ async def stream_events(request: Request, user: Annotated[CurrentUserInfo, requi
 @router.get(
     "/tasks/stream",
     response_class=StreamingResponse,
-    responses=_STREAM_RESPONSES,
+    responses=_stream_responses("task", {"id": 42, "kind": "vm.powerOn", "state": "running", "step": "running", "progress": 50, "object_type": "vm", "object_id": 7}),
     tags=["tasks"],
     summary="Follow tasks live (server-sent events): each task when created and when its state, step or progress changes",
 )
