@@ -45,13 +45,13 @@ def feed_settings(settings):
     return settings
 
 
-@pytest.fixture
-def api(feed_settings) -> Iterator[httpx.Client]:
-    """The app under a real HTTP server on a free loopback port, and a client of it."""
+@contextmanager
+def served(settings) -> Iterator[httpx.Client]:
+    """An API replica: the app under a real HTTP server on a free loopback port, and a client of it."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    app = create_app(feed_settings)
+    app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -63,6 +63,12 @@ def api(feed_settings) -> Iterator[httpx.Client]:
     finally:
         server.should_exit = True
         thread.join(15)
+
+
+@pytest.fixture
+def api(feed_settings) -> Iterator[httpx.Client]:
+    with served(feed_settings) as client:
+        yield client
 
 
 def _id(response: httpx.Response) -> int:
@@ -255,6 +261,31 @@ def test_the_task_stream_follows_a_task_resumes_without_duplicates_hides_other_o
         assert s2._next() is None and s2.ended  # the server closed the stream
 
 
+def test_the_task_stream_first_sends_the_unfinished_tasks_and_ends_when_the_session_expires(api, world):
+    from sqlalchemy import update
+
+    from vcenter.core.clock import utcnow
+    from vcenter.db.models import LoginSession
+    from vcenter.db.session import session_scope
+    from vcenter.services.access.auth import token_hash
+
+    running = _power(api, world, "vm1")  # before the stream: sent first, as it is
+    hidden = _power(api, world, "vm2")
+    user = world["user"]
+    with stream(api, "/api/v1/tasks/stream", user) as s:
+        first = s.until(lambda m: m.get("event") == "task", what="the unfinished task")
+        assert first["data"]["id"] == running["id"] and first["data"]["state"] == "queued"
+        s.quiet()
+        assert [t["id"] for t in s.of("task")] == [running["id"]] and hidden["id"] not in {t["id"] for t in s.of("task")}
+        # the session's absolute lifetime ends (as if hours passed): the next poll ends the stream
+        with session_scope(world["settings"].database_url) as session:
+            token = user["Authorization"].split()[1]
+            session.execute(update(LoginSession).where(LoginSession.token_hash == token_hash(token)).values(expires_at=utcnow()))
+        end = s.until(lambda m: m.get("event") == "end", what="the end of the expired session")
+        assert end["data"]["reason"] == "session" and s._next() is None
+    assert api.get("/api/v1/tasks", headers=user).status_code == 401
+
+
 def test_the_event_stream_sends_each_visible_event_once_and_resumes_with_after_id(api, world):
     user = world["user"]
     with stream(api, "/api/v1/events/stream", user) as s1:
@@ -306,20 +337,44 @@ def test_a_bad_resume_position_is_refused_before_the_stream_starts(api, world):
     assert api.get("/api/v1/tasks/stream").status_code == 401
 
 
-def test_a_user_opens_at_most_the_cap_of_streams_across_both_feeds(api, world):
+def test_a_user_opens_at_most_the_cap_of_streams_across_feeds_and_replicas(api, world):
     user = world["user"]
-    with stream(api, "/api/v1/events/stream", user), stream(api, "/api/v1/tasks/stream", user):
-        r = api.get("/api/v1/tasks/stream", headers=user)
-        assert r.status_code == 429 and r.json()["code"] == "STREAM_LIMIT" and r.json()["details"] == {"limit": 2}, r.text
-        # another user has slots of its own
-        with stream(api, "/api/v1/events/stream", world["admin"]):
-            pass
+    with served(world["settings"]) as other_replica:
+        with stream(api, "/api/v1/events/stream", user), stream(other_replica, "/api/v1/tasks/stream", user) as elsewhere:
+            for replica in (api, other_replica):
+                r = replica.get("/api/v1/tasks/stream", headers=user)
+                assert r.status_code == 429 and r.json()["code"] == "STREAM_LIMIT" and r.json()["details"] == {"limit": 2}, r.text
+            # another user has slots of its own
+            with stream(api, "/api/v1/events/stream", world["admin"]):
+                pass
+            # the other replica's stream sees a task started through this one
+            task = _power(api, world, "vm1")
+            elsewhere.until(_task_is(task["id"], "queued"), what="the task on the other replica's stream")
 
-    def reopened() -> bool:  # the slots come back once the server has seen the streams close
+    def reopened() -> bool:  # the slots come back once the servers have seen the streams close
         with api.stream("GET", "/api/v1/tasks/stream", headers=user) as response:
             return response.status_code == 200
 
     wait_for(reopened, timeout=10, what="a slot freed by a closed stream")
+
+
+def test_a_dead_replicas_slots_expire(api, world):
+    """A replica that dies holding slots (never releasing them) blocks the user only until the
+    slots' ttl passes without a renewal."""
+    from vcenter.services.tasks.stream_slots import StreamSlot
+
+    runtime = api.vc_runtime
+    user_id = next(u["id"] for u in api.get("/api/v1/users", headers=world["admin"]).json() if u["username"] == "vmuser")
+    for _ in range(2):
+        StreamSlot(runtime.redis, user_id, ttl=3.0).take(cap=2)  # a replica opened two, then died
+    r = api.get("/api/v1/events/stream", headers=world["user"])
+    assert r.status_code == 429 and r.json()["code"] == "STREAM_LIMIT"
+
+    def admitted() -> bool:
+        with api.stream("GET", "/api/v1/events/stream", headers=world["user"]) as response:
+            return response.status_code == 200
+
+    wait_for(admitted, timeout=10, what="the dead replica's slots to expire")
 
 
 def test_a_stream_ends_after_its_lifetime_and_sends_keep_alives_meanwhile(api, world):
