@@ -377,6 +377,35 @@ def test_a_dead_replicas_slots_expire(api, world):
     wait_for(admitted, timeout=10, what="the dead replica's slots to expire")
 
 
+def test_a_failing_poll_ends_the_stream_with_a_reason_and_frees_its_slot(api, world, monkeypatch):
+    """After the status line an error cannot become a 5xx: the stream says why it ends."""
+    from vcenter.api.routers import feeds as feed_routes
+
+    def broken(self):
+        raise RuntimeError("database gone")
+
+    monkeypatch.setattr(feed_routes._Stream, "poll", broken)
+    for _ in range(3):  # more than the cap: each stream's slot was given back
+        with stream(api, "/api/v1/events/stream", world["user"]) as s:
+            assert s.until(lambda m: m.get("event") == "end", what="the end")["data"]["reason"] == "unavailable"
+
+
+def test_without_redis_a_stream_is_refused_with_503_not_500():
+    import redis
+
+    from vcenter.core.errors import Unavailable
+    from vcenter.services.tasks.stream_slots import StreamSlot
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    slot = StreamSlot(redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1), 1, ttl=5.0)
+    with pytest.raises(Unavailable) as refused:
+        slot.take(cap=2)
+    assert refused.value.status == 503 and refused.value.code == "UNAVAILABLE"
+    slot.release()  # and the end of a stream does not fail on it either
+
+
 def test_a_stream_ends_after_its_lifetime_and_sends_keep_alives_meanwhile(api, world):
     runtime = api.vc_runtime
     runtime.settings = runtime.settings.model_copy(update={"feed_stream_max_lifetime": 1.0})

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
@@ -36,6 +37,7 @@ from vcenter.services.access import auth, authz
 from vcenter.services.tasks import feeds, tasks
 from vcenter.services.tasks.stream_slots import StreamSlot
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1")
 
 _HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -48,7 +50,7 @@ def _stream_responses(kind: str, example: dict[str, Any]) -> dict[int | str, dic
         "type": "object",
         "required": ["data"],
         "properties": {
-            "event": {"type": "string", "enum": [kind, "end"], "description": f"`{kind}`: a row; `end`: the stream ends (data: reason `session` or `lifetime`)"},
+            "event": {"type": "string", "enum": [kind, "end"], "description": f"`{kind}`: a row; `end`: the stream ends (data: reason `session`, `lifetime` or `unavailable`)"},
             "data": {"type": "string", "contentMediaType": "application/json", "description": f"JSON: the {kind} as the list shows it, or the end's reason and message"},
             "id": {"type": "string", "description": "the position to resume from (Last-Event-ID), on the last message of a batch"},
         },
@@ -142,7 +144,13 @@ async def _respond(request: Request, user: CurrentUserInfo, after_id: str | None
                 yield message
             started = quiet_since = time.monotonic()
             while not await request.is_disconnected():
-                polled = await run_in_threadpool(stream.poll)
+                try:
+                    polled = await run_in_threadpool(stream.poll)
+                    await run_in_threadpool(slot.renew)
+                except Exception:  # after the status line an error can only end the stream: say so, the client reconnects
+                    log.exception("feed stream of user %s: a poll failed", user.id)
+                    yield sse("end", {"reason": "unavailable", "message": "the server cannot read the feed now: reconnect with Last-Event-ID"})
+                    return
                 if polled is None:
                     yield sse("end", {"reason": "session", "message": "the session ended: log in again"})
                     return
@@ -157,7 +165,6 @@ async def _respond(request: Request, user: CurrentUserInfo, after_id: str | None
                 if now - started >= settings.feed_stream_max_lifetime:
                     yield sse("end", {"reason": "lifetime", "message": "reconnect with Last-Event-ID"})
                     return
-                await run_in_threadpool(slot.renew)
                 if not full:
                     await asyncio.sleep(settings.feed_poll_period)
         finally:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from vcenter.core.errors import RateLimited
+import redis as redis_errors
+
+from vcenter.core.errors import RateLimited, Unavailable
 from vcenter.core.ids import new_uuid
 from vcenter.messaging.contracts import feed_streams_key
 
@@ -47,8 +49,13 @@ class StreamSlot:
         return (1, self.key, self.ttl, cap, self.id, int(self.ttl * 1000) + 1000)
 
     def take(self, cap: int) -> None:
-        """Hold a slot, or 429 STREAM_LIMIT when the user has ``cap`` streams open."""
-        if not self.redis.eval(_TAKE, *self._args(cap)):
+        """Hold a slot, or 429 STREAM_LIMIT when the user has ``cap`` streams open (503 when
+        Redis does not answer: the cap cannot be kept without it)."""
+        try:
+            taken = self.redis.eval(_TAKE, *self._args(cap))
+        except redis_errors.RedisError as exc:
+            raise Unavailable(f"cannot count open streams: {exc}", code="UNAVAILABLE") from exc
+        if not taken:
             raise RateLimited(
                 f"at most {cap} event/task streams per user are open at once: close one, or wait for a dead one's slot to expire",
                 code="STREAM_LIMIT",
@@ -59,4 +66,7 @@ class StreamSlot:
         self.redis.eval(_RENEW, *self._args())
 
     def release(self) -> None:
-        self.redis.zrem(self.key, self.id)
+        try:
+            self.redis.zrem(self.key, self.id)
+        except redis_errors.RedisError:  # Redis away: the slot expires by itself
+            pass
