@@ -331,9 +331,16 @@ def test_a_permission_removed_stops_the_rows_at_the_next_poll(api, world):
 
 
 def test_a_bad_resume_position_is_refused_before_the_stream_starts(api, world):
-    for headers, params in (({"Last-Event-ID": "-1"}, {}), ({"Last-Event-ID": "5:7"}, {}), ({}, {"after_id": "abc"}), ({}, {"after_id": "1:" + ",".join("0" * 200)})):
+    cases = [
+        ({"Last-Event-ID": "-1"}, {}, "INVALID_ID"),  # ids by the one id parser
+        ({}, {"after_id": "abc"}, "INVALID_ID"),
+        ({"Last-Event-ID": "5:07"}, {}, "INVALID_ID"),
+        ({"Last-Event-ID": "5:7"}, {}, "INVALID_POSITION"),  # a shape the server does not write
+        ({}, {"after_id": "1:" + ",".join("0" * 200)}, "INVALID_POSITION"),
+    ]
+    for headers, params, code in cases:
         r = api.get("/api/v1/events/stream", headers={**world["user"], **headers}, params=params)
-        assert r.status_code == 422 and r.json()["code"] == "INVALID_POSITION", (headers, params, r.text)
+        assert r.status_code == 422 and r.json()["code"] == code, (headers, params, r.text)
     assert api.get("/api/v1/tasks/stream").status_code == 401
 
 

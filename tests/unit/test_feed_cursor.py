@@ -4,9 +4,17 @@ grace; the resume position carries the awaited ids; a position it did not write 
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 
-from vcenter.domain.feed_cursor import BadPosition, Cursor, advance, parse_position, position
+from vcenter.core.errors import Invalid
+from vcenter.core.object_ids import parse_object_id
+from vcenter.domain.feed_cursor import BadPosition, Cursor, advance
+from vcenter.domain.feed_cursor import parse_position as parse_with
+from vcenter.domain.feed_cursor import position
+
+parse_position = partial(parse_with, parse_id=parse_object_id)  # as the API reads it: the one id parser
 
 GRACE, MAX_GAPS = 10.0, 5
 
@@ -85,10 +93,14 @@ def test_the_position_carries_awaited_ids_and_reads_back():
     assert seen == [2]
 
 
-@pytest.mark.parametrize(
-    "text",
-    ["", "-1", "+1", " 1", "01", "1_0", "1.0", "x", "٣", "2147483648", "99999999999", "4:", "4:4", "4:5", "4:2,2", "4:,2", "9:1,2,3,4,5,6", "4:2;3", "1:0:0"],
-)
-def test_a_position_it_did_not_write_is_refused(text):
+@pytest.mark.parametrize("text", ["4:4", "4:5", "4:2,2", "9:1,2,3,4,5,6"])
+def test_a_position_of_another_shape_is_refused(text):
     with pytest.raises(BadPosition):
         parse_position(text, 0.0, MAX_GAPS)
+
+
+@pytest.mark.parametrize("text", ["", "-1", "+1", " 1", "01", "1_0", "1.0", "x", "٣", "2147483648", "99999999999", "4:", "4:,2", "4:2;3", "1:0:0"])
+def test_an_id_not_written_canonically_is_refused_by_the_id_parser(text):
+    with pytest.raises(Invalid) as refused:
+        parse_position(text, 0.0, MAX_GAPS)
+    assert refused.value.code == "INVALID_ID"

@@ -11,18 +11,16 @@ for longer than the grace is given up (its transaction rolled back, or its row w
 The position a client resumes from (the SSE ``id:`` field, sent back as ``Last-Event-ID``)
 is ``last`` alone, or ``last:gap,gap,...`` while ids are still awaited, so that a reconnect
 does not lose the rows of transactions that were open when the stream broke. Parsing is
-bounded: the stream refuses a position with more gaps than it would itself remember.
+bounded: the stream refuses a position with more gaps than it would itself remember; each id
+in it is read by the caller's id parser (the API's one, vcenter.core.object_ids).
 
 Pure: no clock (the caller passes ``now``, monotonic seconds), no database.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-
-# The largest id of tasks and events (INTEGER columns), as vcenter.core.object_ids bounds ids.
-MAX_ID = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -71,30 +69,20 @@ class BadPosition(ValueError):
     """A resume position that is not one this module writes."""
 
 
-def parse_position(text: str, now: float, max_gaps: int) -> Cursor:
+def parse_position(text: str, now: float, max_gaps: int, parse_id: Callable[[str], int]) -> Cursor:
     """The cursor a client resumes from (``Last-Event-ID`` or ``after_id``); its gaps are
-    awaited for a whole grace from ``now``. Raises BadPosition for anything else: canonical
-    non-negative integers within an id's range, at most ``max_gaps`` gaps, each below last."""
+    awaited for a whole grace from ``now``. Each id is read by ``parse_id``, which refuses a
+    non-canonical one in its own way; BadPosition for a shape this module does not write: more
+    than ``max_gaps`` gaps, a gap not below the position, a gap given twice."""
     last_text, sep, gaps_text = text.partition(":")
-    last = _parse_id(last_text)
+    parts = gaps_text.split(",") if sep else []
+    if len(parts) > max_gaps:
+        raise BadPosition(f"more than {max_gaps} awaited ids")
+    last = parse_id(last_text)
     gaps: dict[int, float] = {}
-    if sep:
-        parts = gaps_text.split(",")
-        if len(parts) > max_gaps:
-            raise BadPosition(f"more than {max_gaps} awaited ids")
-        for part in parts:
-            gap = _parse_id(part)
-            if gap >= last or gap in gaps:
-                raise BadPosition("an awaited id must be below the position and given once")
-            gaps[gap] = now
+    for part in parts:
+        gap = parse_id(part)
+        if gap >= last or gap in gaps:
+            raise BadPosition("an awaited id must be below the position and given once")
+        gaps[gap] = now
     return Cursor(last=last, gaps=gaps)
-
-
-def _parse_id(text: str) -> int:
-    # Canonical digits only: no sign, no spaces, no leading zeros, no underscores (int() takes them).
-    if not text.isascii() or not text.isdigit() or (len(text) > 1 and text[0] == "0") or len(text) > 10:
-        raise BadPosition(f"not an id: {text[:32]!r}")
-    value = int(text)
-    if value > MAX_ID:
-        raise BadPosition("id out of range")
-    return value

@@ -31,6 +31,7 @@ from starlette.concurrency import run_in_threadpool
 
 from vcenter.api.deps import CurrentUserInfo, requires
 from vcenter.core.errors import Invalid, Unauthorized
+from vcenter.core.object_ids import parse_object_id
 from vcenter.domain.feed_cursor import BadPosition, Cursor, parse_position, position
 from vcenter.schemas import inventory as s
 from vcenter.services.access import auth, authz
@@ -74,16 +75,18 @@ def sse(kind: str, data: Any, event_id: str | None = None) -> str:
 
 def start_cursor(request: Request, after_id: str | None, settings: Any) -> Cursor | None:
     """The position the caller resumes from (Last-Event-ID, else ?after_id=), None for none;
-    422 INVALID_POSITION for one this server does not write."""
-    text = request.headers.get("last-event-id", after_id)
-    if text is None or text == "":
+    422 INVALID_ID for an id not written canonically, INVALID_POSITION for another shape."""
+    header = request.headers.get("last-event-id") or None  # empty: the client has no id yet (EventSource)
+    field = "Last-Event-ID" if header is not None else "after_id"
+    text = header if header is not None else after_id
+    if text is None:
         return None
     try:
         if len(text) > _POSITION_MAX:
             raise BadPosition("too long")
-        return parse_position(text, time.monotonic(), settings.feed_max_gaps)
+        return parse_position(text, time.monotonic(), settings.feed_max_gaps, lambda part: parse_object_id(part, field))
     except BadPosition as exc:
-        raise Invalid(f"not a stream position: {exc}", code="INVALID_POSITION", details={"field": "Last-Event-ID" if "last-event-id" in request.headers else "after_id"}) from None
+        raise Invalid(f"not a stream position: {exc}", code="INVALID_POSITION", details={"field": field}) from None
 
 
 class _Stream:
