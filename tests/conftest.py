@@ -73,6 +73,11 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
         # tmp_path (agents on real files): both are datastore roots, for the server and agents.
         "datastore_roots": f"/var/lib/virtcenter/datastores,/srv,/mnt,{tmp_path}",
         "agent_datastore_roots": f"/var/lib/virtcenter/datastores,/srv,/mnt,{tmp_path}",
+        # Event/task streams end within a fraction of a second and task waits are short: a
+        # test (or the fuzzer) that opens one without meaning to follow it is not held up.
+        "feed_poll_period": 0.05,
+        "feed_stream_max_lifetime": 0.2,
+        "task_wait_max": 1.0,
     }
     values.update(overrides)
     return Settings(**values)

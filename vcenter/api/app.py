@@ -31,7 +31,7 @@ from vcenter.api.guards import InputGuard, streamed_upload_matcher
 from vcenter.api.headers import SecurityHeaders
 from vcenter.core.audit import request_source
 from vcenter.core.errors import Unauthorized
-from vcenter.api.routers import access, agent, clusters, inventory, tasks, users, vms
+from vcenter.api.routers import access, agent, clusters, feeds, inventory, tasks, users, vms
 from vcenter.core.settings import Settings, get_settings
 from vcenter.services.access import auth, authz
 from vcenter.services.tasks.runtime import Runtime
@@ -97,7 +97,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.state.runtime = runtime or Runtime.build(settings)
     install_error_handlers(app)
     app.add_middleware(InputGuard, max_json_body=settings.max_json_body, is_streamed_upload=streamed_upload_matcher(lambda: app.routes))
-    for module in (inventory, clusters, vms, tasks, users, access, agent):
+    for module in (inventory, clusters, vms, feeds, tasks, users, access, agent):  # feeds first: /tasks/stream before /tasks/{task_id}
         app.include_router(module.router)
     app.include_router(agent.registration)
     from vcenter.api.routers import vmdata as vmdata_routes  # snapshots, clones, backups, restores

@@ -91,6 +91,18 @@ class Settings(BaseSettings):
     celery_unacked_restore_interval: float = Field(10.0, description="how often consumers look for unacknowledged commands past the visibility timeout (to redeliver them)")
     guest_shutdown_timeout: float = Field(120.0, description="default time a guest gets to shut down before the task ends as GUEST_SHUTDOWN_TIMEOUT")
 
+    # --- event and task feeds (vcenter.services.tasks.feeds, vcenter.api.routers.feeds) -----
+    feed_poll_period: float = Field(1.0, gt=0, description="event/task streams and task waits (GET /tasks/{id}?wait=) look at the database this often")
+    feed_gap_grace: float = Field(30.0, ge=0, description="an id a stream passed without seeing (its transaction had not committed yet) is looked for again this long, then given up (rolled back)")
+    feed_max_gaps: int = Field(100, ge=1, description="at most this many skipped ids a stream awaits at once (the highest kept)")
+    feed_batch: int = Field(500, ge=1, description="rows a stream reads per poll (it polls again at once after a full batch)")
+    feed_tracked_tasks: int = Field(1000, ge=1, description="unfinished tasks a task stream follows for changes (the newest kept)")
+    feed_keepalive_period: float = Field(15.0, gt=0, description="an idle stream sends a comment this often, so proxies keep it open")
+    feed_stream_max_lifetime: float = Field(3600.0, gt=0, description="a stream ends after this long; the client reconnects with Last-Event-ID and loses nothing")
+    feed_streams_per_user: int = Field(10, ge=1, description="open event/task streams per user, across API replicas (429 STREAM_LIMIT beyond)")
+    feed_stream_slot_ttl: float = Field(60.0, gt=0, description="a stream's slot in the per-user count expires unless renewed (every poll) within this: how long a dead replica's streams still count")
+    task_wait_max: float = Field(60.0, gt=0, description="longest wait GET /tasks/{id}?wait= accepts (s)")
+
     # --- host registration ----------------------------------------------------------------
     host_trust_on_first_use: bool = Field(False, description="trust a registering agent's certificate thumbprint without operator confirmation")
     registration_token_ttl: float = Field(86400.0, description="lifetime of a host's one-time registration token")

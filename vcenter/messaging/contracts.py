@@ -79,6 +79,12 @@ def ha_datastore_view_key(host_id: int) -> str:
     return f"vc:ha:ds:{host_id}"
 
 
+def feed_streams_key(user_id: int) -> str:
+    """Redis sorted set of a user's open event/task streams (member: a stream's id, score: when
+    its slot expires unless renewed), shared by every API replica (vcenter.services.tasks.stream_slots)."""
+    return f"vc:feeds:streams:{user_id}"
+
+
 class DiskSpec(BaseModel):
     index: int
     datastore_id: int

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, status
+from pydantic import AwareDatetime
+from starlette.concurrency import run_in_threadpool
 
 from vcenter.api.deps import CurrentUser, CurrentUserInfo, DbDep, SettingsDep, TokenDep, public, requires
-from vcenter.core.object_ids import ObjectIdPath, Offset
+from vcenter.api.routers.users import since_utc
+from vcenter.core.errors import Invalid
+from vcenter.core.object_ids import ObjectIdPath, Offset, OptionalObjectIdQuery
+from vcenter.domain.states import TaskState
 from vcenter.schemas import inventory as s
 from vcenter.services.access import auth, users
 from vcenter.services.orchestration import cancel
-from vcenter.services.tasks import tasks
+from vcenter.services.tasks import feeds, tasks
 from vcenter.services.inventory.listing import list_rows
 
 router = APIRouter(prefix="/api/v1")
@@ -30,6 +37,19 @@ def _visible(db: Any, user: CurrentUserInfo, model: Any) -> Any:
     return authz.event_visibility_clause(db, users.get_user(db, user.id), model, token=user.token)
 
 
+# Reading from a point (a program catching up, then following /tasks/stream or /events/stream).
+_AFTER_ID = "only rows with a higher id (ascending by default): the id of the last row already read"
+_SINCE = "only rows at or after this instant, with its time zone (e.g. 2026-01-01T00:00:00Z); a time without one is a 422"
+_SORT = "field or -field; default -id (newest first), or id when reading from a point (after_id or since)"
+_NOT_FILTERS = {"offset", "limit", "sort", "after_id", "since"}
+
+
+def _from_point(db: Any, user: CurrentUserInfo, model: Any, after_id: int | None, since: Any, sort: str | None) -> tuple[Any, str]:
+    """The list's WHERE clause (visibility, then the point) and its sort."""
+    restrict = feeds.window(model, _visible(db, user, model), after_id, since_utc(since))
+    return restrict, sort or ("id" if after_id is not None or since is not None else "-id")
+
+
 @router.get("/tasks", response_model=s.Page[s.TaskRead], tags=["tasks"], summary="List tasks, newest first by default")
 def list_tasks(
     request: Request,
@@ -37,9 +57,12 @@ def list_tasks(
     user: Annotated[CurrentUserInfo, requires("System.View", deferred=True)],
     offset: Offset = 0,
     limit: int = Query(50, ge=1, le=500),
-    sort: str | None = Query("-id"),
+    sort: str | None = Query(None, description=_SORT),
+    after_id: Annotated[OptionalObjectIdQuery, Query(description=_AFTER_ID)] = None,
+    since: AwareDatetime | None = Query(None, description=_SINCE + " (tasks: by creation time)"),
 ) -> Any:
-    filters = {k: v for k, v in request.query_params.items() if k not in {"offset", "limit", "sort"}}  # parsed by column in list_rows
+    filters = {k: v for k, v in request.query_params.items() if k not in _NOT_FILTERS}  # parsed by column in list_rows
+    restrict, sort = _from_point(db, user, tasks.TASK_MODEL, after_id, since, sort)
     total, rows = list_rows(
         db,
         tasks.TASK_MODEL,
@@ -49,16 +72,42 @@ def list_tasks(
         sortable={"id", "created_at"},
         offset=offset,
         limit=limit,
-        restrict=_visible(db, user, tasks.TASK_MODEL),
+        restrict=restrict,
     )
     return {"total": total, "offset": offset, "limit": limit, "items": rows}
 
 
-@router.get("/tasks/{task_id}", response_model=s.TaskRead, tags=["tasks"], summary="Get a task: state, step, progress, result, error code")
-def get_task(task_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", deferred=True)]) -> Any:
-    task = tasks.get_task(db, task_id)
-    if task.user_id is None or task.user_id != user.id:  # its own by id: a name can be taken again
-        user.require(db, *_task_object(task))
+def _read_task(runtime: Any, user: CurrentUserInfo, task_id: int) -> s.TaskRead:
+    with runtime.transaction() as db:
+        task = tasks.get_task(db, task_id)
+        if task.user_id is None or task.user_id != user.id:  # its own by id: a name can be taken again
+            user.require(db, *_task_object(task))
+        return s.TaskRead.model_validate(task)
+
+
+@router.get("/tasks/{task_id}", response_model=s.TaskRead, tags=["tasks"], summary="Get a task: state, step, progress, result, error code; with ?wait=, once it ends")
+async def get_task(
+    task_id: ObjectIdPath,
+    request: Request,
+    user: Annotated[CurrentUserInfo, requires("System.View", deferred=True)],
+    wait: float | None = Query(
+        None,
+        ge=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="seconds to wait for the task to end (success, error or cancelled) before answering; at most the server's task_wait_max (60 s by default)",
+    ),
+) -> Any:
+    runtime = request.app.state.runtime
+    if wait is not None and wait > runtime.settings.task_wait_max:
+        raise Invalid(f"wait: at most {runtime.settings.task_wait_max:g} seconds", code="INVALID_WAIT", details={"field": "wait", "max": runtime.settings.task_wait_max})
+    # Read (and the privilege checked) in a worker thread each time: a wait holds no thread and
+    # no transaction, and sees the task as committed by whichever process ends it.
+    task = await run_in_threadpool(_read_task, runtime, user, task_id)
+    deadline = time.monotonic() + (wait or 0)
+    while not TaskState(task.state).finished and (left := deadline - time.monotonic()) > 0 and not await request.is_disconnected():
+        await asyncio.sleep(min(runtime.settings.feed_poll_period, left))
+        task = await run_in_threadpool(_read_task, runtime, user, task_id)
     return task
 
 
@@ -77,9 +126,12 @@ def list_events(
     user: Annotated[CurrentUserInfo, requires("System.View", deferred=True)],
     offset: Offset = 0,
     limit: int = Query(50, ge=1, le=500),
-    sort: str | None = Query("-id"),
+    sort: str | None = Query(None, description=_SORT),
+    after_id: Annotated[OptionalObjectIdQuery, Query(description=_AFTER_ID)] = None,
+    since: AwareDatetime | None = Query(None, description=_SINCE),
 ) -> Any:
-    filters = {k: v for k, v in request.query_params.items() if k not in {"offset", "limit", "sort"}}  # parsed by column in list_rows
+    filters = {k: v for k, v in request.query_params.items() if k not in _NOT_FILTERS}  # parsed by column in list_rows
+    restrict, sort = _from_point(db, user, tasks.EVENT_MODEL, after_id, since, sort)
     total, rows = list_rows(
         db,
         tasks.EVENT_MODEL,
@@ -89,7 +141,7 @@ def list_events(
         sortable={"id", "at"},
         offset=offset,
         limit=limit,
-        restrict=_visible(db, user, tasks.EVENT_MODEL),
+        restrict=restrict,
     )
     return {"total": total, "offset": offset, "limit": limit, "items": rows}
 
