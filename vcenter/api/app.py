@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
+from fastapi.routing import APIRoute
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -51,6 +52,14 @@ def bearer_of(authorization: str | None) -> str | None:
 def is_metrics_token(token: str | None, metrics_token: str | None) -> bool:
     """The Prometheus credential, compared in constant time; never true when none is set."""
     return bool(token and metrics_token) and hmac.compare_digest(token.encode(), metrics_token.encode())  # type: ignore[union-attr]
+
+
+def operation_id(route: APIRoute) -> str:
+    """An operation's OpenAPI ``operationId``: its route's name (``list_datacenters``,
+    ``get_host``, ``migrate_vm``), which clients generated from the document keep as method
+    names; FastAPI's default appends the path and method (``..._api_v1_datacenters_get``) and
+    changes with them. Unique: tests/api/test_openapi_contract.py fails on a repeated name."""
+    return route.name
 
 
 def swagger_page(openapi_url: str) -> str:
@@ -114,7 +123,15 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
                 server.shutdown()
                 server.server_close()
 
-    app = FastAPI(title="virtcenter", version="0.1.0", docs_url=None, redoc_url=None, lifespan=lifespan, description="Central management server for KVM/libvirt clusters.")
+    app = FastAPI(
+        title="virtcenter",
+        version="0.1.0",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+        description="Central management server for KVM/libvirt clusters.",
+        generate_unique_id_function=operation_id,
+    )
     app.state.runtime = runtime or Runtime.build(settings)
     install_error_handlers(app)
     app.add_middleware(InputGuard, max_json_body=settings.max_json_body, is_streamed_upload=streamed_upload_matcher(lambda: app.routes))
@@ -203,6 +220,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         summary="Prometheus metrics (the metrics token, or a user holding System.View)",
         responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "the Prometheus text format"}},
         response_class=PlainTextResponse,
+        # metrics_access reads the header itself (the metrics token is no user's), so declare
+        # the scheme here: it is the same 'Authorization: Bearer' credential.
+        openapi_extra={"security": [{"bearerAuth": []}]},
     )
     def metrics(request: Request) -> Response:
         metrics_access(request)
