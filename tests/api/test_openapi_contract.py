@@ -3,6 +3,8 @@
 - every operation has a stable ``operationId``: its route's name (``list_datacenters``,
   ``get_host``, ``migrate_vm``), unique across the document, never FastAPI's generated
   ``<name>_api_v1_<path>_<method>`` that changes with the path;
+- one resource, one path parameter name: ``/hosts/{host_id}`` on every route of a host (the
+  inventory's CRUD routes said ``{object_id}``);
 - the credential is the ``bearerAuth`` security scheme on every operation that needs one (no
   ``Authorization`` header parameter anywhere), and the public operations declare none.
 
@@ -59,3 +61,15 @@ def test_the_token_is_a_security_scheme_never_a_header_parameter(document):
             assert not op.get("security"), (path, method)
         else:
             assert op.get("security") == [{"bearerAuth": []}], (path, method, op.get("security"))
+
+
+def test_a_resource_has_one_path_parameter_name(document):
+    names: dict[str, set[str]] = {}
+    for path in document["paths"]:
+        segments = path.split("/")
+        for before, segment in zip(segments, segments[1:]):
+            if segment.startswith("{") and not before.startswith("{"):
+                names.setdefault(before, set()).add(segment)
+    assert {k: v for k, v in names.items() if len(v) > 1} == {}
+    for collection in ("datacenters", "folders", "clusters", "hosts", "datastores", "portgroups", "pools", "vms"):
+        assert names[collection] == {"{" + collection.removesuffix("s") + "_id}"}, collection
