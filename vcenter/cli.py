@@ -1,31 +1,74 @@
-"""The `vcenter` command: serve, worker, beat, agent, db upgrade, admin create, lab.
+"""The `vcenter` command: serve, worker, beat, agent, db upgrade, admin create, lab, sim.
 
 Configuration comes from VCENTER_* environment variables (see vcenter.core.settings);
 options given here override them for this process.
+
+Start-up decides what is imported: only typer and this module. Every command imports what it
+runs inside its function, and the sub-applications ``lab`` and ``sim`` (numpy, the lab's
+libvirt tooling) are loaded when named (``_LazyGroup``), so that ``vcenter --help`` and
+``vcenter --version`` import none of numpy, SQLAlchemy, FastAPI, Celery or the settings
+(tests/unit/test_cli_imports.py; bench/cli_start.py measures it).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
+from typer.core import TyperGroup
 
-from vcenter.core.logging import setup_logging
-from vcenter.core.placeholder_secrets import PlaceholderSecretError, refuse_placeholder_secrets
-from vcenter.core.release import release
-from vcenter.core.settings import get_settings, reset_settings_cache
-from vcenter.messaging.contracts import HA_LOCK_KEY
+if TYPE_CHECKING:
+    from vcenter.core.settings import Settings
 
-app = typer.Typer(help="virtcenter: central management of KVM/libvirt clusters.", no_args_is_help=True, add_completion=False)
-db_app = typer.Typer(help="Database schema management.", no_args_is_help=True)
-admin_app = typer.Typer(help="Administrator accounts.", no_args_is_help=True)
+# Sub-applications loaded when their name is given: name -> (module, attribute, one-line help).
+LAZY_SUBAPPS = {
+    "lab": ("vcenter.lab.cli", "lab_app", "A lab of real libvirt/QEMU hosts on this machine (network namespaces)."),
+    "sim": ("vcenter.sim.cli", "sim_app", "Replay VM demand traces over a simulated cluster with the real DRS/DPM engine."),
+}
+
+
+class _LazyGroup(TyperGroup):
+    """The root command group: lists LAZY_SUBAPPS among its commands, and imports one only when
+    it is invoked (or asked for its own help); the root's help lists them by their one-line help."""
+
+    _listing = False
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*super().list_commands(ctx), *(name for name in LAZY_SUBAPPS if name not in self.commands)]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name in LAZY_SUBAPPS and cmd_name not in self.commands:
+            module, attribute, help_text = LAZY_SUBAPPS[cmd_name]
+            if self._listing:  # the root's --help: a row, not the sub-application
+                return typer.core.TyperCommand(cmd_name, help=help_text)
+            command = typer.main.get_command(getattr(importlib.import_module(module), attribute))
+            command.name, command.help = cmd_name, help_text
+            self.commands[cmd_name] = command
+        return super().get_command(ctx, cmd_name)
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
+
+# rich_markup_mode=None: click's plain help (typer's rich help imports rich and markdown-it,
+# a third of a second, for every --help).
+app = typer.Typer(cls=_LazyGroup, help="virtcenter: central management of KVM/libvirt clusters.", no_args_is_help=True, add_completion=False, rich_markup_mode=None)
+db_app = typer.Typer(help="Database schema management.", no_args_is_help=True, rich_markup_mode=None)
+admin_app = typer.Typer(help="Administrator accounts.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(db_app, name="db")
 app.add_typer(admin_app, name="admin")
 
 
 def _print_version(value: bool) -> None:
     if value:
+        from vcenter.core.release import release
+
         typer.echo(f"virtcenter {release()}")
         raise typer.Exit()
 
@@ -35,22 +78,11 @@ def _root_options(version: bool = typer.Option(False, "--version", callback=_pri
     """virtcenter: central management of KVM/libvirt clusters."""
 
 
-def _add_lab() -> None:
-    from vcenter.lab.cli import lab_app
+def get_settings() -> Settings:
+    """The settings (vcenter.core.settings, pydantic), imported by the commands that run."""
+    from vcenter.core.settings import get_settings as settings
 
-    app.add_typer(lab_app, name="lab", help="A lab of real libvirt/QEMU hosts on this machine (network namespaces).")
-
-
-_add_lab()
-
-
-def _add_sim() -> None:
-    from vcenter.sim.cli import sim_app
-
-    app.add_typer(sim_app, name="sim", help="Replay VM demand traces over a simulated cluster with the real DRS/DPM engine.")
-
-
-_add_sim()
+    return settings()
 
 
 def _add_backup() -> None:
@@ -64,6 +96,10 @@ _add_backup()
 
 def _env(**values: object) -> None:
     """Options override VCENTER_* variables: set them, then re-read settings."""
+    from vcenter.core.logging import setup_logging
+    from vcenter.core.placeholder_secrets import PlaceholderSecretError, refuse_placeholder_secrets
+    from vcenter.core.settings import reset_settings_cache
+
     for key, value in values.items():
         if value is not None:
             os.environ[f"VCENTER_{key.upper()}"] = str(value)
@@ -188,9 +224,19 @@ def agent(
         raise typer.Exit(code)
 
 
-# Redis keys that only a working process keeps alive (each expires unless its loop renews it):
-# the scheduler's lock (celery-redbeat's default name) and the active HA monitor's lock.
-HEALTH_LOCK_KEYS = {"beat": "redbeat::lock", "ha": HA_LOCK_KEY}
+def _health_lock_keys() -> dict[str, str]:
+    """Redis keys that only a working process keeps alive (each expires unless its loop renews
+    it): the scheduler's lock (celery-redbeat's default name) and the active HA monitor's lock."""
+    from vcenter.messaging.contracts import HA_LOCK_KEY
+
+    return {"beat": "redbeat::lock", "ha": HA_LOCK_KEY}
+
+
+def __getattr__(name: str) -> Any:
+    # HEALTH_LOCK_KEYS stays importable from here without importing the contracts at start-up.
+    if name == "HEALTH_LOCK_KEYS":
+        return _health_lock_keys()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @app.command()
@@ -215,13 +261,13 @@ def healthcheck(role: str = typer.Argument(..., help="api, worker, beat or ha: t
 
         node = f"orchestrator@{socket.gethostname()}"
         ok = bool(make_orchestrator_app().control.ping(destination=[node], timeout=5))
-    elif role in HEALTH_LOCK_KEYS:
+    elif role in _health_lock_keys():
         import redis
 
         try:
             from vcenter.messaging.redis_link import connect
 
-            ok = bool(connect(settings, socket_timeout=5).exists(HEALTH_LOCK_KEYS[role]))
+            ok = bool(connect(settings, socket_timeout=5).exists(_health_lock_keys()[role]))
         except redis.RedisError:
             ok = False
     else:

@@ -67,8 +67,11 @@ def test_health_metrics_and_local_docs(client, auth):
     metrics = client.get("/metrics", headers=auth).text
     assert 'vcenter_http_requests_total{method="GET",route="/livez",status="200"}' in metrics
     docs = client.get("/docs").text
-    assert "/static/swagger/swagger-ui-bundle.js" in docs and "cdn" not in docs.lower()
-    assert client.get("/static/swagger/swagger-ui-bundle.js").status_code == 200
+    assert "/static/docs/vendor/swagger-ui/swagger-ui-bundle.js" in docs and "cdn" not in docs.lower()
+    assert client.get("/static/docs/vendor/swagger-ui/swagger-ui-bundle.js").status_code == 200
+    redoc = client.get("/redoc").text
+    assert "/static/docs/vendor/redoc/redoc.standalone.js" in redoc and "cdn" not in redoc.lower()
+    assert client.get("/static/docs/vendor/redoc/redoc.standalone.js").status_code == 200
     assert "/api/v1/vms/{vm_id}/power/on" in client.get("/openapi.json").json()["paths"]
 
 

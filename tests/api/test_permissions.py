@@ -131,8 +131,9 @@ def _path_for(route: Any, inv: dict, ids: dict[str, int]) -> str:
 
     def value(match: re.Match) -> str:
         name = match.group(1)
-        if name == "object_id":
-            collection = route.path.split("/")[3]
+        collection = route.path.split("/")[3]
+        # The collection's own object: /hosts/{host_id}, /pools/{pool_id} (object_id elsewhere).
+        if name == "object_id" or (collection in prefix_kinds and name == f"{collection.removesuffix('s')}_id"):
             return str(prefix_kinds.get(collection, 1))
         return str({"vm_id": inv["vms"]["web1"], "host_id": inv["host"]["id"], "cluster_id": inv["cl"]["id"]}.get(name, ids.get(name, 1)))
 

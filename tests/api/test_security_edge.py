@@ -259,9 +259,10 @@ def test_security_headers_on_every_kind_of_response(settings):
             "ui page": ui.get("/ui"),
             "ui login": form,
             "docs": c.get("/docs"),
+            "redoc": c.get("/redoc"),
             "openapi": c.get("/openapi.json"),
             "ui static": c.get("/ui/static/app.js"),
-            "docs static": c.get("/static/swagger/swagger-ui.css"),
+            "docs static": c.get("/static/docs/vendor/swagger-ui/swagger-ui.css"),
             "404": c.get("/nowhere"),
             "401": c.get("/api/v1/datacenters"),
             "422": c.get("/api/v1/datacenters?limit=abc", headers=auth),
@@ -273,13 +274,21 @@ def test_security_headers_on_every_kind_of_response(settings):
         for what, response in responses.items():
             _has_security_headers(response, what)
             assert "strict-transport-security" not in response.headers, what  # plain HTTP
-        for what in ("api", "ui page", "docs", "404", "500", "metrics 401"):
+        for what in ("api", "ui page", "docs", "redoc", "404", "500", "metrics 401"):
             assert responses[what].headers.get("cache-control") == "no-store", what
         assert "no-store" not in responses["ui static"].headers.get("cache-control", "")
-        # /docs: every script is a file of ours.
-        scripts = re.findall(r"<script([^>]*)>(.*?)</script>", responses["docs"].text, flags=re.S)
-        assert scripts and all("src=" in attrs and not body.strip() for attrs, body in scripts), scripts
-        assert c.get(re.findall(r'src="([^"]+)"', responses["docs"].text)[-1]).status_code == 200
+        # /docs and /redoc: every script is a file of ours.
+        for what in ("docs", "redoc"):
+            scripts = re.findall(r"<script([^>]*)>(.*?)</script>", responses[what].text, flags=re.S)
+            assert scripts and all("src=" in attrs and not body.strip() for attrs, body in scripts), scripts
+            assert all(c.get(src).status_code == 200 for src in re.findall(r'src="([^"]+)"', responses[what].text)), what
+        # /redoc alone takes a style nonce (its meta element hands it to Redoc) and blob: workers.
+        nonce = re.search(r'<meta property="csp-nonce" nonce="([^"]+)">', responses["redoc"].text).group(1)
+        assert f"'nonce-{nonce}'" in responses["redoc"].headers["content-security-policy"]
+        assert "blob:" in responses["redoc"].headers["content-security-policy"]
+        assert all(
+            "blob:" not in r.headers["content-security-policy"] and "nonce-" not in r.headers["content-security-policy"] for w, r in responses.items() if w not in ("redoc", "ui page", "ui login")
+        )
     with TestClient(app, base_url="https://testserver") as tls:
         assert tls.get("/livez").headers["strict-transport-security"].startswith("max-age=")
 

@@ -305,7 +305,16 @@ def kind_of(route: Any, name: str) -> str | None:
         if route.path.startswith("/api/v1/metrics/"):
             return parts[4] if parts[4] in COLLECTION_KINDS.values() else None
         return COLLECTION_KINDS.get(parts[3])
-    return {"vm_id": "vm", "host_id": "host", "cluster_id": "cluster", "datacenter_id": "datacenter", "datastore_id": "datastore", "portgroup_id": "portgroup"}.get(name)
+    return {
+        "vm_id": "vm",
+        "host_id": "host",
+        "cluster_id": "cluster",
+        "datacenter_id": "datacenter",
+        "datastore_id": "datastore",
+        "portgroup_id": "portgroup",
+        "folder_id": "folder",
+        "pool_id": "pool",
+    }.get(name)
 
 
 def fill(route: Any, ids: dict[str, Any], w: Any) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vcenter.api.app import bearer_of, is_metrics_token, swagger_page
+from vcenter.api.app import bearer_of, is_metrics_token, redoc_page, swagger_page
 from vcenter.api.client_address import client_address, forwarded_scheme, parse_address, parse_trusted
 from vcenter.api.guards import content_type_refusal, declared_too_large, has_nul, target_has_nul
 from vcenter.api.headers import content_security_policy, security_headers
@@ -124,7 +124,13 @@ def test_security_headers():
     assert directives["script-src"] == ["'self'"]
     assert directives["style-src"] == ["'self'", "'nonce-abc'"]
     assert directives["frame-ancestors"] == ["'none'"] and directives["object-src"] == ["'none'"]
-    assert "unsafe" not in csp
+    assert "unsafe" not in csp and "blob:" not in csp and "sha256" not in csp
+    # /redoc, and it alone: blob: workers and the hashes of its bundle's two load-time <style>s.
+    redoc = {d.split()[0]: d.split()[1:] for d in dict(security_headers("/redoc", "http", "n1"))[b"content-security-policy"].decode().split("; ")}
+    assert redoc["worker-src"] == ["'self'", "blob:"] and redoc["style-src"][:2] == ["'self'", "'nonce-n1'"] and len(redoc["style-src"]) == 4
+    assert redoc["script-src"] == ["'self'"] and "unsafe" not in str(redoc)
+    for path in ("/redoc/x", "/redocs", "/docs", "/ui/vm/1"):
+        assert b"blob:" not in dict(security_headers(path, "http"))[b"content-security-policy"], path
 
 
 def test_metrics_credential():
@@ -193,8 +199,9 @@ def test_no_template_holds_what_the_csp_forbids(template):
     assert _inline((DASHBOARD / "templates" / template).read_text()) == []
 
 
-def test_the_api_docs_page_has_no_inline_script():
+def test_the_api_docs_pages_have_no_inline_script():
     assert _inline(swagger_page("/openapi.json")) == []
+    assert _inline(redoc_page("/openapi.json", "n0nce")) == []
 
 
 def test_htmx_is_configured_without_eval_or_injected_styles():

@@ -19,8 +19,8 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import swagger_ui_bundle
 from fastapi import FastAPI, Request, Response
+from fastapi.routing import APIRoute
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -39,6 +39,8 @@ from vcenter.services.tasks.runtime import Runtime
 log = logging.getLogger(__name__)
 
 STATIC_DOCS = "/static/docs"
+# Third-party assets, copied unchanged from npm (static/vendor/README.txt: versions, licences, updates).
+VENDOR = f"{STATIC_DOCS}/vendor"
 
 
 def bearer_of(authorization: str | None) -> str | None:
@@ -52,21 +54,49 @@ def is_metrics_token(token: str | None, metrics_token: str | None) -> bool:
     return bool(token and metrics_token) and hmac.compare_digest(token.encode(), metrics_token.encode())  # type: ignore[union-attr]
 
 
+def operation_id(route: APIRoute) -> str:
+    """An operation's OpenAPI ``operationId``: its route's name (``list_datacenters``,
+    ``get_host``, ``migrate_vm``), which clients generated from the document keep as method
+    names; FastAPI's default appends the path and method (``..._api_v1_datacenters_get``) and
+    changes with them. Unique: tests/api/test_openapi_contract.py fails on a repeated name."""
+    return route.name
+
+
 def swagger_page(openapi_url: str) -> str:
-    """The /docs page: Swagger UI's assets and its start-up script, all files of ours, so the
-    page runs under a CSP without inline script (FastAPI's get_swagger_ui_html inlines it)."""
+    """The /docs page: the vendored Swagger UI 5 (it reads OpenAPI 3.1) and its start-up script,
+    all files of ours, so the page runs under the CSP without inline script (FastAPI's
+    get_swagger_ui_html inlines it and loads its assets from a CDN)."""
     return f"""<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <title>virtcenter API</title>
-<link rel="icon" type="image/png" href="/static/swagger/favicon-32x32.png">
-<link rel="stylesheet" href="/static/swagger/swagger-ui.css">
+<link rel="stylesheet" href="{VENDOR}/swagger-ui/swagger-ui.css">
 </head>
 <body>
 <div id="swagger-ui" data-openapi-url="{html.escape(openapi_url)}"></div>
-<script src="/static/swagger/swagger-ui-bundle.js"></script>
+<script src="{VENDOR}/swagger-ui/swagger-ui-bundle.js"></script>
 <script src="{STATIC_DOCS}/swagger-init.js"></script>
+</body>
+</html>
+"""
+
+
+def redoc_page(openapi_url: str, style_nonce: str) -> str:
+    """The /redoc page: the vendored Redoc, started by a script of ours. Redoc inserts its styles
+    at run time; our script hands it the nonce of this response from the ``csp-nonce`` meta
+    element (vcenter.api.headers allows that nonce on this page only)."""
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta property="csp-nonce" nonce="{html.escape(style_nonce)}">
+<title>virtcenter API reference</title>
+</head>
+<body>
+<div id="redoc-root" data-openapi-url="{html.escape(openapi_url)}"></div>
+<script src="{VENDOR}/redoc/redoc.standalone.js"></script>
+<script src="{STATIC_DOCS}/redoc-init.js"></script>
 </body>
 </html>
 """
@@ -93,7 +123,15 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
                 server.shutdown()
                 server.server_close()
 
-    app = FastAPI(title="virtcenter", version="0.1.0", docs_url=None, redoc_url=None, lifespan=lifespan, description="Central management server for KVM/libvirt clusters.")
+    app = FastAPI(
+        title="virtcenter",
+        version="0.1.0",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+        description="Central management server for KVM/libvirt clusters.",
+        generate_unique_id_function=operation_id,
+    )
     app.state.runtime = runtime or Runtime.build(settings)
     install_error_handlers(app)
     app.add_middleware(InputGuard, max_json_body=settings.max_json_body, is_streamed_upload=streamed_upload_matcher(lambda: app.routes))
@@ -122,7 +160,6 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     app.include_router(audit_routes.router)
 
-    app.mount("/static/swagger", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger")
     from pathlib import Path
 
     app.mount(STATIC_DOCS, StaticFiles(directory=Path(__file__).parent / "static"), name="docs-static")
@@ -130,6 +167,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     @app.get("/docs", include_in_schema=False)
     def docs() -> Response:
         return HTMLResponse(swagger_page(app.openapi_url or "/openapi.json"))
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc(request: Request) -> Response:
+        return HTMLResponse(redoc_page(app.openapi_url or "/openapi.json", request.state.csp_style_nonce))
 
     requests_total = Counter("vcenter_http_requests_total", "HTTP requests", ["method", "route", "status"], registry=registry)
     latency = Histogram("vcenter_http_request_seconds", "HTTP request latency", ["method", "route"], registry=registry)
@@ -179,6 +220,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         summary="Prometheus metrics (the metrics token, or a user holding System.View)",
         responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "the Prometheus text format"}},
         response_class=PlainTextResponse,
+        # metrics_access reads the header itself (the metrics token is no user's), so declare
+        # the scheme here: it is the same 'Authorization: Bearer' credential.
+        openapi_extra={"security": [{"bearerAuth": []}]},
     )
     def metrics(request: Request) -> Response:
         metrics_access(request)

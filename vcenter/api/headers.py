@@ -6,6 +6,11 @@ the guards' refusals): which ones, decided per request by ``security_headers``.
   console's terminal, xterm.js, builds its stylesheet at run time; our console.js hands it the
   nonce). Framing is refused (``frame-ancestors 'none'``), forms post to us only, no plugins,
   no ``<base>``. Images may be ``data:`` URIs (the API docs' icons).
+  One page needs more, and gets it alone: ``/redoc`` (Redoc) inserts its styles at run time
+  with the response's nonce, except two ``<style>`` elements its bundle inserts as it loads,
+  before it knows the nonce: those are allowed by their hashes (``REDOC_STYLE_HASHES``); and
+  it builds its search index in a Web Worker made from a ``blob:`` URL (``worker-src blob:``
+  there only; every other page keeps workers to our own origin).
 - ``X-Frame-Options: DENY`` for browsers predating ``frame-ancestors``; ``nosniff``;
   ``Referrer-Policy: no-referrer`` (object ids in our URLs are nobody else's business).
 - ``Strict-Transport-Security`` only when the request came over HTTPS (our TLS, or a trusted
@@ -24,10 +29,18 @@ HSTS = b"max-age=31536000"
 STATIC_PREFIXES = ("/static/", "/ui/static/")
 # Pages that render the console take a style nonce (see the module docstring).
 NONCE_PREFIXES = ("/ui/",)
+# The API reference (Redoc): a style nonce, blob: workers and the hashes below, on this exact
+# path only.
+REDOC_PATH = "/redoc"
+# The <style> elements the vendored Redoc bundle (static/vendor/redoc) inserts while it loads:
+# first empty, then filled with its CSS. They change with the bundle: after an update, the
+# browser test (tests/system/test_api_docs_browser.py) names the hashes Chromium wants.
+REDOC_STYLE_HASHES = ("'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='", "'sha256-QMIg+bpjm3JdElJ388KYke01izlUW0UoNOeKjpMxdgc='")
 
 
-def content_security_policy(style_nonce: str | None = None) -> str:
-    style = "style-src 'self'" + (f" 'nonce-{style_nonce}'" if style_nonce else "")
+def content_security_policy(style_nonce: str | None = None, redoc: bool = False) -> str:
+    style = " ".join(("style-src 'self'", *([f"'nonce-{style_nonce}'"] if style_nonce else []), *(REDOC_STYLE_HASHES if redoc else ())))
+    worker = "worker-src 'self'" + (" blob:" if redoc else "")
     return "; ".join(
         (
             "default-src 'self'",
@@ -36,6 +49,7 @@ def content_security_policy(style_nonce: str | None = None) -> str:
             "img-src 'self' data:",
             "font-src 'self'",
             "connect-src 'self'",
+            worker,
             "object-src 'none'",
             "base-uri 'none'",
             "form-action 'self'",
@@ -48,10 +62,14 @@ def is_static(path: str) -> bool:
     return path.startswith(STATIC_PREFIXES)
 
 
+def takes_style_nonce(path: str) -> bool:
+    return path == REDOC_PATH or (path.startswith(NONCE_PREFIXES) and not is_static(path))
+
+
 def security_headers(path: str, scheme: str, style_nonce: str | None = None) -> list[tuple[bytes, bytes]]:
     """The headers a response to ``path`` requested over ``scheme`` carries."""
     headers = [
-        (b"content-security-policy", content_security_policy(style_nonce).encode()),
+        (b"content-security-policy", content_security_policy(style_nonce, redoc=path == REDOC_PATH).encode()),
         (b"x-frame-options", b"DENY"),
         (b"x-content-type-options", b"nosniff"),
         (b"referrer-policy", b"no-referrer"),
@@ -76,7 +94,7 @@ class SecurityHeaders:
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
         nonce = None
-        if path.startswith(NONCE_PREFIXES) and not is_static(path):
+        if takes_style_nonce(path):
             nonce = secrets.token_urlsafe(18)
             scope.setdefault("state", {})["csp_style_nonce"] = nonce
         ours = security_headers(path, scope.get("scheme", "http"), nonce)

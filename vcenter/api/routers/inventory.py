@@ -5,7 +5,7 @@ switches,portgroups,pools}. List is paged (offset, limit), filtered (equality on
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Path, Query, Request, status
 
 from vcenter.api.deps import CurrentUserInfo, DbDep, SettingsDep, requires
 from vcenter.core.object_ids import ObjectIdPath, Offset
@@ -56,18 +56,23 @@ def _crud(
         )
         return {"total": total, "offset": offset, "limit": limit, "items": [to_read(r) for r in rows]}
 
-    @router.get(f"/{path}/{{object_id}}", response_model=read_model, tags=[tag], summary=f"Get one of {path}", name=f"get_{kind}")
-    def get_object(object_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", on=kind, param="object_id")]) -> Any:
+    # The object's path parameter is named for its kind (/hosts/{host_id}), as on every other
+    # route of the same resource; the handlers keep calling it object_id (the alias).
+    id_param = f"{kind}_id"
+    ObjectId = Annotated[ObjectIdPath, Path(alias=id_param)]
+
+    @router.get(f"/{path}/{{{id_param}}}", response_model=read_model, tags=[tag], summary=f"Get one of {path}", name=f"get_{kind}")
+    def get_object(object_id: ObjectId, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", on=kind, param=id_param)]) -> Any:
         return to_read(inv.get(db, kind, object_id))
 
-    @router.patch(f"/{path}/{{object_id}}", response_model=read_model, tags=[tag], summary=f"Update one of {path}", name=f"update_{kind}")
-    def update_object(object_id: ObjectIdPath, body: update_model, db: DbDep, user: Annotated[CurrentUserInfo, requires(update_privilege, on=kind, param="object_id")]) -> Any:  # type: ignore[valid-type]
+    @router.patch(f"/{path}/{{{id_param}}}", response_model=read_model, tags=[tag], summary=f"Update one of {path}", name=f"update_{kind}")
+    def update_object(object_id: ObjectId, body: update_model, db: DbDep, user: Annotated[CurrentUserInfo, requires(update_privilege, on=kind, param=id_param)]) -> Any:  # type: ignore[valid-type]
         return to_read(inv.update_object(db, user.username, kind, object_id, body.model_dump(exclude_unset=True)))
 
     if generic_delete:
 
-        @router.delete(f"/{path}/{{object_id}}", status_code=status.HTTP_204_NO_CONTENT, tags=[tag], summary=f"Delete one of {path}", name=f"delete_{kind}")
-        def delete_object(object_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires(delete_privilege, on=kind, param="object_id")]) -> None:
+        @router.delete(f"/{path}/{{{id_param}}}", status_code=status.HTTP_204_NO_CONTENT, tags=[tag], summary=f"Delete one of {path}", name=f"delete_{kind}")
+        def delete_object(object_id: ObjectId, db: DbDep, user: Annotated[CurrentUserInfo, requires(delete_privilege, on=kind, param=id_param)]) -> None:
             inv.delete_object(db, user.username, kind, object_id)
 
     if create is not None:

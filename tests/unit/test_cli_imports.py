@@ -1,0 +1,84 @@
+"""`vcenter --help` and `vcenter --version` start without the server's heavy libraries (issue 18
+item 4: the CLI starts fast; bench/cli_start.py measures it): each runs in a fresh interpreter,
+which then reports which of numpy, SQLAlchemy, FastAPI, Celery (and pydantic-settings, rich,
+the lab and the simulator) it imported. The lazily loaded sub-applications still answer, and
+the server's commands keep their names and options."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from vcenter.cli import app
+
+HEAVY = ("numpy", "sqlalchemy", "fastapi", "celery", "pydantic_settings", "rich", "vcenter.sim", "vcenter.lab", "vcenter.core.settings")
+# Run the command as the installed script does (vcenter.cli:main), then list what got imported.
+PROBE = """
+import json, sys
+args, heavy = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+sys.argv = ["vcenter", *args]
+from vcenter.cli import main
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps({"code": code, "heavy": sorted(m for m in heavy if m in sys.modules)}))
+"""
+
+
+def _probe(*args: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", PROBE, json.dumps(list(args)), json.dumps(HEAVY)], capture_output=True, text=True, timeout=60, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("args", [("--help",), ("--version",), ("db", "--help"), ("admin", "--help")])
+def test_help_and_version_import_nothing_heavy(args):
+    assert _probe(*args) == {"code": 0, "heavy": []}
+
+
+def test_the_probe_sees_an_import():
+    # The same probe on a command that loads the simulator: numpy shows (the probe can fail).
+    assert "numpy" in _probe("sim", "--help")["heavy"]
+
+
+def test_the_lazy_subapplications_answer():
+    runner = CliRunner()
+    root = runner.invoke(app, ["--help"])
+    assert root.exit_code == 0 and "lab" in root.output and "sim" in root.output and "Replay VM demand" in root.output
+    sim = runner.invoke(app, ["sim", "--help"])
+    assert sim.exit_code == 0 and "drs" in sim.output
+    lab = runner.invoke(app, ["lab", "--help"])
+    assert lab.exit_code == 0 and "up" in lab.output
+    assert runner.invoke(app, ["sim", "no-such-command"]).exit_code == 2
+
+
+def _options(group, path=()) -> dict[str, list[str]]:
+    """Every command of the tree (lazy ones loaded) and its option names."""
+    import click
+
+    found: dict[str, list[str]] = {}
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        if hasattr(command, "list_commands"):
+            found.update(_options(command, (*path, name)))
+        else:
+            found[" ".join((*path, name))] = sorted(opt for p in command.params for opt in p.opts)
+    return found
+
+
+def test_the_server_commands_keep_their_names_and_options():
+    import typer
+
+    commands = _options(typer.main.get_command(app))
+    for name in ("serve", "worker", "beat", "ha", "agent", "healthcheck", "db upgrade", "admin create", "seed", "command-key"):
+        assert name in commands, name
+    assert any(name.startswith("lab ") for name in commands) and "sim drs" in commands
+    assert commands["serve"] == ["--database-url", "--host", "--port", "--redis-url", "--workers"]
+    assert commands["agent"] == ["--api-url", "--host-id", "--libvirt-uri", "--redis-url", "--registration-token", "--simulated", "--state-dir", "--token"]
+    assert commands["admin create"] == ["--database-url", "--exist-ok", "--password", "username"]
+    assert commands["db upgrade"] == ["--database-url", "revision"]
