@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from vcenter.core.host_pki import certificate_validity, host_sans, make_csr, new_key, pki_files, renew_due
+from vcenter.core.host_pki import certificate_validity, crl_outdated, host_sans, make_csr, new_key, pki_files, renew_due
 from vcenter.services.certificates import authority
 
 NOW = dt.datetime(2026, 12, 7, 12, 0, tzinfo=dt.timezone.utc)
@@ -106,3 +106,15 @@ def test_file_layout_is_libvirts_and_qemus(tmp_path):
         "qemu/server-key.pem",
         "qemu/client-key.pem",
     }
+
+
+def test_a_crl_is_replaced_when_its_serials_issuer_or_remaining_life_say_so(tmp_path):
+    ca = authority.load_or_create(tmp_path / "a", NOW, 3650 * DAY)
+    other = authority.load_or_create(tmp_path / "b", NOW, 3650 * DAY)
+    installed = ca.sign_crl([(1, NOW)], NOW, 8 * DAY).encode()
+    assert crl_outdated(None, installed, NOW)
+    assert crl_outdated(b"garbage", installed, NOW)
+    assert not crl_outdated(installed, ca.sign_crl([(1, NOW)], NOW + DAY, 8 * DAY).encode(), NOW + DAY)  # same, re-signed
+    assert crl_outdated(installed, ca.sign_crl([(1, NOW), (2, NOW)], NOW + DAY, 8 * DAY).encode(), NOW + DAY)
+    assert crl_outdated(installed, other.sign_crl([(1, NOW)], NOW + DAY, 8 * DAY).encode(), NOW + DAY)
+    assert crl_outdated(installed, ca.sign_crl([(1, NOW)], NOW + 5 * DAY, 8 * DAY).encode(), NOW + 5 * DAY)  # 3 of 8 days left

@@ -102,3 +102,21 @@ def pki_files(ca_dir: Path, libvirt_dir: Path, qemu_dir: Path) -> PkiFiles:
         cert=(libvirt_dir / "servercert.pem", libvirt_dir / "clientcert.pem", qemu_dir / "server-cert.pem", qemu_dir / "client-cert.pem"),
         key=(libvirt_dir / "private/serverkey.pem", libvirt_dir / "private/clientkey.pem", qemu_dir / "server-key.pem", qemu_dir / "client-key.pem"),
     )
+
+
+def crl_outdated(installed_pem: bytes | None, fetched_pem: bytes, now: dt.datetime) -> bool:
+    """Whether the fetched CRL must replace the installed one: none (or an unreadable one) is
+    installed, another CA issued it, it names other serials, or the installed one has less
+    than half of its life left (libvirtd keeps the CRL it loaded, so it is renewed only then,
+    not at every fetch: the server signs a fresh one each time)."""
+    if installed_pem is None:
+        return True
+    try:
+        old, new = x509.load_pem_x509_crl(installed_pem), x509.load_pem_x509_crl(fetched_pem)
+    except ValueError:
+        return True
+    if old.issuer != new.issuer or {r.serial_number for r in old} != {r.serial_number for r in new}:
+        return True
+    if old.next_update_utc is None or new.next_update_utc is None:
+        return True
+    return old.next_update_utc - now < (new.next_update_utc - new.last_update_utc) / 2

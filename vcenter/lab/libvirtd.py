@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 # The daemon's fixed paths and the workdir subdirectory that backs each one.
 _BIND_MOUNTS: dict[str, str] = {
     "/etc/libvirt": "etc/libvirt",
+    # The host's TLS files from the cluster CA, at libvirt's and QEMU's default paths
+    # (/etc/pki/CA, /etc/pki/libvirt, /etc/pki/qemu: vcenter.core.host_pki).
+    "/etc/pki": "etc/pki",
     "/run/libvirt": "run/libvirt",
     "/var/lib/libvirt": "lib/libvirt",
     "/var/log/libvirt": "log/libvirt",
@@ -100,6 +103,11 @@ class PrivateLibvirtd:
             if inside == mount_point or inside.startswith(mount_point + "/"):
                 return self.workdir / sub / inside[len(mount_point) + 1 :]
         raise ValueError(f"{inside} is not inside a private mount")
+
+    @property
+    def admin_uri(self) -> str:
+        """virt-admin's URI of this daemon, from the root namespace."""
+        return f"libvirtd:///system?socket={self.workdir / 'run/libvirt/libvirt-admin-sock'}"
 
     @property
     def socket_path(self) -> Path:

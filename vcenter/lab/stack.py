@@ -223,6 +223,11 @@ class Stack:
             args.append("--simulated")
         else:
             env["VCENTER_LIBVIRT_URI"] = host.libvirtd.uri
+            # The agent runs in the root namespace here: its TLS files go where the host's
+            # daemon sees /etc/pki, and it reloads that daemon, not the machine's.
+            for var, inside in (("CA", "/etc/pki/CA"), ("LIBVIRT", "/etc/pki/libvirt"), ("QEMU", "/etc/pki/qemu")):
+                env[f"VCENTER_AGENT_PKI_{var}_DIR"] = str(host.libvirtd.path(inside))
+            env["VCENTER_AGENT_LIBVIRT_TLS_RELOAD"] = f"virt-admin -c {host.libvirtd.admin_uri} server-update-tls libvirtd"
         host.agent = self._spawn(f"agent-{name}", args, env)
         return host.agent
 
