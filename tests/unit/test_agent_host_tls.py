@@ -133,3 +133,18 @@ def test_the_refresh_loop_stops_with_the_agent(tmp_path):
     stop.set()
     thread.join(5)
     assert not thread.is_alive()
+
+
+def test_a_revoked_certificate_is_replaced(tmp_path):
+    """A host removed from the inventory and added again keeps its files: the CRL naming its
+    certificate makes the agent ask for a new one."""
+    server = FakeServer(tmp_path)
+    tls, reloads = _tls(tmp_path, server)
+    tls.refresh()
+    old = x509.load_pem_x509_certificate((tmp_path / "etc/pki/libvirt/servercert.pem").read_bytes())
+    server.revoked.append((old.serial_number, NOW))
+    assert tls.refresh()
+    assert len(server.csrs) == 2
+    new = x509.load_pem_x509_certificate((tmp_path / "etc/pki/libvirt/servercert.pem").read_bytes())
+    assert new.serial_number != old.serial_number
+    assert not tls.refresh() and len(server.csrs) == 2  # the new one is not revoked

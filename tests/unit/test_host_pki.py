@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from vcenter.core.host_pki import certificate_validity, crl_outdated, host_sans, make_csr, new_key, pki_files, renew_due
+from vcenter.core.host_pki import certificate_outdated, certificate_validity, crl_outdated, host_sans, make_csr, new_key, pki_files, renew_due
 from vcenter.services.certificates import authority
 
 NOW = dt.datetime(2026, 12, 7, 12, 0, tzinfo=dt.timezone.utc)
@@ -118,3 +118,18 @@ def test_a_crl_is_replaced_when_its_serials_issuer_or_remaining_life_say_so(tmp_
     assert crl_outdated(installed, ca.sign_crl([(1, NOW), (2, NOW)], NOW + DAY, 8 * DAY).encode(), NOW + DAY)
     assert crl_outdated(installed, other.sign_crl([(1, NOW)], NOW + DAY, 8 * DAY).encode(), NOW + DAY)
     assert crl_outdated(installed, ca.sign_crl([(1, NOW)], NOW + 5 * DAY, 8 * DAY).encode(), NOW + 5 * DAY)  # 3 of 8 days left
+
+
+def test_a_certificate_is_outdated_when_due_of_another_ca_or_revoked(tmp_path):
+    ca = authority.load_or_create(tmp_path / "a", NOW, 3650 * DAY)
+    other = authority.load_or_create(tmp_path / "b", NOW, 3650 * DAY)
+    cert = ca.sign_host(new_key().public_key(), "h", host_sans("h", []), NOW, 365 * DAY)
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    ca_pem, empty = ca.cert_pem.encode(), ca.sign_crl([], NOW, 7 * DAY).encode()
+    window = 30 * DAY
+    assert not certificate_outdated(pem, ca_pem, empty, NOW, window)
+    assert certificate_outdated(None, ca_pem, empty, NOW, window)
+    assert certificate_outdated(pem, ca_pem, empty, NOW + 340 * DAY, window)
+    assert certificate_outdated(pem, other.cert_pem.encode(), other.sign_crl([], NOW, 7 * DAY).encode(), NOW, window)
+    assert certificate_outdated(pem, ca_pem, ca.sign_crl([(cert.serial_number, NOW)], NOW, 7 * DAY).encode(), NOW, window)
+    assert not certificate_outdated(pem, ca_pem, ca.sign_crl([(cert.serial_number + 1, NOW)], NOW, 7 * DAY).encode(), NOW, window)

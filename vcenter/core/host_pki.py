@@ -10,8 +10,9 @@ What this module decides:
   clientAuth, key usage digitalSignature + keyEncipherment (critical), the usages QEMU's
   tls-creds-x509 sanity checks and libvirt's virNetTLSContext checks accept. Its SANs name the
   host as the inventory knows it (``host_sans``), never as the request says.
-- When a certificate is renewed (``renew_due``): once less than ``renew_before`` of its life
-  is left, or when it is missing, unreadable or not yet valid.
+- When a certificate is replaced (``certificate_outdated``): once less than ``renew_before``
+  of its life is left (``renew_due``), when it is missing, unreadable or not yet valid, when
+  the current CA did not issue it, or when the CRL names it (a host removed and added again).
 - Where the files go (``pki_files``): libvirt's default layout (Debian:
   /etc/pki/CA/cacert.pem and cacrl.pem; /etc/pki/libvirt/servercert.pem, clientcert.pem,
   private/serverkey.pem, private/clientkey.pem) and QEMU's tls-creds-x509 directory
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -120,3 +122,22 @@ def crl_outdated(installed_pem: bytes | None, fetched_pem: bytes, now: dt.dateti
     if old.next_update_utc is None or new.next_update_utc is None:
         return True
     return old.next_update_utc - now < (new.next_update_utc - new.last_update_utc) / 2
+
+
+def certificate_outdated(cert_pem: bytes | None, ca_pem: bytes, crl_pem: bytes, now: dt.datetime, renew_before: dt.timedelta) -> bool:
+    """Whether the host's certificate must be replaced: ``renew_due``, or it is unreadable, was
+    not issued by the current CA, or the CA's CRL names it (the host was removed and added
+    again: its old certificate was revoked with the old inventory entry)."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem) if cert_pem else None
+        ca = x509.load_pem_x509_certificate(ca_pem)
+        crl = x509.load_pem_x509_crl(crl_pem)
+    except ValueError:
+        return True
+    if cert is None or renew_due(cert.not_valid_before_utc, cert.not_valid_after_utc, now, renew_before):
+        return True
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return True
+    return crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None

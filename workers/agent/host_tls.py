@@ -6,8 +6,9 @@ What this module decides:
   (POST .../certificate) and writes the certificate it gets back. A new key comes with every
   certificate (renewal included).
 - When: at the agent's start, right after registration, and every ``agent_pki_refresh_period``
-  after: the certificate is renewed when ``renew_due`` says so (missing, unreadable, not yet
-  valid, or within ``host_cert_renew_before_days`` of expiry); the CA certificate and the CRL
+  after: the certificate is replaced when ``certificate_outdated`` says so (missing,
+  unreadable, not yet valid, within ``host_cert_renew_before_days`` of expiry, of another CA,
+  or revoked: a host removed and added again keeps its files); the CA certificate and the CRL
   are fetched each time (GET .../pki) and written when they changed (the CRL: when
   ``crl_outdated`` says so).
 - Files are written atomically (a temporary file renamed over the old one), keys mode 0600,
@@ -31,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vcenter.core.host_pki import PkiFiles, certificate_validity, crl_outdated, key_pem, make_csr, new_key, pki_files, renew_due
+from vcenter.core.host_pki import PkiFiles, certificate_outdated, crl_outdated, key_pem, make_csr, new_key, pki_files
 from vcenter.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -75,20 +76,22 @@ class HostTls:
         self._reload = reload
         self._clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
 
-    def _current_validity(self) -> tuple[dt.datetime | None, dt.datetime | None]:
+    def _installed_certificate(self) -> bytes | None:
+        """The certificate in place, None unless every certificate and key file is there."""
+        if not all(p.exists() for p in self.files.key + self.files.cert):
+            return None
         try:
-            found = certificate_validity(self.files.cert[0].read_bytes())
+            return self.files.cert[0].read_bytes()
         except OSError:
-            found = None
-        if found is None or not all(p.exists() for p in self.files.key + self.files.cert):
-            return None, None
-        return found
+            return None
 
     def refresh(self) -> bool:
         """One round: renew the certificate when due, write the CA and the CRL; reload
         libvirtd's TLS files when anything changed. Answers whether anything changed."""
         changed = False
-        if renew_due(*self._current_validity(), self._clock(), self.renew_before):
+        material = self.api.get_json("/pki", retry_for=self.period)
+        ca, crl = material["ca_certificate"].encode(), material["crl"].encode()
+        if certificate_outdated(self._installed_certificate(), ca, crl, self._clock(), self.renew_before):
             key = new_key()
             answer = self.api.post("/certificate", {"csr": make_csr(key, self.hostname).decode()}, retry_for=self.period)
             for path in self.files.key:
@@ -97,10 +100,8 @@ class HostTls:
                 _write(path, answer["certificate"].encode(), 0o644)
             log.info("host TLS certificate %s installed, valid until %s", answer["serial"], answer["not_after"])
             changed = True
-        material = self.api.get_json("/pki", retry_for=self.period)
         for path in self.files.ca:
-            changed |= _write(path, material["ca_certificate"].encode(), 0o644)
-        crl = material["crl"].encode()
+            changed |= _write(path, ca, 0o644)
         for path in self.files.crl:
             try:
                 installed: bytes | None = path.read_bytes()
