@@ -282,3 +282,32 @@ def test_readme_curl_examples_work_as_written(stack, api):
     assert '"kind":"vm.resume"' in out
     final = wait_for(lambda: (v := api.get(f"/api/v1/vms/{vm['id']}").json())["power_state"] == "poweredOn" and v, 30, what="resumed")
     assert "running" in virsh(stack, "domstate", final["libvirt_uuid"])
+
+
+def test_the_agent_installs_the_host_tls_certificate_of_the_server_ca(stack, api):
+    """Issue 17 item 3: right after registration the agent makes its host's TLS key, gets the
+    certificate from the server's CA and writes libvirt's and QEMU's files where the host's
+    libvirtd sees /etc/pki (the key never leaves the host)."""
+    from cryptography import x509
+
+    daemon = stack.hosts["esx1"].libvirtd
+    files = [
+        daemon.path(p)
+        for p in (
+            "/etc/pki/CA/cacert.pem",
+            "/etc/pki/CA/cacrl.pem",
+            "/etc/pki/libvirt/servercert.pem",
+            "/etc/pki/libvirt/private/serverkey.pem",
+            "/etc/pki/qemu/server-cert.pem",
+            "/etc/pki/qemu/client-key.pem",
+        )
+    ]
+    wait_for(lambda: all(f.exists() for f in files), 30, what="the host's TLS files")
+    ca = x509.load_pem_x509_certificate(files[0].read_bytes())
+    cert = x509.load_pem_x509_certificate(files[2].read_bytes())
+    cert.verify_directly_issued_by(ca)
+    assert x509.load_pem_x509_crl(files[1].read_bytes()).is_signature_valid(ca.public_key())
+    assert (files[3].stat().st_mode & 0o777) == 0o600 and (files[5].stat().st_mode & 0o777) == 0o600
+    assert cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName) == ["esx1"]
+    issued = api.get("/api/v1/events", params={"kind": "host.certificate_issued"}).json()["items"]
+    assert any(format(cert.serial_number, "x") in e["message"] for e in issued if e["kind"] == "host.certificate_issued")

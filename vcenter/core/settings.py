@@ -107,6 +107,12 @@ class Settings(BaseSettings):
     host_trust_on_first_use: bool = Field(False, description="trust a registering agent's certificate thumbprint without operator confirmation")
     registration_token_ttl: float = Field(86400.0, description="lifetime of a host's one-time registration token")
 
+    # --- cluster CA (vcenter.services.certificates; the agent's side: agent_pki_*) ----------
+    ca_validity_days: float = Field(3650.0, gt=0, description="lifetime of the cluster CA's certificate, made on first use in key_dir/ca")
+    host_cert_validity_days: float = Field(365.0, gt=0, description="lifetime of a host's TLS certificate (libvirtd, migration, QEMU migration streams)")
+    host_cert_renew_before_days: float = Field(30.0, ge=0, description="a host's agent renews its certificate once less than this is left of it")
+    crl_validity_hours: float = Field(168.0, gt=0, description="the CRL's next update is this far ahead; agents fetch it every agent_pki_refresh_period")
+
     # --- agent ----------------------------------------------------------------------------
     agent_host_id: int | None = None
     agent_token: str | None = None
@@ -177,6 +183,11 @@ class Settings(BaseSettings):
     ui_poll_period: float = Field(1.0, description="dashboard: how often the live tasks/events stream looks for changes")
     ui_cookie_secure: bool = Field(False, description="dashboard: mark the session cookie Secure (set it when serving HTTPS)")
     console_ticket_ttl: float = Field(30.0, description="a console ticket must be used within this many seconds, once")
+    agent_pki_ca_dir: str = Field("/etc/pki/CA", description="agent: where the cluster CA's certificate and CRL go for libvirt (cacert.pem, cacrl.pem)")
+    agent_pki_libvirt_dir: str = Field("/etc/pki/libvirt", description="agent: libvirt's host certificate and key (servercert.pem, clientcert.pem, private/*key.pem)")
+    agent_pki_qemu_dir: str = Field("/etc/pki/qemu", description="agent: QEMU's TLS directory for migration streams (ca-cert.pem, server-cert.pem, ...)")
+    agent_pki_refresh_period: float = Field(3600.0, gt=0, description="agent: how often it fetches the CRL and looks whether its host certificate is due for renewal")
+    agent_libvirt_tls_reload: str = Field("virt-admin server-update-tls libvirtd", description="agent: command that makes libvirtd re-read its TLS files after they changed (empty: none)")
     agent_console_port: int = Field(9443, description="TCP port of the agent's console endpoint (TLS with the agent's certificate)")
     console_connect_timeout: float = Field(5.0, description="server: connecting to a host's console endpoint gives up after this")
 

@@ -166,6 +166,22 @@ class Host(Timestamped, Base):
     __mapper_args__ = {"version_id_col": version}
 
 
+class HostCertificate(Base):
+    """A TLS certificate the cluster CA issued to a host (vcenter.services.certificates). The
+    row outlives its host: a removed host's certificates stay listed, revoked, until they
+    expire, so the CRL keeps naming them."""
+
+    __tablename__ = "host_certificates"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    host_id: Mapped[int | None] = mapped_column(ForeignKey("hosts.id", ondelete="SET NULL"), index=True)
+    host_name: Mapped[str] = mapped_column(String(255))
+    serial: Mapped[str] = mapped_column(String(48), unique=True)  # hex
+    issued_at: Mapped[datetime] = mapped_column(default=utcnow)
+    not_after: Mapped[datetime] = mapped_column(index=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(index=True)
+    revocation_reason: Mapped[str | None] = mapped_column(String(32))
+
+
 class Datastore(Timestamped, Base):
     __tablename__ = "datastores"
     __table_args__ = (UniqueConstraint("datacenter_id", "name", name="uq_datastores_dc_name"),)

@@ -47,7 +47,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vcenter.lab import network as net
-from vcenter.lab import pki
 from vcenter.lab.libvirtd import PrivateLibvirtd, process_name
 
 log = logging.getLogger(__name__)
@@ -270,15 +269,15 @@ class LabHost:
         return Path(self.record["workdir"])
 
     @property
-    def tls_dir(self) -> Path:
-        """The host's certificates for TLS migration streams (vcenter.lab.pki layout), signed
-        by the lab CA; made at ``up``."""
-        return self.workdir / "pki"
+    def uri(self) -> str:
+        """How the lab's own tools reach the host's libvirtd over the lab network (no auth)."""
+        return f"qemu+tcp://{self.address}/system"
 
     @property
-    def uri(self) -> str:
-        """How clients reach the host's libvirtd over the lab network."""
-        return f"qemu+tcp://{self.address}/system"
+    def tls_uri(self) -> str:
+        """How other hosts' libvirtd reach this one for migrations: TLS with certificates of
+        the cluster CA (the host's libvirt_uri in the inventory)."""
+        return f"qemu+tls://{self.address}/system"
 
     @property
     def local_uri(self) -> str:
@@ -312,7 +311,7 @@ class LabHost:
     @property
     def libvirtd(self) -> PrivateLibvirtd:
         if self._libvirtd is None:
-            self._libvirtd = PrivateLibvirtd(self.workdir, self.name, tcp_port=LIBVIRT_TCP_PORT, listen_addr=self.address, enter=lambda: self.enter_argv("/"), migrate_tls_dir=self.tls_dir)
+            self._libvirtd = PrivateLibvirtd(self.workdir, self.name, tcp_port=LIBVIRT_TCP_PORT, listen_addr=self.address, enter=lambda: self.enter_argv("/"))
         return self._libvirtd
 
     # --- running things inside ----------------------------------------------------------------
@@ -404,8 +403,6 @@ class LabHost:
         daemon = self.libvirtd
         daemon._proc = None
         daemon._namespaces.clear()
-        if not all((self.tls_dir / f).exists() for f in pki.FILES):  # libvirtd needs the dir
-            pki.LabCA.load_or_create(self.lab.ca_dir).install_host(self.tls_dir, self.name, [self.address])
         daemon.prepare()
         for d in self.cgroup_dirs:
             _make_cgroup(d)
@@ -476,6 +473,17 @@ class LabHost:
             self.record["libvirtd_pid"] = self.libvirtd.pid
             self.lab._save()
 
+    def listen_tls(self) -> bool:
+        """Restart libvirtd when the host got its TLS files (from the cluster CA, by its agent)
+        and the daemon does not listen on TLS yet: what a host's install does after the
+        registration. Guests keep running. Answers whether it restarted."""
+        conf = self.libvirtd.path("/etc/libvirt/libvirtd.conf")
+        if not self.libvirtd.tls_ready or "listen_tls = 1" in conf.read_text():
+            return False
+        self.crash_libvirtd()
+        self.restart_libvirtd()
+        return True
+
     def libvirtd_running(self) -> bool:
         return self.libvirtd._pid_from_file() is not None
 
@@ -543,11 +551,6 @@ class Lab:
             finally:
                 self._lock_depth = 0
                 fcntl.flock(lock, fcntl.LOCK_UN)
-
-    @property
-    def ca_dir(self) -> Path:
-        """The lab CA (vcenter.lab.pki): ca-cert.pem and ca-key.pem, made at ``up``."""
-        return self.workdir / "ca"
 
     @property
     def hierarchies(self) -> list[Hierarchy]:

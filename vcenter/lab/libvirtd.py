@@ -9,7 +9,9 @@ What this module decides:
   namespace exits, its mounts vanish with it.
 - Clients in the root namespace reach the daemon through the backing directory of the bind
   mount: ``qemu+unix:///system?socket=<workdir>/run/libvirt/libvirt-sock``; with ``tcp_port``
-  the daemon also listens (no auth, lab network only) at ``qemu+tcp://<addr>:<port>/system``.
+  the daemon also listens (no auth, lab network only) at ``qemu+tcp://<addr>:<port>/system``,
+  and, once the host has its certificate from the cluster CA (/etc/pki, private per daemon),
+  on TLS at ``qemu+tls://<addr>/system`` (port 16514).
 - QEMU processes inherit the daemon's mount namespace (qemu.conf ``namespaces = []``), which
   is how ``stop()`` finds every QEMU a daemon started even when its pid file is gone.
 
@@ -41,10 +43,22 @@ log = logging.getLogger(__name__)
 # The daemon's fixed paths and the workdir subdirectory that backs each one.
 _BIND_MOUNTS: dict[str, str] = {
     "/etc/libvirt": "etc/libvirt",
+    # The host's TLS files from the cluster CA, at libvirt's and QEMU's default paths
+    # (/etc/pki/CA, /etc/pki/libvirt, /etc/pki/qemu: vcenter.core.host_pki).
+    "/etc/pki": "etc/pki",
     "/run/libvirt": "run/libvirt",
     "/var/lib/libvirt": "lib/libvirt",
     "/var/log/libvirt": "log/libvirt",
     "/var/cache/libvirt": "cache/libvirt",
+}
+
+# libvirtd.conf's TLS files: libvirt's default paths, where the host's agent writes them
+# (vcenter.core.host_pki.pki_files with its default directories).
+TLS_CONF: dict[str, str] = {
+    "ca_file": "/etc/pki/CA/cacert.pem",
+    "crl_file": "/etc/pki/CA/cacrl.pem",
+    "cert_file": "/etc/pki/libvirt/servercert.pem",
+    "key_file": "/etc/pki/libvirt/private/serverkey.pem",
 }
 
 # QEMU capabilities probed by one daemon, copied into the private cache of the next: probing
@@ -72,7 +86,6 @@ class PrivateLibvirtd:
         start_timeout: float = 15.0,
         caps_seed: Path | None = DEFAULT_CAPS_SEED,
         enter: Sequence[str] | Callable[[], Sequence[str]] | None = None,
-        migrate_tls_dir: Path | None = None,
     ):
         self.workdir = Path(workdir).resolve()
         self.name = name
@@ -82,11 +95,6 @@ class PrivateLibvirtd:
         self.caps_seed = caps_seed
         # A prefix, or a function giving it at start time (a lab host's changes per boot).
         self.enter = enter
-        # A cert dir (vcenter.lab.pki layout) for QEMU's TLS migration streams (VIR_MIGRATE_TLS),
-        # as a path the daemon sees (not under a private mount: QEMU reads it in the host's
-        # namespace, where the workdir has the same path). libvirtd refuses to start when the
-        # directory is missing, so it must exist before start().
-        self.migrate_tls_dir = Path(migrate_tls_dir) if migrate_tls_dir is not None else None
         self.host_uuid = str(uuidlib.uuid5(_HOST_UUID_NAMESPACE, name))
         self._proc: subprocess.Popen | None = None
         # Mount namespaces (by inode) our daemons ran in: QEMUs live on in them after a
@@ -100,6 +108,17 @@ class PrivateLibvirtd:
             if inside == mount_point or inside.startswith(mount_point + "/"):
                 return self.workdir / sub / inside[len(mount_point) + 1 :]
         raise ValueError(f"{inside} is not inside a private mount")
+
+    @property
+    def tls_ready(self) -> bool:
+        """Whether the host's TLS files from the cluster CA are all there (the agent writes the
+        CRL with the certificate)."""
+        return all(self.path(inside).is_file() for inside in TLS_CONF.values())
+
+    @property
+    def admin_uri(self) -> str:
+        """virt-admin's URI of this daemon, from the root namespace."""
+        return f"libvirtd:///system?socket={self.workdir / 'run/libvirt/libvirt-admin-sock'}"
 
     @property
     def socket_path(self) -> Path:
@@ -143,7 +162,6 @@ class PrivateLibvirtd:
             "keepalive_count = 3",
             "log_level = 3",
             'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"',
-            "listen_tls = 0",
         ]
         if self.tcp_port is not None:
             lines += [
@@ -152,6 +170,13 @@ class PrivateLibvirtd:
                 f"tcp_port = {_conf_str(str(self.tcp_port))}",
                 'auth_tcp = "none"',
             ]
+        # libvirtd refuses to start on TLS without its files: they come from the cluster CA
+        # when the host's agent registered (vcenter.core.host_pki), so a daemon that started
+        # before is restarted then (LabHost.listen_tls), as a host's install does.
+        tls = self.tcp_port is not None and self.tls_ready
+        lines.append(f"listen_tls = {1 if tls else 0}")
+        if tls:
+            lines += [f"{key} = {_conf_str(inside)}" for key, inside in TLS_CONF.items()]
         (etc / "libvirtd.conf").write_text("\n".join(lines) + "\n")
         qemu = [
             'user = "root"',
@@ -168,13 +193,11 @@ class PrivateLibvirtd:
                 f"migration_address = {_conf_str(self.listen_addr)}",
                 f"migration_host = {_conf_str(self.listen_addr)}",
             ]
-        if self.migrate_tls_dir is not None:
-            qemu += [
-                f"migrate_tls_x509_cert_dir = {_conf_str(str(self.migrate_tls_dir))}",
-                # The target checks the source's client certificate too (the source always
-                # checks the target's server certificate against the address it dials).
-                "migrate_tls_x509_verify = 1",
-            ]
+            # TLS migration streams read QEMU's default directory (/etc/pki/qemu, the host's
+            # own through the /etc/pki bind mount); the target checks the source's client
+            # certificate too (the source always checks the target's server certificate
+            # against the address it dials).
+            qemu.append("migrate_tls_x509_verify = 1")
         (etc / "qemu.conf").write_text("\n".join(qemu) + "\n")
         self._write_accounts()
 

@@ -166,13 +166,21 @@ class Stack:
         agent inside it; the agent reaches Redis and the API over the lab network only."""
         host = LabHost(name=lab_host.name, libvirtd=None, lab_host=lab_host)
         with self.client() as api:
-            created = api.post("/api/v1/hosts", json={"name": lab_host.name, "address": lab_host.address, "datacenter_id": datacenter_id, "cluster_id": cluster_id, "libvirt_uri": lab_host.uri})
+            created = api.post("/api/v1/hosts", json={"name": lab_host.name, "address": lab_host.address, "datacenter_id": datacenter_id, "cluster_id": cluster_id, "libvirt_uri": lab_host.tls_uri})
             created.raise_for_status()
         host.host_id, host.token = created.json()["id"], created.json()["registration_token"]
         self.hosts[lab_host.name] = host
         extra = {"VCENTER_AGENT_DECLARED_CPU_XML": declared_cpu_xml} if declared_cpu_xml else None
         self.start_agent(lab_host.name, extra, gateway=gateway)
         self.confirm_host(lab_host.name)
+        # As a host's install does: registered, the agent installs the certificate of the
+        # server's CA; then libvirtd starts listening on TLS (migrations arrive that way).
+        wait = time.monotonic() + 60
+        while not lab_host.libvirtd.tls_ready:
+            if time.monotonic() > wait:
+                raise RuntimeError(f"agent of {lab_host.name} installed no TLS certificate; see {lab_host.workdir}/agent.log")
+            time.sleep(0.2)
+        lab_host.listen_tls()
         return host
 
     def agent_state_dir(self, name: str) -> Path:
@@ -223,6 +231,11 @@ class Stack:
             args.append("--simulated")
         else:
             env["VCENTER_LIBVIRT_URI"] = host.libvirtd.uri
+            # The agent runs in the root namespace here: its TLS files go where the host's
+            # daemon sees /etc/pki, and it reloads that daemon, not the machine's.
+            for var, inside in (("CA", "/etc/pki/CA"), ("LIBVIRT", "/etc/pki/libvirt"), ("QEMU", "/etc/pki/qemu")):
+                env[f"VCENTER_AGENT_PKI_{var}_DIR"] = str(host.libvirtd.path(inside))
+            env["VCENTER_AGENT_LIBVIRT_TLS_RELOAD"] = f"virt-admin -c {host.libvirtd.admin_uri} server-update-tls libvirtd"
         host.agent = self._spawn(f"agent-{name}", args, env)
         return host.agent
 

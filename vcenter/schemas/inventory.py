@@ -187,6 +187,22 @@ class AgentRegistrationAnswer(BaseModel):
     command_public_key: str | None = Field(None, description="once trusted: the server's Ed25519 public key (PEM) that verifies the commands on this host's queue")
 
 
+class HostCertificateRequest(RequestModel):
+    csr: str = Field(..., min_length=1, max_length=16384, description="a PEM certificate signing request for the host's TLS key (made on the host; its self-signature proves possession)")
+
+
+class HostCertificateIssued(BaseModel):
+    certificate: str = Field(description="the host's certificate (PEM): libvirtd's TLS listener, migration client, QEMU migration streams")
+    ca_certificate: str = Field(description="the cluster CA's certificate (PEM)")
+    serial: str = Field(description="hex serial, as the CRL names it")
+    not_after: datetime
+
+
+class HostTrustMaterial(BaseModel):
+    ca_certificate: str = Field(description="the cluster CA's certificate (PEM)")
+    crl: str = Field(description="the CA's certificate revocation list (PEM): certificates of removed hosts")
+
+
 # --- datastores ----------------------------------------------------------------------------
 class DatastoreCreate(RequestModel):
     name: Name

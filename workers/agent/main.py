@@ -5,6 +5,7 @@ heartbeat, state-report, lifecycle-event and reconnect threads of AgentService."
 from __future__ import annotations
 
 import logging
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -155,6 +156,19 @@ def start_console_endpoint(settings: Settings, driver: HypervisorDriver, gate: C
         log.warning("console endpoint not started on port %s: %s", settings.agent_console_port, exc)
 
 
+def start_host_tls(settings: Settings, api: ApiClient, agent: AgentService) -> None:
+    """The host's TLS certificate from the cluster CA (workers.agent.host_tls): installed now,
+    before the agent consumes commands (a migration needs it), then kept current."""
+    from workers.agent.host_tls import HostTls
+
+    host_tls = HostTls(settings, api, socket.gethostname())
+    try:
+        host_tls.refresh()
+    except Exception as exc:  # the periodic refresh tries again; the agent works without TLS
+        log.warning("host TLS certificate not installed: %s", exc)
+    host_tls.start(agent.stop_event)
+
+
 def run_agent(settings: Settings, simulated: bool = False) -> None:
     driver = make_driver(settings, simulated)
     verify = api_verify(settings)
@@ -164,6 +178,8 @@ def run_agent(settings: Settings, simulated: bool = False) -> None:
     api = ApiClient(settings.public_url, host_id, credential.token, retry_delay=settings.agent_reconnect_delay, verify=verify)
     network = make_network(settings, simulated)
     agent = AgentService(settings, host_id, driver, api, network, command_gate=gate)
+    if not simulated:
+        start_host_tls(settings, api, agent)
     app = make_celery(settings)
     queue = host_queue(host_id)
     app.conf.task_queues = [Queue(queue)]

@@ -1,5 +1,6 @@
 """Routes the host agents call, each with its host's own token (a host reports only for
-itself): task progress and results, VM lifecycle events, full host state."""
+itself): task progress and results, VM lifecycle events, full host state, its TLS certificate
+from the cluster CA and the CA's certificate and CRL."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from fastapi import APIRouter
 from vcenter.api.deps import AgentHostId, DbDep, SettingsDep, public
 from vcenter.core.object_ids import ObjectIdPath
 from vcenter.messaging.contracts import HostState, LifecycleEvent, TaskProgress, TaskResult
-from vcenter.schemas.inventory import AgentRegistration, AgentRegistrationAnswer, AgentRegistrationChallenge, AgentRegistrationNonce
+from vcenter.schemas.inventory import AgentRegistration, AgentRegistrationAnswer, AgentRegistrationChallenge, AgentRegistrationNonce, HostCertificateIssued, HostCertificateRequest, HostTrustMaterial
+from vcenter.services.certificates import host_certificates
 from vcenter.services.inventory import hosts, inventory
 from vcenter.services.orchestration import reports
 
@@ -50,3 +52,13 @@ def lifecycle_events(body: list[LifecycleEvent], host_id: AgentHostId, db: DbDep
 @router.post("/state", summary="Agent: full host state; the answer says what the host should provide")
 def host_state(body: HostState, host_id: AgentHostId, db: DbDep) -> dict[str, Any]:
     return reports.report_host_state(db, inventory.get(db, "host", host_id), body)
+
+
+@router.post("/certificate", response_model=HostCertificateIssued, summary="Agent: the host's TLS certificate from the cluster CA, for a CSR of a key made on the host")
+def host_certificate(body: HostCertificateRequest, host_id: AgentHostId, db: DbDep, settings: SettingsDep) -> Any:
+    return host_certificates.issue(db, settings, inventory.get(db, "host", host_id), body.csr)
+
+
+@router.get("/pki", response_model=HostTrustMaterial, summary="Agent: the cluster CA's certificate and its current CRL")
+def trust_material(host_id: AgentHostId, db: DbDep, settings: SettingsDep) -> Any:
+    return host_certificates.trust_material(db, settings)

@@ -54,7 +54,7 @@ FILTER_CODES = {
     "CpuFilter": "INSUFFICIENT_CPU",
     "RuleFilter": "RULE_VIOLATION",
 }
-DEFAULT_SETTINGS = {"max_downtime_ms": 300, "bandwidth_mibps": None, "auto_converge": True, "postcopy": False, "max_per_host": 2, "tls": False}
+DEFAULT_SETTINGS = {"max_downtime_ms": 300, "bandwidth_mibps": None, "auto_converge": True, "postcopy": False, "max_per_host": 2, "tls": True}
 
 
 class MigrationRefused(Conflict):

@@ -1,7 +1,8 @@
 """Host lifecycle as vCenter operators know it: add (with a one-time registration token),
 register (the agent presents its libvirt host UUID and certificate, and proves it holds the
 certificate's key: vcenter.core.registration), confirm the thumbprint (or trust on first
-use), standby, remove (forced only for a dead host), and import of VMs found on a host.
+use), standby, remove (forced only for a dead host; its TLS certificates are revoked), and
+import of VMs found on a host.
 
 Vocabulary:
 - trust state: awaitingAgent (added, no agent yet) -> awaitingConfirmation (an agent
@@ -28,6 +29,7 @@ from vcenter.core.settings import Settings
 from vcenter.db.models import Host, VirtualMachine
 from vcenter.domain.states import ConnectionState, PowerState
 from vcenter.messaging.signing import CommandSigner, load_or_create_signing_key, signing_key_path
+from vcenter.services.certificates import host_certificates
 from vcenter.services.inventory import inventory
 from vcenter.services.tasks.events import record_event
 
@@ -191,6 +193,8 @@ def remove(session: Session, host_id: int, force: bool, user: str) -> None:
             session, "vm.orphaned", f"VM {vm.name} orphaned: its host {host.name} was removed by force", username=user, object_type="vm", object_id=vm.id, object_name=vm.name, reason="host_removed"
         )
     session.flush()
+    # Its TLS certificates stop opening other hosts' libvirtd and QEMU (the CRL names them).
+    host_certificates.revoke_host(session, host)
     inventory.delete_object(session, user, "host", host.id)
 
 
