@@ -2,7 +2,7 @@
 issued to a host (the CRL is made from the revoked ones)
 
 Revision ID: 0021
-Revises: 0019
+Revises: 0020
 """
 
 from alembic import op
@@ -11,7 +11,7 @@ import vcenter.db.models
 
 
 revision = "0021"
-down_revision = "0019"
+down_revision = "0020"
 branch_labels = None
 depends_on = None
 

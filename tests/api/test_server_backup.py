@@ -18,10 +18,13 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from tests.conftest import PG_URL, _maintenance_engine, fresh_postgres, make_settings
-from vcenter.db.migrate import upgrade
+from vcenter.db.migrate import migrations_dir, upgrade
 from vcenter.db.models import Base
 from vcenter.services.housekeeping import server_backup
 from vcenter.services.housekeeping.server_backup import BackupRefused, backup, encode_value, restore
+
+# this release's newest schema revision (what a restore migrates to, what a backup records)
+HEAD = max(p.name.split("_", 1)[0] for p in migrations_dir().joinpath("versions").glob("0*.py"))
 
 T0 = datetime(2026, 3, 1, 12, 30, 15, 123456, tzinfo=timezone.utc)
 
@@ -113,7 +116,7 @@ def test_round_trip_gives_back_every_row_and_key_file(tmp_path, source_kind, tar
         assert tar.getnames()[0] == "manifest.json"
         assert all(stat.S_IMODE(m.mode) == 0o600 for m in tar.getmembers())
         manifest = json.load(tar.extractfile("manifest.json"))
-    assert manifest["format_version"] == 1 and manifest["database"]["revision"] == "0019" and manifest["product_version"]
+    assert manifest["format_version"] == 1 and manifest["database"]["revision"] == HEAD and manifest["product_version"]
     assert {k["file"] for k in manifest["keys"]} == {"keys/command-signing.pem", "keys/tls/api.crt", "keys/tls/api.key", "keys/ca/ca.key", "keys/ca/ca.crt"}
 
     # An empty server: its schema migrated (a fresh signing key made by `db upgrade`).
@@ -262,7 +265,7 @@ def test_an_older_revision_is_restored_and_migrated_forward(tmp_path):
     assert done.revision == "0018"
     engine = sa.create_engine(target_url)
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0019"
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == HEAD
         assert conn.execute(sa.text("SELECT name, created_at FROM datacenters")).one() == ("old-dc", datetime(2026, 1, 1, tzinfo=timezone.utc))
     engine.dispose()
 
@@ -276,8 +279,8 @@ def test_the_commands_report_a_refusal_by_its_code(archived, tmp_path, monkeypat
     args = ["--database-url", target.database_url, "--key-dir", target.key_dir]
     first = runner.invoke(app, ["restore", str(archive), *args])
     assert first.exit_code == 0, first.output
-    assert "restored" in first.output and "revision 0019" in first.output
+    assert "restored" in first.output and f"revision {HEAD}" in first.output
     again = runner.invoke(app, ["restore", str(archive), *args])
     assert again.exit_code == 2 and "refused: DATABASE_NOT_EMPTY" in again.output
     out = runner.invoke(app, ["backup", str(tmp_path / "again.tar.gz"), *args])
-    assert out.exit_code == 0 and "revision 0019" in out.output, out.output
+    assert out.exit_code == 0 and f"revision {HEAD}" in out.output, out.output
