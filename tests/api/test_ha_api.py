@@ -14,8 +14,7 @@ import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from tests.apihelpers import command_id_of, finish_as_agent, login, make_admin, register_host
-from vcenter.api.app import create_app
+from tests.apihelpers import app_for, command_id_of, finish_as_agent, login, make_admin, register_host
 from vcenter.db.models import Event, Task, VirtualMachine
 from vcenter.db.session import session_scope
 from vcenter.messaging.contracts import ha_datastore_view_key, heartbeat_key
@@ -36,7 +35,7 @@ def env(settings):
     r = redis.Redis.from_url(settings.redis_url)
     r.delete(LOCK_KEY, *[heartbeat_key(i) for i in range(1, 10)], *[ha_datastore_view_key(i) for i in range(1, 10)])
     make_admin(settings)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(app_for(settings)) as client:
         auth = login(client)
         dc = client.post("/api/v1/datacenters", json={"name": "dc"}, headers=auth).json()
         cl = client.post("/api/v1/clusters", json={"name": "cl", "datacenter_id": dc["id"]}, headers=auth).json()
