@@ -18,7 +18,7 @@ from sqlalchemy import select
 from tests.apihelpers import app_for, command_id_of, finish_as_agent, login, make_admin, register_host
 from vcenter.db.models import Event, Task, VirtualMachine
 from vcenter.db.session import session_scope
-from vcenter.messaging.contracts import ha_datastore_view_key, heartbeat_key
+from vcenter.messaging.contracts import HA_PASSES_KEY, ha_datastore_view_key, heartbeat_key
 from vcenter.services.ha.ha_monitor import LOCK_KEY, HaMonitorProcess
 
 
@@ -131,6 +131,23 @@ def _beat(r, hosts, skip=(), n=[0]):
     for h in hosts:
         if h["id"] not in skip:
             r.set(heartbeat_key(h["id"]), str(n[0]), px=3000)
+
+
+def test_the_active_monitor_counts_its_passes_in_redis(env):
+    """HA_PASSES_KEY: one more for each pass the active monitor completed; a standby's steps
+    count nothing (the lab waits on it to prove that HA did nothing)."""
+    client, auth, cl, hosts, agents, vms, settings, r = env
+    r.delete(HA_PASSES_KEY)
+    clock = Clock()
+    a = HaMonitorProcess(client.app.state.runtime, owner="a", clock=clock)
+    b = HaMonitorProcess(client.app.state.runtime, owner="b", clock=clock)
+    assert a.try_acquire() and not b.try_acquire()
+    for _ in range(3):
+        _beat(r, hosts)
+        a.step()
+        b.step()
+        clock.t += 1
+    assert int(r.get(HA_PASSES_KEY) or 0) == 3
 
 
 def test_monitor_detects_restarts_fails_over_and_freezes(env):
