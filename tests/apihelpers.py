@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import weakref
 from typing import Any
 
 from fastapi import FastAPI
@@ -128,11 +129,12 @@ def finish_as_agent(client: TestClient, settings, agent: dict[str, str], task: d
     return vm
 
 
-_ADMIN_HEADERS: dict[int, dict[str, str]] = {}
+# By the client object itself, forgotten with it: keyed by id(client), a later test's client
+# at the same address got the token of an earlier test's database (401, then a KeyError).
+_ADMIN_HEADERS: weakref.WeakKeyDictionary[TestClient, dict[str, str]] = weakref.WeakKeyDictionary()
 
 
 def agent_admin_headers(client: TestClient) -> dict[str, str]:
-    key = id(client)
-    if key not in _ADMIN_HEADERS:
-        _ADMIN_HEADERS[key] = login(client)
-    return _ADMIN_HEADERS[key]
+    if client not in _ADMIN_HEADERS:
+        _ADMIN_HEADERS[client] = login(client)
+    return _ADMIN_HEADERS[client]
