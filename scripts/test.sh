@@ -15,6 +15,12 @@ cd "$ROOT"
 
 log() { printf '[test] %s\n' "$*"; }
 
+# Compiled modules are written and shared (__pycache__, git-ignored): with
+# PYTHONDONTWRITEBYTECODE set (as in many CI images) each of the run's Python processes (xdist
+# workers, the servers and agents the tests start) compiled every module of ours and pytest
+# rewrote every test module again: collecting tests/api cost 7-8 s of CPU per worker, 3.6 s so.
+unset PYTHONDONTWRITEBYTECODE
+
 WORKERS="${VCENTER_TEST_WORKERS:-3}"
 # worksteal: an idle worker takes queued tests from a busy one, so the few long tests do not
 # leave one worker finishing alone

@@ -15,8 +15,7 @@ from fastapi.testclient import TestClient
 
 from templates_store.ova import write_ova
 from templates_store.ovf import build_ovf
-from tests.apihelpers import finish_as_agent, login, make_admin, register_host
-from vcenter.api.app import create_app
+from tests.apihelpers import app_for, finish_as_agent, login, make_admin, register_host
 from vcenter.db.models import Host
 from vcenter.db.session import session_scope
 from vcenter.services.orchestration.reports import mark_host_heartbeat
@@ -28,7 +27,7 @@ FACTS = {"hostname": "h1", "cpu_model": "Skylake", "cpu_cores": 4, "cpu_mhz": 20
 @pytest.fixture
 def ctx(settings):
     make_admin(settings)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(app_for(settings)) as client:
         auth = login(client)
         dc = client.post("/api/v1/datacenters", json={"name": "dc"}, headers=auth).json()
         cl = client.post("/api/v1/clusters", json={"name": "cl", "datacenter_id": dc["id"]}, headers=auth).json()

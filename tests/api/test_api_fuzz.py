@@ -50,9 +50,8 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.python import asgi
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
-from tests.apihelpers import finish_as_agent, login, make_admin, register_host
+from tests.apihelpers import app_for, finish_as_agent, login, make_admin, register_host
 from tests.conftest import fresh_postgres, make_settings
-from vcenter.api.app import create_app
 from vcenter.dashboard.web import COOKIE, csrf_for
 
 pytestmark = pytest.mark.fuzz  # long: make test runs it, make test-fast does not
@@ -472,7 +471,7 @@ def test_fuzz_the_api_and_the_dashboard_as_administrator_and_read_only(tmp_path,
     settings = make_settings(tmp_path, **({"database_url": fresh_postgres()} if database == "postgresql" else {}))
     upgrade(settings.database_url)
     make_admin(settings)
-    app = create_app(settings)
+    app = app_for(settings)
     recorder = _Recorder()
     logging.getLogger().addHandler(recorder)
     run = _Run()
@@ -512,7 +511,7 @@ def test_the_token_is_a_security_scheme_not_a_parameter(tmp_path):
     from vcenter.db.migrate import upgrade
 
     upgrade(settings.database_url)
-    app = create_app(settings)
+    app = app_for(settings)
     schema = app.openapi()
     assert schema["components"]["securitySchemes"]["bearerAuth"] == {**schema["components"]["securitySchemes"]["bearerAuth"], "type": "http", "scheme": "bearer"}
     header_parameters = [(method, path, p["name"]) for path, item in schema["paths"].items() for method, op in item.items() for p in op.get("parameters", []) if p["in"] == "header"]

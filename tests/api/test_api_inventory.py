@@ -10,14 +10,13 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from tests.apihelpers import login, make_admin, register_host
-from vcenter.api.app import create_app
+from tests.apihelpers import app_for, login, make_admin, register_host
 
 
 @pytest.fixture
 def client(settings):
     make_admin(settings)
-    with TestClient(create_app(settings)) as c:
+    with TestClient(app_for(settings)) as c:
         yield c
 
 

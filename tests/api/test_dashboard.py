@@ -12,9 +12,8 @@ from sqlalchemy import select
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from tests.apihelpers import login, make_admin, register_host
+from tests.apihelpers import app_for, login, make_admin, register_host
 from tests.conftest import REDIS_URL
-from vcenter.api.app import create_app
 from vcenter.db.session import session_scope
 from vcenter.services.access import auth
 from vcenter.services.compute import console as console_service
@@ -61,7 +60,7 @@ def ui_login(client: TestClient, username: str, password: str) -> str:
 def world(settings):
     make_admin(settings)
     make_viewer(settings)
-    app = create_app(settings)
+    app = app_for(settings)
     with TestClient(app) as api:
         h = login(api)
         dc = api.post("/api/v1/datacenters", json={"name": "dc-east"}, headers=h).json()

@@ -7,14 +7,13 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.apihelpers import finish_as_agent, login, make_admin, register_host
-from vcenter.api.app import create_app
+from tests.apihelpers import app_for, finish_as_agent, login, make_admin, register_host
 
 
 @pytest.fixture
 def env(settings):
     make_admin(settings)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(app_for(settings)) as client:
         auth = login(client)
         dc = client.post("/api/v1/datacenters", json={"name": "dc"}, headers=auth).json()
         cl = client.post("/api/v1/clusters", json={"name": "cl", "datacenter_id": dc["id"], "settings": {"drs": {"enabled": True, "automation": "manual"}}}, headers=auth).json()
@@ -101,7 +100,7 @@ def test_drs_wakes_a_standby_host_when_the_powered_on_hosts_cannot_hold_the_dema
     sock.bind(("127.0.0.1", 0))
     sock.settimeout(5)
     mac = "52:54:00:12:34:56"
-    with sock, TestClient(create_app(settings)) as client:
+    with sock, TestClient(app_for(settings)) as client:
         auth = login(client)
         dc = client.post("/api/v1/datacenters", json={"name": "dc"}, headers=auth).json()
         cl = client.post("/api/v1/clusters", json={"name": "cl", "datacenter_id": dc["id"], "settings": {"drs": {"enabled": True, "automation": "manual"}}}, headers=auth).json()

@@ -7,6 +7,7 @@ test (heartbeat keys, task results); the lab test covers real hosts."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -14,11 +15,10 @@ import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from tests.apihelpers import command_id_of, finish_as_agent, login, make_admin, register_host
-from vcenter.api.app import create_app
+from tests.apihelpers import app_for, command_id_of, finish_as_agent, login, make_admin, register_host
 from vcenter.db.models import Event, Task, VirtualMachine
 from vcenter.db.session import session_scope
-from vcenter.messaging.contracts import ha_datastore_view_key, heartbeat_key
+from vcenter.messaging.contracts import HA_PASSES_KEY, ha_datastore_view_key, heartbeat_key
 from vcenter.services.ha.ha_monitor import LOCK_KEY, HaMonitorProcess
 
 
@@ -32,11 +32,14 @@ class Clock:
 
 @pytest.fixture
 def env(settings):
-    settings = settings.model_copy(update={"ha_lock_ttl": 1.0, "ha_period": 0.1})
+    # The tests step their monitors by hand on a clock of their own; the lock's TTL is Redis'
+    # real time: long enough that a slow step on a loaded machine does not lose it (the test
+    # of a takeover shortens it for itself).
+    settings = settings.model_copy(update={"ha_lock_ttl": 30.0, "ha_period": 0.1})
     r = redis.Redis.from_url(settings.redis_url)
     r.delete(LOCK_KEY, *[heartbeat_key(i) for i in range(1, 10)], *[ha_datastore_view_key(i) for i in range(1, 10)])
     make_admin(settings)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(app_for(settings)) as client:
         auth = login(client)
         dc = client.post("/api/v1/datacenters", json={"name": "dc"}, headers=auth).json()
         cl = client.post("/api/v1/clusters", json={"name": "cl", "datacenter_id": dc["id"]}, headers=auth).json()
@@ -130,13 +133,31 @@ def _beat(r, hosts, skip=(), n=[0]):
             r.set(heartbeat_key(h["id"]), str(n[0]), px=3000)
 
 
+def test_the_active_monitor_counts_its_passes_in_redis(env):
+    """HA_PASSES_KEY: one more for each pass the active monitor completed; a standby's steps
+    count nothing (the lab waits on it to prove that HA did nothing)."""
+    client, auth, cl, hosts, agents, vms, settings, r = env
+    r.delete(HA_PASSES_KEY)
+    clock = Clock()
+    a = HaMonitorProcess(client.app.state.runtime, owner="a", clock=clock)
+    b = HaMonitorProcess(client.app.state.runtime, owner="b", clock=clock)
+    assert a.try_acquire() and not b.try_acquire()
+    for _ in range(3):
+        _beat(r, hosts)
+        a.step()
+        b.step()
+        clock.t += 1
+    assert int(r.get(HA_PASSES_KEY) or 0) == 3
+
+
 def test_monitor_detects_restarts_fails_over_and_freezes(env):
     client, auth, cl, hosts, agents, vms, settings, r = env
     client.patch(f"/api/v1/clusters/{cl['id']}/ha", headers=auth, json={"enabled": True, "detection_s": 5, "admission": {"kind": "disabled"}})
     for vm in vms[:2]:
         assert _power_on(client, auth, settings, agents, vm).status_code == 202
     client.put(f"/api/v1/vms/{vms[1]['id']}/ha", headers=auth, json={"restart_priority": "high"})
-    runtime = client.app.state.runtime
+    # a lock that expires within a second of the active monitor's death
+    runtime = dataclasses.replace(client.app.state.runtime, settings=settings.model_copy(update={"ha_lock_ttl": 1.0}))
     clock = Clock()
     a = HaMonitorProcess(runtime, owner="a", clock=clock)
     b = HaMonitorProcess(runtime, owner="b", clock=clock)

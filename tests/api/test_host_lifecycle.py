@@ -9,8 +9,7 @@ import uuid
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.apihelpers import agent_register, login, make_admin, register_host
-from vcenter.api.app import create_app
+from tests.apihelpers import agent_register, app_for, login, make_admin, register_host
 from vcenter.db.models import Host
 from vcenter.db.session import session_scope
 from vcenter.services.orchestration.reports import mark_host_heartbeat
@@ -20,7 +19,7 @@ from workers.agent.identity import new_identity
 @pytest.fixture
 def ctx(settings):
     make_admin(settings)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(app_for(settings)) as client:
         auth = login(client)
         dc = client.post("/api/v1/datacenters", json={"name": "dc"}, headers=auth).json()
         yield client, auth, dc, settings

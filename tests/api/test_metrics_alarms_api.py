@@ -15,8 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from tests.apihelpers import finish_as_agent, login, make_admin, register_host
-from vcenter.api.app import create_app
+from tests.apihelpers import app_for, finish_as_agent, login, make_admin, register_host
 from vcenter.db.models import Host, MetricSample
 from vcenter.db.session import session_scope
 from vcenter.domain.metrics import bucket_start
@@ -31,7 +30,7 @@ def env(settings):
     # The test's webhook receiver listens on loopback, which webhooks may reach only when allowed.
     settings = settings.model_copy(update={"alarm_webhook_retry_delay": 5.0, "alarm_webhook_attempts": 3, "alarm_vm_heartbeat_timeout": 30.0, "alarm_webhook_allowed_networks": "127.0.0.1/32"})
     make_admin(settings)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(app_for(settings)) as client:
         auth = login(client)
         dc = client.post("/api/v1/datacenters", json={"name": "dc"}, headers=auth).json()
         cl = client.post("/api/v1/clusters", json={"name": "cl", "datacenter_id": dc["id"]}, headers=auth).json()

@@ -12,8 +12,7 @@ import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-from tests.apihelpers import finish_as_agent, login, make_admin, register_host
-from vcenter.api.app import create_app
+from tests.apihelpers import app_for, finish_as_agent, login, make_admin, register_host
 from vcenter.domain.privileges import ANONYMOUS, PRIVILEGES, VIEW
 
 
@@ -48,7 +47,7 @@ def api_routes(app) -> list[Any]:
 
 
 def test_every_route_declares_its_privilege(settings):
-    app = create_app(settings)
+    app = app_for(settings)
     missing = [f"{sorted(r.methods)} {r.path}" for r in api_routes(app) if not declared_privileges(r)]
     assert not missing, f"routes without a declared privilege: {missing}"
     for route in api_routes(app):
@@ -60,7 +59,7 @@ def test_every_route_declares_its_privilege(settings):
 @pytest.fixture
 def client(settings):
     make_admin(settings)
-    with TestClient(create_app(settings)) as c:
+    with TestClient(app_for(settings)) as c:
         yield c
 
 
@@ -385,20 +384,20 @@ def test_refusals_and_permission_changes_are_in_the_audit_log_with_source(client
 def test_login_guessing_across_user_names_from_one_address_is_rate_limited(settings):
     make_admin(settings)
     limited = settings.model_copy(update={"login_source_failures": 3})
-    with TestClient(create_app(limited)) as client:
+    with TestClient(app_for(limited)) as client:
         for n in range(3):
             assert client.post("/api/v1/session", json={"username": f"guess{n}", "password": "nope-nope"}).status_code == 401
         refused = client.post("/api/v1/session", json={"username": "admin", "password": "secret-pass-phrase"})
         assert refused.status_code == 429 and refused.json()["code"] == "LOGIN_RATE_LIMITED"
     # the limit is per address and the window ends by itself: another address is not affected
-    with TestClient(create_app(limited), client=("10.9.9.9", 5000)) as other:
+    with TestClient(app_for(limited), client=("10.9.9.9", 5000)) as other:
         assert other.post("/api/v1/session", json={"username": "admin", "password": "secret-pass-phrase"}).status_code == 201
 
 
 def test_oversized_json_and_nul_characters_are_refused_before_any_route(settings):
     make_admin(settings)
     small = settings.model_copy(update={"max_json_body": 4096})
-    with TestClient(create_app(small)) as client:
+    with TestClient(app_for(small)) as client:
         admin = login(client)
         big = client.post("/api/v1/datacenters", headers={**admin, "Content-Type": "application/json"}, content=b'{"name": "' + b"a" * 5000 + b'"}')
         assert big.status_code == 413 and big.json()["code"] == "BODY_TOO_LARGE"

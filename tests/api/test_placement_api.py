@@ -7,14 +7,13 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.apihelpers import finish_as_agent, login, make_admin, register_host
-from vcenter.api.app import create_app
+from tests.apihelpers import app_for, finish_as_agent, login, make_admin, register_host
 
 
 @pytest.fixture
 def env(settings):
     make_admin(settings)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(app_for(settings)) as client:
         auth = login(client)
         dc = client.post("/api/v1/datacenters", json={"name": "dc"}, headers=auth).json()
         cl = client.post("/api/v1/clusters", json={"name": "cl", "datacenter_id": dc["id"]}, headers=auth).json()

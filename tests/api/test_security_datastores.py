@@ -18,9 +18,8 @@ from types import SimpleNamespace
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.apihelpers import login, make_admin, register_host
+from tests.apihelpers import app_for, login, make_admin, register_host
 from tests.conftest import REDIS_URL, make_settings
-from vcenter.api.app import create_app
 from vcenter.core.ids import new_uuid
 from vcenter.messaging.contracts import Command
 from workers.agent import commands
@@ -33,7 +32,7 @@ REFUSED_URLS = ["/etc", "/", "/root", "/proc/self", "/etc/", "//", "/srv/../etc"
 @pytest.fixture
 def client(settings):
     make_admin(settings)
-    with TestClient(create_app(settings)) as c:
+    with TestClient(app_for(settings)) as c:
         yield c
 
 
@@ -72,7 +71,7 @@ def test_the_server_roots_are_a_setting(tmp_path):
 
     upgrade(settings.database_url)
     make_admin(settings)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(app_for(settings)) as client:
         auth = login(client)
         dc = _dc(client, auth)
         r = client.post("/api/v1/datastores", json={"name": "a", "datacenter_id": dc["id"], "url": "/srv/ds1"}, headers=auth)

@@ -23,9 +23,8 @@ from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from tests.apihelpers import login, make_admin
+from tests.apihelpers import app_for, login, make_admin
 from tests.api.test_permissions import api_routes
-from vcenter.api.app import create_app
 from vcenter.db.models import ApiToken, Event, Group, GroupMember, LoginSession, Permission, Role, Task, User
 from vcenter.db.session import session_scope
 from vcenter.domain.privileges import ANONYMOUS, PRIVILEGES
@@ -42,7 +41,7 @@ LEVELS = {"less": MANAGE, "same": TARGET, "more": TARGET | {"VirtualMachine.Powe
 @pytest.fixture
 def client(settings):
     make_admin(settings)
-    with TestClient(create_app(settings)) as c:
+    with TestClient(app_for(settings)) as c:
         yield c
 
 
@@ -484,11 +483,11 @@ def test_weak_passwords_are_refused_on_create_and_change(client):
 
 def test_the_minimum_length_is_a_setting_and_common_passwords_stay_refused(settings):
     make_admin(settings)
-    with TestClient(create_app(settings.model_copy(update={"password_min_length": 8}))) as client:
+    with TestClient(app_for(settings.model_copy(update={"password_min_length": 8}))) as client:
         admin = login(client)
         assert client.post("/api/v1/users", headers=admin, json={"username": "u1", "password": "12345678"}).json()["details"]["reason"] == "common"
         assert client.post("/api/v1/users", headers=admin, json={"username": "u1", "password": "kx7-vqe2"}).status_code == 201
-    with TestClient(create_app(settings.model_copy(update={"password_min_length": 24}))) as client:
+    with TestClient(app_for(settings.model_copy(update={"password_min_length": 24}))) as client:
         admin = login(client)
         r = client.post("/api/v1/users", headers=admin, json={"username": "u2", "password": STRONG})
         assert r.status_code == 422 and r.json()["details"] == {"field": "password", "reason": "too_short", "min_length": 24}

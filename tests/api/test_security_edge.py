@@ -27,8 +27,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.apihelpers import login, make_admin, wait_for
-from tests.conftest import REDIS_URL, make_settings
+from tests.apihelpers import app_for, login, make_admin, wait_for
+from tests.conftest import REDIS_URL, make_settings, migrated_sqlite
 from vcenter.api.app import create_app
 
 
@@ -39,7 +39,7 @@ ADMIN_PASSWORD = "edge-admin-passphrase-1"
 @pytest.fixture
 def client(settings):
     make_admin(settings, password=ADMIN_PASSWORD)
-    with TestClient(create_app(settings)) as c:
+    with TestClient(app_for(settings)) as c:
         yield c
 
 
@@ -104,7 +104,7 @@ def test_a_chunked_body_without_length_is_limited_whatever_its_type(client):
 def test_streamed_uploads_keep_their_own_larger_limit(settings, tmp_path):
     settings = settings.model_copy(update={"max_json_body": 64 * 1024, "upload_max_bytes": 3 * MIB})
     make_admin(settings, password=ADMIN_PASSWORD)
-    with TestClient(create_app(settings)) as c:
+    with TestClient(app_for(settings)) as c:
         auth = login(c, "admin", ADMIN_PASSWORD)
         data = os.urandom(2 * MIB)
         r = c.post("/api/v1/uploads?filename=disk.raw", content=data, headers={**auth, "content-type": "application/octet-stream"})
@@ -135,7 +135,7 @@ def _sources(client, auth) -> list[str]:
 def test_x_forwarded_for_from_an_untrusted_peer_is_ignored(settings):
     settings = settings.model_copy(update={"login_source_failures": 3, "login_lockout_failures": 100})
     make_admin(settings, password=ADMIN_PASSWORD)
-    with TestClient(create_app(settings), client=("198.51.100.7", 40000)) as c:
+    with TestClient(app_for(settings), client=("198.51.100.7", 40000)) as c:
         auth = login(c, "admin", ADMIN_PASSWORD)
         for n in range(3):
             assert _failed_login(c, f"203.0.113.{n}", user=f"user{n}").status_code == 401
@@ -148,7 +148,7 @@ def test_x_forwarded_for_from_an_untrusted_peer_is_ignored(settings):
 def test_x_forwarded_for_from_a_trusted_proxy_names_the_client(settings):
     settings = settings.model_copy(update={"login_source_failures": 3, "login_lockout_failures": 100, "trusted_proxies": "10.0.0.0/24"})
     make_admin(settings, password=ADMIN_PASSWORD)
-    with TestClient(create_app(settings), client=("10.0.0.2", 40000)) as c:
+    with TestClient(app_for(settings), client=("10.0.0.2", 40000)) as c:
         for n in range(3):
             # The client wrote a forged entry; our proxies appended the real one and themselves.
             assert _failed_login(c, f"6.6.6.{n}, 203.0.113.5, 10.0.0.7", user=f"user{n}").status_code == 401
@@ -163,7 +163,7 @@ def test_x_forwarded_for_from_a_trusted_proxy_names_the_client(settings):
         assert "strict-transport-security" in c.get("/livez", headers={"x-forwarded-proto": "https"}).headers
     # The same header from a peer outside the list names nobody: 203.0.113.5 is limited, the
     # peer 10.0.1.2 is not, and it is the peer that is judged.
-    with TestClient(create_app(settings), client=("10.0.1.2", 40000)) as c:
+    with TestClient(app_for(settings), client=("10.0.1.2", 40000)) as c:
         assert _failed_login(c, "203.0.113.5", user="y").json()["code"] == "BAD_CREDENTIALS"
 
 
@@ -178,9 +178,14 @@ def _served(tmp_path: Path, **env: str):
     """A real `vcenter serve` (uvicorn) on a free loopback port, SQLite, the test Redis."""
     port = _free_port()
     tmp_path.mkdir(parents=True, exist_ok=True)
+    # The database and its administrator are made in-process (the session's migrated copy, as
+    # `vcenter db upgrade` and `vcenter admin create` would leave them): two Python processes
+    # fewer for each server, seconds of CPU; what is tested is the server's reading of headers.
+    database = migrated_sqlite(tmp_path / "served.db")
+    make_admin(make_settings(tmp_path, database_url=database), password="secret-pass-for-edge")
     environ = {
         **os.environ,
-        "VCENTER_DATABASE_URL": f"sqlite:///{tmp_path / 'served.db'}",
+        "VCENTER_DATABASE_URL": database,
         "VCENTER_REDIS_URL": REDIS_URL,
         "VCENTER_KEY_DIR": str(tmp_path / "keys"),
         "VCENTER_UPLOAD_DIR": str(tmp_path / "uploads"),
@@ -191,8 +196,6 @@ def _served(tmp_path: Path, **env: str):
         **env,
     }
     cli = [sys.executable, "-m", "vcenter.cli"]
-    subprocess.run([*cli, "db", "upgrade"], env=environ, check=True, capture_output=True)
-    subprocess.run([*cli, "admin", "create", "admin", "--password", "secret-pass-for-edge", "--exist-ok"], env=environ, check=True, capture_output=True)
     log = open(tmp_path / "api.log", "w")
     proc = subprocess.Popen([*cli, "serve"], env=environ, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -242,7 +245,7 @@ def _has_security_headers(response, what: str) -> None:
 
 def test_security_headers_on_every_kind_of_response(settings):
     make_admin(settings, password=ADMIN_PASSWORD)
-    app = create_app(settings)
+    app = create_app(settings)  # its own: the route added below must not reach another test's app
 
     def boom() -> None:
         raise RuntimeError("a bug")
@@ -299,7 +302,7 @@ def test_security_headers_on_every_kind_of_response(settings):
 def test_metrics_needs_a_credential(settings):
     settings = settings.model_copy(update={"metrics_token": "prometheus-scrape-secret"})
     make_admin(settings, password=ADMIN_PASSWORD)
-    with TestClient(create_app(settings)) as c:
+    with TestClient(app_for(settings)) as c:
         auth = login(c, "admin", ADMIN_PASSWORD)
         anonymous = c.get("/metrics")
         assert anonymous.status_code == 401 and anonymous.json()["code"] == "NOT_AUTHENTICATED"
@@ -322,7 +325,7 @@ def test_metrics_listen_serves_a_separate_plain_listener(tmp_path):
     port = _free_port()
     settings = make_settings(tmp_path, metrics_listen=f"127.0.0.1:{port}")
     upgrade(settings.database_url)
-    with TestClient(create_app(settings)) as c:
+    with TestClient(app_for(settings)) as c:
         c.get("/livez")
         scraped = httpx.get(f"http://127.0.0.1:{port}/metrics")
         assert scraped.status_code == 200 and 'route="/livez"' in scraped.text
@@ -335,7 +338,7 @@ def test_metrics_listen_serves_a_separate_plain_listener(tmp_path):
 def test_a_body_nested_past_the_parsers_depth_is_a_400_with_a_stable_code(settings):
     """json.loads raises RecursionError on deep nesting: a 4xx naming the body, never a 500."""
     make_admin(settings)
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with TestClient(app_for(settings), raise_server_exceptions=False) as client:
         auth = login(client)
         for body in ("[" * 200000 + "]" * 200000, '{"name": ' + "[" * 50000 + "]" * 50000 + "}"):
             r = client.post("/api/v1/datacenters", content=body, headers={**auth, "content-type": "application/json"})

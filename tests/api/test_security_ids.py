@@ -22,9 +22,8 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
-from tests.apihelpers import finish_as_agent, login, make_admin, register_host
+from tests.apihelpers import app_for, finish_as_agent, login, make_admin, register_host
 from tests.api.test_permissions import http_routes
-from vcenter.api.app import create_app
 from vcenter.dashboard.web import COOKIE, csrf_for
 from vcenter.domain.privileges import ANONYMOUS, PRIVILEGES
 
@@ -250,7 +249,7 @@ def world(settings):
     """Objects of every kind twice: ``ok`` ones the user ``mallory`` may do anything with (a
     role holding every privilege, on the root) and ``secret`` ones where she has No access."""
     make_admin(settings)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(app_for(settings)) as client:
         admin = login(client)
         dc = client.post("/api/v1/datacenters", headers=admin, json={"name": "dc1"}).json()
         dc_secret = client.post("/api/v1/datacenters", headers=admin, json={"name": "dc2"}).json()
@@ -511,7 +510,7 @@ def test_dashboard_forms_read_ids_with_the_same_parser(world):
 def test_every_object_privilege_names_a_path_parameter_of_its_route(settings):
     """requires(on=...) / ui_requires(on=...) read the object's id from the path: a route
     declaring one without that parameter would fail (never fall back to the root)."""
-    routes = all_routes(create_app(settings))
+    routes = all_routes(app_for(settings))
     assert any(r.path.startswith("/ui/") for r in routes) and len(routes) > 150
     for route in routes:
         for check in privilege_checks(route):

@@ -12,8 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from tests.apihelpers import login, make_admin, register_host
-from vcenter.api.app import create_app
+from tests.apihelpers import app_for, login, make_admin, register_host
 from vcenter.db.models import Event, RefusedCredential
 from vcenter.db.session import session_scope
 from vcenter.services.access import auth as auth_service, refusals
@@ -26,7 +25,7 @@ NOON = datetime(2026, 12, 7, 12, 0, 30, tzinfo=timezone.utc)
 @pytest.fixture
 def ctx(settings, monkeypatch):
     make_admin(settings)
-    app = create_app(settings)
+    app = app_for(settings)
     with TestClient(app, client=("192.0.2.7", 40000)) as client:
         auth = login(client)
         dc = client.post("/api/v1/datacenters", json={"name": "dc"}, headers=auth).json()

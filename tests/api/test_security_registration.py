@@ -15,8 +15,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi.testclient import TestClient
 
-from tests.apihelpers import agent_register, login, make_admin
-from vcenter.api.app import create_app
+from tests.apihelpers import agent_register, app_for, login, make_admin
 from vcenter.core import registration
 from vcenter.core.clock import utcnow
 from vcenter.services.inventory.hosts import _nonce_key
@@ -26,7 +25,7 @@ from workers.agent.identity import new_identity
 @pytest.fixture
 def ctx(settings):
     make_admin(settings)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(app_for(settings)) as client:
         auth = login(client)
         dc = client.post("/api/v1/datacenters", json={"name": "dc"}, headers=auth).json()
         yield client, auth, dc, settings

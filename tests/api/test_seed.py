@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.apihelpers import login, make_admin
-from vcenter.api.app import create_app
+from tests.apihelpers import app_for, login, make_admin
 from vcenter.core.errors import Conflict
 from vcenter.db.session import session_scope
 from vcenter.services.inventory.seed import seed
@@ -20,7 +19,7 @@ def test_seed_fills_a_consistent_inventory(settings):
     with session_scope(settings.database_url) as session, pytest.raises(Conflict):
         seed(session, hosts=1, vms=0)
     make_admin(settings)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(app_for(settings)) as client:
         auth = login(client)
         assert client.get("/api/v1/hosts", headers=auth, params={"connection_state": "connected"}).json()["total"] == 70
         vms = client.get("/api/v1/vms", headers=auth, params={"limit": 500}).json()

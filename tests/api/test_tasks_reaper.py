@@ -9,8 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from tests.apihelpers import login, make_admin, register_host
-from vcenter.api.app import create_app
+from tests.apihelpers import app_for, login, make_admin, register_host
 from vcenter.core.clock import utcnow
 from vcenter.db.models import OutboxMessage, Task
 from vcenter.db.session import session_scope, sessionmaker_for
@@ -21,7 +20,7 @@ from vcenter.services.tasks import outbox
 @pytest.fixture
 def env(settings):
     make_admin(settings)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(app_for(settings)) as client:
         auth = login(client)
         dc = client.post("/api/v1/datacenters", json={"name": "dc"}, headers=auth).json()
         host, agent = register_host(client, auth, dc["id"], "h1")

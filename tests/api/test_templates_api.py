@@ -11,8 +11,7 @@ import hashlib
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.apihelpers import command_id_of, login, make_admin, register_host
-from vcenter.api.app import create_app
+from tests.apihelpers import app_for, command_id_of, login, make_admin, register_host
 
 
 MANIFEST = {
@@ -32,7 +31,7 @@ MANIFEST = {
 def env(settings, tmp_path):
     settings = settings.model_copy(update={"upload_dir": str(tmp_path / "uploads"), "upload_max_bytes": 4096})
     make_admin(settings)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(app_for(settings)) as client:
         auth = login(client)
         dc = client.post("/api/v1/datacenters", json={"name": "dc1"}, headers=auth).json()
         cl = client.post("/api/v1/clusters", json={"name": "cl1", "datacenter_id": dc["id"]}, headers=auth).json()

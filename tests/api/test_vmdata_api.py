@@ -9,8 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from tests.apihelpers import command_id_of, finish_as_agent, login, make_admin, register_host
-from vcenter.api.app import create_app
+from tests.apihelpers import app_for, command_id_of, finish_as_agent, login, make_admin, register_host
 from vcenter.db.models import OutboxMessage
 from vcenter.db.session import session_scope
 
@@ -18,7 +17,7 @@ from vcenter.db.session import session_scope
 @pytest.fixture
 def env(settings):
     make_admin(settings)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(app_for(settings)) as client:
         auth = login(client)
         dc = client.post("/api/v1/datacenters", json={"name": "dc"}, headers=auth).json()
         cl = client.post("/api/v1/clusters", json={"name": "cl", "datacenter_id": dc["id"]}, headers=auth).json()

@@ -9,6 +9,7 @@ fails the test if a guest ever runs on two hosts."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -16,14 +17,17 @@ import threading
 import time
 
 import pytest
+import redis
 
 from tests.apihelpers import wait_for
 from tests.labhelpers import lab_stack, task_done
 from vcenter.lab import faults
 from vcenter.lab.hosts import GATEWAY, Capacity
+from vcenter.messaging.contracts import HA_PASSES_KEY
 
 
 DETECTION = 4.0
+HA_PERIOD = 0.3
 REDIS_GRACE = 6.0
 
 
@@ -107,11 +111,27 @@ def _expected_ha(stack, host_name: str) -> dict:
         return {}
 
 
-def _nothing_restarts(api, watcher, vms, hosts_of, seconds, what):
+def _ha_passes(stack) -> int:
+    """The passes the active HA monitor completed (HA_PASSES_KEY); 0 while Redis does not
+    answer (a Redis restart loses the count: it starts from 0 again)."""
+    try:
+        return int(redis.Redis.from_url(stack.env["VCENTER_REDIS_URL"], socket_timeout=2, socket_connect_timeout=2).get(HA_PASSES_KEY) or 0)
+    except redis.RedisError:
+        return 0
+
+
+def _wait_passes(stack, seconds: float, what: str) -> None:
+    """Until the active HA monitor completed enough passes after this call to span ``seconds``
+    of its own clock (its passes start at least ``ha_period`` apart): what it would have done
+    in that time, it has done, however slowly it ran."""
+    start, count = _ha_passes(stack), math.ceil(seconds / HA_PERIOD) + 1
+    wait_for(lambda: _ha_passes(stack) >= start + count, 4 * seconds + 30, interval=0.2, what=f"{count} more HA passes: {what}")
+
+
+def _nothing_restarts(api, stack, vms, hosts_of, seconds, what):
+    """Nothing restarted and no VM moved while the HA monitor looked for ``seconds`` of its clock."""
     before = len(_restart_tasks(api))
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
+    _wait_passes(stack, seconds, what)
     tasks = _restart_tasks(api)
     if len(tasks) != before:
         events = [(e["kind"], e["object_type"], e["object_id"], e["message"]) for e in api.get("/api/v1/events?limit=40").json()["items"] if e["kind"].startswith("ha.")]
@@ -124,7 +144,7 @@ def _nothing_restarts(api, watcher, vms, hosts_of, seconds, what):
 
 @pytest.mark.timeout(540)  # ~3.3 min alone; the machine-wide lab lock may make it wait for another lab first
 def test_ha_on_real_hosts(tmp_path):
-    settings = dict(ha_period=0.3, ha_lock_ttl=1.5, ha_datastore_heartbeat_period=0.5, ha_probe_timeout=0.3, heartbeat_ttl=1.5, ha_redis_return_grace=REDIS_GRACE)
+    settings = dict(ha_period=HA_PERIOD, ha_lock_ttl=1.5, ha_datastore_heartbeat_period=0.5, ha_probe_timeout=0.3, heartbeat_ttl=1.5, ha_redis_return_grace=REDIS_GRACE)
     with lab_stack(tmp_path, 3, capacity=Capacity(cpus=1, memory_mib=1024), **settings) as (stack, lab, ctx), stack.client() as api:
         ids, dc, cl = ctx["ids"], ctx["dc"], ctx["cl"]
         path = lab.create_datastore("shared1", 128, [h.name for h in lab.hosts])
@@ -163,7 +183,7 @@ def test_ha_on_real_hosts(tmp_path):
         wait_for(lambda: status()["monitor"]["owner"] not in (None, first), 10, what="the standby took over")
         takeover_s = time.monotonic() - t0
         assert takeover_s < 6, takeover_s
-        time.sleep(2)  # the new monitor's first look at every host
+        _wait_passes(stack, 2, "the new monitor's first looks at every host")
         with TwiceWatcher(lab) as watcher:
             vms = {"ids": ids}
             # -- a host dies: its guests run elsewhere ------------------------------------------------
@@ -216,7 +236,7 @@ def test_ha_on_real_hosts(tmp_path):
             on_host3 = {vm_ids[n]: "host3" for n in placement if _vm(api, vm_ids[n])["host_id"] == ids["host3"]}
             assert vm_ids["g4"] in on_host3 and len(on_host3) >= 2
             faults.isolate(lab, "host3")
-            _nothing_restarts(api, watcher, vms, on_host3, DETECTION + 2 + 3, "isolated host3, leave powered on")
+            _nothing_restarts(api, stack, vms, on_host3, DETECTION + 2 + 3, "isolated host3, leave powered on")
             for vm_id in on_host3:
                 assert "host3" in watcher.seen.get(_vm(api, vm_id)["libvirt_uuid"], set()), f"VM {vm_id} stopped on isolated host3"
             assert any(e["kind"] == "ha.host.isolated" for e in api.get(f"/api/v1/events?object_type=host&object_id={ids['host3']}&limit=20").json()["items"])
@@ -240,7 +260,7 @@ def test_ha_on_real_hosts(tmp_path):
             try:
                 # past the grace after Redis' return and a whole detection time more
                 try:
-                    _nothing_restarts(api, watcher, vms, current, REDIS_GRACE + DETECTION + 4, "Redis restarted, host2's libvirtd hung")
+                    _nothing_restarts(api, stack, vms, current, REDIS_GRACE + DETECTION + 4, "Redis restarted, host2's libvirtd hung")
                 finally:
                     os.kill(hung, signal.SIGCONT)
                 declared = [e["message"] for e in api.get("/api/v1/events?kind=ha.host.failed&limit=100").json()["items"] if e["id"] not in failed_before]
@@ -249,7 +269,7 @@ def test_ha_on_real_hosts(tmp_path):
                 assert "ha.frozen" in kinds
                 # -- 30 % packet loss on a host's link: nothing restarts ------------------------------
                 faults.set_loss(lab, "host3", 30)
-                _nothing_restarts(api, watcher, vms, current, 60, "30 % packet loss on host3 for a minute")
+                _nothing_restarts(api, stack, vms, current, 60, "30 % packet loss on host3 for a minute")
                 faults.clear_net(lab, "host3")
                 # -- a guest whose heartbeat stops is reset --------------------------------------------
                 g = _vm(api, vm_ids["g3"])
@@ -264,7 +284,7 @@ def test_ha_on_real_hosts(tmp_path):
                 subprocess.run(["virsh", "-c", host.local_uri, "resume", g["libvirt_uuid"]], capture_output=True, timeout=10)
                 # -- libvirtd crash only: nothing restarts --------------------------------------------------
                 faults.crash_libvirtd(lab, "host2")
-                _nothing_restarts(api, watcher, vms, current, DETECTION + 2, "libvirtd crashed on host2")
+                _nothing_restarts(api, stack, vms, current, DETECTION + 2, "libvirtd crashed on host2")
                 faults.restart_libvirtd(lab, "host2")
             finally:
                 redis2.kill()

@@ -27,7 +27,7 @@ def _members(protocol: type) -> set[str]:
 
 
 def test_the_interfaces_name_what_the_loop_touches():
-    assert {"clock", "acquire_lock", "renew_lock", "release_lock", "take_token", "inventory", "read_heartbeats", "host_key", "writes"} == _members(ha_manager.HaEnvironment)
+    assert {"clock", "acquire_lock", "renew_lock", "release_lock", "take_token", "count_pass", "inventory", "read_heartbeats", "host_key", "writes"} == _members(ha_manager.HaEnvironment)
     assert {"set_frozen", "record_transitions", "add_candidates", "waiting_restarts", "start_restart", "wake", "reset_vm"} <= _members(ha_manager.HaStore)
 
 

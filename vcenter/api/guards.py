@@ -92,13 +92,15 @@ def streamed_upload_matcher(routes: Callable[[], Iterable[Any]]) -> Callable[[di
 
 
 class InputGuard:
-    def __init__(self, app: Any, max_json_body: int, is_streamed_upload: Callable[[dict], bool] | None = None):
+    def __init__(self, app: Any, max_json_body: Callable[[], int], is_streamed_upload: Callable[[dict], bool] | None = None):
+        # The limit is read for each request (the setting of the application's current runtime).
         self.app = app
         self.max_json_body = max_json_body
         self.is_streamed_upload = is_streamed_upload or (lambda scope: False)
 
-    def _too_large(self) -> Reply:
-        return _reply(413, "BODY_TOO_LARGE", f"request bodies are limited to {self.max_json_body} bytes")
+    @staticmethod
+    def _too_large(limit: int) -> Reply:
+        return _reply(413, "BODY_TOO_LARGE", f"request bodies are limited to {limit} bytes")
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -109,8 +111,9 @@ class InputGuard:
             refusal = _reply(422, "INVALID_CHARACTER", "NUL characters are not accepted")
         if refusal is None and self.is_streamed_upload(scope):
             return await self.app(scope, receive, send)
-        if refusal is None and declared_too_large(headers, self.max_json_body):
-            refusal = self._too_large()
+        limit = self.max_json_body()
+        if refusal is None and declared_too_large(headers, limit):
+            refusal = self._too_large(limit)
         if refusal is None:
             chunks, size = [], 0
             while True:
@@ -120,8 +123,8 @@ class InputGuard:
                     return
                 chunks.append(message.get("body", b""))
                 size += len(chunks[-1])
-                if size > self.max_json_body:
-                    refusal = self._too_large()
+                if size > limit:
+                    refusal = self._too_large(limit)
                     break
                 if not message.get("more_body"):
                     break

@@ -67,6 +67,11 @@ ORCHESTRATOR_QUEUE = "orchestrator"
 # acts; the others stand by. Read by the container healthcheck too.
 HA_LOCK_KEY = "vc:ha:lock"
 
+# How many passes the active HA monitor completed (INCR after each): who needs to know what the
+# monitor has or has not done by now waits on a number of passes, not on a time. Lost with
+# Redis' keys (it counts from 0 again after a Redis restart).
+HA_PASSES_KEY = "vc:ha:passes"
+
 
 def heartbeat_key(host_id: int) -> str:
     """Redis key an agent renews every heartbeat period, with a TTL; never a database write."""

@@ -134,6 +134,9 @@ class SimHaEnvironment:
         self._say(f"HA monitor {owner} took the lock (token {self.token_row}); reconciling before any restart")
         return self.token_row
 
+    def count_pass(self) -> None:
+        """Nothing to count: scenarios read the monitor itself (production counts in Redis)."""
+
     def inventory(self) -> tuple[list[HaCluster], list[MonitoredHost]]:
         s = self.sim
         return [HaCluster("c1", s.det.detection_s, s.vmmon)], [MonitoredHost(h, s.hosts[h].maintenance, s.hosts[h].standby) for h in sorted(s.hosts)]

@@ -8,6 +8,8 @@ Vocabulary:
   Redis (a Redis restart would reset a counter there). Every HA write is fenced by it
   (``services.ha.ha.fence``), so a monitor that lost the lock while paused or cut off cannot act
   when it wakes up, even if it still believes it is active.
+- passes: the active monitor counts each pass it completed in Redis (``HA_PASSES_KEY``), so a
+  reader can wait until the monitor has looked N more times.
 - sighting: the monitor reads each host's heartbeat key every ``ha_period``; a value that
   changed is a sighting of the network channel at that instant of the monitor's monotonic clock.
   Datastore views (``vc:ha:ds:<host>``: what an agent read in its peers' datastore heartbeat
@@ -42,7 +44,7 @@ from vcenter.core.settings import Settings
 from vcenter.db.ha_models import HaRestart
 from vcenter.db.models import VirtualMachine
 from vcenter.domain import ha
-from vcenter.messaging.contracts import HA_LOCK_KEY, ha_datastore_view_key, heartbeat_key
+from vcenter.messaging.contracts import HA_LOCK_KEY, HA_PASSES_KEY, ha_datastore_view_key, heartbeat_key
 from vcenter.schemas.ha import HaConfig
 from vcenter.services.ha import ha as ha_service
 from vcenter.services.tasks.events import record_event
@@ -194,6 +196,13 @@ class RedisDbEnvironment:
             self.redis.eval(_RELEASE, 1, LOCK_KEY, owner)
         except redis.RedisError:
             pass
+
+    def count_pass(self) -> None:
+        """One more completed pass under HA_PASSES_KEY."""
+        try:
+            self.redis.incr(HA_PASSES_KEY)
+        except redis.RedisError:
+            pass  # uncounted; a Redis outage costs the monitor its lock anyway
 
     def take_token(self, owner: str) -> int:
         """The fencing token comes from the database (``ha_monitor.token + 1``), not from Redis:
