@@ -31,6 +31,7 @@ from vcenter.api.guards import InputGuard, streamed_upload_matcher
 from vcenter.api.headers import SecurityHeaders
 from vcenter.core.audit import request_source
 from vcenter.core.errors import Unauthorized
+from vcenter.core.release import release
 from vcenter.api.routers import access, agent, clusters, feeds, inventory, tasks, users, vms
 from vcenter.core.settings import Settings, get_settings
 from vcenter.services.access import auth, authz
@@ -152,7 +153,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     app = FastAPI(
         title="virtcenter",
-        version="0.1.0",
+        version=release(),
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
