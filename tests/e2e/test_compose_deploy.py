@@ -1,8 +1,10 @@
 """The server deployment of docker-compose.yml runs here, with no container registry: images
 built from Debian packages on a debootstrap base (deploy/build-images.sh), the stack started by
-docker-compose v1 against podman's Docker-compatible socket, every service healthy, an
-administrator logging in through the published API port, a lab host's agent registering with
-the stack through the published API and Redis ports, confirmed, a VM created and powered on;
+docker-compose v1 against podman's Docker-compatible socket, every service healthy, the API on
+HTTPS by default (its self-signed certificate verified for the published address; plain HTTP
+answered by nothing), an administrator logging in through the published API port, a lab host's
+agent registering with the stack through the published API (HTTPS, the certificate as its CA)
+and Redis ports, confirmed, a VM created and powered on;
 then `docker-compose down -v` and nothing of the project left: no container, pod, volume or
 network, and none of the bridges and nftables chains podman leaves in the kernel the lab shares.
 
@@ -24,6 +26,7 @@ import json
 import os
 import secrets
 import shutil
+import ssl
 import subprocess
 import threading
 import time
@@ -61,18 +64,26 @@ def _lines(done: subprocess.CompletedProcess) -> list[str]:
 
 
 class ComposeStack(Stack):
-    """The lab's Stack driving the compose deployment's API: published on the lab gateway."""
+    """The lab's Stack driving the compose deployment's API: published on the lab gateway, over
+    HTTPS with the certificate the api container made on its first start (verified as the CA:
+    ``env["VCENTER_API_CA"]``, which the lab host's agent gets too)."""
 
     @property
     def url(self) -> str:
-        return f"http://{GATEWAY}:{self.api_port}"
+        return f"https://{GATEWAY}:{self.api_port}"
 
     def client(self) -> httpx.Client:
         # One uvicorn worker in a container on a machine other suites load: a login (argon2)
         # can take longer than httpx's default 5 s there.
-        response = httpx.post(self.url + "/api/v1/session", json={"username": self.admin[0], "password": self.admin[1]}, timeout=60)
+        verify = _verify(self.env["VCENTER_API_CA"])
+        response = httpx.post(self.url + "/api/v1/session", json={"username": self.admin[0], "password": self.admin[1]}, timeout=60, verify=verify)
         response.raise_for_status()
-        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {response.json()['token']}"}, timeout=60)
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {response.json()['token']}"}, timeout=60, verify=verify)
+
+
+def _verify(ca_file: str) -> ssl.SSLContext:
+    """Trust exactly the deployment's own certificate, host name checked."""
+    return ssl.create_default_context(cafile=ca_file)
 
 
 class HealthcheckLoop(threading.Thread):
@@ -193,7 +204,9 @@ def test_compose_deployment_runs_a_lab_host_and_leaves_nothing(tmp_path):
         "VCENTER_API_PUBLISH_PORT": str(api_port),
         "VCENTER_REDIS_BIND": GATEWAY,
         "VCENTER_REDIS_PUBLISH_PORT": str(redis_port),
-        "VCENTER_PUBLIC_URL": f"http://{GATEWAY}:{api_port}",
+        "VCENTER_PUBLIC_URL": f"https://{GATEWAY}:{api_port}",
+        # HTTPS is the compose file's default: the self-signed certificate names the gateway too
+        "VCENTER_TLS_HOSTNAMES": GATEWAY,
     }
     env_file = tmp_path / "compose.env"  # not the developer's .env beside docker-compose.yml
     env_file.write_text("")
@@ -225,8 +238,14 @@ def test_compose_deployment_runs_a_lab_host_and_leaves_nothing(tmp_path):
         # An administrator, made inside the api container as an operator would, logs in
         # through the published port.
         _run(compose + ["exec", "-T", "api", "vcenter", "admin", "create", "admin", "--password", "compose-admin-pass"], compose_env)
-        url = f"http://{GATEWAY}:{api_port}"
-        login = httpx.post(f"{url}/api/v1/session", json={"username": "admin", "password": "compose-admin-pass"}, timeout=30)
+        # HTTPS by default, with the certificate the api container made: plain HTTP gets no
+        # answer, and the certificate verifies for the published address.
+        api_ca = tmp_path / "api-ca.pem"
+        api_ca.write_text(_run(compose + ["exec", "-T", "api", "cat", "/var/lib/virtcenter/keys/tls/api.crt"], compose_env).stdout)
+        url = f"https://{GATEWAY}:{api_port}"
+        with pytest.raises(httpx.HTTPError):
+            httpx.post(f"http://{GATEWAY}:{api_port}/api/v1/session", json={"username": "admin", "password": "compose-admin-pass"}, timeout=30).raise_for_status()
+        login = httpx.post(f"{url}/api/v1/session", json={"username": "admin", "password": "compose-admin-pass"}, timeout=30, verify=_verify(str(api_ca)))
         assert login.status_code == 201, login.text
 
         # A lab host's agent registers with the stack over the lab network (the published
@@ -234,7 +253,8 @@ def test_compose_deployment_runs_a_lab_host_and_leaves_nothing(tmp_path):
         started = time.monotonic()
         stack = ComposeStack.create(tmp_path / "stack", None, f"redis://:{redis_password}@{GATEWAY}:{redis_port}/0")
         stack.api_port = api_port
-        stack.env.update({"VCENTER_API_PORT": str(api_port), "VCENTER_PUBLIC_URL": url})
+        stack.env.update({"VCENTER_API_PORT": str(api_port), "VCENTER_PUBLIC_URL": url, "VCENTER_API_CA": str(api_ca)})
+        stack.scheme = "https"
         stack.admin = ("admin", "compose-admin-pass")
         try:
             with stack.client() as api:

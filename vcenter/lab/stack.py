@@ -64,10 +64,11 @@ class Stack:
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     hosts: dict[str, LabHost] = field(default_factory=dict)
     admin: tuple[str, str] = ("admin", "admin-pass-phrase")  # the password policy: 12+ characters
+    scheme: str = "http"  # the API's; a deployment under test may serve HTTPS (its agents get VCENTER_API_CA)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        return f"{self.scheme}://127.0.0.1:{self.api_port}"
 
     @classmethod
     def create(cls, workdir: Path, database_url: str | None, redis_url: str, **settings: Any) -> "Stack":
@@ -213,7 +214,7 @@ class Stack:
             env = {
                 **self.env,
                 "VCENTER_REDIS_URL": with_host(self.env["VCENTER_REDIS_URL"], gateway),
-                "VCENTER_PUBLIC_URL": f"http://{gateway}:{self.api_port}",
+                "VCENTER_PUBLIC_URL": f"{self.scheme}://{gateway}:{self.api_port}",
                 "VCENTER_LIBVIRT_URI": "qemu:///system",
                 "VCENTER_AGENT_REGISTRATION_TOKEN": host.token or "",
                 "VCENTER_AGENT_STATE_DIR": str(self.agent_state_dir(name)),
