@@ -126,10 +126,11 @@ def _ensure_database() -> None:
         engine.dispose()
 
 
-def migrated_postgres() -> str:
-    """The test PostgreSQL database at the head revision, with nothing in it: a copy (CREATE
-    DATABASE ... TEMPLATE) of a database migrated once per session; connections left on the
-    previous test's database are closed (WITH (FORCE))."""
+def migrated_postgres(suffix: str = "") -> str:
+    """The test PostgreSQL database (or a second one beside it, named with ``suffix``) at the
+    head revision, with nothing in it: a copy (CREATE DATABASE ... TEMPLATE) of a database
+    migrated once per session; connections left on the previous test's database are closed
+    (WITH (FORCE))."""
     from sqlalchemy import text
     from sqlalchemy.engine import make_url
 
@@ -139,6 +140,7 @@ def migrated_postgres() -> str:
         pytest.fail("VCENTER_TEST_PG_URL is not set: run the tests through `make test`, which starts PostgreSQL")
     url = make_url(PG_URL)
     template = f"{url.database}_template"
+    name = f"{url.database}{suffix}"
     engine = _maintenance_engine()
     try:
         with engine.connect() as conn:
@@ -147,11 +149,11 @@ def migrated_postgres() -> str:
                 conn.execute(text(f'CREATE DATABASE "{template}"'))
                 upgrade(url.set(database=template).render_as_string(hide_password=False))
                 _TEMPLATES["postgresql"] = template
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
-            conn.execute(text(f'CREATE DATABASE "{url.database}" TEMPLATE "{template}"'))
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
     finally:
         engine.dispose()
-    return PG_URL
+    return url.set(database=name).render_as_string(hide_password=False)
 
 
 def migrated_sqlite(path: Path) -> str:

@@ -102,3 +102,28 @@ def test_ids_are_never_reused_and_permissions_die_with_their_object(migrated_url
         session.add(third)
         session.flush()
         assert third.id > deleted_id
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_failed_upgrade_leaves_the_database_at_its_revision_before(tmp_path, kind):
+    """One transaction for the whole run on both engines: 0021 fails (its table is already
+    there), so 0020's switch table and column are not left behind, the recorded revision stays
+    0019, and the rows are as they were. SQLite used to commit each DDL statement by itself."""
+    from sqlalchemy import inspect, text
+
+    url = f"sqlite:///{tmp_path / 'm.db'}" if kind == "sqlite" else fresh_postgres()
+    upgrade(url, "0019")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO datacenters (name, version, created_at, updated_at) VALUES ('kept', 1, '2026-01-01 00:00:00+00:00', '2026-01-01 00:00:00+00:00')"))
+        conn.execute(text("CREATE TABLE host_certificates (id INTEGER PRIMARY KEY)"))
+    with pytest.raises(Exception, match="host_certificates"):
+        upgrade(url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0019"
+        assert conn.execute(text("SELECT name FROM datacenters")).scalars().all() == ["kept"]
+        assert "switches" not in inspect(conn).get_table_names()
+        assert "switch_id" not in {c["name"] for c in inspect(conn).get_columns("portgroups")}
+        if kind == "sqlite":  # foreign keys are on again for the next connection's pragma
+            assert conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall() == []
+    engine.dispose()

@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from tests.conftest import PG_URL, _maintenance_engine, fresh_postgres, make_settings
+from tests.conftest import fresh_postgres, make_settings, migrated_postgres, migrated_sqlite
 from vcenter.db.migrate import migrations_dir, upgrade
 from vcenter.db.models import Base
 from vcenter.services.housekeeping import server_backup
@@ -29,22 +29,12 @@ HEAD = max(p.name.split("_", 1)[0] for p in migrations_dir().joinpath("versions"
 T0 = datetime(2026, 3, 1, 12, 30, 15, 123456, tzinfo=timezone.utc)
 
 
-def second_postgres() -> str:
-    """A second empty PostgreSQL database beside the test one (a restore's target)."""
-    url = sa.engine.make_url(PG_URL)
-    name = f"{url.database}_restore"
-    engine = _maintenance_engine()
-    with engine.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return url.set(database=name).render_as_string(hide_password=False)
-
-
-def database(kind: str, tmp_path: Path, name: str) -> str:
+def empty_server_database(kind: str, tmp_path: Path, name: str) -> str:
+    """An empty database at the head revision (as `vcenter db upgrade` leaves it): a copy of
+    the one migrated once per test session (tests/conftest.py)."""
     if kind == "sqlite":
-        return f"sqlite:///{tmp_path / name}"
-    return fresh_postgres() if name == "source.db" else second_postgres()
+        return migrated_sqlite(tmp_path / name)
+    return migrated_postgres("" if name == "source.db" else "_restore")
 
 
 def fill(url: str) -> None:
@@ -102,8 +92,7 @@ def make_keys(key_dir: Path) -> None:
 
 @pytest.mark.parametrize("source_kind,target_kind", [("sqlite", "sqlite"), ("postgresql", "postgresql"), ("sqlite", "postgresql")])
 def test_round_trip_gives_back_every_row_and_key_file(tmp_path, source_kind, target_kind):
-    source_url = database(source_kind, tmp_path, "source.db")
-    upgrade(source_url)
+    source_url = empty_server_database(source_kind, tmp_path, "source.db")
     fill(source_url)
     source = make_settings(tmp_path / "a", database_url=source_url)
     make_keys(Path(source.key_dir))
@@ -120,8 +109,7 @@ def test_round_trip_gives_back_every_row_and_key_file(tmp_path, source_kind, tar
     assert {k["file"] for k in manifest["keys"]} == {"keys/command-signing.pem", "keys/tls/api.crt", "keys/tls/api.key", "keys/ca/ca.key", "keys/ca/ca.crt"}
 
     # An empty server: its schema migrated (a fresh signing key made by `db upgrade`).
-    target_url = database(target_kind, tmp_path, "target.db")
-    upgrade(target_url)
+    target_url = empty_server_database(target_kind, tmp_path, "target.db")
     target = make_settings(tmp_path / "b", database_url=target_url)
     Path(target.key_dir).mkdir(parents=True)
     (Path(target.key_dir) / "command-signing.pem").write_bytes(b"a fresh key of the empty server")
@@ -155,8 +143,7 @@ def rewrite(archive: Path, change) -> None:
 @pytest.fixture
 def archived(tmp_path):
     """A SQLite server's archive, and settings of an empty SQLite server to restore it into."""
-    url = f"sqlite:///{tmp_path / 'source.db'}"
-    upgrade(url)
+    url = migrated_sqlite(tmp_path / "source.db")
     fill(url)
     source = make_settings(tmp_path / "a", database_url=url)
     make_keys(Path(source.key_dir))
@@ -210,8 +197,7 @@ def test_a_newer_revision_or_format_is_refused(archived, tmp_path):
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_a_database_holding_data_is_refused_unless_forced(archived, tmp_path, kind):
     archive, _ = archived
-    url = f"sqlite:///{tmp_path / 'busy.db'}" if kind == "sqlite" else fresh_postgres()
-    upgrade(url)
+    url = empty_server_database(kind, tmp_path, "busy.db")
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.execute(Base.metadata.tables["datacenters"].insert().values(name="other", created_at=T0, updated_at=T0))
@@ -229,8 +215,7 @@ def test_a_database_holding_data_is_refused_unless_forced(archived, tmp_path, ki
 def test_a_failed_postgresql_restore_leaves_the_database_as_it_was(archived, tmp_path):
     """One transaction: the load fails after the old tables were dropped; all of it rolls back."""
     archive, _ = archived
-    url = fresh_postgres()
-    upgrade(url)
+    url = migrated_postgres()
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.execute(Base.metadata.tables["datacenters"].insert().values(name="other", created_at=T0, updated_at=T0))
