@@ -399,6 +399,8 @@ def test_a_failing_poll_ends_the_stream_with_a_reason_and_frees_its_slot(api, wo
 
 def test_without_redis_a_stream_is_refused_with_503_not_500():
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
     from vcenter.core.errors import Unavailable
     from vcenter.services.tasks.stream_slots import StreamSlot
@@ -406,7 +408,9 @@ def test_without_redis_a_stream_is_refused_with_503_not_500():
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    slot = StreamSlot(redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1), 1, ttl=5.0)
+    # no retries: redis-py's default (10, backing off up to 1 s) only delays the same refusal
+    unreachable = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
+    slot = StreamSlot(unreachable, 1, ttl=5.0)
     with pytest.raises(Unavailable) as refused:
         slot.take(cap=2)
     assert refused.value.status == 503 and refused.value.code == "UNAVAILABLE"
