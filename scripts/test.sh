@@ -25,6 +25,9 @@ WORKERS="${VCENTER_TEST_WORKERS:-3}"
 # worksteal: an idle worker takes queued tests from a busy one, so the few long tests do not
 # leave one worker finishing alone
 XDIST=(-n "$WORKERS" --dist worksteal)
+# The unit tier in two processes: one left a core idle for its 25 s (its tests are pure CPU and
+# short waits), the longest stretch of make test-fast with one core unused.
+UNIT_XDIST=(-n 2 --dist worksteal)
 
 # scripts/test.sh [fast]: every suite (make test, CI), or the fast tiers only (make test-fast)
 MODE="${1:-all}"
@@ -104,7 +107,7 @@ run_suite() {
 
 if [ "$MODE" = fast ]; then
   # make test-fast: the unit and in-process API tiers, fuzzing left out.
-  run_suite unit pytest tests/unit -- .venv/bin/python -m pytest tests/unit -q
+  run_suite unit pytest tests/unit -- .venv/bin/python -m pytest tests/unit -q -p no:cacheprovider "${UNIT_XDIST[@]}"
   run_suite api pytest tests/api -- \
     .venv/bin/python -m pytest tests/api -q -p no:cacheprovider -m "not fuzz" --durations=10 "${XDIST[@]}"
 else
@@ -113,7 +116,7 @@ else
   run_suite compose plain -- env VCENTER_DB_PASSWORD="${VCENTER_DB_PASSWORD:-placeholder}" \
     VCENTER_REDIS_PASSWORD="${VCENTER_REDIS_PASSWORD:-placeholder}" \
     docker-compose -f docker-compose.yml config -q
-  run_suite unit pytest tests/unit -- .venv/bin/python -m pytest tests/unit -q
+  run_suite unit pytest tests/unit -- .venv/bin/python -m pytest tests/unit -q -p no:cacheprovider "${UNIT_XDIST[@]}"
   # Tests by kind, the fast ones first. The tiers after unit use real services; a failed test
   # there is rerun once (reported in pytest's summary). Each lab-backed tier shares one lab.
   for tier in api system libvirtd lab e2e; do
