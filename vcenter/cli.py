@@ -139,7 +139,9 @@ def serve(
         raise typer.BadParameter("VCENTER_METRICS_LISTEN serves one process's metrics: use --workers 1, or scrape /metrics on the API port with VCENTER_METRICS_TOKEN")
     # proxy_headers=False: uvicorn would otherwise take X-Forwarded-For from its own list of
     # addresses; the API decides the client address itself (setting trusted_proxies).
-    server_options = {"log_level": settings.log_level.lower(), "proxy_headers": False, **tls}
+    # log_config=None: uvicorn's loggers hand their lines to ours (JSON with VCENTER_LOG_JSON)
+    # instead of printing them in its own plain format.
+    server_options = {"log_level": settings.log_level.lower(), "log_config": None, "proxy_headers": False, **tls}
     addresses = [a.strip() for a in settings.api_host.split(",") if a.strip()]
     if len(addresses) == 1:
         uvicorn.run("vcenter.api.asgi:app", host=addresses[0], port=settings.api_port, workers=workers, **server_options)
@@ -158,6 +160,13 @@ def serve(
     uvicorn.Server(config).run(sockets=sockets)
 
 
+def quiet_periodic_lines(celery: Any) -> None:
+    """Celery's lines about beat's periodic tasks log at DEBUG (vcenter.messaging.routine_logs)."""
+    from vcenter.messaging.routine_logs import quiet_routine_task_lines
+
+    quiet_routine_task_lines(entry["task"] for entry in celery.conf.beat_schedule.values())
+
+
 @app.command()
 def worker(
     concurrency: int = typer.Option(2, help="parallel orchestrator tasks"),
@@ -169,6 +178,7 @@ def worker(
     from workers.beat import make_orchestrator_app
 
     celery = make_orchestrator_app()
+    quiet_periodic_lines(celery)
     celery.worker_main(["worker", "--pool=threads", f"--concurrency={concurrency}", "--queues=orchestrator", "--without-gossip", "--without-mingle", "--loglevel=INFO", "--hostname=orchestrator@%h"])
 
 
@@ -179,6 +189,7 @@ def beat(redis_url: Optional[str] = typer.Option(None, help="Redis URL [VCENTER_
     from workers.beat import make_orchestrator_app
 
     celery = make_orchestrator_app()
+    quiet_periodic_lines(celery)
     celery.Beat(scheduler="redbeat.RedBeatScheduler", loglevel="INFO").run()
 
 
