@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from vcenter.domain import drs, drs_demand
-from vcenter.domain.demand import noise_spread, noise_spreads
+from vcenter.domain.demand import level_shift_estimate, noise_spread, noise_spreads
 from vcenter.domain.dpm import DpmSettings, decide
 from vcenter.domain.snapshot import ClusterSnapshot, HostSnapshot, VmSnapshot
 from vcenter.sim.synthetic import FAMILIES, generate, write
@@ -33,6 +33,25 @@ def test_a_climb_or_a_step_is_no_noise_but_ups_and_downs_are():
     assert noise_spread([5, 500]) == 0.0  # too few samples to tell
     w = np.stack([noisy[:12], trend[:12]], axis=1)
     assert np.allclose(noise_spreads(w), [noise_spread(noisy[:12]), noise_spread(trend[:12])])
+
+
+def test_the_estimate_takes_a_shift_at_once_and_waits_out_the_noise():
+    # smoothed 1000 with noise 100: 1250 is within 3 spreads (noise), 1400 is a shift; a
+    # noiseless climb is taken at its last sample (the average lags it).
+    est = level_shift_estimate([1000.0, 1000.0, 1500.0, 40.0], [1250.0, 1400.0, 2000.0, 40.0], [100.0, 100.0, 0.0, 0.0])
+    assert est.tolist() == [1000.0, 1400.0, 2000.0, 40.0]
+    assert level_shift_estimate([[1.0, 2.0]], [[5.0, 2.5]], [[1.0, 1.0]]).shape == (1, 2)
+
+
+def test_a_saturated_cluster_gets_no_balancing_moves():
+    # Demand above what the hosts hold together: a move only carries the overload elsewhere.
+    hosts = tuple(HostSnapshot(f"h{i}", cores=4, cpu_mhz=10000, memory_mib=65536) for i in (1, 2))
+    vms = tuple(VmSnapshot(f"v{k}", vcpus=4, memory_mib=4096, host="h1" if k < 3 else "h2") for k in range(4))
+    hot = {f"v{k}": (7000.0, 2048.0) for k in range(4)}  # 28000 of 20000 MHz
+    plan = drs.balance(ClusterSnapshot(hosts, vms), drs.DrsSettings(), hot)
+    assert not plan.recommendations and any(n.startswith("saturated") for n in plan.notes)
+    cool = {f"v{k}": (4500.0, 2048.0) for k in range(4)}  # 18000 of 20000: h1 at 1.35 is relieved
+    assert drs.balance(ClusterSnapshot(hosts, vms), drs.DrsSettings(), cool).recommendations
 
 
 def _lab_like() -> tuple[ClusterSnapshot, dict, dict]:

@@ -10,6 +10,13 @@ Spread: the exponentially weighted standard deviation of the samples around that
 (same alpha; West's incremental form, var' = (1 - alpha) x (var + alpha x (sample - mean)^2)).
 It says how far one measurement may be from the next: DRS does not chase a gain smaller than
 the spread of the loads it compares (vcenter.domain.drs, "confidence").
+
+Estimate (``level_shift_estimate``): what DRS takes a VM's demand to be. The smoothed average
+lags a real change by several samples (a burst's start, a step, a climb), and a lagged estimate
+lets a host run overloaded until the average catches up; the last sample alone chases every
+up and down of the noise. So: the last sample when it lies further than ``SHIFT_SPREADS``
+noise spreads (``noise_spread``, trend removed) from the smoothed average (a level shift or a
+trend: the demand has moved), the smoothed average otherwise (noise: wait).
 """
 
 from __future__ import annotations
@@ -105,3 +112,18 @@ def noise_spreads(window: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
         return np.zeros(w.shape[1:])
     d = np.diff(w, axis=0)
     return np.asarray(_MAD_TO_SD * np.median(np.abs(d - np.median(d, axis=0)), axis=0) / math.sqrt(2.0), dtype=float)
+
+
+SHIFT_SPREADS = 3.0  # a sample this many noise spreads off the smoothed demand is a level shift
+
+
+def level_shift_estimate(smoothed: Sequence[float] | np.ndarray, last: Sequence[float] | np.ndarray, spread: Sequence[float] | np.ndarray, k: float = SHIFT_SPREADS) -> np.ndarray:
+    """The demand estimate, element-wise over arrays of the same shape: ``last`` (the newest
+    sample) where it is more than ``k`` x ``spread`` (its noise, ``noise_spread``) away from
+    ``smoothed`` (a shift or a trend), ``smoothed`` elsewhere (within the noise). A noiseless
+    demand (spread 0) is taken at its last sample: it has moved, or it equals the average."""
+    import numpy as np
+
+    s = np.asarray(smoothed, dtype=float)
+    x = np.asarray(last, dtype=float)
+    return np.asarray(np.where(np.abs(x - s) > k * np.asarray(spread, dtype=float) + 1e-9, x, s), dtype=float)

@@ -79,6 +79,12 @@ Vocabulary:
   remove at least ``risk_gain`` of it from source and target together (a VM's spread travels
   with it); a move that only carries the risk to another host, or a tiny VM's move, is not
   made. Without spreads, a measured overload is relieved by any move that lowers it.
+- saturated: when the running VMs' demand (clipped to size and limit, as entitlement is) is
+  above the active hosts' capacity together on CPU or memory, no balancing move is made (the
+  note says so): some host is overloaded wherever the VMs run, a move only carries the
+  overload elsewhere, and its copy costs most when nothing is spare. Capacity is the cure (the
+  plan's ``wake``, DPM). On the diurnal trace at load 0.85 this cut both the overload and the
+  migrations (docs/benchmarks.md, "DRS and DPM").
 - anti-oscillation: minimum gain, cost per GiB, per-VM cooldown (a VM moved less than
   ``cooldown_s`` ago is not moved again for balance), a budget of moves per pass, and a VM whose
   migration is in flight is never moved. Must-rule fixes ignore the cooldown, never the in-flight
@@ -584,6 +590,7 @@ class _Pass:
         self.settings = settings
         self.history = history or DrsHistory()
         self.st = ClusterState(snapshot)
+        self.demands = demands or {}
         self.loads = _Loads(snapshot, vm_entitlements(snapshot, demands), self.st, settings.comfort, spread)
         self.vms = {vm.id: vm for vm in snapshot.vms}
         self.moved: dict[str, VmSnapshot] = {}  # vm id -> VM as it now is (host = target)
@@ -781,6 +788,20 @@ class _Pass:
             p = min(p, 2)
         return p
 
+    def saturated(self) -> str | None:
+        """Why balancing is pointless, or None: the running VMs' demand is above what the active
+        hosts hold together, so some host is overloaded wherever the VMs run. A move then only
+        carries the overload to another host, and its copy costs most when nothing is spare;
+        the cure is capacity (the plan's ``wake``), not balance."""
+        act = np.flatnonzero(self.loads.active)
+        if act.size < 2:
+            return None
+        dem = running_demand(self.snapshot, self.demands)
+        cap = self.loads.cap[act].sum(axis=0)
+        if not (dem >= cap * OVERLOAD - EPS).any():
+            return None
+        return f"saturated: demand cpu {dem[0]:.0f} of {cap[0]:.0f} MHz, memory {dem[1]:.0f} of {cap[1]:.0f} MiB on the active hosts; no move ends an overload"
+
     def balance(self) -> None:
         s = self.settings
         L = self.loads
@@ -788,6 +809,7 @@ class _Pass:
             self.notes.append("threshold 1: rule fixes only, no balancing")
             return
         attempts_cap = 400
+        saturated = self.saturated()
         while True:
             if self.budget_left() <= 0:
                 self.notes.append(f"stopped: migration budget of {s.budget} reached")
@@ -813,6 +835,9 @@ class _Pass:
                 else:
                     r = int(np.flatnonzero(L.counted)[0])
                     self.notes.append(f"balanced: {('cpu', 'memory')[r]} imbalance {before:.4f} <= target {s.target:.4f} ({('cpu', 'memory')[1 - r]} not counted: no host at {s.comfort:.0%} of it)")
+                return
+            if saturated:
+                self.notes.append(saturated)
                 return
             # Sources: the most overloaded hosts, and (above target) the most loaded per resource
             # among those above the mean.
@@ -947,19 +972,7 @@ def _wake(p: _Pass, demands: Mapping[str, Demand]) -> tuple[Wake, ...]:
     L = p.loads
     act = L.active
     cap = np.array([L.cap[act, 0].sum() - p.ha_cpu[act].sum(), L.cap[act, 1].sum() - p.ha_mem[act].sum()]) if act.any() else np.zeros(2)
-    core = core_mhz(snap)
-    dem = np.zeros(2)
-    for vm in snap.vms:
-        if vm.host is None:
-            continue
-        d = demands.get(vm.id)
-        cpu = min(vm.vcpus * core, d[0]) if d is not None else vm.vcpus * core
-        mem = min(float(vm.memory_mib), d[1]) if d is not None else float(vm.memory_mib)
-        if vm.cpu_limit_mhz is not None:
-            cpu = min(cpu, vm.cpu_limit_mhz)
-        if vm.memory_limit_mib is not None:
-            mem = min(mem, float(vm.memory_limit_mib))
-        dem += (max(cpu, vm.cpu_reservation_mhz), max(mem, float(vm.memory_reservation_mib)))
+    dem = running_demand(snap, demands)
     short = np.maximum(dem - cap, 0.0)
     excess = np.maximum(L.load - L.cap * OVERLOAD, 0.0)[act].sum(axis=0) if act.any() else np.zeros(2)
     need = np.maximum(short, excess)
@@ -983,6 +996,25 @@ def _wake(p: _Pass, demands: Mapping[str, Demand]) -> tuple[Wake, ...]:
         out.append(Wake(h.id, why, float(need[0] - got[0]), float(need[1] - got[1])))
         got += np.maximum(c, 0.0)
     return tuple(out)
+
+
+def running_demand(snap: ClusterSnapshot, demands: Mapping[str, Demand]) -> np.ndarray:
+    """The running VMs' demand (CPU MHz, memory MiB), each clipped to its size and limit and
+    raised to its reservation, as entitlement is."""
+    core = core_mhz(snap)
+    dem = np.zeros(2)
+    for vm in snap.vms:
+        if vm.host is None:
+            continue
+        d = demands.get(vm.id)
+        cpu = min(vm.vcpus * core, d[0]) if d is not None else vm.vcpus * core
+        mem = min(float(vm.memory_mib), d[1]) if d is not None else float(vm.memory_mib)
+        if vm.cpu_limit_mhz is not None:
+            cpu = min(cpu, vm.cpu_limit_mhz)
+        if vm.memory_limit_mib is not None:
+            mem = min(mem, float(vm.memory_limit_mib))
+        dem += (max(cpu, vm.cpu_reservation_mhz), max(mem, float(vm.memory_reservation_mib)))
+    return dem
 
 
 def imbalance_of(snapshot: ClusterSnapshot, demands: Mapping[str, Demand] | None = None) -> Balance:

@@ -36,8 +36,9 @@ Scenario (``build_scenario``)
 Replay (``replay``), for each interval t = 0 .. T-1 (logical time t x 300 s)
     1. decide: the engine gets the demand *measured* up to interval t-1 (for DRS the samples
        up to t-1 smoothed with ``smooth_demands_with_spread`` (alpha ``DRS_SMOOTHING``, 0.5), as
-       the product smooths measured demand, with the samples' spread around it (DRS's
-       confidence); the last sample for the greedy baseline, which is what Watcher's
+       the product smooths measured demand, with the samples' noise spread (DRS's confidence);
+       DRS is given ``demand.level_shift_estimate`` of them: the last sample where it lies more
+       than 3 noise spreads off the smoothed value, the smoothed value elsewhere); the last sample for the greedy baseline, which is what Watcher's
        workload_balance averages over its default 300 s period; the last ``off_window`` samples
        for DPM); nothing of t or later. At t = 0 nothing is measured yet and nothing is decided. With ``--dpm``, DPM
        decides first (a power-off evacuates the host with its plan; a power-on makes the host
@@ -78,7 +79,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vcenter.domain.demand import NOISE_WINDOW, noise_spreads
+from vcenter.domain.demand import NOISE_WINDOW, level_shift_estimate, noise_spreads
 from vcenter.domain.dpm import DpmHistory, DpmSettings, decide
 from vcenter.domain.drs import DrsHistory, DrsSettings, apply_plan, balance
 from vcenter.domain.drs_demand import smooth_demands_with_spread
@@ -463,9 +464,14 @@ def replay(
             samples.append(seen)
             del samples[:-n_samples]
             smoothed, spread = smooth_demands_with_spread(None if smoothed is None else (smoothed, spread), seen, smoothing)
+            estimate = smoothed
             if spread_kind == "noise":
                 nz = noise_spreads(truth_all[max(0, t - NOISE_WINDOW) : t])
                 spread = {vid: (float(nz[k, 0]), float(nz[k, 1])) for k, vid in enumerate(ids)}
+                # What DRS takes the demand to be: the last sample where it shifted beyond the
+                # noise, the smoothed demand where it did not (demand.level_shift_estimate).
+                est = level_shift_estimate(np.array([smoothed[v] for v in ids]), observed, nz)
+                estimate = {vid: (float(est[k, 0]), float(est[k, 1])) for k, vid in enumerate(ids)}
             if on_pass is not None:
                 on_pass(t, seen)
             t0 = time.perf_counter()
@@ -494,7 +500,7 @@ def replay(
                     decisions.append(Decision(t, r.action, r.host))
             if balancer == "drs":
                 hist = DrsHistory(recent={v: (t - a) * INTERVAL_S for v, a in moved_at.items()})
-                dplan = balance(snap, drs_s, smoothed, hist, spread)
+                dplan = balance(snap, drs_s, estimate, hist, spread)
                 for r in dplan.recommendations:
                     decisions.append(Decision(t, "move", r.vm_id, r.source, r.target))
                     moved_at[r.vm_id] = t

@@ -5,7 +5,8 @@ standby host when the powered-on hosts cannot hold the demand (``DrsPlan.wake``)
 Settings (``cluster.settings["drs"]``): enabled, automation (manual | partial | full),
 threshold 1-5, vm_overrides {vm id: level}, cooldown_s, budget, ha_reserve_fraction.
 Demand: each running VM's CPU demand measured on its host (vcenter.domain.demand; configured
-size until measured), memory = configured memory; history: migrations in flight, and each
+size until measured; the smoothed demand, or the last sample where it shifted beyond the
+noise: ``demand.level_shift_estimate``), memory as ``measured_demands`` says; history: migrations in flight, and each
 VM's last move.
 """
 
@@ -23,6 +24,7 @@ from vcenter.core.settings import Settings, get_settings
 from vcenter.db.models import Cluster, DrsRecommendation, Task, VirtualMachine, VmStats
 from vcenter.db.snapshots import cluster_snapshot
 from vcenter.domain import drs, drs_whatif
+from vcenter.domain.demand import level_shift_estimate
 from vcenter.domain.snapshot import Rule, RuleKind
 from vcenter.domain.states import TaskState
 from vcenter.services.ha import ha
@@ -70,11 +72,13 @@ def measured_demands(session: Session, cluster_id: int, config: Settings | None 
     configured size, as before."""
     config = config or get_settings()
     rows = session.execute(
-        select(VirtualMachine.id, VmStats.cpu_demand_mhz, VirtualMachine.memory_mib)
+        select(VirtualMachine.id, VmStats.cpu_demand_mhz, VirtualMachine.memory_mib, VmStats.cpu_demand_spread_mhz, VmStats.cpu_demand_window)
         .join(VmStats, VmStats.vm_id == VirtualMachine.id)
         .where(VirtualMachine.cluster_id == cluster_id, VmStats.cpu_demand_mhz.is_not(None))
     )
-    demands = {str(vm_id): (float(cpu), float(mem)) for vm_id, cpu, mem in rows}
+    # The smoothed demand, or the last sample where it shifted beyond the noise
+    # (demand.level_shift_estimate; as the trace replay gives DRS).
+    demands = {str(vm_id): (float(level_shift_estimate(cpu, window[-1], spread or 0.0)) if len(window or ()) >= 3 else float(cpu), float(mem)) for vm_id, cpu, mem, spread, window in rows}
     if demands:
         since = utcnow() - timedelta(seconds=3 * config.metrics_sample_period)
         in_cluster = select(VirtualMachine.id).where(VirtualMachine.cluster_id == cluster_id)
