@@ -70,7 +70,7 @@ def _access(dependants: list[Dependant], reads: bool) -> str:
             kind = getattr(call, "object_kind", None)
             if getattr(call, "deferred", False):
                 if reads:
-                    return f"Needs `{privilege}`; it shows only the objects the caller may see."
+                    return f"Needs `{privilege}` on what it shows (a list leaves out the objects the caller may not see)."
                 return f"Needs `{privilege}` on the objects its body names."
             return f"Needs `{privilege}` on the {kind} in the path." if kind else f"Needs `{privilege}` on the root folder."
     return "Takes the bearer credential."
