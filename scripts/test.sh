@@ -112,6 +112,8 @@ if [ "$MODE" = fast ]; then
     .venv/bin/python -m pytest tests/api -q -p no:cacheprovider -m "not fuzz" --durations=10 "${XDIST[@]}"
 else
   run_suite lint plain -- scripts/lint.sh
+  # the OpenAPI document the app builds, linted by Redocly's recommended rules and ours
+  run_suite openapi plain -- scripts/lint-openapi.sh
   # the compose file requires its secrets: validate with placeholders unless they are set
   run_suite compose plain -- env VCENTER_DB_PASSWORD="${VCENTER_DB_PASSWORD:-placeholder}" \
     VCENTER_REDIS_PASSWORD="${VCENTER_REDIS_PASSWORD:-placeholder}" \

@@ -48,7 +48,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.python import asgi
-from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
+from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance, status_code_conformance
 
 from tests.apihelpers import app_for, finish_as_agent, login, make_admin, register_host
 from tests.conftest import fresh_postgres, make_settings
@@ -256,7 +256,8 @@ def _fuzz_api(app: Any, client: Any, run: _Run, recorder: _Recorder, admin: dict
     operations = [result.ok() for result in schema.get_all_operations()]
     operations = [op for op in operations if (op.method.upper(), op.path) not in SKIPPED and re.search(only, f"{op.method.upper()} {op.path}")]
     operations.sort(key=lambda op: METHOD_ORDER.get(op.method.upper(), 1))
-    checks = [not_a_server_error, response_schema_conformance, content_type_conformance]
+    # status_code_conformance: every status answered is one the operation documents (issue 18)
+    checks = [not_a_server_error, response_schema_conformance, content_type_conformance, status_code_conformance]
 
     for operation in operations:
         method = operation.method.upper()

@@ -103,6 +103,28 @@ def test_datacenter_crud_paging_sorting_filtering(client, auth):
     assert client.get(f"/api/v1/datacenters/{alpha['id']}", headers=auth).status_code == 404
 
 
+def test_list_filters_are_declared_repeatable_bounded_and_typed(client, auth):
+    """Issue 18: a filter repeated matches any of its values (the last one alone was read); a
+    value outside a declared set is a 422 naming the parameter (an empty 200 before); the
+    number of values and their length are bounded."""
+    for name in ("web1", "web2", "db1"):
+        _dc(client, auth, name)
+    both = client.get("/api/v1/datacenters?name=web1&name=web2&sort=name", headers=auth).json()
+    assert [d["name"] for d in both["items"]] == ["web1", "web2"] and both["total"] == 2
+    wild = client.get("/api/v1/datacenters?name=db*&name=web2&sort=name", headers=auth).json()
+    assert [d["name"] for d in wild["items"]] == ["db1", "web2"]
+    for path, field in (("/api/v1/vms?power_state=bogus", "power_state"), ("/api/v1/tasks?state=bogus", "state"), ("/api/v1/hosts?connection_state=up", "connection_state")):
+        bad = client.get(path, headers=auth)
+        assert bad.status_code == 422 and bad.json()["code"] == "INVALID", (path, bad.text)
+        assert [d["field"] for d in bad.json()["details"]] == [f"query.{field}.0"], bad.json()
+    assert client.get("/api/v1/vms?power_state=poweredOn&power_state=suspended", headers=auth).status_code == 200
+    bad = client.get("/api/v1/vms?host_id=1&host_id=+2", headers=auth)  # each value by the one id parser
+    assert bad.status_code == 422 and bad.json()["code"] == "INVALID_ID", bad.text
+    many = "&".join(f"name=n{i}" for i in range(51))
+    assert client.get(f"/api/v1/datacenters?{many}", headers=auth).status_code == 422
+    assert client.get(f"/api/v1/datacenters?name={'x' * 256}", headers=auth).status_code == 422
+
+
 def test_bad_input_is_422_naming_the_field_and_writes_nothing(client, auth):
     r = client.post("/api/v1/datacenters", json={"name": "a</name><devices>"}, headers=auth)
     assert r.status_code == 422 and r.json()["details"][0]["field"] == "name"
@@ -160,6 +182,9 @@ def test_vm_task_pipeline_with_the_agent_played_by_the_test(client, auth, settin
     broker.delete(queue)
     task = client.post("/api/v1/vms", json={"name": "web1", "host_id": host["id"], "memory_mib": 64}, headers=auth)
     assert task.status_code == 202, task.text
+    # A 202 names the Task's own URL (issue 18): where to poll it.
+    assert task.headers["location"] == f"/api/v1/tasks/{task.json()['id']}"
+    assert client.get(task.headers["location"], headers=auth).json()["id"] == task.json()["id"]
     task = task.json()
     assert task["state"] == "queued" and task["kind"] == "vm.create"
     # The outbox relayed the command to the host's own queue after the commit.

@@ -16,6 +16,7 @@ import hmac
 import html
 import logging
 import time
+from typing import Any
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -26,7 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from vcenter.api.client_address import ClientAddress
-from vcenter.api.errors import install_error_handlers
+from vcenter.api.errors import declare_json, install_error_handlers
 from vcenter.api.guards import InputGuard, streamed_upload_matcher
 from vcenter.api.headers import SecurityHeaders
 from vcenter.core.audit import request_source
@@ -159,6 +160,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         lifespan=lifespan,
         description="Central management server for KVM/libvirt clusters.",
         generate_unique_id_function=operation_id,
+        license_info={"name": "Apache-2.0", "identifier": "Apache-2.0"},
     )
     bind(app, runtime or Runtime.build(settings))
     install_error_handlers(app)
@@ -212,12 +214,34 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         metrics.latency.labels(request.method, path).observe(time.perf_counter() - start)
         return response
 
-    @app.get("/livez", tags=["health"], summary="The process is up")
+    def health_answer(example: dict[str, Any], description: str) -> dict[int | str, dict[str, Any]]:
+        # 422: the input guard refuses a NUL in any query string (INVALID_CHARACTER)
+        return {200: {"description": description, "content": {"application/json": {"schema": {"type": "object", "examples": [example]}}}}, **declare_json(422)}
+
+    anyone = {"security": []}  # public: declared as such, not left unsaid
+
+    @app.get("/livez", tags=["health"], summary="The process is up", responses=health_answer({"status": "ok"}, "the process answers"), openapi_extra=anyone)
     def livez() -> dict[str, str]:
+        """The process is up: answers 200 `{"status": "ok"}` without a credential, whatever the
+        database and Redis do (a liveness probe)."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], summary="Database and Redis answer")
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        summary="Database and Redis answer",
+        openapi_extra=anyone,
+        responses={
+            **health_answer({"status": "ok", "checks": {"database": "ok", "redis": "ok"}}, "the database and Redis answer"),
+            503: {
+                "description": "the database or Redis does not answer",
+                "content": {"application/json": {"schema": {"type": "object", "examples": [{"status": "unavailable", "checks": {"database": "ok", "redis": "error: ConnectionError"}}]}}},
+            },
+        },
+    )
     def readyz() -> Response:
+        """Whether this replica can serve: 200 when the database and Redis both answer, else 503
+        naming the one that does not (a readiness probe; no credential)."""
         checks: dict[str, str] = {}
         for name, check in (("database", app.state.runtime.check_database), ("redis", app.state.runtime.check_redis)):
             try:
@@ -244,13 +268,16 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         "/metrics",
         tags=["health"],
         summary="Prometheus metrics (the metrics token, or a user holding System.View)",
-        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "the Prometheus text format"}},
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "the Prometheus text format"}, **declare_json(401, 403)},
         response_class=PlainTextResponse,
         # metrics_access reads the header itself (the metrics token is no user's), so declare
         # the scheme here: it is the same 'Authorization: Bearer' credential.
         openapi_extra={"security": [{"bearerAuth": []}]},
     )
     def metrics(request: Request) -> Response:
+        """The request counters and latencies of this API replica in the Prometheus text format;
+        needs the metrics token or a user holding System.View (401 without, 403 without the
+        privilege)."""
         metrics_access(request)
         return Response(generate_latest(app.state.http_metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

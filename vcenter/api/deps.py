@@ -54,6 +54,10 @@ def bearer_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Dep
     return credentials.credentials
 
 
+# What each dependency can refuse with: the operations using it document these statuses
+# (vcenter.api.errors.error_statuses).
+bearer_token.error_statuses = (401,)  # type: ignore[attr-defined]
+
 TokenDep = Annotated[str, Depends(bearer_token)]
 
 
@@ -128,6 +132,7 @@ def requires(privilege: str, on: str | None = None, param: str | None = None, de
             return CurrentUserInfo(user.username, user.is_admin, user.id, token=token, privilege=privilege)
 
     check_privilege.privilege = privilege  # type: ignore[attr-defined]
+    check_privilege.error_statuses = (401, 403)  # type: ignore[attr-defined]
     check_privilege.object_kind = on  # type: ignore[attr-defined]
     check_privilege.deferred = deferred  # type: ignore[attr-defined]
     check_privilege.param = param  # type: ignore[attr-defined]
@@ -159,5 +164,7 @@ def get_agent_host_id(host_id: ObjectIdPath, runtime: RuntimeDep, token: TokenDe
         raise VcError(str(exc), code="PROTOCOL_VERSION_UNSUPPORTED") from None
     return host.id
 
+
+get_agent_host_id.error_statuses = (400, 401)  # type: ignore[attr-defined]
 
 AgentHostId = Annotated[int, Depends(get_agent_host_id)]

@@ -23,8 +23,9 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, Field, StringConstraints, field_validator
+from pydantic import Field, StringConstraints, field_validator
 
+from vcenter.core.examples import ExampleModel
 from vcenter.core.object_ids import NonNegativeInt32, NonNegativeInt64, ObjectIdField
 from vcenter.domain.uplinks import NIC_NAME
 
@@ -90,7 +91,7 @@ def feed_streams_key(user_id: int) -> str:
     return f"vc:feeds:streams:{user_id}"
 
 
-class DiskSpec(BaseModel):
+class DiskSpec(ExampleModel):
     index: int
     datastore_id: int
     datastore_path: str = Field(description="mount point of the datastore on the target host")
@@ -100,7 +101,7 @@ class DiskSpec(BaseModel):
     bus: Literal["virtio", "sata", "ide"] = "virtio"
 
 
-class NicSpec(BaseModel):
+class NicSpec(ExampleModel):
     index: int
     portgroup: str
     bridge: str
@@ -108,7 +109,7 @@ class NicSpec(BaseModel):
     model: Literal["virtio", "e1000", "rtl8139"] = "virtio"
 
 
-class CpuSpec(BaseModel):
+class CpuSpec(ExampleModel):
     """A guest CPU definition (libvirt's CPU map names): gives a VM a CPU generation of its
     own, and lets hosts that all have the same real CPU present different ones."""
 
@@ -119,7 +120,7 @@ class CpuSpec(BaseModel):
     mode: Literal["custom", "host-model", "host-passthrough"] = "custom"
 
 
-class VmSpec(BaseModel):
+class VmSpec(ExampleModel):
     name: str
     uuid: str
     vcpus: int
@@ -139,7 +140,7 @@ class VmSpec(BaseModel):
     resources: "ResourceSpec | None" = None
 
 
-class ResourceSpec(BaseModel):
+class ResourceSpec(ExampleModel):
     """Enforcement of a VM's allocation on its host through libvirt (cgroups): CPU shares
     (relative weight), a CPU cap for the whole VM (global period/quota) and a memory soft limit
     (reclaim pressure above it; a hard limit would let the kernel kill QEMU)."""
@@ -192,7 +193,7 @@ def known_command(name: str) -> bool:
     return name in get_args(CommandName)
 
 
-class Command(BaseModel):
+class Command(ExampleModel):
     # The protocol version of the server that sent it (stamped by CommandSigner.seal); a body
     # without one is from a server before versions: 1.
     version: int = Field(1, ge=1)
@@ -231,14 +232,14 @@ class Command(BaseModel):
 _SECRET_KEY = re.compile(r"pass(word|wd|phrase)?$|secret|token|private.?key|user.?data|credential", re.IGNORECASE)
 
 
-class TaskProgress(BaseModel):
+class TaskProgress(ExampleModel):
     command_id: str
     step: str
     progress: int = Field(0, ge=0, le=100)
     details: dict[str, Any] | None = Field(None, description="e.g. libvirt's migration job stats")
 
 
-class TaskResult(BaseModel):
+class TaskResult(ExampleModel):
     command_id: str
     ok: bool
     result: dict[str, Any] = {}
@@ -247,7 +248,7 @@ class TaskResult(BaseModel):
     domain: "DomainState | None" = None
 
 
-class DomainState(BaseModel):
+class DomainState(ExampleModel):
     uuid: str
     name: str
     power_state: Literal["poweredOn", "poweredOff", "suspended"]
@@ -259,7 +260,7 @@ class DomainState(BaseModel):
     guest: dict[str, Any] | None = Field(None, description="last guest heartbeat: seq, hostname, machine_id, ip, age_s")
 
 
-class LifecycleEvent(BaseModel):
+class LifecycleEvent(ExampleModel):
     uuid: str
     name: str
     event: str  # libvirt event name: started, stopped, suspended, ...
@@ -271,7 +272,7 @@ class LifecycleEvent(BaseModel):
 NicName = Annotated[str, StringConstraints(pattern=NIC_NAME.pattern)]
 
 
-class HostFacts(BaseModel):
+class HostFacts(ExampleModel):
     hostname: str
     host_uuid: str | None = None
     cpu_model: str | None = None
@@ -290,13 +291,13 @@ class HostFacts(BaseModel):
     vlan_8021q: bool | None = Field(None, description="whether the host's kernel makes 802.1Q links (measured by the agent; None: not known)")
 
 
-class DatastoreUsage(BaseModel):
+class DatastoreUsage(ExampleModel):
     id: ObjectIdField
     capacity_bytes: NonNegativeInt64
     free_bytes: NonNegativeInt64
 
 
-class PortgroupError(BaseModel):
+class PortgroupError(ExampleModel):
     """A port group the agent could not make as asked (vcenter.domain.uplinks names the codes)."""
 
     bridge: str = Field(max_length=15)
@@ -304,7 +305,7 @@ class PortgroupError(BaseModel):
     message: str = Field(max_length=500)
 
 
-class HostState(BaseModel):
+class HostState(ExampleModel):
     facts: HostFacts
     domains: list[DomainState]
     datastores: list[DatastoreUsage] = []
@@ -312,7 +313,7 @@ class HostState(BaseModel):
     portgroup_errors: list[PortgroupError] = Field(default=[], max_length=4096, description="port groups the agent refused or failed to make, with a stable code")
 
 
-class DomainCounters(BaseModel):
+class DomainCounters(ExampleModel):
     """Cumulative counters of one running domain as libvirt reports them (the agent turns two
     readings into rates)."""
 
@@ -329,7 +330,7 @@ class DomainCounters(BaseModel):
     net_tx_bytes: int = 0
 
 
-class HostCounters(BaseModel):
+class HostCounters(ExampleModel):
     """One reading of a host's cumulative CPU time, its memory and its running domains."""
 
     cpus: int
@@ -341,12 +342,12 @@ class HostCounters(BaseModel):
     domains: list[DomainCounters] = []
 
 
-class VmMetrics(BaseModel):
+class VmMetrics(ExampleModel):
     uuid: str
     values: dict[str, float]
 
 
-class MetricsReport(BaseModel):
+class MetricsReport(ExampleModel):
     """Agent -> server every metrics sample period: counter values (vcenter.domain.metrics
     COUNTERS: percent, MHz, MiB, bytes/s) of the host and of each running VM, rates over
     ``interval_s`` measured on the agent's monotonic clock."""
@@ -356,7 +357,7 @@ class MetricsReport(BaseModel):
     vms: list[VmMetrics] = []
 
 
-class MigrationOptions(BaseModel):
+class MigrationOptions(ExampleModel):
     """How to live-migrate one domain (VMotion), peer to peer: the source libvirtd connects to
     ``dest_uri`` itself. Only ``dest_uri`` is required; the rest default to a plain live
     migration with persistent definition on the target and none left on the source."""
@@ -381,7 +382,7 @@ class MigrationOptions(BaseModel):
     )
 
 
-class MigrationProgress(BaseModel):
+class MigrationProgress(ExampleModel):
     """One reading of a migration or disk-move job (libvirt job stats / block job info).
     Bytes unless said otherwise. Zero pages are not in ``memory_processed`` (they cost almost
     nothing on the wire): ``memory_zero_bytes`` counts them, so processed + zero + remaining
@@ -420,7 +421,7 @@ class MigrationProgress(BaseModel):
 # model of every command, are in vcenter.messaging.commands) -------------------------------
 # ``Command.args`` stays a dict on the wire: these models build it (``args()``) with the exact
 # keys and order the agent reads, and read it back (``model_validate``).
-class CommandArgs(BaseModel):
+class CommandArgs(ExampleModel):
     def args(self) -> dict[str, Any]:
         """The command's ``args`` as they travel: JSON values, field names as the agent reads them."""
         return self.model_dump(mode="json", by_alias=True)
@@ -441,7 +442,7 @@ class CreateArgs(CommandArgs):
     spec: VmSpec
 
 
-class DeployClone(BaseModel):
+class DeployClone(ExampleModel):
     """One disk of a deploy: a linked overlay on, or a full copy of, a template image."""
 
     index: int
@@ -451,7 +452,7 @@ class DeployClone(BaseModel):
     dest: str
 
 
-class SeedFile(BaseModel):
+class SeedFile(ExampleModel):
     """Where the agent writes a VM's NoCloud seed (its content is fetched over HTTPS)."""
 
     path: str
@@ -474,7 +475,7 @@ class MigrateArgs(CommandArgs):
     options: MigrationOptions
 
 
-class DiskMove(BaseModel):
+class DiskMove(ExampleModel):
     """One disk of a relocation: its index and target (vda, ...), its format, its image's old
     and new paths (as the host that runs the VM sees them) and the datastore it goes to."""
 
@@ -499,7 +500,7 @@ class RelocateArgs(CommandArgs):
         return self.model_dump(mode="json", by_alias=True, exclude_none=self.migrate is None)
 
 
-class FileCopy(BaseModel):
+class FileCopy(ExampleModel):
     """One image file the copier converts from its old path to its new one (same format)."""
 
     from_: str = Field(alias="from")

@@ -5,16 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import ConfigDict, Field, StringConstraints
 
 from vcenter.core.object_ids import ObjectIdField
-from vcenter.schemas.base import RequestModel
+from vcenter.schemas.base import ExampleModel, RequestModel
 from vcenter.schemas.inventory import Name
 
 RoleName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")]
 
 
-class PrivilegeRead(BaseModel):
+class PrivilegeRead(ExampleModel):
     id: str
     description: str
 
@@ -31,7 +31,7 @@ class RoleUpdate(RequestModel):
     description: str | None = Field(None, max_length=255)
 
 
-class RoleRead(BaseModel):
+class RoleRead(ExampleModel):
     id: int
     name: str
     builtin: bool
@@ -49,7 +49,7 @@ class GroupUpdate(RequestModel):
     members: list[str] | None = Field(None, max_length=1000)
 
 
-class GroupRead(BaseModel):
+class GroupRead(ExampleModel):
     id: int
     name: str
     members: list[str]
@@ -67,7 +67,7 @@ class PermissionCreate(RequestModel):
     propagate: bool = True
 
 
-class PermissionRead(BaseModel):
+class PermissionRead(ExampleModel):
     id: int
     principal_type: str
     principal_id: int
@@ -79,7 +79,7 @@ class PermissionRead(BaseModel):
     propagate: bool
 
 
-class EffectivePrivileges(BaseModel):
+class EffectivePrivileges(ExampleModel):
     object_type: str
     object_id: int
     privileges: list[str]
@@ -91,7 +91,7 @@ class TokenCreate(RequestModel):
     lifetime_s: float | None = Field(None, gt=0, le=10 * 365 * 86400, description="seconds until it expires; none: until revoked")
 
 
-class TokenRead(BaseModel):
+class TokenRead(ExampleModel):
     model_config = ConfigDict(from_attributes=True)
     id: int
     name: str

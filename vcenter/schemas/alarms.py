@@ -10,10 +10,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from vcenter.core.object_ids import Int32, ObjectIdField
-from vcenter.schemas.base import RequestModel, ResponseModel
+from vcenter.schemas.base import ExampleModel, RequestModel, ResponseModel
 
 TargetType = Literal["host", "vm", "datastore"]
 ScopeType = Literal["root", "datacenter", "cluster", "host", "vm", "datastore"]
@@ -64,7 +64,7 @@ class AlarmRead(ResponseModel):
     updated_at: datetime
 
 
-class TriggeredAlarmRead(BaseModel):
+class TriggeredAlarmRead(ExampleModel):
     id: int = Field(description="the alarm state's id (acknowledge/reset take it)")
     alarm_id: int
     alarm_name: str
@@ -81,7 +81,7 @@ class TriggeredAlarmRead(BaseModel):
     acknowledged_by: str | None
 
 
-class MetricPoint(BaseModel):
+class MetricPoint(ExampleModel):
     at: datetime
     avg: float
     min: float
@@ -89,13 +89,13 @@ class MetricPoint(BaseModel):
     samples: int = Field(description="real-time samples behind this point (1 for a real-time point)")
 
 
-class MetricSeries(BaseModel):
+class MetricSeries(ExampleModel):
     counter: str
     unit: str
     points: list[MetricPoint]
 
 
-class MetricsRead(BaseModel):
+class MetricsRead(ExampleModel):
     object_type: str
     object_id: int
     tier: str
@@ -105,7 +105,7 @@ class MetricsRead(BaseModel):
     series: list[MetricSeries]
 
 
-class CounterRead(BaseModel):
+class CounterRead(ExampleModel):
     name: str
     unit: str
     description: str
@@ -113,12 +113,12 @@ class CounterRead(BaseModel):
     rollup: str
 
 
-class TierRead(BaseModel):
+class TierRead(ExampleModel):
     name: str
     interval_s: float
     retention_s: float
 
 
-class CatalogueRead(BaseModel):
+class CatalogueRead(ExampleModel):
     counters: list[CounterRead]
     tiers: list[TierRead]

@@ -10,12 +10,12 @@ from datetime import datetime
 from ipaddress import IPv4Interface
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
 from vcenter.core.object_ids import INT32_MAX, Int32, ObjectIdField
 from vcenter.domain.states import ConnectionState, PowerState
 from vcenter.domain.uplinks import MAX_UPLINKS, NIC_NAME
-from vcenter.schemas.base import RequestModel, ResponseModel
+from vcenter.schemas.base import ExampleModel, RequestModel, ResponseModel
 from vcenter.schemas.maintenance import MaintenanceSettings
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
@@ -26,7 +26,7 @@ NicName = Annotated[str, StringConstraints(pattern=NIC_NAME.pattern)]  # a Linux
 T = TypeVar("T")
 
 
-class Page(BaseModel, Generic[T]):
+class Page(ExampleModel, Generic[T]):
     total: int
     offset: int
     limit: int
@@ -107,7 +107,7 @@ class HostCreate(RequestModel):
     datacenter_id: ObjectIdField
     cluster_id: ObjectIdField | None = None
     address: str = Field("", max_length=255)
-    libvirt_uri: str = Field("qemu:///system", max_length=255, pattern=r"^[a-z0-9+]+://[^\s<>\"']*$")
+    libvirt_uri: str = Field("qemu:///system", max_length=255, pattern=r"^[a-z0-9+]+://[^\s<>\x22']*$")  # \x22: '"' (a regex every JSON Schema tool reads)
 
 
 class HostUpdate(RequestModel):
@@ -151,7 +151,7 @@ class HostCreated(HostRead):
     registration_token: str = Field(description="shown once: give it to the host's agent (`vcenter agent --registration-token`)")
 
 
-class RegistrationToken(BaseModel):
+class RegistrationToken(ExampleModel):
     registration_token: str
     expires_at: datetime
 
@@ -164,7 +164,7 @@ class AgentRegistrationChallenge(RequestModel):
     registration_token: str = Field(..., min_length=10, max_length=200)
 
 
-class AgentRegistrationNonce(BaseModel):
+class AgentRegistrationNonce(ExampleModel):
     nonce: str = Field(..., description="sign it (with the registration token and the host UUID) with the agent's key; see vcenter.core.registration")
     expires_in: float = Field(..., description="seconds the nonce stays valid")
     expires_at: int = Field(..., description="expiry, epoch seconds")
@@ -180,7 +180,7 @@ class AgentRegistration(RequestModel):
     thumbprint: str | None = Field(None, min_length=10, max_length=128, description="optional: must be the certificate's")
 
 
-class AgentRegistrationAnswer(BaseModel):
+class AgentRegistrationAnswer(ExampleModel):
     host_id: int
     trust_state: str
     agent_token: str | None = None
@@ -191,14 +191,14 @@ class HostCertificateRequest(RequestModel):
     csr: str = Field(..., min_length=1, max_length=16384, description="a PEM certificate signing request for the host's TLS key (made on the host; its self-signature proves possession)")
 
 
-class HostCertificateIssued(BaseModel):
+class HostCertificateIssued(ExampleModel):
     certificate: str = Field(description="the host's certificate (PEM): libvirtd's TLS listener, migration client, QEMU migration streams")
     ca_certificate: str = Field(description="the cluster CA's certificate (PEM)")
     serial: str = Field(description="hex serial, as the CRL names it")
     not_after: datetime
 
 
-class HostTrustMaterial(BaseModel):
+class HostTrustMaterial(ExampleModel):
     ca_certificate: str = Field(description="the cluster CA's certificate (PEM)")
     crl: str = Field(description="the CA's certificate revocation list (PEM): certificates of removed hosts")
 
@@ -518,7 +518,7 @@ class LoginRequest(RequestModel):
     password: str = Field(..., min_length=1, max_length=1024)
 
 
-class SessionRead(BaseModel):
+class SessionRead(ExampleModel):
     token: str
     username: str
     expires_at: datetime

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from vcenter.schemas.base import ExampleModel
+from pydantic import ConfigDict, Field
 
 
-class MaintenanceSettings(BaseModel):
+class MaintenanceSettings(ExampleModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN and Infinity are JSON to Python, not numbers to us
 
     powered_off: Literal["leave", "refuse", "move"] = Field(

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, status
+from fastapi import Query, status
 
+from vcenter.api import v1
 from vcenter.api.deps import CurrentUser, CurrentUserInfo, DbDep, public, requires
 from vcenter.core.errors import Invalid
 from vcenter.core.object_ids import ObjectIdPath, ObjectIdQuery, OptionalObjectIdQuery
@@ -15,7 +16,7 @@ from vcenter.schemas import access as s
 from vcenter.services.access import auth, authz, permissions, users
 from vcenter.services.access.delegation import Actor
 
-router = APIRouter(prefix="/api/v1")
+router = v1.router(prefix="/api/v1")
 
 Viewer = Annotated[CurrentUserInfo, requires("System.View")]
 RoleAdmin = Annotated[CurrentUserInfo, requires("Authorization.ModifyRoles")]
@@ -136,5 +137,6 @@ def create_token(body: s.TokenCreate, db: DbDep, user: CurrentUser) -> Any:
 @router.delete(
     "/session/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["session"], summary="Revoke one of the caller's API tokens", dependencies=[public("acts on the caller's own tokens")]
 )
+@v1.conflicts(False)
 def revoke_token(token_id: ObjectIdPath, db: DbDep, user: CurrentUser) -> None:
     auth.revoke_api_token(db, users.get_user(db, user.id), token_id)

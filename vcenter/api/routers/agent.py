@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
 
+from vcenter.api import v1
+from vcenter.api.errors import declare
 from vcenter.api.deps import AgentHostId, DbDep, SettingsDep, public
 from vcenter.core.object_ids import ObjectIdPath
 from vcenter.messaging.contracts import HostState, LifecycleEvent, TaskProgress, TaskResult
@@ -16,17 +17,21 @@ from vcenter.services.certificates import host_certificates
 from vcenter.services.inventory import hosts, inventory
 from vcenter.services.orchestration import reports
 
-router = APIRouter(prefix="/api/v1/agent/hosts/{host_id}", tags=["agent"], dependencies=[public("an agent's own host credential, valid for its host only")])
-registration = APIRouter(prefix="/api/v1/agent", tags=["agent"], dependencies=[public("a one-time registration token and a proof of the agent key")])
+router = v1.router(prefix="/api/v1/agent/hosts/{host_id}", tags=["agent"], dependencies=[public("an agent's own host credential, valid for its host only")])
+registration = v1.router(prefix="/api/v1/agent", tags=["agent"], dependencies=[public("a one-time registration token and a proof of the agent key")])
 
 
-@registration.post("/register/challenge", response_model=AgentRegistrationNonce, summary="Agent: a nonce to sign for registration (valid for this registration token, briefly)")
+@registration.post("/register/challenge", response_model=AgentRegistrationNonce, summary="Agent: a nonce to sign for registration (valid for this registration token, briefly)", responses=declare(401))
+@v1.conflicts(False)
 def register_challenge(body: AgentRegistrationChallenge, db: DbDep, settings: SettingsDep) -> Any:
     return hosts.registration_challenge(db, settings, body.registration_token)
 
 
 @registration.post(
-    "/register", response_model=AgentRegistrationAnswer, summary="Agent: register with a one-time token, the libvirt host UUID, its certificate and a signature proving it holds the certificate's key"
+    "/register",
+    response_model=AgentRegistrationAnswer,
+    summary="Agent: register with a one-time token, the libvirt host UUID, its certificate and a signature proving it holds the certificate's key",
+    responses=declare(401),
 )
 def register(body: AgentRegistration, db: DbDep, settings: SettingsDep) -> Any:
     return hosts.register(

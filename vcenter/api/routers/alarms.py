@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, status
+from fastapi import Query, status
 
+from vcenter.api import v1
 from vcenter.api.deps import CurrentUserInfo, DbDep, SettingsDep, requires
 from vcenter.core.object_ids import ObjectIdPath, OptionalObjectIdQuery
 from vcenter.schemas import alarms as s
 from vcenter.services.monitoring import alarms as svc
 
-router = APIRouter(prefix="/api/v1/alarms", tags=["alarms"])
+router = v1.router(prefix="/api/v1/alarms", tags=["alarms"])
 
 Viewer = Annotated[CurrentUserInfo, requires("System.View")]
 # Checked on the scope object the definition is set on (and, for a change, the new one too).

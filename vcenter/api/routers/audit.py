@@ -6,19 +6,21 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict
+from fastapi import Query
+from pydantic import ConfigDict
 
+from vcenter.api import v1
+from vcenter.core.examples import ExampleModel
 from vcenter.api.deps import CurrentUserInfo, DbDep, requires
 from vcenter.services.access import refusals
 
-router = APIRouter(prefix="/api/v1/audit", tags=["events"])
+router = v1.router(prefix="/api/v1/audit", tags=["events"])
 
 CredentialKind = Literal["user_token", "password", "agent", "registration", "registration_proof"]
 _INT32_MAX = 2**31 - 1  # what both databases hold as an offset
 
 
-class RefusedCredentialRead(BaseModel):
+class RefusedCredentialRead(ExampleModel):
     model_config = ConfigDict(from_attributes=True)
     minute: datetime
     source: str
@@ -28,7 +30,7 @@ class RefusedCredentialRead(BaseModel):
     last_detail: str
 
 
-class RefusedCredentialPage(BaseModel):
+class RefusedCredentialPage(ExampleModel):
     total: int
     offset: int
     limit: int

@@ -3,15 +3,16 @@ resource entitlements."""
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, status
+from fastapi import status
 
+from vcenter.api import v1
 from vcenter.api.deps import CurrentUserInfo, DbDep, SettingsDep, requires
 from vcenter.core.object_ids import ObjectIdPath
 from vcenter.schemas import inventory as s
 from vcenter.services.drs import dpm, drs
 from vcenter.services.compute import evc, placement
 
-router = APIRouter(prefix="/api/v1/clusters/{cluster_id}", tags=["clusters"])
+router = v1.router(prefix="/api/v1/clusters/{cluster_id}", tags=["clusters"])
 
 
 @router.get("/rules", response_model=list[s.RuleRead], summary="List the cluster's DRS rules")

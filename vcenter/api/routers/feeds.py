@@ -25,10 +25,12 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from vcenter.api import v1
+from vcenter.api.errors import declare
 from vcenter.api.deps import CurrentUserInfo, requires
 from vcenter.core.errors import Invalid, Unauthorized
 from vcenter.core.object_ids import parse_object_id
@@ -39,7 +41,7 @@ from vcenter.services.tasks import feeds, tasks
 from vcenter.services.tasks.stream_slots import StreamSlot
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/api/v1")
+router = v1.router(prefix="/api/v1")
 
 _HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _POSITION_MAX = 2048  # characters of a position: feed_max_gaps ids at most, each 10 digits
@@ -57,7 +59,8 @@ def _stream_responses(kind: str, example: dict[str, Any]) -> dict[int | str, dic
         },
         "example": {"id": "42", "event": kind, "data": json.dumps(example, separators=(",", ":"))},
     }
-    return {200: {"content": {"text/event-stream": {"schema": one_event}}, "description": "server-sent events until the session or the stream's lifetime ends"}}
+    # 429 STREAM_LIMIT: the user's streams are all open; 503 when Redis cannot count them.
+    return {200: {"content": {"text/event-stream": {"schema": one_event}}, "description": "server-sent events until the session or the stream's lifetime ends"}, **declare(429, 503)}
 
 
 _AFTER = Query(

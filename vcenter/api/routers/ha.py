@@ -3,14 +3,14 @@ pending restarts, the monitor), and a VM's HA overrides."""
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter
 
+from vcenter.api import v1
 from vcenter.api.deps import CurrentUserInfo, DbDep, requires
 from vcenter.core.object_ids import ObjectIdPath
 from vcenter.schemas.ha import HaConfig, HaConfigUpdate, VmHaOverride
 from vcenter.services.ha import ha
 
-router = APIRouter(prefix="/api/v1", tags=["ha"])
+router = v1.router(prefix="/api/v1", tags=["ha"])
 
 
 @router.get("/clusters/{cluster_id}/ha", response_model=HaConfig, summary="The cluster's HA configuration (with per-VM overrides)")

@@ -5,9 +5,12 @@ switches,portgroups,pools}. List is paged (offset, limit), filtered (equality on
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request, status
+from fastapi import Depends, Path, Query, status
 
+from vcenter.api import v1
+from vcenter.api.filters import list_filters
 from vcenter.api.deps import CurrentUserInfo, DbDep, SettingsDep, requires
+from vcenter.domain.states import ConnectionState
 from vcenter.core.object_ids import ObjectIdPath, Offset
 from vcenter.schemas import inventory as s
 from vcenter.services.inventory import hosts, host_power
@@ -15,7 +18,7 @@ from vcenter.services.compute import maintenance_mode
 from vcenter.services.inventory import inventory as inv
 from vcenter.services.inventory.listing import list_rows
 
-router = APIRouter(prefix="/api/v1")
+router = v1.router(prefix="/api/v1")
 
 
 def _crud(
@@ -32,6 +35,7 @@ def _crud(
     parent: Callable[[Any], tuple[str | None, int | None]] = lambda body: (None, None),
     to_read: Callable[[Any], Any] = lambda row: row,
     generic_delete: bool = True,
+    choices: dict[str, Any] | None = None,
 ) -> None:
     """``privileges``: (create, update, delete); creation is checked on ``parent(body)``."""
     sortable = {"id", "name", "created_at"}
@@ -39,17 +43,14 @@ def _crud(
 
     @router.get(f"/{path}", response_model=s.Page[read_model], tags=[tag], summary=f"List {path}", name=f"list_{path}")
     def list_objects(
-        request: Request,
         db: DbDep,
         user: Annotated[CurrentUserInfo, requires("System.View", deferred=True)],
         settings: SettingsDep,
         offset: Offset = 0,
         limit: int = Query(50, ge=1, le=500),
         sort: str | None = Query(None, description="field or -field"),
+        filters: dict[str, list[Any]] = Depends(list_filters(inv.KINDS[kind], filterable, choices=choices)),
     ) -> Any:
-        reserved = {"offset", "limit", "sort"}
-        # Raw text: list_rows parses each filter by its column (ids with the one id parser).
-        filters = {k: v for k, v in request.query_params.items() if k not in reserved}
         model = inv.KINDS[kind]
         total, rows = list_rows(
             db, model, filters=filters, filterable=filterable, sort=sort, sortable=sortable, offset=offset, limit=min(limit, settings.page_size_max), restrict=user.visible(db, kind, model)
@@ -181,6 +182,7 @@ _crud(
     create=None,
     generic_delete=False,
     filterable={"name", "datacenter_id", "cluster_id", "connection_state", "maintenance", "standby", "trust_state"},
+    choices={"connection_state": ConnectionState},
     privileges=("Host.Add", "Host.Configure", "Host.Remove"),
 )
 

@@ -8,8 +8,9 @@ coming in (with their host's own credential).
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 
+from vcenter.api import v1
 from vcenter.api.deps import AgentHostId, CurrentUserInfo, DbDep, SettingsDep, public, requires
 from vcenter.core.errors import NotFound
 from vcenter.core.object_ids import ObjectIdPath
@@ -18,8 +19,8 @@ from vcenter.schemas import alarms as s
 from vcenter.services.inventory import inventory
 from vcenter.services.monitoring import metrics as svc
 
-router = APIRouter(prefix="/api/v1/metrics", tags=["performance"])
-agent_router = APIRouter(prefix="/api/v1/agent/hosts/{host_id}", tags=["agent"], dependencies=[public("an agent's own host credential, valid for its host only")])
+router = v1.router(prefix="/api/v1/metrics", tags=["performance"])
+agent_router = v1.router(prefix="/api/v1/agent/hosts/{host_id}", tags=["agent"], dependencies=[public("an agent's own host credential, valid for its host only")])
 
 
 @router.get("/counters", response_model=s.CatalogueRead, summary="The performance counters and the statistics tiers")
@@ -52,5 +53,6 @@ def unknown_type(object_type: str, object_id: ObjectIdPath, user: Annotated[Curr
 
 
 @agent_router.post("/metrics", summary="Agent: a performance sample of the host and its running VMs")
+@v1.conflicts(False)
 def agent_metrics(body: MetricsReport, host_id: AgentHostId, db: DbDep) -> dict[str, Any]:
     return svc.ingest(db, inventory.get(db, "host", host_id), body)

@@ -6,10 +6,13 @@ import asyncio
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import Depends, Query, Request, status
 from pydantic import AwareDatetime
 from starlette.concurrency import run_in_threadpool
 
+from vcenter.api import v1
+from vcenter.api.errors import declare
+from vcenter.api.filters import list_filters
 from vcenter.api.deps import CurrentUser, CurrentUserInfo, DbDep, SettingsDep, TokenDep, public, requires
 from vcenter.api.routers.users import since_utc
 from vcenter.core.errors import Invalid
@@ -21,7 +24,7 @@ from vcenter.services.orchestration import cancel
 from vcenter.services.tasks import feeds, tasks
 from vcenter.services.inventory.listing import list_rows
 
-router = APIRouter(prefix="/api/v1")
+router = v1.router(prefix="/api/v1")
 
 
 def _task_object(task: Any) -> tuple[str | None, int | None]:
@@ -42,6 +45,8 @@ _AFTER_ID = "only rows with a higher id (ascending by default): the id of the la
 _SINCE = "only rows at or after this instant, with its time zone (e.g. 2026-01-01T00:00:00Z); a time without one is a 422"
 _SORT = "field or -field; default -id (newest first), or id when reading from a point (after_id or since)"
 _NOT_FILTERS = {"offset", "limit", "sort", "after_id", "since"}
+_TASK_FILTERS = {"state", "kind", "object_type", "object_id", "host_id", "username"}
+_EVENT_FILTERS = {"kind", "object_type", "object_id", "username", "reason", "task_id"}
 
 
 def _from_point(db: Any, user: CurrentUserInfo, model: Any, after_id: int | None, since: Any, sort: str | None) -> tuple[Any, str]:
@@ -52,7 +57,6 @@ def _from_point(db: Any, user: CurrentUserInfo, model: Any, after_id: int | None
 
 @router.get("/tasks", response_model=s.Page[s.TaskRead], tags=["tasks"], summary="List tasks, newest first by default")
 def list_tasks(
-    request: Request,
     db: DbDep,
     user: Annotated[CurrentUserInfo, requires("System.View", deferred=True)],
     offset: Offset = 0,
@@ -60,14 +64,14 @@ def list_tasks(
     sort: str | None = Query(None, description=_SORT),
     after_id: Annotated[OptionalObjectIdQuery, Query(description=_AFTER_ID)] = None,
     since: AwareDatetime | None = Query(None, description=_SINCE + " (tasks: by creation time)"),
+    filters: dict[str, list[Any]] = Depends(list_filters(tasks.TASK_MODEL, _TASK_FILTERS, choices={"state": TaskState}, others=_NOT_FILTERS)),
 ) -> Any:
-    filters = {k: v for k, v in request.query_params.items() if k not in _NOT_FILTERS}  # parsed by column in list_rows
     restrict, sort = _from_point(db, user, tasks.TASK_MODEL, after_id, since, sort)
     total, rows = list_rows(
         db,
         tasks.TASK_MODEL,
         filters=filters,
-        filterable={"state", "kind", "object_type", "object_id", "host_id", "username"},
+        filterable=_TASK_FILTERS,
         sort=sort,
         sortable={"id", "created_at"},
         offset=offset,
@@ -121,7 +125,6 @@ def cancel_task(task_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInf
 
 @router.get("/events", response_model=s.Page[s.EventRead], tags=["events"], summary="List events, newest first by default")
 def list_events(
-    request: Request,
     db: DbDep,
     user: Annotated[CurrentUserInfo, requires("System.View", deferred=True)],
     offset: Offset = 0,
@@ -129,14 +132,14 @@ def list_events(
     sort: str | None = Query(None, description=_SORT),
     after_id: Annotated[OptionalObjectIdQuery, Query(description=_AFTER_ID)] = None,
     since: AwareDatetime | None = Query(None, description=_SINCE),
+    filters: dict[str, list[Any]] = Depends(list_filters(tasks.EVENT_MODEL, _EVENT_FILTERS, others=_NOT_FILTERS)),
 ) -> Any:
-    filters = {k: v for k, v in request.query_params.items() if k not in _NOT_FILTERS}  # parsed by column in list_rows
     restrict, sort = _from_point(db, user, tasks.EVENT_MODEL, after_id, since, sort)
     total, rows = list_rows(
         db,
         tasks.EVENT_MODEL,
         filters=filters,
-        filterable={"kind", "object_type", "object_id", "username", "reason", "task_id"},
+        filterable=_EVENT_FILTERS,
         sort=sort,
         sortable={"id", "at"},
         offset=offset,
@@ -153,12 +156,15 @@ def list_events(
     tags=["session"],
     summary="Log in: returns a bearer token",
     dependencies=[public("logging in is how a caller gets a session")],
+    responses=declare(401, 429),  # BAD_CREDENTIALS, LOCKED_OUT; LOGIN_RATE_LIMITED
 )
+@v1.conflicts(False)
 def login(body: s.LoginRequest, db: DbDep, settings: SettingsDep) -> Any:
     token, login_session, user = auth.login(db, body.username, body.password, settings)
     return {"token": token, "username": user.username, "expires_at": login_session.expires_at}
 
 
 @router.delete("/session", status_code=status.HTTP_204_NO_CONTENT, tags=["session"], summary="Log out: the token stops working", dependencies=[public("ends the caller's own session")])
+@v1.conflicts(False)
 def logout(db: DbDep, token: TokenDep, user: CurrentUser) -> None:
     auth.logout(db, token)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Request, status
+from fastapi import Body, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
+from vcenter.api import v1
+from vcenter.api.errors import declare
 from vcenter.api.deps import AgentHostId, CurrentUserInfo, DbDep, RuntimeDep, public, requires
 from vcenter.api.guards import STREAMED_UPLOAD  # these routes stream bodies under upload_max_bytes
 from vcenter.core.object_ids import ObjectIdPath, OptionalObjectIdQuery
@@ -16,8 +18,8 @@ from vcenter.schemas import inventory as s
 from vcenter.schemas import templates as ts
 from vcenter.services.library import templates, uploads
 
-router = APIRouter(tags=["templates"])
-agent_router = APIRouter(prefix="/api/v1/agent/hosts/{host_id}", tags=["agent"], dependencies=[public("an agent's own host credential, valid for its host only")])
+router = v1.router(tags=["templates"])
+agent_router = v1.router(prefix="/api/v1/agent/hosts/{host_id}", tags=["agent"], dependencies=[public("an agent's own host credential, valid for its host only")])
 
 
 # --- templates ----------------------------------------------------------------------------
@@ -174,11 +176,13 @@ def get_upload(upload_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserIn
 
 
 @router.get("/api/v1/uploads/{upload_id}/appliance", summary="The hardware an uploaded OVA's OVF descriptor describes")
+@v1.conflicts(True)  # UPLOAD_NOT_READY
 def appliance(upload_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View")]) -> dict[str, Any]:
     return templates.read_appliance(db, upload_id)
 
 
 @router.get("/api/v1/uploads/{upload_id}/content", summary="Download an upload or an exported OVA")
+@v1.conflicts(True)  # UPLOAD_NOT_READY
 def download(upload_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.Export")]) -> Any:
     row = uploads.ready(db, upload_id)
     return FileResponse(row.path, filename=row.filename, media_type="application/octet-stream", headers={"X-Checksum-SHA256": row.sha256 or ""})
@@ -192,17 +196,18 @@ def delete_upload(upload_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUse
 # --- agents -------------------------------------------------------------------------------
 
 
-@agent_router.get("/seeds/{vm_uuid}", summary="Agent: the cloud-init NoCloud seed files of a VM on this host")
+@agent_router.get("/seeds/{vm_uuid}", summary="Agent: the cloud-init NoCloud seed files of a VM on this host", responses=declare(403))
 def seed(vm_uuid: str, host_id: AgentHostId, db: DbDep) -> dict[str, Any]:
     return templates.seed_for_agent(db, host_id, vm_uuid)
 
 
-@agent_router.get("/uploads/{upload_id}/content", summary="Agent: pull an upload a task of this host needs")
+@agent_router.get("/uploads/{upload_id}/content", summary="Agent: pull an upload a task of this host needs", responses=declare(403))
+@v1.conflicts(True)  # UPLOAD_NOT_READY
 def agent_download(upload_id: ObjectIdPath, host_id: AgentHostId, db: DbDep) -> Any:
     return FileResponse(uploads.path_for_agent(db, host_id, upload_id), media_type="application/octet-stream")
 
 
-@agent_router.put("/uploads/{upload_id}/content", summary="Agent: push the OVA of an export task of this host", openapi_extra=STREAMED_UPLOAD)
+@agent_router.put("/uploads/{upload_id}/content", summary="Agent: push the OVA of an export task of this host", openapi_extra=STREAMED_UPLOAD, responses=declare(403))
 async def agent_export(upload_id: ObjectIdPath, request: Request, runtime: RuntimeDep, host_id: AgentHostId) -> dict[str, Any]:
     def check() -> None:
         with runtime.transaction() as session:

@@ -9,10 +9,11 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, status
+from fastapi import Query, status
 from fastapi.responses import StreamingResponse
 from pydantic import AwareDatetime
 
+from vcenter.api import v1
 from vcenter.api.deps import CurrentUserInfo, DbDep, RuntimeDep, SettingsDep, requires
 from vcenter.core.errors import Invalid
 from vcenter.core.object_ids import ObjectIdPath
@@ -21,7 +22,7 @@ from vcenter.services.access import auth
 from vcenter.services.tasks import tasks
 from vcenter.services.access.delegation import Actor
 
-router = APIRouter(prefix="/api/v1", tags=["users"])
+router = v1.router(prefix="/api/v1", tags=["users"])
 
 
 UserAdmin = Annotated[CurrentUserInfo, requires("Users.Modify")]

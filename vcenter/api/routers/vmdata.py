@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, status
+from fastapi import Query, status
 
+from vcenter.api import v1
 from vcenter.api.deps import CurrentUserInfo, DbDep, requires
 from vcenter.core.object_ids import ObjectIdPath
 from vcenter.schemas import inventory as s
@@ -13,7 +14,7 @@ from vcenter.schemas import vmdata as d
 from vcenter.services.library import clones
 from vcenter.services.protection import backups, snapshots
 
-router = APIRouter(prefix="/api/v1/vms", tags=["snapshots, clones, backups"])
+router = v1.router(prefix="/api/v1/vms", tags=["snapshots, clones, backups"])
 
 Snap = Annotated[CurrentUserInfo, requires("VirtualMachine.Snapshot", on="vm", param="vm_id")]
 Clone = Annotated[CurrentUserInfo, requires("VirtualMachine.Clone", on="vm", param="vm_id")]

@@ -2,18 +2,20 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Request, status
+from fastapi import Depends, Body, Query, status
 
+from vcenter.api import v1
+from vcenter.api.filters import list_filters
 from vcenter.api.deps import CurrentUserInfo, DbDep, SettingsDep, requires
 from vcenter.core.object_ids import ObjectIdPath, ObjectIdQuery, Offset
-from vcenter.domain.states import PowerAction
+from vcenter.domain.states import PowerAction, PowerState
 from vcenter.schemas import inventory as s
 from vcenter.services.inventory import inventory as inv
 from vcenter.services.compute import evc, migration, vms
 from vcenter.services.inventory import hosts
 from vcenter.services.inventory.listing import list_rows
 
-router = APIRouter(prefix="/api/v1/vms", tags=["vms"])
+router = v1.router(prefix="/api/v1/vms", tags=["vms"])
 
 _FILTERABLE = {"name", "datacenter_id", "cluster_id", "host_id", "folder_id", "pool_id", "power_state", "status", "guest_os", "libvirt_uuid"}
 _SORTABLE = {"id", "name", "created_at", "memory_mib", "vcpus", "power_state"}
@@ -21,15 +23,13 @@ _SORTABLE = {"id", "name", "created_at", "memory_mib", "vcpus", "power_state"}
 
 @router.get("", response_model=s.Page[s.VmRead], summary="List VMs")
 def list_vms(
-    request: Request,
     db: DbDep,
     user: Annotated[CurrentUserInfo, requires("System.View", deferred=True)],
     offset: Offset = 0,
     limit: int = Query(50, ge=1, le=500),
     sort: str | None = Query(None, description="field or -field"),
+    filters: dict[str, list[Any]] = Depends(list_filters(inv.KINDS["vm"], _FILTERABLE, choices={"power_state": PowerState})),
 ) -> Any:
-    # Raw text: list_rows parses each filter by its column (ids with the one id parser).
-    filters = {k: v for k, v in request.query_params.items() if k not in {"offset", "limit", "sort"}}
     total, rows = list_rows(db, inv.KINDS["vm"], filters=filters, filterable=_FILTERABLE, sort=sort, sortable=_SORTABLE, offset=offset, limit=limit, restrict=user.visible(db, "vm", inv.KINDS["vm"]))
     return {"total": total, "offset": offset, "limit": limit, "items": rows}
 

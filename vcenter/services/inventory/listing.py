@@ -1,7 +1,7 @@
 """Generic listing: filter by equality on declared fields, sort by a declared field, page.
 
 ``sort`` is ``field`` or ``-field``; filters are equality on declared columns; ``name`` also
-accepts a ``*`` wildcard. Anything else is refused with 422 naming the parameter.
+accepts a ``*`` wildcard; a filter given several values (a list) matches any of them. Anything else is refused with 422 naming the parameter.
 
 A filter given as text (a query parameter) is read by the type of its column
 (filter_value): an id column (primary or foreign key, ``*_id``) with the one id parser of
@@ -15,11 +15,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Integer, func, select
+from sqlalchemy import BigInteger, Boolean, Integer, func, or_, select
 from sqlalchemy.orm import Session
 
 from vcenter.core.errors import Invalid
 from vcenter.core.object_ids import INT32_MAX, INT32_MIN, INT64_MAX, INT64_MIN, parse_int, parse_object_id
+
+
+def value_kind(column: Any, field: str) -> str:
+    """How a filter on ``column`` reads its text: ``boolean``, ``id``, ``integer`` or ``text``
+    (vcenter.api.filters declares the query parameter by the same kind)."""
+    if isinstance(column.type, Boolean):
+        return "boolean"
+    if isinstance(column.type, Integer):  # BigInteger is an Integer too
+        return "id" if column.primary_key or column.foreign_keys or field.endswith("_id") else "integer"
+    return "text"
+
+
+def filter_kind(model: Any, field: str) -> str:
+    """``value_kind`` of the column behind filter ``field`` of ``model``."""
+    return value_kind(getattr(model, field).property.columns[0], field)
 
 
 def filter_value(column: Any, field: str, raw: Any) -> Any:
@@ -27,19 +42,26 @@ def filter_value(column: Any, field: str, raw: Any) -> Any:
     from a caller in code, is taken as it is)."""
     if not isinstance(raw, str):
         return raw
-    kind = column.type
-    if isinstance(kind, Boolean):
+    kind = value_kind(column, field)
+    if kind == "boolean":
         if raw.lower() not in ("true", "false"):
             raise Invalid(f"{field}: give true or false", code="INVALID_FILTER", details={"field": field})
         return raw.lower() == "true"
-    if isinstance(kind, Integer):  # BigInteger is an Integer too
-        if column.primary_key or column.foreign_keys or field.endswith("_id"):
-            return parse_object_id(raw, field)
-        wide = isinstance(kind, BigInteger)
+    if kind == "id":
+        return parse_object_id(raw, field)
+    if kind == "integer":
+        wide = isinstance(column.type, BigInteger)
         return parse_int(raw, field, INT64_MIN if wide else INT32_MIN, INT64_MAX if wide else INT32_MAX)
     if "\x00" in raw:  # text: PostgreSQL refuses NUL in a string (a 500 from the driver)
         raise Invalid(f"{field}: NUL is not allowed", code="INVALID_FILTER", details={"field": field})
     return raw
+
+
+def _matches(column: Any, field: str, value: Any) -> Any:
+    """The condition of one filter value: equality, or a ``*`` wildcard on ``name``."""
+    if field == "name" and isinstance(value, str) and "*" in value:
+        return column.like(value.replace("%", r"\%").replace("_", r"\_").replace("*", "%"), escape="\\")
+    return column == value
 
 
 def list_rows(
@@ -65,11 +87,8 @@ def list_rows(
         if field not in filterable:
             raise Invalid(f"cannot filter on {field!r}", code="INVALID_FILTER", details={"field": field})
         column = getattr(model, field)
-        value = filter_value(column.property.columns[0], field, value)
-        if field == "name" and isinstance(value, str) and "*" in value:
-            query = query.where(column.like(value.replace("%", r"\%").replace("_", r"\_").replace("*", "%"), escape="\\"))
-        else:
-            query = query.where(column == value)
+        values = [filter_value(column.property.columns[0], field, v) for v in (value if isinstance(value, list) else [value])]
+        query = query.where(or_(*(_matches(column, field, v) for v in values)))
     total = session.scalar(select(func.count()).select_from(query.subquery()))
     if sort:
         field = sort.lstrip("-")
