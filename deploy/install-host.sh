@@ -13,10 +13,13 @@
 #     its dependencies come from PyPI or the index pip is configured with).
 #  3. /etc/virtcenter/agent.env (mode 0600): the server's URL, how to trust its certificate,
 #     the Redis URL, the one-time registration token (used once, at the agent's first start).
-#  4. The systemd unit virtcenter-agent.service, enabled and started, where systemd runs; where
+#  4. libvirt for the cluster: libvirtd's TLS listener (listen_tls in libvirtd.conf;
+#     libvirtd-tls.socket under systemd) and TLS migration streams that verify the peer
+#     (qemu.conf), with the certificate the agent gets from the cluster CA.
+#  5. The systemd unit virtcenter-agent.service, enabled and started, where systemd runs; where
 #     it does not (containers, the lab's hosts) the agent is left to be started as
 #     `/opt/virtcenter/bin/vcenter agent`, under its own supervisor.
-# Idempotent: run again, it upgrades the wheel and rewrites the settings it was given.
+# Idempotent: run again, it reinstalls the wheel and rewrites the settings it was given.
 set -eu
 
 PREFIX=/opt/virtcenter
@@ -43,7 +46,7 @@ while [ $# -gt 0 ]; do
     --wheel) WHEEL="${2:?}"; shift 2 ;;
     --no-packages) PACKAGES=no; shift ;;
     --no-start) START=no; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) die "unknown option $1 (--help lists them)" ;;
   esac
 done
@@ -74,7 +77,11 @@ if [ ! -x "$PREFIX/bin/python" ]; then
   "$PY" -m venv --system-site-packages "$PREFIX"
 fi
 say "installing $(basename "$WHEEL")"
-"$PREFIX/bin/pip" install -q --disable-pip-version-check --upgrade "$WHEEL"
+# The wheel itself always replaces the installed copy (a rebuilt wheel of the same version,
+# a developer's or a hotfix, would otherwise count as "already satisfied"); then its
+# dependencies, installed or upgraded only where missing or too old.
+"$PREFIX/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps "$WHEEL"
+"$PREFIX/bin/pip" install -q --disable-pip-version-check "$WHEEL"
 "$PREFIX/bin/python" -c 'import libvirt, workers.agent.main' || die "the agent does not import in $PREFIX"
 
 # 3. settings (kept across runs: a value not given again stays as it was)
@@ -99,11 +106,29 @@ fi
 [ -z "$REDIS_URL" ] || set_setting VCENTER_REDIS_URL "$REDIS_URL"
 [ -z "$ADDRESS" ] || set_setting VCENTER_AGENT_ADDRESS "$ADDRESS"
 
-# 4. the service
+# 4. libvirt for the cluster: libvirtd's TLS listener (port 16514) and QEMU's TLS migration
+# streams, both with the host's certificate from the cluster CA. libvirt's default paths are
+# kept (/etc/pki/CA/cacert.pem, cacrl.pem, /etc/pki/libvirt/, /etc/pki/qemu/): the agent
+# writes them after its registration. A libvirtd that listens on TLS cannot start without
+# them, so the listener takes effect at libvirtd's first (re)start after the agent installed
+# the first certificate (docs/operations.md, "Adding a host").
+set_conf() { # FILE KEY VALUE: "KEY = VALUE" in a libvirt config file, replacing the key's line (or its commented default)
+  [ -e "$1" ] || { install -d "$(dirname "$1")"; install -m 0644 /dev/null "$1"; }
+  tmp="$(mktemp "$1.XXXXXX")"
+  grep -v -E "^#?[[:space:]]*$2[[:space:]]*=" "$1" > "$tmp" || true
+  printf '%s = %s\n' "$2" "$3" >> "$tmp"
+  chmod 0644 "$tmp" && mv "$tmp" "$1"
+}
+set_conf /etc/libvirt/libvirtd.conf listen_tls 1          # where libvirtd runs with --listen (no systemd)
+set_conf /etc/libvirt/qemu.conf migrate_tls_x509_verify 1  # the migration target checks the source's certificate too
+
+# 5. the service
 install -d "$UNIT_DIR"
 install -m 0644 "$UNIT" "$UNIT_DIR/virtcenter-agent.service"
 if [ -d /run/systemd/system ]; then
   systemctl daemon-reload
+  # under systemd the TLS listener is a socket unit (listen_tls is ignored there)
+  systemctl enable libvirtd-tls.socket
   if [ "$START" = yes ]; then
     systemctl enable --now libvirtd.service
     systemctl enable virtcenter-agent.service

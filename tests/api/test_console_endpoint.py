@@ -16,13 +16,17 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from vcenter.core.clock import utcnow
+from vcenter.core.host_pki import host_sans, issued_for, key_pem, new_key
 from vcenter.dashboard.console import open_host_console
 from vcenter.hypervisor.base import DriverError
 from vcenter.messaging.contracts import Command
 from vcenter.messaging.signing import CommandSigner, CommandVerifier
+from vcenter.services.certificates import authority
 from vcenter.services.compute import console as console_service
 from workers.agent.console import ConsoleEndpoint
 from workers.agent.identity import load_or_create_certificate
@@ -96,11 +100,11 @@ def _grant(endpoint, **changes) -> dict:
 
 
 class _Runtime:
-    def __init__(self, signer, port):
+    def __init__(self, signer, port, base: Path = Path("/tmp")):
         from tests.conftest import make_settings
 
         self.signer = signer
-        self.settings = make_settings(Path("/tmp"), agent_console_port=port, console_connect_timeout=5)
+        self.settings = make_settings(base, agent_console_port=port, console_connect_timeout=5)
 
 
 def test_a_signed_request_opens_the_console_and_bytes_flow_both_ways(endpoint):
@@ -147,3 +151,62 @@ def test_the_server_accepts_only_the_pinned_host_certificate(endpoint):
     with pytest.raises(ConnectionError, match="certificate other than the confirmed one"):
         asyncio.run(open_host_console(_Runtime(endpoint["signer"], endpoint["port"]), grant))
     assert endpoint["driver"].opened == []
+
+
+@pytest.fixture
+def ca_endpoint(tmp_path: Path):
+    """An endpoint whose host has its certificate from the cluster CA (the server's, in the
+    runtime's key_dir), at the files the agent's host TLS writes; and a second certificate of
+    that host, issued before it (superseded)."""
+    runtime_dir = tmp_path / "server"
+    runtime_dir.mkdir()
+    ca = authority.load_or_create(runtime_dir / "keys", utcnow(), timedelta(days=365))
+    state, pki = tmp_path / "agent", tmp_path / "pki"
+    state.mkdir()
+    pki.mkdir()
+    load_or_create_certificate(state, "host-under-test")
+    serials = []
+    for _ in range(2):
+        key = new_key()
+        cert = ca.sign_host(key.public_key(), "esx7", host_sans("esx7", ["127.0.0.1"]), utcnow(), timedelta(days=30))
+        serials.append(format(cert.serial_number, "x"))
+    (pki / "servercert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (pki / "serverkey.pem").write_bytes(key_pem(key))
+    signer_key = Ed25519PrivateKey.generate()
+    port = _free_port()
+    stop = threading.Event()
+    driver = Driver()
+    endpoint = ConsoleEndpoint(driver, CommandVerifier(signer_key.public_key(), HOST_ID), state, "127.0.0.1", port, 3600, stop, cluster_cert=(pki / "servercert.pem", pki / "serverkey.pem"))
+    endpoint.start()
+    yield {"runtime": _Runtime(CommandSigner(signer_key, ttl=60), port, runtime_dir), "serials": serials, "driver": driver, "cert": pki / "servercert.pem", "ca_pem": ca.cert_pem.encode()}
+    stop.set()
+
+
+def test_the_console_endpoint_serves_the_cluster_ca_certificate_the_server_accepts(ca_endpoint):
+    """Issue 17 item 3: the console endpoint uses the host's certificate from the cluster CA;
+    the server accepts it for the host's standing serial, not the pinned thumbprint."""
+    newest = ca_endpoint["serials"][-1]
+    grant = {"host_id": HOST_ID, "uuid": UUID, "address": "127.0.0.1", "thumbprint": "SHA256:" + ":".join(["AB"] * 32), "vm_id": 1, "certificate_serials": [newest]}
+
+    async def session():
+        reader, writer = await open_host_console(ca_endpoint["runtime"], grant)
+        served = x509.load_der_x509_certificate(writer.get_extra_info("ssl_object").getpeercert(binary_form=True))
+        writer.close()
+        return format(served.serial_number, "x")
+
+    assert asyncio.run(session()) == newest
+    assert ca_endpoint["driver"].opened == [UUID]
+
+
+def test_a_superseded_or_revoked_cluster_certificate_is_refused(ca_endpoint):
+    # the grant names only the predecessor: the certificate served is not a standing one
+    grant = {"host_id": HOST_ID, "uuid": UUID, "address": "127.0.0.1", "thumbprint": "SHA256:" + ":".join(["AB"] * 32), "vm_id": 1, "certificate_serials": ca_endpoint["serials"][:1]}
+    with pytest.raises(ConnectionError, match="certificate other than the confirmed one"):
+        asyncio.run(open_host_console(ca_endpoint["runtime"], grant))
+    assert ca_endpoint["driver"].opened == []
+    # nor is a standing certificate of the CA that names another address than the one dialled
+    der = x509.load_pem_x509_certificate(ca_endpoint["cert"].read_bytes()).public_bytes(serialization.Encoding.DER)
+    ca_pem = ca_endpoint["ca_pem"]
+    assert issued_for(der, ca_pem, ca_endpoint["serials"], "127.0.0.1", utcnow())
+    assert not issued_for(der, ca_pem, ca_endpoint["serials"], "127.0.0.2", utcnow())
+    assert not issued_for(der, authority.load_or_create(ca_endpoint["cert"].parent / "other-ca", utcnow(), timedelta(days=1)).cert_pem.encode(), ca_endpoint["serials"], "127.0.0.1", utcnow())

@@ -115,3 +115,17 @@ def test_removing_a_host_revokes_its_certificate_in_the_crl(ctx):
     assert client.get(f"/api/v1/agent/hosts/{gone['id']}/pki", headers=gone_agent).status_code in (401, 403, 404)
     events = client.get("/api/v1/events", params={"kind": "host.certificate_revoked"}, headers=auth)
     assert events.status_code == 200 and any(format(serials["h1"], "x") in e["message"] for e in events.json()["items"] if e["kind"] == "host.certificate_revoked"), events.text
+
+
+def test_a_renewed_certificate_revokes_its_predecessor(ctx):
+    client, auth, dc, _ = ctx
+    host, agent = _host(client, auth, dc, "h1", "10.213.0.11")
+    serials = []
+    for _ in range(3):  # the first certificate, then two renewals (a new key each time)
+        r = client.post(f"/api/v1/agent/hosts/{host['id']}/certificate", json={"csr": make_csr(new_key(), "h1").decode()}, headers=agent)
+        assert r.status_code == 200, r.text
+        serials.append(int(r.json()["serial"], 16))
+    # only the newest is valid: its predecessors are on the CRL, it is not
+    assert {c.serial_number for c in _crl(client, host, agent)} == set(serials[:2])
+    events = client.get("/api/v1/events", params={"kind": "host.certificate_revoked"}, headers=auth).json()["items"]
+    assert sum("superseded" in e["message"] for e in events if e["kind"] == "host.certificate_revoked") == 2

@@ -150,3 +150,28 @@ def test_a_removed_host_is_revoked_and_cannot_migrate_in(cluster, image, tmp_pat
         except DriverError:
             pass
         d1.close()
+
+
+def test_lab_hosts_are_installed_by_the_host_installer_with_its_default_paths(cluster):
+    """Issue 17 item 1: the lab's hosts run what deploy/install-host.sh installed, started by
+    its no-systemd bootstrap line, with its default paths private to each host."""
+    stack, lab, extra, api = cluster
+    for h in lab.hosts:
+        if h.name not in stack.hosts:
+            continue  # removed by the revocation test
+        env_file = h.path("/etc/virtcenter/agent.env")
+        settings = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+        assert settings["VCENTER_PUBLIC_URL"] == f"http://10.213.0.1:{stack.api_port}" and settings["VCENTER_AGENT_ADDRESS"] == h.address
+        assert "VCENTER_AGENT_STATE_DIR" not in settings and "VCENTER_DATABASE_URL" not in settings
+        assert env_file.stat().st_mode & 0o777 == 0o600
+        assert h.path("/etc/systemd/system/virtcenter-agent.service").is_file()
+        assert (h.path("/var/lib/virtcenter/agent") / "agent.crt").is_file()  # the agent's default state dir
+        agent = h.process_pid("agent")
+        assert agent is not None
+        argv = Path(f"/proc/{agent}/cmdline").read_bytes().split(b"\0")
+        assert b"/opt/virtcenter/bin/vcenter" in argv, argv
+        assert os.readlink(f"/proc/{agent}/root") == "/"  # same root fs, private mounts only
+        # the host's /run is its own (the machine's has the lab's network namespaces in it)
+        assert Path("/run/netns").is_dir() and set(h.run(["ls", "-A", "/run"]).stdout.split()) == {p.name for p in (h.workdir / "run").iterdir()}
+        # the install stayed inside the host: nothing under the machine's own paths
+        assert not Path("/etc/virtcenter/agent.env").exists() or f"{h.address}" not in Path("/etc/virtcenter/agent.env").read_text()

@@ -55,6 +55,8 @@ FACTS = textwrap.dedent(
         "state_mode": stat.S_IMODE(os.stat("/var/lib/virtcenter/agent").st_mode),
         "libvirt": libvirt.__file__,
         "unit": open("/etc/systemd/system/virtcenter-agent.service").read(),
+        "libvirtd_conf": open("/etc/libvirt/libvirtd.conf").read(),
+        "qemu_conf": open("/etc/libvirt/qemu.conf").read(),
     }}))
     PY
     """
@@ -122,3 +124,20 @@ def test_nothing_leaks_out_of_the_private_root(host):
 def test_refuses_bad_invocations_with_exit_status_2(args, complaint):
     done = subprocess.run(["sh", str(INSTALLER), *args], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and complaint in done.stderr
+
+
+def _settings_of(conf: str) -> list[tuple[str, str]]:
+    return [(k.strip(), v.strip()) for k, _, v in (line.partition("=") for line in conf.splitlines() if line.strip() and not line.lstrip().startswith("#"))]
+
+
+def test_libvirt_is_configured_for_tls_with_the_cluster_ca(host):
+    """Issue 17 item 2: libvirtd's TLS listener and TLS migration streams that verify the peer,
+    at libvirt's default certificate paths (the agent writes them from the cluster CA); a
+    second run leaves each key once."""
+    for facts in (host["first"], host["again"]):
+        libvirtd, qemu = _settings_of(facts["libvirtd_conf"]), _settings_of(facts["qemu_conf"])
+        assert [v for k, v in libvirtd if k == "listen_tls"] == ["1"], facts["libvirtd_conf"][-500:]
+        assert [v for k, v in qemu if k == "migrate_tls_x509_verify"] == ["1"]
+        # the paths stay libvirt's defaults, where the agent writes the host's files
+        assert not any(k in ("cert_file", "key_file", "ca_file") for k, _ in libvirtd)
+    assert "listen_tls = 1" in host["first"]["libvirtd_conf"]

@@ -141,3 +141,21 @@ def certificate_outdated(cert_pem: bytes | None, ca_pem: bytes, crl_pem: bytes, 
     except (ValueError, TypeError, InvalidSignature):
         return True
     return crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
+
+
+def issued_for(der: bytes, ca_pem: bytes, serials: list[str], address: str, now: dt.datetime) -> bool:
+    """Whether a certificate a host presented (DER) is one the cluster CA issued to that host
+    and that still stands: signed by the CA, within its validity, one of ``serials`` (the
+    host's certificates neither revoked nor superseded, hex as the inventory records them) and
+    naming ``address`` (the address the server dialled)."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem))
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
+        return False
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        return False
+    if format(cert.serial_number, "x") not in serials:
+        return False
+    return any(general in names for general in host_sans(address, []))

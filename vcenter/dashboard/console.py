@@ -2,8 +2,11 @@
 endpoint (workers.agent.console), opened by a one-time ticket (vcenter.services.compute.console).
 
 The browser's session cookie must belong to the user the ticket was issued to. The server
-connects to the host over TLS and accepts only the certificate whose thumbprint the operator
-confirmed at registration (no CA involved), sends the signed ``console.open`` request, and
+connects to the host over TLS and accepts the host's certificate from the cluster CA (issued
+to that host, naming the address dialled, one of its standing serials in the grant: neither
+revoked nor superseded) or, from an agent that has none yet, the self-signed certificate
+whose thumbprint the operator confirmed at registration; it sends the signed
+``console.open`` request, and
 then copies bytes both ways: websocket binary/text frames -> the guest's serial input, the
 guest's output -> binary frames. Errors close the websocket with code 4xxx and a reason.
 """
@@ -21,9 +24,12 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
 
+from vcenter.core.clock import utcnow
 from vcenter.core.errors import Unauthorized
+from vcenter.core.host_pki import issued_for
 from vcenter.dashboard.web import COOKIE, ui_public
 from vcenter.services.access import auth
+from vcenter.services.certificates import host_certificates
 from vcenter.services.compute import console as console_service
 
 log = logging.getLogger(__name__)
@@ -36,12 +42,21 @@ def thumbprint_of_der(der: bytes) -> str:
 
 
 def _pinned_context() -> ssl.SSLContext:
-    # The agent's certificate is self-signed; trust is the thumbprint check after the handshake.
+    # Trust is decided after the handshake (host_certificate_accepted): the pinned thumbprint
+    # or the cluster CA with the grant's serials, which no verify_mode expresses.
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
+
+
+def host_certificate_accepted(settings: Any, der: bytes, grant: dict[str, Any]) -> bool:
+    """The pinned self-signed certificate, or one the cluster CA issued to this host that stands."""
+    if thumbprint_of_der(der) == grant["thumbprint"]:
+        return True
+    serials = grant.get("certificate_serials") or []
+    return bool(serials) and issued_for(der, host_certificates.ca(settings).cert_pem.encode(), serials, grant["address"], utcnow())
 
 
 async def open_host_console(runtime: Any, grant: dict[str, Any]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -50,9 +65,9 @@ async def open_host_console(runtime: Any, grant: dict[str, Any]) -> tuple[asynci
         asyncio.open_connection(grant["address"], settings.agent_console_port, ssl=_pinned_context(), server_hostname=None), timeout=settings.console_connect_timeout
     )
     der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
-    if der is None or thumbprint_of_der(der) != grant["thumbprint"]:
+    if der is None or not host_certificate_accepted(settings, der, grant):
         writer.close()
-        raise ConnectionError(f"host {grant['host_id']} presented a certificate other than the confirmed one")
+        raise ConnectionError(f"host {grant['host_id']} presented a certificate other than the confirmed one or a standing one of the cluster CA for it")
     writer.write(await run_in_threadpool(console_service.open_request, runtime.signer, grant))
     await writer.drain()
     answer = json.loads(await asyncio.wait_for(reader.readline(), timeout=settings.console_connect_timeout) or b"{}")

@@ -8,8 +8,12 @@ What this module decides:
   The anchor is moved into the subtree before it unshares its cgroup namespace, so
   everything inside sees the subtree as its cgroup root: libvirtd makes ``machine/qemu-1-x``
   under it and two hosts never collide. Inside, the anchor mounts a sysfs of the host's
-  network namespace, every cgroup hierarchy (cgroupns-relative) and the private libvirt
-  directories of its PrivateLibvirtd.
+  network namespace, every cgroup hierarchy (cgroupns-relative), the private libvirt
+  directories of its PrivateLibvirtd, the directories a host's install writes
+  (/etc/virtcenter, /var/lib/virtcenter, /etc/systemd/system: backed by the host's workdir,
+  see ``LabHost.path``) with /opt/virtcenter an overlay on the lab's host image
+  (vcenter.lab.install), so deploy/install-host.sh runs inside with its default paths, and a
+  private /run (``<workdir>/run``, emptied at power-on).
 - Everything of a host runs inside it by :meth:`LabHost.enter_argv`: moved into the host's
   cgroup, then ``nsenter`` into the anchor's namespaces. Its libvirtd listens on TCP at the
   host's address (no auth: the lab network has no uplink), with its own host UUID and
@@ -47,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vcenter.lab import network as net
+from vcenter.lab.install import INSTALL_DIRS, host_image, private_mounts
 from vcenter.lab.libvirtd import PrivateLibvirtd, process_name
 
 log = logging.getLogger(__name__)
@@ -288,6 +293,14 @@ class LabHost:
     def host_uuid(self) -> str:
         return self.libvirtd.host_uuid
 
+    def path(self, inside: str) -> Path:
+        """The backing path in the root namespace of a path as the host sees it, for the
+        host's private directories (its install's and its libvirtd's)."""
+        for mount_point in INSTALL_DIRS:
+            if inside == mount_point or inside.startswith(mount_point + "/"):
+                return self.workdir / "install" / mount_point.strip("/").replace("/", "-") / inside[len(mount_point) + 1 :]
+        return self.libvirtd.path(inside)
+
     @property
     def cgroup_dirs(self) -> list[Path]:
         return [Path(d) for d in self.record["cgroups"]]
@@ -324,12 +337,16 @@ class LabHost:
         moves = "; ".join(f"echo $$ > {shlex.quote(str(d / 'cgroup.procs'))}" for d in self.cgroup_dirs)
         return ["sh", "-c", f'{moves}; exec "$@"', "vclab-enter", "nsenter", "-t", str(pid), "--net", "--mount", "--uts", "--cgroup", f"--wd={cwd}", "--"]
 
-    def run(self, argv: Sequence[str], check: bool = True, timeout: float = 30, input: str | None = None) -> subprocess.CompletedProcess:
-        """Run a short command in the host's namespaces (not its cgroup): admin work."""
+    def run(self, argv: Sequence[str], check: bool = True, timeout: float = 30, input: str | None = None, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
+        """Run a short command in the host's namespaces (not its cgroup): admin work; with
+        ``env`` in that environment only (an administrator's shell on the host)."""
         pid = self.anchor_pid
         if pid is None:
             raise RuntimeError(f"lab host {self.name} is powered off")
-        return net.run_local(["nsenter", "-t", str(pid), "--net", "--mount", "--uts", "--", *argv], check=check, timeout=timeout, input=input)
+        argv = ["nsenter", "-t", str(pid), "--net", "--mount", "--uts", "--", *argv]
+        if env is None:
+            return net.run_local(argv, check=check, timeout=timeout, input=input)
+        return subprocess.run(argv, check=check, timeout=timeout, input=input, env=dict(env), capture_output=True, text=True)
 
     @property
     def net_run(self) -> net.Runner:
@@ -432,6 +449,22 @@ class LabHost:
             target = f"/sys/fs/cgroup/{Path(h.mountpoint).name}"
             setup += [f"mkdir -p {target}", f"mount {' '.join(h.mount_args)} {target}"]
         setup += PrivateLibvirtd.mount_commands(shlex.quote(str(self.workdir)))
+        # What the host's install writes, private like a machine's disk (kept across reboots).
+        backing = {inside: self.path(inside) for inside in INSTALL_DIRS}
+        for d in backing.values():
+            d.mkdir(parents=True, exist_ok=True)
+        setup += private_mounts(backing)
+        image = self.lab.state.get("host_image")
+        if image:
+            upper, work = self.workdir / "install/opt-up", self.workdir / "install/opt-work"
+            upper.mkdir(parents=True, exist_ok=True)
+            work.mkdir(parents=True, exist_ok=True)
+            setup += ["mkdir -p /opt/virtcenter", f"mount -t overlay overlay -o {shlex.quote(f'lowerdir={image},upperdir={upper},workdir={work}')} /opt/virtcenter"]
+        # A /run of its own, emptied at every power-on, last: the sources above may live under
+        # the machine's /run (the lab's default workdir). Its libvirt/ is the directory the
+        # /run/libvirt bind above shows, so clients in the root namespace keep reaching the
+        # daemon's sockets through the workdir.
+        setup.append(f"mount --bind {shlex.quote(str(self.workdir / 'run'))} /run")
         setup.append("exec sleep infinity")
         moves = "; ".join(f"echo $$ > {shlex.quote(str(d / 'cgroup.procs'))}" for d in self.cgroup_dirs)
         script = f"{moves}; exec nsenter --net=/run/netns/{self.netns} unshare --mount --uts --cgroup --propagation private sh -c {shlex.quote(chr(10).join(setup))}"
@@ -477,8 +510,10 @@ class LabHost:
         """Restart libvirtd when the host got its TLS files (from the cluster CA, by its agent)
         and the daemon does not listen on TLS yet: what a host's install does after the
         registration. Guests keep running. Answers whether it restarted."""
-        conf = self.libvirtd.path("/etc/libvirt/libvirtd.conf")
-        if not self.libvirtd.tls_ready or "listen_tls = 1" in conf.read_text():
+        # The running daemon, not its config file, says whether it listens: the host's install
+        # writes listen_tls into that file too, for libvirtd's next start.
+        pid = self.libvirtd._pid_from_file()
+        if not self.libvirtd.tls_ready or (pid is not None and self.libvirtd._tls_listening(pid)):
             return False
         self.crash_libvirtd()
         self.restart_libvirtd()
@@ -577,12 +612,14 @@ class Lab:
             if not _NAME.match(n):
                 raise ValueError(f"invalid host name {n!r} (a letter, then up to 8 of [a-z0-9])")
         caps = [capacity] * n_hosts if isinstance(capacity, Capacity) else list(capacity)
+        image = host_image()  # minutes the first time: before the lab is held
         self._hold_machine()
         with self._locked():
             self._cleanup()
             for sub in ("hosts", "images", "datastores", "ca"):  # a new lab starts from blank disks
                 shutil.rmtree(self.workdir / sub, ignore_errors=True)
             self.state = self._empty_state()
+            self.state["host_image"] = str(image)
             net.check_subnet_free(SUBNET, BRIDGE)
             net.ensure_bridge(BRIDGE, f"{GATEWAY}/24")
             net.ensure_bridge(UPLINK_SWITCH)
@@ -750,7 +787,8 @@ class Lab:
             return mountpoint
 
     def _mount_datastore(self, ds: dict, host: LabHost) -> None:
-        host.run(["mount", ds["loop"], ds["path"]])
+        # The mount point inside the host: under its private /run it is the host's own directory.
+        host.run(["sh", "-c", 'mkdir -p "$2" && mount "$1" "$2"', "mount-datastore", ds["loop"], ds["path"]])
 
     def datastore_gone(self, name: str, hosts: Sequence[str] | None = None) -> None:
         """The datastore disappears from ``hosts`` (default all of its hosts): lazily detached,

@@ -12,6 +12,9 @@ What this module decides:
   the daemon also listens (no auth, lab network only) at ``qemu+tcp://<addr>:<port>/system``,
   and, once the host has its certificate from the cluster CA (/etc/pki, private per daemon),
   on TLS at ``qemu+tls://<addr>/system`` (port 16514).
+- A daemon is started (``start``) when it answers on its unix socket and, when its config
+  has it listen on TLS, when its network namespace has a socket listening on the TLS port:
+  whoever restarts a daemon with its first certificate can dial it over TLS right after.
 - QEMU processes inherit the daemon's mount namespace (qemu.conf ``namespaces = []``), which
   is how ``stop()`` finds every QEMU a daemon started even when its pid file is gone.
 
@@ -66,6 +69,8 @@ TLS_CONF: dict[str, str] = {
 # every entry (QEMU binary ctime, libvirt build, kernel, microcode) and re-probes a stale one.
 DEFAULT_CAPS_SEED = Path(tempfile.gettempdir()) / "virtcenter-qemu-caps"
 
+TLS_PORT = 16514  # libvirtd's default tls_port
+
 _HOST_UUID_NAMESPACE = uuidlib.UUID("5b0d8a52-1c1e-4d0f-9f7e-6c7a2f3b9d10")
 
 
@@ -74,6 +79,17 @@ def _conf_str(value: str) -> str:
     if any(c in value for c in '"\\\n'):
         raise ValueError(f"unsupported character in config value {value!r}")
     return f'"{value}"'
+
+
+def listening_on(proc_net_tcp: str, port: int) -> bool:
+    """Whether a /proc/<pid>/net/tcp (or tcp6) table has a socket in LISTEN state on ``port``
+    (columns: sl local_address:port rem_address:port st ...; ports and states in hex, LISTEN
+    is 0A)."""
+    for line in proc_net_tcp.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) > 3 and fields[1].rpartition(":")[2].upper() == f"{port:04X}" and fields[3].upper() == "0A":
+            return True
+    return False
 
 
 class PrivateLibvirtd:
@@ -97,6 +113,7 @@ class PrivateLibvirtd:
         self.enter = enter
         self.host_uuid = str(uuidlib.uuid5(_HOST_UUID_NAMESPACE, name))
         self._proc: subprocess.Popen | None = None
+        self._tls_configured = False  # what the last _write_config put in libvirtd.conf
         # Mount namespaces (by inode) our daemons ran in: QEMUs live on in them after a
         # daemon-only kill, and stop() must still find them.
         self._namespaces: set[str] = set()
@@ -175,6 +192,7 @@ class PrivateLibvirtd:
         # before is restarted then (LabHost.listen_tls), as a host's install does.
         tls = self.tcp_port is not None and self.tls_ready
         lines.append(f"listen_tls = {1 if tls else 0}")
+        self._tls_configured = tls
         if tls:
             lines += [f"{key} = {_conf_str(inside)}" for key, inside in TLS_CONF.items()]
         (etc / "libvirtd.conf").write_text("\n".join(lines) + "\n")
@@ -314,6 +332,15 @@ class PrivateLibvirtd:
                 self.stop()
                 raise TimeoutError(f"libvirtd {self.name} did not answer within {self.start_timeout}s")
             time.sleep(0.05)
+        # Answering on the unix socket is not listening on TLS: a host restarted with its first
+        # certificate is dialled over TLS (migrations, tests) as soon as start() returns.
+        while self._tls_configured and not self._tls_listening(self._proc.pid):
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"libvirtd {self.name} exited with {self._proc.returncode}; see {self.log_file}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"libvirtd {self.name} did not listen on TLS port {TLS_PORT} within {self.start_timeout}s; see {self.log_file}")
+            time.sleep(0.05)
         # The namespace is final once the daemon answers (the pid is the same process). Never
         # record our own namespace: stop() kills everything in the recorded ones.
         try:
@@ -325,6 +352,16 @@ class PrivateLibvirtd:
         self.started_in = time.monotonic() - t0
         self._save_caps()
         log.info("libvirtd %s up in %.2fs at %s", self.name, self.started_in, self.uri)
+
+    def _tls_listening(self, pid: int) -> bool:
+        """Whether the daemon's network namespace has a socket listening on the TLS port."""
+        for table in ("tcp", "tcp6"):
+            try:
+                if listening_on(Path(f"/proc/{pid}/net/{table}").read_text(), TLS_PORT):
+                    return True
+            except OSError:
+                continue
+        return False
 
     def _pid_from_file(self) -> int | None:
         """The pid of a live libvirtd named by our pid file (e.g. left by a crashed test run)."""

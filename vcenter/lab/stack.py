@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -24,6 +25,7 @@ from cryptography import x509
 
 from vcenter.core.registration import thumbprint
 from vcenter.core.settings import DEFAULT_DATASTORE_ROOTS
+from vcenter.lab.install import AGENT_ENV, BOOTSTRAP, INSTALLER, build_wheel, installer_env
 from vcenter.lab.libvirtd import PrivateLibvirtd
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,27 @@ def with_host(url: str, host: str) -> str:
     if "@" in parts.netloc:
         netloc = parts.netloc.rsplit("@", 1)[0] + "@" + netloc
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+# The stack's settings that are the server's own, not an agent's (its database, its keys, its
+# listener) or that the installer writes (the server's URL, Redis, the API's CA).
+_SERVER_ONLY = {"VCENTER_DATABASE_URL", "VCENTER_KEY_DIR", "VCENTER_API_PORT", "VCENTER_API_HOST", "VCENTER_PUBLIC_URL", "VCENTER_REDIS_URL", "VCENTER_API_CA", "VCENTER_DATASTORE_ROOTS"}
+
+
+def lab_agent_settings(stack_env: dict[str, str], lab_host: Any) -> dict[str, str]:
+    """What a lab host's agent.env gets besides the installer's: the stack's settings an agent
+    reads (the tests' short periods, datastore roots), and the lab's own: port groups as VXLAN
+    segments (the lab plugin's mode) and the host's declared capacity (every lab host shares
+    this machine)."""
+    settings = {k: v for k, v in stack_env.items() if k.startswith("VCENTER_") and k not in _SERVER_ONLY}
+    settings.update(
+        {
+            "VCENTER_AGENT_PORTGROUP_MODE": "vxlan",
+            "VCENTER_AGENT_DECLARED_CPUS": str(lab_host.capacity.cpus),
+            "VCENTER_AGENT_DECLARED_MEMORY_MIB": str(lab_host.capacity.memory_mib),
+        }
+    )
+    return settings
 
 
 def free_port() -> int:
@@ -163,16 +186,19 @@ class Stack:
         return host
 
     def add_lab_host(self, lab_host: Any, datacenter_id: int, cluster_id: int | None = None, gateway: str = "10.213.0.1", declared_cpu_xml: str | None = None) -> LabHost:
-        """Add a host of the lab (its own network namespace, cgroup and libvirtd) and start its
-        agent inside it; the agent reaches Redis and the API over the lab network only."""
+        """Add a host of the lab (its own network namespace, cgroup and libvirtd) as a real host
+        is added: the operator adds it to the inventory, installs it with deploy/install-host.sh
+        and the one-time token, and starts its agent as the installer says; the agent reaches
+        Redis and the API over the lab network only."""
         host = LabHost(name=lab_host.name, libvirtd=None, lab_host=lab_host)
         with self.client() as api:
             created = api.post("/api/v1/hosts", json={"name": lab_host.name, "address": lab_host.address, "datacenter_id": datacenter_id, "cluster_id": cluster_id, "libvirt_uri": lab_host.tls_uri})
             created.raise_for_status()
         host.host_id, host.token = created.json()["id"], created.json()["registration_token"]
         self.hosts[lab_host.name] = host
+        self.install_lab_host(lab_host.name, gateway)
         extra = {"VCENTER_AGENT_DECLARED_CPU_XML": declared_cpu_xml} if declared_cpu_xml else None
-        self.start_agent(lab_host.name, extra, gateway=gateway)
+        self.start_agent(lab_host.name, extra)
         self.confirm_host(lab_host.name)
         # As a host's install does: registered, the agent installs the certificate of the
         # server's CA; then libvirtd starts listening on TLS (migrations arrive that way).
@@ -184,7 +210,51 @@ class Stack:
         lab_host.listen_tls()
         return host
 
+    def install_lab_host(self, name: str, gateway: str = "10.213.0.1") -> None:
+        """Run deploy/install-host.sh inside the lab host (its default paths, Debian packages
+        already there), then add to its /etc/virtcenter/agent.env what an operator of this
+        stack would: the stack's own settings (periods of the tests) and the lab's
+        (vcenter.lab.stack.lab_agent_settings)."""
+        host = self.hosts[name]
+        lab_host = host.lab_host
+        argv = [
+            "sh",
+            str(INSTALLER),
+            "--server",
+            f"{self.scheme}://{gateway}:{self.api_port}",
+            "--registration-token",
+            host.token or "",
+            "--redis-url",
+            with_host(self.env["VCENTER_REDIS_URL"], gateway),
+        ]
+        argv += ["--address", lab_host.address, "--wheel", str(build_wheel()), "--no-packages"]
+        if self.env.get("VCENTER_API_CA"):
+            argv += ["--api-ca", self.env["VCENTER_API_CA"]]
+        done = lab_host.run(argv, check=False, timeout=600, env=installer_env())
+        with open(lab_host.workdir / "install.log", "a") as log_file:
+            log_file.write(done.stdout + done.stderr)
+        if done.returncode != 0:
+            raise RuntimeError(f"install-host.sh failed on {name} ({done.returncode}); see {lab_host.workdir}/install.log")
+        self.set_agent_settings(name, lab_agent_settings(self.env, lab_host))
+
+    def set_agent_settings(self, name: str, settings: dict[str, str]) -> None:
+        """Set NAME=VALUE lines in a lab host's /etc/virtcenter/agent.env (values quoted for the
+        shell that reads it), as an operator editing the file would."""
+        env_file = self.hosts[name].lab_host.path(AGENT_ENV)
+        lines = [ln for ln in env_file.read_text().splitlines() if ln.partition("=")[0] not in settings]
+        lines += [f"{k}={shlex.quote(v)}" for k, v in settings.items()]
+        tmp = env_file.with_name(".agent.env.lab")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        os.replace(tmp, env_file)
+
     def agent_state_dir(self, name: str) -> Path:
+        """Where the agent of ``name`` keeps its state, seen from here: the default path of an
+        installed host (inside a lab host), or a directory of this stack."""
+        lab_host = self.hosts[name].lab_host if name in self.hosts else None
+        if lab_host is not None:
+            return lab_host.path("/var/lib/virtcenter/agent")
         return self.workdir / "hosts" / name / "agent-state"
 
     def confirm_host(self, name: str, timeout: float = 60) -> None:
@@ -208,23 +278,14 @@ class Stack:
                 raise RuntimeError(f"host {name}: registered thumbprint differs from the agent's certificate")
             api.post(f"/api/v1/hosts/{host.host_id}/confirm", json={"thumbprint": current["thumbprint"]}).raise_for_status()
 
-    def start_agent(self, name: str, extra_env: dict[str, str] | None = None, gateway: str = "10.213.0.1") -> subprocess.Popen | None:
+    def start_agent(self, name: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen | None:
+        """Start the agent of ``name``; a lab host's as an installed host without systemd
+        starts it (the installer's bootstrap line), ``extra_env`` added to its agent.env."""
         host = self.hosts[name]
         if host.lab_host is not None:
-            env = {
-                **self.env,
-                "VCENTER_REDIS_URL": with_host(self.env["VCENTER_REDIS_URL"], gateway),
-                "VCENTER_PUBLIC_URL": f"{self.scheme}://{gateway}:{self.api_port}",
-                "VCENTER_LIBVIRT_URI": "qemu:///system",
-                "VCENTER_AGENT_REGISTRATION_TOKEN": host.token or "",
-                "VCENTER_AGENT_STATE_DIR": str(self.agent_state_dir(name)),
-                "VCENTER_AGENT_PORTGROUP_MODE": "vxlan",
-                "VCENTER_AGENT_ADDRESS": host.lab_host.address,
-                "VCENTER_AGENT_DECLARED_CPUS": str(host.lab_host.capacity.cpus),
-                "VCENTER_AGENT_DECLARED_MEMORY_MIB": str(host.lab_host.capacity.memory_mib),
-                **(extra_env or {}),
-            }
-            host.lab_host.start_process(VCENTER + ["agent"], env=env, name="agent", cwd=str(self.workdir))
+            if extra_env:
+                self.set_agent_settings(name, extra_env)
+            host.lab_host.start_process(BOOTSTRAP, env=installer_env(), name="agent", cwd="/")
             return None
         env = {"VCENTER_AGENT_REGISTRATION_TOKEN": host.token or "", "VCENTER_AGENT_STATE_DIR": str(self.agent_state_dir(name)), **(extra_env or {})}
         args = ["agent"]

@@ -1,5 +1,9 @@
-"""The agent's console endpoint: a TLS listener (the agent's own certificate, whose thumbprint
-the server pinned at registration) that relays a VM's serial console to the server.
+"""The agent's console endpoint: a TLS listener that relays a VM's serial console to the server.
+
+Its certificate: the host's from the cluster CA (workers.agent.host_tls) once the agent has
+installed one, chosen at each connection so a renewal takes effect at the next console; before
+that, the agent's own self-signed certificate, whose thumbprint the server pinned at
+registration. The server accepts either (vcenter.dashboard.console).
 
 Protocol (one connection = one console session):
 1. the server sends one line: a command envelope signed with the server's key
@@ -55,9 +59,25 @@ class NonceCache:
             return True
 
 
+def _server_context(cert: Path, key: Path) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
+
+
 class ConsoleEndpoint:
     def __init__(
-        self, driver: Any, verifier: CommandVerifier | None, state_dir: Path, address: str, port: int, retention: float, stop_event: threading.Event, driver_lock: threading.RLock | None = None
+        self,
+        driver: Any,
+        verifier: CommandVerifier | None,
+        state_dir: Path,
+        address: str,
+        port: int,
+        retention: float,
+        stop_event: threading.Event,
+        driver_lock: threading.RLock | None = None,
+        cluster_cert: tuple[Path, Path] | None = None,
     ):
         self.driver = driver
         self.verifier = verifier
@@ -66,10 +86,19 @@ class ConsoleEndpoint:
         self.stop_event = stop_event
         self.nonces = NonceCache(retention)
         self.driver_lock = driver_lock or threading.RLock()
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
-        self.context.load_cert_chain(state_dir / "agent.crt", state_dir / "agent.key")
+        self.self_signed = _server_context(state_dir / "agent.crt", state_dir / "agent.key")
+        self.cluster_cert = cluster_cert  # (certificate, key) files from the cluster CA
         self._sock: socket.socket | None = None
+
+    def context(self) -> ssl.SSLContext:
+        """The host's cluster-CA certificate when installed (and matching its key: the key is
+        written first during a renewal), else the self-signed one."""
+        if self.cluster_cert is not None and all(p.is_file() for p in self.cluster_cert):
+            try:
+                return _server_context(*self.cluster_cert)
+            except (ssl.SSLError, OSError) as exc:
+                log.warning("console endpoint: the cluster CA's certificate is not usable (%s); serving the self-signed one", exc)
+        return self.self_signed
 
     def start(self) -> None:
         sock = socket.socket(socket.AF_INET6 if ":" in self.address else socket.AF_INET, socket.SOCK_STREAM)
@@ -100,7 +129,7 @@ class ConsoleEndpoint:
     def _serve(self, raw: socket.socket, peer: Any) -> None:
         raw.settimeout(10)
         try:
-            conn = self.context.wrap_socket(raw, server_side=True)
+            conn = self.context().wrap_socket(raw, server_side=True)
         except (ssl.SSLError, OSError) as exc:
             log.warning("console endpoint: TLS handshake with %s failed: %s", peer, exc)
             raw.close()

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 from kombu import Queue
 
+from vcenter.core.host_pki import pki_files
 from vcenter.core.settings import Settings
 from vcenter.hypervisor.base import DriverError, HypervisorDriver
 from vcenter.messaging.celery_app import make_celery
@@ -149,8 +150,16 @@ def start_console_endpoint(settings: Settings, driver: HypervisorDriver, gate: C
     from workers.agent.console import ConsoleEndpoint
 
     try:
+        files = pki_files(Path(settings.agent_pki_ca_dir), Path(settings.agent_pki_libvirt_dir), Path(settings.agent_pki_qemu_dir))
         ConsoleEndpoint(
-            driver, gate.verifier, Path(settings.agent_state_dir), settings.agent_address or "0.0.0.0", settings.agent_console_port, settings.agent_replay_retention, agent.stop_event
+            driver,
+            gate.verifier,
+            Path(settings.agent_state_dir),
+            settings.agent_address or "0.0.0.0",
+            settings.agent_console_port,
+            settings.agent_replay_retention,
+            agent.stop_event,
+            cluster_cert=(files.cert[0], files.key[0]),
         ).start()
     except OSError as exc:
         log.warning("console endpoint not started on port %s: %s", settings.agent_console_port, exc)

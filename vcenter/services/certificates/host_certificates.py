@@ -11,7 +11,10 @@ What this module decides:
   host's address.
 - Every issued certificate is a HostCertificate row (serial, expiry). Removing a host
   revokes every one of its certificates that has not expired (reason cessationOfOperation);
-  the CRL lists the revoked ones until they expire.
+  a new certificate for a host (a renewal, or a host that lost its key) revokes the ones
+  issued to it before (reason superseded): one valid certificate per host, so a key left on
+  a disk or in a backup opens nothing once replaced. The CRL lists the revoked ones until
+  they expire.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ def issue(session: Session, settings: Settings, host: Host, csr_pem: str) -> dic
     now = utcnow()
     authority_ = ca(settings)
     cert = authority_.sign_host(public_key, host.name, host_sans(host.name, [host.address]), now, dt.timedelta(days=settings.host_cert_validity_days))
+    revoke_host(session, host, reason="superseded")
     row = HostCertificate(host_id=host.id, host_name=host.name, serial=format(cert.serial_number, "x"), issued_at=now, not_after=cert.not_valid_after_utc)
     session.add(row)
     record_event(
@@ -103,6 +107,13 @@ def revoke_host(session: Session, host: Host, reason: str = "cessationOfOperatio
             data={"serials": serials},
         )
     return [r.serial for r in rows]
+
+
+def standing_serials(session: Session, host: Host) -> list[str]:
+    """The serials (hex) of ``host``'s certificates neither revoked nor expired: after a
+    renewal, only the newest (issue revokes its predecessors)."""
+    now = utcnow()
+    return list(session.scalars(select(HostCertificate.serial).where(HostCertificate.host_id == host.id, HostCertificate.revoked_at.is_(None), HostCertificate.not_after > now)))
 
 
 def trust_material(session: Session, settings: Settings) -> dict[str, Any]:

@@ -5,8 +5,9 @@ Vocabulary:
   VM; it opens one console session, once, within ``console_ticket_ttl`` seconds. Kept in
   Redis (hashed) with that TTL and taken with GETDEL, so two server replicas agree and a
   second use finds nothing.
-- grant: what a ticket stands for (user, VM, its host and libvirt UUID, the host's address and
-  certificate thumbprint), read when the ticket is redeemed.
+- grant: what a ticket stands for (user, VM, its host and libvirt UUID, the host's address,
+  its pinned certificate thumbprint and the serials of its standing certificates from the
+  cluster CA), read when the ticket is redeemed.
 - open request: a ``console.open`` command signed by the server's command key, presented to
   the host agent's console endpoint (workers.agent.console); its command_id is the nonce.
 """
@@ -26,6 +27,7 @@ from vcenter.db.models import Host, VirtualMachine
 from vcenter.messaging.commands import UuidArgs
 from vcenter.messaging.contracts import Command
 from vcenter.messaging.signing import CommandSigner
+from vcenter.services.certificates import host_certificates
 from vcenter.services.inventory import inventory
 from vcenter.services.tasks.events import record_event
 
@@ -42,7 +44,19 @@ def issue_ticket(session: Session, redis: Any, settings: Settings, username: str
     if not host.address or not host.thumbprint:
         raise InvalidState(f"host {host.name} has no address or no confirmed certificate to reach its console endpoint", code="CONSOLE_UNAVAILABLE")
     ticket = new_token()
-    grant = {"username": username, "user_id": user_id, "vm_id": vm.id, "vm_name": vm.name, "uuid": vm.libvirt_uuid, "host_id": host.id, "address": host.address, "thumbprint": host.thumbprint}
+    grant = {
+        "username": username,
+        "user_id": user_id,
+        "vm_id": vm.id,
+        "vm_name": vm.name,
+        "uuid": vm.libvirt_uuid,
+        "host_id": host.id,
+        "address": host.address,
+        "thumbprint": host.thumbprint,
+        # the host's certificates from the cluster CA that stand now (its console endpoint
+        # serves one once installed; vcenter.dashboard.console checks it against these)
+        "certificate_serials": host_certificates.standing_serials(session, host),
+    }
     redis.set(_PREFIX + token_hash(ticket), json.dumps(grant), px=max(1, int(settings.console_ticket_ttl * 1000)))
     record_event(session, "vm.console.ticket", f"console ticket for VM {vm.name} issued to {username}", username=username, object_type="vm", object_id=vm.id, object_name=vm.name)
     return {"ticket": ticket, "expires_in": settings.console_ticket_ttl}
