@@ -8,7 +8,6 @@ cannot migrate), a task followed to its end, the feeds, a refusal that exits 1 n
 from __future__ import annotations
 
 import json
-import os
 import stat
 import subprocess
 import sys
@@ -18,26 +17,9 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from tests.apihelpers import wait_for
+from tests.clihelpers import cli_env, login, ok, vcenter
 from tests.conftest import REDIS_URL
 from vcenter.lab.stack import Stack
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def cli_env(config_home: Path, **extra: str) -> dict[str, str]:
-    """The user's environment: their config directory, this tree's code, no server settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VCENTER_")}
-    env.update({"XDG_CONFIG_HOME": str(config_home), "PYTHONPATH": str(ROOT), "COLUMNS": "160", **extra})
-    return env
-
-
-def vcenter(env: dict[str, str], *args: str, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vcenter.cli", *args], env=env, input=stdin, capture_output=True, text=True, timeout=timeout)
-
-
-def ok(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr)
-    return result.stdout
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +49,7 @@ def stack(tmp_path_factory):
 def env(stack, tmp_path_factory):
     """Logged in as the stack's administrator, the password read from standard input."""
     env = cli_env(tmp_path_factory.mktemp("home") / "config")
-    out = ok(vcenter(env, "login", stack.url, "--user", stack.admin[0], "--password-stdin", "--name", "lab", stdin=stack.admin[1] + "\n"))
-    assert "context lab" in out
+    login(env, stack.url, stack.admin)
     return env
 
 
@@ -147,6 +128,16 @@ def test_cluster_drs_and_ha(env):
     assert json.loads(ok(vcenter(env, "cluster", "drs", "cl1", "--json")))["drs"]["enabled"] is True
     ha = json.loads(ok(vcenter(env, "cluster", "ha", "cl1", "--json")))
     assert ha["ha"]["enabled"] is False
+
+
+def test_create_a_datacenter_and_a_cluster_by_path(env):
+    assert json.loads(ok(vcenter(env, "datacenter", "create", "dc2", "--json")))["name"] == "dc2"
+    assert "created" in ok(vcenter(env, "cluster", "create", "/dc2/host/cl2"))
+    assert [(i["path"], i["kind"]) for i in json.loads(ok(vcenter(env, "ls", "/dc2/host", "--json")))] == [("/dc2/host/cl2", "cluster")]
+    taken = vcenter(env, "datacenter", "create", "dc2")
+    assert taken.returncode == 1 and "error: DUPLICATE_NAME:" in taken.stderr, taken.stderr
+    wrong = vcenter(env, "cluster", "create", "/dc2/vm/cl3")
+    assert wrong.returncode == 1 and "INVALID_PATH" in wrong.stderr
 
 
 def test_logout_forgets_the_session(env, stack):

@@ -122,11 +122,13 @@ def add_commands(app: typer.Typer) -> None:
     snapshot_app = typer.Typer(help="A VM's snapshots.", no_args_is_help=True, rich_markup_mode=None)
     host_app = typer.Typer(help="Hosts: info, maintenance, standby, add, remove.", no_args_is_help=True, rich_markup_mode=None)
     cluster_app = typer.Typer(help="Clusters: info, DRS, HA.", no_args_is_help=True, rich_markup_mode=None)
+    datacenter_app = typer.Typer(help="Datacenters: create.", no_args_is_help=True, rich_markup_mode=None)
     context_app = typer.Typer(help="Logged-in servers (contexts) kept in the user's config directory.", no_args_is_help=True, rich_markup_mode=None)
     app.add_typer(vm_app, name="vm")
     vm_app.add_typer(snapshot_app, name="snapshot")
     app.add_typer(host_app, name="host")
     app.add_typer(cluster_app, name="cluster")
+    app.add_typer(datacenter_app, name="datacenter")
     app.add_typer(context_app, name="context")
 
     # --- login and contexts ----------------------------------------------------------------
@@ -640,6 +642,33 @@ def add_commands(app: typer.Typer) -> None:
         output.pairs({"cluster": item.name, **shown}, ["cluster", *shown])
         if status:
             typer.echo(_short(state))
+
+    @datacenter_app.command("create")
+    @handled
+    def datacenter_create(name: str = typer.Argument(..., help="the datacenter's name (its path is /NAME)"), context: Optional[str] = CONTEXT, json_out: bool = JSON) -> None:
+        """Create a datacenter."""
+        from vcenter.client_cli import output
+
+        client, _ = _client(context)
+        with client:
+            doc = client.post("datacenters", {"name": name})
+        output.print_json(doc) if json_out else typer.echo(f"datacenter /{doc['name']} created (id {doc['id']})")
+
+    @cluster_app.command("create")
+    @handled
+    def cluster_create(path: str = typer.Argument(..., help="the new cluster's path: /DATACENTER/host/NAME"), context: Optional[str] = CONTEXT, json_out: bool = JSON) -> None:
+        """Create a cluster (DRS, DPM and HA off: turn them on with `cluster drs|ha`)."""
+        from vcenter.client.paths import PathError, split
+        from vcenter.client_cli import output
+
+        parts = split(path)
+        if len(parts) != 3 or parts[1] != "host":
+            raise PathError(f"{path}: give /DATACENTER/host/NAME", code="INVALID_PATH")
+        client, inventory = _client(context)
+        with client:
+            dc = inventory.object(f"/{parts[0]}", "datacenter")
+            doc = client.post("clusters", {"name": parts[2], "datacenter_id": dc.id})
+        output.print_json(doc) if json_out else typer.echo(f"cluster {path} created (id {doc['id']})")
 
     # --- tasks and events ------------------------------------------------------------------
     @app.command("tasks")
