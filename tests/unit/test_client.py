@@ -154,3 +154,28 @@ def test_no_context_means_not_logged_in(tmp_path, monkeypatch):
     monkeypatch.delenv("VCENTER_CONTEXT", raising=False)
     with pytest.raises(ClientError, match="not logged in"):
         config.load().context()
+
+
+def test_a_feed_resumes_after_its_lifetime_and_ends_with_the_session(capsys):
+    from vcenter.client_cli.commands import _follow
+
+    streams = iter(
+        [
+            'id: 5\nevent: task\ndata: {"id": 5}\n\nevent: end\ndata: {"reason": "lifetime"}\n\n',
+            'id: 6\nevent: task\ndata: {"id": 6}\n\nevent: end\ndata: {"reason": "session", "message": "session expired"}\n\n',
+        ]
+    )
+    asked: list[str | None] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.params.get("after_id"))
+        return httpx.Response(200, text=next(streams), headers={"content-type": "text/event-stream"})
+
+    client = Client("http://vc.test", "t0k", http=httpx.Client(base_url="http://vc.test", transport=httpx.MockTransport(handle)))
+    import typer
+
+    with pytest.raises(typer.Exit) as ended:
+        _follow(client, "tasks", True, lambda d: (d["id"],))
+    assert ended.value.exit_code == 1 and asked == [None, "5"]
+    out = capsys.readouterr().out.splitlines()
+    assert [json.loads(line) for line in out[:2]] == [{"id": 5}, {"id": 6}] and json.loads("\n".join(out[2:]))["error"]["code"] == "STREAM_ENDED_SESSION"

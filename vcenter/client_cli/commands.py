@@ -746,17 +746,27 @@ def add_commands(app: typer.Typer) -> None:
 
 def _follow(client: Client, kind: str, as_json: bool, row: Any) -> None:
     """Print each row of a live feed as it comes: a line of JSON each with --json, else
-    tab-separated fields; the feed's end (session or lifetime) ends the command."""
+    tab-separated fields. A stream that reached its lifetime is resumed from its last position
+    (nothing lost or repeated); one that ends otherwise (the session is over, the server went
+    away) ends the command with exit status 1 and the reason."""
     import json
 
+    from vcenter.client_cli import output
+
+    position = None
     try:
-        for message in client.stream(kind):
-            if message.event == "end":
-                end = message.json()
-                sys.stderr.write(f"stream ended: {end.get('reason', '')} {end.get('message', '')}\n")
-                return
-            doc = message.json()
-            sys.stdout.write((json.dumps(doc, default=str) if as_json else "\t".join(str(v) for v in row(doc))) + "\n")
-            sys.stdout.flush()
+        while True:
+            end: dict[str, Any] = {"reason": "closed", "message": "the server closed the stream"}
+            for message in client.stream(kind, after_id=position):
+                if message.event == "end":
+                    end = message.json()
+                    break
+                position = message.id or position
+                doc = message.json()
+                sys.stdout.write((json.dumps(doc, default=str) if as_json else "\t".join(str(v) for v in row(doc))) + "\n")
+                sys.stdout.flush()
+            if end.get("reason") != "lifetime":
+                output.error(f"STREAM_ENDED_{str(end.get('reason', '')).upper()}", str(end.get("message", "the server ended the stream")), as_json)
+                raise typer.Exit(REFUSED)
     except KeyboardInterrupt:
         return
