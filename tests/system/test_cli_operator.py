@@ -101,6 +101,13 @@ def test_a_refusal_exits_1_with_its_code(env, stack):
     assert as_json.returncode == 1 and json.loads(as_json.stdout)["error"]["code"] == "HOST_HAS_VMS"
 
 
+@pytest.mark.parametrize("args", [("ls", "/dc1/host/cl1"), ("vm", "info", "web1", "--json"), ("vm", "power", "web1", "reset"), ("events", "--limit", "3")])
+def test_the_commands_import_nothing_of_the_server_while_they_work(env, args):
+    from tests.unit.test_cli_imports import CLIENT_HEAVY, _probe
+
+    assert _probe(*args, env=env, heavy=CLIENT_HEAVY) == {"code": 0, "heavy": []}
+
+
 def test_follow_a_task_to_its_end_and_the_feeds(env, stack):
     vm = json.loads(ok(vcenter(env, "vm", "info", "web1", "--json")))
     feed = subprocess.Popen([sys.executable, "-m", "vcenter.cli", "tasks", "--follow", "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -143,8 +150,10 @@ def test_create_a_datacenter_and_a_cluster_by_path(env):
 def test_logout_forgets_the_session(env, stack):
     token = json.loads((Path(env["XDG_CONFIG_HOME"]) / "virtcenter" / "config.json").read_text())["contexts"]["lab"]["token"]
     ok(vcenter(env, "logout"))
-    import httpx
+    from vcenter.client.api import ApiError, Client
 
-    assert httpx.get(stack.url + "/api/v1/datacenters", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    with Client(stack.url, token) as client, pytest.raises(ApiError) as refused:
+        client.get("datacenters")
+    assert refused.value.status == 401
     after = vcenter(env, "ls")
     assert after.returncode == 3 and "not logged in" in after.stderr
