@@ -138,6 +138,8 @@ class Client:
         try:
             response = self._http.request(method, url, params=params, json=json, headers=self._headers(), **extra)
         except httpx.TransportError as exc:
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                raise ClientError(f"{self.server}: its certificate does not verify ({exc}); give its CA: vcenter login --ca-file FILE") from None
             raise ClientError(f"cannot reach {self.server}: {exc}") from None
         if response.status_code >= 400:
             raise ApiError.from_response(response)
