@@ -8,9 +8,11 @@ cannot migrate), a task followed to its end, the feeds, a refusal that exits 1 n
 from __future__ import annotations
 
 import json
+import select
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -101,6 +103,29 @@ def test_a_refusal_exits_1_with_its_code(env, stack):
     assert as_json.returncode == 1 and json.loads(as_json.stdout)["error"]["code"] == "HOST_HAS_VMS"
 
 
+def test_host_maintenance_and_standby(env, stack):
+    entered = json.loads(ok(vcenter(env, "host", "maintenance", "/dc1/host/cl1/h2", "enter", "--json")))
+    assert entered["state"] == "success" and entered["object_id"] == stack.hosts["h2"].host_id
+    assert json.loads(ok(vcenter(env, "host", "info", "h2", "--json")))["maintenance"] is True
+    again = vcenter(env, "host", "maintenance", "h2", "enter")
+    assert again.returncode == 1 and "error: ALREADY_IN_MAINTENANCE:" in again.stderr, again.stderr
+    assert "maintenance False" in ok(vcenter(env, "host", "maintenance", "h2", "exit"))
+    assert json.loads(ok(vcenter(env, "host", "standby", "h2", "enter", "--json")))["standby"] is True
+    assert json.loads(ok(vcenter(env, "host", "standby", "h2", "exit", "--json")))["standby"] is False
+    refused = vcenter(env, "host", "standby", "h1", "enter")  # it runs web1
+    assert refused.returncode == 1 and "error: " in refused.stderr, refused.stderr
+
+
+def test_snapshots_on_a_host_without_them(env):
+    # The simulated driver has none (the lab test takes, reverts and deletes real ones): the
+    # task fails and the command says why, exit 1.
+    assert json.loads(ok(vcenter(env, "vm", "snapshot", "list", "web1", "--json")))["count"] == 0
+    failed = vcenter(env, "vm", "snapshot", "create", "/dc1/vm/web1", "s1")
+    assert failed.returncode == 1 and "error: UNSUPPORTED:" in failed.stderr, (failed.stdout, failed.stderr)
+    missing = vcenter(env, "vm", "snapshot", "revert", "web1", "s1")
+    assert missing.returncode == 1 and "SNAPSHOT_NOT_FOUND" in missing.stderr
+
+
 @pytest.mark.parametrize("args", [("ls", "/dc1/host/cl1"), ("vm", "info", "web1", "--json"), ("vm", "power", "web1", "reset"), ("events", "--limit", "3")])
 def test_the_commands_import_nothing_of_the_server_while_they_work(env, args):
     from tests.unit.test_cli_imports import CLIENT_HEAVY, _probe
@@ -110,15 +135,22 @@ def test_the_commands_import_nothing_of_the_server_while_they_work(env, args):
 
 def test_follow_a_task_to_its_end_and_the_feeds(env, stack):
     vm = json.loads(ok(vcenter(env, "vm", "info", "web1", "--json")))
-    feed = subprocess.Popen([sys.executable, "-m", "vcenter.cli", "tasks", "--follow", "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    newest = json.loads(ok(vcenter(env, "tasks", "--limit", "1", "--json")))[0]["id"]
+    # the feed from the newest task on: whenever it connects, it misses nothing after it
+    feed = subprocess.Popen([sys.executable, "-m", "vcenter.cli", "tasks", "--follow", "--json", "--after-id", str(newest)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         queued = json.loads(ok(vcenter(env, "vm", "power", "web1", "off", "--no-wait", "--json")))
-        assert queued["state"] in ("queued", "running")
+        assert queued["state"] in ("queued", "running") and queued["id"] > newest
         done = json.loads(ok(vcenter(env, "tasks", str(queued["id"]), "--follow", "--json")))
         assert done["id"] == queued["id"] and done["state"] == "success"
-        seen = []
-        while not any(t["id"] == queued["id"] and t["state"] == "success" for t in seen):  # the pytest timeout bounds it
-            seen.append(json.loads(feed.stdout.readline()))
+        seen: list[dict] = []
+        deadline = time.monotonic() + 60
+        while not any(t["id"] == queued["id"] and t["state"] == "success" for t in seen):
+            assert select.select([feed.stdout], [], [], max(0.0, deadline - time.monotonic()))[0], f"the feed showed {seen}"
+            line = feed.stdout.readline()
+            assert line, (feed.wait(10), feed.stderr.read())  # the feed ended: why
+            seen.append(json.loads(line))
+        assert all(t["id"] > newest for t in seen)
     finally:
         feed.terminate()
         feed.wait(10)

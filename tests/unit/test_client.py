@@ -175,7 +175,7 @@ def test_a_feed_resumes_after_its_lifetime_and_ends_with_the_session(capsys):
     import typer
 
     with pytest.raises(typer.Exit) as ended:
-        _follow(client, "tasks", True, lambda d: (d["id"],))
+        _follow(client, "tasks", True, None, lambda d: (d["id"],))
     assert ended.value.exit_code == 1 and asked == [None, "5"]
     out = capsys.readouterr().out.splitlines()
     assert [json.loads(line) for line in out[:2]] == [{"id": 5}, {"id": 6}] and json.loads("\n".join(out[2:]))["error"]["code"] == "STREAM_ENDED_SESSION"

@@ -49,7 +49,7 @@ class ApiError(ClientError):
         ``detail``, ``code`` member, extension members as details)."""
         if not isinstance(body, dict):
             return cls(status, f"HTTP_{status}", text.strip()[:200] or "no error document")
-        code = body.get("code") if isinstance(body.get("code"), str) else f"HTTP_{status}"
+        code = body["code"] if isinstance(body.get("code"), str) else f"HTTP_{status}"
         message = body.get("message") or body.get("detail") or body.get("title") or ""
         if not isinstance(message, str):  # FastAPI's own {"detail": [...]}
             message = json.dumps(message)
@@ -83,7 +83,8 @@ class SseMessage:
 def parse_sse(lines: Iterable[str]) -> Iterator[SseMessage]:
     """Server-sent events (WHATWG): ``event:``/``data:``/``id:`` fields up to a blank line;
     comments (``:``) are keep-alives; ``data`` lines are joined with newlines."""
-    event, data, last_id = "message", [], None
+    event, last_id = "message", None
+    data: list[str] = []
     for raw in lines:
         line = raw.rstrip("\r\n")
         if not line:

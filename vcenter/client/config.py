@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,9 @@ FILE_MODE = 0o600
 DIR_MODE = 0o700
 
 
-def config_dir(env: dict[str, str] | None = None) -> Path:
-    env = os.environ if env is None else env
-    base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME") or Path.home()) / ".config")
+def config_dir(env: Mapping[str, str] | None = None) -> Path:
+    values = os.environ if env is None else env
+    base = values.get("XDG_CONFIG_HOME") or str(Path(values.get("HOME") or Path.home()) / ".config")
     return Path(base) / "virtcenter"
 
 

@@ -20,6 +20,7 @@ JSON = typer.Option(False, "--json", help="print one JSON document (no table, no
 CONTEXT = typer.Option(None, "--context", help="the context to use [VCENTER_CONTEXT, default: the current one]")
 WAIT = typer.Option(True, "--wait/--no-wait", help="follow the task to its end (exit status 1 when it fails), or print it as queued")
 COMPLETE_VAR = "_VCENTER_COMPLETE"  # the variable the completion scripts set (vcenter.cli.main reads it)
+AFTER_ID = typer.Option(None, "--after-id", help="--follow: start after this id (a row's id, or the position a feed gave), so nothing after it is missed; default: from now")
 POWER_ACTIONS = ("on", "off", "reset", "suspend", "resume", "shutdown")
 
 
@@ -678,6 +679,7 @@ def add_commands(app: typer.Typer) -> None:
         follow: bool = typer.Option(False, "--follow", "-f", help="follow live (server-sent events); with TASK_ID, that task to its end with a progress bar"),
         state: Optional[str] = typer.Option(None, "--state", help="only tasks in this state (queued, running, success, error, cancelled)"),
         limit: int = typer.Option(20, "--limit", min=1, max=500, help="how many recent tasks"),
+        after_id: Optional[str] = AFTER_ID,
         context: Optional[str] = CONTEXT,
         json_out: bool = JSON,
     ) -> None:
@@ -697,7 +699,11 @@ def add_commands(app: typer.Typer) -> None:
                 return
             if follow:
                 _follow(
-                    client, "tasks", json_out, lambda d: (d["id"], d["kind"], d["state"], d.get("step"), f"{d.get('progress', 0)}%", f"{d['object_type']} {d['object_id']}", d.get("error_code") or "")
+                    client,
+                    "tasks",
+                    json_out,
+                    after_id,
+                    lambda d: (d["id"], d["kind"], d["state"], d.get("step"), f"{d.get('progress', 0)}%", f"{d['object_type']} {d['object_id']}", d.get("error_code") or ""),
                 )
                 return
             rows = list(client.list_all("tasks", max_items=limit, state=state))
@@ -715,6 +721,7 @@ def add_commands(app: typer.Typer) -> None:
         follow: bool = typer.Option(False, "--follow", "-f", help="follow live (server-sent events; Ctrl-C to stop)"),
         kind: Optional[str] = typer.Option(None, "--kind", help="only events of this kind (e.g. task.success)"),
         limit: int = typer.Option(20, "--limit", min=1, max=500, help="how many recent events"),
+        after_id: Optional[str] = AFTER_ID,
         context: Optional[str] = CONTEXT,
         json_out: bool = JSON,
     ) -> None:
@@ -724,7 +731,7 @@ def add_commands(app: typer.Typer) -> None:
         client, _ = _client(context)
         with client:
             if follow:
-                _follow(client, "events", json_out, lambda d: (d["id"], d["at"], d["kind"], d.get("object_name") or "", d["message"]))
+                _follow(client, "events", json_out, after_id, lambda d: (d["id"], d["at"], d["kind"], d.get("object_name") or "", d["message"]))
                 return
             rows = list(client.list_all("events", max_items=limit, kind=kind))
         if json_out:
@@ -744,7 +751,7 @@ def add_commands(app: typer.Typer) -> None:
         typer.echo(get_completion_script(prog_name="vcenter", complete_var=COMPLETE_VAR, shell=shell))
 
 
-def _follow(client: Client, kind: str, as_json: bool, row: Any) -> None:
+def _follow(client: Client, kind: str, as_json: bool, position: Optional[str], row: Any) -> None:
     """Print each row of a live feed as it comes: a line of JSON each with --json, else
     tab-separated fields. A stream that reached its lifetime is resumed from its last position
     (nothing lost or repeated); one that ends otherwise (the session is over, the server went
@@ -753,7 +760,6 @@ def _follow(client: Client, kind: str, as_json: bool, row: Any) -> None:
 
     from vcenter.client_cli import output
 
-    position = None
     try:
         while True:
             end: dict[str, Any] = {"reason": "closed", "message": "the server closed the stream"}
