@@ -1,8 +1,8 @@
 """The operator CLI on the lab, run as a user runs it (a subprocess per command, its session in
 its own config directory): log in, list the inventory by paths, power a real guest on with a
 progress bar, VMotion it to the other host (the command queued, then the task followed to its
-end), a refused operation that exits 1 naming the error code, and the events that recorded it
-all. (tests/system/test_cli_operator.py covers every command against simulated hosts.)"""
+end), a refused operation that exits 1 naming the error code, snapshots taken, reverted and
+deleted by name, a full clone, and the events that recorded it all. (tests/system/test_cli_operator.py covers every command against simulated hosts.)"""
 
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ def test_operator_cli_drives_a_lab(tmp_path):
     with lab_stack(tmp_path, 2) as (stack, lab, ctx):
         ids = ctx["ids"]
         with stack.client() as api:
-            created = task_done(api, api.post("/api/v1/vms", json={"name": "cli1", "host_id": ids["host1"], "memory_mib": 96, "kernel_boot": {"image": "tiny-linux"}}).json())
+            path = lab.create_datastore("shared1", 256, [h.name for h in lab.hosts])
+            ds = api.post("/api/v1/datastores", json={"name": "shared1", "datacenter_id": ctx["dc"]["id"], "kind": "lab-dir", "url": path, "host_ids": list(ids.values())}).json()
+            vm_spec = {"name": "cli1", "host_id": ids["host1"], "memory_mib": 96, "kernel_boot": {"image": "tiny-linux"}, "disks": [{"datastore_id": ds["id"], "capacity_mib": 8}]}
+            created = task_done(api, api.post("/api/v1/vms", json=vm_spec).json())
             assert created["state"] == "success", (created["error_code"], created["error_message"])
         env = cli_env(tmp_path / "config")
         login(env, stack.url, stack.admin)
@@ -48,6 +51,17 @@ def test_operator_cli_drives_a_lab(tmp_path):
         # Refused: a host that runs a VM is not removed; exit status 1 and the error code.
         refused = vcenter(env, "host", "remove", "/dc1/host/cl1/host2")
         assert refused.returncode == 1 and "error: HOST_HAS_VMS:" in refused.stderr, (refused.stdout, refused.stderr)
+
+        # Snapshots of the running guest (with its memory), by name; then a full clone of it.
+        taken = json.loads(ok(vcenter(env, "vm", "snapshot", "create", "/dc1/vm/cli1", "before", "--json")))
+        assert taken["state"] == "success", taken
+        assert "before" in ok(vcenter(env, "vm", "snapshot", "list", "cli1"))
+        assert json.loads(ok(vcenter(env, "vm", "snapshot", "revert", "cli1", "before", "--json")))["state"] == "success"
+        assert json.loads(ok(vcenter(env, "vm", "snapshot", "delete", "cli1", "before", "--json")))["state"] == "success"
+        assert json.loads(ok(vcenter(env, "vm", "snapshot", "list", "cli1", "--json")))["count"] == 0
+        cloned = json.loads(ok(vcenter(env, "vm", "clone", "cli1", "cli1-copy", "--json", timeout=300)))
+        assert cloned["state"] == "success" and cloned["result"]["clone_vm_id"], cloned
+        assert json.loads(ok(vcenter(env, "vm", "info", "/dc1/vm/cli1-copy", "--json")))["id"] == cloned["result"]["clone_vm_id"]
 
         events = json.loads(ok(vcenter(env, "events", "--json", "--limit", "100")))
         assert any(e["task_id"] == queued["id"] for e in events)
