@@ -1,4 +1,6 @@
-"""The `vcenter` command: serve, worker, beat, agent, db upgrade, admin create, lab, sim.
+"""The `vcenter` command: the server's (serve, worker, beat, agent, db upgrade, admin create,
+lab, sim, backup, restore) and the operator's (login, ls, find, vm, host, cluster, tasks,
+events, context, completion: vcenter.client_cli, a client of the public API).
 
 Configuration comes from VCENTER_* environment variables (see vcenter.core.settings);
 options given here override them for this process.
@@ -7,7 +9,8 @@ Start-up decides what is imported: only typer and this module. Every command imp
 runs inside its function, and the sub-applications ``lab`` and ``sim`` (numpy, the lab's
 libvirt tooling) are loaded when named (``_LazyGroup``), so that ``vcenter --help`` and
 ``vcenter --version`` import none of numpy, SQLAlchemy, FastAPI, Celery or the settings
-(tests/unit/test_cli_imports.py; bench/cli_start.py measures it).
+(tests/unit/test_cli_imports.py; bench/cli_start.py measures it); the operator commands
+import httpx and rich when they run, and never the server's libraries.
 """
 
 from __future__ import annotations
@@ -92,6 +95,15 @@ def _add_backup() -> None:
 
 
 _add_backup()
+
+
+def _add_operator_commands() -> None:
+    from vcenter.client_cli import add_commands
+
+    add_commands(app)
+
+
+_add_operator_commands()
 
 
 def _env(**values: object) -> None:
@@ -365,7 +377,15 @@ def admin_create(
 
 
 def main() -> None:
-    app()
+    from vcenter.client_cli.commands import COMPLETE_VAR  # what `vcenter completion bash|zsh` scripts set
+
+    if COMPLETE_VAR in os.environ:
+        # the shell asks for completions: typer's bash/zsh classes, registered only then
+        # (add_completion=False keeps them, and their imports, off every other start)
+        from typer._completion_classes import completion_init
+
+        completion_init()
+    app(complete_var=COMPLETE_VAR)
 
 
 if __name__ == "__main__":

@@ -30,14 +30,31 @@ print(json.dumps({"code": code, "heavy": sorted(m for m in heavy if m in sys.mod
 """
 
 
-def _probe(*args: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", PROBE, json.dumps(list(args)), json.dumps(HEAVY)], capture_output=True, text=True, timeout=60, check=True).stdout
+def _probe(*args: str, env: dict[str, str] | None = None, heavy: tuple[str, ...] = HEAVY) -> dict:
+    out = subprocess.run([sys.executable, "-c", PROBE, json.dumps(list(args)), json.dumps(heavy)], capture_output=True, text=True, timeout=60, check=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("args", [("--help",), ("--version",), ("db", "--help"), ("admin", "--help")])
+# The operator commands (vcenter.client_cli) may load rich (tables, the progress bar) and httpx
+# when they run; never the server's libraries or code. (pydantic does load: typer 0.29 coerces
+# the parameters of any command it runs with pydantic's TypeAdapter.)
+# tests/system/test_cli_operator.py probes them against a live server too.
+CLIENT_HEAVY = tuple(m for m in HEAVY if m != "rich") + ("vcenter.core", "vcenter.db", "vcenter.api", "vcenter.services")
+
+
+@pytest.mark.parametrize("args", [("--help",), ("--version",), ("db", "--help"), ("admin", "--help"), ("vm", "--help"), ("vm", "power", "--help"), ("ls", "--help"), ("tasks", "--help")])
 def test_help_and_version_import_nothing_heavy(args):
     assert _probe(*args) == {"code": 0, "heavy": []}
+
+
+def test_the_client_commands_import_nothing_of_the_server(tmp_path):
+    import os
+
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path)}
+    assert _probe("context", "list", env=env, heavy=CLIENT_HEAVY) == {"code": 0, "heavy": []}  # a rich table
+    # no login: the client (httpx) loads, the command ends with exit status 3
+    assert _probe("ls", "/dc1/vm", env=env, heavy=CLIENT_HEAVY) == {"code": 3, "heavy": []}
+    assert _probe("completion", "bash", env=env, heavy=CLIENT_HEAVY) == {"code": 0, "heavy": []}
 
 
 def test_the_probe_sees_an_import():
@@ -82,3 +99,16 @@ def test_the_server_commands_keep_their_names_and_options():
     assert commands["agent"] == ["--api-url", "--host-id", "--libvirt-uri", "--redis-url", "--registration-token", "--simulated", "--state-dir", "--token"]
     assert commands["admin create"] == ["--database-url", "--exist-ok", "--password", "username"]
     assert commands["db upgrade"] == ["--database-url", "revision"]
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_completion_scripts_and_their_answers(shell):
+    import os
+
+    script = subprocess.run([sys.executable, "-m", "vcenter.cli", "completion", shell], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "_VCENTER_COMPLETE=complete_" + shell in script
+    # what the script asks when the user typed `vcenter vm po<TAB>`
+    asks = {"bash": {"COMP_WORDS": "vcenter vm po", "COMP_CWORD": "2"}, "zsh": {"_TYPER_COMPLETE_ARGS": "vcenter vm po"}}[shell]
+    env = {**os.environ, "_VCENTER_COMPLETE": f"complete_{shell}", **asks}
+    answer = subprocess.run([sys.executable, "-c", "import sys; sys.argv = ['vcenter']; from vcenter.cli import main; main()"], env=env, capture_output=True, text=True, timeout=60)
+    assert answer.returncode == 0 and "power" in answer.stdout, (answer.stdout, answer.stderr)
