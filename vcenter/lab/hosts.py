@@ -417,6 +417,11 @@ class LabHost:
         run_dir = self.workdir / "run"
         if run_dir.exists():
             shutil.rmtree(run_dir)
+        # What a real host's boot makes in /run before any service (Debian's tmpfiles
+        # legacy.conf): /run/lock, which /var/lock names; libvirt locks a VM's console pty there
+        # (without it: "Couldn't create lock file for device '/dev/pts/N'", no console).
+        (run_dir / "lock").mkdir(parents=True)
+        os.chmod(run_dir / "lock", 0o1777)
         daemon = self.libvirtd
         daemon._proc = None
         daemon._namespaces.clear()
