@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from vcenter.core.errors import Unauthorized, VcError
 from vcenter.core.object_ids import ObjectIdPath, checked_object_id
@@ -14,6 +15,7 @@ from vcenter.core.settings import Settings
 from vcenter.messaging.contracts import PROTOCOL_HEADER, UnsupportedProtocol, report_protocol
 from vcenter.services.access import auth, authz, users
 from vcenter.services.inventory import inventory
+from vcenter.services.tasks import idempotency
 from vcenter.services.tasks.runtime import Runtime
 
 
@@ -92,14 +94,23 @@ def get_current_user(runtime: RuntimeDep, token: TokenDep) -> CurrentUserInfo:
         return CurrentUserInfo(user.username, user.is_admin, user.id, token=token)
 
 
+def _replay_for(runtime: Runtime, user_id: int) -> None:
+    with runtime.transaction() as session:
+        idempotency.replay_for(session, user_id)
+
+
 def _bound_to_actor(authenticate: Any) -> Any:
     """Wrap an authenticating dependency so that the caller becomes the request's actor
     (events and tasks it causes carry its user id). Async on purpose: a context variable set
     in a sync dependency stays in its worker thread; set here it reaches the route."""
     from vcenter.services.tasks.events import bind_actor
 
-    async def bound(user: CurrentUserInfo = Depends(authenticate)) -> CurrentUserInfo:  # a default, not Annotated: annotations are strings here
+    async def bound(request: Request, user: CurrentUserInfo = Depends(authenticate)) -> CurrentUserInfo:  # a default, not Annotated: annotations are strings here
         bind_actor(user.id, user.username)
+        if idempotency.active():
+            # An operation retried with its Idempotency-Key: answered here, by who asked, before
+            # the route judges the object (vcenter.services.tasks.idempotency).
+            await run_in_threadpool(_replay_for, request.app.state.runtime, user.id)
         return user
 
     return bound

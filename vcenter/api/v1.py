@@ -18,14 +18,17 @@ from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, get_args
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from fastapi.security.base import SecurityBase
 from fastapi.utils import create_model_field
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from vcenter.api.errors import ERROR_DESCRIPTIONS, ErrorBody, error_response, error_statuses
+from vcenter.services.tasks import idempotency
 
 # /api/v1's exception mapping: one handler for every exception (error_response tells them apart).
 _HANDLERS_KEY = "starlette.exception_handlers"
@@ -37,6 +40,25 @@ LOCATION_HEADER = {
     "Location": {
         "description": "the Task's own URL, to poll (GET, with ?wait=) or to cancel",
         "schema": {"type": "string", "format": "uri-reference", "examples": ["/api/v1/tasks/42"]},
+    }
+}
+
+# Every operation answering a Task takes one (vcenter.services.tasks.idempotency).
+IDEMPOTENCY_PARAMETER = {
+    "name": idempotency.HEADER,
+    "in": "header",
+    "required": False,
+    "description": (
+        "A key of the client's choosing (a UUID) that makes a retry safe: the same key from the same user within the retention window "
+        "(setting idempotency_retention, default a day) answers the first request's 202 and Task instead of starting another; "
+        "the same key with another method, path or body is 422 IDEMPOTENCY_KEY_REUSED."
+    ),
+    "schema": {"type": "string", "minLength": 1, "maxLength": idempotency.MAX_KEY_LENGTH, "pattern": "^[!-~]+$", "examples": ["5f0c6a2e-8d1b-4a43-9b57-0f4f3c1d2e7a"]},
+}
+REPLAYED_HEADER = {
+    "Idempotent-Replayed": {
+        "description": "`true` when this 202 repeats the answer to an earlier request with the same Idempotency-Key (no new Task was started)",
+        "schema": {"type": "string", "enum": ["true"]},
     }
 }
 
@@ -110,7 +132,10 @@ class V1Route(APIRoute):
 
         self.answers_task = self.status_code == 202 and self.response_model is TaskRead
         if self.answers_task:
-            self.responses.setdefault(202, {}).setdefault("headers", LOCATION_HEADER)
+            self.responses.setdefault(202, {}).setdefault("headers", {**LOCATION_HEADER, **REPLAYED_HEADER})
+            extra = dict(self.openapi_extra or {})
+            extra["parameters"] = [*extra.get("parameters", []), IDEMPOTENCY_PARAMETER]
+            self.openapi_extra = extra
 
     def _document_errors(self) -> None:
         dependants = list(_dependants(self.dependant))
@@ -146,12 +171,38 @@ class V1Route(APIRoute):
         route = self  # read at request time: APIRoute builds a handler before __init__ ends
 
         async def located(request: Request) -> Response:
-            response = await handler(request)
+            key = request.headers.get(idempotency.HEADER) if getattr(route, "answers_task", False) else None
+            if key is None:
+                response = await handler(request)
+            else:
+                response = await _idempotent(request, handler, key)
             if getattr(route, "answers_task", False) and response.status_code == 202 and "location" not in response.headers:
                 response.headers["Location"] = task_location(json.loads(bytes(response.body))["id"])
             return response
 
         return located
+
+
+async def _idempotent(request: Request, handler: Callable[[Request], Coroutine[Any, Any, Response]], key: str) -> Response:
+    """Serve an operation sent with an Idempotency-Key (vcenter.services.tasks.idempotency):
+    a repeat answers the first request's 202 and Task, marked ``Idempotent-Replayed: true``."""
+    runtime = request.app.state.runtime
+    token = idempotency.begin(key, idempotency.fingerprint(request.method, request.url.path, await request.body()), runtime.settings)
+    try:
+        return await handler(request)
+    except idempotency.IdempotentReplay as replay:
+        task = await run_in_threadpool(_task_body, runtime, replay.task_id)
+        return JSONResponse(task, status_code=202, headers={"Location": task_location(replay.task_id), "Idempotent-Replayed": "true"})
+    finally:
+        idempotency.end(token)
+
+
+def _task_body(runtime: Any, task_id: int) -> dict[str, Any]:
+    from vcenter.schemas.inventory import TaskRead
+    from vcenter.services.tasks.tasks import get_task
+
+    with runtime.transaction() as session:
+        return TaskRead.model_validate(get_task(session, task_id)).model_dump(mode="json")
 
 
 def router(**kwargs: Any) -> APIRouter:

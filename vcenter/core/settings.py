@@ -164,6 +164,9 @@ class Settings(BaseSettings):
     upload_abandoned_after: float = Field(
         3600.0, gt=0, description="a transfer (partial file or export still receiving) untouched this long is abandoned and removed; failed uploads are kept this long"
     )
+    idempotency_retention: float = Field(
+        86400.0, gt=0, description="an operation's Idempotency-Key answers with the Task it started for this long (s); after it, the key starts a new operation (vcenter.services.tasks.idempotency)"
+    )
     host_not_responding_after: float = Field(15.0, description="a host with no heartbeat for this long is not-responding")
 
     # --- HA (vcenter ha; per-cluster detection time, isolation delay... are cluster settings) --

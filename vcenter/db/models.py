@@ -446,6 +446,21 @@ class ObjectClaim(Base):
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), unique=True)
 
 
+class IdempotencyKey(Base):
+    """An operation's Idempotency-Key: the Task the first request with it started
+    (vcenter.services.tasks.idempotency). Unique per user, so two replicas racing on one key
+    start one Task."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("user_id", "key", name="uq_idempotency_keys_user_key"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(Integer)
+    key: Mapped[str] = mapped_column(String(200))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
 class Event(Base):
     __tablename__ = "events"
     __table_args__ = (Index("ix_events_object", "object_type", "object_id"),)

@@ -9,6 +9,7 @@ from celery import Celery
 
 from vcenter.core.settings import Settings
 from vcenter.services.housekeeping import reaper
+from vcenter.services.tasks import idempotency
 from vcenter.services.tasks.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ def register(app: Celery, settings: Settings) -> Runtime:
             counts = reaper.reap(session, settings)
             counts["events_purged"] = reaper.purge_events(session, settings)
             counts["refusals_purged"] = reaper.purge_refusals(session, settings)
+            counts["idempotency_keys_purged"] = idempotency.purge(session, settings)
         if any(counts.values()):
             log.info("reaper: %s", counts)
         return counts

@@ -28,6 +28,7 @@ from vcenter.core.settings import Settings
 from vcenter.db.models import Event, ObjectClaim, Task
 from vcenter.domain.states import TaskState
 from vcenter.messaging.contracts import AGENT_EXECUTE_TASK, Command, host_queue
+from vcenter.services.tasks import idempotency
 from vcenter.services.tasks.events import actor_user_id, record_event
 from vcenter.services.tasks.outbox import enqueue
 
@@ -94,6 +95,9 @@ def start_task(
     )
     session.add(task)
     session.flush()
+    # Before the claim: a retry racing its first attempt on another replica waits for it on
+    # the key and replays its Task, instead of being refused as OBJECT_BUSY by it.
+    idempotency.bind(session, task)
     claim_object(session, task)
     if command is not None:
         assert host_id is not None
