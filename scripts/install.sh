@@ -9,8 +9,9 @@ cd "$ROOT"
 log() { printf '[install] %s\n' "$*"; }
 
 # Packages installed with their Recommends (libvirt/qemu work as packaged) ...
+# (haproxy: the load balancer in front of API replicas, deploy/haproxy/haproxy.cfg)
 CORE_PKGS=(
-  redis-server postgresql-15 postgresql
+  redis-server postgresql-15 postgresql haproxy
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   qemu-system-x86 qemu-utils iproute2 nftables e2fsprogs util-linux ipmitool
   libvirt-dev pkg-config gcc make python3-venv python3-dev

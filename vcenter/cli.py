@@ -184,19 +184,22 @@ def worker(
     concurrency: int = typer.Option(2, help="parallel orchestrator tasks"),
     database_url: Optional[str] = typer.Option(None, help="SQLAlchemy URL [VCENTER_DATABASE_URL]"),
     redis_url: Optional[str] = typer.Option(None, help="Redis URL [VCENTER_REDIS_URL]"),
+    node_name: str = typer.Option("orchestrator@%h", help="Celery node name; several workers on one machine need their own (orchestrator2@%h)"),
 ) -> None:
-    """Run an orchestrator Celery worker (outbox relay, task reaper, host monitor)."""
+    """Run an orchestrator Celery worker (outbox relay, task reaper, host monitor); run as many
+    as the load needs, they share the orchestrator queue."""
     _env(database_url=database_url, redis_url=redis_url)
     from workers.beat import make_orchestrator_app
 
     celery = make_orchestrator_app()
     quiet_periodic_lines(celery)
-    celery.worker_main(["worker", "--pool=threads", f"--concurrency={concurrency}", "--queues=orchestrator", "--without-gossip", "--without-mingle", "--loglevel=INFO", "--hostname=orchestrator@%h"])
+    celery.worker_main(["worker", "--pool=threads", f"--concurrency={concurrency}", "--queues=orchestrator", "--without-gossip", "--without-mingle", "--loglevel=INFO", f"--hostname={node_name}"])
 
 
 @app.command()
 def beat(redis_url: Optional[str] = typer.Option(None, help="Redis URL [VCENTER_REDIS_URL]")) -> None:
-    """Run the periodic scheduler; a Redis lock (celery-redbeat) keeps it to one per system."""
+    """Run the periodic scheduler; a Redis lock (celery-redbeat) keeps it to one per system:
+    a second beat stands by and takes over within VCENTER_BEAT_LOCK_TTL when the first dies."""
     _env(redis_url=redis_url)
     from workers.beat import make_orchestrator_app
 
@@ -250,9 +253,10 @@ def agent(
 def _health_lock_keys() -> dict[str, str]:
     """Redis keys that only a working process keeps alive (each expires unless its loop renews
     it): the scheduler's lock (celery-redbeat's default name) and the active HA monitor's lock."""
+    from vcenter.messaging.beat_lock import BEAT_LOCK_KEY
     from vcenter.messaging.contracts import HA_LOCK_KEY
 
-    return {"beat": "redbeat::lock", "ha": HA_LOCK_KEY}
+    return {"beat": BEAT_LOCK_KEY, "ha": HA_LOCK_KEY}
 
 
 def __getattr__(name: str) -> Any:

@@ -167,6 +167,9 @@ class Settings(BaseSettings):
     idempotency_retention: float = Field(
         86400.0, gt=0, description="an operation's Idempotency-Key answers with the Task it started for this long (s); after it, the key starts a new operation (vcenter.services.tasks.idempotency)"
     )
+    beat_lock_ttl: float = Field(
+        30.0, gt=0, description="beat's Redis lock expires this long after its last renewal (at least three of its ticks): a standby beat takes over then (vcenter.messaging.beat_lock)"
+    )
     host_not_responding_after: float = Field(15.0, description="a host with no heartbeat for this long is not-responding")
 
     # --- HA (vcenter ha; per-cluster detection time, isolation delay... are cluster settings) --
