@@ -167,6 +167,26 @@ def seed(stack: Stack, simulated: bool, datastore_dir: Path, bridges: list[str])
                 _wait_task(api, api.post(f"/api/v1/vms/{done['object_id']}/power/on").json())
 
 
+def _start_server(stack: Stack, api_replicas: int, workers: int) -> str:
+    """Start the server's processes: one API as ever, or ``api_replicas`` behind HAProxy
+    (vcenter.lab.replicas) with two beats (one schedules, one stands by); say what runs."""
+    if api_replicas < 1 or workers < 1:
+        raise RuntimeError("VCENTER_API_REPLICAS and VCENTER_WORKERS are at least 1")
+    if api_replicas == 1 and workers == 1:
+        stack.start_server()
+        return "API, worker, beat"
+    from vcenter.lab import replicas
+
+    if api_replicas == 1:
+        stack.start_server()
+        for i in range(2, workers + 1):
+            stack._spawn(f"worker{i}", ["worker", "--node-name", f"orchestrator{i}@%h"])
+        return f"API, {workers} workers, beat"
+    started = replicas.start(stack, api_replicas, workers=workers, beats=2)
+    ports = ", ".join(f"{name} :{port}" for name, port in started.api_ports.items())
+    return f"HAProxy on :{stack.api_port} ({stack.workdir}/haproxy.log) in front of {api_replicas} API replicas ({ports}), {workers} worker(s), beat1 + beat2 (one schedules, one stands by)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run virtcenter locally with a seeded inventory.")
     parser.add_argument("--rundir", default="run", help="where state, logs and datastores go (default ./run)")
@@ -175,6 +195,10 @@ def main() -> None:
     parser.add_argument("--simulated", action="store_true", help="simulated hosts even where real ones are possible")
     parser.add_argument("--hosts", type=int, default=3, help="lab hosts (real mode)")
     parser.add_argument("--guests-per-host", type=int, default=2, help="running tiny Linux guests per lab host (real mode)")
+    parser.add_argument(
+        "--api-replicas", type=int, default=int(os.environ.get("VCENTER_API_REPLICAS", "1")), help="API processes; more than one: behind HAProxy on --port [VCENTER_API_REPLICAS, default 1]"
+    )
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("VCENTER_WORKERS", "1")), help="orchestrator workers [VCENTER_WORKERS, default 1]")
     args = parser.parse_args()
 
     rundir = Path(args.rundir).resolve()
@@ -234,7 +258,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     try:
-        stack.start_server()
+        shape = _start_server(stack, args.api_replicas, args.workers)
         # Two HA monitors: one takes the lock and acts, the other stands by to take over.
         for name in ("ha1", "ha2"):
             stack.start_ha_monitor(name)
@@ -256,7 +280,7 @@ virtcenter is up ({"one SIMULATED host esx1" if simulated else f"{args.hosts} re
              TOKEN=$(curl -s -X POST {stack.url}/api/v1/session -H 'content-type: application/json' \\
                      -d '{{"username":"admin","password":"{password}"}}' | python3 -c 'import sys,json; print(json.load(sys.stdin)["token"])')
   logs       {rundir}/*.log
-  processes  API, worker, beat, HA monitors ha1 + ha2 (one active, one standby), {"the agent" if simulated else "an agent per host"}
+  processes  {shape}, HA monitors ha1 + ha2 (one active, one standby), {"the agent" if simulated else "an agent per host"}
   HA / DRS   {"HA on cluster1: `vcenter lab fault kill-host host3` and its guests restart on the other hosts; DRS in manual mode" if lab is not None else "off (one host)"}
   redis      {"password required: REDISCLI_AUTH=$(cat " + str(rundir) + "/redis-password) redis-cli -p " + str(args.redis_port) if redis_proc else "VCENTER_REDIS_URL as given"}
   security   plain HTTP on loopback (the local lab); docs/operations.md "Channel security" turns on HTTPS

@@ -72,7 +72,10 @@ def start(stack: Stack, replicas: int, workers: int = 1, beats: int = 1, lb_port
         stack._spawn(name, ["serve"], {"VCENTER_API_PORT": str(port), "VCENTER_API_HOST": "127.0.0.1"})
     servers = stack.workdir / "haproxy-servers.cfg"
     servers.write_text(server_lines(ports))
-    env = {**stack.env, "VCENTER_LB_BIND": f"127.0.0.1:{stack.api_port}", "VCENTER_LB_SOURCE": source}
+    # The balancer listens where a single API would (VCENTER_API_HOST: loopback, and the lab
+    # network where the lab's agents are), the replicas on loopback only.
+    addresses = [a.strip() for a in stack.env.get("VCENTER_API_HOST", "127.0.0.1").split(",") if a.strip()]
+    env = {**stack.env, "VCENTER_LB_BIND": ",".join(f"{a}:{stack.api_port}" for a in addresses), "VCENTER_LB_SOURCE": source}
     logfile = open(stack.workdir / "haproxy.log", "ab")
     stack.processes["haproxy"] = subprocess.Popen(["haproxy", "-db", "-f", str(HAPROXY_CFG), "-f", str(servers)], env=env, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True)
     started = Replicas(stack, ports)
