@@ -2,8 +2,8 @@
 # Build the compose deployment's images without any container registry, under podman:
 #   1. the base: a Debian root made by debootstrap from the mirror apt already uses, imported
 #      as localhost/debian:bookworm (skipped when that image exists);
-#   2. localhost/virtcenter:latest (Dockerfile), localhost/virtcenter-postgres:15 and
-#      localhost/virtcenter-redis:7 (deploy/images/*) FROM that base.
+#   2. localhost/virtcenter:latest (Dockerfile), localhost/virtcenter-postgres:15,
+#      localhost/virtcenter-redis:7, localhost/virtcenter-haproxy:2.6 (deploy/images/*) FROM that base.
 # The host's Debian sources and CA bundle are mounted only during the builds, so neither the
 # mirror nor the CA ends up in an image. Unchanged inputs reuse podman's layer cache.
 # Usage: deploy/build-images.sh [--base IMAGE]   (e.g. --base debian:bookworm with a registry)
@@ -50,5 +50,6 @@ build() {
 }
 build localhost/virtcenter-postgres:15 "$ROOT/deploy/images/postgres" "$ROOT/deploy/images/postgres/Dockerfile"
 build localhost/virtcenter-redis:7 "$ROOT/deploy/images/redis" "$ROOT/deploy/images/redis/Dockerfile"
+build localhost/virtcenter-haproxy:2.6 "$ROOT/deploy/images/haproxy" "$ROOT/deploy/images/haproxy/Dockerfile"
 build localhost/virtcenter:latest "$ROOT" "$ROOT/Dockerfile"
 log "done"

@@ -41,7 +41,7 @@ from vcenter.lab.hosts import GATEWAY, Capacity, Lab
 from vcenter.lab.stack import Stack, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("db", "redis", "api", "worker", "beat", "ha", "ha-standby")
+SERVICES = ("db", "redis", "api", "lb", "worker", "beat", "ha", "ha-standby")
 PROJECT_LABEL = "com.docker.compose.project"
 
 CONTAINERS_CONF = """\
