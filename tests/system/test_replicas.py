@@ -64,16 +64,21 @@ def test_a_session_made_through_the_balancer_works_on_every_replica(shape):
     assert "api1" in log and "api2" in log, log[-2000:]
 
 
+def _dashboard_login(ui: httpx.Client, stack: Stack) -> str:
+    """Log in through the dashboard's form (its double-submit login token); the page's CSRF token."""
+    form = ui.get("/ui/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
+    login = ui.post("/ui/login", data={"username": stack.admin[0], "password": stack.admin[1], "csrf": csrf, "next": "/ui"})
+    assert login.status_code == 303, login.text
+    page = ui.get("/ui")
+    assert page.status_code == 200
+    return re.search(r'data-csrf="([^"]+)"', page.text).group(1)
+
+
 def test_the_dashboard_s_csrf_holds_on_both_replicas(shape):
     stack = shape.stack
     with httpx.Client(base_url=stack.url) as ui:
-        form = ui.get("/ui/login")
-        csrf = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
-        login = ui.post("/ui/login", data={"username": stack.admin[0], "password": stack.admin[1], "csrf": csrf, "next": "/ui"})
-        assert login.status_code == 303, login.text
-        page = ui.get("/ui")
-        assert page.status_code == 200
-        token = re.search(r'data-csrf="([^"]+)"', page.text).group(1)
+        token = _dashboard_login(ui, stack)
         with stack.client() as api:
             dc = api.post("/api/v1/datacenters", json={"name": "dc-csrf"}).json()
             cluster = api.post("/api/v1/clusters", json={"name": "cl-csrf", "datacenter_id": dc["id"]}).json()
@@ -184,3 +189,53 @@ def test_two_beats_schedule_as_one_and_the_standby_takes_over(tmp_path):
                 os.killpg(b.pid, signal.SIGTERM)
                 b.wait(10)
         broker.flushdb()
+
+
+@pytest.fixture(scope="module")
+def console_vm(shape) -> int:
+    """A running VM on a host whose agent drives the simulated hypervisor."""
+    stack = shape.stack
+    with stack.client() as api:
+        dc = api.post("/api/v1/datacenters", json={"name": "dc-console"}).json()
+        host = stack.add_host("esx-console", dc["id"], simulated=True)
+        wait_for(lambda: api.get(f"/api/v1/hosts/{host.host_id}").json()["connection_state"] == "connected", 60, what="the host connected")
+        # Where the server reaches the agent's console endpoint: this machine.
+        # (again when the agent's report changed the row under it: 409 STALE_VERSION)
+        wait_for(lambda: api.patch(f"/api/v1/hosts/{host.host_id}", json={"address": "127.0.0.1"}).status_code == 200, 30, what="the host's address set")
+        task = api.post("/api/v1/vms", json={"name": "console1", "host_id": host.host_id, "memory_mib": 32}).json()
+        wait_for(lambda: api.get(f"/api/v1/tasks/{task['id']}").json()["state"] == "success", 60, what="the VM created")
+        on = api.post(f"/api/v1/vms/{task['object_id']}/power/on").json()  # only a running VM has a console
+        wait_for(lambda: api.get(f"/api/v1/tasks/{on['id']}").json()["state"] == "success", 60, what="the VM running")
+        return task["object_id"]
+
+
+def _console_close_code(base: str, ticket: str, cookie: str) -> int | None:
+    """Open the console websocket with ``ticket``: the close code the server answers with
+    (None: the console opened and sent something)."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    with connect(f"ws{base.removeprefix('http')}/ui/console/ws?ticket={ticket}", additional_headers={"Cookie": f"vc_session={cookie}"}, open_timeout=10) as ws:
+        try:
+            ws.recv(timeout=20)
+            return None
+        except ConnectionClosed as closed:
+            return closed.rcvd.code if closed.rcvd else None
+
+
+def test_a_console_ticket_from_one_replica_opens_once_through_the_balancer(shape, console_vm):
+    """The ticket lives in Redis: issued by api1, redeemed over a websocket through HAProxy
+    (whichever replica), refused when spent, on api2."""
+    stack = shape.stack
+    with httpx.Client(base_url=stack.url) as ui:
+        token = _dashboard_login(ui, stack)
+        cookie = ui.cookies["vc_session"]
+    issued = httpx.post(shape.replica_url("api1") + f"/ui/vm/{console_vm}/console/ticket", headers={"X-CSRF-Token": token}, cookies={"vc_session": cookie})
+    assert issued.status_code == 200, issued.text
+    ticket = issued.json()["ticket"]
+    # Redeemed: the console opens, or the host's console cannot be reached (4502); never the
+    # refusals of an unknown ticket (4403) or of another user (4401).
+    first = _console_close_code(stack.url, ticket, cookie)
+    assert first not in (4403, 4401), first
+    print(f"\nconsole through the balancer: {'opened' if first is None else f'closed {first}'}")
+    assert _console_close_code(shape.replica_url("api2"), ticket, cookie) == 4403
