@@ -24,7 +24,7 @@ import redis
 from tests.apihelpers import wait_for
 from tests.conftest import REDIS_URL, fresh_postgres
 from vcenter.lab import replicas
-from vcenter.lab.stack import VCENTER, Stack
+from vcenter.lab.stack import VCENTER, Stack, free_port
 
 FORGED = "203.0.113.7"
 
@@ -239,3 +239,48 @@ def test_a_console_ticket_from_one_replica_opens_once_through_the_balancer(shape
     assert first not in (4403, 4401), first
     print(f"\nconsole through the balancer: {'opened' if first is None else f'closed {first}'}")
     assert _console_close_code(shape.replica_url("api2"), ticket, cookie) == 4403
+
+
+def test_the_balancer_replaces_a_client_s_forwarding_headers(tmp_path):
+    """The repository's configuration in front of a server that echoes what it received: the
+    client's X-Forwarded-For and Forwarded never pass, the header names the client alone, and
+    the request arrives from the balancer's own source address."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Echo(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            seen = {"peer": self.client_address[0], "xff": self.headers.get_all("X-Forwarded-For"), "forwarded": self.headers.get_all("Forwarded"), "proto": self.headers.get("X-Forwarded-Proto")}
+            body = json.dumps(seen).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    echo = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=echo.serve_forever, daemon=True).start()
+    port = free_port()
+    servers = tmp_path / "servers.cfg"
+    servers.write_text(replicas.server_lines({"echo": echo.server_address[1]}))
+    env = {**os.environ, "VCENTER_LB_BIND": f"127.0.0.1:{port}", "VCENTER_LB_SOURCE": replicas.LB_SOURCE}
+    # The echo server has no /readyz; with its health check failing HAProxy would answer 503.
+    plain = tmp_path / "no-check.cfg"
+    plain.write_text(replicas.HAPROXY_CFG.read_text().replace("default-server check ", "default-server "))
+    proxy = subprocess.Popen(["haproxy", "-db", "-f", str(plain), "-f", str(servers)], env=env, stdout=open(tmp_path / "haproxy.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", transport=httpx.HTTPTransport(local_address="127.0.0.2")) as client:
+
+            def answer() -> dict | None:
+                try:
+                    return client.get("/", headers={"X-Forwarded-For": FORGED, "Forwarded": f"for={FORGED}"}).json()
+                except (httpx.HTTPError, ValueError):
+                    return None
+
+            seen = wait_for(answer, 30, interval=0.2, what="HAProxy forwarding")
+    finally:
+        os.killpg(proxy.pid, signal.SIGTERM)
+        proxy.wait(10)
+        echo.shutdown()
+    assert seen == {"peer": replicas.LB_SOURCE, "xff": ["127.0.0.2"], "forwarded": None, "proto": "http"}, seen
