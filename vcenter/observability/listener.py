@@ -155,7 +155,8 @@ class ProcessListener:
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
+        if self.thread.is_alive():  # shutdown() waits for serve_forever, which must have started
+            self.server.shutdown()
         self.server.server_close()
 
 
