@@ -70,11 +70,12 @@ def observed(tmp_path_factory):
         drs_period=1,
         metrics_rollup_period=1,
         ha_period=0.5,
-        **{f"{role}_metrics_listen": f"127.0.0.1:{port}" for role, port in listeners.items()},
+        # the HA monitor's address by its command's option, the others' by their settings
+        **{f"{role}_metrics_listen": f"127.0.0.1:{port}" for role, port in listeners.items() if role != "ha"},
     )
     try:
         s.start_server()
-        s.start_ha_monitor("ha")
+        s._spawn("ha", ["ha", "--metrics-listen", f"127.0.0.1:{ha}"])
         with s.client() as api:
             dc = api.post("/api/v1/datacenters", json={"name": "dc1"}).json()
             host = s.add_host("h1", dc["id"], simulated=True)
