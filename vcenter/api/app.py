@@ -28,9 +28,6 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
-from vcenter.observability.listener import bearer_of, is_metrics_token, readiness
-from vcenter.observability.metrics import PoolCollector, ProcessCatalogue, ServerStateCollector, set_role
-
 from vcenter.api.client_address import ClientAddress
 from vcenter.api.errors import declare_json, install_error_handlers
 from vcenter.api.guards import InputGuard, streamed_upload_matcher
@@ -40,6 +37,8 @@ from vcenter.core.errors import Unauthorized
 from vcenter.core.release import release
 from vcenter.api.routers import access, agent, clusters, feeds, inventory, tasks, users, vms
 from vcenter.core.settings import Settings, get_settings
+from vcenter.observability.listener import bearer_of, is_metrics_token, readiness
+from vcenter.observability.metrics import PoolCollector, ProcessCatalogue, ServerStateCollector, set_role
 from vcenter.services.access import auth, authz
 from vcenter.services.tasks.runtime import Runtime
 
