@@ -191,12 +191,25 @@ def worker(
 ) -> None:
     """Run an orchestrator Celery worker (outbox relay, task reaper, host monitor)."""
     _env(database_url=database_url, redis_url=redis_url, worker_metrics_listen=metrics_listen)
+    from vcenter.core.logging import celery_quiet
     from workers.beat import make_orchestrator_app, observe_worker
 
     celery = make_orchestrator_app()
     quiet_periodic_lines(celery)
     observe_worker(celery, get_settings())
-    celery.worker_main(["worker", "--pool=threads", f"--concurrency={concurrency}", "--queues=orchestrator", "--without-gossip", "--without-mingle", "--loglevel=INFO", "--hostname=orchestrator@%h"])
+    celery.worker_main(
+        [
+            *celery_quiet(get_settings().log_json),
+            "worker",
+            "--pool=threads",
+            f"--concurrency={concurrency}",
+            "--queues=orchestrator",
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel=INFO",
+            "--hostname=orchestrator@%h",
+        ]
+    )
 
 
 @app.command()
@@ -210,7 +223,7 @@ def beat(
 
     celery = make_orchestrator_app()
     quiet_periodic_lines(celery)
-    celery.Beat(scheduler=observed_scheduler(celery, get_settings()), loglevel="INFO").run()
+    celery.Beat(scheduler=observed_scheduler(celery, get_settings()), loglevel="INFO", quiet=get_settings().log_json).run()
 
 
 @app.command()

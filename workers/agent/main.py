@@ -14,6 +14,7 @@ import httpx
 from kombu import Queue
 
 from vcenter.core.host_pki import pki_files
+from vcenter.core.logging import celery_quiet
 from vcenter.core.settings import Settings
 from vcenter.hypervisor.base import DriverError, HypervisorDriver
 from vcenter.messaging.celery_app import make_celery
@@ -223,6 +224,7 @@ def run_agent(settings: Settings, simulated: bool = False) -> None:
     try:
         app.worker_main(
             [
+                *celery_quiet(settings.log_json),
                 "worker",
                 "--pool=threads",
                 f"--concurrency={settings.agent_concurrency}",
