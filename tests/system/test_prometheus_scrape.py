@@ -8,39 +8,20 @@ are there with sane values. Each process's /livez and /readyz answer on its list
 
 from __future__ import annotations
 
-import shutil
-import socket
 import subprocess
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
-import yaml
 
 from tests.apihelpers import wait_for
 from tests.conftest import REDIS_URL
+from tests.prometheushelpers import free_ports, have_prometheus, running_prometheus
 from vcenter.lab.stack import Stack
 
-pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None or shutil.which("promtool") is None, reason="Debian's prometheus package (scripts/install.sh) is not installed")
+pytestmark = pytest.mark.skipif(not have_prometheus(), reason="Debian's prometheus package (scripts/install.sh) is not installed")
 
 TOKEN = "prometheus-scrape-secret-for-tests"
-# Listener ports of this test: the range the test machine leaves to it.
-PORTS = range(18200, 18300)
-
-
-def free_ports(count: int) -> list[int]:
-    found = []
-    for port in PORTS:
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        found.append(port)
-        if len(found) == count:
-            return found
-    raise RuntimeError(f"fewer than {count} free ports in {PORTS}")
 
 
 def _own_db(url: str, db: int) -> str:
@@ -126,74 +107,38 @@ def test_promtool_accepts_every_process_scrape(observed, tmp_path):
         assert checked.returncode == 0, (role, checked.stdout, checked.stderr)
 
 
-def query(base: str, promql: str) -> list[dict]:
-    answer = httpx.get(f"{base}/api/v1/query", params={"query": promql}, timeout=10).json()
-    assert answer["status"] == "success", answer
-    return answer["data"]["result"]
-
-
-def value(base: str, promql: str) -> float | None:
-    result = query(base, promql)
-    return float(result[0]["value"][1]) if result else None
-
-
 def test_a_prometheus_from_debian_scrapes_every_process(observed, tmp_path):
     stack, ports, prom_port = observed
-    token_file = tmp_path / "token"
-    token_file.write_text(TOKEN)
-    config = {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(Path(__file__).resolve().parents[2] / "deploy/prometheus/alerts.yml")],
-        "scrape_configs": [
-            {"job_name": f"vcenter-{role}", "authorization": {"credentials_file": str(token_file)}, "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]} for role, port in ports.items()
-        ],
-    }
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    log = open(tmp_path / "prometheus.log", "w")
-    proc = subprocess.Popen(
-        ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{prom_port}"
-    try:
-
-        def all_up() -> dict[str, str] | bool:
-            try:
-                ups = {r["metric"]["job"]: r["value"][1] for r in query(base, "up")}
-            except httpx.HTTPError:
-                assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()
-                return False
-            return ups if len(ups) == len(ports) and set(ups.values()) == {"1"} else False
-
-        wait_for(all_up, 60, interval=0.5, what="every target up == 1")
+    jobs = {f"vcenter-{role}": [f"127.0.0.1:{port}"] for role, port in ports.items()}
+    with running_prometheus(tmp_path / "prometheus", jobs, prom_port, token=TOKEN) as prometheus:
+        base, value = prometheus.base, prometheus.value
+        prometheus.wait_all_up(jobs)
         power_on_one_vm(stack, "prometheus-vm")
         # the counter of the process that committed the success (the API: the agent's result)
-        wait_for(lambda: (value(base, 'sum(vcenter_tasks_total{kind="vm.powerOn",state="success"})') or 0) >= 1, 30, interval=0.5, what="vm.powerOn successes counted")
-        assert value(base, 'sum(vcenter_task_queue_wait_seconds_count{kind="vm.powerOn"})') >= 1
-        assert value(base, 'max(vcenter_task_queue_wait_seconds_sum{kind="vm.powerOn"}) / max(vcenter_task_queue_wait_seconds_count{kind="vm.powerOn"})') < 30
-        wait_for(lambda: value(base, "vcenter_outbox_lag_seconds") is not None, 10, interval=0.5, what="the outbox lag")
-        assert 0 <= value(base, "vcenter_outbox_lag_seconds") < 60
-        age = value(base, 'vcenter_agent_heartbeat_age_seconds{host="h1"}')
+        wait_for(lambda: (value('sum(vcenter_tasks_total{kind="vm.powerOn",state="success"})') or 0) >= 1, 30, interval=0.5, what="vm.powerOn successes counted")
+        assert value('sum(vcenter_task_queue_wait_seconds_count{kind="vm.powerOn"})') >= 1
+        assert value('max(vcenter_task_queue_wait_seconds_sum{kind="vm.powerOn"}) / max(vcenter_task_queue_wait_seconds_count{kind="vm.powerOn"})') < 30
+        wait_for(lambda: value("vcenter_outbox_lag_seconds") is not None, 10, interval=0.5, what="the outbox lag")
+        assert 0 <= value("vcenter_outbox_lag_seconds") < 60
+        age = value('vcenter_agent_heartbeat_age_seconds{host="h1"}')
         assert age is not None and 0 <= age <= 2, age
-        assert value(base, 'vcenter_agent_heartbeat_missing{host="h1"}') == 0
-        wait_for(lambda: value(base, 'vcenter_ha_monitor_active{job="vcenter-ha"}') == 1, 30, interval=0.5, what="the HA monitor active")
-        wait_for(lambda: value(base, 'vcenter_beat_scheduler_active{job="vcenter-beat"}') == 1, 30, interval=0.5, what="beat ticking")
-        wait_for(lambda: (value(base, 'sum(vcenter_beat_tasks_sent_total{job="vcenter-beat"})') or 0) >= 1, 30, interval=0.5, what="beat sent tasks")
-        wait_for(lambda: (value(base, 'sum(vcenter_celery_tasks_total{job="vcenter-worker",outcome="success"})') or 0) >= 1, 30, interval=0.5, what="the worker ran tasks")
-        wait_for(lambda: (value(base, 'sum(vcenter_celery_tasks_total{job="vcenter-agent"})') or 0) >= 1, 30, interval=0.5, what="the agent ran commands")
-        wait_for(lambda: (value(base, "vcenter_drs_pass_seconds_count") or 0) >= 1, 30, interval=0.5, what="a DRS pass timed")
-        wait_for(lambda: (value(base, "vcenter_metrics_rollup_seconds_count") or 0) >= 1, 30, interval=0.5, what="a rollup timed")
-        assert value(base, 'vcenter_agent_heartbeats_total{job="vcenter-agent",outcome="ok"}') >= 1
+        assert value('vcenter_agent_heartbeat_missing{host="h1"}') == 0
+        wait_for(lambda: value('vcenter_ha_monitor_active{job="vcenter-ha"}') == 1, 30, interval=0.5, what="the HA monitor active")
+        wait_for(lambda: value('vcenter_beat_scheduler_active{job="vcenter-beat"}') == 1, 30, interval=0.5, what="beat ticking")
+        wait_for(lambda: (value('sum(vcenter_beat_tasks_sent_total{job="vcenter-beat"})') or 0) >= 1, 30, interval=0.5, what="beat sent tasks")
+        wait_for(lambda: (value('sum(vcenter_celery_tasks_total{job="vcenter-worker",outcome="success"})') or 0) >= 1, 30, interval=0.5, what="the worker ran tasks")
+        wait_for(lambda: (value('sum(vcenter_celery_tasks_total{job="vcenter-agent"})') or 0) >= 1, 30, interval=0.5, what="the agent ran commands")
+        wait_for(lambda: (value("vcenter_drs_pass_seconds_count") or 0) >= 1, 30, interval=0.5, what="a DRS pass timed")
+        wait_for(lambda: (value("vcenter_metrics_rollup_seconds_count") or 0) >= 1, 30, interval=0.5, what="a rollup timed")
+        assert value('vcenter_agent_heartbeats_total{job="vcenter-agent",outcome="ok"}') >= 1
         # a role's families only on its own process: one HA gauge, one beat gauge in the whole system
-        assert value(base, "count(vcenter_ha_monitor_active)") == 1 and value(base, "count(vcenter_beat_scheduler_active)") == 1
-        assert value(base, 'count(vcenter_ha_verdicts_total{job="vcenter-ha"})') == 5  # every verdict's series, 0 until it happens
+        assert value("count(vcenter_ha_monitor_active)") == 1 and value("count(vcenter_beat_scheduler_active)") == 1
+        assert value('count(vcenter_ha_verdicts_total{job="vcenter-ha"})') == 5  # every verdict's series, 0 until it happens
         for role in ("api", "worker", "ha"):
-            in_use = value(base, f'vcenter_db_pool_connections_in_use{{job="vcenter-{role}"}}')
+            in_use = value(f'vcenter_db_pool_connections_in_use{{job="vcenter-{role}"}}')
             assert in_use is not None and in_use >= 0, role
         for role in ("worker", "beat", "ha", "agent"):  # each loop turns (well within process_stall_after)
-            loop_age = value(base, f'vcenter_process_loop_age_seconds{{job="vcenter-{role}"}}')
+            loop_age = value(f'vcenter_process_loop_age_seconds{{job="vcenter-{role}"}}')
             assert loop_age is not None and 0 <= loop_age < 10, (role, loop_age)
         # the alert rules load and evaluate; nothing is firing on a healthy system
         rules = httpx.get(f"{base}/api/v1/rules", timeout=10).json()["data"]["groups"]
@@ -206,6 +151,3 @@ def test_a_prometheus_from_debian_scrapes_every_process(observed, tmp_path):
         )
         firing = [a for a in httpx.get(f"{base}/api/v1/alerts", timeout=10).json()["data"]["alerts"] if a["state"] == "firing"]
         assert firing == [], firing
-    finally:
-        proc.terminate()
-        proc.wait(20)
