@@ -31,7 +31,7 @@ def _own_db(url: str, db: int) -> str:
 @pytest.fixture(scope="module")
 def observed(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("observe")
-    redis_url = _own_db(REDIS_URL, 12)
+    redis_url = _own_db(REDIS_URL, 14)  # 11: test_command_trust, 12: test_cli_operator, 13: test_cli_https
     import redis
 
     redis.Redis.from_url(redis_url).flushdb()
