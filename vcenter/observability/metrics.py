@@ -2,8 +2,8 @@
 (``vcenter_`` prefix, counters ending ``_total``, durations in ``_seconds``).
 
 One registry per process (``REGISTRY``), not prometheus_client's global default one, so what
-a process serves is exactly this catalogue (plus the process and Python collectors); each
-process serves it on its own port (multiprocess correctness: no process reports another's
+a process serves is exactly its role's part of this catalogue (``ROLE_FAMILIES``, joined by
+``set_role``) plus the process and Python collectors; each process serves it on its own port (multiprocess correctness: no process reports another's
 counters). Counters count what this process did: a task transition is counted by the
 process that committed it (the API for accepted and finished tasks, the worker for the ones
 its reaper ends, the HA monitor for its restarts), so a dashboard sums over the processes.
