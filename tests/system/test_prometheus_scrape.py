@@ -8,6 +8,7 @@ are there with sane values. Each process's /livez and /readyz answer on its list
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from urllib.parse import urlsplit, urlunsplit
 
@@ -19,7 +20,7 @@ from tests.conftest import REDIS_URL
 from tests.prometheushelpers import free_ports, have_prometheus, running_prometheus
 from vcenter.lab.stack import Stack
 
-pytestmark = pytest.mark.skipif(not have_prometheus(), reason="Debian's prometheus package (scripts/install.sh) is not installed")
+needs_prometheus = pytest.mark.skipif(not have_prometheus(), reason="Debian's prometheus package (scripts/install.sh) is not installed")
 
 TOKEN = "prometheus-scrape-secret-for-tests"
 
@@ -97,6 +98,7 @@ def test_each_process_answers_livez_readyz_and_refuses_metrics_without_the_token
     assert set(httpx.get(f"http://127.0.0.1:{ports['agent']}/readyz", timeout=10).json()["checks"]) == {"redis", "hypervisor"}
 
 
+@needs_prometheus
 def test_promtool_accepts_every_process_scrape(observed, tmp_path):
     stack, ports, _ = observed
     power_on_one_vm(stack, "scraped-vm")
@@ -107,6 +109,7 @@ def test_promtool_accepts_every_process_scrape(observed, tmp_path):
         assert checked.returncode == 0, (role, checked.stdout, checked.stderr)
 
 
+@needs_prometheus
 def test_a_prometheus_from_debian_scrapes_every_process(observed, tmp_path):
     stack, ports, prom_port = observed
     jobs = {f"vcenter-{role}": [f"127.0.0.1:{port}"] for role, port in ports.items()}
@@ -151,3 +154,47 @@ def test_a_prometheus_from_debian_scrapes_every_process(observed, tmp_path):
         )
         firing = [a for a in httpx.get(f"{base}/api/v1/alerts", timeout=10).json()["data"]["alerts"] if a["state"] == "firing"]
         assert firing == [], firing
+
+
+def test_an_ha_monitor_without_its_database_is_live_but_not_ready(tmp_path):
+    """Liveness is the loop turning, readiness the dependencies answering: an HA monitor whose
+    database does not answer keeps passing (each pass fails and is logged), so /livez is 200,
+    while /readyz is 503 naming the database; Redis answers."""
+    import os
+    import sys
+
+    (port,) = free_ports(1)
+    with socket.socket() as probe:  # a port where nothing listens: the database "down"
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("VCENTER_")},
+        "VCENTER_DATABASE_URL": f"postgresql+psycopg://nobody:nothing@127.0.0.1:{dead}/none?connect_timeout=1",
+        "VCENTER_REDIS_URL": _own_db(REDIS_URL, 15),
+        "VCENTER_KEY_DIR": str(tmp_path / "keys"),
+        "VCENTER_HA_PERIOD": "0.3",
+        "VCENTER_PROCESS_STALL_AFTER": "5",
+        "VCENTER_HA_METRICS_LISTEN": f"127.0.0.1:{port}",
+    }
+    log = tmp_path / "ha.log"
+    proc = subprocess.Popen([sys.executable, "-m", "vcenter.cli", "ha"], env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def answers(path: str) -> httpx.Response | None:
+        try:
+            return httpx.get(base + path, timeout=5)
+        except httpx.HTTPError:
+            assert proc.poll() is None, log.read_text()
+            return None
+
+    try:
+        wait_for(lambda: (r := answers("/readyz")) is not None and r, 30, interval=0.3, what="the HA monitor's listener")
+        ready = answers("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"] == {"database": "error: OperationalError", "redis": "ok"}, ready.text
+        # several passes later (each failing on the database), the loop still turns
+        wait_for(lambda: log.read_text().count("HA monitor pass failed") >= 3, 30, interval=0.3, what="three failed passes")
+        live = answers("/livez")
+        assert live.status_code == 200 and live.json()["loop_age_seconds"] < 5, live.text
+    finally:
+        proc.terminate()
+        proc.wait(20)
