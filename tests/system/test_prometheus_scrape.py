@@ -4,7 +4,8 @@ their own port under the metrics token; `promtool check metrics` passes over eve
 real scrape; a Prometheus from Debian (its own data directory, a generated prometheus.yml)
 scrapes them all with ``up == 1``, and after one power operation the task counter, the queue
 wait, the outbox lag, the heartbeat age, the HA monitor and beat gauges and the database pool
-are there with sane values. Each process's /livez and /readyz answer on its listener."""
+are there with sane values. Each process's /livez and /readyz answer on its listener, and an HA
+monitor without its database is live but not ready."""
 
 from __future__ import annotations
 
