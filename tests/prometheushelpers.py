@@ -17,18 +17,29 @@ import httpx
 import yaml
 
 from tests.apihelpers import wait_for
+from tests.conftest import xdist_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 ALERTS = ROOT / "deploy/prometheus/alerts.yml"
-# Listener ports the tests take for themselves (process listeners, Prometheus).
+# Listener ports the tests take for themselves (process listeners, Prometheus): 20 for each
+# pytest-xdist worker, so that two workers never probe the same port free and both bind it.
 PORTS = range(18200, 18300)
+
+
+def worker_ports() -> range:
+    worker = xdist_worker()
+    if worker is None:
+        return PORTS
+    start = PORTS.start + 20 * (worker % 5)
+    return range(start, start + 20)
 
 
 def have_prometheus() -> bool:
     return shutil.which("prometheus") is not None and shutil.which("promtool") is not None
 
 
-def free_ports(count: int, ports: range = PORTS) -> list[int]:
+def free_ports(count: int, ports: range | None = None) -> list[int]:
+    ports = ports or worker_ports()
     found = []
     for port in ports:
         with socket.socket() as probe:
