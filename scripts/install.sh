@@ -21,9 +21,12 @@ CORE_PKGS=(
 # buildah/fuse-overlayfs/slirp4netns that rootful podman does not need). The container
 # tools run the compose deployment test (tests/e2e/test_compose_deploy.py); python3-libvirt is
 # what a host install uses instead of building libvirt-python (tests/system/test_host_install.py).
+# prometheus: promtool checks the alert rules and each process's scrape, and the Prometheus
+# server scrapes every process in tests/system/test_prometheus_scrape.py (its service is not
+# started: the policy below forbids it, and nothing here runs systemd).
 TOOL_PKGS=(docker-compose chromium cloud-init busybox-static dropbear-bin
   podman podman-compose debootstrap netavark aardvark-dns runc uidmap containernetworking-plugins
-  python3-libvirt)
+  python3-libvirt prometheus)
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi

@@ -179,40 +179,64 @@ def quiet_periodic_lines(celery: Any) -> None:
     quiet_routine_task_lines(entry["task"] for entry in celery.conf.beat_schedule.values())
 
 
+METRICS_LISTEN_HELP = "host:port of this process's /livez, /readyz and /metrics listener [VCENTER_{}_METRICS_LISTEN, default off]"
+
+
 @app.command()
 def worker(
     concurrency: int = typer.Option(2, help="parallel orchestrator tasks"),
     database_url: Optional[str] = typer.Option(None, help="SQLAlchemy URL [VCENTER_DATABASE_URL]"),
     redis_url: Optional[str] = typer.Option(None, help="Redis URL [VCENTER_REDIS_URL]"),
     node_name: str = typer.Option("orchestrator@%h", help="Celery node name; several workers on one machine need their own (orchestrator2@%h)"),
+    metrics_listen: Optional[str] = typer.Option(None, help=METRICS_LISTEN_HELP.format("WORKER")),
 ) -> None:
     """Run an orchestrator Celery worker (outbox relay, task reaper, host monitor); run as many
     as the load needs, they share the orchestrator queue."""
-    _env(database_url=database_url, redis_url=redis_url)
-    from workers.beat import make_orchestrator_app
+    _env(database_url=database_url, redis_url=redis_url, worker_metrics_listen=metrics_listen)
+    from vcenter.core.logging import celery_quiet
+    from workers.beat import make_orchestrator_app, observe_worker
 
     celery = make_orchestrator_app()
     quiet_periodic_lines(celery)
-    celery.worker_main(["worker", "--pool=threads", f"--concurrency={concurrency}", "--queues=orchestrator", "--without-gossip", "--without-mingle", "--loglevel=INFO", f"--hostname={node_name}"])
+    observe_worker(celery, get_settings())
+    celery.worker_main(
+        [
+            *celery_quiet(get_settings().log_json),
+            "worker",
+            "--pool=threads",
+            f"--concurrency={concurrency}",
+            "--queues=orchestrator",
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel=INFO",
+            f"--hostname={node_name}",
+        ]
+    )
 
 
 @app.command()
-def beat(redis_url: Optional[str] = typer.Option(None, help="Redis URL [VCENTER_REDIS_URL]")) -> None:
+def beat(
+    redis_url: Optional[str] = typer.Option(None, help="Redis URL [VCENTER_REDIS_URL]"),
+    metrics_listen: Optional[str] = typer.Option(None, help=METRICS_LISTEN_HELP.format("BEAT")),
+) -> None:
     """Run the periodic scheduler; a Redis lock (celery-redbeat) keeps it to one per system:
     a second beat stands by and takes over within VCENTER_BEAT_LOCK_TTL when the first dies."""
-    _env(redis_url=redis_url)
-    from workers.beat import make_orchestrator_app
+    _env(redis_url=redis_url, beat_metrics_listen=metrics_listen)
+    from workers.beat import make_orchestrator_app, observed_scheduler
 
     celery = make_orchestrator_app()
     quiet_periodic_lines(celery)
-    celery.Beat(scheduler="redbeat.RedBeatScheduler", loglevel="INFO").run()
+    celery.Beat(scheduler=observed_scheduler(celery, get_settings()), loglevel="INFO", quiet=get_settings().log_json).run()
 
 
 @app.command()
-def ha(redis_url: Optional[str] = typer.Option(None, help="Redis URL [VCENTER_REDIS_URL]")) -> None:
+def ha(
+    redis_url: Optional[str] = typer.Option(None, help="Redis URL [VCENTER_REDIS_URL]"),
+    metrics_listen: Optional[str] = typer.Option(None, help=METRICS_LISTEN_HELP.format("HA")),
+) -> None:
     """Run the HA monitor: active/standby through a Redis lock with a fencing token; run two for
     fail-over. Judges host liveness, restarts VMs of failed hosts, resets hung guests."""
-    _env(redis_url=redis_url)
+    _env(redis_url=redis_url, ha_metrics_listen=metrics_listen)
     from vcenter.services.ha.ha_monitor import run_ha
 
     run_ha(get_settings())
@@ -228,10 +252,20 @@ def agent(
     api_url: Optional[str] = typer.Option(None, help="URL of the virtcenter API [VCENTER_PUBLIC_URL]"),
     redis_url: Optional[str] = typer.Option(None, help="Redis URL [VCENTER_REDIS_URL]"),
     simulated: bool = typer.Option(False, help="drive an in-memory simulated hypervisor instead of libvirt (demos only)"),
+    metrics_listen: Optional[str] = typer.Option(None, help=METRICS_LISTEN_HELP.format("AGENT")),
 ) -> None:
     """Run the host agent: registers once (one-time token; prints its certificate thumbprint
     for the operator to confirm), then consumes host.<id>, heartbeats, reports, libvirt events."""
-    _env(agent_host_id=host_id, agent_token=token, agent_registration_token=registration_token, agent_state_dir=state_dir, libvirt_uri=libvirt_uri, public_url=api_url, redis_url=redis_url)
+    _env(
+        agent_host_id=host_id,
+        agent_token=token,
+        agent_registration_token=registration_token,
+        agent_state_dir=state_dir,
+        libvirt_uri=libvirt_uri,
+        public_url=api_url,
+        redis_url=redis_url,
+        agent_metrics_listen=metrics_listen,
+    )
     from workers.agent.main import run_agent
     from workers.agent.supervisor import exit_status, supervise
 

@@ -13,10 +13,36 @@ from vcenter.messaging.redis_link import tls_options
 from workers.orchestrator import tasks
 
 
+def observe_worker(app: Celery, settings: Settings) -> None:
+    """The worker's liveness (its consumer's loop), task counters, database pool and listener."""
+    from vcenter.observability import celery_probe
+    from vcenter.observability.listener import LoopWatch, start_listener
+    from vcenter.observability.metrics import REGISTRY, PoolCollector
+
+    runtime = app.vc_runtime
+    watch = LoopWatch(settings.process_stall_after)
+    celery_probe.count_tasks()
+    celery_probe.watch_consumer(app, watch)
+    REGISTRY.register(PoolCollector(runtime.database_pools))
+    start_listener("worker", settings.worker_metrics_listen, watch, {"database": runtime.check_database, "redis": runtime.check_redis}, settings.metrics_token)
+
+
+def observed_scheduler(app: Celery, settings: Settings) -> type:
+    """Beat's scheduler (celery-redbeat's) stamping beat's liveness; beat's listener started.
+    Beat needs Redis only (the schedule and its lock live there)."""
+    from vcenter.observability import celery_probe
+    from vcenter.observability.listener import LoopWatch, start_listener
+
+    watch = LoopWatch(settings.process_stall_after)
+    scheduler = celery_probe.watched_scheduler(watch)
+    start_listener("beat", settings.beat_metrics_listen, watch, {"redis": app.vc_runtime.check_redis}, settings.metrics_token)
+    return scheduler
+
+
 def make_orchestrator_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     app = make_celery(settings)
-    tasks.register(app, settings)
+    app.vc_runtime = tasks.register(app, settings)  # the worker's health listener checks its database and Redis
     app.conf.beat_schedule = tasks.beat_schedule(settings)
     app.conf.redbeat_redis_url = settings.redis_url
     app.conf.redbeat_redis_use_ssl = tls_options(settings)

@@ -95,3 +95,31 @@ def test_uvicorns_lines_are_json_like_ours(tmp_path):
     loggers = {entry["logger"] for entry in lines}
     assert {"uvicorn.error", "uvicorn.access"} <= loggers, loggers
     assert any('"GET /no-such-page HTTP/1.1" 404' in entry["message"] for entry in lines if entry["logger"] == "uvicorn.access")
+
+
+def test_worker_and_beat_log_json_only_with_log_json(tmp_path):
+    """With VCENTER_LOG_JSON every line on stderr is a JSON object: Celery's own records, its
+    "running as root" warning (Python's warnings are captured), and no start-up banner (Celery's
+    --quiet). Celery writes one plain line to stdout when it shuts down; nothing else goes there."""
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    environ = _environ(tmp_path, VCENTER_LOG_JSON="true")
+    cli = [sys.executable, "-m", "vcenter.cli"]
+    names = ("worker", "beat")
+    errs = {name: tmp_path / f"{name}.err" for name in names}
+    outs = {name: tmp_path / f"{name}.out" for name in names}
+    procs = [subprocess.Popen([*cli, name], env=environ, stdout=open(outs[name], "w"), stderr=open(errs[name], "w")) for name in names]
+    try:
+        wait_for(lambda: "ready." in errs["worker"].read_text() and "Acquired lock" in errs["beat"].read_text(), 60, interval=0.3, what="worker ready, beat scheduling")
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(20)
+    for name in names:
+        lines = [line for line in errs[name].read_text().splitlines() if line.strip()]
+        plain = [line for line in lines if not line.startswith("{")]
+        assert lines and plain == [], (name, plain)
+        assert all(json.loads(line)["message"] is not None for line in lines)
+        stdout = [line for line in outs[name].read_text().splitlines() if line.strip()]
+        assert all("shutdown" in line for line in stdout), (name, stdout)

@@ -7,12 +7,14 @@ Starlette's error handling, the request metrics and the input guards (vcenter.ap
 
 /metrics on the API port is not anonymous (``metrics_access``): the ``metrics_token`` bearer
 credential, or a user holding System.View. ``metrics_listen`` adds a separate plain listener
-serving only the metrics, for a Prometheus that scrapes an address nobody else reaches.
+serving only the metrics, for a Prometheus that scrapes an address nobody else reaches. What it
+serves: this application's HTTP counters, the process's catalogue (vcenter.observability.metrics:
+task transitions, queue wait, migration downtime, the database pool) and the system's gauges read
+at scrape time (vcenter.services.monitoring.scrape: open tasks, outbox lag, heartbeat ages).
 """
 
 from __future__ import annotations
 
-import hmac
 import html
 import logging
 import time
@@ -35,6 +37,8 @@ from vcenter.core.errors import Unauthorized
 from vcenter.core.release import release
 from vcenter.api.routers import access, agent, clusters, feeds, inventory, tasks, users, vms
 from vcenter.core.settings import Settings, get_settings
+from vcenter.observability.listener import bearer_of, is_metrics_token, readiness
+from vcenter.observability.metrics import PoolCollector, ProcessCatalogue, ServerStateCollector, set_role
 from vcenter.services.access import auth, authz
 from vcenter.services.tasks.runtime import Runtime
 
@@ -43,17 +47,6 @@ log = logging.getLogger(__name__)
 STATIC_DOCS = "/static/docs"
 # Third-party assets, copied unchanged from npm (static/vendor/README.txt: versions, licences, updates).
 VENDOR = f"{STATIC_DOCS}/vendor"
-
-
-def bearer_of(authorization: str | None) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header, else None."""
-    scheme, _, token = (authorization or "").strip().partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
-
-
-def is_metrics_token(token: str | None, metrics_token: str | None) -> bool:
-    """The Prometheus credential, compared in constant time; never true when none is set."""
-    return bool(token and metrics_token) and hmac.compare_digest(token.encode(), metrics_token.encode())  # type: ignore[union-attr]
 
 
 def operation_id(route: APIRoute) -> str:
@@ -105,13 +98,21 @@ def redoc_page(openapi_url: str, style_nonce: str) -> str:
 
 
 class HttpMetrics:
-    """The request counters of one application's runtime, in a registry of their own (several
-    applications in one process, as in the tests, each count their own)."""
+    """What /metrics serves for one application's runtime, in a registry of its own: its
+    request counters (several applications in one process, as in the tests, each count their
+    own), the process's catalogue, the runtime's database pool and the system's gauges read at
+    scrape time."""
 
-    def __init__(self) -> None:
+    def __init__(self, runtime: Runtime | None = None) -> None:
         self.registry = CollectorRegistry()
         self.requests_total = Counter("vcenter_http_requests_total", "HTTP requests", ["method", "route", "status"], registry=self.registry)
         self.latency = Histogram("vcenter_http_request_seconds", "HTTP request latency", ["method", "route"], registry=self.registry)
+        self.registry.register(ProcessCatalogue())
+        if runtime is not None:
+            from vcenter.services.monitoring.scrape import read_state
+
+            self.registry.register(PoolCollector(runtime.database_pools))
+            self.registry.register(ServerStateCollector(lambda: read_state(runtime)))
 
 
 def bind(app: FastAPI, runtime: Runtime) -> FastAPI:
@@ -123,7 +124,7 @@ def bind(app: FastAPI, runtime: Runtime) -> FastAPI:
     one built application for each test instead of building one each time, where FastAPI's
     analysis of every route on an application's first request cost 0.2-0.4 s of CPU."""
     app.state.runtime = runtime
-    app.state.http_metrics = HttpMetrics()
+    app.state.http_metrics = HttpMetrics(runtime)
     app.middleware_stack = None
     return app
 
@@ -137,6 +138,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # The separate metrics listener lives as long as the server (not the tests' apps).
+        set_role("api", release())
         server = None
         listen = current().metrics_listen
         if listen:
@@ -242,14 +244,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     def readyz() -> Response:
         """Whether this replica can serve: 200 when the database and Redis both answer, else 503
         naming the one that does not (a readiness probe; no credential)."""
-        checks: dict[str, str] = {}
-        for name, check in (("database", app.state.runtime.check_database), ("redis", app.state.runtime.check_redis)):
-            try:
-                check()
-                checks[name] = "ok"
-            except Exception as exc:  # report, do not crash: this is the health check
-                checks[name] = f"error: {type(exc).__name__}"
-        ready = all(v == "ok" for v in checks.values())
+        ready, checks = readiness({"database": app.state.runtime.check_database, "redis": app.state.runtime.check_redis})
         return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503)
 
     def metrics_access(request: Request) -> None:
@@ -275,9 +270,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         openapi_extra={"security": [{"bearerAuth": []}]},
     )
     def metrics(request: Request) -> Response:
-        """The request counters and latencies of this API replica in the Prometheus text format;
-        needs the metrics token or a user holding System.View (401 without, 403 without the
-        privilege)."""
+        """This API replica's metrics in the Prometheus text format (request counters and
+        latencies, task transitions, queue wait, migration downtime, its database pool) and the
+        system's gauges read now (open tasks, outbox lag, agent heartbeat ages); needs the
+        metrics token or a user holding System.View (401 without, 403 without the privilege)."""
         metrics_access(request)
         return Response(generate_latest(app.state.http_metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

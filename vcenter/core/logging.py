@@ -15,6 +15,12 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(body)
 
 
+def celery_quiet(as_json: bool) -> list[str]:
+    """Celery's global options for a process logging JSON: ``--quiet`` drops the start-up banner
+    it prints as plain text (its log records reach our handler like every other)."""
+    return ["--quiet"] if as_json else []
+
+
 def setup_logging(level: str = "INFO", as_json: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if as_json:
@@ -24,5 +30,8 @@ def setup_logging(level: str = "INFO", as_json: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Python's warnings (Celery's "running as root" among them) become records of this handler
+    # too, or they would be the plain multi-line exceptions in a JSON stream.
+    logging.captureWarnings(as_json)
     # One line per HTTP request of the agent's client would drown what happened.
     logging.getLogger("httpx").setLevel(logging.WARNING)

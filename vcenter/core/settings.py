@@ -73,6 +73,14 @@ class Settings(BaseSettings):
     metrics_listen: str | None = Field(
         None, description="host:port of a separate plain-HTTP listener serving only /metrics, without credentials (bind it to an address only Prometheus reaches); `vcenter serve` with one worker"
     )
+    # The other processes' own health and metrics listeners (vcenter.observability.listener):
+    # /livez, /readyz and /metrics (the metrics token when metrics_token is set, else plain).
+    # Off by default; one address per process (the --metrics-listen option of each command).
+    worker_metrics_listen: str | None = Field(None, description="host:port of `vcenter worker`'s health and metrics listener (/livez, /readyz, /metrics); off by default")
+    beat_metrics_listen: str | None = Field(None, description="host:port of `vcenter beat`'s health and metrics listener; off by default")
+    ha_metrics_listen: str | None = Field(None, description="host:port of `vcenter ha`'s health and metrics listener; off by default")
+    agent_metrics_listen: str | None = Field(None, description="host:port of `vcenter agent`'s health and metrics listener; off by default")
+    process_stall_after: float = Field(120.0, gt=0, description="a process's /livez answers 503 once its main loop (worker timer, beat tick, HA pass, agent heartbeat) has not turned for this long")
 
     # --- keys and channel security --------------------------------------------------------
     key_dir: str = Field("/var/lib/virtcenter/keys", description="server-side key material: the command signing key, the self-signed TLS certificate")
@@ -223,13 +231,13 @@ class Settings(BaseSettings):
 
         return ",".join(str(ipaddress.ip_network(entry.strip(), strict=False)) for entry in value.split(",") if entry.strip())
 
-    @field_validator("metrics_listen")
+    @field_validator("metrics_listen", "worker_metrics_listen", "beat_metrics_listen", "ha_metrics_listen", "agent_metrics_listen")
     @classmethod
     def _metrics_listen(cls, value: str | None) -> str | None:
         if value:
             host, _, port = value.rpartition(":")
             if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
-                raise ValueError("metrics_listen is host:port, e.g. 127.0.0.1:9464")
+                raise ValueError("a metrics listener is host:port, e.g. 127.0.0.1:9464")
         return value or None
 
 

@@ -14,6 +14,7 @@ import httpx
 from kombu import Queue
 
 from vcenter.core.host_pki import pki_files
+from vcenter.core.logging import celery_quiet
 from vcenter.core.settings import Settings
 from vcenter.hypervisor.base import DriverError, HypervisorDriver
 from vcenter.messaging.celery_app import make_celery
@@ -178,6 +179,23 @@ def start_host_tls(settings: Settings, api: ApiClient, agent: AgentService) -> N
     host_tls.start(agent.stop_event)
 
 
+def hypervisor_answers(driver: HypervisorDriver) -> None:
+    if not driver.is_alive():
+        raise DriverError("the hypervisor connection is down")
+
+
+def observe_agent(settings: Settings, agent: AgentService) -> None:
+    """The agent's liveness (its heartbeat loop), Celery task counters and listener: ready when
+    Redis and the hypervisor answer."""
+    from vcenter.observability import celery_probe
+    from vcenter.observability.listener import LoopWatch, start_listener
+
+    watch = LoopWatch(settings.process_stall_after)
+    agent.on_heartbeat = watch.stamp
+    celery_probe.count_tasks()
+    start_listener("agent", settings.agent_metrics_listen, watch, {"redis": agent.redis.ping, "hypervisor": lambda: hypervisor_answers(agent.driver)}, settings.metrics_token)
+
+
 def run_agent(settings: Settings, simulated: bool = False) -> None:
     driver = make_driver(settings, simulated)
     verify = api_verify(settings)
@@ -187,6 +205,7 @@ def run_agent(settings: Settings, simulated: bool = False) -> None:
     api = ApiClient(settings.public_url, host_id, credential.token, retry_delay=settings.agent_reconnect_delay, verify=verify)
     network = make_network(settings, simulated)
     agent = AgentService(settings, host_id, driver, api, network, command_gate=gate)
+    observe_agent(settings, agent)
     if not simulated:
         start_host_tls(settings, api, agent)
     app = make_celery(settings)
@@ -205,6 +224,7 @@ def run_agent(settings: Settings, simulated: bool = False) -> None:
     try:
         app.worker_main(
             [
+                *celery_quiet(settings.log_json),
                 "worker",
                 "--pool=threads",
                 f"--concurrency={settings.agent_concurrency}",

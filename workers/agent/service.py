@@ -20,6 +20,7 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from vcenter.hypervisor.base import ConnectionLost, DriverError, HypervisorDrive
 from vcenter.domain.uplinks import UplinkRefused
 from vcenter.messaging.contracts import DatastoreUsage, DomainState, HostState, LifecycleEvent, PortgroupError, heartbeat_key
 from vcenter.messaging.redis_link import connect
+from vcenter.observability.metrics import AGENT_HEARTBEATS
 from workers.agent import datastore_guard
 from workers.agent.api_client import ApiClient, PermanentReportError
 from workers.agent.guests import GuestWatcher
@@ -68,6 +70,7 @@ class AgentService:
         self.guests = GuestWatcher(driver, self.stop_event)
         # Port groups this host could not make on the last pass, by bridge: reported to the server.
         self._portgroup_errors: dict[str, PortgroupError] = {}
+        self.on_heartbeat: Callable[[], None] = lambda: None  # the process's liveness (workers.agent.main)
 
     # --- start / stop --------------------------------------------------------------------
     def start(self) -> None:
@@ -125,13 +128,16 @@ class AgentService:
         while not self.stop_event.is_set():
             try:
                 self.redis.set(key, str(time.time()), px=ttl_ms)
+                AGENT_HEARTBEATS.labels("ok").inc()
                 if failing:
                     log.info("heartbeat: Redis reachable again")
                 failing = False
             except redis.RedisError as exc:
+                AGENT_HEARTBEATS.labels("failed").inc()
                 if not failing:
                     log.warning("heartbeat: Redis unreachable (%s); will keep trying", exc)
                 failing = True
+            self.on_heartbeat()  # the loop turned, whether Redis answered or not (that is readiness)
             self.stop_event.wait(self.settings.heartbeat_period)
 
     # --- lifecycle events ----------------------------------------------------------------

@@ -8,6 +8,7 @@ import logging
 from celery import Celery
 
 from vcenter.core.settings import Settings
+from vcenter.observability.metrics import DRS_PASS, ROLLUP
 from vcenter.services.housekeeping import reaper
 from vcenter.services.tasks import idempotency
 from vcenter.services.tasks.runtime import Runtime
@@ -43,7 +44,7 @@ def register(app: Celery, settings: Settings) -> Runtime:
     def drs_pass() -> list:
         from vcenter.services.drs import drs
 
-        with runtime.transaction() as session:
+        with DRS_PASS.time(), runtime.transaction() as session:
             return drs.run_due(session, settings)
 
     @app.task(name="orchestrator.dpm", ignore_result=True)
@@ -82,10 +83,11 @@ def register(app: Celery, settings: Settings) -> Runtime:
     def metrics_rollup() -> dict:
         from vcenter.services.monitoring import metrics
 
-        with runtime.transaction() as session:
-            counts = {"rolled": metrics.rollup(session, settings)}
-        with runtime.transaction() as session:
-            counts["purged"] = metrics.purge(session, settings)
+        with ROLLUP.time():
+            with runtime.transaction() as session:
+                counts = {"rolled": metrics.rollup(session, settings)}
+            with runtime.transaction() as session:
+                counts["purged"] = metrics.purge(session, settings)
         if any(counts.values()):
             log.info("metrics: %s", counts)
         return counts

@@ -32,6 +32,8 @@ from vcenter.services.compute import migration
 from vcenter.services.inventory import inventory, host_power
 from vcenter.services.monitoring import metrics
 from vcenter.services.tasks.events import record_event
+from vcenter.observability.committed import after_commit
+from vcenter.observability.metrics import DRS_MOVES
 
 
 def drs_settings(cluster: Cluster) -> drs.DrsSettings:
@@ -134,6 +136,8 @@ def run(session: Session, user: str, cluster_id: int, config: Settings) -> dict[
                 row.state = "pending"
                 row.reason = f"{row.reason}; not applied automatically: {exc.code}"
         stored.append(row)
+    applied = sum(1 for row in stored if row.state == "applied")
+    after_commit(session, lambda: record_moves(applied, len(stored) - applied))
     record_event(
         session,
         "cluster.drs.run",
@@ -152,6 +156,14 @@ def run(session: Session, user: str, cluster_id: int, config: Settings) -> dict[
         "notes": list(plan.notes),
         "wake": _wake(session, user, cluster, plan, settings),
     }
+
+
+def record_moves(applied: int, recommended: int) -> None:
+    """A pass's moves, counted once its transaction committed (vcenter_drs_moves_total)."""
+    if applied:
+        DRS_MOVES.labels("applied").inc(applied)
+    if recommended:
+        DRS_MOVES.labels("recommended").inc(recommended)
 
 
 def _wake(session: Session, user: str, cluster: Cluster, plan: drs.DrsPlan, settings: drs.DrsSettings) -> list[dict[str, Any]]:

@@ -45,6 +45,10 @@ from vcenter.db.ha_models import HaRestart
 from vcenter.db.models import VirtualMachine
 from vcenter.domain import ha
 from vcenter.messaging.contracts import HA_LOCK_KEY, HA_PASSES_KEY, ha_datastore_view_key, heartbeat_key
+from vcenter.observability import metrics
+from vcenter.observability.committed import after_commit
+from vcenter.observability.listener import LoopWatch, start_listener
+from vcenter.observability.metrics import REGISTRY, PoolCollector
 from vcenter.schemas.ha import HaConfig
 from vcenter.services.ha import ha as ha_service
 from vcenter.services.tasks.events import record_event
@@ -93,7 +97,13 @@ class DatabaseStore:
         ha_service.set_frozen(self.session, token, frozen, owner)
 
     def record_transitions(self, token: int, transitions: Sequence[ha.Transition]) -> list[Hashable]:
-        return list(ha_service.record_transitions(self.session, token, transitions))
+        recorded = list(ha_service.record_transitions(self.session, token, transitions))
+        for t in transitions:
+            self.count_verdict(metrics.ha_host_verdict(t.after.value))
+        return recorded
+
+    def count_verdict(self, verdict: str) -> None:
+        after_commit(self.session, lambda: metrics.HA_VERDICTS.labels(verdict).inc())
 
     def add_candidates(self, host: Hashable, cause: str, vm_uuids=None, power_state: str = "poweredOn") -> list[Hashable]:
         return list(ha_service.add_candidates(self.session, int(host), cause, vm_uuids, power_state=power_state))
@@ -143,10 +153,14 @@ class DatabaseStore:
         return [(wall - at).total_seconds() for at in ha_service.resets_in_window(self.session, vm.key, window_s)]
 
     def reset_vm(self, token: int, vm: WatchedVm, verdict: ha.VmVerdict) -> bool:
-        return ha_service.reset_vm(self.session, token, vm.handle, verdict) is not None
+        reset = ha_service.reset_vm(self.session, token, vm.handle, verdict) is not None
+        if reset:
+            self.count_verdict("vm_reset")
+        return reset
 
     def record_reset_limit(self, vm: WatchedVm, verdict: ha.VmVerdict) -> None:
         ha_service.record_reset_limit(self.session, vm.handle, verdict)
+        self.count_verdict("vm_reset_limit")
 
 
 class _LazyWatchedVm:
@@ -264,13 +278,14 @@ class HaMonitorProcess(HaMonitor):
     """The ``vcenter ha`` process: the HA monitor (vcenter.services.ha.ha_manager) on Redis and
     the database, a pass every ``ha_period``."""
 
-    def __init__(self, runtime: Any, owner: str | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, runtime: Any, owner: str | None = None, clock: Callable[[], float] = time.monotonic, on_turn: Callable[[], None] = lambda: None) -> None:
         env = RedisDbEnvironment(runtime, clock)
         super().__init__(env, owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}", runtime.settings.ha_redis_return_grace)
         self.runtime = runtime
         self.settings: Settings = runtime.settings
         self.clock = clock
         self.stop_event = threading.Event()
+        self.on_turn = on_turn  # the process's liveness (vcenter.observability.listener.LoopWatch)
 
     @property
     def redis(self) -> redis.Redis:
@@ -284,10 +299,15 @@ class HaMonitorProcess(HaMonitor):
         log.info("HA monitor %s starting (standby until it holds the lock)", self.owner)
         while not self.stop_event.is_set():
             started = self.clock()
+            was_active = self.active
             try:
                 self.step()
             except Exception:
                 log.exception("HA monitor pass failed")
+            if was_active and self.active:
+                metrics.HA_PASS.observe(self.clock() - started)
+            metrics.HA_ACTIVE.set(1 if self.active else 0)
+            self.on_turn()
             self.stop_event.wait(max(0.0, self.settings.ha_period - (self.clock() - started)))
         self.release()
 
@@ -297,7 +317,11 @@ def _spec_for(session, vm: VirtualMachine, host_id: int):
 
 
 def run_ha(settings: Settings) -> None:
-    monitor = HaMonitorProcess(Runtime.build(settings))
+    runtime = Runtime.build(settings)
+    watch = LoopWatch(settings.process_stall_after)
+    REGISTRY.register(PoolCollector(runtime.database_pools))
+    start_listener("ha", settings.ha_metrics_listen, watch, {"database": runtime.check_database, "redis": runtime.check_redis}, settings.metrics_token)
+    monitor = HaMonitorProcess(runtime, on_turn=watch.stamp)
     try:
         monitor.run()
     except KeyboardInterrupt:

@@ -14,6 +14,8 @@ from sqlalchemy.orm import Session
 from vcenter.db.models import Host, Task, VirtualMachine
 from vcenter.domain.states import PowerState, TaskState
 from vcenter.messaging.results import MigrateResult
+from vcenter.observability.committed import after_commit
+from vcenter.observability.metrics import MIGRATION_DOWNTIME
 from vcenter.services.compute import maintenance_mode, migration
 from vcenter.services.tasks.events import record_event
 from vcenter.services.operations.base import AgentResult, Operation
@@ -33,6 +35,9 @@ class Migrate(Operation):
             migrated = report.typed(MigrateResult).stats
             stats = migrated.result() if migrated is not None else {}
             finish_task(session, task, TaskState.SUCCESS, result={"migration": stats}, object_name=vm.name)
+            if migrated is not None and migrated.downtime_ms is not None:
+                downtime = migrated.downtime_ms / 1000.0
+                after_commit(session, lambda: MIGRATION_DOWNTIME.observe(downtime))
             record_event(
                 session,
                 "vm.migrated",

@@ -23,7 +23,7 @@ from vcenter.messaging.celery_app import make_celery
 from vcenter.messaging.contracts import heartbeat_key
 from vcenter.messaging.redis_link import connect
 from vcenter.messaging.signing import CommandSigner
-from vcenter.services.tasks import outbox
+from vcenter.services.tasks import outbox, task_metrics  # noqa: F401  (task_metrics: counts the task transitions every session commits)
 from vcenter.services.tasks.events import record_event
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,10 @@ class Runtime:
 
     def host_alive(self, host_id: int) -> bool:
         return bool(self.redis.exists(heartbeat_key(host_id)))
+
+    def database_pools(self) -> list[tuple[str, Any]]:
+        """The connection pool of this runtime's database (vcenter.observability.metrics.PoolCollector)."""
+        return [("main", self.sessions.kw["bind"].pool)]
 
     def check_database(self) -> None:
         with self.sessions() as session:
