@@ -30,3 +30,36 @@ def login(env: dict[str, str], url: str, admin: tuple[str, str], name: str = "la
     """`vcenter login` with the password on standard input."""
     out = ok(vcenter(env, "login", url, "--user", admin[0], "--password-stdin", "--name", name, stdin=admin[1] + "\n"))
     assert f"context {name}" in out, out
+
+
+def console_session(env: dict[str, str], vm: str, line: bytes, answer: bytes, timeout: float = 60) -> tuple[int, bytes]:
+    """`vcenter vm console VM` on a pty, as a user at a terminal runs it: ``line`` typed once
+    the console is attached (and again every few seconds, for a guest still at its boot
+    messages), until ``answer`` shows; then Ctrl-] ends it. The exit status and all it showed."""
+    import pty
+    import select
+    import time
+
+    keyboard, terminal = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "vcenter.cli", "vm", "console", vm], env=env, stdin=terminal, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    seen = bytearray()
+    deadline, typed_at = time.monotonic() + timeout, 0.0
+    try:
+        while answer not in seen and time.monotonic() < deadline and process.poll() is None:
+            if b"escape character is ^]" in seen and time.monotonic() - typed_at > 5:
+                os.write(keyboard, line)
+                typed_at = time.monotonic()
+            if select.select([keyboard], [], [], 0.2)[0]:
+                try:
+                    seen.extend(os.read(keyboard, 4096))
+                except OSError:  # the command ended: the pty's other side is gone
+                    break
+        os.write(keyboard, b"\x1d")
+        status = process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(keyboard)
+    return status, bytes(seen)

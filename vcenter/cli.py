@@ -98,9 +98,10 @@ _add_backup()
 
 
 def _add_operator_commands() -> None:
-    from vcenter.client_cli import add_commands
+    from vcenter.client_cli import add_commands, quick_start
 
     add_commands(app)
+    quick_start()  # no pydantic for typer's parameters, no httpx command-line tool: a quicker start
 
 
 _add_operator_commands()

@@ -217,6 +217,38 @@ def test_console_ticket_is_single_use_and_expires(world):
         assert closed.value.code == 4401
 
 
+def test_an_api_client_opens_the_console_with_its_bearer_credential(world):
+    """`vcenter vm console`'s way in: a ticket from the API, redeemed on the same websocket with
+    the bearer credential that asked for it (no cookie); refused to a user without
+    VirtualMachine.Console, and for a VM that is not running."""
+    with TestClient(world["app"]) as api:
+        auth = login(api)
+        stopped = api.post(f"/api/v1/vms/{world['vm_id']}/console/ticket", headers=auth)
+        assert stopped.status_code == 409 and stopped.json()["code"] == "VM_NOT_RUNNING"
+        with session_scope(world["settings"].database_url) as session:
+            from vcenter.db.models import Host, VirtualMachine
+
+            session.get(VirtualMachine, world["vm_id"]).power_state = "poweredOn"
+            session.get(Host, world["host"]["id"]).address = "127.0.0.1"  # nothing serves the agent's console port here
+        assert api.post(f"/api/v1/vms/{world['vm_id']}/console/ticket", headers=login(api, "viewer", "viewer-pass-phrase")).status_code == 403
+        answer = api.post(f"/api/v1/vms/{world['vm_id']}/console/ticket", headers=auth)
+        assert answer.status_code == 200, answer.text
+        ticket = answer.json()
+        assert ticket["url"] == f"/ui/console/ws?ticket={ticket['ticket']}" and ticket["expires_in"] > 0
+        # Admitted (the bearer is the ticket's user): the server then dials the host, which
+        # does not answer here (4502), rather than refusing the caller (4401).
+        with api.websocket_connect(ticket["url"], headers=auth) as ws:
+            with pytest.raises(WebSocketDisconnect) as closed:
+                ws.receive_bytes()
+        assert closed.value.code == 4502
+        # Without a credential the next ticket is refused for want of its user.
+        again = api.post(f"/api/v1/vms/{world['vm_id']}/console/ticket", headers=auth).json()
+        with api.websocket_connect(again["url"]) as ws:
+            with pytest.raises(WebSocketDisconnect) as closed:
+                ws.receive_bytes()
+        assert closed.value.code == 4401
+
+
 def test_live_stream_sends_tasks_and_events(world):
     from vcenter.dashboard.live import _poll
 

@@ -37,39 +37,9 @@ PUBLIC = {"login", "register_challenge", "register", "livez", "readyz"}
 
 
 ERROR_REF = "#/components/schemas/ErrorBody"
-# Operations answering a JSON document without a declared schema (a dict built by the service):
-# no schema to carry an example yet. Not to grow: a new operation declares its response_model.
-UNTYPED = {
-    "GET /api/v1/agent/hosts/{host_id}/seeds/{vm_uuid}",
-    "GET /api/v1/agent/hosts/{host_id}/uploads/{upload_id}/content",
-    "GET /api/v1/clusters/{cluster_id}/drs/recommendations",
-    "GET /api/v1/clusters/{cluster_id}/entitlements",
-    "GET /api/v1/clusters/{cluster_id}/ha/capacity",
-    "GET /api/v1/clusters/{cluster_id}/ha/status",
-    "GET /api/v1/clusters/{cluster_id}/rules-violations",
-    "GET /api/v1/templates",
-    "GET /api/v1/templates/{template_id}",
-    "GET /api/v1/templates/{template_id}/dependents",
-    "GET /api/v1/uploads",
-    "GET /api/v1/uploads/{upload_id}",
-    "GET /api/v1/uploads/{upload_id}/appliance",
-    "GET /api/v1/uploads/{upload_id}/content",
-    "GET /api/v1/vms/{vm_id}/customization",
-    "GET /api/v1/vms/{vm_id}/migrate/check",
-    "POST /api/v1/agent/hosts/{host_id}/events",
-    "POST /api/v1/agent/hosts/{host_id}/metrics",
-    "POST /api/v1/agent/hosts/{host_id}/state",
-    "POST /api/v1/agent/hosts/{host_id}/tasks/{task_id}/progress",
-    "POST /api/v1/agent/hosts/{host_id}/tasks/{task_id}/result",
-    "POST /api/v1/clusters/{cluster_id}/dpm/run",
-    "POST /api/v1/clusters/{cluster_id}/drs/recommendations/{rec_id}/apply",
-    "POST /api/v1/clusters/{cluster_id}/drs/recommendations/{rec_id}/dismiss",
-    "POST /api/v1/clusters/{cluster_id}/drs/run",
-    "POST /api/v1/clusters/{cluster_id}/drs/whatif",
-    "POST /api/v1/clusters/{cluster_id}/placement",
-    "POST /api/v1/uploads",
-    "PUT /api/v1/agent/hosts/{host_id}/uploads/{upload_id}/content",
-}
+# Media types of text answers (no fields, no examples): every other non-JSON answer is a file's
+# bytes, documented as a binary string.
+TEXT_MEDIA = {"text/plain", "text/event-stream", "application/x-ndjson"}
 
 
 @pytest.fixture(scope="module")
@@ -114,9 +84,31 @@ def contract_problems(document: dict) -> list[str]:
         bodies += [(f"{status} answer", c.get("schema", {})) for status, r in responses.items() for c in r.get("content", {}).values()]
         for what, schema in bodies:
             text = schema.get("type") == "string"  # a text answer (Prometheus, NDJSON): no fields
-            if where not in UNTYPED and not text and not _exemplified(document, schema):
+            if not text and not _exemplified(document, schema):
                 problems.append(f"{where}: {what} schema without examples")
+        for status, answer in responses.items():
+            if status[0] != "2" or status == "204":
+                continue
+            content = answer.get("content", {})
+            if not content:
+                problems.append(f"{where}: {status} answer without a documented body")
+            for media, body in content.items():
+                schema = body.get("schema", {})
+                if media == "application/json" and not _typed(schema):
+                    problems.append(f"{where}: {status} answer without a response schema")
+                elif media != "application/json" and media not in TEXT_MEDIA and schema != {"type": "string", "format": "binary"}:
+                    problems.append(f"{where}: {status} {media} answer not a binary string")
     return problems
+
+
+def _typed(schema: dict) -> bool:
+    """A JSON answer's schema names its fields: a model, or a list of typed items (``{}`` and
+    a bare object are what an untyped ``dict``/``Any`` answer documents)."""
+    if "$ref" in schema:
+        return True
+    if schema.get("type") == "array":
+        return _typed(schema.get("items", {}))
+    return bool(schema.get("properties"))
 
 
 def _exemplified(document: dict, schema: dict, seen: frozenset = frozenset()) -> bool:
@@ -193,10 +185,17 @@ def test_the_contract_check_fails_on_a_broken_operation(document):
     broken["paths"]["/api/v1/datacenters"]["get"]["responses"] = {"200": broken["paths"]["/api/v1/datacenters"]["get"]["responses"]["200"]}
     del broken["paths"]["/api/v1/datacenters"]["get"]["description"]
     broken["components"]["schemas"]["DatacenterCreate"]["properties"]["name"].pop("examples")
+    # an untyped answer (what a route returning a dict documents), and a file answered as text
+    broken["paths"]["/api/v1/clusters/{cluster_id}/ha/status"]["get"]["responses"]["200"]["content"]["application/json"]["schema"] = {"type": "object", "additionalProperties": True}
+    download = broken["paths"]["/api/v1/uploads/{upload_id}/content"]["get"]["responses"]["200"]
+    download["content"]["application/octet-stream"]["schema"] = {"type": "string"}
     assert sorted(contract_problems(broken)) == [
+        "GET /api/v1/clusters/{cluster_id}/ha/status: 200 answer schema without examples",
+        "GET /api/v1/clusters/{cluster_id}/ha/status: 200 answer without a response schema",
         "GET /api/v1/datacenters: errors [401, 422] not documented",
         "GET /api/v1/datacenters: no description",
         "GET /api/v1/datacenters: no error answer documented",
+        "GET /api/v1/uploads/{upload_id}/content: 200 application/octet-stream answer not a binary string",
         "POST /api/v1/datacenters: request schema without examples",
         "POST /api/v1/vms/{vm_id}/migrate: 202 without a Location header",
         "POST /api/v1/vms/{vm_id}/migrate: 409 without the error body schema",
@@ -226,3 +225,109 @@ def test_every_api_route_maps_errors_by_the_api_s_own_mapping(app):
     routes = [r for r in api_routes(app) if r.path.startswith("/api/v1/")]
     assert len(routes) > 150
     assert [r.path for r in routes if not isinstance(getattr(r, "original_route", r), V1Route)] == []
+
+
+def _answer_schema(document: dict, method: str, path: str, status: int) -> dict:
+    """The documented JSON schema of one answer, its references resolvable (the document's
+    components beside it)."""
+    schema = document["paths"][path][method]["responses"][str(status)]["content"]["application/json"]["schema"]
+    return {**schema, "components": document["components"]}
+
+
+def test_answers_validate_against_their_documented_schemas(tmp_path):
+    """A sample of the operations whose answers were untyped dicts before (the agent's
+    reports, placement, DRS, DPM, HA, the VMotion check, uploads, templates), called on a
+    cluster of two hosts with VMs: each real JSON body validates against the schema the
+    document gives it; a download answers bytes with the media type the document names."""
+    import jsonschema_rs
+    from fastapi.testclient import TestClient
+
+    from tests.apihelpers import app_for, finish_as_agent, login, make_admin, register_host
+    from tests.conftest import migrated_sqlite
+
+    settings = make_settings(tmp_path, database_url=migrated_sqlite(tmp_path / "vcenter.db"))  # one database suffices: the shapes are the routes'
+    make_admin(settings)
+    checked: list[str] = []
+    with TestClient(app_for(settings)) as client:
+        document = client.get("/openapi.json").json()
+        auth = login(client)
+
+        def call(method: str, path: str, url: str, status: int = 200, headers: dict | None = None, **kwargs) -> dict:
+            r = client.request(method.upper(), url, headers=headers or auth, **kwargs)
+            assert r.status_code == status, (method, url, r.status_code, r.text)
+            errors = [e.message for e in jsonschema_rs.validator_for(_answer_schema(document, method, path, status)).iter_errors(r.json())]
+            assert errors == [], (method, path, errors, r.json())
+            checked.append(f"{method.upper()} {path}")
+            return r.json()
+
+        dc = client.post("/api/v1/datacenters", json={"name": "dc"}, headers=auth).json()
+        cl = client.post("/api/v1/clusters", json={"name": "cl", "datacenter_id": dc["id"]}, headers=auth).json()
+        hosts, agents = [], {}
+        for name in ("h1", "h2"):
+            host, agent = register_host(client, auth, dc["id"], name, cluster_id=cl["id"])
+            facts = {"facts": {"hostname": name, "cpu_cores": 4, "cpu_mhz": 2000, "memory_mib": 4096}, "domains": []}
+            answer = call("post", "/api/v1/agent/hosts/{host_id}/state", f"/api/v1/agent/hosts/{host['id']}/state", headers=agent, json=facts)
+            assert answer["accepted"] is True and "error" not in answer  # a variant's absent fields stay absent
+            hosts.append(host)
+            agents[host["id"]] = agent
+        h1, h2 = hosts
+        vms = []
+        for name in ("web1", "web2"):
+            task = client.post("/api/v1/vms", json={"name": name, "host_id": h1["id"], "memory_mib": 256}, headers=auth).json()
+            vms.append(finish_as_agent(client, settings, agents[h1["id"]], task))
+            on = client.post(f"/api/v1/vms/{vms[-1]['id']}/power/on", headers=auth).json()
+            finish_as_agent(client, settings, agents[h1["id"]], on, power_state="poweredOn")
+        web1, web2 = vms
+
+        agent_path = "/api/v1/agent/hosts/{host_id}"
+        base = f"/api/v1/agent/hosts/{h1['id']}"
+        assert call("post", agent_path + "/tasks/{task_id}/progress", base + "/tasks/999999/progress", headers=agents[h1["id"]], json={"command_id": "c", "step": "running"}) == {
+            "proceed": False,
+            "reason": "UNKNOWN_TASK",
+        }
+        call("post", agent_path + "/tasks/{task_id}/result", base + "/tasks/999999/result", headers=agents[h1["id"]], json={"command_id": "c", "ok": True})
+        call(
+            "post",
+            agent_path + "/events",
+            base + "/events",
+            headers=agents[h1["id"]],
+            json=[{"uuid": web1["libvirt_uuid"], "name": "web1", "event": "started", "reason": "booted", "power_state": "poweredOn", "at": "2026-01-01T00:00:00Z"}],
+        )
+        call("post", agent_path + "/metrics", base + "/metrics", headers=agents[h1["id"]], json={"interval_s": 20, "host": {"cpu.usage": 12.5}, "vms": []})
+
+        rule = {"name": "apart", "kind": "anti-affinity", "mandatory": False, "vm_ids": [web1["id"], web2["id"]]}
+        assert client.post(f"/api/v1/clusters/{cl['id']}/rules", json=rule, headers=auth).status_code == 201
+        cluster = "/api/v1/clusters/{cluster_id}"
+        at = f"/api/v1/clusters/{cl['id']}"
+        assert call("get", cluster + "/rules-violations", at + "/rules-violations")[0]["rule"] == "apart"
+        assert call("post", cluster + "/placement", at + "/placement", json={"memory_mib": 128})["candidates"]
+        assert set(call("get", cluster + "/entitlements", at + "/entitlements")) == {str(web1["id"]), str(web2["id"])}
+        call("post", cluster + "/drs/run", at + "/drs/run")
+        # threshold 1 accepts any imbalance: an infinite target, answered as null (JSON has no
+        # infinity: it was a 500)
+        current = client.get(at, headers=auth).json()
+        drs = {"enabled": False, "automation": "manual", "threshold": 1}
+        assert client.patch(at, json={"settings": {**current["settings"], "drs": drs}, "version": current["version"]}, headers=auth).status_code == 200
+        assert call("post", cluster + "/drs/run", at + "/drs/run")["target"] is None
+        call("get", cluster + "/drs/recommendations", at + "/drs/recommendations")
+        call("post", cluster + "/drs/whatif", at + "/drs/whatif", json={"kind": "host-fails", "host_id": h1["id"]})
+        call("post", cluster + "/dpm/run", at + "/dpm/run")
+        call("get", cluster + "/ha/capacity", at + "/ha/capacity")
+        assert {h["name"] for h in call("get", cluster + "/ha/status", at + "/ha/status")["hosts"]} == {"h1", "h2"}
+        check = call("get", "/api/v1/vms/{vm_id}/migrate/check", f"/api/v1/vms/{web1['id']}/migrate/check?host={h2['id']}")
+        assert check["vm"] == web1["id"] and check["checks"]
+
+        upload = call("post", "/api/v1/uploads", "/api/v1/uploads?filename=disk.img", status=201, content=b"\0" * 1024)
+        assert call("get", "/api/v1/uploads/{upload_id}", f"/api/v1/uploads/{upload['id']}")["size_bytes"] == 1024
+        call("get", "/api/v1/uploads", "/api/v1/uploads")
+        call("get", "/api/v1/templates", "/api/v1/templates")
+        download = client.get(f"/api/v1/uploads/{upload['id']}/content", headers=auth)
+        documented = document["paths"]["/api/v1/uploads/{upload_id}/content"]["get"]["responses"]["200"]["content"]
+        assert download.status_code == 200 and download.content == b"\0" * 1024
+        assert list(documented) == [download.headers["content-type"]] == ["application/octet-stream"]
+        assert download.headers["x-checksum-sha256"] == upload["sha256"]
+    assert len(set(checked)) == 19, checked
+    # the check can fail: a body off its schema (a wrong type, a field missing deep down)
+    status_schema = jsonschema_rs.validator_for(_answer_schema(document, "get", "/api/v1/clusters/{cluster_id}/ha/status", 200))
+    assert not status_schema.is_valid({"enabled": "yes", "monitor": {"token": 1, "owner": None, "frozen": None, "updated_at": None}, "hosts": [], "restarts": []})
+    assert not status_schema.is_valid({"enabled": True, "monitor": {"token": 1, "owner": None, "frozen": None}, "hosts": [], "restarts": []})

@@ -1,7 +1,8 @@
 """The operator CLI on the lab, run as a user runs it (a subprocess per command, its session in
 its own config directory): log in, list the inventory by paths, power a real guest on with a
 progress bar, VMotion it to the other host (the command queued, then the task followed to its
-end), a refused operation that exits 1 naming the error code, snapshots taken, reverted and
+end), a refused operation that exits 1 naming the error code, the guest's serial console
+attached to a terminal (a line typed, the shell's answer, Ctrl-] to leave), snapshots taken, reverted and
 deleted by name, a full clone, and the events that recorded it all. (tests/system/test_cli_operator.py covers every command against simulated hosts.)"""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import json
 
 from tests.apihelpers import wait_for
-from tests.clihelpers import cli_env, login, ok, vcenter
+from tests.clihelpers import cli_env, console_session, login, ok, vcenter
 from tests.labhelpers import lab_stack, task_done
 
 
@@ -38,6 +39,12 @@ def test_operator_cli_drives_a_lab(tmp_path):
         assert vm["power_state"] == "poweredOn" and vm["host_id"] == ids["host1"]
         with stack.client() as api:  # a live guest: its heartbeat counts before it moves
             wait_for(lambda: (api.get(f"/api/v1/vms/{vm['id']}").json().get("guest_info") or {}).get("seq", 0) > 1, 60, what="guest heartbeat")
+
+        # The serial console attached to this terminal (a pty), as virsh console does: a line
+        # typed reaches the guest's shell, its answer shows, Ctrl-] ends the session (exit 0).
+        status, screen = console_session(env, "/dc1/vm/cli1", b"echo vc-$((6*7))\r", b"vc-42")
+        assert status == 0 and b"vc-42" in screen, screen[-2000:]
+        assert ok(vcenter(env, "vm", "console", "cli1", "--url")).strip() == f"{stack.url}/ui/vm/{vm['id']}/console"
 
         # VMotion: queued by one command, followed to its end by another.
         queued = json.loads(ok(vcenter(env, "vm", "migrate", "/dc1/vm/cli1", "--host", "/dc1/host/cl1/host2", "--no-wait", "--json")))

@@ -26,7 +26,7 @@ try:
     main()
 except SystemExit as exc:
     code = exc.code
-print(json.dumps({"code": code, "heavy": sorted(m for m in heavy if m in sys.modules)}))
+print(json.dumps({"code": code, "heavy": sorted(m for m in heavy if sys.modules.get(m) is not None)}))  # None: blocked, not imported
 """
 
 
@@ -36,10 +36,11 @@ def _probe(*args: str, env: dict[str, str] | None = None, heavy: tuple[str, ...]
 
 
 # The operator commands (vcenter.client_cli) may load rich (tables, the progress bar) and httpx
-# when they run; never the server's libraries or code. (pydantic does load: typer 0.29 coerces
-# the parameters of any command it runs with pydantic's TypeAdapter.)
+# when they run; never the server's libraries or code, nor pydantic (typer 0.29 would convert
+# every parameter with pydantic's TypeAdapter: vcenter.client_cli.coercion converts the plain
+# ones), nor httpx's command-line tool (click, pygments).
 # tests/system/test_cli_operator.py probes them against a live server too.
-CLIENT_HEAVY = tuple(m for m in HEAVY if m != "rich") + ("vcenter.core", "vcenter.db", "vcenter.api", "vcenter.services")
+CLIENT_HEAVY = tuple(m for m in HEAVY if m != "rich") + ("vcenter.core", "vcenter.db", "vcenter.api", "vcenter.services", "pydantic", "pydantic_core", "httpx._main", "pygments", "click")
 
 
 @pytest.mark.parametrize("args", [("--help",), ("--version",), ("db", "--help"), ("admin", "--help"), ("vm", "--help"), ("vm", "power", "--help"), ("ls", "--help"), ("tasks", "--help")])
@@ -54,6 +55,9 @@ def test_the_client_commands_import_nothing_of_the_server(tmp_path):
     assert _probe("context", "list", env=env, heavy=CLIENT_HEAVY) == {"code": 0, "heavy": []}  # a rich table
     # no login: the client (httpx) loads, the command ends with exit status 3
     assert _probe("ls", "/dc1/vm", env=env, heavy=CLIENT_HEAVY) == {"code": 3, "heavy": []}
+    assert _probe("vm", "info", "/dc1/vm/web1", "--json", env=env, heavy=CLIENT_HEAVY) == {"code": 3, "heavy": []}
+    assert _probe("tasks", "--limit", "5", env=env, heavy=CLIENT_HEAVY) == {"code": 3, "heavy": []}
+    assert _probe("vm", "console", "web1", "--url", env=env, heavy=CLIENT_HEAVY) == {"code": 3, "heavy": []}
     assert _probe("completion", "bash", env=env, heavy=CLIENT_HEAVY) == {"code": 0, "heavy": []}
 
 

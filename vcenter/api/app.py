@@ -40,6 +40,7 @@ from vcenter.core.settings import Settings, get_settings
 from vcenter.observability.listener import bearer_of, is_metrics_token, readiness
 from vcenter.observability.metrics import PoolCollector, ProcessCatalogue, ServerStateCollector, set_role
 from vcenter.services.access import auth, authz
+from vcenter.schemas.health import Health
 from vcenter.services.tasks.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -218,12 +219,20 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     def health_answer(example: dict[str, Any], description: str) -> dict[int | str, dict[str, Any]]:
         # 422: the input guard refuses a NUL in any query string (INVALID_CHARACTER)
-        return {200: {"description": description, "content": {"application/json": {"schema": {"type": "object", "examples": [example]}}}}, **declare_json(422)}
+        return {200: {"description": description, "model": Health, "content": {"application/json": {"examples": {"answer": {"value": example}}}}}, **declare_json(422)}
 
     anyone = {"security": []}  # public: declared as such, not left unsaid
 
-    @app.get("/livez", tags=["health"], summary="The process is up", responses=health_answer({"status": "ok"}, "the process answers"), openapi_extra=anyone)
-    def livez() -> dict[str, str]:
+    @app.get(
+        "/livez",
+        tags=["health"],
+        response_model=Health,
+        response_model_exclude_unset=True,
+        summary="The process is up",
+        responses=health_answer({"status": "ok"}, "the process answers"),
+        openapi_extra=anyone,
+    )
+    def livez() -> Any:
         """The process is up: answers 200 `{"status": "ok"}` without a credential, whatever the
         database and Redis do (a liveness probe)."""
         return {"status": "ok"}
@@ -237,7 +246,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             **health_answer({"status": "ok", "checks": {"database": "ok", "redis": "ok"}}, "the database and Redis answer"),
             503: {
                 "description": "the database or Redis does not answer",
-                "content": {"application/json": {"schema": {"type": "object", "examples": [{"status": "unavailable", "checks": {"database": "ok", "redis": "error: ConnectionError"}}]}}},
+                "model": Health,
+                "content": {"application/json": {"examples": {"redis-down": {"value": {"status": "unavailable", "checks": {"database": "ok", "redis": "error: ConnectionError"}}}}}},
             },
         },
     )

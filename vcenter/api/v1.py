@@ -14,8 +14,8 @@ Every router of /api/v1 is made by ``router()``, whose routes are ``V1Route``s:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Coroutine, Iterator
-from typing import Any, get_args
+from collections.abc import Callable, Coroutine, Iterable, Iterator
+from typing import Any, get_args, get_origin
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -98,23 +98,30 @@ def _access(dependants: list[Dependant], reads: bool) -> str:
     return "Takes the bearer credential."
 
 
-def _answer(status: int | None, response_model: Any) -> str:
+def _answer(status: int | None, response_model: Any, media_types: Iterable[str] = ()) -> str:
     status = status or 200
     if status == 204:
         return "Answers 204 without a body."
+    other = [m for m in media_types if m != "application/json"]
+    if other:  # a file, a stream: its own media type
+        return f"Answers {status} with {' or '.join(f'`{m}`' for m in other)}, not JSON."
     from vcenter.schemas.inventory import TaskRead
 
     if status == 202 and response_model is TaskRead:
         return "Answers 202 with the Task it started (`Location`: the Task's URL); follow it to its end with GET /api/v1/tasks/{task_id}?wait=."
+    items = get_args(response_model) if get_origin(response_model) is list else ()
+    if items and isinstance(items[0], type):
+        return f"Answers {status} with a list of `{items[0].__name__}`."
     name = getattr(response_model, "__name__", None)
     return f"Answers {status} with a `{name}`." if name and name not in ("dict", "list", "Any") else f"Answers {status} with a JSON document."
 
 
-def describe(summary: str, dependants: list[Dependant], status: int | None, response_model: Any, methods: set[str]) -> str:
+def describe(summary: str, dependants: list[Dependant], status: int | None, response_model: Any, methods: set[str], media_types: Iterable[str] = ()) -> str:
     """An operation's description when its route function has no docstring: what it does
-    (its summary), who may call it (its privilege) and what it answers."""
+    (its summary), who may call it (its privilege) and what it answers (``media_types``: of
+    its success answer, when the route declares them)."""
     what = summary[0].upper() + summary[1:]
-    return f"{what.rstrip('.')}. {_access(dependants, reads=methods <= {'GET', 'HEAD'})} {_answer(status, response_model)}"
+    return f"{what.rstrip('.')}. {_access(dependants, reads=methods <= {'GET', 'HEAD'})} {_answer(status, response_model, media_types)}"
 
 
 class V1Route(APIRoute):
@@ -127,7 +134,8 @@ class V1Route(APIRoute):
             # public (login, registration): an empty requirement says so, for tools and linters
             self.openapi_extra = {"security": [], **(self.openapi_extra or {})}
         if not self.description:  # the route function's docstring, when it has one, wins
-            self.description = describe(self.summary or self.name, list(_dependants(self.dependant)), self.status_code, self.response_model, self.methods)
+            media_types = (self.responses.get(self.status_code or 200) or {}).get("content", {})
+            self.description = describe(self.summary or self.name, list(_dependants(self.dependant)), self.status_code, self.response_model, self.methods, media_types)
         from vcenter.schemas.inventory import TaskRead
 
         self.answers_task = self.status_code == 202 and self.response_model is TaskRead

@@ -18,49 +18,13 @@ from typing import Any
 
 import httpx
 
+from vcenter.client.errors import ApiError, ClientError
 from vcenter.client.models import Event, Task
+
+__all__ = ["API", "ApiError", "Client", "ClientError", "Session", "SseMessage", "parse_sse", "tls_verify"]
 
 API = "/api/v1"
 PAGE = 500  # the API's largest page
-
-
-class ClientError(Exception):
-    """The CLI's failures that are not the server's refusal (no server, not logged in)."""
-
-
-class ApiError(ClientError):
-    """A refusal of the server: HTTP status, stable ``code``, message for people, details."""
-
-    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
-        super().__init__(f"{code}: {message}")
-        self.status, self.code, self.message, self.details = status, code, message, details
-
-    @classmethod
-    def from_response(cls, response: httpx.Response) -> ApiError:
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        return cls.from_body(response.status_code, body, response.text)
-
-    @classmethod
-    def from_body(cls, status: int, body: Any, text: str = "") -> ApiError:
-        """Either shape: ``{"code","message","details"}`` or problem+json (``title``,
-        ``detail``, ``code`` member, extension members as details)."""
-        if not isinstance(body, dict):
-            return cls(status, f"HTTP_{status}", text.strip()[:200] or "no error document")
-        code = body["code"] if isinstance(body.get("code"), str) else f"HTTP_{status}"
-        message = body.get("message") or body.get("detail") or body.get("title") or ""
-        if not isinstance(message, str):  # FastAPI's own {"detail": [...]}
-            message = json.dumps(message)
-        details = body.get("details")
-        if details is None:  # problem+json: the extension members are the details
-            extra = {k: v for k, v in body.items() if k not in {"type", "title", "status", "detail", "instance", "code", "message"}}
-            details = extra or None
-        return cls(status, code, message, details)
-
-    def as_json(self) -> dict[str, Any]:
-        return {"status": self.status, "code": self.code, "message": self.message, "details": self.details}
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vcenter.client.api import ClientError
+from vcenter.client.errors import ClientError
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700

@@ -16,7 +16,10 @@ import fnmatch
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from vcenter.client.api import ApiError, Client, ClientError
+from vcenter.client.api import Client
+from vcenter.client.errors import ApiError, PathError
+
+__all__ = ["KINDS", "Inventory", "PathError", "split"]
 from vcenter.client.models import InventoryItem
 
 CATEGORIES = ("vm", "host", "datastore", "network")
@@ -32,16 +35,6 @@ PLURAL = {
     "pool": "pools",
 }
 KINDS = tuple(PLURAL)
-
-
-class PathError(ClientError):
-    """A path or name that names nothing the caller may see, or more than one thing."""
-
-    code = "PATH_NOT_FOUND"
-
-    def __init__(self, message: str, code: str = "PATH_NOT_FOUND") -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def split(path: str) -> list[str]:

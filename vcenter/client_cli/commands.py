@@ -376,15 +376,38 @@ def add_commands(app: typer.Typer) -> None:
 
     @vm_app.command("console")
     @handled
-    def vm_console(vm: str = VM, context: Optional[str] = CONTEXT, json_out: bool = JSON) -> None:
-        """Print the address of the VM's console (the dashboard's serial console in a browser;
-        the API has no console stream of its own)."""
+    def vm_console(
+        vm: str = VM,
+        url_only: bool = typer.Option(False, "--url", help="print the dashboard's console page address only, attach nothing"),
+        context: Optional[str] = CONTEXT,
+        json_out: bool = JSON,
+    ) -> None:
+        """Attach this terminal to the running VM's serial console (raw mode; Ctrl-] ends it,
+        like virsh console). With --url (or --json) print the dashboard's console address."""
         from vcenter.client import config
-        from vcenter.client_cli import output
 
-        item = _lookup(context, vm, "vm")
-        url = f"{config.load().context(context)[1].server}/ui/vm/{item.id}/console"
-        output.print_json({"vm_id": item.id, "console_url": url}) if json_out else typer.echo(url)
+        _, ctx = config.load().context(context)
+        client, inventory = _client(context)
+        with client:
+            item = inventory.object(vm, "vm")
+            if url_only or json_out:
+                from vcenter.client_cli import output
+
+                url = f"{ctx.server}/ui/vm/{item.id}/console"
+                output.print_json({"vm_id": item.id, "console_url": url}) if json_out else typer.echo(url)
+                return
+            ticket = client.post(f"vms/{item.id}/console/ticket")
+        from vcenter.client.console import attach, websocket_url
+
+        sys.stderr.write(f"Connected to the console of {item.path} (escape character is ^])\r\n")
+        sys.stderr.flush()
+        ended = attach(websocket_url(ctx.server, ticket["url"]), ctx.token, ca_file=ctx.ca_file)
+        sys.stderr.write("\r\n")
+        if ended.refused:
+            from vcenter.client_cli import output
+
+            output.error("CONSOLE_CLOSED", f"{ended.reason or 'the console closed'} (websocket close {ended.code})", False)
+            raise typer.Exit(REFUSED)
 
     @snapshot_app.command("list")
     @handled
@@ -436,7 +459,7 @@ def add_commands(app: typer.Typer) -> None:
 
         scan(client.get(f"vms/{vm_id}/snapshots").get("tree") or [])
         if len(found) != 1:
-            from vcenter.client.paths import PathError
+            from vcenter.client.errors import PathError
 
             raise PathError(f"{len(found)} snapshots named {ref!r}: give its id", code="SNAPSHOT_NOT_FOUND" if not found else "AMBIGUOUS_NAME")
         return found[0]
@@ -659,7 +682,8 @@ def add_commands(app: typer.Typer) -> None:
     @handled
     def cluster_create(path: str = typer.Argument(..., help="the new cluster's path: /DATACENTER/host/NAME"), context: Optional[str] = CONTEXT, json_out: bool = JSON) -> None:
         """Create a cluster (DRS, DPM and HA off: turn them on with `cluster drs|ha`)."""
-        from vcenter.client.paths import PathError, split
+        from vcenter.client.errors import PathError
+        from vcenter.client.paths import split
         from vcenter.client_cli import output
 
         parts = split(path)

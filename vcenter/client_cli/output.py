@@ -74,8 +74,7 @@ def handled(command: F) -> F:
             return command(*args, **kwargs)
         except Exception as exc:
             # imported here: httpx loads when a command runs, not when the tree is built
-            from vcenter.client.api import ApiError, ClientError
-            from vcenter.client.paths import PathError
+            from vcenter.client.errors import ApiError, ClientError, PathError
 
             if isinstance(exc, ApiError):
                 error(exc.code, exc.message, as_json, exc.details, exc.status)

@@ -1,7 +1,8 @@
 """The console proxy: a websocket from the browser (xterm.js) to the host agent's console
 endpoint (workers.agent.console), opened by a one-time ticket (vcenter.services.compute.console).
 
-The browser's session cookie must belong to the user the ticket was issued to. The server
+The browser's session cookie (an API client: its bearer credential) must belong to the user
+the ticket was issued to. The server
 connects to the host over TLS and accepts the host's certificate from the cluster CA (issued
 to that host, naming the address dialled, one of its standing serials in the grant: neither
 revoked nor superseded) or, from an agent that has none yet, the self-signed certificate
@@ -81,7 +82,11 @@ async def open_host_console(runtime: Any, grant: dict[str, Any]) -> tuple[asynci
 async def console_ws(websocket: WebSocket, _: Annotated[None, ui_public("authorized by its one-time console ticket and the session cookie")]) -> None:
     runtime = websocket.app.state.runtime
     ticket = websocket.query_params.get("ticket", "")
-    token = websocket.cookies.get(COOKIE, "")
+    # The browser's session cookie, or the bearer credential of an API client (`vcenter vm
+    # console`, its ticket from POST /api/v1/vms/{id}/console/ticket): a page cannot set that
+    # header on a websocket, so it opens no cross-site door the Origin check below must close.
+    scheme, _, bearer = websocket.headers.get("authorization", "").partition(" ")
+    token = websocket.cookies.get(COOKIE, "") or (bearer.strip() if scheme.lower() == "bearer" else "")
 
     def admit() -> tuple[dict[str, Any] | None, int | None]:
         # Redis and the database block: off the event loop.

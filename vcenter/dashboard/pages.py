@@ -8,7 +8,6 @@ started (its progress then shows in the live panel) or the error with its stable
 """
 
 from typing import Annotated, Any
-from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -459,4 +458,4 @@ def console_ticket(request: Request, vm_id: ObjectIdPath, user: Annotated[UiUser
             answer = console_service.issue_ticket(session, runtime.redis, runtime.settings, user.username, vm_id, user_id=user.id)
     except VcError as exc:
         return JSONResponse(exc.to_dict(), status_code=exc.status)
-    return JSONResponse({**answer, "url": f"/ui/console/ws?ticket={quote(answer['ticket'])}"})
+    return JSONResponse({**answer, "url": console_service.websocket_path(answer["ticket"])})

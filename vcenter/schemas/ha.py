@@ -5,12 +5,13 @@ Defaults follow vSphere where it has one (detection aside: 5 s, not ~15 s). Time
 
 from __future__ import annotations
 
-from typing import Literal
+from datetime import datetime
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
 from vcenter.core.object_ids import ObjectIdField
-from vcenter.schemas.base import RequestModel
+from vcenter.schemas.base import ExampleModel, RequestModel
 
 Priority = Literal["high", "medium", "low", "disabled"]
 IsolationResponse = Literal["leave-powered-on", "power-off", "shutdown"]
@@ -81,3 +82,61 @@ class HaConfigUpdate(RequestModel):
 
 
 HaConfig.model_rebuild()
+
+
+# --- answers: failover capacity and HA status ---------------------------------------------
+class HaCapacity(ExampleModel):
+    """The cluster's failover capacity now, under its admission policy."""
+
+    enabled: bool = Field(examples=[True])
+    policy: str = Field(description="the admission policy in force", examples=["host-failures"])
+    hosts: int = Field(description="active hosts counted", examples=[3])
+    total_memory_mib: float = Field(examples=[49152.0])
+    total_vcpus: float = Field(examples=[96.0])
+    used_memory_mib: float = Field(examples=[12288.0])
+    used_vcpus: float = Field(examples=[12.0])
+    reserved_memory_mib: float = Field(description="held back for failover by the policy", examples=[16384.0])
+    reserved_vcpus: float = Field(examples=[32.0])
+    tolerated_host_failures: int = Field(description="how many of the largest hosts could fail now with every VM restarted", examples=[1])
+    free_memory_percent: float = Field(examples=[75.0])
+    free_vcpu_percent: float = Field(examples=[87.5])
+    ok: bool = Field(description="the policy holds now", examples=[True])
+    reason: str = Field(examples=["1 host failure tolerated, 1 required"])
+    failover_hosts: list[int] = Field(description="host ids reserved for restarts (policy failover-hosts)", examples=[[]])
+    ha_reserve_fraction: float = Field(description="the share of each host DRS and DPM keep free for failover", examples=[0.33])
+
+
+class HaMonitorRead(ExampleModel):
+    token: int = Field(description="the fencing token of the monitor holding the lock (0: none yet)", examples=[17])
+    owner: str | None = Field(examples=["ha@vc1"])
+    frozen: str | None = Field(description="why restarts are frozen (null: not frozen)", examples=[None])
+    updated_at: datetime | None
+
+
+class HaHostVerdict(ExampleModel):
+    host_id: int
+    name: str
+    health: str = Field(description="connected, isolated, failed, partitioned, ...", examples=["connected"])
+    since: datetime | None
+    reason: str = Field(examples=[""])
+    evidence: dict[str, Any] = Field(description="what the verdict rests on (heartbeats, probes)", examples=[{"heartbeat_age_s": 1.2, "peer_probes": {"host2": True}}])
+
+
+class HaRestartRead(ExampleModel):
+    vm_id: int
+    from_host_id: int | None
+    cause: str = Field(examples=["host-failed"])
+    state: str = Field(examples=["pending"])
+    attempts: int = Field(examples=[1])
+    next_try_at: datetime | None
+    reason: str = Field(examples=["no host has room: waiting for capacity"])
+    task_id: int | None = Field(examples=[15])
+
+
+class HaStatus(ExampleModel):
+    """HA's verdict on each host, the VMs waiting for a restart, and the monitor."""
+
+    enabled: bool = Field(examples=[True])
+    monitor: HaMonitorRead
+    hosts: list[HaHostVerdict]
+    restarts: list[HaRestartRead]

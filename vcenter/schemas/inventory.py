@@ -473,6 +473,16 @@ class VmRead(ResponseModel):
     updated_at: datetime
 
 
+class ConsoleTicket(ExampleModel):
+    """A one-time ticket to the VM's serial console: open ``url`` as a websocket (``ws://``
+    or ``wss://`` on this server) within ``expires_in`` seconds, with the same bearer
+    credential that asked for it; binary frames carry the console's bytes both ways."""
+
+    ticket: str = Field(description="one-time, opens one console session", examples=["b3JkZXJlZC10aWNrZXQtZXhhbXBsZQ"])
+    expires_in: float = Field(description="seconds the ticket stays valid", examples=[30.0])
+    url: str = Field(description="the websocket's path on this server, ticket included", examples=["/ui/console/ws?ticket=b3JkZXJlZC10aWNrZXQtZXhhbXBsZQ"])
+
+
 # --- tasks and events ----------------------------------------------------------------------
 class TaskRead(ResponseModel):
     id: int

@@ -1,4 +1,4 @@
-"""Requests of the template library, deploy with guest customisation, import and export.
+"""Requests and answers of the template library, deploy with guest customisation, import and export.
 
 Customisation fields are checked here so that nothing odd reaches a cloud-init seed: user
 names are POSIX names, SSH keys look like OpenSSH public keys, a password is given only as a
@@ -7,13 +7,14 @@ crypt(3) hash, run-once commands are single lines.
 
 from __future__ import annotations
 
+from datetime import datetime
 from ipaddress import IPv4Address, IPv4Interface
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints
 
 from vcenter.core.object_ids import ObjectIdField
-from vcenter.schemas.base import RequestModel
+from vcenter.schemas.base import ExampleModel, RequestModel
 from vcenter.schemas.inventory import KernelBoot, Name, NicCreate
 
 UserName = Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")]
@@ -112,3 +113,81 @@ class ImportOva(RequestModel):
 
 class BrowseRequest(RequestModel):
     path: str = Field("", max_length=1024, description="a folder relative to the datastore's root ('' = the root)")
+
+
+# --- answers ---------------------------------------------------------------------------------
+class TemplateRead(ExampleModel):
+    """A template (one version of a name) with its manifest of images."""
+
+    id: int
+    name: str
+    version: int
+    datacenter_id: int
+    datastore_id: int
+    dir: str = Field(description="its folder on the datastore", examples=["templates/web-base/v3"])
+    state: str = Field(description="creating, ready, deleting, error", examples=["ready"])
+    guest_os: str = Field(examples=["linux"])
+    vcpus: int
+    memory_mib: int
+    disks: list[dict[str, Any]] = Field(description="the manifest's disk images", examples=[[{"file": "disk0.qcow2", "format": "qcow2", "sha256": "9f86d081884c7d65", "capacity_mib": 8192}]])
+    origin: dict[str, Any] | None = Field(description="where it came from (a VM, an import)", examples=[{"vm_id": 7}])
+    boot: dict[str, Any] | None = Field(examples=[{"firmware": "bios"}])
+    manifest: dict[str, Any] | None = Field(examples=[{"disks": [{"file": "disk0.qcow2", "format": "qcow2", "sha256": "9f86d081884c7d65"}]}])
+    created_at: datetime
+    updated_at: datetime
+
+
+class TemplateDependent(ExampleModel):
+    """A linked clone whose disks have the template's images as backing files."""
+
+    id: int
+    name: str
+
+
+class UploadRead(ExampleModel):
+    """An upload or an export's OVA: its file's size and SHA-256, and its state."""
+
+    id: int
+    kind: str = Field(description="upload or export", examples=["upload"])
+    filename: str = Field(examples=["web-base.ova"])
+    size_bytes: int = Field(examples=[104857600])
+    sha256: str | None = Field(examples=["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"])
+    state: str = Field(description="ready, or pending for an export not yet pushed", examples=["ready"])
+    username: str
+    task_id: int | None = Field(description="the export Task", examples=[None])
+    created_at: datetime
+
+
+class ApplianceDisk(ExampleModel):
+    disk_id: str = Field(examples=["vmdisk1"])
+    file: str | None = Field(description="the disk's file in the OVA", examples=["disk1.vmdk"])
+    capacity_bytes: int = Field(examples=[8589934592])
+    file_size: int | None = Field(examples=[104857600])
+    format: str | None = Field(description="the OVF disk format URL", examples=["http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"])
+
+
+class ApplianceRead(ExampleModel):
+    """The hardware an uploaded OVA's OVF descriptor describes."""
+
+    name: str
+    vcpus: int
+    memory_mib: int
+    guest_os: str = Field(examples=["linux"])
+    os_id: int | None = Field(description="the OVF OperatingSystemSection id", examples=[36])
+    nics: int = Field(examples=[1])
+    disks: list[ApplianceDisk]
+
+
+class CustomizationUser(ExampleModel):
+    name: str | None = Field(examples=["ops"])
+    ssh_authorized_keys: int = Field(description="how many keys (the keys are not shown)", examples=[1])
+
+
+class CustomizationRead(ExampleModel):
+    """A deployed VM's cloud-init identity (no secrets)."""
+
+    vm_id: int
+    instance_id: str = Field(examples=["iid-7-1"])
+    machine_id: str = Field(examples=["3f0e2d9b7c104c3e8a516f1c1a7e2b9d"])
+    hostname: str
+    users: list[CustomizationUser]

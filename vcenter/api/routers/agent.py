@@ -12,6 +12,7 @@ from vcenter.api.errors import declare
 from vcenter.api.deps import AgentHostId, DbDep, SettingsDep, public
 from vcenter.core.object_ids import ObjectIdPath
 from vcenter.messaging.contracts import HostState, LifecycleEvent, TaskProgress, TaskResult
+from vcenter.schemas.agent import HostStateAnswer, LifecycleAnswer, ProgressAnswer, ResultAnswer
 from vcenter.schemas.inventory import AgentRegistration, AgentRegistrationAnswer, AgentRegistrationChallenge, AgentRegistrationNonce, HostCertificateIssued, HostCertificateRequest, HostTrustMaterial
 from vcenter.services.certificates import host_certificates
 from vcenter.services.inventory import hosts, inventory
@@ -39,22 +40,22 @@ def register(body: AgentRegistration, db: DbDep, settings: SettingsDep) -> Any:
     )
 
 
-@router.post("/tasks/{task_id}/progress", summary="Agent: a command started or advanced")
+@router.post("/tasks/{task_id}/progress", response_model=ProgressAnswer, response_model_exclude_unset=True, summary="Agent: a command started or advanced")
 def task_progress(task_id: ObjectIdPath, body: TaskProgress, host_id: AgentHostId, db: DbDep, settings: SettingsDep) -> dict[str, Any]:
     return reports.report_progress(db, inventory.get(db, "host", host_id), task_id, body, settings)
 
 
-@router.post("/tasks/{task_id}/result", summary="Agent: a command ended")
+@router.post("/tasks/{task_id}/result", response_model=ResultAnswer, summary="Agent: a command ended")
 def task_result(task_id: ObjectIdPath, body: TaskResult, host_id: AgentHostId, db: DbDep) -> dict[str, Any]:
     return reports.report_result(db, inventory.get(db, "host", host_id), task_id, body)
 
 
-@router.post("/events", summary="Agent: VM lifecycle events from libvirt")
+@router.post("/events", response_model=LifecycleAnswer, summary="Agent: VM lifecycle events from libvirt")
 def lifecycle_events(body: list[LifecycleEvent], host_id: AgentHostId, db: DbDep) -> dict[str, Any]:
     return {"applied": reports.report_lifecycle(db, inventory.get(db, "host", host_id), body)}
 
 
-@router.post("/state", summary="Agent: full host state; the answer says what the host should provide")
+@router.post("/state", response_model=HostStateAnswer, response_model_exclude_unset=True, summary="Agent: full host state; the answer says what the host should provide")
 def host_state(body: HostState, host_id: AgentHostId, db: DbDep) -> dict[str, Any]:
     return reports.report_host_state(db, inventory.get(db, "host", host_id), body)
 

@@ -9,6 +9,7 @@ from vcenter.api import v1
 from vcenter.api.deps import CurrentUserInfo, DbDep, SettingsDep, requires
 from vcenter.core.object_ids import ObjectIdPath
 from vcenter.schemas import inventory as s
+from vcenter.schemas import placement as pl
 from vcenter.services.drs import dpm, drs
 from vcenter.services.compute import evc, placement
 
@@ -40,17 +41,17 @@ def delete_rule(cluster_id: ObjectIdPath, rule_id: ObjectIdPath, db: DbDep, user
     placement.delete_rule(db, user.username, cluster_id, rule_id)
 
 
-@router.get("/rules-violations", summary="Rules the current placement breaks")
+@router.get("/rules-violations", response_model=list[pl.RuleViolation], summary="Rules the current placement breaks")
 def violations(cluster_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", on="cluster")]) -> Any:
     return placement.violations(db, cluster_id)
 
 
-@router.post("/placement", summary="Dry run: where would this VM go, with every host's reason (changes nothing)")
+@router.post("/placement", response_model=pl.PlacementResult, summary="Dry run: where would this VM go, with every host's reason (changes nothing)")
 def dry_run(cluster_id: ObjectIdPath, body: s.PlacementRequest, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", on="cluster")]) -> Any:
     return placement.dry_run(db, cluster_id, body.model_dump())
 
 
-@router.get("/entitlements", summary="Each running VM's CPU and memory entitlement from the resource pool hierarchy")
+@router.get("/entitlements", response_model=pl.Entitlements, summary="Each running VM's CPU and memory entitlement from the resource pool hierarchy")
 def entitlements(cluster_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", on="cluster")]) -> Any:
     return placement.entitlements(db, cluster_id)
 
@@ -67,31 +68,33 @@ def disable_evc(cluster_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUser
     return evc.disable(db, user.username, cluster_id)
 
 
-@router.post("/drs/run", summary="Run DRS now: recommendations with reasons as numbers; applied at once when fully automated")
+@router.post("/drs/run", response_model=pl.DrsRun, summary="Run DRS now: recommendations with reasons as numbers; applied at once when fully automated")
 def drs_run(cluster_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Cluster.DRS", on="cluster")], settings: SettingsDep) -> Any:
     return drs.run(db, user.username, cluster_id, settings)
 
 
-@router.get("/drs/recommendations", summary="DRS recommendations (state: pending, applied, dismissed, stale)")
+@router.get("/drs/recommendations", response_model=list[pl.DrsRecommendationRead], summary="DRS recommendations (state: pending, applied, dismissed, stale)")
 def drs_recommendations(cluster_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", on="cluster")], state: str | None = None) -> Any:
     return drs.list_recommendations(db, cluster_id, state)
 
 
-@router.post("/drs/recommendations/{rec_id}/apply", summary="Apply a recommendation: a VMotion Task")
+@router.post("/drs/recommendations/{rec_id}/apply", response_model=pl.DrsRecommendationRead, summary="Apply a recommendation: a VMotion Task")
 def drs_apply(cluster_id: ObjectIdPath, rec_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Cluster.DRS", on="cluster")], settings: SettingsDep) -> Any:
     return drs.recommendation_read(drs.apply(db, user.username, cluster_id, rec_id, settings))
 
 
-@router.post("/drs/recommendations/{rec_id}/dismiss", summary="Dismiss a recommendation")
+@router.post("/drs/recommendations/{rec_id}/dismiss", response_model=pl.DrsRecommendationRead, summary="Dismiss a recommendation")
 def drs_dismiss(cluster_id: ObjectIdPath, rec_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Cluster.DRS", on="cluster")]) -> Any:
     return drs.recommendation_read(drs.dismiss(db, user.username, cluster_id, rec_id))
 
 
-@router.post("/drs/whatif", summary="What if a host fails, enters maintenance, powers off, a VM's demand changes or a rule is added: the plan and the balance, changing nothing")
+@router.post(
+    "/drs/whatif", response_model=pl.WhatIf, summary="What if a host fails, enters maintenance, powers off, a VM's demand changes or a rule is added: the plan and the balance, changing nothing"
+)
 def drs_whatif(cluster_id: ObjectIdPath, body: s.WhatIfChange, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", on="cluster")]) -> Any:
     return drs.whatif(db, cluster_id, body.model_dump())
 
 
-@router.post("/dpm/run", summary="Run DPM now: sample demand, decide, and power hosts off/on when fully automated")
+@router.post("/dpm/run", response_model=pl.DpmRun, summary="Run DPM now: sample demand, decide, and power hosts off/on when fully automated")
 def dpm_run(cluster_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("Cluster.DRS", on="cluster")], settings: SettingsDep) -> Any:
     return dpm.run(db, user.username, cluster_id, settings)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from vcenter.api import v1
 from vcenter.api.deps import CurrentUserInfo, DbDep, requires
 from vcenter.core.object_ids import ObjectIdPath
-from vcenter.schemas.ha import HaConfig, HaConfigUpdate, VmHaOverride
+from vcenter.schemas.ha import HaCapacity, HaConfig, HaConfigUpdate, HaStatus, VmHaOverride
 from vcenter.services.ha import ha
 
 router = v1.router(prefix="/api/v1", tags=["ha"])
@@ -27,12 +27,12 @@ def patch_ha(cluster_id: ObjectIdPath, body: HaConfigUpdate, db: DbDep, user: An
     return ha.update_config(db, user.username, cluster_id, body.model_dump(exclude_unset=True))
 
 
-@router.get("/clusters/{cluster_id}/ha/capacity", summary="Current failover capacity under the admission policy: use, reserve, host failures tolerated")
+@router.get("/clusters/{cluster_id}/ha/capacity", response_model=HaCapacity, summary="Current failover capacity under the admission policy: use, reserve, host failures tolerated")
 def ha_capacity(cluster_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", on="cluster")]) -> Any:
     return ha.capacity(db, cluster_id)
 
 
-@router.get("/clusters/{cluster_id}/ha/status", summary="HA's verdict on each host (with evidence), VMs waiting for a restart (with reasons), the monitor")
+@router.get("/clusters/{cluster_id}/ha/status", response_model=HaStatus, summary="HA's verdict on each host (with evidence), VMs waiting for a restart (with reasons), the monitor")
 def ha_status(cluster_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", on="cluster")]) -> Any:
     return ha.status(db, cluster_id)
 

@@ -16,6 +16,7 @@ from vcenter.core.errors import NotFound
 from vcenter.core.object_ids import ObjectIdPath
 from vcenter.messaging.contracts import MetricsReport
 from vcenter.schemas import alarms as s
+from vcenter.schemas.agent import MetricsStored
 from vcenter.services.inventory import inventory
 from vcenter.services.monitoring import metrics as svc
 
@@ -52,7 +53,7 @@ def unknown_type(object_type: str, object_id: ObjectIdPath, user: Annotated[Curr
     raise NotFound(f"no statistics for {object_type} objects; they exist for {', '.join(svc.OBJECT_TYPES)}", code="UNKNOWN_OBJECT_TYPE")
 
 
-@agent_router.post("/metrics", summary="Agent: a performance sample of the host and its running VMs")
+@agent_router.post("/metrics", response_model=MetricsStored, summary="Agent: a performance sample of the host and its running VMs")
 @v1.conflicts(False)
 def agent_metrics(body: MetricsReport, host_id: AgentHostId, db: DbDep) -> dict[str, Any]:
     return svc.ingest(db, inventory.get(db, "host", host_id), body)

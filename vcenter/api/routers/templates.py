@@ -16,28 +16,38 @@ from vcenter.api.guards import STREAMED_UPLOAD  # these routes stream bodies und
 from vcenter.core.object_ids import ObjectIdPath, OptionalObjectIdQuery
 from vcenter.schemas import inventory as s
 from vcenter.schemas import templates as ts
+from vcenter.schemas.agent import SeedFiles
 from vcenter.services.library import templates, uploads
 
 router = v1.router(tags=["templates"])
 agent_router = v1.router(prefix="/api/v1/agent/hosts/{host_id}", tags=["agent"], dependencies=[public("an agent's own host credential, valid for its host only")])
 
 
+def binary_download(description: str, headers: dict[str, str] | None = None) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` of a route answering a file's bytes: its real media type, a binary
+    string (not a JSON document), and the headers it sets."""
+    answer: dict[str, Any] = {"description": description, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+    if headers:
+        answer["headers"] = {name: {"description": text, "schema": {"type": "string"}} for name, text in headers.items()}
+    return {200: answer}
+
+
 # --- templates ----------------------------------------------------------------------------
 
 
-@router.get("/api/v1/templates", summary="List templates (every version; ?latest=true: the newest of each name)")
+@router.get("/api/v1/templates", response_model=list[ts.TemplateRead], summary="List templates (every version; ?latest=true: the newest of each name)")
 def list_templates(
     db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View")], name: str | None = Query(None, max_length=80), datacenter_id: OptionalObjectIdQuery = None, latest: bool = Query(False)
 ) -> list[dict[str, Any]]:
     return [templates.template_read(t) for t in templates.list_templates(db, name, datacenter_id, latest)]
 
 
-@router.get("/api/v1/templates/{template_id}", summary="Get a template with its manifest")
+@router.get("/api/v1/templates/{template_id}", response_model=ts.TemplateRead, summary="Get a template with its manifest")
 def get_template(template_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", on="template", param="template_id")]) -> dict[str, Any]:
     return templates.template_read(templates.get_template(db, template_id))
 
 
-@router.get("/api/v1/templates/{template_id}/dependents", summary="The linked clones whose disks have this template's images as backing files")
+@router.get("/api/v1/templates/{template_id}/dependents", response_model=list[ts.TemplateDependent], summary="The linked clones whose disks have this template's images as backing files")
 def dependents(template_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", on="template", param="template_id")]) -> list[dict[str, Any]]:
     return [{"id": vm.id, "name": vm.name} for vm in templates.dependents(db, templates.get_template(db, template_id))]
 
@@ -122,7 +132,7 @@ def export_vm(vm_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, r
     return templates.export(db, user.username, "vm", vm_id)
 
 
-@router.get("/api/v1/vms/{vm_id}/customization", summary="A deployed VM's cloud-init instance id, issued machine-id and hostname (no secrets)")
+@router.get("/api/v1/vms/{vm_id}/customization", response_model=ts.CustomizationRead, summary="A deployed VM's cloud-init instance id, issued machine-id and hostname (no secrets)")
 def customization(vm_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", on="vm", param="vm_id")]) -> dict[str, Any]:
     return templates.customization_read(db, vm_id)
 
@@ -150,7 +160,11 @@ def import_ova(body: ts.ImportOva, db: DbDep, user: Annotated[CurrentUserInfo, r
 
 
 @router.post(
-    "/api/v1/uploads", status_code=status.HTTP_201_CREATED, summary="Upload an image or OVA as the raw request body (streamed; size-limited; ?sha256= is checked)", openapi_extra=STREAMED_UPLOAD
+    "/api/v1/uploads",
+    response_model=ts.UploadRead,
+    status_code=status.HTTP_201_CREATED,
+    summary="Upload an image or OVA as the raw request body (streamed; size-limited; ?sha256= is checked)",
+    openapi_extra=STREAMED_UPLOAD,
 )
 async def upload(
     request: Request, runtime: RuntimeDep, user: Annotated[CurrentUserInfo, requires("Datastore.Browse")], filename: str = Query(..., min_length=1, max_length=255), sha256: str | None = Query(None)
@@ -165,23 +179,28 @@ async def upload(
     return await run_in_threadpool(store)
 
 
-@router.get("/api/v1/uploads", summary="List uploads and exports")
+@router.get("/api/v1/uploads", response_model=list[ts.UploadRead], summary="List uploads and exports")
 def list_uploads(db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View")]) -> list[dict[str, Any]]:
     return [uploads.upload_read(u) for u in uploads.list_uploads(db)]
 
 
-@router.get("/api/v1/uploads/{upload_id}", summary="An upload or export: size, SHA-256, state")
+@router.get("/api/v1/uploads/{upload_id}", response_model=ts.UploadRead, summary="An upload or export: size, SHA-256, state")
 def get_upload(upload_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View")]) -> dict[str, Any]:
     return uploads.upload_read(uploads.get(db, upload_id))
 
 
-@router.get("/api/v1/uploads/{upload_id}/appliance", summary="The hardware an uploaded OVA's OVF descriptor describes")
+@router.get("/api/v1/uploads/{upload_id}/appliance", response_model=ts.ApplianceRead, summary="The hardware an uploaded OVA's OVF descriptor describes")
 @v1.conflicts(True)  # UPLOAD_NOT_READY
 def appliance(upload_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View")]) -> dict[str, Any]:
     return templates.read_appliance(db, upload_id)
 
 
-@router.get("/api/v1/uploads/{upload_id}/content", summary="Download an upload or an exported OVA")
+@router.get(
+    "/api/v1/uploads/{upload_id}/content",
+    response_class=FileResponse,
+    responses=binary_download("the file, as uploaded or exported", {"X-Checksum-SHA256": "the file's SHA-256 (hex; empty while unknown)"}),
+    summary="Download an upload or an exported OVA",
+)
 @v1.conflicts(True)  # UPLOAD_NOT_READY
 def download(upload_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.Export")]) -> Any:
     row = uploads.ready(db, upload_id)
@@ -196,18 +215,20 @@ def delete_upload(upload_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUse
 # --- agents -------------------------------------------------------------------------------
 
 
-@agent_router.get("/seeds/{vm_uuid}", summary="Agent: the cloud-init NoCloud seed files of a VM on this host", responses=declare(403))
+@agent_router.get("/seeds/{vm_uuid}", response_model=SeedFiles, summary="Agent: the cloud-init NoCloud seed files of a VM on this host", responses=declare(403))
 def seed(vm_uuid: str, host_id: AgentHostId, db: DbDep) -> dict[str, Any]:
     return templates.seed_for_agent(db, host_id, vm_uuid)
 
 
-@agent_router.get("/uploads/{upload_id}/content", summary="Agent: pull an upload a task of this host needs", responses=declare(403))
+@agent_router.get(
+    "/uploads/{upload_id}/content", response_class=FileResponse, responses={**binary_download("the upload's file"), **declare(403)}, summary="Agent: pull an upload a task of this host needs"
+)
 @v1.conflicts(True)  # UPLOAD_NOT_READY
 def agent_download(upload_id: ObjectIdPath, host_id: AgentHostId, db: DbDep) -> Any:
     return FileResponse(uploads.path_for_agent(db, host_id, upload_id), media_type="application/octet-stream")
 
 
-@agent_router.put("/uploads/{upload_id}/content", summary="Agent: push the OVA of an export task of this host", openapi_extra=STREAMED_UPLOAD, responses=declare(403))
+@agent_router.put("/uploads/{upload_id}/content", response_model=ts.UploadRead, summary="Agent: push the OVA of an export task of this host", openapi_extra=STREAMED_UPLOAD, responses=declare(403))
 async def agent_export(upload_id: ObjectIdPath, request: Request, runtime: RuntimeDep, host_id: AgentHostId) -> dict[str, Any]:
     def check() -> None:
         with runtime.transaction() as session:

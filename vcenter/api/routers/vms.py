@@ -6,12 +6,13 @@ from fastapi import Depends, Body, Query, status
 
 from vcenter.api import v1
 from vcenter.api.filters import list_filters
-from vcenter.api.deps import CurrentUserInfo, DbDep, SettingsDep, requires
+from vcenter.api.deps import CurrentUserInfo, DbDep, RuntimeDep, SettingsDep, requires
 from vcenter.core.object_ids import ObjectIdPath, ObjectIdQuery, Offset
 from vcenter.domain.states import PowerAction, PowerState
 from vcenter.schemas import inventory as s
+from vcenter.schemas.placement import MigrationCheckReport
 from vcenter.services.inventory import inventory as inv
-from vcenter.services.compute import evc, migration, vms
+from vcenter.services.compute import console, evc, migration, vms
 from vcenter.services.inventory import hosts
 from vcenter.services.inventory.listing import list_rows
 
@@ -98,9 +99,19 @@ def cpu_check(vm_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, r
     return evc.cpu_check(db, user.username, vm_id, host)
 
 
-@router.get("/{vm_id}/migrate/check", summary="The checks of a VMotion to a host, without moving")
+@router.get("/{vm_id}/migrate/check", response_model=MigrationCheckReport, summary="The checks of a VMotion to a host, without moving")
 def migrate_check(vm_id: ObjectIdPath, db: DbDep, user: Annotated[CurrentUserInfo, requires("System.View", on="vm")], host: ObjectIdQuery) -> Any:
     return migration.check_report(db, vm_id, host)
+
+
+@router.post(
+    "/{vm_id}/console/ticket",
+    response_model=s.ConsoleTicket,
+    summary="A one-time ticket to attach to the running VM's serial console over a websocket (what `vcenter vm console` and the dashboard open)",
+)
+def console_ticket(vm_id: ObjectIdPath, db: DbDep, runtime: RuntimeDep, user: Annotated[CurrentUserInfo, requires("VirtualMachine.Console", on="vm")]) -> Any:
+    answer = console.issue_ticket(db, runtime.redis, runtime.settings, user.username, vm_id, user_id=user.id)
+    return {**answer, "url": console.websocket_path(answer["ticket"])}
 
 
 @router.post("/{vm_id}/import", response_model=s.VmRead, summary="Import an orphaned VM (found on a host, unknown to the inventory) so it is managed")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy.orm import Session
 
@@ -60,6 +61,12 @@ def issue_ticket(session: Session, redis: Any, settings: Settings, username: str
     redis.set(_PREFIX + token_hash(ticket), json.dumps(grant), px=max(1, int(settings.console_ticket_ttl * 1000)))
     record_event(session, "vm.console.ticket", f"console ticket for VM {vm.name} issued to {username}", username=username, object_type="vm", object_id=vm.id, object_name=vm.name)
     return {"ticket": ticket, "expires_in": settings.console_ticket_ttl}
+
+
+def websocket_path(ticket: str) -> str:
+    """Where a ticket is redeemed: the console websocket (vcenter.dashboard.console), for the
+    dashboard's page and the API's clients alike."""
+    return f"/ui/console/ws?ticket={quote(ticket)}"
 
 
 def redeem(redis: Any, ticket: str) -> dict[str, Any] | None:
