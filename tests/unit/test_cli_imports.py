@@ -100,7 +100,8 @@ def test_the_server_commands_keep_their_names_and_options():
         assert name in commands, name
     assert any(name.startswith("lab ") for name in commands) and "sim drs" in commands
     assert commands["serve"] == ["--database-url", "--host", "--port", "--redis-url", "--workers"]
-    assert commands["agent"] == ["--api-url", "--host-id", "--libvirt-uri", "--redis-url", "--registration-token", "--simulated", "--state-dir", "--token"]
+    # options are added (the metrics listener of issue 20), never renamed or removed
+    assert commands["agent"] == ["--api-url", "--host-id", "--libvirt-uri", "--metrics-listen", "--redis-url", "--registration-token", "--simulated", "--state-dir", "--token"]
     assert commands["admin create"] == ["--database-url", "--exist-ok", "--password", "username"]
     assert commands["db upgrade"] == ["--database-url", "revision"]
 
