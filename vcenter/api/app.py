@@ -17,7 +17,7 @@ import html
 import logging
 import time
 from typing import Any
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
@@ -114,6 +114,34 @@ class HttpMetrics:
         self.latency = Histogram("vcenter_http_request_seconds", "HTTP request latency", ["method", "route"], registry=self.registry)
 
 
+class RequestMetrics:
+    """ASGI middleware: counts each HTTP request by method, route and status, and observes its
+    latency until the response starts; sets the request's source address for the audit
+    (vcenter.core.audit.request_source). Plain ASGI, not Starlette's BaseHTTPMiddleware, whose
+    task group and body streams cost about 1 ms of CPU per request (a third of a /livez)."""
+
+    def __init__(self, app: Any, metrics: Callable[[], HttpMetrics]):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        client = scope.get("client")
+        request_source.set(client[0] if client else None)
+
+        async def observed(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                path = getattr(scope.get("route"), "path", "unmatched")
+                metrics = self.metrics()
+                metrics.requests_total.labels(scope["method"], path, str(message["status"])).inc()
+                metrics.latency.labels(scope["method"], path).observe(time.perf_counter() - start)
+            await send(message)
+
+        await self.app(scope, receive, observed)
+
+
 def bind(app: FastAPI, runtime: Runtime) -> FastAPI:
     """Give ``app`` a runtime (settings, database, Redis, Celery) and fresh request metrics.
 
@@ -202,17 +230,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     def redoc(request: Request) -> Response:
         return HTMLResponse(redoc_page(app.openapi_url or "/openapi.json", request.state.csp_style_nonce))
 
-    @app.middleware("http")
-    async def _metrics(request: Request, call_next):
-        start = time.perf_counter()
-        request_source.set(request.client.host if request.client else None)
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics = app.state.http_metrics
-        metrics.requests_total.labels(request.method, path, str(response.status_code)).inc()
-        metrics.latency.labels(request.method, path).observe(time.perf_counter() - start)
-        return response
+    app.add_middleware(RequestMetrics, metrics=lambda: app.state.http_metrics)
 
     def health_answer(example: dict[str, Any], description: str) -> dict[int | str, dict[str, Any]]:
         # 422: the input guard refuses a NUL in any query string (INVALID_CHARACTER)
