@@ -249,6 +249,16 @@ def settings(request, tmp_path: Path) -> Settings:
 TIERS = ("unit", "api", "system", "libvirtd", "lab", "e2e")
 
 
+def pytest_collection_finish(session) -> None:
+    """The modules and test items collected live as long as the run: out of the garbage
+    collector's reach (vcenter.api.app.freeze_start_up_objects says why), its full collections
+    then walk only what the tests make."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     """Every test carries the marker of its tier, named by its folder under tests/."""
     root = Path(__file__).resolve().parent

@@ -7,15 +7,14 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.apihelpers import login, make_admin, register_host
-from vcenter.api.app import create_app
+from tests.apihelpers import app_for, login, make_admin, register_host
 from vcenter.messaging.contracts import OLDEST_PROTOCOL_VERSION, PROTOCOL_HEADER, PROTOCOL_VERSION
 
 
 @pytest.fixture
 def agent(settings):
     make_admin(settings)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(app_for(settings)) as client:
         auth = login(client)
         dc = client.post("/api/v1/datacenters", json={"name": "dc"}, headers=auth).json()
         host, headers = register_host(client, auth, dc["id"], "esx1")

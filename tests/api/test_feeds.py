@@ -24,8 +24,7 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from tests.apihelpers import finish_as_agent, login, make_admin, register_host, wait_for
-from vcenter.api.app import create_app
+from tests.apihelpers import app_for, finish_as_agent, login, make_admin, register_host, wait_for
 
 FEEDS = {
     "feed_poll_period": 0.05,
@@ -51,7 +50,7 @@ def served(settings) -> Iterator[httpx.Client]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    app = create_app(settings)
+    app = app_for(settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -177,7 +176,7 @@ def _task_is(task_id: int, state: str):
 
 @pytest.fixture
 def client(feed_settings):
-    with TestClient(create_app(feed_settings)) as c:
+    with TestClient(app_for(feed_settings)) as c:
         yield c
 
 

@@ -15,15 +15,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from fastapi.testclient import TestClient
 
-from tests.apihelpers import login, make_admin, register_host
-from vcenter.api.app import create_app
+from tests.apihelpers import app_for, login, make_admin, register_host
 from vcenter.core.host_pki import make_csr, new_key
 
 
 @pytest.fixture
 def ctx(settings):
     make_admin(settings)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(app_for(settings)) as client:
         auth = login(client)
         dc = client.post("/api/v1/datacenters", json={"name": "dc"}, headers=auth).json()
         yield client, auth, dc, settings

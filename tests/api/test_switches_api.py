@@ -9,8 +9,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.apihelpers import login, make_admin, register_host
-from vcenter.api.app import create_app
+from tests.apihelpers import app_for, login, make_admin, register_host
 
 FACTS = {"hostname": "h", "cpu_model": "Skylake", "cpu_cores": 2, "cpu_mhz": 2000, "memory_mib": 4096, "hypervisor": "qemu"}
 
@@ -18,7 +17,7 @@ FACTS = {"hostname": "h", "cpu_model": "Skylake", "cpu_cores": 2, "cpu_mhz": 200
 @pytest.fixture
 def client(settings):
     make_admin(settings)
-    with TestClient(create_app(settings)) as c:
+    with TestClient(app_for(settings)) as c:
         yield c
 
 

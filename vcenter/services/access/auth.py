@@ -26,6 +26,7 @@ from vcenter.core.ids import new_token, token_hash
 from vcenter.core.settings import Settings, get_settings
 from vcenter.db.models import ApiToken, Event, GroupMember, LoginSession, Permission, Role, User
 from vcenter.services.tasks.events import SYSTEM_ACTORS, is_system_actor, record_event
+from vcenter.services.access.authz import LOGIN_SESSION_TOKENS
 from vcenter.services.access.passwords import check_password
 
 if TYPE_CHECKING:
@@ -157,10 +158,13 @@ def login(session: Session, username: str, password: str, settings: Settings) ->
 
 
 def authenticate(session: Session, token: str, settings: Settings) -> User:
-    login_session = session.scalar(select(LoginSession).where(LoginSession.token_hash == token_hash(token)))
+    hashed = token_hash(token)
+    login_session = session.scalar(select(LoginSession).where(LoginSession.token_hash == hashed))
     now = utcnow()
     if login_session is None:
         return _authenticate_api_token(session, token)
+    # Remembered for this transaction: the privilege check after it need not look for an API token.
+    session.info.setdefault(LOGIN_SESSION_TOKENS, set()).add(hashed)
     if login_session.revoked:
         raise Unauthorized("not logged in", code="NOT_AUTHENTICATED")
     if now >= login_session.expires_at or now - login_session.last_seen_at > timedelta(seconds=settings.session_idle_timeout):

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import and_, false, or_, select
+from sqlalchemy import and_, bindparam, false, or_, select
 from sqlalchemy.orm import Session
 
 from vcenter.core.errors import Forbidden
@@ -104,10 +104,17 @@ def user_grants(session: Session, user: User) -> dict[Node, list[Grant]]:
     return grants
 
 
+# session.info key: hashes of the tokens vcenter.services.access.auth found to be login
+# sessions in this transaction (token_role then knows there is no API token to read).
+LOGIN_SESSION_TOKENS = "login_session_token_hashes"
+
+
 def token_role(session: Session, token: str | None) -> Role | None:
     """The role an API token narrows its user to; None for a login session."""
     if not token:
         return None
+    if token_hash(token) in session.info.get(LOGIN_SESSION_TOKENS, ()):
+        return None  # authenticated as a login session in this transaction: no API token
     api_token = session.scalar(select(ApiToken).where(ApiToken.token_hash == token_hash(token)))
     return session.get(Role, api_token.role_id) if api_token is not None else None
 
@@ -141,23 +148,41 @@ def _parents_of_row(kind: str, row: Any) -> list[Node]:
     return [("datacenter", datacenter_id)] if datacenter_id else [ROOT]
 
 
+# The columns naming a row's parents (read by _parents_of_row), by model: one small SELECT per
+# tree node, never the ORM object (a VM's would load its disks, NICs and statistics too).
+_PARENT_COLUMNS = ("parent_id", "datacenter_id", "cluster_id", "folder_id", "pool_id", "host_id")
+_PARENT_QUERIES: dict[Any, Any] = {}
+
+
+def _parent_row(session: Session, model: Any, object_id: int) -> Any:
+    """The id and parent columns of one row of ``model``, None when there is none."""
+    query = _PARENT_QUERIES.get(model)
+    if query is None:
+        table = model.__table__
+        query = select(table.c.id, *(table.c[name] for name in _PARENT_COLUMNS if name in table.c)).where(table.c.id == bindparam("object_id"))
+        _PARENT_QUERIES[model] = query
+    return session.execute(query, {"object_id": object_id}).first()
+
+
 def _paths(session: Session, node: Node, depth: int = 0) -> list[list[Node]]:
     """Every path from the node up to root, the node first."""
     if node == ROOT or depth > 64:
         return [[ROOT]]
     kind, object_id = node
     model = _MODELS.get(kind)
-    row = session.get(model, object_id) if model is not None else None
+    row = _parent_row(session, model, object_id) if model is not None else None
     if row is None:
         return [[node, ROOT]]
     return [[node, *path] for parent in _parents_of_row(kind, row) for path in _paths(session, parent, depth + 1)]
 
 
 def privileges(session: Session, user: User, kind: str | None, object_id: int | None, token: str | None = None) -> frozenset[str]:
-    node = ROOT if kind is None or object_id is None else (kind, object_id)
-    grants = {} if user.is_admin else user_grants(session, user)
-    paths = [[grants.get(n, []) for n in path] for path in _paths(session, node)]
-    result = effective_privileges(paths, is_superuser=user.is_admin)
+    if user.is_admin:  # every privilege everywhere: the object's place in the tree decides nothing
+        result = effective_privileges([], is_superuser=True)
+    else:
+        node = ROOT if kind is None or object_id is None else (kind, object_id)
+        grants = user_grants(session, user)
+        result = effective_privileges([[grants.get(n, []) for n in path] for path in _paths(session, node)])
     narrowed = token_role(session, token)
     return result & role_privileges(narrowed) if narrowed is not None else result
 
