@@ -7,6 +7,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vcenter.lab.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,3 +34,22 @@ def login(env: dict[str, str], url: str, admin: tuple[str, str], name: str = "la
     """`vcenter login` with the password on standard input."""
     out = ok(vcenter(env, "login", url, "--user", admin[0], "--password-stdin", "--name", name, stdin=admin[1] + "\n"))
     assert f"context {name}" in out, out
+
+
+def wait_for_https(stack: "Stack", cert: Path, timeout: float = 60) -> None:
+    """Until the stack's API answers /livez over HTTPS, verified with its own self-signed
+    certificate ``cert`` (the Stack's own wait knows no CA)."""
+    import ssl
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if cert.exists() and httpx.get(stack.url + "/livez", verify=ssl.create_default_context(cafile=str(cert)), timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, (stack.workdir / "api.log").read_text()[-2000:]
+        time.sleep(0.2)
