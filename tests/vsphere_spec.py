@@ -82,6 +82,12 @@ def problems(method: str, api_path: str, status: int, body: Any) -> list[str]:
             return _check(doc, {"$ref": f"#/components/schemas/{name}"}, body)
         return []
     doc = document("vcenter.subset.json")
+    device = re.fullmatch(r"/api/vcenter/vm/[^/?]+/(power|hardware(?:/(?:cpu|memory|boot|disk|ethernet))?)(/[^/?]+)?", api_path.split("?")[0])
+    if device is not None:
+        part, key = device.groups()
+        rest = f"/rest/vcenter/vm/{{vm}}/{part}" + ({"hardware/disk": "/{disk}", "hardware/ethernet": "/{nic}"}[part] if key else "")
+        value_schema = _resolve(doc, _schema_of("vcenter.subset.json", rest, method, status)[0])["properties"]["value"]
+        return _check(doc, value_schema, as_rest(doc, value_schema, body))
     match = re.fullmatch(r"/api/vcenter/([a-z-]+)(?:/([^/?]+))?", api_path.split("?")[0])
     if match is None:
         raise LookupError(api_path)

@@ -238,6 +238,24 @@ def test_one_vm_as_vsphere_describes_it(world):
     assert root["name"] == "Resources" and root["resource_pools"] == [f"resgroup-{ids['pool1']}"]
 
 
+def test_a_vms_power_state_and_hardware_read_as_pieces_of_its_info(world):
+    vs, ids = world.admin, world.ids
+    vm = f"/api/vcenter/vm/vm-{ids['web1']}"
+    info = vs.ok(vm)
+    assert vs.ok(f"{vm}/power") == {"state": "POWERED_ON"}
+    for part in ("hardware", "cpu", "memory", "boot"):
+        assert vs.ok(f"{vm}/hardware" + ("" if part == "hardware" else f"/{part}")) == info[part]
+    assert vs.ok(f"{vm}/hardware/disk") == [{"disk": "2000"}] and vs.ok(f"{vm}/hardware/disk/2000") == info["disks"]["2000"]
+    assert vs.ok(f"{vm}/hardware/ethernet") == [{"nic": "4000"}] and vs.ok(f"{vm}/hardware/ethernet/4000") == info["nics"]["4000"]
+    vs.refused(f"{vm}/hardware/disk/2001", 404, "NOT_FOUND")
+    vs.refused(f"{vm}/hardware/ethernet/x", 404, "NOT_FOUND")
+    vs.refused("/api/vcenter/vm/vm-999999/power", 404, "NOT_FOUND")
+    vs.refused("/api/vcenter/vm/vm-01/hardware/cpu", 400, "INVALID_ARGUMENT")
+    world.auditor.refused(f"/api/vcenter/vm/vm-{ids['web2']}/hardware/memory", 403, "UNAUTHORIZED")
+    r = world.client.post(f"{vm}/power?action=stop", headers={"vmware-api-session-id": vs.session})
+    assert r.status_code == 404 and r.json()["error_type"] == "OPERATION_NOT_FOUND", r.text  # the next stage
+
+
 def test_lists_show_what_the_caller_may_see_gets_refuse_the_rest(world):
     vs, ids = world.auditor, world.ids
     assert names(vs.ok("/api/vcenter/datacenter")) == ["dc1"]
@@ -264,7 +282,7 @@ def test_bad_filters_and_unserved_operations_answer_in_vsphere_format(world):
     for method, path in (
         ("POST", "/api/vcenter/vm"),
         ("DELETE", f"/api/vcenter/vm/vm-{world.ids['web1']}"),
-        ("GET", "/api/vcenter/vm/vm-1/power"),
+        ("GET", "/api/vcenter/vm/vm-1/tools"),
         ("GET", "/api/vcenter/tagging"),
         ("GET", "/rest/vcenter/vm"),
     ):

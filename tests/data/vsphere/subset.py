@@ -15,6 +15,9 @@ HERE = Path(__file__).resolve().parent
 REF = re.compile(r'"#/components/schemas/([^"]+)"')
 KINDS = ["datacenter", "cluster", "host", "datastore", "network", "folder", "resource-pool", "vm"]
 GETS = ["datacenter/{datacenter}", "cluster/{cluster}", "datastore/{datastore}", "resource-pool/{resource_pool}", "vm/{vm}"]
+GETS += [
+    f"vm/{{vm}}/{part}" for part in ("power", "hardware", "hardware/cpu", "hardware/memory", "hardware/boot", "hardware/disk", "hardware/disk/{disk}", "hardware/ethernet", "hardware/ethernet/{nic}")
+]
 ERRORS = [
     "already_exists",
     "already_in_desired_state",
