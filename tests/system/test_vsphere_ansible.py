@@ -47,6 +47,7 @@ MODULES = [
     "vcenter_resourcepool_info",
     "vcenter_vm_info",
 ]
+MODULES += [f"vcenter_vm_{m}_info" for m in ("power", "hardware", "hardware_cpu", "hardware_memory", "hardware_boot", "hardware_disk", "hardware_ethernet")]
 LOOKUPS = ["datacenter_moid", "cluster_moid", "host_moid", "vm_moid", "datastore_moid", "folder_moid", "network_moid", "resource_pool_moid"]
 # One exchange of the collection's REST log: "METHOD: url", its headers, status and answer.
 EXCHANGE = re.compile(r"^(GET|POST|DELETE|PATCH|PUT): (\S+)\nheaders: .*?\n  status: (\d+)\n  answer: (.*?)\n\n", re.M | re.S)
