@@ -130,3 +130,21 @@ else
   echo "$WANT_LINT" >"$LINT_STAMP"
   log "openapi linter: done"
 fi
+
+# --- (d) Ansible, the vSphere client of tests/system/test_vsphere_ansible.py ------------------
+# ansible 12.3.0 bundles the vmware.vmware_rest 4.9.0 collection the test drives; it needs
+# aiohttp. A venv of its own (ansible-core's pins must not move the project's), outside the
+# work tree so that every clone and worktree shares it; the test finds it at the same path
+# (VCENTER_TEST_ANSIBLE_VENV overrides both).
+ANSIBLE_VENV="${VCENTER_TEST_ANSIBLE_VENV:-$HOME/.cache/virtcenter/ansible-12.3.0}"
+if [ -x "$ANSIBLE_VENV/bin/ansible-playbook" ] && "$ANSIBLE_VENV/bin/python" -c 'import aiohttp' >/dev/null 2>&1; then
+  log "ansible: present ($ANSIBLE_VENV)"
+else
+  log "ansible: pip install ansible==12.3.0 aiohttp==3.14.5 in $ANSIBLE_VENV"
+  rm -rf "$ANSIBLE_VENV"
+  mkdir -p "$(dirname "$ANSIBLE_VENV")"
+  "$PY" -m venv "$ANSIBLE_VENV"
+  "$ANSIBLE_VENV/bin/python" -m pip install --disable-pip-version-check 'ansible==12.3.0' 'aiohttp==3.14.5' >/tmp/virtcenter-ansible-pip.log 2>&1 \
+    || { tail -n 30 /tmp/virtcenter-ansible-pip.log; log "ERROR: pip install of ansible failed"; exit 1; }
+  log "ansible: done"
+fi

@@ -7,6 +7,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vcenter.lab.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,3 +67,22 @@ def console_session(env: dict[str, str], vm: str, line: bytes, answer: bytes, ti
             process.wait()
         os.close(keyboard)
     return status, bytes(seen)
+
+
+def wait_for_https(stack: "Stack", cert: Path, timeout: float = 60) -> None:
+    """Until the stack's API answers /livez over HTTPS, verified with its own self-signed
+    certificate ``cert`` (the Stack's own wait knows no CA)."""
+    import ssl
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if cert.exists() and httpx.get(stack.url + "/livez", verify=ssl.create_default_context(cafile=str(cert)), timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, (stack.workdir / "api.log").read_text()[-2000:]
+        time.sleep(0.2)

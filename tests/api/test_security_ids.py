@@ -588,3 +588,58 @@ def test_huge_integers_anywhere_are_422_not_500(world):
                 assert refused_at(r, field_of(leaf, is_list)), (sorted(route.methods), route.path, leaf, value, r.status_code, r.text[:300])
                 checked += 1
     assert checked > 1000
+
+
+# --- the vSphere-compatible API: vm-42, domain-c7, ... read by the same parser -------------------------
+
+# A vSphere route's id path parameter -> the kind of ours it names (folders: group-v<2F+1>).
+VSPHERE_PARAMS = {"datacenter": "datacenter", "cluster": "cluster", "host": "host", "datastore": "datastore", "network": "portgroup", "resource_pool": "pool", "vm": "vm", "folder": "folder"}
+VSPHERE_FILTERS = {"datacenters": "datacenter", "clusters": "cluster", "hosts": "host", "datastores": "datastore", "networks": "portgroup", "resource_pools": "pool", "vms": "vm", "folders": "folder"}
+
+
+def vsphere_id(kind: str, text: str) -> str:
+    """``text`` (a number's spelling) behind the vSphere prefix of ``kind``."""
+    from vcenter.api.vsphere import ids
+
+    return f"group-v{text}" if kind == "folder" else f"{ids.PREFIX[kind]}{text}"
+
+
+def vsphere_number(kind: str, object_id: int) -> int:
+    return 2 * object_id + 1 if kind == "folder" else object_id
+
+
+def test_no_vsphere_route_reads_a_non_canonical_id(world):
+    """Every vSphere route's id in its path, and every id filter of its lists: each
+    non-canonical spelling of the id of an object mallory has No access on is 400
+    INVALID_ARGUMENT (our INVALID_ID); the canonical id is 403 UNAUTHORIZED."""
+    from tests.vsphere_world import basic
+    from vcenter.api.vsphere.filters import ALLOWED
+
+    w = world
+    client = TestClient(w.client.app, base_url="https://testserver")
+    session = client.post("/api/session", headers=basic(("mallory", PASSWORD))).json()
+    headers = {"vmware-api-session-id": session}
+    walked = refused = 0
+    for route in [r for r in http_routes(w.client.app, ("/api/vcenter",)) if "{rest" not in r.path]:
+        devices = {"disk": "2000", "nic": "4000"}  # device keys of a VM: not object ids
+        for name in [n for n in re.findall(r"\{(\w+)\}", route.path) if n not in devices]:
+            kind = VSPHERE_PARAMS[name]
+            number = vsphere_number(kind, w.secret[kind])
+            path = route.path.replace("{disk}", devices["disk"]).replace("{nic}", devices["nic"])
+            denied = client.get(path.replace(f"{{{name}}}", vsphere_id(kind, str(number))), headers=headers)
+            assert denied.status_code == 403 and denied.json()["error_type"] == "UNAUTHORIZED", (route.path, denied.status_code, denied.text)
+            refused += 1
+            for spelling in walk_spellings(number):
+                r = client.get(path.replace(f"{{{name}}}", vsphere_id(kind, spelling)), headers=headers)
+                assert r.status_code == 400 and r.json()["messages"][0]["id"] == "virtcenter.INVALID_ID", (route.path, spelling, r.status_code, r.text[:300])
+                walked += 1
+        if "{" not in route.path:
+            takes = ALLOWED[route.path.rsplit("/", 1)[1].replace("-", "_")]
+            for name, kind in VSPHERE_FILTERS.items():
+                if name not in takes:  # not a filter of this list: ignored, as vCenter does
+                    continue
+                for spelling in non_canonical_query(vsphere_number(kind, w.secret[kind])):
+                    r = client.get(route.path, headers=headers, params={name: vsphere_id(kind, spelling)})
+                    assert r.status_code == 400 and r.json()["messages"][0]["id"] == "virtcenter.INVALID_ID", (route.path, name, repr(spelling), r.status_code, r.text[:300])
+                    walked += 1
+    assert refused == 17 and walked > 400, (refused, walked)

@@ -6,13 +6,10 @@ commands verify the server with it."""
 from __future__ import annotations
 
 import json
-import ssl
-import time
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
 
-from tests.clihelpers import cli_env, ok, vcenter
+from tests.clihelpers import cli_env, ok, vcenter, wait_for_https
 from tests.conftest import REDIS_URL
 from vcenter.lab.stack import Stack
 
@@ -27,15 +24,7 @@ def test_login_over_https_with_the_servers_ca_file(tmp_path):
         stack.run_cli("admin", "create", stack.admin[0], "--password", stack.admin[1], "--exist-ok")
         stack._spawn("api", ["serve"])
         cert = tmp_path / "stack" / "keys" / "tls" / "api.crt"
-        deadline = time.monotonic() + 60
-        while True:  # the server's own certificate verifies it (the Stack's wait knows no CA)
-            try:
-                if cert.exists() and httpx.get(stack.url + "/livez", verify=ssl.create_default_context(cafile=str(cert)), timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, (tmp_path / "stack" / "api.log").read_text()[-2000:]
-            time.sleep(0.2)
+        wait_for_https(stack, cert)
         env = cli_env(tmp_path / "config")
         unknown = vcenter(env, "login", stack.url, "-u", stack.admin[0], "--password-stdin", stdin=stack.admin[1] + "\n")
         assert unknown.returncode == 3 and "CERTIFICATE_VERIFY_FAILED" in unknown.stderr and "--ca-file" in unknown.stderr, unknown.stderr

@@ -244,6 +244,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     from vcenter.api.routers import audit as audit_routes  # refused credentials, for the audit (Global.Diagnostics)
 
     app.include_router(audit_routes.router)
+    from vcenter.api.vsphere import install as install_vsphere  # the vSphere Automation API (issue 19)
+
+    install_vsphere(app)
 
     from pathlib import Path
 

@@ -119,7 +119,7 @@ def _bound_to_actor(authenticate: Any) -> Any:
 CurrentUser = Annotated[CurrentUserInfo, Depends(_bound_to_actor(get_current_user))]
 
 
-def requires(privilege: str, on: str | None = None, param: str | None = None, deferred: bool = False) -> Any:
+def requires(privilege: str, on: str | None = None, param: str | None = None, deferred: bool = False, credential: Any = bearer_token) -> Any:
     """Dependency: the logged-in user, who must hold ``privilege`` on the object of kind
     ``on`` whose id is the path parameter ``param`` (default ``<on>_id``; on the root when
     ``on`` is None). With ``deferred`` the route checks it itself on an object named in the
@@ -128,6 +128,9 @@ def requires(privilege: str, on: str | None = None, param: str | None = None, de
     Every route declares its privilege this way (``System.View`` for reads); a test walks
     ``app.routes`` and fails on a route without one. Use:
     ``user: Annotated[CurrentUserInfo, requires("VirtualMachine.PowerOn", on="vm")]``
+
+    ``credential``: the dependency reading the caller's token (the bearer header; the
+    vSphere-compatible API passes its session id header).
     """
     from vcenter.domain.privileges import PRIVILEGES
 
@@ -135,7 +138,7 @@ def requires(privilege: str, on: str | None = None, param: str | None = None, de
         raise ValueError(f"unknown privilege {privilege!r}: add it to vcenter.domain.privileges.PRIVILEGES")
     param = param or (f"{on}_id" if on else None)
 
-    def check_privilege(request: Request, runtime: RuntimeDep, token: TokenDep) -> CurrentUserInfo:
+    def check_privilege(request: Request, runtime: RuntimeDep, token: str = Depends(credential)) -> CurrentUserInfo:  # a default: annotations are strings here
         with runtime.transaction() as session:
             user = auth.authenticate(session, token, runtime.settings)
             if not deferred:

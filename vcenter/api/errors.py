@@ -104,7 +104,7 @@ def error_statuses(
     return statuses
 
 
-async def _count_refusal(request: Request, kind: str, exc: VcError) -> None:
+async def count_refusal(request: Request, kind: str, exc: VcError) -> None:
     """Count the refusal in its own transaction; a failure to count is logged, never turned
     into a 500 in place of the 401 the client is owed."""
     source = request_source.get() or (request.client.host if request.client else None)
@@ -123,7 +123,7 @@ async def error_response(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, VcError):
         kind = refusals.credential_kind(exc.code, credential_presented=bool(request.headers.get("authorization", "").strip()))
         if kind is not None:
-            await _count_refusal(request, kind, exc)
+            await count_refusal(request, kind, exc)
         return JSONResponse(exc.to_dict(), status_code=exc.status)
     if isinstance(exc, RequestValidationError):
         errors = [{"field": ".".join(str(p) for p in e["loc"] if p not in ("body",)), "message": e["msg"], "type": e["type"]} for e in exc.errors()]
@@ -133,6 +133,23 @@ async def error_response(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"code": _HTTP_CODES.get(exc.status_code, "HTTP_ERROR"), "message": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
     log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse({"code": "INTERNAL", "message": "internal error; see the server log"}, status_code=500)
+
+
+_HANDLERS_KEY = "starlette.exception_handlers"
+
+
+async def handle_with(handlers: tuple[dict[Any, Any], dict[Any, Any]], handle: Any, scope: Any, receive: Any, send: Any) -> None:
+    """Serve a route with ``handlers`` as its exception handlers, whatever the application's
+    defaults are: Starlette looks them up in the scope when the route's app starts, outside the
+    dependencies' exit stacks (a transaction still rolls back first). Each mounted API (/api/v1,
+    the vSphere-compatible one) maps its errors its own way through this."""
+    previous = scope.get(_HANDLERS_KEY)
+    scope[_HANDLERS_KEY] = handlers
+    try:
+        await handle(scope, receive, send)
+    finally:
+        if previous is not None:
+            scope[_HANDLERS_KEY] = previous
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -27,11 +27,10 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
-from vcenter.api.errors import ERROR_DESCRIPTIONS, ErrorBody, error_response, error_statuses
+from vcenter.api.errors import ERROR_DESCRIPTIONS, ErrorBody, error_response, error_statuses, handle_with
 from vcenter.services.tasks import idempotency
 
 # /api/v1's exception mapping: one handler for every exception (error_response tells them apart).
-_HANDLERS_KEY = "starlette.exception_handlers"
 _V1_HANDLERS: tuple[dict[Any, Any], dict[Any, Any]] = ({Exception: error_response}, {})
 
 PREFIX = "/api/v1"
@@ -163,16 +162,7 @@ class V1Route(APIRoute):
                 self.response_fields[status] = create_model_field(name=f"Response_{status}_{self.unique_id}", type_=ErrorBody, mode="serialization")
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # Starlette looks the exception handlers up in the scope when the route's app starts,
-        # outside the dependencies' exit stacks (a transaction still rolls back first): these
-        # are /api/v1's, whatever the application's defaults are.
-        previous = scope.get(_HANDLERS_KEY)
-        scope[_HANDLERS_KEY] = _V1_HANDLERS
-        try:
-            await super().handle(scope, receive, send)
-        finally:
-            if previous is not None:
-                scope[_HANDLERS_KEY] = previous
+        await handle_with(_V1_HANDLERS, super().handle, scope, receive, send)  # /api/v1's error mapping
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()

@@ -14,6 +14,10 @@ Decisions:
 - In JSON bodies an id is a JSON integer (ObjectIdField is strict: no ``"42"``, no ``42.0``,
   no ``true``); other integers keep pydantic's usual coercion and are only bounded.
 
+An id may also be written with a prefix naming its kind, as the vSphere-compatible API does
+(``vm-42``, ``domain-c7``): ``parse_prefixed_id`` splits off one of the prefixes its caller
+allows and reads the rest with the same rule (``vm-+42``, ``vm-042``, ``vm-4_2`` are refused).
+
 Aliases: ObjectIdPath / ObjectIdQuery / OptionalObjectIdQuery and Offset for FastAPI
 parameters (they carry the parser and the bounds into the OpenAPI schema); ObjectIdField,
 Int32, NonNegativeInt32 and NonNegativeInt64 for pydantic models (request bodies, agent reports).
@@ -52,6 +56,21 @@ def parse_object_id(raw: Any, field: str = "id") -> int:
     shown = raw if isinstance(raw, str) and len(raw) <= 40 else (f"{raw[:40]}..." if isinstance(raw, str) else raw)
     raise Invalid(
         f"{field}: {shown!r} is not an object id: write it as decimal digits (0-9) without sign, leading zeros, spaces or decimal point, at most {INT32_MAX}",
+        code="INVALID_ID",
+        details={"field": field, "value": shown},
+    )
+
+
+def parse_prefixed_id(raw: Any, prefixes: tuple[str, ...], field: str = "id") -> tuple[str, int]:
+    """The prefix and the id of ``raw`` written ``<prefix><canonical id>`` with one of
+    ``prefixes`` (the longest that matches), or 422 INVALID_ID naming ``field``."""
+    if isinstance(raw, str):
+        for prefix in sorted(prefixes, key=len, reverse=True):
+            if raw.startswith(prefix) and is_canonical_object_id(raw[len(prefix) :]):
+                return prefix, int(raw[len(prefix) :])
+    shown = raw[:40] if isinstance(raw, str) else raw
+    raise Invalid(
+        f"{field}: {shown!r} is not an identifier of the form {' or '.join(p + 'N' for p in prefixes)} (N in decimal digits without sign, leading zeros or separators, at most {INT32_MAX})",
         code="INVALID_ID",
         details={"field": field, "value": shown},
     )

@@ -178,6 +178,12 @@ def authenticate(session: Session, token: str, settings: Settings) -> User:
     return user
 
 
+def session_times(session: Session, token: str) -> tuple[Any, Any] | None:
+    """When the login session of ``token`` was created and last used (None: an API token)."""
+    login_session = session.scalar(select(LoginSession).where(LoginSession.token_hash == token_hash(token)))
+    return None if login_session is None else (login_session.created_at, login_session.last_seen_at)
+
+
 def logout(session: Session, token: str) -> None:
     login_session = session.scalar(select(LoginSession).where(LoginSession.token_hash == token_hash(token)))
     if login_session is not None:
