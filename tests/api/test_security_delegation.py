@@ -377,7 +377,8 @@ def test_every_route_changing_users_groups_roles_or_permissions_refuses_an_actor
         (method, route.path)
         for route in api_routes(client.app)
         for method in route.methods
-        if method not in ("GET", "HEAD") and route.path.split("/")[3] in ("users", "groups", "roles", "permissions")
+        # /api/v1's routes: the vSphere-compatible ones (/api/session, /api/vcenter/...) change none of these
+        if method not in ("GET", "HEAD") and route.path.startswith("/api/v1/") and route.path.split("/")[3] in ("users", "groups", "roles", "permissions")
     }
     assert changing == set(cases), f"routes without a delegation case: {sorted(changing - set(cases))}"
     dc = client.post("/api/v1/datacenters", headers=admin, json={"name": "dc1"}).json()["id"]
