@@ -27,15 +27,19 @@ def xdist_worker() -> int | None:
     return int(name[2:]) if name.startswith("gw") and name[2:].isdigit() else None
 
 
+def redis_db_url(url: str, db: int) -> str:
+    """The Redis URL ``url`` with database number ``db``: a test module (or an xdist worker)
+    that starts its own processes keeps their queues, heartbeats and locks apart."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    return urlunsplit(urlsplit(url)._replace(path=f"/{db}"))
+
+
 def worker_redis_url(url: str, worker: int | None) -> str:
     """Each xdist worker its own Redis database (1, 2, ...; the URL's own without xdist): every
     test numbers its hosts from 1, so workers sharing one would see each other's heartbeats,
     locks and queues."""
-    if worker is None:
-        return url
-    from urllib.parse import urlsplit, urlunsplit
-
-    return urlunsplit(urlsplit(url)._replace(path=f"/{worker + 1}"))
+    return url if worker is None else redis_db_url(url, worker + 1)
 
 
 def worker_pg_url(url: str | None, worker: int | None) -> str | None:

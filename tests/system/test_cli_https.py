@@ -6,16 +6,15 @@ commands verify the server with it."""
 from __future__ import annotations
 
 import json
-from urllib.parse import urlsplit, urlunsplit
 
 
 from tests.clihelpers import cli_env, ok, vcenter, wait_for_https
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, redis_db_url
 from vcenter.lab.stack import Stack
 
 
 def test_login_over_https_with_the_servers_ca_file(tmp_path):
-    redis_url = urlunsplit(urlsplit(REDIS_URL)._replace(path="/13"))
+    redis_url = redis_db_url(REDIS_URL, 13)
     stack = Stack.create(tmp_path / "stack", None, redis_url, tls_self_signed="true")
     stack.scheme = "https"
     stack.env["VCENTER_PUBLIC_URL"] = stack.url

@@ -14,20 +14,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from tests.apihelpers import wait_for
 from tests.clihelpers import cli_env, login, ok, vcenter
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, redis_db_url
 from vcenter.lab.stack import Stack
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("cli")
-    redis_url = urlunsplit(urlsplit(REDIS_URL)._replace(path="/12"))
+    redis_url = redis_db_url(REDIS_URL, 12)
     import redis
 
     redis.Redis.from_url(redis_url).flushdb()

@@ -10,14 +10,13 @@ import ssl
 import subprocess
 import sys
 import uuid
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.apihelpers import wait_for, wait_reports
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, redis_db_url
 from vcenter.core.clock import utcnow
 from vcenter.core.settings import Settings
 from vcenter.db.models import Task
@@ -29,16 +28,10 @@ from vcenter.messaging.signing import CommandSigner
 from vcenter.services.tasks import tasks
 
 
-def _own_db(url: str, db: int) -> str:
-    """The test Redis, another database number: queues of this module's hosts only."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{db}"))
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("trust")
-    redis_url = _own_db(REDIS_URL, 11)
+    redis_url = redis_db_url(REDIS_URL, 11)
     import redis
 
     redis.Redis.from_url(redis_url).flushdb()

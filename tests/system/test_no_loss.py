@@ -17,7 +17,6 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -25,7 +24,7 @@ import redis
 from sqlalchemy import func, select
 
 from tests.apihelpers import wait_for, wait_reports
-from tests.conftest import REDIS_URL, fresh_postgres
+from tests.conftest import REDIS_URL, fresh_postgres, redis_db_url
 from vcenter.db.models import IdempotencyKey, Task, VirtualMachine
 from vcenter.db.session import session_scope
 from vcenter.lab import replicas
@@ -57,7 +56,7 @@ class Outcome:
 @pytest.fixture(scope="module")
 def shape(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("noloss")
-    redis_url = urlunsplit(urlsplit(REDIS_URL)._replace(path="/15"))
+    redis_url = redis_db_url(REDIS_URL, 15)
     redis.Redis.from_url(redis_url).flushdb()
     stack = Stack.create(
         workdir,

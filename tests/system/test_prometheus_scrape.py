@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import socket
 import subprocess
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
 
 from tests.apihelpers import wait_for
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, redis_db_url
 from tests.prometheushelpers import free_ports, have_prometheus, running_prometheus
 from vcenter.lab.stack import Stack
 
@@ -26,14 +25,10 @@ needs_prometheus = pytest.mark.skipif(not have_prometheus(), reason="Debian's pr
 TOKEN = "prometheus-scrape-secret-for-tests"
 
 
-def _own_db(url: str, db: int) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{db}"))
-
-
 @pytest.fixture(scope="module")
 def observed(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("observe")
-    redis_url = _own_db(REDIS_URL, 14)  # 11: test_command_trust, 12: test_cli_operator, 13: test_cli_https
+    redis_url = redis_db_url(REDIS_URL, 14)
     import redis
 
     redis.Redis.from_url(redis_url).flushdb()
@@ -171,7 +166,7 @@ def test_an_ha_monitor_without_its_database_is_live_but_not_ready(tmp_path):
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("VCENTER_")},
         "VCENTER_DATABASE_URL": f"postgresql+psycopg://nobody:nothing@127.0.0.1:{dead}/none?connect_timeout=1",
-        "VCENTER_REDIS_URL": _own_db(REDIS_URL, 15),
+        "VCENTER_REDIS_URL": redis_db_url(REDIS_URL, 15),
         "VCENTER_KEY_DIR": str(tmp_path / "keys"),
         "VCENTER_HA_PERIOD": "0.3",
         "VCENTER_PROCESS_STALL_AFTER": "5",

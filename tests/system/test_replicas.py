@@ -15,14 +15,13 @@ import signal
 import subprocess
 import threading
 import time
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
 import redis
 
 from tests.apihelpers import wait_for
-from tests.conftest import REDIS_URL, fresh_postgres
+from tests.conftest import REDIS_URL, fresh_postgres, redis_db_url
 from vcenter.lab import replicas
 from vcenter.lab.stack import VCENTER, Stack, free_port
 
@@ -32,7 +31,7 @@ FORGED = "203.0.113.7"
 @pytest.fixture(scope="module")
 def shape(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("replicas")
-    redis_url = urlunsplit(urlsplit(REDIS_URL)._replace(path="/14"))
+    redis_url = redis_db_url(REDIS_URL, 14)
     redis.Redis.from_url(redis_url).flushdb()
     stack = Stack.create(workdir, fresh_postgres(), redis_url, login_source_failures=3, login_lockout_failures=100, reaper_period=1, host_monitor_period=0.5, feed_keepalive_period=1)
     try:
@@ -152,7 +151,7 @@ def _scheduled_by(broker: redis.Redis, task: str) -> list[str]:
 
 def test_two_beats_schedule_as_one_and_the_standby_takes_over(tmp_path):
     """No worker consumes here: the queue keeps every message beat sent, with its sender."""
-    redis_url = urlunsplit(urlsplit(REDIS_URL)._replace(path="/11"))
+    redis_url = redis_db_url(REDIS_URL, 11)
     broker = redis.Redis.from_url(redis_url)
     broker.flushdb()
     env = {

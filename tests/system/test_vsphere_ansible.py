@@ -20,7 +20,7 @@ import subprocess
 import time
 from collections import defaultdict
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -28,7 +28,7 @@ from fastapi.testclient import TestClient
 
 from tests.apihelpers import app_for
 from tests.clihelpers import wait_for_https
-from tests.conftest import REDIS_URL, make_settings
+from tests.conftest import REDIS_URL, make_settings, redis_db_url
 from tests.vsphere_spec import problems
 from tests.vsphere_world import ADMIN, AUDITOR, NOBODY, seed
 from vcenter.lab.stack import Stack
@@ -77,7 +77,7 @@ def test_ansible_vmware_rest_reads_the_inventory_over_https(tmp_path):
     playbook = ANSIBLE_VENV / "bin" / "ansible-playbook"
     if not playbook.exists():
         pytest.skip(f"{playbook} is missing: scripts/install.sh installs ansible 12.3.0 there")
-    redis_url = urlunsplit(urlsplit(REDIS_URL)._replace(path="/12"))
+    redis_url = redis_db_url(REDIS_URL, 12)
     stack = Stack.create(tmp_path / "stack", None, redis_url, tls_self_signed="true")
     stack.api_port = _free_port()
     stack.scheme = "https"
