@@ -8,7 +8,6 @@ runs, so `vcenter --help` stays quick, and no command imports pydantic
 
 import sys
 
-from vcenter.client_cli import coercion
 from vcenter.client_cli.commands import add_commands
 
 __all__ = ["add_commands", "quick_start"]
@@ -20,5 +19,12 @@ def quick_start() -> None:
     httpx does not load its own command-line tool (``httpx._main``: click, rich's syntax
     highlighting and pygments, a third of httpx's import), which its package imports whenever
     click is installed and which this process never runs (httpx falls back to a stub)."""
-    coercion.install()
+    try:
+        from vcenter.client_cli import coercion
+    except (ImportError, AttributeError):
+        # A typer other than the one coercion's private hook is written for (pyproject allows
+        # typer>=0.12): typer's own conversion stays, slower but the same values.
+        pass
+    else:
+        coercion.install()
     sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
